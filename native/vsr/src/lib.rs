@@ -1,1 +1,22 @@
-pub fn hello() {}
+//! `vsr`: the Viewstamped Replication protocol core of Visor.
+//!
+//! Pure and deterministic: no threads, sockets, files, clocks or global
+//! state. A [`Replica`] is a value that takes an [`Input`] and returns
+//! [`Output`]s for its host to carry out. See `docs/protocol.md` for the
+//! protocol, the wire format and the deviations from VR Revisited.
+
+pub mod checksum;
+pub mod client_table;
+pub mod config;
+pub mod log;
+pub mod message;
+pub mod replica;
+mod view_change;
+
+pub use checksum::{checksum, root_checksum};
+pub use client_table::Outcome;
+#[cfg(feature = "mutations")]
+pub use config::Mutation;
+pub use config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
+pub use message::{DecodeError, Message, Prepare, Request};
+pub use replica::{DurableState, Input, Output, Replica, Stats, Status, Submission};

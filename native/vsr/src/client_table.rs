@@ -1,0 +1,173 @@
+//! The client table: at-most-once execution of client requests.
+//!
+//! The table is a pure function of the committed log: every replica updates
+//! it while executing committed entries, in op order, and never at prepare
+//! time. Updating at prepare time is the "lockout" that TigerBeetle documents
+//! for the paper's table: after a view change drops an uncommitted prepare,
+//! a table that already recorded it rejects the client's retry forever.
+//!
+//! Clients register first (request number 0) and receive a session, the op
+//! of their registration. Each later request names its session. This fixes
+//! the paper's request-number collision: a client that restarts and counts
+//! from 1 again registers a new session instead of having its requests taken
+//! for old duplicates, and a client evicted from the full table is told so
+//! instead of having a retried request executed a second time.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::config::{ClientId, Op};
+use crate::message::Request;
+
+/// What execution did with one committed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client now has session `session` (the op of its registration).
+    Registered { session: Op },
+    /// The command was executed by this op; the application must apply it.
+    Executed,
+    /// The request was executed before, at `op`; it must not be applied again.
+    /// (`op` is 0 when the request is older than the client's latest.)
+    Duplicate { op: Op },
+    /// The session is unknown (evicted, or never registered): not executed.
+    Evicted,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    session: Op,
+    request: u64,
+    /// Op that last executed a request of this client: the eviction order.
+    last_op: Op,
+}
+
+/// Sessions of at most `capacity` clients; the least recently active is
+/// evicted first, ties broken by client id, so every replica evicts the same.
+#[derive(Clone, Debug)]
+pub struct ClientTable {
+    capacity: usize,
+    sessions: HashMap<ClientId, Session>,
+    by_activity: BTreeSet<(Op, ClientId)>,
+}
+
+impl ClientTable {
+    pub fn new(capacity: usize) -> ClientTable {
+        ClientTable { capacity, sessions: HashMap::new(), by_activity: BTreeSet::new() }
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Executes `request`, committed at `op`, against the table.
+    pub fn execute(&mut self, op: Op, request: &Request) -> Outcome {
+        if request.is_register() {
+            if let Some(existing) = self.sessions.get(&request.client) {
+                return Outcome::Registered { session: existing.session };
+            }
+            if self.sessions.len() >= self.capacity {
+                self.evict_oldest();
+            }
+            self.insert(request.client, Session { session: op, request: 0, last_op: op });
+            return Outcome::Registered { session: op };
+        }
+        match self.sessions.get(&request.client).copied() {
+            Some(s) if s.session == request.session => {
+                if request.request < s.request {
+                    Outcome::Duplicate { op: 0 }
+                } else if request.request == s.request {
+                    Outcome::Duplicate { op: s.last_op }
+                } else {
+                    self.by_activity.remove(&(s.last_op, request.client));
+                    self.insert(request.client, Session { request: request.request, last_op: op, ..s });
+                    Outcome::Executed
+                }
+            }
+            _ => Outcome::Evicted,
+        }
+    }
+
+    /// What executing `request` now would say if it is already settled
+    /// (a duplicate or an evicted session), without changing anything.
+    /// `None` means it is new and must go through the log.
+    pub fn settled(&self, request: &Request) -> Option<Outcome> {
+        let s = self.sessions.get(&request.client)?;
+        if request.is_register() {
+            return Some(Outcome::Registered { session: s.session });
+        }
+        if s.session != request.session {
+            return None; // a stale session: the log will say Evicted, deterministically
+        }
+        match request.request.cmp(&s.request) {
+            std::cmp::Ordering::Less => Some(Outcome::Duplicate { op: 0 }),
+            std::cmp::Ordering::Equal => Some(Outcome::Duplicate { op: s.last_op }),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    fn insert(&mut self, client: ClientId, session: Session) {
+        self.by_activity.insert((session.last_op, client));
+        self.sessions.insert(client, session);
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((_, client)) = self.by_activity.pop_first() {
+            self.sessions.remove(&client);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(client: u128, session: Op, request: u64) -> Request {
+        Request { client, session, request, origin: 0, payload: vec![] }
+    }
+
+    #[test]
+    fn executes_once_and_reports_duplicates() {
+        let mut t = ClientTable::new(8);
+        assert_eq!(t.execute(1, &req(9, 0, 0)), Outcome::Registered { session: 1 });
+        assert_eq!(t.execute(2, &req(9, 1, 1)), Outcome::Executed);
+        assert_eq!(t.execute(3, &req(9, 1, 1)), Outcome::Duplicate { op: 2 });
+        assert_eq!(t.settled(&req(9, 1, 1)), Some(Outcome::Duplicate { op: 2 }));
+        assert_eq!(t.settled(&req(9, 1, 2)), None);
+        assert_eq!(t.execute(4, &req(9, 1, 2)), Outcome::Executed);
+        assert_eq!(t.execute(5, &req(9, 1, 1)), Outcome::Duplicate { op: 0 });
+    }
+
+    #[test]
+    fn a_restarted_client_with_a_new_session_is_not_a_duplicate() {
+        let mut t = ClientTable::new(8);
+        t.execute(1, &req(9, 0, 0));
+        t.execute(2, &req(9, 1, 1));
+        // The same id with an unknown session is refused, not silently deduplicated.
+        assert_eq!(t.execute(3, &req(9, 7, 1)), Outcome::Evicted);
+    }
+
+    #[test]
+    fn eviction_is_least_recently_active_then_lowest_id() {
+        let mut t = ClientTable::new(2);
+        t.execute(1, &req(1, 0, 0));
+        t.execute(2, &req(2, 0, 0));
+        t.execute(3, &req(1, 1, 1)); // client 1 active again; client 2 is now the oldest
+        t.execute(4, &req(3, 0, 0)); // evicts client 2
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.execute(5, &req(2, 2, 1)), Outcome::Evicted);
+        assert_eq!(t.execute(6, &req(1, 1, 2)), Outcome::Executed);
+    }
+
+    #[test]
+    fn evicted_client_retrying_an_executed_request_is_refused_not_rerun() {
+        let mut t = ClientTable::new(1);
+        t.execute(1, &req(1, 0, 0));
+        assert_eq!(t.execute(2, &req(1, 1, 1)), Outcome::Executed);
+        t.execute(3, &req(2, 0, 0)); // evicts client 1
+        assert_eq!(t.execute(4, &req(1, 1, 1)), Outcome::Evicted);
+    }
+}

@@ -1,0 +1,173 @@
+//! Cluster configuration, numbering and quorums.
+
+/// Index of a replica in the configuration, `0..replica_count`.
+pub type ReplicaIndex = u8;
+/// A view number. The primary of view `v` is replica `v mod n`.
+pub type View = u64;
+/// An op number: the position of an entry in the log. Op 0 is the empty log.
+pub type Op = u64;
+/// A client's identity: random, chosen by the client, never reused.
+pub type ClientId = u128;
+
+/// The most replicas a cluster may have.
+pub const MAX_REPLICAS: usize = 6;
+
+/// The size of a quorum in a cluster of `replica_count` replicas: a strict
+/// majority, `floor(n / 2) + 1`.
+///
+/// Any two quorums share at least one replica, which is what carries a
+/// committed op across a view change. The same size serves for replication
+/// and for view change; with an even `n` this tolerates `n / 2 - 1` failures,
+/// the same as `n - 1` replicas would (flexible quorums could trade one for
+/// the other; we keep the simple, symmetric rule).
+pub fn quorum(replica_count: usize) -> usize {
+    replica_count / 2 + 1
+}
+
+/// A deliberate protocol bug, compiled only with the `mutations` feature, so
+/// that the simulator's own tests can prove its checkers catch broken code.
+#[cfg(feature = "mutations")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mutation {
+    /// The protocol as written.
+    #[default]
+    None,
+    /// The primary commits an op as soon as it is prepared, without a quorum.
+    CommitWithoutQuorum,
+    /// Execution ignores the client table, so a retried request runs twice.
+    SkipClientTable,
+    /// The new primary takes its own log instead of the best one it was sent.
+    IgnoreBestLog,
+}
+
+/// Everything a replica needs to know that does not change while it runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Identity of the cluster; messages stamped with another are dropped.
+    pub cluster: u128,
+    /// Number of replicas, 1 to [`MAX_REPLICAS`].
+    pub replica_count: u8,
+    /// Most client requests in one prepare.
+    pub batch_max_requests: usize,
+    /// Most payload bytes in one prepare (a single larger request still goes alone).
+    pub batch_max_bytes: usize,
+    /// Most prepares in flight (prepared, not yet committed) at once.
+    pub pipeline_max: u64,
+    /// Most requests waiting at the primary for a place in a prepare.
+    pub request_queue_max: usize,
+    /// Most clients remembered in the client table.
+    pub client_table_max: usize,
+    /// Most log entries carried by one repair or view-change message.
+    pub message_entries_max: usize,
+    /// Ticks between heartbeats from an idle primary.
+    pub heartbeat_ticks: u64,
+    /// Ticks before a primary resends a prepare that a backup has not acknowledged.
+    pub prepare_retry_ticks: u64,
+    /// Ticks without hearing the primary before a backup starts a view change;
+    /// also how long a view change may take before the next is tried.
+    pub view_change_ticks: u64,
+    /// Ticks between resends of view-change and repair messages.
+    pub resend_ticks: u64,
+    /// Ticks before a replica resends a client request it forwarded.
+    pub request_retry_ticks: u64,
+    /// Seed of the replica's timer jitter, so that replicas do not time out in lockstep.
+    pub jitter_seed: u64,
+    /// A deliberate bug for the simulator's self-test.
+    #[cfg(feature = "mutations")]
+    pub mutation: Mutation,
+}
+
+impl Config {
+    /// A configuration with the default limits and timeouts.
+    pub fn new(cluster: u128, replica_count: u8) -> Config {
+        Config {
+            cluster,
+            replica_count,
+            batch_max_requests: 256,
+            batch_max_bytes: 1 << 20,
+            pipeline_max: 8,
+            request_queue_max: 4096,
+            client_table_max: 4096,
+            message_entries_max: 64,
+            heartbeat_ticks: 5,
+            prepare_retry_ticks: 10,
+            view_change_ticks: 40,
+            resend_ticks: 10,
+            request_retry_ticks: 20,
+            jitter_seed: 0,
+            #[cfg(feature = "mutations")]
+            mutation: Mutation::None,
+        }
+    }
+
+    /// Checks the limits make sense; the error names the first that does not.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.replica_count as usize;
+        if n == 0 || n > MAX_REPLICAS {
+            return Err(format!("replica_count must be 1..={MAX_REPLICAS}, got {n}"));
+        }
+        let positive = [
+            ("batch_max_requests", self.batch_max_requests as u64),
+            ("batch_max_bytes", self.batch_max_bytes as u64),
+            ("pipeline_max", self.pipeline_max),
+            ("request_queue_max", self.request_queue_max as u64),
+            ("client_table_max", self.client_table_max as u64),
+            ("message_entries_max", self.message_entries_max as u64),
+            ("heartbeat_ticks", self.heartbeat_ticks),
+            ("prepare_retry_ticks", self.prepare_retry_ticks),
+            ("resend_ticks", self.resend_ticks),
+            ("request_retry_ticks", self.request_retry_ticks),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        if self.view_change_ticks <= 2 * self.heartbeat_ticks {
+            return Err("view_change_ticks must exceed twice heartbeat_ticks".into());
+        }
+        Ok(())
+    }
+
+    /// Number of replicas as a `usize`.
+    pub fn n(&self) -> usize {
+        self.replica_count as usize
+    }
+
+    /// The primary of `view`.
+    pub fn primary(&self, view: View) -> ReplicaIndex {
+        (view % self.replica_count as u64) as ReplicaIndex
+    }
+
+    #[cfg(feature = "mutations")]
+    pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
+        self.mutation == mutation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorums_intersect_for_every_size() {
+        for n in 1..=MAX_REPLICAS {
+            let q = quorum(n);
+            assert!(q <= n, "a quorum must be reachable with everyone up (n={n})");
+            assert!(2 * q > n, "two quorums must intersect (n={n})");
+        }
+        assert_eq!(
+            (1..=6).map(quorum).collect::<Vec<_>>(),
+            vec![1, 2, 2, 3, 3, 4]
+        );
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let mut c = Config::new(1, 3);
+        assert!(c.validate().is_ok());
+        c.replica_count = 7;
+        assert!(c.validate().unwrap_err().contains("replica_count"));
+        let mut c = Config::new(1, 3);
+        c.pipeline_max = 0;
+        assert!(c.validate().unwrap_err().contains("pipeline_max"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Log entries, messages, and their wire format.
+//!
+//! A message on the wire is a fixed little-endian header followed by a
+//! [postcard]-encoded body (postcard's format is specified and stable across
+//! its 1.x releases):
+//!
+//! | offset | size | field                                             |
+//! |--------|------|---------------------------------------------------|
+//! | 0      | 16   | checksum: XXH3-128 of every byte after this field |
+//! | 16     | 2    | magic `0x5356` ("VS")                             |
+//! | 18     | 2    | wire version, currently 1                         |
+//! | 20     | 16   | cluster id                                        |
+//! | 36     | 1    | sender's replica index                            |
+//! | 37     | ..   | body: postcard encoding of [`Message`]            |
+//!
+//! Decoding checks all of it, then recomputes the checksum of every log entry
+//! the body carries. Anything that fails is an [`DecodeError`], never a panic.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::checksum;
+use crate::config::{ClientId, Op, ReplicaIndex, View};
+
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 37;
+/// The header's magic number.
+pub const MAGIC: u16 = 0x5356;
+/// The wire version this build speaks.
+pub const WIRE_VERSION: u16 = 1;
+
+/// One client request, as ordered by the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The client's identity.
+    pub client: ClientId,
+    /// The session the client registered (the op of its registration); 0 when registering.
+    pub session: Op,
+    /// The client's request number: 0 registers, then 1, 2, ... one at a time.
+    pub request: u64,
+    /// The replica the client submitted through; it is the one that replies.
+    pub origin: ReplicaIndex,
+    /// The command, opaque to the protocol.
+    pub payload: Vec<u8>,
+}
+
+impl Request {
+    /// Whether this request registers a new client session.
+    pub fn is_register(&self) -> bool {
+        self.request == 0
+    }
+}
+
+/// A log entry: a batch of requests the primary of `view` assigned to `op`.
+///
+/// Entries are hash-chained: `parent` is the checksum of the entry at
+/// `op - 1` (or the cluster's root checksum for op 1), and `checksum` covers
+/// every other field, so one checksum names an entry and its whole history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub checksum: u128,
+    pub parent: u128,
+    pub view: View,
+    pub op: Op,
+    /// Nanoseconds chosen by the primary, strictly increasing along the log.
+    pub timestamp: u64,
+    pub requests: Vec<Request>,
+}
+
+#[derive(Serialize)]
+struct PrepareFields<'a> {
+    parent: u128,
+    view: View,
+    op: Op,
+    timestamp: u64,
+    requests: &'a [Request],
+}
+
+impl Prepare {
+    /// Builds an entry and computes its checksum.
+    pub fn new(parent: u128, view: View, op: Op, timestamp: u64, requests: Vec<Request>) -> Prepare {
+        let mut prepare = Prepare { checksum: 0, parent, view, op, timestamp, requests };
+        prepare.checksum = prepare.compute_checksum();
+        prepare
+    }
+
+    /// The checksum the entry's fields call for.
+    pub fn compute_checksum(&self) -> u128 {
+        let fields = PrepareFields {
+            parent: self.parent,
+            view: self.view,
+            op: self.op,
+            timestamp: self.timestamp,
+            requests: &self.requests,
+        };
+        let bytes = postcard::to_allocvec(&fields).expect("encoding to a Vec cannot fail");
+        checksum(&bytes)
+    }
+
+    /// Payload bytes of all requests.
+    pub fn payload_bytes(&self) -> usize {
+        self.requests.iter().map(|r| r.payload.len()).sum()
+    }
+}
+
+/// Every message replicas exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A client request forwarded by its origin replica to the primary.
+    Request { request: Request },
+    /// The primary replicates an entry (also used to answer repair requests).
+    Prepare { view: View, commit: Op, entry: Arc<Prepare> },
+    /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`.
+    PrepareOk { view: View, op: Op, checksum: u128 },
+    /// Heartbeat of an idle primary: the view is alive and committed up to `commit`.
+    Commit { view: View, commit: Op },
+    /// A backup asks for entries `from..=to` of the current view's log.
+    RequestPrepares { view: View, from: Op, to: Op },
+    /// The sender wants to move to `view` (a vote, not yet a change); it is
+    /// itself in view `current`. A vote from a replica already in a higher view
+    /// than the receiver's is heeded even by a healthy receiver: that view is
+    /// real, and the cluster must move up to it for the sender to rejoin.
+    StartViewChange { view: View, current: View },
+    /// The sender has moved to `view` and hands its log to the new primary:
+    /// entries after `from`, where its entry `from` has checksum `from_checksum`.
+    DoViewChange {
+        view: View,
+        log_view: View,
+        op: Op,
+        commit: Op,
+        from: Op,
+        from_checksum: u128,
+        entries: Vec<Arc<Prepare>>,
+    },
+    /// The new primary asks for a longer suffix of a DoViewChange.
+    RequestDoViewChange { view: View, from: Op },
+    /// The new view's log: the entries after `from` (at most a chunk), up to `op`.
+    StartView {
+        view: View,
+        op: Op,
+        commit: Op,
+        from: Op,
+        from_checksum: u128,
+        entries: Vec<Arc<Prepare>>,
+    },
+    /// A replica that missed (or could not attach) a StartView asks again, from `from`.
+    RequestStartView { view: View, from: Op },
+}
+
+impl Message {
+    /// Short name for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Request { .. } => "request",
+            Message::Prepare { .. } => "prepare",
+            Message::PrepareOk { .. } => "prepare_ok",
+            Message::Commit { .. } => "commit",
+            Message::RequestPrepares { .. } => "request_prepares",
+            Message::StartViewChange { .. } => "start_view_change",
+            Message::DoViewChange { .. } => "do_view_change",
+            Message::RequestDoViewChange { .. } => "request_do_view_change",
+            Message::StartView { .. } => "start_view",
+            Message::RequestStartView { .. } => "request_start_view",
+        }
+    }
+
+    fn entries(&self) -> &[Arc<Prepare>] {
+        match self {
+            Message::Prepare { entry, .. } => std::slice::from_ref(entry),
+            Message::DoViewChange { entries, .. } | Message::StartView { entries, .. } => entries,
+            _ => &[],
+        }
+    }
+}
+
+/// Why received bytes were not accepted as a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the header.
+    Truncated,
+    /// The checksum does not match the bytes.
+    Corrupt,
+    /// Not a Visor message, or a wire version this build does not speak.
+    UnknownFormat,
+    /// Stamped with another cluster's id.
+    ForeignCluster,
+    /// The sender index is outside the configuration.
+    UnknownSender,
+    /// The body does not decode, or carries inconsistent entries.
+    Malformed,
+}
+
+/// Encodes `message` from replica `from` of `cluster`.
+pub fn encode(cluster: u128, from: ReplicaIndex, message: &Message) -> Vec<u8> {
+    let mut bytes = vec![0u8; HEADER_LEN];
+    bytes[16..18].copy_from_slice(&MAGIC.to_le_bytes());
+    bytes[18..20].copy_from_slice(&WIRE_VERSION.to_le_bytes());
+    bytes[20..36].copy_from_slice(&cluster.to_le_bytes());
+    bytes[36] = from;
+    let bytes = postcard::to_extend(message, bytes).expect("encoding to a Vec cannot fail");
+    let mut bytes = bytes;
+    let sum = checksum(&bytes[16..]);
+    bytes[0..16].copy_from_slice(&sum.to_le_bytes());
+    bytes
+}
+
+/// Decodes and verifies bytes received by a replica of `cluster` with
+/// `replica_count` replicas. Returns the sender and the message.
+pub fn decode(
+    cluster: u128,
+    replica_count: u8,
+    bytes: &[u8],
+) -> Result<(ReplicaIndex, Message), DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    let sum = u128::from_le_bytes(bytes[0..16].try_into().unwrap());
+    if checksum(&bytes[16..]) != sum {
+        return Err(DecodeError::Corrupt);
+    }
+    let magic = u16::from_le_bytes([bytes[16], bytes[17]]);
+    let version = u16::from_le_bytes([bytes[18], bytes[19]]);
+    if magic != MAGIC || version != WIRE_VERSION {
+        return Err(DecodeError::UnknownFormat);
+    }
+    if u128::from_le_bytes(bytes[20..36].try_into().unwrap()) != cluster {
+        return Err(DecodeError::ForeignCluster);
+    }
+    let from = bytes[36];
+    if from >= replica_count {
+        return Err(DecodeError::UnknownSender);
+    }
+    let message: Message =
+        postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
+    if !entries_are_consistent(&message) {
+        return Err(DecodeError::Malformed);
+    }
+    Ok((from, message))
+}
+
+/// Entries must carry their true checksums, and a run of entries must be a
+/// contiguous hash chain, so that nothing received is trusted unchecked.
+fn entries_are_consistent(message: &Message) -> bool {
+    let entries = message.entries();
+    let checksums_hold = entries.iter().all(|e| e.compute_checksum() == e.checksum);
+    let chained = entries
+        .windows(2)
+        .all(|w| w[1].op == w[0].op + 1 && w[1].parent == w[0].checksum);
+    let attached = match message {
+        Message::DoViewChange { from, from_checksum, entries, .. }
+        | Message::StartView { from, from_checksum, entries, .. } => entries
+            .first()
+            .is_none_or(|e| e.op == from + 1 && e.parent == *from_checksum),
+        _ => true,
+    };
+    checksums_hold && chained && attached
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client: u128, n: u64) -> Request {
+        Request { client, session: 1, request: n, origin: 0, payload: vec![n as u8; 3] }
+    }
+
+    fn sample() -> Message {
+        let a = Arc::new(Prepare::new(7, 1, 1, 10, vec![request(5, 1)]));
+        let b = Arc::new(Prepare::new(a.checksum, 1, 2, 11, vec![request(6, 1), request(5, 2)]));
+        Message::StartView { view: 2, op: 2, commit: 1, from: 0, from_checksum: 7, entries: vec![a, b] }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(42, 1, &sample());
+        assert_eq!(decode(42, 3, &bytes), Ok((1, sample())));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let bytes = encode(42, 1, &sample());
+        for i in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(decode(42, 3, &bad).is_err(), "flip of bit {i} accepted");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let bytes = encode(42, 1, &sample());
+        for len in 0..bytes.len() {
+            assert!(decode(42, 3, &bytes[..len]).is_err(), "truncation to {len} accepted");
+        }
+    }
+
+    #[test]
+    fn foreign_cluster_and_sender_are_rejected() {
+        let bytes = encode(42, 1, &sample());
+        assert_eq!(decode(43, 3, &bytes), Err(DecodeError::ForeignCluster));
+        assert_eq!(decode(42, 1, &bytes), Err(DecodeError::UnknownSender));
+    }
+
+    #[test]
+    fn a_lying_entry_checksum_is_malformed_even_with_a_valid_envelope() {
+        let mut entry = Prepare::new(7, 1, 1, 10, vec![request(5, 1)]);
+        entry.timestamp += 1; // checksum no longer matches the fields
+        let message = Message::Prepare { view: 1, commit: 0, entry: Arc::new(entry) };
+        assert_eq!(decode(42, 3, &encode(42, 0, &message)), Err(DecodeError::Malformed));
+    }
+
+    #[test]
+    fn a_broken_chain_is_malformed() {
+        let a = Arc::new(Prepare::new(7, 1, 1, 10, vec![]));
+        let b = Arc::new(Prepare::new(999, 1, 2, 11, vec![]));
+        let message =
+            Message::StartView { view: 2, op: 2, commit: 0, from: 0, from_checksum: 7, entries: vec![a, b] };
+        assert_eq!(decode(42, 3, &encode(42, 0, &message)), Err(DecodeError::Malformed));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for len in [0usize, 1, 36, 37, 38, 64, 300] {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                assert!(decode(42, 3, &bytes).is_err());
+            }
+        }
+    }
+}

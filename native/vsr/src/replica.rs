@@ -1,0 +1,731 @@
+//! The replica: one member of a cluster, as a pure state machine.
+//!
+//! A replica is driven by [`Input`]s and answers with [`Output`]s; it never
+//! touches a clock, a socket or a file itself. The host executes the outputs
+//! **in order**, and an output that follows a write may only take effect once
+//! that write is durable: a `Send` or `Reply` after a `WriteLog` leaves only
+//! when the entry is on disk. This is raft-rs's "persist, then send" rule; it
+//! lets a host group-commit (one fsync for the writes of many steps) without
+//! any completion callback. The replica puts sends that need no durability
+//! (a primary's prepares to its backups) *before* its own write, so the
+//! network and the disk work in parallel.
+//!
+//! Normal operation (primary = view mod n) lives in this file; view change
+//! and state transfer in `view_change.rs`.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::checksum::root_checksum;
+use crate::client_table::{ClientTable, Outcome};
+use crate::config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
+#[cfg(feature = "mutations")]
+use crate::config::Mutation;
+use crate::log::Log;
+use crate::message::{decode, encode, DecodeError, Message, Prepare, Request};
+
+/// Where a replica is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Processing requests in `view`.
+    Normal,
+    /// Moving to `view`: not accepting prepares until the view starts.
+    ViewChange,
+}
+
+/// What the replica must keep across a restart besides its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DurableState {
+    /// The highest view the replica has taken part in. Never decreases.
+    pub view: View,
+    /// The last view in which the replica's log was a normal view's log.
+    pub log_view: View,
+    /// A commit number known when this was written (a lower bound).
+    pub commit: Op,
+}
+
+/// A client's submission, handed to the replica the client talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub client: ClientId,
+    /// 0 to register; afterwards the session returned by registration.
+    pub session: Op,
+    /// 0 to register; afterwards 1, 2, 3, ... one outstanding at a time.
+    pub request: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Something that happened to the replica.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    /// Time passed: one tick. `now_ns` is the host's wall clock, used only to
+    /// stamp prepares (timestamps stay strictly increasing whatever it says).
+    Tick { now_ns: u64 },
+    /// Bytes arrived from a peer replica.
+    Receive(&'a [u8]),
+    /// A client submits a request through this replica.
+    Submit(Submission),
+}
+
+/// Something the host must do, in order.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send bytes to a peer replica (best effort: the protocol tolerates loss).
+    Send { to: ReplicaIndex, bytes: Vec<u8> },
+    /// Make the log `log[..=after] ++ entries`, durably.
+    WriteLog { after: Op, entries: Vec<Arc<Prepare>> },
+    /// Make the durable state this, durably.
+    WriteState(DurableState),
+    /// The entry is committed: apply the requests whose outcome is `Executed`,
+    /// in order. Every replica emits the same sequence of `Execute`s.
+    Execute { entry: Arc<Prepare>, outcomes: Vec<Outcome> },
+    /// A request submitted through this replica is settled.
+    Reply { client: ClientId, request: u64, op: Op, outcome: Outcome },
+}
+
+/// Counters of things worth knowing but not worth failing over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Received bytes rejected, by reason.
+    pub dropped_truncated: u64,
+    pub dropped_corrupt: u64,
+    pub dropped_unknown_format: u64,
+    pub dropped_foreign_cluster: u64,
+    pub dropped_unknown_sender: u64,
+    pub dropped_malformed: u64,
+    /// Requests the primary refused because its queue was full.
+    pub dropped_requests: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// View changes this replica completed (as primary or backup).
+    pub views_started: u64,
+}
+
+/// A forwarded request waiting to be settled, for retry.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub(crate) request: Request,
+    pub(crate) sent_tick: u64,
+}
+
+/// The replica state machine.
+pub struct Replica {
+    pub(crate) config: Config,
+    pub(crate) index: ReplicaIndex,
+    pub(crate) status: Status,
+    pub(crate) view: View,
+    pub(crate) log_view: View,
+    pub(crate) log: Log,
+    /// Highest op executed here.
+    pub(crate) commit_min: Op,
+    /// Highest op known to be committed.
+    pub(crate) commit_max: Op,
+    pub(crate) client_table: ClientTable,
+
+    pub(crate) ticks: u64,
+    pub(crate) now_ns: u64,
+    pub(crate) jitter_state: u64,
+    pub(crate) timeout_jitter: u64,
+
+    // Primary, normal status.
+    /// Highest op each replica acknowledged holding in this view.
+    pub(crate) acked: [Op; MAX_REPLICAS],
+    pub(crate) last_heard: [u64; MAX_REPLICAS],
+    pub(crate) queue: VecDeque<Request>,
+    pub(crate) queued: HashSet<(ClientId, u64)>,
+    pub(crate) last_broadcast_tick: u64,
+    pub(crate) last_retry_tick: u64,
+
+    // Backup, normal status.
+    pub(crate) last_primary_tick: u64,
+    /// Highest op the primary is known to have, for repair.
+    pub(crate) primary_op: Op,
+    pub(crate) last_repair_tick: Option<u64>,
+    pub(crate) last_start_view_request: Option<u64>,
+
+    // View change.
+    pub(crate) status_since: u64,
+    /// The view this replica campaigns for (0: not campaigning).
+    pub(crate) campaign: View,
+    /// The view each replica last campaigned for, as heard.
+    pub(crate) votes: [View; MAX_REPLICAS],
+    pub(crate) last_resend_tick: u64,
+    pub(crate) last_campaign_tick: u64,
+    pub(crate) dvcs: Vec<Option<crate::view_change::Dvc>>,
+    pub(crate) staging: Option<crate::view_change::Staging>,
+
+    // Origin: requests submitted here, until settled.
+    pub(crate) pending: BTreeMap<ClientId, Pending>,
+
+    pub(crate) stats: Stats,
+    pub(crate) out: Vec<Output>,
+}
+
+impl Replica {
+    /// A fresh replica with an empty log, in view 0.
+    ///
+    /// Panics if the configuration is invalid or `index` is outside it: that
+    /// is a bug of the caller, checked before any replica runs.
+    pub fn new(config: Config, index: ReplicaIndex) -> Replica {
+        let (mut replica, _) = Replica::restart(config, index, DurableState::default(), Vec::new())
+            .expect("a valid configuration and an empty log");
+        // A fresh replica has sent nothing, so the primary of view 0 may lead at once.
+        replica.status = Status::Normal;
+        replica
+    }
+
+    /// A replica restarted from what it had made durable, plus the outputs of
+    /// re-executing its committed prefix (the host's application state is gone
+    /// with the crash and is rebuilt from these).
+    ///
+    /// A replica that was the primary of its view does not resume as primary:
+    /// it may have sent prepares it never wrote, so it waits for a view change.
+    pub fn restart(
+        config: Config,
+        index: ReplicaIndex,
+        state: DurableState,
+        entries: Vec<Arc<Prepare>>,
+    ) -> Result<(Replica, Vec<Output>), String> {
+        config.validate()?;
+        if index as usize >= config.n() {
+            return Err(format!("replica index {index} outside a cluster of {}", config.n()));
+        }
+        if state.log_view > state.view {
+            return Err("log_view is ahead of view".into());
+        }
+        let log = Log::from_entries(root_checksum(config.cluster), entries)
+            .ok_or("the stored log is not a hash chain from this cluster's root")?;
+        let jitter_state = config.jitter_seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let resumes_normal = state.log_view == state.view && config.primary(state.view) != index;
+        let mut replica = Replica {
+            status: if resumes_normal { Status::Normal } else { Status::ViewChange },
+            view: state.view,
+            log_view: state.log_view,
+            commit_min: 0,
+            commit_max: state.commit.min(log.op()),
+            log,
+            client_table: ClientTable::new(config.client_table_max),
+            ticks: 0,
+            now_ns: 0,
+            jitter_state,
+            timeout_jitter: 0,
+            acked: [0; MAX_REPLICAS],
+            last_heard: [0; MAX_REPLICAS],
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            last_broadcast_tick: 0,
+            last_retry_tick: 0,
+            last_primary_tick: 0,
+            primary_op: 0,
+            last_repair_tick: None,
+            last_start_view_request: None,
+            status_since: 0,
+            campaign: 0,
+            votes: [0; MAX_REPLICAS],
+            last_resend_tick: 0,
+            last_campaign_tick: 0,
+            dvcs: vec![None; config.n()],
+            staging: None,
+            pending: BTreeMap::new(),
+            stats: Stats::default(),
+            out: Vec::new(),
+            config,
+            index,
+        };
+        replica.timeout_jitter = replica.next_jitter();
+        replica.execute_committed();
+        let outputs = std::mem::take(&mut replica.out);
+        Ok((replica, outputs))
+    }
+
+    /// Feeds one input; returns what the host must do, in order.
+    pub fn step(&mut self, input: Input<'_>) -> Vec<Output> {
+        match input {
+            Input::Tick { now_ns } => self.on_tick(now_ns),
+            Input::Receive(bytes) => self.on_bytes(bytes),
+            Input::Submit(submission) => self.on_submit(submission),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn index(&self) -> ReplicaIndex {
+        self.index
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn view(&self) -> View {
+        self.view
+    }
+    pub fn log_view(&self) -> View {
+        self.log_view
+    }
+    /// Op of the last log entry.
+    pub fn op(&self) -> Op {
+        self.log.op()
+    }
+    /// Highest op executed here.
+    pub fn commit(&self) -> Op {
+        self.commit_min
+    }
+    /// Highest op known to be committed (may be ahead of what is executed here).
+    pub fn commit_max(&self) -> Op {
+        self.commit_max
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Whether this replica is the primary of a view in normal status.
+    pub fn is_primary(&self) -> bool {
+        self.status == Status::Normal && self.is_primary_of_view()
+    }
+    /// The primary of the current view (which may not have started yet).
+    pub fn primary(&self) -> ReplicaIndex {
+        self.config.primary(self.view)
+    }
+    /// Number of clients in the client table.
+    pub fn clients(&self) -> usize {
+        self.client_table.len()
+    }
+    /// The durable state as it stands.
+    pub fn durable_state(&self) -> DurableState {
+        DurableState { view: self.view, log_view: self.log_view, commit: self.commit_max }
+    }
+
+    pub(crate) fn is_primary_of_view(&self) -> bool {
+        self.config.primary(self.view) == self.index
+    }
+
+    pub(crate) fn quorum(&self) -> usize {
+        quorum(self.config.n())
+    }
+
+    #[cfg(feature = "mutations")]
+    pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
+        self.config.mutated(mutation)
+    }
+
+    /// xorshift64*: timer jitter only, so replicas do not time out in lockstep.
+    pub(crate) fn next_jitter(&mut self) -> u64 {
+        let mut x = self.jitter_state | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.jitter_state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % self.config.view_change_ticks.max(1)
+    }
+
+    // ---- Sending -------------------------------------------------------
+
+    pub(crate) fn send(&mut self, to: ReplicaIndex, message: &Message) {
+        debug_assert_ne!(to, self.index);
+        let bytes = encode(self.config.cluster, self.index, message);
+        self.stats.sent += 1;
+        self.out.push(Output::Send { to, bytes });
+    }
+
+    pub(crate) fn broadcast(&mut self, message: &Message) {
+        let bytes = encode(self.config.cluster, self.index, message);
+        for to in 0..self.config.replica_count {
+            if to != self.index {
+                self.stats.sent += 1;
+                self.out.push(Output::Send { to, bytes: bytes.clone() });
+            }
+        }
+    }
+
+    pub(crate) fn write_state(&mut self) {
+        let state = self.durable_state();
+        self.out.push(Output::WriteState(state));
+    }
+
+    // ---- Inputs --------------------------------------------------------
+
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        match decode(self.config.cluster, self.config.replica_count, bytes) {
+            Ok((from, message)) if from != self.index => self.on_message(from, message),
+            Ok(_) => self.stats.dropped_unknown_sender += 1,
+            Err(error) => {
+                let counter = match error {
+                    DecodeError::Truncated => &mut self.stats.dropped_truncated,
+                    DecodeError::Corrupt => &mut self.stats.dropped_corrupt,
+                    DecodeError::UnknownFormat => &mut self.stats.dropped_unknown_format,
+                    DecodeError::ForeignCluster => &mut self.stats.dropped_foreign_cluster,
+                    DecodeError::UnknownSender => &mut self.stats.dropped_unknown_sender,
+                    DecodeError::Malformed => &mut self.stats.dropped_malformed,
+                };
+                *counter += 1;
+            }
+        }
+    }
+
+    fn on_message(&mut self, from: ReplicaIndex, message: Message) {
+        match message {
+            Message::Request { request } => self.on_request(request),
+            Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
+            Message::PrepareOk { view, op, checksum } => self.on_prepare_ok(from, view, op, checksum),
+            Message::Commit { view, commit } => self.on_commit(from, view, commit),
+            Message::RequestPrepares { view, from: first, to } => {
+                self.on_request_prepares(from, view, first, to)
+            }
+            Message::StartViewChange { view, current } => self.on_start_view_change(from, view, current),
+            Message::DoViewChange { view, log_view, op, commit, from: base, from_checksum, entries } => {
+                let dvc = crate::view_change::Dvc { log_view, op, commit, base, base_checksum: from_checksum, entries };
+                self.on_do_view_change(from, view, dvc)
+            }
+            Message::RequestDoViewChange { view, from: base } => self.on_request_do_view_change(from, view, base),
+            Message::StartView { view, op, commit, from: base, from_checksum, entries } => {
+                self.on_start_view(from, view, op, commit, base, from_checksum, entries)
+            }
+            Message::RequestStartView { view, from: base } => self.on_request_start_view(from, view, base),
+        }
+    }
+
+    fn on_tick(&mut self, now_ns: u64) {
+        self.ticks += 1;
+        self.now_ns = self.now_ns.max(now_ns);
+        match self.status {
+            Status::Normal if self.is_primary_of_view() => self.tick_primary(),
+            Status::Normal => self.tick_backup(),
+            Status::ViewChange => self.tick_view_change(),
+        }
+        self.tick_campaign();
+        self.retry_pending();
+    }
+
+    // ---- Clients -------------------------------------------------------
+
+    fn on_submit(&mut self, submission: Submission) {
+        let request = Request {
+            client: submission.client,
+            session: submission.session,
+            request: submission.request,
+            origin: self.index,
+            payload: submission.payload,
+        };
+        if let Some(outcome) = self.client_table.settled(&request) {
+            let op = match outcome {
+                Outcome::Registered { session } => session,
+                Outcome::Duplicate { op } => op,
+                _ => 0,
+            };
+            self.out.push(Output::Reply { client: request.client, request: request.request, op, outcome });
+            return;
+        }
+        self.pending.insert(request.client, Pending { request: request.clone(), sent_tick: self.ticks });
+        self.route(request);
+    }
+
+    /// Sends a request towards the primary (or queues it, on the primary).
+    fn route(&mut self, request: Request) {
+        if self.status != Status::Normal {
+            return; // retried once a view is running
+        }
+        if self.is_primary_of_view() {
+            self.on_request(request);
+        } else {
+            let primary = self.primary();
+            self.send(primary, &Message::Request { request });
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let due: Vec<Request> = self
+            .pending
+            .values_mut()
+            .filter(|p| p.sent_tick + self.config.request_retry_ticks <= self.ticks)
+            .map(|p| {
+                p.sent_tick = self.ticks;
+                p.request.clone()
+            })
+            .collect();
+        for request in due {
+            self.route(request);
+        }
+    }
+
+    /// A request reached the primary: queue it unless it is already in hand.
+    fn on_request(&mut self, request: Request) {
+        if !self.is_primary() {
+            return; // the origin retries towards the right primary
+        }
+        let key = (request.client, request.request);
+        let in_flight = self.queued.contains(&key)
+            || ((self.commit_min + 1)..=self.log.op()).any(|op| {
+                self.log.get(op).is_some_and(|e| {
+                    e.requests.iter().any(|r| r.client == request.client && r.request == request.request)
+                })
+            });
+        // A settled request is answered by its origin when it executes the
+        // original op; preparing it again would only waste an op.
+        if in_flight || self.client_table.settled(&request).is_some() {
+            return;
+        }
+        if self.queue.len() >= self.config.request_queue_max {
+            self.stats.dropped_requests += 1;
+            return;
+        }
+        self.queued.insert(key);
+        self.queue.push_back(request);
+        self.prepare_queued();
+    }
+
+    // ---- Primary -------------------------------------------------------
+
+    /// Turns queued requests into prepares while the pipeline has room.
+    pub(crate) fn prepare_queued(&mut self) {
+        while self.is_primary()
+            && !self.abdicating()
+            && self.log.op() < self.commit_max + self.config.pipeline_max
+            && !self.queue.is_empty()
+        {
+            let batch = self.take_batch();
+            let op = self.log.op() + 1;
+            let timestamp = self.now_ns.max(self.log.head_timestamp() + 1);
+            let entry = Arc::new(Prepare::new(self.log.head_checksum(), self.view, op, timestamp, batch));
+            self.log.append(entry.clone());
+            self.broadcast(&Message::Prepare { view: self.view, commit: self.commit_max, entry: entry.clone() });
+            self.last_broadcast_tick = self.ticks;
+            self.out.push(Output::WriteLog { after: op - 1, entries: vec![entry] });
+            self.acked[self.index as usize] = op;
+        }
+        self.advance_commit();
+    }
+
+    fn take_batch(&mut self) -> Vec<Request> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.queue.front() {
+            let fits = batch.len() < self.config.batch_max_requests
+                && (batch.is_empty() || bytes + next.payload.len() <= self.config.batch_max_bytes);
+            if !fits {
+                break;
+            }
+            let request = self.queue.pop_front().expect("front exists");
+            self.queued.remove(&(request.client, request.request));
+            bytes += request.payload.len();
+            batch.push(request);
+        }
+        batch
+    }
+
+    fn on_prepare_ok(&mut self, from: ReplicaIndex, view: View, op: Op, checksum: u128) {
+        if view != self.view || !self.is_primary() {
+            return;
+        }
+        self.last_heard[from as usize] = self.ticks;
+        if self.log.checksum_at(op) == Some(checksum) && op > self.acked[from as usize] {
+            self.acked[from as usize] = op;
+            self.advance_commit();
+            self.prepare_queued();
+        }
+    }
+
+    /// Commits the highest op that a quorum holds, then executes.
+    fn advance_commit(&mut self) {
+        if !self.is_primary() {
+            return;
+        }
+        let mut acked: Vec<Op> = self.acked[..self.config.n()].to_vec();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        #[allow(unused_mut)]
+        let mut quorum_op = acked[self.quorum() - 1];
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::CommitWithoutQuorum) {
+            quorum_op = self.log.op();
+        }
+        if quorum_op > self.commit_max {
+            self.commit_max = quorum_op;
+            self.execute_committed();
+        }
+    }
+
+    /// A primary that has not heard from a quorum lately stops leading, so
+    /// that its silence lets the backups elect a primary that can commit.
+    pub(crate) fn abdicating(&self) -> bool {
+        let recent = (0..self.config.n())
+            .filter(|&r| r == self.index as usize || self.ticks < self.last_heard[r] + self.config.view_change_ticks)
+            .count();
+        recent < self.quorum()
+    }
+
+    fn tick_primary(&mut self) {
+        if self.abdicating() {
+            return;
+        }
+        self.prepare_queued();
+        if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
+            self.broadcast(&Message::Commit { view: self.view, commit: self.commit_max });
+            self.last_broadcast_tick = self.ticks;
+        }
+        if self.ticks >= self.last_retry_tick + self.config.prepare_retry_ticks {
+            self.last_retry_tick = self.ticks;
+            self.retransmit_prepares();
+        }
+    }
+
+    /// Resends the uncommitted tail to each backup that has not acknowledged it.
+    fn retransmit_prepares(&mut self) {
+        let op = self.log.op();
+        for backup in 0..self.config.replica_count {
+            let acked = self.acked[backup as usize];
+            if backup == self.index || acked >= op {
+                continue;
+            }
+            let first = (acked + 1).max(op.saturating_sub(self.config.pipeline_max) + 1);
+            for op in first..=op {
+                let entry = self.log.get(op).expect("op within the log").clone();
+                self.send(backup, &Message::Prepare { view: self.view, commit: self.commit_max, entry });
+            }
+        }
+    }
+
+    fn on_request_prepares(&mut self, from: ReplicaIndex, view: View, first: Op, last: Op) {
+        if view != self.view || !self.is_primary() {
+            return;
+        }
+        let last = last.min(self.log.op()).min(first.saturating_add(self.config.message_entries_max as Op - 1));
+        for op in first.max(1)..=last {
+            let entry = self.log.get(op).expect("op within the log").clone();
+            self.send(from, &Message::Prepare { view: self.view, commit: self.commit_max, entry });
+        }
+    }
+
+    // ---- Backup --------------------------------------------------------
+
+    /// A message from the current view's primary: it is alive.
+    pub(crate) fn heard_primary(&mut self) {
+        self.last_primary_tick = self.ticks;
+        self.campaign = 0;
+    }
+
+    fn on_prepare(&mut self, from: ReplicaIndex, view: View, commit: Op, entry: Arc<Prepare>) {
+        if !self.accepts_normal_message(from, view) {
+            return;
+        }
+        self.heard_primary();
+        self.primary_op = self.primary_op.max(entry.op);
+        if self.log.can_append(&entry) {
+            let op = entry.op;
+            self.log.append(entry.clone());
+            self.out.push(Output::WriteLog { after: op - 1, entries: vec![entry] });
+        } else if entry.op > self.log.op() + 1 {
+            self.request_repair();
+        }
+        self.acknowledge();
+        self.learn_commit(commit);
+    }
+
+    fn on_commit(&mut self, from: ReplicaIndex, view: View, commit: Op) {
+        if !self.accepts_normal_message(from, view) {
+            return;
+        }
+        self.heard_primary();
+        self.acknowledge();
+        self.learn_commit(commit);
+    }
+
+    /// Whether a Prepare or Commit from `from` in `view` is for this replica,
+    /// as a backup in normal status; asks for the view's log if it is behind.
+    fn accepts_normal_message(&mut self, from: ReplicaIndex, view: View) -> bool {
+        if view < self.view || from != self.config.primary(view) || self.config.primary(view) == self.index {
+            return false;
+        }
+        if view > self.view || self.status != Status::Normal {
+            self.request_start_view(view);
+            return false;
+        }
+        true
+    }
+
+    /// Tells the primary how much of its log this replica holds; doubles as
+    /// the backup's heartbeat, which keeps the primary from abdicating.
+    pub(crate) fn acknowledge(&mut self) {
+        let op = self.log.op();
+        let checksum = self.log.head_checksum();
+        let primary = self.primary();
+        self.send(primary, &Message::PrepareOk { view: self.view, op, checksum });
+    }
+
+    pub(crate) fn learn_commit(&mut self, commit: Op) {
+        if commit > self.commit_max {
+            self.commit_max = commit;
+        }
+        self.execute_committed();
+        if self.commit_max > self.log.op() {
+            self.primary_op = self.primary_op.max(self.commit_max);
+            self.request_repair();
+        }
+    }
+
+    /// Asks the primary for the entries this backup is missing (at most once
+    /// per resend interval).
+    pub(crate) fn request_repair(&mut self) {
+        if self.primary_op <= self.log.op() || !self.due(self.last_repair_tick) {
+            return;
+        }
+        self.last_repair_tick = Some(self.ticks);
+        let primary = self.primary();
+        let message = Message::RequestPrepares { view: self.view, from: self.log.op() + 1, to: self.primary_op };
+        self.send(primary, &message);
+    }
+
+    fn tick_backup(&mut self) {
+        let silence = self.ticks.saturating_sub(self.last_primary_tick);
+        if silence >= self.config.view_change_ticks + self.timeout_jitter {
+            self.start_campaign();
+        }
+        self.request_repair();
+    }
+
+    /// Whether a rate-limited message last sent at `last` may go again.
+    pub(crate) fn due(&self, last: Option<u64>) -> bool {
+        last.is_none_or(|t| self.ticks >= t + self.config.resend_ticks)
+    }
+
+    // ---- Execution -----------------------------------------------------
+
+    /// Executes every committed entry this replica holds, in op order.
+    pub(crate) fn execute_committed(&mut self) {
+        let last = self.commit_max.min(self.log.op());
+        while self.commit_min < last {
+            self.commit_min += 1;
+            let op = self.commit_min;
+            let entry = self.log.get(op).expect("op within the log").clone();
+            let outcomes: Vec<Outcome> = entry.requests.iter().map(|r| self.execute_request(op, r)).collect();
+            for (request, outcome) in entry.requests.iter().zip(&outcomes) {
+                if request.origin != self.index {
+                    continue;
+                }
+                if self.pending.get(&request.client).is_some_and(|p| p.request.request <= request.request) {
+                    self.pending.remove(&request.client);
+                }
+                let reply_op = match outcome {
+                    Outcome::Duplicate { op } => *op,
+                    _ => op,
+                };
+                self.out.push(Output::Reply {
+                    client: request.client,
+                    request: request.request,
+                    op: reply_op,
+                    outcome: *outcome,
+                });
+            }
+            self.out.push(Output::Execute { entry, outcomes });
+        }
+    }
+
+    fn execute_request(&mut self, op: Op, request: &Request) -> Outcome {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::SkipClientTable) && !request.is_register() {
+            return Outcome::Executed;
+        }
+        self.client_table.execute(op, request)
+    }
+}

@@ -1,0 +1,419 @@
+//! View change and state transfer.
+//!
+//! A backup that stops hearing from its primary *campaigns*: it sends
+//! StartViewChange for the next view without leaving its own. Campaigning is
+//! a pre-vote: a replica that still hears a healthy primary ignores it, so a
+//! replica cut off and coming back cannot depose a working primary. Once a
+//! quorum campaigns for the same view, each of them moves to it, persists
+//! the new view, and sends DoViewChange (its log after its commit) to the new
+//! primary. The new primary takes the log with the greatest
+//! `(log_view, op)`, and sends StartView.
+//!
+//! State transfer never truncates a log to an old commit number and then
+//! joins a view with the remainder (the §5.2 defect of VR Revisited): a
+//! replica takes `log_view = v` only once it holds the *whole* log the
+//! primary of `v` started with, gathered in chunks beside its own log
+//! (`Staging`) and installed in one step. Until then its log and its
+//! `log_view` stay as they were, so a DoViewChange it sends never presents a
+//! partial log as the newest.
+
+use std::sync::Arc;
+
+#[cfg(feature = "mutations")]
+use crate::config::Mutation;
+use crate::config::{Op, ReplicaIndex, View};
+use crate::message::{Message, Prepare};
+use crate::replica::{Output, Replica, Status};
+
+/// A DoViewChange as received: the sender's log after `base`.
+#[derive(Clone, Debug)]
+pub(crate) struct Dvc {
+    pub(crate) log_view: View,
+    pub(crate) op: Op,
+    pub(crate) commit: Op,
+    pub(crate) base: Op,
+    pub(crate) base_checksum: u128,
+    pub(crate) entries: Vec<Arc<Prepare>>,
+}
+
+impl Dvc {
+    /// The sender's checksum at `op`, where the message says.
+    fn checksum_at(&self, op: Op) -> Option<u128> {
+        if op == self.base {
+            Some(self.base_checksum)
+        } else if op > self.base && op <= self.op {
+            self.entries.get((op - self.base - 1) as usize).map(|e| e.checksum)
+        } else {
+            None
+        }
+    }
+}
+
+/// A new view's log being gathered in chunks, to be installed whole.
+#[derive(Clone, Debug)]
+pub(crate) struct Staging {
+    view: View,
+    /// The op the log must reach before it can be installed.
+    target: Op,
+    /// Where the chunks attach to this replica's own log.
+    base: Op,
+    entries: Vec<Arc<Prepare>>,
+}
+
+impl Staging {
+    fn end(&self) -> Op {
+        self.base + self.entries.len() as Op
+    }
+    fn end_checksum(&self, base_checksum: u128) -> u128 {
+        self.entries.last().map_or(base_checksum, |e| e.checksum)
+    }
+}
+
+impl Replica {
+    // ---- Campaigning (pre-vote) ----------------------------------------
+
+    /// Whether this replica still has a working primary, and so refuses to
+    /// help depose it.
+    fn healthy(&self) -> bool {
+        self.status == Status::Normal
+            && if self.is_primary_of_view() {
+                !self.abdicating()
+            } else {
+                self.ticks < self.last_primary_tick + self.config.view_change_ticks
+            }
+    }
+
+    pub(crate) fn start_campaign(&mut self) {
+        self.campaign = self.campaign.max(self.view + 1);
+        self.votes[self.index as usize] = self.campaign;
+        self.broadcast_campaign();
+        self.last_primary_tick = self.ticks;
+        self.status_since = self.ticks;
+        self.timeout_jitter = self.next_jitter();
+        self.check_campaign();
+    }
+
+    fn broadcast_campaign(&mut self) {
+        self.last_campaign_tick = self.ticks;
+        self.broadcast(&Message::StartViewChange { view: self.campaign, current: self.view });
+    }
+
+    pub(crate) fn tick_campaign(&mut self) {
+        if self.campaign > self.view && self.ticks >= self.last_campaign_tick + self.config.resend_ticks {
+            self.broadcast_campaign();
+        }
+    }
+
+    pub(crate) fn on_start_view_change(&mut self, from: ReplicaIndex, target: View, current: View) {
+        if target <= self.view || (self.healthy() && current <= self.view) {
+            return;
+        }
+        self.votes[from as usize] = target;
+        if target > self.campaign {
+            self.campaign = target;
+            self.votes[self.index as usize] = target;
+            self.broadcast_campaign();
+        }
+        self.check_campaign();
+    }
+
+    fn check_campaign(&mut self) {
+        let target = self.campaign;
+        if target <= self.view {
+            return;
+        }
+        let votes = self.votes[..self.config.n()].iter().filter(|&&v| v == target).count();
+        if votes >= self.quorum() {
+            self.transition_to_view_change(target);
+        }
+    }
+
+    // ---- Moving to a new view ------------------------------------------
+
+    fn transition_to_view_change(&mut self, view: View) {
+        debug_assert!(view > self.view);
+        self.view = view;
+        self.status = Status::ViewChange;
+        self.status_since = self.ticks;
+        self.campaign = 0;
+        self.timeout_jitter = self.next_jitter();
+        self.dvcs.iter_mut().for_each(|d| *d = None);
+        self.staging = None;
+        self.clear_queue();
+        self.write_state();
+        // Tell everyone the view is real, so that stragglers move up too.
+        self.broadcast(&Message::StartViewChange { view, current: view });
+        self.last_resend_tick = self.ticks;
+        if self.is_primary_of_view() {
+            self.dvcs[self.index as usize] = Some(Dvc {
+                log_view: self.log_view,
+                op: self.log.op(),
+                commit: self.commit_max,
+                base: self.log.op(),
+                base_checksum: self.log.head_checksum(),
+                entries: Vec::new(),
+            });
+            self.start_view_if_ready();
+        } else {
+            self.send_do_view_change(self.commit_min);
+        }
+    }
+
+    fn send_do_view_change(&mut self, base: Op) {
+        let base = base.min(self.log.op());
+        let message = Message::DoViewChange {
+            view: self.view,
+            log_view: self.log_view,
+            op: self.log.op(),
+            commit: self.commit_max,
+            from: base,
+            from_checksum: self.log.checksum_at(base).expect("base within the log"),
+            entries: self.log.suffix(base, usize::MAX),
+        };
+        let primary = self.primary();
+        self.send(primary, &message);
+    }
+
+    /// Whether this replica is in the middle of a view change that it has
+    /// not yet seen start (its log is still that of an older view).
+    fn changing_view(&self) -> bool {
+        self.status == Status::ViewChange && self.log_view < self.view
+    }
+
+    pub(crate) fn tick_view_change(&mut self) {
+        if self.ticks >= self.status_since + self.config.view_change_ticks + self.timeout_jitter {
+            self.start_campaign();
+        }
+        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+            return;
+        }
+        self.last_resend_tick = self.ticks;
+        if !self.changing_view() {
+            return;
+        }
+        self.broadcast(&Message::StartViewChange { view: self.view, current: self.view });
+        if self.is_primary_of_view() {
+            self.start_view_if_ready();
+        } else if self.staging.is_some() {
+            self.request_start_view(self.view);
+        } else {
+            self.send_do_view_change(self.commit_min);
+        }
+    }
+
+    pub(crate) fn on_do_view_change(&mut self, from: ReplicaIndex, view: View, dvc: Dvc) {
+        if view < self.view || self.config.primary(view) != self.index {
+            return;
+        }
+        if view > self.view {
+            self.transition_to_view_change(view); // a quorum already chose this view
+        }
+        if self.is_primary() {
+            let base = self.start_view_base(&dvc);
+            self.send_start_view(from, base); // the sender missed our StartView
+        } else if self.changing_view() {
+            self.dvcs[from as usize] = Some(dvc);
+            self.start_view_if_ready();
+        }
+    }
+
+    pub(crate) fn on_request_do_view_change(&mut self, from: ReplicaIndex, view: View, base: Op) {
+        if view == self.view && self.changing_view() && from == self.primary() {
+            self.send_do_view_change(base);
+        }
+    }
+
+    /// The new primary starts the view once a quorum has sent DoViewChange,
+    /// with the log of greatest `(log_view, op)`.
+    fn start_view_if_ready(&mut self) {
+        if !(self.changing_view() && self.is_primary_of_view()) {
+            return;
+        }
+        if self.dvcs.iter().flatten().count() < self.quorum() {
+            return;
+        }
+        let me = self.index as usize;
+        #[allow(unused_mut)]
+        let mut best = (0..self.dvcs.len())
+            .filter_map(|r| self.dvcs[r].as_ref().map(|d| (d.log_view, d.op, r == me, r)))
+            .max()
+            .map(|(_, _, _, r)| r)
+            .expect("a quorum of DoViewChange");
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::IgnoreBestLog) {
+            best = me;
+        }
+        if best != me {
+            let dvc = self.dvcs[best].clone().expect("chosen from the received");
+            if self.log.checksum_at(dvc.base) != Some(dvc.base_checksum) {
+                // The best log attaches below what we were sent: ask for more of it.
+                if self.due(self.last_start_view_request) {
+                    self.last_start_view_request = Some(self.ticks);
+                    let message = Message::RequestDoViewChange { view: self.view, from: self.commit_min };
+                    self.send(best as ReplicaIndex, &message);
+                }
+                return;
+            }
+            self.log.truncate_after(dvc.base);
+            for entry in &dvc.entries {
+                self.log.append(entry.clone());
+            }
+            self.out.push(Output::WriteLog { after: dvc.base, entries: dvc.entries });
+        }
+        let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
+        self.commit_max = self.commit_max.max(commit).min(self.log.op());
+        self.log_view = self.view;
+        self.status = Status::Normal;
+        self.status_since = self.ticks;
+        self.stats.views_started += 1;
+        self.acked = [0; crate::config::MAX_REPLICAS];
+        self.acked[me] = self.log.op();
+        self.last_heard = [self.ticks; crate::config::MAX_REPLICAS];
+        self.write_state();
+        let dvcs = std::mem::replace(&mut self.dvcs, vec![None; self.config.n()]);
+        for backup in 0..self.config.replica_count {
+            if backup as usize != me {
+                let base = dvcs[backup as usize].as_ref().map_or(self.commit_min, |d| self.start_view_base(d));
+                self.send_start_view(backup, base);
+            }
+        }
+        self.execute_committed();
+        self.prepare_queued();
+    }
+
+    /// The highest op at which a backup's log (as its DoViewChange showed it)
+    /// agrees with ours, so StartView need carry only what follows.
+    fn start_view_base(&self, dvc: &Dvc) -> Op {
+        (dvc.base..=dvc.op.min(self.log.op()))
+            .rev()
+            .find(|&op| dvc.checksum_at(op).is_some() && dvc.checksum_at(op) == self.log.checksum_at(op))
+            .unwrap_or(self.commit_min)
+    }
+
+    fn send_start_view(&mut self, to: ReplicaIndex, base: Op) {
+        let base = base.min(self.log.op());
+        let message = Message::StartView {
+            view: self.view,
+            op: self.log.op(),
+            commit: self.commit_max,
+            from: base,
+            from_checksum: self.log.checksum_at(base).expect("base within the log"),
+            entries: self.log.suffix(base, self.config.message_entries_max),
+        };
+        self.last_broadcast_tick = self.ticks;
+        self.send(to, &message);
+    }
+
+    pub(crate) fn on_request_start_view(&mut self, from: ReplicaIndex, view: View, base: Op) {
+        if view == self.view && self.is_primary() {
+            self.send_start_view(from, base);
+        }
+    }
+
+    /// Asks the primary of `view` for its log (rate limited), from where the
+    /// staged chunks end or else from this replica's commit.
+    pub(crate) fn request_start_view(&mut self, view: View) {
+        if !self.due(self.last_start_view_request) {
+            return;
+        }
+        self.last_start_view_request = Some(self.ticks);
+        let from = match &self.staging {
+            Some(staging) if staging.view == view => staging.end(),
+            _ => self.commit_min,
+        };
+        self.send(self.config.primary(view), &Message::RequestStartView { view, from });
+    }
+
+    // ---- Joining a started view ----------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_start_view(
+        &mut self,
+        from: ReplicaIndex,
+        view: View,
+        op: Op,
+        commit: Op,
+        base: Op,
+        base_checksum: u128,
+        entries: Vec<Arc<Prepare>>,
+    ) {
+        if view < self.view || from != self.config.primary(view) || from == self.index {
+            return;
+        }
+        if view == self.view && self.status == Status::Normal {
+            self.catch_up_in_view(op, commit, entries);
+            return;
+        }
+        let attaches_to_log = self.log.checksum_at(base) == Some(base_checksum);
+        let staging = match self.staging.take() {
+            _ if attaches_to_log => Staging { view, target: op, base, entries },
+            Some(mut s) if s.view == view && s.end() == base => {
+                let staged_checksum = self.log.checksum_at(s.base).map(|c| s.end_checksum(c));
+                if staged_checksum != Some(base_checksum) {
+                    self.last_start_view_request = None;
+                    self.request_start_view(view);
+                    return;
+                }
+                s.entries.extend(entries);
+                s
+            }
+            _ => {
+                // Our log diverges above `base`: ask again from what is certainly shared.
+                self.last_start_view_request = None;
+                self.request_start_view(view);
+                return;
+            }
+        };
+        if staging.end() < staging.target {
+            self.staging = Some(staging);
+            self.last_start_view_request = None;
+            self.request_start_view(view);
+            return;
+        }
+        self.install_view(staging, commit);
+    }
+
+    /// Replaces the log after the staging's base with the new view's log,
+    /// and joins the view as a backup.
+    fn install_view(&mut self, staging: Staging, commit: Op) {
+        self.log.truncate_after(staging.base);
+        for entry in &staging.entries {
+            self.log.append(entry.clone());
+        }
+        self.out.push(Output::WriteLog { after: staging.base, entries: staging.entries });
+        self.view = staging.view;
+        self.log_view = staging.view;
+        self.status = Status::Normal;
+        self.status_since = self.ticks;
+        self.stats.views_started += 1;
+        self.dvcs.iter_mut().for_each(|d| *d = None);
+        self.clear_queue();
+        self.primary_op = staging.target;
+        self.heard_primary();
+        self.write_state();
+        self.acknowledge();
+        self.learn_commit(commit);
+    }
+
+    /// A StartView for the view we are already running: take whatever
+    /// extends our log.
+    fn catch_up_in_view(&mut self, op: Op, commit: Op, entries: Vec<Arc<Prepare>>) {
+        self.heard_primary();
+        self.primary_op = self.primary_op.max(op);
+        let appended: Vec<Arc<Prepare>> = entries.into_iter().filter(|e| e.op > self.log.op()).collect();
+        if appended.first().is_some_and(|e| self.log.can_append(e)) {
+            let after = self.log.op();
+            for entry in &appended {
+                self.log.append(entry.clone());
+            }
+            self.out.push(Output::WriteLog { after, entries: appended });
+        }
+        self.acknowledge();
+        self.learn_commit(commit);
+    }
+
+    fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.queued.clear();
+    }
+}
