@@ -51,7 +51,11 @@ pub struct ClientTable {
 
 impl ClientTable {
     pub fn new(capacity: usize) -> ClientTable {
-        ClientTable { capacity, sessions: HashMap::new(), by_activity: BTreeSet::new() }
+        ClientTable {
+            capacity,
+            sessions: HashMap::new(),
+            by_activity: BTreeSet::new(),
+        }
     }
 
     /// Number of registered clients.
@@ -67,12 +71,21 @@ impl ClientTable {
     pub fn execute(&mut self, op: Op, request: &Request) -> Outcome {
         if request.is_register() {
             if let Some(existing) = self.sessions.get(&request.client) {
-                return Outcome::Registered { session: existing.session };
+                return Outcome::Registered {
+                    session: existing.session,
+                };
             }
             if self.sessions.len() >= self.capacity {
                 self.evict_oldest();
             }
-            self.insert(request.client, Session { session: op, request: 0, last_op: op });
+            self.insert(
+                request.client,
+                Session {
+                    session: op,
+                    request: 0,
+                    last_op: op,
+                },
+            );
             return Outcome::Registered { session: op };
         }
         match self.sessions.get(&request.client).copied() {
@@ -83,7 +96,14 @@ impl ClientTable {
                     Outcome::Duplicate { op: s.last_op }
                 } else {
                     self.by_activity.remove(&(s.last_op, request.client));
-                    self.insert(request.client, Session { request: request.request, last_op: op, ..s });
+                    self.insert(
+                        request.client,
+                        Session {
+                            request: request.request,
+                            last_op: op,
+                            ..s
+                        },
+                    );
                     Outcome::Executed
                 }
             }
@@ -126,7 +146,13 @@ mod tests {
     use super::*;
 
     fn req(client: u128, session: Op, request: u64) -> Request {
-        Request { client, session, request, origin: 0, payload: vec![] }
+        Request {
+            client,
+            session,
+            request,
+            origin: 0,
+            payload: vec![],
+        }
     }
 
     #[test]

@@ -154,10 +154,7 @@ mod tests {
             assert!(q <= n, "a quorum must be reachable with everyone up (n={n})");
             assert!(2 * q > n, "two quorums must intersect (n={n})");
         }
-        assert_eq!(
-            (1..=6).map(quorum).collect::<Vec<_>>(),
-            vec![1, 2, 2, 3, 3, 4]
-        );
+        assert_eq!((1..=6).map(quorum).collect::<Vec<_>>(), vec![1, 2, 2, 3, 3, 4]);
     }
 
     #[test]

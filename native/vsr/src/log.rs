@@ -15,7 +15,10 @@ pub struct Log {
 impl Log {
     /// An empty log whose chain starts at `root`.
     pub fn new(root: u128) -> Log {
-        Log { root, entries: Vec::new() }
+        Log {
+            root,
+            entries: Vec::new(),
+        }
     }
 
     /// A log from stored entries; `None` if they do not form a chain from `root`.

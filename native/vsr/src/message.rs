@@ -80,7 +80,14 @@ struct PrepareFields<'a> {
 impl Prepare {
     /// Builds an entry and computes its checksum.
     pub fn new(parent: u128, view: View, op: Op, timestamp: u64, requests: Vec<Request>) -> Prepare {
-        let mut prepare = Prepare { checksum: 0, parent, view, op, timestamp, requests };
+        let mut prepare = Prepare {
+            checksum: 0,
+            parent,
+            view,
+            op,
+            timestamp,
+            requests,
+        };
         prepare.checksum = prepare.compute_checksum();
         prepare
     }
@@ -110,7 +117,11 @@ pub enum Message {
     /// A client request forwarded by its origin replica to the primary.
     Request { request: Request },
     /// The primary replicates an entry (also used to answer repair requests).
-    Prepare { view: View, commit: Op, entry: Arc<Prepare> },
+    Prepare {
+        view: View,
+        commit: Op,
+        entry: Arc<Prepare>,
+    },
     /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`.
     PrepareOk { view: View, op: Op, checksum: u128 },
     /// Heartbeat of an idle primary: the view is alive and committed up to `commit`.
@@ -231,8 +242,7 @@ pub fn decode(
     if from >= replica_count {
         return Err(DecodeError::UnknownSender);
     }
-    let message: Message =
-        postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
+    let message: Message = postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
     if !entries_are_consistent(&message) {
         return Err(DecodeError::Malformed);
     }
@@ -248,8 +258,18 @@ fn entries_are_consistent(message: &Message) -> bool {
         .windows(2)
         .all(|w| w[1].op == w[0].op + 1 && w[1].parent == w[0].checksum);
     let attached = match message {
-        Message::DoViewChange { from, from_checksum, entries, .. }
-        | Message::StartView { from, from_checksum, entries, .. } => entries
+        Message::DoViewChange {
+            from,
+            from_checksum,
+            entries,
+            ..
+        }
+        | Message::StartView {
+            from,
+            from_checksum,
+            entries,
+            ..
+        } => entries
             .first()
             .is_none_or(|e| e.op == from + 1 && e.parent == *from_checksum),
         _ => true,
@@ -262,13 +282,32 @@ mod tests {
     use super::*;
 
     fn request(client: u128, n: u64) -> Request {
-        Request { client, session: 1, request: n, origin: 0, payload: vec![n as u8; 3] }
+        Request {
+            client,
+            session: 1,
+            request: n,
+            origin: 0,
+            payload: vec![n as u8; 3],
+        }
     }
 
     fn sample() -> Message {
         let a = Arc::new(Prepare::new(7, 1, 1, 10, vec![request(5, 1)]));
-        let b = Arc::new(Prepare::new(a.checksum, 1, 2, 11, vec![request(6, 1), request(5, 2)]));
-        Message::StartView { view: 2, op: 2, commit: 1, from: 0, from_checksum: 7, entries: vec![a, b] }
+        let b = Arc::new(Prepare::new(
+            a.checksum,
+            1,
+            2,
+            11,
+            vec![request(6, 1), request(5, 2)],
+        ));
+        Message::StartView {
+            view: 2,
+            op: 2,
+            commit: 1,
+            from: 0,
+            from_checksum: 7,
+            entries: vec![a, b],
+        }
     }
 
     #[test]
@@ -291,7 +330,10 @@ mod tests {
     fn every_truncation_is_rejected() {
         let bytes = encode(42, 1, &sample());
         for len in 0..bytes.len() {
-            assert!(decode(42, 3, &bytes[..len]).is_err(), "truncation to {len} accepted");
+            assert!(
+                decode(42, 3, &bytes[..len]).is_err(),
+                "truncation to {len} accepted"
+            );
         }
     }
 
@@ -306,17 +348,33 @@ mod tests {
     fn a_lying_entry_checksum_is_malformed_even_with_a_valid_envelope() {
         let mut entry = Prepare::new(7, 1, 1, 10, vec![request(5, 1)]);
         entry.timestamp += 1; // checksum no longer matches the fields
-        let message = Message::Prepare { view: 1, commit: 0, entry: Arc::new(entry) };
-        assert_eq!(decode(42, 3, &encode(42, 0, &message)), Err(DecodeError::Malformed));
+        let message = Message::Prepare {
+            view: 1,
+            commit: 0,
+            entry: Arc::new(entry),
+        };
+        assert_eq!(
+            decode(42, 3, &encode(42, 0, &message)),
+            Err(DecodeError::Malformed)
+        );
     }
 
     #[test]
     fn a_broken_chain_is_malformed() {
         let a = Arc::new(Prepare::new(7, 1, 1, 10, vec![]));
         let b = Arc::new(Prepare::new(999, 1, 2, 11, vec![]));
-        let message =
-            Message::StartView { view: 2, op: 2, commit: 0, from: 0, from_checksum: 7, entries: vec![a, b] };
-        assert_eq!(decode(42, 3, &encode(42, 0, &message)), Err(DecodeError::Malformed));
+        let message = Message::StartView {
+            view: 2,
+            op: 2,
+            commit: 0,
+            from: 0,
+            from_checksum: 7,
+            entries: vec![a, b],
+        };
+        assert_eq!(
+            decode(42, 3, &encode(42, 0, &message)),
+            Err(DecodeError::Malformed)
+        );
     }
 
     #[test]

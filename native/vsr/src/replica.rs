@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use crate::checksum::root_checksum;
 use crate::client_table::{ClientTable, Outcome};
-use crate::config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
+use crate::config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
 use crate::log::Log;
 use crate::message::{decode, encode, DecodeError, Message, Prepare, Request};
 
@@ -78,9 +78,17 @@ pub enum Output {
     WriteState(DurableState),
     /// The entry is committed: apply the requests whose outcome is `Executed`,
     /// in order. Every replica emits the same sequence of `Execute`s.
-    Execute { entry: Arc<Prepare>, outcomes: Vec<Outcome> },
+    Execute {
+        entry: Arc<Prepare>,
+        outcomes: Vec<Outcome>,
+    },
     /// A request submitted through this replica is settled.
-    Reply { client: ClientId, request: u64, op: Op, outcome: Outcome },
+    Reply {
+        client: ClientId,
+        request: u64,
+        op: Op,
+        outcome: Outcome,
+    },
 }
 
 /// Counters of things worth knowing but not worth failing over.
@@ -142,6 +150,7 @@ pub struct Replica {
     pub(crate) primary_op: Op,
     pub(crate) last_repair_tick: Option<u64>,
     pub(crate) last_start_view_request: Option<u64>,
+    pub(crate) last_do_view_change_request: Option<u64>,
 
     // View change.
     pub(crate) status_since: u64,
@@ -188,7 +197,10 @@ impl Replica {
     ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
         if index as usize >= config.n() {
-            return Err(format!("replica index {index} outside a cluster of {}", config.n()));
+            return Err(format!(
+                "replica index {index} outside a cluster of {}",
+                config.n()
+            ));
         }
         if state.log_view > state.view {
             return Err("log_view is ahead of view".into());
@@ -198,7 +210,11 @@ impl Replica {
         let jitter_state = config.jitter_seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let resumes_normal = state.log_view == state.view && config.primary(state.view) != index;
         let mut replica = Replica {
-            status: if resumes_normal { Status::Normal } else { Status::ViewChange },
+            status: if resumes_normal {
+                Status::Normal
+            } else {
+                Status::ViewChange
+            },
             view: state.view,
             log_view: state.log_view,
             commit_min: 0,
@@ -219,6 +235,7 @@ impl Replica {
             primary_op: 0,
             last_repair_tick: None,
             last_start_view_request: None,
+            last_do_view_change_request: None,
             status_since: 0,
             campaign: 0,
             votes: [0; MAX_REPLICAS],
@@ -289,13 +306,21 @@ impl Replica {
     pub fn primary(&self) -> ReplicaIndex {
         self.config.primary(self.view)
     }
+    /// How far a chunked state transfer has got: `(ops staged, ops needed)`.
+    pub fn staging_progress(&self) -> Option<(Op, Op)> {
+        self.staging.as_ref().map(|s| s.progress())
+    }
     /// Number of clients in the client table.
     pub fn clients(&self) -> usize {
         self.client_table.len()
     }
     /// The durable state as it stands.
     pub fn durable_state(&self) -> DurableState {
-        DurableState { view: self.view, log_view: self.log_view, commit: self.commit_max }
+        DurableState {
+            view: self.view,
+            log_view: self.log_view,
+            commit: self.commit_max,
+        }
     }
 
     pub(crate) fn is_primary_of_view(&self) -> bool {
@@ -335,7 +360,10 @@ impl Replica {
         for to in 0..self.config.replica_count {
             if to != self.index {
                 self.stats.sent += 1;
-                self.out.push(Output::Send { to, bytes: bytes.clone() });
+                self.out.push(Output::Send {
+                    to,
+                    bytes: bytes.clone(),
+                });
             }
         }
     }
@@ -371,18 +399,42 @@ impl Replica {
             Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
             Message::PrepareOk { view, op, checksum } => self.on_prepare_ok(from, view, op, checksum),
             Message::Commit { view, commit } => self.on_commit(from, view, commit),
-            Message::RequestPrepares { view, from: first, to } => {
-                self.on_request_prepares(from, view, first, to)
-            }
+            Message::RequestPrepares {
+                view,
+                from: first,
+                to,
+            } => self.on_request_prepares(from, view, first, to),
             Message::StartViewChange { view, current } => self.on_start_view_change(from, view, current),
-            Message::DoViewChange { view, log_view, op, commit, from: base, from_checksum, entries } => {
-                let dvc = crate::view_change::Dvc { log_view, op, commit, base, base_checksum: from_checksum, entries };
+            Message::DoViewChange {
+                view,
+                log_view,
+                op,
+                commit,
+                from: base,
+                from_checksum,
+                entries,
+            } => {
+                let dvc = crate::view_change::Dvc {
+                    log_view,
+                    op,
+                    commit,
+                    base,
+                    base_checksum: from_checksum,
+                    entries,
+                };
                 self.on_do_view_change(from, view, dvc)
             }
-            Message::RequestDoViewChange { view, from: base } => self.on_request_do_view_change(from, view, base),
-            Message::StartView { view, op, commit, from: base, from_checksum, entries } => {
-                self.on_start_view(from, view, op, commit, base, from_checksum, entries)
+            Message::RequestDoViewChange { view, from: base } => {
+                self.on_request_do_view_change(from, view, base)
             }
+            Message::StartView {
+                view,
+                op,
+                commit,
+                from: base,
+                from_checksum,
+                entries,
+            } => self.on_start_view(from, view, op, commit, base, from_checksum, entries),
             Message::RequestStartView { view, from: base } => self.on_request_start_view(from, view, base),
         }
     }
@@ -415,10 +467,21 @@ impl Replica {
                 Outcome::Duplicate { op } => op,
                 _ => 0,
             };
-            self.out.push(Output::Reply { client: request.client, request: request.request, op, outcome });
+            self.out.push(Output::Reply {
+                client: request.client,
+                request: request.request,
+                op,
+                outcome,
+            });
             return;
         }
-        self.pending.insert(request.client, Pending { request: request.clone(), sent_tick: self.ticks });
+        self.pending.insert(
+            request.client,
+            Pending {
+                request: request.clone(),
+                sent_tick: self.ticks,
+            },
+        );
         self.route(request);
     }
 
@@ -459,7 +522,9 @@ impl Replica {
         let in_flight = self.queued.contains(&key)
             || ((self.commit_min + 1)..=self.log.op()).any(|op| {
                 self.log.get(op).is_some_and(|e| {
-                    e.requests.iter().any(|r| r.client == request.client && r.request == request.request)
+                    e.requests
+                        .iter()
+                        .any(|r| r.client == request.client && r.request == request.request)
                 })
             });
         // A settled request is answered by its origin when it executes the
@@ -488,11 +553,24 @@ impl Replica {
             let batch = self.take_batch();
             let op = self.log.op() + 1;
             let timestamp = self.now_ns.max(self.log.head_timestamp() + 1);
-            let entry = Arc::new(Prepare::new(self.log.head_checksum(), self.view, op, timestamp, batch));
+            let entry = Arc::new(Prepare::new(
+                self.log.head_checksum(),
+                self.view,
+                op,
+                timestamp,
+                batch,
+            ));
             self.log.append(entry.clone());
-            self.broadcast(&Message::Prepare { view: self.view, commit: self.commit_max, entry: entry.clone() });
+            self.broadcast(&Message::Prepare {
+                view: self.view,
+                commit: self.commit_max,
+                entry: entry.clone(),
+            });
             self.last_broadcast_tick = self.ticks;
-            self.out.push(Output::WriteLog { after: op - 1, entries: vec![entry] });
+            self.out.push(Output::WriteLog {
+                after: op - 1,
+                entries: vec![entry],
+            });
             self.acked[self.index as usize] = op;
         }
         self.advance_commit();
@@ -550,7 +628,9 @@ impl Replica {
     /// that its silence lets the backups elect a primary that can commit.
     pub(crate) fn abdicating(&self) -> bool {
         let recent = (0..self.config.n())
-            .filter(|&r| r == self.index as usize || self.ticks < self.last_heard[r] + self.config.view_change_ticks)
+            .filter(|&r| {
+                r == self.index as usize || self.ticks < self.last_heard[r] + self.config.view_change_ticks
+            })
             .count();
         recent < self.quorum()
     }
@@ -561,7 +641,10 @@ impl Replica {
         }
         self.prepare_queued();
         if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
-            self.broadcast(&Message::Commit { view: self.view, commit: self.commit_max });
+            self.broadcast(&Message::Commit {
+                view: self.view,
+                commit: self.commit_max,
+            });
             self.last_broadcast_tick = self.ticks;
         }
         if self.ticks >= self.last_retry_tick + self.config.prepare_retry_ticks {
@@ -581,7 +664,14 @@ impl Replica {
             let first = (acked + 1).max(op.saturating_sub(self.config.pipeline_max) + 1);
             for op in first..=op {
                 let entry = self.log.get(op).expect("op within the log").clone();
-                self.send(backup, &Message::Prepare { view: self.view, commit: self.commit_max, entry });
+                self.send(
+                    backup,
+                    &Message::Prepare {
+                        view: self.view,
+                        commit: self.commit_max,
+                        entry,
+                    },
+                );
             }
         }
     }
@@ -590,10 +680,19 @@ impl Replica {
         if view != self.view || !self.is_primary() {
             return;
         }
-        let last = last.min(self.log.op()).min(first.saturating_add(self.config.message_entries_max as Op - 1));
+        let last = last
+            .min(self.log.op())
+            .min(first.saturating_add(self.config.message_entries_max as Op - 1));
         for op in first.max(1)..=last {
             let entry = self.log.get(op).expect("op within the log").clone();
-            self.send(from, &Message::Prepare { view: self.view, commit: self.commit_max, entry });
+            self.send(
+                from,
+                &Message::Prepare {
+                    view: self.view,
+                    commit: self.commit_max,
+                    entry,
+                },
+            );
         }
     }
 
@@ -614,7 +713,10 @@ impl Replica {
         if self.log.can_append(&entry) {
             let op = entry.op;
             self.log.append(entry.clone());
-            self.out.push(Output::WriteLog { after: op - 1, entries: vec![entry] });
+            self.out.push(Output::WriteLog {
+                after: op - 1,
+                entries: vec![entry],
+            });
         } else if entry.op > self.log.op() + 1 {
             self.request_repair();
         }
@@ -650,7 +752,14 @@ impl Replica {
         let op = self.log.op();
         let checksum = self.log.head_checksum();
         let primary = self.primary();
-        self.send(primary, &Message::PrepareOk { view: self.view, op, checksum });
+        self.send(
+            primary,
+            &Message::PrepareOk {
+                view: self.view,
+                op,
+                checksum,
+            },
+        );
     }
 
     pub(crate) fn learn_commit(&mut self, commit: Op) {
@@ -672,7 +781,11 @@ impl Replica {
         }
         self.last_repair_tick = Some(self.ticks);
         let primary = self.primary();
-        let message = Message::RequestPrepares { view: self.view, from: self.log.op() + 1, to: self.primary_op };
+        let message = Message::RequestPrepares {
+            view: self.view,
+            from: self.log.op() + 1,
+            to: self.primary_op,
+        };
         self.send(primary, &message);
     }
 
@@ -698,12 +811,24 @@ impl Replica {
             self.commit_min += 1;
             let op = self.commit_min;
             let entry = self.log.get(op).expect("op within the log").clone();
-            let outcomes: Vec<Outcome> = entry.requests.iter().map(|r| self.execute_request(op, r)).collect();
+            let outcomes: Vec<Outcome> = entry
+                .requests
+                .iter()
+                .map(|r| self.execute_request(op, r))
+                .collect();
+            self.out.push(Output::Execute {
+                entry: entry.clone(),
+                outcomes: outcomes.clone(),
+            });
             for (request, outcome) in entry.requests.iter().zip(&outcomes) {
                 if request.origin != self.index {
                     continue;
                 }
-                if self.pending.get(&request.client).is_some_and(|p| p.request.request <= request.request) {
+                if self
+                    .pending
+                    .get(&request.client)
+                    .is_some_and(|p| p.request.request <= request.request)
+                {
                     self.pending.remove(&request.client);
                 }
                 let reply_op = match outcome {
@@ -717,7 +842,6 @@ impl Replica {
                     outcome: *outcome,
                 });
             }
-            self.out.push(Output::Execute { entry, outcomes });
         }
     }
 

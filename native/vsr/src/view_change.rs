@@ -42,7 +42,9 @@ impl Dvc {
         if op == self.base {
             Some(self.base_checksum)
         } else if op > self.base && op <= self.op {
-            self.entries.get((op - self.base - 1) as usize).map(|e| e.checksum)
+            self.entries
+                .get((op - self.base - 1) as usize)
+                .map(|e| e.checksum)
         } else {
             None
         }
@@ -63,6 +65,9 @@ pub(crate) struct Staging {
 impl Staging {
     fn end(&self) -> Op {
         self.base + self.entries.len() as Op
+    }
+    pub(crate) fn progress(&self) -> (Op, Op) {
+        (self.end(), self.target)
     }
     fn end_checksum(&self, base_checksum: u128) -> u128 {
         self.entries.last().map_or(base_checksum, |e| e.checksum)
@@ -95,7 +100,10 @@ impl Replica {
 
     fn broadcast_campaign(&mut self) {
         self.last_campaign_tick = self.ticks;
-        self.broadcast(&Message::StartViewChange { view: self.campaign, current: self.view });
+        self.broadcast(&Message::StartViewChange {
+            view: self.campaign,
+            current: self.view,
+        });
     }
 
     pub(crate) fn tick_campaign(&mut self) {
@@ -122,7 +130,10 @@ impl Replica {
         if target <= self.view {
             return;
         }
-        let votes = self.votes[..self.config.n()].iter().filter(|&&v| v == target).count();
+        let votes = self.votes[..self.config.n()]
+            .iter()
+            .filter(|&&v| v == target)
+            .count();
         if votes >= self.quorum() {
             self.transition_to_view_change(target);
         }
@@ -191,11 +202,14 @@ impl Replica {
         if !self.changing_view() {
             return;
         }
-        self.broadcast(&Message::StartViewChange { view: self.view, current: self.view });
+        self.broadcast(&Message::StartViewChange {
+            view: self.view,
+            current: self.view,
+        });
         if self.is_primary_of_view() {
             self.start_view_if_ready();
-        } else if self.staging.is_some() {
-            self.request_start_view(self.view);
+        } else if let Some(view) = self.staging.as_ref().map(|s| s.view) {
+            self.request_start_view(view);
         } else {
             self.send_do_view_change(self.commit_min);
         }
@@ -247,9 +261,12 @@ impl Replica {
             let dvc = self.dvcs[best].clone().expect("chosen from the received");
             if self.log.checksum_at(dvc.base) != Some(dvc.base_checksum) {
                 // The best log attaches below what we were sent: ask for more of it.
-                if self.due(self.last_start_view_request) {
-                    self.last_start_view_request = Some(self.ticks);
-                    let message = Message::RequestDoViewChange { view: self.view, from: self.commit_min };
+                if self.due(self.last_do_view_change_request) {
+                    self.last_do_view_change_request = Some(self.ticks);
+                    let message = Message::RequestDoViewChange {
+                        view: self.view,
+                        from: self.commit_min,
+                    };
                     self.send(best as ReplicaIndex, &message);
                 }
                 return;
@@ -258,7 +275,10 @@ impl Replica {
             for entry in &dvc.entries {
                 self.log.append(entry.clone());
             }
-            self.out.push(Output::WriteLog { after: dvc.base, entries: dvc.entries });
+            self.out.push(Output::WriteLog {
+                after: dvc.base,
+                entries: dvc.entries,
+            });
         }
         let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
         self.commit_max = self.commit_max.max(commit).min(self.log.op());
@@ -273,7 +293,9 @@ impl Replica {
         let dvcs = std::mem::replace(&mut self.dvcs, vec![None; self.config.n()]);
         for backup in 0..self.config.replica_count {
             if backup as usize != me {
-                let base = dvcs[backup as usize].as_ref().map_or(self.commit_min, |d| self.start_view_base(d));
+                let base = dvcs[backup as usize]
+                    .as_ref()
+                    .map_or(self.commit_min, |d| self.start_view_base(d));
                 self.send_start_view(backup, base);
             }
         }
@@ -313,6 +335,9 @@ impl Replica {
     /// Asks the primary of `view` for its log (rate limited), from where the
     /// staged chunks end or else from this replica's commit.
     pub(crate) fn request_start_view(&mut self, view: View) {
+        if self.staging.as_ref().is_some_and(|s| s.view < view) {
+            self.staging = None; // a newer view has started: the old one's log is moot
+        }
         if !self.due(self.last_start_view_request) {
             return;
         }
@@ -321,7 +346,10 @@ impl Replica {
             Some(staging) if staging.view == view => staging.end(),
             _ => self.commit_min,
         };
-        self.send(self.config.primary(view), &Message::RequestStartView { view, from });
+        self.send(
+            self.config.primary(view),
+            &Message::RequestStartView { view, from },
+        );
     }
 
     // ---- Joining a started view ----------------------------------------
@@ -346,25 +374,32 @@ impl Replica {
         }
         let attaches_to_log = self.log.checksum_at(base) == Some(base_checksum);
         let staging = match self.staging.take() {
-            _ if attaches_to_log => Staging { view, target: op, base, entries },
+            _ if attaches_to_log => Staging {
+                view,
+                target: op,
+                base,
+                entries,
+            },
             Some(mut s) if s.view == view && s.end() == base => {
                 let staged_checksum = self.log.checksum_at(s.base).map(|c| s.end_checksum(c));
                 if staged_checksum != Some(base_checksum) {
-                    self.last_start_view_request = None;
                     self.request_start_view(view);
                     return;
                 }
                 s.entries.extend(entries);
                 s
             }
-            _ => {
-                // Our log diverges above `base`: ask again from what is certainly shared.
-                self.last_start_view_request = None;
+            stale => {
+                // A duplicate, or our log diverges above `base`: ask again
+                // (rate limited, so that duplicated replies cannot multiply)
+                // from what is certainly shared.
+                self.staging = stale;
                 self.request_start_view(view);
                 return;
             }
         };
         if staging.end() < staging.target {
+            // Progress: ask for the next chunk at once.
             self.staging = Some(staging);
             self.last_start_view_request = None;
             self.request_start_view(view);
@@ -380,7 +415,10 @@ impl Replica {
         for entry in &staging.entries {
             self.log.append(entry.clone());
         }
-        self.out.push(Output::WriteLog { after: staging.base, entries: staging.entries });
+        self.out.push(Output::WriteLog {
+            after: staging.base,
+            entries: staging.entries,
+        });
         self.view = staging.view;
         self.log_view = staging.view;
         self.status = Status::Normal;
@@ -406,7 +444,10 @@ impl Replica {
             for entry in &appended {
                 self.log.append(entry.clone());
             }
-            self.out.push(Output::WriteLog { after, entries: appended });
+            self.out.push(Output::WriteLog {
+                after,
+                entries: appended,
+            });
         }
         self.acknowledge();
         self.learn_commit(commit);

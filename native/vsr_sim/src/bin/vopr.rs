@@ -1,0 +1,97 @@
+//! `vopr`: runs simulator seeds.
+//!
+//! ```text
+//! vopr --seed N [--trace K] replay one seed, with a report (and the state every K ticks)
+//! vopr --seeds N [--from S] [--jobs J]
+//!                          run seeds S..S+N on J threads; print failures with
+//!                          the command that replays each, then `N passed, M failed`
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use vsr_sim::{run_seed, trace_seed, Options};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: vopr --seed N | vopr --seeds N [--from S] [--jobs J]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| -> Option<u64> {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    if let Some(seed) = value("--seed") {
+        return replay(seed, value("--trace").unwrap_or(0));
+    }
+    let Some(count) = value("--seeds") else {
+        return usage();
+    };
+    let from = value("--from").unwrap_or(0);
+    let jobs = value("--jobs")
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+        .max(1);
+    soak(from, count, jobs)
+}
+
+fn replay(seed: u64, trace_every: u64) -> ExitCode {
+    let options = Options::from_seed(seed);
+    println!("seed {seed}: {options:?}");
+    match trace_seed(seed, trace_every) {
+        Ok(report) => {
+            println!("seed {seed} passed: {report:?}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            println!("{failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn soak(from: u64, count: u64, jobs: u64) -> ExitCode {
+    let start = Instant::now();
+    let next = AtomicU64::new(from);
+    let done = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= from + count {
+                    break;
+                }
+                let outcome = std::panic::catch_unwind(|| run_seed(seed));
+                let failure = match outcome {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(failure)) => Some(failure.to_string()),
+                    Err(_) => Some(format!("seed {seed} panicked")),
+                };
+                if let Some(failure) = failure {
+                    eprintln!("FAIL {failure}");
+                    eprintln!("     replay: cargo run --release -p vsr_sim --bin vopr -- --seed {seed}");
+                    failures.lock().unwrap().push(seed);
+                }
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if finished.is_multiple_of(1000) {
+                    eprintln!("... {finished}/{count} seeds, {:.0?}", start.elapsed());
+                }
+            });
+        }
+    });
+    let failed = failures.into_inner().unwrap();
+    println!(
+        "{count} seeds from {from} in {:.1?} on {jobs} threads",
+        start.elapsed()
+    );
+    println!("{} passed, {} failed", count - failed.len() as u64, failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,171 @@
+//! A simulated network: loss, duplication, corruption, delay (and so
+//! reordering), and partitions, all decided by the seed.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use vsr::{ReplicaIndex, MAX_REPLICAS};
+
+use crate::rng::Rng;
+
+/// How the network misbehaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkOptions {
+    /// Probability that a packet is lost.
+    pub loss: f64,
+    /// Probability that a packet is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a packet has a bit flipped.
+    pub corrupt: f64,
+    /// Delay in ticks: `min + extra`, where `extra` is usually small and
+    /// sometimes (with probability `tail`) up to `max - min`.
+    pub delay_min: u64,
+    pub delay_max: u64,
+    pub tail: f64,
+}
+
+impl NetworkOptions {
+    /// A network that delivers everything, in one tick.
+    pub fn perfect() -> NetworkOptions {
+        NetworkOptions {
+            loss: 0.0,
+            duplicate: 0.0,
+            corrupt: 0.0,
+            delay_min: 1,
+            delay_max: 1,
+            tail: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Packet {
+    deliver_at: u64,
+    seq: u64,
+    from: ReplicaIndex,
+    to: ReplicaIndex,
+    bytes: Vec<u8>,
+}
+
+/// Packets in flight, ordered by delivery time (ties by send order).
+pub struct Network {
+    pub options: NetworkOptions,
+    in_flight: BinaryHeap<Reverse<Packet>>,
+    seq: u64,
+    /// `up[from][to]`: whether packets from `from` reach `to`.
+    up: [[bool; MAX_REPLICAS]; MAX_REPLICAS],
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+impl Network {
+    pub fn new(options: NetworkOptions) -> Network {
+        Network {
+            options,
+            in_flight: BinaryHeap::new(),
+            seq: 0,
+            up: [[true; MAX_REPLICAS]; MAX_REPLICAS],
+            delivered: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn send(
+        &mut self,
+        rng: &mut Rng,
+        now: u64,
+        from: ReplicaIndex,
+        to: ReplicaIndex,
+        mut bytes: Vec<u8>,
+    ) {
+        if !self.link(from, to) || rng.chance(self.options.loss) {
+            self.dropped += 1;
+            return;
+        }
+        if rng.chance(self.options.corrupt) && !bytes.is_empty() {
+            let bit = rng.range(0, bytes.len() as u64 * 8 - 1);
+            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+        }
+        if rng.chance(self.options.duplicate) {
+            let delay = self.delay(rng);
+            self.push(now + delay, from, to, bytes.clone());
+        }
+        let delay = self.delay(rng);
+        self.push(now + delay, from, to, bytes);
+    }
+
+    fn delay(&self, rng: &mut Rng) -> u64 {
+        let o = &self.options;
+        let spread = o.delay_max.saturating_sub(o.delay_min);
+        let extra = if rng.chance(o.tail) {
+            rng.range(0, spread)
+        } else {
+            rng.range(0, spread.min(2))
+        };
+        o.delay_min.max(1) + extra
+    }
+
+    fn push(&mut self, deliver_at: u64, from: ReplicaIndex, to: ReplicaIndex, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.in_flight.push(Reverse(Packet {
+            deliver_at,
+            seq: self.seq,
+            from,
+            to,
+            bytes,
+        }));
+    }
+
+    /// The next packet due at or before `now` whose link is still up
+    /// (a partition that forms while a packet is in flight catches it).
+    pub fn next_due(&mut self, now: u64) -> Option<(ReplicaIndex, ReplicaIndex, Vec<u8>)> {
+        while let Some(Reverse(packet)) = self.in_flight.peek() {
+            if packet.deliver_at > now {
+                return None;
+            }
+            let Reverse(packet) = self.in_flight.pop().expect("peeked");
+            if self.link(packet.from, packet.to) {
+                self.delivered += 1;
+                return Some((packet.from, packet.to, packet.bytes));
+            }
+            self.dropped += 1;
+        }
+        None
+    }
+
+    pub fn link(&self, from: ReplicaIndex, to: ReplicaIndex) -> bool {
+        self.up[from as usize][to as usize]
+    }
+
+    pub fn set_link(&mut self, from: ReplicaIndex, to: ReplicaIndex, up: bool) {
+        self.up[from as usize][to as usize] = up;
+    }
+
+    /// Cuts every link between `group` and the rest, in the directions asked.
+    pub fn partition(&mut self, n: usize, group: &[ReplicaIndex], cut_outgoing: bool, cut_incoming: bool) {
+        for a in group {
+            for b in 0..n as ReplicaIndex {
+                if !group.contains(&b) {
+                    if cut_outgoing {
+                        self.set_link(*a, b, false);
+                    }
+                    if cut_incoming {
+                        self.set_link(b, *a, false);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.up = [[true; MAX_REPLICAS]; MAX_REPLICAS];
+    }
+
+    pub fn is_healed(&self) -> bool {
+        self.up.iter().all(|row| row.iter().all(|&u| u))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}

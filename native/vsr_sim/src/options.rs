@@ -1,0 +1,118 @@
+//! What one simulation run looks like, derived entirely from its seed.
+
+use vsr::Config;
+
+use crate::network::NetworkOptions;
+use crate::rng::Rng;
+
+/// Everything a run needs; [`Options::from_seed`] chooses it all from a seed,
+/// and scripted scenarios build it by hand.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    /// The replicas' configuration (replica count, batch and pipeline limits, timeouts).
+    pub config: Config,
+    pub clients: usize,
+    /// Probability that an idle client starts a request on a tick.
+    pub request_probability: f64,
+    /// Largest request payload, in bytes.
+    pub payload_max: usize,
+    /// Ticks a client waits for a reply before submitting again.
+    pub client_retry_ticks: u64,
+    pub network: NetworkOptions,
+    /// Per tick: probability that the partition changes.
+    pub partition_probability: f64,
+    /// Per tick and replica: probability of a crash (state intact on restart).
+    pub crash_probability: f64,
+    /// How long a crashed replica stays down, in ticks.
+    pub downtime_max: u64,
+    /// Per tick and replica: probability that its timer skips a tick (clock jitter).
+    pub tick_skip_probability: f64,
+    /// Ticks of faults before the liveness phase.
+    pub fault_ticks: u64,
+    /// Once every fault is healed, every outstanding request must finish, and
+    /// every replica catch up, within this many ticks.
+    pub liveness_ticks: u64,
+}
+
+impl Options {
+    /// A quiet run: perfect network, no faults, no spontaneous client load.
+    pub fn quiet(seed: u64, replica_count: u8, clients: usize) -> Options {
+        let mut config = Config::new(0x5eed_0000 ^ seed as u128, replica_count);
+        config.jitter_seed = seed;
+        Options {
+            seed,
+            config,
+            clients,
+            request_probability: 0.0,
+            payload_max: 16,
+            client_retry_ticks: 400,
+            network: NetworkOptions::perfect(),
+            partition_probability: 0.0,
+            crash_probability: 0.0,
+            downtime_max: 0,
+            tick_skip_probability: 0.0,
+            fault_ticks: 0,
+            liveness_ticks: 4_000,
+        }
+    }
+
+    /// A random run: every knob drawn from the seed.
+    pub fn from_seed(seed: u64) -> Options {
+        let mut rng = Rng::new(seed ^ 0x0b7e_c7ed);
+        let replica_count = rng.range(1, 6) as u8;
+        let clients = if rng.chance(0.5) {
+            rng.range(1, 8)
+        } else {
+            rng.range(1, 64)
+        } as usize;
+        let mut options = Options::quiet(seed, replica_count, clients);
+        let c = &mut options.config;
+        c.batch_max_requests = rng.range(1, 32) as usize;
+        c.batch_max_bytes = rng.range(16, 2048) as usize;
+        c.pipeline_max = rng.range(1, 8);
+        c.message_entries_max = rng.range(1, 64) as usize;
+        c.request_queue_max = rng.range(1, 128) as usize;
+        // Sometimes fewer table slots than clients, so eviction happens.
+        c.client_table_max = if rng.chance(0.2) {
+            rng.range(1, clients as u64) as usize
+        } else {
+            4096
+        };
+        options.request_probability = rng.float(0.005, 0.2);
+        options.payload_max = rng.range(0, 256) as usize;
+        options.client_retry_ticks = rng.range(100, 600);
+        let delay_min = rng.range(1, 3);
+        options.network = NetworkOptions {
+            loss: rng.float(0.0, 0.3),
+            duplicate: rng.float(0.0, 0.1),
+            corrupt: if rng.chance(0.5) {
+                rng.float(0.0, 0.02)
+            } else {
+                0.0
+            },
+            delay_min,
+            delay_max: delay_min + rng.range(0, 30),
+            tail: rng.float(0.0, 0.3),
+        };
+        options.partition_probability = if rng.chance(0.8) {
+            rng.float(0.0, 0.01)
+        } else {
+            0.0
+        };
+        options.crash_probability = if rng.chance(0.7) {
+            rng.float(0.0, 0.002)
+        } else {
+            0.0
+        };
+        options.downtime_max = rng.range(10, 600);
+        options.tick_skip_probability = rng.float(0.0, 0.1);
+        options.fault_ticks = rng.range(1_000, 4_000);
+        options.liveness_ticks = 20_000;
+        options
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.config.replica_count as usize
+    }
+}

@@ -1,0 +1,528 @@
+//! The simulated cluster: real replicas, a simulated network and disks,
+//! simulated clients, one thread, one seed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use vsr::{
+    root_checksum, ClientId, DurableState, Input, Outcome, Output, Prepare, Replica, ReplicaIndex, Status,
+};
+
+use crate::checker::{Checker, Violation};
+use crate::client::Client;
+use crate::network::Network;
+use crate::options::Options;
+use crate::rng::Rng;
+
+/// More packets in flight than this means replicas answer each other in a
+/// loop that duplication multiplies: a bug even when nothing else breaks.
+const MESSAGE_STORM: usize = 20_000;
+
+/// What a replica has made durable: survives crashes.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub state: DurableState,
+    pub log: Vec<Arc<Prepare>>,
+}
+
+/// A run that broke an invariant, or did not finish.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub tick: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed at tick {}: {}",
+            self.seed, self.tick, self.reason
+        )
+    }
+}
+
+/// Figures from a finished run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub ticks: u64,
+    pub committed: u64,
+    pub replies: usize,
+    pub views: u64,
+    pub crashes: u64,
+    pub messages_delivered: u64,
+    pub messages_dropped: u64,
+    pub rejected_bytes: u64,
+}
+
+pub struct Simulator {
+    pub options: Options,
+    pub rng: Rng,
+    pub tick: u64,
+    pub replicas: Vec<Option<Replica>>,
+    pub disks: Vec<Disk>,
+    /// Tick at which each crashed replica comes back (random mode).
+    restart_at: Vec<Option<u64>>,
+    pub network: Network,
+    pub clients: Vec<Client>,
+    client_index: HashMap<ClientId, usize>,
+    pub checker: Checker,
+    /// Whether clients start requests by themselves.
+    pub load: bool,
+    crashes: u64,
+    /// Print the cluster's state every this many ticks (0: never).
+    pub trace_every: u64,
+}
+
+impl Simulator {
+    pub fn new(options: Options) -> Simulator {
+        let mut rng = Rng::new(options.seed);
+        let n = options.replica_count();
+        let replicas = (0..n)
+            .map(|i| Some(Replica::new(options.config.clone(), i as ReplicaIndex)))
+            .collect();
+        let clients: Vec<Client> = (0..options.clients)
+            .map(|_| {
+                let home = rng.range(0, n as u64 - 1) as ReplicaIndex;
+                Client::new(&mut rng, home)
+            })
+            .collect();
+        let client_index = clients.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        Simulator {
+            checker: Checker::new(root_checksum(options.config.cluster), n),
+            network: Network::new(options.network.clone()),
+            replicas,
+            disks: vec![Disk::default(); n],
+            restart_at: vec![None; n],
+            clients,
+            client_index,
+            load: options.request_probability > 0.0,
+            rng,
+            tick: 0,
+            crashes: 0,
+            trace_every: 0,
+            options,
+        }
+    }
+
+    fn fail(&self, reason: String) -> Failure {
+        Failure {
+            seed: self.options.seed,
+            tick: self.tick,
+            reason,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    // ---- The whole run ---------------------------------------------------
+
+    /// Faults for `fault_ticks`, then heal everything and require liveness.
+    pub fn run(&mut self) -> Result<Report, Failure> {
+        while self.tick < self.options.fault_ticks {
+            self.inject_faults();
+            self.step()?;
+        }
+        self.heal();
+        self.load = false;
+        let deadline = self.tick + self.options.liveness_ticks;
+        while !self.settled() {
+            if self.tick >= deadline {
+                return Err(self.fail(format!(
+                    "not live: {} ticks after healing, {}",
+                    self.options.liveness_ticks,
+                    self.describe()
+                )));
+            }
+            self.step()?;
+        }
+        Ok(self.report())
+    }
+
+    pub fn report(&self) -> Report {
+        Report {
+            ticks: self.tick,
+            committed: self.checker.committed(),
+            replies: self.checker.replies.len(),
+            views: self
+                .replicas
+                .iter()
+                .flatten()
+                .map(|r| r.view())
+                .max()
+                .unwrap_or(0),
+            crashes: self.crashes,
+            messages_delivered: self.network.delivered,
+            messages_dropped: self.network.dropped,
+            rejected_bytes: self.rejected(),
+        }
+    }
+
+    /// Every client has its reply, and every replica runs the same view and
+    /// has executed everything committed.
+    pub fn settled(&self) -> bool {
+        let committed = self.checker.committed();
+        let clients_done = self.clients.iter().all(|c| c.outstanding.is_none());
+        let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
+        clients_done
+            && replicas.len() == self.n()
+            && replicas.iter().all(|r| {
+                r.status() == Status::Normal && r.view() == replicas[0].view() && r.commit() == committed
+            })
+    }
+
+    pub fn describe(&self) -> String {
+        let replicas: Vec<String> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(r) => format!(
+                    "r{i}:{:?} v{} lv{} op{} commit{}/{}",
+                    r.status(),
+                    r.view(),
+                    r.log_view(),
+                    r.op(),
+                    r.commit(),
+                    r.commit_max()
+                ),
+                None => format!("r{i}:down"),
+            })
+            .collect();
+        let outstanding = self.clients.iter().filter(|c| c.outstanding.is_some()).count();
+        format!(
+            "committed {}, {outstanding} clients waiting, {} packets in flight; {}",
+            self.checker.committed(),
+            self.network.in_flight(),
+            replicas.join(", ")
+        )
+    }
+
+    // ---- Faults ----------------------------------------------------------
+
+    fn inject_faults(&mut self) {
+        let n = self.n();
+        if self.rng.chance(self.options.partition_probability) {
+            self.random_partition();
+        }
+        for r in 0..n {
+            match self.restart_at[r] {
+                Some(at) if at <= self.tick => {
+                    self.restart_at[r] = None;
+                    self.restart(r as ReplicaIndex);
+                }
+                None if self.rng.chance(self.options.crash_probability) => {
+                    self.crash(r as ReplicaIndex);
+                    self.restart_at[r] =
+                        Some(self.tick + self.rng.range(1, self.options.downtime_max.max(1)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn random_partition(&mut self) {
+        let n = self.n();
+        self.network.heal();
+        let primary = self
+            .replicas
+            .iter()
+            .flatten()
+            .find(|r| r.is_primary())
+            .map(|r| r.index());
+        match self.rng.range(0, 4) {
+            0 => {} // healed
+            1 => {
+                // Symmetric split into two groups.
+                let group: Vec<ReplicaIndex> =
+                    (0..n as ReplicaIndex).filter(|_| self.rng.chance(0.5)).collect();
+                self.network.partition(n, &group, true, true);
+            }
+            2 => {
+                // Asymmetric: one group can send to the rest but not hear back (or the reverse).
+                let group: Vec<ReplicaIndex> =
+                    (0..n as ReplicaIndex).filter(|_| self.rng.chance(0.5)).collect();
+                let outgoing = self.rng.chance(0.5);
+                self.network.partition(n, &group, outgoing, !outgoing);
+            }
+            3 => {
+                // Isolate the primary, in one direction or both.
+                if let Some(p) = primary {
+                    let (out, inc) = match self.rng.range(0, 2) {
+                        0 => (true, true),
+                        1 => (true, false),
+                        _ => (false, true),
+                    };
+                    self.network.partition(n, &[p], out, inc);
+                }
+            }
+            _ => {
+                // A few random one-way links down.
+                for _ in 0..self.rng.range(1, n as u64 * 2) {
+                    let a = self.rng.range(0, n as u64 - 1) as ReplicaIndex;
+                    let b = self.rng.range(0, n as u64 - 1) as ReplicaIndex;
+                    self.network.set_link(a, b, false);
+                }
+            }
+        }
+    }
+
+    /// Heals the network and restarts every crashed replica.
+    pub fn heal(&mut self) {
+        self.network.heal();
+        self.network.options = crate::network::NetworkOptions::perfect();
+        for r in 0..self.n() {
+            self.restart_at[r] = None;
+            if self.replicas[r].is_none() {
+                self.restart(r as ReplicaIndex);
+            }
+        }
+    }
+
+    /// The replica stops; its volatile state is gone, its disk stays.
+    pub fn crash(&mut self, r: ReplicaIndex) {
+        if self.replicas[r as usize].take().is_some() {
+            self.crashes += 1;
+        }
+    }
+
+    /// The replica comes back from its disk and re-executes its committed prefix.
+    pub fn restart(&mut self, r: ReplicaIndex) {
+        if self.replicas[r as usize].is_some() {
+            return;
+        }
+        let disk = &self.disks[r as usize];
+        let (replica, outputs) =
+            Replica::restart(self.options.config.clone(), r, disk.state, disk.log.clone())
+                .expect("a valid disk");
+        self.replicas[r as usize] = Some(replica);
+        self.checker.restarted(r);
+        // Replays cannot fail the run here: report them on the next step.
+        if let Err(v) = self.apply(r, outputs) {
+            panic!("{}", self.fail(v));
+        }
+    }
+
+    // ---- One tick --------------------------------------------------------
+
+    pub fn step(&mut self) -> Result<(), Failure> {
+        self.tick += 1;
+        if self.trace_every > 0 && self.tick.is_multiple_of(self.trace_every) {
+            eprintln!("tick {}: {}", self.tick, self.describe());
+        }
+        let now_ns = self.tick * 1_000_000;
+        for r in 0..self.n() {
+            if self.replicas[r].is_some() && !self.rng.chance(self.options.tick_skip_probability) {
+                self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
+            }
+        }
+        while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
+            if self.replicas[to as usize].is_some() {
+                self.input(to, Input::Receive(&bytes))?;
+            }
+        }
+        self.drive_clients()?;
+        if self.network.in_flight() > MESSAGE_STORM {
+            return Err(self.fail(format!(
+                "message storm: {} packets in flight",
+                self.network.in_flight()
+            )));
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, r: ReplicaIndex, input: Input<'_>) -> Result<(), Failure> {
+        let replica = self.replicas[r as usize].as_mut().expect("replica is up");
+        let outputs = replica.step(input);
+        let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
+        self.apply(r, outputs).map_err(|v| self.fail(v))?;
+        self.checker
+            .on_state(r, view, commit, leads)
+            .map_err(|v| self.fail(v))
+    }
+
+    fn apply(&mut self, r: ReplicaIndex, outputs: Vec<Output>) -> Result<(), Violation> {
+        for output in outputs {
+            match output {
+                Output::Send { to, bytes } => self.network.send(&mut self.rng, self.tick, r, to, bytes),
+                Output::WriteLog { after, entries } => {
+                    let disk = &mut self.disks[r as usize];
+                    if after > disk.log.len() as u64 {
+                        return Err(format!(
+                            "replica {r} wrote after op {after} with a log of {}",
+                            disk.log.len()
+                        ));
+                    }
+                    disk.log.truncate(after as usize);
+                    disk.log.extend(entries);
+                }
+                Output::WriteState(state) => {
+                    let disk = &mut self.disks[r as usize];
+                    if state.view < disk.state.view {
+                        return Err(format!(
+                            "replica {r} persisted view {} over {}",
+                            state.view, disk.state.view
+                        ));
+                    }
+                    disk.state = state;
+                }
+                Output::Execute { entry, outcomes } => self.checker.on_execute(r, &entry, &outcomes)?,
+                Output::Reply {
+                    client,
+                    request,
+                    op,
+                    outcome,
+                } => self.on_reply(r, client, request, op, outcome)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_reply(
+        &mut self,
+        r: ReplicaIndex,
+        client: ClientId,
+        request: u64,
+        op: u64,
+        outcome: Outcome,
+    ) -> Result<(), Violation> {
+        self.checker.on_reply(client, request, op, outcome)?;
+        let Some(&c) = self.client_index.get(&client) else {
+            return Ok(());
+        };
+        let sim_client = &mut self.clients[c];
+        if sim_client.home != r || sim_client.outstanding.as_ref().map(|o| o.request) != Some(request) {
+            return Ok(()); // late or replayed: already settled
+        }
+        sim_client.outstanding = None;
+        match outcome {
+            Outcome::Registered { session } => sim_client.session = Some(session),
+            Outcome::Executed | Outcome::Duplicate { .. } => {
+                if matches!(outcome, Outcome::Duplicate { op: 0 }) {
+                    return Err(format!(
+                        "client {client:x} got no op for its latest request {request}"
+                    ));
+                }
+                sim_client.next_request += 1;
+                sim_client.completed += 1;
+            }
+            Outcome::Evicted => {
+                self.client_index.remove(&client);
+                let sim_client = &mut self.clients[c];
+                sim_client.reincarnate(&mut self.rng);
+                self.client_index.insert(sim_client.id, c);
+            }
+        }
+        Ok(())
+    }
+
+    fn drive_clients(&mut self) -> Result<(), Failure> {
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
+            let home = client.home;
+            let submit = match &client.outstanding {
+                None if self.load && self.rng.chance(self.options.request_probability) => {
+                    let payload_max = self.options.payload_max;
+                    self.clients[c].start(&mut self.rng, payload_max, self.tick);
+                    true
+                }
+                Some(o) => o.last_submit + self.options.client_retry_ticks <= self.tick,
+                None => false,
+            };
+            if submit {
+                self.submit(c, home)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, c: usize, home: ReplicaIndex) -> Result<(), Failure> {
+        if let Some(o) = self.clients[c].outstanding.as_mut() {
+            o.last_submit = self.tick;
+        }
+        if self.replicas[home as usize].is_none() {
+            return Ok(()); // the home replica is down: try again later
+        }
+        let submission = self.clients[c].submission().expect("outstanding request");
+        self.input(home, Input::Submit(submission))
+    }
+
+    /// Starts the next request of client `c` now (scripted scenarios).
+    pub fn start_request(&mut self, c: usize) -> Result<(), Failure> {
+        let payload_max = self.options.payload_max;
+        self.clients[c].start(&mut self.rng, payload_max, self.tick);
+        let home = self.clients[c].home;
+        self.submit(c, home)
+    }
+
+    /// Steps until `done` holds, failing after `max_ticks`.
+    pub fn run_until(
+        &mut self,
+        max_ticks: u64,
+        what: &str,
+        mut done: impl FnMut(&Simulator) -> bool,
+    ) -> Result<(), Failure> {
+        let deadline = self.tick + max_ticks;
+        while !done(self) {
+            if self.tick >= deadline {
+                return Err(self.fail(format!(
+                    "{what}: not within {max_ticks} ticks; {}",
+                    self.describe()
+                )));
+            }
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Steps `ticks` times.
+    pub fn run_ticks(&mut self, ticks: u64) -> Result<(), Failure> {
+        (0..ticks).try_for_each(|_| self.step())
+    }
+
+    pub fn replica(&self, r: ReplicaIndex) -> &Replica {
+        self.replicas[r as usize].as_ref().expect("replica is up")
+    }
+
+    /// The replica leading a view in normal status, if exactly one does in the highest view.
+    pub fn primary(&self) -> Option<ReplicaIndex> {
+        let top = self.replicas.iter().flatten().map(|r| r.view()).max()?;
+        self.replicas
+            .iter()
+            .flatten()
+            .find(|r| r.is_primary() && r.view() == top)
+            .map(|r| r.index())
+    }
+
+    /// Bytes rejected by replicas' decoders, all replicas together.
+    pub fn rejected(&self) -> u64 {
+        self.replicas
+            .iter()
+            .flatten()
+            .map(|r| {
+                let s = r.stats();
+                s.dropped_corrupt
+                    + s.dropped_truncated
+                    + s.dropped_malformed
+                    + s.dropped_foreign_cluster
+                    + s.dropped_unknown_format
+                    + s.dropped_unknown_sender
+            })
+            .sum()
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(seed: u64) -> Result<Report, Failure> {
+    Simulator::new(Options::from_seed(seed)).run()
+}
+
+/// Runs one seed, printing the cluster's state every `every` ticks.
+pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
+    let mut simulator = Simulator::new(Options::from_seed(seed));
+    simulator.trace_every = every;
+    simulator.run()
+}
