@@ -38,6 +38,9 @@ pub enum Mutation {
     SkipClientTable,
     /// The new primary takes its own log instead of the best one it was sent.
     IgnoreBestLog,
+    /// State transfer joins the new view with only the first chunk of its log
+    /// (VR Revisited §5.2's truncate-then-fetch, whose window loses commits).
+    InstallPartialLog,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

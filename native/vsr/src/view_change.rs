@@ -398,6 +398,11 @@ impl Replica {
                 return;
             }
         };
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::InstallPartialLog) {
+            self.install_view(staging, commit);
+            return;
+        }
         if staging.end() < staging.target {
             // Progress: ask for the next chunk at once.
             self.staging = Some(staging);

@@ -8,6 +8,7 @@ pub mod client;
 pub mod network;
 pub mod options;
 pub mod rng;
+pub mod scenarios;
 pub mod simulator;
 
 pub use options::Options;

@@ -458,6 +458,13 @@ impl Simulator {
         self.submit(c, home)
     }
 
+    /// Submits client `c`'s outstanding request again, as a client whose
+    /// reply is late does (scripted scenarios).
+    pub fn resubmit(&mut self, c: usize) -> Result<(), Failure> {
+        let home = self.clients[c].home;
+        self.submit(c, home)
+    }
+
     /// Steps until `done` holds, failing after `max_ticks`.
     pub fn run_until(
         &mut self,

@@ -1,0 +1,198 @@
+//! Scripted scenarios: situations random seeds reach only rarely, set up by
+//! hand. Each returns `Err` if an invariant breaks or the cluster fails to
+//! make progress within its stated bound.
+//!
+//! Every scenario takes the options to start from, so a test can run it
+//! with a deliberately broken protocol and check that it fails.
+
+use vsr::{Op, ReplicaIndex, Status};
+
+use crate::options::Options;
+use crate::simulator::{Failure, Simulator};
+
+/// Ticks any single phase of a scenario may take.
+pub const PHASE_TICKS: u64 = 2_000;
+
+/// Quiet options for a scenario: perfect network, no random faults or load.
+pub fn options(replica_count: u8, clients: usize) -> Options {
+    Options::quiet(7, replica_count, clients)
+}
+
+/// Starts the next request of client `c` through `home`, and waits for its reply.
+pub fn commit(sim: &mut Simulator, c: usize, home: ReplicaIndex) -> Result<(), Failure> {
+    sim.clients[c].home = home;
+    sim.start_request(c)?;
+    sim.run_until(PHASE_TICKS, "request completes", |s| {
+        s.clients[c].outstanding.is_none()
+    })
+}
+
+/// Registers every client through `home`.
+pub fn register_all(sim: &mut Simulator, home: ReplicaIndex) -> Result<(), Failure> {
+    (0..sim.clients.len()).try_for_each(|c| commit(sim, c, home))
+}
+
+fn isolate(sim: &mut Simulator, r: ReplicaIndex) {
+    let n = sim.n();
+    sim.network.partition(n, &[r], true, true);
+}
+
+/// Heals everything and waits for every client and replica to settle.
+pub fn settle(sim: &mut Simulator) -> Result<(), Failure> {
+    sim.heal();
+    sim.run_until(PHASE_TICKS * 2, "cluster settles", |s| s.settled())
+}
+
+/// VR Revisited §5.2: a lagging replica learns of a new view and fetches its
+/// log; if it joined the view before holding the whole log (the paper
+/// truncates to its commit number and then fetches), a view change in that
+/// window could pick its short log and lose committed ops.
+///
+/// Replica 2 misses ops 2..=21 while replicas 0 and 1 commit them. Replica 0
+/// crashes; 1 and 2 start view 1 with 1's log, which 2 fetches two entries
+/// at a time. Mid-fetch, 1 crashes and 0 returns: the view change to view 2
+/// (primary 2) must still choose the log with all 21 ops.
+pub fn state_transfer_never_loses_commits(mut options: Options) -> Result<(), Failure> {
+    options.config.message_entries_max = 2;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    isolate(&mut sim, 2);
+    for _ in 0..20 {
+        commit(&mut sim, 0, 1)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(0);
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 is fetching view 1's log", |s| {
+        s.replicas[2]
+            .as_ref()
+            .is_some_and(|r| r.staging_progress().is_some() || r.log_view() >= 1)
+    })?;
+    sim.crash(1);
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS, "view 2 starts", |s| {
+        s.replicas[2]
+            .as_ref()
+            .is_some_and(|r| r.view() >= 2 && r.status() == Status::Normal)
+    })?;
+    expect_log_holds(&sim, 2, committed)?;
+    sim.restart(1);
+    settle(&mut sim)?;
+    commit(&mut sim, 0, 2)
+}
+
+fn expect_log_holds(sim: &Simulator, r: ReplicaIndex, committed: Op) -> Result<(), Failure> {
+    let replica = sim.replica(r);
+    if replica.op() < committed {
+        return Err(Failure {
+            seed: sim.options.seed,
+            tick: sim.tick,
+            reason: format!(
+                "replica {r} leads with {} ops; {committed} were committed",
+                replica.op()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The primary fills its pipeline with prepares nobody acknowledges, then
+/// crashes: the new primary either commits each of those requests once or
+/// the clients' retries do, and nothing runs twice.
+pub fn view_change_with_full_pipeline(mut options: Options) -> Result<(), Failure> {
+    options.config.pipeline_max = 4;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    sim.network.set_link(1, 0, false);
+    sim.network.set_link(2, 0, false);
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 1 + (c % 2) as ReplicaIndex;
+        sim.start_request(c)?;
+    }
+    // The forwarded requests cannot reach the primary yet: let one through at a time.
+    sim.network.set_link(1, 0, true);
+    sim.run_until(PHASE_TICKS, "the primary's pipeline is full", |s| {
+        let p = s.replica(0);
+        p.op() >= p.commit_max() + 4
+    })?;
+    sim.network.set_link(1, 0, false);
+    sim.crash(0);
+    sim.run_until(PHASE_TICKS, "every client completes", |s| {
+        s.clients.iter().all(|c| c.outstanding.is_none())
+    })?;
+    sim.restart(0);
+    settle(&mut sim)
+}
+
+/// A request reaches a primary that cannot replicate it; the client submits
+/// it again, the cluster changes view, and the request runs exactly once.
+/// Submitting it once more afterwards is answered from the client table.
+pub fn client_retry_across_view_change(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    sim.network.set_link(0, 1, false);
+    sim.network.set_link(0, 2, false);
+    sim.clients[0].home = 1;
+    sim.start_request(0)?;
+    sim.run_ticks(20)?;
+    sim.resubmit(0)?; // the same client, the same request number
+    sim.run_ticks(20)?;
+    sim.resubmit(0)?;
+    sim.run_until(PHASE_TICKS, "request completes in a new view", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
+    let request = sim.clients[0].next_request - 1;
+    let op = sim.checker.replies[&(sim.clients[0].id, request)];
+    // Once more, after the reply: the same op comes back, nothing runs again.
+    sim.clients[0].next_request = request;
+    commit(&mut sim, 0, 1)?;
+    let again = sim.checker.replies[&(sim.clients[0].id, request)];
+    if again != op || sim.replica(1).view() == 0 {
+        return Err(Failure {
+            seed: sim.options.seed,
+            tick: sim.tick,
+            reason: format!("resubmission answered with op {again}, first with {op}"),
+        });
+    }
+    settle(&mut sim)
+}
+
+/// The primary can send but not receive: it keeps its backups quiet with
+/// heartbeats yet can commit nothing. It must abdicate so they elect a
+/// primary that can.
+pub fn primary_that_cannot_hear_abdicates(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    let n = sim.n();
+    sim.network.partition(n, &[0], false, true);
+    commit(&mut sim, 0, 1)?;
+    if sim.primary() == Some(0) {
+        return Err(Failure {
+            seed: sim.options.seed,
+            tick: sim.tick,
+            reason: "replica 0 still leads".into(),
+        });
+    }
+    settle(&mut sim)
+}
+
+/// A replica cut off while hundreds of ops commit catches up, in chunks,
+/// once it can hear the others again.
+pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure> {
+    options.config.message_entries_max = 4;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for i in 0..300 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    sim.network.heal();
+    let target = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 catches up", |s| {
+        s.replica(2).commit() >= target
+    })?;
+    settle(&mut sim)
+}

@@ -1,0 +1,45 @@
+//! The checkers can fail: with a deliberate bug compiled into the protocol
+//! (the `mutations` feature of `vsr`), the simulator must catch it within a
+//! stated number of seeds. A checker that never fails proves nothing.
+
+use vsr::Mutation;
+use vsr_sim::scenarios::{self, options};
+use vsr_sim::{Options, Simulator};
+
+/// Each mutation must be caught within this many random seeds.
+const SEEDS: u64 = 200;
+
+fn first_failing_seed(mutation: Mutation) -> Option<u64> {
+    (0..SEEDS).find(|&seed| {
+        let mut options = Options::from_seed(seed);
+        options.config.mutation = mutation;
+        Simulator::new(options).run().is_err()
+    })
+}
+
+#[test]
+fn committing_without_a_quorum_is_caught() {
+    let seed = first_failing_seed(Mutation::CommitWithoutQuorum);
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}
+
+#[test]
+fn skipping_the_client_table_is_caught() {
+    let seed = first_failing_seed(Mutation::SkipClientTable);
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}
+
+#[test]
+fn ignoring_the_best_log_in_a_view_change_is_caught() {
+    let seed = first_failing_seed(Mutation::IgnoreBestLog);
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}
+
+#[test]
+fn joining_a_view_with_a_partial_log_is_caught_by_the_section_5_2_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::InstallPartialLog;
+    assert!(scenarios::state_transfer_never_loses_commits(broken).is_err());
+    // And the same scenario passes with the protocol as written.
+    scenarios::state_transfer_never_loses_commits(options(3, 1)).unwrap();
+}

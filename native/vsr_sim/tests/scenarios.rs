@@ -1,0 +1,35 @@
+//! Scripted regression scenarios (see `vsr_sim::scenarios` for each story).
+
+use vsr_sim::scenarios::{self, options};
+
+#[test]
+fn state_transfer_never_loses_commits() {
+    scenarios::state_transfer_never_loses_commits(options(3, 1)).unwrap();
+}
+
+#[test]
+fn view_change_with_full_pipeline() {
+    scenarios::view_change_with_full_pipeline(options(3, 8)).unwrap();
+}
+
+#[test]
+fn client_retry_across_view_change() {
+    scenarios::client_retry_across_view_change(options(3, 1)).unwrap();
+}
+
+#[test]
+fn primary_that_cannot_hear_abdicates() {
+    scenarios::primary_that_cannot_hear_abdicates(options(3, 1)).unwrap();
+}
+
+#[test]
+fn far_behind_replica_catches_up() {
+    scenarios::far_behind_replica_catches_up(options(3, 4)).unwrap();
+}
+
+#[test]
+fn every_scenario_holds_for_five_replicas() {
+    scenarios::state_transfer_never_loses_commits(options(5, 1)).unwrap();
+    scenarios::primary_that_cannot_hear_abdicates(options(5, 1)).unwrap();
+    scenarios::far_behind_replica_catches_up(options(5, 2)).unwrap();
+}
