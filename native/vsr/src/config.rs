@@ -41,6 +41,8 @@ pub enum Mutation {
     /// State transfer joins the new view with only the first chunk of its log
     /// (VR Revisited §5.2's truncate-then-fetch, whose window loses commits).
     InstallPartialLog,
+    /// The primary serves reads without a quorum confirming it still leads.
+    ReadWithoutQuorum,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -10,6 +10,7 @@ pub mod client_table;
 pub mod config;
 pub mod log;
 pub mod message;
+mod read;
 pub mod replica;
 mod view_change;
 

@@ -122,10 +122,23 @@ pub enum Message {
         commit: Op,
         entry: Arc<Prepare>,
     },
-    /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`.
-    PrepareOk { view: View, op: Op, checksum: u128 },
-    /// Heartbeat of an idle primary: the view is alive and committed up to `commit`.
-    Commit { view: View, commit: Op },
+    /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`;
+    /// `round` echoes the last heartbeat round it heard from the primary.
+    PrepareOk {
+        view: View,
+        op: Op,
+        checksum: u128,
+        round: u64,
+    },
+    /// Heartbeat of the primary: the view is alive and committed up to
+    /// `commit`. `round` increases when the primary needs fresh proof that a
+    /// quorum still follows it (for linearizable reads).
+    Commit { view: View, commit: Op, round: u64 },
+    /// A replica asks the primary for a linearizable read point.
+    Read { id: u64 },
+    /// Read `id` may be served once `op` is executed (a quorum confirmed the
+    /// primary of `view` still led after the read arrived).
+    ReadOk { view: View, id: u64, op: Op },
     /// A backup asks for entries `from..=to` of the current view's log.
     RequestPrepares { view: View, from: Op, to: Op },
     /// The sender wants to move to `view` (a vote, not yet a change); it is
@@ -167,6 +180,8 @@ impl Message {
             Message::Prepare { .. } => "prepare",
             Message::PrepareOk { .. } => "prepare_ok",
             Message::Commit { .. } => "commit",
+            Message::Read { .. } => "read",
+            Message::ReadOk { .. } => "read_ok",
             Message::RequestPrepares { .. } => "request_prepares",
             Message::StartViewChange { .. } => "start_view_change",
             Message::DoViewChange { .. } => "do_view_change",
@@ -381,7 +396,16 @@ mod tests {
     fn garbage_behind_a_valid_envelope_never_panics() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for len in 0..400usize {
-            let mut bytes = encode(42, 1, &Message::Commit { view: 0, commit: 0 })[..HEADER_LEN].to_vec();
+            let mut bytes = encode(
+                42,
+                1,
+                &Message::Commit {
+                    view: 0,
+                    commit: 0,
+                    round: 0,
+                },
+            )[..HEADER_LEN]
+                .to_vec();
             bytes.extend((0..len).map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;

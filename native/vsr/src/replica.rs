@@ -65,6 +65,9 @@ pub enum Input<'a> {
     Receive(&'a [u8]),
     /// A client submits a request through this replica.
     Submit(Submission),
+    /// A linearizable read through this replica; `id` is the host's, unique
+    /// among this replica's reads in flight.
+    Read { id: u64 },
 }
 
 /// Something the host must do, in order.
@@ -89,6 +92,9 @@ pub enum Output {
         op: Op,
         outcome: Outcome,
     },
+    /// Read `id` may now be served from this replica's state: it has executed
+    /// every op committed before the read was submitted (up to `op`).
+    ReadReady { id: u64, op: Op },
 }
 
 /// Counters of things worth knowing but not worth failing over.
@@ -165,6 +171,7 @@ pub struct Replica {
 
     // Origin: requests submitted here, until settled.
     pub(crate) pending: BTreeMap<ClientId, Pending>,
+    pub(crate) reads: crate::read::Reads,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
@@ -244,6 +251,7 @@ impl Replica {
             dvcs: vec![None; config.n()],
             staging: None,
             pending: BTreeMap::new(),
+            reads: Default::default(),
             stats: Stats::default(),
             out: Vec::new(),
             config,
@@ -261,6 +269,7 @@ impl Replica {
             Input::Tick { now_ns } => self.on_tick(now_ns),
             Input::Receive(bytes) => self.on_bytes(bytes),
             Input::Submit(submission) => self.on_submit(submission),
+            Input::Read { id } => self.on_read_submit(id),
         }
         std::mem::take(&mut self.out)
     }
@@ -397,8 +406,15 @@ impl Replica {
         match message {
             Message::Request { request } => self.on_request(request),
             Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
-            Message::PrepareOk { view, op, checksum } => self.on_prepare_ok(from, view, op, checksum),
-            Message::Commit { view, commit } => self.on_commit(from, view, commit),
+            Message::PrepareOk {
+                view,
+                op,
+                checksum,
+                round,
+            } => self.on_prepare_ok(from, view, op, checksum, round),
+            Message::Commit { view, commit, round } => self.on_commit(from, view, commit, round),
+            Message::Read { id } => self.on_read(from, id),
+            Message::ReadOk { view, id, op } => self.on_read_ok(view, id, op),
             Message::RequestPrepares {
                 view,
                 from: first,
@@ -449,6 +465,7 @@ impl Replica {
         }
         self.tick_campaign();
         self.retry_pending();
+        self.retry_reads();
     }
 
     // ---- Clients -------------------------------------------------------
@@ -593,11 +610,12 @@ impl Replica {
         batch
     }
 
-    fn on_prepare_ok(&mut self, from: ReplicaIndex, view: View, op: Op, checksum: u128) {
+    fn on_prepare_ok(&mut self, from: ReplicaIndex, view: View, op: Op, checksum: u128, round: u64) {
         if view != self.view || !self.is_primary() {
             return;
         }
         self.last_heard[from as usize] = self.ticks;
+        self.on_round_answered(from, round);
         if self.log.checksum_at(op) == Some(checksum) && op > self.acked[from as usize] {
             self.acked[from as usize] = op;
             self.advance_commit();
@@ -641,11 +659,7 @@ impl Replica {
         }
         self.prepare_queued();
         if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
-            self.broadcast(&Message::Commit {
-                view: self.view,
-                commit: self.commit_max,
-            });
-            self.last_broadcast_tick = self.ticks;
+            self.broadcast_heartbeat(false);
         }
         if self.ticks >= self.last_retry_tick + self.config.prepare_retry_ticks {
             self.last_retry_tick = self.ticks;
@@ -724,11 +738,12 @@ impl Replica {
         self.learn_commit(commit);
     }
 
-    fn on_commit(&mut self, from: ReplicaIndex, view: View, commit: Op) {
+    fn on_commit(&mut self, from: ReplicaIndex, view: View, commit: Op, round: u64) {
         if !self.accepts_normal_message(from, view) {
             return;
         }
         self.heard_primary();
+        self.reads.heard_round = self.reads.heard_round.max(round);
         self.acknowledge();
         self.learn_commit(commit);
     }
@@ -752,12 +767,14 @@ impl Replica {
         let op = self.log.op();
         let checksum = self.log.head_checksum();
         let primary = self.primary();
+        let round = self.reads.heard_round;
         self.send(
             primary,
             &Message::PrepareOk {
                 view: self.view,
                 op,
                 checksum,
+                round,
             },
         );
     }
@@ -843,6 +860,7 @@ impl Replica {
                 });
             }
         }
+        self.serve_reads();
     }
 
     fn execute_request(&mut self, op: Op, request: &Request) -> Outcome {

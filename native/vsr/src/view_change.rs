@@ -145,6 +145,7 @@ impl Replica {
         debug_assert!(view > self.view);
         self.view = view;
         self.status = Status::ViewChange;
+        self.reads.new_view();
         self.status_since = self.ticks;
         self.campaign = 0;
         self.timeout_jitter = self.next_jitter();
@@ -283,6 +284,7 @@ impl Replica {
         let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
         self.commit_max = self.commit_max.max(commit).min(self.log.op());
         self.log_view = self.view;
+        self.reads.new_view();
         self.status = Status::Normal;
         self.status_since = self.ticks;
         self.stats.views_started += 1;
@@ -426,6 +428,7 @@ impl Replica {
         });
         self.view = staging.view;
         self.log_view = staging.view;
+        self.reads.new_view();
         self.status = Status::Normal;
         self.status_since = self.ticks;
         self.stats.views_started += 1;

@@ -9,6 +9,8 @@
 //! 4. A replica's view never decreases (across restarts too), nor does its
 //!    commit number while it runs.
 //! 5. At most one replica leads a given view.
+//! 6. Reads are linearizable: a read is served only from a state that holds
+//!    every op some client had a reply for before the read began.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,6 +29,8 @@ pub struct Checker {
     refused: HashSet<(ClientId, u64)>,
     /// Replies received by clients: request -> op.
     pub replies: HashMap<(ClientId, u64), Op>,
+    /// The highest op any client has had a reply for.
+    pub replied: Op,
     /// Last op each replica executed, in its current incarnation.
     last_executed: Vec<Op>,
     views: Vec<View>,
@@ -42,6 +46,7 @@ impl Checker {
             executed: HashMap::new(),
             refused: HashSet::new(),
             replies: HashMap::new(),
+            replied: 0,
             last_executed: vec![0; replica_count],
             views: vec![0; replica_count],
             commits: vec![0; replica_count],
@@ -161,6 +166,7 @@ impl Checker {
                         self.executed.get(&key)
                     ));
                 }
+                self.replied = self.replied.max(op);
                 if let Some(previous) = self.replies.insert(key, op) {
                     if previous != op {
                         return Err(format!("two replies for {key:?}: op {previous} and op {op}"));
@@ -174,6 +180,24 @@ impl Checker {
                 self.refused.insert(key);
             }
             Outcome::Registered { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A read issued when `required` was the highest op replied to came back
+    /// ready at `op`, with the replica having executed up to `executed`.
+    pub fn on_read(
+        &self,
+        replica: ReplicaIndex,
+        required: Op,
+        op: Op,
+        executed: Op,
+    ) -> Result<(), Violation> {
+        if op < required || executed < op {
+            return Err(format!(
+                "stale read at replica {replica}: index {op}, executed {executed}, but op {required} was \
+                 replied to before the read began"
+            ));
         }
         Ok(())
     }

@@ -15,6 +15,8 @@ pub struct Options {
     pub clients: usize,
     /// Probability that an idle client starts a request on a tick.
     pub request_probability: f64,
+    /// Per tick: probability of a linearizable read through a random replica.
+    pub read_probability: f64,
     /// Largest request payload, in bytes.
     pub payload_max: usize,
     /// Ticks a client waits for a reply before submitting again.
@@ -45,6 +47,7 @@ impl Options {
             config,
             clients,
             request_probability: 0.0,
+            read_probability: 0.0,
             payload_max: 16,
             client_retry_ticks: 400,
             network: NetworkOptions::perfect(),
@@ -80,6 +83,7 @@ impl Options {
             4096
         };
         options.request_probability = rng.float(0.005, 0.2);
+        options.read_probability = rng.float(0.0, 0.3);
         options.payload_max = rng.range(0, 256) as usize;
         options.client_retry_ticks = rng.range(100, 600);
         let delay_min = rng.range(1, 3);

@@ -177,6 +177,32 @@ pub fn primary_that_cannot_hear_abdicates(options: Options) -> Result<(), Failur
     settle(&mut sim)
 }
 
+/// A primary cut off from everyone, whose clock is too slow to notice
+/// (so it does not abdicate), still believes it leads while the others
+/// elect a new primary and commit. A read through it must not return its
+/// stale state: it needs a quorum to confirm it still leads, which it cannot
+/// get, so the read waits until the partition heals and is then served
+/// from the new view.
+pub fn deposed_primary_serves_no_stale_read(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.frozen[0] = true;
+    isolate(&mut sim, 0);
+    commit(&mut sim, 0, 1)?; // committed in a new view, without replica 0
+    if !sim.replica(0).is_primary() {
+        return Err(Failure {
+            seed: sim.options.seed,
+            tick: sim.tick,
+            reason: "replica 0 stepped down".into(),
+        });
+    }
+    sim.issue_read(0)?;
+    sim.run_ticks(200)?;
+    sim.frozen[0] = false;
+    settle(&mut sim)
+}
+
 /// A replica cut off while hundreds of ops commit catches up, in chunks,
 /// once it can hear the others again.
 pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure> {

@@ -70,6 +70,12 @@ pub struct Simulator {
     pub checker: Checker,
     /// Whether clients start requests by themselves.
     pub load: bool,
+    /// Replicas whose clock is stopped (scripted scenarios): they get no
+    /// ticks, so none of their timers fire, but they still handle messages.
+    pub frozen: Vec<bool>,
+    /// Reads in flight: (replica, id) -> the highest op replied to when issued.
+    pub reads: HashMap<(ReplicaIndex, u64), u64>,
+    next_read: u64,
     crashes: u64,
     /// Print the cluster's state every this many ticks (0: never).
     pub trace_every: u64,
@@ -97,7 +103,10 @@ impl Simulator {
             restart_at: vec![None; n],
             clients,
             client_index,
-            load: options.request_probability > 0.0,
+            load: options.request_probability > 0.0 || options.read_probability > 0.0,
+            reads: HashMap::new(),
+            frozen: vec![false; n],
+            next_read: 0,
             rng,
             tick: 0,
             crashes: 0,
@@ -165,7 +174,7 @@ impl Simulator {
     /// has executed everything committed.
     pub fn settled(&self) -> bool {
         let committed = self.checker.committed();
-        let clients_done = self.clients.iter().all(|c| c.outstanding.is_none());
+        let clients_done = self.clients.iter().all(|c| c.outstanding.is_none()) && self.reads.is_empty();
         let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
         clients_done
             && replicas.len() == self.n()
@@ -192,7 +201,7 @@ impl Simulator {
                 None => format!("r{i}:down"),
             })
             .collect();
-        let outstanding = self.clients.iter().filter(|c| c.outstanding.is_some()).count();
+        let outstanding = self.clients.iter().filter(|c| c.outstanding.is_some()).count() + self.reads.len();
         format!(
             "committed {}, {outstanding} clients waiting, {} packets in flight; {}",
             self.checker.committed(),
@@ -287,6 +296,7 @@ impl Simulator {
         if self.replicas[r as usize].take().is_some() {
             self.crashes += 1;
         }
+        self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
     }
 
     /// The replica comes back from its disk and re-executes its committed prefix.
@@ -301,7 +311,8 @@ impl Simulator {
         self.replicas[r as usize] = Some(replica);
         self.checker.restarted(r);
         // Replays cannot fail the run here: report them on the next step.
-        if let Err(v) = self.apply(r, outputs) {
+        let executed = self.replica(r).commit();
+        if let Err(v) = self.apply(r, outputs, executed) {
             panic!("{}", self.fail(v));
         }
     }
@@ -315,7 +326,8 @@ impl Simulator {
         }
         let now_ns = self.tick * 1_000_000;
         for r in 0..self.n() {
-            if self.replicas[r].is_some() && !self.rng.chance(self.options.tick_skip_probability) {
+            let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
+            if self.replicas[r].is_some() && !skip {
                 self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
             }
         }
@@ -338,13 +350,14 @@ impl Simulator {
         let replica = self.replicas[r as usize].as_mut().expect("replica is up");
         let outputs = replica.step(input);
         let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
-        self.apply(r, outputs).map_err(|v| self.fail(v))?;
+        let executed = replica.commit();
+        self.apply(r, outputs, executed).map_err(|v| self.fail(v))?;
         self.checker
             .on_state(r, view, commit, leads)
             .map_err(|v| self.fail(v))
     }
 
-    fn apply(&mut self, r: ReplicaIndex, outputs: Vec<Output>) -> Result<(), Violation> {
+    fn apply(&mut self, r: ReplicaIndex, outputs: Vec<Output>, executed: u64) -> Result<(), Violation> {
         for output in outputs {
             match output {
                 Output::Send { to, bytes } => self.network.send(&mut self.rng, self.tick, r, to, bytes),
@@ -376,6 +389,11 @@ impl Simulator {
                     op,
                     outcome,
                 } => self.on_reply(r, client, request, op, outcome)?,
+                Output::ReadReady { id, op } => {
+                    if let Some(required) = self.reads.remove(&(r, id)) {
+                        self.checker.on_read(r, required, op, executed)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -419,7 +437,26 @@ impl Simulator {
         Ok(())
     }
 
+    fn drive_reads(&mut self) -> Result<(), Failure> {
+        if !self.load || !self.rng.chance(self.options.read_probability) {
+            return Ok(());
+        }
+        let r = self.rng.range(0, self.n() as u64 - 1) as ReplicaIndex;
+        if self.replicas[r as usize].is_none() {
+            return Ok(());
+        }
+        self.issue_read(r)
+    }
+
+    /// Issues a linearizable read through replica `r`.
+    pub fn issue_read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
+        self.next_read += 1;
+        self.reads.insert((r, self.next_read), self.checker.replied);
+        self.input(r, Input::Read { id: self.next_read })
+    }
+
     fn drive_clients(&mut self) -> Result<(), Failure> {
+        self.drive_reads()?;
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
             let home = client.home;

@@ -36,6 +36,14 @@ fn ignoring_the_best_log_in_a_view_change_is_caught() {
 }
 
 #[test]
+fn serving_reads_without_a_quorum_is_caught_by_the_deposed_primary_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::ReadWithoutQuorum;
+    assert!(scenarios::deposed_primary_serves_no_stale_read(broken).is_err());
+    scenarios::deposed_primary_serves_no_stale_read(options(3, 1)).unwrap();
+}
+
+#[test]
 fn joining_a_view_with_a_partial_log_is_caught_by_the_section_5_2_scenario() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::InstallPartialLog;

@@ -23,6 +23,11 @@ fn primary_that_cannot_hear_abdicates() {
 }
 
 #[test]
+fn deposed_primary_serves_no_stale_read() {
+    scenarios::deposed_primary_serves_no_stale_read(options(3, 1)).unwrap();
+}
+
+#[test]
 fn far_behind_replica_catches_up() {
     scenarios::far_behind_replica_catches_up(options(3, 4)).unwrap();
 }

@@ -1,0 +1,188 @@
+//! Linearizable reads without touching the log (a read index).
+//!
+//! A read submitted through any replica goes to the primary, which notes its
+//! log head as the read's index and sends a heartbeat with a new `round`.
+//! Once a quorum (itself included) has answered that round, no newer view
+//! can have started before the read arrived: a view starts only with a
+//! quorum of replicas that have left this one, and they would not have
+//! answered. So every op committed before the read began is in the
+//! primary's log, at or below the index. The origin serves the read from
+//! its own state as soon as it has executed up to the index.
+
+#[cfg(feature = "mutations")]
+use crate::config::Mutation;
+use crate::config::{Op, ReplicaIndex, View, MAX_REPLICAS};
+use crate::message::Message;
+use crate::replica::{Output, Replica, Status};
+
+/// A read the primary is confirming.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfirmingRead {
+    origin: ReplicaIndex,
+    id: u64,
+    /// The primary's log head when the read arrived.
+    op: Op,
+    /// The heartbeat round a quorum must answer.
+    round: u64,
+}
+
+/// A read submitted here, waiting for its index and then for execution.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingRead {
+    pub(crate) sent_tick: u64,
+    pub(crate) op: Option<Op>,
+}
+
+/// Read-index state, on primaries and origins alike.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reads {
+    /// Primary: the last heartbeat round broadcast in this view.
+    round: u64,
+    /// Primary: the highest round each replica has answered in this view.
+    answered: [u64; MAX_REPLICAS],
+    /// Primary: reads waiting for a quorum to answer their round.
+    confirming: Vec<ConfirmingRead>,
+    /// Backup: the last round heard from the primary in this view.
+    pub(crate) heard_round: u64,
+    /// Origin: reads submitted here, by id.
+    pub(crate) pending: std::collections::BTreeMap<u64, PendingRead>,
+}
+
+impl Reads {
+    /// A view change voids every confirmation in progress (origins retry).
+    pub(crate) fn new_view(&mut self) {
+        self.answered = [0; MAX_REPLICAS];
+        self.confirming.clear();
+        self.heard_round = 0;
+    }
+}
+
+impl Replica {
+    /// A read submitted through this replica.
+    pub(crate) fn on_read_submit(&mut self, id: u64) {
+        self.reads.pending.insert(
+            id,
+            PendingRead {
+                sent_tick: self.ticks,
+                op: None,
+            },
+        );
+        self.route_read(id);
+    }
+
+    pub(crate) fn route_read(&mut self, id: u64) {
+        if self.status != Status::Normal {
+            return; // retried once a view is running
+        }
+        if self.is_primary_of_view() {
+            self.on_read(self.index, id);
+        } else {
+            let primary = self.primary();
+            self.send(primary, &Message::Read { id });
+        }
+    }
+
+    /// Resends reads still waiting for an index.
+    pub(crate) fn retry_reads(&mut self) {
+        let retry = self.config.request_retry_ticks;
+        let due: Vec<u64> = self
+            .reads
+            .pending
+            .iter_mut()
+            .filter(|(_, r)| r.op.is_none() && r.sent_tick + retry <= self.ticks)
+            .map(|(id, r)| {
+                r.sent_tick = self.ticks;
+                *id
+            })
+            .collect();
+        due.into_iter().for_each(|id| self.route_read(id));
+    }
+
+    /// On the primary: a read arrived from `origin`.
+    pub(crate) fn on_read(&mut self, origin: ReplicaIndex, id: u64) {
+        if !self.is_primary() || self.abdicating() {
+            return;
+        }
+        let round = self.reads.round + 1;
+        self.reads.confirming.push(ConfirmingRead {
+            origin,
+            id,
+            op: self.log.op(),
+            round,
+        });
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::ReadWithoutQuorum) {
+            self.reads.answered = [u64::MAX; MAX_REPLICAS];
+        }
+        self.broadcast_heartbeat(true);
+        self.confirm_reads();
+    }
+
+    /// Sends a heartbeat; `probe` starts a new round for waiting reads.
+    pub(crate) fn broadcast_heartbeat(&mut self, probe: bool) {
+        if probe {
+            self.reads.round += 1;
+            self.reads.answered[self.index as usize] = self.reads.round;
+        }
+        let message = Message::Commit {
+            view: self.view,
+            commit: self.commit_max,
+            round: self.reads.round,
+        };
+        self.broadcast(&message);
+        self.last_broadcast_tick = self.ticks;
+    }
+
+    /// On the primary: a backup answered up to `round`.
+    pub(crate) fn on_round_answered(&mut self, from: ReplicaIndex, round: u64) {
+        let answered = &mut self.reads.answered[from as usize];
+        *answered = (*answered).max(round.min(self.reads.round));
+        self.confirm_reads();
+    }
+
+    fn confirm_reads(&mut self) {
+        let quorum = self.quorum();
+        let n = self.config.n();
+        let answered = self.reads.answered;
+        let (ready, waiting): (Vec<ConfirmingRead>, Vec<ConfirmingRead>) =
+            std::mem::take(&mut self.reads.confirming)
+                .into_iter()
+                .partition(|read| answered[..n].iter().filter(|&&a| a >= read.round).count() >= quorum);
+        self.reads.confirming = waiting;
+        for read in ready {
+            if read.origin == self.index {
+                self.on_read_ok(self.view, read.id, read.op);
+            } else {
+                let message = Message::ReadOk {
+                    view: self.view,
+                    id: read.id,
+                    op: read.op,
+                };
+                self.send(read.origin, &message);
+            }
+        }
+    }
+
+    /// On the origin: the read's index is known.
+    pub(crate) fn on_read_ok(&mut self, _view: View, id: u64, op: Op) {
+        if let Some(read) = self.reads.pending.get_mut(&id) {
+            read.op.get_or_insert(op);
+        }
+        self.serve_reads();
+    }
+
+    /// Emits `ReadReady` for every read whose index has been executed here.
+    pub(crate) fn serve_reads(&mut self) {
+        let executed = self.commit_min;
+        let ready: Vec<(u64, Op)> = self
+            .reads
+            .pending
+            .iter()
+            .filter_map(|(id, r)| r.op.filter(|&op| op <= executed).map(|op| (*id, op)))
+            .collect();
+        for (id, op) in ready {
+            self.reads.pending.remove(&id);
+            self.out.push(Output::ReadReady { id, op });
+        }
+    }
+}
