@@ -1,13 +1,71 @@
 defmodule Visor.Native do
-  @moduledoc false
-  # Elixir side of the `visor_nif` crate (native/visor_nif). The Mix
-  # compiler in mix.exs builds it into priv/native/libvisor_nif.so.
+  @moduledoc """
+  The bridge to the Rust engine (`native/visor_nif`), one replica group at
+  a time. The full contract is in `docs/nif.md`.
+
+  `start/2` starts a replica group on the engine's own threads and returns
+  its handle (a reference). The engine reports to the `owner` process with
+  one message per engine iteration per group:
+
+      {:visor_engine, engine, events}
+
+  where `events` is a list, in order, of
+
+    * `{:send, to_index, bytes}`: send `bytes` to replica `to_index`, whose
+      server calls `deliver/2` with them;
+    * `{:execute, op, view, timestamp_ns, requests}`: op `op` is committed;
+      `requests` is a list of `{client, request, outcome, payload}` and the
+      application applies the payloads whose outcome is `:executed`, in
+      order (every replica sees the same sequence);
+    * `{:reply, client, request, op, outcome}`: a request submitted through
+      this replica is settled;
+    * `{:read_ready, id, op}`: the linearizable read `id` (see `read/2`) may
+      be served from the local state now: it has executed every op that was
+      committed before the read began (up to `op`).
+
+  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}` or
+  `:evicted`. If the group fails (a bug in the engine), the owner gets
+  `{:visor_engine_down, engine, reason}` once and the group is gone.
+
+  Every function returns in microseconds: it validates its arguments
+  (raising `ArgumentError` that names the problem), then enqueues a command
+  for the engine or reads the group's last published snapshot.
+  """
 
   @on_load :load_nif
 
   # Where the .so is when this module was compiled from source: used when
   # :visor is not a known application (e.g. beams loaded by path alone).
   @source_priv Path.expand("../../priv", __DIR__)
+
+  @u64_max 0xFFFF_FFFF_FFFF_FFFF
+  @max_replicas 6
+
+  # vsr Config fields that start/2 may override (docs/nif.md).
+  @config_keys [
+    :batch_max_requests,
+    :batch_max_bytes,
+    :pipeline_max,
+    :request_queue_max,
+    :client_table_max,
+    :message_entries_max,
+    :heartbeat_ticks,
+    :prepare_retry_ticks,
+    :view_change_ticks,
+    :resend_ticks,
+    :request_retry_ticks
+  ]
+  @known_keys [:cluster, :replica_count, :replica_index, :tick_ms | @config_keys]
+
+  @typedoc "A replica group's handle, as returned by `start/2`."
+  @type engine :: reference()
+  @typedoc "A client id: 16 bytes (a little-endian u128)."
+  @type client :: <<_::128>>
+  @type outcome ::
+          :executed
+          | {:duplicate, op :: non_neg_integer()}
+          | {:registered, session :: non_neg_integer()}
+          | :evicted
 
   @doc false
   def load_nif do
@@ -23,8 +81,230 @@ defmodule Visor.Native do
   end
 
   @doc "Version of the Elixir <-> NIF interface."
+  @spec protocol_version() :: pos_integer()
   def protocol_version, do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "128-bit checksum of `bytes` as 16 little-endian bytes."
+  @spec checksum(binary()) :: <<_::128>>
   def checksum(_bytes), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Starts one replica group and returns its handle.
+
+  `opts` (a map; a keyword list is accepted too):
+
+    * `:cluster` (required): the cluster id, a 16-byte binary shared by all
+      replicas of the group;
+    * `:replica_count` (required): 1 to #{@max_replicas};
+    * `:replica_index` (required): this replica, `0..replica_count - 1`;
+    * `:tick_ms`: milliseconds per protocol tick (default 10);
+    * overrides of the protocol limits and timeouts (non-negative integers,
+      timeouts in ticks): #{Enum.map_join(@config_keys, ", ", &"`#{inspect(&1)}`")}.
+
+  Engine messages go to `owner`, a local process. The group stops when
+  `stop/1` is called or when `owner` exits.
+  """
+  @spec start(map() | keyword(), pid()) :: {:ok, engine()}
+  def start(opts, owner) do
+    opts = validate_opts!(opts)
+
+    unless is_pid(owner) and node(owner) == node() do
+      raise ArgumentError, "owner must be a local pid, got: #{inspect(owner)}"
+    end
+
+    case nif_start(opts, owner) do
+      {:ok, engine} -> {:ok, engine}
+      {:error, message} -> raise ArgumentError, "invalid engine options: " <> message
+    end
+  end
+
+  @doc """
+  Hands the group a message from a peer replica (the `bytes` of a peer's
+  `{:send, to, bytes}` event). Corrupt or foreign bytes are dropped and
+  counted in `status/1`'s stats. A no-op once the group is stopped.
+  """
+  @spec deliver(engine(), binary()) :: :ok
+  def deliver(engine, bytes) do
+    check_engine!(engine)
+
+    unless is_binary(bytes) do
+      raise ArgumentError, "bytes must be a binary, got: #{inspect(bytes)}"
+    end
+
+    nif_deliver(engine, bytes)
+  end
+
+  @doc """
+  Submits a client request through this replica. Register first with
+  `session` 0 and `request` 0; the `{:registered, session}` reply gives the
+  session for requests 1, 2, 3, ... (one outstanding at a time). The reply
+  arrives as a `{:reply, ...}` event. A no-op once the group is stopped.
+  """
+  @spec submit(engine(), client(), non_neg_integer(), non_neg_integer(), binary()) :: :ok
+  def submit(engine, client, session, request, payload) do
+    check_engine!(engine)
+
+    unless is_binary(client) and byte_size(client) == 16 do
+      raise ArgumentError, "client must be a 16-byte binary, got: #{describe(client)}"
+    end
+
+    check_u64!(session, "session")
+    check_u64!(request, "request")
+
+    unless is_binary(payload) do
+      raise ArgumentError, "payload must be a binary, got: #{inspect(payload)}"
+    end
+
+    nif_submit(engine, client, session, request, payload)
+  end
+
+  @doc """
+  Starts a linearizable read through this replica (vsr's read index: a
+  quorum heartbeat round, nothing appended to the log). `id` is the
+  caller's, unique among this replica's reads in flight; the engine answers
+  with a `{:read_ready, id, op}` event. A no-op once the group is stopped.
+  """
+  @spec read(engine(), non_neg_integer()) :: :ok
+  def read(engine, id) do
+    check_engine!(engine)
+    check_u64!(id, "read id")
+    nif_read(engine, id)
+  end
+
+  @doc """
+  The group's state as the engine last published it (after its latest
+  iteration); never waits for the engine.
+
+  `%{status: :normal | :view_change | :stopped | :failed, view:, log_view:,
+  op:, commit:, commit_max:, primary:, is_primary:, replica_index:,
+  replica_count:, stats: %{...}}`; `commit` is the highest op executed
+  here, `commit_max` the highest known committed.
+  """
+  @spec status(engine()) :: map()
+  def status(engine) do
+    check_engine!(engine)
+    nif_status(engine)
+  end
+
+  @doc """
+  Stops the group and releases it. Idempotent. Returns at once; the engine
+  thread drops the group in its next iteration (see `engine_info/0`).
+  """
+  @spec stop(engine()) :: :ok
+  def stop(engine) do
+    check_engine!(engine)
+    nif_stop(engine)
+  end
+
+  @doc """
+  `%{threads: n, groups: n}`: engine threads running and groups they hold
+  on this node.
+  """
+  @spec engine_info() :: %{threads: non_neg_integer(), groups: non_neg_integer()}
+  def engine_info, do: nif_engine_info()
+
+  @doc false
+  # Test hook: fails the group exactly as a panic inside vsr would.
+  @spec crash_for_test(engine()) :: :ok
+  def crash_for_test(engine) do
+    check_engine!(engine)
+    nif_crash(engine)
+  end
+
+  # ---- Validation ------------------------------------------------------
+
+  defp validate_opts!(opts) when is_list(opts) do
+    if Keyword.keyword?(opts) do
+      validate_opts!(Map.new(opts))
+    else
+      raise ArgumentError, "opts must be a map or a keyword list, got: #{inspect(opts)}"
+    end
+  end
+
+  defp validate_opts!(opts) when is_map(opts) do
+    case Map.keys(opts) -- @known_keys do
+      [] -> :ok
+      [key | _] -> raise ArgumentError, "unknown engine option #{inspect(key)}"
+    end
+
+    cluster = Map.get(opts, :cluster)
+
+    unless is_binary(cluster) and byte_size(cluster) == 16 do
+      raise ArgumentError, "cluster must be a 16-byte binary, got: #{describe(cluster)}"
+    end
+
+    count = Map.get(opts, :replica_count)
+
+    unless is_integer(count) and count in 1..@max_replicas do
+      raise ArgumentError,
+            "replica_count must be an integer in 1..#{@max_replicas}, got: #{inspect(count)}"
+    end
+
+    index = Map.get(opts, :replica_index)
+
+    unless is_integer(index) and index in 0..(count - 1) do
+      raise ArgumentError,
+            "replica_index must be an integer in 0..#{count - 1}, got: #{inspect(index)}"
+    end
+
+    case Map.fetch(opts, :tick_ms) do
+      :error ->
+        :ok
+
+      {:ok, ms} when is_integer(ms) and ms in 1..60_000 ->
+        :ok
+
+      {:ok, ms} ->
+        raise ArgumentError, "tick_ms must be an integer in 1..60000, got: #{inspect(ms)}"
+    end
+
+    for key <- @config_keys, Map.has_key?(opts, key) do
+      check_u64!(Map.fetch!(opts, key), Atom.to_string(key))
+    end
+
+    opts
+  end
+
+  defp validate_opts!(opts) do
+    raise ArgumentError, "opts must be a map, got: #{inspect(opts)}"
+  end
+
+  defp check_engine!(engine) do
+    unless is_reference(engine) do
+      raise ArgumentError, "engine must be a reference from start/2, got: #{inspect(engine)}"
+    end
+  end
+
+  defp check_u64!(value, name) do
+    unless is_integer(value) and value >= 0 and value <= @u64_max do
+      raise ArgumentError,
+            "#{name} must be a non-negative integer below 2^64, got: #{inspect(value)}"
+    end
+  end
+
+  defp describe(value) when is_binary(value), do: "a #{byte_size(value)}-byte binary"
+  defp describe(value), do: inspect(value)
+
+  # ---- Raw NIFs (replaced when the library loads) ------------------------
+  # They trust nothing either: a bad argument is badarg (ArgumentError), a
+  # bad option an {:error, message} tuple. Call the wrappers above instead.
+
+  @doc false
+  def nif_start(_opts, _owner), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_deliver(_engine, _bytes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_submit(_engine, _client, _session, _request, _payload),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def nif_read(_engine, _id), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_status(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_stop(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_crash(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_engine_info, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -1,17 +1,33 @@
 //! `visor_nif`: the rustler bridge between Elixir (`Visor.Native`) and the
-//! `vsr` protocol core.
+//! `vsr` protocol core. See docs/nif.md for the contract.
 //!
-//! For now it is deliberately thin: enough to prove that the NIF builds,
-//! loads on OTP 25 (NIF 2.16) and reaches `vsr`. The engine threads and
-//! resources arrive with the real bridge. Every function here returns in
-//! microseconds and never panics: a wrong argument type is rejected by
+//! Every NIF here only validates, enqueues or reads a snapshot, and returns
+//! in microseconds; replicas run on the engine's own threads (`engine.rs`).
+//! Nothing panics on bad input: a wrong argument type is rejected by
 //! rustler's decoder as `badarg`, which Elixir raises as `ArgumentError`.
 
-use rustler::{Binary, Env, NewBinary};
+mod atoms;
+mod convert;
+mod engine;
+mod group;
+mod resource;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustler::{Binary, Encoder, Env, Error, LocalPid, NewBinary, NifResult, ResourceArc, Term};
+use vsr::{Replica, Submission};
+
+use group::{Group, Shared, Snapshot};
+use resource::EngineResource;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 1;
+const PROTOCOL_VERSION: u32 = 2;
+
+/// Ids of groups, unique for the life of the VM.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 #[rustler::nif]
 fn protocol_version() -> u32 {
@@ -26,6 +42,109 @@ fn checksum<'a>(env: Env<'a>, bytes: Binary<'a>) -> Binary<'a> {
     let mut out = NewBinary::new(env, sum.len());
     out.as_mut_slice().copy_from_slice(&sum);
     out.into()
+}
+
+/// `{:ok, engine}` or `{:error, message}` (the message names the bad option).
+#[rustler::nif]
+fn nif_start<'a>(env: Env<'a>, opts: Term<'a>, owner: LocalPid) -> Term<'a> {
+    match start(env, opts, owner) {
+        Ok(engine) => (atoms::ok(), engine).encode(env),
+        Err(message) => (atoms::error(), message).encode(env),
+    }
+}
+
+fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineResource>, String> {
+    let options = convert::decode_options(opts)?;
+    let worker = engine::pool()
+        .least_loaded()
+        .ok_or("the engine could not start any thread")?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let mut config = options.config;
+    // Only spreads the replicas' timeouts; any value is safe.
+    config.jitter_seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ id;
+    let count = config.replica_count;
+    // Cannot panic: decode_options validated the config and the index.
+    let replica = Replica::new(config, options.replica_index);
+    let shared = Arc::new(Shared::new(Snapshot::of(&replica)));
+    let engine = ResourceArc::new(EngineResource::new(
+        id,
+        options.replica_index,
+        count,
+        shared,
+        worker.tx.clone(),
+    ));
+    // The owner's death stops the group (EngineResource::down). An owner
+    // that is already dead gets an engine that is stopped from the start.
+    if env.monitor(&engine, &owner).is_none() {
+        engine.stop();
+        return Ok(engine);
+    }
+    worker.start(Group::new(id, replica, owner, engine.clone(), options.tick));
+    Ok(engine)
+}
+
+#[rustler::nif]
+fn nif_deliver(engine: ResourceArc<EngineResource>, bytes: Binary) -> rustler::Atom {
+    engine.deliver(bytes.as_slice());
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn nif_submit(
+    engine: ResourceArc<EngineResource>,
+    client: Binary,
+    session: u64,
+    request: u64,
+    payload: Binary,
+) -> NifResult<rustler::Atom> {
+    let client: [u8; 16] = client.as_slice().try_into().map_err(|_| Error::BadArg)?;
+    engine.submit(Submission {
+        client: u128::from_le_bytes(client),
+        session,
+        request,
+        payload: payload.as_slice().to_vec(),
+    });
+    Ok(atoms::ok())
+}
+
+#[rustler::nif]
+fn nif_read(engine: ResourceArc<EngineResource>, id: u64) -> rustler::Atom {
+    engine.read(id);
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn nif_status(env: Env, engine: ResourceArc<EngineResource>) -> Term {
+    let snapshot = engine.shared.snapshot();
+    let stopped = engine.shared.is_stopped();
+    convert::status(
+        env,
+        &snapshot,
+        stopped,
+        engine.replica_index,
+        engine.replica_count,
+    )
+}
+
+#[rustler::nif]
+fn nif_stop(engine: ResourceArc<EngineResource>) -> rustler::Atom {
+    engine.stop();
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn nif_crash(engine: ResourceArc<EngineResource>) -> rustler::Atom {
+    engine.crash();
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn nif_engine_info(env: Env) -> Term {
+    let (threads, groups) = engine::info();
+    convert::engine_info(env, threads, groups)
 }
 
 rustler::init!("Elixir.Visor.Native");

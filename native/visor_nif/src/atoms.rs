@@ -1,0 +1,58 @@
+//! Atoms the bridge sends to Elixir or reads from it.
+
+rustler::atoms! {
+    ok,
+    error,
+
+    // Messages to the owner process.
+    visor_engine,
+    visor_engine_down,
+    send,
+    execute,
+    reply,
+    read_ready,
+
+    // Outcomes of a request.
+    executed,
+    duplicate,
+    registered,
+    evicted,
+
+    // Group status.
+    normal,
+    view_change,
+    stopped,
+    failed,
+
+    // Keys of the status map.
+    status,
+    view,
+    log_view,
+    op,
+    commit,
+    commit_max,
+    primary,
+    is_primary,
+    replica_index,
+    replica_count,
+    stats,
+
+    // Keys of the engine_info map.
+    threads,
+    groups,
+
+    // Keys of the start options.
+    cluster,
+    tick_ms,
+    batch_max_requests,
+    batch_max_bytes,
+    pipeline_max,
+    request_queue_max,
+    client_table_max,
+    message_entries_max,
+    heartbeat_ticks,
+    prepare_retry_ticks,
+    view_change_ticks,
+    resend_ticks,
+    request_retry_ticks,
+}

@@ -1,0 +1,281 @@
+//! Term encoding and decoding: start options in, events and status out.
+//!
+//! Decoding never trusts the caller: the Elixir wrapper validates first, but
+//! a raw NIF call with a bad term must still come back as an error, never a
+//! panic or a silently truncated integer (rustler's `u8` decoder wraps 256
+//! to 0, so every integer is read as `u64` and range-checked here).
+
+use std::time::Duration;
+
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
+use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
+
+use crate::atoms;
+use crate::group::{GroupStatus, Snapshot};
+
+/// The longest tick interval accepted, so a typo cannot freeze a group.
+pub const TICK_MS_MAX: u64 = 60_000;
+/// Tick interval when `:tick_ms` is not given.
+pub const TICK_MS_DEFAULT: u64 = 10;
+
+/// What `start` was asked for, checked.
+pub struct StartOptions {
+    pub config: Config,
+    pub replica_index: u8,
+    pub tick: Duration,
+}
+
+type Setter = fn(&mut Config, u64) -> Result<(), String>;
+
+fn usize_of(name: &str, value: u64) -> Result<usize, String> {
+    usize::try_from(value).map_err(|_| format!("{name} is too large"))
+}
+
+/// The vsr `Config` fields that `start` may override, by option name.
+fn overrides() -> [(Atom, &'static str, Setter); 11] {
+    [
+        (atoms::batch_max_requests(), "batch_max_requests", |c, v| {
+            c.batch_max_requests = usize_of("batch_max_requests", v)?;
+            Ok(())
+        }),
+        (atoms::batch_max_bytes(), "batch_max_bytes", |c, v| {
+            c.batch_max_bytes = usize_of("batch_max_bytes", v)?;
+            Ok(())
+        }),
+        (atoms::pipeline_max(), "pipeline_max", |c, v| {
+            c.pipeline_max = v;
+            Ok(())
+        }),
+        (atoms::request_queue_max(), "request_queue_max", |c, v| {
+            c.request_queue_max = usize_of("request_queue_max", v)?;
+            Ok(())
+        }),
+        (atoms::client_table_max(), "client_table_max", |c, v| {
+            c.client_table_max = usize_of("client_table_max", v)?;
+            Ok(())
+        }),
+        (atoms::message_entries_max(), "message_entries_max", |c, v| {
+            c.message_entries_max = usize_of("message_entries_max", v)?;
+            Ok(())
+        }),
+        (atoms::heartbeat_ticks(), "heartbeat_ticks", |c, v| {
+            c.heartbeat_ticks = v;
+            Ok(())
+        }),
+        (atoms::prepare_retry_ticks(), "prepare_retry_ticks", |c, v| {
+            c.prepare_retry_ticks = v;
+            Ok(())
+        }),
+        (atoms::view_change_ticks(), "view_change_ticks", |c, v| {
+            c.view_change_ticks = v;
+            Ok(())
+        }),
+        (atoms::resend_ticks(), "resend_ticks", |c, v| {
+            c.resend_ticks = v;
+            Ok(())
+        }),
+        (atoms::request_retry_ticks(), "request_retry_ticks", |c, v| {
+            c.request_retry_ticks = v;
+            Ok(())
+        }),
+    ]
+}
+
+/// The value of `key` in the map `opts`, if present, as a `u64`.
+fn get_u64(opts: Term, key: Atom, name: &str) -> Result<Option<u64>, String> {
+    match opts.map_get(key) {
+        Err(_) => Ok(None),
+        Ok(value) => value
+            .decode::<u64>()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a non-negative integer below 2^64")),
+    }
+}
+
+fn require_u64(opts: Term, key: Atom, name: &str) -> Result<u64, String> {
+    get_u64(opts, key, name)?.ok_or_else(|| format!("{name} is required"))
+}
+
+/// Reads and checks the options map of `start`. The error names the first
+/// bad field; vsr's own `Config::validate` has the last word on limits.
+pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
+    if !opts.is_map() {
+        return Err("opts must be a map".into());
+    }
+    let cluster = match opts.map_get(atoms::cluster()) {
+        Err(_) => return Err("cluster is required".into()),
+        Ok(term) => match term.decode::<Binary>() {
+            Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
+            _ => return Err("cluster must be a 16-byte binary".into()),
+        },
+    };
+    let count = require_u64(opts, atoms::replica_count(), "replica_count")?;
+    if count == 0 || count > MAX_REPLICAS as u64 {
+        return Err(format!("replica_count must be 1..={MAX_REPLICAS}, got {count}"));
+    }
+    let index = require_u64(opts, atoms::replica_index(), "replica_index")?;
+    if index >= count {
+        return Err(format!(
+            "replica_index must be 0..{count} (below replica_count), got {index}"
+        ));
+    }
+    let tick_ms = get_u64(opts, atoms::tick_ms(), "tick_ms")?.unwrap_or(TICK_MS_DEFAULT);
+    if tick_ms == 0 || tick_ms > TICK_MS_MAX {
+        return Err(format!("tick_ms must be 1..={TICK_MS_MAX}, got {tick_ms}"));
+    }
+    let mut config = Config::new(cluster, count as u8);
+    for (key, name, set) in overrides() {
+        if let Some(value) = get_u64(opts, key, name)? {
+            set(&mut config, value)?;
+        }
+    }
+    config.validate()?;
+    Ok(StartOptions {
+        config,
+        replica_index: index as u8,
+        tick: Duration::from_millis(tick_ms),
+    })
+}
+
+/// A fresh binary holding `bytes`.
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut out = NewBinary::new(env, bytes.len());
+    out.as_mut_slice().copy_from_slice(bytes);
+    Binary::from(out).encode(env)
+}
+
+/// A client id as Elixir sees it: 16 little-endian bytes.
+pub fn client<'a>(env: Env<'a>, client: u128) -> Term<'a> {
+    binary(env, &client.to_le_bytes())
+}
+
+/// `:executed | {:duplicate, op} | {:registered, session} | :evicted`
+pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
+    match *outcome {
+        Outcome::Executed => atoms::executed().encode(env),
+        Outcome::Duplicate { op } => (atoms::duplicate(), op).encode(env),
+        Outcome::Registered { session } => (atoms::registered(), session).encode(env),
+        Outcome::Evicted => atoms::evicted().encode(env),
+    }
+}
+
+/// One event of a `{:visor_engine, ref, events}` message, or `None` for
+/// outputs that do not go to Elixir (storage writes).
+pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
+    match output {
+        Output::Send { to, bytes } => Some((atoms::send(), *to as u32, binary(env, bytes)).encode(env)),
+        Output::Execute { entry, outcomes } => {
+            let requests: Vec<Term> = entry
+                .requests
+                .iter()
+                .zip(outcomes)
+                .map(|(r, o)| {
+                    let fields = [
+                        client(env, r.client),
+                        r.request.encode(env),
+                        outcome(env, o),
+                        binary(env, &r.payload),
+                    ];
+                    rustler::types::tuple::make_tuple(env, &fields)
+                })
+                .collect();
+            let fields = [
+                atoms::execute().encode(env),
+                entry.op.encode(env),
+                entry.view.encode(env),
+                entry.timestamp.encode(env),
+                requests.encode(env),
+            ];
+            Some(rustler::types::tuple::make_tuple(env, &fields))
+        }
+        Output::Reply {
+            client: id,
+            request,
+            op,
+            outcome: o,
+        } => {
+            let fields = [
+                atoms::reply().encode(env),
+                client(env, *id),
+                request.encode(env),
+                op.encode(env),
+                outcome(env, o),
+            ];
+            Some(rustler::types::tuple::make_tuple(env, &fields))
+        }
+        // `{:read_ready, id, op}`: the read may be served from local state now.
+        Output::ReadReady { id, op } => Some((atoms::read_ready(), *id, *op).encode(env)),
+        Output::WriteLog { .. } | Output::WriteState(_) => None,
+    }
+}
+
+fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
+    // By name, not by destructuring: a counter added to vsr's Stats shows up
+    // here only when someone adds it, but never breaks the build meanwhile.
+    let pairs: [(&str, u64); 9] = [
+        ("dropped_truncated", s.dropped_truncated),
+        ("dropped_corrupt", s.dropped_corrupt),
+        ("dropped_unknown_format", s.dropped_unknown_format),
+        ("dropped_foreign_cluster", s.dropped_foreign_cluster),
+        ("dropped_unknown_sender", s.dropped_unknown_sender),
+        ("dropped_malformed", s.dropped_malformed),
+        ("dropped_requests", s.dropped_requests),
+        ("sent", s.sent),
+        ("views_started", s.views_started),
+    ];
+    let keys: Vec<Term> = pairs
+        .iter()
+        .map(|(k, _)| Atom::from_str(env, k).expect("a valid atom").encode(env))
+        .collect();
+    let values: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// The map `Visor.Native.status/1` returns.
+pub fn status<'a>(
+    env: Env<'a>,
+    snapshot: &Snapshot,
+    stopped: bool,
+    replica_index: u8,
+    replica_count: u8,
+) -> Term<'a> {
+    let status = match snapshot.status {
+        GroupStatus::Failed => atoms::failed(),
+        _ if stopped => atoms::stopped(),
+        GroupStatus::Normal => atoms::normal(),
+        GroupStatus::ViewChange => atoms::view_change(),
+    };
+    map(
+        env,
+        &[
+            (atoms::status(), status.encode(env)),
+            (atoms::view(), snapshot.view.encode(env)),
+            (atoms::log_view(), snapshot.log_view.encode(env)),
+            (atoms::op(), snapshot.op.encode(env)),
+            (atoms::commit(), snapshot.commit.encode(env)),
+            (atoms::commit_max(), snapshot.commit_max.encode(env)),
+            (atoms::primary(), (snapshot.primary as u32).encode(env)),
+            (atoms::is_primary(), snapshot.is_primary.encode(env)),
+            (atoms::replica_index(), (replica_index as u32).encode(env)),
+            (atoms::replica_count(), (replica_count as u32).encode(env)),
+            (atoms::stats(), stats(env, &snapshot.stats)),
+        ],
+    )
+}
+
+/// The map `Visor.Native.engine_info/0` returns.
+pub fn engine_info(env: Env, threads: usize, groups: usize) -> Term {
+    map(
+        env,
+        &[
+            (atoms::threads(), threads.encode(env)),
+            (atoms::groups(), groups.encode(env)),
+        ],
+    )
+}

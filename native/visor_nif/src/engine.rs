@@ -1,0 +1,303 @@
+//! The engine: a small pool of threads that drive every replica group on
+//! this node.
+//!
+//! A group never gets an OS thread of its own: `start/2` assigns it to the
+//! least-loaded of `min(available_parallelism, 4)` (at least 2) workers,
+//! started lazily on the first `start`. A worker owns its groups' replicas
+//! and a channel of commands. Each iteration it waits for a command or its
+//! next tick deadline, drains the queued commands (up to `BATCH_MAX`),
+//! ticks the groups that are due, then sends each group that was stepped
+//! one message holding all its outputs in order, and publishes its
+//! snapshot. NIFs only enqueue, so no scheduler ever waits on a worker.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rustler::OwnedEnv;
+use vsr::{Input, Submission};
+
+use crate::group::{guard, Group};
+
+/// Most commands handled in one iteration, so a flood of deliveries can
+/// neither delay ticks nor hold back outputs indefinitely.
+const BATCH_MAX: usize = 4096;
+/// Most worker threads, however many cores there are.
+const WORKERS_MAX: usize = 4;
+/// Fewest worker threads, so one busy group cannot stall all others.
+const WORKERS_MIN: usize = 2;
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+/// Groups held by workers (counted from `start` until a worker drops them).
+static GROUPS: AtomicUsize = AtomicUsize::new(0);
+/// Worker threads running.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// What a NIF asks of a worker.
+pub enum Command {
+    Start(Box<Group>),
+    Deliver {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    Submit {
+        id: u64,
+        submission: Submission,
+    },
+    /// A linearizable read; `read` is the caller's id for it.
+    Read {
+        id: u64,
+        read: u64,
+    },
+    Stop {
+        id: u64,
+    },
+    /// Test hook: fail the group as a panic in `vsr` would.
+    Crash {
+        id: u64,
+    },
+}
+
+/// `(live worker threads, live groups)`.
+pub fn info() -> (usize, usize) {
+    (THREADS.load(Ordering::Acquire), GROUPS.load(Ordering::Acquire))
+}
+
+/// A worker as the NIFs see it.
+pub struct WorkerHandle {
+    pub tx: Sender<Command>,
+    load: Arc<AtomicUsize>,
+}
+
+impl WorkerHandle {
+    /// Hands a new group to this worker.
+    pub fn start(&self, group: Group) {
+        GROUPS.fetch_add(1, Ordering::AcqRel);
+        self.load.fetch_add(1, Ordering::AcqRel);
+        if let Err(failed) = self.tx.send(Command::Start(Box::new(group))) {
+            // The worker is gone (it never exits, so this is defensive).
+            if let Command::Start(group) = failed.into_inner() {
+                group.shared().stopped.store(true, Ordering::Release);
+                release(&self.load);
+            }
+        }
+    }
+}
+
+fn release(load: &AtomicUsize) {
+    load.fetch_sub(1, Ordering::AcqRel);
+    GROUPS.fetch_sub(1, Ordering::AcqRel);
+}
+
+pub struct Pool {
+    workers: Vec<WorkerHandle>,
+}
+
+impl Pool {
+    /// The worker with the fewest groups, or `None` if no thread could start.
+    pub fn least_loaded(&self) -> Option<&WorkerHandle> {
+        self.workers.iter().min_by_key(|w| w.load.load(Ordering::Acquire))
+    }
+}
+
+/// The pool, started on first use.
+pub fn pool() -> &'static Pool {
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(WORKERS_MIN, |n| n.get());
+        let size = cores.clamp(WORKERS_MIN, WORKERS_MAX);
+        let workers = (0..size).filter_map(spawn_worker).collect();
+        Pool { workers }
+    })
+}
+
+fn spawn_worker(n: usize) -> Option<WorkerHandle> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let load = Arc::new(AtomicUsize::new(0));
+    let worker_load = load.clone();
+    std::thread::Builder::new()
+        .name(format!("visor-engine-{n}"))
+        .spawn(move || {
+            THREADS.fetch_add(1, Ordering::AcqRel);
+            let mut worker = Worker::new(rx, worker_load);
+            // A panic outside any group's guard (a bug here) must not kill
+            // the thread: the groups it held are failed and it carries on.
+            while let Err(reason) = guard(|| worker.run()) {
+                worker.fail_all(&format!("engine thread error: {reason}"));
+            }
+            THREADS.fetch_sub(1, Ordering::AcqRel);
+        })
+        .ok()
+        .map(|_| WorkerHandle { tx, load })
+}
+
+/// Wall clock in nanoseconds since the UNIX epoch, for prepare timestamps.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Worker {
+    rx: Receiver<Command>,
+    load: Arc<AtomicUsize>,
+    groups: HashMap<u64, Group>,
+    /// Tick deadlines; an entry whose group is gone or has another
+    /// deadline is stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Groups stepped this iteration, in the order first stepped.
+    dirty: Vec<u64>,
+    env: OwnedEnv,
+}
+
+impl Worker {
+    fn new(rx: Receiver<Command>, load: Arc<AtomicUsize>) -> Worker {
+        Worker {
+            rx,
+            load,
+            groups: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            env: OwnedEnv::new(),
+        }
+    }
+
+    /// Runs until every sender is gone (never, in practice: the pool keeps one).
+    fn run(&mut self) {
+        loop {
+            let received = match self.timers.peek() {
+                Some(Reverse((deadline, _))) => self.rx.recv_deadline(*deadline),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(command) => {
+                    self.handle(command);
+                    for _ in 1..BATCH_MAX {
+                        let Ok(command) = self.rx.try_recv() else { break };
+                        self.handle(command);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.tick_due();
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Start(group) => {
+                if group.shared().is_stopped() {
+                    // Stopped (or its owner died) before it ever ran.
+                    release(&self.load);
+                    return;
+                }
+                let id = group.id;
+                self.timers.push(Reverse((group.next_tick, id)));
+                self.groups.insert(id, *group);
+                // The replica learns the time only from ticks, and stamps
+                // prepares with it: tick once now, so that requests that
+                // arrive before the first interval is up get a real clock.
+                self.step(id, Input::Tick { now_ns: now_ns() });
+            }
+            Command::Deliver { id, bytes } => self.step(id, Input::Receive(&bytes)),
+            Command::Submit { id, submission } => self.step(id, Input::Submit(submission)),
+            Command::Read { id, read } => self.step(id, Input::Read { id: read }),
+            Command::Stop { id } => {
+                // Outputs not yet flushed are dropped: the owner asked for no more.
+                if self.groups.remove(&id).is_some() {
+                    release(&self.load);
+                }
+            }
+            Command::Crash { id } => {
+                if let Some(group) = self.groups.get_mut(&id) {
+                    let result = group.crash();
+                    self.after_step(id, result);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, id: u64, input: Input<'_>) {
+        if let Some(group) = self.groups.get_mut(&id) {
+            let result = group.step(input);
+            self.after_step(id, result);
+        }
+    }
+
+    fn after_step(&mut self, id: u64, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.mark(id),
+            Err(reason) => self.fail(id, &reason),
+        }
+    }
+
+    fn mark(&mut self, id: u64) {
+        if let Some(group) = self.groups.get_mut(&id) {
+            if !group.dirty {
+                group.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn fail(&mut self, id: u64, reason: &str) {
+        if let Some(group) = self.groups.remove(&id) {
+            group.fail(&mut self.env, reason);
+            release(&self.load);
+        }
+    }
+
+    /// Fails every group; used only if the worker loop itself panicked.
+    fn fail_all(&mut self, reason: &str) {
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.fail(id, reason);
+        }
+        self.dirty.clear();
+        self.timers.clear();
+    }
+
+    /// Steps every group whose tick deadline has passed.
+    fn tick_due(&mut self) {
+        let now = Instant::now();
+        let now_ns = now_ns();
+        while let Some(&Reverse((deadline, id))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if group.next_tick != deadline {
+                continue;
+            }
+            // A worker that fell behind skips the missed ticks rather than
+            // bursting them: ticks measure time, not work.
+            let mut next = deadline + group.tick;
+            if next <= now {
+                next = now + group.tick;
+            }
+            group.next_tick = next;
+            self.timers.push(Reverse((next, id)));
+            self.step(id, Input::Tick { now_ns });
+        }
+    }
+
+    /// One message per stepped group, then its snapshot.
+    fn flush(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            group.dirty = false;
+            if let Err(reason) = group.flush(&mut self.env) {
+                self.fail(id, &reason);
+            }
+        }
+    }
+}
