@@ -1,5 +1,147 @@
+defmodule Visor.NativeTest.Harness do
+  @moduledoc false
+  # Drives engines owned by the calling test process: routes their
+  # {:send, to, bytes} events with deliver/2, as Visor.Server does over
+  # distribution, and records what each replica executed and replied.
+
+  import ExUnit.Assertions
+
+  alias Visor.Native
+
+  def cluster_id, do: :crypto.strong_rand_bytes(16)
+  def client_id, do: :crypto.strong_rand_bytes(16)
+
+  def opts(cluster, count, index, extra \\ %{}) do
+    Map.merge(%{cluster: cluster, replica_count: count, replica_index: index, tick_ms: 5}, extra)
+  end
+
+  @doc "Starts `count` replicas of one group, all owned by the caller."
+  def start_cluster(count, extra \\ %{}) do
+    cluster = cluster_id()
+
+    engines =
+      Map.new(0..(count - 1), fn i ->
+        {:ok, engine} = Native.start(opts(cluster, count, i, extra), self())
+        {i, engine}
+      end)
+
+    %{
+      engines: engines,
+      index_of: Map.new(engines, fn {i, e} -> {e, i} end),
+      executes: Map.new(engines, fn {i, _} -> {i, []} end),
+      replies: Map.new(engines, fn {i, _} -> {i, []} end),
+      ready: [],
+      last_send: nil
+    }
+  end
+
+  def stop_cluster(c), do: Enum.each(c.engines, fn {_, e} -> :ok = Native.stop(e) end)
+
+  @doc """
+  Routes engine messages until `done?.(c)` holds; fails after `timeout` ms.
+  Executes and replies are kept in arrival order (newest last).
+  """
+  def pump(c, done?, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_pump(c, done?, deadline)
+  end
+
+  defp do_pump(c, done?, deadline) do
+    if done?.(c) do
+      c
+    else
+      remaining = max(deadline - System.monotonic_time(:millisecond), 0)
+      index_of = c.index_of
+
+      receive do
+        {:visor_engine, engine, events} when is_map_key(index_of, engine) ->
+          c |> handle(c.index_of[engine], events) |> do_pump(done?, deadline)
+      after
+        remaining ->
+          flunk("""
+          cluster did not reach the expected state in time
+          executes: #{inspect(c.executes, limit: 20)}
+          replies: #{inspect(c.replies)}
+          status: #{inspect(Map.new(c.engines, fn {i, e} -> {i, Native.status(e)} end))}
+          """)
+      end
+    end
+  end
+
+  defp handle(c, from, events) do
+    Enum.reduce(events, c, fn
+      {:send, to, bytes}, c ->
+        assert to != from and is_binary(bytes)
+        :ok = Native.deliver(c.engines[to], bytes)
+        %{c | last_send: {to, bytes}}
+
+      {:execute, _op, _view, _ts, _requests} = e, c ->
+        update_in(c.executes[from], &(&1 ++ [e]))
+
+      {:reply, _client, _request, _op, _outcome} = r, c ->
+        update_in(c.replies[from], &(&1 ++ [r]))
+
+      {:read_ready, _id, _op} = r, c ->
+        %{c | ready: c.ready ++ [{from, r}]}
+    end)
+  end
+
+  def replied?(c, index, client, request) do
+    Enum.any?(c.replies[index], &match?({:reply, ^client, ^request, _, _}, &1))
+  end
+
+  def reply(c, index, client, request) do
+    Enum.find(c.replies[index], &match?({:reply, ^client, ^request, _, _}, &1))
+  end
+
+  @doc "Every replica has executed `op`."
+  def all_executed?(c, op) do
+    Enum.all?(c.executes, fn {_, list} ->
+      Enum.any?(list, &match?({:execute, ^op, _, _, _}, &1))
+    end)
+  end
+
+  @doc "Registers `client` through replica `via`; returns the session."
+  def register(c, via, client) do
+    :ok = Native.submit(c.engines[via], client, 0, 0, "")
+    c = pump(c, &replied?(&1, via, client, 0))
+    {:reply, ^client, 0, op, {:registered, session}} = reply(c, via, client, 0)
+    assert session == op
+    {c, session}
+  end
+
+  def wait_until(fun, timeout \\ 2_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait_until(fun, deadline)
+  end
+
+  defp do_wait_until(fun, deadline) do
+    cond do
+      fun.() ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        flunk("condition not reached in time")
+
+      true ->
+        Process.sleep(5)
+        do_wait_until(fun, deadline)
+    end
+  end
+
+  def dropped(stats) do
+    stats
+    |> Enum.filter(fn {k, _} -> String.starts_with?(Atom.to_string(k), "dropped_") end)
+    |> Enum.map(fn {_, v} -> v end)
+    |> Enum.sum()
+  end
+end
+
 defmodule Visor.NativeTest do
   use ExUnit.Case, async: true
+
+  import Bitwise
+  import Visor.NativeTest.Harness
 
   alias Visor.Native
 
@@ -18,5 +160,352 @@ defmodule Visor.NativeTest do
   test "a non-binary argument raises ArgumentError" do
     assert_raise ArgumentError, fn -> Native.checksum(:not_binary) end
     assert_raise ArgumentError, fn -> Native.checksum(~c"charlist") end
+  end
+
+  describe "start/2 rejects bad options, naming the field" do
+    setup do
+      %{good: opts(cluster_id(), 3, 0)}
+    end
+
+    test "required fields and their types", %{good: good} do
+      for {change, field} <- [
+            {&Map.delete(&1, :cluster), "cluster"},
+            {&Map.put(&1, :cluster, "short"), "cluster"},
+            {&Map.put(&1, :cluster, :atom), "cluster"},
+            {&Map.delete(&1, :replica_count), "replica_count"},
+            {&Map.put(&1, :replica_count, 0), "replica_count"},
+            {&Map.put(&1, :replica_count, 7), "replica_count"},
+            {&Map.put(&1, :replica_count, "3"), "replica_count"},
+            {&Map.delete(&1, :replica_index), "replica_index"},
+            {&Map.put(&1, :replica_index, 3), "replica_index"},
+            {&Map.put(&1, :replica_index, -1), "replica_index"},
+            {&Map.put(&1, :tick_ms, 0), "tick_ms"},
+            {&Map.put(&1, :tick_ms, 1.5), "tick_ms"},
+            {&Map.put(&1, :pipeline_max, -1), "pipeline_max"},
+            {&Map.put(&1, :heartbeat_ticks, 1 <<< 64), "heartbeat_ticks"},
+            {&Map.put(&1, :bogus, 1), "bogus"}
+          ] do
+        error = assert_raise ArgumentError, fn -> Native.start(change.(good), self()) end
+        assert error.message =~ field, "#{inspect(error.message)} should name #{field}"
+      end
+    end
+
+    test "vsr's Config::validate has the last word", %{good: good} do
+      error =
+        assert_raise ArgumentError, fn ->
+          Native.start(Map.put(good, :pipeline_max, 0), self())
+        end
+
+      assert error.message =~ "pipeline_max must be positive"
+
+      bad = Map.merge(good, %{heartbeat_ticks: 10, view_change_ticks: 20})
+      error = assert_raise ArgumentError, fn -> Native.start(bad, self()) end
+      assert error.message =~ "view_change_ticks"
+    end
+
+    test "opts and owner must have the right shape", %{good: good} do
+      assert_raise ArgumentError, ~r/opts/, fn -> Native.start(:nope, self()) end
+      assert_raise ArgumentError, ~r/owner/, fn -> Native.start(good, :nope) end
+    end
+
+    test "the raw NIF is as strict as the wrapper", %{good: good} do
+      assert {:error, msg} = Native.nif_start(Map.put(good, :replica_count, 256), self())
+      assert msg =~ "replica_count"
+      assert {:error, msg} = Native.nif_start(Map.put(good, :cluster, "x"), self())
+      assert msg =~ "cluster"
+      assert {:error, _} = Native.nif_start([], self())
+      assert_raise ArgumentError, fn -> Native.nif_start(good, :not_a_pid) end
+    end
+  end
+
+  test "submit, deliver, status and stop reject bad arguments" do
+    {:ok, e} = Native.start(opts(cluster_id(), 1, 0), self())
+    on_exit(fn -> Native.stop(e) end)
+
+    error = assert_raise ArgumentError, fn -> Native.submit(e, <<0::120>>, 0, 0, "") end
+    assert error.message =~ "client"
+    assert error.message =~ "15-byte"
+    assert_raise ArgumentError, ~r/session/, fn -> Native.submit(e, client_id(), -1, 0, "") end
+
+    assert_raise ArgumentError, ~r/request/, fn ->
+      Native.submit(e, client_id(), 0, 1 <<< 64, "")
+    end
+
+    assert_raise ArgumentError, ~r/payload/, fn -> Native.submit(e, client_id(), 0, 0, :x) end
+    assert_raise ArgumentError, ~r/bytes/, fn -> Native.deliver(e, [1, 2]) end
+    assert_raise ArgumentError, ~r/engine/, fn -> Native.status(:nope) end
+    # A reference that is not an engine passes the wrapper's check but not the NIF's.
+    assert_raise ArgumentError, fn -> Native.status(make_ref()) end
+    assert_raise ArgumentError, fn -> Native.stop(make_ref()) end
+    assert_raise ArgumentError, fn -> Native.nif_submit(e, <<0::120>>, 0, 0, "") end
+  end
+
+  test "a single-replica group registers, executes and replies" do
+    {:ok, e} = Native.start(opts(cluster_id(), 1, 0), self())
+    on_exit(fn -> Native.stop(e) end)
+    client = client_id()
+
+    assert :ok = Native.submit(e, client, 0, 0, "")
+    assert_receive {:visor_engine, ^e, events}, 2_000
+
+    assert [{:reply, ^client, 0, op, {:registered, session}}] =
+             for({:reply, _, _, _, _} = r <- events, do: r)
+
+    assert session == op
+
+    assert [{:execute, ^op, 0, ts, [{^client, 0, {:registered, ^session}, ""}]}] =
+             for({:execute, _, _, _, _} = x <- events, do: x)
+
+    assert abs(ts - System.os_time(:nanosecond)) < 60_000_000_000
+
+    assert :ok = Native.submit(e, client, session, 1, "payload-1")
+    assert_receive {:visor_engine, ^e, events}, 2_000
+
+    assert [{:execute, op1, 0, ts1, [{^client, 1, :executed, "payload-1"}]}] =
+             for({:execute, _, _, _, _} = x <- events, do: x)
+
+    assert op1 == op + 1 and ts1 > ts
+
+    assert [{:reply, ^client, 1, ^op1, :executed}] =
+             for({:reply, _, _, _, _} = r <- events, do: r)
+
+    # A retry is answered from the client table, not executed again.
+    assert :ok = Native.submit(e, client, session, 1, "payload-1")
+    assert_receive {:visor_engine, ^e, [{:reply, ^client, 1, ^op1, {:duplicate, ^op1}}]}, 2_000
+
+    # An unknown session is refused deterministically, through the log.
+    assert :ok = Native.submit(e, client, session + 100, 2, "x")
+    assert_receive {:visor_engine, ^e, events}, 2_000
+    assert {:reply, ^client, 2, _, :evicted} = List.keyfind(events, :reply, 0)
+
+    status = Native.status(e)
+
+    assert %{
+             status: :normal,
+             view: 0,
+             primary: 0,
+             is_primary: true,
+             replica_index: 0,
+             replica_count: 1,
+             stats: %{sent: 0}
+           } = status
+
+    assert status.commit == op1 + 1 and status.commit_max == status.commit and
+             status.op == status.commit
+  end
+
+  test "three replicas in one process agree on every execute" do
+    c = start_cluster(3)
+    on_exit(fn -> stop_cluster(c) end)
+    client = client_id()
+
+    # Replica 1 is a backup in view 0: it forwards to the primary, replica 0.
+    {c, session} = register(c, 1, client)
+
+    :ok = Native.submit(c.engines[1], client, session, 1, "first")
+    c = pump(c, &replied?(&1, 1, client, 1))
+    {:reply, ^client, 1, op, :executed} = reply(c, 1, client, 1)
+    assert op == session + 1
+
+    :ok = Native.submit(c.engines[1], client, session, 2, "second")
+    c = pump(c, &(replied?(&1, 1, client, 2) and all_executed?(&1, op + 1)))
+
+    # The replies went to the replica the client submitted through only.
+    assert c.replies[0] == [] and c.replies[2] == []
+    assert c.executes[0] == c.executes[1] and c.executes[1] == c.executes[2]
+
+    assert [
+             {:execute, ^session, 0, _, [{^client, 0, {:registered, ^session}, ""}]},
+             {:execute, ^op, 0, _, [{^client, 1, :executed, "first"}]},
+             {:execute, op2, 0, _, [{^client, 2, :executed, "second"}]}
+           ] = c.executes[0]
+
+    assert op2 == op + 1
+
+    for {i, e} <- c.engines do
+      status = Native.status(e)
+      assert %{status: :normal, view: 0, primary: 0, replica_index: ^i, replica_count: 3} = status
+      assert status.is_primary == (i == 0)
+      assert status.commit >= op2
+      assert status.stats.sent > 0
+    end
+  end
+
+  test "a read through a backup is ready once it has executed what was committed before" do
+    c = start_cluster(3)
+    on_exit(fn -> stop_cluster(c) end)
+    client = client_id()
+    {c, session} = register(c, 1, client)
+    :ok = Native.submit(c.engines[1], client, session, 1, "written")
+    c = pump(c, &replied?(&1, 1, client, 1))
+    {:reply, ^client, 1, op, :executed} = reply(c, 1, client, 1)
+
+    assert_raise ArgumentError, ~r/read id/, fn -> Native.read(c.engines[2], -1) end
+    :ok = Native.read(c.engines[2], 42)
+    ready? = fn c -> Enum.any?(c.ready, &match?({2, {:read_ready, 42, _}}, &1)) end
+    c = pump(c, ready?)
+    assert [{2, {:read_ready, 42, read_op}}] = c.ready
+    assert read_op >= op
+    # By then replica 2 has executed everything up to the read's index.
+    assert Enum.any?(c.executes[2], &match?({:execute, ^read_op, _, _, _}, &1))
+  end
+
+  test "garbage from peers is dropped and counted, and the group keeps working" do
+    c = start_cluster(3)
+    on_exit(fn -> stop_cluster(c) end)
+    client = client_id()
+    {c, session} = register(c, 1, client)
+    c = pump(c, &(&1.last_send != nil))
+    {_to, real} = c.last_send
+
+    e2 = c.engines[2]
+    before = dropped(Native.status(e2).stats)
+
+    flip = fn bytes, bit ->
+      <<head::bitstring-size(bit), b::1, tail::bitstring>> = bytes
+      <<head::bitstring, 1 - b::1, tail::bitstring>>
+    end
+
+    garbage =
+      [<<>>, <<0>>, :binary.copy(<<0>>, 37), :binary.copy(<<255>>, 300)] ++
+        for(n <- [1, 10, 36, 37, 38, 100, 1000], do: :crypto.strong_rand_bytes(n)) ++
+        for(n <- [1, 16, 20, 36, 37, byte_size(real) - 1], do: binary_part(real, 0, n)) ++
+        for(
+          bit <- [0, 100, 8 * 18, 8 * 20 + 3, 8 * 36, 8 * byte_size(real) - 1],
+          do: flip.(real, bit)
+        )
+
+    for bytes <- garbage, do: assert(:ok = Native.deliver(e2, bytes))
+
+    wait_until(fn -> dropped(Native.status(e2).stats) >= before + length(garbage) end)
+    assert dropped(Native.status(e2).stats) == before + length(garbage)
+
+    :ok = Native.submit(c.engines[2], client, session, 1, "after garbage")
+    c = pump(c, &replied?(&1, 2, client, 1))
+    {:reply, ^client, 1, op, :executed} = reply(c, 2, client, 1)
+    c = pump(c, &all_executed?(&1, op))
+    assert c.executes[0] == c.executes[1] and c.executes[1] == c.executes[2]
+    assert Native.status(e2).status == :normal
+  end
+
+  test "status/1 answers at once, without waiting for the engine" do
+    {:ok, e} = Native.start(opts(cluster_id(), 3, 1), self())
+    on_exit(fn -> Native.stop(e) end)
+
+    {us, statuses} = :timer.tc(fn -> for _ <- 1..1000, do: Native.status(e) end)
+    assert length(statuses) == 1000
+    assert us < 1_000_000, "1000 status calls took #{us} µs"
+  end
+
+  test "a failing group reports down once, is :failed, and the VM lives on" do
+    {:ok, e} = Native.start(opts(cluster_id(), 1, 0), self())
+    client = client_id()
+    :ok = Native.submit(e, client, 0, 0, "")
+    assert_receive {:visor_engine, ^e, _}, 2_000
+
+    :ok = Native.crash_for_test(e)
+    assert_receive {:visor_engine_down, ^e, reason}, 2_000
+    assert is_binary(reason) and reason =~ "deliberate crash"
+    assert Native.status(e).status == :failed
+
+    # Nothing more arrives, and every call on the dead group is a harmless :ok.
+    :ok = Native.crash_for_test(e)
+    :ok = Native.submit(e, client, 1, 1, "x")
+    :ok = Native.deliver(e, "x")
+    assert :ok = Native.stop(e)
+    assert :ok = Native.stop(e)
+    refute_receive {:visor_engine_down, ^e, _}, 100
+    refute_receive {:visor_engine, ^e, _}, 50
+    assert Native.status(e).status == :failed
+  end
+end
+
+defmodule Visor.NativeResourceTest do
+  # Not async: it counts the engine's groups, which other tests change.
+  use ExUnit.Case, async: false
+
+  import Visor.NativeTest.Harness
+
+  alias Visor.Native
+
+  # The group count once groups released by earlier tests are gone.
+  defp settled_groups do
+    wait_until(fn ->
+      a = Native.engine_info().groups
+      Process.sleep(30)
+      a == Native.engine_info().groups
+    end)
+
+    Native.engine_info().groups
+  end
+
+  test "stop/1 releases the group, is idempotent, and status says :stopped" do
+    before = settled_groups()
+    engines = for i <- 0..2, do: elem(Native.start(opts(cluster_id(), 3, i), self()), 1)
+    assert Native.engine_info().groups == before + 3
+
+    for e <- engines, do: assert(:ok = Native.stop(e))
+    for e <- engines, do: assert(:ok = Native.stop(e))
+    wait_until(fn -> Native.engine_info().groups == before end)
+    for e <- engines, do: assert(%{status: :stopped} = Native.status(e))
+
+    # Calls on a stopped group are no-ops.
+    [e | _] = engines
+    assert :ok = Native.submit(e, client_id(), 0, 0, "")
+    assert :ok = Native.deliver(e, "bytes")
+    refute_receive {:visor_engine, ^e, _}, 50
+  end
+
+  test "the owner's exit releases its groups, even while others hold the reference" do
+    before = settled_groups()
+    test = self()
+
+    owner =
+      spawn(fn ->
+        {:ok, kept} = Native.start(opts(cluster_id(), 3, 0), self())
+        {:ok, _dropped} = Native.start(opts(cluster_id(), 1, 0), self())
+        send(test, {:engine, kept})
+        receive do: (:exit -> :ok)
+      end)
+
+    assert_receive {:engine, kept}, 1_000
+    assert Native.engine_info().groups == before + 2
+    ref = Process.monitor(owner)
+    send(owner, :exit)
+    assert_receive {:DOWN, ^ref, :process, ^owner, _}, 1_000
+
+    wait_until(fn -> Native.engine_info().groups == before end)
+    assert %{status: :stopped} = Native.status(kept)
+  end
+
+  test "an owner that is already dead gets a stopped engine" do
+    before = settled_groups()
+    {pid, ref} = spawn_monitor(fn -> :ok end)
+    assert_receive {:DOWN, ^ref, :process, ^pid, _}
+
+    assert {:ok, e} = Native.start(opts(cluster_id(), 1, 0), pid)
+    assert %{status: :stopped} = Native.status(e)
+    assert Native.engine_info().groups == before
+  end
+
+  test "hundreds of groups share a few engine threads" do
+    before = settled_groups()
+    engines = for _ <- 1..300, do: elem(Native.start(opts(cluster_id(), 1, 0), self()), 1)
+    info = Native.engine_info()
+    assert info.groups == before + 300
+    assert info.threads in 2..4
+
+    # Every one of them works.
+    client = client_id()
+    for e <- engines, do: :ok = Native.submit(e, client, 0, 0, "")
+
+    for e <- engines do
+      assert_receive {:visor_engine, ^e, events}, 5_000
+      assert {:reply, ^client, 0, _, {:registered, _}} = List.keyfind(events, :reply, 0)
+    end
+
+    Enum.each(engines, &Native.stop/1)
+    wait_until(fn -> Native.engine_info().groups == before end)
+    assert Native.engine_info().threads == info.threads
   end
 end
