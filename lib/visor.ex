@@ -4,11 +4,297 @@ defmodule Visor do
   Viewstamped Replication (VSR).
 
   You write a module with `use Visor`, start it on every node, and get one
-  logical GenServer whose state survives the loss of any minority of nodes.
-  The protocol engine is written in Rust and loaded as a NIF; the
-  application state stays in Elixir as plain terms.
+  logical GenServer whose state survives the loss of any minority of nodes:
 
-  This release ships the build pipeline and the native bridge only; the
-  `use Visor` API (`commit/1`, `get/0`, ...) arrives in the next release.
+      defmodule Cache do
+        use Visor
+
+        @impl Visor
+        def initial_state(_opts), do: %{}
+
+        @impl Visor
+        def handle_commit({:add, item}, state), do: {:ok, nil, Map.merge(state, item)}
+      end
+
+      # in every node's supervision tree
+      children = [{Cache, nodes: [:"a@host", :"b@host", :"c@host"]}]
+      # or let the nodes find each other: children = [{Cache, cluster_size: 3}]
+
+      Cache.commit({:add, %{user1: %{email: "a@example.com"}}})  #=> nil
+      Cache.get()                     #=> %{user1: %{email: "a@example.com"}}
+      Cache.get_in([:user1, :email])  #=> "a@example.com"
+
+  ## Callbacks
+
+  `c:initial_state/1` builds the state every replica starts from (it gets the
+  options the module was started with). `c:handle_commit/2` (or
+  `c:handle_commit/3`, which also gets the op number, view and the primary's
+  timestamp) applies one committed command and returns `{:ok, reply,
+  new_state}`. Every replica applies the same commands in the same order, so
+  `handle_commit` must be deterministic: no clock, no randomness, no reading
+  of other processes. Use `meta.timestamp` instead of the clock.
+
+  A `handle_commit` that raises, throws, exits or returns anything else than
+  `{:ok, reply, state}` leaves the state unchanged on every replica, and the
+  caller gets `{:error, {:handle_commit_failed, reason}}` (see `t:error/0`).
+
+  ## Functions `use Visor` defines
+
+  `child_spec/1`, `start_link/1`, `commit/1,2`, `get/0,1`, `get_in/1,2` and
+  `status/0`, each a one-line call to the function of the same name here
+  (`Visor.commit(Cache, command, opts)` and so on), so nothing is
+  macro-only. Because the module gets a `get_in/2`, code inside it must call
+  `Kernel.get_in/2` by its full name.
+
+  ## Options (`{Cache, opts}`)
+
+    * `:nodes`: the member nodes, explicitly (see docs/operations.md); or
+    * `:cluster_size`: discover that many members among connected nodes
+      running the same module (exactly one of the two is required);
+    * `:pool_size`: client sessions per node, i.e. how many commands this
+      node keeps in flight at once (default 128); more callers wait in line;
+    * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
+      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...).
+
+  All options are also passed to `c:initial_state/1`.
+
+  ## Errors
+
+  Every function returns `{:error, reason}` rather than raising or exiting;
+  `t:error/0` lists the reasons and docs/operations.md says what each means
+  for the command. Note that `commit/3` returns the callback's reply as is:
+  if your replies can themselves look like `{:error, _}`, wrap them.
   """
+
+  @typedoc "A module that `use`s Visor."
+  @type group :: module()
+  @typedoc "Any term; it is encoded with `:erlang.term_to_binary/1`."
+  @type command :: term()
+  @typedoc "Where and when a command was committed."
+  @type meta :: %{
+          op: pos_integer(),
+          view: non_neg_integer(),
+          timestamp: non_neg_integer()
+        }
+
+  @typedoc """
+  What can go wrong, as `{:error, reason}`:
+
+    * `:timeout`: no answer in time (no quorum reachable, or overloaded). A
+      command that was already handed to the replica **may still be applied
+      later**, exactly once; one still waiting in this node's line is not.
+    * `{:handle_commit_failed, reason}`: the callback raised (`reason` is the
+      exception), threw (`{:throw, value}`), exited (`{:exit, reason}`) or
+      returned something else than `{:ok, reply, state}` (`{:bad_return,
+      value}`). The state is unchanged on every replica.
+    * `{:command_too_large, bytes, max}`: the encoded command is over
+      `:batch_max_bytes`; it never reached the log.
+    * `:unknown_outcome`: the cluster forgot this node's client session
+      (client table full) while the command was in flight: it may or may not
+      have been applied.
+    * `{:duplicate, op}`: applied once, at `op`, but its reply was not kept.
+    * `:spare`: this node is not a member of the cluster (see docs/operations.md).
+    * `:restarted`: this node's replica ran before and lost its memory; it
+      refuses to rejoin (a current limitation, see docs/operations.md).
+    * `{:engine_down, reason}`: the local replica failed (a bug); commands in
+      flight may or may not have been applied.
+    * `:not_running`: the module is not started on this node.
+    * `{:server_down, reason}`: this node's server exited during the call;
+      the command may or may not have been applied.
+  """
+  @type error ::
+          :timeout
+          | {:handle_commit_failed, term()}
+          | {:command_too_large, pos_integer(), pos_integer()}
+          | :unknown_outcome
+          | {:duplicate, pos_integer()}
+          | :spare
+          | :restarted
+          | {:engine_down, term()}
+          | :not_running
+          | {:server_down, term()}
+
+  @default_timeout 5_000
+  # Extra time the caller waits beyond its deadline: the server answers
+  # `:timeout` itself at the deadline; this only covers a stuck server.
+  @grace_ms 1_000
+
+  @doc "Builds the state every replica starts from; gets the start options."
+  @callback initial_state(opts :: keyword()) :: term()
+
+  @doc "Applies one committed command: `{:ok, reply, new_state}`."
+  @callback handle_commit(command(), state :: term()) ::
+              {:ok, reply :: term(), new_state :: term()}
+
+  @doc """
+  Like `c:handle_commit/2`, with the command's metadata: its op number, the
+  view and the primary's timestamp (ns since the epoch, strictly increasing
+  along the log). When a module defines both, this one is used.
+  """
+  @callback handle_commit(command(), meta(), state :: term()) ::
+              {:ok, reply :: term(), new_state :: term()}
+
+  @optional_callbacks handle_commit: 2, handle_commit: 3
+
+  defmacro __using__(_opts) do
+    quote location: :keep do
+      @behaviour Visor
+      @before_compile Visor
+
+      @doc "A child spec that starts the replicated group; see `Visor` for options."
+      @spec child_spec(keyword()) :: Supervisor.child_spec()
+      def child_spec(opts), do: Visor.child_spec(__MODULE__, opts)
+
+      @doc "Starts this node's replica of the group (normally via `child_spec/1`)."
+      @spec start_link(keyword()) :: Supervisor.on_start()
+      def start_link(opts), do: Visor.start_link(__MODULE__, opts)
+
+      @doc "Commits `command` and returns the reply of `handle_commit`; see `Visor.commit/3`."
+      @spec commit(Visor.command(), keyword()) :: term() | {:error, Visor.error()}
+      def commit(command, opts \\ []), do: Visor.commit(__MODULE__, command, opts)
+
+      @doc "The state; linearizable unless `consistency: :local`. See `Visor.get/2`."
+      @spec get(keyword()) :: term() | {:error, Visor.error()}
+      def get(opts \\ []), do: Visor.get(__MODULE__, opts)
+
+      @doc "`Kernel.get_in/2` of the state, read as `get/1` does. See `Visor.get_in/3`."
+      @spec get_in([term()], keyword()) :: term() | {:error, Visor.error()}
+      def get_in(path, opts \\ []), do: Visor.get_in(__MODULE__, path, opts)
+
+      @doc "This node's view of the cluster; see `Visor.status/1`."
+      @spec status() :: map() | {:error, Visor.error()}
+      def status, do: Visor.status(__MODULE__)
+
+      defoverridable child_spec: 1
+    end
+  end
+
+  @doc false
+  defmacro __before_compile__(env) do
+    unless Module.defines?(env.module, {:handle_commit, 2}) or
+             Module.defines?(env.module, {:handle_commit, 3}) do
+      raise CompileError,
+        file: env.file,
+        line: env.line,
+        description:
+          "#{inspect(env.module)} uses Visor but defines neither handle_commit/2 nor /3"
+    end
+
+    :ok
+  end
+
+  @doc """
+  The child spec of `module`'s group on this node: a supervisor holding the
+  formation process and the server. See the moduledoc for `opts`.
+  """
+  @spec child_spec(group(), keyword()) :: Supervisor.child_spec()
+  def child_spec(module, opts) do
+    %{
+      id: module,
+      start: {Visor, :start_link, [module, opts]},
+      type: :supervisor
+    }
+  end
+
+  @doc "Starts `module`'s group on this node, linked to the caller."
+  @spec start_link(group(), keyword()) :: Supervisor.on_start()
+  def start_link(module, opts) do
+    Visor.Supervisor.start_link(Visor.Options.validate!(module, opts))
+  end
+
+  @doc """
+  Commits `command` through the replicated log and returns the reply of
+  `handle_commit` as this node's replica computed it. Works from any node
+  running the group: the local replica forwards the command to the primary.
+
+  Options: `:timeout` in ms (default #{@default_timeout}). After it, the
+  result is `{:error, :timeout}` and the command may still be applied later
+  (exactly once). The other errors are listed in `t:error/0`.
+  """
+  @spec commit(group(), command(), keyword()) :: term() | {:error, error()}
+  def commit(module, command, opts \\ []) do
+    payload = :erlang.term_to_binary(command)
+
+    case call(module, {:commit, payload}, opts) do
+      {:ok, reply} -> reply
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
+  The group's state.
+
+  Options:
+
+    * `consistency: :linearizable` (default): reflects every commit that
+      finished, anywhere, before this call started. Costs a round trip from
+      the primary to a quorum (a read index: the primary confirms it still
+      leads; nothing is written to the log), then the local replica answers
+      once it has executed up to that point.
+    * `consistency: :local`: this node's replica's state right now, with no
+      network round trip. It may lag the cluster (a backup executes a commit
+      a moment after the primary does; a cut-off node may lag a lot), but it
+      never goes backwards and only ever shows committed state.
+    * `timeout:` in ms (default #{@default_timeout}), for `:linearizable`.
+  """
+  @spec get(group(), keyword()) :: term() | {:error, error()}
+  def get(module, opts \\ []), do: read(module, [], opts)
+
+  @doc "`Kernel.get_in(state, path)`, read as `get/2` reads (same options)."
+  @spec get_in(group(), [term()], keyword()) :: term() | {:error, error()}
+  def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
+
+  @doc """
+  This node's view of the group: `%{status:, role:, view:, op:, commit:,
+  primary:, replicas: [%{index:, node:, role:, health:}], ...}`.
+
+  `status` is `:forming`, `:normal`, `:view_change`, `:spare`, `:restarted`
+  or `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
+  view). `commit` is the highest op executed here, `commit_max` the highest
+  known committed; `stats` holds the engine's and the server's counters.
+  """
+  @spec status(group()) :: map() | {:error, error()}
+  def status(module) do
+    GenServer.call(module, :status, @default_timeout)
+  catch
+    :exit, reason -> exit_error(reason)
+  end
+
+  defp read(module, path, opts) do
+    request =
+      case Keyword.get(opts, :consistency, :linearizable) do
+        :linearizable -> {:read, path}
+        :local -> {:read_local, path}
+        other -> raise ArgumentError, "unknown consistency #{inspect(other)}"
+      end
+
+    case call(module, request, opts) do
+      {:ok, value} -> value
+      {:error, _} = error -> error
+    end
+  end
+
+  # The server answers `{:error, :timeout}` itself at the deadline; the
+  # call's own timeout is a backstop for a server that cannot answer.
+  defp call(module, request, opts) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    unless is_integer(timeout) and timeout >= 0 do
+      raise ArgumentError, "timeout must be a non-negative integer (ms), got: #{inspect(timeout)}"
+    end
+
+    deadline = System.monotonic_time(:millisecond) + timeout
+    GenServer.call(module, {request, deadline}, timeout + @grace_ms)
+  catch
+    :exit, reason -> exit_error(reason)
+  end
+
+  defp exit_error({:timeout, _}), do: {:error, :timeout}
+  defp exit_error({:noproc, _}), do: {:error, :not_running}
+  defp exit_error({:normal, _}), do: {:error, :not_running}
+  defp exit_error({:shutdown, _}), do: {:error, :not_running}
+  defp exit_error({{:shutdown, _}, _}), do: {:error, :not_running}
+  defp exit_error({reason, _}), do: {:error, {:server_down, reason}}
+  defp exit_error(reason), do: {:error, {:server_down, reason}}
 end

@@ -1,0 +1,72 @@
+defmodule Visor.Executor do
+  @moduledoc """
+  Applies one committed command to the application state.
+
+  Every replica runs this on the same commands in the same order, so it must
+  reach the same result everywhere, failures included: a callback that
+  raises, throws, exits or returns a malformed value leaves the state as it
+  was (on every replica, since every replica fails the same way) and yields
+  `{:error, {:handle_commit_failed, reason}}` for the caller. Nothing a
+  callback does can crash the server or make replicas diverge, as long as
+  the callback itself is deterministic.
+  """
+
+  require Logger
+
+  @typedoc "What the caller of `commit` gets back."
+  @type result :: {:ok, reply :: term()} | {:error, {:handle_commit_failed, term()}}
+
+  @doc """
+  The `handle_commit` arity a module implements (3 wins when both exist, so
+  a module can add metadata without removing its /2).
+  """
+  @spec arity(module()) :: 2 | 3
+  def arity(module) do
+    Code.ensure_loaded(module)
+    if function_exported?(module, :handle_commit, 3), do: 3, else: 2
+  end
+
+  @doc """
+  Decodes `payload` and applies it: `{result, new_state}`. `new_state` is
+  `state` itself when the callback failed.
+  """
+  @spec apply(module(), 2 | 3, binary(), Visor.meta(), term()) :: {result(), term()}
+  def apply(module, arity, payload, meta, state) do
+    command = :erlang.binary_to_term(payload)
+
+    returned =
+      case arity do
+        3 -> module.handle_commit(command, meta, state)
+        2 -> module.handle_commit(command, state)
+      end
+
+    case returned do
+      {:ok, reply, new_state} -> {{:ok, reply}, new_state}
+      other -> failed(module, meta, {:bad_return, other}, state)
+    end
+  catch
+    :error, reason ->
+      failed(module, meta, Exception.normalize(:error, reason, __STACKTRACE__), state)
+
+    :throw, value ->
+      failed(module, meta, {:throw, value}, state)
+
+    :exit, reason ->
+      failed(module, meta, {:exit, reason}, state)
+  end
+
+  defp failed(module, meta, reason, state) do
+    # Logged by every replica: each one fails the same way, by design.
+    Logger.warning(
+      "#{inspect(module)}.handle_commit failed at op #{meta.op} (state unchanged): " <>
+        describe(reason)
+    )
+
+    {{:error, {:handle_commit_failed, reason}}, state}
+  end
+
+  defp describe(%{__exception__: true} = exception),
+    do: Exception.format_banner(:error, exception)
+
+  defp describe(reason), do: inspect(reason)
+end

@@ -1,0 +1,159 @@
+defmodule Visor.Options do
+  @moduledoc """
+  Checks a group's start options once, up front, and turns them into the
+  configuration the supervisor, formation and server share.
+
+  A mistake raises `ArgumentError` naming the option, at start time, rather
+  than surfacing later as a replica that never forms.
+  """
+
+  @max_replicas 6
+  @default_pool_size 128
+  @default_tick_ms 10
+  # vsr's default; commands above it are refused before they reach the log.
+  @default_batch_max_bytes 1_048_576
+  @default_client_table_max 4096
+
+  # Engine options passed through to Visor.Native.start/2 as they are.
+  @engine_keys [
+    :tick_ms,
+    :batch_max_requests,
+    :batch_max_bytes,
+    :pipeline_max,
+    :request_queue_max,
+    :client_table_max,
+    :message_entries_max,
+    :heartbeat_ticks,
+    :prepare_retry_ticks,
+    :view_change_ticks,
+    :resend_ticks,
+    :request_retry_ticks
+  ]
+
+  @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
+  defstruct @enforce_keys
+
+  @typedoc """
+  `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
+  the options for `Visor.Native.start/2` other than the cluster's identity;
+  `opts` what the user passed (for `initial_state/1`).
+  """
+  @type t :: %__MODULE__{
+          module: module(),
+          membership: {:nodes, [node()]} | {:cluster_size, pos_integer()},
+          pool_size: pos_integer(),
+          engine: map(),
+          opts: keyword()
+        }
+
+  @doc "Validates `opts` for `module`; raises `ArgumentError` naming the problem."
+  @spec validate!(module(), keyword()) :: t()
+  def validate!(module, opts) when is_atom(module) and is_list(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "#{inspect(module)}: options must be a keyword list, got: #{inspect(opts)}"
+    end
+
+    membership = membership!(module, opts)
+    pool_size = positive!(module, opts, :pool_size, @default_pool_size)
+
+    engine =
+      opts
+      |> Keyword.take(@engine_keys)
+      |> Map.new()
+      |> Map.put_new(:tick_ms, @default_tick_ms)
+      |> Map.put_new(:batch_max_bytes, @default_batch_max_bytes)
+      # Every node's pool registers its own sessions: keep room for all of
+      # them, several times over, so that sessions of live nodes are never
+      # evicted (an eviction makes an in-flight command's fate unknown).
+      |> Map.put_new(
+        :client_table_max,
+        max(@default_client_table_max, 4 * pool_size * @max_replicas)
+      )
+
+    for {key, value} <- engine, not (is_integer(value) and value > 0) do
+      raise ArgumentError,
+            "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
+    end
+
+    %__MODULE__{
+      module: module,
+      membership: membership,
+      pool_size: pool_size,
+      engine: engine,
+      opts: opts
+    }
+  end
+
+  def validate!(module, opts) do
+    raise ArgumentError,
+          "expected a module and a keyword list, got: #{inspect(module)}, #{inspect(opts)}"
+  end
+
+  @doc """
+  The cluster id of an explicit membership: 16 bytes derived from the module
+  and the sorted nodes, so every node computes the same id and two groups
+  (or two memberships) never accept each other's messages.
+  """
+  @spec cluster_id(module(), [node()]) :: <<_::128>>
+  def cluster_id(module, nodes) do
+    # md5 is in erts (no :crypto application needed); this is an identity,
+    # not a security boundary: distribution's cookie is that.
+    :erlang.md5(:erlang.term_to_binary({:visor_cluster, 1, module, Enum.sort(nodes)}))
+  end
+
+  @doc "Most replicas a cluster may have."
+  @spec max_replicas() :: pos_integer()
+  def max_replicas, do: @max_replicas
+
+  defp membership!(module, opts) do
+    case {Keyword.fetch(opts, :nodes), Keyword.fetch(opts, :cluster_size)} do
+      {{:ok, _}, {:ok, _}} ->
+        raise ArgumentError, "#{inspect(module)}: give either :nodes or :cluster_size, not both"
+
+      {{:ok, nodes}, :error} ->
+        {:nodes, nodes!(module, nodes)}
+
+      {:error, {:ok, size}} when is_integer(size) and size in 1..@max_replicas ->
+        {:cluster_size, size}
+
+      {:error, {:ok, size}} ->
+        raise ArgumentError,
+              "#{inspect(module)}: cluster_size must be an integer in 1..#{@max_replicas}, " <>
+                "got: #{inspect(size)}"
+
+      {:error, :error} ->
+        raise ArgumentError,
+              "#{inspect(module)}: give :nodes (the member nodes) or :cluster_size (how many to discover)"
+    end
+  end
+
+  defp nodes!(module, nodes) do
+    valid? = is_list(nodes) and nodes != [] and Enum.all?(nodes, &(is_atom(&1) and &1 != nil))
+
+    unless valid? and length(nodes) <= @max_replicas do
+      raise ArgumentError,
+            "#{inspect(module)}: nodes must be a list of 1..#{@max_replicas} node names, " <>
+              "got: #{inspect(nodes)}"
+    end
+
+    sorted = Enum.sort(nodes)
+
+    if Enum.uniq(sorted) != sorted do
+      raise ArgumentError, "#{inspect(module)}: nodes has duplicates: #{inspect(nodes)}"
+    end
+
+    sorted
+  end
+
+  defp positive!(module, opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_integer(value) and value > 0 ->
+        value
+
+      value ->
+        raise ArgumentError,
+              "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
+    end
+  end
+end

@@ -1,0 +1,459 @@
+defmodule Visor.Server do
+  @moduledoc """
+  One group's server on one node (registered locally under the group's
+  module, so a peer reaches it as `{module, node}`).
+
+  It owns the application state and this node's replica (a
+  `Visor.Native` engine), and does four things:
+
+    * **callers**: `commit` and linearizable reads wait in a line and go to
+      the engine through a pool of client sessions (`Visor.Sessions`); each
+      caller is answered when the engine settles its request, or with
+      `{:error, :timeout}` at its deadline, whichever comes first;
+    * **execution**: committed entries arrive as `{:execute, ...}` events,
+      in op order, on every replica; each executed command goes through
+      `Visor.Executor` (the user's `handle_commit`). The result is kept for
+      this node's own callers until the engine's `{:reply, ...}` event;
+    * **routing**: `{:send, to, bytes}` events become a plain, non-blocking
+      send of `{:visor_peer, bytes}` to `{module, node_of(to)}`; bytes from
+      peers go to `Visor.Native.deliver/2`, which verifies them;
+    * **introspection**: `status`.
+
+  The replica starts only when `Visor.Formation` says this node is a member.
+  docs/commands.md follows one command through all of this.
+  """
+
+  use GenServer
+  require Logger
+
+  alias Visor.{Executor, Formation, Native, Options, Sessions}
+
+  defstruct [
+    :module,
+    :config,
+    :arity,
+    :app_state,
+    :engine,
+    :members,
+    :index,
+    :cluster,
+    :sessions,
+    # :forming, :running, :spare, :restarted or {:failed, reason}
+    phase: :forming,
+    # Jobs waiting for a session; `queued` counts them (dead ones included
+    # until popped) because :queue.len/1 is O(n).
+    queue: :queue.new(),
+    queued: 0,
+    # {client, request} => job, until the engine settles the request.
+    inflight: %{},
+    # ref => {from, timer}: callers still waiting for an answer.
+    callers: %{},
+    # Linearizable reads handed to the engine: id => job.
+    reads: %{},
+    next_read: 1,
+    stats: %{peer_malformed: 0, send_noconnect: 0, send_busy: 0, unexpected_messages: 0}
+  ]
+
+  @doc false
+  def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
+
+  @doc "Starts the server of a group (under `Visor.Supervisor`)."
+  @spec start_link(Options.t()) :: GenServer.on_start()
+  def start_link(%Options{module: module} = config) do
+    GenServer.start_link(__MODULE__, config, name: Visor.Supervisor.name(module, :server))
+  end
+
+  # ---- Setup -------------------------------------------------------------
+
+  @impl GenServer
+  def init(%Options{module: module} = config) do
+    state = %__MODULE__{
+      module: module,
+      config: config,
+      arity: Executor.arity(module),
+      app_state: module.initial_state(config.opts),
+      sessions: Sessions.new(config.pool_size)
+    }
+
+    {:ok, formation(state, Formation.subscribe(module))}
+  end
+
+  defp formation(state, :pending), do: state
+
+  defp formation(%{phase: :forming} = state, {:member, %{cluster: cluster, members: members}}) do
+    index = Enum.find_index(members, &(&1 == node()))
+
+    engine_opts =
+      Map.merge(state.config.engine, %{
+        cluster: cluster,
+        replica_count: length(members),
+        replica_index: index
+      })
+
+    {:ok, engine} = Native.start(engine_opts, self())
+
+    dispatch(%{
+      state
+      | phase: :running,
+        engine: engine,
+        members: List.to_tuple(members),
+        index: index,
+        cluster: cluster
+    })
+  end
+
+  defp formation(%{phase: :forming} = state, phase) when phase in [:spare, :restarted] do
+    fail_all(%{state | phase: phase}, phase)
+  end
+
+  defp formation(state, _decision), do: state
+
+  # ---- Callers -----------------------------------------------------------
+
+  @impl GenServer
+  def handle_call({{:commit, payload}, deadline}, from, state) when is_binary(payload) do
+    max = state.config.engine.batch_max_bytes
+
+    cond do
+      error = phase_error(state) ->
+        {:reply, {:error, error}, state}
+
+      byte_size(payload) > max ->
+        {:reply, {:error, {:command_too_large, byte_size(payload), max}}, state}
+
+      true ->
+        {:noreply, enqueue(state, from, deadline, :commit, payload)}
+    end
+  end
+
+  def handle_call({{:read, path}, deadline}, from, state) do
+    case phase_error(state) do
+      nil -> {:noreply, linearizable_read(state, from, deadline, path)}
+      error -> {:reply, {:error, error}, state}
+    end
+  end
+
+  def handle_call({{:read_local, path}, _deadline}, _from, state) do
+    case phase_error(state) do
+      nil -> {:reply, {:ok, extract(state.app_state, path)}, state}
+      error -> {:reply, {:error, error}, state}
+    end
+  end
+
+  def handle_call(:status, _from, state), do: {:reply, status(state), state}
+
+  # Calls from other nodes are untrusted input too.
+  def handle_call(_request, _from, state) do
+    {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
+  end
+
+  @impl GenServer
+  def handle_cast(_request, state), do: {:noreply, count(state, :unexpected_messages)}
+
+  defp phase_error(%{phase: phase}) do
+    case phase do
+      :running -> nil
+      # Callers wait for formation until their deadline.
+      :forming -> nil
+      :spare -> :spare
+      :restarted -> :restarted
+      {:failed, reason} -> {:engine_down, reason}
+    end
+  end
+
+  # Linearizable reads use the engine's read index (`Visor.Native.read/2`):
+  # the primary confirms with a quorum that it still leads, nothing is
+  # appended to the log, and `{:read_ready, id, op}` arrives once this
+  # replica has executed every op committed before the read began. The read
+  # waits in the same line as commits, so it also follows this node's
+  # earlier commits.
+  defp linearizable_read(state, from, deadline, path) do
+    enqueue(state, from, deadline, {:read, path}, nil)
+  end
+
+  defp enqueue(state, from, deadline, kind, payload) do
+    ref = make_ref()
+    delay = max(deadline - System.monotonic_time(:millisecond), 0)
+    timer = Process.send_after(self(), {:visor_deadline, ref}, delay)
+    job = %{ref: ref, kind: kind, payload: payload, result: nil}
+
+    dispatch(%{
+      state
+      | callers: Map.put(state.callers, ref, {from, timer}),
+        queue: :queue.in(job, state.queue),
+        queued: state.queued + 1
+    })
+  end
+
+  # Hands waiting jobs to idle sessions; when there are none, registers new
+  # ones (up to the pool size) and leaves the jobs waiting.
+  defp dispatch(%{phase: :running} = state) do
+    case next_job(state) do
+      nil ->
+        state
+
+      {%{kind: {:read, _}} = job, state} ->
+        id = state.next_read
+        :ok = Native.read(state.engine, id)
+        dispatch(%{state | reads: Map.put(state.reads, id, job), next_read: id + 1})
+
+      {job, state} ->
+        case Sessions.checkout(state.sessions) do
+          {:ok, client, session, request, sessions} ->
+            :ok = Native.submit(state.engine, client, session, request, job.payload)
+            inflight = Map.put(state.inflight, {client, request}, job)
+            dispatch(%{state | sessions: sessions, inflight: inflight})
+
+          :none ->
+            state = %{state | queue: :queue.in_r(job, state.queue), queued: state.queued + 1}
+            {clients, sessions} = Sessions.grow(state.sessions, state.queued)
+            for client <- clients, do: :ok = Native.submit(state.engine, client, 0, 0, <<>>)
+            %{state | sessions: sessions}
+        end
+    end
+  end
+
+  defp dispatch(state), do: state
+
+  # The next job whose caller still waits; jobs of callers that timed out
+  # while waiting in line are dropped here (they never reached the log).
+  defp next_job(state) do
+    case :queue.out(state.queue) do
+      {:empty, _} ->
+        nil
+
+      {{:value, job}, queue} ->
+        state = %{state | queue: queue, queued: state.queued - 1}
+        if Map.has_key?(state.callers, job.ref), do: {job, state}, else: next_job(state)
+    end
+  end
+
+  defp answer(state, ref, reply) do
+    case Map.pop(state.callers, ref) do
+      {nil, _} ->
+        state
+
+      {{from, timer}, callers} ->
+        Process.cancel_timer(timer)
+        GenServer.reply(from, reply)
+        %{state | callers: callers}
+    end
+  end
+
+  defp fail_all(state, error) do
+    for {_ref, {from, timer}} <- state.callers do
+      Process.cancel_timer(timer)
+      GenServer.reply(from, {:error, error})
+    end
+
+    %{state | callers: %{}, queue: :queue.new(), queued: 0, inflight: %{}, reads: %{}}
+  end
+
+  # ---- Messages ----------------------------------------------------------
+
+  @impl GenServer
+  def handle_info({:visor_engine, engine, events}, %{engine: engine} = state) do
+    state = Enum.reduce(events, state, &event/2)
+    {:noreply, dispatch(state)}
+  end
+
+  def handle_info({:visor_peer, bytes}, %{phase: :running} = state) when is_binary(bytes) do
+    :ok = Native.deliver(state.engine, bytes)
+    {:noreply, state}
+  end
+
+  # A replica that is not running yet (or any more) drops peer traffic; the
+  # protocol resends what matters.
+  def handle_info({:visor_peer, bytes}, state) when is_binary(bytes), do: {:noreply, state}
+
+  def handle_info({:visor_peer, _not_bytes}, state),
+    do: {:noreply, count(state, :peer_malformed)}
+
+  def handle_info({:visor_deadline, ref}, state) do
+    # The job stays where it is: a queued one is skipped when popped; an
+    # in-flight one keeps its session until the engine settles it; a read's
+    # late `read_ready` finds no caller.
+    {:noreply, answer(state, ref, {:error, :timeout})}
+  end
+
+  def handle_info({:visor_formation, decision}, state) do
+    {:noreply, formation(state, decision)}
+  end
+
+  def handle_info({:visor_engine_down, engine, reason}, %{engine: engine} = state) do
+    Logger.error(
+      "#{inspect(state.module)}: this node's replica failed: #{inspect(reason)}; " <>
+        "it will not come back in this process's lifetime"
+    )
+
+    {:noreply, fail_all(%{state | phase: {:failed, reason}}, {:engine_down, reason})}
+  end
+
+  def handle_info(message, state) do
+    Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
+    {:noreply, count(state, :unexpected_messages)}
+  end
+
+  # ---- Engine events -----------------------------------------------------
+
+  defp event({:send, to, bytes}, state) do
+    case :erlang.send(
+           {state.module, elem(state.members, to)},
+           {:visor_peer, bytes},
+           # Never block the server: not on connection setup (Formation
+           # reconnects members), not on a busy distribution buffer. The
+           # protocol tolerates the loss; the counters show it.
+           [:noconnect, :nosuspend]
+         ) do
+      :ok -> state
+      :noconnect -> count(state, :send_noconnect)
+      :nosuspend -> count(state, :send_busy)
+    end
+  end
+
+  defp event({:execute, op, view, timestamp, requests}, state) do
+    meta = %{op: op, view: view, timestamp: timestamp}
+    Enum.reduce(requests, state, &execute(&1, meta, &2))
+  end
+
+  defp event({:reply, client, request, _op, outcome}, state) do
+    case Sessions.lookup(state.sessions, client) do
+      :registering ->
+        case outcome do
+          {:registered, session} ->
+            %{state | sessions: Sessions.registered(state.sessions, client, session)}
+
+          _ ->
+            %{state | sessions: Sessions.drop(state.sessions, client)}
+        end
+
+      {:busy, _session, ^request} ->
+        {job, inflight} = Map.pop(state.inflight, {client, request})
+        state = %{state | inflight: inflight}
+        settle(state, client, request, job, outcome)
+
+      # A stale reply (a duplicate, or for a slot since dropped).
+      _ ->
+        state
+    end
+  end
+
+  defp event({:read_ready, id, _op}, state) do
+    case Map.pop(state.reads, id) do
+      {nil, _} -> state
+      {job, reads} -> answer(%{state | reads: reads}, job.ref, read_result(state, job))
+    end
+  end
+
+  defp event(_unknown, state), do: state
+
+  defp read_result(state, %{kind: {:read, path}}), do: {:ok, extract(state.app_state, path)}
+
+  defp execute({client, request, :executed, payload}, meta, state) do
+    {result, app_state} =
+      Executor.apply(state.module, state.arity, payload, meta, state.app_state)
+
+    # Keep the result only for this node's own requests, until their reply.
+    inflight =
+      case state.inflight do
+        %{{^client, ^request} => job} ->
+          Map.put(state.inflight, {client, request}, %{job | result: result})
+
+        inflight ->
+          inflight
+      end
+
+    %{state | app_state: app_state, inflight: inflight}
+  end
+
+  # Registrations, duplicates and evicted requests apply nothing.
+  defp execute(_request, _meta, state), do: state
+
+  defp settle(state, client, request, job, outcome) do
+    {reply, sessions} =
+      case outcome do
+        :executed ->
+          {job.result || {:error, :unknown_outcome},
+           Sessions.settle(state.sessions, client, request)}
+
+        {:duplicate, op} ->
+          {job.result || {:error, {:duplicate, op}},
+           Sessions.settle(state.sessions, client, request)}
+
+        # The session is gone: its slot is replaced by a fresh one later.
+        _evicted ->
+          {{:error, :unknown_outcome}, Sessions.drop(state.sessions, client)}
+      end
+
+    answer(%{state | sessions: sessions}, job.ref, reply)
+  end
+
+  defp extract(app_state, []), do: app_state
+  defp extract(app_state, path), do: Kernel.get_in(app_state, path)
+
+  defp count(state, key), do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+
+  # ---- Status ------------------------------------------------------------
+
+  defp status(%{phase: :running, engine: engine} = state) do
+    engine_status = Native.status(engine)
+    members = Tuple.to_list(state.members)
+    primary = Enum.at(members, engine_status.primary)
+    connected = MapSet.new(Node.list())
+
+    replicas =
+      for {node, index} <- Enum.with_index(members) do
+        %{
+          index: index,
+          node: node,
+          role: if(index == engine_status.primary, do: :primary, else: :backup),
+          health:
+            cond do
+              node == node() -> :self
+              MapSet.member?(connected, node) -> :connected
+              true -> :disconnected
+            end
+        }
+      end
+
+    %{
+      status: engine_status.status,
+      role: if(engine_status.is_primary, do: :primary, else: :backup),
+      node: node(),
+      index: state.index,
+      view: engine_status.view,
+      log_view: engine_status.log_view,
+      op: engine_status.op,
+      commit: engine_status.commit,
+      commit_max: engine_status.commit_max,
+      primary: primary,
+      replicas: replicas,
+      cluster: Base.encode16(state.cluster, case: :lower),
+      pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
+      stats: Map.merge(engine_status.stats, state.stats)
+    }
+  end
+
+  defp status(state) do
+    %{
+      status:
+        case state.phase do
+          {:failed, _} -> :failed
+          phase -> phase
+        end,
+      role: :none,
+      node: node(),
+      index: nil,
+      view: 0,
+      log_view: 0,
+      op: 0,
+      commit: 0,
+      commit_max: 0,
+      primary: nil,
+      replicas: [],
+      cluster: nil,
+      pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
+      stats: state.stats
+    }
+  end
+end

@@ -1,0 +1,50 @@
+defmodule Visor.Supervisor do
+  @moduledoc """
+  One group's processes on one node: the `:pg` scope (discovery mode only),
+  `Visor.Formation`, then `Visor.Server`.
+
+  `:one_for_all`: the application state and the replica live only in the
+  server's memory, so a restarted server is a replica with amnesia. Formation
+  restarts with it, under a new incarnation, and the peers refuse that
+  incarnation (docs/operations.md, "Current limitations"): restarting the
+  pair is safe; restarting only the server would not be.
+  """
+
+  use Supervisor
+
+  alias Visor.Options
+
+  @doc "Starts the group described by validated options."
+  @spec start_link(Options.t()) :: Supervisor.on_start()
+  def start_link(%Options{module: module} = config) do
+    Supervisor.start_link(__MODULE__, config, name: name(module, :supervisor))
+  end
+
+  @doc """
+  Locally registered names of a group's processes. The server is registered
+  under the module itself, so a peer reaches it as `{module, node}`.
+  """
+  @spec name(module(), :server | :formation | :scope | :supervisor) :: atom()
+  def name(module, :server), do: module
+  def name(module, :formation), do: Module.concat([module, Visor, Formation])
+  def name(module, :scope), do: Module.concat([module, Visor, Scope])
+  def name(module, :supervisor), do: Module.concat([module, Visor, Supervisor])
+
+  @impl Supervisor
+  def init(%Options{module: module} = config) do
+    scope =
+      case config.membership do
+        {:cluster_size, _} -> [%{id: :pg, start: {:pg, :start_link, [name(module, :scope)]}}]
+        {:nodes, _} -> []
+      end
+
+    children =
+      scope ++
+        [
+          {Visor.Formation, config},
+          {Visor.Server, config}
+        ]
+
+    Supervisor.init(children, strategy: :one_for_all)
+  end
+end
