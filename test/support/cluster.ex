@@ -87,13 +87,157 @@ defmodule Visor.Test.Cluster do
     end
   end
 
-  defp start_peer do
-    # random_name/1 embeds the OS pid and a counter, so concurrent test
-    # runs on one machine never collide in epmd.
+  @doc """
+  Starts `module`'s Visor group with `opts` on each node and waits until
+  every node has decided (formed, spare or refused). Peers log at
+  `log_level` (`:error`; `:critical` for tests that expect errors). The group lives under
+  a holder process on the node, so that it outlives the `:erpc` call.
+  """
+  def start_group(nodes, module, opts, log_level \\ :error) do
+    for node <- nodes do
+      {:ok, _} =
+        :erpc.call(node, __MODULE__, :start_group_here, [module, opts, log_level], @boot_timeout)
+    end
+
+    for node <- nodes do
+      eventually(fn -> status(node, module).status != :forming end, 15_000)
+    end
+
+    :ok
+  end
+
+  @doc false
+  def start_group_here(module, opts, log_level) do
+    parent = self()
+    # Quiet peers: info logs of every node of every test drown the output.
+    :logger.set_primary_config(:level, log_level)
+
+    _ = :logger.add_primary_filter(:visor_test_disallowed, {&__MODULE__.drop_disallowed/2, []})
+
+    spawn(fn ->
+      name = holder(module)
+      result = Supervisor.start_link([{module, opts}], strategy: :one_for_one, name: name)
+      send(parent, {:started, result})
+      Process.sleep(:infinity)
+    end)
+
+    receive do
+      {:started, result} -> result
+    end
+  end
+
+  @doc "Stops `module`'s group on `node` (started with `start_group/3`)."
+  def stop_group(node, module) do
+    :erpc.call(node, Supervisor, :stop, [holder(module)])
+  end
+
+  defp holder(module), do: Module.concat([module, Visor, TestHolder])
+
+  @doc false
+  # `net_kernel:allow/1` logs every refused connection; partitions refuse
+  # many on purpose.
+  def drop_disallowed(%{msg: {:report, %{label: {:error_logger, _}, format: format}}} = event, _) do
+    if :string.find(format, ~c"disallowed node") == :nomatch, do: event, else: :stop
+  end
+
+  def drop_disallowed(event, _), do: event
+
+  @doc "`module`'s status on `node` (`Visor.status/1` there)."
+  def status(node, module), do: :erpc.call(node, Visor, :status, [module])
+
+  @doc "The node `node` believes is `module`'s primary."
+  def primary(node, module), do: status(node, module).primary
+
+  @doc """
+  Kills `node`'s OS process with SIGKILL: no clean shutdown, no goodbye to
+  its peers, exactly like a crashed machine. Waits until the survivors in
+  `others` see it gone.
+  """
+  def kill_node(node, others \\ []) do
+    os_pid = :erpc.call(node, :os, :getpid, [])
+    {_, 0} = System.cmd("kill", ["-9", to_string(os_pid)])
+
+    for n <- [node() | others] do
+      eventually(fn -> node not in :erpc.call(n, :erlang, :nodes, []) end, 10_000)
+    end
+
+    :ok
+  end
+
+  @doc """
+  Cuts every distribution link between the nodes of `side_a` and those of
+  `side_b`, and keeps them from reconnecting (Visor reconnects members on
+  its own). Both sides stay connected to the test node.
+
+  Uses `:net_kernel.allow/1`, whose list only grows: after `heal/2` the
+  same peers cannot be partitioned again, so use one partition per peer set.
+  """
+  def partition(side_a, side_b) do
+    everyone = side_a ++ side_b
+
+    for {side, _other} <- [{side_a, side_b}, {side_b, side_a}], n <- side do
+      :ok = :erpc.call(n, :net_kernel, :allow, [[node() | side]])
+    end
+
+    for a <- side_a, b <- side_b, do: :erpc.call(a, :erlang, :disconnect_node, [b])
+
+    for a <- everyone do
+      eventually(fn ->
+        visible = :erpc.call(a, :erlang, :nodes, [])
+        other = if a in side_a, do: side_b, else: side_a
+        Enum.all?(other, &(&1 not in visible))
+      end)
+    end
+
+    :ok
+  end
+
+  @doc "Undoes `partition/2`: allows the links again and reconnects them."
+  def heal(side_a, side_b) do
+    for {side, other} <- [{side_a, side_b}, {side_b, side_a}], n <- side do
+      :ok = :erpc.call(n, :net_kernel, :allow, [other])
+    end
+
+    for a <- side_a, b <- side_b do
+      eventually(fn -> :erpc.call(a, :net_kernel, :connect_node, [b]) end)
+    end
+
+    :ok
+  end
+
+  @doc """
+  Starts a new VM under the name of `node`, a peer that died (see
+  `kill_node/2`), and connects it to `others`: the same node, restarted
+  with an empty memory.
+  """
+  def restart_peer(node, others) do
+    [name, _host] = node |> Atom.to_string() |> String.split("@")
+    {pid, ^node} = peer = start_peer(String.to_charlist(name))
+    on_exit(fn -> stop_peer(peer) end)
+    mesh!([node | others])
+    {pid, node}
+  end
+
+  # random_name/1 embeds the OS pid and a counter, so concurrent test runs
+  # on one machine never collide in epmd.
+  defp start_peer(name \\ :peer.random_name(~c"visor_peer")) do
     {:ok, pid, node} =
       :peer.start(%{
-        name: :peer.random_name(~c"visor_peer"),
-        args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie()), ~c"-pa" | code_paths()],
+        name: name,
+        args: [
+          ~c"-setcookie",
+          Atom.to_charlist(Node.get_cookie()),
+          # Partition tests cut links between peers on purpose. OTP 25's
+          # global would otherwise "heal" them (connect_all) or turn a cut
+          # link into more cuts, including to this node, which would halt
+          # the peer (prevent_overlapping_partitions).
+          ~c"-connect_all",
+          ~c"false",
+          ~c"-kernel",
+          ~c"prevent_overlapping_partitions",
+          ~c"false",
+          ~c"-pa" | code_paths()
+        ],
         wait_boot: @boot_timeout
       })
 

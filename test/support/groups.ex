@@ -1,0 +1,39 @@
+defmodule Cache do
+  @moduledoc "The README's example group, verbatim: peers load it from test/support."
+  use Visor
+
+  @impl Visor
+  def initial_state(_opts), do: %{}
+
+  @impl Visor
+  def handle_commit({:add, item}, state), do: {:ok, nil, Map.merge(state, item)}
+end
+
+defmodule Visor.Test.Counter do
+  @moduledoc """
+  A group for the fault tests: counts increments, remembers which ids it
+  applied (so a double application shows as `count > MapSet.size(applied)`),
+  and has commands that fail in every way `handle_commit` can.
+  """
+  use Visor
+
+  @impl Visor
+  def initial_state(_opts), do: %{count: 0, applied: MapSet.new(), last_op: 0, last_timestamp: 0}
+
+  @impl Visor
+  def handle_commit({:incr, id}, meta, state) do
+    count = state.count + 1
+    {:ok, count, %{stamp(state, meta) | count: count, applied: MapSet.put(state.applied, id)}}
+  end
+
+  def handle_commit(:meta, meta, state), do: {:ok, meta, stamp(state, meta)}
+  def handle_commit({:echo, term}, meta, state), do: {:ok, term, stamp(state, meta)}
+  def handle_commit(:raise, _meta, _state), do: raise(ArgumentError, "boom")
+  def handle_commit(:throw, _meta, _state), do: throw(:oops)
+  def handle_commit(:exit, _meta, _state), do: exit(:bye)
+  def handle_commit(:bad_return, _meta, state), do: {:reply, :not_ok, state}
+
+  # Every command leaves a trace of its metadata, so replicas that applied
+  # different metadata would differ.
+  defp stamp(state, meta), do: %{state | last_op: meta.op, last_timestamp: meta.timestamp}
+end

@@ -1,0 +1,203 @@
+defmodule Visor.ReplicationTest do
+  # Three real BEAM nodes (OTP :peer), shared by the tests of this module:
+  # none of them breaks the cluster. Not async: distribution is VM-wide.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  setup_all do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    :ok = Cluster.start_group(nodes, Counter, nodes: nodes)
+    %{nodes: nodes}
+  end
+
+  defp on(node, fun, args), do: :erpc.call(node, Visor, fun, args, 30_000)
+
+  # Every replica's local state, once all of them hold `expected`.
+  defp converged(nodes, module, expected) do
+    for node <- nodes do
+      Cluster.eventually(fn -> on(node, :get, [module, [consistency: :local]]) == expected end)
+    end
+  end
+
+  test "the README's Cache: commit, get and get_in from every node", %{nodes: nodes} do
+    for {node, i} <- Enum.with_index(nodes) do
+      user = :"user#{i}"
+
+      assert :erpc.call(node, Cache, :commit, [{:add, %{user => %{email: "#{i}@example.com"}}}]) ==
+               nil
+    end
+
+    expected = %{
+      user0: %{email: "0@example.com"},
+      user1: %{email: "1@example.com"},
+      user2: %{email: "2@example.com"}
+    }
+
+    # Linearizable reads from every node see every commit that returned.
+    for node <- nodes do
+      assert :erpc.call(node, Cache, :get, []) == expected
+      assert :erpc.call(node, Cache, :get_in, [[:user1, :email]]) == "1@example.com"
+      assert :erpc.call(node, Cache, :get_in, [[:nobody, :email]]) == nil
+    end
+
+    converged(nodes, Cache, expected)
+
+    for node <- nodes do
+      assert :erpc.call(node, Cache, :get_in, [[:user2], [consistency: :local]]) ==
+               %{email: "2@example.com"}
+    end
+  end
+
+  test "a read on one node sees a commit that just returned on another", %{nodes: nodes} do
+    # Across all ordered pairs: a backup's local state may lag the commit,
+    # but a linearizable read never does.
+    for writer <- nodes, reader <- nodes do
+      id = {:seen, writer, reader}
+      count = on(writer, :commit, [Counter, {:incr, id}])
+      state = on(reader, :get, [Counter])
+      assert id in state.applied
+      assert state.count >= count
+    end
+  end
+
+  test "handle_commit/3 gets the op, view and the primary's timestamp, the same everywhere",
+       %{nodes: nodes} do
+    metas = for node <- nodes, do: on(node, :commit, [Counter, :meta])
+
+    for meta <- metas do
+      assert %{op: op, view: view, timestamp: ts} = meta
+      assert is_integer(op) and op > 0 and is_integer(view) and view >= 0
+      # Nanoseconds since the epoch, near now.
+      assert abs(ts - System.os_time(:nanosecond)) < 60_000_000_000
+    end
+
+    # Ops and timestamps strictly increase along the log.
+    assert metas |> Enum.map(& &1.op) |> Enum.sort() == Enum.map(metas, & &1.op)
+    assert Enum.map(metas, & &1.timestamp) == Enum.sort(Enum.map(metas, & &1.timestamp))
+    assert Enum.uniq(Enum.map(metas, & &1.timestamp)) == Enum.map(metas, & &1.timestamp)
+
+    # Every replica stored the metadata of the last command it applied.
+    last = List.last(metas)
+    state = on(hd(nodes), :get, [Counter])
+    assert {state.last_op, state.last_timestamp} == {last.op, last.timestamp}
+    converged(nodes, Counter, state)
+  end
+
+  test "a failing handle_commit changes no replica's state and names the failure",
+       %{nodes: nodes} do
+    [a, b, c] = nodes
+    before = on(a, :get, [Counter])
+
+    assert {:error, {:handle_commit_failed, %ArgumentError{message: "boom"}}} =
+             on(a, :commit, [Counter, :raise])
+
+    assert {:error, {:handle_commit_failed, {:throw, :oops}}} = on(b, :commit, [Counter, :throw])
+    assert {:error, {:handle_commit_failed, {:exit, :bye}}} = on(c, :commit, [Counter, :exit])
+
+    assert {:error, {:handle_commit_failed, {:bad_return, {:reply, :not_ok, _}}}} =
+             on(a, :commit, [Counter, :bad_return])
+
+    # The log moved on (each failure took an op) but the state did not; the
+    # servers are alive and serve the next command.
+    assert on(b, :get, [Counter]) == before
+    converged(nodes, Counter, before)
+    assert on(c, :commit, [Counter, {:incr, :after_failures}]) == before.count + 1
+  end
+
+  test "a command over batch_max_bytes is refused before it reaches the log",
+       %{nodes: [a | _] = nodes} do
+    op_before = Cluster.status(a, Counter).commit_max
+    big = {:echo, :binary.copy("x", 1_100_000)}
+    assert {:error, {:command_too_large, size, 1_048_576}} = on(a, :commit, [Counter, big])
+    assert size > 1_048_576
+    assert Cluster.status(a, Counter).commit_max == op_before
+
+    # Just under the limit goes through, from a backup too.
+    fits = {:echo, :binary.copy("y", 1_000_000)}
+    assert on(List.last(nodes), :commit, [Counter, fits]) == elem(fits, 1)
+  end
+
+  test "malformed messages from another node are dropped and counted", %{nodes: nodes} do
+    [a, b, c] = nodes
+    formation = Visor.Supervisor.name(Counter, :formation)
+    before = for n <- nodes, into: %{}, do: {n, Cluster.status(n, Counter).stats}
+
+    junk = [
+      :junk,
+      {:visor_peer, :not_a_binary},
+      {:visor_peer, ""},
+      {:visor_peer, :rand.bytes(200)},
+      # A plausible header (magic, version) with garbage after it.
+      {:visor_peer, <<0::128, 0x5356::little-16, 1::little-16, 0::128, 0, "garbage">>},
+      {:visor_engine, make_ref(), [{:execute, 1, 0, 0, []}]},
+      {:visor_deadline, make_ref()},
+      {:visor_formation, {:member, %{cluster: "x", members: [:nope]}}}
+    ]
+
+    formation_junk = [
+      :junk,
+      {:visor_hello, :not_a_pid, :x, 1, :y},
+      {:visor_hello_reply, self(), :x, 1, :restarted},
+      {:visor_formed, %{members: :bad}},
+      {:visor_propose, self(), %{id: 1, cluster: <<0::128>>, members: [a]}},
+      {:visor_abort, :whatever}
+    ]
+
+    # Sent from a peer (not the test node), to every node.
+    for n <- nodes do
+      for m <- junk, do: :erpc.call(a, :erlang, :send, [{Counter, n}, m])
+      for m <- formation_junk, do: :erpc.call(a, :erlang, :send, [{formation, n}, m])
+    end
+
+    assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, :nonsense])
+    GenServer.cast({Counter, c}, :nonsense)
+
+    # Still one cluster, still working, from every node.
+    for n <- nodes, do: assert(is_integer(on(n, :commit, [Counter, {:incr, {:junk, n}}])))
+
+    for n <- nodes do
+      stats = Cluster.status(n, Counter).stats
+      old = before[n]
+      assert stats.peer_malformed > old.peer_malformed
+      assert stats.unexpected_messages > old.unexpected_messages
+
+      dropped =
+        for k <- [:dropped_truncated, :dropped_corrupt, :dropped_unknown_format],
+            do: stats[k] - old[k]
+
+      assert Enum.sum(dropped) >= 3
+    end
+
+    statuses = for n <- nodes, do: Cluster.status(n, Counter)
+    assert statuses |> Enum.map(& &1.cluster) |> Enum.uniq() |> length() == 1
+    assert Enum.all?(statuses, &(&1.status == :normal))
+  end
+
+  test "status names the primary and every replica's node and health", %{nodes: nodes} do
+    statuses = for n <- nodes, do: Cluster.status(n, Counter)
+    [primary] = statuses |> Enum.map(& &1.primary) |> Enum.uniq()
+    assert primary in nodes
+
+    for {s, n} <- Enum.zip(statuses, nodes) do
+      assert s.node == n
+      assert s.status == :normal
+      assert s.role == if(n == primary, do: :primary, else: :backup)
+      assert Enum.map(s.replicas, & &1.node) == Enum.sort(nodes)
+
+      for r <- s.replicas do
+        assert r.health == if(r.node == n, do: :self, else: :connected)
+        assert r.role == if(r.node == primary, do: :primary, else: :backup)
+      end
+
+      assert s.commit <= s.commit_max
+    end
+  end
+
+  test "a node where the group is not running gets :not_running" do
+    assert Cache.commit({:add, %{x: 1}}) == {:error, :not_running}
+    assert Cache.get() == {:error, :not_running}
+    assert Visor.status(Cache) == {:error, :not_running}
+  end
+end

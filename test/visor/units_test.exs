@@ -1,0 +1,116 @@
+defmodule Visor.UnitsTest do
+  # The pure pieces: option checking, the session pool, the executor.
+  use ExUnit.Case, async: true
+
+  alias Visor.{Executor, Options, Sessions}
+
+  describe "Options" do
+    test "explicit nodes are sorted, and the cluster id depends on module and set only" do
+      o = Options.validate!(Cache, nodes: [:c@h, :a@h, :b@h])
+      assert o.membership == {:nodes, [:a@h, :b@h, :c@h]}
+      id = Options.cluster_id(Cache, [:c@h, :a@h, :b@h])
+      assert byte_size(id) == 16
+      assert id == Options.cluster_id(Cache, [:a@h, :b@h, :c@h])
+      refute id == Options.cluster_id(Visor.Test.Counter, [:a@h, :b@h, :c@h])
+      refute id == Options.cluster_id(Cache, [:a@h, :b@h])
+    end
+
+    test "defaults: 1 MiB commands, a client table with room for every node's pool" do
+      o = Options.validate!(Cache, cluster_size: 3, pool_size: 1000)
+      assert o.engine.batch_max_bytes == 1_048_576
+      assert o.engine.tick_ms == 10
+      assert o.engine.client_table_max >= 6 * 1000
+      assert o.opts == [cluster_size: 3, pool_size: 1000]
+    end
+
+    test "mistakes raise ArgumentError naming the option" do
+      for {opts, message} <- [
+            {[], ~r/:nodes.*:cluster_size/},
+            {[nodes: [:a@h], cluster_size: 1], ~r/not both/},
+            {[cluster_size: 7], ~r/cluster_size/},
+            {[cluster_size: 0], ~r/cluster_size/},
+            {[nodes: []], ~r/nodes/},
+            {[nodes: [:a@h, :a@h]], ~r/duplicates/},
+            {[nodes: ["a@h"]], ~r/nodes/},
+            {[nodes: Enum.map(1..7, &:"n#{&1}@h")], ~r/nodes/},
+            {[cluster_size: 3, pool_size: 0], ~r/pool_size/},
+            {[cluster_size: 3, view_change_ticks: -1], ~r/view_change_ticks/},
+            {[:not_keyword], ~r/keyword/}
+          ] do
+        assert_raise ArgumentError, message, fn -> Options.validate!(Cache, opts) end
+      end
+    end
+  end
+
+  describe "Sessions" do
+    test "slots register lazily, up to the pool size, and serve one request at a time" do
+      pool = Sessions.new(2)
+      assert Sessions.checkout(pool) == :none
+
+      # Three requests waiting: only two slots may exist.
+      {[c1, c2], pool} = Sessions.grow(pool, 3)
+      assert {[], ^pool} = Sessions.grow(pool, 3)
+      assert c1 != c2 and byte_size(c1) == 16
+      assert Sessions.lookup(pool, c1) == :registering
+      assert Sessions.checkout(pool) == :none
+
+      pool = Sessions.registered(pool, c1, 7)
+      assert {:ok, ^c1, 7, 1, pool} = Sessions.checkout(pool)
+      assert Sessions.checkout(pool) == :none
+      assert Sessions.counts(pool) == %{slots: 2, idle: 0, busy: 1, registering: 1}
+
+      # A stale settle (wrong request number) changes nothing.
+      assert Sessions.settle(pool, c1, 2) == pool
+      pool = Sessions.settle(pool, c1, 1)
+      assert {:ok, ^c1, 7, 2, _} = Sessions.checkout(pool)
+
+      # A dropped (evicted) slot frees room for a new one.
+      pool = Sessions.drop(pool, c2)
+      assert {[c3], _} = Sessions.grow(pool, 2)
+      refute c3 in [c1, c2]
+    end
+  end
+
+  describe "Executor" do
+    defmodule Two do
+      def handle_commit(:ok, s), do: {:ok, :two, s + 1}
+    end
+
+    defmodule Three do
+      def handle_commit(:ok, s), do: {:ok, :two, s + 1}
+      def handle_commit(:ok, meta, s), do: {:ok, meta.op, s + 10}
+    end
+
+    @meta %{op: 5, view: 1, timestamp: 1}
+
+    test "uses handle_commit/3 when defined, else /2" do
+      assert Executor.arity(Two) == 2
+      assert Executor.arity(Three) == 3
+      bin = :erlang.term_to_binary(:ok)
+      assert Executor.apply(Two, 2, bin, @meta, 0) == {{:ok, :two}, 1}
+      assert Executor.apply(Three, 3, bin, @meta, 0) == {{:ok, 5}, 10}
+    end
+
+    @tag :capture_log
+    test "failures keep the state and name the reason" do
+      bin = :erlang.term_to_binary(:unknown)
+
+      assert {{:error, {:handle_commit_failed, %FunctionClauseError{}}}, :same} =
+               Executor.apply(Two, 2, bin, @meta, :same)
+
+      assert {{:error, {:handle_commit_failed, %ArgumentError{}}}, :same} =
+               Executor.apply(Two, 2, "not a term", @meta, :same)
+    end
+  end
+
+  test "a module without handle_commit does not compile" do
+    assert_raise CompileError, ~r/handle_commit/, fn ->
+      Code.compile_string("""
+      defmodule Visor.UnitsTest.NoCommit do
+        use Visor
+        def initial_state(_), do: nil
+      end
+      """)
+    end
+  end
+end
