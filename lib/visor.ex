@@ -240,7 +240,12 @@ defmodule Visor do
   @spec get(group(), keyword()) :: term() | {:error, error()}
   def get(module, opts \\ []), do: read(module, [], opts)
 
-  @doc "`Kernel.get_in(state, path)`, read as `get/2` reads (same options)."
+  @doc """
+  `Kernel.get_in(state, path)`, read as `get/2` reads (same options),
+  computed on this node's server so only the result is copied. A path that
+  does not fit the state raises here, in the caller, as `Kernel.get_in/2`
+  would.
+  """
   @spec get_in(group(), [term()], keyword()) :: term() | {:error, error()}
   def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
 
@@ -272,6 +277,8 @@ defmodule Visor do
     case call(module, request, opts) do
       {:ok, value} -> value
       {:error, _} = error -> error
+      # A path that does not fit the state raises, as Kernel.get_in/2 does.
+      {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
     end
   end
 

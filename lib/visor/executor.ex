@@ -65,8 +65,12 @@ defmodule Visor.Executor do
     {{:error, {:handle_commit_failed, reason}}, state}
   end
 
-  defp describe(%{__exception__: true} = exception),
-    do: Exception.format_banner(:error, exception)
+  # An exception's message/1 is user code too, and may itself raise.
+  defp describe(%{__exception__: true} = exception) do
+    Exception.format_banner(:error, exception)
+  rescue
+    _ -> inspect(exception)
+  end
 
   defp describe(reason), do: inspect(reason)
 end

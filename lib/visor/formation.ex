@@ -83,11 +83,13 @@ defmodule Visor.Formation do
 
   @doc """
   Registers the caller (the group's server) for the decision and returns the
-  decision so far. Once decided, `{:visor_formation, decision}` is sent to it.
+  decision so far. Once decided, `{:visor_formation, tag, decision}` is sent
+  to it; the caller's `tag` (a reference) tells it apart from anything a
+  peer could send.
   """
-  @spec subscribe(module()) :: decision()
-  def subscribe(module) do
-    GenServer.call(Visor.Supervisor.name(module, :formation), {:subscribe, self()})
+  @spec subscribe(module(), reference()) :: decision()
+  def subscribe(module, tag) do
+    GenServer.call(Visor.Supervisor.name(module, :formation), {:subscribe, self(), tag})
   end
 
   # ---- State -------------------------------------------------------------
@@ -153,9 +155,16 @@ defmodule Visor.Formation do
   end
 
   @impl GenServer
-  def handle_call({:subscribe, pid}, _from, state) do
-    {:reply, decision(state), %{state | subscriber: pid}}
+  def handle_call({:subscribe, pid, tag}, _from, state) do
+    {:reply, decision(state), %{state | subscriber: {pid, tag}}}
   end
+
+  # Calls from other nodes are untrusted input: never crash on them (a
+  # crash restarts the group, and a restarted replica is refused).
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl GenServer
+  def handle_cast(_request, state), do: {:noreply, state}
 
   @impl GenServer
   def handle_info(:tick, state) do
@@ -200,7 +209,7 @@ defmodule Visor.Formation do
 
   def handle_info({:visor_accept, id, from, inc}, %{proposal: %{id: id} = p} = state)
       when is_atom(from) and is_integer(inc) do
-    p = %{p | accepted: Map.put(p.accepted, from, inc)}
+    p = if from in p.members, do: %{p | accepted: Map.put(p.accepted, from, inc)}, else: p
 
     if map_size(p.accepted) == length(p.members) do
       formed = %{id: p.id, cluster: p.cluster, members: p.members, incarnations: p.accepted}
@@ -440,7 +449,7 @@ defmodule Visor.Formation do
   end
 
   defp notify(state, decision) do
-    if state.subscriber, do: send(state.subscriber, {:visor_formation, decision})
+    with {pid, tag} <- state.subscriber, do: send(pid, {:visor_formation, tag, decision})
     state
   end
 

@@ -38,6 +38,7 @@ defmodule Visor.Server do
     :index,
     :cluster,
     :sessions,
+    :formation_tag,
     # :forming, :running, :spare, :restarted or {:failed, reason}
     phase: :forming,
     # Jobs waiting for a session; `queued` counts them (dead ones included
@@ -75,7 +76,8 @@ defmodule Visor.Server do
       sessions: Sessions.new(config.pool_size)
     }
 
-    {:ok, formation(state, Formation.subscribe(module))}
+    tag = make_ref()
+    {:ok, formation(%{state | formation_tag: tag}, Formation.subscribe(module, tag))}
   end
 
   defp formation(state, :pending), do: state
@@ -111,7 +113,8 @@ defmodule Visor.Server do
   # ---- Callers -----------------------------------------------------------
 
   @impl GenServer
-  def handle_call({{:commit, payload}, deadline}, from, state) when is_binary(payload) do
+  def handle_call({{:commit, payload}, deadline}, from, state)
+      when is_binary(payload) and is_integer(deadline) do
     max = state.config.engine.batch_max_bytes
 
     cond do
@@ -126,16 +129,17 @@ defmodule Visor.Server do
     end
   end
 
-  def handle_call({{:read, path}, deadline}, from, state) do
+  def handle_call({{:read, path}, deadline}, from, state)
+      when is_list(path) and is_integer(deadline) do
     case phase_error(state) do
       nil -> {:noreply, linearizable_read(state, from, deadline, path)}
       error -> {:reply, {:error, error}, state}
     end
   end
 
-  def handle_call({{:read_local, path}, _deadline}, _from, state) do
+  def handle_call({{:read_local, path}, _deadline}, _from, state) when is_list(path) do
     case phase_error(state) do
-      nil -> {:reply, {:ok, extract(state.app_state, path)}, state}
+      nil -> {:reply, extract(state.app_state, path), state}
       error -> {:reply, {:error, error}, state}
     end
   end
@@ -252,7 +256,8 @@ defmodule Visor.Server do
   # ---- Messages ----------------------------------------------------------
 
   @impl GenServer
-  def handle_info({:visor_engine, engine, events}, %{engine: engine} = state) do
+  def handle_info({:visor_engine, engine, events}, %{engine: engine} = state)
+      when is_reference(engine) and is_list(events) do
     state = Enum.reduce(events, state, &event/2)
     {:noreply, dispatch(state)}
   end
@@ -276,11 +281,12 @@ defmodule Visor.Server do
     {:noreply, answer(state, ref, {:error, :timeout})}
   end
 
-  def handle_info({:visor_formation, decision}, state) do
+  def handle_info({:visor_formation, tag, decision}, %{formation_tag: tag} = state) do
     {:noreply, formation(state, decision)}
   end
 
-  def handle_info({:visor_engine_down, engine, reason}, %{engine: engine} = state) do
+  def handle_info({:visor_engine_down, engine, reason}, %{engine: engine} = state)
+      when is_reference(engine) do
     Logger.error(
       "#{inspect(state.module)}: this node's replica failed: #{inspect(reason)}; " <>
         "it will not come back in this process's lifetime"
@@ -347,7 +353,7 @@ defmodule Visor.Server do
 
   defp event(_unknown, state), do: state
 
-  defp read_result(state, %{kind: {:read, path}}), do: {:ok, extract(state.app_state, path)}
+  defp read_result(state, %{kind: {:read, path}}), do: extract(state.app_state, path)
 
   defp execute({client, request, :executed, payload}, meta, state) do
     {result, app_state} =
@@ -388,8 +394,17 @@ defmodule Visor.Server do
     answer(%{state | sessions: sessions}, job.ref, reply)
   end
 
-  defp extract(app_state, []), do: app_state
-  defp extract(app_state, path), do: Kernel.get_in(app_state, path)
+  # Computed here so that only the requested part is copied to the caller.
+  # A path that does not fit the state raises in Kernel.get_in/2; that is
+  # the caller's error, so it is re-raised there (Visor.get_in/3), never
+  # here: a crashed server is a replica lost.
+  defp extract(app_state, []), do: {:ok, app_state}
+
+  defp extract(app_state, path) do
+    {:ok, Kernel.get_in(app_state, path)}
+  catch
+    kind, reason -> {:raise, kind, reason, __STACKTRACE__}
+  end
 
   defp count(state, key), do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
 

@@ -8,14 +8,23 @@ defmodule Visor.PartitionTest do
   defp commit(node, command, opts \\ []), do: :erpc.call(node, Counter, :commit, [command, opts])
   defp get(node, opts), do: :erpc.call(node, Counter, :get, [opts])
 
+  test "3 nodes: the primary is cut off; the other two go on, it times out, and after " <>
+         "healing every replica converges" do
+    run(3, 1)
+  end
+
   test "5 nodes: the primary and one backup are cut off; the majority goes on, the minority " <>
          "times out, and after healing every replica converges" do
-    nodes = Cluster.start_peers(5) |> Enum.map(&elem(&1, 1))
+    run(5, 2)
+  end
+
+  defp run(size, minority_size) do
+    nodes = Cluster.start_peers(size) |> Enum.map(&elem(&1, 1))
     :ok = Cluster.start_group(nodes, Counter, nodes: nodes)
     for n <- nodes, do: assert(is_integer(commit(n, {:incr, {:before, n}})))
 
     %{primary: old_primary, view: old_view} = Cluster.status(hd(nodes), Counter)
-    minority = [old_primary, hd(nodes -- [old_primary])]
+    minority = [old_primary | Enum.take(nodes -- [old_primary], minority_size - 1)]
     majority = nodes -- minority
     :ok = Cluster.partition(minority, majority)
 

@@ -123,6 +123,8 @@ defmodule Visor.ReplicationTest do
     [a, b, c] = nodes
     formation = Visor.Supervisor.name(Counter, :formation)
     before = for n <- nodes, into: %{}, do: {n, Cluster.status(n, Counter).stats}
+    pids = fn -> for n <- nodes, name <- [Counter, formation], do: pid(n, name) end
+    pids_before = pids.()
 
     junk = [
       :junk,
@@ -132,8 +134,9 @@ defmodule Visor.ReplicationTest do
       # A plausible header (magic, version) with garbage after it.
       {:visor_peer, <<0::128, 0x5356::little-16, 1::little-16, 0::128, 0, "garbage">>},
       {:visor_engine, make_ref(), [{:execute, 1, 0, 0, []}]},
+      {:visor_engine, nil, :not_a_list},
       {:visor_deadline, make_ref()},
-      {:visor_formation, {:member, %{cluster: "x", members: [:nope]}}}
+      {:visor_formation, make_ref(), {:member, %{cluster: "x", members: [:nope]}}}
     ]
 
     formation_junk = [
@@ -151,8 +154,13 @@ defmodule Visor.ReplicationTest do
       for m <- formation_junk, do: :erpc.call(a, :erlang, :send, [{formation, n}, m])
     end
 
-    assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, :nonsense])
+    for bad <- [:nonsense, {{:commit, "x"}, :no_deadline}, {{:read, :no_path}, 0}] do
+      assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, bad])
+    end
+
+    assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{formation, c}, :nonsense])
     GenServer.cast({Counter, c}, :nonsense)
+    GenServer.cast({formation, c}, :nonsense)
 
     # Still one cluster, still working, from every node.
     for n <- nodes, do: assert(is_integer(on(n, :commit, [Counter, {:incr, {:junk, n}}])))
@@ -173,7 +181,26 @@ defmodule Visor.ReplicationTest do
     statuses = for n <- nodes, do: Cluster.status(n, Counter)
     assert statuses |> Enum.map(& &1.cluster) |> Enum.uniq() |> length() == 1
     assert Enum.all?(statuses, &(&1.status == :normal))
+    # Nothing crashed or restarted (a restarted replica would be refused).
+    assert pids.() == pids_before
   end
+
+  test "a get_in path that does not fit the state raises in the caller; the server lives on",
+       %{nodes: [a | _]} do
+    server = pid(a, Counter)
+
+    for consistency <- [:linearizable, :local] do
+      # The count is an integer: there is nothing below it.
+      assert_raise ErlangError, fn ->
+        :erpc.call(a, Counter, :get_in, [[:count, :deeper], [consistency: consistency]])
+      end
+    end
+
+    assert pid(a, Counter) == server
+    assert is_integer(:erpc.call(a, Counter, :get_in, [[:count]]))
+  end
+
+  defp pid(node, name), do: :erpc.call(node, Process, :whereis, [name])
 
   test "status names the primary and every replica's node and health", %{nodes: nodes} do
     statuses = for n <- nodes, do: Cluster.status(n, Counter)
