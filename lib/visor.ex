@@ -60,9 +60,10 @@ defmodule Visor do
 
   ## Errors
 
-  Every function returns `{:error, reason}` rather than raising or exiting;
-  `t:error/0` lists the reasons and docs/operations.md says what each means
-  for the command. Note that `commit/3` returns the callback's reply as is:
+  For every condition in `t:error/0`, the functions return `{:error,
+  reason}` rather than raising or exiting; docs/operations.md says what each
+  means for the command. Misuse raises in the caller: a bad option, or a
+  `get_in/3` path that does not fit the state (as `Kernel.get_in/2` would). Note that `commit/3` returns the callback's reply as is:
   if your replies can themselves look like `{:error, _}`, wrap them.
   """
 
