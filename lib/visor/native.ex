@@ -55,7 +55,7 @@ defmodule Visor.Native do
     :resend_ticks,
     :request_retry_ticks
   ]
-  @known_keys [:cluster, :replica_count, :replica_index, :tick_ms | @config_keys]
+  @known_keys [:cluster, :replica_count, :replica_index, :tick_ms, :recover | @config_keys]
 
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()
@@ -98,6 +98,11 @@ defmodule Visor.Native do
     * `:replica_count` (required): 1 to #{@max_replicas};
     * `:replica_index` (required): this replica, `0..replica_count - 1`;
     * `:tick_ms`: milliseconds per protocol tick (default 10);
+    * `:recover`: `true` when this replica rejoins an existing cluster after
+      losing its state (a restarted node in memory mode): it recovers its
+      incarnation and the log from a quorum before it votes or acknowledges
+      anything (status `:recovering` until then). Default `false`: a
+      member of a cluster being formed;
     * overrides of the protocol limits and timeouts (non-negative integers,
       timeouts in ticks): #{Enum.map_join(@config_keys, ", ", &"`#{inspect(&1)}`")}.
 
@@ -175,7 +180,7 @@ defmodule Visor.Native do
   The group's state as the engine last published it (after its latest
   iteration); never waits for the engine.
 
-  `%{status: :normal | :view_change | :stopped | :failed, view:, log_view:,
+  `%{status: :normal | :view_change | :recovering | :stopped | :failed, view:, log_view:,
   op:, commit:, commit_max:, primary:, is_primary:, replica_index:,
   replica_count:, stats: %{...}}`; `commit` is the highest op executed
   here, `commit_max` the highest known committed.
@@ -256,6 +261,10 @@ defmodule Visor.Native do
 
       {:ok, ms} ->
         raise ArgumentError, "tick_ms must be an integer in 1..60000, got: #{inspect(ms)}"
+    end
+
+    unless Map.get(opts, :recover, false) in [true, false] do
+      raise ArgumentError, "recover must be a boolean, got: #{inspect(opts.recover)}"
     end
 
     for key <- @config_keys, Map.has_key?(opts, key) do

@@ -21,6 +21,8 @@ rustler::atoms! {
     // Group status.
     normal,
     view_change,
+    recovering,
+    recover,
     stopped,
     failed,
 

@@ -23,6 +23,8 @@ pub struct StartOptions {
     pub config: Config,
     pub replica_index: u8,
     pub tick: Duration,
+    /// Join an existing cluster after losing all state: recover first.
+    pub recover: bool,
 }
 
 type Setter = fn(&mut Config, u64) -> Result<(), String>;
@@ -130,10 +132,17 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         }
     }
     config.validate()?;
+    let recover = match opts.map_get(atoms::recover()) {
+        Err(_) => false,
+        Ok(value) => value
+            .decode::<bool>()
+            .map_err(|_| "recover must be a boolean".to_string())?,
+    };
     Ok(StartOptions {
         config,
         replica_index: index as u8,
         tick: Duration::from_millis(tick_ms),
+        recover,
     })
 }
 
@@ -218,13 +227,14 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
 fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
     // By name, not by destructuring: a counter added to vsr's Stats shows up
     // here only when someone adds it, but never breaks the build meanwhile.
-    let pairs: [(&str, u64); 9] = [
+    let pairs: [(&str, u64); 10] = [
         ("dropped_truncated", s.dropped_truncated),
         ("dropped_corrupt", s.dropped_corrupt),
         ("dropped_unknown_format", s.dropped_unknown_format),
         ("dropped_foreign_cluster", s.dropped_foreign_cluster),
         ("dropped_unknown_sender", s.dropped_unknown_sender),
         ("dropped_malformed", s.dropped_malformed),
+        ("dropped_stale", s.dropped_stale),
         ("dropped_requests", s.dropped_requests),
         ("sent", s.sent),
         ("views_started", s.views_started),
@@ -250,6 +260,7 @@ pub fn status<'a>(
         _ if stopped => atoms::stopped(),
         GroupStatus::Normal => atoms::normal(),
         GroupStatus::ViewChange => atoms::view_change(),
+        GroupStatus::Recovering => atoms::recovering(),
     };
     map(
         env,

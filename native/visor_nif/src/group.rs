@@ -20,6 +20,7 @@ use crate::resource::EngineResource;
 pub enum GroupStatus {
     Normal,
     ViewChange,
+    Recovering,
     Failed,
 }
 
@@ -44,6 +45,7 @@ impl Snapshot {
             status: match replica.status() {
                 Status::Normal => GroupStatus::Normal,
                 Status::ViewChange => GroupStatus::ViewChange,
+                Status::Recovering => GroupStatus::Recovering,
             },
             view: replica.view(),
             log_view: replica.log_view(),

@@ -66,8 +66,21 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         .map_or(0, |d| d.as_nanos() as u64)
         ^ id;
     let count = config.replica_count;
-    // Cannot panic: decode_options validated the config and the index.
-    let replica = Replica::new(config, options.replica_index);
+    // Cannot fail: decode_options validated the config and the index.
+    let replica = if options.recover {
+        // A restart that lost its state: it must recover before taking part.
+        // The nonce only has to differ between restarts.
+        let nonce = vsr::checksum(
+            &[
+                &config.jitter_seed.to_le_bytes()[..],
+                &std::process::id().to_le_bytes(),
+            ]
+            .concat(),
+        );
+        Replica::recovering(config, options.replica_index, nonce)?
+    } else {
+        Replica::new(config, options.replica_index)
+    };
     let shared = Arc::new(Shared::new(Snapshot::of(&replica)));
     let engine = ResourceArc::new(EngineResource::new(
         id,

@@ -43,6 +43,10 @@ pub enum Mutation {
     InstallPartialLog,
     /// The primary serves reads without a quorum confirming it still leads.
     ReadWithoutQuorum,
+    /// A replica restarted without its state rejoins its view at once, with
+    /// an empty log, instead of first fetching the view's log (VR Revisited
+    /// §4.3's failure mode: it may vote away commits it had acknowledged).
+    RecoverWithoutLog,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

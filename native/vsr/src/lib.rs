@@ -11,6 +11,7 @@ pub mod config;
 pub mod log;
 pub mod message;
 mod read;
+mod recovery;
 pub mod replica;
 mod view_change;
 
@@ -19,5 +20,5 @@ pub use client_table::Outcome;
 #[cfg(feature = "mutations")]
 pub use config::Mutation;
 pub use config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
-pub use message::{DecodeError, Message, Prepare, Request};
+pub use message::{DecodeError, Decoded, Message, Prepare, Request};
 pub use replica::{DurableState, Input, Output, Replica, Stats, Status, Submission};

@@ -11,7 +11,10 @@
 //! | 18     | 2    | wire version, currently 1                         |
 //! | 20     | 16   | cluster id                                        |
 //! | 36     | 1    | sender's replica index                            |
-//! | 37     | ..   | body: postcard encoding of [`Message`]            |
+//! | 37     | ..   | body: postcard encoding of (incarnations, [`Message`]) |
+//!
+//! `incarnations` is the sender's crash vector: the incarnation it knows for
+//! every replica, its own included (see `recovery.rs`).
 //!
 //! Decoding checks all of it, then recomputes the checksum of every log entry
 //! the body carries. Anything that fails is an [`DecodeError`], never a panic.
@@ -170,6 +173,16 @@ pub enum Message {
     },
     /// A replica that missed (or could not attach) a StartView asks again, from `from`.
     RequestStartView { view: View, from: Op },
+    /// A replica restarted without its state asks what incarnation the
+    /// others know for it; `nonce` identifies this attempt.
+    Recovery { nonce: u128 },
+    /// The answer: the incarnation the responder knows for the recovering replica.
+    RecoveryResponse { nonce: u128, incarnation: u64 },
+    /// The recovering replica has chosen a new incarnation (carried in its
+    /// crash vector, above every answer); receivers refuse anything older.
+    RecoveryFence { nonce: u128 },
+    /// The receiver has fenced the old incarnation; it is in `view`.
+    RecoveryFenced { nonce: u128, view: View },
 }
 
 impl Message {
@@ -188,6 +201,10 @@ impl Message {
             Message::RequestDoViewChange { .. } => "request_do_view_change",
             Message::StartView { .. } => "start_view",
             Message::RequestStartView { .. } => "request_start_view",
+            Message::Recovery { .. } => "recovery",
+            Message::RecoveryResponse { .. } => "recovery_response",
+            Message::RecoveryFence { .. } => "recovery_fence",
+            Message::RecoveryFenced { .. } => "recovery_fenced",
         }
     }
 
@@ -217,14 +234,22 @@ pub enum DecodeError {
     Malformed,
 }
 
-/// Encodes `message` from replica `from` of `cluster`.
-pub fn encode(cluster: u128, from: ReplicaIndex, message: &Message) -> Vec<u8> {
+/// A message as received: its sender, the sender's crash vector, and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub from: ReplicaIndex,
+    pub incarnations: Vec<u64>,
+    pub message: Message,
+}
+
+/// Encodes `message` from replica `from` of `cluster`, with the sender's crash vector.
+pub fn encode(cluster: u128, from: ReplicaIndex, incarnations: &[u64], message: &Message) -> Vec<u8> {
     let mut bytes = vec![0u8; HEADER_LEN];
     bytes[16..18].copy_from_slice(&MAGIC.to_le_bytes());
     bytes[18..20].copy_from_slice(&WIRE_VERSION.to_le_bytes());
     bytes[20..36].copy_from_slice(&cluster.to_le_bytes());
     bytes[36] = from;
-    let bytes = postcard::to_extend(message, bytes).expect("encoding to a Vec cannot fail");
+    let bytes = postcard::to_extend(&(incarnations, message), bytes).expect("encoding to a Vec cannot fail");
     let mut bytes = bytes;
     let sum = checksum(&bytes[16..]);
     bytes[0..16].copy_from_slice(&sum.to_le_bytes());
@@ -233,11 +258,7 @@ pub fn encode(cluster: u128, from: ReplicaIndex, message: &Message) -> Vec<u8> {
 
 /// Decodes and verifies bytes received by a replica of `cluster` with
 /// `replica_count` replicas. Returns the sender and the message.
-pub fn decode(
-    cluster: u128,
-    replica_count: u8,
-    bytes: &[u8],
-) -> Result<(ReplicaIndex, Message), DecodeError> {
+pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Truncated);
     }
@@ -257,11 +278,19 @@ pub fn decode(
     if from >= replica_count {
         return Err(DecodeError::UnknownSender);
     }
-    let message: Message = postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
+    let (incarnations, message): (Vec<u64>, Message) =
+        postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
+    if incarnations.len() != replica_count as usize {
+        return Err(DecodeError::Malformed);
+    }
     if !entries_are_consistent(&message) {
         return Err(DecodeError::Malformed);
     }
-    Ok((from, message))
+    Ok(Decoded {
+        from,
+        incarnations,
+        message,
+    })
 }
 
 /// Entries must carry their true checksums, and a run of entries must be a
@@ -327,13 +356,18 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode(42, 1, &sample());
-        assert_eq!(decode(42, 3, &bytes), Ok((1, sample())));
+        let bytes = encode(42, 1, &[0, 0, 0], &sample());
+        let decoded = Decoded {
+            from: 1,
+            incarnations: vec![0, 0, 0],
+            message: sample(),
+        };
+        assert_eq!(decode(42, 3, &bytes), Ok(decoded));
     }
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
-        let bytes = encode(42, 1, &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], &sample());
         for i in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[i / 8] ^= 1 << (i % 8);
@@ -343,7 +377,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        let bytes = encode(42, 1, &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], &sample());
         for len in 0..bytes.len() {
             assert!(
                 decode(42, 3, &bytes[..len]).is_err(),
@@ -354,7 +388,7 @@ mod tests {
 
     #[test]
     fn foreign_cluster_and_sender_are_rejected() {
-        let bytes = encode(42, 1, &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], &sample());
         assert_eq!(decode(43, 3, &bytes), Err(DecodeError::ForeignCluster));
         assert_eq!(decode(42, 1, &bytes), Err(DecodeError::UnknownSender));
     }
@@ -369,7 +403,7 @@ mod tests {
             entry: Arc::new(entry),
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &message)),
+            decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -387,7 +421,7 @@ mod tests {
             entries: vec![a, b],
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &message)),
+            decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -399,6 +433,7 @@ mod tests {
             let mut bytes = encode(
                 42,
                 1,
+                &[0, 0, 0],
                 &Message::Commit {
                     view: 0,
                     commit: 0,

@@ -1,13 +1,17 @@
 //! Linearizable reads without touching the log (a read index).
 //!
-//! A read submitted through any replica goes to the primary, which notes its
-//! log head as the read's index and sends a heartbeat with a new `round`.
-//! Once a quorum (itself included) has answered that round, no newer view
-//! can have started before the read arrived: a view starts only with a
-//! quorum of replicas that have left this one, and they would not have
-//! answered. So every op committed before the read began is in the
-//! primary's log, at or below the index. The origin serves the read from
-//! its own state as soon as it has executed up to the index.
+//! A read submitted through any replica goes to the primary, which sends a
+//! heartbeat with a new `round`. Once a quorum (itself included) has
+//! answered that round, no newer view can have started before the read
+//! arrived: a view starts only with a quorum of replicas that have left this
+//! one, and they would not have answered. So every op committed before the
+//! read began is in the primary's log. Once the primary has also committed
+//! the whole log it started its view with (before that, an op committed in
+//! the previous view may lie above its commit number), every such op is at
+//! or below its commit number, which becomes the read's index. The index is
+//! committed, so no later view change can lose it (an uncommitted log head
+//! could be, leaving the read waiting forever: seed 28348 of an earlier
+//! build). The origin serves the read as soon as it has executed up to it.
 
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
@@ -20,8 +24,6 @@ use crate::replica::{Output, Replica, Status};
 pub(crate) struct ConfirmingRead {
     origin: ReplicaIndex,
     id: u64,
-    /// The primary's log head when the read arrived.
-    op: Op,
     /// The heartbeat round a quorum must answer.
     round: u64,
 }
@@ -49,6 +51,11 @@ pub(crate) struct Reads {
 }
 
 impl Reads {
+    /// Forgets the rounds an older incarnation of `replica` answered.
+    pub(crate) fn forget(&mut self, replica: usize) {
+        self.answered[replica] = 0;
+    }
+
     /// A view change voids every confirmation in progress (origins retry).
     pub(crate) fn new_view(&mut self) {
         self.answered = [0; MAX_REPLICAS];
@@ -104,12 +111,7 @@ impl Replica {
             return;
         }
         let round = self.reads.round + 1;
-        self.reads.confirming.push(ConfirmingRead {
-            origin,
-            id,
-            op: self.log.op(),
-            round,
-        });
+        self.reads.confirming.push(ConfirmingRead { origin, id, round });
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::ReadWithoutQuorum) {
             self.reads.answered = [u64::MAX; MAX_REPLICAS];
@@ -140,7 +142,12 @@ impl Replica {
         self.confirm_reads();
     }
 
-    fn confirm_reads(&mut self) {
+    /// Answers every read whose round a quorum has answered, once the
+    /// commit number covers the log this view started with.
+    pub(crate) fn confirm_reads(&mut self) {
+        if self.commit_max < self.view_start_op {
+            return;
+        }
         let quorum = self.quorum();
         let n = self.config.n();
         let answered = self.reads.answered;
@@ -149,16 +156,19 @@ impl Replica {
                 .into_iter()
                 .partition(|read| answered[..n].iter().filter(|&&a| a >= read.round).count() >= quorum);
         self.reads.confirming = waiting;
+        let op = self.commit_max;
         for read in ready {
             if read.origin == self.index {
-                self.on_read_ok(self.view, read.id, read.op);
+                self.on_read_ok(self.view, read.id, op);
             } else {
-                let message = Message::ReadOk {
-                    view: self.view,
-                    id: read.id,
-                    op: read.op,
-                };
-                self.send(read.origin, &message);
+                self.send(
+                    read.origin,
+                    &Message::ReadOk {
+                        view: self.view,
+                        id: read.id,
+                        op,
+                    },
+                );
             }
         }
     }

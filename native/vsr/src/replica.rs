@@ -31,6 +31,9 @@ pub enum Status {
     Normal,
     /// Moving to `view`: not accepting prepares until the view starts.
     ViewChange,
+    /// Restarted without its state: takes part in nothing until it has
+    /// recovered (see `recovery.rs`).
+    Recovering,
 }
 
 /// What the replica must keep across a restart besides its log.
@@ -107,6 +110,8 @@ pub struct Stats {
     pub dropped_foreign_cluster: u64,
     pub dropped_unknown_sender: u64,
     pub dropped_malformed: u64,
+    /// Messages from an incarnation of their sender that has since restarted.
+    pub dropped_stale: u64,
     /// Requests the primary refused because its queue was full.
     pub dropped_requests: u64,
     /// Messages sent.
@@ -156,6 +161,8 @@ pub struct Replica {
     pub(crate) primary_op: Op,
     pub(crate) last_repair_tick: Option<u64>,
     pub(crate) last_start_view_request: Option<u64>,
+    /// The newest view this replica has heard is running (or been told of).
+    pub(crate) view_seen: View,
     pub(crate) last_do_view_change_request: Option<u64>,
 
     // View change.
@@ -172,6 +179,11 @@ pub struct Replica {
     // Origin: requests submitted here, until settled.
     pub(crate) pending: BTreeMap<ClientId, Pending>,
     pub(crate) reads: crate::read::Reads,
+    /// The op this replica's view started with, as its primary.
+    pub(crate) view_start_op: Op,
+    /// Crash vector: the incarnation this replica knows for every replica.
+    pub(crate) incarnations: [u64; MAX_REPLICAS],
+    pub(crate) recovery: Option<crate::recovery::Recovery>,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
@@ -242,6 +254,7 @@ impl Replica {
             primary_op: 0,
             last_repair_tick: None,
             last_start_view_request: None,
+            view_seen: 0,
             last_do_view_change_request: None,
             status_since: 0,
             campaign: 0,
@@ -252,6 +265,9 @@ impl Replica {
             staging: None,
             pending: BTreeMap::new(),
             reads: Default::default(),
+            view_start_op: 0,
+            incarnations: [0; MAX_REPLICAS],
+            recovery: None,
             stats: Stats::default(),
             out: Vec::new(),
             config,
@@ -359,13 +375,13 @@ impl Replica {
 
     pub(crate) fn send(&mut self, to: ReplicaIndex, message: &Message) {
         debug_assert_ne!(to, self.index);
-        let bytes = encode(self.config.cluster, self.index, message);
+        let bytes = self.encode(message);
         self.stats.sent += 1;
         self.out.push(Output::Send { to, bytes });
     }
 
     pub(crate) fn broadcast(&mut self, message: &Message) {
-        let bytes = encode(self.config.cluster, self.index, message);
+        let bytes = self.encode(message);
         for to in 0..self.config.replica_count {
             if to != self.index {
                 self.stats.sent += 1;
@@ -377,6 +393,15 @@ impl Replica {
         }
     }
 
+    fn encode(&self, message: &Message) -> Vec<u8> {
+        encode(
+            self.config.cluster,
+            self.index,
+            &self.incarnations[..self.config.n()],
+            message,
+        )
+    }
+
     pub(crate) fn write_state(&mut self) {
         let state = self.durable_state();
         self.out.push(Output::WriteState(state));
@@ -386,7 +411,7 @@ impl Replica {
 
     fn on_bytes(&mut self, bytes: &[u8]) {
         match decode(self.config.cluster, self.config.replica_count, bytes) {
-            Ok((from, message)) if from != self.index => self.on_message(from, message),
+            Ok(decoded) if decoded.from != self.index => self.on_envelope(decoded),
             Ok(_) => self.stats.dropped_unknown_sender += 1,
             Err(error) => {
                 let counter = match error {
@@ -402,7 +427,7 @@ impl Replica {
         }
     }
 
-    fn on_message(&mut self, from: ReplicaIndex, message: Message) {
+    pub(crate) fn on_message(&mut self, from: ReplicaIndex, message: Message) {
         match message {
             Message::Request { request } => self.on_request(request),
             Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
@@ -452,6 +477,12 @@ impl Replica {
                 entries,
             } => self.on_start_view(from, view, op, commit, base, from_checksum, entries),
             Message::RequestStartView { view, from: base } => self.on_request_start_view(from, view, base),
+            // Recovery is handled before the crash-vector check, in `on_envelope`;
+            // a late answer after recovery completed needs nothing.
+            Message::Recovery { .. }
+            | Message::RecoveryResponse { .. }
+            | Message::RecoveryFence { .. }
+            | Message::RecoveryFenced { .. } => {}
         }
     }
 
@@ -462,6 +493,7 @@ impl Replica {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
             Status::Normal => self.tick_backup(),
             Status::ViewChange => self.tick_view_change(),
+            Status::Recovering => self.tick_recovering(),
         }
         self.tick_campaign();
         self.retry_pending();
@@ -639,6 +671,7 @@ impl Replica {
         if quorum_op > self.commit_max {
             self.commit_max = quorum_op;
             self.execute_committed();
+            self.confirm_reads();
         }
     }
 

@@ -107,13 +107,19 @@ impl Replica {
     }
 
     pub(crate) fn tick_campaign(&mut self) {
-        if self.campaign > self.view && self.ticks >= self.last_campaign_tick + self.config.resend_ticks {
+        if self.status != Status::Recovering
+            && self.campaign > self.view
+            && self.ticks >= self.last_campaign_tick + self.config.resend_ticks
+        {
             self.broadcast_campaign();
         }
     }
 
     pub(crate) fn on_start_view_change(&mut self, from: ReplicaIndex, target: View, current: View) {
-        if target <= self.view || (self.healthy() && current <= self.view) {
+        if self.status == Status::Recovering
+            || target <= self.view
+            || (self.healthy() && current <= self.view)
+        {
             return;
         }
         self.votes[from as usize] = target;
@@ -217,7 +223,7 @@ impl Replica {
     }
 
     pub(crate) fn on_do_view_change(&mut self, from: ReplicaIndex, view: View, dvc: Dvc) {
-        if view < self.view || self.config.primary(view) != self.index {
+        if self.status == Status::Recovering || view < self.view || self.config.primary(view) != self.index {
             return;
         }
         if view > self.view {
@@ -284,6 +290,7 @@ impl Replica {
         let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
         self.commit_max = self.commit_max.max(commit).min(self.log.op());
         self.log_view = self.view;
+        self.view_start_op = self.log.op();
         self.reads.new_view();
         self.status = Status::Normal;
         self.status_since = self.ticks;
@@ -301,6 +308,7 @@ impl Replica {
                 self.send_start_view(backup, base);
             }
         }
+        self.last_broadcast_tick = self.ticks;
         self.execute_committed();
         self.prepare_queued();
     }
@@ -324,7 +332,6 @@ impl Replica {
             from_checksum: self.log.checksum_at(base).expect("base within the log"),
             entries: self.log.suffix(base, self.config.message_entries_max),
         };
-        self.last_broadcast_tick = self.ticks;
         self.send(to, &message);
     }
 
@@ -337,10 +344,14 @@ impl Replica {
     /// Asks the primary of `view` for its log (rate limited), from where the
     /// staged chunks end or else from this replica's commit.
     pub(crate) fn request_start_view(&mut self, view: View) {
+        // Always ask for the newest view heard of: asking for an older one
+        // would spend the rate limit on a view nobody runs any more.
+        self.view_seen = self.view_seen.max(view);
+        let view = self.view_seen;
         if self.staging.as_ref().is_some_and(|s| s.view < view) {
             self.staging = None; // a newer view has started: the old one's log is moot
         }
-        if !self.due(self.last_start_view_request) {
+        if !self.due(self.last_start_view_request) || self.config.primary(view) == self.index {
             return;
         }
         self.last_start_view_request = Some(self.ticks);
@@ -374,31 +385,39 @@ impl Replica {
             self.catch_up_in_view(op, commit, entries);
             return;
         }
-        let attaches_to_log = self.log.checksum_at(base) == Some(base_checksum);
-        let staging = match self.staging.take() {
-            _ if attaches_to_log => Staging {
+        let current = self.staging.take();
+        let extends_current = current.as_ref().is_some_and(|s| {
+            s.view == view
+                && s.end() == base
+                && self.log.checksum_at(s.base).map(|c| s.end_checksum(c)) == Some(base_checksum)
+        });
+        let candidate = if extends_current {
+            let mut staging = current.clone().expect("checked above");
+            staging.entries.extend(entries);
+            Some(staging)
+        } else if self.log.checksum_at(base) == Some(base_checksum) {
+            Some(Staging {
                 view,
                 target: op,
                 base,
                 entries,
-            },
-            Some(mut s) if s.view == view && s.end() == base => {
-                let staged_checksum = self.log.checksum_at(s.base).map(|c| s.end_checksum(c));
-                if staged_checksum != Some(base_checksum) {
-                    self.request_start_view(view);
-                    return;
-                }
-                s.entries.extend(entries);
-                s
-            }
-            stale => {
-                // A duplicate, or our log diverges above `base`: ask again
-                // (rate limited, so that duplicated replies cannot multiply)
-                // from what is certainly shared.
-                self.staging = stale;
-                self.request_start_view(view);
-                return;
-            }
+            })
+        } else {
+            None
+        };
+        // Only a chunk that gets further than what is staged is progress.
+        // Anything else (a duplicate, a stale or unattachable reply) waits
+        // for the rate-limited retry, so that duplicated replies cannot
+        // multiply into a storm of requests.
+        let progress = candidate.filter(|c| {
+            current
+                .as_ref()
+                .is_none_or(|s| c.view > s.view || (c.view == s.view && c.end() > s.end()))
+        });
+        let Some(staging) = progress else {
+            self.staging = current;
+            self.request_start_view(view);
+            return;
         };
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::InstallPartialLog) {
@@ -428,6 +447,7 @@ impl Replica {
         });
         self.view = staging.view;
         self.log_view = staging.view;
+        self.recovery = None;
         self.reads.new_view();
         self.status = Status::Normal;
         self.status_since = self.ticks;

@@ -65,6 +65,13 @@ impl Checker {
         self.commits[replica as usize] = 0;
     }
 
+    /// A replica restarted with nothing: even its view starts over (it
+    /// persisted nothing, so there is nothing to regress from).
+    pub fn forgot(&mut self, replica: ReplicaIndex) {
+        self.restarted(replica);
+        self.views[replica as usize] = 0;
+    }
+
     pub fn on_execute(
         &mut self,
         replica: ReplicaIndex,

@@ -24,8 +24,12 @@ pub struct Options {
     pub network: NetworkOptions,
     /// Per tick: probability that the partition changes.
     pub partition_probability: f64,
-    /// Per tick and replica: probability of a crash (state intact on restart).
+    /// Per tick and replica: probability of a crash.
     pub crash_probability: f64,
+    /// Memory mode: a crashed replica restarts with nothing and must recover
+    /// from the others; at most `n - quorum` replicas are down or recovering
+    /// at once. Otherwise (disk semantics) it restarts with its state intact.
+    pub amnesia: bool,
     /// How long a crashed replica stays down, in ticks.
     pub downtime_max: u64,
     /// Per tick and replica: probability that its timer skips a tick (clock jitter).
@@ -53,6 +57,7 @@ impl Options {
             network: NetworkOptions::perfect(),
             partition_probability: 0.0,
             crash_probability: 0.0,
+            amnesia: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
             fault_ticks: 0,
@@ -110,6 +115,7 @@ impl Options {
             0.0
         };
         options.downtime_max = rng.range(10, 600);
+        options.amnesia = rng.chance(0.5);
         options.tick_skip_probability = rng.float(0.0, 0.1);
         options.fault_ticks = rng.range(1_000, 4_000);
         options.liveness_ticks = 20_000;

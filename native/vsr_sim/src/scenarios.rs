@@ -222,3 +222,27 @@ pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure
     })?;
     settle(&mut sim)
 }
+
+/// Memory mode: replicas lose everything, one at a time (the primary too),
+/// and each recovers its incarnation and the log from the others before it
+/// takes part again; every committed op survives.
+pub fn amnesiac_replicas_recover(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let n = sim.n() as ReplicaIndex;
+    register_all(&mut sim, 0)?;
+    for victim in (0..n).rev() {
+        let home = (victim + 1) % n;
+        for _ in 0..5 {
+            commit(&mut sim, 0, home)?;
+        }
+        sim.crash(victim);
+        commit(&mut sim, 0, home)?;
+        sim.restart_amnesiac(victim);
+        let committed = sim.checker.committed();
+        sim.run_until(PHASE_TICKS, "the amnesiac replica recovers", |s| {
+            let r = s.replica(victim);
+            !r.is_recovering() && r.commit() >= committed
+        })?;
+    }
+    settle(&mut sim)
+}

@@ -221,8 +221,13 @@ impl Simulator {
             match self.restart_at[r] {
                 Some(at) if at <= self.tick => {
                     self.restart_at[r] = None;
-                    self.restart(r as ReplicaIndex);
+                    if self.options.amnesia {
+                        self.restart_amnesiac(r as ReplicaIndex);
+                    } else {
+                        self.restart(r as ReplicaIndex);
+                    }
                 }
+                None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
                 None if self.rng.chance(self.options.crash_probability) => {
                     self.crash(r as ReplicaIndex);
                     self.restart_at[r] =
@@ -286,7 +291,11 @@ impl Simulator {
         for r in 0..self.n() {
             self.restart_at[r] = None;
             if self.replicas[r].is_none() {
-                self.restart(r as ReplicaIndex);
+                if self.options.amnesia {
+                    self.restart_amnesiac(r as ReplicaIndex);
+                } else {
+                    self.restart(r as ReplicaIndex);
+                }
             }
         }
     }
@@ -297,6 +306,27 @@ impl Simulator {
             self.crashes += 1;
         }
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
+    }
+
+    /// Replicas down or still recovering their state.
+    pub fn unavailable(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.as_ref().is_none_or(|r| r.is_recovering()))
+            .count()
+    }
+
+    /// The replica comes back with nothing (memory mode) and recovers from the others.
+    pub fn restart_amnesiac(&mut self, r: ReplicaIndex) {
+        if self.replicas[r as usize].is_some() {
+            return;
+        }
+        self.disks[r as usize] = Disk::default();
+        let nonce = self.rng.next_u128();
+        let replica =
+            Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
+        self.replicas[r as usize] = Some(replica);
+        self.checker.forgot(r);
     }
 
     /// The replica comes back from its disk and re-executes its committed prefix.

@@ -36,6 +36,18 @@ fn ignoring_the_best_log_in_a_view_change_is_caught() {
 }
 
 #[test]
+fn rejoining_without_recovering_the_log_is_caught() {
+    let seed = (0..SEEDS).find(|&seed| {
+        let mut options = Options::from_seed(seed);
+        options.amnesia = true;
+        options.crash_probability = options.crash_probability.max(0.002);
+        options.config.mutation = Mutation::RecoverWithoutLog;
+        Simulator::new(options).run().is_err()
+    });
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}
+
+#[test]
 fn serving_reads_without_a_quorum_is_caught_by_the_deposed_primary_scenario() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::ReadWithoutQuorum;

@@ -33,7 +33,13 @@ fn far_behind_replica_catches_up() {
 }
 
 #[test]
+fn amnesiac_replicas_recover() {
+    scenarios::amnesiac_replicas_recover(options(3, 1)).unwrap();
+}
+
+#[test]
 fn every_scenario_holds_for_five_replicas() {
+    scenarios::amnesiac_replicas_recover(options(5, 1)).unwrap();
     scenarios::state_transfer_never_loses_commits(options(5, 1)).unwrap();
     scenarios::primary_that_cannot_hear_abdicates(options(5, 1)).unwrap();
     scenarios::far_behind_replica_catches_up(options(5, 2)).unwrap();

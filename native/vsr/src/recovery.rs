@@ -1,0 +1,217 @@
+//! Recovery of a replica that restarted without its state (memory mode),
+//! with crash vectors.
+//!
+//! VR Revisited's recovery (§4.3) is unsafe as written (Michael, Ports,
+//! Sharma and Szekeres, "Recovering Shared Objects Without Stable Storage",
+//! DISC 2017): messages the replica sent *before* it crashed can still be
+//! in flight, and a view change that counts its old DoViewChange while its
+//! new self helps commit in an older view loses those commits. Following
+//! that paper, every message carries the sender's *crash vector*: the
+//! incarnation it knows for every replica. Receivers keep the highest they
+//! hear of, drop messages whose sender is an older incarnation than they
+//! know, and forget what an older incarnation told them (its votes,
+//! acknowledgements and DoViewChange).
+//!
+//! A restarted replica recovers in two quorum round trips:
+//!
+//! 1. `Recovery(nonce)`: each other replica answers with the incarnation it
+//!    knows for the recovering one. The last incarnation was installed at a
+//!    quorum (step 2), and any two quorums intersect, so the highest answer
+//!    is at least that one; the replica takes the next number.
+//! 2. `RecoveryFence(nonce)`, carrying the new incarnation in its crash
+//!    vector: each receiver adopts it (fencing every older incarnation) and
+//!    answers `RecoveryFenced` with its view. With a quorum fenced, the
+//!    replica fetches the log of the newest view among the answers from that
+//!    view's primary (the chunked StartView transfer of lagging replicas),
+//!    and only when it holds it does it vote or acknowledge anything.
+//!
+//! Any later view change needs a quorum, which includes a fenced replica:
+//! either its DoViewChange carries the new incarnation (and the new primary
+//! forgets the old incarnation's DoViewChange), or it had moved to that view
+//! before it was fenced, in which case it reported that view and the
+//! recovering replica joins it rather than an older one.
+//!
+//! A quorum must stay up (and remember) for a replica to recover: memory
+//! mode survives any minority losing its memory, not a majority.
+
+use crate::config::{ReplicaIndex, View, MAX_REPLICAS};
+use crate::message::{Decoded, Message};
+use crate::replica::{Replica, Status};
+
+/// A recovery in progress.
+#[derive(Clone, Debug)]
+pub(crate) struct Recovery {
+    nonce: u128,
+    /// Step 1: the incarnation each replica knows for us.
+    known: [Option<u64>; MAX_REPLICAS],
+    /// Step 2 (once our new incarnation is chosen): each fenced replica's view.
+    fenced: [Option<View>; MAX_REPLICAS],
+    fencing: bool,
+    /// A quorum has fenced: now fetching the log.
+    pub(crate) answered: bool,
+}
+
+impl Replica {
+    /// A replica that restarted without its state: it takes part in nothing
+    /// until it has recovered its incarnation and the current log from the
+    /// others. `nonce` must be unique to this restart (random).
+    pub fn recovering(
+        config: crate::config::Config,
+        index: ReplicaIndex,
+        nonce: u128,
+    ) -> Result<Replica, String> {
+        let (mut replica, _) = Replica::restart(config, index, Default::default(), Vec::new())?;
+        replica.status = Status::Recovering;
+        replica.recovery = Some(Recovery {
+            nonce,
+            known: [None; MAX_REPLICAS],
+            fenced: [None; MAX_REPLICAS],
+            fencing: false,
+            answered: false,
+        });
+        Ok(replica)
+    }
+
+    /// Whether this replica has not yet recovered from a restart without state.
+    pub fn is_recovering(&self) -> bool {
+        self.status == Status::Recovering
+    }
+
+    /// Merges the sender's crash vector, drops the message if the sender is
+    /// an older incarnation than we know, and passes it on.
+    pub(crate) fn on_envelope(&mut self, decoded: Decoded) {
+        let Decoded {
+            from,
+            incarnations,
+            message,
+        } = decoded;
+        if let Message::Recovery { nonce } = message {
+            // The sender has forgotten its incarnation: the nonce stands for it.
+            self.on_recovery(from, nonce);
+            return;
+        }
+        // Merge first: a crash vector only ever holds incarnations that were
+        // really chosen, so even a stale sender's is worth learning from;
+        // checking first could let two replicas that each know the other's
+        // newer incarnation drop each other's messages forever.
+        let stale = incarnations[from as usize] < self.incarnations[from as usize];
+        let me = self.index as usize;
+        let chosen = self.recovery.as_ref().is_none_or(|r| r.fencing);
+        for (replica, &incarnation) in incarnations.iter().enumerate() {
+            if incarnation <= self.incarnations[replica] {
+                continue;
+            }
+            if replica != me {
+                self.incarnations[replica] = incarnation;
+                self.forget_incarnation(replica);
+            } else if chosen {
+                // Someone holds a higher number for us (fenced by an attempt
+                // that crashed before it finished): take it, or it would drop
+                // all we send. Our life before the crash is below it anyway.
+                self.incarnations[me] = incarnation;
+            }
+        }
+        if stale {
+            self.stats.dropped_stale += 1;
+            return;
+        }
+        match message {
+            Message::RecoveryResponse { nonce, incarnation } => {
+                self.on_recovery_response(from, nonce, incarnation)
+            }
+            Message::RecoveryFence { nonce } => self.on_recovery_fence(from, nonce),
+            Message::RecoveryFenced { nonce, view } => self.on_recovery_fenced(from, nonce, view),
+            _ if self.status == Status::Recovering && !self.recovery.as_ref().is_some_and(|r| r.answered) => {
+            }
+            message => self.on_message(from, message),
+        }
+    }
+
+    /// Drops everything an older incarnation of `replica` told us.
+    fn forget_incarnation(&mut self, replica: usize) {
+        self.acked[replica] = 0;
+        self.votes[replica] = 0;
+        self.dvcs[replica] = None;
+        self.reads.forget(replica);
+    }
+
+    fn on_recovery(&mut self, from: ReplicaIndex, nonce: u128) {
+        if self.status != Status::Recovering {
+            let incarnation = self.incarnations[from as usize];
+            self.send(from, &Message::RecoveryResponse { nonce, incarnation });
+        }
+    }
+
+    fn on_recovery_fence(&mut self, from: ReplicaIndex, nonce: u128) {
+        // The crash vector of the message has already fenced the old incarnation.
+        if self.status != Status::Recovering {
+            self.send(
+                from,
+                &Message::RecoveryFenced {
+                    nonce,
+                    view: self.view,
+                },
+            );
+        }
+    }
+
+    fn on_recovery_response(&mut self, from: ReplicaIndex, nonce: u128, incarnation: u64) {
+        let quorum = self.quorum();
+        let Some(recovery) = self.recovery.as_mut().filter(|r| r.nonce == nonce && !r.fencing) else {
+            return;
+        };
+        recovery.known[from as usize] = Some(incarnation);
+        // A quorum of the *others*: we ourselves remember nothing.
+        if recovery.known.iter().flatten().count() < quorum {
+            return;
+        }
+        recovery.fencing = true;
+        let highest = recovery.known.iter().flatten().max().copied().unwrap_or(0);
+        let me = self.index as usize;
+        self.incarnations[me] = self.incarnations[me].max(highest + 1);
+        self.last_resend_tick = self.ticks;
+        self.broadcast(&Message::RecoveryFence { nonce });
+    }
+
+    fn on_recovery_fenced(&mut self, from: ReplicaIndex, nonce: u128, view: View) {
+        let quorum = self.quorum();
+        let Some(recovery) = self
+            .recovery
+            .as_mut()
+            .filter(|r| r.nonce == nonce && r.fencing && !r.answered)
+        else {
+            return;
+        };
+        recovery.fenced[from as usize] = Some(view);
+        if recovery.fenced.iter().flatten().count() < quorum {
+            return;
+        }
+        recovery.answered = true;
+        self.view = recovery.fenced.iter().flatten().max().copied().unwrap_or(0);
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::config::Mutation::RecoverWithoutLog) {
+            self.status = Status::Normal;
+            self.log_view = self.view;
+            self.recovery = None;
+            return;
+        }
+        self.last_start_view_request = None;
+        self.request_start_view(self.view);
+    }
+
+    pub(crate) fn tick_recovering(&mut self) {
+        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+            return;
+        }
+        self.last_resend_tick = self.ticks;
+        let Some(recovery) = &self.recovery else { return };
+        let nonce = recovery.nonce;
+        if !recovery.fencing {
+            self.broadcast(&Message::Recovery { nonce });
+        } else if !recovery.answered {
+            self.broadcast(&Message::RecoveryFence { nonce });
+        } else {
+            self.request_start_view(self.view);
+        }
+    }
+}
