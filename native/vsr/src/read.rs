@@ -133,6 +133,7 @@ impl Replica {
         };
         self.broadcast(&message);
         self.last_broadcast_tick = self.ticks;
+        self.commit_unannounced = false;
     }
 
     /// On the primary: a backup answered up to `round`.

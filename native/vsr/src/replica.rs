@@ -179,6 +179,8 @@ pub struct Replica {
     // Origin: requests submitted here, until settled.
     pub(crate) pending: BTreeMap<ClientId, Pending>,
     pub(crate) reads: crate::read::Reads,
+    /// The primary's commit number advanced since it last told the backups.
+    pub(crate) commit_unannounced: bool,
     /// The op this replica's view started with, as its primary.
     pub(crate) view_start_op: Op,
     /// Crash vector: the incarnation this replica knows for every replica.
@@ -265,6 +267,7 @@ impl Replica {
             staging: None,
             pending: BTreeMap::new(),
             reads: Default::default(),
+            commit_unannounced: false,
             view_start_op: 0,
             incarnations: [0; MAX_REPLICAS],
             recovery: None,
@@ -287,6 +290,7 @@ impl Replica {
             Input::Submit(submission) => self.on_submit(submission),
             Input::Read { id } => self.on_read_submit(id),
         }
+        self.announce_commit();
         std::mem::take(&mut self.out)
     }
 
@@ -610,6 +614,7 @@ impl Replica {
                 batch,
             ));
             self.log.append(entry.clone());
+            self.commit_unannounced = false;
             self.broadcast(&Message::Prepare {
                 view: self.view,
                 commit: self.commit_max,
@@ -670,9 +675,21 @@ impl Replica {
         }
         if quorum_op > self.commit_max {
             self.commit_max = quorum_op;
+            self.commit_unannounced = true;
             self.execute_committed();
             self.confirm_reads();
         }
+    }
+
+    /// Tells the backups at once when the commit number advanced and no
+    /// prepare carried it: an origin that is a backup answers its client
+    /// only when it executes the op, and waiting for the next heartbeat
+    /// would add up to `heartbeat_ticks` to every such commit.
+    fn announce_commit(&mut self) {
+        if self.commit_unannounced && self.is_primary() && !self.abdicating() {
+            self.broadcast_heartbeat(false);
+        }
+        self.commit_unannounced = false;
     }
 
     /// A primary that has not heard from a quorum lately stops leading, so
