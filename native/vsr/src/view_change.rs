@@ -278,14 +278,7 @@ impl Replica {
                 }
                 return;
             }
-            self.log.truncate_after(dvc.base);
-            for entry in &dvc.entries {
-                self.log.append(entry.clone());
-            }
-            self.out.push(Output::WriteLog {
-                after: dvc.base,
-                entries: dvc.entries,
-            });
+            self.replace_log_after(dvc.base, dvc.entries);
         }
         let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
         self.commit_max = self.commit_max.max(commit).min(self.log.op());
@@ -434,17 +427,20 @@ impl Replica {
         self.install_view(staging, commit);
     }
 
+    /// Makes the log `log[..=base] ++ entries`, here and on disk. The
+    /// entries were checked to chain onto `base` when they were received.
+    fn replace_log_after(&mut self, base: Op, entries: Vec<Arc<Prepare>>) {
+        self.log.truncate_after(base);
+        for entry in &entries {
+            self.log.append(entry.clone());
+        }
+        self.out.push(Output::WriteLog { after: base, entries });
+    }
+
     /// Replaces the log after the staging's base with the new view's log,
     /// and joins the view as a backup.
     fn install_view(&mut self, staging: Staging, commit: Op) {
-        self.log.truncate_after(staging.base);
-        for entry in &staging.entries {
-            self.log.append(entry.clone());
-        }
-        self.out.push(Output::WriteLog {
-            after: staging.base,
-            entries: staging.entries,
-        });
+        self.replace_log_after(staging.base, staging.entries);
         self.view = staging.view;
         self.log_view = staging.view;
         self.recovery = None;
