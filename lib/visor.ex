@@ -95,8 +95,6 @@ defmodule Visor do
       have been applied.
     * `{:duplicate, op}`: applied once, at `op`, but its reply was not kept.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
-    * `:restarted`: this node's replica ran before and lost its memory; it
-      refuses to rejoin (a current limitation, see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug); commands in
       flight may or may not have been applied.
     * `:not_running`: the module is not started on this node.
@@ -110,7 +108,6 @@ defmodule Visor do
           | :unknown_outcome
           | {:duplicate, pos_integer()}
           | :spare
-          | :restarted
           | {:engine_down, term()}
           | :not_running
           | {:server_down, term()}
@@ -254,8 +251,9 @@ defmodule Visor do
   This node's view of the group: `%{status:, role:, view:, op:, commit:,
   primary:, replicas: [%{index:, node:, role:, health:}], ...}`.
 
-  `status` is `:forming`, `:normal`, `:view_change`, `:spare`, `:restarted`
-  or `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  `status` is `:forming`, `:recovering` (this node restarted and its
+  replica is fetching the state from the others), `:normal`, `:view_change`,
+  `:spare` or `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters.

@@ -1,25 +1,50 @@
 defmodule Visor.Formation do
   @moduledoc """
   Decides, once per lifetime, whether this node's replica may start, and
-  with which members and cluster id. docs/operations.md explains both modes
-  to users; this is how they work.
+  how: with which members and cluster id, and whether it is a *fresh*
+  replica of a cluster being formed or a *rejoining* one that lost its
+  memory and must recover first (`Visor.Native.start/2` with `recover:
+  true`). docs/operations.md explains both modes to users; this is how they
+  work.
 
   Every formation process has an *incarnation*: a random number drawn when
-  it starts. A replica that ran and lost its memory (a restarted node or
-  server) comes back under a new incarnation, and must not rejoin: it would
-  have forgotten entries it acknowledged, and a quorum that counts it could
-  lose committed ops (VR Revisited §4.3; safe rejoining needs the recovery
-  protocol of issue 4). Both modes refuse such a node (`:restarted`).
+  it starts. The group's supervisor is `:one_for_all`, so a replica that ran
+  and lost its memory (a restarted node, or a restarted server) always comes
+  back under a new formation process, hence a new incarnation. Starting it
+  as a fresh replica would be unsafe: it would have forgotten entries it
+  acknowledged, and a quorum that counts it could lose committed ops. So the
+  one rule both modes keep is: **a node starts a fresh replica only if no
+  earlier incarnation of it can have run one**; every other member node
+  starts a recovering replica, which learns its state from a quorum before
+  it votes or acknowledges anything (docs/protocol.md, "Restart without
+  state"). A recovering replica is always safe; it needs a quorum of the
+  *other* members up and normal to finish.
 
   ## `nodes: [...]` (explicit)
 
   The members and the cluster id (`Visor.Options.cluster_id/2`) are known
-  up front. A node says hello to every other member and starts its replica
-  once *every* member has answered `:ok`. A member answers `:ok` unless it
-  already knows another incarnation of that node, so a restarted node is
-  refused by any member that outlived it. Requiring every member (not a
-  quorum) is what makes that check complete: no replica starts before every
-  member has recorded it.
+  up front. Each formation process keeps a *record* of every other member:
+  the incarnation it knows for it, and whether that incarnation was let in
+  as `:fresh` or told to `:rejoin`. A node says hello to every other member;
+  a member answers by its record of the sender:
+
+    * no record: `:ok`, and it records the sender as `:fresh`;
+    * the same incarnation, recorded `:fresh`: `:ok`;
+    * the same incarnation recorded `:rejoin`, or another incarnation:
+      `:restarted`, and it records the sender's incarnation as `:rejoin`
+      (sticky: the same incarnation never gets `:ok` afterwards).
+
+  A node starts a fresh replica once **every** member has answered `:ok`,
+  and a recovering one as soon as **any** member answers `:restarted`.
+  Requiring every member for a fresh start is what makes the check
+  complete: a replica starts fresh only after every member has recorded
+  it, so any later incarnation of that node is told `:restarted` by every
+  member that outlived it. Every answer also carries the responder's
+  records (its own included), and a node adds to its records those it
+  lacks; a node that decided keeps saying hello to members it has not
+  heard from yet. So a rejoined node learns the others' incarnations (and
+  can tell when *they* restart), and every member records the rejoined
+  node's new incarnation: a second restart is recognised like the first.
 
   ## `cluster_size: n` (discovery)
 
@@ -41,10 +66,16 @@ defmodule Visor.Formation do
   A proposer decides once (formed or aborted), and an acceptor is bound to
   one proposal until it is decided, so two clusters can never share a node.
   Formed members advertise the cluster in their hellos: a node that sees a
-  formed cluster does not propose; it becomes a *spare* if it is not a
-  member, a member if the cluster names its incarnation (it missed the
-  announcement), and `:restarted` if the cluster names an older incarnation
-  of it.
+  formed cluster does not propose. If the cluster names this node under
+  this very incarnation, it is an acceptor that missed the announcement and
+  starts a fresh replica; if it names the node under another incarnation
+  (only an accepted incarnation can be named, and incarnations are never
+  reused), the node restarted and rejoins with a recovering replica; if the
+  node is not named, it becomes a *spare*. A node bound to a proposal waits
+  for its proposer's decision before it looks at a formed cluster. The
+  formed cluster never changes, so any number of restarts of a member are
+  recognised the same way; members also record (and log) a rejoining
+  node's new incarnation when it says hello.
 
   Limits (docs/operations.md): nodes that cannot see each other at all
   while forming (disjoint partitions at boot) can form separate clusters;
@@ -52,7 +83,7 @@ defmodule Visor.Formation do
   deciding waits for it forever.
 
   After a decision, the process keeps answering hellos (that is how a
-  restarted node learns it is refused) and keeps reconnecting distribution
+  restarted node learns it must rejoin) and keeps reconnecting distribution
   to the members, so that a healed partition heals the cluster too.
   """
 
@@ -66,11 +97,14 @@ defmodule Visor.Formation do
   @reconnect_every_ticks 10
   @proposal_timeout_ms 2_000
 
+  @typedoc """
+  `recover: true` when this node restarted and must rejoin: its replica
+  starts with `Visor.Native.start/2`'s `recover: true`.
+  """
   @type decision ::
           :pending
-          | {:member, %{cluster: <<_::128>>, members: [node()]}}
+          | {:member, %{cluster: <<_::128>>, members: [node()], recover: boolean()}}
           | :spare
-          | :restarted
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -102,17 +136,24 @@ defmodule Visor.Formation do
     :scope,
     :incarnation,
     :subscriber,
-    # :forming (nodes mode), :discovering, {:accepted, proposal}, :member,
-    # :spare or :restarted.
+    # :forming (nodes mode), :discovering, {:accepted, proposal}, :member
+    # or :spare.
     phase: :forming,
-    # Once a member: %{id, cluster, members, incarnations}.
+    # Once a member: %{id, cluster, members, incarnations} (discovery) or
+    # %{id: :static, cluster, members} (nodes), and whether this node
+    # rejoins (its replica recovers) rather than starting fresh.
     formed: nil,
+    recover: false,
     # nodes mode: the configured members and cluster id, the members that
-    # answered :ok, and the incarnation each peer said hello with.
+    # answered :ok (a fresh start needs all of them), and the members heard
+    # from at all (a decided node says hello until it has heard everyone).
     members: [],
     cluster: nil,
     acks: MapSet.new(),
-    seen: %{},
+    heard: MapSet.new(),
+    # Every other member node's record: node => {incarnation, :fresh | :rejoin}.
+    # In discovery mode only for the logs (the formed cluster decides).
+    known: %{},
     warned: MapSet.new(),
     # discovery mode: what each visible peer said last (pid => summary),
     # this node's own proposal in flight, and a counter for proposal ids.
@@ -145,7 +186,7 @@ defmodule Visor.Formation do
 
     state =
       if state.mode == :nodes and node() not in state.members do
-        decide(state, :spare, "#{node()} is not in :nodes #{inspect(state.members)}")
+        decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
       else
         state
       end
@@ -160,7 +201,7 @@ defmodule Visor.Formation do
   end
 
   # Calls from other nodes are untrusted input: never crash on them (a
-  # crash restarts the group, and a restarted replica is refused).
+  # crash restarts the group, and its replica would have to recover).
   def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
 
   @impl GenServer
@@ -214,7 +255,7 @@ defmodule Visor.Formation do
     if map_size(p.accepted) == length(p.members) do
       formed = %{id: p.id, cluster: p.cluster, members: p.members, incarnations: p.accepted}
       for pid <- p.pids, do: send(pid, {:visor_formed, formed})
-      {:noreply, become_member(%{state | proposal: nil}, formed)}
+      {:noreply, become_member(%{state | proposal: nil}, formed, false)}
     else
       {:noreply, %{state | proposal: p}}
     end
@@ -229,7 +270,7 @@ defmodule Visor.Formation do
   def handle_info({:visor_abort, id}, %{phase: {:accepted, %{id: id}}} = state),
     do: {:noreply, %{state | phase: :discovering}}
 
-  def handle_info({:visor_formed, formed}, state) do
+  def handle_info({:visor_formed, formed}, %{mode: :discovery} = state) do
     {:noreply, if(formed?(formed), do: learn_formed(state, formed), else: state)}
   end
 
@@ -245,8 +286,14 @@ defmodule Visor.Formation do
 
   # ---- nodes: [...] --------------------------------------------------------
 
-  defp tick_nodes(%{phase: :forming} = state) do
-    for peer <- state.members -- [node()], peer not in state.acks do
+  # Forming: hello every member that has not answered :ok yet. Decided:
+  # hello the members not heard from yet, so that this process records
+  # every member (a rejoined node learns who the others are; they record
+  # its new incarnation).
+  defp tick_nodes(%{phase: phase} = state) when phase in [:forming, :member] do
+    waiting_for = if phase == :forming, do: state.acks, else: state.heard
+
+    for peer <- state.members -- [node()], peer not in waiting_for do
       send_to(
         {state.name, peer},
         {:visor_hello, self(), node(), state.incarnation, state.cluster}
@@ -260,16 +307,68 @@ defmodule Visor.Formation do
 
   defp maybe_formed(state) do
     if state.phase == :forming and MapSet.size(state.acks) == length(state.members) - 1 do
-      become_member(state, %{
-        id: :static,
-        cluster: state.cluster,
-        members: state.members,
-        incarnations: Map.put(state.seen, node(), state.incarnation)
-      })
+      become_member(state, %{id: :static, cluster: state.cluster, members: state.members}, false)
     else
       state
     end
   end
+
+  # A member's verdict on a hello from `from` (another configured member)
+  # with incarnation `inc`, by its record of `from` (see the moduledoc).
+  defp judge(state, from, inc) do
+    case Map.get(state.known, from) do
+      nil ->
+        {:ok, %{state | known: Map.put(state.known, from, {inc, :fresh})}}
+
+      {^inc, :fresh} ->
+        {:ok, state}
+
+      {^inc, :rejoin} ->
+        {:restarted, state}
+
+      {_earlier, _} ->
+        Logger.info(
+          "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
+            "it rejoins and recovers its state from the others"
+        )
+
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+    end
+  end
+
+  # This process's records as it tells them, itself included.
+  defp records(state) do
+    Map.put(
+      state.known,
+      node(),
+      {state.incarnation, if(state.recover, do: :rejoin, else: :fresh)}
+    )
+  end
+
+  # Adds a peer's records to ours: only nodes we have no record of (any
+  # record of a node tells its later incarnations apart), or upgrades one
+  # of ours for the same incarnation to :rejoin (verdicts are sticky).
+  # Peers are untrusted input: anything malformed is skipped.
+  defp learn_records(state, theirs) when is_map(theirs) and map_size(theirs) <= 6 do
+    known =
+      Enum.reduce(theirs, state.known, fn
+        {n, {inc, how}}, acc
+        when is_atom(n) and is_integer(inc) and how in [:fresh, :rejoin] ->
+          cond do
+            n == node() or n not in state.members -> acc
+            not Map.has_key?(acc, n) -> Map.put(acc, n, {inc, how})
+            how == :rejoin and acc[n] == {inc, :fresh} -> Map.put(acc, n, {inc, :rejoin})
+            true -> acc
+          end
+
+        _junk, acc ->
+          acc
+      end)
+
+    %{state | known: known}
+  end
+
+  defp learn_records(state, _junk), do: state
 
   # ---- cluster_size: n -----------------------------------------------------
 
@@ -334,81 +433,105 @@ defmodule Visor.Formation do
 
   defp learn_formed(state, formed) do
     cond do
-      state.phase in [:member, :spare, :restarted] ->
+      state.phase in [:member, :spare] ->
         state
 
+      # An acceptor that missed the announcement: this very process was
+      # accepted, and it has run no replica yet.
       Map.get(formed.incarnations, node()) == state.incarnation ->
-        become_member(state, formed)
+        become_member(state, formed, false)
 
-      node() in formed.members ->
-        decide(
-          state,
-          :restarted,
-          "this node was a member of cluster #{inspect(formed.members)} and restarted " <>
-            "with an empty memory; rejoining is unsafe until the recovery protocol exists"
-        )
-
-      state.phase == :discovering ->
-        decide(state, :spare, "the cluster #{inspect(formed.members)} formed without this node")
-
-      # Bound to another proposal: stay until its proposer decides it.
-      true ->
+      # Bound to a proposal: stay until its proposer decides it (it may
+      # form a cluster with this node in it).
+      state.phase != :discovering ->
         state
+
+      # Named under another incarnation: an earlier process of this node
+      # was accepted, and may have run a replica. Rejoin, recovering.
+      node() in formed.members ->
+        become_member(state, formed, true)
+
+      true ->
+        decide_spare(state, "the cluster #{inspect(formed.members)} formed without this node")
     end
   end
 
   # ---- Hellos (both modes) -------------------------------------------------
 
   defp hello(%{mode: :nodes} = state, from, inc, cluster) do
-    cond do
-      cluster != state.cluster or from not in state.members ->
-        {{:mismatch, state.members}, state}
-
-      Map.get(state.seen, from, inc) != inc ->
-        state =
-          warn_once(state, {:restarted, from, inc}, fn ->
-            "#{inspect(state.module)}: #{from} restarted (new incarnation); refusing its replica"
-          end)
-
-        {:restarted, state}
-
-      true ->
-        {:ok, %{state | seen: Map.put(state.seen, from, inc)}}
+    if cluster != state.cluster or from not in state.members or from == node() do
+      {{:mismatch, state.members}, state}
+    else
+      {verdict, state} = judge(state, from, inc)
+      {{verdict, records(state)}, state}
     end
   end
 
-  defp hello(%{mode: :discovery} = state, _from, _inc, :discovery) do
-    {{:discovery, summary(state.phase), state.formed}, state}
+  defp hello(%{mode: :discovery} = state, from, inc, :discovery) do
+    {{:discovery, summary(state.phase), state.formed}, note_rejoin(state, from, inc)}
   end
 
   defp hello(state, _from, _inc, _tag), do: {{:mismatch, state.members}, state}
 
-  defp hello_reply(%{mode: :nodes, phase: :forming} = state, _pid, from, reply) do
-    case reply do
-      :ok ->
-        maybe_formed(%{state | acks: MapSet.put(state.acks, from)})
+  # Discovery mode: a member records (and logs) the new incarnation of a
+  # member node that says hello; the formed cluster is what tells that node
+  # to rejoin.
+  defp note_rejoin(%{phase: :member, formed: %{incarnations: incs}} = state, from, inc) do
+    accepted = Map.get(incs, from)
 
-      :restarted ->
-        decide(
-          state,
-          :restarted,
-          "#{from} knows an earlier incarnation of this node: it restarted with an " <>
-            "empty memory, and rejoining is unsafe until the recovery protocol exists"
-        )
+    if accepted != nil and accepted != inc and Map.get(state.known, from) != {inc, :rejoin} do
+      Logger.info(
+        "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
+          "it rejoins and recovers its state from the others"
+      )
 
-      {:mismatch, theirs} ->
-        warn_once(state, {:mismatch, from}, fn ->
-          "#{inspect(state.module)}: #{from} is configured with nodes #{inspect(theirs)}, " <>
-            "this node with #{inspect(state.members)}; waiting for matching configuration"
-        end)
-
-      _ ->
-        state
+      %{state | known: Map.put(state.known, from, {inc, :rejoin})}
+    else
+      state
     end
   end
 
+  defp note_rejoin(state, _from, _inc), do: state
+
+  defp hello_reply(%{mode: :nodes} = state, _pid, from, {verdict, records})
+       when verdict in [:ok, :restarted] do
+    if from in state.members and from != node() do
+      state = learn_records(%{state | heard: MapSet.put(state.heard, from)}, records)
+
+      case {state.phase, verdict} do
+        {:forming, :ok} ->
+          maybe_formed(%{state | acks: MapSet.put(state.acks, from)})
+
+        {:forming, :restarted} ->
+          Logger.warning(
+            "#{inspect(state.module)}: #{from} knows an earlier incarnation of this node: " <>
+              "it restarted with an empty memory, so its replica rejoins and recovers " <>
+              "the state from the others"
+          )
+
+          become_member(
+            state,
+            %{id: :static, cluster: state.cluster, members: state.members},
+            true
+          )
+
+        _decided ->
+          state
+      end
+    else
+      state
+    end
+  end
+
+  defp hello_reply(%{mode: :nodes, phase: :forming} = state, _pid, from, {:mismatch, theirs}) do
+    warn_once(state, {:mismatch, from}, fn ->
+      "#{inspect(state.module)}: #{from} is configured with nodes #{inspect(theirs)}, " <>
+        "this node with #{inspect(state.members)}; waiting for matching configuration"
+    end)
+  end
+
   defp hello_reply(%{mode: :discovery} = state, pid, from, {:discovery, phase, formed})
-       when phase in [:discovering, :accepted, :member, :spare, :restarted] do
+       when phase in [:discovering, :accepted, :member, :spare] do
     state = %{state | peers: Map.put(state.peers, pid, %{node: from, phase: phase})}
     if formed?(formed), do: learn_formed(state, formed), else: state
   end
@@ -426,26 +549,30 @@ defmodule Visor.Formation do
 
   # ---- Decisions -----------------------------------------------------------
 
-  defp become_member(state, formed) do
-    Logger.info(
-      "#{inspect(state.module)}: cluster formed with #{inspect(formed.members)}; " <>
-        "starting replica #{Enum.find_index(formed.members, &(&1 == node()))}"
-    )
+  defp become_member(state, formed, recover) do
+    index = Enum.find_index(formed.members, &(&1 == node()))
+
+    if recover do
+      Logger.warning(
+        "#{inspect(state.module)}: this node restarted; replica #{index} rejoins the cluster " <>
+          "#{inspect(formed.members)} and recovers its state from the others"
+      )
+    else
+      Logger.info(
+        "#{inspect(state.module)}: cluster formed with #{inspect(formed.members)}; " <>
+          "starting replica #{index}"
+      )
+    end
 
     notify(
-      %{state | phase: :member, formed: formed},
-      {:member, Map.take(formed, [:cluster, :members])}
+      %{state | phase: :member, formed: formed, recover: recover},
+      member_decision(formed, recover)
     )
   end
 
-  defp decide(state, :spare, why) do
+  defp decide_spare(state, why) do
     Logger.warning("#{inspect(state.module)}: this node is a spare, not a replica: #{why}")
     notify(%{state | phase: :spare}, :spare)
-  end
-
-  defp decide(state, :restarted, why) do
-    Logger.error("#{inspect(state.module)}: refusing to start this node's replica: #{why}")
-    notify(%{state | phase: :restarted}, :restarted)
   end
 
   defp notify(state, decision) do
@@ -453,8 +580,11 @@ defmodule Visor.Formation do
     state
   end
 
-  defp decision(%{phase: :member, formed: f}), do: {:member, Map.take(f, [:cluster, :members])}
-  defp decision(%{phase: phase}) when phase in [:spare, :restarted], do: phase
+  defp member_decision(formed, recover),
+    do: {:member, %{cluster: formed.cluster, members: formed.members, recover: recover}}
+
+  defp decision(%{phase: :member, formed: f, recover: recover}), do: member_decision(f, recover)
+  defp decision(%{phase: :spare}), do: :spare
   defp decision(_state), do: :pending
 
   # ---- Connectivity --------------------------------------------------------

@@ -39,7 +39,7 @@ defmodule Visor.Server do
     :cluster,
     :sessions,
     :formation_tag,
-    # :forming, :running, :spare, :restarted or {:failed, reason}
+    # :forming, :running, :spare or {:failed, reason}
     phase: :forming,
     # Jobs waiting for a session; `queued` counts them (dead ones included
     # until popped) because :queue.len/1 is O(n).
@@ -82,14 +82,22 @@ defmodule Visor.Server do
 
   defp formation(state, :pending), do: state
 
-  defp formation(%{phase: :forming} = state, {:member, %{cluster: cluster, members: members}}) do
+  # A rejoining replica (`recover: true`) starts from `initial_state` like a
+  # fresh one: once it has recovered, the engine executes the whole
+  # committed log from op 1, which rebuilds the state. Callers wait in line
+  # meanwhile (the engine holds their requests until it is normal).
+  defp formation(
+         %{phase: :forming} = state,
+         {:member, %{cluster: cluster, members: members, recover: recover}}
+       ) do
     index = Enum.find_index(members, &(&1 == node()))
 
     engine_opts =
       Map.merge(state.config.engine, %{
         cluster: cluster,
         replica_count: length(members),
-        replica_index: index
+        replica_index: index,
+        recover: recover
       })
 
     {:ok, engine} = Native.start(engine_opts, self())
@@ -104,8 +112,8 @@ defmodule Visor.Server do
     })
   end
 
-  defp formation(%{phase: :forming} = state, phase) when phase in [:spare, :restarted] do
-    fail_all(%{state | phase: phase}, phase)
+  defp formation(%{phase: :forming} = state, :spare) do
+    fail_all(%{state | phase: :spare}, :spare)
   end
 
   defp formation(state, _decision), do: state
@@ -160,7 +168,6 @@ defmodule Visor.Server do
       # Callers wait for formation until their deadline.
       :forming -> nil
       :spare -> :spare
-      :restarted -> :restarted
       {:failed, reason} -> {:engine_down, reason}
     end
   end
@@ -413,7 +420,11 @@ defmodule Visor.Server do
   defp status(%{phase: :running, engine: engine} = state) do
     engine_status = Native.status(engine)
     members = Tuple.to_list(state.members)
-    primary = Enum.at(members, engine_status.primary)
+
+    # A recovering replica does not know the view yet: no primary to show.
+    primary_index = if engine_status.status == :recovering, do: nil, else: engine_status.primary
+
+    primary = primary_index && Enum.at(members, primary_index)
     connected = MapSet.new(Node.list())
 
     replicas =
@@ -421,7 +432,7 @@ defmodule Visor.Server do
         %{
           index: index,
           node: node,
-          role: if(index == engine_status.primary, do: :primary, else: :backup),
+          role: if(index == primary_index, do: :primary, else: :backup),
           health:
             cond do
               node == node() -> :self

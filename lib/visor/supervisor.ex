@@ -5,9 +5,11 @@ defmodule Visor.Supervisor do
 
   `:one_for_all`: the application state and the replica live only in the
   server's memory, so a restarted server is a replica with amnesia. Formation
-  restarts with it, under a new incarnation, and the peers refuse that
-  incarnation (docs/operations.md, "Current limitations"): restarting the
-  pair is safe; restarting only the server would not be.
+  restarts with it, under a new incarnation, which the peers recognise as a
+  restart: the new replica rejoins and recovers its state from them before
+  it takes part (`Visor.Formation`). Restarting the pair is safe;
+  restarting only the server would not be (a fresh replica that forgot what
+  it acknowledged).
   """
 
   use Supervisor

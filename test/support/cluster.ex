@@ -89,7 +89,7 @@ defmodule Visor.Test.Cluster do
 
   @doc """
   Starts `module`'s Visor group with `opts` on each node and waits until
-  every node has decided (formed, spare or refused). Peers log at
+  every node has decided (member or spare). Peers log at
   `log_level` (`:error`; `:critical` for tests that expect errors). The group lives under
   a holder process on the node, so that it outlives the `:erpc` call.
   """
@@ -144,6 +144,14 @@ defmodule Visor.Test.Cluster do
 
   @doc "`module`'s status on `node` (`Visor.status/1` there)."
   def status(node, module), do: :erpc.call(node, Visor, :status, [module])
+
+  @doc """
+  Whether `module`'s formation on `node` decided that its replica rejoins
+  (recovering its state from the others) rather than starting fresh.
+  """
+  def rejoined?(node, module) do
+    :erpc.call(node, :sys, :get_state, [Visor.Supervisor.name(module, :formation)]).recover
+  end
 
   @doc "The node `node` believes is `module`'s primary."
   def primary(node, module), do: status(node, module).primary

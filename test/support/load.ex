@@ -9,9 +9,13 @@ defmodule Visor.Test.Load do
   flight when a node died.
   """
 
-  @doc "Spawns `count` callers on this node; returns their pids."
-  def spawn_callers(module, count, report_to, opts) do
-    for i <- 1..count do
+  @doc """
+  Spawns `count` callers on this node, numbered from `first`; returns
+  their pids. A node restarted under the same name numbers its new callers
+  apart from its earlier ones, so that their ids never collide.
+  """
+  def spawn_callers(module, count, report_to, opts, first \\ 1) do
+    for i <- first..(first + count - 1) do
       spawn(fn -> loop(module, {node(), i}, 1, report_to, opts) end)
     end
   end

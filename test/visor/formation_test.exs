@@ -1,6 +1,7 @@
 defmodule Visor.FormationTest do
   # Membership: discovery with cluster_size, explicit nodes, spares, and
-  # the refusal of a replica that lost its memory. Not async: real nodes.
+  # the rejoining of a replica that lost its memory (it recovers its state
+  # from the others). Not async: real nodes.
   use ExUnit.Case, async: false
 
   alias Visor.Test.Cluster
@@ -32,6 +33,11 @@ defmodule Visor.FormationTest do
     assert :erpc.call(spare, Cache, :commit, [{:add, %{spare: true}}]) == {:error, :spare}
     assert :erpc.call(spare, Cache, :get, []) == {:error, :spare}
     assert %{status: :spare, role: :none} = statuses[spare]
+
+    # A restarted spare is still a spare: only members rejoin.
+    :ok = Cluster.stop_group(spare, Cache)
+    :ok = Cluster.start_group([spare], Cache, cluster_size: 3)
+    assert Cluster.status(spare, Cache).status == :spare
   end
 
   test "nodes: a node missing from the list is a spare; the listed ones form" do
@@ -41,42 +47,109 @@ defmodule Visor.FormationTest do
     assert :erpc.call(c, Cache, :commit, [{:add, %{x: 1}}]) == {:error, :spare}
     assert :erpc.call(b, Cache, :commit, [{:add, %{x: 1}}]) == nil
     assert :erpc.call(a, Cache, :get_in, [[:x]]) == 1
+
+    # A restarted spare is still a spare: only members rejoin.
+    :ok = Cluster.stop_group(c, Cache)
+    :ok = Cluster.start_group([c], Cache, nodes: [a, b])
+    assert Cluster.status(c, Cache).status == :spare
   end
 
-  test "nodes: a restarted server refuses to rejoin and says so; the others carry on" do
+  test "nodes: a stopped group rejoins, recovers and catches up; a second restart, and every node in turn, too" do
     [a, b, c] = nodes = nodes(3)
     :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    refute Enum.any?(nodes, &rejoined?/1)
     assert :erpc.call(c, Cache, :commit, [{:add, %{before: 1}}]) == nil
 
-    # Stopping and starting the group is a replica that lost its memory.
-    :ok = Cluster.stop_group(c, Cache)
-    :ok = Cluster.start_group([c], Cache, [nodes: nodes], :critical)
+    # c twice (its second restart must be recognised too), then a and b.
+    for {victim, i} <- Enum.with_index([c, c, a, b]) do
+      [other | _] = others = nodes -- [victim]
 
-    assert Cluster.status(c, Cache).status == :restarted
-    assert :erpc.call(c, Cache, :commit, [{:add, %{x: 1}}]) == {:error, :restarted}
-    assert :erpc.call(c, Cache, :get, [[consistency: :local]]) == {:error, :restarted}
+      # Stopping and starting the group is a replica that lost its memory.
+      :ok = Cluster.stop_group(victim, Cache)
+      # Two of three are a quorum: commits go on without it.
+      assert :erpc.call(other, Cache, :commit, [{:add, %{{:down, i} => victim}}], 10_000) == nil
 
-    # Two of three still make a quorum.
-    assert :erpc.call(a, Cache, :commit, [{:add, %{after: 2}}]) == nil
-    assert :erpc.call(b, Cache, :get, []) == %{before: 1, after: 2}
+      :ok = Cluster.start_group([victim], Cache, nodes: nodes)
+      # It rejoins, recovering, never as a fresh replica. When b restarts
+      # last, a and c are themselves rejoined: they know b's earlier
+      # incarnation only from the records they learned when they rejoined.
+      assert rejoined?(victim)
+      # A commit through the rejoining node waits for it to recover.
+      assert :erpc.call(victim, Cache, :commit, [{:add, %{{:rejoined, i} => victim}}]) == nil
+      assert_caught_up(victim, others)
+    end
+
+    assert map_size(:erpc.call(a, Cache, :get, [])) == 1 + 2 * 4
+    Cluster.eventually(fn -> same_cluster(nodes) end)
   end
 
-  test "cluster_size: a killed node restarted under the same name refuses to rejoin" do
+  test "nodes: a crashed server is restarted by its supervisor and rejoins" do
+    [a, b, c] = nodes = nodes(3)
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    assert :erpc.call(a, Cache, :commit, [{:add, %{before: 1}}]) == nil
+
+    server = :erpc.call(b, Process, :whereis, [Cache])
+    true = :erpc.call(b, Process, :exit, [server, :kill])
+
+    Cluster.eventually(fn ->
+      pid = :erpc.call(b, Process, :whereis, [Cache])
+      pid != nil and pid != server
+    end)
+
+    assert :erpc.call(c, Cache, :commit, [{:add, %{after: 2}}], 10_000) == nil
+    assert rejoined?(b)
+    assert_caught_up(b, [a, c])
+    assert :erpc.call(b, Cache, :get, [[consistency: :local]]) == %{before: 1, after: 2}
+  end
+
+  test "cluster_size: a killed node restarted under the same name rejoins and catches up, twice" do
     [a, _, _] = nodes = nodes(3)
     :ok = Cluster.start_group(nodes, Cache, cluster_size: 3)
     assert :erpc.call(a, Cache, :commit, [{:add, %{before: 1}}]) == nil
+    cluster = Cluster.status(a, Cache).cluster
 
-    victim = Cluster.primary(a, Cache)
-    survivors = nodes -- [victim]
-    :ok = Cluster.kill_node(victim, survivors)
-    {_pid, ^victim} = Cluster.restart_peer(victim, survivors)
-    :ok = Cluster.start_group([victim], Cache, [cluster_size: 3], :critical)
+    # The primary first, then a backup: the same node twice in a row would
+    # test the same thing; a backup tests the other role.
+    primary = Cluster.primary(a, Cache)
+    backup = hd(nodes -- [primary])
 
-    assert Cluster.status(victim, Cache).status == :restarted
-    assert :erpc.call(victim, Cache, :commit, [{:add, %{x: 1}}]) == {:error, :restarted}
+    for {victim, i} <- [{primary, 1}, {backup, 2}] do
+      survivors = nodes -- [victim]
+      :ok = Cluster.kill_node(victim, survivors)
 
-    # The survivors elect a new primary and go on.
-    assert :erpc.call(hd(survivors), Cache, :commit, [{:add, %{after: 2}}], 10_000) == nil
-    assert :erpc.call(List.last(survivors), Cache, :get, []) == %{before: 1, after: 2}
+      # The survivors elect a new primary if need be, and go on.
+      assert :erpc.call(hd(survivors), Cache, :commit, [{:add, %{{:down, i} => 1}}], 10_000) ==
+               nil
+
+      {_pid, ^victim} = Cluster.restart_peer(victim, survivors)
+      :ok = Cluster.start_group([victim], Cache, cluster_size: 3)
+      assert rejoined?(victim)
+      assert :erpc.call(victim, Cache, :commit, [{:add, %{{:rejoined, i} => 1}}], 10_000) == nil
+      assert_caught_up(victim, survivors)
+      # Still one cluster: the rejoined node is in it, under the same id.
+      assert Cluster.status(victim, Cache).cluster == cluster
+    end
+
+    assert map_size(:erpc.call(a, Cache, :get, [])) == 5
+    Cluster.eventually(fn -> same_cluster(nodes) end)
+  end
+
+  defp rejoined?(node), do: Cluster.rejoined?(node, Cache)
+
+  # `node` recovered (normal) and its local state equals the others'.
+  defp assert_caught_up(node, others) do
+    Cluster.eventually(fn -> Cluster.status(node, Cache).status == :normal end, 10_000)
+    expected = :erpc.call(hd(others), Cache, :get, [])
+
+    for n <- [node | others] do
+      Cluster.eventually(fn -> :erpc.call(n, Cache, :get, [[consistency: :local]]) == expected end)
+    end
+  end
+
+  defp same_cluster(nodes) do
+    statuses = Enum.map(nodes, &Cluster.status(&1, Cache))
+
+    Enum.all?(statuses, &(&1.status == :normal)) and
+      statuses |> Enum.map(&{&1.cluster, &1.view, &1.primary}) |> Enum.uniq() |> length() == 1
   end
 end

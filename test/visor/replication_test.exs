@@ -143,6 +143,10 @@ defmodule Visor.ReplicationTest do
       :junk,
       {:visor_hello, :not_a_pid, :x, 1, :y},
       {:visor_hello_reply, self(), :x, 1, :restarted},
+      # Plausible verdicts from a member, with junk records.
+      {:visor_hello_reply, self(), b, 1, {:restarted, :not_a_map}},
+      {:visor_hello_reply, self(), b, 1, {:ok, %{c => :junk, :nope => {1, :fresh}, 7 => 8}}},
+      {:visor_hello, self(), b, 1, :not_the_cluster},
       {:visor_formed, %{members: :bad}},
       {:visor_propose, self(), %{id: 1, cluster: <<0::128>>, members: [a]}},
       {:visor_abort, :whatever}
@@ -181,7 +185,7 @@ defmodule Visor.ReplicationTest do
     statuses = for n <- nodes, do: Cluster.status(n, Counter)
     assert statuses |> Enum.map(& &1.cluster) |> Enum.uniq() |> length() == 1
     assert Enum.all?(statuses, &(&1.status == :normal))
-    # Nothing crashed or restarted (a restarted replica would be refused).
+    # Nothing crashed or restarted (a restarted server would have to rejoin).
     assert pids.() == pids_before
   end
 
