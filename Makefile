@@ -41,8 +41,9 @@ elixir-test: deps
 soak:
 	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS)
 
-# Three local nodes run the README's Cache; the primary's node is SIGKILLed
-# and a new primary takes over with the state intact (scripts/demo.exs).
+# Three local nodes run the README's Cache; the primary's node is SIGKILLed,
+# a new primary takes over with the state intact, and the killed node is
+# restarted, rejoins and catches up (scripts/demo.exs).
 demo: deps
 	mix run scripts/demo.exs
 

@@ -85,7 +85,10 @@ defmodule Visor.MixProject do
     [extra_applications: [:logger]]
   end
 
-  # Test-only helpers (the :peer cluster) live in test/support.
-  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  # Test-only helpers (the :peer cluster) live in test/support. The README's
+  # Cache (examples/) is compiled for this repository's iex, demo and tests,
+  # never for an application that depends on :visor (deps compile as :prod).
+  defp elixirc_paths(:test), do: ["lib", "examples", "test/support"]
+  defp elixirc_paths(:dev), do: ["lib", "examples"]
   defp elixirc_paths(_), do: ["lib"]
 end

@@ -31,6 +31,17 @@ defmodule Visor.Scripts.LocalCluster do
     nodes
   end
 
+  @doc """
+  Starts a new VM under the name of a node `start_nodes/2` started from
+  this script (`"a"`) and that has died, and connects it to `others`: the
+  same node, restarted with an empty memory. Returns its node name.
+  """
+  def restart_node(name, others, log_level \\ :warning) do
+    {_pid, node} = start_node(name, log_level)
+    for other <- others, do: true = :erpc.call(node, :net_kernel, :connect_node, [other])
+    node
+  end
+
   defp start_node(name, log_level) do
     {:ok, pid, node} =
       :peer.start(%{

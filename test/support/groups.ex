@@ -1,13 +1,4 @@
-defmodule Cache do
-  @moduledoc "The README's example group, verbatim: peers load it from test/support."
-  use Visor
-
-  @impl Visor
-  def initial_state(_opts), do: %{}
-
-  @impl Visor
-  def handle_commit({:add, item}, state), do: {:ok, nil, Map.merge(state, item)}
-end
+# The README's Cache is examples/cache.ex, compiled for the tests too.
 
 defmodule Visor.Test.Counter do
   @moduledoc """
