@@ -57,6 +57,11 @@ defmodule Visor.Native do
   ]
   @known_keys [:cluster, :replica_count, :replica_index, :tick_ms, :recover | @config_keys]
 
+  @doc false
+  # The protocol limits and timeouts `start/2` accepts, for `Visor.Options`.
+  @spec config_keys() :: [atom()]
+  def config_keys, do: @config_keys
+
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()
   @typedoc "A client id: 16 bytes (a little-endian u128)."

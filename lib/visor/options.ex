@@ -15,20 +15,7 @@ defmodule Visor.Options do
   @default_client_table_max 4096
 
   # Engine options passed through to Visor.Native.start/2 as they are.
-  @engine_keys [
-    :tick_ms,
-    :batch_max_requests,
-    :batch_max_bytes,
-    :pipeline_max,
-    :request_queue_max,
-    :client_table_max,
-    :message_entries_max,
-    :heartbeat_ticks,
-    :prepare_retry_ticks,
-    :view_change_ticks,
-    :resend_ticks,
-    :request_retry_ticks
-  ]
+  @engine_keys [:tick_ms | Visor.Native.config_keys()]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys
