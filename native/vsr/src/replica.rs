@@ -160,6 +160,8 @@ pub struct Replica {
     /// Highest op the primary is known to have, for repair.
     pub(crate) primary_op: Op,
     pub(crate) last_repair_tick: Option<u64>,
+    /// The last op of the repair chunk asked for.
+    pub(crate) repair_until: Op,
     pub(crate) last_start_view_request: Option<u64>,
     /// The newest view this replica has heard is running (or been told of).
     pub(crate) view_seen: View,
@@ -255,6 +257,7 @@ impl Replica {
             last_primary_tick: 0,
             primary_op: 0,
             last_repair_tick: None,
+            repair_until: 0,
             last_start_view_request: None,
             view_seen: 0,
             last_do_view_change_request: None,
@@ -781,6 +784,13 @@ impl Replica {
                 after: op - 1,
                 entries: vec![entry],
             });
+            if op == self.repair_until {
+                // The repair chunk arrived whole: ask for the next one at
+                // once, or a backup behind a busy primary (one chunk per
+                // resend interval) would never catch up (seed 1007965).
+                self.last_repair_tick = None;
+                self.request_repair();
+            }
         } else if entry.op > self.log.op() + 1 {
             self.request_repair();
         }
@@ -847,13 +857,20 @@ impl Replica {
             return;
         }
         self.last_repair_tick = Some(self.ticks);
+        let from = self.log.op() + 1;
+        let to = self
+            .primary_op
+            .min(from + self.config.message_entries_max as Op - 1);
+        self.repair_until = to;
         let primary = self.primary();
-        let message = Message::RequestPrepares {
-            view: self.view,
-            from: self.log.op() + 1,
-            to: self.primary_op,
-        };
-        self.send(primary, &message);
+        self.send(
+            primary,
+            &Message::RequestPrepares {
+                view: self.view,
+                from,
+                to,
+            },
+        );
     }
 
     fn tick_backup(&mut self) {

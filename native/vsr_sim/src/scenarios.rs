@@ -246,3 +246,31 @@ pub fn amnesiac_replicas_recover(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// A replica cut off while ops commit must catch up while the primary keeps
+/// committing, even one entry per repair message: it asks for the next
+/// chunk as soon as one arrives, not once per resend interval (which a busy
+/// primary outpaces forever: seed 1007965 of an earlier build).
+pub fn lagging_replica_catches_up_under_load(mut options: Options) -> Result<(), Failure> {
+    options.config.message_entries_max = 1;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for _ in 0..200 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.network.heal();
+    let target = sim.checker.committed();
+    for _ in 0..400 {
+        commit(&mut sim, 0, 0)?;
+        if sim.replica(2).commit() >= target {
+            return settle(&mut sim);
+        }
+    }
+    Err(Failure {
+        seed: sim.options.seed,
+        tick: sim.tick,
+        reason: format!("replica 2 still behind under load: {}", sim.describe()),
+    })
+}

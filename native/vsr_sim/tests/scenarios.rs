@@ -33,6 +33,11 @@ fn far_behind_replica_catches_up() {
 }
 
 #[test]
+fn lagging_replica_catches_up_under_load() {
+    scenarios::lagging_replica_catches_up_under_load(options(3, 1)).unwrap();
+}
+
+#[test]
 fn amnesiac_replicas_recover() {
     scenarios::amnesiac_replicas_recover(options(3, 1)).unwrap();
 }
