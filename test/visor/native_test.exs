@@ -110,24 +110,8 @@ defmodule Visor.NativeTest.Harness do
     {c, session}
   end
 
-  def wait_until(fun, timeout \\ 2_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    do_wait_until(fun, deadline)
-  end
-
-  defp do_wait_until(fun, deadline) do
-    cond do
-      fun.() ->
-        :ok
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("condition not reached in time")
-
-      true ->
-        Process.sleep(5)
-        do_wait_until(fun, deadline)
-    end
-  end
+  # Engine state settles within milliseconds; two seconds is generous.
+  def wait_until(fun), do: Visor.Test.Cluster.eventually(fun, 2_000)
 
   def dropped(stats) do
     stats
