@@ -211,12 +211,16 @@ visor_seq_backup =
 Bench.progress("Visor: warming up 256 callers")
 _ = Bench.throughput(:visor, nodes, 256, 1)
 
-visor_tp =
+# One throughput run per level of concurrency, with progress as it goes.
+throughput_levels = fn system, label, unit ->
   for n <- levels do
-    r = Bench.throughput(:visor, nodes, n, seconds)
-    Bench.progress("Visor: #{n} callers: #{r.ops_per_s} commits/s, p50 #{Bench.fmt(r.p50_us)}")
+    r = Bench.throughput(system, nodes, n, seconds)
+    Bench.progress("#{label}: #{n} callers: #{r.ops_per_s} #{unit}/s, p50 #{Bench.fmt(r.p50_us)}")
     r
   end
+end
+
+visor_tp = throughput_levels.(:visor, "Visor", "commits")
 
 Bench.progress("Mnesia: ram_copies table on a, b, c")
 
@@ -243,12 +247,7 @@ mnesia_seq =
 
 _ = Bench.throughput(:mnesia, nodes, 256, 1)
 
-mnesia_tp =
-  for n <- levels do
-    r = Bench.throughput(:mnesia, nodes, n, seconds)
-    Bench.progress("Mnesia: #{n} callers: #{r.ops_per_s} writes/s, p50 #{Bench.fmt(r.p50_us)}")
-    r
-  end
+mnesia_tp = throughput_levels.(:mnesia, "Mnesia", "writes")
 
 for n <- nodes, do: :erpc.call(n, :init, :stop, [])
 
