@@ -81,12 +81,7 @@ defmodule Visor.FailoverTest do
     final = :erpc.call(hd(survivors), Counter, :get, [])
     acked = MapSet.new(Map.keys(acks))
 
-    # Nothing applied twice: every applied id counted once.
-    assert final.count == MapSet.size(final.applied)
-    # Nothing lost: every acknowledged increment is in the state.
-    assert MapSet.subset?(acked, final.applied)
-    # Every acknowledged reply was a distinct count.
-    assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
+    assert_exactly_once(final, acks, acked)
 
     # The only increments applied without an acknowledgement here belong to
     # callers on killed nodes: the one in flight when the node died (or one
@@ -178,10 +173,7 @@ defmodule Visor.FailoverTest do
     final = :erpc.call(hd(nodes), Counter, :get, [])
     acked = MapSet.new(Map.keys(acks))
 
-    # Nothing applied twice, nothing acknowledged lost.
-    assert final.count == MapSet.size(final.applied)
-    assert MapSet.subset?(acked, final.applied)
-    assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
+    assert_exactly_once(final, acks, acked)
 
     # Applied without an acknowledgement: only increments of callers that
     # died with their node (in flight, or acknowledged to a dead caller).
@@ -240,5 +232,13 @@ defmodule Visor.FailoverTest do
     after
       0 -> {acks, failed}
     end
+  end
+
+  # Nothing applied twice (every applied id counted once), nothing
+  # acknowledged lost, and every acknowledged reply a distinct count.
+  defp assert_exactly_once(final, acks, acked) do
+    assert final.count == MapSet.size(final.applied)
+    assert MapSet.subset?(acked, final.applied)
+    assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
   end
 end
