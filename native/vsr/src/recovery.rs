@@ -36,7 +36,7 @@
 
 use crate::config::{ReplicaIndex, View, MAX_REPLICAS};
 use crate::message::{Decoded, Message};
-use crate::replica::{Replica, Status};
+use crate::replica::{DurableState, Replica, Status};
 
 /// A recovery in progress.
 #[derive(Clone, Debug)]
@@ -60,7 +60,28 @@ impl Replica {
         index: ReplicaIndex,
         nonce: u128,
     ) -> Result<Replica, String> {
-        let (mut replica, _) = Replica::restart(config, index, Default::default(), Vec::new())?;
+        Replica::recovering_from(config, index, DurableState::default(), nonce)
+    }
+
+    /// A replica that lost its log but kept its durable state (disk mode,
+    /// when the log on disk is damaged where it may hold acknowledged
+    /// entries, or when a recovery was cut short by a crash). It keeps its
+    /// crash vector, so a fence it took part in still holds, and recovers
+    /// like an amnesiac replica. Its log is empty until recovery installs one.
+    pub fn recovering_from(
+        config: crate::config::Config,
+        index: ReplicaIndex,
+        state: DurableState,
+        nonce: u128,
+    ) -> Result<Replica, String> {
+        let kept = DurableState {
+            view: state.view,
+            log_view: 0,
+            commit: 0,
+            incarnations: state.incarnations,
+            recovering: false,
+        };
+        let (mut replica, _) = Replica::restart(config, index, kept, Vec::new())?;
         replica.status = Status::Recovering;
         replica.recovery = Some(Recovery {
             nonce,
@@ -97,6 +118,7 @@ impl Replica {
         let stale = incarnations[from as usize] < self.incarnations[from as usize];
         let me = self.index as usize;
         let chosen = self.recovery.as_ref().is_none_or(|r| r.fencing);
+        let mut learned = false;
         for (replica, &incarnation) in incarnations.iter().enumerate() {
             if incarnation <= self.incarnations[replica] {
                 continue;
@@ -104,12 +126,19 @@ impl Replica {
             if replica != me {
                 self.incarnations[replica] = incarnation;
                 self.forget_incarnation(replica);
+                learned = true;
             } else if chosen {
                 // Someone holds a higher number for us (fenced by an attempt
                 // that crashed before it finished): take it, or it would drop
                 // all we send. Our life before the crash is below it anyway.
                 self.incarnations[me] = incarnation;
+                learned = true;
             }
+        }
+        if learned {
+            // Before anything we send in answer (a RecoveryFenced above all):
+            // a fence we forget in a restart from disk is no fence.
+            self.write_state();
         }
         if stale {
             self.stats.dropped_stale += 1;
@@ -169,6 +198,7 @@ impl Replica {
         let highest = recovery.known.iter().flatten().max().copied().unwrap_or(0);
         let me = self.index as usize;
         self.incarnations[me] = self.incarnations[me].max(highest + 1);
+        self.write_state();
         self.last_resend_tick = self.ticks;
         self.broadcast(&Message::RecoveryFence { nonce });
     }

@@ -39,12 +39,22 @@ pub enum Status {
 /// What the replica must keep across a restart besides its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DurableState {
-    /// The highest view the replica has taken part in. Never decreases.
+    /// The highest view the replica has taken part in. Never decreases,
+    /// except when a replica that lost its log recovers it from the others
+    /// (it then takes the view a quorum reports: see `recovery.rs`).
     pub view: View,
     /// The last view in which the replica's log was a normal view's log.
     pub log_view: View,
     /// A commit number known when this was written (a lower bound).
     pub commit: Op,
+    /// The crash vector: the incarnation known for every replica, this one
+    /// included. Kept so that a replica restarted from disk neither forgets
+    /// a fence it took part in nor speaks as an incarnation others dropped.
+    pub incarnations: [u64; MAX_REPLICAS],
+    /// The replica lost its log and has not finished recovering it: on
+    /// restart it must recover again ([`Replica::recovering_from`]), never
+    /// resume from the (empty or partial) log it holds.
+    pub recovering: bool,
 }
 
 /// A client's submission, handed to the replica the client talks to.
@@ -228,6 +238,9 @@ impl Replica {
         if state.log_view > state.view {
             return Err("log_view is ahead of view".into());
         }
+        if state.recovering {
+            return Err("the replica had not finished recovering: use Replica::recovering_from".into());
+        }
         let log = Log::from_entries(root_checksum(config.cluster), entries)
             .ok_or("the stored log is not a hash chain from this cluster's root")?;
         let jitter_state = config.jitter_seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -272,7 +285,7 @@ impl Replica {
             reads: Default::default(),
             commit_unannounced: false,
             view_start_op: 0,
-            incarnations: [0; MAX_REPLICAS],
+            incarnations: state.incarnations,
             recovery: None,
             stats: Stats::default(),
             out: Vec::new(),
@@ -352,6 +365,8 @@ impl Replica {
             view: self.view,
             log_view: self.log_view,
             commit: self.commit_max,
+            incarnations: self.incarnations,
+            recovering: self.status == Status::Recovering,
         }
     }
 

@@ -1,0 +1,103 @@
+//! Where a store's bytes live: the [`Disk`] trait, and [`FileDisk`], two
+//! files in a directory.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The two files of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Zone {
+    Superblock,
+    Wal,
+}
+
+/// Byte storage for a [`crate::Store`]. Writes need not be durable until
+/// `sync` returns; a crash may tear or drop any write not yet synced.
+pub trait Disk {
+    /// The whole zone.
+    fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>>;
+    fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()>;
+    /// Makes every write to `zone` so far durable (`fdatasync`).
+    fn sync(&mut self, zone: Zone) -> io::Result<()>;
+}
+
+/// A store in a directory: `superblock` and `wal`. The directory is locked
+/// (an advisory `flock`) for as long as the value lives, so two replicas
+/// can never write one store.
+pub struct FileDisk {
+    dir: PathBuf,
+    superblock: File,
+    wal: File,
+    /// Holds the lock.
+    _lock: File,
+}
+
+impl FileDisk {
+    /// Opens (creating if needed) the store directory `dir`.
+    pub fn open(dir: &Path) -> io::Result<FileDisk> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another replica", dir.display()),
+            )
+        })?;
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+        };
+        let disk = FileDisk {
+            superblock: open("superblock")?,
+            wal: open("wal")?,
+            _lock: lock,
+            dir: dir.to_path_buf(),
+        };
+        // The files' directory entries must be durable too.
+        File::open(dir)?.sync_all()?;
+        Ok(disk)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, zone: Zone) -> &File {
+        match zone {
+            Zone::Superblock => &self.superblock,
+            Zone::Wal => &self.wal,
+        }
+    }
+}
+
+impl Disk for FileDisk {
+    fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
+        let file = self.file(zone);
+        let mut bytes = vec![0; file.metadata()?.len() as usize];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+
+    fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(zone).write_all_at(bytes, offset)
+    }
+
+    fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()> {
+        self.file(zone).set_len(len)
+    }
+
+    fn sync(&mut self, zone: Zone) -> io::Result<()> {
+        self.file(zone).sync_data()
+    }
+}

@@ -1,0 +1,419 @@
+//! Byte layouts of the superblock and the write-ahead log (pure: no I/O).
+//!
+//! Every structure starts with a 128-bit XXH3 checksum of the bytes after
+//! it, then a magic number, so a torn, zeroed or flipped region never
+//! decodes. Integers are little-endian; bodies are postcard, like the wire
+//! format's (`docs/protocol.md`).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
+
+/// Layout version of both files; a store written by another version is refused.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// The superblock file holds this many copies, each in its own slot.
+pub const SUPERBLOCK_COPIES: usize = 4;
+/// Size of one superblock slot (a filesystem block, so a torn write of one
+/// slot cannot reach into another).
+pub const SLOT_SIZE: usize = 4096;
+const SUPERBLOCK_MAGIC: [u8; 8] = *b"VISOR-SB";
+/// checksum (16) + magic (8) + version (2) + reserved (2) + body length (4).
+const SUPERBLOCK_HEADER: usize = 32;
+/// Most bytes of host metadata a superblock carries.
+pub const META_MAX: usize = 2048;
+/// Most bytes of a group's name.
+pub const GROUP_MAX: usize = 255;
+
+const RECORD_MAGIC: [u8; 4] = *b"VWAL";
+/// checksum (16) + magic (4) + body length (4).
+pub const RECORD_HEADER: usize = 24;
+
+/// Which data a store belongs to. A store is opened only by the replica it
+/// was created for: same cluster, same group, same place in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster: u128,
+    /// The group's name (Visor uses the module's), so that two groups'
+    /// data can never be mistaken for each other.
+    pub group: Vec<u8>,
+    pub replica: u8,
+    pub replica_count: u8,
+}
+
+/// One copy of the superblock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    /// Incremented by every update; the highest valid copy is current.
+    pub sequence: u64,
+    pub identity: Identity,
+    /// Opaque to storage, set when the store is created: what the host
+    /// needs to restart the replica (Visor keeps the member nodes here).
+    pub meta: Vec<u8>,
+    pub view: u64,
+    pub log_view: u64,
+    pub commit: Op,
+    pub incarnations: Vec<u64>,
+    pub recovering: bool,
+}
+
+impl Superblock {
+    /// A new store's first superblock: view 0, empty log.
+    pub fn new(identity: Identity, meta: Vec<u8>) -> Superblock {
+        let mut superblock = Superblock {
+            sequence: 0,
+            identity,
+            meta,
+            view: 0,
+            log_view: 0,
+            commit: 0,
+            incarnations: Vec::new(),
+            recovering: false,
+        };
+        superblock.set_state(&DurableState::default());
+        superblock
+    }
+
+    /// The replica's durable state as this copy records it.
+    pub fn state(&self) -> DurableState {
+        let mut incarnations = [0; MAX_REPLICAS];
+        for (slot, &incarnation) in incarnations.iter_mut().zip(&self.incarnations) {
+            *slot = incarnation;
+        }
+        DurableState {
+            view: self.view,
+            log_view: self.log_view,
+            commit: self.commit,
+            incarnations,
+            recovering: self.recovering,
+        }
+    }
+
+    pub fn set_state(&mut self, state: &DurableState) {
+        self.view = state.view;
+        self.log_view = state.log_view;
+        self.commit = state.commit;
+        self.incarnations = state.incarnations[..self.identity.replica_count as usize].to_vec();
+        self.recovering = state.recovering;
+    }
+
+    /// One slot's bytes: exactly [`SLOT_SIZE`], zero-padded.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let body = postcard::to_allocvec(self).map_err(|e| format!("superblock encoding: {e}"))?;
+        if SUPERBLOCK_HEADER + body.len() > SLOT_SIZE {
+            return Err(format!("superblock of {} bytes exceeds a slot", body.len()));
+        }
+        let mut slot = vec![0u8; SLOT_SIZE];
+        slot[16..24].copy_from_slice(&SUPERBLOCK_MAGIC);
+        slot[24..26].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        slot[28..32].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        slot[SUPERBLOCK_HEADER..SUPERBLOCK_HEADER + body.len()].copy_from_slice(&body);
+        let sum = checksum(&slot[16..]);
+        slot[..16].copy_from_slice(&sum.to_le_bytes());
+        Ok(slot)
+    }
+
+    /// Decodes one slot; `None` if it is torn, corrupt, zeroed or of
+    /// another format version.
+    pub fn decode(slot: &[u8]) -> Option<Superblock> {
+        if slot.len() != SLOT_SIZE
+            || slot[16..24] != SUPERBLOCK_MAGIC
+            || u16::from_le_bytes([slot[24], slot[25]]) != FORMAT_VERSION
+        {
+            return None;
+        }
+        let sum = u128::from_le_bytes(slot[..16].try_into().ok()?);
+        if sum != checksum(&slot[16..]) {
+            return None;
+        }
+        let len = u32::from_le_bytes(slot[28..32].try_into().ok()?) as usize;
+        let body = slot.get(SUPERBLOCK_HEADER..SUPERBLOCK_HEADER.checked_add(len)?)?;
+        let superblock: Superblock = postcard::from_bytes(body).ok()?;
+        let count = superblock.identity.replica_count as usize;
+        let sane = (1..=MAX_REPLICAS).contains(&count)
+            && superblock.incarnations.len() == count
+            && superblock.identity.replica < superblock.identity.replica_count
+            && superblock.log_view <= superblock.view;
+        sane.then_some(superblock)
+    }
+
+    /// Slots that update `sequence` writes: two of the four, alternating,
+    /// so the previous update's two copies stay intact while it runs.
+    pub fn slots_of(sequence: u64) -> [usize; 2] {
+        let first = (sequence % 2) as usize * 2;
+        [first, first + 1]
+    }
+}
+
+/// The current superblock among the copies in `file` (the highest sequence
+/// among valid copies), with how many copies hold it.
+pub fn current_superblock(file: &[u8]) -> Option<(Superblock, usize)> {
+    let copies: Vec<Superblock> = (0..SUPERBLOCK_COPIES)
+        .filter_map(|i| file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE))
+        .filter_map(Superblock::decode)
+        .collect();
+    let best = copies.iter().max_by_key(|s| s.sequence)?;
+    let count = copies.iter().filter(|s| *s == best).count();
+    Some((best.clone(), count))
+}
+
+/// One record of the write-ahead log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// The entry extends the log by one op.
+    Entry(Arc<Prepare>),
+    /// Drop every entry after `after` (a view change replaced them).
+    Truncate { after: Op },
+}
+
+impl Record {
+    /// Appends the record's bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; 16]);
+        out.extend_from_slice(&RECORD_MAGIC);
+        out.extend_from_slice(&[0u8; 4]);
+        // Encoding into a Vec cannot fail for these types.
+        let body = postcard::to_extend(self, Vec::new()).expect("encoding a record into a Vec");
+        out[start + 20..start + 24].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        let sum = checksum(&out[start + 16..]);
+        out[start..start + 16].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Decodes the record at the start of `bytes`: the record and its
+    /// length, or `None` if it is torn, corrupt or not a record at all.
+    /// An entry's own checksum is verified too.
+    pub fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+        let header = bytes.get(..RECORD_HEADER)?;
+        if header[16..20] != RECORD_MAGIC {
+            return None;
+        }
+        let len = u32::from_le_bytes(header[20..24].try_into().ok()?) as usize;
+        let end = RECORD_HEADER.checked_add(len)?;
+        let record = bytes.get(..end)?;
+        let sum = u128::from_le_bytes(header[..16].try_into().ok()?);
+        if sum != checksum(&record[16..]) {
+            return None;
+        }
+        let decoded: Record = postcard::from_bytes(&record[RECORD_HEADER..]).ok()?;
+        if let Record::Entry(entry) = &decoded {
+            if entry.checksum != entry.compute_checksum() {
+                return None;
+            }
+        }
+        Some((decoded, end))
+    }
+}
+
+/// What reading a write-ahead log found wrong, if anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalDamage {
+    /// The bytes from `offset` on hold no valid record: the tail of a write
+    /// that a crash interrupted. It was never synced, so never acknowledged.
+    Torn { offset: u64 },
+    /// The record at `offset` is damaged but a valid record follows it, or
+    /// records do not chain: what was synced has since been corrupted, and
+    /// it may hold acknowledged entries.
+    Corrupt { offset: u64 },
+}
+
+/// The log a write-ahead log holds, up to its first damage.
+#[derive(Clone, Debug)]
+pub struct WalScan {
+    pub entries: Vec<Arc<Prepare>>,
+    /// Bytes of valid records before any damage.
+    pub valid_len: u64,
+    pub damage: Option<WalDamage>,
+}
+
+/// Replays the records of a write-ahead log whose chain starts at `root`.
+pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
+    let mut log = vsr::log::Log::new(root);
+    let mut offset = 0;
+    let damage = loop {
+        if offset == bytes.len() {
+            break None;
+        }
+        let Some((record, len)) = Record::decode(&bytes[offset..]) else {
+            break Some(if valid_record_after(bytes, offset + 1) {
+                WalDamage::Corrupt {
+                    offset: offset as u64,
+                }
+            } else {
+                WalDamage::Torn {
+                    offset: offset as u64,
+                }
+            });
+        };
+        let applied = match record {
+            Record::Entry(entry) if log.can_append(&entry) => {
+                log.append(entry);
+                true
+            }
+            Record::Truncate { after } if after <= log.op() => {
+                log.truncate_after(after);
+                true
+            }
+            // A valid record that does not fit: not something this store wrote.
+            _ => false,
+        };
+        if !applied {
+            break Some(WalDamage::Corrupt {
+                offset: offset as u64,
+            });
+        }
+        offset += len;
+    };
+    WalScan {
+        entries: log.entries().to_vec(),
+        valid_len: offset as u64,
+        damage,
+    }
+}
+
+/// Whether any valid record starts at or after `from`.
+fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len().saturating_sub(RECORD_HEADER - 1))
+        .filter(|&at| bytes[at + 16..at + 20] == RECORD_MAGIC)
+        .any(|at| Record::decode(&bytes[at..]).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsr::root_checksum;
+
+    fn identity() -> Identity {
+        Identity {
+            cluster: 7,
+            group: b"Elixir.Cache".to_vec(),
+            replica: 1,
+            replica_count: 3,
+        }
+    }
+
+    fn chain(count: u64) -> Vec<Arc<Prepare>> {
+        let mut parent = root_checksum(7);
+        (1..=count)
+            .map(|op| {
+                let entry = Arc::new(Prepare::new(parent, 0, op, op, vec![]));
+                parent = entry.checksum;
+                entry
+            })
+            .collect()
+    }
+
+    fn wal(records: &[Record]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for record in records {
+            record.encode_into(&mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn superblock_round_trips_and_rejects_every_flip() {
+        let mut superblock = Superblock::new(identity(), b"meta".to_vec());
+        superblock.sequence = 9;
+        superblock.view = 4;
+        let slot = superblock.encode().unwrap();
+        assert_eq!(Superblock::decode(&slot), Some(superblock.clone()));
+        for byte in (0..SUPERBLOCK_HEADER + 64).step_by(3) {
+            let mut flipped = slot.clone();
+            flipped[byte] ^= 0x10;
+            assert_eq!(Superblock::decode(&flipped), None, "flip at {byte}");
+        }
+        assert_eq!(Superblock::decode(&vec![0; SLOT_SIZE]), None);
+    }
+
+    #[test]
+    fn the_newest_valid_copy_wins() {
+        let mut file = vec![0u8; SLOT_SIZE * SUPERBLOCK_COPIES];
+        let mut superblock = Superblock::new(identity(), vec![]);
+        for sequence in 1..=2 {
+            superblock.sequence = sequence;
+            for slot in Superblock::slots_of(sequence) {
+                file[slot * SLOT_SIZE..(slot + 1) * SLOT_SIZE].copy_from_slice(&superblock.encode().unwrap());
+            }
+        }
+        assert_eq!(
+            current_superblock(&file).map(|(s, n)| (s.sequence, n)),
+            Some((2, 2))
+        );
+        // One copy of sequence 2 torn: the other still stands.
+        file[0] ^= 1;
+        assert_eq!(
+            current_superblock(&file).map(|(s, n)| (s.sequence, n)),
+            Some((2, 1))
+        );
+        // Both torn: the previous update's copies are intact.
+        file[SLOT_SIZE] ^= 1;
+        assert_eq!(
+            current_superblock(&file).map(|(s, n)| (s.sequence, n)),
+            Some((1, 2))
+        );
+    }
+
+    #[test]
+    fn scan_replays_entries_and_truncations() {
+        let entries = chain(3);
+        let bytes = wal(&[
+            Record::Entry(entries[0].clone()),
+            Record::Entry(entries[1].clone()),
+            Record::Truncate { after: 1 },
+            Record::Entry(entries[1].clone()),
+            Record::Entry(entries[2].clone()),
+        ]);
+        let scan = scan_wal(root_checksum(7), &bytes);
+        assert_eq!(scan.entries, entries);
+        assert_eq!(scan.damage, None);
+        assert_eq!(scan.valid_len, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_torn_tail_is_told_from_corruption_before_a_valid_record() {
+        let entries = chain(3);
+        let records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
+        let bytes = wal(&records);
+        let second = wal(&records[..1]).len();
+        let third = wal(&records[..2]).len();
+        // Every truncation inside the last record is a torn tail.
+        for cut in third..bytes.len() {
+            let scan = scan_wal(root_checksum(7), &bytes[..cut]);
+            assert_eq!(scan.entries.len(), 2);
+            let expected = (cut > third).then_some(WalDamage::Torn { offset: third as u64 });
+            assert_eq!(scan.damage, expected, "cut at {cut}");
+        }
+        // Every flip inside the second record is corruption: the third is valid.
+        for byte in second..third {
+            let mut flipped = bytes.clone();
+            flipped[byte] ^= 0x04;
+            let scan = scan_wal(root_checksum(7), &flipped);
+            assert_eq!(scan.entries.len(), 1);
+            assert_eq!(
+                scan.damage,
+                Some(WalDamage::Corrupt {
+                    offset: second as u64
+                }),
+                "flip at {byte}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_that_do_not_chain_are_corruption() {
+        let entries = chain(3);
+        let bytes = wal(&[
+            Record::Entry(entries[0].clone()),
+            Record::Entry(entries[2].clone()),
+        ]);
+        let scan = scan_wal(root_checksum(7), &bytes);
+        assert_eq!(scan.entries.len(), 1);
+        assert!(matches!(scan.damage, Some(WalDamage::Corrupt { .. })));
+        let foreign = scan_wal(root_checksum(8), &bytes);
+        assert!(foreign.entries.is_empty());
+        assert!(matches!(foreign.damage, Some(WalDamage::Corrupt { offset: 0 })));
+    }
+}

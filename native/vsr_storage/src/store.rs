@@ -1,0 +1,576 @@
+//! A replica's store: opening it (and deciding how the replica restarts),
+//! and carrying out its writes with group commit.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use vsr::{root_checksum, DurableState, Op, Output, Prepare};
+
+use crate::disk::{Disk, Zone};
+use crate::format::{current_superblock, scan_wal, Identity, Record, Superblock, WalDamage, SLOT_SIZE};
+
+/// Why a store cannot be opened. The store is left as it was found.
+#[derive(Debug)]
+pub enum StoreError {
+    Io(io::Error),
+    /// The store belongs to another cluster, group or replica.
+    Foreign {
+        expected: Identity,
+        found: Identity,
+    },
+    /// The superblock file has bytes but no valid copy: the store cannot
+    /// say whose it is or what it promised.
+    NoSuperblock,
+    /// Host metadata or a group name too large for a superblock.
+    TooLarge(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io(e) => write!(f, "I/O error: {e}"),
+            StoreError::Foreign { expected, found } => write!(
+                f,
+                "the data directory belongs to another replica: it holds cluster {:032x}, group {:?}, \
+                 replica {} of {}, not cluster {:032x}, group {:?}, replica {} of {}",
+                found.cluster,
+                String::from_utf8_lossy(&found.group),
+                found.replica,
+                found.replica_count,
+                expected.cluster,
+                String::from_utf8_lossy(&expected.group),
+                expected.replica,
+                expected.replica_count
+            ),
+            StoreError::NoSuperblock => write!(
+                f,
+                "every superblock copy is damaged, so the data directory cannot be trusted; \
+                 move it away to let this replica recover from its peers"
+            ),
+            StoreError::TooLarge(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+/// How the replica of an opened store starts.
+#[derive(Debug)]
+pub enum Opened {
+    /// The store was empty and has been created: a fresh replica.
+    Created,
+    /// Restart from what the store holds (`Replica::restart`). `torn` is
+    /// the offset of a torn tail that was cut off, if there was one.
+    Restart {
+        state: DurableState,
+        entries: Vec<Arc<Prepare>>,
+        torn: Option<u64>,
+    },
+    /// The log cannot be trusted: recover it from the peers
+    /// (`Replica::recovering_from`). The store has recorded that it is
+    /// recovering and emptied its log.
+    Recover { state: DurableState, reason: String },
+}
+
+/// Counters for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub syncs: u64,
+    pub wal_bytes: u64,
+    pub superblock_writes: u64,
+}
+
+/// One replica's store.
+pub struct Store<D: Disk> {
+    disk: D,
+    /// The newest durable superblock.
+    superblock: Superblock,
+    /// The state to write at the next sync, if it changed.
+    state: Option<DurableState>,
+    /// Durable length of the write-ahead log.
+    wal_len: u64,
+    /// Records staged, not yet written.
+    wal_pending: Vec<u8>,
+    /// The op of the log once the staged records are written.
+    op: Op,
+    stats: StoreStats,
+}
+
+impl<D: Disk> Store<D> {
+    /// The superblock of the store on `disk`, without opening it: `None`
+    /// for an empty store.
+    pub fn probe(disk: &mut D) -> Result<Option<Superblock>, StoreError> {
+        let file = disk.read(Zone::Superblock)?;
+        if file.is_empty() {
+            return Ok(None);
+        }
+        current_superblock(&file)
+            .map(|(superblock, _)| Some(superblock))
+            .ok_or(StoreError::NoSuperblock)
+    }
+
+    /// Opens the store of replica `identity`, creating it (with `meta`) if
+    /// the disk is empty, and decides how the replica starts.
+    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
+        if meta.len() > crate::format::META_MAX || identity.group.len() > crate::format::GROUP_MAX {
+            return Err(StoreError::TooLarge(
+                "the group name or host metadata is too large for a superblock".into(),
+            ));
+        }
+        let Some(superblock) = Store::probe(&mut disk)? else {
+            if !disk.read(Zone::Wal)?.is_empty() {
+                return Err(StoreError::NoSuperblock);
+            }
+            return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
+        };
+        if superblock.identity != identity {
+            return Err(StoreError::Foreign {
+                expected: identity,
+                found: superblock.identity,
+            });
+        }
+        let wal = disk.read(Zone::Wal)?;
+        let scan = scan_wal(root_checksum(identity.cluster), &wal);
+        let mut store = Store {
+            disk,
+            state: None,
+            wal_len: wal.len() as u64,
+            wal_pending: Vec::new(),
+            op: scan.entries.len() as Op,
+            stats: StoreStats::default(),
+            superblock,
+        };
+        let state = store.superblock.state();
+        let lost = match scan.damage {
+            _ if state.recovering => Some("a recovery was interrupted".to_string()),
+            Some(WalDamage::Corrupt { offset }) => Some(format!(
+                "the write-ahead log is corrupt at byte {offset}, before records that are intact"
+            )),
+            _ if store.op < state.commit => Some(format!(
+                "the write-ahead log ends at op {} but op {} was committed",
+                store.op, state.commit
+            )),
+            _ => None,
+        };
+        if let Some(reason) = lost {
+            store.begin_recovery()?;
+            let state = store.superblock.state();
+            return Ok((store, Opened::Recover { state, reason }));
+        }
+        let torn = match scan.damage {
+            Some(WalDamage::Torn { offset }) => {
+                // Cut the torn bytes off before anything is appended after them.
+                store.disk.truncate(Zone::Wal, offset)?;
+                store.disk.sync(Zone::Wal)?;
+                store.wal_len = offset;
+                Some(offset)
+            }
+            _ => None,
+        };
+        Ok((
+            store,
+            Opened::Restart {
+                state,
+                entries: scan.entries,
+                torn,
+            },
+        ))
+    }
+
+    fn create(disk: D, identity: Identity, meta: Vec<u8>) -> Result<Store<D>, StoreError> {
+        let mut store = Store {
+            disk,
+            superblock: Superblock::new(identity, meta),
+            state: None,
+            wal_len: 0,
+            wal_pending: Vec::new(),
+            op: 0,
+            stats: StoreStats::default(),
+        };
+        store.write_superblock(store.superblock.state())?;
+        Ok(store)
+    }
+
+    /// Records that the replica is recovering, then empties the log: a
+    /// crash at any point leaves a store that recovers again on restart.
+    fn begin_recovery(&mut self) -> io::Result<()> {
+        let mut state = self.superblock.state();
+        state.recovering = true;
+        self.write_superblock(state)?;
+        self.disk.truncate(Zone::Wal, 0)?;
+        self.disk.sync(Zone::Wal)?;
+        self.wal_len = 0;
+        self.op = 0;
+        Ok(())
+    }
+
+    /// Takes a replica output: stages it and returns `true` if it is a
+    /// write, returns `false` otherwise. Staged writes become durable at
+    /// the next [`Store::sync`]; nothing that followed them may take
+    /// effect before.
+    pub fn stage(&mut self, output: &Output) -> Result<bool, String> {
+        match output {
+            Output::WriteLog { after, entries } => {
+                if *after > self.op {
+                    return Err(format!(
+                        "a write after op {after} to a log that ends at {}",
+                        self.op
+                    ));
+                }
+                if *after < self.op {
+                    Record::Truncate { after: *after }.encode_into(&mut self.wal_pending);
+                }
+                for entry in entries {
+                    Record::Entry(entry.clone()).encode_into(&mut self.wal_pending);
+                }
+                self.op = after + entries.len() as Op;
+                Ok(true)
+            }
+            Output::WriteState(state) => {
+                self.state = Some(*state);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether staged writes wait for a sync.
+    pub fn has_staged(&self) -> bool {
+        !self.wal_pending.is_empty() || self.state.is_some()
+    }
+
+    /// Makes every staged write durable: the log first, then the
+    /// superblock (so a superblock never names a log view whose entries
+    /// are not on disk). On error, what is staged stays staged and the
+    /// next call retries it; nothing durable is overwritten.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.wal_pending.is_empty() {
+            self.disk.write(Zone::Wal, self.wal_len, &self.wal_pending)?;
+            self.disk.sync(Zone::Wal)?;
+            self.wal_len += self.wal_pending.len() as u64;
+            self.stats.wal_bytes += self.wal_pending.len() as u64;
+            self.stats.syncs += 1;
+            self.wal_pending.clear();
+        }
+        if let Some(state) = self.state {
+            self.write_superblock(state)?;
+            self.state = None;
+        }
+        Ok(())
+    }
+
+    /// Writes `state` as the next superblock, in the two slots the previous
+    /// update did not use, and syncs.
+    fn write_superblock(&mut self, state: DurableState) -> io::Result<()> {
+        let mut next = self.superblock.clone();
+        next.sequence += 1;
+        next.set_state(&state);
+        let bytes = next.encode().map_err(io::Error::other)?;
+        for slot in Superblock::slots_of(next.sequence) {
+            self.disk
+                .write(Zone::Superblock, (slot * SLOT_SIZE) as u64, &bytes)?;
+        }
+        self.disk.sync(Zone::Superblock)?;
+        self.superblock = next;
+        self.stats.superblock_writes += 1;
+        self.stats.syncs += 1;
+        Ok(())
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    pub fn disk_mut(&mut self) -> &mut D {
+        &mut self.disk
+    }
+
+    pub fn into_disk(self) -> D {
+        self.disk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::SUPERBLOCK_COPIES;
+    use crate::mem::{CrashCut, MemDisk};
+
+    fn identity() -> Identity {
+        Identity {
+            cluster: 3,
+            group: b"Elixir.Counter".to_vec(),
+            replica: 0,
+            replica_count: 3,
+        }
+    }
+
+    fn chain(from: &[Arc<Prepare>], count: u64, view: u64) -> Vec<Arc<Prepare>> {
+        let mut parent = from.last().map_or(root_checksum(3), |e| e.checksum);
+        let start = from.len() as u64 + 1;
+        (start..start + count)
+            .map(|op| {
+                let entry = Arc::new(Prepare::new(parent, view, op, op, vec![]));
+                parent = entry.checksum;
+                entry
+            })
+            .collect()
+    }
+
+    fn open(disk: MemDisk) -> (Store<MemDisk>, Opened) {
+        Store::open(disk, identity(), b"meta".to_vec()).expect("opens")
+    }
+
+    fn restarted(opened: &Opened) -> (DurableState, Vec<Arc<Prepare>>) {
+        match opened {
+            Opened::Restart { state, entries, .. } => (*state, entries.clone()),
+            other => panic!("expected a restart, got {other:?}"),
+        }
+    }
+
+    fn state(view: u64, log_view: u64, commit: Op) -> DurableState {
+        DurableState {
+            view,
+            log_view,
+            commit,
+            ..DurableState::default()
+        }
+    }
+
+    /// A store holding `entries`, all synced, and `state`.
+    fn store_with(entries: &[Arc<Prepare>], durable: DurableState) -> Store<MemDisk> {
+        let (mut store, opened) = open(MemDisk::default());
+        assert!(matches!(opened, Opened::Created));
+        store
+            .stage(&Output::WriteLog {
+                after: 0,
+                entries: entries.to_vec(),
+            })
+            .unwrap();
+        store.stage(&Output::WriteState(durable)).unwrap();
+        store.sync().unwrap();
+        store
+    }
+
+    #[test]
+    fn what_was_synced_comes_back() {
+        let entries = chain(&[], 5, 0);
+        let mut store = store_with(&entries, state(0, 0, 3));
+        // A view change replaces the last two entries.
+        let replaced = chain(&entries[..3], 3, 1);
+        store
+            .stage(&Output::WriteLog {
+                after: 3,
+                entries: replaced.clone(),
+            })
+            .unwrap();
+        store.stage(&Output::WriteState(state(1, 1, 3))).unwrap();
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
+        let (durable, log) = restarted(&opened);
+        assert_eq!(durable, state(1, 1, 3));
+        assert_eq!(log[..3], entries[..3]);
+        assert_eq!(log[3..], replaced[..]);
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_sync_leaves_the_old_or_the_new_store() {
+        let old = chain(&[], 3, 0);
+        let new = chain(&old[..2], 3, 1);
+        for kept in 0..4 {
+            for torn in [None, Some(0), Some(7), Some(30), Some(100), Some(4000)] {
+                let mut store = store_with(&old, state(0, 0, 2));
+                store
+                    .stage(&Output::WriteLog {
+                        after: 2,
+                        entries: new.clone(),
+                    })
+                    .unwrap();
+                store.stage(&Output::WriteState(state(1, 1, 2))).unwrap();
+                let mut disk = std::mem::take(&mut store.disk);
+                write_unsynced(&mut store, &mut disk);
+                disk.crash(CrashCut { kept, torn });
+                let (_, opened) = open(disk);
+                let (durable, log) = restarted(&opened);
+                // The superblock is written after the log is synced, so a new
+                // log view always comes with the whole new log.
+                if durable.log_view == 1 {
+                    assert_eq!(log[2..], new[..]);
+                } else {
+                    assert_eq!(durable, state(0, 0, 2));
+                    assert_eq!(log[..2], old[..2]);
+                }
+            }
+        }
+    }
+
+    /// Writes what `store` has staged to `disk` without syncing, as `sync`
+    /// would up to its first fsync, plus the superblock (both copies).
+    fn write_unsynced(store: &mut Store<MemDisk>, disk: &mut MemDisk) {
+        disk.write(Zone::Wal, store.wal_len, &store.wal_pending).unwrap();
+        let mut next = store.superblock.clone();
+        next.sequence += 1;
+        next.set_state(&store.state.unwrap());
+        let bytes = next.encode().unwrap();
+        for slot in Superblock::slots_of(next.sequence) {
+            disk.write(Zone::Superblock, (slot * SLOT_SIZE) as u64, &bytes)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_appends_continue() {
+        let entries = chain(&[], 4, 0);
+        let mut store = store_with(&entries[..3], state(0, 0, 1));
+        store
+            .stage(&Output::WriteLog {
+                after: 3,
+                entries: entries[3..].to_vec(),
+            })
+            .unwrap();
+        let mut disk = std::mem::take(&mut store.disk);
+        disk.write(Zone::Wal, store.wal_len, &store.wal_pending[..20])
+            .unwrap();
+        disk.crash(CrashCut { kept: 1, torn: None });
+        let (mut store, opened) = open(disk);
+        assert!(matches!(opened, Opened::Restart { torn: Some(_), .. }));
+        assert_eq!(restarted(&opened).1, entries[..3]);
+        store
+            .stage(&Output::WriteLog {
+                after: 3,
+                entries: entries[3..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
+        assert!(matches!(opened, Opened::Restart { torn: None, .. }));
+        assert_eq!(restarted(&opened).1, entries);
+    }
+
+    #[test]
+    fn corruption_before_intact_records_means_recovery_until_it_is_done() {
+        let entries = chain(&[], 4, 0);
+        let store = store_with(&entries, state(2, 2, 1));
+        let mut disk = store.into_disk();
+        disk.corrupt(Zone::Wal, 70, 0x20);
+        let (_, opened) = open(disk.clone());
+        let Opened::Recover {
+            state: recovering, ..
+        } = opened
+        else {
+            panic!("expected recovery, got {opened:?}")
+        };
+        assert!(recovering.recovering);
+        assert_eq!(recovering.view, 2);
+        // Reopened before the recovery finished: it recovers again, though
+        // the log is now empty and undamaged.
+        let (store, _) = open(disk);
+        assert_eq!(store.disk().len(Zone::Wal), 0);
+        let (_, opened) = open(store.into_disk());
+        assert!(matches!(opened, Opened::Recover { .. }));
+    }
+
+    #[test]
+    fn a_log_shorter_than_the_durable_commit_means_recovery() {
+        let entries = chain(&[], 4, 0);
+        let mut store = store_with(&entries, state(0, 0, 4));
+        let mut disk = std::mem::take(&mut store.disk);
+        // Bit rot in the last record: it looks torn, but it was committed.
+        let len = disk.len(Zone::Wal);
+        disk.corrupt(Zone::Wal, len - 1, 0x01);
+        let (_, opened) = open(disk);
+        assert!(matches!(opened, Opened::Recover { .. }), "{opened:?}");
+    }
+
+    #[test]
+    fn superblock_copies_cover_for_each_other() {
+        let entries = chain(&[], 2, 0);
+        let store = store_with(&entries, state(1, 1, 2));
+        let mut disk = store.into_disk();
+        let current = Superblock::slots_of(store_sequence(&mut disk));
+        disk.corrupt(Zone::Superblock, current[0] * SLOT_SIZE + 40, 0x08);
+        let (_, opened) = open(disk.clone());
+        assert_eq!(restarted(&opened).0, state(1, 1, 2));
+        for slot in 0..SUPERBLOCK_COPIES {
+            disk.corrupt(Zone::Superblock, slot * SLOT_SIZE + 50, 0x08);
+        }
+        assert!(matches!(
+            Store::open(disk, identity(), vec![]),
+            Err(StoreError::NoSuperblock)
+        ));
+    }
+
+    fn store_sequence(disk: &mut MemDisk) -> u64 {
+        Store::probe(disk).unwrap().unwrap().sequence
+    }
+
+    #[test]
+    fn a_foreign_store_is_refused_and_left_untouched() {
+        let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
+        let mut disk = store.into_disk();
+        let before = (
+            disk.read(Zone::Superblock).unwrap(),
+            disk.read(Zone::Wal).unwrap(),
+        );
+        for other in [
+            Identity {
+                cluster: 4,
+                ..identity()
+            },
+            Identity {
+                group: b"Elixir.Other".to_vec(),
+                ..identity()
+            },
+            Identity {
+                replica: 1,
+                ..identity()
+            },
+        ] {
+            let Err(error) = Store::open(disk.clone(), other, vec![]) else {
+                panic!("a foreign store opened")
+            };
+            assert!(
+                error.to_string().contains("belongs to another replica"),
+                "{error}"
+            );
+        }
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let after = (
+            disk.read(Zone::Superblock).unwrap(),
+            disk.read(Zone::Wal).unwrap(),
+        );
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_writes_staged_until_space_returns() {
+        let entries = chain(&[], 3, 0);
+        let mut store = store_with(&entries[..1], state(0, 0, 0));
+        store.disk.full = true;
+        store
+            .stage(&Output::WriteLog {
+                after: 1,
+                entries: entries[1..].to_vec(),
+            })
+            .unwrap();
+        assert!(store.sync().is_err());
+        assert!(store.has_staged());
+        store.disk.full = false;
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened).1, entries);
+    }
+}
