@@ -55,7 +55,19 @@ defmodule Visor.Native do
     :resend_ticks,
     :request_retry_ticks
   ]
-  @known_keys [:cluster, :replica_count, :replica_index, :tick_ms, :recover | @config_keys]
+  @known_keys [
+    :cluster,
+    :replica_count,
+    :replica_index,
+    :tick_ms,
+    :recover,
+    :data_dir,
+    :group,
+    :meta | @config_keys
+  ]
+  # Limits of a store's superblock (vsr_storage::format).
+  @group_max 255
+  @meta_max 2048
 
   @doc false
   # The protocol limits and timeouts `start/2` accepts, for `Visor.Options`.
@@ -109,7 +121,20 @@ defmodule Visor.Native do
       anything (status `:recovering` until then). Default `false`: a
       member of a cluster being formed;
     * overrides of the protocol limits and timeouts (non-negative integers,
-      timeouts in ticks): #{Enum.map_join(@config_keys, ", ", &"`#{inspect(&1)}`")}.
+      timeouts in ticks): #{Enum.map_join(@config_keys, ", ", &"`#{inspect(&1)}`")};
+    * `:data_dir`: disk mode (docs/storage.md). The group's store lives in
+      this directory, which it locks; `:group` (required with it, a binary
+      of at most #{@group_max} bytes) names the group, and a store of
+      another cluster, group or replica is refused; `:meta` (at most
+      #{@meta_max} bytes) is kept in a new store for `probe/2` to return.
+      The store is opened on the engine thread: until then `status/1` says
+      `:starting`; a store that cannot be opened fails the group
+      (`{:visor_engine_down, engine, reason}`). In disk mode the events
+      start with `{:storage, kind, detail}`: `:created`, `:restarted`
+      (detail: the offset of a torn tail cut off, or `nil`), or
+      `:recovering` (detail: why the log is not trusted); later
+      `{:storage, :error, reason}` when writes fail (the replica then
+      pauses) and `{:storage, :resumed, nil}` when they succeed again.
 
   Engine messages go to `owner`, a local process. The group stops when
   `stop/1` is called or when `owner` exits.
@@ -182,13 +207,42 @@ defmodule Visor.Native do
   end
 
   @doc """
+  Reads the superblock of the store in `dir` (disk mode) without opening,
+  creating or locking it. The read runs on an engine thread, never on a
+  scheduler; this waits for it (up to `timeout` ms).
+
+  Returns `:empty` when there is no store there, `{:ok, info}` with `info`
+  a map of `:cluster` (16 bytes), `:group`, `:replica`, `:replica_count`,
+  `:meta` (what `start/2` was given), `:view`, `:commit`, `:recovering`
+  and `:sequence`, or `{:error, message}` (unreadable, or every superblock
+  copy damaged).
+  """
+  @spec probe(String.t(), timeout()) :: :empty | {:ok, map()} | {:error, String.t()}
+  def probe(dir, timeout \\ 5_000) do
+    unless is_binary(dir) and dir != "" and String.valid?(dir) do
+      raise ArgumentError, "dir must be a non-empty string, got: #{inspect(dir)}"
+    end
+
+    tag = :erlang.unique_integer([:positive])
+    :ok = nif_probe(dir, tag, self())
+
+    receive do
+      {:visor_probe, ^tag, result} -> result
+    after
+      timeout -> {:error, "probing #{dir} timed out"}
+    end
+  end
+
+  @doc """
   The group's state as the engine last published it (after its latest
   iteration); never waits for the engine.
 
-  `%{status: :normal | :view_change | :recovering | :stopped | :failed, view:, log_view:,
-  op:, commit:, commit_max:, primary:, is_primary:, replica_index:,
-  replica_count:, stats: %{...}}`; `commit` is the highest op executed
-  here, `commit_max` the highest known committed.
+  `%{status: :starting | :normal | :view_change | :recovering | :stopped | :failed,
+  view:, log_view:, op:, commit:, commit_max:, primary:, is_primary:,
+  replica_index:, replica_count:, stats: %{...}, storage: %{...}}`;
+  `commit` is the highest op executed here, `commit_max` the highest known
+  committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
+  error: nil | message, syncs:, wal_bytes:}`.
   """
   @spec status(engine()) :: map()
   def status(engine) do
@@ -276,11 +330,40 @@ defmodule Visor.Native do
       check_u64!(Map.fetch!(opts, key), Atom.to_string(key))
     end
 
-    opts
+    validate_disk_opts!(opts)
   end
 
   defp validate_opts!(opts) do
     raise ArgumentError, "opts must be a map, got: #{inspect(opts)}"
+  end
+
+  defp validate_disk_opts!(%{data_dir: dir} = opts) do
+    unless is_binary(dir) and dir != "" and String.valid?(dir) do
+      raise ArgumentError, "data_dir must be a non-empty string, got: #{inspect(dir)}"
+    end
+
+    group = Map.get(opts, :group)
+
+    unless is_binary(group) and byte_size(group) in 1..@group_max do
+      raise ArgumentError,
+            "group must be a binary of 1..#{@group_max} bytes with data_dir, got: #{describe(group)}"
+    end
+
+    meta = Map.get(opts, :meta, "")
+
+    unless is_binary(meta) and byte_size(meta) <= @meta_max do
+      raise ArgumentError,
+            "meta must be a binary of at most #{@meta_max} bytes, got: #{describe(meta)}"
+    end
+
+    opts
+  end
+
+  defp validate_disk_opts!(opts) do
+    case Enum.find([:group, :meta], &Map.has_key?(opts, &1)) do
+      nil -> opts
+      key -> raise ArgumentError, "#{inspect(key)} is only accepted with data_dir"
+    end
   end
 
   defp check_engine!(engine) do
@@ -305,6 +388,8 @@ defmodule Visor.Native do
 
   @doc false
   def nif_start(_opts, _owner), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_probe(_dir, _tag, _owner), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_deliver(_engine, _bytes), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

@@ -18,7 +18,27 @@ rustler::atoms! {
     registered,
     evicted,
 
+    // Storage notices and the storage part of the status map.
+    storage,
+    created,
+    restarted,
+    resumed,
+    mode,
+    memory,
+    disk,
+    syncs,
+    wal_bytes,
+
+    // Replies to probe.
+    visor_probe,
+    empty,
+    group,
+    meta,
+    replica,
+    sequence,
+
     // Group status.
+    starting,
     normal,
     view_change,
     recovering,
@@ -57,4 +77,5 @@ rustler::atoms! {
     view_change_ticks,
     resend_ticks,
     request_retry_ticks,
+    data_dir,
 }

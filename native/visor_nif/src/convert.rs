@@ -11,7 +11,7 @@ use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 
 use crate::atoms;
-use crate::group::{GroupStatus, Snapshot};
+use crate::group::{DiskOptions, GroupStatus, Snapshot, StorageNotice};
 
 /// The longest tick interval accepted, so a typo cannot freeze a group.
 pub const TICK_MS_MAX: u64 = 60_000;
@@ -25,6 +25,8 @@ pub struct StartOptions {
     pub tick: Duration,
     /// Join an existing cluster after losing all state: recover first.
     pub recover: bool,
+    /// Disk mode; `None` for memory mode.
+    pub disk: Option<DiskOptions>,
 }
 
 type Setter = fn(&mut Config, u64) -> Result<(), String>;
@@ -143,7 +145,51 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         replica_index: index as u8,
         tick: Duration::from_millis(tick_ms),
         recover,
+        disk: decode_disk(opts)?,
     })
+}
+
+/// `data_dir` (with `group` and, optionally, `meta`) selects disk mode.
+fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, String> {
+    let Ok(dir) = opts.map_get(atoms::data_dir()) else {
+        return Ok(None);
+    };
+    let dir = match dir.decode::<Binary>() {
+        Ok(bin) if !bin.is_empty() => {
+            String::from_utf8(bin.as_slice().to_vec()).map_err(|_| "data_dir must be UTF-8".to_string())?
+        }
+        _ => return Err("data_dir must be a non-empty string".into()),
+    };
+    let bytes = |key: Atom, name: &str, max: usize| -> Result<Option<Vec<u8>>, String> {
+        match opts.map_get(key) {
+            Err(_) => Ok(None),
+            Ok(term) => match term.decode::<Binary>() {
+                Ok(bin) if bin.len() <= max => Ok(Some(bin.as_slice().to_vec())),
+                _ => Err(format!("{name} must be a binary of at most {max} bytes")),
+            },
+        }
+    };
+    let group = bytes(atoms::group(), "group", vsr_storage::format::GROUP_MAX)?
+        .filter(|g| !g.is_empty())
+        .ok_or("group is required with data_dir (a non-empty binary)")?;
+    let meta = bytes(atoms::meta(), "meta", vsr_storage::format::META_MAX)?.unwrap_or_default();
+    Ok(Some(DiskOptions {
+        dir: dir.into(),
+        group,
+        meta,
+    }))
+}
+
+/// `{:storage, kind, detail}`: something about storage worth logging.
+pub fn notice<'a>(env: Env<'a>, notice: &StorageNotice) -> Term<'a> {
+    let (kind, detail) = match notice {
+        StorageNotice::Created => (atoms::created(), None::<String>.encode(env)),
+        StorageNotice::Restarted { torn } => (atoms::restarted(), torn.encode(env)),
+        StorageNotice::Recovering(reason) => (atoms::recovering(), reason.encode(env)),
+        StorageNotice::Error(reason) => (atoms::error(), reason.encode(env)),
+        StorageNotice::Resumed => (atoms::resumed(), None::<String>.encode(env)),
+    };
+    (atoms::storage(), kind, detail).encode(env)
 }
 
 /// A fresh binary holding `bytes`.
@@ -258,6 +304,7 @@ pub fn status<'a>(
     let status = match snapshot.status {
         GroupStatus::Failed => atoms::failed(),
         _ if stopped => atoms::stopped(),
+        GroupStatus::Starting => atoms::starting(),
         GroupStatus::Normal => atoms::normal(),
         GroupStatus::ViewChange => atoms::view_change(),
         GroupStatus::Recovering => atoms::recovering(),
@@ -276,8 +323,26 @@ pub fn status<'a>(
             (atoms::replica_index(), (replica_index as u32).encode(env)),
             (atoms::replica_count(), (replica_count as u32).encode(env)),
             (atoms::stats(), stats(env, &snapshot.stats)),
+            (atoms::storage(), storage(env, snapshot)),
         ],
     )
+}
+
+fn storage<'a>(env: Env<'a>, snapshot: &Snapshot) -> Term<'a> {
+    let storage = &snapshot.storage;
+    match &storage.dir {
+        None => map(env, &[(atoms::mode(), atoms::memory().encode(env))]),
+        Some(dir) => map(
+            env,
+            &[
+                (atoms::mode(), atoms::disk().encode(env)),
+                (atoms::data_dir(), dir.display().to_string().encode(env)),
+                (atoms::error(), storage.error.encode(env)),
+                (atoms::syncs(), storage.syncs.encode(env)),
+                (atoms::wal_bytes(), storage.wal_bytes.encode(env)),
+            ],
+        ),
+    }
 }
 
 /// The map `Visor.Native.engine_info/0` returns.
@@ -289,4 +354,38 @@ pub fn engine_info(env: Env, threads: usize, groups: usize) -> Term {
             (atoms::groups(), groups.encode(env)),
         ],
     )
+}
+
+/// `{:visor_probe, tag, :empty | {:ok, map} | {:error, message}}`.
+pub fn probe(
+    env: Env<'_>,
+    tag: u64,
+    result: Result<Option<vsr_storage::Superblock>, vsr_storage::StoreError>,
+) -> Term<'_> {
+    let answer = match result {
+        Ok(None) => atoms::empty().encode(env),
+        Ok(Some(superblock)) => {
+            let identity = &superblock.identity;
+            let found = map(
+                env,
+                &[
+                    (atoms::cluster(), binary(env, &identity.cluster.to_le_bytes())),
+                    (atoms::group(), binary(env, &identity.group)),
+                    (atoms::replica(), (identity.replica as u32).encode(env)),
+                    (
+                        atoms::replica_count(),
+                        (identity.replica_count as u32).encode(env),
+                    ),
+                    (atoms::meta(), binary(env, &superblock.meta)),
+                    (atoms::view(), superblock.view.encode(env)),
+                    (atoms::commit(), superblock.commit.encode(env)),
+                    (atoms::recovering(), superblock.recovering.encode(env)),
+                    (atoms::sequence(), superblock.sequence.encode(env)),
+                ],
+            );
+            (atoms::ok(), found).encode(env)
+        }
+        Err(e) => (atoms::error(), e.to_string()).encode(env),
+    };
+    (atoms::visor_probe(), tag, answer).encode(env)
 }

@@ -59,6 +59,12 @@ pub enum Command {
     Crash {
         id: u64,
     },
+    /// Read a store's superblock (`nif_probe`): file I/O stays off the schedulers.
+    Probe {
+        dir: std::path::PathBuf,
+        tag: u64,
+        owner: rustler::LocalPid,
+    },
 }
 
 /// `(live worker threads, live groups)`.
@@ -198,6 +204,15 @@ impl Worker {
                 let id = group.id;
                 self.timers.push(Reverse((group.next_tick, id)));
                 self.groups.insert(id, *group);
+                // Disk mode: open the store and build the replica from it.
+                let booted = match self.groups.get_mut(&id) {
+                    Some(group) => guard(|| group.boot()).and_then(|r| r),
+                    None => Ok(()),
+                };
+                if let Err(reason) = booted {
+                    self.fail(id, &reason);
+                    return;
+                }
                 // The replica learns the time only from ticks, and stamps
                 // prepares with it: tick once now, so that requests that
                 // arrive before the first interval is up get a real clock.
@@ -212,6 +227,12 @@ impl Worker {
                     release(&self.load);
                 }
             }
+            Command::Probe { dir, tag, owner } => {
+                let result = vsr_storage::probe_dir(&dir);
+                let _ = self
+                    .env
+                    .send_and_clear(&owner, |env| crate::convert::probe(env, tag, result));
+            }
             Command::Crash { id } => {
                 if let Some(group) = self.groups.get_mut(&id) {
                     let result = group.crash();
@@ -223,6 +244,14 @@ impl Worker {
 
     fn step(&mut self, id: u64, input: Input<'_>) {
         if let Some(group) = self.groups.get_mut(&id) {
+            if group.storage_failed() && matches!(input, Input::Tick { .. } | Input::Receive(_)) {
+                // Writes are failing: the replica is paused (peers see a slow
+                // replica, and the protocol tolerates the lost messages),
+                // and each tick retries the sync in `flush`. Submissions and
+                // reads still go in, so their callers get answers later.
+                self.mark(id);
+                return;
+            }
             let result = group.step(input);
             self.after_step(id, result);
         }

@@ -3,12 +3,14 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc, Term};
 use vsr::{Input, Output, Replica, Stats, Status};
+use vsr_storage::{FileDisk, Identity, Opened, Store};
 
 use crate::atoms;
 use crate::convert;
@@ -18,6 +20,8 @@ use crate::resource::EngineResource;
 /// it is the resource's `stopped` flag, set at once by `stop/1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupStatus {
+    /// Opening its store on the engine thread (disk mode).
+    Starting,
     Normal,
     ViewChange,
     Recovering,
@@ -37,9 +41,29 @@ pub struct Snapshot {
     pub primary: u8,
     pub is_primary: bool,
     pub stats: Stats,
+    pub storage: StorageSnapshot,
+}
+
+/// The storage part of a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct StorageSnapshot {
+    /// `None` in memory mode.
+    pub dir: Option<PathBuf>,
+    /// The last write or sync error, while it lasts.
+    pub error: Option<String>,
+    pub syncs: u64,
+    pub wal_bytes: u64,
 }
 
 impl Snapshot {
+    /// A group whose replica is not built yet (its store opens on the engine thread).
+    pub fn starting(replica: &Replica, dir: Option<PathBuf>) -> Snapshot {
+        let mut snapshot = Snapshot::of(replica);
+        snapshot.status = GroupStatus::Starting;
+        snapshot.storage.dir = dir;
+        snapshot
+    }
+
     pub fn of(replica: &Replica) -> Snapshot {
         Snapshot {
             status: match replica.status() {
@@ -55,8 +79,34 @@ impl Snapshot {
             primary: replica.primary(),
             is_primary: replica.is_primary(),
             stats: replica.stats().clone(),
+            storage: StorageSnapshot::default(),
         }
     }
+}
+
+/// Disk mode: where the group's store is, and what to put in a new one.
+pub struct DiskOptions {
+    pub dir: PathBuf,
+    /// The group's name, part of the store's identity.
+    pub group: Vec<u8>,
+    /// Opaque host metadata kept in a new store's superblock.
+    pub meta: Vec<u8>,
+}
+
+/// Something about the group's storage its owner should log.
+#[derive(Clone, Debug)]
+pub enum StorageNotice {
+    /// A new, empty store was created.
+    Created,
+    /// Restarted from the store; `torn` is the offset of a torn write cut
+    /// off the log's tail, if there was one.
+    Restarted { torn: Option<u64> },
+    /// The store's log cannot be trusted: recovering from the peers.
+    Recovering(String),
+    /// A write or sync failed: the replica acknowledges nothing until one succeeds.
+    Error(String),
+    /// Writes succeed again after an error.
+    Resumed,
 }
 
 /// State shared between a group's resource (read by NIFs on schedulers)
@@ -119,6 +169,15 @@ pub struct Group {
     engine: ResourceArc<EngineResource>,
     /// Outputs of this iteration's steps, sent as one message by `flush`.
     outbox: Vec<Output>,
+    /// Disk mode: the store, once opened by `boot`.
+    store: Option<Store<FileDisk>>,
+    /// Disk mode, until `boot` runs: the store to open, and whether a new
+    /// store's replica must recover (it rejoins a cluster that ran).
+    boot: Option<(DiskOptions, bool)>,
+    /// Outputs waiting for staged writes to become durable.
+    held: Vec<Output>,
+    notices: Vec<StorageNotice>,
+    storage_error: Option<String>,
     pub tick: Duration,
     /// The group's next tick; the worker's timer heap holds one entry
     /// with exactly this deadline.
@@ -128,12 +187,15 @@ pub struct Group {
 }
 
 impl Group {
+    /// `replica` is the group's replica in memory mode; in disk mode
+    /// (`disk` given) a placeholder that `boot` replaces.
     pub fn new(
         id: u64,
         replica: Replica,
         owner: LocalPid,
         engine: ResourceArc<EngineResource>,
         tick: Duration,
+        disk: Option<(DiskOptions, bool)>,
     ) -> Group {
         Group {
             id,
@@ -141,6 +203,11 @@ impl Group {
             owner,
             engine,
             outbox: Vec::new(),
+            store: None,
+            boot: disk,
+            held: Vec::new(),
+            notices: Vec::new(),
+            storage_error: None,
             tick,
             next_tick: Instant::now() + tick,
             dirty: false,
@@ -151,20 +218,101 @@ impl Group {
         &self.engine.shared
     }
 
+    /// Disk mode: opens the store and builds the replica from it. Runs on
+    /// the engine thread, before the group's first step.
+    pub fn boot(&mut self) -> Result<(), String> {
+        let Some((disk, recover)) = self.boot.take() else {
+            return Ok(());
+        };
+        let config = self.replica.config().clone();
+        let index = self.replica.index();
+        let dir = disk.dir.display().to_string();
+        let file = FileDisk::open(&disk.dir).map_err(|e| format!("cannot open data_dir {dir}: {e}"))?;
+        let identity = Identity {
+            cluster: config.cluster,
+            group: disk.group,
+            replica: index,
+            replica_count: config.replica_count,
+        };
+        let (mut store, opened) =
+            Store::open(file, identity, disk.meta).map_err(|e| format!("data_dir {dir}: {e}"))?;
+        let nonce = recovery_nonce(config.jitter_seed);
+        let (replica, outputs, notice) = match opened {
+            Opened::Created if recover => (
+                Replica::recovering(config, index, nonce)?,
+                Vec::new(),
+                StorageNotice::Created,
+            ),
+            Opened::Created => (Replica::new(config, index), Vec::new(), StorageNotice::Created),
+            Opened::Restart { state, entries, torn } => {
+                let (replica, outputs) = guard(|| Replica::restart(config, index, state, entries))??;
+                (replica, outputs, StorageNotice::Restarted { torn })
+            }
+            Opened::Recover { state, reason } => (
+                Replica::recovering_from(config, index, state, nonce)?,
+                Vec::new(),
+                StorageNotice::Recovering(reason),
+            ),
+        };
+        if replica.is_recovering() {
+            // Durable before anything else: a crash from here on must
+            // restart into recovery, never into the empty log.
+            store.stage(&Output::WriteState(replica.durable_state()))?;
+            store.sync().map_err(|e| format!("data_dir {dir}: {e}"))?;
+        }
+        self.replica = replica;
+        self.store = Some(store);
+        self.outbox.extend(outputs);
+        self.notices.push(notice);
+        Ok(())
+    }
+
+    /// Whether writes are failing: the replica is then paused (no ticks,
+    /// no deliveries; see `Worker::step`) until a sync succeeds.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_error.is_some()
+    }
+
     /// Feeds one input to the replica and keeps its outputs for `flush`.
     pub fn step(&mut self, input: Input<'_>) -> Result<(), String> {
         let outputs = guard(|| self.replica.step(input))?;
-        // Memory mode: the replica's in-memory log is the storage, so the
-        // writes are dropped. The durability issue handles WriteLog and
-        // WriteState here, on the engine thread, with group commit: one
-        // fsync covering the writes of every step in the iteration, before
-        // the sends and replies that follow them leave in `flush`.
-        self.outbox.extend(
-            outputs
-                .into_iter()
-                .filter(|o| !matches!(o, Output::WriteLog { .. } | Output::WriteState(_))),
-        );
+        self.outbox.extend(outputs);
         Ok(())
+    }
+
+    /// The outputs that may leave now, in order. In memory mode the writes
+    /// are dropped (the replica's log is the storage). In disk mode they are
+    /// staged, and everything after the first of them waits for one sync
+    /// covering all of them (group commit): the replica put the sends that
+    /// need no durability first, so they leave before the disk is touched.
+    fn releasable(&mut self) -> Result<Vec<Output>, String> {
+        let outbox = std::mem::take(&mut self.outbox);
+        let Some(store) = self.store.as_mut() else {
+            return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
+        };
+        let mut ready = Vec::new();
+        for output in outbox {
+            if self.held.is_empty() && !store.has_staged() && !is_write(&output) {
+                ready.push(output);
+            } else if !store.stage(&output)? {
+                self.held.push(output);
+            }
+        }
+        if store.has_staged() {
+            if let Err(e) = store.sync() {
+                let message = e.to_string();
+                if self.storage_error.as_ref() != Some(&message) {
+                    self.notices.push(StorageNotice::Error(message.clone()));
+                }
+                self.storage_error = Some(message);
+                return Ok(ready);
+            }
+            if self.storage_error.take().is_some() {
+                self.notices.push(StorageNotice::Resumed);
+            }
+        }
+        ready.append(&mut self.held);
+        Ok(ready)
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.
@@ -179,19 +327,25 @@ impl Group {
     /// as new as the message. Only ever called on an engine thread
     /// (send_and_clear panics on a scheduler thread).
     pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), String> {
+        let outbox = self.releasable();
         self.publish();
+        let outbox = outbox?;
+        let notices = std::mem::take(&mut self.notices);
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
             // steps taken before the Stop command reached this thread.
-            self.outbox.clear();
+            return Ok(());
         }
-        if !self.outbox.is_empty() {
-            let outbox = std::mem::take(&mut self.outbox);
+        if !outbox.is_empty() || !notices.is_empty() {
             let engine = &self.engine;
             let sent = guard(|| {
                 // An error means the owner is gone: its monitor stops the group.
                 let _ = env.send_and_clear(&self.owner, |env| {
-                    let events: Vec<Term> = outbox.iter().filter_map(|o| convert::event(env, o)).collect();
+                    let events: Vec<Term> = notices
+                        .iter()
+                        .map(|n| convert::notice(env, n))
+                        .chain(outbox.iter().filter_map(|o| convert::event(env, o)))
+                        .collect();
                     (atoms::visor_engine(), engine.encode(env), events)
                 });
             });
@@ -204,7 +358,16 @@ impl Group {
     }
 
     fn publish(&self) {
-        let snapshot = Snapshot::of(&self.replica);
+        let mut snapshot = Snapshot::of(&self.replica);
+        if let Some(store) = &self.store {
+            let stats = store.stats();
+            snapshot.storage = StorageSnapshot {
+                dir: Some(store.disk().dir().to_path_buf()),
+                error: self.storage_error.clone(),
+                syncs: stats.syncs,
+                wal_bytes: stats.wal_bytes,
+            };
+        }
         *self.shared().lock() = snapshot;
     }
 
@@ -228,4 +391,13 @@ impl Group {
             env.clear();
         }
     }
+}
+
+fn is_write(output: &Output) -> bool {
+    matches!(output, Output::WriteLog { .. } | Output::WriteState(_))
+}
+
+/// A recovery's nonce: it only has to differ between restarts.
+pub fn recovery_nonce(seed: u64) -> u128 {
+    vsr::checksum(&[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat())
 }

@@ -24,7 +24,7 @@ use resource::EngineResource;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 2;
+const PROTOCOL_VERSION: u32 = 3;
 
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -66,37 +66,53 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         .map_or(0, |d| d.as_nanos() as u64)
         ^ id;
     let count = config.replica_count;
+    let index = options.replica_index;
     // Cannot fail: decode_options validated the config and the index.
-    let replica = if options.recover {
-        // A restart that lost its state: it must recover before taking part.
-        // The nonce only has to differ between restarts.
-        let nonce = vsr::checksum(
-            &[
-                &config.jitter_seed.to_le_bytes()[..],
-                &std::process::id().to_le_bytes(),
-            ]
-            .concat(),
-        );
-        Replica::recovering(config, options.replica_index, nonce)?
-    } else {
-        Replica::new(config, options.replica_index)
+    let (replica, snapshot, disk) = match options.disk {
+        // Disk mode: the store is opened, and the replica built from it, on
+        // the engine thread (Group::boot); this one only stands in until then.
+        Some(disk) => {
+            let replica = Replica::new(config, index);
+            let snapshot = Snapshot::starting(&replica, Some(disk.dir.clone()));
+            (replica, snapshot, Some((disk, options.recover)))
+        }
+        None if options.recover => {
+            // A restart that lost its state: it must recover before taking part.
+            let nonce = group::recovery_nonce(config.jitter_seed);
+            let replica = Replica::recovering(config, index, nonce)?;
+            let snapshot = Snapshot::of(&replica);
+            (replica, snapshot, None)
+        }
+        None => {
+            let replica = Replica::new(config, index);
+            let snapshot = Snapshot::of(&replica);
+            (replica, snapshot, None)
+        }
     };
-    let shared = Arc::new(Shared::new(Snapshot::of(&replica)));
-    let engine = ResourceArc::new(EngineResource::new(
-        id,
-        options.replica_index,
-        count,
-        shared,
-        worker.tx.clone(),
-    ));
+    let shared = Arc::new(Shared::new(snapshot));
+    let engine = ResourceArc::new(EngineResource::new(id, index, count, shared, worker.tx.clone()));
     // The owner's death stops the group (EngineResource::down). An owner
     // that is already dead gets an engine that is stopped from the start.
     if env.monitor(&engine, &owner).is_none() {
         engine.stop();
         return Ok(engine);
     }
-    worker.start(Group::new(id, replica, owner, engine.clone(), options.tick));
+    worker.start(Group::new(id, replica, owner, engine.clone(), options.tick, disk));
     Ok(engine)
+}
+
+/// Reads the superblock of the store in `dir` on an engine thread; the
+/// answer comes to `owner` as `{:visor_probe, tag, result}`.
+#[rustler::nif]
+fn nif_probe(dir: Binary, tag: u64, owner: LocalPid) -> NifResult<rustler::Atom> {
+    let dir = std::str::from_utf8(dir.as_slice()).map_err(|_| Error::BadArg)?;
+    let worker = engine::pool().least_loaded().ok_or(Error::BadArg)?;
+    let _ = worker.tx.send(engine::Command::Probe {
+        dir: dir.into(),
+        tag,
+        owner,
+    });
+    Ok(atoms::ok())
 }
 
 #[rustler::nif]

@@ -17,7 +17,7 @@ pub mod format;
 pub mod mem;
 pub mod store;
 
-pub use disk::{Disk, FileDisk, Zone};
+pub use disk::{probe_dir, Disk, FileDisk, Zone};
 pub use format::{Identity, Superblock, WalDamage, WalScan};
 pub use mem::{CrashCut, MemDisk};
 pub use store::{Opened, Store, StoreError, StoreStats};

@@ -1,0 +1,127 @@
+defmodule Visor.NativeTest.Harness do
+  @moduledoc false
+  # Drives engines owned by the calling test process: routes their
+  # {:send, to, bytes} events with deliver/2, as Visor.Server does over
+  # distribution, and records what each replica executed and replied.
+
+  import ExUnit.Assertions
+
+  alias Visor.Native
+
+  def cluster_id, do: :rand.bytes(16)
+  def client_id, do: :rand.bytes(16)
+
+  def opts(cluster, count, index, extra \\ %{}) do
+    Map.merge(%{cluster: cluster, replica_count: count, replica_index: index, tick_ms: 5}, extra)
+  end
+
+  @doc "Starts `count` replicas of one group, all owned by the caller."
+  def start_cluster(count, extra \\ %{}), do: start_group(cluster_id(), count, fn _ -> extra end)
+
+  @doc "Starts `count` replicas of cluster `cluster`; `extra.(index)` adds options."
+  def start_group(cluster, count, extra) do
+    engines =
+      Map.new(0..(count - 1), fn i ->
+        {:ok, engine} = Native.start(opts(cluster, count, i, extra.(i)), self())
+        {i, engine}
+      end)
+
+    %{
+      engines: engines,
+      index_of: Map.new(engines, fn {i, e} -> {e, i} end),
+      executes: Map.new(engines, fn {i, _} -> {i, []} end),
+      replies: Map.new(engines, fn {i, _} -> {i, []} end),
+      storage: Map.new(engines, fn {i, _} -> {i, []} end),
+      ready: [],
+      last_send: nil
+    }
+  end
+
+  def stop_cluster(c), do: Enum.each(c.engines, fn {_, e} -> :ok = Native.stop(e) end)
+
+  @doc """
+  Routes engine messages until `done?.(c)` holds; fails after `timeout` ms.
+  Executes and replies are kept in arrival order (newest last).
+  """
+  def pump(c, done?, timeout \\ 5_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_pump(c, done?, deadline)
+  end
+
+  defp do_pump(c, done?, deadline) do
+    if done?.(c) do
+      c
+    else
+      remaining = max(deadline - System.monotonic_time(:millisecond), 0)
+      index_of = c.index_of
+
+      receive do
+        {:visor_engine, engine, events} when is_map_key(index_of, engine) ->
+          c |> handle(c.index_of[engine], events) |> do_pump(done?, deadline)
+      after
+        remaining ->
+          flunk("""
+          cluster did not reach the expected state in time
+          executes: #{inspect(c.executes, limit: 20)}
+          replies: #{inspect(c.replies)}
+          status: #{inspect(Map.new(c.engines, fn {i, e} -> {i, Native.status(e)} end))}
+          """)
+      end
+    end
+  end
+
+  defp handle(c, from, events) do
+    Enum.reduce(events, c, fn
+      {:send, to, bytes}, c ->
+        assert to != from and is_binary(bytes)
+        :ok = Native.deliver(c.engines[to], bytes)
+        %{c | last_send: {to, bytes}}
+
+      {:execute, _op, _view, _ts, _requests} = e, c ->
+        update_in(c.executes[from], &(&1 ++ [e]))
+
+      {:reply, _client, _request, _op, _outcome} = r, c ->
+        update_in(c.replies[from], &(&1 ++ [r]))
+
+      {:read_ready, _id, _op} = r, c ->
+        %{c | ready: c.ready ++ [{from, r}]}
+
+      {:storage, _kind, _detail} = n, c ->
+        update_in(c.storage[from], &(&1 ++ [n]))
+    end)
+  end
+
+  def replied?(c, index, client, request) do
+    Enum.any?(c.replies[index], &match?({:reply, ^client, ^request, _, _}, &1))
+  end
+
+  def reply(c, index, client, request) do
+    Enum.find(c.replies[index], &match?({:reply, ^client, ^request, _, _}, &1))
+  end
+
+  @doc "Every replica has executed `op`."
+  def all_executed?(c, op) do
+    Enum.all?(c.executes, fn {_, list} ->
+      Enum.any?(list, &match?({:execute, ^op, _, _, _}, &1))
+    end)
+  end
+
+  @doc "Registers `client` through replica `via`; returns the session."
+  def register(c, via, client) do
+    :ok = Native.submit(c.engines[via], client, 0, 0, "")
+    c = pump(c, &replied?(&1, via, client, 0))
+    {:reply, ^client, 0, op, {:registered, session}} = reply(c, via, client, 0)
+    assert session == op
+    {c, session}
+  end
+
+  # Engine state settles within milliseconds; two seconds is generous.
+  def wait_until(fun), do: Visor.Test.Cluster.eventually(fun, 2_000)
+
+  def dropped(stats) do
+    stats
+    |> Enum.filter(fn {k, _} -> String.starts_with?(Atom.to_string(k), "dropped_") end)
+    |> Enum.map(fn {_, v} -> v end)
+    |> Enum.sum()
+  end
+end
