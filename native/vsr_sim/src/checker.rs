@@ -60,16 +60,19 @@ impl Checker {
     }
 
     /// A replica restarted: it re-executes from op 1.
-    pub fn restarted(&mut self, replica: ReplicaIndex) {
+    /// A replica restarted from its disk in `view`: it re-executes from op 1,
+    /// and its view is the durable one (a view it moved to but never made
+    /// durable was never announced either; the simulator checks that).
+    pub fn restarted(&mut self, replica: ReplicaIndex, view: View) {
         self.last_executed[replica as usize] = 0;
         self.commits[replica as usize] = 0;
+        self.views[replica as usize] = view;
     }
 
     /// A replica restarted with nothing: even its view starts over (it
     /// persisted nothing, so there is nothing to regress from).
     pub fn forgot(&mut self, replica: ReplicaIndex) {
-        self.restarted(replica);
-        self.views[replica as usize] = 0;
+        self.restarted(replica, 0);
     }
 
     pub fn on_execute(

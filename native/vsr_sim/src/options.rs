@@ -28,8 +28,18 @@ pub struct Options {
     pub crash_probability: f64,
     /// Memory mode: a crashed replica restarts with nothing and must recover
     /// from the others; at most `n - quorum` replicas are down or recovering
-    /// at once. Otherwise (disk semantics) it restarts with its state intact.
+    /// at once. Otherwise disk mode: every replica keeps a `vsr_storage`
+    /// store on a simulated disk and restarts from it, any number at once.
     pub amnesia: bool,
+    /// Disk mode: the share of crashes that strike inside the write path
+    /// (between any two writes or syncs), tearing what was not synced.
+    pub torn_crash_probability: f64,
+    /// Disk mode, per restart: probability of bit rot in the stored log or
+    /// in one superblock copy (within the fault model: docs/storage.md).
+    pub corruption_probability: f64,
+    /// A deliberately broken host for the checkers' self-test: outputs
+    /// that follow a write leave without waiting for it to be synced.
+    pub send_before_sync: bool,
     /// How long a crashed replica stays down, in ticks.
     pub downtime_max: u64,
     /// Per tick and replica: probability that its timer skips a tick (clock jitter).
@@ -58,6 +68,9 @@ impl Options {
             partition_probability: 0.0,
             crash_probability: 0.0,
             amnesia: false,
+            torn_crash_probability: 0.0,
+            corruption_probability: 0.0,
+            send_before_sync: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
             fault_ticks: 0,
@@ -119,6 +132,9 @@ impl Options {
         options.tick_skip_probability = rng.float(0.0, 0.1);
         options.fault_ticks = rng.range(1_000, 4_000);
         options.liveness_ticks = 20_000;
+        // Drawn last, so the knobs above stay what they were for every seed.
+        options.torn_crash_probability = rng.float(0.0, 0.8);
+        options.corruption_probability = if rng.chance(0.5) { rng.float(0.0, 0.5) } else { 0.0 };
         options
     }
 

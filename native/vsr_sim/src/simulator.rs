@@ -2,11 +2,11 @@
 //! simulated clients, one thread, one seed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use vsr::{
-    root_checksum, ClientId, DurableState, Input, Outcome, Output, Prepare, Replica, ReplicaIndex, Status,
+    root_checksum, ClientId, DurableState, Input, Message, Outcome, Output, Replica, ReplicaIndex, Status,
 };
+use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
 use crate::checker::{Checker, Violation};
 use crate::client::Client;
@@ -18,11 +18,23 @@ use crate::rng::Rng;
 /// loop that duplication multiplies: a bug even when nothing else breaks.
 const MESSAGE_STORM: usize = 20_000;
 
-/// What a replica has made durable: survives crashes.
-#[derive(Clone, Debug, Default)]
-pub struct Disk {
-    pub state: DurableState,
-    pub log: Vec<Arc<Prepare>>,
+/// A replica's storage in disk mode: its store while it runs (the store's
+/// buffers are volatile), its bare disk while it is down.
+#[derive(Default)]
+pub enum Storage {
+    /// Memory mode: writes are dropped, the replica's log is the storage.
+    #[default]
+    None,
+    Running(Box<Store<MemDisk>>),
+    Down(MemDisk),
+}
+
+/// The store of a running replica, if it has one.
+fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
+    match storage {
+        Storage::Running(store) => Some(store),
+        _ => None,
+    }
 }
 
 /// A run that broke an invariant, or did not finish.
@@ -61,7 +73,18 @@ pub struct Simulator {
     pub rng: Rng,
     pub tick: u64,
     pub replicas: Vec<Option<Replica>>,
-    pub disks: Vec<Disk>,
+    pub storage: Vec<Storage>,
+    /// The durable state each replica last wrote (disk mode), to check
+    /// that views never go back.
+    durable: Vec<DurableState>,
+    /// Replicas whose disk will fail mid-write (a crash armed inside the write path).
+    armed: Vec<bool>,
+    /// The highest view each replica has sent a message in while not
+    /// recovering: a restart from disk must not come back below it.
+    announced: Vec<u64>,
+    /// A violation found where no error can be returned (a restart inside
+    /// fault injection): the next step reports it.
+    deferred: Option<Violation>,
     /// Tick at which each crashed replica comes back (random mode).
     restart_at: Vec<Option<u64>>,
     pub network: Network,
@@ -95,11 +118,27 @@ impl Simulator {
             })
             .collect();
         let client_index = clients.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        let storage = (0..n)
+            .map(|r| {
+                if options.amnesia {
+                    return Storage::None;
+                }
+                let identity = identity(&options, r as ReplicaIndex);
+                match Store::open(MemDisk::default(), identity, Vec::new()) {
+                    Ok((store, Opened::Created)) => Storage::Running(Box::new(store)),
+                    _ => panic!("a new store on an empty disk"),
+                }
+            })
+            .collect();
         Simulator {
             checker: Checker::new(root_checksum(options.config.cluster), n),
             network: Network::new(options.network.clone()),
             replicas,
-            disks: vec![Disk::default(); n],
+            storage,
+            durable: vec![DurableState::default(); n],
+            armed: vec![false; n],
+            announced: vec![0; n],
+            deferred: None,
             restart_at: vec![None; n],
             clients,
             client_index,
@@ -228,10 +267,19 @@ impl Simulator {
                     }
                 }
                 None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
+                None if self.armed[r] || self.replicas[r].is_none() => {}
                 None if self.rng.chance(self.options.crash_probability) => {
-                    self.crash(r as ReplicaIndex);
-                    self.restart_at[r] =
-                        Some(self.tick + self.rng.range(1, self.options.downtime_max.max(1)));
+                    let in_write_path = self.rng.chance(self.options.torn_crash_probability);
+                    match store_of(&mut self.storage[r]) {
+                        Some(store) if in_write_path => {
+                            // Crash at one of the next few disk operations
+                            // (the write path is: WAL write, WAL sync, two
+                            // superblock copies, superblock sync).
+                            store.disk_mut().crash_after = Some(self.rng.range(0, 5) as usize);
+                            self.armed[r] = true;
+                        }
+                        _ => self.crash_until_later(r as ReplicaIndex),
+                    }
                 }
                 _ => {}
             }
@@ -284,11 +332,22 @@ impl Simulator {
         }
     }
 
-    /// Heals the network and restarts every crashed replica.
+    /// Crashes replica `r` and schedules its restart.
+    fn crash_until_later(&mut self, r: ReplicaIndex) {
+        self.crash(r);
+        self.restart_at[r as usize] = Some(self.tick + self.rng.range(1, self.options.downtime_max.max(1)));
+    }
+
+    /// Heals the network, disarms crashes waiting in write paths, and
+    /// restarts every crashed replica.
     pub fn heal(&mut self) {
         self.network.heal();
         self.network.options = crate::network::NetworkOptions::perfect();
         for r in 0..self.n() {
+            if let Some(store) = store_of(&mut self.storage[r]) {
+                store.disk_mut().crash_after = None;
+            }
+            self.armed[r] = false;
             self.restart_at[r] = None;
             if self.replicas[r].is_none() {
                 if self.options.amnesia {
@@ -300,12 +359,24 @@ impl Simulator {
         }
     }
 
-    /// The replica stops; its volatile state is gone, its disk stays.
+    /// The replica stops; its volatile state is gone. In disk mode, writes
+    /// it had not synced are kept, torn or lost at random.
     pub fn crash(&mut self, r: ReplicaIndex) {
         if self.replicas[r as usize].take().is_some() {
             self.crashes += 1;
         }
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
+        self.armed[r as usize] = false;
+        if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
+            let mut disk = store.into_disk();
+            let unsynced = disk.unsynced();
+            let cut = CrashCut {
+                kept: self.rng.range(0, unsynced as u64) as usize,
+                torn: self.rng.chance(0.5).then(|| self.rng.range(0, 5_000) as usize),
+            };
+            disk.crash(cut);
+            self.storage[r as usize] = Storage::Down(disk);
+        }
     }
 
     /// Replicas down or still recovering their state.
@@ -316,40 +387,126 @@ impl Simulator {
             .count()
     }
 
-    /// The replica comes back with nothing (memory mode) and recovers from the others.
+    /// Replicas that are recovering their log, or would if they crashed
+    /// now (their disk still says they are recovering).
+    fn recovering_or_will(&mut self) -> usize {
+        (0..self.n())
+            .filter(|&r| {
+                let recovering = self.replicas[r].as_ref().is_some_and(|r| r.is_recovering());
+                let on_disk = match &mut self.storage[r] {
+                    Storage::Running(store) => store.superblock().recovering,
+                    Storage::Down(disk) => Store::probe(disk).ok().flatten().is_some_and(|s| s.recovering),
+                    Storage::None => false,
+                };
+                recovering || on_disk
+            })
+            .count()
+    }
+
+    /// The replica comes back with nothing (memory mode, or a wiped disk in
+    /// disk mode) and recovers from the others.
     pub fn restart_amnesiac(&mut self, r: ReplicaIndex) {
         if self.replicas[r as usize].is_some() {
             return;
         }
-        self.disks[r as usize] = Disk::default();
         let nonce = self.rng.next_u128();
         let replica =
             Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
+        if !matches!(self.storage[r as usize], Storage::None) {
+            let identity = identity(&self.options, r);
+            let (store, _) = Store::open(MemDisk::default(), identity, Vec::new()).expect("an empty disk");
+            self.storage[r as usize] = Storage::Running(Box::new(store));
+            self.durable[r as usize] = DurableState::default();
+            self.persist_recovering(r, &replica);
+        }
         self.replicas[r as usize] = Some(replica);
+        self.announced[r as usize] = 0;
         self.checker.forgot(r);
     }
 
-    /// The replica comes back from its disk and re-executes its committed prefix.
+    /// Disk mode: a recovering replica's first write records that it is
+    /// recovering, before it does anything (as the NIF's `Group::boot`).
+    fn persist_recovering(&mut self, r: ReplicaIndex, replica: &Replica) {
+        let state = replica.durable_state();
+        let store = store_of(&mut self.storage[r as usize]).expect("a running store");
+        store.stage(&Output::WriteState(state)).expect("a state write");
+        store.sync().expect("no crash is armed at restart");
+        self.durable[r as usize] = state;
+    }
+
+    /// The replica comes back from its disk: it re-executes its committed
+    /// prefix, or, if the store says its log cannot be trusted, recovers.
     pub fn restart(&mut self, r: ReplicaIndex) {
         if self.replicas[r as usize].is_some() {
             return;
         }
-        let disk = &self.disks[r as usize];
-        let (replica, outputs) =
-            Replica::restart(self.options.config.clone(), r, disk.state, disk.log.clone())
-                .expect("a valid disk");
-        self.replicas[r as usize] = Some(replica);
-        self.checker.restarted(r);
-        // Replays cannot fail the run here: report them on the next step.
-        let executed = self.replica(r).commit();
-        if let Err(v) = self.apply(r, outputs, executed) {
-            panic!("{}", self.fail(v));
+        let Storage::Down(mut disk) = std::mem::take(&mut self.storage[r as usize]) else {
+            panic!("replica {r} restarts from a disk it does not have")
+        };
+        self.rot(&mut disk);
+        let config = self.options.config.clone();
+        let opened = Store::open(disk, identity(&self.options, r), Vec::new());
+        let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        self.storage[r as usize] = Storage::Running(Box::new(store));
+        match opened {
+            Opened::Restart { state, entries, .. } => {
+                if state.view < self.announced[r as usize] {
+                    self.deferred.get_or_insert(format!(
+                        "replica {r} restarted in view {} below view {} it had sent messages in",
+                        state.view, self.announced[r as usize]
+                    ));
+                }
+                self.durable[r as usize] = state;
+                let (replica, outputs) = Replica::restart(config, r, state, entries).expect("a valid store");
+                self.replicas[r as usize] = Some(replica);
+                self.checker.restarted(r, state.view);
+                let executed = self.replica(r).commit();
+                if let Err(v) = self.apply(r, outputs, executed) {
+                    self.deferred.get_or_insert(v);
+                }
+            }
+            Opened::Recover { state, .. } => {
+                let nonce = self.rng.next_u128();
+                let replica = Replica::recovering_from(config, r, state, nonce).expect("a valid state");
+                self.persist_recovering(r, &replica);
+                self.replicas[r as usize] = Some(replica);
+                self.announced[r as usize] = 0;
+                self.checker.forgot(r);
+            }
+            Opened::Created => panic!("{}", self.fail(format!("replica {r}'s store was empty"))),
+        }
+    }
+
+    /// Bit rot while the replica is down, within the fault model: one
+    /// superblock copy whose loss leaves another copy of the newest, or a log record that is
+    /// not the last (rot in the last record looks like a torn write), and
+    /// only while few enough replicas are recovering for one more to
+    /// finish (the store then makes this one recover from its peers).
+    fn rot(&mut self, disk: &mut MemDisk) {
+        if !self.rng.chance(self.options.corruption_probability) {
+            return;
+        }
+        let n = self.n();
+        let records = disk.wal_records();
+        if self.rng.chance(0.5) && records.len() > 1 && self.recovering_or_will() < n - vsr::quorum(n) {
+            let (offset, len) = records[self.rng.range(0, records.len() as u64 - 2) as usize];
+            let byte = offset + self.rng.range(0, len as u64 - 1) as usize;
+            disk.corrupt(Zone::Wal, byte, self.rng.range(1, 255) as u8);
+        } else {
+            let slot = self.rng.range(0, 3) as usize;
+            if disk.superblock_survives_losing(slot) {
+                let byte = slot * vsr_storage::format::SLOT_SIZE + self.rng.range(0, 200) as usize;
+                disk.corrupt(Zone::Superblock, byte, self.rng.range(1, 255) as u8);
+            }
         }
     }
 
     // ---- One tick --------------------------------------------------------
 
     pub fn step(&mut self) -> Result<(), Failure> {
+        if let Some(violation) = self.deferred.take() {
+            return Err(self.fail(violation));
+        }
         self.tick += 1;
         if self.trace_every > 0 && self.tick.is_multiple_of(self.trace_every) {
             eprintln!("tick {}: {}", self.tick, self.describe());
@@ -387,31 +544,91 @@ impl Simulator {
             .map_err(|v| self.fail(v))
     }
 
+    /// Carries out a replica's outputs in order, as the NIF does: writes
+    /// are staged, and synced before the first output that follows them.
     fn apply(&mut self, r: ReplicaIndex, outputs: Vec<Output>, executed: u64) -> Result<(), Violation> {
         for output in outputs {
+            if let Output::WriteLog { .. } | Output::WriteState(_) = output {
+                self.stage(r, &output)?;
+                continue;
+            }
+            let Some(store) = store_of(&mut self.storage[r as usize]) else {
+                self.deliver(r, output, executed)?;
+                continue;
+            };
+            if self.options.send_before_sync {
+                // The broken host: the write is synced only when the
+                // replica next syncs for a correct reason, i.e. never first.
+                self.deliver(r, output, executed)?;
+                continue;
+            }
+            if store.has_staged() && store.sync().is_err() {
+                // The disk died mid-write (an armed crash): so does the
+                // replica, and nothing after the write takes effect.
+                self.crash_until_later(r);
+                return Ok(());
+            }
+            self.deliver(r, output, executed)?;
+        }
+        Ok(())
+    }
+
+    fn stage(&mut self, r: ReplicaIndex, output: &Output) -> Result<(), Violation> {
+        let Some(store) = store_of(&mut self.storage[r as usize]) else {
+            return Ok(());
+        };
+        store.stage(output).map_err(|e| format!("replica {r}: {e}"))?;
+        if let Output::WriteState(state) = output {
+            let before = self.durable[r as usize];
+            // Only a recovery may take a replica's view back (recovery.rs).
+            if state.view < before.view && !before.recovering {
+                return Err(format!(
+                    "replica {r} persisted view {} over {}",
+                    state.view, before.view
+                ));
+            }
+            self.durable[r as usize] = *state;
+        }
+        Ok(())
+    }
+
+    /// Records the view a message claims its sender is in (only messages
+    /// that make such a claim, and only from a replica not recovering).
+    /// Decoded only when it could raise the record: a replica's view at
+    /// most bounds what it claims.
+    fn note_announced(&mut self, r: ReplicaIndex, bytes: &[u8]) {
+        let Some(replica) = self.replicas[r as usize].as_ref() else {
+            return;
+        };
+        if replica.is_recovering() || replica.view() <= self.announced[r as usize] {
+            return;
+        }
+        let config = &self.options.config;
+        let Ok(decoded) = vsr::message::decode(config.cluster, config.replica_count, bytes) else {
+            return;
+        };
+        let claimed = match decoded.message {
+            Message::Prepare { view, .. }
+            | Message::PrepareOk { view, .. }
+            | Message::Commit { view, .. }
+            | Message::ReadOk { view, .. }
+            | Message::DoViewChange { view, .. }
+            | Message::StartView { view, .. }
+            | Message::RecoveryFenced { view, .. }
+            | Message::StartViewChange { current: view, .. } => view,
+            _ => return,
+        };
+        self.announced[r as usize] = self.announced[r as usize].max(claimed);
+    }
+
+    fn deliver(&mut self, r: ReplicaIndex, output: Output, executed: u64) -> Result<(), Violation> {
+        {
             match output {
-                Output::Send { to, bytes } => self.network.send(&mut self.rng, self.tick, r, to, bytes),
-                Output::WriteLog { after, entries } => {
-                    let disk = &mut self.disks[r as usize];
-                    if after > disk.log.len() as u64 {
-                        return Err(format!(
-                            "replica {r} wrote after op {after} with a log of {}",
-                            disk.log.len()
-                        ));
-                    }
-                    disk.log.truncate(after as usize);
-                    disk.log.extend(entries);
+                Output::Send { to, bytes } => {
+                    self.note_announced(r, &bytes);
+                    self.network.send(&mut self.rng, self.tick, r, to, bytes)
                 }
-                Output::WriteState(state) => {
-                    let disk = &mut self.disks[r as usize];
-                    if state.view < disk.state.view {
-                        return Err(format!(
-                            "replica {r} persisted view {} over {}",
-                            state.view, disk.state.view
-                        ));
-                    }
-                    disk.state = state;
-                }
+                Output::WriteLog { .. } | Output::WriteState(_) => unreachable!("staged by apply"),
                 Output::Execute { entry, outcomes } => self.checker.on_execute(r, &entry, &outcomes)?,
                 Output::Reply {
                     client,
@@ -599,4 +816,14 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
     let mut simulator = Simulator::new(Options::from_seed(seed));
     simulator.trace_every = every;
     simulator.run()
+}
+
+/// Replica `r`'s store identity in the simulated cluster.
+fn identity(options: &Options, r: ReplicaIndex) -> Identity {
+    Identity {
+        cluster: options.config.cluster,
+        group: b"sim".to_vec(),
+        replica: r,
+        replica_count: options.config.replica_count,
+    }
 }

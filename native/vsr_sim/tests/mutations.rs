@@ -63,3 +63,18 @@ fn joining_a_view_with_a_partial_log_is_caught_by_the_section_5_2_scenario() {
     // And the same scenario passes with the protocol as written.
     scenarios::state_transfer_never_loses_commits(options(3, 1)).unwrap();
 }
+
+#[test]
+fn a_host_that_sends_before_its_writes_are_durable_is_caught() {
+    // Disk mode, crashes only (no bit rot): a replica acknowledges entries
+    // that a crash then takes from its disk, and a view change loses them.
+    let seed = (0..SEEDS).find(|&seed| {
+        let mut options = Options::from_seed(seed);
+        options.amnesia = false;
+        options.corruption_probability = 0.0;
+        options.crash_probability = options.crash_probability.max(0.002);
+        options.send_before_sync = true;
+        Simulator::new(options).run().is_err()
+    });
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}

@@ -30,6 +30,11 @@ pub struct MemDisk {
     unsynced: Vec<(Zone, Op)>,
     /// While set, writes fail as on a full disk.
     pub full: bool,
+    /// The machine dies after this many more operations (writes,
+    /// truncations, syncs): from then on every operation fails, so the
+    /// simulator can crash a replica between any two steps of its write
+    /// path and then [`MemDisk::crash`] it.
+    pub crash_after: Option<usize>,
 }
 
 fn apply(file: &mut Vec<u8>, op: &Op, torn: Option<usize>) {
@@ -52,8 +57,10 @@ impl MemDisk {
         self.unsynced.len()
     }
 
-    /// The machine stops: unsynced writes are kept, torn or lost as `cut` says.
+    /// The machine stops: unsynced writes are kept, torn or lost as `cut`
+    /// says. The disk is then usable again (as after a reboot).
     pub fn crash(&mut self, cut: CrashCut) {
+        self.crash_after = None;
         for (i, (zone, op)) in std::mem::take(&mut self.unsynced).into_iter().enumerate() {
             let file = self.durable.entry(zone).or_default();
             if i < cut.kept {
@@ -63,6 +70,36 @@ impl MemDisk {
             }
         }
         self.current = self.durable.clone();
+    }
+
+    /// Offsets and lengths of the records of the durable write-ahead log,
+    /// up to its first damage.
+    pub fn wal_records(&self) -> Vec<(usize, usize)> {
+        let wal = self.durable.get(&Zone::Wal).map_or(&[][..], Vec::as_slice);
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while let Some((_, len)) = crate::format::Record::decode(&wal[offset..]) {
+            records.push((offset, len));
+            offset += len;
+        }
+        records
+    }
+
+    /// Whether the newest superblock would still have a valid copy if the
+    /// copy in `slot` were lost (bit rot within the fault model).
+    pub fn superblock_survives_losing(&self, slot: usize) -> bool {
+        use crate::format::{Superblock, SLOT_SIZE, SUPERBLOCK_COPIES};
+        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let sequences: Vec<Option<u64>> = (0..SUPERBLOCK_COPIES)
+            .map(|i| {
+                file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE)
+                    .and_then(Superblock::decode)
+                    .map(|s| s.sequence)
+            })
+            .collect();
+        let newest = sequences.iter().flatten().max();
+        let copies = sequences.iter().filter(|s| s.as_ref() == newest).count();
+        newest.is_some() && (sequences[slot].as_ref() != newest || copies > 1)
     }
 
     /// Length of a zone as reads see it.
@@ -80,12 +117,27 @@ impl MemDisk {
     }
 }
 
+impl MemDisk {
+    /// Counts one operation against `crash_after`.
+    fn operate(&mut self) -> io::Result<()> {
+        match &mut self.crash_after {
+            Some(0) => Err(io::Error::other("the machine crashed (simulated)")),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Disk for MemDisk {
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
         Ok(self.current.get(&zone).cloned().unwrap_or_default())
     }
 
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.operate()?;
         if self.full {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -102,6 +154,7 @@ impl Disk for MemDisk {
     }
 
     fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()> {
+        self.operate()?;
         let op = Op::Truncate { len };
         apply(self.current.entry(zone).or_default(), &op, None);
         self.unsynced.push((zone, op));
@@ -109,6 +162,7 @@ impl Disk for MemDisk {
     }
 
     fn sync(&mut self, zone: Zone) -> io::Result<()> {
+        self.operate()?;
         let (synced, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsynced)
             .into_iter()
             .partition(|(z, _)| *z == zone);
