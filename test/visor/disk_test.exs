@@ -158,7 +158,7 @@ defmodule Visor.DiskTest do
              ~s(holds group "Elixir.Visor.Test.Counter")
 
     assert refusal(b, Counter, nodes: nodes, storage: :disk, data_dir: Path.join(tmp, "copy")) =~
-             "belongs to replica 0 (#{a})"
+             "belongs to replica #{Enum.find_index(Enum.sort(nodes), &(&1 == a))} (#{a})"
 
     # Nothing was written to any store.
     assert snapshot(tmp) == files
@@ -166,6 +166,39 @@ defmodule Visor.DiskTest do
     # The right options still restart both from their disks.
     :ok = Cluster.start_group(nodes, Counter, opts)
     assert commit(b, {:incr, 2}) == 2
+
+    # A killed server (its supervisor restarts it) restarts from its disk
+    # too, once its previous engine has let go of the store: even in a
+    # 2-member cluster, where a member that lost its state could never
+    # recover (it needs both others).
+    server = :erpc.call(b, Process, :whereis, [Counter])
+    true = :erpc.call(b, Process, :exit, [server, :kill])
+
+    Cluster.eventually(fn ->
+      pid = :erpc.call(b, Process, :whereis, [Counter])
+      pid != nil and pid != server
+    end)
+
+    assert commit(b, {:incr, 3}) == 3
+    assert %{status: :normal, storage: %{opened: :restarted}} = Cluster.status(b, Counter)
+    refute Cluster.rejoined?(b, Counter)
+
+    # A store still locked by a live replica for a moment (here an engine
+    # of the same identity, owned by a process that exits after 1 s): the
+    # server tries again until it is free, instead of failing.
+    :ok = Cluster.stop_group(b, Counter)
+
+    hold_store(b, %{
+      cluster: Visor.Options.cluster_id(Counter, nodes),
+      replica_count: 2,
+      replica_index: Enum.find_index(Enum.sort(nodes), &(&1 == b)),
+      data_dir: store_dir(tmp, b),
+      group: "Elixir.Visor.Test.Counter"
+    })
+
+    :ok = Cluster.start_group([b], Counter, opts)
+    assert commit(b, {:incr, 4}) == 4
+    assert :erpc.call(b, :sys, :get_state, [Counter]).starts > 1
   end
 
   defp disk_opts(tmp, membership) do
@@ -190,6 +223,18 @@ defmodule Visor.DiskTest do
   defp backups_first(nodes) do
     primary = Cluster.primary(hd(nodes), Counter)
     (nodes -- [primary]) ++ [primary]
+  end
+
+  # Opens the store with an engine owned by a process on `node` that exits
+  # after 1 s (and so releases it); returns once the engine holds it. The
+  # stopped group's engine may still hold it for a moment: then again.
+  defp hold_store(node, engine_opts, attempts \\ 50) do
+    assert attempts > 0, "the store stayed locked"
+    owner = :erpc.call(node, :erlang, :spawn, [:timer, :sleep, [1_000]])
+    {:ok, engine} = :erpc.call(node, Visor.Native, :start, [engine_opts, owner])
+    status = fn -> :erpc.call(node, Visor.Native, :status, [engine]).status end
+    Cluster.eventually(fn -> status.() != :starting end)
+    if status.() == :failed, do: hold_store(node, engine_opts, attempts - 1), else: :ok
   end
 
   defp flip_byte(path, offset) do
