@@ -166,10 +166,8 @@ defmodule Visor.Formation do
     # rejoins (its replica recovers) rather than starting fresh.
     formed: nil,
     recover: false,
-    # :memory or {:disk, store_dir}; from_disk once a member restarted
-    # from its store (disk mode).
+    # :memory or {:disk, store_dir} (Visor.Options).
     storage: :memory,
-    from_disk: false,
     # nodes mode: the configured members and cluster id, the members that
     # answered :ok (a fresh start needs all of them), and the members heard
     # from at all (a decided node says hello until it has heard everyone).
@@ -339,7 +337,7 @@ defmodule Visor.Formation do
           %{id: {:disk, info.cluster}, cluster: info.cluster, members: members, incarnations: %{}}
       end
 
-    %{state | phase: :member, formed: formed, recover: false, from_disk: true}
+    %{state | phase: :member, formed: formed, recover: false}
   end
 
   @impl GenServer
@@ -482,12 +480,18 @@ defmodule Visor.Formation do
       {_earlier, _} ->
         Logger.info(
           "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
-            "it rejoins and recovers its state from the others"
+            restart_note(state)
         )
 
         {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
     end
   end
+
+  defp restart_note(%{storage: :memory}),
+    do: "it rejoins and recovers its state from the others"
+
+  defp restart_note(_disk),
+    do: "it restarts from its disk, or rejoins and recovers its state from the others without one"
 
   # This process's records as it tells them, itself included.
   defp records(state) do
@@ -635,7 +639,7 @@ defmodule Visor.Formation do
     if accepted != nil and accepted != inc and Map.get(state.known, from) != {inc, :rejoin} do
       Logger.info(
         "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
-          "it rejoins and recovers its state from the others"
+          restart_note(state)
       )
 
       %{state | known: Map.put(state.known, from, {inc, :rejoin})}
