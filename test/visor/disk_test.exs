@@ -17,7 +17,10 @@ defmodule Visor.DiskTest do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     opts = disk_opts(tmp, nodes: nodes)
     :ok = Cluster.start_group(nodes, Counter, opts)
-    for n <- nodes, do: assert(Cluster.status(n, Counter).storage.opened == :created)
+    # (The store opens on the engine thread, a moment after formation.)
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :created end)
+    end
 
     for n <- nodes do
       :erpc.call(n, Load, :spawn_callers, [Counter, @callers_per_node, self(), [timeout: 20_000]])
@@ -117,7 +120,8 @@ defmodule Visor.DiskTest do
 
     # The store, not a new discovery, decides the cluster: the same id.
     for n <- nodes do
-      assert %{cluster: ^cluster, storage: %{opened: :restarted}} = Cluster.status(n, Counter)
+      assert Cluster.status(n, Counter).cluster == cluster
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :restarted end)
     end
 
     assert commit(List.last(nodes), {:incr, :after}) == 4
@@ -186,7 +190,7 @@ defmodule Visor.DiskTest do
     end)
 
     assert commit(b, {:incr, 3}) == 3
-    assert %{status: :normal, storage: %{opened: :restarted}} = Cluster.status(b, Counter)
+    assert Cluster.status(b, Counter).storage.opened == :restarted
     refute Cluster.rejoined?(b, Counter)
 
     # A store still locked by a live replica for a moment (here an engine
