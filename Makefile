@@ -47,8 +47,9 @@ soak:
 demo: deps
 	mix run scripts/demo.exs
 
-# Visor against Mnesia on a local 3-node cluster, about a minute;
-# prints a table and writes bench/results/<time>.json (bench/bench.exs).
+# Visor (memory and disk mode) against Mnesia on a local 3-node cluster,
+# with the round trip and fdatasync latency as floors; about 70 s. Prints
+# a table and writes bench/results/<time>.json (bench/bench.exs).
 bench: deps
 	mix run bench/bench.exs
 

@@ -1,17 +1,35 @@
-# `make bench`: a local 3-node cluster; Visor against Mnesia on the same
-# nodes, with the distribution round trip measured in the same run as the
-# physical floor. Prints a table and writes bench/results/<time>.json.
+# `make bench`: a local 3-node cluster; Visor in memory mode and in disk
+# mode against Mnesia on the same nodes, with the distribution round trip
+# and the fdatasync latency of the filesystem under the data directory
+# measured in the same run as the physical floors. Prints a table and
+# writes bench/results/<time>.json.
 #
 #     mix run bench/bench.exs            # BENCH_SECONDS=3 per throughput run
+#     BENCH_DATA_DIR=/mnt/ssd/visor mix run bench/bench.exs   # disk mode's data_dir
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
 
 seconds = String.to_integer(System.get_env("BENCH_SECONDS", "3"))
 sequential_n = String.to_integer(System.get_env("BENCH_SEQUENTIAL", "3000"))
 levels = [1, 16, 64, 256]
+# Disk mode's stores (one directory per node), emptied before and after.
+data_dir = Path.expand(System.get_env("BENCH_DATA_DIR", "bench/tmp/data"))
+fsync_n = String.to_integer(System.get_env("BENCH_FSYNCS", "2000"))
 
 kv =
   defmodule Visor.Bench.KV do
+    use Visor
+
+    @impl Visor
+    def initial_state(_opts), do: %{}
+
+    @impl Visor
+    def handle_commit({:put, key, value}, state), do: {:ok, :ok, Map.put(state, key, value)}
+  end
+
+# The same state machine in disk mode (a node runs one group per module).
+disk_kv =
+  defmodule Visor.Bench.DiskKV do
     use Visor
 
     @impl Visor
@@ -51,6 +69,9 @@ worker =
     end
 
     def op(:visor, key), do: Visor.commit(Visor.Bench.KV, {:put, key, key}, timeout: 10_000)
+
+    def op(:visor_disk, key),
+      do: Visor.commit(Visor.Bench.DiskKV, {:put, key, key}, timeout: 10_000)
 
     def op(:mnesia, key) do
       {:atomic, :ok} = :mnesia.sync_transaction(fn -> :mnesia.write({:bench_kv, key, key}) end)
@@ -110,6 +131,31 @@ worker =
 
 defmodule Bench do
   def progress(text), do: IO.puts(IO.ANSI.format([:faint, "  ... ", :reset, text]))
+
+  # What a replica's group commit pays at least once per batch: append a
+  # small record to a file under `dir`, then fdatasync it (:file.datasync/1
+  # on a raw file). µs per write + datasync, at most `n` or 10 s of them.
+  def fsync_latency(dir, n) do
+    File.mkdir_p!(dir)
+    path = Path.join(dir, "fsync_probe")
+    {:ok, file} = :file.open(path, [:write, :raw, :binary])
+    record = :binary.copy(<<0xAB>>, 256)
+    deadline = System.monotonic_time(:millisecond) + 10_000
+
+    samples =
+      Enum.reduce_while(1..n, [], fn _, acc ->
+        t0 = System.monotonic_time()
+        :ok = :file.write(file, record)
+        :ok = :file.datasync(file)
+        us = System.convert_time_unit(System.monotonic_time() - t0, :native, :nanosecond) / 1000
+        acc = [us | acc]
+        if System.monotonic_time(:millisecond) > deadline, do: {:halt, acc}, else: {:cont, acc}
+      end)
+
+    :ok = :file.close(file)
+    File.rm!(path)
+    samples
+  end
 
   def pct([], _), do: nil
 
@@ -180,11 +226,15 @@ end
 started = System.monotonic_time(:millisecond)
 IO.puts("Visor bench: 3 local nodes, #{seconds} s per throughput run")
 
+File.rm_rf!(data_dir)
+Bench.progress("fdatasync latency under #{data_dir} (#{fsync_n} appends of 256 B + datasync)")
+fsync = Bench.summary(Bench.fsync_latency(data_dir, fsync_n))
+
 Bench.progress("starting nodes a, b, c")
 :ok = LocalCluster.start_distribution("visor_bench")
 nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
 [a, b, c] = nodes
-:ok = LocalCluster.load_modules(nodes, [helpers, kv, worker])
+:ok = LocalCluster.load_modules(nodes, [helpers, kv, disk_kv, worker])
 
 Bench.progress("distribution round trip (send/receive ping-pong a <-> b)")
 echo = :erpc.call(b, Visor.Bench.Worker, :start_echo, [])
@@ -222,6 +272,45 @@ end
 
 visor_tp = throughput_levels.(:visor, "Visor", "commits")
 
+# The same runs in disk mode: each node's store in its own directory.
+Bench.progress("Visor disk mode: forming the cluster (stores in #{data_dir})")
+
+LocalCluster.start_group(nodes, Visor.Bench.DiskKV, fn node ->
+  [nodes: nodes, storage: :disk, data_dir: Path.join(data_dir, Atom.to_string(node))]
+end)
+
+disk_primary = LocalCluster.status(a, Visor.Bench.DiskKV).primary
+disk_backup = hd(nodes -- [disk_primary])
+
+Bench.progress(
+  "Visor disk mode: up to #{sequential_n} sequential commits (15 s) on the primary's node"
+)
+
+_warmup = :erpc.call(disk_primary, Visor.Bench.Worker, :sequential, [:visor_disk, 300])
+
+disk_seq_primary =
+  Bench.summary(
+    :erpc.call(disk_primary, Visor.Bench.Worker, :sequential, [:visor_disk, sequential_n])
+  )
+
+Bench.progress(
+  "Visor disk mode: up to #{sequential_n} sequential commits (15 s) on a backup's node"
+)
+
+disk_seq_backup =
+  Bench.summary(
+    :erpc.call(disk_backup, Visor.Bench.Worker, :sequential, [:visor_disk, sequential_n])
+  )
+
+Bench.progress("Visor disk mode: warming up 256 callers")
+_ = Bench.throughput(:visor_disk, nodes, 256, 1)
+disk_tp = throughput_levels.(:visor_disk, "Visor disk", "commits")
+
+disk_storage =
+  for n <- nodes, into: %{} do
+    {n, Map.take(LocalCluster.status(n, Visor.Bench.DiskKV).storage, [:syncs, :wal_bytes])}
+  end
+
 Bench.progress("Mnesia: ram_copies table on a, b, c")
 
 for n <- nodes do
@@ -250,6 +339,9 @@ _ = Bench.throughput(:mnesia, nodes, 256, 1)
 mnesia_tp = throughput_levels.(:mnesia, "Mnesia", "writes")
 
 for n <- nodes, do: :erpc.call(n, :init, :stop, [])
+# The nodes' stores go with them (their locks are released as they exit).
+LocalCluster.wait_until(fn -> Enum.all?(nodes, &(&1 not in Node.list())) end, 30_000)
+File.rm_rf!(data_dir)
 
 # ---- Report ---------------------------------------------------------------
 
@@ -275,8 +367,11 @@ IO.puts(
 
 for {label, s} <- [
       {"distribution round trip (ping-pong)", rtt},
+      {"fdatasync (256 B append + datasync)", fsync},
       {"Visor commit, caller on the primary's node", visor_seq_primary},
       {"Visor commit, caller on a backup's node", visor_seq_backup},
+      {"Visor disk commit, primary's node", disk_seq_primary},
+      {"Visor disk commit, a backup's node", disk_seq_backup},
       {"Mnesia sync_transaction write (ram_copies)", mnesia_seq}
     ] do
   IO.puts(
@@ -290,41 +385,79 @@ IO.puts("\nThroughput (callers spread over the three nodes, #{seconds} s each)")
 IO.puts(String.duplicate("-", 78))
 
 IO.puts(
-  String.pad_trailing("callers", 9) <>
+  String.pad_trailing("callers", 8) <>
     Enum.map_join(
-      ["Visor ops/s", "p50", "p99", "Mnesia ops/s", "p50", "p99"],
+      ["memory ops/s", "p50", "p99", "disk ops/s", "p50", "p99", "Mnesia ops/s", "p50", "p99"],
       &String.pad_leading(&1, 13)
     )
 )
 
-for {v, m} <- Enum.zip(visor_tp, mnesia_tp) do
+for {v, d, m} <- Enum.zip([visor_tp, disk_tp, mnesia_tp]) do
   IO.puts(
-    String.pad_trailing("#{v.callers}", 9) <>
+    String.pad_trailing("#{v.callers}", 8) <>
       Enum.map_join(
-        [
-          "#{v.ops_per_s}",
-          Bench.fmt(v.p50_us),
-          Bench.fmt(v.p99_us),
-          "#{m.ops_per_s}",
-          Bench.fmt(m.p50_us),
-          Bench.fmt(m.p99_us)
-        ],
+        Enum.flat_map(
+          [v, d, m],
+          &["#{&1.ops_per_s}", Bench.fmt(&1.p50_us), Bench.fmt(&1.p99_us)]
+        ),
         &String.pad_leading(&1, 13)
       )
   )
 end
 
-errors = Enum.sum(Enum.map(visor_tp ++ mnesia_tp, & &1.errors))
+# The disk-mode targets: one caller's commit within two rounds of
+# (fdatasync + network round trip), the floor of a commit that a backup
+# and the primary must both make durable; and at 256 callers, at least
+# three times Mnesia's throughput.
+floor_us = 2 * (fsync.p50_us + rtt.p50_us)
+disk_256 = List.last(disk_tp)
+mnesia_256 = List.last(mnesia_tp)
+ratio_256 = Float.round(disk_256.ops_per_s / max(mnesia_256.ops_per_s, 1), 2)
+
+targets = %{
+  disk_commit_p50_us: disk_seq_primary.p50_us,
+  two_fsync_plus_rtt_p50_us: Float.round(floor_us, 1),
+  disk_commit_p50_within_target: disk_seq_primary.p50_us <= floor_us,
+  disk_ops_per_s_at_256: disk_256.ops_per_s,
+  mnesia_ops_per_s_at_256: mnesia_256.ops_per_s,
+  disk_vs_mnesia_at_256: ratio_256,
+  disk_vs_mnesia_at_256_target: 3,
+  disk_vs_mnesia_at_256_met: ratio_256 >= 3
+}
+
+IO.puts("\nDisk mode against its targets")
+IO.puts(String.duplicate("-", 78))
+
+IO.puts(
+  "commit p50 (caller on the primary's node) #{Bench.fmt(disk_seq_primary.p50_us)} vs " <>
+    "2 x (fdatasync p50 #{Bench.fmt(fsync.p50_us)} + RTT p50 #{Bench.fmt(rtt.p50_us)}) = " <>
+    "#{Bench.fmt(floor_us)}: #{if targets.disk_commit_p50_within_target, do: "met", else: "NOT met"}"
+)
+
+IO.puts(
+  "throughput at 256 callers: #{disk_256.ops_per_s}/s vs Mnesia #{mnesia_256.ops_per_s}/s = " <>
+    "#{ratio_256}x (target 3x): #{if targets.disk_vs_mnesia_at_256_met, do: "met", else: "NOT met"}"
+)
+
+errors = Enum.sum(Enum.map(visor_tp ++ disk_tp ++ mnesia_tp, & &1.errors))
 if errors > 0, do: IO.puts("\n#{errors} operations failed (counted out of ops/s)")
 
 result = %{
   environment: env,
   distribution_round_trip: rtt,
+  fdatasync: Map.put(fsync, :data_dir, data_dir),
   visor: %{
     sequential_on_primary: visor_seq_primary,
     sequential_on_backup: visor_seq_backup,
     throughput: visor_tp
   },
+  visor_disk: %{
+    sequential_on_primary: disk_seq_primary,
+    sequential_on_backup: disk_seq_backup,
+    throughput: disk_tp,
+    storage: Map.new(disk_storage, fn {n, s} -> {Atom.to_string(n), s} end)
+  },
+  targets: targets,
   mnesia: %{sequential: mnesia_seq, throughput: mnesia_tp}
 }
 

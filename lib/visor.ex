@@ -51,6 +51,13 @@ defmodule Visor do
     * `:nodes`: the member nodes, explicitly (see docs/operations.md); or
     * `:cluster_size`: discover that many members among connected nodes
       running the same module (exactly one of the two is required);
+    * `:storage`: `:memory` (the default: the log lives in memory; the
+      group survives any minority of its nodes restarting) or `:disk` (the
+      log is written to disk before anything is acknowledged; the group
+      also survives every node restarting at once);
+    * `:data_dir`: with `storage: :disk` (required then), this node's
+      directory for the group's store, `Path.join(data_dir,
+      Atom.to_string(module))` (see `Visor.Options`);
     * `:pool_size`: client sessions per node, i.e. how many commands this
       node keeps in flight at once (default 128); more callers wait in line;
     * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
@@ -251,12 +258,16 @@ defmodule Visor do
   This node's view of the group: `%{status:, role:, view:, op:, commit:,
   primary:, replicas: [%{index:, node:, role:, health:}], ...}`.
 
-  `status` is `:forming`, `:recovering` (this node restarted and its
-  replica is fetching the state from the others), `:normal`, `:view_change`,
-  `:spare` or `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  `status` is `:forming`, `:starting` (disk mode: the store is being
+  opened), `:recovering` (this node restarted and its replica is fetching
+  the state from the others), `:normal`, `:view_change`, `:spare` or
+  `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
-  known committed; `stats` holds the engine's and the server's counters.
+  known committed; `stats` holds the engine's and the server's counters;
+  `storage` is `%{mode: :memory}` or, in disk mode, `%{mode: :disk,
+  data_dir:, opened: :created | :restarted | :recovering | nil, error:,
+  syncs:, wal_bytes:}`.
   """
   @spec status(group()) :: map() | {:error, error()}
   def status(module) do

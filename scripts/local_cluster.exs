@@ -85,11 +85,13 @@ defmodule Visor.Scripts.LocalCluster do
   @doc """
   Starts `module`'s group on each node under a holder process (the group
   must outlive the :erpc call that starts it), then waits until every node
-  has formed.
+  has formed. `opts` may be a function of the node (disk mode's `data_dir`).
   """
   def start_group(nodes, module, opts) do
+    opts_of = if is_function(opts, 1), do: opts, else: fn _node -> opts end
+
     for node <- nodes do
-      {:ok, _} = :erpc.call(node, __MODULE__, :start_group_here, [module, opts])
+      {:ok, _} = :erpc.call(node, __MODULE__, :start_group_here, [module, opts_of.(node)])
     end
 
     wait_until(fn -> Enum.all?(nodes, &(status(&1, module).status == :normal)) end, 15_000)

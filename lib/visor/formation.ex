@@ -85,13 +85,35 @@ defmodule Visor.Formation do
   After a decision, the process keeps answering hellos (that is how a
   restarted node learns it must rejoin) and keeps reconnecting distribution
   to the members, so that a healed partition heals the cluster too.
+
+  ## Disk mode (`storage: :disk`)
+
+  Before anything else, `init/1` reads the superblock of the group's store
+  (`Visor.Native.probe/2`). If there is a store, this node's replica ran
+  and wrote everything it acknowledged: it is a member of the cluster the
+  store records (its id, and the member list this module put into the
+  store's metadata when it created it, `store_meta/1`), and it restarts
+  from the store at once, without waiting for anyone: after every node
+  died, each restarts from its own disk and a quorum of them serves again.
+  The process is then a formed member like any other (it advertises the
+  cluster in its hellos, reconnects distribution, records the others'
+  incarnations). A store that does not fit (another group, a member list
+  that does not name this node in the store's place, another `nodes:` list
+  or `cluster_size:`, an unreadable superblock) stops `init/1` with
+  `{:storage_refused, message}`: the files are left as they are.
+
+  With an empty store the node forms as in memory mode (a node whose
+  `data_dir` was wiped is a restarted node: it rejoins and recovers). One
+  rule is added for that: a member in disk mode answers `:restarted` to a
+  hello from a member it has no record of (it restarted from its disk, so
+  the cluster ran, and that member may have run a replica too).
   """
 
   use GenServer
   import Bitwise
   require Logger
 
-  alias Visor.Options
+  alias Visor.{Native, Options}
 
   @tick_ms 100
   @reconnect_every_ticks 10
@@ -144,6 +166,8 @@ defmodule Visor.Formation do
     # rejoins (its replica recovers) rather than starting fresh.
     formed: nil,
     recover: false,
+    # :memory or {:disk, store_dir} (Visor.Options).
+    storage: :memory,
     # nodes mode: the configured members and cluster id, the members that
     # answered :ok (a fresh start needs all of them), and the members heard
     # from at all (a decided node says hello until it has heard everyone).
@@ -164,13 +188,45 @@ defmodule Visor.Formation do
     ticks: 0
   ]
 
+  @doc """
+  The metadata this module keeps in a new store's superblock (disk mode):
+  the cluster's member nodes, which `init/1` reads back on a restart.
+  Node names are kept as strings, so that reading them back never depends
+  on which atoms exist yet.
+  """
+  @spec store_meta([node()]) :: binary()
+  def store_meta(members) do
+    :erlang.term_to_binary(%{visor: 1, members: Enum.map(members, &Atom.to_string/1)})
+  end
+
+  # The member list of `store_meta/1`, or :error. The store is local and
+  # checksummed, but it may have been written by something else: nothing
+  # but the expected shape is accepted, and no atom is created before the
+  # shape is checked.
+  defp read_store_meta(meta) do
+    case :erlang.binary_to_term(meta, [:safe]) do
+      %{visor: 1, members: [_ | _] = names} when length(names) <= 6 ->
+        if Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/)) do
+          {:ok, Enum.map(names, &String.to_atom/1)}
+        else
+          :error
+        end
+
+      _ ->
+        :error
+    end
+  rescue
+    ArgumentError -> :error
+  end
+
   @impl GenServer
   def init(%Options{module: module} = config) do
     state = %__MODULE__{
       module: module,
       name: Visor.Supervisor.name(module, :formation),
       incarnation: :rand.uniform(1 <<< 62),
-      subscriber: nil
+      subscriber: nil,
+      storage: config.storage
     }
 
     state =
@@ -184,15 +240,104 @@ defmodule Visor.Formation do
           %{state | mode: :discovery, size: size, scope: scope, phase: :discovering}
       end
 
-    state =
-      if state.mode == :nodes and node() not in state.members do
-        decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
-      else
-        state
+    case restore(state) do
+      {:ok, state} ->
+        state =
+          if state.mode == :nodes and state.phase == :forming and node() not in state.members do
+            decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
+          else
+            state
+          end
+
+        send(self(), :tick)
+        {:ok, state}
+
+      {:error, message} ->
+        Logger.error("#{inspect(module)}: refusing to start: #{message}")
+        {:stop, {:storage_refused, message}}
+    end
+  end
+
+  # ---- Disk mode: restart from the store ----------------------------------
+
+  defp restore(%{storage: :memory} = state), do: {:ok, state}
+
+  defp restore(%{storage: {:disk, dir}} = state) do
+    case Native.probe(dir) do
+      :empty ->
+        {:ok, state}
+
+      {:error, message} ->
+        {:error, "cannot read the store in #{dir}: #{message}"}
+
+      {:ok, info} ->
+        with {:ok, members} <- stored_members(state, dir, info) do
+          {:ok, member_from_disk(state, dir, info, members)}
+        end
+    end
+  end
+
+  defp stored_members(state, dir, info) do
+    group = Options.group_name(state.module)
+
+    with :ok <- check(info.group == group, fn -> "#{dir} holds group #{inspect(info.group)}" end),
+         {:ok, members} <- stored_meta(dir, info),
+         owner = Enum.at(members, info.replica),
+         :ok <-
+           check(length(members) == info.replica_count and owner == node(), fn ->
+             "#{dir} belongs to replica #{info.replica} (#{owner}) of the cluster " <>
+               "#{inspect(members)}, not to this node (#{node()})"
+           end),
+         :ok <- check_membership(state, dir, info, members) do
+      {:ok, members}
+    end
+  end
+
+  defp stored_meta(dir, info) do
+    case read_store_meta(info.meta) do
+      {:ok, members} -> {:ok, members}
+      :error -> {:error, "#{dir} holds a store whose metadata Visor did not write"}
+    end
+  end
+
+  defp check_membership(%{mode: :nodes} = state, dir, info, members) do
+    check(members == state.members and info.cluster == state.cluster, fn ->
+      "#{dir} holds the store of the cluster #{inspect(members)}, but this node is " <>
+        "started with nodes: #{inspect(state.members)}; start it with the same nodes, or " <>
+        "move the data_dir away (this node's replica then rejoins or starts anew)"
+    end)
+  end
+
+  defp check_membership(%{mode: :discovery} = state, dir, _info, members) do
+    check(length(members) == state.size, fn ->
+      "#{dir} holds the store of a cluster of #{length(members)} (#{inspect(members)}), " <>
+        "but this node is started with cluster_size: #{state.size}"
+    end)
+  end
+
+  defp check(true, _message), do: :ok
+  defp check(false, message), do: {:error, message.()}
+
+  # This node's replica ran: it restarts from its store as the member the
+  # store records, whoever else is up (no hello, no agreement needed).
+  defp member_from_disk(state, dir, info, members) do
+    Logger.info(
+      "#{inspect(state.module)}: restarting replica #{info.replica} of the cluster " <>
+        "#{inspect(members)} from its store in #{dir} (view #{info.view}, commit #{info.commit})"
+    )
+
+    formed =
+      case state.mode do
+        :nodes ->
+          %{id: :static, cluster: info.cluster, members: members}
+
+        # Incarnations are not stored: every earlier one is gone, and a
+        # member that finds itself listed under none rejoins.
+        :discovery ->
+          %{id: {:disk, info.cluster}, cluster: info.cluster, members: members, incarnations: %{}}
       end
 
-    send(self(), :tick)
-    {:ok, state}
+    %{state | phase: :member, formed: formed, recover: false}
   end
 
   @impl GenServer
@@ -317,6 +462,12 @@ defmodule Visor.Formation do
   # with incarnation `inc`, by its record of `from` (see the moduledoc).
   defp judge(state, from, inc) do
     case Map.get(state.known, from) do
+      # Disk mode, decided: the cluster ran (this node's replica did), so a
+      # member this process never heard of may have run one too (its
+      # data_dir wiped, say): it must not start fresh.
+      nil when state.storage != :memory and state.phase == :member ->
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+
       nil ->
         {:ok, %{state | known: Map.put(state.known, from, {inc, :fresh})}}
 
@@ -329,12 +480,18 @@ defmodule Visor.Formation do
       {_earlier, _} ->
         Logger.info(
           "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
-            "it rejoins and recovers its state from the others"
+            restart_note(state)
         )
 
         {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
     end
   end
+
+  defp restart_note(%{storage: :memory}),
+    do: "it rejoins and recovers its state from the others"
+
+  defp restart_note(_disk),
+    do: "it restarts from its disk, or rejoins and recovers its state from the others without one"
 
   # This process's records as it tells them, itself included.
   defp records(state) do
@@ -482,7 +639,7 @@ defmodule Visor.Formation do
     if accepted != nil and accepted != inc and Map.get(state.known, from) != {inc, :rejoin} do
       Logger.info(
         "#{inspect(state.module)}: #{from} restarted (new incarnation); " <>
-          "it rejoins and recovers its state from the others"
+          restart_note(state)
       )
 
       %{state | known: Map.put(state.known, from, {inc, :rejoin})}

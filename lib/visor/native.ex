@@ -21,7 +21,10 @@ defmodule Visor.Native do
       this replica is settled;
     * `{:read_ready, id, op}`: the linearizable read `id` (see `read/2`) may
       be served from the local state now: it has executed every op that was
-      committed before the read began (up to `op`).
+      committed before the read began (up to `op`);
+    * `{:storage, kind, detail}` (disk mode only, see `start/2`): how the
+      store opened (`:created`, `:restarted`, `:recovering`), then write
+      failures (`:error`) and their end (`:resumed`).
 
   An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}` or
   `:evicted`. If the group fails (a bug in the engine), the owner gets

@@ -5,6 +5,19 @@ defmodule Visor.Options do
 
   A mistake raises `ArgumentError` naming the option, at start time, rather
   than surfacing later as a replica that never forms.
+
+  ## Storage
+
+    * `storage: :memory` (the default): the replica's log lives in memory.
+      The group survives any minority of its nodes restarting, but not a
+      majority at once.
+    * `storage: :disk` with `data_dir: "/path"` (required with `:disk`, a
+      non-empty string): the replica writes its log and state to
+      `Path.join(data_dir, Atom.to_string(module))` (for `Cache`,
+      `<data_dir>/Elixir.Cache`) and fsyncs before it acknowledges, so the
+      group survives every node restarting. Several groups (modules) can
+      share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
+      mode", says what happens on restart.
   """
 
   @max_replicas 6
@@ -18,18 +31,21 @@ defmodule Visor.Options do
   @engine_keys [:tick_ms | Visor.Native.config_keys()]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
-  defstruct @enforce_keys
+  defstruct @enforce_keys ++ [storage: :memory]
 
   @typedoc """
   `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
   the options for `Visor.Native.start/2` other than the cluster's identity;
-  `opts` what the user passed (for `initial_state/1`).
+  `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
+  store directory (inside the user's `data_dir`); `opts` what the user
+  passed (for `initial_state/1`).
   """
   @type t :: %__MODULE__{
           module: module(),
           membership: {:nodes, [node()]} | {:cluster_size, pos_integer()},
           pool_size: pos_integer(),
           engine: map(),
+          storage: :memory | {:disk, Path.t()},
           opts: keyword()
         }
 
@@ -42,6 +58,7 @@ defmodule Visor.Options do
     end
 
     membership = membership!(module, opts)
+    storage = storage!(module, opts)
     pool_size = positive!(module, opts, :pool_size, @default_pool_size)
 
     engine =
@@ -68,6 +85,7 @@ defmodule Visor.Options do
       membership: membership,
       pool_size: pool_size,
       engine: engine,
+      storage: storage,
       opts: opts
     }
   end
@@ -112,6 +130,46 @@ defmodule Visor.Options do
       {:error, :error} ->
         raise ArgumentError,
               "#{inspect(module)}: give :nodes (the member nodes) or :cluster_size (how many to discover)"
+    end
+  end
+
+  @doc """
+  The name of `module`'s group in a store (and of its directory inside
+  `data_dir`): `Atom.to_string(module)`, e.g. `"Elixir.Cache"`.
+  """
+  @spec group_name(module()) :: String.t()
+  def group_name(module), do: Atom.to_string(module)
+
+  defp storage!(module, opts) do
+    case {Keyword.get(opts, :storage, :memory), Keyword.fetch(opts, :data_dir)} do
+      {:memory, :error} ->
+        :memory
+
+      {:memory, {:ok, _}} ->
+        raise ArgumentError,
+              "#{inspect(module)}: data_dir is only used with storage: :disk " <>
+                "(storage is :memory, the default)"
+
+      {:disk, {:ok, dir}} when is_binary(dir) and dir != "" ->
+        unless String.valid?(dir) do
+          raise ArgumentError, "#{inspect(module)}: data_dir must be valid UTF-8"
+        end
+
+        {:disk, Path.join(Path.expand(dir), group_name(module))}
+
+      {:disk, {:ok, dir}} ->
+        raise ArgumentError,
+              "#{inspect(module)}: data_dir must be a non-empty string (a directory), " <>
+                "got: #{inspect(dir)}"
+
+      {:disk, :error} ->
+        raise ArgumentError,
+              "#{inspect(module)}: storage: :disk needs data_dir (the directory for the " <>
+                "group's log and state)"
+
+      {other, _} ->
+        raise ArgumentError,
+              "#{inspect(module)}: storage must be :memory or :disk, got: #{inspect(other)}"
     end
   end
 

@@ -21,12 +21,24 @@ defmodule Visor.Server do
 
   The replica starts only when `Visor.Formation` says this node is a member.
   docs/commands.md follows one command through all of this.
+
+  In disk mode the engine opens the group's store before the replica runs,
+  and reports how (`{:storage, :created | :restarted | :recovering, _}`),
+  then write failures and their end; the server logs them and shows them in
+  `status`. A store the engine refuses stops the server with
+  `{:storage_refused, reason}` (the one case retried first is a store still
+  locked for a moment by this node's previous server, after a restart).
   """
 
   use GenServer
   require Logger
 
   alias Visor.{Executor, Formation, Native, Options, Sessions}
+
+  # A store still locked by this node's previous engine (see
+  # handle_info/2) is tried again for up to 5 s.
+  @store_start_attempts 50
+  @store_retry_ms 100
 
   defstruct [
     :module,
@@ -39,6 +51,12 @@ defmodule Visor.Server do
     :cluster,
     :sessions,
     :formation_tag,
+    # Disk mode: the member decision (kept to retry the start while the
+    # store is still locked), the engine's start attempts, and how the
+    # store opened (:created, :restarted or :recovering; nil until then).
+    :decision,
+    :opened,
+    starts: 0,
     # :forming, :running, :spare or {:failed, reason}
     phase: :forming,
     # Jobs waiting for a session; `queued` counts them (dead ones included
@@ -100,6 +118,8 @@ defmodule Visor.Server do
         recover: recover
       })
 
+    engine_opts = Map.merge(engine_opts, storage_opts(state.config, members))
+
     {:ok, engine} = Native.start(engine_opts, self())
 
     dispatch(%{
@@ -108,7 +128,9 @@ defmodule Visor.Server do
         engine: engine,
         members: List.to_tuple(members),
         index: index,
-        cluster: cluster
+        cluster: cluster,
+        decision: {:member, %{cluster: cluster, members: members, recover: recover}},
+        starts: state.starts + 1
     })
   end
 
@@ -117,6 +139,15 @@ defmodule Visor.Server do
   end
 
   defp formation(state, _decision), do: state
+
+  # Disk mode: the store is `data_dir/<group>`; a new one records the
+  # members, for a restart to find them (Visor.Formation). An existing
+  # store is the engine's to open (`recover` is then ignored).
+  defp storage_opts(%Options{storage: :memory}, _members), do: %{}
+
+  defp storage_opts(%Options{storage: {:disk, dir}, module: module}, members) do
+    %{data_dir: dir, group: Options.group_name(module), meta: Formation.store_meta(members)}
+  end
 
   # ---- Callers -----------------------------------------------------------
 
@@ -292,6 +323,33 @@ defmodule Visor.Server do
     {:noreply, formation(state, decision)}
   end
 
+  # The store could not be opened: the engine never built the replica.
+  def handle_info(
+        {:visor_engine_down, engine, reason},
+        %{engine: engine, config: %{storage: {:disk, dir}}, opened: nil} = state
+      )
+      when is_reference(engine) do
+    if is_binary(reason) and reason =~ "in use" and state.starts < @store_start_attempts do
+      # After a restart of this group (or its server), the previous
+      # engine releases the store's lock a moment after its owner died.
+      Process.send_after(self(), :visor_retry_start, @store_retry_ms)
+      {:noreply, requeue(%{state | phase: :forming, engine: nil})}
+    else
+      Logger.error(
+        "#{inspect(state.module)}: cannot open the store in #{dir}: #{reason}; " <>
+          "this node's server stops"
+      )
+
+      state = fail_all(%{state | phase: {:failed, reason}}, {:engine_down, reason})
+      {:stop, {:storage_refused, reason}, state}
+    end
+  end
+
+  def handle_info(:visor_retry_start, %{phase: :forming, decision: decision} = state)
+      when decision != nil do
+    {:noreply, formation(state, decision)}
+  end
+
   def handle_info({:visor_engine_down, engine, reason}, %{engine: engine} = state)
       when is_reference(engine) do
     Logger.error(
@@ -305,6 +363,21 @@ defmodule Visor.Server do
   def handle_info(message, state) do
     Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
+  end
+
+  # What was handed to an engine that never ran waits in line again, for
+  # the next engine, with a new pool of sessions.
+  defp requeue(state) do
+    jobs = Map.values(state.inflight) ++ Map.values(state.reads)
+
+    %{
+      state
+      | queue: Enum.reduce(jobs, state.queue, &:queue.in_r/2),
+        queued: state.queued + length(jobs),
+        inflight: %{},
+        reads: %{},
+        sessions: Sessions.new(state.config.pool_size)
+    }
   end
 
   # ---- Engine events -----------------------------------------------------
@@ -358,7 +431,44 @@ defmodule Visor.Server do
     end
   end
 
+  defp event({:storage, kind, detail}, state), do: storage_event(kind, detail, state)
+
   defp event(_unknown, state), do: state
+
+  defp storage_event(kind, detail, %{config: %{storage: {:disk, dir}}} = state) do
+    name = inspect(state.module)
+
+    case kind do
+      :created ->
+        Logger.info("#{name}: created its store in #{dir}")
+
+      :restarted ->
+        torn = if detail, do: " (a torn write at its end, byte #{detail}, was cut off)", else: ""
+        Logger.info("#{name}: restarted its replica from its store in #{dir}#{torn}")
+
+      :recovering ->
+        Logger.warning(
+          "#{name}: the store in #{dir} cannot be trusted (#{detail}); " <>
+            "the replica recovers the log from the others"
+        )
+
+      :error ->
+        Logger.warning(
+          "#{name}: writing to #{dir} fails (#{detail}); the replica is paused, " <>
+            "acknowledging nothing, until writes succeed again"
+        )
+
+      :resumed ->
+        Logger.warning("#{name}: writing to #{dir} succeeds again; the replica resumes")
+
+      _ ->
+        :ok
+    end
+
+    if kind in [:created, :restarted, :recovering], do: %{state | opened: kind}, else: state
+  end
+
+  defp storage_event(_kind, _detail, state), do: state
 
   defp read_result(state, %{kind: {:read, path}}), do: extract(state.app_state, path)
 
@@ -421,8 +531,10 @@ defmodule Visor.Server do
     engine_status = Native.status(engine)
     members = Tuple.to_list(state.members)
 
-    # A recovering replica does not know the view yet: no primary to show.
-    primary_index = if engine_status.status == :recovering, do: nil, else: engine_status.primary
+    # A recovering replica does not know the view yet, and one whose store
+    # is still opening has no replica yet: no primary to show.
+    primary_index =
+      if engine_status.status in [:recovering, :starting], do: nil, else: engine_status.primary
 
     primary = primary_index && Enum.at(members, primary_index)
     connected = MapSet.new(Node.list())
@@ -456,6 +568,7 @@ defmodule Visor.Server do
       replicas: replicas,
       cluster: Base.encode16(state.cluster, case: :lower),
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
+      storage: storage_status(state, engine_status.storage),
       stats: Map.merge(engine_status.stats, state.stats)
     }
   end
@@ -479,7 +592,16 @@ defmodule Visor.Server do
       replicas: [],
       cluster: nil,
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
+      storage: storage_status(state, nil),
       stats: state.stats
     }
+  end
+
+  # The engine's storage map (if it runs), and how the store opened.
+  defp storage_status(%{config: %{storage: :memory}}, _engine), do: %{mode: :memory}
+
+  defp storage_status(%{config: %{storage: {:disk, dir}}} = state, engine) do
+    base = %{mode: :disk, data_dir: dir, error: nil, syncs: 0, wal_bytes: 0}
+    base |> Map.merge(engine || %{}) |> Map.put(:opened, state.opened)
   end
 end

@@ -89,14 +89,23 @@ defmodule Visor.Test.Cluster do
 
   @doc """
   Starts `module`'s Visor group with `opts` on each node and waits until
-  every node has decided (member or spare). Peers log at
+  every node has decided (member or spare). `opts` may be a function of
+  the node, for options that differ per node (disk mode's `data_dir`). Peers log at
   `log_level` (`:error`; `:critical` for tests that expect errors). The group lives under
   a holder process on the node, so that it outlives the `:erpc` call.
   """
   def start_group(nodes, module, opts, log_level \\ :error) do
+    opts_of = if is_function(opts, 1), do: opts, else: fn _node -> opts end
+
     for node <- nodes do
       {:ok, _} =
-        :erpc.call(node, __MODULE__, :start_group_here, [module, opts, log_level], @boot_timeout)
+        :erpc.call(
+          node,
+          __MODULE__,
+          :start_group_here,
+          [module, opts_of.(node), log_level],
+          @boot_timeout
+        )
     end
 
     for node <- nodes do
@@ -115,6 +124,9 @@ defmodule Visor.Test.Cluster do
     _ = :logger.add_primary_filter(:visor_test_disallowed, {&__MODULE__.drop_disallowed/2, []})
 
     spawn(fn ->
+      # OTP 25: a child that refuses to start also exits, linked to this
+      # process; trap it, so that the refusal is returned to the caller.
+      Process.flag(:trap_exit, true)
       name = holder(module)
       result = Supervisor.start_link([{module, opts}], strategy: :one_for_one, name: name)
       send(parent, {:started, result})
@@ -169,6 +181,17 @@ defmodule Visor.Test.Cluster do
       eventually(fn -> node not in :erpc.call(n, :erlang, :nodes, []) end, 10_000)
     end
 
+    :ok
+  end
+
+  @doc """
+  Kills the OS processes of all `nodes` at once with SIGKILL (one `kill`
+  command), as a power loss would, and waits until this node sees them gone.
+  """
+  def kill_nodes(nodes) do
+    os_pids = for n <- nodes, do: to_string(:erpc.call(n, :os, :getpid, []))
+    {_, 0} = System.cmd("kill", ["-9" | os_pids])
+    for n <- nodes, do: eventually(fn -> n not in Node.list() end, 10_000)
     :ok
   end
 

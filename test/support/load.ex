@@ -23,6 +23,50 @@ defmodule Visor.Test.Load do
   @doc "Stops callers (from any node); each answers `{:stopped, caller, last_seq}`."
   def stop(pids), do: Enum.each(pids, &send(&1, :stop))
 
+  @doc """
+  Collects `{:acked, id, count}` reports into `acks` (id => count) until
+  there are `target` of them; fails the test on a `{:failed, ...}` report
+  or after 15 s without reaching it.
+  """
+  def await_acks(acks, target) when map_size(acks) >= target, do: acks
+
+  def await_acks(acks, target) do
+    receive do
+      {:acked, id, count} ->
+        await_acks(Map.put(acks, id, count), target)
+
+      {:failed, id, reason} ->
+        ExUnit.Assertions.flunk("commit #{inspect(id)} failed: #{inspect(reason)}")
+    after
+      15_000 ->
+        ExUnit.Assertions.flunk("no progress: #{map_size(acks)} of #{target} acknowledgements")
+    end
+  end
+
+  @doc "Takes every report already in the mailbox: `{acks, failed}`."
+  def drain(acks, failed) do
+    receive do
+      {:acked, id, count} -> drain(Map.put(acks, id, count), failed)
+      {:failed, id, reason} -> drain(acks, [{id, reason} | failed])
+    after
+      0 -> {acks, failed}
+    end
+  end
+
+  @doc """
+  Exactly once, for a `Visor.Test.Counter` state `final` and the
+  acknowledgements `acks` (id => count): nothing applied twice (every
+  applied id counted once), nothing acknowledged lost, and every
+  acknowledged reply a distinct count.
+  """
+  def assert_exactly_once(final, acks, acked \\ nil) do
+    import ExUnit.Assertions
+    acked = acked || MapSet.new(Map.keys(acks))
+    assert final.count == MapSet.size(final.applied)
+    assert MapSet.subset?(acked, final.applied)
+    assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
+  end
+
   defp loop(module, caller, seq, report_to, opts) do
     receive do
       :stop -> send(report_to, {:stopped, caller, seq - 1})

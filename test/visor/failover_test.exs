@@ -6,6 +6,7 @@ defmodule Visor.FailoverTest do
   use ExUnit.Case, async: false
 
   alias Visor.Test.{Cluster, Counter, Load}
+  import Load, only: [await_acks: 2, drain: 2, assert_exactly_once: 3]
 
   @callers_per_node 4
 
@@ -205,40 +206,11 @@ defmodule Visor.FailoverTest do
     ])
   end
 
-  # Collects acknowledgements until there are `target` of them.
-  defp await_acks(acks, target) when map_size(acks) >= target, do: acks
-
-  defp await_acks(acks, target) do
-    receive do
-      {:acked, id, count} -> await_acks(Map.put(acks, id, count), target)
-      {:failed, id, reason} -> flunk("commit #{inspect(id)} failed: #{inspect(reason)}")
-    after
-      15_000 -> flunk("no progress: #{map_size(acks)} of #{target} acknowledgements")
-    end
-  end
-
   defp receive_stopped do
     receive do
       {:stopped, caller, seq} -> {caller, seq}
     after
       30_000 -> flunk("a caller did not stop")
     end
-  end
-
-  defp drain(acks, failed) do
-    receive do
-      {:acked, id, count} -> drain(Map.put(acks, id, count), failed)
-      {:failed, id, reason} -> drain(acks, [{id, reason} | failed])
-    after
-      0 -> {acks, failed}
-    end
-  end
-
-  # Nothing applied twice (every applied id counted once), nothing
-  # acknowledged lost, and every acknowledged reply a distinct count.
-  defp assert_exactly_once(final, acks, acked) do
-    assert final.count == MapSet.size(final.applied)
-    assert MapSet.subset?(acked, final.applied)
-    assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
   end
 end

@@ -42,6 +42,35 @@ defmodule Visor.UnitsTest do
     end
   end
 
+  describe "Options: storage" do
+    test "memory by default; disk keeps the group's store in data_dir/<module>" do
+      assert Options.validate!(Cache, cluster_size: 3).storage == :memory
+
+      o = Options.validate!(Cache, cluster_size: 3, storage: :disk, data_dir: "/var/lib/app")
+      assert o.storage == {:disk, "/var/lib/app/Elixir.Cache"}
+      refute Map.has_key?(o.engine, :data_dir)
+
+      # A relative data_dir is taken from the current directory, once.
+      o = Options.validate!(Cache, nodes: [:a@h], storage: :disk, data_dir: "data")
+      assert o.storage == {:disk, Path.join([File.cwd!(), "data", "Elixir.Cache"])}
+    end
+
+    test "mistakes raise ArgumentError naming the option" do
+      for {opts, message} <- [
+            {[storage: :disk], ~r/storage: :disk needs data_dir/},
+            {[storage: :disk, data_dir: ""], ~r/data_dir must be a non-empty string/},
+            {[storage: :disk, data_dir: ~c"/tmp"], ~r/data_dir must be a non-empty string/},
+            {[data_dir: "/tmp"], ~r/data_dir is only used with storage: :disk/},
+            {[storage: :memory, data_dir: "/tmp"], ~r/data_dir is only used/},
+            {[storage: :ssd, data_dir: "/tmp"], ~r/storage must be :memory or :disk/}
+          ] do
+        assert_raise ArgumentError, message, fn ->
+          Options.validate!(Cache, [cluster_size: 3] ++ opts)
+        end
+      end
+    end
+  end
+
   describe "Sessions" do
     test "slots register lazily, up to the pool size, and serve one request at a time" do
       pool = Sessions.new(2)
