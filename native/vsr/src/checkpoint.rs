@@ -256,7 +256,6 @@ impl Replica {
         bytes: Vec<u8>,
     ) {
         if op <= self.commit_min
-            || self.is_primary()
             || total == 0
             || total > CHECKPOINT_MAX
             || offset.saturating_add(bytes.len() as u64) > total
@@ -358,6 +357,9 @@ impl Replica {
         self.commit_min = op;
         self.commit_max = self.commit_max.max(op);
         self.primary_op = self.primary_op.max(op);
+        // A primary of a view the cluster has left may be behind too; what
+        // it holds for itself is its log as it is now.
+        self.acked[self.index as usize] = self.log.op();
         self.repair_until = self.repair_until.max(op);
         if self.staging_base().is_some_and(|b| b < op) {
             self.staging = None;
