@@ -39,6 +39,10 @@ pub const CHECKPOINT_MAX: u64 = 1 << 30;
 const PENDING_MAX: usize = 4;
 /// Own checkpoint digests remembered for the divergence check.
 const DIGESTS_MAX: usize = 16;
+/// Chunks sent in answer to one request: a sync takes a few round trips
+/// however small the chunks, so it finishes before the next checkpoints
+/// replace the one being sent.
+pub const CHUNK_WINDOW: u64 = 64;
 
 /// The replicated state after executing op `op`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +109,12 @@ pub(crate) struct Sync {
     op: Op,
     digest: u128,
     total: u64,
+    /// The bytes received from offset 0 without a gap.
     bytes: Vec<u8>,
+    /// Chunks received past a gap, by offset.
+    ahead: BTreeMap<u64, Vec<u8>>,
+    /// The end of the window last asked for.
+    want_until: u64,
     /// The replica the chunks come from.
     from: ReplicaIndex,
     last_request: Option<u64>,
@@ -117,6 +126,8 @@ pub(crate) struct Sync {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Checkpoints {
     pub(crate) held: Option<Held>,
+    /// The checkpoint before `held`, still served to a sync in progress.
+    previous: Option<Held>,
     pending: BTreeMap<Op, PendingSnapshot>,
     /// This replica's checkpoint digests, by op, for the divergence check.
     digests: BTreeMap<Op, u128>,
@@ -195,7 +206,7 @@ impl Replica {
         let previous = self.checkpoints.latest().0;
         let held = Held::new(checkpoint.clone());
         self.checkpoints.remember(&held);
-        self.checkpoints.held = Some(held);
+        self.checkpoints.previous = self.checkpoints.held.replace(held);
         self.checkpoints.pending.retain(|&o, _| o > op);
         self.out.push(Output::WriteCheckpoint(checkpoint));
         // Keep one interval of history for peers that lag a little.
@@ -218,30 +229,51 @@ impl Replica {
 
     // ---- Serving -------------------------------------------------------
 
-    /// Sends `to` the chunk of the latest checkpoint at `offset`.
-    pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex, offset: u64) {
-        let Some(held) = self.checkpoints.held.clone() else {
-            return;
-        };
+    /// Offers `to` the latest checkpoint: its first chunk, which starts a
+    /// sync there (the receiver then asks for the rest, a window at a time).
+    pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex) {
+        if let Some(held) = self.checkpoints.held.clone() {
+            self.send_chunks(to, &held, 0, 1);
+        }
+    }
+
+    /// Sends `to` up to `count` chunks of `held` from `offset`.
+    fn send_chunks(&mut self, to: ReplicaIndex, held: &Held, offset: u64, count: u64) {
         let total = held.bytes.len() as u64;
-        let offset = if offset < total { offset } else { 0 };
-        let end = (offset + self.config.checkpoint_chunk_bytes as u64).min(total);
-        let message = Message::CheckpointChunk {
-            op: held.checkpoint.op,
-            digest: held.digest,
-            total,
-            offset,
-            bytes: held.bytes[offset as usize..end as usize].to_vec(),
+        let chunk = self.config.checkpoint_chunk_bytes as u64;
+        let mut offset = if offset < total {
+            offset - offset % chunk
+        } else {
+            0
         };
-        self.send(to, &message);
+        for _ in 0..count {
+            if offset >= total {
+                break;
+            }
+            let end = (offset + chunk).min(total);
+            let message = Message::CheckpointChunk {
+                op: held.checkpoint.op,
+                digest: held.digest,
+                total,
+                offset,
+                bytes: held.bytes[offset as usize..end as usize].to_vec(),
+            };
+            self.send(to, &message);
+            offset = end;
+        }
     }
 
     pub(crate) fn on_request_checkpoint(&mut self, from: ReplicaIndex, op: Op, offset: u64) {
-        let latest = self.checkpoints.latest().0;
-        if latest == 0 {
-            return;
+        let checkpoints = &self.checkpoints;
+        let asked = [&checkpoints.held, &checkpoints.previous]
+            .into_iter()
+            .flatten()
+            .find(|h| h.checkpoint.op == op)
+            .cloned();
+        match asked {
+            Some(held) => self.send_chunks(from, &held, offset, CHUNK_WINDOW),
+            None => self.send_checkpoint(from),
         }
-        self.send_checkpoint(from, if latest == op { offset } else { 0 });
     }
 
     // ---- Receiving -----------------------------------------------------
@@ -263,15 +295,21 @@ impl Replica {
             return;
         }
         let same = |s: &Sync| s.op == op && s.digest == digest && s.total == total;
+        // A newer checkpoint replaces the one being assembled only if that
+        // one stalled: under load, checkpoints come faster than a sync.
+        let stalled = |s: &Sync| self.ticks >= s.last_progress + 2 * self.config.resend_ticks;
         match &self.checkpoints.sync {
             Some(s) if same(s) => {}
-            Some(s) if s.op >= op => return, // an older one, or another at the same op
+            Some(s) if s.op >= op || !stalled(s) => return,
             _ => {
+                let chunk = self.config.checkpoint_chunk_bytes as u64;
                 self.checkpoints.sync = Some(Sync {
                     op,
                     digest,
                     total,
                     bytes: Vec::new(),
+                    ahead: BTreeMap::new(),
+                    want_until: CHUNK_WINDOW * chunk,
                     from,
                     last_request: None,
                     last_progress: self.ticks,
@@ -280,18 +318,26 @@ impl Replica {
         }
         let ticks = self.ticks;
         let sync = self.checkpoints.sync.as_mut().expect("just set");
-        // Only a chunk that continues the assembly is progress; anything
-        // else (a duplicate, a resend) waits for the rate-limited request,
-        // so duplicated chunks cannot multiply into a storm.
-        if offset != sync.bytes.len() as u64 || bytes.is_empty() {
+        let have = sync.bytes.len() as u64;
+        // Only a new chunk is progress; anything else (a duplicate, a
+        // resend) waits for the rate-limited request, so duplicated chunks
+        // cannot multiply into a storm.
+        if bytes.is_empty() || offset < have || sync.ahead.contains_key(&offset) {
             return;
         }
-        sync.bytes.extend_from_slice(&bytes);
+        sync.ahead.insert(offset, bytes);
+        while let Some(next) = sync.ahead.remove(&(sync.bytes.len() as u64)) {
+            sync.bytes.extend_from_slice(&next);
+        }
         sync.from = from;
         sync.last_progress = ticks;
-        if (sync.bytes.len() as u64) < sync.total {
-            sync.last_request = None;
-            self.request_checkpoint();
+        let have = sync.bytes.len() as u64;
+        if have < sync.total {
+            if have >= sync.want_until {
+                // The window asked for arrived whole: ask for the next at once.
+                sync.last_request = None;
+                self.request_checkpoint();
+            }
             return;
         }
         let sync = self.checkpoints.sync.take().expect("assembling");
@@ -306,14 +352,20 @@ impl Replica {
 
     /// Asks for the next chunk of the checkpoint being assembled (rate limited).
     fn request_checkpoint(&mut self) {
-        let due = self.checkpoints.sync.as_ref().is_some_and(|s| self.due(s.last_request));
+        let due = self
+            .checkpoints
+            .sync
+            .as_ref()
+            .is_some_and(|s| self.due(s.last_request));
         if !due {
             return;
         }
         let ticks = self.ticks;
+        let chunk = self.config.checkpoint_chunk_bytes as u64;
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
         let (to, op, offset) = (sync.from, sync.op, sync.bytes.len() as u64);
+        sync.want_until = offset + CHUNK_WINDOW * chunk;
         self.send(to, &Message::RequestCheckpoint { op, offset });
     }
 
@@ -323,8 +375,7 @@ impl Replica {
         let Some(sync) = &self.checkpoints.sync else {
             return;
         };
-        if sync.op <= self.commit_min
-            || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
+        if sync.op <= self.commit_min || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
         {
             self.checkpoints.sync = None;
             return;
@@ -367,9 +418,11 @@ impl Replica {
         if self.checkpoints.sync.as_ref().is_some_and(|s| s.op <= op) {
             self.checkpoints.sync = None;
         }
+        self.stats.checkpoints_installed += 1;
         let held = Held::new(checkpoint.clone());
         self.checkpoints.remember(&held);
         self.checkpoints.held = Some(held);
+        self.checkpoints.previous = None;
         self.checkpoints.pending.retain(|&o, _| o > op);
         self.out.push(Output::WriteCheckpoint(checkpoint.clone()));
         self.out.push(Output::InstallSnapshot {

@@ -840,7 +840,7 @@ impl Replica {
         }
         if first <= self.log.base() {
             // The backup is behind this replica's log: it needs the checkpoint.
-            self.send_checkpoint(from, 0);
+            self.send_checkpoint(from);
             return;
         }
         let last = last

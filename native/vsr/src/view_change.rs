@@ -253,7 +253,7 @@ impl Replica {
             if base < self.log.base() {
                 // The new primary is behind this log's base: it needs the
                 // checkpoint first, then the suffix after the base.
-                self.send_checkpoint(from, 0);
+                self.send_checkpoint(from);
             }
             self.send_do_view_change(base);
         }
@@ -343,7 +343,7 @@ impl Replica {
         if base < self.log.base() {
             // The backup is behind this log's base: it needs the checkpoint,
             // then the log after it.
-            self.send_checkpoint(to, 0);
+            self.send_checkpoint(to);
         }
         let base = base.max(self.log.base());
         let message = Message::StartView {

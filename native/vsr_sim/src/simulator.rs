@@ -274,7 +274,9 @@ impl Simulator {
                     r.commit_max(),
                     r.checkpoint().map_or(0, |c| c.op),
                     r.sync_progress()
-                        .map_or(String::new(), |(op, got, total)| format!(" sync{op}:{got}/{total}"))
+                        .map_or(String::new(), |(op, got, total)| format!(
+                            " sync{op}:{got}/{total}"
+                        ))
                 ),
                 None => format!("r{i}:down"),
             })
@@ -580,7 +582,9 @@ impl Simulator {
         for r in 0..self.n() {
             let due: Vec<(u64, Op, Vec<u8>)> = {
                 let queue = &mut self.snapshots[r];
-                let (due, later) = std::mem::take(queue).into_iter().partition(|(at, _, _)| *at <= self.tick);
+                let (due, later) = std::mem::take(queue)
+                    .into_iter()
+                    .partition(|(at, _, _)| *at <= self.tick);
                 *queue = later;
                 due
             };
@@ -706,7 +710,10 @@ impl Simulator {
         };
         store.stage(output).map_err(|e| format!("replica {r}: {e}"))?;
         if let Output::WriteLog { after, entries } = output {
-            let mirror = self.beside[r as usize].mirror.as_mut().expect("a running store has a mirror");
+            let mirror = self.beside[r as usize]
+                .mirror
+                .as_mut()
+                .expect("a running store has a mirror");
             mirror.truncate_after(*after);
             for entry in entries {
                 if !mirror.can_append(entry) {
@@ -800,9 +807,13 @@ impl Simulator {
                     self.snapshots[r as usize].push((self.tick + delay, op, state.encode()));
                 }
                 Output::InstallSnapshot { op, app } => {
-                    let state = App::decode(&app).ok_or_else(|| format!("replica {r} installed a snapshot that does not decode"))?;
+                    let state = App::decode(&app)
+                        .ok_or_else(|| format!("replica {r} installed a snapshot that does not decode"))?;
                     if state.op != op {
-                        return Err(format!("replica {r} installed the state of op {} as op {op}", state.op));
+                        return Err(format!(
+                            "replica {r} installed the state of op {} as op {op}",
+                            state.op
+                        ));
                     }
                     self.checker.on_install(r, state)?;
                     self.apps[r as usize] = state;

@@ -540,7 +540,10 @@ mod tests {
         let len = disk.len(Zone::Wal);
         disk.corrupt(Zone::Wal, len - 1, 0x01);
         let (_, opened) = open(disk);
-        assert!(matches!(opened, Opened::Restart { torn: Some(_), .. }), "{opened:?}");
+        assert!(
+            matches!(opened, Opened::Restart { torn: Some(_), .. }),
+            "{opened:?}"
+        );
         assert_eq!(restarted(&opened).1, entries[..3]);
     }
 
