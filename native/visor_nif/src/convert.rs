@@ -261,6 +261,9 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         // `{:read_ready, id, op}`: the read may be served from local state now.
         Output::ReadReady { id, op } => Some((atoms::read_ready(), *id, *op).encode(env)),
         Output::WriteLog { .. } | Output::WriteState(_) => None,
+        // Checkpoints are off in the NIF (`checkpoint_interval` 0): no
+        // replica takes one, so none is ever sent, installed or written.
+        Output::TakeSnapshot { .. } | Output::WriteCheckpoint(_) | Output::InstallSnapshot { .. } => None,
     }
 }
 

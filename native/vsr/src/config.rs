@@ -47,6 +47,11 @@ pub enum Mutation {
     /// an empty log, instead of first fetching the view's log (VR Revisited
     /// §4.3's failure mode: it may vote away commits it had acknowledged).
     RecoverWithoutLog,
+    /// A checkpoint records the client table as it is when the host's
+    /// snapshot arrives, not as it was at the checkpoint's op: a replica
+    /// that installs it (or restarts from it) then treats ops after the
+    /// checkpoint as duplicates of themselves.
+    CheckpointLateClientTable,
 }
 
 /// Everything a replica needs to know that does not change while it runs.
@@ -79,6 +84,11 @@ pub struct Config {
     pub resend_ticks: u64,
     /// Ticks before a replica resends a client request it forwarded.
     pub request_retry_ticks: u64,
+    /// Take a checkpoint after executing every op that is a multiple of
+    /// this (0: never; the log is then kept whole).
+    pub checkpoint_interval: u64,
+    /// Most checkpoint bytes in one state-sync message.
+    pub checkpoint_chunk_bytes: usize,
     /// Seed of the replica's timer jitter, so that replicas do not time out in lockstep.
     pub jitter_seed: u64,
     /// A deliberate bug for the simulator's self-test.
@@ -103,6 +113,8 @@ impl Config {
             view_change_ticks: 40,
             resend_ticks: 10,
             request_retry_ticks: 20,
+            checkpoint_interval: 0,
+            checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
             #[cfg(feature = "mutations")]
             mutation: Mutation::None,
@@ -126,6 +138,7 @@ impl Config {
             ("prepare_retry_ticks", self.prepare_retry_ticks),
             ("resend_ticks", self.resend_ticks),
             ("request_retry_ticks", self.request_retry_ticks),
+            ("checkpoint_chunk_bytes", self.checkpoint_chunk_bytes as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));

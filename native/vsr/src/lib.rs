@@ -5,6 +5,7 @@
 //! [`Output`]s for its host to carry out. See `docs/protocol.md` for the
 //! protocol, the wire format and the deviations from VR Revisited.
 
+pub mod checkpoint;
 pub mod checksum;
 pub mod client_table;
 pub mod config;
@@ -15,6 +16,7 @@ mod recovery;
 pub mod replica;
 mod view_change;
 
+pub use checkpoint::Checkpoint;
 pub use checksum::{checksum, root_checksum};
 pub use client_table::Outcome;
 #[cfg(feature = "mutations")]

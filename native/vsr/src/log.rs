@@ -1,29 +1,57 @@
-//! The in-memory log: a hash chain of entries starting after op 0.
+//! The in-memory log: a hash chain of entries starting after its base.
+//!
+//! The base is op 0 (the cluster's root checksum) until a checkpoint lets
+//! the replica drop the entries at and below some op; from then on the log
+//! starts after that op, whose checksum and timestamp it remembers so that
+//! later entries still chain and stay strictly increasing in time.
 
 use std::sync::Arc;
 
 use crate::config::Op;
 use crate::message::Prepare;
 
-/// A contiguous run of entries `1..=op`, each chained to its parent.
+/// A contiguous run of entries `base+1..=op`, each chained to its parent.
 #[derive(Clone, Debug)]
 pub struct Log {
+    /// The op the log starts after (0, or a checkpoint's op).
+    base: Op,
+    /// Checksum of entry `base` (the root for op 0).
     root: u128,
+    /// Timestamp of entry `base` (0 for op 0).
+    base_timestamp: u64,
     entries: Vec<Arc<Prepare>>,
 }
 
 impl Log {
     /// An empty log whose chain starts at `root`.
     pub fn new(root: u128) -> Log {
+        Log::at(0, root, 0)
+    }
+
+    /// An empty log that starts after op `base`, whose entry had `checksum`
+    /// and `timestamp` (a checkpoint's).
+    pub fn at(base: Op, checksum: u128, timestamp: u64) -> Log {
         Log {
-            root,
+            base,
+            root: checksum,
+            base_timestamp: timestamp,
             entries: Vec::new(),
         }
     }
 
+    /// The op the log starts after: nothing at or below it is held.
+    pub fn base(&self) -> Op {
+        self.base
+    }
+
     /// A log from stored entries; `None` if they do not form a chain from `root`.
     pub fn from_entries(root: u128, entries: Vec<Arc<Prepare>>) -> Option<Log> {
-        let mut log = Log::new(root);
+        Log::new(root).extended(entries)
+    }
+
+    /// This log with `entries` appended; `None` if they do not chain onto it.
+    pub fn extended(self, entries: Vec<Arc<Prepare>>) -> Option<Log> {
+        let mut log = self;
         for entry in entries {
             if !log.can_append(&entry) {
                 return None;
@@ -35,20 +63,21 @@ impl Log {
 
     /// The op of the last entry (0 when empty).
     pub fn op(&self) -> Op {
-        self.entries.len() as Op
+        self.base + self.entries.len() as Op
     }
 
-    /// The entry at `op`, if present (op 0 has no entry).
+    /// The entry at `op`, if present (nothing at or below the base).
     pub fn get(&self, op: Op) -> Option<&Arc<Prepare>> {
-        if op == 0 {
+        if op <= self.base {
             return None;
         }
-        self.entries.get((op - 1) as usize)
+        self.entries.get((op - self.base - 1) as usize)
     }
 
-    /// The checksum naming the log up to `op`: the root for op 0.
+    /// The checksum naming the log up to `op`: the base's for the base op,
+    /// `None` below it or past the head.
     pub fn checksum_at(&self, op: Op) -> Option<u128> {
-        if op == 0 {
+        if op == self.base {
             Some(self.root)
         } else {
             self.get(op).map(|e| e.checksum)
@@ -62,7 +91,7 @@ impl Log {
 
     /// Timestamp of the last entry (0 when empty).
     pub fn head_timestamp(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.timestamp)
+        self.entries.last().map_or(self.base_timestamp, |e| e.timestamp)
     }
 
     /// Whether `entry` extends this log by exactly one op.
@@ -76,14 +105,32 @@ impl Log {
         self.entries.push(entry);
     }
 
-    /// Drops every entry after `op`.
+    /// Drops every entry after `op` (never at or below the base).
     pub fn truncate_after(&mut self, op: Op) {
-        self.entries.truncate(op as usize);
+        debug_assert!(op >= self.base, "truncating below the log's base");
+        self.entries.truncate(op.saturating_sub(self.base) as usize);
     }
 
-    /// Up to `max` entries after `op`.
+    /// Drops every entry at or below `op`, which becomes the base; `op`
+    /// must be within the log.
+    pub fn truncate_before(&mut self, op: Op) {
+        if op <= self.base || op > self.op() {
+            return;
+        }
+        let entry = self.get(op).expect("op within the log");
+        let (checksum, timestamp) = (entry.checksum, entry.timestamp);
+        self.entries.drain(..(op - self.base) as usize);
+        self.base = op;
+        self.root = checksum;
+        self.base_timestamp = timestamp;
+    }
+
+    /// Up to `max` entries after `op` (none if `op` is below the base).
     pub fn suffix(&self, op: Op, max: usize) -> Vec<Arc<Prepare>> {
-        let start = (op as usize).min(self.entries.len());
+        if op < self.base {
+            return Vec::new();
+        }
+        let start = ((op - self.base) as usize).min(self.entries.len());
         let end = start.saturating_add(max).min(self.entries.len());
         self.entries[start..end].to_vec()
     }
@@ -114,5 +161,24 @@ mod tests {
         assert_eq!(log.head_checksum(), a.checksum);
         assert!(Log::from_entries(5, vec![a.clone(), b]).is_some());
         assert!(Log::from_entries(6, vec![a]).is_none());
+    }
+
+    #[test]
+    fn a_based_log_holds_nothing_below_its_base() {
+        let a = Arc::new(Prepare::new(5, 0, 1, 1, vec![]));
+        let b = Arc::new(Prepare::new(a.checksum, 0, 2, 2, vec![]));
+        let c = Arc::new(Prepare::new(b.checksum, 0, 3, 3, vec![]));
+        let mut log = Log::from_entries(5, vec![a, b.clone(), c.clone()]).unwrap();
+        log.truncate_before(2);
+        assert_eq!(log.base(), 2);
+        assert_eq!(log.op(), 3);
+        assert!(log.get(2).is_none() && log.get(1).is_none());
+        assert_eq!(log.checksum_at(2), Some(b.checksum));
+        assert_eq!(log.checksum_at(1), None);
+        assert_eq!(log.suffix(1, 10), vec![]);
+        assert_eq!(log.suffix(2, 10), vec![c.clone()]);
+        log.truncate_after(2);
+        assert_eq!(log.head_timestamp(), 2);
+        assert!(log.can_append(&c));
     }
 }

@@ -8,7 +8,7 @@
 //! |--------|------|---------------------------------------------------|
 //! | 0      | 16   | checksum: XXH3-128 of every byte after this field |
 //! | 16     | 2    | magic `0x5356` ("VS")                             |
-//! | 18     | 2    | wire version, currently 1                         |
+//! | 18     | 2    | wire version, currently 2                         |
 //! | 20     | 16   | cluster id                                        |
 //! | 36     | 1    | sender's replica index                            |
 //! | 37     | ..   | body: postcard encoding of (incarnations, [`Message`]) |
@@ -31,7 +31,7 @@ pub const HEADER_LEN: usize = 37;
 /// The header's magic number.
 pub const MAGIC: u16 = 0x5356;
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// One client request, as ordered by the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,16 +127,25 @@ pub enum Message {
     },
     /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`;
     /// `round` echoes the last heartbeat round it heard from the primary.
+    /// `checkpoint` is the sender's latest checkpoint `(op, digest)`
+    /// (`(0, 0)`: none), for the divergence check.
     PrepareOk {
         view: View,
         op: Op,
         checksum: u128,
         round: u64,
+        checkpoint: (Op, u128),
     },
     /// Heartbeat of the primary: the view is alive and committed up to
     /// `commit`. `round` increases when the primary needs fresh proof that a
     /// quorum still follows it (for linearizable reads).
-    Commit { view: View, commit: Op, round: u64 },
+    /// `checkpoint` is the primary's latest checkpoint `(op, digest)`.
+    Commit {
+        view: View,
+        commit: Op,
+        round: u64,
+        checkpoint: (Op, u128),
+    },
     /// A replica asks the primary for a linearizable read point.
     Read { id: u64 },
     /// Read `id` may be served once `op` is executed (a quorum confirmed the
@@ -183,6 +192,19 @@ pub enum Message {
     RecoveryFence { nonce: u128 },
     /// The receiver has fenced the old incarnation; it is in `view`.
     RecoveryFenced { nonce: u128, view: View },
+    /// Part of the sender's checkpoint at `op` (state sync): bytes
+    /// `offset..offset + bytes.len()` of its encoding, `total` bytes long,
+    /// whose checksum is `digest`.
+    CheckpointChunk {
+        op: Op,
+        digest: u128,
+        total: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Asks for the sender's checkpoint at `op` from byte `offset` (or, if
+    /// the receiver has another, the start of that one).
+    RequestCheckpoint { op: Op, offset: u64 },
 }
 
 impl Message {
@@ -205,6 +227,8 @@ impl Message {
             Message::RecoveryResponse { .. } => "recovery_response",
             Message::RecoveryFence { .. } => "recovery_fence",
             Message::RecoveryFenced { .. } => "recovery_fenced",
+            Message::CheckpointChunk { .. } => "checkpoint_chunk",
+            Message::RequestCheckpoint { .. } => "request_checkpoint",
         }
     }
 
@@ -438,6 +462,7 @@ mod tests {
                     view: 0,
                     commit: 0,
                     round: 0,
+                    checkpoint: (0, 0),
                 },
             )[..HEADER_LEN]
                 .to_vec();

@@ -130,6 +130,7 @@ impl Replica {
             view: self.view,
             commit: self.commit_max,
             round: self.reads.round,
+            checkpoint: self.checkpoints.latest(),
         };
         self.broadcast(&message);
         self.last_broadcast_tick = self.ticks;

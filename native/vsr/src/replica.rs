@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use crate::checkpoint::Checkpoint;
 use crate::checksum::root_checksum;
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
@@ -81,6 +82,9 @@ pub enum Input<'a> {
     /// A linearizable read through this replica; `id` is the host's, unique
     /// among this replica's reads in flight.
     Read { id: u64 },
+    /// The host's answer to `Output::TakeSnapshot { op }`: its application
+    /// state as of op `op`, serialised.
+    Snapshot { op: Op, app: Vec<u8> },
 }
 
 /// Something the host must do, in order.
@@ -108,6 +112,19 @@ pub enum Output {
     /// Read `id` may now be served from this replica's state: it has executed
     /// every op committed before the read was submitted (up to `op`).
     ReadReady { id: u64, op: Op },
+    /// Serialise the application state now (it is the state after `op`:
+    /// this follows `op`'s `Execute`) and answer with `Input::Snapshot`,
+    /// now or later. A snapshot that never comes only delays the next
+    /// checkpoint.
+    TakeSnapshot { op: Op },
+    /// Make this checkpoint durable. The durable log then becomes the
+    /// checkpoint followed by the stored entries after its op, if they chain
+    /// from its checksum (otherwise none). Like `WriteLog`, what follows
+    /// takes effect only once it is durable.
+    WriteCheckpoint(Arc<Checkpoint>),
+    /// Replace the application state with this snapshot, the state after
+    /// `op`; the `Execute`s that follow continue from `op + 1`.
+    InstallSnapshot { op: Op, app: Arc<Vec<u8>> },
 }
 
 /// Counters of things worth knowing but not worth failing over.
@@ -128,6 +145,11 @@ pub struct Stats {
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
     pub views_started: u64,
+    /// Times a peer reported a checkpoint digest that differs from this
+    /// replica's at the same op: the hosts' states diverged. Must stay 0.
+    pub checkpoint_divergence: u64,
+    /// Checkpoints installed by state sync.
+    pub checkpoints_installed: u64,
 }
 
 /// A forwarded request waiting to be settled, for retry.
@@ -198,6 +220,7 @@ pub struct Replica {
     /// Crash vector: the incarnation this replica knows for every replica.
     pub(crate) incarnations: [u64; MAX_REPLICAS],
     pub(crate) recovery: Option<crate::recovery::Recovery>,
+    pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
@@ -228,6 +251,21 @@ impl Replica {
         state: DurableState,
         entries: Vec<Arc<Prepare>>,
     ) -> Result<(Replica, Vec<Output>), String> {
+        Replica::restart_from(config, index, state, None, entries)
+    }
+
+    /// [`Replica::restart`] from a checkpoint and the stored entries: those
+    /// after the checkpoint's op that chain from it are kept (entries at or
+    /// below it may be passed too, and are ignored). The outputs begin with
+    /// the checkpoint's `InstallSnapshot` and go on with the `Execute`s of
+    /// the committed entries after it.
+    pub fn restart_from(
+        config: Config,
+        index: ReplicaIndex,
+        state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
+        entries: Vec<Arc<Prepare>>,
+    ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
         if index as usize >= config.n() {
             return Err(format!(
@@ -241,8 +279,17 @@ impl Replica {
         if state.recovering {
             return Err("the replica had not finished recovering: use Replica::recovering_from".into());
         }
-        let log = Log::from_entries(root_checksum(config.cluster), entries)
-            .ok_or("the stored log is not a hash chain from this cluster's root")?;
+        let log = match &checkpoint {
+            None => Log::from_entries(root_checksum(config.cluster), entries)
+                .ok_or("the stored log is not a hash chain from this cluster's root")?,
+            Some(c) => {
+                let base = Log::at(c.op, c.checksum, c.timestamp);
+                let after: Vec<Arc<Prepare>> = entries.into_iter().filter(|e| e.op > c.op).collect();
+                // Entries that do not chain from the checkpoint were never
+                // committed (the checkpoint is): the log starts at it.
+                base.clone().extended(after).unwrap_or(base)
+            }
+        };
         let jitter_state = config.jitter_seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let resumes_normal = state.log_view == state.view && config.primary(state.view) != index;
         let mut replica = Replica {
@@ -287,12 +334,16 @@ impl Replica {
             view_start_op: 0,
             incarnations: state.incarnations,
             recovery: None,
+            checkpoints: Default::default(),
             stats: Stats::default(),
             out: Vec::new(),
             config,
             index,
         };
         replica.timeout_jitter = replica.next_jitter();
+        if let Some(checkpoint) = checkpoint {
+            replica.restore_checkpoint(checkpoint)?;
+        }
         replica.execute_committed();
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
@@ -305,6 +356,7 @@ impl Replica {
             Input::Receive(bytes) => self.on_bytes(bytes),
             Input::Submit(submission) => self.on_submit(submission),
             Input::Read { id } => self.on_read_submit(id),
+            Input::Snapshot { op, app } => self.on_snapshot(op, app),
         }
         self.announce_commit();
         std::mem::take(&mut self.out)
@@ -458,8 +510,20 @@ impl Replica {
                 op,
                 checksum,
                 round,
-            } => self.on_prepare_ok(from, view, op, checksum, round),
-            Message::Commit { view, commit, round } => self.on_commit(from, view, commit, round),
+                checkpoint,
+            } => {
+                self.check_divergence(checkpoint);
+                self.on_prepare_ok(from, view, op, checksum, round)
+            }
+            Message::Commit {
+                view,
+                commit,
+                round,
+                checkpoint,
+            } => {
+                self.check_divergence(checkpoint);
+                self.on_commit(from, view, commit, round)
+            }
             Message::Read { id } => self.on_read(from, id),
             Message::ReadOk { view, id, op } => self.on_read_ok(view, id, op),
             Message::RequestPrepares {
@@ -505,6 +569,14 @@ impl Replica {
             | Message::RecoveryResponse { .. }
             | Message::RecoveryFence { .. }
             | Message::RecoveryFenced { .. } => {}
+            Message::CheckpointChunk {
+                op,
+                digest,
+                total,
+                offset,
+                bytes,
+            } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
+            Message::RequestCheckpoint { op, offset } => self.on_request_checkpoint(from, op, offset),
         }
     }
 
@@ -518,6 +590,7 @@ impl Replica {
             Status::Recovering => self.tick_recovering(),
         }
         self.tick_campaign();
+        self.tick_sync();
         self.retry_pending();
         self.retry_reads();
     }
@@ -745,7 +818,10 @@ impl Replica {
             }
             let first = (acked + 1).max(op.saturating_sub(self.config.pipeline_max) + 1);
             for op in first..=op {
-                let entry = self.log.get(op).expect("op within the log").clone();
+                // Below the log's base: the backup repairs, by state sync.
+                let Some(entry) = self.log.get(op).cloned() else {
+                    continue;
+                };
                 self.send(
                     backup,
                     &Message::Prepare {
@@ -760,6 +836,11 @@ impl Replica {
 
     fn on_request_prepares(&mut self, from: ReplicaIndex, view: View, first: Op, last: Op) {
         if view != self.view || !self.is_primary() {
+            return;
+        }
+        if first <= self.log.base() {
+            // The backup is behind this replica's log: it needs the checkpoint.
+            self.send_checkpoint(from);
             return;
         }
         let last = last
@@ -843,6 +924,7 @@ impl Replica {
         let checksum = self.log.head_checksum();
         let primary = self.primary();
         let round = self.reads.heard_round;
+        let checkpoint = self.checkpoints.latest();
         self.send(
             primary,
             &Message::PrepareOk {
@@ -850,6 +932,7 @@ impl Replica {
                 op,
                 checksum,
                 round,
+                checkpoint,
             },
         );
     }
@@ -868,7 +951,7 @@ impl Replica {
     /// Asks the primary for the entries this backup is missing (at most once
     /// per resend interval).
     pub(crate) fn request_repair(&mut self) {
-        if self.primary_op <= self.log.op() || !self.due(self.last_repair_tick) {
+        if self.primary_op <= self.log.op() || !self.due(self.last_repair_tick) || self.syncing() {
             return;
         }
         self.last_repair_tick = Some(self.ticks);
@@ -941,6 +1024,7 @@ impl Replica {
                     outcome: *outcome,
                 });
             }
+            self.checkpoint_due(op, entry.checksum, entry.timestamp);
         }
         self.serve_reads();
     }

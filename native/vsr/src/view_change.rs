@@ -163,22 +163,32 @@ impl Replica {
         self.broadcast(&Message::StartViewChange { view, current: view });
         self.last_resend_tick = self.ticks;
         if self.is_primary_of_view() {
-            self.dvcs[self.index as usize] = Some(Dvc {
-                log_view: self.log_view,
-                op: self.log.op(),
-                commit: self.commit_max,
-                base: self.log.op(),
-                base_checksum: self.log.head_checksum(),
-                entries: Vec::new(),
-            });
+            self.record_own_do_view_change();
             self.start_view_if_ready();
         } else {
             self.send_do_view_change(self.commit_min);
         }
     }
 
+    /// The new primary's own DoViewChange: the log it holds now.
+    pub(crate) fn record_own_do_view_change(&mut self) {
+        self.dvcs[self.index as usize] = Some(Dvc {
+            log_view: self.log_view,
+            op: self.log.op(),
+            commit: self.commit_max,
+            base: self.log.op(),
+            base_checksum: self.log.head_checksum(),
+            entries: Vec::new(),
+        });
+    }
+
+    /// Where the staged chunks of a new view's log attach, if any are staged.
+    pub(crate) fn staging_base(&self) -> Option<Op> {
+        self.staging.as_ref().map(|s| s.base)
+    }
+
     fn send_do_view_change(&mut self, base: Op) {
-        let base = base.min(self.log.op());
+        let base = base.min(self.log.op()).max(self.log.base());
         let message = Message::DoViewChange {
             view: self.view,
             log_view: self.log_view,
@@ -240,6 +250,11 @@ impl Replica {
 
     pub(crate) fn on_request_do_view_change(&mut self, from: ReplicaIndex, view: View, base: Op) {
         if view == self.view && self.changing_view() && from == self.primary() {
+            if base < self.log.base() {
+                // The new primary is behind this log's base: it needs the
+                // checkpoint first, then the suffix after the base.
+                self.send_checkpoint(from);
+            }
             self.send_do_view_change(base);
         }
     }
@@ -266,7 +281,14 @@ impl Replica {
         }
         if best != me {
             let dvc = self.dvcs[best].clone().expect("chosen from the received");
-            if self.log.checksum_at(dvc.base) != Some(dvc.base_checksum) {
+            // Attach the best log where both it and ours have an entry: at
+            // its base, or at our log's base if that is higher (the entries
+            // below it are committed, and so the same in both).
+            let attach = dvc.base.max(self.log.base());
+            let attached = attach <= dvc.op
+                && dvc.checksum_at(attach).is_some()
+                && self.log.checksum_at(attach) == dvc.checksum_at(attach);
+            if !attached {
                 // The best log attaches below what we were sent: ask for more of it.
                 if self.due(self.last_do_view_change_request) {
                     self.last_do_view_change_request = Some(self.ticks);
@@ -278,7 +300,8 @@ impl Replica {
                 }
                 return;
             }
-            self.replace_log_after(dvc.base, dvc.entries);
+            let skip = (attach - dvc.base) as usize;
+            self.replace_log_after(attach, dvc.entries[skip..].to_vec());
         }
         let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
         self.commit_max = self.commit_max.max(commit).min(self.log.op());
@@ -317,6 +340,12 @@ impl Replica {
 
     fn send_start_view(&mut self, to: ReplicaIndex, base: Op) {
         let base = base.min(self.log.op());
+        if base < self.log.base() {
+            // The backup is behind this log's base: it needs the checkpoint,
+            // then the log after it.
+            self.send_checkpoint(to);
+        }
+        let base = base.max(self.log.base());
         let message = Message::StartView {
             view: self.view,
             op: self.log.op(),
@@ -440,6 +469,11 @@ impl Replica {
     /// Replaces the log after the staging's base with the new view's log,
     /// and joins the view as a backup.
     fn install_view(&mut self, staging: Staging, commit: Op) {
+        if staging.base < self.log.base() {
+            // A checkpoint installed meanwhile rebased the log: ask again.
+            self.request_start_view(staging.view);
+            return;
+        }
         self.replace_log_after(staging.base, staging.entries);
         self.view = staging.view;
         self.log_view = staging.view;

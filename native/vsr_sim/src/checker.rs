@@ -11,10 +11,55 @@
 //! 5. At most one replica leads a given view.
 //! 6. Reads are linearizable: a read is served only from a state that holds
 //!    every op some client had a reply for before the read began.
+//! 7. Every host's application state, after each op it applies and after
+//!    each snapshot it installs (by state sync or on restart), is the
+//!    canonical state at that op; a replica installs only a state ahead of
+//!    what it executed, and goes on from the op after it.
 
 use std::collections::{HashMap, HashSet};
 
 use vsr::{ClientId, Op, Outcome, Prepare, ReplicaIndex, View};
+
+/// The simulated host's application state: the op it has applied up to,
+/// and a running checksum of every request it applied (`Executed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct App {
+    pub op: Op,
+    pub hash: u128,
+}
+
+impl App {
+    /// The state after applying `entry` with `outcomes` to `self`.
+    pub fn applied(self, entry: &Prepare, outcomes: &[Outcome]) -> App {
+        let mut hash = self.hash;
+        for (request, outcome) in entry.requests.iter().zip(outcomes) {
+            if *outcome == Outcome::Executed {
+                let mut bytes = hash.to_le_bytes().to_vec();
+                bytes.extend_from_slice(&request.client.to_le_bytes());
+                bytes.extend_from_slice(&request.request.to_le_bytes());
+                bytes.extend_from_slice(&request.payload);
+                hash = vsr::checksum(&bytes);
+            }
+        }
+        App { op: entry.op, hash }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.op.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&self.hash.to_le_bytes());
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<App> {
+        if bytes.len() != 24 {
+            return None;
+        }
+        Some(App {
+            op: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            hash: u128::from_le_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
 
 /// The first invariant that broke.
 pub type Violation = String;
@@ -36,6 +81,8 @@ pub struct Checker {
     views: Vec<View>,
     commits: Vec<Op>,
     leaders: HashMap<View, ReplicaIndex>,
+    /// The canonical application state after each committed op, op 1 first.
+    apps: Vec<App>,
 }
 
 impl Checker {
@@ -51,6 +98,7 @@ impl Checker {
             views: vec![0; replica_count],
             commits: vec![0; replica_count],
             leaders: HashMap::new(),
+            apps: Vec::new(),
         }
     }
 
@@ -106,6 +154,8 @@ impl Checker {
             ));
         }
         self.chain.push(entry.checksum);
+        let previous = self.apps.last().copied().unwrap_or_default();
+        self.apps.push(previous.applied(entry, outcomes));
         self.check_outcomes(replica, entry, outcomes, true)
     }
 
@@ -156,6 +206,55 @@ impl Checker {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// The canonical application state at `op` (op 0: the empty state).
+    pub fn app_at(&self, op: Op) -> Option<App> {
+        if op == 0 {
+            return Some(App::default());
+        }
+        self.apps.get((op - 1) as usize).copied()
+    }
+
+    /// A host's state after applying an op.
+    pub fn on_app(&self, replica: ReplicaIndex, app: App) -> Result<(), Violation> {
+        if self.app_at(app.op) != Some(app) {
+            return Err(format!(
+                "replica {replica}'s host state at op {} differs from the canonical one",
+                app.op
+            ));
+        }
+        Ok(())
+    }
+
+    /// A host installed a snapshot (state sync, or a restart from a
+    /// checkpoint): it must be the canonical state at its op, ahead of what
+    /// the replica executed, and execution goes on from the op after it.
+    pub fn on_install(&mut self, replica: ReplicaIndex, app: App) -> Result<(), Violation> {
+        let r = replica as usize;
+        if app.op <= self.last_executed[r] {
+            return Err(format!(
+                "replica {replica} installed the state of op {} after executing op {}",
+                app.op, self.last_executed[r]
+            ));
+        }
+        match self.app_at(app.op) {
+            Some(canonical) if canonical == app => {}
+            Some(_) => {
+                return Err(format!(
+                    "replica {replica} installed a state at op {} that differs from the canonical one",
+                    app.op
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "replica {replica} installed the state of op {}, which is not committed",
+                    app.op
+                ))
+            }
+        }
+        self.last_executed[r] = app.op;
         Ok(())
     }
 

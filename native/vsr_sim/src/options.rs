@@ -49,6 +49,12 @@ pub struct Options {
     /// Once every fault is healed, every outstanding request must finish, and
     /// every replica catch up, within this many ticks.
     pub liveness_ticks: u64,
+    /// The host answers a `TakeSnapshot` at once half the time, otherwise
+    /// after up to this many ticks (a crash in between loses the answer).
+    pub snapshot_delay_max: u64,
+    /// A deliberately broken host for the divergence check's self-test:
+    /// this replica's host serialises a state that differs from the others'.
+    pub lying_host: Option<u8>,
 }
 
 impl Options {
@@ -75,6 +81,8 @@ impl Options {
             tick_skip_probability: 0.0,
             fault_ticks: 0,
             liveness_ticks: 4_000,
+            snapshot_delay_max: 0,
+            lying_host: None,
         }
     }
 
@@ -135,6 +143,13 @@ impl Options {
         // Drawn last, so the knobs above stay what they were for every seed.
         options.torn_crash_probability = rng.float(0.0, 0.8);
         options.corruption_probability = if rng.chance(0.5) { rng.float(0.0, 0.5) } else { 0.0 };
+        // Checkpoints: never in some seeds, often in others (so that the log
+        // is truncated and replicas sync state), in small chunks (so that a
+        // sync takes many messages). Drawn after everything above.
+        let c = &mut options.config;
+        c.checkpoint_interval = if rng.chance(0.25) { 0 } else { rng.range(3, 64) };
+        c.checkpoint_chunk_bytes = rng.range(16, 512) as usize;
+        options.snapshot_delay_max = rng.range(0, 50);
         options
     }
 

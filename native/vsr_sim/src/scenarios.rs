@@ -274,3 +274,177 @@ pub fn lagging_replica_catches_up_under_load(mut options: Options) -> Result<(),
         reason: format!("replica 2 still behind under load: {}", sim.describe()),
     })
 }
+
+fn failure(sim: &Simulator, reason: String) -> Failure {
+    Failure {
+        seed: sim.options.seed,
+        tick: sim.tick,
+        reason,
+    }
+}
+
+/// Options with frequent checkpoints in small chunks: every checkpoint
+/// takes several messages to sync.
+pub fn checkpointing(mut options: Options) -> Options {
+    options.config.checkpoint_interval = 4;
+    options.config.checkpoint_chunk_bytes = 24;
+    options.config.message_entries_max = 4;
+    options.config.batch_max_requests = 1;
+    options
+}
+
+/// A replica cut off while far more than a checkpoint interval commits is
+/// behind every log's base: it catches up by state sync, in many chunks,
+/// while the primary keeps committing, and then follows the log again.
+pub fn far_behind_replica_syncs_state(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for i in 0..60 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    let base = sim.replica(0).log().base();
+    if sim.replica(2).op() >= base {
+        return Err(failure(
+            &sim,
+            format!("replica 2 is not behind the log base {base}"),
+        ));
+    }
+    let chunk = sim.options.config.checkpoint_chunk_bytes;
+    let size = sim.replica(0).checkpoint().map_or(0, |c| c.encode().len());
+    if size <= 2 * chunk {
+        return Err(failure(
+            &sim,
+            format!("a checkpoint of {size} bytes is not multi-chunk"),
+        ));
+    }
+    sim.network.heal();
+    let target = sim.checker.committed();
+    let mut caught_up = false;
+    for i in 0..200 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+        if sim.replica(2).commit() >= target {
+            caught_up = true;
+            break;
+        }
+    }
+    if !caught_up || sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(
+            &sim,
+            format!("replica 2 did not sync state: {}", sim.describe()),
+        ));
+    }
+    settle(&mut sim)
+}
+
+/// The new primary's commit is below the base of the best log it is sent:
+/// the replica holding that log sends it the checkpoint first, then the
+/// log after it, and the view starts with every committed op.
+///
+/// Replica 1 (primary of view 1) is cut off while 0 and 2 commit well past
+/// a few checkpoints; then 0 crashes and 1 can hear 2 again.
+pub fn new_primary_behind_the_best_logs_base(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 1);
+    for i in 0..40 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    let committed = sim.checker.committed();
+    let behind = sim.replica(1).commit();
+    if behind >= sim.replica(2).log().base() {
+        return Err(failure(
+            &sim,
+            "replica 1 is not behind replica 2's log base".into(),
+        ));
+    }
+    sim.crash(0);
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 1 leads a new view", |s| {
+        s.replica(1).is_primary()
+    })?;
+    if sim.replica(1).stats().checkpoints_installed == 0 {
+        return Err(failure(
+            &sim,
+            "the new primary did not install a checkpoint".into(),
+        ));
+    }
+    expect_log_holds(&sim, 1, committed)?;
+    commit(&mut sim, 0, 1)?;
+    sim.restart(0);
+    settle(&mut sim)
+}
+
+/// Memory mode with checkpoints: an amnesiac replica recovers its
+/// incarnation, then the current state by state sync (the others' logs no
+/// longer start at op 1), then the log after the checkpoint.
+pub fn amnesiac_replica_recovers_from_a_checkpoint(mut options: Options) -> Result<(), Failure> {
+    options.amnesia = true;
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    for i in 0..30 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    sim.crash(2);
+    commit(&mut sim, 0, 0)?;
+    sim.restart_amnesiac(2);
+    let committed = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "the amnesiac replica recovers", |s| {
+        let r = s.replica(2);
+        !r.is_recovering() && r.commit() >= committed
+    })?;
+    if sim.replica(2).log().base() == 0 || sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 recovered without a checkpoint".into()));
+    }
+    for i in 0..10 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 2)?;
+    }
+    settle(&mut sim)
+}
+
+/// Disk mode with checkpoints: every replica restarts from its checkpoint
+/// and the log after it, the cluster goes on, and every host's state is the
+/// canonical one.
+pub fn restart_from_checkpoints(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    for i in 0..30 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    sim.run_ticks(20)?;
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.restart(r);
+        if sim.replica(r).checkpoint().is_none() {
+            return Err(failure(
+                &sim,
+                format!("replica {r} restarted without a checkpoint"),
+            ));
+        }
+    }
+    for i in 0..10 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 1)?;
+    }
+    settle(&mut sim)
+}
+
+/// Replicas with checkpoints commit for a while; every one takes the same
+/// checkpoints (a host that serialises another state is reported).
+pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    for i in 0..30 {
+        let (c, home) = (i % sim.clients.len(), (i % sim.n()) as ReplicaIndex);
+        commit(&mut sim, c, home)?;
+    }
+    settle(&mut sim)
+}

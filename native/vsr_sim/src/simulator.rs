@@ -2,9 +2,12 @@
 //! simulated clients, one thread, one seed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use vsr::log::Log;
 use vsr::{
-    root_checksum, ClientId, DurableState, Input, Message, Outcome, Output, Replica, ReplicaIndex, Status,
+    root_checksum, Checkpoint, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica,
+    ReplicaIndex, Status,
 };
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
@@ -37,6 +40,20 @@ fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
     }
 }
 
+pub use crate::checker::App;
+
+/// What a disk-mode replica keeps beside its store: its durable
+/// checkpoint, the checkpoint its log was rebased at (the store's records
+/// continue from there), and a checkpoint written but not yet synced.
+#[derive(Clone, Default)]
+struct Beside {
+    checkpoint: Option<Arc<Checkpoint>>,
+    base: Option<(Op, u128, u64)>,
+    staged: Option<Arc<Checkpoint>>,
+    /// The log as the store will hold it once staged writes are synced.
+    mirror: Option<Log>,
+}
+
 /// A run that broke an invariant, or did not finish.
 #[derive(Clone, Debug)]
 pub struct Failure {
@@ -66,6 +83,7 @@ pub struct Report {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub rejected_bytes: u64,
+    pub checkpoints_installed: u64,
 }
 
 pub struct Simulator {
@@ -102,6 +120,13 @@ pub struct Simulator {
     crashes: u64,
     /// Print the cluster's state every this many ticks (0: never).
     pub trace_every: u64,
+    /// Each replica's host application state.
+    pub apps: Vec<App>,
+    /// Snapshot answers the hosts owe: (due tick, op, bytes).
+    snapshots: Vec<Vec<(u64, Op, Vec<u8>)>>,
+    beside: Vec<Beside>,
+    /// Checkpoints installed by state sync, all replicas, all incarnations.
+    installed: u64,
 }
 
 impl Simulator {
@@ -150,6 +175,15 @@ impl Simulator {
             tick: 0,
             crashes: 0,
             trace_every: 0,
+            apps: vec![App::default(); n],
+            snapshots: vec![Vec::new(); n],
+            beside: (0..n)
+                .map(|_| Beside {
+                    mirror: (!options.amnesia).then(|| Log::new(root_checksum(options.config.cluster))),
+                    ..Beside::default()
+                })
+                .collect(),
+            installed: 0,
             options,
         }
     }
@@ -206,6 +240,7 @@ impl Simulator {
             messages_delivered: self.network.delivered,
             messages_dropped: self.network.dropped,
             rejected_bytes: self.rejected(),
+            checkpoints_installed: self.installed,
         }
     }
 
@@ -229,13 +264,19 @@ impl Simulator {
             .enumerate()
             .map(|(i, r)| match r {
                 Some(r) => format!(
-                    "r{i}:{:?} v{} lv{} op{} commit{}/{}",
+                    "r{i}:{:?} v{} lv{} op{}(base {}) commit{}/{} ckpt{}{}",
                     r.status(),
                     r.view(),
                     r.log_view(),
                     r.op(),
+                    r.log().base(),
                     r.commit(),
-                    r.commit_max()
+                    r.commit_max(),
+                    r.checkpoint().map_or(0, |c| c.op),
+                    r.sync_progress()
+                        .map_or(String::new(), |(op, got, total)| format!(
+                            " sync{op}:{got}/{total}"
+                        ))
                 ),
                 None => format!("r{i}:down"),
             })
@@ -367,6 +408,11 @@ impl Simulator {
         }
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
         self.armed[r as usize] = false;
+        self.snapshots[r as usize].clear(); // the host's answers die with it
+        self.apps[r as usize] = App::default();
+        let beside = &mut self.beside[r as usize];
+        beside.staged = None; // never synced: lost
+        beside.mirror = None;
         if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
             let mut disk = store.into_disk();
             let unsynced = disk.unsynced();
@@ -417,8 +463,13 @@ impl Simulator {
             let (store, _) = Store::open(MemDisk::default(), identity, Vec::new()).expect("an empty disk");
             self.storage[r as usize] = Storage::Running(Box::new(store));
             self.durable[r as usize] = DurableState::default();
+            self.beside[r as usize] = Beside {
+                mirror: Some(Log::new(root_checksum(self.options.config.cluster))),
+                ..Beside::default()
+            };
             self.persist_recovering(r, &replica);
         }
+        self.apps[r as usize] = App::default();
         self.replicas[r as usize] = Some(replica);
         self.announced[r as usize] = 0;
         self.checker.forgot(r);
@@ -445,7 +496,8 @@ impl Simulator {
         };
         self.rot(&mut disk);
         let config = self.options.config.clone();
-        let opened = Store::open(disk, identity(&self.options, r), Vec::new());
+        let base = self.beside[r as usize].base;
+        let opened = Store::open_at(disk, identity(&self.options, r), Vec::new(), base);
         let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
         match opened {
@@ -457,7 +509,16 @@ impl Simulator {
                     ));
                 }
                 self.durable[r as usize] = state;
-                let (replica, outputs) = Replica::restart(config, r, state, entries).expect("a valid store");
+                let root = root_checksum(config.cluster);
+                let log = match base {
+                    Some((op, checksum, timestamp)) => Log::at(op, checksum, timestamp),
+                    None => Log::new(root),
+                };
+                self.beside[r as usize].mirror = log.extended(entries.clone());
+                self.apps[r as usize] = App::default();
+                let checkpoint = self.beside[r as usize].checkpoint.clone();
+                let (replica, outputs) =
+                    Replica::restart_from(config, r, state, checkpoint, entries).expect("a valid store");
                 self.replicas[r as usize] = Some(replica);
                 self.checker.restarted(r, state.view);
                 let executed = self.replica(r).commit();
@@ -466,6 +527,12 @@ impl Simulator {
                 }
             }
             Opened::Recover { state, .. } => {
+                // The store emptied its log: the replica starts over from op 0.
+                self.beside[r as usize] = Beside {
+                    mirror: Some(Log::new(root_checksum(config.cluster))),
+                    ..Beside::default()
+                };
+                self.apps[r as usize] = App::default();
                 let nonce = self.rng.next_u128();
                 let replica = Replica::recovering_from(config, r, state, nonce).expect("a valid state");
                 self.persist_recovering(r, &replica);
@@ -513,6 +580,21 @@ impl Simulator {
         }
         let now_ns = self.tick * 1_000_000;
         for r in 0..self.n() {
+            let due: Vec<(u64, Op, Vec<u8>)> = {
+                let queue = &mut self.snapshots[r];
+                let (due, later) = std::mem::take(queue)
+                    .into_iter()
+                    .partition(|(at, _, _)| *at <= self.tick);
+                *queue = later;
+                due
+            };
+            for (_, op, app) in due {
+                if self.replicas[r].is_some() {
+                    self.input(r as ReplicaIndex, Input::Snapshot { op, app })?;
+                }
+            }
+        }
+        for r in 0..self.n() {
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
                 self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
@@ -538,6 +620,12 @@ impl Simulator {
         let outputs = replica.step(input);
         let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
         let executed = replica.commit();
+        let divergence = replica.stats().checkpoint_divergence;
+        if divergence > 0 {
+            return Err(self.fail(format!(
+                "replica {r} saw {divergence} checkpoint digests differ from its own"
+            )));
+        }
         self.apply(r, outputs, executed).map_err(|v| self.fail(v))?;
         self.checker
             .on_state(r, view, commit, leads)
@@ -550,6 +638,12 @@ impl Simulator {
         for output in outputs {
             if let Output::WriteLog { .. } | Output::WriteState(_) = output {
                 self.stage(r, &output)?;
+                continue;
+            }
+            if let Output::WriteCheckpoint(checkpoint) = output {
+                if !self.stage_checkpoint(r, checkpoint)? {
+                    return Ok(()); // crashed in the write path
+                }
                 continue;
             }
             let Some(store) = store_of(&mut self.storage[r as usize]) else {
@@ -568,9 +662,46 @@ impl Simulator {
                 self.crash_until_later(r);
                 return Ok(());
             }
+            let beside = &mut self.beside[r as usize];
+            if let Some(checkpoint) = beside.staged.take() {
+                beside.checkpoint = Some(checkpoint); // synced with the store
+            }
             self.deliver(r, output, executed)?;
         }
         Ok(())
+    }
+
+    /// Disk mode: a checkpoint write. If the store's log goes on from the
+    /// checkpoint it is staged, durable at the next sync like the store's
+    /// writes; otherwise (a checkpoint installed by state sync beyond the
+    /// log) it is made durable at once and the store's log rebased at it.
+    /// Returns `false` if the replica crashed in the write path.
+    fn stage_checkpoint(&mut self, r: ReplicaIndex, checkpoint: Arc<Checkpoint>) -> Result<bool, Violation> {
+        let Some(store) = store_of(&mut self.storage[r as usize]) else {
+            return Ok(true);
+        };
+        let beside = &mut self.beside[r as usize];
+        let mirror = beside.mirror.as_mut().expect("a running store has a mirror");
+        if mirror.checksum_at(checkpoint.op) == Some(checkpoint.checksum) {
+            beside.staged = Some(checkpoint);
+            return Ok(true);
+        }
+        if store.sync().is_err() {
+            self.crash_until_later(r);
+            return Ok(false);
+        }
+        // The checkpoint and the rebase are one atomic step here.
+        let armed = store.disk_mut().crash_after.take();
+        store
+            .rebase(checkpoint.op)
+            .map_err(|e| format!("replica {r}: rebase: {e}"))?;
+        store.disk_mut().crash_after = armed;
+        let base = (checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
+        *mirror = Log::at(base.0, base.1, base.2);
+        beside.base = Some(base);
+        beside.staged = None;
+        beside.checkpoint = Some(checkpoint);
+        Ok(true)
     }
 
     fn stage(&mut self, r: ReplicaIndex, output: &Output) -> Result<(), Violation> {
@@ -578,6 +709,19 @@ impl Simulator {
             return Ok(());
         };
         store.stage(output).map_err(|e| format!("replica {r}: {e}"))?;
+        if let Output::WriteLog { after, entries } = output {
+            let mirror = self.beside[r as usize]
+                .mirror
+                .as_mut()
+                .expect("a running store has a mirror");
+            mirror.truncate_after(*after);
+            for entry in entries {
+                if !mirror.can_append(entry) {
+                    return Err(format!("replica {r} wrote op {} that does not chain", entry.op));
+                }
+                mirror.append(entry.clone());
+            }
+        }
         if let Output::WriteState(state) = output {
             let before = self.durable[r as usize];
             // Only a recovery may take a replica's view back (recovery.rs).
@@ -628,8 +772,53 @@ impl Simulator {
                     self.note_announced(r, &bytes);
                     self.network.send(&mut self.rng, self.tick, r, to, bytes)
                 }
-                Output::WriteLog { .. } | Output::WriteState(_) => unreachable!("staged by apply"),
-                Output::Execute { entry, outcomes } => self.checker.on_execute(r, &entry, &outcomes)?,
+                Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => {
+                    unreachable!("staged by apply")
+                }
+                Output::Execute { entry, outcomes } => {
+                    self.checker.on_execute(r, &entry, &outcomes)?;
+                    let app = &mut self.apps[r as usize];
+                    if app.op + 1 != entry.op {
+                        return Err(format!(
+                            "replica {r}'s host applied op {} after op {}",
+                            entry.op, app.op
+                        ));
+                    }
+                    *app = app.applied(&entry, &outcomes);
+                    self.checker.on_app(r, *app)?;
+                }
+                Output::TakeSnapshot { op } => {
+                    let app = self.apps[r as usize];
+                    if app.op != op {
+                        return Err(format!(
+                            "replica {r} asked for a snapshot at op {op}; its host is at op {}",
+                            app.op
+                        ));
+                    }
+                    let mut state = app;
+                    if self.options.lying_host == Some(r) {
+                        state.hash ^= 1;
+                    }
+                    let delay = match self.options.snapshot_delay_max {
+                        0 => 0,
+                        max if self.rng.chance(0.5) => self.rng.range(1, max),
+                        _ => 0,
+                    };
+                    self.snapshots[r as usize].push((self.tick + delay, op, state.encode()));
+                }
+                Output::InstallSnapshot { op, app } => {
+                    let state = App::decode(&app)
+                        .ok_or_else(|| format!("replica {r} installed a snapshot that does not decode"))?;
+                    if state.op != op {
+                        return Err(format!(
+                            "replica {r} installed the state of op {} as op {op}",
+                            state.op
+                        ));
+                    }
+                    self.checker.on_install(r, state)?;
+                    self.apps[r as usize] = state;
+                    self.installed += 1;
+                }
                 Output::Reply {
                     client,
                     request,

@@ -78,3 +78,13 @@ fn a_host_that_sends_before_its_writes_are_durable_is_caught() {
     });
     assert!(seed.is_some(), "not caught in {SEEDS} seeds");
 }
+
+#[test]
+fn a_checkpoint_with_a_late_client_table_is_caught() {
+    let seed = first_failing_seed(Mutation::CheckpointLateClientTable);
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+    let mut broken = options(3, 4);
+    broken.snapshot_delay_max = 30;
+    broken.config.mutation = Mutation::CheckpointLateClientTable;
+    assert!(scenarios::far_behind_replica_syncs_state(broken).is_err());
+}

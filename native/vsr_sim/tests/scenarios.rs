@@ -49,3 +49,38 @@ fn every_scenario_holds_for_five_replicas() {
     scenarios::primary_that_cannot_hear_abdicates(options(5, 1)).unwrap();
     scenarios::far_behind_replica_catches_up(options(5, 2)).unwrap();
 }
+
+#[test]
+fn far_behind_replica_syncs_state() {
+    scenarios::far_behind_replica_syncs_state(options(3, 4)).unwrap();
+    scenarios::far_behind_replica_syncs_state(options(5, 8)).unwrap();
+}
+
+#[test]
+fn new_primary_behind_the_best_logs_base() {
+    scenarios::new_primary_behind_the_best_logs_base(options(3, 4)).unwrap();
+}
+
+#[test]
+fn amnesiac_replica_recovers_from_a_checkpoint() {
+    scenarios::amnesiac_replica_recovers_from_a_checkpoint(options(3, 4)).unwrap();
+    scenarios::amnesiac_replica_recovers_from_a_checkpoint(options(5, 4)).unwrap();
+}
+
+#[test]
+fn restart_from_checkpoints() {
+    scenarios::restart_from_checkpoints(options(3, 4)).unwrap();
+}
+
+#[test]
+fn checkpoints_agree() {
+    scenarios::checkpoints_agree(options(3, 4)).unwrap();
+}
+
+#[test]
+fn a_host_whose_snapshot_differs_is_detected() {
+    let mut lying = options(3, 4);
+    lying.lying_host = Some(1);
+    let failure = scenarios::checkpoints_agree(lying).unwrap_err();
+    assert!(failure.reason.contains("checkpoint digests"), "{failure}");
+}

@@ -230,7 +230,13 @@ pub struct WalScan {
 
 /// Replays the records of a write-ahead log whose chain starts at `root`.
 pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
-    let mut log = vsr::log::Log::new(root);
+    scan_wal_from(vsr::log::Log::new(root), bytes)
+}
+
+/// [`scan_wal`] of a log that was rebased at a checkpoint: its records
+/// continue `log` (empty, starting after the checkpoint's op).
+pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
+    let mut log = log;
     let mut offset = 0;
     let damage = loop {
         if offset == bytes.len() {
@@ -252,7 +258,7 @@ pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
                 log.append(entry);
                 true
             }
-            Record::Truncate { after } if after <= log.op() => {
+            Record::Truncate { after } if after <= log.op() && after >= log.base() => {
                 log.truncate_after(after);
                 true
             }

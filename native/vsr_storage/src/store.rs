@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vsr::{root_checksum, DurableState, Op, Output, Prepare};
 
 use crate::disk::{Disk, Zone};
-use crate::format::{current_superblock, scan_wal, Identity, Record, Superblock, WalDamage, SLOT_SIZE};
+use crate::format::{current_superblock, scan_wal_from, Identity, Record, Superblock, WalDamage, SLOT_SIZE};
 
 /// Why a store cannot be opened. The store is left as it was found.
 #[derive(Debug)]
@@ -116,7 +116,21 @@ impl<D: Disk> Store<D> {
 
     /// Opens the store of replica `identity`, creating it (with `meta`) if
     /// the disk is empty, and decides how the replica starts.
-    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
+    pub fn open(disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
+        Store::open_at(disk, identity, meta, None)
+    }
+
+    /// [`Store::open`] of a store whose log was rebased
+    /// ([`Store::rebase`]) after a checkpoint at `base = (op, checksum,
+    /// timestamp)`, which the host keeps beside the store: the log's records
+    /// continue from there. (The on-disk format is unchanged; where the
+    /// checkpoint itself is kept is the host's for now.)
+    pub fn open_at(
+        mut disk: D,
+        identity: Identity,
+        meta: Vec<u8>,
+        base: Option<(Op, u128, u64)>,
+    ) -> Result<(Store<D>, Opened), StoreError> {
         if meta.len() > crate::format::META_MAX || identity.group.len() > crate::format::GROUP_MAX {
             return Err(StoreError::TooLarge(
                 "the group name or host metadata is too large for a superblock".into(),
@@ -137,13 +151,18 @@ impl<D: Disk> Store<D> {
             });
         }
         let wal = disk.read(Zone::Wal)?;
-        let scan = scan_wal(root_checksum(identity.cluster), &wal);
+        let log = match base {
+            None => vsr::log::Log::new(root_checksum(identity.cluster)),
+            Some((op, checksum, timestamp)) => vsr::log::Log::at(op, checksum, timestamp),
+        };
+        let base_op = log.base();
+        let scan = scan_wal_from(log, &wal);
         let mut store = Store {
             disk,
             state: None,
             wal_len: wal.len() as u64,
             wal_pending: Vec::new(),
-            op: scan.entries.len() as Op,
+            op: base_op + scan.entries.len() as Op,
             stats: StoreStats::default(),
             superblock,
         };
@@ -247,6 +266,23 @@ impl<D: Disk> Store<D> {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Empties the log, durably, so that it continues after `op` (a
+    /// checkpoint's, which the host must have made durable first and must
+    /// pass to [`Store::open_at`] from now on). Staged writes are synced first.
+    pub fn rebase(&mut self, op: Op) -> io::Result<()> {
+        self.sync()?;
+        self.disk.truncate(Zone::Wal, 0)?;
+        self.disk.sync(Zone::Wal)?;
+        self.wal_len = 0;
+        self.op = op;
+        Ok(())
+    }
+
+    /// The op the log reaches once the staged records are written.
+    pub fn op(&self) -> Op {
+        self.op
     }
 
     /// Whether staged writes wait for a sync.
@@ -504,7 +540,10 @@ mod tests {
         let len = disk.len(Zone::Wal);
         disk.corrupt(Zone::Wal, len - 1, 0x01);
         let (_, opened) = open(disk);
-        assert!(matches!(opened, Opened::Restart { torn: Some(_), .. }), "{opened:?}");
+        assert!(
+            matches!(opened, Opened::Restart { torn: Some(_), .. }),
+            "{opened:?}"
+        );
         assert_eq!(restarted(&opened).1, entries[..3]);
     }
 
