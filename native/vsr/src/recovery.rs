@@ -67,7 +67,12 @@ impl Replica {
     /// when the log on disk is damaged where it may hold acknowledged
     /// entries, or when a recovery was cut short by a crash). It keeps its
     /// crash vector, so a fence it took part in still holds, and recovers
-    /// like an amnesiac replica. Its log is empty until recovery installs one.
+    /// like an amnesiac replica. Its log is empty until recovery installs
+    /// one, and its view starts over: it takes the view a quorum reports,
+    /// which the fence quorum's intersection with every view-change quorum
+    /// makes safe (DISC 2017), even below a view it had stored. (Keeping
+    /// the stored view until then would only make its view go back later;
+    /// soak seeds 17142 and 75538 caught exactly that.)
     pub fn recovering_from(
         config: crate::config::Config,
         index: ReplicaIndex,
@@ -75,7 +80,7 @@ impl Replica {
         nonce: u128,
     ) -> Result<Replica, String> {
         let kept = DurableState {
-            view: state.view,
+            view: 0,
             log_view: 0,
             commit: 0,
             incarnations: state.incarnations,
