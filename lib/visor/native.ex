@@ -5,7 +5,8 @@ defmodule Visor.Native do
 
   `start/2` starts a replica group on the engine's own threads and returns
   its handle (a reference). The engine reports to the `owner` process with
-  one message per engine iteration per group:
+  one message per engine iteration per group (in disk mode, a second one
+  after the iteration's sync):
 
       {:visor_engine, engine, events}
 

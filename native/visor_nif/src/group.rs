@@ -280,12 +280,12 @@ impl Group {
         Ok(())
     }
 
-    /// The outputs that may leave now, in order. In memory mode the writes
-    /// are dropped (the replica's log is the storage). In disk mode they are
-    /// staged, and everything after the first of them waits for one sync
-    /// covering all of them (group commit): the replica put the sends that
-    /// need no durability first, so they leave before the disk is touched.
-    fn releasable(&mut self) -> Result<Vec<Output>, String> {
+    /// Splits this iteration's outputs: those that may leave at once (in
+    /// order, before any write) are returned; writes are staged; whatever
+    /// follows a write is held for `sync_staged`. In memory mode the writes
+    /// are dropped (the replica's log is the storage) and everything leaves
+    /// at once.
+    fn stage_outbox(&mut self) -> Result<Vec<Output>, String> {
         let outbox = std::mem::take(&mut self.outbox);
         let Some(store) = self.store.as_mut() else {
             return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
@@ -298,6 +298,16 @@ impl Group {
                 self.held.push(output);
             }
         }
+        Ok(ready)
+    }
+
+    /// One sync for every staged write (group commit); then the held
+    /// outputs may leave. If the sync fails they stay held, and the next
+    /// flush retries.
+    fn sync_staged(&mut self) -> Vec<Output> {
+        let Some(store) = self.store.as_mut() else {
+            return Vec::new();
+        };
         if store.has_staged() {
             if let Err(e) = store.sync() {
                 let message = e.to_string();
@@ -305,14 +315,13 @@ impl Group {
                     self.notices.push(StorageNotice::Error(message.clone()));
                 }
                 self.storage_error = Some(message);
-                return Ok(ready);
+                return Vec::new();
             }
             if self.storage_error.take().is_some() {
                 self.notices.push(StorageNotice::Resumed);
             }
         }
-        ready.append(&mut self.held);
-        Ok(ready)
+        std::mem::take(&mut self.held)
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.
@@ -322,39 +331,54 @@ impl Group {
     }
 
     /// Publishes the snapshot, then sends this iteration's outputs to the
-    /// owner as one message, `{:visor_engine, engine, events}`. In that
-    /// order, so that `status/1` called on receipt of a message is at least
-    /// as new as the message. Only ever called on an engine thread
-    /// (send_and_clear panics on a scheduler thread).
+    /// owner: one message with what may leave at once and, in disk mode
+    /// when the iteration wrote, a second one after the sync with what
+    /// followed the writes. Each send comes after a publish, so that
+    /// `status/1` called on receipt of a message is at least as new as the
+    /// message. Only ever called on an engine thread (send_and_clear panics
+    /// on a scheduler thread).
     pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), String> {
-        let outbox = self.releasable();
+        // What needs no durability (a primary's prepares, above all) leaves
+        // before the disk is touched, so the backups' syncs overlap ours.
+        let early = self.stage_outbox();
         self.publish();
-        let outbox = outbox?;
+        self.send_events(env, early?)?;
+        if self.store.as_ref().is_some_and(|s| s.has_staged()) {
+            let late = self.sync_staged();
+            self.publish();
+            self.send_events(env, late)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending storage notices and `outputs` to the owner as one
+    /// message, `{:visor_engine, engine, events}` (nothing if both are empty).
+    fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), String> {
         let notices = std::mem::take(&mut self.notices);
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
             // steps taken before the Stop command reached this thread.
             return Ok(());
         }
-        if !outbox.is_empty() || !notices.is_empty() {
-            let engine = &self.engine;
-            let sent = guard(|| {
-                // An error means the owner is gone: its monitor stops the group.
-                let _ = env.send_and_clear(&self.owner, |env| {
-                    let events: Vec<Term> = notices
-                        .iter()
-                        .map(|n| convert::notice(env, n))
-                        .chain(outbox.iter().filter_map(|o| convert::event(env, o)))
-                        .collect();
-                    (atoms::visor_engine(), engine.encode(env), events)
-                });
-            });
-            if sent.is_err() {
-                env.clear();
-            }
-            sent?;
+        if outputs.is_empty() && notices.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let engine = &self.engine;
+        let sent = guard(|| {
+            // An error means the owner is gone: its monitor stops the group.
+            let _ = env.send_and_clear(&self.owner, |env| {
+                let events: Vec<Term> = notices
+                    .iter()
+                    .map(|n| convert::notice(env, n))
+                    .chain(outputs.iter().filter_map(|o| convert::event(env, o)))
+                    .collect();
+                (atoms::visor_engine(), engine.encode(env), events)
+            });
+        });
+        if sent.is_err() {
+            env.clear();
+        }
+        sent
     }
 
     fn publish(&self) {
