@@ -10,7 +10,7 @@ SEEDS ?= 1000
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak demo bench fmt
+.PHONY: deps test rust-test elixir-test soak demo bench bench-catchup fmt
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # No hex packages are ever needed (hex.pm is unreachable here).
@@ -52,6 +52,11 @@ demo: deps
 # a table and writes bench/results/<time>.json (bench/bench.exs).
 bench: deps
 	mix run bench/bench.exs
+
+# A disk-mode replica whose data_dir is wiped catches up with a 100 MB state
+# (BENCH_CATCHUP_MB); bench/catchup.exs, about 10 s.
+bench-catchup: deps
+	mix run bench/catchup.exs
 
 fmt:
 	cargo fmt --all
