@@ -238,7 +238,8 @@ defmodule Visor do
       once it has executed up to that point.
     * `consistency: :local`: this node's replica's state right now, with no
       network round trip. It may lag the cluster (a backup executes a commit
-      a moment after the primary does; a cut-off node may lag a lot), but it
+      a moment after the primary does, at most about one tick later when
+      idle; a cut-off node may lag a lot), but it
       never goes backwards and only ever shows committed state.
     * `timeout:` in ms (default #{@default_timeout}), for `:linearizable`.
   """

@@ -126,15 +126,20 @@ impl Replica {
             self.reads.round += 1;
             self.reads.answered[self.index as usize] = self.reads.round;
         }
-        let message = Message::Commit {
+        let message = self.heartbeat();
+        self.broadcast(&message);
+        self.last_broadcast_tick = self.ticks;
+        self.commit_unannounced = false;
+    }
+
+    /// A heartbeat: the commit number, in the current round.
+    pub(crate) fn heartbeat(&self) -> Message {
+        Message::Commit {
             view: self.view,
             commit: self.commit_max,
             round: self.reads.round,
             checkpoint: self.checkpoints.latest(),
-        };
-        self.broadcast(&message);
-        self.last_broadcast_tick = self.ticks;
-        self.commit_unannounced = false;
+        }
     }
 
     /// On the primary: a backup answered up to `round`.
@@ -163,6 +168,9 @@ impl Replica {
             if read.origin == self.index {
                 self.on_read_ok(self.view, read.id, op);
             } else {
+                // The origin serves the read once it has executed up to
+                // `op`: it must hear the commit number now.
+                self.commit_urgent |= 1 << read.origin;
                 self.send(
                     read.origin,
                     &Message::ReadOk {

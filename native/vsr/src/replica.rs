@@ -215,6 +215,11 @@ pub struct Replica {
     pub(crate) reads: crate::read::Reads,
     /// The primary's commit number advanced since it last told the backups.
     pub(crate) commit_unannounced: bool,
+    /// Backups (one bit per index) that must hear the commit number at the
+    /// end of this step: origins of requests just executed here, and of
+    /// reads just confirmed. The others hear it with the next prepare or,
+    /// at the latest, the next tick (`announce_commit`).
+    pub(crate) commit_urgent: u8,
     /// The op this replica's view started with, as its primary.
     pub(crate) view_start_op: Op,
     /// Crash vector: the incarnation this replica knows for every replica.
@@ -331,6 +336,7 @@ impl Replica {
             pending: BTreeMap::new(),
             reads: Default::default(),
             commit_unannounced: false,
+            commit_urgent: 0,
             view_start_op: 0,
             incarnations: state.incarnations,
             recovery: None,
@@ -351,6 +357,7 @@ impl Replica {
 
     /// Feeds one input; returns what the host must do, in order.
     pub fn step(&mut self, input: Input<'_>) -> Vec<Output> {
+        let tick = matches!(input, Input::Tick { .. });
         match input {
             Input::Tick { now_ns } => self.on_tick(now_ns),
             Input::Receive(bytes) => self.on_bytes(bytes),
@@ -358,7 +365,7 @@ impl Replica {
             Input::Read { id } => self.on_read_submit(id),
             Input::Snapshot { op, app } => self.on_snapshot(op, app),
         }
-        self.announce_commit();
+        self.announce_commit(tick);
         std::mem::take(&mut self.out)
     }
 
@@ -772,15 +779,40 @@ impl Replica {
         }
     }
 
-    /// Tells the backups at once when the commit number advanced and no
-    /// prepare carried it: an origin that is a backup answers its client
-    /// only when it executes the op, and waiting for the next heartbeat
-    /// would add up to `heartbeat_ticks` to every such commit.
-    fn announce_commit(&mut self) {
-        if self.commit_unannounced && self.is_primary() && !self.abdicating() {
-            self.broadcast_heartbeat(false);
+    /// Tells the backups the commit number when it advanced and no prepare
+    /// carried it. A backup that is the origin of a request just executed
+    /// (or of a read just confirmed) hears it at once: it answers its client
+    /// only when it executes the op, and waiting for the next heartbeat would
+    /// add up to `heartbeat_ticks` to every such commit. The other backups
+    /// hear it with the next prepare or at the next tick: announcing every
+    /// commit to every backup at once costs each of them a wake-up, an
+    /// execution and a `PrepareOk` back, all of which compete with the next
+    /// request for the CPU (issue 3: on a 2-core host, one caller's commits
+    /// on the primary's node waited on it).
+    fn announce_commit(&mut self, tick: bool) {
+        let urgent = std::mem::take(&mut self.commit_urgent);
+        if !self.commit_unannounced || !self.is_primary() || self.abdicating() {
+            self.commit_unannounced = false;
+            return;
         }
-        self.commit_unannounced = false;
+        if tick {
+            self.broadcast_heartbeat(false);
+            return;
+        }
+        let to: Vec<ReplicaIndex> = (0..self.config.replica_count)
+            .filter(|&to| to != self.index && urgent & (1 << to) != 0)
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        let bytes = self.encode(&self.heartbeat());
+        for to in to {
+            self.stats.sent += 1;
+            self.out.push(Output::Send {
+                to,
+                bytes: bytes.clone(),
+            });
+        }
     }
 
     /// A primary that has not heard from a quorum lately stops leading, so
@@ -1004,6 +1036,7 @@ impl Replica {
             });
             for (request, outcome) in entry.requests.iter().zip(&outcomes) {
                 if request.origin != self.index {
+                    self.commit_urgent |= 1 << request.origin;
                     continue;
                 }
                 if self
