@@ -176,7 +176,6 @@ impl Simulator {
             beside: (0..n)
                 .map(|_| Beside {
                     mirror: (!options.amnesia).then(|| Log::new(root_checksum(options.config.cluster))),
-                    ..Beside::default()
                 })
                 .collect(),
             installed: 0,
@@ -459,7 +458,6 @@ impl Simulator {
             self.durable[r as usize] = DurableState::default();
             self.beside[r as usize] = Beside {
                 mirror: Some(Log::new(root_checksum(self.options.config.cluster))),
-                ..Beside::default()
             };
             self.persist_recovering(r, &replica);
         }
@@ -530,7 +528,6 @@ impl Simulator {
                 // The store emptied its log: the replica starts over from op 0.
                 self.beside[r as usize] = Beside {
                     mirror: Some(Log::new(root_checksum(config.cluster))),
-                    ..Beside::default()
                 };
                 self.apps[r as usize] = App::default();
                 let nonce = self.rng.next_u128();
