@@ -10,10 +10,16 @@
 # `message_entries_max` entries and re-executes it. Measured from the
 # restart until its replica is normal and has executed everything the
 # primary had committed. Writes bench/results/catchup-<time>.json.
+#
+# Checkpoints are on (BENCH_CHECKPOINT_EVERY, default 20 ops; 0 turns them
+# off): the peers' logs then start after a checkpoint, and the wiped replica
+# catches up by state sync (the checkpoint in 1 MiB chunks) plus the log
+# after it, instead of the whole log.
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
 
 megabytes = String.to_integer(System.get_env("BENCH_CATCHUP_MB", "100"))
+checkpoint_every = String.to_integer(System.get_env("BENCH_CHECKPOINT_EVERY", "20"))
 data_dir = Path.expand(System.get_env("BENCH_DATA_DIR", "bench/tmp/catchup"))
 value = :binary.copy("v", 1_000_000)
 
@@ -39,7 +45,13 @@ dir_of = fn node -> Path.join(data_dir, node |> Atom.to_string() |> String.split
 
 opts = fn node ->
   # At most 4 MB of entries per repair message.
-  [nodes: nodes, storage: :disk, data_dir: dir_of.(node), message_entries_max: 4]
+  [
+    nodes: nodes,
+    storage: :disk,
+    data_dir: dir_of.(node),
+    message_entries_max: 4,
+    checkpoint_every: checkpoint_every
+  ]
 end
 
 LocalCluster.start_group(nodes, Visor.Bench.Blob, opts)
@@ -81,6 +93,7 @@ end
 
 _ = LocalCluster.wait_until(caught_up?, 600_000)
 catchup_us = System.monotonic_time(:microsecond) - t0
+installed = LocalCluster.status(victim, Visor.Bench.Blob).stats[:checkpoints_installed] || 0
 
 seconds = catchup_us / 1_000_000
 mb_per_s = Float.round(megabytes / seconds, 1)
@@ -91,6 +104,7 @@ Catch-up of a wiped replica (disk mode, 3 local nodes)
 ------------------------------------------------------------------------------
 state                         #{megabytes} MB (#{megabytes} values of 1 MB, #{target} ops)
 filling it (sequential)       #{Float.round(fill_us / 1_000_000, 1)} s
+checkpoint_every              #{checkpoint_every} ops (checkpoints installed by the wiped replica: #{installed})
 catch-up after restart        #{Float.round(seconds, 1)} s (#{mb_per_s} MB/s)
 """)
 
@@ -101,7 +115,8 @@ path = "bench/results/catchup-#{stamp}.json"
 File.write!(
   path,
   ~s({"state_mb":#{megabytes},"ops":#{target},"fill_s":#{Float.round(fill_us / 1_000_000, 2)},) <>
-    ~s("catchup_s":#{Float.round(seconds, 2)},"mb_per_s":#{mb_per_s}}\n)
+    ~s("catchup_s":#{Float.round(seconds, 2)},"mb_per_s":#{mb_per_s},) <>
+    ~s("checkpoint_every":#{checkpoint_every},"checkpoints_installed":#{installed}}\n)
 )
 
 IO.puts("Wrote #{path}")

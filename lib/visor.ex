@@ -139,7 +139,22 @@ defmodule Visor do
   @callback handle_commit(command(), meta(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}
 
-  @optional_callbacks handle_commit: 2, handle_commit: 3
+  @doc """
+  Encodes the state for a checkpoint (`checkpoint_every`). Every replica
+  encodes the same state at the same op, and the replicas compare the
+  checkpoints' digests, so the encoding must be deterministic. Default:
+  `:erlang.term_to_binary(state, [:deterministic])`.
+  """
+  @callback encode_snapshot(state :: term()) :: binary()
+
+  @doc """
+  Decodes what `c:encode_snapshot/1` produced, when a replica restarts from
+  its checkpoint or catches up by state sync. Default: `:erlang.binary_to_term/1`.
+  A raise here fails this node's server (logged, with the reason).
+  """
+  @callback decode_snapshot(binary()) :: term()
+
+  @optional_callbacks handle_commit: 2, handle_commit: 3, encode_snapshot: 1, decode_snapshot: 1
 
   defmacro __using__(_opts) do
     quote location: :keep do

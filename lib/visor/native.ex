@@ -57,7 +57,9 @@ defmodule Visor.Native do
     :prepare_retry_ticks,
     :view_change_ticks,
     :resend_ticks,
-    :request_retry_ticks
+    :request_retry_ticks,
+    :checkpoint_interval,
+    :checkpoint_chunk_bytes
   ]
   @known_keys [
     :cluster,
@@ -195,6 +197,25 @@ defmodule Visor.Native do
     end
 
     nif_submit(engine, client, session, request, payload)
+  end
+
+  @doc """
+  Answers a `{:snapshot, op}` event with the application state as of `op`
+  (encoded; right after `op`'s execute, before any later one). The engine
+  forms the checkpoint from it, makes it durable (disk mode) and truncates
+  the log. Returns at once: the binary is shared with the engine thread,
+  not copied on the scheduler. A no-op once the group is stopped.
+  """
+  @spec snapshot(engine(), non_neg_integer(), binary()) :: :ok
+  def snapshot(engine, op, bytes) do
+    check_engine!(engine)
+    check_u64!(op, "op")
+
+    unless is_binary(bytes) do
+      raise ArgumentError, "snapshot must be a binary, got: #{describe(bytes)}"
+    end
+
+    nif_snapshot(engine, op, bytes)
   end
 
   @doc """
@@ -402,6 +423,8 @@ defmodule Visor.Native do
 
   @doc false
   def nif_read(_engine, _id), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_snapshot(_engine, _op, _bytes), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_status(_engine), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

@@ -18,7 +18,19 @@ defmodule Visor.Options do
       group survives every node restarting. Several groups (modules) can
       share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
       mode", says what happens on restart.
+
+  ## Checkpoints
+
+    * `checkpoint_every: n` (default #{10_000}, both storage modes; `0`
+      disables): every `n` ops each replica encodes its state
+      (`c:Visor.encode_snapshot/1`) into a checkpoint and drops the log
+      before its previous one. A restart (disk mode) then replays only the
+      log after the checkpoint, and a replica that lags behind the log's
+      start (a wiped or rejoining one) catches up by state sync, in chunks
+      of `checkpoint_chunk_bytes` (default 1 MiB).
   """
+
+  import Bitwise
 
   @max_replicas 6
   @default_pool_size 128
@@ -26,9 +38,10 @@ defmodule Visor.Options do
   # vsr's default; commands above it are refused before they reach the log.
   @default_batch_max_bytes 1_048_576
   @default_client_table_max 4096
+  @default_checkpoint_every 10_000
 
   # Engine options passed through to Visor.Native.start/2 as they are.
-  @engine_keys [:tick_ms | Visor.Native.config_keys()]
+  @engine_keys [:tick_ms | Visor.Native.config_keys() -- [:checkpoint_interval]]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++ [storage: :memory]
@@ -80,11 +93,20 @@ defmodule Visor.Options do
             "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
     end
 
+    checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
+
+    unless is_integer(checkpoint_every) and checkpoint_every >= 0 and
+             checkpoint_every < 1 <<< 64 do
+      raise ArgumentError,
+            "#{inspect(module)}: checkpoint_every must be a non-negative integer " <>
+              "(0 disables checkpoints), got: #{inspect(checkpoint_every)}"
+    end
+
     %__MODULE__{
       module: module,
       membership: membership,
       pool_size: pool_size,
-      engine: engine,
+      engine: Map.put(engine, :checkpoint_interval, checkpoint_every),
       storage: storage,
       opts: opts
     }

@@ -298,6 +298,11 @@ defmodule Visor.Server do
       when is_reference(engine) and is_list(events) do
     state = Enum.reduce(events, state, &event/2)
     {:noreply, dispatch(state)}
+  catch
+    # A checkpoint that does not decode: this replica cannot know its state.
+    {:visor_stop, reason, state} ->
+      state = fail_all(%{state | phase: {:failed, reason}}, {:engine_down, reason})
+      {:stop, reason, state}
   end
 
   def handle_info({:visor_peer, bytes}, %{phase: :running} = state) when is_binary(bytes) do
@@ -433,6 +438,39 @@ defmodule Visor.Server do
 
   defp event({:storage, kind, detail}, state), do: storage_event(kind, detail, state)
 
+  # A checkpoint is due: the state as of `op` (every execute up to it, and
+  # none after, has been applied: events come in order).
+  defp event({:snapshot, op}, state) do
+    bytes = encode_snapshot(state.module, state.app_state)
+    :ok = Native.snapshot(state.engine, op, bytes)
+    state
+  catch
+    kind, reason ->
+      # No checkpoint at this op; the next one is tried as usual.
+      Logger.error(
+        "#{inspect(state.module)}: encode_snapshot failed at op #{op}: " <>
+          Exception.format(kind, reason, __STACKTRACE__)
+      )
+
+      state
+  end
+
+  # Restart from a checkpoint, or a state sync: the state becomes the
+  # checkpoint's (the executes that follow continue from it).
+  defp event({:install_snapshot, op, bytes}, state) do
+    %{state | app_state: decode_snapshot(state.module, bytes)}
+  rescue
+    error ->
+      reason = {:snapshot_decode_failed, op, Exception.message(error)}
+
+      Logger.error(
+        "#{inspect(state.module)}: cannot decode the checkpoint at op #{op} " <>
+          "(#{byte_size(bytes)} bytes): #{Exception.message(error)}; this node's server stops"
+      )
+
+      throw({:visor_stop, reason, state})
+  end
+
   defp event(_unknown, state), do: state
 
   defp storage_event(kind, detail, %{config: %{storage: {:disk, dir}}} = state) do
@@ -471,6 +509,18 @@ defmodule Visor.Server do
   defp storage_event(_kind, _detail, state), do: state
 
   defp read_result(state, %{kind: {:read, path}}), do: extract(state.app_state, path)
+
+  defp encode_snapshot(module, app_state) do
+    if function_exported?(module, :encode_snapshot, 1),
+      do: module.encode_snapshot(app_state),
+      else: :erlang.term_to_binary(app_state, [:deterministic])
+  end
+
+  defp decode_snapshot(module, bytes) do
+    if function_exported?(module, :decode_snapshot, 1),
+      do: module.decode_snapshot(bytes),
+      else: :erlang.binary_to_term(bytes)
+  end
 
   defp execute({client, request, :executed, payload}, meta, state) do
     {result, app_state} =
@@ -564,6 +614,8 @@ defmodule Visor.Server do
       op: engine_status.op,
       commit: engine_status.commit,
       commit_max: engine_status.commit_max,
+      checkpoint: engine_status.checkpoint,
+      log_base: engine_status.log_base,
       primary: primary,
       replicas: replicas,
       cluster: Base.encode16(state.cluster, case: :lower),
@@ -588,6 +640,8 @@ defmodule Visor.Server do
       op: 0,
       commit: 0,
       commit_max: 0,
+      checkpoint: 0,
+      log_base: 0,
       primary: nil,
       replicas: [],
       cluster: nil,

@@ -11,6 +11,12 @@ rustler::atoms! {
     execute,
     reply,
     read_ready,
+    snapshot,
+    install_snapshot,
+    checkpoint,
+    checkpoint_interval,
+    checkpoint_chunk_bytes,
+    log_base,
 
     // Outcomes of a request.
     executed,

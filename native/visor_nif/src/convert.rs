@@ -36,8 +36,20 @@ fn usize_of(name: &str, value: u64) -> Result<usize, String> {
 }
 
 /// The vsr `Config` fields that `start` may override, by option name.
-fn overrides() -> [(Atom, &'static str, Setter); 11] {
+fn overrides() -> [(Atom, &'static str, Setter); 13] {
     [
+        (atoms::checkpoint_interval(), "checkpoint_interval", |c, v| {
+            c.checkpoint_interval = v;
+            Ok(())
+        }),
+        (
+            atoms::checkpoint_chunk_bytes(),
+            "checkpoint_chunk_bytes",
+            |c, v| {
+                c.checkpoint_chunk_bytes = usize_of("checkpoint_chunk_bytes", v)?;
+                Ok(())
+            },
+        ),
         (atoms::batch_max_requests(), "batch_max_requests", |c, v| {
             c.batch_max_requests = usize_of("batch_max_requests", v)?;
             Ok(())
@@ -260,10 +272,14 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         }
         // `{:read_ready, id, op}`: the read may be served from local state now.
         Output::ReadReady { id, op } => Some((atoms::read_ready(), *id, *op).encode(env)),
-        Output::WriteLog { .. } | Output::WriteState(_) => None,
-        // Checkpoints are off in the NIF (`checkpoint_interval` 0): no
-        // replica takes one, so none is ever sent, installed or written.
-        Output::TakeSnapshot { .. } | Output::WriteCheckpoint(_) | Output::InstallSnapshot { .. } => None,
+        // `{:snapshot, op}`: encode the state as of `op` (right after its
+        // execute) and answer with `snapshot/3`.
+        Output::TakeSnapshot { op } => Some((atoms::snapshot(), *op).encode(env)),
+        // `{:install_snapshot, op, bytes}`: replace the state with this one.
+        Output::InstallSnapshot { op, app } => {
+            Some((atoms::install_snapshot(), *op, binary(env, app)).encode(env))
+        }
+        Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => None,
     }
 }
 
@@ -276,7 +292,7 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
 fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
     // By name, not by destructuring: a counter added to vsr's Stats shows up
     // here only when someone adds it, but never breaks the build meanwhile.
-    let pairs: [(&str, u64); 10] = [
+    let pairs: [(&str, u64); 12] = [
         ("dropped_truncated", s.dropped_truncated),
         ("dropped_corrupt", s.dropped_corrupt),
         ("dropped_unknown_format", s.dropped_unknown_format),
@@ -287,6 +303,8 @@ fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
         ("dropped_requests", s.dropped_requests),
         ("sent", s.sent),
         ("views_started", s.views_started),
+        ("checkpoints_installed", s.checkpoints_installed),
+        ("checkpoint_divergence", s.checkpoint_divergence),
     ];
     let keys: Vec<Term> = pairs
         .iter()
@@ -321,6 +339,8 @@ pub fn status<'a>(
             (atoms::op(), snapshot.op.encode(env)),
             (atoms::commit(), snapshot.commit.encode(env)),
             (atoms::commit_max(), snapshot.commit_max.encode(env)),
+            (atoms::checkpoint(), snapshot.checkpoint.encode(env)),
+            (atoms::log_base(), snapshot.log_base.encode(env)),
             (atoms::primary(), (snapshot.primary as u32).encode(env)),
             (atoms::is_primary(), snapshot.is_primary.encode(env)),
             (atoms::replica_index(), (replica_index as u32).encode(env)),
@@ -343,6 +363,7 @@ fn storage<'a>(env: Env<'a>, snapshot: &Snapshot) -> Term<'a> {
                 (atoms::error(), storage.error.encode(env)),
                 (atoms::syncs(), storage.syncs.encode(env)),
                 (atoms::wal_bytes(), storage.wal_bytes.encode(env)),
+                (atoms::checkpoint(), storage.checkpoint.encode(env)),
             ],
         ),
     }

@@ -47,6 +47,14 @@ pub enum Command {
         id: u64,
         submission: Submission,
     },
+    /// The host's snapshot at `op` (`snapshot/3`): the binary was saved in
+    /// `env` by the NIF without copying its bytes; it is copied here.
+    Snapshot {
+        id: u64,
+        op: u64,
+        env: OwnedEnv,
+        bytes: rustler::env::SavedTerm,
+    },
     /// A linearizable read; `read` is the caller's id for it.
     Read {
         id: u64,
@@ -221,6 +229,18 @@ impl Worker {
             Command::Deliver { id, bytes } => self.step(id, Input::Receive(&bytes)),
             Command::Submit { id, submission } => self.step(id, Input::Submit(submission)),
             Command::Read { id, read } => self.step(id, Input::Read { id: read }),
+            Command::Snapshot { id, op, env, bytes } => {
+                let app = env.run(|env| {
+                    bytes
+                        .load(env)
+                        .decode::<rustler::Binary>()
+                        .map(|b| b.as_slice().to_vec())
+                });
+                // The NIF checked it is a binary.
+                if let Ok(app) = app {
+                    self.step(id, Input::Snapshot { op, app });
+                }
+            }
             Command::Stop { id } => {
                 // Outputs not yet flushed are dropped: the owner asked for no more.
                 if self.groups.remove(&id).is_some() {

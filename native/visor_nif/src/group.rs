@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub op: u64,
     pub commit: u64,
     pub commit_max: u64,
+    /// The op of the latest checkpoint the replica holds (0 if none).
+    pub checkpoint: u64,
+    /// The op the replica's log starts after.
+    pub log_base: u64,
     pub primary: u8,
     pub is_primary: bool,
     pub stats: Stats,
@@ -53,6 +57,8 @@ pub struct StorageSnapshot {
     pub error: Option<String>,
     pub syncs: u64,
     pub wal_bytes: u64,
+    /// The op of the durable checkpoint (0 if none).
+    pub checkpoint: u64,
 }
 
 impl Snapshot {
@@ -76,6 +82,8 @@ impl Snapshot {
             op: replica.op(),
             commit: replica.commit(),
             commit_max: replica.commit_max(),
+            checkpoint: replica.checkpoint().map_or(0, |c| c.op),
+            log_base: replica.log().base(),
             primary: replica.primary(),
             is_primary: replica.is_primary(),
             stats: replica.stats().clone(),
@@ -244,8 +252,16 @@ impl Group {
                 StorageNotice::Created,
             ),
             Opened::Created => (Replica::new(config, index), Vec::new(), StorageNotice::Created),
-            Opened::Restart { state, entries, torn } => {
-                let (replica, outputs) = guard(|| Replica::restart(config, index, state, entries))??;
+            Opened::Restart {
+                state,
+                checkpoint,
+                entries,
+                torn,
+            } => {
+                // Outputs begin with the checkpoint's InstallSnapshot, then
+                // the executes of the committed entries after it.
+                let (replica, outputs) =
+                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))??;
                 (replica, outputs, StorageNotice::Restarted { torn })
             }
             Opened::Recover { state, reason } => (
@@ -390,6 +406,7 @@ impl Group {
                 error: self.storage_error.clone(),
                 syncs: stats.syncs,
                 wal_bytes: stats.wal_bytes,
+                checkpoint: store.checkpoint_op(),
             };
         }
         *self.shared().lock() = snapshot;
@@ -418,7 +435,10 @@ impl Group {
 }
 
 fn is_write(output: &Output) -> bool {
-    matches!(output, Output::WriteLog { .. } | Output::WriteState(_))
+    matches!(
+        output,
+        Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_)
+    )
 }
 
 /// A recovery's nonce: it only has to differ between restarts.

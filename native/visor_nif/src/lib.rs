@@ -24,7 +24,7 @@ use resource::EngineResource;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 3;
+const PROTOCOL_VERSION: u32 = 4;
 
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -136,6 +136,23 @@ fn nif_submit(
         request,
         payload: payload.as_slice().to_vec(),
     });
+    Ok(atoms::ok())
+}
+
+/// The host's answer to `{:snapshot, op}`. The binary is not copied here
+/// (a refc binary is shared into an `OwnedEnv`); the engine thread copies it.
+#[rustler::nif]
+fn nif_snapshot<'a>(
+    engine: ResourceArc<EngineResource>,
+    op: u64,
+    bytes: Term<'a>,
+) -> NifResult<rustler::Atom> {
+    if !bytes.is_binary() {
+        return Err(Error::BadArg);
+    }
+    let owned = rustler::OwnedEnv::new();
+    let saved = owned.save(bytes);
+    engine.snapshot(op, owned, saved);
     Ok(atoms::ok())
 }
 

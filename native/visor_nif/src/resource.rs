@@ -66,6 +66,15 @@ impl EngineResource {
         self.enqueue(|| Command::Read { id: self.id, read });
     }
 
+    pub fn snapshot(&self, op: u64, env: rustler::OwnedEnv, bytes: rustler::env::SavedTerm) {
+        self.enqueue(|| Command::Snapshot {
+            id: self.id,
+            op,
+            env,
+            bytes,
+        });
+    }
+
     pub fn crash(&self) {
         self.enqueue(|| Command::Crash { id: self.id });
     }

@@ -42,14 +42,10 @@ fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
 
 pub use crate::checker::App;
 
-/// What a disk-mode replica keeps beside its store: its durable
-/// checkpoint, the checkpoint its log was rebased at (the store's records
-/// continue from there), and a checkpoint written but not yet synced.
+/// What the simulator keeps beside a disk-mode replica's store (its
+/// checkpoints are the store's own).
 #[derive(Clone, Default)]
 struct Beside {
-    checkpoint: Option<Arc<Checkpoint>>,
-    base: Option<(Op, u128, u64)>,
-    staged: Option<Arc<Checkpoint>>,
     /// The log as the store will hold it once staged writes are synced.
     mirror: Option<Log>,
 }
@@ -180,7 +176,6 @@ impl Simulator {
             beside: (0..n)
                 .map(|_| Beside {
                     mirror: (!options.amnesia).then(|| Log::new(root_checksum(options.config.cluster))),
-                    ..Beside::default()
                 })
                 .collect(),
             installed: 0,
@@ -410,9 +405,7 @@ impl Simulator {
         self.armed[r as usize] = false;
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
-        let beside = &mut self.beside[r as usize];
-        beside.staged = None; // never synced: lost
-        beside.mirror = None;
+        self.beside[r as usize].mirror = None;
         if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
             let mut disk = store.into_disk();
             let unsynced = disk.unsynced();
@@ -465,7 +458,6 @@ impl Simulator {
             self.durable[r as usize] = DurableState::default();
             self.beside[r as usize] = Beside {
                 mirror: Some(Log::new(root_checksum(self.options.config.cluster))),
-                ..Beside::default()
             };
             self.persist_recovering(r, &replica);
         }
@@ -496,12 +488,16 @@ impl Simulator {
         };
         self.rot(&mut disk);
         let config = self.options.config.clone();
-        let base = self.beside[r as usize].base;
-        let opened = Store::open_at(disk, identity(&self.options, r), Vec::new(), base);
+        let opened = Store::open(disk, identity(&self.options, r), Vec::new());
         let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
         match opened {
-            Opened::Restart { state, entries, .. } => {
+            Opened::Restart {
+                state,
+                checkpoint,
+                entries,
+                ..
+            } => {
                 if state.view < self.announced[r as usize] {
                     self.deferred.get_or_insert(format!(
                         "replica {r} restarted in view {} below view {} it had sent messages in",
@@ -510,13 +506,15 @@ impl Simulator {
                 }
                 self.durable[r as usize] = state;
                 let root = root_checksum(config.cluster);
-                let log = match base {
-                    Some((op, checksum, timestamp)) => Log::at(op, checksum, timestamp),
-                    None => Log::new(root),
+                self.beside[r as usize].mirror = match &checkpoint {
+                    Some(c) => {
+                        let base = Log::at(c.op, c.checksum, c.timestamp);
+                        let after: Vec<_> = entries.iter().filter(|e| e.op > c.op).cloned().collect();
+                        Some(base.clone().extended(after).unwrap_or(base))
+                    }
+                    None => Log::new(root).extended(entries.clone()),
                 };
-                self.beside[r as usize].mirror = log.extended(entries.clone());
                 self.apps[r as usize] = App::default();
-                let checkpoint = self.beside[r as usize].checkpoint.clone();
                 let (replica, outputs) =
                     Replica::restart_from(config, r, state, checkpoint, entries).expect("a valid store");
                 self.replicas[r as usize] = Some(replica);
@@ -530,7 +528,6 @@ impl Simulator {
                 // The store emptied its log: the replica starts over from op 0.
                 self.beside[r as usize] = Beside {
                     mirror: Some(Log::new(root_checksum(config.cluster))),
-                    ..Beside::default()
                 };
                 self.apps[r as usize] = App::default();
                 let nonce = self.rng.next_u128();
@@ -662,45 +659,28 @@ impl Simulator {
                 self.crash_until_later(r);
                 return Ok(());
             }
-            let beside = &mut self.beside[r as usize];
-            if let Some(checkpoint) = beside.staged.take() {
-                beside.checkpoint = Some(checkpoint); // synced with the store
-            }
             self.deliver(r, output, executed)?;
         }
         Ok(())
     }
 
-    /// Disk mode: a checkpoint write. If the store's log goes on from the
-    /// checkpoint it is staged, durable at the next sync like the store's
-    /// writes; otherwise (a checkpoint installed by state sync beyond the
-    /// log) it is made durable at once and the store's log rebased at it.
+    /// Disk mode: a checkpoint write, staged in the store (which rebases
+    /// its log at a checkpoint that does not continue it, crash-atomically).
     /// Returns `false` if the replica crashed in the write path.
     fn stage_checkpoint(&mut self, r: ReplicaIndex, checkpoint: Arc<Checkpoint>) -> Result<bool, Violation> {
         let Some(store) = store_of(&mut self.storage[r as usize]) else {
             return Ok(true);
         };
-        let beside = &mut self.beside[r as usize];
-        let mirror = beside.mirror.as_mut().expect("a running store has a mirror");
-        if mirror.checksum_at(checkpoint.op) == Some(checkpoint.checksum) {
-            beside.staged = Some(checkpoint);
-            return Ok(true);
+        let mirror = self.beside[r as usize]
+            .mirror
+            .as_mut()
+            .expect("a running store has a mirror");
+        if mirror.checksum_at(checkpoint.op) != Some(checkpoint.checksum) {
+            *mirror = Log::at(checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
         }
-        if store.sync().is_err() {
-            self.crash_until_later(r);
-            return Ok(false);
-        }
-        // The checkpoint and the rebase are one atomic step here.
-        let armed = store.disk_mut().crash_after.take();
         store
-            .rebase(checkpoint.op)
-            .map_err(|e| format!("replica {r}: rebase: {e}"))?;
-        store.disk_mut().crash_after = armed;
-        let base = (checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
-        *mirror = Log::at(base.0, base.1, base.2);
-        beside.base = Some(base);
-        beside.staged = None;
-        beside.checkpoint = Some(checkpoint);
+            .stage(&Output::WriteCheckpoint(checkpoint))
+            .map_err(|e| format!("replica {r}: {e}"))?;
         Ok(true)
     }
 

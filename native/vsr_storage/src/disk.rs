@@ -6,11 +6,26 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// The two files of a store.
+/// The files of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Zone {
     Superblock,
     Wal,
+    /// The two checkpoint files: the superblock names the one holding the
+    /// durable checkpoint; a new one is written to the other.
+    CheckpointA,
+    CheckpointB,
+}
+
+impl Zone {
+    /// Checkpoint file `slot` (0 or 1).
+    pub fn checkpoint(slot: u8) -> Zone {
+        if slot == 0 {
+            Zone::CheckpointA
+        } else {
+            Zone::CheckpointB
+        }
+    }
 }
 
 /// Byte storage for a [`crate::Store`]. Writes need not be durable until
@@ -24,13 +39,14 @@ pub trait Disk {
     fn sync(&mut self, zone: Zone) -> io::Result<()>;
 }
 
-/// A store in a directory: `superblock` and `wal`. The directory is locked
+/// A store in a directory: `superblock`, `wal`, `checkpoint.a` and `checkpoint.b`. The directory is locked
 /// (an advisory `flock`) for as long as the value lives, so two replicas
 /// can never write one store.
 pub struct FileDisk {
     dir: PathBuf,
     superblock: File,
     wal: File,
+    checkpoints: [File; 2],
     /// Holds the lock.
     _lock: File,
 }
@@ -61,6 +77,7 @@ impl FileDisk {
         let disk = FileDisk {
             superblock: open("superblock")?,
             wal: open("wal")?,
+            checkpoints: [open("checkpoint.a")?, open("checkpoint.b")?],
             _lock: lock,
             dir: dir.to_path_buf(),
         };
@@ -77,6 +94,8 @@ impl FileDisk {
         match zone {
             Zone::Superblock => &self.superblock,
             Zone::Wal => &self.wal,
+            Zone::CheckpointA => &self.checkpoints[0],
+            Zone::CheckpointB => &self.checkpoints[1],
         }
     }
 }

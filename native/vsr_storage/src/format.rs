@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 
 /// Layout version of both files; a store written by another version is refused.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -56,6 +56,20 @@ pub struct Superblock {
     pub commit: Op,
     pub incarnations: Vec<u64>,
     pub recovering: bool,
+    /// The durable checkpoint, if any (format version 2).
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+/// Where the durable checkpoint is and how to verify it: its bytes
+/// (`vsr::Checkpoint::encode`) are the first `len` bytes of checkpoint file
+/// `slot` (0 = `checkpoint.a`, 1 = `checkpoint.b`), and their XXH3-128 is
+/// `digest` (= `Checkpoint::digest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub op: Op,
+    pub digest: u128,
+    pub len: u64,
+    pub slot: u8,
 }
 
 impl Superblock {
@@ -70,6 +84,7 @@ impl Superblock {
             commit: 0,
             incarnations: Vec::new(),
             recovering: false,
+            checkpoint: None,
         };
         superblock.set_state(&DurableState::default());
         superblock
@@ -134,7 +149,8 @@ impl Superblock {
         let sane = (1..=MAX_REPLICAS).contains(&count)
             && superblock.incarnations.len() == count
             && superblock.identity.replica < superblock.identity.replica_count
-            && superblock.log_view <= superblock.view;
+            && superblock.log_view <= superblock.view
+            && superblock.checkpoint.is_none_or(|c| c.slot < 2);
         sane.then_some(superblock)
     }
 
@@ -165,6 +181,9 @@ pub enum Record {
     Entry(Arc<Prepare>),
     /// Drop every entry after `after` (a view change replaced them).
     Truncate { after: Op },
+    /// Drop the whole log: it continues after `op`, whose entry had this
+    /// checksum and timestamp (a checkpoint installed by state sync).
+    Rebase { op: Op, checksum: u128, timestamp: u64 },
 }
 
 impl Record {
@@ -222,6 +241,10 @@ pub enum WalDamage {
 /// The log a write-ahead log holds, up to its first damage.
 #[derive(Clone, Debug)]
 pub struct WalScan {
+    /// The op the log starts after (0, or the last `Rebase` record's op),
+    /// and its checksum.
+    pub base: Op,
+    pub base_checksum: u128,
     pub entries: Vec<Arc<Prepare>>,
     /// Bytes of valid records before any damage.
     pub valid_len: u64,
@@ -233,8 +256,8 @@ pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
     scan_wal_from(vsr::log::Log::new(root), bytes)
 }
 
-/// [`scan_wal`] of a log that was rebased at a checkpoint: its records
-/// continue `log` (empty, starting after the checkpoint's op).
+/// [`scan_wal`] of records that continue `log`. A `Rebase` record
+/// replaces the log scanned so far with an empty one at its op.
 pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
     let mut log = log;
     let mut offset = 0;
@@ -262,6 +285,14 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 log.truncate_after(after);
                 true
             }
+            Record::Rebase {
+                op,
+                checksum,
+                timestamp,
+            } => {
+                log = vsr::log::Log::at(op, checksum, timestamp);
+                true
+            }
             // A valid record that does not fit: not something this store wrote.
             _ => false,
         };
@@ -273,6 +304,8 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
         offset += len;
     };
     WalScan {
+        base: log.base(),
+        base_checksum: log.checksum_at(log.base()).unwrap_or_default(),
         entries: log.entries().to_vec(),
         valid_len: offset as u64,
         damage,

@@ -5,10 +5,12 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use vsr::{root_checksum, DurableState, Op, Output, Prepare};
+use vsr::{checksum, root_checksum, Checkpoint, DurableState, Op, Output, Prepare};
 
 use crate::disk::{Disk, Zone};
-use crate::format::{current_superblock, scan_wal_from, Identity, Record, Superblock, WalDamage, SLOT_SIZE};
+use crate::format::{
+    current_superblock, scan_wal_from, CheckpointRef, Identity, Record, Superblock, WalDamage, SLOT_SIZE,
+};
 
 /// Why a store cannot be opened. The store is left as it was found.
 #[derive(Debug)]
@@ -64,10 +66,12 @@ impl From<io::Error> for StoreError {
 pub enum Opened {
     /// The store was empty and has been created: a fresh replica.
     Created,
-    /// Restart from what the store holds (`Replica::restart`). `torn` is
-    /// the offset of a torn tail that was cut off, if there was one.
+    /// Restart from what the store holds (`Replica::restart_from`, with
+    /// `checkpoint`). `torn` is the offset of a torn tail that was cut off,
+    /// if there was one.
     Restart {
         state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
         entries: Vec<Arc<Prepare>>,
         torn: Option<u64>,
     },
@@ -98,6 +102,20 @@ pub struct Store<D: Disk> {
     wal_pending: Vec<u8>,
     /// The op of the log once the staged records are written.
     op: Op,
+    /// The log's base `(op, checksum)` once the staged records are written,
+    /// and the checksums of its entries `base+1..=op`: whether a checkpoint
+    /// continues the log or needs a rebase.
+    base: (Op, u128),
+    checksums: Vec<u128>,
+    /// A checkpoint to make durable at the next sync.
+    checkpoint: Option<Arc<Checkpoint>>,
+    /// Its file is written and synced, not yet named by the superblock.
+    checkpoint_written: Option<CheckpointRef>,
+    /// The staged checkpoint does not continue the log: once it is durable,
+    /// a `Rebase` record starts the log over at it, followed by the records
+    /// in `after_rebase` (staged after it).
+    rebase: Option<(Op, u128, u64)>,
+    after_rebase: Vec<u8>,
     stats: StoreStats,
 }
 
@@ -115,22 +133,10 @@ impl<D: Disk> Store<D> {
     }
 
     /// Opens the store of replica `identity`, creating it (with `meta`) if
-    /// the disk is empty, and decides how the replica starts.
-    pub fn open(disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
-        Store::open_at(disk, identity, meta, None)
-    }
-
-    /// [`Store::open`] of a store whose log was rebased
-    /// ([`Store::rebase`]) after a checkpoint at `base = (op, checksum,
-    /// timestamp)`, which the host keeps beside the store: the log's records
-    /// continue from there. (The on-disk format is unchanged; where the
-    /// checkpoint itself is kept is the host's for now.)
-    pub fn open_at(
-        mut disk: D,
-        identity: Identity,
-        meta: Vec<u8>,
-        base: Option<(Op, u128, u64)>,
-    ) -> Result<(Store<D>, Opened), StoreError> {
+    /// the disk is empty, and decides how the replica starts: from the
+    /// durable checkpoint (verified against the superblock's digest) and
+    /// the log the write-ahead log holds.
+    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
         if meta.len() > crate::format::META_MAX || identity.group.len() > crate::format::GROUP_MAX {
             return Err(StoreError::TooLarge(
                 "the group name or host metadata is too large for a superblock".into(),
@@ -150,19 +156,27 @@ impl<D: Disk> Store<D> {
                 found: superblock.identity,
             });
         }
-        let wal = disk.read(Zone::Wal)?;
-        let log = match base {
-            None => vsr::log::Log::new(root_checksum(identity.cluster)),
-            Some((op, checksum, timestamp)) => vsr::log::Log::at(op, checksum, timestamp),
+        let checkpoint = match superblock.checkpoint {
+            None => Ok(None),
+            Some(r) => read_checkpoint(&mut disk, r)?
+                .map(|c| Some(Arc::new(c)))
+                .ok_or(r.op),
         };
-        let base_op = log.base();
-        let scan = scan_wal_from(log, &wal);
+        let wal = disk.read(Zone::Wal)?;
+        let scan = scan_wal_from(vsr::log::Log::new(root_checksum(identity.cluster)), &wal);
+        let base = (scan.base, scan.base_checksum);
         let mut store = Store {
             disk,
             state: None,
             wal_len: wal.len() as u64,
             wal_pending: Vec::new(),
-            op: base_op + scan.entries.len() as Op,
+            op: base.0 + scan.entries.len() as Op,
+            base,
+            checksums: scan.entries.iter().map(|e| e.checksum).collect(),
+            checkpoint: None,
+            checkpoint_written: None,
+            rebase: None,
+            after_rebase: Vec::new(),
             stats: StoreStats::default(),
             superblock,
         };
@@ -170,11 +184,14 @@ impl<D: Disk> Store<D> {
         if copies < 2 {
             // A torn update or bit rot left one copy of the newest state:
             // write it again, in two fresh copies, before relying on it.
-            store.write_superblock(state)?;
+            store.write_superblock(state, None)?;
         }
-        let lost = match scan.damage {
+        let lost = match (scan.damage, &checkpoint) {
             _ if state.recovering => Some("a recovery was interrupted".to_string()),
-            Some(WalDamage::Corrupt { offset }) => Some(format!(
+            (_, Err(op)) => Some(format!(
+                "the checkpoint at op {op} does not match its digest in the superblock"
+            )),
+            (Some(WalDamage::Corrupt { offset }), _) => Some(format!(
                 "the write-ahead log is corrupt at byte {offset}, before records that are intact"
             )),
             _ => None,
@@ -183,6 +200,18 @@ impl<D: Disk> Store<D> {
             store.begin_recovery()?;
             let state = store.superblock.state();
             return Ok((store, Opened::Recover { state, reason }));
+        }
+        let checkpoint = checkpoint.unwrap_or(None);
+        if let Some(c) = &checkpoint {
+            if store.checksum_at(c.op) != Some(c.checksum) {
+                // A crash came between naming an installed checkpoint and
+                // the `Rebase` record: the log starts over at it (the next
+                // sync writes the record).
+                store.rebase = Some((c.op, c.checksum, c.timestamp));
+                store.base = (c.op, c.checksum);
+                store.checksums.clear();
+                store.op = c.op;
+            }
         }
         let torn = match scan.damage {
             Some(WalDamage::Torn { offset }) => {
@@ -198,6 +227,7 @@ impl<D: Disk> Store<D> {
             store,
             Opened::Restart {
                 state,
+                checkpoint,
                 entries: scan.entries,
                 torn,
             },
@@ -205,6 +235,7 @@ impl<D: Disk> Store<D> {
     }
 
     fn create(disk: D, identity: Identity, meta: Vec<u8>) -> Result<Store<D>, StoreError> {
+        let identity_cluster = identity.cluster;
         let mut store = Store {
             disk,
             superblock: Superblock::new(identity, meta),
@@ -212,22 +243,32 @@ impl<D: Disk> Store<D> {
             wal_len: 0,
             wal_pending: Vec::new(),
             op: 0,
+            base: (0, root_checksum(identity_cluster)),
+            checksums: Vec::new(),
+            checkpoint: None,
+            checkpoint_written: None,
+            rebase: None,
+            after_rebase: Vec::new(),
             stats: StoreStats::default(),
         };
-        store.write_superblock(store.superblock.state())?;
+        store.write_superblock(store.superblock.state(), None)?;
         Ok(store)
     }
 
-    /// Records that the replica is recovering, then empties the log: a
-    /// crash at any point leaves a store that recovers again on restart.
+    /// Records that the replica is recovering (and drops the checkpoint:
+    /// the replica starts over from op 0), then empties the log: a crash at
+    /// any point leaves a store that recovers again on restart.
     fn begin_recovery(&mut self) -> io::Result<()> {
         let mut state = self.superblock.state();
         state.recovering = true;
-        self.write_superblock(state)?;
+        self.superblock.checkpoint = None;
+        self.write_superblock(state, None)?;
         self.disk.truncate(Zone::Wal, 0)?;
         self.disk.sync(Zone::Wal)?;
         self.wal_len = 0;
         self.op = 0;
+        self.base = (0, root_checksum(self.superblock.identity.cluster));
+        self.checksums.clear();
         Ok(())
     }
 
@@ -238,17 +279,24 @@ impl<D: Disk> Store<D> {
     pub fn stage(&mut self, output: &Output) -> Result<bool, String> {
         match output {
             Output::WriteLog { after, entries } => {
-                if *after > self.op {
+                if *after > self.op || *after < self.base.0 {
                     return Err(format!(
-                        "a write after op {after} to a log that ends at {}",
-                        self.op
+                        "a write after op {after} to a log of ops {}..={}",
+                        self.base.0, self.op
                     ));
                 }
+                let records = if self.rebase.is_some() {
+                    &mut self.after_rebase
+                } else {
+                    &mut self.wal_pending
+                };
                 if *after < self.op {
-                    Record::Truncate { after: *after }.encode_into(&mut self.wal_pending);
+                    Record::Truncate { after: *after }.encode_into(records);
+                    self.checksums.truncate((after - self.base.0) as usize);
                 }
                 for entry in entries {
-                    Record::Entry(entry.clone()).encode_into(&mut self.wal_pending);
+                    Record::Entry(entry.clone()).encode_into(records);
+                    self.checksums.push(entry.checksum);
                 }
                 self.op = after + entries.len() as Op;
                 Ok(true)
@@ -264,20 +312,36 @@ impl<D: Disk> Store<D> {
                 self.state = Some(state);
                 Ok(true)
             }
+            Output::WriteCheckpoint(checkpoint) => {
+                if self.checksum_at(checkpoint.op) != Some(checkpoint.checksum) {
+                    // Installed by state sync beyond (or off) the log: the
+                    // log starts over at it, once it is durable.
+                    self.rebase = Some((checkpoint.op, checkpoint.checksum, checkpoint.timestamp));
+                    self.after_rebase.clear();
+                    self.base = (checkpoint.op, checkpoint.checksum);
+                    self.checksums.clear();
+                    self.op = checkpoint.op;
+                }
+                self.checkpoint = Some(checkpoint.clone());
+                self.checkpoint_written = None;
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }
 
-    /// Empties the log, durably, so that it continues after `op` (a
-    /// checkpoint's, which the host must have made durable first and must
-    /// pass to [`Store::open_at`] from now on). Staged writes are synced first.
-    pub fn rebase(&mut self, op: Op) -> io::Result<()> {
-        self.sync()?;
-        self.disk.truncate(Zone::Wal, 0)?;
-        self.disk.sync(Zone::Wal)?;
-        self.wal_len = 0;
-        self.op = op;
-        Ok(())
+    /// The checksum of entry `op` in the log as staged, if it holds it.
+    fn checksum_at(&self, op: Op) -> Option<u128> {
+        if op == self.base.0 {
+            return Some(self.base.1);
+        }
+        let index = op.checked_sub(self.base.0 + 1)?;
+        self.checksums.get(index as usize).copied()
+    }
+
+    /// The durable checkpoint's op, 0 if none.
+    pub fn checkpoint_op(&self) -> Op {
+        self.superblock.checkpoint.map_or(0, |c| c.op)
     }
 
     /// The op the log reaches once the staged records are written.
@@ -287,14 +351,79 @@ impl<D: Disk> Store<D> {
 
     /// Whether staged writes wait for a sync.
     pub fn has_staged(&self) -> bool {
-        !self.wal_pending.is_empty() || self.state.is_some()
+        !self.wal_pending.is_empty()
+            || self.state.is_some()
+            || self.checkpoint.is_some()
+            || self.rebase.is_some()
     }
 
-    /// Makes every staged write durable: the log first, then the
-    /// superblock (so a superblock never names a log view whose entries
-    /// are not on disk). On error, what is staged stays staged and the
-    /// next call retries it; nothing durable is overwritten.
+    /// Makes every staged write durable: the log first, then a staged
+    /// checkpoint's file, then the superblock (so a superblock never names
+    /// a log view whose entries, or a checkpoint whose bytes, are not on
+    /// disk). A checkpoint that rebases the log is named by the superblock
+    /// before the `Rebase` record is written, and the state staged with it
+    /// is written only after the records that follow the rebase: a crash at
+    /// any point leaves the old store or the new one. On error, what is
+    /// not yet durable stays staged and the next call goes on from there;
+    /// nothing durable is overwritten.
     pub fn sync(&mut self) -> io::Result<()> {
+        self.write_wal()?;
+        if let Some(checkpoint) = &self.checkpoint {
+            let written = match self.checkpoint_written {
+                Some(written) => written,
+                None => {
+                    let bytes = checkpoint.encode();
+                    // The file the superblock does not name.
+                    let slot = self.superblock.checkpoint.map_or(0, |c| 1 - c.slot);
+                    let zone = Zone::checkpoint(slot);
+                    self.disk.truncate(zone, 0)?;
+                    self.disk.write(zone, 0, &bytes)?;
+                    self.disk.sync(zone)?;
+                    self.stats.syncs += 1;
+                    let written = CheckpointRef {
+                        op: checkpoint.op,
+                        digest: checksum(&bytes),
+                        len: bytes.len() as u64,
+                        slot,
+                    };
+                    self.checkpoint_written = Some(written);
+                    written
+                }
+            };
+            // With a rebase the staged state may describe records not yet
+            // written: the superblock switches checkpoints with the durable state.
+            let state = match (self.rebase, self.state) {
+                (None, Some(state)) => state,
+                _ => self.superblock.state(),
+            };
+            self.write_superblock(state, Some(written))?;
+            if self.rebase.is_none() {
+                self.state = None;
+            }
+            self.checkpoint = None;
+            self.checkpoint_written = None;
+        }
+        if let Some((op, checksum, timestamp)) = self.rebase {
+            let mut records = Vec::new();
+            Record::Rebase {
+                op,
+                checksum,
+                timestamp,
+            }
+            .encode_into(&mut records);
+            records.append(&mut self.after_rebase);
+            self.wal_pending = records;
+            self.rebase = None;
+            self.write_wal()?;
+        }
+        if let Some(state) = self.state {
+            self.write_superblock(state, None)?;
+            self.state = None;
+        }
+        Ok(())
+    }
+
+    fn write_wal(&mut self) -> io::Result<()> {
         if !self.wal_pending.is_empty() {
             self.disk.write(Zone::Wal, self.wal_len, &self.wal_pending)?;
             self.disk.sync(Zone::Wal)?;
@@ -303,19 +432,18 @@ impl<D: Disk> Store<D> {
             self.stats.syncs += 1;
             self.wal_pending.clear();
         }
-        if let Some(state) = self.state {
-            self.write_superblock(state)?;
-            self.state = None;
-        }
         Ok(())
     }
 
-    /// Writes `state` as the next superblock, in the two slots the previous
-    /// update did not use, and syncs.
-    fn write_superblock(&mut self, state: DurableState) -> io::Result<()> {
+    /// Writes `state` (and, if given, the checkpoint it names) as the next
+    /// superblock, in the two slots the previous update did not use, and syncs.
+    fn write_superblock(&mut self, state: DurableState, checkpoint: Option<CheckpointRef>) -> io::Result<()> {
         let mut next = self.superblock.clone();
         next.sequence += 1;
         next.set_state(&state);
+        if checkpoint.is_some() {
+            next.checkpoint = checkpoint;
+        }
         let bytes = next.encode().map_err(io::Error::other)?;
         for slot in Superblock::slots_of(next.sequence) {
             self.disk
@@ -347,6 +475,18 @@ impl<D: Disk> Store<D> {
     pub fn into_disk(self) -> D {
         self.disk
     }
+}
+
+/// The checkpoint `r` names, if its file holds it intact.
+fn read_checkpoint<D: Disk>(disk: &mut D, r: CheckpointRef) -> io::Result<Option<Checkpoint>> {
+    let file = disk.read(Zone::checkpoint(r.slot))?;
+    let Some(bytes) = usize::try_from(r.len).ok().and_then(|len| file.get(..len)) else {
+        return Ok(None);
+    };
+    if checksum(bytes) != r.digest {
+        return Ok(None);
+    }
+    Ok(Checkpoint::decode(bytes).filter(|c| c.op == r.op))
 }
 
 #[cfg(test)]
@@ -409,6 +549,174 @@ mod tests {
         store.stage(&Output::WriteState(durable)).unwrap();
         store.sync().unwrap();
         store
+    }
+
+    fn checkpoint_of(entry: &Prepare, app: u8) -> Arc<Checkpoint> {
+        Arc::new(Checkpoint {
+            op: entry.op,
+            checksum: entry.checksum,
+            timestamp: entry.timestamp,
+            clients: vec![],
+            app: Arc::new(vec![app; 300]),
+        })
+    }
+
+    fn restarted_from(opened: &Opened) -> (DurableState, Option<Arc<Checkpoint>>, Vec<Arc<Prepare>>) {
+        match opened {
+            Opened::Restart {
+                state,
+                checkpoint,
+                entries,
+                ..
+            } => (*state, checkpoint.clone(), entries.clone()),
+            other => panic!("expected a restart, got {other:?}"),
+        }
+    }
+
+    /// Crash cuts to try after the machine died `n` operations into a sync.
+    fn cuts() -> Vec<CrashCut> {
+        let mut cuts = Vec::new();
+        for kept in 0..4 {
+            for torn in [None, Some(0), Some(9), Some(100)] {
+                cuts.push(CrashCut { kept, torn });
+            }
+        }
+        cuts
+    }
+
+    #[test]
+    fn a_checkpoint_comes_back_and_a_crash_while_writing_it_leaves_the_old_or_the_new_store() {
+        let entries = chain(&[], 8, 0);
+        let checkpoint = checkpoint_of(&entries[3], 7);
+        for n in 0..12 {
+            for cut in cuts() {
+                let mut store = store_with(&entries[..6], state(0, 0, 6));
+                store
+                    .stage(&Output::WriteLog {
+                        after: 6,
+                        entries: entries[6..].to_vec(),
+                    })
+                    .unwrap();
+                store.stage(&Output::WriteCheckpoint(checkpoint.clone())).unwrap();
+                store.stage(&Output::WriteState(state(0, 0, 8))).unwrap();
+                store.disk.crash_after = Some(n);
+                let synced = store.sync().is_ok();
+                let mut disk = store.into_disk();
+                disk.crash(cut);
+                let (store, opened) = open(disk);
+                let (durable, stored, log) = restarted_from(&opened);
+                assert_eq!(log[..6], entries[..6], "n {n} {cut:?}");
+                match stored {
+                    Some(c) => {
+                        // The log is synced before the checkpoint is named.
+                        assert_eq!(c, checkpoint);
+                        assert_eq!(log, entries);
+                        assert_eq!(store.checkpoint_op(), 4);
+                    }
+                    None => {
+                        assert!(!synced);
+                        assert_eq!(durable, state(0, 0, 6));
+                    }
+                }
+                if synced {
+                    assert_eq!(durable, state(0, 0, 8));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_beyond_the_log_rebases_it_crash_atomically() {
+        let all = chain(&[], 14, 0);
+        let installed = checkpoint_of(&all[9], 9);
+        for n in 0..14 {
+            for cut in cuts() {
+                let mut store = store_with(&all[..6], state(0, 0, 6));
+                // A state sync installs op 10, then the replica repairs 11..=12.
+                store.stage(&Output::WriteCheckpoint(installed.clone())).unwrap();
+                store
+                    .stage(&Output::WriteLog {
+                        after: 10,
+                        entries: all[10..12].to_vec(),
+                    })
+                    .unwrap();
+                store.stage(&Output::WriteState(state(0, 0, 12))).unwrap();
+                assert_eq!(store.op(), 12);
+                store.disk.crash_after = Some(n);
+                let synced = store.sync().is_ok();
+                let mut disk = store.into_disk();
+                disk.crash(cut);
+                let (mut store, opened) = open(disk);
+                let (durable, stored, log) = restarted_from(&opened);
+                match stored {
+                    None => {
+                        // The old store, whole: nothing acknowledged is lost.
+                        assert!(!synced);
+                        assert_eq!(durable, state(0, 0, 6), "n {n} {cut:?}");
+                        assert_eq!(log, all[..6]);
+                    }
+                    Some(c) => {
+                        assert_eq!(c, installed);
+                        let after: Vec<_> = log.into_iter().filter(|e| e.op > 10).collect();
+                        assert!(after.is_empty() || after == all[10..12], "n {n} {cut:?}");
+                        if durable.commit == 12 {
+                            assert_eq!(after, all[10..12]);
+                        }
+                        // Appends continue from the rebased log.
+                        let next = if after.is_empty() { 10 } else { 12 };
+                        store
+                            .stage(&Output::WriteLog {
+                                after: next,
+                                entries: all[next as usize..14].to_vec(),
+                            })
+                            .unwrap();
+                        store.sync().unwrap();
+                        let (_, opened) = open(store.into_disk());
+                        let (_, c, log) = restarted_from(&opened);
+                        assert_eq!(c, Some(installed.clone()));
+                        assert_eq!(log, all[10..14]);
+                    }
+                }
+                if synced {
+                    assert_eq!(durable, state(0, 0, 12));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_checkpoint_goes_to_the_other_file_and_a_corrupt_one_means_recovery() {
+        let entries = chain(&[], 8, 0);
+        let mut store = store_with(&entries, state(0, 0, 8));
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[3], 1)))
+            .unwrap();
+        store.sync().unwrap();
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[7], 2)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(
+            store.superblock().checkpoint.map(|c| (c.op, c.slot)),
+            Some((8, 1))
+        );
+        let mut disk = store.into_disk();
+        assert!(disk.len(Zone::CheckpointA) > 0);
+        let (store, opened) = open(disk.clone());
+        assert_eq!(restarted_from(&opened).1.map(|c| c.op), Some(8));
+        drop(store);
+        disk.corrupt(Zone::CheckpointB, 40, 0x08);
+        let (mut store, opened) = open(disk);
+        match opened {
+            Opened::Recover { state, reason } => {
+                assert!(state.recovering);
+                assert!(reason.contains("checkpoint"), "{reason}");
+            }
+            other => panic!("expected a recovery, got {other:?}"),
+        }
+        assert_eq!(store.superblock().checkpoint, None);
+        assert_eq!(store.op(), 0);
+        store.sync().unwrap();
     }
 
     #[test]

@@ -1,0 +1,101 @@
+defmodule Visor.CheckpointTest do
+  # Checkpoints end to end on real nodes, with a checkpoint every 5 ops and
+  # small state-sync chunks: a disk-mode restart from the checkpoint, a
+  # wiped disk-mode replica and a restarted memory-mode one catching up by
+  # state sync. Not async: real nodes.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  @moduletag :tmp_dir
+  @checkpoint [checkpoint_every: 5, checkpoint_chunk_bytes: 64]
+
+  test "disk: a restart replays only the log after the checkpoint; a wiped replica syncs the state",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+
+    opts = fn node ->
+      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, "#{node}")] ++ @checkpoint
+    end
+
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    for i <- 1..23, do: assert(commit(Enum.at(nodes, rem(i, 3)), {:incr, i}) == i)
+
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.checkpoint >= 20 end)
+    end
+
+    :ok = Cluster.kill_nodes(nodes)
+    restart_all(nodes)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :restarted end)
+      status = Cluster.status(n, Counter)
+      # Restarted from the checkpoint: the log starts at it.
+      assert status.checkpoint >= 20 and status.log_base >= 20
+    end
+
+    assert commit(hd(nodes), {:incr, :after_restart}) == 24
+    converged(nodes, :erpc.call(hd(nodes), Counter, :get, []))
+
+    [wiped | others] = backups_first(nodes)
+    :ok = Cluster.kill_node(wiped, others)
+    File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
+    for i <- 25..36, do: assert(commit(hd(others), {:incr, i}) == i)
+    Cluster.restart_peer(wiped, others)
+    :ok = Cluster.start_group([wiped], Counter, opts)
+    assert Cluster.rejoined?(wiped, Counter)
+    Cluster.eventually(fn -> Cluster.status(wiped, Counter).status == :normal end, 15_000)
+    status = Cluster.status(wiped, Counter)
+    assert status.stats.checkpoints_installed >= 1
+    assert status.log_base > 0
+    assert commit(wiped, {:incr, :after_wipe}) == 37
+    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+    Cluster.eventually(fn -> Cluster.status(wiped, Counter).storage.checkpoint >= 30 end)
+  end
+
+  test "memory: a restarted replica rejoins from a checkpoint", %{tmp_dir: _} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    opts = [nodes: nodes] ++ @checkpoint
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    for i <- 1..23, do: assert(commit(Enum.at(nodes, rem(i, 3)), {:incr, i}) == i)
+
+    [victim | others] = backups_first(nodes)
+    :ok = Cluster.kill_node(victim, others)
+    for i <- 24..30, do: assert(commit(hd(others), {:incr, i}) == i)
+    Cluster.restart_peer(victim, others)
+    :ok = Cluster.start_group([victim], Counter, opts)
+    assert Cluster.rejoined?(victim, Counter)
+    Cluster.eventually(fn -> Cluster.status(victim, Counter).status == :normal end, 15_000)
+    status = Cluster.status(victim, Counter)
+    assert status.stats.checkpoints_installed >= 1
+    assert status.checkpoint >= 20 and status.log_base > 0
+    assert commit(victim, {:incr, :after_rejoin}) == 31
+    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+  end
+
+  defp commit(node, command),
+    do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
+
+  defp restart_all(nodes) do
+    Enum.reduce(nodes, [], fn n, up ->
+      Cluster.restart_peer(n, up)
+      [n | up]
+    end)
+  end
+
+  defp backups_first(nodes) do
+    primary = Cluster.primary(hd(nodes), Counter)
+    (nodes -- [primary]) ++ [primary]
+  end
+
+  defp converged(nodes, expected) do
+    for n <- nodes do
+      Cluster.eventually(
+        fn -> :erpc.call(n, Counter, :get, [[consistency: :local]]) == expected end,
+        10_000
+      )
+    end
+  end
+end
