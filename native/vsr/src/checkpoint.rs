@@ -39,10 +39,22 @@ pub const CHECKPOINT_MAX: u64 = 1 << 30;
 const PENDING_MAX: usize = 4;
 /// Own checkpoint digests remembered for the divergence check.
 const DIGESTS_MAX: usize = 16;
-/// Chunks sent in answer to one request: a sync takes a few round trips
-/// however small the chunks, so it finishes before the next checkpoints
-/// replace the one being sent.
+/// Most chunks sent in answer to one request: a sync takes a few round
+/// trips however small the chunks, so it finishes before the next
+/// checkpoints replace the one being sent.
 pub const CHUNK_WINDOW: u64 = 64;
+/// Most bytes sent in answer to one request. A host may drop messages
+/// sent in a burst (Visor's server sends with `:nosuspend`, and Erlang
+/// distribution refuses a message once about 1 MB is queued), so a window
+/// of large chunks must stay about one chunk: with 64 chunks of 1 MiB, a
+/// 100 MB state sync lost most of every window and crawled on resends
+/// (bench-catchup never finished).
+pub const WINDOW_BYTES: u64 = 1 << 20;
+
+/// Chunks per request for chunks of `chunk` bytes: at least one.
+pub fn window_chunks(chunk: u64) -> u64 {
+    (WINDOW_BYTES / chunk.max(1)).clamp(1, CHUNK_WINDOW)
+}
 
 /// The replicated state after executing op `op`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +283,10 @@ impl Replica {
             .find(|h| h.checkpoint.op == op)
             .cloned();
         match asked {
-            Some(held) => self.send_chunks(from, &held, offset, CHUNK_WINDOW),
+            Some(held) => {
+                let window = window_chunks(self.config.checkpoint_chunk_bytes as u64);
+                self.send_chunks(from, &held, offset, window)
+            }
             None => self.send_checkpoint(from),
         }
     }
@@ -309,7 +324,7 @@ impl Replica {
                     total,
                     bytes: Vec::new(),
                     ahead: BTreeMap::new(),
-                    want_until: CHUNK_WINDOW * chunk,
+                    want_until: window_chunks(chunk) * chunk,
                     from,
                     last_request: None,
                     last_progress: self.ticks,
@@ -365,7 +380,7 @@ impl Replica {
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
         let (to, op, offset) = (sync.from, sync.op, sync.bytes.len() as u64);
-        sync.want_until = offset + CHUNK_WINDOW * chunk;
+        sync.want_until = offset + window_chunks(chunk) * chunk;
         self.send(to, &Message::RequestCheckpoint { op, offset });
     }
 
