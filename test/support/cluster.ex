@@ -11,6 +11,7 @@ defmodule Visor.Test.Cluster do
   """
 
   import ExUnit.Callbacks, only: [on_exit: 1]
+  require ExUnit.Assertions
 
   # A loaded 2-core CI machine can take seconds to boot a VM.
   @boot_timeout 30_000
@@ -247,6 +248,46 @@ defmodule Visor.Test.Cluster do
     on_exit(fn -> stop_peer(peer) end)
     mesh!([node | others])
     {pid, node}
+  end
+
+  @doc """
+  Restarts the killed `nodes` (`restart_peer/2`) one after another, each
+  connected to those restarted before it.
+  """
+  def restart_all(nodes) do
+    Enum.reduce(nodes, [], fn n, up ->
+      restart_peer(n, up)
+      [n | up]
+    end)
+  end
+
+  @doc """
+  Restarts the killed `node` (`restart_peer/2`) and its group of `module`:
+  asserts that the replica rejoins (recovering, never fresh), waits until
+  it is normal and returns its status.
+  """
+  def rejoin(node, others, module, opts) do
+    restart_peer(node, others)
+    :ok = start_group([node], module, opts)
+    ExUnit.Assertions.assert(rejoined?(node, module))
+    eventually(fn -> status(node, module).status == :normal end, 15_000)
+    status(node, module)
+  end
+
+  @doc "The members of `module`'s group, backups first (a backup's kill costs no view change)."
+  def backups_first(nodes, module) do
+    primary = primary(hd(nodes), module)
+    (nodes -- [primary]) ++ [primary]
+  end
+
+  @doc "Waits until every node's local state of `module` is `expected`."
+  def converged(nodes, module, expected, timeout \\ 5_000) do
+    for node <- nodes do
+      eventually(
+        fn -> :erpc.call(node, Visor, :get, [module, [consistency: :local]]) == expected end,
+        timeout
+      )
+    end
   end
 
   # random_name/1 embeds the OS pid and a counter, so concurrent test runs

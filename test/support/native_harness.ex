@@ -115,6 +115,17 @@ defmodule Visor.NativeTest.Harness do
     {c, session}
   end
 
+  @doc """
+  Submits request `request` of `client` through replica `via`, waits for
+  its reply and asserts it executed; returns `{c, op}`.
+  """
+  def commit(c, via, client, session, request, payload) do
+    :ok = Native.submit(c.engines[via], client, session, request, payload)
+    c = pump(c, &replied?(&1, via, client, request))
+    {:reply, ^client, ^request, op, :executed} = reply(c, via, client, request)
+    {c, op}
+  end
+
   # Engine state settles within milliseconds; two seconds is generous.
   def wait_until(fun), do: Visor.Test.Cluster.eventually(fun, 2_000)
 

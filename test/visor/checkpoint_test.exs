@@ -26,7 +26,7 @@ defmodule Visor.CheckpointTest do
     end
 
     :ok = Cluster.kill_nodes(nodes)
-    restart_all(nodes)
+    Cluster.restart_all(nodes)
     :ok = Cluster.start_group(nodes, Counter, opts)
 
     for n <- nodes do
@@ -37,21 +37,17 @@ defmodule Visor.CheckpointTest do
     end
 
     assert commit(hd(nodes), {:incr, :after_restart}) == 24
-    converged(nodes, :erpc.call(hd(nodes), Counter, :get, []))
+    Cluster.converged(nodes, Counter, :erpc.call(hd(nodes), Counter, :get, []), 10_000)
 
-    [wiped | others] = backups_first(nodes)
+    [wiped | others] = Cluster.backups_first(nodes, Counter)
     :ok = Cluster.kill_node(wiped, others)
     File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
     for i <- 25..36, do: assert(commit(hd(others), {:incr, i}) == i)
-    Cluster.restart_peer(wiped, others)
-    :ok = Cluster.start_group([wiped], Counter, opts)
-    assert Cluster.rejoined?(wiped, Counter)
-    Cluster.eventually(fn -> Cluster.status(wiped, Counter).status == :normal end, 15_000)
-    status = Cluster.status(wiped, Counter)
+    status = Cluster.rejoin(wiped, others, Counter, opts)
     assert status.stats.checkpoints_installed >= 1
     assert status.log_base > 0
     assert commit(wiped, {:incr, :after_wipe}) == 37
-    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+    Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
     Cluster.eventually(fn -> Cluster.status(wiped, Counter).storage.checkpoint >= 30 end)
   end
 
@@ -61,41 +57,16 @@ defmodule Visor.CheckpointTest do
     :ok = Cluster.start_group(nodes, Counter, opts)
     for i <- 1..23, do: assert(commit(Enum.at(nodes, rem(i, 3)), {:incr, i}) == i)
 
-    [victim | others] = backups_first(nodes)
+    [victim | others] = Cluster.backups_first(nodes, Counter)
     :ok = Cluster.kill_node(victim, others)
     for i <- 24..30, do: assert(commit(hd(others), {:incr, i}) == i)
-    Cluster.restart_peer(victim, others)
-    :ok = Cluster.start_group([victim], Counter, opts)
-    assert Cluster.rejoined?(victim, Counter)
-    Cluster.eventually(fn -> Cluster.status(victim, Counter).status == :normal end, 15_000)
-    status = Cluster.status(victim, Counter)
+    status = Cluster.rejoin(victim, others, Counter, opts)
     assert status.stats.checkpoints_installed >= 1
     assert status.checkpoint >= 20 and status.log_base > 0
     assert commit(victim, {:incr, :after_rejoin}) == 31
-    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+    Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
   end
 
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
-
-  defp restart_all(nodes) do
-    Enum.reduce(nodes, [], fn n, up ->
-      Cluster.restart_peer(n, up)
-      [n | up]
-    end)
-  end
-
-  defp backups_first(nodes) do
-    primary = Cluster.primary(hd(nodes), Counter)
-    (nodes -- [primary]) ++ [primary]
-  end
-
-  defp converged(nodes, expected) do
-    for n <- nodes do
-      Cluster.eventually(
-        fn -> :erpc.call(n, Counter, :get, [[consistency: :local]]) == expected end,
-        10_000
-      )
-    end
-  end
 end

@@ -36,7 +36,7 @@ defmodule Visor.DiskTest do
     # Each restarts from its own disk, without waiting for the others: two
     # of the three (a quorum) serve before the third is back.
     [first, second, third] = nodes
-    restart_all([first, second])
+    Cluster.restart_all([first, second])
     :ok = Cluster.start_group([first, second], Counter, opts)
     assert is_integer(commit(first, {:incr, {:after_restart, first}}))
 
@@ -65,11 +65,11 @@ defmodule Visor.DiskTest do
       assert length(ids) <= 2, "#{inspect(caller)} had #{length(ids)} unacknowledged increments"
     end
 
-    converged(nodes, final)
+    Cluster.converged(nodes, Counter, final, 10_000)
 
     # A corrupted log: one byte flipped in the middle of a node's WAL while
     # it is down. It recovers from its peers and converges.
-    [victim | others] = backups_first(nodes)
+    [victim | others] = Cluster.backups_first(nodes, Counter)
     :ok = Cluster.kill_node(victim, others)
     for i <- 1..5, do: assert(is_integer(commit(hd(others), {:incr, {:while_down, i}})))
     wal = Path.join(store_dir(tmp, victim), "wal")
@@ -82,28 +82,24 @@ defmodule Visor.DiskTest do
     Cluster.eventually(fn -> Cluster.status(victim, Counter).storage.opened == :recovering end)
     Cluster.eventually(fn -> Cluster.status(victim, Counter).status == :normal end, 15_000)
     assert is_integer(commit(victim, {:incr, :after_corruption}))
-    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+    Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
 
     # A wiped data_dir: the node restarted with nothing; it rejoins (it
     # must not start as a fresh replica) and recovers.
-    [wiped | others] = backups_first(nodes) -- [victim]
+    [wiped | others] = Cluster.backups_first(nodes, Counter) -- [victim]
     others = others ++ [victim]
     :ok = Cluster.kill_node(wiped, others)
     File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
     assert is_integer(commit(hd(others), {:incr, :while_wiped}))
 
-    Cluster.restart_peer(wiped, others)
-    :ok = Cluster.start_group([wiped], Counter, opts)
-    assert Cluster.rejoined?(wiped, Counter)
-    Cluster.eventually(fn -> Cluster.status(wiped, Counter).status == :normal end, 15_000)
-    assert Cluster.status(wiped, Counter).storage.opened == :created
+    assert Cluster.rejoin(wiped, others, Counter, opts).storage.opened == :created
     assert is_integer(commit(wiped, {:incr, :after_wipe}))
 
     final = :erpc.call(wiped, Counter, :get, [])
     assert_exactly_once(final, acks)
     assert final.count == MapSet.size(final.applied)
     assert final.count == map_size(acks) + length(theirs) + 3 + 5 + 1 + 1 + 1
-    converged(nodes, final)
+    Cluster.converged(nodes, Counter, final, 10_000)
   end
 
   test "cluster_size: every node killed and restarted keeps the same cluster; a wiped node rejoins it",
@@ -115,7 +111,7 @@ defmodule Visor.DiskTest do
     for {n, i} <- Enum.with_index(nodes), do: assert(commit(n, {:incr, i}) == i + 1)
 
     :ok = Cluster.kill_nodes(nodes)
-    restart_all(nodes)
+    Cluster.restart_all(nodes)
     :ok = Cluster.start_group(nodes, Counter, opts)
 
     # The store, not a new discovery, decides the cluster: the same id.
@@ -126,16 +122,12 @@ defmodule Visor.DiskTest do
 
     assert commit(List.last(nodes), {:incr, :after}) == 4
 
-    [wiped | others] = backups_first(nodes)
+    [wiped | others] = Cluster.backups_first(nodes, Counter)
     :ok = Cluster.kill_node(wiped, others)
     File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
-    Cluster.restart_peer(wiped, others)
-    :ok = Cluster.start_group([wiped], Counter, opts)
-    assert Cluster.rejoined?(wiped, Counter)
-    Cluster.eventually(fn -> Cluster.status(wiped, Counter).status == :normal end, 15_000)
-    assert Cluster.status(wiped, Counter).cluster == cluster
+    assert Cluster.rejoin(wiped, others, Counter, opts).cluster == cluster
     assert commit(wiped, {:incr, :after_wipe}) == 5
-    converged(nodes, :erpc.call(hd(others), Counter, :get, []))
+    Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
   end
 
   test "a data_dir of another group, member list or node is refused, and left as it was",
@@ -221,20 +213,6 @@ defmodule Visor.DiskTest do
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
 
-  # Starts new VMs under the names of the killed `nodes`, one after another.
-  defp restart_all(nodes) do
-    Enum.reduce(nodes, [], fn n, up ->
-      Cluster.restart_peer(n, up)
-      [n | up]
-    end)
-  end
-
-  # The nodes, backups first (a backup's kill costs no view change).
-  defp backups_first(nodes) do
-    primary = Cluster.primary(hd(nodes), Counter)
-    (nodes -- [primary]) ++ [primary]
-  end
-
   # Opens the store with an engine owned by a process on `node` that exits
   # after 1 s (and so releases it); returns once the engine holds it. The
   # stopped group's engine may still hold it for a moment: then again.
@@ -273,14 +251,5 @@ defmodule Visor.DiskTest do
              result
 
     message
-  end
-
-  defp converged(nodes, expected) do
-    for n <- nodes do
-      Cluster.eventually(
-        fn -> :erpc.call(n, Counter, :get, [[consistency: :local]]) == expected end,
-        10_000
-      )
-    end
   end
 end

@@ -12,13 +12,6 @@ defmodule Visor.NativeDiskTest do
   defp disk(dir, i, meta \\ "members"),
     do: %{data_dir: Path.join(dir, "r#{i}"), group: "Elixir.Counter", meta: meta}
 
-  defp commit(c, via, client, session, request, payload) do
-    :ok = Native.submit(c.engines[via], client, session, request, payload)
-    c = pump(c, &replied?(&1, via, client, request))
-    {:reply, ^client, ^request, op, :executed} = reply(c, via, client, request)
-    {c, op}
-  end
-
   # stop/1 returns at once; the engine thread drops the store, and with it
   # the directory's lock, a moment later. Until then a new start is refused
   # as "in use": wait for every lock to be free.

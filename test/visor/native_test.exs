@@ -163,9 +163,7 @@ defmodule Visor.NativeTest do
     # Replica 1 is a backup in view 0: it forwards to the primary, replica 0.
     {c, session} = register(c, 1, client)
 
-    :ok = Native.submit(c.engines[1], client, session, 1, "first")
-    c = pump(c, &replied?(&1, 1, client, 1))
-    {:reply, ^client, 1, op, :executed} = reply(c, 1, client, 1)
+    {c, op} = commit(c, 1, client, session, 1, "first")
     assert op == session + 1
 
     :ok = Native.submit(c.engines[1], client, session, 2, "second")
@@ -197,9 +195,7 @@ defmodule Visor.NativeTest do
     on_exit(fn -> stop_cluster(c) end)
     client = client_id()
     {c, session} = register(c, 1, client)
-    :ok = Native.submit(c.engines[1], client, session, 1, "written")
-    c = pump(c, &replied?(&1, 1, client, 1))
-    {:reply, ^client, 1, op, :executed} = reply(c, 1, client, 1)
+    {c, op} = commit(c, 1, client, session, 1, "written")
 
     assert_raise ArgumentError, ~r/read id/, fn -> Native.read(c.engines[2], -1) end
     :ok = Native.read(c.engines[2], 42)

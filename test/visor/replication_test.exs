@@ -14,13 +14,6 @@ defmodule Visor.ReplicationTest do
 
   defp on(node, fun, args), do: :erpc.call(node, Visor, fun, args, 30_000)
 
-  # Every replica's local state, once all of them hold `expected`.
-  defp converged(nodes, module, expected) do
-    for node <- nodes do
-      Cluster.eventually(fn -> on(node, :get, [module, [consistency: :local]]) == expected end)
-    end
-  end
-
   test "the README's Cache: commit, get and get_in from every node", %{nodes: nodes} do
     for {node, i} <- Enum.with_index(nodes) do
       user = :"user#{i}"
@@ -42,7 +35,7 @@ defmodule Visor.ReplicationTest do
       assert :erpc.call(node, Cache, :get_in, [[:nobody, :email]]) == nil
     end
 
-    converged(nodes, Cache, expected)
+    Cluster.converged(nodes, Cache, expected)
 
     for node <- nodes do
       assert :erpc.call(node, Cache, :get_in, [[:user2], [consistency: :local]]) ==
@@ -82,7 +75,7 @@ defmodule Visor.ReplicationTest do
     last = List.last(metas)
     state = on(hd(nodes), :get, [Counter])
     assert {state.last_op, state.last_timestamp} == {last.op, last.timestamp}
-    converged(nodes, Counter, state)
+    Cluster.converged(nodes, Counter, state)
   end
 
   test "a failing handle_commit changes no replica's state and names the failure",
@@ -102,7 +95,7 @@ defmodule Visor.ReplicationTest do
     # The log moved on (each failure took an op) but the state did not; the
     # servers are alive and serve the next command.
     assert on(b, :get, [Counter]) == before
-    converged(nodes, Counter, before)
+    Cluster.converged(nodes, Counter, before)
     assert on(c, :commit, [Counter, {:incr, :after_failures}]) == before.count + 1
   end
 
