@@ -124,15 +124,9 @@ impl Disk for FileDisk {
 /// The current superblock of the store in `dir`, read without creating or
 /// locking anything: `Ok(None)` when there is no store there yet.
 pub fn probe_dir(dir: &Path) -> Result<Option<crate::Superblock>, crate::StoreError> {
-    let bytes = match std::fs::read(dir.join("superblock")) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if bytes.is_empty() {
-        return Ok(None);
+    match std::fs::read(dir.join("superblock")) {
+        Ok(bytes) => crate::store::superblock_in(&bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    crate::format::current_superblock(&bytes)
-        .map(|(superblock, _)| Some(superblock))
-        .ok_or(crate::StoreError::NoSuperblock)
 }

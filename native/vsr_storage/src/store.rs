@@ -119,17 +119,22 @@ pub struct Store<D: Disk> {
     stats: StoreStats,
 }
 
+/// The current superblock in the bytes of a superblock file: `None` for an
+/// empty file (no store yet), an error if no copy is valid.
+pub fn superblock_in(file: &[u8]) -> Result<Option<Superblock>, StoreError> {
+    if file.is_empty() {
+        return Ok(None);
+    }
+    current_superblock(file)
+        .map(|(superblock, _)| Some(superblock))
+        .ok_or(StoreError::NoSuperblock)
+}
+
 impl<D: Disk> Store<D> {
     /// The superblock of the store on `disk`, without opening it: `None`
     /// for an empty store.
     pub fn probe(disk: &mut D) -> Result<Option<Superblock>, StoreError> {
-        let file = disk.read(Zone::Superblock)?;
-        if file.is_empty() {
-            return Ok(None);
-        }
-        current_superblock(&file)
-            .map(|(superblock, _)| Some(superblock))
-            .ok_or(StoreError::NoSuperblock)
+        superblock_in(&disk.read(Zone::Superblock)?)
     }
 
     /// Opens the store of replica `identity`, creating it (with `meta`) if
