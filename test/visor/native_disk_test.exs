@@ -96,7 +96,7 @@ defmodule Visor.NativeDiskTest do
     c = start_group(cluster_id(), 1, &disk(dir, &1))
     c = pump(c, &(&1.storage[0] != []))
     wait_stopped(c, dir)
-    files = for f <- ["superblock", "wal"], do: File.read!(Path.join([dir, "r0", f]))
+    files = for f <- ["superblock", "wal.a"], do: File.read!(Path.join([dir, "r0", f]))
 
     for extra <- [%{}, %{group: "Elixir.Other"}] do
       {:ok, engine} =
@@ -107,7 +107,7 @@ defmodule Visor.NativeDiskTest do
       assert Native.status(engine).status == :failed
     end
 
-    assert files == for(f <- ["superblock", "wal"], do: File.read!(Path.join([dir, "r0", f])))
+    assert files == for(f <- ["superblock", "wal.a"], do: File.read!(Path.join([dir, "r0", f])))
   end
 
   test "two groups cannot share a data_dir", %{tmp_dir: dir} do

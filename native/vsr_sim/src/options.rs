@@ -55,6 +55,9 @@ pub struct Options {
     /// A deliberately broken host for the divergence check's self-test:
     /// this replica's host serialises a state that differs from the others'.
     pub lying_host: Option<u8>,
+    /// Disk mode: the stores compact their WAL once this many bytes are
+    /// dead (`Store::set_compaction_bytes`); small, so seeds compact often.
+    pub compaction_bytes: u64,
 }
 
 impl Options {
@@ -76,6 +79,7 @@ impl Options {
             amnesia: false,
             torn_crash_probability: 0.0,
             corruption_probability: 0.0,
+            compaction_bytes: vsr_storage::store::DEFAULT_COMPACTION_BYTES,
             send_before_sync: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
@@ -150,6 +154,12 @@ impl Options {
         c.checkpoint_interval = if rng.chance(0.25) { 0 } else { rng.range(3, 64) };
         c.checkpoint_chunk_bytes = rng.range(16, 512) as usize;
         options.snapshot_delay_max = rng.range(0, 50);
+        // WAL compaction: from every checkpoint on to never. Drawn last.
+        options.compaction_bytes = if rng.chance(0.2) {
+            u64::MAX
+        } else {
+            rng.range(1, 16_384)
+        };
         options
     }
 

@@ -80,6 +80,8 @@ pub struct Report {
     pub messages_dropped: u64,
     pub rejected_bytes: u64,
     pub checkpoints_installed: u64,
+    /// WAL compactions completed by the stores (disk mode).
+    pub compactions: u64,
 }
 
 pub struct Simulator {
@@ -114,6 +116,8 @@ pub struct Simulator {
     pub reads: HashMap<(ReplicaIndex, u64), u64>,
     next_read: u64,
     crashes: u64,
+    /// Compactions of stores that have since crashed.
+    compactions: u64,
     /// Print the cluster's state every this many ticks (0: never).
     pub trace_every: u64,
     /// Each replica's host application state.
@@ -146,7 +150,10 @@ impl Simulator {
                 }
                 let identity = identity(&options, r as ReplicaIndex);
                 match Store::open(MemDisk::default(), identity, Vec::new()) {
-                    Ok((store, Opened::Created)) => Storage::Running(Box::new(store)),
+                    Ok((mut store, Opened::Created)) => {
+                        store.set_compaction_bytes(options.compaction_bytes);
+                        Storage::Running(Box::new(store))
+                    }
                     _ => panic!("a new store on an empty disk"),
                 }
             })
@@ -170,6 +177,7 @@ impl Simulator {
             rng,
             tick: 0,
             crashes: 0,
+            compactions: 0,
             trace_every: 0,
             apps: vec![App::default(); n],
             snapshots: vec![Vec::new(); n],
@@ -236,6 +244,15 @@ impl Simulator {
             messages_dropped: self.network.dropped,
             rejected_bytes: self.rejected(),
             checkpoints_installed: self.installed,
+            compactions: self.compactions
+                + self
+                    .storage
+                    .iter()
+                    .map(|s| match s {
+                        Storage::Running(store) => store.stats().compactions,
+                        _ => 0,
+                    })
+                    .sum::<u64>(),
         }
     }
 
@@ -310,8 +327,11 @@ impl Simulator {
                         Some(store) if in_write_path => {
                             // Crash at one of the next few disk operations
                             // (the write path is: WAL write, WAL sync, two
-                            // superblock copies, superblock sync).
-                            store.disk_mut().crash_after = Some(self.rng.range(0, 5) as usize);
+                            // superblock copies, superblock sync; a
+                            // compaction adds a truncate, a write, a sync
+                            // and another superblock update).
+                            let ops = if self.rng.chance(0.5) { 5 } else { 12 };
+                            store.disk_mut().crash_after = Some(self.rng.range(0, ops) as usize);
                             self.armed[r] = true;
                         }
                         _ => self.crash_until_later(r as ReplicaIndex),
@@ -407,6 +427,7 @@ impl Simulator {
         self.apps[r as usize] = App::default();
         self.beside[r as usize].mirror = None;
         if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
+            self.compactions += store.stats().compactions;
             let mut disk = store.into_disk();
             let unsynced = disk.unsynced();
             let cut = CrashCut {
@@ -453,7 +474,9 @@ impl Simulator {
             Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
         if !matches!(self.storage[r as usize], Storage::None) {
             let identity = identity(&self.options, r);
-            let (store, _) = Store::open(MemDisk::default(), identity, Vec::new()).expect("an empty disk");
+            let (mut store, _) =
+                Store::open(MemDisk::default(), identity, Vec::new()).expect("an empty disk");
+            store.set_compaction_bytes(self.options.compaction_bytes);
             self.storage[r as usize] = Storage::Running(Box::new(store));
             self.durable[r as usize] = DurableState::default();
             self.beside[r as usize] = Beside {
@@ -489,7 +512,9 @@ impl Simulator {
         self.rot(&mut disk);
         let config = self.options.config.clone();
         let opened = Store::open(disk, identity(&self.options, r), Vec::new());
-        let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        let (mut store, opened) =
+            opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        store.set_compaction_bytes(self.options.compaction_bytes);
         self.storage[r as usize] = Storage::Running(Box::new(store));
         match opened {
             Opened::Restart {
@@ -555,7 +580,7 @@ impl Simulator {
         if self.rng.chance(0.5) && records.len() > 1 && self.recovering_or_will() < n - vsr::quorum(n) {
             let (offset, len) = records[self.rng.range(0, records.len() as u64 - 2) as usize];
             let byte = offset + self.rng.range(0, len as u64 - 1) as usize;
-            disk.corrupt(Zone::Wal, byte, self.rng.range(1, 255) as u8);
+            disk.corrupt(disk.wal_zone(), byte, self.rng.range(1, 255) as u8);
         } else {
             let slot = self.rng.range(0, 3) as usize;
             if disk.superblock_survives_losing(slot) {

@@ -1,5 +1,5 @@
-//! Where a store's bytes live: the [`Disk`] trait, and [`FileDisk`], two
-//! files in a directory.
+//! Where a store's bytes live: the [`Disk`] trait, and [`FileDisk`], the
+//! store's files in a directory.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Zone {
     Superblock,
-    Wal,
+    /// The two write-ahead log files: the superblock names the one holding
+    /// the log; compaction writes the live log to the other.
+    WalA,
+    WalB,
     /// The two checkpoint files: the superblock names the one holding the
     /// durable checkpoint; a new one is written to the other.
     CheckpointA,
@@ -18,6 +21,15 @@ pub enum Zone {
 }
 
 impl Zone {
+    /// WAL file `slot` (0 or 1).
+    pub fn wal(slot: u8) -> Zone {
+        if slot == 0 {
+            Zone::WalA
+        } else {
+            Zone::WalB
+        }
+    }
+
     /// Checkpoint file `slot` (0 or 1).
     pub fn checkpoint(slot: u8) -> Zone {
         if slot == 0 {
@@ -33,19 +45,22 @@ impl Zone {
 pub trait Disk {
     /// The whole zone.
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>>;
+    /// `len` bytes of the zone from `offset`: an error if it is shorter.
+    fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()>;
     fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()>;
     /// Makes every write to `zone` so far durable (`fdatasync`).
     fn sync(&mut self, zone: Zone) -> io::Result<()>;
 }
 
-/// A store in a directory: `superblock`, `wal`, `checkpoint.a` and `checkpoint.b`. The directory is locked
+/// A store in a directory: `superblock`, `wal.a`, `wal.b`, `checkpoint.a`
+/// and `checkpoint.b`. The directory is locked
 /// (an advisory `flock`) for as long as the value lives, so two replicas
 /// can never write one store.
 pub struct FileDisk {
     dir: PathBuf,
     superblock: File,
-    wal: File,
+    wals: [File; 2],
     checkpoints: [File; 2],
     /// Holds the lock.
     _lock: File,
@@ -76,7 +91,7 @@ impl FileDisk {
         };
         let disk = FileDisk {
             superblock: open("superblock")?,
-            wal: open("wal")?,
+            wals: [open("wal.a")?, open("wal.b")?],
             checkpoints: [open("checkpoint.a")?, open("checkpoint.b")?],
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -93,7 +108,8 @@ impl FileDisk {
     fn file(&self, zone: Zone) -> &File {
         match zone {
             Zone::Superblock => &self.superblock,
-            Zone::Wal => &self.wal,
+            Zone::WalA => &self.wals[0],
+            Zone::WalB => &self.wals[1],
             Zone::CheckpointA => &self.checkpoints[0],
             Zone::CheckpointB => &self.checkpoints[1],
         }
@@ -105,6 +121,12 @@ impl Disk for FileDisk {
         let file = self.file(zone);
         let mut bytes = vec![0; file.metadata()?.len() as usize];
         file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+
+    fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0; len];
+        self.file(zone).read_exact_at(&mut bytes, offset)?;
         Ok(bytes)
     }
 

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 
-/// Layout version of both files; a store written by another version is refused.
-pub const FORMAT_VERSION: u16 = 2;
+/// Layout version of the store's files; a store written by another version
+/// is refused (version 1 had no checkpoints, version 2 one WAL file that
+/// was never compacted).
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -58,6 +60,10 @@ pub struct Superblock {
     pub recovering: bool,
     /// The durable checkpoint, if any (format version 2).
     pub checkpoint: Option<CheckpointRef>,
+    /// The WAL file holding the log: 0 = `wal.a`, 1 = `wal.b` (format
+    /// version 3). Compaction writes the live log to the other file, then
+    /// switches this field.
+    pub wal: u8,
 }
 
 /// Where the durable checkpoint is and how to verify it: its bytes
@@ -85,6 +91,7 @@ impl Superblock {
             incarnations: Vec::new(),
             recovering: false,
             checkpoint: None,
+            wal: 0,
         };
         superblock.set_state(&DurableState::default());
         superblock
@@ -132,14 +139,7 @@ impl Superblock {
     /// Decodes one slot; `None` if it is torn, corrupt, zeroed or of
     /// another format version.
     pub fn decode(slot: &[u8]) -> Option<Superblock> {
-        if slot.len() != SLOT_SIZE
-            || slot[16..24] != SUPERBLOCK_MAGIC
-            || u16::from_le_bytes([slot[24], slot[25]]) != FORMAT_VERSION
-        {
-            return None;
-        }
-        let sum = u128::from_le_bytes(slot[..16].try_into().ok()?);
-        if sum != checksum(&slot[16..]) {
+        if Superblock::version_of(slot)? != FORMAT_VERSION {
             return None;
         }
         let len = u32::from_le_bytes(slot[28..32].try_into().ok()?) as usize;
@@ -150,8 +150,20 @@ impl Superblock {
             && superblock.incarnations.len() == count
             && superblock.identity.replica < superblock.identity.replica_count
             && superblock.log_view <= superblock.view
-            && superblock.checkpoint.is_none_or(|c| c.slot < 2);
+            && superblock.checkpoint.is_none_or(|c| c.slot < 2)
+            && superblock.wal < 2;
         sane.then_some(superblock)
+    }
+
+    /// The format version of an intact slot (magic and checksum valid),
+    /// whatever the version: how a store of another version is told apart
+    /// from a damaged one.
+    pub fn version_of(slot: &[u8]) -> Option<u16> {
+        if slot.len() != SLOT_SIZE || slot[16..24] != SUPERBLOCK_MAGIC {
+            return None;
+        }
+        let sum = u128::from_le_bytes(slot[..16].try_into().ok()?);
+        (sum == checksum(&slot[16..])).then(|| u16::from_le_bytes([slot[24], slot[25]]))
     }
 
     /// Slots that update `sequence` writes: two of the four, alternating,
@@ -172,6 +184,17 @@ pub fn current_superblock(file: &[u8]) -> Option<(Superblock, usize)> {
     let best = copies.iter().max_by_key(|s| s.sequence)?;
     let count = copies.iter().filter(|s| *s == best).count();
     Some((best.clone(), count))
+}
+
+/// The format version of the intact copies in `file`, if they are all of
+/// one version other than [`FORMAT_VERSION`] (a store this code does not read).
+pub fn foreign_version(file: &[u8]) -> Option<u16> {
+    let versions: Vec<u16> = (0..SUPERBLOCK_COPIES)
+        .filter_map(|i| file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE))
+        .filter_map(Superblock::version_of)
+        .collect();
+    let first = *versions.first()?;
+    (first != FORMAT_VERSION && versions.iter().all(|&v| v == first)).then_some(first)
 }
 
 /// One record of the write-ahead log.
@@ -246,6 +269,9 @@ pub struct WalScan {
     pub base: Op,
     pub base_checksum: u128,
     pub entries: Vec<Arc<Prepare>>,
+    /// Where each of `entries`' records starts in the file (compaction
+    /// copies the records after a checkpoint from there).
+    pub offsets: Vec<u64>,
     /// Bytes of valid records before any damage.
     pub valid_len: u64,
     pub damage: Option<WalDamage>,
@@ -260,6 +286,7 @@ pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
 /// replaces the log scanned so far with an empty one at its op.
 pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
     let mut log = log;
+    let mut offsets: Vec<u64> = Vec::new();
     let mut offset = 0;
     let damage = loop {
         if offset == bytes.len() {
@@ -279,10 +306,12 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
         let applied = match record {
             Record::Entry(entry) if log.can_append(&entry) => {
                 log.append(entry);
+                offsets.push(offset as u64);
                 true
             }
             Record::Truncate { after } if after <= log.op() && after >= log.base() => {
                 log.truncate_after(after);
+                offsets.truncate((after - log.base()) as usize);
                 true
             }
             Record::Rebase {
@@ -291,6 +320,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 timestamp,
             } => {
                 log = vsr::log::Log::at(op, checksum, timestamp);
+                offsets.clear();
                 true
             }
             // A valid record that does not fit: not something this store wrote.
@@ -307,6 +337,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
         base: log.base(),
         base_checksum: log.checksum_at(log.base()).unwrap_or_default(),
         entries: log.entries().to_vec(),
+        offsets,
         valid_len: offset as u64,
         damage,
     }

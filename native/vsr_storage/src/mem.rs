@@ -72,10 +72,16 @@ impl MemDisk {
         self.current = self.durable.clone();
     }
 
-    /// Offsets and lengths of the records of the durable write-ahead log,
-    /// up to its first damage.
+    /// The durable WAL file the durable superblock names (`WalA` if none does).
+    pub fn wal_zone(&self) -> Zone {
+        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        Zone::wal(crate::format::current_superblock(file).map_or(0, |(s, _)| s.wal))
+    }
+
+    /// Offsets and lengths of the records of the durable write-ahead log
+    /// (the file the superblock names), up to its first damage.
     pub fn wal_records(&self) -> Vec<(usize, usize)> {
-        let wal = self.durable.get(&Zone::Wal).map_or(&[][..], Vec::as_slice);
+        let wal = self.durable.get(&self.wal_zone()).map_or(&[][..], Vec::as_slice);
         let mut records = Vec::new();
         let mut offset = 0;
         while let Some((_, len)) = crate::format::Record::decode(&wal[offset..]) {
@@ -134,6 +140,15 @@ impl MemDisk {
 impl Disk for MemDisk {
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
         Ok(self.current.get(&zone).cloned().unwrap_or_default())
+    }
+
+    fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = self.current.get(&zone).map_or(&[][..], Vec::as_slice);
+        usize::try_from(offset)
+            .ok()
+            .and_then(|start| file.get(start..start.checked_add(len)?))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "a read past the end of a zone"))
     }
 
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()> {

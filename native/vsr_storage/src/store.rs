@@ -9,8 +9,14 @@ use vsr::{checksum, root_checksum, Checkpoint, DurableState, Op, Output, Prepare
 
 use crate::disk::{Disk, Zone};
 use crate::format::{
-    current_superblock, scan_wal_from, CheckpointRef, Identity, Record, Superblock, WalDamage, SLOT_SIZE,
+    current_superblock, foreign_version, scan_wal_from, CheckpointRef, Identity, Record, Superblock,
+    WalDamage, FORMAT_VERSION, SLOT_SIZE,
 };
+
+/// The WAL is compacted once the records before the durable checkpoint's
+/// suffix take at least this many bytes (and at least as many as the
+/// suffix): see [`Store::set_compaction_bytes`].
+pub const DEFAULT_COMPACTION_BYTES: u64 = 64 << 20;
 
 /// Why a store cannot be opened. The store is left as it was found.
 #[derive(Debug)]
@@ -26,6 +32,8 @@ pub enum StoreError {
     NoSuperblock,
     /// Host metadata or a group name too large for a superblock.
     TooLarge(String),
+    /// The store was written in another format version.
+    Version(u16),
 }
 
 impl fmt::Display for StoreError {
@@ -51,6 +59,11 @@ impl fmt::Display for StoreError {
                  move it away to let this replica recover from its peers"
             ),
             StoreError::TooLarge(what) => write!(f, "{what}"),
+            StoreError::Version(found) => write!(
+                f,
+                "the data directory holds storage format version {found}, and this version of Visor \
+                 reads only version {FORMAT_VERSION}; move it away to let this replica recover from its peers"
+            ),
         }
     }
 }
@@ -85,8 +98,13 @@ pub enum Opened {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub syncs: u64,
+    /// Bytes appended to the WAL, in all (compaction copies not counted).
     pub wal_bytes: u64,
     pub superblock_writes: u64,
+    /// WAL compactions completed, and attempts that failed (an I/O error:
+    /// the log stays where it was and the next attempt waits for more growth).
+    pub compactions: u64,
+    pub compaction_errors: u64,
 }
 
 /// One replica's store.
@@ -96,8 +114,13 @@ pub struct Store<D: Disk> {
     superblock: Superblock,
     /// The state to write at the next sync, if it changed.
     state: Option<DurableState>,
-    /// Durable length of the write-ahead log.
+    /// Durable length of the write-ahead log file records go to.
     wal_len: u64,
+    /// A compaction wrote the live log to the other WAL file, and the
+    /// superblock naming it is not yet durable. Until it is, nothing else
+    /// is written: either file holds the log, but records appended to the
+    /// new one would be lost if the old one stayed named.
+    switch_pending: bool,
     /// Records staged, not yet written.
     wal_pending: Vec<u8>,
     /// The op of the log once the staged records are written.
@@ -107,6 +130,17 @@ pub struct Store<D: Disk> {
     /// continues the log or needs a rebase.
     base: (Op, u128),
     checksums: Vec<u128>,
+    /// Where each of those entries' records starts in the WAL file; while a
+    /// rebase is staged, within `after_rebase` instead.
+    offsets: Vec<u64>,
+    /// The durable checkpoint's `(op, checksum, timestamp)`: where a
+    /// compacted log starts.
+    named: Option<(Op, u128, u64)>,
+    /// Compact when the records before the named checkpoint's suffix take
+    /// at least this many bytes; no attempt before the WAL reaches
+    /// `compact_after` bytes (backs off after a failure).
+    compaction_bytes: u64,
+    compact_after: u64,
     /// A checkpoint to make durable at the next sync.
     checkpoint: Option<Arc<Checkpoint>>,
     /// Its file is written and synced, not yet named by the superblock.
@@ -127,7 +161,12 @@ pub fn superblock_in(file: &[u8]) -> Result<Option<Superblock>, StoreError> {
     }
     current_superblock(file)
         .map(|(superblock, _)| Some(superblock))
-        .ok_or(StoreError::NoSuperblock)
+        .ok_or_else(|| no_superblock(file))
+}
+
+/// Why a non-empty superblock file has no copy this code can use.
+fn no_superblock(file: &[u8]) -> StoreError {
+    foreign_version(file).map_or(StoreError::NoSuperblock, StoreError::Version)
 }
 
 impl<D: Disk> Store<D> {
@@ -149,12 +188,12 @@ impl<D: Disk> Store<D> {
         }
         let file = disk.read(Zone::Superblock)?;
         if file.is_empty() {
-            if !disk.read(Zone::Wal)?.is_empty() {
+            if !disk.read(Zone::WalA)?.is_empty() || !disk.read(Zone::WalB)?.is_empty() {
                 return Err(StoreError::NoSuperblock);
             }
             return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
         }
-        let (superblock, copies) = current_superblock(&file).ok_or(StoreError::NoSuperblock)?;
+        let (superblock, copies) = current_superblock(&file).ok_or_else(|| no_superblock(&file))?;
         if superblock.identity != identity {
             return Err(StoreError::Foreign {
                 expected: identity,
@@ -167,17 +206,26 @@ impl<D: Disk> Store<D> {
                 .map(|c| Some(Arc::new(c)))
                 .ok_or(r.op),
         };
-        let wal = disk.read(Zone::Wal)?;
+        let wal = disk.read(Zone::wal(superblock.wal))?;
         let scan = scan_wal_from(vsr::log::Log::new(root_checksum(identity.cluster)), &wal);
         let base = (scan.base, scan.base_checksum);
+        let named = match &checkpoint {
+            Ok(Some(c)) => Some((c.op, c.checksum, c.timestamp)),
+            _ => None,
+        };
         let mut store = Store {
             disk,
             state: None,
             wal_len: wal.len() as u64,
+            switch_pending: false,
             wal_pending: Vec::new(),
             op: base.0 + scan.entries.len() as Op,
             base,
             checksums: scan.entries.iter().map(|e| e.checksum).collect(),
+            offsets: scan.offsets,
+            named,
+            compaction_bytes: DEFAULT_COMPACTION_BYTES,
+            compact_after: 0,
             checkpoint: None,
             checkpoint_written: None,
             rebase: None,
@@ -185,6 +233,9 @@ impl<D: Disk> Store<D> {
             stats: StoreStats::default(),
             superblock,
         };
+        // The WAL file not named holds nothing of the log (at most what an
+        // interrupted compaction wrote): free its space.
+        store.disk.truncate(Zone::wal(1 - store.superblock.wal), 0)?;
         let state = store.superblock.state();
         if copies < 2 {
             // A torn update or bit rot left one copy of the newest state:
@@ -215,14 +266,16 @@ impl<D: Disk> Store<D> {
                 store.rebase = Some((c.op, c.checksum, c.timestamp));
                 store.base = (c.op, c.checksum);
                 store.checksums.clear();
+                store.offsets.clear();
                 store.op = c.op;
             }
         }
         let torn = match scan.damage {
             Some(WalDamage::Torn { offset }) => {
                 // Cut the torn bytes off before anything is appended after them.
-                store.disk.truncate(Zone::Wal, offset)?;
-                store.disk.sync(Zone::Wal)?;
+                let zone = store.wal_zone();
+                store.disk.truncate(zone, offset)?;
+                store.disk.sync(zone)?;
                 store.wal_len = offset;
                 Some(offset)
             }
@@ -246,10 +299,15 @@ impl<D: Disk> Store<D> {
             superblock: Superblock::new(identity, meta),
             state: None,
             wal_len: 0,
+            switch_pending: false,
             wal_pending: Vec::new(),
             op: 0,
             base: (0, root_checksum(identity_cluster)),
             checksums: Vec::new(),
+            offsets: Vec::new(),
+            named: None,
+            compaction_bytes: DEFAULT_COMPACTION_BYTES,
+            compact_after: 0,
             checkpoint: None,
             checkpoint_written: None,
             rebase: None,
@@ -267,13 +325,16 @@ impl<D: Disk> Store<D> {
         let mut state = self.superblock.state();
         state.recovering = true;
         self.superblock.checkpoint = None;
+        self.named = None;
         self.write_superblock(state, None)?;
-        self.disk.truncate(Zone::Wal, 0)?;
-        self.disk.sync(Zone::Wal)?;
+        let zone = self.wal_zone();
+        self.disk.truncate(zone, 0)?;
+        self.disk.sync(zone)?;
         self.wal_len = 0;
         self.op = 0;
         self.base = (0, root_checksum(self.superblock.identity.cluster));
         self.checksums.clear();
+        self.offsets.clear();
         Ok(())
     }
 
@@ -284,22 +345,27 @@ impl<D: Disk> Store<D> {
     pub fn stage(&mut self, output: &Output) -> Result<bool, String> {
         match output {
             Output::WriteLog { after, entries } => {
-                if *after > self.op || *after < self.base.0 {
+                let (after, entries) = self.above_base(*after, entries)?;
+                if after > self.op {
                     return Err(format!(
                         "a write after op {after} to a log of ops {}..={}",
                         self.base.0, self.op
                     ));
                 }
-                let records = if self.rebase.is_some() {
-                    &mut self.after_rebase
+                // Offsets are the records' places in the file once written;
+                // behind a staged rebase, in `after_rebase` (fixed at sync).
+                let (records, start) = if self.rebase.is_some() {
+                    (&mut self.after_rebase, 0)
                 } else {
-                    &mut self.wal_pending
+                    (&mut self.wal_pending, self.wal_len)
                 };
-                if *after < self.op {
-                    Record::Truncate { after: *after }.encode_into(records);
+                if after < self.op {
+                    Record::Truncate { after }.encode_into(records);
                     self.checksums.truncate((after - self.base.0) as usize);
+                    self.offsets.truncate((after - self.base.0) as usize);
                 }
                 for entry in entries {
+                    self.offsets.push(start + records.len() as u64);
                     Record::Entry(entry.clone()).encode_into(records);
                     self.checksums.push(entry.checksum);
                 }
@@ -325,6 +391,7 @@ impl<D: Disk> Store<D> {
                     self.after_rebase.clear();
                     self.base = (checkpoint.op, checkpoint.checksum);
                     self.checksums.clear();
+                    self.offsets.clear();
                     self.op = checkpoint.op;
                 }
                 self.checkpoint = Some(checkpoint.clone());
@@ -332,6 +399,30 @@ impl<D: Disk> Store<D> {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+
+    /// A log write that starts below the base (the replica keeps history
+    /// the compacted WAL dropped: it may rewrite it unchanged, as when it
+    /// installs a new view's log from below its latest checkpoint), as the
+    /// same write from the base: the entries up to the base must be the
+    /// ones the log had, ending at the base's checksum.
+    fn above_base<'e>(
+        &self,
+        after: Op,
+        entries: &'e [Arc<Prepare>],
+    ) -> Result<(Op, &'e [Arc<Prepare>]), String> {
+        let (base, checksum) = self.base;
+        if after >= base {
+            return Ok((after, entries));
+        }
+        let skip = (base - after) as usize;
+        match entries.get(skip - 1) {
+            Some(entry) if entry.checksum == checksum => Ok((base, &entries[skip..])),
+            _ => Err(format!(
+                "a write after op {after} to a log of ops {base}..={} that does not reach op {base} unchanged",
+                self.op
+            )),
         }
     }
 
@@ -360,6 +451,25 @@ impl<D: Disk> Store<D> {
             || self.state.is_some()
             || self.checkpoint.is_some()
             || self.rebase.is_some()
+            || self.switch_pending
+    }
+
+    /// Compact the WAL once the records before the durable checkpoint's
+    /// suffix take at least `bytes` (and at least as many as the suffix,
+    /// so the copying costs at most what it frees). `u64::MAX`: never.
+    pub fn set_compaction_bytes(&mut self, bytes: u64) {
+        self.compaction_bytes = bytes.max(1);
+    }
+
+    /// Length of the WAL file the log is in.
+    pub fn wal_len(&self) -> u64 {
+        self.wal_len
+    }
+
+    /// The WAL file records go to: the one the superblock names, or the
+    /// one it is switching to.
+    fn wal_zone(&self) -> Zone {
+        Zone::wal(self.superblock.wal ^ u8::from(self.switch_pending))
     }
 
     /// Makes every staged write durable: the log first, then a staged
@@ -372,6 +482,11 @@ impl<D: Disk> Store<D> {
     /// not yet durable stays staged and the next call goes on from there;
     /// nothing durable is overwritten.
     pub fn sync(&mut self) -> io::Result<()> {
+        if self.switch_pending {
+            // Finish the last compaction's switch first (with the durable
+            // state: the staged one may describe records not yet written).
+            self.write_superblock(self.superblock.state(), None)?;
+        }
         self.write_wal()?;
         if let Some(checkpoint) = &self.checkpoint {
             let written = match self.checkpoint_written {
@@ -401,7 +516,9 @@ impl<D: Disk> Store<D> {
                 (None, Some(state)) => state,
                 _ => self.superblock.state(),
             };
+            let named = (checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
             self.write_superblock(state, Some(written))?;
+            self.named = Some(named);
             if self.rebase.is_none() {
                 self.state = None;
             }
@@ -416,6 +533,10 @@ impl<D: Disk> Store<D> {
                 timestamp,
             }
             .encode_into(&mut records);
+            let start = self.wal_len + records.len() as u64;
+            for offset in &mut self.offsets {
+                *offset += start;
+            }
             records.append(&mut self.after_rebase);
             self.wal_pending = records;
             self.rebase = None;
@@ -425,13 +546,77 @@ impl<D: Disk> Store<D> {
             self.write_superblock(state, None)?;
             self.state = None;
         }
+        self.compact_if_due();
         Ok(())
+    }
+
+    /// Compaction, once everything staged is durable: the records the
+    /// named checkpoint makes dead go. The live log (a `Rebase` record at
+    /// the checkpoint, then the records after it, copied as they are) is
+    /// written to the other WAL file and synced; then the superblock names
+    /// that file. A crash at any point leaves a superblock naming one of
+    /// two files that hold the same log after the checkpoint. A failure
+    /// before the switch leaves everything as it was (and waits for more
+    /// growth before trying again); a failed switch is retried first thing
+    /// at the next sync.
+    fn compact_if_due(&mut self) {
+        let Some((op, checksum, timestamp)) = self.named else {
+            return;
+        };
+        if self.wal_len < self.compact_after || self.checksum_at(op) != Some(checksum) {
+            return;
+        }
+        let first = (op - self.base.0) as usize; // the entry after the checkpoint
+        let live_from = self.offsets.get(first).copied().unwrap_or(self.wal_len);
+        let live = self.wal_len - live_from;
+        if live_from < self.compaction_bytes || live_from < live {
+            return;
+        }
+        let mut bytes = Vec::new();
+        Record::Rebase {
+            op,
+            checksum,
+            timestamp,
+        }
+        .encode_into(&mut bytes);
+        let head = bytes.len() as u64;
+        let next = 1 - self.superblock.wal;
+        let written = (|| {
+            bytes.extend(self.disk.read_at(self.wal_zone(), live_from, live as usize)?);
+            let zone = Zone::wal(next);
+            self.disk.truncate(zone, 0)?;
+            self.disk.write(zone, 0, &bytes)?;
+            self.disk.sync(zone)
+        })();
+        if written.is_err() {
+            self.stats.compaction_errors += 1;
+            self.compact_after = self.wal_len + self.compaction_bytes;
+            return;
+        }
+        self.stats.syncs += 1;
+        self.switch_pending = true;
+        self.wal_len = bytes.len() as u64;
+        self.base = (op, checksum);
+        self.checksums.drain(..first);
+        self.offsets.drain(..first);
+        for offset in &mut self.offsets {
+            *offset = *offset - live_from + head;
+        }
+        if self.write_superblock(self.superblock.state(), None).is_ok() {
+            // The old file is no longer named: free its space (unsynced:
+            // whatever a crash leaves in it is never read).
+            let _ = self.disk.truncate(Zone::wal(1 - next), 0);
+            self.stats.compactions += 1;
+        } else {
+            self.stats.compaction_errors += 1;
+        }
     }
 
     fn write_wal(&mut self) -> io::Result<()> {
         if !self.wal_pending.is_empty() {
-            self.disk.write(Zone::Wal, self.wal_len, &self.wal_pending)?;
-            self.disk.sync(Zone::Wal)?;
+            let zone = self.wal_zone();
+            self.disk.write(zone, self.wal_len, &self.wal_pending)?;
+            self.disk.sync(zone)?;
             self.wal_len += self.wal_pending.len() as u64;
             self.stats.wal_bytes += self.wal_pending.len() as u64;
             self.stats.syncs += 1;
@@ -446,6 +631,8 @@ impl<D: Disk> Store<D> {
         let mut next = self.superblock.clone();
         next.sequence += 1;
         next.set_state(&state);
+        // Any superblock written also completes a pending WAL switch.
+        next.wal = self.superblock.wal ^ u8::from(self.switch_pending);
         if checkpoint.is_some() {
             next.checkpoint = checkpoint;
         }
@@ -456,6 +643,7 @@ impl<D: Disk> Store<D> {
         }
         self.disk.sync(Zone::Superblock)?;
         self.superblock = next;
+        self.switch_pending = false;
         self.stats.superblock_writes += 1;
         self.stats.syncs += 1;
         Ok(())
@@ -779,7 +967,7 @@ mod tests {
     /// Writes what `store` has staged to `disk` without syncing, as `sync`
     /// would up to its first fsync, plus the superblock (both copies).
     fn write_unsynced(store: &mut Store<MemDisk>, disk: &mut MemDisk) {
-        disk.write(Zone::Wal, store.wal_len, &store.wal_pending).unwrap();
+        disk.write(Zone::WalA, store.wal_len, &store.wal_pending).unwrap();
         let mut next = store.superblock.clone();
         next.sequence += 1;
         next.set_state(&store.state.unwrap());
@@ -801,7 +989,7 @@ mod tests {
             })
             .unwrap();
         let mut disk = std::mem::take(&mut store.disk);
-        disk.write(Zone::Wal, store.wal_len, &store.wal_pending[..20])
+        disk.write(Zone::WalA, store.wal_len, &store.wal_pending[..20])
             .unwrap();
         disk.crash(CrashCut { kept: 1, torn: None });
         let (mut store, opened) = open(disk);
@@ -824,7 +1012,7 @@ mod tests {
         let entries = chain(&[], 4, 0);
         let store = store_with(&entries, state(2, 2, 1));
         let mut disk = store.into_disk();
-        disk.corrupt(Zone::Wal, 70, 0x20);
+        disk.corrupt(Zone::WalA, 70, 0x20);
         let (_, opened) = open(disk.clone());
         let Opened::Recover {
             state: recovering, ..
@@ -837,7 +1025,7 @@ mod tests {
         // Reopened before the recovery finished: it recovers again, though
         // the log is now empty and undamaged.
         let (store, _) = open(disk);
-        assert_eq!(store.disk().len(Zone::Wal), 0);
+        assert_eq!(store.disk().len(Zone::WalA), 0);
         let (_, opened) = open(store.into_disk());
         assert!(matches!(opened, Opened::Recover { .. }));
     }
@@ -850,8 +1038,8 @@ mod tests {
         let entries = chain(&[], 4, 0);
         let mut store = store_with(&entries, state(0, 0, 4));
         let mut disk = std::mem::take(&mut store.disk);
-        let len = disk.len(Zone::Wal);
-        disk.corrupt(Zone::Wal, len - 1, 0x01);
+        let len = disk.len(Zone::WalA);
+        disk.corrupt(Zone::WalA, len - 1, 0x01);
         let (_, opened) = open(disk);
         assert!(
             matches!(opened, Opened::Restart { torn: Some(_), .. }),
@@ -888,7 +1076,7 @@ mod tests {
         let mut disk = store.into_disk();
         let before = (
             disk.read(Zone::Superblock).unwrap(),
-            disk.read(Zone::Wal).unwrap(),
+            disk.read(Zone::WalA).unwrap(),
         );
         for other in [
             Identity {
@@ -915,7 +1103,7 @@ mod tests {
         disk.crash(CrashCut { kept: 0, torn: None });
         let after = (
             disk.read(Zone::Superblock).unwrap(),
-            disk.read(Zone::Wal).unwrap(),
+            disk.read(Zone::WalA).unwrap(),
         );
         assert_eq!(before, after);
     }
@@ -937,5 +1125,237 @@ mod tests {
         store.sync().unwrap();
         let (_, opened) = open(store.into_disk());
         assert_eq!(restarted(&opened).1, entries);
+    }
+
+    /// The entries after `op` in a restarted log.
+    fn after(log: &[Arc<Prepare>], op: Op) -> Vec<Arc<Prepare>> {
+        log.iter().filter(|e| e.op > op).cloned().collect()
+    }
+
+    #[test]
+    fn compaction_moves_the_live_log_to_the_other_file_and_appends_continue_there() {
+        let entries = chain(&[], 40, 0);
+        let mut store = store_with(&entries[..30], state(0, 0, 30));
+        store.set_compaction_bytes(1);
+        let before = store.wal_len();
+        let checkpoint = checkpoint_of(&entries[24], 5);
+        store.stage(&Output::WriteCheckpoint(checkpoint.clone())).unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 1);
+        assert_eq!(store.superblock().wal, 1);
+        assert!(
+            store.wal_len() < before / 4,
+            "{} of {before} bytes left",
+            store.wal_len()
+        );
+        assert_eq!(store.disk().len(Zone::WalA), 0, "the old file is freed");
+        // Appends go to the new file, a view change truncates in it.
+        store
+            .stage(&Output::WriteLog {
+                after: 28,
+                entries: entries[28..40].to_vec(),
+            })
+            .unwrap();
+        store.stage(&Output::WriteState(state(1, 1, 40))).unwrap();
+        store.sync().unwrap();
+        let (mut store, opened) = open(store.into_disk());
+        let (durable, stored, log) = restarted_from(&opened);
+        assert_eq!(durable, state(1, 1, 40));
+        assert_eq!(stored, Some(checkpoint));
+        assert_eq!(log, entries[25..]);
+        // The next checkpoint compacts back into the first file.
+        store.set_compaction_bytes(1);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[37], 6)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.superblock().wal, 0);
+        let (_, opened) = open(store.into_disk());
+        let (_, stored, log) = restarted_from(&opened);
+        assert_eq!(stored.map(|c| c.op), Some(38));
+        assert_eq!(log, entries[38..]);
+    }
+
+    #[test]
+    fn compaction_waits_until_the_dead_records_outweigh_the_live_ones() {
+        let entries = chain(&[], 30, 0);
+        let mut store = store_with(&entries, state(0, 0, 30));
+        store.set_compaction_bytes(1);
+        // 10 dead entries against 20 live ones: not worth copying yet.
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[9], 1)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 0);
+        // Under the byte threshold: not either.
+        store.set_compaction_bytes(u64::MAX);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[24], 2)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 0);
+        assert_eq!(store.superblock().wal, 0);
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_a_compaction_leaves_the_whole_log_after_the_checkpoint() {
+        let entries = chain(&[], 24, 0);
+        let checkpoint = checkpoint_of(&entries[15], 3);
+        for n in 0..16 {
+            for cut in cuts() {
+                let mut store = store_with(&entries[..20], state(0, 0, 20));
+                store.set_compaction_bytes(1);
+                store.stage(&Output::WriteCheckpoint(checkpoint.clone())).unwrap();
+                store
+                    .stage(&Output::WriteLog {
+                        after: 20,
+                        entries: entries[20..22].to_vec(),
+                    })
+                    .unwrap();
+                store.disk.crash_after = Some(n);
+                let synced = store.sync().is_ok();
+                // What a live replica does next: more records, another sync.
+                store
+                    .stage(&Output::WriteLog {
+                        after: 22,
+                        entries: entries[22..].to_vec(),
+                    })
+                    .unwrap();
+                let synced_more = synced && store.sync().is_ok();
+                let mut disk = store.into_disk();
+                disk.crash(cut);
+                let (_, opened) = open(disk);
+                let (_, stored, log) = restarted_from(&opened);
+                let upto = if synced_more {
+                    24
+                } else if synced {
+                    22
+                } else {
+                    20
+                };
+                match stored {
+                    Some(c) => {
+                        assert_eq!(c, checkpoint, "n {n} {cut:?}");
+                        let after = after(&log, 16);
+                        assert!(after.len() >= upto - 16, "n {n} {cut:?}: {} entries", after.len());
+                        assert_eq!(after, entries[16..16 + after.len()], "n {n} {cut:?}");
+                    }
+                    None => {
+                        assert!(!synced, "n {n} {cut:?}");
+                        assert_eq!(log[..20], entries[..20], "n {n} {cut:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_switch_is_retried_before_anything_else_is_written() {
+        let entries = chain(&[], 12, 0);
+        let mut store = store_with(&entries[..10], state(0, 0, 10));
+        store.set_compaction_bytes(1);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[7], 4)))
+            .unwrap();
+        // The checkpoint file (truncate, write, sync), its superblock (two
+        // copies, sync), then the compaction's file (truncate, write, sync):
+        // the switch's superblock write fails.
+        store.disk.crash_after = Some(9);
+        store.sync().unwrap();
+        assert_eq!(store.stats().compaction_errors, 1);
+        assert!(store.has_staged(), "the switch waits");
+        store.disk.crash_after = None;
+        store
+            .stage(&Output::WriteLog {
+                after: 10,
+                entries: entries[10..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.superblock().wal, 1);
+        let (_, opened) = open(store.into_disk());
+        let (_, _, log) = restarted_from(&opened);
+        assert_eq!(log, entries[8..]);
+    }
+
+    #[test]
+    fn compaction_after_a_rebase_copies_the_records_that_followed_it() {
+        let all = chain(&[], 20, 0);
+        let mut store = store_with(&all[..4], state(0, 0, 4));
+        store.set_compaction_bytes(1);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&all[9], 1)))
+            .unwrap();
+        store
+            .stage(&Output::WriteLog {
+                after: 10,
+                entries: all[10..18].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&all[15], 2)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 1);
+        let (_, opened) = open(store.into_disk());
+        let (_, stored, log) = restarted_from(&opened);
+        assert_eq!(stored.map(|c| c.op), Some(16));
+        assert_eq!(log, all[16..18]);
+    }
+
+    #[test]
+    fn a_store_of_another_format_version_is_refused_by_its_version() {
+        let store = store_with(&chain(&[], 2, 0), state(0, 0, 2));
+        let mut disk = store.into_disk();
+        let mut file = disk.read(Zone::Superblock).unwrap();
+        for slot in file.chunks_mut(SLOT_SIZE) {
+            if Superblock::version_of(slot).is_some() {
+                slot[24..26].copy_from_slice(&2u16.to_le_bytes());
+                let sum = checksum(&slot[16..]);
+                slot[..16].copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+        disk.write(Zone::Superblock, 0, &file).unwrap();
+        disk.sync(Zone::Superblock).unwrap();
+        let error = Store::open(disk, identity(), b"meta".to_vec())
+            .err()
+            .expect("refused");
+        assert!(matches!(error, StoreError::Version(2)), "{error}");
+        assert!(error.to_string().contains("format version 2"), "{error}");
+    }
+
+    #[test]
+    fn a_write_from_below_the_compacted_base_is_taken_from_the_base() {
+        let entries = chain(&[], 30, 0);
+        let mut store = store_with(&entries[..26], state(0, 0, 26));
+        store.set_compaction_bytes(1);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[19], 1)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 1);
+        // A new view's log installed from op 10 on: the same entries up to
+        // the checkpoint at 20, then a longer suffix.
+        store
+            .stage(&Output::WriteLog {
+                after: 10,
+                entries: entries[10..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (mut store, opened) = open(store.into_disk());
+        assert_eq!(restarted_from(&opened).2, entries[20..]);
+        // One that differs at or before the base, or stops short of it, is refused.
+        let other = chain(&entries[..10], 12, 1);
+        for (after, write) in [(10, other), (10, entries[10..18].to_vec())] {
+            let error = store
+                .stage(&Output::WriteLog {
+                    after,
+                    entries: write,
+                })
+                .unwrap_err();
+            assert!(error.contains("does not reach op 20 unchanged"), "{error}");
+        }
     }
 }
