@@ -69,7 +69,8 @@ defmodule Visor.Native do
     :recover,
     :data_dir,
     :group,
-    :meta | @config_keys
+    :meta,
+    :wal_compact_bytes | @config_keys
   ]
   # Limits of a store's superblock (vsr_storage::format).
   @group_max 255
@@ -132,7 +133,10 @@ defmodule Visor.Native do
       this directory, which it locks; `:group` (required with it, a binary
       of at most #{@group_max} bytes) names the group, and a store of
       another cluster, group or replica is refused; `:meta` (at most
-      #{@meta_max} bytes) is kept in a new store for `probe/2` to return.
+      #{@meta_max} bytes) is kept in a new store for `probe/2` to return;
+      `:wal_compact_bytes` (a positive integer, default 64 MiB) is how
+      many bytes of the WAL a checkpoint must make dead before the WAL is
+      compacted (docs/storage.md, "Compaction").
       The store is opened on the engine thread: until then `status/1` says
       `:starting`; a store that cannot be opened fails the group
       (`{:visor_engine_down, engine, reason}`). In disk mode the events
@@ -267,7 +271,9 @@ defmodule Visor.Native do
   replica_index:, replica_count:, stats: %{...}, storage: %{...}}`;
   `commit` is the highest op executed here, `commit_max` the highest known
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
-  error: nil | message, syncs:, wal_bytes:}`.
+  error: nil | message, syncs:, wal_bytes:, wal_size:, compactions:,
+  checkpoint:}`: `wal_bytes` counts every byte appended to the WAL,
+  `wal_size` is the WAL file's length now (compaction shrinks it).
   """
   @spec status(engine()) :: map()
   def status(engine) do
@@ -381,11 +387,23 @@ defmodule Visor.Native do
             "meta must be a binary of at most #{@meta_max} bytes, got: #{describe(meta)}"
     end
 
+    case Map.fetch(opts, :wal_compact_bytes) do
+      {:ok, bytes} when is_integer(bytes) and bytes > 0 and bytes <= @u64_max ->
+        :ok
+
+      {:ok, bytes} ->
+        raise ArgumentError,
+              "wal_compact_bytes must be a positive integer, got: #{inspect(bytes)}"
+
+      :error ->
+        :ok
+    end
+
     opts
   end
 
   defp validate_disk_opts!(opts) do
-    case Enum.find([:group, :meta], &Map.has_key?(opts, &1)) do
+    case Enum.find([:group, :meta, :wal_compact_bytes], &Map.has_key?(opts, &1)) do
       nil -> opts
       key -> raise ArgumentError, "#{inspect(key)} is only accepted with data_dir"
     end

@@ -18,6 +18,10 @@ defmodule Visor.Options do
       group survives every node restarting. Several groups (modules) can
       share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
       mode", says what happens on restart.
+    * `wal_compact_bytes: n` (disk mode; default 64 MiB): once a checkpoint
+      makes at least `n` bytes of the write-ahead log dead (and more than
+      it leaves live), the log after the checkpoint is copied to a fresh
+      file and the old one is freed, so the WAL stays bounded.
 
   ## Checkpoints
 
@@ -93,6 +97,7 @@ defmodule Visor.Options do
             "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
     end
 
+    engine = compaction!(module, opts, storage, engine)
     checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
 
     unless is_integer(checkpoint_every) and checkpoint_every >= 0 and
@@ -192,6 +197,25 @@ defmodule Visor.Options do
       {other, _} ->
         raise ArgumentError,
               "#{inspect(module)}: storage must be :memory or :disk, got: #{inspect(other)}"
+    end
+  end
+
+  defp compaction!(module, opts, storage, engine) do
+    case {Keyword.fetch(opts, :wal_compact_bytes), storage} do
+      {:error, _} ->
+        engine
+
+      {{:ok, bytes}, {:disk, _}} when is_integer(bytes) and bytes > 0 and bytes < 1 <<< 64 ->
+        Map.put(engine, :wal_compact_bytes, bytes)
+
+      {{:ok, _}, :memory} ->
+        raise ArgumentError,
+              "#{inspect(module)}: wal_compact_bytes is only used with storage: :disk"
+
+      {{:ok, bytes}, _} ->
+        raise ArgumentError,
+              "#{inspect(module)}: wal_compact_bytes must be a positive integer, " <>
+                "got: #{inspect(bytes)}"
     end
   end
 

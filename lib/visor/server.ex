@@ -655,7 +655,16 @@ defmodule Visor.Server do
   defp storage_status(%{config: %{storage: :memory}}, _engine), do: %{mode: :memory}
 
   defp storage_status(%{config: %{storage: {:disk, dir}}} = state, engine) do
-    base = %{mode: :disk, data_dir: dir, error: nil, syncs: 0, wal_bytes: 0}
+    base = %{
+      mode: :disk,
+      data_dir: dir,
+      error: nil,
+      syncs: 0,
+      wal_bytes: 0,
+      wal_size: 0,
+      compactions: 0
+    }
+
     base |> Map.merge(engine || %{}) |> Map.put(:opened, state.opened)
   end
 end

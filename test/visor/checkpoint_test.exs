@@ -51,6 +51,41 @@ defmodule Visor.CheckpointTest do
     Cluster.eventually(fn -> Cluster.status(wiped, Counter).storage.checkpoint >= 30 end)
   end
 
+  test "disk: checkpoints compact the WAL, and every node restarts from a compacted one",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+
+    opts = fn node ->
+      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, "#{node}"), wal_compact_bytes: 1] ++
+        @checkpoint
+    end
+
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    for i <- 1..40, do: assert(commit(Enum.at(nodes, rem(i, 3)), {:incr, i}) == i)
+
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.compactions >= 2 end)
+      storage = Cluster.status(n, Counter).storage
+      # Only the log after the latest checkpoint is left on disk.
+      assert storage.wal_size < storage.wal_bytes / 2
+      files = for f <- ["wal.a", "wal.b"], do: File.stat!(Path.join(storage.data_dir, f)).size
+      assert Enum.sum(files) == storage.wal_size
+    end
+
+    :ok = Cluster.kill_nodes(nodes)
+    Cluster.restart_all(nodes)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :restarted end)
+    end
+
+    assert commit(hd(nodes), {:incr, :after_restart}) == 41
+    state = :erpc.call(hd(nodes), Counter, :get, [])
+    assert MapSet.size(state.applied) == 41
+    Cluster.converged(nodes, Counter, state, 10_000)
+  end
+
   test "memory: a restarted replica rejoins from a checkpoint", %{tmp_dir: _} do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     opts = [nodes: nodes] ++ @checkpoint

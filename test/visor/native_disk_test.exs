@@ -128,7 +128,9 @@ defmodule Visor.NativeDiskTest do
           {%{data_dir: "/tmp/x"}, "group"},
           {%{data_dir: "/tmp/x", group: ""}, "group"},
           {%{data_dir: "/tmp/x", group: "g", meta: :x}, "meta"},
-          {%{group: "g"}, "only accepted with data_dir"}
+          {%{data_dir: "/tmp/x", group: "g", wal_compact_bytes: 0}, "wal_compact_bytes"},
+          {%{group: "g"}, "only accepted with data_dir"},
+          {%{wal_compact_bytes: 1}, "only accepted with data_dir"}
         ] do
       assert_raise ArgumentError, ~r/#{message}/, fn ->
         Native.start(Map.merge(good, extra), self())

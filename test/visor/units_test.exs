@@ -49,6 +49,17 @@ defmodule Visor.UnitsTest do
       o = Options.validate!(Cache, cluster_size: 3, storage: :disk, data_dir: "/var/lib/app")
       assert o.storage == {:disk, "/var/lib/app/Elixir.Cache"}
       refute Map.has_key?(o.engine, :data_dir)
+      refute Map.has_key?(o.engine, :wal_compact_bytes)
+
+      o =
+        Options.validate!(Cache,
+          nodes: [:a@h],
+          storage: :disk,
+          data_dir: "/d",
+          wal_compact_bytes: 4096
+        )
+
+      assert o.engine.wal_compact_bytes == 4096
 
       # A relative data_dir is taken from the current directory, once.
       o = Options.validate!(Cache, nodes: [:a@h], storage: :disk, data_dir: "data")
@@ -62,7 +73,10 @@ defmodule Visor.UnitsTest do
             {[storage: :disk, data_dir: ~c"/tmp"], ~r/data_dir must be a non-empty string/},
             {[data_dir: "/tmp"], ~r/data_dir is only used with storage: :disk/},
             {[storage: :memory, data_dir: "/tmp"], ~r/data_dir is only used/},
-            {[storage: :ssd, data_dir: "/tmp"], ~r/storage must be :memory or :disk/}
+            {[storage: :ssd, data_dir: "/tmp"], ~r/storage must be :memory or :disk/},
+            {[wal_compact_bytes: 1], ~r/wal_compact_bytes is only used with storage: :disk/},
+            {[storage: :disk, data_dir: "/d", wal_compact_bytes: 0],
+             ~r/wal_compact_bytes must be a positive integer/}
           ] do
         assert_raise ArgumentError, message, fn ->
           Options.validate!(Cache, [cluster_size: 3] ++ opts)

@@ -34,6 +34,9 @@ rustler::atoms! {
     disk,
     syncs,
     wal_bytes,
+    wal_size,
+    wal_compact_bytes,
+    compactions,
 
     // Replies to probe.
     visor_probe,

@@ -185,10 +185,18 @@ fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, String> {
         .filter(|g| !g.is_empty())
         .ok_or("group is required with data_dir (a non-empty binary)")?;
     let meta = bytes(atoms::meta(), "meta", vsr_storage::format::META_MAX)?.unwrap_or_default();
+    let compaction_bytes = match opts.map_get(atoms::wal_compact_bytes()) {
+        Err(_) => None,
+        Ok(term) => match term.decode::<u64>() {
+            Ok(bytes) if bytes > 0 => Some(bytes),
+            _ => return Err("wal_compact_bytes must be a positive integer".into()),
+        },
+    };
     Ok(Some(DiskOptions {
         dir: dir.into(),
         group,
         meta,
+        compaction_bytes,
     }))
 }
 
@@ -363,6 +371,8 @@ fn storage<'a>(env: Env<'a>, snapshot: &Snapshot) -> Term<'a> {
                 (atoms::error(), storage.error.encode(env)),
                 (atoms::syncs(), storage.syncs.encode(env)),
                 (atoms::wal_bytes(), storage.wal_bytes.encode(env)),
+                (atoms::wal_size(), storage.wal_size.encode(env)),
+                (atoms::compactions(), storage.compactions.encode(env)),
                 (atoms::checkpoint(), storage.checkpoint.encode(env)),
             ],
         ),

@@ -57,6 +57,9 @@ pub struct StorageSnapshot {
     pub error: Option<String>,
     pub syncs: u64,
     pub wal_bytes: u64,
+    /// Length of the WAL file now (it shrinks at a compaction).
+    pub wal_size: u64,
+    pub compactions: u64,
     /// The op of the durable checkpoint (0 if none).
     pub checkpoint: u64,
 }
@@ -99,6 +102,8 @@ pub struct DiskOptions {
     pub group: Vec<u8>,
     /// Opaque host metadata kept in a new store's superblock.
     pub meta: Vec<u8>,
+    /// `Store::set_compaction_bytes`, if given.
+    pub compaction_bytes: Option<u64>,
 }
 
 /// Something about the group's storage its owner should log.
@@ -244,6 +249,9 @@ impl Group {
         };
         let (mut store, opened) =
             Store::open(file, identity, disk.meta).map_err(|e| format!("data_dir {dir}: {e}"))?;
+        if let Some(bytes) = disk.compaction_bytes {
+            store.set_compaction_bytes(bytes);
+        }
         let nonce = recovery_nonce(config.jitter_seed);
         let (replica, outputs, notice) = match opened {
             Opened::Created if recover => (
@@ -406,6 +414,8 @@ impl Group {
                 error: self.storage_error.clone(),
                 syncs: stats.syncs,
                 wal_bytes: stats.wal_bytes,
+                wal_size: store.wal_len(),
+                compactions: stats.compactions,
                 checkpoint: store.checkpoint_op(),
             };
         }
