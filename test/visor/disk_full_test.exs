@@ -1,0 +1,89 @@
+defmodule Visor.DiskFullTest do
+  # A member's disk fills up on real nodes: each node's data_dir is a small
+  # tmpfs of its own, so one can be filled without touching the others or
+  # the machine. Mounting needs root; test_helper.exs excludes the :tmpfs
+  # tag (saying why) where mounting is not allowed. Not async: real nodes.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  @moduletag :tmp_dir
+  @moduletag :tmpfs
+
+  test "a full disk pauses that member, with the error in status; it resumes when space returns " <>
+         "and restarts from a disk that is intact",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    for n <- nodes, do: mount_tmpfs!(Path.join(tmp, Atom.to_string(n)))
+
+    opts = fn node ->
+      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))]
+    end
+
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    [full | others] = Cluster.backups_first(nodes, Counter)
+    primary = List.last(others)
+    for i <- 1..5, do: assert(commit(primary, {:incr, i}) == i)
+
+    junk = fill!(Path.join([tmp, Atom.to_string(full), "junk"]))
+
+    # The majority goes on; the full member's next WAL append fails (the
+    # tmpfs page its log ends in fills first), and it says so.
+    for i <- 6..60, do: assert(commit(primary, {:incr, i}) == i)
+    Cluster.eventually(fn -> Cluster.status(full, Counter).storage.error != nil end)
+    status = Cluster.status(full, Counter)
+    assert status.storage.error =~ ~r/space/i
+
+    # Paused: it takes nothing in while it cannot write, so its state stays put.
+    for i <- 61..70, do: assert(commit(primary, {:incr, i}) == i)
+    paused = Cluster.status(full, Counter)
+    assert paused.storage.error != nil and paused.commit < 70
+    assert Cluster.status(full, Counter).commit == paused.commit
+
+    # Space returns: it resumes, catches up and serves.
+    File.rm!(junk)
+    Cluster.eventually(fn -> Cluster.status(full, Counter).storage.error == nil end, 10_000)
+    state = :erpc.call(primary, Counter, :get, [])
+    Cluster.converged(nodes, Counter, state, 10_000)
+    assert commit(full, {:incr, 71}) == 71
+
+    # Nothing it wrote was damaged: killed, it restarts from its own disk
+    # (not by recovering from its peers) with every commit once.
+    :ok = Cluster.kill_node(full, others)
+    Cluster.restart_peer(full, others)
+    :ok = Cluster.start_group([full], Counter, opts)
+    Cluster.eventually(fn -> Cluster.status(full, Counter).storage.opened == :restarted end)
+    refute Cluster.rejoined?(full, Counter)
+    state = :erpc.call(primary, Counter, :get, [])
+    assert state.count == 71 and MapSet.size(state.applied) == 71
+    Cluster.converged(nodes, Counter, state, 10_000)
+  end
+
+  defp commit(node, command),
+    do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
+
+  # A 4 MiB tmpfs at `dir`, unmounted (lazily: a killed node's files may
+  # still be closing) when the test ends.
+  defp mount_tmpfs!(dir) do
+    File.mkdir_p!(dir)
+    {_, 0} = System.cmd("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", dir])
+    on_exit(fn -> System.cmd("umount", ["-l", dir]) end)
+  end
+
+  # Writes `path` until the filesystem is full; returns `path`.
+  defp fill!(path) do
+    {:ok, file} = :file.open(path, [:write, :raw, :binary])
+    chunk = :binary.copy(<<0>>, 65_536)
+    fill_loop(file, chunk)
+    :ok = :file.close(file)
+    path
+  end
+
+  defp fill_loop(file, chunk) do
+    case :file.write(file, chunk) do
+      :ok -> fill_loop(file, chunk)
+      {:error, :enospc} when byte_size(chunk) > 1 -> fill_loop(file, binary_part(chunk, 0, 1))
+      {:error, :enospc} -> :ok
+    end
+  end
+end
