@@ -567,8 +567,8 @@ impl Simulator {
     }
 
     /// Bit rot while the replica is down, within the fault model: one
-    /// superblock copy whose loss leaves another copy of the newest, or a log record that is
-    /// not the last (rot in the last record looks like a torn write), and
+    /// superblock copy whose loss leaves another copy of the newest, or any
+    /// one log record (the last is a seal, whose loss loses nothing), and
     /// only while few enough replicas are recovering for one more to
     /// finish (the store then makes this one recover from its peers).
     fn rot(&mut self, disk: &mut MemDisk) {
@@ -577,8 +577,8 @@ impl Simulator {
         }
         let n = self.n();
         let records = disk.wal_records();
-        if self.rng.chance(0.5) && records.len() > 1 && self.recovering_or_will() < n - vsr::quorum(n) {
-            let (offset, len) = records[self.rng.range(0, records.len() as u64 - 2) as usize];
+        if self.rng.chance(0.5) && !records.is_empty() && self.recovering_or_will() < n - vsr::quorum(n) {
+            let (offset, len) = records[self.rng.range(0, records.len() as u64 - 1) as usize];
             let byte = offset + self.rng.range(0, len as u64 - 1) as usize;
             disk.corrupt(disk.wal_zone(), byte, self.rng.range(1, 255) as u8);
         } else {

@@ -207,6 +207,11 @@ pub enum Record {
     /// Drop the whole log: it continues after `op`, whose entry had this
     /// checksum and timestamp (a checkpoint installed by state sync).
     Rebase { op: Op, checksum: u128, timestamp: u64 },
+    /// Ends every write, in the same write: changes nothing. Synced records
+    /// are then always followed by an intact record, so rot in the last of
+    /// them reads as corruption (recover from the peers), never as a torn
+    /// tail that may be cut off. Rot in the seal itself loses nothing.
+    Seal,
 }
 
 impl Record {
@@ -274,6 +279,8 @@ pub struct WalScan {
     pub offsets: Vec<u64>,
     /// Bytes of valid records before any damage.
     pub valid_len: u64,
+    /// The valid records end with a `Seal` (or there are none).
+    pub sealed: bool,
     pub damage: Option<WalDamage>,
 }
 
@@ -288,6 +295,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
     let mut log = log;
     let mut offsets: Vec<u64> = Vec::new();
     let mut offset = 0;
+    let mut sealed = true;
     let damage = loop {
         if offset == bytes.len() {
             break None;
@@ -303,6 +311,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 }
             });
         };
+        let is_seal = matches!(record, Record::Seal);
         let applied = match record {
             Record::Entry(entry) if log.can_append(&entry) => {
                 log.append(entry);
@@ -323,6 +332,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 offsets.clear();
                 true
             }
+            Record::Seal => true,
             // A valid record that does not fit: not something this store wrote.
             _ => false,
         };
@@ -331,6 +341,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 offset: offset as u64,
             });
         }
+        sealed = is_seal;
         offset += len;
     };
     WalScan {
@@ -339,6 +350,7 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
         entries: log.entries().to_vec(),
         offsets,
         valid_len: offset as u64,
+        sealed,
         damage,
     }
 }

@@ -281,6 +281,16 @@ impl<D: Disk> Store<D> {
             }
             _ => None,
         };
+        if !scan.sealed {
+            // The records a torn write left whole end unsealed: seal them
+            // before the replica can acknowledge any of them.
+            let mut seal = Vec::new();
+            Record::Seal.encode_into(&mut seal);
+            let zone = store.wal_zone();
+            store.disk.write(zone, store.wal_len, &seal)?;
+            store.disk.sync(zone)?;
+            store.wal_len += seal.len() as u64;
+        }
         Ok((
             store,
             Opened::Restart {
@@ -583,6 +593,7 @@ impl<D: Disk> Store<D> {
         let next = 1 - self.superblock.wal;
         let written = (|| {
             bytes.extend(self.disk.read_at(self.wal_zone(), live_from, live as usize)?);
+            Record::Seal.encode_into(&mut bytes);
             let zone = Zone::wal(next);
             self.disk.truncate(zone, 0)?;
             self.disk.write(zone, 0, &bytes)?;
@@ -612,16 +623,27 @@ impl<D: Disk> Store<D> {
         }
     }
 
+    /// Appends the staged records, and a seal, and syncs. On error they stay
+    /// staged (the seal is added again on the retry, after them).
     fn write_wal(&mut self) -> io::Result<()> {
-        if !self.wal_pending.is_empty() {
-            let zone = self.wal_zone();
-            self.disk.write(zone, self.wal_len, &self.wal_pending)?;
-            self.disk.sync(zone)?;
-            self.wal_len += self.wal_pending.len() as u64;
-            self.stats.wal_bytes += self.wal_pending.len() as u64;
-            self.stats.syncs += 1;
-            self.wal_pending.clear();
+        if self.wal_pending.is_empty() {
+            return Ok(());
         }
+        let records = self.wal_pending.len();
+        Record::Seal.encode_into(&mut self.wal_pending);
+        let zone = self.wal_zone();
+        let written = self
+            .disk
+            .write(zone, self.wal_len, &self.wal_pending)
+            .and_then(|()| self.disk.sync(zone));
+        if let Err(e) = written {
+            self.wal_pending.truncate(records); // the retry seals them again
+            return Err(e);
+        }
+        self.wal_len += self.wal_pending.len() as u64;
+        self.stats.wal_bytes += self.wal_pending.len() as u64;
+        self.stats.syncs += 1;
+        self.wal_pending.clear();
         Ok(())
     }
 
@@ -1031,21 +1053,35 @@ mod tests {
     }
 
     #[test]
-    fn rot_in_the_last_record_is_taken_for_a_torn_write() {
-        // The documented limit of the fault model (docs/storage.md): the
-        // last record cannot be told from a write a crash interrupted, so
-        // it is cut off, and the replica restarts from the rest.
+    fn rot_in_the_last_entry_is_corruption_and_rot_in_the_seal_loses_nothing() {
+        // Every write ends with a seal, so the last synced entry is never
+        // the last record: rot in it is followed by an intact record.
         let entries = chain(&[], 4, 0);
-        let mut store = store_with(&entries, state(0, 0, 4));
-        let mut disk = std::mem::take(&mut store.disk);
-        let len = disk.len(Zone::WalA);
-        disk.corrupt(Zone::WalA, len - 1, 0x01);
-        let (_, opened) = open(disk);
+        let store = store_with(&entries, state(0, 0, 4));
+        let disk = store.into_disk();
+        let records = disk.wal_records();
+        let (seal_at, seal_len) = *records.last().unwrap();
+        let (entry_at, _) = records[records.len() - 2];
+
+        let mut rotted = disk.clone();
+        rotted.corrupt(Zone::WalA, entry_at + 30, 0x01);
+        let (_, opened) = open(rotted);
+        assert!(matches!(opened, Opened::Recover { .. }), "{opened:?}");
+
+        let mut rotted = disk.clone();
+        rotted.corrupt(Zone::WalA, seal_at + seal_len - 1, 0x01);
+        let (store, opened) = open(rotted);
         assert!(
             matches!(opened, Opened::Restart { torn: Some(_), .. }),
             "{opened:?}"
         );
-        assert_eq!(restarted(&opened).1, entries[..3]);
+        assert_eq!(restarted(&opened).1, entries);
+        // The entries left unsealed by the cut were sealed again at once:
+        // rot in the last of them is corruption again.
+        let mut disk = store.into_disk();
+        disk.corrupt(Zone::WalA, entry_at + 30, 0x01);
+        let (_, opened) = open(disk);
+        assert!(matches!(opened, Opened::Recover { .. }), "{opened:?}");
     }
 
     #[test]
