@@ -19,8 +19,8 @@ defmodule Visor.Options do
       share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
       mode", says what happens on restart.
     * `wal_compact_bytes: n` (disk mode; default 64 MiB): once a checkpoint
-      makes at least `n` bytes of the write-ahead log dead (and more than
-      it leaves live), the log after the checkpoint is copied to a fresh
+      makes at least `n` bytes of the write-ahead log dead (and at least
+      as many as it leaves live), the log after the checkpoint is copied to a fresh
       file and the old one is freed, so the WAL stays bounded.
 
   ## Checkpoints

@@ -18,7 +18,8 @@ use crate::format::{
 /// suffix): see [`Store::set_compaction_bytes`].
 pub const DEFAULT_COMPACTION_BYTES: u64 = 64 << 20;
 
-/// Why a store cannot be opened. The store is left as it was found.
+/// Why a store cannot be opened. A refusal (every variant but `Io`) leaves
+/// the store exactly as it was found.
 #[derive(Debug)]
 pub enum StoreError {
     Io(io::Error),
@@ -141,6 +142,9 @@ pub struct Store<D: Disk> {
     /// `compact_after` bytes (backs off after a failure).
     compaction_bytes: u64,
     compact_after: u64,
+    /// The checkpoint op the current WAL file was compacted at: no second
+    /// compaction at it (its `Rebase` record alone would count as dead).
+    compacted_at: Option<Op>,
     /// A checkpoint to make durable at the next sync.
     checkpoint: Option<Arc<Checkpoint>>,
     /// Its file is written and synced, not yet named by the superblock.
@@ -226,6 +230,7 @@ impl<D: Disk> Store<D> {
             named,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
             compact_after: 0,
+            compacted_at: None,
             checkpoint: None,
             checkpoint_written: None,
             rebase: None,
@@ -283,13 +288,11 @@ impl<D: Disk> Store<D> {
         };
         if !scan.sealed {
             // The records a torn write left whole end unsealed: seal them
-            // before the replica can acknowledge any of them.
-            let mut seal = Vec::new();
-            Record::Seal.encode_into(&mut seal);
-            let zone = store.wal_zone();
-            store.disk.write(zone, store.wal_len, &seal)?;
-            store.disk.sync(zone)?;
-            store.wal_len += seal.len() as u64;
+            // before the replica can acknowledge any of them. If the disk
+            // refuses (full), the seal stays staged, and everything the
+            // replica outputs waits for it like for any staged write.
+            Record::Seal.encode_into(&mut store.wal_pending);
+            let _ = store.write_wal();
         }
         Ok((
             store,
@@ -318,6 +321,7 @@ impl<D: Disk> Store<D> {
             named: None,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
             compact_after: 0,
+            compacted_at: None,
             checkpoint: None,
             checkpoint_written: None,
             rebase: None,
@@ -496,6 +500,7 @@ impl<D: Disk> Store<D> {
             // Finish the last compaction's switch first (with the durable
             // state: the staged one may describe records not yet written).
             self.write_superblock(self.superblock.state(), None)?;
+            self.switched();
         }
         self.write_wal()?;
         if let Some(checkpoint) = &self.checkpoint {
@@ -573,7 +578,10 @@ impl<D: Disk> Store<D> {
         let Some((op, checksum, timestamp)) = self.named else {
             return;
         };
-        if self.wal_len < self.compact_after || self.checksum_at(op) != Some(checksum) {
+        if self.wal_len < self.compact_after
+            || self.compacted_at == Some(op)
+            || self.checksum_at(op) != Some(checksum)
+        {
             return;
         }
         let first = (op - self.base.0) as usize; // the entry after the checkpoint
@@ -606,6 +614,7 @@ impl<D: Disk> Store<D> {
         }
         self.stats.syncs += 1;
         self.switch_pending = true;
+        self.compacted_at = Some(op);
         self.wal_len = bytes.len() as u64;
         self.base = (op, checksum);
         self.checksums.drain(..first);
@@ -614,13 +623,19 @@ impl<D: Disk> Store<D> {
             *offset = *offset - live_from + head;
         }
         if self.write_superblock(self.superblock.state(), None).is_ok() {
-            // The old file is no longer named: free its space (unsynced:
-            // whatever a crash leaves in it is never read).
-            let _ = self.disk.truncate(Zone::wal(1 - next), 0);
-            self.stats.compactions += 1;
+            self.switched();
         } else {
             self.stats.compaction_errors += 1;
         }
+    }
+
+    /// A compaction's switch is durable: the old file is no longer named,
+    /// so its space is freed (unsynced: whatever a crash leaves in it is
+    /// never read), and the backoff of earlier failures is over.
+    fn switched(&mut self) {
+        let _ = self.disk.truncate(Zone::wal(1 - self.superblock.wal), 0);
+        self.stats.compactions += 1;
+        self.compact_after = 0;
     }
 
     /// Appends the staged records, and a seal, and syncs. On error they stay
@@ -1309,9 +1324,55 @@ mod tests {
             .unwrap();
         store.sync().unwrap();
         assert_eq!(store.superblock().wal, 1);
+        assert_eq!(store.stats().compactions, 1);
+        assert_eq!(store.disk().len(Zone::WalA), 0, "the old file is freed");
         let (_, opened) = open(store.into_disk());
         let (_, _, log) = restarted_from(&opened);
         assert_eq!(log, entries[8..]);
+    }
+
+    #[test]
+    fn a_compacted_file_is_not_compacted_again_at_the_same_checkpoint() {
+        let entries = chain(&[], 20, 0);
+        let mut store = store_with(&entries, state(0, 0, 20));
+        store.set_compaction_bytes(1);
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[19], 1)))
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.stats().compactions, 1);
+        // Only the Rebase and a seal are left, all "before" the checkpoint's
+        // suffix: syncs of state alone must not copy them back and forth.
+        for view in 1..4 {
+            store.stage(&Output::WriteState(state(view, view, 20))).unwrap();
+            store.sync().unwrap();
+        }
+        assert_eq!(store.stats().compactions, 1);
+    }
+
+    #[test]
+    fn unsealed_records_on_a_full_disk_stay_staged_until_the_seal_is_written() {
+        let entries = chain(&[], 3, 0);
+        let store = store_with(&entries, state(0, 0, 3));
+        let mut disk = store.into_disk();
+        // A crash kept the last write's records whole but not its seal.
+        let (seal_at, _) = *disk.wal_records().last().unwrap();
+        disk.truncate(Zone::WalA, seal_at as u64).unwrap();
+        disk.sync(Zone::WalA).unwrap();
+        disk.full = true;
+        let (mut store, opened) = open(disk);
+        assert_eq!(restarted(&opened).1, entries);
+        assert!(store.has_staged(), "the seal waits, and so does every output");
+        assert!(store.sync().is_err());
+        store.disk.full = false;
+        store.sync().unwrap();
+        assert!(!store.has_staged());
+        let records = store.disk().wal_records();
+        let (last, _) = *records.last().unwrap();
+        assert_eq!(
+            Record::decode(&store.disk.read(Zone::WalA).unwrap()[last..]).map(|(r, _)| r),
+            Some(Record::Seal)
+        );
     }
 
     #[test]
