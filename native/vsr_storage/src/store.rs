@@ -360,6 +360,7 @@ impl<D: Disk> Store<D> {
         match output {
             Output::WriteLog { after, entries } => {
                 let (after, entries) = self.above_base(*after, entries)?;
+                let (after, entries) = self.past_unchanged(after, entries);
                 if after > self.op {
                     return Err(format!(
                         "a write after op {after} to a log of ops {}..={}",
@@ -438,6 +439,23 @@ impl<D: Disk> Store<D> {
                 self.op
             )),
         }
+    }
+
+    /// A log write without the entries the log already holds unchanged.
+    /// A replica installing a new view's log rewrites from below the point
+    /// where the logs differ; written as they come, a `Truncate` record
+    /// would go first, and a crash that tore the write after it would lose
+    /// synced (even committed) entries that the rewrite only repeated
+    /// (simulator seed 55898). So a `Truncate` is written only where an
+    /// entry really changes, or where the log really gets shorter: the
+    /// entries it drops were never committed.
+    fn past_unchanged<'e>(&self, after: Op, entries: &'e [Arc<Prepare>]) -> (Op, &'e [Arc<Prepare>]) {
+        let same = entries
+            .iter()
+            .zip(after + 1..=self.op)
+            .take_while(|(entry, op)| self.checksum_at(*op) == Some(entry.checksum))
+            .count();
+        (after + same as Op, &entries[same..])
     }
 
     /// The checksum of entry `op` in the log as staged, if it holds it.
@@ -1453,6 +1471,31 @@ mod tests {
                 })
                 .unwrap_err();
             assert!(error.contains("does not reach op 20 unchanged"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_torn_rewrite_of_unchanged_entries_loses_nothing_that_was_synced() {
+        // A new view's log that repeats ours from op 3 and replaces op 9 on.
+        let ours = chain(&[], 10, 1);
+        let theirs: Vec<_> = ours[..8].iter().cloned().chain(chain(&ours[..8], 4, 2)).collect();
+        for cut in cuts() {
+            let mut store = store_with(&ours, state(1, 1, 8));
+            store
+                .stage(&Output::WriteLog {
+                    after: 2,
+                    entries: theirs[2..].to_vec(),
+                })
+                .unwrap();
+            store.disk.crash_after = Some(1); // the write lands, its sync does not
+            assert!(store.sync().is_err());
+            let mut disk = store.into_disk();
+            disk.crash(cut);
+            let (_, opened) = open(disk);
+            let log = restarted(&opened).1;
+            // Ops 1..=8 (synced, committed) are all still there, whatever the tear.
+            assert!(log.len() >= 8, "{cut:?}: {} entries", log.len());
+            assert_eq!(log[..8], ours[..8], "{cut:?}");
         }
     }
 }
