@@ -45,7 +45,10 @@ defmodule Visor.Options do
   @default_checkpoint_every 10_000
 
   # Engine options passed through to Visor.Native.start/2 as they are.
-  @engine_keys [:tick_ms | Visor.Native.config_keys() -- [:checkpoint_interval]]
+  @engine_keys [
+    :tick_ms,
+    :wal_compact_bytes | Visor.Native.config_keys() -- [:checkpoint_interval]
+  ]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++ [storage: :memory]
@@ -97,7 +100,11 @@ defmodule Visor.Options do
             "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
     end
 
-    engine = compaction!(module, opts, storage, engine)
+    if storage == :memory and Map.has_key?(engine, :wal_compact_bytes) do
+      raise ArgumentError,
+            "#{inspect(module)}: wal_compact_bytes is only used with storage: :disk"
+    end
+
     checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
 
     unless is_integer(checkpoint_every) and checkpoint_every >= 0 and
@@ -197,25 +204,6 @@ defmodule Visor.Options do
       {other, _} ->
         raise ArgumentError,
               "#{inspect(module)}: storage must be :memory or :disk, got: #{inspect(other)}"
-    end
-  end
-
-  defp compaction!(module, opts, storage, engine) do
-    case {Keyword.fetch(opts, :wal_compact_bytes), storage} do
-      {:error, _} ->
-        engine
-
-      {{:ok, bytes}, {:disk, _}} when is_integer(bytes) and bytes > 0 and bytes < 1 <<< 64 ->
-        Map.put(engine, :wal_compact_bytes, bytes)
-
-      {{:ok, _}, :memory} ->
-        raise ArgumentError,
-              "#{inspect(module)}: wal_compact_bytes is only used with storage: :disk"
-
-      {{:ok, bytes}, _} ->
-        raise ArgumentError,
-              "#{inspect(module)}: wal_compact_bytes must be a positive integer, " <>
-                "got: #{inspect(bytes)}"
     end
   end
 
