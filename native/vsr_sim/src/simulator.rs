@@ -9,7 +9,7 @@ use vsr::{
     root_checksum, Checkpoint, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica,
     ReplicaIndex, Status,
 };
-use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
+use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
 use crate::checker::{Checker, Violation};
 use crate::client::Client;
@@ -148,12 +148,8 @@ impl Simulator {
                 if options.amnesia {
                     return Storage::None;
                 }
-                let identity = identity(&options, r as ReplicaIndex);
-                match Store::open(MemDisk::default(), identity, Vec::new()) {
-                    Ok((mut store, Opened::Created)) => {
-                        store.set_compaction_bytes(options.compaction_bytes);
-                        Storage::Running(Box::new(store))
-                    }
+                match open_store(&options, r as ReplicaIndex, MemDisk::default()) {
+                    Ok((store, Opened::Created)) => Storage::Running(Box::new(store)),
                     _ => panic!("a new store on an empty disk"),
                 }
             })
@@ -473,10 +469,7 @@ impl Simulator {
         let replica =
             Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
         if !matches!(self.storage[r as usize], Storage::None) {
-            let identity = identity(&self.options, r);
-            let (mut store, _) =
-                Store::open(MemDisk::default(), identity, Vec::new()).expect("an empty disk");
-            store.set_compaction_bytes(self.options.compaction_bytes);
+            let (store, _) = open_store(&self.options, r, MemDisk::default()).expect("an empty disk");
             self.storage[r as usize] = Storage::Running(Box::new(store));
             self.durable[r as usize] = DurableState::default();
             self.beside[r as usize] = Beside {
@@ -511,10 +504,8 @@ impl Simulator {
         };
         self.rot(&mut disk);
         let config = self.options.config.clone();
-        let opened = Store::open(disk, identity(&self.options, r), Vec::new());
-        let (mut store, opened) =
-            opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
-        store.set_compaction_bytes(self.options.compaction_bytes);
+        let opened = open_store(&self.options, r, disk);
+        let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
         match opened {
             Opened::Restart {
@@ -1013,6 +1004,17 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
 }
 
 /// Replica `r`'s store identity in the simulated cluster.
+/// Replica `r`'s store on `disk`, compacting as the seed says.
+fn open_store(
+    options: &Options,
+    r: ReplicaIndex,
+    disk: MemDisk,
+) -> Result<(Store<MemDisk>, Opened), StoreError> {
+    let (mut store, opened) = Store::open(disk, identity(options, r), Vec::new())?;
+    store.set_compaction_bytes(options.compaction_bytes);
+    Ok((store, opened))
+}
+
 fn identity(options: &Options, r: ReplicaIndex) -> Identity {
     Identity {
         cluster: options.config.cluster,
