@@ -809,6 +809,14 @@ mod tests {
         })
     }
 
+    /// Stages a checkpoint at `entry` and syncs it.
+    fn take_checkpoint(store: &mut Store<MemDisk>, entry: &Prepare, app: u8) {
+        store
+            .stage(&Output::WriteCheckpoint(checkpoint_of(entry, app)))
+            .unwrap();
+        store.sync().unwrap();
+    }
+
     fn restarted_from(opened: &Opened) -> (DurableState, Option<Arc<Checkpoint>>, Vec<Arc<Prepare>>) {
         match opened {
             Opened::Restart {
@@ -936,14 +944,8 @@ mod tests {
     fn a_second_checkpoint_goes_to_the_other_file_and_a_corrupt_one_means_recovery() {
         let entries = chain(&[], 8, 0);
         let mut store = store_with(&entries, state(0, 0, 8));
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[3], 1)))
-            .unwrap();
-        store.sync().unwrap();
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[7], 2)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[3], 1);
+        take_checkpoint(&mut store, &entries[7], 2);
         assert_eq!(
             store.superblock().checkpoint.map(|c| (c.op, c.slot)),
             Some((8, 1))
@@ -1234,10 +1236,7 @@ mod tests {
         assert_eq!(log, entries[25..]);
         // The next checkpoint compacts back into the first file.
         store.set_compaction_bytes(1);
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[37], 6)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[37], 6);
         assert_eq!(store.superblock().wal, 0);
         let (_, opened) = open(store.into_disk());
         let (_, stored, log) = restarted_from(&opened);
@@ -1251,17 +1250,11 @@ mod tests {
         let mut store = store_with(&entries, state(0, 0, 30));
         store.set_compaction_bytes(1);
         // 10 dead entries against 20 live ones: not worth copying yet.
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[9], 1)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[9], 1);
         assert_eq!(store.stats().compactions, 0);
         // Under the byte threshold: not either.
         store.set_compaction_bytes(u64::MAX);
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[24], 2)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[24], 2);
         assert_eq!(store.stats().compactions, 0);
         assert_eq!(store.superblock().wal, 0);
     }
@@ -1354,10 +1347,7 @@ mod tests {
         let entries = chain(&[], 20, 0);
         let mut store = store_with(&entries, state(0, 0, 20));
         store.set_compaction_bytes(1);
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[19], 1)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[19], 1);
         assert_eq!(store.stats().compactions, 1);
         // Only the Rebase and a seal are left, all "before" the checkpoint's
         // suffix: syncs of state alone must not copy them back and forth.
@@ -1408,10 +1398,7 @@ mod tests {
             })
             .unwrap();
         store.sync().unwrap();
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&all[15], 2)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &all[15], 2);
         assert_eq!(store.stats().compactions, 1);
         let (_, opened) = open(store.into_disk());
         let (_, stored, log) = restarted_from(&opened);
@@ -1445,10 +1432,7 @@ mod tests {
         let entries = chain(&[], 30, 0);
         let mut store = store_with(&entries[..26], state(0, 0, 26));
         store.set_compaction_bytes(1);
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint_of(&entries[19], 1)))
-            .unwrap();
-        store.sync().unwrap();
+        take_checkpoint(&mut store, &entries[19], 1);
         assert_eq!(store.stats().compactions, 1);
         // A new view's log installed from op 10 on: the same entries up to
         // the checkpoint at 20, then a longer suffix.
