@@ -262,6 +262,23 @@ defmodule Visor.Test.Cluster do
   end
 
   @doc """
+  Disk mode's power loss: kills every node at once (`kill_nodes/1`),
+  restarts them (`restart_all/1`) with the group of `module`, and waits
+  until each has restarted from its own disk.
+  """
+  def power_cycle(nodes, module, opts) do
+    :ok = kill_nodes(nodes)
+    restart_all(nodes)
+    :ok = start_group(nodes, module, opts)
+
+    for n <- nodes do
+      eventually(fn -> status(n, module).storage.opened == :restarted end)
+    end
+
+    :ok
+  end
+
+  @doc """
   Restarts the killed `node` (`restart_peer/2`) and its group of `module`:
   asserts that the replica rejoins (recovering, never fresh), waits until
   it is normal and returns its status.

@@ -25,12 +25,9 @@ defmodule Visor.CheckpointTest do
       Cluster.eventually(fn -> Cluster.status(n, Counter).storage.checkpoint >= 20 end)
     end
 
-    :ok = Cluster.kill_nodes(nodes)
-    Cluster.restart_all(nodes)
-    :ok = Cluster.start_group(nodes, Counter, opts)
+    :ok = Cluster.power_cycle(nodes, Counter, opts)
 
     for n <- nodes do
-      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :restarted end)
       status = Cluster.status(n, Counter)
       # Restarted from the checkpoint: the log starts at it.
       assert status.checkpoint >= 20 and status.log_base >= 20
@@ -72,14 +69,7 @@ defmodule Visor.CheckpointTest do
       assert Enum.sum(files) == storage.wal_size
     end
 
-    :ok = Cluster.kill_nodes(nodes)
-    Cluster.restart_all(nodes)
-    :ok = Cluster.start_group(nodes, Counter, opts)
-
-    for n <- nodes do
-      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :restarted end)
-    end
-
+    :ok = Cluster.power_cycle(nodes, Counter, opts)
     assert commit(hd(nodes), {:incr, :after_restart}) == 41
     state = :erpc.call(hd(nodes), Counter, :get, [])
     assert MapSet.size(state.applied) == 41
