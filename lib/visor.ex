@@ -60,6 +60,9 @@ defmodule Visor do
       Atom.to_string(module))` (see `Visor.Options`);
     * `:pool_size`: client sessions per node, i.e. how many commands this
       node keeps in flight at once (default 128); more callers wait in line;
+    * `:busy_poll_us`: how long (µs, default 50, `0` disables) the server
+      polls for its engine's answer after a hand-off, while few of this
+      node's commands are in flight (see `Visor.Options`, "Latency");
     * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
       accepts (`:batch_max_bytes`, `:view_change_ticks`, ...).
 

@@ -23,6 +23,18 @@ defmodule Visor.Options do
       as many as it leaves live), the log after the checkpoint is copied to a fresh
       file and the old one is freed, so the WAL stays bounded.
 
+  ## Latency
+
+    * `busy_poll_us: n` (default 50; `0` disables; at
+      most 1000): after handing a command or a peer's message to the engine
+      while only a few of this node's commands are in flight, the server
+      watches its mailbox for up to `n` µs for the engine's answer instead
+      of letting its scheduler sleep at once. Waking a sleeping scheduler
+      costs tens of µs on virtual machines, several times per commit;
+      polling trades at most `n` µs of one scheduler's time per hand-off
+      for that. Under load (many commands in flight) it never polls, so it
+      costs no throughput. docs/operations.md, "Latency", has the figures.
+
   ## Checkpoints
 
     * `checkpoint_every: n` (default #{10_000}, both storage modes; `0`
@@ -43,6 +55,7 @@ defmodule Visor.Options do
   @default_batch_max_bytes 1_048_576
   @default_client_table_max 4096
   @default_checkpoint_every 10_000
+  @default_busy_poll_us 50
 
   # Engine options passed through to Visor.Native.start/2 as they are.
   @engine_keys [
@@ -51,14 +64,15 @@ defmodule Visor.Options do
   ]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
-  defstruct @enforce_keys ++ [storage: :memory]
+  defstruct @enforce_keys ++ [storage: :memory, busy_poll_us: @default_busy_poll_us]
 
   @typedoc """
   `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
   the options for `Visor.Native.start/2` other than the cluster's identity;
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
-  store directory (inside the user's `data_dir`); `opts` what the user
-  passed (for `initial_state/1`).
+  store directory (inside the user's `data_dir`); `busy_poll_us` how long
+  the server watches its mailbox for the engine's answer after a hand-off
+  (`Visor.Server`); `opts` what the user passed (for `initial_state/1`).
   """
   @type t :: %__MODULE__{
           module: module(),
@@ -66,6 +80,7 @@ defmodule Visor.Options do
           pool_size: pos_integer(),
           engine: map(),
           storage: :memory | {:disk, Path.t()},
+          busy_poll_us: non_neg_integer(),
           opts: keyword()
         }
 
@@ -105,6 +120,14 @@ defmodule Visor.Options do
             "#{inspect(module)}: wal_compact_bytes is only used with storage: :disk"
     end
 
+    busy_poll_us = Keyword.get(opts, :busy_poll_us, @default_busy_poll_us)
+
+    unless is_integer(busy_poll_us) and busy_poll_us in 0..1000 do
+      raise ArgumentError,
+            "#{inspect(module)}: busy_poll_us must be an integer in 0..1000 " <>
+              "(0 disables busy polling), got: #{inspect(busy_poll_us)}"
+    end
+
     checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
 
     unless is_integer(checkpoint_every) and checkpoint_every >= 0 and
@@ -120,6 +143,7 @@ defmodule Visor.Options do
       pool_size: pool_size,
       engine: Map.put(engine, :checkpoint_interval, checkpoint_every),
       storage: storage,
+      busy_poll_us: busy_poll_us,
       opts: opts
     }
   end

@@ -223,6 +223,28 @@ defmodule Visor.ReplicationTest do
     end
   end
 
+  test "busy polling ends: between commits an idle server sleeps", %{nodes: nodes} do
+    # Every node polls after its hand-offs (busy_poll_us, default 50 µs)
+    # while one of its commands is in flight; afterwards it must wait in
+    # receive like any idle process, not spin.
+    for node <- nodes, do: on(node, :commit, [Counter, {:incr, {:poll, node}}])
+    Process.sleep(20)
+
+    for node <- nodes do
+      server = pid(node, Visor.Supervisor.name(Counter, :server))
+
+      samples =
+        for _ <- 1..50 do
+          Process.sleep(2)
+          {:status, status} = :erpc.call(node, Process, :info, [server, :status])
+          status
+        end
+
+      waiting = Enum.count(samples, &(&1 == :waiting))
+      assert waiting >= 45, "#{node}'s server was not waiting in #{50 - waiting} of 50 samples"
+    end
+  end
+
   test "a node where the group is not running gets :not_running" do
     assert Cache.commit({:add, %{x: 1}}) == {:error, :not_running}
     assert Cache.get() == {:error, :not_running}

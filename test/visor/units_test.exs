@@ -19,6 +19,9 @@ defmodule Visor.UnitsTest do
       o = Options.validate!(Cache, cluster_size: 3, pool_size: 1000)
       assert o.engine.batch_max_bytes == 1_048_576
       assert o.engine.tick_ms == 10
+      assert o.busy_poll_us == 50
+      refute Map.has_key?(o.engine, :busy_poll_us)
+      assert Options.validate!(Cache, cluster_size: 3, busy_poll_us: 0).busy_poll_us == 0
       assert o.engine.client_table_max >= 6 * 1000
       assert o.opts == [cluster_size: 3, pool_size: 1000]
     end
@@ -35,6 +38,8 @@ defmodule Visor.UnitsTest do
             {[nodes: Enum.map(1..7, &:"n#{&1}@h")], ~r/nodes/},
             {[cluster_size: 3, pool_size: 0], ~r/pool_size/},
             {[cluster_size: 3, view_change_ticks: -1], ~r/view_change_ticks/},
+            {[cluster_size: 3, busy_poll_us: -1], ~r/busy_poll_us/},
+            {[cluster_size: 3, busy_poll_us: 5000], ~r/busy_poll_us/},
             {[:not_keyword], ~r/keyword/}
           ] do
         assert_raise ArgumentError, message, fn -> Options.validate!(Cache, opts) end
