@@ -12,8 +12,11 @@ defmodule Visor.Native do
 
   where `events` is a list, in order, of
 
-    * `{:send, to_index, bytes}`: send `bytes` to replica `to_index`, whose
-      server calls `deliver/2` with them;
+    * `{:send, to_index, messages}`: send `messages` (a list of binaries,
+      in the order the replica sent them, at most 256) to replica
+      `to_index`, whose server calls `deliver/2` with the list. Every
+      message of one batch of steps to the same replica is in one list, and
+      the sends come first in `events`;
     * `{:execute, op, view, timestamp_ns, requests}`: op `op` is committed;
       `requests` is a list of `{client, request, outcome, payload}` and the
       application applies the payloads whose outcome is `:executed`, in
@@ -164,19 +167,23 @@ defmodule Visor.Native do
   end
 
   @doc """
-  Hands the group a message from a peer replica (the `bytes` of a peer's
-  `{:send, to, bytes}` event). Corrupt or foreign bytes are dropped and
-  counted in `status/1`'s stats. A no-op once the group is stopped.
+  Hands the group messages from a peer replica: the list of a peer's
+  `{:send, to, messages}` event, or one message. Corrupt or foreign
+  messages are dropped and counted in `status/1`'s stats. In a list,
+  elements that are not binaries are skipped, and a list of more than 256
+  elements is dropped whole: then `{:malformed, dropped}` says how many
+  were dropped (the rest are delivered). A no-op once the group is stopped.
   """
-  @spec deliver(engine(), binary()) :: :ok
-  def deliver(engine, bytes) do
+  @spec deliver(engine(), binary() | [binary()]) :: :ok | {:malformed, pos_integer()}
+  def deliver(engine, messages) do
     check_engine!(engine)
 
-    unless is_binary(bytes) do
-      raise ArgumentError, "bytes must be a binary, got: #{inspect(bytes)}"
+    unless is_binary(messages) or is_list(messages) do
+      raise ArgumentError,
+            "messages must be a binary or a list of binaries, got: #{inspect(messages)}"
     end
 
-    nif_deliver(engine, bytes)
+    nif_deliver(engine, messages)
   end
 
   @doc """

@@ -333,14 +333,19 @@ defmodule Visor.Server do
       {:stop, reason, state}
   end
 
-  def handle_info({:visor_peer, bytes}, %{phase: :running} = state) when is_binary(bytes) do
-    :ok = Native.deliver(state.engine, bytes)
-    poll(state)
+  # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
+  def handle_info({:visor_peer, messages}, %{phase: :running} = state)
+      when is_list(messages) or is_binary(messages) do
+    case Native.deliver(state.engine, messages) do
+      :ok -> poll(state)
+      {:malformed, dropped} -> poll(count(state, :peer_malformed, dropped))
+    end
   end
 
   # A replica that is not running yet (or any more) drops peer traffic; the
   # protocol resends what matters.
-  def handle_info({:visor_peer, bytes}, state) when is_binary(bytes), do: {:noreply, state}
+  def handle_info({:visor_peer, messages}, state) when is_list(messages) or is_binary(messages),
+    do: {:noreply, state}
 
   def handle_info({:visor_peer, _not_bytes}, state),
     do: {:noreply, count(state, :peer_malformed)}
@@ -422,10 +427,10 @@ defmodule Visor.Server do
 
   # ---- Engine events -----------------------------------------------------
 
-  defp event({:send, to, bytes}, state) do
+  defp event({:send, to, messages}, state) do
     case :erlang.send(
            {state.module, elem(state.members, to)},
-           {:visor_peer, bytes},
+           {:visor_peer, messages},
            # Never block the server: not on connection setup (Formation
            # reconnects members), not on a busy distribution buffer. The
            # protocol tolerates the loss; the counters show it.
@@ -608,7 +613,8 @@ defmodule Visor.Server do
     kind, reason -> {:raise, kind, reason, __STACKTRACE__}
   end
 
-  defp count(state, key), do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+  defp count(state, key, n \\ 1),
+    do: %{state | stats: Map.update!(state.stats, key, &(&1 + n))}
 
   # ---- Status ------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 defmodule Visor.NativeTest.Harness do
   @moduledoc false
   # Drives engines owned by the calling test process: routes their
-  # {:send, to, bytes} events with deliver/2, as Visor.Server does over
+  # {:send, to, messages} events with deliver/2, as Visor.Server does over
   # distribution, and records what each replica executed and replied.
 
   import ExUnit.Assertions
@@ -72,10 +72,10 @@ defmodule Visor.NativeTest.Harness do
 
   defp handle(c, from, events) do
     Enum.reduce(events, c, fn
-      {:send, to, bytes}, c ->
-        assert to != from and is_binary(bytes)
-        :ok = Native.deliver(c.engines[to], bytes)
-        %{c | last_send: {to, bytes}}
+      {:send, to, messages}, c ->
+        assert to != from and messages != [] and Enum.all?(messages, &is_binary/1)
+        :ok = Native.deliver(c.engines[to], messages)
+        %{c | last_send: {to, List.last(messages)}}
 
       {:execute, _op, _view, _ts, _requests} = e, c ->
         update_in(c.executes[from], &(&1 ++ [e]))

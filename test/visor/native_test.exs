@@ -93,7 +93,8 @@ defmodule Visor.NativeTest do
     end
 
     assert_raise ArgumentError, ~r/payload/, fn -> Native.submit(e, client_id(), 0, 0, :x) end
-    assert_raise ArgumentError, ~r/bytes/, fn -> Native.deliver(e, [1, 2]) end
+    assert_raise ArgumentError, ~r/messages/, fn -> Native.deliver(e, :x) end
+    assert_raise ArgumentError, fn -> Native.nif_deliver(e, %{}) end
     assert_raise ArgumentError, ~r/engine/, fn -> Native.status(:nope) end
     # A reference that is not an engine passes the wrapper's check but not the NIF's.
     assert_raise ArgumentError, fn -> Native.status(make_ref()) end
@@ -233,9 +234,18 @@ defmodule Visor.NativeTest do
         )
 
     for bytes <- garbage, do: assert(:ok = Native.deliver(e2, bytes))
+    # The same as one peer's list, with non-binaries among them: those are
+    # skipped and counted by the caller, the rest reach the replica.
+    assert {:malformed, 2} = Native.deliver(e2, [:x | garbage] ++ [{1, 2}])
+    # A list longer than any engine sends is dropped whole, unread.
+    assert {:malformed, 1} = Native.deliver(e2, List.duplicate(real, 257))
+    assert {:malformed, 1} = Native.deliver(e2, List.duplicate(:x, 10_000))
+    # An improper list: the element and the tail are dropped, nothing raises.
+    assert {:malformed, 2} = Native.deliver(e2, [:x | :improper])
 
-    wait_until(fn -> dropped(Native.status(e2).stats) >= before + length(garbage) end)
-    assert dropped(Native.status(e2).stats) == before + length(garbage)
+    expected = before + 2 * length(garbage)
+    wait_until(fn -> dropped(Native.status(e2).stats) >= expected end)
+    assert dropped(Native.status(e2).stats) == expected
 
     :ok = Native.submit(c.engines[2], client, session, 1, "after garbage")
     c = pump(c, &replied?(&1, 2, client, 1))

@@ -128,6 +128,8 @@ defmodule Visor.ReplicationTest do
       {:visor_peer, :not_a_binary},
       {:visor_peer, ""},
       {:visor_peer, :rand.bytes(200)},
+      {:visor_peer, [:rand.bytes(50), :not_a_binary, ""]},
+      {:visor_peer, [:x | :improper]},
       # A plausible header (magic, version) with garbage after it.
       {:visor_peer, <<0::128, 0x5356::little-16, 1::little-16, 0::128, 0, "garbage">>},
       {:visor_engine, make_ref(), [{:execute, 1, 0, 0, []}]},

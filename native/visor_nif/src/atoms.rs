@@ -3,6 +3,7 @@
 rustler::atoms! {
     ok,
     error,
+    malformed,
 
     // Messages to the owner process.
     visor_engine,

@@ -234,11 +234,40 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     }
 }
 
+/// Most messages in one `{:send, to, list}` event, and so in one
+/// distribution message; `deliver/2` drops longer lists whole.
+pub const SEND_LIST_MAX: usize = 256;
+
+/// The `{:send, to, [bytes, ...]}` events for one flush's outputs: every
+/// message to the same replica in one list (in the order sent, at most
+/// `SEND_LIST_MAX` a list), so that a burst of messages to a peer costs
+/// one distribution message and one engine command there, not one each.
+pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
+    let mut by_peer: Vec<(u8, Vec<Term<'a>>)> = Vec::new();
+    for output in outputs {
+        if let Output::Send { to, bytes } = output {
+            let message = binary(env, bytes);
+            match by_peer.iter_mut().find(|(peer, _)| peer == to) {
+                Some((_, list)) => list.push(message),
+                None => by_peer.push((*to, vec![message])),
+            }
+        }
+    }
+    by_peer
+        .iter()
+        .flat_map(|(to, list)| {
+            list.chunks(SEND_LIST_MAX)
+                .map(move |chunk| (atoms::send(), *to as u32, chunk).encode(env))
+        })
+        .collect()
+}
+
 /// One event of a `{:visor_engine, ref, events}` message, or `None` for
-/// outputs that do not go to Elixir (storage writes).
+/// outputs that do not go to Elixir one by one (storage writes, and sends:
+/// see `sends`).
 pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
     match output {
-        Output::Send { to, bytes } => Some((atoms::send(), *to as u32, binary(env, bytes)).encode(env)),
+        Output::Send { .. } => None,
         Output::Execute { entry, outcomes } => {
             let requests: Vec<Term> = entry
                 .requests

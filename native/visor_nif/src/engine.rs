@@ -39,9 +39,10 @@ static THREADS: AtomicUsize = AtomicUsize::new(0);
 /// What a NIF asks of a worker.
 pub enum Command {
     Start(Box<Group>),
+    /// Messages from one peer, in the order they were sent.
     Deliver {
         id: u64,
-        bytes: Vec<u8>,
+        messages: Vec<Vec<u8>>,
     },
     Submit {
         id: u64,
@@ -226,7 +227,11 @@ impl Worker {
                 // arrive before the first interval is up get a real clock.
                 self.step(id, Input::Tick { now_ns: now_ns() });
             }
-            Command::Deliver { id, bytes } => self.step(id, Input::Receive(&bytes)),
+            Command::Deliver { id, messages } => {
+                for bytes in &messages {
+                    self.step(id, Input::Receive(bytes));
+                }
+            }
             Command::Submit { id, submission } => self.step(id, Input::Submit(submission)),
             Command::Read { id, read } => self.step(id, Input::Read { id: read }),
             Command::Snapshot { id, op, env, bytes } => {

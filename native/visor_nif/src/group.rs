@@ -376,7 +376,9 @@ impl Group {
     }
 
     /// Sends the pending storage notices and `outputs` to the owner as one
-    /// message, `{:visor_engine, engine, events}` (nothing if both are empty).
+    /// message, `{:visor_engine, engine, events}` (nothing if both are empty):
+    /// the notices, then the sends grouped by peer, then the other outputs
+    /// in order.
     fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), String> {
         let notices = std::mem::take(&mut self.notices);
         if self.shared().is_stopped() {
@@ -391,9 +393,12 @@ impl Group {
         let sent = guard(|| {
             // An error means the owner is gone: its monitor stops the group.
             let _ = env.send_and_clear(&self.owner, |env| {
+                // Sends first: a peer's work should not wait for this
+                // node's `handle_commit`s.
                 let events: Vec<Term> = notices
                     .iter()
                     .map(|n| convert::notice(env, n))
+                    .chain(convert::sends(env, &outputs))
                     .chain(outputs.iter().filter_map(|o| convert::event(env, o)))
                     .collect();
                 (atoms::visor_engine(), engine.encode(env), events)

@@ -24,7 +24,7 @@ use resource::EngineResource;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 4;
+const PROTOCOL_VERSION: u32 = 5;
 
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -115,10 +115,54 @@ fn nif_probe(dir: Binary, tag: u64, owner: LocalPid) -> NifResult<rustler::Atom>
     Ok(atoms::ok())
 }
 
+/// `bytes` is one peer message or a list of them (a `{:send, to, list}`
+/// event's list). Peer input is untrusted: elements that are not binaries
+/// are skipped, and a list longer than `convert::SEND_LIST_MAX` is dropped
+/// whole (without walking it further); either way `{:malformed, n}` says
+/// how many were dropped. Anything but a binary or a list is `badarg`.
 #[rustler::nif]
-fn nif_deliver(engine: ResourceArc<EngineResource>, bytes: Binary) -> rustler::Atom {
-    engine.deliver(bytes.as_slice());
-    atoms::ok()
+fn nif_deliver<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    bytes: Term<'a>,
+) -> NifResult<Term<'a>> {
+    if let Ok(one) = bytes.decode::<Binary>() {
+        engine.deliver(vec![one.as_slice().to_vec()]);
+        return Ok(atoms::ok().encode(env));
+    }
+    if !bytes.is_list() {
+        return Err(Error::BadArg);
+    }
+    // Walked cell by cell, not with rustler's ListIterator: that one panics
+    // on an improper list, which a peer can send.
+    let mut messages = Vec::new();
+    let mut dropped = 0usize;
+    let mut rest = bytes;
+    while !rest.is_empty_list() {
+        let Ok((item, tail)) = rest.list_get_cell() else {
+            dropped += 1; // an improper tail
+            break;
+        };
+        if messages.len() + dropped == convert::SEND_LIST_MAX {
+            // Too long to come from an engine: not one message of it is trusted.
+            messages.clear();
+            dropped = 1;
+            break;
+        }
+        match item.decode::<Binary>() {
+            Ok(message) => messages.push(message.as_slice().to_vec()),
+            Err(_) => dropped += 1,
+        }
+        rest = tail;
+    }
+    if !messages.is_empty() {
+        engine.deliver(messages);
+    }
+    Ok(if dropped == 0 {
+        atoms::ok().encode(env)
+    } else {
+        (atoms::malformed(), dropped).encode(env)
+    })
 }
 
 #[rustler::nif]

@@ -48,10 +48,10 @@ impl EngineResource {
         }
     }
 
-    pub fn deliver(&self, bytes: &[u8]) {
+    pub fn deliver(&self, messages: Vec<Vec<u8>>) {
         self.enqueue(|| Command::Deliver {
             id: self.id,
-            bytes: bytes.to_vec(),
+            messages,
         });
     }
 
