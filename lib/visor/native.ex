@@ -280,7 +280,8 @@ defmodule Visor.Native do
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
   error: nil | message, syncs:, wal_bytes:, wal_size:, compactions:,
   checkpoint:}`: `wal_bytes` counts every byte appended to the WAL,
-  `wal_size` is the WAL file's length now (compaction shrinks it).
+  `wal_size` is the log's length in its WAL file now (compaction shrinks
+  it; the file is up to 1 MiB longer, with zeros written ahead).
   """
   @spec status(engine()) :: map()
   def status(engine) do

@@ -65,8 +65,12 @@ defmodule Visor.CheckpointTest do
       storage = Cluster.status(n, Counter).storage
       # Only the log after the latest checkpoint is left on disk.
       assert storage.wal_size < storage.wal_bytes / 2
+      # The other file is freed; the named one holds the log and the
+      # zeros written ahead of it (at most 1 MiB and a page).
       files = for f <- ["wal.a", "wal.b"], do: File.stat!(Path.join(storage.data_dir, f)).size
-      assert Enum.sum(files) == storage.wal_size
+      assert 0 in files
+      assert Enum.sum(files) >= storage.wal_size
+      assert Enum.sum(files) <= storage.wal_size + 1_048_576 + 4096
     end
 
     :ok = Cluster.power_cycle(nodes, Counter, opts)

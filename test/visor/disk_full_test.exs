@@ -27,9 +27,12 @@ defmodule Visor.DiskFullTest do
 
     junk = fill!(Path.join([tmp, Atom.to_string(full), "junk"]))
 
-    # The majority goes on; the full member's next WAL append fails (the
-    # tmpfs page its log ends in fills first), and it says so.
-    for i <- 6..60, do: assert(commit(primary, {:incr, i}) == i)
+    # The majority goes on. The full member writes on into the zeros its
+    # store keeps ahead of the log (at most 1 MiB and a page); past them
+    # its next WAL append fails, and it says so. 55 commits of 24 KB take
+    # it past them (and fit the others' 4 MiB with their own zeros).
+    pad = :binary.copy("x", 24_000)
+    for i <- 6..60, do: assert(commit(primary, {:incr, {i, pad}}) == i)
     Cluster.eventually(fn -> Cluster.status(full, Counter).storage.error != nil end)
     status = Cluster.status(full, Counter)
     assert status.storage.error =~ ~r/space/i

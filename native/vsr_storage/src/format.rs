@@ -301,6 +301,11 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
             break None;
         }
         let Some((record, len)) = Record::decode(&bytes[offset..]) else {
+            if bytes[offset..].iter().all(|&b| b == 0) {
+                // The zeros a store writes ahead of its log (or a write
+                // of which nothing reached the disk): the clean end.
+                break None;
+            }
             break Some(if valid_record_after(bytes, offset + 1) {
                 WalDamage::Corrupt {
                     offset: offset as u64,
@@ -482,6 +487,40 @@ mod tests {
                 "flip at {byte}"
             );
         }
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_the_clean_end_and_a_torn_record_before_them_is_torn() {
+        let entries = chain(3);
+        let records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
+        let bytes = wal(&records);
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 10_000, 0);
+        let scan = scan_wal(root_checksum(7), &padded);
+        assert_eq!(scan.entries, entries);
+        assert_eq!(scan.damage, None);
+        assert_eq!(scan.valid_len, bytes.len() as u64);
+        // A record cut short inside the zeros: torn, not the end.
+        let third = wal(&records[..2]).len();
+        // (A cut that only drops trailing zero bytes loses nothing: the
+        // zeros ahead hold the same bytes, and the record is whole.)
+        let last_nonzero = bytes.iter().rposition(|&b| b != 0).unwrap();
+        for cut in [third + 1, third + 20, last_nonzero] {
+            let mut torn = bytes[..cut].to_vec();
+            torn.resize(bytes.len() + 10_000, 0);
+            let scan = scan_wal(root_checksum(7), &torn);
+            assert_eq!(scan.entries.len(), 2);
+            assert_eq!(
+                scan.damage,
+                Some(WalDamage::Torn { offset: third as u64 }),
+                "cut at {cut}"
+            );
+        }
+        // A record whose first bytes never landed but whose later ones did.
+        let mut holed = padded.clone();
+        holed[third..third + 8].fill(0);
+        let scan = scan_wal(root_checksum(7), &holed);
+        assert_eq!(scan.damage, Some(WalDamage::Torn { offset: third as u64 }));
     }
 
     #[test]

@@ -18,6 +18,15 @@ use crate::format::{
 /// suffix): see [`Store::set_compaction_bytes`].
 pub const DEFAULT_COMPACTION_BYTES: u64 = 64 << 20;
 
+/// Zeros written ahead of the log's end, so that a sync overwrites blocks
+/// the file already has instead of growing it: a sync that changes the
+/// file's size or allocates blocks also commits the filesystem's journal,
+/// which on ext4 here made an fdatasync of a few KiB about 1.5 to 2 times
+/// slower (285 µs against 146 µs p50 for 5 KB appends).
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
+/// The next preallocation starts when less than this is left ahead.
+const PREALLOCATE_AHEAD: u64 = PREALLOCATE_BYTES / 4;
+
 /// Why a store cannot be opened. A refusal (every variant but `Io`) leaves
 /// the store exactly as it was found.
 #[derive(Debug)]
@@ -115,8 +124,11 @@ pub struct Store<D: Disk> {
     superblock: Superblock,
     /// The state to write at the next sync, if it changed.
     state: Option<DurableState>,
-    /// Durable length of the write-ahead log file records go to.
+    /// Durable length of the log in the write-ahead log file records go to.
     wal_len: u64,
+    /// Length of that file: `wal_len`, then zeros written ahead of it
+    /// (`PREALLOCATE_BYTES`), which a scan reads as the log's clean end.
+    wal_allocated: u64,
     /// A compaction wrote the live log to the other WAL file, and the
     /// superblock naming it is not yet durable. Until it is, nothing else
     /// is written: either file holds the log, but records appended to the
@@ -220,7 +232,9 @@ impl<D: Disk> Store<D> {
         let mut store = Store {
             disk,
             state: None,
-            wal_len: wal.len() as u64,
+            // Without the zeros ahead of the end (a torn tail is cut below).
+            wal_len: scan.valid_len,
+            wal_allocated: wal.len() as u64,
             switch_pending: false,
             wal_pending: Vec::new(),
             op: base.0 + scan.entries.len() as Op,
@@ -282,6 +296,7 @@ impl<D: Disk> Store<D> {
                 store.disk.truncate(zone, offset)?;
                 store.disk.sync(zone)?;
                 store.wal_len = offset;
+                store.wal_allocated = offset;
                 Some(offset)
             }
             _ => None,
@@ -312,6 +327,7 @@ impl<D: Disk> Store<D> {
             superblock: Superblock::new(identity, meta),
             state: None,
             wal_len: 0,
+            wal_allocated: 0,
             switch_pending: false,
             wal_pending: Vec::new(),
             op: 0,
@@ -345,6 +361,7 @@ impl<D: Disk> Store<D> {
         self.disk.truncate(zone, 0)?;
         self.disk.sync(zone)?;
         self.wal_len = 0;
+        self.wal_allocated = 0;
         self.op = 0;
         self.base = (0, root_checksum(self.superblock.identity.cluster));
         self.checksums.clear();
@@ -493,7 +510,8 @@ impl<D: Disk> Store<D> {
         self.compaction_bytes = bytes.max(1);
     }
 
-    /// Length of the WAL file the log is in.
+    /// Bytes of log in the WAL file the log is in (the file itself may be
+    /// up to `PREALLOCATE_BYTES` longer: zeros written ahead).
     pub fn wal_len(&self) -> u64 {
         self.wal_len
     }
@@ -634,6 +652,7 @@ impl<D: Disk> Store<D> {
         self.switch_pending = true;
         self.compacted_at = Some(op);
         self.wal_len = bytes.len() as u64;
+        self.wal_allocated = self.wal_len;
         self.base = (op, checksum);
         self.checksums.drain(..first);
         self.offsets.drain(..first);
@@ -665,6 +684,7 @@ impl<D: Disk> Store<D> {
         let records = self.wal_pending.len();
         Record::Seal.encode_into(&mut self.wal_pending);
         let zone = self.wal_zone();
+        self.preallocate(zone, self.wal_len + self.wal_pending.len() as u64);
         let written = self
             .disk
             .write(zone, self.wal_len, &self.wal_pending)
@@ -674,10 +694,31 @@ impl<D: Disk> Store<D> {
             return Err(e);
         }
         self.wal_len += self.wal_pending.len() as u64;
+        self.wal_allocated = self.wal_allocated.max(self.wal_len);
         self.stats.wal_bytes += self.wal_pending.len() as u64;
         self.stats.syncs += 1;
         self.wal_pending.clear();
         Ok(())
+    }
+
+    /// Writes zeros ahead of the log's end when little is left, so that
+    /// the next syncs overwrite blocks the file has (see
+    /// `PREALLOCATE_BYTES`), beyond the data about to be written, so the
+    /// sync that follows covers both. Best effort: if the disk refuses
+    /// (full), the data is written all the same, growing the file as before.
+    fn preallocate(&mut self, zone: Zone, end: u64) {
+        if end + PREALLOCATE_AHEAD <= self.wal_allocated {
+            return;
+        }
+        let from = self.wal_allocated.max(end);
+        let to = (end + PREALLOCATE_BYTES).next_multiple_of(4096);
+        if self
+            .disk
+            .write(zone, from, &vec![0; (to - from) as usize])
+            .is_ok()
+        {
+            self.wal_allocated = to;
+        }
     }
 
     /// Writes `state` (and, if given, the checkpoint it names) as the next
@@ -1032,6 +1073,62 @@ mod tests {
         for slot in Superblock::slots_of(next.sequence) {
             disk.write(Zone::Superblock, (slot * SLOT_SIZE) as u64, &bytes)
                 .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_wal_is_preallocated_with_zeros_and_reopens_at_the_log_end() {
+        let entries = chain(&[], 40, 0);
+        let mut store = store_with(&entries[..20], state(0, 0, 1));
+        let file = store.disk.read(Zone::WalA).unwrap();
+        assert!(file.len() as u64 >= store.wal_len() + PREALLOCATE_AHEAD);
+        assert!(file[store.wal_len() as usize..].iter().all(|&b| b == 0));
+        let disk = std::mem::take(&mut store.disk);
+        let (mut store, opened) = open(disk);
+        assert!(matches!(opened, Opened::Restart { torn: None, .. }));
+        assert_eq!(restarted(&opened).1, entries[..20]);
+        // Appends go at the end of the log, into the zeros, not after them.
+        let allocated = store.disk.len(Zone::WalA);
+        store
+            .stage(&Output::WriteLog {
+                after: 20,
+                entries: entries[20..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.disk.len(Zone::WalA), allocated);
+        let disk = std::mem::take(&mut store.disk);
+        let (_, opened) = open(disk);
+        assert_eq!(restarted(&opened).1, entries);
+    }
+
+    #[test]
+    fn preallocation_keeps_ahead_of_a_growing_log() {
+        let entries = chain(&[], 1, 0);
+        let mut store = store_with(&entries, state(0, 0, 1));
+        let mut last = entries;
+        // Entries of 64 KiB: the log grows past several preallocations.
+        for op in 2..=40u64 {
+            let parent = last[0].checksum;
+            let request = vsr::Request {
+                client: 1,
+                session: 1,
+                request: op,
+                origin: 0,
+                payload: vec![op as u8; 64 << 10],
+            };
+            let entry = Arc::new(Prepare::new(parent, 0, op, op, vec![request]));
+            store
+                .stage(&Output::WriteLog {
+                    after: op - 1,
+                    entries: vec![entry.clone()],
+                })
+                .unwrap();
+            store.sync().unwrap();
+            let file = store.disk.len(Zone::WalA) as u64;
+            assert!(file >= store.wal_len() + PREALLOCATE_AHEAD, "op {op}");
+            assert!(file <= store.wal_len() + PREALLOCATE_BYTES + 4096, "op {op}");
+            last = vec![entry];
         }
     }
 
