@@ -430,6 +430,14 @@ IO.puts(
     if(memory_targets.commit_vs_rtt_met, do: "met", else: "NOT met")
 )
 
+if rtt.p50_us < 30 do
+  IO.puts(
+    "(this run's ping-pong ran with every vCPU awake, about 12 µs a round trip; " <>
+      "Mnesia's write took #{Float.round(mnesia_seq.p50_us / rtt.p50_us, 1)}x it: " <>
+      "see the comment at the top of bench/bench.exs)"
+  )
+end
+
 # The disk-mode targets: one caller's commit within two rounds of
 # (fdatasync + network round trip), the floor of a commit that a backup
 # and the primary must both make durable; and at 256 callers, at least
