@@ -170,9 +170,10 @@ defmodule Visor.Native do
   Hands the group messages from a peer replica: the list of a peer's
   `{:send, to, messages}` event, or one message. Corrupt or foreign
   messages are dropped and counted in `status/1`'s stats. In a list,
-  elements that are not binaries are skipped, and a list of more than 256
-  elements is dropped whole: then `{:malformed, dropped}` says how many
-  were dropped (the rest are delivered). A no-op once the group is stopped.
+  elements that are not binaries (and an improper tail) are skipped, and a
+  list of more than 256 elements is dropped whole: then `{:malformed,
+  dropped}` says how many were dropped (the rest are delivered). A no-op
+  once the group is stopped.
   """
   @spec deliver(engine(), binary() | [binary()]) :: :ok | {:malformed, pos_integer()}
   def deliver(engine, messages) do

@@ -14,9 +14,10 @@ defmodule Visor.Server do
       in op order, on every replica; each executed command goes through
       `Visor.Executor` (the user's `handle_commit`). The result is kept for
       this node's own callers until the engine's `{:reply, ...}` event;
-    * **routing**: `{:send, to, bytes}` events become a plain, non-blocking
-      send of `{:visor_peer, bytes}` to `{module, node_of(to)}`; bytes from
-      peers go to `Visor.Native.deliver/2`, which verifies them;
+    * **routing**: `{:send, to, messages}` events become a plain,
+      non-blocking send of `{:visor_peer, messages}` to `{module,
+      node_of(to)}`; messages from peers go to `Visor.Native.deliver/2`,
+      which verifies them;
     * **introspection**: `status`.
 
   The replica starts only when `Visor.Formation` says this node is a member.
