@@ -25,9 +25,9 @@ deps:
 
 test: deps rust-test elixir-test
 
-# visor_nif links rustler, whose test harness fails to link on Linux
-# (DESIGN.md section 5): its Cargo.toml sets `test = false`, so cargo test
-# skips it while clippy still checks it; Elixir's tests exercise it.
+# visor_nif links rustler, whose test harness fails to link on Linux (the
+# NIF symbols exist only inside a running BEAM): its Cargo.toml sets
+# `test = false`, so cargo test skips it while clippy still checks it; Elixir's tests exercise it.
 rust-test:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
