@@ -52,6 +52,12 @@ pub enum Mutation {
     /// that installs it (or restarts from it) then treats ops after the
     /// checkpoint as duplicates of themselves.
     CheckpointLateClientTable,
+    /// A new primary adopts the highest commit number it was told, clamped
+    /// to its chosen log's head, without checking that the chosen log holds
+    /// the history that number was learned in (defect 1 of "Lose nothing":
+    /// a commit number from a newer view's checkpoint commits an older
+    /// view's uncommitted tail).
+    AdoptUnverifiedCommit,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -49,6 +49,17 @@ impl Dvc {
             None
         }
     }
+
+    /// The sender's commit number as far as this message shows its log,
+    /// with the sender's checksum there: the committed history it vouches
+    /// for. A commit number names committed entries only in the history it
+    /// was learned in (a replica can learn one from a newer view's
+    /// checkpoint while its log, and its `log_view`, are an older view's),
+    /// so it is worth nothing without the checksum that names that history.
+    fn vouched_commit(&self) -> Option<(Op, u128)> {
+        let op = self.commit.min(self.op);
+        self.checksum_at(op).map(|checksum| (op, checksum))
+    }
 }
 
 /// A new view's log being gathered in chunks, to be installed whole.
@@ -303,8 +314,30 @@ impl Replica {
             let skip = (attach - dvc.base) as usize;
             self.replace_log_after(attach, dvc.entries[skip..].to_vec());
         }
-        let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
-        self.commit_max = self.commit_max.max(commit).min(self.log.op());
+        #[allow(unused_mut)]
+        let mut commit = self.vouched_commit();
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::AdoptUnverifiedCommit) {
+            let told = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
+            commit = told.min(self.log.op());
+        }
+        self.commit_max = self.commit_max.max(commit);
+        // This replica's own commit number is from its own history, which
+        // the chosen log holds (see protocol.md, "Why a committed op
+        // survives"); every other one was checked against the chosen log.
+        // (A deliberately broken protocol breaks this too: there the
+        // simulator's checkers, not this assertion, must catch the damage.)
+        #[cfg(feature = "mutations")]
+        if self.config.mutation != Mutation::None {
+            self.commit_max = self.commit_max.min(self.log.op());
+        }
+        assert!(
+            self.commit_max <= self.log.op(),
+            "view {}: commit {} beyond the chosen log's head {}",
+            self.view,
+            self.commit_max,
+            self.log.op()
+        );
         self.log_view = self.view;
         self.view_start_op = self.log.op();
         self.reads.new_view();
@@ -327,6 +360,20 @@ impl Replica {
         self.last_broadcast_tick = self.ticks;
         self.execute_committed();
         self.prepare_queued();
+    }
+
+    /// The highest commit number the DoViewChanges vouch for that the chosen
+    /// log (now this replica's) holds: the same checksum at that op, so the
+    /// same history up to it.
+    fn vouched_commit(&self) -> Op {
+        self.dvcs
+            .iter()
+            .flatten()
+            .filter_map(Dvc::vouched_commit)
+            .filter(|&(op, checksum)| self.log.checksum_at(op) == Some(checksum))
+            .map(|(op, _)| op)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The highest op at which a backup's log (as its DoViewChange showed it)
