@@ -828,8 +828,14 @@ impl Replica {
 
     fn tick_primary(&mut self) {
         if self.abdicating() {
+            // Abdicated, it has no working primary either: it campaigns like
+            // a backup whose primary went silent, or two abdicated primaries
+            // of different views would wait for each other forever.
+            self.campaign_if_silent();
             return;
         }
+        // It leads: like a backup hearing its primary, it has no campaign.
+        self.heard_primary();
         self.prepare_queued();
         if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
             self.broadcast_heartbeat(false);
@@ -1004,11 +1010,17 @@ impl Replica {
     }
 
     fn tick_backup(&mut self) {
+        self.campaign_if_silent();
+        self.request_repair();
+    }
+
+    /// Campaigns once the primary has been silent for a view-change timeout
+    /// (for an abdicated primary: since it abdicated).
+    fn campaign_if_silent(&mut self) {
         let silence = self.ticks.saturating_sub(self.last_primary_tick);
         if silence >= self.config.view_change_ticks + self.timeout_jitter {
             self.start_campaign();
         }
-        self.request_repair();
     }
 
     /// Whether a rate-limited message last sent at `last` may go again.

@@ -127,10 +127,16 @@ impl Replica {
     }
 
     pub(crate) fn on_start_view_change(&mut self, from: ReplicaIndex, target: View, current: View) {
-        if self.status == Status::Recovering
-            || target <= self.view
-            || (self.healthy() && current <= self.view)
-        {
+        if self.status == Status::Recovering {
+            return;
+        }
+        if target <= self.view {
+            if current < self.view {
+                self.answer_stale_campaign(from);
+            }
+            return;
+        }
+        if self.healthy() && current <= self.view {
             return;
         }
         self.votes[from as usize] = target;
@@ -140,6 +146,19 @@ impl Replica {
             self.broadcast_campaign();
         }
         self.check_campaign();
+    }
+
+    /// A campaign from a replica in a view this one has left: the sender
+    /// is behind and, while it hears nothing of the newer view, it would
+    /// campaign for views this replica ignores forever (two abdicated
+    /// primaries of different views, each silent, wedged a cluster of
+    /// three). Tell it this view is real, as a replica entering a view tells
+    /// everyone: it counts that as a vote for this view, and once a quorum
+    /// is in or voting for it, it joins it (and its DoViewChange fetches the
+    /// view's log from a running primary).
+    fn answer_stale_campaign(&mut self, to: ReplicaIndex) {
+        let view = self.view;
+        self.send(to, &Message::StartViewChange { view, current: view });
     }
 
     fn check_campaign(&mut self) {

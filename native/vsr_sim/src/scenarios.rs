@@ -529,3 +529,20 @@ pub fn commit_number_from_newer_history_is_not_adopted(options: Options) -> Resu
     settle(&mut sim)?;
     commit(&mut sim, 0, 1)
 }
+
+/// Defect 2 of "Lose nothing" (3 replicas): after an ordinary failover the
+/// old primary (cut off) and the new one (whose only partner then died)
+/// each lead their own view, both abdicated. When the cut heals, the two
+/// connected replicas must make progress again.
+pub fn two_abdicated_primaries_do_not_wedge(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    isolate(&mut sim, 0);
+    commit(&mut sim, 0, 1)?; // in view 1, led by replica 1
+    sim.crash(2);
+    sim.run_ticks(PHASE_TICKS / 4)?; // both primaries abdicate
+    sim.network.heal();
+    commit(&mut sim, 0, 1)?;
+    sim.restart(2);
+    settle(&mut sim)
+}
