@@ -58,6 +58,14 @@ pub enum Mutation {
     /// a commit number from a newer view's checkpoint commits an older
     /// view's uncommitted tail).
     AdoptUnverifiedCommit,
+    /// An abdicated primary stays silent instead of campaigning (defect 2
+    /// of "Lose nothing": two abdicated primaries of different views wait
+    /// for each other forever).
+    SilentAbdicatedPrimary,
+    /// Campaign votes never expire (defect 6 of "Lose nothing": separate
+    /// flaps of different replicas add up to a quorum against a primary
+    /// that kept its own).
+    KeepStaleVotes,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

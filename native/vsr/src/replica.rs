@@ -205,6 +205,9 @@ pub struct Replica {
     pub(crate) campaign: View,
     /// The view each replica last campaigned for, as heard.
     pub(crate) votes: [View; MAX_REPLICAS],
+    /// When each replica's vote was last heard: a vote expires with its
+    /// sender's campaign (`check_campaign`).
+    pub(crate) vote_ticks: [u64; MAX_REPLICAS],
     pub(crate) last_resend_tick: u64,
     pub(crate) last_campaign_tick: u64,
     pub(crate) dvcs: Vec<Option<crate::view_change::Dvc>>,
@@ -329,6 +332,7 @@ impl Replica {
             status_since: 0,
             campaign: 0,
             votes: [0; MAX_REPLICAS],
+            vote_ticks: [0; MAX_REPLICAS],
             last_resend_tick: 0,
             last_campaign_tick: 0,
             dvcs: vec![None; config.n()],
@@ -831,6 +835,10 @@ impl Replica {
             // Abdicated, it has no working primary either: it campaigns like
             // a backup whose primary went silent, or two abdicated primaries
             // of different views would wait for each other forever.
+            #[cfg(feature = "mutations")]
+            if self.mutated(Mutation::SilentAbdicatedPrimary) {
+                return;
+            }
             self.campaign_if_silent();
             return;
         }
@@ -899,10 +907,17 @@ impl Replica {
 
     // ---- Backup --------------------------------------------------------
 
-    /// A message from the current view's primary: it is alive.
+    /// A message from the current view's primary: it is alive. Any
+    /// campaign of this replica is over, and the votes it tallied expire
+    /// with it.
     pub(crate) fn heard_primary(&mut self) {
         self.last_primary_tick = self.ticks;
         self.campaign = 0;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::KeepStaleVotes) {
+            return;
+        }
+        self.votes = [0; MAX_REPLICAS];
     }
 
     fn on_prepare(&mut self, from: ReplicaIndex, view: View, commit: Op, entry: Arc<Prepare>) {

@@ -140,6 +140,7 @@ impl Replica {
             return;
         }
         self.votes[from as usize] = target;
+        self.vote_ticks[from as usize] = self.ticks;
         if target > self.campaign {
             self.campaign = target;
             self.votes[self.index as usize] = target;
@@ -166,9 +167,23 @@ impl Replica {
         if target <= self.view {
             return;
         }
-        let votes = self.votes[..self.config.n()]
-            .iter()
-            .filter(|&&v| v == target)
+        // A vote counts while its sender is still campaigning: a campaign is
+        // resent every `resend_ticks`, so a vote not heard again within
+        // `view_change_ticks` belongs to a campaign that ended (its sender
+        // heard its primary again). Votes kept forever let two separate
+        // flaps of different replicas add up to a quorum against a primary
+        // that never lost its own.
+        let me = self.index as usize;
+        #[allow(unused_mut)]
+        let mut expire = true;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::KeepStaleVotes) {
+            expire = false;
+        }
+        let fresh =
+            |r: usize| r == me || !expire || self.ticks < self.vote_ticks[r] + self.config.view_change_ticks;
+        let votes = (0..self.config.n())
+            .filter(|&r| self.votes[r] == target && fresh(r))
             .count();
         if votes >= self.quorum() {
             self.transition_to_view_change(target);

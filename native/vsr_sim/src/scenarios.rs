@@ -546,3 +546,31 @@ pub fn two_abdicated_primaries_do_not_wedge(options: Options) -> Result<(), Fail
     sim.restart(2);
     settle(&mut sim)
 }
+
+/// Defect 6 of "Lose nothing" (5 replicas): campaign votes must expire with
+/// their campaign. Replicas 3 and 4 lose the primary for a while and
+/// campaign together (two votes: no quorum); later replicas 2 and 3 do.
+/// The primary kept a quorum throughout, so it must still lead: replica 3
+/// must not count 4's vote from the first flap.
+pub fn prevote_votes_expire(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    for flap in [[3, 4], [2, 3]] {
+        for r in flap {
+            sim.network.set_link(0, r, false);
+        }
+        sim.run_ticks(PHASE_TICKS / 8)?;
+        sim.network.heal();
+        commit(&mut sim, 0, 1)?;
+        if views(&sim).iter().any(|&v| v != 0) {
+            return Err(failure(
+                &sim,
+                format!(
+                    "replicas {flap:?} deposed a primary that kept a quorum: {}",
+                    sim.describe()
+                ),
+            ));
+        }
+    }
+    settle(&mut sim)
+}

@@ -94,3 +94,8 @@ fn commit_number_from_newer_history_is_not_adopted() {
 fn two_abdicated_primaries_do_not_wedge() {
     scenarios::two_abdicated_primaries_do_not_wedge(options(3, 1)).unwrap();
 }
+
+#[test]
+fn prevote_votes_expire() {
+    scenarios::prevote_votes_expire(options(5, 1)).unwrap();
+}
