@@ -52,6 +52,20 @@ pub enum Mutation {
     /// that installs it (or restarts from it) then treats ops after the
     /// checkpoint as duplicates of themselves.
     CheckpointLateClientTable,
+    /// A new primary adopts the highest commit number it was told, clamped
+    /// to its chosen log's head, without checking that the chosen log holds
+    /// the history that number was learned in (defect 1 of "Lose nothing":
+    /// a commit number from a newer view's checkpoint commits an older
+    /// view's uncommitted tail).
+    AdoptUnverifiedCommit,
+    /// An abdicated primary stays silent instead of campaigning (defect 2
+    /// of "Lose nothing": two abdicated primaries of different views wait
+    /// for each other forever).
+    SilentAbdicatedPrimary,
+    /// Campaign votes never expire (defect 6 of "Lose nothing": separate
+    /// flaps of different replicas add up to a quorum against a primary
+    /// that kept its own).
+    KeepStaleVotes,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

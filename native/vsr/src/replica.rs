@@ -205,6 +205,9 @@ pub struct Replica {
     pub(crate) campaign: View,
     /// The view each replica last campaigned for, as heard.
     pub(crate) votes: [View; MAX_REPLICAS],
+    /// When each replica's vote was last heard: a vote expires with its
+    /// sender's campaign (`check_campaign`).
+    pub(crate) vote_ticks: [u64; MAX_REPLICAS],
     pub(crate) last_resend_tick: u64,
     pub(crate) last_campaign_tick: u64,
     pub(crate) dvcs: Vec<Option<crate::view_change::Dvc>>,
@@ -329,6 +332,7 @@ impl Replica {
             status_since: 0,
             campaign: 0,
             votes: [0; MAX_REPLICAS],
+            vote_ticks: [0; MAX_REPLICAS],
             last_resend_tick: 0,
             last_campaign_tick: 0,
             dvcs: vec![None; config.n()],
@@ -828,8 +832,18 @@ impl Replica {
 
     fn tick_primary(&mut self) {
         if self.abdicating() {
+            // Abdicated, it has no working primary either: it campaigns like
+            // a backup whose primary went silent, or two abdicated primaries
+            // of different views would wait for each other forever.
+            #[cfg(feature = "mutations")]
+            if self.mutated(Mutation::SilentAbdicatedPrimary) {
+                return;
+            }
+            self.campaign_if_silent();
             return;
         }
+        // It leads: like a backup hearing its primary, it has no campaign.
+        self.heard_primary();
         self.prepare_queued();
         if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
             self.broadcast_heartbeat(false);
@@ -893,10 +907,17 @@ impl Replica {
 
     // ---- Backup --------------------------------------------------------
 
-    /// A message from the current view's primary: it is alive.
+    /// A message from the current view's primary: it is alive. Any
+    /// campaign of this replica is over, and the votes it tallied expire
+    /// with it.
     pub(crate) fn heard_primary(&mut self) {
         self.last_primary_tick = self.ticks;
         self.campaign = 0;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::KeepStaleVotes) {
+            return;
+        }
+        self.votes = [0; MAX_REPLICAS];
     }
 
     fn on_prepare(&mut self, from: ReplicaIndex, view: View, commit: Op, entry: Arc<Prepare>) {
@@ -1004,11 +1025,17 @@ impl Replica {
     }
 
     fn tick_backup(&mut self) {
+        self.campaign_if_silent();
+        self.request_repair();
+    }
+
+    /// Campaigns once the primary has been silent for a view-change timeout
+    /// (for an abdicated primary: since it abdicated).
+    fn campaign_if_silent(&mut self) {
         let silence = self.ticks.saturating_sub(self.last_primary_tick);
         if silence >= self.config.view_change_ticks + self.timeout_jitter {
             self.start_campaign();
         }
-        self.request_repair();
     }
 
     /// Whether a rate-limited message last sent at `last` may go again.

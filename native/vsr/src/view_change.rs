@@ -49,6 +49,17 @@ impl Dvc {
             None
         }
     }
+
+    /// The sender's commit number as far as this message shows its log,
+    /// with the sender's checksum there: the committed history it vouches
+    /// for. A commit number names committed entries only in the history it
+    /// was learned in (a replica can learn one from a newer view's
+    /// checkpoint while its log, and its `log_view`, are an older view's),
+    /// so it is worth nothing without the checksum that names that history.
+    fn vouched_commit(&self) -> Option<(Op, u128)> {
+        let op = self.commit.min(self.op);
+        self.checksum_at(op).map(|checksum| (op, checksum))
+    }
 }
 
 /// A new view's log being gathered in chunks, to be installed whole.
@@ -116,13 +127,20 @@ impl Replica {
     }
 
     pub(crate) fn on_start_view_change(&mut self, from: ReplicaIndex, target: View, current: View) {
-        if self.status == Status::Recovering
-            || target <= self.view
-            || (self.healthy() && current <= self.view)
-        {
+        if self.status == Status::Recovering {
+            return;
+        }
+        if target <= self.view {
+            if current < self.view {
+                self.answer_stale_campaign(from);
+            }
+            return;
+        }
+        if self.healthy() && current <= self.view {
             return;
         }
         self.votes[from as usize] = target;
+        self.vote_ticks[from as usize] = self.ticks;
         if target > self.campaign {
             self.campaign = target;
             self.votes[self.index as usize] = target;
@@ -131,14 +149,41 @@ impl Replica {
         self.check_campaign();
     }
 
+    /// A campaign from a replica in a view this one has left: the sender
+    /// is behind and, while it hears nothing of the newer view, it would
+    /// campaign for views this replica ignores forever (two abdicated
+    /// primaries of different views, each silent, wedged a cluster of
+    /// three). Tell it this view is real, as a replica entering a view tells
+    /// everyone: it counts that as a vote for this view, and once a quorum
+    /// is in or voting for it, it joins it (and its DoViewChange fetches the
+    /// view's log from a running primary).
+    fn answer_stale_campaign(&mut self, to: ReplicaIndex) {
+        let view = self.view;
+        self.send(to, &Message::StartViewChange { view, current: view });
+    }
+
     fn check_campaign(&mut self) {
         let target = self.campaign;
         if target <= self.view {
             return;
         }
-        let votes = self.votes[..self.config.n()]
-            .iter()
-            .filter(|&&v| v == target)
+        // A vote counts while its sender is still campaigning: a campaign is
+        // resent every `resend_ticks`, so a vote not heard again within
+        // `view_change_ticks` belongs to a campaign that ended (its sender
+        // heard its primary again). Votes kept forever let two separate
+        // flaps of different replicas add up to a quorum against a primary
+        // that never lost its own.
+        let me = self.index as usize;
+        #[allow(unused_mut)]
+        let mut expire = true;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::KeepStaleVotes) {
+            expire = false;
+        }
+        let fresh =
+            |r: usize| r == me || !expire || self.ticks < self.vote_ticks[r] + self.config.view_change_ticks;
+        let votes = (0..self.config.n())
+            .filter(|&r| self.votes[r] == target && fresh(r))
             .count();
         if votes >= self.quorum() {
             self.transition_to_view_change(target);
@@ -303,8 +348,30 @@ impl Replica {
             let skip = (attach - dvc.base) as usize;
             self.replace_log_after(attach, dvc.entries[skip..].to_vec());
         }
-        let commit = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
-        self.commit_max = self.commit_max.max(commit).min(self.log.op());
+        #[allow(unused_mut)]
+        let mut commit = self.vouched_commit();
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::AdoptUnverifiedCommit) {
+            let told = self.dvcs.iter().flatten().map(|d| d.commit).max().unwrap_or(0);
+            commit = told.min(self.log.op());
+        }
+        self.commit_max = self.commit_max.max(commit);
+        // This replica's own commit number is from its own history, which
+        // the chosen log holds (see protocol.md, "Why a committed op
+        // survives"); every other one was checked against the chosen log.
+        // (A deliberately broken protocol breaks this too: there the
+        // simulator's checkers, not this assertion, must catch the damage.)
+        #[cfg(feature = "mutations")]
+        if self.config.mutation != Mutation::None {
+            self.commit_max = self.commit_max.min(self.log.op());
+        }
+        assert!(
+            self.commit_max <= self.log.op(),
+            "view {}: commit {} beyond the chosen log's head {}",
+            self.view,
+            self.commit_max,
+            self.log.op()
+        );
         self.log_view = self.view;
         self.view_start_op = self.log.op();
         self.reads.new_view();
@@ -327,6 +394,20 @@ impl Replica {
         self.last_broadcast_tick = self.ticks;
         self.execute_committed();
         self.prepare_queued();
+    }
+
+    /// The highest commit number the DoViewChanges vouch for that the chosen
+    /// log (now this replica's) holds: the same checksum at that op, so the
+    /// same history up to it.
+    fn vouched_commit(&self) -> Op {
+        self.dvcs
+            .iter()
+            .flatten()
+            .filter_map(Dvc::vouched_commit)
+            .filter(|&(op, checksum)| self.log.checksum_at(op) == Some(checksum))
+            .map(|(op, _)| op)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The highest op at which a backup's log (as its DoViewChange showed it)

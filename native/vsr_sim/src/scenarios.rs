@@ -448,3 +448,129 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// The view every running replica is in, for failure messages.
+fn views(sim: &Simulator) -> Vec<u64> {
+    sim.replicas.iter().flatten().map(|r| r.view()).collect()
+}
+
+/// Defect 1 of "Lose nothing" (5 replicas): a replica still campaigning in
+/// an old view installs a checkpoint from a newer view's history, and its
+/// DoViewChange for the old view then carries that checkpoint's op as its
+/// commit number. The old view's primary must not adopt it: the log it
+/// chose is an older view's, whose tail beyond the old commit was never
+/// committed (the newer view committed other entries there).
+///
+/// Replica 0 (primary of view 0) prepares a tail only replica 1 receives.
+/// Replicas 2, 3 and 4 start view 1; replica 1 (its primary) hears only
+/// 4's DoViewChange, so it waits, holding its own log (the tail) and 4's.
+/// Cut off from 0 and 1, replicas 2, 3 and 4 start a newer view, commit
+/// other entries past the tail's start and checkpoint beyond it. Replica
+/// 0, still in view 1, installs that checkpoint, then its DoViewChange for
+/// view 1 reaches replica 1 and completes its quorum. (Replica 0 hears
+/// only the newer view's primary meanwhile, so that it stays in view 1.)
+pub fn commit_number_from_newer_history_is_not_adopted(options: Options) -> Result<(), Failure> {
+    let mut options = checkpointing(options);
+    options.config.pipeline_max = 16;
+    let mut sim = Simulator::new(options);
+    let extra = sim.clients.len() - 1; // commits in the newer view; the others make the tail
+    register_all(&mut sim, 0)?;
+    let committed = sim.replica(0).commit_max();
+    for to in 2..5 {
+        sim.network.set_link(0, to, false);
+    }
+    for c in 0..extra {
+        sim.clients[c].home = 0;
+        sim.start_request(c)?;
+    }
+    let tail = committed + extra as Op;
+    sim.run_until(PHASE_TICKS, "replica 1 holds the uncommitted tail", |s| {
+        s.replica(1).op() >= tail
+    })?;
+    // Replica 1 hears only replica 4; replica 0 hears everyone but is heard by no one.
+    sim.network.set_link(0, 1, false);
+    sim.network.set_link(2, 1, false);
+    sim.network.set_link(3, 1, false);
+    sim.run_until(PHASE_TICKS, "every replica moves to view 1", |s| {
+        s.replicas.iter().flatten().all(|r| r.view() >= 1)
+    })?;
+    if sim.replica(0).view() != 1 || sim.replica(1).view() != 1 || sim.replica(1).is_primary() {
+        return Err(failure(&sim, format!("setup: views {:?}", views(&sim))));
+    }
+    // Replicas 2, 3 and 4 go on alone, in a newer view, past a checkpoint
+    // beyond the old commit number.
+    sim.network.partition(5, &[0, 1], true, true);
+    sim.network.set_link(1, 0, false);
+    sim.run_until(PHASE_TICKS, "a newer view starts without 0 and 1", |s| {
+        s.primary().is_some_and(|p| p >= 2)
+    })?;
+    let newer = sim.primary().expect("just started");
+    while sim.replica(newer).log().base() <= committed {
+        commit(&mut sim, extra, newer)?;
+    }
+    // Replica 0 fetches the newer view's checkpoint, and only that.
+    sim.network.set_link(newer, 0, true);
+    sim.network.set_link(0, newer, true);
+    sim.run_until(
+        PHASE_TICKS,
+        "replica 0 installs the newer view's checkpoint",
+        |s| s.replica(0).stats().checkpoints_installed > 0,
+    )?;
+    sim.network.set_link(newer, 0, false);
+    sim.network.set_link(0, newer, false);
+    let (r0, r1) = (sim.replica(0), sim.replica(1));
+    if r0.view() != 1 || r0.commit_max() <= committed || r1.view() != 1 || r1.is_primary() {
+        return Err(failure(&sim, format!("setup: {}", sim.describe())));
+    }
+    // Its DoViewChange for view 1, with the newer history's commit number,
+    // completes replica 1's quorum.
+    sim.network.set_link(0, 1, true);
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    settle(&mut sim)?;
+    commit(&mut sim, 0, 1)
+}
+
+/// Defect 2 of "Lose nothing" (3 replicas): after an ordinary failover the
+/// old primary (cut off) and the new one (whose only partner then died)
+/// each lead their own view, both abdicated. When the cut heals, the two
+/// connected replicas must make progress again.
+pub fn two_abdicated_primaries_do_not_wedge(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    isolate(&mut sim, 0);
+    commit(&mut sim, 0, 1)?; // in view 1, led by replica 1
+    sim.crash(2);
+    sim.run_ticks(PHASE_TICKS / 4)?; // both primaries abdicate
+    sim.network.heal();
+    commit(&mut sim, 0, 1)?;
+    sim.restart(2);
+    settle(&mut sim)
+}
+
+/// Defect 6 of "Lose nothing" (5 replicas): campaign votes must expire with
+/// their campaign. Replicas 3 and 4 lose the primary for a while and
+/// campaign together (two votes: no quorum); later replicas 2 and 3 do.
+/// The primary kept a quorum throughout, so it must still lead: replica 3
+/// must not count 4's vote from the first flap.
+pub fn prevote_votes_expire(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    for flap in [[3, 4], [2, 3]] {
+        for r in flap {
+            sim.network.set_link(0, r, false);
+        }
+        sim.run_ticks(PHASE_TICKS / 8)?;
+        sim.network.heal();
+        commit(&mut sim, 0, 1)?;
+        if views(&sim).iter().any(|&v| v != 0) {
+            return Err(failure(
+                &sim,
+                format!(
+                    "replicas {flap:?} deposed a primary that kept a quorum: {}",
+                    sim.describe()
+                ),
+            ));
+        }
+    }
+    settle(&mut sim)
+}

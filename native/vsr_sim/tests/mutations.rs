@@ -88,3 +88,28 @@ fn a_checkpoint_with_a_late_client_table_is_caught() {
     broken.config.mutation = Mutation::CheckpointLateClientTable;
     assert!(scenarios::far_behind_replica_syncs_state(broken).is_err());
 }
+
+#[test]
+fn adopting_an_unverified_commit_number_is_caught_by_the_newer_history_scenario() {
+    let mut broken = options(5, 13);
+    broken.config.mutation = Mutation::AdoptUnverifiedCommit;
+    let failure = scenarios::commit_number_from_newer_history_is_not_adopted(broken).unwrap_err();
+    assert!(failure.reason.contains("executed a different entry"), "{failure}");
+    scenarios::commit_number_from_newer_history_is_not_adopted(options(5, 13)).unwrap();
+}
+
+#[test]
+fn a_silent_abdicated_primary_is_caught_by_the_wedge_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::SilentAbdicatedPrimary;
+    let failure = scenarios::two_abdicated_primaries_do_not_wedge(broken).unwrap_err();
+    assert!(failure.reason.contains("not within"), "{failure}");
+}
+
+#[test]
+fn votes_that_never_expire_are_caught_by_the_flapping_scenario() {
+    let mut broken = options(5, 1);
+    broken.config.mutation = Mutation::KeepStaleVotes;
+    let failure = scenarios::prevote_votes_expire(broken).unwrap_err();
+    assert!(failure.reason.contains("deposed"), "{failure}");
+}

@@ -84,3 +84,18 @@ fn a_host_whose_snapshot_differs_is_detected() {
     let failure = scenarios::checkpoints_agree(lying).unwrap_err();
     assert!(failure.reason.contains("checkpoint digests"), "{failure}");
 }
+
+#[test]
+fn commit_number_from_newer_history_is_not_adopted() {
+    scenarios::commit_number_from_newer_history_is_not_adopted(options(5, 13)).unwrap();
+}
+
+#[test]
+fn two_abdicated_primaries_do_not_wedge() {
+    scenarios::two_abdicated_primaries_do_not_wedge(options(3, 1)).unwrap();
+}
+
+#[test]
+fn prevote_votes_expire() {
+    scenarios::prevote_votes_expire(options(5, 1)).unwrap();
+}
