@@ -113,7 +113,7 @@ defmodule Visor.Formation do
   import Bitwise
   require Logger
 
-  alias Visor.{Native, Options}
+  alias Visor.{Lifetime, Native, Options}
 
   @tick_ms 100
   @reconnect_every_ticks 10
@@ -134,7 +134,8 @@ defmodule Visor.Formation do
   @doc "Starts the formation process of a group (under `Visor.Supervisor`)."
   @spec start_link(Options.t()) :: GenServer.on_start()
   def start_link(%Options{module: module} = config) do
-    GenServer.start_link(__MODULE__, config, name: Visor.Supervisor.name(module, :formation))
+    # Visor.Guard, not GenServer: no message a peer sends may crash it.
+    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(module, :formation))
   end
 
   @doc """
@@ -242,11 +243,18 @@ defmodule Visor.Formation do
 
     case restore(state) do
       {:ok, state} ->
+        formed = ran_here(state)
+
         state =
-          if state.mode == :nodes and state.phase == :forming and node() not in state.members do
-            decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
-          else
-            state
+          cond do
+            state.phase != :member and formed != nil ->
+              restarted_server(state, formed)
+
+            state.mode == :nodes and state.phase == :forming and node() not in state.members ->
+              decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
+
+            true ->
+              state
           end
 
         send(self(), :tick)
@@ -256,6 +264,28 @@ defmodule Visor.Formation do
         Logger.error("#{inspect(module)}: refusing to start: #{message}")
         {:stop, {:storage_refused, message}}
     end
+  end
+
+  # ---- Memory mode: a restarted server ------------------------------------
+
+  # The cluster this node's replica joined earlier in this group's life
+  # (Visor.Lifetime), in memory mode: that replica's memory died with its
+  # server. Disk mode restarts from the store instead (restore/1).
+  defp ran_here(%{storage: :memory, module: module}), do: Lifetime.get(module).formed
+  defp ran_here(_disk), do: nil
+
+  # Never fresh, whatever the peers say: they may all have restarted too
+  # and remember nothing, and a fresh start of a majority would serve an
+  # empty state as if nothing had been committed.
+  defp restarted_server(state, formed) do
+    Logger.warning(
+      "#{inspect(state.module)}: this node's server restarted (the node did not), so its " <>
+        "replica lost its memory. If a majority of the members lost theirs at once, the " <>
+        "state is lost and the replicas stay :recovering until the group is stopped on every " <>
+        "node and started again (a new, empty cluster)"
+    )
+
+    become_member(state, formed, true)
   end
 
   # ---- Disk mode: restart from the store ----------------------------------
@@ -708,6 +738,7 @@ defmodule Visor.Formation do
 
   defp become_member(state, formed, recover) do
     index = Enum.find_index(formed.members, &(&1 == node()))
+    if state.storage == :memory, do: Lifetime.put_formed(state.module, formed)
 
     if recover do
       Logger.warning(
