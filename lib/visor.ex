@@ -111,6 +111,10 @@ defmodule Visor do
       `op` (see `skip/3`); nothing was submitted.
     * `{:skipped, op}`: the command was the poison command at `op`, skipped
       by `skip/3` on every replica that stopped there.
+    * `{:setting_mismatch, key, ours, theirs}`: this node's value of a
+      setting every member must share differs from the cluster's
+      (docs/operations.md, "Settings every member shares"); its replica
+      does not start.
     * `:not_running`: the module is not started on this node.
     * `{:server_down, reason}`: this node's server exited during the call;
       the command may or may not have been applied.
@@ -125,6 +129,7 @@ defmodule Visor do
           | {:engine_down, term()}
           | {:halted, pos_integer()}
           | {:skipped, pos_integer()}
+          | {:setting_mismatch, atom(), term(), term()}
           | :not_running
           | {:server_down, term()}
 
@@ -308,8 +313,11 @@ defmodule Visor do
 
   `status` is `:forming`, `:starting` (disk mode: the store is being
   opened), `:recovering` (this node restarted and its replica is fetching
-  the state from the others), `:normal`, `:view_change`, `:spare` or
-  `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  the state from the others), `:normal`, `:view_change`, `:spare`,
+  `:refused` (this node's shared settings differ from the cluster's;
+  `refused` holds `{:setting_mismatch, key, ours, theirs}`) or `:failed`;
+  `poison` is `%{op:, crashes:}` when the replica stopped at a poison
+  command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;

@@ -197,6 +197,11 @@ defmodule Visor.Server do
     fail_all(%{state | phase: :spare}, :spare)
   end
 
+  # This node's settings differ from the cluster's (Visor.Formation).
+  defp formation(%{phase: :forming} = state, {:refused, reason}) do
+    fail_all(%{state | phase: {:refused, reason}}, reason)
+  end
+
   defp formation(state, _decision), do: state
 
   # Disk mode: the store is `data_dir/<group>`; a new one records the
@@ -204,8 +209,9 @@ defmodule Visor.Server do
   # store is the engine's to open (`recover` is then ignored).
   defp storage_opts(%Options{storage: :memory}, _members), do: %{}
 
-  defp storage_opts(%Options{storage: {:disk, dir}, module: module}, members) do
-    %{data_dir: dir, group: Options.group_name(module), meta: Formation.store_meta(members)}
+  defp storage_opts(%Options{storage: {:disk, dir}, module: module} = config, members) do
+    meta = Formation.store_meta(members, config.settings)
+    %{data_dir: dir, group: Options.group_name(module), meta: meta}
   end
 
   # ---- Callers -----------------------------------------------------------
@@ -273,6 +279,7 @@ defmodule Visor.Server do
       :forming -> nil
       :spare -> :spare
       {:failed, reason} -> {:engine_down, reason}
+      {:refused, reason} -> reason
     end
   end
 
@@ -792,6 +799,7 @@ defmodule Visor.Server do
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
       storage: storage_status(state, engine_status.storage),
       poison: state.poison,
+      refused: nil,
       stats: Map.merge(engine_status.stats, state.stats)
     }
   end
@@ -801,6 +809,7 @@ defmodule Visor.Server do
       status:
         case state.phase do
           {:failed, _} -> :failed
+          {:refused, _} -> :refused
           phase -> phase
         end,
       role: :none,
@@ -819,6 +828,7 @@ defmodule Visor.Server do
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
       storage: storage_status(state, nil),
       poison: state.poison,
+      refused: with({:refused, reason} <- state.phase, do: reason, else: (_ -> nil)),
       stats: state.stats
     }
   end
