@@ -88,3 +88,14 @@ fn a_checkpoint_with_a_late_client_table_is_caught() {
     broken.config.mutation = Mutation::CheckpointLateClientTable;
     assert!(scenarios::far_behind_replica_syncs_state(broken).is_err());
 }
+
+#[test]
+fn replicas_with_other_settings_that_talk_are_caught() {
+    // The bare cluster id on the wire: a replica with a smaller client
+    // table joins the quorum.
+    let mut broken = options(3, 6);
+    broken.config.mutation = Mutation::WireClusterIgnoresSettings;
+    let failure = scenarios::replicas_with_other_settings_never_talk(broken).unwrap_err();
+    println!("{}", failure.reason);
+    scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
+}

@@ -84,3 +84,8 @@ fn a_host_whose_snapshot_differs_is_detected() {
     let failure = scenarios::checkpoints_agree(lying).unwrap_err();
     assert!(failure.reason.contains("checkpoint digests"), "{failure}");
 }
+
+#[test]
+fn replicas_with_other_settings_never_talk() {
+    scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
+}
