@@ -62,5 +62,15 @@ defmodule Visor.PoisonTest do
     Cluster.converged(nodes, Counter, final)
     assert final.applied == MapSet.new([1, 2])
     assert servers(nodes) == before
+
+    # A server that restarts replays the poison command from its disk,
+    # dies there once more, and skips it by itself: the skip is in its log.
+    [server | _] = servers([b])
+    true = :erpc.call(b, Process, :exit, [server, :kill])
+
+    Cluster.converged([b], Counter, final, 15_000)
+    assert poison(b) == nil
+    assert commit(b, {:incr, 3}) == 3
+    Cluster.converged(nodes, Counter, :erpc.call(a, Counter, :get, []))
   end
 end
