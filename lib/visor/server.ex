@@ -53,6 +53,10 @@ defmodule Visor.Server do
   # scheduler would only take CPU from the engine threads.
   @busy_poll_max_inflight 4
 
+  # A rejoining replica still recovering after this long logs why it may
+  # never finish (a majority that lost its memory).
+  @recovering_warn_ms 10_000
+
   # A server that died inside handle_commit at the same op this many times
   # in a row stops executing there (a poison command; see `Visor.skip/3`).
   @poison_deaths 2
@@ -180,6 +184,14 @@ defmodule Visor.Server do
     engine_opts = Map.merge(engine_opts, storage_opts(state.config, members))
 
     {:ok, engine} = Native.start(engine_opts, self())
+
+    if recover,
+      do:
+        Process.send_after(
+          self(),
+          {:visor_still_recovering, state.formation_tag},
+          @recovering_warn_ms
+        )
 
     dispatch(%{
       state
@@ -434,6 +446,20 @@ defmodule Visor.Server do
     # in-flight one keeps its session until the engine settles it; a read's
     # late `read_ready` finds no caller.
     {:noreply, answer(state, ref, {:error, :timeout})}
+  end
+
+  def handle_info({:visor_still_recovering, tag}, %{formation_tag: tag, phase: :running} = state) do
+    if Native.status(state.engine).status == :recovering do
+      Logger.error(
+        "#{inspect(state.module)}: replica #{state.index} is still recovering after " <>
+          "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
+          "majority of all members, itself not counted) up and normal. If a majority lost their memory at once (nodes or servers " <>
+          "restarted together), the state is lost and this does not end by itself: stop the " <>
+          "group on every node, then start it again (a new, empty cluster)"
+      )
+    end
+
+    {:noreply, state}
   end
 
   def handle_info({:visor_formation, tag, decision}, %{formation_tag: tag} = state) do

@@ -24,9 +24,23 @@ defmodule Visor.AmnesiaTest do
     before = pids(nodes)
 
     junk = [{:"$gen_call", :not_a_from, :status}, {:system, :junk, :junk}, {:system, {}, :junk}]
+    # Well-formed senders with requests sys does not expect: sys answers them.
+    from = {self(), make_ref()}
+
+    odd_requests =
+      for r <- [
+            :junk,
+            {:replace_state, :junk},
+            {:debug, :junk},
+            {:change_code, 1, 2, 3},
+            :get_status
+          ],
+          do: {:system, from, r}
 
     # From this node: any connected node can send them.
-    for n <- nodes, name <- [Cache, Visor.Supervisor.name(Cache, :formation)], m <- junk do
+    for n <- nodes,
+        name <- [Cache, Visor.Supervisor.name(Cache, :formation)],
+        m <- junk ++ odd_requests do
       send({name, n}, m)
     end
 
