@@ -208,10 +208,10 @@ defmodule Visor.Formation do
     })
   end
 
-  # The member list and settings of `store_meta/2`, or :error. The store is local and
-  # checksummed, but it may have been written by something else: nothing
-  # but the expected shape is accepted, and no atom is created before the
-  # shape is checked.
+  # The member list and settings of `store_meta/2`, or :error. The store
+  # is local and checksummed, but it may have been written by something
+  # else: nothing but the expected shape is accepted, and no atom is
+  # created before the shape is checked.
   defp read_store_meta(meta) do
     case :erlang.binary_to_term(meta, [:safe]) do
       %{visor: 1, members: [_ | _] = names, settings: settings}

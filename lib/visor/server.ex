@@ -85,7 +85,7 @@ defmodule Visor.Server do
     poison: nil,
     held: [],
     starts: 0,
-    # :forming, :running, :spare or {:failed, reason}
+    # :forming, :running, :spare, {:failed, reason} or {:refused, reason}
     phase: :forming,
     # Jobs waiting for a session; `queued` counts them (dead ones included
     # until popped) because :queue.len/1 is O(n).
@@ -453,9 +453,10 @@ defmodule Visor.Server do
       Logger.error(
         "#{inspect(state.module)}: replica #{state.index} is still recovering after " <>
           "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
-          "majority of all members, itself not counted) up and normal. If a majority lost their memory at once (nodes or servers " <>
-          "restarted together), the state is lost and this does not end by itself: stop the " <>
-          "group on every node, then start it again (a new, empty cluster)"
+          "majority of all members, itself not counted) up and normal. If a majority lost " <>
+          "their memory at once (nodes or servers restarted together), the state is lost and " <>
+          "this does not end by itself: stop the group on every node, then start it again " <>
+          "(a new, empty cluster)"
       )
     end
 
@@ -542,8 +543,8 @@ defmodule Visor.Server do
 
   # Halted at a poison command: from its op on, executes and checkpoint
   # requests wait (in order) for a committed skip of that op.
-  defp event({kind, op, _, _, _} = event, %{poison: %{op: poison}} = state)
-       when kind == :execute and op >= poison,
+  defp event({:execute, op, _, _, _} = event, %{poison: %{op: poison}} = state)
+       when op >= poison,
        do: hold(event, state)
 
   defp event({:snapshot, op} = event, %{poison: %{op: poison}} = state) when op >= poison,
