@@ -107,6 +107,14 @@ defmodule Visor do
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug); commands in
       flight may or may not have been applied.
+    * `{:halted, op}`: this node's replica stopped at the poison command at
+      `op` (see `skip/3`); nothing was submitted.
+    * `{:skipped, op}`: the command was the poison command at `op`, skipped
+      by `skip/3` on every replica that stopped there.
+    * `{:setting_mismatch, key, ours, theirs}`: this node's value of a
+      setting every member must share differs from the cluster's
+      (docs/operations.md, "Settings every member shares"); its replica
+      does not start.
     * `:not_running`: the module is not started on this node.
     * `{:server_down, reason}`: this node's server exited during the call;
       the command may or may not have been applied.
@@ -119,6 +127,9 @@ defmodule Visor do
           | {:duplicate, pos_integer()}
           | :spare
           | {:engine_down, term()}
+          | {:halted, pos_integer()}
+          | {:skipped, pos_integer()}
+          | {:setting_mismatch, atom(), term(), term()}
           | :not_running
           | {:server_down, term()}
 
@@ -274,13 +285,39 @@ defmodule Visor do
   def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
 
   @doc """
+  Skips the poison command at `op`: an operator's way out of a command
+  whose `handle_commit` kills the server on every replica (which Visor
+  cannot trap: `Process.exit(self(), :kill)`).
+
+  A server that died inside `handle_commit` at the same op twice in a row
+  stops executing there, logs an error naming the op, and shows it in
+  `status().poison` (`%{op: op, crashes: n}`); its commits and
+  linearizable reads return `{:error, {:halted, op}}`. `skip/3` commits a
+  command that names `op`, from any node running the group: every replica
+  stopped at `op` drops that op's commands (their callers get `{:error,
+  {:skipped, op}}`) and executes again from the next op. A replica that
+  executed `op` without dying ignores it. Returns `:ok` once committed,
+  or an error as `commit/3` does (`:timeout` option likewise).
+  """
+  @spec skip(group(), pos_integer(), keyword()) :: :ok | {:error, error()}
+  def skip(module, op, opts \\ []) when is_integer(op) and op > 0 do
+    case call(module, {:skip, op}, opts) do
+      {:ok, _} -> :ok
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
   This node's view of the group: `%{status:, role:, view:, op:, commit:,
   primary:, replicas: [%{index:, node:, role:, health:}], ...}`.
 
   `status` is `:forming`, `:starting` (disk mode: the store is being
   opened), `:recovering` (this node restarted and its replica is fetching
-  the state from the others), `:normal`, `:view_change`, `:spare` or
-  `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  the state from the others), `:normal`, `:view_change`, `:spare`,
+  `:refused` (this node's shared settings differ from the cluster's;
+  `refused` holds `{:setting_mismatch, key, ours, theirs}`) or `:failed`;
+  `poison` is `%{op:, crashes:}` when the replica stopped at a poison
+  command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;

@@ -9,9 +9,22 @@ defmodule Visor.Executor do
   `{:error, {:handle_commit_failed, reason}}` for the caller. Nothing a
   callback does can crash the server or make replicas diverge, as long as
   the callback itself is deterministic.
+
+  What cannot be caught here: a process linked to the callback that dies
+  sends the server an exit signal, which the server traps (it becomes a
+  message, counted in `unexpected_messages`); but a callback that kills
+  its own process (`Process.exit(self(), :kill)`) or the VM
+  (`:erlang.halt/0`) cannot be stopped. `Visor.Server` then stops at that
+  op after it killed the server twice in a row, until `Visor.skip/3`
+  (docs/operations.md, "Poison commands").
   """
 
   require Logger
+
+  # `Visor.skip/3`'s command. Visor.commit/3 encodes every command with
+  # term_to_binary/1, whose output starts with 131: a payload starting
+  # with 0 can never be a user's command.
+  @skip_tag 0
 
   @typedoc "What the caller of `commit` gets back."
   @type result :: {:ok, reply :: term()} | {:error, {:handle_commit_failed, term()}}
@@ -31,6 +44,8 @@ defmodule Visor.Executor do
   `state` itself when the callback failed.
   """
   @spec apply(module(), 2 | 3, binary(), Visor.meta(), term()) :: {result(), term()}
+  def apply(_module, _arity, <<@skip_tag, _op::64>>, _meta, state), do: {{:ok, :ok}, state}
+
   def apply(module, arity, payload, meta, state) do
     command = :erlang.binary_to_term(payload)
 
@@ -73,4 +88,13 @@ defmodule Visor.Executor do
   end
 
   defp describe(reason), do: inspect(reason)
+
+  @doc "The payload of a command that skips the poison command at `op` (`Visor.skip/3`)."
+  @spec skip_payload(pos_integer()) :: binary()
+  def skip_payload(op), do: <<@skip_tag, op::64>>
+
+  @doc "The op a skip payload skips, or `nil` for any other payload."
+  @spec skip_target(binary()) :: pos_integer() | nil
+  def skip_target(<<@skip_tag, op::64>>), do: op
+  def skip_target(_payload), do: nil
 end

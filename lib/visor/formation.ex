@@ -113,7 +113,7 @@ defmodule Visor.Formation do
   import Bitwise
   require Logger
 
-  alias Visor.{Native, Options}
+  alias Visor.{Lifetime, Native, Options}
 
   @tick_ms 100
   @reconnect_every_ticks 10
@@ -127,6 +127,7 @@ defmodule Visor.Formation do
           :pending
           | {:member, %{cluster: <<_::128>>, members: [node()], recover: boolean()}}
           | :spare
+          | {:refused, {:setting_mismatch, atom(), term(), term()}}
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -134,7 +135,8 @@ defmodule Visor.Formation do
   @doc "Starts the formation process of a group (under `Visor.Supervisor`)."
   @spec start_link(Options.t()) :: GenServer.on_start()
   def start_link(%Options{module: module} = config) do
-    GenServer.start_link(__MODULE__, config, name: Visor.Supervisor.name(module, :formation))
+    # Visor.Guard, not GenServer: no message a peer sends may crash it.
+    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(module, :formation))
   end
 
   @doc """
@@ -158,8 +160,10 @@ defmodule Visor.Formation do
     :scope,
     :incarnation,
     :subscriber,
-    # :forming (nodes mode), :discovering, {:accepted, proposal}, :member
-    # or :spare.
+    # The engine settings every member must share (Visor.Options).
+    :settings,
+    # :forming (nodes mode), :discovering, {:accepted, proposal}, :member,
+    # :spare or {:refused, {:setting_mismatch, key, ours, theirs}}.
     phase: :forming,
     # Once a member: %{id, cluster, members, incarnations} (discovery) or
     # %{id: :static, cluster, members} (nodes), and whether this node
@@ -190,24 +194,30 @@ defmodule Visor.Formation do
 
   @doc """
   The metadata this module keeps in a new store's superblock (disk mode):
-  the cluster's member nodes, which `init/1` reads back on a restart.
+  the cluster's member nodes and shared settings, which `init/1` reads back
+  on a restart.
   Node names are kept as strings, so that reading them back never depends
   on which atoms exist yet.
   """
-  @spec store_meta([node()]) :: binary()
-  def store_meta(members) do
-    :erlang.term_to_binary(%{visor: 1, members: Enum.map(members, &Atom.to_string/1)})
+  @spec store_meta([node()], map()) :: binary()
+  def store_meta(members, settings) do
+    :erlang.term_to_binary(%{
+      visor: 1,
+      members: Enum.map(members, &Atom.to_string/1),
+      settings: settings
+    })
   end
 
-  # The member list of `store_meta/1`, or :error. The store is local and
-  # checksummed, but it may have been written by something else: nothing
-  # but the expected shape is accepted, and no atom is created before the
-  # shape is checked.
+  # The member list and settings of `store_meta/2`, or :error. The store
+  # is local and checksummed, but it may have been written by something
+  # else: nothing but the expected shape is accepted, and no atom is
+  # created before the shape is checked.
   defp read_store_meta(meta) do
     case :erlang.binary_to_term(meta, [:safe]) do
-      %{visor: 1, members: [_ | _] = names} when length(names) <= 6 ->
+      %{visor: 1, members: [_ | _] = names, settings: settings}
+      when length(names) <= 6 and is_map(settings) ->
         if Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/)) do
-          {:ok, Enum.map(names, &String.to_atom/1)}
+          {:ok, Enum.map(names, &String.to_atom/1), settings}
         else
           :error
         end
@@ -226,13 +236,15 @@ defmodule Visor.Formation do
       name: Visor.Supervisor.name(module, :formation),
       incarnation: :rand.uniform(1 <<< 62),
       subscriber: nil,
-      storage: config.storage
+      storage: config.storage,
+      settings: config.settings
     }
 
     state =
       case config.membership do
         {:nodes, nodes} ->
-          %{state | mode: :nodes, members: nodes, cluster: Options.cluster_id(module, nodes)}
+          cluster = Options.cluster_id(module, nodes, config.settings)
+          %{state | mode: :nodes, members: nodes, cluster: cluster}
 
         {:cluster_size, size} ->
           scope = Visor.Supervisor.name(module, :scope)
@@ -242,11 +254,18 @@ defmodule Visor.Formation do
 
     case restore(state) do
       {:ok, state} ->
+        formed = ran_here(state)
+
         state =
-          if state.mode == :nodes and state.phase == :forming and node() not in state.members do
-            decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
-          else
-            state
+          cond do
+            state.phase != :member and formed != nil ->
+              restarted_server(state, formed)
+
+            state.mode == :nodes and state.phase == :forming and node() not in state.members ->
+              decide_spare(state, "#{node()} is not in :nodes #{inspect(state.members)}")
+
+            true ->
+              state
           end
 
         send(self(), :tick)
@@ -256,6 +275,28 @@ defmodule Visor.Formation do
         Logger.error("#{inspect(module)}: refusing to start: #{message}")
         {:stop, {:storage_refused, message}}
     end
+  end
+
+  # ---- Memory mode: a restarted server ------------------------------------
+
+  # The cluster this node's replica joined earlier in this group's life
+  # (Visor.Lifetime), in memory mode: that replica's memory died with its
+  # server. Disk mode restarts from the store instead (restore/1).
+  defp ran_here(%{storage: :memory, module: module}), do: Lifetime.get(module).formed
+  defp ran_here(_disk), do: nil
+
+  # Never fresh, whatever the peers say: they may all have restarted too
+  # and remember nothing, and a fresh start of a majority would serve an
+  # empty state as if nothing had been committed.
+  defp restarted_server(state, formed) do
+    Logger.warning(
+      "#{inspect(state.module)}: this node's server restarted (the node did not), so its " <>
+        "replica lost its memory. If a majority of the members lost theirs at once, the " <>
+        "state is lost and the replicas stay :recovering until the group is stopped on every " <>
+        "node and started again (a new, empty cluster)"
+    )
+
+    become_member(state, formed, true)
   end
 
   # ---- Disk mode: restart from the store ----------------------------------
@@ -271,8 +312,8 @@ defmodule Visor.Formation do
         {:error, "cannot read the store in #{dir}: #{message}"}
 
       {:ok, info} ->
-        with {:ok, members} <- stored_members(state, dir, info) do
-          {:ok, member_from_disk(state, dir, info, members)}
+        with {:ok, members, settings} <- stored_members(state, dir, info) do
+          {:ok, member_from_disk(state, dir, info, members, settings)}
         end
     end
   end
@@ -281,22 +322,38 @@ defmodule Visor.Formation do
     group = Options.group_name(state.module)
 
     with :ok <- check(info.group == group, fn -> "#{dir} holds group #{inspect(info.group)}" end),
-         {:ok, members} <- stored_meta(dir, info),
+         {:ok, members, settings} <- stored_meta(dir, info),
          owner = Enum.at(members, info.replica),
          :ok <-
            check(length(members) == info.replica_count and owner == node(), fn ->
              "#{dir} belongs to replica #{info.replica} (#{owner}) of the cluster " <>
                "#{inspect(members)}, not to this node (#{node()})"
            end),
+         :ok <- check_settings(state, dir, settings),
          :ok <- check_membership(state, dir, info, members) do
-      {:ok, members}
+      {:ok, members, settings}
     end
   end
 
   defp stored_meta(dir, info) do
     case read_store_meta(info.meta) do
-      {:ok, members} -> {:ok, members}
+      {:ok, members, settings} -> {:ok, members, settings}
       :error -> {:error, "#{dir} holds a store whose metadata Visor did not write"}
+    end
+  end
+
+  # The store's cluster was formed with these settings; every member keeps
+  # them for the cluster's life.
+  defp check_settings(state, dir, stored) do
+    case Options.setting_mismatch(state.settings, stored) do
+      nil ->
+        :ok
+
+      {:setting_mismatch, key, ours, theirs} ->
+        {:error,
+         "#{dir} holds the store of a cluster whose #{key} is #{inspect(theirs)}, but this " <>
+           "node is started with #{key} #{inspect(ours)} (option #{Options.setting_source(key)}); " <>
+           "every member must keep the cluster's value: start it with #{key} #{inspect(theirs)}"}
     end
   end
 
@@ -320,7 +377,7 @@ defmodule Visor.Formation do
 
   # This node's replica ran: it restarts from its store as the member the
   # store records, whoever else is up (no hello, no agreement needed).
-  defp member_from_disk(state, dir, info, members) do
+  defp member_from_disk(state, dir, info, members, settings) do
     Logger.info(
       "#{inspect(state.module)}: restarting replica #{info.replica} of the cluster " <>
         "#{inspect(members)} from its store in #{dir} (view #{info.view}, commit #{info.commit})"
@@ -334,7 +391,13 @@ defmodule Visor.Formation do
         # Incarnations are not stored: every earlier one is gone, and a
         # member that finds itself listed under none rejoins.
         :discovery ->
-          %{id: {:disk, info.cluster}, cluster: info.cluster, members: members, incarnations: %{}}
+          %{
+            id: {:disk, info.cluster},
+            cluster: info.cluster,
+            members: members,
+            incarnations: %{},
+            settings: settings
+          }
       end
 
     %{state | phase: :member, formed: formed, recover: false}
@@ -384,7 +447,8 @@ defmodule Visor.Formation do
         state
       )
       when is_pid(pid) and is_list(members) do
-    if state.phase == :discovering and state.mode == :discovery and node() in members do
+    if state.phase == :discovering and state.mode == :discovery and node() in members and
+         Map.get(p, :settings) == state.settings do
       send(pid, {:visor_accept, id, node(), state.incarnation})
       {:noreply, %{state | phase: {:accepted, Map.put(p, :proposer, pid)}}}
     else
@@ -398,7 +462,14 @@ defmodule Visor.Formation do
     p = if from in p.members, do: %{p | accepted: Map.put(p.accepted, from, inc)}, else: p
 
     if map_size(p.accepted) == length(p.members) do
-      formed = %{id: p.id, cluster: p.cluster, members: p.members, incarnations: p.accepted}
+      formed = %{
+        id: p.id,
+        cluster: p.cluster,
+        members: p.members,
+        incarnations: p.accepted,
+        settings: state.settings
+      }
+
       for pid <- p.pids, do: send(pid, {:visor_formed, formed})
       {:noreply, become_member(%{state | proposal: nil}, formed, false)}
     else
@@ -549,7 +620,11 @@ defmodule Visor.Formation do
     discovering =
       [
         {node(), self()}
-        | for({pid, %{phase: :discovering, node: n}} <- state.peers, do: {n, pid})
+        | for(
+            {pid, %{phase: :discovering, node: n, settings: s}} <- state.peers,
+            s == state.settings,
+            do: {n, pid}
+          )
       ]
       |> Enum.sort()
 
@@ -568,7 +643,7 @@ defmodule Visor.Formation do
     id = {node(), state.incarnation, state.proposals + 1}
     members = Enum.map(chosen, &elem(&1, 0))
     pids = for {n, pid} <- chosen, n != node(), do: pid
-    proposal = %{id: id, cluster: :rand.bytes(16), members: members}
+    proposal = %{id: id, cluster: :rand.bytes(16), members: members, settings: state.settings}
 
     for pid <- pids, do: send(pid, {:visor_propose, self(), proposal})
     Process.send_after(self(), {:proposal_timeout, id}, @proposal_timeout_ms)
@@ -603,6 +678,11 @@ defmodule Visor.Formation do
       state.phase != :discovering ->
         state
 
+      # Named, but the cluster runs with other settings than this node's.
+      mismatch =
+          node() in formed.members && Options.setting_mismatch(state.settings, formed.settings) ->
+        refuse(state, hd(formed.members -- [node()]), mismatch)
+
       # Named under another incarnation: an earlier process of this node
       # was accepted, and may have run a replica. Rejoin, recovering.
       node() in formed.members ->
@@ -617,7 +697,7 @@ defmodule Visor.Formation do
 
   defp hello(%{mode: :nodes} = state, from, inc, cluster) do
     if cluster != state.cluster or from not in state.members or from == node() do
-      {{:mismatch, state.members}, state}
+      {mismatch(state), state}
     else
       {verdict, state} = judge(state, from, inc)
       {{verdict, records(state)}, state}
@@ -625,10 +705,16 @@ defmodule Visor.Formation do
   end
 
   defp hello(%{mode: :discovery} = state, from, inc, :discovery) do
-    {{:discovery, summary(state.phase), state.formed}, note_rejoin(state, from, inc)}
+    reply = {:discovery, summary(state.phase), state.formed, state.settings}
+    {reply, note_rejoin(state, from, inc)}
   end
 
-  defp hello(state, _from, _inc, _tag), do: {{:mismatch, state.members}, state}
+  defp hello(state, _from, _inc, _tag), do: {mismatch(state), state}
+
+  # What a node configured otherwise is told: this node's members and
+  # settings, and whether it decided (a member's settings are the
+  # cluster's).
+  defp mismatch(state), do: {:mismatch, state.members, state.settings, state.phase == :member}
 
   # Discovery mode: a member records (and logs) the new incarnation of a
   # member node that says hello; the formed cluster is what tells that node
@@ -680,16 +766,61 @@ defmodule Visor.Formation do
     end
   end
 
-  defp hello_reply(%{mode: :nodes, phase: :forming} = state, _pid, from, {:mismatch, theirs}) do
-    warn_once(state, {:mismatch, from}, fn ->
-      "#{inspect(state.module)}: #{from} is configured with nodes #{inspect(theirs)}, " <>
-        "this node with #{inspect(state.members)}; waiting for matching configuration"
-    end)
+  defp hello_reply(
+         %{mode: :nodes, phase: :forming} = state,
+         _pid,
+         from,
+         {:mismatch, theirs, settings, decided}
+       ) do
+    case theirs == state.members and Options.setting_mismatch(state.settings, settings) do
+      # A member of the formed cluster: its settings are the cluster's.
+      {:setting_mismatch, _, _, _} = mismatch when decided == true ->
+        refuse(state, from, mismatch)
+
+      # Both forming: neither is the cluster's; both wait for the operator.
+      {:setting_mismatch, key, ours, their} ->
+        warn_once(
+          state,
+          {:mismatch, from},
+          fn ->
+            "#{inspect(state.module)}: #{from} is started with #{key} #{inspect(their)}, " <>
+              "this node with #{inspect(ours)} (option #{Options.setting_source(key)}); " <>
+              "every member must have the same value: no cluster forms until they do"
+          end,
+          :error
+        )
+
+      _ ->
+        warn_once(state, {:mismatch, from}, fn ->
+          "#{inspect(state.module)}: #{from} is configured with nodes #{inspect(theirs)}, " <>
+            "this node with #{inspect(state.members)}; waiting for matching configuration"
+        end)
+    end
   end
 
-  defp hello_reply(%{mode: :discovery} = state, pid, from, {:discovery, phase, formed})
+  defp hello_reply(%{mode: :discovery} = state, pid, from, {:discovery, phase, formed, settings})
        when phase in [:discovering, :accepted, :member, :spare] do
-    state = %{state | peers: Map.put(state.peers, pid, %{node: from, phase: phase})}
+    peer = %{node: from, phase: phase, settings: settings}
+    state = %{state | peers: Map.put(state.peers, pid, peer)}
+
+    state =
+      case Options.setting_mismatch(state.settings, settings) do
+        nil ->
+          state
+
+        {:setting_mismatch, key, ours, their} ->
+          warn_once(
+            state,
+            {:mismatch, from},
+            fn ->
+              "#{inspect(state.module)}: #{from} is started with #{key} #{inspect(their)}, " <>
+                "this node with #{inspect(ours)} (option #{Options.setting_source(key)}); " <>
+                "they will not form a cluster together"
+            end,
+            :error
+          )
+      end
+
     if formed?(formed), do: learn_formed(state, formed), else: state
   end
 
@@ -698,8 +829,14 @@ defmodule Visor.Formation do
   defp summary({:accepted, _}), do: :accepted
   defp summary(phase), do: phase
 
-  defp formed?(%{id: _, cluster: <<_::128>>, members: [_ | _] = members, incarnations: incs})
-       when is_map(incs) and length(members) <= 6,
+  defp formed?(%{
+         id: _,
+         cluster: <<_::128>>,
+         members: [_ | _] = members,
+         incarnations: incs,
+         settings: settings
+       })
+       when is_map(incs) and is_map(settings) and length(members) <= 6,
        do: Enum.all?(members, &is_atom/1)
 
   defp formed?(_), do: false
@@ -708,6 +845,7 @@ defmodule Visor.Formation do
 
   defp become_member(state, formed, recover) do
     index = Enum.find_index(formed.members, &(&1 == node()))
+    if state.storage == :memory, do: Lifetime.put_formed(state.module, formed)
 
     if recover do
       Logger.warning(
@@ -727,6 +865,19 @@ defmodule Visor.Formation do
     )
   end
 
+  # This node's replica never starts in this group's life: its settings
+  # differ from the cluster's (`from` runs it).
+  defp refuse(state, from, {:setting_mismatch, key, ours, theirs} = reason) do
+    Logger.error(
+      "#{inspect(state.module)}: refusing to start this node's replica: it is started with " <>
+        "#{key} #{inspect(ours)}, the cluster (#{from}) runs with #{inspect(theirs)} " <>
+        "(option #{Options.setting_source(key)}); every member must have the same value: " <>
+        "restart this node's group with #{key} #{inspect(theirs)}"
+    )
+
+    notify(%{state | phase: {:refused, reason}}, {:refused, reason})
+  end
+
   defp decide_spare(state, why) do
     Logger.warning("#{inspect(state.module)}: this node is a spare, not a replica: #{why}")
     notify(%{state | phase: :spare}, :spare)
@@ -742,6 +893,7 @@ defmodule Visor.Formation do
 
   defp decision(%{phase: :member, formed: f, recover: recover}), do: member_decision(f, recover)
   defp decision(%{phase: :spare}), do: :spare
+  defp decision(%{phase: {:refused, reason}}), do: {:refused, reason}
   defp decision(_state), do: :pending
 
   # ---- Connectivity --------------------------------------------------------
@@ -775,11 +927,11 @@ defmodule Visor.Formation do
 
   defp send_to(dest, message), do: :erlang.send(dest, message, [:noconnect, :nosuspend])
 
-  defp warn_once(state, key, message) do
+  defp warn_once(state, key, message, level \\ :warning) do
     if MapSet.member?(state.warned, key) do
       state
     else
-      Logger.warning(message.())
+      Logger.log(level, message.())
       %{state | warned: MapSet.put(state.warned, key)}
     end
   end

@@ -56,6 +56,23 @@ defmodule Visor.Options do
   @default_client_table_max 4096
   @default_checkpoint_every 10_000
   @default_busy_poll_us 50
+  # vsr's default chunk of a checkpoint in state sync.
+  @default_checkpoint_chunk_bytes 1_048_576
+
+  # Engine settings every replica of a cluster must share: each one decides
+  # what the replicated state machine does, not just how fast or how often
+  # this replica does something (docs/operations.md, "Settings every member
+  # shares"):
+  #   * client_table_max: which client session is evicted when the table is
+  #     full, at execution; replicas with other limits evict different
+  #     sessions, so a command executes on one and is refused on another;
+  #   * checkpoint_interval: the ops at which checkpoints are taken and
+  #     compared by digest, and which log prefix may be dropped;
+  #   * checkpoint_chunk_bytes: the chunk offsets a state sync's sender and
+  #     receiver must agree on.
+  # The others (batching, pipeline, queue sizes, timeouts, tick_ms) are
+  # one replica's pace: replicas that differ in them still agree.
+  @shared_settings [:client_table_max, :checkpoint_interval, :checkpoint_chunk_bytes]
 
   # Engine options passed through to Visor.Native.start/2 as they are.
   @engine_keys [
@@ -64,7 +81,8 @@ defmodule Visor.Options do
   ]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
-  defstruct @enforce_keys ++ [storage: :memory, busy_poll_us: @default_busy_poll_us]
+  defstruct @enforce_keys ++
+              [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}]
 
   @typedoc """
   `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
@@ -72,7 +90,9 @@ defmodule Visor.Options do
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
   store directory (inside the user's `data_dir`); `busy_poll_us` how long
   the server watches its mailbox for the engine's answer after a hand-off
-  (`Visor.Server`); `opts` what the user passed (for `initial_state/1`).
+  (`Visor.Server`); `opts` what the user passed (for `initial_state/1`);
+  `settings` the engine settings every member must share
+  (`shared_settings/1`).
   """
   @type t :: %__MODULE__{
           module: module(),
@@ -81,6 +101,7 @@ defmodule Visor.Options do
           engine: map(),
           storage: :memory | {:disk, Path.t()},
           busy_poll_us: non_neg_integer(),
+          settings: %{atom() => non_neg_integer()},
           opts: keyword()
         }
 
@@ -137,13 +158,16 @@ defmodule Visor.Options do
               "(0 disables checkpoints), got: #{inspect(checkpoint_every)}"
     end
 
+    engine = Map.put(engine, :checkpoint_interval, checkpoint_every)
+
     %__MODULE__{
       module: module,
       membership: membership,
       pool_size: pool_size,
-      engine: Map.put(engine, :checkpoint_interval, checkpoint_every),
+      engine: engine,
       storage: storage,
       busy_poll_us: busy_poll_us,
+      settings: shared_settings(engine),
       opts: opts
     }
   end
@@ -154,16 +178,51 @@ defmodule Visor.Options do
   end
 
   @doc """
-  The cluster id of an explicit membership: 16 bytes derived from the module
-  and the sorted nodes, so every node computes the same id and two groups
-  (or two memberships) never accept each other's messages.
+  The cluster id of an explicit membership: 16 bytes derived from the module,
+  the sorted nodes and the shared settings, so every node computes the same
+  id, and two groups (or two memberships, or members whose shared settings
+  differ) never accept each other's messages. `settings` defaults to those
+  of default options.
   """
-  @spec cluster_id(module(), [node()]) :: <<_::128>>
-  def cluster_id(module, nodes) do
+  @spec cluster_id(module(), [node()], map()) :: <<_::128>>
+  def cluster_id(module, nodes, settings \\ default_settings()) do
     # md5 is in erts (no :crypto application needed); this is an identity,
     # not a security boundary: distribution's cookie is that.
-    :erlang.md5(:erlang.term_to_binary({:visor_cluster, 1, module, Enum.sort(nodes)}))
+    settings = Enum.sort(settings)
+    :erlang.md5(:erlang.term_to_binary({:visor_cluster, 2, module, Enum.sort(nodes), settings}))
   end
+
+  @doc "The engine settings every member must share, from the engine options."
+  @spec shared_settings(map()) :: %{atom() => non_neg_integer()}
+  def shared_settings(engine) do
+    engine
+    |> Map.put_new(:checkpoint_chunk_bytes, @default_checkpoint_chunk_bytes)
+    |> Map.take(@shared_settings)
+  end
+
+  defp default_settings, do: validate!(__MODULE__, cluster_size: 1).settings
+
+  @doc """
+  The first shared setting whose value differs: `{:setting_mismatch, key,
+  ours, theirs}`, or `nil` when they all agree. `theirs` comes from a peer
+  or a store: anything that is not a map of the same keys is a mismatch
+  (of `:settings`).
+  """
+  @spec setting_mismatch(map(), term()) :: {:setting_mismatch, atom(), term(), term()} | nil
+  def setting_mismatch(ours, theirs) when is_map(theirs) do
+    Enum.find_value(@shared_settings, fn key ->
+      if Map.get(ours, key) != Map.get(theirs, key),
+        do: {:setting_mismatch, key, Map.get(ours, key), Map.get(theirs, key)}
+    end)
+  end
+
+  def setting_mismatch(ours, theirs), do: {:setting_mismatch, :settings, ours, theirs}
+
+  @doc "Which start option sets a shared setting, for error messages."
+  @spec setting_source(atom()) :: String.t()
+  def setting_source(:client_table_max), do: "client_table_max (default: from pool_size)"
+  def setting_source(:checkpoint_interval), do: "checkpoint_every"
+  def setting_source(key), do: "#{key}"
 
   @doc "Most replicas a cluster may have."
   @spec max_replicas() :: pos_integer()

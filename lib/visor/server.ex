@@ -29,12 +29,18 @@ defmodule Visor.Server do
   `status`. A store the engine refuses stops the server with
   `{:storage_refused, reason}` (the one case retried first is a store still
   locked for a moment by this node's previous server, after a restart).
+
+  It runs in `Visor.Guard` (no malformed message crashes it) and traps
+  exits (a process a `handle_commit` linked to cannot take it down). A
+  `handle_commit` that kills it anyway at the same op twice in a row is a
+  poison command: the next server stops executing there until a committed
+  `Visor.skip/3` names that op (docs/operations.md, "Poison commands").
   """
 
   use GenServer
   require Logger
 
-  alias Visor.{Executor, Formation, Native, Options, Sessions}
+  alias Visor.{Executor, Formation, Lifetime, Native, Options, Sessions}
 
   # A store still locked by this node's previous engine (see
   # handle_info/2) is tried again for up to 5 s.
@@ -46,6 +52,14 @@ defmodule Visor.Server do
   # rarely empty for long, batching does the work, and a spinning
   # scheduler would only take CPU from the engine threads.
   @busy_poll_max_inflight 4
+
+  # A rejoining replica still recovering after this long logs why it may
+  # never finish (a majority that lost its memory).
+  @recovering_warn_ms 10_000
+
+  # A server that died inside handle_commit at the same op this many times
+  # in a row stops executing there (a poison command; see `Visor.skip/3`).
+  @poison_deaths 2
 
   defstruct [
     :module,
@@ -63,8 +77,15 @@ defmodule Visor.Server do
     # store opened (:created, :restarted or :recovering; nil until then).
     :decision,
     :opened,
+    # Visor.Lifetime's counters: the op handle_commit is running, for the
+    # next server if this one dies in it.
+    :counters,
+    # A poison command: %{op, crashes}, and the engine events from that op
+    # on, held (newest first) until a committed skip of the op arrives.
+    poison: nil,
+    held: [],
     starts: 0,
-    # :forming, :running, :spare or {:failed, reason}
+    # :forming, :running, :spare, {:failed, reason} or {:refused, reason}
     phase: :forming,
     # Jobs waiting for a session; `queued` counts them (dead ones included
     # until popped) because :queue.len/1 is O(n).
@@ -88,23 +109,56 @@ defmodule Visor.Server do
   @doc "Starts the server of a group (under `Visor.Supervisor`)."
   @spec start_link(Options.t()) :: GenServer.on_start()
   def start_link(%Options{module: module} = config) do
-    GenServer.start_link(__MODULE__, config, name: Visor.Supervisor.name(module, :server))
+    # Visor.Guard, not GenServer: no message a peer sends may crash it.
+    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(module, :server))
   end
 
   # ---- Setup -------------------------------------------------------------
 
   @impl GenServer
   def init(%Options{module: module} = config) do
+    # A process that handle_commit links to and that dies must not take
+    # the server down with it: its exit becomes a message (counted in
+    # unexpected_messages). Visor.Guard stops the server on its
+    # supervisor's exit, as gen_server does.
+    Process.flag(:trap_exit, true)
+    counters = Lifetime.get(module).counters
+
     state = %__MODULE__{
       module: module,
       config: config,
       arity: Executor.arity(module),
       app_state: module.initial_state(config.opts),
-      sessions: Sessions.new(config.pool_size)
+      sessions: Sessions.new(config.pool_size),
+      counters: counters,
+      poison: poison(module, Lifetime.death_at(counters))
     }
 
     tag = make_ref()
     {:ok, formation(%{state | formation_tag: tag}, Formation.subscribe(module, tag))}
+  end
+
+  # What the previous server's death inside handle_commit (if it died
+  # there) means for this one: a poison command after @poison_deaths in a row.
+  defp poison(_module, nil), do: nil
+
+  defp poison(module, {op, deaths}) when deaths < @poison_deaths do
+    Logger.warning(
+      "#{inspect(module)}: this node's previous server died inside handle_commit at op #{op}; " <>
+        "the replica executes it again (it stops there if it dies there again)"
+    )
+
+    nil
+  end
+
+  defp poison(module, {op, deaths}) do
+    Logger.error(
+      "#{inspect(module)}: handle_commit at op #{op} killed this node's server #{deaths} times " <>
+        "in a row; the replica stops executing at op #{op} (it keeps its log and keeps voting). " <>
+        "To skip that op on every replica: Visor.skip(#{inspect(module)}, #{op})"
+    )
+
+    %{op: op, crashes: deaths}
   end
 
   defp formation(state, :pending), do: state
@@ -131,6 +185,14 @@ defmodule Visor.Server do
 
     {:ok, engine} = Native.start(engine_opts, self())
 
+    if recover,
+      do:
+        Process.send_after(
+          self(),
+          {:visor_still_recovering, state.formation_tag},
+          @recovering_warn_ms
+        )
+
     dispatch(%{
       state
       | phase: :running,
@@ -147,6 +209,11 @@ defmodule Visor.Server do
     fail_all(%{state | phase: :spare}, :spare)
   end
 
+  # This node's settings differ from the cluster's (Visor.Formation).
+  defp formation(%{phase: :forming} = state, {:refused, reason}) do
+    fail_all(%{state | phase: {:refused, reason}}, reason)
+  end
+
   defp formation(state, _decision), do: state
 
   # Disk mode: the store is `data_dir/<group>`; a new one records the
@@ -154,8 +221,9 @@ defmodule Visor.Server do
   # store is the engine's to open (`recover` is then ignored).
   defp storage_opts(%Options{storage: :memory}, _members), do: %{}
 
-  defp storage_opts(%Options{storage: {:disk, dir}, module: module}, members) do
-    %{data_dir: dir, group: Options.group_name(module), meta: Formation.store_meta(members)}
+  defp storage_opts(%Options{storage: {:disk, dir}, module: module} = config, members) do
+    meta = Formation.store_meta(members, config.settings)
+    %{data_dir: dir, group: Options.group_name(module), meta: meta}
   end
 
   # ---- Callers -----------------------------------------------------------
@@ -172,16 +240,30 @@ defmodule Visor.Server do
       byte_size(payload) > max ->
         {:reply, {:error, {:command_too_large, byte_size(payload), max}}, state}
 
+      state.poison != nil ->
+        {:reply, {:error, {:halted, state.poison.op}}, state}
+
       true ->
         poll(enqueue(state, from, deadline, :commit, payload))
     end
   end
 
+  # A skip is a command like any other (so every replica executes it at
+  # the same op); it is the one command a halted replica accepts.
+  def handle_call({{:skip, op}, deadline}, from, state)
+      when is_integer(op) and op > 0 and is_integer(deadline) do
+    case phase_error(state) do
+      nil -> poll(enqueue(state, from, deadline, :commit, Executor.skip_payload(op)))
+      error -> {:reply, {:error, error}, state}
+    end
+  end
+
   def handle_call({{:read, path}, deadline}, from, state)
       when is_list(path) and is_integer(deadline) do
-    case phase_error(state) do
-      nil -> poll(linearizable_read(state, from, deadline, path))
-      error -> {:reply, {:error, error}, state}
+    cond do
+      error = phase_error(state) -> {:reply, {:error, error}, state}
+      state.poison != nil -> {:reply, {:error, {:halted, state.poison.op}}, state}
+      true -> poll(linearizable_read(state, from, deadline, path))
     end
   end
 
@@ -209,6 +291,7 @@ defmodule Visor.Server do
       :forming -> nil
       :spare -> :spare
       {:failed, reason} -> {:engine_down, reason}
+      {:refused, reason} -> reason
     end
   end
 
@@ -365,6 +448,21 @@ defmodule Visor.Server do
     {:noreply, answer(state, ref, {:error, :timeout})}
   end
 
+  def handle_info({:visor_still_recovering, tag}, %{formation_tag: tag, phase: :running} = state) do
+    if Native.status(state.engine).status == :recovering do
+      Logger.error(
+        "#{inspect(state.module)}: replica #{state.index} is still recovering after " <>
+          "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
+          "majority of all members, itself not counted) up and normal. If a majority lost " <>
+          "their memory at once (nodes or servers restarted together), the state is lost and " <>
+          "this does not end by itself: stop the group on every node, then start it again " <>
+          "(a new, empty cluster)"
+      )
+    end
+
+    {:noreply, state}
+  end
+
   def handle_info({:visor_formation, tag, decision}, %{formation_tag: tag} = state) do
     {:noreply, formation(state, decision)}
   end
@@ -443,9 +541,23 @@ defmodule Visor.Server do
     end
   end
 
+  # Halted at a poison command: from its op on, executes and checkpoint
+  # requests wait (in order) for a committed skip of that op.
+  defp event({:execute, op, _, _, _} = event, %{poison: %{op: poison}} = state)
+       when op >= poison,
+       do: hold(event, state)
+
+  defp event({:snapshot, op} = event, %{poison: %{op: poison}} = state) when op >= poison,
+    do: hold(event, state)
+
   defp event({:execute, op, view, timestamp, requests}, state) do
     meta = %{op: op, view: view, timestamp: timestamp}
-    Enum.reduce(requests, state, &execute(&1, meta, &2))
+    # Lifetime tells the next server where this one died, if it dies in
+    # handle_commit (two atomics writes per op).
+    :ok = Lifetime.executing(state.counters, op)
+    state = Enum.reduce(requests, state, &execute(&1, meta, &2))
+    :ok = Lifetime.executing(state.counters, 0)
+    state
   end
 
   defp event({:reply, client, request, _op, outcome}, state) do
@@ -472,8 +584,16 @@ defmodule Visor.Server do
 
   defp event({:read_ready, id, _op}, state) do
     case Map.pop(state.reads, id) do
-      {nil, _} -> state
-      {job, reads} -> answer(%{state | reads: reads}, job.ref, read_result(state, job))
+      {nil, _} ->
+        state
+
+      {job, reads} ->
+        reply =
+          if state.poison,
+            do: {:error, {:halted, state.poison.op}},
+            else: read_result(state, job)
+
+        answer(%{state | reads: reads}, job.ref, reply)
     end
   end
 
@@ -499,6 +619,10 @@ defmodule Visor.Server do
   # Restart from a checkpoint, or a state sync: the state becomes the
   # checkpoint's (the executes that follow continue from it).
   defp event({:install_snapshot, op, bytes}, state) do
+    # The engine executes again from the checkpoint on: held events are
+    # stale, and a checkpoint at or past the poison op has it applied.
+    state = %{state | held: []}
+    state = if state.poison && op >= state.poison.op, do: %{state | poison: nil}, else: state
     %{state | app_state: decode_snapshot(state.module, bytes)}
   rescue
     error ->
@@ -513,6 +637,44 @@ defmodule Visor.Server do
   end
 
   defp event(_unknown, state), do: state
+
+  defp hold(event, state) do
+    state = %{state | held: [event | state.held]}
+    if skips_poison?(event, state.poison.op), do: skip_poison(state), else: state
+  end
+
+  defp skips_poison?({:execute, _op, _view, _ts, requests}, poison) do
+    Enum.any?(requests, fn
+      {_client, _request, :executed, payload} -> Executor.skip_target(payload) == poison
+      _ -> false
+    end)
+  end
+
+  defp skips_poison?(_event, _poison), do: false
+
+  # The skip of the poison op is committed: every replica that stopped
+  # there drops that op's commands (their callers get `{:error, {:skipped,
+  # op}}`) and executes the held events after it, the skip included.
+  defp skip_poison(%{poison: %{op: op}, held: held} = state) do
+    Logger.warning("#{inspect(state.module)}: op #{op} skipped; the replica executes again")
+    {poisoned, rest} = Enum.split_with(Enum.reverse(held), &match?({:execute, ^op, _, _, _}, &1))
+    requests = Enum.flat_map(poisoned, &elem(&1, 4))
+    state = Enum.reduce(requests, %{state | poison: nil, held: []}, &skipped(&1, op, &2))
+    Enum.reduce(rest, state, &event/2)
+  end
+
+  defp skipped({client, request, :executed, _payload}, op, state) do
+    case state.inflight do
+      %{{^client, ^request} => job} ->
+        job = %{job | result: {:error, {:skipped, op}}}
+        %{state | inflight: Map.put(state.inflight, {client, request}, job)}
+
+      _ ->
+        state
+    end
+  end
+
+  defp skipped(_request, _op, state), do: state
 
   defp storage_event(kind, detail, %{config: %{storage: {:disk, dir}}} = state) do
     name = inspect(state.module)
@@ -663,6 +825,8 @@ defmodule Visor.Server do
       cluster: Base.encode16(state.cluster, case: :lower),
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
       storage: storage_status(state, engine_status.storage),
+      poison: state.poison,
+      refused: nil,
       stats: Map.merge(engine_status.stats, state.stats)
     }
   end
@@ -672,6 +836,7 @@ defmodule Visor.Server do
       status:
         case state.phase do
           {:failed, _} -> :failed
+          {:refused, _} -> :refused
           phase -> phase
         end,
       role: :none,
@@ -689,6 +854,8 @@ defmodule Visor.Server do
       cluster: nil,
       pool: Map.put(Sessions.counts(state.sessions), :waiting, map_size(state.callers)),
       storage: storage_status(state, nil),
+      poison: state.poison,
+      refused: with({:refused, reason} <- state.phase, do: reason, else: (_ -> nil)),
       stats: state.stats
     }
   end

@@ -24,6 +24,19 @@ defmodule Visor.Test.Counter do
   def handle_commit(:exit, _meta, _state), do: exit(:bye)
   def handle_commit(:bad_return, _meta, state), do: {:reply, :not_ok, state}
 
+  # Poison commands: a linked process that crashes (the server traps it),
+  # and a callback that kills its own process (nothing can trap that).
+  def handle_commit(:link_crash, meta, state) do
+    pid = spawn_link(fn -> exit(:boom) end)
+    ref = Process.monitor(pid)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, _} -> {:ok, :survived, stamp(state, meta)}
+    end
+  end
+
+  def handle_commit(:kill_self, _meta, _state), do: Process.exit(self(), :kill)
+
   # Every command leaves a trace of its metadata, so replicas that applied
   # different metadata would differ.
   defp stamp(state, meta), do: %{state | last_op: meta.op, last_timestamp: meta.timestamp}

@@ -15,6 +15,33 @@ defmodule Visor.UnitsTest do
       refute id == Options.cluster_id(Cache, [:a@h, :b@h])
     end
 
+    test "shared settings: the ones that decide execution, folded into the cluster id" do
+      default = Options.validate!(Cache, cluster_size: 3).settings
+
+      assert default == %{
+               client_table_max: 4096,
+               checkpoint_interval: 10_000,
+               checkpoint_chunk_bytes: 1_048_576
+             }
+
+      # Pace and batching are each replica's own business.
+      assert Options.validate!(Cache, cluster_size: 3, tick_ms: 5, pipeline_max: 2).settings ==
+               default
+
+      bigger = Options.validate!(Cache, cluster_size: 3, pool_size: 512).settings
+      assert Options.setting_mismatch(default, default) == nil
+
+      assert Options.setting_mismatch(default, bigger) ==
+               {:setting_mismatch, :client_table_max, 4096, 12_288}
+
+      assert Options.setting_mismatch(default, :junk) ==
+               {:setting_mismatch, :settings, default, :junk}
+
+      nodes = [:a@h, :b@h]
+      assert Options.cluster_id(Cache, nodes) == Options.cluster_id(Cache, nodes, default)
+      refute Options.cluster_id(Cache, nodes) == Options.cluster_id(Cache, nodes, bigger)
+    end
+
     test "defaults: 1 MiB commands, a client table with room for every node's pool" do
       o = Options.validate!(Cache, cluster_size: 3, pool_size: 1000)
       assert o.engine.batch_max_bytes == 1_048_576

@@ -1,5 +1,7 @@
 //! Cluster configuration, numbering and quorums.
 
+use crate::checksum::checksum;
+
 /// Index of a replica in the configuration, `0..replica_count`.
 pub type ReplicaIndex = u8;
 /// A view number. The primary of view `v` is replica `v mod n`.
@@ -66,6 +68,10 @@ pub enum Mutation {
     /// flaps of different replicas add up to a quorum against a primary
     /// that kept its own).
     KeepStaleVotes,
+    /// Messages carry the bare cluster id, not the one folded with the
+    /// settings that decide execution: replicas that differ in them talk
+    /// (and then execute different commands).
+    WireClusterIgnoresSettings,
 }
 
 /// Everything a replica needs to know that does not change while it runs.
@@ -163,6 +169,33 @@ impl Config {
         Ok(())
     }
 
+    /// The cluster id every message carries and must carry to be accepted:
+    /// `cluster` folded with the settings that decide what the replicated
+    /// state machine does. `client_table_max` decides evictions, hence which
+    /// requests execute; `checkpoint_interval` which ops are checkpoints
+    /// (compared by digest); `checkpoint_chunk_bytes` how a state sync cuts
+    /// a checkpoint. Replicas that differ in any of them would execute
+    /// different commands, so they must not form a quorum together: to
+    /// each other they are another cluster (`Stats::dropped_foreign_cluster`).
+    /// The other fields only set one replica's pace and limits.
+    pub fn wire_cluster(&self) -> u128 {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::WireClusterIgnoresSettings) {
+            return self.cluster;
+        }
+        let mut seed = Vec::with_capacity(50);
+        seed.extend_from_slice(b"visor-wire");
+        seed.extend_from_slice(&self.cluster.to_le_bytes());
+        for setting in [
+            self.client_table_max as u64,
+            self.checkpoint_interval,
+            self.checkpoint_chunk_bytes as u64,
+        ] {
+            seed.extend_from_slice(&setting.to_le_bytes());
+        }
+        checksum(&seed)
+    }
+
     /// Number of replicas as a `usize`.
     pub fn n(&self) -> usize {
         self.replica_count as usize
@@ -191,6 +224,28 @@ mod tests {
             assert!(2 * q > n, "two quorums must intersect (n={n})");
         }
         assert_eq!((1..=6).map(quorum).collect::<Vec<_>>(), vec![1, 2, 2, 3, 3, 4]);
+    }
+
+    #[test]
+    fn wire_cluster_depends_on_the_settings_that_decide_execution_only() {
+        let base = Config::new(7, 3);
+        let other_cluster = Config::new(8, 3);
+        assert_ne!(base.wire_cluster(), other_cluster.wire_cluster());
+        let mut pace = base.clone();
+        pace.heartbeat_ticks += 1;
+        pace.batch_max_bytes += 1;
+        pace.pipeline_max += 1;
+        assert_eq!(base.wire_cluster(), pace.wire_cluster());
+        let changes: [fn(&mut Config); 3] = [
+            |c| c.client_table_max += 1,
+            |c| c.checkpoint_interval += 1,
+            |c| c.checkpoint_chunk_bytes += 1,
+        ];
+        for change in changes {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_ne!(base.wire_cluster(), c.wire_cluster());
+        }
     }
 
     #[test]

@@ -8,10 +8,14 @@
 //! |--------|------|---------------------------------------------------|
 //! | 0      | 16   | checksum: XXH3-128 of every byte after this field |
 //! | 16     | 2    | magic `0x5356` ("VS")                             |
-//! | 18     | 2    | wire version, currently 2                         |
-//! | 20     | 16   | cluster id                                        |
+//! | 18     | 2    | wire version, currently 3                         |
+//! | 20     | 16   | cluster id, folded with the shared settings       |
 //! | 36     | 1    | sender's replica index                            |
 //! | 37     | ..   | body: postcard encoding of (incarnations, [`Message`]) |
+//!
+//! The cluster id field is [`Config::wire_cluster`](crate::Config::wire_cluster):
+//! replicas whose settings that decide execution differ drop each other's
+//! messages as another cluster's (version 3; version 2 carried the bare id).
 //!
 //! `incarnations` is the sender's crash vector: the incarnation it knows for
 //! every replica, its own included (see `recovery.rs`).
@@ -31,7 +35,7 @@ pub const HEADER_LEN: usize = 37;
 /// The header's magic number.
 pub const MAGIC: u16 = 0x5356;
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// One client request, as ordered by the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

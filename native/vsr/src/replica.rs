@@ -480,7 +480,7 @@ impl Replica {
 
     fn encode(&self, message: &Message) -> Vec<u8> {
         encode(
-            self.config.cluster,
+            self.config.wire_cluster(),
             self.index,
             &self.incarnations[..self.config.n()],
             message,
@@ -495,7 +495,7 @@ impl Replica {
     // ---- Inputs --------------------------------------------------------
 
     fn on_bytes(&mut self, bytes: &[u8]) {
-        match decode(self.config.cluster, self.config.replica_count, bytes) {
+        match decode(self.config.wire_cluster(), self.config.replica_count, bytes) {
             Ok(decoded) if decoded.from != self.index => self.on_envelope(decoded),
             Ok(_) => self.stats.dropped_unknown_sender += 1,
             Err(error) => {

@@ -58,6 +58,9 @@ pub struct Options {
     /// Disk mode: the stores compact their WAL once this many bytes are
     /// dead (`Store::set_compaction_bytes`); small, so seeds compact often.
     pub compaction_bytes: u64,
+    /// A misconfigured host for scenarios: this replica runs with this
+    /// configuration instead of `config` (same cluster and replica count).
+    pub config_override: Option<(u8, Config)>,
 }
 
 impl Options {
@@ -87,6 +90,7 @@ impl Options {
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
             lying_host: None,
+            config_override: None,
         }
     }
 
@@ -165,5 +169,13 @@ impl Options {
 
     pub fn replica_count(&self) -> usize {
         self.config.replica_count as usize
+    }
+
+    /// The configuration replica `r` runs with.
+    pub fn config_of(&self, r: u8) -> Config {
+        match &self.config_override {
+            Some((o, config)) if *o == r => config.clone(),
+            _ => self.config.clone(),
+        }
     }
 }

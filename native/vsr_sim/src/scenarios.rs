@@ -574,3 +574,37 @@ pub fn prevote_votes_expire(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// Replicas must agree on the settings that decide execution: a replica
+/// whose client table holds fewer sessions evicts sessions the others
+/// keep, and then refuses requests they execute. The host checks the
+/// settings at formation; the core makes them part of the cluster id on
+/// the wire (`Config::wire_cluster`), so such a replica cannot take part
+/// even if the host let it start.
+///
+/// Replica 2 runs with `client_table_max` 2, the others with 4096. Six
+/// clients register and commit through replica 0: replicas 0 and 1 (a
+/// quorum) serve them, and replica 2 drops every message as another
+/// cluster's and executes nothing.
+pub fn replicas_with_other_settings_never_talk(mut options: Options) -> Result<(), Failure> {
+    let mut other = options.config.clone();
+    other.client_table_max = 2;
+    options.config_override = Some((2, other));
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for c in 0..sim.clients.len() {
+        commit(&mut sim, c, 0)?;
+    }
+    let odd = sim.replicas[2].as_ref().expect("replica 2 runs");
+    if odd.commit() != 0 || odd.stats().dropped_foreign_cluster == 0 {
+        let reason = format!(
+            "replica 2 (client_table_max 2) took part: commit {}, {} clients in its table, \
+             {} messages dropped as another cluster's",
+            odd.commit(),
+            odd.clients(),
+            odd.stats().dropped_foreign_cluster
+        );
+        return Err(failure(&sim, reason));
+    }
+    Ok(())
+}

@@ -134,7 +134,12 @@ impl Simulator {
         let mut rng = Rng::new(options.seed);
         let n = options.replica_count();
         let replicas = (0..n)
-            .map(|i| Some(Replica::new(options.config.clone(), i as ReplicaIndex)))
+            .map(|i| {
+                Some(Replica::new(
+                    options.config_of(i as ReplicaIndex),
+                    i as ReplicaIndex,
+                ))
+            })
             .collect();
         let clients: Vec<Client> = (0..options.clients)
             .map(|_| {
@@ -467,7 +472,7 @@ impl Simulator {
         }
         let nonce = self.rng.next_u128();
         let replica =
-            Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
+            Replica::recovering(self.options.config_of(r), r, nonce).expect("a valid configuration");
         if !matches!(self.storage[r as usize], Storage::None) {
             let (store, _) = open_store(&self.options, r, MemDisk::default()).expect("an empty disk");
             self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -503,7 +508,7 @@ impl Simulator {
             panic!("replica {r} restarts from a disk it does not have")
         };
         self.rot(&mut disk);
-        let config = self.options.config.clone();
+        let config = self.options.config_of(r);
         let opened = open_store(&self.options, r, disk);
         let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -743,8 +748,8 @@ impl Simulator {
         if replica.is_recovering() || replica.view() <= self.announced[r as usize] {
             return;
         }
-        let config = &self.options.config;
-        let Ok(decoded) = vsr::message::decode(config.cluster, config.replica_count, bytes) else {
+        let config = self.options.config_of(r);
+        let Ok(decoded) = vsr::message::decode(config.wire_cluster(), config.replica_count, bytes) else {
             return;
         };
         let claimed = match decoded.message {

@@ -113,3 +113,14 @@ fn votes_that_never_expire_are_caught_by_the_flapping_scenario() {
     let failure = scenarios::prevote_votes_expire(broken).unwrap_err();
     assert!(failure.reason.contains("deposed"), "{failure}");
 }
+
+#[test]
+fn replicas_with_other_settings_that_talk_are_caught() {
+    // The bare cluster id on the wire: a replica with a smaller client
+    // table joins the quorum.
+    let mut broken = options(3, 6);
+    broken.config.mutation = Mutation::WireClusterIgnoresSettings;
+    let failure = scenarios::replicas_with_other_settings_never_talk(broken).unwrap_err();
+    println!("{}", failure.reason);
+    scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
+}

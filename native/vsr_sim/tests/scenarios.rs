@@ -99,3 +99,8 @@ fn two_abdicated_primaries_do_not_wedge() {
 fn prevote_votes_expire() {
     scenarios::prevote_votes_expire(options(5, 1)).unwrap();
 }
+
+#[test]
+fn replicas_with_other_settings_never_talk() {
+    scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
+}
