@@ -12,8 +12,8 @@ use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 
 /// Layout version of the store's files; a store written by another version
 /// is refused (version 1 had no checkpoints, version 2 one WAL file that
-/// was never compacted).
-pub const FORMAT_VERSION: u16 = 3;
+/// was never compacted, version 3 no `wal_synced`).
+pub const FORMAT_VERSION: u16 = 4;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -64,6 +64,11 @@ pub struct Superblock {
     /// version 3). Compaction writes the live log to the other file, then
     /// switches this field.
     pub wal: u8,
+    /// The WAL file `wal` names was at least this many bytes long, synced,
+    /// when this copy was written (format version 4): every record the
+    /// replica synced, so every entry it may have acknowledged, lies below.
+    /// A shorter file was cut or deleted, and its log is not trusted.
+    pub wal_synced: u64,
 }
 
 /// Where the durable checkpoint is and how to verify it: its bytes
@@ -92,6 +97,7 @@ impl Superblock {
             recovering: false,
             checkpoint: None,
             wal: 0,
+            wal_synced: 0,
         };
         superblock.set_state(&DurableState::default());
         superblock
