@@ -448,3 +448,39 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// Disk mode, a write-ahead log lost after it was synced: replica 2 is cut
+/// off while 0 and 1 commit 30 ops; both crash, and 1 comes back next to
+/// the stale 2 with its WAL file cut to `keep_percent` of its records (0:
+/// deleted). A store that trusted the short log would restart 1 with it,
+/// let 1 and 2 start a view without the 30 commits, and lose them on 0 as
+/// well once it returns. The store must see that its log is shorter than
+/// what it had synced and recover from its peers instead.
+pub fn lost_wal_is_not_trusted(options: Options, keep_percent: usize) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for _ in 0..30 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(0);
+    sim.crash(1);
+    sim.cut_wal(1, keep_percent);
+    sim.network.heal();
+    sim.restart(1);
+    sim.run_ticks(PHASE_TICKS)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS, "every replica holds the commits", |s| {
+        (0..s.n()).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    for r in 0..sim.n() as ReplicaIndex {
+        expect_log_holds(&sim, r, committed)?;
+    }
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}

@@ -557,6 +557,19 @@ impl Simulator {
         }
     }
 
+    /// Cuts the WAL of crashed replica `r` to `keep_percent` of its
+    /// records' bytes (0: the file is gone), as an operator or a failing
+    /// filesystem might: outside the crash fault model, so only scenarios
+    /// do it.
+    pub fn cut_wal(&mut self, r: ReplicaIndex, keep_percent: usize) {
+        let Storage::Down(disk) = &mut self.storage[r as usize] else {
+            panic!("replica {r} must be down to lose its WAL")
+        };
+        let end = disk.wal_records().last().map_or(0, |(offset, len)| offset + len);
+        let zone = disk.wal_zone();
+        disk.cut(zone, end * keep_percent / 100);
+    }
+
     /// Bit rot while the replica is down, within the fault model: one
     /// superblock copy whose loss leaves another copy of the newest, or any
     /// one log record (the last is a seal, whose loss loses nothing), and

@@ -84,3 +84,13 @@ fn a_host_whose_snapshot_differs_is_detected() {
     let failure = scenarios::checkpoints_agree(lying).unwrap_err();
     assert!(failure.reason.contains("checkpoint digests"), "{failure}");
 }
+
+#[test]
+fn lost_wal_is_not_trusted() {
+    scenarios::lost_wal_is_not_trusted(options(3, 1), 0).unwrap();
+}
+
+#[test]
+fn truncated_wal_is_not_trusted() {
+    scenarios::lost_wal_is_not_trusted(options(3, 1), 30).unwrap();
+}

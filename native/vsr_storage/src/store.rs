@@ -129,6 +129,10 @@ pub struct Store<D: Disk> {
     /// Length of that file: `wal_len`, then zeros written ahead of it
     /// (`PREALLOCATE_BYTES`), which a scan reads as the log's clean end.
     wal_allocated: u64,
+    /// How long that file is known to be, synced: what the next superblock
+    /// records as `wal_synced`. Every record synced lies below it, and no
+    /// sync returns before a superblock records it (see [`Store::sync`]).
+    wal_synced: u64,
     /// A compaction wrote the live log to the other WAL file, and the
     /// superblock naming it is not yet durable. Until it is, nothing else
     /// is written: either file holds the log, but records appended to the
@@ -235,6 +239,10 @@ impl<D: Disk> Store<D> {
             // Without the zeros ahead of the end (a torn tail is cut below).
             wal_len: scan.valid_len,
             wal_allocated: wal.len() as u64,
+            // What the superblock says, not what was found: bytes beyond it
+            // may never have been synced (a process crash keeps them in the
+            // page cache), and are covered at the end of the open.
+            wal_synced: superblock.wal_synced,
             switch_pending: false,
             wal_pending: Vec::new(),
             op: base.0 + scan.entries.len() as Op,
@@ -269,6 +277,13 @@ impl<D: Disk> Store<D> {
             (Some(WalDamage::Corrupt { offset }), _) => Some(format!(
                 "the write-ahead log is corrupt at byte {offset}, before records that are intact"
             )),
+            _ if (wal.len() as u64) < store.superblock.wal_synced => Some(format!(
+                "the write-ahead log is {} bytes long, shorter than the {} bytes it had when \
+                 the superblock was written: it was cut or deleted, and it may have lost \
+                 acknowledged entries",
+                wal.len(),
+                store.superblock.wal_synced
+            )),
             _ => None,
         };
         if let Some(reason) = lost {
@@ -291,7 +306,15 @@ impl<D: Disk> Store<D> {
         }
         let torn = match scan.damage {
             Some(WalDamage::Torn { offset }) => {
-                // Cut the torn bytes off before anything is appended after them.
+                // Cut the torn bytes off before anything is appended after
+                // them. Nothing from `offset` on was synced, so the
+                // superblock may record that the file is only this long;
+                // it does so first, or a crash after the cut would leave a
+                // file shorter than the superblock says, which reads as lost.
+                if offset < store.wal_synced {
+                    store.wal_synced = offset;
+                    store.write_superblock(state, None)?;
+                }
                 let zone = store.wal_zone();
                 store.disk.truncate(zone, offset)?;
                 store.disk.sync(zone)?;
@@ -308,6 +331,16 @@ impl<D: Disk> Store<D> {
             // replica outputs waits for it like for any staged write.
             Record::Seal.encode_into(&mut store.wal_pending);
             let _ = store.write_wal();
+        }
+        if store.wal_len > store.superblock.wal_synced && !store.has_staged() {
+            // Records the superblock does not cover yet (a crash came before
+            // it recorded the sync that wrote them, or they were never
+            // synced): the replica may acknowledge them again once it runs,
+            // so make them durable and cover them now.
+            let zone = store.wal_zone();
+            store.disk.sync(zone)?;
+            store.wal_synced = store.wal_allocated;
+            store.write_superblock(state, None)?;
         }
         Ok((
             store,
@@ -328,6 +361,7 @@ impl<D: Disk> Store<D> {
             state: None,
             wal_len: 0,
             wal_allocated: 0,
+            wal_synced: 0,
             switch_pending: false,
             wal_pending: Vec::new(),
             op: 0,
@@ -356,6 +390,7 @@ impl<D: Disk> Store<D> {
         state.recovering = true;
         self.superblock.checkpoint = None;
         self.named = None;
+        self.wal_synced = 0;
         self.write_superblock(state, None)?;
         let zone = self.wal_zone();
         self.disk.truncate(zone, 0)?;
@@ -593,7 +628,12 @@ impl<D: Disk> Store<D> {
             self.rebase = None;
             self.write_wal()?;
         }
-        if let Some(state) = self.state {
+        if self.state.is_some() || self.wal_synced > self.superblock.wal_synced {
+            // The records synced reach beyond what the superblock records
+            // (rarely: each preallocation syncs 1 MiB of zeros ahead, which
+            // it then covers): record it before anything that follows the
+            // sync, an acknowledgement above all, takes effect.
+            let state = self.state.unwrap_or_else(|| self.superblock.state());
             self.write_superblock(state, None)?;
             self.state = None;
         }
@@ -653,6 +693,7 @@ impl<D: Disk> Store<D> {
         self.compacted_at = Some(op);
         self.wal_len = bytes.len() as u64;
         self.wal_allocated = self.wal_len;
+        self.wal_synced = self.wal_len;
         self.base = (op, checksum);
         self.checksums.drain(..first);
         self.offsets.drain(..first);
@@ -695,6 +736,8 @@ impl<D: Disk> Store<D> {
         }
         self.wal_len += self.wal_pending.len() as u64;
         self.wal_allocated = self.wal_allocated.max(self.wal_len);
+        // The zeros written ahead, if any, were synced with the records.
+        self.wal_synced = self.wal_allocated;
         self.stats.wal_bytes += self.wal_pending.len() as u64;
         self.stats.syncs += 1;
         self.wal_pending.clear();
@@ -729,6 +772,7 @@ impl<D: Disk> Store<D> {
         next.set_state(&state);
         // Any superblock written also completes a pending WAL switch.
         next.wal = self.superblock.wal ^ u8::from(self.switch_pending);
+        next.wal_synced = self.wal_synced;
         if checkpoint.is_some() {
             next.checkpoint = checkpoint;
         }
@@ -1185,6 +1229,41 @@ mod tests {
     }
 
     #[test]
+    fn a_wal_cut_or_deleted_after_it_was_synced_means_recovery() {
+        // Entries synced in a stable view (no state write after the first):
+        // the superblock still records how long the file was when synced.
+        let entries = chain(&[], 8, 0);
+        let mut store = store_with(&entries[..2], state(0, 0, 0));
+        for entry in &entries[2..] {
+            store
+                .stage(&Output::WriteLog {
+                    after: entry.op - 1,
+                    entries: vec![entry.clone()],
+                })
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let disk = store.into_disk();
+        let records = disk.wal_records();
+        let (last, len) = *records.last().unwrap();
+        let end = last + len;
+        let mut cuts: Vec<usize> = records.iter().map(|(offset, _)| *offset).collect();
+        cuts.extend([0, 1, end * 3 / 10, end - 1, end, end + 100]);
+        for cut in cuts {
+            let mut cut_disk = disk.clone();
+            cut_disk.cut(Zone::WalA, cut);
+            let (_, opened) = open(cut_disk);
+            match opened {
+                Opened::Recover { reason, .. } => assert!(reason.contains("cut or deleted"), "{reason}"),
+                other => panic!("a WAL cut to {cut} bytes opened as {other:?}"),
+            }
+        }
+        // Untouched, it restarts with every entry.
+        let (_, opened) = open(disk);
+        assert_eq!(restarted(&opened).1, entries);
+    }
+
+    #[test]
     fn rot_in_the_last_entry_is_corruption_and_rot_in_the_seal_loses_nothing() {
         // Every write ends with a seal, so the last synced entry is never
         // the last record: rot in it is followed by an intact record.
@@ -1460,9 +1539,11 @@ mod tests {
         let entries = chain(&[], 3, 0);
         let store = store_with(&entries, state(0, 0, 3));
         let mut disk = store.into_disk();
-        // A crash kept the last write's records whole but not its seal.
-        let (seal_at, _) = *disk.wal_records().last().unwrap();
-        disk.truncate(Zone::WalA, seal_at as u64).unwrap();
+        // A crash kept the last write's records whole but not its seal
+        // (which would have gone into the zeros written ahead).
+        let (seal_at, seal_len) = *disk.wal_records().last().unwrap();
+        disk.write(Zone::WalA, seal_at as u64, &vec![0; seal_len])
+            .unwrap();
         disk.sync(Zone::WalA).unwrap();
         disk.full = true;
         let (mut store, opened) = open(disk);

@@ -1,0 +1,66 @@
+defmodule Visor.LostWalTest do
+  # Disk mode on real nodes: a node whose write-ahead log was deleted or cut
+  # short while it was down must not restart from the short log. One node
+  # is down while the other two acknowledge 30 commits; both are killed;
+  # one restarts next to the stale node with its WAL gone (or cut to 30%).
+  # It must recover from its peers (waiting for the third node), never
+  # start a view with the stale node that forgets the 30 commits. Not
+  # async: real nodes.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  @moduletag :tmp_dir
+
+  for damage <- [:deleted, :cut_to_30_percent] do
+    test "a WAL #{damage} after it was synced is recovered from the peers, never trusted",
+         %{tmp_dir: tmp} do
+      nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+      opts = disk_opts(tmp, nodes: nodes)
+      :ok = Cluster.start_group(nodes, Counter, opts)
+      assert commit(hd(nodes), {:incr, 0}) == 1
+
+      # The stale node: down (its disk intact) while the others commit.
+      [stale, victim, intact] = Cluster.backups_first(nodes, Counter)
+      :ok = Cluster.kill_node(stale, [victim, intact])
+      for i <- 1..30, do: assert(commit(intact, {:incr, i}) == i + 1)
+      log_size = Cluster.status(victim, Counter).storage.wal_size
+      :ok = Cluster.kill_nodes([victim, intact])
+
+      damage(Path.join(store_dir(tmp, victim), "wal.a"), unquote(damage), log_size)
+
+      Cluster.restart_all([stale, victim])
+      :ok = Cluster.start_group([stale, victim], Counter, opts)
+      Cluster.eventually(fn -> Cluster.status(stale, Counter).storage.opened == :restarted end)
+      Cluster.eventually(fn -> Cluster.status(victim, Counter).storage.opened != nil end)
+      assert Cluster.status(victim, Counter).storage.opened == :recovering
+
+      # With the third node back, every node holds the 30 commits.
+      Cluster.restart_peer(intact, [stale, victim])
+      :ok = Cluster.start_group([intact], Counter, opts)
+      assert commit(victim, {:incr, :after}) == 32
+      final = :erpc.call(intact, Counter, :get, [])
+      assert final.count == 32
+      Cluster.converged(nodes, Counter, final, 10_000)
+    end
+  end
+
+  defp damage(wal, :deleted, _log_size), do: File.rm!(wal)
+
+  defp damage(wal, :cut_to_30_percent, log_size) do
+    {:ok, file} = :file.open(wal, [:read, :write, :binary, :raw])
+    {:ok, _} = :file.position(file, div(log_size * 3, 10))
+    :ok = :file.truncate(file)
+    :ok = :file.close(file)
+  end
+
+  defp disk_opts(tmp, membership) do
+    fn node -> membership ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
+  end
+
+  defp store_dir(tmp, node),
+    do: Path.join([tmp, Atom.to_string(node), "Elixir.Visor.Test.Counter"])
+
+  defp commit(node, command),
+    do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
+end
