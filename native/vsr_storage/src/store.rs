@@ -40,6 +40,10 @@ pub enum StoreError {
     /// The superblock file has bytes but no valid copy: the store cannot
     /// say whose it is or what it promised.
     NoSuperblock,
+    /// The superblock file is missing or empty, but the log or a checkpoint
+    /// file holds data: the superblock was deleted, and the store cannot
+    /// say whose it is or what it promised.
+    LostSuperblock,
     /// Host metadata or a group name too large for a superblock.
     TooLarge(String),
     /// The store was written in another format version.
@@ -66,6 +70,12 @@ impl fmt::Display for StoreError {
             StoreError::NoSuperblock => write!(
                 f,
                 "every superblock copy is damaged, so the data directory cannot be trusted; \
+                 move it away to let this replica recover from its peers"
+            ),
+            StoreError::LostSuperblock => write!(
+                f,
+                "the data directory holds a write-ahead log or checkpoint but no superblock (was it \
+                 deleted?), so it cannot say whose store it is or what its replica acknowledged; \
                  move it away to let this replica recover from its peers"
             ),
             StoreError::TooLarge(what) => write!(f, "{what}"),
@@ -208,8 +218,11 @@ impl<D: Disk> Store<D> {
         }
         let file = disk.read(Zone::Superblock)?;
         if file.is_empty() {
-            if !disk.read(Zone::WalA)?.is_empty() || !disk.read(Zone::WalB)?.is_empty() {
-                return Err(StoreError::NoSuperblock);
+            let data = [Zone::WalA, Zone::WalB, Zone::CheckpointA, Zone::CheckpointB];
+            for zone in data {
+                if !disk.read(zone)?.is_empty() {
+                    return Err(StoreError::LostSuperblock);
+                }
             }
             return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
         }
@@ -1311,6 +1324,20 @@ mod tests {
             Store::open(disk, identity(), vec![]),
             Err(StoreError::NoSuperblock)
         ));
+    }
+
+    #[test]
+    fn a_log_without_its_superblock_is_refused_and_left_untouched() {
+        let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
+        let mut disk = store.into_disk();
+        disk.cut(Zone::Superblock, 0);
+        let wal = disk.read(Zone::WalA).unwrap();
+        assert!(matches!(
+            Store::open(disk.clone(), identity(), vec![]),
+            Err(StoreError::LostSuperblock)
+        ));
+        assert_eq!(disk.read(Zone::WalA).unwrap(), wal);
+        assert_eq!(disk.len(Zone::Superblock), 0);
     }
 
     fn store_sequence(disk: &mut MemDisk) -> u64 {

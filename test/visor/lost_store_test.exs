@@ -1,6 +1,7 @@
-defmodule Visor.LostWalTest do
-  # Disk mode on real nodes: a node whose write-ahead log was deleted or cut
-  # short while it was down must not restart from the short log. One node
+defmodule Visor.LostStoreTest do
+  # Disk mode on real nodes, stores that lost a file while their node was
+  # down. A node whose write-ahead log was deleted or cut short must not
+  # restart from the short log. One node
   # is down while the other two acknowledge 30 commits; both are killed;
   # one restarts next to the stale node with its WAL gone (or cut to 30%).
   # It must recover from its peers (waiting for the third node), never
@@ -45,6 +46,26 @@ defmodule Visor.LostWalTest do
     end
   end
 
+  # A store that lost its superblock but kept its log cannot say whose it is
+  # or what it acknowledged: refused before the group starts, never taken
+  # for "no store" (which would start the engine on it, to be refused there,
+  # and the group to crash-loop).
+  test "a store without its superblock is refused at start, and left untouched", %{tmp_dir: tmp} do
+    [a, _b] = nodes = Cluster.start_peers(2) |> Enum.map(&elem(&1, 1))
+    opts = disk_opts(tmp, nodes: nodes)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    assert commit(a, {:incr, 1}) == 1
+    for n <- nodes, do: :ok = Cluster.stop_group(n, Counter)
+
+    File.rm!(Path.join(store_dir(tmp, a), "superblock"))
+    files = snapshot(tmp)
+
+    message = refusal(a, Counter, opts.(a))
+    assert message =~ "no superblock"
+    assert message =~ store_dir(tmp, a)
+    assert snapshot(tmp) == files
+  end
+
   defp damage(wal, :deleted, _log_size), do: File.rm!(wal)
 
   defp damage(wal, :cut_to_30_percent, log_size) do
@@ -60,6 +81,27 @@ defmodule Visor.LostWalTest do
 
   defp store_dir(tmp, node),
     do: Path.join([tmp, Atom.to_string(node), "Elixir.Visor.Test.Counter"])
+
+  # Every file under `dir` with its contents.
+  defp snapshot(dir) do
+    for path <- Path.wildcard(Path.join(dir, "**/*")), File.regular?(path), into: %{} do
+      {path, File.read!(path)}
+    end
+  end
+
+  # Starts the group on `node` expecting formation to refuse its store;
+  # returns the message.
+  defp refusal(node, module, opts) do
+    result = :erpc.call(node, Cluster, :start_group_here, [module, opts, :critical])
+
+    assert {:error,
+            {:shutdown,
+             {:failed_to_start_child, ^module,
+              {:shutdown, {:failed_to_start_child, Visor.Formation, {:storage_refused, message}}}}}} =
+             result
+
+    message
+  end
 
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
