@@ -108,6 +108,19 @@ pub enum Opened {
         entries: Vec<Arc<Prepare>>,
         torn: Option<u64>,
     },
+    /// The log is intact but for one entry whose record is damaged, and
+    /// which the entry after it names (`hole`: its op and checksum): the
+    /// replica fetches it from a peer before it restarts
+    /// (`Replica::restart_repairing`), with `entries` (the log up to the
+    /// hole) and `after` (the entries after it). Once the replica writes
+    /// the log with that entry, the store records the repair.
+    Repair {
+        state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
+        entries: Vec<Arc<Prepare>>,
+        hole: (Op, u128),
+        after: Vec<Arc<Prepare>>,
+    },
     /// The log cannot be trusted: recover it from the peers
     /// (`Replica::recovering_from`). The store has recorded that it is
     /// recovering and emptied its log.
@@ -150,6 +163,12 @@ pub struct Store<D: Disk> {
     switch_pending: bool,
     /// Records staged, not yet written.
     wal_pending: Vec<u8>,
+    /// An entry of the log whose record is damaged (op, checksum): until a
+    /// log write carries it and a `Repair` record is staged for it.
+    hole: Option<(Op, u128)>,
+    /// The replica gave up its log while running (a repair no peer could
+    /// serve): the next sync empties it and records that it is recovering.
+    emptying: bool,
     /// The op of the log once the staged records are written.
     op: Op,
     /// The log's base `(op, checksum)` once the staged records are written,
@@ -258,9 +277,14 @@ impl<D: Disk> Store<D> {
             wal_synced: superblock.wal_synced,
             switch_pending: false,
             wal_pending: Vec::new(),
-            op: base.0 + scan.entries.len() as Op,
+            hole: scan.hole.map(|h| (h.op, h.checksum)),
+            emptying: false,
+            op: base.0 + (scan.entries.len() + scan.after_hole.len()) as Op + Op::from(scan.hole.is_some()),
             base,
-            checksums: scan.entries.iter().map(|e| e.checksum).collect(),
+            checksums: (scan.entries.iter().map(|e| e.checksum))
+                .chain(scan.hole.map(|h| h.checksum))
+                .chain(scan.after_hole.iter().map(|e| e.checksum))
+                .collect(),
             offsets: scan.offsets,
             named,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
@@ -355,12 +379,30 @@ impl<D: Disk> Store<D> {
             store.wal_synced = store.wal_allocated;
             store.write_superblock(state, None)?;
         }
+        let mut entries = scan.entries;
+        if let Some((op, checksum)) = store.hole {
+            if checkpoint.as_ref().is_some_and(|c| c.op >= op) {
+                // The checkpoint covers the damaged entry: the replica
+                // restarts from it and the entries after it, and never
+                // needs the damaged one.
+                entries = scan.after_hole;
+            } else {
+                let opened = Opened::Repair {
+                    state,
+                    checkpoint,
+                    entries,
+                    hole: (op, checksum),
+                    after: scan.after_hole,
+                };
+                return Ok((store, opened));
+            }
+        }
         Ok((
             store,
             Opened::Restart {
                 state,
                 checkpoint,
-                entries: scan.entries,
+                entries,
                 torn,
             },
         ))
@@ -377,6 +419,8 @@ impl<D: Disk> Store<D> {
             wal_synced: 0,
             switch_pending: false,
             wal_pending: Vec::new(),
+            hole: None,
+            emptying: false,
             op: 0,
             base: (0, root_checksum(identity_cluster)),
             checksums: Vec::new(),
@@ -410,11 +454,22 @@ impl<D: Disk> Store<D> {
         self.disk.sync(zone)?;
         self.wal_len = 0;
         self.wal_allocated = 0;
+        self.forget_log();
+        Ok(())
+    }
+
+    /// The log as staged becomes empty at op 0 (a recovery starts over).
+    fn forget_log(&mut self) {
         self.op = 0;
         self.base = (0, root_checksum(self.superblock.identity.cluster));
         self.checksums.clear();
         self.offsets.clear();
-        Ok(())
+        self.hole = None;
+        self.wal_pending.clear();
+        self.rebase = None;
+        self.after_rebase.clear();
+        self.checkpoint = None;
+        self.checkpoint_written = None;
     }
 
     /// Takes a replica output: stages it and returns `true` if it is a
@@ -425,7 +480,12 @@ impl<D: Disk> Store<D> {
         match output {
             Output::WriteLog { after, entries } => {
                 let (after, entries) = self.above_base(*after, entries)?;
+                self.stage_repair(after, entries);
                 let (after, entries) = self.past_unchanged(after, entries);
+                if self.hole.is_some_and(|(op, _)| after < op) {
+                    // The `Truncate` record below drops the hole.
+                    self.hole = None;
+                }
                 if after > self.op {
                     return Err(format!(
                         "a write after op {after} to a log of ops {}..={}",
@@ -459,6 +519,13 @@ impl<D: Disk> Store<D> {
                 // holds, so that on restart a log shorter than the commit
                 // means lost entries, not a lagging replica (seed 1039).
                 let mut state = *state;
+                if state.recovering && !self.superblock.recovering && !self.emptying {
+                    // The replica gave up its log while running (no peer
+                    // could repair it): empty it, as an open that found it
+                    // untrustworthy does, before the state says recovering.
+                    self.emptying = true;
+                    self.forget_log();
+                }
                 state.commit = state.commit.min(self.op);
                 self.state = Some(state);
                 Ok(true)
@@ -467,6 +534,7 @@ impl<D: Disk> Store<D> {
                 if self.checksum_at(checkpoint.op) != Some(checkpoint.checksum) {
                     // Installed by state sync beyond (or off) the log: the
                     // log starts over at it, once it is durable.
+                    self.hole = None;
                     self.rebase = Some((checkpoint.op, checkpoint.checksum, checkpoint.timestamp));
                     self.after_rebase.clear();
                     self.base = (checkpoint.op, checkpoint.checksum);
@@ -504,6 +572,27 @@ impl<D: Disk> Store<D> {
                 self.op
             )),
         }
+    }
+
+    /// A log write that carries the entry of the hole: a `Repair` record
+    /// for it goes first (replay fills the hole with it; the rest of the
+    /// write is then the unchanged log, and is skipped).
+    fn stage_repair(&mut self, after: Op, entries: &[Arc<Prepare>]) {
+        let Some((op, checksum)) = self.hole else { return };
+        let Some(entry) = op
+            .checked_sub(after + 1)
+            .and_then(|index| entries.get(index as usize))
+            .filter(|entry| entry.checksum == checksum)
+        else {
+            return;
+        };
+        let records = if self.rebase.is_some() {
+            &mut self.after_rebase
+        } else {
+            &mut self.wal_pending
+        };
+        Record::Repair(entry.clone()).encode_into(records);
+        self.hole = None;
     }
 
     /// A log write without the entries the log already holds unchanged.
@@ -549,6 +638,7 @@ impl<D: Disk> Store<D> {
             || self.checkpoint.is_some()
             || self.rebase.is_some()
             || self.switch_pending
+            || self.emptying
     }
 
     /// Compact the WAL once the records before the durable checkpoint's
@@ -580,6 +670,10 @@ impl<D: Disk> Store<D> {
     /// not yet durable stays staged and the next call goes on from there;
     /// nothing durable is overwritten.
     pub fn sync(&mut self) -> io::Result<()> {
+        if self.emptying {
+            self.begin_recovery()?;
+            self.emptying = false;
+        }
         if self.switch_pending {
             // Finish the last compaction's switch first (with the durable
             // state: the staged one may describe records not yet written).
@@ -1223,7 +1317,10 @@ mod tests {
         let entries = chain(&[], 4, 0);
         let store = store_with(&entries, state(2, 2, 1));
         let mut disk = store.into_disk();
-        disk.corrupt(Zone::WalA, 70, 0x20);
+        // Two damaged entries: more than one hole is not repaired.
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[0].0 + 40, 0x20);
+        disk.corrupt(Zone::WalA, records[2].0 + 40, 0x20);
         let (_, opened) = open(disk.clone());
         let Opened::Recover {
             state: recovering, ..
@@ -1274,6 +1371,74 @@ mod tests {
         // Untouched, it restarts with every entry.
         let (_, opened) = open(disk);
         assert_eq!(restarted(&opened).1, entries);
+    }
+
+    #[test]
+    fn a_damaged_entry_named_by_the_next_is_repaired_and_the_rest_kept() {
+        let entries = chain(&[], 4, 0);
+        let store = store_with(&entries, state(1, 1, 4));
+        let mut disk = store.into_disk();
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        let (mut store, opened) = open(disk);
+        let Opened::Repair {
+            state: repairing,
+            entries: before,
+            hole,
+            after,
+            ..
+        } = opened
+        else {
+            panic!("expected a repair, got {opened:?}")
+        };
+        assert_eq!(repairing, state(1, 1, 4));
+        assert_eq!(before, entries[..1]);
+        assert_eq!(hole, (2, entries[1].checksum));
+        assert_eq!(after, entries[2..]);
+        // The replica writes its log with the fetched entry: the store
+        // records the repair, and the next open finds the whole log.
+        store
+            .stage(&Output::WriteLog {
+                after: 1,
+                entries: entries[1..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (store, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened).1, entries);
+        // And it goes on from there.
+        let more = chain(&entries, 2, 1);
+        let mut store = store;
+        store
+            .stage(&Output::WriteLog {
+                after: 4,
+                entries: more.clone(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened).1, [entries, more].concat());
+    }
+
+    #[test]
+    fn a_damaged_entry_below_the_checkpoint_needs_no_repair() {
+        let entries = chain(&[], 6, 0);
+        let mut store = store_with(&entries, state(0, 0, 6));
+        take_checkpoint(&mut store, &entries[3], 1);
+        let mut disk = store.into_disk();
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        let (_, opened) = open(disk);
+        let Opened::Restart {
+            checkpoint,
+            entries: kept,
+            ..
+        } = opened
+        else {
+            panic!("expected a restart, got {opened:?}")
+        };
+        assert_eq!(checkpoint.map(|c| c.op), Some(4));
+        assert_eq!(kept, entries[2..]);
     }
 
     #[test]
