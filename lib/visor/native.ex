@@ -251,8 +251,8 @@ defmodule Visor.Native do
   Returns `:empty` when there is no store there, `{:ok, info}` with `info`
   a map of `:cluster` (16 bytes), `:group`, `:replica`, `:replica_count`,
   `:meta` (what `start/2` was given), `:view`, `:commit`, `:recovering`
-  and `:sequence`, or `{:error, message}` (unreadable, or every superblock
-  copy damaged).
+  and `:sequence`, or `{:error, message}` (unreadable, every superblock
+  copy damaged, or a log or checkpoint file with data but no superblock).
   """
   @spec probe(String.t(), timeout()) :: :empty | {:ok, map()} | {:error, String.t()}
   def probe(dir, timeout \\ 5_000) do

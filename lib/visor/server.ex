@@ -24,7 +24,7 @@ defmodule Visor.Server do
   docs/commands.md follows one command through all of this.
 
   In disk mode the engine opens the group's store before the replica runs,
-  and reports how (`{:storage, :created | :restarted | :recovering, _}`),
+  and reports how (`{:storage, :created | :restarted | :recovering | :repairing, _}`),
   then write failures and their end; the server logs them and shows them in
   `status`. A store the engine refuses stops the server with
   `{:storage_refused, reason}` (the one case retried first is a store still
@@ -74,7 +74,7 @@ defmodule Visor.Server do
     :formation_tag,
     # Disk mode: the member decision (kept to retry the start while the
     # store is still locked), the engine's start attempts, and how the
-    # store opened (:created, :restarted or :recovering; nil until then).
+    # store opened (:created, :restarted, :recovering or :repairing; nil until then).
     :decision,
     :opened,
     # Visor.Lifetime's counters: the op handle_commit is running, for the
@@ -693,6 +693,9 @@ defmodule Visor.Server do
             "the replica recovers the log from the others"
         )
 
+      :repairing ->
+        Logger.warning("#{name}: the store in #{dir} is damaged in one place: #{detail}")
+
       :error ->
         Logger.warning(
           "#{name}: writing to #{dir} fails (#{detail}); the replica is paused, " <>
@@ -706,7 +709,9 @@ defmodule Visor.Server do
         :ok
     end
 
-    if kind in [:created, :restarted, :recovering], do: %{state | opened: kind}, else: state
+    if kind in [:created, :restarted, :recovering, :repairing],
+      do: %{state | opened: kind},
+      else: state
   end
 
   defp storage_event(_kind, _detail, state), do: state

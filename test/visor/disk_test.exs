@@ -81,7 +81,13 @@ defmodule Visor.DiskTest do
 
     Cluster.restart_peer(victim, others)
     :ok = Cluster.start_group([victim], Counter, opts)
-    Cluster.eventually(fn -> Cluster.status(victim, Counter).storage.opened == :recovering end)
+    # (Most likely in an entry, which it repairs from a peer; damage the
+    # records after it do not explain means recovering the whole log, and
+    # a rotted seal loses nothing: docs/storage.md.)
+    Cluster.eventually(fn ->
+      Cluster.status(victim, Counter).storage.opened in [:repairing, :recovering, :restarted]
+    end)
+
     Cluster.eventually(fn -> Cluster.status(victim, Counter).status == :normal end, 15_000)
     assert is_integer(commit(victim, {:incr, :after_corruption}))
     Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)

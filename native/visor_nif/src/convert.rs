@@ -206,6 +206,7 @@ pub fn notice<'a>(env: Env<'a>, notice: &StorageNotice) -> Term<'a> {
         StorageNotice::Created => (atoms::created(), None::<String>.encode(env)),
         StorageNotice::Restarted { torn } => (atoms::restarted(), torn.encode(env)),
         StorageNotice::Recovering(reason) => (atoms::recovering(), reason.encode(env)),
+        StorageNotice::Repairing(reason) => (atoms::repairing(), reason.encode(env)),
         StorageNotice::Error(reason) => (atoms::error(), reason.encode(env)),
         StorageNotice::Resumed => (atoms::resumed(), None::<String>.encode(env)),
     };

@@ -78,7 +78,7 @@ impl Snapshot {
             status: match replica.status() {
                 Status::Normal => GroupStatus::Normal,
                 Status::ViewChange => GroupStatus::ViewChange,
-                Status::Recovering => GroupStatus::Recovering,
+                Status::Recovering | Status::Repairing => GroupStatus::Recovering,
             },
             view: replica.view(),
             log_view: replica.log_view(),
@@ -116,6 +116,9 @@ pub enum StorageNotice {
     Restarted { torn: Option<u64> },
     /// The store's log cannot be trusted: recovering from the peers.
     Recovering(String),
+    /// One damaged entry of the log is fetched from a peer before the
+    /// replica restarts from the rest.
+    Repairing(String),
     /// A write or sync failed: the replica acknowledges nothing until one succeeds.
     Error(String),
     /// Writes succeed again after an error.
@@ -272,6 +275,23 @@ impl Group {
                     guard(|| Replica::restart_from(config, index, state, checkpoint, entries))??;
                 (replica, outputs, StorageNotice::Restarted { torn })
             }
+            Opened::Repair {
+                state,
+                checkpoint,
+                entries,
+                hole,
+                after,
+            } => (
+                guard(|| {
+                    Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after)
+                })??,
+                Vec::new(),
+                StorageNotice::Repairing(format!(
+                    "the write-ahead log's entry at op {} is damaged; the entries around it are intact, \
+                     and it is fetched from a peer by its checksum {:032x}",
+                    hole.0, hole.1
+                )),
+            ),
             Opened::Recover { state, reason } => (
                 Replica::recovering_from(config, index, state, nonce)?,
                 Vec::new(),

@@ -13,6 +13,7 @@ pub mod log;
 pub mod message;
 mod read;
 mod recovery;
+mod repair;
 pub mod replica;
 mod view_change;
 

@@ -209,6 +209,11 @@ pub enum Message {
     /// Asks for the sender's checkpoint at `op` from byte `offset` (or, if
     /// the receiver has another, the start of that one).
     RequestCheckpoint { op: Op, offset: u64 },
+    /// A replica restarted from a log with one damaged entry asks for the
+    /// entry `op` whose checksum is `checksum` (named by the entry after it).
+    RequestEntry { op: Op, checksum: u128 },
+    /// The answer: the sender's entry with that op and checksum.
+    Entry { entry: Arc<Prepare> },
 }
 
 impl Message {
@@ -233,12 +238,14 @@ impl Message {
             Message::RecoveryFenced { .. } => "recovery_fenced",
             Message::CheckpointChunk { .. } => "checkpoint_chunk",
             Message::RequestCheckpoint { .. } => "request_checkpoint",
+            Message::RequestEntry { .. } => "request_entry",
+            Message::Entry { .. } => "entry",
         }
     }
 
     fn entries(&self) -> &[Arc<Prepare>] {
         match self {
-            Message::Prepare { entry, .. } => std::slice::from_ref(entry),
+            Message::Prepare { entry, .. } | Message::Entry { entry } => std::slice::from_ref(entry),
             Message::DoViewChange { entries, .. } | Message::StartView { entries, .. } => entries,
             _ => &[],
         }

@@ -111,6 +111,14 @@ impl Replica {
             incarnations,
             message,
         } = decoded;
+        if self.status == Status::Repairing {
+            // Nothing but the entry it waits for, before it merges anything:
+            // it answers nothing, so it learns nothing it must make durable.
+            if let Message::Entry { entry } = message {
+                self.on_repair_entry(entry);
+            }
+            return;
+        }
         if let Message::Recovery { nonce } = message {
             // The sender has forgotten its incarnation: the nonce stands for it.
             self.on_recovery(from, nonce);

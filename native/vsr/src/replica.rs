@@ -35,6 +35,9 @@ pub enum Status {
     /// Restarted without its state: takes part in nothing until it has
     /// recovered (see `recovery.rs`).
     Recovering,
+    /// Restarted from disk with one damaged entry in its log: takes part in
+    /// nothing until a peer has sent that entry (see `repair.rs`).
+    Repairing,
 }
 
 /// What the replica must keep across a restart besides its log.
@@ -228,6 +231,7 @@ pub struct Replica {
     /// Crash vector: the incarnation this replica knows for every replica.
     pub(crate) incarnations: [u64; MAX_REPLICAS],
     pub(crate) recovery: Option<crate::recovery::Recovery>,
+    pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
     pub(crate) stats: Stats,
@@ -344,6 +348,7 @@ impl Replica {
             view_start_op: 0,
             incarnations: state.incarnations,
             recovery: None,
+            repair: None,
             checkpoints: Default::default(),
             stats: Stats::default(),
             out: Vec::new(),
@@ -515,6 +520,8 @@ impl Replica {
     pub(crate) fn on_message(&mut self, from: ReplicaIndex, message: Message) {
         match message {
             Message::Request { request } => self.on_request(request),
+            Message::RequestEntry { op, checksum } => self.on_request_entry(from, op, checksum),
+            Message::Entry { .. } => {} // only a repairing replica wants one
             Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
             Message::PrepareOk {
                 view,
@@ -599,6 +606,7 @@ impl Replica {
             Status::Normal => self.tick_backup(),
             Status::ViewChange => self.tick_view_change(),
             Status::Recovering => self.tick_recovering(),
+            Status::Repairing => return self.tick_repairing(),
         }
         self.tick_campaign();
         self.tick_sync();

@@ -608,3 +608,104 @@ pub fn replicas_with_other_settings_never_talk(mut options: Options) -> Result<(
     }
     Ok(())
 }
+
+/// Disk mode, a write-ahead log lost after it was synced: replica 2 is cut
+/// off while 0 and 1 commit 30 ops; both crash, and 1 comes back next to
+/// the stale 2 with its WAL file cut to `keep_percent` of its records (0:
+/// deleted). A store that trusted the short log would restart 1 with it,
+/// let 1 and 2 start a view without the 30 commits, and lose them on 0 as
+/// well once it returns. The store must see that its log is shorter than
+/// what it had synced and recover from its peers instead.
+pub fn lost_wal_is_not_trusted(options: Options, keep_percent: usize) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for _ in 0..30 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(0);
+    sim.crash(1);
+    sim.cut_wal(1, keep_percent);
+    sim.network.heal();
+    sim.restart(1);
+    sim.run_ticks(PHASE_TICKS)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS, "every replica holds the commits", |s| {
+        (0..s.n()).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    for r in 0..sim.n() as ReplicaIndex {
+        expect_log_holds(&sim, r, committed)?;
+    }
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Disk mode, Protocol-Aware Recovery: with 3 replicas, one is down and
+/// another restarts with one damaged entry in the middle of its log. It
+/// must not throw its log away (a recovery needs both others, and one is
+/// down: the cluster would stop); it fetches the damaged entry, which the
+/// next entry names by checksum, from the one peer up, and serves again.
+pub fn one_corrupt_wal_entry_is_repaired(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(2);
+    sim.crash(1);
+    if !sim.rot_wal_entry(1, 5) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 5".into()));
+    }
+    sim.restart(1);
+    commit(&mut sim, 0, 1)?;
+    if sim.replica(1).is_recovering() || sim.replica(1).op() <= committed {
+        return Err(failure(&sim, "replica 1 did not repair its log".into()));
+    }
+    for _ in 0..5 {
+        commit(&mut sim, 0, 1)?;
+    }
+    // It was repaired on disk too: a restart finds the whole log.
+    sim.crash(1);
+    sim.restart(1);
+    if sim.replica(1).repairing().is_some() || sim.replica(1).is_recovering() {
+        return Err(failure(&sim, "replica 1's repair was not made durable".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Disk mode: a damaged entry that no peer holds (every other replica is
+/// down) cannot be repaired; after its requests go unanswered the replica
+/// falls back to a full recovery, which succeeds once the others return.
+pub fn unrepairable_wal_entry_falls_back_to_recovery(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    if !sim.rot_wal_entry(1, 5) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 5".into()));
+    }
+    sim.restart(1);
+    sim.run_until(PHASE_TICKS * 2, "replica 1 gives up the repair", |s| {
+        s.replica(1).is_recovering()
+    })?;
+    sim.restart(0);
+    sim.restart(2);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        let r = s.replica(1);
+        r.status() == Status::Normal && r.commit() >= committed
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}

@@ -545,6 +545,28 @@ impl Simulator {
                     self.deferred.get_or_insert(v);
                 }
             }
+            Opened::Repair {
+                state,
+                checkpoint,
+                entries,
+                hole,
+                after,
+            } => {
+                self.durable[r as usize] = state;
+                let root = root_checksum(config.cluster);
+                // The store's log once the repair is written: the entries
+                // before the hole (the replica's `WriteLog` appends the rest).
+                self.beside[r as usize].mirror = match &checkpoint {
+                    Some(c) => Log::at(c.op, c.checksum, c.timestamp)
+                        .extended(entries.iter().filter(|e| e.op > c.op).cloned().collect()),
+                    None => Log::new(root).extended(entries.clone()),
+                };
+                self.apps[r as usize] = App::default();
+                let replica = Replica::restart_repairing(config, r, state, checkpoint, entries, hole, after)
+                    .expect("a valid store");
+                self.replicas[r as usize] = Some(replica);
+                self.checker.restarted(r, state.view);
+            }
             Opened::Recover { state, .. } => {
                 // The store emptied its log: the replica starts over from op 0.
                 self.beside[r as usize] = Beside {
@@ -560,6 +582,38 @@ impl Simulator {
             }
             Opened::Created => panic!("{}", self.fail(format!("replica {r}'s store was empty"))),
         }
+    }
+
+    /// Cuts the WAL of crashed replica `r` to `keep_percent` of its
+    /// records' bytes (0: the file is gone), as an operator or a failing
+    /// filesystem might: outside the crash fault model, so only scenarios
+    /// do it.
+    pub fn cut_wal(&mut self, r: ReplicaIndex, keep_percent: usize) {
+        let Storage::Down(disk) = &mut self.storage[r as usize] else {
+            panic!("replica {r} must be down to lose its WAL")
+        };
+        let end = disk.wal_records().last().map_or(0, |(offset, len)| offset + len);
+        let zone = disk.wal_zone();
+        disk.cut(zone, end * keep_percent / 100);
+    }
+
+    /// Bit rot in the (last) record of entry `op` in the WAL of crashed
+    /// replica `r`; `false` if it holds no such record.
+    pub fn rot_wal_entry(&mut self, r: ReplicaIndex, op: Op) -> bool {
+        let Storage::Down(disk) = &mut self.storage[r as usize] else {
+            panic!("replica {r} must be down for its disk to rot")
+        };
+        let zone = disk.wal_zone();
+        let wal = vsr_storage::Disk::read(disk, zone).expect("a simulated disk reads");
+        let record = disk.wal_records().into_iter().rev().find(|&(offset, _)| {
+            matches!(
+                vsr_storage::format::Record::decode(&wal[offset..]),
+                Some((vsr_storage::format::Record::Entry(entry), _)) if entry.op == op
+            )
+        });
+        let Some((offset, _)) = record else { return false };
+        disk.corrupt(zone, offset + 40, 0x20);
+        true
     }
 
     /// Bit rot while the replica is down, within the fault model: one
@@ -725,8 +779,16 @@ impl Simulator {
         }
         if let Output::WriteState(state) = output {
             let before = self.durable[r as usize];
+            if state.recovering && !before.recovering {
+                // The replica gave up its log while running (a repair no
+                // peer could serve, repair.rs): the store empties it, and
+                // the replica recovers like an amnesiac one.
+                self.beside[r as usize].mirror = Some(Log::new(root_checksum(self.options.config.cluster)));
+                self.announced[r as usize] = 0;
+                self.checker.forgot(r);
+            }
             // Only a recovery may take a replica's view back (recovery.rs).
-            if state.view < before.view && !before.recovering {
+            if state.view < before.view && !before.recovering && !state.recovering {
                 return Err(format!(
                     "replica {r} persisted view {} over {}",
                     state.view, before.view

@@ -104,3 +104,23 @@ fn prevote_votes_expire() {
 fn replicas_with_other_settings_never_talk() {
     scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
 }
+
+#[test]
+fn lost_wal_is_not_trusted() {
+    scenarios::lost_wal_is_not_trusted(options(3, 1), 0).unwrap();
+}
+
+#[test]
+fn truncated_wal_is_not_trusted() {
+    scenarios::lost_wal_is_not_trusted(options(3, 1), 30).unwrap();
+}
+
+#[test]
+fn one_corrupt_wal_entry_is_repaired() {
+    scenarios::one_corrupt_wal_entry_is_repaired(options(3, 1)).unwrap();
+}
+
+#[test]
+fn unrepairable_wal_entry_falls_back_to_recovery() {
+    scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
+}

@@ -144,11 +144,48 @@ impl Disk for FileDisk {
 }
 
 /// The current superblock of the store in `dir`, read without creating or
-/// locking anything: `Ok(None)` when there is no store there yet.
+/// locking anything: `Ok(None)` when there is no store there yet. A
+/// directory whose log or checkpoint files hold data but whose superblock
+/// is missing or empty is no "no store": `StoreError::LostSuperblock`.
 pub fn probe_dir(dir: &Path) -> Result<Option<crate::Superblock>, crate::StoreError> {
-    match std::fs::read(dir.join("superblock")) {
-        Ok(bytes) => crate::store::superblock_in(&bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+    let superblock = match std::fs::read(dir.join("superblock")) {
+        Ok(bytes) => crate::store::superblock_in(&bytes)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    if superblock.is_none() {
+        for name in ["wal.a", "wal.b", "checkpoint.a", "checkpoint.b"] {
+            match std::fs::metadata(dir.join(name)) {
+                Ok(file) if file.len() > 0 => return Err(crate::StoreError::LostSuperblock),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(superblock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreError;
+
+    #[test]
+    fn probe_refuses_a_log_without_its_superblock_and_touches_nothing() {
+        let dir = std::env::temp_dir().join(format!("vsr-probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(probe_dir(&dir), Ok(None)), "no directory: no store");
+        // Files created but nothing written (a crash before the store's
+        // first superblock): no store.
+        drop(FileDisk::open(&dir).unwrap());
+        assert!(matches!(probe_dir(&dir), Ok(None)), "created files, all empty");
+        std::fs::write(dir.join("wal.a"), b"records").unwrap();
+        std::fs::remove_file(dir.join("superblock")).unwrap();
+        assert!(matches!(probe_dir(&dir), Err(StoreError::LostSuperblock)));
+        std::fs::write(dir.join("superblock"), b"").unwrap();
+        assert!(matches!(probe_dir(&dir), Err(StoreError::LostSuperblock)));
+        assert_eq!(std::fs::read(dir.join("wal.a")).unwrap(), b"records");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,8 +12,8 @@ use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 
 /// Layout version of the store's files; a store written by another version
 /// is refused (version 1 had no checkpoints, version 2 one WAL file that
-/// was never compacted).
-pub const FORMAT_VERSION: u16 = 3;
+/// was never compacted, version 3 no `wal_synced`).
+pub const FORMAT_VERSION: u16 = 4;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -64,6 +64,11 @@ pub struct Superblock {
     /// version 3). Compaction writes the live log to the other file, then
     /// switches this field.
     pub wal: u8,
+    /// The WAL file `wal` names was at least this many bytes long, synced,
+    /// when this copy was written (format version 4): every record the
+    /// replica synced, so every entry it may have acknowledged, lies below.
+    /// A shorter file was cut or deleted, and its log is not trusted.
+    pub wal_synced: u64,
 }
 
 /// Where the durable checkpoint is and how to verify it: its bytes
@@ -92,6 +97,7 @@ impl Superblock {
             recovering: false,
             checkpoint: None,
             wal: 0,
+            wal_synced: 0,
         };
         superblock.set_state(&DurableState::default());
         superblock
@@ -212,6 +218,10 @@ pub enum Record {
     /// them reads as corruption (recover from the peers), never as a torn
     /// tail that may be cut off. Rot in the seal itself loses nothing.
     Seal,
+    /// The entry of a hole (a damaged `Entry` record that the entry after it
+    /// names), fetched from a peer: replay fills the hole with it if it
+    /// matches, and ignores it otherwise.
+    Repair(Arc<Prepare>),
 }
 
 impl Record {
@@ -245,7 +255,7 @@ impl Record {
             return None;
         }
         let decoded: Record = postcard::from_bytes(&record[RECORD_HEADER..]).ok()?;
-        if let Record::Entry(entry) = &decoded {
+        if let Record::Entry(entry) | Record::Repair(entry) = &decoded {
             if entry.checksum != entry.compute_checksum() {
                 return None;
             }
@@ -261,9 +271,23 @@ pub enum WalDamage {
     /// that a crash interrupted. It was never synced, so never acknowledged.
     Torn { offset: u64 },
     /// The record at `offset` is damaged but a valid record follows it, or
-    /// records do not chain: what was synced has since been corrupted, and
-    /// it may hold acknowledged entries.
+    /// records do not chain, and the records after it do not say what it
+    /// held (see [`Hole`]): what was synced has since been corrupted, and it
+    /// may hold acknowledged entries.
     Corrupt { offset: u64 },
+}
+
+/// One entry whose record is damaged, in a log whose later records are
+/// intact and name it: the entry after it carries its checksum (`parent`).
+/// A peer holding an entry with that op and checksum holds exactly the
+/// lost one, so the log is repaired by fetching it (Protocol-Aware
+/// Recovery, Alagappan et al., FAST 2018).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hole {
+    pub op: Op,
+    pub checksum: u128,
+    /// Where the damaged record starts.
+    pub offset: u64,
 }
 
 /// The log a write-ahead log holds, up to its first damage.
@@ -273,11 +297,17 @@ pub struct WalScan {
     /// and its checksum.
     pub base: Op,
     pub base_checksum: u128,
+    /// The entries up to the hole, if there is one; otherwise all of them.
     pub entries: Vec<Arc<Prepare>>,
-    /// Where each of `entries`' records starts in the file (compaction
-    /// copies the records after a checkpoint from there).
+    /// A damaged entry named by the one after it, and the intact entries
+    /// after it (`hole.op + 1..`).
+    pub hole: Option<Hole>,
+    pub after_hole: Vec<Arc<Prepare>>,
+    /// Where each entry's record (the hole's, then those of `after_hole`)
+    /// starts in the file (compaction copies the records after a
+    /// checkpoint from there).
     pub offsets: Vec<u64>,
-    /// Bytes of valid records before any damage.
+    /// Bytes of valid records (and a repairable hole) before any other damage.
     pub valid_len: u64,
     /// The valid records end with a `Seal` (or there are none).
     pub sealed: bool,
@@ -289,11 +319,142 @@ pub fn scan_wal(root: u128, bytes: &[u8]) -> WalScan {
     scan_wal_from(vsr::log::Log::new(root), bytes)
 }
 
+/// A replay in progress: the log so far, and at most one hole in it.
+struct Replay {
+    log: vsr::log::Log,
+    offsets: Vec<u64>,
+    hole: Option<Hole>,
+    after_hole: Vec<Arc<Prepare>>,
+    /// A damaged record whose content the records after it have not yet
+    /// told (its offset): an entry, if the next entry skips one op.
+    unknown: Option<u64>,
+}
+
+impl Replay {
+    /// Applies one valid record at `offset`; `false` if it does not fit.
+    fn apply(&mut self, record: Record, offset: u64) -> bool {
+        if let Some(at) = self.unknown {
+            return self.resolve(at, record, offset);
+        }
+        match record {
+            Record::Entry(entry) => self.append(entry, offset),
+            Record::Truncate { after } => self.truncate(after),
+            Record::Rebase {
+                op,
+                checksum,
+                timestamp,
+            } => {
+                self.log = vsr::log::Log::at(op, checksum, timestamp);
+                self.offsets.clear();
+                self.hole = None;
+                self.after_hole.clear();
+                true
+            }
+            Record::Repair(entry) => {
+                self.repair(entry);
+                true
+            }
+            Record::Seal => true,
+        }
+    }
+
+    /// The first valid record after a damaged one (at `at`) tells what the
+    /// damaged one held, where it can: an entry that continues the log
+    /// means the damaged record changed nothing (a seal); one that skips
+    /// exactly one op means it was that op's entry, whose checksum it names.
+    /// Anything else leaves the damage unexplained.
+    fn resolve(&mut self, at: u64, record: Record, offset: u64) -> bool {
+        match record {
+            Record::Seal => true,
+            Record::Entry(entry) if self.log.can_append(&entry) => {
+                self.unknown = None;
+                self.append(entry, offset)
+            }
+            Record::Entry(entry) if entry.op == self.log.op() + 2 && self.hole.is_none() => {
+                self.unknown = None;
+                self.hole = Some(Hole {
+                    op: self.log.op() + 1,
+                    checksum: entry.parent,
+                    offset: at,
+                });
+                self.offsets.push(at);
+                self.append(entry, offset)
+            }
+            Record::Rebase { .. } => {
+                self.unknown = None;
+                self.apply(record, offset)
+            }
+            _ => false,
+        }
+    }
+
+    fn append(&mut self, entry: Arc<Prepare>, offset: u64) -> bool {
+        let fits = match (&self.hole, self.after_hole.last()) {
+            (None, _) => self.log.can_append(&entry),
+            (Some(hole), last) => {
+                entry.op == hole.op + 1 + self.after_hole.len() as Op
+                    && entry.parent == last.map_or(hole.checksum, |e| e.checksum)
+            }
+        };
+        if fits {
+            self.offsets.push(offset);
+            match self.hole {
+                None => self.log.append(entry),
+                Some(_) => self.after_hole.push(entry),
+            }
+        }
+        fits
+    }
+
+    fn op(&self) -> Op {
+        self.hole
+            .map_or(self.log.op(), |h| h.op + self.after_hole.len() as Op)
+    }
+
+    fn truncate(&mut self, after: Op) -> bool {
+        if after > self.op() || after < self.log.base() {
+            return false;
+        }
+        match self.hole {
+            Some(hole) if after >= hole.op => self.after_hole.truncate((after - hole.op) as usize),
+            _ => {
+                self.log.truncate_after(after);
+                self.hole = None;
+                self.after_hole.clear();
+            }
+        }
+        self.offsets.truncate((after - self.log.base()) as usize);
+        true
+    }
+
+    /// A `Repair` record fills the hole it matches; any other is stale (a
+    /// truncation or rebase since dropped its hole) and changes nothing.
+    fn repair(&mut self, entry: Arc<Prepare>) {
+        let Some(hole) = self.hole else { return };
+        if entry.op != hole.op || entry.checksum != hole.checksum || !self.log.can_append(&entry) {
+            return;
+        }
+        self.log.append(entry);
+        for entry in std::mem::take(&mut self.after_hole) {
+            self.log.append(entry);
+        }
+        self.hole = None;
+    }
+}
+
 /// [`scan_wal`] of records that continue `log`. A `Rebase` record
-/// replaces the log scanned so far with an empty one at its op.
+/// replaces the log scanned so far with an empty one at its op. One
+/// damaged record before intact ones is passed over when the records after
+/// it tell what it held (see `Replay::resolve`); a second one, or one
+/// they do not explain, is `Corrupt`.
 pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
-    let mut log = log;
-    let mut offsets: Vec<u64> = Vec::new();
+    let mut replay = Replay {
+        log,
+        offsets: Vec::new(),
+        hole: None,
+        after_hole: Vec::new(),
+        unknown: None,
+    };
     let mut offset = 0;
     let mut sealed = true;
     let damage = loop {
@@ -306,65 +467,60 @@ pub fn scan_wal_from(log: vsr::log::Log, bytes: &[u8]) -> WalScan {
                 // of which nothing reached the disk): the clean end.
                 break None;
             }
-            break Some(if valid_record_after(bytes, offset + 1) {
-                WalDamage::Corrupt {
-                    offset: offset as u64,
+            match next_valid_record(bytes, offset + 1) {
+                Some(next) if replay.unknown.is_none() && replay.hole.is_none() => {
+                    replay.unknown = Some(offset as u64);
+                    offset = next;
+                    continue;
                 }
-            } else {
-                WalDamage::Torn {
-                    offset: offset as u64,
+                Some(_) => {
+                    break Some(WalDamage::Corrupt {
+                        offset: offset as u64,
+                    })
                 }
-            });
+                None => {
+                    break Some(WalDamage::Torn {
+                        offset: offset as u64,
+                    })
+                }
+            }
         };
         let is_seal = matches!(record, Record::Seal);
-        let applied = match record {
-            Record::Entry(entry) if log.can_append(&entry) => {
-                log.append(entry);
-                offsets.push(offset as u64);
-                true
-            }
-            Record::Truncate { after } if after <= log.op() && after >= log.base() => {
-                log.truncate_after(after);
-                offsets.truncate((after - log.base()) as usize);
-                true
-            }
-            Record::Rebase {
-                op,
-                checksum,
-                timestamp,
-            } => {
-                log = vsr::log::Log::at(op, checksum, timestamp);
-                offsets.clear();
-                true
-            }
-            Record::Seal => true,
+        if !replay.apply(record, offset as u64) {
             // A valid record that does not fit: not something this store wrote.
-            _ => false,
-        };
-        if !applied {
             break Some(WalDamage::Corrupt {
-                offset: offset as u64,
+                offset: replay.unknown.unwrap_or(offset as u64),
             });
         }
         sealed = is_seal;
         offset += len;
     };
+    // A damaged record that nothing after it explains: it may have been the
+    // last entry, which only it held.
+    let damage = match (damage, replay.unknown) {
+        (Some(WalDamage::Corrupt { offset }), _) => Some(WalDamage::Corrupt { offset }),
+        (_, Some(at)) => Some(WalDamage::Corrupt { offset: at }),
+        (damage, None) => damage,
+    };
+    let log = &replay.log;
     WalScan {
         base: log.base(),
         base_checksum: log.checksum_at(log.base()).unwrap_or_default(),
         entries: log.entries().to_vec(),
-        offsets,
+        hole: replay.hole,
+        after_hole: replay.after_hole,
+        offsets: replay.offsets,
         valid_len: offset as u64,
         sealed,
         damage,
     }
 }
 
-/// Whether any valid record starts at or after `from`.
-fn valid_record_after(bytes: &[u8], from: usize) -> bool {
+/// Where the first valid record at or after `from` starts, if any.
+fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len().saturating_sub(RECORD_HEADER - 1))
         .filter(|&at| bytes[at + 16..at + 20] == RECORD_MAGIC)
-        .any(|at| Record::decode(&bytes[at..]).is_some())
+        .find(|&at| Record::decode(&bytes[at..]).is_some())
 }
 
 #[cfg(test)]
@@ -473,20 +629,73 @@ mod tests {
             let expected = (cut > third).then_some(WalDamage::Torn { offset: third as u64 });
             assert_eq!(scan.damage, expected, "cut at {cut}");
         }
-        // Every flip inside the second record is corruption: the third is valid.
+        // Every flip inside the second record, an entry that the third
+        // names, is a hole to repair: the third is valid and kept.
         for byte in second..third {
             let mut flipped = bytes.clone();
             flipped[byte] ^= 0x04;
             let scan = scan_wal(root_checksum(7), &flipped);
             assert_eq!(scan.entries.len(), 1);
             assert_eq!(
-                scan.damage,
-                Some(WalDamage::Corrupt {
+                scan.hole,
+                Some(Hole {
+                    op: 2,
+                    checksum: entries[1].checksum,
                     offset: second as u64
                 }),
                 "flip at {byte}"
             );
+            assert_eq!(scan.after_hole, entries[2..]);
+            assert_eq!(scan.damage, None);
+            // A `Repair` record with the entry fills it.
+            let mut repaired = flipped.clone();
+            Record::Repair(entries[1].clone()).encode_into(&mut repaired);
+            let scan = scan_wal(root_checksum(7), &repaired);
+            assert_eq!((scan.entries, scan.hole), (entries.clone(), None));
+            // A second damaged record is corruption.
+            let mut twice = flipped.clone();
+            twice[third + 30] ^= 0x04;
+            Record::Seal.encode_into(&mut twice);
+            let scan = scan_wal(root_checksum(7), &twice);
+            assert!(
+                matches!(scan.damage, Some(WalDamage::Corrupt { .. })),
+                "flip at {byte}"
+            );
         }
+    }
+
+    #[test]
+    fn damage_the_next_records_do_not_explain_is_corruption() {
+        let entries = chain(4);
+        let records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
+        let mut bytes = wal(&records[..2]);
+        let third = bytes.len();
+        // The damaged record is followed by a seal and nothing else: it may
+        // have been the last entry, which nothing names.
+        bytes.extend(wal(&[records[2].clone(), Record::Seal]));
+        bytes[third + 30] ^= 0x01;
+        let scan = scan_wal(root_checksum(7), &bytes);
+        assert_eq!(scan.damage, Some(WalDamage::Corrupt { offset: third as u64 }));
+        // Followed by a truncation: the damaged record may have been one.
+        let mut bytes = wal(&records[..2]);
+        bytes.extend(wal(&[
+            records[2].clone(),
+            Record::Truncate { after: 1 },
+            records[1].clone(),
+        ]));
+        bytes[third + 30] ^= 0x01;
+        let scan = scan_wal(root_checksum(7), &bytes);
+        assert_eq!(scan.damage, Some(WalDamage::Corrupt { offset: third as u64 }));
+        // A damaged seal between writes loses nothing.
+        let mut bytes = wal(&[records[0].clone(), Record::Seal]);
+        let seal = wal(&records[..1]).len();
+        bytes.extend(wal(&[records[1].clone(), Record::Seal]));
+        bytes[seal + 20] ^= 0x01;
+        let scan = scan_wal(root_checksum(7), &bytes);
+        assert_eq!(
+            (scan.entries, scan.hole, scan.damage),
+            (entries[..2].to_vec(), None, None)
+        );
     }
 
     #[test]

@@ -113,6 +113,16 @@ impl MemDisk {
         self.current.get(&zone).map_or(0, Vec::len)
     }
 
+    /// Cuts a durable file to `len` bytes (a file lost or truncated after it
+    /// was synced: an operator's mistake or a filesystem's loss).
+    pub fn cut(&mut self, zone: Zone, len: usize) {
+        for file in [&mut self.durable, &mut self.current] {
+            if let Some(file) = file.get_mut(&zone) {
+                file.truncate(len);
+            }
+        }
+    }
+
     /// Flips bits of the byte at `offset` in durable storage (bit rot).
     pub fn corrupt(&mut self, zone: Zone, offset: usize, mask: u8) {
         for file in [&mut self.durable, &mut self.current] {

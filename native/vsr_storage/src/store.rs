@@ -40,6 +40,10 @@ pub enum StoreError {
     /// The superblock file has bytes but no valid copy: the store cannot
     /// say whose it is or what it promised.
     NoSuperblock,
+    /// The superblock file is missing or empty, but the log or a checkpoint
+    /// file holds data: the superblock was deleted, and the store cannot
+    /// say whose it is or what it promised.
+    LostSuperblock,
     /// Host metadata or a group name too large for a superblock.
     TooLarge(String),
     /// The store was written in another format version.
@@ -66,6 +70,12 @@ impl fmt::Display for StoreError {
             StoreError::NoSuperblock => write!(
                 f,
                 "every superblock copy is damaged, so the data directory cannot be trusted; \
+                 move it away to let this replica recover from its peers"
+            ),
+            StoreError::LostSuperblock => write!(
+                f,
+                "the data directory holds a write-ahead log or checkpoint but no superblock (was it \
+                 deleted?), so it cannot say whose store it is or what its replica acknowledged; \
                  move it away to let this replica recover from its peers"
             ),
             StoreError::TooLarge(what) => write!(f, "{what}"),
@@ -98,6 +108,19 @@ pub enum Opened {
         entries: Vec<Arc<Prepare>>,
         torn: Option<u64>,
     },
+    /// The log is intact but for one entry whose record is damaged, and
+    /// which the entry after it names (`hole`: its op and checksum): the
+    /// replica fetches it from a peer before it restarts
+    /// (`Replica::restart_repairing`), with `entries` (the log up to the
+    /// hole) and `after` (the entries after it). Once the replica writes
+    /// the log with that entry, the store records the repair.
+    Repair {
+        state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
+        entries: Vec<Arc<Prepare>>,
+        hole: (Op, u128),
+        after: Vec<Arc<Prepare>>,
+    },
     /// The log cannot be trusted: recover it from the peers
     /// (`Replica::recovering_from`). The store has recorded that it is
     /// recovering and emptied its log.
@@ -129,6 +152,10 @@ pub struct Store<D: Disk> {
     /// Length of that file: `wal_len`, then zeros written ahead of it
     /// (`PREALLOCATE_BYTES`), which a scan reads as the log's clean end.
     wal_allocated: u64,
+    /// How long that file is known to be, synced: what the next superblock
+    /// records as `wal_synced`. Every record synced lies below it, and no
+    /// sync returns before a superblock records it (see [`Store::sync`]).
+    wal_synced: u64,
     /// A compaction wrote the live log to the other WAL file, and the
     /// superblock naming it is not yet durable. Until it is, nothing else
     /// is written: either file holds the log, but records appended to the
@@ -136,6 +163,12 @@ pub struct Store<D: Disk> {
     switch_pending: bool,
     /// Records staged, not yet written.
     wal_pending: Vec<u8>,
+    /// An entry of the log whose record is damaged (op, checksum): until a
+    /// log write carries it and a `Repair` record is staged for it.
+    hole: Option<(Op, u128)>,
+    /// The replica gave up its log while running (a repair no peer could
+    /// serve): the next sync empties it and records that it is recovering.
+    emptying: bool,
     /// The op of the log once the staged records are written.
     op: Op,
     /// The log's base `(op, checksum)` once the staged records are written,
@@ -204,8 +237,11 @@ impl<D: Disk> Store<D> {
         }
         let file = disk.read(Zone::Superblock)?;
         if file.is_empty() {
-            if !disk.read(Zone::WalA)?.is_empty() || !disk.read(Zone::WalB)?.is_empty() {
-                return Err(StoreError::NoSuperblock);
+            let data = [Zone::WalA, Zone::WalB, Zone::CheckpointA, Zone::CheckpointB];
+            for zone in data {
+                if !disk.read(zone)?.is_empty() {
+                    return Err(StoreError::LostSuperblock);
+                }
             }
             return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
         }
@@ -235,11 +271,20 @@ impl<D: Disk> Store<D> {
             // Without the zeros ahead of the end (a torn tail is cut below).
             wal_len: scan.valid_len,
             wal_allocated: wal.len() as u64,
+            // What the superblock says, not what was found: bytes beyond it
+            // may never have been synced (a process crash keeps them in the
+            // page cache), and are covered at the end of the open.
+            wal_synced: superblock.wal_synced,
             switch_pending: false,
             wal_pending: Vec::new(),
-            op: base.0 + scan.entries.len() as Op,
+            hole: scan.hole.map(|h| (h.op, h.checksum)),
+            emptying: false,
+            op: base.0 + (scan.entries.len() + scan.after_hole.len()) as Op + Op::from(scan.hole.is_some()),
             base,
-            checksums: scan.entries.iter().map(|e| e.checksum).collect(),
+            checksums: (scan.entries.iter().map(|e| e.checksum))
+                .chain(scan.hole.map(|h| h.checksum))
+                .chain(scan.after_hole.iter().map(|e| e.checksum))
+                .collect(),
             offsets: scan.offsets,
             named,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
@@ -269,6 +314,13 @@ impl<D: Disk> Store<D> {
             (Some(WalDamage::Corrupt { offset }), _) => Some(format!(
                 "the write-ahead log is corrupt at byte {offset}, before records that are intact"
             )),
+            _ if (wal.len() as u64) < store.superblock.wal_synced => Some(format!(
+                "the write-ahead log is {} bytes long, shorter than the {} bytes it had when \
+                 the superblock was written: it was cut or deleted, and it may have lost \
+                 acknowledged entries",
+                wal.len(),
+                store.superblock.wal_synced
+            )),
             _ => None,
         };
         if let Some(reason) = lost {
@@ -291,7 +343,15 @@ impl<D: Disk> Store<D> {
         }
         let torn = match scan.damage {
             Some(WalDamage::Torn { offset }) => {
-                // Cut the torn bytes off before anything is appended after them.
+                // Cut the torn bytes off before anything is appended after
+                // them. Nothing from `offset` on was synced, so the
+                // superblock may record that the file is only this long;
+                // it does so first, or a crash after the cut would leave a
+                // file shorter than the superblock says, which reads as lost.
+                if offset < store.wal_synced {
+                    store.wal_synced = offset;
+                    store.write_superblock(state, None)?;
+                }
                 let zone = store.wal_zone();
                 store.disk.truncate(zone, offset)?;
                 store.disk.sync(zone)?;
@@ -309,12 +369,40 @@ impl<D: Disk> Store<D> {
             Record::Seal.encode_into(&mut store.wal_pending);
             let _ = store.write_wal();
         }
+        if store.wal_len > store.superblock.wal_synced && !store.has_staged() {
+            // Records the superblock does not cover yet (a crash came before
+            // it recorded the sync that wrote them, or they were never
+            // synced): the replica may acknowledge them again once it runs,
+            // so make them durable and cover them now.
+            let zone = store.wal_zone();
+            store.disk.sync(zone)?;
+            store.wal_synced = store.wal_allocated;
+            store.write_superblock(state, None)?;
+        }
+        let mut entries = scan.entries;
+        if let Some((op, checksum)) = store.hole {
+            if checkpoint.as_ref().is_some_and(|c| c.op >= op) {
+                // The checkpoint covers the damaged entry: the replica
+                // restarts from it and the entries after it, and never
+                // needs the damaged one.
+                entries = scan.after_hole;
+            } else {
+                let opened = Opened::Repair {
+                    state,
+                    checkpoint,
+                    entries,
+                    hole: (op, checksum),
+                    after: scan.after_hole,
+                };
+                return Ok((store, opened));
+            }
+        }
         Ok((
             store,
             Opened::Restart {
                 state,
                 checkpoint,
-                entries: scan.entries,
+                entries,
                 torn,
             },
         ))
@@ -328,8 +416,11 @@ impl<D: Disk> Store<D> {
             state: None,
             wal_len: 0,
             wal_allocated: 0,
+            wal_synced: 0,
             switch_pending: false,
             wal_pending: Vec::new(),
+            hole: None,
+            emptying: false,
             op: 0,
             base: (0, root_checksum(identity_cluster)),
             checksums: Vec::new(),
@@ -356,17 +447,29 @@ impl<D: Disk> Store<D> {
         state.recovering = true;
         self.superblock.checkpoint = None;
         self.named = None;
+        self.wal_synced = 0;
         self.write_superblock(state, None)?;
         let zone = self.wal_zone();
         self.disk.truncate(zone, 0)?;
         self.disk.sync(zone)?;
         self.wal_len = 0;
         self.wal_allocated = 0;
+        self.forget_log();
+        Ok(())
+    }
+
+    /// The log as staged becomes empty at op 0 (a recovery starts over).
+    fn forget_log(&mut self) {
         self.op = 0;
         self.base = (0, root_checksum(self.superblock.identity.cluster));
         self.checksums.clear();
         self.offsets.clear();
-        Ok(())
+        self.hole = None;
+        self.wal_pending.clear();
+        self.rebase = None;
+        self.after_rebase.clear();
+        self.checkpoint = None;
+        self.checkpoint_written = None;
     }
 
     /// Takes a replica output: stages it and returns `true` if it is a
@@ -377,7 +480,12 @@ impl<D: Disk> Store<D> {
         match output {
             Output::WriteLog { after, entries } => {
                 let (after, entries) = self.above_base(*after, entries)?;
+                self.stage_repair(after, entries);
                 let (after, entries) = self.past_unchanged(after, entries);
+                if self.hole.is_some_and(|(op, _)| after < op) {
+                    // The `Truncate` record below drops the hole.
+                    self.hole = None;
+                }
                 if after > self.op {
                     return Err(format!(
                         "a write after op {after} to a log of ops {}..={}",
@@ -411,6 +519,13 @@ impl<D: Disk> Store<D> {
                 // holds, so that on restart a log shorter than the commit
                 // means lost entries, not a lagging replica (seed 1039).
                 let mut state = *state;
+                if state.recovering && !self.superblock.recovering && !self.emptying {
+                    // The replica gave up its log while running (no peer
+                    // could repair it): empty it, as an open that found it
+                    // untrustworthy does, before the state says recovering.
+                    self.emptying = true;
+                    self.forget_log();
+                }
                 state.commit = state.commit.min(self.op);
                 self.state = Some(state);
                 Ok(true)
@@ -419,6 +534,7 @@ impl<D: Disk> Store<D> {
                 if self.checksum_at(checkpoint.op) != Some(checkpoint.checksum) {
                     // Installed by state sync beyond (or off) the log: the
                     // log starts over at it, once it is durable.
+                    self.hole = None;
                     self.rebase = Some((checkpoint.op, checkpoint.checksum, checkpoint.timestamp));
                     self.after_rebase.clear();
                     self.base = (checkpoint.op, checkpoint.checksum);
@@ -456,6 +572,27 @@ impl<D: Disk> Store<D> {
                 self.op
             )),
         }
+    }
+
+    /// A log write that carries the entry of the hole: a `Repair` record
+    /// for it goes first (replay fills the hole with it; the rest of the
+    /// write is then the unchanged log, and is skipped).
+    fn stage_repair(&mut self, after: Op, entries: &[Arc<Prepare>]) {
+        let Some((op, checksum)) = self.hole else { return };
+        let Some(entry) = op
+            .checked_sub(after + 1)
+            .and_then(|index| entries.get(index as usize))
+            .filter(|entry| entry.checksum == checksum)
+        else {
+            return;
+        };
+        let records = if self.rebase.is_some() {
+            &mut self.after_rebase
+        } else {
+            &mut self.wal_pending
+        };
+        Record::Repair(entry.clone()).encode_into(records);
+        self.hole = None;
     }
 
     /// A log write without the entries the log already holds unchanged.
@@ -501,6 +638,7 @@ impl<D: Disk> Store<D> {
             || self.checkpoint.is_some()
             || self.rebase.is_some()
             || self.switch_pending
+            || self.emptying
     }
 
     /// Compact the WAL once the records before the durable checkpoint's
@@ -532,6 +670,10 @@ impl<D: Disk> Store<D> {
     /// not yet durable stays staged and the next call goes on from there;
     /// nothing durable is overwritten.
     pub fn sync(&mut self) -> io::Result<()> {
+        if self.emptying {
+            self.begin_recovery()?;
+            self.emptying = false;
+        }
         if self.switch_pending {
             // Finish the last compaction's switch first (with the durable
             // state: the staged one may describe records not yet written).
@@ -593,7 +735,12 @@ impl<D: Disk> Store<D> {
             self.rebase = None;
             self.write_wal()?;
         }
-        if let Some(state) = self.state {
+        if self.state.is_some() || self.wal_synced > self.superblock.wal_synced {
+            // The records synced reach beyond what the superblock records
+            // (rarely: each preallocation syncs 1 MiB of zeros ahead, which
+            // it then covers): record it before anything that follows the
+            // sync, an acknowledgement above all, takes effect.
+            let state = self.state.unwrap_or_else(|| self.superblock.state());
             self.write_superblock(state, None)?;
             self.state = None;
         }
@@ -653,6 +800,7 @@ impl<D: Disk> Store<D> {
         self.compacted_at = Some(op);
         self.wal_len = bytes.len() as u64;
         self.wal_allocated = self.wal_len;
+        self.wal_synced = self.wal_len;
         self.base = (op, checksum);
         self.checksums.drain(..first);
         self.offsets.drain(..first);
@@ -695,6 +843,8 @@ impl<D: Disk> Store<D> {
         }
         self.wal_len += self.wal_pending.len() as u64;
         self.wal_allocated = self.wal_allocated.max(self.wal_len);
+        // The zeros written ahead, if any, were synced with the records.
+        self.wal_synced = self.wal_allocated;
         self.stats.wal_bytes += self.wal_pending.len() as u64;
         self.stats.syncs += 1;
         self.wal_pending.clear();
@@ -729,6 +879,7 @@ impl<D: Disk> Store<D> {
         next.set_state(&state);
         // Any superblock written also completes a pending WAL switch.
         next.wal = self.superblock.wal ^ u8::from(self.switch_pending);
+        next.wal_synced = self.wal_synced;
         if checkpoint.is_some() {
             next.checkpoint = checkpoint;
         }
@@ -1166,7 +1317,10 @@ mod tests {
         let entries = chain(&[], 4, 0);
         let store = store_with(&entries, state(2, 2, 1));
         let mut disk = store.into_disk();
-        disk.corrupt(Zone::WalA, 70, 0x20);
+        // Two damaged entries: more than one hole is not repaired.
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[0].0 + 40, 0x20);
+        disk.corrupt(Zone::WalA, records[2].0 + 40, 0x20);
         let (_, opened) = open(disk.clone());
         let Opened::Recover {
             state: recovering, ..
@@ -1182,6 +1336,109 @@ mod tests {
         assert_eq!(store.disk().len(Zone::WalA), 0);
         let (_, opened) = open(store.into_disk());
         assert!(matches!(opened, Opened::Recover { .. }));
+    }
+
+    #[test]
+    fn a_wal_cut_or_deleted_after_it_was_synced_means_recovery() {
+        // Entries synced in a stable view (no state write after the first):
+        // the superblock still records how long the file was when synced.
+        let entries = chain(&[], 8, 0);
+        let mut store = store_with(&entries[..2], state(0, 0, 0));
+        for entry in &entries[2..] {
+            store
+                .stage(&Output::WriteLog {
+                    after: entry.op - 1,
+                    entries: vec![entry.clone()],
+                })
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let disk = store.into_disk();
+        let records = disk.wal_records();
+        let (last, len) = *records.last().unwrap();
+        let end = last + len;
+        let mut cuts: Vec<usize> = records.iter().map(|(offset, _)| *offset).collect();
+        cuts.extend([0, 1, end * 3 / 10, end - 1, end, end + 100]);
+        for cut in cuts {
+            let mut cut_disk = disk.clone();
+            cut_disk.cut(Zone::WalA, cut);
+            let (_, opened) = open(cut_disk);
+            match opened {
+                Opened::Recover { reason, .. } => assert!(reason.contains("cut or deleted"), "{reason}"),
+                other => panic!("a WAL cut to {cut} bytes opened as {other:?}"),
+            }
+        }
+        // Untouched, it restarts with every entry.
+        let (_, opened) = open(disk);
+        assert_eq!(restarted(&opened).1, entries);
+    }
+
+    #[test]
+    fn a_damaged_entry_named_by_the_next_is_repaired_and_the_rest_kept() {
+        let entries = chain(&[], 4, 0);
+        let store = store_with(&entries, state(1, 1, 4));
+        let mut disk = store.into_disk();
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        let (mut store, opened) = open(disk);
+        let Opened::Repair {
+            state: repairing,
+            entries: before,
+            hole,
+            after,
+            ..
+        } = opened
+        else {
+            panic!("expected a repair, got {opened:?}")
+        };
+        assert_eq!(repairing, state(1, 1, 4));
+        assert_eq!(before, entries[..1]);
+        assert_eq!(hole, (2, entries[1].checksum));
+        assert_eq!(after, entries[2..]);
+        // The replica writes its log with the fetched entry: the store
+        // records the repair, and the next open finds the whole log.
+        store
+            .stage(&Output::WriteLog {
+                after: 1,
+                entries: entries[1..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (store, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened).1, entries);
+        // And it goes on from there.
+        let more = chain(&entries, 2, 1);
+        let mut store = store;
+        store
+            .stage(&Output::WriteLog {
+                after: 4,
+                entries: more.clone(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened).1, [entries, more].concat());
+    }
+
+    #[test]
+    fn a_damaged_entry_below_the_checkpoint_needs_no_repair() {
+        let entries = chain(&[], 6, 0);
+        let mut store = store_with(&entries, state(0, 0, 6));
+        take_checkpoint(&mut store, &entries[3], 1);
+        let mut disk = store.into_disk();
+        let records = disk.wal_records();
+        disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        let (_, opened) = open(disk);
+        let Opened::Restart {
+            checkpoint,
+            entries: kept,
+            ..
+        } = opened
+        else {
+            panic!("expected a restart, got {opened:?}")
+        };
+        assert_eq!(checkpoint.map(|c| c.op), Some(4));
+        assert_eq!(kept, entries[2..]);
     }
 
     #[test]
@@ -1232,6 +1489,20 @@ mod tests {
             Store::open(disk, identity(), vec![]),
             Err(StoreError::NoSuperblock)
         ));
+    }
+
+    #[test]
+    fn a_log_without_its_superblock_is_refused_and_left_untouched() {
+        let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
+        let mut disk = store.into_disk();
+        disk.cut(Zone::Superblock, 0);
+        let wal = disk.read(Zone::WalA).unwrap();
+        assert!(matches!(
+            Store::open(disk.clone(), identity(), vec![]),
+            Err(StoreError::LostSuperblock)
+        ));
+        assert_eq!(disk.read(Zone::WalA).unwrap(), wal);
+        assert_eq!(disk.len(Zone::Superblock), 0);
     }
 
     fn store_sequence(disk: &mut MemDisk) -> u64 {
@@ -1460,9 +1731,11 @@ mod tests {
         let entries = chain(&[], 3, 0);
         let store = store_with(&entries, state(0, 0, 3));
         let mut disk = store.into_disk();
-        // A crash kept the last write's records whole but not its seal.
-        let (seal_at, _) = *disk.wal_records().last().unwrap();
-        disk.truncate(Zone::WalA, seal_at as u64).unwrap();
+        // A crash kept the last write's records whole but not its seal
+        // (which would have gone into the zeros written ahead).
+        let (seal_at, seal_len) = *disk.wal_records().last().unwrap();
+        disk.write(Zone::WalA, seal_at as u64, &vec![0; seal_len])
+            .unwrap();
         disk.sync(Zone::WalA).unwrap();
         disk.full = true;
         let (mut store, opened) = open(disk);

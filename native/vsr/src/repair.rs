@@ -1,0 +1,185 @@
+//! Repair of one damaged log entry after a restart from disk (disk mode).
+//!
+//! When one record of a replica's write-ahead log has rotted but the entry
+//! after it is intact, the hash chain names the lost entry: the next
+//! entry's `parent` is its checksum. Any peer whose log holds an entry with
+//! that op and checksum holds exactly the entry that was lost (XXH3-128
+//! over the whole entry), whatever view it came from, so the replica can
+//! fetch it from any peer and restart with the very log it had synced,
+//! instead of throwing the log away and recovering it from a quorum
+//! (Protocol-Aware Recovery, Alagappan et al., FAST 2018).
+//!
+//! Until the entry arrives, the replica takes part in nothing: it executes
+//! nothing, sends nothing but `RequestEntry`, answers nothing and merges no
+//! crash vector, exactly as if it were still down. Once it holds the entry,
+//! it becomes what `Replica::restart_from` makes of the whole log (the
+//! safety argument of a restart from disk then applies unchanged), after a
+//! `WriteLog` of the repaired suffix so that the store records the repair.
+//! If no peer has sent the entry after `REPAIR_ROUNDS` requests (it was
+//! never replicated, or every peer's log has moved past it), the replica
+//! falls back to a full recovery (`Replica::recovering_from`), which the
+//! store makes durable by emptying the log; nothing was executed yet, so
+//! the host's state is still the initial one a recovery starts from.
+
+use std::sync::Arc;
+
+use crate::checkpoint::Checkpoint;
+use crate::checksum::checksum;
+use crate::config::{Config, Op, ReplicaIndex};
+use crate::message::{Message, Prepare};
+use crate::replica::{DurableState, Output, Replica, Status};
+
+/// `RequestEntry` broadcasts (every `resend_ticks`) before falling back to a
+/// full recovery.
+pub const REPAIR_ROUNDS: u64 = 20;
+
+/// What the replica restarts from once the entry is back.
+#[derive(Clone, Debug)]
+pub(crate) struct Repair {
+    state: DurableState,
+    checkpoint: Option<Arc<Checkpoint>>,
+    entries: Vec<Arc<Prepare>>,
+    hole: (Op, u128),
+    after: Vec<Arc<Prepare>>,
+    rounds: u64,
+}
+
+impl Replica {
+    /// A replica restarted from disk whose log is `entries`, then a damaged
+    /// entry (`hole`: its op and its checksum, as the entry after it names
+    /// it), then `after`; with its durable `state` and `checkpoint` as
+    /// [`Replica::restart_from`] takes them. It emits nothing but requests
+    /// for the entry until a peer sends it; then it restarts from the whole
+    /// log (its outputs begin with the `WriteLog` that records the repair).
+    pub fn restart_repairing(
+        config: Config,
+        index: ReplicaIndex,
+        state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
+        entries: Vec<Arc<Prepare>>,
+        hole: (Op, u128),
+        after: Vec<Arc<Prepare>>,
+    ) -> Result<Replica, String> {
+        if state.recovering {
+            return Err("the replica had not finished recovering: use Replica::recovering_from".into());
+        }
+        // Nothing is executed, installed or sent until the log is whole.
+        let idle = DurableState { commit: 0, ..state };
+        let (mut replica, _) = Replica::restart(config, index, idle, Vec::new())?;
+        replica.status = Status::Repairing;
+        replica.repair = Some(Box::new(Repair {
+            state,
+            checkpoint,
+            entries,
+            hole,
+            after,
+            rounds: 0,
+        }));
+        Ok(replica)
+    }
+
+    /// The op and checksum of the entry this replica waits for, if it is repairing.
+    pub fn repairing(&self) -> Option<(Op, u128)> {
+        self.repair.as_ref().map(|r| r.hole)
+    }
+
+    pub(crate) fn tick_repairing(&mut self) {
+        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+            return;
+        }
+        self.last_resend_tick = self.ticks;
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        if repair.rounds >= REPAIR_ROUNDS {
+            self.give_up_repair();
+            return;
+        }
+        repair.rounds += 1;
+        let (op, checksum) = repair.hole;
+        self.broadcast(&Message::RequestEntry { op, checksum });
+    }
+
+    /// A peer asks for an entry by op and checksum: any replica whose log
+    /// holds it may answer (the checksum makes it the same entry).
+    pub(crate) fn on_request_entry(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
+        if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum) {
+            let entry = entry.clone();
+            self.send(from, &Message::Entry { entry });
+        }
+    }
+
+    pub(crate) fn on_repair_entry(&mut self, entry: Arc<Prepare>) {
+        let Some(repair) = self.repair.as_ref() else {
+            return;
+        };
+        // (The message's decoding verified the entry's own checksum.)
+        if (entry.op, entry.checksum) != repair.hole {
+            return;
+        }
+        let Repair {
+            mut state,
+            checkpoint,
+            mut entries,
+            hole,
+            after,
+            ..
+        } = *self.repair.take().expect("checked above");
+        // Whatever the replica learned meanwhile (nothing, as it merges no
+        // crash vector) it keeps: its incarnations are the durable ones.
+        state.incarnations = self.incarnations;
+        entries.push(entry);
+        entries.extend(after);
+        let written: Vec<Arc<Prepare>> = entries.iter().filter(|e| e.op >= hole.0).cloned().collect();
+        match Replica::restart_from(self.config.clone(), self.index, state, checkpoint, entries) {
+            Ok((replica, outputs)) => {
+                self.take_place_of(replica);
+                self.out.push(Output::WriteLog {
+                    after: hole.0 - 1,
+                    entries: written,
+                });
+                self.out.extend(outputs);
+            }
+            // The stored log does not chain after all: only a recovery can
+            // tell what it held.
+            Err(_) => self.give_up_repair(),
+        }
+    }
+
+    /// `replica` takes this one's place, keeping what the host handed this one
+    /// meanwhile: submissions and reads still waiting for an answer.
+    fn take_place_of(&mut self, replica: Replica) {
+        let pending = std::mem::take(&mut self.pending);
+        let reads = std::mem::take(&mut self.reads);
+        *self = replica;
+        self.pending = pending;
+        self.reads = reads;
+    }
+
+    /// No peer sent the entry: recover the whole log from a quorum instead.
+    fn give_up_repair(&mut self) {
+        let Some(repair) = self.repair.take() else { return };
+        let nonce = checksum(
+            &[
+                self.config.cluster.to_le_bytes().as_slice(),
+                &[self.index],
+                &self.incarnations[self.index as usize].to_le_bytes(),
+                &self.ticks.to_le_bytes(),
+                &self.jitter_state.to_le_bytes(),
+            ]
+            .concat(),
+        );
+        let state = DurableState {
+            incarnations: self.incarnations,
+            ..repair.state
+        };
+        match Replica::recovering_from(self.config.clone(), self.index, state, nonce) {
+            Ok(replica) => {
+                self.take_place_of(replica);
+                // Durable before anything else (the store empties its log).
+                self.write_state();
+            }
+            Err(_) => self.repair = Some(repair), // unreachable: the state was valid
+        }
+    }
+}
