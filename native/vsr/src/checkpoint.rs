@@ -18,6 +18,13 @@
 //! executed. A checkpoint holds committed state only, so installing one is
 //! safe in any status; the replica then carries on (repair, view change,
 //! recovery) from the checkpoint's op.
+//!
+//! **Liveness under load.** A replica that sends a peer a checkpoint *pins*
+//! it for that peer: it keeps serving it, and keeps the log after it, for as
+//! long as the peer keeps asking (for the checkpoint's chunks, then for the
+//! entries after it), whatever checkpoints come meanwhile. A sync therefore
+//! finishes in a bounded number of round trips however fast the cluster
+//! commits (docs/protocol.md states the bound).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +35,7 @@ use crate::checksum::checksum;
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{Op, ReplicaIndex};
+use crate::config::{Op, ReplicaIndex, MAX_REPLICAS};
 use crate::log::Log;
 use crate::message::Message;
 use crate::replica::{Output, Replica, Status};
@@ -134,6 +141,17 @@ pub(crate) struct Sync {
     last_progress: u64,
 }
 
+/// A checkpoint this replica serves to one peer's sync, with the log after
+/// it, for as long as the peer keeps asking.
+#[derive(Clone, Debug)]
+struct Pin {
+    held: Held,
+    /// The peer still needs the log after this op.
+    floor: Op,
+    /// Tick of the peer's last request.
+    last: u64,
+}
+
 /// Checkpoint state of a replica.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Checkpoints {
@@ -143,6 +161,8 @@ pub(crate) struct Checkpoints {
     pending: BTreeMap<Op, PendingSnapshot>,
     /// This replica's checkpoint digests, by op, for the divergence check.
     digests: BTreeMap<Op, u128>,
+    /// Per peer: the checkpoint it is syncing from this replica.
+    pins: [Option<Pin>; MAX_REPLICAS],
     pub(crate) sync: Option<Sync>,
 }
 
@@ -221,8 +241,10 @@ impl Replica {
         self.checkpoints.previous = self.checkpoints.held.replace(held);
         self.checkpoints.pending.retain(|&o, _| o > op);
         self.out.push(Output::WriteCheckpoint(checkpoint));
-        // Keep one interval of history for peers that lag a little.
-        self.log.truncate_before(previous);
+        // Keep one interval of history for peers that lag a little, and
+        // the log after every checkpoint a peer is syncing from here.
+        let keep = self.pinned_floor().map_or(previous, |floor| floor.min(previous));
+        self.log.truncate_before(keep);
         if self.staging_base().is_some_and(|b| b < self.log.base()) {
             self.staging = None;
         }
@@ -245,8 +267,43 @@ impl Replica {
     /// sync there (the receiver then asks for the rest, a window at a time).
     pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex) {
         if let Some(held) = self.checkpoints.held.clone() {
+            self.pin(to, &held);
             self.send_chunks(to, &held, 0, 1);
         }
+    }
+
+    /// Keeps serving `held` to `to`, and the log after it, while `to` asks.
+    fn pin(&mut self, to: ReplicaIndex, held: &Held) {
+        self.checkpoints.pins[to as usize] = Some(Pin {
+            held: held.clone(),
+            floor: held.checkpoint.op,
+            last: self.ticks,
+        });
+    }
+
+    /// A peer asked for the log from `first`: if it is syncing from here, it
+    /// still needs the log from there.
+    pub(crate) fn repairing(&mut self, from: ReplicaIndex, first: Op) {
+        let ticks = self.ticks;
+        if let Some(pin) = self.checkpoints.pins[from as usize].as_mut() {
+            pin.floor = pin.floor.max(first.saturating_sub(1));
+            pin.last = ticks;
+        }
+    }
+
+    /// The lowest op after which a peer still syncing from here needs the
+    /// log; pins whose peer stopped asking (for `4 * view_change_ticks`,
+    /// when the peer gives its sync up too) are dropped.
+    fn pinned_floor(&mut self) -> Option<Op> {
+        let expiry = 4 * self.config.view_change_ticks;
+        let ticks = self.ticks;
+        let pins = &mut self.checkpoints.pins;
+        for pin in pins.iter_mut() {
+            if pin.as_ref().is_some_and(|p| ticks >= p.last + expiry) {
+                *pin = None;
+            }
+        }
+        pins.iter().flatten().map(|p| p.floor).min()
     }
 
     /// Sends `to` up to `count` chunks of `held` from `offset`.
@@ -277,13 +334,20 @@ impl Replica {
 
     pub(crate) fn on_request_checkpoint(&mut self, from: ReplicaIndex, op: Op, offset: u64) {
         let checkpoints = &self.checkpoints;
+        let pinned = checkpoints.pins[from as usize].as_ref().map(|p| &p.held);
         let asked = [&checkpoints.held, &checkpoints.previous]
             .into_iter()
             .flatten()
+            .chain(pinned)
             .find(|h| h.checkpoint.op == op)
             .cloned();
         match asked {
             Some(held) => {
+                let ticks = self.ticks;
+                match self.checkpoints.pins[from as usize].as_mut() {
+                    Some(pin) if pin.held.checkpoint.op == op => pin.last = ticks,
+                    _ => self.pin(from, &held),
+                }
                 let window = window_chunks(self.config.checkpoint_chunk_bytes as u64);
                 self.send_chunks(from, &held, offset, window)
             }

@@ -875,6 +875,7 @@ impl Replica {
             self.send_checkpoint(from);
             return;
         }
+        self.repairing(from, first);
         let last = last
             .min(self.log.op())
             .min(first.saturating_add(self.config.message_entries_max as Op - 1));

@@ -448,3 +448,53 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// Issue "Lose nothing", defect 3: a replica behind every log's base must
+/// finish its state sync under sustained load, even when the transfer
+/// takes longer than two checkpoint intervals (a 1-byte chunk size makes
+/// the client table of 32 clients take dozens of round trips, while load
+/// takes a checkpoint every few ticks). Before the fix, the sender served
+/// only its latest two checkpoints, so the sync restarted on a newer one
+/// forever.
+pub fn state_sync_finishes_under_sustained_load(mut options: Options) -> Result<(), Failure> {
+    options = checkpointing(options);
+    options.config.checkpoint_chunk_bytes = 1;
+    options.config.pipeline_max = 4;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for i in 0..40 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    let size = sim.replica(0).checkpoint().map_or(0, |c| c.encode().len());
+    let window = vsr::checkpoint::window_chunks(1);
+    if (size as u64) < 8 * window {
+        return Err(failure(
+            &sim,
+            format!("a checkpoint of {size} bytes syncs in fewer than 8 windows"),
+        ));
+    }
+    // Steady load from every client, through the primary, from now on.
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 0.5;
+    sim.load = true;
+    sim.network.heal();
+    let target = sim.checker.committed();
+    let start_op = sim.replica(0).commit();
+    sim.run_until(PHASE_TICKS * 2, "replica 2 syncs under load", |s| {
+        s.replica(2).commit() >= target && s.replica(2).stats().checkpoints_installed > 0
+    })?;
+    let committed = sim.replica(0).commit() - start_op;
+    let interval = sim.options.config.checkpoint_interval;
+    if committed < 2 * interval * 3 {
+        return Err(failure(
+            &sim,
+            format!("only {committed} ops committed during the sync: not sustained load"),
+        ));
+    }
+    sim.load = false;
+    settle(&mut sim)
+}

@@ -84,3 +84,8 @@ fn a_host_whose_snapshot_differs_is_detected() {
     let failure = scenarios::checkpoints_agree(lying).unwrap_err();
     assert!(failure.reason.contains("checkpoint digests"), "{failure}");
 }
+
+#[test]
+fn state_sync_finishes_under_sustained_load() {
+    scenarios::state_sync_finishes_under_sustained_load(options(3, 32)).unwrap();
+}
