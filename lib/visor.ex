@@ -107,6 +107,9 @@ defmodule Visor do
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug); commands in
       flight may or may not have been applied.
+    * `:diverged`: a `consistency: :local` read on a node whose state was
+      found to differ from the quorum's, until it has recovered the
+      quorum's state (status `:diverged`; see docs/operations.md).
     * `:not_running`: the module is not started on this node.
     * `{:server_down, reason}`: this node's server exited during the call;
       the command may or may not have been applied.
@@ -119,6 +122,7 @@ defmodule Visor do
           | {:duplicate, pos_integer()}
           | :spare
           | {:engine_down, term()}
+          | :diverged
           | :not_running
           | {:server_down, term()}
 
@@ -279,8 +283,9 @@ defmodule Visor do
 
   `status` is `:forming`, `:starting` (disk mode: the store is being
   opened), `:recovering` (this node restarted and its replica is fetching
-  the state from the others), `:normal`, `:view_change`, `:spare` or
-  `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
+  the state from the others), `:normal`, `:view_change`, `:diverged` (its
+  state differs from the quorum's; it recovers the quorum's by state sync),
+  `:spare` or `:failed`; `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;

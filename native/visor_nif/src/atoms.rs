@@ -52,6 +52,7 @@ rustler::atoms! {
     normal,
     view_change,
     recovering,
+    diverged,
     recover,
     stopped,
     failed,

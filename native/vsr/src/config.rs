@@ -52,6 +52,9 @@ pub enum Mutation {
     /// that installs it (or restarts from it) then treats ops after the
     /// checkpoint as duplicates of themselves.
     CheckpointLateClientTable,
+    /// A replica serves its own checkpoint in state sync before a quorum
+    /// vouches for it, so one host's divergent state can spread.
+    ServeUnvouchedCheckpoint,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

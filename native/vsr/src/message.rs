@@ -8,7 +8,7 @@
 //! |--------|------|---------------------------------------------------|
 //! | 0      | 16   | checksum: XXH3-128 of every byte after this field |
 //! | 16     | 2    | magic `0x5356` ("VS")                             |
-//! | 18     | 2    | wire version, currently 2                         |
+//! | 18     | 2    | wire version, currently 3                         |
 //! | 20     | 16   | cluster id                                        |
 //! | 36     | 1    | sender's replica index                            |
 //! | 37     | ..   | body: postcard encoding of (incarnations, [`Message`]) |
@@ -31,7 +31,7 @@ pub const HEADER_LEN: usize = 37;
 /// The header's magic number.
 pub const MAGIC: u16 = 0x5356;
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// One client request, as ordered by the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,15 +120,19 @@ pub enum Message {
     /// A client request forwarded by its origin replica to the primary.
     Request { request: Request },
     /// The primary replicates an entry (also used to answer repair requests).
+    /// `checkpoint` is the newest checkpoint `(op, digest)` the sender
+    /// knows a quorum holds (`(0, 0)`: none), as in `Commit`.
     Prepare {
         view: View,
         commit: Op,
         entry: Arc<Prepare>,
+        checkpoint: (Op, u128),
     },
     /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`;
     /// `round` echoes the last heartbeat round it heard from the primary.
     /// `checkpoint` is the sender's latest checkpoint `(op, digest)`
-    /// (`(0, 0)`: none), for the divergence check.
+    /// (`(0, 0)`: none): the primary counts these to learn which
+    /// checkpoints a quorum holds.
     PrepareOk {
         view: View,
         op: Op,
@@ -139,7 +143,9 @@ pub enum Message {
     /// Heartbeat of the primary: the view is alive and committed up to
     /// `commit`. `round` increases when the primary needs fresh proof that a
     /// quorum still follows it (for linearizable reads).
-    /// `checkpoint` is the primary's latest checkpoint `(op, digest)`.
+    /// `checkpoint` is the newest checkpoint `(op, digest)` the primary
+    /// knows a quorum holds (`(0, 0)`: none): a replica syncs only to such
+    /// a checkpoint, and one whose own digest there differs has diverged.
     Commit {
         view: View,
         commit: Op,
@@ -425,6 +431,7 @@ mod tests {
             view: 1,
             commit: 0,
             entry: Arc::new(entry),
+            checkpoint: (0, 0),
         };
         assert_eq!(
             decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),

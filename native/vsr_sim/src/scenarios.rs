@@ -498,3 +498,62 @@ pub fn state_sync_finishes_under_sustained_load(mut options: Options) -> Result<
     sim.load = false;
     settle(&mut sim)
 }
+
+/// Issue "Lose nothing", defect 7: a checkpoint is trusted only once a
+/// quorum holds it, and a replica whose digest disagrees with the
+/// quorum's heals itself from the quorum's state.
+///
+/// Replica 2 is cut off from the start. Replicas 0 (the primary) and 1
+/// agree on the first checkpoints; then replica 0's host starts to
+/// serialise a state that differs from the others' (`lying_host`), so 0
+/// and 1 disagree on every later checkpoint and no quorum holds any. When
+/// replica 2 comes back, behind the log's base, it must be sent the last
+/// checkpoint a quorum holds, never 0's (before the fix it got 0's latest,
+/// and the divergence was only counted), and then the log after it. Once 2
+/// has executed that log, 1 and 2 agree against 0: replica 0 learns that
+/// its state diverged, stops, and installs the quorum's checkpoint.
+pub fn divergent_checkpoint_is_not_spread(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    isolate(&mut sim, 2);
+    register_all(&mut sim, 0)?;
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.options.lying_host = Some(0);
+    for i in 0..40 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    let base = sim.replica(0).log().base();
+    if base == 0 || sim.replica(2).op() >= base {
+        return Err(failure(
+            &sim,
+            format!("replica 2 is not behind the log base {base}"),
+        ));
+    }
+    sim.network.heal();
+    // The checker fails the run if replica 2 installs host 0's state.
+    let committed = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 catches up", |s| {
+        s.replica(2).commit() >= committed
+    })?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 did not sync state".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 heals from the quorum's checkpoint", |s| {
+        let r = s.replica(0);
+        !s.divergences.is_empty() && r.status() == Status::Normal && r.commit() >= committed
+    })?;
+    let &(r, op, digest, quorum) = sim.divergences.first().expect("checked");
+    if r != 0 || digest == quorum || op <= base {
+        return Err(failure(
+            &sim,
+            format!("wrong divergence: replica {r} at op {op}: {digest:x} vs {quorum:x}"),
+        ));
+    }
+    if sim.replica(0).stats().checkpoint_divergence == 0 {
+        return Err(failure(&sim, "replica 0 did not count its divergence".into()));
+    }
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
