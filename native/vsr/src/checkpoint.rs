@@ -495,6 +495,10 @@ impl Replica {
 
     /// Keeps serving `held` to `to`, and the log after it, while `to` asks.
     fn pin(&mut self, to: ReplicaIndex, held: &Held) {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::UnpinnedSync) {
+            return;
+        }
         self.checkpoints.pins[to as usize] = Some(Pin {
             held: held.clone(),
             floor: held.checkpoint.op,

@@ -99,3 +99,11 @@ fn serving_an_unvouched_checkpoint_is_caught_by_the_divergence_scenario() {
     let failure = scenarios::divergent_checkpoint_is_not_spread(broken).unwrap_err();
     assert!(failure.reason.contains("differs from the canonical"), "{failure}");
 }
+
+#[test]
+fn a_sync_without_pins_is_caught_by_the_sustained_load_scenario() {
+    let mut broken = options(3, 32);
+    broken.config.mutation = Mutation::UnpinnedSync;
+    let failure = scenarios::state_sync_finishes_under_sustained_load(broken).unwrap_err();
+    assert!(failure.reason.contains("syncs under load"), "{failure}");
+}
