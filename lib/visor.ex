@@ -115,6 +115,9 @@ defmodule Visor do
       setting every member must share differs from the cluster's
       (docs/operations.md, "Settings every member shares"); its replica
       does not start.
+    * `:diverged`: a `consistency: :local` read on a node whose state was
+      found to differ from the quorum's, until it has recovered the
+      quorum's state (status `:diverged`; see docs/operations.md).
     * `:not_running`: the module is not started on this node.
     * `{:server_down, reason}`: this node's server exited during the call;
       the command may or may not have been applied.
@@ -130,6 +133,7 @@ defmodule Visor do
           | {:halted, pos_integer()}
           | {:skipped, pos_integer()}
           | {:setting_mismatch, atom(), term(), term()}
+          | :diverged
           | :not_running
           | {:server_down, term()}
 
@@ -313,11 +317,12 @@ defmodule Visor do
 
   `status` is `:forming`, `:starting` (disk mode: the store is being
   opened), `:recovering` (this node restarted and its replica is fetching
-  the state from the others), `:normal`, `:view_change`, `:spare`,
-  `:refused` (this node's shared settings differ from the cluster's;
-  `refused` holds `{:setting_mismatch, key, ours, theirs}`) or `:failed`;
-  `poison` is `%{op:, crashes:}` when the replica stopped at a poison
-  command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
+  the state from the others), `:normal`, `:view_change`, `:diverged` (its
+  state differs from the quorum's; it recovers the quorum's by state sync),
+  `:spare`, `:refused` (this node's shared settings differ from the
+  cluster's; `refused` holds `{:setting_mismatch, key, ours, theirs}`) or
+  `:failed`; `poison` is `%{op:, crashes:}` when the replica stopped at a
+  poison command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;

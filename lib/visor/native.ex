@@ -274,9 +274,9 @@ defmodule Visor.Native do
   The group's state as the engine last published it (after its latest
   iteration); never waits for the engine.
 
-  `%{status: :starting | :normal | :view_change | :recovering | :stopped | :failed,
-  view:, log_view:, op:, commit:, commit_max:, primary:, is_primary:,
-  replica_index:, replica_count:, stats: %{...}, storage: %{...}}`;
+  `%{status: :starting | :normal | :view_change | :recovering | :diverged |
+  :stopped | :failed, view:, log_view:, op:, commit:, commit_max:, primary:,
+  is_primary:, replica_index:, replica_count:, stats: %{...}, storage: %{...}}`;
   `commit` is the highest op executed here, `commit_max` the highest known
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
   error: nil | message, syncs:, wal_bytes:, wal_size:, compactions:,

@@ -100,6 +100,9 @@ defmodule Visor.Server do
     next_read: 1,
     # Monotonic µs until which the server polls its mailbox (see poll/1).
     poll_until: 0,
+    # The op where this replica's state was found to differ from the
+    # quorum's, until it installs the quorum's checkpoint (nil: it does not).
+    diverged: nil,
     stats: %{peer_malformed: 0, send_noconnect: 0, send_busy: 0, unexpected_messages: 0}
   ]
 
@@ -269,6 +272,8 @@ defmodule Visor.Server do
 
   def handle_call({{:read_local, path}, _deadline}, _from, state) when is_list(path) do
     case phase_error(state) do
+      # A state known to differ from the quorum's is not served.
+      nil when state.diverged != nil -> {:reply, {:error, :diverged}, state}
       nil -> {:reply, extract(state.app_state, path), state}
       error -> {:reply, {:error, error}, state}
     end
@@ -623,7 +628,7 @@ defmodule Visor.Server do
     # stale, and a checkpoint at or past the poison op has it applied.
     state = %{state | held: []}
     state = if state.poison && op >= state.poison.op, do: %{state | poison: nil}, else: state
-    %{state | app_state: decode_snapshot(state.module, bytes)}
+    %{state | app_state: decode_snapshot(state.module, bytes), diverged: nil}
   rescue
     error ->
       reason = {:snapshot_decode_failed, op, Exception.message(error)}
@@ -634,6 +639,20 @@ defmodule Visor.Server do
       )
 
       throw({:visor_stop, reason, state})
+  end
+
+  # This replica's checkpoint differs from the one a quorum holds: its
+  # state diverged. The engine executes and serves nothing until it has
+  # installed the quorum's checkpoint (an `install_snapshot` event).
+  defp event({:diverged, op, digest, quorum}, state) do
+    Logger.error(
+      "#{inspect(state.module)}: this replica's state diverged from the quorum's: " <>
+        "its checkpoint at op #{op} has digest #{digest}, a quorum's has #{quorum} " <>
+        "(a nondeterministic handle_commit or encode_snapshot?); it stops executing " <>
+        "and serving, and recovers the quorum's state by state sync"
+    )
+
+    %{state | diverged: op}
   end
 
   defp event(_unknown, state), do: state

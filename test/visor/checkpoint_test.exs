@@ -2,10 +2,11 @@ defmodule Visor.CheckpointTest do
   # Checkpoints end to end on real nodes, with a checkpoint every 5 ops and
   # small state-sync chunks: a disk-mode restart from the checkpoint, a
   # wiped disk-mode replica and a restarted memory-mode one catching up by
-  # state sync. Not async: real nodes.
+  # state sync, and a nondeterministic node healed from the quorum's
+  # checkpoint. Not async: real nodes.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter}
+  alias Visor.Test.{Cluster, Counter, Skewed, Watch}
 
   @moduletag :tmp_dir
   @checkpoint [checkpoint_every: 5, checkpoint_chunk_bytes: 64]
@@ -95,6 +96,43 @@ defmodule Visor.CheckpointTest do
     assert commit(victim, {:incr, :after_rejoin}) == 31
     Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
   end
+
+  test "memory: a nondeterministic node goes :diverged, says so, and recovers the quorum's state",
+       %{tmp_dir: _} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    opts = [nodes: nodes] ++ @checkpoint
+    :ok = Cluster.start_group(nodes, Skewed, opts)
+    [odd | others] = Cluster.backups_first(nodes, Skewed)
+    healthy = hd(others)
+
+    :ok = :erpc.call(odd, Watch, :forward_errors, [self()])
+    :ok = :erpc.call(odd, Watch, :report_status, [Skewed, :diverged, self()])
+    :erpc.call(odd, Skewed, :skew, [1])
+    # Past a checkpoint (one every 5 ops): the other two agree, `odd` differs.
+    for i <- 1..12, do: assert(is_integer(commit(Skewed, healthy, {:incr, i})))
+
+    assert_receive {:visor_status, %{status: :diverged} = status, local_read}, 20_000
+    # It serves nothing while its state is known to be wrong.
+    assert local_read == {:error, :diverged}
+    assert status.stats.checkpoint_divergence >= 1
+    assert_receive {:visor_log, message}, 5_000
+
+    assert message =~
+             ~r/checkpoint at op \d+ has digest [0-9a-f]{32}, a quorum's has [0-9a-f]{32}/
+
+    :erpc.call(odd, Skewed, :skew, [0])
+
+    # It recovers the quorum's state, and takes part again.
+    Cluster.eventually(fn -> Cluster.status(odd, Skewed).status == :normal end, 15_000)
+    for i <- 13..17, do: assert(is_integer(commit(Skewed, odd, {:incr, i})))
+    expected = :erpc.call(healthy, Visor, :get, [Skewed])
+    assert expected.count == 17 and length(expected.ids) == 17
+    Cluster.converged(nodes, Skewed, expected, 10_000)
+    assert Cluster.status(odd, Skewed).stats.checkpoints_installed >= 1
+  end
+
+  defp commit(module, node, command),
+    do: :erpc.call(node, module, :commit, [command, [timeout: 20_000]], 25_000)
 
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)

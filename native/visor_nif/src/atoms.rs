@@ -53,6 +53,7 @@ rustler::atoms! {
     view_change,
     recovering,
     repairing,
+    diverged,
     recover,
     stopped,
     failed,

@@ -317,6 +317,17 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         Output::InstallSnapshot { op, app } => {
             Some((atoms::install_snapshot(), *op, binary(env, app)).encode(env))
         }
+        // `{:diverged, op, digest, quorum}`: this replica's checkpoint at
+        // `op` differs from the quorum's (digests as 32 lowercase hex digits).
+        Output::Diverged { op, digest, quorum } => Some(
+            (
+                atoms::diverged(),
+                *op,
+                format!("{digest:032x}"),
+                format!("{quorum:032x}"),
+            )
+                .encode(env),
+        ),
         Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => None,
     }
 }
@@ -367,6 +378,7 @@ pub fn status<'a>(
         GroupStatus::Normal => atoms::normal(),
         GroupStatus::ViewChange => atoms::view_change(),
         GroupStatus::Recovering => atoms::recovering(),
+        GroupStatus::Diverged => atoms::diverged(),
     };
     map(
         env,

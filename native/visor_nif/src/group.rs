@@ -25,6 +25,8 @@ pub enum GroupStatus {
     Normal,
     ViewChange,
     Recovering,
+    /// Its state diverged from the quorum's: it heals by state sync.
+    Diverged,
     Failed,
 }
 
@@ -79,6 +81,7 @@ impl Snapshot {
                 Status::Normal => GroupStatus::Normal,
                 Status::ViewChange => GroupStatus::ViewChange,
                 Status::Recovering | Status::Repairing => GroupStatus::Recovering,
+                Status::Diverged => GroupStatus::Diverged,
             },
             view: replica.view(),
             log_view: replica.log_view(),

@@ -18,6 +18,24 @@
 //! executed. A checkpoint holds committed state only, so installing one is
 //! safe in any status; the replica then carries on (repair, view change,
 //! recovery) from the checkpoint's op.
+//!
+//! **Trust.** A replica sends chunks only of a checkpoint a quorum vouches
+//! for: every backup reports its latest checkpoint `(op, digest)` in its
+//! `PrepareOk`s, the primary counts the reports (its own checkpoints
+//! included), and `Prepare` and `Commit` carry the newest identity a quorum
+//! holds. So one host's divergent state never spreads by state sync, and a
+//! replica whose own digest differs from the quorum's at the same op learns
+//! that its host's state diverged: it goes `Status::Diverged`, executes and
+//! serves nothing, and asks the others for the quorum's checkpoint, which
+//! it installs (even at or below what it executed) before it takes part
+//! again, as a replica restarted from disk does.
+//!
+//! **Liveness under load.** A replica that sends a peer a checkpoint *pins*
+//! it for that peer: it keeps serving it, and keeps the log after it, for as
+//! long as the peer keeps asking (for the checkpoint's chunks, then for the
+//! entries after it), whatever checkpoints come meanwhile. A sync therefore
+//! finishes in a bounded number of round trips however fast the cluster
+//! commits (docs/protocol.md states the bound).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +46,7 @@ use crate::checksum::checksum;
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{Op, ReplicaIndex};
+use crate::config::{quorum, Op, ReplicaIndex, MAX_REPLICAS};
 use crate::log::Log;
 use crate::message::Message;
 use crate::replica::{Output, Replica, Status};
@@ -37,8 +55,11 @@ use crate::replica::{Output, Replica, Status};
 pub const CHECKPOINT_MAX: u64 = 1 << 30;
 /// Snapshots asked of the host and not yet answered, at most.
 const PENDING_MAX: usize = 4;
-/// Own checkpoint digests remembered for the divergence check.
+/// Own checkpoint digests remembered for the divergence check, and
+/// identities remembered as vouched by a quorum.
 const DIGESTS_MAX: usize = 16;
+/// Checkpoint reports remembered per peer (the primary's quorum count).
+const REPORTS_MAX: usize = 4;
 /// Most chunks sent in answer to one request: a sync takes a few round
 /// trips however small the chunks, so it finishes before the next
 /// checkpoints replace the one being sent.
@@ -134,16 +155,51 @@ pub(crate) struct Sync {
     last_progress: u64,
 }
 
+/// A checkpoint this replica serves to one peer's sync, with the log after
+/// it, for as long as the peer keeps asking.
+#[derive(Clone, Debug)]
+struct Pin {
+    held: Held,
+    /// The peer still needs the log after this op.
+    floor: Op,
+    /// Tick of the peer's last request.
+    last: u64,
+}
+
 /// Checkpoint state of a replica.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Checkpoints {
     pub(crate) held: Option<Held>,
     /// The checkpoint before `held`, still served to a sync in progress.
     previous: Option<Held>,
+    /// The newest checkpoint a quorum vouches for that this replica holds:
+    /// what it serves, and the log is never truncated past it.
+    anchor: Option<Held>,
     pending: BTreeMap<Op, PendingSnapshot>,
     /// This replica's checkpoint digests, by op, for the divergence check.
     digests: BTreeMap<Op, u128>,
+    /// Each replica's latest checkpoint reports, by op (the primary counts
+    /// them to learn what a quorum holds).
+    reports: [BTreeMap<Op, u128>; MAX_REPLICAS],
+    /// Checkpoint identities a quorum is known to hold, by op.
+    vouched: BTreeMap<Op, u128>,
+    /// Per peer: the checkpoint it is syncing from this replica.
+    pins: [Option<Pin>; MAX_REPLICAS],
+    /// While the replica is `Diverged`: the op where its digest differed
+    /// from the quorum's (it installs a vouched checkpoint at or after it).
+    diverged: Option<Op>,
+    /// While diverged: when the quorum's checkpoint was last asked for, and
+    /// of whom.
+    last_heal_request: Option<u64>,
+    heal_peer: ReplicaIndex,
     pub(crate) sync: Option<Sync>,
+}
+
+/// Keeps the `max` highest ops of `map`.
+fn keep_newest(map: &mut BTreeMap<Op, u128>, max: usize) {
+    while map.len() > max {
+        map.pop_first();
+    }
 }
 
 impl Checkpoints {
@@ -152,11 +208,45 @@ impl Checkpoints {
         self.held.as_ref().map_or((0, 0), |h| (h.checkpoint.op, h.digest))
     }
 
+    /// The newest checkpoint `(op, digest)` a quorum is known to hold,
+    /// `(0, 0)` if none.
+    pub(crate) fn canonical(&self) -> (Op, u128) {
+        self.vouched.last_key_value().map_or((0, 0), |(&op, &d)| (op, d))
+    }
+
     fn remember(&mut self, held: &Held) {
         self.digests.insert(held.checkpoint.op, held.digest);
-        while self.digests.len() > DIGESTS_MAX {
-            self.digests.pop_first();
-        }
+        keep_newest(&mut self.digests, DIGESTS_MAX);
+    }
+
+    fn is_vouched(&self, held: &Held) -> bool {
+        self.vouched.get(&held.checkpoint.op) == Some(&held.digest)
+    }
+
+    /// Makes the newest vouched checkpoint held the anchor; returns it if
+    /// that is a new one.
+    fn update_anchor(&mut self) -> Option<Arc<Checkpoint>> {
+        let newest = [&self.held, &self.previous]
+            .into_iter()
+            .flatten()
+            .find(|h| self.is_vouched(h))
+            .filter(|h| {
+                self.anchor
+                    .as_ref()
+                    .is_none_or(|a| a.checkpoint.op < h.checkpoint.op)
+            })
+            .cloned()?;
+        let checkpoint = newest.checkpoint.clone();
+        self.anchor = Some(newest);
+        Some(checkpoint)
+    }
+
+    /// The op the log may be truncated up to: the previous checkpoint's, but
+    /// never past the anchor (nothing at all without one), so that a peer
+    /// behind the log's base can always get a vouched checkpoint and then
+    /// the log after it.
+    fn truncation_point(&self, previous: Op) -> Op {
+        self.anchor.as_ref().map_or(0, |a| a.checkpoint.op.min(previous))
     }
 }
 
@@ -193,12 +283,16 @@ impl Replica {
         self.out.push(Output::TakeSnapshot { op });
     }
 
-    /// The host's snapshot at `op` arrived: form the checkpoint, persist it,
-    /// and drop the log up to the previous checkpoint.
+    /// The host's snapshot at `op` arrived: form the checkpoint (made
+    /// durable once a quorum vouches for it), and drop the log up to the
+    /// previous checkpoint, or less (`truncation_point`, pins).
     pub(crate) fn on_snapshot(&mut self, op: Op, app: Vec<u8>) {
         let Some(pending) = self.checkpoints.pending.remove(&op) else {
             return; // not asked for, or superseded
         };
+        if self.status == Status::Diverged {
+            return; // a state known to be wrong
+        }
         if op <= self.checkpoints.latest().0 || op > self.commit_min {
             return;
         }
@@ -220,33 +314,221 @@ impl Replica {
         self.checkpoints.remember(&held);
         self.checkpoints.previous = self.checkpoints.held.replace(held);
         self.checkpoints.pending.retain(|&o, _| o > op);
-        self.out.push(Output::WriteCheckpoint(checkpoint));
-        // Keep one interval of history for peers that lag a little.
-        self.log.truncate_before(previous);
+        // A primary (or a lone replica) may now count a quorum for it.
+        self.count_reports();
+        if self.status == Status::Diverged {
+            return;
+        }
+        self.advance_anchor();
+        // Keep one interval of history for peers that lag a little, and
+        // the log after every checkpoint a peer is syncing from here.
+        let keep = self.checkpoints.truncation_point(previous);
+        let keep = self.pinned_floor().map_or(keep, |floor| floor.min(keep));
+        self.log.truncate_before(keep);
         if self.staging_base().is_some_and(|b| b < self.log.base()) {
             self.staging = None;
         }
+        let vouched = self.checkpoints.vouched.get(&op).copied();
+        self.check_own_digest(op, vouched);
     }
 
-    /// A peer reported its latest checkpoint: if this replica took one at
-    /// the same op with another digest, the replicas' states diverged.
-    pub(crate) fn check_divergence(&mut self, (op, digest): (Op, u128)) {
+    // ---- Which checkpoints a quorum holds -------------------------------
+
+    /// A peer's `PrepareOk` reported its latest checkpoint.
+    pub(crate) fn on_checkpoint_report(&mut self, from: ReplicaIndex, (op, digest): (Op, u128)) {
         if op == 0 {
             return;
         }
-        if self.checkpoints.digests.get(&op).is_some_and(|&d| d != digest) {
-            self.stats.checkpoint_divergence += 1;
+        let reports = &mut self.checkpoints.reports[from as usize];
+        reports.insert(op, digest);
+        keep_newest(reports, REPORTS_MAX);
+        self.count_reports();
+    }
+
+    /// Vouches for the newest checkpoint that a quorum reported holding
+    /// (this replica's own checkpoints count as its report).
+    fn count_reports(&mut self) {
+        let me = self.index as usize;
+        let n = self.config.n();
+        let checkpoints = &self.checkpoints;
+        let holds = |r: usize, op: Op| {
+            if r == me {
+                checkpoints.digests.get(&op)
+            } else {
+                checkpoints.reports[r].get(&op)
+            }
+        };
+        let candidates = (0..n).flat_map(|r| {
+            let reports = if r == me {
+                &checkpoints.digests
+            } else {
+                &checkpoints.reports[r]
+            };
+            reports.iter().map(|(&op, &d)| (op, d))
+        });
+        let newest = candidates
+            .filter(|&(op, d)| (0..n).filter(|&r| holds(r, op) == Some(&d)).count() >= quorum(n))
+            .max_by_key(|&(op, _)| op);
+        if let Some(identity) = newest {
+            self.vouch(identity);
+        }
+    }
+
+    /// A quorum holds checkpoint `(op, digest)` (counted here, or as the
+    /// sender of a `Prepare` or `Commit` counted it).
+    pub(crate) fn vouch(&mut self, (op, digest): (Op, u128)) {
+        if op == 0 || self.checkpoints.vouched.get(&op) == Some(&digest) {
+            return;
+        }
+        self.checkpoints.vouched.insert(op, digest);
+        keep_newest(&mut self.checkpoints.vouched, DIGESTS_MAX);
+        self.advance_anchor();
+        self.check_own_digest(op, Some(digest));
+    }
+
+    /// Once a quorum vouches for a checkpoint this replica holds, it makes
+    /// it durable: only a vouched checkpoint is ever written, so the one a
+    /// replica restarts from is vouched too, and it can serve it at once.
+    fn advance_anchor(&mut self) {
+        if let Some(checkpoint) = self.checkpoints.update_anchor() {
+            self.out.push(Output::WriteCheckpoint(checkpoint));
+        }
+    }
+
+    /// If this replica's checkpoint at `op` differs from the one a quorum
+    /// holds there, its host's state diverged.
+    fn check_own_digest(&mut self, op: Op, quorum: Option<u128>) {
+        let own = self.checkpoints.digests.get(&op).copied();
+        if let (Some(own), Some(quorum)) = (own, quorum) {
+            if own != quorum {
+                self.diverge(op, own, quorum);
+            }
+        }
+    }
+
+    /// Stops executing and serving, and asks for the quorum's checkpoint.
+    fn diverge(&mut self, op: Op, digest: u128, quorum: u128) {
+        if self.status == Status::Diverged {
+            return;
+        }
+        self.stats.checkpoint_divergence += 1;
+        self.status = Status::Diverged;
+        self.status_since = self.ticks;
+        self.checkpoints.diverged = Some(op);
+        self.checkpoints.pending.clear();
+        self.checkpoints.sync = None;
+        self.checkpoints.pins = Default::default();
+        self.staging = None;
+        self.campaign = 0;
+        self.clear_queue();
+        // Asked for at the next resend interval, as any rate-limited
+        // request (which also leaves the status visible for a moment).
+        self.checkpoints.last_heal_request = Some(self.ticks);
+        self.out.push(Output::Diverged { op, digest, quorum });
+    }
+
+    /// While diverged: asks the others, one per resend interval, for the
+    /// quorum's checkpoint (any that vouches for one answers with it).
+    pub(crate) fn tick_diverged(&mut self) {
+        let Some(op) = self.checkpoints.diverged else {
+            return;
+        };
+        if self.syncing() || !self.due(self.checkpoints.last_heal_request) {
+            return;
+        }
+        self.checkpoints.last_heal_request = Some(self.ticks);
+        let n = self.config.replica_count;
+        let peer = (self.index + 1 + self.checkpoints.heal_peer % (n - 1).max(1)) % n;
+        self.checkpoints.heal_peer = self.checkpoints.heal_peer.wrapping_add(1);
+        if peer != self.index {
+            self.send(peer, &Message::RequestCheckpoint { op, offset: 0 });
+        }
+    }
+
+    /// The lowest checkpoint op this replica would install: one ahead of
+    /// what it executed or, while diverged, the op where it diverged, but
+    /// never below its durable (anchor) checkpoint: the log it holds and
+    /// acknowledged goes on from there, and installing below it would make
+    /// the store drop that log.
+    fn sync_floor(&self) -> Op {
+        match self.checkpoints.diverged {
+            Some(op) => op.max(self.checkpoints.anchor.as_ref().map_or(0, |a| a.checkpoint.op)),
+            None => self.commit_min + 1,
         }
     }
 
     // ---- Serving -------------------------------------------------------
 
-    /// Offers `to` the latest checkpoint: its first chunk, which starts a
-    /// sync there (the receiver then asks for the rest, a window at a time).
+    /// Whether this replica may send `held` in a state sync: a quorum
+    /// vouches for it.
+    fn servable(&self, held: &Held) -> bool {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::ServeUnvouchedCheckpoint) {
+            return true;
+        }
+        self.checkpoints.is_vouched(held)
+            || self
+                .checkpoints
+                .anchor
+                .as_ref()
+                .is_some_and(|a| a.digest == held.digest)
+    }
+
+    /// Offers `to` the newest checkpoint a quorum vouches for: its first
+    /// chunk, which starts a sync there (the receiver then asks for the
+    /// rest, a window at a time). Nothing if none is (the peer asks again).
     pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex) {
-        if let Some(held) = self.checkpoints.held.clone() {
+        if self.status == Status::Diverged {
+            return;
+        }
+        let checkpoints = &self.checkpoints;
+        let newest = [&checkpoints.held, &checkpoints.previous, &checkpoints.anchor]
+            .into_iter()
+            .flatten()
+            .find(|h| self.servable(h))
+            .cloned();
+        if let Some(held) = newest {
+            self.pin(to, &held);
             self.send_chunks(to, &held, 0, 1);
         }
+    }
+
+    /// Keeps serving `held` to `to`, and the log after it, while `to` asks.
+    fn pin(&mut self, to: ReplicaIndex, held: &Held) {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::UnpinnedSync) {
+            return;
+        }
+        self.checkpoints.pins[to as usize] = Some(Pin {
+            held: held.clone(),
+            floor: held.checkpoint.op,
+            last: self.ticks,
+        });
+    }
+
+    /// A peer asked for the log from `first`: if it is syncing from here, it
+    /// still needs the log from there.
+    pub(crate) fn pinned_peer_asks_from(&mut self, from: ReplicaIndex, first: Op) {
+        let ticks = self.ticks;
+        if let Some(pin) = self.checkpoints.pins[from as usize].as_mut() {
+            pin.floor = pin.floor.max(first.saturating_sub(1));
+            pin.last = ticks;
+        }
+    }
+
+    /// The lowest op after which a peer still syncing from here needs the
+    /// log; pins whose peer stopped asking (for `4 * view_change_ticks`,
+    /// when the peer gives its sync up too) are dropped.
+    fn pinned_floor(&mut self) -> Option<Op> {
+        let expiry = 4 * self.config.view_change_ticks;
+        let ticks = self.ticks;
+        let pins = &mut self.checkpoints.pins;
+        for pin in pins.iter_mut() {
+            if pin.as_ref().is_some_and(|p| ticks >= p.last + expiry) {
+                *pin = None;
+            }
+        }
+        pins.iter().flatten().map(|p| p.floor).min()
     }
 
     /// Sends `to` up to `count` chunks of `held` from `offset`.
@@ -276,14 +558,25 @@ impl Replica {
     }
 
     pub(crate) fn on_request_checkpoint(&mut self, from: ReplicaIndex, op: Op, offset: u64) {
+        if self.status == Status::Diverged {
+            return;
+        }
         let checkpoints = &self.checkpoints;
-        let asked = [&checkpoints.held, &checkpoints.previous]
+        let pinned = checkpoints.pins[from as usize].as_ref().map(|p| &p.held);
+        let asked = [&checkpoints.held, &checkpoints.previous, &checkpoints.anchor]
             .into_iter()
             .flatten()
+            .filter(|h| self.servable(h))
+            .chain(pinned)
             .find(|h| h.checkpoint.op == op)
             .cloned();
         match asked {
             Some(held) => {
+                let ticks = self.ticks;
+                match self.checkpoints.pins[from as usize].as_mut() {
+                    Some(pin) if pin.held.checkpoint.op == op => pin.last = ticks,
+                    _ => self.pin(from, &held),
+                }
                 let window = window_chunks(self.config.checkpoint_chunk_bytes as u64);
                 self.send_chunks(from, &held, offset, window)
             }
@@ -302,7 +595,7 @@ impl Replica {
         offset: u64,
         bytes: Vec<u8>,
     ) {
-        if op <= self.commit_min
+        if op < self.sync_floor()
             || total == 0
             || total > CHECKPOINT_MAX
             || offset.saturating_add(bytes.len() as u64) > total
@@ -390,7 +683,7 @@ impl Replica {
         let Some(sync) = &self.checkpoints.sync else {
             return;
         };
-        if sync.op <= self.commit_min || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
+        if sync.op < self.sync_floor() || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
         {
             self.checkpoints.sync = None;
             return;
@@ -403,17 +696,27 @@ impl Replica {
         self.checkpoints.sync.is_some()
     }
 
-    /// Installs a verified checkpoint ahead of what this replica executed:
-    /// its client table, its op as the commit, and the log rebased at it
+    /// Installs a verified checkpoint ahead of what this replica executed
+    /// (or, while diverged, at or after the op where it diverged): its
+    /// client table, its op as the commit, and the log rebased at it
     /// (keeping the entries after it only if they chain from it).
     pub(crate) fn install_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) {
         let op = checkpoint.op;
-        if op <= self.commit_min {
+        if op < self.sync_floor() {
             return;
         }
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
+        if self.checkpoints.diverged.take().is_some() {
+            // Healed: its own checkpoints after this one came from the
+            // wrong state. Like a replica restarted from disk, it waits in
+            // ViewChange status for the current view's log (a backup) or a
+            // new view (a former primary).
+            self.checkpoints.digests.retain(|&o, _| o < op);
+            self.status = Status::ViewChange;
+            self.status_since = self.ticks;
+        }
         self.client_table = table;
         if self.log.checksum_at(op) == Some(checkpoint.checksum) {
             self.log.truncate_before(op);
@@ -435,7 +738,11 @@ impl Replica {
         }
         self.stats.checkpoints_installed += 1;
         let held = Held::new(checkpoint.clone());
+        // Only a vouched checkpoint is ever sent: it stays vouched here.
+        self.checkpoints.vouched.insert(op, held.digest);
+        keep_newest(&mut self.checkpoints.vouched, DIGESTS_MAX);
         self.checkpoints.remember(&held);
+        self.checkpoints.anchor = Some(held.clone());
         self.checkpoints.held = Some(held);
         self.checkpoints.previous = None;
         self.checkpoints.pending.retain(|&o, _| o > op);
@@ -504,6 +811,9 @@ impl Replica {
         self.commit_max = self.commit_max.max(checkpoint.op);
         let held = Held::new(checkpoint.clone());
         self.checkpoints.remember(&held);
+        // Only a vouched checkpoint is ever written.
+        self.checkpoints.vouched.insert(checkpoint.op, held.digest);
+        self.checkpoints.anchor = Some(held.clone());
         self.checkpoints.held = Some(held);
         self.out.push(Output::InstallSnapshot {
             op: checkpoint.op,

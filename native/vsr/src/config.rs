@@ -72,6 +72,12 @@ pub enum Mutation {
     /// settings that decide execution: replicas that differ in them talk
     /// (and then execute different commands).
     WireClusterIgnoresSettings,
+    /// A replica serves its own checkpoint in state sync before a quorum
+    /// vouches for it, so one host's divergent state can spread.
+    ServeUnvouchedCheckpoint,
+    /// A replica does not pin the checkpoint it sends a syncing peer: a
+    /// sync that outlasts two checkpoint intervals restarts forever.
+    UnpinnedSync,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -124,15 +124,19 @@ pub enum Message {
     /// A client request forwarded by its origin replica to the primary.
     Request { request: Request },
     /// The primary replicates an entry (also used to answer repair requests).
+    /// `checkpoint` is the newest checkpoint `(op, digest)` the sender
+    /// knows a quorum holds (`(0, 0)`: none), as in `Commit`.
     Prepare {
         view: View,
         commit: Op,
         entry: Arc<Prepare>,
+        checkpoint: (Op, u128),
     },
     /// A backup holds every entry up to `op`, and `op`'s checksum is `checksum`;
     /// `round` echoes the last heartbeat round it heard from the primary.
     /// `checkpoint` is the sender's latest checkpoint `(op, digest)`
-    /// (`(0, 0)`: none), for the divergence check.
+    /// (`(0, 0)`: none): the primary counts these to learn which
+    /// checkpoints a quorum holds.
     PrepareOk {
         view: View,
         op: Op,
@@ -143,7 +147,9 @@ pub enum Message {
     /// Heartbeat of the primary: the view is alive and committed up to
     /// `commit`. `round` increases when the primary needs fresh proof that a
     /// quorum still follows it (for linearizable reads).
-    /// `checkpoint` is the primary's latest checkpoint `(op, digest)`.
+    /// `checkpoint` is the newest checkpoint `(op, digest)` the primary
+    /// knows a quorum holds (`(0, 0)`: none): a replica syncs only to such
+    /// a checkpoint, and one whose own digest there differs has diverged.
     Commit {
         view: View,
         commit: Op,
@@ -436,6 +442,7 @@ mod tests {
             view: 1,
             commit: 0,
             entry: Arc::new(entry),
+            checkpoint: (0, 0),
         };
         assert_eq!(
             decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),

@@ -132,13 +132,14 @@ impl Replica {
         self.commit_unannounced = false;
     }
 
-    /// A heartbeat: the commit number, in the current round.
+    /// A heartbeat: the commit number, in the current round, and the newest
+    /// checkpoint a quorum holds.
     pub(crate) fn heartbeat(&self) -> Message {
         Message::Commit {
             view: self.view,
             commit: self.commit_max,
             round: self.reads.round,
-            checkpoint: self.checkpoints.latest(),
+            checkpoint: self.checkpoints.canonical(),
         }
     }
 
@@ -193,6 +194,9 @@ impl Replica {
 
     /// Emits `ReadReady` for every read whose index has been executed here.
     pub(crate) fn serve_reads(&mut self) {
+        if self.status == Status::Diverged {
+            return; // its host's state is wrong
+        }
         let executed = self.commit_min;
         let ready: Vec<(u64, Op)> = self
             .reads

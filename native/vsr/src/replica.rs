@@ -38,6 +38,11 @@ pub enum Status {
     /// Restarted from disk with one damaged entry in its log: takes part in
     /// nothing until a peer has sent that entry (see `repair.rs`).
     Repairing,
+    /// Its checkpoint digest differs from the one a quorum holds at the
+    /// same op: its host's state diverged. It executes, answers and serves
+    /// nothing until it has installed a checkpoint a quorum vouches for
+    /// (see `checkpoint.rs`).
+    Diverged,
 }
 
 /// What the replica must keep across a restart besides its log.
@@ -128,6 +133,12 @@ pub enum Output {
     /// Replace the application state with this snapshot, the state after
     /// `op`; the `Execute`s that follow continue from `op + 1`.
     InstallSnapshot { op: Op, app: Arc<Vec<u8>> },
+    /// This replica's checkpoint at `op` has digest `digest`, but a quorum
+    /// holds `quorum` there: the host's state diverged (a nondeterministic
+    /// application, or memory corruption). The replica is now
+    /// `Status::Diverged`; the host should log it as an error. A later
+    /// `InstallSnapshot` replaces the state with the quorum's.
+    Diverged { op: Op, digest: u128, quorum: u128 },
 }
 
 /// Counters of things worth knowing but not worth failing over.
@@ -148,8 +159,9 @@ pub struct Stats {
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
     pub views_started: u64,
-    /// Times a peer reported a checkpoint digest that differs from this
-    /// replica's at the same op: the hosts' states diverged. Must stay 0.
+    /// Times this replica found its checkpoint digest differs from the one
+    /// a quorum holds at the same op (it then went `Status::Diverged`): its
+    /// host's state diverged. Must stay 0 with a deterministic application.
     pub checkpoint_divergence: u64,
     /// Checkpoints installed by state sync.
     pub checkpoints_installed: u64,
@@ -518,11 +530,22 @@ impl Replica {
     }
 
     pub(crate) fn on_message(&mut self, from: ReplicaIndex, message: Message) {
+        if self.status == Status::Diverged && !matches!(message, Message::CheckpointChunk { .. }) {
+            return; // it takes part in nothing but the state sync that heals it
+        }
         match message {
             Message::Request { request } => self.on_request(request),
             Message::RequestEntry { op, checksum } => self.on_request_entry(from, op, checksum),
             Message::Entry { .. } => {} // only a repairing replica wants one
-            Message::Prepare { view, commit, entry } => self.on_prepare(from, view, commit, entry),
+            Message::Prepare {
+                view,
+                commit,
+                entry,
+                checkpoint,
+            } => {
+                self.vouch(checkpoint);
+                self.on_prepare(from, view, commit, entry)
+            }
             Message::PrepareOk {
                 view,
                 op,
@@ -530,7 +553,7 @@ impl Replica {
                 round,
                 checkpoint,
             } => {
-                self.check_divergence(checkpoint);
+                self.on_checkpoint_report(from, checkpoint);
                 self.on_prepare_ok(from, view, op, checksum, round)
             }
             Message::Commit {
@@ -539,7 +562,7 @@ impl Replica {
                 round,
                 checkpoint,
             } => {
-                self.check_divergence(checkpoint);
+                self.vouch(checkpoint);
                 self.on_commit(from, view, commit, round)
             }
             Message::Read { id } => self.on_read(from, id),
@@ -607,6 +630,7 @@ impl Replica {
             Status::ViewChange => self.tick_view_change(),
             Status::Recovering => self.tick_recovering(),
             Status::Repairing => return self.tick_repairing(),
+            Status::Diverged => self.tick_diverged(),
         }
         self.tick_campaign();
         self.tick_sync();
@@ -729,6 +753,7 @@ impl Replica {
                 view: self.view,
                 commit: self.commit_max,
                 entry: entry.clone(),
+                checkpoint: self.checkpoints.canonical(),
             });
             self.last_broadcast_tick = self.ticks;
             self.out.push(Output::WriteLog {
@@ -882,6 +907,7 @@ impl Replica {
                         view: self.view,
                         commit: self.commit_max,
                         entry,
+                        checkpoint: self.checkpoints.canonical(),
                     },
                 );
             }
@@ -897,6 +923,7 @@ impl Replica {
             self.send_checkpoint(from);
             return;
         }
+        self.pinned_peer_asks_from(from, first);
         let last = last
             .min(self.log.op())
             .min(first.saturating_add(self.config.message_entries_max as Op - 1));
@@ -908,6 +935,7 @@ impl Replica {
                     view: self.view,
                     commit: self.commit_max,
                     entry,
+                    checkpoint: self.checkpoints.canonical(),
                 },
             );
         }
@@ -1055,6 +1083,9 @@ impl Replica {
 
     /// Executes every committed entry this replica holds, in op order.
     pub(crate) fn execute_committed(&mut self) {
+        if self.status == Status::Diverged {
+            return; // its host's state is wrong: nothing more runs on it
+        }
         let last = self.commit_max.min(self.log.op());
         while self.commit_min < last {
             self.commit_min += 1;

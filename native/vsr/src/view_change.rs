@@ -592,7 +592,7 @@ impl Replica {
         self.learn_commit(commit);
     }
 
-    fn clear_queue(&mut self) {
+    pub(crate) fn clear_queue(&mut self) {
         self.queue.clear();
         self.queued.clear();
     }

@@ -123,6 +123,13 @@ impl Checker {
         self.restarted(replica, 0);
     }
 
+    /// A replica found its host's state diverged: that state counts for
+    /// nothing, and the next snapshot it installs (the quorum's) may be at
+    /// or below what it executed.
+    pub fn diverged(&mut self, replica: ReplicaIndex) {
+        self.last_executed[replica as usize] = 0;
+    }
+
     pub fn on_execute(
         &mut self,
         replica: ReplicaIndex,

@@ -709,3 +709,112 @@ pub fn unrepairable_wal_entry_falls_back_to_recovery(options: Options) -> Result
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// Issue "Lose nothing", defect 3: a replica behind every log's base must
+/// finish its state sync under sustained load, even when the transfer
+/// takes longer than two checkpoint intervals (a 1-byte chunk size makes
+/// the client table of 32 clients take dozens of round trips, while load
+/// takes a checkpoint every few ticks). Before the fix, the sender served
+/// only its latest two checkpoints, so the sync restarted on a newer one
+/// forever.
+pub fn state_sync_finishes_under_sustained_load(mut options: Options) -> Result<(), Failure> {
+    options = checkpointing(options);
+    options.config.checkpoint_chunk_bytes = 1;
+    options.config.pipeline_max = 4;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for i in 0..40 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    let size = sim.replica(0).checkpoint().map_or(0, |c| c.encode().len());
+    let window = vsr::checkpoint::window_chunks(1);
+    if (size as u64) < 8 * window {
+        return Err(failure(
+            &sim,
+            format!("a checkpoint of {size} bytes syncs in fewer than 8 windows"),
+        ));
+    }
+    // Steady load from every client, through the primary, from now on.
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 0.5;
+    sim.load = true;
+    sim.network.heal();
+    let target = sim.checker.committed();
+    let start_op = sim.replica(0).commit();
+    sim.run_until(PHASE_TICKS * 2, "replica 2 syncs under load", |s| {
+        s.replica(2).commit() >= target && s.replica(2).stats().checkpoints_installed > 0
+    })?;
+    let committed = sim.replica(0).commit() - start_op;
+    let interval = sim.options.config.checkpoint_interval;
+    if committed < 2 * interval * 3 {
+        return Err(failure(
+            &sim,
+            format!("only {committed} ops committed during the sync: not sustained load"),
+        ));
+    }
+    sim.load = false;
+    settle(&mut sim)
+}
+
+/// Issue "Lose nothing", defect 7: a checkpoint is trusted only once a
+/// quorum holds it, and a replica whose digest disagrees with the
+/// quorum's heals itself from the quorum's state.
+///
+/// Replica 2 is cut off from the start. Replicas 0 (the primary) and 1
+/// agree on the first checkpoints; then replica 0's host starts to
+/// serialise a state that differs from the others' (`lying_host`), so 0
+/// and 1 disagree on every later checkpoint and no quorum holds any. When
+/// replica 2 comes back, behind the log's base, it must be sent the last
+/// checkpoint a quorum holds, never 0's (before the fix it got 0's latest,
+/// and the divergence was only counted), and then the log after it. Once 2
+/// has executed that log, 1 and 2 agree against 0: replica 0 learns that
+/// its state diverged, stops, and installs the quorum's checkpoint.
+pub fn divergent_checkpoint_is_not_spread(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    isolate(&mut sim, 2);
+    register_all(&mut sim, 0)?;
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.options.lying_host = Some(0);
+    for i in 0..40 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    let base = sim.replica(0).log().base();
+    if base == 0 || sim.replica(2).op() >= base {
+        return Err(failure(
+            &sim,
+            format!("replica 2 is not behind the log base {base}"),
+        ));
+    }
+    sim.network.heal();
+    // The checker fails the run if replica 2 installs host 0's state.
+    let committed = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 catches up", |s| {
+        s.replica(2).commit() >= committed
+    })?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 did not sync state".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 heals from the quorum's checkpoint", |s| {
+        let r = s.replica(0);
+        !s.divergences.is_empty() && r.status() == Status::Normal && r.commit() >= committed
+    })?;
+    let &(r, op, digest, quorum) = sim.divergences.first().expect("checked");
+    if r != 0 || digest == quorum || op <= base {
+        return Err(failure(
+            &sim,
+            format!("wrong divergence: replica {r} at op {op}: {digest:x} vs {quorum:x}"),
+        ));
+    }
+    if sim.replica(0).stats().checkpoint_divergence == 0 {
+        return Err(failure(&sim, "replica 0 did not count its divergence".into()));
+    }
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}

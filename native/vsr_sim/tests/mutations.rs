@@ -83,10 +83,29 @@ fn a_host_that_sends_before_its_writes_are_durable_is_caught() {
 fn a_checkpoint_with_a_late_client_table_is_caught() {
     let seed = first_failing_seed(Mutation::CheckpointLateClientTable);
     assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+    // A late table differs from replica to replica (their hosts answer
+    // after different delays): the quorum's digest tells the odd one out.
     let mut broken = options(3, 4);
     broken.snapshot_delay_max = 30;
     broken.config.mutation = Mutation::CheckpointLateClientTable;
-    assert!(scenarios::far_behind_replica_syncs_state(broken).is_err());
+    let failure = scenarios::checkpoints_agree(broken).unwrap_err();
+    assert!(failure.reason.contains("differs from the quorum's"), "{failure}");
+}
+
+#[test]
+fn serving_an_unvouched_checkpoint_is_caught_by_the_divergence_scenario() {
+    let mut broken = options(3, 4);
+    broken.config.mutation = Mutation::ServeUnvouchedCheckpoint;
+    let failure = scenarios::divergent_checkpoint_is_not_spread(broken).unwrap_err();
+    assert!(failure.reason.contains("differs from the canonical"), "{failure}");
+}
+
+#[test]
+fn a_sync_without_pins_is_caught_by_the_sustained_load_scenario() {
+    let mut broken = options(3, 32);
+    broken.config.mutation = Mutation::UnpinnedSync;
+    let failure = scenarios::state_sync_finishes_under_sustained_load(broken).unwrap_err();
+    assert!(failure.reason.contains("syncs under load"), "{failure}");
 }
 
 #[test]
