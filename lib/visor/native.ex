@@ -45,6 +45,8 @@ defmodule Visor.Native do
   # :visor is not a known application (e.g. beams loaded by path alone).
   @source_priv Path.expand("../../priv", __DIR__)
 
+  import Bitwise, only: [<<<: 2]
+
   @u64_max 0xFFFF_FFFF_FFFF_FFFF
   @max_replicas 6
 
@@ -83,6 +85,27 @@ defmodule Visor.Native do
   # The protocol limits and timeouts `start/2` accepts, for `Visor.Options`.
   @spec config_keys() :: [atom()]
   def config_keys, do: @config_keys
+
+  # The range of each, as vsr's `config::RANGES` (checked again by the NIF).
+  @config_ranges %{
+    batch_max_requests: 1..65_536,
+    batch_max_bytes: 1..(1 <<< 30),
+    pipeline_max: 1..1024,
+    request_queue_max: 1..(1 <<< 20),
+    client_table_max: 1..(1 <<< 20),
+    message_entries_max: 1..65_536,
+    heartbeat_ticks: 1..1_000_000,
+    prepare_retry_ticks: 1..1_000_000,
+    view_change_ticks: 3..1_000_000,
+    resend_ticks: 1..1_000_000,
+    request_retry_ticks: 1..1_000_000,
+    checkpoint_interval: 0..(1 <<< 32),
+    checkpoint_chunk_bytes: 1..(1 <<< 26)
+  }
+
+  @doc "The values `start/2` accepts for the protocol limit `key` (one of `config_keys/0`)."
+  @spec config_range(atom()) :: Range.t()
+  def config_range(key), do: Map.fetch!(@config_ranges, key)
 
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()

@@ -146,6 +146,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         }
     }
     config.validate()?;
+    config.check_ranges()?;
     let recover = match opts.map_get(atoms::recover()) {
         Err(_) => false,
         Ok(value) => value

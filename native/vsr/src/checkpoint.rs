@@ -312,7 +312,11 @@ impl Replica {
         let same = |s: &Sync| s.op == op && s.digest == digest && s.total == total;
         // A newer checkpoint replaces the one being assembled only if that
         // one stalled: under load, checkpoints come faster than a sync.
-        let stalled = |s: &Sync| self.ticks >= s.last_progress + 2 * self.config.resend_ticks;
+        let stalled = |s: &Sync| {
+            self.ticks
+                >= s.last_progress
+                    .saturating_add(self.config.resend_ticks.saturating_mul(2))
+        };
         match &self.checkpoints.sync {
             Some(s) if same(s) => {}
             Some(s) if s.op >= op || !stalled(s) => return,
@@ -390,7 +394,11 @@ impl Replica {
         let Some(sync) = &self.checkpoints.sync else {
             return;
         };
-        if sync.op <= self.commit_min || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
+        if sync.op <= self.commit_min
+            || self.ticks
+                >= sync
+                    .last_progress
+                    .saturating_add(self.config.view_change_ticks.saturating_mul(4))
         {
             self.checkpoints.sync = None;
             return;

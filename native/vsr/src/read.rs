@@ -96,7 +96,7 @@ impl Replica {
             .reads
             .pending
             .iter_mut()
-            .filter(|(_, r)| r.op.is_none() && r.sent_tick + retry <= self.ticks)
+            .filter(|(_, r)| r.op.is_none() && r.sent_tick.saturating_add(retry) <= self.ticks)
             .map(|(id, r)| {
                 r.sent_tick = self.ticks;
                 *id

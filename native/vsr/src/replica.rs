@@ -653,7 +653,7 @@ impl Replica {
         let due: Vec<Request> = self
             .pending
             .values_mut()
-            .filter(|p| p.sent_tick + self.config.request_retry_ticks <= self.ticks)
+            .filter(|p| p.sent_tick.saturating_add(self.config.request_retry_ticks) <= self.ticks)
             .map(|p| {
                 p.sent_tick = self.ticks;
                 p.request.clone()
@@ -698,7 +698,7 @@ impl Replica {
     pub(crate) fn prepare_queued(&mut self) {
         while self.is_primary()
             && !self.abdicating()
-            && self.log.op() < self.commit_max + self.config.pipeline_max
+            && self.log.op() < self.commit_max.saturating_add(self.config.pipeline_max)
             && !self.queue.is_empty()
         {
             let batch = self.take_batch();
@@ -730,10 +730,11 @@ impl Replica {
 
     fn take_batch(&mut self) -> Vec<Request> {
         let mut batch = Vec::new();
-        let mut bytes = 0;
+        let mut bytes: usize = 0;
         while let Some(next) = self.queue.front() {
             let fits = batch.len() < self.config.batch_max_requests
-                && (batch.is_empty() || bytes + next.payload.len() <= self.config.batch_max_bytes);
+                && (batch.is_empty()
+                    || bytes.saturating_add(next.payload.len()) <= self.config.batch_max_bytes);
             if !fits {
                 break;
             }
@@ -820,7 +821,8 @@ impl Replica {
     pub(crate) fn abdicating(&self) -> bool {
         let recent = (0..self.config.n())
             .filter(|&r| {
-                r == self.index as usize || self.ticks < self.last_heard[r] + self.config.view_change_ticks
+                r == self.index as usize
+                    || self.ticks < self.last_heard[r].saturating_add(self.config.view_change_ticks)
             })
             .count();
         recent < self.quorum()
@@ -831,10 +833,18 @@ impl Replica {
             return;
         }
         self.prepare_queued();
-        if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
+        if self.ticks
+            >= self
+                .last_broadcast_tick
+                .saturating_add(self.config.heartbeat_ticks)
+        {
             self.broadcast_heartbeat(false);
         }
-        if self.ticks >= self.last_retry_tick + self.config.prepare_retry_ticks {
+        if self.ticks
+            >= self
+                .last_retry_tick
+                .saturating_add(self.config.prepare_retry_ticks)
+        {
             self.last_retry_tick = self.ticks;
             self.retransmit_prepares();
         }
@@ -990,7 +1000,7 @@ impl Replica {
         let from = self.log.op() + 1;
         let to = self
             .primary_op
-            .min(from + self.config.message_entries_max as Op - 1);
+            .min(from.saturating_add(self.config.message_entries_max as Op - 1));
         self.repair_until = to;
         let primary = self.primary();
         self.send(
@@ -1005,7 +1015,7 @@ impl Replica {
 
     fn tick_backup(&mut self) {
         let silence = self.ticks.saturating_sub(self.last_primary_tick);
-        if silence >= self.config.view_change_ticks + self.timeout_jitter {
+        if silence >= self.config.view_change_ticks.saturating_add(self.timeout_jitter) {
             self.start_campaign();
         }
         self.request_repair();
@@ -1013,7 +1023,7 @@ impl Replica {
 
     /// Whether a rate-limited message last sent at `last` may go again.
     pub(crate) fn due(&self, last: Option<u64>) -> bool {
-        last.is_none_or(|t| self.ticks >= t + self.config.resend_ticks)
+        last.is_none_or(|t| self.ticks >= t.saturating_add(self.config.resend_ticks))
     }
 
     // ---- Execution -----------------------------------------------------

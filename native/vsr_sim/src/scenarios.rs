@@ -448,3 +448,29 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     }
     settle(&mut sim)
 }
+
+/// Issue "Lose nothing" 14: limits at the top of `u64`/`usize` (a host
+/// that checks no range) must not overflow into a cluster that commits
+/// nothing or backups that stop executing.
+pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> {
+    let c = &mut options.config;
+    c.pipeline_max = u64::MAX;
+    c.view_change_ticks = u64::MAX;
+    c.prepare_retry_ticks = u64::MAX;
+    c.resend_ticks = u64::MAX;
+    c.request_retry_ticks = u64::MAX;
+    c.checkpoint_interval = u64::MAX;
+    c.batch_max_requests = usize::MAX;
+    c.batch_max_bytes = usize::MAX;
+    c.request_queue_max = usize::MAX;
+    c.client_table_max = usize::MAX;
+    c.message_entries_max = usize::MAX;
+    c.checkpoint_chunk_bytes = usize::MAX;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    let n = sim.n();
+    for i in 0..10 {
+        commit(&mut sim, 0, (i % n) as ReplicaIndex)?;
+    }
+    settle(&mut sim)
+}

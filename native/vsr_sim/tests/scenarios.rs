@@ -84,3 +84,8 @@ fn a_host_whose_snapshot_differs_is_detected() {
     let failure = scenarios::checkpoints_agree(lying).unwrap_err();
     assert!(failure.reason.contains("checkpoint digests"), "{failure}");
 }
+
+#[test]
+fn huge_limits_do_not_overflow() {
+    scenarios::huge_limits_do_not_overflow(options(3, 1)).unwrap();
+}
