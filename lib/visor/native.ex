@@ -30,8 +30,9 @@ defmodule Visor.Native do
       store opened (`:created`, `:restarted`, `:recovering`), then write
       failures (`:error`) and their end (`:resumed`).
 
-  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}` or
-  `:evicted`. If the group fails (a bug in the engine), the owner gets
+  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
+  `:evicted` or `:refused` (the session's latest request has this number
+  but another body: not applied). If the group fails (a bug in the engine), the owner gets
   `{:visor_engine_down, engine, reason}` once and the group is gone.
 
   Every function returns in microseconds: it validates its arguments
@@ -116,6 +117,7 @@ defmodule Visor.Native do
           | {:duplicate, op :: non_neg_integer()}
           | {:registered, session :: non_neg_integer()}
           | :evicted
+          | :refused
 
   @doc false
   def load_nif do

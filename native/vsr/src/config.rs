@@ -73,6 +73,9 @@ pub enum Mutation {
     /// that installs it (or restarts from it) then treats ops after the
     /// checkpoint as duplicates of themselves.
     CheckpointLateClientTable,
+    /// A request that repeats a session's latest number with another body
+    /// is answered as a duplicate of it (with the other request's op).
+    AnswerOtherBody,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -53,6 +53,15 @@ impl Request {
     pub fn is_register(&self) -> bool {
         self.request == 0
     }
+
+    /// Whether `other` is this request again (from any origin): the same
+    /// client, session, number and body.
+    pub fn same_as(&self, other: &Request) -> bool {
+        self.client == other.client
+            && self.session == other.session
+            && self.request == other.request
+            && self.payload == other.payload
+    }
 }
 
 /// A log entry: a batch of requests the primary of `view` assigned to `op`.

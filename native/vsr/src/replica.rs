@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::checksum::root_checksum;
+use crate::checksum::{checksum, root_checksum};
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
@@ -141,6 +141,10 @@ pub struct Stats {
     pub dropped_stale: u64,
     /// Requests the primary refused because its queue was full.
     pub dropped_requests: u64,
+    /// Requests refused because their session's latest request has the same
+    /// number but another body (`Outcome::Refused`): counted where a
+    /// submission is refused at once, and by every replica that executes one.
+    pub refused_requests: u64,
     /// Messages sent.
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
@@ -183,7 +187,8 @@ pub struct Replica {
     pub(crate) acked: [Op; MAX_REPLICAS],
     pub(crate) last_heard: [u64; MAX_REPLICAS],
     pub(crate) queue: VecDeque<Request>,
-    pub(crate) queued: HashSet<(ClientId, u64)>,
+    /// (client, request, payload checksum) of every queued request.
+    pub(crate) queued: HashSet<(ClientId, u64, u128)>,
     pub(crate) last_broadcast_tick: u64,
     pub(crate) last_retry_tick: u64,
 
@@ -613,6 +618,11 @@ impl Replica {
             payload: submission.payload,
         };
         if let Some(outcome) = self.client_table.settled(&request) {
+            #[cfg(feature = "mutations")]
+            let outcome = self.mutated_refusal(&request, outcome);
+            if outcome == Outcome::Refused {
+                self.stats.refused_requests += 1;
+            }
             let op = match outcome {
                 Outcome::Registered { session } => session,
                 Outcome::Duplicate { op } => op,
@@ -669,18 +679,21 @@ impl Replica {
         if !self.is_primary() {
             return; // the origin retries towards the right primary
         }
-        let key = (request.client, request.request);
+        let key = (request.client, request.request, checksum(&request.payload));
+        // The same request with the same body in hand. One with another
+        // body is not the same request: it goes through the log, where
+        // execution refuses whichever of the two comes second, the same on
+        // every replica, and its origin answers it `Refused`.
         let in_flight = self.queued.contains(&key)
             || ((self.commit_min + 1)..=self.log.op()).any(|op| {
-                self.log.get(op).is_some_and(|e| {
-                    e.requests
-                        .iter()
-                        .any(|r| r.client == request.client && r.request == request.request)
-                })
+                self.log
+                    .get(op)
+                    .is_some_and(|e| e.requests.iter().any(|r| r.same_as(&request)))
             });
         // A settled request is answered by its origin when it executes the
         // original op; preparing it again would only waste an op.
-        if in_flight || self.client_table.settled(&request).is_some() {
+        let settled = self.client_table.settled(&request);
+        if in_flight || settled.is_some_and(|o| o != Outcome::Refused) {
             return;
         }
         if self.queue.len() >= self.config.request_queue_max {
@@ -739,7 +752,8 @@ impl Replica {
                 break;
             }
             let request = self.queue.pop_front().expect("front exists");
-            self.queued.remove(&(request.client, request.request));
+            self.queued
+                .remove(&(request.client, request.request, checksum(&request.payload)));
             bytes += request.payload.len();
             batch.push(request);
         }
@@ -1045,15 +1059,21 @@ impl Replica {
                 outcomes: outcomes.clone(),
             });
             for (request, outcome) in entry.requests.iter().zip(&outcomes) {
+                if *outcome == Outcome::Refused {
+                    self.stats.refused_requests += 1;
+                }
                 if request.origin != self.index {
                     self.commit_urgent |= 1 << request.origin;
                     continue;
                 }
-                if self
-                    .pending
-                    .get(&request.client)
-                    .is_some_and(|p| p.request.request <= request.request)
-                {
+                let pending = self.pending.get(&request.client).map(|p| &p.request);
+                if pending.is_some_and(|p| p.request == request.request && !p.same_as(request)) {
+                    // Another body under the same number was submitted here
+                    // since: this reply is not its caller's. The pending one
+                    // goes through the log and is refused there.
+                    continue;
+                }
+                if pending.is_some_and(|p| p.request <= request.request) {
                     self.pending.remove(&request.client);
                 }
                 let reply_op = match outcome {
@@ -1077,6 +1097,19 @@ impl Replica {
         if self.mutated(Mutation::SkipClientTable) && !request.is_register() {
             return Outcome::Executed;
         }
-        self.client_table.execute(op, request)
+        let outcome = self.client_table.execute(op, request);
+        #[cfg(feature = "mutations")]
+        let outcome = self.mutated_refusal(request, outcome);
+        outcome
+    }
+
+    #[cfg(feature = "mutations")]
+    fn mutated_refusal(&self, request: &Request, outcome: Outcome) -> Outcome {
+        if self.mutated(Mutation::AnswerOtherBody) && outcome == Outcome::Refused {
+            return Outcome::Duplicate {
+                op: self.client_table.last_op(request.client),
+            };
+        }
+        outcome
     }
 }

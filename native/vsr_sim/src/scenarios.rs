@@ -145,8 +145,18 @@ pub fn client_retry_across_view_change(options: Options) -> Result<(), Failure> 
     let request = sim.clients[0].next_request - 1;
     let op = sim.checker.replies[&(sim.clients[0].id, request)];
     // Once more, after the reply: the same op comes back, nothing runs again.
+    // (The same body: another body under this number would be refused.)
+    let payload = executed_payload(&sim, op, sim.clients[0].id, request);
     sim.clients[0].next_request = request;
-    commit(&mut sim, 0, 1)?;
+    sim.clients[0].outstanding = Some(crate::client::Outstanding {
+        request,
+        payload,
+        last_submit: sim.tick,
+    });
+    sim.resubmit(0)?;
+    sim.run_until(PHASE_TICKS, "the resubmission is answered", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
     let again = sim.checker.replies[&(sim.clients[0].id, request)];
     if again != op || sim.replica(1).view() == 0 {
         return Err(Failure {
@@ -447,6 +457,76 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
         commit(&mut sim, c, home)?;
     }
     settle(&mut sim)
+}
+
+/// Issue "Lose nothing" 9: a request whose (client, session, request) is
+/// already known but whose body differs is refused, never answered with
+/// the other request's reply; and of two such requests in hand at once,
+/// one executes and the other is refused.
+pub fn duplicate_request_with_different_body_is_refused(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let client = sim.clients[0].id;
+    let session = sim.clients[0].session.expect("registered");
+    let request = sim.clients[0].next_request - 1;
+    let executed = sim.checker.replies[&(client, request)];
+    let mut body = executed_payload(&sim, executed, client, request);
+    body.push(0xaa);
+    let submission = |payload: Vec<u8>, request: u64| vsr::Submission {
+        client,
+        session,
+        request,
+        payload,
+    };
+    // Settled: the origin's own table knows the body differs.
+    sim.submit_through(1, submission(body.clone(), request))?;
+    sim.run_ticks(10)?;
+    expect_refused(&sim, client, request)?;
+    // Through another replica: the same.
+    sim.submit_through(2, submission(body, request))?;
+    sim.run_ticks(10)?;
+    expect_refused(&sim, client, request)?;
+    // Two bodies in hand at once: one executes, the other is refused.
+    let next = request + 1;
+    sim.submit_through(1, submission(vec![1], next))?;
+    sim.submit_through(2, submission(vec![2], next))?;
+    sim.run_ticks(50)?;
+    let refused: u64 = (0..sim.n() as ReplicaIndex)
+        .map(|r| sim.replica(r).stats().refused_requests)
+        .sum();
+    if !sim.checker.replies.contains_key(&(client, next)) || refused == 0 {
+        return Err(failure(
+            &sim,
+            format!(
+                "two bodies for request {next}: executed {:?}, {refused} refusals",
+                sim.checker.replies.get(&(client, next))
+            ),
+        ));
+    }
+    sim.clients[0].next_request = next + 1;
+    settle(&mut sim)
+}
+
+fn executed_payload(sim: &Simulator, op: Op, client: vsr::ClientId, request: u64) -> Vec<u8> {
+    let entry = sim.replica(0).log().get(op).expect("op in the log").clone();
+    entry
+        .requests
+        .iter()
+        .find(|r| r.client == client && r.request == request)
+        .expect("the request is in its op")
+        .payload
+        .clone()
+}
+
+fn expect_refused(sim: &Simulator, client: vsr::ClientId, request: u64) -> Result<(), Failure> {
+    match sim.last_reply {
+        Some((_, c, n, _, vsr::Outcome::Refused)) if c == client && n == request => Ok(()),
+        other => Err(failure(
+            sim,
+            format!("request {request} with another body was answered {other:?}"),
+        )),
+    }
 }
 
 /// Issue "Lose nothing" 14: limits at the top of `u64`/`usize` (a host

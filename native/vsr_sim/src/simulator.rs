@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vsr::log::Log;
 use vsr::{
     root_checksum, Checkpoint, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica,
-    ReplicaIndex, Status,
+    ReplicaIndex, Status, Submission,
 };
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
@@ -115,6 +115,8 @@ pub struct Simulator {
     /// Reads in flight: (replica, id) -> the highest op replied to when issued.
     pub reads: HashMap<(ReplicaIndex, u64), u64>,
     next_read: u64,
+    /// The last reply a host got: (replica, client, request, op, outcome).
+    pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
     /// Compactions of stores that have since crashed.
     compactions: u64,
@@ -170,6 +172,7 @@ impl Simulator {
             reads: HashMap::new(),
             frozen: vec![false; n],
             next_read: 0,
+            last_reply: None,
             rng,
             tick: 0,
             crashes: 0,
@@ -840,6 +843,7 @@ impl Simulator {
         outcome: Outcome,
     ) -> Result<(), Violation> {
         self.checker.on_reply(client, request, op, outcome)?;
+        self.last_reply = Some((r, client, request, op, outcome));
         let Some(&c) = self.client_index.get(&client) else {
             return Ok(());
         };
@@ -858,6 +862,11 @@ impl Simulator {
                 }
                 sim_client.next_request += 1;
                 sim_client.completed += 1;
+            }
+            Outcome::Refused => {
+                return Err(format!(
+                    "client {client:x}'s request {request} was refused: it sent one body per number"
+                ));
             }
             Outcome::Evicted => {
                 self.client_index.remove(&client);
@@ -885,6 +894,12 @@ impl Simulator {
         self.next_read += 1;
         self.reads.insert((r, self.next_read), self.checker.replied);
         self.input(r, Input::Read { id: self.next_read })
+    }
+
+    /// Submits `submission` through replica `r` as a host would, outside
+    /// any simulated client's script (scripted scenarios).
+    pub fn submit_through(&mut self, r: ReplicaIndex, submission: Submission) -> Result<(), Failure> {
+        self.input(r, Input::Submit(submission))
     }
 
     fn drive_clients(&mut self) -> Result<(), Failure> {

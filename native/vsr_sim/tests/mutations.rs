@@ -88,3 +88,11 @@ fn a_checkpoint_with_a_late_client_table_is_caught() {
     broken.config.mutation = Mutation::CheckpointLateClientTable;
     assert!(scenarios::far_behind_replica_syncs_state(broken).is_err());
 }
+
+#[test]
+fn answering_another_body_with_the_duplicates_reply_is_caught() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::AnswerOtherBody;
+    let failure = scenarios::duplicate_request_with_different_body_is_refused(broken).unwrap_err();
+    assert!(failure.reason.contains("another body"), "{failure}");
+}

@@ -86,6 +86,11 @@ fn a_host_whose_snapshot_differs_is_detected() {
 }
 
 #[test]
+fn duplicate_request_with_different_body_is_refused() {
+    scenarios::duplicate_request_with_different_body_is_refused(options(3, 1)).unwrap();
+}
+
+#[test]
 fn huge_limits_do_not_overflow() {
     scenarios::huge_limits_do_not_overflow(options(3, 1)).unwrap();
 }
