@@ -76,6 +76,10 @@ pub enum Mutation {
     /// A request that repeats a session's latest number with another body
     /// is answered as a duplicate of it (with the other request's op).
     AnswerOtherBody,
+    /// Read ids on the wire are the replica's own count, from 1 at every
+    /// start, without the boot nonce: an answer delayed across a restart
+    /// answers a new read.
+    ReadIdsWithoutNonce,
 }
 
 /// Everything a replica needs to know that does not change while it runs.
@@ -115,6 +119,12 @@ pub struct Config {
     pub checkpoint_chunk_bytes: usize,
     /// Seed of the replica's timer jitter, so that replicas do not time out in lockstep.
     pub jitter_seed: u64,
+    /// A number the host chooses afresh, at random, every time it starts a
+    /// replica (a restart included). The replica's read ids on the wire are
+    /// derived from it, so that an answer to a read of an earlier
+    /// incarnation, delayed in the network, is never taken for an answer
+    /// to a new read (see `read.rs`).
+    pub boot_nonce: u64,
     /// A deliberate bug for the simulator's self-test.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -140,6 +150,7 @@ impl Config {
             checkpoint_interval: 0,
             checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
+            boot_nonce: 0,
             #[cfg(feature = "mutations")]
             mutation: Mutation::None,
         }

@@ -80,7 +80,8 @@ pub enum Input<'a> {
     /// A client submits a request through this replica.
     Submit(Submission),
     /// A linearizable read through this replica; `id` is the host's, unique
-    /// among this replica's reads in flight.
+    /// among this replica's reads in flight (it never goes on the wire: it
+    /// comes back in `Output::ReadReady`).
     Read { id: u64 },
     /// The host's answer to `Output::TakeSnapshot { op }`: its application
     /// state as of op `op`, serialised.
@@ -339,7 +340,7 @@ impl Replica {
             dvcs: vec![None; config.n()],
             staging: None,
             pending: BTreeMap::new(),
-            reads: Default::default(),
+            reads: crate::read::Reads::new(config.boot_nonce),
             commit_unannounced: false,
             commit_urgent: 0,
             view_start_op: 0,
@@ -537,7 +538,7 @@ impl Replica {
                 self.on_commit(from, view, commit, round)
             }
             Message::Read { id } => self.on_read(from, id),
-            Message::ReadOk { view, id, op } => self.on_read_ok(view, id, op),
+            Message::ReadOk { view, id, op } => self.on_read_ok(from, view, id, op),
             Message::RequestPrepares {
                 view,
                 from: first,

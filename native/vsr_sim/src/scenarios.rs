@@ -459,6 +459,31 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     settle(&mut sim)
 }
 
+/// Issue "Lose nothing" 5: a `ReadOk` delayed across a restart of its
+/// origin must not answer a new read that the restarted host numbered
+/// like the old one (hosts count their reads from 1 again).
+///
+/// Replica 1's read is confirmed by the primary, whose answer is held back;
+/// replica 1 restarts, more ops commit, and its host issues read 1 again.
+/// When the old answer arrives it names an index from before those ops.
+pub fn delayed_read_ok_is_not_matched_to_a_new_read(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.network.hold(0, 1);
+    sim.issue_read(1)?;
+    sim.run_ticks(10)?; // the primary confirms it; its ReadOk waits
+    sim.crash(1);
+    sim.restart(1);
+    for _ in 0..3 {
+        commit(&mut sim, 0, 2)?;
+    }
+    sim.issue_read(1)?; // the restarted host's read 1
+    let now = sim.tick;
+    sim.network.release(now, 0, 1);
+    settle(&mut sim)
+}
+
 /// Issue "Lose nothing" 9: a request whose (client, session, request) is
 /// already known but whose body differs is refused, never answered with
 /// the other request's reply; and of two such requests in hand at once,

@@ -114,7 +114,12 @@ pub struct Simulator {
     pub frozen: Vec<bool>,
     /// Reads in flight: (replica, id) -> the highest op replied to when issued.
     pub reads: HashMap<(ReplicaIndex, u64), u64>,
-    next_read: u64,
+    /// Each replica's host numbers its reads from 1 again after a restart,
+    /// as `Visor.Server` does: read ids are unique only among a host's
+    /// reads in flight.
+    next_read: Vec<u64>,
+    /// Replica starts so far: each start's `Config::boot_nonce`.
+    boots: u64,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
@@ -136,7 +141,7 @@ impl Simulator {
         let mut rng = Rng::new(options.seed);
         let n = options.replica_count();
         let replicas = (0..n)
-            .map(|i| Some(Replica::new(options.config.clone(), i as ReplicaIndex)))
+            .map(|i| Some(Replica::new(boot_config(&options, i as u64), i as ReplicaIndex)))
             .collect();
         let clients: Vec<Client> = (0..options.clients)
             .map(|_| {
@@ -171,7 +176,8 @@ impl Simulator {
             load: options.request_probability > 0.0 || options.read_probability > 0.0,
             reads: HashMap::new(),
             frozen: vec![false; n],
-            next_read: 0,
+            next_read: vec![0; n],
+            boots: n as u64,
             last_reply: None,
             rng,
             tick: 0,
@@ -421,6 +427,7 @@ impl Simulator {
             self.crashes += 1;
         }
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
+        self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
         self.armed[r as usize] = false;
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
@@ -436,6 +443,12 @@ impl Simulator {
             disk.crash(cut);
             self.storage[r as usize] = Storage::Down(disk);
         }
+    }
+
+    /// The configuration of a replica's next start: a boot nonce of its own.
+    fn next_boot_config(&mut self) -> vsr::Config {
+        self.boots += 1;
+        boot_config(&self.options, self.boots)
     }
 
     /// Replicas down or still recovering their state.
@@ -469,8 +482,7 @@ impl Simulator {
             return;
         }
         let nonce = self.rng.next_u128();
-        let replica =
-            Replica::recovering(self.options.config.clone(), r, nonce).expect("a valid configuration");
+        let replica = Replica::recovering(self.next_boot_config(), r, nonce).expect("a valid configuration");
         if !matches!(self.storage[r as usize], Storage::None) {
             let (store, _) = open_store(&self.options, r, MemDisk::default()).expect("an empty disk");
             self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -506,7 +518,7 @@ impl Simulator {
             panic!("replica {r} restarts from a disk it does not have")
         };
         self.rot(&mut disk);
-        let config = self.options.config.clone();
+        let config = self.next_boot_config();
         let opened = open_store(&self.options, r, disk);
         let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -891,9 +903,11 @@ impl Simulator {
 
     /// Issues a linearizable read through replica `r`.
     pub fn issue_read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
-        self.next_read += 1;
-        self.reads.insert((r, self.next_read), self.checker.replied);
-        self.input(r, Input::Read { id: self.next_read })
+        let next = &mut self.next_read[r as usize];
+        *next += 1;
+        let id = *next;
+        self.reads.insert((r, id), self.checker.replied);
+        self.input(r, Input::Read { id })
     }
 
     /// Submits `submission` through replica `r` as a host would, outside
@@ -1004,6 +1018,14 @@ impl Simulator {
             })
             .sum()
     }
+}
+
+/// The replicas' configuration for the start numbered `boot`: every start
+/// has its own boot nonce, as a host's random one is.
+fn boot_config(options: &Options, boot: u64) -> vsr::Config {
+    let mut config = options.config.clone();
+    config.boot_nonce = options.seed.rotate_left(32) ^ boot;
+    config
 }
 
 /// Runs one seed.

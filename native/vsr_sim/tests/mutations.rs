@@ -96,3 +96,11 @@ fn answering_another_body_with_the_duplicates_reply_is_caught() {
     let failure = scenarios::duplicate_request_with_different_body_is_refused(broken).unwrap_err();
     assert!(failure.reason.contains("another body"), "{failure}");
 }
+
+#[test]
+fn read_ids_without_the_boot_nonce_are_caught_by_the_delayed_read_ok_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::ReadIdsWithoutNonce;
+    let failure = scenarios::delayed_read_ok_is_not_matched_to_a_new_read(broken).unwrap_err();
+    assert!(failure.reason.contains("stale read"), "{failure}");
+}

@@ -86,6 +86,11 @@ fn a_host_whose_snapshot_differs_is_detected() {
 }
 
 #[test]
+fn delayed_read_ok_is_not_matched_to_a_new_read() {
+    scenarios::delayed_read_ok_is_not_matched_to_a_new_read(options(3, 1)).unwrap();
+}
+
+#[test]
 fn duplicate_request_with_different_body_is_refused() {
     scenarios::duplicate_request_with_different_body_is_refused(options(3, 1)).unwrap();
 }
