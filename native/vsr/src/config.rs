@@ -80,6 +80,9 @@ pub enum Mutation {
     /// start, without the boot nonce: an answer delayed across a restart
     /// answers a new read.
     ReadIdsWithoutNonce,
+    /// The primary stamps prepares with its own clock alone, as before
+    /// cluster time: one clock that jumps ahead skews every later timestamp.
+    UnboundedClock,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod checksum;
 pub mod client_table;
+mod clock;
 pub mod config;
 pub mod log;
 pub mod message;

@@ -110,6 +110,7 @@ impl Replica {
             from,
             incarnations,
             message,
+            ..
         } = decoded;
         if let Message::Recovery { nonce } = message {
             // The sender has forgotten its incarnation: the nonce stands for it.

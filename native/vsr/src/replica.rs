@@ -72,8 +72,10 @@ pub struct Submission {
 /// Something that happened to the replica.
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
-    /// Time passed: one tick. `now_ns` is the host's wall clock, used only to
-    /// stamp prepares (timestamps stay strictly increasing whatever it says).
+    /// Time passed: one tick. `now_ns` is the host's wall clock, used only
+    /// for timestamps: every message carries it, and a primary stamps
+    /// prepares with it kept within its quorum's clocks (`clock.rs`;
+    /// timestamps stay strictly increasing whatever it says).
     Tick { now_ns: u64 },
     /// Bytes arrived from a peer replica.
     Receive(&'a [u8]),
@@ -180,6 +182,8 @@ pub struct Replica {
 
     pub(crate) ticks: u64,
     pub(crate) now_ns: u64,
+    /// The peers' clocks, as last heard (for timestamps: `clock.rs`).
+    pub(crate) clocks: crate::clock::Clocks,
     pub(crate) jitter_state: u64,
     pub(crate) timeout_jitter: u64,
 
@@ -317,6 +321,7 @@ impl Replica {
             client_table: ClientTable::new(config.client_table_max),
             ticks: 0,
             now_ns: 0,
+            clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
             acked: [0; MAX_REPLICAS],
@@ -485,6 +490,7 @@ impl Replica {
             self.config.cluster,
             self.index,
             &self.incarnations[..self.config.n()],
+            self.now_ns,
             message,
         )
     }
@@ -498,7 +504,11 @@ impl Replica {
 
     fn on_bytes(&mut self, bytes: &[u8]) {
         match decode(self.config.cluster, self.config.replica_count, bytes) {
-            Ok(decoded) if decoded.from != self.index => self.on_envelope(decoded),
+            Ok(decoded) if decoded.from != self.index => {
+                let from = decoded.from as usize;
+                self.clocks.heard(from, decoded.clock, self.now_ns, self.ticks);
+                self.on_envelope(decoded)
+            }
             Ok(_) => self.stats.dropped_unknown_sender += 1,
             Err(error) => {
                 let counter = match error {
@@ -717,7 +727,7 @@ impl Replica {
         {
             let batch = self.take_batch();
             let op = self.log.op() + 1;
-            let timestamp = self.now_ns.max(self.log.head_timestamp() + 1);
+            let timestamp = self.timestamp();
             let entry = Arc::new(Prepare::new(
                 self.log.head_checksum(),
                 self.view,
@@ -740,6 +750,27 @@ impl Replica {
             self.acked[self.index as usize] = op;
         }
         self.advance_commit();
+    }
+
+    /// The next prepare's timestamp: the cluster's time (this replica's
+    /// clock moved into the window a quorum's clocks agree on: `clock.rs`),
+    /// and always after the head's. Without a quorum's recent clocks, time
+    /// does not advance rather than trust this one clock.
+    fn timestamp(&self) -> u64 {
+        let after_head = self.log.head_timestamp().saturating_add(1);
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::UnboundedClock) {
+            return self.now_ns.max(after_head);
+        }
+        let now = self.clocks.cluster_now(
+            self.index as usize,
+            self.now_ns,
+            self.ticks,
+            self.config.view_change_ticks,
+            self.quorum(),
+            self.config.n(),
+        );
+        now.map_or(after_head, |now| now.max(after_head))
     }
 
     fn take_batch(&mut self) -> Vec<Request> {

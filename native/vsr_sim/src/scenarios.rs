@@ -554,6 +554,43 @@ fn expect_refused(sim: &Simulator, client: vsr::ClientId, request: u64) -> Resul
     }
 }
 
+/// Issue "Lose nothing" 10: the primary's wall clock jumps an hour ahead;
+/// its backups' clocks did not, so the timestamps it stamps stay within
+/// the quorum's clocks instead of running an hour ahead for good.
+pub fn primary_clock_jump_is_bounded(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.clock_offset_ns[0] = HOUR_NS;
+    for _ in 0..5 {
+        sim.run_ticks(20)?;
+        commit(&mut sim, 0, 1)?;
+        let op = sim.replica(0).op();
+        let stamped = sim.replica(0).log().get(op).expect("the head").timestamp;
+        let now = sim.tick * 1_000_000;
+        if stamped > now + 1_000_000_000 {
+            return Err(failure(
+                &sim,
+                format!(
+                    "op {op} stamped {} s ahead of the backups' clocks",
+                    (stamped - now) / 1_000_000_000
+                ),
+            ));
+        }
+        // Time still runs: within a few message delays (ticks) of the backups'.
+        if stamped.abs_diff(now) > 20_000_000 {
+            return Err(failure(
+                &sim,
+                format!("op {op} stamped {stamped} ns, the backups' clocks read {now} ns"),
+            ));
+        }
+    }
+    sim.clock_offset_ns[0] = 0;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
 /// Issue "Lose nothing" 14: limits at the top of `u64`/`usize` (a host
 /// that checks no range) must not overflow into a cluster that commits
 /// nothing or backups that stop executing.

@@ -120,6 +120,9 @@ pub struct Simulator {
     next_read: Vec<u64>,
     /// Replica starts so far: each start's `Config::boot_nonce`.
     boots: u64,
+    /// How far each replica's wall clock is ahead of true time, in ns
+    /// (scripted scenarios jump a replica's clock).
+    pub clock_offset_ns: Vec<u64>,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
@@ -178,6 +181,7 @@ impl Simulator {
             frozen: vec![false; n],
             next_read: vec![0; n],
             boots: n as u64,
+            clock_offset_ns: vec![0; n],
             last_reply: None,
             rng,
             tick: 0,
@@ -625,6 +629,7 @@ impl Simulator {
         for r in 0..self.n() {
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
+                let now_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
                 self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
             }
         }

@@ -104,3 +104,11 @@ fn read_ids_without_the_boot_nonce_are_caught_by_the_delayed_read_ok_scenario() 
     let failure = scenarios::delayed_read_ok_is_not_matched_to_a_new_read(broken).unwrap_err();
     assert!(failure.reason.contains("stale read"), "{failure}");
 }
+
+#[test]
+fn stamping_with_one_clock_is_caught_by_the_clock_jump_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::UnboundedClock;
+    let failure = scenarios::primary_clock_jump_is_bounded(broken).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+}

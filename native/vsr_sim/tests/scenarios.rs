@@ -96,6 +96,12 @@ fn duplicate_request_with_different_body_is_refused() {
 }
 
 #[test]
+fn primary_clock_jump_is_bounded() {
+    scenarios::primary_clock_jump_is_bounded(options(3, 1)).unwrap();
+    scenarios::primary_clock_jump_is_bounded(options(5, 1)).unwrap();
+}
+
+#[test]
 fn huge_limits_do_not_overflow() {
     scenarios::huge_limits_do_not_overflow(options(3, 1)).unwrap();
 }
