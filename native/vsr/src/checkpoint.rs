@@ -262,7 +262,7 @@ impl Replica {
             if offset >= total {
                 break;
             }
-            let end = (offset + chunk).min(total);
+            let end = offset.saturating_add(chunk).min(total);
             let message = Message::CheckpointChunk {
                 op: held.checkpoint.op,
                 digest: held.digest,
@@ -384,7 +384,7 @@ impl Replica {
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
         let (to, op, offset) = (sync.from, sync.op, sync.bytes.len() as u64);
-        sync.want_until = offset + window_chunks(chunk) * chunk;
+        sync.want_until = offset.saturating_add(window_chunks(chunk).saturating_mul(chunk));
         self.send(to, &Message::RequestCheckpoint { op, offset });
     }
 

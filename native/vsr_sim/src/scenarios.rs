@@ -608,11 +608,25 @@ pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> 
     c.client_table_max = usize::MAX;
     c.message_entries_max = usize::MAX;
     c.checkpoint_chunk_bytes = usize::MAX;
-    let mut sim = Simulator::new(options);
+    let mut sim = Simulator::new(options.clone());
     register_all(&mut sim, 1)?;
     let n = sim.n();
     for i in 0..10 {
         commit(&mut sim, 0, (i % n) as ReplicaIndex)?;
     }
-    settle(&mut sim)
+    settle(&mut sim)?;
+    // With checkpoints: a replica behind the others' log base syncs the
+    // state in one chunk of "at most 2^64-1 bytes".
+    options.config.checkpoint_interval = 4;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for _ in 0..20 {
+        commit(&mut sim, 0, 0)?;
+    }
+    settle(&mut sim)?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 caught up without a state sync".into()));
+    }
+    Ok(())
 }
