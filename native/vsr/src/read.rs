@@ -258,3 +258,58 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::encode;
+    use crate::replica::Input;
+
+    fn read_ok(from: ReplicaIndex, view: View, id: u64) -> Vec<u8> {
+        encode(1, from, &[0, 0, 0], 1, &Message::ReadOk { view, id, op: 0 })
+    }
+
+    fn ready(outputs: &[Output]) -> Vec<u64> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ReadReady { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_ok_counts_only_from_the_primary_of_the_view_the_read_was_sent_in() {
+        let mut replica = Replica::new(Config::new(1, 3), 1);
+        replica.step(Input::Tick { now_ns: 1 });
+        replica.step(Input::Read { id: 7 });
+        let wire = *replica.reads.pending.keys().next().expect("a pending read");
+        assert_ne!(wire, 7, "the host's id stays off the wire");
+        // From a backup of the view, from the primary of a view it was not
+        // sent in, or for another id: ignored.
+        for bytes in [read_ok(2, 0, wire), read_ok(0, 3, wire), read_ok(0, 0, wire + 1)] {
+            assert!(ready(&replica.step(Input::Receive(&bytes))).is_empty());
+        }
+        // From view 0's primary: the host's read 7 is ready.
+        assert_eq!(
+            ready(&replica.step(Input::Receive(&read_ok(0, 0, wire)))),
+            vec![7]
+        );
+    }
+
+    #[test]
+    fn incarnations_number_their_reads_apart() {
+        let ids = |nonce: u64| {
+            let mut config = Config::new(1, 3);
+            config.boot_nonce = nonce;
+            let mut replica = Replica::new(config, 1);
+            replica.step(Input::Read { id: 1 });
+            *replica.reads.pending.keys().next().expect("a pending read")
+        };
+        // Boot nonces one apart (clock readings) still give far-apart ids.
+        let (a, b) = (ids(1_000), ids(1_001));
+        assert!(a.abs_diff(b) > 1 << 32, "{a} and {b}");
+    }
+}
