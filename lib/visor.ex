@@ -152,7 +152,8 @@ defmodule Visor do
   @doc """
   Like `c:handle_commit/2`, with the command's metadata: its op number, the
   view and the primary's timestamp (ns since the epoch, strictly increasing
-  along the log). When a module defines both, this one is used.
+  along the log; the primary's clock kept within its quorum's clocks, see
+  docs/protocol.md, "Timestamps"). When a module defines both, this one is used.
   """
   @callback handle_commit(command(), meta(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}

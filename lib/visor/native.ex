@@ -30,8 +30,9 @@ defmodule Visor.Native do
       store opened (`:created`, `:restarted`, `:recovering`), then write
       failures (`:error`) and their end (`:resumed`).
 
-  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}` or
-  `:evicted`. If the group fails (a bug in the engine), the owner gets
+  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
+  `:evicted` or `:refused` (the session's latest request has this number
+  but another body: not applied). If the group fails (a bug in the engine), the owner gets
   `{:visor_engine_down, engine, reason}` once and the group is gone.
 
   Every function returns in microseconds: it validates its arguments
@@ -44,6 +45,8 @@ defmodule Visor.Native do
   # Where the .so is when this module was compiled from source: used when
   # :visor is not a known application (e.g. beams loaded by path alone).
   @source_priv Path.expand("../../priv", __DIR__)
+
+  import Bitwise, only: [<<<: 2]
 
   @u64_max 0xFFFF_FFFF_FFFF_FFFF
   @max_replicas 6
@@ -84,6 +87,27 @@ defmodule Visor.Native do
   @spec config_keys() :: [atom()]
   def config_keys, do: @config_keys
 
+  # The range of each, as vsr's `config::RANGES` (checked again by the NIF).
+  @config_ranges %{
+    batch_max_requests: 1..65_536,
+    batch_max_bytes: 1..(1 <<< 30),
+    pipeline_max: 1..1024,
+    request_queue_max: 1..(1 <<< 20),
+    client_table_max: 1..(1 <<< 20),
+    message_entries_max: 1..65_536,
+    heartbeat_ticks: 1..1_000_000,
+    prepare_retry_ticks: 1..1_000_000,
+    view_change_ticks: 3..1_000_000,
+    resend_ticks: 1..1_000_000,
+    request_retry_ticks: 1..1_000_000,
+    checkpoint_interval: 0..(1 <<< 32),
+    checkpoint_chunk_bytes: 1..(1 <<< 26)
+  }
+
+  @doc "The values `start/2` accepts for the protocol limit `key` (one of `config_keys/0`)."
+  @spec config_range(atom()) :: Range.t()
+  def config_range(key), do: Map.fetch!(@config_ranges, key)
+
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()
   @typedoc "A client id: 16 bytes (a little-endian u128)."
@@ -93,6 +117,7 @@ defmodule Visor.Native do
           | {:duplicate, op :: non_neg_integer()}
           | {:registered, session :: non_neg_integer()}
           | :evicted
+          | :refused
 
   @doc false
   def load_nif do

@@ -74,6 +74,9 @@ defmodule Visor.Options do
   # one replica's pace: replicas that differ in them still agree.
   @shared_settings [:client_table_max, :checkpoint_interval, :checkpoint_chunk_bytes]
 
+  # With the default client_table_max (24 x pool_size) inside its range.
+  @max_pool_size 10_000
+
   # Engine options passed through to Visor.Native.start/2 as they are.
   @engine_keys [
     :tick_ms,
@@ -115,7 +118,7 @@ defmodule Visor.Options do
 
     membership = membership!(module, opts)
     storage = storage!(module, opts)
-    pool_size = positive!(module, opts, :pool_size, @default_pool_size)
+    pool_size = in_range!(module, opts, :pool_size, @default_pool_size, 1..@max_pool_size)
 
     engine =
       opts
@@ -131,9 +134,10 @@ defmodule Visor.Options do
         max(@default_client_table_max, 4 * pool_size * @max_replicas)
       )
 
-    for {key, value} <- engine, not (is_integer(value) and value > 0) do
+    for {key, value} <- engine, not (is_integer(value) and value in engine_range(key)) do
       raise ArgumentError,
-            "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
+            "#{inspect(module)}: #{key} must be an integer in #{range_text(engine_range(key))}, " <>
+              "got: #{inspect(value)}"
     end
 
     if storage == :memory and Map.has_key?(engine, :wal_compact_bytes) do
@@ -150,12 +154,13 @@ defmodule Visor.Options do
     end
 
     checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
+    checkpoint_range = Visor.Native.config_range(:checkpoint_interval)
 
-    unless is_integer(checkpoint_every) and checkpoint_every >= 0 and
-             checkpoint_every < 1 <<< 64 do
+    unless is_integer(checkpoint_every) and checkpoint_every in checkpoint_range do
       raise ArgumentError,
-            "#{inspect(module)}: checkpoint_every must be a non-negative integer " <>
-              "(0 disables checkpoints), got: #{inspect(checkpoint_every)}"
+            "#{inspect(module)}: checkpoint_every must be an integer in " <>
+              "#{range_text(checkpoint_range)} (0 disables checkpoints), " <>
+              "got: #{inspect(checkpoint_every)}"
     end
 
     engine = Map.put(engine, :checkpoint_interval, checkpoint_every)
@@ -308,14 +313,26 @@ defmodule Visor.Options do
     sorted
   end
 
-  defp positive!(module, opts, key, default) do
+  defp in_range!(module, opts, key, default, range) do
     case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
+      value when is_integer(value) ->
+        if value in range, do: value, else: out_of_range!(module, key, range, value)
 
       value ->
-        raise ArgumentError,
-              "#{inspect(module)}: #{key} must be a positive integer, got: #{inspect(value)}"
+        out_of_range!(module, key, range, value)
     end
   end
+
+  defp out_of_range!(module, key, range, value) do
+    raise ArgumentError,
+          "#{inspect(module)}: #{key} must be an integer in #{range_text(range)}, " <>
+            "got: #{inspect(value)}"
+  end
+
+  # The range each engine option accepts (docs/operations.md, "Starting a group").
+  defp engine_range(:tick_ms), do: 1..60_000
+  defp engine_range(:wal_compact_bytes), do: 1..((1 <<< 64) - 1)
+  defp engine_range(key), do: Visor.Native.config_range(key)
+
+  defp range_text(first..last//1), do: "#{first}..#{last}"
 end

@@ -780,6 +780,11 @@ defmodule Visor.Server do
           {job.result || {:error, {:duplicate, op}},
            Sessions.settle(state.sessions, client, request)}
 
+        # Another body under this number ran: this command did not, and the
+        # session's numbering is no longer this slot's to trust.
+        :refused ->
+          {{:error, :refused}, Sessions.drop(state.sessions, client)}
+
         # The session is gone: its slot is replaced by a fresh one later.
         _evicted ->
           {{:error, :unknown_outcome}, Sessions.drop(state.sessions, client)}

@@ -62,6 +62,15 @@ defmodule Visor.NativeTest do
       bad = Map.merge(good, %{heartbeat_ticks: 10, view_change_ticks: 20})
       error = assert_raise ArgumentError, fn -> Native.start(bad, self()) end
       assert error.message =~ "view_change_ticks"
+
+      # Issue "Lose nothing" 14: ranges, checked by the NIF too.
+      for {key, value} <- [pipeline_max: (1 <<< 64) - 1, view_change_ticks: (1 <<< 64) - 1] do
+        error =
+          assert_raise ArgumentError, fn -> Native.start(Map.put(good, key, value), self()) end
+
+        range = Native.config_range(key)
+        assert error.message =~ "#{key} must be an integer in #{range.first}..#{range.last}"
+      end
     end
 
     test "opts and owner must have the right shape", %{good: good} do

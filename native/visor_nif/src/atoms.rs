@@ -24,6 +24,7 @@ rustler::atoms! {
     duplicate,
     registered,
     evicted,
+    refused,
 
     // Storage notices and the storage part of the status map.
     storage,

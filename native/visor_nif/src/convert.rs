@@ -146,6 +146,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         }
     }
     config.validate()?;
+    config.check_ranges()?;
     let recover = match opts.map_get(atoms::recover()) {
         Err(_) => false,
         Ok(value) => value
@@ -225,13 +226,14 @@ pub fn client<'a>(env: Env<'a>, client: u128) -> Term<'a> {
     binary(env, &client.to_le_bytes())
 }
 
-/// `:executed | {:duplicate, op} | {:registered, session} | :evicted`
+/// `:executed | {:duplicate, op} | {:registered, session} | :evicted | :refused`
 pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     match *outcome {
         Outcome::Executed => atoms::executed().encode(env),
         Outcome::Duplicate { op } => (atoms::duplicate(), op).encode(env),
         Outcome::Registered { session } => (atoms::registered(), session).encode(env),
         Outcome::Evicted => atoms::evicted().encode(env),
+        Outcome::Refused => atoms::refused().encode(env),
     }
 }
 

@@ -44,6 +44,15 @@ fn checksum<'a>(env: Env<'a>, bytes: Binary<'a>) -> Binary<'a> {
     out.into()
 }
 
+/// A random number from the standard library's per-process hash keys,
+/// stirred by a counter (no randomness crate needed for a nonce).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT_ID.load(Ordering::Relaxed));
+    hasher.finish()
+}
+
 /// `{:ok, engine}` or `{:error, message}` (the message names the bad option).
 #[rustler::nif]
 fn nif_start<'a>(env: Env<'a>, opts: Term<'a>, owner: LocalPid) -> Term<'a> {
@@ -65,6 +74,9 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ id;
+    // Read ids on the wire derive from it: it must differ at every start
+    // (a restart's reads must not match answers to the last one's).
+    config.boot_nonce = config.jitter_seed ^ random_u64();
     let count = config.replica_count;
     let index = options.replica_index;
     // Cannot fail: decode_options validated the config and the index.

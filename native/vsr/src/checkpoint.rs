@@ -520,11 +520,14 @@ impl Replica {
     /// log; pins whose peer stopped asking (for `4 * view_change_ticks`,
     /// when the peer gives its sync up too) are dropped.
     fn pinned_floor(&mut self) -> Option<Op> {
-        let expiry = 4 * self.config.view_change_ticks;
+        let expiry = self.config.view_change_ticks.saturating_mul(4);
         let ticks = self.ticks;
         let pins = &mut self.checkpoints.pins;
         for pin in pins.iter_mut() {
-            if pin.as_ref().is_some_and(|p| ticks >= p.last + expiry) {
+            if pin
+                .as_ref()
+                .is_some_and(|p| ticks >= p.last.saturating_add(expiry))
+            {
                 *pin = None;
             }
         }
@@ -544,7 +547,7 @@ impl Replica {
             if offset >= total {
                 break;
             }
-            let end = (offset + chunk).min(total);
+            let end = offset.saturating_add(chunk).min(total);
             let message = Message::CheckpointChunk {
                 op: held.checkpoint.op,
                 digest: held.digest,
@@ -605,7 +608,11 @@ impl Replica {
         let same = |s: &Sync| s.op == op && s.digest == digest && s.total == total;
         // A newer checkpoint replaces the one being assembled only if that
         // one stalled: under load, checkpoints come faster than a sync.
-        let stalled = |s: &Sync| self.ticks >= s.last_progress + 2 * self.config.resend_ticks;
+        let stalled = |s: &Sync| {
+            self.ticks
+                >= s.last_progress
+                    .saturating_add(self.config.resend_ticks.saturating_mul(2))
+        };
         match &self.checkpoints.sync {
             Some(s) if same(s) => {}
             Some(s) if s.op >= op || !stalled(s) => return,
@@ -673,7 +680,7 @@ impl Replica {
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
         let (to, op, offset) = (sync.from, sync.op, sync.bytes.len() as u64);
-        sync.want_until = offset + window_chunks(chunk) * chunk;
+        sync.want_until = offset.saturating_add(window_chunks(chunk).saturating_mul(chunk));
         self.send(to, &Message::RequestCheckpoint { op, offset });
     }
 
@@ -683,7 +690,11 @@ impl Replica {
         let Some(sync) = &self.checkpoints.sync else {
             return;
         };
-        if sync.op < self.sync_floor() || self.ticks >= sync.last_progress + 4 * self.config.view_change_ticks
+        if sync.op < self.sync_floor()
+            || self.ticks
+                >= sync
+                    .last_progress
+                    .saturating_add(self.config.view_change_ticks.saturating_mul(4))
         {
             self.checkpoints.sync = None;
             return;

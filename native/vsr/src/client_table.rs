@@ -12,9 +12,18 @@
 //! from 1 again registers a new session instead of having its requests taken
 //! for old duplicates, and a client evicted from the full table is told so
 //! instead of having a retried request executed a second time.
+//!
+//! A session also remembers a checksum of its latest request's payload, so
+//! that a request with the same (client, session, request) but another
+//! body (a client that reused a number, or two clients sharing an id) is
+//! refused rather than answered with the other request's reply. The
+//! comparison uses only the committed payloads, so every replica decides
+//! the same. An *older* request number carries no body to compare with and
+//! stays `Duplicate { op: 0 }`, which names no reply.
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::checksum::checksum;
 use crate::config::{ClientId, Op};
 use crate::message::Request;
 
@@ -30,6 +39,9 @@ pub enum Outcome {
     Duplicate { op: Op },
     /// The session is unknown (evicted, or never registered): not executed.
     Evicted,
+    /// The session's latest request has this number but another body: this
+    /// one is not executed (and gets none of the other's reply).
+    Refused,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +50,8 @@ struct Session {
     request: u64,
     /// Op that last executed a request of this client: the eviction order.
     last_op: Op,
+    /// Checksum of the payload of request number `request`.
+    body: u128,
 }
 
 /// Sessions of at most `capacity` clients; the least recently active is
@@ -84,6 +98,7 @@ impl ClientTable {
                     session: op,
                     request: 0,
                     last_op: op,
+                    body: checksum(&request.payload),
                 },
             );
             return Outcome::Registered { session: op };
@@ -93,7 +108,7 @@ impl ClientTable {
                 if request.request < s.request {
                     Outcome::Duplicate { op: 0 }
                 } else if request.request == s.request {
-                    Outcome::Duplicate { op: s.last_op }
+                    same_body_or_refused(&s, request)
                 } else {
                     self.by_activity.remove(&(s.last_op, request.client));
                     self.insert(
@@ -101,6 +116,7 @@ impl ClientTable {
                         Session {
                             request: request.request,
                             last_op: op,
+                            body: checksum(&request.payload),
                             ..s
                         },
                     );
@@ -124,7 +140,7 @@ impl ClientTable {
         }
         match request.request.cmp(&s.request) {
             std::cmp::Ordering::Less => Some(Outcome::Duplicate { op: 0 }),
-            std::cmp::Ordering::Equal => Some(Outcome::Duplicate { op: s.last_op }),
+            std::cmp::Ordering::Equal => Some(same_body_or_refused(s, request)),
             std::cmp::Ordering::Greater => None,
         }
     }
@@ -132,10 +148,10 @@ impl ClientTable {
     /// The table as bytes, for a checkpoint: every session, by client id,
     /// so that equal tables encode equally on every replica.
     pub fn encode(&self) -> Vec<u8> {
-        let mut sessions: Vec<(ClientId, Op, u64, Op)> = self
+        let mut sessions: Vec<(ClientId, Op, u64, Op, u128)> = self
             .sessions
             .iter()
-            .map(|(&c, s)| (c, s.session, s.request, s.last_op))
+            .map(|(&c, s)| (c, s.session, s.request, s.last_op, s.body))
             .collect();
         sessions.sort_unstable();
         postcard::to_allocvec(&sessions).expect("encoding to a Vec cannot fail")
@@ -143,15 +159,16 @@ impl ClientTable {
 
     /// A table from [`ClientTable::encode`]'s bytes; `None` if they do not decode.
     pub fn decode(capacity: usize, bytes: &[u8]) -> Option<ClientTable> {
-        let sessions: Vec<(ClientId, Op, u64, Op)> = postcard::from_bytes(bytes).ok()?;
+        let sessions: Vec<(ClientId, Op, u64, Op, u128)> = postcard::from_bytes(bytes).ok()?;
         let mut table = ClientTable::new(capacity);
-        for (client, session, request, last_op) in sessions {
+        for (client, session, request, last_op, body) in sessions {
             table.insert(
                 client,
                 Session {
                     session,
                     request,
                     last_op,
+                    body,
                 },
             );
         }
@@ -159,6 +176,13 @@ impl ClientTable {
             table.evict_oldest();
         }
         Some(table)
+    }
+
+    /// The op of `client`'s latest request (for a mutation that answers a
+    /// refused request with it).
+    #[cfg(feature = "mutations")]
+    pub(crate) fn last_op(&self, client: ClientId) -> Op {
+        self.sessions.get(&client).map_or(0, |s| s.last_op)
     }
 
     fn insert(&mut self, client: ClientId, session: Session) {
@@ -170,6 +194,16 @@ impl ClientTable {
         if let Some((_, client)) = self.by_activity.pop_first() {
             self.sessions.remove(&client);
         }
+    }
+}
+
+/// A repeat of a session's latest request is a duplicate only with the
+/// same body; with another it is refused.
+fn same_body_or_refused(s: &Session, request: &Request) -> Outcome {
+    if checksum(&request.payload) == s.body {
+        Outcome::Duplicate { op: s.last_op }
+    } else {
+        Outcome::Refused
     }
 }
 
@@ -197,6 +231,21 @@ mod tests {
         assert_eq!(t.settled(&req(9, 1, 2)), None);
         assert_eq!(t.execute(4, &req(9, 1, 2)), Outcome::Executed);
         assert_eq!(t.execute(5, &req(9, 1, 1)), Outcome::Duplicate { op: 0 });
+    }
+
+    #[test]
+    fn the_latest_request_with_another_body_is_refused() {
+        let mut t = ClientTable::new(8);
+        t.execute(1, &req(9, 0, 0));
+        assert_eq!(t.execute(2, &req(9, 1, 1)), Outcome::Executed);
+        let mut other = req(9, 1, 1);
+        other.payload = vec![7];
+        assert_eq!(t.settled(&other), Some(Outcome::Refused));
+        assert_eq!(t.execute(3, &other), Outcome::Refused);
+        // Refusing changes nothing: the original is still the duplicate.
+        assert_eq!(t.execute(4, &req(9, 1, 1)), Outcome::Duplicate { op: 2 });
+        let u = ClientTable::decode(8, &t.encode()).unwrap();
+        assert_eq!(u.settled(&other), Some(Outcome::Refused));
     }
 
     #[test]

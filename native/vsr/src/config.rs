@@ -26,6 +26,27 @@ pub fn quorum(replica_count: usize) -> usize {
     replica_count / 2 + 1
 }
 
+/// The range a host accepts for each limit a user may set (checked at
+/// start by [`Config::check_ranges`]; docs/operations.md lists them). The
+/// core itself is correct for any positive value (its arithmetic on these
+/// saturates); the ranges keep a typo from making a cluster that never
+/// times out, never resends or never checkpoints.
+pub const RANGES: [(&str, u64, u64); 13] = [
+    ("batch_max_requests", 1, 65_536),
+    ("batch_max_bytes", 1, 1 << 30),
+    ("pipeline_max", 1, 1_024),
+    ("request_queue_max", 1, 1 << 20),
+    ("client_table_max", 1, 1 << 20),
+    ("message_entries_max", 1, 65_536),
+    ("heartbeat_ticks", 1, 1_000_000),
+    ("prepare_retry_ticks", 1, 1_000_000),
+    ("view_change_ticks", 3, 1_000_000),
+    ("resend_ticks", 1, 1_000_000),
+    ("request_retry_ticks", 1, 1_000_000),
+    ("checkpoint_interval", 0, 1 << 32),
+    ("checkpoint_chunk_bytes", 1, 1 << 26),
+];
+
 /// A deliberate protocol bug, compiled only with the `mutations` feature, so
 /// that the simulator's own tests can prove its checkers catch broken code.
 #[cfg(feature = "mutations")]
@@ -78,6 +99,16 @@ pub enum Mutation {
     /// A replica does not pin the checkpoint it sends a syncing peer: a
     /// sync that outlasts two checkpoint intervals restarts forever.
     UnpinnedSync,
+    /// A request that repeats a session's latest number with another body
+    /// is answered as a duplicate of it (with the other request's op).
+    AnswerOtherBody,
+    /// Read ids on the wire are the replica's own count, from 1 at every
+    /// start, without the boot nonce: an answer delayed across a restart
+    /// answers a new read.
+    ReadIdsWithoutNonce,
+    /// The primary stamps prepares with its own clock alone, as before
+    /// cluster time: one clock that jumps ahead skews every later timestamp.
+    UnboundedClock,
 }
 
 /// Everything a replica needs to know that does not change while it runs.
@@ -117,6 +148,12 @@ pub struct Config {
     pub checkpoint_chunk_bytes: usize,
     /// Seed of the replica's timer jitter, so that replicas do not time out in lockstep.
     pub jitter_seed: u64,
+    /// A number the host chooses afresh, at random, every time it starts a
+    /// replica (a restart included). The replica's read ids on the wire are
+    /// derived from it, so that an answer to a read of an earlier
+    /// incarnation, delayed in the network, is never taken for an answer
+    /// to a new read (see `read.rs`).
+    pub boot_nonce: u64,
     /// A deliberate bug for the simulator's self-test.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -142,6 +179,7 @@ impl Config {
             checkpoint_interval: 0,
             checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
+            boot_nonce: 0,
             #[cfg(feature = "mutations")]
             mutation: Mutation::None,
         }
@@ -169,7 +207,7 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
-        if self.view_change_ticks <= 2 * self.heartbeat_ticks {
+        if self.view_change_ticks <= self.heartbeat_ticks.saturating_mul(2) {
             return Err("view_change_ticks must exceed twice heartbeat_ticks".into());
         }
         Ok(())
@@ -200,6 +238,32 @@ impl Config {
             seed.extend_from_slice(&setting.to_le_bytes());
         }
         checksum(&seed)
+    }
+
+    /// Checks every limit is within its [`RANGES`] entry; the error names
+    /// the first that is not, and its range.
+    pub fn check_ranges(&self) -> Result<(), String> {
+        let values = [
+            self.batch_max_requests as u64,
+            self.batch_max_bytes as u64,
+            self.pipeline_max,
+            self.request_queue_max as u64,
+            self.client_table_max as u64,
+            self.message_entries_max as u64,
+            self.heartbeat_ticks,
+            self.prepare_retry_ticks,
+            self.view_change_ticks,
+            self.resend_ticks,
+            self.request_retry_ticks,
+            self.checkpoint_interval,
+            self.checkpoint_chunk_bytes as u64,
+        ];
+        for ((name, min, max), value) in RANGES.iter().zip(values) {
+            if !(*min..=*max).contains(&value) {
+                return Err(format!("{name} must be an integer in {min}..{max}, got {value}"));
+            }
+        }
+        Ok(())
     }
 
     /// Number of replicas as a `usize`.
@@ -252,6 +316,27 @@ mod tests {
             change(&mut c);
             assert_ne!(base.wire_cluster(), c.wire_cluster());
         }
+    }
+
+    #[test]
+    fn defaults_are_in_range_and_huge_values_are_not() {
+        let mut c = Config::new(1, 3);
+        assert!(c.check_ranges().is_ok());
+        c.checkpoint_interval = 10_000;
+        assert!(c.check_ranges().is_ok());
+        c.pipeline_max = u64::MAX;
+        let error = c.check_ranges().unwrap_err();
+        assert!(
+            error.contains("pipeline_max must be an integer in 1..1024"),
+            "{error}"
+        );
+        let mut c = Config::new(1, 3);
+        c.view_change_ticks = u64::MAX;
+        assert!(
+            c.validate().is_ok(),
+            "the core itself copes (saturating arithmetic)"
+        );
+        assert!(c.check_ranges().unwrap_err().contains("view_change_ticks"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod checksum;
 pub mod client_table;
+mod clock;
 pub mod config;
 pub mod log;
 pub mod message;
@@ -22,6 +23,6 @@ pub use checksum::{checksum, root_checksum};
 pub use client_table::Outcome;
 #[cfg(feature = "mutations")]
 pub use config::Mutation;
-pub use config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
+pub use config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS, RANGES};
 pub use message::{DecodeError, Decoded, Message, Prepare, Request};
 pub use replica::{DurableState, Input, Output, Replica, Stats, Status, Submission};

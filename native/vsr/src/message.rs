@@ -57,6 +57,15 @@ impl Request {
     pub fn is_register(&self) -> bool {
         self.request == 0
     }
+
+    /// Whether `other` is this request again (from any origin): the same
+    /// client, session, number and body.
+    pub fn same_as(&self, other: &Request) -> bool {
+        self.client == other.client
+            && self.session == other.session
+            && self.request == other.request
+            && self.payload == other.payload
+    }
 }
 
 /// A log entry: a batch of requests the primary of `view` assigned to `op`.
@@ -280,17 +289,27 @@ pub enum DecodeError {
 pub struct Decoded {
     pub from: ReplicaIndex,
     pub incarnations: Vec<u64>,
+    /// The sender's wall clock (ns) when it sent this; 0 if it had none yet.
+    pub clock: u64,
     pub message: Message,
 }
 
-/// Encodes `message` from replica `from` of `cluster`, with the sender's crash vector.
-pub fn encode(cluster: u128, from: ReplicaIndex, incarnations: &[u64], message: &Message) -> Vec<u8> {
+/// Encodes `message` from replica `from` of `cluster`, with the sender's
+/// crash vector and wall clock (ns).
+pub fn encode(
+    cluster: u128,
+    from: ReplicaIndex,
+    incarnations: &[u64],
+    clock: u64,
+    message: &Message,
+) -> Vec<u8> {
     let mut bytes = vec![0u8; HEADER_LEN];
     bytes[16..18].copy_from_slice(&MAGIC.to_le_bytes());
     bytes[18..20].copy_from_slice(&WIRE_VERSION.to_le_bytes());
     bytes[20..36].copy_from_slice(&cluster.to_le_bytes());
     bytes[36] = from;
-    let bytes = postcard::to_extend(&(incarnations, message), bytes).expect("encoding to a Vec cannot fail");
+    let bytes =
+        postcard::to_extend(&(incarnations, clock, message), bytes).expect("encoding to a Vec cannot fail");
     let mut bytes = bytes;
     let sum = checksum(&bytes[16..]);
     bytes[0..16].copy_from_slice(&sum.to_le_bytes());
@@ -319,7 +338,7 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
     if from >= replica_count {
         return Err(DecodeError::UnknownSender);
     }
-    let (incarnations, message): (Vec<u64>, Message) =
+    let (incarnations, clock, message): (Vec<u64>, u64, Message) =
         postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
     if incarnations.len() != replica_count as usize {
         return Err(DecodeError::Malformed);
@@ -330,6 +349,7 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
     Ok(Decoded {
         from,
         incarnations,
+        clock,
         message,
     })
 }
@@ -397,10 +417,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let bytes = encode(42, 1, &[0, 0, 0], &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
         let decoded = Decoded {
             from: 1,
             incarnations: vec![0, 0, 0],
+            clock: 7,
             message: sample(),
         };
         assert_eq!(decode(42, 3, &bytes), Ok(decoded));
@@ -408,7 +429,7 @@ mod tests {
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
         for i in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[i / 8] ^= 1 << (i % 8);
@@ -418,7 +439,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
         for len in 0..bytes.len() {
             assert!(
                 decode(42, 3, &bytes[..len]).is_err(),
@@ -429,7 +450,7 @@ mod tests {
 
     #[test]
     fn foreign_cluster_and_sender_are_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], &sample());
+        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
         assert_eq!(decode(43, 3, &bytes), Err(DecodeError::ForeignCluster));
         assert_eq!(decode(42, 1, &bytes), Err(DecodeError::UnknownSender));
     }
@@ -445,7 +466,7 @@ mod tests {
             checkpoint: (0, 0),
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),
+            decode(42, 3, &encode(42, 0, &[0, 0, 0], 7, &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -463,7 +484,7 @@ mod tests {
             entries: vec![a, b],
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &[0, 0, 0], &message)),
+            decode(42, 3, &encode(42, 0, &[0, 0, 0], 7, &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -476,6 +497,7 @@ mod tests {
                 42,
                 1,
                 &[0, 0, 0],
+                7,
                 &Message::Commit {
                     view: 0,
                     commit: 0,

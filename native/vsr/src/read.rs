@@ -12,6 +12,15 @@
 //! committed, so no later view change can lose it (an uncommitted log head
 //! could be, leaving the read waiting forever: seed 28348 of an earlier
 //! build). The origin serves the read as soon as it has executed up to it.
+//!
+//! A `ReadOk` answers a read only if it comes from the primary of the view
+//! the read was last sent in, in that view, and names the read's wire id.
+//! Wire ids are this replica's own: a count from 1, offset by a number
+//! drawn from the host's `Config::boot_nonce`, which differs at every
+//! start. The host's ids (which `Visor.Server` counts from 1 again after a
+//! restart) never reach the wire, so a `ReadOk` delayed across a restart
+//! cannot answer a new read with an index from before it (issue "Lose
+//! nothing" 5).
 
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
@@ -31,7 +40,11 @@ pub(crate) struct ConfirmingRead {
 /// A read submitted here, waiting for its index and then for execution.
 #[derive(Clone, Debug)]
 pub(crate) struct PendingRead {
+    /// The host's id for it, given back in `ReadReady`.
+    host_id: u64,
     pub(crate) sent_tick: u64,
+    /// The view it was last sent in: only that view's primary may answer.
+    sent_view: View,
     pub(crate) op: Option<Op>,
 }
 
@@ -46,11 +59,23 @@ pub(crate) struct Reads {
     confirming: Vec<ConfirmingRead>,
     /// Backup: the last round heard from the primary in this view.
     pub(crate) heard_round: u64,
-    /// Origin: reads submitted here, by id.
+    /// Origin: reads submitted here, by wire id.
     pub(crate) pending: std::collections::BTreeMap<u64, PendingRead>,
+    /// Origin: wire ids are `id_base + n` for the n-th read of this
+    /// incarnation; `id_base` is drawn from `Config::boot_nonce`.
+    id_base: u64,
+    submitted: u64,
 }
 
 impl Reads {
+    /// Read-index state for a replica started with `boot_nonce`.
+    pub(crate) fn new(boot_nonce: u64) -> Reads {
+        Reads {
+            id_base: spread(boot_nonce),
+            ..Reads::default()
+        }
+    }
+
     /// Forgets the rounds an older incarnation of `replica` answered.
     pub(crate) fn forget(&mut self, replica: usize) {
         self.answered[replica] = 0;
@@ -64,13 +89,31 @@ impl Reads {
     }
 }
 
+/// splitmix64's finaliser: nonces that are close together (clock readings)
+/// give id bases far apart, so two incarnations' ids do not overlap.
+fn spread(nonce: u64) -> u64 {
+    let mut z = nonce.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl Replica {
-    /// A read submitted through this replica.
-    pub(crate) fn on_read_submit(&mut self, id: u64) {
+    /// A read submitted through this replica; `host_id` is the host's.
+    pub(crate) fn on_read_submit(&mut self, host_id: u64) {
+        self.reads.submitted += 1;
+        #[allow(unused_mut)]
+        let mut id = self.reads.id_base.wrapping_add(self.reads.submitted);
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::ReadIdsWithoutNonce) {
+            id = self.reads.submitted;
+        }
         self.reads.pending.insert(
             id,
             PendingRead {
+                host_id,
                 sent_tick: self.ticks,
+                sent_view: self.view,
                 op: None,
             },
         );
@@ -80,6 +123,9 @@ impl Replica {
     pub(crate) fn route_read(&mut self, id: u64) {
         if self.status != Status::Normal {
             return; // retried once a view is running
+        }
+        if let Some(read) = self.reads.pending.get_mut(&id) {
+            read.sent_view = self.view;
         }
         if self.is_primary_of_view() {
             self.on_read(self.index, id);
@@ -96,7 +142,7 @@ impl Replica {
             .reads
             .pending
             .iter_mut()
-            .filter(|(_, r)| r.op.is_none() && r.sent_tick + retry <= self.ticks)
+            .filter(|(_, r)| r.op.is_none() && r.sent_tick.saturating_add(retry) <= self.ticks)
             .map(|(id, r)| {
                 r.sent_tick = self.ticks;
                 *id
@@ -167,7 +213,7 @@ impl Replica {
         let op = self.commit_max;
         for read in ready {
             if read.origin == self.index {
-                self.on_read_ok(self.view, read.id, op);
+                self.on_read_ok(self.index, self.view, read.id, op);
             } else {
                 // The origin serves the read once it has executed up to
                 // `op`: it must hear the commit number now.
@@ -184,10 +230,15 @@ impl Replica {
         }
     }
 
-    /// On the origin: the read's index is known.
-    pub(crate) fn on_read_ok(&mut self, _view: View, id: u64, op: Op) {
+    /// On the origin: `from`, primary of `view`, gives read `id` its index.
+    /// Only the primary of the view the read was last sent in may: an answer
+    /// from another view, or another sender, is for a read this one is not.
+    pub(crate) fn on_read_ok(&mut self, from: ReplicaIndex, view: View, id: u64, op: Op) {
+        let primary = self.config.primary(view);
         if let Some(read) = self.reads.pending.get_mut(&id) {
-            read.op.get_or_insert(op);
+            if read.sent_view == view && from == primary {
+                read.op.get_or_insert(op);
+            }
         }
         self.serve_reads();
     }
@@ -205,8 +256,65 @@ impl Replica {
             .filter_map(|(id, r)| r.op.filter(|&op| op <= executed).map(|op| (*id, op)))
             .collect();
         for (id, op) in ready {
-            self.reads.pending.remove(&id);
-            self.out.push(Output::ReadReady { id, op });
+            if let Some(read) = self.reads.pending.remove(&id) {
+                self.out.push(Output::ReadReady { id: read.host_id, op });
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::encode;
+    use crate::replica::Input;
+
+    fn read_ok(from: ReplicaIndex, view: View, id: u64) -> Vec<u8> {
+        let cluster = Config::new(1, 3).wire_cluster();
+        encode(cluster, from, &[0, 0, 0], 1, &Message::ReadOk { view, id, op: 0 })
+    }
+
+    fn ready(outputs: &[Output]) -> Vec<u64> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ReadReady { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_ok_counts_only_from_the_primary_of_the_view_the_read_was_sent_in() {
+        let mut replica = Replica::new(Config::new(1, 3), 1);
+        replica.step(Input::Tick { now_ns: 1 });
+        replica.step(Input::Read { id: 7 });
+        let wire = *replica.reads.pending.keys().next().expect("a pending read");
+        assert_ne!(wire, 7, "the host's id stays off the wire");
+        // From a backup of the view, from the primary of a view it was not
+        // sent in, or for another id: ignored.
+        for bytes in [read_ok(2, 0, wire), read_ok(0, 3, wire), read_ok(0, 0, wire + 1)] {
+            assert!(ready(&replica.step(Input::Receive(&bytes))).is_empty());
+        }
+        // From view 0's primary: the host's read 7 is ready.
+        assert_eq!(
+            ready(&replica.step(Input::Receive(&read_ok(0, 0, wire)))),
+            vec![7]
+        );
+    }
+
+    #[test]
+    fn incarnations_number_their_reads_apart() {
+        let ids = |nonce: u64| {
+            let mut config = Config::new(1, 3);
+            config.boot_nonce = nonce;
+            let mut replica = Replica::new(config, 1);
+            replica.step(Input::Read { id: 1 });
+            *replica.reads.pending.keys().next().expect("a pending read")
+        };
+        // Boot nonces one apart (clock readings) still give far-apart ids.
+        let (a, b) = (ids(1_000), ids(1_001));
+        assert!(a.abs_diff(b) > 1 << 32, "{a} and {b}");
     }
 }

@@ -110,6 +110,7 @@ impl Replica {
             from,
             incarnations,
             message,
+            ..
         } = decoded;
         if self.status == Status::Repairing {
             // Nothing but the entry it waits for, before it merges anything:
@@ -243,7 +244,7 @@ impl Replica {
     }
 
     pub(crate) fn tick_recovering(&mut self) {
-        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+        if self.ticks < self.last_resend_tick.saturating_add(self.config.resend_ticks) {
             return;
         }
         self.last_resend_tick = self.ticks;

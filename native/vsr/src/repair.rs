@@ -84,7 +84,7 @@ impl Replica {
     }
 
     pub(crate) fn tick_repairing(&mut self) {
-        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+        if self.ticks < self.last_resend_tick.saturating_add(self.config.resend_ticks) {
             return;
         }
         self.last_resend_tick = self.ticks;

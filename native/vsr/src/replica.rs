@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::checksum::root_checksum;
+use crate::checksum::{checksum, root_checksum};
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
@@ -80,15 +80,18 @@ pub struct Submission {
 /// Something that happened to the replica.
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
-    /// Time passed: one tick. `now_ns` is the host's wall clock, used only to
-    /// stamp prepares (timestamps stay strictly increasing whatever it says).
+    /// Time passed: one tick. `now_ns` is the host's wall clock, used only
+    /// for timestamps: every message carries it, and a primary stamps
+    /// prepares with it kept within its quorum's clocks (`clock.rs`;
+    /// timestamps stay strictly increasing whatever it says).
     Tick { now_ns: u64 },
     /// Bytes arrived from a peer replica.
     Receive(&'a [u8]),
     /// A client submits a request through this replica.
     Submit(Submission),
     /// A linearizable read through this replica; `id` is the host's, unique
-    /// among this replica's reads in flight.
+    /// among this replica's reads in flight (it never goes on the wire: it
+    /// comes back in `Output::ReadReady`).
     Read { id: u64 },
     /// The host's answer to `Output::TakeSnapshot { op }`: its application
     /// state as of op `op`, serialised.
@@ -155,6 +158,10 @@ pub struct Stats {
     pub dropped_stale: u64,
     /// Requests the primary refused because its queue was full.
     pub dropped_requests: u64,
+    /// Requests refused because their session's latest request has the same
+    /// number but another body (`Outcome::Refused`): counted where a
+    /// submission is refused at once, and by every replica that executes one.
+    pub refused_requests: u64,
     /// Messages sent.
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
@@ -190,6 +197,8 @@ pub struct Replica {
 
     pub(crate) ticks: u64,
     pub(crate) now_ns: u64,
+    /// The peers' clocks, as last heard (for timestamps: `clock.rs`).
+    pub(crate) clocks: crate::clock::Clocks,
     pub(crate) jitter_state: u64,
     pub(crate) timeout_jitter: u64,
 
@@ -198,7 +207,8 @@ pub struct Replica {
     pub(crate) acked: [Op; MAX_REPLICAS],
     pub(crate) last_heard: [u64; MAX_REPLICAS],
     pub(crate) queue: VecDeque<Request>,
-    pub(crate) queued: HashSet<(ClientId, u64)>,
+    /// (client, request, payload checksum) of every queued request.
+    pub(crate) queued: HashSet<(ClientId, u64, u128)>,
     pub(crate) last_broadcast_tick: u64,
     pub(crate) last_retry_tick: u64,
 
@@ -330,6 +340,7 @@ impl Replica {
             client_table: ClientTable::new(config.client_table_max),
             ticks: 0,
             now_ns: 0,
+            clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
             acked: [0; MAX_REPLICAS],
@@ -354,7 +365,7 @@ impl Replica {
             dvcs: vec![None; config.n()],
             staging: None,
             pending: BTreeMap::new(),
-            reads: Default::default(),
+            reads: crate::read::Reads::new(config.boot_nonce),
             commit_unannounced: false,
             commit_urgent: 0,
             view_start_op: 0,
@@ -500,6 +511,7 @@ impl Replica {
             self.config.wire_cluster(),
             self.index,
             &self.incarnations[..self.config.n()],
+            self.now_ns,
             message,
         )
     }
@@ -513,7 +525,11 @@ impl Replica {
 
     fn on_bytes(&mut self, bytes: &[u8]) {
         match decode(self.config.wire_cluster(), self.config.replica_count, bytes) {
-            Ok(decoded) if decoded.from != self.index => self.on_envelope(decoded),
+            Ok(decoded) if decoded.from != self.index => {
+                let from = decoded.from as usize;
+                self.clocks.heard(from, decoded.clock, self.now_ns, self.ticks);
+                self.on_envelope(decoded)
+            }
             Ok(_) => self.stats.dropped_unknown_sender += 1,
             Err(error) => {
                 let counter = match error {
@@ -566,7 +582,7 @@ impl Replica {
                 self.on_commit(from, view, commit, round)
             }
             Message::Read { id } => self.on_read(from, id),
-            Message::ReadOk { view, id, op } => self.on_read_ok(view, id, op),
+            Message::ReadOk { view, id, op } => self.on_read_ok(from, view, id, op),
             Message::RequestPrepares {
                 view,
                 from: first,
@@ -649,6 +665,11 @@ impl Replica {
             payload: submission.payload,
         };
         if let Some(outcome) = self.client_table.settled(&request) {
+            #[cfg(feature = "mutations")]
+            let outcome = self.mutated_refusal(&request, outcome);
+            if outcome == Outcome::Refused {
+                self.stats.refused_requests += 1;
+            }
             let op = match outcome {
                 Outcome::Registered { session } => session,
                 Outcome::Duplicate { op } => op,
@@ -689,7 +710,7 @@ impl Replica {
         let due: Vec<Request> = self
             .pending
             .values_mut()
-            .filter(|p| p.sent_tick + self.config.request_retry_ticks <= self.ticks)
+            .filter(|p| p.sent_tick.saturating_add(self.config.request_retry_ticks) <= self.ticks)
             .map(|p| {
                 p.sent_tick = self.ticks;
                 p.request.clone()
@@ -705,18 +726,21 @@ impl Replica {
         if !self.is_primary() {
             return; // the origin retries towards the right primary
         }
-        let key = (request.client, request.request);
+        let key = (request.client, request.request, checksum(&request.payload));
+        // The same request with the same body in hand. One with another
+        // body is not the same request: it goes through the log, where
+        // execution refuses whichever of the two comes second, the same on
+        // every replica, and its origin answers it `Refused`.
         let in_flight = self.queued.contains(&key)
             || ((self.commit_min + 1)..=self.log.op()).any(|op| {
-                self.log.get(op).is_some_and(|e| {
-                    e.requests
-                        .iter()
-                        .any(|r| r.client == request.client && r.request == request.request)
-                })
+                self.log
+                    .get(op)
+                    .is_some_and(|e| e.requests.iter().any(|r| r.same_as(&request)))
             });
         // A settled request is answered by its origin when it executes the
         // original op; preparing it again would only waste an op.
-        if in_flight || self.client_table.settled(&request).is_some() {
+        let settled = self.client_table.settled(&request);
+        if in_flight || settled.is_some_and(|o| o != Outcome::Refused) {
             return;
         }
         if self.queue.len() >= self.config.request_queue_max {
@@ -734,12 +758,12 @@ impl Replica {
     pub(crate) fn prepare_queued(&mut self) {
         while self.is_primary()
             && !self.abdicating()
-            && self.log.op() < self.commit_max + self.config.pipeline_max
+            && self.log.op() < self.commit_max.saturating_add(self.config.pipeline_max)
             && !self.queue.is_empty()
         {
             let batch = self.take_batch();
             let op = self.log.op() + 1;
-            let timestamp = self.now_ns.max(self.log.head_timestamp() + 1);
+            let timestamp = self.timestamp();
             let entry = Arc::new(Prepare::new(
                 self.log.head_checksum(),
                 self.view,
@@ -765,17 +789,40 @@ impl Replica {
         self.advance_commit();
     }
 
+    /// The next prepare's timestamp: the cluster's time (this replica's
+    /// clock moved into the window a quorum's clocks agree on: `clock.rs`),
+    /// and always after the head's. Without a quorum's recent clocks, time
+    /// does not advance rather than trust this one clock.
+    fn timestamp(&self) -> u64 {
+        let after_head = self.log.head_timestamp().saturating_add(1);
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::UnboundedClock) {
+            return self.now_ns.max(after_head);
+        }
+        let now = self.clocks.cluster_now(
+            self.index as usize,
+            self.now_ns,
+            self.ticks,
+            self.config.view_change_ticks,
+            self.quorum(),
+            self.config.n(),
+        );
+        now.map_or(after_head, |now| now.max(after_head))
+    }
+
     fn take_batch(&mut self) -> Vec<Request> {
         let mut batch = Vec::new();
-        let mut bytes = 0;
+        let mut bytes: usize = 0;
         while let Some(next) = self.queue.front() {
             let fits = batch.len() < self.config.batch_max_requests
-                && (batch.is_empty() || bytes + next.payload.len() <= self.config.batch_max_bytes);
+                && (batch.is_empty()
+                    || bytes.saturating_add(next.payload.len()) <= self.config.batch_max_bytes);
             if !fits {
                 break;
             }
             let request = self.queue.pop_front().expect("front exists");
-            self.queued.remove(&(request.client, request.request));
+            self.queued
+                .remove(&(request.client, request.request, checksum(&request.payload)));
             bytes += request.payload.len();
             batch.push(request);
         }
@@ -857,7 +904,8 @@ impl Replica {
     pub(crate) fn abdicating(&self) -> bool {
         let recent = (0..self.config.n())
             .filter(|&r| {
-                r == self.index as usize || self.ticks < self.last_heard[r] + self.config.view_change_ticks
+                r == self.index as usize
+                    || self.ticks < self.last_heard[r].saturating_add(self.config.view_change_ticks)
             })
             .count();
         recent < self.quorum()
@@ -878,10 +926,18 @@ impl Replica {
         // It leads: like a backup hearing its primary, it has no campaign.
         self.heard_primary();
         self.prepare_queued();
-        if self.ticks >= self.last_broadcast_tick + self.config.heartbeat_ticks {
+        if self.ticks
+            >= self
+                .last_broadcast_tick
+                .saturating_add(self.config.heartbeat_ticks)
+        {
             self.broadcast_heartbeat(false);
         }
-        if self.ticks >= self.last_retry_tick + self.config.prepare_retry_ticks {
+        if self.ticks
+            >= self
+                .last_retry_tick
+                .saturating_add(self.config.prepare_retry_ticks)
+        {
             self.last_retry_tick = self.ticks;
             self.retransmit_prepares();
         }
@@ -1047,7 +1103,7 @@ impl Replica {
         let from = self.log.op() + 1;
         let to = self
             .primary_op
-            .min(from + self.config.message_entries_max as Op - 1);
+            .min(from.saturating_add(self.config.message_entries_max as Op - 1));
         self.repair_until = to;
         let primary = self.primary();
         self.send(
@@ -1069,14 +1125,14 @@ impl Replica {
     /// (for an abdicated primary: since it abdicated).
     fn campaign_if_silent(&mut self) {
         let silence = self.ticks.saturating_sub(self.last_primary_tick);
-        if silence >= self.config.view_change_ticks + self.timeout_jitter {
+        if silence >= self.config.view_change_ticks.saturating_add(self.timeout_jitter) {
             self.start_campaign();
         }
     }
 
     /// Whether a rate-limited message last sent at `last` may go again.
     pub(crate) fn due(&self, last: Option<u64>) -> bool {
-        last.is_none_or(|t| self.ticks >= t + self.config.resend_ticks)
+        last.is_none_or(|t| self.ticks >= t.saturating_add(self.config.resend_ticks))
     }
 
     // ---- Execution -----------------------------------------------------
@@ -1101,15 +1157,21 @@ impl Replica {
                 outcomes: outcomes.clone(),
             });
             for (request, outcome) in entry.requests.iter().zip(&outcomes) {
+                if *outcome == Outcome::Refused {
+                    self.stats.refused_requests += 1;
+                }
                 if request.origin != self.index {
                     self.commit_urgent |= 1 << request.origin;
                     continue;
                 }
-                if self
-                    .pending
-                    .get(&request.client)
-                    .is_some_and(|p| p.request.request <= request.request)
-                {
+                let pending = self.pending.get(&request.client).map(|p| &p.request);
+                if pending.is_some_and(|p| p.request == request.request && !p.same_as(request)) {
+                    // Another body under the same number was submitted here
+                    // since: this reply is not its caller's. The pending one
+                    // goes through the log and is refused there.
+                    continue;
+                }
+                if pending.is_some_and(|p| p.request <= request.request) {
                     self.pending.remove(&request.client);
                 }
                 let reply_op = match outcome {
@@ -1133,6 +1195,19 @@ impl Replica {
         if self.mutated(Mutation::SkipClientTable) && !request.is_register() {
             return Outcome::Executed;
         }
-        self.client_table.execute(op, request)
+        let outcome = self.client_table.execute(op, request);
+        #[cfg(feature = "mutations")]
+        let outcome = self.mutated_refusal(request, outcome);
+        outcome
+    }
+
+    #[cfg(feature = "mutations")]
+    fn mutated_refusal(&self, request: &Request, outcome: Outcome) -> Outcome {
+        if self.mutated(Mutation::AnswerOtherBody) && outcome == Outcome::Refused {
+            return Outcome::Duplicate {
+                op: self.client_table.last_op(request.client),
+            };
+        }
+        outcome
     }
 }

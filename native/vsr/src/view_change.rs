@@ -95,7 +95,10 @@ impl Replica {
             && if self.is_primary_of_view() {
                 !self.abdicating()
             } else {
-                self.ticks < self.last_primary_tick + self.config.view_change_ticks
+                self.ticks
+                    < self
+                        .last_primary_tick
+                        .saturating_add(self.config.view_change_ticks)
             }
     }
 
@@ -120,7 +123,7 @@ impl Replica {
     pub(crate) fn tick_campaign(&mut self) {
         if self.status != Status::Recovering
             && self.campaign > self.view
-            && self.ticks >= self.last_campaign_tick + self.config.resend_ticks
+            && self.ticks >= self.last_campaign_tick.saturating_add(self.config.resend_ticks)
         {
             self.broadcast_campaign();
         }
@@ -180,8 +183,11 @@ impl Replica {
         if self.mutated(Mutation::KeepStaleVotes) {
             expire = false;
         }
-        let fresh =
-            |r: usize| r == me || !expire || self.ticks < self.vote_ticks[r] + self.config.view_change_ticks;
+        let fresh = |r: usize| {
+            r == me
+                || !expire
+                || self.ticks < self.vote_ticks[r].saturating_add(self.config.view_change_ticks)
+        };
         let votes = (0..self.config.n())
             .filter(|&r| self.votes[r] == target && fresh(r))
             .count();
@@ -254,10 +260,11 @@ impl Replica {
     }
 
     pub(crate) fn tick_view_change(&mut self) {
-        if self.ticks >= self.status_since + self.config.view_change_ticks + self.timeout_jitter {
+        let timeout = self.config.view_change_ticks.saturating_add(self.timeout_jitter);
+        if self.ticks >= self.status_since.saturating_add(timeout) {
             self.start_campaign();
         }
-        if self.ticks < self.last_resend_tick + self.config.resend_ticks {
+        if self.ticks < self.last_resend_tick.saturating_add(self.config.resend_ticks) {
             return;
         }
         self.last_resend_tick = self.ticks;

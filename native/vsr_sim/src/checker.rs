@@ -295,7 +295,7 @@ impl Checker {
                 // happen is that it runs after the client was told.
                 self.refused.insert(key);
             }
-            Outcome::Registered { .. } => {}
+            Outcome::Registered { .. } | Outcome::Refused => {}
         }
         Ok(())
     }

@@ -54,6 +54,10 @@ pub struct Network {
     seq: u64,
     /// `up[from][to]`: whether packets from `from` reach `to`.
     up: [[bool; MAX_REPLICAS]; MAX_REPLICAS],
+    /// `held[from][to]`: packets on this link wait (scripted scenarios)
+    /// until [`Network::release`], to delay one past an event.
+    held: [[bool; MAX_REPLICAS]; MAX_REPLICAS],
+    holding: Vec<Packet>,
     pub delivered: u64,
     pub dropped: u64,
 }
@@ -65,6 +69,8 @@ impl Network {
             in_flight: BinaryHeap::new(),
             seq: 0,
             up: [[true; MAX_REPLICAS]; MAX_REPLICAS],
+            held: [[false; MAX_REPLICAS]; MAX_REPLICAS],
+            holding: Vec::new(),
             delivered: 0,
             dropped: 0,
         }
@@ -124,6 +130,10 @@ impl Network {
                 return None;
             }
             let Reverse(packet) = self.in_flight.pop().expect("peeked");
+            if self.held[packet.from as usize][packet.to as usize] {
+                self.holding.push(packet);
+                continue;
+            }
             if self.link(packet.from, packet.to) {
                 self.delivered += 1;
                 return Some((packet.from, packet.to, packet.bytes));
@@ -157,6 +167,24 @@ impl Network {
         }
     }
 
+    /// Holds back every packet from `from` to `to` until released.
+    pub fn hold(&mut self, from: ReplicaIndex, to: ReplicaIndex) {
+        self.held[from as usize][to as usize] = true;
+    }
+
+    /// Lets the held packets from `from` to `to` go, in the order they were
+    /// sent, at `now`.
+    pub fn release(&mut self, now: u64, from: ReplicaIndex, to: ReplicaIndex) {
+        self.held[from as usize][to as usize] = false;
+        let (go, keep): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.holding)
+            .into_iter()
+            .partition(|p| p.from == from && p.to == to);
+        self.holding = keep;
+        for packet in go {
+            self.push(now, packet.from, packet.to, packet.bytes);
+        }
+    }
+
     pub fn heal(&mut self) {
         self.up = [[true; MAX_REPLICAS]; MAX_REPLICAS];
     }
@@ -166,6 +194,6 @@ impl Network {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.holding.len()
     }
 }

@@ -145,8 +145,18 @@ pub fn client_retry_across_view_change(options: Options) -> Result<(), Failure> 
     let request = sim.clients[0].next_request - 1;
     let op = sim.checker.replies[&(sim.clients[0].id, request)];
     // Once more, after the reply: the same op comes back, nothing runs again.
+    // (The same body: another body under this number would be refused.)
+    let payload = executed_payload(&sim, op, sim.clients[0].id, request);
     sim.clients[0].next_request = request;
-    commit(&mut sim, 0, 1)?;
+    sim.clients[0].outstanding = Some(crate::client::Outstanding {
+        request,
+        payload,
+        last_submit: sim.tick,
+    });
+    sim.resubmit(0)?;
+    sim.run_until(PHASE_TICKS, "the resubmission is answered", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
     let again = sim.checker.replies[&(sim.clients[0].id, request)];
     if again != op || sim.replica(1).view() == 0 {
         return Err(Failure {
@@ -817,4 +827,175 @@ pub fn divergent_checkpoint_is_not_spread(options: Options) -> Result<(), Failur
     }
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
+}
+/// Issue "Lose nothing" 5: a `ReadOk` delayed across a restart of its
+/// origin must not answer a new read that the restarted host numbered
+/// like the old one (hosts count their reads from 1 again).
+///
+/// Replica 1's read is confirmed by the primary, whose answer is held back;
+/// replica 1 restarts, more ops commit, and its host issues read 1 again.
+/// When the old answer arrives it names an index from before those ops.
+pub fn delayed_read_ok_is_not_matched_to_a_new_read(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.network.hold(0, 1);
+    sim.issue_read(1)?;
+    sim.run_ticks(10)?; // the primary confirms it; its ReadOk waits
+    sim.crash(1);
+    sim.restart(1);
+    for _ in 0..3 {
+        commit(&mut sim, 0, 2)?;
+    }
+    sim.issue_read(1)?; // the restarted host's read 1
+    let now = sim.tick;
+    sim.network.release(now, 0, 1);
+    settle(&mut sim)
+}
+
+/// Issue "Lose nothing" 9: a request whose (client, session, request) is
+/// already known but whose body differs is refused, never answered with
+/// the other request's reply; and of two such requests in hand at once,
+/// one executes and the other is refused.
+pub fn duplicate_request_with_different_body_is_refused(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let client = sim.clients[0].id;
+    let session = sim.clients[0].session.expect("registered");
+    let request = sim.clients[0].next_request - 1;
+    let executed = sim.checker.replies[&(client, request)];
+    let mut body = executed_payload(&sim, executed, client, request);
+    body.push(0xaa);
+    let submission = |payload: Vec<u8>, request: u64| vsr::Submission {
+        client,
+        session,
+        request,
+        payload,
+    };
+    // Settled: the origin's own table knows the body differs.
+    sim.submit_through(1, submission(body.clone(), request))?;
+    sim.run_ticks(10)?;
+    expect_refused(&sim, client, request)?;
+    // Through another replica: the same.
+    sim.submit_through(2, submission(body, request))?;
+    sim.run_ticks(10)?;
+    expect_refused(&sim, client, request)?;
+    // Two bodies in hand at once: one executes, the other is refused.
+    let next = request + 1;
+    sim.submit_through(1, submission(vec![1], next))?;
+    sim.submit_through(2, submission(vec![2], next))?;
+    sim.run_ticks(50)?;
+    let refused: u64 = (0..sim.n() as ReplicaIndex)
+        .map(|r| sim.replica(r).stats().refused_requests)
+        .sum();
+    if !sim.checker.replies.contains_key(&(client, next)) || refused == 0 {
+        return Err(failure(
+            &sim,
+            format!(
+                "two bodies for request {next}: executed {:?}, {refused} refusals",
+                sim.checker.replies.get(&(client, next))
+            ),
+        ));
+    }
+    sim.clients[0].next_request = next + 1;
+    settle(&mut sim)
+}
+
+fn executed_payload(sim: &Simulator, op: Op, client: vsr::ClientId, request: u64) -> Vec<u8> {
+    let entry = sim.replica(0).log().get(op).expect("op in the log").clone();
+    entry
+        .requests
+        .iter()
+        .find(|r| r.client == client && r.request == request)
+        .expect("the request is in its op")
+        .payload
+        .clone()
+}
+
+fn expect_refused(sim: &Simulator, client: vsr::ClientId, request: u64) -> Result<(), Failure> {
+    match sim.last_reply {
+        Some((_, c, n, _, vsr::Outcome::Refused)) if c == client && n == request => Ok(()),
+        other => Err(failure(
+            sim,
+            format!("request {request} with another body was answered {other:?}"),
+        )),
+    }
+}
+
+/// Issue "Lose nothing" 10: the primary's wall clock jumps an hour ahead;
+/// its backups' clocks did not, so the timestamps it stamps stay within
+/// the quorum's clocks instead of running an hour ahead for good.
+pub fn primary_clock_jump_is_bounded(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.clock_offset_ns[0] = HOUR_NS;
+    for _ in 0..5 {
+        sim.run_ticks(20)?;
+        commit(&mut sim, 0, 1)?;
+        let op = sim.replica(0).op();
+        let stamped = sim.replica(0).log().get(op).expect("the head").timestamp;
+        let now = sim.tick * 1_000_000;
+        if stamped > now + 1_000_000_000 {
+            return Err(failure(
+                &sim,
+                format!(
+                    "op {op} stamped {} s ahead of the backups' clocks",
+                    (stamped - now) / 1_000_000_000
+                ),
+            ));
+        }
+        // Time still runs: within a few message delays (ticks) of the backups'.
+        if stamped.abs_diff(now) > 20_000_000 {
+            return Err(failure(
+                &sim,
+                format!("op {op} stamped {stamped} ns, the backups' clocks read {now} ns"),
+            ));
+        }
+    }
+    sim.clock_offset_ns[0] = 0;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Issue "Lose nothing" 14: limits at the top of `u64`/`usize` (a host
+/// that checks no range) must not overflow into a cluster that commits
+/// nothing or backups that stop executing.
+pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> {
+    let c = &mut options.config;
+    c.pipeline_max = u64::MAX;
+    c.view_change_ticks = u64::MAX;
+    c.prepare_retry_ticks = u64::MAX;
+    c.resend_ticks = u64::MAX;
+    c.request_retry_ticks = u64::MAX;
+    c.checkpoint_interval = u64::MAX;
+    c.batch_max_requests = usize::MAX;
+    c.batch_max_bytes = usize::MAX;
+    c.request_queue_max = usize::MAX;
+    c.client_table_max = usize::MAX;
+    c.message_entries_max = usize::MAX;
+    c.checkpoint_chunk_bytes = usize::MAX;
+    let mut sim = Simulator::new(options.clone());
+    register_all(&mut sim, 1)?;
+    let n = sim.n();
+    for i in 0..10 {
+        commit(&mut sim, 0, (i % n) as ReplicaIndex)?;
+    }
+    settle(&mut sim)?;
+    // With checkpoints: a replica behind the others' log base syncs the
+    // state in one chunk of "at most 2^64-1 bytes".
+    options.config.checkpoint_interval = 4;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for _ in 0..20 {
+        commit(&mut sim, 0, 0)?;
+    }
+    settle(&mut sim)?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 caught up without a state sync".into()));
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vsr::log::Log;
 use vsr::{
     root_checksum, Checkpoint, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica,
-    ReplicaIndex, Status,
+    ReplicaIndex, Status, Submission,
 };
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
@@ -114,7 +114,17 @@ pub struct Simulator {
     pub frozen: Vec<bool>,
     /// Reads in flight: (replica, id) -> the highest op replied to when issued.
     pub reads: HashMap<(ReplicaIndex, u64), u64>,
-    next_read: u64,
+    /// Each replica's host numbers its reads from 1 again after a restart,
+    /// as `Visor.Server` does: read ids are unique only among a host's
+    /// reads in flight.
+    next_read: Vec<u64>,
+    /// Replica starts so far: each start's `Config::boot_nonce`.
+    boots: u64,
+    /// How far each replica's wall clock is ahead of true time, in ns
+    /// (scripted scenarios jump a replica's clock).
+    pub clock_offset_ns: Vec<u64>,
+    /// The last reply a host got: (replica, client, request, op, outcome).
+    pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
     /// Compactions of stores that have since crashed.
     compactions: u64,
@@ -138,7 +148,7 @@ impl Simulator {
         let replicas = (0..n)
             .map(|i| {
                 Some(Replica::new(
-                    options.config_of(i as ReplicaIndex),
+                    boot_config(&options, i as ReplicaIndex, i as u64),
                     i as ReplicaIndex,
                 ))
             })
@@ -176,7 +186,10 @@ impl Simulator {
             load: options.request_probability > 0.0 || options.read_probability > 0.0,
             reads: HashMap::new(),
             frozen: vec![false; n],
-            next_read: 0,
+            next_read: vec![0; n],
+            boots: n as u64,
+            clock_offset_ns: vec![0; n],
+            last_reply: None,
             rng,
             tick: 0,
             crashes: 0,
@@ -426,6 +439,7 @@ impl Simulator {
             self.crashes += 1;
         }
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
+        self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
         self.armed[r as usize] = false;
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
@@ -441,6 +455,12 @@ impl Simulator {
             disk.crash(cut);
             self.storage[r as usize] = Storage::Down(disk);
         }
+    }
+
+    /// The configuration of a replica's next start: a boot nonce of its own.
+    fn next_boot_config(&mut self, r: ReplicaIndex) -> vsr::Config {
+        self.boots += 1;
+        boot_config(&self.options, r, self.boots)
     }
 
     /// Replicas down or still recovering their state.
@@ -474,8 +494,7 @@ impl Simulator {
             return;
         }
         let nonce = self.rng.next_u128();
-        let replica =
-            Replica::recovering(self.options.config_of(r), r, nonce).expect("a valid configuration");
+        let replica = Replica::recovering(self.next_boot_config(r), r, nonce).expect("a valid configuration");
         if !matches!(self.storage[r as usize], Storage::None) {
             let (store, _) = open_store(&self.options, r, MemDisk::default()).expect("an empty disk");
             self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -511,7 +530,7 @@ impl Simulator {
             panic!("replica {r} restarts from a disk it does not have")
         };
         self.rot(&mut disk);
-        let config = self.options.config_of(r);
+        let config = self.next_boot_config(r);
         let opened = open_store(&self.options, r, disk);
         let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
         self.storage[r as usize] = Storage::Running(Box::new(store));
@@ -672,6 +691,7 @@ impl Simulator {
         for r in 0..self.n() {
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
+                let now_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
                 self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
             }
         }
@@ -916,6 +936,7 @@ impl Simulator {
         outcome: Outcome,
     ) -> Result<(), Violation> {
         self.checker.on_reply(client, request, op, outcome)?;
+        self.last_reply = Some((r, client, request, op, outcome));
         let Some(&c) = self.client_index.get(&client) else {
             return Ok(());
         };
@@ -934,6 +955,11 @@ impl Simulator {
                 }
                 sim_client.next_request += 1;
                 sim_client.completed += 1;
+            }
+            Outcome::Refused => {
+                return Err(format!(
+                    "client {client:x}'s request {request} was refused: it sent one body per number"
+                ));
             }
             Outcome::Evicted => {
                 self.client_index.remove(&client);
@@ -958,9 +984,17 @@ impl Simulator {
 
     /// Issues a linearizable read through replica `r`.
     pub fn issue_read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
-        self.next_read += 1;
-        self.reads.insert((r, self.next_read), self.checker.replied);
-        self.input(r, Input::Read { id: self.next_read })
+        let next = &mut self.next_read[r as usize];
+        *next += 1;
+        let id = *next;
+        self.reads.insert((r, id), self.checker.replied);
+        self.input(r, Input::Read { id })
+    }
+
+    /// Submits `submission` through replica `r` as a host would, outside
+    /// any simulated client's script (scripted scenarios).
+    pub fn submit_through(&mut self, r: ReplicaIndex, submission: Submission) -> Result<(), Failure> {
+        self.input(r, Input::Submit(submission))
     }
 
     fn drive_clients(&mut self) -> Result<(), Failure> {
@@ -1065,6 +1099,14 @@ impl Simulator {
             })
             .sum()
     }
+}
+
+/// The replicas' configuration for the start numbered `boot`: every start
+/// has its own boot nonce, as a host's random one is.
+fn boot_config(options: &Options, r: ReplicaIndex, boot: u64) -> vsr::Config {
+    let mut config = options.config_of(r);
+    config.boot_nonce = options.seed.rotate_left(32) ^ boot;
+    config
 }
 
 /// Runs one seed.

@@ -143,3 +143,27 @@ fn replicas_with_other_settings_that_talk_are_caught() {
     println!("{}", failure.reason);
     scenarios::replicas_with_other_settings_never_talk(options(3, 6)).unwrap();
 }
+
+#[test]
+fn answering_another_body_with_the_duplicates_reply_is_caught() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::AnswerOtherBody;
+    let failure = scenarios::duplicate_request_with_different_body_is_refused(broken).unwrap_err();
+    assert!(failure.reason.contains("another body"), "{failure}");
+}
+
+#[test]
+fn read_ids_without_the_boot_nonce_are_caught_by_the_delayed_read_ok_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::ReadIdsWithoutNonce;
+    let failure = scenarios::delayed_read_ok_is_not_matched_to_a_new_read(broken).unwrap_err();
+    assert!(failure.reason.contains("stale read"), "{failure}");
+}
+
+#[test]
+fn stamping_with_one_clock_is_caught_by_the_clock_jump_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::UnboundedClock;
+    let failure = scenarios::primary_clock_jump_is_bounded(broken).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+}

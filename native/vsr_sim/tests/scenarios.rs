@@ -135,3 +135,24 @@ fn one_corrupt_wal_entry_is_repaired() {
 fn unrepairable_wal_entry_falls_back_to_recovery() {
     scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
 }
+
+#[test]
+fn delayed_read_ok_is_not_matched_to_a_new_read() {
+    scenarios::delayed_read_ok_is_not_matched_to_a_new_read(options(3, 1)).unwrap();
+}
+
+#[test]
+fn duplicate_request_with_different_body_is_refused() {
+    scenarios::duplicate_request_with_different_body_is_refused(options(3, 1)).unwrap();
+}
+
+#[test]
+fn primary_clock_jump_is_bounded() {
+    scenarios::primary_clock_jump_is_bounded(options(3, 1)).unwrap();
+    scenarios::primary_clock_jump_is_bounded(options(5, 1)).unwrap();
+}
+
+#[test]
+fn huge_limits_do_not_overflow() {
+    scenarios::huge_limits_do_not_overflow(options(3, 1)).unwrap();
+}

@@ -12,7 +12,8 @@ use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 
 /// Layout version of the store's files; a store written by another version
 /// is refused (version 1 had no checkpoints, version 2 one WAL file that
-/// was never compacted, version 3 no `wal_synced`).
+/// was never compacted, version 3 no `wal_synced` and a checkpoint client
+/// table without the checksum of each session's latest request body).
 pub const FORMAT_VERSION: u16 = 4;
 
 /// The superblock file holds this many copies, each in its own slot.
