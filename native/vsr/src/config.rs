@@ -66,6 +66,10 @@ pub enum Mutation {
     /// flaps of different replicas add up to a quorum against a primary
     /// that kept its own).
     KeepStaleVotes,
+    /// A primary keeps leading after installing a checkpoint its log does
+    /// not hold, and announces the checkpoint's op as its commit number in
+    /// its view: its backups execute that view's uncommitted tail.
+    LeadOnAfterForeignCheckpoint,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

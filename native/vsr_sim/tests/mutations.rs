@@ -113,3 +113,11 @@ fn votes_that_never_expire_are_caught_by_the_flapping_scenario() {
     let failure = scenarios::prevote_votes_expire(broken).unwrap_err();
     assert!(failure.reason.contains("deposed"), "{failure}");
 }
+
+#[test]
+fn a_primary_leading_on_after_a_foreign_checkpoint_is_caught_by_the_paused_primary_scenario() {
+    let mut broken = options(5, 13);
+    broken.config.mutation = Mutation::LeadOnAfterForeignCheckpoint;
+    let failure = scenarios::paused_primary_announces_no_commit_from_a_newer_history(broken).unwrap_err();
+    assert!(failure.reason.contains("executed a different entry"), "{failure}");
+}

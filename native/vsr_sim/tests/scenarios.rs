@@ -100,13 +100,7 @@ fn prevote_votes_expire() {
     scenarios::prevote_votes_expire(options(5, 1)).unwrap();
 }
 
-/// Fails today: "replica 1 executed a different entry at committed op 14".
-/// A primary of a view the cluster has left installs a newer view's
-/// checkpoint and keeps leading: its heartbeat carries the checkpoint's op
-/// as its commit number, and its backup executes its own uncommitted tail
-/// up to it (defect 1 through the normal path).
 #[test]
-#[ignore = "finds a defect: a deposed primary announces a commit number from a newer history"]
 fn paused_primary_announces_no_commit_from_a_newer_history() {
     scenarios::paused_primary_announces_no_commit_from_a_newer_history(options(5, 13)).unwrap();
 }
