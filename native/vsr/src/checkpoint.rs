@@ -17,7 +17,8 @@
 //! digest and installs the checkpoint if it is ahead of what it has
 //! executed. A checkpoint holds committed state only, so installing one is
 //! safe in any status; the replica then carries on (repair, view change,
-//! recovery) from the checkpoint's op.
+//! recovery) from the checkpoint's op. A primary whose log does not hold
+//! the checkpoint leads a view the cluster has left, and steps down.
 //!
 //! **Trust.** A replica sends chunks only of a checkpoint a quorum vouches
 //! for: every backup reports its latest checkpoint `(op, digest)` in its
@@ -729,10 +730,14 @@ impl Replica {
             self.status_since = self.ticks;
         }
         self.client_table = table;
-        if self.log.checksum_at(op) == Some(checkpoint.checksum) {
+        let same_history = self.log.checksum_at(op) == Some(checkpoint.checksum);
+        if same_history {
             self.log.truncate_before(op);
         } else {
             self.log = Log::at(op, checkpoint.checksum, checkpoint.timestamp);
+        }
+        if !same_history && self.is_primary() {
+            self.step_down_from_a_left_view();
         }
         self.commit_min = op;
         self.commit_max = self.commit_max.max(op);
@@ -778,6 +783,23 @@ impl Replica {
             self.acknowledge();
             self.request_repair();
         }
+    }
+
+    /// A primary whose log does not hold a checkpoint it installs leads a
+    /// view the cluster has left: a newer view committed past its log (a
+    /// live primary's log holds every committed op). Its commit number is
+    /// now the checkpoint's, a number of that newer history: announced in
+    /// this view, it would make its backups execute their own log, this
+    /// view's uncommitted tail, up to it. So it stops leading, as a primary
+    /// restarted from disk does, and waits for a view change (or for the
+    /// newer view's primary, whose messages it heeds).
+    fn step_down_from_a_left_view(&mut self) {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::LeadOnAfterForeignCheckpoint) {
+            return;
+        }
+        self.status = Status::ViewChange;
+        self.status_since = self.ticks;
     }
 
     /// Requests submitted here that the installed client table shows

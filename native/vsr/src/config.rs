@@ -109,6 +109,10 @@ pub enum Mutation {
     /// The primary stamps prepares with its own clock alone, as before
     /// cluster time: one clock that jumps ahead skews every later timestamp.
     UnboundedClock,
+    /// A primary keeps leading after installing a checkpoint its log does
+    /// not hold, and announces the checkpoint's op as its commit number in
+    /// its view: its backups execute that view's uncommitted tail.
+    LeadOnAfterForeignCheckpoint,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -999,3 +999,69 @@ pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> 
     }
     Ok(())
 }
+
+/// A commit number from a newer history must not reach an old view's
+/// backups through its primary's heartbeat (5 replicas; the same defect as
+/// `commit_number_from_newer_history_is_not_adopted`, through the normal
+/// path instead of the view change).
+///
+/// Replica 0 (primary of view 0) prepares a tail only replica 1 receives,
+/// and is then paused (its clock stops and nothing reaches it, as in a long
+/// GC or VM pause), so it never notices it lost its quorum. Replicas 2, 3
+/// and 4 start a newer view, commit other entries over the tail's ops and
+/// checkpoint past two checkpoints. Replica 0 resumes still leading view
+/// 0, installs the newer view's checkpoint (its commit number jumps to the
+/// checkpoint's op) and heartbeats replica 1 with that number: replica 1
+/// must not execute its view-0 tail, which was never committed.
+pub fn paused_primary_announces_no_commit_from_a_newer_history(options: Options) -> Result<(), Failure> {
+    let mut options = checkpointing(options);
+    options.config.pipeline_max = 16;
+    let mut sim = Simulator::new(options);
+    let extra = sim.clients.len() - 2; // the tail; clients 11 and 12 commit in the newer view
+    register_all(&mut sim, 0)?;
+    let committed = sim.replica(0).commit_max();
+    for to in 2..5 {
+        sim.network.set_link(0, to, false);
+    }
+    for c in 0..extra {
+        sim.clients[c].home = 0;
+        sim.start_request(c)?;
+    }
+    let tail = committed + extra as Op;
+    sim.run_until(PHASE_TICKS, "replica 1 holds the uncommitted tail", |s| {
+        s.replica(1).op() >= tail
+    })?;
+    // Replica 0 pauses; replica 1 is cut off from the others.
+    sim.frozen[0] = true;
+    isolate(&mut sim, 0);
+    sim.network.partition(5, &[0, 1], true, true);
+    sim.run_until(PHASE_TICKS, "a newer view starts without 0 and 1", |s| {
+        s.primary().is_some_and(|p| p >= 2)
+    })?;
+    let newer = sim.primary().expect("just started");
+    let mut i = 0;
+    while sim.replica(newer).log().base() <= committed {
+        commit(&mut sim, extra + i % 2, newer)?;
+        i += 1;
+    }
+    let checkpoint = sim.replica(newer).checkpoint().map_or(0, |c| c.op);
+    if checkpoint > tail || !sim.replica(0).is_primary() || sim.replica(1).view() != 0 {
+        return Err(failure(&sim, format!("setup: {}", sim.describe())));
+    }
+    // Replica 0 resumes, hears replica 1 again and fetches the newer
+    // view's checkpoint, and only that.
+    sim.frozen[0] = false;
+    for (a, b) in [(0, 1), (1, 0), (0, newer), (newer, 0)] {
+        sim.network.set_link(a, b, true);
+    }
+    sim.run_until(
+        PHASE_TICKS,
+        "replica 0 installs the newer view's checkpoint",
+        |s| s.replica(0).stats().checkpoints_installed > 0,
+    )?;
+    sim.network.set_link(newer, 0, false);
+    sim.network.set_link(0, newer, false);
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    settle(&mut sim)?;
+    commit(&mut sim, 0, 1)
+}

@@ -167,3 +167,11 @@ fn stamping_with_one_clock_is_caught_by_the_clock_jump_scenario() {
     let failure = scenarios::primary_clock_jump_is_bounded(broken).unwrap_err();
     assert!(failure.reason.contains("ahead"), "{failure}");
 }
+
+#[test]
+fn a_primary_leading_on_after_a_foreign_checkpoint_is_caught_by_the_paused_primary_scenario() {
+    let mut broken = options(5, 13);
+    broken.config.mutation = Mutation::LeadOnAfterForeignCheckpoint;
+    let failure = scenarios::paused_primary_announces_no_commit_from_a_newer_history(broken).unwrap_err();
+    assert!(failure.reason.contains("executed a different entry"), "{failure}");
+}

@@ -156,3 +156,8 @@ fn primary_clock_jump_is_bounded() {
 fn huge_limits_do_not_overflow() {
     scenarios::huge_limits_do_not_overflow(options(3, 1)).unwrap();
 }
+
+#[test]
+fn paused_primary_announces_no_commit_from_a_newer_history() {
+    scenarios::paused_primary_announces_no_commit_from_a_newer_history(options(5, 13)).unwrap();
+}
