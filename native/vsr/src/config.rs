@@ -214,6 +214,12 @@ impl Config {
         if self.view_change_ticks <= self.heartbeat_ticks.saturating_mul(2) {
             return Err("view_change_ticks must exceed twice heartbeat_ticks".into());
         }
+        // A campaign vote counts while it is heard again within
+        // view_change_ticks (view_change.rs): a campaign must be resent
+        // sooner than that, or no vote would outlive the wait for the next.
+        if self.resend_ticks >= self.view_change_ticks {
+            return Err("resend_ticks must be below view_change_ticks".into());
+        }
         Ok(())
     }
 
