@@ -709,3 +709,72 @@ pub fn unrepairable_wal_entry_falls_back_to_recovery(options: Options) -> Result
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// Disk mode, review of defect 8: two replicas of three restart, each with
+/// one damaged entry (ops 5 and 7), while the third is down. Each holds the
+/// entry the other lacks, but a `Repairing` replica answers no
+/// `RequestEntry`, so both give up after `REPAIR_ROUNDS`, empty their logs
+/// and recover; a recovery needs a quorum of the *others* not recovering,
+/// so once the third returns the cluster still cannot serve.
+pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    if !sim.rot_wal_entry(1, 5) || !sim.rot_wal_entry(2, 7) {
+        return Err(failure(&sim, "a WAL holds no record of the op".into()));
+    }
+    sim.restart(1);
+    sim.restart(2);
+    sim.run_ticks(PHASE_TICKS * 2)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS * 2, "every replica holds the commits", |s| {
+        (0..s.n()).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Disk mode, review of defect 8, within the fault model (power loss on
+/// every node, rot in one record of one replica): replica 1 restarts first,
+/// with one damaged entry; the others take longer than `REPAIR_ROUNDS`
+/// requests to boot. Replica 1 gives up its log on that timer alone, so
+/// when replica 0 returns (a quorum, {0, 1}, has restarted, and 0 holds the
+/// entry) the cluster cannot serve: a recovering replica needs a quorum of
+/// the others, and replica 2 is still down.
+pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    if !sim.rot_wal_entry(1, 5) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 5".into()));
+    }
+    sim.restart(1);
+    sim.run_ticks(PHASE_TICKS)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS * 2, "replicas 0 and 1 serve the commits", |s| {
+        (0..2).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    commit(&mut sim, 0, 1)?;
+    sim.restart(2);
+    settle(&mut sim)
+}

@@ -124,3 +124,31 @@ fn one_corrupt_wal_entry_is_repaired() {
 fn unrepairable_wal_entry_falls_back_to_recovery() {
     scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
 }
+
+// Review of defect 8 (liveness): a Repairing replica answers no
+// RequestEntry, so two replicas repairing at once (third down) both give up
+// after REPAIR_ROUNDS, empty their logs and recover; recovery needs a quorum
+// of non-recovering others, so the cluster never serves again even once the
+// third returns with every commit. Fails with "every replica holds the
+// commits: not within 4000 ticks; ... r0:ViewChange v0 lv0 op11, r1:Recovering
+// ... op0, r2:Recovering ... op0". Fix: a repairing replica answers
+// RequestEntry from its intact entries.
+#[ignore = "review: two repairing replicas never repair each other (defect 8)"]
+#[test]
+fn two_replicas_repairing_at_once() {
+    scenarios::two_replicas_repairing_at_once(options(3, 1)).unwrap();
+}
+
+// Review of defect 8 (liveness, within the fault model): after a power loss
+// the replica with one damaged entry boots first and gives up its log after
+// REPAIR_ROUNDS (2 s with Visor's defaults) before any peer is up; then a
+// restarted quorum {0, 1} cannot serve (1 recovering needs both others).
+// Fails with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
+// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fix: count
+// the rounds only once a quorum of peers is heard from (or give up only on
+// negative answers from a quorum).
+#[ignore = "review: a repair gives up before any peer is up (defect 8)"]
+#[test]
+fn repairing_replica_outwaits_slow_peers() {
+    scenarios::repairing_replica_outwaits_slow_peers(options(3, 1)).unwrap();
+}
