@@ -1491,6 +1491,34 @@ mod tests {
         ));
     }
 
+    // Review of defect 15 (pre-existing, false positive): a power loss
+    // during the very first superblock write of a new store (its two
+    // copies, unsynced, torn) leaves a superblock file with bytes but no
+    // valid copy, and an empty log. Open refuses it for good ("every
+    // superblock copy is damaged"), though nothing was ever acknowledged:
+    // the node needs an operator after a crash in its first milliseconds.
+    // Fix: create the superblock file complete (write a temporary file,
+    // sync, rename, sync the directory), so a torn first write leaves no
+    // superblock file at all.
+    #[ignore = "review: a crash while creating a store makes it unopenable"]
+    #[test]
+    fn a_crash_during_the_first_superblock_write_leaves_a_store_that_opens() {
+        let (store, _) = open(MemDisk::default());
+        let created = store.into_disk().read(Zone::Superblock).unwrap();
+        // The first update writes slots 2 and 3 (Superblock::slots_of(1)).
+        assert!(created[..2 * SLOT_SIZE].iter().all(|&b| b == 0));
+        for torn in [1, 100, SLOT_SIZE - 1] {
+            let mut disk = MemDisk::default();
+            disk.write(Zone::Superblock, 0, &created[..2 * SLOT_SIZE + torn])
+                .unwrap();
+            disk.sync(Zone::Superblock).unwrap();
+            match Store::open(disk, identity(), b"meta".to_vec()) {
+                Ok(_) => {}
+                Err(e) => panic!("first superblock write torn at {torn} bytes: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_log_without_its_superblock_is_refused_and_left_untouched() {
         let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
