@@ -10,8 +10,9 @@
 //! (Protocol-Aware Recovery, Alagappan et al., FAST 2018).
 //!
 //! Until the entry arrives, the replica takes part in nothing: it executes
-//! nothing, sends nothing but `RequestEntry`, answers nothing and merges no
-//! crash vector, exactly as if it were still down. Once it holds the entry,
+//! nothing, sends nothing but `RequestEntry` (and, to another repairing
+//! replica, an `Entry` it asked for by checksum), answers nothing else and
+//! merges no crash vector, exactly as if it were still down. Once it holds the entry,
 //! it becomes what `Replica::restart_from` makes of the whole log (the
 //! safety argument of a restart from disk then applies unchanged), after a
 //! `WriteLog` of the repaired suffix so that the store records the repair.
@@ -105,6 +106,22 @@ impl Replica {
     pub(crate) fn on_request_entry(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
         if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum) {
             let entry = entry.clone();
+            self.send(from, &Message::Entry { entry });
+        }
+    }
+
+    /// A repairing replica asked for an entry by op and checksum: this one,
+    /// repairing too, answers from the intact entries of its stored log
+    /// (the checksum makes it the same entry, and an `Entry` changes nothing
+    /// but the state of a replica waiting for exactly that entry).
+    pub(crate) fn on_request_entry_repairing(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
+        let Some(repair) = self.repair.as_ref() else {
+            return;
+        };
+        let entry = (repair.entries.iter().chain(&repair.after))
+            .find(|e| e.op == op && e.checksum == checksum)
+            .cloned();
+        if let Some(entry) = entry {
             self.send(from, &Message::Entry { entry });
         }
     }

@@ -710,12 +710,12 @@ pub fn unrepairable_wal_entry_falls_back_to_recovery(options: Options) -> Result
     settle(&mut sim)
 }
 
-/// Disk mode, review of defect 8: two replicas of three restart, each with
-/// one damaged entry (ops 5 and 7), while the third is down. Each holds the
-/// entry the other lacks, but a `Repairing` replica answers no
-/// `RequestEntry`, so both give up after `REPAIR_ROUNDS`, empty their logs
-/// and recover; a recovery needs a quorum of the *others* not recovering,
-/// so once the third returns the cluster still cannot serve.
+/// Disk mode: two replicas of three restart, each with one damaged entry
+/// (ops 5 and 7), while the third is down. Each holds the entry the other
+/// lacks. If a `Repairing` replica answered no `RequestEntry`, both would
+/// give up after `REPAIR_ROUNDS`, empty their logs and recover; a recovery
+/// needs a quorum of the *others* not recovering, so even once the third
+/// returns with every commit the cluster could never serve again.
 pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;

@@ -125,15 +125,6 @@ fn unrepairable_wal_entry_falls_back_to_recovery() {
     scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
 }
 
-// Review of defect 8 (liveness): a Repairing replica answers no
-// RequestEntry, so two replicas repairing at once (third down) both give up
-// after REPAIR_ROUNDS, empty their logs and recover; recovery needs a quorum
-// of non-recovering others, so the cluster never serves again even once the
-// third returns with every commit. Fails with "every replica holds the
-// commits: not within 4000 ticks; ... r0:ViewChange v0 lv0 op11, r1:Recovering
-// ... op0, r2:Recovering ... op0". Fix: a repairing replica answers
-// RequestEntry from its intact entries.
-#[ignore = "review: two repairing replicas never repair each other (defect 8)"]
 #[test]
 fn two_replicas_repairing_at_once() {
     scenarios::two_replicas_repairing_at_once(options(3, 1)).unwrap();
