@@ -146,10 +146,15 @@ impl Replica {
         // crash vector) it keeps: its incarnations are the durable ones.
         state.incarnations = self.incarnations;
         entries.push(entry);
+        let whole = hole.0 + after.len() as Op;
         entries.extend(after);
         let written: Vec<Arc<Prepare>> = entries.iter().filter(|e| e.op >= hole.0).cloned().collect();
         match Replica::restart_from(self.config.clone(), self.index, state, checkpoint, entries) {
-            Ok((replica, outputs)) => {
+            // With a checkpoint, `restart_from` keeps only the entries that
+            // chain from it: a shorter log means the entries before the hole
+            // do not chain with the fetched one (damage over more than one
+            // record, read as one), and it would drop acknowledged entries.
+            Ok((replica, outputs)) if replica.op() == whole => {
                 self.take_place_of(replica);
                 self.out.push(Output::WriteLog {
                     after: hole.0 - 1,
@@ -158,8 +163,19 @@ impl Replica {
                 self.out.extend(outputs);
             }
             // The stored log does not chain after all: only a recovery can
-            // tell what it held.
-            Err(_) => self.give_up_repair(),
+            // tell what it held. (`give_up_repair` recovers from the repair
+            // in hand, which was taken above.)
+            _ => {
+                self.repair = Some(Box::new(Repair {
+                    state,
+                    checkpoint: None,
+                    entries: Vec::new(),
+                    hole,
+                    after: Vec::new(),
+                    rounds: 0,
+                }));
+                self.give_up_repair();
+            }
         }
     }
 
