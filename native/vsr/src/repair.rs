@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::checksum::checksum;
+use crate::checksum::{checksum, root_checksum};
 use crate::config::{Config, Op, ReplicaIndex};
 use crate::message::{Message, Prepare};
 use crate::replica::{DurableState, Output, Replica, Status};
@@ -145,16 +145,16 @@ impl Replica {
         // Whatever the replica learned meanwhile (nothing, as it merges no
         // crash vector) it keeps: its incarnations are the durable ones.
         state.incarnations = self.incarnations;
+        // Damage over several adjacent records reads as one damaged record;
+        // then the entries before the hole may not be those the fetched one
+        // follows. `restart_from` would refuse them, or, with a checkpoint,
+        // keep only the checkpoint and drop entries this replica acknowledged.
+        let chains = self.parent_of_hole(&entries, checkpoint.as_deref(), hole.0) == Some(entry.parent);
         entries.push(entry);
-        let whole = hole.0 + after.len() as Op;
         entries.extend(after);
         let written: Vec<Arc<Prepare>> = entries.iter().filter(|e| e.op >= hole.0).cloned().collect();
         match Replica::restart_from(self.config.clone(), self.index, state, checkpoint, entries) {
-            // With a checkpoint, `restart_from` keeps only the entries that
-            // chain from it: a shorter log means the entries before the hole
-            // do not chain with the fetched one (damage over more than one
-            // record, read as one), and it would drop acknowledged entries.
-            Ok((replica, outputs)) if replica.op() == whole => {
+            Ok((replica, outputs)) if chains => {
                 self.take_place_of(replica);
                 self.out.push(Output::WriteLog {
                     after: hole.0 - 1,
@@ -176,6 +176,22 @@ impl Replica {
                 }));
                 self.give_up_repair();
             }
+        }
+    }
+
+    /// The checksum of the stored entry just before the hole at `op`: the
+    /// last entry before it, or the checkpoint (or the root) it follows.
+    fn parent_of_hole(
+        &self,
+        entries: &[Arc<Prepare>],
+        checkpoint: Option<&Checkpoint>,
+        op: Op,
+    ) -> Option<u128> {
+        match (entries.last(), checkpoint) {
+            (Some(last), _) if last.op + 1 == op => Some(last.checksum),
+            (_, Some(c)) if c.op + 1 == op => Some(c.checksum),
+            _ if op == 1 => Some(root_checksum(self.config.cluster)),
+            _ => None,
         }
     }
 
