@@ -114,9 +114,13 @@ impl Replica {
         } = decoded;
         if self.status == Status::Repairing {
             // Nothing but the entry it waits for, before it merges anything:
-            // it answers nothing, so it learns nothing it must make durable.
-            if let Message::Entry { entry } = message {
-                self.on_repair_entry(entry);
+            // it learns nothing it must make durable. It answers only another
+            // repairing replica's request for an entry it holds intact (two
+            // replicas repairing at once would otherwise both give up).
+            match message {
+                Message::Entry { entry } => self.on_repair_entry(entry),
+                Message::RequestEntry { op, checksum } => self.on_request_entry_repairing(from, op, checksum),
+                _ => {}
             }
             return;
         }

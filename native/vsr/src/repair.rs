@@ -10,8 +10,9 @@
 //! (Protocol-Aware Recovery, Alagappan et al., FAST 2018).
 //!
 //! Until the entry arrives, the replica takes part in nothing: it executes
-//! nothing, sends nothing but `RequestEntry`, answers nothing and merges no
-//! crash vector, exactly as if it were still down. Once it holds the entry,
+//! nothing, sends nothing but `RequestEntry` (and, to another repairing
+//! replica, an `Entry` it asked for by checksum), answers nothing else and
+//! merges no crash vector, exactly as if it were still down. Once it holds the entry,
 //! it becomes what `Replica::restart_from` makes of the whole log (the
 //! safety argument of a restart from disk then applies unchanged), after a
 //! `WriteLog` of the repaired suffix so that the store records the repair.
@@ -24,7 +25,7 @@
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::checksum::checksum;
+use crate::checksum::{checksum, root_checksum};
 use crate::config::{Config, Op, ReplicaIndex};
 use crate::message::{Message, Prepare};
 use crate::replica::{DurableState, Output, Replica, Status};
@@ -109,6 +110,22 @@ impl Replica {
         }
     }
 
+    /// A repairing replica asked for an entry by op and checksum: this one,
+    /// repairing too, answers from the intact entries of its stored log
+    /// (the checksum makes it the same entry, and an `Entry` changes nothing
+    /// but the state of a replica waiting for exactly that entry).
+    pub(crate) fn on_request_entry_repairing(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
+        let Some(repair) = self.repair.as_ref() else {
+            return;
+        };
+        let entry = (repair.entries.iter().chain(&repair.after))
+            .find(|e| e.op == op && e.checksum == checksum)
+            .cloned();
+        if let Some(entry) = entry {
+            self.send(from, &Message::Entry { entry });
+        }
+    }
+
     pub(crate) fn on_repair_entry(&mut self, entry: Arc<Prepare>) {
         let Some(repair) = self.repair.as_ref() else {
             return;
@@ -128,11 +145,16 @@ impl Replica {
         // Whatever the replica learned meanwhile (nothing, as it merges no
         // crash vector) it keeps: its incarnations are the durable ones.
         state.incarnations = self.incarnations;
+        // Damage over several adjacent records reads as one damaged record;
+        // then the entries before the hole may not be those the fetched one
+        // follows. `restart_from` would refuse them, or, with a checkpoint,
+        // keep only the checkpoint and drop entries this replica acknowledged.
+        let chains = self.parent_of_hole(&entries, checkpoint.as_deref(), hole.0) == Some(entry.parent);
         entries.push(entry);
         entries.extend(after);
         let written: Vec<Arc<Prepare>> = entries.iter().filter(|e| e.op >= hole.0).cloned().collect();
         match Replica::restart_from(self.config.clone(), self.index, state, checkpoint, entries) {
-            Ok((replica, outputs)) => {
+            Ok((replica, outputs)) if chains => {
                 self.take_place_of(replica);
                 self.out.push(Output::WriteLog {
                     after: hole.0 - 1,
@@ -141,8 +163,35 @@ impl Replica {
                 self.out.extend(outputs);
             }
             // The stored log does not chain after all: only a recovery can
-            // tell what it held.
-            Err(_) => self.give_up_repair(),
+            // tell what it held. (`give_up_repair` recovers from the repair
+            // in hand, which was taken above.)
+            _ => {
+                self.repair = Some(Box::new(Repair {
+                    state,
+                    checkpoint: None,
+                    entries: Vec::new(),
+                    hole,
+                    after: Vec::new(),
+                    rounds: 0,
+                }));
+                self.give_up_repair();
+            }
+        }
+    }
+
+    /// The checksum of the stored entry just before the hole at `op`: the
+    /// last entry before it, or the checkpoint (or the root) it follows.
+    fn parent_of_hole(
+        &self,
+        entries: &[Arc<Prepare>],
+        checkpoint: Option<&Checkpoint>,
+        op: Op,
+    ) -> Option<u128> {
+        match (entries.last(), checkpoint) {
+            (Some(last), _) if last.op + 1 == op => Some(last.checksum),
+            (_, Some(c)) if c.op + 1 == op => Some(c.checksum),
+            _ if op == 1 => Some(root_checksum(self.config.cluster)),
+            _ => None,
         }
     }
 

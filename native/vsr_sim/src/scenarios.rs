@@ -1065,3 +1065,115 @@ pub fn paused_primary_announces_no_commit_from_a_newer_history(options: Options)
     settle(&mut sim)?;
     commit(&mut sim, 0, 1)
 }
+
+/// Disk mode: two replicas of three restart, each with one damaged entry
+/// (ops 5 and 7), while the third is down. Each holds the entry the other
+/// lacks. If a `Repairing` replica answered no `RequestEntry`, both would
+/// give up after `REPAIR_ROUNDS`, empty their logs and recover; a recovery
+/// needs a quorum of the *others* not recovering, so even once the third
+/// returns with every commit the cluster could never serve again.
+pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    if !sim.rot_wal_entry(1, 5) || !sim.rot_wal_entry(2, 7) {
+        return Err(failure(&sim, "a WAL holds no record of the op".into()));
+    }
+    sim.restart(1);
+    sim.restart(2);
+    sim.run_ticks(PHASE_TICKS * 2)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS * 2, "every replica holds the commits", |s| {
+        (0..s.n()).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Disk mode, review of defect 8, within the fault model (power loss on
+/// every node, rot in one record of one replica): replica 1 restarts first,
+/// with one damaged entry; the others take longer than `REPAIR_ROUNDS`
+/// requests to boot. Replica 1 gives up its log on that timer alone, so
+/// when replica 0 returns (a quorum, {0, 1}, has restarted, and 0 holds the
+/// entry) the cluster cannot serve: a recovering replica needs a quorum of
+/// the others, and replica 2 is still down.
+pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    for r in 0..sim.n() as ReplicaIndex {
+        sim.crash(r);
+    }
+    if !sim.rot_wal_entry(1, 5) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 5".into()));
+    }
+    sim.restart(1);
+    sim.run_ticks(PHASE_TICKS)?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS * 2, "replicas 0 and 1 serve the commits", |s| {
+        (0..2).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    commit(&mut sim, 0, 1)?;
+    sim.restart(2);
+    settle(&mut sim)
+}
+
+/// Disk mode, review of defect 8, within the fault model (power loss on
+/// every node, rot in one record of one replica, a quorum restarted):
+/// replica 1, down for a while, restarts with a damaged entry above its
+/// own checkpoint; replica 0, the one peer up, has checkpointed past that
+/// entry and restarted from its checkpoint, so no peer holds the entry.
+/// Replica 1 gives up its log and needs both others to recover, so {0, 1}
+/// cannot serve, though 0's checkpoint covers the damaged (committed) op.
+pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> Result<(), Failure> {
+    options.config.checkpoint_interval = 4;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..9 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(100)?;
+    sim.crash(1);
+    for _ in 0..20 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(100)?;
+    let committed = sim.checker.committed();
+    sim.crash(0);
+    sim.crash(2);
+    if !sim.rot_wal_entry(1, 9) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 9".into()));
+    }
+    sim.restart(1);
+    if sim.replica(1).repairing().is_none() {
+        return Err(failure(&sim, "replica 1 does not repair op 9".into()));
+    }
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS * 2, "replicas 0 and 1 serve the commits", |s| {
+        (0..2).all(|r| {
+            s.replicas[r]
+                .as_ref()
+                .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
+        })
+    })?;
+    commit(&mut sim, 0, 0)?;
+    sim.restart(2);
+    settle(&mut sim)
+}

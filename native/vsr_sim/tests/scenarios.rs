@@ -161,3 +161,38 @@ fn huge_limits_do_not_overflow() {
 fn paused_primary_announces_no_commit_from_a_newer_history() {
     scenarios::paused_primary_announces_no_commit_from_a_newer_history(options(5, 13)).unwrap();
 }
+
+#[test]
+fn two_replicas_repairing_at_once() {
+    scenarios::two_replicas_repairing_at_once(options(3, 1)).unwrap();
+}
+
+// Review of defect 8 (liveness, within the fault model): after a power loss
+// the replica with one damaged entry boots first and gives up its log after
+// REPAIR_ROUNDS (2 s with Visor's defaults) before any peer is up; then a
+// restarted quorum {0, 1} cannot serve (1 recovering needs both others).
+// Fails with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
+// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fix: count
+// the rounds only once a quorum of peers is heard from (or give up only on
+// negative answers from a quorum).
+#[ignore = "review: a repair gives up before any peer is up (defect 8)"]
+#[test]
+fn repairing_replica_outwaits_slow_peers() {
+    scenarios::repairing_replica_outwaits_slow_peers(options(3, 1)).unwrap();
+}
+
+// Review of defect 8 (liveness, within the fault model): replica 1 restarts
+// with a damaged entry (op 9) above its own checkpoint (8) but below the
+// checkpoint (28) the one peer up restarted from; no peer holds op 9, so 1
+// gives up its log and cannot recover without replica 2 (down). Without
+// the rot, {0, 1} serve (checked). Fails with "replicas 0 and 1 serve the
+// commits: not within 4000 ticks; committed 30, ...; r0:ViewChange v0 lv0
+// op30(base 28) commit28/28 ckpt28, r1:Recovering v0 lv0 op0, r2:down".
+// Fix: a peer whose checkpoint covers the op says so, and the repairing
+// replica state-syncs that checkpoint and keeps its own entries after it
+// (what restart_from does with a checkpoint) instead of discarding its log.
+#[ignore = "review: an entry below every peer's checkpoint is never repaired (defect 8)"]
+#[test]
+fn repair_of_an_entry_below_every_peers_checkpoint() {
+    scenarios::repair_of_an_entry_below_every_peers_checkpoint(options(3, 1)).unwrap();
+}
