@@ -968,7 +968,7 @@ pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> 
     c.pipeline_max = u64::MAX;
     c.view_change_ticks = u64::MAX;
     c.prepare_retry_ticks = u64::MAX;
-    c.resend_ticks = u64::MAX;
+    c.resend_ticks = u64::MAX - 1; // below view_change_ticks, as validate requires
     c.request_retry_ticks = u64::MAX;
     c.checkpoint_interval = u64::MAX;
     c.batch_max_requests = usize::MAX;

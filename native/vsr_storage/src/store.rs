@@ -1561,6 +1561,7 @@ mod tests {
             config.wire_cluster(),
             1,
             &[0, 0, 0],
+            0,
             &Message::Entry {
                 entry: new[1].clone(),
             },
