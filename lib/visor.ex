@@ -358,7 +358,9 @@ defmodule Visor do
     end
 
     deadline = System.monotonic_time(:millisecond) + timeout
-    GenServer.call(module, {request, deadline}, timeout + @grace_ms)
+    # receive's `after` takes at most 2^32 - 1 ms; the server answers
+    # :timeout by then too (Visor.Server caps the deadline the same way).
+    GenServer.call(module, {request, deadline}, min(timeout + @grace_ms, 0xFFFF_FFFF))
   catch
     :exit, reason -> exit_error(reason)
   end

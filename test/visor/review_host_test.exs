@@ -5,10 +5,27 @@ defmodule Visor.ReviewHostTest do
   # async: real nodes.
   use ExUnit.Case, async: false
 
+  import Bitwise
   alias Visor.Test.{Cluster, Counter}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp server(node), do: :erpc.call(node, Process, :whereis, [Cache])
+
+  test "a call with a deadline too far for a timer does not crash the server" do
+    [a | _] = nodes = nodes(3)
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    assert :erpc.call(a, Cache, :commit, [{:add, %{before: 1}}]) == nil
+    before = server(a)
+
+    # From another node (this one), as a raw call: any deadline is an integer.
+    payload = :erlang.term_to_binary({:add, %{far: 1}})
+    assert {:ok, nil} = GenServer.call({Cache, a}, {{:commit, payload}, 1 <<< 62}, 5_000)
+    # And through the API, with a timeout of some 35 years.
+    assert :erpc.call(a, Cache, :commit, [{:add, %{api: 1}}, [timeout: 1 <<< 40]]) == nil
+
+    assert server(a) == before
+    assert :erpc.call(a, Cache, :get, []) == %{before: 1, far: 1, api: 1}
+  end
 
   @tag :skip
   # BUG (Lose nothing #12, memory mode): Visor.Lifetime is tied to the pid
