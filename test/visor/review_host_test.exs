@@ -11,6 +11,9 @@ defmodule Visor.ReviewHostTest do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp server(node), do: :erpc.call(node, Process, :whereis, [Cache])
 
+  defp formation(node),
+    do: :erpc.call(node, Process, :whereis, [Visor.Supervisor.name(Cache, :formation)])
+
   test "a call with a deadline too far for a timer does not crash the server" do
     [a | _] = nodes = nodes(3)
     :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
@@ -25,6 +28,33 @@ defmodule Visor.ReviewHostTest do
 
     assert server(a) == before
     assert :erpc.call(a, Cache, :get, []) == %{before: 1, far: 1, api: 1}
+  end
+
+  test "formation messages with malformed members crash no formation process" do
+    [a, b] = nodes = nodes(2)
+
+    # cluster_size 3 with two nodes: both stay discovering.
+    for n <- nodes,
+        do:
+          {:ok, _} =
+            :erpc.call(n, Cluster, :start_group_here, [Cache, [cluster_size: 3], :critical])
+
+    Process.sleep(300)
+    before = for n <- nodes, do: formation(n)
+    name = Visor.Supervisor.name(Cache, :formation)
+
+    # A formed cluster naming only the receiver, with other settings.
+    send(
+      {name, a},
+      {:visor_formed,
+       %{id: 1, cluster: <<0::128>>, members: [a], incarnations: %{}, settings: %{}}}
+    )
+
+    # A proposal whose member list is an improper list.
+    send({name, b}, {:visor_propose, self(), %{id: 1, cluster: <<0::128>>, members: [:x | :y]}})
+
+    Process.sleep(300)
+    assert for(n <- nodes, do: formation(n)) == before
   end
 
   @tag :skip
