@@ -300,7 +300,8 @@ defmodule Visor do
   or an error as `commit/3` does (`:timeout` option likewise).
   """
   @spec skip(group(), pos_integer(), keyword()) :: :ok | {:error, error()}
-  def skip(module, op, opts \\ []) when is_integer(op) and op > 0 do
+  # An op is a u64: a larger one would wrap onto another op in the payload.
+  def skip(module, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
     case call(module, {:skip, op}, opts) do
       {:ok, _} -> :ok
       {:error, _} = error -> error

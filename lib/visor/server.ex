@@ -255,7 +255,7 @@ defmodule Visor.Server do
   # A skip is a command like any other (so every replica executes it at
   # the same op); it is the one command a halted replica accepts.
   def handle_call({{:skip, op}, deadline}, from, state)
-      when is_integer(op) and op > 0 and is_integer(deadline) do
+      when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF and is_integer(deadline) do
     case phase_error(state) do
       nil -> poll(enqueue(state, from, deadline, :commit, Executor.skip_payload(op)))
       error -> {:reply, {:error, error}, state}

@@ -30,6 +30,13 @@ defmodule Visor.ReviewHostTest do
     assert :erpc.call(a, Cache, :get, []) == %{before: 1, far: 1, api: 1}
   end
 
+  test "a skip names an op of the log (a u64): a larger op does not wrap onto another" do
+    wrapped = (1 <<< 64) + 5
+    assert_raise FunctionClauseError, fn -> Visor.skip(Cache, wrapped) end
+    assert_raise FunctionClauseError, fn -> Visor.Executor.skip_payload(wrapped) end
+    assert Visor.Executor.skip_target(Visor.Executor.skip_payload(5)) == 5
+  end
+
   test "formation messages with malformed members crash no formation process" do
     [a, b] = nodes = nodes(2)
 
