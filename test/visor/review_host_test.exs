@@ -64,6 +64,44 @@ defmodule Visor.ReviewHostTest do
     assert for(n <- nodes, do: formation(n)) == before
   end
 
+  test "odd but well-formed calls, casts, exits and deep terms from a peer crash neither process" do
+    [a | _] = nodes = nodes(3)
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    assert :erpc.call(a, Cache, :commit, [{:add, %{before: 1}}]) == nil
+    before = for n <- nodes, do: {server(n), formation(n)}
+    deep = Enum.reduce(1..100_000, :bottom, &[&1 | [&2]])
+    alias_from = {self(), [:alias | make_ref()]}
+
+    messages = [
+      {:"$gen_call", {self(), :not_a_ref}, :junk},
+      {:"$gen_call", {self(), make_ref()}, {{:commit, :not_binary}, 1}},
+      {:"$gen_call", {self(), make_ref()}, {{:read_local, [:no, :such, :path]}, 1}},
+      {:"$gen_call", {self(), make_ref()}, {{:skip, 0}, 1}},
+      {:"$gen_call", alias_from, {:subscribe_typo, self(), make_ref()}},
+      {:"$gen_cast", :junk},
+      {:system, {self(), make_ref()}, :junk_request},
+      # An EXIT from a process that is not the parent is an ordinary message.
+      {:EXIT, self(), :kill},
+      {:visor_peer, deep},
+      {:visor_peer, [<<1, 2, 3>> | :improper]},
+      {:visor_hello, self(), :x@nowhere, 1, deep},
+      {:visor_hello_reply, self(), :x@nowhere, 1, {:ok, deep}},
+      {:visor_hello_reply, self(), :x@nowhere, 1, {:mismatch, deep, deep, true}},
+      {:visor_propose, self(), %{id: 1, cluster: <<0::128>>, members: deep}},
+      {:visor_formed, %{deep: deep}},
+      deep
+    ]
+
+    for n <- nodes,
+        name <- [Cache, Visor.Supervisor.name(Cache, :formation)],
+        m <- messages,
+        do: send({name, n}, m)
+
+    Process.sleep(1_000)
+    assert for(n <- nodes, do: {server(n), formation(n)}) == before
+    for n <- nodes, do: assert(:erpc.call(n, Cache, :get, []) == %{before: 1})
+  end
+
   @tag :skip
   # BUG (Lose nothing #12, memory mode): Visor.Lifetime is tied to the pid
   # of the group's supervisor. A supervisor that gives up (more than 3
