@@ -305,7 +305,8 @@ defmodule Visor do
   or an error as `commit/3` does (`:timeout` option likewise).
   """
   @spec skip(group(), pos_integer(), keyword()) :: :ok | {:error, error()}
-  def skip(module, op, opts \\ []) when is_integer(op) and op > 0 do
+  # An op is a u64: a larger one would wrap onto another op in the payload.
+  def skip(module, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
     case call(module, {:skip, op}, opts) do
       {:ok, _} -> :ok
       {:error, _} = error -> error
@@ -364,7 +365,9 @@ defmodule Visor do
     end
 
     deadline = System.monotonic_time(:millisecond) + timeout
-    GenServer.call(module, {request, deadline}, timeout + @grace_ms)
+    # receive's `after` takes at most 2^32 - 1 ms; the server answers
+    # :timeout by then too (Visor.Server caps the deadline the same way).
+    GenServer.call(module, {request, deadline}, min(timeout + @grace_ms, 0xFFFF_FFFF))
   catch
     :exit, reason -> exit_error(reason)
   end

@@ -91,7 +91,7 @@ defmodule Visor.Executor do
 
   @doc "The payload of a command that skips the poison command at `op` (`Visor.skip/3`)."
   @spec skip_payload(pos_integer()) :: binary()
-  def skip_payload(op), do: <<@skip_tag, op::64>>
+  def skip_payload(op) when op in 1..0xFFFF_FFFF_FFFF_FFFF, do: <<@skip_tag, op::64>>
 
   @doc "The op a skip payload skips, or `nil` for any other payload."
   @spec skip_target(binary()) :: pos_integer() | nil

@@ -446,7 +446,8 @@ defmodule Visor.Formation do
         {:visor_propose, pid, %{id: id, cluster: <<_::128>>, members: members} = p},
         state
       )
-      when is_pid(pid) and is_list(members) do
+      when is_pid(pid) and is_list(members) and length(members) <= 6 do
+    # (length/1 in the guard also keeps an improper list out: `in` raises on one.)
     if state.phase == :discovering and state.mode == :discovery and node() in members and
          Map.get(p, :settings) == state.settings do
       send(pid, {:visor_accept, id, node(), state.incarnation})
@@ -681,7 +682,8 @@ defmodule Visor.Formation do
       # Named, but the cluster runs with other settings than this node's.
       mismatch =
           node() in formed.members && Options.setting_mismatch(state.settings, formed.settings) ->
-        refuse(state, hd(formed.members -- [node()]), mismatch)
+        # (A peer's cluster may name this node alone: no hd/1 here.)
+        refuse(state, List.first(formed.members -- [node()], node()), mismatch)
 
       # Named under another incarnation: an earlier process of this node
       # was accepted, and may have run a replica. Rejoin, recovering.

@@ -57,6 +57,10 @@ defmodule Visor.Server do
   # never finish (a majority that lost its memory).
   @recovering_warn_ms 10_000
 
+  # The longest a caller waits for its deadline (2^32 - 1 ms, a timer
+  # every OTP release accepts).
+  @max_deadline_ms 0xFFFF_FFFF
+
   # A server that died inside handle_commit at the same op this many times
   # in a row stops executing there (a poison command; see `Visor.skip/3`).
   @poison_deaths 2
@@ -254,7 +258,7 @@ defmodule Visor.Server do
   # A skip is a command like any other (so every replica executes it at
   # the same op); it is the one command a halted replica accepts.
   def handle_call({{:skip, op}, deadline}, from, state)
-      when is_integer(op) and op > 0 and is_integer(deadline) do
+      when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF and is_integer(deadline) do
     case phase_error(state) do
       nil -> poll(enqueue(state, from, deadline, :commit, Executor.skip_payload(op)))
       error -> {:reply, {:error, error}, state}
@@ -332,7 +336,10 @@ defmodule Visor.Server do
 
   defp enqueue(state, from, deadline, kind, payload) do
     ref = make_ref()
-    delay = max(deadline - System.monotonic_time(:millisecond), 0)
+    # A caller (or any node's raw call) may name any deadline: one too far
+    # for a timer would raise in send_after and crash the server. Past
+    # @max_deadline_ms (~49 days) the caller is answered :timeout then.
+    delay = min(max(deadline - System.monotonic_time(:millisecond), 0), @max_deadline_ms)
     timer = Process.send_after(self(), {:visor_deadline, ref}, delay)
     job = %{ref: ref, kind: kind, payload: payload, result: nil}
 
