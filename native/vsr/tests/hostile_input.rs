@@ -68,14 +68,12 @@ fn a_view_near_u64_max_from_the_network_does_not_wedge_or_panic() {
     );
 }
 
-/// BUG: `entries_are_consistent` (message.rs) computes `from + 1` and
+/// `entries_are_consistent` (message.rs) computed `from + 1` and
 /// `w[0].op + 1` on untrusted fields: a StartView (or DoViewChange) with
-/// `from: u64::MAX` panics `decode` itself with overflow checks (tests, the
-/// simulator); the release build wraps, and the entry with op 0 is then
-/// taken as attached. Fix: `from.checked_add(1) == Some(e.op)` and
-/// `w[0].op.checked_add(1) == Some(w[1].op)`.
+/// `from: u64::MAX` panicked `decode` itself with overflow checks (tests,
+/// the simulator); the release build wrapped, and took the entry with op 0
+/// as attached. Now it is malformed.
 #[test]
-#[ignore = "bug: decode computes from + 1 on an untrusted field"]
 fn a_start_view_from_u64_max_does_not_panic_decode() {
     let mut replica = Replica::new(Config::new(CLUSTER, 3), 0);
     tick(&mut replica, 1);
@@ -92,6 +90,23 @@ fn a_start_view_from_u64_max_does_not_panic_decode() {
             entries: vec![entry],
         },
     );
+    // A run of entries whose first is at op u64::MAX: the same.
+    let last = Arc::new(Prepare::new(7, 1, u64::MAX, 1, vec![]));
+    let wrapped = Arc::new(Prepare::new(last.checksum, 1, 0, 2, vec![]));
+    receive(
+        &mut replica,
+        1,
+        &Message::DoViewChange {
+            view: 1,
+            log_view: 0,
+            op: 0,
+            commit: 0,
+            from: u64::MAX - 1,
+            from_checksum: 7,
+            entries: vec![last, wrapped],
+        },
+    );
+    assert_eq!(replica.stats().dropped_malformed, 2);
 }
 
 /// BUG: a DoViewChange's `op` and `log_view` are claims, not checked
