@@ -1071,3 +1071,34 @@ pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), F
     sim.clock_offset_ns[0] = 0;
     settle(&mut sim)
 }
+
+/// Review of issue "Lose nothing" 5 (passes: kept as a regression): a read
+/// confirmed by the primary of view 0, whose ReadOk is held, is re-sent
+/// to the primary of view 1 after the first crashes; another read is
+/// submitted while its replica is in the view change; writes follow in
+/// view 1, then the old ReadOk arrives. Every read is answered, none
+/// stale (the simulator checks each read's index against the replies
+/// given before it was issued).
+pub fn read_resent_across_a_view_change(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.network.hold(0, 2);
+    sim.issue_read(2)?;
+    sim.run_ticks(10)?; // replica 0 confirms it; its ReadOk waits
+    sim.crash(0);
+    sim.run_until(PHASE_TICKS, "replica 1 starts a view change", |s| {
+        s.replica(1).status() == Status::ViewChange
+    })?;
+    sim.issue_read(1)?;
+    sim.run_until(PHASE_TICKS, "view 1 runs", |s| {
+        s.replica(1).view() >= 1 && s.replica(1).status() == Status::Normal
+    })?;
+    for _ in 0..3 {
+        commit(&mut sim, 0, 2)?;
+    }
+    let now = sim.tick;
+    sim.network.release(now, 0, 2);
+    sim.restart(0);
+    settle(&mut sim)
+}

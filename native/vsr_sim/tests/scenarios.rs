@@ -173,3 +173,8 @@ fn primary_clock_jump_then_request_at_once() {
     scenarios::primary_clock_jump_then_request_at_once(options(3, 1)).unwrap();
     scenarios::primary_clock_jump_then_request_at_once(options(5, 1)).unwrap();
 }
+
+#[test]
+fn read_resent_across_a_view_change() {
+    scenarios::read_resent_across_a_view_change(options(3, 1)).unwrap();
+}
