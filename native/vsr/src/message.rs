@@ -361,7 +361,7 @@ fn entries_are_consistent(message: &Message) -> bool {
     let checksums_hold = entries.iter().all(|e| e.compute_checksum() == e.checksum);
     let chained = entries
         .windows(2)
-        .all(|w| w[1].op == w[0].op + 1 && w[1].parent == w[0].checksum);
+        .all(|w| w[0].op.checked_add(1) == Some(w[1].op) && w[1].parent == w[0].checksum);
     let attached = match message {
         Message::DoViewChange {
             from,
@@ -376,7 +376,7 @@ fn entries_are_consistent(message: &Message) -> bool {
             ..
         } => entries
             .first()
-            .is_none_or(|e| e.op == from + 1 && e.parent == *from_checksum),
+            .is_none_or(|e| from.checked_add(1) == Some(e.op) && e.parent == *from_checksum),
         _ => true,
     };
     checksums_hold && chained && attached
