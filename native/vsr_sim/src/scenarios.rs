@@ -1280,3 +1280,49 @@ pub fn read_resent_across_a_view_change(options: Options) -> Result<(), Failure>
     sim.restart(0);
     settle(&mut sim)
 }
+
+/// Review of defects 3 and 7 (issue "Lose nothing"): a diverged replica
+/// heals only from a peer that *knows* a quorum vouches for the checkpoint
+/// it wants, although any peer holding that very (op, digest) would do.
+///
+/// Replica 2's host lies from op 9 on. Replica 1's acks (with its report of
+/// checkpoint 12) are held back until replica 0 can no longer reach 1; then
+/// 0 counts 1's report, vouches for 12, and tells only 2, which diverges.
+/// Replica 0 then loses its memory (memory mode). Replica 1 holds exactly
+/// the checkpoint 2 needs, but does not know it is vouched, so it offers 2
+/// only its anchor (8), below what 2 would install; 2 stays diverged,
+/// votes for nothing, and 0 cannot recover without it.
+pub fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    register_all(&mut sim, 0)?;
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_ticks(50)?;
+    sim.options.lying_host = Some(2);
+    sim.network.hold(1, 0);
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replicas 1 and 2 checkpoint op 12", |s| {
+        [1, 2]
+            .iter()
+            .all(|&r| s.replica(r).checkpoint().is_some_and(|c| c.op == 12))
+    })?;
+    sim.run_ticks(20)?;
+    sim.network.set_link(0, 1, false);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    sim.crash(0);
+    sim.network.heal();
+    sim.restart_amnesiac(0);
+    let committed = sim.checker.committed();
+    sim.run_until(PHASE_TICKS * 4, "replica 2 heals and the cluster recovers", |s| {
+        s.replica(2).status() == Status::Normal && (0..3).all(|r| s.replica(r).commit() >= committed)
+    })?;
+    settle(&mut sim)
+}
