@@ -431,18 +431,38 @@ impl Replica {
     /// While diverged: asks the others, one per resend interval, for the
     /// quorum's checkpoint (any that vouches for one answers with it).
     pub(crate) fn tick_diverged(&mut self) {
-        let Some(op) = self.checkpoints.diverged else {
+        let Some(diverged) = self.checkpoints.diverged else {
             return;
         };
         if self.syncing() || !self.due(self.checkpoints.last_heal_request) {
             return;
         }
+        // It asks for the vouched identity it diverged from, by digest, so
+        // that a peer holding that very checkpoint sends it even if it has
+        // not heard the vouch (it may not have: the primary that counted
+        // it may since have lost its memory).
+        let Some((op, digest)) = self
+            .checkpoints
+            .vouched
+            .range(diverged..)
+            .next()
+            .map(|(&o, &d)| (o, d))
+        else {
+            return;
+        };
         self.checkpoints.last_heal_request = Some(self.ticks);
         let n = self.config.replica_count;
         let peer = (self.index + 1 + self.checkpoints.heal_peer % (n - 1).max(1)) % n;
         self.checkpoints.heal_peer = self.checkpoints.heal_peer.wrapping_add(1);
         if peer != self.index {
-            self.send(peer, &Message::RequestCheckpoint { op, offset: 0 });
+            self.send(
+                peer,
+                &Message::RequestCheckpoint {
+                    op,
+                    digest,
+                    offset: 0,
+                },
+            );
         }
     }
 
@@ -561,7 +581,16 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_request_checkpoint(&mut self, from: ReplicaIndex, op: Op, offset: u64) {
+    /// A peer asks for checkpoint `(op, digest)` from `offset`. It names a
+    /// digest it knows a quorum vouches for (from a vouch it heard, or from
+    /// chunks of a vouched checkpoint), so any checkpoint held here with
+    /// exactly that identity may be sent, vouch heard here or not.
+    pub(crate) fn on_request_checkpoint(
+        &mut self,
+        from: ReplicaIndex,
+        (op, digest): (Op, u128),
+        offset: u64,
+    ) {
         if self.status == Status::Diverged {
             return;
         }
@@ -570,9 +599,8 @@ impl Replica {
         let asked = [&checkpoints.held, &checkpoints.previous, &checkpoints.anchor]
             .into_iter()
             .flatten()
-            .filter(|h| self.servable(h))
             .chain(pinned)
-            .find(|h| h.checkpoint.op == op)
+            .find(|h| h.checkpoint.op == op && h.digest == digest)
             .cloned();
         match asked {
             Some(held) => {
@@ -680,9 +708,9 @@ impl Replica {
         let chunk = self.config.checkpoint_chunk_bytes as u64;
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
-        let (to, op, offset) = (sync.from, sync.op, sync.bytes.len() as u64);
+        let (to, op, digest, offset) = (sync.from, sync.op, sync.digest, sync.bytes.len() as u64);
         sync.want_until = offset.saturating_add(window_chunks(chunk).saturating_mul(chunk));
-        self.send(to, &Message::RequestCheckpoint { op, offset });
+        self.send(to, &Message::RequestCheckpoint { op, digest, offset });
     }
 
     /// Every tick: keeps a state sync going, or gives it up if its sender

@@ -221,9 +221,10 @@ pub enum Message {
         offset: u64,
         bytes: Vec<u8>,
     },
-    /// Asks for the sender's checkpoint at `op` from byte `offset` (or, if
-    /// the receiver has another, the start of that one).
-    RequestCheckpoint { op: Op, offset: u64 },
+    /// Asks for the checkpoint at `op` whose digest is `digest` from byte
+    /// `offset` (or, if the receiver holds no such one, the start of its
+    /// newest vouched one). The asker knows the digest as vouched.
+    RequestCheckpoint { op: Op, digest: u128, offset: u64 },
     /// A replica restarted from a log with one damaged entry asks for the
     /// entry `op` whose checksum is `checksum` (named by the entry after it).
     RequestEntry { op: Op, checksum: u128 },

@@ -633,7 +633,9 @@ impl Replica {
                 offset,
                 bytes,
             } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
-            Message::RequestCheckpoint { op, offset } => self.on_request_checkpoint(from, op, offset),
+            Message::RequestCheckpoint { op, digest, offset } => {
+                self.on_request_checkpoint(from, (op, digest), offset)
+            }
         }
     }
 

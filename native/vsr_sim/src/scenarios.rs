@@ -1289,9 +1289,11 @@ pub fn read_resent_across_a_view_change(options: Options) -> Result<(), Failure>
 /// checkpoint 12) are held back until replica 0 can no longer reach 1; then
 /// 0 counts 1's report, vouches for 12, and tells only 2, which diverges.
 /// Replica 0 then loses its memory (memory mode). Replica 1 holds exactly
-/// the checkpoint 2 needs, but does not know it is vouched, so it offers 2
-/// only its anchor (8), below what 2 would install; 2 stays diverged,
-/// votes for nothing, and 0 cannot recover without it.
+/// the checkpoint 2 needs, but does not know it is vouched. Before the fix
+/// it offered 2 only its anchor (8), below what 2 would install; 2 stayed
+/// diverged, voted for nothing, and 0 could not recover without it. Now 2
+/// names the vouched digest in `RequestCheckpoint`, and 1 sends the
+/// checkpoint with that identity.
 pub fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
     let clients = sim.clients.len();

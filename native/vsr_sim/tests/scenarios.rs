@@ -219,16 +219,11 @@ fn read_resent_across_a_view_change() {
     scenarios::read_resent_across_a_view_change(options(3, 1)).unwrap();
 }
 
-// BUG (review of defects 3 and 7): a diverged replica asks for the
-// checkpoint at the op where it diverged, but a peer sends only what it
-// itself knows a quorum vouches for: replica 1 holds exactly the quorum's
-// checkpoint 12 yet offers only its anchor 8, which replica 2 refuses (below
-// where it diverged). Replica 2 stays diverged and votes for nothing, and the
-// amnesiac replica 0 can never finish recovering: the cluster is wedged
-// after every fault healed. Fix: name the digest in RequestCheckpoint (the
-// requester knows it is vouched) and serve a held checkpoint that matches.
+/// Review of defects 3 and 7: a diverged replica heals from a peer that
+/// holds the quorum's checkpoint without having heard the vouch (it names
+/// the digest in `RequestCheckpoint`), after the vouching primary lost its
+/// memory (see the scenario's comment).
 #[test]
-#[ignore = "bug: a diverged replica cannot heal from a peer that does not know the vouch"]
 fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch() {
     scenarios::diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options(3, 4)).unwrap();
 }
