@@ -748,12 +748,20 @@ impl Replica {
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
-        if self.checkpoints.diverged.take().is_some() {
-            // Healed: its own checkpoints after this one came from the
-            // wrong state. Like a replica restarted from disk, it waits in
+        if let Some(diverged) = self.checkpoints.diverged.take() {
+            // Healed: its own checkpoints from the op where it diverged on
+            // came from the wrong state (also those below the installed
+            // one: a late vouch for one of them must not make it diverge
+            // again). Like a replica restarted from disk, it waits in
             // ViewChange status for the current view's log (a backup) or a
             // new view (a former primary).
-            self.checkpoints.digests.retain(|&o, _| o < op);
+            #[allow(unused_mut)]
+            let mut wrong_from = diverged;
+            #[cfg(feature = "mutations")]
+            if self.mutated(Mutation::KeepDigestsBelowHealedCheckpoint) {
+                wrong_from = op;
+            }
+            self.checkpoints.digests.retain(|&o, _| o < wrong_from);
             self.status = Status::ViewChange;
             self.status_since = self.ticks;
         }

@@ -96,6 +96,10 @@ pub enum Mutation {
     /// A replica serves its own checkpoint in state sync before a quorum
     /// vouches for it, so one host's divergent state can spread.
     ServeUnvouchedCheckpoint,
+    /// A diverged replica that heals keeps its own digests below the
+    /// checkpoint it installs (the old behaviour): a late vouch between the
+    /// op where it diverged and that checkpoint makes it diverge again.
+    KeepDigestsBelowHealedCheckpoint,
     /// A replica does not pin the checkpoint it sends a syncing peer: a
     /// sync that outlasts two checkpoint intervals restarts forever.
     UnpinnedSync,

@@ -1328,3 +1328,78 @@ pub fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options: Options)
     })?;
     settle(&mut sim)
 }
+
+/// A diverged replica that heals with a checkpoint newer than the op where
+/// it diverged must forget its own (wrong) digests from that op on: a late
+/// vouch for an op in between must not make it diverge again.
+///
+/// Replica 2's host lies from op 9 on. Replica 1's reports are held back
+/// while 0 and 2 reach checkpoint 16; then 0 counts 1's report of 12 and
+/// 2 diverges at 12. 2 is then cut off (0's messages to it held, with the
+/// vouch for 16 among them) while 0 and 1 go past checkpoint 24, so 2 heals
+/// from 1 with its newest vouched checkpoint, not 12's. Only then do 0's
+/// held messages reach 2.
+pub fn healed_replica_ignores_a_late_vouch_between_divergence_and_install(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    register_all(&mut sim, 0)?;
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_ticks(50)?;
+    sim.options.lying_host = Some(2);
+    sim.network.hold(1, 0);
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replicas 1 and 2 checkpoint op 12", |s| {
+        [1, 2]
+            .iter()
+            .all(|&r| s.replica(r).checkpoint().is_some_and(|c| c.op == 12))
+    })?;
+    sim.run_ticks(20)?;
+    sim.network.set_link(0, 1, false);
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replica 2 checkpoints op 16", |s| {
+        s.replica(2).checkpoint().is_some_and(|c| c.op == 16)
+    })?;
+    for to in [0, 1] {
+        sim.network.set_link(2, to, false);
+    }
+    sim.network.set_link(1, 2, false);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    sim.network.hold(0, 2);
+    sim.network.set_link(0, 1, true);
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 checkpoints op 24", |s| {
+        s.replica(1).checkpoint().is_some_and(|c| c.op >= 24)
+    })?;
+    sim.run_ticks(50)?;
+    sim.options.lying_host = None;
+    sim.network.set_link(2, 1, true);
+    sim.network.set_link(1, 2, true);
+    sim.run_until(PHASE_TICKS, "replica 2 heals past op 16", |s| {
+        s.replica(2).status() != Status::Diverged && s.replica(2).checkpoint().is_some_and(|c| c.op > 16)
+    })?;
+    let now = sim.tick;
+    sim.network.release(now, 0, 2);
+    sim.run_ticks(200)?;
+    if sim.divergences.len() != 1 {
+        return Err(Failure {
+            seed: sim.options.seed,
+            tick: sim.tick,
+            reason: format!("replica 2 diverged again on a late vouch: {:?}", sim.divergences),
+        });
+    }
+    settle(&mut sim)
+}

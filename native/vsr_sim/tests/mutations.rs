@@ -175,3 +175,12 @@ fn a_primary_leading_on_after_a_foreign_checkpoint_is_caught_by_the_paused_prima
     let failure = scenarios::paused_primary_announces_no_commit_from_a_newer_history(broken).unwrap_err();
     assert!(failure.reason.contains("executed a different entry"), "{failure}");
 }
+
+#[test]
+fn keeping_wrong_digests_after_healing_is_caught_by_the_late_vouch_scenario() {
+    let mut broken = options(3, 4);
+    broken.config.mutation = Mutation::KeepDigestsBelowHealedCheckpoint;
+    let failure =
+        scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(broken).unwrap_err();
+    assert!(failure.reason.contains("differs from the quorum's"), "{failure}");
+}

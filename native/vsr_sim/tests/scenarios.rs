@@ -227,3 +227,8 @@ fn read_resent_across_a_view_change() {
 fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch() {
     scenarios::diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options(3, 4)).unwrap();
 }
+
+#[test]
+fn healed_replica_ignores_a_late_vouch_between_divergence_and_install() {
+    scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(options(3, 4)).unwrap();
+}
