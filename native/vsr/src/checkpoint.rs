@@ -257,6 +257,13 @@ impl Replica {
         self.checkpoints.held.as_ref().map(|h| &h.checkpoint)
     }
 
+    /// The op of the checkpoint this replica keeps for `peer`'s state sync
+    /// (a pin), if any.
+    pub fn pinned_checkpoint(&self, peer: ReplicaIndex) -> Option<Op> {
+        let pin = self.checkpoints.pins.get(peer as usize)?.as_ref();
+        pin.map(|p| p.held.checkpoint.op)
+    }
+
     /// How far a state sync has got: `(checkpoint op, bytes received, bytes total)`.
     pub fn sync_progress(&self) -> Option<(Op, u64, u64)> {
         self.checkpoints
@@ -528,9 +535,21 @@ impl Replica {
     }
 
     /// A peer asked for the log from `first`: if it is syncing from here, it
-    /// still needs the log from there.
+    /// still needs the log from there. Once it asks from past both the
+    /// pinned checkpoint and this replica's anchor, it has installed the
+    /// checkpoint and holds the log beyond it: it needs only the log after
+    /// the anchor, which is never truncated while the anchor stands, like
+    /// any backup; the pin is dropped (else a backup on a lossy link,
+    /// asking for the odd lost prepare, kept an old checkpoint pinned).
     pub(crate) fn pinned_peer_asks_from(&mut self, from: ReplicaIndex, first: Op) {
         let ticks = self.ticks;
+        let anchor = self.checkpoints.anchor.as_ref().map_or(0, |a| a.checkpoint.op);
+        let synced = |pin: &Pin| first > pin.held.checkpoint.op.max(anchor).saturating_add(1);
+        #[cfg(feature = "mutations")]
+        let synced = |pin: &Pin| !self.mutated(Mutation::PinOutlivesSync) && synced(pin);
+        if self.checkpoints.pins[from as usize].as_ref().is_some_and(synced) {
+            self.checkpoints.pins[from as usize] = None;
+        }
         if let Some(pin) = self.checkpoints.pins[from as usize].as_mut() {
             pin.floor = pin.floor.max(first.saturating_sub(1));
             pin.last = ticks;

@@ -100,6 +100,9 @@ pub enum Mutation {
     /// checkpoint it installs (the old behaviour): a late vouch between the
     /// op where it diverged and that checkpoint makes it diverge again.
     KeepDigestsBelowHealedCheckpoint,
+    /// A replica keeps a peer's pin while the peer asks for any prepares,
+    /// even long after its sync finished (the old behaviour).
+    PinOutlivesSync,
     /// A replica does not pin the checkpoint it sends a syncing peer: a
     /// sync that outlasts two checkpoint intervals restarts forever.
     UnpinnedSync,

@@ -1403,3 +1403,40 @@ pub fn healed_replica_ignores_a_late_vouch_between_divergence_and_install(
     }
     settle(&mut sim)
 }
+
+/// A backup that synced a checkpoint from the primary and then caught up
+/// keeps asking for the odd prepare it lost on a lossy link: those
+/// requests must not keep the checkpoint it synced pinned (its bytes held)
+/// for ever.
+pub fn synced_backup_on_a_lossy_link_releases_its_pin(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for i in 0..24 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.network.heal();
+    let target = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 syncs and catches up", |s| {
+        s.replica(2).commit() >= target
+    })?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 caught up without a state sync".into()));
+    }
+    let interval = sim.options.config.view_change_ticks;
+    for i in 0..12 {
+        sim.network.set_link(0, 2, false);
+        commit(&mut sim, i % clients, 0)?;
+        sim.network.set_link(0, 2, true);
+        commit(&mut sim, (i + 1) % clients, 0)?;
+        sim.run_ticks(interval / 2)?;
+    }
+    if let Some(op) = sim.replica(0).pinned_checkpoint(2) {
+        return Err(failure(
+            &sim,
+            format!("the primary still pins checkpoint {op} for replica 2, long caught up"),
+        ));
+    }
+    settle(&mut sim)
+}

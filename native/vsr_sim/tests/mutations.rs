@@ -184,3 +184,11 @@ fn keeping_wrong_digests_after_healing_is_caught_by_the_late_vouch_scenario() {
         scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(broken).unwrap_err();
     assert!(failure.reason.contains("differs from the quorum's"), "{failure}");
 }
+
+#[test]
+fn a_pin_outliving_its_sync_is_caught_by_the_lossy_link_scenario() {
+    let mut broken = options(3, 4);
+    broken.config.mutation = Mutation::PinOutlivesSync;
+    let failure = scenarios::synced_backup_on_a_lossy_link_releases_its_pin(broken).unwrap_err();
+    assert!(failure.reason.contains("still pins"), "{failure}");
+}

@@ -232,3 +232,8 @@ fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch() {
 fn healed_replica_ignores_a_late_vouch_between_divergence_and_install() {
     scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(options(3, 4)).unwrap();
 }
+
+#[test]
+fn synced_backup_on_a_lossy_link_releases_its_pin() {
+    scenarios::synced_backup_on_a_lossy_link_releases_its_pin(options(3, 4)).unwrap();
+}
