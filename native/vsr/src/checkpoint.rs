@@ -26,10 +26,10 @@
 //! included), and `Prepare` and `Commit` carry the newest identity a quorum
 //! holds. So one host's divergent state never spreads by state sync, and a
 //! replica whose own digest differs from the quorum's at the same op learns
-//! that its host's state diverged: it goes `Status::Diverged`, executes and
-//! serves nothing, and asks the others for the quorum's checkpoint, which
-//! it installs (even at or below what it executed) before it takes part
-//! again, as a replica restarted from disk does.
+//! that its host's state diverged: it reports `Status::Diverged`, executes
+//! and serves nothing (but keeps its part in the log protocol), and asks
+//! the others for the quorum's checkpoint, which it installs (even at or
+//! below what it executed).
 //!
 //! **Liveness under load.** A replica that sends a peer a checkpoint *pins*
 //! it for that peer: it keeps serving it, and keeps the log after it, for as
@@ -298,7 +298,7 @@ impl Replica {
         let Some(pending) = self.checkpoints.pending.remove(&op) else {
             return; // not asked for, or superseded
         };
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return; // a state known to be wrong
         }
         if op <= self.checkpoints.latest().0 || op > self.commit_min {
@@ -324,7 +324,7 @@ impl Replica {
         self.checkpoints.pending.retain(|&o, _| o > op);
         // A primary (or a lone replica) may now count a quorum for it.
         self.count_reports();
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return;
         }
         self.advance_anchor();
@@ -414,25 +414,45 @@ impl Replica {
         }
     }
 
+    /// Whether this replica's host state is known to be wrong (it then
+    /// reports `Status::Diverged`, whatever its part in the log protocol).
+    pub(crate) fn is_diverged(&self) -> bool {
+        self.checkpoints.diverged.is_some()
+    }
+
     /// Stops executing and serving, and asks for the quorum's checkpoint.
+    /// It keeps its part in the log protocol (its log is intact and
+    /// durable): it acknowledges prepares, votes and takes part in view
+    /// changes, so that a quorum is not lost while it heals. A primary
+    /// first tells the others the vouch it counted (they may be the only
+    /// ones to hear it), then stops leading, as a primary restarted from
+    /// disk does, so that a replica that can execute and reply leads.
     fn diverge(&mut self, op: Op, digest: u128, quorum: u128) {
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return;
         }
         self.stats.checkpoint_divergence += 1;
-        self.status = Status::Diverged;
-        self.status_since = self.ticks;
         self.checkpoints.diverged = Some(op);
         self.checkpoints.pending.clear();
         self.checkpoints.sync = None;
         self.checkpoints.pins = Default::default();
-        self.staging = None;
-        self.campaign = 0;
+        if self.is_primary() {
+            self.broadcast_heartbeat(false);
+            self.step_down_while_diverged();
+        }
         self.clear_queue();
         // Asked for at the next resend interval, as any rate-limited
         // request (which also leaves the status visible for a moment).
         self.checkpoints.last_heal_request = Some(self.ticks);
         self.out.push(Output::Diverged { op, digest, quorum });
+    }
+
+    /// A diverged replica does not lead: one that can execute and reply
+    /// should. It waits in `ViewChange` status in its view, as a primary
+    /// restarted from disk does, until the others elect another.
+    pub(crate) fn step_down_while_diverged(&mut self) {
+        self.status = Status::ViewChange;
+        self.status_since = self.ticks;
     }
 
     /// While diverged: asks the others, one per resend interval, for the
@@ -506,7 +526,7 @@ impl Replica {
     /// chunk, which starts a sync there (the receiver then asks for the
     /// rest, a window at a time). Nothing if none is (the peer asks again).
     pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex) {
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return;
         }
         let checkpoints = &self.checkpoints;
@@ -610,7 +630,7 @@ impl Replica {
         (op, digest): (Op, u128),
         offset: u64,
     ) {
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return;
         }
         let checkpoints = &self.checkpoints;
@@ -771,9 +791,8 @@ impl Replica {
             // Healed: its own checkpoints from the op where it diverged on
             // came from the wrong state (also those below the installed
             // one: a late vouch for one of them must not make it diverge
-            // again). Like a replica restarted from disk, it waits in
-            // ViewChange status for the current view's log (a backup) or a
-            // new view (a former primary).
+            // again). It kept its part in the log protocol meanwhile, so it
+            // carries on in its status and view.
             #[allow(unused_mut)]
             let mut wrong_from = diverged;
             #[cfg(feature = "mutations")]
@@ -781,8 +800,6 @@ impl Replica {
                 wrong_from = op;
             }
             self.checkpoints.digests.retain(|&o, _| o < wrong_from);
-            self.status = Status::ViewChange;
-            self.status_since = self.ticks;
         }
         self.client_table = table;
         let same_history = self.log.checksum_at(op) == Some(checkpoint.checksum);

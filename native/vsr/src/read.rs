@@ -245,7 +245,7 @@ impl Replica {
 
     /// Emits `ReadReady` for every read whose index has been executed here.
     pub(crate) fn serve_reads(&mut self) {
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return; // its host's state is wrong
         }
         let executed = self.commit_min;

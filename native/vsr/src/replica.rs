@@ -41,7 +41,8 @@ pub enum Status {
     /// Its checkpoint digest differs from the one a quorum holds at the
     /// same op: its host's state diverged. It executes, answers and serves
     /// nothing until it has installed a checkpoint a quorum vouches for
-    /// (see `checkpoint.rs`).
+    /// (see `checkpoint.rs`), but keeps its part in the log protocol: only
+    /// reported by `Replica::status`, underneath it is in one of the others.
     Diverged,
 }
 
@@ -408,6 +409,9 @@ impl Replica {
         &self.config
     }
     pub fn status(&self) -> Status {
+        if self.is_diverged() {
+            return Status::Diverged;
+        }
         self.status
     }
     pub fn view(&self) -> View {
@@ -546,8 +550,8 @@ impl Replica {
     }
 
     pub(crate) fn on_message(&mut self, from: ReplicaIndex, message: Message) {
-        if self.status == Status::Diverged && !matches!(message, Message::CheckpointChunk { .. }) {
-            return; // it takes part in nothing but the state sync that heals it
+        if self.is_diverged() && matches!(message, Message::Request { .. }) {
+            return; // it leads nothing: the origin retries towards another
         }
         match message {
             Message::Request { request } => self.on_request(request),
@@ -642,13 +646,14 @@ impl Replica {
     fn on_tick(&mut self, now_ns: u64) {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
+        self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
             Status::Normal => self.tick_backup(),
             Status::ViewChange => self.tick_view_change(),
             Status::Recovering => self.tick_recovering(),
             Status::Repairing => return self.tick_repairing(),
-            Status::Diverged => self.tick_diverged(),
+            Status::Diverged => {} // reported only (`is_diverged`), never held
         }
         self.tick_campaign();
         self.tick_sync();
@@ -914,6 +919,10 @@ impl Replica {
     }
 
     fn tick_primary(&mut self) {
+        if self.is_diverged() {
+            // Elected while diverged: it leads nothing (`diverge`).
+            return self.step_down_while_diverged();
+        }
         if self.abdicating() {
             // Abdicated, it has no working primary either: it campaigns like
             // a backup whose primary went silent, or two abdicated primaries
@@ -1071,7 +1080,13 @@ impl Replica {
         let checksum = self.log.head_checksum();
         let primary = self.primary();
         let round = self.reads.heard_round;
-        let checkpoint = self.checkpoints.latest();
+        // A diverged replica's checkpoints come from a wrong state: it
+        // reports none, so it is never counted in a vouch.
+        let checkpoint = if self.is_diverged() {
+            (0, 0)
+        } else {
+            self.checkpoints.latest()
+        };
         self.send(
             primary,
             &Message::PrepareOk {
@@ -1141,7 +1156,7 @@ impl Replica {
 
     /// Executes every committed entry this replica holds, in op order.
     pub(crate) fn execute_committed(&mut self) {
-        if self.status == Status::Diverged {
+        if self.is_diverged() {
             return; // its host's state is wrong: nothing more runs on it
         }
         let last = self.commit_max.min(self.log.op());
