@@ -63,6 +63,9 @@ pub struct Options {
     pub config_override: Option<(u8, Config)>,
 }
 
+/// The share of random seeds run with a lying host (`lying_host`).
+const LYING_HOST_SEEDS: f64 = 0.1;
+
 impl Options {
     /// A quiet run: perfect network, no faults, no spontaneous client load.
     pub fn quiet(seed: u64, replica_count: u8, clients: usize) -> Options {
@@ -164,6 +167,13 @@ impl Options {
         } else {
             rng.range(1, 16_384)
         };
+        // A host that serialises a wrong state (it diverges and heals at
+        // every checkpoint), in a few seeds with checkpoints and a replica
+        // to spare. Drawn last.
+        let lying = rng.chance(LYING_HOST_SEEDS);
+        if lying && replica_count >= 3 && options.config.checkpoint_interval > 0 {
+            options.lying_host = Some(rng.range(0, replica_count as u64 - 1) as u8);
+        }
         options
     }
 

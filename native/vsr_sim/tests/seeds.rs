@@ -45,3 +45,15 @@ fn a_seed_replays_exactly() {
     let (a, b) = (run_seed(4242).unwrap(), run_seed(4242).unwrap());
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+/// Two seeds that wedged with a lying host (drawn with every eligible seed
+/// lying) while a diverged replica took no part in view changes: with two
+/// amnesiac replicas recovering, the others' votes were not a quorum.
+#[test]
+fn diverged_replica_takes_part_in_view_changes() {
+    for (seed, liar) in [(700_556, 3), (700_558, 2)] {
+        let mut options = vsr_sim::Options::from_seed(seed);
+        options.lying_host = Some(liar);
+        vsr_sim::Simulator::new(options).run().unwrap();
+    }
+}
