@@ -866,5 +866,5 @@ fn sampled(state: &State, one_in: u64) -> bool {
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     state.hash(&mut h);
-    h.finish() % one_in == 0
+    h.finish().is_multiple_of(one_in)
 }
