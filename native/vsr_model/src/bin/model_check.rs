@@ -59,9 +59,13 @@ fn main() {
     println!("in {:.0?}:", started.elapsed());
     match verdict {
         Ok(report) => println!("{report}"),
+        // A `sometimes` not reached under a state cap is a figure, not a
+        // failure; a broken `always` is.
         Err(report) => {
             println!("{report}");
-            std::process::exit(1);
+            if report.contains("BROKEN: Always") {
+                std::process::exit(1);
+            }
         }
     }
 }
