@@ -58,6 +58,13 @@ pub struct Options {
     /// Disk mode: the stores compact their WAL once this many bytes are
     /// dead (`Store::set_compaction_bytes`); small, so seeds compact often.
     pub compaction_bytes: u64,
+    /// Liveness with a dead minority: when the faults heal, between 1 and
+    /// `n - quorum` replicas, chosen by the seed, never come back (they
+    /// stay crashed), and every request submitted through a live replica
+    /// must still finish within `liveness_ticks`. Off in `from_seed`
+    /// (`vopr --dead-minority` turns it on), so the default seeds stay as
+    /// they are.
+    pub dead_minority: bool,
 }
 
 impl Options {
@@ -87,6 +94,7 @@ impl Options {
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
             lying_host: None,
+            dead_minority: false,
         }
     }
 
