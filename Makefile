@@ -10,7 +10,7 @@ SEEDS ?= 1000
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak demo bench bench-catchup fmt
+.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup fmt
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # No hex packages are ever needed (hex.pm is unreachable here).
@@ -61,3 +61,11 @@ bench-catchup: deps
 fmt:
 	cargo fmt --all
 	mix format
+
+# The exhaustive model check (native/vsr_model, docs/testing.md) deeper than
+# `cargo test`'s: view changes whole, then every kind of fault at once up
+# to MODEL_STATES states (breadth-first: every state up to the depth reached).
+MODEL_STATES ?= 2000000
+model-check:
+	cargo run --release -p vsr_model --bin model_check -- --timeouts 2
+	cargo run --release -p vsr_model --bin model_check -- --all --states $(MODEL_STATES)

@@ -181,7 +181,9 @@ pub(crate) struct Pending {
     pub(crate) sent_tick: u64,
 }
 
-/// The replica state machine.
+/// The replica state machine. `Clone` and `Debug` let a model checker
+/// (`native/vsr_model`) branch a cluster's state and fingerprint it.
+#[derive(Clone, Debug)]
 pub struct Replica {
     pub(crate) config: Config,
     pub(crate) index: ReplicaIndex,
