@@ -282,8 +282,16 @@ defmodule Visor.Formation do
   # The cluster this node's replica joined earlier in this group's life
   # (Visor.Lifetime), in memory mode: that replica's memory died with its
   # server. Disk mode restarts from the store instead (restore/1).
-  defp ran_here(%{storage: :memory, module: module}), do: Lifetime.get(module).formed
+  defp ran_here(%{storage: :memory} = state),
+    do: Lifetime.formed(state.module, lifetime_key(state))
+
   defp ran_here(_disk), do: nil
+
+  # The configuration a Lifetime record belongs to: a node started again
+  # with another one joins another cluster (a `nodes:` cluster id already
+  # folds in the members and settings).
+  defp lifetime_key(%{mode: :nodes, cluster: cluster}), do: {:nodes, cluster}
+  defp lifetime_key(%{mode: :discovery} = state), do: {:cluster_size, state.size, state.settings}
 
   # Never fresh, whatever the peers say: they may all have restarted too
   # and remember nothing, and a fresh start of a majority would serve an
@@ -293,7 +301,8 @@ defmodule Visor.Formation do
       "#{inspect(state.module)}: this node's server restarted (the node did not), so its " <>
         "replica lost its memory. If a majority of the members lost theirs at once, the " <>
         "state is lost and the replicas stay :recovering until the group is stopped on every " <>
-        "node and started again (a new, empty cluster)"
+        "node, Visor.forget/1 is called there, and the group is started again (a new, " <>
+        "empty cluster)"
     )
 
     become_member(state, formed, true)
@@ -847,7 +856,9 @@ defmodule Visor.Formation do
 
   defp become_member(state, formed, recover) do
     index = Enum.find_index(formed.members, &(&1 == node()))
-    if state.storage == :memory, do: Lifetime.put_formed(state.module, formed)
+
+    if state.storage == :memory,
+      do: Lifetime.put_formed(state.module, lifetime_key(state), formed)
 
     if recover do
       Logger.warning(

@@ -102,20 +102,14 @@ defmodule Visor.ReviewHostTest do
     for n <- nodes, do: assert(:erpc.call(n, Cache, :get, []) == %{before: 1})
   end
 
-  @tag :skip
-  # BUG (Lose nothing #12, memory mode): Visor.Lifetime is tied to the pid
-  # of the group's supervisor. A supervisor that gives up (more than 3
+  # Lose nothing #12, memory mode: a supervisor that gives up (more than 3
   # restarts in 5 s, e.g. a server crash loop) is restarted by its parent
-  # with a new pid, so the node forgets that its replica ran. When that
-  # happens on every node at once, whether the group comes back safe
-  # (:recovering) depends on whether a new formation process still hears
-  # an old one: mostly it does not, and a majority forms a fresh cluster
-  # that serves an EMPTY state as :normal (what #12 was to fix). Today a
-  # run usually fails at the first crash loop, e.g. with
-  # "...@vm: :normal, state %{}"; the test tries three to be sure. Fix:
-  # keep the record across restarts of Visor.Supervisor by its parent (key
-  # it by the parent), or let the supervisor never give up (a restarted
-  # pair always recovers safely).
+  # with a new pid. Visor.Lifetime lasts as long as the VM (until
+  # Visor.forget/1), so the node still knows its replica ran: when that
+  # happens on every node at once, the group comes back :recovering, never
+  # as a fresh cluster serving an EMPTY state as :normal (before the fix,
+  # with the record tied to the supervisor's pid, usually "...@vm:
+  # :normal, state %{}" at the first crash loop). Three loops to be sure.
   test "servers that crash-loop on every node until their supervisors give up never come back fresh" do
     [a | _] = nodes = nodes(3)
     :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
