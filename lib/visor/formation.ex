@@ -52,9 +52,14 @@ defmodule Visor.Formation do
   connected nodes and exchange hellos that carry their phase. A two-phase
   agreement then forms the cluster:
 
-    1. The lowest-named node among those still *discovering* (having heard
-       every visible peer, and no formed cluster) proposes the first `n`
-       discovering nodes, sorted, and a fresh random cluster id.
+    1. The lowest-named node among all those still *discovering* or
+       *proposing*, whatever their settings (having heard every visible
+       peer, and no formed cluster), proposes the first `n` discovering
+       nodes with its own settings, sorted, and a fresh random cluster id.
+       Only one node may propose at a time: a proposer per settings class,
+       or a second one while a lower node's proposal is in flight, could
+       form two clusters of the group side by side. If the lowest node has
+       other settings than the rest, nobody forms (each logs who differs).
     2. A discovering node accepts at most one proposal at a time and answers
        with its incarnation; it leaves an accepted proposal only when that
        proposal's proposer aborts it.
@@ -624,8 +629,20 @@ defmodule Visor.Formation do
   # Decided: peers' hellos are still answered, but this node asks nothing.
   defp tick_discovery(state), do: state
 
+  # Only the lowest-named node of all those discovering or proposing may
+  # propose, whatever their settings: two proposers at once (one per
+  # settings class, or one while a lower node's proposal is in flight)
+  # could form two clusters of the group side by side. It proposes only
+  # nodes with its own settings; if it has too few, nobody forms.
   defp maybe_propose(%{phase: :discovering, proposal: nil} = state, visible) do
     heard_all? = Enum.all?(visible, &Map.has_key?(state.peers, &1))
+
+    undecided =
+      for {_pid, %{phase: phase, node: n}} <- state.peers,
+          phase in [:discovering, :proposing],
+          do: n
+
+    lowest = Enum.min([node() | undecided])
 
     discovering =
       [
@@ -638,16 +655,43 @@ defmodule Visor.Formation do
       ]
       |> Enum.sort()
 
-    lowest? = match?([{n, _} | _] when n == node(), discovering)
+    cond do
+      not heard_all? ->
+        state
 
-    if heard_all? and lowest? and length(discovering) >= state.size do
-      propose(state, Enum.take(discovering, state.size))
-    else
-      state
+      lowest != node() ->
+        waiting_for_other_settings(state, lowest)
+
+      length(discovering) >= state.size ->
+        propose(state, Enum.take(discovering, state.size))
+
+      true ->
+        state
     end
   end
 
   defp maybe_propose(state, _visible), do: state
+
+  # The node that would propose runs other settings: it never proposes
+  # this node, and this node may not propose while it is there.
+  defp waiting_for_other_settings(state, lowest) do
+    case Enum.find(Map.values(state.peers), &(&1.node == lowest)) do
+      %{settings: settings} when settings != state.settings ->
+        warn_once(
+          state,
+          {:waiting_for, lowest},
+          fn ->
+            "#{inspect(state.module)}: #{lowest}, the lowest-named discovering node (the one " <>
+              "that proposes), is started with other settings than this node: no cluster " <>
+              "with this node forms until their settings match"
+          end,
+          :error
+        )
+
+      _ ->
+        state
+    end
+  end
 
   defp propose(state, chosen) do
     id = {node(), state.incarnation, state.proposals + 1}
@@ -810,7 +854,7 @@ defmodule Visor.Formation do
   end
 
   defp hello_reply(%{mode: :discovery} = state, pid, from, {:discovery, phase, formed, settings})
-       when phase in [:discovering, :accepted, :member, :spare] do
+       when phase in [:discovering, :proposing, :accepted, :member, :spare] do
     peer = %{node: from, phase: phase, settings: settings}
     state = %{state | peers: Map.put(state.peers, pid, peer)}
 
@@ -837,6 +881,7 @@ defmodule Visor.Formation do
 
   defp hello_reply(state, _pid, _from, _reply), do: state
 
+  defp summary({:accepted, %{proposer: proposer}}) when proposer == self(), do: :proposing
   defp summary({:accepted, _}), do: :accepted
   defp summary(phase), do: phase
 

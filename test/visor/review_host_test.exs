@@ -143,20 +143,16 @@ defmodule Visor.ReviewHostTest do
     end
   end
 
-  @tag :skip
-  # BUG (Lose nothing #4, cluster_size: mode): maybe_propose/2 picks the
-  # proposer among discovering nodes *with its own settings*, so each
-  # settings class has its own "lowest" node and both propose at once:
-  # two clusters of the same group form side by side on fully connected
-  # nodes, each serving its own state (split brain; before #4 only the
-  # lowest discovering node of all could propose). Here n1, n3 run
+  # Lose nothing #4, cluster_size: mode: before the fix, maybe_propose/2
+  # picked the proposer among discovering nodes *with its own settings*,
+  # so each settings class had its own "lowest" node and both proposed at
+  # once: two clusters of the same group side by side on fully connected
+  # nodes (split brain). Now only the lowest-named discovering node of all
+  # may propose, among the nodes with its settings. Here n1, n3 run
   # checkpoint_every 100 and n2, n4 the default; the proposers n1 and n2
   # are suspended while n3 and n4 start, so that both become ready in the
-  # same tick (without it the race splits about one run in two). Today
-  # both pairs come up :normal with different cluster ids and each
-  # commits {:incr, _} as its first command (1 on both sides). Fix: only
-  # the lowest-named discovering node of all (whatever its settings) may
-  # propose, choosing among the nodes with its settings.
+  # same tick (without it the race split about one run in two; with it,
+  # before the fix, both pairs came up :normal with different cluster ids).
   test "cluster_size: nodes with two different settings never form two clusters" do
     [n1, n2, n3, n4] = nodes = Enum.sort(nodes(4))
     s1 = [cluster_size: 2, checkpoint_every: 100]
@@ -182,6 +178,6 @@ defmodule Visor.ReviewHostTest do
     clusters =
       for n <- nodes, %{status: :normal, cluster: c} <- [Cluster.status(n, Counter)], do: c
 
-    assert length(Enum.uniq(clusters)) <= 1, "clusters formed: #{inspect(clusters)}"
+    assert length(Enum.uniq(clusters)) == 1, "clusters formed: #{inspect(clusters)}"
   end
 end
