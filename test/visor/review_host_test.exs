@@ -102,6 +102,26 @@ defmodule Visor.ReviewHostTest do
     for n <- nodes, do: assert(:erpc.call(n, Cache, :get, []) == %{before: 1})
   end
 
+  test "an EXIT message naming the supervisor, sent by a peer, stops no formation process" do
+    [a | _] = nodes = nodes(3)
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    assert :erpc.call(a, Cache, :commit, [{:add, %{before: 1}}]) == nil
+    before = for n <- nodes, do: {server(n), formation(n)}
+    supervisor = Visor.Supervisor.name(Cache, :supervisor)
+
+    # The formation process does not trap exits: a real EXIT from its
+    # parent kills it as a signal, so one that arrives as a message is
+    # only ever a plain message a peer sent (pids are no secret).
+    for n <- nodes do
+      parent = :erpc.call(n, Process, :whereis, [supervisor])
+      send(formation(n), {:EXIT, parent, :shutdown})
+    end
+
+    Process.sleep(500)
+    assert for(n <- nodes, do: {server(n), formation(n)}) == before
+    for n <- nodes, do: assert(:erpc.call(n, Cache, :get, []) == %{before: 1})
+  end
+
   # Lose nothing #12, memory mode: a supervisor that gives up (more than 3
   # restarts in 5 s, e.g. a server crash loop) is restarted by its parent
   # with a new pid. Visor.Lifetime lasts as long as the VM (until
