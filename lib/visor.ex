@@ -242,6 +242,21 @@ defmodule Visor do
   end
 
   @doc """
+  Forgets, on this node, that its replica of `module`'s group ran (memory
+  mode): the operator's way to let the group form a new, empty cluster
+  after a majority of its members lost their memory. Call it only while
+  the group is stopped on this node (else `{:error, :running}`), on every
+  node, then start the group again everywhere (docs/operations.md).
+
+  Without it, this node remembers for the VM's life that its replica ran,
+  whoever restarts the group (its own supervisor giving up, its parent, or
+  an operator), and a restarted replica always rejoins and recovers: no
+  automatic restart can turn a lost state into a fresh, empty one.
+  """
+  @spec forget(group()) :: :ok | {:error, :running}
+  def forget(module) when is_atom(module), do: Visor.Lifetime.forget(module)
+
+  @doc """
   Commits `command` through the replicated log and returns the reply of
   `handle_commit` as this node's replica computed it. Works from any node
   running the group: the local replica forwards the command to the primary.
