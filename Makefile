@@ -6,6 +6,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 SEEDS ?= 1000
+VOPR_FLAGS ?=
 
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -38,8 +39,9 @@ elixir-test: deps
 	mix compile --warnings-as-errors
 	mix test
 
+# VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back.
 soak:
-	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS)
+	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS) $(VOPR_FLAGS)
 
 # Three local nodes run the README's Cache; the primary's node is SIGKILLed,
 # a new primary takes over with the state intact, and the killed node is
