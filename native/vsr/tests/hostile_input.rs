@@ -30,7 +30,10 @@ fn receive(replica: &mut Replica, sender: u8, message: &Message) {
 
 fn tick(replica: &mut Replica, ticks: u64) {
     for t in 0..ticks {
-        replica.step(Input::Tick { now_ns: 1 + t });
+        replica.step(Input::Tick {
+            now_ns: 1 + t,
+            mono_ns: 1 + t,
+        });
     }
 }
 
