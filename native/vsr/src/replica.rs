@@ -155,6 +155,9 @@ pub struct Stats {
     pub dropped_unknown_format: u64,
     pub dropped_foreign_cluster: u64,
     pub dropped_unknown_sender: u64,
+    /// Bodies that do not decode or make claims no correct replica makes,
+    /// and DoViewChanges refused by a new primary (protocol.md, "Fault
+    /// model").
     pub dropped_malformed: u64,
     /// Messages from an incarnation of their sender that has since restarted.
     pub dropped_stale: u64,
