@@ -104,6 +104,10 @@ defmodule Visor do
       (client table full) while the command was in flight: it may or may not
       have been applied.
     * `{:duplicate, op}`: applied once, at `op`, but its reply was not kept.
+    * `:refused`: the cluster already holds another command under this
+      session's request number (not expected from Visor's own sessions; the
+      session is replaced): this command was not applied, and the other's
+      reply is never given instead.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug); commands in
       flight may or may not have been applied.
@@ -128,6 +132,7 @@ defmodule Visor do
           | {:command_too_large, pos_integer(), pos_integer()}
           | :unknown_outcome
           | {:duplicate, pos_integer()}
+          | :refused
           | :spare
           | {:engine_down, term()}
           | {:halted, pos_integer()}

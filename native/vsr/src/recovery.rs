@@ -215,7 +215,8 @@ impl Replica {
         recovery.fencing = true;
         let highest = recovery.known.iter().flatten().max().copied().unwrap_or(0);
         let me = self.index as usize;
-        self.incarnations[me] = self.incarnations[me].max(highest + 1);
+        // Incarnations from the network are at most `NUMBER_MAX` (decode).
+        self.incarnations[me] = self.incarnations[me].max(highest.saturating_add(1));
         self.write_state();
         self.last_resend_tick = self.ticks;
         self.broadcast(&Message::RecoveryFence { nonce });

@@ -83,8 +83,10 @@ pub enum Input<'a> {
     /// Time passed: one tick. `now_ns` is the host's wall clock, used only
     /// for timestamps: every message carries it, and a primary stamps
     /// prepares with it kept within its quorum's clocks (`clock.rs`;
-    /// timestamps stay strictly increasing whatever it says).
-    Tick { now_ns: u64 },
+    /// timestamps stay strictly increasing whatever it says). `mono_ns` is
+    /// the host's monotonic clock (any origin, never jumps), against which
+    /// the peers' clocks are carried forward between their messages.
+    Tick { now_ns: u64, mono_ns: u64 },
     /// Bytes arrived from a peer replica.
     Receive(&'a [u8]),
     /// A client submits a request through this replica.
@@ -153,6 +155,9 @@ pub struct Stats {
     pub dropped_unknown_format: u64,
     pub dropped_foreign_cluster: u64,
     pub dropped_unknown_sender: u64,
+    /// Bodies that do not decode or make claims no correct replica makes,
+    /// and DoViewChanges refused by a new primary (protocol.md, "Fault
+    /// model").
     pub dropped_malformed: u64,
     /// Messages from an incarnation of their sender that has since restarted.
     pub dropped_stale: u64,
@@ -199,6 +204,8 @@ pub struct Replica {
 
     pub(crate) ticks: u64,
     pub(crate) now_ns: u64,
+    /// The host's monotonic clock at the last tick (`Input::Tick`).
+    pub(crate) mono_ns: u64,
     /// The peers' clocks, as last heard (for timestamps: `clock.rs`).
     pub(crate) clocks: crate::clock::Clocks,
     pub(crate) jitter_state: u64,
@@ -342,6 +349,7 @@ impl Replica {
             client_table: ClientTable::new(config.client_table_max),
             ticks: 0,
             now_ns: 0,
+            mono_ns: 0,
             clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
@@ -393,7 +401,7 @@ impl Replica {
     pub fn step(&mut self, input: Input<'_>) -> Vec<Output> {
         let tick = matches!(input, Input::Tick { .. });
         match input {
-            Input::Tick { now_ns } => self.on_tick(now_ns),
+            Input::Tick { now_ns, mono_ns } => self.on_tick(now_ns, mono_ns),
             Input::Receive(bytes) => self.on_bytes(bytes),
             Input::Submit(submission) => self.on_submit(submission),
             Input::Read { id } => self.on_read_submit(id),
@@ -529,7 +537,7 @@ impl Replica {
         match decode(self.config.wire_cluster(), self.config.replica_count, bytes) {
             Ok(decoded) if decoded.from != self.index => {
                 let from = decoded.from as usize;
-                self.clocks.heard(from, decoded.clock, self.now_ns, self.ticks);
+                self.clocks.heard(from, decoded.clock, self.clock_now());
                 self.on_envelope(decoded)
             }
             Ok(_) => self.stats.dropped_unknown_sender += 1,
@@ -639,9 +647,10 @@ impl Replica {
         }
     }
 
-    fn on_tick(&mut self, now_ns: u64) {
+    fn on_tick(&mut self, now_ns: u64, mono_ns: u64) {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
+        self.mono_ns = self.mono_ns.max(mono_ns);
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
             Status::Normal => self.tick_backup(),
@@ -803,13 +812,20 @@ impl Replica {
         }
         let now = self.clocks.cluster_now(
             self.index as usize,
-            self.now_ns,
-            self.ticks,
+            self.clock_now(),
             self.config.view_change_ticks,
             self.quorum(),
             self.config.n(),
         );
         now.map_or(after_head, |now| now.max(after_head))
+    }
+
+    fn clock_now(&self) -> crate::clock::Now {
+        crate::clock::Now {
+            wall: self.now_ns,
+            mono: self.mono_ns,
+            tick: self.ticks,
+        }
     }
 
     fn take_batch(&mut self) -> Vec<Request> {

@@ -462,7 +462,10 @@ impl Cluster {
             let Some(replica) = node.replica.as_mut() else {
                 return false;
             };
-            let outputs = replica.step(Input::Tick { now_ns });
+            let outputs = replica.step(Input::Tick {
+                now_ns,
+                mono_ns: now_ns,
+            });
             if !outputs.is_empty() {
                 for output in outputs {
                     self.output(state, r, output);
@@ -487,6 +490,7 @@ impl Cluster {
             if !probe
                 .step(Input::Tick {
                     now_ns: (node.clock + 1) * 1_000_000,
+                    mono_ns: (node.clock + 1) * 1_000_000,
                 })
                 .is_empty()
             {
@@ -542,7 +546,10 @@ impl Cluster {
                 node.clock += 1;
                 let now_ns = node.clock * 1_000_000;
                 if let Some(replica) = node.replica.as_mut() {
-                    let outputs = replica.step(Input::Tick { now_ns });
+                    let outputs = replica.step(Input::Tick {
+                        now_ns,
+                        mono_ns: now_ns,
+                    });
                     for output in outputs {
                         self.output(&mut state, r, output);
                     }

@@ -1178,16 +1178,14 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
     settle(&mut sim)
 }
 
-/// Review of issue "Lose nothing" 10 (fails today; its test is ignored):
-/// with one of three replicas down, the primary hears exactly a quorum of
-/// clocks (its own and one backup's). The window of `k = q` offsets is
-/// `[min, max]`, which always holds the primary's own offset 0, so the
-/// clamp never moves it: a primary whose clock alone jumps an hour ahead
-/// stamps an hour ahead, although docs/protocol.md says "a primary whose
-/// clock alone jumps, either way, stamps with the others' time". And once
-/// committed, the skew stays for good (timestamps only increase). The
-/// degraded cluster (one replica down) is the common case this should
-/// cover.
+/// Review of issue "Lose nothing" 10: with one of three replicas down, the
+/// primary hears exactly a quorum of clocks (its own and one backup's).
+/// The window of `k = q` offsets was `[min, max]`, which always holds the
+/// primary's own offset 0, so the clamp never moved it: a primary whose
+/// clock alone jumped an hour ahead stamped an hour ahead ("op 3 stamped
+/// 3599 s ahead of the backup's clock"), and once committed, the skew
+/// stays for good (timestamps only increase). Now with `k = q` the window
+/// is that of the peers' clocks alone (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
     const HOUR_NS: u64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
@@ -1216,14 +1214,16 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
     settle(&mut sim)
 }
 
-/// Review of issue "Lose nothing" 10 (fails today; its test is ignored):
-/// all replicas up, the primary's clock jumps an hour ahead and a request
-/// arrives at once. The offsets the primary holds were measured against
-/// its clock *before* the jump (a sample stores `theirs - ours` at
-/// arrival), so until each backup's next message they agree with the
-/// jumped clock: the next prepare is stamped an hour ahead, and since
-/// timestamps only increase, every later one too. `primary_clock_jump_is_
-/// bounded` waits 20 ticks after the jump, which hides this.
+/// Review of issue "Lose nothing" 10: all replicas up, the primary's clock
+/// jumps an hour ahead and a request arrives at once. The offsets the
+/// primary held were measured against its clock *before* the jump (a
+/// sample stored `theirs - ours` at arrival), so until each backup's next
+/// message they agreed with the jumped clock: the next prepare was stamped
+/// an hour ahead, and since timestamps only increase, every later one too.
+/// Now a sample keeps the peer's reading and the monotonic time it arrived
+/// at, which a wall clock jump does not move (`clock.rs`).
+/// `primary_clock_jump_is_bounded` waits 20 ticks after the jump, which
+/// hid this.
 pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), Failure> {
     const HOUR_NS: u64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);

@@ -747,8 +747,14 @@ impl Simulator {
         for r in 0..self.n() {
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
-                let now_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
-                self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
+                // A clock jump moves the wall clock only; the monotonic
+                // one is the simulated time.
+                let wall_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
+                let tick = Input::Tick {
+                    now_ns: wall_ns,
+                    mono_ns: now_ns,
+                };
+                self.input(r as ReplicaIndex, tick)?;
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {

@@ -164,7 +164,11 @@ fn read_ids_without_the_boot_nonce_are_caught_by_the_delayed_read_ok_scenario() 
 fn stamping_with_one_clock_is_caught_by_the_clock_jump_scenario() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::UnboundedClock;
-    let failure = scenarios::primary_clock_jump_is_bounded(broken).unwrap_err();
+    let failure = scenarios::primary_clock_jump_is_bounded(broken.clone()).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+    let failure = scenarios::primary_clock_jump_with_one_replica_down(broken.clone()).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+    let failure = scenarios::primary_clock_jump_then_request_at_once(broken).unwrap_err();
     assert!(failure.reason.contains("ahead"), "{failure}");
 }
 

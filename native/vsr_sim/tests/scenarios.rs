@@ -197,18 +197,16 @@ fn repair_of_an_entry_below_every_peers_checkpoint() {
     scenarios::repair_of_an_entry_below_every_peers_checkpoint(options(3, 1)).unwrap();
 }
 
-/// Review finding: with only a quorum of clocks heard, the clamp is a
+/// Review finding: with only a quorum of clocks heard, the clamp was a
 /// no-op (see the scenario's comment).
 #[test]
-#[ignore = "bug: with k = q clocks heard, the primary's own jumped clock is used"]
 fn primary_clock_jump_with_one_replica_down() {
     scenarios::primary_clock_jump_with_one_replica_down(options(3, 1)).unwrap();
 }
 
 /// Review finding: offsets measured before the primary's own clock jumped
-/// vouch for the jumped clock (see the scenario's comment).
+/// vouched for the jumped clock (see the scenario's comment).
 #[test]
-#[ignore = "bug: stale offsets agree with the primary's jumped clock"]
 fn primary_clock_jump_then_request_at_once() {
     scenarios::primary_clock_jump_then_request_at_once(options(3, 1)).unwrap();
     scenarios::primary_clock_jump_then_request_at_once(options(5, 1)).unwrap();
