@@ -133,7 +133,7 @@ fn one_corrupt_wal_entry_is_repaired() {
 
 #[test]
 fn unrepairable_wal_entry_falls_back_to_recovery() {
-    scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
+    scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 2)).unwrap();
 }
 
 #[test]
@@ -172,10 +172,9 @@ fn two_replicas_repairing_at_once() {
 // REPAIR_ROUNDS (2 s with Visor's defaults) before any peer is up; then a
 // restarted quorum {0, 1} cannot serve (1 recovering needs both others).
 // Fails with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
-// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fix: count
-// the rounds only once a quorum of peers is heard from (or give up only on
-// negative answers from a quorum).
-#[ignore = "review: a repair gives up before any peer is up (defect 8)"]
+// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fixed:
+// peers answer NoEntry, and a repairing replica gives up only once a quorum
+// of the others did.
 #[test]
 fn repairing_replica_outwaits_slow_peers() {
     scenarios::repairing_replica_outwaits_slow_peers(options(3, 1)).unwrap();
