@@ -726,6 +726,9 @@ impl Replica {
     /// client table, its op as the commit, and the log rebased at it
     /// (keeping the entries after it only if they chain from it).
     pub(crate) fn install_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) {
+        if self.status == Status::Repairing {
+            return self.repair_from_checkpoint(checkpoint);
+        }
         let op = checkpoint.op;
         if op < self.sync_floor() {
             return;

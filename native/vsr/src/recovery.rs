@@ -125,6 +125,13 @@ impl Replica {
                     checksum,
                     checkpoint,
                 } => self.on_no_entry(from, (op, checksum), checkpoint),
+                Message::CheckpointChunk {
+                    op,
+                    digest,
+                    total,
+                    offset,
+                    bytes,
+                } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
                 _ => {}
             }
             return;

@@ -11,14 +11,19 @@
 //!
 //! Until the entry arrives, the replica takes part in nothing: it executes
 //! nothing, sends nothing but `RequestEntry` (to another repairing replica,
-//! an `Entry` or `NoEntry` answering its request), answers nothing else and merges no crash
+//! an `Entry` or `NoEntry` answering its request, and `RequestCheckpoint`s
+//! for a state sync, below), answers nothing else and merges no crash
 //! vector, exactly as if it were still down. Once it holds the entry,
 //! it becomes what `Replica::restart_from` makes of the whole log (the
 //! safety argument of a restart from disk then applies unchanged), after a
 //! `WriteLog` of the repaired suffix so that the store records the repair.
 //!
-//! A peer that does not hold the entry says so (`NoEntry`). The replica
-//! falls back to a full recovery (`Replica::recovering_from`,
+//! A peer that does not hold the entry says so (`NoEntry`), naming a
+//! checkpoint at or after the entry's op that it can serve, if it has one.
+//! The replica then state-syncs that checkpoint and restarts from it and
+//! its own entries after it (what `restart_from` does with a checkpoint):
+//! the checkpoint holds committed state only, and every committed op up to
+//! its op. It falls back to a full recovery (`Replica::recovering_from`,
 //! which the store makes durable by emptying the log) only once a quorum of
 //! the *other* replicas said they do not hold the entry; nothing was
 //! executed yet, so the host's state is still the initial one a recovery
@@ -120,6 +125,12 @@ impl Replica {
             self.send(from, &Message::Entry { entry });
         } else {
             let checkpoint = self.servable_checkpoint_from(op);
+            #[cfg(feature = "mutations")]
+            let checkpoint = if self.mutated(crate::config::Mutation::NoEntryWithoutCheckpoint) {
+                0
+            } else {
+                checkpoint
+            };
             self.send(
                 from,
                 &Message::NoEntry {
@@ -131,8 +142,9 @@ impl Replica {
         }
     }
 
-    /// A peer does not hold the entry this replica waits for.
-    pub(crate) fn on_no_entry(&mut self, from: ReplicaIndex, hole: (Op, u128), _checkpoint: Op) {
+    /// A peer does not hold the entry this replica waits for: if its
+    /// checkpoint covers the entry's op, sync that checkpoint from it.
+    pub(crate) fn on_no_entry(&mut self, from: ReplicaIndex, hole: (Op, u128), checkpoint: Op) {
         let Some(repair) = self.repair.as_mut() else {
             return;
         };
@@ -140,6 +152,15 @@ impl Replica {
             return;
         }
         repair.refused |= 1 << from;
+        if checkpoint >= hole.0 && !self.syncing() {
+            self.send(
+                from,
+                &Message::RequestCheckpoint {
+                    op: checkpoint,
+                    offset: 0,
+                },
+            );
+        }
     }
 
     /// A repairing replica asked for an entry by op and checksum: this one,
@@ -206,6 +227,67 @@ impl Replica {
             // tell what it held. (`give_up_repair` recovers from the repair
             // in hand, which was taken above.)
             _ => {
+                self.repair = Some(Box::new(Repair {
+                    state,
+                    checkpoint: None,
+                    entries: Vec::new(),
+                    hole,
+                    after: Vec::new(),
+                    refused: 0,
+                }));
+                self.give_up_repair();
+            }
+        }
+    }
+
+    /// A state sync brought a checkpoint (one a quorum vouches for) from a
+    /// peer that does not hold the entry: if it covers the entry, restart
+    /// from it and the stored entries after it, as `restart_from` does with
+    /// a checkpoint. The checkpoint holds every committed op up to its op,
+    /// so the entries at or below it this replica acknowledged are either
+    /// in it or were never committed; the store records the checkpoint and
+    /// then the kept entries after it (the damaged record is below it).
+    pub(crate) fn repair_from_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) {
+        let Some(repair) = self.repair.as_ref() else {
+            return;
+        };
+        if checkpoint.op < repair.hole.0 {
+            return;
+        }
+        let Repair {
+            mut state,
+            hole,
+            after,
+            ..
+        } = *self.repair.take().expect("checked above");
+        state.incarnations = self.incarnations;
+        state.commit = state.commit.max(checkpoint.op);
+        let op = checkpoint.op;
+        let restarted = Replica::restart_from(
+            self.config.clone(),
+            self.index,
+            state,
+            Some(checkpoint.clone()),
+            after,
+        );
+        match restarted {
+            Ok((replica, outputs)) => {
+                let kept: Vec<Arc<Prepare>> = (op + 1..=replica.log.op())
+                    .filter_map(|o| replica.log.get(o).cloned())
+                    .collect();
+                self.take_place_of(replica);
+                self.out.push(Output::WriteCheckpoint(checkpoint));
+                if !kept.is_empty() {
+                    self.out.push(Output::WriteLog {
+                        after: op,
+                        entries: kept,
+                    });
+                }
+                self.out.extend(outputs);
+            }
+            // Unreachable (the state was valid when the repair began), but
+            // a recovery is always safe.
+            Err(_) => {
                 self.repair = Some(Box::new(Repair {
                     state,
                     checkpoint: None,

@@ -1160,8 +1160,10 @@ pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Fai
 /// replica 1, down for a while, restarts with a damaged entry above its
 /// own checkpoint; replica 0, the one peer up, has checkpointed past that
 /// entry and restarted from its checkpoint, so no peer holds the entry.
-/// Replica 1 gives up its log and needs both others to recover, so {0, 1}
-/// cannot serve, though 0's checkpoint covers the damaged (committed) op.
+/// Had replica 1 given up its log, it would need both others to recover,
+/// so {0, 1} could not serve, though 0's checkpoint covers the damaged
+/// (committed) op; instead 0 names its checkpoint, and 1 syncs it and
+/// restarts from it.
 pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> Result<(), Failure> {
     options.config.checkpoint_interval = 4;
     let mut sim = Simulator::new(options);

@@ -187,10 +187,9 @@ fn repairing_replica_outwaits_slow_peers() {
 // the rot, {0, 1} serve (checked). Fails with "replicas 0 and 1 serve the
 // commits: not within 4000 ticks; committed 30, ...; r0:ViewChange v0 lv0
 // op30(base 28) commit28/28 ckpt28, r1:Recovering v0 lv0 op0, r2:down".
-// Fix: a peer whose checkpoint covers the op says so, and the repairing
-// replica state-syncs that checkpoint and keeps its own entries after it
-// (what restart_from does with a checkpoint) instead of discarding its log.
-#[ignore = "review: an entry below every peer's checkpoint is never repaired (defect 8)"]
+// Fixed: a peer whose checkpoint covers the op names it in its NoEntry, and
+// the repairing replica state-syncs that checkpoint and keeps its own
+// entries after it (what restart_from does with a checkpoint).
 #[test]
 fn repair_of_an_entry_below_every_peers_checkpoint() {
     scenarios::repair_of_an_entry_below_every_peers_checkpoint(options(3, 1)).unwrap();
