@@ -235,6 +235,10 @@ pub enum Message {
     RequestEntry { op: Op, checksum: u128 },
     /// The answer: the sender's entry with that op and checksum.
     Entry { entry: Arc<Prepare> },
+    /// The negative answer: the sender holds no entry `op` with that
+    /// checksum; `checkpoint` is the op of a checkpoint it can serve (one a
+    /// quorum vouches for) at or after `op`, or 0 if it has none.
+    NoEntry { op: Op, checksum: u128, checkpoint: Op },
 }
 
 impl Message {
@@ -261,6 +265,7 @@ impl Message {
             Message::RequestCheckpoint { .. } => "request_checkpoint",
             Message::RequestEntry { .. } => "request_entry",
             Message::Entry { .. } => "entry",
+            Message::NoEntry { .. } => "no_entry",
         }
     }
 

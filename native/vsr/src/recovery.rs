@@ -120,6 +120,18 @@ impl Replica {
             match message {
                 Message::Entry { entry } => self.on_repair_entry(entry),
                 Message::RequestEntry { op, checksum } => self.on_request_entry_repairing(from, op, checksum),
+                Message::NoEntry {
+                    op,
+                    checksum,
+                    checkpoint,
+                } => self.on_no_entry(from, (op, checksum), checkpoint),
+                Message::CheckpointChunk {
+                    op,
+                    digest,
+                    total,
+                    offset,
+                    bytes,
+                } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
                 _ => {}
             }
             return;

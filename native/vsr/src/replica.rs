@@ -562,7 +562,7 @@ impl Replica {
         match message {
             Message::Request { request } => self.on_request(request),
             Message::RequestEntry { op, checksum } => self.on_request_entry(from, op, checksum),
-            Message::Entry { .. } => {} // only a repairing replica wants one
+            Message::Entry { .. } | Message::NoEntry { .. } => {} // only a repairing replica wants one
             Message::Prepare {
                 view,
                 commit,

@@ -179,3 +179,11 @@ fn a_primary_leading_on_after_a_foreign_checkpoint_is_caught_by_the_paused_prima
     let failure = scenarios::paused_primary_announces_no_commit_from_a_newer_history(broken).unwrap_err();
     assert!(failure.reason.contains("executed a different entry"), "{failure}");
 }
+
+#[test]
+fn a_no_entry_without_the_covering_checkpoint_is_caught_by_the_checkpoint_repair_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::NoEntryWithoutCheckpoint;
+    let failure = scenarios::repair_of_an_entry_below_every_peers_checkpoint(broken).unwrap_err();
+    assert!(failure.reason.contains("serve the commits"), "{failure}");
+}
