@@ -6,11 +6,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 SEEDS ?= 1000
+VOPR_FLAGS ?=
 
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak demo bench bench-catchup fmt
+.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup fmt
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # No hex packages are ever needed (hex.pm is unreachable here).
@@ -38,8 +39,9 @@ elixir-test: deps
 	mix compile --warnings-as-errors
 	mix test
 
+# VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back.
 soak:
-	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS)
+	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS) $(VOPR_FLAGS)
 
 # Three local nodes run the README's Cache; the primary's node is SIGKILLed,
 # a new primary takes over with the state intact, and the killed node is
@@ -61,3 +63,11 @@ bench-catchup: deps
 fmt:
 	cargo fmt --all
 	mix format
+
+# The exhaustive model check (native/vsr_model, docs/testing.md) deeper than
+# `cargo test`'s: view changes whole, then every kind of fault at once up
+# to MODEL_STATES states (breadth-first: every state up to the depth reached).
+MODEL_STATES ?= 2000000
+model-check:
+	cargo run --release -p vsr_model --bin model_check -- --timeouts 2
+	cargo run --release -p vsr_model --bin model_check -- --all --states $(MODEL_STATES)

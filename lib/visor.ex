@@ -104,6 +104,10 @@ defmodule Visor do
       (client table full) while the command was in flight: it may or may not
       have been applied.
     * `{:duplicate, op}`: applied once, at `op`, but its reply was not kept.
+    * `:refused`: the cluster already holds another command under this
+      session's request number (not expected from Visor's own sessions; the
+      session is replaced): this command was not applied, and the other's
+      reply is never given instead.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug); commands in
       flight may or may not have been applied.
@@ -128,6 +132,7 @@ defmodule Visor do
           | {:command_too_large, pos_integer(), pos_integer()}
           | :unknown_outcome
           | {:duplicate, pos_integer()}
+          | :refused
           | :spare
           | {:engine_down, term()}
           | {:halted, pos_integer()}
@@ -240,6 +245,21 @@ defmodule Visor do
   def start_link(module, opts) do
     Visor.Supervisor.start_link(Visor.Options.validate!(module, opts))
   end
+
+  @doc """
+  Forgets, on this node, that its replica of `module`'s group ran (memory
+  mode): the operator's way to let the group form a new, empty cluster
+  after a majority of its members lost their memory. Call it only while
+  the group is stopped on this node (else `{:error, :running}`), on every
+  node, then start the group again everywhere (docs/operations.md).
+
+  Without it, this node remembers for the VM's life that its replica ran,
+  whoever restarts the group (its own supervisor giving up, its parent, or
+  an operator), and a restarted replica always rejoins and recovers: no
+  automatic restart can turn a lost state into a fresh, empty one.
+  """
+  @spec forget(group()) :: :ok | {:error, :running}
+  def forget(module) when is_atom(module), do: Visor.Lifetime.forget(module)
 
   @doc """
   Commits `command` through the replicated log and returns the reply of

@@ -52,9 +52,14 @@ defmodule Visor.Formation do
   connected nodes and exchange hellos that carry their phase. A two-phase
   agreement then forms the cluster:
 
-    1. The lowest-named node among those still *discovering* (having heard
-       every visible peer, and no formed cluster) proposes the first `n`
-       discovering nodes, sorted, and a fresh random cluster id.
+    1. The lowest-named node among all those still *discovering* or
+       *proposing*, whatever their settings (having heard every visible
+       peer, and no formed cluster), proposes the first `n` discovering
+       nodes with its own settings, sorted, and a fresh random cluster id.
+       Only one node may propose at a time: a proposer per settings class,
+       or a second one while a lower node's proposal is in flight, could
+       form two clusters of the group side by side. If the lowest node has
+       other settings than the rest, nobody forms (each logs who differs).
     2. A discovering node accepts at most one proposal at a time and answers
        with its incarnation; it leaves an accepted proposal only when that
        proposal's proposer aborts it.
@@ -282,8 +287,16 @@ defmodule Visor.Formation do
   # The cluster this node's replica joined earlier in this group's life
   # (Visor.Lifetime), in memory mode: that replica's memory died with its
   # server. Disk mode restarts from the store instead (restore/1).
-  defp ran_here(%{storage: :memory, module: module}), do: Lifetime.get(module).formed
+  defp ran_here(%{storage: :memory} = state),
+    do: Lifetime.formed(state.module, lifetime_key(state))
+
   defp ran_here(_disk), do: nil
+
+  # The configuration a Lifetime record belongs to: a node started again
+  # with another one joins another cluster (a `nodes:` cluster id already
+  # folds in the members and settings).
+  defp lifetime_key(%{mode: :nodes, cluster: cluster}), do: {:nodes, cluster}
+  defp lifetime_key(%{mode: :discovery} = state), do: {:cluster_size, state.size, state.settings}
 
   # Never fresh, whatever the peers say: they may all have restarted too
   # and remember nothing, and a fresh start of a majority would serve an
@@ -293,7 +306,8 @@ defmodule Visor.Formation do
       "#{inspect(state.module)}: this node's server restarted (the node did not), so its " <>
         "replica lost its memory. If a majority of the members lost theirs at once, the " <>
         "state is lost and the replicas stay :recovering until the group is stopped on every " <>
-        "node and started again (a new, empty cluster)"
+        "node, Visor.forget/1 is called there, and the group is started again (a new, " <>
+        "empty cluster)"
     )
 
     become_member(state, formed, true)
@@ -615,8 +629,20 @@ defmodule Visor.Formation do
   # Decided: peers' hellos are still answered, but this node asks nothing.
   defp tick_discovery(state), do: state
 
+  # Only the lowest-named node of all those discovering or proposing may
+  # propose, whatever their settings: two proposers at once (one per
+  # settings class, or one while a lower node's proposal is in flight)
+  # could form two clusters of the group side by side. It proposes only
+  # nodes with its own settings; if it has too few, nobody forms.
   defp maybe_propose(%{phase: :discovering, proposal: nil} = state, visible) do
     heard_all? = Enum.all?(visible, &Map.has_key?(state.peers, &1))
+
+    undecided =
+      for {_pid, %{phase: phase, node: n}} <- state.peers,
+          phase in [:discovering, :proposing],
+          do: n
+
+    lowest = Enum.min([node() | undecided])
 
     discovering =
       [
@@ -629,16 +655,43 @@ defmodule Visor.Formation do
       ]
       |> Enum.sort()
 
-    lowest? = match?([{n, _} | _] when n == node(), discovering)
+    cond do
+      not heard_all? ->
+        state
 
-    if heard_all? and lowest? and length(discovering) >= state.size do
-      propose(state, Enum.take(discovering, state.size))
-    else
-      state
+      lowest != node() ->
+        waiting_for_other_settings(state, lowest)
+
+      length(discovering) >= state.size ->
+        propose(state, Enum.take(discovering, state.size))
+
+      true ->
+        state
     end
   end
 
   defp maybe_propose(state, _visible), do: state
+
+  # The node that would propose runs other settings: it never proposes
+  # this node, and this node may not propose while it is there.
+  defp waiting_for_other_settings(state, lowest) do
+    case Enum.find(Map.values(state.peers), &(&1.node == lowest)) do
+      %{settings: settings} when settings != state.settings ->
+        warn_once(
+          state,
+          {:waiting_for, lowest},
+          fn ->
+            "#{inspect(state.module)}: #{lowest}, the lowest-named discovering node (the one " <>
+              "that proposes), is started with other settings than this node: no cluster " <>
+              "with this node forms until their settings match"
+          end,
+          :error
+        )
+
+      _ ->
+        state
+    end
+  end
 
   defp propose(state, chosen) do
     id = {node(), state.incarnation, state.proposals + 1}
@@ -801,7 +854,7 @@ defmodule Visor.Formation do
   end
 
   defp hello_reply(%{mode: :discovery} = state, pid, from, {:discovery, phase, formed, settings})
-       when phase in [:discovering, :accepted, :member, :spare] do
+       when phase in [:discovering, :proposing, :accepted, :member, :spare] do
     peer = %{node: from, phase: phase, settings: settings}
     state = %{state | peers: Map.put(state.peers, pid, peer)}
 
@@ -828,6 +881,7 @@ defmodule Visor.Formation do
 
   defp hello_reply(state, _pid, _from, _reply), do: state
 
+  defp summary({:accepted, %{proposer: proposer}}) when proposer == self(), do: :proposing
   defp summary({:accepted, _}), do: :accepted
   defp summary(phase), do: phase
 
@@ -847,7 +901,9 @@ defmodule Visor.Formation do
 
   defp become_member(state, formed, recover) do
     index = Enum.find_index(formed.members, &(&1 == node()))
-    if state.storage == :memory, do: Lifetime.put_formed(state.module, formed)
+
+    if state.storage == :memory,
+      do: Lifetime.put_formed(state.module, lifetime_key(state), formed)
 
     if recover do
       Logger.warning(

@@ -67,10 +67,15 @@ defmodule Visor.Guard do
     end
   end
 
-  # Only a supervisor's EXIT reaches here as a message, for a process that
-  # traps exits (Visor.Server does): it ends the process, as in gen_server.
-  defp handle({:EXIT, parent, reason}, parent, _debug, {module, state, _}) do
-    terminate(module, reason, state)
+  # A process that traps exits (Visor.Server does) gets its supervisor's
+  # EXIT signal as this message: it ends the process, as in gen_server. One
+  # that does not (Visor.Formation) is killed by the signal itself, so for
+  # it this message can only be a plain one that a peer sent, naming the
+  # parent's pid (pids are no secret): an ordinary unexpected message.
+  defp handle({:EXIT, parent, reason} = message, parent, debug, {module, state, _} = misc) do
+    if Process.info(self(), :trap_exit) == {:trap_exit, true},
+      do: terminate(module, reason, state),
+      else: unexpected(message, parent, debug, misc)
   end
 
   defp handle({:"$gen_call", from, request} = message, parent, debug, {module, state, _} = misc) do

@@ -1,17 +1,27 @@
 defmodule Visor.Lifetime do
   @moduledoc """
-  What a group remembers on this node across restarts of its server and
-  formation process, for as long as its `Visor.Supervisor` runs: a crash of
-  either restarts both (`:one_for_all`), but not the supervisor, nor this
-  record (a `:persistent_term` keyed by the module, tagged with the
-  supervisor's pid; a new supervisor, i.e. the group stopped and started
-  again, finds no record of its own).
+  What a group remembers on this node for the life of the VM: across
+  restarts of its server and formation process (a crash of either
+  restarts both, `:one_for_all`), of its `Visor.Supervisor` (which gives up
+  after more than 3 restarts in 5 s and is restarted by its parent), and of
+  any supervisor above it. The record is a `:persistent_term` keyed by the
+  module; only `forget/1` (an explicit operator action, while the group is
+  stopped on this node) or the end of the VM erases it.
 
-    * **the cluster this node's replica joined** (memory mode): a restarted
-      server lost its replica's memory, so `Visor.Formation` starts it
-      recovering at once, whatever its peers say. If every server
-      restarted at once, no peer remembers anything: without this record
-      they would form a fresh, empty cluster and serve it.
+  Why not less: nothing Visor can see tells an operator's stop of the group
+  from an automatic one. A supervisor that gives up and one stopped by its
+  parent both exit `:shutdown`, and a parent stops its children the same
+  way whether an operator asked it to, a sibling crashed (`:one_for_all`)
+  or the parent itself gave up. A record that died with any of them would
+  let a crash loop on every node end in a fresh, empty cluster.
+
+    * **the clusters this node's replica joined** (memory mode), one per
+      configuration (`nodes:` by cluster id; `cluster_size:` by size and
+      settings): a restarted server lost its replica's memory, so
+      `Visor.Formation` starts it recovering at once, whatever its peers
+      say. If every server restarted at once, no peer remembers anything:
+      without this record they would form a fresh, empty cluster and serve
+      it.
     * **the op a `handle_commit` was running** (an `:atomics`, written by
       the server around each execute), so a restarted server knows its
       predecessor died inside `handle_commit` at that op, and how many
@@ -23,31 +33,49 @@ defmodule Visor.Lifetime do
   @streak_op 2
   @streak_count 3
 
-  @doc "This group instance's record on this node (created on first use)."
-  @spec get(module()) :: %{formed: map() | nil, counters: :atomics.atomics_ref()}
+  @doc "This group's record on this node (created on first use)."
+  @spec get(module()) :: %{formed: %{term() => map()}, counters: :atomics.atomics_ref()}
   def get(module) do
-    supervisor = Process.whereis(Visor.Supervisor.name(module, :supervisor))
-
     case :persistent_term.get({__MODULE__, module}, nil) do
-      %{supervisor: ^supervisor} = record ->
+      %{formed: _, counters: _} = record ->
         record
 
-      _none_or_stale ->
-        record = %{supervisor: supervisor, formed: nil, counters: :atomics.new(3, [])}
+      nil ->
+        record = %{formed: %{}, counters: :atomics.new(3, [])}
         :persistent_term.put({__MODULE__, module}, record)
         record
     end
   end
 
-  @doc "Records the cluster this node's replica joined (once per group instance)."
-  @spec put_formed(module(), map()) :: :ok
-  def put_formed(module, formed) do
+  @doc "The cluster this node's replica joined under configuration `key`, or `nil`."
+  @spec formed(module(), term()) :: map() | nil
+  def formed(module, key), do: Map.get(get(module).formed, key)
+
+  @doc "Records the cluster this node's replica joined under configuration `key`."
+  @spec put_formed(module(), term(), map()) :: :ok
+  def put_formed(module, key, formed) do
     record = get(module)
 
-    if record.formed != formed,
-      do: :persistent_term.put({__MODULE__, module}, %{record | formed: formed})
+    if Map.get(record.formed, key) != formed do
+      record = %{record | formed: Map.put(record.formed, key, formed)}
+      :persistent_term.put({__MODULE__, module}, record)
+    end
 
     :ok
+  end
+
+  @doc """
+  Erases the group's record on this node (`Visor.forget/1`): only while the
+  group is not running here, since a running one would write it again.
+  """
+  @spec forget(module()) :: :ok | {:error, :running}
+  def forget(module) do
+    if Process.whereis(Visor.Supervisor.name(module, :supervisor)) do
+      {:error, :running}
+    else
+      _ = :persistent_term.erase({__MODULE__, module})
+      :ok
+    end
   end
 
   @doc "Marks `op` as being executed (`0`: none)."

@@ -192,9 +192,12 @@ defmodule Visor.Options do
   @spec cluster_id(module(), [node()], map()) :: <<_::128>>
   def cluster_id(module, nodes, settings \\ default_settings()) do
     # md5 is in erts (no :crypto application needed); this is an identity,
-    # not a security boundary: distribution's cookie is that.
+    # not a security boundary: distribution's cookie is that. The encoding
+    # is pinned (minor_version 1, OTP 25's default; OTP 26's is 2), so
+    # nodes on two OTP releases, and a disk store, agree on the id.
     settings = Enum.sort(settings)
-    :erlang.md5(:erlang.term_to_binary({:visor_cluster, 2, module, Enum.sort(nodes), settings}))
+    term = {:visor_cluster, 2, module, Enum.sort(nodes), settings}
+    :erlang.md5(:erlang.term_to_binary(term, minor_version: 1))
   end
 
   @doc "The engine settings every member must share, from the engine options."

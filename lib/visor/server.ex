@@ -467,8 +467,8 @@ defmodule Visor.Server do
           "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
           "majority of all members, itself not counted) up and normal. If a majority lost " <>
           "their memory at once (nodes or servers restarted together), the state is lost and " <>
-          "this does not end by itself: stop the group on every node, then start it again " <>
-          "(a new, empty cluster)"
+          "this does not end by itself: stop the group on every node, call Visor.forget/1 " <>
+          "there (or restart the nodes), then start it again (a new, empty cluster)"
       )
     end
 

@@ -9,9 +9,10 @@ defmodule Visor.Supervisor do
   restart: the new replica rejoins and recovers its state from them before
   it takes part (`Visor.Formation`). Restarting the pair is safe;
   restarting only the server would not be (a fresh replica that forgot what
-  it acknowledged). This supervisor outlives such restarts, and so does
-  the group's `Visor.Lifetime` record, tied to its pid: in memory mode a
-  restarted pair rejoins even if no peer remembers this node.
+  it acknowledged). The group's `Visor.Lifetime` record outlives such
+  restarts, and restarts of this supervisor too (it lasts as long as the
+  VM, until `Visor.forget/1`): in memory mode a restarted pair rejoins even
+  if no peer remembers this node.
   """
 
   use Supervisor

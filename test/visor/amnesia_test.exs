@@ -2,7 +2,8 @@ defmodule Visor.AmnesiaTest do
   # Memory mode, "Lose nothing" #12: no message from another node crashes a
   # server, and servers that restart on every node at once (their nodes
   # still up) never come back as a fresh, empty cluster: they wait in
-  # :recovering until the operator stops and starts the group everywhere.
+  # :recovering until the operator stops the group everywhere, forgets it
+  # (Visor.forget/1) and starts it again.
   # Not async: real nodes.
   use ExUnit.Case, async: false
 
@@ -88,8 +89,15 @@ defmodule Visor.AmnesiaTest do
     assert :erpc.call(hd(nodes), Cache, :commit, [{:add, %{x: 1}}, [timeout: 300]]) ==
              {:error, :timeout}
 
-    # The operator's way out: stop the group on every node, then start it.
+    # The operator's way out: stop the group on every node, forget, then
+    # start it. Stopped and started again without forgetting, it recovers.
     for n <- nodes, do: :ok = Cluster.stop_group(n, Cache)
+    :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
+    for n <- nodes, do: assert(Cluster.status(n, Cache).status == :recovering)
+    assert :erpc.call(hd(nodes), Visor, :forget, [Cache]) == {:error, :running}
+
+    for n <- nodes, do: :ok = Cluster.stop_group(n, Cache)
+    for n <- nodes, do: :ok = :erpc.call(n, Visor, :forget, [Cache])
     :ok = Cluster.start_group(nodes, Cache, nodes: nodes)
     assert :erpc.call(hd(nodes), Cache, :commit, [{:add, %{anew: 1}}]) == nil
     assert :erpc.call(List.last(nodes), Cache, :get, []) == %{anew: 1}

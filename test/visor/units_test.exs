@@ -17,6 +17,23 @@ defmodule Visor.UnitsTest do
       refute id == Options.cluster_id(Cache, [:a@h, :b@h])
     end
 
+    test "the cluster id's bytes are pinned: another OTP release computes the same id" do
+      # OTP 26 changed term_to_binary/1's default encoding (minor_version
+      # 2); nodes of a rolling OTP upgrade must still agree on the id, and
+      # a disk store keeps it. These are the ids of OTP 25 (minor_version 1).
+      assert Base.encode16(Options.cluster_id(Cache, [:c@h, :a@h, :b@h]), case: :lower) ==
+               "a6b893859a32a8fc141149fa5f47f4cf"
+
+      settings = %{
+        checkpoint_interval: 100,
+        client_table_max: 4096,
+        checkpoint_chunk_bytes: 65536
+      }
+
+      assert Base.encode16(Options.cluster_id(Cache, [:a@h, :b@h], settings), case: :lower) ==
+               "d1d7edccf6c90b1c90386ca4c2913558"
+    end
+
     test "shared settings: the ones that decide execution, folded into the cluster id" do
       default = Options.validate!(Cache, cluster_size: 3).settings
 

@@ -155,6 +155,15 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Monotonic clock in nanoseconds since the first call (an `Instant`: never
+/// jumps with the wall clock), against which a replica carries its peers'
+/// clock readings forward (`vsr::Input::Tick`).
+fn mono_ns(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
+}
+
 struct Worker {
     rx: Receiver<Command>,
     load: Arc<AtomicUsize>,
@@ -225,7 +234,11 @@ impl Worker {
                 // The replica learns the time only from ticks, and stamps
                 // prepares with it: tick once now, so that requests that
                 // arrive before the first interval is up get a real clock.
-                self.step(id, Input::Tick { now_ns: now_ns() });
+                let tick = Input::Tick {
+                    now_ns: now_ns(),
+                    mono_ns: mono_ns(Instant::now()),
+                };
+                self.step(id, tick);
             }
             Command::Deliver { id, messages } => {
                 for bytes in &messages {
@@ -319,6 +332,7 @@ impl Worker {
     fn tick_due(&mut self) {
         let now = Instant::now();
         let now_ns = now_ns();
+        let mono_ns = mono_ns(now);
         while let Some(&Reverse((deadline, id))) = self.timers.peek() {
             if deadline > now {
                 break;
@@ -338,7 +352,7 @@ impl Worker {
             }
             group.next_tick = next;
             self.timers.push(Reverse((next, id)));
-            self.step(id, Input::Tick { now_ns });
+            self.step(id, Input::Tick { now_ns, mono_ns });
         }
     }
 

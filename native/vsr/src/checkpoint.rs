@@ -522,6 +522,19 @@ impl Replica {
                 .is_some_and(|a| a.digest == held.digest)
     }
 
+    /// The op of a checkpoint at or after `op` that this replica may send
+    /// in a state sync, or 0 if it has none.
+    pub(crate) fn servable_checkpoint_from(&self, op: Op) -> Op {
+        let checkpoints = &self.checkpoints;
+        [&checkpoints.held, &checkpoints.previous, &checkpoints.anchor]
+            .into_iter()
+            .flatten()
+            .filter(|h| h.checkpoint.op >= op && self.servable(h))
+            .map(|h| h.checkpoint.op)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Offers `to` the newest checkpoint a quorum vouches for: its first
     /// chunk, which starts a sync there (the receiver then asks for the
     /// rest, a window at a time). Nothing if none is (the peer asks again).
@@ -780,6 +793,9 @@ impl Replica {
     /// client table, its op as the commit, and the log rebased at it
     /// (keeping the entries after it only if they chain from it).
     pub(crate) fn install_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) {
+        if self.status == Status::Repairing {
+            return self.repair_from_checkpoint(checkpoint);
+        }
         let op = checkpoint.op;
         if op < self.sync_floor() {
             return;

@@ -2,35 +2,51 @@
 //! the clocks of a quorum (issue "Lose nothing" 10).
 //!
 //! Every message carries its sender's wall clock (`now_ns` of its last
-//! tick). A replica keeps, for each peer, the last reading's *offset* from
-//! its own clock when the message arrived, and the tick it arrived at. To
-//! stamp a prepare, the primary takes the offsets heard within the last
-//! `view_change_ticks` ticks, its own (0) included, and needs at least a
-//! quorum `q` of them. Sorted, `k` offsets give a window `[lo, hi]`:
-//! `lo` is the `q`-th largest, `hi` the `q`-th smallest (`lo <= hi` because
-//! `k <= n < 2q`). The primary moves its own offset, 0, into that window,
-//! and uses its clock plus the result. So:
+//! tick). A replica keeps, for each peer, the last reading together with
+//! its own *monotonic* clock (`mono_ns` of its last tick) and tick when
+//! the message arrived. A peer's clock now is estimated as its reading plus
+//! the monotonic time elapsed since: a reference that does not jump, so a
+//! jump of this replica's own wall clock shows at once as an offset
+//! (estimate minus its wall clock now) instead of being vouched for by
+//! readings taken against the clock before the jump.
 //!
+//! To stamp a prepare, the primary takes the offsets of the readings heard
+//! within the last `view_change_ticks` ticks, its own (0) included, and
+//! needs at least a quorum `q` of them. Sorted, `k` offsets give a window
+//! `[lo, hi]`: `lo` is the `q`-th largest, `hi` the `q`-th smallest (`lo
+//! <= hi` because `k <= n < 2q`). With `k > q`, at least `k - q + 1 >= 2`
+//! offsets are `>= hi` and as many `<= lo`, so each bound is met by a peer's
+//! clock, not only the primary's. With `k == q` that window is `[min, max]`
+//! and always holds 0, so the window is taken over the peers' offsets alone
+//! (the primary's own is left out): `[min, max]` of the others. The primary
+//! moves its own offset, 0, into the window and uses its clock plus the
+//! result. So:
+//!
+//! * the time used lies between two peers' clocks of the sample (the same
+//!   one if there is one peer): never later than the latest peer clock
+//!   heard, never earlier than the earliest; a primary whose clock alone
+//!   jumps (either way) stamps with the others' time, whether or not a
+//!   replica is down;
 //! * any `q` of the sampled replicas include one whose clock reads at least
-//!   the time used, and one whose clock reads at most it (fewer than `q`
-//!   offsets lie below `hi`, and fewer than `q` above `lo`);
-//! * a primary whose clock alone jumps (either way) stamps with the others'
-//!   time; when every replica has been heard from, up to `n - q` wrong
-//!   clocks cannot move the time used outside the range of the right ones;
+//!   the time used, and one whose clock reads at most it, so when every
+//!   replica has been heard from, up to `n - q` wrong clocks cannot move the
+//!   time used outside the range of the right ones;
 //! * a primary that has not heard a quorum's clocks lately (the first ticks
 //!   of its view) does not advance time: it stamps `head + 1`.
 //!
-//! Offsets ignore message delay, so they are off by up to one delay; the
-//! ticks of two replicas run at the same rate, so an offset stays valid
-//! while it is fresh.
+//! Estimates ignore message delay (a reading is older than its arrival by
+//! one delay) and the drift of a peer's wall clock against our monotonic
+//! one while the reading is fresh (at most `view_change_ticks` ticks).
 
 use crate::config::MAX_REPLICAS;
 
 /// A peer's clock, as last heard.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
-    /// Its clock minus ours, in ns, when its message arrived.
-    offset: i128,
+    /// Its wall clock, in ns, as its message said.
+    theirs: u64,
+    /// Our monotonic clock, in ns, when its message arrived.
+    mono: u64,
     /// Our tick when it arrived.
     tick: u64,
 }
@@ -41,48 +57,69 @@ pub(crate) struct Clocks {
     samples: [Option<Sample>; MAX_REPLICAS],
 }
 
+/// This replica's clocks at its last tick.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Now {
+    /// Wall clock, ns (may jump either way).
+    pub(crate) wall: u64,
+    /// Monotonic clock, ns (never jumps; any origin).
+    pub(crate) mono: u64,
+    /// Ticks so far.
+    pub(crate) tick: u64,
+}
+
 impl Clocks {
-    /// Records that `from`'s clock read `theirs` when ours read `ours`, at `tick`.
-    /// A clock that reads 0 has not ticked yet: it says nothing.
-    pub(crate) fn heard(&mut self, from: usize, theirs: u64, ours: u64, tick: u64) {
-        if theirs == 0 || ours == 0 || from >= MAX_REPLICAS {
+    /// Records that `from`'s clock read `theirs` when this replica's clocks
+    /// read `now`. A clock that reads 0 has not ticked yet: it says nothing.
+    pub(crate) fn heard(&mut self, from: usize, theirs: u64, now: Now) {
+        if theirs == 0 || now.wall == 0 || from >= MAX_REPLICAS {
             return;
         }
         self.samples[from] = Some(Sample {
-            offset: theirs as i128 - ours as i128,
-            tick,
+            theirs,
+            mono: now.mono,
+            tick: now.tick,
         });
     }
 
-    /// Our clock `ours`, moved into the window a quorum of fresh readings
+    /// Our wall clock, moved into the window a quorum of fresh readings
     /// agrees on; `None` without a quorum of readings heard within `fresh`
-    /// ticks of `tick` (`me` is this replica, whose offset is 0).
+    /// ticks of `now.tick` (`me` is this replica, whose offset is 0).
     pub(crate) fn cluster_now(
         &self,
         me: usize,
-        ours: u64,
-        tick: u64,
+        now: Now,
         fresh: u64,
         quorum: usize,
         n: usize,
     ) -> Option<u64> {
-        let mut offsets: Vec<i128> = (0..n)
+        let mut peers: Vec<i128> = (0..n.min(MAX_REPLICAS))
+            .filter(|&r| r != me)
             .filter_map(|r| {
-                if r == me {
-                    return Some(0);
-                }
                 let s = self.samples[r]?;
-                (tick < s.tick.saturating_add(fresh)).then_some(s.offset)
+                (now.tick < s.tick.saturating_add(fresh)).then(|| {
+                    let elapsed = now.mono.saturating_sub(s.mono);
+                    s.theirs as i128 + elapsed as i128 - now.wall as i128
+                })
             })
             .collect();
-        let k = offsets.len();
+        let k = peers.len() + 1;
         if k < quorum || quorum == 0 {
             return None;
         }
-        offsets.sort_unstable();
-        let (lo, hi) = (offsets[k - quorum], offsets[quorum - 1]);
+        peers.sort_unstable();
+        let (lo, hi) = match (peers.first(), peers.last()) {
+            (Some(&min), Some(&max)) if k == quorum => (min, max),
+            (Some(_), Some(_)) => {
+                let mut all = peers;
+                all.push(0);
+                all.sort_unstable();
+                (all[k - quorum], all[quorum - 1])
+            }
+            _ => (0, 0), // alone (one replica): its own clock
+        };
         let offset = 0i128.clamp(lo.min(hi), hi.max(lo));
-        Some((ours as i128 + offset).clamp(0, u64::MAX as i128) as u64)
+        Some((now.wall as i128 + offset).clamp(0, u64::MAX as i128) as u64)
     }
 }
 
@@ -92,10 +129,14 @@ mod tests {
 
     const HOUR: u64 = 3_600_000_000_000;
 
+    fn at(wall: u64, mono: u64, tick: u64) -> Now {
+        Now { wall, mono, tick }
+    }
+
     fn clocks(readings: &[(usize, u64)], ours: u64) -> Clocks {
         let mut c = Clocks::default();
         for &(r, theirs) in readings {
-            c.heard(r, theirs, ours, 1);
+            c.heard(r, theirs, at(ours, 500, 1));
         }
         c
     }
@@ -103,29 +144,51 @@ mod tests {
     #[test]
     fn a_primary_whose_clock_jumped_takes_the_quorums_time() {
         let c = clocks(&[(1, 1_000), (2, 1_010)], HOUR + 1_000);
-        assert_eq!(c.cluster_now(0, HOUR + 1_000, 2, 40, 2, 3), Some(1_010));
+        assert_eq!(c.cluster_now(0, at(HOUR + 1_000, 500, 2), 40, 2, 3), Some(1_010));
+    }
+
+    #[test]
+    fn readings_taken_before_our_clock_jumped_do_not_vouch_for_it() {
+        // Heard at wall 1_000 (mono 500); 100 ns later our wall clock
+        // reads an hour ahead: the peers' clocks read 1_100 and 1_110 now.
+        let c = clocks(&[(1, 1_000), (2, 1_010)], 1_000);
+        assert_eq!(c.cluster_now(0, at(HOUR + 1_100, 600, 2), 40, 2, 3), Some(1_110));
+    }
+
+    #[test]
+    fn with_a_bare_quorum_heard_the_peers_clocks_bound_the_time() {
+        // Three replicas, one down: k = q = 2. Our clock jumped either way.
+        let c = clocks(&[(1, 1_000)], HOUR);
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 2, 3), Some(1_000));
+        let c = clocks(&[(1, HOUR)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(HOUR));
+        // Five replicas, two down: k = q = 3; our clock within the peers'.
+        let c = clocks(&[(1, 990), (2, 1_020)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_000));
+        let c = clocks(&[(1, 990), (2, 1_020)], HOUR);
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 3, 5), Some(1_020));
     }
 
     #[test]
     fn one_backup_whose_clock_jumped_changes_nothing() {
         let c = clocks(&[(1, HOUR), (2, 1_000)], 1_000);
-        assert_eq!(c.cluster_now(0, 1_000, 2, 40, 2, 3), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(1_000));
     }
 
     #[test]
     fn within_the_window_the_primary_keeps_its_own_clock() {
         // Five replicas: offsets -20, -10, 0, +10, +20; q = 3: window [0, 0].
         let c = clocks(&[(1, 980), (2, 990), (3, 1_010), (4, 1_020)], 1_000);
-        assert_eq!(c.cluster_now(0, 1_000, 2, 40, 3, 5), Some(1_000));
-        // Four replicas, q = 3: window [o2, o3] = [-10, 10] holds 0.
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_000));
+        // Four replicas, q = 3: window [o2, o3] = [-10, 0] holds 0.
         let c = clocks(&[(1, 980), (2, 990), (3, 1_010)], 1_000);
-        assert_eq!(c.cluster_now(0, 1_000, 2, 40, 3, 4), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 4), Some(1_000));
     }
 
     #[test]
     fn without_a_quorum_of_fresh_readings_there_is_no_time() {
         let c = clocks(&[(1, 1_000)], 1_000);
-        assert_eq!(c.cluster_now(0, 1_000, 100, 40, 2, 3), None);
-        assert_eq!(Clocks::default().cluster_now(0, 5, 1, 40, 1, 1), Some(5));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 100), 40, 2, 3), None);
+        assert_eq!(Clocks::default().cluster_now(0, at(5, 0, 1), 40, 1, 1), Some(5));
     }
 }

@@ -55,6 +55,9 @@ pub enum Mutation {
     /// The protocol as written.
     #[default]
     None,
+    /// A peer that does not hold the entry a repairing replica asks for
+    /// names no checkpoint, even one that covers the entry's op.
+    NoEntryWithoutCheckpoint,
     /// The primary commits an op as soon as it is prepared, without a quorum.
     CommitWithoutQuorum,
     /// Execution ignores the client table, so a retried request runs twice.

@@ -37,6 +37,12 @@ pub const MAGIC: u16 = 0x5356;
 /// The wire version this build speaks.
 pub const WIRE_VERSION: u16 = 3;
 
+/// The highest view or incarnation a message may carry. A real cluster
+/// never gets near it (a view change a nanosecond for 290 years); a number
+/// above it is crafted, and would let `+ 1` overflow or wedge the cluster
+/// at the top of `u64` (docs/protocol.md, "Fault model").
+pub const NUMBER_MAX: u64 = u64::MAX / 2;
+
 /// One client request, as ordered by the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -230,6 +236,10 @@ pub enum Message {
     RequestEntry { op: Op, checksum: u128 },
     /// The answer: the sender's entry with that op and checksum.
     Entry { entry: Arc<Prepare> },
+    /// The negative answer: the sender holds no entry `op` with that
+    /// checksum; `checkpoint` is the op of a checkpoint it can serve (one a
+    /// quorum vouches for) at or after `op`, or 0 if it has none.
+    NoEntry { op: Op, checksum: u128, checkpoint: Op },
 }
 
 impl Message {
@@ -256,6 +266,7 @@ impl Message {
             Message::RequestCheckpoint { .. } => "request_checkpoint",
             Message::RequestEntry { .. } => "request_entry",
             Message::Entry { .. } => "entry",
+            Message::NoEntry { .. } => "no_entry",
         }
     }
 
@@ -281,7 +292,8 @@ pub enum DecodeError {
     ForeignCluster,
     /// The sender index is outside the configuration.
     UnknownSender,
-    /// The body does not decode, or carries inconsistent entries.
+    /// The body does not decode, or carries inconsistent entries, a view or
+    /// incarnation above `NUMBER_MAX`, or claims no replica makes.
     Malformed,
 }
 
@@ -344,7 +356,10 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
     if incarnations.len() != replica_count as usize {
         return Err(DecodeError::Malformed);
     }
-    if !entries_are_consistent(&message) {
+    if !entries_are_consistent(&message)
+        || !numbers_are_plausible(&incarnations, &message)
+        || !do_view_change_is_consistent(&message)
+    {
         return Err(DecodeError::Malformed);
     }
     Ok(Decoded {
@@ -353,6 +368,42 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
         clock,
         message,
     })
+}
+
+/// Views and incarnations no higher than `NUMBER_MAX`.
+fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
+    let views: [View; 2] = match message {
+        Message::Prepare { view, .. }
+        | Message::PrepareOk { view, .. }
+        | Message::Commit { view, .. }
+        | Message::ReadOk { view, .. }
+        | Message::RequestPrepares { view, .. }
+        | Message::RequestDoViewChange { view, .. }
+        | Message::StartView { view, .. }
+        | Message::RequestStartView { view, .. }
+        | Message::RecoveryFenced { view, .. } => [*view, 0],
+        Message::StartViewChange { view, current } => [*view, *current],
+        Message::DoViewChange { view, log_view, .. } => [*view, *log_view],
+        Message::RecoveryResponse { incarnation, .. } => [*incarnation, 0],
+        _ => [0, 0],
+    };
+    incarnations.iter().chain(&views).all(|&n| n <= NUMBER_MAX)
+}
+
+/// A DoViewChange as replicas send it: from a replica that has not started
+/// `view` (`log_view < view`), with its whole log after `from`, up to `op`.
+fn do_view_change_is_consistent(message: &Message) -> bool {
+    match message {
+        Message::DoViewChange {
+            view,
+            log_view,
+            op,
+            from,
+            entries,
+            ..
+        } => log_view < view && from.checked_add(entries.len() as u64) == Some(*op),
+        _ => true,
+    }
 }
 
 /// Entries must carry their true checksums, and a run of entries must be a

@@ -288,7 +288,10 @@ mod tests {
     #[test]
     fn a_read_ok_counts_only_from_the_primary_of_the_view_the_read_was_sent_in() {
         let mut replica = Replica::new(Config::new(1, 3), 1);
-        replica.step(Input::Tick { now_ns: 1 });
+        replica.step(Input::Tick {
+            now_ns: 1,
+            mono_ns: 1,
+        });
         replica.step(Input::Read { id: 7 });
         let wire = *replica.reads.pending.keys().next().expect("a pending read");
         assert_ne!(wire, 7, "the host's id stays off the wire");

@@ -120,6 +120,18 @@ impl Replica {
             match message {
                 Message::Entry { entry } => self.on_repair_entry(entry),
                 Message::RequestEntry { op, checksum } => self.on_request_entry_repairing(from, op, checksum),
+                Message::NoEntry {
+                    op,
+                    checksum,
+                    checkpoint,
+                } => self.on_no_entry(from, (op, checksum), checkpoint),
+                Message::CheckpointChunk {
+                    op,
+                    digest,
+                    total,
+                    offset,
+                    bytes,
+                } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
                 _ => {}
             }
             return;
@@ -215,7 +227,8 @@ impl Replica {
         recovery.fencing = true;
         let highest = recovery.known.iter().flatten().max().copied().unwrap_or(0);
         let me = self.index as usize;
-        self.incarnations[me] = self.incarnations[me].max(highest + 1);
+        // Incarnations from the network are at most `NUMBER_MAX` (decode).
+        self.incarnations[me] = self.incarnations[me].max(highest.saturating_add(1));
         self.write_state();
         self.last_resend_tick = self.ticks;
         self.broadcast(&Message::RecoveryFence { nonce });

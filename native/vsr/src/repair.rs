@@ -10,29 +10,34 @@
 //! (Protocol-Aware Recovery, Alagappan et al., FAST 2018).
 //!
 //! Until the entry arrives, the replica takes part in nothing: it executes
-//! nothing, sends nothing but `RequestEntry` (and, to another repairing
-//! replica, an `Entry` it asked for by checksum), answers nothing else and
-//! merges no crash vector, exactly as if it were still down. Once it holds the entry,
+//! nothing, sends nothing but `RequestEntry` (to another repairing replica,
+//! an `Entry` or `NoEntry` answering its request, and `RequestCheckpoint`s
+//! for a state sync, below), answers nothing else and merges no crash
+//! vector, exactly as if it were still down. Once it holds the entry,
 //! it becomes what `Replica::restart_from` makes of the whole log (the
 //! safety argument of a restart from disk then applies unchanged), after a
 //! `WriteLog` of the repaired suffix so that the store records the repair.
-//! If no peer has sent the entry after `REPAIR_ROUNDS` requests (it was
-//! never replicated, or every peer's log has moved past it), the replica
-//! falls back to a full recovery (`Replica::recovering_from`), which the
-//! store makes durable by emptying the log; nothing was executed yet, so
-//! the host's state is still the initial one a recovery starts from.
+//!
+//! A peer that does not hold the entry says so (`NoEntry`), naming a
+//! checkpoint at or after the entry's op that it can serve, if it has one.
+//! The replica then state-syncs that checkpoint and restarts from it and
+//! its own entries after it (what `restart_from` does with a checkpoint):
+//! the checkpoint holds committed state only, and every committed op up to
+//! its op. It falls back to a full recovery (`Replica::recovering_from`,
+//! which the store makes durable by emptying the log) only once a quorum of
+//! the *other* replicas said they do not hold the entry; nothing was
+//! executed yet, so the host's state is still the initial one a recovery
+//! starts from. Until then it keeps asking, however long its peers take to
+//! boot: after a power loss on every node, a quorum that restarted serves
+//! again whichever of its members boots first.
 
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::checksum::{checksum, root_checksum};
-use crate::config::{Config, Op, ReplicaIndex};
+use crate::config::{quorum, Config, Op, ReplicaIndex};
 use crate::message::{Message, Prepare};
 use crate::replica::{DurableState, Output, Replica, Status};
-
-/// `RequestEntry` broadcasts (every `resend_ticks`) before falling back to a
-/// full recovery.
-pub const REPAIR_ROUNDS: u64 = 20;
 
 /// What the replica restarts from once the entry is back.
 #[derive(Clone, Debug)]
@@ -42,7 +47,8 @@ pub(crate) struct Repair {
     entries: Vec<Arc<Prepare>>,
     hole: (Op, u128),
     after: Vec<Arc<Prepare>>,
-    rounds: u64,
+    /// The peers that said they do not hold the entry (a bit per replica).
+    refused: u64,
 }
 
 impl Replica {
@@ -74,7 +80,7 @@ impl Replica {
             entries,
             hole,
             after,
-            rounds: 0,
+            refused: 0,
         }));
         Ok(replica)
     }
@@ -85,28 +91,80 @@ impl Replica {
     }
 
     pub(crate) fn tick_repairing(&mut self) {
+        self.tick_sync();
         if self.ticks < self.last_resend_tick.saturating_add(self.config.resend_ticks) {
             return;
         }
         self.last_resend_tick = self.ticks;
-        let Some(repair) = self.repair.as_mut() else {
+        let Some(repair) = self.repair.as_ref() else {
             return;
         };
-        if repair.rounds >= REPAIR_ROUNDS {
+        if self.enough_refusals(repair.refused) {
             self.give_up_repair();
             return;
         }
-        repair.rounds += 1;
         let (op, checksum) = repair.hole;
         self.broadcast(&Message::RequestEntry { op, checksum });
     }
 
+    /// Whether a quorum of the other replicas said they do not hold the
+    /// entry (in a cluster of one: at once, as no one else can hold it).
+    fn enough_refusals(&self, refused: u64) -> bool {
+        let n = self.config.n();
+        let needed = quorum(n).min(n - 1);
+        refused.count_ones() as usize >= needed
+    }
+
     /// A peer asks for an entry by op and checksum: any replica whose log
-    /// holds it may answer (the checksum makes it the same entry).
+    /// holds it may answer (the checksum makes it the same entry); any
+    /// other says it does not hold it, naming a checkpoint it could serve
+    /// instead.
     pub(crate) fn on_request_entry(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
         if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum) {
             let entry = entry.clone();
             self.send(from, &Message::Entry { entry });
+        } else {
+            let checkpoint = self.servable_checkpoint_from(op);
+            #[cfg(feature = "mutations")]
+            let checkpoint = if self.mutated(crate::config::Mutation::NoEntryWithoutCheckpoint) {
+                0
+            } else {
+                checkpoint
+            };
+            self.send(
+                from,
+                &Message::NoEntry {
+                    op,
+                    checksum,
+                    checkpoint,
+                },
+            );
+        }
+    }
+
+    /// A peer does not hold the entry this replica waits for: if its
+    /// checkpoint covers the entry's op, sync that checkpoint from it.
+    pub(crate) fn on_no_entry(&mut self, from: ReplicaIndex, hole: (Op, u128), checkpoint: Op) {
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        if hole != repair.hole || from as usize >= self.config.n() {
+            return;
+        }
+        repair.refused |= 1 << from;
+        if checkpoint >= hole.0 && !self.syncing() {
+            // NoEntry names the checkpoint's op only: with no digest to
+            // match, the peer offers its newest vouched checkpoint (at or
+            // past this one, so it covers the hole too), and the chunks
+            // name the digest the rest of the sync asks for.
+            self.send(
+                from,
+                &Message::RequestCheckpoint {
+                    op: checkpoint,
+                    digest: 0,
+                    offset: 0,
+                },
+            );
         }
     }
 
@@ -121,8 +179,16 @@ impl Replica {
         let entry = (repair.entries.iter().chain(&repair.after))
             .find(|e| e.op == op && e.checksum == checksum)
             .cloned();
-        if let Some(entry) = entry {
-            self.send(from, &Message::Entry { entry });
+        match entry {
+            Some(entry) => self.send(from, &Message::Entry { entry }),
+            None => self.send(
+                from,
+                &Message::NoEntry {
+                    op,
+                    checksum,
+                    checkpoint: 0,
+                },
+            ),
         }
     }
 
@@ -172,7 +238,68 @@ impl Replica {
                     entries: Vec::new(),
                     hole,
                     after: Vec::new(),
-                    rounds: 0,
+                    refused: 0,
+                }));
+                self.give_up_repair();
+            }
+        }
+    }
+
+    /// A state sync brought a checkpoint (one a quorum vouches for) from a
+    /// peer that does not hold the entry: if it covers the entry, restart
+    /// from it and the stored entries after it, as `restart_from` does with
+    /// a checkpoint. The checkpoint holds every committed op up to its op,
+    /// so the entries at or below it this replica acknowledged are either
+    /// in it or were never committed; the store records the checkpoint and
+    /// then the kept entries after it (the damaged record is below it).
+    pub(crate) fn repair_from_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) {
+        let Some(repair) = self.repair.as_ref() else {
+            return;
+        };
+        if checkpoint.op < repair.hole.0 {
+            return;
+        }
+        let Repair {
+            mut state,
+            hole,
+            after,
+            ..
+        } = *self.repair.take().expect("checked above");
+        state.incarnations = self.incarnations;
+        state.commit = state.commit.max(checkpoint.op);
+        let op = checkpoint.op;
+        let restarted = Replica::restart_from(
+            self.config.clone(),
+            self.index,
+            state,
+            Some(checkpoint.clone()),
+            after,
+        );
+        match restarted {
+            Ok((replica, outputs)) => {
+                let kept: Vec<Arc<Prepare>> = (op + 1..=replica.log.op())
+                    .filter_map(|o| replica.log.get(o).cloned())
+                    .collect();
+                self.take_place_of(replica);
+                self.out.push(Output::WriteCheckpoint(checkpoint));
+                if !kept.is_empty() {
+                    self.out.push(Output::WriteLog {
+                        after: op,
+                        entries: kept,
+                    });
+                }
+                self.out.extend(outputs);
+            }
+            // Unreachable (the state was valid when the repair began), but
+            // a recovery is always safe.
+            Err(_) => {
+                self.repair = Some(Box::new(Repair {
+                    state,
+                    checkpoint: None,
+                    entries: Vec::new(),
+                    hole,
+                    after: Vec::new(),
+                    refused: 0,
                 }));
                 self.give_up_repair();
             }

@@ -84,8 +84,10 @@ pub enum Input<'a> {
     /// Time passed: one tick. `now_ns` is the host's wall clock, used only
     /// for timestamps: every message carries it, and a primary stamps
     /// prepares with it kept within its quorum's clocks (`clock.rs`;
-    /// timestamps stay strictly increasing whatever it says).
-    Tick { now_ns: u64 },
+    /// timestamps stay strictly increasing whatever it says). `mono_ns` is
+    /// the host's monotonic clock (any origin, never jumps), against which
+    /// the peers' clocks are carried forward between their messages.
+    Tick { now_ns: u64, mono_ns: u64 },
     /// Bytes arrived from a peer replica.
     Receive(&'a [u8]),
     /// A client submits a request through this replica.
@@ -154,6 +156,9 @@ pub struct Stats {
     pub dropped_unknown_format: u64,
     pub dropped_foreign_cluster: u64,
     pub dropped_unknown_sender: u64,
+    /// Bodies that do not decode or make claims no correct replica makes,
+    /// and DoViewChanges refused by a new primary (protocol.md, "Fault
+    /// model").
     pub dropped_malformed: u64,
     /// Messages from an incarnation of their sender that has since restarted.
     pub dropped_stale: u64,
@@ -182,7 +187,9 @@ pub(crate) struct Pending {
     pub(crate) sent_tick: u64,
 }
 
-/// The replica state machine.
+/// The replica state machine. `Clone` and `Debug` let a model checker
+/// (`native/vsr_model`) branch a cluster's state and fingerprint it.
+#[derive(Clone, Debug)]
 pub struct Replica {
     pub(crate) config: Config,
     pub(crate) index: ReplicaIndex,
@@ -198,6 +205,8 @@ pub struct Replica {
 
     pub(crate) ticks: u64,
     pub(crate) now_ns: u64,
+    /// The host's monotonic clock at the last tick (`Input::Tick`).
+    pub(crate) mono_ns: u64,
     /// The peers' clocks, as last heard (for timestamps: `clock.rs`).
     pub(crate) clocks: crate::clock::Clocks,
     pub(crate) jitter_state: u64,
@@ -341,6 +350,7 @@ impl Replica {
             client_table: ClientTable::new(config.client_table_max),
             ticks: 0,
             now_ns: 0,
+            mono_ns: 0,
             clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
@@ -392,7 +402,7 @@ impl Replica {
     pub fn step(&mut self, input: Input<'_>) -> Vec<Output> {
         let tick = matches!(input, Input::Tick { .. });
         match input {
-            Input::Tick { now_ns } => self.on_tick(now_ns),
+            Input::Tick { now_ns, mono_ns } => self.on_tick(now_ns, mono_ns),
             Input::Receive(bytes) => self.on_bytes(bytes),
             Input::Submit(submission) => self.on_submit(submission),
             Input::Read { id } => self.on_read_submit(id),
@@ -531,7 +541,7 @@ impl Replica {
         match decode(self.config.wire_cluster(), self.config.replica_count, bytes) {
             Ok(decoded) if decoded.from != self.index => {
                 let from = decoded.from as usize;
-                self.clocks.heard(from, decoded.clock, self.now_ns, self.ticks);
+                self.clocks.heard(from, decoded.clock, self.clock_now());
                 self.on_envelope(decoded)
             }
             Ok(_) => self.stats.dropped_unknown_sender += 1,
@@ -556,7 +566,7 @@ impl Replica {
         match message {
             Message::Request { request } => self.on_request(request),
             Message::RequestEntry { op, checksum } => self.on_request_entry(from, op, checksum),
-            Message::Entry { .. } => {} // only a repairing replica wants one
+            Message::Entry { .. } | Message::NoEntry { .. } => {} // only a repairing replica wants one
             Message::Prepare {
                 view,
                 commit,
@@ -643,9 +653,10 @@ impl Replica {
         }
     }
 
-    fn on_tick(&mut self, now_ns: u64) {
+    fn on_tick(&mut self, now_ns: u64, mono_ns: u64) {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
+        self.mono_ns = self.mono_ns.max(mono_ns);
         self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
@@ -808,13 +819,20 @@ impl Replica {
         }
         let now = self.clocks.cluster_now(
             self.index as usize,
-            self.now_ns,
-            self.ticks,
+            self.clock_now(),
             self.config.view_change_ticks,
             self.quorum(),
             self.config.n(),
         );
         now.map_or(after_head, |now| now.max(after_head))
+    }
+
+    fn clock_now(&self) -> crate::clock::Now {
+        crate::clock::Now {
+            wall: self.now_ns,
+            mono: self.mono_ns,
+            tick: self.ticks,
+        }
     }
 
     fn take_batch(&mut self) -> Vec<Request> {

@@ -103,7 +103,9 @@ impl Replica {
     }
 
     pub(crate) fn start_campaign(&mut self) {
-        self.campaign = self.campaign.max(self.view + 1);
+        // Views from the network are at most `NUMBER_MAX` (decode), so this
+        // never saturates; if it did, the campaign would be for no new view.
+        self.campaign = self.campaign.max(self.view.saturating_add(1));
         self.votes[self.index as usize] = self.campaign;
         self.broadcast_campaign();
         self.last_primary_tick = self.ticks;
@@ -333,6 +335,15 @@ impl Replica {
         }
         if best != me {
             let dvc = self.dvcs[best].clone().expect("chosen from the received");
+            if dvc.op < self.commit_max {
+                // No log a correct replica sends can be the best and lack an
+                // op this replica knows is committed (protocol.md, "Why a
+                // committed op survives"): a crafted one. Refuse it rather
+                // than truncate committed ops, and choose among the rest.
+                self.stats.dropped_malformed += 1;
+                self.dvcs[best] = None;
+                return self.start_view_if_ready();
+            }
             // Attach the best log where both it and ours have an entry: at
             // its base, or at our log's base if that is higher (the entries
             // below it are committed, and so the same in both).
@@ -372,7 +383,7 @@ impl Replica {
         if self.config.mutation != Mutation::None {
             self.commit_max = self.commit_max.min(self.log.op());
         }
-        assert!(
+        debug_assert!(
             self.commit_max <= self.log.op(),
             "view {}: commit {} beyond the chosen log's head {}",
             self.view,

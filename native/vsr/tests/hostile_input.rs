@@ -2,9 +2,9 @@
 //! anyone who knows the cluster id can compute it) fed to one replica.
 //! The core must not panic on network input (a panic fails the group).
 //!
-//! Each test here is `#[ignore]`d: it shows a bug found in review and
-//! fails (panics) on today's code. Run with `cargo test -p vsr --test
-//! hostile_input -- --ignored`.
+//! Each test shows a bug found in review that failed (panicked) before its
+//! fix: such input is now dropped and counted (`dropped_malformed`;
+//! docs/protocol.md, "Fault model").
 
 use std::sync::Arc;
 
@@ -30,12 +30,15 @@ fn receive(replica: &mut Replica, sender: u8, message: &Message) {
 
 fn tick(replica: &mut Replica, ticks: u64) {
     for t in 0..ticks {
-        replica.step(Input::Tick { now_ns: 1 + t });
+        replica.step(Input::Tick {
+            now_ns: 1 + t,
+            mono_ns: 1 + t,
+        });
     }
 }
 
-/// BUG (defect 14 follow-up): a view number from the network is trusted
-/// up to `u64::MAX`. One `StartViewChange { view: u64::MAX, current:
+/// Was a bug (defect 14 follow-up): a view number from the network was
+/// trusted up to `u64::MAX`. One `StartViewChange { view: u64::MAX, current:
 /// u64::MAX }` from one sender is a quorum with the receiver's own vote in
 /// a group of three (the receiver adopts the higher campaign and votes for
 /// it), so the replica moves to view `u64::MAX` (and tells everyone, who
@@ -43,11 +46,10 @@ fn tick(replica: &mut Replica, ticks: u64) {
 /// a panic with overflow checks (tests, the simulator), a wrap to 0 in the
 /// release NIF, where `campaign = max(campaign, 0)` never exceeds the view
 /// again: the group can never change view again (its primary's crash is
-/// forever). Fix: ignore a view above some bound (e.g. `view > self.view +
-/// 2^32` or `u64::MAX / 2`), or saturate and refuse to campaign at
-/// `u64::MAX`.
+/// forever). Before the fix: "panicked at native/vsr/src/view_change.rs:
+/// attempt to add with overflow". Now a message with a view (or an
+/// incarnation) above `NUMBER_MAX = u64::MAX / 2` is malformed.
 #[test]
-#[ignore = "bug: a crafted StartViewChange moves the group to view u64::MAX; start_campaign overflows"]
 fn a_view_near_u64_max_from_the_network_does_not_wedge_or_panic() {
     let mut replica = Replica::new(Config::new(CLUSTER, 3), 0);
     tick(&mut replica, 1);
@@ -60,6 +62,7 @@ fn a_view_near_u64_max_from_the_network_does_not_wedge_or_panic() {
             current: max,
         },
     );
+    assert_eq!(replica.stats().dropped_malformed, 1);
     tick(&mut replica, 1_000); // times out: start_campaign
     assert!(
         replica.view() < max,
@@ -109,8 +112,8 @@ fn a_start_view_from_u64_max_does_not_panic_decode() {
     assert_eq!(replica.stats().dropped_malformed, 2);
 }
 
-/// BUG: a DoViewChange's `op` and `log_view` are claims, not checked
-/// against anything. A new primary that has committed op 1 and receives a
+/// Was a bug: a DoViewChange's `op` and `log_view` were claims, not
+/// checked against anything. A new primary that has committed op 1 and receives a
 /// DoViewChange claiming `log_view: 1, op: 0` (attached at op 0 by the
 /// cluster's root checksum, which anyone who knows the cluster id can
 /// compute) chooses it as the best log, truncates its own log to op 0 and
@@ -122,9 +125,61 @@ fn a_start_view_from_u64_max_does_not_panic_decode() {
 /// `op < commit`, or whose entries do not reach `op` from `from`
 /// (`from + entries.len() != op` when it is meant to be whole); and make
 /// the assertion a refusal of that DoViewChange instead of a panic.
+/// Before the fix: "view 1: commit 1 beyond the chosen log's head 0". Now
+/// decode drops a DoViewChange with `log_view >= view` (no replica sends
+/// one: it sends only before it starts the view) or whose entries do not
+/// reach `op`.
 #[test]
-#[ignore = "bug: a crafted DoViewChange trips the assert in start_view_if_ready"]
 fn a_crafted_do_view_change_does_not_panic_the_new_primary() {
+    let mut replica = backup_that_committed_op_1();
+    // Replica 2 is already in view 1: with this replica's own vote, a quorum.
+    receive(&mut replica, 2, &Message::StartViewChange { view: 1, current: 1 });
+    assert_eq!((replica.view(), replica.status()), (1, Status::ViewChange));
+    receive(
+        &mut replica,
+        2,
+        &Message::DoViewChange {
+            view: 1,
+            log_view: 1,
+            op: 0,
+            commit: 0,
+            from: 0,
+            from_checksum: root_checksum(CLUSTER),
+            entries: vec![],
+        },
+    );
+    assert!(replica.log().op() >= replica.commit_max());
+    assert_eq!(replica.stats().dropped_malformed, 1);
+}
+
+/// The same with a plausible `log_view` (below the view, above the new
+/// primary's): the crafted log would be the best, and lacks op 1, which
+/// the new primary knows is committed. It refuses that DoViewChange
+/// (`start_view_if_ready`) instead of truncating its log.
+#[test]
+fn a_best_do_view_change_without_a_committed_op_is_refused() {
+    let mut replica = backup_that_committed_op_1();
+    receive(
+        &mut replica,
+        2,
+        &Message::DoViewChange {
+            view: 4, // replica 1 is its primary
+            log_view: 3,
+            op: 0,
+            commit: 0,
+            from: 0,
+            from_checksum: root_checksum(CLUSTER),
+            entries: vec![],
+        },
+    );
+    assert_eq!((replica.view(), replica.status()), (4, Status::ViewChange));
+    assert_eq!((replica.log().op(), replica.commit_max()), (2, 1));
+    assert_eq!(replica.stats().dropped_malformed, 1);
+}
+
+/// Replica 1 of three, a backup of view 0 holding ops 1 and 2, op 1
+/// known committed.
+fn backup_that_committed_op_1() -> Replica {
     let mut replica = Replica::new(Config::new(CLUSTER, 3), 1);
     tick(&mut replica, 1);
     // As a backup of view 0, it receives ops 1 and 2 and learns 1 is committed.
@@ -143,35 +198,19 @@ fn a_crafted_do_view_change_does_not_panic_the_new_primary() {
         );
     }
     assert_eq!(replica.commit_max(), 1);
-    // Replica 2 is already in view 1: with this replica's own vote, a quorum.
-    receive(&mut replica, 2, &Message::StartViewChange { view: 1, current: 1 });
-    assert_eq!((replica.view(), replica.status()), (1, Status::ViewChange));
-    receive(
-        &mut replica,
-        2,
-        &Message::DoViewChange {
-            view: 1,
-            log_view: 1,
-            op: 0,
-            commit: 0,
-            from: 0,
-            from_checksum: root_checksum(CLUSTER),
-            entries: vec![],
-        },
-    );
-    assert!(replica.log().op() >= replica.commit_max());
+    replica
 }
 
-/// BUG: `on_recovery_response` (recovery.rs) computes `highest + 1` on
+/// Was a bug: `on_recovery_response` (recovery.rs) computed `highest + 1` on
 /// incarnations the responders report: a `RecoveryResponse { incarnation:
 /// u64::MAX }` (or a crash vector carrying `u64::MAX`, which every replica
 /// merges and passes on) panics a recovering replica with overflow checks;
 /// in the release build it wraps, `max` keeps the old incarnation, and the
 /// fence that must tell the new incarnation from the old one does not.
-/// Fix: `checked_add(1)`, refusing (ignoring) an answer at `u64::MAX`, and
-/// refuse crash vectors with such entries in `on_envelope`.
+/// Before the fix: "panicked at native/vsr/src/recovery.rs: attempt to add
+/// with overflow". Now an incarnation above `NUMBER_MAX`, in a response or
+/// a crash vector, makes the message malformed.
 #[test]
-#[ignore = "bug: recovery computes highest + 1 on a reported incarnation"]
 fn a_recovery_response_at_u64_max_does_not_panic() {
     let nonce = 99;
     let mut replica = Replica::recovering(Config::new(CLUSTER, 3), 0, nonce).unwrap();
@@ -186,4 +225,19 @@ fn a_recovery_response_at_u64_max_does_not_panic() {
             },
         );
     }
+    assert_eq!(replica.stats().dropped_malformed, 2);
+    assert_eq!(replica.status(), Status::Recovering);
+    // A crash vector carrying u64::MAX: dropped whole, never merged.
+    let bytes = encode(
+        Config::new(CLUSTER, 3).wire_cluster(),
+        1,
+        &[u64::MAX, 0, 0],
+        1,
+        &Message::RecoveryResponse {
+            nonce,
+            incarnation: 0,
+        },
+    );
+    replica.step(Input::Receive(&bytes));
+    assert_eq!(replica.stats().dropped_malformed, 3);
 }

@@ -61,6 +61,13 @@ pub struct Options {
     /// A misconfigured host for scenarios: this replica runs with this
     /// configuration instead of `config` (same cluster and replica count).
     pub config_override: Option<(u8, Config)>,
+    /// Liveness with a dead minority: when the faults heal, between 1 and
+    /// `n - quorum` replicas, chosen by the seed, never come back (they
+    /// stay crashed), and every request submitted through a live replica
+    /// must still finish within `liveness_ticks`. Off in `from_seed`
+    /// (`vopr --dead-minority` turns it on), so the default seeds stay as
+    /// they are.
+    pub dead_minority: bool,
 }
 
 /// The share of random seeds run with a lying host (`lying_host`).
@@ -94,6 +101,7 @@ impl Options {
             snapshot_delay_max: 0,
             lying_host: None,
             config_override: None,
+            dead_minority: false,
         }
     }
 

@@ -690,30 +690,49 @@ pub fn one_corrupt_wal_entry_is_repaired(options: Options) -> Result<(), Failure
     settle(&mut sim)
 }
 
-/// Disk mode: a damaged entry that no peer holds (every other replica is
-/// down) cannot be repaired; after its requests go unanswered the replica
-/// falls back to a full recovery, which succeeds once the others return.
+/// Disk mode: a damaged entry that no peer holds cannot be repaired. The
+/// primary, cut off, prepares two ops no one else receives, and crashes;
+/// the others elect a new primary, which commits other entries at those
+/// ops. The old primary restarts with the first of its two entries
+/// damaged: both peers say they do not hold it (their entries at that op
+/// have other checksums), a quorum of the others, so it falls back to a
+/// full recovery, which they serve. (A replica waits for a quorum of such
+/// answers, not for a timer: see `repairing_replica_outwaits_slow_peers`.)
 pub fn unrepairable_wal_entry_falls_back_to_recovery(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
-    for _ in 0..10 {
+    for _ in 0..5 {
         commit(&mut sim, 0, 0)?;
     }
-    let committed = sim.checker.committed();
-    for r in 0..sim.n() as ReplicaIndex {
-        sim.crash(r);
+    let unreplicated = sim.replica(0).op() + 1;
+    isolate(&mut sim, 0);
+    for c in 0..2 {
+        sim.clients[c].home = 0;
+        sim.start_request(c)?;
+        sim.run_ticks(10)?;
     }
-    if !sim.rot_wal_entry(1, 5) {
-        return Err(failure(&sim, "replica 1's WAL holds no record of op 5".into()));
+    if sim.replica(0).op() < unreplicated + 1 {
+        return Err(failure(&sim, "replica 0 did not prepare two ops".into()));
     }
-    sim.restart(1);
-    sim.run_until(PHASE_TICKS * 2, "replica 1 gives up the repair", |s| {
-        s.replica(1).is_recovering()
+    sim.crash(0);
+    if !sim.rot_wal_entry(0, unreplicated) {
+        return Err(failure(&sim, "replica 0's WAL holds no record of the op".into()));
+    }
+    sim.network.heal(); // (Simulator::heal would restart replica 0 too)
+    for c in 0..2 {
+        sim.clients[c].home = 1;
+        sim.resubmit(c)?;
+    }
+    sim.run_until(PHASE_TICKS * 2, "the others commit the requests", |s| {
+        s.clients.iter().all(|c| c.outstanding.is_none())
     })?;
+    let committed = sim.checker.committed();
     sim.restart(0);
-    sim.restart(2);
-    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
-        let r = s.replica(1);
+    if sim.replica(0).repairing().is_none() {
+        return Err(failure(&sim, "replica 0 does not repair".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 gives up the repair and recovers", |s| {
+        let r = s.replica(0);
         r.status() == Status::Normal && r.commit() >= committed
     })?;
     commit(&mut sim, 0, 1)?;
@@ -1069,7 +1088,7 @@ pub fn paused_primary_announces_no_commit_from_a_newer_history(options: Options)
 /// Disk mode: two replicas of three restart, each with one damaged entry
 /// (ops 5 and 7), while the third is down. Each holds the entry the other
 /// lacks. If a `Repairing` replica answered no `RequestEntry`, both would
-/// give up after `REPAIR_ROUNDS`, empty their logs and recover; a recovery
+/// eventually give up, empty their logs and recover; a recovery
 /// needs a quorum of the *others* not recovering, so even once the third
 /// returns with every commit the cluster could never serve again.
 pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
@@ -1102,11 +1121,12 @@ pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
 
 /// Disk mode, review of defect 8, within the fault model (power loss on
 /// every node, rot in one record of one replica): replica 1 restarts first,
-/// with one damaged entry; the others take longer than `REPAIR_ROUNDS`
-/// requests to boot. Replica 1 gives up its log on that timer alone, so
-/// when replica 0 returns (a quorum, {0, 1}, has restarted, and 0 holds the
-/// entry) the cluster cannot serve: a recovering replica needs a quorum of
-/// the others, and replica 2 is still down.
+/// with one damaged entry; the others take long to boot. Had replica 1
+/// given up its log on a timer (20 requests, as it once did), then when
+/// replica 0 returns (a quorum, {0, 1}, has restarted, and 0 holds the
+/// entry) the cluster could not serve: a recovering replica needs a quorum
+/// of the others, and replica 2 is still down. It gives up only once a
+/// quorum of the others said they do not hold the entry.
 pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
@@ -1140,8 +1160,10 @@ pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Fai
 /// replica 1, down for a while, restarts with a damaged entry above its
 /// own checkpoint; replica 0, the one peer up, has checkpointed past that
 /// entry and restarted from its checkpoint, so no peer holds the entry.
-/// Replica 1 gives up its log and needs both others to recover, so {0, 1}
-/// cannot serve, though 0's checkpoint covers the damaged (committed) op.
+/// Had replica 1 given up its log, it would need both others to recover,
+/// so {0, 1} could not serve, though 0's checkpoint covers the damaged
+/// (committed) op; instead 0 names its checkpoint, and 1 syncs it and
+/// restarts from it.
 pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> Result<(), Failure> {
     options.config.checkpoint_interval = 4;
     let mut sim = Simulator::new(options);
@@ -1178,16 +1200,14 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
     settle(&mut sim)
 }
 
-/// Review of issue "Lose nothing" 10 (fails today; its test is ignored):
-/// with one of three replicas down, the primary hears exactly a quorum of
-/// clocks (its own and one backup's). The window of `k = q` offsets is
-/// `[min, max]`, which always holds the primary's own offset 0, so the
-/// clamp never moves it: a primary whose clock alone jumps an hour ahead
-/// stamps an hour ahead, although docs/protocol.md says "a primary whose
-/// clock alone jumps, either way, stamps with the others' time". And once
-/// committed, the skew stays for good (timestamps only increase). The
-/// degraded cluster (one replica down) is the common case this should
-/// cover.
+/// Review of issue "Lose nothing" 10: with one of three replicas down, the
+/// primary hears exactly a quorum of clocks (its own and one backup's).
+/// The window of `k = q` offsets was `[min, max]`, which always holds the
+/// primary's own offset 0, so the clamp never moved it: a primary whose
+/// clock alone jumped an hour ahead stamped an hour ahead ("op 3 stamped
+/// 3599 s ahead of the backup's clock"), and once committed, the skew
+/// stays for good (timestamps only increase). Now with `k = q` the window
+/// is that of the peers' clocks alone (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
     const HOUR_NS: u64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
@@ -1216,14 +1236,16 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
     settle(&mut sim)
 }
 
-/// Review of issue "Lose nothing" 10 (fails today; its test is ignored):
-/// all replicas up, the primary's clock jumps an hour ahead and a request
-/// arrives at once. The offsets the primary holds were measured against
-/// its clock *before* the jump (a sample stores `theirs - ours` at
-/// arrival), so until each backup's next message they agree with the
-/// jumped clock: the next prepare is stamped an hour ahead, and since
-/// timestamps only increase, every later one too. `primary_clock_jump_is_
-/// bounded` waits 20 ticks after the jump, which hides this.
+/// Review of issue "Lose nothing" 10: all replicas up, the primary's clock
+/// jumps an hour ahead and a request arrives at once. The offsets the
+/// primary held were measured against its clock *before* the jump (a
+/// sample stored `theirs - ours` at arrival), so until each backup's next
+/// message they agreed with the jumped clock: the next prepare was stamped
+/// an hour ahead, and since timestamps only increase, every later one too.
+/// Now a sample keeps the peer's reading and the monotonic time it arrived
+/// at, which a wall clock jump does not move (`clock.rs`).
+/// `primary_clock_jump_is_bounded` waits 20 ticks after the jump, which
+/// hid this.
 pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), Failure> {
     const HOUR_NS: u64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);

@@ -139,6 +139,8 @@ pub struct Simulator {
     installed: u64,
     /// Every `Output::Diverged`: (replica, op, its digest, the quorum's).
     pub divergences: Vec<(ReplicaIndex, Op, u128, u128)>,
+    /// Replicas that never come back (`Options::dead_minority`).
+    pub dead: Vec<bool>,
 }
 
 impl Simulator {
@@ -204,6 +206,7 @@ impl Simulator {
                 .collect(),
             installed: 0,
             divergences: Vec::new(),
+            dead: vec![false; n],
             options,
         }
     }
@@ -227,6 +230,9 @@ impl Simulator {
         while self.tick < self.options.fault_ticks {
             self.inject_faults();
             self.step()?;
+        }
+        if self.options.dead_minority {
+            self.kill_minority();
         }
         self.heal();
         self.load = false;
@@ -274,13 +280,19 @@ impl Simulator {
     }
 
     /// Every client has its reply, and every replica runs the same view and
-    /// has executed everything committed.
+    /// has executed everything committed (dead replicas, and the clients
+    /// that submit through them, excepted).
     pub fn settled(&self) -> bool {
         let committed = self.checker.committed();
-        let clients_done = self.clients.iter().all(|c| c.outstanding.is_none()) && self.reads.is_empty();
+        let clients_done = self
+            .clients
+            .iter()
+            .all(|c| c.outstanding.is_none() || self.dead[c.home as usize])
+            && self.reads.is_empty();
         let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
+        let live = self.dead.iter().filter(|&&dead| !dead).count();
         clients_done
-            && replicas.len() == self.n()
+            && replicas.len() == live
             && replicas.iter().all(|r| {
                 r.status() == Status::Normal && r.view() == replicas[0].view() && r.commit() == committed
             })
@@ -411,8 +423,52 @@ impl Simulator {
         self.restart_at[r as usize] = Some(self.tick + self.rng.range(1, self.options.downtime_max.max(1)));
     }
 
+    /// Chooses between 1 and `n - quorum` replicas that never come back,
+    /// and crashes them. Replicas already down or recovering are chosen
+    /// first, so that no more than `n - quorum` are unavailable for good
+    /// (with more, no quorum is left and nothing can be live).
+    fn kill_minority(&mut self) {
+        let n = self.n();
+        let f = n - vsr::quorum(n);
+        if f == 0 {
+            return;
+        }
+        let mut unavailable: Vec<usize> = (0..n).filter(|&r| self.will_recover(r)).collect();
+        let mut others: Vec<usize> = (0..n).filter(|r| !unavailable.contains(r)).collect();
+        let count = (self.rng.range(1, f as u64) as usize)
+            .max(unavailable.len())
+            .min(f);
+        while unavailable.len() < count && !others.is_empty() {
+            let i = self.rng.range(0, others.len() as u64 - 1) as usize;
+            unavailable.push(others.swap_remove(i));
+        }
+        unavailable.truncate(count);
+        // No bit rot in the restarts to come: it could make one more replica
+        // recover, beyond what the dead leave room for.
+        self.options.corruption_probability = 0.0;
+        for r in unavailable {
+            self.dead[r] = true;
+            self.crash(r as ReplicaIndex);
+        }
+    }
+
+    /// Whether replica `r` is recovering its log, or will be once healed:
+    /// down in memory mode, or its disk says it is recovering.
+    fn will_recover(&mut self, r: usize) -> bool {
+        let recovering = match &self.replicas[r] {
+            Some(replica) => replica.is_recovering(),
+            None => self.options.amnesia,
+        };
+        let on_disk = match &mut self.storage[r] {
+            Storage::Running(store) => store.superblock().recovering,
+            Storage::Down(disk) => Store::probe(disk).ok().flatten().is_none_or(|s| s.recovering),
+            Storage::None => false,
+        };
+        recovering || on_disk
+    }
+
     /// Heals the network, disarms crashes waiting in write paths, and
-    /// restarts every crashed replica.
+    /// restarts every crashed replica (but the dead).
     pub fn heal(&mut self) {
         self.network.heal();
         self.network.options = crate::network::NetworkOptions::perfect();
@@ -422,7 +478,7 @@ impl Simulator {
             }
             self.armed[r] = false;
             self.restart_at[r] = None;
-            if self.replicas[r].is_none() {
+            if self.replicas[r].is_none() && !self.dead[r] {
                 if self.options.amnesia {
                     self.restart_amnesiac(r as ReplicaIndex);
                 } else {
@@ -691,8 +747,14 @@ impl Simulator {
         for r in 0..self.n() {
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
-                let now_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
-                self.input(r as ReplicaIndex, Input::Tick { now_ns })?;
+                // A clock jump moves the wall clock only; the monotonic
+                // one is the simulated time.
+                let wall_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
+                let tick = Input::Tick {
+                    now_ns: wall_ns,
+                    mono_ns: now_ns,
+                };
+                self.input(r as ReplicaIndex, tick)?;
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {

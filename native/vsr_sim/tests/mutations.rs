@@ -164,7 +164,11 @@ fn read_ids_without_the_boot_nonce_are_caught_by_the_delayed_read_ok_scenario() 
 fn stamping_with_one_clock_is_caught_by_the_clock_jump_scenario() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::UnboundedClock;
-    let failure = scenarios::primary_clock_jump_is_bounded(broken).unwrap_err();
+    let failure = scenarios::primary_clock_jump_is_bounded(broken.clone()).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+    let failure = scenarios::primary_clock_jump_with_one_replica_down(broken.clone()).unwrap_err();
+    assert!(failure.reason.contains("ahead"), "{failure}");
+    let failure = scenarios::primary_clock_jump_then_request_at_once(broken).unwrap_err();
     assert!(failure.reason.contains("ahead"), "{failure}");
 }
 
@@ -191,4 +195,12 @@ fn a_pin_outliving_its_sync_is_caught_by_the_lossy_link_scenario() {
     broken.config.mutation = Mutation::PinOutlivesSync;
     let failure = scenarios::synced_backup_on_a_lossy_link_releases_its_pin(broken).unwrap_err();
     assert!(failure.reason.contains("still pins"), "{failure}");
+}
+
+#[test]
+fn a_no_entry_without_the_covering_checkpoint_is_caught_by_the_checkpoint_repair_scenario() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::NoEntryWithoutCheckpoint;
+    let failure = scenarios::repair_of_an_entry_below_every_peers_checkpoint(broken).unwrap_err();
+    assert!(failure.reason.contains("serve the commits"), "{failure}");
 }

@@ -133,7 +133,7 @@ fn one_corrupt_wal_entry_is_repaired() {
 
 #[test]
 fn unrepairable_wal_entry_falls_back_to_recovery() {
-    scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 1)).unwrap();
+    scenarios::unrepairable_wal_entry_falls_back_to_recovery(options(3, 2)).unwrap();
 }
 
 #[test]
@@ -172,10 +172,9 @@ fn two_replicas_repairing_at_once() {
 // REPAIR_ROUNDS (2 s with Visor's defaults) before any peer is up; then a
 // restarted quorum {0, 1} cannot serve (1 recovering needs both others).
 // Fails with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
-// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fix: count
-// the rounds only once a quorum of peers is heard from (or give up only on
-// negative answers from a quorum).
-#[ignore = "review: a repair gives up before any peer is up (defect 8)"]
+// r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fixed:
+// peers answer NoEntry, and a repairing replica gives up only once a quorum
+// of the others did.
 #[test]
 fn repairing_replica_outwaits_slow_peers() {
     scenarios::repairing_replica_outwaits_slow_peers(options(3, 1)).unwrap();
@@ -188,27 +187,24 @@ fn repairing_replica_outwaits_slow_peers() {
 // the rot, {0, 1} serve (checked). Fails with "replicas 0 and 1 serve the
 // commits: not within 4000 ticks; committed 30, ...; r0:ViewChange v0 lv0
 // op30(base 28) commit28/28 ckpt28, r1:Recovering v0 lv0 op0, r2:down".
-// Fix: a peer whose checkpoint covers the op says so, and the repairing
-// replica state-syncs that checkpoint and keeps its own entries after it
-// (what restart_from does with a checkpoint) instead of discarding its log.
-#[ignore = "review: an entry below every peer's checkpoint is never repaired (defect 8)"]
+// Fixed: a peer whose checkpoint covers the op names it in its NoEntry, and
+// the repairing replica state-syncs that checkpoint and keeps its own
+// entries after it (what restart_from does with a checkpoint).
 #[test]
 fn repair_of_an_entry_below_every_peers_checkpoint() {
     scenarios::repair_of_an_entry_below_every_peers_checkpoint(options(3, 1)).unwrap();
 }
 
-/// Review finding: with only a quorum of clocks heard, the clamp is a
+/// Review finding: with only a quorum of clocks heard, the clamp was a
 /// no-op (see the scenario's comment).
 #[test]
-#[ignore = "bug: with k = q clocks heard, the primary's own jumped clock is used"]
 fn primary_clock_jump_with_one_replica_down() {
     scenarios::primary_clock_jump_with_one_replica_down(options(3, 1)).unwrap();
 }
 
 /// Review finding: offsets measured before the primary's own clock jumped
-/// vouch for the jumped clock (see the scenario's comment).
+/// vouched for the jumped clock (see the scenario's comment).
 #[test]
-#[ignore = "bug: stale offsets agree with the primary's jumped clock"]
 fn primary_clock_jump_then_request_at_once() {
     scenarios::primary_clock_jump_then_request_at_once(options(3, 1)).unwrap();
     scenarios::primary_clock_jump_then_request_at_once(options(5, 1)).unwrap();

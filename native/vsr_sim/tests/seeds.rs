@@ -1,17 +1,21 @@
 //! Random seeds: every invariant holds under every fault the seed chooses,
 //! and every request finishes once the faults heal.
 //!
-//! 1000 seeds, in four tests so that they run in parallel. More with
-//! `make soak SEEDS=N`; a failing seed replays with
-//! `cargo run --release -p vsr_sim --bin vopr -- --seed N`.
+//! 1000 seeds, in four tests so that they run in parallel, and 200 more in
+//! the dead-minority mode (up to `n - quorum` replicas never come back once
+//! the faults heal, and every request through a live replica must still
+//! finish). More with `make soak SEEDS=N` (add `--dead-minority` to vopr
+//! for that mode); a failing seed replays with
+//! `cargo run --release -p vsr_sim --bin vopr -- --seed N [--dead-minority]`.
 
-use vsr_sim::run_seed;
+use vsr_sim::{run_seed, Options, Simulator};
 
 fn run_range(seeds: std::ops::Range<u64>) {
-    let failures: Vec<String> = seeds
-        .filter_map(|seed| run_seed(seed).err())
-        .map(|failure| failure.to_string())
-        .collect();
+    check(seeds.filter_map(|seed| run_seed(seed).err()));
+}
+
+fn check(failures: impl Iterator<Item = vsr_sim::Failure>) {
+    let failures: Vec<String> = failures.map(|failure| failure.to_string()).collect();
     assert!(
         failures.is_empty(),
         "{} seeds failed:\n{}",
@@ -38,6 +42,15 @@ fn seeds_500_to_750() {
 #[test]
 fn seeds_750_to_1000() {
     run_range(750..1000);
+}
+
+#[test]
+fn dead_minority_seeds_0_to_200() {
+    check((0..200).filter_map(|seed| {
+        let mut options = Options::from_seed(seed);
+        options.dead_minority = true;
+        Simulator::new(options).run().err()
+    }));
 }
 
 #[test]

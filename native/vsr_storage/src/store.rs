@@ -218,11 +218,37 @@ fn no_superblock(file: &[u8]) -> StoreError {
     foreign_version(file).map_or(StoreError::NoSuperblock, StoreError::Version)
 }
 
+/// Whether the bytes of a superblock file with no valid copy are what a
+/// crash during a new store's first superblock write leaves: the first
+/// write fills slots 2 and 3 (`Superblock::slots_of(1)`), and every later
+/// one alternates with slots 0 and 1, so a store that ever got past its
+/// creation has bytes there. (With the WAL and checkpoint files empty,
+/// checked by the caller, such a store never acknowledged anything.)
+fn torn_creation(file: &[u8]) -> bool {
+    foreign_version(file).is_none()
+        && current_superblock(file).is_none()
+        && file.iter().take(2 * SLOT_SIZE).all(|&b| b == 0)
+}
+
 impl<D: Disk> Store<D> {
     /// The superblock of the store on `disk`, without opening it: `None`
-    /// for an empty store.
+    /// for an empty store (or one whose creation a crash tore).
     pub fn probe(disk: &mut D) -> Result<Option<Superblock>, StoreError> {
-        superblock_in(&disk.read(Zone::Superblock)?)
+        let file = disk.read(Zone::Superblock)?;
+        if torn_creation(&file) && Store::data_files_empty(disk)? {
+            return Ok(None);
+        }
+        superblock_in(&file)
+    }
+
+    /// Whether every WAL and checkpoint file is empty (or absent).
+    fn data_files_empty(disk: &mut D) -> Result<bool, StoreError> {
+        for zone in [Zone::WalA, Zone::WalB, Zone::CheckpointA, Zone::CheckpointB] {
+            if !disk.read(zone)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Opens the store of replica `identity`, creating it (with `meta`) if
@@ -237,12 +263,14 @@ impl<D: Disk> Store<D> {
         }
         let file = disk.read(Zone::Superblock)?;
         if file.is_empty() {
-            let data = [Zone::WalA, Zone::WalB, Zone::CheckpointA, Zone::CheckpointB];
-            for zone in data {
-                if !disk.read(zone)?.is_empty() {
-                    return Err(StoreError::LostSuperblock);
-                }
+            if !Store::data_files_empty(&mut disk)? {
+                return Err(StoreError::LostSuperblock);
             }
+            return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
+        }
+        // A crash tore the store's creation: no store yet (see torn_creation).
+        if torn_creation(&file) && Store::data_files_empty(&mut disk)? {
+            disk.truncate(Zone::Superblock, 0)?;
             return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
         }
         let (superblock, copies) = current_superblock(&file).ok_or_else(|| no_superblock(&file))?;
@@ -1585,7 +1613,6 @@ mod tests {
     // Fix: create the superblock file complete (write a temporary file,
     // sync, rename, sync the directory), so a torn first write leaves no
     // superblock file at all.
-    #[ignore = "review: a crash while creating a store makes it unopenable"]
     #[test]
     fn a_crash_during_the_first_superblock_write_leaves_a_store_that_opens() {
         let (store, _) = open(MemDisk::default());

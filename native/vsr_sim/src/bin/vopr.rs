@@ -5,6 +5,8 @@
 //! vopr --seeds N [--from S] [--jobs J]
 //!                          run seeds S..S+N on J threads; print failures with
 //!                          the command that replays each, then `N passed, M failed`
+//! --dead-minority          (with either) up to n - quorum replicas never come
+//!                          back after the faults heal (`Options::dead_minority`)
 //! ```
 
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use vsr_sim::{run_seed, trace_seed, Options};
+use vsr_sim::{Options, Report, Simulator};
 
 fn usage() -> ExitCode {
     eprintln!("usage: vopr --seed N | vopr --seeds N [--from S] [--jobs J]");
@@ -25,8 +27,9 @@ fn main() -> ExitCode {
         let i = args.iter().position(|a| a == name)?;
         args.get(i + 1)?.parse().ok()
     };
+    let dead = args.iter().any(|a| a == "--dead-minority");
     if let Some(seed) = value("--seed") {
-        return replay(seed, value("--trace").unwrap_or(0));
+        return replay(seed, value("--trace").unwrap_or(0), dead);
     }
     let Some(count) = value("--seeds") else {
         return usage();
@@ -35,13 +38,25 @@ fn main() -> ExitCode {
     let jobs = value("--jobs")
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
         .max(1);
-    soak(from, count, jobs)
+    soak(from, count, jobs, dead)
 }
 
-fn replay(seed: u64, trace_every: u64) -> ExitCode {
-    let options = Options::from_seed(seed);
-    println!("seed {seed}: {options:?}");
-    match trace_seed(seed, trace_every) {
+fn options(seed: u64, dead_minority: bool) -> Options {
+    Options {
+        dead_minority,
+        ..Options::from_seed(seed)
+    }
+}
+
+fn run(seed: u64, dead_minority: bool, trace_every: u64) -> Result<Report, vsr_sim::Failure> {
+    let mut simulator = Simulator::new(options(seed, dead_minority));
+    simulator.trace_every = trace_every;
+    simulator.run()
+}
+
+fn replay(seed: u64, trace_every: u64, dead: bool) -> ExitCode {
+    println!("seed {seed}: {:?}", options(seed, dead));
+    match run(seed, dead, trace_every) {
         Ok(report) => {
             println!("seed {seed} passed: {report:?}");
             ExitCode::SUCCESS
@@ -53,7 +68,7 @@ fn replay(seed: u64, trace_every: u64) -> ExitCode {
     }
 }
 
-fn soak(from: u64, count: u64, jobs: u64) -> ExitCode {
+fn soak(from: u64, count: u64, jobs: u64, dead: bool) -> ExitCode {
     let start = Instant::now();
     let next = AtomicU64::new(from);
     let done = AtomicU64::new(0);
@@ -65,7 +80,7 @@ fn soak(from: u64, count: u64, jobs: u64) -> ExitCode {
                 if seed >= from + count {
                     break;
                 }
-                let outcome = std::panic::catch_unwind(|| run_seed(seed));
+                let outcome = std::panic::catch_unwind(|| run(seed, dead, 0));
                 let failure = match outcome {
                     Ok(Ok(_)) => None,
                     Ok(Err(failure)) => Some(failure.to_string()),
@@ -73,7 +88,10 @@ fn soak(from: u64, count: u64, jobs: u64) -> ExitCode {
                 };
                 if let Some(failure) = failure {
                     eprintln!("FAIL {failure}");
-                    eprintln!("     replay: cargo run --release -p vsr_sim --bin vopr -- --seed {seed}");
+                    let flag = if dead { " --dead-minority" } else { "" };
+                    eprintln!(
+                        "     replay: cargo run --release -p vsr_sim --bin vopr -- --seed {seed}{flag}"
+                    );
                     failures.lock().unwrap().push(seed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
