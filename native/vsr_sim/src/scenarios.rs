@@ -1303,6 +1303,32 @@ pub fn read_resent_across_a_view_change(options: Options) -> Result<(), Failure>
     settle(&mut sim)
 }
 
+/// The setup two divergence scenarios share (checkpoints every 4 ops):
+/// replica 2's host lies from op 9 on, and replica 1's reports to the
+/// primary (replica 0) are held back while 1 and 2 reach checkpoint 12;
+/// then 0 can no longer reach 1 (1's held reports are still to come).
+fn lying_replica_2_past_checkpoint_12(sim: &mut Simulator) -> Result<(), Failure> {
+    let clients = sim.clients.len();
+    register_all(sim, 0)?;
+    for i in 0..4 {
+        commit(sim, i % clients, 0)?;
+    }
+    sim.run_ticks(50)?;
+    sim.options.lying_host = Some(2);
+    sim.network.hold(1, 0);
+    for i in 0..4 {
+        commit(sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replicas 1 and 2 checkpoint op 12", |s| {
+        [1, 2]
+            .iter()
+            .all(|&r| s.replica(r).checkpoint().is_some_and(|c| c.op == 12))
+    })?;
+    sim.run_ticks(20)?;
+    sim.network.set_link(0, 1, false);
+    Ok(())
+}
+
 /// Review of defects 3 and 7 (issue "Lose nothing"): a diverged replica
 /// heals only from a peer that *knows* a quorum vouches for the checkpoint
 /// it wants, although any peer holding that very (op, digest) would do.
@@ -1318,24 +1344,7 @@ pub fn read_resent_across_a_view_change(options: Options) -> Result<(), Failure>
 /// checkpoint with that identity.
 pub fn diverged_replica_heals_from_a_peer_unaware_of_the_vouch(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
-    let clients = sim.clients.len();
-    register_all(&mut sim, 0)?;
-    for i in 0..4 {
-        commit(&mut sim, i % clients, 0)?;
-    }
-    sim.run_ticks(50)?;
-    sim.options.lying_host = Some(2);
-    sim.network.hold(1, 0);
-    for i in 0..4 {
-        commit(&mut sim, i % clients, 0)?;
-    }
-    sim.run_until(PHASE_TICKS, "replicas 1 and 2 checkpoint op 12", |s| {
-        [1, 2]
-            .iter()
-            .all(|&r| s.replica(r).checkpoint().is_some_and(|c| c.op == 12))
-    })?;
-    sim.run_ticks(20)?;
-    sim.network.set_link(0, 1, false);
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
     let now = sim.tick;
     sim.network.release(now, 1, 0);
     sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
@@ -1366,23 +1375,7 @@ pub fn healed_replica_ignores_a_late_vouch_between_divergence_and_install(
 ) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
     let clients = sim.clients.len();
-    register_all(&mut sim, 0)?;
-    for i in 0..4 {
-        commit(&mut sim, i % clients, 0)?;
-    }
-    sim.run_ticks(50)?;
-    sim.options.lying_host = Some(2);
-    sim.network.hold(1, 0);
-    for i in 0..4 {
-        commit(&mut sim, i % clients, 0)?;
-    }
-    sim.run_until(PHASE_TICKS, "replicas 1 and 2 checkpoint op 12", |s| {
-        [1, 2]
-            .iter()
-            .all(|&r| s.replica(r).checkpoint().is_some_and(|c| c.op == 12))
-    })?;
-    sim.run_ticks(20)?;
-    sim.network.set_link(0, 1, false);
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
     for i in 0..4 {
         commit(&mut sim, i % clients, 0)?;
     }
