@@ -232,15 +232,7 @@ impl Replica {
             // tell what it held. (`give_up_repair` recovers from the repair
             // in hand, which was taken above.)
             _ => {
-                self.repair = Some(Box::new(Repair {
-                    state,
-                    checkpoint: None,
-                    entries: Vec::new(),
-                    hole,
-                    after: Vec::new(),
-                    refused: 0,
-                }));
-                self.give_up_repair();
+                self.recover_instead(state);
             }
         }
     }
@@ -259,12 +251,7 @@ impl Replica {
         if checkpoint.op < repair.hole.0 {
             return;
         }
-        let Repair {
-            mut state,
-            hole,
-            after,
-            ..
-        } = *self.repair.take().expect("checked above");
+        let Repair { mut state, after, .. } = *self.repair.take().expect("checked above");
         state.incarnations = self.incarnations;
         state.commit = state.commit.max(checkpoint.op);
         let op = checkpoint.op;
@@ -293,15 +280,7 @@ impl Replica {
             // Unreachable (the state was valid when the repair began), but
             // a recovery is always safe.
             Err(_) => {
-                self.repair = Some(Box::new(Repair {
-                    state,
-                    checkpoint: None,
-                    entries: Vec::new(),
-                    hole,
-                    after: Vec::new(),
-                    refused: 0,
-                }));
-                self.give_up_repair();
+                self.recover_instead(state);
             }
         }
     }
@@ -335,6 +314,15 @@ impl Replica {
     /// No peer sent the entry: recover the whole log from a quorum instead.
     fn give_up_repair(&mut self) {
         let Some(repair) = self.repair.take() else { return };
+        if !self.recover_instead(repair.state) {
+            self.repair = Some(repair); // unreachable: the state was valid
+        }
+    }
+
+    /// Becomes a replica recovering from its peers, with the durable state
+    /// `state` it restarted with; false (and nothing changed) if that state
+    /// is not valid for this configuration.
+    fn recover_instead(&mut self, state: DurableState) -> bool {
         let nonce = checksum(
             &[
                 self.config.cluster.to_le_bytes().as_slice(),
@@ -347,15 +335,16 @@ impl Replica {
         );
         let state = DurableState {
             incarnations: self.incarnations,
-            ..repair.state
+            ..state
         };
         match Replica::recovering_from(self.config.clone(), self.index, state, nonce) {
             Ok(replica) => {
                 self.take_place_of(replica);
                 // Durable before anything else (the store empties its log).
                 self.write_state();
+                true
             }
-            Err(_) => self.repair = Some(repair), // unreachable: the state was valid
+            Err(_) => false,
         }
     }
 }
