@@ -456,7 +456,7 @@ impl Simulator {
     /// down in memory mode, or its disk says it is recovering.
     fn will_recover(&mut self, r: usize) -> bool {
         let recovering = match &self.replicas[r] {
-            Some(replica) => replica.is_recovering(),
+            Some(replica) => replica.is_recovering() || replica.repairing().is_some(),
             None => self.options.amnesia,
         };
         let on_disk = match &mut self.storage[r] {
@@ -519,11 +519,14 @@ impl Simulator {
         boot_config(&self.options, r, self.boots)
     }
 
-    /// Replicas down or still recovering their state.
+    /// Replicas down, still recovering their state, or repairing their log.
     pub fn unavailable(&self) -> usize {
         self.replicas
             .iter()
-            .filter(|r| r.as_ref().is_none_or(|r| r.is_recovering()))
+            .filter(|r| {
+                r.as_ref()
+                    .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
+            })
             .count()
     }
 
@@ -532,7 +535,12 @@ impl Simulator {
     fn recovering_or_will(&mut self) -> usize {
         (0..self.n())
             .filter(|&r| {
-                let recovering = self.replicas[r].as_ref().is_some_and(|r| r.is_recovering());
+                // A replica repairing a rotted entry is as unavailable as
+                // one recovering, and may become one: it counts against the
+                // same budget of n - quorum faulty replicas.
+                let recovering = self.replicas[r]
+                    .as_ref()
+                    .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
                 let on_disk = match &mut self.storage[r] {
                     Storage::Running(store) => store.superblock().recovering,
                     Storage::Down(disk) => Store::probe(disk).ok().flatten().is_some_and(|s| s.recovering),
