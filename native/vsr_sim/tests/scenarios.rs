@@ -168,10 +168,10 @@ fn two_replicas_repairing_at_once() {
 }
 
 // Review of defect 8 (liveness, within the fault model): after a power loss
-// the replica with one damaged entry boots first and gives up its log after
-// REPAIR_ROUNDS (2 s with Visor's defaults) before any peer is up; then a
-// restarted quorum {0, 1} cannot serve (1 recovering needs both others).
-// Fails with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
+// the replica with one damaged entry booted first and gave up its log after
+// a fixed 20 requests (2 s with Visor's defaults) before any peer was up; a
+// restarted quorum {0, 1} then could not serve (1 recovering needs both
+// others). It failed with "replicas 0 and 1 serve the commits: not within 4000 ticks; ...
 // r0:ViewChange v0 lv0 op11, r1:Recovering v0 lv0 op0, r2:down". Fixed:
 // peers answer NoEntry, and a repairing replica gives up only once a quorum
 // of the others did.
