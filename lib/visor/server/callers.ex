@@ -1,0 +1,322 @@
+defmodule Visor.Server.Callers do
+  @moduledoc """
+  This node's callers (a pure decider; `Visor.Server` carries out its
+  effects): a caller is admitted or refused at once (`admit/6`); commits
+  and linearizable reads wait in one line (FIFO), go to
+  the engine through the pool of client sessions (`Visor.Sessions`) in
+  arrival order, and each caller is answered exactly once: when the engine
+  settles its request, or with `{:error, :timeout}` at its deadline,
+  whichever comes first.
+
+  Its functions return the new state with a list of effects, in the order
+  they must be carried out:
+
+    * `{:reply, from, term}`: answer a caller (`GenServer.reply/2`);
+    * `{:deadline, id, ms}`: in `ms`, call `deadline(callers, id)`;
+    * `{:cancel_deadline, id}`: that timer is no longer needed;
+    * `{:submit, client, session, request, payload}`: hand a request to the
+      engine (`Visor.Native.submit/5`; request 0 with session 0 registers
+      the client);
+    * `{:read, id}`: ask the engine for a read index (`Visor.Native.read/2`).
+  """
+
+  alias Visor.{Executor, Sessions}
+
+  # The longest a caller waits for its deadline (2^32 - 1 ms, a timer
+  # every OTP release accepts).
+  @max_deadline_ms 0xFFFF_FFFF
+
+  defstruct [
+    :sessions,
+    # Jobs waiting for a session; `queued` counts them (dead ones included
+    # until popped) because :queue.len/1 is O(n).
+    queue: :queue.new(),
+    queued: 0,
+    # {client, request} => job, until the engine settles the request.
+    inflight: %{},
+    # id => from: callers still waiting for an answer.
+    waiting: %{},
+    # Linearizable reads handed to the engine: read id => job.
+    reads: %{},
+    next_read: 1,
+    next_id: 1
+  ]
+
+  @typedoc "A job: what a caller asked for, and the result its replica computed."
+  @type job :: %{
+          id: pos_integer(),
+          kind: :commit | {:read, [term()]},
+          payload: binary() | nil,
+          result: term()
+        }
+  @type t :: %__MODULE__{}
+  @type effect ::
+          {:reply, GenServer.from(), term()}
+          | {:deadline, pos_integer(), non_neg_integer()}
+          | {:cancel_deadline, pos_integer()}
+          | {:submit, Sessions.client(), non_neg_integer(), non_neg_integer(), binary()}
+          | {:read, pos_integer()}
+
+  @doc "No callers, and an empty pool of at most `pool_size` sessions."
+  @spec new(pos_integer()) :: t()
+  def new(pool_size), do: %__MODULE__{sessions: Sessions.new(pool_size)}
+
+  @typedoc """
+  What a caller may ask: a commit of an encoded command, a skip of the
+  poison command at an op (`Visor.skip/3`), or a linearizable read of a
+  path of the state.
+  """
+  @type request :: {:commit, binary()} | {:skip, pos_integer()} | {:read, [term()]}
+
+  @typedoc """
+  What admission depends on besides the line: the error every caller gets
+  now, if any (`Visor.Server.Lifecycle.refusal/1`); the poison command's op
+  if the replica is halted at one (`Visor.Server.Machine.halted/1`); the
+  largest command (`batch_max_bytes`).
+  """
+  @type gate :: %{refusal: term() | nil, halted: pos_integer() | nil, max_bytes: pos_integer()}
+
+  @doc """
+  Admits a caller, or refuses it at once with `{:error, reason}`. An
+  admitted caller waits in line (a read too, so it also follows this node's
+  earlier commits) until its answer or `deadline`; `deadline` and `now`
+  are monotonic ms. A skip is a command like any other (so every replica
+  executes it at the same op); it is the one command a halted replica
+  accepts.
+  """
+  @spec admit(t(), request(), GenServer.from(), integer(), integer(), gate()) ::
+          {:ok, t(), [effect()]} | {:error, term()}
+  def admit(%__MODULE__{} = callers, request, from, deadline, now, gate) do
+    cond do
+      gate.refusal != nil -> {:error, gate.refusal}
+      too_large?(request, gate.max_bytes) -> {:error, too_large(request, gate.max_bytes)}
+      gate.halted != nil and not match?({:skip, _}, request) -> {:error, {:halted, gate.halted}}
+      true -> enqueue(callers, request, from, deadline, now)
+    end
+  end
+
+  defp too_large?({:commit, payload}, max), do: byte_size(payload) > max
+  defp too_large?(_request, _max), do: false
+
+  defp too_large({:commit, payload}, max), do: {:command_too_large, byte_size(payload), max}
+
+  defp enqueue(callers, request, from, deadline, now) do
+    id = callers.next_id
+    # A caller (or any node's raw call) may name any deadline: one too far
+    # for a timer would raise in send_after and crash the server. Past
+    # @max_deadline_ms (~49 days) the caller is answered :timeout then.
+    delay = min(max(deadline - now, 0), @max_deadline_ms)
+
+    job =
+      case request do
+        {:commit, payload} -> %{id: id, kind: :commit, payload: payload, result: nil}
+        {:skip, op} -> %{id: id, kind: :commit, payload: Executor.skip_payload(op), result: nil}
+        {:read, path} -> %{id: id, kind: {:read, path}, payload: nil, result: nil}
+      end
+
+    callers = %{
+      callers
+      | next_id: id + 1,
+        waiting: Map.put(callers.waiting, id, from),
+        queue: :queue.in(job, callers.queue),
+        queued: callers.queued + 1
+    }
+
+    {:ok, callers, [{:deadline, id, delay}]}
+  end
+
+  @doc """
+  Hands waiting jobs to the engine, oldest first: reads at once, commits
+  to idle sessions; when there are none, registers new sessions (up to the
+  pool size) and leaves the jobs waiting. Only while the engine runs.
+  """
+  @spec dispatch(t()) :: {t(), [effect()]}
+  def dispatch(%__MODULE__{} = callers), do: dispatch(callers, [])
+
+  defp dispatch(callers, effects) do
+    case next_job(callers) do
+      nil ->
+        {callers, Enum.reverse(effects)}
+
+      {%{kind: {:read, _}} = job, callers} ->
+        id = callers.next_read
+        callers = %{callers | reads: Map.put(callers.reads, id, job), next_read: id + 1}
+        dispatch(callers, [{:read, id} | effects])
+
+      {job, callers} ->
+        case Sessions.checkout(callers.sessions) do
+          {:ok, client, session, request, sessions} ->
+            inflight = Map.put(callers.inflight, {client, request}, job)
+            callers = %{callers | sessions: sessions, inflight: inflight}
+            dispatch(callers, [{:submit, client, session, request, job.payload} | effects])
+
+          :none ->
+            queued = callers.queued + 1
+            {clients, sessions} = Sessions.grow(callers.sessions, queued)
+            registrations = for client <- clients, do: {:submit, client, 0, 0, <<>>}
+
+            callers = %{
+              callers
+              | queue: :queue.in_r(job, callers.queue),
+                queued: queued,
+                sessions: sessions
+            }
+
+            {callers, Enum.reverse(effects, registrations)}
+        end
+    end
+  end
+
+  # The next job whose caller still waits; jobs of callers that timed out
+  # while waiting in line are dropped here (they never reached the log).
+  defp next_job(callers) do
+    case :queue.out(callers.queue) do
+      {:empty, _} ->
+        nil
+
+      {{:value, job}, queue} ->
+        callers = %{callers | queue: queue, queued: callers.queued - 1}
+        if Map.has_key?(callers.waiting, job.id), do: {job, callers}, else: next_job(callers)
+    end
+  end
+
+  @doc """
+  The caller `id`'s deadline passed: it gets `{:error, :timeout}` (if it
+  was not answered yet). Its job stays where it is: a queued one is skipped
+  when popped; an in-flight one keeps its session until the engine settles
+  it; a read's late `read_ready` finds no caller.
+  """
+  @spec deadline(t(), pos_integer()) :: {t(), [effect()]}
+  def deadline(%__MODULE__{} = callers, id), do: answer(callers, id, {:error, :timeout})
+
+  @doc """
+  This replica executed `{client, request}` with `result`: kept for the
+  caller if the request is one of this node's, until the engine's reply.
+  """
+  @spec result(t(), Sessions.client(), non_neg_integer(), term()) :: t()
+  def result(%__MODULE__{inflight: inflight} = callers, client, request, result) do
+    case inflight do
+      %{{^client, ^request} => job} ->
+        %{callers | inflight: Map.put(inflight, {client, request}, %{job | result: result})}
+
+      _ ->
+        callers
+    end
+  end
+
+  @doc """
+  The engine settled `{client, request}` (its `{:reply, ...}` event): a
+  registration makes the session usable; a command's caller gets the
+  result its replica computed, or the error the outcome means
+  (docs/commands.md, "The answer").
+  """
+  @spec settle(t(), Sessions.client(), non_neg_integer(), term()) :: {t(), [effect()]}
+  def settle(%__MODULE__{sessions: sessions} = callers, client, request, outcome) do
+    case Sessions.lookup(sessions, client) do
+      :registering ->
+        sessions =
+          case outcome do
+            {:registered, session} -> Sessions.registered(sessions, client, session)
+            _ -> Sessions.drop(sessions, client)
+          end
+
+        {%{callers | sessions: sessions}, []}
+
+      {:busy, _session, ^request} ->
+        {job, inflight} = Map.pop(callers.inflight, {client, request})
+        {reply, sessions} = outcome_reply(sessions, client, request, job, outcome)
+        answer(%{callers | inflight: inflight, sessions: sessions}, job.id, reply)
+
+      # A stale reply (a duplicate, or for a slot since dropped).
+      _ ->
+        {callers, []}
+    end
+  end
+
+  defp outcome_reply(sessions, client, request, job, outcome) do
+    case outcome do
+      :executed ->
+        {job.result || {:error, :unknown_outcome}, Sessions.settle(sessions, client, request)}
+
+      {:duplicate, op} ->
+        {job.result || {:error, {:duplicate, op}}, Sessions.settle(sessions, client, request)}
+
+      # Another body under this number ran: this command did not, and the
+      # session's numbering is no longer this slot's to trust.
+      :refused ->
+        {{:error, :refused}, Sessions.drop(sessions, client)}
+
+      # The session is gone: its slot is replaced by a fresh one later.
+      _evicted ->
+        {{:error, :unknown_outcome}, Sessions.drop(sessions, client)}
+    end
+  end
+
+  @doc """
+  The read `id` may be served (`{:read_ready, id, op}`): its caller gets
+  `reply.(path)`, computed only if the caller still waits.
+  """
+  @spec read_ready(t(), pos_integer(), ([term()] -> term())) :: {t(), [effect()]}
+  def read_ready(%__MODULE__{} = callers, id, reply) do
+    case Map.pop(callers.reads, id) do
+      {nil, _} ->
+        {callers, []}
+
+      {%{kind: {:read, path}} = job, reads} ->
+        callers = %{callers | reads: reads}
+
+        if Map.has_key?(callers.waiting, job.id),
+          do: answer(callers, job.id, reply.(path)),
+          else: {callers, []}
+    end
+  end
+
+  @doc "Answers every waiting caller `{:error, error}` and forgets every job."
+  @spec fail_all(t(), term()) :: {t(), [effect()]}
+  def fail_all(%__MODULE__{} = callers, error) do
+    effects =
+      Enum.flat_map(callers.waiting, fn {id, from} ->
+        [{:cancel_deadline, id}, {:reply, from, {:error, error}}]
+      end)
+
+    {%{callers | waiting: %{}, queue: :queue.new(), queued: 0, inflight: %{}, reads: %{}},
+     effects}
+  end
+
+  @doc """
+  The engine stopped before it ran: what was handed to it waits in line
+  again, ahead of the rest, for the next engine, with a new pool of sessions.
+  """
+  @spec requeue(t()) :: t()
+  def requeue(%__MODULE__{} = callers) do
+    jobs = Map.values(callers.inflight) ++ Map.values(callers.reads)
+
+    %{
+      callers
+      | queue: Enum.reduce(jobs, callers.queue, &:queue.in_r/2),
+        queued: callers.queued + length(jobs),
+        inflight: %{},
+        reads: %{},
+        sessions: Sessions.new(callers.sessions.max)
+    }
+  end
+
+  @doc "Commands and reads handed to the engine and not settled yet."
+  @spec in_flight(t()) :: non_neg_integer()
+  def in_flight(%__MODULE__{} = callers), do: map_size(callers.inflight) + map_size(callers.reads)
+
+  @doc "`status().pool`: the sessions' counts, and the callers still waiting."
+  @spec pool(t()) :: map()
+  def pool(%__MODULE__{} = callers),
+    do: Map.put(Sessions.counts(callers.sessions), :waiting, map_size(callers.waiting))
+
+  defp answer(callers, id, reply) do
+    case Map.pop(callers.waiting, id) do
+      {nil, _} ->
+        {callers, []}
+
+      {from, waiting} ->
+        {%{callers | waiting: waiting}, [{:cancel_deadline, id}, {:reply, from, reply}]}
+    end
+  end
+end

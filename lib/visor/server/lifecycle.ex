@@ -1,0 +1,275 @@
+defmodule Visor.Server.Lifecycle do
+  @moduledoc """
+  The life of this node's engine (a pure decider; `Visor.Server` carries
+  out its effects): when `Visor.Formation`'s decision starts the replica,
+  with which options; what a store the engine cannot open means (retried
+  while this node's previous engine still holds it, else the server
+  stops); what the store's events mean (logged, and how it opened); and
+  which phase the server is in, which decides what callers get.
+
+  Phases: `:forming`, `:running`, `:spare`, `{:failed, reason}` or
+  `{:refused, reason}`.
+
+  Effects, in order:
+
+    * `{:start_engine, opts}`: start the engine (`Visor.Native.start/2`);
+    * `:discard_engine`: the engine stopped before it ran: forget it, and
+      what was handed to it waits in line again
+      (`Visor.Server.Callers.requeue/1`);
+    * `{:fail_callers, error}`: answer every waiting caller `{:error, error}`;
+    * `{:after, ms, message}`: send this message to the server in `ms`;
+    * `{:log, level, message}`;
+    * `{:stop, reason}`: the server stops.
+  """
+
+  alias Visor.{Formation, Options}
+
+  # A store still locked by this node's previous engine (see
+  # engine_down/3) is tried again for up to 5 s.
+  @store_start_attempts 50
+  @store_retry_ms 100
+
+  # A rejoining replica still recovering after this long logs why it may
+  # never finish (a majority that lost its memory).
+  @recovering_warn_ms 10_000
+
+  @enforce_keys [:config, :node, :tag]
+  defstruct [
+    :config,
+    :node,
+    # Formation's messages to this server carry it.
+    :tag,
+    # The member decision, kept to start again (formation/2) while the
+    # store is still locked.
+    :decision,
+    # Set once a member: a tuple of the members' nodes, this node's index,
+    # the cluster id.
+    :members,
+    :index,
+    :cluster,
+    # How the store opened (:created, :restarted, :recovering or
+    # :repairing; nil until then, and in memory mode).
+    :opened,
+    phase: :forming
+  ]
+
+  @type phase :: :forming | :running | :spare | {:failed, term()} | {:refused, term()}
+  @type t :: %__MODULE__{}
+  @type effect ::
+          {:start_engine, map()}
+          | :discard_engine
+          | {:fail_callers, term()}
+          | {:after, non_neg_integer(), term()}
+          | {:log, :info | :warning | :error, String.t()}
+          | {:stop, term()}
+
+  @doc "A server on `node` waiting for formation's decision, tagged `tag`."
+  @spec new(Options.t(), node(), reference()) :: t()
+  def new(%Options{} = config, node, tag), do: %__MODULE__{config: config, node: node, tag: tag}
+
+  @doc """
+  What stops callers now: `nil` (they are served, or wait for formation
+  until their deadline), or the error they get.
+  """
+  @spec refusal(t()) :: term() | nil
+  def refusal(%__MODULE__{phase: phase}) do
+    case phase do
+      :running -> nil
+      :forming -> nil
+      :spare -> :spare
+      {:failed, reason} -> {:engine_down, reason}
+      {:refused, reason} -> reason
+    end
+  end
+
+  @doc "The node of the member at `index` (a running replica's peer)."
+  @spec member(t(), non_neg_integer()) :: node()
+  def member(%__MODULE__{members: members}, index), do: elem(members, index)
+
+  @doc """
+  Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
+  member (start the engine), `:spare` or `{:refused, reason}`. Only the
+  first decision counts.
+  """
+  @spec formation(t(), term()) :: {t(), [effect()]}
+  def formation(lifecycle, decision)
+
+  # A rejoining replica (`recover: true`) starts from `initial_state` like a
+  # fresh one: once it has recovered, the engine executes the whole
+  # committed log from op 1, which rebuilds the state. Callers wait in line
+  # meanwhile (the engine holds their requests until it is normal).
+  def formation(
+        %__MODULE__{phase: :forming} = lifecycle,
+        {:member, %{cluster: cluster, members: members, recover: recover}} = decision
+      ) do
+    index = Enum.find_index(members, &(&1 == lifecycle.node))
+    config = lifecycle.config
+
+    opts =
+      config.engine
+      |> Map.merge(%{
+        cluster: cluster,
+        replica_count: length(members),
+        replica_index: index,
+        recover: recover
+      })
+      |> Map.merge(storage_opts(config, members))
+
+    lifecycle = %{
+      lifecycle
+      | phase: :running,
+        members: List.to_tuple(members),
+        index: index,
+        cluster: cluster,
+        decision: decision
+    }
+
+    recovering =
+      if recover,
+        do: [{:after, @recovering_warn_ms, {:visor_still_recovering, lifecycle.tag}}],
+        else: []
+
+    {lifecycle, [{:start_engine, opts} | recovering]}
+  end
+
+  def formation(%__MODULE__{phase: :forming} = lifecycle, :spare),
+    do: {%{lifecycle | phase: :spare}, [{:fail_callers, :spare}]}
+
+  # This node's settings differ from the cluster's (Visor.Formation).
+  def formation(%__MODULE__{phase: :forming} = lifecycle, {:refused, reason}),
+    do: {%{lifecycle | phase: {:refused, reason}}, [{:fail_callers, reason}]}
+
+  def formation(%__MODULE__{} = lifecycle, _decision), do: {lifecycle, []}
+
+  # Disk mode: the store is `data_dir/<group>`; a new one records the
+  # members, for a restart to find them (Visor.Formation). An existing
+  # store is the engine's to open (`recover` is then ignored).
+  defp storage_opts(%Options{storage: :memory}, _members), do: %{}
+
+  defp storage_opts(%Options{storage: {:disk, dir}} = config, members) do
+    meta = Formation.store_meta(members, config.settings)
+    %{data_dir: dir, group: Options.group_name(config.module), meta: meta}
+  end
+
+  @doc """
+  This replica cannot go on (its state is unknown, see
+  `Visor.Server.Machine`): every caller gets `{:engine_down, reason}` and
+  the server stops with `reason`.
+  """
+  @spec fail(t(), term()) :: {t(), [effect()]}
+  def fail(%__MODULE__{} = lifecycle, reason) do
+    {%{lifecycle | phase: {:failed, reason}},
+     [{:fail_callers, {:engine_down, reason}}, {:stop, reason}]}
+  end
+
+  @doc """
+  The engine stopped (`{:visor_engine_down, engine, reason}`), after
+  `starts` engines were started by this server.
+  """
+  @spec engine_down(t(), term(), pos_integer()) :: {t(), [effect()]}
+  def engine_down(%__MODULE__{} = lifecycle, reason, starts) do
+    name = inspect(lifecycle.config.module)
+
+    case {lifecycle.config.storage, lifecycle.opened} do
+      # The store could not be opened: the engine never built the replica.
+      {{:disk, dir}, nil} ->
+        if store_in_use?(reason) and starts < @store_start_attempts do
+          # After a restart of this group (or its server), the previous
+          # engine releases the store's lock a moment after its owner died.
+          {%{lifecycle | phase: :forming},
+           [:discard_engine, {:after, @store_retry_ms, :visor_retry_start}]}
+        else
+          message =
+            "#{name}: cannot open the store in #{dir}: #{reason}; this node's server stops"
+
+          {%{lifecycle | phase: {:failed, reason}},
+           [
+             {:log, :error, message},
+             {:fail_callers, {:engine_down, reason}},
+             {:stop, {:storage_refused, reason}}
+           ]}
+        end
+
+      _ ->
+        message =
+          "#{name}: this node's replica failed: #{inspect(reason)}; " <>
+            "it will not come back in this process's lifetime"
+
+        {%{lifecycle | phase: {:failed, reason}},
+         [{:log, :error, message}, {:fail_callers, {:engine_down, reason}}]}
+    end
+  end
+
+  defp store_in_use?(reason), do: is_binary(reason) and reason =~ "in use"
+
+  @doc """
+  The running replica's `engine_status` (`Visor.Native.status/1`'s
+  `status`) #{div(@recovering_warn_ms, 1000)} s after it started
+  rejoining: if it is still recovering, an error says why it may never
+  finish.
+  """
+  @spec still_recovering(t(), atom()) :: [effect()]
+  def still_recovering(%__MODULE__{} = lifecycle, :recovering) do
+    [
+      {:log, :error,
+       "#{inspect(lifecycle.config.module)}: replica #{lifecycle.index} is still recovering after " <>
+         "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
+         "majority of all members, itself not counted) up and normal. If a majority lost " <>
+         "their memory at once (nodes or servers restarted together), the state is lost and " <>
+         "this does not end by itself: stop the group on every node, call Visor.forget/1 " <>
+         "there (or restart the nodes), then start it again (a new, empty cluster)"}
+    ]
+  end
+
+  def still_recovering(%__MODULE__{}, _engine_status), do: []
+
+  @doc """
+  A `{:storage, kind, detail}` event (disk mode): how the store opened, and
+  write failures and their end; each is logged.
+  """
+  @spec storage(t(), atom(), term()) :: {t(), [effect()]}
+  def storage(%__MODULE__{config: %{storage: {:disk, dir}}} = lifecycle, kind, detail) do
+    name = inspect(lifecycle.config.module)
+
+    log =
+      case kind do
+        :created ->
+          [{:log, :info, "#{name}: created its store in #{dir}"}]
+
+        :restarted ->
+          torn =
+            if detail, do: " (a torn write at its end, byte #{detail}, was cut off)", else: ""
+
+          [{:log, :info, "#{name}: restarted its replica from its store in #{dir}#{torn}"}]
+
+        :recovering ->
+          [
+            {:log, :warning,
+             "#{name}: the store in #{dir} cannot be trusted (#{detail}); " <>
+               "the replica recovers the log from the others"}
+          ]
+
+        :repairing ->
+          [{:log, :warning, "#{name}: the store in #{dir} is damaged in one place: #{detail}"}]
+
+        :error ->
+          [
+            {:log, :warning,
+             "#{name}: writing to #{dir} fails (#{detail}); the replica is paused, " <>
+               "acknowledging nothing, until writes succeed again"}
+          ]
+
+        :resumed ->
+          [{:log, :warning, "#{name}: writing to #{dir} succeeds again; the replica resumes"}]
+
+        _ ->
+          []
+      end
+
+    if kind in [:created, :restarted, :recovering, :repairing],
+      do: {%{lifecycle | opened: kind}, log},
+      else: {lifecycle, log}
+  end
+
+  def storage(%__MODULE__{} = lifecycle, _kind, _detail), do: {lifecycle, []}
+end

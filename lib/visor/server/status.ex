@@ -1,0 +1,120 @@
+defmodule Visor.Server.Status do
+  @moduledoc """
+  The map `Visor.status/1` returns (docs/operations.md, "Status"), built
+  from the server's parts: a pure function of what it is given, so what
+  the map says is decided here and nowhere else.
+  """
+
+  alias Visor.Server.Lifecycle
+
+  @typedoc """
+  What the server knows besides its lifecycle: this node, the nodes it is
+  connected to (`Node.list/0`), the pool (`Visor.Server.Callers.pool/1`),
+  the poison command (`Visor.Server.Machine`'s) and the server's counters.
+  """
+  @type server :: %{
+          node: node(),
+          connected: [node()],
+          pool: map(),
+          poison: map() | nil,
+          stats: map()
+        }
+
+  @doc """
+  The status map. `engine` is `Visor.Native.status/1` of the running
+  engine (`nil` when no replica runs).
+  """
+  @spec build(Lifecycle.t(), map() | nil, server()) :: map()
+  def build(%Lifecycle{phase: :running} = lifecycle, engine, server) when is_map(engine) do
+    members = Tuple.to_list(lifecycle.members)
+
+    # A recovering replica does not know the view yet, and one whose store
+    # is still opening has no replica yet: no primary to show.
+    primary_index = if engine.status in [:recovering, :starting], do: nil, else: engine.primary
+    primary = primary_index && Enum.at(members, primary_index)
+    connected = MapSet.new(server.connected)
+
+    replicas =
+      for {node, index} <- Enum.with_index(members) do
+        %{
+          index: index,
+          node: node,
+          role: if(index == primary_index, do: :primary, else: :backup),
+          health:
+            cond do
+              node == server.node -> :self
+              MapSet.member?(connected, node) -> :connected
+              true -> :disconnected
+            end
+        }
+      end
+
+    %{
+      status: engine.status,
+      role: if(engine.is_primary, do: :primary, else: :backup),
+      node: server.node,
+      index: lifecycle.index,
+      view: engine.view,
+      log_view: engine.log_view,
+      op: engine.op,
+      commit: engine.commit,
+      commit_max: engine.commit_max,
+      checkpoint: engine.checkpoint,
+      log_base: engine.log_base,
+      primary: primary,
+      replicas: replicas,
+      cluster: Base.encode16(lifecycle.cluster, case: :lower),
+      pool: server.pool,
+      storage: storage(lifecycle, engine.storage),
+      poison: server.poison,
+      refused: nil,
+      stats: Map.merge(engine.stats, server.stats)
+    }
+  end
+
+  def build(%Lifecycle{} = lifecycle, nil, server) do
+    %{
+      status:
+        case lifecycle.phase do
+          {:failed, _} -> :failed
+          {:refused, _} -> :refused
+          phase -> phase
+        end,
+      role: :none,
+      node: server.node,
+      index: nil,
+      view: 0,
+      log_view: 0,
+      op: 0,
+      commit: 0,
+      commit_max: 0,
+      checkpoint: 0,
+      log_base: 0,
+      primary: nil,
+      replicas: [],
+      cluster: nil,
+      pool: server.pool,
+      storage: storage(lifecycle, nil),
+      poison: server.poison,
+      refused: with({:refused, reason} <- lifecycle.phase, do: reason, else: (_ -> nil)),
+      stats: server.stats
+    }
+  end
+
+  # The engine's storage map (if it runs), and how the store opened.
+  defp storage(%Lifecycle{config: %{storage: :memory}}, _engine), do: %{mode: :memory}
+
+  defp storage(%Lifecycle{config: %{storage: {:disk, dir}}} = lifecycle, engine) do
+    base = %{
+      mode: :disk,
+      data_dir: dir,
+      error: nil,
+      syncs: 0,
+      wal_bytes: 0,
+      wal_size: 0,
+      compactions: 0
+    }
+
+    base |> Map.merge(engine || %{}) |> Map.put(:opened, lifecycle.opened)
+  end
+end
