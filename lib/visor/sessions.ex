@@ -1,7 +1,7 @@
 defmodule Visor.Sessions do
   @moduledoc """
   The pool of client sessions through which one node's server submits
-  commands (a pure data structure; `Visor.Server` owns it).
+  commands (a pure data structure; `Visor.Server.Callers` owns it).
 
   The protocol's client table allows one outstanding request per client id
   (docs/protocol.md, "Client table"), so a server that wants many commands

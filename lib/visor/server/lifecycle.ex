@@ -88,8 +88,9 @@ defmodule Visor.Server.Lifecycle do
 
   @doc """
   Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
-  member (start the engine), `:spare` or `{:refused, reason}`. Only the
-  first decision counts.
+  member (start the engine), `:spare` or `{:refused, reason}`. Only one
+  that arrives while forming counts (the member decision is applied again
+  to retry a store that was still locked).
   """
   @spec formation(t(), term()) :: {t(), [effect()]}
   def formation(lifecycle, decision)
