@@ -37,7 +37,7 @@ defmodule Visor.Native do
 
   Every function returns in microseconds: it validates its arguments
   (raising `ArgumentError` that names the problem), then enqueues a command
-  for the engine or reads the group's last published snapshot.
+  for the engine or reads the group's last published status copy.
   """
 
   @on_load :load_nif

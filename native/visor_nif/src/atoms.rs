@@ -48,7 +48,7 @@ rustler::atoms! {
     replica,
     sequence,
 
-    // Group status.
+    // A replica host's phase (the status map's `:status`).
     starting,
     normal,
     view_change,

@@ -11,7 +11,7 @@ use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 
 use crate::atoms;
-use crate::group::{DiskOptions, GroupStatus, Snapshot, StorageNotice};
+use crate::host::{DiskOptions, HostPhase, StatusCopy, StorageNotice};
 
 /// The longest tick interval accepted, so a typo cannot freeze a group.
 pub const TICK_MS_MAX: u64 = 60_000;
@@ -368,43 +368,43 @@ fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
 /// The map `Visor.Native.status/1` returns.
 pub fn status<'a>(
     env: Env<'a>,
-    snapshot: &Snapshot,
+    copy: &StatusCopy,
     stopped: bool,
     replica_index: u8,
     replica_count: u8,
 ) -> Term<'a> {
-    let status = match snapshot.status {
-        GroupStatus::Failed => atoms::failed(),
+    let status = match copy.phase {
+        HostPhase::Failed => atoms::failed(),
         _ if stopped => atoms::stopped(),
-        GroupStatus::Starting => atoms::starting(),
-        GroupStatus::Normal => atoms::normal(),
-        GroupStatus::ViewChange => atoms::view_change(),
-        GroupStatus::Recovering => atoms::recovering(),
-        GroupStatus::Diverged => atoms::diverged(),
+        HostPhase::Starting => atoms::starting(),
+        HostPhase::Normal => atoms::normal(),
+        HostPhase::ViewChange => atoms::view_change(),
+        HostPhase::Recovering => atoms::recovering(),
+        HostPhase::Diverged => atoms::diverged(),
     };
     map(
         env,
         &[
             (atoms::status(), status.encode(env)),
-            (atoms::view(), snapshot.view.encode(env)),
-            (atoms::log_view(), snapshot.log_view.encode(env)),
-            (atoms::op(), snapshot.op.encode(env)),
-            (atoms::commit(), snapshot.commit.encode(env)),
-            (atoms::commit_max(), snapshot.commit_max.encode(env)),
-            (atoms::checkpoint(), snapshot.checkpoint.encode(env)),
-            (atoms::log_base(), snapshot.log_base.encode(env)),
-            (atoms::primary(), (snapshot.primary as u32).encode(env)),
-            (atoms::is_primary(), snapshot.is_primary.encode(env)),
+            (atoms::view(), copy.view.encode(env)),
+            (atoms::log_view(), copy.log_view.encode(env)),
+            (atoms::op(), copy.op.encode(env)),
+            (atoms::commit(), copy.commit.encode(env)),
+            (atoms::commit_max(), copy.commit_max.encode(env)),
+            (atoms::checkpoint(), copy.checkpoint.encode(env)),
+            (atoms::log_base(), copy.log_base.encode(env)),
+            (atoms::primary(), (copy.primary as u32).encode(env)),
+            (atoms::is_primary(), copy.is_primary.encode(env)),
             (atoms::replica_index(), (replica_index as u32).encode(env)),
             (atoms::replica_count(), (replica_count as u32).encode(env)),
-            (atoms::stats(), stats(env, &snapshot.stats)),
-            (atoms::storage(), storage(env, snapshot)),
+            (atoms::stats(), stats(env, &copy.stats)),
+            (atoms::storage(), storage(env, copy)),
         ],
     )
 }
 
-fn storage<'a>(env: Env<'a>, snapshot: &Snapshot) -> Term<'a> {
-    let storage = &snapshot.storage;
+fn storage<'a>(env: Env<'a>, copy: &StatusCopy) -> Term<'a> {
+    let storage = &copy.storage;
     match &storage.dir {
         None => map(env, &[(atoms::mode(), atoms::memory().encode(env))]),
         Some(dir) => map(

@@ -8,7 +8,7 @@
 //! next tick deadline, drains the queued commands (up to `BATCH_MAX`),
 //! ticks the groups that are due, then sends each group that was stepped
 //! one message holding all its outputs in order, and publishes its
-//! snapshot. NIFs only enqueue, so no scheduler ever waits on a worker.
+//! status copy. NIFs only enqueue, so no scheduler ever waits on a worker.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustler::OwnedEnv;
 use vsr::{Input, Submission};
 
-use crate::group::{guard, Group};
+use crate::host::{guard, ReplicaHost};
 
 /// Most commands handled in one iteration, so a flood of deliveries can
 /// neither delay ticks nor hold back outputs indefinitely.
@@ -38,7 +38,7 @@ static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// What a NIF asks of a worker.
 pub enum Command {
-    Start(Box<Group>),
+    Start(Box<ReplicaHost>),
     /// Messages from one peer, in the order they were sent.
     Deliver {
         id: u64,
@@ -89,7 +89,7 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Hands a new group to this worker.
-    pub fn start(&self, group: Group) {
+    pub fn start(&self, group: ReplicaHost) {
         GROUPS.fetch_add(1, Ordering::AcqRel);
         self.load.fetch_add(1, Ordering::AcqRel);
         if let Err(failed) = self.tx.send(Command::Start(Box::new(group))) {
@@ -167,7 +167,7 @@ fn mono_ns(at: Instant) -> u64 {
 struct Worker {
     rx: Receiver<Command>,
     load: Arc<AtomicUsize>,
-    groups: HashMap<u64, Group>,
+    groups: HashMap<u64, ReplicaHost>,
     /// Tick deadlines; an entry whose group is gone or has another
     /// deadline is stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -356,7 +356,7 @@ impl Worker {
         }
     }
 
-    /// One message per stepped group, then its snapshot.
+    /// One message per stepped group, after publishing its status copy.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             let Some(group) = self.groups.get_mut(&id) else {

@@ -1,7 +1,7 @@
 //! `visor_nif`: the rustler bridge between Elixir (`Visor.Native`) and the
 //! `vsr` protocol core. See docs/nif.md for the contract.
 //!
-//! Every NIF here only validates, enqueues or reads a snapshot, and returns
+//! Every NIF here only validates, enqueues or reads a status copy, and returns
 //! in microseconds; replicas run on the engine's own threads (`engine.rs`).
 //! Nothing panics on bad input: a wrong argument type is rejected by
 //! rustler's decoder as `badarg`, which Elixir raises as `ArgumentError`.
@@ -9,7 +9,7 @@
 mod atoms;
 mod convert;
 mod engine;
-mod group;
+mod host;
 mod resource;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustler::{Binary, Encoder, Env, Error, LocalPid, NewBinary, NifResult, ResourceArc, Term};
 use vsr::{Replica, Submission};
 
-use group::{Group, Shared, Snapshot};
+use host::{ReplicaHost, Shared, StatusCopy};
 use resource::EngineResource;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
@@ -80,28 +80,28 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     let count = config.replica_count;
     let index = options.replica_index;
     // Cannot fail: decode_options validated the config and the index.
-    let (replica, snapshot, disk) = match options.disk {
+    let (replica, copy, disk) = match options.disk {
         // Disk mode: the store is opened, and the replica built from it, on
-        // the engine thread (Group::boot); this one only stands in until then.
+        // the engine thread (ReplicaHost::boot); this one only stands in until then.
         Some(disk) => {
             let replica = Replica::new(config, index);
-            let snapshot = Snapshot::starting(&replica, Some(disk.dir.clone()));
-            (replica, snapshot, Some((disk, options.recover)))
+            let copy = StatusCopy::starting(&replica, Some(disk.dir.clone()));
+            (replica, copy, Some((disk, options.recover)))
         }
         None if options.recover => {
             // A restart that lost its state: it must recover before taking part.
-            let nonce = group::recovery_nonce(config.jitter_seed);
+            let nonce = host::recovery_nonce(config.jitter_seed);
             let replica = Replica::recovering(config, index, nonce)?;
-            let snapshot = Snapshot::of(&replica);
-            (replica, snapshot, None)
+            let copy = StatusCopy::of(&replica);
+            (replica, copy, None)
         }
         None => {
             let replica = Replica::new(config, index);
-            let snapshot = Snapshot::of(&replica);
-            (replica, snapshot, None)
+            let copy = StatusCopy::of(&replica);
+            (replica, copy, None)
         }
     };
-    let shared = Arc::new(Shared::new(snapshot));
+    let shared = Arc::new(Shared::new(copy));
     let engine = ResourceArc::new(EngineResource::new(id, index, count, shared, worker.tx.clone()));
     // The owner's death stops the group (EngineResource::down). An owner
     // that is already dead gets an engine that is stopped from the start.
@@ -109,7 +109,14 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         engine.stop();
         return Ok(engine);
     }
-    worker.start(Group::new(id, replica, owner, engine.clone(), options.tick, disk));
+    worker.start(ReplicaHost::new(
+        id,
+        replica,
+        owner,
+        engine.clone(),
+        options.tick,
+        disk,
+    ));
     Ok(engine)
 }
 
@@ -220,15 +227,9 @@ fn nif_read(engine: ResourceArc<EngineResource>, id: u64) -> rustler::Atom {
 
 #[rustler::nif]
 fn nif_status(env: Env, engine: ResourceArc<EngineResource>) -> Term {
-    let snapshot = engine.shared.snapshot();
+    let copy = engine.shared.status_copy();
     let stopped = engine.shared.is_stopped();
-    convert::status(
-        env,
-        &snapshot,
-        stopped,
-        engine.replica_index,
-        engine.replica_count,
-    )
+    convert::status(env, &copy, stopped, engine.replica_index, engine.replica_count)
 }
 
 #[rustler::nif]

@@ -1,7 +1,7 @@
 //! The engine resource: what `start/2` returns to Elixir.
 //!
 //! It is a handle, not the group: the group lives on an engine thread and
-//! the handle only enqueues commands to it and reads its snapshot. Every
+//! the handle only enqueues commands to it and reads its status copy. Every
 //! method returns at once and never blocks a scheduler.
 
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use rustler::{Env, LocalPid, Monitor, Resource};
 use vsr::Submission;
 
 use crate::engine::Command;
-use crate::group::Shared;
+use crate::host::Shared;
 
 pub struct EngineResource {
     pub id: u64,

@@ -1,5 +1,5 @@
 //! One replica group on an engine thread: its `vsr::Replica`, the outputs
-//! it owes its owner, and the snapshot `status/1` reads.
+//! it owes its owner, and the status copy `status/1` reads.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,10 +16,10 @@ use crate::atoms;
 use crate::convert;
 use crate::resource::EngineResource;
 
-/// Where a group is, as far as the snapshot says. `:stopped` is not here:
+/// Where a replica host is, as far as its status copy says. `:stopped` is not here:
 /// it is the resource's `stopped` flag, set at once by `stop/1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GroupStatus {
+pub enum HostPhase {
     /// Opening its store on the engine thread (disk mode).
     Starting,
     Normal,
@@ -33,8 +33,8 @@ pub enum GroupStatus {
 /// What `status/1` reports: a copy of the replica's numbers, published by
 /// the engine thread after each batch of steps.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub status: GroupStatus,
+pub struct StatusCopy {
+    pub phase: HostPhase,
     pub view: u64,
     pub log_view: u64,
     pub op: u64,
@@ -47,12 +47,12 @@ pub struct Snapshot {
     pub primary: u8,
     pub is_primary: bool,
     pub stats: Stats,
-    pub storage: StorageSnapshot,
+    pub storage: StorageStatus,
 }
 
-/// The storage part of a snapshot.
+/// The storage part of a status copy.
 #[derive(Clone, Debug, Default)]
-pub struct StorageSnapshot {
+pub struct StorageStatus {
     /// `None` in memory mode.
     pub dir: Option<PathBuf>,
     /// The last write or sync error, while it lasts.
@@ -66,22 +66,22 @@ pub struct StorageSnapshot {
     pub checkpoint: u64,
 }
 
-impl Snapshot {
+impl StatusCopy {
     /// A group whose replica is not built yet (its store opens on the engine thread).
-    pub fn starting(replica: &Replica, dir: Option<PathBuf>) -> Snapshot {
-        let mut snapshot = Snapshot::of(replica);
-        snapshot.status = GroupStatus::Starting;
-        snapshot.storage.dir = dir;
-        snapshot
+    pub fn starting(replica: &Replica, dir: Option<PathBuf>) -> StatusCopy {
+        let mut copy = StatusCopy::of(replica);
+        copy.phase = HostPhase::Starting;
+        copy.storage.dir = dir;
+        copy
     }
 
-    pub fn of(replica: &Replica) -> Snapshot {
-        Snapshot {
-            status: match replica.status() {
-                Status::Normal => GroupStatus::Normal,
-                Status::ViewChange => GroupStatus::ViewChange,
-                Status::Recovering | Status::Repairing => GroupStatus::Recovering,
-                Status::Diverged => GroupStatus::Diverged,
+    pub fn of(replica: &Replica) -> StatusCopy {
+        StatusCopy {
+            phase: match replica.status() {
+                Status::Normal => HostPhase::Normal,
+                Status::ViewChange => HostPhase::ViewChange,
+                Status::Recovering | Status::Repairing => HostPhase::Recovering,
+                Status::Diverged => HostPhase::Diverged,
             },
             view: replica.view(),
             log_view: replica.log_view(),
@@ -93,7 +93,7 @@ impl Snapshot {
             primary: replica.primary(),
             is_primary: replica.is_primary(),
             stats: replica.stats().clone(),
-            storage: StorageSnapshot::default(),
+            storage: StorageStatus::default(),
         }
     }
 }
@@ -131,28 +131,28 @@ pub enum StorageNotice {
 /// State shared between a group's resource (read by NIFs on schedulers)
 /// and its engine thread (the only writer).
 pub struct Shared {
-    snapshot: Mutex<Snapshot>,
+    copy: Mutex<StatusCopy>,
     /// Set by `stop/1`, the owner's death, the resource's drop, or a
     /// failure; once set, the NIFs enqueue nothing more for the group.
     pub stopped: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(copy: StatusCopy) -> Shared {
         Shared {
-            snapshot: Mutex::new(snapshot),
+            copy: Mutex::new(copy),
             stopped: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+    fn lock(&self) -> MutexGuard<'_, StatusCopy> {
         // Only a copy happens under the lock, so it cannot be poisoned in
-        // practice; if it ever were, the data is still a valid snapshot.
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+        // practice; if it ever were, the data is still a valid copy.
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A copy of the latest snapshot (the lock is held for the copy only).
-    pub fn snapshot(&self) -> Snapshot {
+    /// The latest status copy (the lock is held for the copy only).
+    pub fn status_copy(&self) -> StatusCopy {
         self.lock().clone()
     }
 
@@ -177,8 +177,9 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// A replica group as an engine thread holds it.
-pub struct Group {
+/// One replica of a group as an engine thread hosts it: the replica, its
+/// store (disk mode), and the outputs it owes its owner.
+pub struct ReplicaHost {
     pub id: u64,
     replica: Replica,
     owner: LocalPid,
@@ -205,7 +206,7 @@ pub struct Group {
     pub dirty: bool,
 }
 
-impl Group {
+impl ReplicaHost {
     /// `replica` is the group's replica in memory mode; in disk mode
     /// (`disk` given) a placeholder that `boot` replaces.
     pub fn new(
@@ -215,8 +216,8 @@ impl Group {
         engine: ResourceArc<EngineResource>,
         tick: Duration,
         disk: Option<(DiskOptions, bool)>,
-    ) -> Group {
-        Group {
+    ) -> ReplicaHost {
+        ReplicaHost {
             id,
             replica,
             owner,
@@ -377,7 +378,7 @@ impl Group {
         guard(|| std::panic::resume_unwind(Box::new("deliberate crash (test hook)")))
     }
 
-    /// Publishes the snapshot, then sends this iteration's outputs to the
+    /// Publishes the status copy, then sends this iteration's outputs to the
     /// owner: one message with what may leave at once and, in disk mode
     /// when the iteration wrote, a second one after the sync with what
     /// followed the writes. Each send comes after a publish, so that
@@ -434,10 +435,10 @@ impl Group {
     }
 
     fn publish(&self) {
-        let mut snapshot = Snapshot::of(&self.replica);
+        let mut copy = StatusCopy::of(&self.replica);
         if let Some(store) = &self.store {
             let stats = store.stats();
-            snapshot.storage = StorageSnapshot {
+            copy.storage = StorageStatus {
                 dir: Some(store.disk().dir().to_path_buf()),
                 error: self.storage_error.clone(),
                 syncs: stats.syncs,
@@ -447,7 +448,7 @@ impl Group {
                 checkpoint: store.checkpoint_op(),
             };
         }
-        *self.shared().lock() = snapshot;
+        *self.shared().lock() = copy;
     }
 
     /// The group failed: flush what it produced before the failure, mark
@@ -456,7 +457,7 @@ impl Group {
     pub fn fail(mut self, env: &mut OwnedEnv, reason: &str) {
         let _ = self.flush(env);
         let was_stopped = self.shared().stopped.swap(true, Ordering::AcqRel);
-        self.shared().lock().status = GroupStatus::Failed;
+        self.shared().lock().phase = HostPhase::Failed;
         if was_stopped {
             return;
         }
