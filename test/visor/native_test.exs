@@ -68,7 +68,7 @@ defmodule Visor.NativeTest do
         error =
           assert_raise ArgumentError, fn -> Native.start(Map.put(good, key, value), self()) end
 
-        range = Native.config_range(key)
+        range = Visor.Contract.range(key)
         assert error.message =~ "#{key} must be an integer in #{range.first}..#{range.last}"
       end
     end

@@ -5,6 +5,15 @@ rustler::atoms! {
     error,
     malformed,
 
+    // The contract (contract.rs).
+    protocol_version,
+    max_replicas,
+    options,
+    limits,
+    deliver_list_max,
+    group_bytes_max,
+    meta_bytes_max,
+
     // Messages to the owner process.
     visor_engine,
     visor_engine_down,

@@ -11,12 +11,8 @@ use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 
 use crate::atoms;
+use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
 use crate::host::{DiskOptions, HostPhase, StatusCopy, StorageNotice};
-
-/// The longest tick interval accepted, so a typo cannot freeze a group.
-pub const TICK_MS_MAX: u64 = 60_000;
-/// Tick interval when `:tick_ms` is not given.
-pub const TICK_MS_DEFAULT: u64 = 10;
 
 /// What `start` was asked for, checked.
 pub struct StartOptions {
@@ -237,13 +233,9 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     }
 }
 
-/// Most messages in one `{:send, to, list}` event, and so in one
-/// distribution message; `deliver/2` drops longer lists whole.
-pub const SEND_LIST_MAX: usize = 256;
-
 /// The `{:send, to, [bytes, ...]}` events for one flush's outputs: every
 /// message to the same replica in one list (in the order sent, at most
-/// `SEND_LIST_MAX` a list), so that a burst of messages to a peer costs
+/// `DELIVER_LIST_MAX` a list), so that a burst of messages to a peer costs
 /// one distribution message and one engine command there, not one each.
 pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
     let mut by_peer: Vec<(u8, Vec<Term<'a>>)> = Vec::new();
@@ -259,7 +251,7 @@ pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
     by_peer
         .iter()
         .flat_map(|(to, list)| {
-            list.chunks(SEND_LIST_MAX)
+            list.chunks(DELIVER_LIST_MAX)
                 .map(move |chunk| (atoms::send(), *to as u32, chunk).encode(env))
         })
         .collect()

@@ -7,6 +7,7 @@
 //! rustler's decoder as `badarg`, which Elixir raises as `ArgumentError`.
 
 mod atoms;
+mod contract;
 mod convert;
 mod engine;
 mod host;
@@ -22,16 +23,20 @@ use vsr::{Replica, Submission};
 use host::{ReplicaHost, Shared, StatusCopy};
 use resource::EngineResource;
 
-/// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
-/// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 5;
-
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The interface's version alone: every library since the first has this
+/// NIF, so `Visor.Native`'s load hook can always ask it before anything else.
 #[rustler::nif]
 fn protocol_version() -> u32 {
-    PROTOCOL_VERSION
+    contract::PROTOCOL_VERSION
+}
+
+/// The contract (`contract.rs`): limits, options, defaults and ranges.
+#[rustler::nif]
+fn nif_contract(env: Env) -> Term {
+    contract::encode(env)
 }
 
 /// The 128-bit checksum `vsr` uses for messages and the hash chain, as 16
@@ -136,7 +141,7 @@ fn nif_probe(dir: Binary, tag: u64, owner: LocalPid) -> NifResult<rustler::Atom>
 
 /// `bytes` is one peer message or a list of them (a `{:send, to, list}`
 /// event's list). Peer input is untrusted: elements that are not binaries
-/// are skipped, and a list longer than `convert::SEND_LIST_MAX` is dropped
+/// are skipped, and a list longer than `contract::DELIVER_LIST_MAX` is dropped
 /// whole (without walking it further); either way `{:malformed, n}` says
 /// how many were dropped. Anything but a binary or a list is `badarg`.
 #[rustler::nif]
@@ -162,7 +167,7 @@ fn nif_deliver<'a>(
             dropped += 1; // an improper tail
             break;
         };
-        if messages.len() + dropped == convert::SEND_LIST_MAX {
+        if messages.len() + dropped == contract::DELIVER_LIST_MAX {
             // Too long to come from an engine: not one message of it is trusted.
             messages.clear();
             dropped = 1;

@@ -260,10 +260,11 @@ impl Config {
         checksum(&seed)
     }
 
-    /// Checks every limit is within its [`RANGES`] entry; the error names
-    /// the first that is not, and its range.
-    pub fn check_ranges(&self) -> Result<(), String> {
-        let values = [
+    /// The value of each limit a user may set, in the order of [`RANGES`]
+    /// (so `Config::new(..).range_values()` are the defaults a host
+    /// reports next to the ranges).
+    pub fn range_values(&self) -> [u64; RANGES.len()] {
+        [
             self.batch_max_requests as u64,
             self.batch_max_bytes as u64,
             self.pipeline_max,
@@ -277,8 +278,13 @@ impl Config {
             self.request_retry_ticks,
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
-        ];
-        for ((name, min, max), value) in RANGES.iter().zip(values) {
+        ]
+    }
+
+    /// Checks every limit is within its [`RANGES`] entry; the error names
+    /// the first that is not, and its range.
+    pub fn check_ranges(&self) -> Result<(), String> {
+        for ((name, min, max), value) in RANGES.iter().zip(self.range_values()) {
             if !(*min..=*max).contains(&value) {
                 return Err(format!("{name} must be an integer in {min}..{max}, got {value}"));
             }
