@@ -33,8 +33,34 @@ defmodule Visor.Native do
 
   An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
   `:evicted` or `:refused` (the session's latest request has this number
-  but another body: not applied). If the group fails (a bug in the engine), the owner gets
-  `{:visor_engine_down, engine, reason}` once and the group is gone.
+  but another body: not applied). If the group fails (its store cannot be
+  opened, or a bug in the engine), the owner gets `{:visor_engine_down,
+  engine, reason}` once and the group is gone.
+
+  ## Errors
+
+  The engine's errors are terms to match, never text: the `reason` of
+  `{:visor_engine_down, engine, reason}`, and of the raw `nif_start/2`'s
+  `{:error, reason}` (which `start/2` raises as `ArgumentError`), is one of
+
+    * `{:bad_option, key, why}`: the start option `key` (an atom) is
+      missing or out of its bounds; `why` says how (`"must be positive"`);
+    * `:engine_unavailable`: no engine thread could be started;
+    * `{:store_in_use, dir}`: another live group holds the store's lock
+      (a previous group of this replica releases it a moment after its
+      owner died);
+    * `{:foreign_store, dir, detail}`: the store belongs to another
+      cluster, group or replica (left untouched);
+    * `{:corrupt_store, dir, detail}`: the store cannot be trusted (every
+      superblock copy damaged, a log without its superblock, or a log the
+      replica cannot restart from; left untouched);
+    * `{:store_version, dir, found}`: the store is in another format version;
+    * `{:io_error, dir, detail}`: the store could not be read or written;
+    * `{:engine_bug, detail}`: a panic or broken invariant in the engine
+      (a bug; it fails that group alone).
+
+  `dir`, `why` and `detail` are binaries for people; `format_error/1`
+  renders any of these as one message.
 
   The limits the engine enforces (replicas per cluster, the integer
   options with their defaults and ranges, list and size limits) come from
@@ -161,9 +187,39 @@ defmodule Visor.Native do
 
     case nif_start(opts, owner) do
       {:ok, engine} -> {:ok, engine}
-      {:error, message} -> raise ArgumentError, "invalid engine options: " <> message
+      {:error, {:bad_option, _, _} = reason} -> raise ArgumentError, format_error(reason)
+      {:error, reason} -> raise "the engine cannot start a group: " <> format_error(reason)
     end
   end
+
+  @typedoc "An engine error (see \"Errors\" above)."
+  @type error ::
+          {:bad_option, atom(), String.t()}
+          | :engine_unavailable
+          | {:store_in_use, String.t()}
+          | {:foreign_store, String.t(), String.t()}
+          | {:corrupt_store, String.t(), String.t()}
+          | {:store_version, String.t(), non_neg_integer()}
+          | {:io_error, String.t(), String.t()}
+          | {:engine_bug, String.t()}
+
+  @doc """
+  An engine error (see "Errors" above) as a message for people; any other
+  term is inspected.
+  """
+  @spec format_error(error() | term()) :: String.t()
+  def format_error({:bad_option, key, why}), do: "invalid engine options: #{key} #{why}"
+  def format_error(:engine_unavailable), do: "the engine could not start any thread"
+  def format_error({:store_in_use, dir}), do: "#{dir} is in use by another replica"
+  def format_error({:foreign_store, dir, detail}), do: "#{dir}: #{detail}"
+  def format_error({:corrupt_store, dir, detail}), do: "#{dir}: #{detail}"
+
+  def format_error({:store_version, dir, found}),
+    do: "#{dir} holds storage format version #{found}, which this version of Visor does not read"
+
+  def format_error({:io_error, dir, detail}), do: "#{dir}: #{detail}"
+  def format_error({:engine_bug, detail}), do: "engine failure (a bug): #{detail}"
+  def format_error(other), do: inspect(other)
 
   @doc """
   Hands the group messages from a peer replica: the list of a peer's
@@ -443,7 +499,8 @@ defmodule Visor.Native do
 
   # ---- Raw NIFs (replaced when the library loads) ------------------------
   # They trust nothing either: a bad argument is badarg (ArgumentError), a
-  # bad option an {:error, message} tuple. Call the wrappers above instead.
+  # bad option an {:error, {:bad_option, key, why}} tuple. Call the
+  # wrappers above instead.
 
   @doc false
   def nif_contract, do: :erlang.nif_error(:nif_not_loaded)

@@ -304,6 +304,8 @@ defmodule Visor.Server do
     end
   end
 
+  defp store_in_use?(reason), do: match?({:store_in_use, _}, reason)
+
   # The reply after a hand-off to the engine (a submit, a read, a peer's
   # message) whose answer a local caller may be waiting for. With few
   # commands in flight, the server keeps its scheduler awake for up to
@@ -485,14 +487,14 @@ defmodule Visor.Server do
         %{engine: engine, config: %{storage: {:disk, dir}}, opened: nil} = state
       )
       when is_reference(engine) do
-    if is_binary(reason) and reason =~ "in use" and state.starts < @store_start_attempts do
+    if store_in_use?(reason) and state.starts < @store_start_attempts do
       # After a restart of this group (or its server), the previous
       # engine releases the store's lock a moment after its owner died.
       Process.send_after(self(), :visor_retry_start, @store_retry_ms)
       {:noreply, requeue(%{state | phase: :forming, engine: nil})}
     else
       Logger.error(
-        "#{inspect(state.module)}: cannot open the store in #{dir}: #{reason}; " <>
+        "#{inspect(state.module)}: cannot open the store in #{dir}: #{Native.format_error(reason)}; " <>
           "this node's server stops"
       )
 

@@ -79,11 +79,15 @@ defmodule Visor.NativeTest do
     end
 
     test "the raw NIF is as strict as the wrapper", %{good: good} do
-      assert {:error, msg} = Native.nif_start(Map.put(good, :replica_count, 256), self())
-      assert msg =~ "replica_count"
-      assert {:error, msg} = Native.nif_start(Map.put(good, :cluster, "x"), self())
-      assert msg =~ "cluster"
-      assert {:error, _} = Native.nif_start([], self())
+      assert {:error, {:bad_option, :replica_count, why}} =
+               Native.nif_start(Map.put(good, :replica_count, 256), self())
+
+      assert why =~ "got 256"
+
+      assert {:error, {:bad_option, :cluster, _}} =
+               Native.nif_start(Map.put(good, :cluster, "x"), self())
+
+      assert {:error, {:bad_option, :opts, _}} = Native.nif_start([], self())
       assert_raise ArgumentError, fn -> Native.nif_start(good, :not_a_pid) end
     end
   end
@@ -281,7 +285,8 @@ defmodule Visor.NativeTest do
 
     :ok = Native.crash_for_test(e)
     assert_receive {:visor_engine_down, ^e, reason}, 2_000
-    assert is_binary(reason) and reason =~ "deliberate crash"
+    assert {:engine_bug, detail} = reason
+    assert detail =~ "deliberate crash"
     assert Native.status(e).status == :failed
 
     # Nothing more arrives, and every call on the dead group is a harmless :ok.

@@ -14,6 +14,16 @@ rustler::atoms! {
     group_bytes_max,
     meta_bytes_max,
 
+    // Engine errors (error.rs).
+    bad_option,
+    engine_unavailable,
+    store_in_use,
+    foreign_store,
+    corrupt_store,
+    store_version,
+    io_error,
+    engine_bug,
+
     // Messages to the owner process.
     visor_engine,
     visor_engine_down,

@@ -12,6 +12,7 @@ use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
+use crate::error::EngineError;
 use crate::host::{DiskOptions, HostPhase, StatusCopy, StorageNotice};
 
 /// What `start` was asked for, checked.
@@ -25,10 +26,10 @@ pub struct StartOptions {
     pub disk: Option<DiskOptions>,
 }
 
-type Setter = fn(&mut Config, u64) -> Result<(), String>;
+type Setter = fn(&mut Config, u64) -> Result<(), EngineError>;
 
-fn usize_of(name: &str, value: u64) -> Result<usize, String> {
-    usize::try_from(value).map_err(|_| format!("{name} is too large"))
+fn usize_of(name: &'static str, value: u64) -> Result<usize, EngineError> {
+    usize::try_from(value).map_err(|_| EngineError::bad_option(name, "is too large"))
 }
 
 /// The vsr `Config` fields that `start` may override, by option name.
@@ -94,46 +95,47 @@ fn overrides() -> [(Atom, &'static str, Setter); 13] {
 }
 
 /// The value of `key` in the map `opts`, if present, as a `u64`.
-fn get_u64(opts: Term, key: Atom, name: &str) -> Result<Option<u64>, String> {
+fn get_u64(opts: Term, key: Atom, name: &'static str) -> Result<Option<u64>, EngineError> {
     match opts.map_get(key) {
         Err(_) => Ok(None),
         Ok(value) => value
             .decode::<u64>()
             .map(Some)
-            .map_err(|_| format!("{name} must be a non-negative integer below 2^64")),
+            .map_err(|_| EngineError::bad_option(name, "must be a non-negative integer below 2^64")),
     }
 }
 
-fn require_u64(opts: Term, key: Atom, name: &str) -> Result<u64, String> {
-    get_u64(opts, key, name)?.ok_or_else(|| format!("{name} is required"))
+fn require_u64(opts: Term, key: Atom, name: &'static str) -> Result<u64, EngineError> {
+    get_u64(opts, key, name)?.ok_or_else(|| EngineError::bad_option(name, "is required"))
 }
 
 /// Reads and checks the options map of `start`. The error names the first
 /// bad field; vsr's own `Config::validate` has the last word on limits.
-pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
+pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
     if !opts.is_map() {
-        return Err("opts must be a map".into());
+        return Err(EngineError::bad_option("opts", "must be a map"));
     }
     let cluster = match opts.map_get(atoms::cluster()) {
-        Err(_) => return Err("cluster is required".into()),
+        Err(_) => return Err(EngineError::bad_option("cluster", "is required")),
         Ok(term) => match term.decode::<Binary>() {
             Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
-            _ => return Err("cluster must be a 16-byte binary".into()),
+            _ => return Err(EngineError::bad_option("cluster", "must be a 16-byte binary")),
         },
     };
     let count = require_u64(opts, atoms::replica_count(), "replica_count")?;
     if count == 0 || count > MAX_REPLICAS as u64 {
-        return Err(format!("replica_count must be 1..={MAX_REPLICAS}, got {count}"));
+        let why = format!("must be 1..={MAX_REPLICAS}, got {count}");
+        return Err(EngineError::bad_option("replica_count", why));
     }
     let index = require_u64(opts, atoms::replica_index(), "replica_index")?;
     if index >= count {
-        return Err(format!(
-            "replica_index must be 0..{count} (below replica_count), got {index}"
-        ));
+        let why = format!("must be 0..{count} (below replica_count), got {index}");
+        return Err(EngineError::bad_option("replica_index", why));
     }
     let tick_ms = get_u64(opts, atoms::tick_ms(), "tick_ms")?.unwrap_or(TICK_MS_DEFAULT);
     if tick_ms == 0 || tick_ms > TICK_MS_MAX {
-        return Err(format!("tick_ms must be 1..={TICK_MS_MAX}, got {tick_ms}"));
+        let why = format!("must be 1..={TICK_MS_MAX}, got {tick_ms}");
+        return Err(EngineError::bad_option("tick_ms", why));
     }
     let mut config = Config::new(cluster, count as u8);
     for (key, name, set) in overrides() {
@@ -147,7 +149,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         Err(_) => false,
         Ok(value) => value
             .decode::<bool>()
-            .map_err(|_| "recover must be a boolean".to_string())?,
+            .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
     Ok(StartOptions {
         config,
@@ -159,34 +161,41 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
 }
 
 /// `data_dir` (with `group` and, optionally, `meta`) selects disk mode.
-fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, String> {
+fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, EngineError> {
     let Ok(dir) = opts.map_get(atoms::data_dir()) else {
         return Ok(None);
     };
     let dir = match dir.decode::<Binary>() {
-        Ok(bin) if !bin.is_empty() => {
-            String::from_utf8(bin.as_slice().to_vec()).map_err(|_| "data_dir must be UTF-8".to_string())?
-        }
-        _ => return Err("data_dir must be a non-empty string".into()),
+        Ok(bin) if !bin.is_empty() => String::from_utf8(bin.as_slice().to_vec())
+            .map_err(|_| EngineError::bad_option("data_dir", "must be UTF-8"))?,
+        _ => return Err(EngineError::bad_option("data_dir", "must be a non-empty string")),
     };
-    let bytes = |key: Atom, name: &str, max: usize| -> Result<Option<Vec<u8>>, String> {
+    let bytes = |key: Atom, name: &'static str, max: usize| -> Result<Option<Vec<u8>>, EngineError> {
         match opts.map_get(key) {
             Err(_) => Ok(None),
             Ok(term) => match term.decode::<Binary>() {
                 Ok(bin) if bin.len() <= max => Ok(Some(bin.as_slice().to_vec())),
-                _ => Err(format!("{name} must be a binary of at most {max} bytes")),
+                _ => Err(EngineError::bad_option(
+                    name,
+                    format!("must be a binary of at most {max} bytes"),
+                )),
             },
         }
     };
     let group = bytes(atoms::group(), "group", vsr_storage::format::GROUP_MAX)?
         .filter(|g| !g.is_empty())
-        .ok_or("group is required with data_dir (a non-empty binary)")?;
+        .ok_or_else(|| EngineError::bad_option("group", "is required with data_dir (a non-empty binary)"))?;
     let meta = bytes(atoms::meta(), "meta", vsr_storage::format::META_MAX)?.unwrap_or_default();
     let compaction_bytes = match opts.map_get(atoms::wal_compact_bytes()) {
         Err(_) => None,
         Ok(term) => match term.decode::<u64>() {
             Ok(bytes) if bytes > 0 => Some(bytes),
-            _ => return Err("wal_compact_bytes must be a positive integer".into()),
+            _ => {
+                return Err(EngineError::bad_option(
+                    "wal_compact_bytes",
+                    "must be a positive integer",
+                ))
+            }
         },
     };
     Ok(Some(DiskOptions {

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustler::OwnedEnv;
 use vsr::{Input, Submission};
 
+use crate::error::EngineError;
 use crate::host::{guard, ReplicaHost};
 
 /// Most commands handled in one iteration, so a flood of deliveries can
@@ -140,7 +141,7 @@ fn spawn_worker(n: usize) -> Option<WorkerHandle> {
             // A panic outside any group's guard (a bug here) must not kill
             // the thread: the groups it held are failed and it carries on.
             while let Err(reason) = guard(|| worker.run()) {
-                worker.fail_all(&format!("engine thread error: {reason}"));
+                worker.fail_all(&reason);
             }
             THREADS.fetch_sub(1, Ordering::AcqRel);
         })
@@ -224,7 +225,7 @@ impl Worker {
                 self.groups.insert(id, *group);
                 // Disk mode: open the store and build the replica from it.
                 let booted = match self.groups.get_mut(&id) {
-                    Some(group) => guard(|| group.boot()).and_then(|r| r),
+                    Some(group) => guard(|| group.boot()).and_then(|booted| booted),
                     None => Ok(()),
                 };
                 if let Err(reason) = booted {
@@ -295,7 +296,7 @@ impl Worker {
         }
     }
 
-    fn after_step(&mut self, id: u64, result: Result<(), String>) {
+    fn after_step(&mut self, id: u64, result: Result<(), EngineError>) {
         match result {
             Ok(()) => self.mark(id),
             Err(reason) => self.fail(id, &reason),
@@ -311,7 +312,7 @@ impl Worker {
         }
     }
 
-    fn fail(&mut self, id: u64, reason: &str) {
+    fn fail(&mut self, id: u64, reason: &EngineError) {
         if let Some(group) = self.groups.remove(&id) {
             group.fail(&mut self.env, reason);
             release(&self.load);
@@ -319,7 +320,7 @@ impl Worker {
     }
 
     /// Fails every group; used only if the worker loop itself panicked.
-    fn fail_all(&mut self, reason: &str) {
+    fn fail_all(&mut self, reason: &EngineError) {
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         for id in ids {
             self.fail(id, reason);

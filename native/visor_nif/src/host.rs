@@ -14,6 +14,7 @@ use vsr_storage::{FileDisk, Identity, Opened, Store};
 
 use crate::atoms;
 use crate::convert;
+use crate::error::EngineError;
 use crate::resource::EngineResource;
 
 /// Where a replica host is, as far as its status copy says. `:stopped` is not here:
@@ -161,10 +162,10 @@ impl Shared {
     }
 }
 
-/// Runs `f`, turning a panic into an error message: a bug in `vsr` (or
+/// Runs `f`, turning a panic into `EngineError::Bug`: a bug in `vsr` (or
 /// here) fails one group, never the VM.
-pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_message(&*payload))
+pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| EngineError::Bug(panic_message(&*payload)))
 }
 
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -240,14 +241,19 @@ impl ReplicaHost {
 
     /// Disk mode: opens the store and builds the replica from it. Runs on
     /// the engine thread, before the group's first step.
-    pub fn boot(&mut self) -> Result<(), String> {
+    pub fn boot(&mut self) -> Result<(), EngineError> {
         let Some((disk, recover)) = self.boot.take() else {
             return Ok(());
         };
         let config = self.replica.config().clone();
         let index = self.replica.index();
         let dir = disk.dir.display().to_string();
-        let file = FileDisk::open(&disk.dir).map_err(|e| format!("cannot open data_dir {dir}: {e}"))?;
+        let file = FileDisk::open(&disk.dir).map_err(|e| EngineError::store(&disk.dir, e))?;
+        // vsr refuses to restart from a log that does not hold together.
+        let corrupt = |detail: String| EngineError::CorruptStore {
+            dir: dir.clone(),
+            detail,
+        };
         let identity = Identity {
             cluster: config.cluster,
             group: disk.group,
@@ -255,14 +261,15 @@ impl ReplicaHost {
             replica_count: config.replica_count,
         };
         let (mut store, opened) =
-            Store::open(file, identity, disk.meta).map_err(|e| format!("data_dir {dir}: {e}"))?;
+            Store::open(file, identity, disk.meta).map_err(|e| EngineError::store(&disk.dir, e))?;
         if let Some(bytes) = disk.compaction_bytes {
             store.set_compaction_bytes(bytes);
         }
         let nonce = recovery_nonce(config.jitter_seed);
         let (replica, outputs, notice) = match opened {
             Opened::Created if recover => (
-                Replica::recovering(config, index, nonce)?,
+                // start/2 checked the config and the index.
+                Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?,
                 Vec::new(),
                 StorageNotice::Created,
             ),
@@ -276,7 +283,8 @@ impl ReplicaHost {
                 // Outputs begin with the checkpoint's InstallSnapshot, then
                 // the executes of the committed entries after it.
                 let (replica, outputs) =
-                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))??;
+                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))?
+                        .map_err(corrupt)?;
                 (replica, outputs, StorageNotice::Restarted { torn })
             }
             Opened::Repair {
@@ -286,9 +294,8 @@ impl ReplicaHost {
                 hole,
                 after,
             } => (
-                guard(|| {
-                    Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after)
-                })??,
+                guard(|| Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after))?
+                    .map_err(corrupt)?,
                 Vec::new(),
                 StorageNotice::Repairing(format!(
                     "the write-ahead log's entry at op {} is damaged; the entries around it are intact, \
@@ -297,7 +304,7 @@ impl ReplicaHost {
                 )),
             ),
             Opened::Recover { state, reason } => (
-                Replica::recovering_from(config, index, state, nonce)?,
+                Replica::recovering_from(config, index, state, nonce).map_err(corrupt)?,
                 Vec::new(),
                 StorageNotice::Recovering(reason),
             ),
@@ -305,8 +312,13 @@ impl ReplicaHost {
         if replica.is_recovering() {
             // Durable before anything else: a crash from here on must
             // restart into recovery, never into the empty log.
-            store.stage(&Output::WriteState(replica.durable_state()))?;
-            store.sync().map_err(|e| format!("data_dir {dir}: {e}"))?;
+            store
+                .stage(&Output::WriteState(replica.durable_state()))
+                .map_err(EngineError::Bug)?;
+            store.sync().map_err(|e| EngineError::Io {
+                dir: dir.clone(),
+                detail: e.to_string(),
+            })?;
         }
         self.replica = replica;
         self.store = Some(store);
@@ -322,7 +334,7 @@ impl ReplicaHost {
     }
 
     /// Feeds one input to the replica and keeps its outputs for `flush`.
-    pub fn step(&mut self, input: Input<'_>) -> Result<(), String> {
+    pub fn step(&mut self, input: Input<'_>) -> Result<(), EngineError> {
         let outputs = guard(|| self.replica.step(input))?;
         self.outbox.extend(outputs);
         Ok(())
@@ -333,7 +345,7 @@ impl ReplicaHost {
     /// follows a write is held for `sync_staged`. In memory mode the writes
     /// are dropped (the replica's log is the storage) and everything leaves
     /// at once.
-    fn stage_outbox(&mut self) -> Result<Vec<Output>, String> {
+    fn stage_outbox(&mut self) -> Result<Vec<Output>, EngineError> {
         let outbox = std::mem::take(&mut self.outbox);
         let Some(store) = self.store.as_mut() else {
             return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
@@ -342,7 +354,7 @@ impl ReplicaHost {
         for output in outbox {
             if self.held.is_empty() && !store.has_staged() && !is_write(&output) {
                 ready.push(output);
-            } else if !store.stage(&output)? {
+            } else if !store.stage(&output).map_err(EngineError::Bug)? {
                 self.held.push(output);
             }
         }
@@ -373,7 +385,7 @@ impl ReplicaHost {
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.
-    pub fn crash(&mut self) -> Result<(), String> {
+    pub fn crash(&mut self) -> Result<(), EngineError> {
         // resume_unwind skips the panic hook: no backtrace noise in test logs.
         guard(|| std::panic::resume_unwind(Box::new("deliberate crash (test hook)")))
     }
@@ -385,7 +397,7 @@ impl ReplicaHost {
     /// `status/1` called on receipt of a message is at least as new as the
     /// message. Only ever called on an engine thread (send_and_clear panics
     /// on a scheduler thread).
-    pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), String> {
+    pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), EngineError> {
         // What needs no durability (a primary's prepares, above all) leaves
         // before the disk is touched, so the backups' syncs overlap ours.
         let early = self.stage_outbox();
@@ -403,7 +415,7 @@ impl ReplicaHost {
     /// message, `{:visor_engine, engine, events}` (nothing if both are empty):
     /// the notices, then the sends grouped by peer, then the other outputs
     /// in order.
-    fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), String> {
+    fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), EngineError> {
         let notices = std::mem::take(&mut self.notices);
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
@@ -454,7 +466,7 @@ impl ReplicaHost {
     /// The group failed: flush what it produced before the failure, mark
     /// it `:failed`, and tell the owner `{:visor_engine_down, engine, reason}`
     /// (unless it was stopped already: then the owner wants nothing more).
-    pub fn fail(mut self, env: &mut OwnedEnv, reason: &str) {
+    pub fn fail(mut self, env: &mut OwnedEnv, reason: &EngineError) {
         let _ = self.flush(env);
         let was_stopped = self.shared().stopped.swap(true, Ordering::AcqRel);
         self.shared().lock().phase = HostPhase::Failed;

@@ -10,6 +10,7 @@ mod atoms;
 mod contract;
 mod convert;
 mod engine;
+mod error;
 mod host;
 mod resource;
 
@@ -20,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustler::{Binary, Encoder, Env, Error, LocalPid, NewBinary, NifResult, ResourceArc, Term};
 use vsr::{Replica, Submission};
 
+use error::EngineError;
 use host::{ReplicaHost, Shared, StatusCopy};
 use resource::EngineResource;
 
@@ -58,20 +60,21 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
-/// `{:ok, engine}` or `{:error, message}` (the message names the bad option).
+/// `{:ok, engine}` or `{:error, reason}` (`error.rs`: `{:bad_option, key,
+/// why}` names the bad option).
 #[rustler::nif]
 fn nif_start<'a>(env: Env<'a>, opts: Term<'a>, owner: LocalPid) -> Term<'a> {
     match start(env, opts, owner) {
         Ok(engine) => (atoms::ok(), engine).encode(env),
-        Err(message) => (atoms::error(), message).encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
     }
 }
 
-fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineResource>, String> {
+fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineResource>, EngineError> {
     let options = convert::decode_options(opts)?;
     let worker = engine::pool()
         .least_loaded()
-        .ok_or("the engine could not start any thread")?;
+        .ok_or(EngineError::EngineUnavailable)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut config = options.config;
     // Only spreads the replicas' timeouts; any value is safe.
@@ -96,7 +99,7 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         None if options.recover => {
             // A restart that lost its state: it must recover before taking part.
             let nonce = host::recovery_nonce(config.jitter_seed);
-            let replica = Replica::recovering(config, index, nonce)?;
+            let replica = Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?;
             let copy = StatusCopy::of(&replica);
             (replica, copy, None)
         }
