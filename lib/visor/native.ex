@@ -371,6 +371,22 @@ defmodule Visor.Native do
     nif_crash(engine)
   end
 
+  @doc false
+  # Test hook: keeps the engine thread that runs `engine` busy, as a long
+  # step would, until `release_for_test/1` is called with the handle
+  # returned (or it is garbage collected; at most 30 s). The caller gets
+  # :visor_engine_stalled when the thread stalls, :visor_engine_resumed
+  # when it goes on.
+  @spec stall_for_test(engine()) :: reference()
+  def stall_for_test(engine) do
+    check_engine!(engine)
+    nif_stall_for_test(engine, self())
+  end
+
+  @doc false
+  @spec release_for_test(reference()) :: :ok
+  def release_for_test(release), do: nif_release_for_test(release)
+
   # ---- Validation ------------------------------------------------------
 
   defp validate_opts!(opts) when is_list(opts) do
@@ -524,6 +540,10 @@ defmodule Visor.Native do
   def nif_stop(_engine), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_crash(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_stall_for_test(_engine, _notify), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_release_for_test(_release), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_engine_info, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -27,6 +27,8 @@ rustler::atoms! {
     // Messages to the owner process.
     visor_engine,
     visor_engine_down,
+    visor_engine_stalled,
+    visor_engine_resumed,
     send,
     execute,
     reply,

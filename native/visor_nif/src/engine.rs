@@ -14,12 +14,13 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rustler::OwnedEnv;
+use rustler::{Encoder, OwnedEnv};
 use vsr::{Input, Submission};
 
+use crate::atoms;
 use crate::error::EngineError;
 use crate::host::{guard, ReplicaHost};
 
@@ -30,6 +31,8 @@ const BATCH_MAX: usize = 4096;
 const WORKERS_MAX: usize = 4;
 /// Fewest worker threads, so one busy group cannot stall all others.
 const WORKERS_MIN: usize = 2;
+/// Longest test stall (`Command::Stall`), should a test never release it.
+const STALL_MAX: Duration = Duration::from_secs(30);
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 /// Groups held by workers (counted from `start` until a worker drops them).
@@ -68,6 +71,12 @@ pub enum Command {
     /// Test hook: fail the group as a panic in `vsr` would.
     Crash {
         id: u64,
+    },
+    /// Test hook: keep this thread busy (as a long step would) until
+    /// `release` is dropped, telling `notify` when it starts and ends.
+    Stall {
+        release: Receiver<()>,
+        notify: rustler::LocalPid,
     },
     /// Read a store's superblock (`nif_probe`): file I/O stays off the schedulers.
     Probe {
@@ -277,6 +286,15 @@ impl Worker {
                     let result = group.crash();
                     self.after_step(id, result);
                 }
+            }
+            Command::Stall { release, notify } => {
+                let _ = self
+                    .env
+                    .send_and_clear(&notify, |env| atoms::visor_engine_stalled().encode(env));
+                let _ = release.recv_timeout(STALL_MAX);
+                let _ = self
+                    .env
+                    .send_and_clear(&notify, |env| atoms::visor_engine_resumed().encode(env));
             }
         }
     }

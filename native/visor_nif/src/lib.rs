@@ -23,7 +23,7 @@ use vsr::{Replica, Submission};
 
 use error::EngineError;
 use host::{ReplicaHost, Shared, StatusCopy};
-use resource::EngineResource;
+use resource::{EngineResource, StallRelease};
 
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -249,6 +249,21 @@ fn nif_stop(engine: ResourceArc<EngineResource>) -> rustler::Atom {
 #[rustler::nif]
 fn nif_crash(engine: ResourceArc<EngineResource>) -> rustler::Atom {
     engine.crash();
+    atoms::ok()
+}
+
+/// Test hook: stalls the engine thread of `engine` until the returned
+/// handle is released (`nif_release_for_test/1`) or garbage collected.
+#[rustler::nif]
+fn nif_stall_for_test(engine: ResourceArc<EngineResource>, notify: LocalPid) -> ResourceArc<StallRelease> {
+    let (release, released) = crossbeam_channel::bounded(0);
+    engine.stall(released, notify);
+    ResourceArc::new(StallRelease::new(release))
+}
+
+#[rustler::nif]
+fn nif_release_for_test(release: ResourceArc<StallRelease>) -> rustler::Atom {
+    release.release();
     atoms::ok()
 }
 
