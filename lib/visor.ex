@@ -109,8 +109,9 @@ defmodule Visor do
       session is replaced): this command was not applied, and the other's
       reply is never given instead.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
-    * `{:engine_down, reason}`: the local replica failed (a bug); commands in
-      flight may or may not have been applied.
+    * `{:engine_down, reason}`: the local replica failed (a bug, or a store
+      it cannot open; `reason` is an engine error, see `Visor.Native`);
+      commands in flight may or may not have been applied.
     * `{:halted, op}`: this node's replica stopped at the poison command at
       `op` (see `skip/3`); nothing was submitted.
     * `{:skipped, op}`: the command was the poison command at `op`, skipped

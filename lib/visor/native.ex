@@ -13,7 +13,8 @@ defmodule Visor.Native do
   where `events` is a list, in order, of
 
     * `{:send, to_index, messages}`: send `messages` (a list of binaries,
-      in the order the replica sent them, at most 256) to replica
+      in the order the replica sent them, at most
+      `Visor.Contract.limit(:deliver_list_max)`) to replica
       `to_index`, whose server calls `deliver/2` with the list. Every
       message of one batch of steps to the same replica is in one list, and
       the sends come first in `events`;
@@ -32,12 +33,44 @@ defmodule Visor.Native do
 
   An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
   `:evicted` or `:refused` (the session's latest request has this number
-  but another body: not applied). If the group fails (a bug in the engine), the owner gets
-  `{:visor_engine_down, engine, reason}` once and the group is gone.
+  but another body: not applied). If the group fails (its store cannot be
+  opened, or a bug in the engine), the owner gets `{:visor_engine_down,
+  engine, reason}` once and the group is gone.
+
+  ## Errors
+
+  The engine's errors are terms to match, never text: the `reason` of
+  `{:visor_engine_down, engine, reason}`, and of the raw `nif_start/2`'s
+  `{:error, reason}` (which `start/2` raises as `ArgumentError`), is one of
+
+    * `{:bad_option, key, why}`: the start option `key` (an atom) is
+      missing or out of its bounds; `why` says how (`"must be positive"`);
+    * `:engine_unavailable`: no engine thread could be started;
+    * `{:store_in_use, dir}`: another live group holds the store's lock
+      (a previous group of this replica releases it a moment after its
+      owner died);
+    * `{:foreign_store, dir, detail}`: the store belongs to another
+      cluster, group or replica (left untouched);
+    * `{:corrupt_store, dir, detail}`: the store cannot be trusted (every
+      superblock copy damaged, a log without its superblock, or a log the
+      replica cannot restart from; left untouched);
+    * `{:store_version, dir, found}`: the store is in another format version;
+    * `{:io_error, dir, detail}`: the store could not be read or written;
+    * `{:engine_bug, detail}`: a panic or broken invariant in the engine
+      (a bug; it fails that group alone).
+
+  `dir`, `why` and `detail` are binaries for people; `format_error/1`
+  renders any of these as one message.
+
+  The limits the engine enforces (replicas per cluster, the integer
+  options with their defaults and ranges, list and size limits) come from
+  the loaded library itself: see `Visor.Contract`. Loading this module
+  fails, with a message saying how to rebuild the library, when the
+  library is missing or speaks another interface version (a stale `.so`).
 
   Every function returns in microseconds: it validates its arguments
   (raising `ArgumentError` that names the problem), then enqueues a command
-  for the engine or reads the group's last published snapshot.
+  for the engine or reads the group's last published status copy.
   """
 
   @on_load :load_nif
@@ -46,67 +79,15 @@ defmodule Visor.Native do
   # :visor is not a known application (e.g. beams loaded by path alone).
   @source_priv Path.expand("../../priv", __DIR__)
 
-  import Bitwise, only: [<<<: 2]
+  alias Visor.Contract
+  # The load hook calls Visor.Contract: compile it first, so that the
+  # compiler can load this module (and run the hook) as soon as it is built.
+  require Contract
 
   @u64_max 0xFFFF_FFFF_FFFF_FFFF
-  @max_replicas 6
 
-  # vsr Config fields that start/2 may override (docs/nif.md).
-  @config_keys [
-    :batch_max_requests,
-    :batch_max_bytes,
-    :pipeline_max,
-    :request_queue_max,
-    :client_table_max,
-    :message_entries_max,
-    :heartbeat_ticks,
-    :prepare_retry_ticks,
-    :view_change_ticks,
-    :resend_ticks,
-    :request_retry_ticks,
-    :checkpoint_interval,
-    :checkpoint_chunk_bytes
-  ]
-  @known_keys [
-    :cluster,
-    :replica_count,
-    :replica_index,
-    :tick_ms,
-    :recover,
-    :data_dir,
-    :group,
-    :meta,
-    :wal_compact_bytes | @config_keys
-  ]
-  # Limits of a store's superblock (vsr_storage::format).
-  @group_max 255
-  @meta_max 2048
-
-  @doc false
-  # The protocol limits and timeouts `start/2` accepts, for `Visor.Options`.
-  @spec config_keys() :: [atom()]
-  def config_keys, do: @config_keys
-
-  # The range of each, as vsr's `config::RANGES` (checked again by the NIF).
-  @config_ranges %{
-    batch_max_requests: 1..65_536,
-    batch_max_bytes: 1..(1 <<< 30),
-    pipeline_max: 1..1024,
-    request_queue_max: 1..(1 <<< 20),
-    client_table_max: 1..(1 <<< 20),
-    message_entries_max: 1..65_536,
-    heartbeat_ticks: 1..1_000_000,
-    prepare_retry_ticks: 1..1_000_000,
-    view_change_ticks: 3..1_000_000,
-    resend_ticks: 1..1_000_000,
-    request_retry_ticks: 1..1_000_000,
-    checkpoint_interval: 0..(1 <<< 32),
-    checkpoint_chunk_bytes: 1..(1 <<< 26)
-  }
-
-  @doc "The values `start/2` accepts for the protocol limit `key` (one of `config_keys/0`)."
-  @spec config_range(atom()) :: Range.t()
-  def config_range(key), do: Map.fetch!(@config_ranges, key)
+  # start/2's options besides the integer ones of Visor.Contract.option_keys/0.
+  @identity_keys [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta]
 
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()
@@ -127,12 +108,29 @@ defmodule Visor.Native do
         dir -> dir
       end
 
-    # A failure is returned as is: the VM then refuses to load this module
-    # and logs the reason, which beats a later :nif_not_loaded.
-    :erlang.load_nif(~c"#{Path.join(priv, "native/libvisor_nif")}", 0)
+    # An error makes the VM refuse to load this module and log the reason,
+    # which beats a later :nif_not_loaded or a library that means
+    # something else by the same call.
+    path = Path.join(priv, "native/libvisor_nif")
+
+    with :ok <- load_library(path),
+         :ok <- Contract.check_version(protocol_version()) do
+      Contract.install(nif_contract())
+    end
   end
 
-  @doc "Version of the Elixir <-> NIF interface."
+  defp load_library(path) do
+    case :erlang.load_nif(~c"#{path}", 0) do
+      :ok ->
+        :ok
+
+      {:error, {_reason, text}} ->
+        {:error,
+         "cannot load the engine library #{path}.so: #{text}; " <> Contract.rebuild_hint()}
+    end
+  end
+
+  @doc "Version of the Elixir <-> NIF interface the loaded library speaks."
   @spec protocol_version() :: pos_integer()
   def protocol_version, do: :erlang.nif_error(:nif_not_loaded)
 
@@ -147,7 +145,7 @@ defmodule Visor.Native do
 
     * `:cluster` (required): the cluster id, a 16-byte binary shared by all
       replicas of the group;
-    * `:replica_count` (required): 1 to #{@max_replicas};
+    * `:replica_count` (required): 1 to `Visor.Contract.max_replicas/0`;
     * `:replica_index` (required): this replica, `0..replica_count - 1`;
     * `:tick_ms`: milliseconds per protocol tick (default 10);
     * `:recover`: `true` when this replica rejoins an existing cluster after
@@ -156,12 +154,14 @@ defmodule Visor.Native do
       anything (status `:recovering` until then). Default `false`: a
       member of a cluster being formed;
     * overrides of the protocol limits and timeouts (non-negative integers,
-      timeouts in ticks): #{Enum.map_join(@config_keys, ", ", &"`#{inspect(&1)}`")};
+      timeouts in ticks): the other keys of `Visor.Contract.option_keys/0`,
+      each within `Visor.Contract.range/1`;
     * `:data_dir`: disk mode (docs/storage.md). The group's store lives in
       this directory, which it locks; `:group` (required with it, a binary
-      of at most #{@group_max} bytes) names the group, and a store of
-      another cluster, group or replica is refused; `:meta` (at most
-      #{@meta_max} bytes) is kept in a new store for `probe/2` to return;
+      of at most `Visor.Contract.limit(:group_bytes_max)` bytes) names the
+      group, and a store of another cluster, group or replica is refused;
+      `:meta` (at most `Visor.Contract.limit(:meta_bytes_max)` bytes) is
+      kept in a new store for `probe/2` to return;
       `:wal_compact_bytes` (a positive integer, default 64 MiB) is how
       many bytes of the WAL a checkpoint must make dead before the WAL is
       compacted (docs/storage.md, "Compaction").
@@ -187,16 +187,47 @@ defmodule Visor.Native do
 
     case nif_start(opts, owner) do
       {:ok, engine} -> {:ok, engine}
-      {:error, message} -> raise ArgumentError, "invalid engine options: " <> message
+      {:error, {:bad_option, _, _} = reason} -> raise ArgumentError, format_error(reason)
+      {:error, reason} -> raise "the engine cannot start a group: " <> format_error(reason)
     end
   end
+
+  @typedoc "An engine error (see \"Errors\" above)."
+  @type error ::
+          {:bad_option, atom(), String.t()}
+          | :engine_unavailable
+          | {:store_in_use, String.t()}
+          | {:foreign_store, String.t(), String.t()}
+          | {:corrupt_store, String.t(), String.t()}
+          | {:store_version, String.t(), non_neg_integer()}
+          | {:io_error, String.t(), String.t()}
+          | {:engine_bug, String.t()}
+
+  @doc """
+  An engine error (see "Errors" above) as a message for people; any other
+  term is inspected.
+  """
+  @spec format_error(error() | term()) :: String.t()
+  def format_error({:bad_option, key, why}), do: "invalid engine options: #{key} #{why}"
+  def format_error(:engine_unavailable), do: "the engine could not start any thread"
+  def format_error({:store_in_use, dir}), do: "#{dir} is in use by another replica"
+  def format_error({:foreign_store, dir, detail}), do: "#{dir}: #{detail}"
+  def format_error({:corrupt_store, dir, detail}), do: "#{dir}: #{detail}"
+
+  def format_error({:store_version, dir, found}),
+    do: "#{dir} holds storage format version #{found}, which this version of Visor does not read"
+
+  def format_error({:io_error, dir, detail}), do: "#{dir}: #{detail}"
+  def format_error({:engine_bug, detail}), do: "engine failure (a bug): #{detail}"
+  def format_error(other), do: inspect(other)
 
   @doc """
   Hands the group messages from a peer replica: the list of a peer's
   `{:send, to, messages}` event, or one message. Corrupt or foreign
   messages are dropped and counted in `status/1`'s stats. In a list,
   elements that are not binaries (and an improper tail) are skipped, and a
-  list of more than 256 elements is dropped whole: then `{:malformed,
+  list of more than `Visor.Contract.limit(:deliver_list_max)` elements is
+  dropped whole: then `{:malformed,
   dropped}` says how many were dropped (the rest are delivered). A no-op
   once the group is stopped.
   """
@@ -340,6 +371,22 @@ defmodule Visor.Native do
     nif_crash(engine)
   end
 
+  @doc false
+  # Test hook: keeps the engine thread that runs `engine` busy, as a long
+  # step would, until `release_for_test/1` is called with the handle
+  # returned (or it is garbage collected; at most 30 s). The caller gets
+  # :visor_engine_stalled when the thread stalls, :visor_engine_resumed
+  # when it goes on.
+  @spec stall_for_test(engine()) :: reference()
+  def stall_for_test(engine) do
+    check_engine!(engine)
+    nif_stall_for_test(engine, self())
+  end
+
+  @doc false
+  @spec release_for_test(reference()) :: :ok
+  def release_for_test(release), do: nif_release_for_test(release)
+
   # ---- Validation ------------------------------------------------------
 
   defp validate_opts!(opts) when is_list(opts) do
@@ -351,7 +398,7 @@ defmodule Visor.Native do
   end
 
   defp validate_opts!(opts) when is_map(opts) do
-    case Map.keys(opts) -- @known_keys do
+    case Map.keys(opts) -- (@identity_keys ++ Contract.option_keys()) do
       [] -> :ok
       [key | _] -> raise ArgumentError, "unknown engine option #{inspect(key)}"
     end
@@ -363,10 +410,11 @@ defmodule Visor.Native do
     end
 
     count = Map.get(opts, :replica_count)
+    max_replicas = Contract.max_replicas()
 
-    unless is_integer(count) and count in 1..@max_replicas do
+    unless is_integer(count) and count in 1..max_replicas do
       raise ArgumentError,
-            "replica_count must be an integer in 1..#{@max_replicas}, got: #{inspect(count)}"
+            "replica_count must be an integer in 1..#{max_replicas}, got: #{inspect(count)}"
     end
 
     index = Map.get(opts, :replica_index)
@@ -380,18 +428,21 @@ defmodule Visor.Native do
       :error ->
         :ok
 
-      {:ok, ms} when is_integer(ms) and ms in 1..60_000 ->
-        :ok
-
       {:ok, ms} ->
-        raise ArgumentError, "tick_ms must be an integer in 1..60000, got: #{inspect(ms)}"
+        unless is_integer(ms) and ms in Contract.range(:tick_ms) do
+          raise ArgumentError,
+                "tick_ms must be an integer in #{range_text(Contract.range(:tick_ms))}, " <>
+                  "got: #{inspect(ms)}"
+        end
     end
 
     unless Map.get(opts, :recover, false) in [true, false] do
       raise ArgumentError, "recover must be a boolean, got: #{inspect(opts.recover)}"
     end
 
-    for key <- @config_keys, Map.has_key?(opts, key) do
+    # The NIF checks the ranges (vsr's Config::check_ranges has the last word).
+    for key <- Contract.option_keys() -- [:tick_ms, :wal_compact_bytes],
+        Map.has_key?(opts, key) do
       check_u64!(Map.fetch!(opts, key), Atom.to_string(key))
     end
 
@@ -408,29 +459,30 @@ defmodule Visor.Native do
     end
 
     group = Map.get(opts, :group)
+    group_max = Contract.limit(:group_bytes_max)
 
-    unless is_binary(group) and byte_size(group) in 1..@group_max do
+    unless is_binary(group) and byte_size(group) in 1..group_max do
       raise ArgumentError,
-            "group must be a binary of 1..#{@group_max} bytes with data_dir, got: #{describe(group)}"
+            "group must be a binary of 1..#{group_max} bytes with data_dir, got: #{describe(group)}"
     end
 
     meta = Map.get(opts, :meta, "")
+    meta_max = Contract.limit(:meta_bytes_max)
 
-    unless is_binary(meta) and byte_size(meta) <= @meta_max do
+    unless is_binary(meta) and byte_size(meta) <= meta_max do
       raise ArgumentError,
-            "meta must be a binary of at most #{@meta_max} bytes, got: #{describe(meta)}"
+            "meta must be a binary of at most #{meta_max} bytes, got: #{describe(meta)}"
     end
 
     case Map.fetch(opts, :wal_compact_bytes) do
-      {:ok, bytes} when is_integer(bytes) and bytes > 0 and bytes <= @u64_max ->
+      :error ->
         :ok
 
       {:ok, bytes} ->
-        raise ArgumentError,
-              "wal_compact_bytes must be a positive integer, got: #{inspect(bytes)}"
-
-      :error ->
-        :ok
+        unless is_integer(bytes) and bytes in Contract.range(:wal_compact_bytes) do
+          raise ArgumentError,
+                "wal_compact_bytes must be a positive integer, got: #{inspect(bytes)}"
+        end
     end
 
     opts
@@ -459,10 +511,15 @@ defmodule Visor.Native do
   defp describe(value) when is_binary(value), do: "a #{byte_size(value)}-byte binary"
   defp describe(value), do: inspect(value)
 
+  defp range_text(first..last//1), do: "#{first}..#{last}"
+
   # ---- Raw NIFs (replaced when the library loads) ------------------------
   # They trust nothing either: a bad argument is badarg (ArgumentError), a
-  # bad option an {:error, message} tuple. Call the wrappers above instead.
+  # bad option an {:error, {:bad_option, key, why}} tuple. Call the
+  # wrappers above instead.
 
+  @doc false
+  def nif_contract, do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_start(_opts, _owner), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
@@ -483,6 +540,10 @@ defmodule Visor.Native do
   def nif_stop(_engine), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_crash(_engine), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_stall_for_test(_engine, _notify), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_release_for_test(_release), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_engine_info, do: :erlang.nif_error(:nif_not_loaded)
 end

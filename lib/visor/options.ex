@@ -46,18 +46,11 @@ defmodule Visor.Options do
       of `checkpoint_chunk_bytes` (default 1 MiB).
   """
 
-  import Bitwise
+  alias Visor.Contract
 
-  @max_replicas 6
   @default_pool_size 128
-  @default_tick_ms 10
-  # vsr's default; commands above it are refused before they reach the log.
-  @default_batch_max_bytes 1_048_576
-  @default_client_table_max 4096
   @default_checkpoint_every 10_000
   @default_busy_poll_us 50
-  # vsr's default chunk of a checkpoint in state sync.
-  @default_checkpoint_chunk_bytes 1_048_576
 
   # Engine settings every replica of a cluster must share: each one decides
   # what the replicated state machine does, not just how fast or how often
@@ -76,12 +69,6 @@ defmodule Visor.Options do
 
   # With the default client_table_max (24 x pool_size) inside its range.
   @max_pool_size 10_000
-
-  # Engine options passed through to Visor.Native.start/2 as they are.
-  @engine_keys [
-    :tick_ms,
-    :wal_compact_bytes | Visor.Native.config_keys() -- [:checkpoint_interval]
-  ]
 
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++
@@ -120,23 +107,26 @@ defmodule Visor.Options do
     storage = storage!(module, opts)
     pool_size = in_range!(module, opts, :pool_size, @default_pool_size, 1..@max_pool_size)
 
+    # Engine options are passed through to Visor.Native.start/2 as they
+    # are, but for checkpoint_interval, which checkpoint_every sets.
     engine =
       opts
-      |> Keyword.take(@engine_keys)
+      |> Keyword.take(Contract.option_keys() -- [:checkpoint_interval])
       |> Map.new()
-      |> Map.put_new(:tick_ms, @default_tick_ms)
-      |> Map.put_new(:batch_max_bytes, @default_batch_max_bytes)
+      |> Map.put_new(:tick_ms, Contract.default(:tick_ms))
+      # Commands above it are refused before they reach the log.
+      |> Map.put_new(:batch_max_bytes, Contract.default(:batch_max_bytes))
       # Every node's pool registers its own sessions: keep room for all of
       # them, several times over, so that sessions of live nodes are never
       # evicted (an eviction makes an in-flight command's fate unknown).
       |> Map.put_new(
         :client_table_max,
-        max(@default_client_table_max, 4 * pool_size * @max_replicas)
+        max(Contract.default(:client_table_max), 4 * pool_size * max_replicas())
       )
 
-    for {key, value} <- engine, not (is_integer(value) and value in engine_range(key)) do
+    for {key, value} <- engine, not (is_integer(value) and value in Contract.range(key)) do
       raise ArgumentError,
-            "#{inspect(module)}: #{key} must be an integer in #{range_text(engine_range(key))}, " <>
+            "#{inspect(module)}: #{key} must be an integer in #{range_text(Contract.range(key))}, " <>
               "got: #{inspect(value)}"
     end
 
@@ -154,7 +144,7 @@ defmodule Visor.Options do
     end
 
     checkpoint_every = Keyword.get(opts, :checkpoint_every, @default_checkpoint_every)
-    checkpoint_range = Visor.Native.config_range(:checkpoint_interval)
+    checkpoint_range = Contract.range(:checkpoint_interval)
 
     unless is_integer(checkpoint_every) and checkpoint_every in checkpoint_range do
       raise ArgumentError,
@@ -204,7 +194,7 @@ defmodule Visor.Options do
   @spec shared_settings(map()) :: %{atom() => non_neg_integer()}
   def shared_settings(engine) do
     engine
-    |> Map.put_new(:checkpoint_chunk_bytes, @default_checkpoint_chunk_bytes)
+    |> Map.put_new(:checkpoint_chunk_bytes, Contract.default(:checkpoint_chunk_bytes))
     |> Map.take(@shared_settings)
   end
 
@@ -232,9 +222,9 @@ defmodule Visor.Options do
   def setting_source(:checkpoint_interval), do: "checkpoint_every"
   def setting_source(key), do: "#{key}"
 
-  @doc "Most replicas a cluster may have."
+  @doc "Most replicas a cluster may have (the engine's limit: `Visor.Contract`)."
   @spec max_replicas() :: pos_integer()
-  def max_replicas, do: @max_replicas
+  def max_replicas, do: Contract.max_replicas()
 
   defp membership!(module, opts) do
     case {Keyword.fetch(opts, :nodes), Keyword.fetch(opts, :cluster_size)} do
@@ -244,13 +234,14 @@ defmodule Visor.Options do
       {{:ok, nodes}, :error} ->
         {:nodes, nodes!(module, nodes)}
 
-      {:error, {:ok, size}} when is_integer(size) and size in 1..@max_replicas ->
-        {:cluster_size, size}
-
       {:error, {:ok, size}} ->
-        raise ArgumentError,
-              "#{inspect(module)}: cluster_size must be an integer in 1..#{@max_replicas}, " <>
-                "got: #{inspect(size)}"
+        unless is_integer(size) and size in 1..max_replicas() do
+          raise ArgumentError,
+                "#{inspect(module)}: cluster_size must be an integer in 1..#{max_replicas()}, " <>
+                  "got: #{inspect(size)}"
+        end
+
+        {:cluster_size, size}
 
       {:error, :error} ->
         raise ArgumentError,
@@ -301,9 +292,9 @@ defmodule Visor.Options do
   defp nodes!(module, nodes) do
     valid? = is_list(nodes) and nodes != [] and Enum.all?(nodes, &(is_atom(&1) and &1 != nil))
 
-    unless valid? and length(nodes) <= @max_replicas do
+    unless valid? and length(nodes) <= max_replicas() do
       raise ArgumentError,
-            "#{inspect(module)}: nodes must be a list of 1..#{@max_replicas} node names, " <>
+            "#{inspect(module)}: nodes must be a list of 1..#{max_replicas()} node names, " <>
               "got: #{inspect(nodes)}"
     end
 
@@ -331,11 +322,6 @@ defmodule Visor.Options do
           "#{inspect(module)}: #{key} must be an integer in #{range_text(range)}, " <>
             "got: #{inspect(value)}"
   end
-
-  # The range each engine option accepts (docs/operations.md, "Starting a group").
-  defp engine_range(:tick_ms), do: 1..60_000
-  defp engine_range(:wal_compact_bytes), do: 1..((1 <<< 64) - 1)
-  defp engine_range(key), do: Visor.Native.config_range(key)
 
   defp range_text(first..last//1), do: "#{first}..#{last}"
 end

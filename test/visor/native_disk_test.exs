@@ -14,7 +14,7 @@ defmodule Visor.NativeDiskTest do
 
   # stop/1 returns at once; the engine thread drops the store, and with it
   # the directory's lock, a moment later. Until then a new start is refused
-  # as "in use": wait for every lock to be free.
+  # with {:store_in_use, dir}: wait for every lock to be free.
   defp wait_stopped(c, dir) do
     stop_cluster(c)
 
@@ -29,7 +29,7 @@ defmodule Visor.NativeDiskTest do
     {:ok, probe} = Native.start(opts(cluster_id(), 1, 0, probe_opts), self())
 
     receive do
-      {:visor_engine_down, ^probe, reason} -> not (reason =~ "in use")
+      {:visor_engine_down, ^probe, reason} -> not match?({:store_in_use, _}, reason)
     after
       2_000 -> flunk("no answer from the engine")
     end
@@ -103,7 +103,9 @@ defmodule Visor.NativeDiskTest do
         Native.start(Map.merge(opts(cluster_id(), 1, 0, disk(dir, 0)), extra), self())
 
       assert_receive {:visor_engine_down, ^engine, reason}, 2_000
-      assert reason =~ "belongs to another replica"
+      store = Path.join(dir, "r0")
+      assert {:foreign_store, ^store, detail} = reason
+      assert detail =~ "belongs to another replica"
       assert Native.status(engine).status == :failed
     end
 
@@ -116,7 +118,7 @@ defmodule Visor.NativeDiskTest do
     c = pump(c, &(&1.storage[0] != []))
     {:ok, second} = Native.start(opts(cluster, 1, 0, disk(dir, 0)), self())
     assert_receive {:visor_engine_down, ^second, reason}, 2_000
-    assert reason =~ "in use"
+    assert reason == {:store_in_use, Path.join(dir, "r0")}
     stop_cluster(c)
   end
 

@@ -68,7 +68,7 @@ defmodule Visor.NativeTest do
         error =
           assert_raise ArgumentError, fn -> Native.start(Map.put(good, key, value), self()) end
 
-        range = Native.config_range(key)
+        range = Visor.Contract.range(key)
         assert error.message =~ "#{key} must be an integer in #{range.first}..#{range.last}"
       end
     end
@@ -79,11 +79,15 @@ defmodule Visor.NativeTest do
     end
 
     test "the raw NIF is as strict as the wrapper", %{good: good} do
-      assert {:error, msg} = Native.nif_start(Map.put(good, :replica_count, 256), self())
-      assert msg =~ "replica_count"
-      assert {:error, msg} = Native.nif_start(Map.put(good, :cluster, "x"), self())
-      assert msg =~ "cluster"
-      assert {:error, _} = Native.nif_start([], self())
+      assert {:error, {:bad_option, :replica_count, why}} =
+               Native.nif_start(Map.put(good, :replica_count, 256), self())
+
+      assert why =~ "got 256"
+
+      assert {:error, {:bad_option, :cluster, _}} =
+               Native.nif_start(Map.put(good, :cluster, "x"), self())
+
+      assert {:error, {:bad_option, :opts, _}} = Native.nif_start([], self())
       assert_raise ArgumentError, fn -> Native.nif_start(good, :not_a_pid) end
     end
   end
@@ -264,13 +268,48 @@ defmodule Visor.NativeTest do
     assert Native.status(e2).status == :normal
   end
 
-  test "status/1 answers at once, without waiting for the engine" do
-    {:ok, e} = Native.start(opts(cluster_id(), 3, 1), self())
+  # No NIF call may wait for the engine thread: status/1 reads the last
+  # published copy, submit/5 and deliver/2 only enqueue. The test hook holds
+  # the engine thread busy until the test releases it, so every call below
+  # runs while the thread is stalled. Had any of them to wait for the engine
+  # thread, it could return only after the release, which comes after the
+  # calls: the test would hang until the hook's own 30 s limit, and then
+  # find :visor_engine_resumed already in its mailbox. No wall-clock
+  # threshold is involved.
+  test "status, submit and deliver answer while the engine thread is busy" do
+    {:ok, e} = Native.start(opts(cluster_id(), 1, 0), self())
     on_exit(fn -> Native.stop(e) end)
+    client = client_id()
+    :ok = Native.submit(e, client, 0, 0, "")
+    assert_receive {:visor_engine, ^e, events}, 2_000
 
-    {us, statuses} = :timer.tc(fn -> for _ <- 1..1000, do: Native.status(e) end)
-    assert length(statuses) == 1000
-    assert us < 1_000_000, "1000 status calls took #{us} µs"
+    assert [{:reply, ^client, 0, _, {:registered, session}}] =
+             for({:reply, _, _, _, _} = r <- events, do: r)
+
+    release = Native.stall_for_test(e)
+    assert_receive :visor_engine_stalled, 2_000
+    before = Native.status(e)
+
+    statuses = for _ <- 1..1000, do: Native.status(e)
+    assert :ok = Native.submit(e, client, session, 1, "during the stall")
+    assert :ok = Native.deliver(e, ["not a message"])
+    assert :ok = Native.read(e, 1)
+    refute_received :visor_engine_resumed
+
+    # A consistent copy: nothing is published while the thread is stalled,
+    # so every status is the one before, without the submission.
+    assert Enum.uniq(statuses) == [before]
+    assert before.status == :normal
+
+    # Released, the engine takes what was queued meanwhile, in order: the
+    # command executes, the junk is dropped, the read sees the command.
+    :ok = Native.release_for_test(release)
+    assert_receive :visor_engine_resumed, 2_000
+    assert_receive {:visor_engine, ^e, events}, 2_000
+    assert [{:reply, ^client, 1, op, :executed}] = for({:reply, _, _, _, _} = r <- events, do: r)
+    assert op == before.op + 1
+    assert [{:read_ready, 1, ^op}] = for({:read_ready, _, _} = r <- events, do: r)
+    assert dropped(Native.status(e).stats) == dropped(before.stats) + 1
   end
 
   test "a failing group reports down once, is :failed, and the VM lives on" do
@@ -281,7 +320,8 @@ defmodule Visor.NativeTest do
 
     :ok = Native.crash_for_test(e)
     assert_receive {:visor_engine_down, ^e, reason}, 2_000
-    assert is_binary(reason) and reason =~ "deliberate crash"
+    assert {:engine_bug, detail} = reason
+    assert detail =~ "deliberate crash"
     assert Native.status(e).status == :failed
 
     # Nothing more arrives, and every call on the dead group is a harmless :ok.

@@ -22,7 +22,7 @@ defmodule Visor.Server.Lifecycle do
     * `{:stop, reason}`: the server stops.
   """
 
-  alias Visor.{Formation, Options}
+  alias Visor.{Formation, Native, Options}
 
   # A store still locked by this node's previous engine (see
   # engine_down/3) is tried again for up to 5 s.
@@ -181,7 +181,7 @@ defmodule Visor.Server.Lifecycle do
            [:discard_engine, {:after, @store_retry_ms, :visor_retry_start}]}
         else
           message =
-            "#{name}: cannot open the store in #{dir}: #{reason}; this node's server stops"
+            "#{name}: cannot open the store in #{dir}: #{Native.format_error(reason)}; this node's server stops"
 
           {%{lifecycle | phase: {:failed, reason}},
            [
@@ -201,7 +201,7 @@ defmodule Visor.Server.Lifecycle do
     end
   end
 
-  defp store_in_use?(reason), do: is_binary(reason) and reason =~ "in use"
+  defp store_in_use?(reason), do: match?({:store_in_use, _}, reason)
 
   @doc """
   The running replica's `engine_status` (`Visor.Native.status/1`'s

@@ -5,9 +5,30 @@ rustler::atoms! {
     error,
     malformed,
 
+    // The contract (contract.rs).
+    protocol_version,
+    max_replicas,
+    options,
+    limits,
+    deliver_list_max,
+    group_bytes_max,
+    meta_bytes_max,
+
+    // Engine errors (error.rs).
+    bad_option,
+    engine_unavailable,
+    store_in_use,
+    foreign_store,
+    corrupt_store,
+    store_version,
+    io_error,
+    engine_bug,
+
     // Messages to the owner process.
     visor_engine,
     visor_engine_down,
+    visor_engine_stalled,
+    visor_engine_resumed,
     send,
     execute,
     reply,
@@ -48,7 +69,7 @@ rustler::atoms! {
     replica,
     sequence,
 
-    // Group status.
+    // A replica host's phase (the status map's `:status`).
     starting,
     normal,
     view_change,

@@ -11,12 +11,9 @@ use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
 use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 
 use crate::atoms;
-use crate::group::{DiskOptions, GroupStatus, Snapshot, StorageNotice};
-
-/// The longest tick interval accepted, so a typo cannot freeze a group.
-pub const TICK_MS_MAX: u64 = 60_000;
-/// Tick interval when `:tick_ms` is not given.
-pub const TICK_MS_DEFAULT: u64 = 10;
+use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
+use crate::error::EngineError;
+use crate::host::{DiskOptions, HostPhase, StatusCopy, StorageNotice};
 
 /// What `start` was asked for, checked.
 pub struct StartOptions {
@@ -29,10 +26,10 @@ pub struct StartOptions {
     pub disk: Option<DiskOptions>,
 }
 
-type Setter = fn(&mut Config, u64) -> Result<(), String>;
+type Setter = fn(&mut Config, u64) -> Result<(), EngineError>;
 
-fn usize_of(name: &str, value: u64) -> Result<usize, String> {
-    usize::try_from(value).map_err(|_| format!("{name} is too large"))
+fn usize_of(name: &'static str, value: u64) -> Result<usize, EngineError> {
+    usize::try_from(value).map_err(|_| EngineError::bad_option(name, "is too large"))
 }
 
 /// The vsr `Config` fields that `start` may override, by option name.
@@ -98,46 +95,47 @@ fn overrides() -> [(Atom, &'static str, Setter); 13] {
 }
 
 /// The value of `key` in the map `opts`, if present, as a `u64`.
-fn get_u64(opts: Term, key: Atom, name: &str) -> Result<Option<u64>, String> {
+fn get_u64(opts: Term, key: Atom, name: &'static str) -> Result<Option<u64>, EngineError> {
     match opts.map_get(key) {
         Err(_) => Ok(None),
         Ok(value) => value
             .decode::<u64>()
             .map(Some)
-            .map_err(|_| format!("{name} must be a non-negative integer below 2^64")),
+            .map_err(|_| EngineError::bad_option(name, "must be a non-negative integer below 2^64")),
     }
 }
 
-fn require_u64(opts: Term, key: Atom, name: &str) -> Result<u64, String> {
-    get_u64(opts, key, name)?.ok_or_else(|| format!("{name} is required"))
+fn require_u64(opts: Term, key: Atom, name: &'static str) -> Result<u64, EngineError> {
+    get_u64(opts, key, name)?.ok_or_else(|| EngineError::bad_option(name, "is required"))
 }
 
 /// Reads and checks the options map of `start`. The error names the first
 /// bad field; vsr's own `Config::validate` has the last word on limits.
-pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
+pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
     if !opts.is_map() {
-        return Err("opts must be a map".into());
+        return Err(EngineError::bad_option("opts", "must be a map"));
     }
     let cluster = match opts.map_get(atoms::cluster()) {
-        Err(_) => return Err("cluster is required".into()),
+        Err(_) => return Err(EngineError::bad_option("cluster", "is required")),
         Ok(term) => match term.decode::<Binary>() {
             Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
-            _ => return Err("cluster must be a 16-byte binary".into()),
+            _ => return Err(EngineError::bad_option("cluster", "must be a 16-byte binary")),
         },
     };
     let count = require_u64(opts, atoms::replica_count(), "replica_count")?;
     if count == 0 || count > MAX_REPLICAS as u64 {
-        return Err(format!("replica_count must be 1..={MAX_REPLICAS}, got {count}"));
+        let why = format!("must be 1..={MAX_REPLICAS}, got {count}");
+        return Err(EngineError::bad_option("replica_count", why));
     }
     let index = require_u64(opts, atoms::replica_index(), "replica_index")?;
     if index >= count {
-        return Err(format!(
-            "replica_index must be 0..{count} (below replica_count), got {index}"
-        ));
+        let why = format!("must be 0..{count} (below replica_count), got {index}");
+        return Err(EngineError::bad_option("replica_index", why));
     }
     let tick_ms = get_u64(opts, atoms::tick_ms(), "tick_ms")?.unwrap_or(TICK_MS_DEFAULT);
     if tick_ms == 0 || tick_ms > TICK_MS_MAX {
-        return Err(format!("tick_ms must be 1..={TICK_MS_MAX}, got {tick_ms}"));
+        let why = format!("must be 1..={TICK_MS_MAX}, got {tick_ms}");
+        return Err(EngineError::bad_option("tick_ms", why));
     }
     let mut config = Config::new(cluster, count as u8);
     for (key, name, set) in overrides() {
@@ -151,7 +149,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
         Err(_) => false,
         Ok(value) => value
             .decode::<bool>()
-            .map_err(|_| "recover must be a boolean".to_string())?,
+            .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
     Ok(StartOptions {
         config,
@@ -163,34 +161,41 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, String> {
 }
 
 /// `data_dir` (with `group` and, optionally, `meta`) selects disk mode.
-fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, String> {
+fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, EngineError> {
     let Ok(dir) = opts.map_get(atoms::data_dir()) else {
         return Ok(None);
     };
     let dir = match dir.decode::<Binary>() {
-        Ok(bin) if !bin.is_empty() => {
-            String::from_utf8(bin.as_slice().to_vec()).map_err(|_| "data_dir must be UTF-8".to_string())?
-        }
-        _ => return Err("data_dir must be a non-empty string".into()),
+        Ok(bin) if !bin.is_empty() => String::from_utf8(bin.as_slice().to_vec())
+            .map_err(|_| EngineError::bad_option("data_dir", "must be UTF-8"))?,
+        _ => return Err(EngineError::bad_option("data_dir", "must be a non-empty string")),
     };
-    let bytes = |key: Atom, name: &str, max: usize| -> Result<Option<Vec<u8>>, String> {
+    let bytes = |key: Atom, name: &'static str, max: usize| -> Result<Option<Vec<u8>>, EngineError> {
         match opts.map_get(key) {
             Err(_) => Ok(None),
             Ok(term) => match term.decode::<Binary>() {
                 Ok(bin) if bin.len() <= max => Ok(Some(bin.as_slice().to_vec())),
-                _ => Err(format!("{name} must be a binary of at most {max} bytes")),
+                _ => Err(EngineError::bad_option(
+                    name,
+                    format!("must be a binary of at most {max} bytes"),
+                )),
             },
         }
     };
     let group = bytes(atoms::group(), "group", vsr_storage::format::GROUP_MAX)?
         .filter(|g| !g.is_empty())
-        .ok_or("group is required with data_dir (a non-empty binary)")?;
+        .ok_or_else(|| EngineError::bad_option("group", "is required with data_dir (a non-empty binary)"))?;
     let meta = bytes(atoms::meta(), "meta", vsr_storage::format::META_MAX)?.unwrap_or_default();
     let compaction_bytes = match opts.map_get(atoms::wal_compact_bytes()) {
         Err(_) => None,
         Ok(term) => match term.decode::<u64>() {
             Ok(bytes) if bytes > 0 => Some(bytes),
-            _ => return Err("wal_compact_bytes must be a positive integer".into()),
+            _ => {
+                return Err(EngineError::bad_option(
+                    "wal_compact_bytes",
+                    "must be a positive integer",
+                ))
+            }
         },
     };
     Ok(Some(DiskOptions {
@@ -237,13 +242,9 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     }
 }
 
-/// Most messages in one `{:send, to, list}` event, and so in one
-/// distribution message; `deliver/2` drops longer lists whole.
-pub const SEND_LIST_MAX: usize = 256;
-
 /// The `{:send, to, [bytes, ...]}` events for one flush's outputs: every
 /// message to the same replica in one list (in the order sent, at most
-/// `SEND_LIST_MAX` a list), so that a burst of messages to a peer costs
+/// `DELIVER_LIST_MAX` a list), so that a burst of messages to a peer costs
 /// one distribution message and one engine command there, not one each.
 pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
     let mut by_peer: Vec<(u8, Vec<Term<'a>>)> = Vec::new();
@@ -259,7 +260,7 @@ pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
     by_peer
         .iter()
         .flat_map(|(to, list)| {
-            list.chunks(SEND_LIST_MAX)
+            list.chunks(DELIVER_LIST_MAX)
                 .map(move |chunk| (atoms::send(), *to as u32, chunk).encode(env))
         })
         .collect()
@@ -368,43 +369,43 @@ fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
 /// The map `Visor.Native.status/1` returns.
 pub fn status<'a>(
     env: Env<'a>,
-    snapshot: &Snapshot,
+    copy: &StatusCopy,
     stopped: bool,
     replica_index: u8,
     replica_count: u8,
 ) -> Term<'a> {
-    let status = match snapshot.status {
-        GroupStatus::Failed => atoms::failed(),
+    let status = match copy.phase {
+        HostPhase::Failed => atoms::failed(),
         _ if stopped => atoms::stopped(),
-        GroupStatus::Starting => atoms::starting(),
-        GroupStatus::Normal => atoms::normal(),
-        GroupStatus::ViewChange => atoms::view_change(),
-        GroupStatus::Recovering => atoms::recovering(),
-        GroupStatus::Diverged => atoms::diverged(),
+        HostPhase::Starting => atoms::starting(),
+        HostPhase::Normal => atoms::normal(),
+        HostPhase::ViewChange => atoms::view_change(),
+        HostPhase::Recovering => atoms::recovering(),
+        HostPhase::Diverged => atoms::diverged(),
     };
     map(
         env,
         &[
             (atoms::status(), status.encode(env)),
-            (atoms::view(), snapshot.view.encode(env)),
-            (atoms::log_view(), snapshot.log_view.encode(env)),
-            (atoms::op(), snapshot.op.encode(env)),
-            (atoms::commit(), snapshot.commit.encode(env)),
-            (atoms::commit_max(), snapshot.commit_max.encode(env)),
-            (atoms::checkpoint(), snapshot.checkpoint.encode(env)),
-            (atoms::log_base(), snapshot.log_base.encode(env)),
-            (atoms::primary(), (snapshot.primary as u32).encode(env)),
-            (atoms::is_primary(), snapshot.is_primary.encode(env)),
+            (atoms::view(), copy.view.encode(env)),
+            (atoms::log_view(), copy.log_view.encode(env)),
+            (atoms::op(), copy.op.encode(env)),
+            (atoms::commit(), copy.commit.encode(env)),
+            (atoms::commit_max(), copy.commit_max.encode(env)),
+            (atoms::checkpoint(), copy.checkpoint.encode(env)),
+            (atoms::log_base(), copy.log_base.encode(env)),
+            (atoms::primary(), (copy.primary as u32).encode(env)),
+            (atoms::is_primary(), copy.is_primary.encode(env)),
             (atoms::replica_index(), (replica_index as u32).encode(env)),
             (atoms::replica_count(), (replica_count as u32).encode(env)),
-            (atoms::stats(), stats(env, &snapshot.stats)),
-            (atoms::storage(), storage(env, snapshot)),
+            (atoms::stats(), stats(env, &copy.stats)),
+            (atoms::storage(), storage(env, copy)),
         ],
     )
 }
 
-fn storage<'a>(env: Env<'a>, snapshot: &Snapshot) -> Term<'a> {
-    let storage = &snapshot.storage;
+fn storage<'a>(env: Env<'a>, copy: &StatusCopy) -> Term<'a> {
+    let storage = &copy.storage;
     match &storage.dir {
         None => map(env, &[(atoms::mode(), atoms::memory().encode(env))]),
         Some(dir) => map(

@@ -8,19 +8,21 @@
 //! next tick deadline, drains the queued commands (up to `BATCH_MAX`),
 //! ticks the groups that are due, then sends each group that was stepped
 //! one message holding all its outputs in order, and publishes its
-//! snapshot. NIFs only enqueue, so no scheduler ever waits on a worker.
+//! status copy. NIFs only enqueue, so no scheduler ever waits on a worker.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rustler::OwnedEnv;
+use rustler::{Encoder, OwnedEnv};
 use vsr::{Input, Submission};
 
-use crate::group::{guard, Group};
+use crate::atoms;
+use crate::error::EngineError;
+use crate::host::{guard, ReplicaHost};
 
 /// Most commands handled in one iteration, so a flood of deliveries can
 /// neither delay ticks nor hold back outputs indefinitely.
@@ -29,6 +31,8 @@ const BATCH_MAX: usize = 4096;
 const WORKERS_MAX: usize = 4;
 /// Fewest worker threads, so one busy group cannot stall all others.
 const WORKERS_MIN: usize = 2;
+/// Longest test stall (`Command::Stall`), should a test never release it.
+const STALL_MAX: Duration = Duration::from_secs(30);
 
 static POOL: OnceLock<Pool> = OnceLock::new();
 /// Groups held by workers (counted from `start` until a worker drops them).
@@ -38,7 +42,7 @@ static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// What a NIF asks of a worker.
 pub enum Command {
-    Start(Box<Group>),
+    Start(Box<ReplicaHost>),
     /// Messages from one peer, in the order they were sent.
     Deliver {
         id: u64,
@@ -68,6 +72,12 @@ pub enum Command {
     Crash {
         id: u64,
     },
+    /// Test hook: keep this thread busy (as a long step would) until
+    /// `release` is dropped, telling `notify` when it starts and ends.
+    Stall {
+        release: Receiver<()>,
+        notify: rustler::LocalPid,
+    },
     /// Read a store's superblock (`nif_probe`): file I/O stays off the schedulers.
     Probe {
         dir: std::path::PathBuf,
@@ -89,7 +99,7 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Hands a new group to this worker.
-    pub fn start(&self, group: Group) {
+    pub fn start(&self, group: ReplicaHost) {
         GROUPS.fetch_add(1, Ordering::AcqRel);
         self.load.fetch_add(1, Ordering::AcqRel);
         if let Err(failed) = self.tx.send(Command::Start(Box::new(group))) {
@@ -140,7 +150,7 @@ fn spawn_worker(n: usize) -> Option<WorkerHandle> {
             // A panic outside any group's guard (a bug here) must not kill
             // the thread: the groups it held are failed and it carries on.
             while let Err(reason) = guard(|| worker.run()) {
-                worker.fail_all(&format!("engine thread error: {reason}"));
+                worker.fail_all(&reason);
             }
             THREADS.fetch_sub(1, Ordering::AcqRel);
         })
@@ -167,7 +177,7 @@ fn mono_ns(at: Instant) -> u64 {
 struct Worker {
     rx: Receiver<Command>,
     load: Arc<AtomicUsize>,
-    groups: HashMap<u64, Group>,
+    groups: HashMap<u64, ReplicaHost>,
     /// Tick deadlines; an entry whose group is gone or has another
     /// deadline is stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -224,7 +234,7 @@ impl Worker {
                 self.groups.insert(id, *group);
                 // Disk mode: open the store and build the replica from it.
                 let booted = match self.groups.get_mut(&id) {
-                    Some(group) => guard(|| group.boot()).and_then(|r| r),
+                    Some(group) => guard(|| group.boot()).and_then(|booted| booted),
                     None => Ok(()),
                 };
                 if let Err(reason) = booted {
@@ -277,6 +287,15 @@ impl Worker {
                     self.after_step(id, result);
                 }
             }
+            Command::Stall { release, notify } => {
+                let _ = self
+                    .env
+                    .send_and_clear(&notify, |env| atoms::visor_engine_stalled().encode(env));
+                let _ = release.recv_timeout(STALL_MAX);
+                let _ = self
+                    .env
+                    .send_and_clear(&notify, |env| atoms::visor_engine_resumed().encode(env));
+            }
         }
     }
 
@@ -295,7 +314,7 @@ impl Worker {
         }
     }
 
-    fn after_step(&mut self, id: u64, result: Result<(), String>) {
+    fn after_step(&mut self, id: u64, result: Result<(), EngineError>) {
         match result {
             Ok(()) => self.mark(id),
             Err(reason) => self.fail(id, &reason),
@@ -311,7 +330,7 @@ impl Worker {
         }
     }
 
-    fn fail(&mut self, id: u64, reason: &str) {
+    fn fail(&mut self, id: u64, reason: &EngineError) {
         if let Some(group) = self.groups.remove(&id) {
             group.fail(&mut self.env, reason);
             release(&self.load);
@@ -319,7 +338,7 @@ impl Worker {
     }
 
     /// Fails every group; used only if the worker loop itself panicked.
-    fn fail_all(&mut self, reason: &str) {
+    fn fail_all(&mut self, reason: &EngineError) {
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         for id in ids {
             self.fail(id, reason);
@@ -356,7 +375,7 @@ impl Worker {
         }
     }
 
-    /// One message per stepped group, then its snapshot.
+    /// One message per stepped group, after publishing its status copy.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             let Some(group) = self.groups.get_mut(&id) else {

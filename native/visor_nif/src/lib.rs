@@ -1,15 +1,17 @@
 //! `visor_nif`: the rustler bridge between Elixir (`Visor.Native`) and the
 //! `vsr` protocol core. See docs/nif.md for the contract.
 //!
-//! Every NIF here only validates, enqueues or reads a snapshot, and returns
+//! Every NIF here only validates, enqueues or reads a status copy, and returns
 //! in microseconds; replicas run on the engine's own threads (`engine.rs`).
 //! Nothing panics on bad input: a wrong argument type is rejected by
 //! rustler's decoder as `badarg`, which Elixir raises as `ArgumentError`.
 
 mod atoms;
+mod contract;
 mod convert;
 mod engine;
-mod group;
+mod error;
+mod host;
 mod resource;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,19 +21,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustler::{Binary, Encoder, Env, Error, LocalPid, NewBinary, NifResult, ResourceArc, Term};
 use vsr::{Replica, Submission};
 
-use group::{Group, Shared, Snapshot};
-use resource::EngineResource;
-
-/// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
-/// signature or meaning changes, so a stale `.so` is detected at once.
-const PROTOCOL_VERSION: u32 = 5;
+use error::EngineError;
+use host::{ReplicaHost, Shared, StatusCopy};
+use resource::{EngineResource, StallRelease};
 
 /// Ids of groups, unique for the life of the VM.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The interface's version alone: every library since the first has this
+/// NIF, so `Visor.Native`'s load hook can always ask it before anything else.
 #[rustler::nif]
 fn protocol_version() -> u32 {
-    PROTOCOL_VERSION
+    contract::PROTOCOL_VERSION
+}
+
+/// The contract (`contract.rs`): limits, options, defaults and ranges.
+#[rustler::nif]
+fn nif_contract(env: Env) -> Term {
+    contract::encode(env)
 }
 
 /// The 128-bit checksum `vsr` uses for messages and the hash chain, as 16
@@ -53,20 +60,21 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
-/// `{:ok, engine}` or `{:error, message}` (the message names the bad option).
+/// `{:ok, engine}` or `{:error, reason}` (`error.rs`: `{:bad_option, key,
+/// why}` names the bad option).
 #[rustler::nif]
 fn nif_start<'a>(env: Env<'a>, opts: Term<'a>, owner: LocalPid) -> Term<'a> {
     match start(env, opts, owner) {
         Ok(engine) => (atoms::ok(), engine).encode(env),
-        Err(message) => (atoms::error(), message).encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
     }
 }
 
-fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineResource>, String> {
+fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineResource>, EngineError> {
     let options = convert::decode_options(opts)?;
     let worker = engine::pool()
         .least_loaded()
-        .ok_or("the engine could not start any thread")?;
+        .ok_or(EngineError::EngineUnavailable)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut config = options.config;
     // Only spreads the replicas' timeouts; any value is safe.
@@ -80,28 +88,28 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     let count = config.replica_count;
     let index = options.replica_index;
     // Cannot fail: decode_options validated the config and the index.
-    let (replica, snapshot, disk) = match options.disk {
+    let (replica, copy, disk) = match options.disk {
         // Disk mode: the store is opened, and the replica built from it, on
-        // the engine thread (Group::boot); this one only stands in until then.
+        // the engine thread (ReplicaHost::boot); this one only stands in until then.
         Some(disk) => {
             let replica = Replica::new(config, index);
-            let snapshot = Snapshot::starting(&replica, Some(disk.dir.clone()));
-            (replica, snapshot, Some((disk, options.recover)))
+            let copy = StatusCopy::starting(&replica, Some(disk.dir.clone()));
+            (replica, copy, Some((disk, options.recover)))
         }
         None if options.recover => {
             // A restart that lost its state: it must recover before taking part.
-            let nonce = group::recovery_nonce(config.jitter_seed);
-            let replica = Replica::recovering(config, index, nonce)?;
-            let snapshot = Snapshot::of(&replica);
-            (replica, snapshot, None)
+            let nonce = host::recovery_nonce(config.jitter_seed);
+            let replica = Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?;
+            let copy = StatusCopy::of(&replica);
+            (replica, copy, None)
         }
         None => {
             let replica = Replica::new(config, index);
-            let snapshot = Snapshot::of(&replica);
-            (replica, snapshot, None)
+            let copy = StatusCopy::of(&replica);
+            (replica, copy, None)
         }
     };
-    let shared = Arc::new(Shared::new(snapshot));
+    let shared = Arc::new(Shared::new(copy));
     let engine = ResourceArc::new(EngineResource::new(id, index, count, shared, worker.tx.clone()));
     // The owner's death stops the group (EngineResource::down). An owner
     // that is already dead gets an engine that is stopped from the start.
@@ -109,7 +117,14 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
         engine.stop();
         return Ok(engine);
     }
-    worker.start(Group::new(id, replica, owner, engine.clone(), options.tick, disk));
+    worker.start(ReplicaHost::new(
+        id,
+        replica,
+        owner,
+        engine.clone(),
+        options.tick,
+        disk,
+    ));
     Ok(engine)
 }
 
@@ -129,7 +144,7 @@ fn nif_probe(dir: Binary, tag: u64, owner: LocalPid) -> NifResult<rustler::Atom>
 
 /// `bytes` is one peer message or a list of them (a `{:send, to, list}`
 /// event's list). Peer input is untrusted: elements that are not binaries
-/// are skipped, and a list longer than `convert::SEND_LIST_MAX` is dropped
+/// are skipped, and a list longer than `contract::DELIVER_LIST_MAX` is dropped
 /// whole (without walking it further); either way `{:malformed, n}` says
 /// how many were dropped. Anything but a binary or a list is `badarg`.
 #[rustler::nif]
@@ -155,7 +170,7 @@ fn nif_deliver<'a>(
             dropped += 1; // an improper tail
             break;
         };
-        if messages.len() + dropped == convert::SEND_LIST_MAX {
+        if messages.len() + dropped == contract::DELIVER_LIST_MAX {
             // Too long to come from an engine: not one message of it is trusted.
             messages.clear();
             dropped = 1;
@@ -220,15 +235,9 @@ fn nif_read(engine: ResourceArc<EngineResource>, id: u64) -> rustler::Atom {
 
 #[rustler::nif]
 fn nif_status(env: Env, engine: ResourceArc<EngineResource>) -> Term {
-    let snapshot = engine.shared.snapshot();
+    let copy = engine.shared.status_copy();
     let stopped = engine.shared.is_stopped();
-    convert::status(
-        env,
-        &snapshot,
-        stopped,
-        engine.replica_index,
-        engine.replica_count,
-    )
+    convert::status(env, &copy, stopped, engine.replica_index, engine.replica_count)
 }
 
 #[rustler::nif]
@@ -240,6 +249,21 @@ fn nif_stop(engine: ResourceArc<EngineResource>) -> rustler::Atom {
 #[rustler::nif]
 fn nif_crash(engine: ResourceArc<EngineResource>) -> rustler::Atom {
     engine.crash();
+    atoms::ok()
+}
+
+/// Test hook: stalls the engine thread of `engine` until the returned
+/// handle is released (`nif_release_for_test/1`) or garbage collected.
+#[rustler::nif]
+fn nif_stall_for_test(engine: ResourceArc<EngineResource>, notify: LocalPid) -> ResourceArc<StallRelease> {
+    let (release, released) = crossbeam_channel::bounded(0);
+    engine.stall(released, notify);
+    ResourceArc::new(StallRelease::new(release))
+}
+
+#[rustler::nif]
+fn nif_release_for_test(release: ResourceArc<StallRelease>) -> rustler::Atom {
+    release.release();
     atoms::ok()
 }
 

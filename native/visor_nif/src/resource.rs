@@ -1,18 +1,18 @@
 //! The engine resource: what `start/2` returns to Elixir.
 //!
 //! It is a handle, not the group: the group lives on an engine thread and
-//! the handle only enqueues commands to it and reads its snapshot. Every
+//! the handle only enqueues commands to it and reads its status copy. Every
 //! method returns at once and never blocks a scheduler.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use rustler::{Env, LocalPid, Monitor, Resource};
 use vsr::Submission;
 
 use crate::engine::Command;
-use crate::group::Shared;
+use crate::host::Shared;
 
 pub struct EngineResource {
     pub id: u64,
@@ -79,6 +79,12 @@ impl EngineResource {
         self.enqueue(|| Command::Crash { id: self.id });
     }
 
+    /// Test hook: holds the group's engine thread until `release` is
+    /// released (see `StallRelease`); `notify` hears when it starts and ends.
+    pub fn stall(&self, release: Receiver<()>, notify: LocalPid) {
+        self.enqueue(|| Command::Stall { release, notify });
+    }
+
     /// Stops the group; idempotent. The flag is set before the command is
     /// sent, so a Start still in the queue sees it and never runs.
     pub fn stop(&self) {
@@ -95,6 +101,23 @@ impl Resource for EngineResource {
         self.stop();
     }
 }
+
+/// Test hook: what `stall_for_test/1` returns. Releasing it (or its being
+/// garbage collected) drops the sender, which ends the engine thread's stall.
+pub struct StallRelease(Mutex<Option<Sender<()>>>);
+
+impl StallRelease {
+    pub fn new(release: Sender<()>) -> Self {
+        StallRelease(Mutex::new(Some(release)))
+    }
+
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[rustler::resource_impl]
+impl Resource for StallRelease {}
 
 impl Drop for EngineResource {
     /// The last reference is gone (stopped groups hold none): make sure.

@@ -47,6 +47,34 @@ pub const RANGES: [(&str, u64, u64); 13] = [
     ("checkpoint_chunk_bytes", 1, 1 << 26),
 ];
 
+/// A setting a [`Config`] may not have: which one, and why (`"must be
+/// positive"`), so that a host can report the setting by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting's name, as in [`RANGES`] (or `replica_count`).
+    pub key: &'static str,
+    /// What is wrong with its value.
+    pub why: String,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, why: impl Into<String>) -> ConfigError {
+        ConfigError { key, why: why.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.key, self.why)
+    }
+}
+
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> String {
+        e.to_string()
+    }
+}
+
 /// A deliberate protocol bug, compiled only with the `mutations` feature, so
 /// that the simulator's own tests can prove its checkers catch broken code.
 #[cfg(feature = "mutations")]
@@ -200,10 +228,13 @@ impl Config {
     }
 
     /// Checks the limits make sense; the error names the first that does not.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.replica_count as usize;
         if n == 0 || n > MAX_REPLICAS {
-            return Err(format!("replica_count must be 1..={MAX_REPLICAS}, got {n}"));
+            return Err(ConfigError::new(
+                "replica_count",
+                format!("must be 1..={MAX_REPLICAS}, got {n}"),
+            ));
         }
         let positive = [
             ("batch_max_requests", self.batch_max_requests as u64),
@@ -219,16 +250,22 @@ impl Config {
             ("checkpoint_chunk_bytes", self.checkpoint_chunk_bytes as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be positive"));
+            return Err(ConfigError::new(name, "must be positive"));
         }
         if self.view_change_ticks <= self.heartbeat_ticks.saturating_mul(2) {
-            return Err("view_change_ticks must exceed twice heartbeat_ticks".into());
+            return Err(ConfigError::new(
+                "view_change_ticks",
+                "must exceed twice heartbeat_ticks",
+            ));
         }
         // A campaign vote counts while it is heard again within
         // view_change_ticks (view_change.rs): a campaign must be resent
         // sooner than that, or no vote would outlive the wait for the next.
         if self.resend_ticks >= self.view_change_ticks {
-            return Err("resend_ticks must be below view_change_ticks".into());
+            return Err(ConfigError::new(
+                "resend_ticks",
+                "must be below view_change_ticks",
+            ));
         }
         Ok(())
     }
@@ -260,10 +297,11 @@ impl Config {
         checksum(&seed)
     }
 
-    /// Checks every limit is within its [`RANGES`] entry; the error names
-    /// the first that is not, and its range.
-    pub fn check_ranges(&self) -> Result<(), String> {
-        let values = [
+    /// The value of each limit a user may set, in the order of [`RANGES`]
+    /// (so `Config::new(..).range_values()` are the defaults a host
+    /// reports next to the ranges).
+    pub fn range_values(&self) -> [u64; RANGES.len()] {
+        [
             self.batch_max_requests as u64,
             self.batch_max_bytes as u64,
             self.pipeline_max,
@@ -277,10 +315,18 @@ impl Config {
             self.request_retry_ticks,
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
-        ];
-        for ((name, min, max), value) in RANGES.iter().zip(values) {
+        ]
+    }
+
+    /// Checks every limit is within its [`RANGES`] entry; the error names
+    /// the first that is not, and its range.
+    pub fn check_ranges(&self) -> Result<(), ConfigError> {
+        for ((name, min, max), value) in RANGES.iter().zip(self.range_values()) {
             if !(*min..=*max).contains(&value) {
-                return Err(format!("{name} must be an integer in {min}..{max}, got {value}"));
+                return Err(ConfigError::new(
+                    name,
+                    format!("must be an integer in {min}..{max}, got {value}"),
+                ));
             }
         }
         Ok(())
@@ -346,8 +392,11 @@ mod tests {
         assert!(c.check_ranges().is_ok());
         c.pipeline_max = u64::MAX;
         let error = c.check_ranges().unwrap_err();
+        assert_eq!(error.key, "pipeline_max");
         assert!(
-            error.contains("pipeline_max must be an integer in 1..1024"),
+            error
+                .to_string()
+                .contains("pipeline_max must be an integer in 1..1024"),
             "{error}"
         );
         let mut c = Config::new(1, 3);
@@ -356,7 +405,7 @@ mod tests {
             c.validate().is_ok(),
             "the core itself copes (saturating arithmetic)"
         );
-        assert!(c.check_ranges().unwrap_err().contains("view_change_ticks"));
+        assert_eq!(c.check_ranges().unwrap_err().key, "view_change_ticks");
     }
 
     #[test]
@@ -364,9 +413,9 @@ mod tests {
         let mut c = Config::new(1, 3);
         assert!(c.validate().is_ok());
         c.replica_count = 7;
-        assert!(c.validate().unwrap_err().contains("replica_count"));
+        assert_eq!(c.validate().unwrap_err().key, "replica_count");
         let mut c = Config::new(1, 3);
         c.pipeline_max = 0;
-        assert!(c.validate().unwrap_err().contains("pipeline_max"));
+        assert_eq!(c.validate().unwrap_err().key, "pipeline_max");
     }
 }

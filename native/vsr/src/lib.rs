@@ -23,6 +23,6 @@ pub use checksum::{checksum, root_checksum};
 pub use client_table::Outcome;
 #[cfg(feature = "mutations")]
 pub use config::Mutation;
-pub use config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS, RANGES};
+pub use config::{quorum, ClientId, Config, ConfigError, Op, ReplicaIndex, View, MAX_REPLICAS, RANGES};
 pub use message::{DecodeError, Decoded, Message, Prepare, Request};
 pub use replica::{DurableState, Input, Output, Replica, Stats, Status, Submission};

@@ -67,20 +67,17 @@ pub struct FileDisk {
 }
 
 impl FileDisk {
-    /// Opens (creating if needed) the store directory `dir`.
-    pub fn open(dir: &Path) -> io::Result<FileDisk> {
+    /// Opens (creating if needed) the store directory `dir`;
+    /// `StoreError::InUse` if another `FileDisk` holds it.
+    pub fn open(dir: &Path) -> Result<FileDisk, crate::StoreError> {
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join("lock"))?;
-        lock.try_lock().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("{} is in use by another replica", dir.display()),
-            )
-        })?;
+        lock.try_lock()
+            .map_err(|_| crate::StoreError::InUse(dir.to_path_buf()))?;
         let open = |name: &str| {
             OpenOptions::new()
                 .create(true)
@@ -186,6 +183,19 @@ mod tests {
         std::fs::write(dir.join("superblock"), b"").unwrap();
         assert!(matches!(probe_dir(&dir), Err(StoreError::LostSuperblock)));
         assert_eq!(std::fs::read(dir.join("wal.a")).unwrap(), b"records");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // The host tells a store that another replica holds from a broken one
+    // by this variant, not by the message's text (it retries the first).
+    #[test]
+    fn a_locked_directory_is_in_use_until_its_holder_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("vsr-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let holder = FileDisk::open(&dir).unwrap();
+        assert!(matches!(FileDisk::open(&dir), Err(StoreError::InUse(d)) if d == dir));
+        drop(holder);
+        assert!(FileDisk::open(&dir).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

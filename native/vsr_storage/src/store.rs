@@ -32,6 +32,8 @@ const PREALLOCATE_AHEAD: u64 = PREALLOCATE_BYTES / 4;
 #[derive(Debug)]
 pub enum StoreError {
     Io(io::Error),
+    /// Another live store holds the directory's lock (`FileDisk::open`).
+    InUse(std::path::PathBuf),
     /// The store belongs to another cluster, group or replica.
     Foreign {
         expected: Identity,
@@ -54,6 +56,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Io(e) => write!(f, "I/O error: {e}"),
+            StoreError::InUse(dir) => write!(f, "{} is in use by another replica", dir.display()),
             StoreError::Foreign { expected, found } => write!(
                 f,
                 "the data directory belongs to another replica: it holds cluster {:032x}, group {:?}, \

@@ -8,6 +8,9 @@ defmodule Visor.Server.LifecycleTest do
 
   @nodes [:a@h, :b@h, :c@h]
   @member {:member, %{cluster: <<7::128>>, members: @nodes, recover: false}}
+  # Engine errors as the NIF reports them (Visor.Native, "Errors").
+  @corrupt {:corrupt_store, "/tmp/visor-test", "the superblock is damaged"}
+  @bug {:engine_bug, "deliberate crash (test hook)"}
 
   defp lifecycle(opts \\ []) do
     config = Options.validate!(Counter, [nodes: @nodes] ++ opts)
@@ -65,7 +68,7 @@ defmodule Visor.Server.LifecycleTest do
 
   test "a store still locked by the previous engine is retried, up to 50 starts" do
     {lc, _} = Lifecycle.formation(disk(), @member)
-    locked = "the store is in use by another replica"
+    locked = {:store_in_use, "/tmp/visor-test"}
 
     assert {retry, [:discard_engine, {:after, 100, :visor_retry_start}]} =
              Lifecycle.engine_down(lc, locked, 1)
@@ -84,16 +87,16 @@ defmodule Visor.Server.LifecycleTest do
   test "any other store refusal stops the server; a failure once running does not" do
     {lc, _} = Lifecycle.formation(disk(), @member)
 
-    assert {_, [{:log, :error, _}, {:fail_callers, _}, {:stop, {:storage_refused, "bad"}}]} =
-             Lifecycle.engine_down(lc, "bad", 1)
+    assert {_, [{:log, :error, _}, {:fail_callers, _}, {:stop, {:storage_refused, @corrupt}}]} =
+             Lifecycle.engine_down(lc, @corrupt, 1)
 
     {opened, [{:log, :info, _}]} = Lifecycle.storage(lc, :created, nil)
     assert opened.opened == :created
 
-    assert {failed, [{:log, :error, _}, {:fail_callers, {:engine_down, :panic}}]} =
-             Lifecycle.engine_down(opened, :panic, 1)
+    assert {failed, [{:log, :error, _}, {:fail_callers, {:engine_down, @bug}}]} =
+             Lifecycle.engine_down(opened, @bug, 1)
 
-    assert Lifecycle.refusal(failed) == {:engine_down, :panic}
+    assert Lifecycle.refusal(failed) == {:engine_down, @bug}
   end
 
   test "storage events: how the store opened is kept; write errors are logged" do

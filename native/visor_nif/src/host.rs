@@ -1,5 +1,5 @@
 //! One replica group on an engine thread: its `vsr::Replica`, the outputs
-//! it owes its owner, and the snapshot `status/1` reads.
+//! it owes its owner, and the status copy `status/1` reads.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,12 +14,13 @@ use vsr_storage::{FileDisk, Identity, Opened, Store};
 
 use crate::atoms;
 use crate::convert;
+use crate::error::EngineError;
 use crate::resource::EngineResource;
 
-/// Where a group is, as far as the snapshot says. `:stopped` is not here:
+/// Where a replica host is, as far as its status copy says. `:stopped` is not here:
 /// it is the resource's `stopped` flag, set at once by `stop/1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GroupStatus {
+pub enum HostPhase {
     /// Opening its store on the engine thread (disk mode).
     Starting,
     Normal,
@@ -33,8 +34,8 @@ pub enum GroupStatus {
 /// What `status/1` reports: a copy of the replica's numbers, published by
 /// the engine thread after each batch of steps.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub status: GroupStatus,
+pub struct StatusCopy {
+    pub phase: HostPhase,
     pub view: u64,
     pub log_view: u64,
     pub op: u64,
@@ -47,12 +48,12 @@ pub struct Snapshot {
     pub primary: u8,
     pub is_primary: bool,
     pub stats: Stats,
-    pub storage: StorageSnapshot,
+    pub storage: StorageStatus,
 }
 
-/// The storage part of a snapshot.
+/// The storage part of a status copy.
 #[derive(Clone, Debug, Default)]
-pub struct StorageSnapshot {
+pub struct StorageStatus {
     /// `None` in memory mode.
     pub dir: Option<PathBuf>,
     /// The last write or sync error, while it lasts.
@@ -66,22 +67,22 @@ pub struct StorageSnapshot {
     pub checkpoint: u64,
 }
 
-impl Snapshot {
+impl StatusCopy {
     /// A group whose replica is not built yet (its store opens on the engine thread).
-    pub fn starting(replica: &Replica, dir: Option<PathBuf>) -> Snapshot {
-        let mut snapshot = Snapshot::of(replica);
-        snapshot.status = GroupStatus::Starting;
-        snapshot.storage.dir = dir;
-        snapshot
+    pub fn starting(replica: &Replica, dir: Option<PathBuf>) -> StatusCopy {
+        let mut copy = StatusCopy::of(replica);
+        copy.phase = HostPhase::Starting;
+        copy.storage.dir = dir;
+        copy
     }
 
-    pub fn of(replica: &Replica) -> Snapshot {
-        Snapshot {
-            status: match replica.status() {
-                Status::Normal => GroupStatus::Normal,
-                Status::ViewChange => GroupStatus::ViewChange,
-                Status::Recovering | Status::Repairing => GroupStatus::Recovering,
-                Status::Diverged => GroupStatus::Diverged,
+    pub fn of(replica: &Replica) -> StatusCopy {
+        StatusCopy {
+            phase: match replica.status() {
+                Status::Normal => HostPhase::Normal,
+                Status::ViewChange => HostPhase::ViewChange,
+                Status::Recovering | Status::Repairing => HostPhase::Recovering,
+                Status::Diverged => HostPhase::Diverged,
             },
             view: replica.view(),
             log_view: replica.log_view(),
@@ -93,7 +94,7 @@ impl Snapshot {
             primary: replica.primary(),
             is_primary: replica.is_primary(),
             stats: replica.stats().clone(),
-            storage: StorageSnapshot::default(),
+            storage: StorageStatus::default(),
         }
     }
 }
@@ -131,28 +132,28 @@ pub enum StorageNotice {
 /// State shared between a group's resource (read by NIFs on schedulers)
 /// and its engine thread (the only writer).
 pub struct Shared {
-    snapshot: Mutex<Snapshot>,
+    copy: Mutex<StatusCopy>,
     /// Set by `stop/1`, the owner's death, the resource's drop, or a
     /// failure; once set, the NIFs enqueue nothing more for the group.
     pub stopped: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(copy: StatusCopy) -> Shared {
         Shared {
-            snapshot: Mutex::new(snapshot),
+            copy: Mutex::new(copy),
             stopped: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+    fn lock(&self) -> MutexGuard<'_, StatusCopy> {
         // Only a copy happens under the lock, so it cannot be poisoned in
-        // practice; if it ever were, the data is still a valid snapshot.
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+        // practice; if it ever were, the data is still a valid copy.
+        self.copy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A copy of the latest snapshot (the lock is held for the copy only).
-    pub fn snapshot(&self) -> Snapshot {
+    /// The latest status copy (the lock is held for the copy only).
+    pub fn status_copy(&self) -> StatusCopy {
         self.lock().clone()
     }
 
@@ -161,10 +162,10 @@ impl Shared {
     }
 }
 
-/// Runs `f`, turning a panic into an error message: a bug in `vsr` (or
+/// Runs `f`, turning a panic into `EngineError::Bug`: a bug in `vsr` (or
 /// here) fails one group, never the VM.
-pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panic_message(&*payload))
+pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| EngineError::Bug(panic_message(&*payload)))
 }
 
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -177,8 +178,9 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// A replica group as an engine thread holds it.
-pub struct Group {
+/// One replica of a group as an engine thread hosts it: the replica, its
+/// store (disk mode), and the outputs it owes its owner.
+pub struct ReplicaHost {
     pub id: u64,
     replica: Replica,
     owner: LocalPid,
@@ -205,7 +207,7 @@ pub struct Group {
     pub dirty: bool,
 }
 
-impl Group {
+impl ReplicaHost {
     /// `replica` is the group's replica in memory mode; in disk mode
     /// (`disk` given) a placeholder that `boot` replaces.
     pub fn new(
@@ -215,8 +217,8 @@ impl Group {
         engine: ResourceArc<EngineResource>,
         tick: Duration,
         disk: Option<(DiskOptions, bool)>,
-    ) -> Group {
-        Group {
+    ) -> ReplicaHost {
+        ReplicaHost {
             id,
             replica,
             owner,
@@ -239,14 +241,19 @@ impl Group {
 
     /// Disk mode: opens the store and builds the replica from it. Runs on
     /// the engine thread, before the group's first step.
-    pub fn boot(&mut self) -> Result<(), String> {
+    pub fn boot(&mut self) -> Result<(), EngineError> {
         let Some((disk, recover)) = self.boot.take() else {
             return Ok(());
         };
         let config = self.replica.config().clone();
         let index = self.replica.index();
         let dir = disk.dir.display().to_string();
-        let file = FileDisk::open(&disk.dir).map_err(|e| format!("cannot open data_dir {dir}: {e}"))?;
+        let file = FileDisk::open(&disk.dir).map_err(|e| EngineError::store(&disk.dir, e))?;
+        // vsr refuses to restart from a log that does not hold together.
+        let corrupt = |detail: String| EngineError::CorruptStore {
+            dir: dir.clone(),
+            detail,
+        };
         let identity = Identity {
             cluster: config.cluster,
             group: disk.group,
@@ -254,14 +261,15 @@ impl Group {
             replica_count: config.replica_count,
         };
         let (mut store, opened) =
-            Store::open(file, identity, disk.meta).map_err(|e| format!("data_dir {dir}: {e}"))?;
+            Store::open(file, identity, disk.meta).map_err(|e| EngineError::store(&disk.dir, e))?;
         if let Some(bytes) = disk.compaction_bytes {
             store.set_compaction_bytes(bytes);
         }
         let nonce = recovery_nonce(config.jitter_seed);
         let (replica, outputs, notice) = match opened {
             Opened::Created if recover => (
-                Replica::recovering(config, index, nonce)?,
+                // start/2 checked the config and the index.
+                Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?,
                 Vec::new(),
                 StorageNotice::Created,
             ),
@@ -275,7 +283,8 @@ impl Group {
                 // Outputs begin with the checkpoint's InstallSnapshot, then
                 // the executes of the committed entries after it.
                 let (replica, outputs) =
-                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))??;
+                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))?
+                        .map_err(corrupt)?;
                 (replica, outputs, StorageNotice::Restarted { torn })
             }
             Opened::Repair {
@@ -285,9 +294,8 @@ impl Group {
                 hole,
                 after,
             } => (
-                guard(|| {
-                    Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after)
-                })??,
+                guard(|| Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after))?
+                    .map_err(corrupt)?,
                 Vec::new(),
                 StorageNotice::Repairing(format!(
                     "the write-ahead log's entry at op {} is damaged; the entries around it are intact, \
@@ -296,7 +304,7 @@ impl Group {
                 )),
             ),
             Opened::Recover { state, reason } => (
-                Replica::recovering_from(config, index, state, nonce)?,
+                Replica::recovering_from(config, index, state, nonce).map_err(corrupt)?,
                 Vec::new(),
                 StorageNotice::Recovering(reason),
             ),
@@ -304,8 +312,13 @@ impl Group {
         if replica.is_recovering() {
             // Durable before anything else: a crash from here on must
             // restart into recovery, never into the empty log.
-            store.stage(&Output::WriteState(replica.durable_state()))?;
-            store.sync().map_err(|e| format!("data_dir {dir}: {e}"))?;
+            store
+                .stage(&Output::WriteState(replica.durable_state()))
+                .map_err(EngineError::Bug)?;
+            store.sync().map_err(|e| EngineError::Io {
+                dir: dir.clone(),
+                detail: e.to_string(),
+            })?;
         }
         self.replica = replica;
         self.store = Some(store);
@@ -321,7 +334,7 @@ impl Group {
     }
 
     /// Feeds one input to the replica and keeps its outputs for `flush`.
-    pub fn step(&mut self, input: Input<'_>) -> Result<(), String> {
+    pub fn step(&mut self, input: Input<'_>) -> Result<(), EngineError> {
         let outputs = guard(|| self.replica.step(input))?;
         self.outbox.extend(outputs);
         Ok(())
@@ -332,7 +345,7 @@ impl Group {
     /// follows a write is held for `sync_staged`. In memory mode the writes
     /// are dropped (the replica's log is the storage) and everything leaves
     /// at once.
-    fn stage_outbox(&mut self) -> Result<Vec<Output>, String> {
+    fn stage_outbox(&mut self) -> Result<Vec<Output>, EngineError> {
         let outbox = std::mem::take(&mut self.outbox);
         let Some(store) = self.store.as_mut() else {
             return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
@@ -341,7 +354,7 @@ impl Group {
         for output in outbox {
             if self.held.is_empty() && !store.has_staged() && !is_write(&output) {
                 ready.push(output);
-            } else if !store.stage(&output)? {
+            } else if !store.stage(&output).map_err(EngineError::Bug)? {
                 self.held.push(output);
             }
         }
@@ -372,19 +385,19 @@ impl Group {
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.
-    pub fn crash(&mut self) -> Result<(), String> {
+    pub fn crash(&mut self) -> Result<(), EngineError> {
         // resume_unwind skips the panic hook: no backtrace noise in test logs.
         guard(|| std::panic::resume_unwind(Box::new("deliberate crash (test hook)")))
     }
 
-    /// Publishes the snapshot, then sends this iteration's outputs to the
+    /// Publishes the status copy, then sends this iteration's outputs to the
     /// owner: one message with what may leave at once and, in disk mode
     /// when the iteration wrote, a second one after the sync with what
     /// followed the writes. Each send comes after a publish, so that
     /// `status/1` called on receipt of a message is at least as new as the
     /// message. Only ever called on an engine thread (send_and_clear panics
     /// on a scheduler thread).
-    pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), String> {
+    pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), EngineError> {
         // What needs no durability (a primary's prepares, above all) leaves
         // before the disk is touched, so the backups' syncs overlap ours.
         let early = self.stage_outbox();
@@ -402,7 +415,7 @@ impl Group {
     /// message, `{:visor_engine, engine, events}` (nothing if both are empty):
     /// the notices, then the sends grouped by peer, then the other outputs
     /// in order.
-    fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), String> {
+    fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), EngineError> {
         let notices = std::mem::take(&mut self.notices);
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
@@ -434,10 +447,10 @@ impl Group {
     }
 
     fn publish(&self) {
-        let mut snapshot = Snapshot::of(&self.replica);
+        let mut copy = StatusCopy::of(&self.replica);
         if let Some(store) = &self.store {
             let stats = store.stats();
-            snapshot.storage = StorageSnapshot {
+            copy.storage = StorageStatus {
                 dir: Some(store.disk().dir().to_path_buf()),
                 error: self.storage_error.clone(),
                 syncs: stats.syncs,
@@ -447,16 +460,16 @@ impl Group {
                 checkpoint: store.checkpoint_op(),
             };
         }
-        *self.shared().lock() = snapshot;
+        *self.shared().lock() = copy;
     }
 
     /// The group failed: flush what it produced before the failure, mark
     /// it `:failed`, and tell the owner `{:visor_engine_down, engine, reason}`
     /// (unless it was stopped already: then the owner wants nothing more).
-    pub fn fail(mut self, env: &mut OwnedEnv, reason: &str) {
+    pub fn fail(mut self, env: &mut OwnedEnv, reason: &EngineError) {
         let _ = self.flush(env);
         let was_stopped = self.shared().stopped.swap(true, Ordering::AcqRel);
-        self.shared().lock().status = GroupStatus::Failed;
+        self.shared().lock().phase = HostPhase::Failed;
         if was_stopped {
             return;
         }
