@@ -51,8 +51,8 @@ defmodule Visor.Formation do
   node did not) finds in `Visor.Lifetime` the cluster its replica joined,
   and rejoins it at once, whatever its peers say. Disk mode adds one too:
   a member that restarted from its store answers `:restarted` to a hello
-  from a member it has no record of (the cluster ran, and that member may
-  have run a replica too).
+  from a member it has not let in itself (the cluster ran, and that member
+  may have run a replica too).
 
   After a decision, the process keeps answering hellos (that is how a
   restarted node learns it must rejoin) and keeps reconnecting distribution

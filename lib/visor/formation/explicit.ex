@@ -28,9 +28,12 @@ defmodule Visor.Formation.Explicit do
   can tell when *they* restart), and every member records the rejoined
   node's new incarnation: a second restart is recognised like the first.
 
-  Disk mode adds one rule: a member that restarted from its store answers
-  `:restarted` to a hello from a member it has no record of (the cluster
-  ran, and that member may have run a replica too).
+  Disk mode adds one rule: a decided member answers `:restarted` to a
+  hello from a member it has no record of, and one that restarted from its
+  store to a hello from any member it has not let in itself (the cluster
+  ran, and that member may have run a replica too: its `data_dir` wiped,
+  say). A record learned from a peer is no verdict: a node still forming
+  tells its own as `:fresh`.
 
   Inputs: `:tick` (every 100 ms), and the hellos and their replies
   (`{:visor_hello, pid, node, incarnation, cluster}`,
@@ -57,8 +60,13 @@ defmodule Visor.Formation.Explicit do
                 acks: MapSet.new(),
                 heard: MapSet.new(),
                 # Every other member node's record:
-                # node => {incarnation, :fresh | :rejoin}.
+                # node => {incarnation, :fresh | :rejoin}; and the nodes
+                # whose hellos this process answered itself (its other
+                # records it learned from peers).
                 known: %{},
+                judged: MapSet.new(),
+                # Disk mode: restarted from its store.
+                restored: false,
                 warned: MapSet.new(),
                 ticks: 0,
                 out: []
@@ -85,7 +93,10 @@ defmodule Visor.Formation.Explicit do
           state
 
         restored ->
-          Decider.restore(state, static(restored.cluster, restored.members), restored)
+          %{
+            Decider.restore(state, static(restored.cluster, restored.members), restored)
+            | restored: true
+          }
       end
 
     state =
@@ -172,10 +183,19 @@ defmodule Visor.Formation.Explicit do
   # A member's verdict on a hello from `from` (another configured member)
   # with incarnation `inc`, by its record of `from` (see the moduledoc).
   defp judge(state, from, inc) do
+    first? = not MapSet.member?(state.judged, from)
+    state = %{state | judged: MapSet.put(state.judged, from)}
+
     case Map.get(state.known, from) do
-      # Disk mode, decided: the cluster ran (this node's replica did), so a
-      # member this process never heard of may have run one too (its
-      # data_dir wiped, say): it must not start fresh.
+      # Restarted from its store: the cluster ran (this node's replica
+      # did), so a member this process has not let in itself may have run
+      # one too (its data_dir wiped, say): it must not start fresh. Not
+      # even if its record was learned from a peer: a forming node tells
+      # its own as :fresh.
+      _ when state.restored and first? ->
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+
+      # Disk mode, decided: the same, for a member never heard of.
       nil when state.storage != :memory and state.phase == :member ->
         {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
 
