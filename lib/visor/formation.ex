@@ -42,7 +42,8 @@ defmodule Visor.Formation do
   the incarnation, and a `:rand` state for cluster ids), and returns its
   new state and a list of effects. This module is the process around
   them: at start it reads what this node remembers (`Visor.Lifetime` in
-  memory mode, the store's superblock in disk mode), then it turns ticks
+  memory mode, the store's superblock in disk mode; a store that does not
+  fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
   and peers' messages into inputs and carries the effects out: sends
   (never connecting), timers, `Visor.Lifetime` records, the decision to
   the group's server, reconnection attempts, and logs.
