@@ -163,7 +163,7 @@ defmodule Visor.Test.Cluster do
   (recovering its state from the others) rather than starting fresh.
   """
   def rejoined?(node, module) do
-    :erpc.call(node, :sys, :get_state, [Visor.Supervisor.name(module, :formation)]).recover
+    match?({:member, %{recover: true}}, :erpc.call(node, Visor.Formation, :decision, [module]))
   end
 
   @doc "The node `node` believes is `module`'s primary."

@@ -1,0 +1,404 @@
+defmodule Visor.Formation.Discovery do
+  @moduledoc """
+  The agreement of a `cluster_size: n` group, as a pure decider
+  (`Visor.Formation.Decider`): which `n` nodes form the cluster, under
+  which id, and whether this node's replica starts fresh, rejoins, or is a
+  spare.
+
+  Formation processes find each other with `:pg` (a scope per module) among
+  connected nodes and exchange hellos that carry their phase. A two-phase
+  agreement then forms the cluster:
+
+    1. The lowest-named node among all those still *discovering* or
+       *proposing*, whatever their settings (having heard every visible
+       peer, and no formed cluster), proposes the first `n` discovering
+       nodes with its own settings, sorted, and a fresh random cluster id.
+       Only one node may propose at a time: a proposer per settings class,
+       or a second one while a lower node's proposal is in flight, could
+       form two clusters of the group side by side. If the lowest node has
+       other settings than the rest, nobody forms (each logs who differs).
+    2. A discovering node accepts at most one proposal at a time and answers
+       with its incarnation; it leaves an accepted proposal only when that
+       proposal's proposer aborts it.
+    3. If every proposed member accepts, the proposer announces the cluster
+       (members, cluster id, each member's incarnation) to the members, which
+       then start their replicas. Otherwise it aborts (a reject or
+       #{2_000} ms without every answer), and tries again later.
+
+  A proposer decides once (formed or aborted), and an acceptor is bound to
+  one proposal until it is decided, so two clusters can never share a node.
+  Formed members advertise the cluster in their hellos: a node that sees a
+  formed cluster does not propose. If the cluster names this node under
+  this very incarnation, it is an acceptor that missed the announcement and
+  starts a fresh replica; if it names the node under another incarnation
+  (only an accepted incarnation can be named, and incarnations are never
+  reused), the node restarted and rejoins with a recovering replica; if the
+  node is not named, it becomes a *spare*. A node bound to a proposal waits
+  for its proposer's decision before it looks at a formed cluster. The
+  formed cluster never changes, so any number of restarts of a member are
+  recognised the same way; members also record (and log) a rejoining
+  node's new incarnation when it says hello.
+
+  Limits (docs/operations.md): nodes that cannot see each other at all
+  while forming (disjoint partitions at boot) can form separate clusters;
+  use `nodes:` when that matters. An acceptor whose proposer died before
+  deciding waits for it forever.
+
+  Inputs: `{:tick, visible}` (every 100 ms, with the addresses of the
+  other formation processes `:pg` shows), the hellos and their replies,
+  `{:visor_propose, pid, proposal}`, `{:visor_accept, id, node,
+  incarnation}`, `{:visor_reject, id, node}`, `{:visor_abort, id}`,
+  `{:visor_formed, formed}`, and `{:proposal_timeout, id}` (a timer).
+  """
+
+  alias Visor.Formation.Decider
+  alias Visor.Options
+
+  @proposal_timeout_ms 2_000
+
+  @enforce_keys [:module, :node, :self, :incarnation, :settings, :size, :rand]
+  defstruct @enforce_keys ++
+              [
+                # :memory or :disk.
+                storage: :memory,
+                # :discovering, {:accepted, proposal}, :member, :spare or
+                # {:refused, reason}.
+                phase: :discovering,
+                # Once a member: %{id, cluster, members, incarnations,
+                # settings}, and whether this node rejoins (its replica
+                # recovers).
+                formed: nil,
+                recover: false,
+                # Other member nodes' records, for the logs only (the formed
+                # cluster decides): node => {incarnation, :rejoin}.
+                known: %{},
+                warned: MapSet.new(),
+                # What each visible peer said last (address => summary),
+                # this node's own proposal in flight, and a counter for
+                # proposal ids.
+                peers: %{},
+                proposal: nil,
+                proposals: 0,
+                ticks: 0,
+                out: []
+              ]
+
+  @type t :: %__MODULE__{}
+
+  @doc """
+  A new decider. `config` holds `:module`, `:node` (this node), `:self`
+  (this process's address), `:incarnation`, `:settings`, `:size`, `:rand`
+  (a `:rand` state, for cluster ids), `:storage` (`:memory` or `:disk`),
+  and what this node remembers: `:earlier` (memory mode: the cluster
+  `Visor.Lifetime` says its replica joined, or `nil`) and `:restored`
+  (disk mode: what its store says, or `nil`).
+  """
+  @spec new(map()) :: {t(), [Decider.effect()]}
+  def new(config) do
+    state = struct!(__MODULE__, Map.drop(config, [:earlier, :restored]))
+
+    state =
+      case config[:restored] do
+        nil -> state
+        restored -> Decider.restore(state, from_store(restored), restored)
+      end
+
+    state =
+      if state.phase != :member and config[:earlier] != nil,
+        do: Decider.restarted_server(state, config.earlier),
+        else: state
+
+    Decider.flush(state)
+  end
+
+  # Incarnations are not stored: every earlier one is gone, and a member
+  # that finds itself listed under none rejoins.
+  defp from_store(restored) do
+    %{
+      id: {:disk, restored.cluster},
+      cluster: restored.cluster,
+      members: restored.members,
+      incarnations: %{},
+      settings: restored.settings
+    }
+  end
+
+  @doc "Takes one input; returns the new state and the effects to carry out."
+  @spec handle(t(), term()) :: {t(), [Decider.effect()]}
+  def handle(state, input), do: state |> step(input) |> Decider.flush()
+
+  defp step(state, {:tick, visible}) do
+    targets = if state.phase == :member, do: state.formed.members, else: []
+    state |> Decider.tick(targets) |> tick(visible)
+  end
+
+  defp step(state, {:visor_hello, pid, from, inc, tag}) when is_atom(from) and is_integer(inc) do
+    {reply, state} = hello(state, from, inc, tag)
+
+    Decider.emit(
+      state,
+      {:send, pid, {:visor_hello_reply, state.self, state.node, state.incarnation, reply}}
+    )
+  end
+
+  defp step(state, {:visor_hello_reply, pid, from, inc, reply})
+       when is_atom(from) and is_integer(inc),
+       do: hello_reply(state, pid, from, reply)
+
+  defp step(state, {:visor_propose, pid, %{id: id, cluster: <<_::128>>, members: members} = p}) do
+    # (member_list? also keeps an improper list out: `in` raises on one.)
+    cond do
+      not Decider.member_list?(members) ->
+        state
+
+      state.phase == :discovering and state.node in members and
+          Map.get(p, :settings) == state.settings ->
+        state
+        |> Decider.emit({:send, pid, {:visor_accept, id, state.node, state.incarnation}})
+        |> Map.put(:phase, {:accepted, Map.put(p, :proposer, pid)})
+
+      true ->
+        Decider.emit(state, {:send, pid, {:visor_reject, id, state.node}})
+    end
+  end
+
+  defp step(%{proposal: %{id: id} = p} = state, {:visor_accept, id, from, inc})
+       when is_atom(from) and is_integer(inc) do
+    p = if from in p.members, do: %{p | accepted: Map.put(p.accepted, from, inc)}, else: p
+
+    if map_size(p.accepted) == length(p.members) do
+      formed = %{
+        id: p.id,
+        cluster: p.cluster,
+        members: p.members,
+        incarnations: p.accepted,
+        settings: state.settings
+      }
+
+      p.pids
+      |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, {:visor_formed, formed}}))
+      |> Map.put(:proposal, nil)
+      |> Decider.become_member(formed, false)
+    else
+      %{state | proposal: p}
+    end
+  end
+
+  defp step(%{proposal: %{id: id}} = state, {:visor_reject, id, _from}), do: abort(state)
+  defp step(%{proposal: %{id: id}} = state, {:proposal_timeout, id}), do: abort(state)
+
+  defp step(%{phase: {:accepted, %{id: id}}} = state, {:visor_abort, id}),
+    do: %{state | phase: :discovering}
+
+  defp step(state, {:visor_formed, formed}),
+    do: if(formed?(formed), do: learn_formed(state, formed), else: state)
+
+  # Anything else (a stale proposal's answers, junk from a misbehaving
+  # peer): ignored. Peers are untrusted input.
+  defp step(state, _input), do: state
+
+  # Discovering or bound to a proposal: hello every visible peer, and
+  # propose if it is this node's turn. Decided: peers' hellos are still
+  # answered, but this node asks nothing.
+  defp tick(%{phase: phase} = state, visible)
+       when phase == :discovering or (is_tuple(phase) and elem(phase, 0) == :accepted) do
+    hello = {:visor_hello, state.self, state.node, state.incarnation, :discovery}
+    state = %{state | peers: Map.take(state.peers, visible)}
+
+    visible
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, hello}))
+    |> maybe_propose(visible)
+  end
+
+  defp tick(state, _visible), do: state
+
+  # Only the lowest-named node of all those discovering or proposing may
+  # propose, whatever their settings: two proposers at once (one per
+  # settings class, or one while a lower node's proposal is in flight)
+  # could form two clusters of the group side by side. It proposes only
+  # nodes with its own settings; if it has too few, nobody forms.
+  defp maybe_propose(%{phase: :discovering, proposal: nil} = state, visible) do
+    heard_all? = Enum.all?(visible, &Map.has_key?(state.peers, &1))
+
+    undecided =
+      for {_addr, %{phase: phase, node: n}} <- state.peers,
+          phase in [:discovering, :proposing],
+          do: n
+
+    lowest = Enum.min([state.node | undecided])
+
+    discovering =
+      [
+        {state.node, state.self}
+        | for(
+            {addr, %{phase: :discovering, node: n, settings: s}} <- state.peers,
+            s == state.settings,
+            do: {n, addr}
+          )
+      ]
+      |> Enum.sort()
+
+    cond do
+      not heard_all? ->
+        state
+
+      lowest != state.node ->
+        waiting_for_other_settings(state, lowest)
+
+      length(discovering) >= state.size ->
+        propose(state, Enum.take(discovering, state.size))
+
+      true ->
+        state
+    end
+  end
+
+  defp maybe_propose(state, _visible), do: state
+
+  # The node that would propose runs other settings: it never proposes
+  # this node, and this node may not propose while it is there.
+  defp waiting_for_other_settings(state, lowest) do
+    case Enum.find(Map.values(state.peers), &(&1.node == lowest)) do
+      %{settings: settings} when settings != state.settings ->
+        Decider.warn_once(state, {:waiting_for, lowest}, :error, :waiting_for, fn ->
+          "#{lowest}, the lowest-named discovering node (the one " <>
+            "that proposes), is started with other settings than this node: no cluster " <>
+            "with this node forms until their settings match"
+        end)
+
+      _ ->
+        state
+    end
+  end
+
+  defp propose(state, chosen) do
+    id = {state.node, state.incarnation, state.proposals + 1}
+    members = Enum.map(chosen, &elem(&1, 0))
+    pids = for {n, addr} <- chosen, n != state.node, do: addr
+    {cluster, rand} = :rand.bytes_s(16, state.rand)
+    proposal = %{id: id, cluster: cluster, members: members, settings: state.settings}
+
+    pids
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, {:visor_propose, state.self, proposal}}))
+    |> Decider.emit({:timer, @proposal_timeout_ms, {:proposal_timeout, id}})
+    |> Decider.log(:debug, :proposing, "proposing cluster #{inspect(members)}")
+    |> Map.merge(%{
+      rand: rand,
+      proposals: state.proposals + 1,
+      phase: {:accepted, Map.put(proposal, :proposer, state.self)},
+      proposal: Map.merge(proposal, %{pids: pids, accepted: %{state.node => state.incarnation}})
+    })
+  end
+
+  defp abort(%{proposal: p} = state) do
+    p.pids
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, {:visor_abort, p.id}}))
+    |> Map.merge(%{proposal: nil, phase: :discovering})
+  end
+
+  defp learn_formed(state, formed) do
+    cond do
+      state.phase in [:member, :spare] ->
+        state
+
+      # An acceptor that missed the announcement: this very process was
+      # accepted, and it has run no replica yet.
+      Map.get(formed.incarnations, state.node) == state.incarnation ->
+        Decider.become_member(state, formed, false)
+
+      # Bound to a proposal: stay until its proposer decides it (it may
+      # form a cluster with this node in it).
+      state.phase != :discovering ->
+        state
+
+      # Named, but the cluster runs with other settings than this node's.
+      mismatch =
+          state.node in formed.members &&
+            Options.setting_mismatch(state.settings, formed.settings) ->
+        # (A peer's cluster may name this node alone: no hd/1 here.)
+        Decider.refuse(state, List.first(formed.members -- [state.node], state.node), mismatch)
+
+      # Named under another incarnation: an earlier process of this node
+      # was accepted, and may have run a replica. Rejoin, recovering.
+      state.node in formed.members ->
+        Decider.become_member(state, formed, true)
+
+      true ->
+        Decider.decide_spare(
+          state,
+          "the cluster #{inspect(formed.members)} formed without this node"
+        )
+    end
+  end
+
+  defp hello(state, from, inc, :discovery) do
+    reply = {:discovery, summary(state), state.formed, state.settings}
+    {reply, note_rejoin(state, from, inc)}
+  end
+
+  # A `nodes:` node: told this node's settings, and whether it decided.
+  defp hello(state, _from, _inc, _tag),
+    do: {{:mismatch, [], state.settings, state.phase == :member}, state}
+
+  # A member records (and logs) the new incarnation of a member node that
+  # says hello; the formed cluster is what tells that node to rejoin.
+  defp note_rejoin(%{phase: :member, formed: %{incarnations: incs}} = state, from, inc) do
+    accepted = Map.get(incs, from)
+
+    if accepted != nil and accepted != inc and Map.get(state.known, from) != {inc, :rejoin} do
+      state
+      |> Decider.log(
+        :info,
+        :peer_restarted,
+        "#{from} restarted (new incarnation); #{Decider.restart_note(state)}"
+      )
+      |> Map.put(:known, Map.put(state.known, from, {inc, :rejoin}))
+    else
+      state
+    end
+  end
+
+  defp note_rejoin(state, _from, _inc), do: state
+
+  defp hello_reply(state, pid, from, {:discovery, phase, formed, settings})
+       when phase in [:discovering, :proposing, :accepted, :member, :spare] do
+    peer = %{node: from, phase: phase, settings: settings}
+    state = %{state | peers: Map.put(state.peers, pid, peer)}
+
+    state =
+      case Options.setting_mismatch(state.settings, settings) do
+        nil ->
+          state
+
+        mismatch ->
+          Decider.warn_setting_mismatch(
+            state,
+            from,
+            mismatch,
+            "they will not form a cluster together"
+          )
+      end
+
+    if formed?(formed), do: learn_formed(state, formed), else: state
+  end
+
+  defp hello_reply(state, _pid, _from, _reply), do: state
+
+  defp summary(%{phase: {:accepted, %{proposer: proposer}}, self: self}) when proposer == self,
+    do: :proposing
+
+  defp summary(%{phase: {:accepted, _}}), do: :accepted
+  defp summary(%{phase: phase}), do: phase
+
+  defp formed?(%{
+         id: _,
+         cluster: <<_::128>>,
+         members: [_ | _] = members,
+         incarnations: incs,
+         settings: settings
+       })
+       when is_map(incs) and is_map(settings),
+       do: Decider.member_list?(members) and Enum.all?(members, &is_atom/1)
+
+  defp formed?(_), do: false
+end

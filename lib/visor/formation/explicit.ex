@@ -1,0 +1,307 @@
+defmodule Visor.Formation.Explicit do
+  @moduledoc """
+  The agreement of a `nodes: [...]` group, as a pure decider
+  (`Visor.Formation.Decider`): whether this node's replica starts fresh
+  or rejoins.
+
+  The members and the cluster id (`Visor.Options.cluster_id/2`) are known
+  up front. Each formation process keeps a *record* of every other member:
+  the incarnation it knows for it, and whether that incarnation was let in
+  as `:fresh` or told to `:rejoin`. A node says hello to every other member;
+  a member answers by its record of the sender:
+
+    * no record: `:ok`, and it records the sender as `:fresh`;
+    * the same incarnation, recorded `:fresh`: `:ok`;
+    * the same incarnation recorded `:rejoin`, or another incarnation:
+      `:restarted`, and it records the sender's incarnation as `:rejoin`
+      (sticky: the same incarnation never gets `:ok` afterwards).
+
+  A node starts a fresh replica once **every** member has answered `:ok`,
+  and a recovering one as soon as **any** member answers `:restarted`.
+  Requiring every member for a fresh start is what makes the check
+  complete: a replica starts fresh only after every member has recorded
+  it, so any later incarnation of that node is told `:restarted` by every
+  member that outlived it. Every answer also carries the responder's
+  records (its own included), and a node adds to its records those it
+  lacks; a node that decided keeps saying hello to members it has not
+  heard from yet. So a rejoined node learns the others' incarnations (and
+  can tell when *they* restart), and every member records the rejoined
+  node's new incarnation: a second restart is recognised like the first.
+
+  Disk mode adds one rule: a decided member answers `:restarted` to a
+  hello from a member it has no record of, and one that restarted from its
+  store to a hello from any member it has not let in itself (the cluster
+  ran, and that member may have run a replica too: its `data_dir` wiped,
+  say). A record learned from a peer is no verdict: a node still forming
+  tells its own as `:fresh`.
+
+  Inputs: `:tick` (every 100 ms), and the hellos and their replies
+  (`{:visor_hello, pid, node, incarnation, cluster}`,
+  `{:visor_hello_reply, pid, node, incarnation, reply}`).
+  """
+
+  alias Visor.Formation.Decider
+  alias Visor.Options
+
+  @enforce_keys [:module, :name, :node, :self, :incarnation, :settings, :members, :cluster]
+  defstruct @enforce_keys ++
+              [
+                # :memory or :disk.
+                storage: :memory,
+                # :forming, :member, :spare or {:refused, reason}.
+                phase: :forming,
+                # Once a member: %{id: :static, cluster, members}, and
+                # whether this node rejoins (its replica recovers).
+                formed: nil,
+                recover: false,
+                # The members that answered :ok (a fresh start needs all of
+                # them), and those heard from at all (a decided node says
+                # hello until it has heard everyone).
+                acks: MapSet.new(),
+                heard: MapSet.new(),
+                # Every other member node's record:
+                # node => {incarnation, :fresh | :rejoin}; and the nodes
+                # whose hellos this process answered itself (its other
+                # records it learned from peers).
+                known: %{},
+                judged: MapSet.new(),
+                # Disk mode: restarted from its store.
+                restored: false,
+                warned: MapSet.new(),
+                ticks: 0,
+                out: []
+              ]
+
+  @type t :: %__MODULE__{}
+
+  @doc """
+  A new decider. `config` holds `:module`, `:name` (the formation
+  processes' registered name, the same on every node), `:node` (this
+  node), `:self` (this process's address), `:incarnation`, `:settings`,
+  `:members`, `:cluster`, `:storage` (`:memory` or `:disk`), and what this
+  node remembers: `:earlier` (memory mode: the cluster `Visor.Lifetime`
+  says its replica joined, or `nil`) and `:restored` (disk mode: what its
+  store says, or `nil`).
+  """
+  @spec new(map()) :: {t(), [Decider.effect()]}
+  def new(config) do
+    state = struct!(__MODULE__, Map.drop(config, [:earlier, :restored]))
+
+    state =
+      case config[:restored] do
+        nil ->
+          state
+
+        restored ->
+          %{
+            Decider.restore(state, static(restored.cluster, restored.members), restored)
+            | restored: true
+          }
+      end
+
+    state =
+      cond do
+        state.phase != :member and config[:earlier] != nil ->
+          Decider.restarted_server(state, config.earlier)
+
+        state.phase == :forming and state.node not in state.members ->
+          Decider.decide_spare(state, "#{state.node} is not in :nodes #{inspect(state.members)}")
+
+        true ->
+          state
+      end
+
+    Decider.flush(state)
+  end
+
+  @doc "Takes one input; returns the new state and the effects to carry out."
+  @spec handle(t(), term()) :: {t(), [Decider.effect()]}
+  def handle(state, :tick) do
+    state |> Decider.tick(state.members) |> tick() |> Decider.flush()
+  end
+
+  def handle(state, {:visor_hello, pid, from, inc, cluster})
+      when is_atom(from) and is_integer(inc) do
+    {reply, state} = hello(state, from, inc, cluster)
+
+    state
+    |> Decider.emit(
+      {:send, pid, {:visor_hello_reply, state.self, state.node, state.incarnation, reply}}
+    )
+    |> Decider.flush()
+  end
+
+  def handle(state, {:visor_hello_reply, _pid, from, inc, reply})
+      when is_atom(from) and is_integer(inc) do
+    state |> hello_reply(from, reply) |> Decider.flush()
+  end
+
+  # Anything else (another mode's messages, junk from a misbehaving peer):
+  # ignored. Peers are untrusted input.
+  def handle(state, _input), do: {state, []}
+
+  defp static(cluster, members), do: %{id: :static, cluster: cluster, members: members}
+
+  # Forming: hello every member that has not answered :ok yet. Decided:
+  # hello the members not heard from yet, so that this process records
+  # every member (a rejoined node learns who the others are; they record
+  # its new incarnation).
+  defp tick(%{phase: phase} = state) when phase in [:forming, :member] do
+    waiting_for = if phase == :forming, do: state.acks, else: state.heard
+    hello = {:visor_hello, state.self, state.node, state.incarnation, state.cluster}
+
+    state.members
+    |> Enum.reject(&(&1 == state.node or &1 in waiting_for))
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, hello}))
+    |> maybe_formed()
+  end
+
+  defp tick(state), do: state
+
+  defp maybe_formed(state) do
+    if state.phase == :forming and MapSet.size(state.acks) == length(state.members) - 1 do
+      Decider.become_member(state, static(state.cluster, state.members), false)
+    else
+      state
+    end
+  end
+
+  defp hello(state, from, inc, cluster) do
+    if cluster != state.cluster or from not in state.members or from == state.node do
+      {mismatch(state), state}
+    else
+      {verdict, state} = judge(state, from, inc)
+      {{verdict, records(state)}, state}
+    end
+  end
+
+  # What a node configured otherwise is told: this node's members and
+  # settings, and whether it decided (a member's settings are the
+  # cluster's).
+  defp mismatch(state), do: {:mismatch, state.members, state.settings, state.phase == :member}
+
+  # A member's verdict on a hello from `from` (another configured member)
+  # with incarnation `inc`, by its record of `from` (see the moduledoc).
+  defp judge(state, from, inc) do
+    first? = not MapSet.member?(state.judged, from)
+    state = %{state | judged: MapSet.put(state.judged, from)}
+
+    case Map.get(state.known, from) do
+      # Restarted from its store: the cluster ran (this node's replica
+      # did), so a member this process has not let in itself may have run
+      # one too (its data_dir wiped, say): it must not start fresh. Not
+      # even if its record was learned from a peer: a forming node tells
+      # its own as :fresh.
+      _ when state.restored and first? ->
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+
+      # Disk mode, decided: the same, for a member never heard of.
+      nil when state.storage != :memory and state.phase == :member ->
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+
+      nil ->
+        {:ok, %{state | known: Map.put(state.known, from, {inc, :fresh})}}
+
+      {^inc, :fresh} ->
+        {:ok, state}
+
+      {^inc, :rejoin} ->
+        {:restarted, state}
+
+      {_earlier, _} ->
+        state =
+          Decider.log(
+            state,
+            :info,
+            :peer_restarted,
+            "#{from} restarted (new incarnation); #{Decider.restart_note(state)}"
+          )
+
+        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+    end
+  end
+
+  # This process's records as it tells them, itself included.
+  defp records(state) do
+    Map.put(
+      state.known,
+      state.node,
+      {state.incarnation, if(state.recover, do: :rejoin, else: :fresh)}
+    )
+  end
+
+  # Adds a peer's records to ours: only nodes we have no record of (any
+  # record of a node tells its later incarnations apart), or upgrades one
+  # of ours for the same incarnation to :rejoin (verdicts are sticky).
+  # Peers are untrusted input: anything malformed is skipped.
+  defp learn_records(state, theirs) do
+    if is_map(theirs) and map_size(theirs) <= Options.max_replicas() do
+      %{state | known: Enum.reduce(theirs, state.known, &learn_record(state, &1, &2))}
+    else
+      state
+    end
+  end
+
+  defp learn_record(state, {n, {inc, how}}, known)
+       when is_atom(n) and is_integer(inc) and how in [:fresh, :rejoin] do
+    cond do
+      n == state.node or n not in state.members -> known
+      not Map.has_key?(known, n) -> Map.put(known, n, {inc, how})
+      how == :rejoin and known[n] == {inc, :fresh} -> Map.put(known, n, {inc, :rejoin})
+      true -> known
+    end
+  end
+
+  defp learn_record(_state, _junk, known), do: known
+
+  defp hello_reply(state, from, {verdict, records}) when verdict in [:ok, :restarted] do
+    if from in state.members and from != state.node do
+      state = learn_records(%{state | heard: MapSet.put(state.heard, from)}, records)
+
+      case {state.phase, verdict} do
+        {:forming, :ok} ->
+          maybe_formed(%{state | acks: MapSet.put(state.acks, from)})
+
+        {:forming, :restarted} ->
+          state
+          |> Decider.log(
+            :warning,
+            :restarted,
+            "#{from} knows an earlier incarnation of this node: it restarted with an " <>
+              "empty memory, so its replica rejoins and recovers the state from the others"
+          )
+          |> Decider.become_member(static(state.cluster, state.members), true)
+
+        _decided ->
+          state
+      end
+    else
+      state
+    end
+  end
+
+  defp hello_reply(%{phase: :forming} = state, from, {:mismatch, theirs, settings, decided}) do
+    case theirs == state.members and Options.setting_mismatch(state.settings, settings) do
+      # A member of the formed cluster: its settings are the cluster's.
+      {:setting_mismatch, _, _, _} = mismatch when decided == true ->
+        Decider.refuse(state, from, mismatch)
+
+      # Both forming: neither is the cluster's; both wait for the operator.
+      {:setting_mismatch, _, _, _} = mismatch ->
+        Decider.warn_setting_mismatch(
+          state,
+          from,
+          mismatch,
+          "every member must have the same value: no cluster forms until they do"
+        )
+
+      _ ->
+        Decider.warn_once(state, {:mismatch, from}, :warning, :nodes_mismatch, fn ->
+          "#{from} is configured with nodes #{inspect(theirs)}, " <>
+            "this node with #{inspect(state.members)}; waiting for matching configuration"
+        end)
+    end
+  end
+
+  defp hello_reply(state, _from, _reply), do: state
+end

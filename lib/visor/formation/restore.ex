@@ -1,0 +1,152 @@
+defmodule Visor.Formation.Restore do
+  @moduledoc """
+  Disk mode (`storage: :disk`): whether this node restarts from the store
+  in its `data_dir`, as a pure function of what the store's superblock
+  says (`Visor.Native.probe/2`, which `Visor.Formation` reads before
+  anything else).
+
+  If there is a store, this node's replica ran and wrote everything it
+  acknowledged: it is a member of the cluster the store records (its id,
+  and the member list `store_meta/2` put into the store's metadata when
+  the store was created), and it restarts from the store at once, without
+  waiting for anyone: after every node died, each restarts from its own
+  disk and a quorum of them serves again. The formation process is then a
+  formed member like any other (it advertises the cluster in its hellos,
+  reconnects distribution, records the others' incarnations). A store that
+  does not fit (another group, a member list that does not name this node
+  in the store's place, another `nodes:` list or `cluster_size:`, other
+  shared settings, an unreadable superblock) is refused: the group does
+  not start, and the files are left as they are.
+
+  With an empty store the node forms as in memory mode (a node whose
+  `data_dir` was wiped is a restarted node: it rejoins and recovers).
+  """
+
+  alias Visor.Formation.Decider
+  alias Visor.Options
+
+  @typedoc """
+  What this node is started with: the group's name, this node, the store's
+  directory, the shared settings, and the membership
+  (`{:nodes, members, cluster_id}` or `{:cluster_size, n}`).
+  """
+  @type expected :: %{
+          group: String.t(),
+          node: node(),
+          dir: String.t(),
+          settings: map(),
+          membership: {:nodes, [node()], <<_::128>>} | {:cluster_size, pos_integer()}
+        }
+
+  @doc """
+  The metadata kept in a new store's superblock: the cluster's member
+  nodes and shared settings, which `check/2` reads back on a restart.
+  Node names are kept as strings, so that reading them back never depends
+  on which atoms exist yet.
+  """
+  @spec store_meta([node()], map()) :: binary()
+  def store_meta(members, settings) do
+    :erlang.term_to_binary(%{
+      visor: 1,
+      members: Enum.map(members, &Atom.to_string/1),
+      settings: settings
+    })
+  end
+
+  @doc """
+  What the probe of the store says for this node: `:empty` (no store:
+  form as in memory mode), `{:ok, restored}` (restart from it as the
+  member it records), or `{:error, message}` (refuse to start).
+  """
+  @spec check(:empty | {:ok, map()} | {:error, String.t()}, expected()) ::
+          :empty | {:ok, Decider.restored()} | {:error, String.t()}
+  def check(:empty, _expected), do: :empty
+
+  def check({:error, message}, expected),
+    do: {:error, "cannot read the store in #{expected.dir}: #{message}"}
+
+  def check({:ok, info}, %{dir: dir} = expected) do
+    with :ok <-
+           ensure(info.group == expected.group, fn ->
+             "#{dir} holds group #{inspect(info.group)}"
+           end),
+         {:ok, members, settings} <- stored_meta(dir, info),
+         owner = Enum.at(members, info.replica),
+         :ok <-
+           ensure(length(members) == info.replica_count and owner == expected.node, fn ->
+             "#{dir} belongs to replica #{info.replica} (#{owner}) of the cluster " <>
+               "#{inspect(members)}, not to this node (#{expected.node})"
+           end),
+         :ok <- check_settings(expected, settings),
+         :ok <- check_membership(expected, info, members) do
+      {:ok,
+       %{
+         cluster: info.cluster,
+         members: members,
+         settings: settings,
+         replica: info.replica,
+         view: info.view,
+         commit: info.commit,
+         dir: dir
+       }}
+    end
+  end
+
+  defp stored_meta(dir, info) do
+    case read_store_meta(info.meta) do
+      {:ok, members, settings} -> {:ok, members, settings}
+      :error -> {:error, "#{dir} holds a store whose metadata Visor did not write"}
+    end
+  end
+
+  # The member list and settings of `store_meta/2`, or :error. The store
+  # is local and checksummed, but it may have been written by something
+  # else: nothing but the expected shape is accepted, and no atom is
+  # created before the shape is checked.
+  defp read_store_meta(meta) do
+    with %{visor: 1, members: [_ | _] = names, settings: settings} when is_map(settings) <-
+           :erlang.binary_to_term(meta, [:safe]),
+         true <- Decider.member_list?(names),
+         true <- Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/)) do
+      {:ok, Enum.map(names, &String.to_atom/1), settings}
+    else
+      _ -> :error
+    end
+  rescue
+    ArgumentError -> :error
+  end
+
+  # The store's cluster was formed with these settings; every member keeps
+  # them for the cluster's life.
+  defp check_settings(expected, stored) do
+    case Options.setting_mismatch(expected.settings, stored) do
+      nil ->
+        :ok
+
+      {:setting_mismatch, key, ours, theirs} ->
+        {:error,
+         "#{expected.dir} holds the store of a cluster whose #{key} is #{inspect(theirs)}, but " <>
+           "this node is started with #{key} #{inspect(ours)} (option " <>
+           "#{Options.setting_source(key)}); every member must keep the cluster's value: " <>
+           "start it with #{key} #{inspect(theirs)}"}
+    end
+  end
+
+  defp check_membership(%{membership: {:nodes, nodes, cluster}, dir: dir}, info, members) do
+    ensure(members == nodes and info.cluster == cluster, fn ->
+      "#{dir} holds the store of the cluster #{inspect(members)}, but this node is " <>
+        "started with nodes: #{inspect(nodes)}; start it with the same nodes, or " <>
+        "move the data_dir away (this node's replica then rejoins or starts anew)"
+    end)
+  end
+
+  defp check_membership(%{membership: {:cluster_size, size}, dir: dir}, _info, members) do
+    ensure(length(members) == size, fn ->
+      "#{dir} holds the store of a cluster of #{length(members)} (#{inspect(members)}), " <>
+        "but this node is started with cluster_size: #{size}"
+    end)
+  end
+
+  defp ensure(true, _message), do: :ok
+  defp ensure(false, message), do: {:error, message.()}
+end

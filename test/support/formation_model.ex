@@ -1,0 +1,588 @@
+defmodule Visor.Test.FormationModel do
+  @moduledoc """
+  Runs the formation deciders (`Visor.Formation.Explicit`,
+  `Visor.Formation.Discovery`, with `Visor.Formation.Restore` for disk
+  mode) of 3 to 6 in-memory nodes, every choice drawn from one seed: the
+  mode, the storage, the order in which messages arrive, which are lost or
+  duplicated, when a node stops and how it comes back (memory mode: a
+  restarted server keeps `Visor.Lifetime`'s record, a restarted VM loses
+  it; disk mode: the store survives both, a wiped `data_dir` does not).
+
+  After every step it checks:
+
+    * **fresh start once**: for each node and cluster, at most one
+      incarnation ever starts a fresh replica (a member decision with
+      `recover: false` that is not a restart from the node's own store);
+    * **one cluster**: every member decision names the same cluster id and
+      member list (in `nodes:` mode, the configured ones); a process
+      decides at most once;
+    * **liveness**, in runs with no loss, no duplicate, no restart and the
+      same settings everywhere: once the network is calm (every message
+      delivered, every node ticking), formation completes (every member
+      node a member, every other node a spare).
+
+  Memory mode keeps nothing but the processes and `Visor.Lifetime`: if
+  every process that knew a node's earlier incarnation restarted, and the
+  node's VM too, nothing can tell (docs/operations.md: a majority losing
+  its memory at once loses the state). So in a memory-mode run either only
+  a minority of the cluster's nodes ever restart (any number of times,
+  their server or their VM), or any node restarts, but only its server
+  (`Visor.Lifetime` remembers), sometimes every server at once. In disk
+  mode any node restarts (its server or its VM; sometimes every node at
+  once), and only a minority has its `data_dir` wiped. In `cluster_size:`
+  mode with more nodes than the cluster's size, once a cluster formed, one
+  of its members stays up: nodes outside it that see none of its members
+  form another cluster, as nodes that cannot see each other at all do (a
+  documented limit of `cluster_size:`).
+
+  `run(seed)` returns `:ok` or `{:error, report}` with the seed, the
+  configuration and the trace of the last 80 steps (or of as many as
+  `run(seed, steps)` asks for).
+  """
+
+  import Bitwise
+
+  alias Visor.Formation.{Decider, Discovery, Explicit, Restore}
+  alias Visor.Options
+
+  @group Visor.Test.FormationModelGroup
+  @name :formation
+  @settings %{
+    client_table_max: 4096,
+    checkpoint_interval: 10_000,
+    checkpoint_chunk_bytes: 1 <<< 20
+  }
+  @odd_settings %{@settings | checkpoint_interval: 500}
+  @trace_kept 80
+  @calm_rounds 40
+
+  @doc "Runs one seed: `:ok`, or `{:error, report}` (a string)."
+  @spec run(integer(), pos_integer()) :: :ok | {:error, String.t()}
+  def run(seed, trace_kept \\ @trace_kept) do
+    world = seed |> setup() |> Map.put(:trace_kept, trace_kept) |> start_all()
+    world = world |> random_steps(world.budget) |> calm(0)
+    check_liveness(world)
+    :ok
+  catch
+    {:violation, world, why} -> {:error, report(world, why)}
+  end
+
+  # ---- Configuration --------------------------------------------------------
+
+  defp setup(seed) do
+    w = %{rand: :rand.seed_s(:exsss, seed), seed: seed}
+    {n, w} = pick(w, 3..6)
+    nodes = for i <- 1..n, do: :"n#{i}@model"
+    {mode, w} = pick(w, [:explicit, :discovery])
+    {storage, w} = pick(w, [:memory, :disk])
+    {faulty?, w} = chance(w, 0.65)
+    {odd?, w} = chance(w, 0.1)
+    {odd_node, w} = pick(w, nodes)
+
+    {members, size, w} =
+      case mode do
+        :explicit ->
+          {all?, w} = chance(w, 0.75)
+          {spare, w} = pick(w, nodes)
+          {if(all?, do: nodes, else: nodes -- [spare]), nil, w}
+
+        :discovery ->
+          {size, w} = pick(w, 2..n)
+          {nil, size, w}
+      end
+
+    cluster_nodes = members || Enum.take(nodes, size)
+    minority = div(length(cluster_nodes) - 1, 2)
+    {shuffled, w} = shuffle(w, nodes)
+    {loss, w} = if faulty?, do: pick(w, [0.0, 0.05, 0.2]), else: {0.0, w}
+    {dup, w} = if faulty?, do: pick(w, [0.0, 0.05, 0.2]), else: {0.0, w}
+    {restarts?, w} = if faulty?, do: chance(w, 0.7), else: {false, w}
+    {budget, w} = pick(w, 50..500)
+
+    {servers_only?, w} = chance(w, 0.5)
+
+    # Memory mode: either only a minority restarts (its server or its VM),
+    # or any node does, but only its server (Visor.Lifetime remembers).
+    # Disk mode: any node, and only a minority has its data_dir wiped.
+    {restartable, amnesic} =
+      cond do
+        not restarts? -> {[], []}
+        storage == :memory and not servers_only? -> {Enum.take(shuffled, minority), shuffled}
+        storage == :memory -> {nodes, []}
+        true -> {nodes, Enum.take(shuffled, minority)}
+      end
+
+    Map.merge(w, %{
+      mode: mode,
+      storage: storage,
+      nodes: nodes,
+      members: members,
+      size: size,
+      settings:
+        for(
+          n <- nodes,
+          into: %{},
+          do: {n, if(odd? and n == odd_node, do: @odd_settings, else: @settings)}
+        ),
+      loss: loss,
+      dup: dup,
+      restartable: restartable,
+      amnesic: amnesic,
+      budget: budget,
+      live?: loss == 0.0 and dup == 0.0 and not restarts? and not odd?,
+      procs: %{},
+      serials: %{},
+      lifetime: %{},
+      stores: %{},
+      net: [],
+      timers: [],
+      group: nil,
+      fresh: %{},
+      trace: [],
+      step: 0
+    })
+  end
+
+  # ---- Steps ------------------------------------------------------------------
+
+  defp start_all(w), do: Enum.reduce(w.nodes, w, &start(&2, &1))
+
+  defp random_steps(w, 0), do: w
+
+  defp random_steps(w, left) do
+    w = %{w | step: w.step + 1}
+    in_flight = length(w.net)
+    {roll, w} = uniform(w)
+
+    w =
+      cond do
+        in_flight > 0 and roll < in_flight / (in_flight + 3) -> deliver_random(w)
+        roll > 0.97 and w.restartable != [] -> fault(w)
+        true -> tick_random(w)
+      end
+
+    random_steps(w, left - 1)
+  end
+
+  # Every stopped node comes back; then rounds of: every message in flight
+  # delivered in order, every node ticks; until every node decided.
+  defp calm(w, @calm_rounds), do: w
+
+  defp calm(w, round) do
+    w = w.nodes |> Enum.reject(&Map.has_key?(w.procs, &1)) |> Enum.reduce(w, &start(&2, &1))
+    w = %{w | loss: 0.0, dup: 0.0, step: w.step + 1}
+    {net, w} = {w.net, %{w | net: []}}
+    w = Enum.reduce(net, w, &deliver(&2, &1))
+    w = Enum.reduce(w.nodes, w, &tick(&2, &1))
+    if decided?(w) and w.net == [], do: w, else: calm(w, round + 1)
+  end
+
+  defp decided?(w), do: Enum.all?(w.procs, fn {_n, p} -> p.decision != :pending end)
+
+  defp deliver_random(w) do
+    {i, w} = pick(w, 0..(length(w.net) - 1))
+    {message, net} = List.pop_at(w.net, i)
+    deliver(%{w | net: net}, message)
+  end
+
+  defp tick_random(w) do
+    {node, w} = pick(w, w.nodes)
+    if Map.has_key?(w.procs, node), do: tick(w, node), else: start(w, node)
+  end
+
+  defp fault(w) do
+    {node, w} = pick(w, w.restartable)
+    {everyone?, w} = chance(w, 0.2)
+
+    cond do
+      # Every node at once, each keeping what it remembers (Visor.Lifetime,
+      # its store): the case those records exist for.
+      everyone? and w.restartable == w.nodes and not outsiders?(w) ->
+        kind = if w.storage == :memory, do: :server, else: :vm
+        Enum.reduce(w.nodes, w, &stop(&2, &1, kind))
+
+      keeps_a_member_up?(w, node) ->
+        kinds =
+          case w.storage do
+            :memory -> if node in w.amnesic, do: [:server, :vm], else: [:server]
+            :disk -> if node in w.amnesic, do: [:server, :vm, :wipe], else: [:server, :vm]
+          end
+
+        {kind, w} = pick(w, kinds)
+        stop(w, node, kind)
+
+      true ->
+        w
+    end
+  end
+
+  # Discovery mode: nodes outside a formed cluster that see none of its
+  # members (all of them down) form another one, like nodes that cannot
+  # see each other at all (the documented limit of cluster_size:). So
+  # where there are such nodes, a formed cluster keeps a member up here.
+  defp keeps_a_member_up?(w, node) do
+    w.group == nil or not outsiders?(w) or
+      Enum.any?(w.procs, fn {n, p} -> n != node and match?({:member, _}, p.decision) end)
+  end
+
+  defp outsiders?(w), do: w.mode == :discovery and w.size < length(w.nodes)
+
+  defp stop(w, node, kind) do
+    w = trace(w, "stop #{node} (#{kind})")
+    w = %{w | procs: Map.delete(w.procs, node)}
+
+    case kind do
+      :server -> w
+      :vm -> %{w | lifetime: Map.delete(w.lifetime, node)}
+      :wipe -> %{w | lifetime: Map.delete(w.lifetime, node), stores: Map.delete(w.stores, node)}
+    end
+  end
+
+  defp tick(w, node) do
+    proc = w.procs[node]
+    w = put_in(w.procs[node].ticks, proc.ticks + 1)
+
+    input =
+      case proc.decider do
+        Explicit ->
+          :tick
+
+        Discovery ->
+          {:tick, for({n, p} <- w.procs, n != node, do: p.addr)}
+      end
+
+    w = step(w, node, input)
+
+    {due, timers} =
+      Enum.split_with(w.timers, fn {addr, at, _} -> addr == proc.addr and at <= proc.ticks + 1 end)
+
+    Enum.reduce(due, %{w | timers: timers}, fn {_addr, _at, message}, w ->
+      step(w, node, message)
+    end)
+  end
+
+  defp deliver(w, {dest, message}) do
+    case resolve(w, dest) do
+      nil -> w
+      node -> step(w, node, message)
+    end
+  end
+
+  # A registered name reaches whichever process runs on the node when the
+  # message arrives; an address reaches that one process only.
+  defp resolve(w, {@name, node}), do: if(Map.has_key?(w.procs, node), do: node)
+
+  defp resolve(w, {:proc, node, serial}) do
+    case w.procs[node] do
+      %{serial: ^serial} -> node
+      _ -> nil
+    end
+  end
+
+  # ---- One process ---------------------------------------------------------
+
+  defp start(w, node) do
+    serial = Map.get(w.serials, node, 0) + 1
+    w = %{w | serials: Map.put(w.serials, node, serial)}
+    {inc, w} = pick(w, 1..(1 <<< 62))
+    {rand_seed, w} = pick(w, 1..(1 <<< 40))
+    settings = w.settings[node]
+    restored = restored(w, node)
+
+    common = %{
+      module: @group,
+      node: node,
+      self: {:proc, node, serial},
+      incarnation: inc,
+      settings: settings,
+      storage: w.storage,
+      earlier: if(w.storage == :memory, do: w.lifetime[node]),
+      restored: restored
+    }
+
+    {decider, config} =
+      case w.mode do
+        :explicit ->
+          cluster = Options.cluster_id(@group, w.members, settings)
+          {Explicit, Map.merge(common, %{name: @name, members: w.members, cluster: cluster})}
+
+        :discovery ->
+          {Discovery, Map.merge(common, %{size: w.size, rand: :rand.seed_s(:exsss, rand_seed)})}
+      end
+
+    {core, effects} = run_decider(w, node, fn -> decider.new(config) end)
+
+    proc = %{
+      decider: decider,
+      core: core,
+      addr: config.self,
+      serial: serial,
+      ticks: 0,
+      decision: :pending,
+      restored?: restored != nil
+    }
+
+    w =
+      trace(
+        %{w | procs: Map.put(w.procs, node, proc)},
+        "start #{node}/#{serial}#{if restored, do: " from its store"}"
+      )
+
+    w |> carry_out(node, effects) |> record(node)
+  end
+
+  # Disk mode: what Visor.Formation.Restore makes of this node's store.
+  defp restored(%{storage: :disk} = w, node) do
+    settings = w.settings[node]
+
+    membership =
+      case w.mode do
+        :explicit -> {:nodes, w.members, Options.cluster_id(@group, w.members, settings)}
+        :discovery -> {:cluster_size, w.size}
+      end
+
+    expected = %{
+      group: "model",
+      node: node,
+      dir: "/model/#{node}",
+      settings: settings,
+      membership: membership
+    }
+
+    case Restore.check(if(info = w.stores[node], do: {:ok, info}, else: :empty), expected) do
+      :empty -> nil
+      {:ok, restored} -> restored
+      {:error, message} -> throw({:violation, w, "#{node}'s own store is refused: #{message}"})
+    end
+  end
+
+  defp restored(_memory, _node), do: nil
+
+  defp step(w, node, input) do
+    proc = w.procs[node]
+    {core, effects} = run_decider(w, node, fn -> proc.decider.handle(proc.core, input) end)
+    w = put_in(w.procs[node].core, core)
+    w = trace(w, "#{node}/#{proc.serial} <- #{brief(input)}")
+    w |> carry_out(node, effects) |> record(node)
+  end
+
+  defp run_decider(w, node, fun) do
+    fun.()
+  rescue
+    e -> violation(w, "#{node}'s decider raised: #{Exception.format(:error, e, __STACKTRACE__)}")
+  end
+
+  defp carry_out(w, node, effects) do
+    Enum.reduce(effects, w, fn
+      {:send, dest, message}, w ->
+        send_message(w, dest, message)
+
+      {:timer, ms, message}, w ->
+        %{
+          w
+          | timers: [{w.procs[node].addr, w.procs[node].ticks + div(ms, 100), message} | w.timers]
+        }
+
+      {:remember, formed}, w ->
+        %{w | lifetime: Map.put(w.lifetime, node, formed)}
+
+      {:notify, decision}, w ->
+        check_notify(w, node, decision)
+
+      {:connect, _node}, w ->
+        w
+
+      {:log, _level, _key, _message}, w ->
+        w
+    end)
+  end
+
+  defp send_message(w, dest, message) do
+    {lost?, w} = chance(w, w.loss)
+    {dup?, w} = chance(w, w.dup)
+
+    cond do
+      lost? -> w
+      dup? -> %{w | net: w.net ++ [{dest, message}, {dest, message}]}
+      true -> %{w | net: w.net ++ [{dest, message}]}
+    end
+  end
+
+  defp check_notify(w, node, decision) do
+    if decision != Decider.decision(w.procs[node].core),
+      do: violation(w, "#{node} notified #{inspect(decision)}, not its decision"),
+      else: w
+  end
+
+  # ---- The invariants --------------------------------------------------------
+
+  defp record(w, node) do
+    proc = w.procs[node]
+    decision = Decider.decision(proc.core)
+
+    cond do
+      decision == proc.decision ->
+        w
+
+      proc.decision != :pending ->
+        violation(
+          w,
+          "#{node}/#{proc.serial} decided #{inspect(decision)} after #{inspect(proc.decision)}"
+        )
+
+      true ->
+        w =
+          trace(
+            put_in(w.procs[node].decision, decision),
+            "#{node}/#{proc.serial} DECIDES #{inspect(decision)}"
+          )
+
+        decided(w, node, proc, decision)
+    end
+  end
+
+  defp decided(w, node, proc, {:member, %{cluster: cluster, members: members, recover: recover}}) do
+    group = {cluster, members}
+
+    w =
+      cond do
+        node not in members ->
+          violation(w, "#{node} is a member of #{inspect(members)}, which does not name it")
+
+        w.group == nil and w.mode == :explicit and members != w.members ->
+          violation(w, "#{node} is a member of #{inspect(members)}, not of the configured nodes")
+
+        w.group == nil ->
+          %{w | group: group}
+
+        w.group != group ->
+          violation(w, "two clusters: #{inspect(w.group)} and #{node}'s #{inspect(group)}")
+
+        true ->
+          w
+      end
+
+    w =
+      if recover == false and not proc.restored? do
+        case Map.fetch(w.fresh, {node, cluster}) do
+          {:ok, earlier} ->
+            violation(
+              w,
+              "#{node}/#{proc.serial} starts a fresh replica of a cluster #{node}/#{earlier} ran fresh"
+            )
+
+          :error ->
+            %{w | fresh: Map.put(w.fresh, {node, cluster}, proc.serial)}
+        end
+      else
+        w
+      end
+
+    # Disk mode: the replica writes its store as it starts.
+    if w.storage == :disk and not Map.has_key?(w.stores, node) do
+      index = Enum.find_index(members, &(&1 == node))
+
+      info = %{
+        group: "model",
+        replica: index,
+        replica_count: length(members),
+        cluster: cluster,
+        meta: Restore.store_meta(members, w.settings[node]),
+        view: 0,
+        commit: 0
+      }
+
+      %{w | stores: Map.put(w.stores, node, info)}
+    else
+      w
+    end
+  end
+
+  defp decided(w, node, _proc, :spare) do
+    if w.mode == :explicit and node in w.members,
+      do: violation(w, "#{node} is in nodes: but decided to be a spare"),
+      else: w
+  end
+
+  defp decided(w, _node, _proc, {:refused, _reason}), do: w
+
+  defp check_liveness(%{live?: false}), do: :ok
+
+  defp check_liveness(w) do
+    decisions = for {n, p} <- w.procs, into: %{}, do: {n, p.decision}
+    members = for {n, {:member, %{recover: false}}} <- decisions, do: n
+    spares = for {n, :spare} <- decisions, do: n
+
+    expected_members = length(w.members || Enum.take(w.nodes, w.size))
+
+    unless length(members) == expected_members and
+             length(members) + length(spares) == length(w.nodes) do
+      violation(w, "formation did not complete in a calm network: #{inspect(decisions)}")
+    end
+
+    :ok
+  end
+
+  defp violation(w, why), do: throw({:violation, w, why})
+
+  defp report(w, why) do
+    config =
+      Map.take(w, [
+        :mode,
+        :storage,
+        :nodes,
+        :members,
+        :size,
+        :loss,
+        :dup,
+        :restartable,
+        :amnesic,
+        :budget,
+        :live?
+      ])
+
+    odd = for {n, s} <- w.settings, s != @settings, do: n
+
+    """
+    formation model: #{why}
+    seed #{w.seed} (replay: FORMATION_SEED=#{w.seed} mix test test/visor/formation_model_test.exs)
+    #{inspect(config)}#{if odd != [], do: " other settings on #{inspect(odd)}"}
+    last steps (of #{w.step}):
+    #{w.trace |> Enum.reverse() |> Enum.join("\n")}
+    """
+  end
+
+  defp trace(w, line),
+    do: %{w | trace: Enum.take(["#{w.step}: #{line}" | w.trace], w.trace_kept)}
+
+  defp brief({:tick, _visible}), do: "tick"
+  defp brief(input) when is_tuple(input), do: inspect(input, limit: 8, printable_limit: 8)
+  defp brief(input), do: inspect(input)
+
+  # ---- Randomness (all from the seed) -------------------------------------------
+
+  defp uniform(w) do
+    {x, rand} = :rand.uniform_s(w.rand)
+    {x, %{w | rand: rand}}
+  end
+
+  defp chance(w, p) do
+    {x, w} = uniform(w)
+    {x < p, w}
+  end
+
+  defp pick(w, first..last//1) do
+    {x, rand} = :rand.uniform_s(last - first + 1, w.rand)
+    {first + x - 1, %{w | rand: rand}}
+  end
+
+  defp pick(w, list) when is_list(list) do
+    {i, w} = pick(w, 0..(length(list) - 1))
+    {Enum.at(list, i), w}
+  end
+
+  defp shuffle(w, list) do
+    {keys, w} = Enum.map_reduce(list, w, fn _, w -> uniform(w) end)
+    {keys |> Enum.zip(list) |> Enum.sort() |> Enum.map(&elem(&1, 1)), w}
+  end
+end
