@@ -98,6 +98,14 @@ fn settled(outputs: &[Output]) -> Vec<(&'static str, Op, u128)> {
         .collect()
 }
 
+/// What `settled` finds when clients `clients` register in a one-replica
+/// cluster, each at the op of its number.
+fn registrations(clients: std::ops::RangeInclusive<u128>) -> Vec<(&'static str, Op, u128)> {
+    clients
+        .flat_map(|c| [("execute", c as Op, c), ("reply", c as Op, c)])
+        .collect()
+}
+
 fn sends(outputs: &[Output]) -> Vec<(ReplicaIndex, Vec<u8>)> {
     outputs
         .iter()
@@ -121,7 +129,7 @@ fn what_follows_a_write_leaves_only_once_the_write_is_durable() {
     assert!(host.has_staged());
     assert_eq!(durable_ops(disk_of(&host)), Vec::<Op>::new());
     let late = host.sync_staged();
-    assert_eq!(settled(&late), [("execute", 1, 1), ("reply", 1, 1)]);
+    assert_eq!(settled(&late), registrations(1..=1));
     assert_eq!(durable_ops(disk_of(&host)), [1]);
     assert!(!host.has_staged());
     assert_nothing(host.sync_staged(), "released once");
@@ -152,7 +160,7 @@ fn a_primarys_prepares_leave_at_once_and_a_backups_ack_waits_for_its_sync() {
     let ready = primary.take_ready().unwrap();
     let mut all = ready.clone();
     all.extend(primary.sync_staged());
-    assert_eq!(settled(&all), [("execute", 1, 1), ("reply", 1, 1)]);
+    assert_eq!(settled(&all), registrations(1..=1));
 }
 
 // Group commit: the writes of many steps (the NIF's engine iteration) are
@@ -175,17 +183,7 @@ fn one_sync_makes_the_writes_of_many_steps_durable() {
         "one sync of the log, one of the superblock"
     );
     assert_eq!(durable_ops(disk_of(&host)), [1, 2, 3]);
-    assert_eq!(
-        settled(&late),
-        [
-            ("execute", 1, 1),
-            ("reply", 1, 1),
-            ("execute", 2, 2),
-            ("reply", 2, 2),
-            ("execute", 3, 3),
-            ("reply", 3, 3),
-        ]
-    );
+    assert_eq!(settled(&late), registrations(1..=3));
 }
 
 #[test]
@@ -211,22 +209,14 @@ fn a_failed_sync_holds_everything_until_one_succeeds_then_resumes_once() {
 
     host.store_mut().unwrap().disk_mut().full = false;
     let late = host.sync_staged();
-    assert_eq!(
-        settled(&late),
-        [
-            ("execute", 1, 1),
-            ("reply", 1, 1),
-            ("execute", 2, 2),
-            ("reply", 2, 2)
-        ]
-    );
+    assert_eq!(settled(&late), registrations(1..=2));
     assert_eq!(durable_ops(disk_of(&host)), [1, 2]);
     assert!(!host.paused());
     assert_eq!(host.storage_error(), None);
     assert_eq!(host.take_notices(), [StorageNotice::Resumed]);
     host.step(register(3)).unwrap();
     host.take_ready().unwrap();
-    assert_eq!(settled(&host.sync_staged()), [("execute", 3, 3), ("reply", 3, 3)]);
+    assert_eq!(settled(&host.sync_staged()), registrations(3..=3));
     assert_eq!(host.take_notices(), [], "resumed once");
 }
 
@@ -284,7 +274,7 @@ fn memory_mode_drops_writes_and_holds_nothing() {
     assert!(host.store().is_none());
     host.step(register(1)).unwrap();
     let ready = host.take_ready().unwrap();
-    assert_eq!(settled(&ready), [("execute", 1, 1), ("reply", 1, 1)]);
+    assert_eq!(settled(&ready), registrations(1..=1));
     assert_eq!(ready.len(), 2, "writes are dropped: {ready:?}");
     assert!(!host.has_staged());
     assert_eq!(host.take_notices(), []);
@@ -334,17 +324,7 @@ fn a_restart_replays_the_committed_prefix() {
     assert_eq!(host.replica().commit(), 3);
     // Every output of the replay is ready at once: nothing was written.
     let replayed = host.take_ready().unwrap();
-    assert_eq!(
-        settled(&replayed),
-        [
-            ("execute", 1, 1),
-            ("reply", 1, 1),
-            ("execute", 2, 2),
-            ("reply", 2, 2),
-            ("execute", 3, 3),
-            ("reply", 3, 3),
-        ]
-    );
+    assert_eq!(settled(&replayed), registrations(1..=3));
     assert_eq!(replayed.len(), 6, "{replayed:?}");
 }
 
