@@ -13,7 +13,8 @@ use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
 use crate::error::EngineError;
-use crate::host::{DiskOptions, HostPhase, StatusCopy, StorageNotice};
+use crate::host::{DiskOptions, HostPhase, StatusCopy};
+use vsr_host::StorageNotice;
 
 /// What `start` was asked for, checked.
 pub struct StartOptions {

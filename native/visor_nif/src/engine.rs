@@ -301,14 +301,9 @@ impl Worker {
 
     fn step(&mut self, id: u64, input: Input<'_>) {
         if let Some(group) = self.groups.get_mut(&id) {
-            if group.storage_failed() && matches!(input, Input::Tick { .. } | Input::Receive(_)) {
-                // Writes are failing: the replica is paused (peers see a slow
-                // replica, and the protocol tolerates the lost messages),
-                // and each tick retries the sync in `flush`. Submissions and
-                // reads still go in, so their callers get answers later.
-                self.mark(id);
-                return;
-            }
+            // While writes fail, the host drops ticks and peer messages
+            // (`vsr_host::Host::step`); the group is still marked, so each
+            // tick retries the sync in `flush`.
             let result = group.step(input);
             self.after_step(id, result);
         }

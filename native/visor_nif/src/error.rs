@@ -8,6 +8,7 @@ use std::path::Path;
 
 use rustler::{Atom, Encoder, Env, Term};
 use vsr::ConfigError;
+use vsr_host::{BootError, Bug};
 use vsr_storage::StoreError;
 
 use crate::atoms;
@@ -57,6 +58,29 @@ impl EngineError {
             // start's options were checked against the same limits.
             StoreError::TooLarge(_) => EngineError::Bug(detail),
         }
+    }
+
+    /// The error of booting the replica from the store in `dir`.
+    pub fn boot(dir: &Path, error: BootError) -> EngineError {
+        match error {
+            BootError::Store(e) => EngineError::store(dir, e),
+            // vsr refuses to restart from a log that does not hold together.
+            BootError::Corrupt(detail) => EngineError::CorruptStore {
+                dir: dir.display().to_string(),
+                detail,
+            },
+            BootError::Sync(e) => EngineError::Io {
+                dir: dir.display().to_string(),
+                detail: e.to_string(),
+            },
+            BootError::Bug(detail) => EngineError::Bug(detail),
+        }
+    }
+}
+
+impl From<Bug> for EngineError {
+    fn from(Bug(detail): Bug) -> EngineError {
+        EngineError::Bug(detail)
     }
 }
 

@@ -1,8 +1,7 @@
-//! One replica group on an engine thread: its `vsr::Replica`, the outputs
-//! it owes its owner, and the status copy `status/1` reads.
+//! One replica group on an engine thread: its `vsr_host::Host` (the
+//! replica, its store, the outputs it owes), the owner it sends them to,
+//! and the status copy `status/1` reads.
 
-use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -10,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc, Term};
 use vsr::{Input, Output, Replica, Stats, Status};
-use vsr_storage::{FileDisk, Identity, Opened, Store};
+use vsr_host::{catch_panic, Host, StoreOptions};
+use vsr_storage::{FileDisk, Identity};
 
 use crate::atoms;
 use crate::convert;
@@ -110,25 +110,6 @@ pub struct DiskOptions {
     pub compaction_bytes: Option<u64>,
 }
 
-/// Something about the group's storage its owner should log.
-#[derive(Clone, Debug)]
-pub enum StorageNotice {
-    /// A new, empty store was created.
-    Created,
-    /// Restarted from the store; `torn` is the offset of a torn write cut
-    /// off the log's tail, if there was one.
-    Restarted { torn: Option<u64> },
-    /// The store's log cannot be trusted: recovering from the peers.
-    Recovering(String),
-    /// One damaged entry of the log is fetched from a peer before the
-    /// replica restarts from the rest.
-    Repairing(String),
-    /// A write or sync failed: the replica acknowledges nothing until one succeeds.
-    Error(String),
-    /// Writes succeed again after an error.
-    Resumed,
-}
-
 /// State shared between a group's resource (read by NIFs on schedulers)
 /// and its engine thread (the only writer).
 pub struct Shared {
@@ -165,40 +146,23 @@ impl Shared {
 /// Runs `f`, turning a panic into `EngineError::Bug`: a bug in `vsr` (or
 /// here) fails one group, never the VM.
 pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, EngineError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| EngineError::Bug(panic_message(&*payload)))
+    Ok(catch_panic(f)?)
 }
 
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".into()
-    }
-}
-
-/// One replica of a group as an engine thread hosts it: the replica, its
-/// store (disk mode), and the outputs it owes its owner.
+/// One replica of a group as an engine thread hosts it: the `vsr_host::Host`
+/// that runs the replica and its store, and what only the NIF has: the
+/// owner, the resource that names the group, its ticks.
 pub struct ReplicaHost {
     pub id: u64,
-    replica: Replica,
+    host: Host<FileDisk>,
     owner: LocalPid,
     /// The resource, to name the group in messages to its owner. This
     /// reference keeps the resource alive while the group runs; the owner
     /// monitor, `stop/1` and failures are what end a group (docs/nif.md).
     engine: ResourceArc<EngineResource>,
-    /// Outputs of this iteration's steps, sent as one message by `flush`.
-    outbox: Vec<Output>,
-    /// Disk mode: the store, once opened by `boot`.
-    store: Option<Store<FileDisk>>,
     /// Disk mode, until `boot` runs: the store to open, and whether a new
     /// store's replica must recover (it rejoins a cluster that ran).
     boot: Option<(DiskOptions, bool)>,
-    /// Outputs waiting for staged writes to become durable.
-    held: Vec<Output>,
-    notices: Vec<StorageNotice>,
-    storage_error: Option<String>,
     pub tick: Duration,
     /// The group's next tick; the worker's timer heap holds one entry
     /// with exactly this deadline.
@@ -208,11 +172,11 @@ pub struct ReplicaHost {
 }
 
 impl ReplicaHost {
-    /// `replica` is the group's replica in memory mode; in disk mode
-    /// (`disk` given) a placeholder that `boot` replaces.
+    /// `host` runs the group's replica in memory mode; in disk mode (`disk`
+    /// given) it stands in until `boot` replaces it.
     pub fn new(
         id: u64,
-        replica: Replica,
+        host: Host<FileDisk>,
         owner: LocalPid,
         engine: ResourceArc<EngineResource>,
         tick: Duration,
@@ -220,15 +184,10 @@ impl ReplicaHost {
     ) -> ReplicaHost {
         ReplicaHost {
             id,
-            replica,
+            host,
             owner,
             engine,
-            outbox: Vec::new(),
-            store: None,
             boot: disk,
-            held: Vec::new(),
-            notices: Vec::new(),
-            storage_error: None,
             tick,
             next_tick: Instant::now() + tick,
             dirty: false,
@@ -245,143 +204,30 @@ impl ReplicaHost {
         let Some((disk, recover)) = self.boot.take() else {
             return Ok(());
         };
-        let config = self.replica.config().clone();
-        let index = self.replica.index();
-        let dir = disk.dir.display().to_string();
+        let config = self.host.replica().config().clone();
+        let index = self.host.replica().index();
         let file = FileDisk::open(&disk.dir).map_err(|e| EngineError::store(&disk.dir, e))?;
-        // vsr refuses to restart from a log that does not hold together.
-        let corrupt = |detail: String| EngineError::CorruptStore {
-            dir: dir.clone(),
-            detail,
+        let store = StoreOptions {
+            disk: file,
+            identity: Identity {
+                cluster: config.cluster,
+                group: disk.group,
+                replica: index,
+                replica_count: config.replica_count,
+            },
+            meta: disk.meta,
+            compaction_bytes: disk.compaction_bytes,
         };
-        let identity = Identity {
-            cluster: config.cluster,
-            group: disk.group,
-            replica: index,
-            replica_count: config.replica_count,
-        };
-        let (mut store, opened) =
-            Store::open(file, identity, disk.meta).map_err(|e| EngineError::store(&disk.dir, e))?;
-        if let Some(bytes) = disk.compaction_bytes {
-            store.set_compaction_bytes(bytes);
-        }
         let nonce = recovery_nonce(config.jitter_seed);
-        let (replica, outputs, notice) = match opened {
-            Opened::Created if recover => (
-                // start/2 checked the config and the index.
-                Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?,
-                Vec::new(),
-                StorageNotice::Created,
-            ),
-            Opened::Created => (Replica::new(config, index), Vec::new(), StorageNotice::Created),
-            Opened::Restart {
-                state,
-                checkpoint,
-                entries,
-                torn,
-            } => {
-                // Outputs begin with the checkpoint's InstallSnapshot, then
-                // the executes of the committed entries after it.
-                let (replica, outputs) =
-                    guard(|| Replica::restart_from(config, index, state, checkpoint, entries))?
-                        .map_err(corrupt)?;
-                (replica, outputs, StorageNotice::Restarted { torn })
-            }
-            Opened::Repair {
-                state,
-                checkpoint,
-                entries,
-                hole,
-                after,
-            } => (
-                guard(|| Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after))?
-                    .map_err(corrupt)?,
-                Vec::new(),
-                StorageNotice::Repairing(format!(
-                    "the write-ahead log's entry at op {} is damaged; the entries around it are intact, \
-                     and it is fetched from a peer by its checksum {:032x}",
-                    hole.0, hole.1
-                )),
-            ),
-            Opened::Recover { state, reason } => (
-                Replica::recovering_from(config, index, state, nonce).map_err(corrupt)?,
-                Vec::new(),
-                StorageNotice::Recovering(reason),
-            ),
-        };
-        if replica.is_recovering() {
-            // Durable before anything else: a crash from here on must
-            // restart into recovery, never into the empty log.
-            store
-                .stage(&Output::WriteState(replica.durable_state()))
-                .map_err(EngineError::Bug)?;
-            store.sync().map_err(|e| EngineError::Io {
-                dir: dir.clone(),
-                detail: e.to_string(),
-            })?;
-        }
-        self.replica = replica;
-        self.store = Some(store);
-        self.outbox.extend(outputs);
-        self.notices.push(notice);
+        self.host = Host::boot(config, index, Some(store), recover, nonce)
+            .map_err(|e| EngineError::boot(&disk.dir, e))?;
         Ok(())
     }
 
-    /// Whether writes are failing: the replica is then paused (no ticks,
-    /// no deliveries; see `Worker::step`) until a sync succeeds.
-    pub fn storage_failed(&self) -> bool {
-        self.storage_error.is_some()
-    }
-
-    /// Feeds one input to the replica and keeps its outputs for `flush`.
+    /// Feeds one input to the replica (a paused one drops ticks and peer
+    /// messages: `Host::step`) and keeps its outputs for `flush`.
     pub fn step(&mut self, input: Input<'_>) -> Result<(), EngineError> {
-        let outputs = guard(|| self.replica.step(input))?;
-        self.outbox.extend(outputs);
-        Ok(())
-    }
-
-    /// Splits this iteration's outputs: those that may leave at once (in
-    /// order, before any write) are returned; writes are staged; whatever
-    /// follows a write is held for `sync_staged`. In memory mode the writes
-    /// are dropped (the replica's log is the storage) and everything leaves
-    /// at once.
-    fn stage_outbox(&mut self) -> Result<Vec<Output>, EngineError> {
-        let outbox = std::mem::take(&mut self.outbox);
-        let Some(store) = self.store.as_mut() else {
-            return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
-        };
-        let mut ready = Vec::new();
-        for output in outbox {
-            if self.held.is_empty() && !store.has_staged() && !is_write(&output) {
-                ready.push(output);
-            } else if !store.stage(&output).map_err(EngineError::Bug)? {
-                self.held.push(output);
-            }
-        }
-        Ok(ready)
-    }
-
-    /// One sync for every staged write (group commit); then the held
-    /// outputs may leave. If the sync fails they stay held, and the next
-    /// flush retries.
-    fn sync_staged(&mut self) -> Vec<Output> {
-        let Some(store) = self.store.as_mut() else {
-            return Vec::new();
-        };
-        if store.has_staged() {
-            if let Err(e) = store.sync() {
-                let message = e.to_string();
-                if self.storage_error.as_ref() != Some(&message) {
-                    self.notices.push(StorageNotice::Error(message.clone()));
-                }
-                self.storage_error = Some(message);
-                return Vec::new();
-            }
-            if self.storage_error.take().is_some() {
-                self.notices.push(StorageNotice::Resumed);
-            }
-        }
-        std::mem::take(&mut self.held)
+        Ok(self.host.step(input)?)
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.
@@ -400,11 +246,11 @@ impl ReplicaHost {
     pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), EngineError> {
         // What needs no durability (a primary's prepares, above all) leaves
         // before the disk is touched, so the backups' syncs overlap ours.
-        let early = self.stage_outbox();
+        let early = self.host.take_ready();
         self.publish();
         self.send_events(env, early?)?;
-        if self.store.as_ref().is_some_and(|s| s.has_staged()) {
-            let late = self.sync_staged();
+        if self.host.has_staged() {
+            let late = self.host.sync_staged();
             self.publish();
             self.send_events(env, late)?;
         }
@@ -416,7 +262,7 @@ impl ReplicaHost {
     /// the notices, then the sends grouped by peer, then the other outputs
     /// in order.
     fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), EngineError> {
-        let notices = std::mem::take(&mut self.notices);
+        let notices = self.host.take_notices();
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
             // steps taken before the Stop command reached this thread.
@@ -447,12 +293,12 @@ impl ReplicaHost {
     }
 
     fn publish(&self) {
-        let mut copy = StatusCopy::of(&self.replica);
-        if let Some(store) = &self.store {
+        let mut copy = StatusCopy::of(self.host.replica());
+        if let Some(store) = self.host.store() {
             let stats = store.stats();
             copy.storage = StorageStatus {
                 dir: Some(store.disk().dir().to_path_buf()),
-                error: self.storage_error.clone(),
+                error: self.host.storage_error().map(str::to_string),
                 syncs: stats.syncs,
                 wal_bytes: stats.wal_bytes,
                 wal_size: store.wal_len(),
@@ -483,13 +329,6 @@ impl ReplicaHost {
             env.clear();
         }
     }
-}
-
-fn is_write(output: &Output) -> bool {
-    matches!(
-        output,
-        Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_)
-    )
 }
 
 /// A recovery's nonce: it only has to differ between restarts.

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustler::{Binary, Encoder, Env, Error, LocalPid, NewBinary, NifResult, ResourceArc, Term};
-use vsr::{Replica, Submission};
+use vsr::Submission;
+use vsr_host::Host;
 
 use error::EngineError;
 use host::{ReplicaHost, Shared, StatusCopy};
@@ -87,28 +88,21 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     config.boot_nonce = config.jitter_seed ^ random_u64();
     let count = config.replica_count;
     let index = options.replica_index;
-    // Cannot fail: decode_options validated the config and the index.
-    let (replica, copy, disk) = match options.disk {
-        // Disk mode: the store is opened, and the replica built from it, on
-        // the engine thread (ReplicaHost::boot); this one only stands in until then.
-        Some(disk) => {
-            let replica = Replica::new(config, index);
-            let copy = StatusCopy::starting(&replica, Some(disk.dir.clone()));
-            (replica, copy, Some((disk, options.recover)))
-        }
-        None if options.recover => {
-            // A restart that lost its state: it must recover before taking part.
-            let nonce = host::recovery_nonce(config.jitter_seed);
-            let replica = Replica::recovering(config, index, nonce).map_err(EngineError::Bug)?;
-            let copy = StatusCopy::of(&replica);
-            (replica, copy, None)
-        }
-        None => {
-            let replica = Replica::new(config, index);
-            let copy = StatusCopy::of(&replica);
-            (replica, copy, None)
-        }
+    // Memory mode: a restart that lost its state (`recover`) must recover
+    // before taking part. Disk mode: the store is opened, and the replica
+    // built from it, on the engine thread (ReplicaHost::boot); a fresh
+    // replica's memory-mode host stands in until then.
+    let recover_now = options.recover && options.disk.is_none();
+    let nonce = host::recovery_nonce(config.jitter_seed);
+    // Without a store only a bug can fail a boot: decode_options validated
+    // the config and the index.
+    let host =
+        Host::boot(config, index, None, recover_now, nonce).map_err(|e| EngineError::Bug(e.to_string()))?;
+    let copy = match &options.disk {
+        Some(disk) => StatusCopy::starting(host.replica(), Some(disk.dir.clone())),
+        None => StatusCopy::of(host.replica()),
     };
+    let disk = options.disk.map(|disk| (disk, options.recover));
     let shared = Arc::new(Shared::new(copy));
     let engine = ResourceArc::new(EngineResource::new(id, index, count, shared, worker.tx.clone()));
     // The owner's death stops the group (EngineResource::down). An owner
@@ -119,7 +113,7 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     }
     worker.start(ReplicaHost::new(
         id,
-        replica,
+        host,
         owner,
         engine.clone(),
         options.tick,
