@@ -25,43 +25,26 @@ defmodule Mix.Tasks.Compile.VisorNif do
   @impl Mix.Task.Compiler
   def run(_args) do
     root = Path.dirname(Mix.Project.project_file())
-    installed = installed_path(root)
 
-    unless System.find_executable("cargo") do
-      Mix.raise(
-        "cargo not found in PATH: Visor needs a Rust toolchain (1.89 or later) to build its NIF"
-      )
-    end
+    cargo =
+      System.find_executable("cargo") ||
+        Mix.raise(
+          "cargo not found in PATH: Visor needs a Rust toolchain (1.89 or later) to build its NIF"
+        )
 
-    # A first build compiles the engine and its crates: minutes on a small
-    # machine, so it says so and lets cargo show its progress. Later builds
-    # are incremental (a no-op takes a fraction of a second) and quiet
-    # unless cargo has warnings or errors to show.
-    first_build? = not File.exists?(installed)
-
-    if first_build? do
-      Mix.shell().info(
-        "==> visor: building the engine (#{@crate}) with cargo, in release mode; " <>
-          "the first build takes a few minutes"
-      )
-    end
-
-    args = cargo_args(quiet: not first_build?, debug_info: debug_info?())
-    # stdout carries cargo's JSON messages; its progress and rendered
-    # diagnostics go to stderr, which is the terminal's.
-    {output, status} = System.cmd("cargo", args, cd: root)
+    {status, messages} = run_cargo(cargo, cargo_args(debug_info: debug_info?()), root)
 
     if status != 0 do
       Mix.raise("cargo build of #{@crate} failed (exit #{status}): cargo's messages are above")
     end
 
     built =
-      case artifact_path(output) do
+      case artifact_path(messages) do
         {:ok, path} -> path
         :error -> Mix.raise("cargo built #{@crate} but reported no library for it")
       end
 
-    result = install(built, installed)
+    result = install(built, installed_path(root))
     # Mix links priv/ into _build only if it existed when the build started;
     # on a first build it did not, so link it now (idempotent).
     Mix.Project.build_structure()
@@ -73,17 +56,77 @@ defmodule Mix.Tasks.Compile.VisorNif do
 
   @doc false
   # Always release: the engine's threads run the protocol, and a debug build
-  # of it is many times slower.
+  # of it is many times slower. JSON messages on stdout name the artifacts;
+  # progress and rendered diagnostics stay text.
   def cargo_args(opts) do
-    quiet = if Keyword.fetch!(opts, :quiet), do: ["-q"], else: []
-
     debug_info =
       if Keyword.fetch!(opts, :debug_info),
         do: for(setting <- ["debug=1", ~s(strip="none")], do: "--config=#{@profile}.#{setting}"),
         else: []
 
-    ~w(build --release -p #{@crate} --message-format=json-render-diagnostics) ++
-      quiet ++ debug_info
+    ~w(build --release -p #{@crate} --message-format=json-render-diagnostics) ++ debug_info
+  end
+
+  # Runs cargo with stdout and stderr as one stream of lines: JSON lines
+  # are kept (returned in order), the others are cargo's text, shown as
+  # `shown_lines/2` decides while the build runs.
+  defp run_cargo(cargo, args, root) do
+    port =
+      Port.open({:spawn_executable, cargo}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        :hide,
+        line: 65_536,
+        args: args,
+        cd: root
+      ])
+
+    collect(port, "", [], false)
+  end
+
+  defp collect(port, partial, messages, announced?) do
+    receive do
+      {^port, {:data, {:noeol, part}}} ->
+        collect(port, partial <> part, messages, announced?)
+
+      {^port, {:data, {:eol, part}}} ->
+        line = partial <> part
+
+        if String.starts_with?(line, "{") do
+          collect(port, "", [line | messages], announced?)
+        else
+          {shown, announced?} = shown_lines(line, announced?)
+          Enum.each(shown, &Mix.shell().info/1)
+          collect(port, "", messages, announced?)
+        end
+
+      {^port, {:exit_status, status}} ->
+        {status, messages |> Enum.reverse() |> Enum.join("\n")}
+    end
+  end
+
+  @doc false
+  # What to show of one line of cargo's text, and whether the build has
+  # announced itself. A no-op build (cargo's lone `Finished` line) shows
+  # nothing. Anything else (compiling, downloading, waiting for a lock, a
+  # warning, an error) is shown, after one line saying what is being built
+  # and that a first build takes minutes on a small machine.
+  def shown_lines(line, announced?) do
+    cond do
+      announced? ->
+        {[line], true}
+
+      String.starts_with?(String.trim_leading(line), "Finished ") ->
+        {[], false}
+
+      true ->
+        header =
+          "==> visor: building its engine (native/#{@crate}, Rust) with " <>
+            "`cargo build --release`; a first build takes a few minutes"
+
+        {[header, line], true}
+    end
   end
 
   defp debug_info?, do: System.get_env(@debug_info_env, "") not in ["", "0", "false"]

@@ -45,7 +45,7 @@ defmodule Visor.NifBuildTest do
     end
 
     test "names the library in cargo's own target directory for a real build" do
-      args = VisorNif.cargo_args(quiet: true, debug_info: false)
+      args = VisorNif.cargo_args(debug_info: false)
       {output, 0} = System.cmd("cargo", args, cd: @root, stderr_to_stdout: false)
       {metadata, 0} = System.cmd("cargo", ~w(metadata --format-version 1 --no-deps), cd: @root)
       [_, target_dir] = Regex.run(~r/"target_directory":"([^"]*)"/, metadata)
@@ -58,16 +58,48 @@ defmodule Visor.NifBuildTest do
   end
 
   describe "cargo_args/1" do
-    test "builds release; keeps debug info only when asked" do
-      plain = VisorNif.cargo_args(quiet: true, debug_info: false)
-      assert ["build", "--release", "-p", "visor_nif" | _] = plain
-      assert "-q" in plain
-      refute Enum.any?(plain, &String.starts_with?(&1, "--config"))
+    test "builds release with JSON messages; keeps debug info only when asked" do
+      plain = VisorNif.cargo_args(debug_info: false)
 
-      debug = VisorNif.cargo_args(quiet: false, debug_info: true)
-      refute "-q" in debug
+      assert ["build", "--release", "-p", "visor_nif", "--message-format=json-render-diagnostics"] =
+               plain
+
+      debug = VisorNif.cargo_args(debug_info: true)
       assert "--config=profile.release.package.visor_nif.debug=1" in debug
       assert ~s(--config=profile.release.package.visor_nif.strip="none") in debug
+    end
+  end
+
+  describe "shown_lines/2" do
+    defp show(lines) do
+      {shown, _} =
+        Enum.flat_map_reduce(lines, false, fn line, announced? ->
+          VisorNif.shown_lines(line, announced?)
+        end)
+
+      shown
+    end
+
+    test "a no-op build shows nothing" do
+      assert show(["    Finished `release` profile [optimized] target(s) in 0.07s"]) == []
+    end
+
+    test "a build that compiles says what it builds first, then shows cargo's progress" do
+      lines = [
+        "   Compiling vsr v0.2.0 (/src/native/vsr)",
+        "   Compiling visor_nif v0.2.0 (/src/native/visor_nif)",
+        "    Finished `release` profile [optimized] target(s) in 2m 03s"
+      ]
+
+      assert [header | ^lines] = show(lines)
+      assert header =~ "building its engine"
+      assert header =~ "cargo build --release"
+      assert header =~ "a first build takes a few minutes"
+    end
+
+    test "cargo's errors are shown" do
+      lines = ["error[E0425]: cannot find value `x` in this scope", "  --> src/lib.rs:1:1"]
+      assert [_header | ^lines] = show(lines)
     end
   end
 
