@@ -129,7 +129,8 @@ defmodule Mix.Tasks.Compile.VisorNif do
     end
   end
 
-  defp debug_info?, do: System.get_env(@debug_info_env, "") not in ["", "0", "false"]
+  @doc false
+  def debug_info?, do: System.get_env(@debug_info_env, "") not in ["", "0", "false"]
 
   @doc false
   # The library file of the crate in cargo's JSON messages (one per line):
@@ -233,8 +234,8 @@ defmodule Visor.MixProject do
         "Changelog" => "https://hexdocs.pm/visor/changelog.html",
         "Operations" => "https://hexdocs.pm/visor/operations.html"
       },
-      files: ~w(lib native Cargo.toml Cargo.lock rustfmt.toml mix.exs .formatter.exs
-                README.md CHANGELOG.md docs)
+      files:
+        ~w(lib native Cargo.toml Cargo.lock mix.exs .formatter.exs README.md CHANGELOG.md docs)
     ]
   end
 

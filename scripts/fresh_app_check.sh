@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a new user does, start to finish: a fresh `mix new` application that
-# depends on Visor by path, built with CARGO_TARGET_DIR pointing outside
-# this repository, runs a 3-node group (commit, SIGKILL the primary's node,
-# commit again on a survivor), then the same from a `mix release`.
+# depends on Visor (by path, on a copy of the files the hex package would
+# hold), built with CARGO_TARGET_DIR pointing outside this repository,
+# runs a 3-node group (commit, SIGKILL the primary's node, commit again on
+# a survivor), then the same from a `mix release`.
 #
 #   scripts/fresh_app_check.sh              # everything in a new temp dir
 #   CARGO_TARGET_DIR=/some/dir scripts/fresh_app_check.sh
@@ -29,12 +30,20 @@ step() { echo "==> $*"; }
 
 command -v epmd >/dev/null && epmd -daemon
 
+# The dependency is a copy of exactly the files `mix hex.build` would pack
+# (mix.exs's package files), so a file the package misses fails the build.
+step "the package's files (mix.exs, package: [files: ...]) copied to $work/visor"
+files=$(cd "$repo" && mix run --no-compile --no-start -e \
+  'IO.puts(Enum.join(Mix.Project.config()[:package][:files], " "))' | tail -1)
+mkdir "$work/visor"
+(cd "$repo" && cp -r $files "$work/visor/")
+
 step "mix new in $work (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 cd "$work"
 mix new fresh_app --sup >/dev/null
 cd fresh_app
 
-sed -i "/defp deps do/{n;s|\[|[{:visor, path: \"$repo\"}|}" mix.exs
+sed -i "/defp deps do/{n;s|\[|[{:visor, path: \"$work/visor\"}|}" mix.exs
 grep -q "{:visor, path:" mix.exs
 
 cat >lib/fresh_app/counter.ex <<'EOF'
@@ -69,8 +78,8 @@ EOF
 
 step "mix compile (builds the NIF)"
 mix compile
-ls -l "$CARGO_TARGET_DIR"/release/libvisor_nif.so "$repo"/priv/native/libvisor_nif.so
-cmp "$CARGO_TARGET_DIR"/release/libvisor_nif.so "$repo"/priv/native/libvisor_nif.so
+ls -l "$CARGO_TARGET_DIR"/release/libvisor_nif.so "$work"/visor/priv/native/libvisor_nif.so
+cmp "$CARGO_TARGET_DIR"/release/libvisor_nif.so "$work"/visor/priv/native/libvisor_nif.so
 
 # check COOKIE EXPR NODES...: runs EXPR on a hidden node connected to
 # NODES, with `nodes` bound to them and `retry.(fun, tries)` at hand (every
