@@ -109,6 +109,32 @@ defmodule Visor.DocsTest do
     end
   end
 
+  describe "the start options table of docs/nif.md" do
+    test "names exactly the keys Visor.Native.start/2 takes" do
+      rows =
+        "docs/nif.md"
+        |> section("### `start(opts, owner)`")
+        |> String.split("\n\n")
+        |> Enum.find(&String.starts_with?(&1, "| key |"))
+        |> String.split("\n")
+        |> Enum.flat_map(fn row ->
+          [first | _] = row |> String.trim_leading("| ") |> String.split(" |")
+          for [_, key] <- Regex.scan(~r/`:(\w+)`/, first), do: String.to_atom(key)
+        end)
+
+      identity = [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta]
+      assert Enum.sort(rows) == Enum.sort(identity ++ Contract.option_keys())
+
+      # And Visor.Native refuses any other key.
+      error =
+        assert_raise ArgumentError, fn ->
+          Native.start(Map.put(opts(cluster_id(), 1, 0), :tick_msec, 5), self())
+        end
+
+      assert error.message =~ "tick_msec"
+    end
+  end
+
   describe "the options table of docs/operations.md" do
     # Each option the table names is one Visor.Options takes: a value in its
     # documented range is accepted, one below it (or a wrong one) refused
