@@ -235,7 +235,7 @@ defmodule Visor.MixProject do
         "Operations" => "https://hexdocs.pm/visor/operations.html"
       },
       files:
-        ~w(lib native Cargo.toml Cargo.lock mix.exs .formatter.exs README.md CHANGELOG.md docs)
+        ~w(lib native Cargo.toml Cargo.lock mix.exs .formatter.exs README.md CHANGELOG.md LICENSE docs)
     ]
   end
 
