@@ -117,7 +117,7 @@ defmodule Mix.Tasks.Compile.VisorNif do
       announced? ->
         {[line], true}
 
-      String.starts_with?(String.trim_leading(line), "Finished ") ->
+      finished_line?(line) ->
         {[], false}
 
       true ->
@@ -127,6 +127,14 @@ defmodule Mix.Tasks.Compile.VisorNif do
 
         {[header, line], true}
     end
+  end
+
+  # Colours (CARGO_TERM_COLOR=always) are escape codes around the word.
+  defp finished_line?(line) do
+    line
+    |> String.replace(~r/\e\[[0-9;]*m/, "")
+    |> String.trim_leading()
+    |> String.starts_with?("Finished ")
   end
 
   @doc false

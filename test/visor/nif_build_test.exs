@@ -84,6 +84,7 @@ defmodule Visor.NifBuildTest do
 
     test "a no-op build shows nothing" do
       assert show(["    Finished `release` profile [optimized] target(s) in 0.07s"]) == []
+      assert show(["\e[1m\e[92m    Finished\e[0m `release` profile [optimized] target(s)"]) == []
     end
 
     test "a build that compiles says what it builds first, then shows cargo's progress" do
