@@ -11,10 +11,10 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup fmt
+.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
-# No hex packages are ever needed (hex.pm is unreachable here).
+# Visor needs no hex packages.
 deps:
 	@if ! command -v elixir >/dev/null || ! command -v mix >/dev/null || ! command -v erl >/dev/null; then \
 	  echo "==> installing elixir and erlang from apt"; \
@@ -63,6 +63,12 @@ bench-catchup: deps
 fmt:
 	cargo fmt --all
 	mix format
+
+# A fresh `mix new` app depending on Visor by path, built with its own
+# CARGO_TARGET_DIR (a full engine build: minutes), runs three nodes and
+# then a `mix release` of three (scripts/fresh_app_check.sh).
+fresh-app: deps
+	scripts/fresh_app_check.sh
 
 # The exhaustive model check (native/vsr_model, docs/testing.md) deeper than
 # `cargo test`'s: view changes whole, then every kind of fault at once up

@@ -479,7 +479,8 @@ if errors > 0, do: IO.puts("\n#{errors} operations failed (counted out of ops/s)
 result = %{
   environment: env,
   distribution_round_trip: rtt,
-  fdatasync: Map.put(fsync, :data_dir, data_dir),
+  # Relative when inside the project: results do not name the machine's paths.
+  fdatasync: Map.put(fsync, :data_dir, Path.relative_to_cwd(data_dir)),
   visor: %{
     sequential_on_primary: visor_seq_primary,
     sequential_on_backup: visor_seq_backup,

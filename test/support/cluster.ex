@@ -13,7 +13,7 @@ defmodule Visor.Test.Cluster do
   import ExUnit.Callbacks, only: [on_exit: 1]
   require ExUnit.Assertions
 
-  # A loaded 2-core CI machine can take seconds to boot a VM.
+  # A loaded CI machine with few cores can take seconds to boot a VM.
   @boot_timeout 30_000
 
   @doc "Makes this node distributed (short names) unless it already is."

@@ -60,7 +60,8 @@ pub struct StorageStatus {
     pub error: Option<String>,
     pub syncs: u64,
     pub wal_bytes: u64,
-    /// Length of the WAL file now (it shrinks at a compaction).
+    /// Length of the log in the WAL file now (the file has zeros beyond it;
+    /// it shrinks at a compaction).
     pub wal_size: u64,
     pub compactions: u64,
     /// The op of the durable checkpoint (0 if none).

@@ -896,7 +896,7 @@ impl Replica {
     /// hear it with the next prepare or at the next tick: announcing every
     /// commit to every backup at once costs each of them a wake-up, an
     /// execution and a `PrepareOk` back, all of which compete with the next
-    /// request for the CPU (issue 3: on a 2-core host, one caller's commits
+    /// request for the CPU (issue 3: on a host with few cores, one caller's commits
     /// on the primary's node waited on it).
     fn announce_commit(&mut self, tick: bool) {
         let urgent = std::mem::take(&mut self.commit_urgent);

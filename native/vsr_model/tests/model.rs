@@ -2,7 +2,7 @@
 //! of fault, each from `Bounds::quiet()` (3 replicas, one client, a
 //! checkpoint after every op) plus that fault. Every reachable state is
 //! safe, and the cluster heals from a sample of them. Together they take
-//! about a minute on 2 cores; `make model-check` goes deeper.
+//! about a minute on two cores; `make model-check` goes deeper.
 
 use stateright::{Checker, HasDiscoveries, Model};
 use vsr::Mutation;
