@@ -27,7 +27,7 @@ defmodule Visor do
   ## Callbacks
 
   `c:initial_state/1` builds the state every replica starts from (it gets the
-  options the module was started with). `c:handle_commit/2` (or
+  `init_arg:` option, `[]` by default). `c:handle_commit/2` (or
   `c:handle_commit/3`, which also gets the op number, view and the primary's
   timestamp) applies one committed command and returns `{:ok, reply,
   new_state}`. Every replica applies the same commands in the same order, so
@@ -63,10 +63,16 @@ defmodule Visor do
     * `:busy_poll_us`: how long (µs, default 50, `0` disables) the server
       polls for its engine's answer after a hand-off, while few of this
       node's commands are in flight (see `Visor.Options`, "Latency");
+    * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
+      disables; it sets the engine's `checkpoint_interval`, which is not an
+      option itself);
     * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
-      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...).
+      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...; the table in
+      docs/operations.md lists them with their ranges);
+    * `:init_arg`: the argument of `c:initial_state/1` (default `[]`); no
+      other option reaches it.
 
-  All options are also passed to `c:initial_state/1`.
+  An unknown or misspelled option raises `ArgumentError` naming it.
 
   ## Errors
 
@@ -148,8 +154,8 @@ defmodule Visor do
   # `:timeout` itself at the deadline; this only covers a stuck server.
   @grace_ms 1_000
 
-  @doc "Builds the state every replica starts from; gets the start options."
-  @callback initial_state(opts :: keyword()) :: term()
+  @doc "Builds the state every replica starts from; gets the `init_arg:` option (default `[]`)."
+  @callback initial_state(init_arg :: term()) :: term()
 
   @doc "Applies one committed command: `{:ok, reply, new_state}`."
   @callback handle_commit(command(), state :: term()) ::

@@ -89,7 +89,10 @@ defmodule Visor.Server do
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
     counters = Lifetime.get(module).counters
-    {machine, effects} = Machine.new(module, config.opts, counters, Lifetime.death_at(counters))
+
+    {machine, effects} =
+      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters))
+
     tag = make_ref()
 
     state = %__MODULE__{

@@ -66,20 +66,20 @@ defmodule Visor.Server.Machine do
           | {:fail, term()}
 
   @doc """
-  The state machine at `module.initial_state(opts)`. `death_at` is
+  The state machine at `module.initial_state(init_arg)`. `death_at` is
   `Visor.Lifetime.death_at/1`: whether this node's previous server died
   inside `handle_commit`, at which op and how many times in a row; after
   #{@poison_deaths} the machine is halted there (a poison command).
   """
-  @spec new(module(), keyword(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil) ::
+  @spec new(module(), term(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil) ::
           {t(), [effect()]}
-  def new(module, opts, counters, death_at) do
+  def new(module, init_arg, counters, death_at) do
     {poison, effects} = poison(module, death_at)
 
     machine = %__MODULE__{
       module: module,
       arity: Executor.arity(module),
-      app_state: module.initial_state(opts),
+      app_state: module.initial_state(init_arg),
       counters: counters,
       poison: poison
     }
