@@ -32,7 +32,18 @@ defmodule Visor do
   timestamp) applies one committed command and returns `{:ok, reply,
   new_state}`. Every replica applies the same commands in the same order, so
   `handle_commit` must be deterministic: no clock, no randomness, no reading
-  of other processes. Use `meta.timestamp` instead of the clock.
+  of other processes. Use `meta.timestamp` instead of the clock and
+  `meta.op` for unique ids; draw random values in the caller and put them
+  in the command, or seed a generator with explicit state from the
+  command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
+  `:rand.uniform_s/2`). A replica whose state diverges anyway is found at
+  the next checkpoint: it logs an error naming the op and the digests,
+  shows `status: :diverged`, and recovers the majority's state
+  (docs/operations.md).
+
+  `handle_commit` runs in this node's server, one command at a time: a
+  slow one delays this replica's later commands and answers, but not its
+  part in the protocol (docs/operations.md, "Slow callbacks").
 
   A `handle_commit` that raises, throws, exits or returns anything else than
   `{:ok, reply, state}` leaves the state unchanged on every replica, and the
@@ -395,7 +406,10 @@ defmodule Visor do
   `Kernel.get_in(state, path)`, read as `get/2` reads (same options),
   computed on this node's server so only the result is copied. A path that
   does not fit the state raises here, in the caller, as `Kernel.get_in/2`
-  would.
+  would. User code in the path (an accessor function such as
+  `Access.all/0`, a struct's `Access` implementation) runs here, in the
+  caller, on the part of the state the path reached before it: it costs a
+  copy of that part, and can neither stall nor crash the replica.
   """
   @spec get_in(group(), [term()], options()) :: term() | {:error, error()}
   def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
@@ -449,7 +463,7 @@ defmodule Visor do
   """
   @spec status(group()) :: map()
   def status(module) do
-    GenServer.call(module, :status, @default_timeout)
+    GenServer.call(Visor.Supervisor.name(module, :server), :status, @default_timeout)
   catch
     :exit, reason ->
       {:error, error} = exit_error(reason)
@@ -472,6 +486,8 @@ defmodule Visor do
       {:error, _} = error -> error
       # A path that does not fit the state raises, as Kernel.get_in/2 does.
       {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
+      # Where the path reaches user code (an accessor), it runs here.
+      {:get_in, data, rest} -> Kernel.get_in(data, rest)
     end
   end
 
@@ -512,7 +528,7 @@ defmodule Visor do
         ms -> {now + ms, min(ms + @grace_ms, @max_timeout)}
       end
 
-    GenServer.call(module, {request, deadline}, backstop)
+    GenServer.call(Visor.Supervisor.name(module, :server), {request, deadline}, backstop)
   catch
     :exit, reason -> exit_error(reason)
   end
