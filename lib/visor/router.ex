@@ -140,10 +140,12 @@ defmodule Visor.Router do
            # tolerates the loss; the counters show it.
            [:noconnect, :nosuspend]
          ) do
-      :ok -> true
-      :noconnect -> count(state, :send_noconnect) && true
-      :nosuspend -> count(state, :send_busy) && true
+      :ok -> :ok
+      :noconnect -> count(state, :send_noconnect)
+      :nosuspend -> count(state, :send_busy)
     end
+
+    true
   end
 
   defp send_event(_event, _state), do: false
