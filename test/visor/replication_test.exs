@@ -161,6 +161,10 @@ defmodule Visor.ReplicationTest do
       assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, bad])
     end
 
+    # Only a node's own server may have its router start an engine.
+    start = {:visor_start_engine, %{}, {}}
+    assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, start])
+
     assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{formation, c}, :nonsense])
     GenServer.cast({Counter, c}, :nonsense)
     GenServer.cast({formation, c}, :nonsense)
