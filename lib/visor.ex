@@ -61,7 +61,8 @@ defmodule Visor do
 
   As with `use GenServer`, `use Visor, opts` takes child spec keys (`:id`,
   `:restart`, `:shutdown`, `:significant`) and default start options
-  (below), which the options of `{Cache, opts}` override:
+  (below), which the options of `{Cache, opts}` override (a `:nodes` or
+  `:cluster_size` given there replaces the default membership):
 
       use Visor, restart: :transient, cluster_size: 3
 
@@ -181,12 +182,12 @@ defmodule Visor do
   @default_timeout 5_000
   # The longest timeout the runtime represents (receive's `after`, timers).
   @max_timeout 0xFFFF_FFFF
-
-  # Bare timeouts given where options go: `commit(cmd, 10_000)`.
-  defguardp is_timeout(t) when t == :infinity or is_integer(t)
   # Extra time the caller waits beyond its deadline: the server answers
   # `:timeout` itself at the deadline; this only covers a stuck server.
   @grace_ms 1_000
+
+  # Bare timeouts given where options go: `commit(cmd, 10_000)`.
+  defguardp is_timeout(t) when t == :infinity or is_integer(t)
 
   @doc "Builds the state every replica starts from; gets the `init_arg:` option (default `[]`)."
   @callback initial_state(init_arg :: term()) :: term()
@@ -238,13 +239,14 @@ defmodule Visor do
       @spec child_spec(keyword()) :: Supervisor.child_spec()
       def child_spec(opts) do
         __MODULE__
-        |> Visor.child_spec(Keyword.merge(@visor_defaults, opts))
+        |> Visor.child_spec(Visor.__start_options__(@visor_defaults, opts))
         |> Supervisor.child_spec(@visor_child_spec)
       end
 
       @doc "Starts this node's replica of the group (normally via `child_spec/1`)."
       @spec start_link(keyword()) :: Supervisor.on_start()
-      def start_link(opts), do: Visor.start_link(__MODULE__, Keyword.merge(@visor_defaults, opts))
+      def start_link(opts),
+        do: Visor.start_link(__MODULE__, Visor.__start_options__(@visor_defaults, opts))
 
       @doc "Commits `command` and returns the reply of `handle_commit`; see `Visor.commit/3`."
       @spec commit(Visor.command(), Visor.options()) :: term() | {:error, Visor.error()}
@@ -294,6 +296,18 @@ defmodule Visor do
                 " (child spec keys: #{Enum.map_join(@child_spec_keys, ", ", &to_string/1)}; " <>
                 "start options: see Visor)"
     end
+  end
+
+  @doc false
+  # The start options: `use Visor`'s defaults under the given ones. A
+  # membership given replaces the default one, of either kind.
+  def __start_options__(defaults, opts) do
+    defaults =
+      if Keyword.has_key?(opts, :nodes) or Keyword.has_key?(opts, :cluster_size),
+        do: Keyword.drop(defaults, [:nodes, :cluster_size]),
+        else: defaults
+
+    Keyword.merge(defaults, opts)
   end
 
   @doc false

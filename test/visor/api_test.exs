@@ -130,6 +130,10 @@ defmodule Visor.ApiTest do
       assert Keyword.get(opts, :cluster_size) == 3
       assert Keyword.get(opts, :pool_size) == 8
       assert Visor.Options.validate!(module, opts).pool_size == 8
+
+      # A membership given at start replaces the default one, of either kind.
+      {Visor, :start_link, [^module, opts]} = module.child_spec(nodes: [:a@h]).start
+      assert Visor.Options.validate!(module, opts).membership == {:nodes, [:a@h]}
     end
 
     test "use Visor with an unknown option does not compile" do
