@@ -37,9 +37,15 @@ defmodule Visor.Test.Counter do
 
   def handle_commit(:kill_self, _meta, _state), do: Process.exit(self(), :kill)
 
-  # A slow callback (every replica runs it).
+  # A slow callback (every replica runs it), or one slow on one node only
+  # (a loaded machine): the state is the same everywhere either way.
   def handle_commit({:sleep, ms}, meta, state) do
     Process.sleep(ms)
+    {:ok, :slept, stamp(state, meta)}
+  end
+
+  def handle_commit({:sleep_on, node, ms}, meta, state) do
+    if node() == node, do: Process.sleep(ms)
     {:ok, :slept, stamp(state, meta)}
   end
 

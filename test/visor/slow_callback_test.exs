@@ -37,9 +37,27 @@ defmodule Visor.SlowCallbackTest do
 
     # Sent through a backup; every replica runs the 3 s callback.
     assert :erpc.call(backup, Counter, :commit, [{:sleep, 3_000}, [timeout: 20_000]]) == :slept
+    # Time for a view change the stall set off to show.
+    Process.sleep(1_000)
     assert views(nodes) == before
     assert :erpc.call(a, Counter, :commit, [{:incr, 2}, [timeout: 10_000]]) == 2
     assert views(nodes) == before
+  end
+
+  # The sharpest case: only the primary's server is busy, so before the
+  # fix its backups heard nothing from it for 3 s, and elected another.
+  test "a handle_commit that takes 3 s on the primary's node alone does not depose it",
+       %{nodes: [a | _] = nodes} do
+    before = views(nodes)
+    assert [{:normal, _view, primary}] = Enum.uniq(before)
+    backup = Enum.find(nodes, &(&1 != primary))
+
+    assert :erpc.call(backup, Counter, :commit, [{:sleep_on, primary, 3_000}, [timeout: 20_000]]) ==
+             :slept
+
+    Process.sleep(1_000)
+    assert views(nodes) == before
+    assert :erpc.call(a, Counter, :commit, [{:incr, 2}, [timeout: 10_000]]) == 2
   end
 
   test "a 4 s accessor in get_in deposes no primary, whatever the consistency",
