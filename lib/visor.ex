@@ -27,12 +27,23 @@ defmodule Visor do
   ## Callbacks
 
   `c:initial_state/1` builds the state every replica starts from (it gets the
-  options the module was started with). `c:handle_commit/2` (or
+  `init_arg:` option, `[]` by default). `c:handle_commit/2` (or
   `c:handle_commit/3`, which also gets the op number, view and the primary's
   timestamp) applies one committed command and returns `{:ok, reply,
   new_state}`. Every replica applies the same commands in the same order, so
   `handle_commit` must be deterministic: no clock, no randomness, no reading
-  of other processes. Use `meta.timestamp` instead of the clock.
+  of other processes. Use `meta.timestamp` instead of the clock and
+  `meta.op` for unique ids; draw random values in the caller and put them
+  in the command, or seed a generator with explicit state from the
+  command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
+  `:rand.uniform_s/2`). A replica whose state diverges anyway is found at
+  the next checkpoint: it logs an error naming the op and the digests,
+  shows `status: :diverged`, and recovers the majority's state
+  (docs/operations.md).
+
+  `handle_commit` runs in this node's server, one command at a time: a
+  slow one delays this replica's later commands and answers, but not its
+  part in the protocol (docs/operations.md, "Slow callbacks").
 
   A `handle_commit` that raises, throws, exits or returns anything else than
   `{:ok, reply, state}` leaves the state unchanged on every replica, and the
@@ -43,8 +54,17 @@ defmodule Visor do
   `child_spec/1`, `start_link/1`, `commit/1,2`, `get/0,1`, `get_in/1,2` and
   `status/0`, each a one-line call to the function of the same name here
   (`Visor.commit(Cache, command, opts)` and so on), so nothing is
-  macro-only. Because the module gets a `get_in/2`, code inside it must call
-  `Kernel.get_in/2` by its full name.
+  macro-only. Code inside the module may still call `get_in(data, keys)`:
+  the generated `get_in/2` reads the group only when given a path (a list)
+  and options (a keyword list or a timeout), and is `Kernel.get_in/2` for
+  any other call.
+
+  As with `use GenServer`, `use Visor, opts` takes child spec keys (`:id`,
+  `:restart`, `:shutdown`, `:significant`) and default start options
+  (below), which the options of `{Cache, opts}` override (a `:nodes` or
+  `:cluster_size` given there replaces the default membership):
+
+      use Visor, restart: :transient, cluster_size: 3
 
   ## Options (`{Cache, opts}`)
 
@@ -63,18 +83,28 @@ defmodule Visor do
     * `:busy_poll_us`: how long (µs, default 50, `0` disables) the server
       polls for its engine's answer after a hand-off, while few of this
       node's commands are in flight (see `Visor.Options`, "Latency");
+    * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
+      disables; it sets the engine's `checkpoint_interval`, which is not an
+      option itself);
     * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
-      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...).
+      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...; the table in
+      docs/operations.md lists them with their ranges);
+    * `:init_arg`: the argument of `c:initial_state/1` (default `[]`); no
+      other option reaches it.
 
-  All options are also passed to `c:initial_state/1`.
+  An unknown or misspelled option raises `ArgumentError` naming it.
 
   ## Errors
 
   For every condition in `t:error/0`, the functions return `{:error,
   reason}` rather than raising or exiting; docs/operations.md says what each
-  means for the command. Misuse raises in the caller: a bad option, or a
-  `get_in/3` path that does not fit the state (as `Kernel.get_in/2` would). Note that `commit/3` returns the callback's reply as is:
-  if your replies can themselves look like `{:error, _}`, wrap them.
+  means for the command. Misuse raises in the caller, before anything is
+  sent: a bad or unknown option, a timeout that is not `:infinity` or an
+  integer in 0..2^32-1 ms; and a `get_in/3` path that does not fit the
+  state raises as `Kernel.get_in/2` would. Note that `commit/3` returns the
+  callback's reply as is: if your replies can themselves look like
+  `{:error, _}`, wrap them. `status/1` always returns a map (`status:
+  :not_running` when the group is not started on this node).
   """
 
   @typedoc "A module that `use`s Visor."
@@ -143,13 +173,24 @@ defmodule Visor do
           | :not_running
           | {:server_down, term()}
 
+  @typedoc """
+  The options of `commit/3`, `get/2`, `get_in/3` and `skip/3` (a keyword
+  list), or a timeout alone, as `GenServer.call/3` takes it.
+  """
+  @type options :: keyword() | timeout()
+
   @default_timeout 5_000
+  # The longest timeout the runtime represents (receive's `after`, timers).
+  @max_timeout 0xFFFF_FFFF
   # Extra time the caller waits beyond its deadline: the server answers
   # `:timeout` itself at the deadline; this only covers a stuck server.
   @grace_ms 1_000
 
-  @doc "Builds the state every replica starts from; gets the start options."
-  @callback initial_state(opts :: keyword()) :: term()
+  # Bare timeouts given where options go: `commit(cmd, 10_000)`.
+  defguardp is_timeout(t) when t == :infinity or is_integer(t)
+
+  @doc "Builds the state every replica starts from; gets the `init_arg:` option (default `[]`)."
+  @callback initial_state(init_arg :: term()) :: term()
 
   @doc "Applies one committed command: `{:ok, reply, new_state}`."
   @callback handle_commit(command(), state :: term()) ::
@@ -181,38 +222,106 @@ defmodule Visor do
 
   @optional_callbacks handle_commit: 2, handle_commit: 3, encode_snapshot: 1, decode_snapshot: 1
 
-  defmacro __using__(_opts) do
-    quote location: :keep do
+  defmacro __using__(use_opts) do
+    quote location: :keep, bind_quoted: [use_opts: use_opts] do
       @behaviour Visor
       @before_compile Visor
 
+      # The generated get_in/2 hands Kernel.get_in/2's calls on (see
+      # Visor.__get_in__/3), so unqualified get_in(data, keys) still works.
+      import Kernel, except: [get_in: 2]
+
+      {child_spec, defaults} = Visor.__use_options__(__MODULE__, use_opts)
+      @visor_child_spec child_spec
+      @visor_defaults defaults
+
       @doc "A child spec that starts the replicated group; see `Visor` for options."
       @spec child_spec(keyword()) :: Supervisor.child_spec()
-      def child_spec(opts), do: Visor.child_spec(__MODULE__, opts)
+      def child_spec(opts) do
+        __MODULE__
+        |> Visor.child_spec(Visor.__start_options__(@visor_defaults, opts))
+        |> Supervisor.child_spec(@visor_child_spec)
+      end
 
       @doc "Starts this node's replica of the group (normally via `child_spec/1`)."
       @spec start_link(keyword()) :: Supervisor.on_start()
-      def start_link(opts), do: Visor.start_link(__MODULE__, opts)
+      def start_link(opts),
+        do: Visor.start_link(__MODULE__, Visor.__start_options__(@visor_defaults, opts))
 
       @doc "Commits `command` and returns the reply of `handle_commit`; see `Visor.commit/3`."
-      @spec commit(Visor.command(), keyword()) :: term() | {:error, Visor.error()}
+      @spec commit(Visor.command(), Visor.options()) :: term() | {:error, Visor.error()}
       def commit(command, opts \\ []), do: Visor.commit(__MODULE__, command, opts)
 
       @doc "The state; linearizable unless `consistency: :local`. See `Visor.get/2`."
-      @spec get(keyword()) :: term() | {:error, Visor.error()}
+      @spec get(Visor.options()) :: term() | {:error, Visor.error()}
       def get(opts \\ []), do: Visor.get(__MODULE__, opts)
 
-      @doc "`Kernel.get_in/2` of the state, read as `get/1` does. See `Visor.get_in/3`."
-      @spec get_in([term()], keyword()) :: term() | {:error, Visor.error()}
-      def get_in(path, opts \\ []), do: Visor.get_in(__MODULE__, path, opts)
+      @doc """
+      `Kernel.get_in/2` of the state, read as `get/1` does (see
+      `Visor.get_in/3`), when called with a path (a list) and options.
+      Any other call is `Kernel.get_in(data, keys)` itself.
+      """
+      @spec get_in(term(), term()) :: term() | {:error, Visor.error()}
+      def get_in(path, opts \\ []), do: Visor.__get_in__(__MODULE__, path, opts)
 
       @doc "This node's view of the cluster; see `Visor.status/1`."
-      @spec status() :: map() | {:error, Visor.error()}
+      @spec status() :: map()
       def status, do: Visor.status(__MODULE__)
 
       defoverridable child_spec: 1
     end
   end
+
+  # The child spec keys `use Visor, opts` may set, as `use GenServer` does.
+  @child_spec_keys [:id, :restart, :shutdown, :significant]
+
+  @doc false
+  # `use Visor, opts`: child spec keys, and default start options (merged
+  # under the child spec's own). Unknown keys fail the compilation.
+  def __use_options__(module, opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "use Visor expects a keyword list, got: #{inspect(opts)}"
+    end
+
+    {child_spec, defaults} = Keyword.split(opts, @child_spec_keys)
+
+    case Keyword.keys(defaults) -- Visor.Options.known_keys() do
+      [] ->
+        {child_spec, defaults}
+
+      unknown ->
+        raise ArgumentError,
+              "use Visor in #{inspect(module)}: unknown option " <>
+                Enum.map_join(unknown, ", ", &to_string/1) <>
+                " (child spec keys: #{Enum.map_join(@child_spec_keys, ", ", &to_string/1)}; " <>
+                "start options: see Visor)"
+    end
+  end
+
+  @doc false
+  # The start options: `use Visor`'s defaults under the given ones. A
+  # membership given replaces the default one, of either kind.
+  def __start_options__(defaults, opts) do
+    defaults =
+      if Keyword.has_key?(opts, :nodes) or Keyword.has_key?(opts, :cluster_size),
+        do: Keyword.drop(defaults, [:nodes, :cluster_size]),
+        else: defaults
+
+    Keyword.merge(defaults, opts)
+  end
+
+  @doc false
+  # A module's generated get_in/2: the group's read for get_in(path, opts)
+  # (a list and options), Kernel.get_in/2 for any other call, so that the
+  # module's own code can call get_in(data, keys) unqualified. Kernel.get_in
+  # raises on a list with keyword keys, so no working call changes meaning.
+  def __get_in__(module, path, opts) when is_list(path) and (is_list(opts) or is_timeout(opts)) do
+    if is_list(opts) and not Keyword.keyword?(opts),
+      do: Kernel.get_in(path, opts),
+      else: get_in(module, path, opts)
+  end
+
+  def __get_in__(_module, data, keys), do: Kernel.get_in(data, keys)
 
   @doc false
   defmacro __before_compile__(env) do
@@ -267,15 +376,20 @@ defmodule Visor do
   `handle_commit` as this node's replica computed it. Works from any node
   running the group: the local replica forwards the command to the primary.
 
-  Options: `:timeout` in ms (default #{@default_timeout}). After it, the
-  result is `{:error, :timeout}` and the command may still be applied later
-  (exactly once). The other errors are listed in `t:error/0`.
+  Options: `:timeout` in ms (default #{@default_timeout}; at most
+  #{@max_timeout}, about 49 days, or `:infinity`, which waits that long),
+  also given alone as `GenServer.call/3` takes it: `commit(module, command,
+  10_000)`. After it, the result is `{:error, :timeout}` and the command
+  may still be applied later (exactly once). A bad timeout raises
+  `ArgumentError` before anything is sent. The other errors are listed in
+  `t:error/0`.
   """
-  @spec commit(group(), command(), keyword()) :: term() | {:error, error()}
+  @spec commit(group(), command(), options()) :: term() | {:error, error()}
   def commit(module, command, opts \\ []) do
+    timeout = opts |> options!() |> timeout!()
     payload = :erlang.term_to_binary(command)
 
-    case call(module, {:commit, payload}, opts) do
+    case call(module, {:commit, payload}, timeout) do
       {:ok, reply} -> reply
       {:error, _} = error -> error
     end
@@ -296,18 +410,22 @@ defmodule Visor do
       a moment after the primary does, at most about one tick later when
       idle; a cut-off node may lag a lot), but it
       never goes backwards and only ever shows committed state.
-    * `timeout:` in ms (default #{@default_timeout}), for `:linearizable`.
+    * `timeout:` in ms (default #{@default_timeout}), or `:infinity`, as
+      for `commit/3` (also given alone, as `get(module, 10_000)`).
   """
-  @spec get(group(), keyword()) :: term() | {:error, error()}
+  @spec get(group(), options()) :: term() | {:error, error()}
   def get(module, opts \\ []), do: read(module, [], opts)
 
   @doc """
   `Kernel.get_in(state, path)`, read as `get/2` reads (same options),
   computed on this node's server so only the result is copied. A path that
   does not fit the state raises here, in the caller, as `Kernel.get_in/2`
-  would.
+  would. User code in the path (an accessor function such as
+  `Access.all/0`, a struct's `Access` implementation) runs here, in the
+  caller, on the part of the state the path reached before it: it costs a
+  copy of that part, and can neither stall nor crash the replica.
   """
-  @spec get_in(group(), [term()], keyword()) :: term() | {:error, error()}
+  @spec get_in(group(), [term()], options()) :: term() | {:error, error()}
   def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
 
   @doc """
@@ -325,10 +443,10 @@ defmodule Visor do
   executed `op` without dying ignores it. Returns `:ok` once committed,
   or an error as `commit/3` does (`:timeout` option likewise).
   """
-  @spec skip(group(), pos_integer(), keyword()) :: :ok | {:error, error()}
+  @spec skip(group(), pos_integer(), options()) :: :ok | {:error, error()}
   # An op is a u64: a larger one would wrap onto another op in the payload.
   def skip(module, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
-    case call(module, {:skip, op}, opts) do
+    case call(module, {:skip, op}, opts |> options!() |> timeout!()) do
       {:ok, _} -> :ok
       {:error, _} = error -> error
     end
@@ -351,16 +469,25 @@ defmodule Visor do
   known committed; `stats` holds the engine's and the server's counters;
   `storage` is `%{mode: :memory}` or, in disk mode, `%{mode: :disk,
   data_dir:, opened: :created | :restarted | :recovering | nil, error:,
-  syncs:, wal_bytes:}`.
+  syncs:, wal_bytes:}`. When this node's server does not answer, `status`
+  is `:not_running` (the group is not started here) or `:unresponsive`,
+  with the reason in `error` and the other keys as for a replica that does
+  not run (`primary: nil`, `replicas: []`), so the map is always safe to
+  read.
   """
-  @spec status(group()) :: map() | {:error, error()}
+  @spec status(group()) :: map()
   def status(module) do
-    GenServer.call(module, :status, @default_timeout)
+    GenServer.call(Visor.Supervisor.name(module, :server), :status, @default_timeout)
   catch
-    :exit, reason -> exit_error(reason)
+    :exit, reason ->
+      {:error, error} = exit_error(reason)
+      Visor.Server.Status.unavailable(node(), error)
   end
 
   defp read(module, path, opts) do
+    opts = options!(opts)
+    timeout = timeout!(opts)
+
     request =
       case Keyword.get(opts, :consistency, :linearizable) do
         :linearizable -> {:read, path}
@@ -368,27 +495,54 @@ defmodule Visor do
         other -> raise ArgumentError, "unknown consistency #{inspect(other)}"
       end
 
-    case call(module, request, opts) do
+    case call(module, request, timeout) do
       {:ok, value} -> value
       {:error, _} = error -> error
       # A path that does not fit the state raises, as Kernel.get_in/2 does.
       {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
+      # Where the path reaches user code (an accessor), it runs here.
+      {:get_in, data, rest} -> Kernel.get_in(data, rest)
     end
   end
 
-  # The server answers `{:error, :timeout}` itself at the deadline; the
-  # call's own timeout is a backstop for a server that cannot answer.
-  defp call(module, request, opts) do
-    timeout = Keyword.get(opts, :timeout, @default_timeout)
+  # Checked before anything is sent: a timeout the runtime cannot
+  # represent must not fail the caller after its command went out.
+  defp options!(timeout) when is_timeout(timeout), do: [timeout: timeout]
+  defp options!(opts) when is_list(opts), do: opts
 
-    unless is_integer(timeout) and timeout >= 0 do
-      raise ArgumentError, "timeout must be a non-negative integer (ms), got: #{inspect(timeout)}"
+  defp options!(other) do
+    raise ArgumentError,
+          "expected options (a keyword list) or a timeout (ms or :infinity), got: #{inspect(other)}"
+  end
+
+  defp timeout!(opts) do
+    case Keyword.get(opts, :timeout, @default_timeout) do
+      :infinity ->
+        :infinity
+
+      timeout when is_integer(timeout) and timeout in 0..@max_timeout ->
+        timeout
+
+      other ->
+        raise ArgumentError,
+              "timeout must be :infinity or an integer in 0..#{@max_timeout} (ms), " <>
+                "got: #{inspect(other)}"
     end
+  end
 
-    deadline = System.monotonic_time(:millisecond) + timeout
-    # receive's `after` takes at most 2^32 - 1 ms; the server answers
-    # :timeout by then too (Visor.Server caps the deadline the same way).
-    GenServer.call(module, {request, deadline}, min(timeout + @grace_ms, 0xFFFF_FFFF))
+  # The server answers `{:error, :timeout}` itself at the deadline (for
+  # :infinity, after @max_timeout, the longest a timer waits); the call's
+  # own timeout is a backstop for a server that cannot answer.
+  defp call(module, request, timeout) do
+    now = System.monotonic_time(:millisecond)
+
+    {deadline, backstop} =
+      case timeout do
+        :infinity -> {now + @max_timeout, :infinity}
+        ms -> {now + ms, min(ms + @grace_ms, @max_timeout)}
+      end
+
+    GenServer.call(Visor.Supervisor.name(module, :server), {request, deadline}, backstop)
   catch
     :exit, reason -> exit_error(reason)
   end

@@ -3,8 +3,8 @@ defmodule Visor.Guard do
   Runs a `GenServer` callback module in a receive loop of its own, so that
   no message a peer can send crashes the process.
 
-  `Visor.Server` and `Visor.Formation` are registered names that any
-  connected node can reach. OTP's `gen_server` handles two message shapes
+  `Visor.Router`, `Visor.Server` and `Visor.Formation` are registered
+  names that any connected node can reach. OTP's `gen_server` handles two message shapes
   itself, before any callback sees them, and crashes on malformed ones: a
   call whose `from` is not `{pid, tag}` (`{:"$gen_call", :junk, :status}`:
   the reply to `:junk` raises) and a system message with a malformed
@@ -13,10 +13,10 @@ defmodule Visor.Guard do
   first: a well-formed call or system message is handled exactly as
   `gen_server` would (`GenServer.call/3`, `GenServer.reply/2` and the
   `:sys` functions work as usual); a malformed one goes to the module's
-  `handle_info/2` like any other unexpected message (the server counts
-  those in `status().stats.unexpected_messages`).
+  `handle_info/2` like any other unexpected message (the router and the
+  server count those in `status().stats.unexpected_messages`).
 
-  Only what the two modules use is supported: `init/1` returning `{:ok,
+  Only what the three modules use is supported: `init/1` returning `{:ok,
   state}` or `{:stop, reason}`; `handle_call/3`, `handle_cast/2`,
   `handle_info/2` returning `{:reply, reply, state}`, `{:noreply, state}`
   (either with an integer timeout) or `{:stop, reason, state}`.

@@ -70,9 +70,22 @@ defmodule Visor.Options do
   # With the default client_table_max (24 x pool_size) inside its range.
   @max_pool_size 10_000
 
+  # Visor's own options; the engine's are Contract.option_keys/0 but
+  # checkpoint_interval, which checkpoint_every sets.
+  @visor_keys [
+    :nodes,
+    :cluster_size,
+    :storage,
+    :data_dir,
+    :pool_size,
+    :busy_poll_us,
+    :checkpoint_every,
+    :init_arg
+  ]
+
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++
-              [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}]
+              [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}, init_arg: []]
 
   @typedoc """
   `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
@@ -80,9 +93,9 @@ defmodule Visor.Options do
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
   store directory (inside the user's `data_dir`); `busy_poll_us` how long
   the server watches its mailbox for the engine's answer after a hand-off
-  (`Visor.Server`); `opts` what the user passed (for `initial_state/1`);
-  `settings` the engine settings every member must share
-  (`shared_settings/1`).
+  (`Visor.Server`); `opts` what the user passed; `init_arg` the argument
+  of `initial_state/1` (the `init_arg:` option, default `[]`); `settings`
+  the engine settings every member must share (`shared_settings/1`).
   """
   @type t :: %__MODULE__{
           module: module(),
@@ -92,7 +105,8 @@ defmodule Visor.Options do
           storage: :memory | {:disk, Path.t()},
           busy_poll_us: non_neg_integer(),
           settings: %{atom() => non_neg_integer()},
-          opts: keyword()
+          opts: keyword(),
+          init_arg: term()
         }
 
   @doc "Validates `opts` for `module`; raises `ArgumentError` naming the problem."
@@ -103,6 +117,7 @@ defmodule Visor.Options do
             "#{inspect(module)}: options must be a keyword list, got: #{inspect(opts)}"
     end
 
+    known!(module, opts)
     membership = membership!(module, opts)
     storage = storage!(module, opts)
     pool_size = in_range!(module, opts, :pool_size, @default_pool_size, 1..@max_pool_size)
@@ -163,7 +178,8 @@ defmodule Visor.Options do
       storage: storage,
       busy_poll_us: busy_poll_us,
       settings: shared_settings(engine),
-      opts: opts
+      opts: opts,
+      init_arg: Keyword.get(opts, :init_arg, [])
     }
   end
 
@@ -225,6 +241,45 @@ defmodule Visor.Options do
   @doc "Most replicas a cluster may have (the engine's limit: `Visor.Contract`)."
   @spec max_replicas() :: pos_integer()
   def max_replicas, do: Contract.max_replicas()
+
+  @doc "Every option `validate!/2` accepts."
+  @spec known_keys() :: [atom()]
+  def known_keys, do: @visor_keys ++ (Contract.option_keys() -- [:checkpoint_interval])
+
+  # A typo must not be dropped silently (a `tick_msec: 5` that leaves the
+  # default tick in place), nor an argument meant for initial_state/1 be
+  # taken for Visor's (it travels under init_arg:).
+  defp known!(module, opts) do
+    if Keyword.has_key?(opts, :checkpoint_interval) do
+      raise ArgumentError,
+            "#{inspect(module)}: the option that sets the engine's checkpoint_interval " <>
+              "is checkpoint_every"
+    end
+
+    case Enum.uniq(Keyword.keys(opts) -- known_keys()) do
+      [] ->
+        :ok
+
+      unknown ->
+        hints = for key <- unknown, hint = closest(key), do: "#{key} (did you mean #{hint}?)"
+
+        raise ArgumentError,
+              "#{inspect(module)}: unknown option #{Enum.map_join(unknown, ", ", &to_string/1)}" <>
+                if(hints == [], do: "", else: "; " <> Enum.join(hints, ", ")) <>
+                "; arguments for initial_state/1 go under init_arg:"
+    end
+  end
+
+  defp closest(key) do
+    name = Atom.to_string(key)
+
+    {distance, hint} =
+      known_keys()
+      |> Enum.map(&{String.jaro_distance(name, Atom.to_string(&1)), &1})
+      |> Enum.max()
+
+    if distance >= 0.8, do: hint
+  end
 
   defp membership!(module, opts) do
     case {Keyword.fetch(opts, :nodes), Keyword.fetch(opts, :cluster_size)} do

@@ -1,7 +1,8 @@
 defmodule Visor.Server do
   @moduledoc """
-  One group's server on one node (registered locally under the group's
-  module, so a peer reaches it as `{module, node}`).
+  One group's server on one node: the process the group's callers call
+  (registered locally as `Visor.Supervisor.name(module, :server)`), and
+  the one that runs the application's code.
 
   It is built as the Rust core is (and as Ra's `ra_server` sits beside
   `ra_server_proc`): decisions are made by modules that take a state and
@@ -22,10 +23,12 @@ defmodule Visor.Server do
       says this node is a member), its store's events, and its failure;
     * `Visor.Server.Status`: the `status` map.
 
-  Routing is this module's own: `{:send, to, messages}` events become a
-  plain, non-blocking send of `{:visor_peer, messages}` to `{module,
-  node_of(to)}`; messages from peers go to `Visor.Native.deliver/2`, which
-  verifies them. docs/commands.md follows one command through all of this.
+  Peer traffic is not this process's: `Visor.Router` owns the engine,
+  carries out its `{:send, ...}` events and delivers peers' messages, and
+  passes every other engine event on to this process, in order. So a slow
+  `handle_commit` delays this replica's executions and answers, never its
+  part in the protocol. docs/commands.md follows one command through all
+  of this.
 
   In disk mode the engine opens the group's store before the replica runs,
   and reports how (`{:storage, :created | :restarted | :recovering | :repairing, _}`),
@@ -44,7 +47,7 @@ defmodule Visor.Server do
   use GenServer
   require Logger
 
-  alias Visor.{Formation, Lifetime, Native, Options}
+  alias Visor.{Formation, Lifetime, Native, Options, Router}
   alias Visor.Server.{Callers, Lifecycle, Machine, Status}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
@@ -61,12 +64,14 @@ defmodule Visor.Server do
     :callers,
     # The running engine (Visor.Native), and how many this server started.
     :engine,
+    # Visor.Router's counters, for status.
+    :router_stats,
     starts: 0,
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
     # Monotonic µs until which the server polls its mailbox (see poll/1).
     poll_until: 0,
-    stats: %{peer_malformed: 0, send_noconnect: 0, send_busy: 0, unexpected_messages: 0}
+    stats: %{unexpected_messages: 0}
   ]
 
   @doc false
@@ -89,7 +94,10 @@ defmodule Visor.Server do
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
     counters = Lifetime.get(module).counters
-    {machine, effects} = Machine.new(module, config.opts, counters, Lifetime.death_at(counters))
+
+    {machine, effects} =
+      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters))
+
     tag = make_ref()
 
     state = %__MODULE__{
@@ -97,7 +105,8 @@ defmodule Visor.Server do
       config: config,
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
-      callers: Callers.new(config.pool_size)
+      callers: Callers.new(config.pool_size),
+      router_stats: Router.counters(module)
     }
 
     state = run(effects, state)
@@ -167,8 +176,8 @@ defmodule Visor.Server do
 
   defp dispatch(state), do: state
 
-  # The reply after a hand-off to the engine (a submit, a read, a peer's
-  # message) whose answer a local caller may be waiting for. With few
+  # The reply after a hand-off to the engine (a submit, a read) whose
+  # answer a local caller may be waiting for. With few
   # commands in flight, the server keeps its scheduler awake for up to
   # `busy_poll_us` (a zero timeout, renewed by handle_info(:timeout, _)
   # until `poll_until`), so that the engine's `enif_send` finds it running
@@ -199,23 +208,6 @@ defmodule Visor.Server do
        when is_reference(engine) and is_list(events) do
     {:noreply, dispatch(Enum.reduce(events, state, &event/2))}
   end
-
-  # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
-  defp info({:visor_peer, messages}, %{lifecycle: %{phase: :running}} = state)
-       when is_list(messages) or is_binary(messages) do
-    case Native.deliver(state.engine, messages) do
-      :ok -> poll(state)
-      {:malformed, dropped} -> poll(count(state, :peer_malformed, dropped))
-    end
-  end
-
-  # A replica that is not running yet (or any more) drops peer traffic; the
-  # protocol resends what matters.
-  defp info({:visor_peer, messages}, state) when is_list(messages) or is_binary(messages),
-    do: {:noreply, state}
-
-  defp info({:visor_peer, _not_bytes}, state),
-    do: {:noreply, count(state, :peer_malformed)}
 
   # A poll's turn with an empty mailbox (see poll/1).
   defp info(:timeout, state) do
@@ -259,21 +251,6 @@ defmodule Visor.Server do
   end
 
   # ---- Engine events -----------------------------------------------------
-
-  defp event({:send, to, messages}, state) do
-    case :erlang.send(
-           {state.module, Lifecycle.member(state.lifecycle, to)},
-           {:visor_peer, messages},
-           # Never block the server: not on connection setup (Formation
-           # reconnects members), not on a busy distribution buffer. The
-           # protocol tolerates the loss; the counters show it.
-           [:noconnect, :nosuspend]
-         ) do
-      :ok -> state
-      :noconnect -> count(state, :send_noconnect)
-      :nosuspend -> count(state, :send_busy)
-    end
-  end
 
   defp event({:reply, client, request, _op, outcome}, state) do
     {callers, effects} = Callers.settle(state.callers, client, request, outcome)
@@ -335,8 +312,10 @@ defmodule Visor.Server do
     state
   end
 
+  # The router owns the engine, so that peer traffic never waits for this
+  # process (see the moduledoc).
   defp carry_out({:start_engine, opts}, state) do
-    {:ok, engine} = Native.start(opts, self())
+    engine = Router.start_engine(state.module, opts, state.lifecycle.members)
     %{state | engine: engine, starts: state.starts + 1}
   end
 
@@ -366,8 +345,8 @@ defmodule Visor.Server do
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
 
-  defp count(state, key, n \\ 1),
-    do: %{state | stats: Map.update!(state.stats, key, &(&1 + n))}
+  defp count(state, key),
+    do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
 
   # ---- Status ------------------------------------------------------------
 
@@ -379,7 +358,11 @@ defmodule Visor.Server do
       connected: Node.list(),
       pool: Callers.pool(state.callers),
       poison: state.machine.poison,
-      stats: state.stats
+      stats:
+        state.router_stats
+        |> Router.stats()
+        |> Map.merge(state.stats, fn _key, ours, theirs -> ours + theirs end)
+        |> Map.put(:engine_starts, state.starts)
     })
   end
 end

@@ -1,10 +1,11 @@
 defmodule Visor.Supervisor do
   @moduledoc """
   One group's processes on one node: the `:pg` scope (discovery mode only),
-  `Visor.Formation`, then `Visor.Server`.
+  `Visor.Formation`, `Visor.Router` (peer traffic), then `Visor.Server`.
 
   `:one_for_all`: the application state and the replica live only in the
-  server's memory, so a restarted server is a replica with amnesia. Formation
+  server's memory, so a restarted server is a replica with amnesia (and
+  the engine lives only as long as the router that owns it). Formation
   restarts with it, under a new incarnation, which the peers recognise as a
   restart: the new replica rejoins and recovers its state from them before
   it takes part (`Visor.Formation`). Restarting the pair is safe;
@@ -26,11 +27,12 @@ defmodule Visor.Supervisor do
   end
 
   @doc """
-  Locally registered names of a group's processes. The server is registered
+  Locally registered names of a group's processes. The router is registered
   under the module itself, so a peer reaches it as `{module, node}`.
   """
-  @spec name(module(), :server | :formation | :scope | :supervisor) :: atom()
-  def name(module, :server), do: module
+  @spec name(module(), :router | :server | :formation | :scope | :supervisor) :: atom()
+  def name(module, :router), do: module
+  def name(module, :server), do: Module.concat([module, Visor, Server])
   def name(module, :formation), do: Module.concat([module, Visor, Formation])
   def name(module, :scope), do: Module.concat([module, Visor, Scope])
   def name(module, :supervisor), do: Module.concat([module, Visor, Supervisor])
@@ -47,6 +49,7 @@ defmodule Visor.Supervisor do
       scope ++
         [
           {Visor.Formation, config},
+          {Visor.Router, config},
           {Visor.Server, config}
         ]
 

@@ -37,7 +37,34 @@ defmodule Visor.Test.Counter do
 
   def handle_commit(:kill_self, _meta, _state), do: Process.exit(self(), :kill)
 
+  # A slow callback (every replica runs it), or one slow on one node only
+  # (a loaded machine): the state is the same everywhere either way.
+  def handle_commit({:sleep, ms}, meta, state) do
+    Process.sleep(ms)
+    {:ok, :slept, stamp(state, meta)}
+  end
+
+  def handle_commit({:sleep_on, node, ms}, meta, state) do
+    if node() == node, do: Process.sleep(ms)
+    {:ok, :slept, stamp(state, meta)}
+  end
+
   # Every command leaves a trace of its metadata, so replicas that applied
   # different metadata would differ.
   defp stamp(state, meta), do: %{state | last_op: meta.op, last_timestamp: meta.timestamp}
+end
+
+defmodule Visor.Test.Accessors do
+  @moduledoc "`get_in` accessor functions that misbehave, loadable on peer nodes."
+
+  @doc "An accessor that takes `ms` before it reads its key's value."
+  def slow(ms) do
+    fn :get, data, next ->
+      Process.sleep(ms)
+      next.(data)
+    end
+  end
+
+  @doc "An accessor that kills the process it runs in."
+  def killer, do: fn :get, _data, _next -> Process.exit(self(), :kill) end
 end

@@ -54,7 +54,10 @@ defmodule Visor.AmnesiaTest do
     end
 
     # A well-formed system message still works (sys:get_state).
-    assert %Visor.Server{} = :erpc.call(a, :sys, :get_state, [Cache])
+    # (Cache is the router now; the server has a name of its own.)
+    assert %Visor.Router{} = :erpc.call(a, :sys, :get_state, [Cache])
+    server = Visor.Supervisor.name(Cache, :server)
+    assert %Visor.Server{} = :erpc.call(a, :sys, :get_state, [server])
   end
 
   test "servers restarted on every node at once stay :recovering; stopping and starting the group everywhere starts anew" do

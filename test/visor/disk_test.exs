@@ -203,7 +203,7 @@ defmodule Visor.DiskTest do
 
     :ok = Cluster.start_group([b], Counter, opts)
     assert commit(b, {:incr, 4}) == 4
-    assert :erpc.call(b, :sys, :get_state, [Counter]).starts > 1
+    assert Cluster.status(b, Counter).stats.engine_starts > 1
   end
 
   defp disk_opts(tmp, membership) do

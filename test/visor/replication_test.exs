@@ -161,6 +161,10 @@ defmodule Visor.ReplicationTest do
       assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, bad])
     end
 
+    # Only a node's own server may have its router start an engine.
+    start = {:visor_start_engine, %{}, {}}
+    assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{Counter, c}, start])
+
     assert {:error, :unknown_call} = :erpc.call(b, GenServer, :call, [{formation, c}, :nonsense])
     GenServer.cast({Counter, c}, :nonsense)
     GenServer.cast({formation, c}, :nonsense)
@@ -250,6 +254,28 @@ defmodule Visor.ReplicationTest do
   test "a node where the group is not running gets :not_running" do
     assert Cache.commit({:add, %{x: 1}}) == {:error, :not_running}
     assert Cache.get() == {:error, :not_running}
-    assert Visor.status(Cache) == {:error, :not_running}
+    assert %{status: :not_running, primary: nil} = Visor.status(Cache)
+  end
+
+  test "timeouts: positional, :infinity; one the runtime cannot represent raises before sending",
+       %{nodes: [a, b | _]} do
+    count = on(a, :get, [Counter]).count
+    assert :erpc.call(a, Counter, :commit, [{:incr, :positional}, 10_000]) == count + 1
+    assert on(b, :commit, [Counter, {:incr, :infinity}, [timeout: :infinity]]) == count + 2
+    assert on(b, :get, [Counter, [timeout: :infinity]]).count == count + 2
+    assert on(b, :get_in, [Counter, [:count], 10_000]) == count + 2
+
+    for bad <- [5_000_000_000, [timeout: 5_000_000_000], [timeout: -1]] do
+      # Raised there, in the caller (erpc wraps it).
+      assert {:exception, %ArgumentError{message: message}, _} =
+               catch_error(on(a, :commit, [Counter, {:incr, {:bad_timeout, bad}}, bad]))
+
+      assert message =~ "timeout"
+    end
+
+    # Nothing was sent: a later linearizable read sees only the good ones.
+    state = on(b, :get, [Counter])
+    assert state.count == count + 2
+    refute Enum.any?(state.applied, &match?({:bad_timeout, _}, &1))
   end
 end

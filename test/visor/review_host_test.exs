@@ -22,9 +22,14 @@ defmodule Visor.ReviewHostTest do
 
     # From another node (this one), as a raw call: any deadline is an integer.
     payload = :erlang.term_to_binary({:add, %{far: 1}})
-    assert {:ok, nil} = GenServer.call({Cache, a}, {{:commit, payload}, 1 <<< 62}, 5_000)
-    # And through the API, with a timeout of some 35 years.
-    assert :erpc.call(a, Cache, :commit, [{:add, %{api: 1}}, [timeout: 1 <<< 40]]) == nil
+    server = Visor.Supervisor.name(Cache, :server)
+    assert {:ok, nil} = GenServer.call({server, a}, {{:commit, payload}, 1 <<< 62}, 5_000)
+    # Through the API, the longest timeout is :infinity (2^32-1 ms, the
+    # longest a timer waits); one of some 35 years raises before sending.
+    assert :erpc.call(a, Cache, :commit, [{:add, %{api: 1}}, [timeout: :infinity]]) == nil
+
+    assert {:exception, %ArgumentError{}, _} =
+             catch_error(:erpc.call(a, Cache, :commit, [{:add, %{api: 2}}, [timeout: 1 <<< 40]]))
 
     assert server(a) == before
     assert :erpc.call(a, Cache, :get, []) == %{before: 1, far: 1, api: 1}

@@ -66,20 +66,20 @@ defmodule Visor.Server.Machine do
           | {:fail, term()}
 
   @doc """
-  The state machine at `module.initial_state(opts)`. `death_at` is
+  The state machine at `module.initial_state(init_arg)`. `death_at` is
   `Visor.Lifetime.death_at/1`: whether this node's previous server died
   inside `handle_commit`, at which op and how many times in a row; after
   #{@poison_deaths} the machine is halted there (a poison command).
   """
-  @spec new(module(), keyword(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil) ::
+  @spec new(module(), term(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil) ::
           {t(), [effect()]}
-  def new(module, opts, counters, death_at) do
+  def new(module, init_arg, counters, death_at) do
     {poison, effects} = poison(module, death_at)
 
     machine = %__MODULE__{
       module: module,
       arity: Executor.arity(module),
-      app_state: module.initial_state(opts),
+      app_state: module.initial_state(init_arg),
       counters: counters,
       poison: poison
     }
@@ -116,7 +116,9 @@ defmodule Visor.Server.Machine do
   @doc """
   A linearizable read's answer (once the engine says it may be served):
   `{:ok, value}`, `{:raise, kind, reason, stacktrace}` for a path that does
-  not fit the state, or `{:error, {:halted, op}}`.
+  not fit the state, `{:get_in, data, rest}` for the caller to finish with
+  `Kernel.get_in(data, rest)` where the path reaches user code, or
+  `{:error, {:halted, op}}`.
   """
   @spec read(t(), [term()]) :: term()
   def read(%__MODULE__{poison: %{op: op}}, _path), do: {:error, {:halted, op}}
@@ -127,17 +129,27 @@ defmodule Visor.Server.Machine do
   def read_local(%__MODULE__{diverged: op}, _path) when op != nil, do: {:error, :diverged}
   def read_local(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
-  # Computed here so that only the requested part is copied to the caller.
-  # A path that does not fit the state raises in Kernel.get_in/2; that is
-  # the caller's error, so it is re-raised there (Visor.get_in/3), never
-  # here: a crashed server is a replica lost.
-  defp extract(app_state, []), do: {:ok, app_state}
-
+  # Computed here, as Kernel.get_in/2 would, so that only the requested
+  # part is copied to the caller; but only through plain data (maps, lists,
+  # nil). Where the path reaches user code (an accessor function, a
+  # struct's Access implementation), the rest is the caller's to compute
+  # ({:get_in, data, rest}): user code in a read must not stall the replica
+  # or kill it. A path that does not fit the state raises; that is the
+  # caller's error, so it is re-raised there (Visor.get_in/3), never here.
   defp extract(app_state, path) do
-    {:ok, Kernel.get_in(app_state, path)}
+    walk(app_state, path)
   catch
     kind, reason -> {:raise, kind, reason, __STACKTRACE__}
   end
+
+  defp walk(data, []), do: {:ok, data}
+
+  defp walk(data, [key | rest])
+       when not is_function(key) and
+              (data == nil or is_list(data) or (is_map(data) and not is_struct(data))),
+       do: walk(Access.get(data, key), rest)
+
+  defp walk(data, path), do: {:get_in, data, path}
 
   @doc "Applies one engine event (see the moduledoc); other events change nothing."
   @spec event(t(), tuple()) :: {t(), [effect()]}

@@ -101,6 +101,39 @@ defmodule Visor.Server.Status do
     }
   end
 
+  @doc """
+  The status of a group whose server does not answer on `node`: `status`
+  is `:not_running` (the group is not started there, or is stopping) or
+  `:unresponsive` (no answer in time, or the server exited during the
+  call; `error` says which). The keys are those of a running group's
+  status, so that `status().primary` and the like are always safe.
+  """
+  @spec unavailable(node(), term()) :: map()
+  def unavailable(node, error) do
+    %{
+      status: if(error == :not_running, do: :not_running, else: :unresponsive),
+      error: error,
+      role: :none,
+      node: node,
+      index: nil,
+      view: 0,
+      log_view: 0,
+      op: 0,
+      commit: 0,
+      commit_max: 0,
+      checkpoint: 0,
+      log_base: 0,
+      primary: nil,
+      replicas: [],
+      cluster: nil,
+      pool: nil,
+      storage: nil,
+      poison: nil,
+      refused: nil,
+      stats: %{}
+    }
+  end
+
   # The engine's storage map (if it runs), and how the store opened.
   defp storage(%Lifecycle{config: %{storage: :memory}}, _engine), do: %{mode: :memory}
 

@@ -22,6 +22,7 @@ defmodule Visor.Server.MachineTest do
     def handle_commit({:add, x}, state),
       do: {:ok, :atomics.get(Process.get(:counters), 1), [x | state]}
 
+    def handle_commit({:replace, x}, _state), do: {:ok, nil, x}
     def handle_commit(:raise, _state), do: raise("boom")
 
     @impl Visor
@@ -71,8 +72,23 @@ defmodule Visor.Server.MachineTest do
   test "reads: a path that does not fit is the caller's raise, never the server's" do
     {m, []} = machine()
     {m, _} = run(m, [execute(1, [executed("c", {:add, %{k: 1}})])])
-    assert Machine.read(m, [Access.at(0), :k]) == {:ok, 1}
-    assert {:raise, :error, :function_clause, _} = Machine.read_local(m, [Access.at(0), :k, :x])
+    assert Machine.read(m, []) == {:ok, [%{k: 1}]}
+    assert {:raise, :error, %ArgumentError{}, _} = Machine.read_local(m, ["k"])
+  end
+
+  # Issue 13: an accessor that sleeps or kills its process ran in the
+  # server. The server reads plain data only; from the first function (or
+  # struct) on, the path is the caller's to finish.
+  test "reads: user code in a path is handed to the caller with the data it applies to" do
+    {m, []} = machine()
+    {m, _} = run(m, [execute(1, [executed("c", {:add, %{k: %{j: 1}}})])])
+    at0 = Access.at(0)
+    assert Machine.read(m, [at0, :k]) == {:get_in, [%{k: %{j: 1}}], [at0, :k]}
+    assert Machine.read_local(m, [at0, :k]) == {:get_in, [%{k: %{j: 1}}], [at0, :k]}
+    {m, _} = run(m, [execute(2, [executed("c", {:replace, %{k: %{j: 1}}})])])
+    assert Machine.read(m, [:k, at0]) == {:get_in, %{j: 1}, [at0]}
+    assert Machine.read(m, [:k, :j]) == {:ok, 1}
+    assert Machine.read(m, [:missing, :j]) == {:ok, nil}
   end
 
   test "one death in handle_commit: a warning, the op runs again" do

@@ -1,0 +1,161 @@
+defmodule Visor.Router do
+  @moduledoc """
+  One group's peer traffic on one node: the process that owns the engine
+  (`Visor.Native.start/2`'s owner), carries out its `{:send, to, messages}`
+  events and hands peers' messages to it (`Visor.Native.deliver/2`). It is
+  registered locally under the group's module, so a peer reaches it as
+  `{module, node}`.
+
+  It never runs the application's code. That is its reason to exist: the
+  replica's protocol (heartbeats, prepares and their acknowledgements,
+  view-change votes) must flow while `Visor.Server` runs a slow
+  `handle_commit`, or a healthy primary's backups, hearing nothing, elect
+  another (docs/operations.md, "Slow callbacks"). Every other engine event
+  goes to the server as it came, in order, in one message per batch.
+
+  Only the server may start the engine (`start_engine/3`, a call the
+  router checks comes from its server: peers can reach this process). It
+  runs in `Visor.Guard`, so no message a peer sends crashes it; what it
+  drops it counts in `:counters` that the server shows in `status().stats`
+  (`stats/1`).
+  """
+
+  alias Visor.Native
+
+  # Counter indexes (see stats/1).
+  @stats [:peer_malformed, :send_noconnect, :send_busy, :unexpected_messages]
+
+  defstruct [:module, :counters, :server, engine: nil, members: {}]
+
+  @doc false
+  def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
+
+  @doc "Starts the router of a group (under `Visor.Supervisor`)."
+  @spec start_link(Visor.Options.t()) :: GenServer.on_start()
+  def start_link(%Visor.Options{module: module}) do
+    Visor.Guard.start_link(__MODULE__, module, Visor.Supervisor.name(module, :router))
+  end
+
+  @doc """
+  Starts the engine with `opts`, owned by the router, which routes its
+  sends to `members` (a tuple of nodes, by replica index) from then on.
+  Called by the group's server; raises as `Visor.Native.start/2` does.
+  """
+  @spec start_engine(module(), map(), tuple()) :: Native.engine()
+  def start_engine(module, opts, members) do
+    name = Visor.Supervisor.name(module, :router)
+
+    case GenServer.call(name, {:visor_start_engine, opts, members}, :infinity) do
+      {:ok, engine} -> engine
+      {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
+    end
+  end
+
+  @doc "The router's counters (`stats/1` reads them); called once by the server."
+  @spec counters(module()) :: :counters.counters_ref()
+  def counters(module),
+    do: GenServer.call(Visor.Supervisor.name(module, :router), :visor_counters, :infinity)
+
+  @doc """
+  What the router dropped, for `status().stats`: peers' messages the
+  engine found malformed, sends dropped because the peer was not connected
+  or its distribution buffer was full, and other messages (junk any node
+  may send).
+  """
+  @spec stats(:counters.counters_ref()) :: %{atom() => non_neg_integer()}
+  def stats(counters) do
+    for {key, index} <- Enum.with_index(@stats, 1),
+        into: %{},
+        do: {key, :counters.get(counters, index)}
+  end
+
+  # ---- Process ------------------------------------------------------------
+
+  @doc false
+  def init(module) do
+    {:ok, %__MODULE__{module: module, counters: :counters.new(length(@stats), [])}}
+  end
+
+  @doc false
+  def handle_call({:visor_start_engine, opts, members}, {pid, _tag}, state)
+      when is_map(opts) and is_tuple(members) do
+    if pid == Process.whereis(Visor.Supervisor.name(state.module, :server)) do
+      {:ok, engine} = Native.start(opts, self())
+      {:reply, {:ok, engine}, %{state | engine: engine, members: members, server: pid}}
+    else
+      {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
+    end
+  catch
+    kind, reason -> {:reply, {:raise, kind, reason, __STACKTRACE__}, state}
+  end
+
+  def handle_call(:visor_counters, _from, state), do: {:reply, state.counters, state}
+
+  # Calls from other nodes are untrusted input.
+  def handle_call(_request, _from, state),
+    do: {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
+
+  @doc false
+  def handle_cast(_request, state), do: {:noreply, count(state, :unexpected_messages)}
+
+  @doc false
+  def handle_info({:visor_engine, engine, events}, %{engine: engine} = state)
+      when is_reference(engine) and is_list(events) do
+    case Enum.reject(events, &send_event(&1, state)) do
+      [] -> :ok
+      rest -> send(state.server, {:visor_engine, engine, rest})
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:visor_engine_down, engine, _reason} = message, %{engine: engine} = state)
+      when is_reference(engine) do
+    send(state.server, message)
+    {:noreply, %{state | engine: nil, members: {}}}
+  end
+
+  # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
+  # A replica that is not running yet (or any more) drops them; the
+  # protocol resends what matters.
+  def handle_info({:visor_peer, messages}, state) when is_list(messages) or is_binary(messages) do
+    case state.engine && Native.deliver(state.engine, messages) do
+      {:malformed, dropped} -> {:noreply, count(state, :peer_malformed, dropped)}
+      _ -> {:noreply, state}
+    end
+  end
+
+  def handle_info({:visor_peer, _not_bytes}, state),
+    do: {:noreply, count(state, :peer_malformed)}
+
+  def handle_info(_message, state), do: {:noreply, count(state, :unexpected_messages)}
+
+  # Carries out a send (true), or leaves the event for the server (false).
+  defp send_event({:send, to, messages}, state) do
+    case :erlang.send(
+           {Visor.Supervisor.name(state.module, :router), elem(state.members, to)},
+           {:visor_peer, messages},
+           # Never block: not on connection setup (Formation reconnects
+           # members), not on a busy distribution buffer. The protocol
+           # tolerates the loss; the counters show it.
+           [:noconnect, :nosuspend]
+         ) do
+      :ok -> :ok
+      :noconnect -> count(state, :send_noconnect)
+      :nosuspend -> count(state, :send_busy)
+    end
+
+    true
+  end
+
+  defp send_event(_event, _state), do: false
+
+  defp count(state, key, n \\ 1) do
+    :counters.add(state.counters, index(key), n)
+    state
+  end
+
+  for {key, index} <- Enum.with_index(@stats, 1) do
+    defp index(unquote(key)), do: unquote(index)
+  end
+end
