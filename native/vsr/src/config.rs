@@ -300,6 +300,17 @@ impl Config {
     pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
         self.mutation == mutation
     }
+
+    /// Whether a deliberate bug is compiled in and chosen (always false
+    /// without the `mutations` feature). A mutated replica breaks its own
+    /// invariants too (`Replica::invariants`); whoever checks them leaves
+    /// it to the checkers that judge the cluster, which must find the bug.
+    pub fn is_mutated(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        return self.mutation != Mutation::None;
+        #[cfg(not(feature = "mutations"))]
+        false
+    }
 }
 
 #[cfg(test)]

@@ -409,7 +409,22 @@ impl Replica {
             Input::Snapshot { op, app } => self.on_snapshot(op, app),
         }
         self.announce_commit(tick);
+        #[cfg(debug_assertions)]
+        self.assert_invariants();
         std::mem::take(&mut self.out)
+    }
+
+    /// Debug builds: the replica checks its own invariants after every
+    /// step (`invariants.rs`), except with a deliberate bug compiled in,
+    /// which the simulator's checkers must find instead.
+    #[cfg(debug_assertions)]
+    fn assert_invariants(&self) {
+        if self.config.is_mutated() {
+            return;
+        }
+        if let Err(broken) = self.invariants() {
+            panic!("replica {} broke an invariant: {broken}", self.index);
+        }
     }
 
     pub fn index(&self) -> ReplicaIndex {

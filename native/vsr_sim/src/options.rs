@@ -68,6 +68,11 @@ pub struct Options {
     /// (`vopr --dead-minority` turns it on), so the default seeds stay as
     /// they are.
     pub dead_minority: bool,
+    /// Check `Replica::invariants` also when the configuration carries a
+    /// deliberate bug (`Config::is_mutated`). Off by default: a mutation
+    /// is there to show that the cluster's checkers catch it, and it
+    /// breaks the replica's own invariants too, often first.
+    pub invariants_under_mutation: bool,
 }
 
 /// The share of random seeds run with a lying host (`lying_host`).
@@ -102,6 +107,7 @@ impl Options {
             lying_host: None,
             config_override: None,
             dead_minority: false,
+            invariants_under_mutation: false,
         }
     }
 

@@ -783,9 +783,17 @@ impl Simulator {
     fn input(&mut self, r: ReplicaIndex, input: Input<'_>) -> Result<(), Failure> {
         let replica = self.replicas[r as usize].as_mut().expect("replica is up");
         let outputs = replica.step(input);
+        let check = !replica.config().is_mutated() || self.options.invariants_under_mutation;
+        let broken = replica.invariants().err().filter(|_| check);
         let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
         let executed = replica.commit();
+        if let Some(broken) = broken {
+            return Err(self.fail(format!("replica {r} broke an invariant: {broken}")));
+        }
         self.apply(r, outputs, executed).map_err(|v| self.fail(v))?;
+        if let Some(Err(broken)) = store_of(&mut self.storage[r as usize]).map(|s| s.invariants()) {
+            return Err(self.fail(format!("replica {r}'s store broke an invariant: {broken}")));
+        }
         self.checker
             .on_state(r, view, commit, leads)
             .map_err(|v| self.fail(v))
