@@ -874,6 +874,12 @@ impl<D: Disk> Store<D> {
             .and_then(|()| self.disk.sync(zone));
         if let Err(e) = written {
             self.wal_pending.truncate(records); // the retry seals them again
+                                                // A failed sync may have dropped the zeros written ahead with
+                                                // the records (Linux marks a failed fsync's dirty pages clean):
+                                                // the retry writes them again, or the superblock would record
+                                                // a file longer than the disk holds, which reads as a cut log
+                                                // and a needless recovery after the next crash.
+            self.wal_allocated = self.wal_len;
             return Err(e);
         }
         self.wal_len += self.wal_pending.len() as u64;
@@ -1812,6 +1818,42 @@ mod tests {
     /// The entries after `op` in a restarted log.
     fn after(log: &[Arc<Prepare>], op: Op) -> Vec<Arc<Prepare>> {
         log.iter().filter(|e| e.op > op).cloned().collect()
+    }
+
+    #[test]
+    fn a_failed_sync_that_loses_its_writes_is_retried_whole() {
+        // A failed fdatasync may drop the dirty pages it was to write
+        // (Linux marks them clean): the retry must write them again, the
+        // zeros written ahead of the log included, or a crash after the
+        // retry leaves a log shorter than the superblock says.
+        let entries = chain(&[], 8, 0);
+        let (mut store, _) = open(MemDisk::default());
+        store.disk.failing = true;
+        store
+            .stage(&Output::WriteLog {
+                after: 0,
+                entries: entries[..4].to_vec(),
+            })
+            .unwrap();
+        store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+        assert!(store.sync().is_err());
+        assert!(store.sync().is_err(), "still failing");
+        store.disk.failing = false;
+        store.sync().unwrap();
+        store.invariants().unwrap();
+        store
+            .stage(&Output::WriteLog {
+                after: 4,
+                entries: entries[4..].to_vec(),
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let mut disk = store.into_disk();
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let (_, opened) = open(disk);
+        let (durable, stored) = restarted(&opened);
+        assert_eq!(durable, state(0, 0, 4));
+        assert_eq!(stored, entries);
     }
 
     #[test]
