@@ -44,6 +44,11 @@ pub struct Options {
     pub downtime_max: u64,
     /// Per tick and replica: probability that its timer skips a tick (clock jitter).
     pub tick_skip_probability: f64,
+    /// Per tick and replica: probability that its wall clock jumps, by 1 s
+    /// to an hour forward or back, or back to the true time (its
+    /// monotonic clock runs on). Every clock is set right when the faults
+    /// heal.
+    pub clock_jump_probability: f64,
     /// Ticks of faults before the liveness phase.
     pub fault_ticks: u64,
     /// Once every fault is healed, every outstanding request must finish, and
@@ -101,6 +106,7 @@ impl Options {
             send_before_sync: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
+            clock_jump_probability: 0.0,
             fault_ticks: 0,
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
@@ -188,6 +194,12 @@ impl Options {
         if lying && replica_count >= 3 && options.config.checkpoint_interval > 0 {
             options.lying_host = Some(rng.range(0, replica_count as u64 - 1) as u8);
         }
+        // Wall clock jumps, in half the seeds. Drawn last.
+        options.clock_jump_probability = if rng.chance(0.5) {
+            rng.float(0.0, 0.002)
+        } else {
+            0.0
+        };
         options
     }
 

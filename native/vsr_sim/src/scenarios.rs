@@ -946,7 +946,7 @@ fn expect_refused(sim: &Simulator, client: vsr::ClientId, request: u64) -> Resul
 /// its backups' clocks did not, so the timestamps it stamps stay within
 /// the quorum's clocks instead of running an hour ahead for good.
 pub fn primary_clock_jump_is_bounded(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
@@ -1209,7 +1209,7 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
 /// stays for good (timestamps only increase). Now with `k = q` the window
 /// is that of the peers' clocks alone (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
@@ -1247,7 +1247,7 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
 /// `primary_clock_jump_is_bounded` waits 20 ticks after the jump, which
 /// hid this.
 pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;

@@ -121,8 +121,11 @@ pub struct Simulator {
     /// Replica starts so far: each start's `Config::boot_nonce`.
     boots: u64,
     /// How far each replica's wall clock is ahead of true time, in ns
-    /// (scripted scenarios jump a replica's clock).
-    pub clock_offset_ns: Vec<u64>,
+    /// (negative: behind). Random seeds and scripted scenarios jump it.
+    pub clock_offset_ns: Vec<i64>,
+    /// The furthest any replica's wall clock has been ahead of true time
+    /// in this run, in ns: no timestamp may be further ahead.
+    clock_ahead_max_ns: u64,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
@@ -191,6 +194,7 @@ impl Simulator {
             next_read: vec![0; n],
             boots: n as u64,
             clock_offset_ns: vec![0; n],
+            clock_ahead_max_ns: 0,
             last_reply: None,
             rng,
             tick: 0,
@@ -339,6 +343,9 @@ impl Simulator {
             self.random_partition();
         }
         for r in 0..n {
+            if self.rng.chance(self.options.clock_jump_probability) {
+                self.jump_clock(r);
+            }
             match self.restart_at[r] {
                 Some(at) if at <= self.tick => {
                     self.restart_at[r] = None;
@@ -369,6 +376,17 @@ impl Simulator {
                 _ => {}
             }
         }
+    }
+
+    /// Jumps replica `r`'s wall clock (`Options::clock_jump_probability`).
+    fn jump_clock(&mut self, r: usize) {
+        const SECOND_NS: u64 = 1_000_000_000;
+        let by = self.rng.range(SECOND_NS, 3_600 * SECOND_NS) as i64;
+        self.clock_offset_ns[r] = match self.rng.range(0, 2) {
+            0 => by,
+            1 => -by,
+            _ => 0,
+        };
     }
 
     fn random_partition(&mut self) {
@@ -471,6 +489,7 @@ impl Simulator {
     /// restarts every crashed replica (but the dead).
     pub fn heal(&mut self) {
         self.network.heal();
+        self.clock_offset_ns.iter_mut().for_each(|offset| *offset = 0);
         self.network.options = crate::network::NetworkOptions::perfect();
         for r in 0..self.n() {
             if let Some(store) = store_of(&mut self.storage[r]) {
@@ -757,7 +776,9 @@ impl Simulator {
             if self.replicas[r].is_some() && !skip {
                 // A clock jump moves the wall clock only; the monotonic
                 // one is the simulated time.
-                let wall_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
+                let offset = self.clock_offset_ns[r];
+                self.clock_ahead_max_ns = self.clock_ahead_max_ns.max(offset.max(0) as u64);
+                let wall_ns = now_ns.saturating_add_signed(offset);
                 let tick = Input::Tick {
                     now_ns: wall_ns,
                     mono_ns: now_ns,
@@ -934,7 +955,11 @@ impl Simulator {
                     unreachable!("staged by apply")
                 }
                 Output::Execute { entry, outcomes } => {
+                    let first = entry.op > self.checker.committed();
                     self.checker.on_execute(r, &entry, &outcomes)?;
+                    if first {
+                        self.check_timestamp(&entry)?;
+                    }
                     let app = &mut self.apps[r as usize];
                     if app.op + 1 != entry.op {
                         return Err(format!(
@@ -1001,6 +1026,30 @@ impl Simulator {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A timestamp lies between clocks of the cluster (docs/protocol.md,
+    /// "Timestamps"), so it is never further ahead of true time than the
+    /// furthest any replica's clock has been, but for a few ticks (an
+    /// estimate of a peer's clock runs ahead by the ticks its replica
+    /// skipped). Which clocks a primary heard decides more (with a bare
+    /// quorum of them, one wrong peer may set the time), so this is the
+    /// bound that holds in every run. A timestamp behind true time is
+    /// allowed: they only increase, so after a clock ran ahead they
+    /// advance by 1 ns per op for a while.
+    fn check_timestamp(&self, entry: &vsr::Prepare) -> Result<(), Violation> {
+        const SLACK_NS: u64 = 100 * 1_000_000;
+        let now = self.tick * 1_000_000;
+        let bound = now + self.clock_ahead_max_ns + SLACK_NS;
+        if entry.timestamp > bound {
+            return Err(format!(
+                "op {} stamped {} ms ahead of every clock (true time {now} ns, clocks up to {} ms ahead)",
+                entry.op,
+                (entry.timestamp - now - self.clock_ahead_max_ns) / 1_000_000,
+                self.clock_ahead_max_ns / 1_000_000
+            ));
         }
         Ok(())
     }
