@@ -49,6 +49,15 @@ pub struct Options {
     /// monotonic clock runs on). Every clock is set right when the faults
     /// heal.
     pub clock_jump_probability: f64,
+    /// Disk mode, per tick and replica: probability of a disk fault while
+    /// the replica runs: its syncs fail (an I/O error that loses the
+    /// writes it was to make durable) or its disk is full, for up to
+    /// `downtime_max` ticks (the host pauses the replica: no ticks, no
+    /// deliveries, its outputs held, the sync retried every tick), or its
+    /// next sync takes up to 300 ticks (the host is stalled: messages
+    /// queue up and arrive together once it returns). At most `n -
+    /// quorum` replicas have a faulty disk or are recovering at once.
+    pub disk_fault_probability: f64,
     /// Ticks of faults before the liveness phase.
     pub fault_ticks: u64,
     /// Once every fault is healed, every outstanding request must finish, and
@@ -107,6 +116,7 @@ impl Options {
             downtime_max: 0,
             tick_skip_probability: 0.0,
             clock_jump_probability: 0.0,
+            disk_fault_probability: 0.0,
             fault_ticks: 0,
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
@@ -197,6 +207,12 @@ impl Options {
         // Wall clock jumps, in half the seeds. Drawn last.
         options.clock_jump_probability = if rng.chance(0.5) {
             rng.float(0.0, 0.002)
+        } else {
+            0.0
+        };
+        // Disk faults while running. Drawn last.
+        options.disk_fault_probability = if rng.chance(0.5) {
+            rng.float(0.0, 0.001)
         } else {
             0.0
         };

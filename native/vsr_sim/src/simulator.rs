@@ -42,6 +42,18 @@ fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
 
 pub use crate::checker::App;
 
+/// A disk-mode replica whose host is held up by its disk: its outputs
+/// that follow a write wait, in order, until the write is durable.
+struct Pause {
+    /// A slow sync: it succeeded, and returns at this tick; messages that
+    /// arrive meanwhile queue up (`inbox`). `None`: syncs fail; the host
+    /// drops ticks and messages and retries the sync every tick.
+    slow_until: Option<u64>,
+    /// Outputs waiting, each with what the replica had executed then.
+    held: Vec<(Output, u64)>,
+    inbox: Vec<Vec<u8>>,
+}
+
 /// What the simulator keeps beside a disk-mode replica's store (its
 /// checkpoints are the store's own).
 #[derive(Clone, Default)]
@@ -82,6 +94,8 @@ pub struct Report {
     pub checkpoints_installed: u64,
     /// WAL compactions completed by the stores (disk mode).
     pub compactions: u64,
+    /// Times a host was held up by a failed or slow sync (disk mode).
+    pub disk_pauses: u64,
 }
 
 pub struct Simulator {
@@ -144,6 +158,13 @@ pub struct Simulator {
     pub divergences: Vec<(ReplicaIndex, Op, u128, u128)>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
+    /// Replicas held up by their disk (`Options::disk_fault_probability`).
+    paused: Vec<Option<Pause>>,
+    /// Replicas whose next sync is slow: by this many ticks.
+    slow_sync: Vec<Option<u64>>,
+    /// Tick at which a failing or full disk works again.
+    disk_heals_at: Vec<Option<u64>>,
+    disk_pauses: u64,
 }
 
 impl Simulator {
@@ -211,6 +232,10 @@ impl Simulator {
             installed: 0,
             divergences: Vec::new(),
             dead: vec![false; n],
+            paused: (0..n).map(|_| None).collect(),
+            slow_sync: vec![None; n],
+            disk_heals_at: vec![None; n],
+            disk_pauses: 0,
             options,
         }
     }
@@ -280,6 +305,7 @@ impl Simulator {
                         _ => 0,
                     })
                     .sum::<u64>(),
+            disk_pauses: self.disk_pauses,
         }
     }
 
@@ -346,6 +372,12 @@ impl Simulator {
             if self.rng.chance(self.options.clock_jump_probability) {
                 self.jump_clock(r);
             }
+            if self.disk_heals_at[r].is_some_and(|at| at <= self.tick) {
+                self.heal_disk(r);
+            }
+            if self.rng.chance(self.options.disk_fault_probability) {
+                self.disk_fault(r);
+            }
             match self.restart_at[r] {
                 Some(at) if at <= self.tick => {
                     self.restart_at[r] = None;
@@ -387,6 +419,51 @@ impl Simulator {
             1 => -by,
             _ => 0,
         };
+    }
+
+    /// A fault of running replica `r`'s disk, if the budget allows: no
+    /// more than `n - quorum` replicas with a faulty disk or recovering
+    /// (or down in memory mode), this one included.
+    fn disk_fault(&mut self, r: usize) {
+        let n = self.n();
+        let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
+        if store_of(&mut self.storage[r]).is_none()
+            || self.disk_faulty(r)
+            || self.armed[r]
+            || faulty + self.recovering_or_will() >= n - vsr::quorum(n)
+        {
+            return;
+        }
+        let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
+        let kind = self.rng.range(0, 2);
+        let Some(store) = store_of(&mut self.storage[r]) else {
+            return;
+        };
+        match kind {
+            0 => store.disk_mut().failing = true,
+            1 => store.disk_mut().full = true,
+            _ => {
+                self.slow_sync[r] = Some(self.rng.range(1, 300));
+                return;
+            }
+        }
+        self.disk_heals_at[r] = Some(heals_at);
+    }
+
+    /// Whether replica `r`'s disk is faulty now, or has held it up.
+    fn disk_faulty(&self, r: usize) -> bool {
+        self.paused[r].is_some() || self.slow_sync[r].is_some() || self.disk_heals_at[r].is_some()
+    }
+
+    /// Replica `r`'s disk works again (a paused replica resumes at its
+    /// next tick, when the host retries the sync).
+    fn heal_disk(&mut self, r: usize) {
+        self.disk_heals_at[r] = None;
+        self.slow_sync[r] = None;
+        if let Some(store) = store_of(&mut self.storage[r]) {
+            store.disk_mut().failing = false;
+            store.disk_mut().full = false;
+        }
     }
 
     fn random_partition(&mut self) {
@@ -492,6 +569,7 @@ impl Simulator {
         self.clock_offset_ns.iter_mut().for_each(|offset| *offset = 0);
         self.network.options = crate::network::NetworkOptions::perfect();
         for r in 0..self.n() {
+            self.heal_disk(r);
             if let Some(store) = store_of(&mut self.storage[r]) {
                 store.disk_mut().crash_after = None;
             }
@@ -519,9 +597,15 @@ impl Simulator {
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
         self.beside[r as usize].mirror = None;
+        self.paused[r as usize] = None; // what the host held dies with it
+        self.slow_sync[r as usize] = None;
+        self.disk_heals_at[r as usize] = None;
         if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
             self.compactions += store.stats().compactions;
             let mut disk = store.into_disk();
+            // The faulty disk is replaced, or works again after the reboot.
+            disk.failing = false;
+            disk.full = false;
             let unsynced = disk.unsynced();
             let cut = CrashCut {
                 kept: self.rng.range(0, unsynced as u64) as usize,
@@ -772,6 +856,9 @@ impl Simulator {
             }
         }
         for r in 0..self.n() {
+            if self.replicas[r].is_some() && !self.resume(r as ReplicaIndex)? {
+                continue; // held up by its disk: the tick is lost
+            }
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
                 // A clock jump moves the wall clock only; the monotonic
@@ -787,8 +874,12 @@ impl Simulator {
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
-            if self.replicas[to as usize].is_some() {
-                self.input(to, Input::Receive(&bytes))?;
+            match &mut self.paused[to as usize] {
+                // A stalled host's messages wait; a failing one drops them.
+                Some(pause) if pause.slow_until.is_some() => pause.inbox.push(bytes),
+                Some(_) => {}
+                None if self.replicas[to as usize].is_some() => self.input(to, Input::Receive(&bytes))?,
+                None => {}
             }
         }
         self.drive_clients()?;
@@ -844,15 +935,71 @@ impl Simulator {
                 self.deliver(r, output, executed)?;
                 continue;
             }
-            if store.has_staged() && store.sync().is_err() {
-                // The disk died mid-write (an armed crash): so does the
-                // replica, and nothing after the write takes effect.
-                self.crash_until_later(r);
-                return Ok(());
+            if let Some(pause) = self.paused[r as usize].as_mut() {
+                pause.held.push((output, executed));
+                continue;
+            }
+            if store.has_staged() {
+                if store.sync().is_err() {
+                    if store.disk().crash_after == Some(0) {
+                        // The disk died mid-write (an armed crash): so does
+                        // the replica, and nothing after the write takes effect.
+                        self.crash_until_later(r);
+                        return Ok(());
+                    }
+                    self.pause(r, None, output, executed);
+                    continue;
+                }
+                if let Some(ticks) = self.slow_sync[r as usize].take() {
+                    self.pause(r, Some(self.tick + ticks), output, executed);
+                    continue;
+                }
             }
             self.deliver(r, output, executed)?;
         }
         Ok(())
+    }
+
+    /// The host of replica `r` is held up by its disk from `output` on
+    /// (a failed sync, or a slow one that returns at `slow_until`).
+    fn pause(&mut self, r: ReplicaIndex, slow_until: Option<u64>, output: Output, executed: u64) {
+        self.disk_pauses += 1;
+        self.paused[r as usize] = Some(Pause {
+            slow_until,
+            held: vec![(output, executed)],
+            inbox: Vec::new(),
+        });
+    }
+
+    /// Replica `r`'s host at a tick while it is held up: `true` once it
+    /// goes on (its held outputs delivered, then the messages that queued
+    /// up), `false` while it is still held up. A failing disk is retried.
+    fn resume(&mut self, r: ReplicaIndex) -> Result<bool, Failure> {
+        let Some(pause) = &self.paused[r as usize] else {
+            return Ok(true);
+        };
+        if pause.slow_until.is_some_and(|until| self.tick < until) {
+            return Ok(false);
+        }
+        let store = store_of(&mut self.storage[r as usize]).expect("a paused replica has a store");
+        if store.has_staged() && store.sync().is_err() {
+            if store.disk().crash_after == Some(0) {
+                self.crash_until_later(r);
+            } else if let Some(pause) = self.paused[r as usize].as_mut() {
+                pause.slow_until = None; // slow, and now failing too
+            }
+            return Ok(false);
+        }
+        let pause = self.paused[r as usize].take().expect("paused");
+        for (output, executed) in pause.held {
+            self.deliver(r, output, executed).map_err(|v| self.fail(v))?;
+        }
+        for bytes in pause.inbox {
+            if self.replicas[r as usize].is_some() {
+                self.input(r, Input::Receive(&bytes))?;
+            }
+        }
+        Ok(self.replicas[r as usize].is_some())
     }
 
     /// Disk mode: a checkpoint write, staged in the store (which rebases
