@@ -672,6 +672,7 @@ impl Replica {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
         self.mono_ns = self.mono_ns.max(mono_ns);
+        self.clocks.ticked(self.mono_ns);
         self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),

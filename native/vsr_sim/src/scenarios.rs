@@ -1272,6 +1272,35 @@ pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), F
     settle(&mut sim)
 }
 
+/// A primary whose host stalls (a slow fsync) takes in the messages that
+/// queued up meanwhile before its first tick after the stall. Their
+/// clock readings are fresh, but as far as its monotonic clock could tell
+/// they arrived at its last tick before the stall; carried forward from
+/// there, every peer's clock read as far ahead as the stall lasted, and
+/// the next prepare was stamped that far ahead of every clock (the
+/// simulator's timestamp check).
+pub fn stalled_primary_stamps_no_time_from_its_stall(mut options: Options) -> Result<(), Failure> {
+    const STALL: u64 = 300;
+    // No timeout fires during the stall: the primary stays the primary.
+    options.config.view_change_ticks = 1_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.stall(0, STALL);
+    let back = sim.tick + STALL;
+    sim.run_ticks(STALL - 3)?;
+    // Both backups forward a request to the stalled primary just before
+    // it goes on: their freshest clock readings wait in its queue.
+    sim.clients[0].home = 1;
+    sim.start_request(0)?;
+    sim.clients[1].home = 2;
+    sim.start_request(1)?;
+    sim.run_until(10, "the primary goes on", |s| s.tick >= back)?;
+    // Right after its first tick: a request through the primary itself.
+    commit(&mut sim, 2, 0)?;
+    settle(&mut sim)
+}
+
 /// Review of issue "Lose nothing" 5 (passes: kept as a regression): a read
 /// confirmed by the primary of view 0, whose ReadOk is held, is re-sent
 /// to the primary of view 1 after the first crashes; another read is

@@ -971,6 +971,17 @@ impl Simulator {
         });
     }
 
+    /// Holds replica `r`'s host up for `ticks` ticks, as a slow sync does:
+    /// no ticks, and the messages that arrive meanwhile reach it together
+    /// when it goes on (scripted scenarios).
+    pub fn stall(&mut self, r: ReplicaIndex, ticks: u64) {
+        self.paused[r as usize] = Some(Pause {
+            slow_until: Some(self.tick + ticks),
+            held: Vec::new(),
+            inbox: Vec::new(),
+        });
+    }
+
     /// Replica `r`'s host at a tick while it is held up: `true` once it
     /// goes on (its held outputs delivered, then the messages that queued
     /// up), `false` while it is still held up. A failing disk is retried.
