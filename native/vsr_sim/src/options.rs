@@ -165,6 +165,7 @@ impl Options {
             delay_min,
             delay_max: delay_min + rng.range(0, 30),
             tail: rng.float(0.0, 0.3),
+            ..NetworkOptions::perfect()
         };
         options.partition_probability = if rng.chance(0.8) {
             rng.float(0.0, 0.01)
@@ -216,6 +217,18 @@ impl Options {
         } else {
             0.0
         };
+        // Large packets lost more often, and stragglers that arrive after
+        // every timeout (the longest: a pin's or a sync's, four view-change
+        // timeouts), in half the seeds each. Drawn last.
+        let n = &mut options.network;
+        n.loss_per_kib = if rng.chance(0.5) { rng.float(0.0, 0.3) } else { 0.0 };
+        n.stray = if rng.chance(0.5) {
+            rng.float(0.0, 0.01)
+        } else {
+            0.0
+        };
+        let longest = options.config.view_change_ticks * 4;
+        (n.stray_min, n.stray_max) = (longest + 1, longest * 3);
         options
     }
 
