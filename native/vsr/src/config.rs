@@ -119,6 +119,9 @@ pub enum Mutation {
     /// The primary stamps prepares with its own clock alone, as before
     /// cluster time: one clock that jumps ahead skews every later timestamp.
     UnboundedClock,
+    /// A peer's clock reading is carried forward from the tick before it
+    /// arrived, as before: a host held up between ticks stamps ahead.
+    ClockFromTickBeforeArrival,
     /// A primary keeps leading after installing a checkpoint its log does
     /// not hold, and announces the checkpoint's op as its commit number in
     /// its view: its backups execute that view's uncommitted tail.

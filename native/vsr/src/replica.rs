@@ -557,6 +557,10 @@ impl Replica {
             Ok(decoded) if decoded.from != self.index => {
                 let from = decoded.from as usize;
                 self.clocks.heard(from, decoded.clock, self.clock_now());
+                #[cfg(feature = "mutations")]
+                if self.mutated(Mutation::ClockFromTickBeforeArrival) {
+                    self.clocks.ticked(self.mono_ns);
+                }
                 self.on_envelope(decoded)
             }
             Ok(_) => self.stats.dropped_unknown_sender += 1,

@@ -194,6 +194,14 @@ fn the_replica_invariants_catch_a_primary_leading_on_after_a_foreign_checkpoint_
 }
 
 #[test]
+fn carrying_readings_from_before_a_stall_is_caught_by_the_timestamp_check() {
+    let mut broken = options(3, 3);
+    broken.config.mutation = Mutation::ClockFromTickBeforeArrival;
+    let failure = scenarios::stalled_primary_stamps_no_time_from_its_stall(broken).unwrap_err();
+    assert!(failure.reason.contains("ahead of every clock"), "{failure}");
+}
+
+#[test]
 fn keeping_wrong_digests_after_healing_is_caught_by_the_late_vouch_scenario() {
     let mut broken = options(3, 4);
     broken.config.mutation = Mutation::KeepDigestsBelowHealedCheckpoint;
