@@ -807,19 +807,28 @@ impl Simulator {
 
     /// Bit rot while the replica is down, within the fault model: one
     /// superblock copy whose loss leaves another copy of the newest, or any
-    /// one log record (the last is a seal, whose loss loses nothing), and
-    /// only while few enough replicas are recovering for one more to
-    /// finish (the store then makes this one recover from its peers).
+    /// one log record (the last is a seal, whose loss loses nothing), or
+    /// the durable checkpoint file, the last two only while few enough
+    /// replicas are recovering for one more to finish (the store then
+    /// makes this one recover from its peers).
     fn rot(&mut self, disk: &mut MemDisk) {
         if !self.rng.chance(self.options.corruption_probability) {
             return;
         }
         let n = self.n();
         let records = disk.wal_records();
-        if self.rng.chance(0.5) && !records.is_empty() && self.recovering_or_will() < n - vsr::quorum(n) {
+        let room = self.recovering_or_will() < n - vsr::quorum(n);
+        let checkpoint = disk.checkpoint_file().filter(|&(_, len)| len > 0);
+        if self.rng.chance(0.5) && !records.is_empty() && room {
             let (offset, len) = records[self.rng.range(0, records.len() as u64 - 1) as usize];
             let byte = offset + self.rng.range(0, len as u64 - 1) as usize;
             disk.corrupt(disk.wal_zone(), byte, self.rng.range(1, 255) as u8);
+        } else if let Some((zone, len)) = checkpoint.filter(|_| room && self.rng.chance(0.3)) {
+            // The durable checkpoint rots: its digest in the superblock no
+            // longer matches, and the store recovers the replica's state
+            // from its peers.
+            let byte = self.rng.range(0, len as u64 - 1) as usize;
+            disk.corrupt(zone, byte, self.rng.range(1, 255) as u8);
         } else {
             let slot = self.rng.range(0, 3) as usize;
             if disk.superblock_survives_losing(slot) {

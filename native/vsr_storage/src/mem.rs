@@ -84,6 +84,15 @@ impl MemDisk {
         Zone::wal(crate::format::current_superblock(file).map_or(0, |(s, _)| s.wal))
     }
 
+    /// The durable checkpoint file the durable superblock names, and its
+    /// length, if it names one.
+    pub fn checkpoint_file(&self) -> Option<(Zone, usize)> {
+        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let (superblock, _) = crate::format::current_superblock(file)?;
+        let named = superblock.checkpoint?;
+        Some((Zone::checkpoint(named.slot), named.len as usize))
+    }
+
     /// Offsets and lengths of the records of the durable write-ahead log
     /// (the file the superblock names), up to its first damage.
     pub fn wal_records(&self) -> Vec<(usize, usize)> {

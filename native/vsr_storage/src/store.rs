@@ -1552,6 +1552,22 @@ mod tests {
     }
 
     #[test]
+    fn rot_in_the_checkpoint_file_makes_the_replica_recover() {
+        let entries = chain(&[], 6, 0);
+        let mut store = store_with(&entries, state(0, 0, 6));
+        take_checkpoint(&mut store, &entries[3], 1);
+        let mut disk = store.into_disk();
+        let (zone, len) = disk.checkpoint_file().expect("a checkpoint is named");
+        disk.corrupt(zone, len / 2, 0x10);
+        let (store, opened) = open(disk);
+        let Opened::Recover { reason, .. } = opened else {
+            panic!("expected a recovery, got {opened:?}")
+        };
+        assert!(reason.contains("does not match its digest"), "{reason}");
+        store.invariants().unwrap();
+    }
+
+    #[test]
     fn a_damaged_entry_below_the_checkpoint_is_forgotten_by_compaction() {
         // Was a stale hole (simulator seed 771, `Store::invariants`): the
         // store kept naming the damaged entry below the checkpoint after
