@@ -1199,9 +1199,7 @@ impl Simulator {
 
     /// A timestamp lies between clocks of the cluster (docs/protocol.md,
     /// "Timestamps"), so it is never further ahead of true time than the
-    /// furthest any replica's clock has been, but for a few ticks (an
-    /// estimate of a peer's clock runs ahead by the ticks its replica
-    /// skipped). Which clocks a primary heard decides more (with a bare
+    /// furthest any replica's clock has been (with a slack of a few ticks). Which clocks a primary heard decides more (with a bare
     /// quorum of them, one wrong peer may set the time), so this is the
     /// bound that holds in every run. A timestamp behind true time is
     /// allowed: they only increase, so after a clock ran ahead they
