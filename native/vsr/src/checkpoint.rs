@@ -172,10 +172,10 @@ struct Pin {
 pub(crate) struct Checkpoints {
     pub(crate) held: Option<Held>,
     /// The checkpoint before `held`, still served to a sync in progress.
-    previous: Option<Held>,
+    pub(crate) previous: Option<Held>,
     /// The newest checkpoint a quorum vouches for that this replica holds:
     /// what it serves, and the log is never truncated past it.
-    anchor: Option<Held>,
+    pub(crate) anchor: Option<Held>,
     pending: BTreeMap<Op, PendingSnapshot>,
     /// This replica's checkpoint digests, by op, for the divergence check.
     digests: BTreeMap<Op, u128>,
@@ -248,6 +248,71 @@ impl Checkpoints {
     /// the log after it.
     fn truncation_point(&self, previous: Op) -> Op {
         self.anchor.as_ref().map_or(0, |a| a.checkpoint.op.min(previous))
+    }
+}
+
+impl Checkpoints {
+    /// Checks the checkpoint state of replica `me` against its log and the
+    /// highest op it executed (`Replica::invariants`).
+    pub(crate) fn check(&self, me: ReplicaIndex, log: &Log, executed: Op) -> Result<(), String> {
+        let op_of = |h: &Option<Held>| h.as_ref().map(|h| h.checkpoint.op);
+        let held = op_of(&self.held).unwrap_or(0);
+        if held > executed {
+            return Err(format!("checkpoint at op {held} ahead of op {executed} executed"));
+        }
+        if op_of(&self.previous).is_some_and(|p| p >= held) {
+            return Err(format!("previous checkpoint not below the latest (op {held})"));
+        }
+        // The log goes on from the durable checkpoint (a restart resumes
+        // from both), and nothing after the anchor is ever truncated.
+        match &self.anchor {
+            None if log.base() > 0 => {
+                return Err(format!(
+                    "log starts after op {} without a durable checkpoint",
+                    log.base()
+                ))
+            }
+            Some(a) if a.checkpoint.op > held => {
+                return Err(format!(
+                    "durable checkpoint at op {} ahead of the latest",
+                    a.checkpoint.op
+                ))
+            }
+            Some(a) if log.checksum_at(a.checkpoint.op) != Some(a.checkpoint.checksum) => {
+                return Err(format!(
+                    "log (ops {}..={}) does not hold the durable checkpoint's op {}",
+                    log.base(),
+                    log.op(),
+                    a.checkpoint.op
+                ))
+            }
+            _ => {}
+        }
+        if self.pending.keys().any(|&op| op <= held) || self.pending.len() > PENDING_MAX {
+            return Err(format!("snapshots asked for at or below checkpoint op {held}"));
+        }
+        if self.pins[me as usize].is_some() {
+            return Err("a replica pins a checkpoint for itself".into());
+        }
+        if let Some(pin) = self
+            .pins
+            .iter()
+            .flatten()
+            .find(|p| p.floor < p.held.checkpoint.op)
+        {
+            return Err(format!(
+                "a pin needs the log after op {}, below its checkpoint's op {}",
+                pin.floor, pin.held.checkpoint.op
+            ));
+        }
+        if let Some(sync) = self.sync.as_ref().filter(|s| s.bytes.len() as u64 > s.total) {
+            return Err(format!(
+                "state sync holds {} of {} bytes",
+                sync.bytes.len(),
+                sync.total
+            ));
+        }
+        Ok(())
     }
 }
 

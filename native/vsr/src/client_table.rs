@@ -185,6 +185,36 @@ impl ClientTable {
         self.sessions.get(&client).map_or(0, |s| s.last_op)
     }
 
+    /// Checks the table as of `executed`, the highest op executed: at most
+    /// `capacity` sessions, each registered and last active at or before
+    /// `executed` (a table is built by executing the log, or installed from
+    /// a checkpoint at an op executed), and the eviction order lists every
+    /// session exactly once.
+    pub fn check(&self, executed: Op) -> Result<(), String> {
+        if self.sessions.len() > self.capacity {
+            return Err(format!(
+                "client table holds {} sessions, more than its {}",
+                self.sessions.len(),
+                self.capacity
+            ));
+        }
+        if self.by_activity.len() != self.sessions.len() {
+            return Err("client table's eviction order and sessions differ".into());
+        }
+        for (client, s) in &self.sessions {
+            if s.session > s.last_op || s.last_op > executed {
+                return Err(format!(
+                    "client {client:x}: session {} last active at op {}, with op {executed} executed",
+                    s.session, s.last_op
+                ));
+            }
+            if !self.by_activity.contains(&(s.last_op, *client)) {
+                return Err(format!("client {client:x} is missing from the eviction order"));
+            }
+        }
+        Ok(())
+    }
+
     fn insert(&mut self, client: ClientId, session: Session) {
         self.by_activity.insert((session.last_op, client));
         self.sessions.insert(client, session);
@@ -219,6 +249,24 @@ mod tests {
             origin: 0,
             payload: vec![],
         }
+    }
+
+    #[test]
+    fn check_finds_sessions_ahead_of_execution_and_a_broken_eviction_order() {
+        let mut table = ClientTable::new(2);
+        table.execute(3, &req(1, 0, 0));
+        table.execute(5, &req(1, 3, 1));
+        assert_eq!(table.check(5), Ok(()));
+        assert!(table
+            .check(4)
+            .unwrap_err()
+            .contains("last active at op 5, with op 4 executed"));
+        let mut unordered = table.clone();
+        unordered.by_activity.clear();
+        assert!(unordered.check(5).unwrap_err().contains("eviction order"));
+        let mut crowded = table.clone();
+        crowded.capacity = 0;
+        assert!(crowded.check(5).unwrap_err().contains("more than its 0"));
     }
 
     #[test]

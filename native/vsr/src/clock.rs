@@ -35,8 +35,11 @@
 //!   of its view) does not advance time: it stamps `head + 1`.
 //!
 //! Estimates ignore message delay (a reading is older than its arrival by
-//! one delay) and the drift of a peer's wall clock against our monotonic
-//! one while the reading is fresh (at most `view_change_ticks` ticks).
+//! one delay) and count the time since a reading arrived from the first
+//! tick after it (`Clocks::ticked`), so they lag a peer's clock rather than
+//! lead it; they also ignore the drift of a peer's wall clock against our
+//! monotonic one while the reading is fresh (at most `view_change_ticks`
+//! ticks).
 
 use crate::config::MAX_REPLICAS;
 
@@ -45,8 +48,9 @@ use crate::config::MAX_REPLICAS;
 struct Sample {
     /// Its wall clock, in ns, as its message said.
     theirs: u64,
-    /// Our monotonic clock, in ns, when its message arrived.
-    mono: u64,
+    /// Our monotonic clock, in ns, at our first tick after its message
+    /// arrived (`None` until that tick).
+    mono: Option<u64>,
     /// Our tick when it arrived.
     tick: u64,
 }
@@ -77,9 +81,24 @@ impl Clocks {
         }
         self.samples[from] = Some(Sample {
             theirs,
-            mono: now.mono,
+            mono: None,
             tick: now.tick,
         });
+    }
+
+    /// This replica ticked at monotonic time `mono`: the readings that
+    /// arrived since its last tick are carried forward from here. When
+    /// they arrived is known only to lie between the two ticks; the later
+    /// one never makes a peer's clock read ahead of what it says. (The
+    /// earlier one did, by as long as the host was held up between the
+    /// ticks: a primary whose slow fsync stalled it took in the messages
+    /// that queued up before its next tick, and stamped its next prepare
+    /// as far ahead of every clock as the stall lasted: scenario
+    /// `stalled_primary_stamps_no_time_from_its_stall`.)
+    pub(crate) fn ticked(&mut self, mono: u64) {
+        for sample in self.samples.iter_mut().flatten() {
+            sample.mono.get_or_insert(mono);
+        }
     }
 
     /// Our wall clock, moved into the window a quorum of fresh readings
@@ -98,7 +117,7 @@ impl Clocks {
             .filter_map(|r| {
                 let s = self.samples[r]?;
                 (now.tick < s.tick.saturating_add(fresh)).then(|| {
-                    let elapsed = now.mono.saturating_sub(s.mono);
+                    let elapsed = s.mono.map_or(0, |mono| now.mono.saturating_sub(mono));
                     s.theirs as i128 + elapsed as i128 - now.wall as i128
                 })
             })
@@ -136,9 +155,22 @@ mod tests {
     fn clocks(readings: &[(usize, u64)], ours: u64) -> Clocks {
         let mut c = Clocks::default();
         for &(r, theirs) in readings {
-            c.heard(r, theirs, at(ours, 500, 1));
+            c.heard(r, theirs, at(ours, 400, 1));
         }
+        c.ticked(500);
         c
+    }
+
+    #[test]
+    fn readings_that_queued_up_in_a_stall_are_carried_forward_from_after_it() {
+        // Our last tick was at mono 500; the host stalled; fresh readings
+        // (300_000) queued up and are taken in before the next tick, at
+        // mono 300_500, when our wall clock reads 300_500 too.
+        let mut c = Clocks::default();
+        c.heard(1, 300_000, at(1_000, 500, 1));
+        c.heard(2, 300_010, at(1_000, 500, 1));
+        c.ticked(300_500);
+        assert_eq!(c.cluster_now(0, at(300_500, 300_500, 2), 40, 2, 3), Some(300_010));
     }
 
     #[test]

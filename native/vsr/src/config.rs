@@ -147,6 +147,9 @@ pub enum Mutation {
     /// The primary stamps prepares with its own clock alone, as before
     /// cluster time: one clock that jumps ahead skews every later timestamp.
     UnboundedClock,
+    /// A peer's clock reading is carried forward from the tick before it
+    /// arrived, as before: a host held up between ticks stamps ahead.
+    ClockFromTickBeforeArrival,
     /// A primary keeps leading after installing a checkpoint its log does
     /// not hold, and announces the checkpoint's op as its commit number in
     /// its view: its backups execute that view's uncommitted tail.
@@ -345,6 +348,17 @@ impl Config {
     #[cfg(feature = "mutations")]
     pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
         self.mutation == mutation
+    }
+
+    /// Whether a deliberate bug is compiled in and chosen (always false
+    /// without the `mutations` feature). A mutated replica breaks its own
+    /// invariants too (`Replica::invariants`); whoever checks them leaves
+    /// it to the checkers that judge the cluster, which must find the bug.
+    pub fn is_mutated(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        return self.mutation != Mutation::None;
+        #[cfg(not(feature = "mutations"))]
+        false
     }
 }
 

@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod client_table;
 mod clock;
 pub mod config;
+mod invariants;
 pub mod log;
 pub mod message;
 mod read;

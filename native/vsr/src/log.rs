@@ -139,6 +139,35 @@ impl Log {
     pub fn entries(&self) -> &[Arc<Prepare>] {
         &self.entries
     }
+
+    /// Checks that the log is what its type promises: entries numbered
+    /// `base+1..=op` without a gap, each chained to its parent (the first
+    /// to the base's checksum) and stamped strictly after it. Compares
+    /// stored checksums only (an entry's own checksum was verified when it
+    /// was decoded), so it costs a pass over the entries, no hashing.
+    pub fn check(&self) -> Result<(), String> {
+        let (mut parent, mut timestamp) = (self.root, self.base_timestamp);
+        for (i, entry) in self.entries.iter().enumerate() {
+            let op = self.base + 1 + i as Op;
+            if entry.op != op {
+                return Err(format!(
+                    "log entry {i} after base {} is op {}, not {op}",
+                    self.base, entry.op
+                ));
+            }
+            if entry.parent != parent {
+                return Err(format!("log op {op} does not chain to op {}", op - 1));
+            }
+            if entry.timestamp <= timestamp {
+                return Err(format!(
+                    "log op {op} is stamped {} after {timestamp}",
+                    entry.timestamp
+                ));
+            }
+            (parent, timestamp) = (entry.checksum, entry.timestamp);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +190,28 @@ mod tests {
         assert_eq!(log.head_checksum(), a.checksum);
         assert!(Log::from_entries(5, vec![a.clone(), b]).is_some());
         assert!(Log::from_entries(6, vec![a]).is_none());
+    }
+
+    #[test]
+    fn check_finds_a_gap_a_broken_chain_and_time_going_back() {
+        let a = Arc::new(Prepare::new(5, 0, 1, 10, vec![]));
+        let b = Arc::new(Prepare::new(a.checksum, 0, 2, 20, vec![]));
+        let sound = Log::from_entries(5, vec![a.clone(), b.clone()]).unwrap();
+        assert_eq!(sound.check(), Ok(()));
+        let with = |entries: Vec<Arc<Prepare>>| {
+            Log {
+                entries,
+                ..sound.clone()
+            }
+            .check()
+            .unwrap_err()
+        };
+        let gap = Arc::new(Prepare::new(a.checksum, 0, 3, 20, vec![]));
+        assert!(with(vec![a.clone(), gap]).contains("is op 3, not 2"));
+        let stranger = Arc::new(Prepare::new(6, 0, 2, 20, vec![]));
+        assert!(with(vec![a.clone(), stranger]).contains("does not chain"));
+        let earlier = Arc::new(Prepare::new(a.checksum, 0, 2, 10, vec![]));
+        assert!(with(vec![a, earlier]).contains("stamped 10 after 10"));
     }
 
     #[test]

@@ -409,7 +409,22 @@ impl Replica {
             Input::Snapshot { op, app } => self.on_snapshot(op, app),
         }
         self.announce_commit(tick);
+        #[cfg(debug_assertions)]
+        self.assert_invariants();
         std::mem::take(&mut self.out)
+    }
+
+    /// Debug builds: the replica checks its own invariants after every
+    /// step (`invariants.rs`), except with a deliberate bug compiled in,
+    /// which the simulator's checkers must find instead.
+    #[cfg(debug_assertions)]
+    fn assert_invariants(&self) {
+        if self.config.is_mutated() {
+            return;
+        }
+        if let Err(broken) = self.invariants() {
+            panic!("replica {} broke an invariant: {broken}", self.index);
+        }
     }
 
     pub fn index(&self) -> ReplicaIndex {
@@ -542,6 +557,10 @@ impl Replica {
             Ok(decoded) if decoded.from != self.index => {
                 let from = decoded.from as usize;
                 self.clocks.heard(from, decoded.clock, self.clock_now());
+                #[cfg(feature = "mutations")]
+                if self.mutated(Mutation::ClockFromTickBeforeArrival) {
+                    self.clocks.ticked(self.mono_ns);
+                }
                 self.on_envelope(decoded)
             }
             Ok(_) => self.stats.dropped_unknown_sender += 1,
@@ -657,6 +676,7 @@ impl Replica {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
         self.mono_ns = self.mono_ns.max(mono_ns);
+        self.clocks.ticked(self.mono_ns);
         self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),

@@ -77,6 +77,9 @@ impl Staging {
     fn end(&self) -> Op {
         self.base + self.entries.len() as Op
     }
+    pub(crate) fn view(&self) -> View {
+        self.view
+    }
     pub(crate) fn progress(&self) -> (Op, Op) {
         (self.end(), self.target)
     }

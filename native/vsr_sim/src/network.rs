@@ -22,6 +22,15 @@ pub struct NetworkOptions {
     pub delay_min: u64,
     pub delay_max: u64,
     pub tail: f64,
+    /// Extra probability of loss per KiB of packet: large messages (a
+    /// view's log, checkpoint chunks) are lost more often than small ones,
+    /// as when a host drops what overflows its send buffer.
+    pub loss_per_kib: f64,
+    /// Probability that a packet straggles: it arrives `stray_min` to
+    /// `stray_max` ticks late, beyond every timeout of the protocol.
+    pub stray: f64,
+    pub stray_min: u64,
+    pub stray_max: u64,
 }
 
 impl NetworkOptions {
@@ -34,6 +43,10 @@ impl NetworkOptions {
             delay_min: 1,
             delay_max: 1,
             tail: 0.0,
+            loss_per_kib: 0.0,
+            stray: 0.0,
+            stray_min: 0,
+            stray_max: 0,
         }
     }
 }
@@ -84,7 +97,8 @@ impl Network {
         to: ReplicaIndex,
         mut bytes: Vec<u8>,
     ) {
-        if !self.link(from, to) || rng.chance(self.options.loss) {
+        let loss = self.options.loss + self.options.loss_per_kib * bytes.len() as f64 / 1024.0;
+        if !self.link(from, to) || rng.chance(loss) {
             self.dropped += 1;
             return;
         }
@@ -102,6 +116,9 @@ impl Network {
 
     fn delay(&self, rng: &mut Rng) -> u64 {
         let o = &self.options;
+        if rng.chance(o.stray) {
+            return rng.range(o.stray_min, o.stray_max);
+        }
         let spread = o.delay_max.saturating_sub(o.delay_min);
         let extra = if rng.chance(o.tail) {
             rng.range(0, spread)

@@ -44,6 +44,20 @@ pub struct Options {
     pub downtime_max: u64,
     /// Per tick and replica: probability that its timer skips a tick (clock jitter).
     pub tick_skip_probability: f64,
+    /// Per tick and replica: probability that its wall clock jumps, by 1 s
+    /// to an hour forward or back, or back to the true time (its
+    /// monotonic clock runs on). Every clock is set right when the faults
+    /// heal.
+    pub clock_jump_probability: f64,
+    /// Disk mode, per tick and replica: probability of a disk fault while
+    /// the replica runs: its syncs fail (an I/O error that loses the
+    /// writes it was to make durable) or its disk is full, for up to
+    /// `downtime_max` ticks (the host pauses the replica: no ticks, no
+    /// deliveries, its outputs held, the sync retried every tick), or its
+    /// next sync takes up to 300 ticks (the host is stalled: messages
+    /// queue up and arrive together once it returns). At most `n -
+    /// quorum` replicas have a faulty disk or are recovering at once.
+    pub disk_fault_probability: f64,
     /// Ticks of faults before the liveness phase.
     pub fault_ticks: u64,
     /// Once every fault is healed, every outstanding request must finish, and
@@ -68,6 +82,11 @@ pub struct Options {
     /// (`vopr --dead-minority` turns it on), so the default seeds stay as
     /// they are.
     pub dead_minority: bool,
+    /// Check `Replica::invariants` also when the configuration carries a
+    /// deliberate bug (`Config::is_mutated`). Off by default: a mutation
+    /// is there to show that the cluster's checkers catch it, and it
+    /// breaks the replica's own invariants too, often first.
+    pub invariants_under_mutation: bool,
 }
 
 /// The share of random seeds run with a lying host (`lying_host`).
@@ -96,12 +115,15 @@ impl Options {
             send_before_sync: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
+            clock_jump_probability: 0.0,
+            disk_fault_probability: 0.0,
             fault_ticks: 0,
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
             lying_host: None,
             config_override: None,
             dead_minority: false,
+            invariants_under_mutation: false,
         }
     }
 
@@ -143,6 +165,7 @@ impl Options {
             delay_min,
             delay_max: delay_min + rng.range(0, 30),
             tail: rng.float(0.0, 0.3),
+            ..NetworkOptions::perfect()
         };
         options.partition_probability = if rng.chance(0.8) {
             rng.float(0.0, 0.01)
@@ -182,6 +205,30 @@ impl Options {
         if lying && replica_count >= 3 && options.config.checkpoint_interval > 0 {
             options.lying_host = Some(rng.range(0, replica_count as u64 - 1) as u8);
         }
+        // Wall clock jumps, in half the seeds. Drawn last.
+        options.clock_jump_probability = if rng.chance(0.5) {
+            rng.float(0.0, 0.002)
+        } else {
+            0.0
+        };
+        // Disk faults while running. Drawn last.
+        options.disk_fault_probability = if rng.chance(0.5) {
+            rng.float(0.0, 0.001)
+        } else {
+            0.0
+        };
+        // Large packets lost more often, and stragglers that arrive after
+        // every timeout (the longest: a pin's or a sync's, four view-change
+        // timeouts), in half the seeds each. Drawn last.
+        let n = &mut options.network;
+        n.loss_per_kib = if rng.chance(0.5) { rng.float(0.0, 0.3) } else { 0.0 };
+        n.stray = if rng.chance(0.5) {
+            rng.float(0.0, 0.01)
+        } else {
+            0.0
+        };
+        let longest = options.config.view_change_ticks * 4;
+        (n.stray_min, n.stray_max) = (longest + 1, longest * 3);
         options
     }
 

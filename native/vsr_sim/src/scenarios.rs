@@ -946,7 +946,7 @@ fn expect_refused(sim: &Simulator, client: vsr::ClientId, request: u64) -> Resul
 /// its backups' clocks did not, so the timestamps it stamps stay within
 /// the quorum's clocks instead of running an hour ahead for good.
 pub fn primary_clock_jump_is_bounded(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
@@ -1209,7 +1209,7 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
 /// stays for good (timestamps only increase). Now with `k = q` the window
 /// is that of the peers' clocks alone (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
@@ -1247,7 +1247,7 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
 /// `primary_clock_jump_is_bounded` waits 20 ticks after the jump, which
 /// hid this.
 pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), Failure> {
-    const HOUR_NS: u64 = 3_600 * 1_000_000_000;
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
@@ -1269,6 +1269,35 @@ pub fn primary_clock_jump_then_request_at_once(options: Options) -> Result<(), F
         ));
     }
     sim.clock_offset_ns[0] = 0;
+    settle(&mut sim)
+}
+
+/// A primary whose host stalls (a slow fsync) takes in the messages that
+/// queued up meanwhile before its first tick after the stall. Their
+/// clock readings are fresh, but as far as its monotonic clock could tell
+/// they arrived at its last tick before the stall; carried forward from
+/// there, every peer's clock read as far ahead as the stall lasted, and
+/// the next prepare was stamped that far ahead of every clock (the
+/// simulator's timestamp check).
+pub fn stalled_primary_stamps_no_time_from_its_stall(mut options: Options) -> Result<(), Failure> {
+    const STALL: u64 = 300;
+    // No timeout fires during the stall: the primary stays the primary.
+    options.config.view_change_ticks = 1_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    sim.stall(0, STALL);
+    let back = sim.tick + STALL;
+    sim.run_ticks(STALL - 3)?;
+    // Both backups forward a request to the stalled primary just before
+    // it goes on: their freshest clock readings wait in its queue.
+    sim.clients[0].home = 1;
+    sim.start_request(0)?;
+    sim.clients[1].home = 2;
+    sim.start_request(1)?;
+    sim.run_until(10, "the primary goes on", |s| s.tick >= back)?;
+    // Right after its first tick: a request through the primary itself.
+    commit(&mut sim, 2, 0)?;
     settle(&mut sim)
 }
 

@@ -42,6 +42,18 @@ fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
 
 pub use crate::checker::App;
 
+/// A disk-mode replica whose host is held up by its disk: its outputs
+/// that follow a write wait, in order, until the write is durable.
+struct Pause {
+    /// A slow sync: it succeeded, and returns at this tick; messages that
+    /// arrive meanwhile queue up (`inbox`). `None`: syncs fail; the host
+    /// drops ticks and messages and retries the sync every tick.
+    slow_until: Option<u64>,
+    /// Outputs waiting, each with what the replica had executed then.
+    held: Vec<(Output, u64)>,
+    inbox: Vec<Vec<u8>>,
+}
+
 /// What the simulator keeps beside a disk-mode replica's store (its
 /// checkpoints are the store's own).
 #[derive(Clone, Default)]
@@ -82,6 +94,8 @@ pub struct Report {
     pub checkpoints_installed: u64,
     /// WAL compactions completed by the stores (disk mode).
     pub compactions: u64,
+    /// Times a host was held up by a failed or slow sync (disk mode).
+    pub disk_pauses: u64,
 }
 
 pub struct Simulator {
@@ -121,8 +135,11 @@ pub struct Simulator {
     /// Replica starts so far: each start's `Config::boot_nonce`.
     boots: u64,
     /// How far each replica's wall clock is ahead of true time, in ns
-    /// (scripted scenarios jump a replica's clock).
-    pub clock_offset_ns: Vec<u64>,
+    /// (negative: behind). Random seeds and scripted scenarios jump it.
+    pub clock_offset_ns: Vec<i64>,
+    /// The furthest any replica's wall clock has been ahead of true time
+    /// in this run, in ns: no timestamp may be further ahead.
+    clock_ahead_max_ns: u64,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
@@ -141,6 +158,13 @@ pub struct Simulator {
     pub divergences: Vec<(ReplicaIndex, Op, u128, u128)>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
+    /// Replicas held up by their disk (`Options::disk_fault_probability`).
+    paused: Vec<Option<Pause>>,
+    /// Replicas whose next sync is slow: by this many ticks.
+    slow_sync: Vec<Option<u64>>,
+    /// Tick at which a failing or full disk works again.
+    disk_heals_at: Vec<Option<u64>>,
+    disk_pauses: u64,
 }
 
 impl Simulator {
@@ -191,6 +215,7 @@ impl Simulator {
             next_read: vec![0; n],
             boots: n as u64,
             clock_offset_ns: vec![0; n],
+            clock_ahead_max_ns: 0,
             last_reply: None,
             rng,
             tick: 0,
@@ -207,6 +232,10 @@ impl Simulator {
             installed: 0,
             divergences: Vec::new(),
             dead: vec![false; n],
+            paused: (0..n).map(|_| None).collect(),
+            slow_sync: vec![None; n],
+            disk_heals_at: vec![None; n],
+            disk_pauses: 0,
             options,
         }
     }
@@ -276,6 +305,7 @@ impl Simulator {
                         _ => 0,
                     })
                     .sum::<u64>(),
+            disk_pauses: self.disk_pauses,
         }
     }
 
@@ -339,6 +369,15 @@ impl Simulator {
             self.random_partition();
         }
         for r in 0..n {
+            if self.rng.chance(self.options.clock_jump_probability) {
+                self.jump_clock(r);
+            }
+            if self.disk_heals_at[r].is_some_and(|at| at <= self.tick) {
+                self.heal_disk(r);
+            }
+            if self.rng.chance(self.options.disk_fault_probability) {
+                self.disk_fault(r);
+            }
             match self.restart_at[r] {
                 Some(at) if at <= self.tick => {
                     self.restart_at[r] = None;
@@ -368,6 +407,62 @@ impl Simulator {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Jumps replica `r`'s wall clock (`Options::clock_jump_probability`).
+    fn jump_clock(&mut self, r: usize) {
+        const SECOND_NS: u64 = 1_000_000_000;
+        let by = self.rng.range(SECOND_NS, 3_600 * SECOND_NS) as i64;
+        self.clock_offset_ns[r] = match self.rng.range(0, 2) {
+            0 => by,
+            1 => -by,
+            _ => 0,
+        };
+    }
+
+    /// A fault of running replica `r`'s disk, if the budget allows: no
+    /// more than `n - quorum` replicas with a faulty disk or recovering
+    /// (or down in memory mode), this one included.
+    fn disk_fault(&mut self, r: usize) {
+        let n = self.n();
+        let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
+        if store_of(&mut self.storage[r]).is_none()
+            || self.disk_faulty(r)
+            || self.armed[r]
+            || faulty + self.recovering_or_will() >= n - vsr::quorum(n)
+        {
+            return;
+        }
+        let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
+        let kind = self.rng.range(0, 2);
+        let Some(store) = store_of(&mut self.storage[r]) else {
+            return;
+        };
+        match kind {
+            0 => store.disk_mut().failing = true,
+            1 => store.disk_mut().full = true,
+            _ => {
+                self.slow_sync[r] = Some(self.rng.range(1, 300));
+                return;
+            }
+        }
+        self.disk_heals_at[r] = Some(heals_at);
+    }
+
+    /// Whether replica `r`'s disk is faulty now, or has held it up.
+    fn disk_faulty(&self, r: usize) -> bool {
+        self.paused[r].is_some() || self.slow_sync[r].is_some() || self.disk_heals_at[r].is_some()
+    }
+
+    /// Replica `r`'s disk works again (a paused replica resumes at its
+    /// next tick, when the host retries the sync).
+    fn heal_disk(&mut self, r: usize) {
+        self.disk_heals_at[r] = None;
+        self.slow_sync[r] = None;
+        if let Some(store) = store_of(&mut self.storage[r]) {
+            store.disk_mut().failing = false;
+            store.disk_mut().full = false;
         }
     }
 
@@ -471,8 +566,10 @@ impl Simulator {
     /// restarts every crashed replica (but the dead).
     pub fn heal(&mut self) {
         self.network.heal();
+        self.clock_offset_ns.iter_mut().for_each(|offset| *offset = 0);
         self.network.options = crate::network::NetworkOptions::perfect();
         for r in 0..self.n() {
+            self.heal_disk(r);
             if let Some(store) = store_of(&mut self.storage[r]) {
                 store.disk_mut().crash_after = None;
             }
@@ -500,9 +597,15 @@ impl Simulator {
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
         self.beside[r as usize].mirror = None;
+        self.paused[r as usize] = None; // what the host held dies with it
+        self.slow_sync[r as usize] = None;
+        self.disk_heals_at[r as usize] = None;
         if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
             self.compactions += store.stats().compactions;
             let mut disk = store.into_disk();
+            // The faulty disk is replaced, or works again after the reboot.
+            disk.failing = false;
+            disk.full = false;
             let unsynced = disk.unsynced();
             let cut = CrashCut {
                 kept: self.rng.range(0, unsynced as u64) as usize,
@@ -704,19 +807,28 @@ impl Simulator {
 
     /// Bit rot while the replica is down, within the fault model: one
     /// superblock copy whose loss leaves another copy of the newest, or any
-    /// one log record (the last is a seal, whose loss loses nothing), and
-    /// only while few enough replicas are recovering for one more to
-    /// finish (the store then makes this one recover from its peers).
+    /// one log record (the last is a seal, whose loss loses nothing), or
+    /// the durable checkpoint file, the last two only while few enough
+    /// replicas are recovering for one more to finish (the store then
+    /// makes this one recover from its peers).
     fn rot(&mut self, disk: &mut MemDisk) {
         if !self.rng.chance(self.options.corruption_probability) {
             return;
         }
         let n = self.n();
         let records = disk.wal_records();
-        if self.rng.chance(0.5) && !records.is_empty() && self.recovering_or_will() < n - vsr::quorum(n) {
+        let room = self.recovering_or_will() < n - vsr::quorum(n);
+        let checkpoint = disk.checkpoint_file().filter(|&(_, len)| len > 0);
+        if self.rng.chance(0.5) && !records.is_empty() && room {
             let (offset, len) = records[self.rng.range(0, records.len() as u64 - 1) as usize];
             let byte = offset + self.rng.range(0, len as u64 - 1) as usize;
             disk.corrupt(disk.wal_zone(), byte, self.rng.range(1, 255) as u8);
+        } else if let Some((zone, len)) = checkpoint.filter(|_| room && self.rng.chance(0.3)) {
+            // The durable checkpoint rots: its digest in the superblock no
+            // longer matches, and the store recovers the replica's state
+            // from its peers.
+            let byte = self.rng.range(0, len as u64 - 1) as usize;
+            disk.corrupt(zone, byte, self.rng.range(1, 255) as u8);
         } else {
             let slot = self.rng.range(0, 3) as usize;
             if disk.superblock_survives_losing(slot) {
@@ -753,11 +865,16 @@ impl Simulator {
             }
         }
         for r in 0..self.n() {
+            if self.replicas[r].is_some() && !self.resume(r as ReplicaIndex)? {
+                continue; // held up by its disk: the tick is lost
+            }
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
             if self.replicas[r].is_some() && !skip {
                 // A clock jump moves the wall clock only; the monotonic
                 // one is the simulated time.
-                let wall_ns = now_ns.saturating_add(self.clock_offset_ns[r]);
+                let offset = self.clock_offset_ns[r];
+                self.clock_ahead_max_ns = self.clock_ahead_max_ns.max(offset.max(0) as u64);
+                let wall_ns = now_ns.saturating_add_signed(offset);
                 let tick = Input::Tick {
                     now_ns: wall_ns,
                     mono_ns: now_ns,
@@ -766,8 +883,12 @@ impl Simulator {
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
-            if self.replicas[to as usize].is_some() {
-                self.input(to, Input::Receive(&bytes))?;
+            match &mut self.paused[to as usize] {
+                // A stalled host's messages wait; a failing one drops them.
+                Some(pause) if pause.slow_until.is_some() => pause.inbox.push(bytes),
+                Some(_) => {}
+                None if self.replicas[to as usize].is_some() => self.input(to, Input::Receive(&bytes))?,
+                None => {}
             }
         }
         self.drive_clients()?;
@@ -783,9 +904,17 @@ impl Simulator {
     fn input(&mut self, r: ReplicaIndex, input: Input<'_>) -> Result<(), Failure> {
         let replica = self.replicas[r as usize].as_mut().expect("replica is up");
         let outputs = replica.step(input);
+        let check = !replica.config().is_mutated() || self.options.invariants_under_mutation;
+        let broken = replica.invariants().err().filter(|_| check);
         let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
         let executed = replica.commit();
+        if let Some(broken) = broken {
+            return Err(self.fail(format!("replica {r} broke an invariant: {broken}")));
+        }
         self.apply(r, outputs, executed).map_err(|v| self.fail(v))?;
+        if let Some(Err(broken)) = store_of(&mut self.storage[r as usize]).map(|s| s.invariants()) {
+            return Err(self.fail(format!("replica {r}'s store broke an invariant: {broken}")));
+        }
         self.checker
             .on_state(r, view, commit, leads)
             .map_err(|v| self.fail(v))
@@ -815,15 +944,82 @@ impl Simulator {
                 self.deliver(r, output, executed)?;
                 continue;
             }
-            if store.has_staged() && store.sync().is_err() {
-                // The disk died mid-write (an armed crash): so does the
-                // replica, and nothing after the write takes effect.
-                self.crash_until_later(r);
-                return Ok(());
+            if let Some(pause) = self.paused[r as usize].as_mut() {
+                pause.held.push((output, executed));
+                continue;
+            }
+            if store.has_staged() {
+                if store.sync().is_err() {
+                    if store.disk().crash_after == Some(0) {
+                        // The disk died mid-write (an armed crash): so does
+                        // the replica, and nothing after the write takes effect.
+                        self.crash_until_later(r);
+                        return Ok(());
+                    }
+                    self.pause(r, None, output, executed);
+                    continue;
+                }
+                if let Some(ticks) = self.slow_sync[r as usize].take() {
+                    self.pause(r, Some(self.tick + ticks), output, executed);
+                    continue;
+                }
             }
             self.deliver(r, output, executed)?;
         }
         Ok(())
+    }
+
+    /// The host of replica `r` is held up by its disk from `output` on
+    /// (a failed sync, or a slow one that returns at `slow_until`).
+    fn pause(&mut self, r: ReplicaIndex, slow_until: Option<u64>, output: Output, executed: u64) {
+        self.disk_pauses += 1;
+        self.paused[r as usize] = Some(Pause {
+            slow_until,
+            held: vec![(output, executed)],
+            inbox: Vec::new(),
+        });
+    }
+
+    /// Holds replica `r`'s host up for `ticks` ticks, as a slow sync does:
+    /// no ticks, and the messages that arrive meanwhile reach it together
+    /// when it goes on (scripted scenarios).
+    pub fn stall(&mut self, r: ReplicaIndex, ticks: u64) {
+        self.paused[r as usize] = Some(Pause {
+            slow_until: Some(self.tick + ticks),
+            held: Vec::new(),
+            inbox: Vec::new(),
+        });
+    }
+
+    /// Replica `r`'s host at a tick while it is held up: `true` once it
+    /// goes on (its held outputs delivered, then the messages that queued
+    /// up), `false` while it is still held up. A failing disk is retried.
+    fn resume(&mut self, r: ReplicaIndex) -> Result<bool, Failure> {
+        let Some(pause) = &self.paused[r as usize] else {
+            return Ok(true);
+        };
+        if pause.slow_until.is_some_and(|until| self.tick < until) {
+            return Ok(false);
+        }
+        let store = store_of(&mut self.storage[r as usize]).expect("a paused replica has a store");
+        if store.has_staged() && store.sync().is_err() {
+            if store.disk().crash_after == Some(0) {
+                self.crash_until_later(r);
+            } else if let Some(pause) = self.paused[r as usize].as_mut() {
+                pause.slow_until = None; // slow, and now failing too
+            }
+            return Ok(false);
+        }
+        let pause = self.paused[r as usize].take().expect("paused");
+        for (output, executed) in pause.held {
+            self.deliver(r, output, executed).map_err(|v| self.fail(v))?;
+        }
+        for bytes in pause.inbox {
+            if self.replicas[r as usize].is_some() {
+                self.input(r, Input::Receive(&bytes))?;
+            }
+        }
+        Ok(self.replicas[r as usize].is_some())
     }
 
     /// Disk mode: a checkpoint write, staged in the store (which rebases
@@ -926,7 +1122,11 @@ impl Simulator {
                     unreachable!("staged by apply")
                 }
                 Output::Execute { entry, outcomes } => {
+                    let first = entry.op > self.checker.committed();
                     self.checker.on_execute(r, &entry, &outcomes)?;
+                    if first {
+                        self.check_timestamp(&entry)?;
+                    }
                     let app = &mut self.apps[r as usize];
                     if app.op + 1 != entry.op {
                         return Err(format!(
@@ -993,6 +1193,28 @@ impl Simulator {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A timestamp lies between clocks of the cluster (docs/protocol.md,
+    /// "Timestamps"), so it is never further ahead of true time than the
+    /// furthest any replica's clock has been (with a slack of a few ticks). Which clocks a primary heard decides more (with a bare
+    /// quorum of them, one wrong peer may set the time), so this is the
+    /// bound that holds in every run. A timestamp behind true time is
+    /// allowed: they only increase, so after a clock ran ahead they
+    /// advance by 1 ns per op for a while.
+    fn check_timestamp(&self, entry: &vsr::Prepare) -> Result<(), Violation> {
+        const SLACK_NS: u64 = 100 * 1_000_000;
+        let now = self.tick * 1_000_000;
+        let bound = now + self.clock_ahead_max_ns + SLACK_NS;
+        if entry.timestamp > bound {
+            return Err(format!(
+                "op {} stamped {} ms ahead of every clock (true time {now} ns, clocks up to {} ms ahead)",
+                entry.op,
+                (entry.timestamp - now - self.clock_ahead_max_ns) / 1_000_000,
+                self.clock_ahead_max_ns / 1_000_000
+            ));
         }
         Ok(())
     }

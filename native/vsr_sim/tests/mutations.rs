@@ -181,6 +181,27 @@ fn a_primary_leading_on_after_a_foreign_checkpoint_is_caught_by_the_paused_prima
 }
 
 #[test]
+fn the_replica_invariants_catch_a_primary_leading_on_after_a_foreign_checkpoint_first() {
+    // The invariant: a primary's own acknowledgement is its log's head.
+    // Here it counts the log it no longer holds, before any execution
+    // goes wrong.
+    let mut broken = options(5, 13);
+    broken.config.mutation = Mutation::LeadOnAfterForeignCheckpoint;
+    broken.invariants_under_mutation = true;
+    let failure = scenarios::paused_primary_announces_no_commit_from_a_newer_history(broken).unwrap_err();
+    assert!(failure.reason.contains("broke an invariant"), "{failure}");
+    assert!(failure.reason.contains("counts acknowledgements"), "{failure}");
+}
+
+#[test]
+fn carrying_readings_from_before_a_stall_is_caught_by_the_timestamp_check() {
+    let mut broken = options(3, 3);
+    broken.config.mutation = Mutation::ClockFromTickBeforeArrival;
+    let failure = scenarios::stalled_primary_stamps_no_time_from_its_stall(broken).unwrap_err();
+    assert!(failure.reason.contains("ahead of every clock"), "{failure}");
+}
+
+#[test]
 fn keeping_wrong_digests_after_healing_is_caught_by_the_late_vouch_scenario() {
     let mut broken = options(3, 4);
     broken.config.mutation = Mutation::KeepDigestsBelowHealedCheckpoint;

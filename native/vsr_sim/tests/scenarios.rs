@@ -211,6 +211,11 @@ fn primary_clock_jump_then_request_at_once() {
 }
 
 #[test]
+fn stalled_primary_stamps_no_time_from_its_stall() {
+    scenarios::stalled_primary_stamps_no_time_from_its_stall(options(3, 3)).unwrap();
+}
+
+#[test]
 fn read_resent_across_a_view_change() {
     scenarios::read_resent_across_a_view_change(options(3, 1)).unwrap();
 }

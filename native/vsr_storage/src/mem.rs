@@ -30,6 +30,12 @@ pub struct MemDisk {
     unsynced: Vec<(Zone, Op)>,
     /// While set, writes fail as on a full disk.
     pub full: bool,
+    /// While set, syncs fail (an I/O error), and the writes a failed sync
+    /// was to make durable never become durable unless written again, as
+    /// Linux marks the dirty pages of a failed `fsync` clean: reads still
+    /// see them, a crash loses them.
+    pub failing: bool,
+
     /// The machine dies after this many more operations (writes,
     /// truncations, syncs): from then on every operation fails, so the
     /// simulator can crash a replica between any two steps of its write
@@ -76,6 +82,15 @@ impl MemDisk {
     pub fn wal_zone(&self) -> Zone {
         let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
         Zone::wal(crate::format::current_superblock(file).map_or(0, |(s, _)| s.wal))
+    }
+
+    /// The durable checkpoint file the durable superblock names, and its
+    /// length, if it names one.
+    pub fn checkpoint_file(&self) -> Option<(Zone, usize)> {
+        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let (superblock, _) = crate::format::current_superblock(file)?;
+        let named = superblock.checkpoint?;
+        Some((Zone::checkpoint(named.slot), named.len as usize))
     }
 
     /// Offsets and lengths of the records of the durable write-ahead log
@@ -191,6 +206,10 @@ impl Disk for MemDisk {
         let (synced, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unsynced)
             .into_iter()
             .partition(|(z, _)| *z == zone);
+        if self.failing {
+            self.unsynced = rest;
+            return Err(io::Error::other("an I/O error in fdatasync (simulated)"));
+        }
         let file = self.durable.entry(zone).or_default();
         for (_, op) in synced {
             apply(file, &op, None);
