@@ -55,7 +55,7 @@ defmodule Visor.Review12Test do
   @nodes [:a@r12, :b@r12, :c@r12]
   @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
 
-  defp explicit(node, inc, restored) do
+  defp explicit(node, inc, restored, members \\ @nodes) do
     {state, _effects} =
       Explicit.new(%{
         module: __MODULE__,
@@ -64,8 +64,8 @@ defmodule Visor.Review12Test do
         self: node,
         incarnation: inc,
         settings: @settings,
-        members: @nodes,
-        cluster: Options.cluster_id(__MODULE__, @nodes, @settings),
+        members: members,
+        cluster: Options.cluster_id(__MODULE__, members, @settings),
         storage: :disk,
         earlier: nil,
         restored: restored
@@ -75,16 +75,16 @@ defmodule Visor.Review12Test do
   end
 
   # What a's store says once a's replica ran (it decided fresh).
-  defp restored(node) do
-    cluster = Options.cluster_id(__MODULE__, @nodes, @settings)
-    replica = Enum.find_index(@nodes, &(&1 == node))
+  defp restored(node, members \\ @nodes) do
+    cluster = Options.cluster_id(__MODULE__, members, @settings)
+    replica = Enum.find_index(members, &(&1 == node))
 
     info = %{
       group: "g",
       replica: replica,
-      replica_count: 3,
+      replica_count: length(members),
       cluster: cluster,
-      meta: Restore.store_meta(@nodes, @settings),
+      meta: Restore.store_meta(members, @settings),
       view: 0,
       commit: 0
     }
@@ -94,20 +94,22 @@ defmodule Visor.Review12Test do
       node: node,
       dir: "/d",
       settings: @settings,
-      membership: {:nodes, @nodes, cluster}
+      membership: {:nodes, members, cluster}
     }
 
     {:ok, restored} = Restore.check({:ok, info}, expected)
     restored
   end
 
-  # `from` ticks; each hello is delivered unless `cut?.(from, to)`, and its
-  # answer comes back.
+  # `from` ticks; each hello is delivered unless `cut?.(from, to)` or `to`
+  # is down (not in `states`), and its answer comes back.
   defp round(states, from, cut? \\ fn _, _ -> false end) do
     {state, effects} = Explicit.handle(states[from], :tick)
     states = Map.put(states, from, state)
 
-    for {:send, {:formation, to}, hello} <- effects, not cut?.(from, to), reduce: states do
+    for {:send, {:formation, to}, hello} <- effects,
+        Map.has_key?(states, to) and not cut?.(from, to),
+        reduce: states do
       states ->
         {state, replies} = Explicit.handle(states[to], hello)
         states = Map.put(states, to, state)
@@ -150,6 +152,49 @@ defmodule Visor.Review12Test do
 
     assert length(recovering) < 2,
            "#{inspect(recovering)} rejoin with only #{a} normal: recovery never finishes"
+  end
+
+  # DEFECT (review12 #4, safety rule; the fix is incomplete): "a record
+  # learned from a peer is no verdict" is applied only by members that
+  # restarted from their store. A member that rejoined without a store (its
+  # data_dir wiped; decided, disk mode, not restored) still answers :ok by
+  # a record it learned, and a forming node tells its own as :fresh. Five
+  # members restart from their stores while b is down; a, c, d, e are then
+  # wiped one at a time (each rejoins and, with three others normal,
+  # recovers: the state survives), and never heard of b. b comes back with
+  # its data_dir wiped: their hellos reach it first, they learn its own
+  # record, and all four answer :ok: b, whose earlier incarnation ran a
+  # replica, starts a fresh one. Outside the model's fault model (a fixed
+  # minority may be wiped), not outside the documented one (one node at a
+  # time loses its memory).
+  test "a member that rejoined without a store does not let a wiped member in fresh" do
+    five = [a, b, c, d, e] = [:a@r5, :b@r5, :c@r5, :d@r5, :e@r5]
+    others = [a, c, d, e]
+
+    start = fn node, inc, restored? ->
+      explicit(node, inc, if(restored?, do: restored(node, five)), five)
+    end
+
+    # Every member but b restarts from its store; they hear each other.
+    states = Map.new(Enum.with_index(others, 1), fn {n, i} -> {n, start.(n, i, true)} end)
+    states = Enum.reduce(others ++ others, states, &round(&2, &1))
+
+    # One at a time, each is wiped, rejoins, and hears the others.
+    states =
+      Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
+        states = round(Map.put(states, n, start.(n, inc, false)), n)
+        assert {:member, %{recover: true}} = Decider.decision(states[n])
+        Enum.reduce(others ++ others, states, &round(&2, &1))
+      end)
+
+    # b comes back with its data_dir wiped; the others' hellos arrive first.
+    states = Map.put(states, b, start.(b, 99, false))
+    states = Enum.reduce(others, states, &round(&2, &1))
+    states = round(states, b)
+
+    refute Decider.decision(states[b]) ==
+             {:member, %{cluster: states[a].cluster, members: five, recover: false}},
+           "b, whose earlier incarnation ran a replica, starts a fresh one"
   end
 
   # ---- Visor.Formation.Discovery: sends that may now be lost ---------------------
