@@ -74,8 +74,10 @@ defmodule Visor.Review12Test do
     state
   end
 
-  # What a's store says once a's replica ran (it decided fresh).
-  defp restored(node, members \\ @nodes) do
+  # What a's store says once a's replica ran (it decided fresh); `record`
+  # is what its formation process wrote to the store's `formation` file
+  # (none when it lost it).
+  defp restored(node, members, record \\ nil) do
     cluster = Options.cluster_id(__MODULE__, members, @settings)
     replica = Enum.find_index(members, &(&1 == node))
 
@@ -97,7 +99,7 @@ defmodule Visor.Review12Test do
       membership: {:nodes, members, cluster}
     }
 
-    {:ok, restored} = Restore.check({:ok, info}, expected)
+    {:ok, restored} = Restore.check({:ok, info}, expected, record)
     restored
   end
 
@@ -142,9 +144,11 @@ defmodule Visor.Review12Test do
     assert Decider.decision(states[b]) == :pending
     assert Decider.decision(states[c]) == :pending
 
-    # a's group restarts (its store is there) before b or c asked it again;
-    # its first tick comes first, as in Visor.Formation.init/1.
-    states = Map.put(states, a, explicit(a, 4, restored(a)))
+    # a's group restarts (its store is there, and the formation file its
+    # decision wrote) before b or c asked it again; its first tick comes
+    # first, as in Visor.Formation.init/1.
+    record = Restore.formation_record(Map.take(states[a], [:cluster, :formed_with]))
+    states = Map.put(states, a, explicit(a, 4, restored(a, @nodes, record)))
     states = states |> round(a) |> round(b) |> round(c) |> round(b) |> round(c)
 
     recovering =
