@@ -150,11 +150,12 @@ defmodule Visor.Test.FormationModel do
       recovered: MapSet.new(),
       beyond?: false,
       # Nodes that ever decided to be a member; nodes whose store was
-      # created by a rejoin; a node that never ran nor lost its memory
-      # told to rejoin by a member that rejoined (a known limit, see
-      # check_liveness/1).
+      # created by a rejoin; the processes that rejoined or restarted from
+      # such a store; a node that never ran nor lost its memory told to
+      # rejoin by one of them (a known limit, see check_liveness/1).
       ran: MapSet.new(),
       rejoin_stores: MapSet.new(),
+      rejoined: MapSet.new(),
       needless_rejoin?: false,
       procs: %{},
       serials: %{},
@@ -396,6 +397,11 @@ defmodule Visor.Test.FormationModel do
         "start #{node}/#{serial}#{if restored, do: " from its store"}"
       )
 
+    w =
+      if restored && node in w.rejoin_stores,
+        do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)},
+        else: w
+
     w |> carry_out(node, effects) |> record(node)
   end
 
@@ -439,21 +445,13 @@ defmodule Visor.Test.FormationModel do
   end
 
   # `node` never ran. A member that rejoined (or restarted from a store its
-  # rejoin created)
-  # knows, of the members it did not hear of before it decided, nothing
-  # that would tell one that never ran from one whose data_dir was wiped:
-  # it tells them all to rejoin.
-  defp note_needless_rejoin(w, node, before, {:visor_hello_reply, _, from, _, {:restarted, _}}) do
-    told_by_rejoined? =
-      case w.procs[from] do
-        %{decision: {:member, %{recover: true}}} -> true
-        %{restored?: true} -> from in w.rejoin_stores
-        _ -> false
-      end
-
+  # rejoin created) knows, of the members it did not know when it decided,
+  # nothing that would tell one that never ran from one whose data_dir was
+  # wiped: it tells them all to rejoin.
+  defp note_needless_rejoin(w, node, before, {:visor_hello_reply, from, _, _, {:restarted, _}}) do
     needless? =
       before.decision == :pending and match?({:member, %{recover: true}}, w.procs[node].decision) and
-        told_by_rejoined? and node not in w.lost
+        from in w.rejoined and node not in w.lost
 
     %{w | needless_rejoin?: w.needless_rejoin? or needless?}
   end
@@ -541,6 +539,7 @@ defmodule Visor.Test.FormationModel do
   defp decided(w, node, proc, {:member, %{cluster: cluster, members: members, recover: recover}}) do
     group = {cluster, members}
     w = %{w | ran: MapSet.put(w.ran, node)}
+    w = if recover, do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)}, else: w
 
     w =
       cond do
