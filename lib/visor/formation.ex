@@ -46,8 +46,8 @@ defmodule Visor.Formation do
   fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
   and peers' messages into inputs and carries the effects out: sends
   (never connecting), timers, `Visor.Lifetime` records, the formation
-  snapshot (disk mode), the decision to
-  the group's server, reconnection attempts, and logs.
+  snapshot (disk mode), the decision to the group's server, reconnection
+  attempts, and logs.
 
   Memory mode adds one rule of its own: a node whose server restarted (the
   node did not) finds in `Visor.Lifetime` the cluster its replica joined,

@@ -23,13 +23,14 @@ defmodule Visor.Formation.Restore do
 
   `nodes:` mode also keeps, in a file `formation` in the store's
   directory that `Visor.Formation` writes when it decides (before the
-  replica creates the store), the incarnations of the members that
-  acknowledged this node's fresh start (none after a rejoin):
-  `formation_record/1` writes it, `check/3` reads it back as
-  `formed_with`. A restored member lets such a member in fresh under that
-  incarnation only (`Visor.Formation.Explicit` says why that is safe). A
-  missing or unreadable file reads as none: the member is then told to
-  rejoin, which is always safe.
+  replica creates the store), its *formation snapshot*: the incarnation of
+  each other member it knew as let in fresh at that moment.
+  `formation_record/1` encodes it, `check/3` reads it back as
+  `formed_with`. A restored member lets a member it has not answered
+  itself in fresh under that incarnation only (`Visor.Formation.Explicit`
+  says why that is safe). A missing or unreadable file reads as an empty
+  snapshot: every such member is then told to rejoin, which is always
+  safe.
   """
 
   alias Visor.Formation.Decider
@@ -69,8 +70,8 @@ defmodule Visor.Formation.Restore do
 
   @doc """
   What the `formation` file keeps of a `nodes:` decision: the cluster id,
-  and the incarnation of each member that acknowledged this node's fresh
-  start (`formed_with`, empty after a rejoin).
+  and the incarnation of each other member the deciding process knew as
+  let in fresh (`formed_with`).
   """
   @spec formation_record(%{cluster: <<_::128>>, formed_with: %{node() => integer()}}) ::
           binary()
@@ -125,8 +126,8 @@ defmodule Visor.Formation.Restore do
     end
   end
 
-  # The members that acknowledged this node's fresh start, from the
-  # `formation` file of this very cluster; none if there is no such file.
+  # The formation snapshot, from the `formation` file of this very
+  # cluster; empty if there is no such file.
   # Like the store's metadata, nothing but the expected shape is taken,
   # and no atom is created.
   defp formed_with(record, cluster, members) when is_binary(record) do
