@@ -45,15 +45,19 @@ defmodule Visor.Formation do
   memory mode, the store's superblock in disk mode; a store that does not
   fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
   and peers' messages into inputs and carries the effects out: sends
-  (never connecting), timers, `Visor.Lifetime` records, the decision to
-  the group's server, reconnection attempts, and logs.
+  (never connecting), timers, `Visor.Lifetime` records, the formation
+  snapshot (disk mode), the decision to the group's server, reconnection
+  attempts, and logs.
 
   Memory mode adds one rule of its own: a node whose server restarted (the
   node did not) finds in `Visor.Lifetime` the cluster its replica joined,
-  and rejoins it at once, whatever its peers say. Disk mode adds one too:
-  a member that restarted from its store answers `:restarted` to a hello
-  from a member it has not let in itself (the cluster ran, and that member
-  may have run a replica too).
+  and rejoins it at once, whatever its peers say. Disk mode adds one too
+  (`nodes:`): a decided member answers a member it has not answered
+  before by the snapshot of incarnations it took when it decided, which
+  this process writes to the store's directory before the store is
+  created (`{:persist, record}`), so that a member restarted from its
+  store still tells a member that never ran from one whose `data_dir` was
+  wiped (`Visor.Formation.Explicit` explains why that is safe).
 
   After a decision, the process keeps answering hellos (that is how a
   restarted node learns it must rejoin) and keeps reconnecting distribution
@@ -173,7 +177,13 @@ defmodule Visor.Formation do
       membership: membership
     }
 
-    case Restore.check(Native.probe(dir), expected) do
+    record =
+      case File.read(Restore.formation_file(dir)) do
+        {:ok, record} -> record
+        {:error, _} -> nil
+      end
+
+    case Restore.check(Native.probe(dir), expected, record) do
       :empty -> nil
       {:ok, restored} -> restored
       {:error, message} -> {:error, message}
@@ -242,7 +252,7 @@ defmodule Visor.Formation do
   defp answerable?({tag, pid, _, _, _}) when tag in [:visor_hello, :visor_hello_reply],
     do: is_pid(pid)
 
-  defp answerable?({:visor_propose, pid, _}), do: is_pid(pid)
+  defp answerable?({tag, pid, _}) when tag in [:visor_propose, :visor_bound], do: is_pid(pid)
   defp answerable?(_message), do: true
 
   defp step(state, input) do
@@ -271,6 +281,18 @@ defmodule Visor.Formation do
 
   defp effect({:remember, formed}, state) do
     :ok = Lifetime.put_formed(state.module, lifetime_key(state.config), formed)
+    state
+  end
+
+  # Written before the server creates the store, so that a store always
+  # has the record of the decision that created it (a crash in between
+  # leaves a record and no store: the next decision writes it again).
+  # Written aside and renamed, so a crash leaves the old file or the new.
+  defp effect({:persist, record}, %{config: %{storage: {:disk, dir}}} = state) do
+    file = Restore.formation_file(dir)
+    File.mkdir_p!(dir)
+    :ok = :file.write_file(file <> ".new", Restore.formation_record(record), [:sync])
+    File.rename!(file <> ".new", file)
     state
   end
 

@@ -223,6 +223,12 @@ defmodule Visor.Server do
     {:noreply, run(effects, %{state | callers: callers})}
   end
 
+  # The deadline of a caller already answered: its timer fired before
+  # cancel_deadline could stop it, and its message was on its way. Nothing
+  # to do, and nothing unexpected.
+  defp info({:timeout, timer, {:visor_deadline, _id}}, state) when is_reference(timer),
+    do: {:noreply, state}
+
   defp info(
          {:visor_still_recovering, tag},
          %{lifecycle: %{tag: tag, phase: :running} = lifecycle} = state

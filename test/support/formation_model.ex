@@ -16,10 +16,16 @@ defmodule Visor.Test.FormationModel do
     * **one cluster**: every member decision names the same cluster id and
       member list (in `nodes:` mode, the configured ones); a process
       decides at most once;
-    * **liveness**, in runs with no loss, no duplicate, no restart and the
-      same settings everywhere: once the network is calm (every message
-      delivered, every node ticking), formation completes (every member
-      node a member, every other node a spare).
+    * **liveness**, in runs with the same settings everywhere, whatever
+      was lost, duplicated or restarted before: once the network is calm
+      (every node up, every message delivered, every node ticking),
+      formation completes: every member node a member, every other node a
+      spare, and every member's replica normal or able to finish
+      recovering (a quorum of the other members normal). Not checked
+      where more than a minority was without its memory at once (the
+      state may be lost), where a node is bound to the proposal of a
+      process that died, or where a node that never ran was told to
+      rejoin by a member that rejoined (documented limits).
 
   Memory mode keeps nothing but the processes and `Visor.Lifetime`: if
   every process that knew a node's earlier incarnation restarted, and the
@@ -29,11 +35,13 @@ defmodule Visor.Test.FormationModel do
   their server or their VM), or any node restarts, but only its server
   (`Visor.Lifetime` remembers), sometimes every server at once. In disk
   mode any node restarts (its server or its VM; sometimes every node at
-  once), and only a minority has its `data_dir` wiped. In `cluster_size:`
-  mode with more nodes than the cluster's size, once a cluster formed, one
-  of its members stays up: nodes outside it that see none of its members
-  form another cluster, as nodes that cannot see each other at all do (a
-  documented limit of `cluster_size:`).
+  once), and any node may have its `data_dir` wiped, one after the other,
+  as long as at most a minority of the cluster is without its memory at
+  once (wiped, or restarted before its replica ever ran, and not normal
+  again yet). In `cluster_size:` mode with more nodes than the cluster's
+  size, once a cluster formed, one of its members stays up: nodes outside
+  it that see none of its members form another cluster, as nodes that
+  cannot see each other at all do (a documented limit of `cluster_size:`).
 
   `run(seed)` returns `:ok` or `{:error, report}` with the seed, the
   configuration and the trace of the last 80 steps (or of as many as
@@ -103,13 +111,15 @@ defmodule Visor.Test.FormationModel do
 
     # Memory mode: either only a minority restarts (its server or its VM),
     # or any node does, but only its server (Visor.Lifetime remembers).
-    # Disk mode: any node, and only a minority has its data_dir wiped.
+    # Disk mode: any node, and any node may have its data_dir wiped, as
+    # long as at most a minority is without its memory at once (see
+    # wipe?/2).
     {restartable, amnesic} =
       cond do
         not restarts? -> {[], []}
         storage == :memory and not servers_only? -> {Enum.take(shuffled, minority), shuffled}
         storage == :memory -> {nodes, []}
-        true -> {nodes, Enum.take(shuffled, minority)}
+        true -> {nodes, nodes}
       end
 
     Map.merge(w, %{
@@ -129,11 +139,29 @@ defmodule Visor.Test.FormationModel do
       restartable: restartable,
       amnesic: amnesic,
       budget: budget,
-      live?: loss == 0.0 and dup == 0.0 and not restarts? and not odd?,
+      minority: minority,
+      live?: not odd?,
+      # The nodes that lost their memory (a restart that does not come
+      # back from a store) and are not normal again yet, and the
+      # rejoined nodes whose replica could finish recovering (normal?/1);
+      # beyond?: more than a minority was without its memory at once
+      # (the state may be lost: no liveness to check).
+      lost: MapSet.new(),
+      recovered: MapSet.new(),
+      beyond?: false,
+      # Nodes that ever decided to be a member; nodes whose store was
+      # created by a rejoin; the processes that rejoined or restarted from
+      # such a store; a node that never ran nor lost its memory told to
+      # rejoin by one of them (a known limit, see check_liveness/1).
+      ran: MapSet.new(),
+      rejoin_stores: MapSet.new(),
+      rejoined: MapSet.new(),
+      needless_rejoin?: false,
       procs: %{},
       serials: %{},
       lifetime: %{},
       stores: %{},
+      records: %{},
       net: [],
       timers: [],
       group: nil,
@@ -191,13 +219,15 @@ defmodule Visor.Test.FormationModel do
   end
 
   defp fault(w) do
+    w = refresh_lost(w)
     {node, w} = pick(w, w.restartable)
     {everyone?, w} = chance(w, 0.2)
 
     cond do
       # Every node at once, each keeping what it remembers (Visor.Lifetime,
       # its store): the case those records exist for.
-      everyone? and w.restartable == w.nodes and not outsiders?(w) ->
+      everyone? and w.restartable == w.nodes and not outsiders?(w) and
+          within_minority?(w, w.nodes) ->
         kind = if w.storage == :memory, do: :server, else: :vm
         Enum.reduce(w.nodes, w, &stop(&2, &1, kind))
 
@@ -205,11 +235,11 @@ defmodule Visor.Test.FormationModel do
         kinds =
           case w.storage do
             :memory -> if node in w.amnesic, do: [:server, :vm], else: [:server]
-            :disk -> if node in w.amnesic, do: [:server, :vm, :wipe], else: [:server, :vm]
+            :disk -> if wipe?(w, node), do: [:server, :vm, :wipe], else: [:server, :vm]
           end
 
         {kind, w} = pick(w, kinds)
-        stop(w, node, kind)
+        if within_minority?(w, [node], kind), do: stop(w, node, kind), else: w
 
       true ->
         w
@@ -227,14 +257,53 @@ defmodule Visor.Test.FormationModel do
 
   defp outsiders?(w), do: w.mode == :discovery and w.size < length(w.nodes)
 
+  # Disk mode: a node may be wiped while at most a minority of the cluster
+  # (itself included) is without its memory.
+  defp wipe?(w, node),
+    do: node in w.amnesic and MapSet.size(MapSet.put(w.lost, node)) <= w.minority
+
+  # Disk mode: no stop leaves more than a minority without its memory
+  # (a node without a store loses it with its process); memory mode
+  # chooses its faults in setup/1.
+  defp within_minority?(w, nodes, kind \\ :vm)
+  defp within_minority?(%{storage: :memory}, _nodes, _kind), do: true
+
+  defp within_minority?(w, nodes, kind) do
+    lost = for n <- nodes, amnesic_stop?(w, n, kind), into: w.lost, do: n
+    MapSet.size(lost) <= w.minority
+  end
+
+  # Its next process does not come back from a store: not normal by
+  # itself.
+  defp amnesic_stop?(w, node, kind),
+    do: w.storage == :memory or kind == :wipe or not Map.has_key?(w.stores, node)
+
   defp stop(w, node, kind) do
     w = trace(w, "stop #{node} (#{kind})")
-    w = %{w | procs: Map.delete(w.procs, node)}
+    w = %{w | procs: Map.delete(w.procs, node), recovered: MapSet.delete(w.recovered, node)}
+
+    w =
+      if amnesic_stop?(w, node, kind) do
+        lost = MapSet.put(w.lost, node)
+        %{w | lost: lost, beyond?: w.beyond? or MapSet.size(lost) > w.minority}
+      else
+        w
+      end
 
     case kind do
-      :server -> w
-      :vm -> %{w | lifetime: Map.delete(w.lifetime, node)}
-      :wipe -> %{w | lifetime: Map.delete(w.lifetime, node), stores: Map.delete(w.stores, node)}
+      :server ->
+        w
+
+      :vm ->
+        %{w | lifetime: Map.delete(w.lifetime, node)}
+
+      :wipe ->
+        %{
+          w
+          | lifetime: Map.delete(w.lifetime, node),
+            stores: Map.delete(w.stores, node),
+            records: Map.delete(w.records, node)
+        }
     end
   end
 
@@ -328,6 +397,11 @@ defmodule Visor.Test.FormationModel do
         "start #{node}/#{serial}#{if restored, do: " from its store"}"
       )
 
+    w =
+      if restored && node in w.rejoin_stores,
+        do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)},
+        else: w
+
     w |> carry_out(node, effects) |> record(node)
   end
 
@@ -349,7 +423,9 @@ defmodule Visor.Test.FormationModel do
       membership: membership
     }
 
-    case Restore.check(if(info = w.stores[node], do: {:ok, info}, else: :empty), expected) do
+    probe = if info = w.stores[node], do: {:ok, info}, else: :empty
+
+    case Restore.check(probe, expected, w.records[node]) do
       :empty -> nil
       {:ok, restored} -> restored
       {:error, message} -> throw({:violation, w, "#{node}'s own store is refused: #{message}"})
@@ -363,8 +439,24 @@ defmodule Visor.Test.FormationModel do
     {core, effects} = run_decider(w, node, fn -> proc.decider.handle(proc.core, input) end)
     w = put_in(w.procs[node].core, core)
     w = trace(w, "#{node}/#{proc.serial} <- #{brief(input)}")
-    w |> carry_out(node, effects) |> record(node)
+    ran? = node in w.ran
+    w = w |> carry_out(node, effects) |> record(node)
+    if ran?, do: w, else: note_needless_rejoin(w, node, proc, input)
   end
+
+  # `node` never ran. A member that rejoined (or restarted from a store its
+  # rejoin created) knows, of the members it did not know when it decided,
+  # nothing that would tell one that never ran from one whose data_dir was
+  # wiped: it tells them all to rejoin.
+  defp note_needless_rejoin(w, node, before, {:visor_hello_reply, from, _, _, {:restarted, _}}) do
+    needless? =
+      before.decision == :pending and match?({:member, %{recover: true}}, w.procs[node].decision) and
+        from in w.rejoined and node not in w.lost
+
+    %{w | needless_rejoin?: w.needless_rejoin? or needless?}
+  end
+
+  defp note_needless_rejoin(w, _node, _before, _input), do: w
 
   defp run_decider(w, node, fun) do
     fun.()
@@ -385,6 +477,9 @@ defmodule Visor.Test.FormationModel do
 
       {:remember, formed}, w ->
         %{w | lifetime: Map.put(w.lifetime, node, formed)}
+
+      {:persist, record}, w ->
+        %{w | records: Map.put(w.records, node, Restore.formation_record(record))}
 
       {:notify, decision}, w ->
         check_notify(w, node, decision)
@@ -443,6 +538,8 @@ defmodule Visor.Test.FormationModel do
 
   defp decided(w, node, proc, {:member, %{cluster: cluster, members: members, recover: recover}}) do
     group = {cluster, members}
+    w = %{w | ran: MapSet.put(w.ran, node)}
+    w = if recover, do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)}, else: w
 
     w =
       cond do
@@ -492,7 +589,12 @@ defmodule Visor.Test.FormationModel do
         commit: 0
       }
 
-      %{w | stores: Map.put(w.stores, node, info)}
+      rejoin_stores =
+        if recover,
+          do: MapSet.put(w.rejoin_stores, node),
+          else: MapSet.delete(w.rejoin_stores, node)
+
+      %{w | stores: Map.put(w.stores, node, info), rejoin_stores: rejoin_stores}
     else
       w
     end
@@ -506,18 +608,81 @@ defmodule Visor.Test.FormationModel do
 
   defp decided(w, _node, _proc, {:refused, _reason}), do: w
 
+  # The members whose replica is (or could by now be) normal: started
+  # fresh or from its store, or rejoined while enough others were normal
+  # for its recovery to finish (a quorum of the other members).
+  defp normal(w) do
+    members = if w.group, do: elem(w.group, 1), else: []
+    need = min(div(length(members), 2) + 1, length(members) - 1)
+
+    {normal, recovering} =
+      for {n, %{decision: {:member, %{recover: recover}}}} <- w.procs,
+          n in members,
+          reduce: {MapSet.new(), []} do
+        {normal, recovering} ->
+          if recover and n not in w.recovered,
+            do: {normal, [n | recovering]},
+            else: {MapSet.put(normal, n), recovering}
+      end
+
+    recover(normal, recovering, need)
+  end
+
+  defp recover(normal, recovering, need) do
+    case Enum.split_with(recovering, &(MapSet.size(MapSet.delete(normal, &1)) >= need)) do
+      {[], _} -> normal
+      {done, left} -> recover(MapSet.union(normal, MapSet.new(done)), left, need)
+    end
+  end
+
+  defp refresh_lost(w) do
+    normal = normal(w)
+    %{w | lost: MapSet.difference(w.lost, normal), recovered: MapSet.union(w.recovered, normal)}
+  end
+
+  # After the calm phase (everything delivered, every node up and
+  # ticking), unless more than a minority lost its memory at once or a
+  # node runs other settings: every node decided, each member of the
+  # cluster a member (and every other node a spare), and every member's
+  # replica can be normal: recovery can finish everywhere.
   defp check_liveness(%{live?: false}), do: :ok
+  defp check_liveness(%{beyond?: true}), do: :ok
+  defp check_liveness(%{needless_rejoin?: true}), do: :ok
 
   defp check_liveness(w) do
+    if orphaned?(w), do: :ok, else: check_formed(w)
+  end
+
+  # cluster_size: a node bound to the proposal of a process that died
+  # waits for it forever (a documented limit: only that process could
+  # tell whether its proposal formed).
+  defp orphaned?(w) do
+    live = MapSet.new(for {_n, p} <- w.procs, do: p.addr)
+
+    Enum.any?(w.procs, fn {_n, p} ->
+      case Map.get(p.core, :phase) do
+        {:accepted, %{proposer: addr}} -> not MapSet.member?(live, addr)
+        _ -> false
+      end
+    end)
+  end
+
+  defp check_formed(w) do
     decisions = for {n, p} <- w.procs, into: %{}, do: {n, p.decision}
-    members = for {n, {:member, %{recover: false}}} <- decisions, do: n
+    members = for {n, {:member, _}} <- decisions, do: n
     spares = for {n, :spare} <- decisions, do: n
+    normal = normal(w)
 
     expected_members = length(w.members || Enum.take(w.nodes, w.size))
 
     unless length(members) == expected_members and
-             length(members) + length(spares) == length(w.nodes) do
-      violation(w, "formation did not complete in a calm network: #{inspect(decisions)}")
+             length(members) + length(spares) == length(w.nodes) and
+             MapSet.size(normal) == expected_members do
+      violation(
+        w,
+        "formation did not complete in a calm network: #{inspect(decisions)}, " <>
+          "normal: #{inspect(MapSet.to_list(normal))}"
+      )
     end
 
     :ok
@@ -538,7 +703,8 @@ defmodule Visor.Test.FormationModel do
         :restartable,
         :amnesic,
         :budget,
-        :live?
+        :live?,
+        :beyond?
       ])
 
     odd = for {n, s} <- w.settings, s != @settings, do: n

@@ -110,6 +110,37 @@ defmodule Visor.DiskTest do
     Cluster.converged(nodes, Counter, final, 10_000)
   end
 
+  test "nodes: each member's formation file names the incarnations of the members it formed with",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    :ok = Cluster.start_group(nodes, Counter, disk_opts(tmp, nodes: nodes))
+
+    for n <- nodes do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).storage.opened == :created end)
+    end
+
+    records =
+      for n <- nodes do
+        record = File.read!(Path.join(store_dir(tmp, n), "formation"))
+
+        assert %{visor: 1, cluster: <<_::128>>, formed_with: formed_with} =
+                 record = :erlang.binary_to_term(record)
+
+        others = for other <- nodes -- [n], do: Atom.to_string(other)
+        assert Enum.sort(Map.keys(formed_with)) == Enum.sort(others)
+        assert Enum.all?(Map.values(formed_with), &is_integer/1)
+        record
+      end
+
+    # One cluster; and every member names the same incarnation of each.
+    assert records |> Enum.map(& &1.cluster) |> Enum.uniq() |> length() == 1
+
+    for n <- nodes do
+      named = for r <- records, inc = r.formed_with[Atom.to_string(n)], uniq: true, do: inc
+      assert length(named) == 1
+    end
+  end
+
   test "cluster_size: every node killed and restarted keeps the same cluster; a wiped node rejoins it",
        %{tmp_dir: tmp} do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))

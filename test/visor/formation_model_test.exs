@@ -2,8 +2,8 @@ defmodule Visor.FormationModelTest do
   # The formation deciders, without nodes: thousands of seeded runs of 3
   # to 6 in-memory nodes through random interleavings, losses, duplicates
   # and restarts, checking after every step that no node starts a fresh
-  # replica twice, that only one cluster forms, and (in calm runs) that
-  # formation completes (Visor.Test.FormationModel). A failure prints the
+  # replica twice, that only one cluster forms, and (after a calm phase)
+  # that formation completes (Visor.Test.FormationModel). A failure prints the
   # seed and a trace; FORMATION_SEED=n replays one seed.
   use ExUnit.Case, async: true
 
@@ -105,6 +105,110 @@ defmodule Visor.FormationModelTest do
 
       states = states |> round.(b) |> round.(c) |> round.(a)
       assert {:member, %{recover: true}} = Decider.decision(states[a])
+    end
+  end
+
+  describe "nodes: disk mode, the formation snapshot" do
+    @three [:a@snap, :b@snap, :c@snap]
+    @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
+
+    defp forming(node, inc, restored \\ nil) do
+      {state, _effects} =
+        Explicit.new(%{
+          module: __MODULE__,
+          name: :formation,
+          node: node,
+          self: node,
+          incarnation: inc,
+          settings: @settings,
+          members: @three,
+          cluster: Options.cluster_id(__MODULE__, @three, @settings),
+          storage: :disk,
+          earlier: nil,
+          restored: restored
+        })
+
+      state
+    end
+
+    # What `node`'s store says, with the formation file `record`.
+    defp from_store(node, record) do
+      cluster = Options.cluster_id(__MODULE__, @three, @settings)
+
+      info = %{
+        group: "g",
+        replica: Enum.find_index(@three, &(&1 == node)),
+        replica_count: 3,
+        cluster: cluster,
+        meta: Restore.store_meta(@three, @settings),
+        view: 0,
+        commit: 0
+      }
+
+      expected = %{
+        group: "g",
+        node: node,
+        dir: "/d",
+        settings: @settings,
+        membership: {:nodes, @three, cluster}
+      }
+
+      {:ok, restored} = Restore.check({:ok, info}, expected, record)
+      restored
+    end
+
+    # `from`'s hello reaches `to`, and `to`'s answer reaches `from`; the
+    # effects `from` returns on the answer are kept in `:effects`.
+    defp exchange(states, from, to) do
+      f = states[from]
+      hello = {:visor_hello, from, from, f.incarnation, f.cluster}
+      {answerer, [{:send, ^from, reply}]} = Explicit.handle(states[to], hello)
+      {asker, effects} = Explicit.handle(f, reply)
+      states |> Map.put(to, answerer) |> Map.put(from, asker) |> Map.put(:effects, effects)
+    end
+
+    defp persisted(effects), do: for({:persist, record} <- effects, do: record)
+
+    test "a member restarted from its store lets in fresh only the incarnations it knew when it decided" do
+      [a, b, c] = @three
+      states = %{a => forming(a, 1), b => forming(b, 2), c => forming(c, 3)}
+
+      # b (incarnation 2) is let in by a and c, and runs a replica.
+      states = states |> exchange(b, a) |> exchange(b, c)
+      assert {:member, %{recover: false}} = Decider.decision(states[b])
+
+      # b's data_dir is wiped: it forms again as 20, and answers a's and
+      # c's hellos (it knows nothing); a and c decide.
+      states = Map.put(states, b, forming(b, 20))
+      states = states |> exchange(a, b) |> exchange(a, c)
+      assert {:member, %{recover: false}} = Decider.decision(states[a])
+      [record] = persisted(states.effects)
+
+      # a knew b as 2 (it let 2 in itself): its snapshot names 2, not 20,
+      # although 20 answered it.
+      assert record.formed_with == %{b => 2, c => 3}
+
+      # a restarts from its store: b's new incarnation is told to rejoin.
+      restored = from_store(a, Restore.formation_record(record))
+      states = states |> Map.put(a, forming(a, 4, restored)) |> exchange(b, a)
+      assert {:member, %{recover: true}} = Decider.decision(states[b])
+    end
+
+    test "the formation file is read back only for the store's own cluster and members" do
+      [a, b, c] = @three
+      cluster = Options.cluster_id(__MODULE__, @three, @settings)
+      record = Restore.formation_record(%{cluster: cluster, formed_with: %{b => 2, c => 3}})
+      assert from_store(a, record).formed_with == %{b => 2, c => 3}
+
+      other = Restore.formation_record(%{cluster: <<0::128>>, formed_with: %{b => 2}})
+      assert from_store(a, other).formed_with == %{}
+
+      stranger = Restore.formation_record(%{cluster: cluster, formed_with: %{:x@snap => 2}})
+      assert from_store(a, stranger).formed_with == %{}
+
+      assert from_store(a, "not a term").formed_with == %{}
+      assert from_store(a, :erlang.term_to_binary(%{visor: 1})).formed_with == %{}
+      assert from_store(a, nil).formed_with == %{}
     end
   end
 

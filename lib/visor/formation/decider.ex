@@ -38,6 +38,9 @@ defmodule Visor.Formation.Decider do
     * `{:notify, decision}`: tell the group's server the decision;
     * `{:remember, formed}`: memory mode: record in `Visor.Lifetime` the
       cluster this node's replica joins;
+    * `{:persist, record}`: disk mode, `nodes:`: write
+      `Visor.Formation.Restore.formation_record/1` of `record` to the
+      store's directory, before the replica creates the store;
     * `{:connect, node}`: keep distribution connected to `node`;
     * `{:log, level, key, message}`: log `message`; `key` names the event.
   """
@@ -46,6 +49,7 @@ defmodule Visor.Formation.Decider do
           | {:timer, non_neg_integer(), term()}
           | {:notify, decision()}
           | {:remember, map()}
+          | {:persist, map()}
           | {:connect, node()}
           | {:log, Logger.level(), atom(), String.t()}
 
@@ -59,7 +63,8 @@ defmodule Visor.Formation.Decider do
           replica: non_neg_integer(),
           view: non_neg_integer(),
           commit: non_neg_integer(),
-          dir: String.t()
+          dir: String.t(),
+          formed_with: %{node() => integer()}
         }
 
   @doc "Adds `effect` to those `state` will hand out."

@@ -19,7 +19,13 @@ defmodule Visor.Formation.Discovery do
        other settings than the rest, nobody forms (each logs who differs).
     2. A discovering node accepts at most one proposal at a time and answers
        with its incarnation; it leaves an accepted proposal only when that
-       proposal's proposer aborts it.
+       proposal's proposer aborts it. While bound, it tells the proposer so
+       on every tick (`:visor_bound`), and a proposer that has decided that
+       proposal answers with its decision again (the formed cluster, or an
+       abort): sends are best effort, and one lost abort or announcement
+       must not leave an acceptor bound forever. A new proposal from the
+       proposer it is bound to also frees it: a proposer proposes again
+       only after it aborted its previous proposal.
     3. If every proposed member accepts, the proposer announces the cluster
        (members, cluster id, each member's incarnation) to the members, which
        then start their replicas. Otherwise it aborts (a reject or
@@ -42,13 +48,16 @@ defmodule Visor.Formation.Discovery do
   Limits (docs/operations.md): nodes that cannot see each other at all
   while forming (disjoint partitions at boot) can form separate clusters;
   use `nodes:` when that matters. An acceptor whose proposer died before
-  deciding waits for it forever.
+  its decision reached the acceptor waits for it forever (a restarted
+  proposer is another process, with another incarnation in its proposal
+  ids: it cannot answer for the old one's proposals).
 
   Inputs: `{:tick, visible}` (every 100 ms, with the addresses of the
   other formation processes `:pg` shows), the hellos and their replies,
   `{:visor_propose, pid, proposal}`, `{:visor_accept, id, node,
   incarnation}`, `{:visor_reject, id, node}`, `{:visor_abort, id}`,
-  `{:visor_formed, formed}`, and `{:proposal_timeout, id}` (a timer).
+  `{:visor_formed, formed}`, `{:visor_bound, pid, id}`, and
+  `{:proposal_timeout, id}` (a timer).
   """
 
   alias Visor.Formation.Decider
@@ -146,6 +155,17 @@ defmodule Visor.Formation.Discovery do
        do: hello_reply(state, pid, from, reply)
 
   defp step(state, {:visor_propose, pid, %{id: id, cluster: <<_::128>>, members: members} = p}) do
+    # A proposer proposes again only after it aborted its previous
+    # proposal (whose abort may have been lost): that frees its acceptors.
+    state =
+      case state.phase do
+        {:accepted, %{proposer: ^pid, id: bound}} when bound != id and pid != state.self ->
+          %{state | phase: :discovering}
+
+        _ ->
+          state
+      end
+
     # (member_list? also keeps an improper list out: `in` raises on one.)
     cond do
       not Decider.member_list?(members) ->
@@ -193,6 +213,8 @@ defmodule Visor.Formation.Discovery do
   defp step(state, {:visor_formed, formed}),
     do: if(formed?(formed), do: learn_formed(state, formed), else: state)
 
+  defp step(state, {:visor_bound, pid, id}), do: bound(state, pid, id)
+
   # Anything else (a stale proposal's answers, junk from a misbehaving
   # peer): ignored. Peers are untrusted input.
   defp step(state, _input), do: state
@@ -207,10 +229,34 @@ defmodule Visor.Formation.Discovery do
 
     visible
     |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, hello}))
+    |> still_bound()
     |> maybe_propose(visible)
   end
 
   defp tick(state, _visible), do: state
+
+  # Bound to another node's proposal: remind its proposer, whose decision
+  # may have been lost on the way (bound/3).
+  defp still_bound(%{phase: {:accepted, %{proposer: proposer, id: id}}} = state)
+       when proposer != state.self,
+       do: Decider.emit(state, {:send, proposer, {:visor_bound, state.self, id}})
+
+  defp still_bound(state), do: state
+
+  # An acceptor of `id` is still bound to it: if this process decided that
+  # proposal, it tells its decision again. A proposal in flight is left
+  # to finish; any other proposal id is not this process's to answer.
+  defp bound(%{proposal: %{id: id}} = state, _pid, id), do: state
+
+  defp bound(%{formed: %{id: id} = formed} = state, pid, id),
+    do: Decider.emit(state, {:send, pid, {:visor_formed, formed}})
+
+  defp bound(state, pid, {node, inc, n} = id)
+       when node == state.node and inc == state.incarnation and is_integer(n) and
+              n <= state.proposals,
+       do: Decider.emit(state, {:send, pid, {:visor_abort, id}})
+
+  defp bound(state, _pid, _id), do: state
 
   # Only the lowest-named node of all those discovering or proposing may
   # propose, whatever their settings: two proposers at once (one per

@@ -28,12 +28,57 @@ defmodule Visor.Formation.Explicit do
   can tell when *they* restart), and every member records the rejoined
   node's new incarnation: a second restart is recognised like the first.
 
-  Disk mode adds one rule: a decided member answers `:restarted` to a
-  hello from a member it has no record of, and one that restarted from its
-  store to a hello from any member it has not let in itself (the cluster
-  ran, and that member may have run a replica too: its `data_dir` wiped,
-  say). A record learned from a peer is no verdict: a node still forming
-  tells its own as `:fresh`.
+  ## Disk mode
+
+  In disk mode a process that restarted from its store has lost its
+  records, and the cluster ran: a member it has no word on may have run a
+  replica too, and then lost its `data_dir`. So a decided member answers
+  the first hello of a member it has not answered before by its
+  *formation snapshot* (`formed_with`), never by a record it learned
+  since: the incarnations it knew as let in fresh (by itself, or by a
+  peer) when it decided; `:ok` to the incarnation named there, and
+  `:restarted` to any other (recorded as `:rejoin`). The snapshot is
+  written to the store's directory before the replica creates the store
+  (`Visor.Formation.Restore`), so a member restarted from its store
+  answers with the snapshot of the process that created it. Without one
+  (a missing file) every such member is told to rejoin, as before the
+  snapshot existed.
+
+  Why this is safe. Say `b` ran a replica under an incarnation `b0` and
+  now forms again as `b1` (its `data_dir` wiped: with a store it would
+  restart from it). If `b0` started fresh, every member's process of the
+  time let it in, and recorded it. `b1` starts fresh only if every
+  member's current process
+  answers it `:ok`. A process that judged `b0` itself (it outlived it)
+  answers `:restarted`. A process restarted from its store answers by a
+  snapshot taken when that store was created: before `b1` existed
+  (it names `b0` or nothing: `:restarted`), unless the member had no store
+  when `b1` appeared, that is, it had lost its memory as well (wiped, or
+  restarted before it ever ran) and not yet come back normal. A process
+  that decided after `b1` appeared names `b1` in its snapshot only if it
+  knew no other incarnation of `b`: it is a process that never heard of
+  `b0`, whose member's earlier process (which did) lost its memory. So
+  `b1` gets `:ok` from every member only if every member lost its memory
+  since `b0` ran, none of them back to normal when `b1` appeared: more
+  than a minority at once, beyond the guarantee (docs/operations.md).
+  What the snapshot adds over "always `:restarted`" is liveness: a member
+  that decided fresh and restarted from its store before the others
+  decided lets in the very incarnations it formed with, which never ran,
+  instead of sending them all to recover with it as their only normal
+  replica (a wedge: nothing committed, nothing ever will be).
+
+  A record learned from a peer is no verdict for a decided member in disk
+  mode: a forming node tells its own as `:fresh`, and a member that
+  rejoined after a wipe would otherwise let a wiped `b1` in fresh on the
+  word of `b1` itself. A forming node still answers by its records: its
+  `:ok` is only one of the votes a fresh start needs.
+
+  What remains: a member that *rejoined* decided on the first
+  `:restarted` it heard, so its snapshot (and that of a store it creates)
+  may lack members that were still forming; it tells them to rejoin even
+  if they never ran. That is safe, but if it leaves fewer than a quorum
+  of the members normal, the rejoined replicas stay `:recovering`, as
+  after a majority lost its memory (docs/operations.md).
 
   Inputs: `:tick` (every 100 ms), and the hellos and their replies
   (`{:visor_hello, pid, node, incarnation, cluster}`,
@@ -65,8 +110,12 @@ defmodule Visor.Formation.Explicit do
                 # records it learned from peers).
                 known: %{},
                 judged: MapSet.new(),
-                # Disk mode: restarted from its store.
-                restored: false,
+                # Disk mode, decided: the formation snapshot, node =>
+                # incarnation: the members this process knew as :fresh
+                # when it decided, or, restarted from its store, those the
+                # process that created the store knew
+                # (Visor.Formation.Restore).
+                formed_with: %{},
                 warned: MapSet.new(),
                 ticks: 0,
                 out: []
@@ -95,7 +144,7 @@ defmodule Visor.Formation.Explicit do
         restored ->
           %{
             Decider.restore(state, static(restored.cluster, restored.members), restored)
-            | restored: true
+            | formed_with: restored.formed_with
           }
       end
 
@@ -160,7 +209,9 @@ defmodule Visor.Formation.Explicit do
 
   defp maybe_formed(state) do
     if state.phase == :forming and MapSet.size(state.acks) == length(state.members) - 1 do
-      Decider.become_member(state, static(state.cluster, state.members), false)
+      state
+      |> persist()
+      |> Decider.become_member(static(state.cluster, state.members), false)
     else
       state
     end
@@ -187,17 +238,16 @@ defmodule Visor.Formation.Explicit do
     state = %{state | judged: MapSet.put(state.judged, from)}
 
     case Map.get(state.known, from) do
-      # Restarted from its store: the cluster ran (this node's replica
-      # did), so a member this process has not let in itself may have run
-      # one too (its data_dir wiped, say): it must not start fresh. Not
-      # even if its record was learned from a peer: a forming node tells
-      # its own as :fresh.
-      _ when state.restored and first? ->
-        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
-
-      # Disk mode, decided: the same, for a member never heard of.
-      nil when state.storage != :memory and state.phase == :member ->
-        {:restarted, %{state | known: Map.put(state.known, from, {inc, :rejoin})}}
+      # Disk mode, decided: this node's replica ran, so the cluster may
+      # have run with a replica of `from` that then lost its store. A
+      # member this process has not answered itself gets :ok only under
+      # the incarnation its formation snapshot names (see the moduledoc),
+      # never by a record learned since: a forming node tells its own as
+      # :fresh.
+      _ when state.storage == :disk and state.phase == :member and first? ->
+        verdict = if Map.get(state.formed_with, from) == inc, do: :fresh, else: :rejoin
+        state = %{state | known: Map.put(state.known, from, {inc, verdict})}
+        {if(verdict == :fresh, do: :ok, else: :restarted), state}
 
       nil ->
         {:ok, %{state | known: Map.put(state.known, from, {inc, :fresh})}}
@@ -270,6 +320,7 @@ defmodule Visor.Formation.Explicit do
             "#{from} knows an earlier incarnation of this node: it restarted with an " <>
               "empty memory, so its replica rejoins and recovers the state from the others"
           )
+          |> persist()
           |> Decider.become_member(static(state.cluster, state.members), true)
 
         _decided ->
@@ -304,4 +355,18 @@ defmodule Visor.Formation.Explicit do
   end
 
   defp hello_reply(state, _from, _reply), do: state
+
+  # Disk mode: what the replica's store is to keep of this decision
+  # (Visor.Formation.Restore), written before the store is created.
+  defp persist(%{storage: :disk} = state) do
+    state = %{state | formed_with: formed_with(state)}
+    Decider.emit(state, {:persist, %{cluster: state.cluster, formed_with: state.formed_with}})
+  end
+
+  defp persist(state), do: state
+
+  # The incarnations of members this process knows, when it decides, as
+  # let in fresh (by itself or by a peer).
+  defp formed_with(state),
+    do: for({node, {inc, :fresh}} <- state.known, into: %{}, do: {node, inc})
 end

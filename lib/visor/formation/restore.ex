@@ -20,6 +20,17 @@ defmodule Visor.Formation.Restore do
 
   With an empty store the node forms as in memory mode (a node whose
   `data_dir` was wiped is a restarted node: it rejoins and recovers).
+
+  `nodes:` mode also keeps, in a file `formation` in the store's
+  directory that `Visor.Formation` writes when it decides (before the
+  replica creates the store), its *formation snapshot*: the incarnation of
+  each other member it knew as let in fresh at that moment.
+  `formation_record/1` encodes it, `check/3` reads it back as
+  `formed_with`. A restored member lets a member it has not answered
+  itself in fresh under that incarnation only (`Visor.Formation.Explicit`
+  says why that is safe). A missing or unreadable file reads as an empty
+  snapshot: every such member is then told to rejoin, which is always
+  safe.
   """
 
   alias Visor.Formation.Decider
@@ -53,19 +64,41 @@ defmodule Visor.Formation.Restore do
     })
   end
 
+  @doc "The file, in the store's directory, that keeps `formation_record/1`."
+  @spec formation_file(String.t()) :: String.t()
+  def formation_file(dir), do: Path.join(dir, "formation")
+
+  @doc """
+  What the `formation` file keeps of a `nodes:` decision: the cluster id,
+  and the incarnation of each other member the deciding process knew as
+  let in fresh (`formed_with`).
+  """
+  @spec formation_record(%{cluster: <<_::128>>, formed_with: %{node() => integer()}}) ::
+          binary()
+  def formation_record(%{cluster: cluster, formed_with: formed_with}) do
+    :erlang.term_to_binary(%{
+      visor: 1,
+      cluster: cluster,
+      formed_with: Map.new(formed_with, fn {node, inc} -> {Atom.to_string(node), inc} end)
+    })
+  end
+
   @doc """
   What the probe of the store says for this node: `:empty` (no store:
   form as in memory mode), `{:ok, restored}` (restart from it as the
   member it records), or `{:error, message}` (refuse to start).
+  `record` is the content of the store's `formation` file, or `nil`.
   """
-  @spec check(:empty | {:ok, map()} | {:error, String.t()}, expected()) ::
+  @spec check(:empty | {:ok, map()} | {:error, String.t()}, expected(), binary() | nil) ::
           :empty | {:ok, Decider.restored()} | {:error, String.t()}
-  def check(:empty, _expected), do: :empty
+  def check(probe, expected, record \\ nil)
 
-  def check({:error, message}, expected),
+  def check(:empty, _expected, _record), do: :empty
+
+  def check({:error, message}, expected, _record),
     do: {:error, "cannot read the store in #{expected.dir}: #{message}"}
 
-  def check({:ok, info}, %{dir: dir} = expected) do
+  def check({:ok, info}, %{dir: dir} = expected, record) do
     with :ok <-
            ensure(info.group == expected.group, fn ->
              "#{dir} holds group #{inspect(info.group)}"
@@ -87,10 +120,33 @@ defmodule Visor.Formation.Restore do
          replica: info.replica,
          view: info.view,
          commit: info.commit,
-         dir: dir
+         dir: dir,
+         formed_with: formed_with(record, info.cluster, members)
        }}
     end
   end
+
+  # The formation snapshot, from the `formation` file of this very
+  # cluster; empty if there is no such file.
+  # Like the store's metadata, nothing but the expected shape is taken,
+  # and no atom is created.
+  defp formed_with(record, cluster, members) when is_binary(record) do
+    case :erlang.binary_to_term(record, [:safe]) do
+      %{visor: 1, cluster: ^cluster, formed_with: incs} when is_map(incs) ->
+        for node <- members,
+            inc = Map.get(incs, Atom.to_string(node)),
+            is_integer(inc),
+            into: %{},
+            do: {node, inc}
+
+      _ ->
+        %{}
+    end
+  rescue
+    ArgumentError -> %{}
+  end
+
+  defp formed_with(_no_record, _cluster, _members), do: %{}
 
   defp stored_meta(dir, info) do
     case read_store_meta(info.meta) do
