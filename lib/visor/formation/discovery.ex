@@ -23,9 +23,10 @@ defmodule Visor.Formation.Discovery do
        on every tick (`:visor_bound`), and a proposer that has decided that
        proposal answers with its decision again (the formed cluster, or an
        abort): sends are best effort, and one lost abort or announcement
-       must not leave an acceptor bound forever. A new proposal from the
-       proposer it is bound to also frees it: a proposer proposes again
-       only after it aborted its previous proposal.
+       must not leave an acceptor bound forever. A later proposal from the
+       proposer it is bound to also frees it (a proposer proposes again
+       only after it aborted its previous proposal); an earlier one, a
+       duplicate or a copy slow on the way, does not.
     3. If every proposed member accepts, the proposer announces the cluster
        (members, cluster id, each member's incarnation) to the members, which
        then start their replicas. Otherwise it aborts (a reject or
@@ -156,15 +157,14 @@ defmodule Visor.Formation.Discovery do
 
   defp step(state, {:visor_propose, pid, %{id: id, cluster: <<_::128>>, members: members} = p}) do
     # A proposer proposes again only after it aborted its previous
-    # proposal (whose abort may have been lost): that frees its acceptors.
+    # proposal (whose abort may have been lost): a *later* proposal of the
+    # same proposer frees its acceptors. An earlier one (a duplicate, or a
+    # copy slow on the way) must not: the proposal this node is bound to
+    # may still count its accept.
     state =
-      case state.phase do
-        {:accepted, %{proposer: ^pid, id: bound}} when bound != id and pid != state.self ->
-          %{state | phase: :discovering}
-
-        _ ->
-          state
-      end
+      if later_proposal_of_bound_proposer?(state, pid, id),
+        do: %{state | phase: :discovering},
+        else: state
 
     # (member_list? also keeps an improper list out: `in` raises on one.)
     cond do
@@ -218,6 +218,19 @@ defmodule Visor.Formation.Discovery do
   # Anything else (a stale proposal's answers, junk from a misbehaving
   # peer): ignored. Peers are untrusted input.
   defp step(state, _input), do: state
+
+  # Proposal ids are {node, incarnation, n}, n counting up per proposer.
+  defp later_proposal_of_bound_proposer?(state, pid, {node, inc, n}) when is_integer(n) do
+    case state.phase do
+      {:accepted, %{proposer: ^pid, id: {^node, ^inc, bound}}} ->
+        pid != state.self and is_integer(bound) and n > bound
+
+      _ ->
+        false
+    end
+  end
+
+  defp later_proposal_of_bound_proposer?(_state, _pid, _id), do: false
 
   # Discovering or bound to a proposal: hello every visible peer, and
   # propose if it is this node's turn. Decided: peers' hellos are still
