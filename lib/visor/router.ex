@@ -20,12 +20,16 @@ defmodule Visor.Router do
   (`stats/1`).
   """
 
+  require Logger
+
   alias Visor.Native
+  alias Visor.Router.Watch
 
   # Counter indexes (see stats/1).
   @stats [:peer_malformed, :send_noconnect, :send_busy, :unexpected_messages]
 
-  defstruct [:module, :counters, :server, engine: nil, members: {}]
+  # watch: what changed in the replica since the last batch (Visor.Router.Watch).
+  defstruct [:module, :counters, :server, :watch, engine: nil, members: {}]
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -73,6 +77,8 @@ defmodule Visor.Router do
 
   @doc false
   def init(module) do
+    Logger.metadata(visor_group: module)
+
     {:ok, %__MODULE__{module: module, counters: :counters.new(length(@stats), [])}}
   end
 
@@ -81,7 +87,11 @@ defmodule Visor.Router do
       when is_map(opts) and is_tuple(members) do
     if pid == Process.whereis(Visor.Supervisor.name(state.module, :server)) do
       {:ok, engine} = Native.start(opts, self())
-      {:reply, {:ok, engine}, %{state | engine: engine, members: members, server: pid}}
+      Logger.metadata(replica: opts.replica_index)
+      watch = Watch.new(state.module, members, opts.replica_index, System.monotonic_time())
+
+      {:reply, {:ok, engine},
+       %{state | engine: engine, members: members, server: pid, watch: watch}}
     else
       {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
     end
@@ -101,12 +111,17 @@ defmodule Visor.Router do
   @doc false
   def handle_info({:visor_engine, engine, events}, %{engine: engine} = state)
       when is_reference(engine) and is_list(events) do
-    case Enum.reject(events, &send_event(&1, state)) do
+    rest = Enum.reject(events, &send_event(&1, state))
+
+    {watch, effects} =
+      Watch.observe(state.watch, Native.status(engine), System.monotonic_time(), &Node.list/0)
+
+    case rest ++ Enum.flat_map(effects, &carry_out(&1, state)) do
       [] -> :ok
       rest -> send(state.server, {:visor_engine, engine, rest})
     end
 
-    {:noreply, state}
+    {:noreply, %{state | watch: watch}}
   end
 
   def handle_info({:visor_engine_down, engine, _reason} = message, %{engine: engine} = state)
@@ -150,9 +165,32 @@ defmodule Visor.Router do
 
   defp send_event(_event, _state), do: false
 
+  # Carries out a Visor.Router.Watch effect; returns the events for the
+  # server (after the batch's own).
+  defp carry_out({:telemetry, event, measurements, metadata}, state) do
+    telemetry(state, event, measurements, metadata)
+    []
+  end
+
+  defp carry_out({:log, level, message}, _state) do
+    Logger.log(level, message)
+    []
+  end
+
+  defp carry_out({:view, view} = event, _state) do
+    Logger.metadata(view: view)
+    [event]
+  end
+
   defp count(state, key, n \\ 1) do
     :counters.add(state.counters, index(key), n)
+    telemetry(state, [:visor, :message, :dropped], %{count: n}, %{reason: key})
     state
+  end
+
+  defp telemetry(state, event, measurements, metadata) do
+    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    Visor.Telemetry.execute(event, measurements, metadata)
   end
 
   for {key, index} <- Enum.with_index(@stats, 1) do

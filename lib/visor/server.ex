@@ -263,13 +263,51 @@ defmodule Visor.Server do
   end
 
   defp event({:storage, kind, detail}, state) do
+    if kind in [:error, :resumed],
+      do: telemetry(state, [:visor, :storage, kind], %{}, %{detail: detail})
+
     {lifecycle, effects} = Lifecycle.storage(state.lifecycle, kind, detail)
     run(effects, %{state | lifecycle: lifecycle})
   end
 
+  # A view the router saw this replica move to (Visor.Router): for the logs.
+  defp event({:view, view}, state) do
+    Logger.metadata(view: view)
+    state
+  end
+
   defp event(event, state) do
+    started = System.monotonic_time()
     {machine, effects} = Machine.event(state.machine, event)
+    observe(event, effects, System.monotonic_time() - started, state)
     run(effects, %{state | machine: machine})
+  end
+
+  # Telemetry for the machine's events: the checkpoints it encoded (the
+  # time is encode_snapshot's) or installed (decode_snapshot's), and a
+  # divergence found.
+  defp observe({:snapshot, op}, effects, duration, state) do
+    for {:snapshot, ^op, bytes} <- effects,
+        do:
+          telemetry(state, [:visor, :checkpoint, :taken], checkpoint(bytes, duration), %{op: op})
+  end
+
+  defp observe({:install_snapshot, op, bytes}, effects, duration, state) do
+    unless Enum.any?(effects, &match?({:fail, _}, &1)),
+      do:
+        telemetry(state, [:visor, :checkpoint, :installed], checkpoint(bytes, duration), %{op: op})
+  end
+
+  defp observe({:diverged, op, digest, quorum}, _effects, _duration, state),
+    do: telemetry(state, [:visor, :diverged], %{}, %{op: op, digest: digest, quorum: quorum})
+
+  defp observe(_event, _effects, _duration, _state), do: :ok
+
+  defp checkpoint(bytes, duration), do: %{bytes: byte_size(bytes), duration: duration}
+
+  defp telemetry(state, event, measurements, metadata) do
+    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    Visor.Telemetry.execute(event, measurements, metadata)
   end
 
   # ---- Effects -----------------------------------------------------------
@@ -345,8 +383,10 @@ defmodule Visor.Server do
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
 
-  defp count(state, key),
-    do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+  defp count(state, key) do
+    telemetry(state, [:visor, :message, :dropped], %{count: 1}, %{reason: key})
+    %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+  end
 
   # ---- Status ------------------------------------------------------------
 
