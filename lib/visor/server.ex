@@ -93,6 +93,7 @@ defmodule Visor.Server do
     # unexpected_messages). Visor.Guard stops the server on its
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
+    Logger.metadata(visor_group: module)
     counters = Lifetime.get(module).counters
 
     {machine, effects} =
@@ -115,6 +116,7 @@ defmodule Visor.Server do
 
   defp formation(state, decision) do
     {lifecycle, effects} = Lifecycle.formation(state.lifecycle, decision)
+    if lifecycle.index, do: Logger.metadata(replica: lifecycle.index)
     dispatch(run(effects, %{state | lifecycle: lifecycle}))
   end
 

@@ -21,7 +21,7 @@ defmodule Visor.TelemetryTest do
     end
   end
 
-  test "a group's events: commit and read spans, checkpoints, roles, a view change, a recovery, drops" do
+  test "a group's events: commit and read spans, checkpoints, roles, a view change, a recovery, drops; log metadata" do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     opts = [nodes: nodes, checkpoint_every: 5]
     Enum.each(nodes, &listen/1)
@@ -99,12 +99,31 @@ defmodule Visor.TelemetryTest do
 
     assert new_primary in survivors
 
+    # Every log line of the server and the router says which group,
+    # replica and view it is about.
+    for n <- survivors, role <- [:server, :router] do
+      index = Enum.find_index(nodes, &(&1 == n))
+
+      Cluster.eventually(fn ->
+        match?(
+          %{visor_group: Counter, replica: ^index, view: view} when view > 0,
+          metadata(n, role)
+        )
+      end)
+    end
+
     # It comes back with an empty memory and recovers.
     Cluster.restart_peer(primary, survivors)
     listen(primary)
     :ok = Cluster.start_group([primary], Counter, opts)
     assert_receive {:telemetry, ^primary, [:visor, :recovery, :start], _, _}, 10_000
     assert_receive {:telemetry, ^primary, [:visor, :recovery, :stop], %{duration: _}, _}, 15_000
+  end
+
+  defp metadata(node, role) do
+    pid = :erpc.call(node, Process, :whereis, [Visor.Supervisor.name(Counter, role)])
+    {:dictionary, dictionary} = :erpc.call(node, Process, :info, [pid, :dictionary])
+    Map.new(Keyword.get(dictionary, :"$logger_metadata$", %{}))
   end
 
   # Loads the double of :telemetry on `node` and forwards its events here.
