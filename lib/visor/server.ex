@@ -392,6 +392,31 @@ defmodule Visor.Server do
 
   # ---- Status ------------------------------------------------------------
 
+  # What :sys.get_status/1 shows (through Visor.Guard) and a crash report
+  # could: where the server stands, never the application's state, the
+  # commands in flight, or the start options (init_arg may hold secrets).
+  # OTP 25's format_status/1 (Elixir 1.14's GenServer does not list it).
+  @doc false
+  def format_status(%{state: %__MODULE__{} = state} = status) do
+    %{
+      status
+      | state: %{
+          module: state.module,
+          phase: state.lifecycle.phase,
+          members: state.lifecycle.members,
+          index: state.lifecycle.index,
+          engine: state.engine,
+          engine_starts: state.starts,
+          in_flight: Callers.in_flight(state.callers),
+          poison: state.machine.poison,
+          diverged: state.machine.diverged,
+          stats: state.stats
+        }
+    }
+  end
+
+  def format_status(status), do: status
+
   defp status(state) do
     engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
 
