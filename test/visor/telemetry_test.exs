@@ -102,7 +102,7 @@ defmodule Visor.TelemetryTest do
     # Every log line of the server and the router says which group,
     # replica and view it is about.
     for n <- survivors, role <- [:server, :router] do
-      index = Enum.find_index(nodes, &(&1 == n))
+      index = Cluster.status(n, Counter).index
 
       Cluster.eventually(fn ->
         match?(

@@ -1,16 +1,14 @@
 defmodule Visor.Router.Watch do
   @moduledoc """
-  What changed in this replica between two batches of its engine's events
-  (a pure decider; `Visor.Router` reads the engine's status, a copy the
-  engine publishes, after each batch, and carries out the effects): a view
+  What changed in this replica between two looks at its engine's status
+  (a pure decider; `Visor.Router` reads the status, a copy the engine
+  publishes, every 10 ms, and carries out the effects): a view
   change beginning and ending, a new primary, this node's role, a recovery
   beginning and ending, and the peers' messages the engine dropped (its
   `dropped_*` counters).
 
-  The engine publishes its status after each iteration, and the router may
-  read it a few iterations later: a view change that began and ended
-  between two reads is reported at once, its start and end together
-  (`duration` 0).
+  A view change that began and ended between two looks is reported at
+  once, its start and end together (`duration` 0).
 
   Effects, in order:
 
@@ -89,7 +87,7 @@ defmodule Visor.Router.Watch do
     {%{watch | dropped: counts}, effects}
   end
 
-  # A view change that began and ended between two batches: its start and
+  # A view change that began and ended between two looks: its start and
   # its end, at once.
   defp status({%{status: :normal} = watch, effects}, %{status: :normal, view: view}, now)
        when view > watch.view do
