@@ -7,7 +7,7 @@ defmodule Visor.TelemetryTest do
   # there, Visor.Telemetry must find it absent. Not async: real nodes.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, TelemetryForward}
+  alias Visor.Test.{Cluster, Counter, Skewed, TelemetryForward}
 
   @double Path.expand("../support/telemetry.erl", __DIR__)
 
@@ -118,6 +118,28 @@ defmodule Visor.TelemetryTest do
     :ok = Cluster.start_group([primary], Counter, opts)
     assert_receive {:telemetry, ^primary, [:visor, :recovery, :start], _, _}, 10_000
     assert_receive {:telemetry, ^primary, [:visor, :recovery, :stop], %{duration: _}, _}, 15_000
+  end
+
+  test "a divergence, and the checkpoint that heals it" do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    Enum.each(nodes, &listen/1)
+    :ok = Cluster.start_group(nodes, Skewed, nodes: nodes, checkpoint_every: 5)
+    [odd, healthy, _] = Cluster.backups_first(nodes, Skewed)
+    :erpc.call(odd, Skewed, :skew, [1])
+    for i <- 1..6, do: :erpc.call(healthy, Skewed, :commit, [{:incr, i}])
+
+    assert_receive {:telemetry, ^odd, [:visor, :diverged], %{}, diverged}, 10_000
+    assert %{group: Skewed, op: 5, digest: digest, quorum: quorum} = diverged
+    assert digest != quorum
+
+    :erpc.call(odd, Skewed, :skew, [0])
+
+    assert_receive {:telemetry, ^odd, [:visor, :checkpoint, :installed], %{bytes: bytes},
+                    %{op: op}},
+                   15_000
+
+    assert bytes > 0 and op >= 5
+    refute_received {:telemetry, _, [:visor, :diverged], _, _}
   end
 
   defp metadata(node, role) do
