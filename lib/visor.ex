@@ -387,12 +387,16 @@ defmodule Visor do
   @spec commit(group(), command(), options()) :: term() | {:error, error()}
   def commit(module, command, opts \\ []) do
     timeout = opts |> options!() |> timeout!()
-    payload = :erlang.term_to_binary(command)
+    metadata = %{group: module, node: node()}
 
-    case call(module, {:commit, payload}, timeout) do
-      {:ok, reply} -> reply
-      {:error, _} = error -> error
-    end
+    Visor.Telemetry.span([:visor, :commit], metadata, fn ->
+      payload = :erlang.term_to_binary(command)
+
+      case call(module, {:commit, payload}, timeout) do
+        {:ok, reply} -> {reply, Map.put(metadata, :outcome, :ok)}
+        {:error, reason} = error -> {error, outcome(metadata, reason)}
+      end
+    end)
   end
 
   @doc """
@@ -488,21 +492,34 @@ defmodule Visor do
     opts = options!(opts)
     timeout = timeout!(opts)
 
+    consistency = Keyword.get(opts, :consistency, :linearizable)
+
     request =
-      case Keyword.get(opts, :consistency, :linearizable) do
+      case consistency do
         :linearizable -> {:read, path}
         :local -> {:read_local, path}
         other -> raise ArgumentError, "unknown consistency #{inspect(other)}"
       end
 
-    case call(module, request, timeout) do
-      {:ok, value} -> value
-      {:error, _} = error -> error
-      # A path that does not fit the state raises, as Kernel.get_in/2 does.
-      {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
-      # Where the path reaches user code (an accessor), it runs here.
-      {:get_in, data, rest} -> Kernel.get_in(data, rest)
-    end
+    metadata = %{group: module, node: node(), consistency: consistency}
+
+    Visor.Telemetry.span([:visor, :read], metadata, fn ->
+      case call(module, request, timeout) do
+        {:ok, value} -> {value, Map.put(metadata, :outcome, :ok)}
+        {:error, reason} = error -> {error, outcome(metadata, reason)}
+        # A path that does not fit the state raises, as Kernel.get_in/2 does.
+        {:raise, kind, reason, stacktrace} -> :erlang.raise(kind, reason, stacktrace)
+        # Where the path reaches user code (an accessor), it runs here.
+        {:get_in, data, rest} -> {Kernel.get_in(data, rest), Map.put(metadata, :outcome, :ok)}
+      end
+    end)
+  end
+
+  # A span's stop metadata for an error: `outcome` is the error's name (a
+  # low-cardinality tag for metrics), `error` the whole reason.
+  defp outcome(metadata, reason) do
+    name = if is_tuple(reason), do: elem(reason, 0), else: reason
+    Map.merge(metadata, %{outcome: name, error: reason})
   end
 
   # Checked before anything is sent: a timeout the runtime cannot

@@ -17,6 +17,10 @@ defmodule Visor.Executor do
   (`:erlang.halt/0`) cannot be stopped. `Visor.Server` then stops at that
   op after it killed the server twice in a row, until `Visor.skip/3`
   (docs/operations.md, "Poison commands").
+
+  A failure is logged as a warning, with its stacktrace, by every replica
+  (each fails the same way, by design), once: a replica that executes the
+  log again (a restarted server replays it) passes `log?: false`.
   """
 
   require Logger
@@ -41,12 +45,16 @@ defmodule Visor.Executor do
 
   @doc """
   Decodes `payload` and applies it: `{result, new_state}`. `new_state` is
-  `state` itself when the callback failed.
+  `state` itself when the callback failed; the failure is logged unless
+  `log?` is `false`.
   """
-  @spec apply(module(), 2 | 3, binary(), Visor.meta(), term()) :: {result(), term()}
-  def apply(_module, _arity, <<@skip_tag, _op::64>>, _meta, state), do: {{:ok, :ok}, state}
+  @spec apply(module(), 2 | 3, binary(), Visor.meta(), term(), boolean()) :: {result(), term()}
+  def apply(module, arity, payload, meta, state, log? \\ true)
 
-  def apply(module, arity, payload, meta, state) do
+  def apply(_module, _arity, <<@skip_tag, _op::64>>, _meta, state, _log?),
+    do: {{:ok, :ok}, state}
+
+  def apply(module, arity, payload, meta, state, log?) do
     command = :erlang.binary_to_term(payload)
 
     returned =
@@ -57,28 +65,33 @@ defmodule Visor.Executor do
 
     case returned do
       {:ok, reply, new_state} -> {{:ok, reply}, new_state}
-      other -> failed(module, meta, {:bad_return, other}, state)
+      other -> failed({:bad_return, other}, [], {module, meta, state, log?})
     end
   catch
     :error, reason ->
-      failed(module, meta, Exception.normalize(:error, reason, __STACKTRACE__), state)
+      reason = Exception.normalize(:error, reason, __STACKTRACE__)
+      failed(reason, __STACKTRACE__, {module, meta, state, log?})
 
     :throw, value ->
-      failed(module, meta, {:throw, value}, state)
+      failed({:throw, value}, __STACKTRACE__, {module, meta, state, log?})
 
     :exit, reason ->
-      failed(module, meta, {:exit, reason}, state)
+      failed({:exit, reason}, __STACKTRACE__, {module, meta, state, log?})
   end
 
-  defp failed(module, meta, reason, state) do
-    # Logged by every replica: each one fails the same way, by design.
-    Logger.warning(
-      "#{inspect(module)}.handle_commit failed at op #{meta.op} (state unchanged): " <>
-        describe(reason)
-    )
+  defp failed(reason, stacktrace, {module, meta, state, log?}) do
+    if log? do
+      Logger.warning(
+        "#{inspect(module)}.handle_commit failed at op #{meta.op} (state unchanged): " <>
+          describe(reason) <> trace(stacktrace)
+      )
+    end
 
     {{:error, {:handle_commit_failed, reason}}, state}
   end
+
+  defp trace([]), do: ""
+  defp trace(stacktrace), do: "\n" <> Exception.format_stacktrace(stacktrace)
 
   # An exception's message/1 is user code too, and may itself raise.
   defp describe(%{__exception__: true} = exception) do

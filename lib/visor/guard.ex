@@ -19,7 +19,14 @@ defmodule Visor.Guard do
   Only what the three modules use is supported: `init/1` returning `{:ok,
   state}` or `{:stop, reason}`; `handle_call/3`, `handle_cast/2`,
   `handle_info/2` returning `{:reply, reply, state}`, `{:noreply, state}`
-  (either with an integer timeout) or `{:stop, reason, state}`.
+  (either with an integer timeout) or `{:stop, reason, state}`; and
+  `format_status/1` (OTP 25's), which `:sys.get_status/1` shows the state
+  through, as gen_server does.
+
+  Nor may a crash show the state: a callback that raises has the arguments
+  of its stacktrace's calls replaced by their count (an Erlang stacktrace
+  carries the arguments of a call that matched no clause, the state among
+  them) before the process exits with it.
   """
 
   @doc "Starts `module` with `arg`, registered locally as `name`, linked to the caller."
@@ -31,7 +38,7 @@ defmodule Visor.Guard do
   @doc false
   def init_it(parent, module, arg, name) do
     if register(name) do
-      case module.init(arg) do
+      case callback(module, :init, [arg]) do
         {:ok, state} ->
           :proc_lib.init_ack({:ok, self()})
           loop(parent, [], {module, state, :infinity})
@@ -55,9 +62,22 @@ defmodule Visor.Guard do
     receive do
       message -> handle(message, parent, debug, misc)
     after
-      timeout -> reply(module.handle_info(:timeout, state), nil, parent, debug, module)
+      timeout ->
+        reply(callback(module, :handle_info, [:timeout, state]), nil, parent, debug, module)
     end
   end
+
+  # Returns before the loop goes on, so the loop stays a tail call.
+  defp callback(module, function, args) do
+    apply(module, function, args)
+  catch
+    kind, reason -> :erlang.raise(kind, reason, Enum.map(__STACKTRACE__, &without_args/1))
+  end
+
+  defp without_args({module, function, args, location}) when is_list(args),
+    do: {module, function, length(args), location}
+
+  defp without_args(entry), do: entry
 
   defp handle({:system, from, request}, parent, debug, misc) do
     if valid_from?(from) do
@@ -80,18 +100,19 @@ defmodule Visor.Guard do
 
   defp handle({:"$gen_call", from, request} = message, parent, debug, {module, state, _} = misc) do
     if valid_from?(from),
-      do: reply(module.handle_call(request, from, state), from, parent, debug, module),
+      do:
+        reply(callback(module, :handle_call, [request, from, state]), from, parent, debug, module),
       else: unexpected(message, parent, debug, misc)
   end
 
   defp handle({:"$gen_cast", request}, parent, debug, {module, state, _}) do
-    reply(module.handle_cast(request, state), nil, parent, debug, module)
+    reply(callback(module, :handle_cast, [request, state]), nil, parent, debug, module)
   end
 
   defp handle(message, parent, debug, misc), do: unexpected(message, parent, debug, misc)
 
   defp unexpected(message, parent, debug, {module, state, _}) do
-    reply(module.handle_info(message, state), nil, parent, debug, module)
+    reply(callback(module, :handle_info, [message, state]), nil, parent, debug, module)
   end
 
   # What GenServer.reply/2 accepts: {pid, tag} (tag a reference, or an
@@ -134,6 +155,19 @@ defmodule Visor.Guard do
   @doc false
   def system_terminate(reason, _parent, _debug, {module, state, _}),
     do: terminate(module, reason, state)
+
+  # :sys.get_status/1 of a process run by this module (not gen_server): the
+  # state as the callback module's format_status/1 shows it, in
+  # gen_server's layout.
+  @doc false
+  def format_status(_opt, [_pdict, _sys_state, _parent, _debug, {module, state, _timeout}]) do
+    state =
+      if function_exported?(module, :format_status, 1),
+        do: module.format_status(%{state: state}).state,
+        else: state
+
+    [{:data, [{~c"State", state}]}]
+  end
 
   @doc false
   def system_get_state({_module, state, _}), do: {:ok, state}

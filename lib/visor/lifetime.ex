@@ -27,6 +27,10 @@ defmodule Visor.Lifetime do
       predecessor died inside `handle_commit` at that op, and how many
       times in a row (`Visor.Server` stops executing at an op that killed
       it #{2} times: a poison command).
+    * **the highest op its replica executed** (an `:atomics`): a restarted
+      server executes the log again (from op 1 when it rejoins, from its
+      checkpoint in disk mode), and a `handle_commit` failure it meets
+      again is not logged again (`Visor.Executor`).
   """
 
   @executing 1
@@ -34,14 +38,18 @@ defmodule Visor.Lifetime do
   @streak_count 3
 
   @doc "This group's record on this node (created on first use)."
-  @spec get(module()) :: %{formed: %{term() => map()}, counters: :atomics.atomics_ref()}
+  @spec get(module()) :: %{
+          formed: %{term() => map()},
+          counters: :atomics.atomics_ref(),
+          executed: :atomics.atomics_ref()
+        }
   def get(module) do
     case :persistent_term.get({__MODULE__, module}, nil) do
-      %{formed: _, counters: _} = record ->
+      %{formed: _, counters: _, executed: _} = record ->
         record
 
       nil ->
-        record = %{formed: %{}, counters: :atomics.new(3, [])}
+        record = %{formed: %{}, counters: :atomics.new(3, []), executed: :atomics.new(1, [])}
         :persistent_term.put({__MODULE__, module}, record)
         record
     end
@@ -81,6 +89,22 @@ defmodule Visor.Lifetime do
   @doc "Marks `op` as being executed (`0`: none)."
   @spec executing(:atomics.atomics_ref(), non_neg_integer()) :: :ok
   def executing(counters, op), do: :atomics.put(counters, @executing, op)
+
+  @doc """
+  Records that this node's replica executed `op` (`executed` is the
+  record's `:executed`); `true` the first time in this VM (a later server
+  executing it again replays the log), `false` after. Only the group's one
+  server calls it.
+  """
+  @spec first_execution?(:atomics.atomics_ref(), pos_integer()) :: boolean()
+  def first_execution?(executed, op) do
+    if op > :atomics.get(executed, 1) do
+      :atomics.put(executed, 1, op)
+      true
+    else
+      false
+    end
+  end
 
   @doc """
   Called once by a starting server: if its predecessor died inside

@@ -83,6 +83,10 @@ defmodule Visor.Options do
     :init_arg
   ]
 
+  # Supervisors' reports show their children's start arguments, these
+  # options among them: `init_arg` and `opts` may hold the application's
+  # secrets, so inspecting the struct shows only who it is for.
+  @derive {Inspect, only: [:module, :membership, :storage]}
   @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++
               [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}, init_arg: []]

@@ -20,12 +20,20 @@ defmodule Visor.Router do
   (`stats/1`).
   """
 
+  require Logger
+
   alias Visor.Native
+  alias Visor.Router.Watch
 
   # Counter indexes (see stats/1).
   @stats [:peer_malformed, :send_noconnect, :send_busy, :unexpected_messages]
 
-  defstruct [:module, :counters, :server, engine: nil, members: {}]
+  # How often the router looks at what changed in the replica (watch/1).
+  @watch_ms 10
+
+  # watch: what the router last saw of the replica (Visor.Router.Watch),
+  # and the timer of its next look.
+  defstruct [:module, :counters, :server, :watch, :watch_timer, engine: nil, members: {}]
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -73,6 +81,8 @@ defmodule Visor.Router do
 
   @doc false
   def init(module) do
+    Logger.metadata(visor_group: module)
+
     {:ok, %__MODULE__{module: module, counters: :counters.new(length(@stats), [])}}
   end
 
@@ -81,7 +91,10 @@ defmodule Visor.Router do
       when is_map(opts) and is_tuple(members) do
     if pid == Process.whereis(Visor.Supervisor.name(state.module, :server)) do
       {:ok, engine} = Native.start(opts, self())
-      {:reply, {:ok, engine}, %{state | engine: engine, members: members, server: pid}}
+      Logger.metadata(replica: opts.replica_index)
+      watch = Watch.new(state.module, members, opts.replica_index, System.monotonic_time())
+      state = %{state | engine: engine, members: members, server: pid, watch: watch}
+      {:reply, {:ok, engine}, watch(state)}
     else
       {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
     end
@@ -112,8 +125,14 @@ defmodule Visor.Router do
   def handle_info({:visor_engine_down, engine, _reason} = message, %{engine: engine} = state)
       when is_reference(engine) do
     send(state.server, message)
-    {:noreply, %{state | engine: nil, members: {}}}
+    :erlang.cancel_timer(state.watch_timer)
+    {:noreply, %{state | engine: nil, members: {}, watch_timer: nil}}
   end
+
+  # The watch's turn (a timer's own reference: no peer can forge it).
+  def handle_info({:timeout, timer, :visor_watch}, %{watch_timer: timer} = state)
+      when is_reference(timer),
+      do: {:noreply, watch(state)}
 
   # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
   # A replica that is not running yet (or any more) drops them; the
@@ -150,9 +169,48 @@ defmodule Visor.Router do
 
   defp send_event(_event, _state), do: false
 
+  # What changed in the replica (Visor.Router.Watch), from the status copy
+  # the engine publishes. Every @watch_ms rather than after each batch of
+  # events: reading the copy costs tens of µs, and batches come by
+  # thousands a second under load.
+  defp watch(state) do
+    now = System.monotonic_time()
+    {watch, effects} = Watch.observe(state.watch, Native.status(state.engine), now, &Node.list/0)
+
+    case Enum.flat_map(effects, &carry_out(&1, state)) do
+      [] -> :ok
+      events -> send(state.server, {:visor_engine, state.engine, events})
+    end
+
+    %{state | watch: watch, watch_timer: :erlang.start_timer(@watch_ms, self(), :visor_watch)}
+  end
+
+  # Carries out a Visor.Router.Watch effect; returns the events for the
+  # server.
+  defp carry_out({:telemetry, event, measurements, metadata}, state) do
+    telemetry(state, event, measurements, metadata)
+    []
+  end
+
+  defp carry_out({:log, level, message}, _state) do
+    Logger.log(level, message)
+    []
+  end
+
+  defp carry_out({:view, view} = event, _state) do
+    Logger.metadata(view: view)
+    [event]
+  end
+
   defp count(state, key, n \\ 1) do
     :counters.add(state.counters, index(key), n)
+    telemetry(state, [:visor, :message, :dropped], %{count: n}, %{reason: key})
     state
+  end
+
+  defp telemetry(state, event, measurements, metadata) do
+    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    Visor.Telemetry.execute(event, measurements, metadata)
   end
 
   for {key, index} <- Enum.with_index(@stats, 1) do

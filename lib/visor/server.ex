@@ -93,6 +93,7 @@ defmodule Visor.Server do
     # unexpected_messages). Visor.Guard stops the server on its
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
+    Logger.metadata(visor_group: module)
     counters = Lifetime.get(module).counters
 
     {machine, effects} =
@@ -115,6 +116,7 @@ defmodule Visor.Server do
 
   defp formation(state, decision) do
     {lifecycle, effects} = Lifecycle.formation(state.lifecycle, decision)
+    if lifecycle.index, do: Logger.metadata(replica: lifecycle.index)
     dispatch(run(effects, %{state | lifecycle: lifecycle}))
   end
 
@@ -269,13 +271,51 @@ defmodule Visor.Server do
   end
 
   defp event({:storage, kind, detail}, state) do
+    if kind in [:error, :resumed],
+      do: telemetry(state, [:visor, :storage, kind], %{}, %{detail: detail})
+
     {lifecycle, effects} = Lifecycle.storage(state.lifecycle, kind, detail)
     run(effects, %{state | lifecycle: lifecycle})
   end
 
+  # A view the router saw this replica move to (Visor.Router): for the logs.
+  defp event({:view, view}, state) do
+    Logger.metadata(view: view)
+    state
+  end
+
   defp event(event, state) do
+    started = System.monotonic_time()
     {machine, effects} = Machine.event(state.machine, event)
+    observe(event, effects, System.monotonic_time() - started, state)
     run(effects, %{state | machine: machine})
+  end
+
+  # Telemetry for the machine's events: the checkpoints it encoded (the
+  # time is encode_snapshot's) or installed (decode_snapshot's), and a
+  # divergence found.
+  defp observe({:snapshot, op}, effects, duration, state) do
+    for {:snapshot, ^op, bytes} <- effects,
+        do:
+          telemetry(state, [:visor, :checkpoint, :taken], checkpoint(bytes, duration), %{op: op})
+  end
+
+  defp observe({:install_snapshot, op, bytes}, effects, duration, state) do
+    unless Enum.any?(effects, &match?({:fail, _}, &1)),
+      do:
+        telemetry(state, [:visor, :checkpoint, :installed], checkpoint(bytes, duration), %{op: op})
+  end
+
+  defp observe({:diverged, op, digest, quorum}, _effects, _duration, state),
+    do: telemetry(state, [:visor, :diverged], %{}, %{op: op, digest: digest, quorum: quorum})
+
+  defp observe(_event, _effects, _duration, _state), do: :ok
+
+  defp checkpoint(bytes, duration), do: %{bytes: byte_size(bytes), duration: duration}
+
+  defp telemetry(state, event, measurements, metadata) do
+    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    Visor.Telemetry.execute(event, measurements, metadata)
   end
 
   # ---- Effects -----------------------------------------------------------
@@ -351,10 +391,37 @@ defmodule Visor.Server do
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
 
-  defp count(state, key),
-    do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+  defp count(state, key) do
+    telemetry(state, [:visor, :message, :dropped], %{count: 1}, %{reason: key})
+    %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
+  end
 
   # ---- Status ------------------------------------------------------------
+
+  # What :sys.get_status/1 shows (through Visor.Guard) and a crash report
+  # could: where the server stands, never the application's state, the
+  # commands in flight, or the start options (init_arg may hold secrets).
+  # OTP 25's format_status/1 (Elixir 1.14's GenServer does not list it).
+  @doc false
+  def format_status(%{state: %__MODULE__{} = state} = status) do
+    %{
+      status
+      | state: %{
+          module: state.module,
+          phase: state.lifecycle.phase,
+          members: state.lifecycle.members,
+          index: state.lifecycle.index,
+          engine: state.engine,
+          engine_starts: state.starts,
+          in_flight: Callers.in_flight(state.callers),
+          poison: state.machine.poison,
+          diverged: state.machine.diverged,
+          stats: state.stats
+        }
+    }
+  end
+
+  def format_status(status), do: status
 
   defp status(state) do
     engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)

@@ -181,6 +181,22 @@ defmodule Visor.DocsTest do
     end
   end
 
+  describe "Telemetry" do
+    test "docs/operations.md's table names exactly the events Visor emits" do
+      documented =
+        for [_, event] <-
+              Regex.scan(
+                ~r/^\| `(\[:visor(?:, :\w+)+\])` \|/m,
+                section("docs/operations.md", "## Telemetry")
+              ) do
+          {event, []} = Code.eval_string(event)
+          event
+        end
+
+      assert Enum.sort(documented) == Enum.sort(Visor.Telemetry.events())
+    end
+  end
+
   # The first ```elixir block after `heading` in `file`.
   defp example(file, heading) do
     [_, block] = Regex.run(~r/```elixir\n(.*?)```/s, section(file, heading))

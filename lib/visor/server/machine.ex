@@ -49,6 +49,9 @@ defmodule Visor.Server.Machine do
     # Visor.Lifetime's counters: the op handle_commit is running, for the
     # next server if this one dies in it.
     :counters,
+    # Visor.Lifetime's highest op executed on this node: a failure met
+    # again when the log is replayed is not logged again.
+    :executed,
     # A poison command: %{op, crashes}, and the engine events from that op
     # on, held (newest first) until a committed skip of the op arrives.
     poison: nil,
@@ -81,6 +84,7 @@ defmodule Visor.Server.Machine do
       arity: Executor.arity(module),
       app_state: module.initial_state(init_arg),
       counters: counters,
+      executed: Lifetime.get(module).executed,
       poison: poison
     }
 
@@ -172,10 +176,11 @@ defmodule Visor.Server.Machine do
 
   defp apply_event({:execute, op, view, timestamp, requests}, machine, effects) do
     meta = %{op: op, view: view, timestamp: timestamp}
+    log? = Lifetime.first_execution?(machine.executed, op)
     # Lifetime tells the next server where this one died, if it dies in
     # handle_commit (two atomics writes per op).
     :ok = Lifetime.executing(machine.counters, op)
-    result = Enum.reduce(requests, {machine, effects}, &execute(&1, meta, &2))
+    result = Enum.reduce(requests, {machine, effects}, &execute(&1, meta, log?, &2))
     :ok = Lifetime.executing(machine.counters, 0)
     result
   end
@@ -227,15 +232,15 @@ defmodule Visor.Server.Machine do
 
   defp apply_event(_other, machine, effects), do: {machine, effects}
 
-  defp execute({client, request, :executed, payload}, meta, {machine, effects}) do
+  defp execute({client, request, :executed, payload}, meta, log?, {machine, effects}) do
     {result, app_state} =
-      Executor.apply(machine.module, machine.arity, payload, meta, machine.app_state)
+      Executor.apply(machine.module, machine.arity, payload, meta, machine.app_state, log?)
 
     {%{machine | app_state: app_state}, [{:result, client, request, result} | effects]}
   end
 
   # Registrations, duplicates and evicted requests apply nothing.
-  defp execute(_request, _meta, acc), do: acc
+  defp execute(_request, _meta, _log?, acc), do: acc
 
   defp hold(event, machine, effects) do
     machine = %{machine | held: [event | machine.held]}

@@ -172,4 +172,41 @@ defmodule Visor.Server.MachineTest do
     assert Machine.read_local(m, []) == {:error, :diverged}
     assert message =~ "op 5 has digest 7cbd, a quorum's has 36e2"
   end
+
+  defmodule Replayed do
+    @moduledoc false
+    use Visor
+
+    @impl Visor
+    def initial_state(_opts), do: nil
+
+    @impl Visor
+    def handle_commit(:fail, _state), do: raise(ArgumentError, "replayed boom")
+  end
+
+  test "a handle_commit failure is logged once, with its stacktrace, not again when the log is replayed" do
+    import ExUnit.CaptureLog
+    :ok = Visor.Lifetime.forget(Replayed)
+    first = fn -> Machine.new(Replayed, [], :atomics.new(3, []), nil) |> elem(0) end
+    failing = fn m, op -> Machine.event(m, execute(op, [executed("c", :fail)])) end
+
+    log = capture_log(fn -> failing.(first.(), 1) end)
+    assert log =~ "handle_commit failed at op 1"
+    assert log =~ "replayed boom"
+    assert log =~ "test/visor/server/machine_test.exs:"
+
+    # The next server of this node (same VM) executes the log again.
+    replay = first.()
+
+    log =
+      capture_log(fn ->
+        {m, [{:result, "c", 1, {:error, {:handle_commit_failed, %ArgumentError{}}}}]} =
+          failing.(replay, 1)
+
+        failing.(m, 2)
+      end)
+
+    refute log =~ "at op 1"
+    assert log =~ "handle_commit failed at op 2"
+  end
 end

@@ -1,0 +1,207 @@
+defmodule Visor.Router.Watch do
+  @moduledoc """
+  What changed in this replica between two looks at its engine's status
+  (a pure decider; `Visor.Router` reads the status, a copy the engine
+  publishes, every 10 ms, and carries out the effects): a view
+  change beginning and ending, a new primary, this node's role, a recovery
+  beginning and ending, and the peers' messages the engine dropped (its
+  `dropped_*` counters).
+
+  A view change that began and ended between two looks is reported at
+  once, its start and end together (`duration` 0).
+
+  Effects, in order:
+
+    * `{:telemetry, event, measurements, metadata}` (docs/operations.md,
+      "Telemetry");
+    * `{:log, level, message}`;
+    * `{:view, view}`: the replica is in a new view (for the logs' metadata).
+  """
+
+  @enforce_keys [:module, :members, :index, :since]
+  defstruct [
+    :module,
+    # The members' nodes by replica index, and this replica's.
+    :members,
+    :index,
+    # Monotonic time (native units) the current status began.
+    :since,
+    status: :starting,
+    view: 0,
+    # The view a view change started from.
+    from_view: 0,
+    # The primary's index in the latest normal view, and whether it is us.
+    primary: nil,
+    role: nil,
+    # The engine's dropped_* counters at the last batch.
+    dropped: %{}
+  ]
+
+  @type t :: %__MODULE__{}
+  @type effect ::
+          {:telemetry, [atom()], map(), map()}
+          | {:log, :info | :warning, String.t()}
+          | {:view, non_neg_integer()}
+
+  @doc "A replica of `module` at `index` of `members` (a tuple of nodes), started at `now`."
+  @spec new(module(), tuple(), non_neg_integer(), integer()) :: t()
+  def new(module, members, index, now),
+    do: %__MODULE__{module: module, members: members, index: index, since: now}
+
+  @doc """
+  The engine's status (`Visor.Native.status/1`) after a batch, at monotonic
+  time `now`; `connected` is the nodes this node is connected to (read only
+  when the primary changed: it says why).
+  """
+  @spec observe(t(), map(), integer(), (() -> [node()])) :: {t(), [effect()]}
+  def observe(%__MODULE__{} = watch, engine, now, connected) do
+    {watch, effects} =
+      {watch, []}
+      |> dropped(engine.stats)
+      |> status(engine, now)
+      |> primary(engine, connected)
+
+    {watch, Enum.reverse(effects)}
+  end
+
+  # Effects accumulate newest first.
+
+  defp dropped({watch, effects}, stats) do
+    counts =
+      for {key, n} <- stats,
+          String.starts_with?(Atom.to_string(key), "dropped_"),
+          into: %{},
+          do: {key, n}
+
+    effects =
+      Enum.reduce(counts, effects, fn {key, n}, effects ->
+        case n - Map.get(watch.dropped, key, 0) do
+          0 ->
+            effects
+
+          new ->
+            [telemetry([:visor, :message, :dropped], %{count: new}, %{reason: key}) | effects]
+        end
+      end)
+
+    {%{watch | dropped: counts}, effects}
+  end
+
+  # A view change that began and ended between two looks: its start and
+  # its end, at once.
+  defp status({%{status: :normal} = watch, effects}, %{status: :normal, view: view}, now)
+       when view > watch.view do
+    {watch, effects}
+    |> step(:view_change, view, now)
+    |> step(:normal, view, now)
+  end
+
+  defp status(acc, %{status: new, view: view}, now), do: step(acc, new, view, now)
+
+  defp step({%{status: same, view: view} = watch, effects}, same, view, _now),
+    do: {watch, effects}
+
+  defp step({watch, effects}, new, view, now) do
+    old = watch.status
+    effects = if view != watch.view, do: [{:view, view} | effects], else: effects
+
+    effects =
+      effects
+      |> ended(watch, old, new, view, now)
+      |> began(watch, old, new, view, now)
+
+    since = if old != new, do: now, else: watch.since
+
+    from_view =
+      if new == :view_change and old != :view_change, do: watch.view, else: watch.from_view
+
+    {%{watch | status: new, view: view, since: since, from_view: from_view}, effects}
+  end
+
+  defp ended(effects, watch, :view_change, new, view, now) when new != :view_change do
+    [
+      telemetry(
+        [:visor, :view_change, :stop],
+        %{duration: now - watch.since, monotonic_time: now},
+        %{
+          from_view: watch.from_view,
+          view: view
+        }
+      )
+      | effects
+    ]
+  end
+
+  # A replica that starts rejoining is :starting or :recovering first.
+  defp ended(effects, watch, :recovering, new, view, now) when new != :recovering do
+    duration = now - watch.since
+    ms = System.convert_time_unit(duration, :native, :millisecond)
+
+    [
+      {:log, :info,
+       "#{inspect(watch.module)}: replica #{watch.index} recovered in #{ms} ms (view #{view}); " <>
+         "it executes the committed log from the others"},
+      telemetry([:visor, :recovery, :stop], %{duration: duration, monotonic_time: now}, %{
+        view: view
+      })
+      | effects
+    ]
+  end
+
+  defp ended(effects, _watch, _old, _new, _view, _now), do: effects
+
+  defp began(effects, watch, old, :view_change, view, now) when old != :view_change do
+    [
+      telemetry([:visor, :view_change, :start], %{monotonic_time: now}, %{
+        from_view: watch.view,
+        view: view
+      })
+      | effects
+    ]
+  end
+
+  defp began(effects, _watch, old, :recovering, _view, now) when old != :recovering,
+    do: [telemetry([:visor, :recovery, :start], %{monotonic_time: now}, %{}) | effects]
+
+  defp began(effects, _watch, _old, _new, _view, _now), do: effects
+
+  # The primary, as a replica in a normal view knows it.
+  defp primary({watch, effects}, %{status: :normal, primary: index, is_primary: ours}, connected)
+       when index != watch.primary do
+    role = if ours, do: :primary, else: :backup
+    node = elem(watch.members, index)
+
+    log =
+      {:log, :info,
+       "#{inspect(watch.module)}: the primary is now #{node} (replica #{index}, view #{watch.view})" <>
+         reason(watch, connected)}
+
+    changed =
+      telemetry([:visor, :role, :changed], %{}, %{role: role, view: watch.view, primary: node})
+
+    effects = if role != watch.role, do: [changed, log | effects], else: [log | effects]
+    {%{watch | primary: index, role: role}, effects}
+  end
+
+  defp primary(acc, _engine, _connected), do: acc
+
+  defp reason(%{primary: nil}, _connected), do: ""
+
+  defp reason(watch, connected) do
+    old = elem(watch.members, watch.primary)
+
+    cond do
+      watch.primary == watch.index ->
+        "; this node was the primary until the others moved to a new view"
+
+      old in connected.() ->
+        "; the previous primary, #{old}, is connected to this node (a quorum stopped " <>
+          "hearing from it, or it restarted)"
+
+      true ->
+        "; the previous primary, #{old}, is disconnected from this node"
+    end
+  end
+
+  defp telemetry(event, measurements, metadata), do: {:telemetry, event, measurements, metadata}
+end

@@ -1,0 +1,102 @@
+defmodule Visor.Router.WatchTest do
+  # The decider that turns the engine's status after each batch into
+  # telemetry and log lines, alone: no process, no engine.
+  use ExUnit.Case, async: true
+
+  alias Visor.Router.Watch
+
+  @members {:a@h, :b@h, :c@h}
+  @ms System.convert_time_unit(1, :millisecond, :native)
+
+  defp engine(status, view, primary, opts \\ []) do
+    %{
+      status: status,
+      view: view,
+      primary: primary,
+      is_primary: Keyword.get(opts, :ours, false),
+      stats: Keyword.get(opts, :stats, %{dropped_stale: 0, sent: 0})
+    }
+  end
+
+  defp observe(watch, engine, now, connected \\ []),
+    do: Watch.observe(watch, engine, now, fn -> connected end)
+
+  defp telemetry(effects), do: for({:telemetry, event, m, meta} <- effects, do: {event, m, meta})
+  defp logs(effects), do: for({:log, level, message} <- effects, do: {level, message})
+
+  test "a first normal view: this replica's role and the primary, once" do
+    watch = Watch.new(Counter, @members, 1, 0)
+    {watch, effects} = observe(watch, engine(:normal, 0, 0), 1)
+
+    assert [{[:visor, :role, :changed], %{}, %{role: :backup, view: 0, primary: :a@h}}] =
+             telemetry(effects)
+
+    assert [{:info, message}] = logs(effects)
+    assert message =~ "the primary is now a@h (replica 0, view 0)"
+    assert observe(watch, engine(:normal, 0, 0), 2) == {watch, []}
+  end
+
+  test "a view change: its start, its end with its duration, the new primary and why" do
+    {watch, _} = observe(Watch.new(Counter, @members, 1, 0), engine(:normal, 0, 0), 0)
+    {watch, effects} = observe(watch, engine(:view_change, 1, 0), 10 * @ms)
+    assert [{[:visor, :view_change, :start], _, %{from_view: 0, view: 1}}] = telemetry(effects)
+    assert {:view, 1} in effects
+
+    {_watch, effects} = observe(watch, engine(:normal, 1, 1, ours: true), 25 * @ms, [:c@h])
+
+    assert [
+             {[:visor, :view_change, :stop], %{duration: duration}, %{from_view: 0, view: 1}},
+             {[:visor, :role, :changed], %{}, %{role: :primary, view: 1, primary: :b@h}}
+           ] = telemetry(effects)
+
+    assert duration == 15 * @ms
+    assert [{:info, message}] = logs(effects)
+    assert message =~ "the primary is now b@h (replica 1, view 1)"
+    assert message =~ "the previous primary, a@h, is disconnected"
+  end
+
+  test "a view change between two reads is reported at once" do
+    {watch, _} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 0, 0), 0)
+    {_watch, effects} = observe(watch, engine(:normal, 1, 1), 5, [:a@h, :b@h])
+
+    assert [
+             {[:visor, :view_change, :start], _, %{from_view: 0, view: 1}},
+             {[:visor, :view_change, :stop], %{duration: 0}, %{view: 1}}
+           ] = telemetry(effects)
+
+    assert [{:info, message}] = logs(effects)
+    assert message =~ "a@h, is connected to this node"
+  end
+
+  test "a recovery: its start and its end, logged once with how long it took" do
+    watch = Watch.new(Counter, @members, 2, 0)
+    {watch, effects} = observe(watch, engine(:recovering, 0, 0), 0)
+    assert [{[:visor, :recovery, :start], _, _}] = telemetry(effects)
+    assert logs(effects) == []
+
+    {_watch, effects} = observe(watch, engine(:normal, 4, 1), 1500 * @ms)
+
+    assert {[:visor, :recovery, :stop], %{duration: duration}, %{view: 4}} =
+             hd(telemetry(effects))
+
+    assert duration == 1500 * @ms
+    assert [{:info, recovered}, {:info, primary}] = logs(effects)
+    assert recovered =~ "replica 2 recovered in 1500 ms (view 4)"
+    assert primary =~ "the primary is now b@h"
+  end
+
+  test "messages the engine dropped, by reason, as they are counted" do
+    watch = Watch.new(Counter, @members, 0, 0)
+    stats = %{dropped_stale: 2, dropped_corrupt: 0, sent: 40}
+    {watch, effects} = observe(watch, engine(:starting, 0, 0, stats: stats), 0)
+
+    assert [{[:visor, :message, :dropped], %{count: 2}, %{reason: :dropped_stale}}] =
+             telemetry(effects)
+
+    stats = %{dropped_stale: 2, dropped_corrupt: 1, sent: 90}
+    {_watch, effects} = observe(watch, engine(:starting, 0, 0, stats: stats), 1)
+
+    assert [{[:visor, :message, :dropped], %{count: 1}, %{reason: :dropped_corrupt}}] =
+             telemetry(effects)
+  end
+end
