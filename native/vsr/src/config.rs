@@ -75,8 +75,9 @@ impl From<ConfigError> for String {
     }
 }
 
-/// A deliberate protocol bug, compiled only with the `mutations` feature, so
-/// that the simulator's own tests can prove its checkers catch broken code.
+/// A deliberate protocol bug (or, for `SendBeforeSync`, a host bug),
+/// compiled only with the `mutations` feature, so that the simulator's own
+/// tests can prove its checkers catch broken code.
 #[cfg(feature = "mutations")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mutation {
@@ -154,6 +155,10 @@ pub enum Mutation {
     /// not hold, and announces the checkpoint's op as its commit number in
     /// its view: its backups execute that view's uncommitted tail.
     LeadOnAfterForeignCheckpoint,
+    /// Not the replica's bug but its host's (`vsr_host`): outputs that
+    /// follow a write leave without waiting for the write to be durable,
+    /// so a crash can take from the disk what a peer was told it holds.
+    SendBeforeSync,
 }
 
 /// Everything a replica needs to know that does not change while it runs.

@@ -38,9 +38,10 @@ pub enum StorageNotice {
 
 /// One replica as a host runs it: the replica, its store (disk mode), and
 /// the outputs it owes. The driver feeds it inputs with [`Host::step`];
-/// then, as often as it likes (the NIF: once per engine iteration), it
-/// takes what may leave at once with [`Host::take_ready`], and what waited
-/// for the writes with [`Host::sync_staged`].
+/// then, as often as it likes (the NIF: once per engine iteration; the
+/// simulator: once per tick), it takes what may leave at once with
+/// [`Host::take_ready`], and what waited for the writes with
+/// [`Host::sync_staged`].
 pub struct Host<D: Disk> {
     replica: Replica,
     /// `None` in memory mode: writes are dropped, the replica's log is the storage.
@@ -214,18 +215,36 @@ impl<D: Disk> Host<D> {
     /// dropped and everything leaves at once.
     pub fn take_ready(&mut self) -> Result<Vec<Output>, Bug> {
         let outbox = std::mem::take(&mut self.outbox);
+        let send_before_sync = self.sends_before_sync();
         let Some(store) = self.store.as_mut() else {
             return Ok(outbox.into_iter().filter(|o| !is_write(o)).collect());
         };
         let mut ready = Vec::new();
         for output in outbox {
-            if self.held.is_empty() && !store.has_staged() && !is_write(&output) {
+            let waits = !self.held.is_empty() || store.has_staged();
+            if (send_before_sync || !waits) && !is_write(&output) {
                 ready.push(output);
             } else if !store.stage(&output).map_err(Bug)? {
                 self.held.push(output);
             }
         }
         Ok(ready)
+    }
+
+    /// The outputs of the steps since the last `take_ready`, in order,
+    /// before any is staged or sent: for a driver that checks what the
+    /// replica asks of its storage (the simulator follows each write).
+    pub fn pending(&self) -> &[Output] {
+        &self.outbox
+    }
+
+    /// Whether the host is the deliberately broken one of
+    /// `vsr::Mutation::SendBeforeSync` (never without the `mutations` feature).
+    fn sends_before_sync(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        return self.replica.config().mutation == vsr::Mutation::SendBeforeSync;
+        #[cfg(not(feature = "mutations"))]
+        false
     }
 
     /// Whether staged writes wait for a sync.

@@ -1,7 +1,7 @@
 //! `vsr_host`: one `vsr` replica as a host runs it, without the host's
 //! transport, clock or threads. Visor's NIF drives it on its engine
-//! threads over files (`FileDisk`); the simulator can drive it over its
-//! faulty `MemDisk`, so that what it tests is the code that ships.
+//! threads over files (`FileDisk`); the simulator (`vsr_sim`) drives it
+//! over its faulty `MemDisk`, so that what it tests is the code that ships.
 //!
 //! A [`Host`] owns the replica, its store (disk mode; none in memory mode)
 //! and the outputs the replica owes the outside world. It carries out

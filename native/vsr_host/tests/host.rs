@@ -135,6 +135,27 @@ fn what_follows_a_write_leaves_only_once_the_write_is_durable() {
     assert_nothing(host.sync_staged(), "released once");
 }
 
+// The simulator follows every write a replica asks for (does its log
+// chain? does its view go back?): `pending` shows the steps' outputs, the
+// writes among them, until `take_ready` takes them.
+#[test]
+fn pending_shows_the_writes_of_the_steps_until_they_are_taken() {
+    let mut host = fresh(1, 0);
+    host.step(register(1)).unwrap();
+    host.step(register(2)).unwrap();
+    let written: Vec<Op> = host
+        .pending()
+        .iter()
+        .flat_map(|output| match output {
+            Output::WriteLog { entries, .. } => entries.iter().map(|e| e.op).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(written, [1, 2]);
+    host.take_ready().unwrap();
+    assert!(host.pending().is_empty(), "taken: {:?}", host.pending());
+}
+
 // A primary's prepares need no durability: they leave before it touches the
 // disk, so the backups' syncs overlap its own. A backup's acknowledgement
 // follows its write, and waits for its sync.

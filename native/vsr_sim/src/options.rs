@@ -37,9 +37,6 @@ pub struct Options {
     /// Disk mode, per restart: probability of bit rot in the stored log or
     /// in one superblock copy (within the fault model: docs/storage.md).
     pub corruption_probability: f64,
-    /// A deliberately broken host for the checkers' self-test: outputs
-    /// that follow a write leave without waiting for it to be synced.
-    pub send_before_sync: bool,
     /// How long a crashed replica stays down, in ticks.
     pub downtime_max: u64,
     /// Per tick and replica: probability that its timer skips a tick (clock jitter).
@@ -112,7 +109,6 @@ impl Options {
             torn_crash_probability: 0.0,
             corruption_probability: 0.0,
             compaction_bytes: vsr_storage::store::DEFAULT_COMPACTION_BYTES,
-            send_before_sync: false,
             downtime_max: 0,
             tick_skip_probability: 0.0,
             clock_jump_probability: 0.0,

@@ -64,15 +64,13 @@ pub fn state_transfer_never_loses_commits(mut options: Options) -> Result<(), Fa
     sim.crash(0);
     sim.network.heal();
     sim.run_until(PHASE_TICKS, "replica 2 is fetching view 1's log", |s| {
-        s.replicas[2]
-            .as_ref()
+        s.running(2)
             .is_some_and(|r| r.staging_progress().is_some() || r.log_view() >= 1)
     })?;
     sim.crash(1);
     sim.restart(0);
     sim.run_until(PHASE_TICKS, "view 2 starts", |s| {
-        s.replicas[2]
-            .as_ref()
+        s.running(2)
             .is_some_and(|r| r.view() >= 2 && r.status() == Status::Normal)
     })?;
     expect_log_holds(&sim, 2, committed)?;
@@ -461,7 +459,7 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
 
 /// The view every running replica is in, for failure messages.
 fn views(sim: &Simulator) -> Vec<u64> {
-    sim.replicas.iter().flatten().map(|r| r.view()).collect()
+    sim.replicas().map(|r| r.view()).collect()
 }
 
 /// Defect 1 of "Lose nothing" (5 replicas): a replica still campaigning in
@@ -502,7 +500,7 @@ pub fn commit_number_from_newer_history_is_not_adopted(options: Options) -> Resu
     sim.network.set_link(2, 1, false);
     sim.network.set_link(3, 1, false);
     sim.run_until(PHASE_TICKS, "every replica moves to view 1", |s| {
-        s.replicas.iter().flatten().all(|r| r.view() >= 1)
+        s.replicas().all(|r| r.view() >= 1)
     })?;
     if sim.replica(0).view() != 1 || sim.replica(1).view() != 1 || sim.replica(1).is_primary() {
         return Err(failure(&sim, format!("setup: views {:?}", views(&sim))));
@@ -605,7 +603,7 @@ pub fn replicas_with_other_settings_never_talk(mut options: Options) -> Result<(
     for c in 0..sim.clients.len() {
         commit(&mut sim, c, 0)?;
     }
-    let odd = sim.replicas[2].as_ref().expect("replica 2 runs");
+    let odd = sim.running(2).expect("replica 2 runs");
     if odd.commit() != 0 || odd.stats().dropped_foreign_cluster == 0 {
         let reason = format!(
             "replica 2 (client_table_max 2) took part: commit {}, {} clients in its table, \
@@ -643,8 +641,7 @@ pub fn lost_wal_is_not_trusted(options: Options, keep_percent: usize) -> Result<
     sim.restart(0);
     sim.run_until(PHASE_TICKS, "every replica holds the commits", |s| {
         (0..s.n()).all(|r| {
-            s.replicas[r]
-                .as_ref()
+            s.running(r)
                 .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
         })
     })?;
@@ -1110,8 +1107,7 @@ pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
     sim.restart(0);
     sim.run_until(PHASE_TICKS * 2, "every replica holds the commits", |s| {
         (0..s.n()).all(|r| {
-            s.replicas[r]
-                .as_ref()
+            s.running(r)
                 .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
         })
     })?;
@@ -1145,8 +1141,7 @@ pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Fai
     sim.restart(0);
     sim.run_until(PHASE_TICKS * 2, "replicas 0 and 1 serve the commits", |s| {
         (0..2).all(|r| {
-            s.replicas[r]
-                .as_ref()
+            s.running(r)
                 .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
         })
     })?;
@@ -1190,8 +1185,7 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
     sim.restart(0);
     sim.run_until(PHASE_TICKS * 2, "replicas 0 and 1 serve the commits", |s| {
         (0..2).all(|r| {
-            s.replicas[r]
-                .as_ref()
+            s.running(r)
                 .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
         })
     })?;

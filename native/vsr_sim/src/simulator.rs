@@ -2,14 +2,14 @@
 //! simulated clients, one thread, one seed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use vsr::log::Log;
 use vsr::{
-    root_checksum, Checkpoint, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica,
-    ReplicaIndex, Status, Submission,
+    root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, ReplicaIndex,
+    Status, Submission,
 };
-use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
+use vsr_host::{Host, StorageNotice, StoreOptions};
+use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
 use crate::checker::{Checker, Violation};
 use crate::client::Client;
@@ -21,36 +21,16 @@ use crate::rng::Rng;
 /// loop that duplication multiplies: a bug even when nothing else breaks.
 const MESSAGE_STORM: usize = 20_000;
 
-/// A replica's storage in disk mode: its store while it runs (the store's
-/// buffers are volatile), its bare disk while it is down.
-#[derive(Default)]
-pub enum Storage {
-    /// Memory mode: writes are dropped, the replica's log is the storage.
-    #[default]
-    None,
-    Running(Box<Store<MemDisk>>),
-    Down(MemDisk),
-}
-
-/// The store of a running replica, if it has one.
-fn store_of(storage: &mut Storage) -> Option<&mut Store<MemDisk>> {
-    match storage {
-        Storage::Running(store) => Some(store),
-        _ => None,
-    }
-}
-
 pub use crate::checker::App;
 
-/// A disk-mode replica whose host is held up by its disk: its outputs
-/// that follow a write wait, in order, until the write is durable.
-struct Pause {
-    /// A slow sync: it succeeded, and returns at this tick; messages that
-    /// arrive meanwhile queue up (`inbox`). `None`: syncs fail; the host
-    /// drops ticks and messages and retries the sync every tick.
-    slow_until: Option<u64>,
-    /// Outputs waiting, each with what the replica had executed then.
-    held: Vec<(Output, u64)>,
+/// A host held up inside a slow sync (its thread blocked in `fsync`): the
+/// sync succeeded, and returns at `until`. Meanwhile the replica gets no
+/// ticks, the messages that arrive queue up, and nothing leaves. (A sync
+/// that fails is the host's own pause: `Host::paused`.)
+struct Stall {
+    until: u64,
+    /// What the sync released, leaving once it returns.
+    held: Vec<Output>,
     inbox: Vec<Vec<u8>>,
 }
 
@@ -102,8 +82,10 @@ pub struct Simulator {
     pub options: Options,
     pub rng: Rng,
     pub tick: u64,
-    pub replicas: Vec<Option<Replica>>,
-    pub storage: Vec<Storage>,
+    /// Each replica's host, the one the NIF runs, while it is up.
+    pub hosts: Vec<Option<Host<MemDisk>>>,
+    /// Disk mode: each crashed replica's disk, while it is down.
+    down: Vec<Option<MemDisk>>,
     /// The durable state each replica last wrote (disk mode), to check
     /// that views never go back.
     durable: Vec<DurableState>,
@@ -152,14 +134,16 @@ pub struct Simulator {
     /// Snapshot answers the hosts owe: (due tick, op, bytes).
     snapshots: Vec<Vec<(u64, Op, Vec<u8>)>>,
     beside: Vec<Beside>,
+    /// How many of each host's pending outputs `follow_writes` has seen.
+    followed: Vec<usize>,
     /// Checkpoints installed by state sync, all replicas, all incarnations.
     installed: u64,
     /// Every `Output::Diverged`: (replica, op, its digest, the quorum's).
     pub divergences: Vec<(ReplicaIndex, Op, u128, u128)>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
-    /// Replicas held up by their disk (`Options::disk_fault_probability`).
-    paused: Vec<Option<Pause>>,
+    /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
+    stalls: Vec<Option<Stall>>,
     /// Replicas whose next sync is slow: by this many ticks.
     slow_sync: Vec<Option<u64>>,
     /// Tick at which a failing or full disk works again.
@@ -171,12 +155,13 @@ impl Simulator {
     pub fn new(options: Options) -> Simulator {
         let mut rng = Rng::new(options.seed);
         let n = options.replica_count();
-        let replicas = (0..n)
+        let hosts = (0..n)
             .map(|i| {
-                Some(Replica::new(
-                    boot_config(&options, i as ReplicaIndex, i as u64),
-                    i as ReplicaIndex,
-                ))
+                let r = i as ReplicaIndex;
+                let store = (!options.amnesia).then(|| store_options(&options, r, MemDisk::default()));
+                let host = Host::boot(boot_config(&options, r, i as u64), r, store, false, 0)
+                    .expect("a new replica boots");
+                Some(host)
             })
             .collect();
         let clients: Vec<Client> = (0..options.clients)
@@ -186,22 +171,11 @@ impl Simulator {
             })
             .collect();
         let client_index = clients.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
-        let storage = (0..n)
-            .map(|r| {
-                if options.amnesia {
-                    return Storage::None;
-                }
-                match open_store(&options, r as ReplicaIndex, MemDisk::default()) {
-                    Ok((store, Opened::Created)) => Storage::Running(Box::new(store)),
-                    _ => panic!("a new store on an empty disk"),
-                }
-            })
-            .collect();
         Simulator {
             checker: Checker::new(root_checksum(options.config.cluster), n),
             network: Network::new(options.network.clone()),
-            replicas,
-            storage,
+            hosts,
+            down: (0..n).map(|_| None).collect(),
             durable: vec![DurableState::default(); n],
             armed: vec![false; n],
             announced: vec![0; n],
@@ -229,10 +203,11 @@ impl Simulator {
                     mirror: (!options.amnesia).then(|| Log::new(root_checksum(options.config.cluster))),
                 })
                 .collect(),
+            followed: vec![0; n],
             installed: 0,
             divergences: Vec::new(),
             dead: vec![false; n],
-            paused: (0..n).map(|_| None).collect(),
+            stalls: (0..n).map(|_| None).collect(),
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
             disk_pauses: 0,
@@ -249,7 +224,17 @@ impl Simulator {
     }
 
     pub fn n(&self) -> usize {
-        self.replicas.len()
+        self.hosts.len()
+    }
+
+    /// Replica `r`, if it is up.
+    pub fn running(&self, r: usize) -> Option<&Replica> {
+        self.hosts[r].as_ref().map(Host::replica)
+    }
+
+    /// The replicas that are up.
+    pub fn replicas(&self) -> impl Iterator<Item = &Replica> {
+        self.hosts.iter().flatten().map(Host::replica)
     }
 
     // ---- The whole run ---------------------------------------------------
@@ -284,13 +269,7 @@ impl Simulator {
             ticks: self.tick,
             committed: self.checker.committed(),
             replies: self.checker.replies.len(),
-            views: self
-                .replicas
-                .iter()
-                .flatten()
-                .map(|r| r.view())
-                .max()
-                .unwrap_or(0),
+            views: self.replicas().map(|r| r.view()).max().unwrap_or(0),
             crashes: self.crashes,
             messages_delivered: self.network.delivered,
             messages_dropped: self.network.dropped,
@@ -298,12 +277,11 @@ impl Simulator {
             checkpoints_installed: self.installed,
             compactions: self.compactions
                 + self
-                    .storage
+                    .hosts
                     .iter()
-                    .map(|s| match s {
-                        Storage::Running(store) => store.stats().compactions,
-                        _ => 0,
-                    })
+                    .flatten()
+                    .filter_map(|host| host.store())
+                    .map(|store| store.stats().compactions)
                     .sum::<u64>(),
             disk_pauses: self.disk_pauses,
         }
@@ -319,7 +297,7 @@ impl Simulator {
             .iter()
             .all(|c| c.outstanding.is_none() || self.dead[c.home as usize])
             && self.reads.is_empty();
-        let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
+        let replicas: Vec<&Replica> = self.replicas().collect();
         let live = self.dead.iter().filter(|&&dead| !dead).count();
         clients_done
             && replicas.len() == live
@@ -329,11 +307,8 @@ impl Simulator {
     }
 
     pub fn describe(&self) -> String {
-        let replicas: Vec<String> = self
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, r)| match r {
+        let replicas: Vec<String> = (0..self.n())
+            .map(|i| match self.running(i) {
                 Some(r) => format!(
                     "r{i}:{:?} v{} lv{} op{}(base {}) commit{}/{} ckpt{}{}",
                     r.status(),
@@ -388,21 +363,23 @@ impl Simulator {
                     }
                 }
                 None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
-                None if self.armed[r] || self.replicas[r].is_none() => {}
+                None if self.armed[r] || self.hosts[r].is_none() => {}
                 None if self.rng.chance(self.options.crash_probability) => {
                     let in_write_path = self.rng.chance(self.options.torn_crash_probability);
-                    match store_of(&mut self.storage[r]) {
-                        Some(store) if in_write_path => {
-                            // Crash at one of the next few disk operations
-                            // (the write path is: WAL write, WAL sync, two
-                            // superblock copies, superblock sync; a
-                            // compaction adds a truncate, a write, a sync
-                            // and another superblock update).
-                            let ops = if self.rng.chance(0.5) { 5 } else { 12 };
-                            store.disk_mut().crash_after = Some(self.rng.range(0, ops) as usize);
-                            self.armed[r] = true;
+                    if in_write_path && self.store_mut(r).is_some() {
+                        // Crash at one of the next few disk operations
+                        // (the write path is: WAL write, WAL sync, two
+                        // superblock copies, superblock sync; a
+                        // compaction adds a truncate, a write, a sync
+                        // and another superblock update).
+                        let ops = if self.rng.chance(0.5) { 5 } else { 12 };
+                        let after = self.rng.range(0, ops) as usize;
+                        if let Some(store) = self.store_mut(r) {
+                            store.disk_mut().crash_after = Some(after);
                         }
-                        _ => self.crash_until_later(r as ReplicaIndex),
+                        self.armed[r] = true;
+                    } else {
+                        self.crash_until_later(r as ReplicaIndex);
                     }
                 }
                 _ => {}
@@ -427,7 +404,7 @@ impl Simulator {
     fn disk_fault(&mut self, r: usize) {
         let n = self.n();
         let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
-        if store_of(&mut self.storage[r]).is_none()
+        if self.store_mut(r).is_none()
             || self.disk_faulty(r)
             || self.armed[r]
             || faulty + self.recovering_or_will() >= n - vsr::quorum(n)
@@ -436,31 +413,39 @@ impl Simulator {
         }
         let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
         let kind = self.rng.range(0, 2);
-        let Some(store) = store_of(&mut self.storage[r]) else {
+        if kind == 2 {
+            self.slow_sync[r] = Some(self.rng.range(1, 300));
+            return;
+        }
+        let Some(store) = self.store_mut(r) else {
             return;
         };
         match kind {
             0 => store.disk_mut().failing = true,
-            1 => store.disk_mut().full = true,
-            _ => {
-                self.slow_sync[r] = Some(self.rng.range(1, 300));
-                return;
-            }
+            _ => store.disk_mut().full = true,
         }
         self.disk_heals_at[r] = Some(heals_at);
     }
 
     /// Whether replica `r`'s disk is faulty now, or has held it up.
     fn disk_faulty(&self, r: usize) -> bool {
-        self.paused[r].is_some() || self.slow_sync[r].is_some() || self.disk_heals_at[r].is_some()
+        self.stalls[r].is_some()
+            || self.hosts[r].as_ref().is_some_and(Host::paused)
+            || self.slow_sync[r].is_some()
+            || self.disk_heals_at[r].is_some()
     }
 
-    /// Replica `r`'s disk works again (a paused replica resumes at its
-    /// next tick, when the host retries the sync).
+    /// The store of replica `r`, if it is up in disk mode.
+    fn store_mut(&mut self, r: usize) -> Option<&mut Store<MemDisk>> {
+        self.hosts[r].as_mut().and_then(Host::store_mut)
+    }
+
+    /// Replica `r`'s disk works again (a paused host resumes at its next
+    /// flush, which retries the sync).
     fn heal_disk(&mut self, r: usize) {
         self.disk_heals_at[r] = None;
         self.slow_sync[r] = None;
-        if let Some(store) = store_of(&mut self.storage[r]) {
+        if let Some(store) = self.store_mut(r) {
             store.disk_mut().failing = false;
             store.disk_mut().full = false;
         }
@@ -469,12 +454,7 @@ impl Simulator {
     fn random_partition(&mut self) {
         let n = self.n();
         self.network.heal();
-        let primary = self
-            .replicas
-            .iter()
-            .flatten()
-            .find(|r| r.is_primary())
-            .map(|r| r.index());
+        let primary = self.replicas().find(|r| r.is_primary()).map(|r| r.index());
         match self.rng.range(0, 4) {
             0 => {} // healed
             1 => {
@@ -550,16 +530,23 @@ impl Simulator {
     /// Whether replica `r` is recovering its log, or will be once healed:
     /// down in memory mode, or its disk says it is recovering.
     fn will_recover(&mut self, r: usize) -> bool {
-        let recovering = match &self.replicas[r] {
+        let recovering = match self.running(r) {
             Some(replica) => replica.is_recovering() || replica.repairing().is_some(),
             None => self.options.amnesia,
         };
-        let on_disk = match &mut self.storage[r] {
-            Storage::Running(store) => store.superblock().recovering,
-            Storage::Down(disk) => Store::probe(disk).ok().flatten().is_none_or(|s| s.recovering),
-            Storage::None => false,
-        };
-        recovering || on_disk
+        recovering || self.stored_recovering(r).unwrap_or(true)
+    }
+
+    /// Whether replica `r`'s store says it is recovering: `Some(false)` in
+    /// memory mode, `None` if a crashed replica's superblock is unreadable.
+    fn stored_recovering(&mut self, r: usize) -> Option<bool> {
+        if let Some(host) = &self.hosts[r] {
+            return Some(host.store().is_some_and(|store| store.superblock().recovering));
+        }
+        match &mut self.down[r] {
+            Some(disk) => Store::probe(disk).ok().flatten().map(|s| s.recovering),
+            None => Some(false),
+        }
     }
 
     /// Heals the network, disarms crashes waiting in write paths, and
@@ -570,12 +557,12 @@ impl Simulator {
         self.network.options = crate::network::NetworkOptions::perfect();
         for r in 0..self.n() {
             self.heal_disk(r);
-            if let Some(store) = store_of(&mut self.storage[r]) {
+            if let Some(store) = self.store_mut(r) {
                 store.disk_mut().crash_after = None;
             }
             self.armed[r] = false;
             self.restart_at[r] = None;
-            if self.replicas[r].is_none() && !self.dead[r] {
+            if self.hosts[r].is_none() && !self.dead[r] {
                 if self.options.amnesia {
                     self.restart_amnesiac(r as ReplicaIndex);
                 } else {
@@ -588,21 +575,21 @@ impl Simulator {
     /// The replica stops; its volatile state is gone. In disk mode, writes
     /// it had not synced are kept, torn or lost at random.
     pub fn crash(&mut self, r: ReplicaIndex) {
-        if self.replicas[r as usize].take().is_some() {
-            self.crashes += 1;
-        }
+        let Some(host) = self.hosts[r as usize].take() else {
+            return;
+        };
+        self.crashes += 1;
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
         self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
         self.armed[r as usize] = false;
         self.snapshots[r as usize].clear(); // the host's answers die with it
         self.apps[r as usize] = App::default();
         self.beside[r as usize].mirror = None;
-        self.paused[r as usize] = None; // what the host held dies with it
+        self.stalls[r as usize] = None; // what the host held dies with it
         self.slow_sync[r as usize] = None;
         self.disk_heals_at[r as usize] = None;
-        if let Storage::Running(store) = std::mem::take(&mut self.storage[r as usize]) {
-            self.compactions += store.stats().compactions;
-            let mut disk = store.into_disk();
+        self.compactions += host.store().map_or(0, |store| store.stats().compactions);
+        if let Some(mut disk) = host.into_disk() {
             // The faulty disk is replaced, or works again after the reboot.
             disk.failing = false;
             disk.full = false;
@@ -612,7 +599,7 @@ impl Simulator {
                 torn: self.rng.chance(0.5).then(|| self.rng.range(0, 5_000) as usize),
             };
             disk.crash(cut);
-            self.storage[r as usize] = Storage::Down(disk);
+            self.down[r as usize] = Some(disk);
         }
     }
 
@@ -624,10 +611,9 @@ impl Simulator {
 
     /// Replicas down, still recovering their state, or repairing their log.
     pub fn unavailable(&self) -> usize {
-        self.replicas
-            .iter()
-            .filter(|r| {
-                r.as_ref()
+        (0..self.n())
+            .filter(|&r| {
+                self.running(r)
                     .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
             })
             .count()
@@ -641,15 +627,10 @@ impl Simulator {
                 // A replica repairing a rotted entry is as unavailable as
                 // one recovering, and may become one: it counts against the
                 // same budget of n - quorum faulty replicas.
-                let recovering = self.replicas[r]
-                    .as_ref()
+                let recovering = self
+                    .running(r)
                     .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
-                let on_disk = match &mut self.storage[r] {
-                    Storage::Running(store) => store.superblock().recovering,
-                    Storage::Down(disk) => Store::probe(disk).ok().flatten().is_some_and(|s| s.recovering),
-                    Storage::None => false,
-                };
-                recovering || on_disk
+                recovering || self.stored_recovering(r).unwrap_or(false)
             })
             .count()
     }
@@ -657,128 +638,83 @@ impl Simulator {
     /// The replica comes back with nothing (memory mode, or a wiped disk in
     /// disk mode) and recovers from the others.
     pub fn restart_amnesiac(&mut self, r: ReplicaIndex) {
-        if self.replicas[r as usize].is_some() {
+        if self.hosts[r as usize].is_some() {
             return;
         }
-        let nonce = self.rng.next_u128();
-        let replica = Replica::recovering(self.next_boot_config(r), r, nonce).expect("a valid configuration");
-        if !matches!(self.storage[r as usize], Storage::None) {
-            let (store, _) = open_store(&self.options, r, MemDisk::default()).expect("an empty disk");
-            self.storage[r as usize] = Storage::Running(Box::new(store));
-            self.durable[r as usize] = DurableState::default();
-            self.beside[r as usize] = Beside {
-                mirror: Some(Log::new(root_checksum(self.options.config.cluster))),
-            };
-            self.persist_recovering(r, &replica);
-        }
-        self.apps[r as usize] = App::default();
-        self.replicas[r as usize] = Some(replica);
-        self.announced[r as usize] = 0;
-        self.checker.forgot(r);
+        self.down[r as usize] = None;
+        let disk = (!self.options.amnesia).then(MemDisk::default);
+        self.boot(r, disk, true);
     }
 
-    /// Disk mode: a recovering replica's first write records that it is
-    /// recovering, before it does anything (as the NIF's `Group::boot`).
-    fn persist_recovering(&mut self, r: ReplicaIndex, replica: &Replica) {
-        let state = replica.durable_state();
-        let store = store_of(&mut self.storage[r as usize]).expect("a running store");
-        store.stage(&Output::WriteState(state)).expect("a state write");
-        store.sync().expect("no crash is armed at restart");
-        self.durable[r as usize] = state;
-    }
-
-    /// The replica comes back from its disk: it re-executes its committed
-    /// prefix, or, if the store says its log cannot be trusted, recovers.
+    /// The replica comes back from its disk, after bit rot if the seed
+    /// says so: it re-executes its committed prefix, repairs a damaged
+    /// entry, or, if the store says its log cannot be trusted, recovers.
     pub fn restart(&mut self, r: ReplicaIndex) {
-        if self.replicas[r as usize].is_some() {
+        if self.hosts[r as usize].is_some() {
             return;
         }
-        let Storage::Down(mut disk) = std::mem::take(&mut self.storage[r as usize]) else {
+        let Some(mut disk) = self.down[r as usize].take() else {
             panic!("replica {r} restarts from a disk it does not have")
         };
         self.rot(&mut disk);
-        let config = self.next_boot_config(r);
-        let opened = open_store(&self.options, r, disk);
-        let (store, opened) = opened.unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
-        self.storage[r as usize] = Storage::Running(Box::new(store));
-        match opened {
-            Opened::Restart {
-                state,
-                checkpoint,
-                entries,
-                ..
-            } => {
-                if state.view < self.announced[r as usize] {
-                    self.deferred.get_or_insert(format!(
-                        "replica {r} restarted in view {} below view {} it had sent messages in",
-                        state.view, self.announced[r as usize]
-                    ));
-                }
-                self.durable[r as usize] = state;
-                let root = root_checksum(config.cluster);
-                self.beside[r as usize].mirror = match &checkpoint {
-                    Some(c) => {
-                        let base = Log::at(c.op, c.checksum, c.timestamp);
-                        let after: Vec<_> = entries.iter().filter(|e| e.op > c.op).cloned().collect();
-                        Some(base.clone().extended(after).unwrap_or(base))
-                    }
-                    None => Log::new(root).extended(entries.clone()),
-                };
-                self.apps[r as usize] = App::default();
-                let (replica, outputs) =
-                    Replica::restart_from(config, r, state, checkpoint, entries).expect("a valid store");
-                self.replicas[r as usize] = Some(replica);
-                self.checker.restarted(r, state.view);
-                let executed = self.replica(r).commit();
-                if let Err(v) = self.apply(r, outputs, executed) {
-                    self.deferred.get_or_insert(v);
-                }
-            }
-            Opened::Repair {
-                state,
-                checkpoint,
-                entries,
-                hole,
-                after,
-            } => {
-                self.durable[r as usize] = state;
-                let root = root_checksum(config.cluster);
-                // The store's log once the repair is written: the entries
-                // before the hole (the replica's `WriteLog` appends the rest).
-                self.beside[r as usize].mirror = match &checkpoint {
-                    Some(c) => Log::at(c.op, c.checksum, c.timestamp)
-                        .extended(entries.iter().filter(|e| e.op > c.op).cloned().collect()),
-                    None => Log::new(root).extended(entries.clone()),
-                };
-                self.apps[r as usize] = App::default();
-                let replica = Replica::restart_repairing(config, r, state, checkpoint, entries, hole, after)
-                    .expect("a valid store");
-                self.replicas[r as usize] = Some(replica);
-                self.checker.restarted(r, state.view);
-            }
-            Opened::Recover { state, .. } => {
-                // The store emptied its log: the replica starts over from op 0.
-                self.beside[r as usize] = Beside {
-                    mirror: Some(Log::new(root_checksum(config.cluster))),
-                };
-                self.apps[r as usize] = App::default();
-                let nonce = self.rng.next_u128();
-                let replica = Replica::recovering_from(config, r, state, nonce).expect("a valid state");
-                self.persist_recovering(r, &replica);
-                self.replicas[r as usize] = Some(replica);
-                self.announced[r as usize] = 0;
-                self.checker.forgot(r);
-            }
-            Opened::Created => panic!("{}", self.fail(format!("replica {r}'s store was empty"))),
-        }
+        self.boot(r, Some(disk), false);
     }
 
+    /// Boots replica `r`'s host as the NIF does (from `disk` in disk mode;
+    /// recovering if `recover`), and tells the checker what it kept.
+    fn boot(&mut self, r: ReplicaIndex, disk: Option<MemDisk>, recover: bool) {
+        let config = self.next_boot_config(r);
+        let nonce = self.rng.next_u128();
+        let root = Log::new(root_checksum(self.options.config.cluster));
+        let mirror = match &disk {
+            Some(disk) if !recover => stored_log(&self.options, r, disk.clone()),
+            Some(_) => Some(root),
+            None => None,
+        };
+        let store = disk.map(|disk| store_options(&self.options, r, disk));
+        let mut host = Host::boot(config, r, store, recover, nonce)
+            .unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        let i = r as usize;
+        let state = host.replica().durable_state();
+        self.durable[i] = state;
+        self.beside[i].mirror = mirror;
+        self.apps[i] = App::default();
+        self.followed[i] = 0;
+        let notices = host.take_notices();
+        let kept = notices.iter().any(|notice| {
+            matches!(
+                notice,
+                StorageNotice::Restarted { .. } | StorageNotice::Repairing(_)
+            )
+        });
+        if kept {
+            if state.view < self.announced[i] {
+                self.deferred.get_or_insert(format!(
+                    "replica {r} restarted in view {} below view {} it had sent messages in",
+                    state.view, self.announced[i]
+                ));
+            }
+            self.checker.restarted(r, state.view);
+        } else {
+            if !recover && notices.contains(&StorageNotice::Created) {
+                self.deferred
+                    .get_or_insert(format!("replica {r}'s store was empty"));
+            }
+            self.announced[i] = 0;
+            self.checker.forgot(r);
+        }
+        self.hosts[i] = Some(host);
+        // A restarted replica's outputs re-execute its committed prefix.
+        if let Err(v) = self.flush(r) {
+            self.deferred.get_or_insert(v);
+        }
+    }
     /// Cuts the WAL of crashed replica `r` to `keep_percent` of its
     /// records' bytes (0: the file is gone), as an operator or a failing
     /// filesystem might: outside the crash fault model, so only scenarios
     /// do it.
     pub fn cut_wal(&mut self, r: ReplicaIndex, keep_percent: usize) {
-        let Storage::Down(disk) = &mut self.storage[r as usize] else {
+        let Some(disk) = &mut self.down[r as usize] else {
             panic!("replica {r} must be down to lose its WAL")
         };
         let end = disk.wal_records().last().map_or(0, |(offset, len)| offset + len);
@@ -789,7 +725,7 @@ impl Simulator {
     /// Bit rot in the (last) record of entry `op` in the WAL of crashed
     /// replica `r`; `false` if it holds no such record.
     pub fn rot_wal_entry(&mut self, r: ReplicaIndex, op: Op) -> bool {
-        let Storage::Down(disk) = &mut self.storage[r as usize] else {
+        let Some(disk) = &mut self.down[r as usize] else {
             panic!("replica {r} must be down for its disk to rot")
         };
         let zone = disk.wal_zone();
@@ -859,17 +795,17 @@ impl Simulator {
                 due
             };
             for (_, op, app) in due {
-                if self.replicas[r].is_some() {
+                if self.hosts[r].is_some() {
                     self.input(r as ReplicaIndex, Input::Snapshot { op, app })?;
                 }
             }
         }
         for r in 0..self.n() {
-            if self.replicas[r].is_some() && !self.resume(r as ReplicaIndex)? {
-                continue; // held up by its disk: the tick is lost
+            if self.hosts[r].is_some() && !self.go_on(r as ReplicaIndex)? {
+                continue; // held up by a slow sync: the tick is lost
             }
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
-            if self.replicas[r].is_some() && !skip {
+            if self.hosts[r].is_some() && !skip {
                 // A clock jump moves the wall clock only; the monotonic
                 // one is the simulated time.
                 let offset = self.clock_offset_ns[r];
@@ -883,15 +819,14 @@ impl Simulator {
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
-            match &mut self.paused[to as usize] {
-                // A stalled host's messages wait; a failing one drops them.
-                Some(pause) if pause.slow_until.is_some() => pause.inbox.push(bytes),
-                Some(_) => {}
-                None if self.replicas[to as usize].is_some() => self.input(to, Input::Receive(&bytes))?,
-                None => {}
-            }
+            self.receive(to, bytes)?;
         }
         self.drive_clients()?;
+        // The end of an engine iteration: one sync per replica for every
+        // write its inputs staged (group commit, as the NIF batches).
+        for r in 0..self.n() {
+            self.flush(r as ReplicaIndex).map_err(|v| self.fail(v))?;
+        }
         if self.network.in_flight() > MESSAGE_STORM {
             return Err(self.fail(format!(
                 "message storm: {} packets in flight",
@@ -901,193 +836,196 @@ impl Simulator {
         Ok(())
     }
 
+    /// A message reaches replica `r`'s host: it waits while a slow sync
+    /// holds the host up (a host paused by a failing disk drops it).
+    fn receive(&mut self, r: ReplicaIndex, bytes: Vec<u8>) -> Result<(), Failure> {
+        match &mut self.stalls[r as usize] {
+            Some(stall) => stall.inbox.push(bytes),
+            None if self.hosts[r as usize].is_some() => self.input(r, Input::Receive(&bytes))?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Feeds one input to replica `r`'s host; what it outputs leaves at the
+    /// next `flush`.
     fn input(&mut self, r: ReplicaIndex, input: Input<'_>) -> Result<(), Failure> {
-        let replica = self.replicas[r as usize].as_mut().expect("replica is up");
-        let outputs = replica.step(input);
+        let host = self.hosts[r as usize].as_mut().expect("replica is up");
+        if let Err(bug) = host.step(input) {
+            return Err(self.fail(format!("replica {r} panicked: {bug}")));
+        }
+        let replica = self.replica(r);
         let check = !replica.config().is_mutated() || self.options.invariants_under_mutation;
         let broken = replica.invariants().err().filter(|_| check);
         let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
-        let executed = replica.commit();
         if let Some(broken) = broken {
             return Err(self.fail(format!("replica {r} broke an invariant: {broken}")));
         }
-        self.apply(r, outputs, executed).map_err(|v| self.fail(v))?;
-        if let Some(Err(broken)) = store_of(&mut self.storage[r as usize]).map(|s| s.invariants()) {
-            return Err(self.fail(format!("replica {r}'s store broke an invariant: {broken}")));
-        }
+        self.follow_writes(r).map_err(|v| self.fail(v))?;
         self.checker
             .on_state(r, view, commit, leads)
             .map_err(|v| self.fail(v))
     }
 
-    /// Carries out a replica's outputs in order, as the NIF does: writes
-    /// are staged, and synced before the first output that follows them.
-    fn apply(&mut self, r: ReplicaIndex, outputs: Vec<Output>, executed: u64) -> Result<(), Violation> {
-        for output in outputs {
-            if let Output::WriteLog { .. } | Output::WriteState(_) = output {
-                self.stage(r, &output)?;
-                continue;
-            }
-            if let Output::WriteCheckpoint(checkpoint) = output {
-                if !self.stage_checkpoint(r, checkpoint)? {
-                    return Ok(()); // crashed in the write path
-                }
-                continue;
-            }
-            let Some(store) = store_of(&mut self.storage[r as usize]) else {
-                self.deliver(r, output, executed)?;
-                continue;
-            };
-            if self.options.send_before_sync {
-                // The broken host: the write is synced only when the
-                // replica next syncs for a correct reason, i.e. never first.
-                self.deliver(r, output, executed)?;
-                continue;
-            }
-            if let Some(pause) = self.paused[r as usize].as_mut() {
-                pause.held.push((output, executed));
-                continue;
-            }
-            if store.has_staged() {
-                if store.sync().is_err() {
-                    if store.disk().crash_after == Some(0) {
-                        // The disk died mid-write (an armed crash): so does
-                        // the replica, and nothing after the write takes effect.
-                        self.crash_until_later(r);
-                        return Ok(());
-                    }
-                    self.pause(r, None, output, executed);
-                    continue;
-                }
-                if let Some(ticks) = self.slow_sync[r as usize].take() {
-                    self.pause(r, Some(self.tick + ticks), output, executed);
-                    continue;
-                }
-            }
-            self.deliver(r, output, executed)?;
+    /// Replica `r`'s host at the end of an iteration, as the NIF's engine
+    /// runs it: what its inputs released leaves, then one sync makes every
+    /// write they staged durable, and what waited for them leaves. A
+    /// failed sync pauses the host (the next flush retries it); a disk
+    /// that dies mid-write (an armed crash) takes the replica with it; a
+    /// slow sync holds the host up (`Stall`).
+    fn flush(&mut self, r: ReplicaIndex) -> Result<(), Violation> {
+        let i = r as usize;
+        if self.stalls[i].is_some() {
+            return Ok(()); // its thread is still inside the sync
         }
-        Ok(())
-    }
-
-    /// The host of replica `r` is held up by its disk from `output` on
-    /// (a failed sync, or a slow one that returns at `slow_until`).
-    fn pause(&mut self, r: ReplicaIndex, slow_until: Option<u64>, output: Output, executed: u64) {
-        self.disk_pauses += 1;
-        self.paused[r as usize] = Some(Pause {
-            slow_until,
-            held: vec![(output, executed)],
-            inbox: Vec::new(),
-        });
+        let Some(host) = self.hosts[i].as_mut() else {
+            return Ok(());
+        };
+        let ready = host
+            .take_ready()
+            .map_err(|bug| format!("replica {r} panicked: {bug}"))?;
+        self.followed[i] = 0;
+        for output in ready {
+            self.deliver(r, output)?;
+        }
+        let host = self.hosts[i].as_mut().expect("delivering crashes no replica");
+        if host.has_staged() {
+            let was_paused = host.paused();
+            let late = host.sync_staged();
+            host.take_notices(); // the simulator follows the disk itself
+            if host.paused() {
+                if host
+                    .store()
+                    .is_some_and(|store| store.disk().crash_after == Some(0))
+                {
+                    // The disk died mid-write: so does the replica, and
+                    // nothing after the write takes effect.
+                    self.crash_until_later(r);
+                } else if !was_paused {
+                    self.disk_pauses += 1;
+                }
+                return Ok(());
+            }
+            if let Some(ticks) = self.slow_sync[i].take() {
+                self.disk_pauses += 1;
+                self.stalls[i] = Some(Stall {
+                    until: self.tick + ticks,
+                    held: late,
+                    inbox: Vec::new(),
+                });
+                return Ok(());
+            }
+            for output in late {
+                self.deliver(r, output)?;
+            }
+        }
+        match self.hosts[i]
+            .as_ref()
+            .and_then(Host::store)
+            .map(Store::invariants)
+        {
+            Some(Err(broken)) => Err(format!("replica {r}'s store broke an invariant: {broken}")),
+            _ => Ok(()),
+        }
     }
 
     /// Holds replica `r`'s host up for `ticks` ticks, as a slow sync does:
     /// no ticks, and the messages that arrive meanwhile reach it together
     /// when it goes on (scripted scenarios).
     pub fn stall(&mut self, r: ReplicaIndex, ticks: u64) {
-        self.paused[r as usize] = Some(Pause {
-            slow_until: Some(self.tick + ticks),
+        self.stalls[r as usize] = Some(Stall {
+            until: self.tick + ticks,
             held: Vec::new(),
             inbox: Vec::new(),
         });
     }
 
-    /// Replica `r`'s host at a tick while it is held up: `true` once it
-    /// goes on (its held outputs delivered, then the messages that queued
-    /// up), `false` while it is still held up. A failing disk is retried.
-    fn resume(&mut self, r: ReplicaIndex) -> Result<bool, Failure> {
-        let Some(pause) = &self.paused[r as usize] else {
-            return Ok(true);
-        };
-        if pause.slow_until.is_some_and(|until| self.tick < until) {
-            return Ok(false);
+    /// Replica `r`'s host at a tick: `false` while a slow sync holds it up;
+    /// once the sync returns, what it released leaves, then what its
+    /// inputs released meanwhile, then the messages that queued up go in.
+    fn go_on(&mut self, r: ReplicaIndex) -> Result<bool, Failure> {
+        let i = r as usize;
+        match &self.stalls[i] {
+            None => return Ok(true),
+            Some(stall) if self.tick < stall.until => return Ok(false),
+            Some(_) => {}
         }
-        let store = store_of(&mut self.storage[r as usize]).expect("a paused replica has a store");
-        if store.has_staged() && store.sync().is_err() {
-            if store.disk().crash_after == Some(0) {
-                self.crash_until_later(r);
-            } else if let Some(pause) = self.paused[r as usize].as_mut() {
-                pause.slow_until = None; // slow, and now failing too
-            }
-            return Ok(false);
+        let stall = self.stalls[i].take().expect("stalled");
+        for output in stall.held {
+            self.deliver(r, output).map_err(|v| self.fail(v))?;
         }
-        let pause = self.paused[r as usize].take().expect("paused");
-        for (output, executed) in pause.held {
-            self.deliver(r, output, executed).map_err(|v| self.fail(v))?;
+        self.flush(r).map_err(|v| self.fail(v))?;
+        for bytes in stall.inbox {
+            self.receive(r, bytes)?;
         }
-        for bytes in pause.inbox {
-            if self.replicas[r as usize].is_some() {
-                self.input(r, Input::Receive(&bytes))?;
-            }
-        }
-        Ok(self.replicas[r as usize].is_some())
+        Ok(self.hosts[i].is_some() && self.stalls[i].is_none())
     }
 
-    /// Disk mode: a checkpoint write, staged in the store (which rebases
-    /// its log at a checkpoint that does not continue it, crash-atomically).
-    /// Returns `false` if the replica crashed in the write path.
-    fn stage_checkpoint(&mut self, r: ReplicaIndex, checkpoint: Arc<Checkpoint>) -> Result<bool, Violation> {
-        let Some(store) = store_of(&mut self.storage[r as usize]) else {
-            return Ok(true);
-        };
-        let mirror = self.beside[r as usize]
-            .mirror
-            .as_mut()
-            .expect("a running store has a mirror");
-        if mirror.checksum_at(checkpoint.op) != Some(checkpoint.checksum) {
-            *mirror = Log::at(checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
-        }
-        store
-            .stage(&Output::WriteCheckpoint(checkpoint))
-            .map_err(|e| format!("replica {r}: {e}"))?;
-        Ok(true)
-    }
-
-    fn stage(&mut self, r: ReplicaIndex, output: &Output) -> Result<(), Violation> {
-        let Some(store) = store_of(&mut self.storage[r as usize]) else {
+    /// Disk mode: checks the writes replica `r` asked for since the last
+    /// look, as its store will hold them once synced: the log chains, a
+    /// checkpoint that does not continue it rebases it, and a persisted
+    /// view never goes back (but in a recovery).
+    fn follow_writes(&mut self, r: ReplicaIndex) -> Result<(), Violation> {
+        let i = r as usize;
+        let Some(host) = self.hosts[i].as_ref().filter(|host| host.store().is_some()) else {
             return Ok(());
         };
-        store.stage(output).map_err(|e| format!("replica {r}: {e}"))?;
-        if let Output::WriteLog { after, entries } = output {
-            let mirror = self.beside[r as usize]
+        let pending = host.pending();
+        let new = &pending[self.followed[i].min(pending.len())..];
+        self.followed[i] = pending.len();
+        for output in new {
+            let mirror = self.beside[i]
                 .mirror
                 .as_mut()
                 .expect("a running store has a mirror");
-            mirror.truncate_after(*after);
-            for entry in entries {
-                if !mirror.can_append(entry) {
-                    return Err(format!("replica {r} wrote op {} that does not chain", entry.op));
+            match output {
+                Output::WriteLog { after, entries } => {
+                    mirror.truncate_after(*after);
+                    for entry in entries {
+                        if !mirror.can_append(entry) {
+                            return Err(format!("replica {r} wrote op {} that does not chain", entry.op));
+                        }
+                        mirror.append(entry.clone());
+                    }
                 }
-                mirror.append(entry.clone());
+                // The store rebases its log at a checkpoint that does not
+                // continue it, crash-atomically.
+                Output::WriteCheckpoint(checkpoint)
+                    if mirror.checksum_at(checkpoint.op) != Some(checkpoint.checksum) =>
+                {
+                    *mirror = Log::at(checkpoint.op, checkpoint.checksum, checkpoint.timestamp);
+                }
+                Output::WriteState(state) => {
+                    let before = self.durable[i];
+                    if state.recovering && !before.recovering {
+                        // The replica gave up its log while running (a
+                        // repair no peer could serve, repair.rs): the store
+                        // empties it, and the replica recovers like an
+                        // amnesiac one.
+                        *mirror = Log::new(root_checksum(self.options.config.cluster));
+                        self.announced[i] = 0;
+                        self.checker.forgot(r);
+                    }
+                    // Only a recovery may take a replica's view back (recovery.rs).
+                    if state.view < before.view && !before.recovering && !state.recovering {
+                        return Err(format!(
+                            "replica {r} persisted view {} over {}",
+                            state.view, before.view
+                        ));
+                    }
+                    self.durable[i] = *state;
+                }
+                _ => {}
             }
-        }
-        if let Output::WriteState(state) = output {
-            let before = self.durable[r as usize];
-            if state.recovering && !before.recovering {
-                // The replica gave up its log while running (a repair no
-                // peer could serve, repair.rs): the store empties it, and
-                // the replica recovers like an amnesiac one.
-                self.beside[r as usize].mirror = Some(Log::new(root_checksum(self.options.config.cluster)));
-                self.announced[r as usize] = 0;
-                self.checker.forgot(r);
-            }
-            // Only a recovery may take a replica's view back (recovery.rs).
-            if state.view < before.view && !before.recovering && !state.recovering {
-                return Err(format!(
-                    "replica {r} persisted view {} over {}",
-                    state.view, before.view
-                ));
-            }
-            self.durable[r as usize] = *state;
         }
         Ok(())
     }
-
     /// Records the view a message claims its sender is in (only messages
     /// that make such a claim, and only from a replica not recovering).
     /// Decoded only when it could raise the record: a replica's view at
     /// most bounds what it claims.
     fn note_announced(&mut self, r: ReplicaIndex, bytes: &[u8]) {
-        let Some(replica) = self.replicas[r as usize].as_ref() else {
+        let Some(replica) = self.running(r as usize) else {
             return;
         };
         if replica.is_recovering() || replica.view() <= self.announced[r as usize] {
@@ -1111,7 +1049,8 @@ impl Simulator {
         self.announced[r as usize] = self.announced[r as usize].max(claimed);
     }
 
-    fn deliver(&mut self, r: ReplicaIndex, output: Output, executed: u64) -> Result<(), Violation> {
+    /// Carries out one output that left replica `r`'s host, in order.
+    fn deliver(&mut self, r: ReplicaIndex, output: Output) -> Result<(), Violation> {
         {
             match output {
                 Output::Send { to, bytes } => {
@@ -1119,7 +1058,7 @@ impl Simulator {
                     self.network.send(&mut self.rng, self.tick, r, to, bytes)
                 }
                 Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => {
-                    unreachable!("staged by apply")
+                    unreachable!("the host stages its writes")
                 }
                 Output::Execute { entry, outcomes } => {
                     let first = entry.op > self.checker.committed();
@@ -1189,6 +1128,8 @@ impl Simulator {
                 } => self.on_reply(r, client, request, op, outcome)?,
                 Output::ReadReady { id, op } => {
                     if let Some(required) = self.reads.remove(&(r, id)) {
+                        // What the host has applied when the read is ready.
+                        let executed = self.apps[r as usize].op;
                         self.checker.on_read(r, required, op, executed)?;
                     }
                 }
@@ -1268,14 +1209,20 @@ impl Simulator {
             return Ok(());
         }
         let r = self.rng.range(0, self.n() as u64 - 1) as ReplicaIndex;
-        if self.replicas[r as usize].is_none() {
+        if self.hosts[r as usize].is_none() {
             return Ok(());
         }
-        self.issue_read(r)
+        self.read(r)
     }
 
-    /// Issues a linearizable read through replica `r`.
+    /// Issues a linearizable read through replica `r`, in an engine
+    /// iteration of its own (scripted scenarios).
     pub fn issue_read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
+        self.read(r)?;
+        self.flush(r).map_err(|v| self.fail(v))
+    }
+
+    fn read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
         let next = &mut self.next_read[r as usize];
         *next += 1;
         let id = *next;
@@ -1284,9 +1231,11 @@ impl Simulator {
     }
 
     /// Submits `submission` through replica `r` as a host would, outside
-    /// any simulated client's script (scripted scenarios).
+    /// any simulated client's script, in an engine iteration of its own
+    /// (scripted scenarios).
     pub fn submit_through(&mut self, r: ReplicaIndex, submission: Submission) -> Result<(), Failure> {
-        self.input(r, Input::Submit(submission))
+        self.input(r, Input::Submit(submission))?;
+        self.flush(r).map_err(|v| self.fail(v))
     }
 
     fn drive_clients(&mut self) -> Result<(), Failure> {
@@ -1314,26 +1263,28 @@ impl Simulator {
         if let Some(o) = self.clients[c].outstanding.as_mut() {
             o.last_submit = self.tick;
         }
-        if self.replicas[home as usize].is_none() {
+        if self.hosts[home as usize].is_none() {
             return Ok(()); // the home replica is down: try again later
         }
         let submission = self.clients[c].submission().expect("outstanding request");
         self.input(home, Input::Submit(submission))
     }
 
-    /// Starts the next request of client `c` now (scripted scenarios).
+    /// Starts the next request of client `c` now, in an engine iteration
+    /// of its own (scripted scenarios).
     pub fn start_request(&mut self, c: usize) -> Result<(), Failure> {
         let payload_max = self.options.payload_max;
         self.clients[c].start(&mut self.rng, payload_max, self.tick);
-        let home = self.clients[c].home;
-        self.submit(c, home)
+        self.resubmit(c)
     }
 
     /// Submits client `c`'s outstanding request again, as a client whose
-    /// reply is late does (scripted scenarios).
+    /// reply is late does, in an engine iteration of its own (scripted
+    /// scenarios).
     pub fn resubmit(&mut self, c: usize) -> Result<(), Failure> {
         let home = self.clients[c].home;
-        self.submit(c, home)
+        self.submit(c, home)?;
+        self.flush(home).map_err(|v| self.fail(v))
     }
 
     /// Steps until `done` holds, failing after `max_ticks`.
@@ -1362,24 +1313,20 @@ impl Simulator {
     }
 
     pub fn replica(&self, r: ReplicaIndex) -> &Replica {
-        self.replicas[r as usize].as_ref().expect("replica is up")
+        self.running(r as usize).expect("replica is up")
     }
 
     /// The replica leading a view in normal status, if exactly one does in the highest view.
     pub fn primary(&self) -> Option<ReplicaIndex> {
-        let top = self.replicas.iter().flatten().map(|r| r.view()).max()?;
-        self.replicas
-            .iter()
-            .flatten()
+        let top = self.replicas().map(|r| r.view()).max()?;
+        self.replicas()
             .find(|r| r.is_primary() && r.view() == top)
             .map(|r| r.index())
     }
 
     /// Bytes rejected by replicas' decoders, all replicas together.
     pub fn rejected(&self) -> u64 {
-        self.replicas
-            .iter()
-            .flatten()
+        self.replicas()
             .map(|r| {
                 let s = r.stats();
                 s.dropped_corrupt
@@ -1413,23 +1360,45 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
     simulator.run()
 }
 
-/// Replica `r`'s store identity in the simulated cluster.
-/// Replica `r`'s store on `disk`, compacting as the seed says.
-fn open_store(
-    options: &Options,
-    r: ReplicaIndex,
-    disk: MemDisk,
-) -> Result<(Store<MemDisk>, Opened), StoreError> {
-    let (mut store, opened) = Store::open(disk, identity(options, r), Vec::new())?;
-    store.set_compaction_bytes(options.compaction_bytes);
-    Ok((store, opened))
+/// The log replica `r`'s store on `disk` holds, read from a copy of the
+/// disk before its host opens it (a repairing store's: the entries before
+/// the damaged one, which the repair's `WriteLog` completes); an empty log
+/// if the store recovers.
+fn stored_log(options: &Options, r: ReplicaIndex, disk: MemDisk) -> Option<Log> {
+    let store = store_options(options, r, disk);
+    let (_, opened) = Store::open(store.disk, store.identity, store.meta).ok()?;
+    let (checkpoint, entries) = match opened {
+        Opened::Restart {
+            checkpoint, entries, ..
+        }
+        | Opened::Repair {
+            checkpoint, entries, ..
+        } => (checkpoint, entries),
+        Opened::Recover { .. } | Opened::Created => {
+            return Some(Log::new(root_checksum(options.config.cluster)))
+        }
+    };
+    match checkpoint {
+        Some(c) => {
+            let base = Log::at(c.op, c.checksum, c.timestamp);
+            let after = entries.into_iter().filter(|e| e.op > c.op).collect();
+            Some(base.clone().extended(after).unwrap_or(base))
+        }
+        None => Log::new(root_checksum(options.config.cluster)).extended(entries),
+    }
 }
 
-fn identity(options: &Options, r: ReplicaIndex) -> Identity {
-    Identity {
-        cluster: options.config.cluster,
-        group: b"sim".to_vec(),
-        replica: r,
-        replica_count: options.config.replica_count,
+/// Replica `r`'s store on `disk`, compacting as the seed says.
+fn store_options(options: &Options, r: ReplicaIndex, disk: MemDisk) -> StoreOptions<MemDisk> {
+    StoreOptions {
+        disk,
+        identity: Identity {
+            cluster: options.config.cluster,
+            group: b"sim".to_vec(),
+            replica: r,
+            replica_count: options.config.replica_count,
+        },
+        meta: Vec::new(),
+        compaction_bytes: Some(options.compaction_bytes),
     }
 }
