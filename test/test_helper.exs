@@ -29,4 +29,8 @@ tmpfs_allowed? =
      end
    end).()
 
-ExUnit.start(exclude: if(tmpfs_allowed?, do: [], else: [:tmpfs]))
+# Tests of open defects (docs/testing.md, "Known defects") fail by design
+# until fixed; they run with `mix test --only known_defect`.
+IO.puts("excluding :known_defect tests (open defects, see docs/testing.md)")
+
+ExUnit.start(exclude: [:known_defect | if(tmpfs_allowed?, do: [], else: [:tmpfs])])

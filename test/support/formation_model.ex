@@ -45,7 +45,8 @@ defmodule Visor.Test.FormationModel do
 
   `run(seed)` returns `:ok` or `{:error, report}` with the seed, the
   configuration and the trace of the last 80 steps (or of as many as
-  `run(seed, steps)` asks for).
+  `run(seed, steps)` asks for). `run(seed, steps, needless_rejoin_excused:
+  false)` checks liveness in runs with a needless rejoin too.
   """
 
   import Bitwise
@@ -65,9 +66,16 @@ defmodule Visor.Test.FormationModel do
   @calm_rounds 40
 
   @doc "Runs one seed: `:ok`, or `{:error, report}` (a string)."
-  @spec run(integer(), pos_integer()) :: :ok | {:error, String.t()}
-  def run(seed, trace_kept \\ @trace_kept) do
-    world = seed |> setup() |> Map.put(:trace_kept, trace_kept) |> start_all()
+  @spec run(integer(), pos_integer(), keyword()) :: :ok | {:error, String.t()}
+  def run(seed, trace_kept \\ @trace_kept, opts \\ []) do
+    excused? = Keyword.get(opts, :needless_rejoin_excused, true)
+
+    world =
+      seed
+      |> setup()
+      |> Map.merge(%{trace_kept: trace_kept, needless_rejoin_excused?: excused?})
+      |> start_all()
+
     world = world |> random_steps(world.budget) |> calm(0)
     check_liveness(world)
     :ok
@@ -647,7 +655,7 @@ defmodule Visor.Test.FormationModel do
   # replica can be normal: recovery can finish everywhere.
   defp check_liveness(%{live?: false}), do: :ok
   defp check_liveness(%{beyond?: true}), do: :ok
-  defp check_liveness(%{needless_rejoin?: true}), do: :ok
+  defp check_liveness(%{needless_rejoin?: true, needless_rejoin_excused?: true}), do: :ok
 
   defp check_liveness(w) do
     if orphaned?(w), do: :ok, else: check_formed(w)
