@@ -415,8 +415,8 @@ impl<D: Disk> Store<D> {
             // synced: the process was killed before its `fdatasync`, or the
             // `fdatasync` failed, and Linux then marks the pages clean, so
             // a sync alone would not write them. So write their bytes (and
-            // the zeros ahead) again, sync, and record it, before the
-            // replica gets them.
+            // the zeros ahead) again and sync, before the replica gets them
+            // (recorded below).
             let zone = store.wal_zone();
             let from = store.wal_durable;
             store
@@ -425,7 +425,6 @@ impl<D: Disk> Store<D> {
             store.disk.sync(zone)?;
             store.wal_durable = store.wal_len;
             store.wal_synced = store.wal_synced.max(store.wal_allocated);
-            store.write_superblock(state, None)?;
         }
         if !scan.sealed {
             // The records a torn write left whole end unsealed: seal them
@@ -434,6 +433,15 @@ impl<D: Disk> Store<D> {
             // replica outputs waits for it like for any staged write.
             Record::Seal.encode_into(&mut store.wal_pending);
             let _ = store.write_wal();
+        }
+        let known = (store.superblock.wal_synced, store.superblock.wal_durable);
+        if (store.wal_synced, store.wal_durable) != known && !store.has_staged() {
+            // Cover what the open made durable, as a sync would before an
+            // acknowledgement: the replica may acknowledge those entries
+            // again once it runs. (With the seal still staged, the sync
+            // that writes it records the file's length; a lagging
+            // `wal_durable` costs only a rewrite at the next open.)
+            store.write_superblock(state, None)?;
         }
         let mut entries = scan.entries;
         if let Some((op, checksum)) = store.hole {
