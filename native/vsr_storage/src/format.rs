@@ -13,8 +13,9 @@ use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
 /// Layout version of the store's files; a store written by another version
 /// is refused (version 1 had no checkpoints, version 2 one WAL file that
 /// was never compacted, version 3 no `wal_synced` and a checkpoint client
-/// table without the checksum of each session's latest request body).
-pub const FORMAT_VERSION: u16 = 4;
+/// table without the checksum of each session's latest request body,
+/// version 4 no `wal_durable`).
+pub const FORMAT_VERSION: u16 = 5;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -69,7 +70,16 @@ pub struct Superblock {
     /// when this copy was written (format version 4): every record the
     /// replica synced, so every entry it may have acknowledged, lies below.
     /// A shorter file was cut or deleted, and its log is not trusted.
+    /// It counts the zeros written ahead of the log, so records below it
+    /// need not have been synced: see `wal_durable`.
     pub wal_synced: u64,
+    /// The records of that file up to this byte were synced when this copy
+    /// was written (format version 5): the end of the log at a WAL sync
+    /// that succeeded. Records beyond it may have been synced since (and
+    /// acknowledged), or never (a process killed before its `fdatasync`,
+    /// or a failed `fdatasync`): an open makes them durable before the
+    /// replica gets them. At most `wal_synced`.
+    pub wal_durable: u64,
 }
 
 /// Where the durable checkpoint is and how to verify it: its bytes
@@ -99,6 +109,7 @@ impl Superblock {
             checkpoint: None,
             wal: 0,
             wal_synced: 0,
+            wal_durable: 0,
         };
         superblock.set_state(&DurableState::default());
         superblock
@@ -158,7 +169,8 @@ impl Superblock {
             && superblock.identity.replica < superblock.identity.replica_count
             && superblock.log_view <= superblock.view
             && superblock.checkpoint.is_none_or(|c| c.slot < 2)
-            && superblock.wal < 2;
+            && superblock.wal < 2
+            && superblock.wal_durable <= superblock.wal_synced;
         sane.then_some(superblock)
     }
 
