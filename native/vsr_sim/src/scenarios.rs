@@ -1230,6 +1230,43 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
     settle(&mut sim)
 }
 
+/// Review finding (failing, not fixed): the mirror of
+/// `primary_clock_jump_with_one_replica_down`. With one of three replicas
+/// down and `k = q`, the window is the one backup's clock alone, so a
+/// backup whose clock alone jumps an hour ahead makes the primary stamp an
+/// hour ahead, and timestamps only increase: the skew of issue "Lose
+/// nothing" 10, moved from the primary's clock to a backup's. DEFECT: with
+/// two clocks and no way to tell which is right, taking the later one is
+/// irrecoverable (every later timestamp stays ahead); the earlier one
+/// (never ahead of a clock of the sample) would only lag until it catches up.
+pub fn backup_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let down = (sim.n() - 1) as ReplicaIndex;
+    sim.crash(down);
+    sim.clock_offset_ns[1] = HOUR_NS;
+    for _ in 0..3 {
+        sim.run_ticks(20)?;
+        commit(&mut sim, 0, 1)?;
+        let op = sim.replica(0).op();
+        let stamped = sim.replica(0).log().get(op).expect("the head").timestamp;
+        let now = sim.tick * 1_000_000;
+        if stamped > now + 1_000_000_000 {
+            return Err(failure(
+                &sim,
+                format!(
+                    "op {op} stamped {} s ahead of the primary's clock (backup 1's clock jumped, replica {down} down)",
+                    (stamped - now) / 1_000_000_000
+                ),
+            ));
+        }
+    }
+    sim.clock_offset_ns[1] = 0;
+    settle(&mut sim)
+}
+
 /// Review of issue "Lose nothing" 10: all replicas up, the primary's clock
 /// jumps an hour ahead and a request arrives at once. The offsets the
 /// primary held were measured against its clock *before* the jump (a
