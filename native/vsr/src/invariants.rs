@@ -359,12 +359,12 @@ mod tests {
 
     #[test]
     fn timestamps_strictly_increase_whatever_the_wall_clock_says() {
-        // DEFECT (found in review): `Input::Tick` promises timestamps stay
-        // strictly increasing whatever `now_ns` says, but the next
-        // timestamp is `head + 1` with `saturating_add`: once a clock (this
-        // one, or a peer's the window admits) reads near `u64::MAX`, every
-        // later prepare is stamped `u64::MAX` too, and `Log::check` fires
+        // `Input::Tick` promises timestamps stay strictly increasing
+        // whatever `now_ns` says. The next timestamp is at least `head +
+        // 1`, which saturated once a clock read near `u64::MAX`: every
+        // later prepare was stamped `u64::MAX` too, and `Log::check` fired
         // ("stamped 18446744073709551615 after 18446744073709551615").
+        // Readings past `MAX_CLOCK_NS` are now read as that ceiling.
         let mut replica = Replica::new(Config::new(7, 1), 0);
         replica.step(Input::Tick {
             now_ns: u64::MAX,

@@ -1230,15 +1230,15 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
     settle(&mut sim)
 }
 
-/// Review finding (failing, not fixed): the mirror of
-/// `primary_clock_jump_with_one_replica_down`. With one of three replicas
-/// down and `k = q`, the window is the one backup's clock alone, so a
-/// backup whose clock alone jumps an hour ahead makes the primary stamp an
-/// hour ahead, and timestamps only increase: the skew of issue "Lose
-/// nothing" 10, moved from the primary's clock to a backup's. DEFECT: with
-/// two clocks and no way to tell which is right, taking the later one is
-/// irrecoverable (every later timestamp stays ahead); the earlier one
-/// (never ahead of a clock of the sample) would only lag until it catches up.
+/// The mirror of `primary_clock_jump_with_one_replica_down`. With one of
+/// three replicas down and `k = q`, the window was the one backup's clock
+/// alone, so a backup whose clock alone jumped an hour ahead made the
+/// primary stamp an hour ahead, and timestamps only increase: the skew of
+/// issue "Lose nothing" 10, moved from the primary's clock to a backup's.
+/// With two clocks and no way to tell which is right, taking the later one
+/// is irrecoverable (every later timestamp stays ahead); the earlier one,
+/// which the window now takes, only lags until it catches up
+/// (`PeersAloneWithBareQuorum` brings the old window back).
 pub fn backup_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
     const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);

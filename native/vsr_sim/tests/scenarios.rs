@@ -202,7 +202,7 @@ fn primary_clock_jump_with_one_replica_down() {
     scenarios::primary_clock_jump_with_one_replica_down(options(3, 1)).unwrap();
 }
 
-/// Review finding (failing): a backup's clock alone decides with one of
+/// A backup's clock that jumps ahead does not set the time with one of
 /// three replicas down (see the scenario's comment).
 #[test]
 fn backup_clock_jump_with_one_replica_down() {
