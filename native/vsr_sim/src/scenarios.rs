@@ -1200,8 +1200,9 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
 /// primary's own offset 0, so the clamp never moved it: a primary whose
 /// clock alone jumped an hour ahead stamped an hour ahead ("op 3 stamped
 /// 3599 s ahead of the backup's clock"), and once committed, the skew
-/// stays for good (timestamps only increase). Now with `k = q` the window
-/// is that of the peers' clocks alone (`clock.rs`).
+/// stays for good (timestamps only increase). Now the window's upper bound
+/// leaves out the latest clock, so with `k = q = 2` the earlier of the two
+/// clocks sets the time (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
     const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
