@@ -13,26 +13,27 @@
 //! To stamp a prepare, the primary takes the offsets of the readings heard
 //! within the last `view_change_ticks` ticks, its own (0) included, and
 //! needs at least a quorum `q` of them. Sorted, `k` offsets give a window
-//! `[lo, hi]`: `lo` is the `q`-th largest, `hi` the `q`-th smallest (`lo
-//! <= hi` because `k <= n < 2q`). With `k > q`, at least `k - q + 1 >= 2`
-//! offsets are `>= hi` and as many `<= lo`, so each bound is met by a peer's
-//! clock, not only the primary's. With `k == q` that window is `[min, max]`
-//! and always holds 0, so the window is taken over the peers' offsets alone
-//! (the primary's own is left out): `[min, max]` of the others. The primary
-//! moves its own offset, 0, into the window and uses its clock plus the
-//! result. So:
+//! `[lo, hi]`: `lo` is the `(k - q + 1)`-th smallest, `hi` the `(w + 1)`-th
+//! largest with `w = max(n - q, 1)` (`w = 0` alone). The primary moves its
+//! own offset, 0, into the window and uses its clock plus the result. The
+//! bounds are not symmetric because the errors are not: a time behind
+//! corrects itself (timestamps advance by 1 ns per op until the clocks catch
+//! up), a time ahead never does (timestamps only increase). So:
 //!
-//! * the time used lies between two peers' clocks of the sample (the same
-//!   one if there is one peer): never later than the latest peer clock
-//!   heard, never earlier than the earliest; a primary whose clock alone
-//!   jumps (either way) stamps with the others' time, whether or not a
-//!   replica is down;
-//! * any `q` of the sampled replicas include one whose clock reads at least
-//!   the time used, and one whose clock reads at most it, so when every
-//!   replica has been heard from, up to `n - q` wrong clocks cannot move the
-//!   time used outside the range of the right ones;
+//! * at least `w + 1` sampled clocks read at least the time used: any `w`
+//!   wrong clocks, any minority and always any one clock (the primary's or
+//!   a backup's), cannot put it ahead of every other sampled clock, whether
+//!   or not replicas are down (with one of three down: the earlier of the
+//!   two clocks);
+//! * at least `k - q + 1` sampled clocks read at most the time used: with
+//!   every replica heard from, up to `n - q` wrong clocks cannot hold it
+//!   behind every right one; with a bare quorum heard, one clock behind
+//!   holds it back (it lags, and catches up when that clock does);
 //! * a primary that has not heard a quorum's clocks lately (the first ticks
 //!   of its view) does not advance time: it stamps `head + 1`.
+//!
+//! Clock readings above `MAX_CLOCK_NS` are read as that ceiling, so the
+//! next timestamp (`head + 1`) never saturates at `u64::MAX`.
 //!
 //! Estimates ignore message delay (a reading is older than its arrival by
 //! one delay) and count the time since a reading arrived from the first
@@ -42,6 +43,11 @@
 //! ticks).
 
 use crate::config::MAX_REPLICAS;
+
+/// The latest wall clock reading taken at its word, in ns since the epoch:
+/// `i64::MAX` (in 2262). A later reading is read as this one, which leaves
+/// timestamps 2^63 ops of room above it to keep increasing by 1 ns.
+pub(crate) const MAX_CLOCK_NS: u64 = i64::MAX as u64;
 
 /// A peer's clock, as last heard.
 #[derive(Clone, Copy, Debug)]
@@ -112,7 +118,40 @@ impl Clocks {
         quorum: usize,
         n: usize,
     ) -> Option<u64> {
-        let mut peers: Vec<i128> = (0..n.min(MAX_REPLICAS))
+        let peers = self.offsets(me, now, fresh, n);
+        if quorum == 0 || peers.len() + 1 < quorum {
+            return None;
+        }
+        let mut all = peers;
+        all.push(0);
+        all.sort_unstable();
+        let (lo, hi) = window(&all, quorum, n);
+        Some(moved(now, 0i128.max(lo).min(hi)))
+    }
+
+    /// `Mutation::PeersAloneWithBareQuorum`: as before, with a bare quorum
+    /// heard the window is the peers' offsets alone, so with one of three
+    /// down one backup's clock sets the time, also when it is ahead.
+    #[cfg(feature = "mutations")]
+    pub(crate) fn peers_alone_now(
+        &self,
+        me: usize,
+        now: Now,
+        fresh: u64,
+        quorum: usize,
+        n: usize,
+    ) -> Option<u64> {
+        let peers = self.offsets(me, now, fresh, n);
+        match (peers.iter().min(), peers.iter().max()) {
+            (Some(&lo), Some(&hi)) if peers.len() + 1 == quorum => Some(moved(now, 0i128.clamp(lo, hi))),
+            _ => self.cluster_now(me, now, fresh, quorum, n),
+        }
+    }
+
+    /// The offsets (estimate minus our wall clock now) of the peers heard
+    /// within `fresh` ticks of `now.tick`.
+    fn offsets(&self, me: usize, now: Now, fresh: u64, n: usize) -> Vec<i128> {
+        (0..n.min(MAX_REPLICAS))
             .filter(|&r| r != me)
             .filter_map(|r| {
                 let s = self.samples[r]?;
@@ -121,25 +160,23 @@ impl Clocks {
                     s.theirs as i128 + elapsed as i128 - now.wall as i128
                 })
             })
-            .collect();
-        let k = peers.len() + 1;
-        if k < quorum || quorum == 0 {
-            return None;
-        }
-        peers.sort_unstable();
-        let (lo, hi) = match (peers.first(), peers.last()) {
-            (Some(&min), Some(&max)) if k == quorum => (min, max),
-            (Some(_), Some(_)) => {
-                let mut all = peers;
-                all.push(0);
-                all.sort_unstable();
-                (all[k - quorum], all[quorum - 1])
-            }
-            _ => (0, 0), // alone (one replica): its own clock
-        };
-        let offset = 0i128.clamp(lo.min(hi), hi.max(lo));
-        Some((now.wall as i128 + offset).clamp(0, u64::MAX as i128) as u64)
+            .collect()
     }
+}
+
+/// Our wall clock moved by `offset`, below the ceiling.
+fn moved(now: Now, offset: i128) -> u64 {
+    (now.wall as i128 + offset).clamp(0, MAX_CLOCK_NS as i128) as u64
+}
+
+/// The window of offsets the time used is moved into, from the `k >=
+/// quorum` sorted offsets `all` (this replica's 0 among them): `lo` is the
+/// `(k - q + 1)`-th smallest, `hi` the `(w + 1)`-th largest, `w = max(n - q,
+/// 1)` (but less than `k`). `lo <= hi` since `w <= q - 1`.
+fn window(all: &[i128], quorum: usize, n: usize) -> (i128, i128) {
+    let k = all.len();
+    let ahead = n.saturating_sub(quorum).max(1).min(k - 1);
+    (all[k - quorum], all[k - 1 - ahead])
 }
 
 #[cfg(test)]
@@ -188,17 +225,43 @@ mod tests {
     }
 
     #[test]
-    fn with_a_bare_quorum_heard_the_peers_clocks_bound_the_time() {
-        // Three replicas, one down: k = q = 2. Our clock jumped either way.
+    fn with_a_bare_quorum_heard_the_earliest_clock_sets_the_time() {
+        // Three replicas, one down: k = q = 2. Whichever of the two clocks
+        // jumped ahead, the earlier one is used: behind corrects itself.
         let c = clocks(&[(1, 1_000)], HOUR);
         assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 2, 3), Some(1_000));
         let c = clocks(&[(1, HOUR)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(HOUR));
-        // Five replicas, two down: k = q = 3; our clock within the peers'.
-        let c = clocks(&[(1, 990), (2, 1_020)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(1_000));
+        // Five replicas, two down: k = q = 3; any two clocks ahead (a
+        // minority of five) are outvoted by the third.
+        let c = clocks(&[(1, HOUR), (2, HOUR + 10)], 1_000);
         assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_000));
-        let c = clocks(&[(1, 990), (2, 1_020)], HOUR);
-        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 3, 5), Some(1_020));
+        let c = clocks(&[(1, 990), (2, HOUR)], HOUR);
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 3, 5), Some(990));
+        // Two replicas: no wrong clock is tolerated, but the later of two
+        // is still not trusted.
+        let c = clocks(&[(1, HOUR)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 2), Some(1_000));
+        let c = clocks(&[(1, 1_000)], HOUR);
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 2, 2), Some(1_000));
+    }
+
+    #[test]
+    fn with_all_five_heard_two_clocks_cannot_move_the_time_either_way() {
+        // Right clocks at 990, 1_000 (ours), 1_010: the time stays among them.
+        let c = clocks(&[(1, HOUR), (2, HOUR), (3, 990), (4, 1_010)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_010));
+        let c = clocks(&[(1, 1), (2, 2), (3, 990), (4, 1_010)], 1_000);
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(990));
+    }
+
+    #[test]
+    fn readings_past_the_ceiling_are_read_as_the_ceiling() {
+        let c = clocks(&[(1, u64::MAX), (2, u64::MAX)], u64::MAX);
+        assert_eq!(
+            c.cluster_now(0, at(u64::MAX, 500, 2), 40, 2, 3),
+            Some(MAX_CLOCK_NS)
+        );
     }
 
     #[test]

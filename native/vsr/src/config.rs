@@ -151,6 +151,10 @@ pub enum Mutation {
     /// A peer's clock reading is carried forward from the tick before it
     /// arrived, as before: a host held up between ticks stamps ahead.
     ClockFromTickBeforeArrival,
+    /// With a bare quorum heard, the window is the peers' clocks alone, as
+    /// before: with one of three down, a backup's clock that jumps ahead
+    /// skews every later timestamp.
+    PeersAloneWithBareQuorum,
     /// A primary keeps leading after installing a checkpoint its log does
     /// not hold, and announces the checkpoint's op as its commit number in
     /// its view: its backups execute that view's uncommitted tail.

@@ -356,4 +356,33 @@ mod tests {
         held.checkpoint = std::sync::Arc::new(checkpoint);
         Some(held)
     }
+
+    #[test]
+    fn timestamps_strictly_increase_whatever_the_wall_clock_says() {
+        // `Input::Tick` promises timestamps stay strictly increasing
+        // whatever `now_ns` says. The next timestamp is at least `head +
+        // 1`, which saturated once a clock read near `u64::MAX`: every
+        // later prepare was stamped `u64::MAX` too, and `Log::check` fired
+        // ("stamped 18446744073709551615 after 18446744073709551615").
+        // Readings past `MAX_CLOCK_NS` are now read as that ceiling.
+        let mut replica = Replica::new(Config::new(7, 1), 0);
+        replica.step(Input::Tick {
+            now_ns: u64::MAX,
+            mono_ns: 1,
+        });
+        for client in [5, 6] {
+            replica.step(Input::Submit(Submission {
+                client,
+                session: 0,
+                request: 0,
+                payload: vec![],
+            }));
+            replica.step(Input::Tick {
+                now_ns: u64::MAX,
+                mono_ns: 2,
+            });
+        }
+        assert_eq!(replica.log().op(), 2);
+        replica.log().check().expect("timestamps strictly increase");
+    }
 }

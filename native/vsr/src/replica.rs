@@ -84,7 +84,8 @@ pub enum Input<'a> {
     /// Time passed: one tick. `now_ns` is the host's wall clock, used only
     /// for timestamps: every message carries it, and a primary stamps
     /// prepares with it kept within its quorum's clocks (`clock.rs`;
-    /// timestamps stay strictly increasing whatever it says). `mono_ns` is
+    /// timestamps stay strictly increasing whatever it says: a reading past
+    /// `i64::MAX` ns, in 2262, is read as that). `mono_ns` is
     /// the host's monotonic clock (any origin, never jumps), against which
     /// the peers' clocks are carried forward between their messages.
     Tick { now_ns: u64, mono_ns: u64 },
@@ -674,7 +675,7 @@ impl Replica {
 
     fn on_tick(&mut self, now_ns: u64, mono_ns: u64) {
         self.ticks += 1;
-        self.now_ns = self.now_ns.max(now_ns);
+        self.now_ns = self.now_ns.max(now_ns.min(crate::clock::MAX_CLOCK_NS));
         self.mono_ns = self.mono_ns.max(mono_ns);
         self.clocks.ticked(self.mono_ns);
         self.tick_diverged();
@@ -836,6 +837,17 @@ impl Replica {
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::UnboundedClock) {
             return self.now_ns.max(after_head);
+        }
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::PeersAloneWithBareQuorum) {
+            let now = self.clocks.peers_alone_now(
+                self.index as usize,
+                self.clock_now(),
+                self.config.view_change_ticks,
+                self.quorum(),
+                self.config.n(),
+            );
+            return now.map_or(after_head, |now| now.max(after_head));
         }
         let now = self.clocks.cluster_now(
             self.index as usize,

@@ -1200,8 +1200,9 @@ pub fn repair_of_an_entry_below_every_peers_checkpoint(mut options: Options) -> 
 /// primary's own offset 0, so the clamp never moved it: a primary whose
 /// clock alone jumped an hour ahead stamped an hour ahead ("op 3 stamped
 /// 3599 s ahead of the backup's clock"), and once committed, the skew
-/// stays for good (timestamps only increase). Now with `k = q` the window
-/// is that of the peers' clocks alone (`clock.rs`).
+/// stays for good (timestamps only increase). Now the window's upper bound
+/// leaves out the latest clock, so with `k = q = 2` the earlier of the two
+/// clocks sets the time (`clock.rs`).
 pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
     const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
@@ -1227,6 +1228,43 @@ pub fn primary_clock_jump_with_one_replica_down(options: Options) -> Result<(), 
         }
     }
     sim.clock_offset_ns[0] = 0;
+    settle(&mut sim)
+}
+
+/// The mirror of `primary_clock_jump_with_one_replica_down`. With one of
+/// three replicas down and `k = q`, the window was the one backup's clock
+/// alone, so a backup whose clock alone jumped an hour ahead made the
+/// primary stamp an hour ahead, and timestamps only increase: the skew of
+/// issue "Lose nothing" 10, moved from the primary's clock to a backup's.
+/// With two clocks and no way to tell which is right, taking the later one
+/// is irrecoverable (every later timestamp stays ahead); the earlier one,
+/// which the window now takes, only lags until it catches up
+/// (`PeersAloneWithBareQuorum` brings the old window back).
+pub fn backup_clock_jump_with_one_replica_down(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let down = (sim.n() - 1) as ReplicaIndex;
+    sim.crash(down);
+    sim.clock_offset_ns[1] = HOUR_NS;
+    for _ in 0..3 {
+        sim.run_ticks(20)?;
+        commit(&mut sim, 0, 1)?;
+        let op = sim.replica(0).op();
+        let stamped = sim.replica(0).log().get(op).expect("the head").timestamp;
+        let now = sim.tick * 1_000_000;
+        if stamped > now + 1_000_000_000 {
+            return Err(failure(
+                &sim,
+                format!(
+                    "op {op} stamped {} s ahead of the primary's clock (backup 1's clock jumped, replica {down} down)",
+                    (stamped - now) / 1_000_000_000
+                ),
+            ));
+        }
+    }
+    sim.clock_offset_ns[1] = 0;
     settle(&mut sim)
 }
 

@@ -119,9 +119,9 @@ pub struct Simulator {
     /// How far each replica's wall clock is ahead of true time, in ns
     /// (negative: behind). Random seeds and scripted scenarios jump it.
     pub clock_offset_ns: Vec<i64>,
-    /// The furthest any replica's wall clock has been ahead of true time
-    /// in this run, in ns: no timestamp may be further ahead.
-    clock_ahead_max_ns: u64,
+    /// The furthest each replica's wall clock has been ahead of true time
+    /// in this run, in ns (`check_timestamp`).
+    clock_ahead_max_ns: Vec<u64>,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
     crashes: u64,
@@ -189,7 +189,7 @@ impl Simulator {
             next_read: vec![0; n],
             boots: n as u64,
             clock_offset_ns: vec![0; n],
-            clock_ahead_max_ns: 0,
+            clock_ahead_max_ns: vec![0; n],
             last_reply: None,
             rng,
             tick: 0,
@@ -809,7 +809,7 @@ impl Simulator {
                 // A clock jump moves the wall clock only; the monotonic
                 // one is the simulated time.
                 let offset = self.clock_offset_ns[r];
-                self.clock_ahead_max_ns = self.clock_ahead_max_ns.max(offset.max(0) as u64);
+                self.clock_ahead_max_ns[r] = self.clock_ahead_max_ns[r].max(offset.max(0) as u64);
                 let wall_ns = now_ns.saturating_add_signed(offset);
                 let tick = Input::Tick {
                     now_ns: wall_ns,
@@ -1138,23 +1138,30 @@ impl Simulator {
         Ok(())
     }
 
-    /// A timestamp lies between clocks of the cluster (docs/protocol.md,
-    /// "Timestamps"), so it is never further ahead of true time than the
-    /// furthest any replica's clock has been (with a slack of a few ticks). Which clocks a primary heard decides more (with a bare
-    /// quorum of them, one wrong peer may set the time), so this is the
-    /// bound that holds in every run. A timestamp behind true time is
-    /// allowed: they only increase, so after a clock ran ahead they
-    /// advance by 1 ns per op for a while.
+    /// At least `w + 1` of the clocks a primary sampled read at least the
+    /// time it stamps with, `w = max(n - q, 1)` (docs/protocol.md,
+    /// "Timestamps"), and each sampled clock reads at most true time plus
+    /// the furthest ahead that replica's clock has been. So no timestamp is
+    /// further ahead of true time than the `(w + 1)`-th furthest any
+    /// replica's clock has been (with a slack of a few ticks): any `w`
+    /// clocks ahead, whichever replicas are down, leave timestamps alone. A
+    /// timestamp behind true time is allowed: they only increase, so after
+    /// clocks ran ahead they advance by 1 ns per op for a while.
     fn check_timestamp(&self, entry: &vsr::Prepare) -> Result<(), Violation> {
         const SLACK_NS: u64 = 100 * 1_000_000;
         let now = self.tick * 1_000_000;
-        let bound = now + self.clock_ahead_max_ns + SLACK_NS;
+        let n = self.n();
+        let outvoted = (n - vsr::quorum(n)).max(1).min(n - 1);
+        let mut ahead = self.clock_ahead_max_ns.clone();
+        ahead.sort_unstable_by(|a, b| b.cmp(a));
+        let ahead_ns = ahead[outvoted];
+        let bound = now + ahead_ns + SLACK_NS;
         if entry.timestamp > bound {
             return Err(format!(
-                "op {} stamped {} ms ahead of every clock (true time {now} ns, clocks up to {} ms ahead)",
+                "op {} stamped {} ms ahead of every clock but the {outvoted} furthest ahead (true time {now} ns, the next up to {} ms ahead)",
                 entry.op,
-                (entry.timestamp - now - self.clock_ahead_max_ns) / 1_000_000,
-                self.clock_ahead_max_ns / 1_000_000
+                (entry.timestamp - now - ahead_ns) / 1_000_000,
+                ahead_ns / 1_000_000
             ));
         }
         Ok(())

@@ -234,3 +234,16 @@ fn a_no_entry_without_the_covering_checkpoint_is_caught_by_the_checkpoint_repair
     let failure = scenarios::repair_of_an_entry_below_every_peers_checkpoint(broken).unwrap_err();
     assert!(failure.reason.contains("serve the commits"), "{failure}");
 }
+
+#[test]
+fn trusting_a_lone_backups_clock_is_caught_by_the_timestamp_check() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::PeersAloneWithBareQuorum;
+    let failure = scenarios::backup_clock_jump_with_one_replica_down(broken).unwrap_err();
+    assert!(
+        failure
+            .reason
+            .contains("ahead of every clock but the 1 furthest ahead"),
+        "{failure}"
+    );
+}

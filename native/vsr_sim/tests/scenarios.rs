@@ -202,6 +202,13 @@ fn primary_clock_jump_with_one_replica_down() {
     scenarios::primary_clock_jump_with_one_replica_down(options(3, 1)).unwrap();
 }
 
+/// A backup's clock that jumps ahead does not set the time with one of
+/// three replicas down (see the scenario's comment).
+#[test]
+fn backup_clock_jump_with_one_replica_down() {
+    scenarios::backup_clock_jump_with_one_replica_down(options(3, 1)).unwrap();
+}
+
 /// Review finding: offsets measured before the primary's own clock jumped
 /// vouched for the jumped clock (see the scenario's comment).
 #[test]
