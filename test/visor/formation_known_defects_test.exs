@@ -8,7 +8,9 @@ defmodule Visor.FormationKnownDefectsTest do
 
   @moduletag :known_defect
 
-  alias Visor.Formation.{Decider, Discovery, Explicit}
+  import Visor.Test.DiscoveryScript, except: [settings: 0]
+
+  alias Visor.Formation.{Decider, Explicit}
   alias Visor.Options
 
   @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
@@ -92,70 +94,6 @@ defmodule Visor.FormationKnownDefectsTest do
   end
 
   describe "cluster_size:" do
-    # A decider whose address is its node name (sends name the address).
-    defp discovering(node, inc, storage \\ :memory, restored \\ nil) do
-      {state, _effects} =
-        Discovery.new(%{
-          module: __MODULE__,
-          node: node,
-          self: node,
-          incarnation: inc,
-          settings: @settings,
-          size: 3,
-          rand: :rand.seed_s(:exsss, inc),
-          storage: storage,
-          earlier: nil,
-          restored: restored
-        })
-
-      state
-    end
-
-    # Feeds `input` to `node`; its sends are delivered to (and answered
-    # by) other deciders only as far as `deliver` says, so they pile up in
-    # `:net`.
-    defp feed(states, node, input) do
-      {state, effects} = Discovery.handle(states[node], input)
-      sends = for {:send, to, message} <- effects, do: {to, message}
-      states |> Map.put(node, state) |> Map.update(:net, sends, &(&1 ++ sends))
-    end
-
-    # Delivers every message in flight to `to` whose tag is in `tags`
-    # (and whatever those deliveries send, as long as it matches too).
-    defp deliver(states, tags) do
-      {now, later} =
-        Enum.split_with(states[:net] || [], fn {to, m} ->
-          Map.has_key?(states, to) and elem(m, 0) in tags
-        end)
-
-      case now do
-        [] ->
-          states
-
-        _ ->
-          states = Map.put(states, :net, later)
-
-          now
-          |> Enum.reduce(states, fn {to, m}, states -> feed(states, to, m) end)
-          |> deliver(tags)
-      end
-    end
-
-    defp tick(states, node) do
-      visible = for {n, _} <- states, n not in [node, :net], do: n
-      feed(states, node, {:tick, visible})
-    end
-
-    defp drop_net(states), do: Map.put(states, :net, [])
-
-    # Takes out of `:net` the messages to `to` matching `pattern?`.
-    defp take(states, pattern?) do
-      {taken, left} = Enum.split_with(states.net, pattern?)
-      {taken, %{states | net: left}}
-    end
-
-    defp tick(states, node, visible), do: feed(states, node, {:tick, visible})
-
     # DEFECT (liveness within the fault model; the "orphaned" limit the
     # model excuses): the proposer forms and starts its replica, but its
     # announcement is lost (sends are best effort, :nosuspend) and it
