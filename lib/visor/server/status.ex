@@ -73,32 +73,20 @@ defmodule Visor.Server.Status do
   end
 
   def build(%Lifecycle{} = lifecycle, nil, server) do
-    %{
+    Map.merge(no_replica(), %{
       status:
         case lifecycle.phase do
           {:failed, _} -> :failed
           {:refused, _} -> :refused
           phase -> phase
         end,
-      role: :none,
       node: server.node,
-      index: nil,
-      view: 0,
-      log_view: 0,
-      op: 0,
-      commit: 0,
-      commit_max: 0,
-      checkpoint: 0,
-      log_base: 0,
-      primary: nil,
-      replicas: [],
-      cluster: nil,
       pool: server.pool,
       storage: storage(lifecycle, nil),
       poison: server.poison,
       refused: with({:refused, reason} <- lifecycle.phase, do: reason, else: (_ -> nil)),
       stats: server.stats
-    }
+    })
   end
 
   @doc """
@@ -110,11 +98,22 @@ defmodule Visor.Server.Status do
   """
   @spec unavailable(node(), term()) :: map()
   def unavailable(node, error) do
-    %{
+    Map.merge(no_replica(), %{
       status: if(error == :not_running, do: :not_running, else: :unresponsive),
       error: error,
-      role: :none,
       node: node,
+      pool: nil,
+      storage: nil,
+      poison: nil,
+      refused: nil,
+      stats: %{}
+    })
+  end
+
+  # The replica's part of a status where no replica runs on this node.
+  defp no_replica do
+    %{
+      role: :none,
       index: nil,
       view: 0,
       log_view: 0,
@@ -125,12 +124,7 @@ defmodule Visor.Server.Status do
       log_base: 0,
       primary: nil,
       replicas: [],
-      cluster: nil,
-      pool: nil,
-      storage: nil,
-      poison: nil,
-      refused: nil,
-      stats: %{}
+      cluster: nil
     }
   end
 
