@@ -169,9 +169,13 @@ defmodule Visor.Formation.Decider do
     |> Map.merge(%{phase: :member, formed: formed, recover: false})
   end
 
-  @doc "This node's replica starts, as a member of `formed`: fresh, or rejoining (`recover`)."
-  @spec become_member(map(), map(), boolean()) :: map()
-  def become_member(state, formed, recover) do
+  @doc """
+  This node's replica starts, as a member of `formed`: fresh, or rejoining
+  (`recover`). `why` says how this node learned that it restarted, for
+  the one line a rejoin logs.
+  """
+  @spec become_member(map(), map(), boolean(), String.t() | nil) :: map()
+  def become_member(state, formed, recover, why \\ nil) do
     index = Enum.find_index(formed.members, &(&1 == state.node))
     state = if state.storage == :memory, do: emit(state, {:remember, formed}), else: state
 
@@ -181,7 +185,7 @@ defmodule Visor.Formation.Decider do
           state,
           :warning,
           :rejoin,
-          "this node restarted; replica #{index} rejoins the cluster " <>
+          "this node restarted#{if why, do: " (#{why})"}; replica #{index} rejoins the cluster " <>
             "#{inspect(formed.members)} and recovers its state from the others"
         )
       else

@@ -314,14 +314,12 @@ defmodule Visor.Formation.Explicit do
 
         {:forming, :restarted} ->
           state
-          |> Decider.log(
-            :warning,
-            :restarted,
-            "#{from} knows an earlier incarnation of this node: it restarted with an " <>
-              "empty memory, so its replica rejoins and recovers the state from the others"
-          )
           |> persist()
-          |> Decider.become_member(static(state.cluster, state.members), true)
+          |> Decider.become_member(
+            static(state.cluster, state.members),
+            true,
+            "#{from} knows an earlier incarnation of this node"
+          )
 
         _decided ->
           state
