@@ -1603,14 +1603,21 @@ mod tests {
         assert_eq!(restarted(&opened).1, [entries, more].concat());
     }
 
-    #[test]
-    fn a_damaged_entry_below_the_checkpoint_needs_no_repair() {
+    /// Six entries, a checkpoint at op 4, and the WAL's copy of op 2
+    /// damaged: the disk, and the entries as written.
+    fn damaged_entry_below_a_checkpoint() -> (Vec<Arc<Prepare>>, MemDisk) {
         let entries = chain(&[], 6, 0);
         let mut store = store_with(&entries, state(0, 0, 6));
         take_checkpoint(&mut store, &entries[3], 1);
         let mut disk = store.into_disk();
         let records = disk.wal_records();
         disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        (entries, disk)
+    }
+
+    #[test]
+    fn a_damaged_entry_below_the_checkpoint_needs_no_repair() {
+        let (entries, disk) = damaged_entry_below_a_checkpoint();
         let (_, opened) = open(disk);
         let Opened::Restart {
             checkpoint,
@@ -1646,12 +1653,7 @@ mod tests {
         // store kept naming the damaged entry below the checkpoint after
         // compaction had dropped it from the log (harmless, as nothing
         // below the checkpoint is written again, but no longer true).
-        let entries = chain(&[], 6, 0);
-        let mut store = store_with(&entries, state(0, 0, 6));
-        take_checkpoint(&mut store, &entries[3], 1);
-        let mut disk = store.into_disk();
-        let records = disk.wal_records();
-        disk.corrupt(Zone::WalA, records[1].0 + 40, 0x20);
+        let (entries, disk) = damaged_entry_below_a_checkpoint();
         let (mut store, _) = open(disk);
         store.invariants().unwrap();
         store.set_compaction_bytes(1);
