@@ -11,31 +11,15 @@ defmodule Visor.FormationKnownDefectsTest do
   import Visor.Test.DiscoveryScript, except: [settings: 0]
 
   alias Visor.Formation.{Decider, Explicit}
-  alias Visor.Options
+  alias Visor.Test.ExplicitScript
 
   @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
 
   describe "nodes:, disk mode" do
     @three [:a@rf, :b@rf, :c@rf]
 
-    defp forming(node, inc) do
-      {state, _effects} =
-        Explicit.new(%{
-          module: __MODULE__,
-          name: :formation,
-          node: node,
-          self: node,
-          incarnation: inc,
-          settings: @settings,
-          members: @three,
-          cluster: Options.cluster_id(__MODULE__, @three, @settings),
-          storage: :disk,
-          earlier: nil,
-          restored: nil
-        })
-
-      state
-    end
+    defp forming(node, inc),
+      do: ExplicitScript.explicit(__MODULE__, node, inc, @three, nil)
 
     # `from`'s hello reaches `to`, and `to`'s answer reaches `from`.
     defp exchange(states, from, to) do

@@ -7,9 +7,11 @@ defmodule Visor.FormationModelTest do
   # seed and a trace; FORMATION_SEED=n replays one seed.
   use ExUnit.Case, async: true
 
+  import Visor.Test.ExplicitScript, only: [round: 2]
+
   alias Visor.Formation.{Decider, Explicit, Restore}
   alias Visor.Options
-  alias Visor.Test.FormationModel
+  alias Visor.Test.{ExplicitScript, FormationModel}
 
   defp check(seeds, trace_kept \\ 80) do
     for seed <- seeds do
@@ -87,23 +89,7 @@ defmodule Visor.FormationModelTest do
 
       assert Decider.decision(states[a]) == :pending
 
-      # Delivers every message `from` sends on its next tick, and the answers.
-      round = fn states, from ->
-        {state, effects} = Explicit.handle(states[from], :tick)
-        states = Map.put(states, from, state)
-
-        for {:send, {:formation, to}, hello} <- effects, reduce: states do
-          states ->
-            {state, replies} = Explicit.handle(states[to], hello)
-            states = Map.put(states, to, state)
-
-            for {:send, ^from, reply} <- replies, reduce: states do
-              states -> Map.update!(states, from, &elem(Explicit.handle(&1, reply), 0))
-            end
-        end
-      end
-
-      states = states |> round.(b) |> round.(c) |> round.(a)
+      states = states |> round(b) |> round(c) |> round(a)
       assert {:member, %{recover: true}} = Decider.decision(states[a])
     end
   end
@@ -112,24 +98,8 @@ defmodule Visor.FormationModelTest do
     @three [:a@snap, :b@snap, :c@snap]
     @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
 
-    defp forming(node, inc, restored \\ nil) do
-      {state, _effects} =
-        Explicit.new(%{
-          module: __MODULE__,
-          name: :formation,
-          node: node,
-          self: node,
-          incarnation: inc,
-          settings: @settings,
-          members: @three,
-          cluster: Options.cluster_id(__MODULE__, @three, @settings),
-          storage: :disk,
-          earlier: nil,
-          restored: restored
-        })
-
-      state
-    end
+    defp forming(node, inc, restored \\ nil),
+      do: ExplicitScript.explicit(__MODULE__, node, inc, @three, restored)
 
     # What `node`'s store says, with the formation file `record`.
     defp from_store(node, record) do

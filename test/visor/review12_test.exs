@@ -19,8 +19,11 @@ defmodule Visor.Review12Test do
   # and fails on 09ed8d9. Not async: one test runs a real group here.
   use ExUnit.Case, async: false
 
-  alias Visor.Formation.{Decider, Explicit, Restore}
+  import Visor.Test.ExplicitScript, only: [round: 2, round: 3]
+
+  alias Visor.Formation.{Decider, Restore}
   alias Visor.Options
+  alias Visor.Test.ExplicitScript
 
   # ---- Visor.Server ----------------------------------------------------------
 
@@ -55,24 +58,8 @@ defmodule Visor.Review12Test do
   @nodes [:a@r12, :b@r12, :c@r12]
   @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
 
-  defp explicit(node, inc, restored, members \\ @nodes) do
-    {state, _effects} =
-      Explicit.new(%{
-        module: __MODULE__,
-        name: :formation,
-        node: node,
-        self: node,
-        incarnation: inc,
-        settings: @settings,
-        members: members,
-        cluster: Options.cluster_id(__MODULE__, members, @settings),
-        storage: :disk,
-        earlier: nil,
-        restored: restored
-      })
-
-    state
-  end
+  defp explicit(node, inc, restored, members \\ @nodes),
+    do: ExplicitScript.explicit(__MODULE__, node, inc, members, restored)
 
   # What a's store says once a's replica ran (it decided fresh); `record`
   # is what its formation process wrote to the store's `formation` file
@@ -101,25 +88,6 @@ defmodule Visor.Review12Test do
 
     {:ok, restored} = Restore.check({:ok, info}, expected, record)
     restored
-  end
-
-  # `from` ticks; each hello is delivered unless `cut?.(from, to)` or `to`
-  # is down (not in `states`), and its answer comes back.
-  defp round(states, from, cut? \\ fn _, _ -> false end) do
-    {state, effects} = Explicit.handle(states[from], :tick)
-    states = Map.put(states, from, state)
-
-    for {:send, {:formation, to}, hello} <- effects,
-        Map.has_key?(states, to) and not cut?.(from, to),
-        reduce: states do
-      states ->
-        {state, replies} = Explicit.handle(states[to], hello)
-        states = Map.put(states, to, state)
-
-        for {:send, ^from, reply} <- replies, reduce: states do
-          states -> Map.update!(states, from, &elem(Explicit.handle(&1, reply), 0))
-        end
-    end
   end
 
   # DEFECT (review12 #2, liveness, the deliberate fix in explicit.ex): a
