@@ -77,18 +77,18 @@ defmodule Visor do
       also survives every node restarting at once);
     * `:data_dir`: with `storage: :disk` (required then), this node's
       directory for the group's store, `Path.join(data_dir,
-      Atom.to_string(module))` (see `Visor.Options`);
+      Atom.to_string(module))` (docs/operations.md, "Disk mode");
     * `:pool_size`: client sessions per node, i.e. how many commands this
       node keeps in flight at once (default 128); more callers wait in line;
     * `:busy_poll_us`: how long (µs, default 50, `0` disables) the server
       polls for its engine's answer after a hand-off, while few of this
-      node's commands are in flight (see `Visor.Options`, "Latency");
+      node's commands are in flight (docs/operations.md, "Latency");
     * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
       disables; it sets the engine's `checkpoint_interval`, which is not an
       option itself);
-    * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
-      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...; the table in
-      docs/operations.md lists them with their ranges);
+    * `:tick_ms` and the engine's limits and timeouts (`:batch_max_bytes`,
+      `:view_change_ticks`, ...; the table in docs/operations.md lists
+      them with their ranges);
     * `:init_arg`: the argument of `c:initial_state/1` (default `[]`); no
       other option reaches it.
 
@@ -140,7 +140,7 @@ defmodule Visor do
       reply is never given instead.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug, or a store
-      it cannot open; `reason` is an engine error, see `Visor.Native`);
+      it cannot open; `reason` is an engine error, see docs/nif.md, "Errors");
       commands in flight may or may not have been applied.
     * `{:halted, op}`: this node's replica stopped at the poison command at
       `op` (see `skip/3`); nothing was submitted.
@@ -339,7 +339,11 @@ defmodule Visor do
 
   @doc """
   The child spec of `module`'s group on this node: a supervisor holding the
-  formation process and the server. See the moduledoc for `opts`.
+  formation process and the server. See the moduledoc for `opts`, which
+  `start_link/2` checks.
+
+      iex> Visor.child_spec(Cache, cluster_size: 3)
+      %{id: Cache, start: {Visor, :start_link, [Cache, [cluster_size: 3]]}, type: :supervisor}
   """
   @spec child_spec(group(), keyword()) :: Supervisor.child_spec()
   def child_spec(module, opts) do
@@ -350,7 +354,18 @@ defmodule Visor do
     }
   end
 
-  @doc "Starts `module`'s group on this node, linked to the caller."
+  @doc """
+  Starts `module`'s group on this node, linked to the caller.
+
+  The options are checked first: a mistake raises `ArgumentError` naming
+  it, and nothing is started.
+
+      iex> Visor.start_link(Cache, cluster_size: 3, pool_sise: 8)
+      ** (ArgumentError) Cache: unknown option pool_sise; pool_sise (did you mean pool_size?); arguments for initial_state/1 go under init_arg:
+
+      iex> Visor.start_link(Cache, storage: :disk)
+      ** (ArgumentError) Cache: give :nodes (the member nodes) or :cluster_size (how many to discover)
+  """
   @spec start_link(group(), keyword()) :: Supervisor.on_start()
   def start_link(module, opts) do
     Visor.Supervisor.start_link(Visor.Options.validate!(module, opts))
@@ -383,6 +398,12 @@ defmodule Visor do
   may still be applied later (exactly once). A bad timeout raises
   `ArgumentError` before anything is sent. The other errors are listed in
   `t:error/0`.
+
+      iex> Visor.commit(Cache, {:add, %{}}, timeout: -1)
+      ** (ArgumentError) timeout must be :infinity or an integer in 0..4294967295 (ms), got: -1
+
+      iex> Visor.commit(Cache, {:add, %{}})   # Cache is not started on this node
+      {:error, :not_running}
   """
   @spec commit(group(), command(), options()) :: term() | {:error, error()}
   def commit(module, command, opts \\ []) do
@@ -416,6 +437,11 @@ defmodule Visor do
       never goes backwards and only ever shows committed state.
     * `timeout:` in ms (default #{@default_timeout}), or `:infinity`, as
       for `commit/3` (also given alone, as `get(module, 10_000)`).
+
+  Any other `consistency` raises before anything is sent:
+
+      iex> Visor.get(Cache, consistency: :eventual)
+      ** (ArgumentError) unknown consistency :eventual
   """
   @spec get(group(), options()) :: term() | {:error, error()}
   def get(module, opts \\ []), do: read(module, [], opts)
@@ -477,7 +503,11 @@ defmodule Visor do
   is `:not_running` (the group is not started here) or `:unresponsive`,
   with the reason in `error` and the other keys as for a replica that does
   not run (`primary: nil`, `replicas: []`), so the map is always safe to
-  read.
+  read:
+
+      iex> status = Visor.status(Cache)   # Cache is not started on this node
+      iex> {status.status, status.primary, status.replicas}
+      {:not_running, nil, []}
   """
   @spec status(group()) :: map()
   def status(module) do

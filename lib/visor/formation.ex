@@ -1,68 +1,67 @@
 defmodule Visor.Formation do
-  @moduledoc """
-  Decides, once per lifetime, whether this node's replica may start, and
-  how: with which members and cluster id, and whether it is a *fresh*
-  replica of a cluster being formed or a *rejoining* one that lost its
-  memory and must recover first (`Visor.Native.start/2` with `recover:
-  true`). docs/operations.md explains both modes to users; this is how they
-  work.
-
-  Every formation process has an *incarnation*: a random number drawn when
-  it starts. The group's supervisor is `:one_for_all`, so a replica that ran
-  and lost its memory (a restarted node, or a restarted server) always comes
-  back under a new formation process, hence a new incarnation. Starting it
-  as a fresh replica would be unsafe: it would have forgotten entries it
-  acknowledged, and a quorum that counts it could lose committed ops. So the
-  one rule both modes keep is: **a node starts a fresh replica only if no
-  earlier incarnation of it can have run one**; every other member node
-  starts a recovering replica, which learns its state from a quorum before
-  it votes or acknowledges anything (docs/protocol.md, "Restart without
-  state"). A recovering replica is always safe; it needs a quorum of the
-  *other* members up and normal to finish.
-
-  ## How it is built
-
-  The two agreements and the disk checks are pure functions of their
-  inputs, each in a module of its own, so a test can drive many of them
-  through any interleaving of messages, losses and restarts without a
-  node (test/visor/formation_model_test.exs):
-
-    * `Visor.Formation.Explicit`: the `nodes: [...]` agreement (hellos
-      answered by each member's record of the sender's incarnation);
-    * `Visor.Formation.Discovery`: the `cluster_size: n` agreement
-      (discovery through `:pg`, then proposals that every proposed node
-      accepts, or that are aborted);
-    * `Visor.Formation.Restore`: disk mode (`storage: :disk`): whether the
-      node restarts from its store, as a function of what the store's
-      superblock says, or refuses a store that does not fit;
-    * `Visor.Formation.Decider`: what the two deciders share (the effects
-      they return, how a decision is taken and announced).
-
-  A decider takes a message, a tick or a timer, and its state (which holds
-  the incarnation, and a `:rand` state for cluster ids), and returns its
-  new state and a list of effects. This module is the process around
-  them: at start it reads what this node remembers (`Visor.Lifetime` in
-  memory mode, the store's superblock in disk mode; a store that does not
-  fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
-  and peers' messages into inputs and carries the effects out: sends
-  (never connecting), timers, `Visor.Lifetime` records, the formation
-  snapshot (disk mode), the decision to the group's server, reconnection
-  attempts, and logs.
-
-  Memory mode adds one rule of its own: a node whose server restarted (the
-  node did not) finds in `Visor.Lifetime` the cluster its replica joined,
-  and rejoins it at once, whatever its peers say. Disk mode adds one too
-  (`nodes:`): a decided member answers a member it has not answered
-  before by the snapshot of incarnations it took when it decided, which
-  this process writes to the store's directory before the store is
-  created (`{:persist, record}`), so that a member restarted from its
-  store still tells a member that never ran from one whose `data_dir` was
-  wiped (`Visor.Formation.Explicit` explains why that is safe).
-
-  After a decision, the process keeps answering hellos (that is how a
-  restarted node learns it must rejoin) and keeps reconnecting distribution
-  to the members, so that a healed partition heals the cluster too.
-  """
+  @moduledoc false
+  # Decides, once per lifetime, whether this node's replica may start, and
+  # how: with which members and cluster id, and whether it is a *fresh*
+  # replica of a cluster being formed or a *rejoining* one that lost its
+  # memory and must recover first (`Visor.Native.start/2` with `recover:
+  # true`). docs/operations.md explains both modes to users; this is how they
+  # work.
+  #
+  # Every formation process has an *incarnation*: a random number drawn when
+  # it starts. The group's supervisor is `:one_for_all`, so a replica that ran
+  # and lost its memory (a restarted node, or a restarted server) always comes
+  # back under a new formation process, hence a new incarnation. Starting it
+  # as a fresh replica would be unsafe: it would have forgotten entries it
+  # acknowledged, and a quorum that counts it could lose committed ops. So the
+  # one rule both modes keep is: **a node starts a fresh replica only if no
+  # earlier incarnation of it can have run one**; every other member node
+  # starts a recovering replica, which learns its state from a quorum before
+  # it votes or acknowledges anything (docs/protocol.md, "Restart without
+  # state"). A recovering replica is always safe; it needs a quorum of the
+  # *other* members up and normal to finish.
+  #
+  # ## How it is built
+  #
+  # The two agreements and the disk checks are pure functions of their
+  # inputs, each in a module of its own, so a test can drive many of them
+  # through any interleaving of messages, losses and restarts without a
+  # node (test/visor/formation_model_test.exs):
+  #
+  #   * `Visor.Formation.Explicit`: the `nodes: [...]` agreement (hellos
+  #     answered by each member's record of the sender's incarnation);
+  #   * `Visor.Formation.Discovery`: the `cluster_size: n` agreement
+  #     (discovery through `:pg`, then proposals that every proposed node
+  #     accepts, or that are aborted);
+  #   * `Visor.Formation.Restore`: disk mode (`storage: :disk`): whether the
+  #     node restarts from its store, as a function of what the store's
+  #     superblock says, or refuses a store that does not fit;
+  #   * `Visor.Formation.Decider`: what the two deciders share (the effects
+  #     they return, how a decision is taken and announced).
+  #
+  # A decider takes a message, a tick or a timer, and its state (which holds
+  # the incarnation, and a `:rand` state for cluster ids), and returns its
+  # new state and a list of effects. This module is the process around
+  # them: at start it reads what this node remembers (`Visor.Lifetime` in
+  # memory mode, the store's superblock in disk mode; a store that does not
+  # fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
+  # and peers' messages into inputs and carries the effects out: sends
+  # (never connecting), timers, `Visor.Lifetime` records, the formation
+  # snapshot (disk mode), the decision to the group's server, reconnection
+  # attempts, and logs.
+  #
+  # Memory mode adds one rule of its own: a node whose server restarted (the
+  # node did not) finds in `Visor.Lifetime` the cluster its replica joined,
+  # and rejoins it at once, whatever its peers say. Disk mode adds one too
+  # (`nodes:`): a decided member answers a member it has not answered
+  # before by the snapshot of incarnations it took when it decided, which
+  # this process writes to the store's directory before the store is
+  # created (`{:persist, record}`), so that a member restarted from its
+  # store still tells a member that never ran from one whose `data_dir` was
+  # wiped (`Visor.Formation.Explicit` explains why that is safe).
+  #
+  # After a decision, the process keeps answering hellos (that is how a
+  # restarted node learns it must rejoin) and keeps reconnecting distribution
+  # to the members, so that a healed partition heals the cluster too.
 
   use GenServer
   import Bitwise
