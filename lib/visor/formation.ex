@@ -108,11 +108,24 @@ defmodule Visor.Formation do
 
   # The decider (Explicit or Discovery) and its state; the server to
   # notify; the reconnect attempts in flight (node => monitor); the :pg
-  # scope (discovery mode).
-  defstruct [:module, :config, :decider, :core, :scope, subscriber: nil, connecting: %{}]
+  # scope (discovery mode); whom this node last logged it waits for.
+  defstruct [
+    :module,
+    :config,
+    :decider,
+    :core,
+    :scope,
+    subscriber: nil,
+    connecting: %{},
+    waiting: nil
+  ]
 
   @impl GenServer
   def init(%Options{module: module} = config) do
+    # The server's and router's metadata key: an operator filters a
+    # group's lines, formation's included, by it.
+    Logger.metadata(visor_group: module)
+
     case restored(config) do
       {:error, message} ->
         Logger.error("#{inspect(module)}: refusing to start: #{message}")
@@ -259,7 +272,45 @@ defmodule Visor.Formation do
     carry_out(%{state | core: core}, effects)
   end
 
-  defp carry_out(state, effects), do: Enum.reduce(effects, state, &effect/2)
+  defp carry_out(state, effects) do
+    replica_metadata(Decider.decision(state.core))
+    effects |> Enum.reduce(state, &effect/2) |> waiting()
+  end
+
+  # Once this node's replica is decided, its lines carry its index, as the
+  # server's do.
+  defp replica_metadata({:member, %{members: members}}),
+    do: Logger.metadata(replica: Enum.find_index(members, &(&1 == node())))
+
+  defp replica_metadata(_undecided), do: :ok
+
+  # One line each time the set this node waits for changes (not on every
+  # tick): an operator whose group never forms sees whom it lacks.
+  defp waiting(state) do
+    case state.decider.waiting(state.core) do
+      nil ->
+        state
+
+      same when same == state.waiting ->
+        state
+
+      waiting ->
+        Logger.info("#{inspect(state.module)}: #{waiting_message(waiting, state.config)}")
+        %{state | waiting: waiting}
+    end
+  end
+
+  defp waiting_message({:nodes, nodes}, _config) do
+    "waiting for #{Enum.join(nodes, ", ")} to answer: the cluster forms once every member " <>
+      "in :nodes has started the group and answered"
+  end
+
+  defp waiting_message({:more, needed, found}, %Options{membership: {:cluster_size, size}}) do
+    found = if found == [], do: "none yet", else: Enum.join(found, ", ")
+
+    "waiting for #{needed} more connected #{if needed == 1, do: "node", else: "nodes"} " <>
+      "running the group with this node's settings (cluster_size: #{size}; found: #{found})"
+  end
 
   # Replica traffic and these messages never set up connections (a send
   # would block on an unreachable host); reconnection does, below.
@@ -310,4 +361,23 @@ defmodule Visor.Formation do
     Logger.log(level, message)
     state
   end
+
+  # What :sys.get_status/1 shows (through Visor.Guard) and a crash report
+  # could, as for Visor.Server: where formation stands, never the start
+  # options (init_arg may hold secrets).
+  @doc false
+  def format_status(%{state: %__MODULE__{} = state} = status) do
+    %{
+      status
+      | state: %{
+          module: state.module,
+          decider: state.decider,
+          decision: Decider.decision(state.core),
+          waiting: state.decider.waiting(state.core),
+          reconnecting: Map.keys(state.connecting)
+        }
+    }
+  end
+
+  def format_status(status), do: status
 end

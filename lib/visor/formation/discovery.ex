@@ -136,6 +136,29 @@ defmodule Visor.Formation.Discovery do
   @spec handle(t(), term()) :: {t(), [Decider.effect()]}
   def handle(state, input), do: state |> step(input) |> Decider.flush()
 
+  @doc """
+  Whom a discovering node waits for: how many more nodes with its
+  settings it needs for `size`, and the undecided ones it has found
+  (discovering, proposing or bound to a proposal); `nil` when it has
+  enough, is bound to a proposal, or has decided.
+  """
+  @spec waiting(t()) :: {:more, pos_integer(), [node()]} | nil
+  def waiting(%{phase: :discovering} = state) do
+    found =
+      for(
+        %{node: n, phase: phase, settings: s} <- Map.values(state.peers),
+        phase in [:discovering, :proposing, :accepted] and s == state.settings,
+        do: n
+      )
+      |> Enum.uniq()
+      |> Enum.sort()
+
+    needed = state.size - 1 - length(found)
+    if needed > 0, do: {:more, needed, found}
+  end
+
+  def waiting(_state), do: nil
+
   defp step(state, {:tick, visible}) do
     targets = if state.phase == :member, do: state.formed.members, else: []
     state |> Decider.tick(targets) |> tick(visible)

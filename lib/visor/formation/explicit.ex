@@ -188,6 +188,20 @@ defmodule Visor.Formation.Explicit do
   # ignored. Peers are untrusted input.
   def handle(state, _input), do: {state, []}
 
+  @doc """
+  Whom a forming node waits for: the other members that have not answered
+  `:ok` yet (a fresh start needs every one); `nil` once decided.
+  """
+  @spec waiting(t()) :: {:nodes, [node()]} | nil
+  def waiting(%{phase: :forming} = state) do
+    case Enum.reject(state.members, &(&1 == state.node or &1 in state.acks)) do
+      [] -> nil
+      nodes -> {:nodes, nodes}
+    end
+  end
+
+  def waiting(_decided), do: nil
+
   defp static(cluster, members), do: %{id: :static, cluster: cluster, members: members}
 
   # Forming: hello every member that has not answered :ok yet. Decided:
