@@ -150,6 +150,9 @@ defmodule Visor do
       setting every member must share differs from the cluster's
       (docs/operations.md, "Settings every member shares"); its replica
       does not start.
+    * `{:storage_refused, message}`: disk mode: this node could not write
+      its formation record (`message` names the file and why); its
+      replica does not start (docs/operations.md, "What happens at start").
     * `:diverged`: a `consistency: :local` read on a node whose state was
       found to differ from the quorum's, until it has recovered the
       quorum's state (status `:diverged`; see docs/operations.md).
@@ -169,6 +172,7 @@ defmodule Visor do
           | {:halted, pos_integer()}
           | {:skipped, pos_integer()}
           | {:setting_mismatch, atom(), term(), term()}
+          | {:storage_refused, String.t()}
           | :diverged
           | :not_running
           | {:server_down, term()}
@@ -491,7 +495,9 @@ defmodule Visor do
   the state from the others), `:normal`, `:view_change`, `:diverged` (its
   state differs from the quorum's; it recovers the quorum's by state sync),
   `:spare`, `:refused` (this node's shared settings differ from the
-  cluster's; `refused` holds `{:setting_mismatch, key, ours, theirs}`) or
+  cluster's, `refused` holding `{:setting_mismatch, key, ours, theirs}`;
+  or, in disk mode, its formation record could not be written:
+  `{:storage_refused, message}`) or
   `:failed`; `poison` is `%{op:, crashes:}` when the replica stopped at a
   poison command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's

@@ -57,7 +57,10 @@ defmodule Visor.Formation do
   # this process writes to the store's directory before the store is
   # created (`{:persist, record}`), so that a member restarted from its
   # store still tells a member that never ran from one whose `data_dir` was
-  # wiped (`Visor.Formation.Explicit` explains why that is safe).
+  # wiped (`Visor.Formation.Explicit` explains why that is safe). A snapshot
+  # that cannot be written refuses this node's replica (`{:refused,
+  # {:storage_refused, message}}` to the server, one error logged) instead
+  # of crashing, which would restart the group into the same failure.
   #
   # After a decision, the process keeps answering hellos (that is how a
   # restarted node learns it must rejoin) and keeps reconnecting distribution
@@ -72,7 +75,12 @@ defmodule Visor.Formation do
 
   @tick_ms 100
 
-  @type decision :: Decider.decision()
+  @typedoc """
+  A decider's decision, or this process's own refusal: the formation
+  record (disk mode) could not be written, so the replica must not create
+  its store.
+  """
+  @type decision :: Decider.decision() | {:refused, {:storage_refused, String.t()}}
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -108,7 +116,8 @@ defmodule Visor.Formation do
 
   # The decider (Explicit or Discovery) and its state; the server to
   # notify; the reconnect attempts in flight (node => monitor); the :pg
-  # scope (discovery mode); whom this node last logged it waits for.
+  # scope (discovery mode); whom this node last logged it waits for; this
+  # process's own refusal, which overrides the decider's decision.
   defstruct [
     :module,
     :config,
@@ -117,7 +126,8 @@ defmodule Visor.Formation do
     :scope,
     subscriber: nil,
     connecting: %{},
-    waiting: nil
+    waiting: nil,
+    refused: nil
   ]
 
   @impl GenServer
@@ -221,10 +231,10 @@ defmodule Visor.Formation do
 
   @impl GenServer
   def handle_call({:subscribe, pid, tag}, _from, state) do
-    {:reply, Decider.decision(state.core), %{state | subscriber: {pid, tag}}}
+    {:reply, current_decision(state), %{state | subscriber: {pid, tag}}}
   end
 
-  def handle_call(:decision, _from, state), do: {:reply, Decider.decision(state.core), state}
+  def handle_call(:decision, _from, state), do: {:reply, current_decision(state), state}
 
   # Calls from other nodes are untrusted input: never crash on them (a
   # crash restarts the group, and its replica would have to recover).
@@ -273,9 +283,12 @@ defmodule Visor.Formation do
   end
 
   defp carry_out(state, effects) do
-    replica_metadata(Decider.decision(state.core))
+    replica_metadata(current_decision(state))
     effects |> Enum.reduce(state, &effect/2) |> waiting()
   end
+
+  defp current_decision(%{refused: nil} = state), do: Decider.decision(state.core)
+  defp current_decision(state), do: {:refused, state.refused}
 
   # Once this node's replica is decided, its lines carry its index, as the
   # server's do.
@@ -324,8 +337,16 @@ defmodule Visor.Formation do
     state
   end
 
+  # Refused: the decision is not carried out, nor announced (the
+  # subscriber has been told the refusal), whatever the decider goes on
+  # deciding: it still answers peers, as a member whose replica is down.
+  defp effect({:notify, _decision}, %{refused: {_, _}} = state), do: state
+
+  defp effect({:log, _, key, _}, %{refused: {_, _}} = state) when key in [:formed, :rejoin],
+    do: state
+
   defp effect({:notify, decision}, state) do
-    with {pid, tag} <- state.subscriber, do: send(pid, {:visor_formation, tag, decision})
+    notify(state, decision)
     state
   end
 
@@ -337,13 +358,28 @@ defmodule Visor.Formation do
   # Written before the server creates the store, so that a store always
   # has the record of the decision that created it (a crash in between
   # leaves a record and no store: the next decision writes it again).
-  # Written aside and renamed, so a crash leaves the old file or the new.
+  # A record that cannot be written refuses the replica: crashing would
+  # restart the group into the same failure, again and again.
   defp effect({:persist, record}, %{config: %{storage: {:disk, dir}}} = state) do
-    file = Restore.formation_file(dir)
-    File.mkdir_p!(dir)
-    :ok = :file.write_file(file <> ".new", Restore.formation_record(record), [:sync])
-    File.rename!(file <> ".new", file)
-    state
+    case write_record(Restore.formation_file(dir), Restore.formation_record(record)) do
+      :ok ->
+        state
+
+      {:error, path, reason} ->
+        message =
+          "cannot write the formation record #{path}: #{:file.format_error(reason)} " <>
+            "(#{inspect(reason)})"
+
+        Logger.error(
+          "#{inspect(state.module)}: refusing to start this node's replica: #{message}; " <>
+            "its store is created only after that record. Fix the directory, then " <>
+            "restart the group on this node"
+        )
+
+        refused = {:storage_refused, message}
+        notify(state, {:refused, refused})
+        %{state | refused: refused}
+    end
   end
 
   # Each attempt runs in its own process: connect_node/1 can block for
@@ -362,6 +398,23 @@ defmodule Visor.Formation do
     state
   end
 
+  # Written aside and renamed, so a crash leaves the old file or the new.
+  defp write_record(file, bytes) do
+    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(Path.dirname(file))},
+         {:write, :ok} <- {:write, :file.write_file(file <> ".new", bytes, [:sync])},
+         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
+      :ok
+    else
+      {:mkdir, {:error, reason}} -> {:error, Path.dirname(file), reason}
+      {:write, {:error, reason}} -> {:error, file <> ".new", reason}
+      {:rename, {:error, reason}} -> {:error, file, reason}
+    end
+  end
+
+  defp notify(state, decision) do
+    with {pid, tag} <- state.subscriber, do: send(pid, {:visor_formation, tag, decision})
+  end
+
   # What :sys.get_status/1 shows (through Visor.Guard) and a crash report
   # could, as for Visor.Server: where formation stands, never the start
   # options (init_arg may hold secrets).
@@ -372,7 +425,7 @@ defmodule Visor.Formation do
       | state: %{
           module: state.module,
           decider: state.decider,
-          decision: Decider.decision(state.core),
+          decision: current_decision(state),
           waiting: state.decider.waiting(state.core),
           reconnecting: Map.keys(state.connecting)
         }
