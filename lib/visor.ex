@@ -77,18 +77,18 @@ defmodule Visor do
       also survives every node restarting at once);
     * `:data_dir`: with `storage: :disk` (required then), this node's
       directory for the group's store, `Path.join(data_dir,
-      Atom.to_string(module))` (see `Visor.Options`);
+      Atom.to_string(module))` (docs/operations.md, "Disk mode");
     * `:pool_size`: client sessions per node, i.e. how many commands this
       node keeps in flight at once (default 128); more callers wait in line;
     * `:busy_poll_us`: how long (µs, default 50, `0` disables) the server
       polls for its engine's answer after a hand-off, while few of this
-      node's commands are in flight (see `Visor.Options`, "Latency");
+      node's commands are in flight (docs/operations.md, "Latency");
     * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
       disables; it sets the engine's `checkpoint_interval`, which is not an
       option itself);
-    * `:tick_ms` and the engine limits and timeouts that `Visor.Native.start/2`
-      accepts (`:batch_max_bytes`, `:view_change_ticks`, ...; the table in
-      docs/operations.md lists them with their ranges);
+    * `:tick_ms` and the engine's limits and timeouts (`:batch_max_bytes`,
+      `:view_change_ticks`, ...; the table in docs/operations.md lists
+      them with their ranges);
     * `:init_arg`: the argument of `c:initial_state/1` (default `[]`); no
       other option reaches it.
 
@@ -140,7 +140,7 @@ defmodule Visor do
       reply is never given instead.
     * `:spare`: this node is not a member of the cluster (see docs/operations.md).
     * `{:engine_down, reason}`: the local replica failed (a bug, or a store
-      it cannot open; `reason` is an engine error, see `Visor.Native`);
+      it cannot open; `reason` is an engine error, see docs/nif.md, "Errors");
       commands in flight may or may not have been applied.
     * `{:halted, op}`: this node's replica stopped at the poison command at
       `op` (see `skip/3`); nothing was submitted.
@@ -150,6 +150,9 @@ defmodule Visor do
       setting every member must share differs from the cluster's
       (docs/operations.md, "Settings every member shares"); its replica
       does not start.
+    * `{:storage_refused, message}`: disk mode: this node could not write
+      its formation record (`message` names the file and why); its
+      replica does not start (docs/operations.md, "What happens at start").
     * `:diverged`: a `consistency: :local` read on a node whose state was
       found to differ from the quorum's, until it has recovered the
       quorum's state (status `:diverged`; see docs/operations.md).
@@ -169,6 +172,7 @@ defmodule Visor do
           | {:halted, pos_integer()}
           | {:skipped, pos_integer()}
           | {:setting_mismatch, atom(), term(), term()}
+          | {:storage_refused, String.t()}
           | :diverged
           | :not_running
           | {:server_down, term()}
@@ -339,7 +343,11 @@ defmodule Visor do
 
   @doc """
   The child spec of `module`'s group on this node: a supervisor holding the
-  formation process and the server. See the moduledoc for `opts`.
+  formation process and the server. See the moduledoc for `opts`, which
+  `start_link/2` checks.
+
+      iex> Visor.child_spec(Cache, cluster_size: 3)
+      %{id: Cache, start: {Visor, :start_link, [Cache, [cluster_size: 3]]}, type: :supervisor}
   """
   @spec child_spec(group(), keyword()) :: Supervisor.child_spec()
   def child_spec(module, opts) do
@@ -350,7 +358,18 @@ defmodule Visor do
     }
   end
 
-  @doc "Starts `module`'s group on this node, linked to the caller."
+  @doc """
+  Starts `module`'s group on this node, linked to the caller.
+
+  The options are checked first: a mistake raises `ArgumentError` naming
+  it, and nothing is started.
+
+      iex> Visor.start_link(Cache, cluster_size: 3, pool_sise: 8)
+      ** (ArgumentError) Cache: unknown option pool_sise; pool_sise (did you mean pool_size?); arguments for initial_state/1 go under init_arg:
+
+      iex> Visor.start_link(Cache, storage: :disk)
+      ** (ArgumentError) Cache: give :nodes (the member nodes) or :cluster_size (how many to discover)
+  """
   @spec start_link(group(), keyword()) :: Supervisor.on_start()
   def start_link(module, opts) do
     Visor.Supervisor.start_link(Visor.Options.validate!(module, opts))
@@ -383,6 +402,12 @@ defmodule Visor do
   may still be applied later (exactly once). A bad timeout raises
   `ArgumentError` before anything is sent. The other errors are listed in
   `t:error/0`.
+
+      iex> Visor.commit(Cache, {:add, %{}}, timeout: -1)
+      ** (ArgumentError) timeout must be :infinity or an integer in 0..4294967295 (ms), got: -1
+
+      iex> Visor.commit(Cache, {:add, %{}})   # Cache is not started on this node
+      {:error, :not_running}
   """
   @spec commit(group(), command(), options()) :: term() | {:error, error()}
   def commit(module, command, opts \\ []) do
@@ -416,6 +441,11 @@ defmodule Visor do
       never goes backwards and only ever shows committed state.
     * `timeout:` in ms (default #{@default_timeout}), or `:infinity`, as
       for `commit/3` (also given alone, as `get(module, 10_000)`).
+
+  Any other `consistency` raises before anything is sent:
+
+      iex> Visor.get(Cache, consistency: :eventual)
+      ** (ArgumentError) unknown consistency :eventual
   """
   @spec get(group(), options()) :: term() | {:error, error()}
   def get(module, opts \\ []), do: read(module, [], opts)
@@ -465,7 +495,9 @@ defmodule Visor do
   the state from the others), `:normal`, `:view_change`, `:diverged` (its
   state differs from the quorum's; it recovers the quorum's by state sync),
   `:spare`, `:refused` (this node's shared settings differ from the
-  cluster's; `refused` holds `{:setting_mismatch, key, ours, theirs}`) or
+  cluster's, `refused` holding `{:setting_mismatch, key, ours, theirs}`;
+  or, in disk mode, its formation record could not be written:
+  `{:storage_refused, message}`) or
   `:failed`; `poison` is `%{op:, crashes:}` when the replica stopped at a
   poison command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
@@ -477,7 +509,11 @@ defmodule Visor do
   is `:not_running` (the group is not started here) or `:unresponsive`,
   with the reason in `error` and the other keys as for a replica that does
   not run (`primary: nil`, `replicas: []`), so the map is always safe to
-  read.
+  read:
+
+      iex> status = Visor.status(Cache)   # Cache is not started on this node
+      iex> {status.status, status.primary, status.replicas}
+      {:not_running, nil, []}
   """
   @spec status(group()) :: map()
   def status(module) do

@@ -1,25 +1,24 @@
 defmodule Visor.Contract do
-  @moduledoc """
-  What the engine (`native/visor_nif`) accepts, as the engine itself
-  reports it: the one source of the limits that Elixir checks up front.
-
-  The NIF builds the contract from the Rust constants it enforces
-  (`contract.rs`: vsr's `MAX_REPLICAS` and `config::RANGES`, the defaults
-  of `vsr::Config::new`, the store's size limits) and `Visor.Native`'s
-  load hook stores it here, in `:persistent_term`, once, after checking
-  that the library speaks `protocol_version/0`. `Visor.Options` and
-  `Visor.Native` validate against it and keep no copy of their own.
-
-    * `max_replicas/0`: most replicas (members) a cluster may have;
-    * `option_keys/0`, `default/1`, `range/1`: the engine options
-      `Visor.Native.start/2` takes as integers (vsr's limits and timeouts,
-      `tick_ms`, `wal_compact_bytes`), each with its default and the
-      values accepted;
-    * `limit/1`: `:deliver_list_max` (most messages in one `{:send, to,
-      messages}` event, and so in one `Visor.Native.deliver/2`),
-      `:group_bytes_max` and `:meta_bytes_max` (a store's group name and
-      metadata).
-  """
+  @moduledoc false
+  # What the engine (`native/visor_nif`) accepts, as the engine itself
+  # reports it: the one source of the limits that Elixir checks up front.
+  #
+  # The NIF builds the contract from the Rust constants it enforces
+  # (`contract.rs`: vsr's `MAX_REPLICAS` and `config::RANGES`, the defaults
+  # of `vsr::Config::new`, the store's size limits) and `Visor.Native`'s
+  # load hook stores it here, in `:persistent_term`, once, after checking
+  # that the library speaks `protocol_version/0`. `Visor.Options` and
+  # `Visor.Native` validate against it and keep no copy of their own.
+  #
+  #   * `max_replicas/0`: most replicas (members) a cluster may have;
+  #   * `option_keys/0`, `default/1`, `range/1`: the engine options
+  #     `Visor.Native.start/2` takes as integers (vsr's limits and timeouts,
+  #     `tick_ms`, `wal_compact_bytes`), each with its default and the
+  #     values accepted;
+  #   * `limit/1`: `:deliver_list_max` (most messages in one `{:send, to,
+  #     messages}` event, and so in one `Visor.Native.deliver/2`),
+  #     `:group_bytes_max` and `:meta_bytes_max` (a store's group name and
+  #     metadata).
 
   # The interface this Elixir code speaks: equal to the NIF's
   # PROTOCOL_VERSION (native/visor_nif/src/contract.rs), bumped with it.

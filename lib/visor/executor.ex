@@ -1,27 +1,26 @@
 defmodule Visor.Executor do
-  @moduledoc """
-  Applies one committed command to the application state.
-
-  Every replica runs this on the same commands in the same order, so it must
-  reach the same result everywhere, failures included: a callback that
-  raises, throws, exits or returns a malformed value leaves the state as it
-  was (on every replica, since every replica fails the same way) and yields
-  `{:error, {:handle_commit_failed, reason}}` for the caller. Nothing a
-  callback does can crash the server or make replicas diverge, as long as
-  the callback itself is deterministic.
-
-  What cannot be caught here: a process linked to the callback that dies
-  sends the server an exit signal, which the server traps (it becomes a
-  message, counted in `unexpected_messages`); but a callback that kills
-  its own process (`Process.exit(self(), :kill)`) or the VM
-  (`:erlang.halt/0`) cannot be stopped. `Visor.Server` then stops at that
-  op after it killed the server twice in a row, until `Visor.skip/3`
-  (docs/operations.md, "Poison commands").
-
-  A failure is logged as a warning, with its stacktrace, by every replica
-  (each fails the same way, by design), once: a replica that executes the
-  log again (a restarted server replays it) passes `log?: false`.
-  """
+  @moduledoc false
+  # Applies one committed command to the application state.
+  #
+  # Every replica runs this on the same commands in the same order, so it must
+  # reach the same result everywhere, failures included: a callback that
+  # raises, throws, exits or returns a malformed value leaves the state as it
+  # was (on every replica, since every replica fails the same way) and yields
+  # `{:error, {:handle_commit_failed, reason}}` for the caller. Nothing a
+  # callback does can crash the server or make replicas diverge, as long as
+  # the callback itself is deterministic.
+  #
+  # What cannot be caught here: a process linked to the callback that dies
+  # sends the server an exit signal, which the server traps (it becomes a
+  # message, counted in `unexpected_messages`); but a callback that kills
+  # its own process (`Process.exit(self(), :kill)`) or the VM
+  # (`:erlang.halt/0`) cannot be stopped. `Visor.Server` then stops at that
+  # op after it killed the server twice in a row, until `Visor.skip/3`
+  # (docs/operations.md, "Poison commands").
+  #
+  # A failure is logged as a warning, with its stacktrace, by every replica
+  # (each fails the same way, by design), once: a replica that executes the
+  # log again (a restarted server replays it) passes `log?: false`.
 
   require Logger
 

@@ -1,68 +1,70 @@
 defmodule Visor.Formation do
-  @moduledoc """
-  Decides, once per lifetime, whether this node's replica may start, and
-  how: with which members and cluster id, and whether it is a *fresh*
-  replica of a cluster being formed or a *rejoining* one that lost its
-  memory and must recover first (`Visor.Native.start/2` with `recover:
-  true`). docs/operations.md explains both modes to users; this is how they
-  work.
-
-  Every formation process has an *incarnation*: a random number drawn when
-  it starts. The group's supervisor is `:one_for_all`, so a replica that ran
-  and lost its memory (a restarted node, or a restarted server) always comes
-  back under a new formation process, hence a new incarnation. Starting it
-  as a fresh replica would be unsafe: it would have forgotten entries it
-  acknowledged, and a quorum that counts it could lose committed ops. So the
-  one rule both modes keep is: **a node starts a fresh replica only if no
-  earlier incarnation of it can have run one**; every other member node
-  starts a recovering replica, which learns its state from a quorum before
-  it votes or acknowledges anything (docs/protocol.md, "Restart without
-  state"). A recovering replica is always safe; it needs a quorum of the
-  *other* members up and normal to finish.
-
-  ## How it is built
-
-  The two agreements and the disk checks are pure functions of their
-  inputs, each in a module of its own, so a test can drive many of them
-  through any interleaving of messages, losses and restarts without a
-  node (test/visor/formation_model_test.exs):
-
-    * `Visor.Formation.Explicit`: the `nodes: [...]` agreement (hellos
-      answered by each member's record of the sender's incarnation);
-    * `Visor.Formation.Discovery`: the `cluster_size: n` agreement
-      (discovery through `:pg`, then proposals that every proposed node
-      accepts, or that are aborted);
-    * `Visor.Formation.Restore`: disk mode (`storage: :disk`): whether the
-      node restarts from its store, as a function of what the store's
-      superblock says, or refuses a store that does not fit;
-    * `Visor.Formation.Decider`: what the two deciders share (the effects
-      they return, how a decision is taken and announced).
-
-  A decider takes a message, a tick or a timer, and its state (which holds
-  the incarnation, and a `:rand` state for cluster ids), and returns its
-  new state and a list of effects. This module is the process around
-  them: at start it reads what this node remembers (`Visor.Lifetime` in
-  memory mode, the store's superblock in disk mode; a store that does not
-  fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
-  and peers' messages into inputs and carries the effects out: sends
-  (never connecting), timers, `Visor.Lifetime` records, the formation
-  snapshot (disk mode), the decision to the group's server, reconnection
-  attempts, and logs.
-
-  Memory mode adds one rule of its own: a node whose server restarted (the
-  node did not) finds in `Visor.Lifetime` the cluster its replica joined,
-  and rejoins it at once, whatever its peers say. Disk mode adds one too
-  (`nodes:`): a decided member answers a member it has not answered
-  before by the snapshot of incarnations it took when it decided, which
-  this process writes to the store's directory before the store is
-  created (`{:persist, record}`), so that a member restarted from its
-  store still tells a member that never ran from one whose `data_dir` was
-  wiped (`Visor.Formation.Explicit` explains why that is safe).
-
-  After a decision, the process keeps answering hellos (that is how a
-  restarted node learns it must rejoin) and keeps reconnecting distribution
-  to the members, so that a healed partition heals the cluster too.
-  """
+  @moduledoc false
+  # Decides, once per lifetime, whether this node's replica may start, and
+  # how: with which members and cluster id, and whether it is a *fresh*
+  # replica of a cluster being formed or a *rejoining* one that lost its
+  # memory and must recover first (`Visor.Native.start/2` with `recover:
+  # true`). docs/operations.md explains both modes to users; this is how they
+  # work.
+  #
+  # Every formation process has an *incarnation*: a random number drawn when
+  # it starts. The group's supervisor is `:one_for_all`, so a replica that ran
+  # and lost its memory (a restarted node, or a restarted server) always comes
+  # back under a new formation process, hence a new incarnation. Starting it
+  # as a fresh replica would be unsafe: it would have forgotten entries it
+  # acknowledged, and a quorum that counts it could lose committed ops. So the
+  # one rule both modes keep is: **a node starts a fresh replica only if no
+  # earlier incarnation of it can have run one**; every other member node
+  # starts a recovering replica, which learns its state from a quorum before
+  # it votes or acknowledges anything (docs/protocol.md, "Restart without
+  # state"). A recovering replica is always safe; it needs a quorum of the
+  # *other* members up and normal to finish.
+  #
+  # ## How it is built
+  #
+  # The two agreements and the disk checks are pure functions of their
+  # inputs, each in a module of its own, so a test can drive many of them
+  # through any interleaving of messages, losses and restarts without a
+  # node (test/visor/formation_model_test.exs):
+  #
+  #   * `Visor.Formation.Explicit`: the `nodes: [...]` agreement (hellos
+  #     answered by each member's record of the sender's incarnation);
+  #   * `Visor.Formation.Discovery`: the `cluster_size: n` agreement
+  #     (discovery through `:pg`, then proposals that every proposed node
+  #     accepts, or that are aborted);
+  #   * `Visor.Formation.Restore`: disk mode (`storage: :disk`): whether the
+  #     node restarts from its store, as a function of what the store's
+  #     superblock says, or refuses a store that does not fit;
+  #   * `Visor.Formation.Decider`: what the two deciders share (the effects
+  #     they return, how a decision is taken and announced).
+  #
+  # A decider takes a message, a tick or a timer, and its state (which holds
+  # the incarnation, and a `:rand` state for cluster ids), and returns its
+  # new state and a list of effects. This module is the process around
+  # them: at start it reads what this node remembers (`Visor.Lifetime` in
+  # memory mode, the store's superblock in disk mode; a store that does not
+  # fit stops `init/1` with `{:storage_refused, message}`), then it turns ticks
+  # and peers' messages into inputs and carries the effects out: sends
+  # (never connecting), timers, `Visor.Lifetime` records, the formation
+  # snapshot (disk mode), the decision to the group's server, reconnection
+  # attempts, and logs.
+  #
+  # Memory mode adds one rule of its own: a node whose server restarted (the
+  # node did not) finds in `Visor.Lifetime` the cluster its replica joined,
+  # and rejoins it at once, whatever its peers say. Disk mode adds one too
+  # (`nodes:`): a decided member answers a member it has not answered
+  # before by the snapshot of incarnations it took when it decided, which
+  # this process writes to the store's directory before the store is
+  # created (`{:persist, record}`), so that a member restarted from its
+  # store still tells a member that never ran from one whose `data_dir` was
+  # wiped (`Visor.Formation.Explicit` explains why that is safe). A snapshot
+  # that cannot be written refuses this node's replica (`{:refused,
+  # {:storage_refused, message}}` to the server, one error logged) instead
+  # of crashing, which would restart the group into the same failure.
+  #
+  # After a decision, the process keeps answering hellos (that is how a
+  # restarted node learns it must rejoin) and keeps reconnecting distribution
+  # to the members, so that a healed partition heals the cluster too.
 
   use GenServer
   import Bitwise
@@ -73,7 +75,12 @@ defmodule Visor.Formation do
 
   @tick_ms 100
 
-  @type decision :: Decider.decision()
+  @typedoc """
+  A decider's decision, or this process's own refusal: the formation
+  record (disk mode) could not be written, so the replica must not create
+  its store.
+  """
+  @type decision :: Decider.decision() | {:refused, {:storage_refused, String.t()}}
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -109,11 +116,26 @@ defmodule Visor.Formation do
 
   # The decider (Explicit or Discovery) and its state; the server to
   # notify; the reconnect attempts in flight (node => monitor); the :pg
-  # scope (discovery mode).
-  defstruct [:module, :config, :decider, :core, :scope, subscriber: nil, connecting: %{}]
+  # scope (discovery mode); whom this node last logged it waits for; this
+  # process's own refusal, which overrides the decider's decision.
+  defstruct [
+    :module,
+    :config,
+    :decider,
+    :core,
+    :scope,
+    subscriber: nil,
+    connecting: %{},
+    waiting: nil,
+    refused: nil
+  ]
 
   @impl GenServer
   def init(%Options{module: module} = config) do
+    # The server's and router's metadata key: an operator filters a
+    # group's lines, formation's included, by it.
+    Logger.metadata(visor_group: module)
+
     case restored(config) do
       {:error, message} ->
         Logger.error("#{inspect(module)}: refusing to start: #{message}")
@@ -209,10 +231,10 @@ defmodule Visor.Formation do
 
   @impl GenServer
   def handle_call({:subscribe, pid, tag}, _from, state) do
-    {:reply, Decider.decision(state.core), %{state | subscriber: {pid, tag}}}
+    {:reply, current_decision(state), %{state | subscriber: {pid, tag}}}
   end
 
-  def handle_call(:decision, _from, state), do: {:reply, Decider.decision(state.core), state}
+  def handle_call(:decision, _from, state), do: {:reply, current_decision(state), state}
 
   # Calls from other nodes are untrusted input: never crash on them (a
   # crash restarts the group, and its replica would have to recover).
@@ -260,7 +282,48 @@ defmodule Visor.Formation do
     carry_out(%{state | core: core}, effects)
   end
 
-  defp carry_out(state, effects), do: Enum.reduce(effects, state, &effect/2)
+  defp carry_out(state, effects) do
+    replica_metadata(current_decision(state))
+    effects |> Enum.reduce(state, &effect/2) |> waiting()
+  end
+
+  defp current_decision(%{refused: nil} = state), do: Decider.decision(state.core)
+  defp current_decision(state), do: {:refused, state.refused}
+
+  # Once this node's replica is decided, its lines carry its index, as the
+  # server's do.
+  defp replica_metadata({:member, %{members: members}}),
+    do: Logger.metadata(replica: Enum.find_index(members, &(&1 == node())))
+
+  defp replica_metadata(_undecided), do: :ok
+
+  # One line each time the set this node waits for changes (not on every
+  # tick): an operator whose group never forms sees whom it lacks.
+  defp waiting(state) do
+    case state.decider.waiting(state.core) do
+      nil ->
+        state
+
+      same when same == state.waiting ->
+        state
+
+      waiting ->
+        Logger.info("#{inspect(state.module)}: #{waiting_message(waiting, state.config)}")
+        %{state | waiting: waiting}
+    end
+  end
+
+  defp waiting_message({:nodes, nodes}, _config) do
+    "waiting for #{Enum.join(nodes, ", ")} to answer: the cluster forms once every member " <>
+      "in :nodes has started the group and answered"
+  end
+
+  defp waiting_message({:more, needed, found}, %Options{membership: {:cluster_size, size}}) do
+    found = if found == [], do: "none yet", else: Enum.join(found, ", ")
+
+    "waiting for #{needed} more connected #{if needed == 1, do: "node", else: "nodes"} " <>
+      "running the group with this node's settings (cluster_size: #{size}; found: #{found})"
+  end
 
   # Replica traffic and these messages never set up connections (a send
   # would block on an unreachable host); reconnection does, below.
@@ -274,8 +337,16 @@ defmodule Visor.Formation do
     state
   end
 
+  # Refused: the decision is not carried out, nor announced (the
+  # subscriber has been told the refusal), whatever the decider goes on
+  # deciding: it still answers peers, as a member whose replica is down.
+  defp effect({:notify, _decision}, %{refused: {_, _}} = state), do: state
+
+  defp effect({:log, _, key, _}, %{refused: {_, _}} = state) when key in [:formed, :rejoin],
+    do: state
+
   defp effect({:notify, decision}, state) do
-    with {pid, tag} <- state.subscriber, do: send(pid, {:visor_formation, tag, decision})
+    notify(state, decision)
     state
   end
 
@@ -287,13 +358,28 @@ defmodule Visor.Formation do
   # Written before the server creates the store, so that a store always
   # has the record of the decision that created it (a crash in between
   # leaves a record and no store: the next decision writes it again).
-  # Written aside and renamed, so a crash leaves the old file or the new.
+  # A record that cannot be written refuses the replica: crashing would
+  # restart the group into the same failure, again and again.
   defp effect({:persist, record}, %{config: %{storage: {:disk, dir}}} = state) do
-    file = Restore.formation_file(dir)
-    File.mkdir_p!(dir)
-    :ok = :file.write_file(file <> ".new", Restore.formation_record(record), [:sync])
-    File.rename!(file <> ".new", file)
-    state
+    case write_record(Restore.formation_file(dir), Restore.formation_record(record)) do
+      :ok ->
+        state
+
+      {:error, path, reason} ->
+        message =
+          "cannot write the formation record #{path}: #{:file.format_error(reason)} " <>
+            "(#{inspect(reason)})"
+
+        Logger.error(
+          "#{inspect(state.module)}: refusing to start this node's replica: #{message}; " <>
+            "its store is created only after that record. Fix the directory, then " <>
+            "restart the group on this node"
+        )
+
+        refused = {:storage_refused, message}
+        notify(state, {:refused, refused})
+        %{state | refused: refused}
+    end
   end
 
   # Each attempt runs in its own process: connect_node/1 can block for
@@ -311,4 +397,40 @@ defmodule Visor.Formation do
     Logger.log(level, message)
     state
   end
+
+  # Written aside and renamed, so a crash leaves the old file or the new.
+  defp write_record(file, bytes) do
+    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(Path.dirname(file))},
+         {:write, :ok} <- {:write, :file.write_file(file <> ".new", bytes, [:sync])},
+         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
+      :ok
+    else
+      {:mkdir, {:error, reason}} -> {:error, Path.dirname(file), reason}
+      {:write, {:error, reason}} -> {:error, file <> ".new", reason}
+      {:rename, {:error, reason}} -> {:error, file, reason}
+    end
+  end
+
+  defp notify(state, decision) do
+    with {pid, tag} <- state.subscriber, do: send(pid, {:visor_formation, tag, decision})
+  end
+
+  # What :sys.get_status/1 shows (through Visor.Guard) and a crash report
+  # could, as for Visor.Server: where formation stands, never the start
+  # options (init_arg may hold secrets).
+  @doc false
+  def format_status(%{state: %__MODULE__{} = state} = status) do
+    %{
+      status
+      | state: %{
+          module: state.module,
+          decider: state.decider,
+          decision: current_decision(state),
+          waiting: state.decider.waiting(state.core),
+          reconnecting: Map.keys(state.connecting)
+        }
+    }
+  end
+
+  def format_status(status), do: status
 end

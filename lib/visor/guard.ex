@@ -1,33 +1,32 @@
 defmodule Visor.Guard do
-  @moduledoc """
-  Runs a `GenServer` callback module in a receive loop of its own, so that
-  no message a peer can send crashes the process.
-
-  `Visor.Router`, `Visor.Server` and `Visor.Formation` are registered
-  names that any connected node can reach. OTP's `gen_server` handles two message shapes
-  itself, before any callback sees them, and crashes on malformed ones: a
-  call whose `from` is not `{pid, tag}` (`{:"$gen_call", :junk, :status}`:
-  the reply to `:junk` raises) and a system message with a malformed
-  sender (`{:system, :junk, :junk}`: `sys` replies to `:junk`). A crashed
-  server is a replica that lost its memory, so this loop checks both shapes
-  first: a well-formed call or system message is handled exactly as
-  `gen_server` would (`GenServer.call/3`, `GenServer.reply/2` and the
-  `:sys` functions work as usual); a malformed one goes to the module's
-  `handle_info/2` like any other unexpected message (the router and the
-  server count those in `status().stats.unexpected_messages`).
-
-  Only what the three modules use is supported: `init/1` returning `{:ok,
-  state}` or `{:stop, reason}`; `handle_call/3`, `handle_cast/2`,
-  `handle_info/2` returning `{:reply, reply, state}`, `{:noreply, state}`
-  (either with an integer timeout) or `{:stop, reason, state}`; and
-  `format_status/1` (OTP 25's), which `:sys.get_status/1` shows the state
-  through, as gen_server does.
-
-  Nor may a crash show the state: a callback that raises has the arguments
-  of its stacktrace's calls replaced by their count (an Erlang stacktrace
-  carries the arguments of a call that matched no clause, the state among
-  them) before the process exits with it.
-  """
+  @moduledoc false
+  # Runs a `GenServer` callback module in a receive loop of its own, so that
+  # no message a peer can send crashes the process.
+  #
+  # `Visor.Router`, `Visor.Server` and `Visor.Formation` are registered
+  # names that any connected node can reach. OTP's `gen_server` handles two message shapes
+  # itself, before any callback sees them, and crashes on malformed ones: a
+  # call whose `from` is not `{pid, tag}` (`{:"$gen_call", :junk, :status}`:
+  # the reply to `:junk` raises) and a system message with a malformed
+  # sender (`{:system, :junk, :junk}`: `sys` replies to `:junk`). A crashed
+  # server is a replica that lost its memory, so this loop checks both shapes
+  # first: a well-formed call or system message is handled exactly as
+  # `gen_server` would (`GenServer.call/3`, `GenServer.reply/2` and the
+  # `:sys` functions work as usual); a malformed one goes to the module's
+  # `handle_info/2` like any other unexpected message (the router and the
+  # server count those in `status().stats.unexpected_messages`).
+  #
+  # Only what the three modules use is supported: `init/1` returning `{:ok,
+  # state}` or `{:stop, reason}`; `handle_call/3`, `handle_cast/2`,
+  # `handle_info/2` returning `{:reply, reply, state}`, `{:noreply, state}`
+  # (either with an integer timeout) or `{:stop, reason, state}`; and
+  # `format_status/1` (OTP 25's), which `:sys.get_status/1` shows the state
+  # through, as gen_server does.
+  #
+  # Nor may a crash show the state: a callback that raises has the arguments
+  # of its stacktrace's calls replaced by their count (an Erlang stacktrace
+  # carries the arguments of a call that matched no clause, the state among
+  # them) before the process exits with it.
 
   @doc "Starts `module` with `arg`, registered locally as `name`, linked to the caller."
   @spec start_link(module(), term(), atom()) :: GenServer.on_start()

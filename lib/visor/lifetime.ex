@@ -1,37 +1,36 @@
 defmodule Visor.Lifetime do
-  @moduledoc """
-  What a group remembers on this node for the life of the VM: across
-  restarts of its server and formation process (a crash of either
-  restarts both, `:one_for_all`), of its `Visor.Supervisor` (which gives up
-  after more than 3 restarts in 5 s and is restarted by its parent), and of
-  any supervisor above it. The record is a `:persistent_term` keyed by the
-  module; only `forget/1` (an explicit operator action, while the group is
-  stopped on this node) or the end of the VM erases it.
-
-  Why not less: nothing Visor can see tells an operator's stop of the group
-  from an automatic one. A supervisor that gives up and one stopped by its
-  parent both exit `:shutdown`, and a parent stops its children the same
-  way whether an operator asked it to, a sibling crashed (`:one_for_all`)
-  or the parent itself gave up. A record that died with any of them would
-  let a crash loop on every node end in a fresh, empty cluster.
-
-    * **the clusters this node's replica joined** (memory mode), one per
-      configuration (`nodes:` by cluster id; `cluster_size:` by size and
-      settings): a restarted server lost its replica's memory, so
-      `Visor.Formation` starts it recovering at once, whatever its peers
-      say. If every server restarted at once, no peer remembers anything:
-      without this record they would form a fresh, empty cluster and serve
-      it.
-    * **the op a `handle_commit` was running** (an `:atomics`, written by
-      the server around each execute), so a restarted server knows its
-      predecessor died inside `handle_commit` at that op, and how many
-      times in a row (`Visor.Server` stops executing at an op that killed
-      it #{2} times: a poison command).
-    * **the highest op its replica executed** (an `:atomics`): a restarted
-      server executes the log again (from op 1 when it rejoins, from its
-      checkpoint in disk mode), and a `handle_commit` failure it meets
-      again is not logged again (`Visor.Executor`).
-  """
+  @moduledoc false
+  # What a group remembers on this node for the life of the VM: across
+  # restarts of its server and formation process (a crash of either
+  # restarts both, `:one_for_all`), of its `Visor.Supervisor` (which gives up
+  # after more than 3 restarts in 5 s and is restarted by its parent), and of
+  # any supervisor above it. The record is a `:persistent_term` keyed by the
+  # module; only `forget/1` (an explicit operator action, while the group is
+  # stopped on this node) or the end of the VM erases it.
+  #
+  # Why not less: nothing Visor can see tells an operator's stop of the group
+  # from an automatic one. A supervisor that gives up and one stopped by its
+  # parent both exit `:shutdown`, and a parent stops its children the same
+  # way whether an operator asked it to, a sibling crashed (`:one_for_all`)
+  # or the parent itself gave up. A record that died with any of them would
+  # let a crash loop on every node end in a fresh, empty cluster.
+  #
+  #   * **the clusters this node's replica joined** (memory mode), one per
+  #     configuration (`nodes:` by cluster id; `cluster_size:` by size and
+  #     settings): a restarted server lost its replica's memory, so
+  #     `Visor.Formation` starts it recovering at once, whatever its peers
+  #     say. If every server restarted at once, no peer remembers anything:
+  #     without this record they would form a fresh, empty cluster and serve
+  #     it.
+  #   * **the op a `handle_commit` was running** (an `:atomics`, written by
+  #     the server around each execute), so a restarted server knows its
+  #     predecessor died inside `handle_commit` at that op, and how many
+  #     times in a row (`Visor.Server` stops executing at an op that killed
+  #     it 2 times: a poison command).
+  #   * **the highest op its replica executed** (an `:atomics`): a restarted
+  #     server executes the log again (from op 1 when it rejoins, from its
+  #     checkpoint in disk mode), and a `handle_commit` failure it meets
+  #     again is not logged again (`Visor.Executor`).
 
   @executing 1
   @streak_op 2

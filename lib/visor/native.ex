@@ -1,77 +1,76 @@
 defmodule Visor.Native do
-  @moduledoc """
-  The bridge to the Rust engine (`native/visor_nif`), one replica group at
-  a time. The full contract is in `docs/nif.md`.
-
-  `start/2` starts a replica group on the engine's own threads and returns
-  its handle (a reference). The engine reports to the `owner` process with
-  one message per engine iteration per group (in disk mode, a second one
-  after the iteration's sync):
-
-      {:visor_engine, engine, events}
-
-  where `events` is a list, in order, of
-
-    * `{:send, to_index, messages}`: send `messages` (a list of binaries,
-      in the order the replica sent them, at most
-      `Visor.Contract.limit(:deliver_list_max)`) to replica
-      `to_index`, whose server calls `deliver/2` with the list. Every
-      message of one batch of steps to the same replica is in one list, and
-      the sends come first in `events`;
-    * `{:execute, op, view, timestamp_ns, requests}`: op `op` is committed;
-      `requests` is a list of `{client, request, outcome, payload}` and the
-      application applies the payloads whose outcome is `:executed`, in
-      order (every replica sees the same sequence);
-    * `{:reply, client, request, op, outcome}`: a request submitted through
-      this replica is settled;
-    * `{:read_ready, id, op}`: the linearizable read `id` (see `read/2`) may
-      be served from the local state now: it has executed every op that was
-      committed before the read began (up to `op`);
-    * `{:storage, kind, detail}` (disk mode only, see `start/2`): how the
-      store opened (`:created`, `:restarted`, `:recovering`), then write
-      failures (`:error`) and their end (`:resumed`).
-
-  An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
-  `:evicted` or `:refused` (the session's latest request has this number
-  but another body: not applied). If the group fails (its store cannot be
-  opened, or a bug in the engine), the owner gets `{:visor_engine_down,
-  engine, reason}` once and the group is gone.
-
-  ## Errors
-
-  The engine's errors are terms to match, never text: the `reason` of
-  `{:visor_engine_down, engine, reason}`, and of the raw `nif_start/2`'s
-  `{:error, reason}` (which `start/2` raises as `ArgumentError`), is one of
-
-    * `{:bad_option, key, why}`: the start option `key` (an atom) is
-      missing or out of its bounds; `why` says how (`"must be positive"`);
-    * `:engine_unavailable`: no engine thread could be started;
-    * `{:store_in_use, dir}`: another live group holds the store's lock
-      (a previous group of this replica releases it a moment after its
-      owner died);
-    * `{:foreign_store, dir, detail}`: the store belongs to another
-      cluster, group or replica (left untouched);
-    * `{:corrupt_store, dir, detail}`: the store cannot be trusted (every
-      superblock copy damaged, a log without its superblock, or a log the
-      replica cannot restart from; left untouched);
-    * `{:store_version, dir, found}`: the store is in another format version;
-    * `{:io_error, dir, detail}`: the store could not be read or written;
-    * `{:engine_bug, detail}`: a panic or broken invariant in the engine
-      (a bug; it fails that group alone).
-
-  `dir`, `why` and `detail` are binaries for people; `format_error/1`
-  renders any of these as one message.
-
-  The limits the engine enforces (replicas per cluster, the integer
-  options with their defaults and ranges, list and size limits) come from
-  the loaded library itself: see `Visor.Contract`. Loading this module
-  fails, with a message saying how to rebuild the library, when the
-  library is missing or speaks another interface version (a stale `.so`).
-
-  Every function returns in microseconds: it validates its arguments
-  (raising `ArgumentError` that names the problem), then enqueues a command
-  for the engine or reads the group's last published status copy.
-  """
+  @moduledoc false
+  # The bridge to the Rust engine (`native/visor_nif`), one replica group at
+  # a time. The full contract is in `docs/nif.md`.
+  #
+  # `start/2` starts a replica group on the engine's own threads and returns
+  # its handle (a reference). The engine reports to the `owner` process with
+  # one message per engine iteration per group (in disk mode, a second one
+  # after the iteration's sync):
+  #
+  #     {:visor_engine, engine, events}
+  #
+  # where `events` is a list, in order, of
+  #
+  #   * `{:send, to_index, messages}`: send `messages` (a list of binaries,
+  #     in the order the replica sent them, at most
+  #     `Visor.Contract.limit(:deliver_list_max)`) to replica
+  #     `to_index`, whose server calls `deliver/2` with the list. Every
+  #     message of one batch of steps to the same replica is in one list, and
+  #     the sends come first in `events`;
+  #   * `{:execute, op, view, timestamp_ns, requests}`: op `op` is committed;
+  #     `requests` is a list of `{client, request, outcome, payload}` and the
+  #     application applies the payloads whose outcome is `:executed`, in
+  #     order (every replica sees the same sequence);
+  #   * `{:reply, client, request, op, outcome}`: a request submitted through
+  #     this replica is settled;
+  #   * `{:read_ready, id, op}`: the linearizable read `id` (see `read/2`) may
+  #     be served from the local state now: it has executed every op that was
+  #     committed before the read began (up to `op`);
+  #   * `{:storage, kind, detail}` (disk mode only, see `start/2`): how the
+  #     store opened (`:created`, `:restarted`, `:recovering`), then write
+  #     failures (`:error`) and their end (`:resumed`).
+  #
+  # An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
+  # `:evicted` or `:refused` (the session's latest request has this number
+  # but another body: not applied). If the group fails (its store cannot be
+  # opened, or a bug in the engine), the owner gets `{:visor_engine_down,
+  # engine, reason}` once and the group is gone.
+  #
+  # ## Errors
+  #
+  # The engine's errors are terms to match, never text: the `reason` of
+  # `{:visor_engine_down, engine, reason}`, and of the raw `nif_start/2`'s
+  # `{:error, reason}` (which `start/2` raises as `ArgumentError`), is one of
+  #
+  #   * `{:bad_option, key, why}`: the start option `key` (an atom) is
+  #     missing or out of its bounds; `why` says how (`"must be positive"`);
+  #   * `:engine_unavailable`: no engine thread could be started;
+  #   * `{:store_in_use, dir}`: another live group holds the store's lock
+  #     (a previous group of this replica releases it a moment after its
+  #     owner died);
+  #   * `{:foreign_store, dir, detail}`: the store belongs to another
+  #     cluster, group or replica (left untouched);
+  #   * `{:corrupt_store, dir, detail}`: the store cannot be trusted (every
+  #     superblock copy damaged, a log without its superblock, or a log the
+  #     replica cannot restart from; left untouched);
+  #   * `{:store_version, dir, found}`: the store is in another format version;
+  #   * `{:io_error, dir, detail}`: the store could not be read or written;
+  #   * `{:engine_bug, detail}`: a panic or broken invariant in the engine
+  #     (a bug; it fails that group alone).
+  #
+  # `dir`, `why` and `detail` are binaries for people; `format_error/1`
+  # renders any of these as one message.
+  #
+  # The limits the engine enforces (replicas per cluster, the integer
+  # options with their defaults and ranges, list and size limits) come from
+  # the loaded library itself: see `Visor.Contract`. Loading this module
+  # fails, with a message saying how to rebuild the library, when the
+  # library is missing or speaks another interface version (a stale `.so`).
+  #
+  # Every function returns in microseconds: it validates its arguments
+  # (raising `ArgumentError` that names the problem), then enqueues a command
+  # for the engine or reads the group's last published status copy.
 
   @on_load :load_nif
 

@@ -1,50 +1,49 @@
 defmodule Visor.Options do
-  @moduledoc """
-  Checks a group's start options once, up front, and turns them into the
-  configuration the supervisor, formation and server share.
-
-  A mistake raises `ArgumentError` naming the option, at start time, rather
-  than surfacing later as a replica that never forms.
-
-  ## Storage
-
-    * `storage: :memory` (the default): the replica's log lives in memory.
-      The group survives any minority of its nodes restarting, but not a
-      majority at once.
-    * `storage: :disk` with `data_dir: "/path"` (required with `:disk`, a
-      non-empty string): the replica writes its log and state to
-      `Path.join(data_dir, Atom.to_string(module))` (for `Cache`,
-      `<data_dir>/Elixir.Cache`) and fsyncs before it acknowledges, so the
-      group survives every node restarting. Several groups (modules) can
-      share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
-      mode", says what happens on restart.
-    * `wal_compact_bytes: n` (disk mode; default 64 MiB): once a checkpoint
-      makes at least `n` bytes of the write-ahead log dead (and at least
-      as many as it leaves live), the log after the checkpoint is copied to a fresh
-      file and the old one is freed, so the WAL stays bounded.
-
-  ## Latency
-
-    * `busy_poll_us: n` (default 50; `0` disables; at
-      most 1000): after handing a command or a peer's message to the engine
-      while only a few of this node's commands are in flight, the server
-      watches its mailbox for up to `n` µs for the engine's answer instead
-      of letting its scheduler sleep at once. Waking a sleeping scheduler
-      costs tens of µs on virtual machines, several times per commit;
-      polling trades at most `n` µs of one scheduler's time per hand-off
-      for that. Under load (many commands in flight) it never polls, so it
-      costs no throughput. docs/operations.md, "Latency", has the figures.
-
-  ## Checkpoints
-
-    * `checkpoint_every: n` (default #{10_000}, both storage modes; `0`
-      disables): every `n` ops each replica encodes its state
-      (`c:Visor.encode_snapshot/1`) into a checkpoint and drops the log
-      before its previous one. A restart (disk mode) then replays only the
-      log after the checkpoint, and a replica that lags behind the log's
-      start (a wiped or rejoining one) catches up by state sync, in chunks
-      of `checkpoint_chunk_bytes` (default 1 MiB).
-  """
+  @moduledoc false
+  # Checks a group's start options once, up front, and turns them into the
+  # configuration the supervisor, formation and server share.
+  #
+  # A mistake raises `ArgumentError` naming the option, at start time, rather
+  # than surfacing later as a replica that never forms.
+  #
+  # ## Storage
+  #
+  #   * `storage: :memory` (the default): the replica's log lives in memory.
+  #     The group survives any minority of its nodes restarting, but not a
+  #     majority at once.
+  #   * `storage: :disk` with `data_dir: "/path"` (required with `:disk`, a
+  #     non-empty string): the replica writes its log and state to
+  #     `Path.join(data_dir, Atom.to_string(module))` (for `Cache`,
+  #     `<data_dir>/Elixir.Cache`) and fsyncs before it acknowledges, so the
+  #     group survives every node restarting. Several groups (modules) can
+  #     share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
+  #     mode", says what happens on restart.
+  #   * `wal_compact_bytes: n` (disk mode; default 64 MiB): once a checkpoint
+  #     makes at least `n` bytes of the write-ahead log dead (and at least
+  #     as many as it leaves live), the log after the checkpoint is copied to a fresh
+  #     file and the old one is freed, so the WAL stays bounded.
+  #
+  # ## Latency
+  #
+  #   * `busy_poll_us: n` (default 50; `0` disables; at
+  #     most 1000): after handing a command or a peer's message to the engine
+  #     while only a few of this node's commands are in flight, the server
+  #     watches its mailbox for up to `n` µs for the engine's answer instead
+  #     of letting its scheduler sleep at once. Waking a sleeping scheduler
+  #     costs tens of µs on virtual machines, several times per commit;
+  #     polling trades at most `n` µs of one scheduler's time per hand-off
+  #     for that. Under load (many commands in flight) it never polls, so it
+  #     costs no throughput. docs/operations.md, "Latency", has the figures.
+  #
+  # ## Checkpoints
+  #
+  #   * `checkpoint_every: n` (default 10000, both storage modes; `0`
+  #     disables): every `n` ops each replica encodes its state
+  #     (`c:Visor.encode_snapshot/1`) into a checkpoint and drops the log
+  #     before its previous one. A restart (disk mode) then replays only the
+  #     log after the checkpoint, and a replica that lags behind the log's
+  #     start (a wiped or rejoining one) catches up by state sync, in chunks
+  #     of `checkpoint_chunk_bytes` (default 1 MiB).
 
   alias Visor.Contract
 

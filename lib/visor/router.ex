@@ -1,24 +1,23 @@
 defmodule Visor.Router do
-  @moduledoc """
-  One group's peer traffic on one node: the process that owns the engine
-  (`Visor.Native.start/2`'s owner), carries out its `{:send, to, messages}`
-  events and hands peers' messages to it (`Visor.Native.deliver/2`). It is
-  registered locally under the group's module, so a peer reaches it as
-  `{module, node}`.
-
-  It never runs the application's code. That is its reason to exist: the
-  replica's protocol (heartbeats, prepares and their acknowledgements,
-  view-change votes) must flow while `Visor.Server` runs a slow
-  `handle_commit`, or a healthy primary's backups, hearing nothing, elect
-  another (docs/operations.md, "Slow callbacks"). Every other engine event
-  goes to the server as it came, in order, in one message per batch.
-
-  Only the server may start the engine (`start_engine/3`, a call the
-  router checks comes from its server: peers can reach this process). It
-  runs in `Visor.Guard`, so no message a peer sends crashes it; what it
-  drops it counts in `:counters` that the server shows in `status().stats`
-  (`stats/1`).
-  """
+  @moduledoc false
+  # One group's peer traffic on one node: the process that owns the engine
+  # (`Visor.Native.start/2`'s owner), carries out its `{:send, to, messages}`
+  # events and hands peers' messages to it (`Visor.Native.deliver/2`). It is
+  # registered locally under the group's module, so a peer reaches it as
+  # `{module, node}`.
+  #
+  # It never runs the application's code. That is its reason to exist: the
+  # replica's protocol (heartbeats, prepares and their acknowledgements,
+  # view-change votes) must flow while `Visor.Server` runs a slow
+  # `handle_commit`, or a healthy primary's backups, hearing nothing, elect
+  # another (docs/operations.md, "Slow callbacks"). Every other engine event
+  # goes to the server as it came, in order, in one message per batch.
+  #
+  # Only the server may start the engine (`start_engine/3`, a call the
+  # router checks comes from its server: peers can reach this process). It
+  # runs in `Visor.Guard`, so no message a peer sends crashes it; what it
+  # drops it counts in `:counters` that the server shows in `status().stats`
+  # (`stats/1`).
 
   require Logger
 

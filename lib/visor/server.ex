@@ -1,48 +1,47 @@
 defmodule Visor.Server do
-  @moduledoc """
-  One group's server on one node: the process the group's callers call
-  (registered locally as `Visor.Supervisor.name(module, :server)`), and
-  the one that runs the application's code.
-
-  It is built as the Rust core is (and as Ra's `ra_server` sits beside
-  `ra_server_proc`): decisions are made by modules that take a state and
-  an event and return a new state and a list of effects, and this process
-  only receives messages, asks them, and carries out the effects (engine
-  calls, sends, replies, timers, logs), in order:
-
-    * `Visor.Server.Callers`: commits and linearizable reads wait in a line
-      and go to the engine through a pool of client sessions
-      (`Visor.Sessions`); each caller is answered when the engine settles
-      its request, or with `{:error, :timeout}` at its deadline, whichever
-      comes first;
-    * `Visor.Server.Machine`: the application state; committed entries
-      arrive as `{:execute, ...}` events, in op order, on every replica,
-      and each executed command goes through `Visor.Executor` (the user's
-      `handle_commit`); also checkpoints, divergence and poison commands;
-    * `Visor.Server.Lifecycle`: the engine's start (once `Visor.Formation`
-      says this node is a member), its store's events, and its failure;
-    * `Visor.Server.Status`: the `status` map.
-
-  Peer traffic is not this process's: `Visor.Router` owns the engine,
-  carries out its `{:send, ...}` events and delivers peers' messages, and
-  passes every other engine event on to this process, in order. So a slow
-  `handle_commit` delays this replica's executions and answers, never its
-  part in the protocol. docs/commands.md follows one command through all
-  of this.
-
-  In disk mode the engine opens the group's store before the replica runs,
-  and reports how (`{:storage, :created | :restarted | :recovering | :repairing, _}`),
-  then write failures and their end; the server logs them and shows them in
-  `status`. A store the engine refuses stops the server with
-  `{:storage_refused, reason}` (the one case retried first is a store still
-  locked for a moment by this node's previous server, after a restart).
-
-  It runs in `Visor.Guard` (no malformed message crashes it) and traps
-  exits (a process a `handle_commit` linked to cannot take it down). A
-  `handle_commit` that kills it anyway at the same op twice in a row is a
-  poison command: the next server stops executing there until a committed
-  `Visor.skip/3` names that op (docs/operations.md, "Poison commands").
-  """
+  @moduledoc false
+  # One group's server on one node: the process the group's callers call
+  # (registered locally as `Visor.Supervisor.name(module, :server)`), and
+  # the one that runs the application's code.
+  #
+  # It is built as the Rust core is (and as Ra's `ra_server` sits beside
+  # `ra_server_proc`): decisions are made by modules that take a state and
+  # an event and return a new state and a list of effects, and this process
+  # only receives messages, asks them, and carries out the effects (engine
+  # calls, sends, replies, timers, logs), in order:
+  #
+  #   * `Visor.Server.Callers`: commits and linearizable reads wait in a line
+  #     and go to the engine through a pool of client sessions
+  #     (`Visor.Sessions`); each caller is answered when the engine settles
+  #     its request, or with `{:error, :timeout}` at its deadline, whichever
+  #     comes first;
+  #   * `Visor.Server.Machine`: the application state; committed entries
+  #     arrive as `{:execute, ...}` events, in op order, on every replica,
+  #     and each executed command goes through `Visor.Executor` (the user's
+  #     `handle_commit`); also checkpoints, divergence and poison commands;
+  #   * `Visor.Server.Lifecycle`: the engine's start (once `Visor.Formation`
+  #     says this node is a member), its store's events, and its failure;
+  #   * `Visor.Server.Status`: the `status` map.
+  #
+  # Peer traffic is not this process's: `Visor.Router` owns the engine,
+  # carries out its `{:send, ...}` events and delivers peers' messages, and
+  # passes every other engine event on to this process, in order. So a slow
+  # `handle_commit` delays this replica's executions and answers, never its
+  # part in the protocol. docs/commands.md follows one command through all
+  # of this.
+  #
+  # In disk mode the engine opens the group's store before the replica runs,
+  # and reports how (`{:storage, :created | :restarted | :recovering | :repairing, _}`),
+  # then write failures and their end; the server logs them and shows them in
+  # `status`. A store the engine refuses stops the server with
+  # `{:storage_refused, reason}` (the one case retried first is a store still
+  # locked for a moment by this node's previous server, after a restart).
+  #
+  # It runs in `Visor.Guard` (no malformed message crashes it) and traps
+  # exits (a process a `handle_commit` linked to cannot take it down). A
+  # `handle_commit` that kills it anyway at the same op twice in a row is a
+  # poison command: the next server stops executing there until a committed
+  # `Visor.skip/3` names that op (docs/operations.md, "Poison commands").
 
   use GenServer
   require Logger
@@ -359,7 +358,7 @@ defmodule Visor.Server do
   end
 
   # The router owns the engine, so that peer traffic never waits for this
-  # process (see the moduledoc).
+  # process (see the top of this module).
   defp carry_out({:start_engine, opts}, state) do
     engine = Router.start_engine(state.module, opts, state.lifecycle.members)
     %{state | engine: engine, starts: state.starts + 1}

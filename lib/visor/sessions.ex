@@ -1,17 +1,16 @@
 defmodule Visor.Sessions do
-  @moduledoc """
-  The pool of client sessions through which one node's server submits
-  commands (a pure data structure; `Visor.Server.Callers` owns it).
-
-  The protocol's client table allows one outstanding request per client id
-  (docs/protocol.md, "Client table"), so a server that wants many commands
-  in flight keeps many client ids: *slots*. A slot is registered lazily (its
-  request 0 is a registration, answered with the session), then numbers its
-  requests 1, 2, 3, ... and is busy while one is in flight. The engine
-  retries a request itself, with the same client id and number, until it is
-  settled, so a slot never resubmits; a slot whose caller gave up stays busy
-  until the engine settles the request.
-  """
+  @moduledoc false
+  # The pool of client sessions through which one node's server submits
+  # commands (a pure data structure; `Visor.Server.Callers` owns it).
+  #
+  # The protocol's client table allows one outstanding request per client id
+  # (docs/protocol.md, "Client table"), so a server that wants many commands
+  # in flight keeps many client ids: *slots*. A slot is registered lazily (its
+  # request 0 is a registration, answered with the session), then numbers its
+  # requests 1, 2, 3, ... and is busy while one is in flight. The engine
+  # retries a request itself, with the same client id and number, until it is
+  # settled, so a slot never resubmits; a slot whose caller gave up stays busy
+  # until the engine settles the request.
 
   @enforce_keys [:max]
   defstruct max: 0, slots: %{}, idle: [], registering: 0

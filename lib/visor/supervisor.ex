@@ -1,20 +1,19 @@
 defmodule Visor.Supervisor do
-  @moduledoc """
-  One group's processes on one node: the `:pg` scope (discovery mode only),
-  `Visor.Formation`, `Visor.Router` (peer traffic), then `Visor.Server`.
-
-  `:one_for_all`: the application state and the replica live only in the
-  server's memory, so a restarted server is a replica with amnesia (and
-  the engine lives only as long as the router that owns it). Formation
-  restarts with it, under a new incarnation, which the peers recognise as a
-  restart: the new replica rejoins and recovers its state from them before
-  it takes part (`Visor.Formation`). Restarting the pair is safe;
-  restarting only the server would not be (a fresh replica that forgot what
-  it acknowledged). The group's `Visor.Lifetime` record outlives such
-  restarts, and restarts of this supervisor too (it lasts as long as the
-  VM, until `Visor.forget/1`): in memory mode a restarted pair rejoins even
-  if no peer remembers this node.
-  """
+  @moduledoc false
+  # One group's processes on one node: the `:pg` scope (discovery mode only),
+  # `Visor.Formation`, `Visor.Router` (peer traffic), then `Visor.Server`.
+  #
+  # `:one_for_all`: the application state and the replica live only in the
+  # server's memory, so a restarted server is a replica with amnesia (and
+  # the engine lives only as long as the router that owns it). Formation
+  # restarts with it, under a new incarnation, which the peers recognise as a
+  # restart: the new replica rejoins and recovers its state from them before
+  # it takes part (`Visor.Formation`). Restarting the pair is safe;
+  # restarting only the server would not be (a fresh replica that forgot what
+  # it acknowledged). The group's `Visor.Lifetime` record outlives such
+  # restarts, and restarts of this supervisor too (it lasts as long as the
+  # VM, until `Visor.forget/1`): in memory mode a restarted pair rejoins even
+  # if no peer remembers this node.
 
   use Supervisor
 

@@ -1,20 +1,19 @@
 defmodule Visor.Telemetry do
-  @moduledoc """
-  Visor's `:telemetry` events (the table is in docs/operations.md,
-  "Telemetry"): emitted through `:telemetry.execute/3` and
-  `:telemetry.span/3` when the `:telemetry` application is loaded, and
-  nothing at all when it is not.
-
-  `:telemetry` is not a declared dependency of Visor: an application that
-  wants the events depends on it itself. Whether it is there is checked
-  once per VM (on the first event) and kept in a `:persistent_term`, so an
-  event costs one `:persistent_term.get/2` when it is absent.
-
-  Visor's tests run the emission against a test double of `:telemetry`
-  (test/support/telemetry.erl: `execute/3` and `span/3` with the real
-  library's semantics, loaded on the test's peer nodes), since the hex
-  package cannot be fetched where Visor is built.
-  """
+  @moduledoc false
+  # Visor's `:telemetry` events (the table is in docs/operations.md,
+  # "Telemetry"): emitted through `:telemetry.execute/3` and
+  # `:telemetry.span/3` when the `:telemetry` application is loaded, and
+  # nothing at all when it is not.
+  #
+  # `:telemetry` is not a declared dependency of Visor: an application that
+  # wants the events depends on it itself. Whether it is there is checked
+  # once per VM (on the first event) and kept in a `:persistent_term`, so an
+  # event costs one `:persistent_term.get/2` when it is absent.
+  #
+  # Visor's tests run the emission against a test double of `:telemetry`
+  # (test/support/telemetry.erl: `execute/3` and `span/3` with the real
+  # library's semantics, loaded on the test's peer nodes), since the hex
+  # package cannot be fetched where Visor is built.
 
   # :telemetry is optional: the calls below are only made when it is loaded.
   @compile {:no_warn_undefined, :telemetry}

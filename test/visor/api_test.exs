@@ -3,6 +3,10 @@ defmodule Visor.ApiTest do
   # without a running cluster (options, timeouts, status, `use Visor`).
   use ExUnit.Case, async: true
 
+  # The examples in Visor's docs (options, timeouts, status without a
+  # running group): the public API's docs cannot drift from what it does.
+  doctest Visor
+
   alias Visor.Options
 
   describe "options" do

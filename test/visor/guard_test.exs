@@ -50,4 +50,19 @@ defmodule Visor.GuardTest do
     refute inspect(options) =~ "s3cr3t"
     assert inspect(options) =~ "Visor.Test.Counter"
   end
+
+  test "a group's formation process: not the start options in its status" do
+    [node] = Cluster.start_peers(1) |> Enum.map(&elem(&1, 1))
+    :ok = Cluster.start_group([node], Counter, nodes: [node], init_arg: "s3cr3t-init")
+    formation = :erpc.call(node, Process, :whereis, [Visor.Supervisor.name(Counter, :formation)])
+
+    # The options are in the state (so this test can fail), and a crash
+    # report prints them as a plain map (Erlang's ~p), init_arg included ...
+    assert :erpc.call(node, :sys, :get_state, [formation]).config.init_arg == "s3cr3t-init"
+
+    # ... but not what a status shows: where formation stands.
+    status = :erpc.call(node, :sys, :get_status, [formation])
+    refute inspect(status, limit: :infinity, structs: false) =~ "s3cr3t"
+    assert inspect(status) =~ "decision: {:member"
+  end
 end

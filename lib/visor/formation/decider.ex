@@ -1,20 +1,19 @@
 defmodule Visor.Formation.Decider do
-  @moduledoc """
-  What the two agreement deciders, `Visor.Formation.Explicit` (`nodes:`)
-  and `Visor.Formation.Discovery` (`cluster_size:`), share: the effects
-  they return, the decisions they take and how each one is announced.
-
-  A decider is a pure state machine. `handle(state, input)` takes a message
-  a peer sent (already checked by `Visor.Formation` to name a pid to answer
-  to), a tick or a timer, and returns the new state and the effects to
-  carry out, in order. It reads no clock, draws no random number (the
-  incarnation and a `:rand` state come in with its state), and touches no
-  process, table or file: `Visor.Formation` carries the effects out, and a
-  test can run many deciders in one process, through any interleaving.
-
-  While a decider function runs, its effects gather in the state (`emit/2`,
-  newest first); `flush/1` hands them out in order.
-  """
+  @moduledoc false
+  # What the two agreement deciders, `Visor.Formation.Explicit` (`nodes:`)
+  # and `Visor.Formation.Discovery` (`cluster_size:`), share: the effects
+  # they return, the decisions they take and how each one is announced.
+  #
+  # A decider is a pure state machine. `handle(state, input)` takes a message
+  # a peer sent (already checked by `Visor.Formation` to name a pid to answer
+  # to), a tick or a timer, and returns the new state and the effects to
+  # carry out, in order. It reads no clock, draws no random number (the
+  # incarnation and a `:rand` state come in with its state), and touches no
+  # process, table or file: `Visor.Formation` carries the effects out, and a
+  # test can run many deciders in one process, through any interleaving.
+  #
+  # While a decider function runs, its effects gather in the state (`emit/2`,
+  # newest first); `flush/1` hands them out in order.
 
   alias Visor.Options
 

@@ -1,65 +1,64 @@
 defmodule Visor.Formation.Discovery do
-  @moduledoc """
-  The agreement of a `cluster_size: n` group, as a pure decider
-  (`Visor.Formation.Decider`): which `n` nodes form the cluster, under
-  which id, and whether this node's replica starts fresh, rejoins, or is a
-  spare.
-
-  Formation processes find each other with `:pg` (a scope per module) among
-  connected nodes and exchange hellos that carry their phase. A two-phase
-  agreement then forms the cluster:
-
-    1. The lowest-named node among all those still *discovering* or
-       *proposing*, whatever their settings (having heard every visible
-       peer, and no formed cluster), proposes the first `n` discovering
-       nodes with its own settings, sorted, and a fresh random cluster id.
-       Only one node may propose at a time: a proposer per settings class,
-       or a second one while a lower node's proposal is in flight, could
-       form two clusters of the group side by side. If the lowest node has
-       other settings than the rest, nobody forms (each logs who differs).
-    2. A discovering node accepts at most one proposal at a time and answers
-       with its incarnation; it leaves an accepted proposal only when that
-       proposal's proposer aborts it. While bound, it tells the proposer so
-       on every tick (`:visor_bound`), and a proposer that has decided that
-       proposal answers with its decision again (the formed cluster, or an
-       abort): sends are best effort, and one lost abort or announcement
-       must not leave an acceptor bound forever. A later proposal from the
-       proposer it is bound to also frees it (a proposer proposes again
-       only after it aborted its previous proposal); an earlier one, a
-       duplicate or a copy slow on the way, does not.
-    3. If every proposed member accepts, the proposer announces the cluster
-       (members, cluster id, each member's incarnation) to the members, which
-       then start their replicas. Otherwise it aborts (a reject or
-       #{2_000} ms without every answer), and tries again later.
-
-  A proposer decides once (formed or aborted), and an acceptor is bound to
-  one proposal until it is decided, so two clusters can never share a node.
-  Formed members advertise the cluster in their hellos: a node that sees a
-  formed cluster does not propose. If the cluster names this node under
-  this very incarnation, it is an acceptor that missed the announcement and
-  starts a fresh replica; if it names the node under another incarnation
-  (only an accepted incarnation can be named, and incarnations are never
-  reused), the node restarted and rejoins with a recovering replica; if the
-  node is not named, it becomes a *spare*. A node bound to a proposal waits
-  for its proposer's decision before it looks at a formed cluster. The
-  formed cluster never changes, so any number of restarts of a member are
-  recognised the same way; members also record (and log) a rejoining
-  node's new incarnation when it says hello.
-
-  Limits (docs/operations.md): nodes that cannot see each other at all
-  while forming (disjoint partitions at boot) can form separate clusters;
-  use `nodes:` when that matters. An acceptor whose proposer died before
-  its decision reached the acceptor waits for it forever (a restarted
-  proposer is another process, with another incarnation in its proposal
-  ids: it cannot answer for the old one's proposals).
-
-  Inputs: `{:tick, visible}` (every 100 ms, with the addresses of the
-  other formation processes `:pg` shows), the hellos and their replies,
-  `{:visor_propose, pid, proposal}`, `{:visor_accept, id, node,
-  incarnation}`, `{:visor_reject, id, node}`, `{:visor_abort, id}`,
-  `{:visor_formed, formed}`, `{:visor_bound, pid, id}`, and
-  `{:proposal_timeout, id}` (a timer).
-  """
+  @moduledoc false
+  # The agreement of a `cluster_size: n` group, as a pure decider
+  # (`Visor.Formation.Decider`): which `n` nodes form the cluster, under
+  # which id, and whether this node's replica starts fresh, rejoins, or is a
+  # spare.
+  #
+  # Formation processes find each other with `:pg` (a scope per module) among
+  # connected nodes and exchange hellos that carry their phase. A two-phase
+  # agreement then forms the cluster:
+  #
+  #   1. The lowest-named node among all those still *discovering* or
+  #      *proposing*, whatever their settings (having heard every visible
+  #      peer, and no formed cluster), proposes the first `n` discovering
+  #      nodes with its own settings, sorted, and a fresh random cluster id.
+  #      Only one node may propose at a time: a proposer per settings class,
+  #      or a second one while a lower node's proposal is in flight, could
+  #      form two clusters of the group side by side. If the lowest node has
+  #      other settings than the rest, nobody forms (each logs who differs).
+  #   2. A discovering node accepts at most one proposal at a time and answers
+  #      with its incarnation; it leaves an accepted proposal only when that
+  #      proposal's proposer aborts it. While bound, it tells the proposer so
+  #      on every tick (`:visor_bound`), and a proposer that has decided that
+  #      proposal answers with its decision again (the formed cluster, or an
+  #      abort): sends are best effort, and one lost abort or announcement
+  #      must not leave an acceptor bound forever. A later proposal from the
+  #      proposer it is bound to also frees it (a proposer proposes again
+  #      only after it aborted its previous proposal); an earlier one, a
+  #      duplicate or a copy slow on the way, does not.
+  #   3. If every proposed member accepts, the proposer announces the cluster
+  #      (members, cluster id, each member's incarnation) to the members, which
+  #      then start their replicas. Otherwise it aborts (a reject or
+  #      2000 ms without every answer), and tries again later.
+  #
+  # A proposer decides once (formed or aborted), and an acceptor is bound to
+  # one proposal until it is decided, so two clusters can never share a node.
+  # Formed members advertise the cluster in their hellos: a node that sees a
+  # formed cluster does not propose. If the cluster names this node under
+  # this very incarnation, it is an acceptor that missed the announcement and
+  # starts a fresh replica; if it names the node under another incarnation
+  # (only an accepted incarnation can be named, and incarnations are never
+  # reused), the node restarted and rejoins with a recovering replica; if the
+  # node is not named, it becomes a *spare*. A node bound to a proposal waits
+  # for its proposer's decision before it looks at a formed cluster. The
+  # formed cluster never changes, so any number of restarts of a member are
+  # recognised the same way; members also record (and log) a rejoining
+  # node's new incarnation when it says hello.
+  #
+  # Limits (docs/operations.md): nodes that cannot see each other at all
+  # while forming (disjoint partitions at boot) can form separate clusters;
+  # use `nodes:` when that matters. An acceptor whose proposer died before
+  # its decision reached the acceptor waits for it forever (a restarted
+  # proposer is another process, with another incarnation in its proposal
+  # ids: it cannot answer for the old one's proposals).
+  #
+  # Inputs: `{:tick, visible}` (every 100 ms, with the addresses of the
+  # other formation processes `:pg` shows), the hellos and their replies,
+  # `{:visor_propose, pid, proposal}`, `{:visor_accept, id, node,
+  # incarnation}`, `{:visor_reject, id, node}`, `{:visor_abort, id}`,
+  # `{:visor_formed, formed}`, `{:visor_bound, pid, id}`, and
+  # `{:proposal_timeout, id}` (a timer).
 
   alias Visor.Formation.Decider
   alias Visor.Options
@@ -136,6 +135,29 @@ defmodule Visor.Formation.Discovery do
   @doc "Takes one input; returns the new state and the effects to carry out."
   @spec handle(t(), term()) :: {t(), [Decider.effect()]}
   def handle(state, input), do: state |> step(input) |> Decider.flush()
+
+  @doc """
+  Whom a discovering node waits for: how many more nodes with its
+  settings it needs for `size`, and the undecided ones it has found
+  (discovering, proposing or bound to a proposal); `nil` when it has
+  enough, is bound to a proposal, or has decided.
+  """
+  @spec waiting(t()) :: {:more, pos_integer(), [node()]} | nil
+  def waiting(%{phase: :discovering} = state) do
+    found =
+      for(
+        %{node: n, phase: phase, settings: s} <- Map.values(state.peers),
+        phase in [:discovering, :proposing, :accepted] and s == state.settings,
+        do: n
+      )
+      |> Enum.uniq()
+      |> Enum.sort()
+
+    needed = state.size - 1 - length(found)
+    if needed > 0, do: {:more, needed, found}
+  end
+
+  def waiting(_state), do: nil
 
   defp step(state, {:tick, visible}) do
     targets = if state.phase == :member, do: state.formed.members, else: []

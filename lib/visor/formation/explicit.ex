@@ -1,89 +1,88 @@
 defmodule Visor.Formation.Explicit do
-  @moduledoc """
-  The agreement of a `nodes: [...]` group, as a pure decider
-  (`Visor.Formation.Decider`): whether this node's replica starts fresh
-  or rejoins.
-
-  The members and the cluster id (`Visor.Options.cluster_id/2`) are known
-  up front. Each formation process keeps a *record* of every other member:
-  the incarnation it knows for it, and whether that incarnation was let in
-  as `:fresh` or told to `:rejoin`. A node says hello to every other member;
-  a member answers by its record of the sender:
-
-    * no record: `:ok`, and it records the sender as `:fresh`;
-    * the same incarnation, recorded `:fresh`: `:ok`;
-    * the same incarnation recorded `:rejoin`, or another incarnation:
-      `:restarted`, and it records the sender's incarnation as `:rejoin`
-      (sticky: the same incarnation never gets `:ok` afterwards).
-
-  A node starts a fresh replica once **every** member has answered `:ok`,
-  and a recovering one as soon as **any** member answers `:restarted`.
-  Requiring every member for a fresh start is what makes the check
-  complete: a replica starts fresh only after every member has recorded
-  it, so any later incarnation of that node is told `:restarted` by every
-  member that outlived it. Every answer also carries the responder's
-  records (its own included), and a node adds to its records those it
-  lacks; a node that decided keeps saying hello to members it has not
-  heard from yet. So a rejoined node learns the others' incarnations (and
-  can tell when *they* restart), and every member records the rejoined
-  node's new incarnation: a second restart is recognised like the first.
-
-  ## Disk mode
-
-  In disk mode a process that restarted from its store has lost its
-  records, and the cluster ran: a member it has no word on may have run a
-  replica too, and then lost its `data_dir`. So a decided member answers
-  the first hello of a member it has not answered before by its
-  *formation snapshot* (`formed_with`), never by a record it learned
-  since: the incarnations it knew as let in fresh (by itself, or by a
-  peer) when it decided; `:ok` to the incarnation named there, and
-  `:restarted` to any other (recorded as `:rejoin`). The snapshot is
-  written to the store's directory before the replica creates the store
-  (`Visor.Formation.Restore`), so a member restarted from its store
-  answers with the snapshot of the process that created it. Without one
-  (a missing file) every such member is told to rejoin, as before the
-  snapshot existed.
-
-  Why this is safe. Say `b` ran a replica under an incarnation `b0` and
-  now forms again as `b1` (its `data_dir` wiped: with a store it would
-  restart from it). If `b0` started fresh, every member's process of the
-  time let it in, and recorded it. `b1` starts fresh only if every
-  member's current process
-  answers it `:ok`. A process that judged `b0` itself (it outlived it)
-  answers `:restarted`. A process restarted from its store answers by a
-  snapshot taken when that store was created: before `b1` existed
-  (it names `b0` or nothing: `:restarted`), unless the member had no store
-  when `b1` appeared, that is, it had lost its memory as well (wiped, or
-  restarted before it ever ran) and not yet come back normal. A process
-  that decided after `b1` appeared names `b1` in its snapshot only if it
-  knew no other incarnation of `b`: it is a process that never heard of
-  `b0`, whose member's earlier process (which did) lost its memory. So
-  `b1` gets `:ok` from every member only if every member lost its memory
-  since `b0` ran, none of them back to normal when `b1` appeared: more
-  than a minority at once, beyond the guarantee (docs/operations.md).
-  What the snapshot adds over "always `:restarted`" is liveness: a member
-  that decided fresh and restarted from its store before the others
-  decided lets in the very incarnations it formed with, which never ran,
-  instead of sending them all to recover with it as their only normal
-  replica (a wedge: nothing committed, nothing ever will be).
-
-  A record learned from a peer is no verdict for a decided member in disk
-  mode: a forming node tells its own as `:fresh`, and a member that
-  rejoined after a wipe would otherwise let a wiped `b1` in fresh on the
-  word of `b1` itself. A forming node still answers by its records: its
-  `:ok` is only one of the votes a fresh start needs.
-
-  What remains: a member that *rejoined* decided on the first
-  `:restarted` it heard, so its snapshot (and that of a store it creates)
-  may lack members that were still forming; it tells them to rejoin even
-  if they never ran. That is safe, but if it leaves fewer than a quorum
-  of the members normal, the rejoined replicas stay `:recovering`, as
-  after a majority lost its memory (docs/operations.md).
-
-  Inputs: `:tick` (every 100 ms), and the hellos and their replies
-  (`{:visor_hello, pid, node, incarnation, cluster}`,
-  `{:visor_hello_reply, pid, node, incarnation, reply}`).
-  """
+  @moduledoc false
+  # The agreement of a `nodes: [...]` group, as a pure decider
+  # (`Visor.Formation.Decider`): whether this node's replica starts fresh
+  # or rejoins.
+  #
+  # The members and the cluster id (`Visor.Options.cluster_id/2`) are known
+  # up front. Each formation process keeps a *record* of every other member:
+  # the incarnation it knows for it, and whether that incarnation was let in
+  # as `:fresh` or told to `:rejoin`. A node says hello to every other member;
+  # a member answers by its record of the sender:
+  #
+  #   * no record: `:ok`, and it records the sender as `:fresh`;
+  #   * the same incarnation, recorded `:fresh`: `:ok`;
+  #   * the same incarnation recorded `:rejoin`, or another incarnation:
+  #     `:restarted`, and it records the sender's incarnation as `:rejoin`
+  #     (sticky: the same incarnation never gets `:ok` afterwards).
+  #
+  # A node starts a fresh replica once **every** member has answered `:ok`,
+  # and a recovering one as soon as **any** member answers `:restarted`.
+  # Requiring every member for a fresh start is what makes the check
+  # complete: a replica starts fresh only after every member has recorded
+  # it, so any later incarnation of that node is told `:restarted` by every
+  # member that outlived it. Every answer also carries the responder's
+  # records (its own included), and a node adds to its records those it
+  # lacks; a node that decided keeps saying hello to members it has not
+  # heard from yet. So a rejoined node learns the others' incarnations (and
+  # can tell when *they* restart), and every member records the rejoined
+  # node's new incarnation: a second restart is recognised like the first.
+  #
+  # ## Disk mode
+  #
+  # In disk mode a process that restarted from its store has lost its
+  # records, and the cluster ran: a member it has no word on may have run a
+  # replica too, and then lost its `data_dir`. So a decided member answers
+  # the first hello of a member it has not answered before by its
+  # *formation snapshot* (`formed_with`), never by a record it learned
+  # since: the incarnations it knew as let in fresh (by itself, or by a
+  # peer) when it decided; `:ok` to the incarnation named there, and
+  # `:restarted` to any other (recorded as `:rejoin`). The snapshot is
+  # written to the store's directory before the replica creates the store
+  # (`Visor.Formation.Restore`), so a member restarted from its store
+  # answers with the snapshot of the process that created it. Without one
+  # (a missing file) every such member is told to rejoin, as before the
+  # snapshot existed.
+  #
+  # Why this is safe. Say `b` ran a replica under an incarnation `b0` and
+  # now forms again as `b1` (its `data_dir` wiped: with a store it would
+  # restart from it). If `b0` started fresh, every member's process of the
+  # time let it in, and recorded it. `b1` starts fresh only if every
+  # member's current process
+  # answers it `:ok`. A process that judged `b0` itself (it outlived it)
+  # answers `:restarted`. A process restarted from its store answers by a
+  # snapshot taken when that store was created: before `b1` existed
+  # (it names `b0` or nothing: `:restarted`), unless the member had no store
+  # when `b1` appeared, that is, it had lost its memory as well (wiped, or
+  # restarted before it ever ran) and not yet come back normal. A process
+  # that decided after `b1` appeared names `b1` in its snapshot only if it
+  # knew no other incarnation of `b`: it is a process that never heard of
+  # `b0`, whose member's earlier process (which did) lost its memory. So
+  # `b1` gets `:ok` from every member only if every member lost its memory
+  # since `b0` ran, none of them back to normal when `b1` appeared: more
+  # than a minority at once, beyond the guarantee (docs/operations.md).
+  # What the snapshot adds over "always `:restarted`" is liveness: a member
+  # that decided fresh and restarted from its store before the others
+  # decided lets in the very incarnations it formed with, which never ran,
+  # instead of sending them all to recover with it as their only normal
+  # replica (a wedge: nothing committed, nothing ever will be).
+  #
+  # A record learned from a peer is no verdict for a decided member in disk
+  # mode: a forming node tells its own as `:fresh`, and a member that
+  # rejoined after a wipe would otherwise let a wiped `b1` in fresh on the
+  # word of `b1` itself. A forming node still answers by its records: its
+  # `:ok` is only one of the votes a fresh start needs.
+  #
+  # What remains: a member that *rejoined* decided on the first
+  # `:restarted` it heard, so its snapshot (and that of a store it creates)
+  # may lack members that were still forming; it tells them to rejoin even
+  # if they never ran. That is safe, but if it leaves fewer than a quorum
+  # of the members normal, the rejoined replicas stay `:recovering`, as
+  # after a majority lost its memory (docs/operations.md).
+  #
+  # Inputs: `:tick` (every 100 ms), and the hellos and their replies
+  # (`{:visor_hello, pid, node, incarnation, cluster}`,
+  # `{:visor_hello_reply, pid, node, incarnation, reply}`).
 
   alias Visor.Formation.Decider
   alias Visor.Options
@@ -189,6 +188,20 @@ defmodule Visor.Formation.Explicit do
   # ignored. Peers are untrusted input.
   def handle(state, _input), do: {state, []}
 
+  @doc """
+  Whom a forming node waits for: the other members that have not answered
+  `:ok` yet (a fresh start needs every one); `nil` once decided.
+  """
+  @spec waiting(t()) :: {:nodes, [node()]} | nil
+  def waiting(%{phase: :forming} = state) do
+    case Enum.reject(state.members, &(&1 == state.node or &1 in state.acks)) do
+      [] -> nil
+      nodes -> {:nodes, nodes}
+    end
+  end
+
+  def waiting(_decided), do: nil
+
   defp static(cluster, members), do: %{id: :static, cluster: cluster, members: members}
 
   # Forming: hello every member that has not answered :ok yet. Decided:
@@ -232,7 +245,7 @@ defmodule Visor.Formation.Explicit do
   defp mismatch(state), do: {:mismatch, state.members, state.settings, state.phase == :member}
 
   # A member's verdict on a hello from `from` (another configured member)
-  # with incarnation `inc`, by its record of `from` (see the moduledoc).
+  # with incarnation `inc`, by its record of `from` (see the top of this module).
   defp judge(state, from, inc) do
     first? = not MapSet.member?(state.judged, from)
     state = %{state | judged: MapSet.put(state.judged, from)}
@@ -241,7 +254,7 @@ defmodule Visor.Formation.Explicit do
       # Disk mode, decided: this node's replica ran, so the cluster may
       # have run with a replica of `from` that then lost its store. A
       # member this process has not answered itself gets :ok only under
-      # the incarnation its formation snapshot names (see the moduledoc),
+      # the incarnation its formation snapshot names (see the top of this module),
       # never by a record learned since: a forming node tells its own as
       # :fresh.
       _ when state.storage == :disk and state.phase == :member and first? ->

@@ -1,37 +1,36 @@
 defmodule Visor.Formation.Restore do
-  @moduledoc """
-  Disk mode (`storage: :disk`): whether this node restarts from the store
-  in its `data_dir`, as a pure function of what the store's superblock
-  says (`Visor.Native.probe/2`, which `Visor.Formation` reads before
-  anything else).
-
-  If there is a store, this node's replica ran and wrote everything it
-  acknowledged: it is a member of the cluster the store records (its id,
-  and the member list `store_meta/2` put into the store's metadata when
-  the store was created), and it restarts from the store at once, without
-  waiting for anyone: after every node died, each restarts from its own
-  disk and a quorum of them serves again. The formation process is then a
-  formed member like any other (it advertises the cluster in its hellos,
-  reconnects distribution, records the others' incarnations). A store that
-  does not fit (another group, a member list that does not name this node
-  in the store's place, another `nodes:` list or `cluster_size:`, other
-  shared settings, an unreadable superblock) is refused: the group does
-  not start, and the files are left as they are.
-
-  With an empty store the node forms as in memory mode (a node whose
-  `data_dir` was wiped is a restarted node: it rejoins and recovers).
-
-  `nodes:` mode also keeps, in a file `formation` in the store's
-  directory that `Visor.Formation` writes when it decides (before the
-  replica creates the store), its *formation snapshot*: the incarnation of
-  each other member it knew as let in fresh at that moment.
-  `formation_record/1` encodes it, `check/3` reads it back as
-  `formed_with`. A restored member lets a member it has not answered
-  itself in fresh under that incarnation only (`Visor.Formation.Explicit`
-  says why that is safe). A missing or unreadable file reads as an empty
-  snapshot: every such member is then told to rejoin, which is always
-  safe.
-  """
+  @moduledoc false
+  # Disk mode (`storage: :disk`): whether this node restarts from the store
+  # in its `data_dir`, as a pure function of what the store's superblock
+  # says (`Visor.Native.probe/2`, which `Visor.Formation` reads before
+  # anything else).
+  #
+  # If there is a store, this node's replica ran and wrote everything it
+  # acknowledged: it is a member of the cluster the store records (its id,
+  # and the member list `store_meta/2` put into the store's metadata when
+  # the store was created), and it restarts from the store at once, without
+  # waiting for anyone: after every node died, each restarts from its own
+  # disk and a quorum of them serves again. The formation process is then a
+  # formed member like any other (it advertises the cluster in its hellos,
+  # reconnects distribution, records the others' incarnations). A store that
+  # does not fit (another group, a member list that does not name this node
+  # in the store's place, another `nodes:` list or `cluster_size:`, other
+  # shared settings, an unreadable superblock) is refused: the group does
+  # not start, and the files are left as they are.
+  #
+  # With an empty store the node forms as in memory mode (a node whose
+  # `data_dir` was wiped is a restarted node: it rejoins and recovers).
+  #
+  # `nodes:` mode also keeps, in a file `formation` in the store's
+  # directory that `Visor.Formation` writes when it decides (before the
+  # replica creates the store), its *formation snapshot*: the incarnation of
+  # each other member it knew as let in fresh at that moment.
+  # `formation_record/1` encodes it, `check/3` reads it back as
+  # `formed_with`. A restored member lets a member it has not answered
+  # itself in fresh under that incarnation only (`Visor.Formation.Explicit`
+  # says why that is safe). A missing or unreadable file reads as an empty
+  # snapshot: every such member is then told to rejoin, which is always
+  # safe.
 
   alias Visor.Formation.Decider
   alias Visor.Options

@@ -1,22 +1,21 @@
 defmodule Visor.Router.Watch do
-  @moduledoc """
-  What changed in this replica between two looks at its engine's status
-  (a pure decider; `Visor.Router` reads the status, a copy the engine
-  publishes, every 10 ms, and carries out the effects): a view
-  change beginning and ending, a new primary, this node's role, a recovery
-  beginning and ending, and the peers' messages the engine dropped (its
-  `dropped_*` counters).
-
-  A view change that began and ended between two looks is reported at
-  once, its start and end together (`duration` 0).
-
-  Effects, in order:
-
-    * `{:telemetry, event, measurements, metadata}` (docs/operations.md,
-      "Telemetry");
-    * `{:log, level, message}`;
-    * `{:view, view}`: the replica is in a new view (for the logs' metadata).
-  """
+  @moduledoc false
+  # What changed in this replica between two looks at its engine's status
+  # (a pure decider; `Visor.Router` reads the status, a copy the engine
+  # publishes, every 10 ms, and carries out the effects): a view
+  # change beginning and ending, a new primary, this node's role, a recovery
+  # beginning and ending, and the peers' messages the engine dropped (its
+  # `dropped_*` counters).
+  #
+  # A view change that began and ended between two looks is reported at
+  # once, its start and end together (`duration` 0).
+  #
+  # Effects, in order:
+  #
+  #   * `{:telemetry, event, measurements, metadata}` (docs/operations.md,
+  #     "Telemetry");
+  #   * `{:log, level, message}`;
+  #   * `{:view, view}`: the replica is in a new view (for the logs' metadata).
 
   @enforce_keys [:module, :members, :index, :since]
   defstruct [

@@ -1,24 +1,23 @@
 defmodule Visor.Server.Callers do
-  @moduledoc """
-  This node's callers (a pure decider; `Visor.Server` carries out its
-  effects): a caller is admitted or refused at once (`admit/6`); commits
-  and linearizable reads wait in one line (FIFO), go to
-  the engine through the pool of client sessions (`Visor.Sessions`) in
-  arrival order, and each caller is answered exactly once: when the engine
-  settles its request, or with `{:error, :timeout}` at its deadline,
-  whichever comes first.
-
-  Its functions return the new state with a list of effects, in the order
-  they must be carried out:
-
-    * `{:reply, from, term}`: answer a caller (`GenServer.reply/2`);
-    * `{:deadline, id, ms}`: in `ms`, call `deadline(callers, id)`;
-    * `{:cancel_deadline, id}`: that timer is no longer needed;
-    * `{:submit, client, session, request, payload}`: hand a request to the
-      engine (`Visor.Native.submit/5`; request 0 with session 0 registers
-      the client);
-    * `{:read, id}`: ask the engine for a read index (`Visor.Native.read/2`).
-  """
+  @moduledoc false
+  # This node's callers (a pure decider; `Visor.Server` carries out its
+  # effects): a caller is admitted or refused at once (`admit/6`); commits
+  # and linearizable reads wait in one line (FIFO), go to
+  # the engine through the pool of client sessions (`Visor.Sessions`) in
+  # arrival order, and each caller is answered exactly once: when the engine
+  # settles its request, or with `{:error, :timeout}` at its deadline,
+  # whichever comes first.
+  #
+  # Its functions return the new state with a list of effects, in the order
+  # they must be carried out:
+  #
+  #   * `{:reply, from, term}`: answer a caller (`GenServer.reply/2`);
+  #   * `{:deadline, id, ms}`: in `ms`, call `deadline(callers, id)`;
+  #   * `{:cancel_deadline, id}`: that timer is no longer needed;
+  #   * `{:submit, client, session, request, payload}`: hand a request to the
+  #     engine (`Visor.Native.submit/5`; request 0 with session 0 registers
+  #     the client);
+  #   * `{:read, id}`: ask the engine for a read index (`Visor.Native.read/2`).
 
   alias Visor.{Executor, Sessions}
 

@@ -1,26 +1,25 @@
 defmodule Visor.Server.Lifecycle do
-  @moduledoc """
-  The life of this node's engine (a pure decider; `Visor.Server` carries
-  out its effects): when `Visor.Formation`'s decision starts the replica,
-  with which options; what a store the engine cannot open means (retried
-  while this node's previous engine still holds it, else the server
-  stops); what the store's events mean (logged, and how it opened); and
-  which phase the server is in, which decides what callers get.
-
-  Phases: `:forming`, `:running`, `:spare`, `{:failed, reason}` or
-  `{:refused, reason}`.
-
-  Effects, in order:
-
-    * `{:start_engine, opts}`: start the engine (`Visor.Native.start/2`);
-    * `:discard_engine`: the engine stopped before it ran: forget it, and
-      what was handed to it waits in line again
-      (`Visor.Server.Callers.requeue/1`);
-    * `{:fail_callers, error}`: answer every waiting caller `{:error, error}`;
-    * `{:after, ms, message}`: send this message to the server in `ms`;
-    * `{:log, level, message}`;
-    * `{:stop, reason}`: the server stops.
-  """
+  @moduledoc false
+  # The life of this node's engine (a pure decider; `Visor.Server` carries
+  # out its effects): when `Visor.Formation`'s decision starts the replica,
+  # with which options; what a store the engine cannot open means (retried
+  # while this node's previous engine still holds it, else the server
+  # stops); what the store's events mean (logged, and how it opened); and
+  # which phase the server is in, which decides what callers get.
+  #
+  # Phases: `:forming`, `:running`, `:spare`, `{:failed, reason}` or
+  # `{:refused, reason}`.
+  #
+  # Effects, in order:
+  #
+  #   * `{:start_engine, opts}`: start the engine (`Visor.Native.start/2`);
+  #   * `:discard_engine`: the engine stopped before it ran: forget it, and
+  #     what was handed to it waits in line again
+  #     (`Visor.Server.Callers.requeue/1`);
+  #   * `{:fail_callers, error}`: answer every waiting caller `{:error, error}`;
+  #   * `{:after, ms, message}`: send this message to the server in `ms`;
+  #   * `{:log, level, message}`;
+  #   * `{:stop, reason}`: the server stops.
 
   alias Visor.{Formation, Native, Options}
 

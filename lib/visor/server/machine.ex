@@ -1,40 +1,39 @@
 defmodule Visor.Server.Machine do
-  @moduledoc """
-  The application's state machine on this replica (a decider; `Visor.Server`
-  carries out its effects): it applies the engine's events about the
-  application state, in op order, to the state.
-
-    * `{:execute, op, view, timestamp, requests}`: each executed command
-      goes through `Visor.Executor` (the user's `handle_commit`);
-    * `{:snapshot, op}`: a checkpoint is due; the state is encoded
-      (`encode_snapshot/1`) for the engine;
-    * `{:install_snapshot, op, bytes}`: the state becomes a checkpoint's
-      (`decode_snapshot/1`);
-    * `{:diverged, op, digest, quorum}`: this state differs from the
-      quorum's; nothing is served from it until a checkpoint is installed;
-    * a poison command (docs/operations.md, "Poison commands"): from its op
-      on, executes and checkpoints wait until a committed `Visor.skip/3`
-      names it; then that op's commands answer `{:error, {:skipped, op}}`.
-
-  It calls the application's own functions (`initial_state/1`,
-  `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`) directly
-  rather than asking the server to: they are the application's pure,
-  deterministic functions, and their results decide this module's next
-  state, so an effect carried out later could not. The one side effect here
-  is `Visor.Lifetime.executing/2` around each execute: it must bracket the
-  user's code exactly (replayed held events included), so that a
-  `handle_commit` that kills the server is charged to its own op.
-
-  Effects, in order:
-
-    * `{:result, client, request, result}`: this replica's result for a
-      request (`Visor.Server.Callers.result/4` keeps it for this node's own);
-    * `{:snapshot, op, bytes}`: the checkpoint for the engine
-      (`Visor.Native.snapshot/3`);
-    * `{:log, level, message}`;
-    * `{:fail, reason}`: a checkpoint that does not decode; this replica
-      cannot know its state (`Visor.Server.Lifecycle.fail/2`).
-  """
+  @moduledoc false
+  # The application's state machine on this replica (a decider; `Visor.Server`
+  # carries out its effects): it applies the engine's events about the
+  # application state, in op order, to the state.
+  #
+  #   * `{:execute, op, view, timestamp, requests}`: each executed command
+  #     goes through `Visor.Executor` (the user's `handle_commit`);
+  #   * `{:snapshot, op}`: a checkpoint is due; the state is encoded
+  #     (`encode_snapshot/1`) for the engine;
+  #   * `{:install_snapshot, op, bytes}`: the state becomes a checkpoint's
+  #     (`decode_snapshot/1`);
+  #   * `{:diverged, op, digest, quorum}`: this state differs from the
+  #     quorum's; nothing is served from it until a checkpoint is installed;
+  #   * a poison command (docs/operations.md, "Poison commands"): from its op
+  #     on, executes and checkpoints wait until a committed `Visor.skip/3`
+  #     names it; then that op's commands answer `{:error, {:skipped, op}}`.
+  #
+  # It calls the application's own functions (`initial_state/1`,
+  # `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`) directly
+  # rather than asking the server to: they are the application's pure,
+  # deterministic functions, and their results decide this module's next
+  # state, so an effect carried out later could not. The one side effect here
+  # is `Visor.Lifetime.executing/2` around each execute: it must bracket the
+  # user's code exactly (replayed held events included), so that a
+  # `handle_commit` that kills the server is charged to its own op.
+  #
+  # Effects, in order:
+  #
+  #   * `{:result, client, request, result}`: this replica's result for a
+  #     request (`Visor.Server.Callers.result/4` keeps it for this node's own);
+  #   * `{:snapshot, op, bytes}`: the checkpoint for the engine
+  #     (`Visor.Native.snapshot/3`);
+  #   * `{:log, level, message}`;
+  #   * `{:fail, reason}`: a checkpoint that does not decode; this replica
+  #     cannot know its state (`Visor.Server.Lifecycle.fail/2`).
 
   alias Visor.{Executor, Lifetime}
 
@@ -155,7 +154,7 @@ defmodule Visor.Server.Machine do
 
   defp walk(data, path), do: {:get_in, data, path}
 
-  @doc "Applies one engine event (see the moduledoc); other events change nothing."
+  @doc "Applies one engine event (see the top of this module); other events change nothing."
   @spec event(t(), tuple()) :: {t(), [effect()]}
   def event(%__MODULE__{} = machine, event) do
     {machine, effects} = apply_event(event, machine, [])

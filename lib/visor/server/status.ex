@@ -1,9 +1,8 @@
 defmodule Visor.Server.Status do
-  @moduledoc """
-  The map `Visor.status/1` returns (docs/operations.md, "Status"), built
-  from the server's parts: a pure function of what it is given, so what
-  the map says is decided here and nowhere else.
-  """
+  @moduledoc false
+  # The map `Visor.status/1` returns (docs/operations.md, "Status"), built
+  # from the server's parts: a pure function of what it is given, so what
+  # the map says is decided here and nowhere else.
 
   alias Visor.Server.Lifecycle
 
