@@ -271,8 +271,11 @@ defmodule Visor.Server do
     versions = Machine.versions(state.machine)
     engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
 
+    # A primary halted at a poison command could not submit the switch.
     view = %{
-      primary: engine != nil and engine.is_primary and engine.status == :normal,
+      primary:
+        engine != nil and engine.is_primary and engine.status == :normal and
+          Machine.halted(state.machine) == nil,
       running: versions.running,
       supported: versions.supported,
       others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: [])
