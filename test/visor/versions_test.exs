@@ -62,7 +62,8 @@ defmodule Visor.VersionsTest do
     [v1, v2] = compile([1, 2])
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     for n <- nodes, do: CodeVersions.load(v1, n)
-    :ok = Cluster.start_group(nodes, @module, nodes: nodes, checkpoint_every: 50)
+    # :critical: the rolled back node's error is expected.
+    :ok = Cluster.start_group(nodes, @module, [nodes: nodes, checkpoint_every: 50], :critical)
 
     # A new cluster runs version 0, and switches to the version every
     # member supports.
@@ -143,6 +144,43 @@ defmodule Visor.VersionsTest do
       assert s.stats.checkpoint_divergence == 0
       assert s.checkpoint > 0
     end
+  end
+
+  test "memory mode: a member restarted with the old code after the switch rejoins, " <>
+         "stops where the state it recovers needs the new version, and catches up once upgraded" do
+    [v1, v2] = compile([1, 2])
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    for n <- nodes, do: CodeVersions.load(v1, n)
+    :ok = Cluster.start_group(nodes, @module, nodes: nodes, checkpoint_every: 5)
+    running(nodes, 1)
+    for i <- 1..6, do: assert(commit(Enum.at(nodes, rem(i, 3)), i) == 1)
+    for n <- nodes, do: CodeVersions.load(v2, n)
+    running(nodes, 2)
+    for i <- 7..18, do: assert(commit(Enum.at(nodes, rem(i, 3)), i) == 2)
+
+    # Its node dies, and comes back with the old release.
+    [restarted | others] = Cluster.backups_first(nodes, @module)
+    :ok = Cluster.kill_node(restarted, others)
+    Cluster.restart_peer(restarted, others)
+    CodeVersions.load(v1, restarted)
+    # :critical: its error is expected.
+    opts = [nodes: nodes, checkpoint_every: 5]
+    :ok = Cluster.start_group([restarted], @module, opts, :critical)
+
+    assert %{version: 2} = Cluster.eventually(fn -> status(restarted).version.blocked end, 15_000)
+
+    assert status(restarted).version.running < 2
+    refute 2 in versions(local(restarted))
+
+    assert commit(restarted, :refused) == {:error, {:unsupported_version, 2}}
+    for i <- 19..24, do: assert(commit(hd(others), i) == 2)
+
+    CodeVersions.load(v2, restarted)
+    Cluster.eventually(fn -> status(restarted).version.blocked == nil end, 10_000)
+    assert commit(restarted, 25) == 2
+    final = latest(hd(others))
+    assert versions(final) |> Enum.dedup() == [1, 2]
+    Cluster.converged(nodes, @module, final, 10_000)
   end
 
   test "disk mode: the version survives a restart of every node (checkpoint and log), " <>
