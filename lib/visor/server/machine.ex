@@ -22,7 +22,7 @@ defmodule Visor.Server.Machine do
       (`code_loaded/1`).
 
   It calls the application's own functions (`initial_state/1`,
-  `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`) directly
+  `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`, `version/0`) directly
   rather than asking the server to: they are the application's pure,
   deterministic functions, and their results decide this module's next
   state, so an effect carried out later could not. The one side effect here
