@@ -30,9 +30,9 @@ defmodule Visor do
   `init_arg:` option, `[]` by default). `c:handle_commit/2` (or
   `c:handle_commit/3`, which also gets the op number, view, the primary's
   timestamp and the state machine version) applies one committed command
-  and returns `{:ok, reply, new_state}`. Every replica applies the same commands in the same order, so
-  `handle_commit` must be deterministic: no clock, no randomness, no reading
-  of other processes. Use `meta.timestamp` instead of the clock and
+  and returns `{:ok, reply, new_state}`. Every replica applies the same
+  commands in the same order, so `handle_commit` must be deterministic: no
+  clock, no randomness, no reading of other processes. Use `meta.timestamp` instead of the clock and
   `meta.op` for unique ids; draw random values in the caller and put them
   in the command, or seed a generator with explicit state from the
   command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
@@ -154,7 +154,9 @@ defmodule Visor do
     * `{:handle_commit_failed, reason}`: the callback raised (`reason` is the
       exception), threw (`{:throw, value}`), exited (`{:exit, reason}`) or
       returned something else than `{:ok, reply, state}` (`{:bad_return,
-      value}`). The state is unchanged on every replica.
+      value}`). The state is unchanged on this replica, and on every
+      replica as long as `handle_commit` is deterministic and the same on
+      every node for the command's `meta.version` (see "Callbacks" above).
     * `{:command_too_large, bytes, max}`: the encoded command is over
       `:batch_max_bytes`; it never reached the log.
     * `:unknown_outcome`: the cluster forgot this node's client session
