@@ -28,11 +28,11 @@ defmodule Visor do
 
   `c:initial_state/1` builds the state every replica starts from (it gets the
   `init_arg:` option, `[]` by default). `c:handle_commit/2` (or
-  `c:handle_commit/3`, which also gets the op number, view and the primary's
-  timestamp) applies one committed command and returns `{:ok, reply,
-  new_state}`. Every replica applies the same commands in the same order, so
-  `handle_commit` must be deterministic: no clock, no randomness, no reading
-  of other processes. Use `meta.timestamp` instead of the clock and
+  `c:handle_commit/3`, which also gets the op number, view, the primary's
+  timestamp and the state machine version) applies one committed command
+  and returns `{:ok, reply, new_state}`. Every replica applies the same
+  commands in the same order, so `handle_commit` must be deterministic: no
+  clock, no randomness, no reading of other processes. Use `meta.timestamp` instead of the clock and
   `meta.op` for unique ids; draw random values in the caller and put them
   in the command, or seed a generator with explicit state from the
   command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
@@ -46,8 +46,31 @@ defmodule Visor do
   part in the protocol (docs/operations.md, "Slow callbacks").
 
   A `handle_commit` that raises, throws, exits or returns anything else than
-  `{:ok, reply, state}` leaves the state unchanged on every replica, and the
+  `{:ok, reply, state}` leaves this replica's state unchanged, and the
   caller gets `{:error, {:handle_commit_failed, reason}}` (see `t:error/0`).
+  That error therefore means the command changed no replica's state
+  exactly when every replica's `handle_commit` is deterministic and is the
+  same function of `(command, meta, state)` on every node: the same code,
+  or code that keeps the behaviour of the version in `meta.version` (a new
+  behaviour goes with a new `c:version/0`; docs/operations.md, "Deploying
+  new code"). A callback that fails on one node only (nondeterministic, or
+  code that differs between nodes at the same version) fails there alone,
+  and that node's state diverges (found at the next checkpoint).
+
+  ## Versions
+
+  `c:version/0` (optional, default 0) is the state machine version the
+  module's code supports. The cluster runs one version at a time: a new
+  cluster starts at version 0, and the primary switches it, through an
+  entry in the log, to the lowest version every member's code supports,
+  once that is above the cluster's (it checks each second). `meta.version`
+  is the version a command runs under, the same on every replica, so new
+  code can keep the old behaviour for the commands committed before the
+  switch. A member whose code does not support the cluster's version stops
+  executing there (status `version.blocked`, commits fail with
+  `{:unsupported_version, version}`) until its code is upgraded, rather than
+  execute with other code than the others. Each command runs the module's
+  code loaded at that moment, so a hot code load takes effect at once.
 
   ## Functions `use Visor` defines
 
@@ -111,11 +134,15 @@ defmodule Visor do
   @type group :: module()
   @typedoc "Any term; it is encoded with `:erlang.term_to_binary/1`."
   @type command :: term()
-  @typedoc "Where and when a command was committed."
+  @typedoc """
+  Where and when a command was committed, and the state machine version
+  it runs under (`c:version/0`).
+  """
   @type meta :: %{
           op: pos_integer(),
           view: non_neg_integer(),
-          timestamp: non_neg_integer()
+          timestamp: non_neg_integer(),
+          version: non_neg_integer()
         }
 
   @typedoc """
@@ -127,7 +154,9 @@ defmodule Visor do
     * `{:handle_commit_failed, reason}`: the callback raised (`reason` is the
       exception), threw (`{:throw, value}`), exited (`{:exit, reason}`) or
       returned something else than `{:ok, reply, state}` (`{:bad_return,
-      value}`). The state is unchanged on every replica.
+      value}`). The state is unchanged on this replica, and on every
+      replica as long as `handle_commit` is deterministic and the same on
+      every node for the command's `meta.version` (see "Callbacks" above).
     * `{:command_too_large, bytes, max}`: the encoded command is over
       `:batch_max_bytes`; it never reached the log.
     * `:unknown_outcome`: the cluster forgot this node's client session
@@ -153,6 +182,12 @@ defmodule Visor do
     * `{:storage_refused, message}`: disk mode: this node could not write
       its formation record (`message` names the file and why); its
       replica does not start (docs/operations.md, "What happens at start").
+    * `{:unsupported_version, version}`: the cluster runs state machine
+      `version`, which this node's code does not support (`c:version/0`):
+      its replica stopped executing until the code is upgraded. A command
+      refused at the call was not applied; one already in flight when the
+      replica stopped was committed, and is applied on the replicas that
+      run `version` (here, once upgraded).
     * `:diverged`: a `consistency: :local` read on a node whose state was
       found to differ from the quorum's, until it has recovered the
       quorum's state (status `:diverged`; see docs/operations.md).
@@ -173,6 +208,7 @@ defmodule Visor do
           | {:skipped, pos_integer()}
           | {:setting_mismatch, atom(), term(), term()}
           | {:storage_refused, String.t()}
+          | {:unsupported_version, non_neg_integer()}
           | :diverged
           | :not_running
           | {:server_down, term()}
@@ -202,9 +238,10 @@ defmodule Visor do
 
   @doc """
   Like `c:handle_commit/2`, with the command's metadata: its op number, the
-  view and the primary's timestamp (ns since the epoch, strictly increasing
+  view, the primary's timestamp (ns since the epoch, strictly increasing
   along the log; the primary's clock kept within its quorum's clocks, see
-  docs/protocol.md, "Timestamps"). When a module defines both, this one is used.
+  docs/protocol.md, "Timestamps") and the state machine version it runs
+  under (`c:version/0`). When a module defines both, this one is used.
   """
   @callback handle_commit(command(), meta(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}
@@ -224,7 +261,22 @@ defmodule Visor do
   """
   @callback decode_snapshot(binary()) :: term()
 
-  @optional_callbacks handle_commit: 2, handle_commit: 3, encode_snapshot: 1, decode_snapshot: 1
+  @doc """
+  The state machine version this code supports (a non-negative integer;
+  0 when the module does not define it). The cluster runs one version at
+  a time, switched through the log once every member's code supports the
+  new one; `meta.version` (`c:handle_commit/3`) is the version a command
+  runs under, so a new version of the code can keep the old behaviour for
+  the commands committed before the switch. docs/operations.md, "Deploying
+  new code".
+  """
+  @callback version() :: non_neg_integer()
+
+  @optional_callbacks handle_commit: 2,
+                      handle_commit: 3,
+                      encode_snapshot: 1,
+                      decode_snapshot: 1,
+                      version: 0
 
   defmacro __using__(use_opts) do
     quote location: :keep, bind_quoted: [use_opts: use_opts] do
@@ -499,7 +551,11 @@ defmodule Visor do
   or, in disk mode, its formation record could not be written:
   `{:storage_refused, message}`) or
   `:failed`; `poison` is `%{op:, crashes:}` when the replica stopped at a
-  poison command (`skip/3`); `role` is `:primary`, `:backup` or `:none`; a replica's
+  poison command (`skip/3`); `version` is `%{running:, supported:,
+  blocked:}` (the state machine version this replica runs, the one this
+  node's code supports, and `%{op:, version:}` when it stopped because its
+  code does not support the cluster's; see "Versions" above); `role` is
+  `:primary`, `:backup` or `:none`; a replica's
   `health` is `:self`, `:connected` or `:disconnected` (Erlang distribution's
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;

@@ -24,22 +24,47 @@ defmodule Visor.Executor do
 
   require Logger
 
-  # `Visor.skip/3`'s command. Visor.commit/3 encodes every command with
-  # term_to_binary/1, whose output starts with 131: a payload starting
-  # with 0 can never be a user's command.
+  # `Visor.skip/3`'s command, and the switch to a new state machine
+  # version (Visor.Server.Upgrade). Visor.commit/3 encodes every command
+  # with term_to_binary/1, whose output starts with 131: a payload starting
+  # with 0 or 1 can never be a user's command.
   @skip_tag 0
+  @switch_tag 1
 
   @typedoc "What the caller of `commit` gets back."
   @type result :: {:ok, reply :: term()} | {:error, {:handle_commit_failed, term()}}
 
   @doc """
-  The `handle_commit` arity a module implements (3 wins when both exist, so
-  a module can add metadata without removing its /2).
+  The `handle_commit` arity a module's current code implements (3 wins
+  when both exist, so a module can add metadata without removing its /2).
+  Asked again at each execution: a hot code load may change it.
   """
   @spec arity(module()) :: 2 | 3
   def arity(module) do
     Code.ensure_loaded(module)
     if function_exported?(module, :handle_commit, 3), do: 3, else: 2
+  end
+
+  @doc """
+  The state machine version a module's current code supports: its
+  `version/0`, 0 when it defines none, or `:invalid` when `version/0`
+  raises or returns anything but a non-negative integer (code that
+  supports no version: the replica refuses to execute, and says why).
+  """
+  @spec version(module()) :: non_neg_integer() | :invalid
+  def version(module) do
+    Code.ensure_loaded(module)
+
+    if function_exported?(module, :version, 0) do
+      case module.version() do
+        version when is_integer(version) and version >= 0 -> version
+        _other -> :invalid
+      end
+    else
+      0
+    end
+  catch
+    _kind, _reason -> :invalid
   end
 
   @doc """
@@ -109,4 +134,18 @@ defmodule Visor.Executor do
   @spec skip_target(binary()) :: pos_integer() | nil
   def skip_target(<<@skip_tag, op::64>>), do: op
   def skip_target(_payload), do: nil
+
+  @doc """
+  The payload of the entry that switches the cluster to state machine
+  `version` (`Visor.Server.Upgrade`); `Visor.Server.Machine` executes it,
+  never the module's `handle_commit`.
+  """
+  @spec switch_payload(non_neg_integer()) :: binary()
+  def switch_payload(version) when version in 0..0xFFFF_FFFF_FFFF_FFFF,
+    do: <<@switch_tag, version::64>>
+
+  @doc "The version a switch payload names, or `nil` for any other payload."
+  @spec switch_target(binary()) :: non_neg_integer() | nil
+  def switch_target(<<@switch_tag, version::64>>), do: version
+  def switch_target(_payload), do: nil
 end

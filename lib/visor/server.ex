@@ -21,6 +21,9 @@ defmodule Visor.Server do
   #     `handle_commit`); also checkpoints, divergence and poison commands;
   #   * `Visor.Server.Lifecycle`: the engine's start (once `Visor.Formation`
   #     says this node is a member), its store's events, and its failure;
+  #   * `Visor.Server.Upgrade`: on the primary, when the cluster switches to
+  #     a new state machine version (each second, with the machine's check
+  #     for new code, `Visor.Server.Machine.code_loaded/1`);
   #   * `Visor.Server.Status`: the `status` map.
   #
   # Peer traffic is not this process's: `Visor.Router` owns the engine,
@@ -46,8 +49,8 @@ defmodule Visor.Server do
   use GenServer
   require Logger
 
-  alias Visor.{Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Lifecycle, Machine, Status}
+  alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
+  alias Visor.Server.{Callers, Lifecycle, Machine, Status, Upgrade}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -55,12 +58,20 @@ defmodule Visor.Server do
   # scheduler would only take CPU from the engine threads.
   @busy_poll_max_inflight 4
 
+  # How often the server looks for new code of its module (a replica
+  # blocked on a version resumes) and, on the primary, for a version every
+  # member supports (Visor.Server.Upgrade); and how long a proposal of a
+  # version waits to be committed.
+  @version_tick_ms 1_000
+  @proposal_timeout_ms 10_000
+
   defstruct [
     :module,
     :config,
     :lifecycle,
     :machine,
     :callers,
+    :upgrade,
     # The running engine (Visor.Native), and how many this server started.
     :engine,
     # Visor.Router's counters, for status.
@@ -106,9 +117,11 @@ defmodule Visor.Server do
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
+      upgrade: Upgrade.new(module),
       router_stats: Router.counters(module)
     }
 
+    Process.send_after(self(), :visor_version_tick, @version_tick_ms)
     state = run(effects, state)
     {:ok, formation(state, Formation.subscribe(module, tag))}
   end
@@ -152,21 +165,23 @@ defmodule Visor.Server do
   def handle_cast(_request, state), do: {:noreply, count(state, :unexpected_messages)}
 
   defp admit(state, request, from, deadline) do
-    gate = %{
-      refusal: Lifecycle.refusal(state.lifecycle),
-      halted: Machine.halted(state.machine),
-      max_bytes: state.config.engine.batch_max_bytes
-    }
-
     now = System.monotonic_time(:millisecond)
 
-    case Callers.admit(state.callers, request, from, deadline, now, gate) do
+    case Callers.admit(state.callers, request, from, deadline, now, gate(state)) do
       {:error, reason} ->
         {:reply, {:error, reason}, state}
 
       {:ok, callers, effects} ->
         poll(dispatch(run(effects, %{state | callers: callers})))
     end
+  end
+
+  defp gate(state) do
+    %{
+      refusal: Lifecycle.refusal(state.lifecycle) || Machine.refusal(state.machine),
+      halted: Machine.halted(state.machine),
+      max_bytes: state.config.engine.batch_max_bytes
+    }
   end
 
   # Hands waiting jobs to the engine, while it runs.
@@ -245,6 +260,49 @@ defmodule Visor.Server do
   defp info(:visor_retry_start, %{lifecycle: %{phase: :forming, decision: decision}} = state)
        when decision != nil,
        do: {:noreply, formation(state, decision)}
+
+  # New code of the module may have been loaded; the primary looks for a
+  # version every member supports (Visor.Server.Upgrade).
+  defp info(:visor_version_tick, state) do
+    Process.send_after(self(), :visor_version_tick, @version_tick_ms)
+    {machine, effects} = Machine.code_loaded(state.machine)
+    state = run(effects, %{state | machine: machine})
+    versions = Machine.versions(state.machine)
+    engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
+
+    # A primary halted at a poison command could not submit the switch.
+    view = %{
+      primary:
+        engine != nil and engine.is_primary and engine.status == :normal and
+          Machine.halted(state.machine) == nil,
+      running: versions.running,
+      supported: versions.supported,
+      others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: [])
+    }
+
+    {upgrade, effects} = Upgrade.tick(state.upgrade, view)
+    {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
+  end
+
+  # The primary asks which version this node's code supports (any node
+  # may ask: the answer is no secret).
+  defp info({:visor_version_query, from, round}, state) when is_pid(from) do
+    answer = {:visor_version, round, node(), Executor.version(state.module)}
+    :erlang.send(from, answer, [:noconnect, :nosuspend])
+    {:noreply, state}
+  end
+
+  defp info({:visor_version, round, node, version}, state) do
+    running = Machine.versions(state.machine).running
+    {upgrade, effects} = Upgrade.report(state.upgrade, round, node, version, running)
+    {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
+  end
+
+  # The answer to this server's own proposal of a version (see carry_out/2).
+  defp info({{:visor_upgrade, tag}, result}, %{lifecycle: %{tag: tag}} = state) do
+    {upgrade, effects} = Upgrade.proposed(state.upgrade, result)
+    {:noreply, run(effects, %{state | upgrade: upgrade})}
+  end
 
   defp info({:visor_engine_down, engine, reason}, %{engine: engine} = state)
        when is_reference(engine) do
@@ -352,6 +410,31 @@ defmodule Visor.Server do
   defp carry_out({:result, client, request, result}, state),
     do: %{state | callers: Callers.result(state.callers, client, request, result)}
 
+  defp carry_out({:ask, round, nodes}, state) do
+    query = {:visor_version_query, self(), round}
+    name = Visor.Supervisor.name(state.module, :server)
+    for node <- nodes, do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
+    state
+  end
+
+  # The switch goes through the line like a caller's command; its answer
+  # comes back to this process as a reply would to a caller.
+  defp carry_out({:propose, version}, state) do
+    now = System.monotonic_time(:millisecond)
+    from = {self(), {:visor_upgrade, state.lifecycle.tag}}
+    deadline = now + @proposal_timeout_ms
+    request = {:switch_version, version}
+
+    case Callers.admit(state.callers, request, from, deadline, now, gate(state)) do
+      {:ok, callers, effects} ->
+        run(effects, %{state | callers: callers})
+
+      {:error, _reason} = error ->
+        {upgrade, effects} = Upgrade.proposed(state.upgrade, error)
+        run(effects, %{state | upgrade: upgrade})
+    end
+  end
+
   defp carry_out({:snapshot, op, bytes}, state) do
     :ok = Native.snapshot(state.engine, op, bytes)
     state
@@ -430,6 +513,7 @@ defmodule Visor.Server do
       connected: Node.list(),
       pool: Callers.pool(state.callers),
       poison: state.machine.poison,
+      version: Machine.versions(state.machine),
       stats:
         state.router_stats
         |> Router.stats()

@@ -57,8 +57,8 @@ defmodule Visor.DocsTest do
         # README.md shows memory mode's storage: checked against the text below.
         paths =
           if doc == "README.md",
-            do: [[], [:replicas], [:pool]],
-            else: [[], [:replicas], [:pool], [:storage]]
+            do: [[], [:replicas], [:pool], [:version]],
+            else: [[], [:replicas], [:pool], [:storage], [:version]]
 
         for path <- paths do
           {shown, real} = {keys_under(documented, path), keys_under(actual, path)}

@@ -62,14 +62,20 @@ defmodule Visor.Server.Callers do
 
   @typedoc """
   What a caller may ask: a commit of an encoded command, a skip of the
-  poison command at an op (`Visor.skip/3`), or a linearizable read of a
-  path of the state.
+  poison command at an op (`Visor.skip/3`), a linearizable read of a
+  path of the state, or (the server itself, `Visor.Server.Upgrade`) a
+  switch of the cluster to a state machine version.
   """
-  @type request :: {:commit, binary()} | {:skip, pos_integer()} | {:read, [term()]}
+  @type request ::
+          {:commit, binary()}
+          | {:skip, pos_integer()}
+          | {:read, [term()]}
+          | {:switch_version, non_neg_integer()}
 
   @typedoc """
   What admission depends on besides the line: the error every caller gets
-  now, if any (`Visor.Server.Lifecycle.refusal/1`); the poison command's op
+  now, if any (`Visor.Server.Lifecycle.refusal/1`, else
+  `Visor.Server.Machine.refusal/1`); the poison command's op
   if the replica is halted at one (`Visor.Server.Machine.halted/1`); the
   largest command (`batch_max_bytes`).
   """
@@ -108,9 +114,8 @@ defmodule Visor.Server.Callers do
 
     job =
       case request do
-        {:commit, payload} -> %{id: id, kind: :commit, payload: payload, result: nil}
-        {:skip, op} -> %{id: id, kind: :commit, payload: Executor.skip_payload(op), result: nil}
         {:read, path} -> %{id: id, kind: {:read, path}, payload: nil, result: nil}
+        command -> %{id: id, kind: :commit, payload: payload(command), result: nil}
       end
 
     callers = %{
@@ -123,6 +128,10 @@ defmodule Visor.Server.Callers do
 
     {:ok, callers, [{:deadline, id, delay}]}
   end
+
+  defp payload({:commit, payload}), do: payload
+  defp payload({:skip, op}), do: Executor.skip_payload(op)
+  defp payload({:switch_version, version}), do: Executor.switch_payload(version)
 
   @doc """
   Hands waiting jobs to the engine, oldest first: reads at once, commits

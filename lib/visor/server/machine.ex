@@ -14,10 +14,15 @@ defmodule Visor.Server.Machine do
   #     quorum's; nothing is served from it until a checkpoint is installed;
   #   * a poison command (docs/operations.md, "Poison commands"): from its op
   #     on, executes and checkpoints wait until a committed `Visor.skip/3`
-  #     names it; then that op's commands answer `{:error, {:skipped, op}}`.
+  #     names it; then that op's commands answer `{:error, {:skipped, op}}`;
+  #   * the state machine version (docs/operations.md, "Deploying new code"):
+  #     the cluster's, switched by an entry in the log and kept in
+  #     checkpoints; from the op where it passes what this node's code
+  #     supports, executes and checkpoints wait until the code is upgraded
+  #     (`code_loaded/1`).
   #
   # It calls the application's own functions (`initial_state/1`,
-  # `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`) directly
+  # `handle_commit`, `encode_snapshot/1`, `decode_snapshot/1`, `version/0`) directly
   # rather than asking the server to: they are the application's pure,
   # deterministic functions, and their results decide this module's next
   # state, so an effect carried out later could not. The one side effect here
@@ -41,9 +46,14 @@ defmodule Visor.Server.Machine do
   # in a row stops executing there (a poison command; see `Visor.skip/3`).
   @poison_deaths 2
 
+  # A checkpoint taken at a state machine version above 0 starts with this,
+  # then the version; one at version 0 is encode_snapshot's bytes alone, as
+  # before versions existed, so those checkpoints read as version 0. The
+  # default encoding starts with 131, never 0.
+  @versioned <<0, "visor.version">>
+
   defstruct [
     :module,
-    :arity,
     :app_state,
     # Visor.Lifetime's counters: the op handle_commit is running, for the
     # next server if this one dies in it.
@@ -57,7 +67,14 @@ defmodule Visor.Server.Machine do
     held: [],
     # The op where this replica's state was found to differ from the
     # quorum's, until it installs the quorum's checkpoint (nil: it does not).
-    diverged: nil
+    diverged: nil,
+    # The cluster's state machine version as of the last op executed here
+    # (replicated: switched by a log entry, kept in checkpoints).
+    version: 0,
+    # %{op, version}: from `op` on the cluster runs `version`, which this
+    # node's code does not support; events from `op` on are held (in
+    # `held`) until it does.
+    blocked: nil
   ]
 
   @type t :: %__MODULE__{}
@@ -80,7 +97,6 @@ defmodule Visor.Server.Machine do
 
     machine = %__MODULE__{
       module: module,
-      arity: Executor.arity(module),
       app_state: module.initial_state(init_arg),
       counters: counters,
       executed: Lifetime.get(module).executed,
@@ -117,6 +133,53 @@ defmodule Visor.Server.Machine do
   def halted(%__MODULE__{poison: %{op: op}}), do: op
 
   @doc """
+  The error this node's callers get while the replica is blocked on a
+  version its code does not support (`{:unsupported_version, version}`),
+  or `nil`.
+  """
+  @spec refusal(t()) :: {:unsupported_version, non_neg_integer()} | nil
+  def refusal(%__MODULE__{blocked: nil}), do: nil
+  def refusal(%__MODULE__{blocked: %{version: version}}), do: {:unsupported_version, version}
+
+  @doc """
+  `status().version`: the version this replica runs (the cluster's as of
+  its last executed op), the one this node's code supports now
+  (`Visor.Executor.version/1`), and where it is blocked (`%{op:, version:}`)
+  or `nil`.
+  """
+  @spec versions(t()) :: map()
+  def versions(%__MODULE__{} = machine) do
+    %{
+      running: machine.version,
+      supported: Executor.version(machine.module),
+      blocked: machine.blocked
+    }
+  end
+
+  @doc """
+  The module's code may have changed (a hot code load): a replica blocked
+  on a version the code now supports executes again, from the op it
+  stopped at.
+  """
+  @spec code_loaded(t()) :: {t(), [effect()]}
+  def code_loaded(%__MODULE__{blocked: nil} = machine), do: {machine, []}
+
+  def code_loaded(%__MODULE__{blocked: %{op: op, version: version}} = machine) do
+    if supports?(Executor.version(machine.module), version) do
+      message =
+        "#{inspect(machine.module)}: this node's code supports version #{version} now; " <>
+          "the replica executes again from op #{op}"
+
+      {machine, effects} =
+        apply_events(Enum.reverse(machine.held), {%{machine | blocked: nil, held: []}, []})
+
+      {machine, [{:log, :warning, message} | Enum.reverse(effects)]}
+    else
+      {machine, []}
+    end
+  end
+
+  @doc """
   A linearizable read's answer (once the engine says it may be served):
   `{:ok, value}`, `{:raise, kind, reason, stacktrace}` for a path that does
   not fit the state, `{:get_in, data, rest}` for the caller to finish with
@@ -125,6 +188,7 @@ defmodule Visor.Server.Machine do
   """
   @spec read(t(), [term()]) :: term()
   def read(%__MODULE__{poison: %{op: op}}, _path), do: {:error, {:halted, op}}
+  def read(%__MODULE__{blocked: %{version: v}}, _path), do: {:error, {:unsupported_version, v}}
   def read(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
   @doc "A `consistency: :local` read: as `read/2`, but `{:error, :diverged}` on a diverged state."
@@ -163,31 +227,50 @@ defmodule Visor.Server.Machine do
 
   # Effects accumulate newest first.
 
-  # Halted at a poison command: from its op on, executes and checkpoint
-  # requests wait (in order) for a committed skip of that op.
-  defp apply_event({:execute, op, _, _, _} = event, %{poison: %{op: poison}} = machine, effects)
-       when op >= poison,
-       do: hold(event, machine, effects)
+  # Halted at a poison command, or blocked on a version: from its op on,
+  # executes and checkpoint requests wait (in order) for a committed skip
+  # of that op, or for code that supports the version.
+  defguardp stopped_by(stop, op) when is_map(stop) and op >= :erlang.map_get(:op, stop)
 
-  defp apply_event({:snapshot, op} = event, %{poison: %{op: poison}} = machine, effects)
-       when op >= poison,
-       do: hold(event, machine, effects)
+  defguardp waits(machine, op)
+            when stopped_by(:erlang.map_get(:poison, machine), op) or
+                   stopped_by(:erlang.map_get(:blocked, machine), op)
 
-  defp apply_event({:execute, op, view, timestamp, requests}, machine, effects) do
-    meta = %{op: op, view: view, timestamp: timestamp}
-    log? = Lifetime.first_execution?(machine.executed, op)
-    # Lifetime tells the next server where this one died, if it dies in
-    # handle_commit (two atomics writes per op).
-    :ok = Lifetime.executing(machine.counters, op)
-    result = Enum.reduce(requests, {machine, effects}, &execute(&1, meta, log?, &2))
-    :ok = Lifetime.executing(machine.counters, 0)
-    result
+  defp apply_event({:execute, op, _, _, _} = event, machine, effects) when waits(machine, op),
+    do: hold(event, machine, effects)
+
+  defp apply_event({:snapshot, op} = event, machine, effects) when waits(machine, op),
+    do: hold(event, machine, effects)
+
+  # The module's current code runs it (a hot code load may have changed
+  # it), if it supports the version the op needs: the cluster's, or the
+  # one a switch in the op names.
+  defp apply_event({:execute, op, view, timestamp, requests} = event, machine, effects) do
+    needed = Enum.reduce(requests, machine.version, &max(switch_target(&1), &2))
+
+    if supports?(Executor.version(machine.module), needed) do
+      code = %{
+        arity: Executor.arity(machine.module),
+        meta: %{op: op, view: view, timestamp: timestamp},
+        log?: Lifetime.first_execution?(machine.executed, op)
+      }
+
+      # Lifetime tells the next server where this one died, if it dies in
+      # handle_commit (two atomics writes per op).
+      :ok = Lifetime.executing(machine.counters, op)
+      result = Enum.reduce(requests, {machine, effects}, &execute(&1, code, &2))
+      :ok = Lifetime.executing(machine.counters, 0)
+      result
+    else
+      block(event, %{op: op, version: needed}, machine, effects)
+    end
   end
 
   # A checkpoint is due: the state as of `op` (every execute up to it, and
-  # none after, has been applied: events come in order).
+  # none after, has been applied: events come in order), with the version.
   defp apply_event({:snapshot, op}, machine, effects) do
-    {machine, [{:snapshot, op, encode_snapshot(machine.module, machine.app_state)} | effects]}
+    bytes = checkpoint(machine.version, encode_snapshot(machine.module, machine.app_state))
+    {machine, [{:snapshot, op, bytes} | effects]}
   catch
     kind, reason ->
       # No checkpoint at this op; the next one is tried as usual.
@@ -199,13 +282,22 @@ defmodule Visor.Server.Machine do
   end
 
   # Restart from a checkpoint, or a state sync: the state becomes the
-  # checkpoint's (the executes that follow continue from it).
-  defp apply_event({:install_snapshot, op, bytes}, machine, effects) do
-    app_state = decode_snapshot(machine.module, bytes)
-    # The engine executes again from the checkpoint on: held events are
-    # stale, and a checkpoint at or past the poison op has it applied.
-    poison = if machine.poison && op >= machine.poison.op, do: nil, else: machine.poison
-    {%{machine | app_state: app_state, held: [], poison: poison, diverged: nil}, effects}
+  # checkpoint's (the executes that follow continue from it), unless this
+  # node's code does not support the checkpoint's version: then it waits,
+  # undecoded, for code that does.
+  defp apply_event({:install_snapshot, op, bytes} = event, machine, effects) do
+    {version, app_bytes} = version_of(bytes)
+
+    if supports?(Executor.version(machine.module), version) do
+      app_state = decode_snapshot(machine.module, app_bytes)
+      # The engine executes again from the checkpoint on: held events are
+      # stale, and a checkpoint at or past the poison op has it applied.
+      poison = if machine.poison && op >= machine.poison.op, do: nil, else: machine.poison
+      machine = %{machine | app_state: app_state, version: version, held: [], poison: poison}
+      {%{machine | diverged: nil, blocked: nil}, effects}
+    else
+      block(event, %{op: op, version: version}, %{machine | held: []}, effects)
+    end
   rescue
     error ->
       message =
@@ -231,23 +323,94 @@ defmodule Visor.Server.Machine do
 
   defp apply_event(_other, machine, effects), do: {machine, effects}
 
-  defp execute({client, request, :executed, payload}, meta, log?, {machine, effects}) do
-    {result, app_state} =
-      Executor.apply(machine.module, machine.arity, payload, meta, machine.app_state, log?)
+  defp execute({client, request, :executed, payload}, code, {machine, effects}) do
+    case Executor.switch_target(payload) do
+      nil ->
+        meta = Map.put(code.meta, :version, machine.version)
 
-    {%{machine | app_state: app_state}, [{:result, client, request, result} | effects]}
+        {result, app_state} =
+          Executor.apply(machine.module, code.arity, payload, meta, machine.app_state, code.log?)
+
+        {%{machine | app_state: app_state}, [{:result, client, request, result} | effects]}
+
+      version ->
+        {machine, effects} = switch(machine, version, code, effects)
+        {machine, [{:result, client, request, {:ok, machine.version}} | effects]}
+    end
   end
 
   # Registrations, duplicates and evicted requests apply nothing.
-  defp execute(_request, _meta, _log?, acc), do: acc
+  defp execute(_request, _code, acc), do: acc
+
+  # The versions only go up: a switch to the version the cluster runs or
+  # an older one (a proposal repeated by a new primary) changes nothing.
+  defp switch(machine, version, code, effects) when version > machine.version do
+    effects =
+      if code.log?,
+        do: [
+          {:log, :info,
+           "#{inspect(machine.module)}: the cluster runs state machine version #{version} " <>
+             "from op #{code.meta.op} on (it ran #{machine.version})"}
+          | effects
+        ],
+        else: effects
+
+    {%{machine | version: version}, effects}
+  end
+
+  defp switch(machine, _version, _code, effects), do: {machine, effects}
+
+  defp switch_target({_client, _request, :executed, payload}),
+    do: Executor.switch_target(payload) || 0
+
+  defp switch_target(_request), do: 0
+
+  defp supports?(supported, needed), do: is_integer(supported) and supported >= needed
+
+  # This node's code does not support the version the cluster runs from
+  # `blocked.op` on: the replica stops there (keeping `event`), rather than
+  # execute what the others execute otherwise.
+  defp block(event, %{op: op, version: version} = blocked, machine, effects) do
+    module = inspect(machine.module)
+
+    code =
+      case Executor.version(machine.module) do
+        :invalid -> "#{module}.version/0 does not return a non-negative integer"
+        supported -> "this node's code supports version #{supported} (#{module}.version/0)"
+      end
+
+    message =
+      "#{module}: the cluster runs state machine version #{version} from op #{op} on, but " <>
+        "#{code}; the replica stops executing at op #{op} (it keeps its log and keeps " <>
+        "voting), and its commits and reads fail with {:unsupported_version, #{version}}, " <>
+        "until code that supports version #{version} is loaded (a hot code load, or a " <>
+        "restart with the new code)"
+
+    hold(event, %{machine | blocked: blocked}, [{:log, :error, message} | effects])
+  end
 
   defp hold(event, machine, effects) do
     machine = %{machine | held: [event | machine.held]}
 
-    if skips_poison?(event, machine.poison.op),
-      do: skip_poison(machine, effects),
-      else: {machine, effects}
+    cond do
+      machine.poison && skips_poison?(event, machine.poison.op) -> skip_poison(machine, effects)
+      machine.blocked -> {machine, refuse(event, machine.blocked.version, effects)}
+      true -> {machine, effects}
+    end
   end
+
+  # This node's callers of held commands get the error now rather than
+  # wait: the cluster committed them, and this replica executes them once
+  # its code supports the version.
+  defp refuse({:execute, _op, _view, _ts, requests}, version, effects) do
+    refused =
+      for {client, request, :executed, _payload} <- requests,
+          do: {:result, client, request, {:error, {:unsupported_version, version}}}
+
+    Enum.reverse(refused, effects)
+  end
+
+  defp refuse(_event, _version, effects), do: effects
 
   defp skips_poison?({:execute, _op, _view, _ts, requests}, poison) do
     Enum.any?(requests, fn
@@ -274,12 +437,27 @@ defmodule Visor.Server.Machine do
           {client, request, :executed, _payload} <- requests,
           do: {:result, client, request, {:error, {:skipped, op}}}
 
-    acc = {%{machine | poison: nil, held: []}, Enum.reverse(skipped, effects)}
+    apply_events(rest, {%{machine | poison: nil, held: []}, Enum.reverse(skipped, effects)})
+  end
 
-    Enum.reduce(rest, acc, fn event, {machine, effects} ->
+  # Applies held events again, in order (each may be held again).
+  defp apply_events(events, acc) do
+    Enum.reduce(events, acc, fn event, {machine, effects} ->
       apply_event(event, machine, effects)
     end)
   end
+
+  defp checkpoint(0, <<@versioned, _::binary>>) do
+    raise ArgumentError,
+          "encode_snapshot's output starts with #{inspect(@versioned)}, which Visor reserves " <>
+            "for checkpoints of a state machine version above 0"
+  end
+
+  defp checkpoint(0, bytes), do: bytes
+  defp checkpoint(version, bytes), do: <<@versioned, version::64, bytes::binary>>
+
+  defp version_of(<<@versioned, version::64, bytes::binary>>), do: {version, bytes}
+  defp version_of(bytes), do: {0, bytes}
 
   defp encode_snapshot(module, app_state) do
     bytes =

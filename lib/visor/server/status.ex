@@ -9,13 +9,15 @@ defmodule Visor.Server.Status do
   @typedoc """
   What the server knows besides its lifecycle: this node, the nodes it is
   connected to (`Node.list/0`), the pool (`Visor.Server.Callers.pool/1`),
-  the poison command (`Visor.Server.Machine`'s) and the server's counters.
+  the poison command (`Visor.Server.Machine`'s), the state machine
+  versions (`Visor.Server.Machine.versions/1`) and the server's counters.
   """
   @type server :: %{
           node: node(),
           connected: [node()],
           pool: map(),
           poison: map() | nil,
+          version: map(),
           stats: map()
         }
 
@@ -67,6 +69,7 @@ defmodule Visor.Server.Status do
       storage: storage(lifecycle, engine.storage),
       poison: server.poison,
       refused: nil,
+      version: server.version,
       stats: Map.merge(engine.stats, server.stats)
     }
   end
@@ -84,6 +87,7 @@ defmodule Visor.Server.Status do
       storage: storage(lifecycle, nil),
       poison: server.poison,
       refused: with({:refused, reason} <- lifecycle.phase, do: reason, else: (_ -> nil)),
+      version: server.version,
       stats: server.stats
     })
   end
@@ -105,6 +109,7 @@ defmodule Visor.Server.Status do
       storage: nil,
       poison: nil,
       refused: nil,
+      version: nil,
       stats: %{}
     })
   end

@@ -30,6 +30,7 @@ defmodule Visor.Server.StatusTest do
     :storage,
     :poison,
     :refused,
+    :version,
     :stats
   ]
 
@@ -39,6 +40,7 @@ defmodule Visor.Server.StatusTest do
     connected: [:a@h],
     pool: @pool,
     poison: nil,
+    version: %{running: 1, supported: 2, blocked: nil},
     stats: %{send_busy: 4, unexpected_messages: 0}
   }
 
@@ -91,6 +93,7 @@ defmodule Visor.Server.StatusTest do
              storage: %{mode: :memory},
              poison: nil,
              refused: nil,
+             version: %{running: 1, supported: 2, blocked: nil},
              stats: %{views_started: 2, send_busy: 4, unexpected_messages: 0}
            } = status
 
@@ -152,6 +155,7 @@ defmodule Visor.Server.StatusTest do
       assert map.refused == refused_reason
       assert map.poison == %{op: 5, crashes: 2}
       assert map.pool == @pool
+      assert map.version == @server.version
       assert map.stats == @server.stats
     end
 

@@ -1,0 +1,137 @@
+defmodule Visor.Server.Upgrade do
+  @moduledoc false
+  # When the cluster switches to a new state machine version (a pure
+  # decider; `Visor.Server` carries out its effects). The primary's server
+  # proposes it, once every member's code supports it (docs/operations.md,
+  # "Deploying new code"):
+  #
+  #   * every tick (`tick/2`, each second), while this replica is the
+  #     primary of a normal view and this node's code supports a version
+  #     above the one the cluster runs, it asks every other member's server
+  #     which version its code supports, in a new round;
+  #   * once every member has answered that round (`report/5`), it proposes
+  #     the lowest version they all support, if that is above the
+  #     cluster's: `Visor.Server` commits the switch entry like a command,
+  #     and every replica switches when it executes it;
+  #   * until that proposal is answered (`proposed/2`), it proposes nothing
+  #     else.
+  #
+  # A member that does not answer (down, cut off, not running the group)
+  # holds the switch back; a repeated switch, from a new primary that had
+  # not executed the last one yet, changes nothing (`Visor.Server.Machine`).
+  #
+  # Effects, in order:
+  #
+  #   * `{:ask, round, nodes}`: send each node's server
+  #     `{:visor_version_query, server_pid, round}`; each answers
+  #     `{:visor_version, round, its_node, version}`;
+  #   * `{:propose, version}`: commit the switch to `version`;
+  #   * `{:log, level, message}`.
+
+  @enforce_keys [:module]
+  defstruct [
+    :module,
+    round: 0,
+    # The members that have not answered this round yet.
+    waiting: [],
+    # The lowest version supported among those that have answered.
+    lowest: nil,
+    # The version proposed and not answered yet.
+    proposing: nil
+  ]
+
+  @type t :: %__MODULE__{}
+
+  @typedoc """
+  What a tick depends on: whether this replica is the primary of a normal
+  view, the version the cluster runs (as of this replica's last executed
+  op), the one this node's code supports (`Visor.Executor.version/1`), and
+  the other members' nodes.
+  """
+  @type view :: %{
+          primary: boolean(),
+          running: non_neg_integer(),
+          supported: non_neg_integer() | :invalid,
+          others: [node()]
+        }
+
+  @type effect ::
+          {:ask, pos_integer(), [node()]}
+          | {:propose, non_neg_integer()}
+          | {:log, :warning, String.t()}
+
+  @doc "The upgrades of `module`'s group: no round asked, nothing proposed."
+  @spec new(module()) :: t()
+  def new(module), do: %__MODULE__{module: module}
+
+  @doc "A tick: starts a round when this primary's code supports a newer version."
+  @spec tick(t(), view()) :: {t(), [effect()]}
+  def tick(%__MODULE__{proposing: nil} = upgrade, %{primary: true} = view)
+      when is_integer(view.supported) and view.supported > view.running do
+    round = upgrade.round + 1
+    upgrade = %{upgrade | round: round, waiting: view.others, lowest: view.supported}
+
+    if view.others == [],
+      do: propose(upgrade, view.running),
+      else: {upgrade, [{:ask, round, view.others}]}
+  end
+
+  def tick(%__MODULE__{} = upgrade, _view), do: {%{upgrade | waiting: []}, []}
+
+  @doc """
+  `node`'s answer in `round`: its code supports `version` (any term from
+  the network: only a non-negative integer counts as support). `running`
+  is the version the cluster runs now.
+  """
+  @spec report(t(), term(), term(), term(), non_neg_integer()) :: {t(), [effect()]}
+  def report(%__MODULE__{round: round} = upgrade, round, node, version, running) do
+    cond do
+      node not in upgrade.waiting ->
+        {upgrade, []}
+
+      # Code that supports no version: nothing is proposed this round.
+      not (is_integer(version) and version >= 0) ->
+        {%{upgrade | waiting: []}, []}
+
+      true ->
+        upgrade = %{
+          upgrade
+          | waiting: List.delete(upgrade.waiting, node),
+            lowest: min(upgrade.lowest, version)
+        }
+
+        if upgrade.waiting == [], do: propose(upgrade, running), else: {upgrade, []}
+    end
+  end
+
+  # An answer to an earlier round.
+  def report(%__MODULE__{} = upgrade, _round, _node, _version, _running), do: {upgrade, []}
+
+  defp propose(%{lowest: lowest} = upgrade, running) when lowest > running,
+    do: {%{upgrade | proposing: lowest}, [{:propose, lowest}]}
+
+  defp propose(upgrade, _running), do: {upgrade, []}
+
+  @doc """
+  The proposal's result, as a caller of `commit` would get it: `{:ok,
+  version}` (the version the cluster runs once it executed the switch) or
+  `{:error, reason}` (logged; the next tick may propose again).
+  """
+  @spec proposed(t(), term()) :: {t(), [effect()]}
+  def proposed(%__MODULE__{proposing: version} = upgrade, result) do
+    upgrade = %{upgrade | proposing: nil}
+
+    case result do
+      {:ok, _running} ->
+        {upgrade, []}
+
+      {:error, reason} ->
+        {upgrade,
+         [
+           {:log, :warning,
+            "#{inspect(upgrade.module)}: the switch to state machine version #{version} failed: #{inspect(reason)}; " <>
+              "the primary proposes it again while every member supports it"}
+         ]}
+    end
+  end
+end

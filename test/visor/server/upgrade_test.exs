@@ -1,0 +1,82 @@
+defmodule Visor.Server.UpgradeTest do
+  # When the cluster switches to a new state machine version: the primary's
+  # decisions, fed ticks and members' answers by hand.
+  use ExUnit.Case, async: true
+
+  alias Visor.Server.Upgrade
+
+  @others [:b@h, :c@h]
+  @primary %{primary: true, running: 1, supported: 2, others: @others}
+
+  defp upgrade, do: Upgrade.new(Cache)
+
+  test "the primary asks every other member, and proposes once all support the new version" do
+    {u, [{:ask, 1, @others}]} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+    # The same member twice, or a node that is not a member, counts once.
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+    {u, []} = Upgrade.report(u, 1, :x@h, 2, 1)
+    {u, [{:propose, 2}]} = Upgrade.report(u, 1, :c@h, 2, 1)
+
+    # Nothing more until the proposal is answered.
+    assert {^u, []} = Upgrade.tick(u, @primary)
+    {u, []} = Upgrade.proposed(u, {:ok, 2})
+    assert {_, []} = Upgrade.tick(u, %{@primary | running: 2})
+  end
+
+  test "the switch goes to the lowest version every member supports, never to one some member lacks" do
+    {u, _} = Upgrade.tick(upgrade(), %{@primary | supported: 4})
+    {u, []} = Upgrade.report(u, 1, :b@h, 3, 1)
+    assert {_, [{:propose, 3}]} = Upgrade.report(u, 1, :c@h, 5, 1)
+
+    # A member still on the cluster's version: nothing to propose.
+    {u, _} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+    assert {_, []} = Upgrade.report(u, 1, :c@h, 1, 1)
+
+    # One whose code supports no version (or whose answer is junk): nor.
+    {u, _} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.report(u, 1, :b@h, :invalid, 1)
+    assert {_, []} = Upgrade.report(u, 1, :c@h, 2, 1)
+  end
+
+  test "a member that does not answer holds the switch back; answers of an earlier round do not count" do
+    {u, [{:ask, 1, _}]} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+    # c never answers round 1; round 2 starts over.
+    {u, [{:ask, 2, @others}]} = Upgrade.tick(u, @primary)
+    {u, []} = Upgrade.report(u, 1, :c@h, 2, 1)
+    {u, []} = Upgrade.report(u, 2, :c@h, 2, 1)
+    assert {_, [{:propose, 2}]} = Upgrade.report(u, 2, :b@h, 2, 1)
+  end
+
+  test "only the primary of a normal view, with code newer than the cluster's, asks" do
+    for view <- [
+          %{@primary | primary: false},
+          %{@primary | supported: 1},
+          %{@primary | supported: :invalid}
+        ] do
+      assert {_, []} = Upgrade.tick(upgrade(), view)
+    end
+
+    # A round in progress ends when this replica is no longer the primary.
+    {u, _} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.tick(u, %{@primary | primary: false})
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+    assert {_, []} = Upgrade.report(u, 1, :c@h, 2, 1)
+  end
+
+  test "a one-member cluster switches at its first tick; a failed proposal is logged and made again" do
+    alone = %{@primary | others: []}
+    {u, [{:propose, 2}]} = Upgrade.tick(upgrade(), alone)
+    {u, [{:log, :warning, message}]} = Upgrade.proposed(u, {:error, :timeout})
+    assert message =~ "Cache: the switch to state machine version 2 failed: :timeout"
+    assert {_, [{:propose, 2}]} = Upgrade.tick(u, alone)
+  end
+
+  test "the answer to a later round's report after the cluster already runs that version proposes nothing" do
+    {u, _} = Upgrade.tick(upgrade(), @primary)
+    {u, []} = Upgrade.report(u, 1, :b@h, 2, 2)
+    assert {_, []} = Upgrade.report(u, 1, :c@h, 2, 2)
+  end
+end
