@@ -86,18 +86,20 @@ defmodule Visor.SpareTest do
     acks = Load.await_acks(%{}, 50)
 
     # The primary as the spare knows it (a view change may have moved it
-    # since the start), which is where its commits go; one of them keeps
-    # the primary busy until it is killed.
+    # since the start), which is where its calls go; one commit keeps the
+    # primary's server busy until it is killed, and a read waits behind it.
     primary = Cluster.status(d, Counter).primary
     assert primary in members
     slow = Task.async(fn -> :erpc.call(d, Counter, :commit, [{:sleep_on, primary, 5_000}]) end)
+    read = Task.async(fn -> :erpc.call(d, Counter, :get_in, [[:count], 20_000]) end)
     Process.sleep(500)
     survivors = members -- [primary]
     :ok = Cluster.kill_node(primary, survivors ++ [d])
 
     # A commit in flight to the primary when it died may or may not have
-    # been applied, and says so.
+    # been applied, and says so; a read goes on to another member.
     assert Task.await(slow) == {:error, {:member_down, primary}}
+    assert is_integer(Task.await(read, 25_000))
 
     # The spare's commits go on through a surviving member; the only error
     # is the one above.
@@ -113,6 +115,7 @@ defmodule Visor.SpareTest do
   test "no member reachable: a clear error within the caller's timeout, and nothing applied" do
     {members, d} = spare_cluster()
     Cluster.partition([d], members)
+    assert %{status: :spare, primary: nil, replicas: []} = Cluster.status(d, Counter)
 
     for call <- [
           fn -> :erpc.call(d, Counter, :commit, [{:incr, :lost}, 300]) end,
