@@ -589,9 +589,10 @@ defmodule Visor do
     end
   end
 
+  # The call's own timeout for `deadline`: none for `:infinity`'s.
   defp backstop(deadline) do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
-    min(left + @grace_ms, @max_timeout)
+    if left >= @max_timeout, do: :infinity, else: min(left + @grace_ms, @max_timeout)
   end
 
   defp exit_error({:timeout, _}), do: {:error, :timeout}

@@ -23,6 +23,12 @@ defmodule Visor.Server do
       says this node is a member), its store's events, and its failure;
     * `Visor.Server.Status`: the `status` map.
 
+  A spare's server refuses its callers with `{:error, :spare}`, and
+  `Visor.Forward` takes them on to a member: the server tells it where the
+  members are (and the primary one named lately), and a member's server
+  takes a forwarded request, which names the time left, as its own
+  callers' requests.
+
   Peer traffic is not this process's: `Visor.Router` owns the engine,
   carries out its `{:send, ...}` events and delivers peers' messages, and
   passes every other engine event on to this process, in order. So a slow
