@@ -167,7 +167,14 @@ defmodule Visor do
       session's request number (not expected from Visor's own sessions; the
       session is replaced): this command was not applied, and the other's
       reply is never given instead.
-    * `:spare`: this node is not a member of the cluster (see docs/operations.md).
+    * `:no_member_reachable`: this node is a spare (not a member; see
+      docs/operations.md, "Spares") and reached no member before the
+      timeout. Nothing was applied.
+    * `{:member_down, node}`: this node is a spare, and the member `node`
+      it forwarded the command to went down (disconnected, or its server
+      exited) during the call. The command **may or may not have been
+      applied** (and may still be, once), as after `:timeout`; it is not
+      sent again, which could apply it twice.
     * `{:engine_down, reason}`: the local replica failed (a bug, or a store
       it cannot open; `reason` is an engine error, see docs/nif.md, "Errors");
       commands in flight may or may not have been applied.
@@ -202,7 +209,8 @@ defmodule Visor do
           | :unknown_outcome
           | {:duplicate, pos_integer()}
           | :refused
-          | :spare
+          | :no_member_reachable
+          | {:member_down, node()}
           | {:engine_down, term()}
           | {:halted, pos_integer()}
           | {:skipped, pos_integer()}
@@ -445,7 +453,10 @@ defmodule Visor do
   @doc """
   Commits `command` through the replicated log and returns the reply of
   `handle_commit` as this node's replica computed it. Works from any node
-  running the group: the local replica forwards the command to the primary.
+  running the group: the local replica forwards the command to the
+  primary. On a spare (a node running the group that is not a member),
+  the call goes to a member, the primary first when known, and returns
+  what it returns there (`Visor.Forward`; docs/operations.md, "Spares").
 
   Options: `:timeout` in ms (default #{@default_timeout}; at most
   #{@max_timeout}, about 49 days, or `:infinity`, which waits that long),
@@ -477,7 +488,7 @@ defmodule Visor do
   end
 
   @doc """
-  The group's state.
+  The group's state. On a spare, a member reads it (as `commit/3` says).
 
   Options:
 
@@ -490,7 +501,10 @@ defmodule Visor do
       network round trip. It may lag the cluster (a backup executes a commit
       a moment after the primary does, at most about one tick later when
       idle; a cut-off node may lag a lot), but it
-      never goes backwards and only ever shows committed state.
+      never goes backwards and only ever shows committed state. On a
+      spare, which has no state of its own, it is served as
+      `:linearizable` by a member: a member's local state could go
+      backwards between two reads that different members serve.
     * `timeout:` in ms (default #{@default_timeout}), or `:infinity`, as
       for `commit/3` (also given alone, as `get(module, 10_000)`).
 
@@ -504,7 +518,8 @@ defmodule Visor do
 
   @doc """
   `Kernel.get_in(state, path)`, read as `get/2` reads (same options),
-  computed on this node's server so only the result is copied. A path that
+  computed on this node's server (a member's, on a spare) so only the
+  result is copied. A path that
   does not fit the state raises here, in the caller, as `Kernel.get_in/2`
   would. User code in the path (an accessor function such as
   `Access.all/0`, a struct's `Access` implementation) runs here, in the
@@ -546,7 +561,9 @@ defmodule Visor do
   opened), `:recovering` (this node restarted and its replica is fetching
   the state from the others), `:normal`, `:view_change`, `:diverged` (its
   state differs from the quorum's; it recovers the quorum's by state sync),
-  `:spare`, `:refused` (this node's shared settings differ from the
+  `:spare` (its `cluster`, `view`, `primary` and `replicas` are those of
+  the first member that answers within 1 s, `health` as this node sees
+  it), `:refused` (this node's shared settings differ from the
   cluster's, `refused` holding `{:setting_mismatch, key, ours, theirs}`;
   or, in disk mode, its formation record could not be written:
   `{:storage_refused, message}`) or
@@ -573,7 +590,10 @@ defmodule Visor do
   """
   @spec status(group()) :: map()
   def status(module) do
-    GenServer.call(Visor.Supervisor.name(module, :server), :status, @default_timeout)
+    case GenServer.call(Visor.Supervisor.name(module, :server), :status, @default_timeout) do
+      %{status: :spare} = status -> Visor.Forward.status(module, status)
+      status -> status
+    end
   catch
     :exit, reason ->
       {:error, error} = exit_error(reason)
@@ -641,19 +661,30 @@ defmodule Visor do
 
   # The server answers `{:error, :timeout}` itself at the deadline (for
   # :infinity, after @max_timeout, the longest a timer waits); the call's
-  # own timeout is a backstop for a server that cannot answer.
+  # own timeout is a backstop for a server that cannot answer. On a spare,
+  # the call goes on to a member (Visor.Forward) with the time left.
   defp call(module, request, timeout) do
     now = System.monotonic_time(:millisecond)
+    deadline = if timeout == :infinity, do: now + @max_timeout, else: now + timeout
+    server = Visor.Supervisor.name(module, :server)
 
-    {deadline, backstop} =
-      case timeout do
-        :infinity -> {now + @max_timeout, :infinity}
-        ms -> {now + ms, min(ms + @grace_ms, @max_timeout)}
+    reply =
+      try do
+        GenServer.call(server, {request, deadline}, backstop(deadline))
+      catch
+        :exit, reason -> exit_error(reason)
       end
 
-    GenServer.call(Visor.Supervisor.name(module, :server), {request, deadline}, backstop)
-  catch
-    :exit, reason -> exit_error(reason)
+    case reply do
+      {:error, :spare} -> Visor.Forward.call(module, request, deadline, &backstop/1)
+      reply -> reply
+    end
+  end
+
+  # The call's own timeout for `deadline`: none for `:infinity`'s.
+  defp backstop(deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+    if left >= @max_timeout, do: :infinity, else: min(left + @grace_ms, @max_timeout)
   end
 
   defp exit_error({:timeout, _}), do: {:error, :timeout}

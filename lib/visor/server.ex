@@ -26,6 +26,12 @@ defmodule Visor.Server do
   #     for new code, `Visor.Server.Machine.code_loaded/1`);
   #   * `Visor.Server.Status`: the `status` map.
   #
+  # A spare's server refuses its callers with `{:error, :spare}`, and
+  # `Visor.Forward` takes them on to a member: the server tells it where the
+  # members are (and the primary one named lately), and a member's server
+  # takes a forwarded request, which names the time left, as its own
+  # callers' requests.
+  #
   # Peer traffic is not this process's: `Visor.Router` owns the engine,
   # carries out its `{:send, ...}` events and delivers peers' messages, and
   # passes every other engine event on to this process, in order. So a slow
@@ -76,6 +82,8 @@ defmodule Visor.Server do
     :engine,
     # Visor.Router's counters, for status.
     :router_stats,
+    # On a spare: the primary a member named, and when (Visor.Forward).
+    :primary_hint,
     starts: 0,
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
@@ -155,6 +163,36 @@ defmodule Visor.Server do
   end
 
   def handle_call(:status, _from, state), do: {:reply, status(state), state}
+
+  # A spare's caller's request (Visor.Forward): it names the time left
+  # rather than a deadline, as monotonic clocks differ between nodes.
+  def handle_call({:visor_forwarded, request, left}, from, state)
+      when is_integer(left) and left >= 0,
+      do: handle_call({request, System.monotonic_time(:millisecond) + left}, from, state)
+
+  # Where a spare's callers go instead (Visor.Forward): the listed
+  # members, or every other node running the group (cluster_size:); and
+  # the primary a member last named.
+  def handle_call(:visor_forward, _from, state) do
+    nodes =
+      case state.config.membership do
+        {:nodes, nodes} ->
+          nodes
+
+        {:cluster_size, _} ->
+          scope = Visor.Supervisor.name(state.module, :scope)
+          :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
+      end
+
+    now = System.monotonic_time(:millisecond)
+    {reply, hint} = Visor.Forward.targets(nodes -- [node()], state.primary_hint, now)
+    {:reply, reply, %{state | primary_hint: hint}}
+  end
+
+  # Only this node's callers (Visor.Forward) tell it.
+  def handle_call({:visor_primary, primary, learned_at}, {pid, _tag}, state)
+      when node(pid) == node() and is_atom(primary) and primary != nil and is_integer(learned_at),
+      do: {:reply, :ok, %{state | primary_hint: {primary, learned_at}}}
 
   # Calls from other nodes are untrusted input too.
   def handle_call(_request, _from, state) do

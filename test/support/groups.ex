@@ -65,6 +65,9 @@ defmodule Visor.Test.Accessors do
     end
   end
 
+  @doc "An accessor that gives its key's value with the node it runs on: `{node, value}`."
+  def here, do: fn :get, data, next -> next.({node(), data}) end
+
   @doc "An accessor that kills the process it runs in."
   def killer, do: fn :get, _data, _next -> Process.exit(self(), :kill) end
 end

@@ -29,9 +29,10 @@ defmodule Visor.FormationTest do
 
     for n <- members, do: assert(map_size(:erpc.call(n, Cache, :get, [])) == 3)
 
+    # The spare runs no replica: its calls go to a member.
     [spare] = spares
-    assert :erpc.call(spare, Cache, :commit, [{:add, %{spare: true}}]) == {:error, :spare}
-    assert :erpc.call(spare, Cache, :get, []) == {:error, :spare}
+    assert :erpc.call(spare, Cache, :commit, [{:add, %{spare: true}}]) == nil
+    assert :erpc.call(spare, Cache, :get_in, [[:spare]]) == true
     assert %{status: :spare, role: :none} = statuses[spare]
 
     # A restarted spare is still a spare: only members rejoin.
@@ -44,9 +45,10 @@ defmodule Visor.FormationTest do
     [a, b, c] = nodes(3)
     :ok = Cluster.start_group([a, b, c], Cache, nodes: [a, b])
     assert Cluster.status(c, Cache).status == :spare
-    assert :erpc.call(c, Cache, :commit, [{:add, %{x: 1}}]) == {:error, :spare}
-    assert :erpc.call(b, Cache, :commit, [{:add, %{x: 1}}]) == nil
+    assert :erpc.call(c, Cache, :commit, [{:add, %{x: 1}}]) == nil
+    assert :erpc.call(b, Cache, :commit, [{:add, %{y: 2}}]) == nil
     assert :erpc.call(a, Cache, :get_in, [[:x]]) == 1
+    assert :erpc.call(c, Cache, :get_in, [[:y]]) == 2
 
     # A restarted spare is still a spare: only members rejoin.
     :ok = Cluster.stop_group(c, Cache)

@@ -1,0 +1,200 @@
+defmodule Visor.Forward do
+  @moduledoc false
+  # A call made on a node that runs the group but is not a member of it (a
+  # spare): carried, in the caller's process, to a member's server, so that
+  # `Visor.commit/3`, `Visor.get/2`, `Visor.get_in/3` and `Visor.skip/3`
+  # work on a spare and return what they return on a member. The member
+  # passes a command on to the primary itself, as it does for its own
+  # callers; `Visor.get_in/3`'s accessor functions still run in the caller,
+  # which gets the member's `{:get_in, data, rest}` back.
+  #
+  # The candidates are the nodes the spare's server names (`targets/3`):
+  # the listed members in `nodes:` mode, every other node running the group
+  # in `cluster_size:` mode (a spare among them says so and is passed over),
+  # the primary first when a member named it lately. Only those this node is
+  # connected to are tried: connecting to an unreachable host can block for
+  # seconds, past the caller's deadline. They are tried in turn until one
+  # answers or the caller's deadline passes:
+  #
+  #   * a candidate that is not connected, where the group does not run, or
+  #     that is not a member (a spare, or a node whose settings were
+  #     refused) received nothing that counts: the next one is tried, and
+  #     when none is left, all of them again a moment later. At the deadline
+  #     the caller gets `{:error, :no_member_reachable}`: nothing was applied;
+  #   * a member that disconnects, or whose server exits, during the call: a
+  #     read goes to the next member. A commit (or skip) does not: the member
+  #     may already have handed it to its replica, and sending it again could
+  #     apply it twice. The caller gets `{:error, {:member_down, node}}`: it
+  #     may or may not have been applied (and if not yet, may still be,
+  #     once), as after `{:error, :timeout}`;
+  #   * any other answer is the member's, returned as is (its
+  #     `{:error, :timeout}` at the deadline included).
+  #
+  # A `consistency: :local` read is served as a linearizable one: a spare
+  # has no state of its own to read, and a member's local state could go
+  # backwards between two reads that different members serve, which
+  # `:local` promises never to do.
+
+  # A pause before trying every candidate again, when none could be reached.
+  @retry_ms 50
+  # How long the primary a member named is trusted before a member is asked again.
+  @primary_ttl_ms 1_000
+  # The longest a member's status is waited for.
+  @status_timeout_ms 1_000
+
+  @typedoc """
+  A spare's server's knowledge of the primary: the node a member named
+  (or nil), and when it was last asked (monotonic ms).
+  """
+  @type hint :: {node() | nil, integer()} | nil
+
+  @doc """
+  Forwards the server request `request` (as `Visor` sends it to the local
+  server) to a member, before `deadline` (monotonic ms on this node).
+  `backstop` gives the call's own timeout for a deadline (see `Visor`).
+  """
+  @spec call(module(), tuple(), integer(), (integer() -> timeout())) :: term()
+  def call(module, request, deadline, backstop) do
+    %{members: members, primary: primary, refresh: refresh} = spare(module)
+    if refresh, do: spawn(fn -> refresh_primary(module, members) end)
+    members = if primary in members, do: [primary | List.delete(members, primary)], else: members
+    forward(module, linearizable(request), deadline, backstop, members)
+  catch
+    # The spare's own server stopped meanwhile: as on a member.
+    :exit, _reason -> {:error, :not_running}
+  end
+
+  @doc """
+  A spare's server's answer to where its callers go (`members` and
+  `hint`, see `t:hint/0`), and its new hint: the primary first, when a
+  member named it lately (a member passes a command on to the primary
+  anyway, so this spares a hop, and the primary is the member least likely
+  to be cut off from the others). When the hint is older than
+  #{@primary_ttl_ms} ms, the caller is told to ask a member again
+  (`refresh: true`, in a process of its own, so no call waits for it), and
+  the hint's age starts over, so that only one caller at a time asks.
+  """
+  @spec targets([node()], hint(), integer()) :: {map(), hint()}
+  def targets(members, hint, now) do
+    {primary, learned_at} = hint || {nil, now - @primary_ttl_ms}
+    refresh = now - learned_at >= @primary_ttl_ms
+    hint = if refresh, do: {primary, now}, else: hint
+    {%{members: members, primary: primary, refresh: refresh}, hint}
+  end
+
+  @doc """
+  A spare's `status` map with where the cluster stands, as the first
+  member that answers sees it: its `cluster`, `view`, `primary` and
+  `replicas` (their `health` as this node sees them). Unchanged when no
+  member answers within #{@status_timeout_ms} ms.
+  """
+  @spec status(module(), map()) :: map()
+  def status(module, %{status: :spare} = status) do
+    %{members: members} = spare(module)
+
+    case member_status(module, members) do
+      nil ->
+        status
+
+      %{cluster: cluster, view: view, primary: primary, replicas: replicas} ->
+        remember_primary(module, primary)
+        replicas = for r <- replicas, do: %{r | health: health(r.node)}
+        %{status | cluster: cluster, view: view, primary: primary, replicas: replicas}
+    end
+  catch
+    :exit, _reason -> status
+  end
+
+  defp health(node), do: if(node in Node.list(), do: :connected, else: :disconnected)
+
+  defp spare(module), do: GenServer.call(Visor.Supervisor.name(module, :server), :visor_forward)
+
+  defp refresh_primary(module, members) do
+    with %{primary: primary} <- member_status(module, members),
+         do: remember_primary(module, primary)
+  end
+
+  defp remember_primary(module, primary) do
+    server = Visor.Supervisor.name(module, :server)
+    GenServer.call(server, {:visor_primary, primary, System.monotonic_time(:millisecond)})
+  end
+
+  # The status of the first connected member that runs a replica and
+  # knows its primary, or nil.
+  defp member_status(module, members) do
+    deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
+
+    Enum.find_value(members, fn node ->
+      left = deadline - System.monotonic_time(:millisecond)
+      if left > 0 and node in Node.list(), do: replica_status(module, node, left)
+    end)
+  end
+
+  defp replica_status(module, node, timeout) do
+    case GenServer.call({Visor.Supervisor.name(module, :server), node}, :status, timeout) do
+      %{primary: primary, replicas: [_ | _]} = status when primary != nil -> status
+      _no_replica -> nil
+    end
+  catch
+    :exit, _reason -> nil
+  end
+
+  defp linearizable({:read_local, path}), do: {:read, path}
+  defp linearizable(request), do: request
+
+  defp forward(module, request, deadline, backstop, members) do
+    connected = Enum.filter(members, &(&1 in Node.list()))
+
+    case first_answer(connected, module, request, deadline, backstop) do
+      {:answer, reply} ->
+        reply
+
+      :none ->
+        left = deadline - System.monotonic_time(:millisecond)
+
+        if left > 0 do
+          Process.sleep(min(@retry_ms, left))
+          forward(module, request, deadline, backstop, members)
+        else
+          {:error, :no_member_reachable}
+        end
+    end
+  end
+
+  defp first_answer([], _module, _request, _deadline, _backstop), do: :none
+
+  defp first_answer([node | rest], module, request, deadline, backstop) do
+    case member_call(node, module, request, deadline, backstop) do
+      {:answer, _reply} = answer ->
+        answer
+
+      :passed ->
+        first_answer(rest, module, request, deadline, backstop)
+
+      :lost when elem(request, 0) == :read ->
+        first_answer(rest, module, request, deadline, backstop)
+
+      :lost ->
+        {:answer, {:error, {:member_down, node}}}
+    end
+  end
+
+  # One member's answer; `:passed` when it received nothing that counts,
+  # `:lost` when it went away during the call.
+  defp member_call(node, module, request, deadline, backstop) do
+    server = {Visor.Supervisor.name(module, :server), node}
+    # Monotonic clocks differ between nodes: the member gets the time left.
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    case GenServer.call(server, {:visor_forwarded, request, left}, backstop.(deadline)) do
+      {:error, :spare} -> :passed
+      {:error, {:setting_mismatch, _, _, _}} -> :passed
+      reply -> {:answer, reply}
+    end
+  catch
+    :exit, {:timeout, _} -> {:answer, {:error, :timeout}}
+    # The group does not run there: nothing was received.
+    :exit, {:noproc, _} -> :passed
+    :exit, _reason -> :lost
+  end
+end
