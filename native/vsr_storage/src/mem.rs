@@ -9,8 +9,18 @@ use crate::disk::{Disk, Zone};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { offset: u64, bytes: Vec<u8> },
-    Truncate { len: u64 },
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// A write of `len` zeros, torn and lost as a `Write` of them would be.
+    Zeros {
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        len: u64,
+    },
 }
 
 /// How a crash treats the writes not yet synced, oldest first: the first
@@ -52,6 +62,17 @@ fn apply(file: &mut Vec<u8>, op: &Op, torn: Option<usize>) {
                 file.resize(end, 0);
             }
             file[*offset as usize..end].copy_from_slice(bytes);
+        }
+        Op::Zeros { offset, len } => {
+            let len = torn.unwrap_or(*len as usize).min(*len as usize);
+            let (start, end) = (*offset as usize, *offset as usize + len);
+            let overwritten = file.len().min(end);
+            if start < overwritten {
+                file[start..overwritten].fill(0);
+            }
+            if file.len() < end {
+                file.resize(end, 0);
+            }
         }
         Op::Truncate { len } => file.resize(*len as usize, 0),
     }
@@ -149,6 +170,21 @@ impl MemDisk {
 }
 
 impl MemDisk {
+    /// A write (of bytes or of zeros): one operation, refused while the
+    /// disk is full, seen by reads at once and durable at the next sync.
+    fn record_write(&mut self, zone: Zone, op: Op) -> io::Result<()> {
+        self.operate()?;
+        if self.full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left (simulated)",
+            ));
+        }
+        apply(self.current.entry(zone).or_default(), &op, None);
+        self.unsynced.push((zone, op));
+        Ok(())
+    }
+
     /// Counts one operation against `crash_after`.
     fn operate(&mut self) -> io::Result<()> {
         match &mut self.crash_after {
@@ -177,20 +213,12 @@ impl Disk for MemDisk {
     }
 
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.operate()?;
-        if self.full {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "no space left (simulated)",
-            ));
-        }
-        let op = Op::Write {
-            offset,
-            bytes: bytes.to_vec(),
-        };
-        apply(self.current.entry(zone).or_default(), &op, None);
-        self.unsynced.push((zone, op));
-        Ok(())
+        let bytes = bytes.to_vec();
+        self.record_write(zone, Op::Write { offset, bytes })
+    }
+
+    fn write_zeros(&mut self, zone: Zone, offset: u64, len: u64) -> io::Result<()> {
+        self.record_write(zone, Op::Zeros { offset, len })
     }
 
     fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()> {
@@ -216,5 +244,54 @@ impl Disk for MemDisk {
         }
         self.unsynced = rest;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk after: 6 bytes written and synced, then (unsynced) zeros over
+    /// their end and past it, then 2 more bytes inside the zeros; each
+    /// write of zeros made as `write_zeros` or as a written zero buffer.
+    fn disk(zeros: impl Fn(&mut MemDisk, u64, u64)) -> MemDisk {
+        let mut disk = MemDisk::default();
+        disk.write(Zone::WalA, 0, &[1, 2, 3, 4, 5, 6]).unwrap();
+        disk.sync(Zone::WalA).unwrap();
+        zeros(&mut disk, 4, 8);
+        disk.write(Zone::WalA, 7, &[9, 9]).unwrap();
+        zeros(&mut disk, 14, 3);
+        disk
+    }
+
+    /// Preallocation's zeros are recorded without a buffer, and every read,
+    /// sync and crash (torn at any byte) sees what a written buffer of
+    /// zeros would have left.
+    #[test]
+    fn writing_zeros_is_writing_a_buffer_of_zeros() {
+        let by_length = || disk(|d, offset, len| d.write_zeros(Zone::WalA, offset, len).unwrap());
+        let by_buffer =
+            || disk(|d, offset, len| d.write(Zone::WalA, offset, &vec![0; len as usize]).unwrap());
+        let read = |mut d: MemDisk| d.read(Zone::WalA).unwrap();
+        assert_eq!(
+            read(by_length()),
+            [1, 2, 3, 4, 0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(read(by_length()), read(by_buffer()));
+        for kept in 0..=3 {
+            for torn in [None, Some(0), Some(1), Some(5), Some(20)] {
+                let cut = CrashCut { kept, torn };
+                let (mut a, mut b) = (by_length(), by_buffer());
+                a.crash(cut);
+                b.crash(cut);
+                assert_eq!(read(a), read(b), "{cut:?}");
+            }
+        }
+        let (mut a, mut b) = (by_length(), by_buffer());
+        a.sync(Zone::WalA).unwrap();
+        b.sync(Zone::WalA).unwrap();
+        a.crash(CrashCut { kept: 0, torn: None });
+        b.crash(CrashCut { kept: 0, torn: None });
+        assert_eq!(read(a), read(b));
     }
 }
