@@ -40,8 +40,9 @@ elixir-test: deps
 	mix test
 
 # VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back.
+# The soak profile (Cargo.toml) is release with whole-program optimization.
 soak:
-	cargo run --release -p vsr_sim --bin vopr -- --seeds $(SEEDS) $(VOPR_FLAGS)
+	cargo run --profile soak -p vsr_sim --bin vopr -- --seeds $(SEEDS) $(VOPR_FLAGS)
 
 # Three local nodes run the README's Cache; the primary's node is SIGKILLed,
 # a new primary takes over with the state intact, and the killed node is

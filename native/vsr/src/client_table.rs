@@ -26,6 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::checksum::checksum;
 use crate::config::{ClientId, Op};
 use crate::message::Request;
+use crate::verified::Verified;
 
 /// What execution did with one committed request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,12 @@ pub struct ClientTable {
     capacity: usize,
     sessions: HashMap<ClientId, Session>,
     by_activity: BTreeSet<(Op, ClientId)>,
+    /// Since the last check that passed, the table is sound for every
+    /// executed op at or after this one (its latest `last_op`). Every
+    /// change to `sessions` or `by_activity` goes through `insert` or
+    /// `evict_oldest` (the removal in `execute` is followed by an
+    /// `insert`), which forget it.
+    sound_from: Verified,
 }
 
 impl ClientTable {
@@ -69,6 +76,7 @@ impl ClientTable {
             capacity,
             sessions: HashMap::new(),
             by_activity: BTreeSet::new(),
+            sound_from: Verified::none(),
         }
     }
 
@@ -189,8 +197,12 @@ impl ClientTable {
     /// `capacity` sessions, each registered and last active at or before
     /// `executed` (a table is built by executing the log, or installed from
     /// a checkpoint at an op executed), and the eviction order lists every
-    /// session exactly once.
+    /// session exactly once. A table unchanged since it last passed is
+    /// not walked again unless `executed` went below its latest activity.
     pub fn check(&self, executed: Op) -> Result<(), String> {
+        if self.sound_from.get().is_some_and(|op| op <= executed) {
+            return Ok(());
+        }
         if self.sessions.len() > self.capacity {
             return Err(format!(
                 "client table holds {} sessions, more than its {}",
@@ -212,15 +224,19 @@ impl ClientTable {
                 return Err(format!("client {client:x} is missing from the eviction order"));
             }
         }
+        let latest = self.sessions.values().map(|s| s.last_op).max();
+        self.sound_from.set(latest.unwrap_or(0));
         Ok(())
     }
 
     fn insert(&mut self, client: ClientId, session: Session) {
+        self.sound_from.forget();
         self.by_activity.insert((session.last_op, client));
         self.sessions.insert(client, session);
     }
 
     fn evict_oldest(&mut self) {
+        self.sound_from.forget();
         if let Some((_, client)) = self.by_activity.pop_first() {
             self.sessions.remove(&client);
         }
@@ -267,6 +283,29 @@ mod tests {
         let mut crowded = table.clone();
         crowded.capacity = 0;
         assert!(crowded.check(5).unwrap_err().contains("more than its 0"));
+    }
+
+    /// A table that passed is walked again once it changes or once the
+    /// executed op goes below its latest activity.
+    #[test]
+    fn check_finds_a_break_made_after_a_check_that_passed() {
+        let mut table = ClientTable::new(2);
+        table.execute(3, &req(1, 0, 0));
+        assert_eq!(table.check(3), Ok(()));
+        assert_eq!(table.check(4), Ok(()));
+        table.execute(5, &req(1, 3, 1));
+        assert!(table
+            .check(4)
+            .unwrap_err()
+            .contains("last active at op 5, with op 4 executed"));
+        assert_eq!(table.check(5), Ok(()));
+        assert!(table.check(3).unwrap_err().contains("with op 3 executed"));
+        table.execute(6, &req(2, 0, 0));
+        table.execute(7, &req(3, 0, 0));
+        assert_eq!(table.check(7), Ok(()));
+        table.capacity = 1;
+        table.execute(8, &req(4, 0, 0));
+        assert!(table.check(8).unwrap_err().contains("more than its 1"));
     }
 
     #[test]

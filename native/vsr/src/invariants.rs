@@ -298,11 +298,7 @@ mod tests {
             },
             "DoViewChanges held in status Normal",
         );
-        breaks(
-            &primary,
-            |r| r.client_table = busy_replica_table(r),
-            "last active at op 11",
-        );
+        breaks(&primary, execute_ahead, "last active at op 11");
         breaks(
             &primary,
             |r| r.checkpoints.previous = r.checkpoints.held.clone(),
@@ -333,10 +329,20 @@ mod tests {
         breaks(&primary, |r| r.queue.push_back(request), "indexed by 0");
     }
 
-    /// The replica's client table after executing a request at op 11, which
-    /// it has not executed.
-    fn busy_replica_table(replica: &Replica) -> crate::client_table::ClientTable {
-        let mut table = replica.client_table.clone();
+    /// The checks remember what they verified (`Verified`); a replica that
+    /// passed and then changes in place is still judged by all of it.
+    #[test]
+    fn a_break_after_a_check_that_passed_is_found() {
+        let mut replica = busy_replica();
+        replica.invariants().expect("the replica starts sound");
+        execute_ahead(&mut replica);
+        let broken = replica.invariants().unwrap_err();
+        assert!(broken.contains("last active at op 11"), "{broken}");
+    }
+
+    /// The replica's client table executes a request at the op after the
+    /// replica's executed op (op 11 for `busy_replica`).
+    fn execute_ahead(replica: &mut Replica) {
         let request = Request {
             client: 6,
             session: 0,
@@ -344,8 +350,7 @@ mod tests {
             origin: 0,
             payload: Vec::new(),
         };
-        table.execute(replica.commit_min + 1, &request);
-        table
+        replica.client_table.execute(replica.commit_min + 1, &request);
     }
 
     /// A durable checkpoint at op 1, below the log's base.

@@ -17,6 +17,7 @@ mod read;
 mod recovery;
 mod repair;
 pub mod replica;
+mod verified;
 mod view_change;
 
 pub use checkpoint::Checkpoint;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::config::Op;
 use crate::message::Prepare;
+use crate::verified::Verified;
 
 /// A contiguous run of entries `base+1..=op`, each chained to its parent.
 #[derive(Clone, Debug)]
@@ -20,6 +21,13 @@ pub struct Log {
     /// Timestamp of entry `base` (0 for op 0).
     base_timestamp: u64,
     entries: Vec<Arc<Prepare>>,
+    /// The op up to which [`Log::check`] found the entries sound, so that
+    /// the next check starts there. That prefix cannot change behind the
+    /// record's back: `entries` is private, each entry an immutable
+    /// `Arc<Prepare>`, and the vector changes only by appending after it
+    /// or by [`Log::truncate_after`] and [`Log::truncate_before`], which
+    /// lower or move the record with the entries they drop.
+    checked_through: Verified,
 }
 
 impl Log {
@@ -36,6 +44,7 @@ impl Log {
             root: checksum,
             base_timestamp: timestamp,
             entries: Vec::new(),
+            checked_through: Verified::none(),
         }
     }
 
@@ -109,6 +118,9 @@ impl Log {
     pub fn truncate_after(&mut self, op: Op) {
         debug_assert!(op >= self.base, "truncating below the log's base");
         self.entries.truncate(op.saturating_sub(self.base) as usize);
+        if self.checked_through.get() > Some(self.op()) {
+            self.checked_through.set(self.op());
+        }
     }
 
     /// Drops every entry at or below `op`, which becomes the base; `op`
@@ -123,6 +135,12 @@ impl Log {
         self.base = op;
         self.root = checksum;
         self.base_timestamp = timestamp;
+        // Entries checked past the new base still chain to it (its checksum
+        // and timestamp are the dropped entry's, which they were checked
+        // against); if none were, the next check starts at the base.
+        if self.checked_through.get() < Some(op) {
+            self.checked_through.forget();
+        }
     }
 
     /// Up to `max` entries after `op` (none if `op` is below the base).
@@ -144,10 +162,20 @@ impl Log {
     /// `base+1..=op` without a gap, each chained to its parent (the first
     /// to the base's checksum) and stamped strictly after it. Compares
     /// stored checksums only (an entry's own checksum was verified when it
-    /// was decoded), so it costs a pass over the entries, no hashing.
+    /// was decoded), and only the entries appended since the last check
+    /// that passed (`checked_through`): no hashing, and no pass over the
+    /// whole log after every step.
     pub fn check(&self) -> Result<(), String> {
-        let (mut parent, mut timestamp) = (self.root, self.base_timestamp);
-        for (i, entry) in self.entries.iter().enumerate() {
+        let from = match self.checked_through.get() {
+            Some(op) if self.base < op && op <= self.op() => op,
+            _ => self.base,
+        };
+        let (mut parent, mut timestamp) = match self.get(from) {
+            Some(entry) => (entry.checksum, entry.timestamp),
+            None => (self.root, self.base_timestamp),
+        };
+        let unchecked = (from - self.base) as usize;
+        for (i, entry) in self.entries.iter().enumerate().skip(unchecked) {
             let op = self.base + 1 + i as Op;
             if entry.op != op {
                 return Err(format!(
@@ -166,6 +194,7 @@ impl Log {
             }
             (parent, timestamp) = (entry.checksum, entry.timestamp);
         }
+        self.checked_through.set(self.op());
         Ok(())
     }
 }
@@ -212,6 +241,40 @@ mod tests {
         assert!(with(vec![a.clone(), stranger]).contains("does not chain"));
         let earlier = Arc::new(Prepare::new(a.checksum, 0, 2, 10, vec![]));
         assert!(with(vec![a, earlier]).contains("stamped 10 after 10"));
+    }
+
+    /// The check starts where the last one that passed ended; entries it
+    /// covered and later replaced are checked again.
+    #[test]
+    fn check_finds_a_break_made_after_a_check_that_passed() {
+        let a = Arc::new(Prepare::new(5, 0, 1, 10, vec![]));
+        let b = Arc::new(Prepare::new(a.checksum, 0, 2, 20, vec![]));
+        let c = Arc::new(Prepare::new(b.checksum, 0, 3, 30, vec![]));
+        let mut log = Log::from_entries(5, vec![a.clone(), b.clone(), c.clone()]).unwrap();
+        assert_eq!(log.check(), Ok(()));
+        // Op 2 replaced by one that does not chain; op 3 chains to the old op 2.
+        log.truncate_after(1);
+        log.entries.push(Arc::new(Prepare::new(6, 0, 2, 20, vec![])));
+        log.entries.push(c.clone());
+        assert!(log.check().unwrap_err().contains("log op 2 does not chain"));
+
+        let mut log = Log::from_entries(5, vec![a.clone(), b.clone(), c]).unwrap();
+        assert_eq!(log.check(), Ok(()));
+        log.truncate_before(2);
+        assert_eq!(log.check(), Ok(()));
+        log.truncate_after(2);
+        let late = Arc::new(Prepare::new(b.checksum, 0, 3, 20, vec![]));
+        log.entries.push(late);
+        assert!(log
+            .check()
+            .unwrap_err()
+            .contains("log op 3 is stamped 20 after 20"));
+
+        let mut log = Log::from_entries(5, vec![a, b]).unwrap();
+        assert_eq!(log.check(), Ok(()));
+        log.truncate_before(2);
+        log.entries.push(Arc::new(Prepare::new(7, 0, 4, 40, vec![])));
+        assert!(log.check().unwrap_err().contains("is op 4, not 3"));
     }
 
     #[test]

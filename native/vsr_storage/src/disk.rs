@@ -48,6 +48,11 @@ pub trait Disk {
     /// `len` bytes of the zone from `offset`: an error if it is shorter.
     fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `len` zero bytes from `offset` (preallocation): a write of a
+    /// buffer of zeros, which a disk in memory records without building one.
+    fn write_zeros(&mut self, zone: Zone, offset: u64, len: u64) -> io::Result<()> {
+        self.write(zone, offset, &vec![0; len as usize])
+    }
     fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()>;
     /// Makes every write to `zone` so far durable (`fdatasync`).
     fn sync(&mut self, zone: Zone) -> io::Result<()>;

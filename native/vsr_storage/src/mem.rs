@@ -4,13 +4,24 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use crate::disk::{Disk, Zone};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { offset: u64, bytes: Vec<u8> },
-    Truncate { len: u64 },
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// A write of `len` zeros, torn and lost as a `Write` of them would be.
+    Zeros {
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        len: u64,
+    },
 }
 
 /// How a crash treats the writes not yet synced, oldest first: the first
@@ -23,10 +34,35 @@ pub struct CrashCut {
     pub torn: Option<usize>,
 }
 
+/// The zones' bytes, each shared until written (copy on write): a crash
+/// makes what reads see the durable bytes again, and the simulator copies
+/// a whole disk to look at what a restart finds, both without copying a
+/// file (a WAL is at least its 1 MiB of preallocated zeros).
+#[derive(Clone, Debug, Default)]
+struct Files(HashMap<Zone, Arc<Vec<u8>>>);
+
+impl Files {
+    /// The zone's bytes (none if it was never written).
+    fn bytes(&self, zone: Zone) -> &[u8] {
+        self.0.get(&zone).map_or(&[][..], |file| file.as_slice())
+    }
+
+    /// The zone's bytes to change, created empty if need be; copied first
+    /// if shared.
+    fn file_mut(&mut self, zone: Zone) -> &mut Vec<u8> {
+        Arc::make_mut(self.0.entry(zone).or_default())
+    }
+
+    /// The zone's bytes to change, if it exists; copied first if shared.
+    fn existing_mut(&mut self, zone: Zone) -> Option<&mut Vec<u8>> {
+        self.0.get_mut(&zone).map(Arc::make_mut)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
-    durable: HashMap<Zone, Vec<u8>>,
-    current: HashMap<Zone, Vec<u8>>,
+    durable: Files,
+    current: Files,
     unsynced: Vec<(Zone, Op)>,
     /// While set, writes fail as on a full disk.
     pub full: bool,
@@ -53,6 +89,17 @@ fn apply(file: &mut Vec<u8>, op: &Op, torn: Option<usize>) {
             }
             file[*offset as usize..end].copy_from_slice(bytes);
         }
+        Op::Zeros { offset, len } => {
+            let len = torn.unwrap_or(*len as usize).min(*len as usize);
+            let (start, end) = (*offset as usize, *offset as usize + len);
+            let overwritten = file.len().min(end);
+            if start < overwritten {
+                file[start..overwritten].fill(0);
+            }
+            if file.len() < end {
+                file.resize(end, 0);
+            }
+        }
         Op::Truncate { len } => file.resize(*len as usize, 0),
     }
 }
@@ -68,7 +115,7 @@ impl MemDisk {
     pub fn crash(&mut self, cut: CrashCut) {
         self.crash_after = None;
         for (i, (zone, op)) in std::mem::take(&mut self.unsynced).into_iter().enumerate() {
-            let file = self.durable.entry(zone).or_default();
+            let file = self.durable.file_mut(zone);
             if i < cut.kept {
                 apply(file, &op, None);
             } else if i == cut.kept && cut.torn.is_some() {
@@ -80,14 +127,14 @@ impl MemDisk {
 
     /// The durable WAL file the durable superblock names (`WalA` if none does).
     pub fn wal_zone(&self) -> Zone {
-        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let file = self.durable.bytes(Zone::Superblock);
         Zone::wal(crate::format::current_superblock(file).map_or(0, |(s, _)| s.wal))
     }
 
     /// The durable checkpoint file the durable superblock names, and its
     /// length, if it names one.
     pub fn checkpoint_file(&self) -> Option<(Zone, usize)> {
-        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let file = self.durable.bytes(Zone::Superblock);
         let (superblock, _) = crate::format::current_superblock(file)?;
         let named = superblock.checkpoint?;
         Some((Zone::checkpoint(named.slot), named.len as usize))
@@ -96,7 +143,7 @@ impl MemDisk {
     /// Offsets and lengths of the records of the durable write-ahead log
     /// (the file the superblock names), up to its first damage.
     pub fn wal_records(&self) -> Vec<(usize, usize)> {
-        let wal = self.durable.get(&self.wal_zone()).map_or(&[][..], Vec::as_slice);
+        let wal = self.durable.bytes(self.wal_zone());
         let mut records = Vec::new();
         let mut offset = 0;
         while let Some((_, len)) = crate::format::Record::decode(&wal[offset..]) {
@@ -110,7 +157,7 @@ impl MemDisk {
     /// copy in `slot` were lost (bit rot within the fault model).
     pub fn superblock_survives_losing(&self, slot: usize) -> bool {
         use crate::format::{Superblock, SLOT_SIZE, SUPERBLOCK_COPIES};
-        let file = self.durable.get(&Zone::Superblock).map_or(&[][..], Vec::as_slice);
+        let file = self.durable.bytes(Zone::Superblock);
         let sequences: Vec<Option<u64>> = (0..SUPERBLOCK_COPIES)
             .map(|i| {
                 file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE)
@@ -125,14 +172,14 @@ impl MemDisk {
 
     /// Length of a zone as reads see it.
     pub fn len(&self, zone: Zone) -> usize {
-        self.current.get(&zone).map_or(0, Vec::len)
+        self.current.bytes(zone).len()
     }
 
     /// Cuts a durable file to `len` bytes (a file lost or truncated after it
     /// was synced: an operator's mistake or a filesystem's loss).
     pub fn cut(&mut self, zone: Zone, len: usize) {
         for file in [&mut self.durable, &mut self.current] {
-            if let Some(file) = file.get_mut(&zone) {
+            if let Some(file) = file.existing_mut(zone) {
                 file.truncate(len);
             }
         }
@@ -141,7 +188,7 @@ impl MemDisk {
     /// Flips bits of the byte at `offset` in durable storage (bit rot).
     pub fn corrupt(&mut self, zone: Zone, offset: usize, mask: u8) {
         for file in [&mut self.durable, &mut self.current] {
-            if let Some(byte) = file.get_mut(&zone).and_then(|f| f.get_mut(offset)) {
+            if let Some(byte) = file.existing_mut(zone).and_then(|f| f.get_mut(offset)) {
                 *byte ^= mask.max(1);
             }
         }
@@ -149,6 +196,21 @@ impl MemDisk {
 }
 
 impl MemDisk {
+    /// A write (of bytes or of zeros): one operation, refused while the
+    /// disk is full, seen by reads at once and durable at the next sync.
+    fn record_write(&mut self, zone: Zone, op: Op) -> io::Result<()> {
+        self.operate()?;
+        if self.full {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left (simulated)",
+            ));
+        }
+        apply(self.current.file_mut(zone), &op, None);
+        self.unsynced.push((zone, op));
+        Ok(())
+    }
+
     /// Counts one operation against `crash_after`.
     fn operate(&mut self) -> io::Result<()> {
         match &mut self.crash_after {
@@ -164,11 +226,11 @@ impl MemDisk {
 
 impl Disk for MemDisk {
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
-        Ok(self.current.get(&zone).cloned().unwrap_or_default())
+        Ok(self.current.bytes(zone).to_vec())
     }
 
     fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let file = self.current.get(&zone).map_or(&[][..], Vec::as_slice);
+        let file = self.current.bytes(zone);
         usize::try_from(offset)
             .ok()
             .and_then(|start| file.get(start..start.checked_add(len)?))
@@ -177,26 +239,18 @@ impl Disk for MemDisk {
     }
 
     fn write(&mut self, zone: Zone, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.operate()?;
-        if self.full {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                "no space left (simulated)",
-            ));
-        }
-        let op = Op::Write {
-            offset,
-            bytes: bytes.to_vec(),
-        };
-        apply(self.current.entry(zone).or_default(), &op, None);
-        self.unsynced.push((zone, op));
-        Ok(())
+        let bytes = bytes.to_vec();
+        self.record_write(zone, Op::Write { offset, bytes })
+    }
+
+    fn write_zeros(&mut self, zone: Zone, offset: u64, len: u64) -> io::Result<()> {
+        self.record_write(zone, Op::Zeros { offset, len })
     }
 
     fn truncate(&mut self, zone: Zone, len: u64) -> io::Result<()> {
         self.operate()?;
         let op = Op::Truncate { len };
-        apply(self.current.entry(zone).or_default(), &op, None);
+        apply(self.current.file_mut(zone), &op, None);
         self.unsynced.push((zone, op));
         Ok(())
     }
@@ -210,11 +264,82 @@ impl Disk for MemDisk {
             self.unsynced = rest;
             return Err(io::Error::other("an I/O error in fdatasync (simulated)"));
         }
-        let file = self.durable.entry(zone).or_default();
+        let file = self.durable.file_mut(zone);
         for (_, op) in synced {
             apply(file, &op, None);
         }
         self.unsynced = rest;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk after: 6 bytes written and synced, then (unsynced) zeros over
+    /// their end and past it, then 2 more bytes inside the zeros; each
+    /// write of zeros made as `write_zeros` or as a written zero buffer.
+    fn disk(zeros: impl Fn(&mut MemDisk, u64, u64)) -> MemDisk {
+        let mut disk = MemDisk::default();
+        disk.write(Zone::WalA, 0, &[1, 2, 3, 4, 5, 6]).unwrap();
+        disk.sync(Zone::WalA).unwrap();
+        zeros(&mut disk, 4, 8);
+        disk.write(Zone::WalA, 7, &[9, 9]).unwrap();
+        zeros(&mut disk, 14, 3);
+        disk
+    }
+
+    /// Files are shared until written: a write (or rot) through one copy
+    /// of a disk, or after a crash through what reads see, reaches neither
+    /// the other copy nor the durable bytes.
+    #[test]
+    fn a_copy_and_a_crashed_disk_share_no_writes() {
+        let mut disk = MemDisk::default();
+        disk.write(Zone::WalA, 0, &[1, 2, 3]).unwrap();
+        disk.sync(Zone::WalA).unwrap();
+        let mut copy = disk.clone();
+        copy.write(Zone::WalA, 0, &[7]).unwrap();
+        copy.corrupt(Zone::WalA, 1, 0xff);
+        assert_eq!(disk.read(Zone::WalA).unwrap(), [1, 2, 3]);
+        assert_eq!(copy.read(Zone::WalA).unwrap(), [7, 0xfd, 3]);
+        disk.crash(CrashCut { kept: 0, torn: None });
+        disk.write(Zone::WalA, 2, &[9]).unwrap();
+        assert_eq!(disk.read(Zone::WalA).unwrap(), [1, 2, 9]);
+        disk.crash(CrashCut { kept: 0, torn: None });
+        assert_eq!(disk.read(Zone::WalA).unwrap(), [1, 2, 3]);
+        copy.crash(CrashCut { kept: 0, torn: None });
+        assert_eq!(copy.read(Zone::WalA).unwrap(), [1, 0xfd, 3]);
+    }
+
+    /// Preallocation's zeros are recorded without a buffer, and every read,
+    /// sync and crash (torn at any byte) sees what a written buffer of
+    /// zeros would have left.
+    #[test]
+    fn writing_zeros_is_writing_a_buffer_of_zeros() {
+        let by_length = || disk(|d, offset, len| d.write_zeros(Zone::WalA, offset, len).unwrap());
+        let by_buffer =
+            || disk(|d, offset, len| d.write(Zone::WalA, offset, &vec![0; len as usize]).unwrap());
+        let read = |mut d: MemDisk| d.read(Zone::WalA).unwrap();
+        assert_eq!(
+            read(by_length()),
+            [1, 2, 3, 4, 0, 0, 0, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(read(by_length()), read(by_buffer()));
+        for kept in 0..=3 {
+            for torn in [None, Some(0), Some(1), Some(5), Some(20)] {
+                let cut = CrashCut { kept, torn };
+                let (mut a, mut b) = (by_length(), by_buffer());
+                a.crash(cut);
+                b.crash(cut);
+                assert_eq!(read(a), read(b), "{cut:?}");
+            }
+        }
+        let (mut a, mut b) = (by_length(), by_buffer());
+        a.sync(Zone::WalA).unwrap();
+        b.sync(Zone::WalA).unwrap();
+        a.crash(CrashCut { kept: 0, torn: None });
+        b.crash(CrashCut { kept: 0, torn: None });
+        assert_eq!(read(a), read(b));
     }
 }

@@ -943,11 +943,7 @@ impl<D: Disk> Store<D> {
         }
         let from = self.wal_allocated.max(end);
         let to = (end + PREALLOCATE_BYTES).next_multiple_of(4096);
-        if self
-            .disk
-            .write(zone, from, &vec![0; (to - from) as usize])
-            .is_ok()
-        {
+        if self.disk.write_zeros(zone, from, to - from).is_ok() {
             self.wal_allocated = to;
         }
     }
