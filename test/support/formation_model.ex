@@ -4,7 +4,8 @@ defmodule Visor.Test.FormationModel do
   `Visor.Formation.Discovery`, with `Visor.Formation.Restore` for disk
   mode) of 3 to 6 in-memory nodes, every choice drawn from one seed: the
   mode, the storage, the order in which messages arrive, which are lost or
-  duplicated, when a node stops and how it comes back (memory mode: a
+  duplicated, which nodes come up late (`cluster_size:` mode), when a node
+  stops and how it comes back (memory mode: a
   restarted server keeps `Visor.Lifetime`'s record, a restarted VM loses
   it; disk mode: the store survives both, a wiped `data_dir` does not).
 
@@ -64,6 +65,7 @@ defmodule Visor.Test.FormationModel do
   @odd_settings %{@settings | checkpoint_interval: 500}
   @trace_kept 80
   @calm_rounds 40
+  @late_within_steps 40
 
   @doc "Runs one seed: `:ok`, or `{:error, report}` (a string)."
   @spec run(integer(), pos_integer(), keyword()) :: :ok | {:error, String.t()}
@@ -116,6 +118,7 @@ defmodule Visor.Test.FormationModel do
     {budget, w} = pick(w, 50..500)
 
     {servers_only?, w} = chance(w, 0.5)
+    late = late_starts(seed, mode, nodes, budget)
 
     # Memory mode: either only a minority restarts (its server or its VM),
     # or any node does, but only its server (Visor.Lifetime remembers).
@@ -147,6 +150,7 @@ defmodule Visor.Test.FormationModel do
       restartable: restartable,
       amnesic: amnesic,
       budget: budget,
+      late: late,
       minority: minority,
       live?: not odd?,
       # The nodes that lost their memory (a restart that does not come
@@ -179,9 +183,38 @@ defmodule Visor.Test.FormationModel do
     })
   end
 
+  # cluster_size: mode, half the runs: some nodes come up late, each at a
+  # step of its own (node => step) within the first @late_within_steps,
+  # while the others are forming (a lower node coming up while a higher
+  # one's proposal is in flight: seed 2575 found two clusters so). Drawn
+  # from a stream of its own, so that the runs without late nodes (every
+  # nodes: run) stay as they were before there were any.
+  defp late_starts(seed, :discovery, nodes, budget) do
+    w = %{rand: :rand.seed_s(:exsss, {seed, 1, 2})}
+    {late?, w} = chance(w, 0.5)
+    {shuffled, w} = shuffle(w, nodes)
+    {count, w} = pick(w, 1..(length(nodes) - 1))
+
+    if late? do
+      shuffled
+      |> Enum.take(count)
+      |> Enum.map_reduce(w, fn node, w ->
+        {at, w} = pick(w, 1..min(budget, @late_within_steps))
+        {{node, at}, w}
+      end)
+      |> elem(0)
+      |> Map.new()
+    else
+      %{}
+    end
+  end
+
+  defp late_starts(_seed, _explicit, _nodes, _budget), do: %{}
+
   # ---- Steps ------------------------------------------------------------------
 
-  defp start_all(w), do: Enum.reduce(w.nodes, w, &start(&2, &1))
+  defp start_all(w),
+    do: w.nodes |> Enum.reject(&Map.has_key?(w.late, &1)) |> Enum.reduce(w, &start(&2, &1))
 
   defp random_steps(w, 0), do: w
 
@@ -223,7 +256,12 @@ defmodule Visor.Test.FormationModel do
 
   defp tick_random(w) do
     {node, w} = pick(w, w.nodes)
-    if Map.has_key?(w.procs, node), do: tick(w, node), else: start(w, node)
+
+    cond do
+      Map.has_key?(w.procs, node) -> tick(w, node)
+      Map.get(w.late, node, 0) <= w.step -> start(w, node)
+      true -> w
+    end
   end
 
   defp fault(w) do

@@ -22,6 +22,28 @@ defmodule Visor.FormationModelTest do
     end
   end
 
+  describe "cluster_size:" do
+    # Found by the model (seeds 2802 and 6143, of 40,000; before the fix,
+    # "two clusters: ... [:n1, :n2] and n3's ... [:n3, :n4]"): n1 and n2
+    # formed while n3 and n4 were discovering; n1 stopped, and n3, its
+    # last word from n2 still ":accepted", saw nobody lower undecided and
+    # proposed n3 and n4 to n4 alone. A proposal now needs every process
+    # its proposer sees, n2 included, which is a member and rejects it.
+    test "seeds 2802 and 6143: a proposal while a cluster formed out of view forms nothing" do
+      check([2802, 6143])
+    end
+
+    # Found by the model once nodes could come up late (seed 2575, before
+    # the fix: "two clusters: ... [:n3, :n5] and n1's ... [:n1, :n2]"):
+    # n3 proposed n3 and n5 while n1, n2 and n4 were still down; n1 came
+    # up, heard n3 :proposing and the others :discovering, and, the lowest
+    # of them, proposed n1 and n2 beside it. n1 now waits while a peer is
+    # bound to a proposal, and would be rejected by n3 and n5 anyway.
+    test "seed 2575: a lower node coming up while a higher one's proposal is in flight" do
+      check([2575])
+    end
+  end
+
   describe "nodes: disk mode" do
     # Found by the model (seeds 358 and 483): every member restarted from
     # its store, and a's data_dir was wiped. b and c say hello to a first,

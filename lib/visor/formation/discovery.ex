@@ -9,47 +9,61 @@ defmodule Visor.Formation.Discovery do
   # connected nodes and exchange hellos that carry their phase. A two-phase
   # agreement then forms the cluster:
   #
-  #   1. The lowest-named node among all those still *discovering* or
-  #      *proposing*, whatever their settings (having heard every visible
-  #      peer, and no formed cluster), proposes the first `n` discovering
-  #      nodes with its own settings, sorted, and a fresh random cluster id.
-  #      Only one node may propose at a time: a proposer per settings class,
-  #      or a second one while a lower node's proposal is in flight, could
-  #      form two clusters of the group side by side. If the lowest node has
-  #      other settings than the rest, nobody forms (each logs who differs).
-  #   2. A discovering node accepts at most one proposal at a time and answers
-  #      with its incarnation; it leaves an accepted proposal only when that
-  #      proposal's proposer aborts it. While bound, it tells the proposer so
-  #      on every tick (`:visor_bound`), and a proposer that has decided that
-  #      proposal answers with its decision again (the formed cluster, or an
-  #      abort): sends are best effort, and one lost abort or announcement
-  #      must not leave an acceptor bound forever. A later proposal from the
-  #      proposer it is bound to also frees it (a proposer proposes again
-  #      only after it aborted its previous proposal); an earlier one, a
-  #      duplicate or a copy slow on the way, does not.
-  #   3. If every proposed member accepts, the proposer announces the cluster
-  #      (members, cluster id, each member's incarnation) to the members, which
-  #      then start their replicas. Otherwise it aborts (a reject or
-  #      2000 ms without every answer), and tries again later.
+  #   1. A node that has heard every visible peer and sees each one
+  #      *discovering* (and no formed cluster), if it is the lowest-named of
+  #      them all whatever their settings, proposes the first `n` of them
+  #      with its own settings, sorted, and a fresh random cluster id. The
+  #      proposal goes to every peer it sees, named or not (a *witness*).
+  #      If the lowest node has other settings than the rest, nobody forms
+  #      (each logs who differs).
+  #   2. A discovering node accepts at most one proposal at a time (a named
+  #      node only with the proposer's settings) and answers with its
+  #      incarnation; it is then bound to the proposal until its proposer
+  #      decides it. While bound, it tells the proposer so on every tick
+  #      (`:visor_bound`), and a proposer that has decided that proposal
+  #      answers with its decision again (the formed cluster, or an abort):
+  #      sends are best effort, and one lost abort or announcement must not
+  #      leave an acceptor bound forever. A later proposal from the proposer
+  #      it is bound to also frees it (a proposer proposes again only after
+  #      it aborted its previous proposal); an earlier one, a duplicate or a
+  #      copy slow on the way, does not.
+  #   3. If every process it asked accepts (an accept counts for the node and
+  #      incarnation the proposal was sent to), the proposer announces the
+  #      cluster (members, cluster id, each member's incarnation) to all of
+  #      them: members start their replicas, witnesses are spares. Otherwise
+  #      it aborts (a reject or 2000 ms without every answer), and tries
+  #      again later.
   #
-  # A proposer decides once (formed or aborted), and an acceptor is bound to
-  # one proposal until it is decided, so two clusters can never share a node.
+  # Two proposals that form share no process that took part (a process
+  # accepts only while discovering and stays bound until the decision, a
+  # formed one for good), so a second cluster forms only where its proposer
+  # saw none of the first one's processes: docs/operations.md, "Why one
+  # cluster forms", gives the argument, for concurrent proposals, restarts
+  # and lost messages. The lowest-name rule only keeps proposers with the
+  # same view from rejecting each other's proposals.
+  #
   # Formed members advertise the cluster in their hellos: a node that sees a
   # formed cluster does not propose. If the cluster names this node under
   # this very incarnation, it is an acceptor that missed the announcement and
   # starts a fresh replica; if it names the node under another incarnation
   # (only an accepted incarnation can be named, and incarnations are never
   # reused), the node restarted and rejoins with a recovering replica; if the
-  # node is not named, it becomes a *spare*. A node bound to a proposal waits
-  # for its proposer's decision before it looks at a formed cluster. The
-  # formed cluster never changes, so any number of restarts of a member are
-  # recognised the same way; members also record (and log) a rejoining
-  # node's new incarnation when it says hello.
+  # node is not named, it becomes a *spare*. A node bound to the proposal
+  # that formed the cluster (same cluster id, drawn for that proposal alone)
+  # decides as the announcement would have told it, whoever advertises it: a
+  # proposer back from its store knows no incarnations, but it frees the
+  # acceptors of its earlier process this way. A node bound to another
+  # proposal waits for that proposal's decision. The formed cluster never
+  # changes, so any number of restarts of a member are recognised the same
+  # way; members also record (and log) a rejoining node's new incarnation
+  # when it says hello.
   #
   # Limits (docs/operations.md): nodes that cannot see each other at all
   # while forming (disjoint partitions at boot) can form separate clusters;
-  # use `nodes:` when that matters. An acceptor whose proposer died before
-  # its decision reached the acceptor waits for it forever (a restarted
+  # use `nodes:` when that matters. A node bound to the proposal of a
+  # proposer that died, when no member advertises that proposal's cluster
+  # (the proposer never decided, or came back without its memory), waits
+  # forever and rejects every other proposal meanwhile (a restarted
   # proposer is another process, with another incarnation in its proposal
   # ids: it cannot answer for the old one's proposals).
   #
@@ -175,7 +189,7 @@ defmodule Visor.Formation.Discovery do
 
   defp step(state, {:visor_hello_reply, pid, from, inc, reply})
        when is_atom(from) and is_integer(inc),
-       do: hello_reply(state, pid, from, reply)
+       do: hello_reply(state, pid, from, inc, reply)
 
   defp step(state, {:visor_propose, pid, %{id: id, cluster: <<_::128>>, members: members} = p}) do
     # A proposer proposes again only after it aborted its previous
@@ -188,13 +202,17 @@ defmodule Visor.Formation.Discovery do
         do: %{state | phase: :discovering},
         else: state
 
+    # Every process the proposer sees is asked, named or not: each one
+    # bound to the proposal can take part in no other until it is decided
+    # (the argument is in docs/operations.md). A named node must run the
+    # proposer's settings; a witness's do not matter.
     # (member_list? also keeps an improper list out: `in` raises on one.)
     cond do
       not Decider.member_list?(members) ->
         state
 
-      state.phase == :discovering and state.node in members and
-          Map.get(p, :settings) == state.settings ->
+      state.phase == :discovering and
+          (state.node not in members or Map.get(p, :settings) == state.settings) ->
         state
         |> Decider.emit({:send, pid, {:visor_accept, id, state.node, state.incarnation}})
         |> Map.put(:phase, {:accepted, Map.put(p, :proposer, pid)})
@@ -206,24 +224,9 @@ defmodule Visor.Formation.Discovery do
 
   defp step(%{proposal: %{id: id} = p} = state, {:visor_accept, id, from, inc})
        when is_atom(from) and is_integer(inc) do
-    p = if from in p.members, do: %{p | accepted: Map.put(p.accepted, from, inc)}, else: p
-
-    if map_size(p.accepted) == length(p.members) do
-      formed = %{
-        id: p.id,
-        cluster: p.cluster,
-        members: p.members,
-        incarnations: p.accepted,
-        settings: state.settings
-      }
-
-      p.pids
-      |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, {:visor_formed, formed}}))
-      |> Map.put(:proposal, nil)
-      |> Decider.become_member(formed, false)
-    else
-      %{state | proposal: p}
-    end
+    if MapSet.member?(p.awaiting, {from, inc}),
+      do: accepted(state, p, from, inc),
+      else: state
   end
 
   defp step(%{proposal: %{id: id}} = state, {:visor_reject, id, _from}), do: abort(state)
@@ -240,6 +243,34 @@ defmodule Visor.Formation.Discovery do
   # Anything else (a stale proposal's answers, junk from a misbehaving
   # peer): ignored. Peers are untrusted input.
   defp step(state, _input), do: state
+
+  # The process `from`/`inc`, one of those the proposal was sent to, is
+  # bound to it. Once every one is, the cluster is formed: none of them
+  # can be bound to another proposal before this one is decided.
+  defp accepted(state, p, from, inc) do
+    p = %{
+      p
+      | awaiting: MapSet.delete(p.awaiting, {from, inc}),
+        accepted: if(from in p.members, do: Map.put(p.accepted, from, inc), else: p.accepted)
+    }
+
+    if MapSet.size(p.awaiting) == 0 do
+      formed = %{
+        id: p.id,
+        cluster: p.cluster,
+        members: p.members,
+        incarnations: p.accepted,
+        settings: state.settings
+      }
+
+      p.pids
+      |> Enum.reduce(state, &Decider.emit(&2, {:send, &1, {:visor_formed, formed}}))
+      |> Map.put(:proposal, nil)
+      |> Decider.become_member(formed, false)
+    else
+      %{state | proposal: p}
+    end
+  end
 
   # Proposal ids are {node, incarnation, n}, n counting up per proposer.
   defp later_proposal_of_bound_proposer?(state, pid, {node, inc, n}) when is_integer(n) do
@@ -293,41 +324,34 @@ defmodule Visor.Formation.Discovery do
 
   defp bound(state, _pid, _id), do: state
 
-  # Only the lowest-named node of all those discovering or proposing may
-  # propose, whatever their settings: two proposers at once (one per
-  # settings class, or one while a lower node's proposal is in flight)
-  # could form two clusters of the group side by side. It proposes only
-  # nodes with its own settings; if it has too few, nobody forms.
+  # A proposal needs the accept of every process the proposer sees, so
+  # this node proposes only when it has heard every visible peer and each
+  # one is discovering (anyone bound to a proposal, or decided, would
+  # reject it), and only if it is the lowest-named of them all, whatever
+  # their settings, so that nodes that see each other do not propose at
+  # once and reject each other's proposals for ever. It names only nodes
+  # with its own settings; if it has too few, nobody forms.
   defp maybe_propose(%{phase: :discovering, proposal: nil} = state, visible) do
     heard_all? = Enum.all?(visible, &Map.has_key?(state.peers, &1))
+    peers = Map.values(state.peers)
+    lowest = Enum.min([state.node | Enum.map(peers, & &1.node)])
 
-    undecided =
-      for {_addr, %{phase: phase, node: n}} <- state.peers,
-          phase in [:discovering, :proposing],
-          do: n
-
-    lowest = Enum.min([state.node | undecided])
-
-    discovering =
+    candidates =
       [
         {state.node, state.self}
-        | for(
-            {addr, %{phase: :discovering, node: n, settings: s}} <- state.peers,
-            s == state.settings,
-            do: {n, addr}
-          )
+        | for({addr, %{node: n, settings: s}} <- state.peers, s == state.settings, do: {n, addr})
       ]
       |> Enum.sort()
 
     cond do
-      not heard_all? ->
+      not heard_all? or not Enum.all?(peers, &(&1.phase == :discovering)) ->
         state
 
       lowest != state.node ->
         waiting_for_other_settings(state, lowest)
 
-      length(discovering) >= state.size ->
-        propose(state, Enum.take(discovering, state.size))
+      length(candidates) >= state.size ->
+        propose(state, Enum.take(candidates, state.size))
 
       true ->
         state
@@ -352,10 +376,14 @@ defmodule Visor.Formation.Discovery do
     end
   end
 
+  # `chosen` are the members; every peer this node sees is asked (the
+  # processes it awaits, by incarnation: an accept counts for the very
+  # process the proposal reached).
   defp propose(state, chosen) do
     id = {state.node, state.incarnation, state.proposals + 1}
     members = Enum.map(chosen, &elem(&1, 0))
-    pids = for {n, addr} <- chosen, n != state.node, do: addr
+    pids = Map.keys(state.peers)
+    awaiting = MapSet.new(Map.values(state.peers), &{&1.node, &1.incarnation})
     {cluster, rand} = :rand.bytes_s(16, state.rand)
     proposal = %{id: id, cluster: cluster, members: members, settings: state.settings}
 
@@ -367,7 +395,12 @@ defmodule Visor.Formation.Discovery do
       rand: rand,
       proposals: state.proposals + 1,
       phase: {:accepted, Map.put(proposal, :proposer, state.self)},
-      proposal: Map.merge(proposal, %{pids: pids, accepted: %{state.node => state.incarnation}})
+      proposal:
+        Map.merge(proposal, %{
+          pids: pids,
+          awaiting: awaiting,
+          accepted: %{state.node => state.incarnation}
+        })
     })
   end
 
@@ -387,8 +420,19 @@ defmodule Visor.Formation.Discovery do
       Map.get(formed.incarnations, state.node) == state.incarnation ->
         Decider.become_member(state, formed, false)
 
-      # Bound to a proposal: stay until its proposer decides it (it may
-      # form a cluster with this node in it).
+      # Bound to the very proposal that formed (its cluster id was drawn
+      # for it alone): this process's accept is one the cluster counted,
+      # and it has run no replica yet. It starts fresh if named, and is a
+      # spare if it was only asked. The proposer's announcement may be
+      # lost, and the proposer may be back from its store or its
+      # Visor.Lifetime record, a new process: any member tells it.
+      bound_to?(state, formed) ->
+        if state.node in formed.members,
+          do: Decider.become_member(state, formed, false),
+          else: Decider.decide_spare(state, "the cluster #{inspect(formed.members)} formed")
+
+      # Bound to another proposal: stay until its proposer decides it (it
+      # may form a cluster with this node in it).
       state.phase != :discovering ->
         state
 
@@ -411,6 +455,11 @@ defmodule Visor.Formation.Discovery do
         )
     end
   end
+
+  defp bound_to?(%{phase: {:accepted, p}}, formed),
+    do: p.cluster == formed.cluster and p.members == formed.members
+
+  defp bound_to?(_state, _formed), do: false
 
   defp hello(state, from, inc, :discovery) do
     reply = {:discovery, summary(state), state.formed, state.settings}
@@ -441,9 +490,9 @@ defmodule Visor.Formation.Discovery do
 
   defp note_rejoin(state, _from, _inc), do: state
 
-  defp hello_reply(state, pid, from, {:discovery, phase, formed, settings})
+  defp hello_reply(state, pid, from, inc, {:discovery, phase, formed, settings})
        when phase in [:discovering, :proposing, :accepted, :member, :spare] do
-    peer = %{node: from, phase: phase, settings: settings}
+    peer = %{node: from, incarnation: inc, phase: phase, settings: settings}
     state = %{state | peers: Map.put(state.peers, pid, peer)}
 
     state =
@@ -463,7 +512,7 @@ defmodule Visor.Formation.Discovery do
     if formed?(formed), do: learn_formed(state, formed), else: state
   end
 
-  defp hello_reply(state, _pid, _from, _reply), do: state
+  defp hello_reply(state, _pid, _from, _inc, _reply), do: state
 
   defp summary(%{phase: {:accepted, %{proposer: proposer}}, self: self}) when proposer == self,
     do: :proposing
