@@ -11,7 +11,7 @@ use vsr::{
 use vsr_host::{Host, StorageNotice, StoreOptions};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
-use crate::checker::{Checker, Violation};
+use crate::checker::{Checker, ReadBounds, Violation};
 use crate::client::Client;
 use crate::network::Network;
 use crate::options::Options;
@@ -108,8 +108,8 @@ pub struct Simulator {
     /// Replicas whose clock is stopped (scripted scenarios): they get no
     /// ticks, so none of their timers fire, but they still handle messages.
     pub frozen: Vec<bool>,
-    /// Reads in flight: (replica, id) -> the highest op replied to when issued.
-    pub reads: HashMap<(ReplicaIndex, u64), u64>,
+    /// Reads in flight: (replica, id) -> what each must see at least.
+    pub reads: HashMap<(ReplicaIndex, u64), ReadBounds>,
     /// Each replica's host numbers its reads from 1 again after a restart,
     /// as `Visor.Server` does: read ids are unique only among a host's
     /// reads in flight.
@@ -1127,10 +1127,11 @@ impl Simulator {
                     outcome,
                 } => self.on_reply(r, client, request, op, outcome)?,
                 Output::ReadReady { id, op } => {
-                    if let Some(required) = self.reads.remove(&(r, id)) {
-                        // What the host has applied when the read is ready.
-                        let executed = self.apps[r as usize].op;
-                        self.checker.on_read(r, required, op, executed)?;
+                    if let Some(bounds) = self.reads.remove(&(r, id)) {
+                        // The host serves the read from the state it has
+                        // applied when the read is ready.
+                        let seen = self.apps[r as usize];
+                        self.checker.on_read(r, bounds, op, seen)?;
                     }
                 }
             }
@@ -1233,7 +1234,7 @@ impl Simulator {
         let next = &mut self.next_read[r as usize];
         *next += 1;
         let id = *next;
-        self.reads.insert((r, id), self.checker.replied);
+        self.reads.insert((r, id), self.checker.read_bounds());
         self.input(r, Input::Read { id })
     }
 
