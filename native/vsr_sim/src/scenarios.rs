@@ -244,6 +244,42 @@ pub fn read_sees_what_an_earlier_read_saw(options: Options) -> Result<(), Failur
     settle(&mut sim)
 }
 
+/// Disk mode: a replica whose log cannot be read as it restarts (a read
+/// error in its WAL file) stays down, and its host hands its disk back
+/// as the boot left it; restarted once the error is gone, it comes back
+/// from its own log with every op it had, and the cluster goes on.
+pub fn failed_boot_keeps_the_disk(mut options: Options) -> Result<(), Failure> {
+    options.amnesia = false;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(20)?; // replica 2 holds every op
+    let held = sim.replica(2).op();
+    sim.crash(2);
+    for file in [vsr_storage::Zone::WalA, vsr_storage::Zone::WalB] {
+        if sim.restart_with_fault(2, |disk| disk.unreadable = Some(file)) {
+            sim.crash(2); // the store's WAL is the other file
+        }
+    }
+    if sim.report().failed_boots != 1 {
+        return Err(failure(&sim, "no boot failed to read the WAL".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    sim.restart(2);
+    let restarted = sim.replica(2);
+    if restarted.is_recovering() || restarted.op() < held {
+        return Err(failure(
+            &sim,
+            format!("replica 2 came back with op {} of {held}", restarted.op()),
+        ));
+    }
+    sim.crash(0);
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
 /// A replica cut off while hundreds of ops commit catches up, in chunks,
 /// once it can hear the others again.
 pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure> {

@@ -8,7 +8,7 @@ use vsr::{
     root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, ReplicaIndex,
     Status, Submission,
 };
-use vsr_host::{Host, StorageNotice, StoreOptions};
+use vsr_host::{Host, StorageNotice, StoreOptions, Unbooted};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
 use crate::checker::{Checker, ReadBounds, Violation};
@@ -76,6 +76,8 @@ pub struct Report {
     pub compactions: u64,
     /// Times a host was held up by a failed or slow sync (disk mode).
     pub disk_pauses: u64,
+    /// Boots that a disk fault failed (disk mode).
+    pub failed_boots: u64,
 }
 
 pub struct Simulator {
@@ -149,6 +151,7 @@ pub struct Simulator {
     /// Tick at which a failing or full disk works again.
     disk_heals_at: Vec<Option<u64>>,
     disk_pauses: u64,
+    failed_boots: u64,
 }
 
 impl Simulator {
@@ -211,6 +214,7 @@ impl Simulator {
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
             disk_pauses: 0,
+            failed_boots: 0,
             options,
         }
     }
@@ -284,6 +288,7 @@ impl Simulator {
                     .map(|store| store.stats().compactions)
                     .sum::<u64>(),
             disk_pauses: self.disk_pauses,
+            failed_boots: self.failed_boots,
         }
     }
 
@@ -359,7 +364,7 @@ impl Simulator {
                     if self.options.amnesia {
                         self.restart_amnesiac(r as ReplicaIndex);
                     } else {
-                        self.restart(r as ReplicaIndex);
+                        self.restart_through_faults(r as ReplicaIndex);
                     }
                 }
                 None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
@@ -660,9 +665,89 @@ impl Simulator {
         self.boot(r, Some(disk), false);
     }
 
-    /// Boots replica `r`'s host as the NIF does (from `disk` in disk mode;
-    /// recovering if `recover`), and tells the checker what it kept.
+    /// Restarts replica `r` from its disk (`restart`), or, by chance
+    /// (`Options::boot_fault_probability`) and within the budget of faulty
+    /// disks, after a disk fault strikes as it boots (`restart_with_fault`):
+    /// reads of one of its files fail, its syncs fail, or it is full. The
+    /// replica counts as one with a faulty disk until the fault heals; one
+    /// whose boot failed stays down until then.
+    fn restart_through_faults(&mut self, r: ReplicaIndex) {
+        const FILES: [Zone; 5] = [
+            Zone::Superblock,
+            Zone::WalA,
+            Zone::WalB,
+            Zone::CheckpointA,
+            Zone::CheckpointB,
+        ];
+        let i = r as usize;
+        let n = self.n();
+        let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
+        let room = faulty + self.recovering_or_will() < n - vsr::quorum(n);
+        if !room || !self.rng.chance(self.options.boot_fault_probability) {
+            return self.restart(r);
+        }
+        let kind = self.rng.range(0, 2);
+        let file = FILES[self.rng.range(0, FILES.len() as u64 - 1) as usize];
+        let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
+        self.disk_heals_at[i] = Some(heals_at);
+        let booted = self.restart_with_fault(r, |disk| match kind {
+            0 => disk.unreadable = Some(file),
+            1 => disk.failing = true,
+            _ => disk.full = true,
+        });
+        if !booted {
+            self.restart_at[i] = Some(heals_at);
+        }
+    }
+
+    /// Restarts crashed replica `r` from its disk, after bit rot if the
+    /// seed says so, with `fault` striking the disk as it boots. If the
+    /// fault fails the boot, the replica stays down with its disk as the
+    /// boot left it (the fault gone: a later restart may succeed), and this
+    /// returns `false`. If not, a read error is gone once it has booted; a
+    /// failing or full disk stays so until `heal_disk`.
+    pub fn restart_with_fault(&mut self, r: ReplicaIndex, fault: impl FnOnce(&mut MemDisk)) -> bool {
+        let i = r as usize;
+        let Some(mut disk) = self.down[i].take() else {
+            panic!("replica {r} restarts from a disk it does not have")
+        };
+        self.rot(&mut disk);
+        fault(&mut disk);
+        match self.try_boot(r, Some(disk), false) {
+            Ok(()) => {
+                if let Some(store) = self.store_mut(i) {
+                    store.disk_mut().unreadable = None;
+                }
+                true
+            }
+            Err(Unbooted {
+                disk: Some(mut disk), ..
+            }) => {
+                self.failed_boots += 1;
+                (disk.unreadable, disk.failing, disk.full) = (None, false, false);
+                self.down[i] = Some(disk);
+                false
+            }
+            Err(bug) => panic!("{}", self.fail(format!("replica {r}: {bug}"))),
+        }
+    }
+
+    /// Boots replica `r`'s host (`try_boot`), which must succeed.
     fn boot(&mut self, r: ReplicaIndex, disk: Option<MemDisk>, recover: bool) {
+        if let Err(error) = self.try_boot(r, disk, recover) {
+            panic!("{}", self.fail(format!("replica {r}: {error}")))
+        }
+    }
+
+    /// Boots replica `r`'s host as the NIF does (from `disk` in disk mode;
+    /// recovering if `recover`), and tells the checker what it kept; or
+    /// hands back why it could not, with the disk.
+    fn try_boot(
+        &mut self,
+        r: ReplicaIndex,
+        disk: Option<MemDisk>,
+        recover: bool,
+    ) -> Result<(), Unbooted<MemDisk>> {
         let config = self.next_boot_config(r);
         let nonce = self.rng.next_u128();
         let root = Log::new(root_checksum(self.options.config.cluster));
@@ -672,8 +757,7 @@ impl Simulator {
             None => None,
         };
         let store = disk.map(|disk| store_options(&self.options, r, disk));
-        let mut host = Host::boot(config, r, store, recover, nonce)
-            .unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        let mut host = Host::boot(config, r, store, recover, nonce)?;
         let i = r as usize;
         let state = host.replica().durable_state();
         self.durable[i] = state;
@@ -708,6 +792,7 @@ impl Simulator {
         if let Err(v) = self.flush(r) {
             self.deferred.get_or_insert(v);
         }
+        Ok(())
     }
     /// Cuts the WAL of crashed replica `r` to `keep_percent` of its
     /// records' bytes (0: the file is gone), as an operator or a failing
@@ -1372,7 +1457,10 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
 /// disk before its host opens it (a repairing store's: the entries before
 /// the damaged one, which the repair's `WriteLog` completes); an empty log
 /// if the store recovers.
-fn stored_log(options: &Options, r: ReplicaIndex, disk: MemDisk) -> Option<Log> {
+fn stored_log(options: &Options, r: ReplicaIndex, mut disk: MemDisk) -> Option<Log> {
+    // As the disk holds it once faults at boot are gone (if the boot
+    // succeeds despite them, they failed nothing it did).
+    (disk.unreadable, disk.failing, disk.full) = (None, false, false);
     let store = store_options(options, r, disk);
     let (_, opened) = Store::open(store.disk, store.identity, store.meta).ok()?;
     let (checkpoint, entries) = match opened {

@@ -35,6 +35,9 @@ pub struct MemDisk {
     /// Linux marks the dirty pages of a failed `fsync` clean: reads still
     /// see them, a crash loses them.
     pub failing: bool,
+    /// While set, reads of this zone fail (an I/O error: a latent sector
+    /// error, or a device that is not ready yet).
+    pub unreadable: Option<Zone>,
 
     /// The machine dies after this many more operations (writes,
     /// truncations, syncs): from then on every operation fails, so the
@@ -162,12 +165,23 @@ impl MemDisk {
     }
 }
 
+impl MemDisk {
+    fn readable(&self, zone: Zone) -> io::Result<()> {
+        if self.unreadable == Some(zone) {
+            return Err(io::Error::other("an I/O error in read (simulated)"));
+        }
+        Ok(())
+    }
+}
+
 impl Disk for MemDisk {
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
+        self.readable(zone)?;
         Ok(self.current.get(&zone).cloned().unwrap_or_default())
     }
 
     fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.readable(zone)?;
         let file = self.current.get(&zone).map_or(&[][..], Vec::as_slice);
         usize::try_from(offset)
             .ok()
