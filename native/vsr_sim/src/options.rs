@@ -52,8 +52,9 @@ pub struct Options {
     /// `downtime_max` ticks (the host pauses the replica: no ticks, no
     /// deliveries, its outputs held, the sync retried every tick), or its
     /// next sync takes up to 300 ticks (the host is stalled: messages
-    /// queue up and arrive together once it returns). At most `n -
-    /// quorum` replicas have a faulty disk or are recovering at once.
+    /// queue up and arrive together once it returns), or its next write
+    /// to the WAL lands up to 8 KiB off (found at its next start). At most
+    /// `n - quorum` replicas have a faulty disk or are recovering at once.
     pub disk_fault_probability: f64,
     /// Disk mode, per restart while faults strike: probability that the
     /// disk faults as the replica boots: reads of one of its files fail

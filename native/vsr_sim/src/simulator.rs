@@ -152,6 +152,11 @@ pub struct Simulator {
     disk_heals_at: Vec<Option<u64>>,
     disk_pauses: u64,
     failed_boots: u64,
+    /// Replicas whose disk holds damage their store has not found yet (a
+    /// misdirected write, or rot before a boot that failed): their next
+    /// open repairs or recovers, so they count as recovering until then
+    /// (`recovering_or_will`).
+    damaged: Vec<bool>,
 }
 
 impl Simulator {
@@ -215,6 +220,7 @@ impl Simulator {
             disk_heals_at: vec![None; n],
             disk_pauses: 0,
             failed_boots: 0,
+            damaged: vec![false; n],
             options,
         }
     }
@@ -417,9 +423,18 @@ impl Simulator {
             return;
         }
         let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
-        let kind = self.rng.range(0, 2);
+        let kind = self.rng.range(0, 3);
         if kind == 2 {
             self.slow_sync[r] = Some(self.rng.range(1, 300));
+            return;
+        }
+        if kind == 3 {
+            // Up to two blocks before or after where it belongs.
+            let by = self.rng.range(1, 8_192) as i64 * if self.rng.chance(0.5) { 1 } else { -1 };
+            if let Some(store) = self.store_mut(r) {
+                store.disk_mut().misdirect = Some(by);
+            }
+            self.damaged[r] = true;
             return;
         }
         let Some(store) = self.store_mut(r) else {
@@ -453,6 +468,7 @@ impl Simulator {
         if let Some(store) = self.store_mut(r) {
             store.disk_mut().failing = false;
             store.disk_mut().full = false;
+            store.disk_mut().misdirect = None;
         }
     }
 
@@ -539,7 +555,7 @@ impl Simulator {
             Some(replica) => replica.is_recovering() || replica.repairing().is_some(),
             None => self.options.amnesia,
         };
-        recovering || self.stored_recovering(r).unwrap_or(true)
+        recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(true)
     }
 
     /// Whether replica `r`'s store says it is recovering: `Some(false)` in
@@ -598,6 +614,7 @@ impl Simulator {
             // The faulty disk is replaced, or works again after the reboot.
             disk.failing = false;
             disk.full = false;
+            disk.misdirect = None;
             let unsynced = disk.unsynced();
             let cut = CrashCut {
                 kept: self.rng.range(0, unsynced as u64) as usize,
@@ -625,7 +642,8 @@ impl Simulator {
     }
 
     /// Replicas that are recovering their log, or would if they crashed
-    /// now (their disk still says they are recovering).
+    /// now (their disk still says they are recovering, or holds damage:
+    /// `damaged`).
     fn recovering_or_will(&mut self) -> usize {
         (0..self.n())
             .filter(|&r| {
@@ -635,7 +653,9 @@ impl Simulator {
                 let recovering = self
                     .running(r)
                     .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
-                recovering || self.stored_recovering(r).unwrap_or(false)
+                // Damage not found yet makes it repair or recover at its
+                // next start.
+                recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(false)
             })
             .count()
     }
@@ -725,6 +745,7 @@ impl Simulator {
             }) => {
                 self.failed_boots += 1;
                 (disk.unreadable, disk.failing, disk.full) = (None, false, false);
+                self.damaged[i] |= opens_damaged(&self.options, r, disk.clone());
                 self.down[i] = Some(disk);
                 false
             }
@@ -759,6 +780,7 @@ impl Simulator {
         let store = disk.map(|disk| store_options(&self.options, r, disk));
         let mut host = Host::boot(config, r, store, recover, nonce)?;
         let i = r as usize;
+        self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();
         self.durable[i] = state;
         self.beside[i].mirror = mirror;
@@ -1482,6 +1504,16 @@ fn stored_log(options: &Options, r: ReplicaIndex, mut disk: MemDisk) -> Option<L
         }
         None => Log::new(root_checksum(options.config.cluster)).extended(entries),
     }
+}
+
+/// Whether replica `r`'s store on `disk` (a copy, opened) would repair or
+/// recover it.
+fn opens_damaged(options: &Options, r: ReplicaIndex, disk: MemDisk) -> bool {
+    let store = store_options(options, r, disk);
+    matches!(
+        Store::open(store.disk, store.identity, store.meta),
+        Ok((_, Opened::Repair { .. } | Opened::Recover { .. }))
+    )
 }
 
 /// Replica `r`'s store on `disk`, compacting as the seed says.

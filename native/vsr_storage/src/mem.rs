@@ -38,6 +38,10 @@ pub struct MemDisk {
     /// While set, reads of this zone fail (an I/O error: a latent sector
     /// error, or a device that is not ready yet).
     pub unreadable: Option<Zone>,
+    /// The next write to a WAL file lands this many bytes away from where
+    /// it was meant to (a misdirected write, at least at offset 0); the
+    /// bytes it was meant for keep what they held.
+    pub misdirect: Option<i64>,
 
     /// The machine dies after this many more operations (writes,
     /// truncations, syncs): from then on every operation fails, so the
@@ -198,6 +202,13 @@ impl Disk for MemDisk {
                 "no space left (simulated)",
             ));
         }
+        let offset = match zone {
+            Zone::WalA | Zone::WalB => self
+                .misdirect
+                .take()
+                .map_or(offset, |by| offset.saturating_add_signed(by)),
+            _ => offset,
+        };
         let op = Op::Write {
             offset,
             bytes: bytes.to_vec(),

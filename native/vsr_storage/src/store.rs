@@ -1956,6 +1956,32 @@ mod tests {
     }
 
     #[test]
+    fn a_misdirected_wal_write_is_found_at_the_next_open() {
+        let entries = chain(&[], 4, 0);
+        // Back over the records before it, a little ahead of where it
+        // belongs, or well ahead in the zeros.
+        for by in [-200, -30, 10, 5_000] {
+            let mut store = store_with(&entries[..3], state(0, 0, 3));
+            store.disk.misdirect = Some(by);
+            store
+                .stage(&Output::WriteLog {
+                    after: 3,
+                    entries: entries[3..].to_vec(),
+                })
+                .unwrap();
+            store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+            store.sync().unwrap();
+            // Never a restart without entry 4: the open finds it where it
+            // landed, or the damage (a repair or a recovery).
+            match open(store.into_disk()).1 {
+                Opened::Restart { entries: found, .. } => assert_eq!(found, entries, "by {by}"),
+                Opened::Repair { .. } | Opened::Recover { .. } => {}
+                Opened::Created => panic!("by {by}: created"),
+            }
+        }
+    }
+
+    #[test]
     fn a_log_without_its_superblock_is_refused_and_left_untouched() {
         let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
         let mut disk = store.into_disk();
