@@ -733,7 +733,7 @@ impl Simulator {
         };
         self.rot(&mut disk);
         fault(&mut disk);
-        match self.try_boot(r, Some(disk), false) {
+        match self.try_boot(r, Some(disk), false).map_err(|unbooted| *unbooted) {
             Ok(()) => {
                 if let Some(store) = self.store_mut(i) {
                     store.disk_mut().unreadable = None;
@@ -768,7 +768,7 @@ impl Simulator {
         r: ReplicaIndex,
         disk: Option<MemDisk>,
         recover: bool,
-    ) -> Result<(), Unbooted<MemDisk>> {
+    ) -> Result<(), Box<Unbooted<MemDisk>>> {
         let config = self.next_boot_config(r);
         let nonce = self.rng.next_u128();
         let root = Log::new(root_checksum(self.options.config.cluster));
@@ -778,7 +778,7 @@ impl Simulator {
             None => None,
         };
         let store = disk.map(|disk| store_options(&self.options, r, disk));
-        let mut host = Host::boot(config, r, store, recover, nonce)?;
+        let mut host = Host::boot(config, r, store, recover, nonce).map_err(Box::new)?;
         let i = r as usize;
         self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();

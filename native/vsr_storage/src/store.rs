@@ -1989,7 +1989,7 @@ mod tests {
         let wal = disk.read(Zone::WalA).unwrap();
         let Err(Unopened {
             error: StoreError::LostSuperblock,
-            disk: mut disk,
+            mut disk,
         }) = Store::open(disk, identity(), vec![])
         else {
             panic!("a log without its superblock opened")
