@@ -221,7 +221,7 @@ impl ReplicaHost {
         };
         let nonce = recovery_nonce(config.jitter_seed);
         self.host = Host::boot(config, index, Some(store), recover, nonce)
-            .map_err(|e| EngineError::boot(&disk.dir, e))?;
+            .map_err(|unbooted| EngineError::boot(&disk.dir, unbooted.error))?;
         Ok(())
     }
 

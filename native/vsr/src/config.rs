@@ -98,6 +98,10 @@ pub enum Mutation {
     InstallPartialLog,
     /// The primary serves reads without a quorum confirming it still leads.
     ReadWithoutQuorum,
+    /// A replica serves a read submitted to it from its own state at once,
+    /// with no read index from the primary: a lagging backup returns a
+    /// state older than one an earlier read saw.
+    ReadFromLocalState,
     /// A replica restarted without its state rejoins its view at once, with
     /// an empty log, instead of first fetching the view's log (VR Revisited
     /// §4.3's failure mode: it may vote away commits it had acknowledged).

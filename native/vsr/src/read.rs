@@ -117,6 +117,13 @@ impl Replica {
                 op: None,
             },
         );
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::ReadFromLocalState) {
+            if let Some(read) = self.reads.pending.get_mut(&id) {
+                read.op = Some(self.commit_min);
+            }
+            return self.serve_reads();
+        }
         self.route_read(id);
     }
 

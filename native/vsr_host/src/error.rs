@@ -46,6 +46,32 @@ impl fmt::Display for BootError {
 
 impl std::error::Error for BootError {}
 
+/// A boot that built no replica: why, and in disk mode the disk, as the
+/// boot left it, for another try (`None` if a bug ended the boot, or in
+/// memory mode).
+pub struct Unbooted<D> {
+    pub error: BootError,
+    pub disk: Option<D>,
+}
+
+impl<D> From<Unbooted<D>> for BootError {
+    fn from(unbooted: Unbooted<D>) -> BootError {
+        unbooted.error
+    }
+}
+
+impl<D> fmt::Debug for Unbooted<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.error, f)
+    }
+}
+
+impl<D> fmt::Display for Unbooted<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
 impl From<Bug> for BootError {
     fn from(Bug(detail): Bug) -> BootError {
         BootError::Bug(detail)

@@ -3,7 +3,16 @@
 use vsr::{Config, Input, Output, Replica, ReplicaIndex};
 use vsr_storage::{Disk, Identity, Opened, Store};
 
-use crate::error::{catch_panic, BootError, Bug};
+use crate::error::{catch_panic, BootError, Bug, Unbooted};
+
+/// A replica that starts with nothing: fresh, or recovering if `recover`.
+fn fresh(config: Config, index: ReplicaIndex, recover: bool, nonce: u128) -> Result<Replica, BootError> {
+    if recover {
+        Replica::recovering(config, index, nonce).map_err(BootError::Bug)
+    } else {
+        Ok(Replica::new(config, index))
+    }
+}
 
 /// Disk mode: the disk a replica's store is on, and what a new store there
 /// records.
@@ -66,15 +75,21 @@ impl<D: Disk> Host<D> {
     /// from a log the store cannot trust. A recovering replica's state is
     /// durable before this returns: a crash from then on restarts it into
     /// recovery, never into an empty log. `nonce` (a recovery's) must
-    /// differ at every boot.
+    /// differ at every boot. A boot that fails hands the disk back
+    /// (`Unbooted`), as it left it, for another try.
     pub fn boot(
         config: Config,
         index: ReplicaIndex,
         store: Option<StoreOptions<D>>,
         recover: bool,
         nonce: u128,
-    ) -> Result<Host<D>, BootError> {
-        catch_panic(|| Host::boot_unguarded(config, index, store, recover, nonce))?
+    ) -> Result<Host<D>, Unbooted<D>> {
+        catch_panic(|| Host::boot_unguarded(config, index, store, recover, nonce)).unwrap_or_else(|bug| {
+            Err(Unbooted {
+                error: bug.into(),
+                disk: None,
+            })
+        })
     }
 
     fn boot_unguarded(
@@ -83,25 +98,46 @@ impl<D: Disk> Host<D> {
         store: Option<StoreOptions<D>>,
         recover: bool,
         nonce: u128,
-    ) -> Result<Host<D>, BootError> {
-        // The caller checked the config and the index.
-        let fresh = |config| {
-            if recover {
-                Replica::recovering(config, index, nonce).map_err(BootError::Bug)
-            } else {
-                Ok(Replica::new(config, index))
-            }
-        };
+    ) -> Result<Host<D>, Unbooted<D>> {
         let Some(options) = store else {
-            return Ok(Host::new(fresh(config)?, None, Vec::new(), Vec::new()));
+            let replica =
+                fresh(config, index, recover, nonce).map_err(|error| Unbooted { error, disk: None })?;
+            return Ok(Host::new(replica, None, Vec::new(), Vec::new()));
         };
         let (mut store, opened) =
-            Store::open(options.disk, options.identity, options.meta).map_err(BootError::Store)?;
+            Store::open(options.disk, options.identity, options.meta).map_err(|unopened| Unbooted {
+                error: BootError::Store(unopened.error),
+                disk: Some(unopened.disk),
+            })?;
         if let Some(bytes) = options.compaction_bytes {
             store.set_compaction_bytes(bytes);
         }
+        match Host::start(config, index, &mut store, opened, recover, nonce) {
+            Ok((replica, outputs, notice)) => Ok(Host::new(replica, Some(store), outputs, vec![notice])),
+            Err(error) => Err(Unbooted {
+                error,
+                disk: Some(store.into_disk()),
+            }),
+        }
+    }
+
+    /// Builds the replica from what the opened store holds (its outputs
+    /// and what to tell about the store), a recovering one's state durable
+    /// first.
+    fn start(
+        config: Config,
+        index: ReplicaIndex,
+        store: &mut Store<D>,
+        opened: Opened,
+        recover: bool,
+        nonce: u128,
+    ) -> Result<(Replica, Vec<Output>, StorageNotice), BootError> {
         let (replica, outputs, notice) = match opened {
-            Opened::Created => (fresh(config)?, Vec::new(), StorageNotice::Created),
+            Opened::Created => (
+                fresh(config, index, recover, nonce)?,
+                Vec::new(),
+                StorageNotice::Created,
+            ),
             Opened::Restart {
                 state,
                 checkpoint,
@@ -144,7 +180,7 @@ impl<D: Disk> Host<D> {
                 .map_err(BootError::Bug)?;
             store.sync().map_err(BootError::Sync)?;
         }
-        Ok(Host::new(replica, Some(store), outputs, vec![notice]))
+        Ok((replica, outputs, notice))
     }
 
     fn new(

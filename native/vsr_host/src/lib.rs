@@ -24,5 +24,5 @@
 mod error;
 mod host;
 
-pub use error::{catch_panic, BootError, Bug};
+pub use error::{catch_panic, BootError, Bug, Unbooted};
 pub use host::{Host, StorageNotice, StoreOptions};

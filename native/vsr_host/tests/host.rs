@@ -3,8 +3,8 @@
 //! from each kind of store), each checked against what the disk holds.
 
 use vsr::{Config, Input, Op, Output, ReplicaIndex, Status, Submission};
-use vsr_host::{BootError, Host, StorageNotice, StoreOptions};
-use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError};
+use vsr_host::{BootError, Host, StorageNotice, StoreOptions, Unbooted};
+use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
 const CLUSTER: u128 = 7;
 
@@ -339,6 +339,23 @@ fn committed_disk(ops: u128) -> MemDisk {
 }
 
 #[test]
+fn a_boot_that_cannot_read_its_log_hands_the_disk_back_for_a_later_restart() {
+    let mut disk = committed_disk(3);
+    disk.unreadable = Some(Zone::WalA);
+    let Err(unbooted) = Host::boot(Config::new(CLUSTER, 1), 0, Some(options(1, 0, disk)), false, 1) else {
+        panic!("booted from a log it could not read")
+    };
+    assert!(
+        matches!(unbooted.error, BootError::Store(StoreError::Io(_))),
+        "{unbooted}"
+    );
+    let mut disk = unbooted.disk.expect("the disk comes back");
+    disk.unreadable = None;
+    let host = boot(1, 0, disk, false);
+    assert_eq!(host.replica().commit(), 3);
+}
+
+#[test]
 fn a_restart_replays_the_committed_prefix() {
     let mut host = boot(1, 0, committed_disk(3), false);
     assert_eq!(host.take_notices(), [StorageNotice::Restarted { torn: None }]);
@@ -395,7 +412,13 @@ fn another_replicas_store_is_refused() {
     let disk = committed_disk(1);
     let refused = Host::boot(Config::new(CLUSTER, 3), 1, Some(options(3, 1, disk)), false, 1);
     assert!(
-        matches!(refused, Err(BootError::Store(StoreError::Foreign { .. }))),
+        matches!(
+            refused,
+            Err(Unbooted {
+                error: BootError::Store(StoreError::Foreign { .. }),
+                disk: Some(_),
+            })
+        ),
         "{:?}",
         refused.err()
     );

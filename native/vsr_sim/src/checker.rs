@@ -9,8 +9,13 @@
 //! 4. A replica's view never decreases (across restarts too), nor does its
 //!    commit number while it runs.
 //! 5. At most one replica leads a given view.
-//! 6. Reads are linearizable: a read is served only from a state that holds
-//!    every op some client had a reply for before the read began.
+//! 6. Reads are linearizable. A read reports the host state it was served
+//!    from (`App`: an op and a running hash of the prefix up to it), which
+//!    must be the canonical state at that op (no phantom or diverged
+//!    state), no older than any op a client had a reply for, nor than any
+//!    state a completed read saw, before the read began (real-time order,
+//!    reads against reads included), and committed when it completes (no
+//!    reading the future).
 //! 7. Every host's application state, after each op it applies and after
 //!    each snapshot it installs (by state sync or on restart), is the
 //!    canonical state at that op; a replica installs only a state ahead of
@@ -61,6 +66,14 @@ impl App {
     }
 }
 
+/// What a read must see at least, fixed when it is invoked: the highest op
+/// a client had a reply for, and the highest a completed read saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadBounds {
+    pub replied: Op,
+    pub read: Op,
+}
+
 /// The first invariant that broke.
 pub type Violation = String;
 
@@ -74,8 +87,11 @@ pub struct Checker {
     refused: HashSet<(ClientId, u64)>,
     /// Replies received by clients: request -> op.
     pub replies: HashMap<(ClientId, u64), Op>,
-    /// The highest op any client has had a reply for.
+    /// The highest op any client has had a reply for (a registration's
+    /// included: its session is the op it committed at).
     pub replied: Op,
+    /// The highest op of a state any completed read saw.
+    pub read: Op,
     /// Last op each replica executed, in its current incarnation.
     last_executed: Vec<Op>,
     views: Vec<View>,
@@ -94,6 +110,7 @@ impl Checker {
             refused: HashSet::new(),
             replies: HashMap::new(),
             replied: 0,
+            read: 0,
             last_executed: vec![0; replica_count],
             views: vec![0; replica_count],
             commits: vec![0; replica_count],
@@ -295,26 +312,60 @@ impl Checker {
                 // happen is that it runs after the client was told.
                 self.refused.insert(key);
             }
-            Outcome::Registered { .. } | Outcome::Refused => {}
+            Outcome::Registered { session } => self.replied = self.replied.max(session),
+            Outcome::Refused => {}
         }
         Ok(())
     }
 
-    /// A read issued when `required` was the highest op replied to came back
-    /// ready at `op`, with the replica having executed up to `executed`.
+    /// What a read invoked now must see at least.
+    pub fn read_bounds(&self) -> ReadBounds {
+        ReadBounds {
+            replied: self.replied,
+            read: self.read,
+        }
+    }
+
+    /// A read invoked with `bounds` came back ready at index `op`, and its
+    /// host served it from `seen`, the state it had applied then.
     pub fn on_read(
-        &self,
+        &mut self,
         replica: ReplicaIndex,
-        required: Op,
+        bounds: ReadBounds,
         op: Op,
-        executed: Op,
+        seen: App,
     ) -> Result<(), Violation> {
-        if op < required || executed < op {
+        if op < bounds.replied || seen.op < op {
             return Err(format!(
-                "stale read at replica {replica}: index {op}, executed {executed}, but op {required} was \
-                 replied to before the read began"
+                "stale read at replica {replica}: index {op}, executed {}, but op {} was \
+                 replied to before the read began",
+                seen.op, bounds.replied
             ));
         }
+        match self.app_at(seen.op) {
+            Some(canonical) if canonical == seen => {}
+            Some(_) => {
+                return Err(format!(
+                    "read at replica {replica} saw a state at op {} that differs from the canonical one",
+                    seen.op
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "read at replica {replica} saw op {}, beyond op {}, the highest committed",
+                    seen.op,
+                    self.committed()
+                ))
+            }
+        }
+        if seen.op < bounds.read {
+            return Err(format!(
+                "stale read at replica {replica}: it saw op {}, but a read that completed before \
+                 it began saw op {}",
+                seen.op, bounds.read
+            ));
+        }
+        self.read = self.read.max(seen.op);
         Ok(())
     }
 
@@ -349,5 +400,82 @@ impl Checker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vsr::Request;
+
+    /// A checker for three replicas that has seen ops 1 to 3 committed,
+    /// one request each, all executed.
+    fn three_ops() -> Checker {
+        let mut checker = Checker::new(1, 3);
+        let mut parent = 1;
+        for op in 1..=3 {
+            let request = Request {
+                client: 9,
+                session: 1,
+                request: op,
+                origin: 0,
+                payload: vec![op as u8],
+            };
+            let entry = Prepare::new(parent, 0, op, op, vec![request]);
+            parent = entry.checksum;
+            checker.on_execute(0, &entry, &[Outcome::Executed]).unwrap();
+        }
+        checker
+    }
+
+    #[test]
+    fn a_read_that_sees_a_canonical_state_within_its_bounds_passes() {
+        let mut checker = three_ops();
+        let seen = checker.app_at(2).unwrap();
+        let bounds = ReadBounds { replied: 1, read: 2 };
+        checker.on_read(1, bounds, 2, seen).unwrap();
+        assert_eq!(checker.read, 2);
+    }
+
+    #[test]
+    fn each_read_check_can_fail() {
+        let checker = three_ops();
+        let at = |op| checker.app_at(op).unwrap();
+        let phantom = App {
+            hash: at(2).hash ^ 1,
+            ..at(2)
+        };
+        let future = App { op: 4, hash: 0 };
+        let cases = [
+            (
+                ReadBounds { replied: 3, read: 0 },
+                2,
+                at(2),
+                "replied to before the read began",
+            ),
+            (ReadBounds::default(), 3, at(2), "executed 2"),
+            (
+                ReadBounds::default(),
+                2,
+                phantom,
+                "differs from the canonical one",
+            ),
+            (
+                ReadBounds::default(),
+                2,
+                future,
+                "beyond op 3, the highest committed",
+            ),
+            (
+                ReadBounds { replied: 1, read: 3 },
+                2,
+                at(2),
+                "a read that completed before it began saw op 3",
+            ),
+        ];
+        for (bounds, op, seen, expected) in cases {
+            let broken = three_ops().on_read(1, bounds, op, seen).unwrap_err();
+            assert!(broken.contains(expected), "{broken}");
+        }
     }
 }

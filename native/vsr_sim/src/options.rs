@@ -52,9 +52,16 @@ pub struct Options {
     /// `downtime_max` ticks (the host pauses the replica: no ticks, no
     /// deliveries, its outputs held, the sync retried every tick), or its
     /// next sync takes up to 300 ticks (the host is stalled: messages
-    /// queue up and arrive together once it returns). At most `n -
-    /// quorum` replicas have a faulty disk or are recovering at once.
+    /// queue up and arrive together once it returns), or its next write
+    /// to the WAL lands up to 8 KiB off (found at its next start). At most
+    /// `n - quorum` replicas have a faulty disk or are recovering at once.
     pub disk_fault_probability: f64,
+    /// Disk mode, per restart while faults strike: probability that the
+    /// disk faults as the replica boots: reads of one of its files fail
+    /// (a latent sector error), its syncs fail, or it is full. A boot that
+    /// fails leaves the replica down, its disk as the boot left it, and it
+    /// is restarted later; within the same budget as `disk_fault_probability`.
+    pub boot_fault_probability: f64,
     /// Ticks of faults before the liveness phase.
     pub fault_ticks: u64,
     /// Once every fault is healed, every outstanding request must finish, and
@@ -113,6 +120,7 @@ impl Options {
             tick_skip_probability: 0.0,
             clock_jump_probability: 0.0,
             disk_fault_probability: 0.0,
+            boot_fault_probability: 0.0,
             fault_ticks: 0,
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
@@ -225,6 +233,8 @@ impl Options {
         };
         let longest = options.config.view_change_ticks * 4;
         (n.stray_min, n.stray_max) = (longest + 1, longest * 3);
+        // Disk faults at restart. Drawn last.
+        options.boot_fault_probability = if rng.chance(0.5) { rng.float(0.0, 0.5) } else { 0.0 };
         options
     }
 

@@ -211,6 +211,75 @@ pub fn deposed_primary_serves_no_stale_read(options: Options) -> Result<(), Fail
     settle(&mut sim)
 }
 
+/// A read must see at least what a read that completed before it saw, even
+/// when no client has a reply for the newer state yet (reads against reads).
+///
+/// Replica 1 stops hearing the primary (0). Client 1's request, submitted
+/// through 1, is forwarded to 0, which commits it with 2; replica 1, which
+/// would reply, never learns, so no client has a reply for that op. A read
+/// through 0 sees it. A read through 1 must then see it too: it waits for
+/// its index until 1 hears 0 again (a replica that served it from its own
+/// state would return the state before it, above every op replied to).
+pub fn read_sees_what_an_earlier_read_saw(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.run_ticks(20)?; // replica 1 executes it
+    let acknowledged = sim.checker.committed();
+    sim.network.set_link(0, 1, false);
+    sim.clients[1].home = 1;
+    sim.start_request(1)?;
+    sim.run_until(PHASE_TICKS, "the primary commits client 1's request", |s| {
+        s.replica(0).commit() > acknowledged
+    })?;
+    if sim.checker.replied > acknowledged {
+        return Err(failure(&sim, "client 1 has its reply".into()));
+    }
+    sim.issue_read(0)?;
+    sim.run_until(PHASE_TICKS, "the read through the primary completes", |s| {
+        s.reads.is_empty()
+    })?;
+    sim.issue_read(1)?;
+    sim.run_ticks(50)?;
+    settle(&mut sim)
+}
+
+/// Disk mode: a replica whose log cannot be read as it restarts (a read
+/// error in its WAL file) stays down, and its host hands its disk back
+/// as the boot left it; restarted once the error is gone, it comes back
+/// from its own log with every op it had, and the cluster goes on.
+pub fn failed_boot_keeps_the_disk(mut options: Options) -> Result<(), Failure> {
+    options.amnesia = false;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..10 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(20)?; // replica 2 holds every op
+    let held = sim.replica(2).op();
+    sim.crash(2);
+    for file in [vsr_storage::Zone::WalA, vsr_storage::Zone::WalB] {
+        if sim.restart_with_fault(2, |disk| disk.unreadable = Some(file)) {
+            sim.crash(2); // the store's WAL is the other file
+        }
+    }
+    if sim.report().failed_boots != 1 {
+        return Err(failure(&sim, "no boot failed to read the WAL".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    sim.restart(2);
+    let restarted = sim.replica(2);
+    if restarted.is_recovering() || restarted.op() < held {
+        return Err(failure(
+            &sim,
+            format!("replica 2 came back with op {} of {held}", restarted.op()),
+        ));
+    }
+    sim.crash(0);
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
 /// A replica cut off while hundreds of ops commit catches up, in chunks,
 /// once it can hear the others again.
 pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure> {

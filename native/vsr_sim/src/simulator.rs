@@ -8,10 +8,10 @@ use vsr::{
     root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, ReplicaIndex,
     Status, Submission,
 };
-use vsr_host::{Host, StorageNotice, StoreOptions};
+use vsr_host::{Host, StorageNotice, StoreOptions, Unbooted};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
-use crate::checker::{Checker, Violation};
+use crate::checker::{Checker, ReadBounds, Violation};
 use crate::client::Client;
 use crate::network::Network;
 use crate::options::Options;
@@ -76,6 +76,8 @@ pub struct Report {
     pub compactions: u64,
     /// Times a host was held up by a failed or slow sync (disk mode).
     pub disk_pauses: u64,
+    /// Boots that a disk fault failed (disk mode).
+    pub failed_boots: u64,
 }
 
 pub struct Simulator {
@@ -108,8 +110,8 @@ pub struct Simulator {
     /// Replicas whose clock is stopped (scripted scenarios): they get no
     /// ticks, so none of their timers fire, but they still handle messages.
     pub frozen: Vec<bool>,
-    /// Reads in flight: (replica, id) -> the highest op replied to when issued.
-    pub reads: HashMap<(ReplicaIndex, u64), u64>,
+    /// Reads in flight: (replica, id) -> what each must see at least.
+    pub reads: HashMap<(ReplicaIndex, u64), ReadBounds>,
     /// Each replica's host numbers its reads from 1 again after a restart,
     /// as `Visor.Server` does: read ids are unique only among a host's
     /// reads in flight.
@@ -149,6 +151,12 @@ pub struct Simulator {
     /// Tick at which a failing or full disk works again.
     disk_heals_at: Vec<Option<u64>>,
     disk_pauses: u64,
+    failed_boots: u64,
+    /// Replicas whose disk holds damage their store has not found yet (a
+    /// misdirected write, or rot before a boot that failed): their next
+    /// open repairs or recovers, so they count as recovering until then
+    /// (`recovering_or_will`).
+    damaged: Vec<bool>,
 }
 
 impl Simulator {
@@ -211,6 +219,8 @@ impl Simulator {
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
             disk_pauses: 0,
+            failed_boots: 0,
+            damaged: vec![false; n],
             options,
         }
     }
@@ -284,6 +294,7 @@ impl Simulator {
                     .map(|store| store.stats().compactions)
                     .sum::<u64>(),
             disk_pauses: self.disk_pauses,
+            failed_boots: self.failed_boots,
         }
     }
 
@@ -359,7 +370,7 @@ impl Simulator {
                     if self.options.amnesia {
                         self.restart_amnesiac(r as ReplicaIndex);
                     } else {
-                        self.restart(r as ReplicaIndex);
+                        self.restart_through_faults(r as ReplicaIndex);
                     }
                 }
                 None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
@@ -412,9 +423,18 @@ impl Simulator {
             return;
         }
         let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
-        let kind = self.rng.range(0, 2);
+        let kind = self.rng.range(0, 3);
         if kind == 2 {
             self.slow_sync[r] = Some(self.rng.range(1, 300));
+            return;
+        }
+        if kind == 3 {
+            // Up to two blocks before or after where it belongs.
+            let by = self.rng.range(1, 8_192) as i64 * if self.rng.chance(0.5) { 1 } else { -1 };
+            if let Some(store) = self.store_mut(r) {
+                store.disk_mut().misdirect = Some(by);
+            }
+            self.damaged[r] = true;
             return;
         }
         let Some(store) = self.store_mut(r) else {
@@ -448,6 +468,7 @@ impl Simulator {
         if let Some(store) = self.store_mut(r) {
             store.disk_mut().failing = false;
             store.disk_mut().full = false;
+            store.disk_mut().misdirect = None;
         }
     }
 
@@ -534,7 +555,7 @@ impl Simulator {
             Some(replica) => replica.is_recovering() || replica.repairing().is_some(),
             None => self.options.amnesia,
         };
-        recovering || self.stored_recovering(r).unwrap_or(true)
+        recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(true)
     }
 
     /// Whether replica `r`'s store says it is recovering: `Some(false)` in
@@ -593,6 +614,7 @@ impl Simulator {
             // The faulty disk is replaced, or works again after the reboot.
             disk.failing = false;
             disk.full = false;
+            disk.misdirect = None;
             let unsynced = disk.unsynced();
             let cut = CrashCut {
                 kept: self.rng.range(0, unsynced as u64) as usize,
@@ -620,7 +642,8 @@ impl Simulator {
     }
 
     /// Replicas that are recovering their log, or would if they crashed
-    /// now (their disk still says they are recovering).
+    /// now (their disk still says they are recovering, or holds damage:
+    /// `damaged`).
     fn recovering_or_will(&mut self) -> usize {
         (0..self.n())
             .filter(|&r| {
@@ -630,7 +653,9 @@ impl Simulator {
                 let recovering = self
                     .running(r)
                     .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
-                recovering || self.stored_recovering(r).unwrap_or(false)
+                // Damage not found yet makes it repair or recover at its
+                // next start.
+                recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(false)
             })
             .count()
     }
@@ -660,9 +685,90 @@ impl Simulator {
         self.boot(r, Some(disk), false);
     }
 
-    /// Boots replica `r`'s host as the NIF does (from `disk` in disk mode;
-    /// recovering if `recover`), and tells the checker what it kept.
+    /// Restarts replica `r` from its disk (`restart`), or, by chance
+    /// (`Options::boot_fault_probability`) and within the budget of faulty
+    /// disks, after a disk fault strikes as it boots (`restart_with_fault`):
+    /// reads of one of its files fail, its syncs fail, or it is full. The
+    /// replica counts as one with a faulty disk until the fault heals; one
+    /// whose boot failed stays down until then.
+    fn restart_through_faults(&mut self, r: ReplicaIndex) {
+        const FILES: [Zone; 5] = [
+            Zone::Superblock,
+            Zone::WalA,
+            Zone::WalB,
+            Zone::CheckpointA,
+            Zone::CheckpointB,
+        ];
+        let i = r as usize;
+        let n = self.n();
+        let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
+        let room = faulty + self.recovering_or_will() < n - vsr::quorum(n);
+        if !room || !self.rng.chance(self.options.boot_fault_probability) {
+            return self.restart(r);
+        }
+        let kind = self.rng.range(0, 2);
+        let file = FILES[self.rng.range(0, FILES.len() as u64 - 1) as usize];
+        let heals_at = self.tick + self.rng.range(1, self.options.downtime_max.max(1));
+        self.disk_heals_at[i] = Some(heals_at);
+        let booted = self.restart_with_fault(r, |disk| match kind {
+            0 => disk.unreadable = Some(file),
+            1 => disk.failing = true,
+            _ => disk.full = true,
+        });
+        if !booted {
+            self.restart_at[i] = Some(heals_at);
+        }
+    }
+
+    /// Restarts crashed replica `r` from its disk, after bit rot if the
+    /// seed says so, with `fault` striking the disk as it boots. If the
+    /// fault fails the boot, the replica stays down with its disk as the
+    /// boot left it (the fault gone: a later restart may succeed), and this
+    /// returns `false`. If not, a read error is gone once it has booted; a
+    /// failing or full disk stays so until `heal_disk`.
+    pub fn restart_with_fault(&mut self, r: ReplicaIndex, fault: impl FnOnce(&mut MemDisk)) -> bool {
+        let i = r as usize;
+        let Some(mut disk) = self.down[i].take() else {
+            panic!("replica {r} restarts from a disk it does not have")
+        };
+        self.rot(&mut disk);
+        fault(&mut disk);
+        match self.try_boot(r, Some(disk), false).map_err(|unbooted| *unbooted) {
+            Ok(()) => {
+                if let Some(store) = self.store_mut(i) {
+                    store.disk_mut().unreadable = None;
+                }
+                true
+            }
+            Err(Unbooted {
+                disk: Some(mut disk), ..
+            }) => {
+                self.failed_boots += 1;
+                (disk.unreadable, disk.failing, disk.full) = (None, false, false);
+                self.damaged[i] |= opens_damaged(&self.options, r, disk.clone());
+                self.down[i] = Some(disk);
+                false
+            }
+            Err(bug) => panic!("{}", self.fail(format!("replica {r}: {bug}"))),
+        }
+    }
+
+    /// Boots replica `r`'s host (`try_boot`), which must succeed.
     fn boot(&mut self, r: ReplicaIndex, disk: Option<MemDisk>, recover: bool) {
+        if let Err(error) = self.try_boot(r, disk, recover) {
+            panic!("{}", self.fail(format!("replica {r}: {error}")))
+        }
+    }
+
+    /// Boots replica `r`'s host as the NIF does (from `disk` in disk mode;
+    /// recovering if `recover`), and tells the checker what it kept; or
+    /// hands back why it could not, with the disk.
+    fn try_boot(
+        &mut self,
+        r: ReplicaIndex,
+        disk: Option<MemDisk>,
+        recover: bool,
+    ) -> Result<(), Box<Unbooted<MemDisk>>> {
         let config = self.next_boot_config(r);
         let nonce = self.rng.next_u128();
         let root = Log::new(root_checksum(self.options.config.cluster));
@@ -672,9 +778,9 @@ impl Simulator {
             None => None,
         };
         let store = disk.map(|disk| store_options(&self.options, r, disk));
-        let mut host = Host::boot(config, r, store, recover, nonce)
-            .unwrap_or_else(|e| panic!("{}", self.fail(format!("replica {r}: {e}"))));
+        let mut host = Host::boot(config, r, store, recover, nonce).map_err(Box::new)?;
         let i = r as usize;
+        self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();
         self.durable[i] = state;
         self.beside[i].mirror = mirror;
@@ -708,6 +814,7 @@ impl Simulator {
         if let Err(v) = self.flush(r) {
             self.deferred.get_or_insert(v);
         }
+        Ok(())
     }
     /// Cuts the WAL of crashed replica `r` to `keep_percent` of its
     /// records' bytes (0: the file is gone), as an operator or a failing
@@ -1127,10 +1234,11 @@ impl Simulator {
                     outcome,
                 } => self.on_reply(r, client, request, op, outcome)?,
                 Output::ReadReady { id, op } => {
-                    if let Some(required) = self.reads.remove(&(r, id)) {
-                        // What the host has applied when the read is ready.
-                        let executed = self.apps[r as usize].op;
-                        self.checker.on_read(r, required, op, executed)?;
+                    if let Some(bounds) = self.reads.remove(&(r, id)) {
+                        // The host serves the read from the state it has
+                        // applied when the read is ready.
+                        let seen = self.apps[r as usize];
+                        self.checker.on_read(r, bounds, op, seen)?;
                     }
                 }
             }
@@ -1233,7 +1341,7 @@ impl Simulator {
         let next = &mut self.next_read[r as usize];
         *next += 1;
         let id = *next;
-        self.reads.insert((r, id), self.checker.replied);
+        self.reads.insert((r, id), self.checker.read_bounds());
         self.input(r, Input::Read { id })
     }
 
@@ -1371,7 +1479,10 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
 /// disk before its host opens it (a repairing store's: the entries before
 /// the damaged one, which the repair's `WriteLog` completes); an empty log
 /// if the store recovers.
-fn stored_log(options: &Options, r: ReplicaIndex, disk: MemDisk) -> Option<Log> {
+fn stored_log(options: &Options, r: ReplicaIndex, mut disk: MemDisk) -> Option<Log> {
+    // As the disk holds it once faults at boot are gone (if the boot
+    // succeeds despite them, they failed nothing it did).
+    (disk.unreadable, disk.failing, disk.full) = (None, false, false);
     let store = store_options(options, r, disk);
     let (_, opened) = Store::open(store.disk, store.identity, store.meta).ok()?;
     let (checkpoint, entries) = match opened {
@@ -1393,6 +1504,16 @@ fn stored_log(options: &Options, r: ReplicaIndex, disk: MemDisk) -> Option<Log> 
         }
         None => Log::new(root_checksum(options.config.cluster)).extended(entries),
     }
+}
+
+/// Whether replica `r`'s store on `disk` (a copy, opened) would repair or
+/// recover it.
+fn opens_damaged(options: &Options, r: ReplicaIndex, disk: MemDisk) -> bool {
+    let store = store_options(options, r, disk);
+    matches!(
+        Store::open(store.disk, store.identity, store.meta),
+        Ok((_, Opened::Repair { .. } | Opened::Recover { .. }))
+    )
 }
 
 /// Replica `r`'s store on `disk`, compacting as the seed says.

@@ -56,6 +56,26 @@ fn serving_reads_without_a_quorum_is_caught_by_the_deposed_primary_scenario() {
 }
 
 #[test]
+fn serving_reads_from_local_state_is_caught_by_reads_against_reads() {
+    // The read through the lagging replica sees a state above every op
+    // replied to (the old check, on replies alone, passes it), but below
+    // the state an earlier read saw.
+    let mut broken = options(3, 2);
+    broken.config.mutation = Mutation::ReadFromLocalState;
+    let failure = scenarios::read_sees_what_an_earlier_read_saw(broken).unwrap_err();
+    assert!(
+        failure
+            .reason
+            .contains("a read that completed before it began saw"),
+        "{failure}"
+    );
+    // Random seeds catch it too, mostly by the bound of replies (a
+    // lagging backup below an op a client had a reply for).
+    let seed = first_failing_seed(Mutation::ReadFromLocalState);
+    assert!(seed.is_some(), "not caught in {SEEDS} seeds");
+}
+
+#[test]
 fn joining_a_view_with_a_partial_log_is_caught_by_the_section_5_2_scenario() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::InstallPartialLog;

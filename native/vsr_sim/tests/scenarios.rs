@@ -23,6 +23,16 @@ fn primary_that_cannot_hear_abdicates() {
 }
 
 #[test]
+fn failed_boot_keeps_the_disk() {
+    scenarios::failed_boot_keeps_the_disk(options(3, 1)).unwrap();
+}
+
+#[test]
+fn read_sees_what_an_earlier_read_saw() {
+    scenarios::read_sees_what_an_earlier_read_saw(options(3, 2)).unwrap();
+}
+
+#[test]
 fn deposed_primary_serves_no_stale_read() {
     scenarios::deposed_primary_serves_no_stale_read(options(3, 1)).unwrap();
 }

@@ -71,6 +71,13 @@ pub struct MemDisk {
     /// Linux marks the dirty pages of a failed `fsync` clean: reads still
     /// see them, a crash loses them.
     pub failing: bool,
+    /// While set, reads of this zone fail (an I/O error: a latent sector
+    /// error, or a device that is not ready yet).
+    pub unreadable: Option<Zone>,
+    /// The next write to a WAL file lands this many bytes away from where
+    /// it was meant to (a misdirected write, at least at offset 0); the
+    /// bytes it was meant for keep what they held.
+    pub misdirect: Option<i64>,
 
     /// The machine dies after this many more operations (writes,
     /// truncations, syncs): from then on every operation fails, so the
@@ -206,6 +213,17 @@ impl MemDisk {
                 "no space left (simulated)",
             ));
         }
+        let op = match (zone, op) {
+            // An armed misdirection sends the next WAL write off its place.
+            (Zone::WalA | Zone::WalB, Op::Write { offset, bytes }) => Op::Write {
+                offset: self
+                    .misdirect
+                    .take()
+                    .map_or(offset, |by| offset.saturating_add_signed(by)),
+                bytes,
+            },
+            (_, op) => op,
+        };
         apply(self.current.file_mut(zone), &op, None);
         self.unsynced.push((zone, op));
         Ok(())
@@ -224,12 +242,23 @@ impl MemDisk {
     }
 }
 
+impl MemDisk {
+    fn readable(&self, zone: Zone) -> io::Result<()> {
+        if self.unreadable == Some(zone) {
+            return Err(io::Error::other("an I/O error in read (simulated)"));
+        }
+        Ok(())
+    }
+}
+
 impl Disk for MemDisk {
     fn read(&mut self, zone: Zone) -> io::Result<Vec<u8>> {
+        self.readable(zone)?;
         Ok(self.current.bytes(zone).to_vec())
     }
 
     fn read_at(&mut self, zone: Zone, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.readable(zone)?;
         let file = self.current.bytes(zone);
         usize::try_from(offset)
             .ok()

@@ -10,7 +10,7 @@ use vsr::{checksum, root_checksum, Checkpoint, DurableState, Op, Output, Prepare
 use crate::disk::{Disk, Zone};
 use crate::format::{
     current_superblock, foreign_version, scan_wal_from, CheckpointRef, Identity, Record, Superblock,
-    WalDamage, FORMAT_VERSION, SLOT_SIZE,
+    WalDamage, WalScan, FORMAT_VERSION, SLOT_SIZE,
 };
 
 /// The WAL is compacted once the records before the durable checkpoint's
@@ -26,6 +26,41 @@ pub const DEFAULT_COMPACTION_BYTES: u64 = 64 << 20;
 pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 /// The next preallocation starts when less than this is left ahead.
 const PREALLOCATE_AHEAD: u64 = PREALLOCATE_BYTES / 4;
+
+/// A store that could not be opened: why, and its disk, as the open left
+/// it, for another try (a simulated disk is the only copy of its files).
+pub struct Unopened<D> {
+    pub error: StoreError,
+    pub disk: D,
+}
+
+impl<D> From<Unopened<D>> for StoreError {
+    fn from(unopened: Unopened<D>) -> StoreError {
+        unopened.error
+    }
+}
+
+impl<D> fmt::Debug for Unopened<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.error, f)
+    }
+}
+
+impl<D> fmt::Display for Unopened<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+/// What an open found on a disk that holds a store.
+struct Found {
+    superblock: Superblock,
+    /// Intact copies of the newest superblock.
+    copies: usize,
+    /// The durable checkpoint, or the op of one that does not match its digest.
+    checkpoint: Result<Option<Arc<Checkpoint>>, Op>,
+    wal: Vec<u8>,
+}
 
 /// Why a store cannot be opened. A refusal (every variant but `Io`) leaves
 /// the store exactly as it was found.
@@ -266,8 +301,35 @@ impl<D: Disk> Store<D> {
     /// Opens the store of replica `identity`, creating it (with `meta`) if
     /// the disk is empty, and decides how the replica starts: from the
     /// durable checkpoint (verified against the superblock's digest) and
-    /// the log the write-ahead log holds.
-    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), StoreError> {
+    /// the log the write-ahead log holds. If it cannot, the disk comes back
+    /// with the error (`Unopened`), as the open left it, for another try.
+    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), Unopened<D>> {
+        let found = match Store::examine(&mut disk, &identity, &meta) {
+            Ok(found) => found,
+            Err(error) => return Err(Unopened { error, disk }),
+        };
+        let (store, opened) = match found {
+            None => {
+                let mut store = Store::blank(disk, identity, meta);
+                let created = store.write_superblock(store.superblock.state(), None);
+                (store, created.map(|()| Opened::Created).map_err(StoreError::from))
+            }
+            Some(found) => Store::resume(disk, found),
+        };
+        match opened {
+            Ok(opened) => Ok((store, opened)),
+            Err(error) => Err(Unopened {
+                error,
+                disk: store.into_disk(),
+            }),
+        }
+    }
+
+    /// Reads what the disk holds: `None` if there is no store yet (a torn
+    /// creation is cleared), or its newest superblock (and how many copies
+    /// of it are intact), its durable checkpoint (`Err(op)` if it does not
+    /// match its digest) and its WAL file.
+    fn examine(disk: &mut D, identity: &Identity, meta: &[u8]) -> Result<Option<Found>, StoreError> {
         if meta.len() > crate::format::META_MAX || identity.group.len() > crate::format::GROUP_MAX {
             return Err(StoreError::TooLarge(
                 "the group name or host metadata is too large for a superblock".into(),
@@ -275,31 +337,48 @@ impl<D: Disk> Store<D> {
         }
         let file = disk.read(Zone::Superblock)?;
         if file.is_empty() {
-            if !Store::data_files_empty(&mut disk)? {
+            if !Store::data_files_empty(disk)? {
                 return Err(StoreError::LostSuperblock);
             }
-            return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
+            return Ok(None);
         }
         // A crash tore the store's creation: no store yet (see torn_creation).
-        if torn_creation(&file) && Store::data_files_empty(&mut disk)? {
+        if torn_creation(&file) && Store::data_files_empty(disk)? {
             disk.truncate(Zone::Superblock, 0)?;
-            return Store::create(disk, identity, meta).map(|store| (store, Opened::Created));
+            return Ok(None);
         }
         let (superblock, copies) = current_superblock(&file).ok_or_else(|| no_superblock(&file))?;
-        if superblock.identity != identity {
+        if superblock.identity != *identity {
             return Err(StoreError::Foreign {
-                expected: identity,
+                expected: identity.clone(),
                 found: superblock.identity,
             });
         }
         let checkpoint = match superblock.checkpoint {
             None => Ok(None),
-            Some(r) => read_checkpoint(&mut disk, r)?
-                .map(|c| Some(Arc::new(c)))
-                .ok_or(r.op),
+            Some(r) => read_checkpoint(disk, r)?.map(|c| Some(Arc::new(c))).ok_or(r.op),
         };
         let wal = disk.read(Zone::wal(superblock.wal))?;
-        let scan = scan_wal_from(vsr::log::Log::new(root_checksum(identity.cluster)), &wal);
+        Ok(Some(Found {
+            superblock,
+            copies,
+            checkpoint,
+            wal,
+        }))
+    }
+
+    /// The store over what `examine` found, and how its replica starts.
+    fn resume(disk: D, found: Found) -> (Store<D>, Result<Opened, StoreError>) {
+        let Found {
+            superblock,
+            copies,
+            checkpoint,
+            wal,
+        } = found;
+        let mut scan = scan_wal_from(
+            vsr::log::Log::new(root_checksum(superblock.identity.cluster)),
+            &wal,
+        );
         let base = (scan.base, scan.base_checksum);
         let named = match &checkpoint {
             Ok(Some(c)) => Some((c.op, c.checksum, c.timestamp)),
@@ -328,7 +407,7 @@ impl<D: Disk> Store<D> {
                 .chain(scan.hole.map(|h| h.checksum))
                 .chain(scan.after_hole.iter().map(|e| e.checksum))
                 .collect(),
-            offsets: scan.offsets,
+            offsets: std::mem::take(&mut scan.offsets),
             named,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
             compact_after: 0,
@@ -340,6 +419,22 @@ impl<D: Disk> Store<D> {
             stats: StoreStats::default(),
             superblock,
         };
+        let opened = store.finish_open(copies, checkpoint, &wal, scan);
+        (store, opened)
+    }
+
+    /// The rest of an open, on the store built over what was found: frees
+    /// what the WAL file not named holds, rewrites a lone superblock copy,
+    /// begins a recovery if the log cannot be trusted, cuts a torn tail,
+    /// makes durable what the superblock does not know to be, and seals.
+    fn finish_open(
+        &mut self,
+        copies: usize,
+        checkpoint: Result<Option<Arc<Checkpoint>>, Op>,
+        wal: &[u8],
+        scan: WalScan,
+    ) -> Result<Opened, StoreError> {
+        let store = self;
         // The WAL file not named holds nothing of the log (at most what an
         // interrupted compaction wrote): free its space.
         store.disk.truncate(Zone::wal(1 - store.superblock.wal), 0)?;
@@ -369,7 +464,7 @@ impl<D: Disk> Store<D> {
         if let Some(reason) = lost {
             store.begin_recovery()?;
             let state = store.superblock.state();
-            return Ok((store, Opened::Recover { state, reason }));
+            return Ok(Opened::Recover { state, reason });
         }
         let checkpoint = checkpoint.unwrap_or(None);
         if let Some(c) = &checkpoint {
@@ -459,23 +554,22 @@ impl<D: Disk> Store<D> {
                     hole: (op, checksum),
                     after: scan.after_hole,
                 };
-                return Ok((store, opened));
+                return Ok(opened);
             }
         }
-        Ok((
-            store,
-            Opened::Restart {
-                state,
-                checkpoint,
-                entries,
-                torn,
-            },
-        ))
+        Ok(Opened::Restart {
+            state,
+            checkpoint,
+            entries,
+            torn,
+        })
     }
 
-    fn create(disk: D, identity: Identity, meta: Vec<u8>) -> Result<Store<D>, StoreError> {
+    /// A store with nothing in it yet, over `disk` (its superblock is still
+    /// to be written).
+    fn blank(disk: D, identity: Identity, meta: Vec<u8>) -> Store<D> {
         let identity_cluster = identity.cluster;
-        let mut store = Store {
+        Store {
             disk,
             superblock: Superblock::new(identity, meta),
             state: None,
@@ -500,9 +594,7 @@ impl<D: Disk> Store<D> {
             rebase: None,
             after_rebase: Vec::new(),
             stats: StoreStats::default(),
-        };
-        store.write_superblock(store.superblock.state(), None)?;
-        Ok(store)
+        }
     }
 
     /// Records that the replica is recovering (and drops the checkpoint:
@@ -1711,7 +1803,10 @@ mod tests {
         }
         assert!(matches!(
             Store::open(disk, identity(), vec![]),
-            Err(StoreError::NoSuperblock)
+            Err(Unopened {
+                error: StoreError::NoSuperblock,
+                ..
+            })
         ));
     }
 
@@ -1828,15 +1923,73 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_open_hands_the_disk_back_for_another_try() {
+        let entries = chain(&[], 4, 0);
+        let mut disk = store_with(&entries, state(0, 0, 4)).into_disk();
+        // A read error in the WAL, then one copy of the superblock rotted
+        // and a sync that fails when the open writes it again: each open
+        // fails, and the disk it hands back opens once the fault is gone.
+        disk.unreadable = Some(Zone::WalA);
+        let Err(unopened) = Store::open(disk, identity(), vec![]) else {
+            panic!("opened a WAL it could not read")
+        };
+        assert!(matches!(unopened.error, StoreError::Io(_)), "{unopened}");
+        let mut disk = unopened.disk;
+        disk.unreadable = None;
+        let slot = (0..SUPERBLOCK_COPIES)
+            .find(|&slot| disk.superblock_survives_losing(slot))
+            .expect("a copy to spare");
+        disk.corrupt(Zone::Superblock, slot * SLOT_SIZE + 50, 0x08);
+        disk.failing = true;
+        let Err(unopened) = Store::open(disk, identity(), vec![]) else {
+            panic!("opened with a sync that fails")
+        };
+        let mut disk = unopened.disk;
+        disk.failing = false;
+        let (store, opened) = open(disk);
+        assert_eq!(restarted(&opened), (state(0, 0, 4), entries));
+        store.invariants().unwrap();
+    }
+
+    #[test]
+    fn a_misdirected_wal_write_is_found_at_the_next_open() {
+        let entries = chain(&[], 4, 0);
+        // Back over the records before it, a little ahead of where it
+        // belongs, or well ahead in the zeros.
+        for by in [-200, -30, 10, 5_000] {
+            let mut store = store_with(&entries[..3], state(0, 0, 3));
+            store.disk.misdirect = Some(by);
+            store
+                .stage(&Output::WriteLog {
+                    after: 3,
+                    entries: entries[3..].to_vec(),
+                })
+                .unwrap();
+            store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+            store.sync().unwrap();
+            // Never a restart without entry 4: the open finds it where it
+            // landed, or the damage (a repair or a recovery).
+            match open(store.into_disk()).1 {
+                Opened::Restart { entries: found, .. } => assert_eq!(found, entries, "by {by}"),
+                Opened::Repair { .. } | Opened::Recover { .. } => {}
+                Opened::Created => panic!("by {by}: created"),
+            }
+        }
+    }
+
+    #[test]
     fn a_log_without_its_superblock_is_refused_and_left_untouched() {
         let store = store_with(&chain(&[], 2, 0), state(0, 0, 0));
         let mut disk = store.into_disk();
         disk.cut(Zone::Superblock, 0);
         let wal = disk.read(Zone::WalA).unwrap();
-        assert!(matches!(
-            Store::open(disk.clone(), identity(), vec![]),
-            Err(StoreError::LostSuperblock)
-        ));
+        let Err(Unopened {
+            error: StoreError::LostSuperblock,
+            mut disk,
+        }) = Store::open(disk, identity(), vec![])
+        else {
+            panic!("a log without its superblock opened")
+        };
         assert_eq!(disk.read(Zone::WalA).unwrap(), wal);
         assert_eq!(disk.len(Zone::Superblock), 0);
     }
@@ -2164,7 +2317,8 @@ mod tests {
         disk.sync(Zone::Superblock).unwrap();
         let error = Store::open(disk, identity(), b"meta".to_vec())
             .err()
-            .expect("refused");
+            .expect("refused")
+            .error;
         assert!(matches!(error, StoreError::Version(2)), "{error}");
         assert!(error.to_string().contains("format version 2"), "{error}");
     }
