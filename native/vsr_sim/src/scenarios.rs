@@ -694,6 +694,53 @@ pub fn replicas_with_other_settings_never_talk(mut options: Options) -> Result<(
 /// well once it returns. The store must see that its log is shorter than
 /// what it had synced and recover from its peers instead.
 pub fn lost_wal_is_not_trusted(options: Options, keep_percent: usize) -> Result<(), Failure> {
+    lost_records_are_not_trusted(options, |sim| {
+        sim.cut_wal(1, keep_percent);
+        Ok(())
+    })
+}
+
+/// Disk mode, issue "Lose nothing": as `lost_wal_is_not_trusted`, but
+/// replica 1's WAL file keeps its length, and its records from 30% of what
+/// its superblock knows synced (`wal_durable`) on are zeros, as if their
+/// writes had landed outside the file. The scan reads the zeros as the
+/// log's clean end. A store that took `wal_durable` down to that end
+/// restarted 1 with the short log (10 of 31 ops), which let 1 and the
+/// stale 2 start a view without the other 21 commits, and 0 then joined
+/// it, dropping them too. The store must see that records it knew synced
+/// are missing and recover from its peers instead.
+pub fn misdirected_wal_tail_is_not_trusted(options: Options) -> Result<(), Failure> {
+    lost_records_are_not_trusted(options, |sim| {
+        // A superblock records where the synced records end only when it
+        // is written for another reason: here, 0 and 1 restart and change
+        // views (the stale 2 still cut off), and crash again.
+        sim.restart(0);
+        sim.restart(1);
+        sim.run_until(PHASE_TICKS, "0 and 1 change views", |s| {
+            [0, 1].iter().all(|&r| {
+                s.running(r)
+                    .is_some_and(|r| r.status() == Status::Normal && r.view() > 0)
+            })
+        })?;
+        sim.crash(0);
+        sim.crash(1);
+        match sim.misdirect_wal_tail(1, 30) {
+            0 => Err(failure(
+                sim,
+                "replica 1's superblock knows no record synced".into(),
+            )),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Replica 2 is cut off while 0 and 1 commit 30 ops; both crash, `lose`
+/// takes records from 1's WAL, and 1 comes back next to the stale 2, then
+/// 0: every replica must end up holding the 30 commits.
+fn lost_records_are_not_trusted(
+    options: Options,
+    lose: impl FnOnce(&mut Simulator) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     isolate(&mut sim, 2);
@@ -703,7 +750,7 @@ pub fn lost_wal_is_not_trusted(options: Options, keep_percent: usize) -> Result<
     let committed = sim.checker.committed();
     sim.crash(0);
     sim.crash(1);
-    sim.cut_wal(1, keep_percent);
+    lose(&mut sim)?;
     sim.network.heal();
     sim.restart(1);
     sim.run_ticks(PHASE_TICKS)?;

@@ -829,6 +829,31 @@ impl Simulator {
         disk.cut(zone, end * keep_percent / 100);
     }
 
+    /// Zeros the records of crashed replica `r`'s WAL from the first to
+    /// start at or after `keep_percent` of the bytes its superblock knows
+    /// synced (`wal_durable`) to the last, the file's length kept: synced
+    /// writes that landed outside the file (misdirected), leaving the zeros
+    /// their place had. The random misdirections land within the file, so
+    /// only scenarios do this. Returns the bytes of records known synced
+    /// that are gone.
+    pub fn misdirect_wal_tail(&mut self, r: ReplicaIndex, keep_percent: usize) -> usize {
+        let Some(disk) = &mut self.down[r as usize] else {
+            panic!("replica {r} must be down to lose its WAL's tail")
+        };
+        let durable = vsr_storage::Store::probe(disk)
+            .expect("a simulated disk reads")
+            .map_or(0, |superblock| superblock.wal_durable as usize);
+        let records = disk.wal_records();
+        let end = records.last().map_or(0, |(offset, len)| offset + len);
+        let from = (records.iter())
+            .map(|&(offset, _)| offset)
+            .find(|&offset| offset >= durable * keep_percent / 100)
+            .unwrap_or(end);
+        let zone = disk.wal_zone();
+        disk.zero(zone, from, end);
+        durable.saturating_sub(from)
+    }
+
     /// Bit rot in the (last) record of entry `op` in the WAL of crashed
     /// replica `r`; `false` if it holds no such record.
     pub fn rot_wal_entry(&mut self, r: ReplicaIndex, op: Op) -> bool {

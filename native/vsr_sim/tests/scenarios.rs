@@ -137,6 +137,11 @@ fn truncated_wal_is_not_trusted() {
 }
 
 #[test]
+fn misdirected_wal_tail_is_not_trusted() {
+    scenarios::misdirected_wal_tail_is_not_trusted(options(3, 1)).unwrap();
+}
+
+#[test]
 fn one_corrupt_wal_entry_is_repaired() {
     scenarios::one_corrupt_wal_entry_is_repaired(options(3, 1)).unwrap();
 }

@@ -33,6 +33,9 @@ pub const GROUP_MAX: usize = 255;
 const RECORD_MAGIC: [u8; 4] = *b"VWAL";
 /// checksum (16) + magic (4) + body length (4).
 pub const RECORD_HEADER: usize = 24;
+/// Bytes of a `Seal` record (its body is the variant index alone): all
+/// that the end of the records known synced may lose without an entry.
+pub const SEAL_LEN: u64 = RECORD_HEADER as u64 + 1;
 
 /// Which data a store belongs to. A store is opened only by the replica it
 /// was created for: same cluster, same group, same place in the cluster.
@@ -589,6 +592,11 @@ mod tests {
             record.encode_into(&mut bytes);
         }
         bytes
+    }
+
+    #[test]
+    fn a_seal_is_seal_len_bytes() {
+        assert_eq!(wal(&[Record::Seal]).len() as u64, SEAL_LEN);
     }
 
     #[test]

@@ -192,6 +192,18 @@ impl MemDisk {
         }
     }
 
+    /// Zeros durable bytes `from..to` of a file, its length kept: writes
+    /// that were synced but landed elsewhere (a misdirected write outside
+    /// the file), so their place holds the zeros it had before.
+    pub fn zero(&mut self, zone: Zone, from: usize, to: usize) {
+        for file in [&mut self.durable, &mut self.current] {
+            if let Some(file) = file.existing_mut(zone) {
+                let to = to.min(file.len());
+                file[from.min(to)..to].fill(0);
+            }
+        }
+    }
+
     /// Flips bits of the byte at `offset` in durable storage (bit rot).
     pub fn corrupt(&mut self, zone: Zone, offset: usize, mask: u8) {
         for file in [&mut self.durable, &mut self.current] {

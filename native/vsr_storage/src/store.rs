@@ -10,7 +10,7 @@ use vsr::{checksum, root_checksum, Checkpoint, DurableState, Op, Output, Prepare
 use crate::disk::{Disk, Zone};
 use crate::format::{
     current_superblock, foreign_version, scan_wal_from, CheckpointRef, Identity, Record, Superblock,
-    WalDamage, WalScan, FORMAT_VERSION, SLOT_SIZE,
+    WalDamage, WalScan, FORMAT_VERSION, SEAL_LEN, SLOT_SIZE,
 };
 
 /// The WAL is compacted once the records before the durable checkpoint's
@@ -395,7 +395,8 @@ impl<D: Disk> Store<D> {
             // in the page cache), and are made durable below.
             wal_synced: superblock.wal_synced,
             // Within the records found: a synced seal may be lost to rot
-            // (or a torn tail cut below), which loses no entry.
+            // (or a torn tail cut below), which loses no entry. (More than
+            // a seal missing means recovery: see `finish_open`.)
             wal_durable: superblock.wal_durable.min(scan.valid_len),
             switch_pending: false,
             wal_pending: Vec::new(),
@@ -439,11 +440,6 @@ impl<D: Disk> Store<D> {
         // interrupted compaction wrote): free its space.
         store.disk.truncate(Zone::wal(1 - store.superblock.wal), 0)?;
         let state = store.superblock.state();
-        if copies < 2 {
-            // A torn update or bit rot left one copy of the newest state:
-            // write it again, in two fresh copies, before relying on it.
-            store.write_superblock(state, None)?;
-        }
         let lost = match (scan.damage, &checkpoint) {
             _ if state.recovering => Some("a recovery was interrupted".to_string()),
             (_, Err(op)) => Some(format!(
@@ -459,12 +455,29 @@ impl<D: Disk> Store<D> {
                 wal.len(),
                 store.superblock.wal_synced
             )),
+            // Every sync ends with a seal, so the records the superblock
+            // knows synced end with one: losing it loses nothing, losing
+            // more may lose acknowledged entries (a write that landed
+            // elsewhere, its place left zeros), which nothing names.
+            _ if scan.valid_len + SEAL_LEN < store.superblock.wal_durable => Some(format!(
+                "the write-ahead log's records end at byte {}, before byte {}, where they ended \
+                 at a sync the superblock records: synced records are missing, and they may \
+                 hold acknowledged entries",
+                scan.valid_len, store.superblock.wal_durable
+            )),
             _ => None,
         };
         if let Some(reason) = lost {
             store.begin_recovery()?;
             let state = store.superblock.state();
             return Ok(Opened::Recover { state, reason });
+        }
+        if copies < 2 {
+            // A torn update or bit rot left one copy of the newest state:
+            // write it again, in two fresh copies, before relying on it.
+            // (After the checks above: it records `wal_durable` within the
+            // records found, so a crash after it would hide what is lost.)
+            store.write_superblock(state, None)?;
         }
         let checkpoint = checkpoint.unwrap_or(None);
         if let Some(c) = &checkpoint {
@@ -1974,6 +1987,54 @@ mod tests {
                 Opened::Repair { .. } | Opened::Recover { .. } => {}
                 Opened::Created => panic!("by {by}: created"),
             }
+        }
+    }
+
+    #[test]
+    fn synced_records_missing_at_the_log_end_mean_recovery() {
+        // Entry 4 synced, and a superblock recording that its records
+        // were: then its write turns out to have landed outside the file
+        // (its place holds zeros). The replica may have acknowledged it,
+        // so the open must not hand out the log without it.
+        let entries = chain(&[], 4, 0);
+        let mut store = store_with(&entries[..3], state(0, 0, 3));
+        let entry_at = store.wal_len() as usize;
+        store
+            .stage(&Output::WriteLog {
+                after: 3,
+                entries: entries[3..].to_vec(),
+            })
+            .unwrap();
+        store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+        store.sync().unwrap();
+        let mut disk = store.into_disk();
+        let end = Store::probe(&mut disk).unwrap().unwrap().wal_durable as usize;
+        disk.zero(Zone::WalA, entry_at, end);
+        let (store, opened) = open(disk.clone());
+        match opened {
+            Opened::Recover { reason, .. } => assert!(reason.contains("synced"), "{reason}"),
+            other => panic!("entry 4 lost silently: {other:?}"),
+        }
+        store.invariants().unwrap();
+        // A crash at any point of that open (one copy of the newest
+        // superblock rotted, so the open writes it again) leaves a store
+        // that still knows.
+        let newest = Store::probe(&mut disk).unwrap().unwrap().sequence;
+        let slot = Superblock::slots_of(newest)[0];
+        disk.corrupt(Zone::Superblock, slot * SLOT_SIZE + 50, 0x08);
+        for operations in 0..8 {
+            let mut crashing = disk.clone();
+            crashing.crash_after = Some(operations);
+            let mut crashed = match Store::open(crashing, identity(), b"meta".to_vec()) {
+                Ok((store, _)) => store.into_disk(),
+                Err(unopened) => unopened.disk,
+            };
+            crashed.crash(CrashCut { kept: 0, torn: None });
+            let (_, opened) = open(crashed);
+            assert!(
+                matches!(opened, Opened::Recover { .. }),
+                "crash after {operations}: {opened:?}"
+            );
         }
     }
 
