@@ -1,0 +1,179 @@
+defmodule Visor.Review13V1Group do
+  @moduledoc false
+  # A group whose code supports state machine version 1.
+  use Visor
+
+  @impl Visor
+  def initial_state(_opts), do: 0
+
+  @impl Visor
+  def version, do: 1
+
+  @impl Visor
+  def handle_commit(:incr, state), do: {:ok, state + 1, state + 1}
+end
+
+defmodule Visor.Review13HugeVersionGroup do
+  @moduledoc false
+  # A group whose version/0 returns an integer the switch entry cannot
+  # hold (above 2^64 - 1): Visor.Executor.version/1 calls it valid.
+  use Visor
+
+  @impl Visor
+  def initial_state(_opts), do: 0
+
+  @impl Visor
+  def version, do: 0x1_0000_0000_0000_0000
+
+  @impl Visor
+  def handle_commit(:incr, state), do: {:ok, state + 1, state + 1}
+end
+
+defmodule Visor.Review13Test do
+  # Adversarial review of what landed in 3151536..b4d00c0 (versioned state
+  # machines, spare forwarding, formation witnesses). Each test names the
+  # break it proves and fails on b4d00c0; they run with
+  # `mix test --only review_break`. Not async: groups run here, and code
+  # is hot-loaded.
+  use ExUnit.Case, async: false
+
+  alias Visor.Executor
+  alias Visor.Server.Machine
+  alias Visor.Test.{Cluster, CodeVersions}
+
+  @moduletag :review_break
+
+  defp start_group(group) do
+    Cluster.ensure_distributed!()
+    start_supervised!({group, nodes: [node()]})
+    Cluster.eventually(fn -> Visor.status(group).status == :normal end, 15_000)
+  end
+
+  defp server(group), do: Process.whereis(Visor.Supervisor.name(group, :server))
+
+  # BREAK (LIVENESS): a `version/0` above 2^64 - 1 passes
+  # Visor.Executor.version/1 (any non-negative integer), so the primary
+  # proposes it; Visor.Executor.switch_payload/1's guard then raises a
+  # FunctionClauseError inside the server's carry_out({:propose, v}), and
+  # the primary's server crashes on every tick (each restart proposes
+  # again), taking the group's supervisor down after its restart limit.
+  test "a version/0 above 2^64 - 1 crashes the primary's server on every version tick" do
+    group = Visor.Review13HugeVersionGroup
+    start_group(group)
+    before = server(group)
+    assert Visor.commit(group, :incr) == 1
+
+    # Three version ticks.
+    Process.sleep(3_500)
+
+    assert server(group) == before,
+           "the server was restarted (it crashed proposing the version switch)"
+
+    assert Visor.commit(group, :incr) == 2
+  end
+
+  # BREAK (API / LIVENESS): the switch entry's reserved encoding (`<<1,
+  # v::64>>`) is kept from user commands only by Visor.commit/3 encoding
+  # with term_to_binary/1. The server's own commit request accepts any
+  # binary, from any node (a spare's forwarded commit, `{:visor_forwarded,
+  # {:commit, payload}, left}`, is exactly this message, and the server
+  # treats calls from other nodes as untrusted input). One such payload
+  # switches the cluster to a version no code supports: every replica
+  # stops executing, and versions never go down, so nothing but a release
+  # claiming that version brings the group back.
+  test "a forwarded commit of a raw switch payload stops every replica for good" do
+    group = Visor.Review13V1Group
+    start_group(group)
+    Cluster.eventually(fn -> Visor.status(group).version.running == 1 end, 10_000)
+    assert Visor.commit(group, :incr) == 1
+
+    forged = {:visor_forwarded, {:commit, Executor.switch_payload(7)}, 5_000}
+    reply = GenServer.call(Visor.Supervisor.name(group, :server), forged, 10_000)
+
+    version = Visor.status(group).version
+
+    assert version.blocked == nil,
+           "a raw payload was executed as a version switch: reply #{inspect(reply)}, " <>
+             "status().version #{inspect(version)}"
+
+    assert Visor.commit(group, :incr) == 2
+  end
+
+  # BREAK (SAFETY, a race): Machine checks once per op, before its first
+  # request, that this node's code supports the version the op needs, and
+  # then calls `module.handle_commit` for each request of the op (an
+  # external call: always the newest code). A hot code load that rolls the
+  # node back (documented: "a member given the old code stops") landing
+  # while a batch executes runs the op's remaining commands on the old code
+  # under the new version, where every other replica runs the new code:
+  # the states diverge. The docs say a load "takes effect from the next op
+  # on"; it takes effect at the next request.
+  describe "a rollback that lands during a batch" do
+    @module Visor.Review13Test.Rolled
+
+    setup do
+      :ok = Visor.Lifetime.forget(@module)
+      on_exit(fn -> CodeVersions.unload(@module) end)
+    end
+
+    defp compile(n, extra) do
+      CodeVersions.compile("""
+      defmodule #{inspect(@module)} do
+        use Visor
+        @impl Visor
+        def initial_state(_), do: []
+        @impl Visor
+        def version, do: #{n}
+        #{extra}
+        @impl Visor
+        def handle_commit(x, meta, state), do: {:ok, {:code, #{n}, meta.version}, [x | state]}
+      end
+      """)
+    end
+
+    test "runs the rest of the op on the old code under the new version" do
+      v1 = compile(1, "")
+
+      # The new code's :slow command takes a while, as a batch of many
+      # commands does; the old code is loaded meanwhile by another process
+      # (a release handler's rollback).
+      v2 =
+        compile(2, """
+        def handle_commit(:slow, _meta, state) do
+          Process.sleep(300)
+          {:ok, :slow, state}
+        end
+        """)
+
+      CodeVersions.load(v2)
+      {m, []} = Machine.new(@module, [], :atomics.new(3, []), nil)
+
+      switch = {"p", 1, :executed, Executor.switch_payload(2)}
+      {m, _effects} = Machine.event(m, {:execute, 1, 1, 1_001, [switch]})
+      assert Machine.versions(m).running == 2
+
+      test = self()
+
+      spawn(fn ->
+        Process.sleep(100)
+        CodeVersions.load(v1)
+        send(test, :rolled_back)
+      end)
+
+      requests = [
+        {"a", 1, :executed, :erlang.term_to_binary(:slow)},
+        {"b", 1, :executed, :erlang.term_to_binary(:x)}
+      ]
+
+      {_m, effects} = Machine.event(m, {:execute, 2, 1, 1_002, requests})
+      assert_receive :rolled_back, 1_000
+
+      b = for {:result, "b", 1, result} <- effects, do: result
+
+      # Every replica that kept the new code answers {:code, 2, 2}; this
+      # one must stop (unsupported_version), not answer otherwise.
+      refute b == [{:ok, {:code, 1, 2}}],
+             "command b ran on the old code (version 1) under cluster version 2: #{inspect(b)}"
+    end
+  end
+end
