@@ -176,4 +176,62 @@ defmodule Visor.Review13Test do
              "command b ran on the old code (version 1) under cluster version 2: #{inspect(b)}"
     end
   end
+
+  # BREAK (API / LIVENESS): a spare tries the members in turn only while
+  # they "received nothing that counts" ({:error, :spare}, a settings
+  # mismatch, no group); any other answer is returned as is. A member that
+  # refuses at the call (a replica blocked on a version after a rollback,
+  # halted at a poison command, its engine down, its store refused)
+  # received nothing either, yet its refusal ends the spare's call: with
+  # the first member listed rolled back, no commit from a spare succeeds,
+  # while the other two members commit normally.
+  describe "a spare whose first member refuses at the call" do
+    @ledger Visor.Review13Test.SpareLedger
+
+    defp ledger(n) do
+      CodeVersions.compile("""
+      defmodule #{inspect(@ledger)} do
+        use Visor
+        @impl Visor
+        def initial_state(_), do: 0
+        @impl Visor
+        def version, do: #{n}
+        @impl Visor
+        def handle_commit(:incr, _meta, state), do: {:ok, state + 1, state + 1}
+      end
+      """)
+    end
+
+    test "fails the spare's commit although a quorum of members commits" do
+      [v1, v2] = [ledger(1), ledger(2)]
+      [a, b, c, d] = nodes = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1))
+      for n <- nodes, do: CodeVersions.load(v2, n)
+      :ok = Cluster.start_group(nodes, @ledger, [nodes: [a, b, c]], :critical)
+
+      for n <- [a, b, c],
+          do:
+            Cluster.eventually(fn -> Cluster.status(n, @ledger).version.running == 2 end, 10_000)
+
+      # The node a spare tries first (the first listed, or the primary a
+      # member named) is rolled back, and stops at the next op; one member
+      # keeps the new code.
+      victims = Enum.uniq([a, Cluster.primary(b, @ledger)])
+      [healthy | _] = [a, b, c] -- victims
+      for n <- victims, do: CodeVersions.load(v1, n)
+      assert :erpc.call(healthy, Visor, :commit, [@ledger, :incr]) == 1
+
+      for n <- victims,
+          do:
+            Cluster.eventually(
+              fn -> Cluster.status(n, @ledger).version.blocked != nil end,
+              10_000
+            )
+
+      assert :erpc.call(healthy, Visor, :commit, [@ledger, :incr]) == 2
+      reply = :erpc.call(d, Visor, :commit, [@ledger, :incr])
+
+      assert reply == 3,
+             "the spare's commit failed with a blocked member's refusal: #{inspect(reply)}"
+    end
+  end
 end
