@@ -270,7 +270,7 @@ defmodule Visor do
   @callback decode_snapshot(binary()) :: term()
 
   @doc """
-  The state machine version this code supports (a non-negative integer;
+  The state machine version this code supports (an integer in 0..2^64 - 1;
   0 when the module does not define it). The cluster runs one version at
   a time, switched through the log once every member's code supports the
   new one; `meta.version` (`c:handle_commit/3`) is the version a command
