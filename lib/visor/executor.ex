@@ -131,6 +131,18 @@ defmodule Visor.Executor do
 
   defp describe(reason), do: inspect(reason)
 
+  @doc """
+  Whether `payload` may be a caller's command: `:erlang.term_to_binary/1`'s
+  output (`Visor.commit/3` encodes so), which starts with 131. The server
+  refuses any other commit payload (`{:error, :malformed_command}`): those
+  starting with 0 or 1 are Visor's own entries (a skip, a version
+  switch), which only `Visor.skip/3` and the primary's server submit,
+  and a commit call may come from any node.
+  """
+  @spec command?(binary()) :: boolean()
+  def command?(<<131, _::binary>>), do: true
+  def command?(_payload), do: false
+
   @doc "The payload of a command that skips the poison command at `op` (`Visor.skip/3`)."
   @spec skip_payload(pos_integer()) :: binary()
   def skip_payload(op) when op in 1..0xFFFF_FFFF_FFFF_FFFF, do: <<@skip_tag, op::64>>

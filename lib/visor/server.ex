@@ -144,8 +144,11 @@ defmodule Visor.Server do
 
   @impl GenServer
   def handle_call({{:commit, payload} = request, deadline}, from, state)
-      when is_binary(payload) and is_integer(deadline),
-      do: admit(state, request, from, deadline)
+      when is_binary(payload) and is_integer(deadline) do
+    if Executor.command?(payload),
+      do: admit(state, request, from, deadline),
+      else: {:reply, {:error, :malformed_command}, state}
+  end
 
   def handle_call({{:skip, op} = request, deadline}, from, state)
       when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF and is_integer(deadline),

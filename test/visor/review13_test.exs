@@ -73,7 +73,8 @@ defmodule Visor.Review13Test do
     assert Visor.status(group).version.running == 0
   end
 
-  # BREAK (API / LIVENESS): the switch entry's reserved encoding (`<<1,
+  # FIXED (API / LIVENESS; such payloads are refused at admission with
+  # {:error, :malformed_command}): the switch entry's reserved encoding (`<<1,
   # v::64>>`) is kept from user commands only by Visor.commit/3 encoding
   # with term_to_binary/1. The server's own commit request accepts any
   # binary, from any node (a spare's forwarded commit, `{:visor_forwarded,
@@ -82,7 +83,6 @@ defmodule Visor.Review13Test do
   # switches the cluster to a version no code supports: every replica
   # stops executing, and versions never go down, so nothing but a release
   # claiming that version brings the group back.
-  @tag :review_break
   test "a forwarded commit of a raw switch payload stops every replica for good" do
     group = Visor.Review13V1Group
     start_group(group)
@@ -97,6 +97,19 @@ defmodule Visor.Review13Test do
     assert version.blocked == nil,
            "a raw payload was executed as a version switch: reply #{inspect(reply)}, " <>
              "status().version #{inspect(version)}"
+
+    assert reply == {:error, :malformed_command}
+    assert version.running == 1
+
+    # The local call too, and any payload that is not term_to_binary's
+    # (a skip's reserved encoding included: only {:skip, op} submits one).
+    server = Visor.Supervisor.name(group, :server)
+    deadline = System.monotonic_time(:millisecond) + 5_000
+
+    for payload <- [Executor.switch_payload(7), Executor.skip_payload(1), <<>>, "plain"] do
+      assert GenServer.call(server, {{:commit, payload}, deadline}) ==
+               {:error, :malformed_command}
+    end
 
     assert Visor.commit(group, :incr) == 2
   end
