@@ -248,17 +248,18 @@ defmodule Visor.Server.Machine do
   defp apply_event({:execute, op, view, timestamp, requests} = event, machine, effects) do
     needed = Enum.reduce(requests, machine.version, &max(switch_target(&1), &2))
 
-    if supports?(Executor.version(machine.module), needed) do
+    if supports?(machine, needed) do
       code = %{
         arity: Executor.arity(machine.module),
         meta: %{op: op, view: view, timestamp: timestamp},
-        log?: Lifetime.first_execution?(machine.executed, op)
+        log?: Lifetime.first_execution?(machine.executed, op),
+        needed: needed
       }
 
       # Lifetime tells the next server where this one died, if it dies in
       # handle_commit (two atomics writes per op).
       :ok = Lifetime.executing(machine.counters, op)
-      result = Enum.reduce(requests, {machine, effects}, &execute(&1, code, &2))
+      result = execute_all(requests, code, {machine, effects})
       :ok = Lifetime.executing(machine.counters, 0)
       result
     else
@@ -323,6 +324,28 @@ defmodule Visor.Server.Machine do
 
   defp apply_event(_other, machine, effects), do: {machine, effects}
 
+  # Executes an op's requests in order, checking again after each that
+  # this node's code still supports the version the op needs: a hot code
+  # load that rolls the module back may land during the op (even during a
+  # request: handle_commit is an external call, and the next request runs
+  # the old code). The request after which the code no longer supports it
+  # is discarded (its new state and its result; the state is immutable)
+  # and held, with every request after it, as the rest of the op, executed
+  # once the code supports the version again.
+  defp execute_all([], _code, acc), do: acc
+
+  defp execute_all([request | rest] = requests, code, {machine, effects}) do
+    {executed, executed_effects} = execute(request, code, {machine, effects})
+
+    if supports?(machine, code.needed) do
+      execute_all(rest, code, {executed, executed_effects})
+    else
+      %{op: op, view: view, timestamp: timestamp} = code.meta
+      event = {:execute, op, view, timestamp, requests}
+      block(event, %{op: op, version: code.needed}, machine, effects)
+    end
+  end
+
   defp execute({client, request, :executed, payload}, code, {machine, effects}) do
     case Executor.switch_target(payload) do
       nil ->
@@ -364,6 +387,10 @@ defmodule Visor.Server.Machine do
     do: Executor.switch_target(payload) || 0
 
   defp switch_target(_request), do: 0
+
+  # Whether this node's code, as loaded now, supports version `needed`.
+  defp supports?(%__MODULE__{module: module}, needed),
+    do: supports?(Executor.version(module), needed)
 
   defp supports?(supported, needed), do: is_integer(supported) and supported >= needed
 
