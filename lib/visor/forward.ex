@@ -21,6 +21,12 @@ defmodule Visor.Forward do
   #     refused) received nothing that counts: the next one is tried, and
   #     when none is left, all of them again a moment later. At the deadline
   #     the caller gets `{:error, :no_member_reachable}`: nothing was applied;
+  #   * a member that refuses the request before admitting it (the server
+  #     answers `{:visor_refused, reason}`: its replica is blocked on a
+  #     version, halted at a poison command, its engine is down, ...)
+  #     received nothing either: the next one is tried. When every member
+  #     reached refused, the caller gets the first refusal, `{:error,
+  #     reason}`, as a member's own caller would;
   #   * a member that disconnects, or whose server exits, during the call: a
   #     read goes to the next member. A commit (or skip) does not: the member
   #     may already have handed it to its replica, and sending it again could
@@ -145,9 +151,12 @@ defmodule Visor.Forward do
   defp forward(module, request, deadline, backstop, members) do
     connected = Enum.filter(members, &(&1 in Node.list()))
 
-    case first_answer(connected, module, request, deadline, backstop) do
+    case first_answer(connected, module, request, deadline, backstop, nil) do
       {:answer, reply} ->
         reply
+
+      {:refused, reason} ->
+        {:error, reason}
 
       :none ->
         left = deadline - System.monotonic_time(:millisecond)
@@ -161,34 +170,42 @@ defmodule Visor.Forward do
     end
   end
 
-  defp first_answer([], _module, _request, _deadline, _backstop), do: :none
+  # The first member's answer; else the first refusal (`refused`), or
+  # `:none`.
+  defp first_answer([], _module, _request, _deadline, _backstop, refused),
+    do: refused || :none
 
-  defp first_answer([node | rest], module, request, deadline, backstop) do
+  defp first_answer([node | rest], module, request, deadline, backstop, refused) do
     case member_call(node, module, request, deadline, backstop) do
       {:answer, _reply} = answer ->
         answer
 
       :passed ->
-        first_answer(rest, module, request, deadline, backstop)
+        first_answer(rest, module, request, deadline, backstop, refused)
+
+      {:refused, _reason} = refusal ->
+        first_answer(rest, module, request, deadline, backstop, refused || refusal)
 
       :lost when elem(request, 0) == :read ->
-        first_answer(rest, module, request, deadline, backstop)
+        first_answer(rest, module, request, deadline, backstop, refused)
 
       :lost ->
         {:answer, {:error, {:member_down, node}}}
     end
   end
 
-  # One member's answer; `:passed` when it received nothing that counts,
-  # `:lost` when it went away during the call.
+  # One member's answer; `:passed` when it is not a member, `{:refused,
+  # reason}` when it refused before admitting the request (both received
+  # nothing that counts), `:lost` when it went away during the call.
   defp member_call(node, module, request, deadline, backstop) do
     server = {Visor.Supervisor.name(module, :server), node}
     # Monotonic clocks differ between nodes: the member gets the time left.
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     case GenServer.call(server, {:visor_forwarded, request, left}, backstop.(deadline)) do
-      {:error, :spare} -> :passed
-      {:error, {:setting_mismatch, _, _, _}} -> :passed
+      {:visor_refused, :spare} -> :passed
+      {:visor_refused, {:setting_mismatch, _, _, _}} -> :passed
+      {:visor_refused, reason} -> {:refused, reason}
       reply -> {:answer, reply}
     end
   catch

@@ -168,10 +168,19 @@ defmodule Visor.Server do
   def handle_call(:status, _from, state), do: {:reply, status(state), state}
 
   # A spare's caller's request (Visor.Forward): it names the time left
-  # rather than a deadline, as monotonic clocks differ between nodes.
+  # rather than a deadline, as monotonic clocks differ between nodes. An
+  # error answered at once is a refusal before admission (an admitted
+  # request is answered later): it comes back as `{:visor_refused,
+  # reason}`, so that the spare knows nothing was received and may try
+  # another member, which an error of an admitted request (unknown
+  # outcome) does not allow.
   def handle_call({:visor_forwarded, request, left}, from, state)
-      when is_integer(left) and left >= 0,
-      do: handle_call({request, System.monotonic_time(:millisecond) + left}, from, state)
+      when is_integer(left) and left >= 0 do
+    case handle_call({request, System.monotonic_time(:millisecond) + left}, from, state) do
+      {:reply, {:error, reason}, state} -> {:reply, {:visor_refused, reason}, state}
+      admitted_or_answered -> admitted_or_answered
+    end
+  end
 
   # Where a spare's callers go instead (Visor.Forward): the listed
   # members, or every other node running the group (cluster_size:); and

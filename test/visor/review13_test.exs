@@ -32,9 +32,8 @@ end
 defmodule Visor.Review13Test do
   # Adversarial review of what landed in 3151536..b4d00c0 (versioned state
   # machines, spare forwarding, formation witnesses). Each test names the
-  # break it proves and fails on b4d00c0; those not fixed yet are tagged
-  # :review_break (`mix test --only review_break`). Not async: groups run here, and code
-  # is hot-loaded.
+  # break it proves (each failed on b4d00c0) and the fix. Not async:
+  # groups run here, and code is hot-loaded.
   use ExUnit.Case, async: false
 
   alias Visor.Executor
@@ -98,7 +97,8 @@ defmodule Visor.Review13Test do
            "a raw payload was executed as a version switch: reply #{inspect(reply)}, " <>
              "status().version #{inspect(version)}"
 
-    assert reply == {:error, :malformed_command}
+    # Refused before admission, which a spare's forwarded call is told so.
+    assert reply == {:visor_refused, :malformed_command}
     assert version.running == 1
 
     # The local call too, and any payload that is not term_to_binary's
@@ -212,7 +212,9 @@ defmodule Visor.Review13Test do
     end
   end
 
-  # BREAK (API / LIVENESS): a spare tries the members in turn only while
+  # FIXED (API / LIVENESS; a member's refusal before admission comes back
+  # as {:visor_refused, reason}, and the spare tries the next member): a
+  # spare tried the members in turn only while
   # they "received nothing that counts" ({:error, :spare}, a settings
   # mismatch, no group); any other answer is returned as is. A member that
   # refuses at the call (a replica blocked on a version after a rollback,
@@ -237,7 +239,6 @@ defmodule Visor.Review13Test do
       """)
     end
 
-    @tag :review_break
     test "fails the spare's commit although a quorum of members commits" do
       [v1, v2] = [ledger(1), ledger(2)]
       [a, b, c, d] = nodes = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1))
@@ -268,6 +269,20 @@ defmodule Visor.Review13Test do
 
       assert reply == 3,
              "the spare's commit failed with a blocked member's refusal: #{inspect(reply)}"
+
+      # Every member rolled back: the spare's caller gets the error a
+      # member's own caller gets (the last member admits this one, and
+      # stops at it), and once all refuse, the first refusal, at once.
+      for n <- [a, b, c] -- victims, do: CodeVersions.load(v1, n)
+      unsupported = {:error, {:unsupported_version, 2}}
+      assert :erpc.call(d, Visor, :commit, [@ledger, :incr]) == unsupported
+
+      for n <- [a, b, c],
+          do: Cluster.eventually(fn -> Cluster.status(n, @ledger).version.blocked != nil end)
+
+      {micros, reply} = :timer.tc(fn -> :erpc.call(d, Visor, :commit, [@ledger, :incr]) end)
+      assert reply == unsupported
+      assert micros < 1_000_000
     end
   end
 end
