@@ -14,7 +14,8 @@ defmodule Visor.Forward do
   # the primary first when a member named it lately. Only those this node is
   # connected to are tried: connecting to an unreachable host can block for
   # seconds, past the caller's deadline. They are tried in turn until one
-  # answers or the caller's deadline passes:
+  # answers or the caller's deadline passes (each by the pid of its server,
+  # looked up first, so that the process watched is the one sent to):
   #
   #   * a candidate that is not connected, where the group does not run, or
   #     that is not a member (a spare, or a node whose settings were
@@ -198,7 +199,28 @@ defmodule Visor.Forward do
   # reason}` when it refused before admitting the request (both received
   # nothing that counts), `:lost` when it went away during the call.
   defp member_call(node, module, request, deadline, backstop) do
-    server = {Visor.Supervisor.name(module, :server), node}
+    case server_pid(node, module, backstop.(deadline)) do
+      nil -> :passed
+      server -> server_call(server, request, deadline, backstop)
+    end
+  end
+
+  # The member's server, looked up once (nil: the group does not run
+  # there, or the node did not answer; nothing was sent). A call to the
+  # registered name would look the name up twice on the member, once for
+  # the monitor and once for the message: a server registered between the
+  # two would take a commit whose caller, told :noproc, tries another
+  # member. A pid is one process for both, and never comes back.
+  defp server_pid(node, module, timeout) do
+    case :erpc.call(node, :erlang, :whereis, [Visor.Supervisor.name(module, :server)], timeout) do
+      pid when is_pid(pid) -> pid
+      :undefined -> nil
+    end
+  catch
+    _kind, _reason -> nil
+  end
+
+  defp server_call(server, request, deadline, backstop) do
     # Monotonic clocks differ between nodes: the member gets the time left.
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
@@ -210,7 +232,7 @@ defmodule Visor.Forward do
     end
   catch
     :exit, {:timeout, _} -> {:answer, {:error, :timeout}}
-    # The group does not run there: nothing was received.
+    # The server had exited before the call: the message went to no one.
     :exit, {:noproc, _} -> :passed
     :exit, _reason -> :lost
   end
