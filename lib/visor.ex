@@ -191,7 +191,8 @@ defmodule Visor do
       replica does not start (docs/operations.md, "What happens at start").
     * `{:unsupported_version, version}`: the cluster runs state machine
       `version`, which this node's code does not support (`c:version/0`):
-      its replica stopped executing until the code is upgraded. A command
+      its replica stopped executing until the code is upgraded (reads,
+      `consistency: :local` ones included, are refused too). A command
       refused at the call was not applied; one already in flight when the
       replica stopped was committed, and is applied on the replicas that
       run `version` (here, once upgraded).

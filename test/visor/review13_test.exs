@@ -197,7 +197,7 @@ defmodule Visor.Review13Test do
       refused = {:error, {:unsupported_version, 2}}
       assert for({:result, c, 1, r} <- effects, do: {c, r}) == [{"a", refused}, {"b", refused}]
       assert Machine.versions(m).blocked == %{op: 2, version: 2}
-      assert Machine.read_local(m, []) == {:ok, []}
+      assert Machine.read_local(m, []) == {:error, {:unsupported_version, 2}}
 
       # Once the new code is back, a and b run on it, under version 2,
       # each once.

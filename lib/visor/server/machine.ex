@@ -191,9 +191,20 @@ defmodule Visor.Server.Machine do
   def read(%__MODULE__{blocked: %{version: v}}, _path), do: {:error, {:unsupported_version, v}}
   def read(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
-  @doc "A `consistency: :local` read: as `read/2`, but `{:error, :diverged}` on a diverged state."
+  @doc """
+  A `consistency: :local` read: as `read/2`, but `{:error, :diverged}` on
+  a diverged state, and served at a poison command (the state before it
+  is the cluster's up to there). Refused while blocked on a version: the
+  state may be one this code cannot read (a checkpoint it could not
+  decode leaves the initial state), and the cluster runs code this
+  replica cannot reproduce.
+  """
   @spec read_local(t(), [term()]) :: term()
   def read_local(%__MODULE__{diverged: op}, _path) when op != nil, do: {:error, :diverged}
+
+  def read_local(%__MODULE__{blocked: %{version: v}}, _path),
+    do: {:error, {:unsupported_version, v}}
+
   def read_local(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
   # Computed here, as Kernel.get_in/2 would, so that only the requested
