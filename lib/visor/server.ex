@@ -320,12 +320,14 @@ defmodule Visor.Server do
     versions = Machine.versions(state.machine)
     engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
 
-    # A primary halted at a poison command could not submit the switch.
+    # A primary halted at a poison command could not submit the switch;
+    # one blocked on a version knows that its code does not support the
+    # cluster's, which its executed ops do not show yet.
     view = %{
       primary:
         engine != nil and engine.is_primary and engine.status == :normal and
           Machine.halted(state.machine) == nil,
-      running: versions.running,
+      running: Machine.cluster_version(state.machine),
       supported: versions.supported,
       others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: [])
     }
@@ -343,7 +345,7 @@ defmodule Visor.Server do
   end
 
   defp info({:visor_version, round, node, version}, state) do
-    running = Machine.versions(state.machine).running
+    running = Machine.cluster_version(state.machine)
     {upgrade, effects} = Upgrade.report(state.upgrade, round, node, version, running)
     {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
   end

@@ -234,5 +234,43 @@ defmodule Visor.VersionsTest do
     Cluster.converged(nodes, @module, final, 10_000)
   end
 
+  # The primary restarted with the old code replays the switch and stops
+  # there, still running the version before it: its code supports a
+  # version above that one, yet it must not propose it (it cannot execute
+  # the cluster's version at all), and it must not log more than its one
+  # error about it.
+  test "disk mode: a one-member primary restarted with the old code stops, proposes nothing, " <>
+         "and logs one error",
+       %{tmp_dir: tmp} do
+    [v1, v2] = compile([1, 2])
+    Cluster.ensure_distributed!()
+    :ok = Visor.Lifetime.forget(@module)
+    on_exit(fn -> CodeVersions.unload(@module) end)
+    opts = [nodes: [node()], storage: :disk, data_dir: tmp]
+
+    CodeVersions.load(v2)
+    start_supervised!({@module, opts}, id: :new_code)
+    Cluster.eventually(fn -> Visor.status(@module).version.running == 2 end, 10_000)
+    assert Visor.commit(@module, {:incr, 1}) == 2
+    :ok = stop_supervised(:new_code)
+
+    CodeVersions.load(v1)
+
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        start_supervised!({@module, opts}, id: :old_code)
+        Cluster.eventually(fn -> Visor.status(@module).version.blocked != nil end, 10_000)
+        # Three version ticks.
+        Process.sleep(3_500)
+      end)
+
+    assert %{running: running, supported: 1, blocked: %{version: 2}} =
+             Visor.status(@module).version
+
+    assert running < 1
+    refute log =~ "the switch to state machine version"
+    assert length(String.split(log, "the replica stops executing")) == 2
+  end
+
   defp commit(node, i), do: :erpc.call(node, Visor, :commit, [@module, {:incr, i}])
 end

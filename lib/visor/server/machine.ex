@@ -157,6 +157,15 @@ defmodule Visor.Server.Machine do
   end
 
   @doc """
+  The version the cluster runs as far as this replica knows: the one it is
+  blocked on, or else the one it runs. (A replica blocked at a switch
+  still runs the version before it, which its code may support.)
+  """
+  @spec cluster_version(t()) :: non_neg_integer()
+  def cluster_version(%__MODULE__{blocked: %{version: version}}), do: version
+  def cluster_version(%__MODULE__{version: version}), do: version
+
+  @doc """
   The module's code may have changed (a hot code load): a replica blocked
   on a version the code now supports executes again, from the op it
   stopped at.

@@ -44,8 +44,9 @@ defmodule Visor.Server.Upgrade do
 
   @typedoc """
   What a tick depends on: whether this replica is the primary of a normal
-  view, the version the cluster runs (as of this replica's last executed
-  op), the one this node's code supports (`Visor.Executor.version/1`), and
+  view, the version the cluster runs (as far as this replica knows:
+  `Visor.Server.Machine.cluster_version/1`, so a primary blocked on a
+  version its code does not support proposes nothing), the one this node's code supports (`Visor.Executor.version/1`), and
   the other members' nodes.
   """
   @type view :: %{
