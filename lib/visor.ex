@@ -63,7 +63,9 @@ defmodule Visor do
   module's code supports. The cluster runs one version at a time: a new
   cluster starts at version 0, and the primary switches it, through an
   entry in the log, to the lowest version every member's code supports,
-  once that is above the cluster's (it checks each second). `meta.version`
+  once that is above the cluster's (it checks as it becomes the primary,
+  and then each second; a new cluster's first commands wait for that
+  first check, up to 500 ms). `meta.version`
   is the version a command runs under, the same on every replica, so new
   code can keep the old behaviour for the commands committed before the
   switch. A member whose code does not support the cluster's version stops

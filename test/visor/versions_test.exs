@@ -234,6 +234,27 @@ defmodule Visor.VersionsTest do
     Cluster.converged(nodes, @module, final, 10_000)
   end
 
+  # A new cluster runs version 0 until its primary switches it; every
+  # member's code supports version 2 from the start, so the switch comes
+  # first: commands committed right after the start, on any member, hold
+  # (briefly) for it rather than run under version 0.
+  test "a new cluster whose members all run version 2 runs its first commands under version 2" do
+    [v2] = compile([2])
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    for n <- nodes, do: CodeVersions.load(v2, n)
+    :ok = Cluster.start_group(nodes, @module, nodes: nodes)
+
+    replies =
+      nodes
+      |> Enum.with_index()
+      |> Enum.map(fn {n, i} -> Task.async(fn -> commit(n, i) end) end)
+      |> Task.await_many(10_000)
+
+    assert replies == [2, 2, 2]
+    final = latest(hd(nodes))
+    assert versions(final) == [2, 2, 2]
+  end
+
   # The primary restarted with the old code replays the switch and stops
   # there, still running the version before it: its code supports a
   # version above that one, yet it must not propose it (it cannot execute

@@ -71,6 +71,8 @@ defmodule Visor.Server.Machine do
     # The cluster's state machine version as of the last op executed here
     # (replicated: switched by a log entry, kept in checkpoints).
     version: 0,
+    # The last op executed here whole, or installed from a checkpoint.
+    op: 0,
     # %{op, version}: from `op` on the cluster runs `version`, which this
     # node's code does not support; events from `op` on are held (in
     # `held`) until it does.
@@ -155,6 +157,10 @@ defmodule Visor.Server.Machine do
       blocked: machine.blocked
     }
   end
+
+  @doc "The last op this replica executed whole, or installed from a checkpoint (0: none)."
+  @spec last_op(t()) :: non_neg_integer()
+  def last_op(%__MODULE__{op: op}), do: op
 
   @doc """
   The version the cluster runs as far as this replica knows: the one it is
@@ -314,7 +320,16 @@ defmodule Visor.Server.Machine do
       # The engine executes again from the checkpoint on: held events are
       # stale, and a checkpoint at or past the poison op has it applied.
       poison = if machine.poison && op >= machine.poison.op, do: nil, else: machine.poison
-      machine = %{machine | app_state: app_state, version: version, held: [], poison: poison}
+
+      machine = %{
+        machine
+        | app_state: app_state,
+          version: version,
+          held: [],
+          poison: poison,
+          op: op
+      }
+
       {%{machine | diverged: nil, blocked: nil}, effects}
     else
       block(event, %{op: op, version: version}, %{machine | held: []}, effects)
@@ -352,7 +367,7 @@ defmodule Visor.Server.Machine do
   # is discarded (its new state and its result; the state is immutable)
   # and held, with every request after it, as the rest of the op, executed
   # once the code supports the version again.
-  defp execute_all([], _code, acc), do: acc
+  defp execute_all([], code, {machine, effects}), do: {%{machine | op: code.meta.op}, effects}
 
   defp execute_all([request | rest] = requests, code, {machine, effects}) do
     {executed, executed_effects} = execute(request, code, {machine, effects})
