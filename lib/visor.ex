@@ -63,7 +63,9 @@ defmodule Visor do
   module's code supports. The cluster runs one version at a time: a new
   cluster starts at version 0, and the primary switches it, through an
   entry in the log, to the lowest version every member's code supports,
-  once that is above the cluster's (it checks each second). `meta.version`
+  once that is above the cluster's (it checks as it becomes the primary,
+  and then each second; a new cluster's first commands wait for that
+  first check, up to 500 ms). `meta.version`
   is the version a command runs under, the same on every replica, so new
   code can keep the old behaviour for the commands committed before the
   switch. A member whose code does not support the cluster's version stops
@@ -191,7 +193,8 @@ defmodule Visor do
       replica does not start (docs/operations.md, "What happens at start").
     * `{:unsupported_version, version}`: the cluster runs state machine
       `version`, which this node's code does not support (`c:version/0`):
-      its replica stopped executing until the code is upgraded. A command
+      its replica stopped executing until the code is upgraded (reads,
+      `consistency: :local` ones included, are refused too). A command
       refused at the call was not applied; one already in flight when the
       replica stopped was committed, and is applied on the replicas that
       run `version` (here, once upgraded).
@@ -270,7 +273,7 @@ defmodule Visor do
   @callback decode_snapshot(binary()) :: term()
 
   @doc """
-  The state machine version this code supports (a non-negative integer;
+  The state machine version this code supports (an integer in 0..2^64 - 1;
   0 when the module does not define it). The cluster runs one version at
   a time, switched through the log once every member's code supports the
   new one; `meta.version` (`c:handle_commit/3`) is the version a command

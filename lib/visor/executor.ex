@@ -31,6 +31,9 @@ defmodule Visor.Executor do
   @skip_tag 0
   @switch_tag 1
 
+  # The largest version a switch entry holds.
+  @max_version 0xFFFF_FFFF_FFFF_FFFF
+
   @typedoc "What the caller of `commit` gets back."
   @type result :: {:ok, reply :: term()} | {:error, {:handle_commit_failed, term()}}
 
@@ -48,8 +51,10 @@ defmodule Visor.Executor do
   @doc """
   The state machine version a module's current code supports: its
   `version/0`, 0 when it defines none, or `:invalid` when `version/0`
-  raises or returns anything but a non-negative integer (code that
-  supports no version: the replica refuses to execute, and says why).
+  raises or returns anything but an integer in 0..2^64 - 1 (code that
+  supports no version: the replica refuses to execute, and says why; a
+  switch entry holds 64 bits, so a larger version could never be
+  proposed).
   """
   @spec version(module()) :: non_neg_integer() | :invalid
   def version(module) do
@@ -57,7 +62,7 @@ defmodule Visor.Executor do
 
     if function_exported?(module, :version, 0) do
       case module.version() do
-        version when is_integer(version) and version >= 0 -> version
+        version when version in 0..@max_version -> version
         _other -> :invalid
       end
     else
@@ -126,6 +131,18 @@ defmodule Visor.Executor do
 
   defp describe(reason), do: inspect(reason)
 
+  @doc """
+  Whether `payload` may be a caller's command: `:erlang.term_to_binary/1`'s
+  output (`Visor.commit/3` encodes so), which starts with 131. The server
+  refuses any other commit payload (`{:error, :malformed_command}`): those
+  starting with 0 or 1 are Visor's own entries (a skip, a version
+  switch), which only `Visor.skip/3` and the primary's server submit,
+  and a commit call may come from any node.
+  """
+  @spec command?(binary()) :: boolean()
+  def command?(<<131, _::binary>>), do: true
+  def command?(_payload), do: false
+
   @doc "The payload of a command that skips the poison command at `op` (`Visor.skip/3`)."
   @spec skip_payload(pos_integer()) :: binary()
   def skip_payload(op) when op in 1..0xFFFF_FFFF_FFFF_FFFF, do: <<@skip_tag, op::64>>
@@ -141,7 +158,7 @@ defmodule Visor.Executor do
   never the module's `handle_commit`.
   """
   @spec switch_payload(non_neg_integer()) :: binary()
-  def switch_payload(version) when version in 0..0xFFFF_FFFF_FFFF_FFFF,
+  def switch_payload(version) when version in 0..@max_version,
     do: <<@switch_tag, version::64>>
 
   @doc "The version a switch payload names, or `nil` for any other payload."

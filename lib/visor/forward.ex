@@ -14,13 +14,20 @@ defmodule Visor.Forward do
   # the primary first when a member named it lately. Only those this node is
   # connected to are tried: connecting to an unreachable host can block for
   # seconds, past the caller's deadline. They are tried in turn until one
-  # answers or the caller's deadline passes:
+  # answers or the caller's deadline passes (each by the pid of its server,
+  # looked up first, so that the process watched is the one sent to):
   #
   #   * a candidate that is not connected, where the group does not run, or
   #     that is not a member (a spare, or a node whose settings were
   #     refused) received nothing that counts: the next one is tried, and
   #     when none is left, all of them again a moment later. At the deadline
   #     the caller gets `{:error, :no_member_reachable}`: nothing was applied;
+  #   * a member that refuses the request before admitting it (the server
+  #     answers `{:visor_refused, reason}`: its replica is blocked on a
+  #     version, halted at a poison command, its engine is down, ...)
+  #     received nothing either: the next one is tried. When every member
+  #     reached refused, the caller gets the first refusal, `{:error,
+  #     reason}`, as a member's own caller would;
   #   * a member that disconnects, or whose server exits, during the call: a
   #     read goes to the next member. A commit (or skip) does not: the member
   #     may already have handed it to its replica, and sending it again could
@@ -145,9 +152,12 @@ defmodule Visor.Forward do
   defp forward(module, request, deadline, backstop, members) do
     connected = Enum.filter(members, &(&1 in Node.list()))
 
-    case first_answer(connected, module, request, deadline, backstop) do
+    case first_answer(connected, module, request, deadline, backstop, nil) do
       {:answer, reply} ->
         reply
+
+      {:refused, reason} ->
+        {:error, reason}
 
       :none ->
         left = deadline - System.monotonic_time(:millisecond)
@@ -161,39 +171,68 @@ defmodule Visor.Forward do
     end
   end
 
-  defp first_answer([], _module, _request, _deadline, _backstop), do: :none
+  # The first member's answer; else the first refusal (`refused`), or
+  # `:none`.
+  defp first_answer([], _module, _request, _deadline, _backstop, refused),
+    do: refused || :none
 
-  defp first_answer([node | rest], module, request, deadline, backstop) do
+  defp first_answer([node | rest], module, request, deadline, backstop, refused) do
     case member_call(node, module, request, deadline, backstop) do
       {:answer, _reply} = answer ->
         answer
 
       :passed ->
-        first_answer(rest, module, request, deadline, backstop)
+        first_answer(rest, module, request, deadline, backstop, refused)
+
+      {:refused, _reason} = refusal ->
+        first_answer(rest, module, request, deadline, backstop, refused || refusal)
 
       :lost when elem(request, 0) == :read ->
-        first_answer(rest, module, request, deadline, backstop)
+        first_answer(rest, module, request, deadline, backstop, refused)
 
       :lost ->
         {:answer, {:error, {:member_down, node}}}
     end
   end
 
-  # One member's answer; `:passed` when it received nothing that counts,
-  # `:lost` when it went away during the call.
+  # One member's answer; `:passed` when it is not a member, `{:refused,
+  # reason}` when it refused before admitting the request (both received
+  # nothing that counts), `:lost` when it went away during the call.
   defp member_call(node, module, request, deadline, backstop) do
-    server = {Visor.Supervisor.name(module, :server), node}
+    case server_pid(node, module, backstop.(deadline)) do
+      nil -> :passed
+      server -> server_call(server, request, deadline, backstop)
+    end
+  end
+
+  # The member's server, looked up once (nil: the group does not run
+  # there, or the node did not answer; nothing was sent). A call to the
+  # registered name would look the name up twice on the member, once for
+  # the monitor and once for the message: a server registered between the
+  # two would take a commit whose caller, told :noproc, tries another
+  # member. A pid is one process for both, and never comes back.
+  defp server_pid(node, module, timeout) do
+    case :erpc.call(node, :erlang, :whereis, [Visor.Supervisor.name(module, :server)], timeout) do
+      pid when is_pid(pid) -> pid
+      :undefined -> nil
+    end
+  catch
+    _kind, _reason -> nil
+  end
+
+  defp server_call(server, request, deadline, backstop) do
     # Monotonic clocks differ between nodes: the member gets the time left.
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     case GenServer.call(server, {:visor_forwarded, request, left}, backstop.(deadline)) do
-      {:error, :spare} -> :passed
-      {:error, {:setting_mismatch, _, _, _}} -> :passed
+      {:visor_refused, :spare} -> :passed
+      {:visor_refused, {:setting_mismatch, _, _, _}} -> :passed
+      {:visor_refused, reason} -> {:refused, reason}
       reply -> {:answer, reply}
     end
   catch
     :exit, {:timeout, _} -> {:answer, {:error, :timeout}}
-    # The group does not run there: nothing was received.
+    # The server had exited before the call: the message went to no one.
     :exit, {:noproc, _} -> :passed
     :exit, _reason -> :lost
   end

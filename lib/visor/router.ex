@@ -201,6 +201,8 @@ defmodule Visor.Router do
     [event]
   end
 
+  defp carry_out({:primary, _view, _ours} = event, _state), do: [event]
+
   defp count(state, key, n \\ 1) do
     :counters.add(state.counters, index(key), n)
     telemetry(state, [:visor, :message, :dropped], %{count: n}, %{reason: key})

@@ -22,8 +22,10 @@ defmodule Visor.Server do
   #   * `Visor.Server.Lifecycle`: the engine's start (once `Visor.Formation`
   #     says this node is a member), its store's events, and its failure;
   #   * `Visor.Server.Upgrade`: on the primary, when the cluster switches to
-  #     a new state machine version (each second, with the machine's check
-  #     for new code, `Visor.Server.Machine.code_loaded/1`);
+  #     a new state machine version (as it becomes the primary, then each
+  #     second, with the machine's check for new code,
+  #     `Visor.Server.Machine.code_loaded/1`); on every member, a brief hold
+  #     of its callers' commands while a first switch may come;
   #   * `Visor.Server.Status`: the `status` map.
   #
   # A spare's server refuses its callers with `{:error, :spare}`, and
@@ -144,8 +146,11 @@ defmodule Visor.Server do
 
   @impl GenServer
   def handle_call({{:commit, payload} = request, deadline}, from, state)
-      when is_binary(payload) and is_integer(deadline),
-      do: admit(state, request, from, deadline)
+      when is_binary(payload) and is_integer(deadline) do
+    if Executor.command?(payload),
+      do: admit(state, request, from, deadline),
+      else: {:reply, {:error, :malformed_command}, state}
+  end
 
   def handle_call({{:skip, op} = request, deadline}, from, state)
       when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF and is_integer(deadline),
@@ -165,10 +170,19 @@ defmodule Visor.Server do
   def handle_call(:status, _from, state), do: {:reply, status(state), state}
 
   # A spare's caller's request (Visor.Forward): it names the time left
-  # rather than a deadline, as monotonic clocks differ between nodes.
+  # rather than a deadline, as monotonic clocks differ between nodes. An
+  # error answered at once is a refusal before admission (an admitted
+  # request is answered later): it comes back as `{:visor_refused,
+  # reason}`, so that the spare knows nothing was received and may try
+  # another member, which an error of an admitted request (unknown
+  # outcome) does not allow.
   def handle_call({:visor_forwarded, request, left}, from, state)
-      when is_integer(left) and left >= 0,
-      do: handle_call({request, System.monotonic_time(:millisecond) + left}, from, state)
+      when is_integer(left) and left >= 0 do
+    case handle_call({request, System.monotonic_time(:millisecond) + left}, from, state) do
+      {:reply, {:error, reason}, state} -> {:reply, {:visor_refused, reason}, state}
+      admitted_or_answered -> admitted_or_answered
+    end
+  end
 
   # Where a spare's callers go instead (Visor.Forward): the listed
   # members, or every other node running the group (cluster_size:); and
@@ -222,10 +236,14 @@ defmodule Visor.Server do
     }
   end
 
-  # Hands waiting jobs to the engine, while it runs.
+  # Hands waiting jobs to the engine, while it runs; callers' commands not
+  # while they are held for the first version round (Visor.Server.Upgrade).
   defp dispatch(%{lifecycle: %{phase: :running}} = state) do
-    {callers, effects} = Callers.dispatch(state.callers)
-    run(effects, %{state | callers: callers})
+    versions = fn -> {Machine.cluster_version(state.machine), Executor.version(state.module)} end
+    now = System.monotonic_time(:millisecond)
+    {held, upgrade} = Upgrade.holding(state.upgrade, versions, now)
+    {callers, effects} = Callers.dispatch(state.callers, held)
+    run(effects, %{state | callers: callers, upgrade: upgrade})
   end
 
   defp dispatch(state), do: state
@@ -305,22 +323,12 @@ defmodule Visor.Server do
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
     {machine, effects} = Machine.code_loaded(state.machine)
     state = run(effects, %{state | machine: machine})
-    versions = Machine.versions(state.machine)
-    engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
-
-    # A primary halted at a poison command could not submit the switch.
-    view = %{
-      primary:
-        engine != nil and engine.is_primary and engine.status == :normal and
-          Machine.halted(state.machine) == nil,
-      running: versions.running,
-      supported: versions.supported,
-      others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: [])
-    }
-
-    {upgrade, effects} = Upgrade.tick(state.upgrade, view)
+    {upgrade, effects} = Upgrade.tick(state.upgrade, upgrade_view(state))
     {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
   end
+
+  # The end of a hold of this node's callers' commands (Visor.Server.Upgrade).
+  defp info(:visor_hold_end, state), do: {:noreply, dispatch(state)}
 
   # The primary asks which version this node's code supports (any node
   # may ask: the answer is no secret).
@@ -331,7 +339,7 @@ defmodule Visor.Server do
   end
 
   defp info({:visor_version, round, node, version}, state) do
-    running = Machine.versions(state.machine).running
+    running = Machine.cluster_version(state.machine)
     {upgrade, effects} = Upgrade.report(state.upgrade, round, node, version, running)
     {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
   end
@@ -339,7 +347,7 @@ defmodule Visor.Server do
   # The answer to this server's own proposal of a version (see carry_out/2).
   defp info({{:visor_upgrade, tag}, result}, %{lifecycle: %{tag: tag}} = state) do
     {upgrade, effects} = Upgrade.proposed(state.upgrade, result)
-    {:noreply, run(effects, %{state | upgrade: upgrade})}
+    {:noreply, dispatch(run(effects, %{state | upgrade: upgrade}))}
   end
 
   defp info({:visor_engine_down, engine, reason}, %{engine: engine} = state)
@@ -351,6 +359,24 @@ defmodule Visor.Server do
   defp info(message, state) do
     Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
+  end
+
+  # What Visor.Server.Upgrade decides on: this replica's role, and the
+  # versions. A primary halted at a poison command could not submit the
+  # switch; one blocked on a version knows that its code does not support
+  # the cluster's, which its executed ops do not show yet.
+  defp upgrade_view(state) do
+    engine = if state.lifecycle.phase == :running, do: Native.status(state.engine)
+
+    %{
+      primary:
+        engine != nil and engine.is_primary and engine.status == :normal and
+          Machine.halted(state.machine) == nil,
+      running: Machine.cluster_version(state.machine),
+      supported: Executor.version(state.module),
+      others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: []),
+      caught_up: engine != nil and Machine.last_op(state.machine) >= engine.commit_max
+    }
   end
 
   # ---- Engine events -----------------------------------------------------
@@ -377,6 +403,14 @@ defmodule Visor.Server do
   defp event({:view, view}, state) do
     Logger.metadata(view: view)
     state
+  end
+
+  # The primary of a new normal view, as the router saw it: a new primary
+  # starts a version round at once (Visor.Server.Upgrade).
+  defp event({:primary, _view, _ours}, state) do
+    now = System.monotonic_time(:millisecond)
+    {upgrade, effects} = Upgrade.view_started(state.upgrade, upgrade_view(state), now)
+    run(effects, %{state | upgrade: upgrade})
   end
 
   defp event(event, state) do
@@ -482,7 +516,10 @@ defmodule Visor.Server do
   # process (see the top of this module).
   defp carry_out({:start_engine, opts}, state) do
     engine = Router.start_engine(state.module, opts, state.lifecycle.members)
-    %{state | engine: engine, starts: state.starts + 1}
+    state = %{state | engine: engine, starts: state.starts + 1}
+    now = System.monotonic_time(:millisecond)
+    {upgrade, effects} = Upgrade.engine_started(state.upgrade, upgrade_view(state), now)
+    run(effects, %{state | upgrade: upgrade})
   end
 
   defp carry_out(:discard_engine, state),

@@ -136,6 +136,52 @@ defmodule Visor.SpareTest do
              {:error, :no_member_reachable}
   end
 
+  # A server restarted on a member between the two lookups of its name
+  # that a call by name makes (one for the monitor, one for the send)
+  # would take the command while the caller, told :noproc, tries another
+  # member: applied twice. The spare's call goes to the pid it looked up,
+  # so the process it watches is the process it sent to. (The window
+  # itself cannot be hit on purpose; this asserts what closes it.)
+  test "a spare sends a forwarded request to the member server's pid, the process it monitors" do
+    [a, b, c] = members = nodes(3)
+    :ok = Cluster.start_group(members, Counter, nodes: members)
+    start_supervised!({Counter, nodes: members})
+    Cluster.eventually(fn -> Visor.status(Counter).status == :spare end)
+
+    test = self()
+
+    caller =
+      spawn(fn ->
+        receive do
+          :go -> send(test, {:committed, Counter.commit({:incr, :traced})})
+        end
+      end)
+
+    :erlang.trace(caller, true, [:send, {:tracer, self()}])
+    send(caller, :go)
+    assert_receive {:committed, 1}, 5_000
+
+    servers =
+      for n <- [a, b, c],
+          do: :erpc.call(n, Process, :whereis, [Visor.Supervisor.name(Counter, :server)])
+
+    sent_to =
+      for {:trace, ^caller, :send, {:"$gen_call", _, {:visor_forwarded, _, _}}, to} <-
+            flush_traces(),
+          do: to
+
+    assert [to] = sent_to
+    assert to in servers, "forwarded to #{inspect(to)}, not to a member server's pid"
+  end
+
+  defp flush_traces(acc \\ []) do
+    receive do
+      {:trace, _, _, _, _} = trace -> flush_traces([trace | acc])
+    after
+      100 -> Enum.reverse(acc)
+    end
+  end
+
   # Acknowledgements and failures until `target` acknowledgements.
   defp collect(acks, failed, target) when map_size(acks) >= target, do: {acks, failed}
 

@@ -110,18 +110,17 @@ defmodule Visor.VersionsTest do
 
     assert %{version: 2, op: blocked_op} = blocked
     assert status(first).version.supported == 1
-    stalled = local(first)
 
     assert :erpc.call(first, Visor, :commit, [@module, {:incr, :refused}]) ==
              {:error, {:unsupported_version, 2}}
 
+    # Reads too, local ones included: its state is behind the cluster's.
     assert :erpc.call(first, Visor, :get, [@module]) == {:error, {:unsupported_version, 2}}
+    assert local(first) == {:error, {:unsupported_version, 2}}
 
-    # The others go on; the rolled back node executes nothing meanwhile.
+    # The others go on; the rolled back node stays where it stopped.
     acks = more_acks(acks, 50)
-    assert local(first) == stalled
-    assert [{op, _, _} | _] = stalled
-    assert op < blocked_op
+    assert status(first).version.blocked == %{version: 2, op: blocked_op}
 
     # Upgraded again, it resumes from the op it stopped at and catches up.
     CodeVersions.load(v2, first)
@@ -170,7 +169,8 @@ defmodule Visor.VersionsTest do
     assert %{version: 2} = Cluster.eventually(fn -> status(restarted).version.blocked end, 15_000)
 
     assert status(restarted).version.running < 2
-    refute 2 in versions(local(restarted))
+    # Its state is behind (or the initial one): not served, even locally.
+    assert local(restarted) == {:error, {:unsupported_version, 2}}
 
     assert commit(restarted, :refused) == {:error, {:unsupported_version, 2}}
     for i <- 19..24, do: assert(commit(hd(others), i) == 2)
@@ -232,6 +232,65 @@ defmodule Visor.VersionsTest do
     final = latest(hd(others))
     assert versions(final) |> Enum.uniq() == [2]
     Cluster.converged(nodes, @module, final, 10_000)
+  end
+
+  # A new cluster runs version 0 until its primary switches it; every
+  # member's code supports version 2 from the start, so the switch comes
+  # first: commands committed right after the start, on any member, hold
+  # (briefly) for it rather than run under version 0.
+  test "a new cluster whose members all run version 2 runs its first commands under version 2" do
+    [v2] = compile([2])
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    for n <- nodes, do: CodeVersions.load(v2, n)
+    :ok = Cluster.start_group(nodes, @module, nodes: nodes)
+
+    replies =
+      nodes
+      |> Enum.with_index()
+      |> Enum.map(fn {n, i} -> Task.async(fn -> commit(n, i) end) end)
+      |> Task.await_many(10_000)
+
+    assert replies == [2, 2, 2]
+    final = latest(hd(nodes))
+    assert versions(final) == [2, 2, 2]
+  end
+
+  # The primary restarted with the old code replays the switch and stops
+  # there, still running the version before it: its code supports a
+  # version above that one, yet it must not propose it (it cannot execute
+  # the cluster's version at all), and it must not log more than its one
+  # error about it.
+  test "disk mode: a one-member primary restarted with the old code stops, proposes nothing, " <>
+         "and logs one error",
+       %{tmp_dir: tmp} do
+    [v1, v2] = compile([1, 2])
+    Cluster.ensure_distributed!()
+    :ok = Visor.Lifetime.forget(@module)
+    on_exit(fn -> CodeVersions.unload(@module) end)
+    opts = [nodes: [node()], storage: :disk, data_dir: tmp]
+
+    CodeVersions.load(v2)
+    start_supervised!({@module, opts}, id: :new_code)
+    Cluster.eventually(fn -> Visor.status(@module).version.running == 2 end, 10_000)
+    assert Visor.commit(@module, {:incr, 1}) == 2
+    :ok = stop_supervised(:new_code)
+
+    CodeVersions.load(v1)
+
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        start_supervised!({@module, opts}, id: :old_code)
+        Cluster.eventually(fn -> Visor.status(@module).version.blocked != nil end, 10_000)
+        # Three version ticks.
+        Process.sleep(3_500)
+      end)
+
+    assert %{running: running, supported: 1, blocked: %{version: 2}} =
+             Visor.status(@module).version
+
+    assert running < 1
+    refute log =~ "the switch to state machine version"
+    assert length(String.split(log, "the replica stops executing")) == 2
   end
 
   defp commit(node, i), do: :erpc.call(node, Visor, :commit, [@module, {:incr, i}])

@@ -15,7 +15,10 @@ defmodule Visor.Router.Watch do
   #   * `{:telemetry, event, measurements, metadata}` (docs/operations.md,
   #     "Telemetry");
   #   * `{:log, level, message}`;
-  #   * `{:view, view}`: the replica is in a new view (for the logs' metadata).
+  #   * `{:view, view}`: the replica is in a new view (for the logs' metadata);
+  #   * `{:primary, view, ours}`: the replica learned the primary of a
+  #     normal view (`ours`: it is this replica), for the server
+  #     (`Visor.Server.Upgrade` starts a round at once on a new primary).
 
   @enforce_keys [:module, :members, :index, :since]
   defstruct [
@@ -41,6 +44,7 @@ defmodule Visor.Router.Watch do
           {:telemetry, [atom()], map(), map()}
           | {:log, :info | :warning, String.t()}
           | {:view, non_neg_integer()}
+          | {:primary, non_neg_integer(), boolean()}
 
   @doc "A replica of `module` at `index` of `members` (a tuple of nodes), started at `now`."
   @spec new(module(), tuple(), non_neg_integer(), integer()) :: t()
@@ -179,7 +183,7 @@ defmodule Visor.Router.Watch do
       telemetry([:visor, :role, :changed], %{}, %{role: role, view: watch.view, primary: node})
 
     effects = if role != watch.role, do: [changed, log | effects], else: [log | effects]
-    {%{watch | primary: index, role: role}, effects}
+    {%{watch | primary: index, role: role}, [{:primary, watch.view, ours} | effects]}
   end
 
   defp primary(acc, _engine, _connected), do: acc

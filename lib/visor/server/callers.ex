@@ -44,7 +44,7 @@ defmodule Visor.Server.Callers do
   @typedoc "A job: what a caller asked for, and the result its replica computed."
   @type job :: %{
           id: pos_integer(),
-          kind: :commit | {:read, [term()]},
+          kind: :commit | :switch | {:read, [term()]},
           payload: binary() | nil,
           result: term()
         }
@@ -114,15 +114,28 @@ defmodule Visor.Server.Callers do
 
     job =
       case request do
-        {:read, path} -> %{id: id, kind: {:read, path}, payload: nil, result: nil}
-        command -> %{id: id, kind: :commit, payload: payload(command), result: nil}
+        {:read, path} ->
+          %{id: id, kind: {:read, path}, payload: nil, result: nil}
+
+        {:switch_version, _} = switch ->
+          %{id: id, kind: :switch, payload: payload(switch), result: nil}
+
+        command ->
+          %{id: id, kind: :commit, payload: payload(command), result: nil}
       end
+
+    # The switch goes ahead of the line: the commands waiting in it run
+    # under the new version (they may be held for it: dispatch/2).
+    queue =
+      if job.kind == :switch,
+        do: :queue.in_r(job, callers.queue),
+        else: :queue.in(job, callers.queue)
 
     callers = %{
       callers
       | next_id: id + 1,
         waiting: Map.put(callers.waiting, id, from),
-        queue: :queue.in(job, callers.queue),
+        queue: queue,
         queued: callers.queued + 1
     }
 
@@ -137,26 +150,33 @@ defmodule Visor.Server.Callers do
   Hands waiting jobs to the engine, oldest first: reads at once, commits
   to idle sessions; when there are none, registers new sessions (up to the
   pool size) and leaves the jobs waiting. Only while the engine runs.
+  With `held` (`Visor.Server.Upgrade.holding/3`), it stops at the first
+  caller's command (a version switch still goes), and what is behind it
+  waits with it.
   """
-  @spec dispatch(t()) :: {t(), [effect()]}
-  def dispatch(%__MODULE__{} = callers), do: dispatch(callers, [])
+  @spec dispatch(t(), boolean()) :: {t(), [effect()]}
+  def dispatch(%__MODULE__{} = callers, held \\ false), do: hand_over(callers, held, [])
 
-  defp dispatch(callers, effects) do
+  defp hand_over(callers, held, effects) do
     case next_job(callers) do
       nil ->
+        {callers, Enum.reverse(effects)}
+
+      {%{kind: :commit} = job, callers} when held ->
+        callers = %{callers | queue: :queue.in_r(job, callers.queue), queued: callers.queued + 1}
         {callers, Enum.reverse(effects)}
 
       {%{kind: {:read, _}} = job, callers} ->
         id = callers.next_read
         callers = %{callers | reads: Map.put(callers.reads, id, job), next_read: id + 1}
-        dispatch(callers, [{:read, id} | effects])
+        hand_over(callers, held, [{:read, id} | effects])
 
       {job, callers} ->
         case Sessions.checkout(callers.sessions) do
           {:ok, client, session, request, sessions} ->
             inflight = Map.put(callers.inflight, {client, request}, job)
             callers = %{callers | sessions: sessions, inflight: inflight}
-            dispatch(callers, [{:submit, client, session, request, job.payload} | effects])
+            hand_over(callers, held, [{:submit, client, session, request, job.payload} | effects])
 
           :none ->
             queued = callers.queued + 1

@@ -71,6 +71,8 @@ defmodule Visor.Server.Machine do
     # The cluster's state machine version as of the last op executed here
     # (replicated: switched by a log entry, kept in checkpoints).
     version: 0,
+    # The last op executed here whole, or installed from a checkpoint.
+    op: 0,
     # %{op, version}: from `op` on the cluster runs `version`, which this
     # node's code does not support; events from `op` on are held (in
     # `held`) until it does.
@@ -156,6 +158,19 @@ defmodule Visor.Server.Machine do
     }
   end
 
+  @doc "The last op this replica executed whole, or installed from a checkpoint (0: none)."
+  @spec last_op(t()) :: non_neg_integer()
+  def last_op(%__MODULE__{op: op}), do: op
+
+  @doc """
+  The version the cluster runs as far as this replica knows: the one it is
+  blocked on, or else the one it runs. (A replica blocked at a switch
+  still runs the version before it, which its code may support.)
+  """
+  @spec cluster_version(t()) :: non_neg_integer()
+  def cluster_version(%__MODULE__{blocked: %{version: version}}), do: version
+  def cluster_version(%__MODULE__{version: version}), do: version
+
   @doc """
   The module's code may have changed (a hot code load): a replica blocked
   on a version the code now supports executes again, from the op it
@@ -191,9 +206,20 @@ defmodule Visor.Server.Machine do
   def read(%__MODULE__{blocked: %{version: v}}, _path), do: {:error, {:unsupported_version, v}}
   def read(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
-  @doc "A `consistency: :local` read: as `read/2`, but `{:error, :diverged}` on a diverged state."
+  @doc """
+  A `consistency: :local` read: as `read/2`, but `{:error, :diverged}` on
+  a diverged state, and served at a poison command (the state before it
+  is the cluster's up to there). Refused while blocked on a version: the
+  state may be one this code cannot read (a checkpoint it could not
+  decode leaves the initial state), and the cluster runs code this
+  replica cannot reproduce.
+  """
   @spec read_local(t(), [term()]) :: term()
   def read_local(%__MODULE__{diverged: op}, _path) when op != nil, do: {:error, :diverged}
+
+  def read_local(%__MODULE__{blocked: %{version: v}}, _path),
+    do: {:error, {:unsupported_version, v}}
+
   def read_local(%__MODULE__{app_state: app_state}, path), do: extract(app_state, path)
 
   # Computed here, as Kernel.get_in/2 would, so that only the requested
@@ -248,17 +274,18 @@ defmodule Visor.Server.Machine do
   defp apply_event({:execute, op, view, timestamp, requests} = event, machine, effects) do
     needed = Enum.reduce(requests, machine.version, &max(switch_target(&1), &2))
 
-    if supports?(Executor.version(machine.module), needed) do
+    if supports?(machine, needed) do
       code = %{
         arity: Executor.arity(machine.module),
         meta: %{op: op, view: view, timestamp: timestamp},
-        log?: Lifetime.first_execution?(machine.executed, op)
+        log?: Lifetime.first_execution?(machine.executed, op),
+        needed: needed
       }
 
       # Lifetime tells the next server where this one died, if it dies in
       # handle_commit (two atomics writes per op).
       :ok = Lifetime.executing(machine.counters, op)
-      result = Enum.reduce(requests, {machine, effects}, &execute(&1, code, &2))
+      result = execute_all(requests, code, {machine, effects})
       :ok = Lifetime.executing(machine.counters, 0)
       result
     else
@@ -293,7 +320,16 @@ defmodule Visor.Server.Machine do
       # The engine executes again from the checkpoint on: held events are
       # stale, and a checkpoint at or past the poison op has it applied.
       poison = if machine.poison && op >= machine.poison.op, do: nil, else: machine.poison
-      machine = %{machine | app_state: app_state, version: version, held: [], poison: poison}
+
+      machine = %{
+        machine
+        | app_state: app_state,
+          version: version,
+          held: [],
+          poison: poison,
+          op: op
+      }
+
       {%{machine | diverged: nil, blocked: nil}, effects}
     else
       block(event, %{op: op, version: version}, %{machine | held: []}, effects)
@@ -322,6 +358,28 @@ defmodule Visor.Server.Machine do
   end
 
   defp apply_event(_other, machine, effects), do: {machine, effects}
+
+  # Executes an op's requests in order, checking again after each that
+  # this node's code still supports the version the op needs: a hot code
+  # load that rolls the module back may land during the op (even during a
+  # request: handle_commit is an external call, and the next request runs
+  # the old code). The request after which the code no longer supports it
+  # is discarded (its new state and its result; the state is immutable)
+  # and held, with every request after it, as the rest of the op, executed
+  # once the code supports the version again.
+  defp execute_all([], code, {machine, effects}), do: {%{machine | op: code.meta.op}, effects}
+
+  defp execute_all([request | rest] = requests, code, {machine, effects}) do
+    {executed, executed_effects} = execute(request, code, {machine, effects})
+
+    if supports?(machine, code.needed) do
+      execute_all(rest, code, {executed, executed_effects})
+    else
+      %{op: op, view: view, timestamp: timestamp} = code.meta
+      event = {:execute, op, view, timestamp, requests}
+      block(event, %{op: op, version: code.needed}, machine, effects)
+    end
+  end
 
   defp execute({client, request, :executed, payload}, code, {machine, effects}) do
     case Executor.switch_target(payload) do
@@ -364,6 +422,10 @@ defmodule Visor.Server.Machine do
     do: Executor.switch_target(payload) || 0
 
   defp switch_target(_request), do: 0
+
+  # Whether this node's code, as loaded now, supports version `needed`.
+  defp supports?(%__MODULE__{module: module}, needed),
+    do: supports?(Executor.version(module), needed)
 
   defp supports?(supported, needed), do: is_integer(supported) and supported >= needed
 

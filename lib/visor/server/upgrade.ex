@@ -5,7 +5,8 @@ defmodule Visor.Server.Upgrade do
   # proposes it, once every member's code supports it (docs/operations.md,
   # "Deploying new code"):
   #
-  #   * every tick (`tick/2`, each second), while this replica is the
+  #   * every tick (`tick/2`, each second, and once at the start of a view
+  #     this replica leads: `view_started/3`), while this replica is the
   #     primary of a normal view and this node's code supports a version
   #     above the one the cluster runs, it asks every other member's server
   #     which version its code supports, in a new round;
@@ -20,6 +21,18 @@ defmodule Visor.Server.Upgrade do
   # holds the switch back; a repeated switch, from a new primary that had
   # not executed the last one yet, changes nothing (`Visor.Server.Machine`).
   #
+  # A new cluster runs version 0 until its primary switches it, so that the
+  # first commands of a cluster whose members all run newer code would run
+  # under version 0. Hence a first round at once (not at the next tick)
+  # when this replica becomes the primary of a view (`view_started/3`),
+  # and a hold (`holding/3`) on this node's callers' commands, while the
+  # version this node's code supports is above the cluster's: from the
+  # engine's start (`engine_started/3`), and from the start of a view this
+  # replica leads, until the cluster runs that version, the primary's
+  # first round ended without a switch, or 500 ms passed, whichever
+  # comes first. The switch itself is not held: `Visor.Server.Callers`
+  # puts it ahead of the commands waiting in line.
+  #
   # Effects, in order:
   #
   #   * `{:ask, round, nodes}`: send each node's server
@@ -27,6 +40,9 @@ defmodule Visor.Server.Upgrade do
   #     `{:visor_version, round, its_node, version}`;
   #   * `{:propose, version}`: commit the switch to `version`;
   #   * `{:log, level, message}`.
+
+  # The longest this node's callers' commands wait for a first round.
+  @hold_ms 500
 
   @enforce_keys [:module]
   defstruct [
@@ -37,32 +53,93 @@ defmodule Visor.Server.Upgrade do
     # The lowest version supported among those that have answered.
     lowest: nil,
     # The version proposed and not answered yet.
-    proposing: nil
+    proposing: nil,
+    # %{until: monotonic ms, primary: boolean}: this node's callers'
+    # commands wait for the first round (see above), or nil.
+    hold: nil
   ]
 
   @type t :: %__MODULE__{}
 
   @typedoc """
   What a tick depends on: whether this replica is the primary of a normal
-  view, the version the cluster runs (as of this replica's last executed
-  op), the one this node's code supports (`Visor.Executor.version/1`), and
-  the other members' nodes.
+  view, the version the cluster runs (as far as this replica knows:
+  `Visor.Server.Machine.cluster_version/1`, so a primary blocked on a
+  version its code does not support proposes nothing), the one this node's code supports (`Visor.Executor.version/1`), and
+  the other members' nodes; and whether this replica has executed every
+  op known committed (`view_started/3` only).
   """
   @type view :: %{
           primary: boolean(),
           running: non_neg_integer(),
           supported: non_neg_integer() | :invalid,
-          others: [node()]
+          others: [node()],
+          caught_up: boolean()
         }
 
   @type effect ::
           {:ask, pos_integer(), [node()]}
           | {:propose, non_neg_integer()}
           | {:log, :warning, String.t()}
+          | {:after, pos_integer(), :visor_hold_end}
 
   @doc "The upgrades of `module`'s group: no round asked, nothing proposed."
   @spec new(module()) :: t()
   def new(module), do: %__MODULE__{module: module}
+
+  @doc """
+  This replica's engine started, at monotonic ms `now`: its callers'
+  commands are held while it may be about to switch (see above).
+  """
+  @spec engine_started(t(), view(), integer()) :: {t(), [effect()]}
+  def engine_started(%__MODULE__{} = upgrade, view, now),
+    do: start_hold(upgrade, view, now, false)
+
+  @doc """
+  This replica learned the primary of a new normal view, at monotonic ms
+  `now`; `view.primary` says whether it is this replica: then it starts a
+  round at once, and holds its callers' commands until the round ends.
+  Only once it has executed every op known committed (`caught_up`): a
+  primary restarted from its store may still be replaying its log, its
+  version older than the cluster's; the next tick asks then.
+  """
+  @spec view_started(t(), view(), integer()) :: {t(), [effect()]}
+  def view_started(%__MODULE__{} = upgrade, %{primary: true, caught_up: true} = view, now) do
+    {upgrade, hold_effects} = start_hold(upgrade, view, now, true)
+    {upgrade, effects} = tick(upgrade, view)
+    {upgrade, hold_effects ++ effects}
+  end
+
+  def view_started(%__MODULE__{} = upgrade, _view, _now), do: {upgrade, []}
+
+  defp start_hold(upgrade, view, now, primary) do
+    if is_integer(view.supported) and view.supported > view.running do
+      {%{upgrade | hold: %{until: now + @hold_ms, primary: primary}},
+       [{:after, @hold_ms, :visor_hold_end}]}
+    else
+      {upgrade, []}
+    end
+  end
+
+  @doc """
+  Whether this node's callers' commands are held now (monotonic ms
+  `now`), and the new state (the hold forgotten once it is over).
+  `versions` gives `{running, supported}` as in `t:view/0` (asked only
+  while a hold may be on).
+  """
+  @spec holding(t(), (() -> {non_neg_integer(), non_neg_integer() | :invalid}), integer()) ::
+          {boolean(), t()}
+  def holding(%__MODULE__{hold: nil} = upgrade, _versions, _now), do: {false, upgrade}
+
+  def holding(%__MODULE__{hold: hold} = upgrade, versions, now) do
+    {running, supported} = versions.()
+
+    round_over = hold.primary and upgrade.waiting == [] and upgrade.proposing == nil
+
+    if now < hold.until and is_integer(supported) and supported > running and not round_over,
+      do: {true, upgrade},
+      else: {false, %{upgrade | hold: nil}}
+  end
 
   @doc "A tick: starts a round when this primary's code supports a newer version."
   @spec tick(t(), view()) :: {t(), [effect()]}

@@ -99,4 +99,13 @@ defmodule Visor.Router.WatchTest do
     assert [{[:visor, :message, :dropped], %{count: 1}, %{reason: :dropped_corrupt}}] =
              telemetry(effects)
   end
+
+  test "the server is told the primary of each normal view, and whether it is this replica" do
+    {watch, effects} = observe(Watch.new(Counter, @members, 1, 0), engine(:normal, 0, 0), 0)
+    assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 0, false}]
+
+    {watch, _} = observe(watch, engine(:view_change, 1, 0), 1)
+    {_watch, effects} = observe(watch, engine(:normal, 1, 1, ours: true), 2, [:c@h])
+    assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 1, true}]
+  end
 end

@@ -212,4 +212,30 @@ defmodule Visor.Server.CallersTest do
       refute new == old
     end
   end
+
+  describe "holding commands for a version switch" do
+    test "held, commands and what follows them wait; the switch goes ahead of them" do
+      callers =
+        Enum.reduce(Enum.with_index([{:commit, "a"}, {:read, [:k]}]), Callers.new(2), fn {r, n},
+                                                                                         c ->
+          admit!(c, r, n)
+        end)
+
+      {callers, effects} = Callers.dispatch(callers, true)
+      assert effects == []
+
+      callers = admit!(callers, {:switch_version, 2}, 9)
+      {callers, effects} = Callers.dispatch(callers, true)
+      callers = register_all(callers, effects)
+      {callers, effects} = Callers.dispatch(callers, true)
+      assert [{_client, _session, _request, switch}] = submits(effects)
+      assert Executor.switch_target(switch) == 2
+
+      # Released: the command, then the read behind it.
+      {callers, first} = Callers.dispatch(callers, false)
+      {_callers, second} = Callers.dispatch(register_all(callers, first))
+      effects = Enum.reject(first ++ second, &match?({:submit, _, 0, 0, <<>>}, &1))
+      assert [{:submit, _, _, _, "a"}, {:read, _}] = effects
+    end
+  end
 end

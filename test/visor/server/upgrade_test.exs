@@ -79,4 +79,54 @@ defmodule Visor.Server.UpgradeTest do
     {u, []} = Upgrade.report(u, 1, :b@h, 2, 2)
     assert {_, []} = Upgrade.report(u, 1, :c@h, 2, 2)
   end
+
+  describe "the first round of a view" do
+    @fresh Map.put(@primary, :caught_up, true)
+
+    # The cluster runs version 1, this node's code supports 2.
+    defp versions, do: fn -> {1, 2} end
+
+    test "a new primary asks at once, and holds its callers' commands until the switch" do
+      {u, [{:after, 500, :visor_hold_end}, {:ask, 1, @others}]} =
+        Upgrade.view_started(upgrade(), @fresh, 1_000)
+
+      assert {true, u} = Upgrade.holding(u, versions(), 1_000)
+      {u, []} = Upgrade.report(u, 1, :b@h, 2, 1)
+      {u, [{:propose, 2}]} = Upgrade.report(u, 1, :c@h, 2, 1)
+      assert {true, u} = Upgrade.holding(u, versions(), 1_100)
+
+      # Executed: the cluster runs the version this code supports.
+      assert {false, u} = Upgrade.holding(u, fn -> {2, 2} end, 1_100)
+      assert {false, _} = Upgrade.holding(u, versions(), 1_100)
+    end
+
+    test "the hold ends when the round ends without a switch, or after 500 ms" do
+      {u, _} = Upgrade.view_started(upgrade(), @fresh, 1_000)
+      {u, []} = Upgrade.report(u, 1, :b@h, 1, 1)
+      {u, []} = Upgrade.report(u, 1, :c@h, 2, 1)
+      assert {false, _} = Upgrade.holding(u, versions(), 1_010)
+
+      # A member that does not answer.
+      {u, _} = Upgrade.view_started(upgrade(), @fresh, 1_000)
+      assert {true, u} = Upgrade.holding(u, versions(), 1_499)
+      assert {false, _} = Upgrade.holding(u, versions(), 1_500)
+    end
+
+    test "a started engine holds until it runs its code's version; no hold when it already does" do
+      backup = %{@fresh | primary: false}
+      {u, [{:after, 500, :visor_hold_end}]} = Upgrade.engine_started(upgrade(), backup, 1_000)
+      assert {true, u} = Upgrade.holding(u, versions(), 1_200)
+      assert {false, _} = Upgrade.holding(u, fn -> {2, 2} end, 1_200)
+
+      # A backup learning the view asks nothing; a primary not caught up
+      # with the log (still replaying it) waits for the next tick.
+      assert {_, []} = Upgrade.view_started(upgrade(), backup, 1_000)
+      assert {_, []} = Upgrade.view_started(upgrade(), %{@fresh | caught_up: false}, 1_000)
+
+      for view <- [%{backup | supported: 1}, %{backup | supported: :invalid}] do
+        assert {u, []} = Upgrade.engine_started(upgrade(), view, 1_000)
+        assert {false, _} = Upgrade.holding(u, versions(), 1_000)
+      end
+    end
+  end
 end
