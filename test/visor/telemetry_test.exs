@@ -21,7 +21,7 @@ defmodule Visor.TelemetryTest do
     end
   end
 
-  test "a group's events: commit and read spans, checkpoints, roles, a view change, a recovery, drops; log metadata" do
+  test "a group's events: commit, read and skip spans, checkpoints, roles, a view change, a recovery, drops; log metadata" do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     opts = [nodes: nodes, checkpoint_every: 5]
     Enum.each(nodes, &listen/1)
@@ -65,6 +65,18 @@ defmodule Visor.TelemetryTest do
              catch_error(:erpc.call(b, Visor, :get_in, [Counter, [:count, :x]]))
 
     assert_receive {:telemetry, ^b, [:visor, :read, :exception], %{duration: _}, %{kind: :error}}
+
+    # Skipping an op this replica executed without dying: a span of its own.
+    assert :erpc.call(b, Visor, :skip, [Counter, 1]) == :ok
+    assert_receive {:telemetry, ^b, [:visor, :skip, :start], %{monotonic_time: _}, skip_start}
+    assert_receive {:telemetry, ^b, [:visor, :skip, :stop], %{duration: _}, skip_stop}
+    assert %{group: Counter, node: ^b, op: 1, outcome: :ok} = skip_stop
+    assert skip_start.telemetry_span_context == skip_stop.telemetry_span_context
+
+    assert {:error, :not_running} = :erpc.call(b, Visor, :skip, [NotStarted, 2])
+
+    assert_receive {:telemetry, ^b, [:visor, :skip, :stop], _,
+                    %{group: NotStarted, op: 2, outcome: :not_running, error: :not_running}}
 
     # A checkpoint at op 5, on every replica.
     for i <- 2..5, do: :erpc.call(a, Visor, :commit, [Counter, {:incr, i}])
