@@ -21,7 +21,9 @@ defmodule Visor.SingleNodeTest do
       )
 
       assert System.monotonic_time(:millisecond) - started < 1_000
-      assert %{status: :normal, role: :primary, replicas: [_]} = Cluster.status(node, Counter)
+
+      assert %{status: :normal, role: :primary, replicas: [_], waiting_for: nil} =
+               Cluster.status(node, Counter)
     end
   end
 

@@ -31,6 +31,7 @@ defmodule Visor.Server.StatusTest do
     :poison,
     :refused,
     :version,
+    :waiting_for,
     :stats
   ]
 
@@ -41,6 +42,7 @@ defmodule Visor.Server.StatusTest do
     pool: @pool,
     poison: nil,
     version: %{running: 1, supported: 2, blocked: nil},
+    waiting_for: %{nodes: [:c@h]},
     stats: %{send_busy: 4, unexpected_messages: 0}
   }
 
@@ -94,6 +96,7 @@ defmodule Visor.Server.StatusTest do
              poison: nil,
              refused: nil,
              version: %{running: 1, supported: 2, blocked: nil},
+             waiting_for: nil,
              stats: %{views_started: 2, send_busy: 4, unexpected_messages: 0}
            } = status
 
@@ -157,6 +160,8 @@ defmodule Visor.Server.StatusTest do
       assert map.pool == @pool
       assert map.version == @server.version
       assert map.stats == @server.stats
+      # Only a forming node waits for anyone.
+      assert map.waiting_for == if(status == :forming, do: %{nodes: [:c@h]})
     end
 
     assert Status.build(forming, nil, @server).storage.opened == nil
