@@ -35,6 +35,8 @@ defmodule Visor.Telemetry do
             [:visor, :view_change, :stop],
             [:visor, :recovery, :start],
             [:visor, :recovery, :stop],
+            [:visor, :state_sync, :start],
+            [:visor, :state_sync, :stop],
             [:visor, :message, :dropped]
           ] ++ for(span <- @spans, suffix <- [:start, :stop, :exception], do: span ++ [suffix])
 

@@ -154,6 +154,46 @@ defmodule Visor.TelemetryTest do
     refute_received {:telemetry, _, [:visor, :diverged], _, _}
   end
 
+  test "a replica cut off past the others' checkpoints syncs their state: start, then stop" do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    Enum.each(nodes, &listen/1)
+    # A state of about 40 KB sent 4 bytes a chunk: the checkpoint takes
+    # about 160 round trips (a window of 64 chunks each), so the router
+    # sees the sync under way.
+    opts = [nodes: nodes, checkpoint_every: 5, checkpoint_chunk_bytes: 4]
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    [behind | others] = Cluster.backups_first(nodes, Counter)
+    :ok = Cluster.partition([behind], others)
+
+    for i <- 1..40,
+        do:
+          :erpc.call(hd(others), Visor, :commit, [Counter, {:incr, {i, :binary.copy("x", 1000)}}])
+
+    # The others' logs start after their checkpoint: what it lacks is gone.
+    Cluster.eventually(fn -> Enum.all?(others, &(Cluster.status(&1, Counter).log_base > 0)) end)
+    refute_received {:telemetry, ^behind, [:visor, :state_sync, :start], _, _}
+
+    :ok = Cluster.heal([behind], others)
+
+    assert_receive {:telemetry, ^behind, [:visor, :state_sync, :start], %{monotonic_time: began},
+                    start},
+                   15_000
+
+    assert_receive {:telemetry, ^behind, [:visor, :state_sync, :stop],
+                    %{duration: duration, monotonic_time: ended}, stop},
+                   15_000
+
+    assert %{group: Counter, node: ^behind, op: op, bytes: bytes} = start
+    assert bytes > 30_000
+    assert %{group: Counter, node: ^behind, op: installed, installed: true} = stop
+    assert op >= 5 and installed >= op
+    assert duration == ended - began
+    assert Cluster.status(behind, Counter).stats.checkpoints_installed >= 1
+
+    for n <- others,
+        do: refute_received({:telemetry, ^n, [:visor, :state_sync, _], _, _})
+  end
+
   defp metadata(node, role) do
     pid = :erpc.call(node, Process, :whereis, [Visor.Supervisor.name(Counter, role)])
     {:dictionary, dictionary} = :erpc.call(node, Process, :info, [pid, :dictionary])

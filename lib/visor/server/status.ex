@@ -73,6 +73,7 @@ defmodule Visor.Server.Status do
       refused: nil,
       version: server.version,
       waiting_for: nil,
+      sync: engine.sync,
       stats: Map.merge(engine.stats, server.stats)
     }
   end
@@ -133,7 +134,8 @@ defmodule Visor.Server.Status do
       log_base: 0,
       primary: nil,
       replicas: [],
-      cluster: nil
+      cluster: nil,
+      sync: nil
     }
   end
 
