@@ -545,15 +545,21 @@ defmodule Visor do
   stopped at `op` drops that op's commands (their callers get `{:error,
   {:skipped, op}}`) and executes again from the next op. A replica that
   executed `op` without dying ignores it. Returns `:ok` once committed,
-  or an error as `commit/3` does (`:timeout` option likewise).
+  or an error as `commit/3` does (`:timeout` option likewise). It emits
+  the `[:visor, :skip]` span (docs/operations.md, "Telemetry").
   """
   @spec skip(group(), pos_integer(), options()) :: :ok | {:error, error()}
   # An op is a u64: a larger one would wrap onto another op in the payload.
   def skip(module, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
-    case call(module, {:skip, op}, opts |> options!() |> timeout!()) do
-      {:ok, _} -> :ok
-      {:error, _} = error -> error
-    end
+    timeout = opts |> options!() |> timeout!()
+    metadata = %{group: module, node: node(), op: op}
+
+    Visor.Telemetry.span([:visor, :skip], metadata, fn ->
+      case call(module, {:skip, op}, timeout) do
+        {:ok, _} -> {:ok, Map.put(metadata, :outcome, :ok)}
+        {:error, reason} = error -> {error, outcome(metadata, reason)}
+      end
+    end)
   end
 
   @doc """

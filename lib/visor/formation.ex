@@ -96,7 +96,10 @@ defmodule Visor.Formation do
   Registers the caller (the group's server) for the decision and returns the
   decision so far. Once decided, `{:visor_formation, tag, decision}` is sent
   to it; the caller's `tag` (a reference) tells it apart from anything a
-  peer could send.
+  peer could send. Until then, whom formation waits for is sent as
+  `{:visor_waiting, tag, waiting_for}` each time it changes (and at once):
+  `%{nodes: [node]}` (`nodes:` mode: the members that have not answered),
+  `%{more: n, found: [node]}` (`cluster_size:` mode) or `nil`.
   """
   @spec subscribe(module(), reference()) :: decision()
   def subscribe(module, tag) do
@@ -116,8 +119,9 @@ defmodule Visor.Formation do
 
   # The decider (Explicit or Discovery) and its state; the server to
   # notify; the reconnect attempts in flight (node => monitor); the :pg
-  # scope (discovery mode); whom this node last logged it waits for; this
-  # process's own refusal, which overrides the decider's decision.
+  # scope (discovery mode); whom this node last logged it waits for, and
+  # whom it last told the server it waits for; this process's own refusal,
+  # which overrides the decider's decision.
   defstruct [
     :module,
     :config,
@@ -127,6 +131,7 @@ defmodule Visor.Formation do
     subscriber: nil,
     connecting: %{},
     waiting: nil,
+    told_waiting: nil,
     refused: nil
   ]
 
@@ -231,7 +236,8 @@ defmodule Visor.Formation do
 
   @impl GenServer
   def handle_call({:subscribe, pid, tag}, _from, state) do
-    {:reply, current_decision(state), %{state | subscriber: {pid, tag}}}
+    state = tell_waiting(%{state | subscriber: {pid, tag}, told_waiting: nil})
+    {:reply, current_decision(state), state}
   end
 
   def handle_call(:decision, _from, state), do: {:reply, current_decision(state), state}
@@ -284,7 +290,7 @@ defmodule Visor.Formation do
 
   defp carry_out(state, effects) do
     replica_metadata(current_decision(state))
-    effects |> Enum.reduce(state, &effect/2) |> waiting()
+    effects |> Enum.reduce(state, &effect/2) |> waiting() |> tell_waiting()
   end
 
   defp current_decision(%{refused: nil} = state), do: Decider.decision(state.core)
@@ -312,6 +318,24 @@ defmodule Visor.Formation do
         %{state | waiting: waiting}
     end
   end
+
+  # The server shows whom formation waits for in its status (subscribe/2).
+  defp tell_waiting(%{subscriber: {pid, tag}} = state) do
+    case waiting_for(state.decider.waiting(state.core)) do
+      same when same == state.told_waiting ->
+        state
+
+      waiting_for ->
+        send(pid, {:visor_waiting, tag, waiting_for})
+        %{state | told_waiting: waiting_for}
+    end
+  end
+
+  defp tell_waiting(state), do: state
+
+  defp waiting_for(nil), do: nil
+  defp waiting_for({:nodes, nodes}), do: %{nodes: nodes}
+  defp waiting_for({:more, needed, found}), do: %{more: needed, found: found}
 
   defp waiting_message({:nodes, nodes}, _config) do
     "waiting for #{Enum.join(nodes, ", ")} to answer: the cluster forms once every member " <>

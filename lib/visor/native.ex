@@ -331,13 +331,16 @@ defmodule Visor.Native do
 
   `%{status: :starting | :normal | :view_change | :recovering | :diverged |
   :stopped | :failed, view:, log_view:, op:, commit:, commit_max:, primary:,
-  is_primary:, replica_index:, replica_count:, stats: %{...}, storage: %{...}}`;
+  is_primary:, replica_index:, replica_count:, stats: %{...}, storage: %{...},
+  sync: nil | %{op:, received:, bytes:}}`;
   `commit` is the highest op executed here, `commit_max` the highest known
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
   error: nil | message, syncs:, wal_bytes:, wal_size:, compactions:,
   checkpoint:}`: `wal_bytes` counts every byte appended to the WAL,
   `wal_size` is the log's length in its WAL file now (compaction shrinks
-  it; the file is up to 1 MiB longer, with zeros written ahead).
+  it; the file is up to 1 MiB longer, with zeros written ahead). `sync` is
+  a state sync under way: the checkpoint's op, the bytes received and its
+  size (one that arrives whole between two publications never shows).
   """
   @spec status(engine()) :: map()
   def status(engine) do

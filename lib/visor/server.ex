@@ -86,6 +86,8 @@ defmodule Visor.Server do
     :router_stats,
     # On a spare: the primary a member named, and when (Visor.Forward).
     :primary_hint,
+    # While forming: whom formation waits for (Visor.Formation.subscribe/2).
+    :waiting_for,
     starts: 0,
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
@@ -311,6 +313,9 @@ defmodule Visor.Server do
 
   defp info({:visor_formation, tag, decision}, %{lifecycle: %{tag: tag}} = state),
     do: {:noreply, formation(state, decision)}
+
+  defp info({:visor_waiting, tag, waiting_for}, %{lifecycle: %{tag: tag}} = state),
+    do: {:noreply, %{state | waiting_for: waiting_for}}
 
   # A store that was still locked: try again (Visor.Server.Lifecycle).
   defp info(:visor_retry_start, %{lifecycle: %{phase: :forming, decision: decision}} = state)
@@ -589,6 +594,7 @@ defmodule Visor.Server do
       pool: Callers.pool(state.callers),
       poison: state.machine.poison,
       version: Machine.versions(state.machine),
+      waiting_for: state.waiting_for,
       stats:
         state.router_stats
         |> Router.stats()

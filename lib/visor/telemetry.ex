@@ -22,7 +22,7 @@ defmodule Visor.Telemetry do
 
   # Every event Visor emits; emitting another raises (FunctionClauseError),
   # and test/visor/docs_test.exs checks docs/operations.md lists exactly these.
-  @spans [[:visor, :commit], [:visor, :read]]
+  @spans [[:visor, :commit], [:visor, :read], [:visor, :skip]]
 
   @events [
             [:visor, :checkpoint, :taken],
@@ -35,6 +35,8 @@ defmodule Visor.Telemetry do
             [:visor, :view_change, :stop],
             [:visor, :recovery, :start],
             [:visor, :recovery, :stop],
+            [:visor, :state_sync, :start],
+            [:visor, :state_sync, :stop],
             [:visor, :message, :dropped]
           ] ++ for(span <- @spans, suffix <- [:start, :stop, :exception], do: span ++ [suffix])
 
@@ -66,7 +68,7 @@ defmodule Visor.Telemetry do
   @doc """
   Runs `fun` as `:telemetry.span/3` does (`fun` returns `{result,
   stop_metadata}`; `result` is returned) under `prefix` (`[:visor,
-  :commit]` or `[:visor, :read]`); without `:telemetry`, just runs it.
+  :commit]`, `[:visor, :read]` or `[:visor, :skip]`); without `:telemetry`, just runs it.
   """
   @spec span([atom()], map(), (() -> {term(), map()})) :: term()
   def span(prefix, metadata, fun) when prefix in @spans do

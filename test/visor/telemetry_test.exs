@@ -21,7 +21,7 @@ defmodule Visor.TelemetryTest do
     end
   end
 
-  test "a group's events: commit and read spans, checkpoints, roles, a view change, a recovery, drops; log metadata" do
+  test "a group's events: commit, read and skip spans, checkpoints, roles, a view change, a recovery, drops; log metadata" do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     opts = [nodes: nodes, checkpoint_every: 5]
     Enum.each(nodes, &listen/1)
@@ -65,6 +65,18 @@ defmodule Visor.TelemetryTest do
              catch_error(:erpc.call(b, Visor, :get_in, [Counter, [:count, :x]]))
 
     assert_receive {:telemetry, ^b, [:visor, :read, :exception], %{duration: _}, %{kind: :error}}
+
+    # Skipping an op this replica executed without dying: a span of its own.
+    assert :erpc.call(b, Visor, :skip, [Counter, 1]) == :ok
+    assert_receive {:telemetry, ^b, [:visor, :skip, :start], %{monotonic_time: _}, skip_start}
+    assert_receive {:telemetry, ^b, [:visor, :skip, :stop], %{duration: _}, skip_stop}
+    assert %{group: Counter, node: ^b, op: 1, outcome: :ok} = skip_stop
+    assert skip_start.telemetry_span_context == skip_stop.telemetry_span_context
+
+    assert {:error, :not_running} = :erpc.call(b, Visor, :skip, [NotStarted, 2])
+
+    assert_receive {:telemetry, ^b, [:visor, :skip, :stop], _,
+                    %{group: NotStarted, op: 2, outcome: :not_running, error: :not_running}}
 
     # A checkpoint at op 5, on every replica.
     for i <- 2..5, do: :erpc.call(a, Visor, :commit, [Counter, {:incr, i}])
@@ -140,6 +152,46 @@ defmodule Visor.TelemetryTest do
 
     assert bytes > 0 and op >= 5
     refute_received {:telemetry, _, [:visor, :diverged], _, _}
+  end
+
+  test "a replica cut off past the others' checkpoints syncs their state: start, then stop" do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+    Enum.each(nodes, &listen/1)
+    # A state of about 40 KB sent 4 bytes a chunk: the checkpoint takes
+    # about 160 round trips (a window of 64 chunks each), so the router
+    # sees the sync under way.
+    opts = [nodes: nodes, checkpoint_every: 5, checkpoint_chunk_bytes: 4]
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    [behind | others] = Cluster.backups_first(nodes, Counter)
+    :ok = Cluster.partition([behind], others)
+
+    for i <- 1..40,
+        do:
+          :erpc.call(hd(others), Visor, :commit, [Counter, {:incr, {i, :binary.copy("x", 1000)}}])
+
+    # The others' logs start after their checkpoint: what it lacks is gone.
+    Cluster.eventually(fn -> Enum.all?(others, &(Cluster.status(&1, Counter).log_base > 0)) end)
+    refute_received {:telemetry, ^behind, [:visor, :state_sync, :start], _, _}
+
+    :ok = Cluster.heal([behind], others)
+
+    assert_receive {:telemetry, ^behind, [:visor, :state_sync, :start], %{monotonic_time: began},
+                    start},
+                   15_000
+
+    assert_receive {:telemetry, ^behind, [:visor, :state_sync, :stop],
+                    %{duration: duration, monotonic_time: ended}, stop},
+                   15_000
+
+    assert %{group: Counter, node: ^behind, op: op, bytes: bytes} = start
+    assert bytes > 30_000
+    assert %{group: Counter, node: ^behind, op: installed, installed: true} = stop
+    assert op >= 5 and installed >= op
+    assert duration == ended - began
+    assert Cluster.status(behind, Counter).stats.checkpoints_installed >= 1
+
+    for n <- others,
+        do: refute_received({:telemetry, ^n, [:visor, :state_sync, _], _, _})
   end
 
   defp metadata(node, role) do

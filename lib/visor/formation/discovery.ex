@@ -245,8 +245,7 @@ defmodule Visor.Formation.Discovery do
   defp step(state, _input), do: state
 
   # The process `from`/`inc`, one of those the proposal was sent to, is
-  # bound to it. Once every one is, the cluster is formed: none of them
-  # can be bound to another proposal before this one is decided.
+  # bound to it.
   defp accepted(state, p, from, inc) do
     p = %{
       p
@@ -254,6 +253,14 @@ defmodule Visor.Formation.Discovery do
         accepted: if(from in p.members, do: Map.put(p.accepted, from, inc), else: p.accepted)
     }
 
+    decide_if_all_accepted(state, p)
+  end
+
+  # Once every process asked is bound to the proposal, the cluster is
+  # formed: none of them can be bound to another proposal before this one
+  # is decided. A proposal that asked nobody (a `cluster_size: 1` node
+  # that sees no peer) forms at once: no accept is coming.
+  defp decide_if_all_accepted(state, p) do
     if MapSet.size(p.awaiting) == 0 do
       formed = %{
         id: p.id,
@@ -394,14 +401,15 @@ defmodule Visor.Formation.Discovery do
     |> Map.merge(%{
       rand: rand,
       proposals: state.proposals + 1,
-      phase: {:accepted, Map.put(proposal, :proposer, state.self)},
-      proposal:
-        Map.merge(proposal, %{
-          pids: pids,
-          awaiting: awaiting,
-          accepted: %{state.node => state.incarnation}
-        })
+      phase: {:accepted, Map.put(proposal, :proposer, state.self)}
     })
+    |> decide_if_all_accepted(
+      Map.merge(proposal, %{
+        pids: pids,
+        awaiting: awaiting,
+        accepted: %{state.node => state.incarnation}
+      })
+    )
   end
 
   defp abort(%{proposal: p} = state) do

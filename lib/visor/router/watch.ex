@@ -4,11 +4,13 @@ defmodule Visor.Router.Watch do
   # (a pure decider; `Visor.Router` reads the status, a copy the engine
   # publishes, every 10 ms, and carries out the effects): a view
   # change beginning and ending, a new primary, this node's role, a recovery
-  # beginning and ending, and the peers' messages the engine dropped (its
-  # `dropped_*` counters).
+  # beginning and ending, a state sync beginning and ending, and the peers'
+  # messages the engine dropped (its `dropped_*` counters).
   #
   # A view change that began and ended between two looks is reported at
-  # once, its start and end together (`duration` 0).
+  # once, its start and end together (`duration` 0). So is a state sync
+  # whose checkpoint arrived whole between two looks: the engine's `sync`
+  # never shows it, only its `checkpoints_installed` counter does.
   #
   # Effects, in order:
   #
@@ -36,7 +38,11 @@ defmodule Visor.Router.Watch do
     primary: nil,
     role: nil,
     # The engine's dropped_* counters at the last batch.
-    dropped: %{}
+    dropped: %{},
+    # The state sync under way (%{op, bytes, since}), and the engine's
+    # checkpoints_installed counter at the last batch.
+    sync: nil,
+    installed: 0
   ]
 
   @type t :: %__MODULE__{}
@@ -62,6 +68,7 @@ defmodule Visor.Router.Watch do
       {watch, []}
       |> dropped(engine.stats)
       |> status(engine, now)
+      |> sync(engine, now)
       |> primary(engine, connected)
 
     {watch, Enum.reverse(effects)}
@@ -167,6 +174,82 @@ defmodule Visor.Router.Watch do
     do: [telemetry([:visor, :recovery, :start], %{monotonic_time: now}, %{}) | effects]
 
   defp began(effects, _watch, _old, _new, _view, _now), do: effects
+
+  # A state sync ends when the engine installed a checkpoint since the
+  # last look (the one it now holds), or gave it up (its `sync` is gone
+  # with nothing installed: the sender went silent, or the replica no
+  # longer needs it). One installed with no sync seen began and ended
+  # between two looks. A sync under way that the engine switched to a
+  # newer checkpoint is the same sync.
+  defp sync({watch, effects}, engine, now) do
+    installed? = engine.stats.checkpoints_installed > watch.installed
+    ended? = watch.sync != nil and (installed? or engine.sync == nil)
+
+    {watch, effects} =
+      cond do
+        ended? ->
+          op = if installed?, do: engine.checkpoint, else: watch.sync.op
+          sync_ended({watch, effects}, op, installed?, now)
+
+        installed? ->
+          {watch, effects}
+          |> sync_began(%{op: engine.checkpoint, bytes: nil}, now)
+          |> sync_ended(engine.checkpoint, true, now)
+
+        true ->
+          {watch, effects}
+      end
+
+    watch = %{watch | installed: engine.stats.checkpoints_installed}
+
+    case {watch.sync, engine.sync} do
+      {_, nil} -> {watch, effects}
+      {nil, progress} -> sync_began({watch, effects}, progress, now)
+      {under_way, progress} -> {%{watch | sync: Map.merge(under_way, sync_of(progress))}, effects}
+    end
+  end
+
+  defp sync_of(%{op: op, bytes: bytes}), do: %{op: op, bytes: bytes}
+
+  defp sync_began({watch, effects}, progress, now) do
+    %{op: op, bytes: bytes} = sync_of(progress)
+    size = if bytes, do: " (#{bytes} bytes)", else: ""
+
+    effects = [
+      {:log, :info,
+       "#{inspect(watch.module)}: replica #{watch.index} began a state sync: it installs " <>
+         "the others' checkpoint at op #{op}#{size} instead of executing the log up to it"},
+      telemetry([:visor, :state_sync, :start], %{monotonic_time: now}, %{op: op, bytes: bytes})
+      | effects
+    ]
+
+    {%{watch | sync: %{op: op, bytes: bytes, since: now}}, effects}
+  end
+
+  defp sync_ended({watch, effects}, op, installed?, now) do
+    duration = now - watch.sync.since
+    ms = System.convert_time_unit(duration, :native, :millisecond)
+
+    log =
+      if installed?,
+        do:
+          {:log, :info,
+           "#{inspect(watch.module)}: replica #{watch.index} installed the checkpoint at " <>
+             "op #{op} by state sync in #{ms} ms"},
+        else:
+          {:log, :warning,
+           "#{inspect(watch.module)}: replica #{watch.index} gave up its state sync of the " <>
+             "checkpoint at op #{op} after #{ms} ms (its sender went silent, or it no longer " <>
+             "needs it); it syncs again if it still lags"}
+
+    stop =
+      telemetry([:visor, :state_sync, :stop], %{duration: duration, monotonic_time: now}, %{
+        op: op,
+        installed: installed?
+      })
+
+    {%{watch | sync: nil}, [log, stop | effects]}
+  end
 
   # The primary, as a replica in a normal view knows it.
   defp primary({watch, effects}, %{status: :normal, primary: index, is_primary: ours}, connected)

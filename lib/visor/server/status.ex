@@ -10,7 +10,8 @@ defmodule Visor.Server.Status do
   What the server knows besides its lifecycle: this node, the nodes it is
   connected to (`Node.list/0`), the pool (`Visor.Server.Callers.pool/1`),
   the poison command (`Visor.Server.Machine`'s), the state machine
-  versions (`Visor.Server.Machine.versions/1`) and the server's counters.
+  versions (`Visor.Server.Machine.versions/1`), whom formation last said
+  it waits for (`Visor.Formation.subscribe/2`) and the server's counters.
   """
   @type server :: %{
           node: node(),
@@ -18,6 +19,7 @@ defmodule Visor.Server.Status do
           pool: map(),
           poison: map() | nil,
           version: map(),
+          waiting_for: map() | nil,
           stats: map()
         }
 
@@ -70,6 +72,8 @@ defmodule Visor.Server.Status do
       poison: server.poison,
       refused: nil,
       version: server.version,
+      waiting_for: nil,
+      sync: engine.sync,
       stats: Map.merge(engine.stats, server.stats)
     }
   end
@@ -88,6 +92,7 @@ defmodule Visor.Server.Status do
       poison: server.poison,
       refused: with({:refused, reason} <- lifecycle.phase, do: reason, else: (_ -> nil)),
       version: server.version,
+      waiting_for: if(lifecycle.phase == :forming, do: server.waiting_for),
       stats: server.stats
     })
   end
@@ -110,6 +115,7 @@ defmodule Visor.Server.Status do
       poison: nil,
       refused: nil,
       version: nil,
+      waiting_for: nil,
       stats: %{}
     })
   end
@@ -128,7 +134,8 @@ defmodule Visor.Server.Status do
       log_base: 0,
       primary: nil,
       replicas: [],
-      cluster: nil
+      cluster: nil,
+      sync: nil
     }
   end
 

@@ -61,6 +61,11 @@ rustler::atoms! {
     wal_compact_bytes,
     compactions,
 
+    // A state sync in progress, in the status map.
+    sync,
+    received,
+    bytes,
+
     // Replies to probe.
     visor_probe,
     empty,

@@ -401,8 +401,24 @@ pub fn status<'a>(
             (atoms::replica_count(), (replica_count as u32).encode(env)),
             (atoms::stats(), stats(env, &copy.stats)),
             (atoms::storage(), storage(env, copy)),
+            (atoms::sync(), sync(env, copy)),
         ],
     )
+}
+
+/// `nil`, or `%{op:, received:, bytes:}` while a state sync assembles a checkpoint.
+fn sync<'a>(env: Env<'a>, copy: &StatusCopy) -> Term<'a> {
+    let sync = copy.sync.map(|(op, received, bytes)| {
+        map(
+            env,
+            &[
+                (atoms::op(), op.encode(env)),
+                (atoms::received(), received.encode(env)),
+                (atoms::bytes(), bytes.encode(env)),
+            ],
+        )
+    });
+    sync.encode(env)
 }
 
 fn storage<'a>(env: Env<'a>, copy: &StatusCopy) -> Term<'a> {

@@ -49,6 +49,9 @@ pub struct StatusCopy {
     pub is_primary: bool,
     pub stats: Stats,
     pub storage: StorageStatus,
+    /// A state sync under way: the checkpoint's op, the bytes received so
+    /// far and its size (`Replica::sync_progress`).
+    pub sync: Option<(u64, u64, u64)>,
 }
 
 /// The storage part of a status copy.
@@ -96,6 +99,7 @@ impl StatusCopy {
             is_primary: replica.is_primary(),
             stats: replica.stats().clone(),
             storage: StorageStatus::default(),
+            sync: replica.sync_progress(),
         }
     }
 }

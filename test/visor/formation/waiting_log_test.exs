@@ -1,7 +1,7 @@
 defmodule Visor.Formation.WaitingLogTest do
   # A group that does not form says whom it waits for: one line per change
   # of that set (not one per 100 ms retry), naming the nodes, with the
-  # group's Logger metadata. The formation runs here, in the test node
+  # group's Logger metadata, and `status().waiting_for` the same. The formation runs here, in the test node
   # (its lines are captured), its peer on a real node.
   #
   # async: false: capture_log also takes other processes' lines, and the
@@ -24,14 +24,17 @@ defmodule Visor.Formation.WaitingLogTest do
     log =
       capture_log(@capture, fn ->
         start_supervised!({Counter, nodes: members})
-        assert waiting(Counter) == {:nodes, [first, second]}
+
+        assert %{status: :forming, waiting_for: %{nodes: [^first, ^second]}} =
+                 Visor.status(Counter)
+
         # Ticks go by: nothing new to say.
         Process.sleep(500)
 
         {:ok, _} =
           :erpc.call(peer, Cluster, :start_group_here, [Counter, [nodes: members], :error])
 
-        Cluster.eventually(fn -> waiting(Counter) == {:nodes, [ghost]} end)
+        Cluster.eventually(fn -> waiting(Counter) == %{nodes: [ghost]} end)
         Process.sleep(500)
         stop_supervised!(Counter)
       end)
@@ -53,13 +56,13 @@ defmodule Visor.Formation.WaitingLogTest do
     log =
       capture_log(@capture, fn ->
         start_supervised!({Counter, cluster_size: 3})
-        assert waiting(Counter) == {:more, 2, []}
+        assert %{status: :forming, waiting_for: %{more: 2, found: []}} = Visor.status(Counter)
         Process.sleep(500)
 
         {:ok, _} =
           :erpc.call(peer, Cluster, :start_group_here, [Counter, [cluster_size: 3], :error])
 
-        Cluster.eventually(fn -> waiting(Counter) == {:more, 1, [peer]} end)
+        Cluster.eventually(fn -> waiting(Counter) == %{more: 1, found: [peer]} end)
         Process.sleep(500)
         stop_supervised!(Counter)
       end)
@@ -74,13 +77,8 @@ defmodule Visor.Formation.WaitingLogTest do
     assert every_group_line_has_metadata?(log)
   end
 
-  # Whom the formation process waits for, as its status shows it.
-  defp waiting(module) do
-    {:status, _, _, [_, _, _, _, [{:data, [{~c"State", state}]}]]} =
-      :sys.get_status(Visor.Supervisor.name(module, :formation))
-
-    state.waiting
-  end
+  # Whom a forming node waits for, as its status shows it.
+  defp waiting(module), do: Visor.status(module).waiting_for
 
   defp every_group_line_has_metadata?(log) do
     log

@@ -9,12 +9,16 @@ defmodule Visor.Router.WatchTest do
   @ms System.convert_time_unit(1, :millisecond, :native)
 
   defp engine(status, view, primary, opts \\ []) do
+    stats = Keyword.get(opts, :stats, %{dropped_stale: 0, sent: 0})
+
     %{
       status: status,
       view: view,
       primary: primary,
       is_primary: Keyword.get(opts, :ours, false),
-      stats: Keyword.get(opts, :stats, %{dropped_stale: 0, sent: 0})
+      checkpoint: Keyword.get(opts, :checkpoint, 0),
+      sync: Keyword.get(opts, :sync),
+      stats: Map.put(stats, :checkpoints_installed, Keyword.get(opts, :installed, 0))
     }
   end
 
@@ -83,6 +87,58 @@ defmodule Visor.Router.WatchTest do
     assert [{:info, recovered}, {:info, primary}] = logs(effects)
     assert recovered =~ "replica 2 recovered in 1500 ms (view 4)"
     assert primary =~ "the primary is now b@h"
+  end
+
+  test "a state sync over several batches: its start with the checkpoint's size, its end with its duration" do
+    {watch, _} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 1, 0), 0)
+    progress = %{op: 40, received: 64, bytes: 1000}
+    {watch, effects} = observe(watch, engine(:normal, 1, 0, sync: progress), 10 * @ms)
+
+    assert [{[:visor, :state_sync, :start], %{monotonic_time: _}, %{op: 40, bytes: 1000}}] =
+             telemetry(effects)
+
+    assert [{:info, began}] = logs(effects)
+    assert began =~ "replica 2 began a state sync"
+    assert began =~ "checkpoint at op 40 (1000 bytes)"
+
+    # Under way: nothing new to say.
+    more = %{progress | received: 512}
+    assert {watch, []} = observe(watch, engine(:normal, 1, 0, sync: more), 20 * @ms)
+
+    done = engine(:normal, 1, 0, checkpoint: 40, installed: 1)
+    {watch, effects} = observe(watch, done, 60 * @ms)
+
+    assert [{[:visor, :state_sync, :stop], %{duration: duration}, %{op: 40, installed: true}}] =
+             telemetry(effects)
+
+    assert duration == 50 * @ms
+    assert [{:info, installed}] = logs(effects)
+    assert installed =~ "replica 2 installed the checkpoint at op 40 by state sync in 50 ms"
+    assert observe(watch, done, 70 * @ms) == {watch, []}
+  end
+
+  test "a state sync whose checkpoint arrived between two reads is reported at once" do
+    {watch, _} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 1, 0), 0)
+    {_watch, effects} = observe(watch, engine(:normal, 1, 0, checkpoint: 20, installed: 1), 5)
+
+    assert [
+             {[:visor, :state_sync, :start], _, %{op: 20, bytes: nil}},
+             {[:visor, :state_sync, :stop], %{duration: 0}, %{op: 20, installed: true}}
+           ] = telemetry(effects)
+  end
+
+  test "a state sync given up: its end, not installed, with a warning" do
+    {watch, _} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 1, 0), 0)
+    progress = %{op: 40, received: 64, bytes: 1000}
+    {watch, _} = observe(watch, engine(:normal, 1, 0, sync: progress), 0)
+    {_watch, effects} = observe(watch, engine(:normal, 1, 0), 300 * @ms)
+
+    assert [{[:visor, :state_sync, :stop], %{duration: duration}, %{op: 40, installed: false}}] =
+             telemetry(effects)
+
+    assert duration == 300 * @ms
+    assert [{:warning, message}] = logs(effects)
+    assert message =~ "gave up its state sync of the checkpoint at op 40 after 300 ms"
   end
 
   test "messages the engine dropped, by reason, as they are counted" do

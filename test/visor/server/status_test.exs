@@ -31,6 +31,8 @@ defmodule Visor.Server.StatusTest do
     :poison,
     :refused,
     :version,
+    :waiting_for,
+    :sync,
     :stats
   ]
 
@@ -41,6 +43,7 @@ defmodule Visor.Server.StatusTest do
     pool: @pool,
     poison: nil,
     version: %{running: 1, supported: 2, blocked: nil},
+    waiting_for: %{nodes: [:c@h]},
     stats: %{send_busy: 4, unexpected_messages: 0}
   }
 
@@ -60,7 +63,8 @@ defmodule Visor.Server.StatusTest do
         replica_index: 1,
         replica_count: 3,
         stats: %{views_started: 2},
-        storage: %{mode: :memory}
+        storage: %{mode: :memory},
+        sync: %{op: 1100, received: 512, bytes: 2048}
       },
       overrides
     )
@@ -94,6 +98,8 @@ defmodule Visor.Server.StatusTest do
              poison: nil,
              refused: nil,
              version: %{running: 1, supported: 2, blocked: nil},
+             waiting_for: nil,
+             sync: %{op: 1100, received: 512, bytes: 2048},
              stats: %{views_started: 2, send_busy: 4, unexpected_messages: 0}
            } = status
 
@@ -157,6 +163,9 @@ defmodule Visor.Server.StatusTest do
       assert map.pool == @pool
       assert map.version == @server.version
       assert map.stats == @server.stats
+      assert map.sync == nil
+      # Only a forming node waits for anyone.
+      assert map.waiting_for == if(status == :forming, do: %{nodes: [:c@h]})
     end
 
     assert Status.build(forming, nil, @server).storage.opened == nil
