@@ -1555,3 +1555,37 @@ fn store_options(options: &Options, r: ReplicaIndex, disk: MemDisk) -> StoreOpti
         compaction_bytes: Some(options.compaction_bytes),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::{commit, options, register_all};
+
+    /// The budget of faults counts a replica that will repair or recover
+    /// at its next start (`recovering_or_will`, `will_recover`): a
+    /// replica that restarted repairing a damaged entry and went down
+    /// again before the repair finished still has the hole on its disk,
+    /// and repairs again when it next starts.
+    #[test]
+    #[ignore = "review break: a down replica whose WAL still holds an unrepaired hole counts as neither recovering nor damaged"]
+    fn a_replica_down_in_the_middle_of_a_repair_counts_against_the_budget() {
+        let mut sim = Simulator::new(options(3, 1));
+        register_all(&mut sim, 0).unwrap();
+        for _ in 0..10 {
+            commit(&mut sim, 0, 0).unwrap();
+        }
+        sim.crash(1);
+        assert!(sim.rot_wal_entry(1, 5));
+        sim.restart(1);
+        assert!(sim.replica(1).repairing().is_some(), "replica 1 repairs op 5");
+        assert_eq!(sim.recovering_or_will(), 1, "counted while it repairs");
+        sim.crash(1);
+        let disk = sim.down[1].clone().expect("a disk");
+        assert!(
+            opens_damaged(&sim.options, 1, disk),
+            "its next start repairs again"
+        );
+        assert_eq!(sim.recovering_or_will(), 1, "counted while down");
+        assert!(sim.will_recover(1), "chosen first to stay dead");
+    }
+}
