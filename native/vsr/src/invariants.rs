@@ -329,6 +329,18 @@ mod tests {
         breaks(&primary, |r| r.queue.push_back(request), "indexed by 0");
     }
 
+    /// The model check fingerprints a replica by its `Debug` text
+    /// (`vsr_model::replica_digest`): a check must not change it, or one
+    /// state reached along two paths (its replicas checked or just
+    /// cloned) counts as two, and a state's hash changes once checked.
+    #[test]
+    fn a_check_leaves_the_fingerprint_unchanged() {
+        let replica = busy_replica();
+        let copy = replica.clone();
+        replica.invariants().expect("the replica is sound");
+        assert_eq!(format!("{replica:?}"), format!("{copy:?}"));
+    }
+
     /// The checks remember what they verified (`Verified`); a replica that
     /// passed and then changes in place is still judged by all of it.
     #[test]

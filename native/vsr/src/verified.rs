@@ -50,8 +50,11 @@ impl Clone for Verified {
     }
 }
 
+/// Shows nothing of the record: it is a cache of what a check found, not
+/// part of the value, and the model check fingerprints a replica by its
+/// `Debug` text, so a check (or a clone, which forgets) must not change it.
 impl fmt::Debug for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.get().fmt(f)
+        f.write_str("Verified")
     }
 }

@@ -153,9 +153,9 @@ pub struct Simulator {
     disk_pauses: u64,
     failed_boots: u64,
     /// Replicas whose disk holds damage their store has not found yet (a
-    /// misdirected write, or rot before a boot that failed): their next
-    /// open repairs or recovers, so they count as recovering until then
-    /// (`recovering_or_will`).
+    /// misdirected write, or rot before a boot that failed) or that went
+    /// down repairing: their next open repairs or recovers, so they count
+    /// as recovering until then (`recovering_or_will`).
     damaged: Vec<bool>,
 }
 
@@ -610,7 +610,11 @@ impl Simulator {
         self.slow_sync[r as usize] = None;
         self.disk_heals_at[r as usize] = None;
         self.compactions += host.store().map_or(0, |store| store.stats().compactions);
+        let repairing = host.replica().repairing().is_some();
         if let Some(mut disk) = host.into_disk() {
+            // No disk records a repair: until its write lands, the hole it
+            // fills is still there, and the next start repairs again.
+            self.damaged[r as usize] |= repairing;
             // The faulty disk is replaced, or works again after the reboot.
             disk.failing = false;
             disk.full = false;
@@ -1553,5 +1557,38 @@ fn store_options(options: &Options, r: ReplicaIndex, disk: MemDisk) -> StoreOpti
         },
         meta: Vec::new(),
         compaction_bytes: Some(options.compaction_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::{commit, options, register_all};
+
+    /// The budget of faults counts a replica that will repair or recover
+    /// at its next start (`recovering_or_will`, `will_recover`): a
+    /// replica that restarted repairing a damaged entry and went down
+    /// again before the repair finished still has the hole on its disk,
+    /// and repairs again when it next starts.
+    #[test]
+    fn a_replica_down_in_the_middle_of_a_repair_counts_against_the_budget() {
+        let mut sim = Simulator::new(options(3, 1));
+        register_all(&mut sim, 0).unwrap();
+        for _ in 0..10 {
+            commit(&mut sim, 0, 0).unwrap();
+        }
+        sim.crash(1);
+        assert!(sim.rot_wal_entry(1, 5));
+        sim.restart(1);
+        assert!(sim.replica(1).repairing().is_some(), "replica 1 repairs op 5");
+        assert_eq!(sim.recovering_or_will(), 1, "counted while it repairs");
+        sim.crash(1);
+        let disk = sim.down[1].clone().expect("a disk");
+        assert!(
+            opens_damaged(&sim.options, 1, disk),
+            "its next start repairs again"
+        );
+        assert_eq!(sim.recovering_or_will(), 1, "counted while down");
+        assert!(sim.will_recover(1), "chosen first to stay dead");
     }
 }

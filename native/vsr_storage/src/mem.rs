@@ -111,6 +111,22 @@ fn apply(file: &mut Vec<u8>, op: &Op, torn: Option<usize>) {
     }
 }
 
+/// `op`, a write, moved `by` bytes from its place (not below offset 0).
+fn misdirected(op: Op, by: i64) -> Op {
+    match op {
+        Op::Write { offset, bytes } => Op::Write {
+            offset: offset.saturating_add_signed(by),
+            bytes,
+        },
+        Op::Zeros { offset, len } => Op::Zeros {
+            offset: offset.saturating_add_signed(by),
+            len,
+        },
+        // Not a write: `truncate` never passes through `record_write`.
+        truncate @ Op::Truncate { .. } => truncate,
+    }
+}
+
 impl MemDisk {
     /// Writes not yet synced.
     pub fn unsynced(&self) -> usize {
@@ -225,16 +241,15 @@ impl MemDisk {
                 "no space left (simulated)",
             ));
         }
-        let op = match (zone, op) {
-            // An armed misdirection sends the next WAL write off its place.
-            (Zone::WalA | Zone::WalB, Op::Write { offset, bytes }) => Op::Write {
-                offset: self
-                    .misdirect
-                    .take()
-                    .map_or(offset, |by| offset.saturating_add_signed(by)),
-                bytes,
+        let op = match zone {
+            // An armed misdirection sends the next WAL write off its place,
+            // of zeros as of bytes (`Disk::write_zeros` writes a buffer of
+            // zeros).
+            Zone::WalA | Zone::WalB => match self.misdirect.take() {
+                Some(by) => misdirected(op, by),
+                None => op,
             },
-            (_, op) => op,
+            _ => op,
         };
         apply(self.current.file_mut(zone), &op, None);
         self.unsynced.push((zone, op));
@@ -382,5 +397,29 @@ mod tests {
         a.crash(CrashCut { kept: 0, torn: None });
         b.crash(CrashCut { kept: 0, torn: None });
         assert_eq!(read(a), read(b));
+    }
+
+    /// An armed misdirection moves the next write to the WAL, and
+    /// preallocation's zeros are such a write (`Disk::write_zeros`: "a
+    /// write of a buffer of zeros"): a misdirected preallocation lands its
+    /// zeros back over synced records, as a written zero buffer does.
+    #[test]
+    fn a_misdirected_write_of_zeros_lands_as_a_buffer_of_zeros_would() {
+        let after = |zeros: bool| {
+            let mut disk = MemDisk::default();
+            disk.write(Zone::WalA, 0, &[7; 64]).unwrap();
+            disk.sync(Zone::WalA).unwrap();
+            disk.misdirect = Some(-32);
+            if zeros {
+                disk.write_zeros(Zone::WalA, 64, 32).unwrap();
+            } else {
+                disk.write(Zone::WalA, 64, &[0; 32]).unwrap();
+            }
+            disk.write(Zone::WalA, 64, &[9; 8]).unwrap();
+            disk.sync(Zone::WalA).unwrap();
+            disk.crash(CrashCut { kept: 0, torn: None });
+            disk.read(Zone::WalA).unwrap()
+        };
+        assert_eq!(after(true), after(false));
     }
 }
