@@ -74,6 +74,7 @@ defmodule Visor.Formation do
   alias Visor.Formation.{Decider, Discovery, Explicit, Restore}
 
   @tick_ms 100
+  @waiting_reminder_ms 5_000
 
   @typedoc """
   A decider's decision, or this process's own refusal: the formation
@@ -131,6 +132,8 @@ defmodule Visor.Formation do
     subscriber: nil,
     connecting: %{},
     waiting: nil,
+    # When the waiting line was last logged (monotonic ms).
+    waiting_logged_at: nil,
     told_waiting: nil,
     refused: nil
   ]
@@ -304,18 +307,22 @@ defmodule Visor.Formation do
   defp replica_metadata(_undecided), do: :ok
 
   # One line each time the set this node waits for changes (not on every
-  # tick): an operator whose group never forms sees whom it lacks.
+  # tick), and the same line again every 5 s while it does not: an
+  # operator whose group never forms sees whom it lacks, even after the
+  # first line scrolled away.
   defp waiting(state) do
+    now = System.monotonic_time(:millisecond)
+
     case state.decider.waiting(state.core) do
       nil ->
         state
 
-      same when same == state.waiting ->
+      same when same == state.waiting and now - state.waiting_logged_at < @waiting_reminder_ms ->
         state
 
       waiting ->
         Logger.info("#{inspect(state.module)}: #{waiting_message(waiting, state.config)}")
-        %{state | waiting: waiting}
+        %{state | waiting: waiting, waiting_logged_at: now}
     end
   end
 

@@ -1,6 +1,7 @@
 defmodule Visor.Formation.WaitingLogTest do
   # A group that does not form says whom it waits for: one line per change
-  # of that set (not one per 100 ms retry), naming the nodes, with the
+  # of that set (not one per 100 ms retry) and a reminder every 5 s, naming
+  # the nodes, with the
   # group's Logger metadata, and `status().waiting_for` the same. The formation runs here, in the test node
   # (its lines are captured), its peer on a real node.
   #
@@ -75,6 +76,25 @@ defmodule Visor.Formation.WaitingLogTest do
     assert count(log, "(cluster_size: 3; found: #{peer})") == 1, log
     assert count(log, "waiting for") == 2, log
     assert every_group_line_has_metadata?(log)
+  end
+
+  test "a group that still waits says so again every few seconds" do
+    # A member that never starts: the cluster cannot form.
+    ghost = :"visor_ghost@#{node() |> Atom.to_string() |> String.split("@") |> List.last()}"
+    members = Enum.sort([node(), ghost])
+
+    log =
+      capture_log(@capture, fn ->
+        start_supervised!({Counter, nodes: members})
+        Process.sleep(5_600)
+        stop_supervised!(Counter)
+      end)
+
+    line =
+      "visor_group=#{inspect(Counter)} [info] #{inspect(Counter)}: waiting for #{ghost} to answer"
+
+    # Once at start, and once more after 5 s: a reminder, not a line per tick.
+    assert count(log, line) == 2, log
   end
 
   # Whom a forming node waits for, as its status shows it.
