@@ -164,4 +164,23 @@ defmodule Visor.Router.WatchTest do
     {_watch, effects} = observe(watch, engine(:normal, 1, 1, ours: true), 2, [:c@h])
     assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 1, true}]
   end
+
+  # Review break (LIVENESS): Visor.Server.Upgrade starts a round at once,
+  # and holds this node's callers' commands, "from the start of a view it
+  # leads" (docs/operations.md), on the {:primary, view, true} event. The
+  # watch tells it only when the primary's index changes: a replica that
+  # leads view 0, goes through a view change, and leads again (view 3 of
+  # 3 members: views 1 and 2 never became normal) is never told, so it
+  # neither holds nor asks until the next tick.
+  @tag :review_break
+  test "a replica that leads a new view is told, even when it led the one before" do
+    {watch, effects} =
+      observe(Watch.new(Counter, @members, 0, 0), engine(:normal, 0, 0, ours: true), 0)
+
+    assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 0, true}]
+
+    {watch, _} = observe(watch, engine(:view_change, 3, 0), 1)
+    {_watch, effects} = observe(watch, engine(:normal, 3, 0, ours: true), 2)
+    assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 3, true}]
+  end
 end
