@@ -36,6 +36,8 @@ defmodule Visor.Router.Watch do
     from_view: 0,
     # The primary's index in the latest normal view, and whether it is us.
     primary: nil,
+    # The latest normal view the server was told the primary of.
+    told_view: nil,
     role: nil,
     # The engine's dropped_* counters at the last batch.
     dropped: %{},
@@ -266,7 +268,17 @@ defmodule Visor.Router.Watch do
       telemetry([:visor, :role, :changed], %{}, %{role: role, view: watch.view, primary: node})
 
     effects = if role != watch.role, do: [changed, log | effects], else: [log | effects]
-    {%{watch | primary: index, role: role}, [{:primary, watch.view, ours} | effects]}
+
+    {%{watch | primary: index, role: role, told_view: watch.view},
+     [{:primary, watch.view, ours} | effects]}
+  end
+
+  # The same primary in a later view (the views between never went
+  # normal here): nothing to log, but the server learns of each view, as a
+  # primary starts its version round at every view it leads.
+  defp primary({watch, effects}, %{status: :normal, is_primary: ours}, _connected)
+       when watch.view != watch.told_view do
+    {%{watch | told_view: watch.view}, [{:primary, watch.view, ours} | effects]}
   end
 
   defp primary(acc, _engine, _connected), do: acc

@@ -44,7 +44,7 @@ defmodule Visor.Server.Callers do
   @typedoc "A job: what a caller asked for, and the result its replica computed."
   @type job :: %{
           id: pos_integer(),
-          kind: :commit | :switch | {:read, [term()]},
+          kind: :commit | :skip | :switch | {:read, [term()]},
           payload: binary() | nil,
           result: term()
         }
@@ -120,6 +120,12 @@ defmodule Visor.Server.Callers do
         {:switch_version, _} = switch ->
           %{id: id, kind: :switch, payload: payload(switch), result: nil}
 
+        # An operator's skip is not held for a version round (dispatch/2):
+        # the replica that needs one is halted, so never the primary that
+        # could end the hold early.
+        {:skip, _} = skip ->
+          %{id: id, kind: :skip, payload: payload(skip), result: nil}
+
         command ->
           %{id: id, kind: :commit, payload: payload(command), result: nil}
       end
@@ -151,8 +157,8 @@ defmodule Visor.Server.Callers do
   to idle sessions; when there are none, registers new sessions (up to the
   pool size) and leaves the jobs waiting. Only while the engine runs.
   With `held` (`Visor.Server.Upgrade.holding/3`), it stops at the first
-  caller's command (a version switch still goes), and what is behind it
-  waits with it.
+  caller's command (a version switch and a skip still go), and what is
+  behind it waits with it.
   """
   @spec dispatch(t(), boolean()) :: {t(), [effect()]}
   def dispatch(%__MODULE__{} = callers, held \\ false), do: hand_over(callers, held, [])

@@ -165,14 +165,13 @@ defmodule Visor.Router.WatchTest do
     assert for({:primary, _, _} = e <- effects, do: e) == [{:primary, 1, true}]
   end
 
-  # Review break (LIVENESS): Visor.Server.Upgrade starts a round at once,
+  # A second review's break (LIVENESS), fixed: Visor.Server.Upgrade starts a round at once,
   # and holds this node's callers' commands, "from the start of a view it
   # leads" (docs/operations.md), on the {:primary, view, true} event. The
   # watch tells it only when the primary's index changes: a replica that
   # leads view 0, goes through a view change, and leads again (view 3 of
   # 3 members: views 1 and 2 never became normal) is never told, so it
   # neither holds nor asks until the next tick.
-  @tag :review_break
   test "a replica that leads a new view is told, even when it led the one before" do
     {watch, effects} =
       observe(Watch.new(Counter, @members, 0, 0), engine(:normal, 0, 0, ours: true), 0)
