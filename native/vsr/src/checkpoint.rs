@@ -209,6 +209,11 @@ impl Checkpoints {
         self.held.as_ref().map_or((0, 0), |h| (h.checkpoint.op, h.digest))
     }
 
+    /// The op of the anchor, 0 if none.
+    pub(crate) fn anchor_op(&self) -> Op {
+        self.anchor.as_ref().map_or(0, |a| a.checkpoint.op)
+    }
+
     /// The newest checkpoint `(op, digest)` a quorum is known to hold,
     /// `(0, 0)` if none.
     pub(crate) fn canonical(&self) -> (Op, u128) {
@@ -469,8 +474,24 @@ impl Replica {
     }
 
     /// If this replica's checkpoint at `op` differs from the one a quorum
-    /// holds there, its host's state diverged.
+    /// holds there, its host's state diverged. Only past its anchor: from
+    /// the anchor on, its state is one a quorum vouches for (a checkpoint it
+    /// installed, or one of its own that matched), so a digest of its own
+    /// below the anchor describes a state it no longer has. (Soak seed
+    /// 161832: a late vouch for such a digest made a replica that had just
+    /// installed a newer checkpoint diverge; both peers answered its request
+    /// with that older checkpoint, which it refused as below the one it
+    /// held, and it stayed diverged for ever.)
     fn check_own_digest(&mut self, op: Op, quorum: Option<u128>) {
+        #[allow(unused_mut)]
+        let mut below_anchor = op < self.checkpoints.anchor_op();
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::CheckDigestsBelowAnchor) {
+            below_anchor = false;
+        }
+        if below_anchor {
+            return;
+        }
         let own = self.checkpoints.digests.get(&op).copied();
         if let (Some(own), Some(quorum)) = (own, quorum) {
             if own != quorum {
@@ -565,7 +586,7 @@ impl Replica {
     /// the store drop that log.
     fn sync_floor(&self) -> Op {
         match self.checkpoints.diverged {
-            Some(op) => op.max(self.checkpoints.anchor.as_ref().map_or(0, |a| a.checkpoint.op)),
+            Some(op) => op.max(self.checkpoints.anchor_op()),
             None => self.commit_min + 1,
         }
     }
@@ -641,7 +662,7 @@ impl Replica {
     /// asking for the odd lost prepare, kept an old checkpoint pinned).
     pub(crate) fn pinned_peer_asks_from(&mut self, from: ReplicaIndex, first: Op) {
         let ticks = self.ticks;
-        let anchor = self.checkpoints.anchor.as_ref().map_or(0, |a| a.checkpoint.op);
+        let anchor = self.checkpoints.anchor_op();
         let synced = |pin: &Pin| first > pin.held.checkpoint.op.max(anchor).saturating_add(1);
         #[cfg(feature = "mutations")]
         let synced = |pin: &Pin| !self.mutated(Mutation::PinOutlivesSync) && synced(pin);
@@ -877,7 +898,7 @@ impl Replica {
             #[allow(unused_mut)]
             let mut wrong_from = diverged;
             #[cfg(feature = "mutations")]
-            if self.mutated(Mutation::KeepDigestsBelowHealedCheckpoint) {
+            if self.mutated(Mutation::CheckDigestsBelowAnchor) {
                 wrong_from = op;
             }
             self.checkpoints.digests.retain(|&o, _| o < wrong_from);

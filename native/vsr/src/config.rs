@@ -132,10 +132,12 @@ pub enum Mutation {
     /// A replica serves its own checkpoint in state sync before a quorum
     /// vouches for it, so one host's divergent state can spread.
     ServeUnvouchedCheckpoint,
-    /// A diverged replica that heals keeps its own digests below the
-    /// checkpoint it installs (the old behaviour): a late vouch between the
-    /// op where it diverged and that checkpoint makes it diverge again.
-    KeepDigestsBelowHealedCheckpoint,
+    /// A replica checks a vouch against its own digests below its anchor,
+    /// and one that heals keeps its digests below the checkpoint it
+    /// installs (the old behaviour): a late vouch for an op below a
+    /// checkpoint it installed makes it diverge although its state is the
+    /// quorum's.
+    CheckDigestsBelowAnchor,
     /// A replica keeps a peer's pin while the peer asks for any prepares,
     /// even long after its sync finished (the old behaviour).
     PinOutlivesSync,

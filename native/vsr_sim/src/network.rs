@@ -202,6 +202,22 @@ impl Network {
         }
     }
 
+    /// Stops holding packets from `from` to `to` and hands back, undelivered,
+    /// those held so far (a scenario delivers them later with `deliver`).
+    pub fn take_held(&mut self, from: ReplicaIndex, to: ReplicaIndex) -> Vec<Vec<u8>> {
+        self.held[from as usize][to as usize] = false;
+        let (taken, keep): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.holding)
+            .into_iter()
+            .partition(|p| p.from == from && p.to == to);
+        self.holding = keep;
+        taken.into_iter().map(|p| p.bytes).collect()
+    }
+
+    /// Sends `bytes` from `from` to `to`, due at `now`, whatever the faults.
+    pub fn deliver(&mut self, now: u64, from: ReplicaIndex, to: ReplicaIndex, bytes: Vec<u8>) {
+        self.push(now, from, to, bytes);
+    }
+
     pub fn heal(&mut self) {
         self.up = [[true; MAX_REPLICAS]; MAX_REPLICAS];
     }

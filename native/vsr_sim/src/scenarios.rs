@@ -1584,6 +1584,82 @@ pub fn healed_replica_ignores_a_late_vouch_between_divergence_and_install(
     settle(&mut sim)
 }
 
+/// Soak seed 161832: a replica that installs a vouched checkpoint must
+/// not then diverge on a late vouch for one of its own older checkpoints.
+/// Its state is the quorum's from the installed checkpoint on; before the
+/// fix it kept its own digests below it, and in the soak, where both peers
+/// still held the older checkpoint it then asked for, it refused what they
+/// sent (below the one it held) and stayed diverged for ever.
+///
+/// Replica 2's host lies from op 9 on and checkpoints op 12 unnoticed
+/// (replica 1's reports are held back, so nothing vouches for 12). Then
+/// replica 0 counts 1's report of 12, and its messages to 2, which carry
+/// that vouch, are set aside while 0 and 1 commit far past 2's op. 2 syncs
+/// the quorum's newest checkpoint from 0 and catches up; only then does the
+/// vouch for 12 reach it. By then its host no longer lies, so the simulator
+/// fails the run if 2 reports a divergence.
+pub fn installed_replica_ignores_a_late_vouch_for_an_older_checkpoint(
+    mut options: Options,
+) -> Result<(), Failure> {
+    // Replica 2 hears nothing from the primary for a while: it must not
+    // start a view change meanwhile.
+    options.config.view_change_ticks = 100_000;
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.network.hold(0, 2);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 0 learns that a quorum holds 12", |s| {
+        s.replica(0).stats().checkpoint_divergence == 0 && s.network.in_flight() == 0
+    })?;
+    sim.run_ticks(20)?; // a heartbeat or two, with the vouch, held for 2
+    if sim.replica(2).status() == Status::Diverged {
+        return Err(failure(
+            &sim,
+            "replica 2 diverged before the scenario's point".into(),
+        ));
+    }
+    let late = sim.network.take_held(0, 2);
+    sim.network.set_link(0, 2, false);
+    sim.network.set_link(0, 1, true);
+    for i in 0..16 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    let base = sim.replica(0).log().base();
+    if sim.replica(2).op() >= base {
+        return Err(failure(
+            &sim,
+            format!("replica 2 is not behind the log base {base}"),
+        ));
+    }
+    sim.options.lying_host = None;
+    sim.network.set_link(0, 2, true);
+    let committed = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 syncs and catches up", |s| {
+        s.replica(2).commit() >= committed
+    })?;
+    if sim.replica(2).stats().checkpoints_installed == 0 {
+        return Err(failure(&sim, "replica 2 caught up without a state sync".into()));
+    }
+    if late.is_empty() {
+        return Err(failure(&sim, "no message from replica 0 was set aside".into()));
+    }
+    let now = sim.tick;
+    for bytes in late {
+        sim.network.deliver(now, 0, 2, bytes);
+    }
+    sim.run_ticks(200)?;
+    if sim.replica(2).status() != Status::Normal {
+        return Err(failure(
+            &sim,
+            format!("replica 2 is {:?} after the late vouch", sim.replica(2).status()),
+        ));
+    }
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
 /// A backup that synced a checkpoint from the primary and then caught up
 /// keeps asking for the odd prepare it lost on a lossy link: those
 /// requests must not keep the checkpoint it synced pinned (its bytes held)

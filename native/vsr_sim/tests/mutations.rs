@@ -231,11 +231,15 @@ fn carrying_readings_from_before_a_stall_is_caught_by_the_timestamp_check() {
 }
 
 #[test]
-fn keeping_wrong_digests_after_healing_is_caught_by_the_late_vouch_scenario() {
+fn checking_digests_below_the_anchor_is_caught_by_the_late_vouch_scenarios() {
     let mut broken = options(3, 4);
-    broken.config.mutation = Mutation::KeepDigestsBelowHealedCheckpoint;
+    broken.config.mutation = Mutation::CheckDigestsBelowAnchor;
     let failure =
-        scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(broken).unwrap_err();
+        scenarios::healed_replica_ignores_a_late_vouch_between_divergence_and_install(broken.clone())
+            .unwrap_err();
+    assert!(failure.reason.contains("differs from the quorum's"), "{failure}");
+    let failure =
+        scenarios::installed_replica_ignores_a_late_vouch_for_an_older_checkpoint(broken).unwrap_err();
     assert!(failure.reason.contains("differs from the quorum's"), "{failure}");
 }
 

@@ -257,6 +257,11 @@ fn healed_replica_ignores_a_late_vouch_between_divergence_and_install() {
 }
 
 #[test]
+fn installed_replica_ignores_a_late_vouch_for_an_older_checkpoint() {
+    scenarios::installed_replica_ignores_a_late_vouch_for_an_older_checkpoint(options(3, 4)).unwrap();
+}
+
+#[test]
 fn synced_backup_on_a_lossy_link_releases_its_pin() {
     scenarios::synced_backup_on_a_lossy_link_releases_its_pin(options(3, 4)).unwrap();
 }
