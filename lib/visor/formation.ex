@@ -57,10 +57,14 @@ defmodule Visor.Formation do
   # this process writes to the store's directory before the store is
   # created (`{:persist, record}`), so that a member restarted from its
   # store still tells a member that never ran from one whose `data_dir` was
-  # wiped (`Visor.Formation.Explicit` explains why that is safe). A snapshot
-  # that cannot be written refuses this node's replica (`{:refused,
-  # {:storage_refused, message}}` to the server, one error logged) instead
-  # of crashing, which would restart the group into the same failure.
+  # wiped (`Visor.Formation.Explicit` explains why that is safe). While
+  # the replica recovers (it rejoined, or its store says so) a member its
+  # snapshot does not name is answered by records instead, until the
+  # group's router says the replica is normal (`replica_normal/1`). A
+  # snapshot that cannot be written refuses this node's replica
+  # (`{:refused, {:storage_refused, message}}` to the server, one error
+  # logged) instead of crashing, which would restart the group into the
+  # same failure.
   #
   # After a decision, the process keeps answering hellos (that is how a
   # restarted node learns it must rejoin) and keeps reconnecting distribution
@@ -105,6 +109,24 @@ defmodule Visor.Formation do
   @spec subscribe(module(), reference()) :: decision()
   def subscribe(module, tag) do
     GenServer.call(Visor.Supervisor.name(module, :formation), {:subscribe, self(), tag})
+  end
+
+  @doc """
+  Tells formation that this node's replica is normal. The group's router
+  calls it when it sees the replica in a normal view (it looks every
+  10 ms, whatever the server is doing). A decider that held back for a
+  recovering replica then answers peers by its formation snapshot
+  (`Visor.Formation.Explicit`). The message is `:visor_replica_normal`,
+  which the decider takes as it comes: a peer that sent it could only make
+  this node's answers stricter.
+  """
+  @spec replica_normal(module()) :: :ok
+  def replica_normal(module) do
+    # Not there while the group stops or restarts: nothing to tell then.
+    with pid when is_pid(pid) <- Process.whereis(Visor.Supervisor.name(module, :formation)),
+         do: send(pid, :visor_replica_normal)
+
+    :ok
   end
 
   @doc "The decision so far on this node, without subscribing to it."
