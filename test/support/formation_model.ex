@@ -49,9 +49,9 @@ defmodule Visor.Test.FormationModel do
 
   A replica that rejoins, or restarts from a store that says it was
   recovering, is recovering until a quorum of the other members is
-  normal; the node's next tick then tells its decider
-  `:visor_replica_normal` (as the group's router tells `Visor.Formation`), and its store no longer
-  says recovering.
+  normal; then its store no longer says recovering, and the node's next
+  tick tells its decider `:visor_replica_normal` (as the group's router
+  tells `Visor.Formation`).
 
   `run(seed)` returns `:ok` or `{:error, report}` with the seed, the
   configuration and the trace of the last 80 steps (or of as many as
