@@ -132,4 +132,53 @@ defmodule Visor.ReviewFormationBreakTest do
     assert match?({:member, %{recover: false}}, Decider.decision(states[a])),
            "a never ran, yet is told to rejoin while b recovers: only c is normal, for good"
   end
+
+  # BREAK (the fix's timing premise: "Formation hears that the replica is
+  # normal within one look of the router, 10 ms"). The router tells
+  # formation only on Watch's `{:primary, view, ours}`, which needs a look
+  # that finds the replica `:normal`. A recovered replica that is normal
+  # only briefly (StartView installed, then a view change begins before
+  # the next look: its primary fails, or the look comes late behind a
+  # busy router's mailbox) is seen going
+  # from `:recovering` to `:view_change`: Watch logs "recovered" and
+  # nothing tells formation. The replica now holds the cluster's state
+  # (its store no longer says recovering, it votes in the view change),
+  # yet its formation keeps answering members its snapshot does not name
+  # by its records (`:ok` to one it has no record of) for as long as the
+  # view change lasts (a partition: unbounded), not 10 ms. The safety
+  # argument counts such a member as "without memory"; it is not.
+  @tag :review_break
+  test "a replica seen leaving recovery into a view change tells formation it has its state" do
+    alias Visor.Router.Watch
+
+    engine = fn status, view ->
+      %{
+        status: status,
+        view: view,
+        primary: rem(view, 3),
+        is_primary: false,
+        checkpoint: 0,
+        sync: nil,
+        stats: %{checkpoints_installed: 0}
+      }
+    end
+
+    observe = fn watch, engine -> Watch.observe(watch, engine, 0, fn -> [] end) end
+
+    {watch, _} =
+      observe.(Watch.new(__MODULE__, List.to_tuple(@three), 1, 0), engine.(:recovering, 0))
+
+    # Between two looks: recovered in view 4, then a view change to 5.
+    {watch, effects} = observe.(watch, engine.(:view_change, 5))
+    assert [_] = for({:log, :info, message} <- effects, message =~ "recovered", do: message)
+
+    # The view change lasts (no quorum reachable): more looks.
+    {_watch, later} = observe.(watch, engine.(:view_change, 5))
+
+    assert Enum.any?(effects ++ later, &match?({:primary, _, _}, &1)),
+           "the replica left recovery with the cluster's state, yet the router has nothing " <>
+             "to tell formation (Visor.Formation.replica_normal/1 is called on {:primary, _, _} " <>
+             "only), which keeps answering unknown members by its records: " <>
+             inspect(Enum.map(effects, &elem(&1, 0)))
+  end
 end
