@@ -181,4 +181,68 @@ defmodule Visor.ReviewFormationBreakTest do
              "only), which keeps answering unknown members by its records: " <>
              inspect(Enum.map(effects, &elem(&1, 0)))
   end
+
+  # The consequence of the break above, and why review12 #4 had to change
+  # (06b491d sends each rejoined member `:visor_replica_normal` there; the
+  # test as it stood fails on 06b491d). Five members, b down; a, c, d, e
+  # restarted from their stores, then wiped one at a time, each rejoining
+  # and recovering from the three others (never more than two of five
+  # without memory). If their routers never saw them `:normal` (each went
+  # from recovering into a view change, as above), their formation still
+  # answers by records, and b, whose replica ran, comes back wiped and
+  # starts a fresh one. At 502193f (strict while recovering) it did not.
+  @tag :review_break
+  test "rejoined members whose router missed their normal phase do not let a wiped member in fresh" do
+    five = [a, b, c, d, e] = [:a@rfb5, :b@rfb5, :c@rfb5, :d@rfb5, :e@rfb5]
+    others = [a, c, d, e]
+    cluster = Options.cluster_id(__MODULE__, five, @settings)
+
+    store = fn node ->
+      info = %{
+        group: "g",
+        replica: Enum.find_index(five, &(&1 == node)),
+        replica_count: 5,
+        cluster: cluster,
+        meta: Restore.store_meta(five, @settings),
+        view: 0,
+        commit: 0
+      }
+
+      expected = %{
+        group: "g",
+        node: node,
+        dir: "/d",
+        settings: @settings,
+        membership: {:nodes, five, cluster}
+      }
+
+      {:ok, restored} = Restore.check({:ok, info}, expected, nil)
+      restored
+    end
+
+    start = fn node, inc, restored ->
+      ExplicitScript.explicit(__MODULE__, node, inc, five, restored)
+    end
+
+    round = &ExplicitScript.round/2
+
+    states = Map.new(Enum.with_index(others, 1), fn {n, i} -> {n, start.(n, i, store.(n))} end)
+    states = Enum.reduce(others ++ others, states, &round.(&2, &1))
+
+    states =
+      Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
+        states = round.(Map.put(states, n, start.(n, inc, nil)), n)
+        assert {:member, %{recover: true}} = Decider.decision(states[n])
+        # Recovered; formation not told (the router's looks missed it).
+        Enum.reduce(others ++ others, states, &round.(&2, &1))
+      end)
+
+    states = Map.put(states, b, start.(b, 99, nil))
+    states = Enum.reduce(others, states, &round.(&2, &1))
+    states = round.(states, b)
+
+    refute Decider.decision(states[b]) ==
+             {:member, %{cluster: cluster, members: five, recover: false}},
+           "b, whose earlier incarnation ran a replica, starts a fresh one"
+  end
 end
