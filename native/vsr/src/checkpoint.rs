@@ -544,20 +544,24 @@ impl Replica {
     /// While diverged: asks the others, one per resend interval, for the
     /// quorum's checkpoint (any that vouches for one answers with it).
     pub(crate) fn tick_diverged(&mut self) {
-        let Some(diverged) = self.checkpoints.diverged else {
+        if !self.is_diverged() {
             return;
-        };
+        }
         if self.syncing() || !self.due(self.checkpoints.last_heal_request) {
             return;
         }
-        // It asks for the vouched identity it diverged from, by digest, so
-        // that a peer holding that very checkpoint sends it even if it has
-        // not heard the vouch (it may not have: the primary that counted
-        // it may since have lost its memory).
+        // It asks for the oldest vouched identity it would install, by
+        // digest, so that a peer holding that very checkpoint sends it even
+        // if it has not heard the vouch (it may not have: the primary that
+        // counted it may since have lost its memory). Not below its floor:
+        // its anchor may have passed the op where it diverged (a later
+        // snapshot of its own matched the quorum's), and a peer asked for
+        // an older checkpoint sends exactly that, refused here, for ever.
+        let floor = self.sync_floor();
         let Some((op, digest)) = self
             .checkpoints
             .vouched
-            .range(diverged..)
+            .range(floor..)
             .next()
             .map(|(&o, &d)| (o, d))
         else {

@@ -267,7 +267,6 @@ fn synced_backup_on_a_lossy_link_releases_its_pin() {
 }
 
 #[test]
-#[ignore = "review break: a diverged replica whose anchor passes the op where it diverged refuses every answer and never heals"]
 fn diverged_replica_heals_after_its_anchor_passes_the_divergence() {
     scenarios::diverged_replica_heals_after_its_anchor_passes_the_divergence(options(3, 4)).unwrap();
 }
