@@ -1221,7 +1221,8 @@ impl Simulator {
                         ));
                     }
                     let mut state = app;
-                    if self.options.lying_host == Some(r) {
+                    let rate = self.options.lying_rate;
+                    if self.options.lying_host == Some(r) && (rate >= 1.0 || self.rng.chance(rate)) {
                         state.hash ^= 1;
                     }
                     let delay = match self.options.snapshot_delay_max {
