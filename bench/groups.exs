@@ -377,6 +377,9 @@ end
 
 started = System.monotonic_time(:millisecond)
 ticks_per_s = GroupsBench.clock_ticks_per_s()
+# The machine's 1-minute load before the bench adds any: other work on it
+# (a soak, a build) shows in every figure here.
+load_average = "/proc/loadavg" |> File.read!() |> String.split() |> hd() |> String.to_float()
 IO.puts("Visor bench-groups: #{group_count} groups of 3 replicas on 3 local nodes")
 
 Support.progress("compiling #{group_count} group modules")
@@ -669,7 +672,11 @@ order = [
   :spread_vs_one_group
 ]
 
-IO.puts("\n#{group_count} groups, 3 replicas each, 3 local nodes (idle window #{idle_s} s)")
+IO.puts(
+  "\n#{group_count} groups, 3 replicas each, 3 local nodes (idle window #{idle_s} s; " <>
+    "load average #{load_average} at the start; the issue's targets, for 10,000 groups)"
+)
+
 IO.puts(String.duplicate("-", 78))
 
 for key <- order do
@@ -786,7 +793,8 @@ result =
       elixir: System.version(),
       schedulers: System.schedulers_online(),
       os: "#{os_family}/#{os_name}",
-      nodes: 3
+      nodes: 3,
+      load_average_at_start: load_average
     }
   })
 
