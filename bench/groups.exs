@@ -13,11 +13,11 @@
 #     a small state and one log entry.
 #   * an idle window of BENCH_IDLE_S, in which this script only sleeps:
 #     - `idle_view_changes`: view changes completed in the window, summed
-#       over a node's replicas (their `stats.views_started`, from
-#       `Visor.status/1` before and after); the most on any node. The
-#       `[:visor, :view_change, :start]` telemetry event is derived from the
-#       same engine status, and `:telemetry` is not a dependency Visor's own
-#       project can load;
+#       over a node's replicas of the formed groups (their
+#       `stats.views_started`, from `Visor.status/1` before and after); the
+#       most on any node. The `[:visor, :view_change, :start]` telemetry
+#       event is derived from the same engine status, and `:telemetry` is
+#       not a dependency Visor's own project can load;
 #     - `idle_cpu_pct_per_node`: the node's OS process's user + system CPU
 #       time (/proc/<pid>/stat, so the engine threads count with the
 #       schedulers), in % of one core; the most on any node;
@@ -144,7 +144,7 @@ worker =
       |> Enum.map(fn {:ok, pair} -> pair end)
     end
 
-    # The distribution ports' socket writes to each of `peers`.
+    # The socket writes on this node's distribution ports to `peers`, summed.
     def dist_sends(peers) do
       for {node, port} <- :erlang.system_info(:dist_ctrl), node in peers, is_port(port) do
         {:ok, [send_cnt: sends]} = :inet.getstat(port, [:send_cnt])
@@ -223,7 +223,7 @@ defmodule GroupsBench do
   # Every group is a module (today's one group per module): a counter,
   # compiled from Erlang forms (a few ms each, against tens of ms for an
   # Elixir module that `use`s Visor, which would add minutes at 10,000)
-  # and loaded on every node with its binary.
+  # and loaded on every node with its binary. One form per line.
   @template """
   -behaviour('Elixir.Visor').
   -export([initial_state/1, handle_commit/2]).
@@ -232,16 +232,12 @@ defmodule GroupsBench do
   """
 
   def group_modules(count) do
-    {:ok, tokens, _} = :erl_scan.string(String.to_charlist(@template))
-
     forms =
-      tokens
-      |> Enum.chunk_while([], &form_tokens/2, &{:cont, Enum.reverse(&1), []})
-      |> Enum.reject(&(&1 == []))
-      |> Enum.map(fn tokens ->
+      for line <- String.split(@template, "\n", trim: true) do
+        {:ok, tokens, _} = :erl_scan.string(String.to_charlist(line))
         {:ok, form} = :erl_parse.parse_form(tokens)
         form
-      end)
+      end
 
     for i <- 1..count do
       module = :"Elixir.Visor.Bench.Group#{i}"
@@ -249,9 +245,6 @@ defmodule GroupsBench do
       {module, ~c"nofile", binary}
     end
   end
-
-  defp form_tokens({:dot, _} = dot, acc), do: {:cont, Enum.reverse([dot | acc]), []}
-  defp form_tokens(token, acc), do: {:cont, [token | acc]}
 
   # Runs a phase: `{:ok, value}`, or `{:error, reason}` if it raised or
   # exited (a node that stopped answering), so the bench goes on.
@@ -387,6 +380,8 @@ Support.progress("compiling #{group_count} group modules")
 modules = Enum.map(objects, &elem(&1, 0))
 
 Support.progress("starting nodes a, b, c and loading the modules on each")
+# Errors only, as on the nodes: `:global` here warns when a node is killed.
+Logger.configure(level: :error)
 :ok = LocalCluster.start_distribution("visor_bench_groups")
 nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
 label = nodes |> Enum.zip(["a", "b", "c"]) |> Map.new()
@@ -621,7 +616,8 @@ fields = %{
       {:error, reason} ->
         {nil, reason}
     end,
-  idle_view_changes: idle_field.(:view_changes),
+  idle_view_changes:
+    if(formed == [], do: {nil, "no group formed"}, else: idle_field.(:view_changes)),
   idle_cpu_pct_per_node: idle_field.(:cpu_pct),
   idle_dist_msgs_per_s_per_node: idle_field.(:dist_msgs_per_s),
   mem_kb_per_group_per_node: idle_field.(:mem_kb_per_group),
