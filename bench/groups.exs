@@ -186,32 +186,35 @@ worker =
 
     # One process per module, each waiting for {:go, deadline_os_us}, then
     # committing until a commit succeeds or the deadline (OS time, µs)
-    # passes; reports {:failover, module, os_time_us_of_success | nil}. The
-    # nodes share a machine, so their OS clocks agree with the killer's.
+    # passes; reports {:failover, os_time_us_of_success | nil, the errors
+    # before it}. The nodes share a machine, so their OS clocks agree with
+    # the killer's.
     def spawn_failover(modules, report_to) do
       for module <- modules do
         spawn(fn ->
           receive do
             {:go, deadline_os_us} ->
-              send(report_to, {:failover, module, commit_until(module, deadline_os_us)})
+              send(report_to, commit_until(module, deadline_os_us, []))
           end
         end)
       end
     end
 
-    defp commit_until(module, deadline_os_us) do
+    defp commit_until(module, deadline_os_us, errors) do
+      reply = Visor.commit(module, :incr, timeout: 1_000)
+
       cond do
-        committed?(Visor.commit(module, :incr, timeout: 1_000)) ->
-          System.os_time(:microsecond)
+        committed?(reply) ->
+          {:failover, System.os_time(:microsecond), errors}
 
         System.os_time(:microsecond) > deadline_os_us ->
-          nil
+          {:failover, nil, [reply | errors]}
 
         true ->
-          # An error comes back at once while no primary is known: retry
-          # soon, without spinning.
+          # An error may come back at once while no primary is known:
+          # retry soon, without spinning.
           Process.sleep(10)
-          commit_until(module, deadline_os_us)
+          commit_until(module, deadline_os_us, [reply | errors])
       end
     end
   end
@@ -563,15 +566,16 @@ failover =
     Enum.each(workers, &send(&1, {:go, killed_at + failover_timeout_s * 1_000_000}))
     deadline = System.monotonic_time(:millisecond) + (failover_timeout_s + 30) * 1000
 
-    results =
+    reports =
       for _ <- workers do
         receive do
-          {:failover, _module, at} -> at && (at - killed_at) / 1000
+          {:failover, at, errors} -> {at && (at - killed_at) / 1000, errors}
         after
-          GroupsBench.left(deadline) -> nil
+          GroupsBench.left(deadline) -> {nil, []}
         end
       end
 
+    results = Enum.map(reports, &elem(&1, 0))
     recovered = results |> Enum.reject(&is_nil/1) |> Enum.sort()
     # Groups that never committed again rank last.
     ranked = recovered ++ List.duplicate(nil, length(results) - length(recovered))
@@ -582,7 +586,12 @@ failover =
       recovered: length(recovered),
       p50_ms: Support.percentile(ranked, 0.5),
       p99_ms: Support.percentile(ranked, 0.99),
-      max_ms: List.last(ranked)
+      max_ms: List.last(ranked),
+      # What the failed attempts before the successes returned.
+      errors:
+        reports
+        |> Enum.flat_map(&elem(&1, 1))
+        |> Enum.frequencies_by(&inspect(&1, limit: 5))
     }
   end)
 
@@ -737,7 +746,8 @@ case failover do
   {:ok, f} ->
     IO.puts(
       "failover: #{f.victim} killed, #{f.recovered} of #{f.led} groups committed again, " <>
-        "p50 #{GroupsBench.fmt(round1.(f.p50_ms))} ms, max #{GroupsBench.fmt(round1.(f.max_ms))} ms"
+        "p50 #{GroupsBench.fmt(round1.(f.p50_ms))} ms, max #{GroupsBench.fmt(round1.(f.max_ms))} ms; " <>
+        "failed attempts: #{inspect(f.errors)}"
     )
 
   _ ->
