@@ -1771,3 +1771,69 @@ pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
     }
     settle(&mut sim)
 }
+
+/// Review break: a replica that heals installs a checkpoint at or below
+/// what it executed and executes again from it, so it asks its host again
+/// for snapshots at ops it had asked for before it diverged. The host's
+/// answers to the old requests, taken from the wrong state and still on
+/// their way (`TakeSnapshot` is answered "now or later"; `diverge` forgets
+/// the requests, not the answers), match the new requests' ops, and the
+/// replica forms its checkpoint from one: it diverges again, although its
+/// host's state is now the quorum's.
+///
+/// Replica 2's host lies from op 9 on. While 0 and 2 commit up to op 20
+/// (1 cut off, its report of 12 held back), 2's host answers snapshots
+/// late. Then 0 counts 1's report of 12 and 2 diverges at 12; its host is
+/// fixed (it no longer lies), 2 heals from 1's checkpoint 12 and executes
+/// 13..=20 again. The old answer for 20 arrives before the new one; once 0
+/// and 1 vouch for 20, the simulator fails the run as 2 diverges again.
+pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(
+    mut options: Options,
+) -> Result<(), Failure> {
+    options.config.view_change_ticks = 100_000;
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.options.snapshot_delay_max = SLOW_SNAPSHOT_TICKS;
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replica 2 executes op 20", |s| {
+        s.replica(2).commit() >= 20
+    })?;
+    let stale = sim.snapshots_owed(2);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    // Fixed: its host serialises the quorum's state from here on.
+    sim.options.lying_host = None;
+    sim.options.snapshot_delay_max = SLOW_SNAPSHOT_TICKS + 100;
+    sim.run_until(PHASE_TICKS, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged && s.replica(2).commit() >= 20
+    })?;
+    // The setup: an answer owed from before the divergence arrives before
+    // the one asked for after the heal, for the same op.
+    let owed = sim.snapshots_owed(2);
+    let overtaken = stale
+        .iter()
+        .find(|&&(due, op)| owed.iter().any(|&(d, o)| o == op && d > due) && owed.contains(&(due, op)));
+    if overtaken.is_none() {
+        return Err(failure(
+            &sim,
+            format!("no old snapshot answer overtakes a new one: owed {stale:?} then {owed:?}"),
+        ));
+    }
+    sim.run_ticks(SLOW_SNAPSHOT_TICKS * 2)?;
+    sim.options.snapshot_delay_max = 0;
+    sim.network.heal();
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    settle(&mut sim)
+}
+
+/// Longest a host takes to answer `TakeSnapshot` in
+/// `healed_replica_forms_no_checkpoint_from_its_diverged_state`.
+const SLOW_SNAPSHOT_TICKS: u64 = 900;

@@ -1457,6 +1457,14 @@ impl Simulator {
         (0..ticks).try_for_each(|_| self.step())
     }
 
+    /// The snapshots replica `r`'s host still owes: (due tick, op).
+    pub fn snapshots_owed(&self, r: ReplicaIndex) -> Vec<(u64, Op)> {
+        self.snapshots[r as usize]
+            .iter()
+            .map(|&(due, op, _)| (due, op))
+            .collect()
+    }
+
     pub fn replica(&self, r: ReplicaIndex) -> &Replica {
         self.running(r as usize).expect("replica is up")
     }

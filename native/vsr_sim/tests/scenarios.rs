@@ -270,3 +270,9 @@ fn synced_backup_on_a_lossy_link_releases_its_pin() {
 fn diverged_replica_heals_after_its_anchor_passes_the_divergence() {
     scenarios::diverged_replica_heals_after_its_anchor_passes_the_divergence(options(3, 4)).unwrap();
 }
+
+#[test]
+#[ignore = "review break: a healed replica forms a checkpoint from a snapshot its host took of the diverged state"]
+fn healed_replica_forms_no_checkpoint_from_its_diverged_state() {
+    scenarios::healed_replica_forms_no_checkpoint_from_its_diverged_state(options(3, 4)).unwrap();
+}
