@@ -1779,7 +1779,10 @@ pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
 /// their way (`TakeSnapshot` is answered "now or later"; `diverge` forgets
 /// the requests, not the answers), match the new requests' ops, and the
 /// replica forms its checkpoint from one: it diverges again, although its
-/// host's state is now the quorum's.
+/// host's state is now the quorum's. Visor's own host is exposed too:
+/// `Visor.Router` keeps the protocol (and so a heal) going while
+/// `Visor.Server` still works through older events, the old snapshot
+/// request among them, behind a slow `handle_commit`.
 ///
 /// Replica 2's host lies from op 9 on. While 0 and 2 commit up to op 20
 /// (1 cut off, its report of 12 held back), 2's host answers snapshots
