@@ -90,7 +90,8 @@ pub struct Options {
     /// stay crashed), and every request submitted through a live replica
     /// must still finish within `liveness_ticks`. Off in `from_seed`
     /// (`vopr --dead-minority` turns it on), so the default seeds stay as
-    /// they are.
+    /// they are. Such runs have no lying host (`Simulator::new` drops it):
+    /// with `n - quorum` replicas dead, a liar would be one fault too many.
     pub dead_minority: bool,
     /// Check `Replica::invariants` also when the configuration carries a
     /// deliberate bug (`Config::is_mutated`). Off by default: a mutation

@@ -160,7 +160,13 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    pub fn new(options: Options) -> Simulator {
+    pub fn new(mut options: Options) -> Simulator {
+        // A lying host is a faulty replica (while it is diverged, no
+        // checkpoint it needs can be vouched without a quorum of correct
+        // others): with a dead minority it would be one fault too many.
+        if options.dead_minority {
+            options.lying_host = None;
+        }
         let mut rng = Rng::new(options.seed);
         let n = options.replica_count();
         let hosts = (0..n)

@@ -272,7 +272,6 @@ fn diverged_replica_heals_after_its_anchor_passes_the_divergence() {
 }
 
 #[test]
-#[ignore = "review break: a healed replica forms a checkpoint from a snapshot its host took of the diverged state"]
 fn healed_replica_forms_no_checkpoint_from_its_diverged_state() {
     scenarios::healed_replica_forms_no_checkpoint_from_its_diverged_state(options(3, 4)).unwrap();
 }
