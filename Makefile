@@ -11,7 +11,7 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup fmt fresh-app
+.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup bench-groups fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # Visor needs no hex packages.
@@ -60,6 +60,15 @@ bench: deps
 # (BENCH_CATCHUP_MB); bench/catchup.exs, about 10 s.
 bench-catchup: deps
 	mix run bench/catchup.exs
+
+# What many groups cost (docs/design/many-groups.md, step 0): BENCH_GROUPS
+# groups (default 10,000, one generated module each) on 3 local nodes;
+# form time, a BENCH_IDLE_S idle window (default 60: view changes, CPU,
+# distribution messages and memory per node), 256 callers over many groups
+# against one, and failover after a SIGKILL. Prints a table and writes
+# bench/results/groups-<time>.json (bench/groups.exs).
+bench-groups: deps
+	mix run bench/groups.exs
 
 fmt:
 	cargo fmt --all

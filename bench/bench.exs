@@ -12,7 +12,9 @@
 #     mix run bench/bench.exs            # BENCH_SECONDS=3 per throughput run
 #     BENCH_DATA_DIR=/mnt/ssd/visor mix run bench/bench.exs   # disk mode's data_dir
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
+Code.require_file("support.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
+alias Visor.Bench.Support
 
 seconds = String.to_integer(System.get_env("BENCH_SECONDS", "3"))
 sequential_n = String.to_integer(System.get_env("BENCH_SEQUENTIAL", "3000"))
@@ -135,8 +137,6 @@ worker =
   end
 
 defmodule Bench do
-  def progress(text), do: IO.puts(IO.ANSI.format([:faint, "  ... ", :reset, text]))
-
   # What a replica's group commit pays at least once per batch: append a
   # small record to a file under `dir`, then fdatasync it (:file.datasync/1
   # on a raw file). µs per write + datasync, at most `n` or 10 s of them.
@@ -162,13 +162,6 @@ defmodule Bench do
     samples
   end
 
-  def pct([], _), do: nil
-
-  def pct(sorted, p) do
-    n = length(sorted)
-    Enum.at(sorted, max(0, ceil(p * n) - 1))
-  end
-
   # A percentile is reported only with enough samples to mean something.
   def summary(samples) do
     sorted = Enum.sort(samples)
@@ -176,9 +169,9 @@ defmodule Bench do
 
     %{
       n: n,
-      p50_us: round1(pct(sorted, 0.50)),
-      p99_us: if(n >= 100, do: round1(pct(sorted, 0.99))),
-      p999_us: if(n >= 1000, do: round1(pct(sorted, 0.999)))
+      p50_us: round1(Support.percentile(sorted, 0.50)),
+      p99_us: if(n >= 100, do: round1(Support.percentile(sorted, 0.99))),
+      p999_us: if(n >= 1000, do: round1(Support.percentile(sorted, 0.999)))
     }
   end
 
@@ -212,65 +205,55 @@ defmodule Bench do
   def fmt(nil), do: "-"
   def fmt(us) when us >= 1000, do: "#{Float.round(us / 1000, 2)} ms"
   def fmt(us), do: "#{round(us)} µs"
-
-  # A tiny JSON encoder (no hex packages here): maps, lists, strings,
-  # atoms, numbers.
-  def json(map) when is_map(map) do
-    inner = Enum.map_join(map, ",", fn {k, v} -> json(to_string(k)) <> ":" <> json(v) end)
-    "{" <> inner <> "}"
-  end
-
-  def json(list) when is_list(list), do: "[" <> Enum.map_join(list, ",", &json/1) <> "]"
-  def json(nil), do: "null"
-  def json(b) when is_boolean(b), do: to_string(b)
-  def json(a) when is_atom(a), do: json(Atom.to_string(a))
-  def json(n) when is_number(n), do: to_string(n)
-  def json(s) when is_binary(s), do: inspect(s, printable_limit: :infinity)
 end
 
 started = System.monotonic_time(:millisecond)
 IO.puts("Visor bench: 3 local nodes, #{seconds} s per throughput run")
 
 File.rm_rf!(data_dir)
-Bench.progress("fdatasync latency under #{data_dir} (#{fsync_n} appends of 256 B + datasync)")
+Support.progress("fdatasync latency under #{data_dir} (#{fsync_n} appends of 256 B + datasync)")
 fsync = Bench.summary(Bench.fsync_latency(data_dir, fsync_n))
 
-Bench.progress("starting nodes a, b, c")
+Support.progress("starting nodes a, b, c")
 :ok = LocalCluster.start_distribution("visor_bench")
 nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
 [a, b, c] = nodes
 :ok = LocalCluster.load_modules(nodes, [helpers, kv, disk_kv, worker])
 
-Bench.progress("distribution round trip (send/receive ping-pong a <-> b)")
+Support.progress("distribution round trip (send/receive ping-pong a <-> b)")
 echo = :erpc.call(b, Visor.Bench.Worker, :start_echo, [])
 _warmup = :erpc.call(a, Visor.Bench.Worker, :ping, [echo, 500])
 rtt = Bench.summary(:erpc.call(a, Visor.Bench.Worker, :ping, [echo, 5000]))
 
-Bench.progress("Visor: forming the cluster")
+Support.progress("Visor: forming the cluster")
 LocalCluster.start_group(nodes, Visor.Bench.KV, nodes: nodes)
 primary = LocalCluster.status(a, Visor.Bench.KV).primary
 backup = hd(nodes -- [primary])
 
-Bench.progress("Visor: #{sequential_n} sequential commits on the primary's node")
+Support.progress("Visor: #{sequential_n} sequential commits on the primary's node")
 _warmup = :erpc.call(primary, Visor.Bench.Worker, :sequential, [:visor, 300])
 
 visor_seq_primary =
   Bench.summary(:erpc.call(primary, Visor.Bench.Worker, :sequential, [:visor, sequential_n]))
 
-Bench.progress("Visor: up to #{sequential_n} sequential commits (15 s) on a backup's node")
+Support.progress("Visor: up to #{sequential_n} sequential commits (15 s) on a backup's node")
 
 visor_seq_backup =
   Bench.summary(:erpc.call(backup, Visor.Bench.Worker, :sequential, [:visor, sequential_n]))
 
 # Registers the client sessions every level needs, outside the measurements.
-Bench.progress("Visor: warming up 256 callers")
+Support.progress("Visor: warming up 256 callers")
 _ = Bench.throughput(:visor, nodes, 256, 1)
 
 # One throughput run per level of concurrency, with progress as it goes.
 throughput_levels = fn system, label, unit ->
   for n <- levels do
     r = Bench.throughput(system, nodes, n, seconds)
-    Bench.progress("#{label}: #{n} callers: #{r.ops_per_s} #{unit}/s, p50 #{Bench.fmt(r.p50_us)}")
+
+    Support.progress(
+      "#{label}: #{n} callers: #{r.ops_per_s} #{unit}/s, p50 #{Bench.fmt(r.p50_us)}"
+    )
+
     r
   end
 end
@@ -278,7 +261,7 @@ end
 visor_tp = throughput_levels.(:visor, "Visor", "commits")
 
 # The same runs in disk mode: each node's store in its own directory.
-Bench.progress("Visor disk mode: forming the cluster (stores in #{data_dir})")
+Support.progress("Visor disk mode: forming the cluster (stores in #{data_dir})")
 
 LocalCluster.start_group(nodes, Visor.Bench.DiskKV, fn node ->
   [nodes: nodes, storage: :disk, data_dir: Path.join(data_dir, Atom.to_string(node))]
@@ -287,7 +270,7 @@ end)
 disk_primary = LocalCluster.status(a, Visor.Bench.DiskKV).primary
 disk_backup = hd(nodes -- [disk_primary])
 
-Bench.progress(
+Support.progress(
   "Visor disk mode: up to #{sequential_n} sequential commits (15 s) on the primary's node"
 )
 
@@ -298,7 +281,7 @@ disk_seq_primary =
     :erpc.call(disk_primary, Visor.Bench.Worker, :sequential, [:visor_disk, sequential_n])
   )
 
-Bench.progress(
+Support.progress(
   "Visor disk mode: up to #{sequential_n} sequential commits (15 s) on a backup's node"
 )
 
@@ -307,7 +290,7 @@ disk_seq_backup =
     :erpc.call(disk_backup, Visor.Bench.Worker, :sequential, [:visor_disk, sequential_n])
   )
 
-Bench.progress("Visor disk mode: warming up 256 callers")
+Support.progress("Visor disk mode: warming up 256 callers")
 _ = Bench.throughput(:visor_disk, nodes, 256, 1)
 disk_tp = throughput_levels.(:visor_disk, "Visor disk", "commits")
 
@@ -316,7 +299,7 @@ disk_storage =
     {n, Map.take(LocalCluster.status(n, Visor.Bench.DiskKV).storage, [:syncs, :wal_bytes])}
   end
 
-Bench.progress("Mnesia: ram_copies table on a, b, c")
+Support.progress("Mnesia: ram_copies table on a, b, c")
 
 for n <- nodes do
   :ok = :erpc.call(n, :application, :set_env, [:mnesia, :dir, ~c"/tmp/visor_bench_mnesia_#{n}"])
@@ -333,7 +316,7 @@ end
 
 for n <- nodes, do: :ok = :erpc.call(n, :mnesia, :wait_for_tables, [[:bench_kv], 10_000])
 
-Bench.progress("Mnesia: #{sequential_n} sequential sync_transaction writes on a")
+Support.progress("Mnesia: #{sequential_n} sequential sync_transaction writes on a")
 _warmup = :erpc.call(a, Visor.Bench.Worker, :sequential, [:mnesia, 300])
 
 mnesia_seq =
@@ -500,6 +483,6 @@ dir = Path.expand("results", __DIR__)
 File.mkdir_p!(dir)
 stamp = env.date |> String.replace(~r/[^0-9T]/, "")
 path = Path.join(dir, "#{stamp}.json")
-File.write!(path, Bench.json(result) <> "\n")
+File.write!(path, Support.json(result) <> "\n")
 elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
 IO.puts("\nWrote #{Path.relative_to_cwd(path)} (#{elapsed} s in all)")

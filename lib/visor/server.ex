@@ -422,7 +422,18 @@ defmodule Visor.Server do
     started = System.monotonic_time()
     {machine, effects} = Machine.event(state.machine, event)
     observe(event, effects, System.monotonic_time() - started, state)
-    run(effects, %{state | machine: machine})
+    state = run(effects, %{state | machine: machine})
+
+    if Upgrade.awaiting_catch_up?(state.upgrade),
+      do: upgrade_caught_up(state),
+      else: state
+  end
+
+  # A new primary's first version round waited for it to execute its log.
+  defp upgrade_caught_up(state) do
+    now = System.monotonic_time(:millisecond)
+    {upgrade, effects} = Upgrade.caught_up(state.upgrade, upgrade_view(state), now)
+    run(effects, %{state | upgrade: upgrade})
   end
 
   # Telemetry for the machine's events: the checkpoints it encoded (the

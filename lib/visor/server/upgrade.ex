@@ -24,8 +24,8 @@ defmodule Visor.Server.Upgrade do
   # A new cluster runs version 0 until its primary switches it, so that the
   # first commands of a cluster whose members all run newer code would run
   # under version 0. Hence a first round at once (not at the next tick)
-  # when this replica becomes the primary of a view (`view_started/3`),
-  # and a hold (`holding/3`) on this node's callers' commands, while the
+  # when this replica becomes the primary of a view (`view_started/3`;
+  # once it has executed the log it holds: `caught_up/3`), and a hold (`holding/3`) on this node's callers' commands, while the
   # version this node's code supports is above the cluster's: from the
   # engine's start (`engine_started/3`), and from the start of a view this
   # replica leads, until the cluster runs that version, the primary's
@@ -56,7 +56,11 @@ defmodule Visor.Server.Upgrade do
     proposing: nil,
     # %{until: monotonic ms, primary: boolean}: this node's callers'
     # commands wait for the first round (see above), or nil.
-    hold: nil
+    hold: nil,
+    # This replica became the primary of a view before it had executed
+    # every op known committed: the view's first round waits for that
+    # (`caught_up/3`).
+    view_pending: false
   ]
 
   @type t :: %__MODULE__{}
@@ -100,17 +104,48 @@ defmodule Visor.Server.Upgrade do
   `now`; `view.primary` says whether it is this replica: then it starts a
   round at once, and holds its callers' commands until the round ends.
   Only once it has executed every op known committed (`caught_up`): a
-  primary restarted from its store may still be replaying its log, its
-  version older than the cluster's; the next tick asks then.
+  primary restarted from its store, or one elected under load, may still
+  be executing its log, its version older than the cluster's; the round
+  and the hold then start when it has caught up (`caught_up/3`).
   """
   @spec view_started(t(), view(), integer()) :: {t(), [effect()]}
   def view_started(%__MODULE__{} = upgrade, %{primary: true, caught_up: true} = view, now) do
-    {upgrade, hold_effects} = start_hold(upgrade, view, now, true)
+    {upgrade, hold_effects} = start_hold(%{upgrade | view_pending: false}, view, now, true)
     {upgrade, effects} = tick(upgrade, view)
     {upgrade, hold_effects ++ effects}
   end
 
-  def view_started(%__MODULE__{} = upgrade, _view, _now), do: {upgrade, []}
+  def view_started(%__MODULE__{} = upgrade, %{primary: true}, _now),
+    do: {%{upgrade | view_pending: true}, []}
+
+  def view_started(%__MODULE__{} = upgrade, _view, _now),
+    do: {%{upgrade | view_pending: false}, []}
+
+  @doc """
+  Whether a view's first round waits for this replica to catch up with
+  the log (the server then calls `caught_up/3` as it executes).
+  """
+  @spec awaiting_catch_up?(t()) :: boolean()
+  def awaiting_catch_up?(%__MODULE__{view_pending: pending}), do: pending
+
+  @doc """
+  This replica executed ops while a view's first round waited for it
+  (`awaiting_catch_up?/1`): once it has caught up, still the primary, the
+  round and the hold start as `view_started/3` says; a replica that is no
+  longer the primary forgets the round.
+  """
+  @spec caught_up(t(), view(), integer()) :: {t(), [effect()]}
+  def caught_up(
+        %__MODULE__{view_pending: true} = upgrade,
+        %{primary: true, caught_up: false},
+        _now
+      ),
+      do: {upgrade, []}
+
+  def caught_up(%__MODULE__{view_pending: true} = upgrade, view, now),
+    do: view_started(upgrade, view, now)
+
+  def caught_up(%__MODULE__{} = upgrade, _view, _now), do: {upgrade, []}
 
   defp start_hold(upgrade, view, now, primary) do
     if is_integer(view.supported) and view.supported > view.running do

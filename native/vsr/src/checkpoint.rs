@@ -193,6 +193,11 @@ pub(crate) struct Checkpoints {
     /// of whom.
     last_heal_request: Option<u64>,
     heal_peer: ReplicaIndex,
+    /// A replica that healed asks for no snapshot at or below this op: it
+    /// executes those ops again from the checkpoint it installed, and its
+    /// host may still answer what it was asked before the divergence, from
+    /// the wrong state (an answer names only its op).
+    asked_before_heal: Op,
     pub(crate) sync: Option<Sync>,
 }
 
@@ -346,7 +351,11 @@ impl Replica {
     /// its snapshot and captures the rest of the state as of `op`.
     pub(crate) fn checkpoint_due(&mut self, op: Op, checksum: u128, timestamp: u64) {
         let interval = self.config.checkpoint_interval;
-        if interval == 0 || !op.is_multiple_of(interval) || op <= self.checkpoints.latest().0 {
+        if interval == 0
+            || !op.is_multiple_of(interval)
+            || op <= self.checkpoints.latest().0
+            || op <= self.checkpoints.asked_before_heal
+        {
             return;
         }
         let pending = PendingSnapshot {
@@ -544,20 +553,24 @@ impl Replica {
     /// While diverged: asks the others, one per resend interval, for the
     /// quorum's checkpoint (any that vouches for one answers with it).
     pub(crate) fn tick_diverged(&mut self) {
-        let Some(diverged) = self.checkpoints.diverged else {
+        if !self.is_diverged() {
             return;
-        };
+        }
         if self.syncing() || !self.due(self.checkpoints.last_heal_request) {
             return;
         }
-        // It asks for the vouched identity it diverged from, by digest, so
-        // that a peer holding that very checkpoint sends it even if it has
-        // not heard the vouch (it may not have: the primary that counted
-        // it may since have lost its memory).
+        // It asks for the oldest vouched identity it would install, by
+        // digest, so that a peer holding that very checkpoint sends it even
+        // if it has not heard the vouch (it may not have: the primary that
+        // counted it may since have lost its memory). Not below its floor:
+        // its anchor may have passed the op where it diverged (a later
+        // snapshot of its own matched the quorum's), and a peer asked for
+        // an older checkpoint sends exactly that, refused here, for ever.
+        let floor = self.sync_floor();
         let Some((op, digest)) = self
             .checkpoints
             .vouched
-            .range(diverged..)
+            .range(floor..)
             .next()
             .map(|(&o, &d)| (o, d))
         else {
@@ -902,6 +915,7 @@ impl Replica {
                 wrong_from = op;
             }
             self.checkpoints.digests.retain(|&o, _| o < wrong_from);
+            self.checkpoints.asked_before_heal = self.checkpoints.asked_before_heal.max(self.commit_min);
         }
         self.client_table = table;
         let same_history = self.log.checksum_at(op) == Some(checkpoint.checksum);

@@ -1,7 +1,7 @@
 //! [`Host`]: a replica, its store, and the outputs it owes.
 
 use vsr::{Config, Input, Output, Replica, ReplicaIndex};
-use vsr_storage::{Disk, Identity, Opened, Store};
+use vsr_storage::{Creation, Disk, Identity, Opened, Store};
 
 use crate::error::{catch_panic, BootError, Bug, Unbooted};
 
@@ -104,8 +104,13 @@ impl<D: Disk> Host<D> {
                 fresh(config, index, recover, nonce).map_err(|error| Unbooted { error, disk: None })?;
             return Ok(Host::new(replica, None, Vec::new(), Vec::new()));
         };
-        let (mut store, opened) =
-            Store::open(options.disk, options.identity, options.meta).map_err(|unopened| Unbooted {
+        let creation = if recover {
+            Creation::Recovering
+        } else {
+            Creation::Fresh
+        };
+        let (mut store, opened) = Store::open_with(options.disk, options.identity, options.meta, creation)
+            .map_err(|unopened| Unbooted {
                 error: BootError::Store(unopened.error),
                 disk: Some(unopened.disk),
             })?;

@@ -320,6 +320,45 @@ fn a_new_store_boots_a_fresh_replica_or_a_recovering_one_that_is_durably_recover
     assert!(matches!(opened, Opened::Recover { .. }), "{opened:?}");
 }
 
+/// A crash at any point of a rejoining replica's boot, once its store
+/// exists, restarts it recovering: a review found the window where the
+/// new store's first superblock said "not recovering, view 0" until the
+/// replica's first sync, and a crash in it restarted a replica that had
+/// rejoined (an earlier incarnation may have acknowledged ops) as a normal
+/// one with an empty log, which acknowledges and votes again.
+#[test]
+fn a_crash_anywhere_in_a_rejoining_replicas_boot_restarts_it_recovering() {
+    let mut windows = 0;
+    for after in 0..64 {
+        let mut disk = MemDisk::default();
+        disk.crash_after = Some(after);
+        let Err(unbooted) = Host::boot(Config::new(CLUSTER, 3), 1, Some(options(3, 1, disk)), true, 1) else {
+            break; // booted whole: the test above covers a crash from here on
+        };
+        let mut disk = unbooted.disk.expect("the disk comes back");
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let mut probe = disk.clone();
+        let Some(superblock) = Store::probe(&mut probe).unwrap() else {
+            continue; // no store yet: the node forms again and rejoins
+        };
+        windows += 1;
+        let host =
+            Host::boot(Config::new(CLUSTER, 3), 1, Some(options(3, 1, disk)), false, 2).expect("boots");
+        assert!(
+            superblock.recovering && host.replica().status() == Status::Recovering,
+            "crash after {after} disk operations: the store says recovering={}, and the \
+             replica restarts {:?} at view {}",
+            superblock.recovering,
+            host.replica().status(),
+            host.replica().durable_state().view,
+        );
+    }
+    assert!(
+        windows > 0,
+        "no crash left a store behind: the test checks nothing"
+    );
+}
+
 /// The disk of a one-replica cluster that committed ops 1..=`ops` and
 /// recorded its commit number (a replica writes it only when a view
 /// starts; here the test writes the replica's durable state itself).

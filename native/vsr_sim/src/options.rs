@@ -73,6 +73,12 @@ pub struct Options {
     /// A deliberately broken host for the divergence check's self-test:
     /// this replica's host serialises a state that differs from the others'.
     pub lying_host: Option<u8>,
+    /// The chance that the lying host lies at a given checkpoint: 1.0 lies
+    /// at every one; below, its state is wrong at some checkpoints and
+    /// right at others (a snapshot encoding that is not deterministic), so
+    /// a replica's own checkpoint can match the quorum's after one that
+    /// did not.
+    pub lying_rate: f64,
     /// Disk mode: the stores compact their WAL once this many bytes are
     /// dead (`Store::set_compaction_bytes`); small, so seeds compact often.
     pub compaction_bytes: u64,
@@ -84,7 +90,8 @@ pub struct Options {
     /// stay crashed), and every request submitted through a live replica
     /// must still finish within `liveness_ticks`. Off in `from_seed`
     /// (`vopr --dead-minority` turns it on), so the default seeds stay as
-    /// they are.
+    /// they are. Such runs have no lying host (`Simulator::new` drops it):
+    /// with `n - quorum` replicas dead, a liar would be one fault too many.
     pub dead_minority: bool,
     /// Check `Replica::invariants` also when the configuration carries a
     /// deliberate bug (`Config::is_mutated`). Off by default: a mutation
@@ -125,6 +132,7 @@ impl Options {
             liveness_ticks: 4_000,
             snapshot_delay_max: 0,
             lying_host: None,
+            lying_rate: 1.0,
             config_override: None,
             dead_minority: false,
             invariants_under_mutation: false,
@@ -235,6 +243,11 @@ impl Options {
         (n.stray_min, n.stray_max) = (longest + 1, longest * 3);
         // Disk faults at restart. Drawn last.
         options.boot_fault_probability = if rng.chance(0.5) { rng.float(0.0, 0.5) } else { 0.0 };
+        // A host that lies at some checkpoints only, in half the seeds with
+        // a lying host. Drawn last, and only for those.
+        if options.lying_host.is_some() && rng.chance(0.5) {
+            options.lying_rate = rng.float(0.2, 0.8);
+        }
         options
     }
 

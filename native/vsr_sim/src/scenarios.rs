@@ -1696,3 +1696,145 @@ pub fn synced_backup_on_a_lossy_link_releases_its_pin(options: Options) -> Resul
     }
     settle(&mut sim)
 }
+
+/// Review break (of 502193f): a diverged replica whose anchor then passes
+/// the op where it diverged never heals. It asks for the vouched checkpoint
+/// at the op where it diverged, but `sync_floor` is now its anchor, above
+/// it: every peer that holds that checkpoint sends it, it refuses it, and
+/// the sender pins it for it (the requests keep the pin fresh), so even a
+/// cluster that commits on never offers it anything newer.
+///
+/// Replica 2's host serialises a wrong state at checkpoint 12 and a right
+/// one at 16 (an intermittent host bug: a nondeterministic serialisation,
+/// or a fix loaded between the two). Both are taken before any vouch for
+/// 12 reaches it. Then the primary (0) counts 1's held report of 12 and 2
+/// diverges at 12; then 0 counts 2's report of 16, sent before it diverged
+/// and held back until now, vouches for 16, and 2 makes its own 16 (which
+/// matches) its anchor.
+pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
+    mut options: Options,
+) -> Result<(), Failure> {
+    // The primary hears no one for a while: it must not abdicate meanwhile.
+    options.config.view_change_ticks = 100_000;
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.options.lying_host = None;
+    for i in 0..4 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    // Replica 2's acknowledgements with its report of 16 are held back.
+    sim.network.hold(2, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 checkpoints op 16", |s| {
+        s.replica(2).checkpoint().is_some_and(|c| c.op == 16)
+    })?;
+    sim.run_ticks(20)?; // a heartbeat or two: 2 reports 16, held
+    sim.options.lying_host = Some(2);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges at op 12", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    if sim.divergences.last().map(|d| d.1) != Some(12)
+        || sim.replica(2).checkpoint().map(|c| c.op) != Some(16)
+    {
+        return Err(failure(
+            &sim,
+            format!(
+                "replica 2 did not diverge at 12 holding its own checkpoint 16: {:?}",
+                sim.divergences
+            ),
+        ));
+    }
+    // 0 vouches for 16 and tells 2, whose anchor becomes its own 16 (before
+    // the fix it then asked for 12 for ever; now it may heal at once).
+    let now = sim.tick;
+    sim.network.release(now, 2, 0);
+    sim.run_ticks(50)?;
+    // Nothing of 2's can diverge from here on (it holds no other digest at
+    // or past its anchor), so the simulator fails the run if it does.
+    sim.options.lying_host = None;
+    sim.network.heal();
+    for i in 0..16 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    let healed = sim.run_until(PHASE_TICKS * 4, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged
+    });
+    if let Err(mut failure) = healed {
+        let pins: Vec<Option<Op>> = [0, 1]
+            .iter()
+            .map(|&r| sim.replica(r).pinned_checkpoint(2))
+            .collect();
+        failure.reason += &format!("; checkpoints pinned for replica 2 by replicas 0 and 1: {pins:?}");
+        return Err(failure);
+    }
+    settle(&mut sim)
+}
+
+/// Review break: a replica that heals installs a checkpoint at or below
+/// what it executed and executes again from it, so it asks its host again
+/// for snapshots at ops it had asked for before it diverged. The host's
+/// answers to the old requests, taken from the wrong state and still on
+/// their way (`TakeSnapshot` is answered "now or later"; `diverge` forgets
+/// the requests, not the answers), match the new requests' ops, and the
+/// replica forms its checkpoint from one: it diverges again, although its
+/// host's state is now the quorum's. Visor's own host is exposed too:
+/// `Visor.Router` keeps the protocol (and so a heal) going while
+/// `Visor.Server` still works through older events, the old snapshot
+/// request among them, behind a slow `handle_commit`.
+///
+/// Replica 2's host lies from op 9 on. While 0 and 2 commit up to op 20
+/// (1 cut off, its report of 12 held back), 2's host answers snapshots
+/// late. Then 0 counts 1's report of 12 and 2 diverges at 12; its host is
+/// fixed (it no longer lies), 2 heals from 1's checkpoint 12 and executes
+/// 13..=20 again. The old answer for 20 arrives before the new one; once 0
+/// and 1 vouch for 20, the simulator fails the run as 2 diverges again.
+pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(
+    mut options: Options,
+) -> Result<(), Failure> {
+    options.config.view_change_ticks = 100_000;
+    let mut sim = Simulator::new(checkpointing(options));
+    let clients = sim.clients.len();
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.options.snapshot_delay_max = SLOW_SNAPSHOT_TICKS;
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    sim.run_until(PHASE_TICKS, "replica 2 executes op 20", |s| {
+        s.replica(2).commit() >= 20
+    })?;
+    let stale = sim.snapshots_owed(2);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    // Fixed: its host serialises the quorum's state from here on.
+    sim.options.lying_host = None;
+    sim.options.snapshot_delay_max = SLOW_SNAPSHOT_TICKS + 100;
+    sim.run_until(PHASE_TICKS, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged && s.replica(2).commit() >= 20
+    })?;
+    // The setup: an answer owed from before the divergence is still on its
+    // way once the replica has healed and executed its op again (before
+    // the fix it asked again, and the old answer came first).
+    let owed = sim.snapshots_owed(2);
+    if !stale.iter().any(|old| owed.contains(old)) {
+        return Err(failure(
+            &sim,
+            format!("no old snapshot answer outlives the heal: owed {stale:?} then {owed:?}"),
+        ));
+    }
+    sim.run_ticks(SLOW_SNAPSHOT_TICKS * 2)?;
+    sim.options.snapshot_delay_max = 0;
+    sim.network.heal();
+    for i in 0..8 {
+        commit(&mut sim, i % clients, 0)?;
+    }
+    settle(&mut sim)
+}
+
+/// Longest a host takes to answer `TakeSnapshot` in
+/// `healed_replica_forms_no_checkpoint_from_its_diverged_state`.
+const SLOW_SNAPSHOT_TICKS: u64 = 900;

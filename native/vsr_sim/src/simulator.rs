@@ -160,7 +160,13 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    pub fn new(options: Options) -> Simulator {
+    pub fn new(mut options: Options) -> Simulator {
+        // A lying host is a faulty replica (while it is diverged, no
+        // checkpoint it needs can be vouched without a quorum of correct
+        // others): with a dead minority it would be one fault too many.
+        if options.dead_minority {
+            options.lying_host = None;
+        }
         let mut rng = Rng::new(options.seed);
         let n = options.replica_count();
         let hosts = (0..n)
@@ -1221,7 +1227,8 @@ impl Simulator {
                         ));
                     }
                     let mut state = app;
-                    if self.options.lying_host == Some(r) {
+                    let rate = self.options.lying_rate;
+                    if self.options.lying_host == Some(r) && (rate >= 1.0 || self.rng.chance(rate)) {
                         state.hash ^= 1;
                     }
                     let delay = match self.options.snapshot_delay_max {
@@ -1454,6 +1461,14 @@ impl Simulator {
     /// Steps `ticks` times.
     pub fn run_ticks(&mut self, ticks: u64) -> Result<(), Failure> {
         (0..ticks).try_for_each(|_| self.step())
+    }
+
+    /// The snapshots replica `r`'s host still owes: (due tick, op).
+    pub fn snapshots_owed(&self, r: ReplicaIndex) -> Vec<(u64, Op)> {
+        self.snapshots[r as usize]
+            .iter()
+            .map(|&(due, op, _)| (due, op))
+            .collect()
     }
 
     pub fn replica(&self, r: ReplicaIndex) -> &Replica {

@@ -265,3 +265,13 @@ fn installed_replica_ignores_a_late_vouch_for_an_older_checkpoint() {
 fn synced_backup_on_a_lossy_link_releases_its_pin() {
     scenarios::synced_backup_on_a_lossy_link_releases_its_pin(options(3, 4)).unwrap();
 }
+
+#[test]
+fn diverged_replica_heals_after_its_anchor_passes_the_divergence() {
+    scenarios::diverged_replica_heals_after_its_anchor_passes_the_divergence(options(3, 4)).unwrap();
+}
+
+#[test]
+fn healed_replica_forms_no_checkpoint_from_its_diverged_state() {
+    scenarios::healed_replica_forms_no_checkpoint_from_its_diverged_state(options(3, 4)).unwrap();
+}

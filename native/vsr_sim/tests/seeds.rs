@@ -70,3 +70,14 @@ fn diverged_replica_takes_part_in_view_changes() {
         vsr_sim::Simulator::new(options).run().unwrap();
     }
 }
+
+/// Three seeds of the 1,000,000-seed soak (each with a lying host) where a
+/// replica that had installed a newer checkpoint diverged on a late vouch
+/// for an older one of its own, asked for that older one, and refused it
+/// from both peers for ever (docs/protocol.md, "Vouching and divergence").
+#[test]
+fn installed_replica_does_not_diverge_on_a_late_vouch() {
+    for seed in [161_832, 291_613, 309_250] {
+        run_seed(seed).unwrap();
+    }
+}

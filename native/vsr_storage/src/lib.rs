@@ -20,4 +20,4 @@ pub mod store;
 pub use disk::{probe_dir, Disk, FileDisk, Zone};
 pub use format::{Identity, Superblock, WalDamage, WalScan};
 pub use mem::{CrashCut, MemDisk};
-pub use store::{Opened, Store, StoreError, StoreStats, Unopened};
+pub use store::{Creation, Opened, Store, StoreError, StoreStats, Unopened};

@@ -132,6 +132,15 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// What a store created by `Store::open_with` records first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Creation {
+    /// A new replica of a new cluster.
+    Fresh,
+    /// A replica that lost its state and rejoins a cluster that ran.
+    Recovering,
+}
+
 /// How the replica of an opened store starts.
 #[derive(Debug)]
 pub enum Opened {
@@ -303,7 +312,22 @@ impl<D: Disk> Store<D> {
     /// durable checkpoint (verified against the superblock's digest) and
     /// the log the write-ahead log holds. If it cannot, the disk comes back
     /// with the error (`Unopened`), as the open left it, for another try.
-    pub fn open(mut disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), Unopened<D>> {
+    pub fn open(disk: D, identity: Identity, meta: Vec<u8>) -> Result<(Store<D>, Opened), Unopened<D>> {
+        Store::open_with(disk, identity, meta, Creation::Fresh)
+    }
+
+    /// As `open`, but a store created here records `creation` in its first
+    /// superblock. A replica that rejoins a cluster that ran (it lost its
+    /// state) is recovering from the store's creation on: a crash before
+    /// its first sync restarts it into recovery, never as a normal replica
+    /// with an empty log at view 0 (a review found that window: the store
+    /// said "not recovering" until the replica's first sync).
+    pub fn open_with(
+        mut disk: D,
+        identity: Identity,
+        meta: Vec<u8>,
+        creation: Creation,
+    ) -> Result<(Store<D>, Opened), Unopened<D>> {
         let found = match Store::examine(&mut disk, &identity, &meta) {
             Ok(found) => found,
             Err(error) => return Err(Unopened { error, disk }),
@@ -311,7 +335,11 @@ impl<D: Disk> Store<D> {
         let (store, opened) = match found {
             None => {
                 let mut store = Store::blank(disk, identity, meta);
-                let created = store.write_superblock(store.superblock.state(), None);
+                let state = DurableState {
+                    recovering: creation == Creation::Recovering,
+                    ..store.superblock.state()
+                };
+                let created = store.write_superblock(state, None);
                 (store, created.map(|()| Opened::Created).map_err(StoreError::from))
             }
             Some(found) => Store::resume(disk, found),

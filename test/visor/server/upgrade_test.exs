@@ -118,15 +118,36 @@ defmodule Visor.Server.UpgradeTest do
       assert {true, u} = Upgrade.holding(u, versions(), 1_200)
       assert {false, _} = Upgrade.holding(u, fn -> {2, 2} end, 1_200)
 
-      # A backup learning the view asks nothing; a primary not caught up
-      # with the log (still replaying it) waits for the next tick.
+      # A backup learning the view asks nothing.
       assert {_, []} = Upgrade.view_started(upgrade(), backup, 1_000)
-      assert {_, []} = Upgrade.view_started(upgrade(), %{@fresh | caught_up: false}, 1_000)
 
       for view <- [%{backup | supported: 1}, %{backup | supported: :invalid}] do
         assert {u, []} = Upgrade.engine_started(upgrade(), view, 1_000)
         assert {false, _} = Upgrade.holding(u, versions(), 1_000)
       end
+    end
+
+    test "a primary still executing its log asks and holds once it has caught up, not a tick later" do
+      behind = %{@fresh | caught_up: false}
+      {u, []} = Upgrade.view_started(upgrade(), behind, 1_000)
+      assert Upgrade.awaiting_catch_up?(u)
+
+      # Still executing: nothing yet.
+      assert {^u, []} = Upgrade.caught_up(u, behind, 1_050)
+
+      {u, [{:after, 500, :visor_hold_end}, {:ask, 1, @others}]} =
+        Upgrade.caught_up(u, @fresh, 1_100)
+
+      refute Upgrade.awaiting_catch_up?(u)
+      assert {true, _} = Upgrade.holding(u, versions(), 1_599)
+      assert {false, _} = Upgrade.holding(u, versions(), 1_600)
+    end
+
+    test "a primary that lost its view before catching up forgets the round" do
+      {u, []} = Upgrade.view_started(upgrade(), %{@fresh | caught_up: false}, 1_000)
+      {u, []} = Upgrade.caught_up(u, %{@fresh | primary: false}, 1_100)
+      refute Upgrade.awaiting_catch_up?(u)
+      assert {false, _} = Upgrade.holding(u, versions(), 1_100)
     end
   end
 end
