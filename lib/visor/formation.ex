@@ -60,7 +60,7 @@ defmodule Visor.Formation do
   # wiped (`Visor.Formation.Explicit` explains why that is safe). While
   # the replica recovers (it rejoined, or its store says so) a member its
   # snapshot does not name is answered by records instead, until the
-  # group's router says the replica is normal (`replica_normal/1`). A
+  # group's router says the replica finished recovering (`replica_normal/1`). A
   # snapshot that cannot be written refuses this node's replica
   # (`{:refused, {:storage_refused, message}}` to the server, one error
   # logged) instead of crashing, which would restart the group into the
@@ -112,13 +112,12 @@ defmodule Visor.Formation do
   end
 
   @doc """
-  Tells formation that this node's replica is normal. The group's router
-  calls it when it sees the replica in a normal view (it looks every
-  10 ms, whatever the server is doing). A decider that held back for a
-  recovering replica then answers peers by its formation snapshot
-  (`Visor.Formation.Explicit`). The message is `:visor_replica_normal`,
-  which the decider takes as it comes: a peer that sent it could only make
-  this node's answers stricter.
+  Tells formation that this node's replica holds the cluster's state: no
+  longer starting or recovering (normal, in a view change, or diverged).
+  The group's router calls it once, at the first look that finds it so (it
+  looks every 10 ms, whatever the server is doing). A decider that held
+  back for a recovering replica then answers peers by its formation
+  snapshot (`Visor.Formation.Explicit`).
   """
   @spec replica_normal(module()) :: :ok
   def replica_normal(module) do

@@ -13,9 +13,10 @@ defmodule Visor.Router do
   # another (docs/operations.md, "Slow callbacks"). Every other engine event
   # goes to the server as it came, in order, in one message per batch.
   # For the same reason it is the router that tells formation when the
-  # replica is in a normal view (`Visor.Formation.replica_normal/1`): a
-  # rejoined replica's formation answers more strictly from then on, and
-  # must not wait for a server busy replaying the log.
+  # replica holds the cluster's state, no longer starting or recovering
+  # (`Visor.Formation.replica_normal/1`, once): a rejoined replica's
+  # formation answers more strictly from then on, and must not wait for a
+  # server busy replaying the log.
   #
   # Only the server may start the engine (`start_engine/3`, a call the
   # router checks comes from its server: peers can reach this process). It
@@ -205,12 +206,14 @@ defmodule Visor.Router do
     [event]
   end
 
-  # The replica is in a normal view: formation hears it at once (a
-  # recovering replica has finished), not behind the server's work.
-  defp carry_out({:primary, _view, _ours} = event, state) do
+  # The replica holds its state (a recovering one has finished): formation
+  # hears it at once, not behind the server's work.
+  defp carry_out(:has_state, state) do
     Visor.Formation.replica_normal(state.module)
-    [event]
+    []
   end
+
+  defp carry_out({:primary, _view, _ours} = event, _state), do: [event]
 
   defp count(state, key, n \\ 1) do
     :counters.add(state.counters, index(key), n)

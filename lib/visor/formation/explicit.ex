@@ -65,8 +65,10 @@ defmodule Visor.Formation.Explicit do
   # record of); a member its snapshot names is answered by the snapshot.
   # So does a process restarted from a store whose superblock says the
   # replica was recovering (`Visor.Formation.Restore`). Once the replica
-  # is normal (`:visor_replica_normal`, from the group's router through
-  # `Visor.Formation`), the snapshot alone lets in a member this process
+  # has finished recovering (`:visor_replica_normal`, from the group's
+  # router through `Visor.Formation`, at its first look that finds the
+  # replica normal, in a view change or diverged: each holds the
+  # cluster's state), the snapshot alone lets in a member this process
   # has not answered: the replica now holds the cluster's state, and a
   # member it does not know may have run and lost its `data_dir`. Before
   # this rule, one restart of a forming node (a minority, nothing wiped)
@@ -93,9 +95,10 @@ defmodule Visor.Formation.Explicit do
   # is without memory. A process whose replica recovers is without memory
   # by definition, and answers by its snapshot (which names `b0`, an
   # earlier incarnation or nothing, never `b1` if taken before `b1`
-  # appeared) or by its records. (Formation hears that the replica is
-  # normal within one look of the router, 10 ms: far less than `b` needs
-  # to lose its store and come back.) So `m` answers `b1` `:ok` only if
+  # appeared) or by its records. (Formation hears that the replica has
+  # finished recovering within one look of the router, 10 ms, whatever
+  # status it goes on to: far less than `b` needs to lose its store and
+  # come back.) So `m` answers `b1` `:ok` only if
   # `m` was without memory at some moment while `b` was: two members at
   # once. A cluster of 3 or 4 tolerates one, so there `b1` is let in fresh
   # only beyond the guarantee.
@@ -224,9 +227,9 @@ defmodule Visor.Formation.Explicit do
     state |> hello_reply(from, reply) |> Decider.flush()
   end
 
-  # This node's replica is normal (the group's router says so,
-  # `Visor.Formation.replica_normal/1`): from now on it answers by its
-  # snapshot. Anyone could send it; it only makes the answers stricter.
+  # This node's replica has finished recovering (the group's router says
+  # so, `Visor.Formation.replica_normal/1`): from now on it answers by its
+  # snapshot.
   def handle(state, :visor_replica_normal), do: {%{state | recovering: false}, []}
 
   # Anything else (another mode's messages, junk from a misbehaving peer):
