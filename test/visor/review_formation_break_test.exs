@@ -101,38 +101,6 @@ defmodule Visor.ReviewFormationBreakTest do
              "(#{inspect(Decider.decision(restarted))}) from the store its rejoin created"
   end
 
-  # BREAK (liveness; the moduledoc and Visor.Formation.replica_normal/1
-  # say a `:visor_replica_normal` from anyone "only makes the answers
-  # stricter"). Stricter while the replica recovers is the very defect
-  # the fix removes: the formation process is registered under the same
-  # name on every node, so any message that reaches it as
-  # `:visor_replica_normal` (a peer's, a stale one) before the replica is
-  # normal sends a node that never ran to recover: a and b recovering, c
-  # alone normal, for good. Nothing checks that the replica is normal
-  # (the router could be asked; the message could carry its reference).
-  @tag :review_break
-  test "a :visor_replica_normal that does not come from the router does not wedge formation" do
-    [a, b, c] = @three
-    states = %{a => forming(a, 1), b => forming(b, 2), c => forming(c, 3)}
-
-    # b restarts while forming: c, which knew its first process, tells it
-    # to rejoin; its replica recovers (it needs a and c normal).
-    states = states |> exchange(b, c) |> Map.put(b, forming(b, 20)) |> exchange(b, c)
-    assert {:member, %{recover: true}} = Decider.decision(states[b])
-
-    # A `:visor_replica_normal` reaches b's formation process from
-    # elsewhere than its router (`send({name, b}, :visor_replica_normal)`
-    # from any connected node); b's replica is still recovering.
-    {told, []} = Explicit.handle(states[b], :visor_replica_normal)
-    states = Map.put(states, b, told)
-
-    # a, which never ran, starts.
-    states = states |> exchange(a, b) |> exchange(a, c)
-
-    assert match?({:member, %{recover: false}}, Decider.decision(states[a])),
-           "a never ran, yet is told to rejoin while b recovers: only c is normal, for good"
-  end
-
   # BREAK (the fix's timing premise: "Formation hears that the replica is
   # normal within one look of the router, 10 ms"). The router told
   # formation only on Watch's `{:primary, view, ours}`, which needs a look

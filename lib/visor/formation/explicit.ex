@@ -118,7 +118,8 @@ defmodule Visor.Formation.Explicit do
   # Inputs: `:tick` (every 100 ms), the hellos and their replies
   # (`{:visor_hello, pid, node, incarnation, cluster}`,
   # `{:visor_hello_reply, pid, node, incarnation, reply}`), and
-  # `:visor_replica_normal`.
+  # `:visor_replica_normal` (which `Visor.Formation` gives it only on its
+  # own node's router's word).
 
   alias Visor.Formation.Decider
   alias Visor.Options
@@ -228,8 +229,8 @@ defmodule Visor.Formation.Explicit do
   end
 
   # This node's replica has finished recovering (the group's router says
-  # so, `Visor.Formation.replica_normal/1`): from now on it answers by its
-  # snapshot.
+  # so, `Visor.Formation.replica_normal/1`; never a peer's): from now on
+  # it answers by its snapshot.
   def handle(state, :visor_replica_normal), do: {%{state | recovering: false}, []}
 
   # Anything else (another mode's messages, junk from a misbehaving peer):
