@@ -8,7 +8,8 @@ defmodule Visor.FormationKnownDefectsTest do
 
   @moduletag :known_defect
 
-  alias Visor.Formation.{Decider, Explicit}
+  alias Visor.Formation.{Decider, Explicit, Restore}
+  alias Visor.Options
   alias Visor.Test.ExplicitScript
 
   describe "nodes:, disk mode, five members" do
@@ -59,6 +60,89 @@ defmodule Visor.FormationKnownDefectsTest do
           states = exchange(states, m, witness)
           assert {:member, %{recover: true}} = Decider.decision(states[m])
           states
+        end)
+
+      refute match?({:member, %{recover: false}}, Decider.decision(states[x])),
+             "x's replica ran, yet x starts a fresh one"
+    end
+
+    # DEFECT, the same one, with rejoined members in place of forming
+    # ones. A review of the fix that makes a member whose replica
+    # recovers answer by its records scripted it as "rejoined members
+    # whose router missed their normal phase do not let a wiped member in
+    # fresh": the members' routers never told formation that their
+    # replicas had recovered, and x's hellos came after all four had.
+    # That premise is no longer reachable: the router tells formation at
+    # its first look past recovering, whatever status follows
+    # (test/visor/router/watch_test.exs), and a router that dies takes
+    # formation down with it (`:one_for_all`; the new process trusts the
+    # store, which no longer says recovering). What stays reachable needs
+    # no missed look: x, wiped and cut off from every member that
+    # remembers it, hellos each rejoined member before its formation hears
+    # that the replica recovered (while it recovers, or within the one
+    # look after). Each is then without memory and answers by its
+    # records, `:ok`, as a forming process would; at most two of five are
+    # without memory at once, and x keeps each `:ok`. Told first, the
+    # member answers `:restarted` and x rejoins: the moment of each answer
+    # is all that differs, so it needs the protocol change above, not
+    # another answer rule.
+    test "rejoined members answering before their router's first look do not let a wiped member in fresh" do
+      five = [a, x, c, d, e] = [:a@rfb5, :x@rfb5, :c@rfb5, :d@rfb5, :e@rfb5]
+      others = [a, c, d, e]
+      settings = %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
+      cluster = Options.cluster_id(__MODULE__, five, settings)
+
+      # A store of a replica that ran (no formation record: it answers
+      # `:restarted` to any other member).
+      store = fn node ->
+        info = %{
+          group: "g",
+          replica: Enum.find_index(five, &(&1 == node)),
+          replica_count: 5,
+          cluster: cluster,
+          meta: Restore.store_meta(five, settings),
+          view: 0,
+          commit: 0
+        }
+
+        expected = %{
+          group: "g",
+          node: node,
+          dir: "/d",
+          settings: settings,
+          membership: {:nodes, five, cluster}
+        }
+
+        {:ok, restored} = Restore.check({:ok, info}, expected, nil)
+        restored
+      end
+
+      start = fn node, inc, restored ->
+        ExplicitScript.explicit(__MODULE__, node, inc, five, restored)
+      end
+
+      # x is cut off from everyone, but for the member in its window.
+      cut_off = fn open -> fn f, t -> x in [f, t] and open not in [f, t] end end
+
+      rounds = fn states, open ->
+        Enum.reduce(others ++ others, states, &ExplicitScript.round(&2, &1, cut_off.(open)))
+      end
+
+      states = Map.new(Enum.with_index(others, 1), fn {n, i} -> {n, start.(n, i, store.(n))} end)
+      states = states |> rounds.(nil) |> Map.put(x, start.(x, 99, nil))
+
+      states =
+        Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
+          # n's data_dir is wiped: it rejoins, and its replica recovers.
+          states = ExplicitScript.round(Map.put(states, n, start.(n, inc, nil)), n, cut_off.(nil))
+          assert {:member, %{recover: true}} = Decider.decision(states[n])
+          states = rounds.(states, nil)
+
+          # Before formation hears that n's replica recovered, x's hello
+          # reaches n.
+          states = ExplicitScript.round(states, x, cut_off.(n))
+          {told, []} = Explicit.handle(states[n], :visor_replica_normal)
+          Map.put(states, n, told)
         end)
 
       refute match?({:member, %{recover: false}}, Decider.decision(states[x])),

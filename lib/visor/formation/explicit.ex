@@ -106,7 +106,8 @@ defmodule Visor.Formation.Explicit do
   # With 5 members or more the moments can differ: every other member may
   # lose its `data_dir` in turn, one at a time, while `b1` (cut off from
   # those that remember `b0`) collects an `:ok` from each one's new
-  # process, which cannot know better; that holds for every answer rule,
+  # process, forming or with its replica recovering, which cannot know
+  # better; that holds for every answer rule,
   # since a forming process must let in members it does not know (a new
   # cluster forms so). It is an open defect (docs/testing.md, "Known
   # defects"): a fresh start would need every member to confirm it at one
