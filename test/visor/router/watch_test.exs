@@ -91,7 +91,13 @@ defmodule Visor.Router.WatchTest do
 
   # Formation answers more strictly once the replica holds the cluster's
   # state (Visor.Formation.replica_normal/1): said once, at the first look
-  # past starting and recovering, whichever status that look finds.
+  # past starting and recovering, whichever status that look finds. A
+  # review's break, fixed: formation was told only at a look that found
+  # the replica `:normal`, so one that recovered and went into a view
+  # change between two looks (its primary failed) was never reported,
+  # and its formation answered members it did not know by its records for
+  # as long as the view change lasted, though the replica held the
+  # cluster's state.
   test "formation hears once that the replica has its state, never while it starts or recovers" do
     has_state? = fn effects -> :has_state in effects end
 
