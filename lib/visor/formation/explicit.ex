@@ -49,7 +49,7 @@ defmodule Visor.Formation.Explicit do
   # as their only normal replica.
   #
   # A record learned from a peer is no verdict for a decided member in disk
-  # mode whose replica is normal: a forming node tells its own as
+  # mode whose replica holds the cluster's state: a forming node tells its own as
   # `:fresh`, and a member that rejoined after a wipe would otherwise let
   # a wiped `b1` in fresh on the word of `b1` itself. A forming node, or a
   # recovering one (below), still answers by its records: it has no
