@@ -57,10 +57,14 @@ defmodule Visor.Formation do
   # this process writes to the store's directory before the store is
   # created (`{:persist, record}`), so that a member restarted from its
   # store still tells a member that never ran from one whose `data_dir` was
-  # wiped (`Visor.Formation.Explicit` explains why that is safe). A snapshot
-  # that cannot be written refuses this node's replica (`{:refused,
-  # {:storage_refused, message}}` to the server, one error logged) instead
-  # of crashing, which would restart the group into the same failure.
+  # wiped (`Visor.Formation.Explicit` explains why that is safe). While
+  # the replica recovers (it rejoined, or its store says so) a member its
+  # snapshot does not name is answered by records instead, until the
+  # group's router says the replica finished recovering (`replica_normal/1`). A
+  # snapshot that cannot be written refuses this node's replica
+  # (`{:refused, {:storage_refused, message}}` to the server, one error
+  # logged) instead of crashing, which would restart the group into the
+  # same failure.
   #
   # After a decision, the process keeps answering hellos (that is how a
   # restarted node learns it must rejoin) and keeps reconnecting distribution
@@ -105,6 +109,24 @@ defmodule Visor.Formation do
   @spec subscribe(module(), reference()) :: decision()
   def subscribe(module, tag) do
     GenServer.call(Visor.Supervisor.name(module, :formation), {:subscribe, self(), tag})
+  end
+
+  @doc """
+  Tells formation that this node's replica holds the cluster's state: no
+  longer starting or recovering (normal, in a view change, or diverged).
+  The group's router calls it once, at the first look that finds it so (it
+  looks every 10 ms, whatever the server is doing). A decider that held
+  back for a recovering replica then answers peers by its formation
+  snapshot (`Visor.Formation.Explicit`). The message names its sender,
+  and formation heeds it only from this node's router.
+  """
+  @spec replica_normal(module()) :: :ok
+  def replica_normal(module) do
+    # Not there while the group stops or restarts: nothing to tell then.
+    with pid when is_pid(pid) <- Process.whereis(Visor.Supervisor.name(module, :formation)),
+         do: send(pid, {:visor_replica_normal, self()})
+
+    :ok
   end
 
   @doc "The decision so far on this node, without subscribing to it."
@@ -271,6 +293,17 @@ defmodule Visor.Formation do
     {:noreply, %{state | connecting: connecting}}
   end
 
+  # The replica holds its state (replica_normal/1), from this node's
+  # router only: the formation process has the same name on every node,
+  # and the word from anyone else while the replica still recovers would
+  # make it answer by its snapshot alone, telling a member that never ran
+  # to recover too (two recovering of three, for good).
+  def handle_info({:visor_replica_normal, from}, state) do
+    if from == Process.whereis(Visor.Supervisor.name(state.module, :router)),
+      do: {:noreply, step(state, :visor_replica_normal)},
+      else: {:noreply, state}
+  end
+
   # Anything else, from anywhere, goes to the decider, which ignores what
   # it does not expect. Peers are untrusted input.
   def handle_info(message, state) do
@@ -284,6 +317,9 @@ defmodule Visor.Formation do
     do: is_pid(pid)
 
   defp answerable?({tag, pid, _}) when tag in [:visor_propose, :visor_bound], do: is_pid(pid)
+  # The decider's input for the router's word, which only the clause above
+  # may give it.
+  defp answerable?(:visor_replica_normal), do: false
   defp answerable?(_message), do: true
 
   defp step(state, input) do

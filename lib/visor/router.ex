@@ -12,6 +12,11 @@ defmodule Visor.Router do
   # `handle_commit`, or a healthy primary's backups, hearing nothing, elect
   # another (docs/operations.md, "Slow callbacks"). Every other engine event
   # goes to the server as it came, in order, in one message per batch.
+  # For the same reason it is the router that tells formation when the
+  # replica holds the cluster's state, no longer starting or recovering
+  # (`Visor.Formation.replica_normal/1`, once): a rejoined replica's
+  # formation answers more strictly from then on, and must not wait for a
+  # server busy replaying the log.
   #
   # Only the server may start the engine (`start_engine/3`, a call the
   # router checks comes from its server: peers can reach this process). It
@@ -199,6 +204,13 @@ defmodule Visor.Router do
   defp carry_out({:view, view} = event, _state) do
     Logger.metadata(view: view)
     [event]
+  end
+
+  # The replica holds its state (a recovering one has finished): formation
+  # hears it at once, not behind the server's work.
+  defp carry_out(:has_state, state) do
+    Visor.Formation.replica_normal(state.module)
+    []
   end
 
   defp carry_out({:primary, _view, _ours} = event, _state), do: [event]

@@ -13,7 +13,11 @@ defmodule Visor.Test.FormationModel do
 
     * **fresh start once**: for each node and cluster, at most one
       incarnation ever starts a fresh replica (a member decision with
-      `recover: false` that is not a restart from the node's own store);
+      `recover: false` that is not a restart from the node's own store),
+      and none once the node's replica was normal (started fresh,
+      restarted from a store that was not recovering, or rejoined and
+      could finish recovering): a replica that may have acknowledged
+      something never starts again empty;
     * **one cluster**: every member decision names the same cluster id and
       member list (in `nodes:` mode, the configured ones); a process
       decides at most once;
@@ -24,9 +28,8 @@ defmodule Visor.Test.FormationModel do
       spare, and every member's replica normal or able to finish
       recovering (a quorum of the other members normal). Not checked
       where more than a minority was without its memory at once (the
-      state may be lost), where a node is bound to the proposal of a
-      process that died, or where a node that never ran was told to
-      rejoin by a member that rejoined (documented limits).
+      state may be lost), or where a node is bound to the proposal of a
+      process that died (a documented limit).
 
   Memory mode keeps nothing but the processes and `Visor.Lifetime`: if
   every process that knew a node's earlier incarnation restarted, and the
@@ -44,10 +47,15 @@ defmodule Visor.Test.FormationModel do
   it that see none of its members form another cluster, as nodes that
   cannot see each other at all do (a documented limit of `cluster_size:`).
 
+  A replica that rejoins, or restarts from a store that says it was
+  recovering, is recovering until a quorum of the other members is
+  normal; then its store no longer says recovering, and the node's next
+  tick tells its decider `:visor_replica_normal` (as the group's router
+  tells `Visor.Formation`).
+
   `run(seed)` returns `:ok` or `{:error, report}` with the seed, the
   configuration and the trace of the last 80 steps (or of as many as
-  `run(seed, steps)` asks for). `run(seed, steps, needless_rejoin_excused:
-  false)` checks liveness in runs with a needless rejoin too.
+  `run(seed, steps)` asks for).
   """
 
   import Bitwise
@@ -68,14 +76,12 @@ defmodule Visor.Test.FormationModel do
   @late_within_steps 40
 
   @doc "Runs one seed: `:ok`, or `{:error, report}` (a string)."
-  @spec run(integer(), pos_integer(), keyword()) :: :ok | {:error, String.t()}
-  def run(seed, trace_kept \\ @trace_kept, opts \\ []) do
-    excused? = Keyword.get(opts, :needless_rejoin_excused, true)
-
+  @spec run(integer(), pos_integer()) :: :ok | {:error, String.t()}
+  def run(seed, trace_kept \\ @trace_kept) do
     world =
       seed
       |> setup()
-      |> Map.merge(%{trace_kept: trace_kept, needless_rejoin_excused?: excused?})
+      |> Map.put(:trace_kept, trace_kept)
       |> start_all()
 
     world = world |> random_steps(world.budget) |> calm(0)
@@ -154,21 +160,14 @@ defmodule Visor.Test.FormationModel do
       minority: minority,
       live?: not odd?,
       # The nodes that lost their memory (a restart that does not come
-      # back from a store) and are not normal again yet, and the
-      # rejoined nodes whose replica could finish recovering (normal?/1);
-      # beyond?: more than a minority was without its memory at once
-      # (the state may be lost: no liveness to check).
+      # back from a store) and are not normal again yet; beyond?: more
+      # than a minority was without its memory at once (the state may be
+      # lost: no liveness to check).
       lost: MapSet.new(),
-      recovered: MapSet.new(),
       beyond?: false,
-      # Nodes that ever decided to be a member; nodes whose store was
-      # created by a rejoin; the processes that rejoined or restarted from
-      # such a store; a node that never ran nor lost its memory told to
-      # rejoin by one of them (a known limit, see check_liveness/1).
-      ran: MapSet.new(),
-      rejoin_stores: MapSet.new(),
-      rejoined: MapSet.new(),
-      needless_rejoin?: false,
+      # The nodes whose replica was ever normal (see the fresh start
+      # check in decided/4).
+      was_normal: MapSet.new(),
       procs: %{},
       serials: %{},
       lifetime: %{},
@@ -326,7 +325,7 @@ defmodule Visor.Test.FormationModel do
 
   defp stop(w, node, kind) do
     w = trace(w, "stop #{node} (#{kind})")
-    w = %{w | procs: Map.delete(w.procs, node), recovered: MapSet.delete(w.recovered, node)}
+    w = %{w | procs: Map.delete(w.procs, node)}
 
     w =
       if amnesic_stop?(w, node, kind) do
@@ -356,6 +355,8 @@ defmodule Visor.Test.FormationModel do
   defp tick(w, node) do
     proc = w.procs[node]
     w = put_in(w.procs[node].ticks, proc.ticks + 1)
+    w = recovered(w)
+    w = if w.procs[node].untold?, do: tell_normal(w, node), else: w
 
     input =
       case proc.decider do
@@ -374,6 +375,13 @@ defmodule Visor.Test.FormationModel do
     Enum.reduce(due, %{w | timers: timers}, fn {_addr, _at, message}, w ->
       step(w, node, message)
     end)
+  end
+
+  # The node's router tells formation that its replica is normal
+  # (Visor.Formation.replica_normal/1).
+  defp tell_normal(w, node) do
+    w = put_in(w.procs[node].untold?, false)
+    step(w, node, :visor_replica_normal)
   end
 
   defp deliver(w, {dest, message}) do
@@ -434,7 +442,12 @@ defmodule Visor.Test.FormationModel do
       serial: serial,
       ticks: 0,
       decision: :pending,
-      restored?: restored != nil
+      restored?: restored != nil,
+      # The replica is recovering (it rejoined, or its store says so)
+      # and has not been normal since.
+      recovering?: restored != nil and restored.recovering,
+      # The replica finished recovering, and its decider was not told yet.
+      untold?: false
     }
 
     w =
@@ -442,11 +455,6 @@ defmodule Visor.Test.FormationModel do
         %{w | procs: Map.put(w.procs, node, proc)},
         "start #{node}/#{serial}#{if restored, do: " from its store"}"
       )
-
-    w =
-      if restored && node in w.rejoin_stores,
-        do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)},
-        else: w
 
     w |> carry_out(node, effects) |> record(node)
   end
@@ -485,24 +493,8 @@ defmodule Visor.Test.FormationModel do
     {core, effects} = run_decider(w, node, fn -> proc.decider.handle(proc.core, input) end)
     w = put_in(w.procs[node].core, core)
     w = trace(w, "#{node}/#{proc.serial} <- #{brief(input)}")
-    ran? = node in w.ran
-    w = w |> carry_out(node, effects) |> record(node)
-    if ran?, do: w, else: note_needless_rejoin(w, node, proc, input)
+    w |> carry_out(node, effects) |> record(node)
   end
-
-  # `node` never ran. A member that rejoined (or restarted from a store its
-  # rejoin created) knows, of the members it did not know when it decided,
-  # nothing that would tell one that never ran from one whose data_dir was
-  # wiped: it tells them all to rejoin.
-  defp note_needless_rejoin(w, node, before, {:visor_hello_reply, from, _, _, {:restarted, _}}) do
-    needless? =
-      before.decision == :pending and match?({:member, %{recover: true}}, w.procs[node].decision) and
-        from in w.rejoined and node not in w.lost
-
-    %{w | needless_rejoin?: w.needless_rejoin? or needless?}
-  end
-
-  defp note_needless_rejoin(w, _node, _before, _input), do: w
 
   defp run_decider(w, node, fun) do
     fun.()
@@ -584,8 +576,7 @@ defmodule Visor.Test.FormationModel do
 
   defp decided(w, node, proc, {:member, %{cluster: cluster, members: members, recover: recover}}) do
     group = {cluster, members}
-    w = %{w | ran: MapSet.put(w.ran, node)}
-    w = if recover, do: %{w | rejoined: MapSet.put(w.rejoined, proc.addr)}, else: w
+    w = if recover, do: put_in(w.procs[node].recovering?, true), else: w
 
     w =
       cond do
@@ -606,20 +597,30 @@ defmodule Visor.Test.FormationModel do
       end
 
     w =
-      if recover == false and not proc.restored? do
-        case Map.fetch(w.fresh, {node, cluster}) do
-          {:ok, earlier} ->
-            violation(
-              w,
-              "#{node}/#{proc.serial} starts a fresh replica of a cluster #{node}/#{earlier} ran fresh"
-            )
+      cond do
+        recover or proc.restored? ->
+          w
 
-          :error ->
-            %{w | fresh: Map.put(w.fresh, {node, cluster}, proc.serial)}
-        end
-      else
-        w
+        Map.has_key?(w.fresh, {node, cluster}) ->
+          violation(
+            w,
+            "#{node}/#{proc.serial} starts a fresh replica of a cluster " <>
+              "#{node}/#{w.fresh[{node, cluster}]} ran fresh"
+          )
+
+        node in w.was_normal ->
+          violation(
+            w,
+            "#{node}/#{proc.serial} starts a fresh replica of a cluster in which #{node}'s " <>
+              "replica was normal before"
+          )
+
+        true ->
+          %{w | fresh: Map.put(w.fresh, {node, cluster}, proc.serial)}
       end
+
+    w =
+      if w.procs[node].recovering?, do: w, else: %{w | was_normal: MapSet.put(w.was_normal, node)}
 
     # Disk mode: the replica writes its store as it starts.
     if w.storage == :disk and not Map.has_key?(w.stores, node) do
@@ -632,15 +633,11 @@ defmodule Visor.Test.FormationModel do
         cluster: cluster,
         meta: Restore.store_meta(members, w.settings[node]),
         view: 0,
-        commit: 0
+        commit: 0,
+        recovering: recover
       }
 
-      rejoin_stores =
-        if recover,
-          do: MapSet.put(w.rejoin_stores, node),
-          else: MapSet.delete(w.rejoin_stores, node)
-
-      %{w | stores: Map.put(w.stores, node, info), rejoin_stores: rejoin_stores}
+      %{w | stores: Map.put(w.stores, node, info)}
     else
       w
     end
@@ -655,18 +652,19 @@ defmodule Visor.Test.FormationModel do
   defp decided(w, _node, _proc, {:refused, _reason}), do: w
 
   # The members whose replica is (or could by now be) normal: started
-  # fresh or from its store, or rejoined while enough others were normal
-  # for its recovery to finish (a quorum of the other members).
+  # fresh or from a store that was not recovering, or recovering while
+  # enough others were normal for its recovery to finish (a quorum of the
+  # other members).
   defp normal(w) do
     members = if w.group, do: elem(w.group, 1), else: []
     need = min(div(length(members), 2) + 1, length(members) - 1)
 
     {normal, recovering} =
-      for {n, %{decision: {:member, %{recover: recover}}}} <- w.procs,
+      for {n, %{decision: {:member, _}} = p} <- w.procs,
           n in members,
           reduce: {MapSet.new(), []} do
         {normal, recovering} ->
-          if recover and n not in w.recovered,
+          if p.recovering?,
             do: {normal, [n | recovering]},
             else: {MapSet.put(normal, n), recovering}
       end
@@ -682,8 +680,22 @@ defmodule Visor.Test.FormationModel do
   end
 
   defp refresh_lost(w) do
+    w = recovered(w)
+    %{w | lost: MapSet.difference(w.lost, normal(w))}
+  end
+
+  # The replicas that could finish recovering by now did: each one's
+  # store no longer says it is recovering, and its node's next tick tells
+  # its decider.
+  defp recovered(w) do
     normal = normal(w)
-    %{w | lost: MapSet.difference(w.lost, normal), recovered: MapSet.union(w.recovered, normal)}
+
+    for {n, %{recovering?: true}} <- w.procs, n in normal, reduce: w do
+      w ->
+        w = update_in(w.procs[n], &%{&1 | recovering?: false, untold?: true})
+        w = %{w | was_normal: MapSet.put(w.was_normal, n)}
+        if Map.has_key?(w.stores, n), do: put_in(w.stores[n].recovering, false), else: w
+    end
   end
 
   # After the calm phase (everything delivered, every node up and
@@ -693,7 +705,6 @@ defmodule Visor.Test.FormationModel do
   # replica can be normal: recovery can finish everywhere.
   defp check_liveness(%{live?: false}), do: :ok
   defp check_liveness(%{beyond?: true}), do: :ok
-  defp check_liveness(%{needless_rejoin?: true, needless_rejoin_excused?: true}), do: :ok
 
   defp check_liveness(w) do
     if orphaned?(w), do: :ok, else: check_formed(w)

@@ -123,8 +123,9 @@ defmodule Visor.FormationModelTest do
     defp forming(node, inc, restored \\ nil),
       do: ExplicitScript.explicit(__MODULE__, node, inc, @three, restored)
 
-    # What `node`'s store says, with the formation file `record`.
-    defp from_store(node, record) do
+    # What `node`'s store says, with the formation file `record`; the
+    # superblock says whether the replica was `recovering`.
+    defp from_store(node, record, recovering \\ false) do
       cluster = Options.cluster_id(__MODULE__, @three, @settings)
 
       info = %{
@@ -134,7 +135,8 @@ defmodule Visor.FormationModelTest do
         cluster: cluster,
         meta: Restore.store_meta(@three, @settings),
         view: 0,
-        commit: 0
+        commit: 0,
+        recovering: recovering
       }
 
       expected = %{
@@ -154,7 +156,8 @@ defmodule Visor.FormationModelTest do
     defp exchange(states, from, to) do
       f = states[from]
       hello = {:visor_hello, from, from, f.incarnation, f.cluster}
-      {answerer, [{:send, ^from, reply}]} = Explicit.handle(states[to], hello)
+      {answerer, effects} = Explicit.handle(states[to], hello)
+      [reply] = for {:send, ^from, reply} <- effects, do: reply
       {asker, effects} = Explicit.handle(f, reply)
       states |> Map.put(to, answerer) |> Map.put(from, asker) |> Map.put(:effects, effects)
     end
@@ -201,6 +204,79 @@ defmodule Visor.FormationModelTest do
       assert from_store(a, "not a term").formed_with == %{}
       assert from_store(a, :erlang.term_to_binary(%{visor: 1})).formed_with == %{}
       assert from_store(a, nil).formed_with == %{}
+    end
+  end
+
+  describe "nodes: disk mode, a rejoined member while its replica recovers" do
+    # A recovering replica has no memory of its own: a member its
+    # formation snapshot does not name is answered as a forming node
+    # answers, by this process's records. Once the replica is normal
+    # (`:visor_replica_normal`, from the router), only the snapshot lets a
+    # member in it has not answered itself (Visor.Formation.Explicit).
+
+    # b's first process says hello to c, then restarts before it decides
+    # (its store never existed): c tells b's second process to rejoin.
+    defp b_rejoined do
+      [a, b, c] = @three
+      states = %{a => forming(a, 1), b => forming(b, 2), c => forming(c, 3)}
+      states = states |> exchange(b, c) |> Map.put(b, forming(b, 20)) |> exchange(b, c)
+      assert {:member, %{recover: true}} = Decider.decision(states[b])
+      states
+    end
+
+    # Found by a review, and by the model at seeds 64, 7664, 10176 and
+    # 28270 (before the fix, "formation did not complete in a calm
+    # network"): b's snapshot held only what c told it, so it told a, which
+    # never restarted nor ran, to rejoin; with a and b recovering and c
+    # alone normal, neither could ever finish.
+    test "one restart of a forming node does not send a node that never restarted to recover" do
+      [a, _b, _c] = @three
+      states = b_rejoined() |> exchange(a, :b@snap) |> exchange(a, :c@snap)
+      assert {:member, %{recover: false}} = Decider.decision(states[a])
+    end
+
+    test "model seeds 64, 7664, 10176 and 28270: liveness after one restart while forming" do
+      check([64, 7664, 10176, 28270])
+    end
+
+    # Its snapshot names c as 3: c's wiped data_dir (a new incarnation)
+    # still sends c to recover, however b's replica is doing.
+    test "a recovering member tells a new incarnation of a member its snapshot names to rejoin" do
+      [_a, b, c] = @three
+      states = b_rejoined()
+      assert states[b].formed_with == %{c => 3}
+      states = states |> Map.put(c, forming(c, 30)) |> exchange(c, b)
+      assert {:member, %{recover: true}} = Decider.decision(states[c])
+    end
+
+    # A normal replica may be one of the few that remember the cluster
+    # (the others may lose theirs later, one at a time): it cannot tell
+    # a member that never ran from one whose data_dir was wiped.
+    test "once its replica is normal, a rejoined member sends a member it does not know to recover" do
+      [a, b, _c] = @three
+      states = b_rejoined()
+      {normal, []} = Explicit.handle(states[b], :visor_replica_normal)
+      states = states |> Map.put(b, normal) |> exchange(a, b)
+      assert {:member, %{recover: true}} = Decider.decision(states[a])
+    end
+
+    # The superblock says whether the replica was recovering when it
+    # stopped (it restarts recovering): the process then answers as the
+    # rejoined one did.
+    test "a member restarted from a store still recovering answers as a rejoined one" do
+      [a, b, c] = @three
+      record = Restore.formation_record(%{cluster: forming(b, 2).cluster, formed_with: %{c => 3}})
+
+      recovering = from_store(b, record, true)
+      assert recovering.recovering
+      states = %{a => forming(a, 1), b => forming(b, 21, recovering)}
+      assert {:member, %{recover: false}} = Decider.decision(states[b])
+      states = exchange(states, a, b)
+      assert states[a].acks == MapSet.new([b])
+
+      states = %{a => forming(a, 1), b => forming(b, 21, from_store(b, record))}
+      states = exchange(states, a, b)
+      assert {:member, %{recover: true}} = Decider.decision(states[a])
     end
   end
 

@@ -21,7 +21,7 @@ defmodule Visor.Review12Test do
 
   import Visor.Test.ExplicitScript, only: [round: 2, round: 3]
 
-  alias Visor.Formation.{Decider, Restore}
+  alias Visor.Formation.{Decider, Explicit, Restore}
   alias Visor.Options
   alias Visor.Test.ExplicitScript
 
@@ -151,12 +151,14 @@ defmodule Visor.Review12Test do
     states = Map.new(Enum.with_index(others, 1), fn {n, i} -> {n, start.(n, i, true)} end)
     states = Enum.reduce(others ++ others, states, &round(&2, &1))
 
-    # One at a time, each is wiped, rejoins, and hears the others.
+    # One at a time, each is wiped, rejoins, recovers (its router tells
+    # formation the replica is normal), and hears the others.
     states =
       Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
         states = round(Map.put(states, n, start.(n, inc, false)), n)
         assert {:member, %{recover: true}} = Decider.decision(states[n])
-        Enum.reduce(others ++ others, states, &round(&2, &1))
+        {normal, []} = Explicit.handle(states[n], :visor_replica_normal)
+        Enum.reduce(others ++ others, Map.put(states, n, normal), &round(&2, &1))
       end)
 
     # b comes back with its data_dir wiped; the others' hellos arrive first.

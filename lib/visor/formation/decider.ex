@@ -53,7 +53,8 @@ defmodule Visor.Formation.Decider do
           | {:log, Logger.level(), atom(), String.t()}
 
   @typedoc """
-  What a store that this node's replica wrote says (`Visor.Formation.Restore`).
+  What a store that this node's replica wrote says (`Visor.Formation.Restore`);
+  `recovering`: the replica was recovering when it stopped.
   """
   @type restored :: %{
           cluster: <<_::128>>,
@@ -63,7 +64,8 @@ defmodule Visor.Formation.Decider do
           view: non_neg_integer(),
           commit: non_neg_integer(),
           dir: String.t(),
-          formed_with: %{node() => integer()}
+          formed_with: %{node() => integer()},
+          recovering: boolean()
         }
 
   @doc "Adds `effect` to those `state` will hand out."

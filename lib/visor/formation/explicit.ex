@@ -42,47 +42,85 @@ defmodule Visor.Formation.Explicit do
   # (`Visor.Formation.Restore`), so a member restarted from its store
   # answers with the snapshot of the process that created it. Without one
   # (a missing file) every such member is told to rejoin, as before the
-  # snapshot existed.
-  #
-  # Why this is safe. Say `b` ran a replica under an incarnation `b0` and
-  # now forms again as `b1` (its `data_dir` wiped: with a store it would
-  # restart from it). If `b0` started fresh, every member's process of the
-  # time let it in, and recorded it. `b1` starts fresh only if every
-  # member's current process
-  # answers it `:ok`. A process that judged `b0` itself (it outlived it)
-  # answers `:restarted`. A process restarted from its store answers by a
-  # snapshot taken when that store was created: before `b1` existed
-  # (it names `b0` or nothing: `:restarted`), unless the member had no store
-  # when `b1` appeared, that is, it had lost its memory as well (wiped, or
-  # restarted before it ever ran) and not yet come back normal. A process
-  # that decided after `b1` appeared names `b1` in its snapshot only if it
-  # knew no other incarnation of `b`: it is a process that never heard of
-  # `b0`, whose member's earlier process (which did) lost its memory. So
-  # `b1` gets `:ok` from every member only if every member lost its memory
-  # since `b0` ran, none of them back to normal when `b1` appeared: more
-  # than a minority at once, beyond the guarantee (docs/operations.md).
-  # What the snapshot adds over "always `:restarted`" is liveness: a member
-  # that decided fresh and restarted from its store before the others
-  # decided lets in the very incarnations it formed with, which never ran,
-  # instead of sending them all to recover with it as their only normal
-  # replica (a wedge: nothing committed, nothing ever will be).
+  # snapshot existed. What the snapshot adds over "always `:restarted`" is
+  # liveness: a member that decided fresh and restarted from its store
+  # before the others decided lets in the very incarnations it formed
+  # with, which never ran, instead of sending them all to recover with it
+  # as their only normal replica.
   #
   # A record learned from a peer is no verdict for a decided member in disk
-  # mode: a forming node tells its own as `:fresh`, and a member that
-  # rejoined after a wipe would otherwise let a wiped `b1` in fresh on the
-  # word of `b1` itself. A forming node still answers by its records: its
-  # `:ok` is only one of the votes a fresh start needs.
+  # mode whose replica holds the cluster's state: a forming node tells its own as
+  # `:fresh`, and a member that rejoined after a wipe would otherwise let
+  # a wiped `b1` in fresh on the word of `b1` itself. A forming node, or a
+  # recovering one (below), still answers by its records: it has no
+  # memory, and its `:ok` is only one of the votes a fresh start needs.
   #
-  # What remains: a member that *rejoined* decided on the first
-  # `:restarted` it heard, so its snapshot (and that of a store it creates)
-  # may lack members that were still forming; it tells them to rejoin even
-  # if they never ran. That is safe, but if it leaves fewer than a quorum
-  # of the members normal, the rejoined replicas stay `:recovering`, as
-  # after a majority lost its memory (docs/operations.md).
+  # ## A replica that recovers
   #
-  # Inputs: `:tick` (every 100 ms), and the hellos and their replies
+  # A member that *rejoined* decided on the first `:restarted` it heard,
+  # so its snapshot may lack members that were still forming. While its
+  # replica recovers it has no memory of its own (it votes for nothing and
+  # acknowledges nothing), so it answers a member its snapshot does not
+  # name by its records, as a forming node does (`:ok` to one it has no
+  # record of); a member its snapshot names is answered by the snapshot.
+  # So does a process restarted from a store whose superblock says the
+  # replica was recovering (`Visor.Formation.Restore`). Once the replica
+  # has finished recovering (`:visor_replica_normal`, from the group's
+  # router through `Visor.Formation`, at its first look that finds the
+  # replica normal, in a view change or diverged: each holds the
+  # cluster's state), the snapshot alone lets in a member this process
+  # has not answered: the replica now holds the cluster's state, and a
+  # member it does not know may have run and lost its `data_dir`. Before
+  # this rule, one restart of a forming node (a minority, nothing wiped)
+  # could send a node that never ran to recover: with three members, two
+  # recovering and one normal, for good.
+  #
+  # Why this is safe. Say `b`'s replica ran as `b0` and `b` now forms
+  # again as `b1`, without a store (wiped, or never created). Call a
+  # member *without memory* while it has neither a normal replica nor a
+  # store of one (lost, restarted before it ever ran, or recovering): the
+  # guarantee is that at most a minority is, at once
+  # (docs/operations.md). `b` is, from losing `b0`'s memory until `b1` is
+  # normal. `b1` starts fresh only if every member's current process
+  # answers it `:ok`. Take a member `m` whose process recorded `b0` (if
+  # `b0` started fresh every member's did: each let it in; if it rejoined,
+  # the one that told it so knew an earlier incarnation). A process that
+  # has a record of another incarnation answers `:restarted`. A process
+  # restarted from a store answers by a snapshot taken when the store was
+  # created: a store created before `b1` appeared cannot name `b1`
+  # (`:restarted`), and one created after had no store at that moment
+  # (then `m` was without memory when `b1` appeared, or lost the store
+  # after it). A forming process that has no record of `b` is a later
+  # process than the one that recorded `b0`, started without a store: `m`
+  # is without memory. A process whose replica recovers is without memory
+  # by definition, and answers by its snapshot (which names `b0`, an
+  # earlier incarnation or nothing, never `b1` if taken before `b1`
+  # appeared) or by its records. (Formation hears that the replica has
+  # finished recovering within one look of the router, 10 ms, whatever
+  # status it goes on to: far less than `b` needs to lose its store and
+  # come back.) So `m` answers `b1` `:ok` only if
+  # `m` was without memory at some moment while `b` was: two members at
+  # once. A cluster of 3 or 4 tolerates one, so there `b1` is let in fresh
+  # only beyond the guarantee.
+  #
+  # With 5 members or more the moments can differ: every other member may
+  # lose its `data_dir` in turn, one at a time, while `b1` (cut off from
+  # those that remember `b0`) collects an `:ok` from each one's new
+  # process, forming or with its replica recovering, which cannot know
+  # better; that holds for every answer rule,
+  # since a forming process must let in members it does not know (a new
+  # cluster forms so). It is an open defect (docs/testing.md, "Known
+  # defects"): a fresh start would need every member to confirm it at one
+  # moment (a second round after the `:ok`s, which a process that since
+  # learned of an earlier incarnation, or rejoined, refuses), and a
+  # rejoined replica would need to take over the records of the member
+  # that let it rejoin, not a forming member's word about itself.
+  #
+  # Inputs: `:tick` (every 100 ms), the hellos and their replies
   # (`{:visor_hello, pid, node, incarnation, cluster}`,
-  # `{:visor_hello_reply, pid, node, incarnation, reply}`).
+  # `{:visor_hello_reply, pid, node, incarnation, reply}`), and
+  # `:visor_replica_normal` (which `Visor.Formation` gives it only on its
+  # own node's router's word).
 
   alias Visor.Formation.Decider
   alias Visor.Options
@@ -109,6 +147,12 @@ defmodule Visor.Formation.Explicit do
                 # records it learned from peers).
                 known: %{},
                 judged: MapSet.new(),
+                # Disk mode, decided: whether this node's replica is
+                # recovering (it rejoined, or its store says so) and has
+                # not been normal since (`:visor_replica_normal`): it then has
+                # no memory of its own to answer by (see the top of this
+                # module).
+                recovering: false,
                 # Disk mode, decided: the formation snapshot, node =>
                 # incarnation: the members this process knew as :fresh
                 # when it decided, or, restarted from its store, those the
@@ -143,7 +187,8 @@ defmodule Visor.Formation.Explicit do
         restored ->
           %{
             Decider.restore(state, static(restored.cluster, restored.members), restored)
-            | formed_with: restored.formed_with
+            | formed_with: restored.formed_with,
+              recovering: restored.recovering
           }
       end
 
@@ -183,6 +228,11 @@ defmodule Visor.Formation.Explicit do
       when is_atom(from) and is_integer(inc) do
     state |> hello_reply(from, reply) |> Decider.flush()
   end
+
+  # This node's replica has finished recovering (the group's router says
+  # so, `Visor.Formation.replica_normal/1`; never a peer's): from now on
+  # it answers by its snapshot.
+  def handle(state, :visor_replica_normal), do: {%{state | recovering: false}, []}
 
   # Anything else (another mode's messages, junk from a misbehaving peer):
   # ignored. Peers are untrusted input.
@@ -256,8 +306,12 @@ defmodule Visor.Formation.Explicit do
       # member this process has not answered itself gets :ok only under
       # the incarnation its formation snapshot names (see the top of this module),
       # never by a record learned since: a forming node tells its own as
-      # :fresh.
-      _ when state.storage == :disk and state.phase == :member and first? ->
+      # :fresh. A recovering replica has no memory of its own: a member
+      # its snapshot does not name is answered by records, as a forming
+      # node answers.
+      _
+      when state.storage == :disk and state.phase == :member and first? and
+             (not state.recovering or is_map_key(state.formed_with, from)) ->
         verdict = if Map.get(state.formed_with, from) == inc, do: :fresh, else: :rejoin
         state = %{state | known: Map.put(state.known, from, {inc, verdict})}
         {if(verdict == :fresh, do: :ok, else: :restarted), state}
@@ -326,7 +380,7 @@ defmodule Visor.Formation.Explicit do
           maybe_formed(%{state | acks: MapSet.put(state.acks, from)})
 
         {:forming, :restarted} ->
-          state
+          %{state | recovering: true}
           |> persist()
           |> Decider.become_member(
             static(state.cluster, state.members),

@@ -30,7 +30,9 @@ defmodule Visor.Formation.Restore do
   # itself in fresh under that incarnation only (`Visor.Formation.Explicit`
   # says why that is safe). A missing or unreadable file reads as an empty
   # snapshot: every such member is then told to rejoin, which is always
-  # safe.
+  # safe. `check/3` also says whether the superblock records that the
+  # replica was recovering (`recovering`: it restarts recovering, with no
+  # memory of its own, and answers as a rejoined member does).
 
   alias Visor.Formation.Decider
   alias Visor.Options
@@ -120,7 +122,8 @@ defmodule Visor.Formation.Restore do
          view: info.view,
          commit: info.commit,
          dir: dir,
-         formed_with: formed_with(record, info.cluster, members)
+         formed_with: formed_with(record, info.cluster, members),
+         recovering: Map.get(info, :recovering, false)
        }}
     end
   end

@@ -18,6 +18,9 @@ defmodule Visor.Router.Watch do
   #     "Telemetry");
   #   * `{:log, level, message}`;
   #   * `{:view, view}`: the replica is in a new view (for the logs' metadata);
+  #   * `:has_state`: the replica holds the cluster's state, for formation
+  #     (`Visor.Formation.replica_normal/1`); once, at the first look that
+  #     finds it neither starting nor recovering (below);
   #   * `{:primary, view, ours}`: the replica learned the primary of a
   #     normal view (`ours`: it is this replica), for the server
   #     (`Visor.Server.Upgrade` starts a round at once on a new primary).
@@ -34,6 +37,8 @@ defmodule Visor.Router.Watch do
     view: 0,
     # The view a view change started from.
     from_view: 0,
+    # Whether `:has_state` was said.
+    has_state: false,
     # The primary's index in the latest normal view, and whether it is us.
     primary: nil,
     # The latest normal view the server was told the primary of.
@@ -52,6 +57,7 @@ defmodule Visor.Router.Watch do
           {:telemetry, [atom()], map(), map()}
           | {:log, :info | :warning, String.t()}
           | {:view, non_neg_integer()}
+          | :has_state
           | {:primary, non_neg_integer(), boolean()}
 
   @doc "A replica of `module` at `index` of `members` (a tuple of nodes), started at `now`."
@@ -70,6 +76,7 @@ defmodule Visor.Router.Watch do
       {watch, []}
       |> dropped(engine.stats)
       |> status(engine, now)
+      |> has_state(engine)
       |> sync(engine, now)
       |> primary(engine, connected)
 
@@ -176,6 +183,21 @@ defmodule Visor.Router.Watch do
     do: [telemetry([:visor, :recovery, :start], %{monotonic_time: now}, %{}) | effects]
 
   defp began(effects, _watch, _old, _new, _view, _now), do: effects
+
+  # The replica holds the cluster's state once it is neither starting
+  # (its store not open yet) nor recovering: the core's Recovering and
+  # Repairing both show as `:recovering` (docs/nif.md), and it leaves them
+  # only by installing a view from a quorum, as a normal replica. From
+  # there a view change, or a checkpoint found diverged, can come before
+  # the next look: any of `:normal`, `:view_change` and `:diverged` says
+  # the state is held, not only `:normal` (which a replica that went on
+  # into a view change may never show to a look). `:stopped` and
+  # `:failed` say nothing: the engine is gone.
+  defp has_state({%{has_state: false} = watch, effects}, %{status: status})
+       when status in [:normal, :view_change, :diverged],
+       do: {%{watch | has_state: true}, [:has_state | effects]}
+
+  defp has_state(acc, _engine), do: acc
 
   # A state sync ends when the engine installed a checkpoint since the
   # last look (the one it now holds), or gave it up (its `sync` is gone

@@ -89,6 +89,42 @@ defmodule Visor.Router.WatchTest do
     assert primary =~ "the primary is now b@h"
   end
 
+  # Formation answers more strictly once the replica holds the cluster's
+  # state (Visor.Formation.replica_normal/1): said once, at the first look
+  # past starting and recovering, whichever status that look finds. A
+  # review's break, fixed: formation was told only at a look that found
+  # the replica `:normal`, so one that recovered and went into a view
+  # change between two looks (its primary failed) was never reported,
+  # and its formation answered members it did not know by its records for
+  # as long as the view change lasted, though the replica held the
+  # cluster's state.
+  test "formation hears once that the replica has its state, never while it starts or recovers" do
+    has_state? = fn effects -> :has_state in effects end
+
+    for later <- [:normal, :view_change, :diverged] do
+      watch = Watch.new(Counter, @members, 2, 0)
+      {watch, starting} = observe(watch, engine(:starting, 0, 0), 0)
+      {watch, recovering} = observe(watch, engine(:recovering, 0, 0), 1)
+      {watch, again} = observe(watch, engine(:recovering, 0, 0), 2)
+      refute Enum.any?([starting, recovering, again], has_state?)
+
+      {watch, effects} = observe(watch, engine(later, 4, 1), 3)
+      assert has_state?.(effects), "#{later} after recovering"
+
+      {watch, effects} = observe(watch, engine(:view_change, 5, 1), 4)
+      {_watch, more} = observe(watch, engine(:normal, 5, 2), 5)
+      refute has_state?.(effects) or has_state?.(more)
+    end
+
+    # A replica that restarted from its store, or formed fresh, may show
+    # no recovering look at all.
+    {_watch, effects} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 0, 0), 0)
+    assert has_state?.(effects)
+
+    {_watch, effects} = observe(Watch.new(Counter, @members, 2, 0), engine(:stopped, 0, 0), 0)
+    refute has_state?.(effects)
+  end
+
   test "a state sync over several batches: its start with the checkpoint's size, its end with its duration" do
     {watch, _} = observe(Watch.new(Counter, @members, 2, 0), engine(:normal, 1, 0), 0)
     progress = %{op: 40, received: 64, bytes: 1000}
