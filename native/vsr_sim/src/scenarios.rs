@@ -1697,10 +1697,10 @@ pub fn synced_backup_on_a_lossy_link_releases_its_pin(options: Options) -> Resul
     settle(&mut sim)
 }
 
-/// Review break (of 502193f): a diverged replica whose anchor then passes
-/// the op where it diverged never heals. It asks for the vouched checkpoint
-/// at the op where it diverged, but `sync_floor` is now its anchor, above
-/// it: every peer that holds that checkpoint sends it, it refuses it, and
+/// Found by a review: a diverged replica whose anchor then passes the op
+/// where it diverged must still heal. Before the fix it asked for the
+/// vouched checkpoint at the op where it diverged, but `sync_floor` was its
+/// anchor, above it: every peer that holds that checkpoint sends it, it refuses it, and
 /// the sender pins it for it (the requests keep the pin fresh), so even a
 /// cluster that commits on never offers it anything newer.
 ///
@@ -1772,14 +1772,15 @@ pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
     settle(&mut sim)
 }
 
-/// Review break: a replica that heals installs a checkpoint at or below
-/// what it executed and executes again from it, so it asks its host again
-/// for snapshots at ops it had asked for before it diverged. The host's
-/// answers to the old requests, taken from the wrong state and still on
-/// their way (`TakeSnapshot` is answered "now or later"; `diverge` forgets
-/// the requests, not the answers), match the new requests' ops, and the
-/// replica forms its checkpoint from one: it diverges again, although its
-/// host's state is now the quorum's. Visor's own host is exposed too:
+/// Found by a review: a replica that heals installs a checkpoint at or
+/// below what it executed and executes again from it. Before the fix it
+/// asked its host again for snapshots at ops it had asked for before it
+/// diverged; the host's answers to the old requests, taken from the wrong
+/// state and still on their way (`TakeSnapshot` is answered "now or
+/// later"; `diverge` forgets the requests, not the answers), matched the
+/// new requests' ops, and the replica formed its checkpoint from one: it
+/// diverged again, although its host's state was the quorum's. Now it asks
+/// for no snapshot at those ops. Visor's own host is exposed too:
 /// `Visor.Router` keeps the protocol (and so a heal) going while
 /// `Visor.Server` still works through older events, the old snapshot
 /// request among them, behind a slow `handle_commit`.
@@ -1788,8 +1789,9 @@ pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
 /// (1 cut off, its report of 12 held back), 2's host answers snapshots
 /// late. Then 0 counts 1's report of 12 and 2 diverges at 12; its host is
 /// fixed (it no longer lies), 2 heals from 1's checkpoint 12 and executes
-/// 13..=20 again. The old answer for 20 arrives before the new one; once 0
-/// and 1 vouch for 20, the simulator fails the run as 2 diverges again.
+/// 13..=20 again, while the old answer for 20 is still on its way; had it
+/// asked again, that answer would come first, and once 0 and 1 vouch for
+/// 20 the simulator would fail the run as 2 diverged again.
 pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(
     mut options: Options,
 ) -> Result<(), Failure> {
