@@ -76,8 +76,8 @@ defmodule Visor do
 
   ## Functions `use Visor` defines
 
-  `child_spec/1`, `start_link/1`, `commit/1,2`, `get/0,1`, `get_in/1,2` and
-  `status/0`, each a one-line call to the function of the same name here
+  `child_spec/1`, `start_link/1`, `commit/1,2`, `pipeline/1,2`, `get/0,1`,
+  `get_in/1,2` and `status/0`, each a one-line call to the function of the same name here
   (`Visor.commit(Cache, command, opts)` and so on), so nothing is
   macro-only. Code inside the module may still call `get_in(data, keys)`:
   the generated `get_in/2` reads the group only when given a path (a list)
@@ -319,6 +319,13 @@ defmodule Visor do
       @spec commit(Visor.command(), Visor.options()) :: term() | {:error, Visor.error()}
       def commit(command, opts \\ []), do: Visor.commit(__MODULE__, command, opts)
 
+      @doc """
+      Commits `command` without waiting: a reference now, `{ref, result}`
+      later. See `Visor.pipeline/3` and `Visor.await/2`.
+      """
+      @spec pipeline(Visor.command(), Visor.options()) :: reference()
+      def pipeline(command, opts \\ []), do: Visor.pipeline(__MODULE__, command, opts)
+
       @doc "The state; linearizable unless `consistency: :local`. See `Visor.get/2`."
       @spec get(Visor.options()) :: term() | {:error, Visor.error()}
       def get(opts \\ []), do: Visor.get(__MODULE__, opts)
@@ -491,6 +498,106 @@ defmodule Visor do
   end
 
   @doc """
+  Commits `command` as `commit/3` does, without waiting: returns a
+  reference at once, and the caller gets exactly one message for it,
+
+    * `{ref, result}`, where `result` is what `commit/3` would have
+      returned (the reply of `handle_commit`, or `{:error, reason}`, the
+      reasons of `t:error/0`, `:timeout` at the deadline included), or
+    * `{:DOWN, ref, :process, server, reason}` if this node's server
+      exited first: the command may or may not have been applied (and if
+      not yet, may still be, once), as after `{:error, {:server_down,
+      reason}}`.
+
+  `await/2` waits for that message and turns the second form into the
+  error `commit/3` returns. Options as for `commit/3` (`:timeout`, from
+  now; a bad one raises before anything is sent). Telemetry: the
+  `[:visor, :pipeline, :start]` event here, and `[:visor, :pipeline,
+  :stop]` from this node's server when it sends the result (none after a
+  `:DOWN`).
+
+  **Order.** The commands one process pipelines to a group are applied in
+  the order it sent them: of those applied, none is applied after one it
+  sent later, even across a primary's failure and a command's timeout (this
+  node's server hands a caller's next commands to the log only once its
+  replica has settled the previous ones, and sends them together, as one
+  entry, which is also where the throughput comes from). A command that
+  got `{:error, {:server_down, _}}` (or `:DOWN`) or `{:error,
+  {:member_down, _}}` may still be applied after the caller's later ones,
+  as after such an error from `commit/3`. The results arrive in the same
+  order, except those of commands whose deadline passed first.
+  docs/operations.md, "Pipelined commits".
+
+      iex> ref = Visor.pipeline(Cache, {:add, %{}})   # Cache is not started on this node
+      iex> Visor.await(ref)
+      {:error, :not_running}
+  """
+  @spec pipeline(group(), command(), options()) :: reference()
+  def pipeline(module, command, opts \\ []) do
+    timeout = opts |> options!() |> timeout!()
+    started = System.monotonic_time()
+    now = System.convert_time_unit(started, :native, :millisecond)
+    deadline = if timeout == :infinity, do: now + @max_timeout, else: now + timeout
+    payload = :erlang.term_to_binary(command)
+    metadata = %{group: module, node: node()}
+
+    case Process.whereis(Visor.Supervisor.name(module, :server)) do
+      nil ->
+        ref = make_ref()
+        pipeline_started(metadata, ref, started)
+        send(self(), {ref, {:error, :not_running}})
+        duration = System.monotonic_time() - started
+        stop = metadata |> outcome(:not_running) |> Map.put(:telemetry_span_context, ref)
+        Visor.Telemetry.execute([:visor, :pipeline, :stop], %{duration: duration}, stop)
+        ref
+
+      server ->
+        # The answer comes to this alias; the monitor says if the server
+        # exits first, and is removed with the answer (so, one message).
+        ref = :erlang.monitor(:process, server, alias: :reply_demonitor)
+        pipeline_started(metadata, ref, started)
+        send(server, {:visor_pipeline, ref, self(), payload, deadline, started})
+        ref
+    end
+  end
+
+  defp pipeline_started(metadata, ref, started) do
+    measurements = %{monotonic_time: started, system_time: System.system_time()}
+    metadata = Map.put(metadata, :telemetry_span_context, ref)
+    Visor.Telemetry.execute([:visor, :pipeline, :start], measurements, metadata)
+  end
+
+  @doc """
+  Waits for the message of `pipeline/3`'s `ref` and returns its result,
+  as `commit/3` would have returned it (a `:DOWN` of this node's server
+  is `{:error, {:server_down, reason}}`, or `{:error, :not_running}`
+  when it was shut down).
+
+  After `timeout` (ms, or `:infinity`, the default: the server answers
+  by the command's own deadline) it returns `{:error, :timeout}`, and no
+  message for `ref` comes later; the command may still be applied.
+  """
+  @spec await(reference(), timeout()) :: term() | {:error, error()}
+  def await(ref, timeout \\ :infinity) when is_reference(ref) and is_timeout(timeout) do
+    receive do
+      {^ref, result} -> result
+      {:DOWN, ^ref, :process, _server, reason} -> exit_error({reason, :pipeline})
+    after
+      timeout ->
+        # No answer may come after this: the alias is gone, and one on its
+        # way already is taken out of the mailbox.
+        :erlang.unalias(ref)
+        Process.demonitor(ref, [:flush])
+
+        receive do
+          {^ref, result} -> result
+        after
+          0 -> {:error, :timeout}
+        end
+    end
+  end
+
+  @doc """
   The group's state. On a spare, a member reads it (as `commit/3` says).
 
   Options:
@@ -636,12 +743,7 @@ defmodule Visor do
     end)
   end
 
-  # A span's stop metadata for an error: `outcome` is the error's name (a
-  # low-cardinality tag for metrics), `error` the whole reason.
-  defp outcome(metadata, reason) do
-    name = if is_tuple(reason), do: elem(reason, 0), else: reason
-    Map.merge(metadata, %{outcome: name, error: reason})
-  end
+  defp outcome(metadata, reason), do: Visor.Telemetry.outcome(metadata, reason)
 
   # Checked before anything is sent: a timeout the runtime cannot
   # represent must not fail the caller after its command went out.

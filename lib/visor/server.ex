@@ -28,6 +28,14 @@ defmodule Visor.Server do
   #     of its callers' commands while a first switch may come;
   #   * `Visor.Server.Status`: the `status` map.
   #
+  # Pipelined commands (`Visor.pipeline/3`) come as messages, not calls,
+  # and are answered with a message to the caller's alias; they wait in
+  # the line in one stream per caller (`Visor.Server.Callers`), whose
+  # requests carry batches once every other member's server has said that
+  # its code executes them (`{:visor_features, ...}`, asked each second
+  # while one has not). A spare's server relays them to a member's
+  # (`Visor.Server.Relay`), which answers through it.
+  #
   # A spare's server refuses its callers with `{:error, :spare}`, and
   # `Visor.Forward` takes them on to a member: the server tells it where the
   # members are (and the primary one named lately), and a member's server
@@ -58,7 +66,7 @@ defmodule Visor.Server do
   require Logger
 
   alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Lifecycle, Machine, Status, Upgrade}
+  alias Visor.Server.{Callers, Lifecycle, Machine, Relay, Status, Upgrade}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -89,6 +97,12 @@ defmodule Visor.Server do
     # While forming: whom formation waits for (Visor.Formation.subscribe/2).
     :waiting_for,
     starts: 0,
+    # The other members' servers that said their code executes batches
+    # (Visor.Executor.features/0): node => {server, monitor}; forgotten
+    # when that server exits.
+    features: %{},
+    # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
+    relay: Relay.new(),
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
     # Monotonic µs until which the server polls its mailbox (see poll/1).
@@ -115,6 +129,8 @@ defmodule Visor.Server do
     # unexpected_messages). Visor.Guard stops the server on its
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
+    # A member reconnecting is asked again what its code executes.
+    :ok = :net_kernel.monitor_nodes(true)
     Logger.metadata(visor_group: module)
     counters = Lifetime.get(module).counters
 
@@ -190,18 +206,11 @@ defmodule Visor.Server do
   # members, or every other node running the group (cluster_size:); and
   # the primary a member last named.
   def handle_call(:visor_forward, _from, state) do
-    nodes =
-      case state.config.membership do
-        {:nodes, nodes} ->
-          nodes
-
-        {:cluster_size, _} ->
-          scope = Visor.Supervisor.name(state.module, :scope)
-          :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
-      end
-
     now = System.monotonic_time(:millisecond)
-    {reply, hint} = Visor.Forward.targets(nodes -- [node()], state.primary_hint, now)
+
+    {reply, hint} =
+      Visor.Forward.targets(forward_nodes(state) -- [node()], state.primary_hint, now)
+
     {:reply, reply, %{state | primary_hint: hint}}
   end
 
@@ -217,6 +226,17 @@ defmodule Visor.Server do
 
   @impl GenServer
   def handle_cast(_request, state), do: {:noreply, count(state, :unexpected_messages)}
+
+  defp forward_nodes(state) do
+    case state.config.membership do
+      {:nodes, nodes} ->
+        nodes
+
+      {:cluster_size, _} ->
+        scope = Visor.Supervisor.name(state.module, :scope)
+        :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
+    end
+  end
 
   defp admit(state, request, from, deadline) do
     now = System.monotonic_time(:millisecond)
@@ -244,11 +264,71 @@ defmodule Visor.Server do
     versions = fn -> {Machine.cluster_version(state.machine), Executor.version(state.module)} end
     now = System.monotonic_time(:millisecond)
     {held, upgrade} = Upgrade.holding(state.upgrade, versions, now)
-    {callers, effects} = Callers.dispatch(state.callers, held)
+    {callers, effects} = Callers.dispatch(state.callers, held, batch_bytes(state))
     run(effects, %{state | callers: callers, upgrade: upgrade})
   end
 
   defp dispatch(state), do: state
+
+  # How large a pipelining caller's batch may be: 0 (one command per
+  # request) until every other member's server said it executes batches.
+  defp batch_bytes(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
+    others = Tuple.to_list(members) -- [node()]
+
+    if Enum.all?(others, &Map.has_key?(state.features, &1)),
+      do: state.config.engine.batch_max_bytes,
+      else: 0
+  end
+
+  defp batch_bytes(_state), do: 0
+
+  # ---- Pipelined commands ------------------------------------------------
+
+  # A pipelining caller of this node: answered with a message, never a
+  # reply (see carry_out/2); a spare relays it to a member.
+  defp pipelined(state, entry, key) do
+    request = {:pipeline, key, entry.payload}
+    now = System.monotonic_time(:millisecond)
+
+    case Callers.admit(state.callers, request, entry.from, entry.deadline, now, gate(state)) do
+      {:error, :spare} ->
+        relay(state, entry)
+
+      {:error, reason} ->
+        run([{:reply, entry.from, {:error, reason}}], state)
+
+      {:ok, callers, effects} ->
+        dispatch(run(effects, %{state | callers: callers}))
+    end
+  end
+
+  defp relay(state, entry) do
+    {relay, effects} = Relay.forward(state.relay, entry, candidates(state))
+    run(effects, %{state | relay: relay})
+  end
+
+  # Where a spare's commands may go: the members it is connected to, and
+  # the primary one of them named lately.
+  defp candidates(state) do
+    connected = Enum.filter(forward_nodes(state) -- [node()], &(&1 in Node.list()))
+    primary = with {primary, _at} <- state.primary_hint, do: primary
+    %{members: connected, primary: primary}
+  end
+
+  # Tells the other members' servers that have not said so what this
+  # node's code executes, and asks them the same (old code drops it).
+  defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
+    query = {:visor_features, self(), Executor.features(), true}
+    name = Visor.Supervisor.name(state.module, :server)
+
+    for node <- Tuple.to_list(members) -- [node()],
+        not Map.has_key?(state.features, node),
+        do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
+
+    state
+  end
+
+  defp ask_features(state), do: state
 
   # The reply after a hand-off to the engine (a submit, a read) whose
   # answer a local caller may be waiting for. With few
@@ -281,6 +361,105 @@ defmodule Visor.Server do
   defp info({:visor_engine, engine, events}, %{engine: engine} = state)
        when is_reference(engine) and is_list(events) do
     {:noreply, dispatch(Enum.reduce(events, state, &event/2))}
+  end
+
+  # A pipelining caller of this node (Visor.pipeline/3): `ref` is the
+  # caller's alias for the answer, and `started` (monotonic) the start of
+  # its telemetry span.
+  defp info({:visor_pipeline, ref, caller, payload, deadline, started}, state)
+       when is_reference(ref) and is_pid(caller) and node(caller) == node() and
+              is_binary(payload) and is_integer(deadline) and is_integer(started) do
+    entry = %{
+      ref: ref,
+      caller: caller,
+      payload: payload,
+      deadline: deadline,
+      from: {:visor_pipeline, ref, started}
+    }
+
+    if Executor.command?(payload),
+      do: poll(pipelined(state, entry, caller)),
+      else: {:noreply, run([{:reply, entry.from, {:error, :malformed_command}}], state)}
+  end
+
+  # A spare's server relays its caller's pipelined command (Visor.Server.Relay),
+  # with the time left; it gets the answer, or a refusal before admission.
+  defp info({:visor_pipelined, spare, ref, caller, payload, left}, state)
+       when is_pid(spare) and is_reference(ref) and is_pid(caller) and is_binary(payload) and
+              is_integer(left) and left >= 0 do
+    from = {:visor_relayed, spare, ref}
+    now = System.monotonic_time(:millisecond)
+    request = {:pipeline, caller, payload}
+
+    admitted =
+      if Executor.command?(payload),
+        do: Callers.admit(state.callers, request, from, now + left, now, gate(state)),
+        else: {:error, :malformed_command}
+
+    case admitted do
+      {:error, reason} ->
+        {:noreply, run([{:reply, from, {:visor_refused, reason}}], state)}
+
+      {:ok, callers, effects} ->
+        poll(dispatch(run(effects, %{state | callers: callers})))
+    end
+  end
+
+  # A member's answer to a command this spare relayed.
+  defp info({:visor_relayed, ref, reply}, state) when is_reference(ref) do
+    {relay, effects} = Relay.answered(state.relay, ref, reply, candidates(state))
+    {:noreply, run(effects, %{state | relay: relay})}
+  end
+
+  # The member server a spare relays to went down (see carry_out({:watch, _})).
+  defp info({:DOWN, _monitor, :process, {_name, node}, reason}, state) when is_atom(node) do
+    {relay, effects} = Relay.down(state.relay, node, reason)
+    {:noreply, run(effects, %{state | relay: relay})}
+  end
+
+  # A member's server that said it executes batches exited: it may come
+  # back with other code, which must say so again. One cut off may still
+  # run, and is asked again once its node reconnects (nodeup, below): a
+  # member down keeps its answer, so batches go on while it is down.
+  defp info({:DOWN, monitor, :process, server, reason}, state) when is_pid(server) do
+    features =
+      for {node, {^server, ^monitor}} <- state.features, into: state.features do
+        if reason == :noconnection, do: {node, {server, nil}}, else: {node, nil}
+      end
+
+    {:noreply, %{state | features: :maps.filter(fn _node, v -> v != nil end, features)}}
+  end
+
+  defp info({:nodeup, node}, state) do
+    case state.features do
+      %{^node => {_server, nil}} ->
+        {:noreply, ask_features(%{state | features: Map.delete(state.features, node)})}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  defp info({:nodedown, _node}, state), do: {:noreply, state}
+
+  # What another server's code executes; with `ask`, it wants to know
+  # what this node's does (any node may ask: the answer is no secret).
+  defp info({:visor_features, server, features, ask}, state)
+       when is_pid(server) and is_list(features) and is_boolean(ask) do
+    if ask do
+      answer = {:visor_features, self(), Executor.features(), false}
+      :erlang.send(server, answer, [:noconnect, :nosuspend])
+    end
+
+    node = node(server)
+    members = if state.lifecycle.members, do: Tuple.to_list(state.lifecycle.members), else: []
+
+    if node in members and :batch in features and not Map.has_key?(state.features, node) do
+      features = Map.put(state.features, node, {server, Process.monitor(server)})
+      {:noreply, dispatch(%{state | features: features})}
+    else
+      {:noreply, state}
+    end
   end
 
   # A poll's turn with an empty mailbox (see poll/1).
@@ -326,6 +505,7 @@ defmodule Visor.Server do
   # version every member supports (Visor.Server.Upgrade).
   defp info(:visor_version_tick, state) do
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
+    state = ask_features(state)
     {machine, effects} = Machine.code_loaded(state.machine)
     state = run(effects, %{state | machine: machine})
     {upgrade, effects} = Upgrade.tick(state.upgrade, upgrade_view(state))
@@ -458,8 +638,43 @@ defmodule Visor.Server do
   defp run([], state), do: state
   defp run([effect | effects], state), do: run(effects, carry_out(effect, state))
 
+  # A pipelining caller of this node: one message to its alias, `{ref,
+  # reply}`, which ends its span; a spare's, through the spare's server.
+  defp carry_out({:reply, {:visor_pipeline, ref, started}, reply}, state) do
+    result =
+      case reply do
+        {:ok, result} -> result
+        {:error, _reason} = error -> error
+      end
+
+    send(ref, {ref, result})
+    measurements = %{duration: System.monotonic_time() - started}
+    telemetry(state, [:visor, :pipeline, :stop], measurements, stop_metadata(ref, reply))
+    state
+  end
+
+  defp carry_out({:reply, {:visor_relayed, spare, ref}, reply}, state) do
+    :erlang.send(spare, {:visor_relayed, ref, reply}, [:noconnect])
+    state
+  end
+
   defp carry_out({:reply, from, reply}, state) do
     GenServer.reply(from, reply)
+    state
+  end
+
+  defp carry_out({:answer, entry, reply}, state),
+    do: carry_out({:reply, entry.from, reply}, state)
+
+  defp carry_out({:watch, node}, state) do
+    Process.monitor({Visor.Supervisor.name(state.module, :server), node})
+    state
+  end
+
+  defp carry_out({:forward, node, entry}, state) do
+    left = max(entry.deadline - System.monotonic_time(:millisecond), 0)
+    message = {:visor_pipelined, self(), entry.ref, entry.caller, entry.payload, left}
+    :erlang.send({Visor.Supervisor.name(state.module, :server), node}, message, [:noconnect])
     state
   end
 
@@ -521,7 +736,7 @@ defmodule Visor.Server do
   # process (see the top of this module).
   defp carry_out({:start_engine, opts}, state) do
     engine = Router.start_engine(state.module, opts, state.lifecycle.members)
-    state = %{state | engine: engine, starts: state.starts + 1}
+    state = ask_features(%{state | engine: engine, starts: state.starts + 1})
     now = System.monotonic_time(:millisecond)
     {upgrade, effects} = Upgrade.engine_started(state.upgrade, upgrade_view(state), now)
     run(effects, %{state | upgrade: upgrade})
@@ -529,6 +744,15 @@ defmodule Visor.Server do
 
   defp carry_out(:discard_engine, state),
     do: %{state | engine: nil, callers: Callers.requeue(state.callers)}
+
+  # This node is a spare: its pipelining callers' commands go to a member.
+  defp carry_out({:fail_callers, :spare}, state) do
+    {callers, entries, effects} = Callers.take_pipelined(state.callers)
+    state = run(effects, %{state | callers: callers})
+    state = Enum.reduce(entries, state, &relay(&2, relay_entry(&1)))
+    {callers, effects} = Callers.fail_all(state.callers, :spare)
+    run(effects, %{state | callers: callers})
+  end
 
   defp carry_out({:fail_callers, error}, state) do
     {callers, effects} = Callers.fail_all(state.callers, error)
@@ -552,6 +776,18 @@ defmodule Visor.Server do
 
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
+
+  defp relay_entry({{:visor_pipeline, ref, _started} = from, caller, payload, deadline}),
+    do: %{ref: ref, caller: caller, payload: payload, deadline: deadline, from: from}
+
+  defp stop_metadata(ref, reply) do
+    metadata = %{telemetry_span_context: ref}
+
+    case reply do
+      {:error, reason} -> Visor.Telemetry.outcome(metadata, reason)
+      _ -> Map.put(metadata, :outcome, :ok)
+    end
+  end
 
   defp count(state, key) do
     telemetry(state, [:visor, :message, :dropped], %{count: 1}, %{reason: key})
@@ -591,7 +827,7 @@ defmodule Visor.Server do
     Status.build(state.lifecycle, engine, %{
       node: node(),
       connected: Node.list(),
-      pool: Callers.pool(state.callers),
+      pool: Map.put(Callers.pool(state.callers), :batches, batch_bytes(state) > 0),
       poison: state.machine.poison,
       version: Machine.versions(state.machine),
       waiting_for: state.waiting_for,
