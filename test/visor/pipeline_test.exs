@@ -9,9 +9,14 @@ defmodule Visor.PipelineTest do
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
 
+  # A cluster whose members all know that every member executes batches.
   defp cluster(n) do
     nodes = nodes(n)
     :ok = Cluster.start_group(nodes, Sequence, nodes: nodes)
+
+    for node <- nodes,
+        do: Cluster.eventually(fn -> Cluster.status(node, Sequence).pool.batches end)
+
     nodes
   end
 
@@ -180,7 +185,6 @@ defmodule Visor.PipelineTest do
 
   test "batches only once every other member's code executes them: one command per request before" do
     [a, b, c] = nodes = cluster(3)
-    Cluster.eventually(fn -> Cluster.status(a, Sequence).pool.batches end)
 
     # c runs code that does not execute batches (as an older release):
     # its server is restarted with it, and says so when asked.

@@ -268,7 +268,7 @@ defmodule Visor.Server.Callers do
   # engine settles it.
   defp request_of(%{kind: {:stream, key}}, callers, batch_bytes) do
     stream = Map.fetch!(callers.streams, key)
-    {commands, pending} = take(stream.pending, callers.waiting, batch_bytes, [], 0)
+    {commands, pending} = take(stream.pending, callers.waiting, batch_bytes)
 
     payload =
       case commands do
@@ -284,7 +284,9 @@ defmodule Visor.Server.Callers do
 
   # Commands off the front of a stream (dropping those whose caller timed
   # out: they never reach the log) while the batch fits in `max` bytes.
-  defp take(pending, waiting, max, acc, bytes) do
+  defp take(pending, waiting, max), do: take(pending, waiting, max, [], 0, 0)
+
+  defp take(pending, waiting, max, acc, count, bytes) do
     case :queue.out(pending) do
       {:empty, _} ->
         {Enum.reverse(acc), pending}
@@ -294,13 +296,10 @@ defmodule Visor.Server.Callers do
 
         cond do
           not Map.has_key?(waiting, id) ->
-            take(rest, waiting, max, acc, bytes)
+            take(rest, waiting, max, acc, count, bytes)
 
-          acc == [] ->
-            take(rest, waiting, max, [entry], size)
-
-          size + Executor.batch_overhead(length(acc) + 1) <= max ->
-            take(rest, waiting, max, [entry | acc], size)
+          count == 0 or size + Executor.batch_overhead(count + 1) <= max ->
+            take(rest, waiting, max, [entry | acc], count + 1, size)
 
           true ->
             {Enum.reverse(acc), pending}
