@@ -522,9 +522,10 @@ defmodule Visor do
   node's server hands a caller's next commands to the log only once its
   replica has settled the previous ones, and sends them together, as one
   entry, which is also where the throughput comes from). A command that
-  got `{:error, {:server_down, _}}` (or `:DOWN`) or `{:error,
-  {:member_down, _}}` may still be applied after the caller's later ones,
-  as after such an error from `commit/3`. The results arrive in the same
+  got `:DOWN`, `{:error, {:member_down, _}}` or `{:error, {:engine_down,
+  _}}` (something between the caller and the log died with it in hand)
+  may still be applied after the caller's later ones, as after such an
+  error from `commit/3`. The results arrive in the same
   order, except those of commands whose deadline passed first.
   docs/operations.md, "Pipelined commits".
 

@@ -641,10 +641,11 @@ defmodule Visor.Server do
   # A pipelining caller of this node: one message to its alias, `{ref,
   # reply}`, which ends its span; a spare's, through the spare's server.
   defp carry_out({:reply, {:visor_pipeline, ref, started}, reply}, state) do
+    # As Visor.commit/3 unwraps a call's reply (a member's, for a spare).
     result =
       case reply do
         {:ok, result} -> result
-        {:error, _reason} = error -> error
+        other -> other
       end
 
     send(ref, {ref, result})
