@@ -1,0 +1,33 @@
+defmodule Visor.Test.Ids do
+  @moduledoc """
+  A group that names each new item by `meta.op`, as the README advises
+  ("Unique ids: `meta.op`"): the reply is the id, the state maps ids to
+  items, so two commands given one id show.
+  """
+  use Visor
+
+  @impl Visor
+  def initial_state(_opts), do: %{}
+
+  @impl Visor
+  def handle_commit({:new, item}, meta, state),
+    do: {:ok, {meta.op, meta.timestamp}, Map.put(state, meta.op, item)}
+end
+
+defmodule Visor.Test.FirstMessage do
+  @moduledoc """
+  Pipelines one command on this node and returns the first message that
+  came for its ref within `wait` ms (`:no_message` if none), without
+  `Visor.await/2`, whose own timeout would hide a missing answer.
+  """
+  def pipeline(module, command, opts, wait) do
+    ref = Visor.pipeline(module, command, opts)
+
+    receive do
+      {^ref, result} -> {:answer, result}
+      {:DOWN, ^ref, _, _, reason} -> {:down, reason}
+    after
+      wait -> :no_message
+    end
+  end
+end

@@ -1,0 +1,146 @@
+defmodule Visor.PipelineReviewTest do
+  # An adversarial review of pipelined commits (Visor.pipeline/3): each
+  # test shows a claim that does not hold. They fail by design, so they
+  # are tagged :review_break and excluded from `mix test`; run them with
+  # `mix test test/visor/pipeline_review_test.exs --only review_break`.
+  use ExUnit.Case, async: false
+
+  alias Visor.Executor
+  alias Visor.Server.Callers
+  alias Visor.Test.{Cluster, FirstMessage, Ids, Pipeliner, Sequence}
+
+  defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
+
+  defp batching_cluster(n, module) do
+    nodes = nodes(n)
+    :ok = Cluster.start_group(nodes, module, nodes: nodes)
+    for node <- nodes, do: Cluster.eventually(fn -> Cluster.status(node, module).pool.batches end)
+    nodes
+  end
+
+  defp report(pid) do
+    receive do
+      {:pipelined, ^pid, results, _arrival} -> results
+    after
+      90_000 -> flunk("the pipeliner did not report")
+    end
+  end
+
+  # README ("Unique ids: `meta.op`"), lib/visor.ex's moduledoc and
+  # operations.md tell users to take unique ids from `meta.op`, and say
+  # `meta.timestamp` is strictly increasing along the log. A batch runs
+  # every one of its commands with one `meta`: pipelined commands share
+  # an op and a timestamp, so ids collide and items overwrite each other.
+  @tag :review_break
+  test "pipelined commands get unique meta.op ids (README: 'Unique ids: meta.op')" do
+    [a | _] = batching_cluster(3, Ids)
+
+    commands = for n <- 1..300, do: {n, {:new, n}, []}
+    results = report(:erpc.call(a, Pipeliner, :start, [Ids, commands, self(), 300]))
+    ids = for {_n, [{_ref, {op, _timestamp}}]} <- results, do: op
+    timestamps = for {_n, [{_ref, {_op, timestamp}}]} <- results, do: timestamp
+    assert length(ids) == 300
+
+    state = :erpc.call(a, Visor, :get, [Ids])
+
+    assert {length(Enum.uniq(ids)), map_size(state)} == {300, 300},
+           "300 new items got #{length(Enum.uniq(ids))} distinct ids; the state kept #{map_size(state)}"
+
+    assert timestamps == Enum.sort(timestamps) and timestamps == Enum.uniq(timestamps),
+           "meta.timestamp is not strictly increasing across pipelined commands"
+  end
+
+  # Never zero messages, and :timeout at the deadline: a spare relays to a
+  # member's server without asking whether its code takes relayed
+  # commands (the gate covers batches only), and keeps no deadline of its
+  # own. A member running a release without pipelining (a rolling
+  # upgrade that reached the spare first) drops the relayed message as
+  # unexpected: the caller never hears of its ref, whatever its timeout.
+  @tag :review_break
+  test "a spare's pipelined command is answered by its deadline when the members run older code" do
+    [a, b, c, d] = nodes(4)
+
+    # a, b and c run a Visor.Server that does not know relayed pipelined
+    # commands, as a release before pipelining: it counts them as
+    # unexpected messages.
+    older =
+      "lib/visor/server.ex"
+      |> File.read!()
+      |> String.replace(
+        "defp info({:visor_pipelined, spare,",
+        "defp info({:visor_pipelined_unknown_to_older_code, spare,"
+      )
+
+    for node <- [a, b, c] do
+      :ok = :erpc.call(node, Code, :put_compiler_option, [:ignore_module_conflict, true])
+      [_ | _] = :erpc.call(node, Code, :compile_string, [older])
+    end
+
+    :ok = Cluster.start_group([a, b, c, d], Sequence, nodes: [a, b, c])
+    assert Cluster.status(d, Sequence).status == :spare
+    assert :erpc.call(d, Sequence, :commit, [{:seq, :sync, 1}]) == 1
+
+    # A 500 ms timeout: by then the caller must have its one message.
+    assert :erpc.call(d, FirstMessage, :pipeline, [
+             Sequence,
+             {:seq, :relayed, 1},
+             [timeout: 500],
+             5_000
+           ]) == {:answer, {:error, :timeout}}
+  end
+
+  # docs/operations.md: "nothing limits how many a caller may have
+  # outstanding"; until every member said it executes batches (a rolling
+  # upgrade), each request carries one command. Each settled request then
+  # rescans the stream's whole backlog (release/2 filters it,
+  # stream_waits?/2 lists it): the server's work per commit grows with
+  # the backlog, quadratic in all, while the server runs no other caller.
+  @tag :review_break
+  test "draining one caller's backlog one command per request costs linear, not quadratic, server time" do
+    {small, _} = :timer.tc(fn -> drain(5_000) end)
+    {large, _} = :timer.tc(fn -> drain(20_000) end)
+
+    assert large < 8 * small,
+           "4x the backlog took #{Float.round(large / small, 1)}x the time " <>
+             "(#{div(small, 1000)} ms for 5000, #{div(large, 1000)} ms for 20000)"
+  end
+
+  @gate %{refusal: nil, halted: nil, max_bytes: 1_000_000}
+
+  # `n` commands of one caller, admitted at once, then each request
+  # executed and settled as the engine would, batches not allowed.
+  defp drain(n) do
+    callers =
+      Enum.reduce(1..n, Callers.new(1), fn i, callers ->
+        from = {:visor_pipeline, make_ref(), 0}
+        request = {:pipeline, :caller, :erlang.term_to_binary(i)}
+        {:ok, callers, _} = Callers.admit(callers, request, from, 10_000_000, 0, @gate)
+        callers
+      end)
+
+    {callers, effects} = Callers.dispatch(callers, false, 0)
+
+    callers =
+      for({:submit, client, 0, 0, <<>>} <- effects, do: client)
+      |> Enum.reduce(callers, fn client, callers ->
+        {callers, []} = Callers.settle(callers, client, 0, {:registered, 1})
+        callers
+      end)
+
+    answered = settle_all(callers, 0)
+    ^n = answered
+  end
+
+  defp settle_all(callers, answered) do
+    case Callers.dispatch(callers, false, 0) do
+      {_callers, []} ->
+        answered
+
+      {callers, [{:submit, client, _session, request, payload}]} ->
+        true = Executor.command?(payload)
+        callers = Callers.result(callers, client, request, {:ok, :done})
+        {callers, effects} = Callers.settle(callers, client, request, :executed)
+        settle_all(callers, answered + length(for {:reply, _, _} <- effects, do: 1))
+    end
+  end
+end
