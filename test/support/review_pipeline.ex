@@ -12,6 +12,13 @@ defmodule Visor.Test.Ids do
   @impl Visor
   def handle_commit({:new, item}, meta, state),
     do: {:ok, {meta.op, meta.timestamp}, Map.put(state, meta.op, item)}
+
+  @doc "Commits `{:new, n}` for each n in 1..count, `concurrency` callers at once: the replies."
+  def commit_concurrently(count, concurrency) do
+    1..count
+    |> Task.async_stream(&commit({:new, &1}), max_concurrency: concurrency, ordered: false)
+    |> Enum.map(fn {:ok, reply} -> reply end)
+  end
 end
 
 defmodule Visor.Test.FirstMessage do

@@ -50,6 +50,24 @@ defmodule Visor.PipelineReviewTest do
            "meta.timestamp is not strictly increasing across pipelined commands"
   end
 
+  # The same claim for synchronous callers, as a control. It fails too
+  # (300 concurrent commits, about 73 ids): an op of the log holds several
+  # callers' requests (the primary batches them), so the README's advice
+  # was already wrong before pipelining. Pipelining makes it systematic:
+  # every command one caller sends during a round trip shares one op.
+  @tag :review_break
+  test "control: concurrent commit/3 callers get unique meta.op ids" do
+    [a | _] = batching_cluster(3, Ids)
+
+    replies = :erpc.call(a, Ids, :commit_concurrently, [300, 64])
+
+    ids = for {op, _timestamp} <- replies, do: op
+    assert length(ids) == 300
+
+    assert length(Enum.uniq(ids)) == 300,
+           "300 concurrent commits got #{length(Enum.uniq(ids))} distinct ids"
+  end
+
   # Never zero messages, and :timeout at the deadline: a spare relays to a
   # member's server without asking whether its code takes relayed
   # commands (the gate covers batches only), and keeps no deadline of its
