@@ -107,6 +107,64 @@ defmodule Visor.PipelineReviewTest do
            ]) == {:answer, {:error, :timeout}}
   end
 
+  # ":timeout at the deadline, counted from the pipeline call"
+  # (operations.md) and "the server answers by the command's own deadline"
+  # (Visor.await/2): the only clock is this node's server's timer. While
+  # the server runs a slow handle_commit, nothing answers the caller;
+  # commit/3 has a backstop (its call gives up 1 s past the deadline),
+  # pipeline/3 and await/2 with their default :infinity have none.
+  @tag :review_break
+  test "a pipelined command gets :timeout by its deadline while the server runs a slow handle_commit" do
+    [a | _] = batching_cluster(3, Sequence)
+
+    # A 4 s command: every replica's server runs it.
+    :erpc.cast(a, Sequence, :commit, [{:slow, :busy, 1, 4_000}, [timeout: 10_000]])
+    Process.sleep(300)
+    started = System.monotonic_time(:millisecond)
+
+    reply =
+      :erpc.call(a, FirstMessage, :pipeline, [Sequence, {:seq, :late, 1}, [timeout: 200], 1_500])
+
+    waited = System.monotonic_time(:millisecond) - started
+    # commit/3 would have returned {:error, :timeout} by 200 + 1000 ms.
+    assert reply == {:answer, {:error, :timeout}},
+           "no message for the ref #{waited} ms after a 200 ms timeout: #{inspect(reply)}"
+  end
+
+  # operations.md: "a member merely down keeps its answer meanwhile:
+  # batches go on without it". Only if this server heard it before: the
+  # answers live in the server's state, so after a restart of this node's
+  # server (any crash, a poison command, a supervisor restart) one member
+  # down turns batches off until it is back, and one pipelining process
+  # falls back to one command per round trip (and the quadratic drain
+  # below).
+  @tag :review_break
+  @tag :tmp_dir
+  test "a server restarted while one member is down still batches", %{tmp_dir: tmp} do
+    # Disk mode: a's replica restarts from its own log, with b alone.
+    [a, b, c] = nodes = nodes(3)
+
+    opts = fn node ->
+      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, to_string(node))]
+    end
+
+    :ok = Cluster.start_group(nodes, Sequence, opts)
+
+    for node <- nodes,
+        do: Cluster.eventually(fn -> Cluster.status(node, Sequence).pool.batches end)
+
+    :ok = Cluster.kill_node(c, [a, b])
+    assert Cluster.status(a, Sequence).pool.batches
+
+    server = :erpc.call(a, Process, :whereis, [Visor.Supervisor.name(Sequence, :server)])
+    :erpc.call(a, Process, :exit, [server, :kill])
+    Cluster.eventually(fn -> Cluster.status(a, Sequence).status == :normal end, 15_000)
+    # Several feature questions (one a second).
+    Process.sleep(3_000)
+    assert Cluster.status(a, Sequence).status == :normal
+    assert Cluster.status(a, Sequence).pool.batches, "a no longer batches while c is down"
+  end
+
   # docs/operations.md: "nothing limits how many a caller may have
   # outstanding"; until every member said it executes batches (a rolling
   # upgrade), each request carries one command. Each settled request then
