@@ -38,3 +38,24 @@ defmodule Visor.Test.FirstMessage do
     end
   end
 end
+
+defmodule Visor.Test.PacedPipeliner do
+  @moduledoc """
+  Pipelines `{:seq, stream, n}` for n in 1..count, spinning `gap_us`
+  between sends (a caller that sends steadily rather than in one burst),
+  then awaits each ref: the results, in the order sent.
+  """
+  def run(module, stream, count, gap_us) do
+    refs =
+      for n <- 1..count do
+        spin(System.monotonic_time(:microsecond) + gap_us)
+        Visor.pipeline(module, {:seq, stream, n}, timeout: 30_000)
+      end
+
+    Enum.map(refs, &Visor.await(&1, 60_000))
+  end
+
+  defp spin(until) do
+    if System.monotonic_time(:microsecond) < until, do: spin(until), else: :ok
+  end
+end

@@ -7,7 +7,7 @@ defmodule Visor.PipelineReviewTest do
 
   alias Visor.Executor
   alias Visor.Server.Callers
-  alias Visor.Test.{Cluster, FirstMessage, Ids, Pipeliner, Sequence}
+  alias Visor.Test.{Cluster, FirstMessage, Ids, PacedPipeliner, Pipeliner, Sequence}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
 
@@ -105,6 +105,53 @@ defmodule Visor.PipelineReviewTest do
              [timeout: 500],
              5_000
            ]) == {:answer, {:error, :timeout}}
+  end
+
+  # Order through a spare (architecture.md: the spare relays to one
+  # member at a time, "so the argument above applies there"). A target
+  # that refuses before admission (a member refused for its settings,
+  # or, with cluster_size:, another spare) is passed over, and each
+  # refused command is sent on to the next target when its refusal comes
+  # back. But the caller's later commands already go to that next target
+  # as they arrive: a refusal that comes back after them puts an earlier
+  # command behind later ones, each answered with its reply, no error.
+  @tag :review_break
+  test "a spare whose first target refuses (settings) keeps one caller's order" do
+    [a, b, c, d] = nodes(4)
+    :ok = Cluster.start_group([a, b, c, d], Sequence, nodes: [a, b, c])
+    assert Cluster.status(d, Sequence).status == :spare
+
+    # The member the spare's relay picks first (the primary it heard of,
+    # else the first listed) is restarted with another pool size: refused.
+    spare = :erpc.call(d, Process, :whereis, [Visor.Supervisor.name(Sequence, :server)])
+
+    first =
+      case :erpc.call(d, :sys, :get_state, [spare]).primary_hint do
+        {primary, _at} -> primary
+        nil -> a
+      end
+
+    :ok = Cluster.stop_group(first, Sequence)
+
+    {:ok, _} =
+      :erpc.call(first, Cluster, :start_group_here, [
+        Sequence,
+        [nodes: [a, b, c], pool_size: 512],
+        :critical
+      ])
+
+    Cluster.eventually(fn -> Cluster.status(first, Sequence).status == :refused end)
+    [live | _] = [a, b, c] -- [first]
+    Cluster.eventually(fn -> Cluster.status(live, Sequence).status == :normal end, 15_000)
+
+    # A caller that sends steadily (one command every 20 µs), so that the
+    # refusals come back while it still sends.
+    results = :erpc.call(d, PacedPipeliner, :run, [Sequence, :refused, 5_000, 20], 120_000)
+    assert results == Enum.to_list(1..5_000)
+    applied = Sequence.applied(:erpc.call(live, Visor, :get, [Sequence]), :refused)
+    assert Enum.sort(applied) == Enum.to_list(1..5_000)
+    out_of_order = Enum.count(Enum.zip(applied, tl(applied)), fn {x, y} -> x > y end)
+    assert applied == Enum.to_list(1..5_000), "#{out_of_order} commands applied after a later one"
   end
 
   # ":timeout at the deadline, counted from the pipeline call"
