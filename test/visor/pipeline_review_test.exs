@@ -212,6 +212,52 @@ defmodule Visor.PipelineReviewTest do
     assert Cluster.status(a, Sequence).pool.batches, "a no longer batches while c is down"
   end
 
+  # The gate notices a member's hot code *upgrade* within a second (it
+  # keeps asking those that have not said :batch; pipeline_test.exs), but
+  # never a hot *downgrade*: an answer is dropped only when that server
+  # exits or its node reconnects. A member whose Visor.Executor is
+  # hot-loaded back to code without batches keeps receiving them, fails
+  # each as a command that does not decode, and leaves its state unchanged
+  # where the others apply it (operations.md's downgrade procedure, "first
+  # stop pipelining", is then the only guard).
+  @tag :review_break
+  test "a member hot-loaded back to code without batches is not sent batches" do
+    [a, _b, c] = batching_cluster(3, Sequence)
+
+    older =
+      "lib/visor/executor.ex"
+      |> File.read!()
+      |> String.replace("@features [:batch]", "@features []")
+      |> String.replace(
+        "def apply(module, arity, <<@batch_tag, _::binary>> = payload",
+        "def apply(module, arity, <<@batch_tag, 255, 255, 255, 255, _::binary>> = payload"
+      )
+
+    :ok = :erpc.call(c, Code, :put_compiler_option, [:ignore_module_conflict, true])
+    [_ | _] = :erpc.call(c, Code, :compile_string, [older])
+    # Longer than a feature question's period.
+    Process.sleep(2_500)
+
+    results =
+      report(
+        :erpc.call(a, Pipeliner, :start, [
+          Sequence,
+          for(n <- 1..300, do: {n, {:seq, :hot, n}, []}),
+          self(),
+          300
+        ])
+      )
+
+    for {n, [{_ref, reply}]} <- results, do: assert(reply == n)
+
+    Cluster.eventually(fn ->
+      Cluster.status(c, Sequence).commit >= Cluster.status(a, Sequence).commit
+    end)
+
+    on_c = Sequence.applied(:erpc.call(c, Visor, :get, [Sequence, [consistency: :local]]), :hot)
+    assert on_c == Enum.to_list(1..300), "c applied #{length(on_c)} of the 300 commands: diverged"
+  end
+
   # docs/operations.md: "nothing limits how many a caller may have
   # outstanding"; until every member said it executes batches (a rolling
   # upgrade), each request carries one command. Each settled request then
