@@ -33,9 +33,11 @@ defmodule Visor do
   and returns `{:ok, reply, new_state}`. Every replica applies the same
   commands in the same order, so `handle_commit` must be deterministic: no
   clock, no randomness, no reading of other processes. Use `meta.timestamp` instead of the clock and
-  `meta.op` for unique ids; draw random values in the caller and put them
+  `{meta.op, meta.index}` for unique ids (one op of the log may hold
+  several commands: concurrent callers' and a pipelining caller's batch;
+  `meta.index` numbers them); draw random values in the caller and put them
   in the command, or seed a generator with explicit state from the
-  command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
+  command (`:rand.seed_s(:exsss, {seed, meta.op, meta.index})` with
   `:rand.uniform_s/2`). A replica whose state diverges anyway is found at
   the next checkpoint: it logs an error naming the op and the digests,
   shows `status: :diverged`, and recovers the majority's state
@@ -138,10 +140,15 @@ defmodule Visor do
   @type command :: term()
   @typedoc """
   Where and when a command was committed, and the state machine version
-  it runs under (`c:version/0`).
+  it runs under (`c:version/0`). One op of the log may hold several
+  commands (concurrent callers' commands, a pipelining caller's batch):
+  they share `op`, `view` and `timestamp`, and `index` is the command's
+  position among them (from 0, in the order they run, the same on every
+  replica), so `{op, index}` is unique along the log.
   """
   @type meta :: %{
           op: pos_integer(),
+          index: non_neg_integer(),
           view: non_neg_integer(),
           timestamp: non_neg_integer(),
           version: non_neg_integer()
@@ -248,11 +255,12 @@ defmodule Visor do
               {:ok, reply :: term(), new_state :: term()}
 
   @doc """
-  Like `c:handle_commit/2`, with the command's metadata: its op number, the
-  view, the primary's timestamp (ns since the epoch, strictly increasing
-  along the log; the primary's clock kept within its quorum's clocks, see
-  docs/protocol.md, "Timestamps") and the state machine version it runs
-  under (`c:version/0`). When a module defines both, this one is used.
+  Like `c:handle_commit/2`, with the command's metadata (`t:meta/0`): its
+  op number and its index among the op's commands, the view, the
+  primary's timestamp (ns since the epoch, strictly increasing from op to
+  op, shared by the commands of one op; the primary's clock kept within
+  its quorum's clocks, see docs/protocol.md, "Timestamps") and the state
+  machine version it runs under (`c:version/0`). When a module defines both, this one is used.
   """
   @callback handle_commit(command(), meta(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}

@@ -100,10 +100,12 @@ defmodule Visor.Executor do
 
   # Each command of a batch as if it were alone, in order: one that fails
   # leaves the state as the command before it left it, and the next runs.
+  # Each gets its own `meta.index`, from the batch's on.
   def apply(module, arity, <<@batch_tag, _::binary>> = payload, meta, state, log?) do
-    {results, state} =
-      Enum.map_reduce(batch_commands(payload), state, fn command, state ->
-        apply(module, arity, command, meta, state, log?)
+    {results, {state, _index}} =
+      Enum.map_reduce(batch_commands(payload), {state, meta.index}, fn command, {state, index} ->
+        {result, state} = apply(module, arity, command, %{meta | index: index}, state, log?)
+        {result, {state, index + 1}}
       end)
 
     {{:batch, results}, state}
@@ -208,6 +210,17 @@ defmodule Visor.Executor do
   @doc "The bytes `batch_payload/1` adds to its commands: a tag, and a size for each."
   @spec batch_overhead(non_neg_integer()) :: pos_integer()
   def batch_overhead(count), do: 1 + 4 * count
+
+  @doc """
+  How many `meta.index` values executing `payload` takes: one per
+  `handle_commit` call (a batch's commands each, a command one; a skip
+  and a switch, which run none, take none).
+  """
+  @spec commands(binary()) :: non_neg_integer()
+  def commands(<<@batch_tag, _::binary>> = payload), do: length(batch_commands(payload))
+  def commands(<<@skip_tag, _::binary>>), do: 0
+  def commands(<<@switch_tag, _::binary>>), do: 0
+  def commands(_payload), do: 1
 
   @doc "The commands of a batch payload, in order (`[]` for any other payload)."
   @spec batch_commands(binary()) :: [binary()]

@@ -1,8 +1,8 @@
 defmodule Visor.Test.Ids do
   @moduledoc """
-  A group that names each new item by `meta.op`, as the README advises
-  ("Unique ids: `meta.op`"): the reply is the id, the state maps ids to
-  items, so two commands given one id show.
+  A group that names each new item by `{meta.op, meta.index}`, as the
+  README advises ("Unique ids"): the reply is the id with the timestamp,
+  the state maps ids to items, so two commands given one id show.
   """
   use Visor
 
@@ -10,8 +10,10 @@ defmodule Visor.Test.Ids do
   def initial_state(_opts), do: %{}
 
   @impl Visor
-  def handle_commit({:new, item}, meta, state),
-    do: {:ok, {meta.op, meta.timestamp}, Map.put(state, meta.op, item)}
+  def handle_commit({:new, item}, meta, state) do
+    id = {meta.op, meta.index}
+    {:ok, {id, meta.timestamp}, Map.put(state, id, item)}
+  end
 
   @doc "Commits `{:new, n}` for each n in 1..count, `concurrency` callers at once: the replies."
   def commit_concurrently(count, concurrency) do
