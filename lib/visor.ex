@@ -517,6 +517,12 @@ defmodule Visor do
       not yet, may still be, once), as after `{:error, {:server_down,
       reason}}`.
 
+  The `:timeout` comes at the deadline, or up to 1 s past it when this
+  node's server cannot answer in time (busy in a slow `handle_commit`): a
+  backstop sends it then, through the same alias, which the runtime
+  closes at the first message (or the `:DOWN`), so it is never a second
+  one. `timeout: :infinity` has no backstop.
+
   `await/2` waits for that message and turns the second form into the
   error `commit/3` returns. Options as for `commit/3` (`:timeout`, from
   now; a bad one raises before anything is sent). Telemetry: the
@@ -562,13 +568,21 @@ defmodule Visor do
 
       server ->
         # The answer comes to this alias; the monitor says if the server
-        # exits first, and is removed with the answer (so, one message).
+        # exits first. The first message through the alias, or the
+        # :DOWN, deactivates it and removes the monitor: one message,
+        # whichever comes first, the backstop's :timeout included.
         ref = :erlang.monitor(:process, server, alias: :reply_demonitor)
         pipeline_started(metadata, ref, started)
-        send(server, {:visor_pipeline, ref, self(), payload, deadline, started})
+        timer = if timeout != :infinity, do: Visor.Backstop.arm(module, ref, backstop_ms(timeout))
+        send(server, {:visor_pipeline, ref, self(), payload, deadline, started, timer})
         ref
     end
   end
+
+  # As commit/3's call (backstop/1): the server answers at the deadline;
+  # this covers a server that cannot (busy in a slow handle_commit, or a
+  # member that dropped a spare's relayed command).
+  defp backstop_ms(timeout), do: min(timeout + @grace_ms, @max_timeout)
 
   defp pipeline_started(metadata, ref, started) do
     measurements = %{monotonic_time: started, system_time: System.system_time()}

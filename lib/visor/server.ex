@@ -34,7 +34,9 @@ defmodule Visor.Server do
   # requests carry batches once every other member's server has said that
   # its code executes them (`{:visor_features, ...}`, asked each second
   # while one has not). A spare's server relays them to a member's
-  # (`Visor.Server.Relay`), which answers through it.
+  # (`Visor.Server.Relay`), which answers through it. When this server
+  # cannot answer in time, `Visor.Backstop` answers `:timeout` through
+  # the same alias, which lets only the first message through.
   #
   # A spare's server refuses its callers with `{:error, :spare}`, and
   # `Visor.Forward` takes them on to a member: the server tells it where the
@@ -80,6 +82,10 @@ defmodule Visor.Server do
   # version waits to be committed.
   @version_tick_ms 1_000
   @proposal_timeout_ms 10_000
+
+  # How long past its deadline a spare keeps a relayed command that no
+  # member answered (as Visor.Backstop's grace).
+  @relay_grace_ms 1_000
 
   defstruct [
     :module,
@@ -315,6 +321,14 @@ defmodule Visor.Server do
     %{members: connected, primary: primary}
   end
 
+  # A spare forgets what it relayed and was never answered (a member's
+  # code that dropped it): the caller's backstop answered it already.
+  defp expire_relayed(state) do
+    now = System.monotonic_time(:millisecond)
+    {relay, effects} = Relay.expire(state.relay, now, @relay_grace_ms, candidates(state))
+    run(effects, %{state | relay: relay})
+  end
+
   # Tells the other members' servers that have not said so what this
   # node's code executes, and asks them the same (old code drops it).
   defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
@@ -364,17 +378,18 @@ defmodule Visor.Server do
   end
 
   # A pipelining caller of this node (Visor.pipeline/3): `ref` is the
-  # caller's alias for the answer, and `started` (monotonic) the start of
-  # its telemetry span.
-  defp info({:visor_pipeline, ref, caller, payload, deadline, started}, state)
+  # caller's alias for the answer, `started` (monotonic) the start of
+  # its telemetry span, and `timer` its backstop (Visor.Backstop), if any.
+  defp info({:visor_pipeline, ref, caller, payload, deadline, started, timer}, state)
        when is_reference(ref) and is_pid(caller) and node(caller) == node() and
-              is_binary(payload) and is_integer(deadline) and is_integer(started) do
+              is_binary(payload) and is_integer(deadline) and is_integer(started) and
+              (is_reference(timer) or timer == nil) do
     entry = %{
       ref: ref,
       caller: caller,
       payload: payload,
       deadline: deadline,
-      from: {:visor_pipeline, ref, started}
+      from: {:visor_pipeline, ref, started, timer}
     }
 
     if Executor.command?(payload),
@@ -413,7 +428,7 @@ defmodule Visor.Server do
 
   # The member server a spare relays to went down (see carry_out({:watch, _})).
   defp info({:DOWN, _monitor, :process, {_name, node}, reason}, state) when is_atom(node) do
-    {relay, effects} = Relay.down(state.relay, node, reason)
+    {relay, effects} = Relay.down(state.relay, node, reason, candidates(state))
     {:noreply, run(effects, %{state | relay: relay})}
   end
 
@@ -505,7 +520,7 @@ defmodule Visor.Server do
   # version every member supports (Visor.Server.Upgrade).
   defp info(:visor_version_tick, state) do
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
-    state = ask_features(state)
+    state = state |> ask_features() |> expire_relayed()
     {machine, effects} = Machine.code_loaded(state.machine)
     state = run(effects, %{state | machine: machine})
     {upgrade, effects} = Upgrade.tick(state.upgrade, upgrade_view(state))
@@ -639,8 +654,12 @@ defmodule Visor.Server do
   defp run([effect | effects], state), do: run(effects, carry_out(effect, state))
 
   # A pipelining caller of this node: one message to its alias, `{ref,
-  # reply}`, which ends its span; a spare's, through the spare's server.
-  defp carry_out({:reply, {:visor_pipeline, ref, started}, reply}, state) do
+  # reply}`, which ends its span, and its backstop is no longer needed
+  # (were it to fire anyway, the alias drops it); a spare's, through the
+  # spare's server.
+  defp carry_out({:reply, {:visor_pipeline, ref, started, timer}, reply}, state) do
+    if timer, do: :erlang.cancel_timer(timer, async: true, info: false)
+
     # As Visor.commit/3 unwraps a call's reply (a member's, for a spare).
     result =
       case reply do
@@ -778,7 +797,7 @@ defmodule Visor.Server do
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
 
-  defp relay_entry({{:visor_pipeline, ref, _started} = from, caller, payload, deadline}),
+  defp relay_entry({{:visor_pipeline, ref, _started, _timer} = from, caller, payload, deadline}),
     do: %{ref: ref, caller: caller, payload: payload, deadline: deadline, from: from}
 
   defp stop_metadata(ref, reply) do

@@ -26,6 +26,21 @@ defmodule Visor.Server.Relay do
   #     reason}`, as a member's own caller would get it. With no target
   #     left, the command is answered `{:error, :no_member_reachable}` at
   #     once (nothing was applied), and every member is a candidate again.
+  #   * One caller's order across a change of target: a caller's commands
+  #     go to one node at a time. While some of them are unanswered at a
+  #     node that is no longer the target (passed over, or another
+  #     caller's refusal moved the target on), its next commands wait here,
+  #     and so do those the node refuses; once none is left unanswered
+  #     there, the refused ones go to the new target, in the order sent,
+  #     then the waiting ones. A refused command sent before one that node
+  #     took in (answered otherwise, or lost with it) is not sent again,
+  #     which could apply it after that later one: it is answered with its
+  #     refusal, `{:error, reason}` (nothing applied).
+  #   * A command not answered 1 s past its deadline (`expire/4`; a member
+  #     whose code drops relayed commands) is answered `{:error,
+  #     :timeout}` and forgotten; the caller's backstop (`Visor.Backstop`)
+  #     answered it already, so this only frees it here. Like
+  #     `:member_down`, it has no definite outcome.
   #
   # Effects, in order:
   #
@@ -34,7 +49,14 @@ defmodule Visor.Server.Relay do
   #   * `{:forward, node, entry}`: send the command to that server;
   #   * `{:answer, entry, reply}`: the caller's answer.
 
-  defstruct target: nil, outstanding: %{}, watched: MapSet.new(), passed: MapSet.new()
+  # The unanswered commands (ref => {node, seq, entry}, `seq` the order
+  # they were first relayed in), and each caller's (`t:stream/0`).
+  defstruct target: nil,
+            outstanding: %{},
+            callers: %{},
+            next_seq: 0,
+            watched: MapSet.new(),
+            passed: MapSet.new()
 
   @typedoc """
   A relayed command: the caller's reference, the caller (its stream), the
@@ -48,6 +70,19 @@ defmodule Visor.Server.Relay do
           deadline: integer(),
           from: term()
         }
+  @typedoc """
+  One caller's commands: the node its unanswered ones went to and how
+  many; those that node refused as a non-member (`{seq, entry, reason}`,
+  newest first) and those that came meanwhile, waiting for the last
+  answer from that node; the last `seq` that node took in (or lost).
+  """
+  @type stream :: %{
+          node: node(),
+          count: non_neg_integer(),
+          refused: [{non_neg_integer(), entry(), term()}],
+          held: :queue.queue(entry()),
+          taken: integer()
+        }
   @typedoc "Where the members are: those this node is connected to, and the primary a member named."
   @type candidates :: %{members: [node()], primary: node() | nil}
   @type t :: %__MODULE__{}
@@ -58,26 +93,56 @@ defmodule Visor.Server.Relay do
   @spec new() :: t()
   def new, do: %__MODULE__{}
 
-  @doc "Relays `entry` to the target (chosen among `candidates` if there is none)."
+  @doc """
+  Relays `entry` to the target (chosen among `candidates` if there is
+  none), or holds it while its caller's earlier commands are unanswered
+  at another node (see the top).
+  """
   @spec forward(t(), entry(), candidates()) :: {t(), [effect()]}
   def forward(%__MODULE__{} = relay, entry, candidates) do
     relay = if relay.target, do: relay, else: choose(relay, candidates)
+    caller = entry.caller
 
-    case relay.target do
-      nil ->
-        {relay, [{:answer, entry, {:error, :no_member_reachable}}]}
+    case relay.callers do
+      %{^caller => stream} ->
+        if stream.node != relay.target or stream.refused != [] or
+             not :queue.is_empty(stream.held) do
+          held = %{stream | held: :queue.in(entry, stream.held)}
+          {%{relay | callers: Map.put(relay.callers, caller, held)}, []}
+        else
+          send_to_target(relay, entry)
+        end
 
-      node ->
-        watch = if MapSet.member?(relay.watched, node), do: [], else: [{:watch, node}]
-
-        relay = %{
-          relay
-          | outstanding: Map.put(relay.outstanding, entry.ref, {node, entry}),
-            watched: MapSet.put(relay.watched, node)
-        }
-
-        {relay, watch ++ [{:forward, node, entry}]}
+      _ ->
+        send_to_target(relay, entry)
     end
+  end
+
+  defp send_to_target(%{target: nil} = relay, entry),
+    do: {relay, [{:answer, entry, {:error, :no_member_reachable}}]}
+
+  defp send_to_target(%{target: node} = relay, entry) do
+    watch = if MapSet.member?(relay.watched, node), do: [], else: [{:watch, node}]
+    seq = relay.next_seq
+
+    stream =
+      Map.get(relay.callers, entry.caller, %{
+        node: node,
+        count: 0,
+        refused: [],
+        held: :queue.new(),
+        taken: -1
+      })
+
+    relay = %{
+      relay
+      | outstanding: Map.put(relay.outstanding, entry.ref, {node, seq, entry}),
+        callers: Map.put(relay.callers, entry.caller, %{stream | count: stream.count + 1}),
+        next_seq: seq + 1,
+        watched: MapSet.put(relay.watched, node)
+    }
+
+    {relay, watch ++ [{:forward, node, entry}]}
   end
 
   defp choose(relay, %{members: members, primary: primary}) do
@@ -102,22 +167,27 @@ defmodule Visor.Server.Relay do
       {nil, _} ->
         {relay, []}
 
-      {{node, entry}, outstanding} ->
+      {{node, seq, entry}, outstanding} ->
         relay = %{relay | outstanding: outstanding}
 
-        case reply do
-          {:visor_refused, reason}
-          when reason == :spare or elem(reason, 0) == :setting_mismatch ->
-            relay = %{relay | passed: MapSet.put(relay.passed, node)}
-            relay = if relay.target == node, do: %{relay | target: nil}, else: relay
-            forward(relay, entry, candidates)
+        {relay, effects} =
+          case reply do
+            {:visor_refused, reason}
+            when reason == :spare or elem(reason, 0) == :setting_mismatch ->
+              relay = %{relay | passed: MapSet.put(relay.passed, node)}
+              relay = if relay.target == node, do: %{relay | target: nil}, else: relay
 
-          {:visor_refused, reason} ->
-            {relay, [{:answer, entry, {:error, reason}}]}
+              {update(relay, entry.caller, &%{&1 | refused: [{seq, entry, reason} | &1.refused]}),
+               []}
 
-          reply ->
-            {relay, [{:answer, entry, reply}]}
-        end
+            {:visor_refused, reason} ->
+              {relay, [{:answer, entry, {:error, reason}}]}
+
+            reply ->
+              {taken(relay, entry.caller, seq), [{:answer, entry, reply}]}
+          end
+
+        settled(relay, entry.caller, effects, candidates)
     end
   end
 
@@ -126,23 +196,91 @@ defmodule Visor.Server.Relay do
   relayed there and not answered fails with `{:error, {:member_down,
   node}}`. `:noproc` (the group does not run there) passes the node over.
   """
-  @spec down(t(), node(), term()) :: {t(), [effect()]}
-  def down(%__MODULE__{} = relay, node, reason) do
-    {lost, kept} = Enum.split_with(relay.outstanding, fn {_ref, {n, _}} -> n == node end)
+  @spec down(t(), node(), term(), candidates()) :: {t(), [effect()]}
+  def down(%__MODULE__{} = relay, node, reason, candidates) do
     passed = if reason == :noproc, do: MapSet.put(relay.passed, node), else: relay.passed
 
     relay = %{
       relay
-      | outstanding: Map.new(kept),
-        watched: MapSet.delete(relay.watched, node),
+      | watched: MapSet.delete(relay.watched, node),
         target: if(relay.target == node, do: nil, else: relay.target),
         passed: passed
     }
 
-    answers =
-      for {_ref, {_node, entry}} <- lost, do: {:answer, entry, {:error, {:member_down, node}}}
+    lose(relay, fn {n, _seq, _entry} -> n == node end, {:error, {:member_down, node}}, candidates)
+  end
 
-    {relay, answers}
+  @doc """
+  The commands relayed and not answered 1 s (`grace`) past their deadline
+  are answered `{:error, :timeout}` and forgotten (`now` in monotonic ms).
+  """
+  @spec expire(t(), integer(), non_neg_integer(), candidates()) :: {t(), [effect()]}
+  def expire(%__MODULE__{} = relay, now, grace, candidates) do
+    lose(
+      relay,
+      fn {_n, _seq, entry} -> entry.deadline + grace < now end,
+      {:error, :timeout},
+      candidates
+    )
+  end
+
+  # Commands that may or may not have been applied: answered `reply`,
+  # counted as taken in by their node, in the order sent.
+  defp lose(relay, lost?, reply, candidates) do
+    {lost, kept} = Enum.split_with(relay.outstanding, fn {_ref, value} -> lost?.(value) end)
+    relay = %{relay | outstanding: Map.new(kept)}
+
+    {relay, acc} =
+      lost
+      |> Enum.map(fn {_ref, value} -> value end)
+      |> Enum.sort_by(fn {_node, seq, _entry} -> seq end)
+      |> Enum.reduce({relay, []}, fn {_node, seq, entry}, {relay, acc} ->
+        relay = taken(relay, entry.caller, seq)
+        settle(relay, entry.caller, [{:answer, entry, reply} | acc], candidates)
+      end)
+
+    {relay, Enum.reverse(acc)}
+  end
+
+  defp update(relay, caller, fun),
+    do: %{relay | callers: Map.update!(relay.callers, caller, fun)}
+
+  defp taken(relay, caller, seq), do: update(relay, caller, &%{&1 | taken: max(&1.taken, seq)})
+
+  defp settled(relay, caller, effects, candidates) do
+    {relay, acc} = settle(relay, caller, Enum.reverse(effects), candidates)
+    {relay, Enum.reverse(acc)}
+  end
+
+  # One of the caller's commands is answered: once none is left at its
+  # node, what waited goes on, refused ones first. Effects accumulate
+  # newest first in `acc`.
+  defp settle(relay, caller, acc, candidates) do
+    stream = Map.fetch!(relay.callers, caller)
+
+    if stream.count > 1 do
+      {update(relay, caller, &%{&1 | count: &1.count - 1}), acc}
+    else
+      relay = %{relay | callers: Map.delete(relay.callers, caller)}
+
+      {relay, acc} =
+        stream.refused
+        |> Enum.reverse()
+        |> Enum.reduce({relay, acc}, fn {seq, entry, reason}, {relay, acc} ->
+          if seq < stream.taken,
+            do: {relay, [{:answer, entry, {:error, reason}} | acc]},
+            else: forward_onto(relay, entry, acc, candidates)
+        end)
+
+      Enum.reduce(:queue.to_list(stream.held), {relay, acc}, fn entry, {relay, acc} ->
+        forward_onto(relay, entry, acc, candidates)
+      end)
+    end
+  end
+
+  defp forward_onto(relay, entry, acc, candidates) do
+    {relay, effects} = forward(relay, entry, candidates)
+    {relay, Enum.reverse(effects, acc)}
   end
 
   @doc "Commands relayed and not answered yet."
