@@ -105,7 +105,9 @@ defmodule Visor.Server do
     starts: 0,
     # The other members' servers that said their code executes batches
     # (Visor.Executor.features/0): node => {server, monitor}; forgotten
-    # when that server exits.
+    # when that server exits or says otherwise. Kept across this server's
+    # restarts (Visor.Lifetime), as {nil, nil} until that member answers
+    # this server.
     features: %{},
     # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
     relay: Relay.new(),
@@ -148,6 +150,7 @@ defmodule Visor.Server do
     state = %__MODULE__{
       module: module,
       config: config,
+      features: Map.new(Lifetime.batch_members(module), &{&1, {nil, nil}}),
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
@@ -329,14 +332,15 @@ defmodule Visor.Server do
     run(effects, %{state | relay: relay})
   end
 
-  # Tells the other members' servers that have not said so what this
-  # node's code executes, and asks them the same (old code drops it).
+  # Tells the other members' servers what this node's code executes, and
+  # asks them the same (old code drops it): each second, those that said
+  # they execute batches too, so that one hot-loaded back to code without
+  # them is noticed within a second.
   defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
     query = {:visor_features, self(), Executor.features(), true}
     name = Visor.Supervisor.name(state.module, :server)
 
     for node <- Tuple.to_list(members) -- [node()],
-        not Map.has_key?(state.features, node),
         do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
 
     state
@@ -442,13 +446,13 @@ defmodule Visor.Server do
         if reason == :noconnection, do: {node, {server, nil}}, else: {node, nil}
       end
 
-    {:noreply, %{state | features: :maps.filter(fn _node, v -> v != nil end, features)}}
+    {:noreply, put_features(state, :maps.filter(fn _node, v -> v != nil end, features))}
   end
 
   defp info({:nodeup, node}, state) do
     case state.features do
       %{^node => {_server, nil}} ->
-        {:noreply, ask_features(%{state | features: Map.delete(state.features, node)})}
+        {:noreply, ask_features(put_features(state, Map.delete(state.features, node)))}
 
       _ ->
         {:noreply, state}
@@ -468,12 +472,28 @@ defmodule Visor.Server do
 
     node = node(server)
     members = if state.lifecycle.members, do: Tuple.to_list(state.lifecycle.members), else: []
+    known = Map.get(state.features, node)
 
-    if node in members and :batch in features and not Map.has_key?(state.features, node) do
-      features = Map.put(state.features, node, {server, Process.monitor(server)})
-      {:noreply, dispatch(%{state | features: features})}
-    else
-      {:noreply, state}
+    cond do
+      node not in members ->
+        {:noreply, state}
+
+      :batch in features and match?({^server, monitor} when monitor != nil, known) ->
+        {:noreply, state}
+
+      :batch in features ->
+        forget_monitor(known)
+        features = Map.put(state.features, node, {server, Process.monitor(server)})
+        {:noreply, dispatch(put_features(state, features))}
+
+      # It said so before: its code was hot-loaded back to code without
+      # batches. No batch goes from now on; one already in flight does.
+      known != nil ->
+        forget_monitor(known)
+        {:noreply, put_features(state, Map.delete(state.features, node))}
+
+      true ->
+        {:noreply, state}
     end
   end
 
@@ -559,6 +579,19 @@ defmodule Visor.Server do
   defp info(message, state) do
     Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
+  end
+
+  defp forget_monitor({_server, monitor}) when is_reference(monitor),
+    do: Process.demonitor(monitor, [:flush])
+
+  defp forget_monitor(_known), do: :ok
+
+  # The members' answers, kept for this server's successor: one restarted
+  # while a member is down still batches (that member's answer stands, as
+  # it would have here).
+  defp put_features(state, features) do
+    :ok = Lifetime.batch_members(state.module, Map.keys(features))
+    %{state | features: features}
   end
 
   # What Visor.Server.Upgrade decides on: this replica's role, and the
