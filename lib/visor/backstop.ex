@@ -46,4 +46,12 @@ defmodule Visor.Backstop do
   end
 
   def handle_info(_message, state), do: {:noreply, state}
+
+  # Any node may send to a registered name: nothing it sends stops this
+  # process (its exit would restart the group, `:one_for_all`).
+  @impl GenServer
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl GenServer
+  def handle_cast(_request, state), do: {:noreply, state}
 end
