@@ -1,0 +1,104 @@
+defmodule Visor.PipelineReview2Test do
+  # A second adversarial review of pipelined commits: the fixes of the
+  # first review (git diff 7359de9 158ee3b). Each test tagged
+  # :review_break shows a claim that does not hold.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Pipeliner, Sequence}
+
+  defp report(pid) do
+    receive do
+      {:pipelined, ^pid, results, _arrival} -> results
+    after
+      90_000 -> flunk("the pipeliner did not report")
+    end
+  end
+
+  # Code from before the feature question existed (the release a rolling
+  # upgrade came from): its server does not answer `{:visor_features, ...}`
+  # (nor asks it: it sends a message the others drop) and its executor
+  # runs no batches.
+  defp load_older_code(node) do
+    executor =
+      "lib/visor/executor.ex"
+      |> File.read!()
+      |> String.replace("@features [:batch]", "@features []")
+      |> String.replace(
+        "def apply(module, arity, <<@batch_tag, _::binary>> = payload",
+        "def apply(module, arity, <<@batch_tag, 255, 255, 255, 255, _::binary>> = payload"
+      )
+
+    server =
+      "lib/visor/server.ex"
+      |> File.read!()
+      |> String.replace("    if ask do\n", "    if ask and false do\n")
+      |> String.replace(
+        "query = {:visor_features, self(), Executor.features(), true}",
+        "query = :visor_older_code"
+      )
+
+    :ok = :erpc.call(node, Code, :put_compiler_option, [:ignore_module_conflict, true])
+    [_ | _] = :erpc.call(node, Code, :compile_string, [executor])
+    [_ | _] = :erpc.call(node, Code, :compile_string, [server])
+  end
+
+  # operations.md: batches go to a member only once its code said it
+  # executes them. Fix (7) keeps the answers in Visor.Lifetime for the
+  # life of the VM, as `{nil, nil}` entries with no monitor: only a
+  # `nodeup` or a "no" removes them. A member whose group restarted with
+  # code that does not answer (older code, from before the question),
+  # while this node's group was stopped, is never re-judged: this node
+  # batches to it forever, and it leaves its state unchanged where the
+  # others apply the commands.
+  @tag :review_break
+  @tag :tmp_dir
+  test "a member restarted with older code while this node's group was stopped gets no batches",
+       %{tmp_dir: tmp} do
+    [a, b, c] = nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
+
+    opts = fn node ->
+      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, to_string(node))]
+    end
+
+    :ok = Cluster.start_group(nodes, Sequence, opts)
+
+    for node <- nodes,
+        do: Cluster.eventually(fn -> Cluster.status(node, Sequence).pool.batches end)
+
+    # a's group stops (an operator, a supervisor giving up); meanwhile c's
+    # group is restarted with the older release (a rollback).
+    Cluster.stop_group(a, Sequence)
+    Cluster.stop_group(c, Sequence)
+    load_older_code(c)
+    :ok = Cluster.start_group([c], Sequence, opts)
+    :ok = Cluster.start_group([a], Sequence, opts)
+    Cluster.eventually(fn -> Cluster.status(a, Sequence).status == :normal end, 15_000)
+    # Several feature questions (one a second).
+    Process.sleep(3_000)
+
+    results =
+      report(
+        :erpc.call(a, Pipeliner, :start, [
+          Sequence,
+          for(n <- 1..300, do: {n, {:seq, :old, n}, []}),
+          self(),
+          300
+        ])
+      )
+
+    for {n, [{_ref, reply}]} <- results, do: assert(reply == n)
+
+    Cluster.eventually(fn ->
+      Cluster.status(c, Sequence).commit >= Cluster.status(a, Sequence).commit
+    end)
+
+    on_c = Sequence.applied(:erpc.call(c, Visor, :get, [Sequence, [consistency: :local]]), :old)
+
+    assert on_c == Enum.to_list(1..300),
+           "c (older code, never said it executes batches) applied #{length(on_c)} of 300: " <>
+             "a batched to it (a's status: pool.batches = " <>
+             "#{inspect(Cluster.status(a, Sequence).pool.batches)})"
+
+    _ = b
+  end
+end
