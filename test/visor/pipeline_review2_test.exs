@@ -4,7 +4,7 @@ defmodule Visor.PipelineReview2Test do
   # :review_break shows a claim that does not hold.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Pipeliner, Sequence}
+  alias Visor.Test.{Cluster, FirstMessage, Pipeliner, Sequence}
 
   defp report(pid) do
     receive do
@@ -123,5 +123,50 @@ defmodule Visor.PipelineReview2Test do
     assert on_c == Enum.to_list(1..300),
            "c (older code, never said it executes batches) applied #{length(on_c)} of 300: " <>
              "a batched to it (a's pool.batches was #{batches})"
+  end
+
+  # Visor.pipeline/3: the result is "what commit/3 would have returned".
+  # On a spare whose only reachable member refuses as a non-member (its
+  # group was refused at formation: another pool size), commit/3 (Visor.
+  # Forward, each member once) answers {:error, :no_member_reachable} at
+  # once, as operations.md says ("with no member connected, ... at once").
+  # pipeline/3's relay sends the command to that member again after each
+  # refusal (Relay.choose/2 makes it a candidate again), a busy loop
+  # between the two servers until the backstop answers :timeout 1 s past
+  # the deadline (relay_review_test.exs shows it on the decider).
+  @tag :review_break
+  test "a spare whose only reachable member is refused answers a pipelined command as commit/3 does" do
+    [a, b, c, d] = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1))
+    :ok = Cluster.start_group([a, b, c, d], Sequence, nodes: [a, b, c])
+    assert Cluster.status(d, Sequence).status == :spare
+
+    :ok = Cluster.stop_group(a, Sequence)
+
+    {:ok, _} =
+      :erpc.call(a, Cluster, :start_group_here, [
+        Sequence,
+        [nodes: [a, b, c], pool_size: 512],
+        :critical
+      ])
+
+    Cluster.eventually(fn -> Cluster.status(a, Sequence).status == :refused end)
+    :ok = Cluster.partition([d, a], [b, c])
+
+    committed =
+      :erpc.call(d, Visor, :commit, [Sequence, {:seq, :lone, 1}, [timeout: 3_000]], 10_000)
+
+    {micros, pipelined} =
+      :erpc.call(
+        d,
+        :timer,
+        :tc,
+        [FirstMessage, :pipeline, [Sequence, {:seq, :lone, 2}, [timeout: 3_000], 10_000]],
+        15_000
+      )
+
+    assert {committed, pipelined} ==
+             {{:error, :no_member_reachable}, {:answer, {:error, :no_member_reachable}}},
+           "commit/3: #{inspect(committed)}; pipeline/3: #{inspect(pipelined)} " <>
+             "after #{div(micros, 1000)} ms"
   end
 end
