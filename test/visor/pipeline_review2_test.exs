@@ -134,7 +134,6 @@ defmodule Visor.PipelineReview2Test do
   # refusal (Relay.choose/2 makes it a candidate again), a busy loop
   # between the two servers until the backstop answers :timeout 1 s past
   # the deadline (relay_review_test.exs shows it on the decider).
-  @tag :review_break
   test "a spare whose only reachable member is refused answers a pipelined command as commit/3 does" do
     [a, b, c, d] = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1))
     :ok = Cluster.start_group([a, b, c, d], Sequence, nodes: [a, b, c])

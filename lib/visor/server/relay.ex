@@ -118,8 +118,10 @@ defmodule Visor.Server.Relay do
     end
   end
 
+  # No target left: answered at once, and every member is a candidate for
+  # the next command (a spare refusing now may be a member by then).
   defp send_to_target(%{target: nil} = relay, entry),
-    do: {relay, [{:answer, entry, {:error, :no_member_reachable}}]}
+    do: {%{relay | passed: MapSet.new()}, [{:answer, entry, {:error, :no_member_reachable}}]}
 
   defp send_to_target(%{target: node} = relay, entry) do
     watch = if MapSet.member?(relay.watched, node), do: [], else: [{:watch, node}]
@@ -145,12 +147,12 @@ defmodule Visor.Server.Relay do
     {relay, watch ++ [{:forward, node, entry}]}
   end
 
+  # Only among the members not passed over: with none left, no target.
   defp choose(relay, %{members: members, primary: primary}) do
     open = Enum.reject(members, &MapSet.member?(relay.passed, &1))
 
     cond do
-      members == [] -> relay
-      open == [] -> choose(%{relay | passed: MapSet.new()}, %{members: members, primary: primary})
+      open == [] -> relay
       primary in open -> %{relay | target: primary}
       true -> %{relay | target: hd(open)}
     end

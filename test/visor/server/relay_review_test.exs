@@ -20,7 +20,6 @@ defmodule Visor.Server.RelayReviewTest do
   # per turn, until its deadline plus 1 s (forever with `timeout:
   # :infinity`): a busy loop between the spare's server and the members'
   # instead of an answer. (choose/2's reset predates the first review.)
-  @tag :review_break
   test "a command every member refused as a non-member is answered, not sent round again" do
     e1 = entry(1)
     {relay, effects} = Relay.forward(Relay.new(), e1, @members)
