@@ -14,8 +14,10 @@ defmodule Visor.Backstop do
   # backstop's `:timeout` and the `:DOWN` comes first is the only one; the
   # others are dropped by the runtime. (A timer cannot be aimed at an
   # alias itself, `erlang:send_after/3` takes a pid or a name, hence this
-  # process.) The server cancels the timer when it answers, so the
-  # backstop only hears of the commands it has to answer.
+  # process.) The server cancels the timer before it answers, so the
+  # backstop only hears of the commands it has to answer; a timer that
+  # fired already makes the server send nothing and report the `:timeout`
+  # in its telemetry span.
 
   use GenServer
 

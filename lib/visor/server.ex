@@ -687,20 +687,20 @@ defmodule Visor.Server do
   defp run([effect | effects], state), do: run(effects, carry_out(effect, state))
 
   # A pipelining caller of this node: one message to its alias, `{ref,
-  # reply}`, which ends its span, and its backstop is no longer needed
-  # (were it to fire anyway, the alias drops it); a spare's, through the
-  # spare's server.
+  # reply}`, which ends its span; a spare's, through the spare's server.
+  # Its backstop is cancelled first: one that fired already answers the
+  # caller `:timeout` (its timer's message is on its way to the backstop),
+  # so the server sends nothing and its span reports what the caller got.
   defp carry_out({:reply, {:visor_pipeline, ref, started, timer}, reply}, state) do
-    if timer, do: :erlang.cancel_timer(timer, async: true, info: false)
-
-    # As Visor.commit/3 unwraps a call's reply (a member's, for a spare).
-    result =
-      case reply do
-        {:ok, result} -> result
-        other -> other
+    reply =
+      if backstop_fired?(timer) do
+        {:error, :timeout}
+      else
+        # As Visor.commit/3 unwraps a call's reply (a member's, for a spare).
+        send(ref, {ref, with({:ok, result} <- reply, do: result)})
+        reply
       end
 
-    send(ref, {ref, result})
     measurements = %{duration: System.monotonic_time() - started}
     telemetry(state, [:visor, :pipeline, :stop], measurements, stop_metadata(ref, reply))
     state
@@ -829,6 +829,11 @@ defmodule Visor.Server do
 
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
+
+  # Whether a pipelined command's backstop fired (`Visor.Backstop`); if not,
+  # it is cancelled here and sends nothing.
+  defp backstop_fired?(nil), do: false
+  defp backstop_fired?(timer), do: :erlang.cancel_timer(timer) == false
 
   defp relay_entry({{:visor_pipeline, ref, _started, _timer} = from, caller, payload, deadline}),
     do: %{ref: ref, caller: caller, payload: payload, deadline: deadline, from: from}

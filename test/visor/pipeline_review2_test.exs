@@ -194,7 +194,6 @@ defmodule Visor.PipelineReview2Test do
   # a command whose caller got `{:error, :timeout}` is reported `outcome:
   # :ok` (commit/3's span reports what its caller got), so timeouts that
   # the backstop answered are invisible to telemetry.
-  @tag :review_break
   test "the pipeline span of a command the backstop answered :timeout reports the timeout" do
     [a, b, c] = nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
     listen(a)
