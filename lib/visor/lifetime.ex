@@ -30,7 +30,8 @@ defmodule Visor.Lifetime do
   #   * **which members said their code executes batches** (pipelined
   #     commits): a server restarted while one of them is down goes on
   #     batching, as its predecessor did (written when it changes: a
-  #     member's answer, its server's exit).
+  #     member's answer, its server's exit); a hint only, trusted for the
+  #     members the restarted server is cut off from (`Visor.Server`).
   #   * **the highest op its replica executed** (an `:atomics`): a restarted
   #     server executes the log again (from op 1 when it rejoins, from its
   #     checkpoint in disk mode), and a `handle_commit` failure it meets

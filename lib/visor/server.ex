@@ -106,8 +106,8 @@ defmodule Visor.Server do
     # The other members' servers that said their code executes batches
     # (Visor.Executor.features/0): node => {server, monitor}; forgotten
     # when that server exits or says otherwise. Kept across this server's
-    # restarts (Visor.Lifetime), as {nil, nil} until that member answers
-    # this server.
+    # restarts (Visor.Lifetime) for members cut off at its start, as
+    # {nil, nil} until that member reconnects and answers (kept_features/1).
     features: %{},
     # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
     relay: Relay.new(),
@@ -150,7 +150,7 @@ defmodule Visor.Server do
     state = %__MODULE__{
       module: module,
       config: config,
-      features: Map.new(Lifetime.batch_members(module), &{&1, {nil, nil}}),
+      features: kept_features(module),
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
@@ -585,6 +585,20 @@ defmodule Visor.Server do
     do: Process.demonitor(monitor, [:flush])
 
   defp forget_monitor(_known), do: :ok
+
+  # A predecessor's answers (Visor.Lifetime) stand only for the members
+  # this node is cut off from: a restarted server still batches while one
+  # is down, and asks it again when its node reconnects (nodeup). A
+  # connected member's group may have restarted with other code while
+  # this node's was stopped: it must answer this server first.
+  defp kept_features(module) do
+    connected = Node.list()
+
+    for node <- Lifetime.batch_members(module),
+        node not in connected,
+        into: %{},
+        do: {node, {nil, nil}}
+  end
 
   # The members' answers, kept for this server's successor: one restarted
   # while a member is down still batches (that member's answer stands, as

@@ -93,6 +93,8 @@ defmodule Visor.PipelineReview2Test do
     assert applied_on(a, c, :control) == Enum.to_list(1..300)
   end
 
+  # FIXED (a restarted server trusts a kept answer only for a member it is
+  # cut off from; a connected one must answer it first).
   # operations.md: batches go to a member only once its code said it
   # executes them. Fix (7) keeps the answers in Visor.Lifetime for the
   # life of the VM, as `{nil, nil}` entries with no monitor: only a
@@ -101,7 +103,6 @@ defmodule Visor.PipelineReview2Test do
   # while this node's group was stopped, is never re-judged: this node
   # batches to it forever, and it leaves its state unchanged where the
   # others apply the commands.
-  @tag :review_break
   @tag :tmp_dir
   test "a member restarted with older code while this node's group was stopped gets no batches",
        %{tmp_dir: tmp} do
@@ -125,6 +126,7 @@ defmodule Visor.PipelineReview2Test do
              "a batched to it (a's pool.batches was #{batches})"
   end
 
+  # FIXED (Relay answers :no_member_reachable once no member is left).
   # Visor.pipeline/3: the result is "what commit/3 would have returned".
   # On a spare whose only reachable member refuses as a non-member (its
   # group was refused at formation: another pool size), commit/3 (Visor.
@@ -187,6 +189,8 @@ defmodule Visor.PipelineReview2Test do
       ])
   end
 
+  # FIXED (the server cancels the backstop before answering; one that
+  # fired makes it send nothing and end the span with :timeout).
   # operations.md's telemetry table: `[:visor, :pipeline, :stop]` carries
   # "`outcome`, `error` as for commits", when "this node's server sent its
   # result". When the backstop (fix 3/4) answers the caller `:timeout`,
