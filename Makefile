@@ -11,7 +11,7 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-catchup bench-groups fmt fresh-app
+.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-pipeline bench-catchup bench-groups fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # Visor needs no hex packages.
@@ -55,6 +55,11 @@ demo: deps
 # a table and writes bench/results/<time>.json (bench/bench.exs).
 bench: deps
 	mix run bench/bench.exs
+
+# One process pipelining commits against 64 synchronous callers, in one
+# run (bench/bench.exs pipeline), about 25 s.
+bench-pipeline: deps
+	mix run bench/bench.exs pipeline
 
 # A disk-mode replica whose data_dir is wiped catches up with a 100 MB state
 # (BENCH_CATCHUP_MB); bench/catchup.exs, about 10 s.

@@ -11,6 +11,11 @@
 #
 #     mix run bench/bench.exs            # BENCH_SECONDS=3 per throughput run
 #     BENCH_DATA_DIR=/mnt/ssd/visor mix run bench/bench.exs   # disk mode's data_dir
+#
+# `mix run bench/bench.exs pipeline` (`make bench-pipeline`) measures one
+# process pipelining commits (Visor.pipeline/3) against 64 synchronous
+# callers, memory mode, in one run, prints the ratio and writes
+# bench/results/pipeline-<time>.json; nothing else.
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
 Code.require_file("support.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
@@ -104,6 +109,50 @@ worker =
       end
     end
 
+    # One process that waits for :go, then pipelines `{:put, ...}` for
+    # `duration_ms`, at most `window` unanswered, and reports {:done, ops,
+    # errors, []} with the answers that came in time; it waits for the
+    # rest before it reports, so that nothing of its load outlives the run.
+    def spawn_pipeliner(window, report_to, duration_ms) do
+      [
+        spawn(fn ->
+          receive do
+            :go -> :ok
+          end
+
+          deadline = System.monotonic_time(:millisecond) + duration_ms
+          {ops, errors, outstanding} = pipeline_loop(window, deadline, 0, 0, 0)
+          for _ <- 1..outstanding//1, do: pipeline_answer()
+          send(report_to, {:done, ops, errors, []})
+        end)
+      ]
+    end
+
+    defp pipeline_loop(window, deadline, ops, errors, outstanding) do
+      cond do
+        System.monotonic_time(:millisecond) >= deadline ->
+          {ops, errors, outstanding}
+
+        outstanding < window ->
+          Visor.pipeline(Visor.Bench.KV, {:put, {node(), :pipeline}, ops}, timeout: 10_000)
+          pipeline_loop(window, deadline, ops, errors, outstanding + 1)
+
+        pipeline_answer() == :ok ->
+          pipeline_loop(window, deadline, ops + 1, errors, outstanding - 1)
+
+        true ->
+          pipeline_loop(window, deadline, ops, errors + 1, outstanding - 1)
+      end
+    end
+
+    defp pipeline_answer do
+      receive do
+        {ref, :ok} when is_reference(ref) -> :ok
+        {ref, _error} when is_reference(ref) -> :error
+        {:DOWN, _ref, :process, _, _} -> :error
+      end
+    end
+
     # `count` callers that wait for :go, then run back to back for
     # `duration_ms` and report {:done, ops, errors, latencies_us}.
     def spawn_callers(kind, count, report_to, duration_ms) do
@@ -188,6 +237,18 @@ defmodule Bench do
         :erpc.call(node, Visor.Bench.Worker, :spawn_callers, [kind, count, self(), seconds * 1000])
       end)
 
+    run(pids, callers, seconds)
+  end
+
+  # One process on `node` pipelining, at most `window` unanswered.
+  def pipelined(node, window, seconds) do
+    pids =
+      :erpc.call(node, Visor.Bench.Worker, :spawn_pipeliner, [window, self(), seconds * 1000])
+
+    Map.put(run(pids, 1, seconds), :window, window)
+  end
+
+  defp run(pids, callers, seconds) do
     Enum.each(pids, &send(&1, :go))
 
     {ops, errors, lat} =
@@ -208,6 +269,88 @@ defmodule Bench do
 end
 
 started = System.monotonic_time(:millisecond)
+
+# The pipeline mode: one pipelining process against 64 synchronous
+# callers (as `make bench` spreads them, and all on the pipeliner's node),
+# in one run, on one memory-mode cluster.
+if System.argv() == ["pipeline"] do
+  window = String.to_integer(System.get_env("BENCH_PIPELINE_WINDOW", "4096"))
+  IO.puts("Visor pipeline bench: 3 local nodes, #{seconds} s per run, memory mode")
+  :ok = LocalCluster.start_distribution("visor_bench")
+  nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
+  :ok = LocalCluster.load_modules(nodes, [helpers, kv, worker])
+  LocalCluster.start_group(nodes, Visor.Bench.KV, nodes: nodes)
+  primary = LocalCluster.status(hd(nodes), Visor.Bench.KV).primary
+  backup = hd(nodes -- [primary])
+
+  LocalCluster.wait_until(
+    fn -> Enum.all?(nodes, &LocalCluster.status(&1, Visor.Bench.KV).pool.batches) end,
+    10_000
+  )
+
+  Bench.progress("warming up (64 callers, one pipelining process)")
+  _ = Bench.throughput(:visor, nodes, 64, 1)
+  _ = Bench.pipelined(backup, window, 1)
+
+  runs = [
+    {"64 synchronous callers, spread over the nodes", :sync_64_spread,
+     fn -> Bench.throughput(:visor, nodes, 64, seconds) end},
+    {"64 synchronous callers, on a backup's node", :sync_64_backup,
+     fn -> Bench.throughput(:visor, [backup], 64, seconds) end},
+    {"1 pipelining process, on a backup's node", :pipeline_backup,
+     fn -> Bench.pipelined(backup, window, seconds) end},
+    {"1 pipelining process, on the primary's node", :pipeline_primary,
+     fn -> Bench.pipelined(primary, window, seconds) end}
+  ]
+
+  results =
+    for {label, key, run} <- runs, into: %{} do
+      r = run.()
+      Bench.progress("#{label}: #{r.ops_per_s} commits/s (#{r.errors} errors)")
+      {key, Map.put(r, :label, label)}
+    end
+
+  for n <- nodes, do: :erpc.call(n, :init, :stop, [])
+  LocalCluster.wait_until(fn -> Enum.all?(nodes, &(&1 not in Node.list())) end, 30_000)
+
+  # The headline: the pipeliner's worse placement against the synchronous
+  # callers' better one.
+  pipe = min(results.pipeline_backup.ops_per_s, results.pipeline_primary.ops_per_s)
+  sync = max(results.sync_64_spread.ops_per_s, results.sync_64_backup.ops_per_s)
+  ratio = Float.round(pipe / max(sync, 1), 2)
+
+  IO.puts("\nOne pipelining process against 64 synchronous callers (window #{window})")
+  IO.puts(String.duplicate("-", 78))
+
+  for {_label, key, _} <- runs do
+    r = results[key]
+    IO.puts(String.pad_trailing(r.label, 50) <> String.pad_leading("#{r.ops_per_s}/s", 14))
+  end
+
+  IO.puts(
+    "ratio (worse pipelining placement / better synchronous one): #{ratio}x (target 1x): " <>
+      if(ratio >= 1, do: "met", else: "NOT met")
+  )
+
+  env = %{
+    date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
+    otp: System.otp_release(),
+    elixir: System.version(),
+    schedulers: System.schedulers_online(),
+    nodes: 3,
+    seconds_per_run: seconds
+  }
+
+  result = Map.merge(results, %{environment: env, ratio: ratio, ratio_target: 1, window: window})
+  dir = Path.expand("results", __DIR__)
+  File.mkdir_p!(dir)
+  stamp = env.date |> String.replace(~r/[^0-9T]/, "")
+  path = Path.join(dir, "pipeline-#{stamp}.json")
+  File.write!(path, Bench.json(result) <> "\n")
+  IO.puts("\nWrote #{Path.relative_to_cwd(path)}")
+  System.halt(0)
+end
+
 IO.puts("Visor bench: 3 local nodes, #{seconds} s per throughput run")
 
 File.rm_rf!(data_dir)

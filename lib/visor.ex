@@ -33,9 +33,11 @@ defmodule Visor do
   and returns `{:ok, reply, new_state}`. Every replica applies the same
   commands in the same order, so `handle_commit` must be deterministic: no
   clock, no randomness, no reading of other processes. Use `meta.timestamp` instead of the clock and
-  `meta.op` for unique ids; draw random values in the caller and put them
+  `{meta.op, meta.index}` for unique ids (one op of the log may hold
+  several commands: concurrent callers' and a pipelining caller's batch;
+  `meta.index` numbers them); draw random values in the caller and put them
   in the command, or seed a generator with explicit state from the
-  command (`:rand.seed_s(:exsss, {seed, meta.op, 0})` with
+  command (`:rand.seed_s(:exsss, {seed, meta.op, meta.index})` with
   `:rand.uniform_s/2`). A replica whose state diverges anyway is found at
   the next checkpoint: it logs an error naming the op and the digests,
   shows `status: :diverged`, and recovers the majority's state
@@ -76,8 +78,8 @@ defmodule Visor do
 
   ## Functions `use Visor` defines
 
-  `child_spec/1`, `start_link/1`, `commit/1,2`, `get/0,1`, `get_in/1,2` and
-  `status/0`, each a one-line call to the function of the same name here
+  `child_spec/1`, `start_link/1`, `commit/1,2`, `pipeline/1,2`, `get/0,1`,
+  `get_in/1,2` and `status/0`, each a one-line call to the function of the same name here
   (`Visor.commit(Cache, command, opts)` and so on), so nothing is
   macro-only. Code inside the module may still call `get_in(data, keys)`:
   the generated `get_in/2` reads the group only when given a path (a list)
@@ -138,10 +140,15 @@ defmodule Visor do
   @type command :: term()
   @typedoc """
   Where and when a command was committed, and the state machine version
-  it runs under (`c:version/0`).
+  it runs under (`c:version/0`). One op of the log may hold several
+  commands (concurrent callers' commands, a pipelining caller's batch):
+  they share `op`, `view` and `timestamp`, and `index` is the command's
+  position among them (from 0, in the order they run, the same on every
+  replica), so `{op, index}` is unique along the log.
   """
   @type meta :: %{
           op: pos_integer(),
+          index: non_neg_integer(),
           view: non_neg_integer(),
           timestamp: non_neg_integer(),
           version: non_neg_integer()
@@ -248,11 +255,12 @@ defmodule Visor do
               {:ok, reply :: term(), new_state :: term()}
 
   @doc """
-  Like `c:handle_commit/2`, with the command's metadata: its op number, the
-  view, the primary's timestamp (ns since the epoch, strictly increasing
-  along the log; the primary's clock kept within its quorum's clocks, see
-  docs/protocol.md, "Timestamps") and the state machine version it runs
-  under (`c:version/0`). When a module defines both, this one is used.
+  Like `c:handle_commit/2`, with the command's metadata (`t:meta/0`): its
+  op number and its index among the op's commands, the view, the
+  primary's timestamp (ns since the epoch, strictly increasing from op to
+  op, shared by the commands of one op; the primary's clock kept within
+  its quorum's clocks, see docs/protocol.md, "Timestamps") and the state
+  machine version it runs under (`c:version/0`). When a module defines both, this one is used.
   """
   @callback handle_commit(command(), meta(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}
@@ -318,6 +326,13 @@ defmodule Visor do
       @doc "Commits `command` and returns the reply of `handle_commit`; see `Visor.commit/3`."
       @spec commit(Visor.command(), Visor.options()) :: term() | {:error, Visor.error()}
       def commit(command, opts \\ []), do: Visor.commit(__MODULE__, command, opts)
+
+      @doc """
+      Commits `command` without waiting: a reference now, `{ref, result}`
+      later. See `Visor.pipeline/3` and `Visor.await/2`.
+      """
+      @spec pipeline(Visor.command(), Visor.options()) :: reference()
+      def pipeline(command, opts \\ []), do: Visor.pipeline(__MODULE__, command, opts)
 
       @doc "The state; linearizable unless `consistency: :local`. See `Visor.get/2`."
       @spec get(Visor.options()) :: term() | {:error, Visor.error()}
@@ -491,6 +506,121 @@ defmodule Visor do
   end
 
   @doc """
+  Commits `command` as `commit/3` does, without waiting: returns a
+  reference at once, and the caller gets exactly one message for it,
+
+    * `{ref, result}`, where `result` is what `commit/3` would have
+      returned (the reply of `handle_commit`, or `{:error, reason}`, the
+      reasons of `t:error/0`, `:timeout` at the deadline included), or
+    * `{:DOWN, ref, :process, server, reason}` if this node's server
+      exited first: the command may or may not have been applied (and if
+      not yet, may still be, once), as after `{:error, {:server_down,
+      reason}}`.
+
+  The `:timeout` comes at the deadline, or up to 1 s past it when this
+  node's server cannot answer in time (busy in a slow `handle_commit`): a
+  backstop sends it then, through the same alias, which the runtime
+  closes at the first message (or the `:DOWN`), so it is never a second
+  one. `timeout: :infinity` has no backstop.
+
+  `await/2` waits for that message and turns the second form into the
+  error `commit/3` returns. Options as for `commit/3` (`:timeout`, from
+  now; a bad one raises before anything is sent). Telemetry: the
+  `[:visor, :pipeline, :start]` event here, and `[:visor, :pipeline,
+  :stop]` from this node's server when it sends the result (none after a
+  `:DOWN`).
+
+  **Order.** The commands one process pipelines to a group are applied in
+  the order it sent them: of those applied, none is applied after one it
+  sent later, even across a primary's failure and a command's timeout (this
+  node's server hands a caller's next commands to the log only once its
+  replica has settled the previous ones, and sends them together, as one
+  entry, which is also where the throughput comes from). A command that
+  got `:DOWN`, `{:error, {:member_down, _}}` or `{:error, {:engine_down,
+  _}}` (something between the caller and the log died with it in hand)
+  may still be applied after the caller's later ones, as after such an
+  error from `commit/3`. The results arrive in the same
+  order, except those of commands whose deadline passed first.
+  docs/operations.md, "Pipelined commits".
+
+      iex> ref = Visor.pipeline(Cache, {:add, %{}})   # Cache is not started on this node
+      iex> Visor.await(ref)
+      {:error, :not_running}
+  """
+  @spec pipeline(group(), command(), options()) :: reference()
+  def pipeline(module, command, opts \\ []) do
+    timeout = opts |> options!() |> timeout!()
+    started = System.monotonic_time()
+    now = System.convert_time_unit(started, :native, :millisecond)
+    deadline = if timeout == :infinity, do: now + @max_timeout, else: now + timeout
+    payload = :erlang.term_to_binary(command)
+    metadata = %{group: module, node: node()}
+
+    case Process.whereis(Visor.Supervisor.name(module, :server)) do
+      nil ->
+        ref = make_ref()
+        pipeline_started(metadata, ref, started)
+        send(self(), {ref, {:error, :not_running}})
+        duration = System.monotonic_time() - started
+        stop = metadata |> outcome(:not_running) |> Map.put(:telemetry_span_context, ref)
+        Visor.Telemetry.execute([:visor, :pipeline, :stop], %{duration: duration}, stop)
+        ref
+
+      server ->
+        # The answer comes to this alias; the monitor says if the server
+        # exits first. The first message through the alias, or the
+        # :DOWN, deactivates it and removes the monitor: one message,
+        # whichever comes first, the backstop's :timeout included.
+        ref = :erlang.monitor(:process, server, alias: :reply_demonitor)
+        pipeline_started(metadata, ref, started)
+        timer = if timeout != :infinity, do: Visor.Backstop.arm(module, ref, backstop_ms(timeout))
+        send(server, {:visor_pipeline, ref, self(), payload, deadline, started, timer})
+        ref
+    end
+  end
+
+  # As commit/3's call (backstop/1): the server answers at the deadline;
+  # this covers a server that cannot (busy in a slow handle_commit, or a
+  # member that dropped a spare's relayed command).
+  defp backstop_ms(timeout), do: min(timeout + @grace_ms, @max_timeout)
+
+  defp pipeline_started(metadata, ref, started) do
+    measurements = %{monotonic_time: started, system_time: System.system_time()}
+    metadata = Map.put(metadata, :telemetry_span_context, ref)
+    Visor.Telemetry.execute([:visor, :pipeline, :start], measurements, metadata)
+  end
+
+  @doc """
+  Waits for the message of `pipeline/3`'s `ref` and returns its result,
+  as `commit/3` would have returned it (a `:DOWN` of this node's server
+  is `{:error, {:server_down, reason}}`, or `{:error, :not_running}`
+  when it was shut down).
+
+  After `timeout` (ms, or `:infinity`, the default: the server answers
+  by the command's own deadline) it returns `{:error, :timeout}`, and no
+  message for `ref` comes later; the command may still be applied.
+  """
+  @spec await(reference(), timeout()) :: term() | {:error, error()}
+  def await(ref, timeout \\ :infinity) when is_reference(ref) and is_timeout(timeout) do
+    receive do
+      {^ref, result} -> result
+      {:DOWN, ^ref, :process, _server, reason} -> exit_error({reason, :pipeline})
+    after
+      timeout ->
+        # No answer may come after this: the alias is gone, and one on its
+        # way already is taken out of the mailbox.
+        :erlang.unalias(ref)
+        Process.demonitor(ref, [:flush])
+
+        receive do
+          {^ref, result} -> result
+        after
+          0 -> {:error, :timeout}
+        end
+    end
+  end
+
+  @doc """
   The group's state. On a spare, a member reads it (as `commit/3` says).
 
   Options:
@@ -636,12 +766,7 @@ defmodule Visor do
     end)
   end
 
-  # A span's stop metadata for an error: `outcome` is the error's name (a
-  # low-cardinality tag for metrics), `error` the whole reason.
-  defp outcome(metadata, reason) do
-    name = if is_tuple(reason), do: elem(reason, 0), else: reason
-    Map.merge(metadata, %{outcome: name, error: reason})
-  end
+  defp outcome(metadata, reason), do: Visor.Telemetry.outcome(metadata, reason)
 
   # Checked before anything is sent: a timeout the runtime cannot
   # represent must not fail the caller after its command went out.

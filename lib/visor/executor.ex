@@ -24,18 +24,33 @@ defmodule Visor.Executor do
 
   require Logger
 
-  # `Visor.skip/3`'s command, and the switch to a new state machine
-  # version (Visor.Server.Upgrade). Visor.commit/3 encodes every command
-  # with term_to_binary/1, whose output starts with 131: a payload starting
-  # with 0 or 1 can never be a user's command.
+  # `Visor.skip/3`'s command, the switch to a new state machine version
+  # (Visor.Server.Upgrade), and a batch of one caller's pipelined commands
+  # (Visor.pipeline/3), executed in order. Visor.commit/3 encodes every
+  # command with term_to_binary/1, whose output starts with 131: a payload
+  # starting with 0, 1 or 2 can never be a user's command.
   @skip_tag 0
   @switch_tag 1
+  @batch_tag 2
+
+  # What this code executes beyond users' commands, skips and switches:
+  # servers tell each other (`features/0`), and a server submits a batch
+  # only once every member's code said it executes batches. Older code
+  # would run a batch's payload as a command that fails to decode
+  # (`handle_commit_failed`, state unchanged) where the others apply it.
+  @features [:batch]
 
   # The largest version a switch entry holds.
   @max_version 0xFFFF_FFFF_FFFF_FFFF
 
-  @typedoc "What the caller of `commit` gets back."
-  @type result :: {:ok, reply :: term()} | {:error, {:handle_commit_failed, term()}}
+  @typedoc """
+  What the caller of `commit` gets back; for a batch, what each of its
+  commands' callers gets, in order.
+  """
+  @type result ::
+          {:ok, reply :: term()}
+          | {:error, {:handle_commit_failed, term()}}
+          | {:batch, [result()]}
 
   @doc """
   The `handle_commit` arity a module's current code implements (3 wins
@@ -82,6 +97,19 @@ defmodule Visor.Executor do
 
   def apply(_module, _arity, <<@skip_tag, _op::64>>, _meta, state, _log?),
     do: {{:ok, :ok}, state}
+
+  # Each command of a batch as if it were alone, in order: one that fails
+  # leaves the state as the command before it left it, and the next runs.
+  # Each gets its own `meta.index`, from the batch's on.
+  def apply(module, arity, <<@batch_tag, _::binary>> = payload, meta, state, log?) do
+    {results, {state, _index}} =
+      Enum.map_reduce(batch_commands(payload), {state, meta.index}, fn command, {state, index} ->
+        {result, state} = apply(module, arity, command, %{meta | index: index}, state, log?)
+        {result, {state, index + 1}}
+      end)
+
+    {{:batch, results}, state}
+  end
 
   def apply(module, arity, payload, meta, state, log?) do
     command = :erlang.binary_to_term(payload)
@@ -165,4 +193,42 @@ defmodule Visor.Executor do
   @spec switch_target(binary()) :: non_neg_integer() | nil
   def switch_target(<<@switch_tag, version::64>>), do: version
   def switch_target(_payload), do: nil
+
+  @doc "What this code executes besides commands, skips and switches (see the top)."
+  @spec features() :: [atom()]
+  def features, do: @features
+
+  @doc """
+  The payload of a batch: callers' commands (each `command?/1`), executed
+  in order as one request. Each is prefixed with its size.
+  """
+  @spec batch_payload([binary(), ...]) :: binary()
+  def batch_payload([_ | _] = commands) do
+    IO.iodata_to_binary([@batch_tag | Enum.map(commands, &[<<byte_size(&1)::32>>, &1])])
+  end
+
+  @doc "The bytes `batch_payload/1` adds to its commands: a tag, and a size for each."
+  @spec batch_overhead(non_neg_integer()) :: pos_integer()
+  def batch_overhead(count), do: 1 + 4 * count
+
+  @doc """
+  How many `meta.index` values executing `payload` takes: one per
+  `handle_commit` call (a batch's commands each, a command one; a skip
+  and a switch, which run none, take none).
+  """
+  @spec commands(binary()) :: non_neg_integer()
+  def commands(<<@batch_tag, _::binary>> = payload), do: length(batch_commands(payload))
+  def commands(<<@skip_tag, _::binary>>), do: 0
+  def commands(<<@switch_tag, _::binary>>), do: 0
+  def commands(_payload), do: 1
+
+  @doc "The commands of a batch payload, in order (`[]` for any other payload)."
+  @spec batch_commands(binary()) :: [binary()]
+  def batch_commands(<<@batch_tag, rest::binary>>), do: split(rest, [])
+  def batch_commands(_payload), do: []
+
+  defp split(<<size::32, command::binary-size(size), rest::binary>>, acc),
+    do: split(rest, [command | acc])
+
+  defp split(_rest, acc), do: Enum.reverse(acc)
 end

@@ -27,6 +27,11 @@ defmodule Visor.Lifetime do
   #     predecessor died inside `handle_commit` at that op, and how many
   #     times in a row (`Visor.Server` stops executing at an op that killed
   #     it 2 times: a poison command).
+  #   * **which members said their code executes batches** (pipelined
+  #     commits): a server restarted while one of them is down goes on
+  #     batching, as its predecessor did (written when it changes: a
+  #     member's answer, its server's exit); a hint only, trusted for the
+  #     members the restarted server is cut off from (`Visor.Server`).
   #   * **the highest op its replica executed** (an `:atomics`): a restarted
   #     server executes the log again (from op 1 when it rejoins, from its
   #     checkpoint in disk mode), and a `handle_commit` failure it meets
@@ -83,6 +88,26 @@ defmodule Visor.Lifetime do
       _ = :persistent_term.erase({__MODULE__, module})
       :ok
     end
+  end
+
+  @doc """
+  The other members whose server said its code executes batches, as this
+  node's last server heard (`Visor.Server`): kept so that a restarted
+  server goes on batching while one of them is down.
+  """
+  @spec batch_members(module()) :: [node()]
+  def batch_members(module), do: Map.get(get(module), :batch_members, [])
+
+  @doc "Records `batch_members/1` (written only when it changed)."
+  @spec batch_members(module(), [node()]) :: :ok
+  def batch_members(module, nodes) do
+    record = get(module)
+    nodes = Enum.sort(nodes)
+
+    if Map.get(record, :batch_members, []) != nodes,
+      do: :persistent_term.put({__MODULE__, module}, Map.put(record, :batch_members, nodes))
+
+    :ok
   end
 
   @doc "Marks `op` as being executed (`0`: none)."

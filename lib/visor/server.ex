@@ -28,6 +28,16 @@ defmodule Visor.Server do
   #     of its callers' commands while a first switch may come;
   #   * `Visor.Server.Status`: the `status` map.
   #
+  # Pipelined commands (`Visor.pipeline/3`) come as messages, not calls,
+  # and are answered with a message to the caller's alias; they wait in
+  # the line in one stream per caller (`Visor.Server.Callers`), whose
+  # requests carry batches once every other member's server has said that
+  # its code executes them (`{:visor_features, ...}`, asked each second
+  # while one has not). A spare's server relays them to a member's
+  # (`Visor.Server.Relay`), which answers through it. When this server
+  # cannot answer in time, `Visor.Backstop` answers `:timeout` through
+  # the same alias, which lets only the first message through.
+  #
   # A spare's server refuses its callers with `{:error, :spare}`, and
   # `Visor.Forward` takes them on to a member: the server tells it where the
   # members are (and the primary one named lately), and a member's server
@@ -58,7 +68,7 @@ defmodule Visor.Server do
   require Logger
 
   alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Lifecycle, Machine, Status, Upgrade}
+  alias Visor.Server.{Callers, Lifecycle, Machine, Relay, Status, Upgrade}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -72,6 +82,10 @@ defmodule Visor.Server do
   # version waits to be committed.
   @version_tick_ms 1_000
   @proposal_timeout_ms 10_000
+
+  # How long past its deadline a spare keeps a relayed command that no
+  # member answered (as Visor.Backstop's grace).
+  @relay_grace_ms 1_000
 
   defstruct [
     :module,
@@ -89,6 +103,14 @@ defmodule Visor.Server do
     # While forming: whom formation waits for (Visor.Formation.subscribe/2).
     :waiting_for,
     starts: 0,
+    # The other members' servers that said their code executes batches
+    # (Visor.Executor.features/0): node => {server, monitor}; forgotten
+    # when that server exits or says otherwise. Kept across this server's
+    # restarts (Visor.Lifetime) for members cut off at its start, as
+    # {nil, nil} until that member reconnects and answers (kept_features/1).
+    features: %{},
+    # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
+    relay: Relay.new(),
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
     # Monotonic µs until which the server polls its mailbox (see poll/1).
@@ -115,6 +137,8 @@ defmodule Visor.Server do
     # unexpected_messages). Visor.Guard stops the server on its
     # supervisor's exit, as gen_server does.
     Process.flag(:trap_exit, true)
+    # A member reconnecting is asked again what its code executes.
+    :ok = :net_kernel.monitor_nodes(true)
     Logger.metadata(visor_group: module)
     counters = Lifetime.get(module).counters
 
@@ -126,6 +150,7 @@ defmodule Visor.Server do
     state = %__MODULE__{
       module: module,
       config: config,
+      features: kept_features(module),
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
@@ -190,18 +215,11 @@ defmodule Visor.Server do
   # members, or every other node running the group (cluster_size:); and
   # the primary a member last named.
   def handle_call(:visor_forward, _from, state) do
-    nodes =
-      case state.config.membership do
-        {:nodes, nodes} ->
-          nodes
-
-        {:cluster_size, _} ->
-          scope = Visor.Supervisor.name(state.module, :scope)
-          :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
-      end
-
     now = System.monotonic_time(:millisecond)
-    {reply, hint} = Visor.Forward.targets(nodes -- [node()], state.primary_hint, now)
+
+    {reply, hint} =
+      Visor.Forward.targets(forward_nodes(state) -- [node()], state.primary_hint, now)
+
     {:reply, reply, %{state | primary_hint: hint}}
   end
 
@@ -217,6 +235,17 @@ defmodule Visor.Server do
 
   @impl GenServer
   def handle_cast(_request, state), do: {:noreply, count(state, :unexpected_messages)}
+
+  defp forward_nodes(state) do
+    case state.config.membership do
+      {:nodes, nodes} ->
+        nodes
+
+      {:cluster_size, _} ->
+        scope = Visor.Supervisor.name(state.module, :scope)
+        :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
+    end
+  end
 
   defp admit(state, request, from, deadline) do
     now = System.monotonic_time(:millisecond)
@@ -244,11 +273,80 @@ defmodule Visor.Server do
     versions = fn -> {Machine.cluster_version(state.machine), Executor.version(state.module)} end
     now = System.monotonic_time(:millisecond)
     {held, upgrade} = Upgrade.holding(state.upgrade, versions, now)
-    {callers, effects} = Callers.dispatch(state.callers, held)
+    {callers, effects} = Callers.dispatch(state.callers, held, batch_bytes(state))
     run(effects, %{state | callers: callers, upgrade: upgrade})
   end
 
   defp dispatch(state), do: state
+
+  # How large a pipelining caller's batch may be: 0 (one command per
+  # request) until every other member's server said it executes batches.
+  defp batch_bytes(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
+    others = Tuple.to_list(members) -- [node()]
+
+    if Enum.all?(others, &Map.has_key?(state.features, &1)),
+      do: state.config.engine.batch_max_bytes,
+      else: 0
+  end
+
+  defp batch_bytes(_state), do: 0
+
+  # ---- Pipelined commands ------------------------------------------------
+
+  # A pipelining caller of this node: answered with a message, never a
+  # reply (see carry_out/2); a spare relays it to a member.
+  defp pipelined(state, entry, key) do
+    request = {:pipeline, key, entry.payload}
+    now = System.monotonic_time(:millisecond)
+
+    case Callers.admit(state.callers, request, entry.from, entry.deadline, now, gate(state)) do
+      {:error, :spare} ->
+        relay(state, entry)
+
+      {:error, reason} ->
+        run([{:reply, entry.from, {:error, reason}}], state)
+
+      {:ok, callers, effects} ->
+        dispatch(run(effects, %{state | callers: callers}))
+    end
+  end
+
+  defp relay(state, entry) do
+    {relay, effects} = Relay.forward(state.relay, entry, candidates(state))
+    run(effects, %{state | relay: relay})
+  end
+
+  # Where a spare's commands may go: the members it is connected to, and
+  # the primary one of them named lately.
+  defp candidates(state) do
+    connected = Enum.filter(forward_nodes(state) -- [node()], &(&1 in Node.list()))
+    primary = with {primary, _at} <- state.primary_hint, do: primary
+    %{members: connected, primary: primary}
+  end
+
+  # A spare forgets what it relayed and was never answered (a member's
+  # code that dropped it): the caller's backstop answered it already.
+  defp expire_relayed(state) do
+    now = System.monotonic_time(:millisecond)
+    {relay, effects} = Relay.expire(state.relay, now, @relay_grace_ms, candidates(state))
+    run(effects, %{state | relay: relay})
+  end
+
+  # Tells the other members' servers what this node's code executes, and
+  # asks them the same (old code drops it): each second, those that said
+  # they execute batches too, so that one hot-loaded back to code without
+  # them is noticed within a second.
+  defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
+    query = {:visor_features, self(), Executor.features(), true}
+    name = Visor.Supervisor.name(state.module, :server)
+
+    for node <- Tuple.to_list(members) -- [node()],
+        do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
+
+    state
+  end
+
+  defp ask_features(state), do: state
 
   # The reply after a hand-off to the engine (a submit, a read) whose
   # answer a local caller may be waiting for. With few
@@ -281,6 +379,122 @@ defmodule Visor.Server do
   defp info({:visor_engine, engine, events}, %{engine: engine} = state)
        when is_reference(engine) and is_list(events) do
     {:noreply, dispatch(Enum.reduce(events, state, &event/2))}
+  end
+
+  # A pipelining caller of this node (Visor.pipeline/3): `ref` is the
+  # caller's alias for the answer, `started` (monotonic) the start of
+  # its telemetry span, and `timer` its backstop (Visor.Backstop), if any.
+  defp info({:visor_pipeline, ref, caller, payload, deadline, started, timer}, state)
+       when is_reference(ref) and is_pid(caller) and node(caller) == node() and
+              is_binary(payload) and is_integer(deadline) and is_integer(started) and
+              (is_reference(timer) or timer == nil) do
+    entry = %{
+      ref: ref,
+      caller: caller,
+      payload: payload,
+      deadline: deadline,
+      from: {:visor_pipeline, ref, started, timer}
+    }
+
+    if Executor.command?(payload),
+      do: poll(pipelined(state, entry, caller)),
+      else: {:noreply, run([{:reply, entry.from, {:error, :malformed_command}}], state)}
+  end
+
+  # A spare's server relays its caller's pipelined command (Visor.Server.Relay),
+  # with the time left; it gets the answer, or a refusal before admission.
+  defp info({:visor_pipelined, spare, ref, caller, payload, left}, state)
+       when is_pid(spare) and is_reference(ref) and is_pid(caller) and is_binary(payload) and
+              is_integer(left) and left >= 0 do
+    from = {:visor_relayed, spare, ref}
+    now = System.monotonic_time(:millisecond)
+    request = {:pipeline, caller, payload}
+
+    admitted =
+      if Executor.command?(payload),
+        do: Callers.admit(state.callers, request, from, now + left, now, gate(state)),
+        else: {:error, :malformed_command}
+
+    case admitted do
+      {:error, reason} ->
+        {:noreply, run([{:reply, from, {:visor_refused, reason}}], state)}
+
+      {:ok, callers, effects} ->
+        poll(dispatch(run(effects, %{state | callers: callers})))
+    end
+  end
+
+  # A member's answer to a command this spare relayed.
+  defp info({:visor_relayed, ref, reply}, state) when is_reference(ref) do
+    {relay, effects} = Relay.answered(state.relay, ref, reply, candidates(state))
+    {:noreply, run(effects, %{state | relay: relay})}
+  end
+
+  # The member server a spare relays to went down (see carry_out({:watch, _})).
+  defp info({:DOWN, _monitor, :process, {_name, node}, reason}, state) when is_atom(node) do
+    {relay, effects} = Relay.down(state.relay, node, reason, candidates(state))
+    {:noreply, run(effects, %{state | relay: relay})}
+  end
+
+  # A member's server that said it executes batches exited: it may come
+  # back with other code, which must say so again. One cut off may still
+  # run, and is asked again once its node reconnects (nodeup, below): a
+  # member down keeps its answer, so batches go on while it is down.
+  defp info({:DOWN, monitor, :process, server, reason}, state) when is_pid(server) do
+    features =
+      for {node, {^server, ^monitor}} <- state.features, into: state.features do
+        if reason == :noconnection, do: {node, {server, nil}}, else: {node, nil}
+      end
+
+    {:noreply, put_features(state, :maps.filter(fn _node, v -> v != nil end, features))}
+  end
+
+  defp info({:nodeup, node}, state) do
+    case state.features do
+      %{^node => {_server, nil}} ->
+        {:noreply, ask_features(put_features(state, Map.delete(state.features, node)))}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  defp info({:nodedown, _node}, state), do: {:noreply, state}
+
+  # What another server's code executes; with `ask`, it wants to know
+  # what this node's does (any node may ask: the answer is no secret).
+  defp info({:visor_features, server, features, ask}, state)
+       when is_pid(server) and is_list(features) and is_boolean(ask) do
+    if ask do
+      answer = {:visor_features, self(), Executor.features(), false}
+      :erlang.send(server, answer, [:noconnect, :nosuspend])
+    end
+
+    node = node(server)
+    members = if state.lifecycle.members, do: Tuple.to_list(state.lifecycle.members), else: []
+    known = Map.get(state.features, node)
+
+    cond do
+      node not in members ->
+        {:noreply, state}
+
+      :batch in features and match?({^server, monitor} when monitor != nil, known) ->
+        {:noreply, state}
+
+      :batch in features ->
+        forget_monitor(known)
+        features = Map.put(state.features, node, {server, Process.monitor(server)})
+        {:noreply, dispatch(put_features(state, features))}
+
+      # It said so before: its code was hot-loaded back to code without
+      # batches. No batch goes from now on; one already in flight does.
+      known != nil ->
+        forget_monitor(known)
+        {:noreply, put_features(state, Map.delete(state.features, node))}
+
+      true ->
+        {:noreply, state}
+    end
   end
 
   # A poll's turn with an empty mailbox (see poll/1).
@@ -326,6 +540,7 @@ defmodule Visor.Server do
   # version every member supports (Visor.Server.Upgrade).
   defp info(:visor_version_tick, state) do
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
+    state = state |> ask_features() |> expire_relayed()
     {machine, effects} = Machine.code_loaded(state.machine)
     state = run(effects, %{state | machine: machine})
     {upgrade, effects} = Upgrade.tick(state.upgrade, upgrade_view(state))
@@ -364,6 +579,33 @@ defmodule Visor.Server do
   defp info(message, state) do
     Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
+  end
+
+  defp forget_monitor({_server, monitor}) when is_reference(monitor),
+    do: Process.demonitor(monitor, [:flush])
+
+  defp forget_monitor(_known), do: :ok
+
+  # A predecessor's answers (Visor.Lifetime) stand only for the members
+  # this node is cut off from: a restarted server still batches while one
+  # is down, and asks it again when its node reconnects (nodeup). A
+  # connected member's group may have restarted with other code while
+  # this node's was stopped: it must answer this server first.
+  defp kept_features(module) do
+    connected = Node.list()
+
+    for node <- Lifetime.batch_members(module),
+        node not in connected,
+        into: %{},
+        do: {node, {nil, nil}}
+  end
+
+  # The members' answers, kept for this server's successor: one restarted
+  # while a member is down still batches (that member's answer stands, as
+  # it would have here).
+  defp put_features(state, features) do
+    :ok = Lifetime.batch_members(state.module, Map.keys(features))
+    %{state | features: features}
   end
 
   # What Visor.Server.Upgrade decides on: this replica's role, and the
@@ -469,8 +711,48 @@ defmodule Visor.Server do
   defp run([], state), do: state
   defp run([effect | effects], state), do: run(effects, carry_out(effect, state))
 
+  # A pipelining caller of this node: one message to its alias, `{ref,
+  # reply}`, which ends its span; a spare's, through the spare's server.
+  # Its backstop is cancelled first: one that fired already answers the
+  # caller `:timeout` (its timer's message is on its way to the backstop),
+  # so the server sends nothing and its span reports what the caller got.
+  defp carry_out({:reply, {:visor_pipeline, ref, started, timer}, reply}, state) do
+    reply =
+      if backstop_fired?(timer) do
+        {:error, :timeout}
+      else
+        # As Visor.commit/3 unwraps a call's reply (a member's, for a spare).
+        send(ref, {ref, with({:ok, result} <- reply, do: result)})
+        reply
+      end
+
+    measurements = %{duration: System.monotonic_time() - started}
+    telemetry(state, [:visor, :pipeline, :stop], measurements, stop_metadata(ref, reply))
+    state
+  end
+
+  defp carry_out({:reply, {:visor_relayed, spare, ref}, reply}, state) do
+    :erlang.send(spare, {:visor_relayed, ref, reply}, [:noconnect])
+    state
+  end
+
   defp carry_out({:reply, from, reply}, state) do
     GenServer.reply(from, reply)
+    state
+  end
+
+  defp carry_out({:answer, entry, reply}, state),
+    do: carry_out({:reply, entry.from, reply}, state)
+
+  defp carry_out({:watch, node}, state) do
+    Process.monitor({Visor.Supervisor.name(state.module, :server), node})
+    state
+  end
+
+  defp carry_out({:forward, node, entry}, state) do
+    left = max(entry.deadline - System.monotonic_time(:millisecond), 0)
+    message = {:visor_pipelined, self(), entry.ref, entry.caller, entry.payload, left}
+    :erlang.send({Visor.Supervisor.name(state.module, :server), node}, message, [:noconnect])
     state
   end
 
@@ -532,7 +814,7 @@ defmodule Visor.Server do
   # process (see the top of this module).
   defp carry_out({:start_engine, opts}, state) do
     engine = Router.start_engine(state.module, opts, state.lifecycle.members)
-    state = %{state | engine: engine, starts: state.starts + 1}
+    state = ask_features(%{state | engine: engine, starts: state.starts + 1})
     now = System.monotonic_time(:millisecond)
     {upgrade, effects} = Upgrade.engine_started(state.upgrade, upgrade_view(state), now)
     run(effects, %{state | upgrade: upgrade})
@@ -540,6 +822,15 @@ defmodule Visor.Server do
 
   defp carry_out(:discard_engine, state),
     do: %{state | engine: nil, callers: Callers.requeue(state.callers)}
+
+  # This node is a spare: its pipelining callers' commands go to a member.
+  defp carry_out({:fail_callers, :spare}, state) do
+    {callers, entries, effects} = Callers.take_pipelined(state.callers)
+    state = run(effects, %{state | callers: callers})
+    state = Enum.reduce(entries, state, &relay(&2, relay_entry(&1)))
+    {callers, effects} = Callers.fail_all(state.callers, :spare)
+    run(effects, %{state | callers: callers})
+  end
 
   defp carry_out({:fail_callers, error}, state) do
     {callers, effects} = Callers.fail_all(state.callers, error)
@@ -563,6 +854,23 @@ defmodule Visor.Server do
 
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
+
+  # Whether a pipelined command's backstop fired (`Visor.Backstop`); if not,
+  # it is cancelled here and sends nothing.
+  defp backstop_fired?(nil), do: false
+  defp backstop_fired?(timer), do: :erlang.cancel_timer(timer) == false
+
+  defp relay_entry({{:visor_pipeline, ref, _started, _timer} = from, caller, payload, deadline}),
+    do: %{ref: ref, caller: caller, payload: payload, deadline: deadline, from: from}
+
+  defp stop_metadata(ref, reply) do
+    metadata = %{telemetry_span_context: ref}
+
+    case reply do
+      {:error, reason} -> Visor.Telemetry.outcome(metadata, reason)
+      _ -> Map.put(metadata, :outcome, :ok)
+    end
+  end
 
   defp count(state, key) do
     telemetry(state, [:visor, :message, :dropped], %{count: 1}, %{reason: key})
@@ -602,7 +910,7 @@ defmodule Visor.Server do
     Status.build(state.lifecycle, engine, %{
       node: node(),
       connected: Node.list(),
-      pool: Callers.pool(state.callers),
+      pool: Map.put(Callers.pool(state.callers), :batches, batch_bytes(state) > 0),
       poison: state.machine.poison,
       version: Machine.versions(state.machine),
       waiting_for: state.waiting_for,

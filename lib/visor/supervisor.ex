@@ -1,7 +1,8 @@
 defmodule Visor.Supervisor do
   @moduledoc false
   # One group's processes on one node: the `:pg` scope (discovery mode only),
-  # `Visor.Formation`, `Visor.Router` (peer traffic), then `Visor.Server`.
+  # `Visor.Formation`, `Visor.Router` (peer traffic), `Visor.Backstop`
+  # (pipelined commands' timeouts), then `Visor.Server`.
   #
   # `:one_for_all`: the application state and the replica live only in the
   # server's memory, so a restarted server is a replica with amnesia (and
@@ -29,12 +30,14 @@ defmodule Visor.Supervisor do
   Locally registered names of a group's processes. The router is registered
   under the module itself, so a peer reaches it as `{module, node}`.
   """
-  @spec name(module(), :router | :server | :formation | :scope | :supervisor) :: atom()
+  @spec name(module(), :router | :server | :formation | :scope | :supervisor | :backstop) ::
+          atom()
   def name(module, :router), do: module
   def name(module, :server), do: Module.concat([module, Visor, Server])
   def name(module, :formation), do: Module.concat([module, Visor, Formation])
   def name(module, :scope), do: Module.concat([module, Visor, Scope])
   def name(module, :supervisor), do: Module.concat([module, Visor, Supervisor])
+  def name(module, :backstop), do: Module.concat([module, Visor, Backstop])
 
   @impl Supervisor
   def init(%Options{module: module} = config) do
@@ -49,6 +52,7 @@ defmodule Visor.Supervisor do
         [
           {Visor.Formation, config},
           {Visor.Router, config},
+          {Visor.Backstop, module},
           {Visor.Server, config}
         ]
 

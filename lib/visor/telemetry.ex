@@ -37,7 +37,9 @@ defmodule Visor.Telemetry do
             [:visor, :recovery, :stop],
             [:visor, :state_sync, :start],
             [:visor, :state_sync, :stop],
-            [:visor, :message, :dropped]
+            [:visor, :message, :dropped],
+            [:visor, :pipeline, :start],
+            [:visor, :pipeline, :stop]
           ] ++ for(span <- @spans, suffix <- [:start, :stop, :exception], do: span ++ [suffix])
 
   @doc "The name of every event Visor emits (spans' `:start`, `:stop`, `:exception` included)."
@@ -78,5 +80,15 @@ defmodule Visor.Telemetry do
       {result, _metadata} = fun.()
       result
     end
+  end
+
+  @doc """
+  A span's stop metadata for an error: `outcome` is the error's name (a
+  low-cardinality tag for metrics), `error` the whole reason.
+  """
+  @spec outcome(map(), term()) :: map()
+  def outcome(metadata, reason) do
+    name = if is_tuple(reason), do: elem(reason, 0), else: reason
+    Map.merge(metadata, %{outcome: name, error: reason})
   end
 end

@@ -78,6 +78,16 @@ defmodule Visor.TelemetryTest do
     assert_receive {:telemetry, ^b, [:visor, :skip, :stop], _,
                     %{group: NotStarted, op: 2, outcome: :not_running, error: :not_running}}
 
+    # A pipelined commit: start in the caller, stop from the server when
+    # it sends the result; the ref is the context.
+    assert :erpc.call(b, Visor.Test.Pipeliner, :await_one, [Counter, {:incr, :pipelined}]) == 2
+    assert_receive {:telemetry, ^b, [:visor, :pipeline, :start], %{monotonic_time: _}, pstart}
+    assert_receive {:telemetry, ^b, [:visor, :pipeline, :stop], %{duration: pduration}, pstop}
+    assert pduration > 0
+    assert %{group: Counter, node: ^b, outcome: :ok} = pstop
+    assert is_reference(pstart.telemetry_span_context)
+    assert pstart.telemetry_span_context == pstop.telemetry_span_context
+
     # A checkpoint at op 5, on every replica.
     for i <- 2..5, do: :erpc.call(a, Visor, :commit, [Counter, {:incr, i}])
 

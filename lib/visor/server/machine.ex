@@ -265,19 +265,29 @@ defmodule Visor.Server.Machine do
   defp apply_event({:execute, op, _, _, _} = event, machine, effects) when waits(machine, op),
     do: hold(event, machine, effects)
 
+  defp apply_event({:execute, op, _, _, _, _} = event, machine, effects)
+       when waits(machine, op),
+       do: hold(event, machine, effects)
+
   defp apply_event({:snapshot, op} = event, machine, effects) when waits(machine, op),
     do: hold(event, machine, effects)
 
+  # The engine's op: its commands are numbered (`meta.index`) from 0.
+  defp apply_event({:execute, op, view, timestamp, requests}, machine, effects),
+    do: apply_event({:execute, op, view, timestamp, requests, 0}, machine, effects)
+
   # The module's current code runs it (a hot code load may have changed
   # it), if it supports the version the op needs: the cluster's, or the
-  # one a switch in the op names.
-  defp apply_event({:execute, op, view, timestamp, requests} = event, machine, effects) do
+  # one a switch in the op names. `index` is the first command's
+  # `meta.index`: 0, or where the rest of an op held by execute_all/3
+  # resumes.
+  defp apply_event({:execute, op, view, timestamp, requests, index} = event, machine, effects) do
     needed = Enum.reduce(requests, machine.version, &max(switch_target(&1), &2))
 
     if supports?(machine, needed) do
       code = %{
         arity: Executor.arity(machine.module),
-        meta: %{op: op, view: view, timestamp: timestamp},
+        meta: %{op: op, view: view, timestamp: timestamp, index: index},
         log?: Lifetime.first_execution?(machine.executed, op),
         needed: needed
       }
@@ -366,20 +376,26 @@ defmodule Visor.Server.Machine do
   # the old code). The request after which the code no longer supports it
   # is discarded (its new state and its result; the state is immutable)
   # and held, with every request after it, as the rest of the op, executed
-  # once the code supports the version again.
+  # once the code supports the version again, its commands numbered on
+  # from where it stopped (so `meta.index` is the same as on a replica
+  # that ran the op whole).
   defp execute_all([], code, {machine, effects}), do: {%{machine | op: code.meta.op}, effects}
 
   defp execute_all([request | rest] = requests, code, {machine, effects}) do
     {executed, executed_effects} = execute(request, code, {machine, effects})
 
     if supports?(machine, code.needed) do
+      code = %{code | meta: %{code.meta | index: code.meta.index + commands(request)}}
       execute_all(rest, code, {executed, executed_effects})
     else
-      %{op: op, view: view, timestamp: timestamp} = code.meta
-      event = {:execute, op, view, timestamp, requests}
+      %{op: op, view: view, timestamp: timestamp, index: index} = code.meta
+      event = {:execute, op, view, timestamp, requests, index}
       block(event, %{op: op, version: code.needed}, machine, effects)
     end
   end
+
+  defp commands({_client, _request, :executed, payload}), do: Executor.commands(payload)
+  defp commands(_request), do: 0
 
   defp execute({client, request, :executed, payload}, code, {machine, effects}) do
     case Executor.switch_target(payload) do
@@ -464,9 +480,9 @@ defmodule Visor.Server.Machine do
   # This node's callers of held commands get the error now rather than
   # wait: the cluster committed them, and this replica executes them once
   # its code supports the version.
-  defp refuse({:execute, _op, _view, _ts, requests}, version, effects) do
+  defp refuse(event, version, effects) when elem(event, 0) == :execute do
     refused =
-      for {client, request, :executed, _payload} <- requests,
+      for {client, request, :executed, _payload} <- elem(event, 4),
           do: {:result, client, request, {:error, {:unsupported_version, version}}}
 
     Enum.reverse(refused, effects)

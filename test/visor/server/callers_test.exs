@@ -253,4 +253,137 @@ defmodule Visor.Server.CallersTest do
       assert Executor.skip_target(payload) == 7
     end
   end
+
+  describe "pipelined commands (streams)" do
+    @batch 100
+
+    # Admits pipelined commands of `key` (payloads "a", "b", ...), caller n
+    # for the n-th.
+    defp pipeline!(callers, key, payloads, deadline \\ @now + 5_000) do
+      Enum.reduce(payloads, callers, fn payload, callers ->
+        admit!(callers, {:pipeline, key, payload}, payload, deadline)
+      end)
+    end
+
+    # A pool with one registered session per `n`.
+    defp registered(n) do
+      {callers, effects} = hand_over(Callers.new(n), for(i <- 1..n, do: {:commit, "w#{i}"}))
+
+      Enum.reduce(submits(effects), callers, fn {client, _, request, _}, callers ->
+        {callers, _} = Callers.settle(callers, client, request, :executed)
+        callers
+      end)
+    end
+
+    defp settle_batch(callers, client, request, results) do
+      callers = Callers.result(callers, client, request, results)
+      Callers.settle(callers, client, request, :executed)
+    end
+
+    test "one request of a stream at a time; what arrives meanwhile goes next, as one batch, in order" do
+      callers = pipeline!(registered(4), :p, ["a"])
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{client, _session, request, "a"}] = submits(effects)
+
+      # More commands, with idle sessions: nothing goes while "a" is in flight.
+      callers = pipeline!(callers, :p, ["b", "c", "d"])
+      assert {callers, []} = Callers.dispatch(callers, false, @batch)
+
+      # Another caller's stream is not held back by this one.
+      callers = pipeline!(callers, :q, ["x"])
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{_, _, _, "x"}] = submits(effects)
+
+      {callers, effects} = settle_batch(callers, client, request, {:ok, :a})
+      assert replies(effects) == [{from("a"), {:ok, :a}}]
+
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{client, _, request, payload}] = submits(effects)
+      assert Executor.batch_commands(payload) == ["b", "c", "d"]
+
+      # Each command gets its own result, in order.
+      {_callers, effects} = settle_batch(callers, client, request, {:batch, [1, 2, 3]})
+      assert replies(effects) == [{from("b"), 1}, {from("c"), 2}, {from("d"), 3}]
+    end
+
+    test "a batch fits in batch_bytes; without batches, one command per request" do
+      payloads = for n <- 1..10, do: String.duplicate("#{n - 1}", 20)
+      callers = pipeline!(registered(2), :p, payloads)
+
+      # 20-byte commands: 1 + 4 * 4 + 4 * 20 = 97 bytes fit in 100, a fifth would not.
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{client, _, request, payload}] = submits(effects)
+      assert Executor.batch_commands(payload) == Enum.take(payloads, 4)
+
+      {callers, _} = settle_batch(callers, client, request, {:batch, [1, 2, 3, 4]})
+      {_callers, effects} = Callers.dispatch(callers, false, 0)
+      assert [{_, _, _, payload}] = submits(effects)
+      assert payload == Enum.at(payloads, 4)
+    end
+
+    test "a command that times out in flight keeps the stream's next ones back until the engine settles it" do
+      callers = pipeline!(registered(4), :p, ["a"], @now + 100)
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      [{client, _, request, "a"}] = submits(effects)
+      callers = pipeline!(callers, :p, ["b"])
+
+      {callers, effects} = Callers.deadline(callers, 5)
+      assert replies(effects) == [{from("a"), {:error, :timeout}}]
+      assert {callers, []} = Callers.dispatch(callers, false, @batch)
+
+      {callers, effects} = settle_batch(callers, client, request, {:ok, :late})
+      assert effects == []
+      {_callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{_, _, _, "b"}] = submits(effects)
+    end
+
+    test "commands that time out waiting never reach the engine; an error of the request goes to each" do
+      callers = pipeline!(registered(4), :p, ["a"])
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      [{client, _, request, "a"}] = submits(effects)
+      callers = pipeline!(callers, :p, ["b", "c", "d"])
+
+      # "b" times out while waiting in the stream.
+      {callers, [_cancel, {:reply, _, {:error, :timeout}}]} = Callers.deadline(callers, 6)
+      {callers, _} = settle_batch(callers, client, request, {:ok, :a})
+      {callers, effects} = Callers.dispatch(callers, false, @batch)
+      assert [{client, _, request, payload}] = submits(effects)
+      assert Executor.batch_commands(payload) == ["c", "d"]
+
+      {_callers, effects} = Callers.settle(callers, client, request, :evicted)
+      unknown = {:error, :unknown_outcome}
+      assert replies(effects) == [{from("c"), unknown}, {from("d"), unknown}]
+    end
+
+    test "requeue: a stream's request goes to the next engine whole, ahead of its later commands" do
+      callers = pipeline!(registered(4), :p, ["a", "b"])
+      {callers, _} = Callers.dispatch(callers, false, @batch)
+      callers = pipeline!(callers, :p, ["c"])
+
+      callers = Callers.requeue(callers)
+      {callers, regs} = Callers.dispatch(callers, false, @batch)
+      {_callers, effects} = Callers.dispatch(register_all(callers, regs), false, @batch)
+      assert [{_, _, 1, payload}] = submits(effects)
+      assert Executor.batch_commands(payload) == ["a", "b", "c"]
+    end
+
+    test "take_pipelined: a spare's waiting commands, in each stream's order, with their deadlines" do
+      callers = pipeline!(Callers.new(4), :p, ["a", "b"], @now + 700)
+      callers = admit!(callers, {:commit, "x"}, "x")
+      callers = pipeline!(callers, :q, ["c"], @now + 900)
+
+      {callers, taken, effects} = Callers.take_pipelined(callers)
+
+      assert Enum.sort(taken) == [
+               {from("a"), :p, "a", @now + 700},
+               {from("b"), :p, "b", @now + 700},
+               {from("c"), :q, "c", @now + 900}
+             ]
+
+      assert effects == [{:cancel_deadline, 1}, {:cancel_deadline, 2}, {:cancel_deadline, 4}]
+      # The plain commit is still there, for fail_all.
+      assert {_, [{:cancel_deadline, 3}, {:reply, _, {:error, :spare}}]} =
+               Callers.fail_all(callers, :spare)
+    end
+  end
 end

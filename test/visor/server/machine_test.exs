@@ -48,6 +48,23 @@ defmodule Visor.Server.MachineTest do
     end)
   end
 
+  test "a batch (pipelined commands) runs each command in order, as if alone: one result each" do
+    {m, []} = machine()
+    batch = Executor.batch_payload([cmd({:add, :a}), cmd(:raise), cmd({:add, :b})])
+
+    {m, effects} = run(m, [execute(1, [{"c1", 1, :executed, batch}, executed("c2", {:add, :c})])])
+
+    # The failing command changed nothing; the one after it ran on the
+    # state the one before it left.
+    assert Machine.read(m, []) == {:ok, [:c, :b, :a]}
+
+    assert [
+             {:result, "c1", 1,
+              {:batch, [{:ok, 1}, {:error, {:handle_commit_failed, _}}, {:ok, 1}]}},
+             {:result, "c2", 1, {:ok, 1}}
+           ] = effects
+  end
+
   test "executes committed commands in order; every executed request has a result, in order" do
     {m, []} = machine()
 
