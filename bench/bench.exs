@@ -288,7 +288,7 @@ if System.argv() == ["pipeline"] do
     10_000
   )
 
-  Bench.progress("warming up (64 callers, one pipelining process)")
+  Support.progress("warming up (64 callers, one pipelining process)")
   _ = Bench.throughput(:visor, nodes, 64, 1)
   _ = Bench.pipelined(backup, window, 1)
 
@@ -306,7 +306,7 @@ if System.argv() == ["pipeline"] do
   results =
     for {label, key, run} <- runs, into: %{} do
       r = run.()
-      Bench.progress("#{label}: #{r.ops_per_s} commits/s (#{r.errors} errors)")
+      Support.progress("#{label}: #{r.ops_per_s} commits/s (#{r.errors} errors)")
       {key, Map.put(r, :label, label)}
     end
 
@@ -346,7 +346,7 @@ if System.argv() == ["pipeline"] do
   File.mkdir_p!(dir)
   stamp = env.date |> String.replace(~r/[^0-9T]/, "")
   path = Path.join(dir, "pipeline-#{stamp}.json")
-  File.write!(path, Bench.json(result) <> "\n")
+  File.write!(path, Support.json(result) <> "\n")
   IO.puts("\nWrote #{Path.relative_to_cwd(path)}")
   System.halt(0)
 end
