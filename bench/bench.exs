@@ -332,22 +332,9 @@ if System.argv() == ["pipeline"] do
       if(ratio >= 1, do: "met", else: "NOT met")
   )
 
-  env = %{
-    date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
-    otp: System.otp_release(),
-    elixir: System.version(),
-    schedulers: System.schedulers_online(),
-    nodes: 3,
-    seconds_per_run: seconds
-  }
-
+  env = Support.environment(%{seconds_per_run: seconds})
   result = Map.merge(results, %{environment: env, ratio: ratio, ratio_target: 1, window: window})
-  dir = Path.expand("results", __DIR__)
-  File.mkdir_p!(dir)
-  stamp = env.date |> String.replace(~r/[^0-9T]/, "")
-  path = Path.join(dir, "pipeline-#{stamp}.json")
-  File.write!(path, Support.json(result) <> "\n")
-  IO.puts("\nWrote #{Path.relative_to_cwd(path)}")
+  IO.puts("\nWrote #{Support.write_result("pipeline-", result)}")
   System.halt(0)
 end
 
@@ -476,17 +463,7 @@ File.rm_rf!(data_dir)
 
 # ---- Report ---------------------------------------------------------------
 
-{os_family, os_name} = :os.type()
-
-env = %{
-  date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
-  otp: System.otp_release(),
-  elixir: System.version(),
-  schedulers: System.schedulers_online(),
-  os: "#{os_family}/#{os_name}",
-  nodes: 3,
-  seconds_per_run: seconds
-}
+env = Support.environment(%{seconds_per_run: seconds})
 
 IO.puts("\nLatency (one caller, one operation at a time)")
 IO.puts(String.duplicate("-", 78))
@@ -622,10 +599,6 @@ result = %{
   mnesia: %{sequential: mnesia_seq, throughput: mnesia_tp}
 }
 
-dir = Path.expand("results", __DIR__)
-File.mkdir_p!(dir)
-stamp = env.date |> String.replace(~r/[^0-9T]/, "")
-path = Path.join(dir, "#{stamp}.json")
-File.write!(path, Support.json(result) <> "\n")
+path = Support.write_result("", result)
 elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
-IO.puts("\nWrote #{Path.relative_to_cwd(path)} (#{elapsed} s in all)")
+IO.puts("\nWrote #{path} (#{elapsed} s in all)")

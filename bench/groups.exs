@@ -762,8 +762,6 @@ unless unformed == [] and start_failures == [] and commit_failures == [] do
   )
 end
 
-{os_family, os_name} = :os.type()
-
 details = %{
   modules_compile_s: Float.round(compile_us / 1_000_000, 2),
   modules_load_s: Float.round(load_us / 1_000_000, 2),
@@ -793,21 +791,9 @@ result =
     reasons: for({key, {nil, reason}} <- fields, into: %{}, do: {key, reason}),
     targets_met: Map.new(order, &{&1, met?.(elem(fields[&1], 0), targets[&1])}),
     details: details,
-    environment: %{
-      date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
-      otp: System.otp_release(),
-      elixir: System.version(),
-      schedulers: System.schedulers_online(),
-      os: "#{os_family}/#{os_name}",
-      nodes: 3,
-      load_average_at_start: load_average
-    }
+    environment: Support.environment(%{load_average_at_start: load_average})
   })
 
-dir = Path.expand("results", __DIR__)
-File.mkdir_p!(dir)
-stamp = result.environment.date |> String.replace(~r/[^0-9T]/, "")
-path = Path.join(dir, "groups-#{stamp}.json")
-File.write!(path, Support.json(result) <> "\n")
+path = Support.write_result("groups-", result)
 elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
-IO.puts("\nWrote #{Path.relative_to_cwd(path)} (#{elapsed} s in all)")
+IO.puts("\nWrote #{path} (#{elapsed} s in all)")

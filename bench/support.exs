@@ -1,5 +1,6 @@
-# What the bench scripts share: progress lines, percentiles, and a tiny
-# JSON encoder (no hex packages here).
+# What the bench scripts share: progress lines, percentiles, the run's
+# environment, and writing a result as JSON (a tiny encoder: no hex
+# packages here).
 defmodule Visor.Bench.Support do
   @moduledoc false
 
@@ -12,6 +13,40 @@ defmodule Visor.Bench.Support do
   def percentile(sorted, p) do
     n = length(sorted)
     Enum.at(sorted, max(0, ceil(p * n) - 1))
+  end
+
+  @doc """
+  Where and when a run on the three local nodes ran, with `extra` fields:
+  the `environment` of every result file.
+  """
+  def environment(extra) do
+    {os_family, os_name} = :os.type()
+
+    Map.merge(
+      %{
+        date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
+        otp: System.otp_release(),
+        elixir: System.version(),
+        schedulers: System.schedulers_online(),
+        os: "#{os_family}/#{os_name}",
+        nodes: 3
+      },
+      extra
+    )
+  end
+
+  @doc """
+  Writes `result` as `bench/results/<prefix><date>.json`, stamped with its
+  environment's date, and returns the path relative to the working
+  directory.
+  """
+  def write_result(prefix, result) do
+    dir = Path.expand("results", __DIR__)
+    File.mkdir_p!(dir)
+    stamp = result.environment.date |> String.replace(~r/[^0-9T]/, "")
+    path = Path.join(dir, "#{prefix}#{stamp}.json")
+    File.write!(path, json(result) <> "\n")
+    Path.relative_to_cwd(path)
   end
 
   @doc "JSON of maps, lists, strings, atoms (nil as null), numbers and booleans."
