@@ -61,3 +61,48 @@ defmodule Visor.Test.PacedPipeliner do
     if System.monotonic_time(:microsecond) < until, do: spin(until), else: :ok
   end
 end
+
+defmodule Visor.Test.OlderCode do
+  # Visor's own modules as a release from before pipelining had them,
+  # hot-loaded on a peer node: built from today's source with the
+  # pipelining parts taken out (each edit must apply, or the code loaded
+  # would not be the older code the test means).
+
+  # An executor that runs no batches and says so (`features/0`).
+  def load_executor_without_batches(node) do
+    "lib/visor/executor.ex"
+    |> File.read!()
+    |> edit("@features [:batch]", "@features []")
+    |> edit(
+      "def apply(module, arity, <<@batch_tag, _::binary>> = payload",
+      "def apply(module, arity, <<@batch_tag, 255, 255, 255, 255, _::binary>> = payload"
+    )
+    |> load(node)
+  end
+
+  # A server from before the feature question: it neither answers
+  # `{:visor_features, ...}` nor asks it (it sends a message the others drop).
+  def load_server_without_features(node) do
+    "lib/visor/server.ex"
+    |> File.read!()
+    |> edit("    if ask do\n", "    if ask and false do\n")
+    |> edit(
+      "query = {:visor_features, self(), Executor.features(), true}",
+      "query = :visor_older_code"
+    )
+    |> load(node)
+  end
+
+  defp edit(source, from, to) do
+    if not String.contains?(source, from),
+      do: raise("the source no longer holds #{inspect(from)}")
+
+    String.replace(source, from, to)
+  end
+
+  defp load(source, node) do
+    :ok = :erpc.call(node, Code, :put_compiler_option, [:ignore_module_conflict, true])
+    [_ | _] = :erpc.call(node, Code, :compile_string, [source])
+    :ok
+  end
+end

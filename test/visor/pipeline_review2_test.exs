@@ -4,7 +4,7 @@ defmodule Visor.PipelineReview2Test do
   # :review_break shows a claim that does not hold.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, FirstMessage, Pipeliner, Sequence, TelemetryForward}
+  alias Visor.Test.{Cluster, FirstMessage, OlderCode, Pipeliner, Sequence, TelemetryForward}
 
   defp report(pid) do
     receive do
@@ -19,27 +19,8 @@ defmodule Visor.PipelineReview2Test do
   # (nor asks it: it sends a message the others drop) and its executor
   # runs no batches.
   defp load_older_code(node) do
-    executor =
-      "lib/visor/executor.ex"
-      |> File.read!()
-      |> String.replace("@features [:batch]", "@features []")
-      |> String.replace(
-        "def apply(module, arity, <<@batch_tag, _::binary>> = payload",
-        "def apply(module, arity, <<@batch_tag, 255, 255, 255, 255, _::binary>> = payload"
-      )
-
-    server =
-      "lib/visor/server.ex"
-      |> File.read!()
-      |> String.replace("    if ask do\n", "    if ask and false do\n")
-      |> String.replace(
-        "query = {:visor_features, self(), Executor.features(), true}",
-        "query = :visor_older_code"
-      )
-
-    :ok = :erpc.call(node, Code, :put_compiler_option, [:ignore_module_conflict, true])
-    [_ | _] = :erpc.call(node, Code, :compile_string, [executor])
-    [_ | _] = :erpc.call(node, Code, :compile_string, [server])
+    :ok = OlderCode.load_executor_without_batches(node)
+    :ok = OlderCode.load_server_without_features(node)
   end
 
   defp disk_cluster(tmp) do

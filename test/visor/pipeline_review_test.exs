@@ -6,7 +6,7 @@ defmodule Visor.PipelineReviewTest do
 
   alias Visor.Executor
   alias Visor.Server.Callers
-  alias Visor.Test.{Cluster, FirstMessage, Ids, PacedPipeliner, Pipeliner, Sequence}
+  alias Visor.Test.{Cluster, FirstMessage, Ids, OlderCode, PacedPipeliner, Pipeliner, Sequence}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
 
@@ -230,17 +230,7 @@ defmodule Visor.PipelineReviewTest do
   test "a member hot-loaded back to code without batches is not sent batches" do
     [a, _b, c] = batching_cluster(3, Sequence)
 
-    older =
-      "lib/visor/executor.ex"
-      |> File.read!()
-      |> String.replace("@features [:batch]", "@features []")
-      |> String.replace(
-        "def apply(module, arity, <<@batch_tag, _::binary>> = payload",
-        "def apply(module, arity, <<@batch_tag, 255, 255, 255, 255, _::binary>> = payload"
-      )
-
-    :ok = :erpc.call(c, Code, :put_compiler_option, [:ignore_module_conflict, true])
-    [_ | _] = :erpc.call(c, Code, :compile_string, [older])
+    :ok = OlderCode.load_executor_without_batches(c)
     # Longer than a feature question's period.
     Process.sleep(2_500)
 
