@@ -1494,6 +1494,17 @@ fn lying_replica_2_past_checkpoint_12(sim: &mut Simulator) -> Result<(), Failure
     Ok(())
 }
 
+/// `lying_replica_2_past_checkpoint_12` in a cluster that starts no view
+/// change: in the scenarios that use it, a replica hears nothing from
+/// another for a while (a primary nothing, a backup nothing from it), and
+/// must neither abdicate nor campaign meanwhile.
+fn lying_replica_2_without_view_changes(mut options: Options) -> Result<Simulator, Failure> {
+    options.config.view_change_ticks = 100_000;
+    let mut sim = Simulator::new(checkpointing(options));
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    Ok(sim)
+}
+
 /// Review of defects 3 and 7 (issue "Lose nothing"): a diverged replica
 /// heals only from a peer that *knows* a quorum vouches for the checkpoint
 /// it wants, although any peer holding that very (op, digest) would do.
@@ -1599,14 +1610,10 @@ pub fn healed_replica_ignores_a_late_vouch_between_divergence_and_install(
 /// vouch for 12 reach it. By then its host no longer lies, so the simulator
 /// fails the run if 2 reports a divergence.
 pub fn installed_replica_ignores_a_late_vouch_for_an_older_checkpoint(
-    mut options: Options,
+    options: Options,
 ) -> Result<(), Failure> {
-    // Replica 2 hears nothing from the primary for a while: it must not
-    // start a view change meanwhile.
-    options.config.view_change_ticks = 100_000;
-    let mut sim = Simulator::new(checkpointing(options));
+    let mut sim = lying_replica_2_without_view_changes(options)?;
     let clients = sim.clients.len();
-    lying_replica_2_past_checkpoint_12(&mut sim)?;
     sim.network.hold(0, 2);
     let now = sim.tick;
     sim.network.release(now, 1, 0);
@@ -1712,13 +1719,10 @@ pub fn synced_backup_on_a_lossy_link_releases_its_pin(options: Options) -> Resul
 /// and held back until now, vouches for 16, and 2 makes its own 16 (which
 /// matches) its anchor.
 pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
-    mut options: Options,
+    options: Options,
 ) -> Result<(), Failure> {
-    // The primary hears no one for a while: it must not abdicate meanwhile.
-    options.config.view_change_ticks = 100_000;
-    let mut sim = Simulator::new(checkpointing(options));
+    let mut sim = lying_replica_2_without_view_changes(options)?;
     let clients = sim.clients.len();
-    lying_replica_2_past_checkpoint_12(&mut sim)?;
     sim.options.lying_host = None;
     for i in 0..4 {
         commit(&mut sim, i % clients, 0)?;
@@ -1792,13 +1796,9 @@ pub fn diverged_replica_heals_after_its_anchor_passes_the_divergence(
 /// 13..=20 again, while the old answer for 20 is still on its way; had it
 /// asked again, that answer would come first, and once 0 and 1 vouch for
 /// 20 the simulator would fail the run as 2 diverged again.
-pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(
-    mut options: Options,
-) -> Result<(), Failure> {
-    options.config.view_change_ticks = 100_000;
-    let mut sim = Simulator::new(checkpointing(options));
+pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(options: Options) -> Result<(), Failure> {
+    let mut sim = lying_replica_2_without_view_changes(options)?;
     let clients = sim.clients.len();
-    lying_replica_2_past_checkpoint_12(&mut sim)?;
     sim.options.snapshot_delay_max = SLOW_SNAPSHOT_TICKS;
     for i in 0..8 {
         commit(&mut sim, i % clients, 0)?;
