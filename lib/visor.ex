@@ -79,7 +79,9 @@ defmodule Visor do
   ## Functions `use Visor` defines
 
   `child_spec/1`, `start_link/1`, `commit/1,2`, `pipeline/1,2`, `get/0,1`,
-  `get_in/1,2` and `status/0`, each a one-line call to the function of the same name here
+  `get_in/1,2`, `status/0` (the default group's), and `start_group/1,2`,
+  `stop_group/1,2` and `which_groups/0` (keyed groups: they take the key),
+  each a one-line call to the function of the same name here
   (`Visor.commit(Cache, command, opts)` and so on), so nothing is
   macro-only. Code inside the module may still call `get_in(data, keys)`:
   the generated `get_in/2` reads the group only when given a path (a list)
@@ -134,8 +136,13 @@ defmodule Visor do
   :not_running` when the group is not started on this node).
   """
 
-  @typedoc "A module that `use`s Visor."
-  @type group :: module()
+  @typedoc """
+  A group: a module that `use`s Visor (its default group, started as a
+  child `{Cache, opts}`), or `{module, key}`, one of its keyed groups (any
+  term as `key`; `Visor.Groups`, `start_group/2`). `{module, nil}` is the
+  default group.
+  """
+  @type group :: module() | {module(), term()}
   @typedoc "Any term; it is encoded with `:erlang.term_to_binary/1`."
   @type command :: term()
   @typedoc """
@@ -209,6 +216,13 @@ defmodule Visor do
       found to differ from the quorum's, until it has recovered the
       quorum's state (status `:diverged`; see docs/operations.md).
     * `:not_running`: the module is not started on this node.
+    * `:no_group`: a keyed group that no connected node running the
+      module's `Visor.Groups` holds (never started, or stopped). Nothing
+      was applied.
+    * `{:no_group_host, node}`: `start_group/2` named a member that does
+      not run `Visor.Groups` for the module (or did not answer).
+    * `{:not_enough_nodes, wanted, found}`: `start_group/2` with
+      `replicas: wanted`, and only `found` connected nodes run the host.
     * `{:server_down, reason}`: this node's server exited during the call;
       the command may or may not have been applied.
   """
@@ -229,6 +243,9 @@ defmodule Visor do
           | {:unsupported_version, non_neg_integer()}
           | :diverged
           | :not_running
+          | :no_group
+          | {:no_group_host, node()}
+          | {:not_enough_nodes, pos_integer(), non_neg_integer()}
           | {:server_down, term()}
 
   @typedoc """
@@ -350,6 +367,22 @@ defmodule Visor do
       @spec status() :: map()
       def status, do: Visor.status(__MODULE__)
 
+      @doc "Starts the keyed group `key` of this module; see `Visor.start_group/2`."
+      @spec start_group(term(), keyword()) :: {:ok, map()} | {:error, term()}
+      def start_group(key, opts \\ []), do: Visor.start_group({__MODULE__, key}, opts)
+
+      @doc "Stops the keyed group `key` of this module; see `Visor.stop_group/2`."
+      @spec stop_group(term(), keyword()) :: :ok | {:error, :no_group}
+      def stop_group(key, opts \\ []), do: Visor.stop_group({__MODULE__, key}, opts)
+
+      @doc "This module's keyed groups with a replica on this node; see `Visor.which_groups/1`."
+      @spec which_groups() :: [map()]
+      def which_groups, do: Visor.which_groups(__MODULE__)
+
+      @doc false
+      # `use Visor`'s default start options, which Visor.Groups applies too.
+      def __visor_defaults__, do: @visor_defaults
+
       defoverridable child_spec: 1
     end
   end
@@ -465,8 +498,116 @@ defmodule Visor do
   an operator), and a restarted replica always rejoins and recovers: no
   automatic restart can turn a lost state into a fresh, empty one.
   """
-  @spec forget(group()) :: :ok | {:error, :running}
+  @spec forget(module()) :: :ok | {:error, :running}
   def forget(module) when is_atom(module), do: Visor.Lifetime.forget(module)
+
+  @doc """
+  Starts the keyed group `{module, key}` (a replicated GenServer of its
+  own, its state from `c:initial_state/1`) on its members, from any node,
+  and returns once a quorum of them has formed it:
+  `{:ok, %{members: [node], primary: node}}`.
+
+  The members are `members: [node]` if given, else the `members:` of the
+  module's `Visor.Groups` options, else `replicas: n` (default: the host's
+  `replicas:`, 3 unless set) chosen by rendezvous hashing of the group
+  among the connected nodes (this one included) that run `Visor.Groups`
+  for the module. Each member's host starts it (all at once), with the
+  host's group options. `timeout:` (ms, default 15000) bounds the wait;
+  after it, `{:error, :timeout}`, and the group goes on forming.
+
+  Idempotent: a group already running with the same members is one
+  group, `{:error, {:already_started, %{members:, primary:}}}` (its id is
+  deterministic, so two nodes starting it at once start one group); with
+  other members, `{:error, {:already_started, %{members: running}}}`.
+  Errors: `{:no_group_host, node}`, `{:not_enough_nodes, wanted, found}`
+  (`t:error/0`). A key is never turned into an atom.
+
+      iex> Visor.start_group({Cache, "k"}, members: [:"nowhere@host"])   # runs no Visor.Groups
+      {:error, {:no_group_host, :"nowhere@host"}}
+  """
+  @spec start_group({module(), term()}, keyword()) ::
+          {:ok, %{members: [node()], primary: node()}} | {:error, term()}
+  def start_group(group, opts \\ []) do
+    case group!(group) do
+      {_module, _key} = group ->
+        Visor.Groups.Control.start(group, opts)
+
+      module ->
+        raise ArgumentError,
+              "#{inspect(module)}: the default group is started as a child {#{inspect(module)}, opts}"
+    end
+  end
+
+  @doc """
+  Stops the keyed group `{module, key}` on every connected node that runs
+  it, and forgets it there (a group started again under the same key is a
+  new, empty one): `:ok`, or `{:error, :no_group}` when no connected node
+  ran it. A member that is disconnected meanwhile keeps its replica until
+  it is stopped there. Calls to the group then return `{:error,
+  :no_group}`. `opts` is reserved.
+
+      iex> Visor.stop_group({Cache, "never started"})
+      {:error, :no_group}
+  """
+  @spec stop_group({module(), term()}, keyword()) :: :ok | {:error, :no_group}
+  def stop_group(group, _opts \\ []) do
+    case group!(group) do
+      {_module, _key} = group -> Visor.Groups.Control.stop(group)
+      module -> raise ArgumentError, "#{inspect(module)}: the default group is not a keyed group"
+    end
+  end
+
+  @doc """
+  The keyed groups of `module` with a replica on this node, as
+  `[%{key:, members:, status:, role:}]` (`status` and `role` as
+  `status/1` shows them; `:unresponsive` when this node's server does not
+  answer within 1 s). Empty when `Visor.Groups` does not run here.
+
+      iex> Visor.which_groups(Cache)
+      []
+  """
+  @spec which_groups(module()) :: [
+          %{key: term(), members: [node()], status: atom(), role: atom()}
+        ]
+  def which_groups(module) when is_atom(module) do
+    for {key, members, server} <- Visor.Groups.local(module) do
+      {status, role} =
+        try do
+          %{status: status, role: role} = GenServer.call(server, :status, 1_000)
+          {status, role}
+        catch
+          :exit, _reason -> {:unresponsive, :none}
+        end
+
+      %{key: key, members: members, status: status, role: role}
+    end
+  end
+
+  @doc """
+  Where the servers of the keyed group `{module, key}` run, among this
+  node and the nodes it is connected to: `[{node, pid}]`.
+
+      iex> Visor.lookup({Cache, "never started"})
+      []
+  """
+  @spec lookup({module(), term()}) :: [{node(), pid()}]
+  def lookup(group) do
+    case group!(group) do
+      {_module, _key} = group -> Visor.Groups.Control.lookup(group)
+      module -> raise ArgumentError, "#{inspect(module)}: the default group is not a keyed group"
+    end
+  end
+
+  # A group as the functions take it: the module for its default group
+  # (`{module, nil}` included), `{module, key}` for a keyed one.
+  defp group!(module) when is_atom(module) and module != nil, do: module
+  defp group!({module, nil}) when is_atom(module) and module != nil, do: module
+  defp group!({module, _key} = group) when is_atom(module) and module != nil, do: group
+
+  defp group!(other) do
+    raise ArgumentError,
+          "expected a group (a module, or {module, key}), got: #{inspect(other)}"
+  end
 
   @doc """
   Commits `command` through the replicated log and returns the reply of
@@ -491,14 +632,15 @@ defmodule Visor do
       {:error, :not_running}
   """
   @spec commit(group(), command(), options()) :: term() | {:error, error()}
-  def commit(module, command, opts \\ []) do
+  def commit(group, command, opts \\ []) do
+    group = group!(group)
     timeout = opts |> options!() |> timeout!()
-    metadata = %{group: module, node: node()}
+    metadata = %{group: group, node: node()}
 
     Visor.Telemetry.span([:visor, :commit], metadata, fn ->
       payload = :erlang.term_to_binary(command)
 
-      case call(module, {:commit, payload}, timeout) do
+      case call(group, {:commit, payload}, timeout) do
         {:ok, reply} -> {reply, Map.put(metadata, :outcome, :ok)}
         {:error, reason} = error -> {error, outcome(metadata, reason)}
       end
@@ -548,15 +690,19 @@ defmodule Visor do
       {:error, :not_running}
   """
   @spec pipeline(group(), command(), options()) :: reference()
-  def pipeline(module, command, opts \\ []) do
+  def pipeline(group, command, opts \\ []) do
+    group = group!(group)
     timeout = opts |> options!() |> timeout!()
     started = System.monotonic_time()
     now = System.convert_time_unit(started, :native, :millisecond)
     deadline = if timeout == :infinity, do: now + @max_timeout, else: now + timeout
     payload = :erlang.term_to_binary(command)
-    metadata = %{group: module, node: node()}
+    metadata = %{group: group, node: node()}
 
-    case Process.whereis(Visor.Supervisor.name(module, :server)) do
+    case Visor.Supervisor.whereis(group, :server) do
+      nil when is_tuple(group) ->
+        pipeline_keyed(group, payload, deadline, timeout)
+
       nil ->
         ref = make_ref()
         pipeline_started(metadata, ref, started)
@@ -573,10 +719,46 @@ defmodule Visor do
         # whichever comes first, the backstop's :timeout included.
         ref = :erlang.monitor(:process, server, alias: :reply_demonitor)
         pipeline_started(metadata, ref, started)
-        timer = if timeout != :infinity, do: Visor.Backstop.arm(module, ref, backstop_ms(timeout))
+        timer = if timeout != :infinity, do: Visor.Backstop.arm(group, ref, backstop_ms(timeout))
         send(server, {:visor_pipeline, ref, self(), payload, deadline, started, timer})
         ref
     end
+  end
+
+  # A keyed group with no replica on this node: the command goes to a
+  # member's server (the first connected one that runs it), which answers
+  # through the caller's alias itself (Visor.Server, :visor_pipelined with
+  # the alias as the spare). No Visor.Backstop runs here: a process of its
+  # own sends the backstop's :timeout through the alias. No telemetry span.
+  defp pipeline_keyed(group, payload, deadline, timeout) do
+    case keyed_server(group) do
+      nil ->
+        ref = make_ref()
+        send(self(), {ref, {:error, :no_group}})
+        ref
+
+      server ->
+        ref = :erlang.monitor(:process, server, alias: :reply_demonitor)
+        left = max(deadline - System.monotonic_time(:millisecond), 0)
+        send(server, {:visor_pipelined, ref, ref, self(), payload, left})
+
+        if timeout != :infinity do
+          ms = backstop_ms(timeout)
+          spawn(fn -> Process.sleep(ms) && send(ref, {ref, {:error, :timeout}}) end)
+        end
+
+        ref
+    end
+  end
+
+  defp keyed_server(group) do
+    with [_ | _] = members <- Visor.Groups.Control.members(group) do
+      members
+      |> Enum.filter(&(&1 in Node.list()))
+      |> Enum.find_value(&:erpc.call(&1, Visor.Supervisor, :whereis, [group, :server]))
+    end
+  catch
+    _kind, _reason -> nil
   end
 
   # As commit/3's call (backstop/1): the server answers at the deadline;
@@ -647,7 +829,7 @@ defmodule Visor do
       ** (ArgumentError) unknown consistency :eventual
   """
   @spec get(group(), options()) :: term() | {:error, error()}
-  def get(module, opts \\ []), do: read(module, [], opts)
+  def get(group, opts \\ []), do: read(group!(group), [], opts)
 
   @doc """
   `Kernel.get_in(state, path)`, read as `get/2` reads (same options),
@@ -660,7 +842,7 @@ defmodule Visor do
   copy of that part, and can neither stall nor crash the replica.
   """
   @spec get_in(group(), [term()], options()) :: term() | {:error, error()}
-  def get_in(module, path, opts \\ []) when is_list(path), do: read(module, path, opts)
+  def get_in(group, path, opts \\ []) when is_list(path), do: read(group!(group), path, opts)
 
   @doc """
   Skips the poison command at `op`: an operator's way out of a command
@@ -680,12 +862,13 @@ defmodule Visor do
   """
   @spec skip(group(), pos_integer(), options()) :: :ok | {:error, error()}
   # An op is a u64: a larger one would wrap onto another op in the payload.
-  def skip(module, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
+  def skip(group, op, opts \\ []) when is_integer(op) and op in 1..0xFFFF_FFFF_FFFF_FFFF do
+    group = group!(group)
     timeout = opts |> options!() |> timeout!()
-    metadata = %{group: module, node: node(), op: op}
+    metadata = %{group: group, node: node(), op: op}
 
     Visor.Telemetry.span([:visor, :skip], metadata, fn ->
-      case call(module, {:skip, op}, timeout) do
+      case call(group, {:skip, op}, timeout) do
         {:ok, _} -> {:ok, Map.put(metadata, :outcome, :ok)}
         {:error, reason} = error -> {error, outcome(metadata, reason)}
       end
@@ -728,9 +911,29 @@ defmodule Visor do
       {:not_running, nil, []}
   """
   @spec status(group()) :: map()
-  def status(module) do
-    case GenServer.call(Visor.Supervisor.name(module, :server), :status, @default_timeout) do
-      %{status: :spare} = status -> Visor.Forward.status(module, status)
+  def status(group) do
+    case group!(group) do
+      {_module, _key} = group -> status_keyed(group)
+      module -> status_of(Visor.Supervisor.name(module, :server), module)
+    end
+  end
+
+  # A keyed group's status names it, and on a node with no replica of it
+  # is a spare's (where the cluster stands, from a member), or says
+  # `:no_group`.
+  defp status_keyed(group) do
+    status =
+      case Visor.Supervisor.whereis(group, :server) do
+        nil -> Visor.Forward.status_keyed(group, Visor.Server.Status.unavailable(node(), nil))
+        server -> status_of(server, group)
+      end
+
+    Map.put(status, :group, group)
+  end
+
+  defp status_of(server, group) do
+    case GenServer.call(server, :status, @default_timeout) do
+      %{status: :spare} = status -> Visor.Forward.status(group, status)
       status -> status
     end
   catch
@@ -739,7 +942,7 @@ defmodule Visor do
       Visor.Server.Status.unavailable(node(), error)
   end
 
-  defp read(module, path, opts) do
+  defp read(group, path, opts) do
     opts = options!(opts)
     timeout = timeout!(opts)
 
@@ -752,10 +955,10 @@ defmodule Visor do
         other -> raise ArgumentError, "unknown consistency #{inspect(other)}"
       end
 
-    metadata = %{group: module, node: node(), consistency: consistency}
+    metadata = %{group: group, node: node(), consistency: consistency}
 
     Visor.Telemetry.span([:visor, :read], metadata, fn ->
-      case call(module, request, timeout) do
+      case call(group, request, timeout) do
         {:ok, value} -> {value, Map.put(metadata, :outcome, :ok)}
         {:error, reason} = error -> {error, outcome(metadata, reason)}
         # A path that does not fit the state raises, as Kernel.get_in/2 does.
@@ -796,23 +999,40 @@ defmodule Visor do
   # The server answers `{:error, :timeout}` itself at the deadline (for
   # :infinity, after @max_timeout, the longest a timer waits); the call's
   # own timeout is a backstop for a server that cannot answer. On a spare,
-  # the call goes on to a member (Visor.Forward) with the time left.
+  # the call goes on to a member (Visor.Forward) with the time left; so
+  # does a call on a keyed group with no replica on this node.
+  defp call({_module, _key} = group, request, timeout) do
+    deadline = deadline(timeout)
+
+    case Visor.Supervisor.whereis(group, :server) do
+      nil ->
+        Visor.Forward.call_keyed(group, request, deadline, &backstop/1)
+
+      server ->
+        # Stopped during the call (stop_group/2): the group is gone.
+        with {:error, :not_running} <- server_call(server, request, deadline),
+             do: {:error, :no_group}
+    end
+  end
+
   defp call(module, request, timeout) do
-    now = System.monotonic_time(:millisecond)
-    deadline = if timeout == :infinity, do: now + @max_timeout, else: now + timeout
-    server = Visor.Supervisor.name(module, :server)
+    deadline = deadline(timeout)
 
-    reply =
-      try do
-        GenServer.call(server, {request, deadline}, backstop(deadline))
-      catch
-        :exit, reason -> exit_error(reason)
-      end
-
-    case reply do
+    case server_call(Visor.Supervisor.name(module, :server), request, deadline) do
       {:error, :spare} -> Visor.Forward.call(module, request, deadline, &backstop/1)
       reply -> reply
     end
+  end
+
+  defp deadline(timeout) do
+    now = System.monotonic_time(:millisecond)
+    if timeout == :infinity, do: now + @max_timeout, else: now + timeout
+  end
+
+  defp server_call(server, request, deadline) do
+    GenServer.call(server, {request, deadline}, backstop(deadline))
+  catch
+    :exit, reason -> exit_error(reason)
   end
 
   # The call's own timeout for `deadline`: none for `:infinity`'s.

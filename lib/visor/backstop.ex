@@ -22,21 +22,27 @@ defmodule Visor.Backstop do
   use GenServer
 
   @doc "Starts the group's backstop (under `Visor.Supervisor`)."
-  @spec start_link(module()) :: GenServer.on_start()
-  def start_link(module),
-    do: GenServer.start_link(__MODULE__, nil, name: Visor.Supervisor.name(module, :backstop))
+  @spec start_link(Visor.Supervisor.group()) :: GenServer.on_start()
+  def start_link(group),
+    do: GenServer.start_link(__MODULE__, nil, name: Visor.Supervisor.name(group, :backstop))
 
   @doc false
-  def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
+  def child_spec(group), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [group]}}
 
   @doc """
-  Arms the backstop of `module`'s pipelined command `ref` (the caller's
+  Arms the backstop of `group`'s pipelined command `ref` (the caller's
   alias): `{ref, {:error, :timeout}}` in `ms`, unless the timer returned
-  is cancelled first.
+  is cancelled first. A keyed group's backstop is aimed at by pid (a timer
+  takes no `:via` name): `nil`, no timer, when it is not running.
   """
-  @spec arm(module(), reference(), non_neg_integer()) :: reference()
-  def arm(module, ref, ms),
+  @spec arm(Visor.Supervisor.group(), reference(), non_neg_integer()) :: reference() | nil
+  def arm(module, ref, ms) when is_atom(module),
     do: :erlang.send_after(ms, Visor.Supervisor.name(module, :backstop), {:visor_backstop, ref})
+
+  def arm(group, ref, ms) do
+    with pid when is_pid(pid) <- Visor.Supervisor.whereis(group, :backstop),
+         do: :erlang.send_after(ms, pid, {:visor_backstop, ref})
+  end
 
   @impl GenServer
   def init(nil), do: {:ok, nil}

@@ -78,6 +78,7 @@ defmodule Visor.Formation do
   alias Visor.Formation.{Decider, Discovery, Explicit, Restore}
 
   @tick_ms 100
+  @send_opts [:noconnect, :nosuspend]
   @waiting_reminder_ms 5_000
 
   @typedoc """
@@ -92,9 +93,9 @@ defmodule Visor.Formation do
 
   @doc "Starts the formation process of a group (under `Visor.Supervisor`)."
   @spec start_link(Options.t()) :: GenServer.on_start()
-  def start_link(%Options{module: module} = config) do
+  def start_link(%Options{group: group} = config) do
     # Visor.Guard, not GenServer: no message a peer sends may crash it.
-    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(module, :formation))
+    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(group, :formation))
   end
 
   @doc """
@@ -106,9 +107,9 @@ defmodule Visor.Formation do
   `%{nodes: [node]}` (`nodes:` mode: the members that have not answered),
   `%{more: n, found: [node]}` (`cluster_size:` mode) or `nil`.
   """
-  @spec subscribe(module(), reference()) :: decision()
-  def subscribe(module, tag) do
-    GenServer.call(Visor.Supervisor.name(module, :formation), {:subscribe, self(), tag})
+  @spec subscribe(Visor.Supervisor.group(), reference()) :: decision()
+  def subscribe(group, tag) do
+    GenServer.call(Visor.Supervisor.name(group, :formation), {:subscribe, self(), tag})
   end
 
   @doc """
@@ -120,18 +121,18 @@ defmodule Visor.Formation do
   snapshot (`Visor.Formation.Explicit`). The message names its sender,
   and formation heeds it only from this node's router.
   """
-  @spec replica_normal(module()) :: :ok
-  def replica_normal(module) do
+  @spec replica_normal(Visor.Supervisor.group()) :: :ok
+  def replica_normal(group) do
     # Not there while the group stops or restarts: nothing to tell then.
-    with pid when is_pid(pid) <- Process.whereis(Visor.Supervisor.name(module, :formation)),
+    with pid when is_pid(pid) <- Visor.Supervisor.whereis(group, :formation),
          do: send(pid, {:visor_replica_normal, self()})
 
     :ok
   end
 
   @doc "The decision so far on this node, without subscribing to it."
-  @spec decision(module()) :: decision()
-  def decision(module), do: GenServer.call(Visor.Supervisor.name(module, :formation), :decision)
+  @spec decision(Visor.Supervisor.group()) :: decision()
+  def decision(group), do: GenServer.call(Visor.Supervisor.name(group, :formation), :decision)
 
   @doc """
   The metadata kept in a new store's superblock (disk mode): the cluster's
@@ -146,7 +147,7 @@ defmodule Visor.Formation do
   # whom it last told the server it waits for; this process's own refusal,
   # which overrides the decider's decision.
   defstruct [
-    :module,
+    :group,
     :config,
     :decider,
     :core,
@@ -161,19 +162,19 @@ defmodule Visor.Formation do
   ]
 
   @impl GenServer
-  def init(%Options{module: module} = config) do
+  def init(%Options{group: group} = config) do
     # The server's and router's metadata key: an operator filters a
     # group's lines, formation's included, by it.
-    Logger.metadata(visor_group: module)
+    Logger.metadata(visor_group: group)
 
     case restored(config) do
       {:error, message} ->
-        Logger.error("#{inspect(module)}: refusing to start: #{message}")
+        Logger.error("#{inspect(group)}: refusing to start: #{message}")
         {:stop, {:storage_refused, message}}
 
       restored ->
         common = %{
-          module: module,
+          module: group,
           node: node(),
           self: self(),
           incarnation: :rand.uniform(1 <<< 62),
@@ -183,19 +184,19 @@ defmodule Visor.Formation do
           restored: restored
         }
 
-        state = %__MODULE__{module: module, config: config}
+        state = %__MODULE__{group: group, config: config}
 
         {state, {core, effects}} =
           case config.membership do
             {:nodes, nodes} ->
-              cluster = Options.cluster_id(module, nodes, config.settings)
-              name = Visor.Supervisor.name(module, :formation)
+              cluster = Options.cluster_id(group, nodes, config.settings)
+              name = Visor.Supervisor.name(group, :formation)
 
               {%{state | decider: Explicit},
                Explicit.new(Map.merge(common, %{name: name, members: nodes, cluster: cluster}))}
 
             {:cluster_size, size} ->
-              scope = Visor.Supervisor.name(module, :scope)
+              scope = Visor.Supervisor.name(group, :scope)
               :ok = :pg.join(scope, :formation, self())
 
               {%{state | decider: Discovery, scope: scope},
@@ -215,7 +216,7 @@ defmodule Visor.Formation do
     membership =
       case config.membership do
         {:nodes, nodes} ->
-          {:nodes, nodes, Options.cluster_id(config.module, nodes, config.settings)}
+          {:nodes, nodes, Options.cluster_id(config.group, nodes, config.settings)}
 
         {:cluster_size, size} ->
           {:cluster_size, size}
@@ -246,7 +247,7 @@ defmodule Visor.Formation do
   # group's life (Visor.Lifetime); that replica's memory died with its
   # server. Disk mode restarts from the store instead.
   defp earlier(%Options{storage: :memory} = config),
-    do: Lifetime.formed(config.module, lifetime_key(config))
+    do: Lifetime.formed(config.group, lifetime_key(config))
 
   defp earlier(_disk), do: nil
 
@@ -254,7 +255,7 @@ defmodule Visor.Formation do
   # with another one joins another cluster (a `nodes:` cluster id already
   # folds in the members and settings).
   defp lifetime_key(%Options{membership: {:nodes, nodes}} = config),
-    do: {:nodes, Options.cluster_id(config.module, nodes, config.settings)}
+    do: {:nodes, Options.cluster_id(config.group, nodes, config.settings)}
 
   defp lifetime_key(%Options{membership: {:cluster_size, size}} = config),
     do: {:cluster_size, size, config.settings}
@@ -299,7 +300,7 @@ defmodule Visor.Formation do
   # make it answer by its snapshot alone, telling a member that never ran
   # to recover too (two recovering of three, for good).
   def handle_info({:visor_replica_normal, from}, state) do
-    if from == Process.whereis(Visor.Supervisor.name(state.module, :router)),
+    if from == Visor.Supervisor.whereis(state.group, :router),
       do: {:noreply, step(state, :visor_replica_normal)},
       else: {:noreply, state}
   end
@@ -357,7 +358,7 @@ defmodule Visor.Formation do
         state
 
       waiting ->
-        Logger.info("#{inspect(state.module)}: #{waiting_message(waiting, state.config)}")
+        Logger.info("#{inspect(state.group)}: #{waiting_message(waiting, state.config)}")
         %{state | waiting: waiting, waiting_logged_at: now}
     end
   end
@@ -394,8 +395,15 @@ defmodule Visor.Formation do
 
   # Replica traffic and these messages never set up connections (a send
   # would block on an unreachable host); reconnection does, below.
+  # A keyed group's formation names its peers' formation processes by a
+  # `:via` name, which goes through their node's group host.
+  defp effect({:send, {{:via, _, _}, node}, message}, state) do
+    _ = Visor.Supervisor.send_remote(state.group, :formation, node, message, @send_opts)
+    state
+  end
+
   defp effect({:send, dest, message}, state) do
-    _ = :erlang.send(dest, message, [:noconnect, :nosuspend])
+    _ = :erlang.send(dest, message, @send_opts)
     state
   end
 
@@ -418,7 +426,7 @@ defmodule Visor.Formation do
   end
 
   defp effect({:remember, formed}, state) do
-    :ok = Lifetime.put_formed(state.module, lifetime_key(state.config), formed)
+    :ok = Lifetime.put_formed(state.group, lifetime_key(state.config), formed)
     state
   end
 
@@ -438,7 +446,7 @@ defmodule Visor.Formation do
             "(#{inspect(reason)})"
 
         Logger.error(
-          "#{inspect(state.module)}: refusing to start this node's replica: #{message}; " <>
+          "#{inspect(state.group)}: refusing to start this node's replica: #{message}; " <>
             "its store is created only after that record. Fix the directory, then " <>
             "restart the group on this node"
         )
@@ -490,7 +498,7 @@ defmodule Visor.Formation do
     %{
       status
       | state: %{
-          module: state.module,
+          group: state.group,
           decider: state.decider,
           decision: current_decision(state),
           waiting: state.decider.waiting(state.core),

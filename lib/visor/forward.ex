@@ -37,6 +37,13 @@ defmodule Visor.Forward do
   #   * any other answer is the member's, returned as is (its
   #     `{:error, :timeout}` at the deadline included).
   #
+  # A keyed group (`{module, key}`) has no spares: its processes run on its
+  # members alone. A call made on any other node (`call_keyed/4`) finds
+  # the members from the nodes that run the group (one call to each
+  # connected node, `Visor.Groups.Control.members/1`), then goes on as a
+  # spare's does; when no connected node runs it, the caller gets
+  # `{:error, :no_group}` at once (nothing was applied).
+  #
   # A `consistency: :local` read is served as a linearizable one: a spare
   # has no state of its own to read, and a member's local state could go
   # backwards between two reads that different members serve, which
@@ -72,6 +79,41 @@ defmodule Visor.Forward do
   end
 
   @doc """
+  Forwards the request of a call on a keyed group `group` made on a node
+  that holds no replica of it, as `call/4` does a spare's: to a member, or
+  `{:error, :no_group}` when no connected node runs the group.
+  """
+  @spec call_keyed({module(), term()}, tuple(), integer(), (integer() -> timeout())) :: term()
+  def call_keyed(group, request, deadline, backstop) do
+    case Visor.Groups.Control.members(group) do
+      nil -> {:error, :no_group}
+      members -> forward(group, linearizable(request), deadline, backstop, members)
+    end
+  end
+
+  @doc """
+  The status of a keyed group `group` on a node that holds no replica of
+  it: `status` (a map without a replica, see `Visor.Server.Status`) as a
+  spare's (`status/2`), with `status: :spare`, or `status: :no_group`
+  when no connected node runs the group.
+  """
+  @spec status_keyed({module(), term()}, map()) :: map()
+  def status_keyed(group, status) do
+    case Visor.Groups.Control.members(group) do
+      nil ->
+        %{status | status: :no_group, error: :no_group}
+
+      members ->
+        status = %{status | status: :spare, error: nil}
+
+        case member_status(group, members) do
+          nil -> status
+          member -> spare_view(status, member)
+        end
+    end
+  end
+
+  @doc """
   A spare's server's answer to where its callers go (`members` and
   `hint`, see `t:hint/0`), and its new hint: the primary first, when a
   member named it lately (a member passes a command on to the primary
@@ -103,13 +145,18 @@ defmodule Visor.Forward do
       nil ->
         status
 
-      %{cluster: cluster, view: view, primary: primary, replicas: replicas} ->
+      %{primary: primary} = member ->
         remember_primary(module, primary)
-        replicas = for r <- replicas, do: %{r | health: health(r.node)}
-        %{status | cluster: cluster, view: view, primary: primary, replicas: replicas}
+        spare_view(status, member)
     end
   catch
     :exit, _reason -> status
+  end
+
+  # Where the cluster stands as `member` sees it, health as this node does.
+  defp spare_view(status, %{cluster: cluster, view: view, primary: primary, replicas: replicas}) do
+    replicas = for r <- replicas, do: %{r | health: health(r.node)}
+    %{status | cluster: cluster, view: view, primary: primary, replicas: replicas}
   end
 
   defp health(node), do: if(node in Node.list(), do: :connected, else: :disconnected)
@@ -137,8 +184,13 @@ defmodule Visor.Forward do
     end)
   end
 
-  defp replica_status(module, node, timeout) do
-    case GenServer.call({Visor.Supervisor.name(module, :server), node}, :status, timeout) do
+  defp replica_status(group, node, timeout) do
+    server =
+      if is_atom(group),
+        do: {Visor.Supervisor.name(group, :server), node},
+        else: server_pid(node, group, timeout)
+
+    case server && GenServer.call(server, :status, timeout) do
       %{primary: primary, replicas: [_ | _]} = status when primary != nil -> status
       _no_replica -> nil
     end
@@ -211,11 +263,18 @@ defmodule Visor.Forward do
   # the monitor and once for the message: a server registered between the
   # two would take a commit whose caller, told :noproc, tries another
   # member. A pid is one process for both, and never comes back.
-  defp server_pid(node, module, timeout) do
+  # A keyed group's server has a :via name, which only its node resolves.
+  defp server_pid(node, module, timeout) when is_atom(module) do
     case :erpc.call(node, :erlang, :whereis, [Visor.Supervisor.name(module, :server)], timeout) do
       pid when is_pid(pid) -> pid
       :undefined -> nil
     end
+  catch
+    _kind, _reason -> nil
+  end
+
+  defp server_pid(node, group, timeout) do
+    :erpc.call(node, Visor.Supervisor, :whereis, [group, :server], timeout)
   catch
     _kind, _reason -> nil
   end

@@ -28,8 +28,11 @@ defmodule Visor.Guard do
   # carries the arguments of a call that matched no clause, the state among
   # them) before the process exits with it.
 
-  @doc "Starts `module` with `arg`, registered locally as `name`, linked to the caller."
-  @spec start_link(module(), term(), atom()) :: GenServer.on_start()
+  @doc """
+  Starts `module` with `arg`, registered as `name` (a local atom, or a
+  keyed group's `{:via, Registry, _}` name), linked to the caller.
+  """
+  @spec start_link(module(), term(), atom() | {:via, module(), term()}) :: GenServer.on_start()
   def start_link(module, arg, name) do
     :proc_lib.start_link(__MODULE__, :init_it, [self(), module, arg, name])
   end
@@ -47,9 +50,11 @@ defmodule Visor.Guard do
           exit(reason)
       end
     else
-      :proc_lib.init_ack({:error, {:already_started, Process.whereis(name)}})
+      :proc_lib.init_ack({:error, {:already_started, GenServer.whereis(name)}})
     end
   end
+
+  defp register({:via, registry, name}), do: registry.register_name(name, self()) == :yes
 
   defp register(name) do
     Process.register(self(), name)

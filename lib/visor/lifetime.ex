@@ -36,58 +36,185 @@ defmodule Visor.Lifetime do
   #     server executes the log again (from op 1 when it rejoins, from its
   #     checkpoint in disk mode), and a `handle_commit` failure it meets
   #     again is not logged again (`Visor.Executor`).
+  #
+  # ## Keyed groups
+  #
+  # A keyed group's record (`{module, key}`, `Visor.Groups`) holds the same,
+  # plus the members its group host started it with (`hosted/1`), so that a
+  # restarted host (its `Visor.Groups` supervisor restarted) starts the
+  # groups it hosted again, each rejoining. It lives in one ETS table per
+  # node, not in a `:persistent_term` per group: a `:persistent_term.put`
+  # copies the whole table and replacing a term scans every process's
+  # heap, once per formation, which does not scale to thousands of groups.
+  #
+  # The table must last as long as the VM, as a `:persistent_term` does:
+  # a memory-mode replica that lost its state must rejoin recovering, never
+  # start fresh. It is owned by a keeper process (`Visor.Lifetime.Keeper`)
+  # spawned on first use, linked to nothing and supervised by nothing, so
+  # no supervisor's exit or shutdown reaches it; its group leader is
+  # `init`'s, so that no application's stop (which kills the processes of
+  # its group leader) ends it; it receives nothing and never returns. Only
+  # an explicit `Process.exit(keeper, :kill)`, or the end of the VM, ends
+  # it, as only `:persistent_term.erase/1` ends the default group's record.
+  # Rows are written on a group's first use, at each formation decision
+  # and when a host starts or stops a group: one `:ets.insert/2` each.
+
+  @table __MODULE__
+  @keeper Visor.Lifetime.Keeper
 
   @executing 1
   @streak_op 2
   @streak_count 3
 
+  @typedoc "A module's default group, or one of its keyed groups."
+  @type group :: module() | {module(), term()}
+
   @doc "This group's record on this node (created on first use)."
-  @spec get(module()) :: %{
+  @spec get(group()) :: %{
           formed: %{term() => map()},
           counters: :atomics.atomics_ref(),
           executed: :atomics.atomics_ref()
         }
-  def get(module) do
-    case :persistent_term.get({__MODULE__, module}, nil) do
+  def get(group) do
+    case read(group) do
       %{formed: _, counters: _, executed: _} = record ->
         record
 
       nil ->
         record = %{formed: %{}, counters: :atomics.new(3, []), executed: :atomics.new(1, [])}
-        :persistent_term.put({__MODULE__, module}, record)
-        record
+        create(group, record)
     end
   end
 
   @doc "The cluster this node's replica joined under configuration `key`, or `nil`."
-  @spec formed(module(), term()) :: map() | nil
-  def formed(module, key), do: Map.get(get(module).formed, key)
+  @spec formed(group(), term()) :: map() | nil
+  def formed(group, key), do: Map.get(get(group).formed, key)
 
   @doc "Records the cluster this node's replica joined under configuration `key`."
-  @spec put_formed(module(), term(), map()) :: :ok
-  def put_formed(module, key, formed) do
-    record = get(module)
+  @spec put_formed(group(), term(), map()) :: :ok
+  def put_formed(group, key, formed) do
+    record = get(group)
 
-    if Map.get(record.formed, key) != formed do
-      record = %{record | formed: Map.put(record.formed, key, formed)}
-      :persistent_term.put({__MODULE__, module}, record)
-    end
+    if Map.get(record.formed, key) != formed,
+      do: write(group, %{record | formed: Map.put(record.formed, key, formed)})
 
     :ok
   end
 
   @doc """
-  Erases the group's record on this node (`Visor.forget/1`): only while the
-  group is not running here, since a running one would write it again.
+  Erases the group's record on this node (`Visor.forget/1`, and
+  `Visor.stop_group/2` for a keyed group): only while the group is not
+  running here, since a running one would write it again.
   """
-  @spec forget(module()) :: :ok | {:error, :running}
-  def forget(module) do
-    if Process.whereis(Visor.Supervisor.name(module, :supervisor)) do
-      {:error, :running}
-    else
-      _ = :persistent_term.erase({__MODULE__, module})
-      :ok
+  @spec forget(group()) :: :ok | {:error, :running}
+  def forget(group) do
+    cond do
+      Visor.Supervisor.whereis(group, :supervisor) ->
+        {:error, :running}
+
+      is_atom(group) ->
+        _ = :persistent_term.erase({__MODULE__, group})
+        :ok
+
+      true ->
+        {:ok, table} = table()
+        true = :ets.delete(table, group)
+        :ok
     end
+  end
+
+  @doc """
+  Records that this node's group host runs the keyed group `group` with
+  `members`, until `forget/1`.
+  """
+  @spec host({module(), term()}, [node()]) :: :ok
+  def host({_module, _key} = group, members) do
+    record = get(group)
+    if Map.get(record, :hosted) != members, do: write(group, Map.put(record, :hosted, members))
+    :ok
+  end
+
+  @doc "The keyed groups of `module` this node's group host runs: `[{key, members}]`."
+  @spec hosted(module()) :: [{term(), [node()]}]
+  def hosted(module) do
+    case :ets.whereis(@table) do
+      :undefined ->
+        []
+
+      table ->
+        for [key, %{hosted: members}] <- :ets.match(table, {{module, :"$1"}, :"$2"}),
+            do: {key, members}
+    end
+  end
+
+  @doc "The members this node's group host runs the keyed group `group` with, or `nil`."
+  @spec hosting({module(), term()}) :: [node()] | nil
+  def hosting({_module, _key} = group), do: with(%{} = record <- read(group), do: record[:hosted])
+
+  # A default group's record is a :persistent_term (one per module); a
+  # keyed group's a row of the keeper's table (see the top of this module).
+  defp read(module) when is_atom(module), do: :persistent_term.get({__MODULE__, module}, nil)
+
+  defp read(group) do
+    case :ets.whereis(@table) do
+      :undefined -> nil
+      table -> with([{_, record}] <- :ets.lookup(table, group), do: record, else: (_ -> nil))
+    end
+  end
+
+  defp write(module, record) when is_atom(module),
+    do: :persistent_term.put({__MODULE__, module}, record)
+
+  defp write(group, record) do
+    {:ok, table} = table()
+    true = :ets.insert(table, {group, record})
+  end
+
+  # The first record wins: two processes of one group may create it at once.
+  defp create(module, record) when is_atom(module) do
+    write(module, record)
+    record
+  end
+
+  defp create(group, record) do
+    {:ok, table} = table()
+
+    if :ets.insert_new(table, {group, record}),
+      do: record,
+      else: read(group)
+  end
+
+  # The keeper's table, started on first use (see the top of this module).
+  defp table do
+    case :ets.whereis(@table) do
+      :undefined -> start_keeper()
+      table -> {:ok, table}
+    end
+  end
+
+  defp start_keeper do
+    caller = self()
+    {pid, monitor} = spawn_monitor(fn -> keep(caller) end)
+
+    receive do
+      {@keeper, ^pid} ->
+        Process.demonitor(monitor, [:flush])
+        table()
+
+      # Another keeper registered first, and creates the table.
+      {:DOWN, ^monitor, :process, ^pid, _} ->
+        Process.sleep(1)
+        table()
+    end
+  end
+
+  defp keep(caller) do
+    {:group_leader, leader} = Process.info(Process.whereis(:init), :group_leader)
+    Process.group_leader(self(), leader)
+    Process.register(self(), @keeper)
+    _ = :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
+    send(caller, {@keeper, self()})
+    Process.sleep(:infinity)
   end
 
   @doc """
@@ -95,17 +222,17 @@ defmodule Visor.Lifetime do
   node's last server heard (`Visor.Server`): kept so that a restarted
   server goes on batching while one of them is down.
   """
-  @spec batch_members(module()) :: [node()]
-  def batch_members(module), do: Map.get(get(module), :batch_members, [])
+  @spec batch_members(group()) :: [node()]
+  def batch_members(group), do: Map.get(get(group), :batch_members, [])
 
   @doc "Records `batch_members/1` (written only when it changed)."
-  @spec batch_members(module(), [node()]) :: :ok
-  def batch_members(module, nodes) do
-    record = get(module)
+  @spec batch_members(group(), [node()]) :: :ok
+  def batch_members(group, nodes) do
+    record = get(group)
     nodes = Enum.sort(nodes)
 
     if Map.get(record, :batch_members, []) != nodes,
-      do: :persistent_term.put({__MODULE__, module}, Map.put(record, :batch_members, nodes))
+      do: write(group, Map.put(record, :batch_members, nodes))
 
     :ok
   end

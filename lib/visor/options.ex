@@ -85,13 +85,15 @@ defmodule Visor.Options do
   # Supervisors' reports show their children's start arguments, these
   # options among them: `init_arg` and `opts` may hold the application's
   # secrets, so inspecting the struct shows only who it is for.
-  @derive {Inspect, only: [:module, :membership, :storage]}
-  @enforce_keys [:module, :membership, :pool_size, :engine, :opts]
+  @derive {Inspect, only: [:group, :membership, :storage]}
+  @enforce_keys [:module, :group, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++
               [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}, init_arg: []]
 
   @typedoc """
-  `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
+  `module` is the state machine; `group` names the group: the module for
+  its default group, `{module, key}` for a keyed one (`keyed/2`, started by
+  `Visor.Groups`). `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
   the options for `Visor.Native.start/2` other than the cluster's identity;
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
   store directory (inside the user's `data_dir`); `busy_poll_us` how long
@@ -102,6 +104,7 @@ defmodule Visor.Options do
   """
   @type t :: %__MODULE__{
           module: module(),
+          group: module() | {module(), term()},
           membership: {:nodes, [node()]} | {:cluster_size, pos_integer()},
           pool_size: pos_integer(),
           engine: map(),
@@ -175,6 +178,7 @@ defmodule Visor.Options do
 
     %__MODULE__{
       module: module,
+      group: module,
       membership: membership,
       pool_size: pool_size,
       engine: engine,
@@ -192,22 +196,39 @@ defmodule Visor.Options do
   end
 
   @doc """
-  The cluster id of an explicit membership: 16 bytes derived from the module,
-  the sorted nodes and the shared settings, so every node computes the same
-  id, and two groups (or two memberships, or members whose shared settings
-  differ) never accept each other's messages. `settings` defaults to those
-  of default options.
+  The configuration of the keyed group `{module, key}` (`Visor.Groups`):
+  `config`, validated for `module` with an explicit membership, named by
+  the key. Its cluster id folds the key in (`cluster_id/3`).
   """
-  @spec cluster_id(module(), [node()], map()) :: <<_::128>>
-  def cluster_id(module, nodes, settings \\ default_settings()) do
-    # md5 is in erts (no :crypto application needed); this is an identity,
-    # not a security boundary: distribution's cookie is that. The encoding
-    # is pinned (minor_version 1, OTP 25's default; OTP 26's is 2), so
-    # nodes on two OTP releases, and a disk store, agree on the id.
-    settings = Enum.sort(settings)
-    term = {:visor_cluster, 2, module, Enum.sort(nodes), settings}
-    :erlang.md5(:erlang.term_to_binary(term, minor_version: 1))
-  end
+  @spec keyed(t(), term()) :: t()
+  def keyed(%__MODULE__{module: module, membership: {:nodes, _}} = config, key) when key != nil,
+    do: %{config | group: {module, key}}
+
+  @doc """
+  The cluster id of an explicit membership: 16 bytes derived from the group
+  (the module, and a keyed group's key), the sorted nodes and the shared
+  settings, so every node computes the same id, and two groups (or two
+  memberships, or members whose shared settings differ) never accept each
+  other's messages. `settings` defaults to those of default options.
+
+  A module's default group hashes version 2 of the term, as before keyed
+  groups existed, so its id (and its disk store) is unchanged; a keyed
+  group hashes version 3, which adds the key.
+  """
+  @spec cluster_id(module() | {module(), term()}, [node()], map()) :: <<_::128>>
+  def cluster_id(group, nodes, settings \\ default_settings())
+
+  def cluster_id({module, key}, nodes, settings) when is_atom(module) and key != nil,
+    do: hash({:visor_cluster, 3, module, key, Enum.sort(nodes), Enum.sort(settings)})
+
+  def cluster_id(module, nodes, settings) when is_atom(module),
+    do: hash({:visor_cluster, 2, module, Enum.sort(nodes), Enum.sort(settings)})
+
+  # md5 is in erts (no :crypto application needed); this is an identity,
+  # not a security boundary: distribution's cookie is that. The encoding
+  # is pinned (minor_version 1, OTP 25's default; OTP 26's is 2), so
+  # nodes on two OTP releases, and a disk store, agree on the id.
+  defp hash(term), do: :erlang.md5(:erlang.term_to_binary(term, minor_version: 1))
 
   @doc "The engine settings every member must share, from the engine options."
   @spec shared_settings(map()) :: %{atom() => non_neg_integer()}
@@ -347,7 +368,12 @@ defmodule Visor.Options do
     end
   end
 
-  defp nodes!(module, nodes) do
+  @doc """
+  `nodes` sorted, if it is a list of 1 to `max_replicas/0` distinct node
+  names; raises `ArgumentError` naming `module` otherwise.
+  """
+  @spec nodes!(module(), term()) :: [node()]
+  def nodes!(module, nodes) do
     valid? = is_list(nodes) and nodes != [] and Enum.all?(nodes, &(is_atom(&1) and &1 != nil))
 
     unless valid? and length(nodes) <= max_replicas() do

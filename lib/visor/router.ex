@@ -6,6 +6,9 @@ defmodule Visor.Router do
   # registered locally under the group's module, so a peer reaches it as
   # `{module, node}`.
   #
+  # A keyed group's router has a `:via` name instead (`Visor.Supervisor`),
+  # and a peer's messages reach it through its node's group host.
+  #
   # It never runs the application's code. That is its reason to exist: the
   # replica's protocol (heartbeats, prepares and their acknowledgements,
   # view-change votes) must flow while `Visor.Server` runs a slow
@@ -37,15 +40,15 @@ defmodule Visor.Router do
 
   # watch: what the router last saw of the replica (Visor.Router.Watch),
   # and the timer of its next look.
-  defstruct [:module, :counters, :server, :watch, :watch_timer, engine: nil, members: {}]
+  defstruct [:group, :counters, :server, :watch, :watch_timer, engine: nil, members: {}]
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
 
   @doc "Starts the router of a group (under `Visor.Supervisor`)."
   @spec start_link(Visor.Options.t()) :: GenServer.on_start()
-  def start_link(%Visor.Options{module: module}) do
-    Visor.Guard.start_link(__MODULE__, module, Visor.Supervisor.name(module, :router))
+  def start_link(%Visor.Options{group: group}) do
+    Visor.Guard.start_link(__MODULE__, group, Visor.Supervisor.name(group, :router))
   end
 
   @doc """
@@ -53,9 +56,9 @@ defmodule Visor.Router do
   sends to `members` (a tuple of nodes, by replica index) from then on.
   Called by the group's server; raises as `Visor.Native.start/2` does.
   """
-  @spec start_engine(module(), map(), tuple()) :: Native.engine()
-  def start_engine(module, opts, members) do
-    name = Visor.Supervisor.name(module, :router)
+  @spec start_engine(Visor.Supervisor.group(), map(), tuple()) :: Native.engine()
+  def start_engine(group, opts, members) do
+    name = Visor.Supervisor.name(group, :router)
 
     case GenServer.call(name, {:visor_start_engine, opts, members}, :infinity) do
       {:ok, engine} -> engine
@@ -64,9 +67,9 @@ defmodule Visor.Router do
   end
 
   @doc "The router's counters (`stats/1` reads them); called once by the server."
-  @spec counters(module()) :: :counters.counters_ref()
-  def counters(module),
-    do: GenServer.call(Visor.Supervisor.name(module, :router), :visor_counters, :infinity)
+  @spec counters(Visor.Supervisor.group()) :: :counters.counters_ref()
+  def counters(group),
+    do: GenServer.call(Visor.Supervisor.name(group, :router), :visor_counters, :infinity)
 
   @doc """
   What the router dropped, for `status().stats`: peers' messages the
@@ -84,19 +87,19 @@ defmodule Visor.Router do
   # ---- Process ------------------------------------------------------------
 
   @doc false
-  def init(module) do
-    Logger.metadata(visor_group: module)
+  def init(group) do
+    Logger.metadata(visor_group: group)
 
-    {:ok, %__MODULE__{module: module, counters: :counters.new(length(@stats), [])}}
+    {:ok, %__MODULE__{group: group, counters: :counters.new(length(@stats), [])}}
   end
 
   @doc false
   def handle_call({:visor_start_engine, opts, members}, {pid, _tag}, state)
       when is_map(opts) and is_tuple(members) do
-    if pid == Process.whereis(Visor.Supervisor.name(state.module, :server)) do
+    if pid == Visor.Supervisor.whereis(state.group, :server) do
       {:ok, engine} = Native.start(opts, self())
       Logger.metadata(replica: opts.replica_index)
-      watch = Watch.new(state.module, members, opts.replica_index, System.monotonic_time())
+      watch = Watch.new(state.group, members, opts.replica_index, System.monotonic_time())
       state = %{state | engine: engine, members: members, server: pid, watch: watch}
       {:reply, {:ok, engine}, watch(state)}
     else
@@ -155,12 +158,14 @@ defmodule Visor.Router do
 
   # Carries out a send (true), or leaves the event for the server (false).
   defp send_event({:send, to, messages}, state) do
-    case :erlang.send(
-           {Visor.Supervisor.name(state.module, :router), elem(state.members, to)},
+    # Never block: not on connection setup (Formation reconnects members),
+    # not on a busy distribution buffer. The protocol tolerates the loss;
+    # the counters show it.
+    case Visor.Supervisor.send_remote(
+           state.group,
+           :router,
+           elem(state.members, to),
            {:visor_peer, messages},
-           # Never block: not on connection setup (Formation reconnects
-           # members), not on a busy distribution buffer. The protocol
-           # tolerates the loss; the counters show it.
            [:noconnect, :nosuspend]
          ) do
       :ok -> :ok
@@ -209,7 +214,7 @@ defmodule Visor.Router do
   # The replica holds its state (a recovering one has finished): formation
   # hears it at once, not behind the server's work.
   defp carry_out(:has_state, state) do
-    Visor.Formation.replica_normal(state.module)
+    Visor.Formation.replica_normal(state.group)
     []
   end
 
@@ -222,7 +227,7 @@ defmodule Visor.Router do
   end
 
   defp telemetry(state, event, measurements, metadata) do
-    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    metadata = Map.merge(metadata, %{group: state.group, node: node()})
     Visor.Telemetry.execute(event, measurements, metadata)
   end
 

@@ -89,6 +89,8 @@ defmodule Visor.Server do
 
   defstruct [
     :module,
+    # The module, or a keyed group's {module, key} (Visor.Options).
+    :group,
     :config,
     :lifecycle,
     :machine,
@@ -123,15 +125,15 @@ defmodule Visor.Server do
 
   @doc "Starts the server of a group (under `Visor.Supervisor`)."
   @spec start_link(Options.t()) :: GenServer.on_start()
-  def start_link(%Options{module: module} = config) do
+  def start_link(%Options{group: group} = config) do
     # Visor.Guard, not GenServer: no message a peer sends may crash it.
-    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(module, :server))
+    Visor.Guard.start_link(__MODULE__, config, Visor.Supervisor.name(group, :server))
   end
 
   # ---- Setup -------------------------------------------------------------
 
   @impl GenServer
-  def init(%Options{module: module} = config) do
+  def init(%Options{module: module, group: group} = config) do
     # A process that handle_commit links to and that dies must not take
     # the server down with it: its exit becomes a message (counted in
     # unexpected_messages). Visor.Guard stops the server on its
@@ -139,28 +141,29 @@ defmodule Visor.Server do
     Process.flag(:trap_exit, true)
     # A member reconnecting is asked again what its code executes.
     :ok = :net_kernel.monitor_nodes(true)
-    Logger.metadata(visor_group: module)
-    counters = Lifetime.get(module).counters
+    Logger.metadata(visor_group: group)
+    %{counters: counters, executed: executed} = Lifetime.get(group)
 
     {machine, effects} =
-      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters))
+      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters), executed)
 
     tag = make_ref()
 
     state = %__MODULE__{
       module: module,
+      group: group,
       config: config,
-      features: kept_features(module),
+      features: kept_features(group),
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
       upgrade: Upgrade.new(module),
-      router_stats: Router.counters(module)
+      router_stats: Router.counters(group)
     }
 
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
     state = run(effects, state)
-    {:ok, formation(state, Formation.subscribe(module, tag))}
+    {:ok, formation(state, Formation.subscribe(group, tag))}
   end
 
   defp formation(state, decision) do
@@ -242,7 +245,7 @@ defmodule Visor.Server do
         nodes
 
       {:cluster_size, _} ->
-        scope = Visor.Supervisor.name(state.module, :scope)
+        scope = Visor.Supervisor.name(state.group, :scope)
         :pg.get_members(scope, :formation) |> Enum.map(&node/1) |> Enum.uniq()
     end
   end
@@ -338,10 +341,10 @@ defmodule Visor.Server do
   # them is noticed within a second.
   defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
     query = {:visor_features, self(), Executor.features(), true}
-    name = Visor.Supervisor.name(state.module, :server)
 
     for node <- Tuple.to_list(members) -- [node()],
-        do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
+        do:
+          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
 
     state
   end
@@ -403,8 +406,11 @@ defmodule Visor.Server do
 
   # A spare's server relays its caller's pipelined command (Visor.Server.Relay),
   # with the time left; it gets the answer, or a refusal before admission.
+  # A caller on a node with no replica of a keyed group sends it itself,
+  # with its alias as `spare` (Visor.pipeline/3): see carry_out/2.
   defp info({:visor_pipelined, spare, ref, caller, payload, left}, state)
-       when is_pid(spare) and is_reference(ref) and is_pid(caller) and is_binary(payload) and
+       when (is_pid(spare) or spare == ref) and is_reference(ref) and is_pid(caller) and
+              is_binary(payload) and
               is_integer(left) and left >= 0 do
     from = {:visor_relayed, spare, ref}
     now = System.monotonic_time(:millisecond)
@@ -577,7 +583,7 @@ defmodule Visor.Server do
   end
 
   defp info(message, state) do
-    Logger.debug("#{inspect(state.module)}: dropped unexpected message #{inspect(message)}")
+    Logger.debug("#{inspect(state.group)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
   end
 
@@ -591,10 +597,10 @@ defmodule Visor.Server do
   # is down, and asks it again when its node reconnects (nodeup). A
   # connected member's group may have restarted with other code while
   # this node's was stopped: it must answer this server first.
-  defp kept_features(module) do
+  defp kept_features(group) do
     connected = Node.list()
 
-    for node <- Lifetime.batch_members(module),
+    for node <- Lifetime.batch_members(group),
         node not in connected,
         into: %{},
         do: {node, {nil, nil}}
@@ -604,7 +610,7 @@ defmodule Visor.Server do
   # while a member is down still batches (that member's answer stands, as
   # it would have here).
   defp put_features(state, features) do
-    :ok = Lifetime.batch_members(state.module, Map.keys(features))
+    :ok = Lifetime.batch_members(state.group, Map.keys(features))
     %{state | features: features}
   end
 
@@ -701,7 +707,7 @@ defmodule Visor.Server do
   defp checkpoint(bytes, duration), do: %{bytes: byte_size(bytes), duration: duration}
 
   defp telemetry(state, event, measurements, metadata) do
-    metadata = Map.merge(metadata, %{group: state.module, node: node()})
+    metadata = Map.merge(metadata, %{group: state.group, node: node()})
     Visor.Telemetry.execute(event, measurements, metadata)
   end
 
@@ -731,6 +737,15 @@ defmodule Visor.Server do
     state
   end
 
+  # A keyed group's caller on a node with no replica: the answer goes to
+  # its alias, as this node's own pipelining callers get theirs (a refusal
+  # is the error). It has no telemetry span (docs/operations.md).
+  defp carry_out({:reply, {:visor_relayed, ref, ref}, reply}, state) do
+    reply = with {:visor_refused, reason} <- reply, do: {:error, reason}
+    :erlang.send(ref, {ref, with({:ok, result} <- reply, do: result)}, [:noconnect])
+    state
+  end
+
   defp carry_out({:reply, {:visor_relayed, spare, ref}, reply}, state) do
     :erlang.send(spare, {:visor_relayed, ref, reply}, [:noconnect])
     state
@@ -744,15 +759,17 @@ defmodule Visor.Server do
   defp carry_out({:answer, entry, reply}, state),
     do: carry_out({:reply, entry.from, reply}, state)
 
+  # Only a default group has spares (a keyed group runs on its members
+  # alone), so the server's name here is an atom.
   defp carry_out({:watch, node}, state) do
-    Process.monitor({Visor.Supervisor.name(state.module, :server), node})
+    Process.monitor({Visor.Supervisor.name(state.group, :server), node})
     state
   end
 
   defp carry_out({:forward, node, entry}, state) do
     left = max(entry.deadline - System.monotonic_time(:millisecond), 0)
     message = {:visor_pipelined, self(), entry.ref, entry.caller, entry.payload, left}
-    :erlang.send({Visor.Supervisor.name(state.module, :server), node}, message, [:noconnect])
+    Visor.Supervisor.send_remote(state.group, :server, node, message, [:noconnect])
     state
   end
 
@@ -782,8 +799,11 @@ defmodule Visor.Server do
 
   defp carry_out({:ask, round, nodes}, state) do
     query = {:visor_version_query, self(), round}
-    name = Visor.Supervisor.name(state.module, :server)
-    for node <- nodes, do: :erlang.send({name, node}, query, [:noconnect, :nosuspend])
+
+    for node <- nodes,
+        do:
+          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
+
     state
   end
 
@@ -813,7 +833,7 @@ defmodule Visor.Server do
   # The router owns the engine, so that peer traffic never waits for this
   # process (see the top of this module).
   defp carry_out({:start_engine, opts}, state) do
-    engine = Router.start_engine(state.module, opts, state.lifecycle.members)
+    engine = Router.start_engine(state.group, opts, state.lifecycle.members)
     state = ask_features(%{state | engine: engine, starts: state.starts + 1})
     now = System.monotonic_time(:millisecond)
     {upgrade, effects} = Upgrade.engine_started(state.upgrade, upgrade_view(state), now)
@@ -888,7 +908,7 @@ defmodule Visor.Server do
     %{
       status
       | state: %{
-          module: state.module,
+          group: state.group,
           phase: state.lifecycle.phase,
           members: state.lifecycle.members,
           index: state.lifecycle.index,

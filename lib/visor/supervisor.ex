@@ -15,23 +15,52 @@ defmodule Visor.Supervisor do
   # restarts, and restarts of this supervisor too (it lasts as long as the
   # VM, until `Visor.forget/1`): in memory mode a restarted pair rejoins even
   # if no peer remembers this node.
+  #
+  # A keyed group (`{module, key}`, under `Visor.Groups`) runs the same
+  # processes, named without atoms: through the module's `Registry`
+  # (`name/2`), one per module per node. A peer cannot address a `:via`
+  # name on another node, so a message for a keyed group's process on
+  # another node goes to that node's group host (`Visor.Groups.Host`,
+  # registered under one atom per module), which hands it to the process
+  # the key names there (`send_remote/5`). One hop more per peer message,
+  # but deterministic: the host looks the process up when the message
+  # arrives, so a restarted peer is reached at once, with no pid to learn
+  # or forget (docs/architecture.md, "Keyed groups").
 
   use Supervisor
 
   alias Visor.Options
 
-  @doc "Starts the group described by validated options."
+  @typedoc "A module's default group, or one of its keyed groups."
+  @type group :: module() | {module(), term()}
+  @type role :: :router | :server | :formation | :scope | :supervisor | :backstop
+
+  @doc """
+  Starts the group described by validated options. A keyed group's
+  supervisor is registered with its member nodes as the registry's value
+  (`Visor.Groups` lists them from there).
+  """
   @spec start_link(Options.t()) :: Supervisor.on_start()
-  def start_link(%Options{module: module} = config) do
-    Supervisor.start_link(__MODULE__, config, name: name(module, :supervisor))
+  def start_link(%Options{group: {module, key}, membership: {:nodes, nodes}} = config) do
+    name = {:via, Registry, {Visor.Groups.registry(module), {key, :supervisor}, nodes}}
+    Supervisor.start_link(__MODULE__, config, name: name)
+  end
+
+  def start_link(%Options{group: group} = config) do
+    Supervisor.start_link(__MODULE__, config, name: name(group, :supervisor))
   end
 
   @doc """
-  Locally registered names of a group's processes. The router is registered
-  under the module itself, so a peer reaches it as `{module, node}`.
+  The names of a group's processes on a node. A default group's are
+  locally registered atoms, as they always were: the router is registered
+  under the module itself, so a peer reaches it as `{module, node}`. A
+  keyed group's are `:via` names in its module's registry
+  (`Visor.Groups.registry/1`): no atom per group.
   """
-  @spec name(module(), :router | :server | :formation | :scope | :supervisor | :backstop) ::
-          atom()
+  @spec name(group(), role()) :: atom() | {:via, Registry, {atom(), {term(), role()}}}
+  def name({module, key}, role),
+    do: {:via, Registry, {Visor.Groups.registry(module), {key, role}}}
+
   def name(module, :router), do: module
   def name(module, :server), do: Module.concat([module, Visor, Server])
   def name(module, :formation), do: Module.concat([module, Visor, Formation])
@@ -39,11 +68,34 @@ defmodule Visor.Supervisor do
   def name(module, :supervisor), do: Module.concat([module, Visor, Supervisor])
   def name(module, :backstop), do: Module.concat([module, Visor, Backstop])
 
+  @doc "The pid of a group's process `role` on this node, or `nil`."
+  @spec whereis(group(), role()) :: pid() | nil
+  def whereis(group, role) do
+    GenServer.whereis(name(group, role))
+  rescue
+    # A keyed group's registry that does not run: no Visor.Groups here.
+    ArgumentError -> nil
+  end
+
+  @doc """
+  Sends `message` to the group's process `role` on `node`, with
+  `:erlang.send/3`'s `opts`: straight to the registered name for a default
+  group, through `node`'s group host for a keyed one (see the top of this
+  module), which drops it if the group does not run there.
+  """
+  @spec send_remote(group(), role(), node(), term(), [:noconnect | :nosuspend]) ::
+          :ok | :noconnect | :nosuspend
+  def send_remote({module, key}, role, node, message, opts),
+    do: :erlang.send({Visor.Groups.host(module), node}, {:visor_to, key, role, message}, opts)
+
+  def send_remote(module, role, node, message, opts),
+    do: :erlang.send({name(module, role), node}, message, opts)
+
   @impl Supervisor
-  def init(%Options{module: module} = config) do
+  def init(%Options{group: group} = config) do
     scope =
       case config.membership do
-        {:cluster_size, _} -> [%{id: :pg, start: {:pg, :start_link, [name(module, :scope)]}}]
+        {:cluster_size, _} -> [%{id: :pg, start: {:pg, :start_link, [name(group, :scope)]}}]
         {:nodes, _} -> []
       end
 
@@ -52,7 +104,7 @@ defmodule Visor.Supervisor do
         [
           {Visor.Formation, config},
           {Visor.Router, config},
-          {Visor.Backstop, module},
+          {Visor.Backstop, group},
           {Visor.Server, config}
         ]
 

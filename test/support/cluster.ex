@@ -117,7 +117,11 @@ defmodule Visor.Test.Cluster do
   end
 
   @doc false
-  def start_group_here(module, opts, log_level) do
+  def start_group_here(module, opts, log_level),
+    do: start_children_here([{module, opts}], holder(module), log_level)
+
+  @doc false
+  def start_children_here(children, name, log_level) do
     parent = self()
     # Quiet peers: info logs of every node of every test drown the output.
     :logger.set_primary_config(:level, log_level)
@@ -128,8 +132,7 @@ defmodule Visor.Test.Cluster do
       # OTP 25: a child that refuses to start also exits, linked to this
       # process; trap it, so that the refusal is returned to the caller.
       Process.flag(:trap_exit, true)
-      name = holder(module)
-      result = Supervisor.start_link([{module, opts}], strategy: :one_for_one, name: name)
+      result = Supervisor.start_link(children, strategy: :one_for_one, name: name)
       send(parent, {:started, result})
       Process.sleep(:infinity)
     end)
@@ -138,6 +141,32 @@ defmodule Visor.Test.Cluster do
       {:started, result} -> result
     end
   end
+
+  @doc """
+  Starts `Visor.Groups` for `module` with `opts` on each node (under a
+  holder process, as `start_group/4` does), peers logging at `log_level`.
+  """
+  def start_groups_host(nodes, module, opts, log_level \\ :error) do
+    for node <- nodes do
+      {:ok, _} =
+        :erpc.call(
+          node,
+          __MODULE__,
+          :start_children_here,
+          [[{Visor.Groups, [module: module] ++ opts}], host_holder(module), log_level],
+          @boot_timeout
+        )
+    end
+
+    :ok
+  end
+
+  @doc "Stops `module`'s `Visor.Groups` on `node` (started with `start_groups_host/4`)."
+  def stop_groups_host(node, module) do
+    :erpc.call(node, Supervisor, :stop, [host_holder(module)])
+  end
+
+  defp host_holder(module), do: Module.concat([module, Visor, TestGroupsHolder])
 
   @doc "Stops `module`'s group on `node` (started with `start_group/3`)."
   def stop_group(node, module) do

@@ -71,3 +71,12 @@ defmodule Visor.Test.Accessors do
   @doc "An accessor that kills the process it runs in."
   def killer, do: fn :get, _data, _next -> Process.exit(self(), :kill) end
 end
+
+defmodule Visor.Test.KeyedHelpers do
+  @moduledoc "Calls run on peer nodes for the keyed groups' tests."
+
+  @doc "`Visor.pipeline/3` then `Visor.await/2`, in one process on the node."
+  def pipeline_await(group, command, opts \\ []) do
+    group |> Visor.pipeline(command, opts) |> Visor.await()
+  end
+end

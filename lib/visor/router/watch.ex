@@ -60,8 +60,12 @@ defmodule Visor.Router.Watch do
           | :has_state
           | {:primary, non_neg_integer(), boolean()}
 
-  @doc "A replica of `module` at `index` of `members` (a tuple of nodes), started at `now`."
-  @spec new(module(), tuple(), non_neg_integer(), integer()) :: t()
+  @doc """
+  A replica of `module` (a group: a module, or a keyed group's `{module,
+  key}`, named in the logs) at `index` of `members` (a tuple of nodes),
+  started at `now`.
+  """
+  @spec new(module() | {module(), term()}, tuple(), non_neg_integer(), integer()) :: t()
   def new(module, members, index, now),
     do: %__MODULE__{module: module, members: members, index: index, since: now}
 

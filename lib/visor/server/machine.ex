@@ -91,17 +91,25 @@ defmodule Visor.Server.Machine do
   `Visor.Lifetime.death_at/1`: whether this node's previous server died
   inside `handle_commit`, at which op and how many times in a row; after
   #{@poison_deaths} the machine is halted there (a poison command).
+  `executed` is the group's `Visor.Lifetime` record's (by default the
+  module's default group's).
   """
-  @spec new(module(), term(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil) ::
+  @spec new(
+          module(),
+          term(),
+          :atomics.atomics_ref(),
+          {pos_integer(), pos_integer()} | nil,
+          :atomics.atomics_ref() | nil
+        ) ::
           {t(), [effect()]}
-  def new(module, init_arg, counters, death_at) do
+  def new(module, init_arg, counters, death_at, executed \\ nil) do
     {poison, effects} = poison(module, death_at)
 
     machine = %__MODULE__{
       module: module,
       app_state: module.initial_state(init_arg),
       counters: counters,
-      executed: Lifetime.get(module).executed,
+      executed: executed || Lifetime.get(module).executed,
       poison: poison
     }
 

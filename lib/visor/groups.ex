@@ -1,0 +1,257 @@
+defmodule Visor.Groups do
+  @moduledoc """
+  The host of a module's keyed groups on one node: a replicated GenServer
+  per entity, `{module, key}`, started and stopped at run time.
+
+  Start it once per module on every node that may hold keyed groups of
+  the module, beside (or instead of) the module's default group:
+
+      children = [
+        {Cache, nodes: [...]},                 # the default group, as before (optional)
+        {Visor.Groups, module: Cache, replicas: 3}
+      ]
+
+  then, from any node, `Visor.start_group({Cache, key})` (or
+  `Cache.start_group(key)`), and `Visor.commit({Cache, key}, command)`;
+  see `Visor.start_group/2` for the rest of the API.
+
+  Options: `:module` (required); `:members`, the member nodes of every
+  keyed group started without `members:` of its own, or `:replicas`, how
+  many members `Visor.start_group/2` chooses among the connected nodes
+  running this host (default 3); and the group options of `Visor` (the
+  module's `use Visor` defaults apply, and `:nodes`/`:cluster_size` do
+  not: they are the default group's). Every keyed group of the module on
+  this node runs with them. Keyed groups run in memory mode only:
+  `storage: :disk` raises `ArgumentError` (docs/operations.md, "Keyed
+  groups"). `busy_poll_us` defaults to 0 here: with many groups a spinning
+  server per hand-off costs more than the latency it saves.
+
+  What it runs: the module's `Registry` of keyed groups' processes (names
+  without atoms), a `PartitionSupervisor` of `DynamicSupervisor`s that
+  hold one `Visor.Supervisor` per keyed group (its formation, router,
+  backstop and server, as a default group's), and `Visor.Groups.Host`,
+  which starts, stops and restarts them, and carries peers' messages to
+  them. One registered name per module: `Module.concat(module,
+  Visor.Groups)` and its children's, never one per group.
+  """
+
+  use Supervisor
+
+  alias Visor.Options
+
+  @default_replicas 3
+
+  @doc false
+  def child_spec(opts) do
+    %{
+      id: {__MODULE__, Keyword.get(opts, :module)},
+      start: {__MODULE__, :start_link, [opts]},
+      type: :supervisor
+    }
+  end
+
+  @doc """
+  Starts the host of `opts[:module]`'s keyed groups on this node. A bad
+  option raises `ArgumentError` naming it, before anything starts.
+  """
+  @spec start_link(keyword()) :: Supervisor.on_start()
+  def start_link(opts) when is_list(opts) do
+    host = options!(opts)
+    Supervisor.start_link(__MODULE__, host, name: name(host.module))
+  end
+
+  @impl Supervisor
+  def init(%{module: module} = host) do
+    children = [
+      {Registry,
+       keys: :unique,
+       name: registry(module),
+       partitions: System.schedulers_online(),
+       meta: [visor: host]},
+      {PartitionSupervisor, child_spec: DynamicSupervisor, name: partitions(module)},
+      {Visor.Groups.Host, module}
+    ]
+
+    # A registry that restarts has lost every name: the groups restart
+    # with it. The host restarts alone, and starts again whatever it
+    # hosted that does not run (Visor.Groups.Host).
+    Supervisor.init(children, strategy: :rest_for_one)
+  end
+
+  # The host's options: the group options every keyed group of the module
+  # runs with (checked here, with this node as a stand-in member), and the
+  # default members or their number.
+  defp options!(opts) do
+    module = Keyword.get(opts, :module)
+
+    unless is_atom(module) and module != nil do
+      raise ArgumentError, "Visor.Groups needs module: (a module that uses Visor)"
+    end
+
+    {placement, group_opts} = Keyword.split(Keyword.delete(opts, :module), [:members, :replicas])
+
+    for key <- [:nodes, :cluster_size], Keyword.has_key?(group_opts, key) do
+      raise ArgumentError,
+            "#{inspect(module)}: Visor.Groups takes members: or replicas:, not #{key}: " <>
+              "(that is the default group's)"
+    end
+
+    if Keyword.get(group_opts, :storage, :memory) != :memory do
+      raise ArgumentError,
+            "#{inspect(module)}: keyed groups run in memory mode only (storage: :disk is " <>
+              "for the default group; see docs/operations.md, \"Keyed groups\")"
+    end
+
+    group_opts =
+      defaults(module)
+      |> Keyword.drop([:nodes, :cluster_size])
+      |> Keyword.merge(group_opts)
+      |> Keyword.put_new(:busy_poll_us, 0)
+
+    _ = Options.validate!(module, Keyword.put(group_opts, :nodes, [node()]))
+
+    members =
+      case Keyword.fetch(placement, :members) do
+        {:ok, members} -> Options.nodes!(module, members)
+        :error -> nil
+      end
+
+    %{
+      module: module,
+      opts: group_opts,
+      members: members,
+      replicas: replicas!(module, Keyword.get(placement, :replicas, @default_replicas))
+    }
+  end
+
+  # `use Visor`'s default options of the module.
+  defp defaults(module) do
+    Code.ensure_loaded(module)
+
+    if function_exported?(module, :__visor_defaults__, 0),
+      do: module.__visor_defaults__(),
+      else: []
+  end
+
+  defp replicas!(module, n) do
+    if is_integer(n) and n in 1..Options.max_replicas() do
+      n
+    else
+      raise ArgumentError,
+            "#{inspect(module)}: replicas must be an integer in 1..#{Options.max_replicas()}, " <>
+              "got: #{inspect(n)}"
+    end
+  end
+
+  # ---- Names (one per module, never one per group) -------------------------
+
+  @doc false
+  @spec name(module()) :: atom()
+  def name(module), do: Module.concat(module, Visor.Groups)
+
+  @doc false
+  @spec registry(module()) :: atom()
+  def registry(module), do: Module.concat([module, Visor.Groups, Registry])
+
+  @doc false
+  @spec partitions(module()) :: atom()
+  def partitions(module), do: Module.concat([module, Visor.Groups, Partitions])
+
+  @doc false
+  @spec host(module()) :: atom()
+  def host(module), do: Module.concat([module, Visor.Groups, Host])
+
+  # ---- This node (called here, or by other nodes through :erpc) ----------
+
+  @doc false
+  # The host's options on this node, or nil when it does not run here.
+  @spec host_options(module()) :: map() | nil
+  def host_options(module) do
+    case Registry.meta(registry(module), :visor) do
+      {:ok, host} -> host
+      :error -> nil
+    end
+  rescue
+    ArgumentError -> nil
+  end
+
+  @doc false
+  # The keyed group's supervisor on this node and its members, or nil.
+  @spec running(module(), term()) :: {pid(), [node()]} | nil
+  def running(module, key) do
+    case Registry.lookup(registry(module), {key, :supervisor}) do
+      [{pid, members}] -> if Process.alive?(pid), do: {pid, members}
+      [] -> nil
+    end
+  rescue
+    ArgumentError -> nil
+  end
+
+  @doc false
+  # Starts the keyed group here, as one of `members`: `{:ok, :started |
+  # :already_started}` or `{:error, reason}`.
+  @spec start_here(module(), term(), [node()]) :: {:ok, atom()} | {:error, term()}
+  def start_here(module, key, members) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_start, key, members}, :infinity),
+      else: {:error, {:no_group_host, node()}}
+  end
+
+  @doc false
+  # Stops the keyed group here and forgets it: `:ok`, or `:no_group` when
+  # it neither ran nor was hosted here.
+  @spec stop_here(module(), term()) :: :ok | :no_group
+  def stop_here(module, key) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_stop, key}, :infinity),
+      else: :no_group
+  end
+
+  @doc false
+  # The keyed groups with a replica on this node: `[{key, members, server}]`.
+  @spec local(module()) :: [{term(), [node()], pid() | nil}]
+  def local(module) do
+    registry = registry(module)
+
+    supervisors =
+      Registry.select(registry, [
+        {{{:"$1", :supervisor}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}
+      ])
+
+    for {key, pid, members} <- supervisors, Process.alive?(pid) do
+      {key, members, Visor.Supervisor.whereis({module, key}, :server)}
+    end
+  rescue
+    ArgumentError -> []
+  end
+
+  # ---- Placement -----------------------------------------------------------
+
+  @doc """
+  The `n` nodes of `nodes` that rendezvous (highest-random-weight) hashing
+  picks for `group`, highest score first: each node scores
+  `md5({group, node})`, so every node that sees the same `nodes` picks the
+  same members, and a node added to `nodes` takes over only the groups
+  it now scores into the top `n` for.
+
+      iex> Visor.Groups.place({Cache, "a"}, [:x@h, :y@h, :z@h], 3) |> Enum.sort()
+      [:x@h, :y@h, :z@h]
+      iex> Visor.Groups.place({Cache, "a"}, [:x@h, :y@h, :z@h], 2) ==
+      ...>   Visor.Groups.place({Cache, "a"}, [:z@h, :y@h, :x@h], 2)
+      true
+  """
+  @spec place({module(), term()}, [node()], pos_integer()) :: [node()]
+  def place(group, nodes, n) do
+    nodes
+    |> Enum.uniq()
+    |> Enum.sort_by(&score(group, &1), :desc)
+    |> Enum.take(n)
+  end
+
+  # The group's identity rather than its cluster id, which depends on the
+  # members being chosen here.
+  defp score(group, node) do
+    <<score::64, _::64>> = :erlang.md5(:erlang.term_to_binary({group, node}, minor_version: 1))
+    score
+  end
+end

@@ -1,0 +1,174 @@
+defmodule Visor.Groups.Control do
+  @moduledoc false
+  # The cluster-wide operations on keyed groups, run in the caller's
+  # process on any node (`Visor.start_group/2`, `Visor.stop_group/2`,
+  # `Visor.lookup/1`, and the members a call on a node without a replica
+  # goes to): each asks the nodes concerned through `:erpc`, all at once,
+  # and their group hosts (`Visor.Groups.Host`) do the work there.
+  #
+  # Only connected nodes are asked: connecting to an unreachable host can
+  # block for seconds. A node that does not answer (down, or without
+  # Visor's code) counts as one that does not run the host.
+
+  alias Visor.Groups
+
+  # How long a node is waited for when asked what it runs.
+  @ask_timeout_ms 5_000
+  # How long start_group/2 waits for a quorum to form, by default.
+  @start_timeout_ms 15_000
+  @poll_ms 20
+
+  @doc "See `Visor.start_group/2`."
+  @spec start({module(), term()}, keyword()) :: {:ok, map()} | {:error, term()}
+  def start({module, key} = group, opts) do
+    deadline = System.monotonic_time(:millisecond) + timeout!(opts)
+
+    with {:ok, members} <- members_for(group, opts) do
+      results =
+        :erpc.multicall(members, Groups, :start_here, [module, key, members], left(deadline))
+
+      case started(Enum.zip(members, results)) do
+        {:error, _} = error ->
+          error
+
+        started ->
+          case await_quorum(group, members, deadline) do
+            {:ok, info} when started == :already_started -> {:error, {:already_started, info}}
+            result -> result
+          end
+      end
+    end
+  end
+
+  defp timeout!(opts) do
+    case Keyword.get(opts, :timeout, @start_timeout_ms) do
+      timeout when is_integer(timeout) and timeout >= 0 ->
+        timeout
+
+      other ->
+        raise ArgumentError, "timeout must be a non-negative integer (ms), got: #{inspect(other)}"
+    end
+  end
+
+  # The members: given, the host's `members:`, or `replicas:` chosen by
+  # rendezvous hashing among the connected nodes that run the host.
+  defp members_for({module, _key} = group, opts) do
+    hosts = hosts(module)
+
+    case {Keyword.fetch(opts, :members), hosts} do
+      {{:ok, members}, _} ->
+        members = Visor.Options.nodes!(module, members)
+
+        case Enum.find(members, &(not Map.has_key?(hosts, &1))) do
+          nil -> {:ok, members}
+          missing -> {:error, {:no_group_host, missing}}
+        end
+
+      {:error, hosts} when map_size(hosts) == 0 ->
+        {:error, {:not_enough_nodes, Keyword.get(opts, :replicas, 1), 0}}
+
+      {:error, hosts} ->
+        # This node's host options, else any host's: they are the same on
+        # every node of a well-configured cluster.
+        host = Map.get(hosts, node()) || hosts |> Map.values() |> hd()
+        place(group, Keyword.get(opts, :replicas), host, Map.keys(hosts))
+    end
+  end
+
+  defp place(_group, nil, %{members: [_ | _] = members}, _hosts), do: {:ok, members}
+
+  defp place(group, replicas, host, hosts) do
+    n = replicas || host.replicas
+
+    unless is_integer(n) and n in 1..Visor.Options.max_replicas() do
+      raise ArgumentError,
+            "replicas must be an integer in 1..#{Visor.Options.max_replicas()}, got: #{inspect(n)}"
+    end
+
+    if length(hosts) < n,
+      do: {:error, {:not_enough_nodes, n, length(hosts)}},
+      else: {:ok, Enum.sort(Groups.place(group, hosts, n))}
+  end
+
+  # The connected nodes (this one included) that run the module's host,
+  # with its options.
+  defp hosts(module) do
+    nodes = [node() | Node.list()]
+
+    for {node, {:ok, %{} = host}} <-
+          Enum.zip(
+            nodes,
+            :erpc.multicall(nodes, Groups, :host_options, [module], @ask_timeout_ms)
+          ),
+        into: %{},
+        do: {node, host}
+  end
+
+  # Every member's answer: :started if any started it now, :already_started
+  # if every one ran it already, or the first error.
+  defp started(answers) do
+    Enum.reduce_while(answers, :already_started, fn
+      {_node, {:ok, {:ok, :already_started}}}, acc -> {:cont, acc}
+      {_node, {:ok, {:ok, :started}}}, _acc -> {:cont, :started}
+      {_node, {:ok, {:error, _} = error}}, _acc -> {:halt, error}
+      {node, {_kind, _reason}}, _acc -> {:halt, {:error, {:no_group_host, node}}}
+    end)
+  end
+
+  # Until a quorum of the members runs a normal replica: their primary.
+  defp await_quorum(group, members, deadline) do
+    statuses =
+      for {{:ok, status}, _node} <-
+            Enum.zip(:erpc.multicall(members, Visor, :status, [group], left(deadline)), members),
+          status.status == :normal,
+          do: status
+
+    cond do
+      length(statuses) > div(length(members), 2) ->
+        {:ok, %{members: members, primary: hd(statuses).primary}}
+
+      left(deadline) == 0 ->
+        {:error, :timeout}
+
+      true ->
+        Process.sleep(@poll_ms)
+        await_quorum(group, members, deadline)
+    end
+  end
+
+  defp left(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  @doc "See `Visor.stop_group/2`."
+  @spec stop({module(), term()}) :: :ok | {:error, :no_group}
+  def stop({module, key}) do
+    nodes = [node() | Node.list()]
+    answers = :erpc.multicall(nodes, Groups, :stop_here, [module, key], @ask_timeout_ms)
+    if {:ok, :ok} in answers, do: :ok, else: {:error, :no_group}
+  end
+
+  @doc "See `Visor.lookup/1`."
+  @spec lookup({module(), term()}) :: [{node(), pid()}]
+  def lookup(group) do
+    nodes = [node() | Node.list()]
+
+    answers =
+      :erpc.multicall(nodes, Visor.Supervisor, :whereis, [group, :server], @ask_timeout_ms)
+
+    for {node, {:ok, pid}} <- Enum.zip(nodes, answers), is_pid(pid), do: {node, pid}
+  end
+
+  @doc """
+  The members of the keyed group `group` as the first connected node that
+  runs it says (this node runs none of it), or `nil` when none does.
+  """
+  @spec members({module(), term()}) :: [node()] | nil
+  def members({module, key}) do
+    nodes = Node.list()
+    answers = :erpc.multicall(nodes, Groups, :running, [module, key], @ask_timeout_ms)
+
+    Enum.find_value(answers, fn
+      {:ok, {_pid, members}} -> members
+      _not_running -> nil
+    end)
+  end
+end
