@@ -166,6 +166,22 @@ defmodule Visor.Test.Cluster do
     :erpc.call(node, Supervisor, :stop, [host_holder(module)])
   end
 
+  @doc """
+  Stops `module`'s `Visor.Groups` on each of `nodes`, then, once it is
+  stopped on all of them, starts it again on each (as its parent does
+  when it restarts it).
+  """
+  def restart_groups_hosts(nodes, module) do
+    holder = host_holder(module)
+    child = {Visor.Groups, module}
+    for node <- nodes, do: :ok = :erpc.call(node, Supervisor, :terminate_child, [holder, child])
+
+    for node <- nodes,
+        do: {:ok, _} = :erpc.call(node, Supervisor, :restart_child, [holder, child])
+
+    :ok
+  end
+
   defp host_holder(module), do: Module.concat([module, Visor, TestGroupsHolder])
 
   @doc "Stops `module`'s group on `node` (started with `start_group/3`)."

@@ -1,32 +1,226 @@
 defmodule Visor.KeyedGroupsTest do
-  # Keyed groups (`{module, key}`, Visor.Groups): started, used, stopped
-  # from any node, across real nodes. Not async: real nodes.
+  # Keyed groups (`{module, key}`, Visor.Groups): started, used and stopped
+  # from any node, across real nodes; a node's death loses nothing; no atom
+  # per group; a restarted host rejoins, never fresh. Not async: real nodes.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter}
+  alias Visor.Test.{Cluster, Counter, KeyedHelpers}
 
   doctest Visor.Groups
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
-  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 30_000)
+  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  test "smoke" do
+  # Starts `keys` from `node`, a few at a time; returns each one's result.
+  defp start_all(node, keys, opts \\ []) do
+    keys
+    |> Task.async_stream(&rpc(node, :start_group, [{Counter, &1}, opts]),
+      max_concurrency: 8,
+      timeout: 60_000
+    )
+    |> Enum.map(fn {:ok, result} -> result end)
+  end
+
+  test "50 groups on 3 nodes: a node with no replica starts and uses them; a member's death loses nothing" do
     [a, b, c, d] = nodes(4)
     members = Enum.sort([a, b, c])
-    :ok = Cluster.start_groups_host([a, b, c], Counter, members: [a, b, c])
-    assert {:ok, %{members: ^members}} = rpc(d, :start_group, [{Counter, "k1"}])
-    assert rpc(d, :commit, [{Counter, "k1"}, {:incr, 1}]) == 1
-    assert rpc(a, :commit, [{Counter, "k1"}, {:incr, 2}]) == 2
-    assert rpc(d, :get_in, [{Counter, "k1"}, [:count]]) == 2
-    IO.inspect(rpc(d, :status, [{Counter, "k1"}]))
-    IO.inspect(rpc(a, :which_groups, [Counter]))
-    ref = :erpc.call(d, Visor.Test.KeyedHelpers, :pipeline_await, [{Counter, "k1"}, {:incr, 3}])
-    IO.inspect(ref)
-    IO.inspect(rpc(d, :lookup, [{Counter, "k1"}]))
-    assert rpc(d, :stop_group, [{Counter, "k1"}]) == :ok
-    IO.inspect(rpc(d, :commit, [{Counter, "k1"}, {:incr, 2}]))
-    IO.inspect(rpc(a, :commit, [{Counter, "k1"}, {:incr, 2}]))
-    IO.inspect(rpc(a, :status, [{Counter, "k1"}]).status)
-    IO.inspect(rpc(d, :stop_group, [{Counter, "k1"}]))
+    # d runs no group host: it holds no replica, and calls through members.
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    keys = for i <- 1..50, do: {:user, i}
+
+    for result <- start_all(d, keys), do: assert({:ok, %{members: ^members}} = result)
+
+    # Idempotent: started again, it is the same group.
+    assert {:error, {:already_started, %{members: ^members}}} =
+             rpc(a, :start_group, [{Counter, {:user, 1}}])
+
+    # Every group is its own state, committed to from the node without a
+    # replica (commit, pipeline) and from a member.
+    for {:user, i} = key <- keys do
+      assert rpc(d, :commit, [{Counter, key}, {:incr, {i, :first}}]) == 1
+    end
+
+    for key <- Enum.take(keys, 10) do
+      assert :erpc.call(d, KeyedHelpers, :pipeline_await, [{Counter, key}, {:echo, key}]) == key
+      assert rpc(b, :commit, [{Counter, key}, {:echo, :member}]) == :member
+    end
+
+    assert %{status: :spare, group: {Counter, {:user, 7}}, primary: primary} =
+             rpc(d, :status, [{Counter, {:user, 7}}])
+
+    assert primary in members
+    assert length(rpc(a, :which_groups, [Counter])) == 50
+    assert rpc(d, :which_groups, [Counter]) == []
+    assert rpc(d, :lookup, [{Counter, {:user, 3}}]) |> Keyword.keys() |> Enum.sort() == members
+
+    # The primary of every group (members[0] in view 0) is killed.
+    [dead | survivors] = members
+    assert Enum.all?(keys, &(rpc(b, :status, [{Counter, &1}]).primary == dead))
+    :ok = Cluster.kill_node(dead, survivors ++ [d])
+
+    # Every group still commits, from the node without a replica and from
+    # a survivor, and holds every command acknowledged before.
+    for {:user, i} = key <- keys do
+      assert rpc(d, :commit, [{Counter, key}, {:incr, {i, :second}}, 20_000]) == 2
+    end
+
+    for {:user, i} = key <- keys do
+      state = rpc(hd(survivors), :get, [{Counter, key}])
+      assert state.count == 2
+      assert state.applied == MapSet.new([{i, :first}, {i, :second}])
+    end
+  end
+
+  test "stop_group stops a group everywhere: calls say :no_group; started again, it is new and empty" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, replicas: 3)
+    group = {Counter, "cart-42"}
+
+    assert {:ok, %{members: ^members}} = rpc(c, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :x}]) == 1
+    assert rpc(b, :stop_group, [group]) == :ok
+    assert rpc(b, :lookup, [group]) == []
+
+    for node <- members do
+      assert rpc(node, :commit, [group, {:incr, :y}]) == {:error, :no_group}
+      assert rpc(node, :get, [group]) == {:error, :no_group}
+      assert rpc(node, :get_in, [group, [:count]]) == {:error, :no_group}
+      assert rpc(node, :status, [group]).status == :no_group
+
+      assert :erpc.call(node, KeyedHelpers, :pipeline_await, [group, :meta]) ==
+               {:error, :no_group}
+
+      assert rpc(node, :which_groups, [Counter]) == []
+    end
+
+    assert rpc(c, :stop_group, [group]) == {:error, :no_group}
+    assert rpc(a, :commit, [{Counter, "never started"}, {:incr, :z}]) == {:error, :no_group}
+
+    # Its records went with it: the same key forms a new, empty group.
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(b, :get_in, [group, [:count]]) == 0
+  end
+
+  test "replicas: n places each group on n of the hosts, by rendezvous hashing of its key" do
+    nodes = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(nodes, Counter, replicas: 2)
+
+    for i <- 1..6 do
+      group = {Counter, i}
+      expected = Visor.Groups.place(group, nodes, 2) |> Enum.sort()
+      assert {:ok, %{members: ^expected}} = rpc(hd(nodes), :start_group, [group])
+      assert rpc(hd(nodes), :lookup, [group]) |> Keyword.keys() |> Enum.sort() == expected
+      [outside] = nodes -- expected
+      assert rpc(outside, :commit, [group, {:incr, i}]) == 1
+    end
+
+    assert rpc(hd(nodes), :start_group, [{Counter, :x}, [replicas: 4]]) ==
+             {:error, {:not_enough_nodes, 4, 3}}
+
+    [a | _] = nodes
+    [spare] = nodes(1)
+
+    assert rpc(a, :start_group, [{Counter, :y}, [members: [a, spare]]]) ==
+             {:error, {:no_group_host, spare}}
+  end
+
+  test "the default group and keyed groups of one module coexist, with distinct clusters" do
+    members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_group(members, Counter, nodes: members)
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    [a, b, _c] = members
+
+    assert {:ok, _} = rpc(a, :start_group, [{Counter, :k}])
+    assert rpc(a, :commit, [Counter, {:incr, :default}]) == 1
+    assert rpc(b, :commit, [{Counter, :k}, {:incr, :keyed}]) == 1
+    assert rpc(b, :commit, [{Counter, nil}, {:incr, :default_again}]) == 2
+    assert rpc(a, :get_in, [{Counter, :k}, [:count]]) == 1
+
+    default = Cluster.status(a, Counter)
+    keyed = rpc(a, :status, [{Counter, :k}])
+    refute Map.has_key?(default, :group)
+    # The default group's cluster id is the one it always had (version 2,
+    # no key), so its disk store is unchanged too; the keyed one differs.
+    assert default.cluster ==
+             Base.encode16(Visor.Options.cluster_id(Counter, members), case: :lower)
+
+    assert keyed.cluster ==
+             Base.encode16(Visor.Options.cluster_id({Counter, :k}, members), case: :lower)
+
+    refute keyed.cluster == default.cluster
+  end
+
+  test "no atom per group: 200 groups on a node create none" do
+    [node] = nodes(1)
+    :ok = Cluster.start_groups_host([node], Counter, replicas: 1)
+    # The first group loads the code the others use.
+    assert {:ok, _} = rpc(node, :start_group, [{Counter, "warm-up"}])
+    before = :erpc.call(node, :erlang, :system_info, [:atom_count])
+
+    for result <- start_all(node, Enum.map(1..200, &"key-#{&1}")), do: assert({:ok, _} = result)
+    assert rpc(node, :commit, [{Counter, "key-200"}, {:incr, :one}]) == 1
+    assert length(rpc(node, :which_groups, [Counter])) == 201
+
+    created = :erpc.call(node, :erlang, :system_info, [:atom_count]) - before
+    assert created < 20, "#{created} atoms created by 200 groups"
+  end
+
+  test "a restarted host (Visor.Groups) starts its groups again, rejoining, never fresh" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    groups = for i <- 1..3, do: {Counter, i}
+    for g <- groups, do: assert({:ok, _} = rpc(a, :start_group, [g]))
+    for g <- groups, do: assert(rpc(a, :commit, [g, {:incr, :kept}]) == 1)
+
+    # One node's host restarts (its parent restarts it), and starts its
+    # groups again: each replica rejoins and recovers the state.
+    :ok = Cluster.restart_groups_hosts([c], Counter)
+
+    for g <- groups do
+      Cluster.eventually(fn -> rpc(c, :status, [g]).status == :normal end, 15_000)
+
+      assert {:member, %{recover: true}} = :erpc.call(c, Visor.Formation, :decision, [g])
+
+      assert rpc(c, :get, [g, [consistency: :local]]).applied == MapSet.new([:kept])
+    end
+
+    # One group's processes exit on b: its host starts them again, and
+    # its replica rejoins too.
+    [g | _] = groups
+    supervisor = :erpc.call(b, Visor.Supervisor, :whereis, [g, :supervisor])
+    :erpc.call(b, Process, :exit, [supervisor, :kill])
+    Cluster.eventually(fn -> rpc(b, :status, [g]).status == :normal end, 15_000)
+    assert match?({:member, %{recover: true}}, :erpc.call(b, Visor.Formation, :decision, [g]))
+
+    # Every host at once: every replica lost its state, so none may start
+    # fresh (an empty state served as if nothing had been committed); they
+    # all stay recovering.
+    :ok = Cluster.restart_groups_hosts(members, Counter)
+    Process.sleep(3_000)
+
+    for node <- [a, b, c], g <- groups do
+      assert rpc(node, :status, [g]).status in [:recovering, :forming]
+
+      assert match?(
+               {:member, %{recover: true}},
+               :erpc.call(node, Visor.Formation, :decision, [g])
+             )
+    end
+  end
+
+  test "Visor.Groups refuses disk mode and misplaced options, naming them" do
+    assert_raise ArgumentError, ~r/memory mode only/, fn ->
+      Visor.Groups.start_link(module: Counter, storage: :disk, data_dir: "/tmp/x")
+    end
+
+    assert_raise ArgumentError, ~r/not nodes/, fn ->
+      Visor.Groups.start_link(module: Counter, nodes: [node()])
+    end
+
+    assert_raise ArgumentError, ~r/replicas must be/, fn ->
+      Visor.Groups.start_link(module: Counter, replicas: 0)
+    end
+
+    assert_raise ArgumentError, ~r/default group/, fn -> Visor.start_group(Counter) end
   end
 end
