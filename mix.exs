@@ -247,7 +247,8 @@ defmodule Visor.MixProject do
     ]
   end
 
-  # Only `Visor` is public API: the other modules are `@moduledoc false`,
+  # Only `Visor` and `Visor.Groups` (a child spec users start) are public
+  # API: the other modules are `@moduledoc false`,
   # documented by a comment at their top and mapped in docs/architecture.md.
   defp docs do
     [
