@@ -123,6 +123,17 @@ defmodule Visor do
 
   An unknown or misspelled option raises `ArgumentError` naming it.
 
+  ## Keyed groups
+
+  Besides its default group, a module can run many groups, one per key
+  (`{Cache, key}`, any term as the key), each with its own state, log,
+  members and primary, started and stopped at run time from any node:
+  run `{Visor.Groups, module: Cache}` on the nodes that may hold them,
+  then `start_group/2`, and `commit({Cache, key}, command)` and the other
+  functions here, which take a module (its default group) or `{module,
+  key}`. No atom is created per key. See `Visor.Groups` and
+  docs/operations.md, "Keyed groups".
+
   ## Errors
 
   For every condition in `t:error/0`, the functions return `{:error,
@@ -563,13 +574,21 @@ defmodule Visor do
   `status/1` shows them; `:unresponsive` when this node's server does not
   answer within 1 s). Empty when `Visor.Groups` does not run here.
 
+  `which_groups(module, :cluster)` asks this node and every node it is
+  connected to (one call each) and merges their answers, one entry per
+  group: `[%{key:, members:, replicas: [%{node:, status:, role:}]}]`, a
+  replica for each node that answered for it.
+
       iex> Visor.which_groups(Cache)
       []
   """
-  @spec which_groups(module()) :: [
-          %{key: term(), members: [node()], status: atom(), role: atom()}
-        ]
-  def which_groups(module) when is_atom(module) do
+  @spec which_groups(module(), :local | :cluster) :: [map()]
+  def which_groups(module, where \\ :local)
+
+  def which_groups(module, :cluster) when is_atom(module),
+    do: Visor.Groups.Control.which_groups(module)
+
+  def which_groups(module, :local) when is_atom(module) do
     for {key, members, server} <- Visor.Groups.local(module) do
       {status, role} =
         try do
@@ -744,7 +763,11 @@ defmodule Visor do
 
         if timeout != :infinity do
           ms = backstop_ms(timeout)
-          spawn(fn -> Process.sleep(ms) && send(ref, {ref, {:error, :timeout}}) end)
+
+          spawn(fn ->
+            Process.sleep(ms)
+            send(ref, {ref, {:error, :timeout}})
+          end)
         end
 
         ref
@@ -909,6 +932,14 @@ defmodule Visor do
       iex> status = Visor.status(Cache)   # Cache is not started on this node
       iex> {status.status, status.primary, status.replicas}
       {:not_running, nil, []}
+
+  A keyed group's map also has `group: {module, key}`. On a node with no
+  replica of it, it is a spare's (`:spare`, where the cluster stands as a
+  member sees it), or `status: :no_group` (`error: :no_group`) when no
+  connected node runs the group:
+
+      iex> Visor.status({Cache, "never started"}) |> Map.take([:status, :group])
+      %{status: :no_group, group: {Cache, "never started"}}
   """
   @spec status(group()) :: map()
   def status(group) do

@@ -51,6 +51,15 @@ defmodule Visor.KeyedGroupsTest do
     assert primary in members
     assert length(rpc(a, :which_groups, [Counter])) == 50
     assert rpc(d, :which_groups, [Counter]) == []
+    cluster = rpc(d, :which_groups, [Counter, :cluster])
+    assert Enum.sort(Enum.map(cluster, & &1.key)) == Enum.sort(keys)
+
+    for entry <- cluster do
+      assert %{members: ^members, replicas: replicas} = entry
+      assert Enum.map(replicas, & &1.node) == members
+      assert Enum.count(replicas, &(&1.role == :primary)) == 1
+    end
+
     assert rpc(d, :lookup, [{Counter, {:user, 3}}]) |> Keyword.keys() |> Enum.sort() == members
 
     # The primary of every group (members[0] in view 0) is killed.

@@ -157,6 +157,24 @@ defmodule Visor.Groups.Control do
     for {node, {:ok, pid}} <- Enum.zip(nodes, answers), is_pid(pid), do: {node, pid}
   end
 
+  @doc "See `Visor.which_groups/2`."
+  @spec which_groups(module()) :: [map()]
+  def which_groups(module) do
+    nodes = [node() | Node.list()]
+    answers = :erpc.multicall(nodes, Visor, :which_groups, [module], @ask_timeout_ms)
+
+    replicas =
+      for {node, {:ok, groups}} <- Enum.zip(nodes, answers),
+          %{key: key, members: members, status: status, role: role} <- groups,
+          do: {{key, members}, %{node: node, status: status, role: role}}
+
+    replicas
+    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+    |> Enum.map(fn {{key, members}, replicas} ->
+      %{key: key, members: members, replicas: Enum.sort_by(replicas, & &1.node)}
+    end)
+  end
+
   @doc """
   The members of the keyed group `group` as the first connected node that
   runs it says (this node runs none of it), or `nil` when none does.

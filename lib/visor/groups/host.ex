@@ -54,9 +54,16 @@ defmodule Visor.Groups.Host do
   end
 
   @doc false
-  def handle_call({:visor_start, key, members}, _from, state) when is_list(members) do
-    {reply, state} = start(state, key, members)
-    {:reply, reply, state}
+  # Only a member starts a keyed group (it has no spares), and only under
+  # a key: nil names the module's default group.
+  def handle_call({:visor_start, key, members}, _from, state)
+      when key != nil and is_list(members) do
+    if node() in members do
+      {reply, state} = start(state, key, members)
+      {:reply, reply, state}
+    else
+      {:reply, {:error, {:not_a_member, node()}}, state}
+    end
   end
 
   def handle_call({:visor_stop, key}, _from, state) do
