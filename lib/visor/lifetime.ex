@@ -208,13 +208,23 @@ defmodule Visor.Lifetime do
     end
   end
 
+  # A keeper that finds another registered leaves quietly: that one
+  # creates the table.
   defp keep(caller) do
     {:group_leader, leader} = Process.info(Process.whereis(:init), :group_leader)
     Process.group_leader(self(), leader)
-    Process.register(self(), @keeper)
-    _ = :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
-    send(caller, {@keeper, self()})
-    Process.sleep(:infinity)
+
+    if register(@keeper) do
+      _ = :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
+      send(caller, {@keeper, self()})
+      Process.sleep(:infinity)
+    end
+  end
+
+  defp register(name) do
+    Process.register(self(), name)
+  rescue
+    ArgumentError -> false
   end
 
   @doc """

@@ -217,6 +217,30 @@ defmodule Visor.KeyedGroupsTest do
     end
   end
 
+  test "a keyed group's lifetime record outlives the process that wrote it, in a table no application owns" do
+    group = {__MODULE__, make_ref()}
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        Visor.Lifetime.put_formed(group, :config, %{members: [node()]})
+        Visor.Lifetime.host(group, [node()])
+      end)
+
+    assert_receive {:DOWN, ^monitor, :process, ^pid, :normal}
+    assert Visor.Lifetime.formed(group, :config) == %{members: [node()]}
+    assert Visor.Lifetime.hosting(group) == [node()]
+
+    keeper = Process.whereis(Visor.Lifetime.Keeper)
+    assert :ets.info(Visor.Lifetime, :owner) == keeper
+    assert Process.info(keeper, :links) == {:links, []}
+
+    assert Process.info(keeper, :group_leader) ==
+             Process.info(Process.whereis(:init), :group_leader)
+
+    assert Visor.Lifetime.forget(group) == :ok
+    assert Visor.Lifetime.formed(group, :config) == nil
+  end
+
   test "Visor.Groups refuses disk mode and misplaced options, naming them" do
     assert_raise ArgumentError, ~r/memory mode only/, fn ->
       Visor.Groups.start_link(module: Counter, storage: :disk, data_dir: "/tmp/x")
