@@ -145,7 +145,10 @@ defmodule Visor.Server do
     %{counters: counters, executed: executed} = Lifetime.get(group)
 
     {machine, effects} =
-      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters), executed)
+      Machine.new(module, config.init_arg, counters, Lifetime.death_at(counters),
+        group: group,
+        executed: executed
+      )
 
     tag = make_ref()
 

@@ -79,4 +79,9 @@ defmodule Visor.Test.KeyedHelpers do
   def pipeline_await(group, command, opts \\ []) do
     group |> Visor.pipeline(command, opts) |> Visor.await()
   end
+
+  @doc "Pipelines each of `commands` from one process, then awaits them all, in order."
+  def pipeline_all(group, commands) do
+    commands |> Enum.map(&Visor.pipeline(group, &1)) |> Enum.map(&Visor.await/1)
+  end
 end

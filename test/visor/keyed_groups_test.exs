@@ -45,6 +45,12 @@ defmodule Visor.KeyedGroupsTest do
       assert rpc(b, :commit, [{Counter, key}, {:echo, :member}]) == :member
     end
 
+    # One process's pipelined commands from the node without a replica are
+    # applied in the order sent.
+    group = {Counter, {:user, 50}}
+    commands = for n <- 1..20, do: {:incr, {:pipelined, n}}
+    assert :erpc.call(d, KeyedHelpers, :pipeline_all, [group, commands]) == Enum.to_list(2..21)
+
     assert %{status: :spare, group: {Counter, {:user, 7}}, primary: primary} =
              rpc(d, :status, [{Counter, {:user, 7}}])
 
@@ -70,13 +76,15 @@ defmodule Visor.KeyedGroupsTest do
     # Every group still commits, from the node without a replica and from
     # a survivor, and holds every command acknowledged before.
     for {:user, i} = key <- keys do
-      assert rpc(d, :commit, [{Counter, key}, {:incr, {i, :second}}, 20_000]) == 2
+      expected = if i == 50, do: 22, else: 2
+      assert rpc(d, :commit, [{Counter, key}, {:incr, {i, :second}}, 20_000]) == expected
     end
 
     for {:user, i} = key <- keys do
       state = rpc(hd(survivors), :get, [{Counter, key}])
-      assert state.count == 2
-      assert state.applied == MapSet.new([{i, :first}, {i, :second}])
+      pipelined = if i == 50, do: for(n <- 1..20, do: {:pipelined, n}), else: []
+      assert state.count == 2 + length(pipelined)
+      assert state.applied == MapSet.new([{i, :first}, {i, :second} | pipelined])
     end
   end
 
@@ -108,6 +116,26 @@ defmodule Visor.KeyedGroupsTest do
     # Its records went with it: the same key forms a new, empty group.
     assert {:ok, _} = rpc(a, :start_group, [group])
     assert rpc(b, :get_in, [group, [:count]]) == 0
+  end
+
+  test "one group started from two nodes at once is one group" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, replicas: 3)
+    group = {Counter, %{tenant: "t1"}}
+
+    results =
+      [a, b, c]
+      |> Enum.map(&Task.async(fn -> rpc(&1, :start_group, [group]) end))
+      |> Enum.map(&Task.await(&1, 60_000))
+
+    for result <- results do
+      assert match?({:ok, %{members: ^members}}, result) or
+               match?({:error, {:already_started, %{members: ^members}}}, result)
+    end
+
+    assert rpc(a, :lookup, [group]) |> Keyword.keys() |> Enum.sort() == members
+    assert rpc(c, :commit, [group, {:incr, :once}]) == 1
+    assert rpc(b, :get_in, [group, [:count]]) == 1
   end
 
   test "replicas: n places each group on n of the hosts, by rendezvous hashing of its key" do

@@ -168,7 +168,7 @@ defmodule Visor.Server.Lifecycle do
   """
   @spec engine_down(t(), term(), pos_integer()) :: {t(), [effect()]}
   def engine_down(%__MODULE__{} = lifecycle, reason, starts) do
-    name = inspect(lifecycle.config.module)
+    name = inspect(lifecycle.config.group)
 
     case {lifecycle.config.storage, lifecycle.opened} do
       # The store could not be opened: the engine never built the replica.
@@ -212,7 +212,7 @@ defmodule Visor.Server.Lifecycle do
   def still_recovering(%__MODULE__{} = lifecycle, :recovering) do
     [
       {:log, :error,
-       "#{inspect(lifecycle.config.module)}: replica #{lifecycle.index} is still recovering after " <>
+       "#{inspect(lifecycle.config.group)}: replica #{lifecycle.index} is still recovering after " <>
          "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
          "majority of all members, itself not counted) up and normal. If a majority lost " <>
          "their memory at once (nodes or servers restarted together), the state is lost and " <>
@@ -229,7 +229,7 @@ defmodule Visor.Server.Lifecycle do
   """
   @spec storage(t(), atom(), term()) :: {t(), [effect()]}
   def storage(%__MODULE__{config: %{storage: {:disk, dir}}} = lifecycle, kind, detail) do
-    name = inspect(lifecycle.config.module)
+    name = inspect(lifecycle.config.group)
 
     log =
       case kind do

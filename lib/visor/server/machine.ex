@@ -54,6 +54,8 @@ defmodule Visor.Server.Machine do
 
   defstruct [
     :module,
+    # Whose state this is: the module (its default group) or {module, key}.
+    :group,
     :app_state,
     # Visor.Lifetime's counters: the op handle_commit is running, for the
     # next server if this one dies in it.
@@ -91,49 +93,49 @@ defmodule Visor.Server.Machine do
   `Visor.Lifetime.death_at/1`: whether this node's previous server died
   inside `handle_commit`, at which op and how many times in a row; after
   #{@poison_deaths} the machine is halted there (a poison command).
-  `executed` is the group's `Visor.Lifetime` record's (by default the
-  module's default group's).
+  `opts`: `group:`, the group it is the state of (by default the
+  module's default group; a keyed group's `{module, key}`), named in its
+  log lines; `executed:`, its `Visor.Lifetime` record's `:executed`.
   """
-  @spec new(
-          module(),
-          term(),
-          :atomics.atomics_ref(),
-          {pos_integer(), pos_integer()} | nil,
-          :atomics.atomics_ref() | nil
+  @spec new(module(), term(), :atomics.atomics_ref(), {pos_integer(), pos_integer()} | nil,
+          group: module() | {module(), term()},
+          executed: :atomics.atomics_ref()
         ) ::
           {t(), [effect()]}
-  def new(module, init_arg, counters, death_at, executed \\ nil) do
-    {poison, effects} = poison(module, death_at)
+  def new(module, init_arg, counters, death_at, opts \\ []) do
+    group = Keyword.get(opts, :group, module)
+    {poison, effects} = poison(group, death_at)
 
     machine = %__MODULE__{
       module: module,
+      group: group,
       app_state: module.initial_state(init_arg),
       counters: counters,
-      executed: executed || Lifetime.get(module).executed,
+      executed: Keyword.get_lazy(opts, :executed, fn -> Lifetime.get(group).executed end),
       poison: poison
     }
 
     {machine, effects}
   end
 
-  defp poison(_module, nil), do: {nil, []}
+  defp poison(_group, nil), do: {nil, []}
 
-  defp poison(module, {op, deaths}) when deaths < @poison_deaths do
+  defp poison(group, {op, deaths}) when deaths < @poison_deaths do
     {nil,
      [
        {:log, :warning,
-        "#{inspect(module)}: this node's previous server died inside handle_commit at op #{op}; " <>
+        "#{inspect(group)}: this node's previous server died inside handle_commit at op #{op}; " <>
           "the replica executes it again (it stops there if it dies there again)"}
      ]}
   end
 
-  defp poison(module, {op, deaths}) do
+  defp poison(group, {op, deaths}) do
     {%{op: op, crashes: deaths},
      [
        {:log, :error,
-        "#{inspect(module)}: handle_commit at op #{op} killed this node's server #{deaths} times " <>
+        "#{inspect(group)}: handle_commit at op #{op} killed this node's server #{deaths} times " <>
           "in a row; the replica stops executing at op #{op} (it keeps its log and keeps voting). " <>
-          "To skip that op on every replica: Visor.skip(#{inspect(module)}, #{op})"}
+          "To skip that op on every replica: Visor.skip(#{inspect(group)}, #{op})"}
      ]}
   end
 
@@ -190,7 +192,7 @@ defmodule Visor.Server.Machine do
   def code_loaded(%__MODULE__{blocked: %{op: op, version: version}} = machine) do
     if supports?(Executor.version(machine.module), version) do
       message =
-        "#{inspect(machine.module)}: this node's code supports version #{version} now; " <>
+        "#{inspect(machine.group)}: this node's code supports version #{version} now; " <>
           "the replica executes again from op #{op}"
 
       {machine, effects} =
@@ -320,7 +322,7 @@ defmodule Visor.Server.Machine do
     kind, reason ->
       # No checkpoint at this op; the next one is tried as usual.
       message =
-        "#{inspect(machine.module)}: encode_snapshot failed at op #{op}: " <>
+        "#{inspect(machine.group)}: encode_snapshot failed at op #{op}: " <>
           Exception.format(kind, reason, __STACKTRACE__)
 
       {machine, [{:log, :error, message} | effects]}
@@ -355,7 +357,7 @@ defmodule Visor.Server.Machine do
   rescue
     error ->
       message =
-        "#{inspect(machine.module)}: cannot decode the checkpoint at op #{op} " <>
+        "#{inspect(machine.group)}: cannot decode the checkpoint at op #{op} " <>
           "(#{byte_size(bytes)} bytes): #{Exception.message(error)}; this node's server stops"
 
       reason = {:snapshot_decode_failed, op, Exception.message(error)}
@@ -367,7 +369,7 @@ defmodule Visor.Server.Machine do
   # installed the quorum's checkpoint (an `install_snapshot` event).
   defp apply_event({:diverged, op, digest, quorum}, machine, effects) do
     message =
-      "#{inspect(machine.module)}: this replica's state diverged from the quorum's: " <>
+      "#{inspect(machine.group)}: this replica's state diverged from the quorum's: " <>
         "its checkpoint at op #{op} has digest #{digest}, a quorum's has #{quorum} " <>
         "(a nondeterministic handle_commit or encode_snapshot?); it stops executing " <>
         "and serving, and recovers the quorum's state by state sync"
@@ -431,7 +433,7 @@ defmodule Visor.Server.Machine do
       if code.log?,
         do: [
           {:log, :info,
-           "#{inspect(machine.module)}: the cluster runs state machine version #{version} " <>
+           "#{inspect(machine.group)}: the cluster runs state machine version #{version} " <>
              "from op #{code.meta.op} on (it ran #{machine.version})"}
           | effects
         ],
@@ -466,7 +468,7 @@ defmodule Visor.Server.Machine do
       end
 
     message =
-      "#{module}: the cluster runs state machine version #{version} from op #{op} on, but " <>
+      "#{inspect(machine.group)}: the cluster runs state machine version #{version} from op #{op} on, but " <>
         "#{code}; the replica stops executing at op #{op} (it keeps its log and keeps " <>
         "voting), and its commits and reads fail with {:unsupported_version, #{version}}, " <>
         "until code that supports version #{version} is loaded (a hot code load, or a " <>
@@ -512,7 +514,7 @@ defmodule Visor.Server.Machine do
   # op}}`) and executes the held events after it, the skip included.
   defp skip_poison(%{poison: %{op: op}, held: held} = machine, effects) do
     effects = [
-      {:log, :warning, "#{inspect(machine.module)}: op #{op} skipped; the replica executes again"}
+      {:log, :warning, "#{inspect(machine.group)}: op #{op} skipped; the replica executes again"}
       | effects
     ]
 
