@@ -159,6 +159,21 @@ defmodule Visor.KeyedGroupsTest do
 
     assert rpc(a, :start_group, [{Counter, :y}, [members: [a, spare]]]) ==
              {:error, {:no_group_host, spare}}
+
+    # Any node may ask a host to start a group: junk is refused, and the
+    # host goes on.
+    host = :erpc.call(a, Process, :whereis, [Visor.Groups.host(Counter)])
+
+    for request <- [
+          {:visor_start, :z, ["a@h", 1]},
+          {:visor_start, :z, [:b@h]},
+          {:visor_start, nil, [a]},
+          :junk
+        ] do
+      assert {:error, _} = :erpc.call(a, GenServer, :call, [host, request])
+    end
+
+    assert :erpc.call(a, Process, :whereis, [Visor.Groups.host(Counter)]) == host
   end
 
   test "the default group and keyed groups of one module coexist, with distinct clusters" do

@@ -58,12 +58,18 @@ defmodule Visor.Groups.Host do
   # a key: nil names the module's default group.
   def handle_call({:visor_start, key, members}, _from, state)
       when key != nil and is_list(members) do
+    members = Visor.Options.nodes!(state.module, members)
+
     if node() in members do
       {reply, state} = start(state, key, members)
       {:reply, reply, state}
     else
       {:reply, {:error, {:not_a_member, node()}}, state}
     end
+  rescue
+    # Any node may call: a member list that is not one is refused, and
+    # never recorded (this process must not crash on it).
+    e in ArgumentError -> {:reply, {:error, {:bad_members, Exception.message(e)}}, state}
   end
 
   def handle_call({:visor_stop, key}, _from, state) do
