@@ -19,8 +19,9 @@ defmodule Visor.Groups do
   keyed group started without `members:` of its own, or `:replicas`, how
   many members `Visor.start_group/2` chooses among the connected nodes
   running this host (default 3); and the group options of `Visor` (the
-  module's `use Visor` defaults apply, and `:nodes`/`:cluster_size` do
-  not: they are the default group's). Every keyed group of the module on
+  module's `use Visor` defaults apply, but for the default group's
+  membership and storage: `:nodes`, `:cluster_size`, `:storage`,
+  `:data_dir`, `:wal_compact_bytes`). Every keyed group of the module on
   this node runs with them. Keyed groups run in memory mode only:
   `storage: :disk` raises `ArgumentError` (docs/operations.md, "Keyed
   groups"). `busy_poll_us` defaults to 0 here: with many groups a spinning
@@ -96,17 +97,19 @@ defmodule Visor.Groups do
               "(that is the default group's)"
     end
 
+    # The default group's membership and storage in `use Visor`'s
+    # defaults are its own: a keyed group must never open its store.
+    group_opts =
+      defaults(module)
+      |> Keyword.drop([:nodes, :cluster_size, :storage, :data_dir, :wal_compact_bytes])
+      |> Keyword.merge(group_opts)
+      |> Keyword.put_new(:busy_poll_us, 0)
+
     if Keyword.get(group_opts, :storage, :memory) != :memory do
       raise ArgumentError,
             "#{inspect(module)}: keyed groups run in memory mode only (storage: :disk is " <>
               "for the default group; see docs/operations.md, \"Keyed groups\")"
     end
-
-    group_opts =
-      defaults(module)
-      |> Keyword.drop([:nodes, :cluster_size])
-      |> Keyword.merge(group_opts)
-      |> Keyword.put_new(:busy_poll_us, 0)
 
     _ = Options.validate!(module, Keyword.put(group_opts, :nodes, [node()]))
 

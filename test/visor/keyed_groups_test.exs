@@ -8,6 +8,17 @@ defmodule Visor.KeyedGroupsTest do
 
   doctest Visor.Groups
 
+  defmodule OnDisk do
+    @moduledoc "A module whose default group runs in disk mode."
+    use Visor, storage: :disk, data_dir: "/nonexistent/visor", tick_ms: 20
+
+    @impl Visor
+    def initial_state(_), do: 0
+
+    @impl Visor
+    def handle_commit(n, state), do: {:ok, n, state + n}
+  end
+
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
@@ -298,5 +309,11 @@ defmodule Visor.KeyedGroupsTest do
     end
 
     assert_raise ArgumentError, ~r/default group/, fn -> Visor.start_group(Counter) end
+
+    # The module's `use Visor` defaults apply, but its default group's
+    # storage is its own: a keyed group never opens that store.
+    {:ok, pid} = Visor.Groups.start_link(module: OnDisk)
+    assert Visor.Groups.host_options(OnDisk).opts == [busy_poll_us: 0, tick_ms: 20]
+    Supervisor.stop(pid)
   end
 end
