@@ -92,9 +92,9 @@ defmodule Visor.Options do
 
   @typedoc """
   `module` is the state machine; `group` names the group: the module for
-  its default group, `{module, key}` for a keyed one (`keyed/2`, started by
-  `Visor.Groups`). `membership` is `{:nodes, sorted_nodes}` or `{:cluster_size, n}`; `engine`
-  the options for `Visor.Native.start/2` other than the cluster's identity;
+  its default group, `{module, key}` for a keyed one (`keyed/2`, started
+  by `Visor.Groups`). `membership` is `{:nodes, sorted_nodes}` or
+  `{:cluster_size, n}`; `engine` the options for `Visor.Native.start/2` other than the cluster's identity;
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
   store directory (inside the user's `data_dir`); `busy_poll_us` how long
   the server watches its mailbox for the engine's answer after a hand-off
