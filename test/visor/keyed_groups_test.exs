@@ -32,7 +32,7 @@ defmodule Visor.KeyedGroupsTest do
     |> Enum.map(fn {:ok, result} -> result end)
   end
 
-  test "50 groups on 3 nodes: a node with no replica starts and uses them; a member's death loses nothing" do
+  test "50 groups on 3 nodes: a node with no replica starts and uses them; a member's death loses nothing, and it rejoins them when it comes back" do
     [a, b, c, d] = nodes(4)
     members = Enum.sort([a, b, c])
     # d runs no group host: it holds no replica, and calls through members.
@@ -91,11 +91,33 @@ defmodule Visor.KeyedGroupsTest do
       assert rpc(d, :commit, [{Counter, key}, {:incr, {i, :second}}, 20_000]) == expected
     end
 
-    for {:user, i} = key <- keys do
-      state = rpc(hd(survivors), :get, [{Counter, key}])
-      pipelined = if i == 50, do: for(n <- 1..20, do: {:pipelined, n}), else: []
-      assert state.count == 2 + length(pipelined)
-      assert state.applied == MapSet.new([{i, :first}, {i, :second} | pipelined])
+    expected =
+      for {:user, i} = key <- keys, into: %{} do
+        state = rpc(hd(survivors), :get, [{Counter, key}])
+        pipelined = if i == 50, do: for(n <- 1..20, do: {:pipelined, n}), else: []
+        assert state.count == 2 + length(pipelined)
+        assert state.applied == MapSet.new([{i, :first}, {i, :second} | pipelined])
+        {key, state}
+      end
+
+    # The dead node comes back, with an empty memory, and its group host:
+    # it adopts every group that names it a member, and each of its
+    # replicas rejoins (never fresh) and recovers the group's state.
+    Cluster.restart_peer(dead, survivors ++ [d])
+    :ok = Cluster.start_groups_host([dead], Counter, members: members)
+
+    Cluster.eventually(
+      fn -> Enum.count(rpc(dead, :which_groups, [Counter]), &(&1.status == :normal)) == 50 end,
+      60_000
+    )
+
+    for key <- keys do
+      assert {:member, %{recover: true}} =
+               :erpc.call(dead, Visor.Formation, :decision, [{Counter, key}])
+
+      Cluster.eventually(fn ->
+        rpc(dead, :get, [{Counter, key}, [consistency: :local]]) == expected[key]
+      end)
     end
   end
 

@@ -26,6 +26,15 @@ defmodule Visor.Groups.Host do
   #     this process and `Visor.Groups`: a restarted host starts again what
   #     it hosted, and each group rejoins (recovering, never fresh) as a
   #     restarted default group does. `stop/2` forgets it.
+  #   * **Adopting.** A node that restarted (its VM, and its memory with
+  #     it) does not know which groups it was a member of. So at its start,
+  #     and whenever a node connects, the host asks the other node's host
+  #     which of its groups name this node a member, and starts those that
+  #     do not run here. Each one's formation finds that the peers
+  #     remember an earlier incarnation of this node, and the replica
+  #     rejoins, recovering, as a restarted default group's does
+  #     (`Visor.Formation`): a keyed group gets its full membership back
+  #     after a node restart, without a `start_group` call.
   #
   # It runs in `Visor.Guard`: no message a peer sends crashes it.
 
@@ -49,27 +58,22 @@ defmodule Visor.Groups.Host do
 
   @doc false
   def init(module) do
+    :ok = :net_kernel.monitor_nodes(true)
     send(self(), :visor_restore)
     {:ok, %__MODULE__{module: module}}
   end
 
   @doc false
-  # Only a member starts a keyed group (it has no spares), and only under
-  # a key: nil names the module's default group.
-  def handle_call({:visor_start, key, members}, _from, state)
-      when key != nil and is_list(members) do
-    members = Visor.Options.nodes!(state.module, members)
+  # Only under a key: nil names the module's default group.
+  def handle_call({:visor_start, key, members}, _from, state) when key != nil do
+    case members(state.module, members) do
+      {:ok, members} ->
+        {reply, state} = start(state, key, members)
+        {:reply, reply, state}
 
-    if node() in members do
-      {reply, state} = start(state, key, members)
-      {:reply, reply, state}
-    else
-      {:reply, {:error, {:not_a_member, node()}}, state}
+      error ->
+        {:reply, error, state}
     end
-  rescue
-    # Any node may call: a member list that is not one is refused, and
-    # never recorded (this process must not crash on it).
-    e in ArgumentError -> {:reply, {:error, {:bad_members, Exception.message(e)}}, state}
   end
 
   def handle_call({:visor_stop, key}, _from, state) do
@@ -100,7 +104,26 @@ defmodule Visor.Groups.Host do
         state |> start(key, members) |> elem(1)
       end)
 
+    adopt_from(Node.list(), state.module)
     {:noreply, state}
+  end
+
+  def handle_info({:nodeup, node}, state) do
+    adopt_from([node], state.module)
+    {:noreply, state}
+  end
+
+  def handle_info({:nodedown, _node}, state), do: {:noreply, state}
+
+  # A group another node runs with this one among its members (see the
+  # top of this module); started here unless it runs already.
+  def handle_info({:visor_adopt, key, members}, state) when key != nil do
+    with {:ok, members} <- members(state.module, members),
+         nil <- Visor.Groups.running(state.module, key) do
+      {:noreply, state |> start(key, members) |> elem(1)}
+    else
+      _ -> {:noreply, state}
+    end
   end
 
   def handle_info({:DOWN, monitor, :process, _pid, reason}, state)
@@ -124,6 +147,37 @@ defmodule Visor.Groups.Host do
   end
 
   def handle_info(_message, state), do: {:noreply, state}
+
+  # Any node may send a start or an adoption: a member list that is not
+  # one, or that does not name this node (a keyed group has no spares),
+  # is refused, never recorded, and never crashes this process.
+  defp members(module, members) do
+    members = Visor.Options.nodes!(module, members)
+    if node() in members, do: {:ok, members}, else: {:error, {:not_a_member, node()}}
+  rescue
+    e in ArgumentError -> {:error, {:bad_members, Exception.message(e)}}
+  end
+
+  # Asks `nodes`' hosts, in a process of its own (a node may be slow to
+  # answer), for their groups that name this node a member.
+  defp adopt_from(nodes, module) do
+    host = self()
+
+    spawn(fn ->
+      for node <- nodes,
+          {key, members, _server} <- groups_on(node, module),
+          node() in members,
+          do: send(host, {:visor_adopt, key, members})
+    end)
+
+    :ok
+  end
+
+  defp groups_on(node, module) do
+    :erpc.call(node, Visor.Groups, :local, [module], 5_000)
+  catch
+    _kind, _reason -> []
+  end
 
   defp start(state, key, members) do
     case Visor.Groups.running(state.module, key) do
