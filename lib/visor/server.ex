@@ -68,7 +68,7 @@ defmodule Visor.Server do
   require Logger
 
   alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Lifecycle, Machine, Relay, Status, Upgrade}
+  alias Visor.Server.{Callers, Features, Lifecycle, Machine, Relay, Status, Upgrade}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -105,12 +105,8 @@ defmodule Visor.Server do
     # While forming: whom formation waits for (Visor.Formation.subscribe/2).
     :waiting_for,
     starts: 0,
-    # The other members' servers that said their code executes batches
-    # (Visor.Executor.features/0): node => {server, monitor}; forgotten
-    # when that server exits or says otherwise. Kept across this server's
-    # restarts (Visor.Lifetime) for members cut off at its start, as
-    # {nil, nil} until that member reconnects and answers (kept_features/1).
-    features: %{},
+    # Which other members' code executes batches (Visor.Server.Features).
+    features: %Features{},
     # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
     relay: Relay.new(),
     # Caller id => timer of its deadline (Visor.Server.Callers).
@@ -156,7 +152,7 @@ defmodule Visor.Server do
       module: module,
       group: group,
       config: config,
-      features: kept_features(group),
+      features: Features.new(Lifetime.batch_members(group), Node.list()),
       lifecycle: Lifecycle.new(config, node(), tag),
       machine: machine,
       callers: Callers.new(config.pool_size),
@@ -288,14 +284,18 @@ defmodule Visor.Server do
   # How large a pipelining caller's batch may be: 0 (one command per
   # request) until every other member's server said it executes batches.
   defp batch_bytes(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
-    others = Tuple.to_list(members) -- [node()]
-
-    if Enum.all?(others, &Map.has_key?(state.features, &1)),
+    if Features.batches?(state.features, Tuple.to_list(members)),
       do: state.config.engine.batch_max_bytes,
       else: 0
   end
 
   defp batch_bytes(_state), do: 0
+
+  # This group's members (none known while forming, or on a spare).
+  defp members(%{lifecycle: %{members: members}}) when is_tuple(members),
+    do: Tuple.to_list(members)
+
+  defp members(_state), do: []
 
   # ---- Pipelined commands ------------------------------------------------
 
@@ -339,20 +339,12 @@ defmodule Visor.Server do
   end
 
   # Tells the other members' servers what this node's code executes, and
-  # asks them the same (old code drops it): each second, those that said
-  # they execute batches too, so that one hot-loaded back to code without
-  # them is noticed within a second.
-  defp ask_features(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
-    query = {:visor_features, self(), Executor.features(), true}
-
-    for node <- Tuple.to_list(members) -- [node()],
-        do:
-          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
-
-    state
+  # asks them the same (old code drops it): at the engine's start, then
+  # each second (Visor.Server.Features).
+  defp ask_features(state) do
+    {features, effects} = Features.ask(state.features, members(state))
+    run(effects, %{state | features: features})
   end
-
-  defp ask_features(state), do: state
 
   # The reply after a hand-off to the engine (a submit, a read) whose
   # answer a local caller may be waiting for. With few
@@ -445,27 +437,16 @@ defmodule Visor.Server do
     {:noreply, run(effects, %{state | relay: relay})}
   end
 
-  # A member's server that said it executes batches exited: it may come
-  # back with other code, which must say so again. One cut off may still
-  # run, and is asked again once its node reconnects (nodeup, below): a
-  # member down keeps its answer, so batches go on while it is down.
+  # A member's server that said it executes batches exited
+  # (Visor.Server.Features).
   defp info({:DOWN, monitor, :process, server, reason}, state) when is_pid(server) do
-    features =
-      for {node, {^server, ^monitor}} <- state.features, into: state.features do
-        if reason == :noconnection, do: {node, {server, nil}}, else: {node, nil}
-      end
-
-    {:noreply, put_features(state, :maps.filter(fn _node, v -> v != nil end, features))}
+    {features, effects} = Features.down(state.features, server, monitor, reason)
+    {:noreply, run(effects, %{state | features: features})}
   end
 
   defp info({:nodeup, node}, state) do
-    case state.features do
-      %{^node => {_server, nil}} ->
-        {:noreply, ask_features(put_features(state, Map.delete(state.features, node)))}
-
-      _ ->
-        {:noreply, state}
-    end
+    {features, effects} = Features.nodeup(state.features, node)
+    {:noreply, run(effects, %{state | features: features})}
   end
 
   defp info({:nodedown, _node}, state), do: {:noreply, state}
@@ -479,31 +460,10 @@ defmodule Visor.Server do
       :erlang.send(server, answer, [:noconnect, :nosuspend])
     end
 
-    node = node(server)
-    members = if state.lifecycle.members, do: Tuple.to_list(state.lifecycle.members), else: []
-    known = Map.get(state.features, node)
+    {features, effects} =
+      Features.heard(state.features, server, node(server), features, members(state))
 
-    cond do
-      node not in members ->
-        {:noreply, state}
-
-      :batch in features and match?({^server, monitor} when monitor != nil, known) ->
-        {:noreply, state}
-
-      :batch in features ->
-        forget_monitor(known)
-        features = Map.put(state.features, node, {server, Process.monitor(server)})
-        {:noreply, dispatch(put_features(state, features))}
-
-      # It said so before: its code was hot-loaded back to code without
-      # batches. No batch goes from now on; one already in flight does.
-      known != nil ->
-        forget_monitor(known)
-        {:noreply, put_features(state, Map.delete(state.features, node))}
-
-      true ->
-        {:noreply, state}
-    end
+    {:noreply, run(effects, %{state | features: features})}
   end
 
   # A poll's turn with an empty mailbox (see poll/1).
@@ -588,33 +548,6 @@ defmodule Visor.Server do
   defp info(message, state) do
     Logger.debug("#{inspect(state.group)}: dropped unexpected message #{inspect(message)}")
     {:noreply, count(state, :unexpected_messages)}
-  end
-
-  defp forget_monitor({_server, monitor}) when is_reference(monitor),
-    do: Process.demonitor(monitor, [:flush])
-
-  defp forget_monitor(_known), do: :ok
-
-  # A predecessor's answers (Visor.Lifetime) stand only for the members
-  # this node is cut off from: a restarted server still batches while one
-  # is down, and asks it again when its node reconnects (nodeup). A
-  # connected member's group may have restarted with other code while
-  # this node's was stopped: it must answer this server first.
-  defp kept_features(group) do
-    connected = Node.list()
-
-    for node <- Lifetime.batch_members(group),
-        node not in connected,
-        into: %{},
-        do: {node, {nil, nil}}
-  end
-
-  # The members' answers, kept for this server's successor: one restarted
-  # while a member is down still batches (that member's answer stands, as
-  # it would have here).
-  defp put_features(state, features) do
-    :ok = Lifetime.batch_members(state.group, Map.keys(features))
-    %{state | features: features}
   end
 
   # What Visor.Server.Upgrade decides on: this replica's role, and the
@@ -812,6 +745,36 @@ defmodule Visor.Server do
 
   # The switch goes through the line like a caller's command; its answer
   # comes back to this process as a reply would to a caller.
+  defp carry_out({:ask_features, nodes}, state) do
+    query = {:visor_features, self(), Executor.features(), true}
+
+    for node <- nodes,
+        do:
+          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
+
+    state
+  end
+
+  defp carry_out({:monitor_features, node, server}, state) do
+    monitor = Process.monitor(server)
+    {features, effects} = Features.monitored(state.features, node, server, monitor)
+    run(effects, %{state | features: features})
+  end
+
+  defp carry_out({:demonitor, monitor}, state) do
+    Process.demonitor(monitor, [:flush])
+    state
+  end
+
+  # Kept for this server's successor: one restarted while a member is
+  # down still batches, as it would have here.
+  defp carry_out({:remember_features, nodes}, state) do
+    :ok = Lifetime.batch_members(state.group, nodes)
+    state
+  end
+
+  defp carry_out(:batches_changed, state), do: dispatch(state)
+
   defp carry_out({:propose, version}, state) do
     now = System.monotonic_time(:millisecond)
     from = {self(), {:visor_upgrade, state.lifecycle.tag}}

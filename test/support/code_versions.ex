@@ -15,6 +15,23 @@ defmodule Visor.Test.CodeVersions do
     {module, binary}
   end
 
+  @doc """
+  Compiles a `use Visor` module named `module` whose state starts as
+  `initial` (source text) and whose other callbacks are `callbacks`
+  (source text, each with its `@impl Visor`), as `compile/1` does.
+  """
+  @spec state_machine(module(), String.t(), String.t()) :: {module(), binary()}
+  def state_machine(module, callbacks, initial \\ "[]") do
+    compile("""
+    defmodule #{inspect(module)} do
+      use Visor
+      @impl Visor
+      def initial_state(_), do: #{initial}
+      #{callbacks}
+    end
+    """)
+  end
+
   @doc "Loads `{module, object_code}` on `node` (this node by default): a hot code load."
   @spec load({module(), binary()}, node()) :: :ok
   def load({module, binary}, node \\ node()) do

@@ -134,17 +134,12 @@ defmodule Visor.Review13Test do
     end
 
     defp compile(n, extra) do
-      CodeVersions.compile("""
-      defmodule #{inspect(@module)} do
-        use Visor
-        @impl Visor
-        def initial_state(_), do: []
-        @impl Visor
-        def version, do: #{n}
-        #{extra}
-        @impl Visor
-        def handle_commit(x, meta, state), do: {:ok, {:code, #{n}, meta.version}, [x | state]}
-      end
+      CodeVersions.state_machine(@module, """
+      @impl Visor
+      def version, do: #{n}
+      #{extra}
+      @impl Visor
+      def handle_commit(x, meta, state), do: {:ok, {:code, #{n}, meta.version}, [x | state]}
       """)
     end
 
@@ -226,17 +221,16 @@ defmodule Visor.Review13Test do
     @ledger Visor.Review13Test.SpareLedger
 
     defp ledger(n) do
-      CodeVersions.compile("""
-      defmodule #{inspect(@ledger)} do
-        use Visor
-        @impl Visor
-        def initial_state(_), do: 0
+      CodeVersions.state_machine(
+        @ledger,
+        """
         @impl Visor
         def version, do: #{n}
         @impl Visor
         def handle_commit(:incr, _meta, state), do: {:ok, state + 1, state + 1}
-      end
-      """)
+        """,
+        "0"
+      )
     end
 
     test "fails the spare's commit although a quorum of members commits" do

@@ -15,20 +15,13 @@ defmodule Visor.VersionsTest do
   # Visor.Test.Load's callers expect).
   defp compile(versions) do
     for n <- versions do
-      CodeVersions.compile("""
-      defmodule #{inspect(@module)} do
-        use Visor
+      CodeVersions.state_machine(@module, """
+      @impl Visor
+      def version, do: #{n}
 
-        @impl Visor
-        def initial_state(_), do: []
-
-        @impl Visor
-        def version, do: #{n}
-
-        @impl Visor
-        def handle_commit({:incr, id}, meta, state),
-          do: {:ok, meta.version, [{meta.op, id, meta.version} | state]}
-      end
+      @impl Visor
+      def handle_commit({:incr, id}, meta, state),
+        do: {:ok, meta.version, [{meta.op, id, meta.version} | state]}
       """)
     end
   end

@@ -17,17 +17,12 @@ defmodule Visor.Server.MachineIndexTest do
   end
 
   defp compile(n, extra) do
-    CodeVersions.compile("""
-    defmodule #{inspect(@module)} do
-      use Visor
-      @impl Visor
-      def initial_state(_), do: []
-      @impl Visor
-      def version, do: #{n}
-      #{extra}
-      @impl Visor
-      def handle_commit(x, meta, state), do: {:ok, {meta.op, meta.index}, [x | state]}
-    end
+    CodeVersions.state_machine(@module, """
+    @impl Visor
+    def version, do: #{n}
+    #{extra}
+    @impl Visor
+    def handle_commit(x, meta, state), do: {:ok, {meta.op, meta.index}, [x | state]}
     """)
   end
 

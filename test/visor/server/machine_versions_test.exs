@@ -15,14 +15,9 @@ defmodule Visor.Server.MachineVersionsTest do
   # another version of it is loaded is a redefinition).
   defp compile(bodies) do
     for body <- bodies do
-      CodeVersions.compile("""
-      defmodule #{inspect(@module)} do
-        use Visor
-        @impl Visor
-        def initial_state(_), do: []
-        @impl Visor
-        #{body}
-      end
+      CodeVersions.state_machine(@module, """
+      @impl Visor
+      #{body}
       """)
     end
   end
