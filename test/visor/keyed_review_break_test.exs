@@ -1,0 +1,46 @@
+defmodule Visor.KeyedReviewBreakTest do
+  # Adversarial review of keyed groups: each test shows a defect from a
+  # user's side and fails until it is fixed. Tagged :review_break, which
+  # test_helper.exs excludes by default; run them with
+  # `mix test test/visor/keyed_review_break_test.exs --include review_break`.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
+  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
+
+  defp os_pid(node), do: to_string(:erpc.call(node, :os, :getpid, []))
+
+  # SIGSTOP: the node stays connected (no net tick missed for a few
+  # seconds) but answers nothing, as a node in a long GC pause or a
+  # stalled VM does.
+  defp freeze(node) do
+    pid = os_pid(node)
+    {_, 0} = System.cmd("kill", ["-STOP", pid])
+    pid
+  end
+
+  defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
+
+  @tag :review_break
+  test "start_group with other members than the running group's returns an error, yet leaves a stray replica started (and restarted) on the new member" do
+    [a, b, c] = all = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(all, Counter, replicas: 2)
+    group = {Counter, "conflict"}
+
+    assert {:ok, %{members: [^a, ^b]}} = rpc(a, :start_group, [group, [members: [a, b]]])
+
+    assert {:error, {:already_started, %{members: [^a, ^b]}}} =
+             rpc(a, :start_group, [group, [members: [a, c]]])
+
+    # The call said the group was not started with [a, c]: c must hold
+    # nothing of it. It does: c's host started a replica of a group
+    # {members: [a, c]} that can never form (a runs the other one),
+    # recorded it as hosted, and restarts it forever.
+    Process.sleep(1_500)
+    assert rpc(c, :which_groups, [Counter]) == []
+    assert :erpc.call(c, Visor.Lifetime, :hosting, [group]) == nil
+    assert Enum.map(rpc(b, :which_groups, [Counter, :cluster]), & &1.members) == [[a, b]]
+  end
+end
