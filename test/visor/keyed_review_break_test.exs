@@ -43,4 +43,19 @@ defmodule Visor.KeyedReviewBreakTest do
     assert :erpc.call(c, Visor.Lifetime, :hosting, [group]) == nil
     assert Enum.map(rpc(b, :which_groups, [Counter, :cluster]), & &1.members) == [[a, b]]
   end
+
+  @tag :review_break
+  test "start_group's timeout: when it runs out, the answer is {:no_group_host, member}, a member that runs the host, though the group forms" do
+    [a, _b, _c] = all = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(all, Counter, members: all)
+    group = {Counter, "short timeout"}
+
+    # The documented answer once timeout: runs out is {:error, :timeout}
+    # ("and the group goes on forming").
+    result = rpc(a, :start_group, [group, [timeout: 0]])
+
+    # It formed all the same: the error told the caller a lie.
+    Cluster.eventually(fn -> rpc(a, :status, [group]).status == :normal end, 15_000)
+    assert result == {:error, :timeout}
+  end
 end
