@@ -58,4 +58,28 @@ defmodule Visor.KeyedReviewBreakTest do
     Cluster.eventually(fn -> rpc(a, :status, [group]).status == :normal end, 15_000)
     assert result == {:error, :timeout}
   end
+
+  @tag :review_break
+  test "a commit's timeout: is not kept on a node with no replica when an unrelated connected node is stalled (every call asks every node, waiting 5 s)" do
+    [a, b, c, stalled] = nodes(4)
+    members = Enum.sort([a, b, c])
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "timeout kept"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    # This test node holds no replica: its calls go through a member.
+    assert Visor.commit(group, {:incr, :warm}) == 1
+
+    pid = freeze(stalled)
+
+    try do
+      {micros, reply} = :timer.tc(fn -> Visor.commit(group, {:incr, :one}, timeout: 500) end)
+      ms = div(micros, 1000)
+      # The members are healthy; the stalled node is not one of them. The
+      # members' ask waits 5 s for it, so the commit times out unsent.
+      assert reply == 2, "commit with timeout: 500 took #{ms} ms: #{inspect(reply)}"
+      assert ms < 1_500, "commit with timeout: 500 took #{ms} ms"
+    after
+      thaw(pid)
+    end
+  end
 end
