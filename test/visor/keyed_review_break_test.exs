@@ -82,4 +82,34 @@ defmodule Visor.KeyedReviewBreakTest do
       thaw(pid)
     end
   end
+
+  @tag :review_break
+  test "pipeline/3 from a node with no replica blocks, far past its timeout, when the member it picks is stalled (an :erpc.call with no timeout)" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "pipelined"}
+    assert {:ok, _} = rpc(b, :start_group, [group])
+    assert Visor.await(Visor.pipeline(group, {:incr, :warm})) == 1
+
+    # The first member in order is the one pipeline/3 sends to.
+    pid = freeze(a)
+
+    task =
+      Task.async(fn ->
+        ref = Visor.pipeline(group, {:echo, :x}, timeout: 1_000)
+        {:returned, Visor.await(ref)}
+      end)
+
+    try do
+      # Documented: pipeline/3 returns a reference at once, and the
+      # :timeout comes at the deadline or up to 1 s past it. 8 s covers
+      # even the 5 s the members are asked for; it still has not returned.
+      assert {:ok, {:returned, _}} = Task.yield(task, 8_000)
+    after
+      Task.shutdown(task, :brutal_kill)
+      thaw(pid)
+    end
+
+    _ = c
+  end
 end
