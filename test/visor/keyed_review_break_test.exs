@@ -112,4 +112,13 @@ defmodule Visor.KeyedReviewBreakTest do
 
     _ = c
   end
+
+  @tag :review_break
+  test "start_group raises on a misspelled option, as every other Visor option does" do
+    # `replica:` for `replicas:`: silently ignored, so the group would get
+    # the host's default number of members.
+    assert_raise ArgumentError, ~r/replica/, fn ->
+      Visor.start_group({Counter, "typo"}, replica: 2)
+    end
+  end
 end
