@@ -121,4 +121,43 @@ defmodule Visor.KeyedReviewBreakTest do
       Visor.start_group({Counter, "typo"}, replica: 2)
     end
   end
+
+  @tag :review_break
+  test "use Visor's new start_group/stop_group/which_groups are not overridable: a module's own function of that name is shadowed or refused" do
+    # A module written before keyed groups existed, with a function of
+    # its own named which_groups/0 (or stop_group/1): the default group's
+    # users were promised an unchanged API.
+    source = """
+    defmodule Visor.KeyedReviewBreakTest.Legacy do
+      use Visor
+      def initial_state(_), do: 0
+      def handle_commit(c, s), do: {:ok, c, s}
+      def which_groups, do: :mine
+    end
+    """
+
+    # Compiles with a warning ("this clause cannot match"), and the
+    # module's own which_groups/0 is dead code.
+    ExUnit.CaptureIO.capture_io(:stderr, fn -> Code.compile_string(source) end)
+    assert apply(Module.concat(__MODULE__, Legacy), :which_groups, []) == :mine
+
+    source = """
+    defmodule Visor.KeyedReviewBreakTest.Legacy2 do
+      use Visor
+      def initial_state(_), do: 0
+      def handle_commit(c, s), do: {:ok, c, s}
+      def stop_group(id), do: {:stopped, id}
+    end
+    """
+
+    # CompileError: "def stop_group/1 conflicts with defaults from stop_group/2".
+    compiled =
+      try do
+        Code.compile_string(source)
+      rescue
+        e in CompileError -> e
+      end
+
+    assert [{Visor.KeyedReviewBreakTest.Legacy2, _}] = compiled
+  end
 end
