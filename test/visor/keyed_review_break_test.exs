@@ -160,4 +160,27 @@ defmodule Visor.KeyedReviewBreakTest do
 
     assert [{Visor.KeyedReviewBreakTest.Legacy2, _}] = compiled
   end
+
+  @tag :review_break
+  test "which_groups(module, :cluster) leaves out a node whose servers are busy: 1 s per busy group, one after another, then the 5 s ask gives up" do
+    [a, b, _c] = all = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(all, Counter, members: all)
+    keys = for i <- 1..8, do: {:busy, i}
+    for key <- keys, do: assert({:ok, _} = rpc(b, :start_group, [{Counter, key}]))
+
+    # Every group's handle_commit is slow on a alone (a loaded machine).
+    for key <- keys do
+      spawn(fn -> rpc(b, :commit, [{Counter, key}, {:sleep_on, a, 12_000}, [timeout: 30_000]]) end)
+    end
+
+    Process.sleep(1_500)
+    groups = Visor.which_groups(Counter, :cluster)
+    assert Enum.sort(Enum.map(groups, & &1.key)) == Enum.sort(keys)
+
+    # Documented: a replica for each node that answered for it, status
+    # :unresponsive when its server does not answer within 1 s.
+    for %{key: key, replicas: replicas} <- groups do
+      assert Enum.map(replicas, & &1.node) == all, "#{inspect(key)}: #{inspect(replicas)}"
+    end
+  end
 end
