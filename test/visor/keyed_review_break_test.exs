@@ -183,4 +183,44 @@ defmodule Visor.KeyedReviewBreakTest do
       assert Enum.map(replicas, & &1.node) == all, "#{inspect(key)}: #{inspect(replicas)}"
     end
   end
+
+  # A module compiled here and loaded on the peers (a test file's modules
+  # are not on disk): its initial_state/1 raises while the node's
+  # :kr2_init_raise is set, as one whose database is unreachable does.
+  defp load_failing_init(nodes) do
+    [{module, binary}] =
+      Code.compile_string("""
+      defmodule Visor.KeyedReviewBreakTest.FailingInit do
+        use Visor
+        def initial_state(_), do: if(:persistent_term.get(:kr2_init_raise, false), do: raise("db down"), else: 0)
+        def handle_commit(n, s), do: {:ok, s + n, s + n}
+      end
+      """)
+
+    for node <- nodes do
+      {:module, ^module} = :erpc.call(node, :code, :load_binary, [module, ~c"nofile", binary])
+    end
+
+    module
+  end
+
+  @tag :review_break
+  test "start_group of a group whose initial_state raises returns an undocumented error, yet leaves the group hosted on every member, started again every second, and formed once initial_state works" do
+    all = nodes(3) |> Enum.sort()
+    failing = load_failing_init(all)
+    for node <- all, do: :ok = :erpc.call(node, :persistent_term, :put, [:kr2_init_raise, true])
+    :ok = Cluster.start_groups_host(all, failing, [members: all], :emergency)
+    group = {failing, "db down"}
+
+    result = rpc(hd(all), :start_group, [group, [timeout: 5_000]])
+    # The database comes back: the group the caller was told failed forms.
+    for node <- all, do: :ok = :erpc.call(node, :persistent_term, :put, [:kr2_init_raise, false])
+    Process.sleep(3_000)
+
+    assert {:error, reason} = result
+    # Nothing of a group that failed to start is left behind...
+    assert Visor.which_groups(failing, :cluster) == [], "start_group said #{inspect(reason)}"
+    # ...and the reason is a documented one (t:error/0, start_group/2's doc).
+    assert reason == :timeout or match?({:no_group_host, _}, reason), inspect(reason)
+  end
 end
