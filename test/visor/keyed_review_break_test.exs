@@ -223,4 +223,53 @@ defmodule Visor.KeyedReviewBreakTest do
     # ...and the reason is a documented one (t:error/0, start_group/2's doc).
     assert reason == :timeout or match?({:no_group_host, _}, reason), inspect(reason)
   end
+
+  # Its initial_state/1 takes as long as the node's :kr2_init_sleep says,
+  # once (the first group to start there), as one that loads an entity
+  # from a slow database does.
+  defp load_slow_init(nodes) do
+    [{module, binary}] =
+      Code.compile_string("""
+      defmodule Visor.KeyedReviewBreakTest.SlowInit do
+        use Visor
+
+        def initial_state(_) do
+          ms = :persistent_term.get(:kr2_init_sleep, 0)
+          :persistent_term.erase(:kr2_init_sleep)
+          Process.sleep(ms)
+          0
+        end
+
+        def handle_commit(n, s), do: {:ok, s + n, s + n}
+      end
+      """)
+
+    for node <- nodes do
+      {:module, ^module} = :erpc.call(node, :code, :load_binary, [module, ~c"nofile", binary])
+    end
+
+    module
+  end
+
+  @tag :review_break
+  test "one keyed group's slow initial_state blocks every other group's start_group on that node (the host runs it inside its call)" do
+    [a, b, _c] = all = nodes(3) |> Enum.sort()
+    slow = load_slow_init(all)
+    :ok = Cluster.start_groups_host(all, slow, members: all)
+
+    # The first group to start on a takes 12 s in initial_state there.
+    :ok = :erpc.call(a, :persistent_term, :put, [:kr2_init_sleep, 12_000])
+    task = Task.async(fn -> rpc(b, :start_group, [{slow, "slow entity"}, [timeout: 30_000]]) end)
+    Process.sleep(500)
+
+    try do
+      # Another group, whose initial_state is instant everywhere.
+      {micros, result} =
+        :timer.tc(fn -> rpc(b, :start_group, [{slow, "other entity"}, [timeout: 5_000]]) end)
+
+      assert {:ok, _} = result, "after #{div(micros, 1000)} ms: #{inspect(result)}"
+    after
+      Task.await(task, 60_000)
+    end
+  end
 end
