@@ -272,4 +272,18 @@ defmodule Visor.KeyedReviewBreakTest do
       Task.await(task, 60_000)
     end
   end
+
+  @tag :review_break
+  test "with no group host connected, start_group validates nothing and invents the number wanted" do
+    # No node runs Visor.Groups for Counter here. replicas: 0 raises
+    # ArgumentError when hosts run (Control.place/4); here it is an answer.
+    assert_raise ArgumentError, ~r/replicas/, fn ->
+      Visor.start_group({Counter, "nowhere"}, replicas: 0)
+    end
+
+    # The documented `wanted` is replicas:, default the host's (3): 1 is
+    # nobody's number.
+    assert {:error, {:not_enough_nodes, wanted, 0}} = Visor.start_group({Counter, "nowhere"})
+    assert wanted == 3
+  end
 end
