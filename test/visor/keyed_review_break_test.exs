@@ -286,4 +286,26 @@ defmodule Visor.KeyedReviewBreakTest do
     assert {:error, {:not_enough_nodes, wanted, 0}} = Visor.start_group({Counter, "nowhere"})
     assert wanted == 3
   end
+
+  @tag :review_break
+  test "a group stopped while one member was cut off comes back on the members it was stopped on, when the cut heals, with no state anyone can read" do
+    [a, b, c] = all = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(all, Counter, members: all)
+    group = {Counter, "stopped"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :x}]) == 1
+
+    :ok = Cluster.partition([a, b], [c])
+    assert rpc(a, :stop_group, [group]) == :ok
+    assert rpc(a, :commit, [group, {:incr, :y}]) == {:error, :no_group}
+    :ok = Cluster.heal([a, b], [c])
+    Process.sleep(5_000)
+
+    # Visor.stop_group/2's doc: calls to the group then return
+    # {:error, :no_group}; the member cut off keeps its replica "until it
+    # is stopped there". a and b adopted it back from c.
+    assert rpc(a, :which_groups, [Counter]) == [],
+           "a: #{inspect(rpc(a, :status, [group]) |> Map.take([:status, :role, :view]))}, " <>
+             "commit: #{inspect(rpc(b, :commit, [group, {:incr, :z}, [timeout: 2_000]]))}"
+  end
 end
