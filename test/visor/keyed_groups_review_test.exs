@@ -44,4 +44,46 @@ defmodule Visor.KeyedGroupsReviewTest do
     # The host survives a peer's junk: the same process goes on.
     for node <- members, do: assert(host_pid(node) == hosts[node])
   end
+
+  # Visor.Groups.Host.start/3 checks only the running processes, not what
+  # the host has recorded that it hosts (Visor.Lifetime.hosting/1): in the
+  # 1 s between a group's processes exiting and the host starting them
+  # again, a start_group with other members is not refused with
+  # {:error, {:already_started, ...}} as documented; it overwrites the
+  # hosted record and starts a new group (another cluster id, no lifetime
+  # record under it) on those nodes. If they are a majority of the old
+  # group, the new group forms fresh and empty: the acknowledged command
+  # is gone, and the old group's replicas there are never started again.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "start_group with other members during a member's restart window replaces the group, losing its state" do
+    [a, b, c, d] = nodes(4) |> Enum.sort()
+    old = [a, b, c]
+    :ok = Cluster.start_groups_host([a, b, c, d], Counter, members: old)
+    group = {Counter, "cart-7"}
+    assert {:ok, %{members: ^old}} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :acked}]) == 1
+
+    # The group's processes exit on a and b (a crash); their hosts will
+    # start them again in 1 s. Meanwhile an "ensure started" call with
+    # other members (a node joined, placement changed) comes in.
+    for node <- [a, b] do
+      supervisor = :erpc.call(node, Visor.Supervisor, :whereis, [group, :supervisor])
+      :erpc.call(node, Process, :exit, [supervisor, :kill])
+    end
+
+    # Once the old processes have unregistered (well within the 1 s).
+    Process.sleep(300)
+
+    result = rpc(d, :start_group, [group, [members: [a, b, d]]])
+
+    # Documented: the running group (members a, b, c) refuses other members.
+    refute match?({:ok, _}, result), "replaced by a new group: #{inspect(result)}"
+
+    # And the acknowledged command is still there.
+    Cluster.eventually(
+      fn -> rpc(a, :get_in, [group, [:count], [timeout: 2_000]]) == 1 end,
+      15_000
+    )
+  end
 end
