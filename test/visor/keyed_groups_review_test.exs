@@ -86,4 +86,48 @@ defmodule Visor.KeyedGroupsReviewTest do
       15_000
     )
   end
+
+  # 0.0 and -0.0 are one key to the Registry, the lifetime table and maps
+  # (=:= on OTP < 27), but term_to_binary tells them apart, so their
+  # cluster ids differ (Visor.Options.cluster_id/3 hashes the key). A start
+  # under -0.0 while the group's processes of 0.0 restart finds the
+  # lifetime record (same row) but no cluster formed under the new id:
+  # every member forms fresh, and the acknowledged state is gone.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a key equal to a running group's key but encoded differently (-0.0 vs 0.0) restarts it fresh" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, 0.0}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :acked}]) == 1
+
+    # Every member's processes exit (a crash loop, say): each host starts
+    # them again in 1 s, recovering. A start_group comes in meanwhile.
+    for node <- members do
+      supervisor = :erpc.call(node, Visor.Supervisor, :whereis, [group, :supervisor])
+      :erpc.call(node, Process, :exit, [supervisor, :kill])
+    end
+
+    # Once the old processes have unregistered (well within the 1 s).
+    Process.sleep(300)
+
+    # Built at run time: the compiler (OTP < 27) merges literals that are
+    # =:=, so a -0.0 literal here would be 0.0.
+    negative_zero = :erlang.binary_to_term(<<131, 70, 0x80, 0::56>>)
+    refute :erlang.term_to_binary(negative_zero) == :erlang.term_to_binary(0.0)
+    _ = rpc(b, :start_group, [{Counter, negative_zero}])
+    Process.sleep(3_000)
+
+    # No replica may start fresh: they all lost their memory.
+    for node <- members do
+      refute match?(
+               {:member, %{recover: false}},
+               :erpc.call(node, Visor.Formation, :decision, [group])
+             ),
+             "#{node}'s replica started fresh"
+    end
+
+    assert rpc(c, :get_in, [group, [:count], [timeout: 2_000]]) in [1, {:error, :timeout}]
+  end
 end
