@@ -131,3 +131,50 @@ defmodule Visor.KeyedGroupsReviewTest do
     assert rpc(c, :get_in, [group, [:count], [timeout: 2_000]]) in [1, {:error, :timeout}]
   end
 end
+
+defmodule Visor.KeyedGroupsReviewNoGroupTest do
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
+
+  # Visor.call/3 on a member turns any :not_running of its local server
+  # (an exit :shutdown/:normal/:noproc during the call) into {:error,
+  # :no_group}, documented as "no connected node holds the group ...
+  # Nothing was applied". A sibling's crash restarts the group's processes
+  # (one_for_all): the server is shut down with the caller's command in
+  # flight, which the primary may already have committed and applied. The
+  # caller is told the group does not exist and nothing was applied; a
+  # retry applies the command twice.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a member's commit in flight when its processes restart answers :no_group, though the group exists and the command was applied" do
+    # A long tick: a backup learns of a commit up to a tick after the
+    # primary applied it, which widens the window.
+    [a, b, c] = members = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members, tick_ms: 500)
+    group = {Counter, "in-flight"}
+    assert {:ok, %{primary: ^a}} = rpc(c, :start_group, [group])
+
+    results =
+      for i <- 1..12 do
+        Cluster.eventually(fn -> rpc(b, :status, [group]).status == :normal end, 15_000)
+        caller = Task.async(fn -> rpc(b, :commit, [group, {:incr, i}, [timeout: 5_000]]) end)
+        Process.sleep(rem(i, 3))
+        router = :erpc.call(b, Visor.Supervisor, :whereis, [group, :router])
+        :erpc.call(b, Process, :exit, [router, :kill])
+        result = Task.await(caller, 10_000)
+        Process.sleep(1_500)
+        {i, result}
+      end
+
+    applied =
+      Cluster.eventually(fn -> rpc(a, :get, [group, [timeout: 5_000]]) end, 15_000).applied
+
+    lies = for {i, {:error, :no_group}} <- results, do: {i, MapSet.member?(applied, i)}
+
+    assert lies == [],
+           "the group answered :no_group ({id, applied?}): #{inspect(lies)}; all: #{inspect(results)}"
+  end
+end
