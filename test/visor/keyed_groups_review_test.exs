@@ -178,3 +178,35 @@ defmodule Visor.KeyedGroupsReviewNoGroupTest do
            "the group answered :no_group ({id, applied?}): #{inspect(lies)}; all: #{inspect(results)}"
   end
 end
+
+defmodule Visor.KeyedGroupsReviewStrayTest do
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter}
+
+  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
+
+  # Visor.Groups.Control.start/2 asks every chosen member to start the
+  # group at once, and returns the first refusal: a start_group whose
+  # members differ from the running group's (another node's view of the
+  # hosts, a node that joined) answers {:error, {:already_started, ...}},
+  # but the members that did not run the key started a replica of the
+  # other membership, which never forms and is never stopped: it shows in
+  # lookup/which_groups, and its host offers it for adoption to every
+  # node that connects.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a refused start_group leaves a stray replica on the members that accepted it" do
+    [a, b, c, d] = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+    running = [a, b, c]
+    :ok = Cluster.start_groups_host([a, b, c, d], Counter, members: running)
+    group = {Counter, "stray"}
+    assert {:ok, %{members: ^running}} = rpc(a, :start_group, [group])
+
+    assert {:error, {:already_started, %{members: ^running}}} =
+             rpc(d, :start_group, [group, [members: [a, b, d]]])
+
+    assert rpc(d, :which_groups, [Counter]) == [], "a replica of a refused start runs on d"
+    assert rpc(a, :lookup, [group]) |> Keyword.keys() |> Enum.sort() == running
+  end
+end
