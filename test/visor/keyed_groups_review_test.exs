@@ -209,4 +209,33 @@ defmodule Visor.KeyedGroupsReviewStrayTest do
     assert rpc(d, :which_groups, [Counter]) == [], "a replica of a refused start runs on d"
     assert rpc(a, :lookup, [group]) |> Keyword.keys() |> Enum.sort() == running
   end
+
+  # The stray replica on d names a, b and d. When a's VM restarts, its
+  # host adopts the groups other nodes run that name it, from every node,
+  # first answer first (Visor.Groups.Host.adopt_from/2): if d answers
+  # before b, a starts the stray membership, which never forms, and never
+  # rejoins the running group: that group has lost a replica for good.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a restarted node adopts a stray replica's membership instead of the running group's" do
+    [a, b, c, d] = Cluster.start_peers(4) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+    running = [a, b, c]
+    :ok = Cluster.start_groups_host([a, b, c, d], Counter, members: running)
+    group = {Counter, "stray"}
+    assert {:ok, %{members: ^running}} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :acked}]) == 1
+    assert {:error, {:already_started, _}} = rpc(d, :start_group, [group, [members: [a, b, d]]])
+
+    :ok = Cluster.kill_node(a, [b, c, d])
+    # d connects to the restarted a first.
+    Cluster.restart_peer(a, [d, b, c])
+    :ok = Cluster.start_groups_host([a], Counter, members: running)
+
+    # Time to adopt and rejoin (a rejoin takes well under a second here).
+    Process.sleep(8_000)
+    on_a = rpc(a, :which_groups, [Counter])
+
+    assert match?([%{members: ^running, status: :normal}], on_a),
+           "a runs #{inspect(on_a)}, not the running group (members #{inspect(running)})"
+  end
 end
