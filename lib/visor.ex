@@ -380,11 +380,18 @@ defmodule Visor do
 
       @doc "Starts the keyed group `key` of this module; see `Visor.start_group/2`."
       @spec start_group(term(), keyword()) :: {:ok, map()} | {:error, term()}
-      def start_group(key, opts \\ []), do: Visor.start_group({__MODULE__, key}, opts)
+      def start_group(key, opts), do: Visor.start_group({__MODULE__, key}, opts)
+
+      # Without a default argument: a module may override either arity alone.
+      @doc false
+      def start_group(key), do: Visor.start_group({__MODULE__, key}, [])
 
       @doc "Stops the keyed group `key` of this module; see `Visor.stop_group/2`."
       @spec stop_group(term(), keyword()) :: :ok | {:error, :no_group}
-      def stop_group(key, opts \\ []), do: Visor.stop_group({__MODULE__, key}, opts)
+      def stop_group(key, opts), do: Visor.stop_group({__MODULE__, key}, opts)
+
+      @doc false
+      def stop_group(key), do: Visor.stop_group({__MODULE__, key}, [])
 
       @doc "This module's keyed groups with a replica on this node; see `Visor.which_groups/1`."
       @spec which_groups() :: [map()]
@@ -394,7 +401,14 @@ defmodule Visor do
       # `use Visor`'s default start options, which Visor.Groups applies too.
       def __visor_defaults__, do: @visor_defaults
 
-      defoverridable child_spec: 1
+      # A module written before keyed groups may define functions of
+      # these names itself: its own take over, as child_spec/1's do.
+      defoverridable child_spec: 1,
+                     start_group: 1,
+                     start_group: 2,
+                     stop_group: 1,
+                     stop_group: 2,
+                     which_groups: 0
     end
   end
 

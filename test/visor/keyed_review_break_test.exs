@@ -122,7 +122,6 @@ defmodule Visor.KeyedReviewBreakTest do
     end
   end
 
-  @tag :review_break
   test "use Visor's new start_group/stop_group/which_groups are not overridable: a module's own function of that name is shadowed or refused" do
     # A module written before keyed groups existed, with a function of
     # its own named which_groups/0 (or stop_group/1): the default group's
