@@ -195,8 +195,9 @@ defmodule Visor do
       session is replaced): this command was not applied, and the other's
       reply is never given instead.
     * `:no_member_reachable`: this node is a spare (not a member; see
-      docs/operations.md, "Spares") and reached no member before the
-      timeout. Nothing was applied.
+      docs/operations.md, "Spares"), or holds no replica of the keyed
+      group, and reached no member before the timeout. Nothing was
+      applied.
     * `{:member_down, node}`: this node is a spare, and the member `node`
       it forwarded the command to went down (disconnected, or its server
       exited) during the call. The command **may or may not have been
@@ -759,15 +760,16 @@ defmodule Visor do
   end
 
   # A keyed group with no replica on this node: the command goes to a
-  # member's server (the first connected one that runs it), which answers
+  # member's server (the first connected one that runs it, found before
+  # the deadline: pipeline/3 returns within its timeout), which answers
   # through the caller's alias itself (Visor.Server, :visor_pipelined with
   # the alias as the spare). No Visor.Backstop runs here: a process of its
   # own sends the backstop's :timeout through the alias. No telemetry span.
   defp pipeline_keyed(group, payload, deadline, timeout) do
-    case keyed_server(group) do
-      nil ->
+    case Visor.Forward.keyed_server(group, deadline) do
+      {:error, _reason} = error ->
         ref = make_ref()
-        send(self(), {ref, {:error, :no_group}})
+        send(self(), {ref, error})
         ref
 
       server ->
@@ -786,16 +788,6 @@ defmodule Visor do
 
         ref
     end
-  end
-
-  defp keyed_server(group) do
-    with [_ | _] = members <- Visor.Groups.Control.members(group) do
-      members
-      |> Enum.filter(&(&1 in Node.list()))
-      |> Enum.find_value(&:erpc.call(&1, Visor.Supervisor, :whereis, [group, :server]))
-    end
-  catch
-    _kind, _reason -> nil
   end
 
   # As commit/3's call (backstop/1): the server answers at the deadline;

@@ -38,16 +38,21 @@ defmodule Visor.Forward do
   #     `{:error, :timeout}` at the deadline included).
   #
   # A keyed group (`{module, key}`) has no spares: its processes run on its
-  # members alone. A call made on any other node (`call_keyed/4`) finds
-  # the members from the nodes that run the group (one call to each
-  # connected node, `Visor.Groups.Control.members/1`), then goes on as a
-  # spare's does; when no connected node runs it, the caller gets
-  # `{:error, :no_group}` at once (nothing was applied).
+  # members alone. A call made on any other node (`call_keyed/4`) learns
+  # the members from the first connected node that runs the group
+  # (`Visor.Groups.Control.members/2`: every node asked at once, within the
+  # caller's deadline; the answer kept in the caller's process), then goes
+  # on as a spare's does; when no connected node runs it, the caller gets
+  # `{:error, :no_group}` (nothing was applied). Members kept from an
+  # earlier call that no longer run it, or do not answer, are forgotten
+  # and asked for again.
   #
   # A `consistency: :local` read is served as a linearizable one: a spare
   # has no state of its own to read, and a member's local state could go
   # backwards between two reads that different members serve, which
   # `:local` promises never to do.
+
+  alias Visor.Groups.Control
 
   # A pause before trying every candidate again, when none could be reached.
   @retry_ms 50
@@ -85,25 +90,92 @@ defmodule Visor.Forward do
   """
   @spec call_keyed({module(), term()}, tuple(), integer(), (integer() -> timeout())) :: term()
   def call_keyed(group, request, deadline, backstop) do
-    case Visor.Groups.Control.members(group) do
-      nil -> {:error, :no_group}
-      members -> forward(group, linearizable(request), deadline, backstop, members)
+    case Control.members(group, deadline) do
+      {:error, _reason} = error ->
+        error
+
+      {:ok, members} ->
+        connected = Enum.filter(members, &(&1 in Node.list()))
+
+        case first_answer(connected, group, linearizable(request), deadline, backstop, nil) do
+          {:answer, reply} ->
+            reply
+
+          {:refused, reason} ->
+            {:error, reason}
+
+          # No member received it: they were kept from an earlier call and
+          # no longer run it (stopped, started elsewhere), or do not answer.
+          :none ->
+            Control.forget(group)
+            left = deadline - System.monotonic_time(:millisecond)
+
+            if left > 0 do
+              Process.sleep(min(@retry_ms, left))
+              call_keyed(group, request, deadline, backstop)
+            else
+              {:error, :no_member_reachable}
+            end
+        end
+    end
+  end
+
+  @doc """
+  The server of a member of the keyed group `group` (this node holds no
+  replica of it) to send a pipelined command to: the first connected
+  member in order whose server is found before `deadline`, `{:error,
+  :no_group}` when no connected node runs the group, or `{:error,
+  :no_member_reachable}`. Nothing is sent.
+  """
+  @spec keyed_server({module(), term()}, integer()) :: pid() | {:error, Visor.error()}
+  def keyed_server(group, deadline), do: keyed_server(group, deadline, true)
+
+  defp keyed_server(group, deadline, ask_again) do
+    case Control.members(group, deadline) do
+      {:error, _reason} = error ->
+        error
+
+      {:ok, members} ->
+        found =
+          Enum.find_value(members, fn node ->
+            left = deadline - System.monotonic_time(:millisecond)
+            if left > 0 and node in Node.list(), do: server_pid(node, group, left)
+          end)
+
+        cond do
+          found ->
+            found
+
+          # The members kept from an earlier call may be stale: ask once more.
+          ask_again ->
+            Control.forget(group)
+            keyed_server(group, deadline, false)
+
+          true ->
+            {:error, :no_member_reachable}
+        end
     end
   end
 
   @doc """
   The status of a keyed group `group` on a node that holds no replica of
   it: `status` (a map without a replica, see `Visor.Server.Status`) as a
-  spare's (`status/2`), with `status: :spare`, or `status: :no_group`
-  when no connected node runs the group.
+  spare's (`status/2`), with `status: :spare`; `status: :no_group`
+  when no connected node runs the group, `:unresponsive` (`error:
+  :no_member_reachable`) when none answered within #{@status_timeout_ms} ms.
   """
   @spec status_keyed({module(), term()}, map()) :: map()
   def status_keyed(group, status) do
-    case Visor.Groups.Control.members(group) do
-      nil ->
+    deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
+
+    case Control.members(group, deadline) do
+      {:error, :no_group} ->
         %{status | status: :no_group, error: :no_group}
 
-      members ->
+      {:error, reason} ->
+        %{status | status: :unresponsive, error: reason}
+
+      {:ok, members} ->
         status = %{status | status: :spare, error: nil}
 
         case member_status(group, members) do

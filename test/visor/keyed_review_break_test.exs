@@ -59,7 +59,6 @@ defmodule Visor.KeyedReviewBreakTest do
     assert result == {:error, :timeout}
   end
 
-  @tag :review_break
   test "a commit's timeout: is not kept on a node with no replica when an unrelated connected node is stalled (every call asks every node, waiting 5 s)" do
     [a, b, c, stalled] = nodes(4)
     members = Enum.sort([a, b, c])
@@ -83,7 +82,6 @@ defmodule Visor.KeyedReviewBreakTest do
     end
   end
 
-  @tag :review_break
   test "pipeline/3 from a node with no replica blocks, far past its timeout, when the member it picks is stalled (an :erpc.call with no timeout)" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(members, Counter, members: members)

@@ -17,6 +17,10 @@ defmodule Visor.Groups.Control do
   # How long start_group/2 waits for a quorum to form, by default.
   @start_timeout_ms 15_000
   @poll_ms 20
+  # The calling process's kept members of keyed groups (`members/2`), and
+  # how many groups it keeps at most (all are dropped when it is full).
+  @cache {__MODULE__, :members}
+  @cache_size 256
 
   @doc "See `Visor.start_group/2`."
   @spec start({module(), term()}, keyword()) :: {:ok, map()} | {:error, term()}
@@ -176,17 +180,93 @@ defmodule Visor.Groups.Control do
   end
 
   @doc """
-  The members of the keyed group `group` as the first connected node that
-  runs it says (this node runs none of it), or `nil` when none does.
-  """
-  @spec members({module(), term()}) :: [node()] | nil
-  def members({module, key}) do
-    nodes = Node.list()
-    answers = :erpc.multicall(nodes, Groups, :running, [module, key], @ask_timeout_ms)
+  The members of the keyed group `group` (this node runs none of it), as
+  the first connected node that runs it answers before `deadline`
+  (monotonic ms): `{:ok, members}`; `{:error, :no_group}` when every
+  connected node answered that it does not run it; `{:error,
+  :no_member_reachable}` when the deadline passed first. Every connected
+  node is asked at once, so a stalled node delays nothing unless no other
+  answers.
 
-    Enum.find_value(answers, fn
-      {:ok, {_pid, members}} -> members
-      _not_running -> nil
-    end)
+  The members found are kept in the calling process until `forget/1`: a
+  caller's next calls to the group go straight to them. Kept there rather
+  than in a table: a node that only calls keyed groups runs no Visor
+  process that could own one, and a process never serves another's stale
+  answer. A process keeps at most #{@cache_size} groups' (all dropped when
+  it is full).
+  """
+  @spec members({module(), term()}, integer()) ::
+          {:ok, [node()]} | {:error, :no_group | :no_member_reachable}
+  def members(group, deadline) do
+    cache = Process.get(@cache, %{})
+
+    case cache do
+      %{^group => members} ->
+        {:ok, members}
+
+      _ ->
+        with {:ok, members} <- ask_members(group, deadline) do
+          cache = if map_size(cache) >= @cache_size, do: %{}, else: cache
+          Process.put(@cache, Map.put(cache, group, members))
+          {:ok, members}
+        end
+    end
+  end
+
+  @doc """
+  Drops the calling process's kept members of `group` (`members/2`): its
+  caller found that they do not run it (stopped, or started elsewhere) or
+  do not answer, so the next call asks again.
+  """
+  @spec forget({module(), term()}) :: :ok
+  def forget(group) do
+    with %{} = cache <- Process.get(@cache), do: Process.put(@cache, Map.delete(cache, group))
+    :ok
+  end
+
+  defp ask_members({module, key}, deadline) do
+    reply_to = :erlang.alias()
+    nodes = Node.list()
+    # A node that never answers holds a process at most this long.
+    timeout = min(left(deadline), @ask_timeout_ms)
+
+    for node <- nodes do
+      spawn(fn ->
+        answer =
+          try do
+            :erpc.call(node, Groups, :running, [module, key], timeout) || :not_running
+          catch
+            _kind, _reason -> :no_answer
+          end
+
+        send(reply_to, {reply_to, answer})
+      end)
+    end
+
+    members = first_members(reply_to, length(nodes), deadline)
+    # Answers still on their way are dropped, and none is left behind.
+    :erlang.unalias(reply_to)
+    flush(reply_to)
+    members
+  end
+
+  defp first_members(_reply_to, 0, _deadline), do: {:error, :no_group}
+
+  defp first_members(reply_to, waiting, deadline) do
+    receive do
+      {^reply_to, {_pid, [_ | _] = members}} -> {:ok, members}
+      {^reply_to, :not_running} -> first_members(reply_to, waiting - 1, deadline)
+      {^reply_to, :no_answer} -> first_members(reply_to, waiting - 1, deadline)
+    after
+      left(deadline) -> {:error, :no_member_reachable}
+    end
+  end
+
+  defp flush(reply_to) do
+    receive do
+      {^reply_to, _answer} -> flush(reply_to)
+    after
+      0 -> :ok
+    end
   end
 end
