@@ -158,7 +158,6 @@ defmodule Visor.KeyedReviewBreakTest do
     assert [{Visor.KeyedReviewBreakTest.Legacy2, _}] = compiled
   end
 
-  @tag :review_break
   test "which_groups(module, :cluster) leaves out a node whose servers are busy: 1 s per busy group, one after another, then the 5 s ask gives up" do
     [a, b, _c] = all = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(all, Counter, members: all)
