@@ -27,7 +27,9 @@ defmodule Visor do
   ## Callbacks
 
   `c:initial_state/1` builds the state every replica starts from (it gets the
-  `init_arg:` option, `[]` by default). `c:handle_commit/2` (or
+  `init_arg:` option, `[]` by default); a keyed group's replicas start
+  from `c:initial_state/2`, which also gets the group's key, when the
+  module defines it (see "Keyed groups"). `c:handle_commit/2` (or
   `c:handle_commit/3`, which also gets the op number, view, the primary's
   timestamp and the state machine version) applies one committed command
   and returns `{:ok, reply, new_state}`. Every replica applies the same
@@ -133,6 +135,17 @@ defmodule Visor do
   functions here, which take a module (its default group) or `{module,
   key}`. No atom is created per key. See `Visor.Groups` and
   docs/operations.md, "Keyed groups".
+
+  A keyed group's replicas start from `c:initial_state/2` when the module
+  defines it: it gets the key, so each entity's group builds its own
+  start state (the default group still starts from `c:initial_state/1`,
+  which stays required):
+
+      @impl Visor
+      def initial_state(_init_arg), do: %{}
+
+      @impl Visor
+      def initial_state({:cart, id}, _init_arg), do: %{cart: id, items: []}
 
   ## Errors
 
@@ -281,6 +294,18 @@ defmodule Visor do
   @doc "Builds the state every replica starts from; gets the `init_arg:` option (default `[]`)."
   @callback initial_state(init_arg :: term()) :: term()
 
+  @doc """
+  Builds the state a keyed group's replicas start from, from its key
+  (`{module, key}`) and the `init_arg:` of the module's `Visor.Groups`:
+  one replicated GenServer per entity, each starting from its entity's
+  state. Optional: when the module does not define it, a keyed group
+  starts from `c:initial_state/1`, as the default group always does. It
+  runs on every member, so it must build the same state from the same
+  key on every node (no clock, no randomness, no reads of data that
+  differs between nodes).
+  """
+  @callback initial_state(key :: term(), init_arg :: term()) :: term()
+
   @doc "Applies one committed command: `{:ok, reply, new_state}`."
   @callback handle_commit(command(), state :: term()) ::
               {:ok, reply :: term(), new_state :: term()}
@@ -322,7 +347,8 @@ defmodule Visor do
   """
   @callback version() :: non_neg_integer()
 
-  @optional_callbacks handle_commit: 2,
+  @optional_callbacks initial_state: 2,
+                      handle_commit: 2,
                       handle_commit: 3,
                       encode_snapshot: 1,
                       decode_snapshot: 1,

@@ -54,6 +54,24 @@ defmodule Visor.Test.Counter do
   defp stamp(state, meta), do: %{state | last_op: meta.op, last_timestamp: meta.timestamp}
 end
 
+defmodule Visor.Test.Entity do
+  @moduledoc """
+  A replicated GenServer per entity: a keyed group's state is built from
+  its key (`initial_state/2`), the default group's from `init_arg` alone.
+  """
+  use Visor
+
+  @impl Visor
+  def initial_state(init_arg), do: %{key: :default, init_arg: init_arg}
+
+  @impl Visor
+  def initial_state({:cart, id} = key, init_arg),
+    do: %{key: key, init_arg: init_arg, items: List.duplicate(:item, id)}
+
+  @impl Visor
+  def handle_commit({:add, item}, state), do: {:ok, :ok, %{state | items: [item | state.items]}}
+end
+
 defmodule Visor.Test.Accessors do
   @moduledoc "`get_in` accessor functions that misbehave, loadable on peer nodes."
 

@@ -4,7 +4,7 @@ defmodule Visor.KeyedGroupsTest do
   # per group; a restarted host rejoins, never fresh. Not async: real nodes.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, KeyedHelpers}
+  alias Visor.Test.{Cluster, Counter, Entity, KeyedHelpers}
 
   doctest Visor.Groups
 
@@ -233,6 +233,34 @@ defmodule Visor.KeyedGroupsTest do
              Base.encode16(Visor.Options.cluster_id({Counter, :k}, members), case: :lower)
 
     refute keyed.cluster == default.cluster
+  end
+
+  test "initial_state/2: every member builds a keyed group's start state from its key; the default group starts from initial_state/1" do
+    members = nodes(3) |> Enum.sort()
+    [a, b, c] = members
+    :ok = Cluster.start_group(members, Entity, nodes: members, init_arg: :shared)
+    :ok = Cluster.start_groups_host(members, Entity, members: members, init_arg: :shared)
+
+    assert {:ok, _} = rpc(a, :start_group, [{Entity, {:cart, 2}}])
+    assert {:ok, _} = rpc(b, :start_group, [{Entity, {:cart, 3}}])
+    assert rpc(c, :commit, [{Entity, {:cart, 3}}, {:add, :more}]) == :ok
+
+    # Read on each member's own replica: each built it from the key.
+    for node <- members do
+      Cluster.eventually(fn ->
+        rpc(node, :get, [{Entity, {:cart, 2}}, [consistency: :local]]) ==
+          %{key: {:cart, 2}, init_arg: :shared, items: [:item, :item]}
+      end)
+
+      Cluster.eventually(fn ->
+        rpc(node, :get_in, [{Entity, {:cart, 3}}, [:items], [consistency: :local]]) ==
+          [:more, :item, :item, :item]
+      end)
+
+      Cluster.eventually(fn ->
+        rpc(node, :get, [Entity, [consistency: :local]]) == %{key: :default, init_arg: :shared}
+      end)
+    end
   end
 
   test "no atom per group: 200 groups on a node create none" do

@@ -89,8 +89,9 @@ defmodule Visor.Server.Machine do
           | {:fail, term()}
 
   @doc """
-  The state machine at `module.initial_state(init_arg)`. `death_at` is
-  `Visor.Lifetime.death_at/1`: whether this node's previous server died
+  The state machine at `module.initial_state(init_arg)` (a keyed group's
+  at `module.initial_state(key, init_arg)` when the module exports it).
+  `death_at` is `Visor.Lifetime.death_at/1`: whether this node's previous server died
   inside `handle_commit`, at which op and how many times in a row; after
   #{@poison_deaths} the machine is halted there (a poison command).
   `opts`: `group:`, the group it is the state of (by default the
@@ -109,7 +110,7 @@ defmodule Visor.Server.Machine do
     machine = %__MODULE__{
       module: module,
       group: group,
-      app_state: module.initial_state(init_arg),
+      app_state: initial_state(module, group, init_arg),
       counters: counters,
       executed: Keyword.get_lazy(opts, :executed, fn -> Lifetime.get(group).executed end),
       poison: poison
@@ -117,6 +118,16 @@ defmodule Visor.Server.Machine do
 
     {machine, effects}
   end
+
+  # A keyed group's start state is built from its key when the module
+  # says how (`c:Visor.initial_state/2`); the default group's never is.
+  defp initial_state(module, {module, key}, init_arg) do
+    if Code.ensure_loaded?(module) and function_exported?(module, :initial_state, 2),
+      do: module.initial_state(key, init_arg),
+      else: module.initial_state(init_arg)
+  end
+
+  defp initial_state(module, _default_group, init_arg), do: module.initial_state(init_arg)
 
   defp poison(_group, nil), do: {nil, []}
 
