@@ -240,16 +240,23 @@ defmodule Visor do
     * `:diverged`: a `consistency: :local` read on a node whose state was
       found to differ from the quorum's, until it has recovered the
       quorum's state (status `:diverged`; see docs/operations.md).
-    * `:not_running`: the module is not started on this node.
+    * `:not_running`: the module is not started on this node: no server
+      took the call. Nothing was applied.
     * `:no_group`: a keyed group that no connected node running the
-      module's `Visor.Groups` holds (never started, or stopped). Nothing
-      was applied.
+      module's `Visor.Groups` holds (never started, or stopped): this
+      node runs no server of it, or its server was gone before the call
+      reached it, and every other connected node answered that it runs
+      none. No server took the call: nothing was applied. A server that
+      exits during the call, even when the group is being stopped, gives
+      `{:server_down, reason}` instead.
     * `{:no_group_host, node}`: `start_group/2` named a member that does
       not run `Visor.Groups` for the module (or did not answer).
     * `{:not_enough_nodes, wanted, found}`: `start_group/2` with
       `replicas: wanted`, and only `found` connected nodes run the host.
-    * `{:server_down, reason}`: this node's server exited during the call;
-      the command may or may not have been applied.
+    * `{:server_down, reason}`: this node's server exited during the call
+      (crashed, or shut down: the group stopped, or its processes
+      restarted after one of them crashed); the command may or may not
+      have been applied.
   """
   @type error ::
           :timeout
@@ -847,7 +854,8 @@ defmodule Visor do
   Waits for the message of `pipeline/3`'s `ref` and returns its result,
   as `commit/3` would have returned it (a `:DOWN` of this node's server
   is `{:error, {:server_down, reason}}`, or `{:error, :not_running}`
-  when it was shut down).
+  when the server was gone before the command was sent: reason
+  `:noproc`).
 
   After `timeout` (ms, or `:infinity`, the default: the server answers
   by the command's own deadline) it returns `{:error, :timeout}`, and no
@@ -1088,9 +1096,16 @@ defmodule Visor do
         Visor.Forward.call_keyed(group, request, deadline, &backstop/1)
 
       server ->
-        # Stopped during the call (stop_group/2): the group is gone.
-        with {:error, :not_running} <- server_call(server, request, deadline),
-             do: {:error, :no_group}
+        case server_call(server, request, deadline) do
+          # The server was gone before the call reached it (stopped, or
+          # its processes restarting): nothing was sent, so the other
+          # members may take it, or say that no node runs the group.
+          {:error, :not_running} ->
+            Visor.Forward.call_keyed(group, request, deadline, &backstop/1)
+
+          reply ->
+            reply
+        end
     end
   end
 
@@ -1121,10 +1136,10 @@ defmodule Visor do
   end
 
   defp exit_error({:timeout, _}), do: {:error, :timeout}
+  # No server took the call: nothing was sent. A server that exits during
+  # the call, even a clean shutdown (stopped, or its group's processes
+  # restarting after a sibling's crash), may have handed the command on.
   defp exit_error({:noproc, _}), do: {:error, :not_running}
-  defp exit_error({:normal, _}), do: {:error, :not_running}
-  defp exit_error({:shutdown, _}), do: {:error, :not_running}
-  defp exit_error({{:shutdown, _}, _}), do: {:error, :not_running}
   defp exit_error({reason, _}), do: {:error, {:server_down, reason}}
   defp exit_error(reason), do: {:error, {:server_down, reason}}
 end

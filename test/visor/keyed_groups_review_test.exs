@@ -147,7 +147,6 @@ defmodule Visor.KeyedGroupsReviewNoGroupTest do
   # flight, which the primary may already have committed and applied. The
   # caller is told the group does not exist and nothing was applied; a
   # retry applies the command twice.
-  @tag :review_break
   @tag timeout: 180_000
   test "a member's commit in flight when its processes restart answers :no_group, though the group exists and the command was applied" do
     # A long tick: a backup learns of a commit up to a tick after the
