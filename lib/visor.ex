@@ -82,7 +82,8 @@ defmodule Visor do
 
   `child_spec/1`, `start_link/1`, `commit/1,2`, `pipeline/1,2`, `get/0,1`,
   `get_in/1,2`, `status/0` (the default group's), and `start_group/1,2`,
-  `stop_group/1,2` and `which_groups/0` (keyed groups: they take the key),
+  `stop_group/1,2` and `which_groups/0` (keyed groups: they take the key;
+  overridable, so a module's own functions of those names keep working),
   each a one-line call to the function of the same name here
   (`Visor.commit(Cache, command, opts)` and so on), so nothing is
   macro-only. Code inside the module may still call `get_in(data, keys)`:
@@ -668,7 +669,9 @@ defmodule Visor do
 
   @doc """
   Where the servers of the keyed group `{module, key}` run, among this
-  node and the nodes it is connected to: `[{node, pid}]`.
+  node and the nodes it is connected to (all asked at once; a node that
+  does not answer within 5 s is left out): `[{node, pid}]`, whatever the
+  members each of them runs it with.
 
       iex> Visor.lookup({Cache, "never started"})
       []
@@ -738,9 +741,10 @@ defmodule Visor do
       returned (the reply of `handle_commit`, or `{:error, reason}`, the
       reasons of `t:error/0`, `:timeout` at the deadline included), or
     * `{:DOWN, ref, :process, server, reason}` if this node's server
-      exited first: the command may or may not have been applied (and if
-      not yet, may still be, once), as after `{:error, {:server_down,
-      reason}}`.
+      exited first (for a keyed group with no replica here, the member's
+      server the command went to): the command may or may not have been
+      applied (and if not yet, may still be, once), as after `{:error,
+      {:server_down, reason}}`.
 
   The `:timeout` comes at the deadline, or up to 1 s past it when this
   node's server cannot answer in time (busy in a slow `handle_commit`): a
@@ -991,8 +995,9 @@ defmodule Visor do
 
   A keyed group's map also has `group: {module, key}`. On a node with no
   replica of it, it is a spare's (`:spare`, where the cluster stands as a
-  member sees it), or `status: :no_group` (`error: :no_group`) when no
-  connected node runs the group:
+  member sees it), `status: :no_group` (`error: :no_group`) when every
+  connected node says it runs none of the group, or `status: :unresponsive`
+  (`error: :no_member_reachable`) when none answered within 1 s:
 
       iex> Visor.status({Cache, "never started"}) |> Map.take([:status, :group])
       %{status: :no_group, group: {Cache, "never started"}}
