@@ -12,6 +12,16 @@ defmodule Visor.KeyedReview3Test do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
+  # SIGSTOP: the node stays connected (no net tick missed for a few
+  # seconds) but answers nothing, as a node in a long GC pause does.
+  defp freeze(node) do
+    pid = to_string(:erpc.call(node, :os, :getpid, []))
+    {_, 0} = System.cmd("kill", ["-STOP", pid])
+    pid
+  end
+
+  defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
+
   @tag :review_break
   test "status/1 of a stopped keyed group says :spare, not :no_group, in a process that called it before (its cached members are never forgotten by status)" do
     [a, _b, _c] = members = nodes(3) |> Enum.sort()
@@ -31,5 +41,45 @@ defmodule Visor.KeyedReview3Test do
     # it, as long as it lives: status never drops the kept members.
     Process.sleep(200)
     assert Visor.status(group).status == :no_group
+  end
+
+  @tag :review_break
+  @tag timeout: 120_000
+  test "one stalled member of three makes every commit from a node with no replica wait past its whole timeout (+1 s), though the other two serve the group at once" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "stalled first member"}
+    assert {:ok, _} = rpc(b, :start_group, [group])
+    assert Visor.commit(group, {:incr, :warm}) == 1
+
+    # The first member in order; the other two keep a quorum.
+    pid = freeze(a)
+
+    try do
+      # b and c elect a primary among themselves and commit at once.
+      Cluster.eventually(
+        fn -> rpc(c, :commit, [group, {:incr, :c}, [timeout: 1_000]]) |> is_integer() end,
+        30_000
+      )
+
+      {b_micros, b_reply} =
+        :timer.tc(fn -> rpc(b, :commit, [group, {:incr, :b}, [timeout: 2_000]]) end)
+
+      assert is_integer(b_reply) and b_micros < 500_000
+
+      # From here, each call first waits for a's server's pid until past
+      # its deadline (Forward.member_call/5 gives server_pid/3 the
+      # backstop, deadline + 1 s), then tries b: every call, as long as
+      # a is stalled (the order of the kept members never changes).
+      for i <- 1..2 do
+        {micros, reply} =
+          :timer.tc(fn -> Visor.commit(group, {:incr, {:here, i}}, timeout: 2_000) end)
+
+        ms = div(micros, 1000)
+        assert is_integer(reply) and ms < 1_000, "commit #{i}: #{ms} ms, #{inspect(reply)}"
+      end
+    after
+      thaw(pid)
+    end
   end
 end
