@@ -82,4 +82,31 @@ defmodule Visor.KeyedReview3Test do
       thaw(pid)
     end
   end
+
+  @tag :review_break
+  @tag timeout: 120_000
+  test "pipeline/3 from a node with no replica answers :no_member_reachable when the first member is stalled, though the other two serve the group" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "pipeline stalled first"}
+    assert {:ok, _} = rpc(b, :start_group, [group])
+    assert Visor.await(Visor.pipeline(group, {:incr, :warm})) == 1
+
+    pid = freeze(a)
+
+    try do
+      Cluster.eventually(
+        fn -> rpc(c, :commit, [group, {:incr, :c}, [timeout: 1_000]]) |> is_integer() end,
+        30_000
+      )
+
+      # Forward.keyed_server/3 spends the whole timeout on a's server_pid
+      # (find_value, one member after another), asks again with no time
+      # left, and says no member was reachable: b and c were, at once.
+      result = Visor.await(Visor.pipeline(group, {:incr, :here}, timeout: 2_000))
+      assert is_integer(result), inspect(result)
+    after
+      thaw(pid)
+    end
+  end
 end
