@@ -109,4 +109,29 @@ defmodule Visor.KeyedReview3Test do
       thaw(pid)
     end
   end
+
+  @tag :review_break
+  @tag timeout: 120_000
+  test "a call with a timeout over 5 s to a keyed group whose members are stalled answers :no_group, though the group exists (a member that did not answer counts as one that does not run it)" do
+    [a, _b] = all = nodes(2) |> Enum.sort()
+    :ok = Cluster.start_groups_host(all, Counter, members: [a])
+    group = {Counter, "stalled sole member"}
+    assert {:ok, %{members: [^a]}} = rpc(a, :start_group, [group])
+
+    pid = freeze(a)
+
+    try do
+      # A fresh process: no members kept. Control.ask_members/2 gives
+      # each node min(time left, 5 s); a's :no_answer is counted by
+      # first_members/3 as "does not run it", b said so too: :no_group,
+      # documented as "every connected node answered that it runs none".
+      result =
+        Task.async(fn -> Visor.commit(group, {:incr, :x}, timeout: 8_000) end)
+        |> Task.await(20_000)
+
+      assert result in [{:error, :no_member_reachable}, {:error, :timeout}], inspect(result)
+    after
+      thaw(pid)
+    end
+  end
 end
