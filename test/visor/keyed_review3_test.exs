@@ -134,4 +134,42 @@ defmodule Visor.KeyedReview3Test do
       thaw(pid)
     end
   end
+
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a call on a keyed group's member cut off from the other members answers :no_group while its processes restart, though the group runs on that very node (the members' ask never asks this node)" do
+    [a, b, c, d] = nodes(4) |> Enum.sort()
+    members = [a, b, c]
+    :ok = Cluster.start_groups_host([a, b, c, d], Counter, members: members)
+    group = {Counter, "restarting cut-off member"}
+    assert {:ok, %{members: ^members}} = rpc(a, :start_group, [group])
+
+    # a keeps d (a host that is not a member) and the test node.
+    :ok = Cluster.partition([a, d], [b, c])
+
+    results =
+      for i <- 1..16 do
+        Cluster.eventually(
+          fn -> is_pid(:erpc.call(a, Visor.Supervisor, :whereis, [group, :router])) end,
+          15_000
+        )
+
+        Process.sleep(100)
+        # The router's crash restarts the group's processes on a
+        # (one_for_all): the group still runs there, its server comes back.
+        # A commit on a follows it closely.
+        router = :erpc.call(a, Visor.Supervisor, :whereis, [group, :router])
+        :erpc.call(a, Process, :exit, [router, :kill])
+        Process.sleep(rem(i, 4))
+        {i, rpc(a, :commit, [group, {:incr, i}, [timeout: 1_000]])}
+      end
+
+    # :no_group is documented as "no connected node runs the group (never
+    # started, or stopped)": a caller told so may start it afresh, or give
+    # up on an entity that exists. Visor.call/3 falls back to
+    # Forward.call_keyed/4, whose Control.members/2 asks Node.list() only,
+    # never this node, which runs the group.
+    assert for({i, {:error, :no_group}} <- results, do: i) == [], inspect(results)
+    _ = d
+  end
 end
