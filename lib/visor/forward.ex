@@ -45,7 +45,7 @@ defmodule Visor.Forward do
   # on as a spare's does; when no connected node runs it, the caller gets
   # `{:error, :no_group}` (nothing was applied). Members kept from an
   # earlier call that no longer run it, or do not answer, are forgotten
-  # and asked for again.
+  # and asked for again, by a call and by `status_keyed/2` alike.
   #
   # A `consistency: :local` read is served as a linearizable one: a spare
   # has no state of its own to read, and a member's local state could go
@@ -167,7 +167,10 @@ defmodule Visor.Forward do
   @spec status_keyed({module(), term()}, map()) :: map()
   def status_keyed(group, status) do
     deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
+    status_keyed(group, status, deadline, true)
+  end
 
+  defp status_keyed(group, status, deadline, ask_again) do
     case Control.members(group, deadline) do
       {:error, :no_group} ->
         %{status | status: :no_group, error: :no_group}
@@ -176,11 +179,18 @@ defmodule Visor.Forward do
         %{status | status: :unresponsive, error: reason}
 
       {:ok, members} ->
-        status = %{status | status: :spare, error: nil}
+        case member_status(group, members, deadline) do
+          # The members kept from an earlier call may no longer run it
+          # (stopped, started elsewhere): asked for again, once.
+          nil when ask_again ->
+            Control.forget(group)
+            status_keyed(group, status, deadline, false)
 
-        case member_status(group, members) do
-          nil -> status
-          member -> spare_view(status, member)
+          nil ->
+            %{status | status: :spare, error: nil}
+
+          member ->
+            spare_view(%{status | status: :spare, error: nil}, member)
         end
     end
   end
@@ -212,8 +222,9 @@ defmodule Visor.Forward do
   @spec status(module(), map()) :: map()
   def status(module, %{status: :spare} = status) do
     %{members: members} = spare(module)
+    deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
 
-    case member_status(module, members) do
+    case member_status(module, members, deadline) do
       nil ->
         status
 
@@ -236,7 +247,9 @@ defmodule Visor.Forward do
   defp spare(module), do: GenServer.call(Visor.Supervisor.name(module, :server), :visor_forward)
 
   defp refresh_primary(module, members) do
-    with %{primary: primary} <- member_status(module, members),
+    deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
+
+    with %{primary: primary} <- member_status(module, members, deadline),
          do: remember_primary(module, primary)
   end
 
@@ -246,10 +259,8 @@ defmodule Visor.Forward do
   end
 
   # The status of the first connected member that runs a replica and
-  # knows its primary, or nil.
-  defp member_status(module, members) do
-    deadline = System.monotonic_time(:millisecond) + @status_timeout_ms
-
+  # knows its primary, before `deadline`, or nil.
+  defp member_status(module, members, deadline) do
     Enum.find_value(members, fn node ->
       left = deadline - System.monotonic_time(:millisecond)
       if left > 0 and node in Node.list(), do: replica_status(module, node, left)

@@ -22,7 +22,6 @@ defmodule Visor.KeyedReview3Test do
 
   defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
 
-  @tag :review_break
   test "status/1 of a stopped keyed group says :spare, not :no_group, in a process that called it before (its cached members are never forgotten by status)" do
     [a, _b, _c] = members = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(members, Counter, members: members)
