@@ -109,7 +109,6 @@ defmodule Visor.KeyedReview3Test do
     end
   end
 
-  @tag :review_break
   @tag timeout: 120_000
   test "a call with a timeout over 5 s to a keyed group whose members are stalled answers :no_group, though the group exists (a member that did not answer counts as one that does not run it)" do
     [a, _b] = all = nodes(2) |> Enum.sort()

@@ -8,7 +8,9 @@ defmodule Visor.Groups.Control do
   #
   # Only connected nodes are asked: connecting to an unreachable host can
   # block for seconds. A node that does not answer (down, or without
-  # Visor's code) counts as one that does not run the host.
+  # Visor's code) counts as one that does not run the host; for a keyed
+  # group's members (`members/2`), a node that did not answer in time may
+  # run the group, and does not count as one that runs none.
 
   alias Visor.Groups
 
@@ -185,8 +187,10 @@ defmodule Visor.Groups.Control do
   (monotonic ms): `{:ok, members}`; `{:error, :no_group}` when every
   connected node answered that it does not run it; `{:error,
   :no_member_reachable}` when the deadline passed first. Every connected
-  node is asked at once, so a stalled node delays nothing unless no other
-  answers.
+  node is asked at once: the first that names the
+  members ends the wait, and a stalled node (asked again every
+  #{@ask_timeout_ms} ms) delays the answer only when no other names them,
+  since then it may be the one that runs the group.
 
   The members found are kept in the calling process until `forget/1`: a
   caller's next calls to the group go straight to them. Kept there rather
@@ -224,9 +228,14 @@ defmodule Visor.Groups.Control do
     :ok
   end
 
-  defp ask_members({module, key}, deadline) do
+  # Every connected node is asked at once. A node that did not answer in
+  # time is asked again until the deadline: it may run the group, so only
+  # the answers of every node make `:no_group`.
+  defp ask_members({module, key}, deadline),
+    do: ask_members(module, key, Node.list(), deadline)
+
+  defp ask_members(module, key, nodes, deadline) do
     reply_to = :erlang.alias()
-    nodes = Node.list()
     # A node that never answers holds a process at most this long.
     timeout = min(left(deadline), @ask_timeout_ms)
 
@@ -234,29 +243,52 @@ defmodule Visor.Groups.Control do
       spawn(fn ->
         answer =
           try do
-            :erpc.call(node, Groups, :running, [module, key], timeout) || :not_running
+            case :erpc.call(node, Groups, :running, [module, key], timeout) do
+              {_pid, members} -> members
+              nil -> :not_running
+            end
           catch
-            _kind, _reason -> :no_answer
+            # Stalled, or too slow: it may run the group.
+            :error, {:erpc, :timeout} -> {:silent, node}
+            # Gone, or without Visor's code: it runs none.
+            _kind, _reason -> :not_running
           end
 
         send(reply_to, {reply_to, answer})
       end)
     end
 
-    members = first_members(reply_to, length(nodes), deadline)
+    members = first_members(reply_to, length(nodes), [], deadline)
     # Answers still on their way are dropped, and none is left behind.
     :erlang.unalias(reply_to)
     flush(reply_to)
-    members
+
+    case members do
+      {:silent, []} ->
+        {:error, :no_group}
+
+      {:silent, silent} ->
+        if left(deadline) > 0,
+          do: ask_members(module, key, silent, deadline),
+          else: {:error, :no_member_reachable}
+
+      found ->
+        found
+    end
   end
 
-  defp first_members(_reply_to, 0, _deadline), do: {:error, :no_group}
+  defp first_members(_reply_to, 0, silent, _deadline), do: {:silent, silent}
 
-  defp first_members(reply_to, waiting, deadline) do
+  defp first_members(reply_to, waiting, silent, deadline) do
     receive do
-      {^reply_to, {_pid, [_ | _] = members}} -> {:ok, members}
-      {^reply_to, :not_running} -> first_members(reply_to, waiting - 1, deadline)
-      {^reply_to, :no_answer} -> first_members(reply_to, waiting - 1, deadline)
+      {^reply_to, [_ | _] = members} ->
+        {:ok, members}
+
+      {^reply_to, :not_running} ->
+        first_members(reply_to, waiting - 1, silent, deadline)
+
+      {^reply_to, {:silent, node}} ->
+        first_members(reply_to, waiting - 1, [node | silent], deadline)
     after
       left(deadline) -> {:error, :no_member_reachable}
     end
