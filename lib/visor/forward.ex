@@ -38,8 +38,9 @@ defmodule Visor.Forward do
   #     `{:error, :timeout}` at the deadline included).
   #
   # A keyed group (`{module, key}`) has no spares: its processes run on its
-  # members alone. A call made on any other node (`call_keyed/4`) learns
-  # the members from the first connected node that runs the group
+  # members alone. A call made on any other node, or on a member whose
+  # processes are being started again (`call_keyed/4`), learns the members
+  # from the first node that runs the group, this one included
   # (`Visor.Groups.Control.members/2`: every node asked at once, within the
   # caller's deadline; the answer kept in the caller's process), then goes
   # on as a spare's does; when no connected node runs it, the caller gets
@@ -95,9 +96,14 @@ defmodule Visor.Forward do
         error
 
       {:ok, members} ->
-        connected = Enum.filter(members, &(&1 in Node.list()))
-
-        case first_answer(connected, group, linearizable(request), deadline, backstop, nil) do
+        case first_answer(
+               reachable(members),
+               group,
+               linearizable(request),
+               deadline,
+               backstop,
+               nil
+             ) do
           {:answer, reply} ->
             reply
 
@@ -139,7 +145,7 @@ defmodule Visor.Forward do
         found =
           Enum.find_value(members, fn node ->
             left = deadline - System.monotonic_time(:millisecond)
-            if left > 0 and node in Node.list(), do: server_pid(node, group, left)
+            if left > 0 and node in reachable(members), do: server_pid(node, group, left)
           end)
 
         cond do
@@ -280,6 +286,10 @@ defmodule Visor.Forward do
   catch
     :exit, _reason -> nil
   end
+
+  # The members a keyed group's call may go to: the connected ones, and
+  # this node when it is one whose processes are being started again.
+  defp reachable(members), do: Enum.filter(members, &(&1 == node() or &1 in Node.list()))
 
   defp linearizable({:read_local, path}), do: {:read, path}
   defp linearizable(request), do: request

@@ -191,6 +191,18 @@ defmodule Visor.Groups do
   end
 
   @doc false
+  # The members of the keyed group when this node is one of them: it runs
+  # here, or this node's host records that it does (its processes are
+  # being started again); else nil.
+  @spec members_here(module(), term()) :: [node()] | nil
+  def members_here(module, key) do
+    case running(module, key) do
+      {_pid, members} -> members
+      nil -> Visor.Lifetime.hosting({module, key})
+    end
+  end
+
+  @doc false
   # Starts the keyed group here, as one of `members`: `{:ok, :started |
   # :already_started}` or `{:error, reason}`.
   @spec start_here(module(), term(), [node()]) :: {:ok, atom()} | {:error, term()}

@@ -133,7 +133,6 @@ defmodule Visor.KeyedReview3Test do
     end
   end
 
-  @tag :review_break
   @tag timeout: 180_000
   test "a call on a keyed group's member cut off from the other members answers :no_group while its processes restart, though the group runs on that very node (the members' ask never asks this node)" do
     [a, b, c, d] = nodes(4) |> Enum.sort()

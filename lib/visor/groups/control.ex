@@ -187,7 +187,7 @@ defmodule Visor.Groups.Control do
   (monotonic ms): `{:ok, members}`; `{:error, :no_group}` when every
   connected node answered that it does not run it; `{:error,
   :no_member_reachable}` when the deadline passed first. Every connected
-  node is asked at once: the first that names the
+  node, this one included, is asked at once: the first that names the
   members ends the wait, and a stalled node (asked again every
   #{@ask_timeout_ms} ms) delays the answer only when no other names them,
   since then it may be the one that runs the group.
@@ -228,11 +228,13 @@ defmodule Visor.Groups.Control do
     :ok
   end
 
-  # Every connected node is asked at once. A node that did not answer in
-  # time is asked again until the deadline: it may run the group, so only
-  # the answers of every node make `:no_group`.
+  # Every connected node, this one included (a member whose processes
+  # restart, cut off from the others, is the only one that knows), is
+  # asked at once. A node that did not answer in time is asked again
+  # until the deadline: it may run the group, so only the answers of
+  # every node make `:no_group`.
   defp ask_members({module, key}, deadline),
-    do: ask_members(module, key, Node.list(), deadline)
+    do: ask_members(module, key, [node() | Node.list()], deadline)
 
   defp ask_members(module, key, nodes, deadline) do
     reply_to = :erlang.alias()
@@ -243,10 +245,7 @@ defmodule Visor.Groups.Control do
       spawn(fn ->
         answer =
           try do
-            case :erpc.call(node, Groups, :running, [module, key], timeout) do
-              {_pid, members} -> members
-              nil -> :not_running
-            end
+            :erpc.call(node, Groups, :members_here, [module, key], timeout) || :not_running
           catch
             # Stalled, or too slow: it may run the group.
             :error, {:erpc, :timeout} -> {:silent, node}
