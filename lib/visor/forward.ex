@@ -59,6 +59,9 @@ defmodule Visor.Forward do
   @retry_ms 50
   # How long the primary a member named is trusted before a member is asked again.
   @primary_ttl_ms 1_000
+  # How long a node earlier in order is waited for, when looking up
+  # members' servers, before one that answered is taken instead.
+  @lookup_slice_ms 100
   # The longest a member's status is waited for.
   @status_timeout_ms 1_000
 
@@ -129,7 +132,9 @@ defmodule Visor.Forward do
   @doc """
   The server of a member of the keyed group `group` (this node holds no
   replica of it) to send a pipelined command to: the first connected
-  member in order whose server is found before `deadline`, `{:error,
+  member in order whose server is found before `deadline` (all asked at
+  once; one that has not answered within #{@lookup_slice_ms} ms is passed
+  over for one that has), `{:error,
   :no_group}` when no connected node runs the group, or `{:error,
   :no_member_reachable}`. Nothing is sent.
   """
@@ -142,15 +147,11 @@ defmodule Visor.Forward do
         error
 
       {:ok, members} ->
-        found =
-          Enum.find_value(members, fn node ->
-            left = deadline - System.monotonic_time(:millisecond)
-            if left > 0 and node in reachable(members), do: server_pid(node, group, left)
-          end)
+        found = first_server(reachable(members), group, deadline)
 
         cond do
           found ->
-            found
+            elem(found, 1)
 
           # The members kept from an earlier call may be stale: ask once more.
           ask_again ->
@@ -370,6 +371,72 @@ defmodule Visor.Forward do
     :erpc.call(node, Visor.Supervisor, :whereis, [group, :server], timeout)
   catch
     _kind, _reason -> nil
+  end
+
+  # The server of the first of `nodes` that runs `group`, as `{node,
+  # pid}`, or nil when none does before `deadline`. Every node is asked at
+  # once; `nodes`' order is kept (the primary a member named first), but
+  # a node that has not answered within #{@lookup_slice_ms} ms is passed
+  # over for one that has: a stalled node costs a caller that long at
+  # most. Nothing is sent to a server here.
+  defp first_server(nodes, group, deadline) do
+    reply_to = :erlang.alias()
+    timeout = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    for node <- nodes do
+      spawn(fn -> send(reply_to, {reply_to, node, server_pid(node, group, timeout)}) end)
+    end
+
+    patient_until = System.monotonic_time(:millisecond) + @lookup_slice_ms
+    found = await_server(reply_to, nodes, %{}, patient_until, deadline)
+    # Answers still on their way are dropped, and none is left behind.
+    :erlang.unalias(reply_to)
+    flush(reply_to)
+    found
+  end
+
+  defp await_server(reply_to, nodes, answers, patient_until, deadline) do
+    now = System.monotonic_time(:millisecond)
+
+    case pick_server(nodes, answers, now < patient_until) do
+      {_node, _pid} = found ->
+        found
+
+      _none_yet when map_size(answers) == length(nodes) or now >= deadline ->
+        nil
+
+      _none_yet ->
+        wait = if now < patient_until, do: min(patient_until, deadline), else: deadline
+
+        receive do
+          {^reply_to, node, pid} ->
+            answers = Map.put(answers, node, pid)
+            await_server(reply_to, nodes, answers, patient_until, deadline)
+        after
+          max(wait - now, 0) -> await_server(reply_to, nodes, answers, patient_until, deadline)
+        end
+    end
+  end
+
+  # The first node in order that named its server, unless (`patient`) a
+  # node before it has not answered yet: `:wait`.
+  defp pick_server(nodes, answers, patient) do
+    Enum.reduce_while(nodes, nil, fn node, nil ->
+      case answers do
+        %{^node => nil} -> {:cont, nil}
+        %{^node => pid} -> {:halt, {node, pid}}
+        _no_answer when patient -> {:halt, :wait}
+        _no_answer -> {:cont, nil}
+      end
+    end)
+  end
+
+  defp flush(reply_to) do
+    receive do
+      {^reply_to, _node, _pid} -> flush(reply_to)
+    after
+      0 -> :ok
+    end
   end
 
   defp server_call(server, request, deadline, backstop) do

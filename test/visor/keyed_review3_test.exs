@@ -82,7 +82,6 @@ defmodule Visor.KeyedReview3Test do
     end
   end
 
-  @tag :review_break
   @tag timeout: 120_000
   test "pipeline/3 from a node with no replica answers :no_member_reachable when the first member is stalled, though the other two serve the group" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
