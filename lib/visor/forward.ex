@@ -14,8 +14,15 @@ defmodule Visor.Forward do
   # the primary first when a member named it lately. Only those this node is
   # connected to are tried: connecting to an unreachable host can block for
   # seconds, past the caller's deadline. They are tried in turn until one
-  # answers or the caller's deadline passes (each by the pid of its server,
-  # looked up first, so that the process watched is the one sent to):
+  # answers or the caller's deadline passes, each by the pid of its server,
+  # looked up first, so that the process watched is the one sent to. The
+  # pids are looked up on every candidate at once, in order, but a
+  # candidate that has not answered within 100 ms is passed over for
+  # one that has (`first_server/3`): a stalled node costs a call that long
+  # at most, unless it stalls after its server was found (the call then
+  # waits for it until its deadline: the command may have reached it).
+  # The request names the time left, which the member's server keeps as
+  # its deadline.
   #
   #   * a candidate that is not connected, where the group does not run, or
   #     that is not a member (a spare, or a node whose settings were
@@ -318,36 +325,33 @@ defmodule Visor.Forward do
   end
 
   # The first member's answer; else the first refusal (`refused`), or
-  # `:none`.
-  defp first_answer([], _module, _request, _deadline, _backstop, refused),
-    do: refused || :none
+  # `:none`. The request goes to one server at a time, found by
+  # `first_server/3`, and to the next only when the first provably did not
+  # take it (`server_call/4`): each command is sent at most once.
+  defp first_answer(nodes, module, request, deadline, backstop, refused) do
+    case first_server(nodes, module, deadline) do
+      nil ->
+        refused || :none
 
-  defp first_answer([node | rest], module, request, deadline, backstop, refused) do
-    case member_call(node, module, request, deadline, backstop) do
-      {:answer, _reply} = answer ->
-        answer
+      {node, server} ->
+        rest = List.delete(nodes, node)
 
-      :passed ->
-        first_answer(rest, module, request, deadline, backstop, refused)
+        case server_call(server, request, deadline, backstop) do
+          {:answer, _reply} = answer ->
+            answer
 
-      {:refused, _reason} = refusal ->
-        first_answer(rest, module, request, deadline, backstop, refused || refusal)
+          :passed ->
+            first_answer(rest, module, request, deadline, backstop, refused)
 
-      :lost when elem(request, 0) == :read ->
-        first_answer(rest, module, request, deadline, backstop, refused)
+          {:refused, _reason} = refusal ->
+            first_answer(rest, module, request, deadline, backstop, refused || refusal)
 
-      :lost ->
-        {:answer, {:error, {:member_down, node}}}
-    end
-  end
+          :lost when elem(request, 0) == :read ->
+            first_answer(rest, module, request, deadline, backstop, refused)
 
-  # One member's answer; `:passed` when it is not a member, `{:refused,
-  # reason}` when it refused before admitting the request (both received
-  # nothing that counts), `:lost` when it went away during the call.
-  defp member_call(node, module, request, deadline, backstop) do
-    case server_pid(node, module, backstop.(deadline)) do
-      nil -> :passed
-      server -> server_call(server, request, deadline, backstop)
+          :lost ->
+            {:answer, {:error, {:member_down, node}}}
+        end
     end
   end
 
