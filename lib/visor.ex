@@ -210,9 +210,12 @@ defmodule Visor do
       reply is never given instead.
     * `:no_member_reachable`: this node is a spare (not a member; see
       docs/operations.md, "Spares"), or holds no replica of the keyed
-      group, and reached no member before the timeout. Nothing was
-      applied.
-    * `{:member_down, node}`: this node is a spare, and the member `node`
+      group (or its replica's processes are being started again), and
+      reached no member before the timeout, or no node named the keyed
+      group's members (a node that does not answer may run it). Nothing
+      was applied.
+    * `{:member_down, node}`: this node is a spare, or holds no replica
+      of the keyed group, and the member `node`
       it forwarded the command to went down (disconnected, or its server
       exited) during the call. The command **may or may not have been
       applied** (and may still be, once), as after `:timeout`; it is not
@@ -245,9 +248,11 @@ defmodule Visor do
       took the call. Nothing was applied.
     * `:no_group`: a keyed group that no connected node running the
       module's `Visor.Groups` holds (never started, or stopped): this
-      node runs no server of it, or its server was gone before the call
-      reached it, and every other connected node answered that it runs
-      none. No server took the call: nothing was applied. A server that
+      node runs no server of it (or its server was gone before the call
+      reached it) and its host records none, and every connected node
+      answered that it runs none; a node that did not answer is never
+      counted so (the call gets `:no_member_reachable` at its timeout).
+      No server took the call: nothing was applied. A server that
       exits during the call, even when the group is being stopped, gives
       `{:server_down, reason}` instead.
     * `{:no_group_host, node}`: `start_group/2` named a member that does
