@@ -540,7 +540,8 @@ defmodule Visor do
   others, `{:error, {:already_started, %{members: held}}}` and nothing
   starts. A member that refuses or fails to start it (`{:start_failed,
   node, reason}`: `initial_state/1` raised, say) fails the call, and the
-  members that started it stop it again. Two concurrent calls with
+  members that started a new group stop it again (a group that ran
+  already is left running). Two concurrent calls with
   different members for one new key may both fail (docs/operations.md,
   "Keyed groups"). Errors: `{:no_group_host, node}`, `{:not_enough_nodes,
   wanted, found}` (`wanted` is `replicas:`, else the host's, 3 unless

@@ -28,8 +28,8 @@ defmodule Visor.Groups.Control do
     hosts = hosts(group)
 
     with {:ok, members} <- members_for(group, opts, hosts),
-         :ok <- no_other_membership(group, members, hosts) do
-      case started(group, members, deadline) do
+         {:ok, existed?} <- no_other_membership(group, members, hosts) do
+      case started(group, members, existed?, deadline) do
         {:error, _} = error ->
           error
 
@@ -118,7 +118,8 @@ defmodule Visor.Groups.Control do
   # a refused start leaves nothing behind. A host that holds the key with
   # members one of the hosts stopped it with runs a replica cut off from
   # that stop: stopped first, so that it never joins the new group (same
-  # members, same cluster id) with its old log.
+  # members, same cluster id) with its old log. `{:ok, existed?}`: whether
+  # a host holds the group already (this start ensures it runs).
   defp no_other_membership({module, key}, members, hosts) do
     stopped = hosts |> Map.values() |> Enum.flat_map(& &1.stopped)
 
@@ -130,18 +131,17 @@ defmodule Visor.Groups.Control do
     _ = :erpc.multicall(Keyword.keys(stale), Groups, :stop_here, [module, key], @ask_timeout_ms)
 
     case Enum.find(held, fn {_node, %{hosted: hosted}} -> hosted != members end) do
-      nil -> :ok
+      nil -> {:ok, held != []}
       {_node, %{hosted: others}} -> {:error, {:already_started, %{members: others}}}
     end
   end
 
   # Asks every member's host to start the group, all at once, and waits
   # for their answers until the deadline: :started if any started it now,
-  # :already_started if every one ran it already; else an error, after
-  # the members that started it stopped it again (a refused or failed
-  # start leaves nothing behind). A member that had not answered at the
-  # deadline goes on starting: {:error, :timeout}, the group forming.
-  defp started({module, key} = group, members, deadline) do
+  # :already_started if every one ran it already; else an error. A member
+  # that had not answered at the deadline goes on starting: {:error,
+  # :timeout}, the group forming.
+  defp started({module, key} = group, members, existed?, deadline) do
     requests =
       for node <- members,
           do:
@@ -157,14 +157,22 @@ defmodule Visor.Groups.Control do
         end
       end
 
-    outcome(group, answers)
+    outcome(group, answers, existed?)
   end
 
-  defp outcome({module, key}, answers) do
+  # A new group that a member refused or failed to start is stopped again
+  # on the members that started it, or are starting it (a refused or
+  # failed start leaves nothing behind). One that existed is left as it
+  # is: a member restarting its replica, slowly or failing, is still one
+  # of its members.
+  defp outcome({module, key}, answers, existed?) do
     results = Enum.map(answers, &elem(&1, 1))
     failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
 
     cond do
+      failure != nil and existed? ->
+        failure
+
       failure != nil ->
         undo =
           for {node, result} <- answers, result in [{:ok, :started}, {:error, :timeout}], do: node
