@@ -205,15 +205,16 @@ defmodule Visor.Groups do
   end
 
   @doc false
-  # What this node's host holds of the keyed group: the members it runs
-  # (or starts, or restarts) it with, or nil, and the memberships of it
-  # it stopped (`Visor.Lifetime.stopped/2`). nil when the host does not
-  # run here.
-  @spec membership(module(), term()) :: %{hosted: [node()] | nil, stopped: [[node()]]} | nil
+  # The host's options on this node and what it holds of the keyed group:
+  # the members it runs (or starts, or restarts) it with, or nil, and the
+  # memberships of it it stopped (`Visor.Lifetime.stopped/2`). nil when
+  # the host does not run here.
+  @spec membership(module(), term()) ::
+          %{options: map(), hosted: [node()] | nil, stopped: [[node()]]} | nil
   def membership(module, key) do
-    if host_options(module) do
+    if options = host_options(module) do
       group = {module, Options.canonical_key(key)}
-      %{hosted: Lifetime.hosting(group), stopped: Lifetime.tombstones(group)}
+      %{options: options, hosted: Lifetime.hosting(group), stopped: Lifetime.tombstones(group)}
     end
   end
 

@@ -30,7 +30,14 @@ defmodule Visor.KeyedGroupsReviewTest do
 
     for _ <- 1..5, node <- members do
       Cluster.eventually(fn -> host_pid(node) end)
-      send({Visor.Groups.host(Counter), node}, {:visor_adopt, :junk, [node | :junk]})
+      host = {Visor.Groups.host(Counter), node}
+      send(host, {:visor_adopt, :junk, [node | :junk]})
+      send(host, {:visor_adopt, node, :junk, [node | :junk]})
+      send(host, {:visor_stale, :junk, [node | :junk]})
+
+      assert {:error, {:bad_members, _}} =
+               GenServer.call(host, {:visor_start, :junk, [node | :junk]})
+
       Process.sleep(50)
     end
 

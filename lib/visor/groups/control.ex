@@ -105,12 +105,8 @@ defmodule Visor.Groups.Control do
   # its options, and what it holds of the group (`Groups.membership/2`).
   defp hosts({module, key}) do
     nodes = [node() | Node.list()]
-    options = :erpc.multicall(nodes, Groups, :host_options, [module], @ask_timeout_ms)
-    held = :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms)
-
-    for {node, {:ok, %{} = options}, {:ok, %{} = held}} <- Enum.zip([nodes, options, held]),
-        into: %{},
-        do: {node, Map.put(held, :options, options)}
+    answers = :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms)
+    for {node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host}
   end
 
   # One membership per key, cluster-wide: refused if any connected host

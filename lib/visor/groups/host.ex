@@ -65,8 +65,9 @@ defmodule Visor.Groups.Host do
   @restart_ms 1_000
 
   # groups: key => {supervisor, monitor}; starting: key => %{ref:,
-  # members:, waiters:, keep?:} (keep?: on failure, try again rather than
-  # forget: the group was recorded here before, or adopted).
+  # members:, waiters:, keep?:, partition:} (waiters: the callers to
+  # answer; keep?: on failure, try again rather than forget, as the group
+  # was recorded here before, or adopted; partition: where it starts).
   defstruct [:module, groups: %{}, monitors: %{}, starting: %{}]
 
   @doc false
