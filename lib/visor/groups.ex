@@ -229,6 +229,16 @@ defmodule Visor.Groups do
   end
 
   @doc false
+  # The same, only if the host holds it with `members` (an undone start,
+  # a stale replica: never another membership that took the key since).
+  @spec stop_here(module(), term(), [node()]) :: :ok | :no_group
+  def stop_here(module, key, members) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_stop, key, members}, :infinity),
+      else: :no_group
+  end
+
+  @doc false
   # The keyed groups this node runs, that name `node` a member, and whose
   # replica here was admitted to its cluster (its formation decided): a
   # group that never formed (a replica of a refused start, say) is not

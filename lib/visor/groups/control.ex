@@ -124,7 +124,8 @@ defmodule Visor.Groups.Control do
       |> Enum.filter(&match?({_node, %{hosted: [_ | _]}}, &1))
       |> Enum.split_with(fn {_node, %{hosted: hosted}} -> hosted in stopped end)
 
-    _ = :erpc.multicall(Keyword.keys(stale), Groups, :stop_here, [module, key], @ask_timeout_ms)
+    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)),
+        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, hosted], @ask_timeout_ms)
 
     case Enum.find(held, fn {_node, %{hosted: hosted}} -> hosted != members end) do
       nil -> {:ok, held != []}
@@ -153,7 +154,7 @@ defmodule Visor.Groups.Control do
         end
       end
 
-    outcome(group, answers, existed?)
+    outcome(group, members, answers, existed?)
   end
 
   # A new group that a member refused or failed to start is stopped again
@@ -161,7 +162,7 @@ defmodule Visor.Groups.Control do
   # failed start leaves nothing behind). One that existed is left as it
   # is: a member restarting its replica, slowly or failing, is still one
   # of its members.
-  defp outcome({module, key}, answers, existed?) do
+  defp outcome({module, key}, members, answers, existed?) do
     results = Enum.map(answers, &elem(&1, 1))
     failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
 
@@ -173,7 +174,7 @@ defmodule Visor.Groups.Control do
         undo =
           for {node, result} <- answers, result in [{:ok, :started}, {:error, :timeout}], do: node
 
-        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key], @ask_timeout_ms)
+        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key, members], @ask_timeout_ms)
         failure
 
       {:error, :timeout} in results ->

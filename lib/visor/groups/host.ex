@@ -104,6 +104,17 @@ defmodule Visor.Groups.Host do
     {:reply, reply, state}
   end
 
+  def handle_call({:visor_stop, key, members}, _from, state) do
+    key = Options.canonical_key(key)
+
+    if Lifetime.hosting({state.module, key}) == members do
+      {reply, state} = stop(state, key)
+      {:reply, reply, state}
+    else
+      {:reply, :no_group, state}
+    end
+  end
+
   def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
 
   @doc false
@@ -146,7 +157,11 @@ defmodule Visor.Groups.Host do
 
     with {:ok, members} <- members(state.module, members) do
       if members in Lifetime.tombstones({state.module, key}) do
-        send({Visor.Groups.host(state.module), node}, {:visor_stale, key, members})
+        _ =
+          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, members}, [
+            :noconnect
+          ])
+
         {:noreply, state}
       else
         {:noreply, start(state, key, members, nil, :adopt)}
