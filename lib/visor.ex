@@ -259,6 +259,9 @@ defmodule Visor do
       not run `Visor.Groups` for the module (or did not answer).
     * `{:not_enough_nodes, wanted, found}`: `start_group/2` with
       `replicas: wanted`, and only `found` connected nodes run the host.
+    * `{:start_failed, node, reason}`: `start_group/2`: `node`'s processes
+      of the group did not start (`reason`, e.g. `initial_state/1`
+      raised); the members that had started it stopped it again.
     * `{:server_down, reason}`: this node's server exited during the call
       (crashed, or shut down: the group stopped, or its processes
       restarted after one of them crashed); the command may or may not
@@ -284,6 +287,7 @@ defmodule Visor do
           | :no_group
           | {:no_group_host, node()}
           | {:not_enough_nodes, pos_integer(), non_neg_integer()}
+          | {:start_failed, node(), term()}
           | {:server_down, term()}
 
   @typedoc """
@@ -580,14 +584,26 @@ defmodule Visor do
   among the connected nodes (this one included) that run `Visor.Groups`
   for the module. Each member's host starts it (all at once), with the
   host's group options. `timeout:` (ms, default 15000) bounds the wait;
-  after it, `{:error, :timeout}`, and the group goes on forming.
+  after it, `{:error, :timeout}`, and the group goes on forming. An
+  unknown option, or a bad `members:`, `replicas:` or `timeout:`, raises
+  `ArgumentError`.
 
   Idempotent: a group already running with the same members is one
   group, `{:error, {:already_started, %{members:, primary:}}}` (its id is
-  deterministic, so two nodes starting it at once start one group); with
-  other members, `{:error, {:already_started, %{members: running}}}`.
-  Errors: `{:no_group_host, node}`, `{:not_enough_nodes, wanted, found}`
-  (`t:error/0`). A key is never turned into an atom.
+  deterministic, so two nodes starting it at once start one group). One
+  membership per key: every connected host is asked first which members
+  it holds the key with (running, or restarting), and if one holds
+  others, `{:error, {:already_started, %{members: held}}}` and nothing
+  starts. A member that refuses or fails to start it (`{:start_failed,
+  node, reason}`: `initial_state/1` raised, say) fails the call, and the
+  members that started a new group stop it again (a group that ran
+  already is left running). Two concurrent calls with
+  different members for one new key may both fail (docs/operations.md,
+  "Keyed groups"). Errors: `{:no_group_host, node}`, `{:not_enough_nodes,
+  wanted, found}` (`wanted` is `replicas:`, else the host's, 3 unless
+  set), `{:start_failed, node, reason}` (`t:error/0`). A key is never
+  turned into an atom; keys equal under `==` for floats (`0.0`, `-0.0`)
+  are one group (`Visor.Options.canonical_key/1`).
 
       iex> Visor.start_group({Cache, "k"}, members: [:"nowhere@host"])   # runs no Visor.Groups
       {:error, {:no_group_host, :"nowhere@host"}}
@@ -610,8 +626,12 @@ defmodule Visor do
   it, and forgets it there (a group started again under the same key is a
   new, empty one): `:ok`, or `{:error, :no_group}` when no connected node
   ran it. A member that is disconnected meanwhile keeps its replica until
-  it is stopped there. Calls to the group then return `{:error,
-  :no_group}`. `opts` is reserved.
+  it connects again to a node that stopped the group, which tells it to
+  stop (each such node keeps a tombstone of the group for its VM's life),
+  or a `start_group/2` of the key finds it: it is never given back to the
+  nodes that stopped it, nor joins a new group of the key with its old
+  log. Calls to the group then return `{:error, :no_group}`. `opts` is
+  reserved.
 
       iex> Visor.stop_group({Cache, "never started"})
       {:error, :no_group}

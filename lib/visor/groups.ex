@@ -38,7 +38,7 @@ defmodule Visor.Groups do
 
   use Supervisor
 
-  alias Visor.Options
+  alias Visor.{Lifetime, Options}
 
   @default_replicas 3
 
@@ -69,7 +69,13 @@ defmodule Visor.Groups do
        name: registry(module),
        partitions: System.schedulers_online(),
        meta: [visor: host]},
-      {PartitionSupervisor, child_spec: DynamicSupervisor, name: partitions(module)},
+      # A group's start runs its initial_state/1 inside its partition's
+      # start_child: that many slow starts at once hold up no other start
+      # (Visor.Groups.Host sends each to the least busy partition).
+      {PartitionSupervisor,
+       child_spec: DynamicSupervisor,
+       name: partitions(module),
+       partitions: max(System.schedulers_online(), 8)},
       {Visor.Groups.Host, module}
     ]
 
@@ -136,7 +142,15 @@ defmodule Visor.Groups do
       else: []
   end
 
-  defp replicas!(module, n) do
+  @doc false
+  # How many members a keyed group gets when neither `members:` nor
+  # `replicas:` says.
+  @spec default_replicas() :: pos_integer()
+  def default_replicas, do: @default_replicas
+
+  @doc false
+  @spec replicas!(module(), term()) :: pos_integer()
+  def replicas!(module, n) do
     if is_integer(n) and n in 1..Options.max_replicas() do
       n
     else
@@ -198,18 +212,22 @@ defmodule Visor.Groups do
   def members_here(module, key) do
     case running(module, key) do
       {_pid, members} -> members
-      nil -> Visor.Lifetime.hosting({module, key})
+      nil -> Lifetime.hosting({module, key})
     end
   end
 
   @doc false
-  # Starts the keyed group here, as one of `members`: `{:ok, :started |
-  # :already_started}` or `{:error, reason}`.
-  @spec start_here(module(), term(), [node()]) :: {:ok, atom()} | {:error, term()}
-  def start_here(module, key, members) do
-    if host_options(module),
-      do: GenServer.call(host(module), {:visor_start, key, members}, :infinity),
-      else: {:error, {:no_group_host, node()}}
+  # The host's options on this node and what it holds of the keyed group:
+  # the members it runs (or starts, or restarts) it with, or nil, and the
+  # memberships of it it stopped (`Visor.Lifetime.stopped/2`). nil when
+  # the host does not run here.
+  @spec membership(module(), term()) ::
+          %{options: map(), hosted: [node()] | nil, stopped: [[node()]]} | nil
+  def membership(module, key) do
+    if options = host_options(module) do
+      group = {module, Options.canonical_key(key)}
+      %{options: options, hosted: Lifetime.hosting(group), stopped: Lifetime.tombstones(group)}
+    end
   end
 
   @doc false
@@ -220,6 +238,36 @@ defmodule Visor.Groups do
     if host_options(module),
       do: GenServer.call(host(module), {:visor_stop, key}, :infinity),
       else: :no_group
+  end
+
+  @doc false
+  # The same, only if the host holds it with `members` (an undone start,
+  # a stale replica: never another membership that took the key since).
+  @spec stop_here(module(), term(), [node()]) :: :ok | :no_group
+  def stop_here(module, key, members) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_stop, key, members}, :infinity),
+      else: :no_group
+  end
+
+  @doc false
+  # The keyed groups this node runs, that name `node` a member, and whose
+  # replica here was admitted to its cluster (its formation decided): a
+  # group that never formed (a replica of a refused start, say) is not
+  # offered to a restarted member, which would join it rather than the
+  # group that runs (`Visor.Groups.Host`).
+  @spec offers(module(), node()) :: [{term(), [node()]}]
+  def offers(module, node) do
+    for {key, members, _server} <- local(module),
+        node in members,
+        formed?({module, key}),
+        do: {key, members}
+  end
+
+  defp formed?(group) do
+    match?({:member, _}, Visor.Formation.decision(group))
+  catch
+    :exit, _ -> false
   end
 
   @doc false

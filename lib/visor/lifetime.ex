@@ -151,6 +151,43 @@ defmodule Visor.Lifetime do
   @spec hosting({module(), term()}) :: [node()] | nil
   def hosting({_module, _key} = group), do: with(%{} = record <- read(group), do: record[:hosted])
 
+  @doc """
+  Records that this node's group host stopped the keyed group `group`,
+  which ran here with `members` (a tombstone, kept for the life of the VM
+  as the rest of the table is, in a row of its own): a member cut off at
+  the stop that still runs it is told to stop, rather than given back
+  (`Visor.Groups.Host`), until `start_group` starts that membership again.
+  """
+  @spec stopped({module(), term()}, [node()]) :: :ok
+  def stopped({_module, _key} = group, members) do
+    {:ok, table} = table()
+    true = :ets.insert(table, {{:stopped, group}, Enum.uniq([members | tombstones(group)])})
+    :ok
+  end
+
+  @doc "The memberships of `group` this node's group host stopped (`stopped/2`)."
+  @spec tombstones({module(), term()}) :: [[node()]]
+  def tombstones({_module, _key} = group) do
+    case :ets.whereis(@table) do
+      :undefined ->
+        []
+
+      table ->
+        with([{_, list}] <- :ets.lookup(table, {:stopped, group}), do: list, else: (_ -> []))
+    end
+  end
+
+  @doc "Erases the tombstone of `group` with `members` (it is being started again)."
+  @spec unstopped({module(), term()}, [node()]) :: :ok
+  def unstopped({_module, _key} = group, members) do
+    case tombstones(group) -- [members] do
+      [] -> with({:ok, table} <- table(), do: :ets.delete(table, {:stopped, group}))
+      left -> with({:ok, table} <- table(), do: :ets.insert(table, {{:stopped, group}, left}))
+    end
+
+    :ok
+  end
+
   # A default group's record is a :persistent_term (one per module); a
   # keyed group's a row of the keeper's table (see the top of this module).
   defp read(module) when is_atom(module), do: :persistent_term.get({__MODULE__, module}, nil)

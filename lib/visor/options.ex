@@ -219,10 +219,37 @@ defmodule Visor.Options do
   def cluster_id(group, nodes, settings \\ default_settings())
 
   def cluster_id({module, key}, nodes, settings) when is_atom(module) and key != nil,
-    do: hash({:visor_cluster, 3, module, key, Enum.sort(nodes), Enum.sort(settings)})
+    do:
+      hash({:visor_cluster, 3, module, canonical_key(key), Enum.sort(nodes), Enum.sort(settings)})
 
   def cluster_id(module, nodes, settings) when is_atom(module),
     do: hash({:visor_cluster, 2, module, Enum.sort(nodes), Enum.sort(settings)})
+
+  @doc """
+  `key` as a keyed group is known by: every float in it with its zero's
+  sign dropped (`-0.0` becomes `0.0`), at any depth.
+
+  Why: on OTP < 27, `0.0 =:= -0.0`, so the module's `Registry`, the
+  `Visor.Lifetime` table and maps take the two for one key (one group,
+  one lifetime record), but `:erlang.term_to_binary/2` tells them apart,
+  so the cluster id would not: a start under `-0.0` of the group running
+  under `0.0` would form a second, empty cluster over the first one's
+  record (amnesia). Hashing, and storing, only the canonical key keeps
+  one key one group. (OTP 27 tells the two zeros apart everywhere; merging
+  them there is harmless, and keeps nodes of both releases in agreement.)
+  """
+  @spec canonical_key(term()) :: term()
+  def canonical_key(key) when is_float(key), do: key + 0.0
+  def canonical_key(key) when is_tuple(key), do: map_tuple(key, &canonical_key/1)
+  def canonical_key([head | tail]), do: [canonical_key(head) | canonical_key(tail)]
+
+  def canonical_key(key) when is_map(key),
+    do:
+      :maps.from_list(for {k, v} <- :maps.to_list(key), do: {canonical_key(k), canonical_key(v)})
+
+  def canonical_key(key), do: key
+
+  defp map_tuple(tuple, fun), do: tuple |> Tuple.to_list() |> Enum.map(fun) |> List.to_tuple()
 
   # md5 is in erts (no :crypto application needed); this is an identity,
   # not a security boundary: distribution's cookie is that. The encoding

@@ -151,6 +151,30 @@ defmodule Visor.KeyedGroupsTest do
     assert rpc(b, :get_in, [group, [:count]]) == 0
   end
 
+  # The member cut off from a stop still runs the old group, with its
+  # log. Started again as soon as the cut heals, with the same members
+  # (the same cluster id), the group must be new and empty: the old
+  # replica is stopped (told by a node that stopped it, or by the start),
+  # never a member of the new group with its old log.
+  test "a group stopped while a member was cut off, started again at once after the cut heals, is new and empty" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "restarted key"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :old}]) == 1
+
+    :ok = Cluster.partition([a, b], [c])
+    assert rpc(a, :stop_group, [group]) == :ok
+    assert rpc(c, :which_groups, [Counter]) |> Enum.map(& &1.members) == [members]
+    :ok = Cluster.heal([a, b], [c])
+
+    assert {:ok, %{members: ^members}} = rpc(b, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :new}]) == 1
+
+    Cluster.eventually(fn -> rpc(c, :get_in, [group, [:count], [timeout: 2_000]]) == 1 end)
+    assert rpc(c, :get, [group]).applied == MapSet.new([:new])
+  end
+
   test "one group started from two nodes at once is one group" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(members, Counter, replicas: 3)

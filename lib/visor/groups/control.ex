@@ -24,16 +24,18 @@ defmodule Visor.Groups.Control do
   @cache {__MODULE__, :members}
   @cache_size 256
 
+  @start_options [:members, :replicas, :timeout]
+
   @doc "See `Visor.start_group/2`."
   @spec start({module(), term()}, keyword()) :: {:ok, map()} | {:error, term()}
-  def start({module, key} = group, opts) do
-    deadline = System.monotonic_time(:millisecond) + timeout!(opts)
+  def start({module, key}, opts) do
+    group = {module, Visor.Options.canonical_key(key)}
+    deadline = System.monotonic_time(:millisecond) + options!(module, opts)
+    hosts = hosts(group)
 
-    with {:ok, members} <- members_for(group, opts) do
-      results =
-        :erpc.multicall(members, Groups, :start_here, [module, key, members], left(deadline))
-
-      case started(Enum.zip(members, results)) do
+    with {:ok, members} <- members_for(group, opts, hosts),
+         {:ok, existed?} <- no_other_membership(group, members, hosts) do
+      case started(group, members, existed?, deadline) do
         {:error, _} = error ->
           error
 
@@ -46,7 +48,23 @@ defmodule Visor.Groups.Control do
     end
   end
 
-  defp timeout!(opts) do
+  # Checks start_group's options, as `Visor.Options` does a group's: a
+  # misspelled one raises rather than being ignored. Returns the timeout.
+  defp options!(module, opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "start_group's options must be a keyword list, got: #{inspect(opts)}"
+    end
+
+    for {key, _} <- opts, key not in @start_options do
+      raise ArgumentError,
+            "unknown option #{key}: for start_group (it takes #{Enum.join(@start_options, ": ")}:)"
+    end
+
+    with {:ok, members} <- Keyword.fetch(opts, :members),
+         do: Visor.Options.nodes!(module, members)
+
+    with {:ok, n} <- Keyword.fetch(opts, :replicas), do: Groups.replicas!(module, n)
+
     case Keyword.get(opts, :timeout, @start_timeout_ms) do
       timeout when is_integer(timeout) and timeout >= 0 ->
         timeout
@@ -58,9 +76,7 @@ defmodule Visor.Groups.Control do
 
   # The members: given, the host's `members:`, or `replicas:` chosen by
   # rendezvous hashing among the connected nodes that run the host.
-  defp members_for({module, _key} = group, opts) do
-    hosts = hosts(module)
-
+  defp members_for({module, _key} = group, opts, hosts) do
     case {Keyword.fetch(opts, :members), hosts} do
       {{:ok, members}, _} ->
         members = Visor.Options.nodes!(module, members)
@@ -71,12 +87,12 @@ defmodule Visor.Groups.Control do
         end
 
       {:error, hosts} when map_size(hosts) == 0 ->
-        {:error, {:not_enough_nodes, Keyword.get(opts, :replicas, 1), 0}}
+        {:error, {:not_enough_nodes, Keyword.get(opts, :replicas, Groups.default_replicas()), 0}}
 
       {:error, hosts} ->
         # This node's host options, else any host's: they are the same on
         # every node of a well-configured cluster.
-        host = Map.get(hosts, node()) || hosts |> Map.values() |> hd()
+        %{options: host} = Map.get(hosts, node()) || hosts |> Map.values() |> hd()
         place(group, Keyword.get(opts, :replicas), host, Map.keys(hosts))
     end
   end
@@ -86,39 +102,96 @@ defmodule Visor.Groups.Control do
   defp place(group, replicas, host, hosts) do
     n = replicas || host.replicas
 
-    unless is_integer(n) and n in 1..Visor.Options.max_replicas() do
-      raise ArgumentError,
-            "replicas must be an integer in 1..#{Visor.Options.max_replicas()}, got: #{inspect(n)}"
-    end
-
     if length(hosts) < n,
       do: {:error, {:not_enough_nodes, n, length(hosts)}},
       else: {:ok, Enum.sort(Groups.place(group, hosts, n))}
   end
 
-  # The connected nodes (this one included) that run the module's host,
-  # with its options.
-  defp hosts(module) do
+  # The connected nodes (this one included) that run the module's host:
+  # its options, and what it holds of the group (`Groups.membership/2`).
+  defp hosts({module, key}) do
     nodes = [node() | Node.list()]
-
-    for {node, {:ok, %{} = host}} <-
-          Enum.zip(
-            nodes,
-            :erpc.multicall(nodes, Groups, :host_options, [module], @ask_timeout_ms)
-          ),
-        into: %{},
-        do: {node, host}
+    answers = :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms)
+    for {node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host}
   end
 
-  # Every member's answer: :started if any started it now, :already_started
-  # if every one ran it already, or the first error.
-  defp started(answers) do
-    Enum.reduce_while(answers, :already_started, fn
-      {_node, {:ok, {:ok, :already_started}}}, acc -> {:cont, acc}
-      {_node, {:ok, {:ok, :started}}}, _acc -> {:cont, :started}
-      {_node, {:ok, {:error, _} = error}}, _acc -> {:halt, error}
-      {node, {_kind, _reason}}, _acc -> {:halt, {:error, {:no_group_host, node}}}
-    end)
+  # One membership per key, cluster-wide: refused if any connected host
+  # holds the key with other members. Asked before any member starts, so
+  # a refused start leaves nothing behind. A host that holds the key with
+  # members one of the hosts stopped it with runs a replica cut off from
+  # that stop: stopped first, so that it never joins the new group (same
+  # members, same cluster id) with its old log. `{:ok, existed?}`: whether
+  # a host holds the group already (this start ensures it runs).
+  defp no_other_membership({module, key}, members, hosts) do
+    stopped = hosts |> Map.values() |> Enum.flat_map(& &1.stopped)
+
+    {stale, held} =
+      hosts
+      |> Enum.filter(&match?({_node, %{hosted: [_ | _]}}, &1))
+      |> Enum.split_with(fn {_node, %{hosted: hosted}} -> hosted in stopped end)
+
+    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)),
+        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, hosted], @ask_timeout_ms)
+
+    case Enum.find(held, fn {_node, %{hosted: hosted}} -> hosted != members end) do
+      nil -> {:ok, held != []}
+      {_node, %{hosted: others}} -> {:error, {:already_started, %{members: others}}}
+    end
+  end
+
+  # Asks every member's host to start the group, all at once, and waits
+  # for their answers until the deadline: :started if any started it now,
+  # :already_started if every one ran it already; else an error. A member
+  # that had not answered at the deadline goes on starting: {:error,
+  # :timeout}, the group forming.
+  defp started({module, key} = group, members, existed?, deadline) do
+    requests =
+      for node <- members,
+          do:
+            {node,
+             :gen_server.send_request({Groups.host(module), node}, {:visor_start, key, members})}
+
+    answers =
+      for {node, request} <- requests do
+        case :gen_server.receive_response(request, left(deadline)) do
+          {:reply, answer} -> {node, answer}
+          :timeout -> {node, {:error, :timeout}}
+          {:error, _down} -> {node, {:error, {:no_group_host, node}}}
+        end
+      end
+
+    outcome(group, members, answers, existed?)
+  end
+
+  # A new group that a member refused or failed to start is stopped again
+  # on the members that started it, or are starting it (a refused or
+  # failed start leaves nothing behind). One that existed is left as it
+  # is: a member restarting its replica, slowly or failing, is still one
+  # of its members.
+  defp outcome({module, key}, members, answers, existed?) do
+    results = Enum.map(answers, &elem(&1, 1))
+    failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
+
+    cond do
+      failure != nil and existed? ->
+        failure
+
+      failure != nil ->
+        undo =
+          for {node, result} <- answers, result in [{:ok, :started}, {:error, :timeout}], do: node
+
+        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key, members], @ask_timeout_ms)
+        failure
+
+      {:error, :timeout} in results ->
+        {:error, :timeout}
+
+      {:ok, :started} in results ->
+        :started
+
+      true ->
+        :already_started
+    end
   end
 
   # Until a quorum of the members runs a normal replica: their primary.

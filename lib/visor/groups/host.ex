@@ -29,14 +29,32 @@ defmodule Visor.Groups.Host do
   #   * **Adopting.** A node that restarted (its VM, and its memory with
   #     it) does not know which groups it was a member of. So at its start,
   #     and whenever a node connects, the host asks the other node's host
-  #     which of its groups name this node a member, and starts those that
-  #     do not run here. Each one's formation finds that the peers
+  #     which of its formed groups name this node a member
+  #     (`Visor.Groups.offers/2`), and starts those that do not run here. Each one's formation finds that the peers
   #     remember an earlier incarnation of this node, and the replica
   #     rejoins, recovering, as a restarted default group's does
   #     (`Visor.Formation`): a keyed group gets its full membership back
   #     after a node restart, without a `start_group` call.
   #
-  # It runs in `Visor.Guard`: no message a peer sends crashes it.
+  #   * **Stopped groups.** A host that stops a group keeps a tombstone of
+  #     it (`Visor.Lifetime.stopped/2`): a member cut off at the stop that
+  #     still runs the group, when it connects again, is not adopted from
+  #     but told to stop it (`{:visor_stale, key, members}`). A start of
+  #     that membership erases the tombstone.
+  #
+  # One membership per key: a host never runs or records two groups of
+  # one key, and never replaces what it recorded with other members (a
+  # start or adoption with other members is refused with `{:error,
+  # {:already_started, %{members: recorded}}}`), so a group whose
+  # processes are between exit and restart keeps its place.
+  #
+  # Starts run outside this process (the group's `Visor.Server` runs
+  # `initial_state/1` while it starts, which may be slow): the caller is
+  # answered when its group's start ends, and meanwhile this process
+  # carries messages and starts other groups.
+  #
+  # It runs in `Visor.Guard`: no message a peer sends crashes it, and a
+  # member list from a peer is checked for shape before anything else.
 
   require Logger
 
@@ -46,7 +64,11 @@ defmodule Visor.Groups.Host do
   @roles [:router, :formation, :server]
   @restart_ms 1_000
 
-  defstruct [:module, groups: %{}, monitors: %{}]
+  # groups: key => {supervisor, monitor}; starting: key => %{ref:,
+  # members:, waiters:, keep?:, partition:} (waiters: the callers to
+  # answer; keep?: on failure, try again rather than forget, as the group
+  # was recorded here before, or adopted; partition: where it starts).
+  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}]
 
   @doc false
   def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
@@ -64,21 +86,33 @@ defmodule Visor.Groups.Host do
   end
 
   @doc false
-  # Only under a key: nil names the module's default group.
-  def handle_call({:visor_start, key, members}, _from, state) when key != nil do
-    case members(state.module, members) do
-      {:ok, members} ->
-        {reply, state} = start(state, key, members)
-        {:reply, reply, state}
+  # Only under a key: nil names the module's default group. Answered when
+  # the start ends: `{:ok, :started | :already_started}`, or `{:error,
+  # {:already_started, %{members:}} | {:not_a_member, node} | {:bad_members,
+  # text} | {:start_failed, node, reason}}`.
+  def handle_call({:visor_start, key, members}, from, state) when key != nil do
+    key = Options.canonical_key(key)
 
-      error ->
-        {:reply, error, state}
+    case members(state.module, members) do
+      {:ok, members} -> {:noreply, start(state, key, members, from, :caller)}
+      error -> {:reply, error, state}
     end
   end
 
   def handle_call({:visor_stop, key}, _from, state) do
-    {reply, state} = stop(state, key)
+    {reply, state} = stop(state, Options.canonical_key(key))
     {:reply, reply, state}
+  end
+
+  def handle_call({:visor_stop, key, members}, _from, state) do
+    key = Options.canonical_key(key)
+
+    if Lifetime.hosting({state.module, key}) == members do
+      {reply, state} = stop(state, key)
+      {:reply, reply, state}
+    else
+      {:reply, :no_group, state}
+    end
   end
 
   def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
@@ -101,7 +135,7 @@ defmodule Visor.Groups.Host do
   def handle_info(:visor_restore, state) do
     state =
       Enum.reduce(Lifetime.hosted(state.module), state, fn {key, members}, state ->
-        state |> start(key, members) |> elem(1)
+        start(state, key, members, nil, :restart)
       end)
 
     adopt_from(Node.list(), state.module)
@@ -115,14 +149,62 @@ defmodule Visor.Groups.Host do
 
   def handle_info({:nodedown, _node}, state), do: {:noreply, state}
 
-  # A group another node runs with this one among its members (see the
-  # top of this module); started here unless it runs already.
-  def handle_info({:visor_adopt, key, members}, state) when key != nil do
-    with {:ok, members} <- members(state.module, members),
-         nil <- Visor.Groups.running(state.module, key) do
-      {:noreply, state |> start(key, members) |> elem(1)}
+  # A formed group `node` runs with this one among its members (see the
+  # top of this module): started here, unless this host stopped that
+  # membership, which `node` then is told to stop.
+  def handle_info({:visor_adopt, node, key, members}, state) when key != nil do
+    key = Options.canonical_key(key)
+
+    with {:ok, members} <- members(state.module, members) do
+      if members in Lifetime.tombstones({state.module, key}) do
+        _ =
+          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, members}, [
+            :noconnect
+          ])
+
+        {:noreply, state}
+      else
+        {:noreply, start(state, key, members, nil, :adopt)}
+      end
     else
       _ -> {:noreply, state}
+    end
+  end
+
+  # A peer that stopped the group this host runs with `members`: it was
+  # cut off from the stop, and stops now.
+  def handle_info({:visor_stale, key, members}, state) do
+    key = Options.canonical_key(key)
+
+    if Lifetime.hosting({state.module, key}) == members do
+      Logger.warning(
+        "#{inspect({state.module, key})}: stopped on a member while this node was cut " <>
+          "off from it; stopping it here"
+      )
+
+      {:noreply, state |> stop(key) |> elem(1)}
+    else
+      {:noreply, state}
+    end
+  end
+
+  def handle_info({:visor_started, key, ref, result}, state) do
+    case state.starting do
+      %{^key => %{ref: ^ref} = start} ->
+        state = %{state | starting: Map.delete(state.starting, key)}
+        {:noreply, started(state, key, start, result)}
+
+      # Stopped while it started: stopped now, and forgotten again (its
+      # formation may have written its record meanwhile).
+      _stopped ->
+        with {:ok, pid} <- result do
+          :ok = terminate(pid)
+
+          if Lifetime.hosting({state.module, key}) == nil,
+            do: Lifetime.forget({state.module, key})
+        end
+
+        {:noreply, state}
     end
   end
 
@@ -142,77 +224,158 @@ defmodule Visor.Groups.Host do
   def handle_info({:timeout, _timer, {:visor_restart, key}}, state) do
     case Lifetime.hosting({state.module, key}) do
       nil -> {:noreply, state}
-      members -> {:noreply, state |> start(key, members) |> elem(1)}
+      members -> {:noreply, start(state, key, members, nil, :restart)}
     end
   end
 
   def handle_info(_message, state), do: {:noreply, state}
 
   # Any node may send a start or an adoption: a member list that is not
-  # one, or that does not name this node (a keyed group has no spares),
-  # is refused, never recorded, and never crashes this process.
+  # one (checked for shape first: a proper list of atoms), or that does
+  # not name this node (a keyed group has no spares), is refused, never
+  # recorded, and never crashes this process.
   defp members(module, members) do
-    members = Visor.Options.nodes!(module, members)
-    if node() in members, do: {:ok, members}, else: {:error, {:not_a_member, node()}}
+    if node_list?(members) do
+      members = Options.nodes!(module, members)
+      if node() in members, do: {:ok, members}, else: {:error, {:not_a_member, node()}}
+    else
+      {:error, {:bad_members, "not a list of node names: #{inspect(members)}"}}
+    end
   rescue
     e in ArgumentError -> {:error, {:bad_members, Exception.message(e)}}
   end
 
+  defp node_list?([]), do: true
+  defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
+  defp node_list?(_other), do: false
+
   # Asks `nodes`' hosts, in a process of its own (a node may be slow to
-  # answer), for their groups that name this node a member.
+  # answer), for the formed groups they run that name this node a member.
   defp adopt_from(nodes, module) do
     host = self()
 
     spawn(fn ->
       for node <- nodes,
-          {key, members, _server} <- groups_on(node, module),
-          node() in members,
-          do: send(host, {:visor_adopt, key, members})
+          {key, members} <- offers(node, module),
+          do: send(host, {:visor_adopt, node, key, members})
     end)
 
     :ok
   end
 
-  defp groups_on(node, module) do
-    :erpc.call(node, Visor.Groups, :local, [module], 5_000)
+  defp offers(node, module) do
+    :erpc.call(node, Visor.Groups, :offers, [module, node()], 5_000)
   catch
     _kind, _reason -> []
   end
 
-  defp start(state, key, members) do
-    case Visor.Groups.running(state.module, key) do
-      {pid, ^members} ->
-        {{:ok, :already_started}, watch(state, key, pid)}
+  # `from` (a caller of {:visor_start, ...}, or nil) is answered when the
+  # start ends; `origin` is :caller, :restart or :adopt.
+  defp start(state, key, members, from, origin) do
+    group = {state.module, key}
+    recorded = Lifetime.hosting(group)
 
-      {_pid, others} ->
-        {{:error, {:already_started, %{members: others}}}, state}
+    cond do
+      recorded not in [nil, members] ->
+        reply(from, {:error, {:already_started, %{members: recorded}}})
+        state
 
-      nil ->
-        start_new(state, key, members)
+      Map.has_key?(state.starting, key) ->
+        update_in(state.starting[key].waiters, &[from | &1])
+
+      true ->
+        case Visor.Groups.running(state.module, key) do
+          {pid, ^members} ->
+            reply(from, {:ok, :already_started})
+            watch(state, key, pid)
+
+          {_pid, others} ->
+            reply(from, {:error, {:already_started, %{members: others}}})
+            state
+
+          nil ->
+            start_new(state, key, members, from, recorded != nil or origin != :caller)
+        end
     end
   end
 
-  defp start_new(state, key, members) do
+  defp start_new(state, key, members, from, keep?) do
     group = {state.module, key}
     %{opts: opts} = Visor.Groups.host_options(state.module)
     config = Options.keyed(Options.validate!(state.module, [nodes: members] ++ opts), key)
-    # Recorded first: a group this host started is one it restarts.
-    :ok = Lifetime.host(group, config.membership |> elem(1))
+    # Recorded first: a group this host starts is one it restarts, and
+    # one no other membership of the key may replace.
+    :ok = Lifetime.host(group, members)
+    :ok = Lifetime.unstopped(group, members)
     spec = Supervisor.child_spec({Visor.Supervisor, config}, restart: :temporary)
-    partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), key}}
+    index = free_partition(state)
+    partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), index}}
+    host = self()
+    ref = make_ref()
 
-    case DynamicSupervisor.start_child(partition, spec) do
-      {:ok, pid} ->
-        {{:ok, :started}, watch(state, key, pid)}
+    spawn(fn ->
+      result =
+        try do
+          DynamicSupervisor.start_child(partition, spec)
+        catch
+          :exit, reason -> {:error, reason}
+        end
 
-      {:error, reason} ->
-        Logger.warning(
-          "#{inspect(group)}: cannot start this node's processes of the group " <>
-            "(#{inspect(reason)}); trying again in #{@restart_ms} ms"
-        )
+      send(host, {:visor_started, key, ref, result})
+    end)
 
-        {{:error, reason}, retry(state, key)}
+    start = %{ref: ref, members: members, waiters: [from], keep?: keep?, partition: index}
+    %{state | starting: Map.put(state.starting, key, start)}
+  end
+
+  defp started(state, key, start, {:ok, pid}) do
+    Enum.each(start.waiters, &reply(&1, {:ok, :started}))
+    watch(state, key, pid)
+  end
+
+  # Another start of the key won the registry (a start never runs two).
+  defp started(state, key, start, {:error, {:already_started, pid}}) do
+    Enum.each(start.waiters, &reply(&1, {:ok, :already_started}))
+    watch(state, key, pid)
+  end
+
+  defp started(state, key, start, {:error, reason}) do
+    group = {state.module, key}
+    Enum.each(start.waiters, &reply(&1, {:error, {:start_failed, node(), reason}}))
+
+    if start.keep? do
+      Logger.warning(
+        "#{inspect(group)}: cannot start this node's processes of the group " <>
+          "(#{inspect(reason)}); trying again in #{@restart_ms} ms"
+      )
+
+      retry(state, key)
+    else
+      # A caller's first start here: nothing of it is left behind.
+      _ = Lifetime.forget(group)
+      state
     end
+  end
+
+  defp reply(nil, _reply), do: :ok
+  defp reply(from, reply), do: GenServer.reply(from, reply)
+
+  # The partition with the fewest starts in progress: a DynamicSupervisor
+  # starts one child at a time, and a group's start runs its
+  # initial_state/1, so a slow one holds up only the starts sent to its
+  # partition, none while another partition is free.
+  defp free_partition(state) do
+    busy = state.starting |> Map.values() |> Enum.frequencies_by(& &1.partition)
+    count = PartitionSupervisor.partitions(Visor.Groups.partitions(state.module))
+    Enum.min_by(0..(count - 1), &Map.get(busy, &1, 0))
+  end
+
+  # Through the partition that holds it, whichever it is.
+  defp terminate(pid) do
+    with {:parent, partition} when is_pid(partition) <- Process.info(pid, :parent),
+         do: _ = DynamicSupervisor.terminate_child(partition, pid)
+
+    :ok
   end
 
   defp watch(state, key, pid) do
@@ -245,24 +408,24 @@ defmodule Visor.Groups.Host do
     state
   end
 
+  # A start in progress is answered {:error, :no_group}, and its group
+  # stopped once it started (handle_info {:visor_started, ...}).
   defp stop(state, key) do
     group = {state.module, key}
-    hosted? = Lifetime.hosting(group) != nil
+    recorded = Lifetime.hosting(group)
+    {starting, left} = Map.pop(state.starting, key)
+    for from <- (starting || %{waiters: []}).waiters, do: reply(from, {:error, :no_group})
     state = forget_monitor(state, Map.get(state.groups, key))
-    state = %{state | groups: Map.delete(state.groups, key)}
+    state = %{state | groups: Map.delete(state.groups, key), starting: left}
 
     running =
       case Visor.Groups.running(state.module, key) do
-        {pid, _members} ->
-          partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), key}}
-          _ = DynamicSupervisor.terminate_child(partition, pid)
-          true
-
-        nil ->
-          false
+        {pid, _members} -> terminate(pid) == :ok
+        nil -> false
       end
 
     :ok = Lifetime.forget(group)
-    {if(running or hosted?, do: :ok, else: :no_group), state}
+    if recorded, do: :ok = Lifetime.stopped(group, recorded)
+    {if(running or recorded != nil, do: :ok, else: :no_group), state}
   end
 end
