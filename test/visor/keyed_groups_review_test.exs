@@ -1,7 +1,6 @@
 defmodule Visor.KeyedGroupsReviewTest do
-  # Adversarial review of keyed groups: each test shows a defect and fails
-  # until it is fixed. Tagged :review_break, excluded by default; run with
-  # `mix test test/visor/keyed_groups_review_test.exs --include review_break`.
+  # Adversarial review of keyed groups (safety): each test showed a defect
+  # (tagged :review_break then); all are fixed, and run with the suite.
   use ExUnit.Case, async: false
 
   alias Visor.Test.{Cluster, Counter}

@@ -1,9 +1,8 @@
 defmodule Visor.KeyedReview3Test do
   # Third adversarial review of keyed groups (calls from a node with no
   # replica: the members' lookup and its per-process cache). Each test
-  # shows a defect from a user's side and fails until it is fixed. Tagged
-  # :review_break, which test_helper.exs excludes by default; run them with
-  # `mix test test/visor/keyed_review3_test.exs --include review_break`.
+  # showed a defect from a user's side (tagged :review_break then); all
+  # are fixed, and run with the suite.
   # The test node runs no host: it is the node with no replica.
   use ExUnit.Case, async: false
 

@@ -1,8 +1,7 @@
 defmodule Visor.KeyedReviewBreakTest do
-  # Adversarial review of keyed groups: each test shows a defect from a
-  # user's side and fails until it is fixed. Tagged :review_break, which
-  # test_helper.exs excludes by default; run them with
-  # `mix test test/visor/keyed_review_break_test.exs --include review_break`.
+  # Adversarial review of keyed groups: each test showed a defect from a
+  # user's side (tagged :review_break then); all are fixed, and run with
+  # the suite.
   use ExUnit.Case, async: false
 
   alias Visor.Test.{Cluster, Counter}
