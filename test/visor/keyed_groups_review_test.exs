@@ -118,6 +118,13 @@ defmodule Visor.KeyedGroupsReviewTest do
     assert {:ok, _} = rpc(a, :start_group, [group])
     assert rpc(a, :commit, [group, {:incr, :acked}]) == 1
 
+    # Every member's replica has taken part before all lose their memory:
+    # one whose formation had not decided yet never promised anything, and
+    # may rightly start fresh.
+    for node <- members do
+      Cluster.eventually(fn -> rpc(node, :status, [group]).status == :normal end, 15_000)
+    end
+
     # Every member's processes exit (a crash loop, say): each host starts
     # them again in 1 s, recovering. A start_group comes in meanwhile.
     for node <- members do
