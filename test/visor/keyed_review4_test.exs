@@ -69,4 +69,37 @@ defmodule Visor.KeyedReview4Test do
     Cluster.eventually(fn -> rpc(c, :get_in, [group, [:count], [timeout: 2_000]]) == 1 end)
     assert rpc(c, :get, [group]).applied == MapSet.new([:new])
   end
+
+  # A host that sees a peer offer a membership it stopped answers
+  # {:visor_stale, key, members}, and the peer stops what it runs with
+  # those members (Host.handle_info/2, :visor_stale). The message names
+  # no incarnation: one sent for the old replica, arriving after
+  # start_group started the group again with the same members (the
+  # sender's adoption check and the start race, and the two come from
+  # different processes, so nothing orders them), stops the new replica
+  # and leaves a tombstone there. That tombstone then answers the next
+  # offer from any member (a reconnect is enough) with :visor_stale: the
+  # new group is stopped member by member, though nobody stopped it.
+  @tag :review_break
+  @tag timeout: 180_000
+  test "a :visor_stale for an old incarnation that arrives after the group was started again stops the new group, and its tombstone spreads the stop on the next reconnect" do
+    [a, b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Counter, members: members)
+    group = {Counter, "late stale"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :one}]) == 1
+
+    # a's answer to c's offer of the previous incarnation, late.
+    send({Visor.Groups.host(Counter), c}, {:visor_stale, "late stale", members})
+    Process.sleep(500)
+    c_runs? = rpc(c, :lookup, [group]) |> Keyword.has_key?(c)
+
+    # A blip between c and the others: c's host asks theirs for offers.
+    :ok = Cluster.partition([a, b], [c])
+    :ok = Cluster.heal([a, b], [c])
+    Process.sleep(2_000)
+
+    running = rpc(a, :lookup, [group]) |> Keyword.keys() |> Enum.sort()
+    assert {c_runs?, running} == {true, members}
+  end
 end
