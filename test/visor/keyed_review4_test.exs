@@ -20,15 +20,17 @@ defmodule Visor.KeyedReview4Test do
   defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
 
   # c stalls (SIGSTOP) through stop_group and the next start_group. Both
-  # ask c with :erpc and a 5 s timeout, so start_group's hosts/1 leaves c
-  # out: no_other_membership/3 never sees c's stale replica, and the
-  # members come from the host's members: option, which place/4 does not
-  # check against the hosts that answered. a and b start (tombstones
-  # erased). When c thaws, its old replica is still there when a's and
-  # b's formations ask: they decide to recover (a peer remembers the
-  # cluster id), then c's old replica goes (c ends :spare), and a and b
-  # stay :recovering for good: the group start_group started never serves
-  # and does not heal by itself (the operator must stop and forget).
+  # ask c with a 5 s :erpc timeout, so start_group's hosts/1 leaves c out:
+  # no_other_membership/3 never sees c's stale replica, and the members
+  # come from the host's members: option, which place/4 does not check
+  # against the hosts that answered (the docs say a start needs every
+  # member). a and b start; their formations, once c thaws, find c's old
+  # replica remembering the cluster id and decide to recover. On c the
+  # start's message (queued directly in c's host) overtakes the stop's
+  # (sent by an :erpc process spawned only after the thaw): the old
+  # replica answers :already_started, then the late stop kills it (c ends
+  # :spare). a and b stay :recovering for good: the group start_group
+  # started never serves and does not heal by itself.
   @tag :review_break
   @tag timeout: 180_000
   test "a member stalled through a stop and the next start leaves a new group that never serves: its replicas recover from the old incarnation, which then stops" do
