@@ -304,7 +304,10 @@ defmodule Visor.Groups do
       true
   """
   @spec place({module(), term()}, [node()], pos_integer()) :: [node()]
-  def place(group, nodes, n) do
+  def place({module, key}, nodes, n) do
+    # Keys start_group treats as one (Visor.Options.canonical_key/1) place alike.
+    group = {module, Options.canonical_key(key)}
+
     nodes
     |> Enum.uniq()
     |> Enum.sort_by(&score(group, &1), :desc)

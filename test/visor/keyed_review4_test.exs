@@ -1,7 +1,8 @@
 defmodule Visor.KeyedReview4Test do
   # Fourth adversarial review of keyed groups (start/stop fixes: tombstones,
-  # stale replicas, undo). Each test shows a defect; tagged :review_break
-  # (excluded by default): run with `mix test <this file> --include review_break`.
+  # stale replicas, undo). Each test shows a defect. The two still open
+  # are tagged :known_defect (docs/testing.md, "Known defects"), excluded
+  # by default: run them with `mix test <this file> --only known_defect`.
   use ExUnit.Case, async: false
 
   alias Visor.Test.{Cluster, Counter}
@@ -31,7 +32,7 @@ defmodule Visor.KeyedReview4Test do
   # replica answers :already_started, then the late stop kills it (c ends
   # :spare). a and b stay :recovering for good: the group start_group
   # started never serves and does not heal by itself.
-  @tag :review_break
+  @tag :known_defect
   @tag timeout: 180_000
   test "a member stalled through a stop and the next start leaves a new group that never serves: its replicas recover from the old incarnation, which then stops" do
     [a, _b, c] = members = nodes(3) |> Enum.sort()
@@ -82,7 +83,7 @@ defmodule Visor.KeyedReview4Test do
   # and leaves a tombstone there. That tombstone then answers the next
   # offer from any member (a reconnect is enough) with :visor_stale: the
   # new group is stopped member by member, though nobody stopped it.
-  @tag :review_break
+  @tag :known_defect
   @tag timeout: 180_000
   test "a :visor_stale for an old incarnation that arrives after the group was started again stops the new group, and its tombstone spreads the stop on the next reconnect" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
@@ -109,7 +110,6 @@ defmodule Visor.KeyedReview4Test do
   # start_group places the canonical key (Control.start/2): for a key
   # with -0.0 in it, place/3 names other members than start_group picks
   # for the same key, which the docs say is one group.
-  @tag :review_break
   test "Visor.Groups.place/3 of a key with -0.0 names other members than of the same key with 0.0 (one group)" do
     nodes = for i <- 1..10, do: :"n#{i}@h"
     # Built at run time: the compiler may merge a -0.0 literal with 0.0.
