@@ -57,6 +57,20 @@ defmodule Visor.Test.Cluster do
     peers
   end
 
+  @doc """
+  Freezes `node`'s OS process (SIGSTOP): it stays connected (no net tick
+  missed for a few seconds) but answers nothing, as a node in a long GC
+  pause does. Returns the OS pid for `thaw/1`.
+  """
+  def freeze(node) do
+    pid = to_string(:erpc.call(node, :os, :getpid, []))
+    {_, 0} = System.cmd("kill", ["-STOP", pid])
+    pid
+  end
+
+  @doc "Lets a node frozen by `freeze/1` run again."
+  def thaw(pid), do: System.cmd("kill", ["-CONT", pid])
+
   @doc "Stops one peer; a no-op if it is already gone."
   def stop_peer({pid, _node}) do
     :peer.stop(pid)

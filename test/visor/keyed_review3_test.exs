@@ -11,16 +11,6 @@ defmodule Visor.KeyedReview3Test do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  # SIGSTOP: the node stays connected (no net tick missed for a few
-  # seconds) but answers nothing, as a node in a long GC pause does.
-  defp freeze(node) do
-    pid = to_string(:erpc.call(node, :os, :getpid, []))
-    {_, 0} = System.cmd("kill", ["-STOP", pid])
-    pid
-  end
-
-  defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
-
   test "status/1 of a stopped keyed group says :spare, not :no_group, in a process that called it before (its cached members are never forgotten by status)" do
     [a, _b, _c] = members = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(members, Counter, members: members)
@@ -50,7 +40,7 @@ defmodule Visor.KeyedReview3Test do
     assert Visor.commit(group, {:incr, :warm}) == 1
 
     # The first member in order; the other two keep a quorum.
-    pid = freeze(a)
+    pid = Cluster.freeze(a)
 
     try do
       # b and c elect a primary among themselves and commit at once.
@@ -76,7 +66,7 @@ defmodule Visor.KeyedReview3Test do
         assert is_integer(reply) and ms < 1_000, "commit #{i}: #{ms} ms, #{inspect(reply)}"
       end
     after
-      thaw(pid)
+      Cluster.thaw(pid)
     end
   end
 
@@ -88,7 +78,7 @@ defmodule Visor.KeyedReview3Test do
     assert {:ok, _} = rpc(b, :start_group, [group])
     assert Visor.await(Visor.pipeline(group, {:incr, :warm})) == 1
 
-    pid = freeze(a)
+    pid = Cluster.freeze(a)
 
     try do
       Cluster.eventually(
@@ -102,7 +92,7 @@ defmodule Visor.KeyedReview3Test do
       result = Visor.await(Visor.pipeline(group, {:incr, :here}, timeout: 2_000))
       assert is_integer(result), inspect(result)
     after
-      thaw(pid)
+      Cluster.thaw(pid)
     end
   end
 
@@ -113,7 +103,7 @@ defmodule Visor.KeyedReview3Test do
     group = {Counter, "stalled sole member"}
     assert {:ok, %{members: [^a]}} = rpc(a, :start_group, [group])
 
-    pid = freeze(a)
+    pid = Cluster.freeze(a)
 
     try do
       # A fresh process: no members kept. Control.ask_members/2 gives
@@ -126,7 +116,7 @@ defmodule Visor.KeyedReview3Test do
 
       assert result in [{:error, :no_member_reachable}, {:error, :timeout}], inspect(result)
     after
-      thaw(pid)
+      Cluster.thaw(pid)
     end
   end
 

@@ -10,16 +10,6 @@ defmodule Visor.KeyedReview4Test do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  # SIGSTOP: the node stays connected (no net tick missed for a few
-  # seconds) but answers nothing, as a node in a long GC pause does.
-  defp freeze(node) do
-    pid = to_string(:erpc.call(node, :os, :getpid, []))
-    {_, 0} = System.cmd("kill", ["-STOP", pid])
-    pid
-  end
-
-  defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
-
   # c stalls (SIGSTOP) through stop_group and the next start_group. Both
   # ask c with a 5 s :erpc timeout, so start_group's hosts/1 leaves c out:
   # no_other_membership/3 never sees c's stale replica, and the members
@@ -41,14 +31,14 @@ defmodule Visor.KeyedReview4Test do
     assert {:ok, _} = rpc(a, :start_group, [group])
     for i <- 1..3, do: assert(rpc(a, :commit, [group, {:incr, {:old, i}}]) == i)
 
-    pid = freeze(c)
+    pid = Cluster.freeze(c)
 
     start =
       try do
         assert rpc(a, :stop_group, [group]) == :ok
         rpc(a, :start_group, [group, [timeout: 8_000]])
       after
-        thaw(pid)
+        Cluster.thaw(pid)
       end
 
     # Whatever start_group answered (c did not), the group it started is new.

@@ -9,19 +9,6 @@ defmodule Visor.KeyedReviewBreakTest do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  defp os_pid(node), do: to_string(:erpc.call(node, :os, :getpid, []))
-
-  # SIGSTOP: the node stays connected (no net tick missed for a few
-  # seconds) but answers nothing, as a node in a long GC pause or a
-  # stalled VM does.
-  defp freeze(node) do
-    pid = os_pid(node)
-    {_, 0} = System.cmd("kill", ["-STOP", pid])
-    pid
-  end
-
-  defp thaw(pid), do: System.cmd("kill", ["-CONT", pid])
-
   test "start_group with other members than the running group's returns an error, yet leaves a stray replica started (and restarted) on the new member" do
     [a, b, c] = all = nodes(3) |> Enum.sort()
     :ok = Cluster.start_groups_host(all, Counter, replicas: 2)
@@ -65,7 +52,7 @@ defmodule Visor.KeyedReviewBreakTest do
     # This test node holds no replica: its calls go through a member.
     assert Visor.commit(group, {:incr, :warm}) == 1
 
-    pid = freeze(stalled)
+    pid = Cluster.freeze(stalled)
 
     try do
       {micros, reply} = :timer.tc(fn -> Visor.commit(group, {:incr, :one}, timeout: 500) end)
@@ -75,7 +62,7 @@ defmodule Visor.KeyedReviewBreakTest do
       assert reply == 2, "commit with timeout: 500 took #{ms} ms: #{inspect(reply)}"
       assert ms < 1_500, "commit with timeout: 500 took #{ms} ms"
     after
-      thaw(pid)
+      Cluster.thaw(pid)
     end
   end
 
@@ -87,7 +74,7 @@ defmodule Visor.KeyedReviewBreakTest do
     assert Visor.await(Visor.pipeline(group, {:incr, :warm})) == 1
 
     # The first member in order is the one pipeline/3 sends to.
-    pid = freeze(a)
+    pid = Cluster.freeze(a)
 
     task =
       Task.async(fn ->
@@ -102,7 +89,7 @@ defmodule Visor.KeyedReviewBreakTest do
       assert {:ok, {:returned, _}} = Task.yield(task, 8_000)
     after
       Task.shutdown(task, :brutal_kill)
-      thaw(pid)
+      Cluster.thaw(pid)
     end
 
     _ = c
