@@ -4,7 +4,7 @@ defmodule Visor.KeyedReviewBreakTest do
   # the suite.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter}
+  alias Visor.Test.{Cluster, CodeVersions, Counter}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -176,9 +176,7 @@ defmodule Visor.KeyedReviewBreakTest do
       end
       """)
 
-    for node <- nodes do
-      {:module, ^module} = :erpc.call(node, :code, :load_binary, [module, ~c"nofile", binary])
-    end
+    for node <- nodes, do: CodeVersions.load({module, binary}, node)
 
     module
   end
@@ -222,9 +220,7 @@ defmodule Visor.KeyedReviewBreakTest do
       end
       """)
 
-    for node <- nodes do
-      {:module, ^module} = :erpc.call(node, :code, :load_binary, [module, ~c"nofile", binary])
-    end
+    for node <- nodes, do: CodeVersions.load({module, binary}, node)
 
     module
   end
