@@ -589,12 +589,17 @@ defmodule Visor do
   `ArgumentError`.
 
   Idempotent: a group already running with the same members is one
-  group, `{:error, {:already_started, %{members:, primary:}}}` (its id is
-  deterministic, so two nodes starting it at once start one group). One
-  membership per key: every connected host is asked first which members
-  it holds the key with (running, or restarting), and if one holds
-  others, `{:error, {:already_started, %{members: held}}}` and nothing
-  starts. A member that refuses or fails to start it (`{:start_failed,
+  group, `{:error, {:already_started, %{members:, primary:}}}`, and two
+  nodes starting one new key at once start one group (its instance id
+  is derived from the key's stopped instances, not drawn at random). One
+  instance per key: every connected host is asked first which instance
+  of the key it holds (running, or restarting), and if one holds other
+  members, `{:error, {:already_started, %{members: held}}}` and nothing
+  starts. Every member must answer (one that is not connected, or does
+  not answer within 5 s, may hold an earlier instance):
+  `{:error, {:no_group_host, member}}` otherwise. A replica of a stopped
+  instance still running on a member (cut off at the stop) is stopped
+  first; a new instance never shares a cluster id with a stopped one. A member that refuses or fails to start it (`{:start_failed,
   node, reason}`: `initial_state/1` raised, say) fails the call, and the
   members that started a new group stop it again (a group that ran
   already is left running). Two concurrent calls with
@@ -625,7 +630,9 @@ defmodule Visor do
   Stops the keyed group `{module, key}` on every connected node that runs
   it, and forgets it there (a group started again under the same key is a
   new, empty one): `:ok`, or `{:error, :no_group}` when no connected node
-  ran it. A member that is disconnected meanwhile keeps its replica until
+  ran it. Every connected node is asked which instance of the group it
+  holds, then told to stop those instances: a stop that reaches a node
+  late (it stalled) stops nothing started since. A member that is disconnected meanwhile keeps its replica until
   it connects again to a node that stopped the group, which tells it to
   stop (each such node keeps a tombstone of the group for its VM's life),
   or a `start_group/2` of the key finds it: it is never given back to the
@@ -672,12 +679,12 @@ defmodule Visor do
     # Every server is asked at once, and waited for until one deadline:
     # busy servers cost 1 s in all, not 1 s each.
     requests =
-      for {_key, _members, server} <- groups,
+      for {_key, _instance, server} <- groups,
           do: server && :gen_server.send_request(server, :status)
 
     deadline = System.monotonic_time(:millisecond) + @which_groups_timeout_ms
 
-    for {{key, members, _server}, request} <- Enum.zip(groups, requests) do
+    for {{key, %{members: members}, _server}, request} <- Enum.zip(groups, requests) do
       {status, role} =
         with true <- request != nil,
              left = max(deadline - System.monotonic_time(:millisecond), 0),

@@ -189,7 +189,7 @@ defmodule Visor.Formation do
         {state, {core, effects}} =
           case config.membership do
             {:nodes, nodes} ->
-              cluster = Options.cluster_id(group, nodes, config.settings)
+              cluster = Options.cluster_id(group, nodes, config.settings, config.instance)
               name = Visor.Supervisor.name(group, :formation)
 
               {%{state | decider: Explicit},
@@ -216,7 +216,8 @@ defmodule Visor.Formation do
     membership =
       case config.membership do
         {:nodes, nodes} ->
-          {:nodes, nodes, Options.cluster_id(config.group, nodes, config.settings)}
+          {:nodes, nodes,
+           Options.cluster_id(config.group, nodes, config.settings, config.instance)}
 
         {:cluster_size, size} ->
           {:cluster_size, size}
@@ -255,7 +256,7 @@ defmodule Visor.Formation do
   # with another one joins another cluster (a `nodes:` cluster id already
   # folds in the members and settings).
   defp lifetime_key(%Options{membership: {:nodes, nodes}} = config),
-    do: {:nodes, Options.cluster_id(config.group, nodes, config.settings)}
+    do: {:nodes, Options.cluster_id(config.group, nodes, config.settings, config.instance)}
 
   defp lifetime_key(%Options{membership: {:cluster_size, size}} = config),
     do: {:cluster_size, size, config.settings}

@@ -193,11 +193,12 @@ defmodule Visor.Groups do
   end
 
   @doc false
-  # The keyed group's supervisor on this node and its members, or nil.
-  @spec running(module(), term()) :: {pid(), [node()]} | nil
+  # The keyed group's supervisor on this node and its instance
+  # (`t:Visor.Lifetime.instance/0`), or nil.
+  @spec running(module(), term()) :: {pid(), Lifetime.instance()} | nil
   def running(module, key) do
     case Registry.lookup(registry(module), {key, :supervisor}) do
-      [{pid, members}] -> if Process.alive?(pid), do: {pid, members}
+      [{pid, instance}] -> if Process.alive?(pid), do: {pid, instance}
       [] -> nil
     end
   rescue
@@ -210,19 +211,21 @@ defmodule Visor.Groups do
   # being started again); else nil.
   @spec members_here(module(), term()) :: [node()] | nil
   def members_here(module, key) do
-    case running(module, key) do
-      {_pid, members} -> members
-      nil -> Lifetime.hosting({module, key})
+    case running(module, key) || Lifetime.hosting({module, key}) do
+      {_pid, %{members: members}} -> members
+      %{members: members} -> members
+      nil -> nil
     end
   end
 
   @doc false
   # The host's options on this node and what it holds of the keyed group:
-  # the members it runs (or starts, or restarts) it with, or nil, and the
-  # memberships of it it stopped (`Visor.Lifetime.stopped/2`). nil when
-  # the host does not run here.
+  # the instance it runs (or starts, or restarts), or nil, and the
+  # instances of it it stopped (`Visor.Lifetime.stopped/2`). nil when the
+  # host does not run here.
   @spec membership(module(), term()) ::
-          %{options: map(), hosted: [node()] | nil, stopped: [[node()]]} | nil
+          %{options: map(), hosted: Lifetime.instance() | nil, stopped: [Lifetime.instance()]}
+          | nil
   def membership(module, key) do
     if options = host_options(module) do
       group = {module, Options.canonical_key(key)}
@@ -231,22 +234,13 @@ defmodule Visor.Groups do
   end
 
   @doc false
-  # Stops the keyed group here and forgets it: `:ok`, or `:no_group` when
-  # it neither ran nor was hosted here.
-  @spec stop_here(module(), term()) :: :ok | :no_group
-  def stop_here(module, key) do
+  # Stops the keyed group here and forgets it, if the host holds one of
+  # `instances` of it (never another instance, started since): `:ok`, or
+  # `:no_group`.
+  @spec stop_here(module(), term(), [Lifetime.instance()]) :: :ok | :no_group
+  def stop_here(module, key, instances) when is_list(instances) do
     if host_options(module),
-      do: GenServer.call(host(module), {:visor_stop, key}, :infinity),
-      else: :no_group
-  end
-
-  @doc false
-  # The same, only if the host holds it with `members` (an undone start,
-  # a stale replica: never another membership that took the key since).
-  @spec stop_here(module(), term(), [node()]) :: :ok | :no_group
-  def stop_here(module, key, members) do
-    if host_options(module),
-      do: GenServer.call(host(module), {:visor_stop, key, members}, :infinity),
+      do: GenServer.call(host(module), {:visor_stop, key, instances}, :infinity),
       else: :no_group
   end
 
@@ -256,12 +250,12 @@ defmodule Visor.Groups do
   # group that never formed (a replica of a refused start, say) is not
   # offered to a restarted member, which would join it rather than the
   # group that runs (`Visor.Groups.Host`).
-  @spec offers(module(), node()) :: [{term(), [node()]}]
+  @spec offers(module(), node()) :: [{term(), Lifetime.instance()}]
   def offers(module, node) do
-    for {key, members, _server} <- local(module),
-        node in members,
+    for {key, instance, _server} <- local(module),
+        node in instance.members,
         formed?({module, key}),
-        do: {key, members}
+        do: {key, instance}
   end
 
   defp formed?(group) do
@@ -271,8 +265,8 @@ defmodule Visor.Groups do
   end
 
   @doc false
-  # The keyed groups with a replica on this node: `[{key, members, server}]`.
-  @spec local(module()) :: [{term(), [node()], pid() | nil}]
+  # The keyed groups with a replica on this node: `[{key, instance, server}]`.
+  @spec local(module()) :: [{term(), Lifetime.instance(), pid() | nil}]
   def local(module) do
     registry = registry(module)
 
@@ -281,8 +275,8 @@ defmodule Visor.Groups do
         {{{:"$1", :supervisor}, :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}
       ])
 
-    for {key, pid, members} <- supervisors, Process.alive?(pid) do
-      {key, members, Visor.Supervisor.whereis({module, key}, :server)}
+    for {key, pid, instance} <- supervisors, Process.alive?(pid) do
+      {key, instance, Visor.Supervisor.whereis({module, key}, :server)}
     end
   rescue
     ArgumentError -> []

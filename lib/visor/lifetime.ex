@@ -40,9 +40,10 @@ defmodule Visor.Lifetime do
   # ## Keyed groups
   #
   # A keyed group's record (`{module, key}`, `Visor.Groups`) holds the same,
-  # plus the members its group host started it with (`hosted/1`), so that a
-  # restarted host (its `Visor.Groups` supervisor restarted) starts the
-  # groups it hosted again, each rejoining. It lives in one ETS table per
+  # plus the instance its group host started (`hosted/1`: the members, and
+  # the id that tells it from an earlier start of the same key and
+  # members), so that a restarted host (its `Visor.Groups` supervisor
+  # restarted) starts the groups it hosted again, each rejoining. It lives in one ETS table per
   # node, not in a `:persistent_term` per group: a `:persistent_term.put`
   # copies the whole table and replacing a term scans every process's
   # heap, once per formation, which does not scale to thousands of groups.
@@ -123,50 +124,64 @@ defmodule Visor.Lifetime do
     end
   end
 
-  @doc """
-  Records that this node's group host runs the keyed group `group` with
-  `members`, until `forget/1`.
+  @typedoc """
+  One instance of a keyed group: its members, and the id
+  `Visor.start_group/2` drew when it created it. A group stopped and
+  started again under the same key and members is another instance
+  (`Visor.Options.cluster_id/4`).
   """
-  @spec host({module(), term()}, [node()]) :: :ok
-  def host({_module, _key} = group, members) do
+  @type instance :: %{members: [node()], id: non_neg_integer()}
+
+  # Tombstones kept per key: the most recent stops (a replica cut off
+  # through more stops and starts of one key than this is stopped by a
+  # start_group that finds it, `Visor.Groups.Control`).
+  @tombstones 16
+
+  @doc """
+  Records that this node's group host runs `instance` of the keyed group
+  `group`, until `forget/1`.
+  """
+  @spec host({module(), term()}, instance()) :: :ok
+  def host({_module, _key} = group, %{members: _, id: _} = instance) do
     record = get(group)
-    if Map.get(record, :hosted) != members, do: write(group, Map.put(record, :hosted, members))
+    if Map.get(record, :hosted) != instance, do: write(group, Map.put(record, :hosted, instance))
     :ok
   end
 
-  @doc "The keyed groups of `module` this node's group host runs: `[{key, members}]`."
-  @spec hosted(module()) :: [{term(), [node()]}]
+  @doc "The keyed groups of `module` this node's group host runs: `[{key, instance}]`."
+  @spec hosted(module()) :: [{term(), instance()}]
   def hosted(module) do
     case :ets.whereis(@table) do
       :undefined ->
         []
 
       table ->
-        for [key, %{hosted: members}] <- :ets.match(table, {{module, :"$1"}, :"$2"}),
-            do: {key, members}
+        for [key, %{hosted: instance}] <- :ets.match(table, {{module, :"$1"}, :"$2"}),
+            do: {key, instance}
     end
   end
 
-  @doc "The members this node's group host runs the keyed group `group` with, or `nil`."
-  @spec hosting({module(), term()}) :: [node()] | nil
+  @doc "The instance of the keyed group `group` this node's group host runs, or `nil`."
+  @spec hosting({module(), term()}) :: instance() | nil
   def hosting({_module, _key} = group), do: with(%{} = record <- read(group), do: record[:hosted])
 
   @doc """
-  Records that this node's group host stopped the keyed group `group`,
-  which ran here with `members` (a tombstone, kept for the life of the VM
-  as the rest of the table is, in a row of its own): a member cut off at
-  the stop that still runs it is told to stop, rather than given back
-  (`Visor.Groups.Host`), until `start_group` starts that membership again.
+  Records that this node's group host stopped `instance` of the keyed
+  group `group` (a tombstone, kept for the life of the VM as the rest of
+  the table is, in a row of its own; the last #{@tombstones} per key): a
+  member cut off at the stop that still runs that instance is told to
+  stop, rather than given back (`Visor.Groups.Host`).
   """
-  @spec stopped({module(), term()}, [node()]) :: :ok
-  def stopped({_module, _key} = group, members) do
+  @spec stopped({module(), term()}, instance()) :: :ok
+  def stopped({_module, _key} = group, instance) do
     {:ok, table} = table()
-    true = :ets.insert(table, {{:stopped, group}, Enum.uniq([members | tombstones(group)])})
+    kept = Enum.take([instance | tombstones(group) -- [instance]], @tombstones)
+    true = :ets.insert(table, {{:stopped, group}, kept})
     :ok
   end
 
-  @doc "The memberships of `group` this node's group host stopped (`stopped/2`)."
-  @spec tombstones({module(), term()}) :: [[node()]]
+  @doc "The instances of `group` this node's group host stopped (`stopped/2`), latest first."
+  @spec tombstones({module(), term()}) :: [instance()]
   def tombstones({_module, _key} = group) do
     case :ets.whereis(@table) do
       :undefined ->
@@ -175,17 +190,6 @@ defmodule Visor.Lifetime do
       table ->
         with([{_, list}] <- :ets.lookup(table, {:stopped, group}), do: list, else: (_ -> []))
     end
-  end
-
-  @doc "Erases the tombstone of `group` with `members` (it is being started again)."
-  @spec unstopped({module(), term()}, [node()]) :: :ok
-  def unstopped({_module, _key} = group, members) do
-    case tombstones(group) -- [members] do
-      [] -> with({:ok, table} <- table(), do: :ets.delete(table, {:stopped, group}))
-      left -> with({:ok, table} <- table(), do: :ets.insert(table, {{:stopped, group}, left}))
-    end
-
-    :ok
   end
 
   # A default group's record is a :persistent_term (one per module); a

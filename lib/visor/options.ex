@@ -88,7 +88,13 @@ defmodule Visor.Options do
   @derive {Inspect, only: [:group, :membership, :storage]}
   @enforce_keys [:module, :group, :membership, :pool_size, :engine, :opts]
   defstruct @enforce_keys ++
-              [storage: :memory, busy_poll_us: @default_busy_poll_us, settings: %{}, init_arg: []]
+              [
+                storage: :memory,
+                busy_poll_us: @default_busy_poll_us,
+                settings: %{},
+                init_arg: [],
+                instance: nil
+              ]
 
   @typedoc """
   `module` is the state machine; `group` names the group: the module for
@@ -100,7 +106,9 @@ defmodule Visor.Options do
   the server watches its mailbox for the engine's answer after a hand-off
   (`Visor.Server`); `opts` what the user passed; `init_arg` the argument
   of `initial_state/1` (the `init_arg:` option, default `[]`); `settings`
-  the engine settings every member must share (`shared_settings/1`).
+  the engine settings every member must share (`shared_settings/1`);
+  `instance` a keyed group's instance id (`keyed/3`), nil for a default
+  group.
   """
   @type t :: %__MODULE__{
           module: module(),
@@ -112,7 +120,8 @@ defmodule Visor.Options do
           busy_poll_us: non_neg_integer(),
           settings: %{atom() => non_neg_integer()},
           opts: keyword(),
-          init_arg: term()
+          init_arg: term(),
+          instance: non_neg_integer() | nil
         }
 
   @doc "Validates `opts` for `module`; raises `ArgumentError` naming the problem."
@@ -198,11 +207,15 @@ defmodule Visor.Options do
   @doc """
   The configuration of the keyed group `{module, key}` (`Visor.Groups`):
   `config`, validated for `module` with an explicit membership, named by
-  the key. Its cluster id folds the key in (`cluster_id/3`).
+  the key, of the group's instance `instance` (an id drawn when
+  `Visor.start_group/2` created it: a group stopped and started again
+  under the same key and members is another instance). Its cluster id
+  folds the key and the instance in (`cluster_id/4`).
   """
-  @spec keyed(t(), term()) :: t()
-  def keyed(%__MODULE__{module: module, membership: {:nodes, _}} = config, key) when key != nil,
-    do: %{config | group: {module, key}}
+  @spec keyed(t(), term(), non_neg_integer()) :: t()
+  def keyed(%__MODULE__{module: module, membership: {:nodes, _}} = config, key, instance)
+      when key != nil and is_integer(instance) and instance >= 0,
+      do: %{config | group: {module, key}, instance: instance}
 
   @doc """
   The cluster id of an explicit membership: 16 bytes derived from the group
@@ -213,16 +226,24 @@ defmodule Visor.Options do
 
   A module's default group hashes version 2 of the term, as before keyed
   groups existed, so its id (and its disk store) is unchanged; a keyed
-  group hashes version 3, which adds the key.
+  group hashes version 3, which adds the key and the group's `instance`
+  (`keyed/3`): the replicas of a group stopped and started again under
+  the same members never take each other's messages, nor recover from
+  each other.
   """
-  @spec cluster_id(module() | {module(), term()}, [node()], map()) :: <<_::128>>
-  def cluster_id(group, nodes, settings \\ default_settings())
+  @spec cluster_id(module() | {module(), term()}, [node()], map(), non_neg_integer() | nil) ::
+          <<_::128>>
+  def cluster_id(group, nodes, settings \\ default_settings(), instance \\ nil)
 
-  def cluster_id({module, key}, nodes, settings) when is_atom(module) and key != nil,
-    do:
-      hash({:visor_cluster, 3, module, canonical_key(key), Enum.sort(nodes), Enum.sort(settings)})
+  def cluster_id({module, key}, nodes, settings, instance)
+      when is_atom(module) and key != nil and is_integer(instance),
+      do:
+        hash(
+          {:visor_cluster, 3, module, canonical_key(key), instance, Enum.sort(nodes),
+           Enum.sort(settings)}
+        )
 
-  def cluster_id(module, nodes, settings) when is_atom(module),
+  def cluster_id(module, nodes, settings, nil) when is_atom(module),
     do: hash({:visor_cluster, 2, module, Enum.sort(nodes), Enum.sort(settings)})
 
   @doc """

@@ -37,12 +37,13 @@ defmodule Visor.Supervisor do
 
   @doc """
   Starts the group described by validated options. A keyed group's
-  supervisor is registered with its member nodes as the registry's value
-  (`Visor.Groups` lists them from there).
+  supervisor is registered with its instance (`%{members:, id:}`) as the
+  registry's value (`Visor.Groups` lists them from there).
   """
   @spec start_link(Options.t()) :: Supervisor.on_start()
   def start_link(%Options{group: {module, key}, membership: {:nodes, nodes}} = config) do
-    name = {:via, Registry, {Visor.Groups.registry(module), {key, :supervisor}, nodes}}
+    instance = %{members: nodes, id: config.instance}
+    name = {:via, Registry, {Visor.Groups.registry(module), {key, :supervisor}, instance}}
     Supervisor.start_link(__MODULE__, config, name: name)
   end
 

@@ -32,10 +32,15 @@ defmodule Visor.KeyedGroupsReviewTest do
       host = {Visor.Groups.host(Counter), node}
       send(host, {:visor_adopt, :junk, [node | :junk]})
       send(host, {:visor_adopt, node, :junk, [node | :junk]})
+      send(host, {:visor_adopt, node, :junk, %{members: [node | :junk], id: 1}})
       send(host, {:visor_stale, :junk, [node | :junk]})
+      send(host, {:visor_stale, :junk, %{members: [node | :junk], id: 1}})
 
       assert {:error, {:bad_members, _}} =
                GenServer.call(host, {:visor_start, :junk, [node | :junk]})
+
+      assert {:error, {:bad_members, _}} =
+               GenServer.call(host, {:visor_start, :junk, %{members: [node | :junk], id: 1}})
 
       Process.sleep(50)
     end
@@ -91,7 +96,7 @@ defmodule Visor.KeyedGroupsReviewTest do
     Process.sleep(3_000)
 
     for node <- [a, b] do
-      assert :erpc.call(node, Visor.Lifetime, :hosting, [group]) == old
+      assert %{members: ^old} = :erpc.call(node, Visor.Lifetime, :hosting, [group])
 
       refute match?(
                {:member, %{recover: false}},

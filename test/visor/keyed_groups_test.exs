@@ -223,8 +223,10 @@ defmodule Visor.KeyedGroupsTest do
 
     for request <- [
           {:visor_start, :z, ["a@h", 1]},
-          {:visor_start, :z, [:b@h]},
-          {:visor_start, nil, [a]},
+          {:visor_start, :z, %{members: ["a@h", 1], id: 1}},
+          {:visor_start, :z, %{members: [:b@h], id: 1}},
+          {:visor_start, :z, %{members: [a], id: -1}},
+          {:visor_start, nil, %{members: [a], id: 1}},
           :junk
         ] do
       assert {:error, _} = :erpc.call(a, GenServer, :call, [host, request])
@@ -253,8 +255,13 @@ defmodule Visor.KeyedGroupsTest do
     assert default.cluster ==
              Base.encode16(Visor.Options.cluster_id(Counter, members), case: :lower)
 
+    %{id: id} = :erpc.call(a, Visor.Lifetime, :hosting, [{Counter, :k}])
+    settings = Visor.Options.validate!(Counter, nodes: members).settings
+
     assert keyed.cluster ==
-             Base.encode16(Visor.Options.cluster_id({Counter, :k}, members), case: :lower)
+             Base.encode16(Visor.Options.cluster_id({Counter, :k}, members, settings, id),
+               case: :lower
+             )
 
     refute keyed.cluster == default.cluster
   end
@@ -351,12 +358,12 @@ defmodule Visor.KeyedGroupsTest do
     {pid, monitor} =
       spawn_monitor(fn ->
         Visor.Lifetime.put_formed(group, :config, %{members: [node()]})
-        Visor.Lifetime.host(group, [node()])
+        Visor.Lifetime.host(group, %{members: [node()], id: 7})
       end)
 
     assert_receive {:DOWN, ^monitor, :process, ^pid, :normal}
     assert Visor.Lifetime.formed(group, :config) == %{members: [node()]}
-    assert Visor.Lifetime.hosting(group) == [node()]
+    assert Visor.Lifetime.hosting(group) == %{members: [node()], id: 7}
 
     keeper = Process.whereis(Visor.Lifetime.Keeper)
     assert :ets.info(Visor.Lifetime, :owner) == keeper

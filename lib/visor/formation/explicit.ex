@@ -411,6 +411,15 @@ defmodule Visor.Formation.Explicit do
           "every member must have the same value: no cluster forms until they do"
         )
 
+      # Same members, same settings, another cluster id: a keyed group's
+      # other instance (stopped and started again while one of the two
+      # nodes was cut off); that node's host stops it or starts this one.
+      nil ->
+        Decider.warn_once(state, {:mismatch, from}, :warning, :nodes_mismatch, fn ->
+          "#{from} runs another instance of this group (it was stopped and started " <>
+            "again while one of the two was cut off); waiting for it to run this one"
+        end)
+
       _ ->
         Decider.warn_once(state, {:mismatch, from}, :warning, :nodes_mismatch, fn ->
           "#{from} is configured with nodes #{inspect(theirs)}, " <>

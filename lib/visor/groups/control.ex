@@ -34,8 +34,8 @@ defmodule Visor.Groups.Control do
     hosts = hosts(group)
 
     with {:ok, members} <- members_for(group, opts, hosts),
-         {:ok, existed?} <- no_other_membership(group, members, hosts) do
-      case started(group, members, existed?, deadline) do
+         {:ok, instance, existed?} <- instance(group, members, hosts) do
+      case started(group, instance, existed?, deadline) do
         {:error, _} = error ->
           error
 
@@ -75,25 +75,31 @@ defmodule Visor.Groups.Control do
   end
 
   # The members: given, the host's `members:`, or `replicas:` chosen by
-  # rendezvous hashing among the connected nodes that run the host.
+  # rendezvous hashing among the connected nodes that run the host. Every
+  # member must have answered (`hosts/1`): one that did not may hold an
+  # earlier instance of the group, which this start would not see.
   defp members_for({module, _key} = group, opts, hosts) do
-    case {Keyword.fetch(opts, :members), hosts} do
-      {{:ok, members}, _} ->
-        members = Visor.Options.nodes!(module, members)
+    members =
+      case {Keyword.fetch(opts, :members), hosts} do
+        {{:ok, members}, _} ->
+          {:ok, Visor.Options.nodes!(module, members)}
 
-        case Enum.find(members, &(not Map.has_key?(hosts, &1))) do
-          nil -> {:ok, members}
-          missing -> {:error, {:no_group_host, missing}}
-        end
+        {:error, hosts} when map_size(hosts) == 0 ->
+          {:error,
+           {:not_enough_nodes, Keyword.get(opts, :replicas, Groups.default_replicas()), 0}}
 
-      {:error, hosts} when map_size(hosts) == 0 ->
-        {:error, {:not_enough_nodes, Keyword.get(opts, :replicas, Groups.default_replicas()), 0}}
+        {:error, hosts} ->
+          # This node's host options, else any host's: they are the same
+          # on every node of a well-configured cluster.
+          %{options: host} = Map.get(hosts, node()) || hosts |> Map.values() |> hd()
+          place(group, Keyword.get(opts, :replicas), host, Map.keys(hosts))
+      end
 
-      {:error, hosts} ->
-        # This node's host options, else any host's: they are the same on
-        # every node of a well-configured cluster.
-        %{options: host} = Map.get(hosts, node()) || hosts |> Map.values() |> hd()
-        place(group, Keyword.get(opts, :replicas), host, Map.keys(hosts))
+    with {:ok, members} <- members do
+      case Enum.find(members, &(not Map.has_key?(hosts, &1))) do
+        nil -> {:ok, members}
+        missing -> {:error, {:no_group_host, missing}}
+      end
     end
   end
 
@@ -115,41 +121,59 @@ defmodule Visor.Groups.Control do
     for {node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host}
   end
 
-  # One membership per key, cluster-wide: refused if any connected host
-  # holds the key with other members. Asked before any member starts, so
-  # a refused start leaves nothing behind. A host that holds the key with
-  # members one of the hosts stopped it with runs a replica cut off from
-  # that stop: stopped first, so that it never joins the new group (same
-  # members, same cluster id) with its old log. `{:ok, existed?}`: whether
-  # a host holds the group already (this start ensures it runs).
-  defp no_other_membership({module, key}, members, hosts) do
-    stopped = hosts |> Map.values() |> Enum.flat_map(& &1.stopped)
+  # The instance to start (`t:Visor.Lifetime.instance/0`), and whether it
+  # existed. One instance per key, cluster-wide: refused if any connected
+  # host holds the key with other members. Asked before any member starts,
+  # so a refused start leaves nothing behind.
+  #
+  # A host that holds an instance one of the hosts stopped runs a replica
+  # cut off from that stop: stopped first, by instance, so that a stop
+  # that arrives late can stop nothing else. If the members hold an
+  # instance nobody stopped, this start ensures it runs; else the group is
+  # new, and its id is derived from the ids of the key's instances the
+  # hosts stopped: a new instance never takes an id a stopped one had, and
+  # two calls that start the same new group at once (seeing the same
+  # hosts) start one instance, not two that refuse each other.
+  defp instance({module, key} = group, members, hosts) do
+    stopped = hosts |> Map.values() |> Enum.flat_map(& &1.stopped) |> Enum.uniq()
 
     {stale, held} =
       hosts
-      |> Enum.filter(&match?({_node, %{hosted: [_ | _]}}, &1))
+      |> Enum.filter(&match?({_node, %{hosted: %{}}}, &1))
       |> Enum.split_with(fn {_node, %{hosted: hosted}} -> hosted in stopped end)
 
     for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)),
-        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, hosted], @ask_timeout_ms)
+        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, [hosted]], @ask_timeout_ms)
 
-    case Enum.find(held, fn {_node, %{hosted: hosted}} -> hosted != members end) do
-      nil -> {:ok, held != []}
-      {_node, %{hosted: others}} -> {:error, {:already_started, %{members: others}}}
+    case held |> Enum.map(&elem(&1, 1).hosted) |> Enum.uniq() do
+      [] ->
+        {:ok, %{members: members, id: new_id(group, stopped)}, false}
+
+      [%{members: ^members} = instance] ->
+        {:ok, instance, true}
+
+      [%{members: others} | _] ->
+        {:error, {:already_started, %{members: others}}}
     end
   end
 
-  # Asks every member's host to start the group, all at once, and waits
-  # for their answers until the deadline: :started if any started it now,
-  # :already_started if every one ran it already; else an error. A member
-  # that had not answered at the deadline goes on starting: {:error,
-  # :timeout}, the group forming.
-  defp started({module, key} = group, members, existed?, deadline) do
+  defp new_id(group, stopped) do
+    ids = stopped |> Enum.map(& &1.id) |> Enum.sort()
+    <<id::64, _::64>> = :erlang.md5(:erlang.term_to_binary({:visor_instance, group, ids}))
+    id
+  end
+
+  # Asks every member's host to start the instance, all at once, and
+  # waits for their answers until the deadline: :started if any started
+  # it now, :already_started if every one ran it already; else an error.
+  # A member that had not answered at the deadline goes on starting:
+  # {:error, :timeout}, the group forming.
+  defp started({module, key} = group, instance, existed?, deadline) do
     requests =
-      for node <- members,
+      for node <- instance.members,
           do:
             {node,
-             :gen_server.send_request({Groups.host(module), node}, {:visor_start, key, members})}
+             :gen_server.send_request({Groups.host(module), node}, {:visor_start, key, instance})}
 
     answers =
       for {node, request} <- requests do
@@ -160,7 +184,7 @@ defmodule Visor.Groups.Control do
         end
       end
 
-    outcome(group, members, answers, existed?)
+    outcome(group, instance, answers, existed?)
   end
 
   # A new group that a member refused or failed to start is stopped again
@@ -168,7 +192,7 @@ defmodule Visor.Groups.Control do
   # failed start leaves nothing behind). One that existed is left as it
   # is: a member restarting its replica, slowly or failing, is still one
   # of its members.
-  defp outcome({module, key}, members, answers, existed?) do
+  defp outcome({module, key}, instance, answers, existed?) do
     results = Enum.map(answers, &elem(&1, 1))
     failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
 
@@ -180,7 +204,7 @@ defmodule Visor.Groups.Control do
         undo =
           for {node, result} <- answers, result in [{:ok, :started}, {:error, :timeout}], do: node
 
-        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key, members], @ask_timeout_ms)
+        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key, [instance]], @ask_timeout_ms)
         failure
 
       {:error, :timeout} in results ->
@@ -217,11 +241,28 @@ defmodule Visor.Groups.Control do
 
   defp left(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
 
-  @doc "See `Visor.stop_group/2`."
+  @doc """
+  See `Visor.stop_group/2`. Two rounds: every connected node is asked
+  which instance of the group it holds, then every connected node is told
+  to stop those instances. A stop that reaches a node late (it stalled)
+  stops what it ran then, never an instance started since.
+  """
   @spec stop({module(), term()}) :: :ok | {:error, :no_group}
   def stop({module, key}) do
     nodes = [node() | Node.list()]
-    answers = :erpc.multicall(nodes, Groups, :stop_here, [module, key], @ask_timeout_ms)
+
+    instances =
+      for {:ok, %{hosted: %{} = hosted}} <-
+            :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms),
+          uniq: true,
+          do: hosted
+
+    answers =
+      if instances == [],
+        do: [],
+        else:
+          :erpc.multicall(nodes, Groups, :stop_here, [module, key, instances], @ask_timeout_ms)
+
     if {:ok, :ok} in answers, do: :ok, else: {:error, :no_group}
   end
 

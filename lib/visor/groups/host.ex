@@ -30,21 +30,30 @@ defmodule Visor.Groups.Host do
   #     it) does not know which groups it was a member of. So at its start,
   #     and whenever a node connects, the host asks the other node's host
   #     which of its formed groups name this node a member
-  #     (`Visor.Groups.offers/2`), and starts those that do not run here. Each one's formation finds that the peers
-  #     remember an earlier incarnation of this node, and the replica
-  #     rejoins, recovering, as a restarted default group's does
-  #     (`Visor.Formation`): a keyed group gets its full membership back
-  #     after a node restart, without a `start_group` call.
+  #     (`Visor.Groups.offers/2`), and starts those that do not run here.
+  #     Each one's formation finds that the peers remember an earlier
+  #     incarnation of this node, and the replica rejoins, recovering, as
+  #     a restarted default group's does (`Visor.Formation`): a keyed
+  #     group gets its full membership back after a node restart, without
+  #     a `start_group` call.
   #
   #   * **Stopped groups.** A host that stops a group keeps a tombstone of
-  #     it (`Visor.Lifetime.stopped/2`): a member cut off at the stop that
-  #     still runs the group, when it connects again, is not adopted from
-  #     but told to stop it (`{:visor_stale, key, members}`). A start of
-  #     that membership erases the tombstone.
+  #     the instance it stopped (`Visor.Lifetime.stopped/2`): a member cut
+  #     off at the stop that still runs that instance, when it connects
+  #     again, is not adopted from but told to stop it (`{:visor_stale,
+  #     key, instance}`), and the host never starts that instance again.
   #
-  # One membership per key: a host never runs or records two groups of
-  # one key, and never replaces what it recorded with other members (a
-  # start or adoption with other members is refused with `{:error,
+  # Instances. Every message that starts, stops or adopts a group names
+  # the instance it means (`t:Visor.Lifetime.instance/0`: the members and
+  # the id `Visor.start_group/2` chose), never just the key: a stop or a
+  # stale notice that arrives late, after the key was started again with
+  # the same members, names the old instance and leaves the new one alone;
+  # and the instance id is part of the cluster id, so the replicas of two
+  # instances never take each other's messages.
+  #
+  # One instance per key: a host never runs or records two groups of one
+  # key, and never replaces what it recorded with another instance (a
+  # start or adoption of another is refused with `{:error,
   # {:already_started, %{members: recorded}}}`), so a group whose
   # processes are between exit and restart keeps its place.
   #
@@ -65,7 +74,7 @@ defmodule Visor.Groups.Host do
   @restart_ms 1_000
 
   # groups: key => {supervisor, monitor}; starting: key => %{ref:,
-  # members:, waiters:, keep?:, partition:} (waiters: the callers to
+  # instance:, waiters:, keep?:, partition:} (waiters: the callers to
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
   defstruct [:module, groups: %{}, monitors: %{}, starting: %{}]
@@ -90,24 +99,20 @@ defmodule Visor.Groups.Host do
   # the start ends: `{:ok, :started | :already_started}`, or `{:error,
   # {:already_started, %{members:}} | {:not_a_member, node} | {:bad_members,
   # text} | {:start_failed, node, reason}}`.
-  def handle_call({:visor_start, key, members}, from, state) when key != nil do
+  def handle_call({:visor_start, key, instance}, from, state) when key != nil do
     key = Options.canonical_key(key)
 
-    case members(state.module, members) do
-      {:ok, members} -> {:noreply, start(state, key, members, from, :caller)}
+    case instance(state.module, instance) do
+      {:ok, instance} -> {:noreply, start(state, key, instance, from, :caller)}
       error -> {:reply, error, state}
     end
   end
 
-  def handle_call({:visor_stop, key}, _from, state) do
-    {reply, state} = stop(state, Options.canonical_key(key))
-    {:reply, reply, state}
-  end
-
-  def handle_call({:visor_stop, key, members}, _from, state) do
+  # Stops the group if this host holds one of `instances` of it.
+  def handle_call({:visor_stop, key, instances}, _from, state) when is_list(instances) do
     key = Options.canonical_key(key)
 
-    if Lifetime.hosting({state.module, key}) == members do
+    if Lifetime.hosting({state.module, key}) in instances do
       {reply, state} = stop(state, key)
       {:reply, reply, state}
     else
@@ -134,8 +139,8 @@ defmodule Visor.Groups.Host do
   # Visor.Groups did): started again, or watched if it still runs.
   def handle_info(:visor_restore, state) do
     state =
-      Enum.reduce(Lifetime.hosted(state.module), state, fn {key, members}, state ->
-        start(state, key, members, nil, :restart)
+      Enum.reduce(Lifetime.hosted(state.module), state, fn {key, instance}, state ->
+        start(state, key, instance, nil, :restart)
       end)
 
     adopt_from(Node.list(), state.module)
@@ -151,32 +156,33 @@ defmodule Visor.Groups.Host do
 
   # A formed group `node` runs with this one among its members (see the
   # top of this module): started here, unless this host stopped that
-  # membership, which `node` then is told to stop.
-  def handle_info({:visor_adopt, node, key, members}, state) when key != nil do
+  # instance, which `node` then is told to stop.
+  def handle_info({:visor_adopt, node, key, instance}, state) when key != nil do
     key = Options.canonical_key(key)
 
-    with {:ok, members} <- members(state.module, members) do
-      if members in Lifetime.tombstones({state.module, key}) do
+    with {:ok, instance} <- instance(state.module, instance) do
+      if instance in Lifetime.tombstones({state.module, key}) do
         _ =
-          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, members}, [
+          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, instance}, [
             :noconnect
           ])
 
         {:noreply, state}
       else
-        {:noreply, start(state, key, members, nil, :adopt)}
+        {:noreply, start(state, key, instance, nil, :adopt)}
       end
     else
       _ -> {:noreply, state}
     end
   end
 
-  # A peer that stopped the group this host runs with `members`: it was
-  # cut off from the stop, and stops now.
-  def handle_info({:visor_stale, key, members}, state) do
+  # A peer that stopped `instance` of the group, which this host runs: it
+  # was cut off from the stop, and stops now. Any other instance (the key
+  # started again since) is left alone.
+  def handle_info({:visor_stale, key, instance}, state) do
     key = Options.canonical_key(key)
 
-    if Lifetime.hosting({state.module, key}) == members do
+    if Lifetime.hosting({state.module, key}) == instance do
       Logger.warning(
         "#{inspect({state.module, key})}: stopped on a member while this node was cut " <>
           "off from it; stopping it here"
@@ -224,26 +230,33 @@ defmodule Visor.Groups.Host do
   def handle_info({:timeout, _timer, {:visor_restart, key}}, state) do
     case Lifetime.hosting({state.module, key}) do
       nil -> {:noreply, state}
-      members -> {:noreply, start(state, key, members, nil, :restart)}
+      instance -> {:noreply, start(state, key, instance, nil, :restart)}
     end
   end
 
   def handle_info(_message, state), do: {:noreply, state}
 
-  # Any node may send a start or an adoption: a member list that is not
-  # one (checked for shape first: a proper list of atoms), or that does
-  # not name this node (a keyed group has no spares), is refused, never
-  # recorded, and never crashes this process.
-  defp members(module, members) do
+  # Any node may send a start or an adoption: an instance that is not one
+  # (checked for shape first: a proper list of atoms, a non-negative
+  # integer id), or whose members do not name this node (a keyed group
+  # has no spares), is refused, never recorded, and never crashes this
+  # process.
+  defp instance(module, %{members: members, id: id}) when is_integer(id) and id >= 0 do
     if node_list?(members) do
       members = Options.nodes!(module, members)
-      if node() in members, do: {:ok, members}, else: {:error, {:not_a_member, node()}}
+
+      if node() in members,
+        do: {:ok, %{members: members, id: id}},
+        else: {:error, {:not_a_member, node()}}
     else
       {:error, {:bad_members, "not a list of node names: #{inspect(members)}"}}
     end
   rescue
     e in ArgumentError -> {:error, {:bad_members, Exception.message(e)}}
   end
+
+  defp instance(_module, other),
+    do: {:error, {:bad_members, "not a group instance: #{inspect(other)}"}}
 
   defp node_list?([]), do: true
   defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
@@ -256,8 +269,8 @@ defmodule Visor.Groups.Host do
 
     spawn(fn ->
       for node <- nodes,
-          {key, members} <- offers(node, module),
-          do: send(host, {:visor_adopt, node, key, members})
+          {key, instance} <- offers(node, module),
+          do: send(host, {:visor_adopt, node, key, instance})
     end)
 
     :ok
@@ -271,13 +284,18 @@ defmodule Visor.Groups.Host do
 
   # `from` (a caller of {:visor_start, ...}, or nil) is answered when the
   # start ends; `origin` is :caller, :restart or :adopt.
-  defp start(state, key, members, from, origin) do
+  defp start(state, key, instance, from, origin) do
     group = {state.module, key}
     recorded = Lifetime.hosting(group)
 
     cond do
-      recorded not in [nil, members] ->
-        reply(from, {:error, {:already_started, %{members: recorded}}})
+      # Stopped here since the caller looked (a stop_group overtook it).
+      instance in Lifetime.tombstones(group) ->
+        reply(from, {:error, {:start_failed, node(), :stopped}})
+        state
+
+      recorded not in [nil, instance] ->
+        reply(from, {:error, {:already_started, %{members: recorded.members}}})
         state
 
       Map.has_key?(state.starting, key) ->
@@ -285,28 +303,28 @@ defmodule Visor.Groups.Host do
 
       true ->
         case Visor.Groups.running(state.module, key) do
-          {pid, ^members} ->
+          {pid, ^instance} ->
             reply(from, {:ok, :already_started})
             watch(state, key, pid)
 
-          {_pid, others} ->
-            reply(from, {:error, {:already_started, %{members: others}}})
+          {_pid, other} ->
+            reply(from, {:error, {:already_started, %{members: other.members}}})
             state
 
           nil ->
-            start_new(state, key, members, from, recorded != nil or origin != :caller)
+            start_new(state, key, instance, from, recorded != nil or origin != :caller)
         end
     end
   end
 
-  defp start_new(state, key, members, from, keep?) do
+  defp start_new(state, key, instance, from, keep?) do
     group = {state.module, key}
     %{opts: opts} = Visor.Groups.host_options(state.module)
-    config = Options.keyed(Options.validate!(state.module, [nodes: members] ++ opts), key)
+    config = Options.validate!(state.module, [nodes: instance.members] ++ opts)
+    config = Options.keyed(config, key, instance.id)
     # Recorded first: a group this host starts is one it restarts, and
-    # one no other membership of the key may replace.
-    :ok = Lifetime.host(group, members)
-    :ok = Lifetime.unstopped(group, members)
+    # one no other instance of the key may replace.
+    :ok = Lifetime.host(group, instance)
     spec = Supervisor.child_spec({Visor.Supervisor, config}, restart: :temporary)
     index = free_partition(state)
     partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), index}}
@@ -324,7 +342,7 @@ defmodule Visor.Groups.Host do
       send(host, {:visor_started, key, ref, result})
     end)
 
-    start = %{ref: ref, members: members, waiters: [from], keep?: keep?, partition: index}
+    start = %{ref: ref, instance: instance, waiters: [from], keep?: keep?, partition: index}
     %{state | starting: Map.put(state.starting, key, start)}
   end
 
