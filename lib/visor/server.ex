@@ -735,24 +735,12 @@ defmodule Visor.Server do
 
   defp carry_out({:ask, round, nodes}, state) do
     query = {:visor_version_query, self(), round}
-
-    for node <- nodes,
-        do:
-          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
-
-    state
+    ask_servers(state, nodes, query)
   end
 
-  # The switch goes through the line like a caller's command; its answer
-  # comes back to this process as a reply would to a caller.
   defp carry_out({:ask_features, nodes}, state) do
     query = {:visor_features, self(), Executor.features(), true}
-
-    for node <- nodes,
-        do:
-          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
-
-    state
+    ask_servers(state, nodes, query)
   end
 
   defp carry_out({:monitor_features, node, server}, state) do
@@ -775,6 +763,8 @@ defmodule Visor.Server do
 
   defp carry_out(:batches_changed, state), do: dispatch(state)
 
+  # The switch goes through the line like a caller's command; its answer
+  # comes back to this process as a reply would to a caller.
   defp carry_out({:propose, version}, state) do
     now = System.monotonic_time(:millisecond)
     from = {self(), {:visor_upgrade, state.lifecycle.tag}}
@@ -840,6 +830,16 @@ defmodule Visor.Server do
 
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
+
+  # The other members' servers: never a connection of its own, never a
+  # wait on a busy one (a query lost is asked again).
+  defp ask_servers(state, nodes, query) do
+    for node <- nodes,
+        do:
+          Visor.Supervisor.send_remote(state.group, :server, node, query, [:noconnect, :nosuspend])
+
+    state
+  end
 
   # Whether a pipelined command's backstop fired (`Visor.Backstop`); if not,
   # it is cancelled here and sends nothing.
