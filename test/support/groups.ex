@@ -103,3 +103,39 @@ defmodule Visor.Test.KeyedHelpers do
     commands |> Enum.map(&Visor.pipeline(group, &1)) |> Enum.map(&Visor.await/1)
   end
 end
+
+defmodule Visor.Test.Fragile do
+  @moduledoc """
+  A counter whose keyed groups cannot start on a node while
+  `break/0` holds there (`initial_state/2` raises), counting the group
+  host's attempts to start one on that node (`attempts/0`).
+  """
+  use Visor
+
+  @impl Visor
+  def initial_state(_init_arg), do: 0
+
+  # Each attempt of the host starts a new Visor.Supervisor, the server's
+  # parent, whose own restarts of the server (it may build the state
+  # more than once) are one attempt.
+  @impl Visor
+  def initial_state(_key, _init_arg) do
+    {:parent, supervisor} = Process.info(self(), :parent)
+    seen = :persistent_term.get({__MODULE__, :attempts}, MapSet.new())
+    :persistent_term.put({__MODULE__, :attempts}, MapSet.put(seen, supervisor))
+    if :persistent_term.get({__MODULE__, :broken}, false), do: raise("broken on #{node()}")
+    0
+  end
+
+  @impl Visor
+  def handle_commit(:incr, count), do: {:ok, count + 1, count + 1}
+
+  @doc "From now on, this node's starts of a keyed group fail."
+  def break, do: :persistent_term.put({__MODULE__, :broken}, true)
+
+  @doc "This node's starts of a keyed group succeed again."
+  def mend, do: :persistent_term.put({__MODULE__, :broken}, false)
+
+  @doc "How many times this node's host tried to start a keyed group."
+  def attempts, do: MapSet.size(:persistent_term.get({__MODULE__, :attempts}, MapSet.new()))
+end

@@ -4,7 +4,7 @@ defmodule Visor.KeyedGroupsTest do
   # per group; a restarted host rejoins, never fresh. Not async: real nodes.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, Entity, KeyedHelpers}
+  alias Visor.Test.{Cluster, Counter, Entity, Fragile, KeyedHelpers}
 
   doctest Visor.Groups
 
@@ -307,6 +307,40 @@ defmodule Visor.KeyedGroupsTest do
 
     created = :erpc.call(node, :erlang, :system_info, [:atom_count]) - before
     assert created < 20, "#{created} atoms created by 200 groups"
+  end
+
+  test "a group that cannot start on a node is tried again less and less often, the others serve meanwhile, and it rejoins once it can" do
+    [a, _b, c] = members = nodes(3) |> Enum.sort()
+    :ok = Cluster.start_groups_host(members, Fragile, members: members)
+    group = {Fragile, "fragile"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, :incr]) == 1
+
+    # From now on its start state cannot be built on c, and its processes
+    # there exit: tried 1 s later, then 2 s, then 4 s after that...
+    :ok = :erpc.call(c, Fragile, :break, [])
+    before = :erpc.call(c, Fragile, :attempts, [])
+    supervisor = :erpc.call(c, Visor.Supervisor, :whereis, [group, :supervisor])
+    :erpc.call(c, Process, :exit, [supervisor, :kill])
+    Process.sleep(7_500)
+    attempts = :erpc.call(c, Fragile, :attempts, []) - before
+    # At about 1, 3 and 7 s; a retry every second would be 7.
+    assert attempts in 2..4, "#{attempts} attempts in 7.5 s"
+    assert rpc(a, :commit, [group, :incr]) == 2
+
+    # Mended, the next try (8 s after the last) starts it; it rejoins.
+    refute :erpc.call(c, Visor.Supervisor, :whereis, [group, :server])
+    :ok = :erpc.call(c, Fragile, :mend, [])
+
+    Cluster.eventually(
+      fn ->
+        :erpc.call(c, Visor.Supervisor, :whereis, [group, :server]) &&
+          rpc(c, :status, [group]).status == :normal
+      end,
+      15_000
+    )
+
+    assert rpc(c, :get, [group, [consistency: :local]]) == 2
   end
 
   test "a restarted host (Visor.Groups) starts its groups again, rejoining, never fresh" do

@@ -19,8 +19,10 @@ defmodule Visor.Groups.Host do
   #     many-groups.md (step 3) replace it.
   #   * **Starting, stopping, restarting.** Groups are started here (one
   #     `Visor.Supervisor` each, a `:temporary` child of a partitioned
-  #     `DynamicSupervisor`), monitored, and started again 1 s after they
-  #     exit, rather than by a supervisor's restart intensity, which one
+  #     `DynamicSupervisor`), monitored, and started again after they
+  #     exit or fail to start, 1 s after a first failure and longer after
+  #     each failure in a row (`Visor.Groups.Backoff`, at most 30 s),
+  #     rather than by a supervisor's restart intensity, which one
   #     crash-looping group would exhaust for every group of the module.
   #     What this node hosts is recorded in `Visor.Lifetime`, which outlives
   #     this process and `Visor.Groups`: a restarted host starts again what
@@ -68,16 +70,17 @@ defmodule Visor.Groups.Host do
   require Logger
 
   alias Visor.{Lifetime, Options}
+  alias Visor.Groups.Backoff
 
   # The processes a peer's message may be for.
   @roles [:router, :formation, :server]
-  @restart_ms 1_000
 
   # groups: key => {supervisor, monitor}; starting: key => %{ref:,
   # instance:, waiters:, keep?:, partition:} (waiters: the callers to
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
-  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}]
+  # backoff: key => Visor.Groups.Backoff, for groups that failed here.
+  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}]
 
   @doc false
   def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
@@ -219,12 +222,15 @@ defmodule Visor.Groups.Host do
     {key, monitors} = Map.pop(state.monitors, monitor)
     state = %{state | monitors: monitors, groups: Map.delete(state.groups, key)}
 
+    {wait, failures, state} = backoff(state, key)
+
     Logger.warning(
       "#{inspect({state.module, key})}: this node's processes of the group exited " <>
-        "(#{inspect(reason)}); starting them again in #{@restart_ms} ms (its replica rejoins)"
+        "(#{inspect(reason)}); starting them again in #{wait} ms (its replica rejoins)" <>
+        in_a_row(failures)
     )
 
-    {:noreply, retry(state, key)}
+    {:noreply, retry(state, key, wait)}
   end
 
   def handle_info({:timeout, _timer, {:visor_restart, key}}, state) do
@@ -362,12 +368,14 @@ defmodule Visor.Groups.Host do
     Enum.each(start.waiters, &reply(&1, {:error, {:start_failed, node(), reason}}))
 
     if start.keep? do
+      {wait, failures, state} = backoff(state, key)
+
       Logger.warning(
         "#{inspect(group)}: cannot start this node's processes of the group " <>
-          "(#{inspect(reason)}); trying again in #{@restart_ms} ms"
+          "(#{inspect(reason)}); trying again in #{wait} ms" <> in_a_row(failures)
       )
 
-      retry(state, key)
+      retry(state, key, wait)
     else
       # A caller's first start here: nothing of it is left behind.
       _ = Lifetime.forget(group)
@@ -421,8 +429,19 @@ defmodule Visor.Groups.Host do
     %{state | monitors: Map.delete(state.monitors, monitor)}
   end
 
-  defp retry(state, key) do
-    _ = :erlang.start_timer(@restart_ms, self(), {:visor_restart, key})
+  # The wait before the next start of a group that failed (exited, or
+  # did not start) now (`Visor.Groups.Backoff`).
+  defp backoff(state, key) do
+    backoff = Map.get(state.backoff, key, Backoff.new())
+    {wait, failures, backoff} = Backoff.failed(backoff, System.monotonic_time(:millisecond))
+    {wait, failures, %{state | backoff: Map.put(state.backoff, key, backoff)}}
+  end
+
+  defp in_a_row(1), do: ""
+  defp in_a_row(failures), do: " (#{failures} failures in a row)"
+
+  defp retry(state, key, wait) do
+    _ = :erlang.start_timer(wait, self(), {:visor_restart, key})
     state
   end
 
@@ -434,7 +453,13 @@ defmodule Visor.Groups.Host do
     {starting, left} = Map.pop(state.starting, key)
     for from <- (starting || %{waiters: []}).waiters, do: reply(from, {:error, :no_group})
     state = forget_monitor(state, Map.get(state.groups, key))
-    state = %{state | groups: Map.delete(state.groups, key), starting: left}
+
+    state = %{
+      state
+      | groups: Map.delete(state.groups, key),
+        starting: left,
+        backoff: Map.delete(state.backoff, key)
+    }
 
     running =
       case Visor.Groups.running(state.module, key) do
