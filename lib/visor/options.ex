@@ -99,8 +99,8 @@ defmodule Visor.Options do
   @typedoc """
   `module` is the state machine; `group` names the group: the module for
   its default group, `{module, key}` for a keyed one (`keyed/2`, started
-  by `Visor.Groups`). `membership` is `{:nodes, sorted_nodes}` or
-  `{:cluster_size, n}`; `engine` the options for `Visor.Native.start/2` other than the cluster's identity;
+  by `Visor.Groups`). `membership` is `{:nodes, nodes}` (sorted; a keyed
+  group's ranked by `keyed/3`) or `{:cluster_size, n}`; `engine` the options for `Visor.Native.start/2` other than the cluster's identity;
   `storage` is `:memory`, or `{:disk, store_dir}` with the group's own
   store directory (inside the user's `data_dir`); `busy_poll_us` how long
   the server watches its mailbox for the engine's answer after a hand-off
@@ -211,11 +211,21 @@ defmodule Visor.Options do
   `Visor.start_group/2` created it: a group stopped and started again
   under the same key and members is another instance). Its cluster id
   folds the key and the instance in (`cluster_id/4`).
+
+  Its members are in the order `Visor.Groups.place/3` ranks them for the
+  group, not by name: a replica's index is its member's place in that
+  order, so the primary of view 0 (index 0), and the next view's, differ
+  from key to key, and a module's keyed groups spread their primaries,
+  and the successors of a node's primaries, evenly over the nodes. Every
+  node ranks alike (the rank hashes the group and the node).
   """
   @spec keyed(t(), term(), non_neg_integer()) :: t()
-  def keyed(%__MODULE__{module: module, membership: {:nodes, _}} = config, key, instance)
-      when key != nil and is_integer(instance) and instance >= 0,
-      do: %{config | group: {module, key}, instance: instance}
+  def keyed(%__MODULE__{module: module, membership: {:nodes, nodes}} = config, key, instance)
+      when key != nil and is_integer(instance) and instance >= 0 do
+    group = {module, key}
+    ranked = Visor.Groups.place(group, nodes, length(nodes))
+    %{config | group: group, instance: instance, membership: {:nodes, ranked}}
+  end
 
   @doc """
   The cluster id of an explicit membership: 16 bytes derived from the group

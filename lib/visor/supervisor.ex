@@ -42,7 +42,7 @@ defmodule Visor.Supervisor do
   """
   @spec start_link(Options.t()) :: Supervisor.on_start()
   def start_link(%Options{group: {module, key}, membership: {:nodes, nodes}} = config) do
-    instance = %{members: nodes, id: config.instance}
+    instance = %{members: Enum.sort(nodes), id: config.instance}
     name = {:via, Registry, {Visor.Groups.registry(module), {key, :supervisor}, instance}}
     Supervisor.start_link(__MODULE__, config, name: name)
   end
