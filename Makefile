@@ -67,7 +67,8 @@ bench-catchup: deps
 	mix run bench/catchup.exs
 
 # What many groups cost (docs/design/many-groups.md, step 0): BENCH_GROUPS
-# groups (default 10,000, one generated module each) on 3 local nodes;
+# keyed groups (default 10,000; BENCH_KIND=modules: one generated module
+# each) on 3 local nodes;
 # form time, a BENCH_IDLE_S idle window (default 60: view changes, CPU,
 # distribution messages and memory per node), 256 callers over many groups
 # against one, and failover after a SIGKILL. Prints a table and writes

@@ -2,9 +2,18 @@
 # section 1 and step 0 of section 4; the issue "Many groups", section 3).
 #
 # Three local nodes run BENCH_GROUPS groups of 3 replicas (memory mode,
-# default options). Today a node runs one group per module, so each group
-# is a module of its own, generated here (a counter: `initial_state/1`,
-# `handle_commit(:incr, n)`), compiled once and loaded on every node. Then:
+# default options), each a counter (`initial_state/1`, `handle_commit(:incr,
+# n)`). BENCH_KIND says what a group is:
+#
+#   * `keyed` (the default): keyed groups `{Visor.Bench.Keyed, i}` of one
+#     module, each node running `{Visor.Groups, module: ..., members:
+#     nodes}`, started with `Visor.start_group/2` from the nodes in turn
+#     (32 at a time per node);
+#   * `modules`: the default group of a module per group (how groups were
+#     made before keyed groups), each module generated here, compiled once
+#     and loaded on every node.
+#
+# Then:
 #
 #   * `form_s`: from the first group started until every group is `:normal`
 #     on all three nodes. Groups that are not within BENCH_FORM_TIMEOUT_S
@@ -43,8 +52,9 @@
 # Prints a table and writes bench/results/groups-<time>.json with every
 # field; a phase that could not run has `null` and its reason in `reasons`.
 #
-#     mix run bench/groups.exs                               # 10,000 groups, 60 s idle
+#     mix run bench/groups.exs                               # 10,000 keyed groups, 60 s idle
 #     BENCH_GROUPS=300 BENCH_IDLE_S=20 mix run bench/groups.exs
+#     BENCH_KIND=modules BENCH_GROUPS=300 mix run bench/groups.exs
 Code.require_file("../scripts/local_cluster.exs", __DIR__)
 Code.require_file("support.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
@@ -58,6 +68,13 @@ spread_s = env_int.("BENCH_SECONDS", 3)
 failover_timeout_s = env_int.("BENCH_FAILOVER_TIMEOUT_S", 30)
 callers = 256
 spread_groups = min(group_count, 1000)
+
+kind =
+  case System.get_env("BENCH_KIND", "keyed") do
+    "keyed" -> :keyed
+    "modules" -> :modules
+    other -> raise "BENCH_KIND must be keyed or modules, got: #{inspect(other)}"
+  end
 
 worker =
   defmodule Visor.Bench.GroupsWorker do
@@ -96,6 +113,27 @@ worker =
           result = DynamicSupervisor.start_child(@host, Visor.child_spec(module, nodes: nodes)),
           not match?({:ok, _}, result),
           do: {module, result}
+    end
+
+    # Keyed groups: this node's host of `module`'s keyed groups.
+    def start_keyed_host(module, nodes) do
+      {:ok, _} = DynamicSupervisor.start_child(@host, {Visor.Groups, module: module, members: nodes})
+      :ok
+    end
+
+    # Starts each keyed group (from this node: start_group asks every
+    # member's host): the failures, as {group, reason}.
+    def start_keyed(groups) do
+      groups
+      |> Task.async_stream(&{&1, Visor.start_group(&1, timeout: 120_000)},
+        max_concurrency: @concurrency,
+        timeout: :infinity,
+        ordered: false
+      )
+      |> Enum.flat_map(fn
+        {:ok, {_group, {:ok, _}}} -> []
+        {:ok, failure} -> [failure]
+      end)
     end
 
     # The modules whose group is :normal on this node (those not asked
@@ -223,10 +261,10 @@ defmodule GroupsBench do
   @moduledoc false
   alias Visor.Bench.GroupsWorker
 
-  # Every group is a module (today's one group per module): a counter,
-  # compiled from Erlang forms (a few ms each, against tens of ms for an
-  # Elixir module that `use`s Visor, which would add minutes at 10,000)
-  # and loaded on every node with its binary. One form per line.
+  # A counter, compiled from Erlang forms (a few ms each, against tens of
+  # ms for an Elixir module that `use`s Visor, which would add minutes at
+  # 10,000) and loaded on every node with its binary: the keyed groups'
+  # one module, or one module per group. One form per line.
   @template """
   -behaviour('Elixir.Visor').
   -export([initial_state/1, handle_commit/2]).
@@ -234,7 +272,9 @@ defmodule GroupsBench do
   handle_commit(incr, N) -> {ok, N + 1, N + 1}.
   """
 
-  def group_modules(count) do
+  def group_modules(count), do: Enum.map(1..count, &counter(:"Elixir.Visor.Bench.Group#{&1}"))
+
+  def counter(module) do
     forms =
       for line <- String.split(@template, "\n", trim: true) do
         {:ok, tokens, _} = :erl_scan.string(String.to_charlist(line))
@@ -242,11 +282,8 @@ defmodule GroupsBench do
         form
       end
 
-    for i <- 1..count do
-      module = :"Elixir.Visor.Bench.Group#{i}"
-      {:ok, ^module, binary} = :compile.forms([{:attribute, 1, :module, module} | forms])
-      {module, ~c"nofile", binary}
-    end
+    {:ok, ^module, binary} = :compile.forms([{:attribute, 1, :module, module} | forms])
+    {module, ~c"nofile", binary}
   end
 
   # Runs a phase: `{:ok, value}`, or `{:error, reason}` if it raised or
@@ -376,11 +413,28 @@ ticks_per_s = GroupsBench.clock_ticks_per_s()
 # The machine's 1-minute load before the bench adds any: other work on it
 # (a soak, a build) shows in every figure here.
 load_average = "/proc/loadavg" |> File.read!() |> String.split() |> hd() |> String.to_float()
-IO.puts("Visor bench-groups: #{group_count} groups of 3 replicas on 3 local nodes")
+IO.puts("Visor bench-groups: #{group_count} #{kind} groups of 3 replicas on 3 local nodes")
 
-Support.progress("compiling #{group_count} group modules")
-{compile_us, objects} = :timer.tc(fn -> GroupsBench.group_modules(group_count) end)
-modules = Enum.map(objects, &elem(&1, 0))
+keyed_module = Visor.Bench.Keyed
+
+{compile_us, objects} =
+  case kind do
+    :keyed ->
+      :timer.tc(fn -> [GroupsBench.counter(keyed_module)] end)
+
+    :modules ->
+      Support.progress("compiling #{group_count} group modules")
+      :timer.tc(fn -> GroupsBench.group_modules(group_count) end)
+  end
+
+# What each group is called by Visor's functions: a keyed group
+# `{module, key}`, or a module (its default group). The bench's phases
+# take either.
+modules =
+  case kind do
+    :keyed -> for i <- 1..group_count, do: {keyed_module, i}
+    :modules -> Enum.map(objects, &elem(&1, 0))
+  end
 
 Support.progress("starting nodes a, b, c and loading the modules on each")
 # Errors only, as on the nodes: `:global` here warns when a node is killed.
@@ -398,6 +452,9 @@ label = nodes |> Enum.zip(["a", "b", "c"]) |> Map.new()
 os_pids = Map.new(nodes, &{&1, List.to_integer(:erpc.call(&1, :os, :getpid, []))})
 cpu_s = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 0)
 for n <- nodes, do: :ok = GroupsBench.call(n, :start_host, [])
+
+if kind == :keyed,
+  do: for(n <- nodes, do: :ok = GroupsBench.call(n, :start_keyed_host, [keyed_module, nodes]))
 rss_kb = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 1)
 rss_before = Map.new(nodes, &{&1, rss_kb.(&1)})
 vm_before = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
@@ -408,10 +465,19 @@ Support.progress("forming #{group_count} groups (at most #{form_timeout_s} s)")
 form_started = System.monotonic_time(:millisecond)
 
 starting =
-  for n <- nodes do
+  for {n, i} <- Enum.with_index(nodes) do
     Task.async(fn ->
       GroupsBench.phase("starting the groups on #{label[n]}", fn ->
-        GroupsBench.call(n, :start_groups, [modules, nodes], :infinity)
+        case kind do
+          # start_group starts a group on all its members: each node
+          # starts a third.
+          :keyed ->
+            share = modules |> Enum.drop(i) |> Enum.take_every(length(nodes))
+            GroupsBench.call(n, :start_keyed, [share], :infinity)
+
+          :modules ->
+            GroupsBench.call(n, :start_groups, [modules, nodes], :infinity)
+        end
       end)
     end)
   end
@@ -678,7 +744,7 @@ order = [
 ]
 
 IO.puts(
-  "\n#{group_count} groups, 3 replicas each, 3 local nodes (idle window #{idle_s} s; " <>
+  "\n#{group_count} #{kind} groups, 3 replicas each, 3 local nodes (idle window #{idle_s} s; " <>
     "load average #{load_average} at the start; the issue's targets, for 10,000 groups)"
 )
 
@@ -788,6 +854,7 @@ result =
   |> Map.new(fn {key, {value, _}} -> {key, value} end)
   |> Map.merge(%{
     groups: group_count,
+    kind: Atom.to_string(kind),
     reasons: for({key, {nil, reason}} <- fields, into: %{}, do: {key, reason}),
     targets_met: Map.new(order, &{&1, met?.(elem(fields[&1], 0), targets[&1])}),
     details: details,
