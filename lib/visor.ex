@@ -255,8 +255,11 @@ defmodule Visor do
       No server took the call: nothing was applied. A server that
       exits during the call, even when the group is being stopped, gives
       `{:server_down, reason}` instead.
-    * `{:no_group_host, node}`: `start_group/2` named a member that does
-      not run `Visor.Groups` for the module (or did not answer).
+    * `{:no_group_host, node}`: `start_group/2` named a member that is
+      not connected or does not run `Visor.Groups` for the module.
+    * `{:no_answer, node}`: `start_group/2`: the connected node `node`
+      did not say within 5 s what it holds of the key (stalled); it may
+      hold it, so nothing started.
     * `{:not_enough_nodes, wanted, found}`: `start_group/2` with
       `replicas: wanted`, and only `found` connected nodes run the host.
     * `{:start_failed, node, reason}`: `start_group/2`: `node`'s processes
@@ -286,6 +289,7 @@ defmodule Visor do
           | :not_running
           | :no_group
           | {:no_group_host, node()}
+          | {:no_answer, node()}
           | {:not_enough_nodes, pos_integer(), non_neg_integer()}
           | {:start_failed, node(), term()}
           | {:server_down, term()}
@@ -590,21 +594,24 @@ defmodule Visor do
 
   Idempotent: a group already running with the same members is one
   group, `{:error, {:already_started, %{members:, primary:}}}`, and two
-  nodes starting one new key at once start one group (its instance id
-  is derived from the key's stopped instances, not drawn at random). One
+  nodes starting one new key at once start one group (its generation is
+  one more than the highest the hosts stopped, not drawn at random). One
   instance per key: every connected host is asked first which instance
   of the key it holds (running, or restarting), and if one holds other
   members, `{:error, {:already_started, %{members: held}}}` and nothing
-  starts. Every member must answer (one that is not connected, or does
-  not answer within 5 s, may hold an earlier instance):
+  starts. Every connected node must answer within 5 s (one that is
+  stalled may hold the key): `{:error, {:no_answer, node}}` otherwise;
+  every member must be connected and run the host:
   `{:error, {:no_group_host, member}}` otherwise. A replica of a stopped
   instance still running on a member (cut off at the stop) is stopped
-  first; a new instance never shares a cluster id with a stopped one. A member that refuses or fails to start it (`{:start_failed,
-  node, reason}`: `initial_state/1` raised, say) fails the call, and the
-  members that started a new group stop it again (a group that ran
-  already is left running). Two concurrent calls with
-  different members for one new key may both fail (docs/operations.md,
-  "Keyed groups"). Errors: `{:no_group_host, node}`, `{:not_enough_nodes,
+  first; a new instance never shares a cluster id with a stopped one.
+  A member that refuses or fails to start it (`{:start_failed, node,
+  reason}`: `initial_state/1` raised, say) fails the call, and the
+  members that started a new group stop it again, unless a member that
+  failed runs it by then (a retry started it; a group that ran already
+  is left running too). Two concurrent calls with different members for
+  one new key may both fail (docs/operations.md, "Keyed groups").
+  Errors: `{:no_group_host, node}`, `{:no_answer, node}`, `{:not_enough_nodes,
   wanted, found}` (`wanted` is `replicas:`, else the host's, 3 unless
   set), `{:start_failed, node, reason}` (`t:error/0`). A key is never
   turned into an atom; keys equal under `==` for floats (`0.0`, `-0.0`)

@@ -224,7 +224,11 @@ defmodule Visor.Groups do
   # instances of it it stopped (`Visor.Lifetime.stopped/2`). nil when the
   # host does not run here.
   @spec membership(module(), term()) ::
-          %{options: map(), hosted: Lifetime.instance() | nil, stopped: [Lifetime.instance()]}
+          %{
+            options: map(),
+            hosted: Lifetime.instance() | nil,
+            stopped: %{through: non_neg_integer(), undone: [Lifetime.instance()]}
+          }
           | nil
   def membership(module, key) do
     if options = host_options(module) do
@@ -242,6 +246,28 @@ defmodule Visor.Groups do
     if host_options(module),
       do: GenServer.call(host(module), {:visor_stop, key, instances}, :infinity),
       else: :no_group
+  end
+
+  @doc false
+  # Undoes a failed start of `instance` here (`Visor.Groups.Control`): stops
+  # and forgets it if the host holds it, and records it as undone, never
+  # to be started here again: `:ok`, or `:no_group`.
+  @spec undo_here(module(), term(), Lifetime.instance()) :: :ok | :no_group
+  def undo_here(module, key, instance) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_undo, key, instance}, :infinity),
+      else: :no_group
+  end
+
+  @doc false
+  # Before a failed start is undone: `:fenced` if the host does not hold
+  # `instance` (it records it as undone, and never starts it), `:hosting`
+  # if it does (a later start reached it: the instance may run).
+  @spec fence_here(module(), term(), Lifetime.instance()) :: :fenced | :hosting
+  def fence_here(module, key, instance) do
+    if host_options(module),
+      do: GenServer.call(host(module), {:visor_fence, key, instance}, :infinity),
+      else: :fenced
   end
 
   @doc false

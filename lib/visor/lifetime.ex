@@ -125,17 +125,18 @@ defmodule Visor.Lifetime do
   end
 
   @typedoc """
-  One instance of a keyed group: its members, and the id
-  `Visor.start_group/2` drew when it created it. A group stopped and
-  started again under the same key and members is another instance
-  (`Visor.Options.cluster_id/4`).
+  One instance of a keyed group: its members, and its *generation* `id`:
+  one more than the highest generation of the key stopped anywhere
+  `Visor.start_group/2` looked, when it created it. A group stopped and
+  started again under the same key is a later generation (and another
+  cluster id, `Visor.Options.cluster_id/4`); two calls that create one
+  key at once, seeing the same hosts, create the same instance.
   """
-  @type instance :: %{members: [node()], id: non_neg_integer()}
+  @type instance :: %{members: [node()], id: pos_integer()}
 
-  # Tombstones kept per key: the most recent stops (a replica cut off
-  # through more stops and starts of one key than this is stopped by a
-  # start_group that finds it, `Visor.Groups.Control`).
-  @tombstones 16
+  # Undone starts remembered per key (instances that never formed: one
+  # forgotten costs nothing but a stray that never serves).
+  @undone 16
 
   @doc """
   Records that this node's group host runs `instance` of the keyed group
@@ -167,29 +168,59 @@ defmodule Visor.Lifetime do
 
   @doc """
   Records that this node's group host stopped `instance` of the keyed
-  group `group` (a tombstone, kept for the life of the VM as the rest of
-  the table is, in a row of its own; the last #{@tombstones} per key): a
-  member cut off at the stop that still runs that instance is told to
-  stop, rather than given back (`Visor.Groups.Host`).
+  group `group` with `stop_group` (a tombstone, kept for the life of the
+  VM as the rest of the table is, in a row of its own): every instance of
+  the key up to its generation is stopped, since a later generation is
+  only created once every earlier one was stopped. A member cut off at
+  the stop that still runs one of them is told to stop it, rather than
+  given back, and this host never starts one again (`stale?/2`).
   """
   @spec stopped({module(), term()}, instance()) :: :ok
-  def stopped({_module, _key} = group, instance) do
-    {:ok, table} = table()
-    kept = Enum.take([instance | tombstones(group) -- [instance]], @tombstones)
-    true = :ets.insert(table, {{:stopped, group}, kept})
-    :ok
+  def stopped({_module, _key} = group, %{id: id}) do
+    %{through: through} = stops = tombstones(group)
+    write_tombstones(group, %{stops | through: max(through, id)})
   end
 
-  @doc "The instances of `group` this node's group host stopped (`stopped/2`), latest first."
-  @spec tombstones({module(), term()}) :: [instance()]
-  def tombstones({_module, _key} = group) do
-    case :ets.whereis(@table) do
-      :undefined ->
-        []
+  @doc """
+  Records that `instance` of `group` was undone here: a failed
+  `start_group` stopped it before it ever formed (`Visor.Groups.Host`),
+  so it is never started here again. Only that instance: another of the
+  same generation (other members, started at the same moment) may run.
+  """
+  @spec undone({module(), term()}, instance()) :: :ok
+  def undone({_module, _key} = group, instance) do
+    %{undone: undone} = stops = tombstones(group)
+    write_tombstones(group, %{stops | undone: Enum.take([instance | undone], @undone)})
+  end
 
-      table ->
-        with([{_, list}] <- :ets.lookup(table, {:stopped, group}), do: list, else: (_ -> []))
+  @doc """
+  What this node's group host stopped of `group`: `through`, the highest
+  generation stopped (0 for none), and the instances `undone/2`.
+  """
+  @spec tombstones({module(), term()}) :: %{through: non_neg_integer(), undone: [instance()]}
+  def tombstones({_module, _key} = group) do
+    with table when table != :undefined <- :ets.whereis(@table),
+         [{_, stops}] <- :ets.lookup(table, {:stopped, group}) do
+      stops
+    else
+      _ -> %{through: 0, undone: []}
     end
+  end
+
+  @doc "Whether `instance` of `group` is one this node's host stopped or undid."
+  @spec stale?({module(), term()}, instance()) :: boolean()
+  def stale?({_module, _key} = group, instance),
+    do: stopped_in?(tombstones(group), instance)
+
+  @doc "Whether `instance` is one `stops` (`tombstones/1`, or several merged) stopped or undid."
+  @spec stopped_in?(%{through: non_neg_integer(), undone: [instance()]}, instance()) :: boolean()
+  def stopped_in?(%{through: through, undone: undone}, %{id: id} = instance),
+    do: id <= through or instance in undone
+
+  defp write_tombstones(group, stops) do
+    {:ok, table} = table()
+    true = :ets.insert(table, {{:stopped, group}, stops})
+    :ok
   end
 
   # A default group's record is a :persistent_term (one per module); a

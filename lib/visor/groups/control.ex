@@ -7,12 +7,14 @@ defmodule Visor.Groups.Control do
   # and their group hosts (`Visor.Groups.Host`) do the work there.
   #
   # Only connected nodes are asked: connecting to an unreachable host can
-  # block for seconds. A node that does not answer (down, or without
-  # Visor's code) counts as one that does not run the host; for a keyed
-  # group's members (`members/2`), a node that did not answer in time may
-  # run the group, and does not count as one that runs none.
+  # block for seconds. A node that answers that it cannot (disconnected
+  # meanwhile, or without Visor's code) counts as one that does not run
+  # the host. One that does not answer in time (stalled) may run the
+  # group: a start refuses to go on without its answer (`start/2`), and
+  # for a keyed group's members (`members/2`) it does not count as one
+  # that runs none.
 
-  alias Visor.Groups
+  alias Visor.{Groups, Lifetime}
 
   # How long a node is waited for when asked what it runs.
   @ask_timeout_ms 5_000
@@ -31,9 +33,9 @@ defmodule Visor.Groups.Control do
   def start({module, key}, opts) do
     group = {module, Visor.Options.canonical_key(key)}
     deadline = System.monotonic_time(:millisecond) + options!(module, opts)
-    hosts = hosts(group)
 
-    with {:ok, members} <- members_for(group, opts, hosts),
+    with {:ok, hosts} <- hosts(group),
+         {:ok, members} <- members_for(group, opts, hosts),
          {:ok, instance, existed?} <- instance(group, members, hosts) do
       case started(group, instance, existed?, deadline) do
         {:error, _} = error ->
@@ -75,9 +77,8 @@ defmodule Visor.Groups.Control do
   end
 
   # The members: given, the host's `members:`, or `replicas:` chosen by
-  # rendezvous hashing among the connected nodes that run the host. Every
-  # member must have answered (`hosts/1`): one that did not may hold an
-  # earlier instance of the group, which this start would not see.
+  # rendezvous hashing among the connected nodes that run the host; each
+  # one a connected node that runs the host.
   defp members_for({module, _key} = group, opts, hosts) do
     members =
       case {Keyword.fetch(opts, :members), hosts} do
@@ -115,10 +116,21 @@ defmodule Visor.Groups.Control do
 
   # The connected nodes (this one included) that run the module's host:
   # its options, and what it holds of the group (`Groups.membership/2`).
+  # Every connected node must answer: one that is stalled may hold the
+  # key (with these members or others), which a start that went on
+  # without it would not see; two instances of one key would then serve.
   defp hosts({module, key}) do
     nodes = [node() | Node.list()]
     answers = :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms)
-    for {node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host}
+
+    case for {node, {:error, {:erpc, :timeout}}} <- Enum.zip(nodes, answers), do: node do
+      [] ->
+        {:ok,
+         for({node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host})}
+
+      [silent | _] ->
+        {:error, {:no_answer, silent}}
+    end
   end
 
   # The instance to start (`t:Visor.Lifetime.instance/0`), and whether it
@@ -126,28 +138,34 @@ defmodule Visor.Groups.Control do
   # host holds the key with other members. Asked before any member starts,
   # so a refused start leaves nothing behind.
   #
-  # A host that holds an instance one of the hosts stopped runs a replica
-  # cut off from that stop: stopped first, by instance, so that a stop
-  # that arrives late can stop nothing else. If the members hold an
-  # instance nobody stopped, this start ensures it runs; else the group is
-  # new, and its id is derived from the ids of the key's instances the
-  # hosts stopped: a new instance never takes an id a stopped one had, and
-  # two calls that start the same new group at once (seeing the same
-  # hosts) start one instance, not two that refuse each other.
-  defp instance({module, key} = group, members, hosts) do
-    stopped = hosts |> Map.values() |> Enum.flat_map(& &1.stopped) |> Enum.uniq()
+  # A host that holds an instance one of the hosts stopped (or undid)
+  # runs a replica cut off from that stop: stopped first, by instance,
+  # so that a stop that arrives late can stop nothing else. If the hosts
+  # hold an instance nobody stopped, this start ensures it runs; else the
+  # group is new, of the generation after every one the hosts stopped or
+  # undid: never a stopped one's, and the same for two calls that start
+  # one new key at once (seeing the same hosts), which then start one
+  # instance, not two that refuse each other.
+  defp instance({module, key}, members, hosts) do
+    stops = hosts |> Map.values() |> Enum.map(& &1.stopped) |> merge_stops()
 
     {stale, held} =
       hosts
       |> Enum.filter(&match?({_node, %{hosted: %{}}}, &1))
-      |> Enum.split_with(fn {_node, %{hosted: hosted}} -> hosted in stopped end)
+      |> Enum.split_with(fn {_node, %{hosted: hosted}} -> Lifetime.stopped_in?(stops, hosted) end)
 
-    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)),
-        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, [hosted]], @ask_timeout_ms)
+    # Each the way it was stopped: a generation stopped, or only that
+    # instance undone (another of its generation may run).
+    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)) do
+      if hosted.id <= stops.through,
+        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, [hosted]], @ask_timeout_ms),
+        else: :erpc.multicall(nodes, Groups, :undo_here, [module, key, hosted], @ask_timeout_ms)
+    end
 
     case held |> Enum.map(&elem(&1, 1).hosted) |> Enum.uniq() do
       [] ->
-        {:ok, %{members: members, id: new_id(group, stopped)}, false}
+        undone = Enum.map(stops.undone, & &1.id)
+        {:ok, %{members: members, id: Enum.max([stops.through | undone]) + 1}, false}
 
       [%{members: ^members} = instance] ->
         {:ok, instance, true}
@@ -157,10 +175,11 @@ defmodule Visor.Groups.Control do
     end
   end
 
-  defp new_id(group, stopped) do
-    ids = stopped |> Enum.map(& &1.id) |> Enum.sort()
-    <<id::64, _::64>> = :erlang.md5(:erlang.term_to_binary({:visor_instance, group, ids}))
-    id
+  defp merge_stops(stops) do
+    %{
+      through: stops |> Enum.map(& &1.through) |> Enum.max(fn -> 0 end),
+      undone: stops |> Enum.flat_map(& &1.undone) |> Enum.uniq()
+    }
   end
 
   # Asks every member's host to start the instance, all at once, and
@@ -187,11 +206,16 @@ defmodule Visor.Groups.Control do
     outcome(group, instance, answers, existed?)
   end
 
-  # A new group that a member refused or failed to start is stopped again
-  # on the members that started it, or are starting it (a refused or
-  # failed start leaves nothing behind). One that existed is left as it
-  # is: a member restarting its replica, slowly or failing, is still one
-  # of its members.
+  # A new group that a member refused or failed to start is undone: the
+  # members that started it (or are starting it) stop it again, so a
+  # refused or failed start leaves nothing behind. Only once every member
+  # that failed is fenced (it records the instance as undone, and never
+  # starts it): while one of them does not run the instance, no replica
+  # of it can have formed (a new group forms once every member answers),
+  # and none can after. A member that runs it by then (a retry started
+  # it, and the group may be serving) leaves it all running. One that
+  # existed is left as it is: a member restarting its replica, slowly or
+  # failing, is still one of its members.
   defp outcome({module, key}, instance, answers, existed?) do
     results = Enum.map(answers, &elem(&1, 1))
     failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
@@ -201,10 +225,20 @@ defmodule Visor.Groups.Control do
         failure
 
       failure != nil ->
-        undo =
-          for {node, result} <- answers, result in [{:ok, :started}, {:error, :timeout}], do: node
+        failed = for {node, {:error, reason}} <- answers, reason != :timeout, do: node
 
-        _ = :erpc.multicall(undo, Groups, :stop_here, [module, key, [instance]], @ask_timeout_ms)
+        fences =
+          :erpc.multicall(failed, Groups, :fence_here, [module, key, instance], @ask_timeout_ms)
+
+        if Enum.all?(fences, &(&1 == {:ok, :fenced})) do
+          undo =
+            for {node, result} <- answers,
+                result in [{:ok, :started}, {:error, :timeout}],
+                do: node
+
+          _ = :erpc.multicall(undo, Groups, :undo_here, [module, key, instance], @ask_timeout_ms)
+        end
+
         failure
 
       {:error, :timeout} in results ->

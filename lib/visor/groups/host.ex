@@ -47,11 +47,11 @@ defmodule Visor.Groups.Host do
   #
   # Instances. Every message that starts, stops or adopts a group names
   # the instance it means (`t:Visor.Lifetime.instance/0`: the members and
-  # the id `Visor.start_group/2` chose), never just the key: a stop or a
-  # stale notice that arrives late, after the key was started again with
-  # the same members, names the old instance and leaves the new one alone;
-  # and the instance id is part of the cluster id, so the replicas of two
-  # instances never take each other's messages.
+  # the generation `Visor.start_group/2` chose), never just the key: a
+  # stop or a stale notice that arrives late, after the key was started
+  # again with the same members, names the old instance and leaves the
+  # new one alone; and the generation is part of the cluster id, so the
+  # replicas of two instances never take each other's messages.
   #
   # One instance per key: a host never runs or records two groups of one
   # key, and never replaces what it recorded with another instance (a
@@ -79,8 +79,9 @@ defmodule Visor.Groups.Host do
   # instance:, waiters:, keep?:, partition:} (waiters: the callers to
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
-  # backoff: key => Visor.Groups.Backoff, for groups that failed here.
-  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}]
+  # backoff: key => Visor.Groups.Backoff, for groups that failed here;
+  # abandoned: ref => key, the starts stopped before they ended.
+  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}, abandoned: %{}]
 
   @doc false
   def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
@@ -116,10 +117,35 @@ defmodule Visor.Groups.Host do
     key = Options.canonical_key(key)
 
     if Lifetime.hosting({state.module, key}) in instances do
-      {reply, state} = stop(state, key)
+      {reply, state} = stop(state, key, :stopped)
       {:reply, reply, state}
     else
       {:reply, :no_group, state}
+    end
+  end
+
+  # A failed start's undo (`Visor.Groups.Control`): the instance is
+  # recorded as undone whether or not this host holds it.
+  def handle_call({:visor_undo, key, instance}, _from, state) do
+    key = Options.canonical_key(key)
+
+    if Lifetime.hosting({state.module, key}) == instance do
+      {reply, state} = stop(state, key, :undone)
+      {:reply, reply, state}
+    else
+      :ok = Lifetime.undone({state.module, key}, instance)
+      {:reply, :no_group, state}
+    end
+  end
+
+  def handle_call({:visor_fence, key, instance}, _from, state) do
+    group = {state.module, Options.canonical_key(key)}
+
+    if Lifetime.hosting(group) == instance do
+      {:reply, :hosting, state}
+    else
+      :ok = Lifetime.undone(group, instance)
+      {:reply, :fenced, state}
     end
   end
 
@@ -160,11 +186,11 @@ defmodule Visor.Groups.Host do
   # A formed group `node` runs with this one among its members (see the
   # top of this module): started here, unless this host stopped that
   # instance, which `node` then is told to stop.
-  def handle_info({:visor_adopt, node, key, instance}, state) when key != nil do
+  def handle_info({:visor_adopt, node, key, instance}, state) when is_atom(node) and key != nil do
     key = Options.canonical_key(key)
 
     with {:ok, instance} <- instance(state.module, instance) do
-      if instance in Lifetime.tombstones({state.module, key}) do
+      if Lifetime.stale?({state.module, key}, instance) do
         _ =
           :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, instance}, [
             :noconnect
@@ -191,7 +217,7 @@ defmodule Visor.Groups.Host do
           "off from it; stopping it here"
       )
 
-      {:noreply, state |> stop(key) |> elem(1)}
+      {:noreply, state |> stop(key, :stopped) |> elem(1)}
     else
       {:noreply, state}
     end
@@ -204,8 +230,9 @@ defmodule Visor.Groups.Host do
         {:noreply, started(state, key, start, result)}
 
       # Stopped while it started: stopped now, and forgotten again (its
-      # formation may have written its record meanwhile).
-      _stopped ->
+      # formation may have written its record meanwhile). Only a start
+      # this host abandoned: the message is no peer's to forge.
+      _ when is_map_key(state.abandoned, ref) ->
         with {:ok, pid} <- result do
           :ok = terminate(pid)
 
@@ -213,6 +240,9 @@ defmodule Visor.Groups.Host do
             do: Lifetime.forget({state.module, key})
         end
 
+        {:noreply, %{state | abandoned: Map.delete(state.abandoned, ref)}}
+
+      _junk ->
         {:noreply, state}
     end
   end
@@ -295,8 +325,8 @@ defmodule Visor.Groups.Host do
     recorded = Lifetime.hosting(group)
 
     cond do
-      # Stopped here since the caller looked (a stop_group overtook it).
-      instance in Lifetime.tombstones(group) ->
+      # Stopped or undone here (a stop_group overtook the caller).
+      Lifetime.stale?(group, instance) ->
         reply(from, {:error, {:start_failed, node(), :stopped}})
         state
 
@@ -396,12 +426,15 @@ defmodule Visor.Groups.Host do
     Enum.min_by(0..(count - 1), &Map.get(busy, &1, 0))
   end
 
-  # Through the partition that holds it, whichever it is.
+  # The group's supervisor is stopped itself, not through the partition
+  # that holds it: a partition busy starting another group (a slow
+  # initial_state) would hold this process up until that start ends. The
+  # partition drops its :temporary child when it sees it exit.
   defp terminate(pid) do
-    with {:parent, partition} when is_pid(partition) <- Process.info(pid, :parent),
-         do: _ = DynamicSupervisor.terminate_child(partition, pid)
-
-    :ok
+    :proc_lib.stop(pid, :shutdown, :infinity)
+  catch
+    # Gone already.
+    :exit, _ -> :ok
   end
 
   defp watch(state, key, pid) do
@@ -446,12 +479,15 @@ defmodule Visor.Groups.Host do
   end
 
   # A start in progress is answered {:error, :no_group}, and its group
-  # stopped once it started (handle_info {:visor_started, ...}).
-  defp stop(state, key) do
+  # stopped once it started (handle_info {:visor_started, ...}), not now:
+  # its supervisor, registered before its children start, would hold this
+  # process up until they have. `how` the stop is recorded: `:stopped`
+  # (stop_group: the instance's generation, and every earlier one) or
+  # `:undone` (a failed start: that instance only).
+  defp stop(state, key, how) do
     group = {state.module, key}
     recorded = Lifetime.hosting(group)
     {starting, left} = Map.pop(state.starting, key)
-    for from <- (starting || %{waiters: []}).waiters, do: reply(from, {:error, :no_group})
     state = forget_monitor(state, Map.get(state.groups, key))
 
     state = %{
@@ -461,14 +497,27 @@ defmodule Visor.Groups.Host do
         backoff: Map.delete(state.backoff, key)
     }
 
-    running =
-      case Visor.Groups.running(state.module, key) do
-        {pid, _members} -> terminate(pid) == :ok
-        nil -> false
+    {running, state} =
+      case starting do
+        %{ref: ref, waiters: waiters} ->
+          for from <- waiters, do: reply(from, {:error, :no_group})
+          {true, %{state | abandoned: Map.put(state.abandoned, ref, key)}}
+
+        nil ->
+          case Visor.Groups.running(state.module, key) do
+            {pid, _instance} -> {terminate(pid) == :ok, state}
+            nil -> {false, state}
+          end
       end
 
     :ok = Lifetime.forget(group)
-    if recorded, do: :ok = Lifetime.stopped(group, recorded)
+
+    case {recorded, how} do
+      {nil, _} -> :ok
+      {recorded, :stopped} -> :ok = Lifetime.stopped(group, recorded)
+      {recorded, :undone} -> :ok = Lifetime.undone(group, recorded)
+    end
+
     {if(running or recorded != nil, do: :ok, else: :no_group), state}
   end
 end
