@@ -252,7 +252,7 @@ defmodule Visor.Groups do
   # Undoes a failed start of `instance` here (`Visor.Groups.Control`): stops
   # and forgets it if the host holds it, and records it as undone, never
   # to be started here again: `:ok`, or `:no_group`.
-  @spec undo_here(module(), term(), Lifetime.instance()) :: :ok | :no_group
+  @spec undo_here(module(), term(), Lifetime.instance()) :: :ok | :no_group | {:error, term()}
   def undo_here(module, key, instance) do
     if host_options(module),
       do: GenServer.call(host(module), {:visor_undo, key, instance}, :infinity),
@@ -263,11 +263,25 @@ defmodule Visor.Groups do
   # Before a failed start is undone: `:fenced` if the host does not hold
   # `instance` (it records it as undone, and never starts it), `:hosting`
   # if it does (a later start reached it: the instance may run).
-  @spec fence_here(module(), term(), Lifetime.instance()) :: :fenced | :hosting
+  # A node whose host is down (restarting) is fenced through the record
+  # its host restarts from.
+  @spec fence_here(module(), term(), Lifetime.instance()) :: :fenced | :hosting | {:error, term()}
   def fence_here(module, key, instance) do
     if host_options(module),
       do: GenServer.call(host(module), {:visor_fence, key, instance}, :infinity),
-      else: :fenced
+      else: fence({module, Options.canonical_key(key)}, instance)
+  end
+
+  @doc false
+  # The fence itself, in the host's process when it runs.
+  @spec fence({module(), term()}, Lifetime.instance()) :: :fenced | :hosting
+  def fence(group, instance) do
+    if Lifetime.hosting(group) == instance do
+      :hosting
+    else
+      :ok = Lifetime.undone(group, instance)
+      :fenced
+    end
   end
 
   @doc false

@@ -42,6 +42,13 @@ defmodule Visor.KeyedGroupsReviewTest do
       assert {:error, {:bad_members, _}} =
                GenServer.call(host, {:visor_start, :junk, %{members: [node | :junk], id: 1}})
 
+      # What an undo or a fence records is checked as a start's is: junk
+      # kept there would break every later start_group of the key.
+      for request <- [:visor_undo, :visor_fence],
+          instance <- [:junk, %{members: [node], id: :junk}, %{members: [node | :junk], id: 1}] do
+        assert {:error, {:bad_members, _}} = GenServer.call(host, {request, "acked", instance})
+      end
+
       Process.sleep(50)
     end
 

@@ -126,26 +126,32 @@ defmodule Visor.Groups.Host do
 
   # A failed start's undo (`Visor.Groups.Control`): the instance is
   # recorded as undone whether or not this host holds it.
+  # Both record an instance a peer names: checked first, as a start's.
   def handle_call({:visor_undo, key, instance}, _from, state) do
     key = Options.canonical_key(key)
 
-    if Lifetime.hosting({state.module, key}) == instance do
-      {reply, state} = stop(state, key, :undone)
-      {:reply, reply, state}
+    with {:ok, instance} <- instance(state.module, instance) do
+      if Lifetime.hosting({state.module, key}) == instance do
+        {reply, state} = stop(state, key, :undone)
+        {:reply, reply, state}
+      else
+        :ok = Lifetime.undone({state.module, key}, instance)
+        {:reply, :no_group, state}
+      end
     else
-      :ok = Lifetime.undone({state.module, key}, instance)
-      {:reply, :no_group, state}
+      error -> {:reply, error, state}
     end
   end
 
+  # Here, so that no start of the instance runs between the look and the
+  # record.
   def handle_call({:visor_fence, key, instance}, _from, state) do
-    group = {state.module, Options.canonical_key(key)}
+    case instance(state.module, instance) do
+      {:ok, instance} ->
+        {:reply, Visor.Groups.fence({state.module, Options.canonical_key(key)}, instance), state}
 
-    if Lifetime.hosting(group) == instance do
-      {:reply, :hosting, state}
-    else
-      :ok = Lifetime.undone(group, instance)
-      {:reply, :fenced, state}
+      error ->
+        {:reply, error, state}
     end
   end
 
