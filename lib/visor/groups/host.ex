@@ -39,6 +39,15 @@ defmodule Visor.Groups.Host do
   #     group gets its full membership back after a node restart, without
   #     a `start_group` call.
   #
+  #   * **Disk mode.** Each group's store is a directory of its own,
+  #     claimed (`Visor.Groups.Stores.claim/4`) by the start's process
+  #     before the store is created, with a record of its key and
+  #     instance. When this process starts it also starts every group
+  #     recorded there: after a VM restart `Visor.Lifetime` is empty, and
+  #     each replica restarts from its store (even if every member
+  #     restarted, which adoption cannot cover). A stop removes the
+  #     directory once the group's processes exited.
+  #
   #   * **Stopped groups.** A host that stops a group keeps a tombstone of
   #     the instance it stopped (`Visor.Lifetime.stopped/2`): a member cut
   #     off at the stop that still runs that instance, when it connects
@@ -70,7 +79,7 @@ defmodule Visor.Groups.Host do
   require Logger
 
   alias Visor.{Lifetime, Options}
-  alias Visor.Groups.Backoff
+  alias Visor.Groups.{Backoff, Stores}
 
   # The processes a peer's message may be for.
   @roles [:router, :formation, :server]
@@ -80,7 +89,8 @@ defmodule Visor.Groups.Host do
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
   # backoff: key => Visor.Groups.Backoff, for groups that failed here.
-  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}]
+  # keyed_dir: where the groups' stores are in disk mode, else nil.
+  defstruct [:module, :keyed_dir, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}]
 
   @doc false
   def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
@@ -94,7 +104,8 @@ defmodule Visor.Groups.Host do
   def init(module) do
     :ok = :net_kernel.monitor_nodes(true)
     send(self(), :visor_restore)
-    {:ok, %__MODULE__{module: module}}
+    %{keyed_dir: keyed_dir} = Visor.Groups.host_options(module)
+    {:ok, %__MODULE__{module: module, keyed_dir: keyed_dir}}
   end
 
   @doc false
@@ -139,10 +150,16 @@ defmodule Visor.Groups.Host do
   end
 
   # What this node hosted before this process started (it restarted, or
-  # Visor.Groups did): started again, or watched if it still runs.
+  # Visor.Groups did): started again, or watched if it still runs. In disk
+  # mode, also every group whose store is on disk: after a VM restart
+  # Visor.Lifetime is empty, and only the stores' records say what this
+  # node hosted. Lifetime's come first: where the two differ, its record
+  # is this VM's latest word (start/5 refuses the other).
   def handle_info(:visor_restore, state) do
+    hosted = Lifetime.hosted(state.module) ++ on_disk(state)
+
     state =
-      Enum.reduce(Lifetime.hosted(state.module), state, fn {key, instance}, state ->
+      Enum.reduce(hosted, state, fn {key, instance}, state ->
         start(state, key, instance, nil, :restart)
       end)
 
@@ -204,13 +221,14 @@ defmodule Visor.Groups.Host do
         {:noreply, started(state, key, start, result)}
 
       # Stopped while it started: stopped now, and forgotten again (its
-      # formation may have written its record meanwhile).
+      # formation may have written its record meanwhile), its directory
+      # with it, unless the key was started again since.
       _stopped ->
-        with {:ok, pid} <- result do
-          :ok = terminate(pid)
+        with {:ok, pid} <- result, do: :ok = terminate(pid)
 
-          if Lifetime.hosting({state.module, key}) == nil,
-            do: Lifetime.forget({state.module, key})
+        if Lifetime.hosting({state.module, key}) == nil do
+          with {:ok, _pid} <- result, do: Lifetime.forget({state.module, key})
+          :ok = remove_store(state, key, result)
         end
 
         {:noreply, state}
@@ -263,6 +281,35 @@ defmodule Visor.Groups.Host do
 
   defp instance(_module, other),
     do: {:error, {:bad_members, "not a group instance: #{inspect(other)}"}}
+
+  # The groups whose stores are in the keyed directory, less those whose
+  # record does not name this node a member (a data_dir moved to another
+  # node), which are logged and skipped.
+  defp on_disk(%{keyed_dir: nil}), do: []
+
+  defp on_disk(state) do
+    for {key, recorded} <- Stores.scan(state.keyed_dir),
+        instance = on_disk_instance(state, key, recorded),
+        do: {key, instance}
+  end
+
+  defp on_disk_instance(state, key, recorded) do
+    case instance(state.module, recorded) do
+      {:ok, instance} ->
+        instance
+
+      {:error, reason} ->
+        Logger.warning(
+          "#{inspect({state.module, key})}: its store in #{store_dir(state, key)} is not " <>
+            "restarted: #{inspect(reason)}"
+        )
+
+        nil
+    end
+  end
+
+  defp store_dir(%{keyed_dir: nil}, _key), do: nil
+  defp store_dir(state, key), do: Options.keyed_store_dir(state.keyed_dir, key)
 
   defp node_list?([]), do: true
   defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
@@ -336,13 +383,16 @@ defmodule Visor.Groups.Host do
     partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), index}}
     host = self()
     ref = make_ref()
+    claim = claim(store_dir(state, key), key, instance, Lifetime.tombstones(group))
 
     spawn(fn ->
       result =
-        try do
-          DynamicSupervisor.start_child(partition, spec)
-        catch
-          :exit, reason -> {:error, reason}
+        with :ok <- claim.() do
+          try do
+            DynamicSupervisor.start_child(partition, spec)
+          catch
+            :exit, reason -> {:error, reason}
+          end
         end
 
       send(host, {:visor_started, key, ref, result})
@@ -350,6 +400,24 @@ defmodule Visor.Groups.Host do
 
     start = %{ref: ref, instance: instance, waiters: [from], keep?: keep?, partition: index}
     %{state | starting: Map.put(state.starting, key, start)}
+  end
+
+  # Disk mode: the group's directory is made its own before its store is
+  # created (Visor.Groups.Stores), in the start's process (it syncs a
+  # file). One start of a key at a time, and no removal of its directory
+  # meanwhile (stop/2), so nothing else writes there.
+  defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
+  defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
+
+  # A start's directory is removed with it unless it was another's,
+  # left as it was (Visor.Groups.Stores.claim/4).
+  defp remove_store(state, key, result) do
+    dir = store_dir(state, key)
+
+    unless dir == nil or match?({:error, {:store_taken, _, _}}, result),
+      do: Stores.remove(dir)
+
+    :ok
   end
 
   defp started(state, key, start, {:ok, pid}) do
@@ -379,6 +447,7 @@ defmodule Visor.Groups.Host do
     else
       # A caller's first start here: nothing of it is left behind.
       _ = Lifetime.forget(group)
+      :ok = remove_store(state, key, {:error, reason})
       state
     end
   end
@@ -469,6 +538,9 @@ defmodule Visor.Groups.Host do
 
     :ok = Lifetime.forget(group)
     if recorded, do: :ok = Lifetime.stopped(group, recorded)
+    # A start in progress may still write the directory: it goes when
+    # that start ends (handle_info {:visor_started, ...}).
+    if starting == nil, do: :ok = remove_store(state, key, :stopped)
     {if(running or recorded != nil, do: :ok, else: :no_group), state}
   end
 end
