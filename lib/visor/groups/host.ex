@@ -103,9 +103,27 @@ defmodule Visor.Groups.Host do
   @doc false
   def init(module) do
     :ok = :net_kernel.monitor_nodes(true)
-    send(self(), :visor_restore)
     %{keyed_dir: keyed_dir} = Visor.Groups.host_options(module)
-    {:ok, %__MODULE__{module: module, keyed_dir: keyed_dir}}
+    state = %__MODULE__{module: module, keyed_dir: keyed_dir}
+    :ok = record_on_disk(state)
+    send(self(), :visor_restore)
+    {:ok, state}
+  end
+
+  # Disk mode: every group whose store is on disk is recorded as hosted
+  # here (and so started by :visor_restore), before this host starts and
+  # any start_group can ask it what it holds: after a VM restart
+  # Visor.Lifetime is empty, and only the stores' records say what this
+  # node hosted. Where Lifetime already says something of a key (this
+  # host restarted, not the VM), it is this VM's latest word.
+  defp record_on_disk(state) do
+    for {key, instance} <- on_disk(state),
+        group = {state.module, key},
+        Lifetime.hosting(group) == nil,
+        instance not in Lifetime.tombstones(group),
+        do: :ok = Lifetime.host(group, instance)
+
+    :ok
   end
 
   @doc false
@@ -150,16 +168,11 @@ defmodule Visor.Groups.Host do
   end
 
   # What this node hosted before this process started (it restarted, or
-  # Visor.Groups did): started again, or watched if it still runs. In disk
-  # mode, also every group whose store is on disk: after a VM restart
-  # Visor.Lifetime is empty, and only the stores' records say what this
-  # node hosted. Lifetime's come first: where the two differ, its record
-  # is this VM's latest word (start/5 refuses the other).
+  # Visor.Groups did, or the VM did, in disk mode: record_on_disk/1):
+  # started again, or watched if it still runs.
   def handle_info(:visor_restore, state) do
-    hosted = Lifetime.hosted(state.module) ++ on_disk(state)
-
     state =
-      Enum.reduce(hosted, state, fn {key, instance}, state ->
+      Enum.reduce(Lifetime.hosted(state.module), state, fn {key, instance}, state ->
         start(state, key, instance, nil, :restart)
       end)
 

@@ -26,6 +26,7 @@ defmodule Visor.Groups.Stores do
   require Logger
 
   alias Visor.{Lifetime, Options}
+  alias Visor.Formation.Restore
 
   @record "keyed_group"
 
@@ -213,7 +214,7 @@ defmodule Visor.Groups.Stores do
     with true <- :erlang.md5(body) == sum,
          %{visor: 1, key: key, members: [_ | _] = names, id: id}
          when is_integer(id) and id >= 0 <- :erlang.binary_to_term(body),
-         true <- Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/)) do
+         true <- Restore.node_names?(names) do
       {:ok, key, %{members: Enum.map(names, &String.to_atom/1), id: id}}
     else
       _ -> {:error, "its record is damaged"}
