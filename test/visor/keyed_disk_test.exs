@@ -130,6 +130,29 @@ defmodule Visor.KeyedDiskTest do
     end
   end
 
+  test "a member down during stop_group restarts the group from its store, is told to stop it by a node that stopped it, and its directory goes",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, members: members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    group = {Counter, "stopped while down"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :old}]) == 1
+    Cluster.eventually(fn -> rpc(c, :status, [group]).storage.opened == :created end)
+
+    :ok = Cluster.kill_node(c, [a, b])
+    assert rpc(a, :stop_group, [group]) == :ok
+    assert File.exists?(Path.join(store_dir(tmp, c, group), "keyed_group"))
+
+    Cluster.restart_peer(c, [a, b])
+    :ok = Cluster.start_groups_host([c], Counter, opts)
+    Cluster.eventually(fn -> not File.exists?(store_dir(tmp, c, group)) end, 15_000)
+    assert rpc(c, :which_groups, [Counter]) == []
+
+    for node <- members,
+        do: assert(rpc(node, :commit, [group, {:incr, :x}]) == {:error, :no_group})
+  end
+
   test "a damaged record is logged and skipped: the host restores the other groups", %{
     tmp_dir: tmp
   } do

@@ -53,6 +53,10 @@ defmodule Visor.Groups.Host do
   #     off at the stop that still runs that instance, when it connects
   #     again, is not adopted from but told to stop it (`{:visor_stale,
   #     key, instance}`), and the host never starts that instance again.
+  #     So is a member whose node was down at the stop and that restarted
+  #     the instance from its store (disk mode): its host, when it starts,
+  #     tells the connected hosts what it runs (`{:visor_hosted, node,
+  #     hosted}`), and those that stopped any of it answer so.
   #
   # Instances. Every message that starts, stops or adopts a group names
   # the instance it means (`t:Visor.Lifetime.instance/0`: the members and
@@ -177,6 +181,7 @@ defmodule Visor.Groups.Host do
       end)
 
     adopt_from(Node.list(), state.module)
+    :ok = announce_hosted(Node.list(), state.module)
     {:noreply, state}
   end
 
@@ -195,11 +200,7 @@ defmodule Visor.Groups.Host do
 
     with {:ok, instance} <- instance(state.module, instance) do
       if instance in Lifetime.tombstones({state.module, key}) do
-        _ =
-          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, instance}, [
-            :noconnect
-          ])
-
+        :ok = tell_stale(state.module, node, key, instance)
         {:noreply, state}
       else
         {:noreply, start(state, key, instance, nil, :adopt)}
@@ -207,6 +208,16 @@ defmodule Visor.Groups.Host do
     else
       _ -> {:noreply, state}
     end
+  end
+
+  # A host that started (`announce_hosted/2`) says what it runs: each of
+  # those instances this host stopped is one it missed the stop of (its
+  # node was down, and it restarted the group from its store: disk mode),
+  # and is told to stop it, as at adoption. Checked element by element: a
+  # peer's list may be junk.
+  def handle_info({:visor_hosted, node, hosted}, state) when is_atom(node) do
+    :ok = tell_stopped(state.module, node, hosted)
+    {:noreply, state}
   end
 
   # A peer that stopped `instance` of the group, which this host runs: it
@@ -328,6 +339,40 @@ defmodule Visor.Groups.Host do
   defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
   defp node_list?(_other), do: false
 
+  # Tells `nodes`' hosts what this one runs, so that each tells it which
+  # of those it stopped (handle_info {:visor_hosted, ...}): a node that
+  # was down while a group was stopped, and restarted it from its store,
+  # learns of the stop from the nodes up when its host starts. (Nodes that
+  # connect later ask this one for its groups when they adopt: the same.)
+  defp announce_hosted(nodes, module) do
+    with [_ | _] = hosted <- Lifetime.hosted(module) do
+      for node <- nodes,
+          do:
+            :erlang.send({Visor.Groups.host(module), node}, {:visor_hosted, node(), hosted}, [
+              :noconnect
+            ])
+    end
+
+    :ok
+  end
+
+  defp tell_stopped(module, node, [{key, instance} | rest]) when key != nil do
+    if instance in Lifetime.tombstones({module, Options.canonical_key(key)}),
+      do: :ok = tell_stale(module, node, key, instance)
+
+    tell_stopped(module, node, rest)
+  end
+
+  defp tell_stopped(module, node, [_junk | rest]), do: tell_stopped(module, node, rest)
+  defp tell_stopped(_module, _node, _end), do: :ok
+
+  defp tell_stale(module, node, key, instance) do
+    _ =
+      :erlang.send({Visor.Groups.host(module), node}, {:visor_stale, key, instance}, [:noconnect])
+
+    :ok
+  end
+
   # Asks `nodes`' hosts, in a process of its own (a node may be slow to
   # answer), for the formed groups they run that name this node a member.
   defp adopt_from(nodes, module) do
@@ -422,8 +467,8 @@ defmodule Visor.Groups.Host do
   defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
   defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
 
-  # A start's directory is removed with it unless it was another's,
-  # left as it was (Visor.Groups.Stores.claim/4).
+  # A start's directory is removed with it unless it held something
+  # else, left as it was (Visor.Groups.Stores.claim/4).
   defp remove_store(state, key, result) do
     dir = store_dir(state, key)
 

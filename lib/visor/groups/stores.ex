@@ -30,8 +30,11 @@ defmodule Visor.Groups.Stores do
 
   @record "keyed_group"
 
-  @typedoc "Why a directory is not this start's to use: for people."
-  @type taken :: {:store_taken, Path.t(), String.t()}
+  @typedoc """
+  Why a start cannot use its directory (`why` is for people): it holds
+  something else, left as it is; or its record cannot be written.
+  """
+  @type refusal :: {:store_taken, Path.t(), String.t()} | {:record_failed, Path.t(), String.t()}
 
   @doc """
   Makes `dir` the store directory of `instance` of the keyed group of
@@ -39,10 +42,11 @@ defmodule Visor.Groups.Stores do
   instance already, or once it does. A directory of an instance this
   host stopped (`stopped`), or one without a record, is cleared first.
   Any other (another key's, another instance's, an unreadable record) is
-  left as it is: `{:error, {:store_taken, dir, why}}`.
+  left as it is: `{:error, {:store_taken, dir, why}}`. A record that
+  cannot be written: `{:error, {:record_failed, path, why}}`.
   """
   @spec claim(Path.t(), term(), Lifetime.instance(), [Lifetime.instance()]) ::
-          :ok | {:error, taken()}
+          :ok | {:error, refusal()}
   def claim(dir, key, instance, stopped) do
     case read(dir) do
       {:ok, ^key, ^instance} ->
@@ -71,7 +75,7 @@ defmodule Visor.Groups.Stores do
       :ok
     else
       {:error, path, reason} ->
-        taken(dir, "#{path}: #{:file.format_error(reason)} (#{inspect(reason)})")
+        {:error, {:record_failed, path, "#{:file.format_error(reason)} (#{inspect(reason)})"}}
     end
   end
 
@@ -193,11 +197,9 @@ defmodule Visor.Groups.Stores do
     :erlang.md5(body) <> body
   end
 
-  @doc false
   # The record in `dir`: `{:ok, key, instance}`, `:none` (no record), or
   # `{:error, why}`.
-  @spec read(Path.t()) :: {:ok, term(), Lifetime.instance()} | :none | {:error, String.t()}
-  def read(dir) do
+  defp read(dir) do
     case File.read(Path.join(dir, @record)) do
       {:ok, bytes} -> decode(bytes)
       {:error, reason} when reason in [:enoent, :enotdir] -> :none
