@@ -29,7 +29,7 @@ defmodule Visor.Groups do
   Disk mode (`storage: :disk, data_dir: dir`, checked as a default
   group's): each keyed group has a store of its own in
   `<dir>/Elixir.Cache.keyed/<hash of the key>/`, beside a record of its
-  key and instance (`Visor.Groups.Stores`). When the host starts (after
+  key and instance. When the host starts (after
   a node restart, say) it starts every group whose store it finds, each
   restarting from its store; `Visor.stop_group/2` removes the group's
   directory. docs/operations.md, "Keyed groups in disk mode".

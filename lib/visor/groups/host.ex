@@ -252,7 +252,7 @@ defmodule Visor.Groups.Host do
 
         if Lifetime.hosting({state.module, key}) == nil do
           with {:ok, _pid} <- result, do: Lifetime.forget({state.module, key})
-          :ok = remove_store(state, key, result)
+          unless found_taken?(result), do: :ok = remove_store(state, key)
         end
 
         {:noreply, state}
@@ -467,16 +467,14 @@ defmodule Visor.Groups.Host do
   defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
   defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
 
-  # A start's directory is removed with it unless it held something
-  # else, left as it was (Visor.Groups.Stores.claim/4).
-  defp remove_store(state, key, result) do
-    dir = store_dir(state, key)
-
-    unless dir == nil or match?({:error, {:store_taken, _, _}}, result),
-      do: Stores.remove(dir)
-
+  defp remove_store(state, key) do
+    with dir when dir != nil <- store_dir(state, key), do: Stores.remove(dir)
     :ok
   end
+
+  # A start that found its directory holding something else left it as
+  # it was (Visor.Groups.Stores.claim/4): it is not the start's to remove.
+  defp found_taken?(result), do: match?({:error, {:store_taken, _, _}}, result)
 
   defp started(state, key, start, {:ok, pid}) do
     Enum.each(start.waiters, &reply(&1, {:ok, :started}))
@@ -505,7 +503,7 @@ defmodule Visor.Groups.Host do
     else
       # A caller's first start here: nothing of it is left behind.
       _ = Lifetime.forget(group)
-      :ok = remove_store(state, key, {:error, reason})
+      unless found_taken?({:error, reason}), do: :ok = remove_store(state, key)
       state
     end
   end
@@ -598,7 +596,7 @@ defmodule Visor.Groups.Host do
     if recorded, do: :ok = Lifetime.stopped(group, recorded)
     # A start in progress may still write the directory: it goes when
     # that start ends (handle_info {:visor_started, ...}).
-    if starting == nil, do: :ok = remove_store(state, key, :stopped)
+    if starting == nil, do: :ok = remove_store(state, key)
     {if(running or recorded != nil, do: :ok, else: :no_group), state}
   end
 end
