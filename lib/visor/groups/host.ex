@@ -462,8 +462,11 @@ defmodule Visor.Groups.Host do
 
   # Disk mode: the group's directory is made its own before its store is
   # created (Visor.Groups.Stores), in the start's process (it syncs a
-  # file). One start of a key at a time, and no removal of its directory
-  # meanwhile (stop/2), so nothing else writes there.
+  # file). This host runs one start of a key at a time, and removes no
+  # directory while its start runs (stop/2). Not covered: a key started
+  # again while a start that a stop overtook is still running (the stop
+  # forgot it); the two may meet in the directory, and the new start
+  # then fails on this node, as it may in the registry.
   defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
   defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
 
