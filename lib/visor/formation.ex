@@ -224,7 +224,7 @@ defmodule Visor.Formation do
       end
 
     expected = %{
-      group: Options.group_name(config.module),
+      group: Options.store_group(config),
       node: node(),
       dir: dir,
       settings: config.settings,

@@ -22,10 +22,17 @@ defmodule Visor.Groups do
   module's `use Visor` defaults apply, but for the default group's
   membership and storage: `:nodes`, `:cluster_size`, `:storage`,
   `:data_dir`, `:wal_compact_bytes`). Every keyed group of the module on
-  this node runs with them. Keyed groups run in memory mode only:
-  `storage: :disk` raises `ArgumentError` (docs/operations.md, "Keyed
-  groups"). `busy_poll_us` defaults to 0 here: with many groups a spinning
-  server per hand-off costs more than the latency it saves.
+  this node runs with them. `busy_poll_us` defaults to 0 here: with many
+  groups a spinning server per hand-off costs more than the latency it
+  saves.
+
+  Disk mode (`storage: :disk, data_dir: dir`, checked as a default
+  group's): each keyed group has a store of its own in
+  `<dir>/Elixir.Cache.keyed/<hash of the key>/`, beside a record of its
+  key and instance. When the host starts (after
+  a node restart, say) it starts every group whose store it finds, each
+  restarting from its store; `Visor.stop_group/2` removes the group's
+  directory. docs/operations.md, "Keyed groups in disk mode".
 
   What it runs: the module's `Registry` of keyed groups' processes (names
   without atoms), a `PartitionSupervisor` of `DynamicSupervisor`s that
@@ -111,13 +118,9 @@ defmodule Visor.Groups do
       |> Keyword.merge(group_opts)
       |> Keyword.put_new(:busy_poll_us, 0)
 
-    if Keyword.get(group_opts, :storage, :memory) != :memory do
-      raise ArgumentError,
-            "#{inspect(module)}: keyed groups run in memory mode only (storage: :disk is " <>
-              "for the default group; see docs/operations.md, \"Keyed groups\")"
-    end
-
-    _ = Options.validate!(module, Keyword.put(group_opts, :nodes, [node()]))
+    config = Options.validate!(module, Keyword.put(group_opts, :nodes, [node()]))
+    keyed_dir = Options.keyed_dir(config)
+    if keyed_dir, do: store_group_fits!(config)
 
     members =
       case Keyword.fetch(placement, :members) do
@@ -128,9 +131,23 @@ defmodule Visor.Groups do
     %{
       module: module,
       opts: group_opts,
+      keyed_dir: keyed_dir,
       members: members,
       replicas: replicas!(module, Keyword.get(placement, :replicas, @default_replicas))
     }
+  end
+
+  # Disk mode: every keyed group's store records a name of the same length
+  # (Visor.Options.store_group/1), which the engine bounds.
+  defp store_group_fits!(config) do
+    name = Options.store_group(Options.keyed(config, :any_key, 0))
+    max = Visor.Contract.limit(:group_bytes_max)
+
+    if byte_size(name) > max do
+      raise ArgumentError,
+            "#{inspect(config.module)}: its name is too long for keyed groups in disk mode: " <>
+              "their stores' group names (#{inspect(name)}) exceed #{max} bytes"
+    end
   end
 
   # `use Visor`'s default options of the module.

@@ -17,7 +17,9 @@ defmodule Visor.Options do
   #     `<data_dir>/Elixir.Cache`) and fsyncs before it acknowledges, so the
   #     group survives every node restarting. Several groups (modules) can
   #     share one `data_dir`; two nodes cannot. docs/operations.md, "Disk
-  #     mode", says what happens on restart.
+  #     mode", says what happens on restart. A module's keyed groups each
+  #     have a store of their own in `<data_dir>/Elixir.Cache.keyed`
+  #     (`keyed/3`).
   #   * `wal_compact_bytes: n` (disk mode; default 64 MiB): once a checkpoint
   #     makes at least `n` bytes of the write-ahead log dead (and at least
   #     as many as it leaves live), the log after the checkpoint is copied to a fresh
@@ -218,14 +220,70 @@ defmodule Visor.Options do
   from key to key, and a module's keyed groups spread their primaries,
   and the successors of a node's primaries, evenly over the nodes. Every
   node ranks alike (the rank hashes the group and the node).
+
+  In disk mode its store is a directory of its own, named by its key,
+  among the module's keyed groups' (`keyed_dir/1`, `keyed_store_dir/2`).
   """
   @spec keyed(t(), term(), non_neg_integer()) :: t()
   def keyed(%__MODULE__{module: module, membership: {:nodes, nodes}} = config, key, instance)
       when key != nil and is_integer(instance) and instance >= 0 do
     group = {module, key}
     ranked = Visor.Groups.place(group, nodes, length(nodes))
-    %{config | group: group, instance: instance, membership: {:nodes, ranked}}
+
+    storage =
+      case keyed_dir(config) do
+        nil -> :memory
+        dir -> {:disk, keyed_store_dir(dir, key)}
+      end
+
+    %{config | group: group, instance: instance, membership: {:nodes, ranked}, storage: storage}
   end
+
+  @doc """
+  Disk mode: the directory of `module`'s keyed groups' stores,
+  `<data_dir>/<module>.keyed` (for `Cache`, `<data_dir>/Elixir.Cache.keyed`),
+  beside the default group's store (`<data_dir>/Elixir.Cache`), which no
+  Elixir alias can name (its last segment is lowercase); nil in memory
+  mode. `config` is the module's, before `keyed/3`.
+  """
+  @spec keyed_dir(t()) :: Path.t() | nil
+  def keyed_dir(%__MODULE__{storage: :memory}), do: nil
+
+  # The default group's store is <data_dir>/<module>: its parent is the
+  # data_dir, expanded once (storage!/2).
+  def keyed_dir(%__MODULE__{module: module, storage: {:disk, store}}),
+    do: Path.join(Path.dirname(store), keyed_dir_name(module))
+
+  defp keyed_dir_name(module), do: group_name(module) <> ".keyed"
+
+  @doc """
+  The store directory of the keyed group of key `key` inside `keyed_dir`
+  (`keyed_dir/1`): named by `store_key/1`, so a key of any term, and any
+  length, makes no atom and one fixed-length name.
+  """
+  @spec keyed_store_dir(Path.t(), term()) :: Path.t()
+  def keyed_store_dir(keyed_dir, key), do: Path.join(keyed_dir, store_key(key))
+
+  @doc """
+  The name of a keyed group's store: the hash of its canonical key
+  (`canonical_key/1`), 32 lowercase hex digits. Only a name: the store's
+  cluster id (which folds in the key itself) and the group's record
+  beside it (`Visor.Groups.Stores`) tell two keys apart for sure.
+  """
+  @spec store_key(term()) :: String.t()
+  def store_key(key), do: Base.encode16(hash(canonical_key(key)), case: :lower)
+
+  @doc """
+  The group name a store records (`Visor.Native.start/2`'s `:group`),
+  checked when it is opened: `group_name/1` for a default group, and
+  `"<module>.keyed/<store_key>"` for a keyed one, so that no store is
+  opened as another group's.
+  """
+  @spec store_group(t()) :: String.t()
+  def store_group(%__MODULE__{group: {module, key}}),
+    do: keyed_dir_name(module) <> "/" <> store_key(key)
+
+  def store_group(%__MODULE__{module: module}), do: group_name(module)
 
   @doc """
   The cluster id of an explicit membership: 16 bytes derived from the group

@@ -159,15 +159,18 @@ defmodule Visor.Test.Cluster do
   @doc """
   Starts `Visor.Groups` for `module` with `opts` on each node (under a
   holder process, as `start_group/4` does), peers logging at `log_level`.
+  `opts` may be a function of the node, as for `start_group/4`.
   """
   def start_groups_host(nodes, module, opts, log_level \\ :error) do
+    opts_of = if is_function(opts, 1), do: opts, else: fn _node -> opts end
+
     for node <- nodes do
       {:ok, _} =
         :erpc.call(
           node,
           __MODULE__,
           :start_children_here,
-          [[{Visor.Groups, [module: module] ++ opts}], host_holder(module), log_level],
+          [[{Visor.Groups, [module: module] ++ opts_of.(node)}], host_holder(module), log_level],
           @boot_timeout
         )
     end

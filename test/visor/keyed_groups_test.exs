@@ -414,9 +414,21 @@ defmodule Visor.KeyedGroupsTest do
     assert Visor.Lifetime.formed(group, :config) == nil
   end
 
-  test "Visor.Groups refuses disk mode and misplaced options, naming them" do
-    assert_raise ArgumentError, ~r/memory mode only/, fn ->
-      Visor.Groups.start_link(module: Counter, storage: :disk, data_dir: "/tmp/x")
+  test "Visor.Groups refuses bad and misplaced options, naming them" do
+    # Disk mode (test/visor/keyed_disk_test.exs) checks data_dir as a
+    # default group does, and the store name the engine will record.
+    assert_raise ArgumentError, ~r/data_dir must be a non-empty string/, fn ->
+      Visor.Groups.start_link(module: Counter, storage: :disk, data_dir: "")
+    end
+
+    assert_raise ArgumentError, ~r/storage: :disk needs data_dir/, fn ->
+      Visor.Groups.start_link(module: Counter, storage: :disk)
+    end
+
+    long = String.to_atom("Elixir." <> String.duplicate("A", 230))
+
+    assert_raise ArgumentError, ~r/too long for keyed groups in disk mode/, fn ->
+      Visor.Groups.start_link(module: long, storage: :disk, data_dir: "/tmp/x")
     end
 
     assert_raise ArgumentError, ~r/not nodes/, fn ->

@@ -164,14 +164,23 @@ defmodule Visor.Formation.Restore do
   defp read_store_meta(meta) do
     with %{visor: 1, members: [_ | _] = names, settings: settings} when is_map(settings) <-
            :erlang.binary_to_term(meta, [:safe]),
-         true <- Decider.member_list?(names),
-         true <- Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/)) do
+         true <- node_names?(names) do
       {:ok, Enum.map(names, &String.to_atom/1), settings}
     else
       _ -> :error
     end
   rescue
     ArgumentError -> :error
+  end
+
+  @doc """
+  Whether `names`, read back from a file, is a member list of node names
+  kept as strings (`store_meta/2`): checked before any becomes an atom.
+  """
+  @spec node_names?(term()) :: boolean()
+  def node_names?(names) do
+    Decider.member_list?(names) and
+      Enum.all?(names, &(is_binary(&1) and &1 =~ ~r/^[^@\s]+@[^@\s]+$/))
   end
 
   # The store's cluster was formed with these settings; every member keeps

@@ -39,11 +39,24 @@ defmodule Visor.Groups.Host do
   #     group gets its full membership back after a node restart, without
   #     a `start_group` call.
   #
+  #   * **Disk mode.** Each group's store is a directory of its own,
+  #     claimed (`Visor.Groups.Stores.claim/4`) by the start's process
+  #     before the store is created, with a record of its key and
+  #     instance. When this process starts it also starts every group
+  #     recorded there: after a VM restart `Visor.Lifetime` is empty, and
+  #     each replica restarts from its store (even if every member
+  #     restarted, which adoption cannot cover). A stop removes the
+  #     directory once the group's processes exited.
+  #
   #   * **Stopped groups.** A host that stops a group keeps a tombstone of
   #     the instance it stopped (`Visor.Lifetime.stopped/2`): a member cut
   #     off at the stop that still runs that instance, when it connects
   #     again, is not adopted from but told to stop it (`{:visor_stale,
   #     key, instance}`), and the host never starts that instance again.
+  #     So is a member whose node was down at the stop and that restarted
+  #     the instance from its store (disk mode): its host, when it starts,
+  #     tells the connected hosts what it runs (`{:visor_hosted, node,
+  #     hosted}`), and those that stopped any of it answer so.
   #
   # Instances. Every message that starts, stops or adopts a group names
   # the instance it means (`t:Visor.Lifetime.instance/0`: the members and
@@ -70,7 +83,7 @@ defmodule Visor.Groups.Host do
   require Logger
 
   alias Visor.{Lifetime, Options}
-  alias Visor.Groups.Backoff
+  alias Visor.Groups.{Backoff, Stores}
 
   # The processes a peer's message may be for.
   @roles [:router, :formation, :server]
@@ -80,8 +93,17 @@ defmodule Visor.Groups.Host do
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
   # backoff: key => Visor.Groups.Backoff, for groups that failed here;
-  # abandoned: ref => key, the starts stopped before they ended.
-  defstruct [:module, groups: %{}, monitors: %{}, starting: %{}, backoff: %{}, abandoned: %{}]
+  # abandoned: ref => key, the starts stopped before they ended;
+  # keyed_dir: where the groups' stores are in disk mode, else nil.
+  defstruct [
+    :module,
+    :keyed_dir,
+    groups: %{},
+    monitors: %{},
+    starting: %{},
+    backoff: %{},
+    abandoned: %{}
+  ]
 
   @doc false
   def child_spec(module), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [module]}}
@@ -94,8 +116,27 @@ defmodule Visor.Groups.Host do
   @doc false
   def init(module) do
     :ok = :net_kernel.monitor_nodes(true)
+    %{keyed_dir: keyed_dir} = Visor.Groups.host_options(module)
+    state = %__MODULE__{module: module, keyed_dir: keyed_dir}
+    :ok = record_on_disk(state)
     send(self(), :visor_restore)
-    {:ok, %__MODULE__{module: module}}
+    {:ok, state}
+  end
+
+  # Disk mode: every group whose store is on disk is recorded as hosted
+  # here (and so started by :visor_restore), before this host starts and
+  # any start_group can ask it what it holds: after a VM restart
+  # Visor.Lifetime is empty, and only the stores' records say what this
+  # node hosted. Where Lifetime already says something of a key (this
+  # host restarted, not the VM), it is this VM's latest word.
+  defp record_on_disk(state) do
+    for {key, instance} <- on_disk(state),
+        group = {state.module, key},
+        Lifetime.hosting(group) == nil,
+        not Lifetime.stale?(group, instance),
+        do: :ok = Lifetime.host(group, instance)
+
+    :ok
   end
 
   @doc false
@@ -171,7 +212,8 @@ defmodule Visor.Groups.Host do
   end
 
   # What this node hosted before this process started (it restarted, or
-  # Visor.Groups did): started again, or watched if it still runs.
+  # Visor.Groups did, or the VM did, in disk mode: record_on_disk/1):
+  # started again, or watched if it still runs.
   def handle_info(:visor_restore, state) do
     state =
       Enum.reduce(Lifetime.hosted(state.module), state, fn {key, instance}, state ->
@@ -179,6 +221,7 @@ defmodule Visor.Groups.Host do
       end)
 
     adopt_from(Node.list(), state.module)
+    :ok = announce_hosted(Node.list(), state.module)
     {:noreply, state}
   end
 
@@ -197,11 +240,7 @@ defmodule Visor.Groups.Host do
 
     with {:ok, instance} <- instance(state.module, instance) do
       if Lifetime.stale?({state.module, key}, instance) do
-        _ =
-          :erlang.send({Visor.Groups.host(state.module), node}, {:visor_stale, key, instance}, [
-            :noconnect
-          ])
-
+        :ok = tell_stale(state.module, node, key, instance)
         {:noreply, state}
       else
         {:noreply, start(state, key, instance, nil, :adopt)}
@@ -209,6 +248,16 @@ defmodule Visor.Groups.Host do
     else
       _ -> {:noreply, state}
     end
+  end
+
+  # A host that started (`announce_hosted/2`) says what it runs: each of
+  # those instances this host stopped is one it missed the stop of (its
+  # node was down, and it restarted the group from its store: disk mode),
+  # and is told to stop it, as at adoption. Checked element by element: a
+  # peer's list may be junk.
+  def handle_info({:visor_hosted, node, hosted}, state) when is_atom(node) do
+    :ok = tell_stopped(state.module, node, hosted)
+    {:noreply, state}
   end
 
   # A peer that stopped `instance` of the group, which this host runs: it
@@ -236,14 +285,15 @@ defmodule Visor.Groups.Host do
         {:noreply, started(state, key, start, result)}
 
       # Stopped while it started: stopped now, and forgotten again (its
-      # formation may have written its record meanwhile). Only a start
+      # formation may have written its record meanwhile), its directory
+      # with it, unless the key was started again since. Only a start
       # this host abandoned: the message is no peer's to forge.
       _ when is_map_key(state.abandoned, ref) ->
-        with {:ok, pid} <- result do
-          :ok = terminate(pid)
+        with {:ok, pid} <- result, do: :ok = terminate(pid)
 
-          if Lifetime.hosting({state.module, key}) == nil,
-            do: Lifetime.forget({state.module, key})
+        if Lifetime.hosting({state.module, key}) == nil do
+          with {:ok, _pid} <- result, do: Lifetime.forget({state.module, key})
+          unless found_taken?(result), do: :ok = remove_store(state, key)
         end
 
         {:noreply, %{state | abandoned: Map.delete(state.abandoned, ref)}}
@@ -300,9 +350,72 @@ defmodule Visor.Groups.Host do
   defp instance(_module, other),
     do: {:error, {:bad_members, "not a group instance: #{inspect(other)}"}}
 
+  # The groups whose stores are in the keyed directory, less those whose
+  # record does not name this node a member (a data_dir moved to another
+  # node), which are logged and skipped.
+  defp on_disk(%{keyed_dir: nil}), do: []
+
+  defp on_disk(state) do
+    for {key, recorded} <- Stores.scan(state.keyed_dir),
+        instance = on_disk_instance(state, key, recorded),
+        do: {key, instance}
+  end
+
+  defp on_disk_instance(state, key, recorded) do
+    case instance(state.module, recorded) do
+      {:ok, instance} ->
+        instance
+
+      {:error, reason} ->
+        Logger.warning(
+          "#{inspect({state.module, key})}: its store in #{store_dir(state, key)} is not " <>
+            "restarted: #{inspect(reason)}"
+        )
+
+        nil
+    end
+  end
+
+  defp store_dir(%{keyed_dir: nil}, _key), do: nil
+  defp store_dir(state, key), do: Options.keyed_store_dir(state.keyed_dir, key)
+
   defp node_list?([]), do: true
   defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
   defp node_list?(_other), do: false
+
+  # Tells `nodes`' hosts what this one runs, so that each tells it which
+  # of those it stopped (handle_info {:visor_hosted, ...}): a node that
+  # was down while a group was stopped, and restarted it from its store,
+  # learns of the stop from the nodes up when its host starts. (Nodes that
+  # connect later ask this one for its groups when they adopt: the same.)
+  defp announce_hosted(nodes, module) do
+    with [_ | _] = hosted <- Lifetime.hosted(module) do
+      for node <- nodes,
+          do:
+            :erlang.send({Visor.Groups.host(module), node}, {:visor_hosted, node(), hosted}, [
+              :noconnect
+            ])
+    end
+
+    :ok
+  end
+
+  defp tell_stopped(module, node, [{key, instance} | rest]) when key != nil do
+    if Lifetime.stale?({module, Options.canonical_key(key)}, instance),
+      do: :ok = tell_stale(module, node, key, instance)
+
+    tell_stopped(module, node, rest)
+  end
+
+  defp tell_stopped(module, node, [_junk | rest]), do: tell_stopped(module, node, rest)
+  defp tell_stopped(_module, _node, _end), do: :ok
+
+  defp tell_stale(module, node, key, instance) do
+    _ =
+      :erlang.send({Visor.Groups.host(module), node}, {:visor_stale, key, instance}, [:noconnect])
+
+    :ok
+  end
 
   # Asks `nodes`' hosts, in a process of its own (a node may be slow to
   # answer), for the formed groups they run that name this node a member.
@@ -372,13 +485,16 @@ defmodule Visor.Groups.Host do
     partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), index}}
     host = self()
     ref = make_ref()
+    claim = claim(store_dir(state, key), key, instance, Lifetime.tombstones(group))
 
     spawn(fn ->
       result =
-        try do
-          DynamicSupervisor.start_child(partition, spec)
-        catch
-          :exit, reason -> {:error, reason}
+        with :ok <- claim.() do
+          try do
+            DynamicSupervisor.start_child(partition, spec)
+          catch
+            :exit, reason -> {:error, reason}
+          end
         end
 
       send(host, {:visor_started, key, ref, result})
@@ -387,6 +503,25 @@ defmodule Visor.Groups.Host do
     start = %{ref: ref, instance: instance, waiters: [from], keep?: keep?, partition: index}
     %{state | starting: Map.put(state.starting, key, start)}
   end
+
+  # Disk mode: the group's directory is made its own before its store is
+  # created (Visor.Groups.Stores), in the start's process (it syncs a
+  # file). This host runs one start of a key at a time, and removes no
+  # directory while its start runs (stop/2). Not covered: a key started
+  # again while a start that a stop overtook is still running (the stop
+  # forgot it); the two may meet in the directory, and the new start
+  # then fails on this node, as it may in the registry.
+  defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
+  defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
+
+  defp remove_store(state, key) do
+    with dir when dir != nil <- store_dir(state, key), do: Stores.remove(dir)
+    :ok
+  end
+
+  # A start that found its directory holding something else left it as
+  # it was (Visor.Groups.Stores.claim/4): it is not the start's to remove.
+  defp found_taken?(result), do: match?({:error, {:store_taken, _, _}}, result)
 
   defp started(state, key, start, {:ok, pid}) do
     Enum.each(start.waiters, &reply(&1, {:ok, :started}))
@@ -415,6 +550,7 @@ defmodule Visor.Groups.Host do
     else
       # A caller's first start here: nothing of it is left behind.
       _ = Lifetime.forget(group)
+      unless found_taken?({:error, reason}), do: :ok = remove_store(state, key)
       state
     end
   end
@@ -524,6 +660,9 @@ defmodule Visor.Groups.Host do
       {recorded, :undone} -> :ok = Lifetime.undone(group, recorded)
     end
 
+    # A start in progress may still write the directory: it goes when
+    # that start ends (handle_info {:visor_started, ...}).
+    if starting == nil, do: :ok = remove_store(state, key)
     {if(running or recorded != nil, do: :ok, else: :no_group), state}
   end
 end

@@ -148,7 +148,7 @@ defmodule Visor.Server.Lifecycle do
 
   defp storage_opts(%Options{storage: {:disk, dir}} = config, members) do
     meta = Formation.store_meta(members, config.settings)
-    %{data_dir: dir, group: Options.group_name(config.module), meta: meta}
+    %{data_dir: dir, group: Options.store_group(config), meta: meta}
   end
 
   @doc """

@@ -1,0 +1,233 @@
+defmodule Visor.Groups.Stores do
+  @moduledoc false
+  # Disk mode of a module's keyed groups on one node (`{Visor.Groups,
+  # storage: :disk, data_dir: dir}`): what lies in the directory of the
+  # module's keyed groups (`Visor.Options.keyed_dir/1`,
+  # `<data_dir>/Elixir.Cache.keyed`). Each group has a directory of its
+  # own there, named by its key (`Visor.Options.keyed_store_dir/2`), which
+  # holds its store (opened by the engine, and checked by
+  # `Visor.Formation.Restore`, as a default group's) and its *record*, a
+  # file `keyed_group`: the key and the instance (`t:Visor.Lifetime.instance/0`)
+  # this node's host runs there.
+  #
+  # Why a record: after a VM restart `Visor.Lifetime` is empty, and a
+  # store's name is a hash of the key, not the key. The record is what
+  # the host needs to start the group again (`scan/1`), each replica then
+  # restarting from its store. It is written before the store is created
+  # (`claim/4`), so every store has one, and removed first (`remove/1`),
+  # so a directory without a record is the leftover of a creation or a
+  # removal cut short, which no scan starts and the next claim clears.
+  #
+  # Written aside, synced and renamed, as the formation record is
+  # (`Visor.Formation`): a crash leaves the old file or the new. The
+  # rename is made durable by the engine, which syncs the directory when
+  # it opens the store, before the replica acknowledges anything.
+
+  require Logger
+
+  alias Visor.{Lifetime, Options}
+  alias Visor.Formation.Restore
+
+  @record "keyed_group"
+
+  @typedoc """
+  Why a start cannot use its directory (`why` is for people): it holds
+  something else, left as it is; or its record cannot be written.
+  """
+  @type refusal :: {:store_taken, Path.t(), String.t()} | {:record_failed, Path.t(), String.t()}
+
+  @doc """
+  Makes `dir` the store directory of `instance` of the keyed group of
+  `key`, before its store is opened: `:ok` when its record names that
+  instance already, or once it does. A directory of an instance this
+  host stopped or undid (`stopped`, `Visor.Lifetime.tombstones/1`), or
+  one without a record, is cleared first.
+  Any other (another key's, another instance's, an unreadable record) is
+  left as it is: `{:error, {:store_taken, dir, why}}`. A record that
+  cannot be written: `{:error, {:record_failed, path, why}}`.
+  """
+  @spec claim(Path.t(), term(), Lifetime.instance(), %{
+          through: non_neg_integer(),
+          undone: [Lifetime.instance()]
+        }) ::
+          :ok | {:error, refusal()}
+  def claim(dir, key, instance, stopped) do
+    case read(dir) do
+      {:ok, ^key, ^instance} ->
+        :ok
+
+      {:ok, ^key, earlier} ->
+        if Lifetime.stopped_in?(stopped, earlier),
+          do: create(dir, key, instance),
+          else:
+            taken(dir, "it holds #{describe(earlier)} of the key, which this node runs or ran")
+
+      {:ok, other, _instance} ->
+        taken(dir, "it holds the keyed group #{inspect(other)}")
+
+      :none ->
+        create(dir, key, instance)
+
+      {:error, why} ->
+        taken(dir, why)
+    end
+  end
+
+  defp create(dir, key, instance) do
+    with :ok <- clear(dir),
+         :ok <- write(dir, key, instance) do
+      :ok
+    else
+      {:error, path, reason} ->
+        {:error, {:record_failed, path, "#{:file.format_error(reason)} (#{inspect(reason)})"}}
+    end
+  end
+
+  defp taken(dir, why), do: {:error, {:store_taken, dir, why}}
+
+  defp describe(%{members: members, id: id}),
+    do: "the instance #{id} (members #{inspect(members)})"
+
+  @doc """
+  The keyed groups whose directories are in `keyed_dir`: `[{key,
+  instance}]`. A directory whose record is missing or cannot be read, or
+  names a key that is not the directory's, is logged and skipped: its
+  files are left as they are.
+  """
+  @spec scan(Path.t()) :: [{term(), Lifetime.instance()}]
+  def scan(keyed_dir) do
+    case File.ls(keyed_dir) do
+      {:ok, names} ->
+        for name <- Enum.sort(names),
+            found = found(Path.join(keyed_dir, name), name),
+            do: found
+
+      {:error, :enoent} ->
+        []
+
+      {:error, reason} ->
+        Logger.error(
+          "cannot list #{keyed_dir} (#{:file.format_error(reason)}): no keyed group " <>
+            "restarts from its store there"
+        )
+
+        []
+    end
+  end
+
+  defp found(dir, name) do
+    case read(dir) do
+      {:ok, key, instance} ->
+        if Options.store_key(key) == name,
+          do: {key, instance},
+          else: skip(dir, "its record names the key #{inspect(key)}, whose directory is another")
+
+      :none ->
+        skip(dir, "it has no record (a group's creation or removal was cut short)")
+
+      {:error, why} ->
+        skip(dir, why)
+    end
+  end
+
+  defp skip(dir, why) do
+    Logger.warning(
+      "#{dir}: not restarted as a keyed group: #{why}; its files are left as they are " <>
+        "(remove the directory if no group needs them)"
+    )
+
+    nil
+  end
+
+  @doc """
+  Removes the directory of a stopped keyed group (its processes have
+  exited), its record first. A failure is logged: the directory is then
+  cleared by the next `claim/4` of the key, as the stopped instance's.
+  """
+  @spec remove(Path.t()) :: :ok
+  def remove(dir) do
+    with {:ok, _} <- rm(Path.join(dir, @record)),
+         {:ok, _} <- File.rm_rf(dir) do
+      :ok
+    else
+      {:error, reason, path} ->
+        Logger.warning(
+          "cannot remove #{path} (#{:file.format_error(reason)}), the store of a stopped " <>
+            "keyed group"
+        )
+    end
+  end
+
+  defp rm(file) do
+    case File.rm(file) do
+      :ok -> {:ok, [file]}
+      {:error, :enoent} -> {:ok, []}
+      {:error, reason} -> {:error, reason, file}
+    end
+  end
+
+  defp clear(dir) do
+    case File.rm_rf(dir) do
+      {:ok, _} -> :ok
+      {:error, reason, path} -> {:error, path, reason}
+    end
+  end
+
+  defp write(dir, key, instance) do
+    file = Path.join(dir, @record)
+
+    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(dir)},
+         {:write, :ok} <-
+           {:write, :file.write_file(file <> ".new", encode(key, instance), [:sync])},
+         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
+      :ok
+    else
+      {:mkdir, {:error, reason}} -> {:error, dir, reason}
+      {:write, {:error, reason}} -> {:error, file <> ".new", reason}
+      {:rename, {:error, reason}} -> {:error, file, reason}
+    end
+  end
+
+  # An md5 of the body first: a record damaged on disk reads as
+  # unreadable, not as another key or instance. Node names are kept as
+  # strings, as in a store's metadata (`Visor.Formation.Restore`).
+  defp encode(key, %{members: members, id: id}) do
+    body =
+      :erlang.term_to_binary(
+        %{visor: 1, key: key, members: Enum.map(members, &Atom.to_string/1), id: id},
+        minor_version: 1
+      )
+
+    :erlang.md5(body) <> body
+  end
+
+  # The record in `dir`: `{:ok, key, instance}`, `:none` (no record), or
+  # `{:error, why}`.
+  defp read(dir) do
+    case File.read(Path.join(dir, @record)) do
+      {:ok, bytes} -> decode(bytes)
+      {:error, reason} when reason in [:enoent, :enotdir] -> :none
+      {:error, reason} -> {:error, "its record cannot be read: #{:file.format_error(reason)}"}
+    end
+  end
+
+  # Not `binary_to_term(_, [:safe])`: a key is any term, and its atoms may
+  # not exist yet in a restarted VM. The body is decoded only once its
+  # md5 matches, so only what this module wrote is: a record written
+  # by something else is at worst a key that names another directory,
+  # which `scan/1` skips.
+  defp decode(<<sum::binary-16, body::binary>>) do
+    with true <- :erlang.md5(body) == sum,
+         %{visor: 1, key: key, members: [_ | _] = names, id: id}
+         when is_integer(id) and id >= 0 <- :erlang.binary_to_term(body),
+         true <- Restore.node_names?(names) do
+      {:ok, key, %{members: Enum.map(names, &String.to_atom/1), id: id}}
+    else
+      _ -> {:error, "its record is damaged"}
+    end
+  rescue
+    ArgumentError -> {:error, "its record is damaged"}
+  end
+
+  defp decode(_bytes), do: {:error, "its record is damaged"}
+end

@@ -1,0 +1,181 @@
+defmodule Visor.KeyedDiskTest do
+  # Keyed groups in disk mode (`{Visor.Groups, storage: :disk}`) on real
+  # nodes: a restarted node's host starts its groups again from their
+  # stores, even when every member restarted at once; stop_group removes
+  # their directories; a damaged record is skipped. Each node has its own
+  # data_dir under the test's tmp_dir. Not async: real nodes.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter, Fragile}
+
+  @moduletag :tmp_dir
+
+  defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+  defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
+
+  defp disk_opts(tmp, placement) do
+    fn node -> placement ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
+  end
+
+  # docs/operations.md, "Keyed groups": <data_dir>/<module>.keyed/<hash of the key>.
+  defp store_dir(tmp, node, {module, key}) do
+    Path.join([tmp, Atom.to_string(node), "#{module}.keyed", Visor.Options.store_key(key)])
+  end
+
+  defp start_all(node, groups) do
+    for group <- groups, do: assert({:ok, _} = rpc(node, :start_group, [group]))
+  end
+
+  # Until `node`'s replica of `group` is normal, opened as `opened`, and
+  # holds `applied` (read on its own replica).
+  defp serves(node, group, opened, applied) do
+    Cluster.eventually(fn -> rpc(node, :status, [group]).status == :normal end, 30_000)
+    assert rpc(node, :status, [group]).storage.opened == opened
+
+    Cluster.eventually(fn ->
+      rpc(node, :get, [group, [consistency: :local]]).applied == MapSet.new(applied)
+    end)
+  end
+
+  test "a member SIGKILLed and restarted gets its keyed groups back from their stores, with every acknowledged commit",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, members: members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    groups = for i <- 1..4, do: {Counter, {:user, i}}
+    start_all(a, groups)
+
+    for {_, {:user, i}} = group <- groups do
+      assert rpc(b, :commit, [group, {:incr, {i, :before}}]) == 1
+    end
+
+    # Each group's store is its own, named in the store by its key.
+    for group <- groups, node <- members do
+      Cluster.eventually(fn -> rpc(node, :status, [group]).storage.opened == :created end)
+      dir = store_dir(tmp, node, group)
+      assert {:ok, %{group: name}} = :erpc.call(node, Visor.Native, :probe, [dir])
+      assert name == "Elixir.Visor.Test.Counter.keyed/" <> Path.basename(dir)
+    end
+
+    :ok = Cluster.kill_node(c, [a, b])
+
+    for {_, {:user, i}} = group <- groups do
+      assert rpc(a, :commit, [group, {:incr, {i, :while_down}}, 20_000]) == 2
+    end
+
+    Cluster.restart_peer(c, [a, b])
+    :ok = Cluster.start_groups_host([c], Counter, opts)
+
+    # From its store (not rejoining with an empty one), with the commits
+    # acknowledged before it died, and those made while it was down.
+    for {_, {:user, i}} = group <- groups do
+      serves(c, group, :restarted, [{i, :before}, {i, :while_down}])
+      assert {:member, %{recover: false}} = :erpc.call(c, Visor.Formation, :decision, [group])
+    end
+  end
+
+  test "every member killed at once: restarted with their hosts, every keyed group serves again with every acknowledged commit",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, replicas: 3)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    groups = for i <- 1..4, do: {Counter, "cart-#{i}"}
+    start_all(b, groups)
+
+    for group <- groups, n <- 1..2 do
+      assert rpc(a, :commit, [group, {:incr, n}]) == n
+    end
+
+    # Power loss. No node remembers anything in memory, and none can adopt
+    # the groups from another: only their stores bring them back.
+    :ok = Cluster.kill_nodes(members)
+    Cluster.restart_all(members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+
+    for group <- groups, node <- members, do: serves(node, group, :restarted, [1, 2])
+    for group <- groups, do: assert(rpc(c, :commit, [group, {:incr, 3}]) == 3)
+    assert length(rpc(a, :which_groups, [Counter])) == length(groups)
+  end
+
+  test "stop_group removes the group's directory on every member, and a start again is new and empty; an undone start leaves none",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, members: members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    group = {Counter, %{tenant: "t1"}}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(b, :commit, [group, {:incr, :old}]) == 1
+
+    for node <- members do
+      Cluster.eventually(fn -> rpc(node, :status, [group]).storage.opened == :created end)
+      assert File.exists?(Path.join(store_dir(tmp, node, group), "keyed_group"))
+    end
+
+    assert rpc(c, :stop_group, [group]) == :ok
+    for node <- members, do: refute(File.exists?(store_dir(tmp, node, group)))
+
+    assert {:ok, _} = rpc(b, :start_group, [group])
+    for node <- members, do: serves(node, group, :created, [])
+    assert rpc(c, :commit, [group, {:incr, :new}]) == 1
+
+    # A new group one member cannot start: the others stop it again, and
+    # no member keeps a directory of it.
+    :ok = Cluster.start_groups_host(members, Fragile, opts)
+    :ok = :erpc.call(c, Fragile, :break, [])
+    refused = {Fragile, "refused"}
+    assert {:error, {:start_failed, ^c, _}} = rpc(a, :start_group, [refused])
+
+    for node <- members do
+      Cluster.eventually(fn -> not File.exists?(store_dir(tmp, node, refused)) end)
+    end
+  end
+
+  test "a member down during stop_group restarts the group from its store, is told to stop it by a node that stopped it, and its directory goes",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, members: members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    group = {Counter, "stopped while down"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :old}]) == 1
+    Cluster.eventually(fn -> rpc(c, :status, [group]).storage.opened == :created end)
+
+    :ok = Cluster.kill_node(c, [a, b])
+    assert rpc(a, :stop_group, [group]) == :ok
+    assert File.exists?(Path.join(store_dir(tmp, c, group), "keyed_group"))
+
+    Cluster.restart_peer(c, [a, b])
+    :ok = Cluster.start_groups_host([c], Counter, opts)
+    Cluster.eventually(fn -> not File.exists?(store_dir(tmp, c, group)) end, 15_000)
+    assert rpc(c, :which_groups, [Counter]) == []
+
+    for node <- members,
+        do: assert(rpc(node, :commit, [group, {:incr, :x}]) == {:error, :no_group})
+  end
+
+  test "a damaged record is logged and skipped: the host restores the other groups", %{
+    tmp_dir: tmp
+  } do
+    [node] = nodes(1)
+    opts = disk_opts(tmp, replicas: 1)
+    :ok = Cluster.start_groups_host([node], Counter, opts)
+    groups = for i <- 1..3, do: {Counter, i}
+    start_all(node, groups)
+    for {_, i} = group <- groups, do: assert(rpc(node, :commit, [group, {:incr, i}]) == 1)
+
+    :ok = Cluster.kill_node(node)
+    [kept1, damaged, kept2] = groups
+    record = Path.join(store_dir(tmp, node, damaged), "keyed_group")
+    File.write!(record, binary_part(File.read!(record), 0, 20) <> "garbage")
+
+    Cluster.restart_peer(node, [])
+    :ok = Cluster.start_groups_host([node], Counter, opts, :critical)
+
+    serves(node, kept1, :restarted, [1])
+    serves(node, kept2, :restarted, [3])
+    assert rpc(node, :which_groups, [Counter]) |> Enum.map(& &1.key) |> Enum.sort() == [1, 3]
+    assert :erpc.call(node, Process, :whereis, [Visor.Groups.host(Counter)]) |> is_pid()
+    # Its files are left as they were.
+    assert File.exists?(Path.join(store_dir(tmp, node, damaged), "superblock"))
+  end
+end
