@@ -605,11 +605,13 @@ defmodule Visor do
   `{:error, {:no_group_host, member}}` otherwise. A replica of a stopped
   instance still running on a member (cut off at the stop) is stopped
   first; a new instance never shares a cluster id with a stopped one.
-  A member that refuses or fails to start it (`{:start_failed, node,
-  reason}`: `initial_state/1` raised, say) fails the call, and the
-  members that started a new group stop it again, unless a member that
-  failed runs it by then (a retry started it; a group that ran already
-  is left running too). Two concurrent calls with different members for
+  A member that refuses a new group (it holds another instance of the
+  key, say) fails the call, and the members that started it stop it
+  again. A member whose start fails (`{:start_failed, node, reason}`:
+  `initial_state/1` raised, say) fails the call too, but the group is
+  left on the others (it may have formed without that member): call
+  `start_group/2` again, or `stop_group/2`. A group that ran already is
+  left running. Two concurrent calls with different members for
   one new key may both fail (docs/operations.md, "Keyed groups").
   Errors: `{:no_group_host, node}`, `{:no_answer, node}`, `{:not_enough_nodes,
   wanted, found}` (`wanted` is `replicas:`, else the host's, 3 unless

@@ -241,11 +241,7 @@ defmodule Visor.Groups do
   # instances of it it stopped (`Visor.Lifetime.stopped/2`). nil when the
   # host does not run here.
   @spec membership(module(), term()) ::
-          %{
-            options: map(),
-            hosted: Lifetime.instance() | nil,
-            stopped: %{through: non_neg_integer(), undone: [Lifetime.instance()]}
-          }
+          %{options: map(), hosted: Lifetime.instance() | nil, stopped: Lifetime.stops()}
           | nil
   def membership(module, key) do
     if options = host_options(module) do
@@ -266,39 +262,14 @@ defmodule Visor.Groups do
   end
 
   @doc false
-  # Undoes a failed start of `instance` here (`Visor.Groups.Control`): stops
-  # and forgets it if the host holds it, and records it as undone, never
-  # to be started here again: `:ok`, or `:no_group`.
+  # Undoes a refused start of `instance` here (`Visor.Groups.Control`):
+  # stops and forgets it if the host holds it (no tombstone: it never
+  # formed anywhere): `:ok`, or `:no_group`.
   @spec undo_here(module(), term(), Lifetime.instance()) :: :ok | :no_group | {:error, term()}
   def undo_here(module, key, instance) do
     if host_options(module),
       do: GenServer.call(host(module), {:visor_undo, key, instance}, :infinity),
       else: :no_group
-  end
-
-  @doc false
-  # Before a failed start is undone: `:fenced` if the host does not hold
-  # `instance` (it records it as undone, and never starts it), `:hosting`
-  # if it does (a later start reached it: the instance may run).
-  # A node whose host is down (restarting) is fenced through the record
-  # its host restarts from.
-  @spec fence_here(module(), term(), Lifetime.instance()) :: :fenced | :hosting | {:error, term()}
-  def fence_here(module, key, instance) do
-    if host_options(module),
-      do: GenServer.call(host(module), {:visor_fence, key, instance}, :infinity),
-      else: fence({module, Options.canonical_key(key)}, instance)
-  end
-
-  @doc false
-  # The fence itself, in the host's process when it runs.
-  @spec fence({module(), term()}, Lifetime.instance()) :: :fenced | :hosting
-  def fence(group, instance) do
-    if Lifetime.hosting(group) == instance do
-      :hosting
-    else
-      :ok = Lifetime.undone(group, instance)
-      :fenced
-    end
   end
 
   @doc false

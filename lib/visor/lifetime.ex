@@ -134,9 +134,11 @@ defmodule Visor.Lifetime do
   """
   @type instance :: %{members: [node()], id: pos_integer()}
 
-  # Undone starts remembered per key (instances that never formed: one
-  # forgotten costs nothing but a stray that never serves).
-  @undone 16
+  @typedoc """
+  What a host stopped of a key: for each member list, the highest
+  generation stopped with it.
+  """
+  @type stops :: %{[node()] => pos_integer()}
 
   @doc """
   Records that this node's group host runs `instance` of the keyed group
@@ -170,56 +172,51 @@ defmodule Visor.Lifetime do
   Records that this node's group host stopped `instance` of the keyed
   group `group` with `stop_group` (a tombstone, kept for the life of the
   VM as the rest of the table is, in a row of its own): every instance of
-  the key up to its generation is stopped, since a later generation is
-  only created once every earlier one was stopped. A member cut off at
-  the stop that still runs one of them is told to stop it, rather than
-  given back, and this host never starts one again (`stale?/2`).
+  the key with those members, up to its generation, is stopped. An
+  instance of these members is only created once no member holds an
+  earlier one (every member answers a start), so an earlier one still
+  running is a replica cut off from its stop. Such a member is told to
+  stop it, rather than given back, and this host never starts one again
+  (`stale?/2`). Per member list: an instance of other members may have
+  the same generation (created where this stop was not seen, across a
+  partition), and is not this stop's.
   """
   @spec stopped({module(), term()}, instance()) :: :ok
-  def stopped({_module, _key} = group, %{id: id}) do
-    %{through: through} = stops = tombstones(group)
-    write_tombstones(group, %{stops | through: max(through, id)})
+  def stopped({_module, _key} = group, %{members: members, id: id}) do
+    stops = Map.update(tombstones(group), members, id, &max(&1, id))
+    {:ok, table} = table()
+    true = :ets.insert(table, {{:stopped, group}, stops})
+    :ok
   end
 
-  @doc """
-  Records that `instance` of `group` was undone here: a failed
-  `start_group` stopped it before it ever formed (`Visor.Groups.Host`),
-  so it is never started here again. Only that instance: another of the
-  same generation (other members, started at the same moment) may run.
-  """
-  @spec undone({module(), term()}, instance()) :: :ok
-  def undone({_module, _key} = group, instance) do
-    %{undone: undone} = stops = tombstones(group)
-    write_tombstones(group, %{stops | undone: Enum.take([instance | undone], @undone)})
-  end
-
-  @doc """
-  What this node's group host stopped of `group`: `through`, the highest
-  generation stopped (0 for none), and the instances `undone/2`.
-  """
-  @spec tombstones({module(), term()}) :: %{through: non_neg_integer(), undone: [instance()]}
+  @doc "What this node's group host stopped of `group` (`stopped/2`)."
+  @spec tombstones({module(), term()}) :: stops()
   def tombstones({_module, _key} = group) do
     with table when table != :undefined <- :ets.whereis(@table),
          [{_, stops}] <- :ets.lookup(table, {:stopped, group}) do
       stops
     else
-      _ -> %{through: 0, undone: []}
+      _ -> %{}
     end
   end
 
-  @doc "Whether `instance` of `group` is one this node's host stopped or undid."
+  @doc "Whether `instance` of `group` is one this node's host stopped."
   @spec stale?({module(), term()}, instance()) :: boolean()
   def stale?({_module, _key} = group, instance),
     do: stopped_in?(tombstones(group), instance)
 
-  @doc "Whether `instance` is one `stops` (`tombstones/1`, or several merged) stopped or undid."
-  @spec stopped_in?(%{through: non_neg_integer(), undone: [instance()]}, instance()) :: boolean()
-  def stopped_in?(%{through: through, undone: undone}, %{id: id} = instance),
-    do: id <= through or instance in undone
+  @doc "Whether `instance` is one `stops` (`tombstones/1`, or several merged) stopped."
+  @spec stopped_in?(stops(), instance()) :: boolean()
+  def stopped_in?(stops, %{members: members, id: id}), do: id <= Map.get(stops, members, 0)
 
-  defp write_tombstones(group, stops) do
-    {:ok, table} = table()
-    true = :ets.insert(table, {{:stopped, group}, stops})
+  @doc """
+  Drops the instance this node's host records for `group` (it is being
+  stopped), keeping the rest of the record until `forget/1`, which waits
+  for the group's processes to be gone.
+  """
+  @spec unhost({module(), term()}) :: :ok
+  def unhost({_module, _key} = group) do
+    with %{hosted: _} = record <- read(group), do: write(group, Map.delete(record, :hosted))
     :ok
   end
 

@@ -97,7 +97,7 @@ defmodule Visor.KeyedDiskTest do
     assert length(rpc(a, :which_groups, [Counter])) == length(groups)
   end
 
-  test "stop_group removes the group's directory on every member, and a start again is new and empty; an undone start leaves none",
+  test "stop_group removes the group's directory on every member, and a start again is new and empty; so does a failed start's",
        %{tmp_dir: tmp} do
     [a, b, c] = members = nodes(3)
     opts = disk_opts(tmp, members: members)
@@ -118,15 +118,18 @@ defmodule Visor.KeyedDiskTest do
     for node <- members, do: serves(node, group, :created, [])
     assert rpc(c, :commit, [group, {:incr, :new}]) == 1
 
-    # A new group one member cannot start: the others stop it again, and
-    # no member keeps a directory of it.
+    # A new group one member cannot start: its start began there (its
+    # formation may have answered), so the group is left on the others;
+    # stop_group removes it, and no member keeps a directory of it.
     :ok = Cluster.start_groups_host(members, Fragile, opts)
     :ok = :erpc.call(c, Fragile, :break, [])
-    refused = {Fragile, "refused"}
-    assert {:error, {:start_failed, ^c, _}} = rpc(a, :start_group, [refused])
+    failed = {Fragile, "failed"}
+    assert {:error, {:start_failed, ^c, _}} = rpc(a, :start_group, [failed])
+    assert rpc(a, :lookup, [failed]) |> Keyword.keys() |> Enum.sort() == Enum.sort([a, b])
+    assert rpc(a, :stop_group, [failed]) == :ok
 
     for node <- members do
-      Cluster.eventually(fn -> not File.exists?(store_dir(tmp, node, refused)) end)
+      Cluster.eventually(fn -> not File.exists?(store_dir(tmp, node, failed)) end)
     end
   end
 

@@ -138,34 +138,32 @@ defmodule Visor.Groups.Control do
   # host holds the key with other members. Asked before any member starts,
   # so a refused start leaves nothing behind.
   #
-  # A host that holds an instance one of the hosts stopped (or undid)
-  # runs a replica cut off from that stop: stopped first, by instance,
-  # so that a stop that arrives late can stop nothing else. If the hosts
-  # hold an instance nobody stopped, this start ensures it runs; else the
-  # group is new, of the generation after every one the hosts stopped or
-  # undid: never a stopped one's, and the same for two calls that start
-  # one new key at once (seeing the same hosts), which then start one
-  # instance, not two that refuse each other.
+  # A host that holds an instance one of the hosts stopped runs a replica
+  # cut off from that stop: stopped first, by instance, so that a stop
+  # that arrives late can stop nothing else. If the hosts hold an
+  # instance nobody stopped, this start ensures it runs; else the group
+  # is new, of the generation after every one the hosts stopped: never a
+  # stopped one's, and the same for two calls that start one new key at
+  # once (seeing the same hosts), which then start one instance, not two
+  # that refuse each other.
   defp instance({module, key}, members, hosts) do
-    stops = hosts |> Map.values() |> Enum.map(& &1.stopped) |> merge_stops()
+    stops =
+      hosts
+      |> Map.values()
+      |> Enum.map(& &1.stopped)
+      |> Enum.reduce(%{}, &Map.merge(&1, &2, fn _members, a, b -> max(a, b) end))
 
     {stale, held} =
       hosts
       |> Enum.filter(&match?({_node, %{hosted: %{}}}, &1))
       |> Enum.split_with(fn {_node, %{hosted: hosted}} -> Lifetime.stopped_in?(stops, hosted) end)
 
-    # Each the way it was stopped: a generation stopped, or only that
-    # instance undone (another of its generation may run).
-    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)) do
-      if hosted.id <= stops.through,
-        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, [hosted]], @ask_timeout_ms),
-        else: :erpc.multicall(nodes, Groups, :undo_here, [module, key, hosted], @ask_timeout_ms)
-    end
+    for {hosted, nodes} <- Enum.group_by(stale, &elem(&1, 1).hosted, &elem(&1, 0)),
+        do: :erpc.multicall(nodes, Groups, :stop_here, [module, key, [hosted]], @ask_timeout_ms)
 
     case held |> Enum.map(&elem(&1, 1).hosted) |> Enum.uniq() do
       [] ->
-        undone = Enum.map(stops.undone, & &1.id)
-        {:ok, %{members: members, id: Enum.max([stops.through | undone]) + 1}, false}
+        {:ok, %{members: members, id: Enum.max([0 | Map.values(stops)]) + 1}, false}
 
       [%{members: ^members} = instance] ->
         {:ok, instance, true}
@@ -173,13 +171,6 @@ defmodule Visor.Groups.Control do
       [%{members: others} | _] ->
         {:error, {:already_started, %{members: others}}}
     end
-  end
-
-  defp merge_stops(stops) do
-    %{
-      through: stops |> Enum.map(& &1.through) |> Enum.max(fn -> 0 end),
-      undone: stops |> Enum.flat_map(& &1.undone) |> Enum.uniq()
-    }
   end
 
   # Asks every member's host to start the instance, all at once, and
@@ -206,16 +197,18 @@ defmodule Visor.Groups.Control do
     outcome(group, instance, answers, existed?)
   end
 
-  # A new group that a member refused or failed to start is undone: the
-  # members that started it (or are starting it) stop it again, so a
-  # refused or failed start leaves nothing behind. Only once every member
-  # that failed is fenced (it records the instance as undone, and never
-  # starts it): while one of them does not run the instance, no replica
-  # of it can have formed (a new group forms once every member answers),
-  # and none can after. A member that runs it by then (a retry started
-  # it, and the group may be serving) leaves it all running. One that
-  # existed is left as it is: a member restarting its replica, slowly or
-  # failing, is still one of its members.
+  # A new group that a member refused is undone: the members that started
+  # it (or are starting it) stop it again, so a refused start leaves
+  # nothing behind. Refused: the member's host started nothing of it (it
+  # holds another instance, or had stopped this one, or is no member),
+  # so the instance can never form (a new group forms once every member
+  # answered). A member whose start began and failed (its initial_state
+  # raised, or its host went down) may have answered the others'
+  # formation meanwhile: the group may have formed and served without
+  # it, so nothing is undone; the error says which member failed, and a
+  # start_group again (which starts it there) or a stop_group settles it.
+  # One that existed is left as it is: a member restarting its replica,
+  # slowly or failing, is still one of its members.
   defp outcome({module, key}, instance, answers, existed?) do
     results = Enum.map(answers, &elem(&1, 1))
     failure = Enum.find(results, &match?({:error, reason} when reason != :timeout, &1))
@@ -225,12 +218,9 @@ defmodule Visor.Groups.Control do
         failure
 
       failure != nil ->
-        failed = for {node, {:error, reason}} <- answers, reason != :timeout, do: node
+        failures = for {:error, reason} <- results, reason != :timeout, do: reason
 
-        fences =
-          :erpc.multicall(failed, Groups, :fence_here, [module, key, instance], @ask_timeout_ms)
-
-        if Enum.all?(fences, &(&1 == {:ok, :fenced})) do
+        if Enum.all?(failures, &refusal?/1) do
           undo =
             for {node, result} <- answers,
                 result in [{:ok, :started}, {:error, :timeout}],
@@ -251,6 +241,15 @@ defmodule Visor.Groups.Control do
         :already_started
     end
   end
+
+  # A member's answer that it started nothing (Visor.Groups.Host.start/5).
+  defp refusal?({:already_started, _}), do: true
+  defp refusal?({:not_a_member, _}), do: true
+  defp refusal?({:bad_members, _}), do: true
+  defp refusal?({:start_failed, _node, :stopped}), do: true
+  defp refusal?({:start_failed, _node, {:store_taken, _dir, _why}}), do: true
+  defp refusal?({:start_failed, _node, {:record_failed, _path, _why}}), do: true
+  defp refusal?(_began), do: false
 
   # Until a quorum of the members runs a normal replica: their primary.
   defp await_quorum(group, members, deadline) do

@@ -93,7 +93,8 @@ defmodule Visor.Groups.Host do
   # answer; keep?: on failure, try again rather than forget, as the group
   # was recorded here before, or adopted; partition: where it starts).
   # backoff: key => Visor.Groups.Backoff, for groups that failed here;
-  # abandoned: ref => key, the starts stopped before they ended;
+  # stopping: key => %{ref:, waiters:, deferred:}, the groups whose
+  # processes are ending (stop/4; deferred: the starts that wait);
   # keyed_dir: where the groups' stores are in disk mode, else nil.
   defstruct [
     :module,
@@ -102,7 +103,7 @@ defmodule Visor.Groups.Host do
     monitors: %{},
     starting: %{},
     backoff: %{},
-    abandoned: %{}
+    stopping: %{}
   ]
 
   @doc false
@@ -153,43 +154,26 @@ defmodule Visor.Groups.Host do
     end
   end
 
-  # Stops the group if this host holds one of `instances` of it.
-  def handle_call({:visor_stop, key, instances}, _from, state) when is_list(instances) do
+  # Stops the group if this host holds one of `instances` of it. The
+  # caller is answered once its processes are gone (stop/4).
+  def handle_call({:visor_stop, key, instances}, from, state) when is_list(instances) do
     key = Options.canonical_key(key)
 
-    if Lifetime.hosting({state.module, key}) in instances do
-      {reply, state} = stop(state, key, :stopped)
-      {:reply, reply, state}
-    else
-      {:reply, :no_group, state}
-    end
+    if Lifetime.hosting({state.module, key}) in instances,
+      do: {:noreply, stop(state, key, :stopped, from)},
+      else: {:reply, :no_group, state}
   end
 
-  # A failed start's undo (`Visor.Groups.Control`): the instance is
-  # recorded as undone whether or not this host holds it.
-  # Both record an instance a peer names: checked first, as a start's.
-  def handle_call({:visor_undo, key, instance}, _from, state) do
+  # A refused start's undo (`Visor.Groups.Control`): only the instance a
+  # peer names, checked first, as a start's.
+  def handle_call({:visor_undo, key, instance}, from, state) do
     key = Options.canonical_key(key)
 
-    with {:ok, instance} <- instance(state.module, instance) do
-      if Lifetime.hosting({state.module, key}) == instance do
-        {reply, state} = stop(state, key, :undone)
-        {:reply, reply, state}
-      else
-        :ok = Lifetime.undone({state.module, key}, instance)
-        {:reply, :no_group, state}
-      end
-    else
-      error -> {:reply, error, state}
-    end
-  end
-
-  # Here, so that no start of the instance runs between the look and the
-  # record.
-  def handle_call({:visor_fence, key, instance}, _from, state) do
     case instance(state.module, instance) do
       {:ok, instance} ->
-        {:reply, Visor.Groups.fence({state.module, Options.canonical_key(key)}, instance), state}
+        if Lifetime.hosting({state.module, key}) == instance,
+          do: {:noreply, stop(state, key, :undone, from)},
+          else: {:reply, :no_group, state}
 
       error ->
         {:reply, error, state}
@@ -272,7 +256,7 @@ defmodule Visor.Groups.Host do
           "off from it; stopping it here"
       )
 
-      {:noreply, state |> stop(key, :stopped) |> elem(1)}
+      {:noreply, stop(state, key, :stopped, nil)}
     else
       {:noreply, state}
     end
@@ -284,22 +268,29 @@ defmodule Visor.Groups.Host do
         state = %{state | starting: Map.delete(state.starting, key)}
         {:noreply, started(state, key, start, result)}
 
-      # Stopped while it started: stopped now, and forgotten again (its
-      # formation may have written its record meanwhile), its directory
-      # with it, unless the key was started again since. Only a start
-      # this host abandoned: the message is no peer's to forge.
-      _ when is_map_key(state.abandoned, ref) ->
-        with {:ok, pid} <- result, do: :ok = terminate(pid)
+      # Stopped while it started (stop/4): its processes end now.
+      %{} ->
+        case state.stopping do
+          %{^key => %{ref: ^ref}} ->
+            case result do
+              {:ok, pid} ->
+                terminate_async(key, pid, ref)
+                {:noreply, state}
 
-        if Lifetime.hosting({state.module, key}) == nil do
-          with {:ok, _pid} <- result, do: Lifetime.forget({state.module, key})
-          unless found_taken?(result), do: :ok = remove_store(state, key)
+              failed ->
+                {:noreply, terminated(state, key, not found_taken?(failed))}
+            end
+
+          _junk ->
+            {:noreply, state}
         end
+    end
+  end
 
-        {:noreply, %{state | abandoned: Map.delete(state.abandoned, ref)}}
-
-      _junk ->
-        {:noreply, state}
+  def handle_info({:visor_terminated, key, ref}, state) do
+    case state.stopping do
+      %{^key => %{ref: ^ref}} -> {:noreply, terminated(state, key, true)}
+      _junk -> {:noreply, state}
     end
   end
 
@@ -444,7 +435,11 @@ defmodule Visor.Groups.Host do
     recorded = Lifetime.hosting(group)
 
     cond do
-      # Stopped or undone here (a stop_group overtook the caller).
+      # The key's processes are ending: this start waits for them.
+      Map.has_key?(state.stopping, key) ->
+        update_in(state.stopping[key].deferred, &[{instance, from, origin} | &1])
+
+      # Stopped here (a stop_group overtook the caller).
       Lifetime.stale?(group, instance) ->
         reply(from, {:error, {:start_failed, node(), :stopped}})
         state
@@ -620,13 +615,15 @@ defmodule Visor.Groups.Host do
     state
   end
 
-  # A start in progress is answered {:error, :no_group}, and its group
-  # stopped once it started (handle_info {:visor_started, ...}), not now:
-  # its supervisor, registered before its children start, would hold this
-  # process up until they have. `how` the stop is recorded: `:stopped`
-  # (stop_group: the instance's generation, and every earlier one) or
-  # `:undone` (a failed start: that instance only).
-  defp stop(state, key, how) do
+  # Stops the group here: the stop is recorded at once (the instance no
+  # longer hosted, and with `how` `:stopped`, stop_group's, a tombstone;
+  # `:undone`, a refused start's, none: it never formed), and its
+  # processes end in a process of their own (stopping/4), `from` answered
+  # `:ok` then: a group's supervisor may be busy (restarting a server
+  # whose initial_state is slow), and this process never waits for it. A
+  # start in progress is answered {:error, :no_group}, `from` at once,
+  # and its group stopped once its start ends.
+  defp stop(state, key, how, from) do
     group = {state.module, key}
     recorded = Lifetime.hosting(group)
     {starting, left} = Map.pop(state.starting, key)
@@ -639,30 +636,86 @@ defmodule Visor.Groups.Host do
         backoff: Map.delete(state.backoff, key)
     }
 
-    {running, state} =
-      case starting do
-        %{ref: ref, waiters: waiters} ->
-          for from <- waiters, do: reply(from, {:error, :no_group})
-          {true, %{state | abandoned: Map.put(state.abandoned, ref, key)}}
+    :ok = Lifetime.unhost(group)
+    if recorded != nil and how == :stopped, do: :ok = Lifetime.stopped(group, recorded)
 
-        nil ->
-          case Visor.Groups.running(state.module, key) do
-            {pid, _instance} -> {terminate(pid) == :ok, state}
-            nil -> {false, state}
+    case {starting, Visor.Groups.running(state.module, key)} do
+      # Its replica here never ran: the stop is answered at once, not
+      # after a start that may be slow.
+      {%{ref: ref, waiters: waiters}, _} ->
+        for waiter <- waiters, do: reply(waiter, {:error, :no_group})
+        reply(from, :ok)
+        stopping(state, key, {:starting, ref}, nil)
+
+      {nil, {pid, _instance}} ->
+        stopping(state, key, {:running, pid}, from)
+
+      {nil, nil} ->
+        reply(from, if(recorded, do: :ok, else: :no_group))
+        stopped(state, key, true)
+    end
+  end
+
+  # The group's processes (running, or still starting: `{:starting,
+  # ref}`) end in a process of their own, which says so with
+  # {:visor_terminated, key, ref} (a ref no peer can forge); meanwhile a
+  # start of the key waits (start/5), and another stop joins `from`.
+  defp stopping(state, key, what, from) do
+    case state.stopping do
+      %{^key => stop} ->
+        put_in(state.stopping[key], %{stop | waiters: [from | stop.waiters]})
+
+      _ ->
+        ref =
+          case what do
+            {:starting, ref} ->
+              ref
+
+            {:running, pid} ->
+              ref = make_ref()
+              terminate_async(key, pid, ref)
+              ref
           end
-      end
 
-    :ok = Lifetime.forget(group)
+        stop = %{ref: ref, waiters: [from], deferred: []}
+        %{state | stopping: Map.put(state.stopping, key, stop)}
+    end
+  end
 
-    case {recorded, how} do
-      {nil, _} -> :ok
-      {recorded, :stopped} -> :ok = Lifetime.stopped(group, recorded)
-      {recorded, :undone} -> :ok = Lifetime.undone(group, recorded)
+  defp terminate_async(key, pid, ref) do
+    host = self()
+
+    spawn(fn ->
+      :ok = terminate(pid)
+      send(host, {:visor_terminated, key, ref})
+    end)
+  end
+
+  # The key's stop has ended: its callers answered, and the starts that
+  # waited for it run now, in the order they came.
+  defp terminated(state, key, remove?) do
+    {stop, stopping} = Map.pop(state.stopping, key)
+    state = stopped(%{state | stopping: stopping}, key, remove?)
+    for waiter <- stop.waiters, do: reply(waiter, :ok)
+
+    stop.deferred
+    |> Enum.reverse()
+    |> Enum.reduce(state, fn {instance, from, origin}, state ->
+      start(state, key, instance, from, origin)
+    end)
+  end
+
+  # The group's processes are gone: its record forgotten (unless a start
+  # since took the key), its directory removed (unless `remove?` is false:
+  # its start found the directory holding something else).
+  defp stopped(state, key, remove?) do
+    group = {state.module, key}
+
+    if Lifetime.hosting(group) == nil do
+      _ = Lifetime.forget(group)
+      if remove?, do: :ok = remove_store(state, key)
     end
 
-    # A start in progress may still write the directory: it goes when
-    # that start ends (handle_info {:visor_started, ...}).
-    if starting == nil, do: :ok = remove_store(state, key)
-    {if(running or recorded != nil, do: :ok, else: :no_group), state}
+    state
   end
 end

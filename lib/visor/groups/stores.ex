@@ -40,16 +40,13 @@ defmodule Visor.Groups.Stores do
   Makes `dir` the store directory of `instance` of the keyed group of
   `key`, before its store is opened: `:ok` when its record names that
   instance already, or once it does. A directory of an instance this
-  host stopped or undid (`stopped`, `Visor.Lifetime.tombstones/1`), or
-  one without a record, is cleared first.
+  host stopped (`stopped`, `Visor.Lifetime.tombstones/1`), or one
+  without a record, is cleared first.
   Any other (another key's, another instance's, an unreadable record) is
   left as it is: `{:error, {:store_taken, dir, why}}`. A record that
   cannot be written: `{:error, {:record_failed, path, why}}`.
   """
-  @spec claim(Path.t(), term(), Lifetime.instance(), %{
-          through: non_neg_integer(),
-          undone: [Lifetime.instance()]
-        }) ::
+  @spec claim(Path.t(), term(), Lifetime.instance(), Lifetime.stops()) ::
           :ok | {:error, refusal()}
   def claim(dir, key, instance, stopped) do
     case read(dir) do

@@ -14,8 +14,8 @@ defmodule Visor.Groups.StoresTest do
   @a %{members: [:a@h, :b@h, :c@h], id: 1}
   @b %{members: [:a@h, :b@h, :c@h], id: 2}
   # What this node stopped of the key (Visor.Lifetime.tombstones/1).
-  @none %{through: 0, undone: []}
-  @a_stopped %{through: 1, undone: []}
+  @none %{}
+  @a_stopped %{[:a@h, :b@h, :c@h] => 1}
 
   defp dir(tmp, key), do: Options.keyed_store_dir(tmp, key)
 
@@ -52,12 +52,14 @@ defmodule Visor.Groups.StoresTest do
     assert File.ls!(dir(tmp, :k)) == ["keyed_group"]
     assert Stores.scan(tmp) == [{:k, @b}]
 
-    # An instance a failed start undid here (only that one) is cleared too.
-    File.write!(Path.join(dir(tmp, :k), "superblock"), "an undone store")
-    assert Stores.claim(dir(tmp, :k), :k, @a, %{through: 0, undone: [@b]}) == :ok
-    assert Stores.scan(tmp) == [{:k, @a}]
-    assert {:error, {:store_taken, _, _}} = Stores.claim(dir(tmp, :k), :k, @b, @none)
-    assert Stores.claim(dir(tmp, :k), :k, @b, %{through: 1, undone: []}) == :ok
+    # A stop of the same generation with other members is not this one's.
+    File.write!(Path.join(dir(tmp, :k), "superblock"), "a live store")
+    other_members = %{[:a@h, :b@h, :d@h] => 2}
+
+    assert {:error, {:store_taken, _, _}} =
+             Stores.claim(dir(tmp, :k), :k, %{@a | id: 3}, other_members)
+
+    assert File.read!(Path.join(dir(tmp, :k), "superblock")) == "a live store"
 
     # A removal cut short after the record went.
     File.rm!(Path.join(dir(tmp, :k), "keyed_group"))
@@ -73,7 +75,8 @@ defmodule Visor.Groups.StoresTest do
 
   test "a damaged record is skipped by a scan and refused by a claim, and its directory left as it is",
        %{tmp_dir: tmp} do
-    for key <- [:kept, :flipped, :truncated], do: :ok = Stores.claim(dir(tmp, key), key, @a, @none)
+    for key <- [:kept, :flipped, :truncated],
+        do: :ok = Stores.claim(dir(tmp, key), key, @a, @none)
 
     flipped = Path.join(dir(tmp, :flipped), "keyed_group")
     <<head::binary-30, byte, rest::binary>> = File.read!(flipped)
