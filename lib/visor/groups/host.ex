@@ -87,6 +87,8 @@ defmodule Visor.Groups.Host do
 
   # The processes a peer's message may be for.
   @roles [:router, :formation, :server]
+  # How long a stop waits for a group's supervisor before it kills it.
+  @terminate_ms 2_000
 
   # groups: key => {supervisor, monitor}; starting: key => %{ref:,
   # instance:, waiters:, keep?:, partition:} (waiters: the callers to
@@ -156,12 +158,20 @@ defmodule Visor.Groups.Host do
 
   # Stops the group if this host holds one of `instances` of it. The
   # caller is answered once its processes are gone (stop/4).
-  def handle_call({:visor_stop, key, instances}, from, state) when is_list(instances) do
+  def handle_call({:visor_stop, key, instances}, from, state) do
     key = Options.canonical_key(key)
 
-    if Lifetime.hosting({state.module, key}) in instances,
-      do: {:noreply, stop(state, key, :stopped, from)},
-      else: {:reply, :no_group, state}
+    cond do
+      not proper_list?(instances) ->
+        {:reply, :no_group, state}
+
+      Lifetime.hosting({state.module, key}) in instances ->
+        {:noreply, stop(state, key, :stopped, from)}
+
+      true ->
+        {dropped, state} = drop_deferred(state, key, instances, :stopped)
+        {:reply, if(dropped, do: :ok, else: :no_group), state}
+    end
   end
 
   # A refused start's undo (`Visor.Groups.Control`): only the instance a
@@ -171,9 +181,12 @@ defmodule Visor.Groups.Host do
 
     case instance(state.module, instance) do
       {:ok, instance} ->
-        if Lifetime.hosting({state.module, key}) == instance,
-          do: {:noreply, stop(state, key, :undone, from)},
-          else: {:reply, :no_group, state}
+        if Lifetime.hosting({state.module, key}) == instance do
+          {:noreply, stop(state, key, :undone, from)}
+        else
+          {dropped, state} = drop_deferred(state, key, [instance], :undone)
+          {:reply, if(dropped, do: :ok, else: :no_group), state}
+        end
 
       error ->
         {:reply, error, state}
@@ -258,6 +271,7 @@ defmodule Visor.Groups.Host do
 
       {:noreply, stop(state, key, :stopped, nil)}
     else
+      {_dropped, state} = drop_deferred(state, key, [instance], :stopped)
       {:noreply, state}
     end
   end
@@ -274,7 +288,7 @@ defmodule Visor.Groups.Host do
           %{^key => %{ref: ^ref}} ->
             case result do
               {:ok, pid} ->
-                terminate_async(key, pid, ref)
+                terminate_async(state, key, pid, ref)
                 {:noreply, state}
 
               failed ->
@@ -370,6 +384,30 @@ defmodule Visor.Groups.Host do
   defp store_dir(%{keyed_dir: nil}, _key), do: nil
   defp store_dir(state, key), do: Options.keyed_store_dir(state.keyed_dir, key)
 
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | rest]), do: proper_list?(rest)
+  defp proper_list?(_other), do: false
+
+  # A stop or undo of an instance whose start waits behind the key's stop
+  # (stop/4): it never starts, its callers answered {:error, :no_group},
+  # and a stop's tombstone recorded. Whether one was dropped.
+  defp drop_deferred(state, key, instances, how) do
+    case state.stopping do
+      %{^key => %{deferred: deferred} = stop} ->
+        {dropped, kept} = Enum.split_with(deferred, fn {i, _, _} -> i in instances end)
+
+        for {instance, from, _origin} <- dropped do
+          reply(from, {:error, :no_group})
+          if how == :stopped, do: :ok = Lifetime.stopped({state.module, key}, instance)
+        end
+
+        {dropped != [], put_in(state.stopping[key], %{stop | deferred: kept})}
+
+      _ ->
+        {false, state}
+    end
+  end
+
   defp node_list?([]), do: true
   defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
   defp node_list?(_other), do: false
@@ -392,8 +430,9 @@ defmodule Visor.Groups.Host do
   end
 
   defp tell_stopped(module, node, [{key, instance} | rest]) when key != nil do
-    if Lifetime.stale?({module, Options.canonical_key(key)}, instance),
-      do: :ok = tell_stale(module, node, key, instance)
+    with {:ok, instance} <- instance(module, instance),
+         true <- Lifetime.stale?({module, Options.canonical_key(key)}, instance),
+         do: :ok = tell_stale(module, node, key, instance)
 
     tell_stopped(module, node, rest)
   end
@@ -480,7 +519,7 @@ defmodule Visor.Groups.Host do
     partition = {:via, PartitionSupervisor, {Visor.Groups.partitions(state.module), index}}
     host = self()
     ref = make_ref()
-    claim = claim(store_dir(state, key), key, instance, Lifetime.tombstones(group))
+    claim = claim(store_dir(state, key), group, instance, Lifetime.tombstones(group))
 
     spawn(fn ->
       result =
@@ -502,12 +541,19 @@ defmodule Visor.Groups.Host do
   # Disk mode: the group's directory is made its own before its store is
   # created (Visor.Groups.Stores), in the start's process (it syncs a
   # file). This host runs one start of a key at a time, and removes no
-  # directory while its start runs (stop/2). Not covered: a key started
-  # again while a start that a stop overtook is still running (the stop
-  # forgot it); the two may meet in the directory, and the new start
-  # then fails on this node, as it may in the registry.
-  defp claim(nil, _key, _instance, _stopped), do: fn -> :ok end
-  defp claim(dir, key, instance, stopped), do: fn -> Stores.claim(dir, key, instance, stopped) end
+  # directory while its start runs (stop/4); a start of the key after a
+  # stop waits until the stop's processes have ended (stopping/4).
+  defp claim(nil, _group, _instance, _stopped), do: fn -> :ok end
+
+  # A stop that overtook this start has removed the record (stop/4): the
+  # start writes none, so a VM restart finds no record to restore.
+  defp claim(dir, {_module, key} = group, instance, stopped) do
+    fn ->
+      if Lifetime.hosting(group) == instance,
+        do: Stores.claim(dir, key, instance, stopped),
+        else: {:error, :stopped}
+    end
+  end
 
   defp remove_store(state, key) do
     with dir when dir != nil <- store_dir(state, key), do: Stores.remove(dir)
@@ -566,12 +612,24 @@ defmodule Visor.Groups.Host do
   # The group's supervisor is stopped itself, not through the partition
   # that holds it: a partition busy starting another group (a slow
   # initial_state) would hold this process up until that start ends. The
-  # partition drops its :temporary child when it sees it exit.
-  defp terminate(pid) do
-    :proc_lib.stop(pid, :shutdown, :infinity)
+  # partition drops its :temporary child when it sees it exit. One that
+  # does not stop within @terminate_ms (it is busy restarting a server
+  # whose initial_state is slow) is killed, with every process of the
+  # group (run in a process of its own: stopping/4).
+  defp terminate(pid, module, key) do
+    :proc_lib.stop(pid, :shutdown, @terminate_ms)
   catch
+    :exit, :timeout ->
+      for role <- [:supervisor | @roles],
+          [{process, _}] <- [Registry.lookup(Visor.Groups.registry(module), {key, role})],
+          do: Process.exit(process, :kill)
+
+      Process.exit(pid, :kill)
+      :ok
+
     # Gone already.
-    :exit, _ -> :ok
+    :exit, _ ->
+      :ok
   end
 
   defp watch(state, key, pid) do
@@ -642,8 +700,11 @@ defmodule Visor.Groups.Host do
     case {starting, Visor.Groups.running(state.module, key)} do
       # Its replica here never ran: the stop is answered at once, not
       # after a start that may be slow.
+      # Disk mode: its record goes now, so that a VM restart before the
+      # start ends does not bring it back (claim/4).
       {%{ref: ref, waiters: waiters}, _} ->
         for waiter <- waiters, do: reply(waiter, {:error, :no_group})
+        with dir when dir != nil <- store_dir(state, key), do: :ok = Stores.unclaim(dir)
         reply(from, :ok)
         stopping(state, key, {:starting, ref}, nil)
 
@@ -673,7 +734,7 @@ defmodule Visor.Groups.Host do
 
             {:running, pid} ->
               ref = make_ref()
-              terminate_async(key, pid, ref)
+              terminate_async(state, key, pid, ref)
               ref
           end
 
@@ -682,11 +743,12 @@ defmodule Visor.Groups.Host do
     end
   end
 
-  defp terminate_async(key, pid, ref) do
+  defp terminate_async(state, key, pid, ref) do
     host = self()
+    module = state.module
 
     spawn(fn ->
-      :ok = terminate(pid)
+      :ok = terminate(pid, module, key)
       send(host, {:visor_terminated, key, ref})
     end)
   end

@@ -155,6 +155,22 @@ defmodule Visor.Groups.Stores do
     end
   end
 
+  @doc """
+  Removes the record of the keyed group in `dir`, leaving its store: a
+  group stopped while its start runs, whose directory goes once that
+  start ends. Until then a scan skips it (a directory without a record).
+  """
+  @spec unclaim(Path.t()) :: :ok
+  def unclaim(dir) do
+    case rm(Path.join(dir, @record)) do
+      {:ok, _} ->
+        :ok
+
+      {:error, reason, path} ->
+        Logger.warning("cannot remove #{path} (#{:file.format_error(reason)})")
+    end
+  end
+
   defp rm(file) do
     case File.rm(file) do
       :ok -> {:ok, [file]}
