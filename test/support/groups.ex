@@ -139,3 +139,34 @@ defmodule Visor.Test.Fragile do
   @doc "How many times this node's host tried to start a keyed group."
   def attempts, do: MapSet.size(:persistent_term.get({__MODULE__, :attempts}, MapSet.new()))
 end
+
+defmodule Visor.Test.SlowInit do
+  @moduledoc """
+  A counter whose start state is slow or fails on a node, as with a slow
+  or a down database there: `sleep_once/2` makes the node's next
+  `initial_state` sleep, `raise_on/2` makes each one there raise until
+  turned off.
+  """
+  use Visor
+
+  @impl Visor
+  def initial_state(_init_arg) do
+    ms = :persistent_term.get({__MODULE__, :sleep}, 0)
+    :persistent_term.erase({__MODULE__, :sleep})
+    Process.sleep(ms)
+    if :persistent_term.get({__MODULE__, :raise}, false), do: raise("db down")
+    0
+  end
+
+  @impl Visor
+  def handle_commit(n, sum), do: {:ok, sum + n, sum + n}
+
+  @doc "`node`'s next start state takes `ms` to build."
+  def sleep_once(node, ms), do: put(node, :sleep, ms)
+
+  @doc "`node`'s start states raise (`true`) or not (`false`) from now on."
+  def raise_on(node, raise?), do: put(node, :raise, raise?)
+
+  defp put(node, name, value),
+    do: :ok = :erpc.call(node, :persistent_term, :put, [{__MODULE__, name}, value])
+end

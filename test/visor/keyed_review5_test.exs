@@ -6,7 +6,7 @@ defmodule Visor.KeyedReview5Test do
   # supervisor stopped without its partition.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, CodeVersions, Counter}
+  alias Visor.Test.{Cluster, Counter, SlowInit}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -174,39 +174,6 @@ defmodule Visor.KeyedReview5Test do
     assert servers == [d], seen
   end
 
-  # A module compiled here and loaded on the peers: its initial_state/1
-  # raises while the node's :r5_init_raise is set (a database down on
-  # that node), and sleeps once for the node's :r5_init_sleep ms (a slow
-  # one).
-  @flaky_init """
-  defmodule Visor.KeyedReview5Test.FlakyInit do
-    use Visor
-
-    def initial_state(_) do
-      if :persistent_term.get(:r5_init_raise, false), do: raise("db down")
-      ms = :persistent_term.get(:r5_init_sleep, 0)
-      :persistent_term.erase(:r5_init_sleep)
-      Process.sleep(ms)
-      0
-    end
-
-    def handle_commit(n, s), do: {:ok, s + n, s + n}
-  end
-  """
-
-  # Compiled once per run: two tests use it.
-  defp load_flaky_init(nodes) do
-    {module, binary} =
-      with nil <- :persistent_term.get({__MODULE__, :flaky_init}, nil) do
-        [compiled] = Code.compile_string(@flaky_init)
-        :persistent_term.put({__MODULE__, :flaky_init}, compiled)
-        compiled
-      end
-
-    for node <- nodes, do: CodeVersions.load({module, binary}, node)
-    module
-  end
-
   # A failed start of a new group is undone ("the members that started
   # it stop it again") once every member answered; the undo names the
   # instance, but that instance may be serving by then. Five members. The
@@ -223,15 +190,15 @@ defmodule Visor.KeyedReview5Test do
   @tag timeout: 180_000
   test "a failed start's late undo stops the group a retry started meanwhile, losing its acknowledged commits" do
     [a, _b, c, _d, e] = members = nodes(5) |> Enum.sort()
-    flaky = load_flaky_init(members)
+    flaky = SlowInit
     :ok = Cluster.start_groups_host(members, flaky, [members: members], :emergency)
     group = {flaky, "late undo"}
-    :ok = :erpc.call(e, :persistent_term, :put, [:r5_init_sleep, 10_000])
-    :ok = :erpc.call(c, :persistent_term, :put, [:r5_init_raise, true])
+    :ok = SlowInit.sleep_once(e, 10_000)
+    :ok = SlowInit.raise_on(c, true)
 
     first = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
     Process.sleep(1_500)
-    :ok = :erpc.call(c, :persistent_term, :put, [:r5_init_raise, false])
+    :ok = SlowInit.raise_on(c, false)
     retry = rpc(a, :start_group, [group, [timeout: 2_000]])
 
     Cluster.eventually(
@@ -276,11 +243,11 @@ defmodule Visor.KeyedReview5Test do
   @tag timeout: 180_000
   test "stop_group of a group sharing a partition with a slow start blocks the node's group host: an unrelated start times out" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    flaky = load_flaky_init(members)
+    flaky = SlowInit
     :ok = Cluster.start_groups_host(members, flaky, [members: members], :emergency)
     assert {:ok, _} = rpc(b, :start_group, [{flaky, "one"}])
 
-    :ok = :erpc.call(a, :persistent_term, :put, [:r5_init_sleep, 10_000])
+    :ok = SlowInit.sleep_once(a, 10_000)
     slow = Task.async(fn -> rpc(b, :start_group, [{flaky, "slow"}, [timeout: 30_000]]) end)
     Process.sleep(1_000)
     stop = Task.async(fn -> rpc(b, :stop_group, [{flaky, "one"}]) end)

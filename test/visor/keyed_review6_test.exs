@@ -8,7 +8,7 @@ defmodule Visor.KeyedReview6Test do
   # undo's instance checked, and the docs' start_group row.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, CodeVersions, Counter}
+  alias Visor.Test.{Cluster, Counter, SlowInit}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -18,40 +18,6 @@ defmodule Visor.KeyedReview6Test do
   catch
     kind, reason -> {kind, reason}
   end
-
-  # A module compiled here and loaded on the peers: its initial_state/1
-  # sleeps once for the node's :r6_init_sleep ms (a slow database), then
-  # raises while the node's :r6_init_raise is set (a database down there).
-  @slow_init """
-  defmodule Visor.KeyedReview6Test.SlowInit do
-    use Visor
-
-    def initial_state(_) do
-      ms = :persistent_term.get(:r6_init_sleep, 0)
-      :persistent_term.erase(:r6_init_sleep)
-      Process.sleep(ms)
-      if :persistent_term.get(:r6_init_raise, false), do: raise("db down")
-      0
-    end
-
-    def handle_commit(n, s), do: {:ok, s + n, s + n}
-  end
-  """
-
-  # Compiled once per run, loaded on every peer.
-  defp load_slow_init(nodes) do
-    {module, binary} =
-      with nil <- :persistent_term.get({__MODULE__, :slow_init}, nil) do
-        [compiled] = Code.compile_string(@slow_init)
-        :persistent_term.put({__MODULE__, :slow_init}, compiled)
-        compiled
-      end
-
-    for node <- nodes, do: CodeVersions.load({module, binary}, node)
-    module
-  end
-
-  defp set(node, name, value), do: :ok = :erpc.call(node, :persistent_term, :put, [name, value])
 
   defp hosts(nodes, module),
     do: for(n <- nodes, do: :erpc.call(n, Process, :whereis, [Visor.Groups.host(module)]))
@@ -73,11 +39,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "stop_group of a group whose start is still running on a member crashes that member's group host, and its replica runs on" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "stopped while starting"}
     before = hosts(members, module)
-    set(a, :r6_init_sleep, 5_000)
+    SlowInit.sleep_once(a, 5_000)
 
     start = Task.async(fn -> rpc(b, :start_group, [group, [timeout: 20_000]]) end)
 
@@ -119,11 +85,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "a member's slow start that fails after its formation answered: the group served meanwhile, and the undo loses its acknowledged commits" do
     [a, _b, c] = members = nodes(3) |> Enum.sort()
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "formed before a failure"}
-    set(c, :r6_init_sleep, 15_000)
-    set(c, :r6_init_raise, true)
+    SlowInit.sleep_once(c, 15_000)
+    SlowInit.raise_on(c, true)
 
     start = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
 
@@ -157,12 +123,12 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "stop_group of a group whose supervisor is restarting a slow server blocks the node's group host: an unrelated start times out" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "restarting"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    set(a, :r6_init_sleep, 10_000)
+    SlowInit.sleep_once(a, 10_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -284,11 +250,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "a failed member fenced while another failed member runs the group later stops the serving group as stale" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "partly fenced"}
-    set(b, :r6_init_sleep, 6_000)
-    set(b, :r6_init_raise, true)
+    SlowInit.sleep_once(b, 6_000)
+    SlowInit.raise_on(b, true)
 
     first = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
     Cluster.eventually(fn -> :erpc.call(c, Visor.Groups, :running, [module, elem(group, 1)]) end)
@@ -307,7 +273,7 @@ defmodule Visor.KeyedReview6Test do
         20_000
       )
 
-    set(b, :r6_init_raise, false)
+    SlowInit.raise_on(b, false)
     :ok = Cluster.restart_groups_hosts([b], module)
     Process.sleep(3_000)
     later = try_rpc(a, :commit, [group, 0, [timeout: 5_000]])

@@ -9,7 +9,7 @@ defmodule Visor.KeyedReview7Test do
   # stop removes a starting disk group's record at once, and the docs.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, CodeVersions, Counter}
+  alias Visor.Test.{Cluster, Counter, SlowInit}
 
   @moduletag :tmp_dir
 
@@ -21,37 +21,6 @@ defmodule Visor.KeyedReview7Test do
   catch
     kind, reason -> {kind, reason}
   end
-
-  # A module compiled here and loaded on the peers: its initial_state/1
-  # sleeps once for the node's :r7_init_sleep ms (a slow database).
-  @slow_init """
-  defmodule Visor.KeyedReview7Test.SlowInit do
-    use Visor
-
-    def initial_state(_) do
-      ms = :persistent_term.get(:r7_init_sleep, 0)
-      :persistent_term.erase(:r7_init_sleep)
-      Process.sleep(ms)
-      0
-    end
-
-    def handle_commit(n, s), do: {:ok, s + n, s + n}
-  end
-  """
-
-  defp load_slow_init(nodes) do
-    {module, binary} =
-      with nil <- :persistent_term.get({__MODULE__, :slow_init}, nil) do
-        [compiled] = Code.compile_string(@slow_init)
-        :persistent_term.put({__MODULE__, :slow_init}, compiled)
-        compiled
-      end
-
-    for node <- nodes, do: CodeVersions.load({module, binary}, node)
-    module
-  end
-
-  defp set(node, name, value), do: :ok = :erpc.call(node, :persistent_term, :put, [name, value])
 
   defp host_pid(node, module),
     do: :erpc.call(node, Process, :whereis, [Visor.Groups.host(module)])
@@ -144,12 +113,12 @@ defmodule Visor.KeyedReview7Test do
   @tag timeout: 180_000
   test "a start deferred behind a slow stop runs after stop_group of its instance returned :ok" do
     [a, b, _c] = members = nodes(3)
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "deferred"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    set(a, :r7_init_sleep, 10_000)
+    SlowInit.sleep_once(a, 10_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -195,12 +164,12 @@ defmodule Visor.KeyedReview7Test do
   @tag timeout: 180_000
   test "stop_group returns :ok after 5 s while a member's processes, slow to end, still run, and calls do not get :no_group" do
     [a, b, _c] = members = nodes(3)
-    module = load_slow_init(members)
+    module = SlowInit
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "slow to end"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    set(a, :r7_init_sleep, 20_000)
+    SlowInit.sleep_once(a, 20_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -280,7 +249,7 @@ defmodule Visor.KeyedReview7Test do
   test "disk mode: a group stopped while its host restarted it comes back with its old state after a VM crash",
        %{tmp_dir: tmp} do
     [a] = nodes(1)
-    module = load_slow_init([a])
+    module = SlowInit
     opts = [members: [a], storage: :disk, data_dir: Path.join(tmp, "a")]
     :ok = Cluster.start_groups_host([a], module, opts, :emergency)
     group = {module, "resurrected"}
@@ -288,7 +257,7 @@ defmodule Visor.KeyedReview7Test do
     for i <- 1..3, do: assert(rpc(a, :commit, [group, 1]) == i)
 
     # Its processes exit; the host starts them again after 1 s, slowly.
-    set(a, :r7_init_sleep, 30_000)
+    SlowInit.sleep_once(a, 30_000)
     supervisor = :erpc.call(a, Visor.Supervisor, :whereis, [group, :supervisor])
     true = :erpc.call(a, Process, :exit, [supervisor, :kill])
 
@@ -302,7 +271,6 @@ defmodule Visor.KeyedReview7Test do
 
     :ok = Cluster.kill_node(a)
     Cluster.restart_peer(a, [])
-    _ = load_slow_init([a])
     :ok = Cluster.start_groups_host([a], module, opts, :emergency)
     Process.sleep(3_000)
 
