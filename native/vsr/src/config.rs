@@ -165,6 +165,10 @@ pub enum Mutation {
     /// not hold, and announces the checkpoint's op as its commit number in
     /// its view: its backups execute that view's uncommitted tail.
     LeadOnAfterForeignCheckpoint,
+    /// A replica still changing views answers a recovering replica's fence
+    /// with the view it is changing to (the old behaviour): the recovering
+    /// replica waits for ever for that view's log if the view never starts.
+    FenceAnswerFromViewChange,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

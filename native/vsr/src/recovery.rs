@@ -19,8 +19,9 @@
 //!    quorum (step 2), and any two quorums intersect, so the highest answer
 //!    is at least that one; the replica takes the next number.
 //! 2. `RecoveryFence(nonce)`, carrying the new incarnation in its crash
-//!    vector: each receiver adopts it (fencing every older incarnation) and
-//!    answers `RecoveryFenced` with its view. With a quorum fenced, the
+//!    vector: each receiver adopts it (fencing every older incarnation) and,
+//!    once in normal status, answers `RecoveryFenced` with its view. With a
+//!    quorum fenced, the
 //!    replica fetches the log of the newest view among the answers from that
 //!    view's primary (the chunked StartView transfer of lagging replicas),
 //!    and only when it holds it does it vote or acknowledge anything.
@@ -28,8 +29,8 @@
 //! Any later view change needs a quorum, which includes a fenced replica:
 //! either its DoViewChange carries the new incarnation (and the new primary
 //! forgets the old incarnation's DoViewChange), or it had moved to that view
-//! before it was fenced, in which case it reported that view and the
-//! recovering replica joins it rather than an older one.
+//! before it was fenced, in which case it reported that view or a later one
+//! and the recovering replica joins it rather than an older one.
 //!
 //! A quorum must stay up (and remember) for a replica to recover: memory
 //! mode survives any minority losing its memory, not a majority.
@@ -202,8 +203,23 @@ impl Replica {
     }
 
     fn on_recovery_fence(&mut self, from: ReplicaIndex, nonce: u128) {
-        // The crash vector of the message has already fenced the old incarnation.
-        if self.status != Status::Recovering {
+        // The crash vector of the message has already fenced the old
+        // incarnation. Only a replica running a view answers: a view it is
+        // still changing to may never start (its replica can lose its memory
+        // while the others keep an older view), and the recovering replica,
+        // which joins the highest view it is told, would wait for that
+        // view's log for ever (soak seeds 588342 and 758283). Safety holds
+        // without those answers: a view change that counted the old
+        // incarnation's DoViewChange had a quorum move to its view before
+        // the fence, so a normal replica in the fence quorum is in that view
+        // or a later one, and any that moves later sends the new incarnation.
+        #[allow(unused_mut)]
+        let mut answers = self.status == Status::Normal;
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::config::Mutation::FenceAnswerFromViewChange) {
+            answers = self.status != Status::Recovering;
+        }
+        if answers {
             self.send(
                 from,
                 &Message::RecoveryFenced {

@@ -1840,3 +1840,46 @@ pub fn healed_replica_forms_no_checkpoint_from_its_diverged_state(options: Optio
 /// Longest a host takes to answer `TakeSnapshot` in
 /// `healed_replica_forms_no_checkpoint_from_its_diverged_state`.
 const SLOW_SNAPSHOT_TICKS: u64 = 900;
+
+/// Soak seeds 588342 and 758283 (5 replicas, memory mode): a recovering
+/// replica took the highest view its fence quorum reported, and one of
+/// them was a replica alone in a view change to a view that never started;
+/// that replica then lost its memory and recovered into the view the
+/// others kept running. The recovering replica asked the primary of a view
+/// nobody runs for its log, forever, and the clients it serves waited
+/// forever although a quorum ran.
+///
+/// Replica 4 is down. The primary stalls; replica 1, hearing the campaigns
+/// of 2 and 3 (which hear neither each other nor 1), moves alone to view 1;
+/// then 2 and 3 hear the primary again. Replica 4 restarts
+/// without state, and its fence reaches 0, 1 and 2 only. Replica 1 then
+/// loses its memory too and recovers into view 0. Replica 4 must recover,
+/// and serve its client.
+pub fn recovery_fenced_in_an_unstarted_view_does_not_wedge(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(4);
+    for (from, to) in [(0, 1), (1, 0), (1, 2), (1, 3), (2, 3), (3, 2)] {
+        sim.network.set_link(from, to, false);
+    }
+    sim.stall(0, PHASE_TICKS / 8);
+    sim.run_until(PHASE_TICKS, "replica 1 alone changes view", |s| {
+        s.replica(1).status() == Status::ViewChange
+    })?;
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    if views(&sim) != [0, 1, 0, 0] || sim.replica(0).status() != Status::Normal {
+        return Err(failure(&sim, format!("setup: {}", sim.describe())));
+    }
+    sim.network.set_link(3, 4, false);
+    sim.restart_amnesiac(4);
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    sim.crash(1);
+    sim.network.heal();
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        !s.replica(1).is_recovering()
+    })?;
+    commit(&mut sim, 0, 4)?;
+    settle(&mut sim)
+}

@@ -271,3 +271,12 @@ fn trusting_a_lone_backups_clock_is_caught_by_the_timestamp_check() {
         "{failure}"
     );
 }
+
+#[test]
+fn a_fence_answer_from_a_view_change_is_caught_by_the_unstarted_view_scenario() {
+    let mut broken = options(5, 1);
+    broken.config.mutation = Mutation::FenceAnswerFromViewChange;
+    let failure = scenarios::recovery_fenced_in_an_unstarted_view_does_not_wedge(broken).unwrap_err();
+    assert!(failure.reason.contains("request completes"), "{failure}");
+    assert!(failure.reason.contains("r4:Recovering v1"), "{failure}");
+}

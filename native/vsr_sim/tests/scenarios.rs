@@ -275,3 +275,8 @@ fn diverged_replica_heals_after_its_anchor_passes_the_divergence() {
 fn healed_replica_forms_no_checkpoint_from_its_diverged_state() {
     scenarios::healed_replica_forms_no_checkpoint_from_its_diverged_state(options(3, 4)).unwrap();
 }
+
+#[test]
+fn recovery_fenced_in_an_unstarted_view_does_not_wedge() {
+    scenarios::recovery_fenced_in_an_unstarted_view_does_not_wedge(options(5, 1)).unwrap();
+}

@@ -81,3 +81,15 @@ fn installed_replica_does_not_diverge_on_a_late_vouch() {
         run_seed(seed).unwrap();
     }
 }
+
+/// Two seeds of the 1,000,000-seed soak where a recovering replica took
+/// the view of a replica alone in a view change, which then lost its
+/// memory while the others kept their view: it waited for that view's log
+/// for ever, and so did its clients (docs/protocol.md, "Restart without
+/// state: recovery with crash vectors").
+#[test]
+fn recovery_is_not_fenced_in_an_unstarted_view() {
+    for seed in [588_342, 758_283] {
+        run_seed(seed).unwrap();
+    }
+}
