@@ -97,6 +97,7 @@ defmodule Visor.Groups.Host do
   # backoff: key => Visor.Groups.Backoff, for groups that failed here;
   # stopping: key => %{ref:, waiters:, deferred:}, the groups whose
   # processes are ending (stop/4; deferred: the starts that wait);
+  # restarts: key => the timer of its next start after a failure;
   # keyed_dir: where the groups' stores are in disk mode, else nil.
   defstruct [
     :module,
@@ -105,7 +106,8 @@ defmodule Visor.Groups.Host do
     monitors: %{},
     starting: %{},
     backoff: %{},
-    stopping: %{}
+    stopping: %{},
+    restarts: %{}
   ]
 
   @doc false
@@ -324,7 +326,12 @@ defmodule Visor.Groups.Host do
     {:noreply, retry(state, key, wait)}
   end
 
-  def handle_info({:timeout, _timer, {:visor_restart, key}}, state) do
+  # Only this host's own timer (a peer could send the message, and skip
+  # the backoff).
+  def handle_info({:timeout, timer, {:visor_restart, key}}, state)
+      when is_map_key(state.restarts, key) and :erlang.map_get(key, state.restarts) == timer do
+    state = %{state | restarts: Map.delete(state.restarts, key)}
+
     case Lifetime.hosting({state.module, key}) do
       nil -> {:noreply, state}
       instance -> {:noreply, start(state, key, instance, nil, :restart)}
@@ -669,8 +676,8 @@ defmodule Visor.Groups.Host do
   defp in_a_row(failures), do: " (#{failures} failures in a row)"
 
   defp retry(state, key, wait) do
-    _ = :erlang.start_timer(wait, self(), {:visor_restart, key})
-    state
+    timer = :erlang.start_timer(wait, self(), {:visor_restart, key})
+    %{state | restarts: Map.put(state.restarts, key, timer)}
   end
 
   # Stops the group here: the stop is recorded at once (the instance no
