@@ -124,6 +124,10 @@ defmodule Visor.Formation.Decider do
   @spec member_list?(term()) :: boolean()
   def member_list?(term), do: short_list?(term, Options.max_replicas())
 
+  @doc "A `member_list?/1` of node names (atoms), checked before any is used as one."
+  @spec node_list?(term()) :: boolean()
+  def node_list?(term), do: member_list?(term) and Enum.all?(term, &is_atom/1)
+
   defp short_list?([], _room), do: true
   defp short_list?([_ | rest], room) when room > 0, do: short_list?(rest, room - 1)
   defp short_list?(_, _room), do: false

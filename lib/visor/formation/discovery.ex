@@ -536,7 +536,7 @@ defmodule Visor.Formation.Discovery do
          settings: settings
        })
        when is_map(incs) and is_map(settings),
-       do: Decider.member_list?(members) and Enum.all?(members, &is_atom/1)
+       do: Decider.node_list?(members)
 
   defp formed?(_), do: false
 end

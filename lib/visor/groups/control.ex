@@ -119,18 +119,20 @@ defmodule Visor.Groups.Control do
   # Every connected node must answer: one that is stalled may hold the
   # key (with these members or others), which a start that went on
   # without it would not see; two instances of one key would then serve.
-  defp hosts({module, key}) do
-    nodes = [node() | Node.list()]
-    answers = :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms)
+  defp hosts(group) do
+    answers = memberships(group)
 
-    case for {node, {:error, {:erpc, :timeout}}} <- Enum.zip(nodes, answers), do: node do
-      [] ->
-        {:ok,
-         for({node, {:ok, %{} = host}} <- Enum.zip(nodes, answers), into: %{}, do: {node, host})}
-
-      [silent | _] ->
-        {:error, {:no_answer, silent}}
+    case for {node, {:error, {:erpc, :timeout}}} <- answers, do: node do
+      [] -> {:ok, for({node, {:ok, %{} = host}} <- answers, into: %{}, do: {node, host})}
+      [silent | _] -> {:error, {:no_answer, silent}}
     end
+  end
+
+  # Every connected node's answer (this one's included) to what it holds
+  # of the group: `[{node, :erpc answer}]`.
+  defp memberships({module, key}) do
+    nodes = [node() | Node.list()]
+    Enum.zip(nodes, :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms))
   end
 
   # The instance to start (`t:Visor.Lifetime.instance/0`), and whether it
@@ -281,14 +283,10 @@ defmodule Visor.Groups.Control do
   stops what it ran then, never an instance started since.
   """
   @spec stop({module(), term()}) :: :ok | {:error, :no_group}
-  def stop({module, key}) do
-    nodes = [node() | Node.list()]
-
-    instances =
-      for {:ok, %{hosted: %{} = hosted}} <-
-            :erpc.multicall(nodes, Groups, :membership, [module, key], @ask_timeout_ms),
-          uniq: true,
-          do: hosted
+  def stop({module, key} = group) do
+    answers = memberships(group)
+    instances = for {_node, {:ok, %{hosted: %{} = hosted}}} <- answers, uniq: true, do: hosted
+    nodes = Enum.map(answers, &elem(&1, 0))
 
     answers =
       if instances == [],

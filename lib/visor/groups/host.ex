@@ -83,6 +83,7 @@ defmodule Visor.Groups.Host do
   require Logger
 
   alias Visor.{Lifetime, Options}
+  alias Visor.Formation.Decider
   alias Visor.Groups.{Backoff, Stores}
 
   # The processes a peer's message may be for.
@@ -346,7 +347,7 @@ defmodule Visor.Groups.Host do
   # has no spares), is refused, never recorded, and never crashes this
   # process.
   defp instance(module, %{members: members, id: id}) when is_integer(id) and id >= 0 do
-    if node_list?(members) do
+    if Decider.node_list?(members) do
       members = Options.nodes!(module, members)
 
       if node() in members,
@@ -414,10 +415,6 @@ defmodule Visor.Groups.Host do
         {false, state}
     end
   end
-
-  defp node_list?([]), do: true
-  defp node_list?([node | rest]) when is_atom(node), do: node_list?(rest)
-  defp node_list?(_other), do: false
 
   # Tells `nodes`' hosts what this one runs, so that each tells it which
   # of those it stopped (handle_info {:visor_hosted, ...}): a node that
