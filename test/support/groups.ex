@@ -106,9 +106,12 @@ end
 
 defmodule Visor.Test.Fragile do
   @moduledoc """
-  A counter whose keyed groups cannot start on a node while
-  `break/0` holds there (`initial_state/2` raises), counting the group
-  host's attempts to start one on that node (`attempts/0`).
+  A keyed group's state machine whose start is slow or fails on a node,
+  as with a slow or a down database there: `sleep_once/2` makes the
+  node's next keyed start state take a while, `raise_on/2` makes each
+  one there raise until turned off, and `attempts/1` counts the node's
+  group host's attempts to start a keyed group. Its state is a sum:
+  `:incr` adds 1, an integer adds itself.
   """
   use Visor
 
@@ -123,49 +126,28 @@ defmodule Visor.Test.Fragile do
     {:parent, supervisor} = Process.info(self(), :parent)
     seen = :persistent_term.get({__MODULE__, :attempts}, MapSet.new())
     :persistent_term.put({__MODULE__, :attempts}, MapSet.put(seen, supervisor))
-    if :persistent_term.get({__MODULE__, :broken}, false), do: raise("broken on #{node()}")
-    0
-  end
-
-  @impl Visor
-  def handle_commit(:incr, count), do: {:ok, count + 1, count + 1}
-
-  @doc "From now on, this node's starts of a keyed group fail."
-  def break, do: :persistent_term.put({__MODULE__, :broken}, true)
-
-  @doc "This node's starts of a keyed group succeed again."
-  def mend, do: :persistent_term.put({__MODULE__, :broken}, false)
-
-  @doc "How many times this node's host tried to start a keyed group."
-  def attempts, do: MapSet.size(:persistent_term.get({__MODULE__, :attempts}, MapSet.new()))
-end
-
-defmodule Visor.Test.SlowInit do
-  @moduledoc """
-  A counter whose start state is slow or fails on a node, as with a slow
-  or a down database there: `sleep_once/2` makes the node's next
-  `initial_state` sleep, `raise_on/2` makes each one there raise until
-  turned off.
-  """
-  use Visor
-
-  @impl Visor
-  def initial_state(_init_arg) do
     ms = :persistent_term.get({__MODULE__, :sleep}, 0)
     :persistent_term.erase({__MODULE__, :sleep})
     Process.sleep(ms)
-    if :persistent_term.get({__MODULE__, :raise}, false), do: raise("db down")
+    if :persistent_term.get({__MODULE__, :raise}, false), do: raise("db down on #{node()}")
     0
   end
 
   @impl Visor
-  def handle_commit(n, sum), do: {:ok, sum + n, sum + n}
+  def handle_commit(:incr, sum), do: {:ok, sum + 1, sum + 1}
+  def handle_commit(n, sum) when is_integer(n), do: {:ok, sum + n, sum + n}
 
-  @doc "`node`'s next start state takes `ms` to build."
+  @doc "`node`'s next keyed start state takes `ms` to build."
   def sleep_once(node, ms), do: put(node, :sleep, ms)
 
-  @doc "`node`'s start states raise (`true`) or not (`false`) from now on."
+  @doc "`node`'s keyed start states raise (`true`) or not (`false`) from now on."
   def raise_on(node, raise?), do: put(node, :raise, raise?)
+
+  @doc "How many times `node`'s host tried to start a keyed group."
+  def attempts(node) do
+    seen = :erpc.call(node, :persistent_term, :get, [{__MODULE__, :attempts}, MapSet.new()])
+    MapSet.size(seen)
+  end
 
   defp put(node, name, value),
     do: :ok = :erpc.call(node, :persistent_term, :put, [{__MODULE__, name}, value])

@@ -122,7 +122,7 @@ defmodule Visor.KeyedDiskTest do
     # formation may have answered), so the group is left on the others;
     # stop_group removes it, and no member keeps a directory of it.
     :ok = Cluster.start_groups_host(members, Fragile, opts)
-    :ok = :erpc.call(c, Fragile, :break, [])
+    :ok = Fragile.raise_on(c, true)
     failed = {Fragile, "failed"}
     assert {:error, {:start_failed, ^c, _}} = rpc(a, :start_group, [failed])
     assert rpc(a, :lookup, [failed]) |> Keyword.keys() |> Enum.sort() == Enum.sort([a, b])

@@ -322,19 +322,19 @@ defmodule Visor.KeyedGroupsTest do
 
     # From now on its start state cannot be built on c, and its processes
     # there exit: tried 1 s later, then 2 s, then 4 s after that...
-    :ok = :erpc.call(c, Fragile, :break, [])
-    before = :erpc.call(c, Fragile, :attempts, [])
+    :ok = Fragile.raise_on(c, true)
+    before = Fragile.attempts(c)
     supervisor = :erpc.call(c, Visor.Supervisor, :whereis, [group, :supervisor])
     :erpc.call(c, Process, :exit, [supervisor, :kill])
     Process.sleep(7_500)
-    attempts = :erpc.call(c, Fragile, :attempts, []) - before
+    attempts = Fragile.attempts(c) - before
     # At about 1, 3 and 7 s; a retry every second would be 7.
     assert attempts in 2..4, "#{attempts} attempts in 7.5 s"
     assert rpc(a, :commit, [group, :incr]) == 2
 
     # Mended, the next try (8 s after the last) starts it; it rejoins.
     refute :erpc.call(c, Visor.Supervisor, :whereis, [group, :server])
-    :ok = :erpc.call(c, Fragile, :mend, [])
+    :ok = Fragile.raise_on(c, false)
 
     Cluster.eventually(
       fn ->

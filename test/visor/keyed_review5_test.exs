@@ -6,7 +6,7 @@ defmodule Visor.KeyedReview5Test do
   # supervisor stopped without its partition.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, SlowInit}
+  alias Visor.Test.{Cluster, Counter, Fragile}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -190,15 +190,15 @@ defmodule Visor.KeyedReview5Test do
   @tag timeout: 180_000
   test "a failed start's late undo stops the group a retry started meanwhile, losing its acknowledged commits" do
     [a, _b, c, _d, e] = members = nodes(5) |> Enum.sort()
-    flaky = SlowInit
+    flaky = Fragile
     :ok = Cluster.start_groups_host(members, flaky, [members: members], :emergency)
     group = {flaky, "late undo"}
-    :ok = SlowInit.sleep_once(e, 10_000)
-    :ok = SlowInit.raise_on(c, true)
+    :ok = Fragile.sleep_once(e, 10_000)
+    :ok = Fragile.raise_on(c, true)
 
     first = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
     Process.sleep(1_500)
-    :ok = SlowInit.raise_on(c, false)
+    :ok = Fragile.raise_on(c, false)
     retry = rpc(a, :start_group, [group, [timeout: 2_000]])
 
     Cluster.eventually(
@@ -243,11 +243,11 @@ defmodule Visor.KeyedReview5Test do
   @tag timeout: 180_000
   test "stop_group of a group sharing a partition with a slow start blocks the node's group host: an unrelated start times out" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    flaky = SlowInit
+    flaky = Fragile
     :ok = Cluster.start_groups_host(members, flaky, [members: members], :emergency)
     assert {:ok, _} = rpc(b, :start_group, [{flaky, "one"}])
 
-    :ok = SlowInit.sleep_once(a, 10_000)
+    :ok = Fragile.sleep_once(a, 10_000)
     slow = Task.async(fn -> rpc(b, :start_group, [{flaky, "slow"}, [timeout: 30_000]]) end)
     Process.sleep(1_000)
     stop = Task.async(fn -> rpc(b, :stop_group, [{flaky, "one"}]) end)

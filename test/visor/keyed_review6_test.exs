@@ -8,7 +8,7 @@ defmodule Visor.KeyedReview6Test do
   # undo's instance checked, and the docs' start_group row.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, SlowInit}
+  alias Visor.Test.{Cluster, Counter, Fragile}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -39,11 +39,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "stop_group of a group whose start is still running on a member crashes that member's group host, and its replica runs on" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "stopped while starting"}
     before = hosts(members, module)
-    SlowInit.sleep_once(a, 5_000)
+    Fragile.sleep_once(a, 5_000)
 
     start = Task.async(fn -> rpc(b, :start_group, [group, [timeout: 20_000]]) end)
 
@@ -85,11 +85,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "a member's slow start that fails after its formation answered: the group served meanwhile, and the undo loses its acknowledged commits" do
     [a, _b, c] = members = nodes(3) |> Enum.sort()
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "formed before a failure"}
-    SlowInit.sleep_once(c, 15_000)
-    SlowInit.raise_on(c, true)
+    Fragile.sleep_once(c, 15_000)
+    Fragile.raise_on(c, true)
 
     start = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
 
@@ -123,12 +123,12 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "stop_group of a group whose supervisor is restarting a slow server blocks the node's group host: an unrelated start times out" do
     [a, b, _c] = members = nodes(3) |> Enum.sort()
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "restarting"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    SlowInit.sleep_once(a, 10_000)
+    Fragile.sleep_once(a, 10_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -250,11 +250,11 @@ defmodule Visor.KeyedReview6Test do
   @tag timeout: 180_000
   test "a failed member fenced while another failed member runs the group later stops the serving group as stale" do
     [a, b, c] = members = nodes(3) |> Enum.sort()
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "partly fenced"}
-    SlowInit.sleep_once(b, 6_000)
-    SlowInit.raise_on(b, true)
+    Fragile.sleep_once(b, 6_000)
+    Fragile.raise_on(b, true)
 
     first = Task.async(fn -> rpc(a, :start_group, [group, [timeout: 30_000]]) end)
     Cluster.eventually(fn -> :erpc.call(c, Visor.Groups, :running, [module, elem(group, 1)]) end)
@@ -273,7 +273,7 @@ defmodule Visor.KeyedReview6Test do
         20_000
       )
 
-    SlowInit.raise_on(b, false)
+    Fragile.raise_on(b, false)
     :ok = Cluster.restart_groups_hosts([b], module)
     Process.sleep(3_000)
     later = try_rpc(a, :commit, [group, 0, [timeout: 5_000]])

@@ -9,7 +9,7 @@ defmodule Visor.KeyedReview7Test do
   # stop removes a starting disk group's record at once, and the docs.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, Counter, SlowInit}
+  alias Visor.Test.{Cluster, Counter, Fragile}
 
   @moduletag :tmp_dir
 
@@ -113,12 +113,12 @@ defmodule Visor.KeyedReview7Test do
   @tag timeout: 180_000
   test "a start deferred behind a slow stop runs after stop_group of its instance returned :ok" do
     [a, b, _c] = members = nodes(3)
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "deferred"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    SlowInit.sleep_once(a, 10_000)
+    Fragile.sleep_once(a, 10_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -164,12 +164,12 @@ defmodule Visor.KeyedReview7Test do
   @tag timeout: 180_000
   test "stop_group returns :ok after 5 s while a member's processes, slow to end, still run, and calls do not get :no_group" do
     [a, b, _c] = members = nodes(3)
-    module = SlowInit
+    module = Fragile
     :ok = Cluster.start_groups_host(members, module, [members: members], :emergency)
     group = {module, "slow to end"}
     assert {:ok, _} = rpc(b, :start_group, [group])
 
-    SlowInit.sleep_once(a, 20_000)
+    Fragile.sleep_once(a, 20_000)
     server = :erpc.call(a, Visor.Supervisor, :whereis, [group, :server])
     true = :erpc.call(a, Process, :exit, [server, :kill])
     Process.sleep(500)
@@ -249,7 +249,7 @@ defmodule Visor.KeyedReview7Test do
   test "disk mode: a group stopped while its host restarted it comes back with its old state after a VM crash",
        %{tmp_dir: tmp} do
     [a] = nodes(1)
-    module = SlowInit
+    module = Fragile
     opts = [members: [a], storage: :disk, data_dir: Path.join(tmp, "a")]
     :ok = Cluster.start_groups_host([a], module, opts, :emergency)
     group = {module, "resurrected"}
@@ -257,7 +257,7 @@ defmodule Visor.KeyedReview7Test do
     for i <- 1..3, do: assert(rpc(a, :commit, [group, 1]) == i)
 
     # Its processes exit; the host starts them again after 1 s, slowly.
-    SlowInit.sleep_once(a, 30_000)
+    Fragile.sleep_once(a, 30_000)
     supervisor = :erpc.call(a, Visor.Supervisor, :whereis, [group, :supervisor])
     true = :erpc.call(a, Process, :exit, [supervisor, :kill])
 

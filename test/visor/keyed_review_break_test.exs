@@ -4,7 +4,7 @@ defmodule Visor.KeyedReviewBreakTest do
   # the suite.
   use ExUnit.Case, async: false
 
-  alias Visor.Test.{Cluster, CodeVersions, Counter}
+  alias Visor.Test.{Cluster, Counter, Fragile}
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -163,34 +163,16 @@ defmodule Visor.KeyedReviewBreakTest do
     end
   end
 
-  # A module compiled here and loaded on the peers (a test file's modules
-  # are not on disk): its initial_state/1 raises while the node's
-  # :kr2_init_raise is set, as one whose database is unreachable does.
-  defp load_failing_init(nodes) do
-    [{module, binary}] =
-      Code.compile_string("""
-      defmodule Visor.KeyedReviewBreakTest.FailingInit do
-        use Visor
-        def initial_state(_), do: if(:persistent_term.get(:kr2_init_raise, false), do: raise("db down"), else: 0)
-        def handle_commit(n, s), do: {:ok, s + n, s + n}
-      end
-      """)
-
-    for node <- nodes, do: CodeVersions.load({module, binary}, node)
-
-    module
-  end
-
   test "start_group of a group whose initial_state raises returns an undocumented error, yet leaves the group hosted on every member, started again every second, and formed once initial_state works" do
     all = nodes(3) |> Enum.sort()
-    failing = load_failing_init(all)
-    for node <- all, do: :ok = :erpc.call(node, :persistent_term, :put, [:kr2_init_raise, true])
+    failing = Fragile
+    for node <- all, do: :ok = Fragile.raise_on(node, true)
     :ok = Cluster.start_groups_host(all, failing, [members: all], :emergency)
     group = {failing, "db down"}
 
     result = rpc(hd(all), :start_group, [group, [timeout: 5_000]])
     # The database comes back: the group the caller was told failed forms.
-    for node <- all, do: :ok = :erpc.call(node, :persistent_term, :put, [:kr2_init_raise, false])
+    for node <- all, do: :ok = Fragile.raise_on(node, false)
     Process.sleep(3_000)
 
     assert {:error, reason} = result
@@ -200,38 +182,13 @@ defmodule Visor.KeyedReviewBreakTest do
     assert match?({:start_failed, _node, _reason}, reason), inspect(reason)
   end
 
-  # Its initial_state/1 takes as long as the node's :kr2_init_sleep says,
-  # once (the first group to start there), as one that loads an entity
-  # from a slow database does.
-  defp load_slow_init(nodes) do
-    [{module, binary}] =
-      Code.compile_string("""
-      defmodule Visor.KeyedReviewBreakTest.SlowInit do
-        use Visor
-
-        def initial_state(_) do
-          ms = :persistent_term.get(:kr2_init_sleep, 0)
-          :persistent_term.erase(:kr2_init_sleep)
-          Process.sleep(ms)
-          0
-        end
-
-        def handle_commit(n, s), do: {:ok, s + n, s + n}
-      end
-      """)
-
-    for node <- nodes, do: CodeVersions.load({module, binary}, node)
-
-    module
-  end
-
   test "one keyed group's slow initial_state blocks every other group's start_group on that node (the host runs it inside its call)" do
     [a, b, _c] = all = nodes(3) |> Enum.sort()
-    slow = load_slow_init(all)
+    slow = Fragile
     :ok = Cluster.start_groups_host(all, slow, members: all)
 
     # The first group to start on a takes 12 s in initial_state there.
-    :ok = :erpc.call(a, :persistent_term, :put, [:kr2_init_sleep, 12_000])
+    :ok = Fragile.sleep_once(a, 12_000)
     task = Task.async(fn -> rpc(b, :start_group, [{slow, "slow entity"}, [timeout: 30_000]]) end)
     Process.sleep(500)
 
