@@ -33,4 +33,8 @@ tmpfs_allowed? =
 # until fixed; they run with `mix test --only known_defect`.
 IO.puts("excluding :known_defect tests (open defects, see docs/testing.md)")
 
-ExUnit.start(exclude: [:known_defect, :review_break | if(tmpfs_allowed?, do: [], else: [:tmpfs])])
+ExUnit.start(
+  exclude: [:known_defect, :review_break | if(tmpfs_allowed?, do: [], else: [:tmpfs])],
+  # Repeats each failure after the last line (a CI log may keep only its tail).
+  formatters: [ExUnit.CLIFormatter, Visor.Test.FailureSummary]
+)
