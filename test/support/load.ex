@@ -20,6 +20,19 @@ defmodule Visor.Test.Load do
     end
   end
 
+  @doc """
+  As `spawn_callers/5`, over many groups: caller `i` commits to `groups`
+  in turn, starting at the `i`-th, and reports `{:acked, {group, id},
+  count}` or `{:failed, {group, id}, reason}`.
+  """
+  def spawn_callers_over(groups, count, report_to, opts) do
+    groups = List.to_tuple(groups)
+
+    for i <- 1..count do
+      spawn(fn -> loop_over(groups, i, {node(), i}, 1, report_to, opts) end)
+    end
+  end
+
   @doc "Stops callers (from any node); each answers `{:stopped, caller, last_seq}`."
   def stop(pids), do: Enum.each(pids, &send(&1, :stop))
 
@@ -65,6 +78,23 @@ defmodule Visor.Test.Load do
     assert final.count == MapSet.size(final.applied)
     assert MapSet.subset?(acked, final.applied)
     assert acks |> Map.values() |> Enum.uniq() |> length() == map_size(acks)
+  end
+
+  defp loop_over(groups, turn, caller, seq, report_to, opts) do
+    receive do
+      :stop -> send(report_to, {:stopped, caller, seq - 1})
+    after
+      0 ->
+        group = elem(groups, rem(turn, tuple_size(groups)))
+        id = {caller, seq}
+
+        case Visor.commit(group, {:incr, id}, opts) do
+          count when is_integer(count) -> send(report_to, {:acked, {group, id}, count})
+          {:error, reason} -> send(report_to, {:failed, {group, id}, reason})
+        end
+
+        loop_over(groups, turn + 1, caller, seq + 1, report_to, opts)
+    end
   end
 
   defp loop(module, caller, seq, report_to, opts) do
