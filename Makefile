@@ -34,10 +34,20 @@ rust-test:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
 
+# Tests that fail are run once more (`mix test --failed`): those that pass
+# then are named FLAKY at the end of the log, and the run passes; any that
+# fails twice fails it (docs/testing.md, "Flaky tests"). Only a run that
+# finished with failed tests is retried (its log names them): one that
+# could not run its tests fails at once.
 elixir-test: deps
 	mix format --check-formatted
 	mix compile --warnings-as-errors
-	mix test
+	mix test 2>&1 | tee _build/mix-test.log || { \
+	  grep -q "the suite's failures, repeated" _build/mix-test.log && \
+	  echo "==> mix test failed: running its failed tests once more" && \
+	  mix test --failed --trace && \
+	  echo "==> FLAKY: the tests just run failed once and then passed (listed above under 'the suite's failures'): fix them"; \
+	}
 
 # VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back.
 # The soak profile (Cargo.toml) is release with whole-program optimization.
