@@ -643,7 +643,8 @@ defmodule Visor do
   holds, then told to stop those instances: a stop that reaches a node
   late (it stalled) stops nothing started since. A member that is disconnected meanwhile keeps its replica until
   it connects again to a node that stopped the group, which tells it to
-  stop (each such node keeps a tombstone of the group for its VM's life),
+  stop (each such node keeps a tombstone of the group for its VM's life,
+  and in disk mode on disk),
   or a `start_group/2` of the key finds it: it is never given back to the
   nodes that stopped it, nor joins a new group of the key with its old
   log. Calls to the group then return `{:error, :no_group}`. `opts` is

@@ -171,7 +171,9 @@ defmodule Visor.Lifetime do
   @doc """
   Records that this node's group host stopped `instance` of the keyed
   group `group` with `stop_group` (a tombstone, kept for the life of the
-  VM as the rest of the table is, in a row of its own): every instance of
+  VM as the rest of the table is, in a row of its own; in disk mode the
+  host also keeps it on disk, `Visor.Groups.Tombstones`, and records it
+  here again when it starts): every instance of
   the key with those members, up to its generation, is stopped. An
   instance of these members is only created once no member holds an
   earlier one (every member answers a start), so an earlier one still

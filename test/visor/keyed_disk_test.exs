@@ -156,6 +156,61 @@ defmodule Visor.KeyedDiskTest do
         do: assert(rpc(node, :commit, [group, {:incr, :x}]) == {:error, :no_group})
   end
 
+  test "the nodes that stopped a group remember it across a VM restart: a member cut off from the stop is told to stop it, and the key starts again as a later instance",
+       %{tmp_dir: tmp} do
+    [a, b, c] = members = nodes(3)
+    opts = disk_opts(tmp, members: members)
+    :ok = Cluster.start_groups_host(members, Counter, opts)
+    group = {Counter, "stopped, then its stoppers restarted"}
+    assert {:ok, _} = rpc(a, :start_group, [group])
+    assert rpc(a, :commit, [group, {:incr, :old}]) == 1
+    Cluster.eventually(fn -> rpc(c, :status, [group]).storage.opened == :created end)
+    old_cluster = rpc(a, :status, [group]).cluster
+
+    :ok = Cluster.kill_node(c, [a, b])
+    assert rpc(a, :stop_group, [group]) == :ok
+    for node <- [a, b], do: refute(File.exists?(store_dir(tmp, node, group)))
+
+    # Every node that stopped it loses its memory before c comes back
+    # with the stopped instance on its disk. a's VM ended before its stop
+    # removed the directory (a copy of c's stands for it): its host
+    # removes it rather than restart it.
+    :ok = Cluster.kill_nodes([a, b])
+    File.cp_r!(store_dir(tmp, c, group), store_dir(tmp, a, group))
+    Cluster.restart_all([a, b])
+    :ok = Cluster.start_groups_host([a, b], Counter, opts)
+    refute File.exists?(store_dir(tmp, a, group))
+    Cluster.restart_peer(c, [a, b])
+    :ok = Cluster.start_groups_host([c], Counter, opts)
+
+    # c is told to stop it (not left running it, nor given it back by a
+    # and b, a group recovering from a minority's state).
+    Cluster.eventually(fn -> not File.exists?(store_dir(tmp, c, group)) end, 15_000)
+    for node <- members, do: assert(rpc(node, :which_groups, [Counter]) == [])
+    assert rpc(a, :lookup, [group]) == []
+
+    # Started again: a new, empty group, of a later instance than the one
+    # stopped (another cluster id; an instance id reused would give the
+    # stopped one's, whose store a cut-off member may still hold).
+    assert {:ok, _} = rpc(b, :start_group, [group])
+    for node <- members, do: serves(node, group, :created, [])
+    assert rpc(c, :commit, [group, {:incr, :new}]) == 1
+    assert rpc(a, :status, [group]).cluster != old_cluster
+
+    for node <- members do
+      assert %{id: 2, members: recorded} = recorded_instance(store_dir(tmp, node, group))
+      assert Enum.sort(recorded) == members
+    end
+  end
+
+  # The instance a store directory's record names (`Visor.Groups.Stores`:
+  # an md5, then the record's term).
+  defp recorded_instance(dir) do
+    <<_md5::binary-16, body::binary>> = File.read!(Path.join(dir, "keyed_group"))
+    %{members: names, id: id} = :erlang.binary_to_term(body)
+    %{members: Enum.map(names, &String.to_atom/1), id: id}
+  end
+
   test "a damaged record is logged and skipped: the host restores the other groups", %{
     tmp_dir: tmp
   } do

@@ -56,7 +56,12 @@ defmodule Visor.Groups.Host do
   #     So is a member whose node was down at the stop and that restarted
   #     the instance from its store (disk mode): its host, when it starts,
   #     tells the connected hosts what it runs (`{:visor_hosted, node,
-  #     hosted}`), and those that stopped any of it answer so.
+  #     hosted}`), and those that stopped any of it answer so. In disk
+  #     mode the tombstones outlive the VM (`Visor.Groups.Tombstones`:
+  #     each appended and synced before the stop goes on, loaded when
+  #     this process starts), so even nodes that stopped the group and
+  #     restarted since answer so, and a store of a stopped instance found
+  #     at the start is removed, not restarted.
   #
   # Instances. Every message that starts, stops or adopts a group names
   # the instance it means (`t:Visor.Lifetime.instance/0`: the members and
@@ -84,7 +89,7 @@ defmodule Visor.Groups.Host do
 
   alias Visor.{Lifetime, Options}
   alias Visor.Formation.Decider
-  alias Visor.Groups.{Backoff, Stores}
+  alias Visor.Groups.{Backoff, Stores, Tombstones}
 
   # The processes a peer's message may be for.
   @roles [:router, :formation, :server]
@@ -124,9 +129,23 @@ defmodule Visor.Groups.Host do
     :ok = :net_kernel.monitor_nodes(true)
     %{keyed_dir: keyed_dir} = Visor.Groups.host_options(module)
     state = %__MODULE__{module: module, keyed_dir: keyed_dir}
+    :ok = load_tombstones(state)
     :ok = record_on_disk(state)
     send(self(), :visor_restore)
     {:ok, state}
+  end
+
+  # Disk mode: the tombstones this node recorded (Visor.Groups.Tombstones),
+  # back in Visor.Lifetime before the stores are scanned and any peer is
+  # heard: after a VM restart it is empty, and only the file says which
+  # instances this node stopped.
+  defp load_tombstones(%{keyed_dir: nil}), do: :ok
+
+  defp load_tombstones(state) do
+    for {key, instance} <- Tombstones.load(state.keyed_dir),
+        do: :ok = Lifetime.stopped({state.module, key}, instance)
+
+    :ok
   end
 
   # Disk mode: every group whose store is on disk is recorded as hosted
@@ -134,13 +153,17 @@ defmodule Visor.Groups.Host do
   # any start_group can ask it what it holds: after a VM restart
   # Visor.Lifetime is empty, and only the stores' records say what this
   # node hosted. Where Lifetime already says something of a key (this
-  # host restarted, not the VM), it is this VM's latest word.
+  # host restarted, not the VM), it is this VM's latest word. A store of
+  # an instance this node stopped (its removal cut short by the VM's end)
+  # is removed.
   defp record_on_disk(state) do
     for {key, instance} <- on_disk(state),
         group = {state.module, key},
-        Lifetime.hosting(group) == nil,
-        not Lifetime.stale?(group, instance),
-        do: :ok = Lifetime.host(group, instance)
+        Lifetime.hosting(group) == nil do
+      if Lifetime.stale?(group, instance),
+        do: :ok = remove_store(state, key),
+        else: :ok = Lifetime.host(group, instance)
+    end
 
     :ok
   end
@@ -405,8 +428,8 @@ defmodule Visor.Groups.Host do
         {dropped, kept} = Enum.split_with(deferred, fn {i, _, _} -> i in instances end)
 
         for {instance, from, _origin} <- dropped do
+          if how == :stopped, do: :ok = tombstone(state, key, instance)
           reply(from, {:error, :no_group})
-          if how == :stopped, do: :ok = Lifetime.stopped({state.module, key}, instance)
         end
 
         {dropped != [], put_in(state.stopping[key], %{stop | deferred: kept})}
@@ -699,7 +722,7 @@ defmodule Visor.Groups.Host do
     }
 
     :ok = Lifetime.unhost(group)
-    if recorded != nil and how == :stopped, do: :ok = Lifetime.stopped(group, recorded)
+    if recorded != nil and how == :stopped, do: :ok = tombstone(state, key, recorded)
 
     case {starting, Visor.Groups.running(state.module, key)} do
       # Its replica here never ran: the stop is answered at once, not
@@ -719,6 +742,24 @@ defmodule Visor.Groups.Host do
         reply(from, if(recorded, do: :ok, else: :no_group))
         stopped(state, key, true)
     end
+  end
+
+  # Records that this host stopped `instance` (Visor.Lifetime.stopped/2),
+  # and in disk mode on disk (Visor.Groups.Tombstones), synced before the
+  # stop goes on: before its directory is removed and its caller answered.
+  # Written once per instance: a stop of one already stopped adds nothing.
+  # In this process, which carries peers' messages meanwhile: a stop is
+  # an operator's action, and costs one small write and sync here, as
+  # its directory's removal (stopped/3) costs a few unlinks.
+  defp tombstone(state, key, instance) do
+    group = {state.module, key}
+
+    unless Lifetime.stale?(group, instance) do
+      :ok = Lifetime.stopped(group, instance)
+      if state.keyed_dir, do: :ok = Tombstones.record(state.keyed_dir, key, instance)
+    end
+
+    :ok
   end
 
   # The group's processes (running, or still starting: `{:starting,

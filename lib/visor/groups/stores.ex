@@ -8,7 +8,9 @@ defmodule Visor.Groups.Stores do
   # holds its store (opened by the engine, and checked by
   # `Visor.Formation.Restore`, as a default group's) and its *record*, a
   # file `keyed_group`: the key and the instance (`t:Visor.Lifetime.instance/0`)
-  # this node's host runs there.
+  # this node's host runs there. Beside them, the file of this node's
+  # tombstones (`Visor.Groups.Tombstones`, whose records are this
+  # module's: `encode_record/2`), which `scan/1` skips.
   #
   # Why a record: after a VM restart `Visor.Lifetime` is empty, and a
   # store's name is a hash of the key, not the key. The record is what
@@ -27,6 +29,7 @@ defmodule Visor.Groups.Stores do
 
   alias Visor.{Lifetime, Options}
   alias Visor.Formation.Restore
+  alias Visor.Groups.Tombstones
 
   @record "keyed_group"
 
@@ -96,6 +99,7 @@ defmodule Visor.Groups.Stores do
     case File.ls(keyed_dir) do
       {:ok, names} ->
         for name <- Enum.sort(names),
+            not Tombstones.file?(name),
             found = found(Path.join(keyed_dir, name), name),
             do: found
 
@@ -191,7 +195,7 @@ defmodule Visor.Groups.Stores do
 
     with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(dir)},
          {:write, :ok} <-
-           {:write, :file.write_file(file <> ".new", encode(key, instance), [:sync])},
+           {:write, :file.write_file(file <> ".new", encode_record(key, instance), [:sync])},
          {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
       :ok
     else
@@ -201,10 +205,15 @@ defmodule Visor.Groups.Stores do
     end
   end
 
-  # An md5 of the body first: a record damaged on disk reads as
-  # unreadable, not as another key or instance. Node names are kept as
-  # strings, as in a store's metadata (`Visor.Formation.Restore`).
-  defp encode(key, %{members: members, id: id}) do
+  @doc """
+  A record of `instance` of the keyed group of `key`, as its store's
+  `keyed_group` holds it (and `Visor.Groups.Tombstones`, a tombstone):
+  an md5 of the body first, so that a record damaged on disk reads as
+  unreadable, not as another key or instance. Node names are kept as
+  strings, as in a store's metadata (`Visor.Formation.Restore`).
+  """
+  @spec encode_record(term(), Lifetime.instance()) :: binary()
+  def encode_record(key, %{members: members, id: id}) do
     body =
       :erlang.term_to_binary(
         %{visor: 1, key: key, members: Enum.map(members, &Atom.to_string/1), id: id},
@@ -218,29 +227,35 @@ defmodule Visor.Groups.Stores do
   # `{:error, why}`.
   defp read(dir) do
     case File.read(Path.join(dir, @record)) do
-      {:ok, bytes} -> decode(bytes)
+      {:ok, bytes} -> with(:error <- decode_record(bytes), do: {:error, "its record is damaged"})
       {:error, reason} when reason in [:enoent, :enotdir] -> :none
       {:error, reason} -> {:error, "its record cannot be read: #{:file.format_error(reason)}"}
     end
   end
 
-  # Not `binary_to_term(_, [:safe])`: a key is any term, and its atoms may
-  # not exist yet in a restarted VM. The body is decoded only once its
-  # md5 matches, so only what this module wrote is: a record written
-  # by something else is at worst a key that names another directory,
-  # which `scan/1` skips.
-  defp decode(<<sum::binary-16, body::binary>>) do
+  @doc """
+  The key and instance of a record (`encode_record/2`): `{:ok, key,
+  instance}`, or `:error` (damaged).
+
+  Not `binary_to_term(_, [:safe])`: a key is any term, and its atoms may
+  not exist yet in a restarted VM. The body is decoded only once its md5
+  matches, so only what this module wrote is: a record written by
+  something else is at worst a key that names another directory, which
+  `scan/1` skips.
+  """
+  @spec decode_record(binary()) :: {:ok, term(), Lifetime.instance()} | :error
+  def decode_record(<<sum::binary-16, body::binary>>) do
     with true <- :erlang.md5(body) == sum,
          %{visor: 1, key: key, members: [_ | _] = names, id: id}
          when is_integer(id) and id >= 0 <- :erlang.binary_to_term(body),
          true <- Restore.node_names?(names) do
       {:ok, key, %{members: Enum.map(names, &String.to_atom/1), id: id}}
     else
-      _ -> {:error, "its record is damaged"}
+      _ -> :error
     end
   rescue
-    ArgumentError -> {:error, "its record is damaged"}
+    ArgumentError -> :error
   end
 
-  defp decode(_bytes), do: {:error, "its record is damaged"}
+  def decode_record(_bytes), do: :error
 end
