@@ -27,8 +27,13 @@ defmodule Visor.VersionsTest do
   end
 
   defp status(node), do: Cluster.status(node, @module)
-  defp local(node), do: :erpc.call(node, Visor, :get, [@module, [consistency: :local]])
-  defp latest(node), do: :erpc.call(node, Visor, :get, [@module])
+  # Reads wait longer than the default 5 s: what is asserted is which
+  # version ran each command, and a run of this suite on a loaded machine
+  # once saw a local read (the server busy under the callers' load) time out.
+  defp local(node),
+    do: :erpc.call(node, Visor, :get, [@module, [consistency: :local, timeout: 30_000]], 60_000)
+
+  defp latest(node), do: :erpc.call(node, Visor, :get, [@module, [timeout: 30_000]], 60_000)
 
   defp running(nodes, version) do
     for n <- nodes do
