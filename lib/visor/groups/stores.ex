@@ -254,7 +254,9 @@ defmodule Visor.Groups.Stores do
       _ -> :error
     end
   rescue
-    ArgumentError -> :error
+    # A name longer than an atom may be (its md5 good: a record inside a
+    # key, say) raises SystemLimitError from String.to_atom/1.
+    _ in [ArgumentError, SystemLimitError] -> :error
   end
 
   def decode_record(_bytes), do: :error

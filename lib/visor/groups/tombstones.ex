@@ -21,26 +21,28 @@ defmodule Visor.Groups.Tombstones do
   # on the node, adds a directory entry (made durable with the file's
   # sync by ext4 and XFS, though POSIX does not promise it).
   #
-  # Each record is framed, `<<magic::8 bytes, size::32, record::binary-size(size)>>`,
-  # the record a store's (`Visor.Groups.Stores.encode_record/2`: an md5,
-  # then the key and the instance). A record that reads back is never
-  # given up for damage before or after it:
+  # Each record (`Visor.Groups.Stores.encode_record/2`: an md5, then the
+  # key and the instance) is framed as `<<magic, stuffed record, 0xF8>>`:
+  # the record's bytes 0xF6, 0xF7 and 0xF8 are escaped (`stuff/1`), so
+  # the magic, which starts with 0xF7, and the end byte 0xF8 occur
+  # nowhere else in the file, whatever a key holds. The file is read by
+  # splitting it at the magic, in one pass; no frame can be found inside
+  # another. A record that reads back is never given up for damage before
+  # or after it:
   #
   #   * An append that fails is cut back to where it began (`record/3`),
   #     so a full disk leaves no fragment for the next stop to follow.
-  #   * A record that does not read back (rot, a fragment a failed cut
-  #     left) is *damage*: it is skipped up to the next frame's magic,
-  #     and every record after it is read. The file is copied aside once
-  #     per damaged offset (`tombstones.damaged-at-<byte>`, never
-  #     overwritten) for the operator, and is left as it is: the records
-  #     after the damage were acknowledged, and rewriting the file would
-  #     need a rename (above) to be safe against a crash.
-  #   * Only a *torn* last record is dropped and cut off: one whose frame
-  #     runs past the end of the file with no frame after it, or a tail
-  #     of zeros; an append a crash cut short, whose stop was never
-  #     acknowledged. A complete last record that fails its md5 was
-  #     synced whole: damage. (Rot in the size field of the last record
-  #     makes it look torn; it is lost either way, unreadable.)
+  #   * A frame that does not read back whole (rot, a fragment a failed
+  #     cut left) is *damage*: it is skipped, and every frame after it is
+  #     read. The file is copied aside once per damage found last at an
+  #     offset (`tombstones.damaged-at-<byte>`, never overwritten) for
+  #     the operator, and is left as it is: the records after the damage
+  #     were acknowledged, and rewriting the file would need a rename
+  #     (above) to be safe against a crash.
+  #   * Only a *torn* end is cut off: a last frame without its end byte,
+  #     or zeros after the last end byte; an append a crash cut short,
+  #     whose stop was never acknowledged. A last frame with its end byte
+  #     that fails its md5 was synced whole: damage.
   #
   # The file holds one record per stop and is read whole when the host
   # starts: a few hundred bytes a stop, never compacted (docs/operations.md,
@@ -52,10 +54,10 @@ defmodule Visor.Groups.Tombstones do
   alias Visor.Lifetime
 
   @file_name "tombstones"
-  # Starts every frame: what a reader skips to past damage. (A key may
-  # hold these bytes: a frame found inside a record still has to read
-  # back whole, md5 and all, to count.)
+  # Starts every frame; no record byte is 0xF7 once stuffed.
   @magic <<0xF7, "VtMb", 0x0D, 0x0A, 0x1A>>
+  # Ends every frame; no record byte is 0xF8 once stuffed.
+  @frame_end 0xF8
 
   @typedoc """
   What `parse/1` found besides the good records: the byte offsets of the
@@ -81,7 +83,7 @@ defmodule Visor.Groups.Tombstones do
 
     with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(keyed_dir)},
          {:open, {:ok, fd}} <- {:open, :file.open(file, [:read, :write, :raw, :binary])} do
-      result = append(fd, <<@magic, byte_size(record)::32, record::binary>>)
+      result = append(fd, <<@magic, stuff(record)::binary, @frame_end>>)
       _ = :file.close(fd)
       with {:error, reason} <- result, do: cannot_record(file, key, reason)
     else
@@ -145,99 +147,119 @@ defmodule Visor.Groups.Tombstones do
 
   @doc """
   The records of a tombstones file, `{[{key, instance}], findings}`
-  (pure). A frame that does not read back whole is damage, skipped to the
-  next magic; one that runs past the end with no frame after it, or a
-  tail of zeros, is a torn last record.
+  (pure, one pass): the frames between magics that read back whole; the
+  offsets of those that do not (damage); and where a torn end begins.
   """
   @spec parse(binary()) :: {[{term(), Lifetime.instance()}], findings()}
-  def parse(bytes), do: parse(bytes, 0, [], %{damaged: [], torn: nil})
+  def parse(bytes) do
+    [before | frames] = :binary.split(bytes, @magic, [:global])
+    # Bytes before the first magic are damage, unless zeros.
+    findings = %{damaged: if(zeros?(before), do: [], else: [0]), torn: nil}
+    at = byte_size(before)
+    {found, findings} = frames(frames, at, [], findings)
+    {Enum.reverse(found), %{findings | damaged: Enum.reverse(findings.damaged)}}
+  end
 
-  defp parse(bytes, at, found, findings) when at == byte_size(bytes),
-    do: {Enum.reverse(found), %{findings | damaged: Enum.reverse(findings.damaged)}}
+  defp frames([], _at, found, findings), do: {found, findings}
 
-  defp parse(bytes, at, found, findings) do
-    case frame(bytes, at) do
-      {:ok, key, instance, next} ->
-        parse(bytes, next, [{key, instance} | found], findings)
+  defp frames([frame | rest], at, found, findings) do
+    next = at + byte_size(@magic) + byte_size(frame)
 
-      :error ->
-        case next_magic(bytes, at + 1) do
-          nil ->
-            ending =
-              if torn?(bytes, at), do: %{torn: at}, else: %{damaged: [at | findings.damaged]}
+    case read_frame(frame) do
+      {:ok, key, instance, ""} ->
+        frames(rest, next, [{key, instance} | found], findings)
 
-            parse(bytes, byte_size(bytes), found, Map.merge(findings, ending))
+      # A whole frame, then bytes that are no frame: zeros at the very
+      # end are a torn append after it; anything else is damage.
+      {:ok, key, instance, tail} ->
+        end_at = next - byte_size(tail)
 
-          next ->
-            parse(bytes, next, found, %{findings | damaged: [at | findings.damaged]})
-        end
+        findings =
+          if rest == [] and zeros?(tail),
+            do: %{findings | torn: end_at},
+            else: %{findings | damaged: [end_at | findings.damaged]}
+
+        frames(rest, next, [{key, instance} | found], findings)
+
+      # The last frame without its end byte: an append cut short.
+      :no_end when rest == [] ->
+        {found, %{findings | torn: at}}
+
+      _damaged ->
+        frames(rest, next, found, %{findings | damaged: [at | findings.damaged]})
     end
   end
 
-  defp frame(bytes, at) do
-    with <<_::binary-size(at), @magic, size::32, record::binary-size(size), _::binary>> <- bytes,
-         {:ok, key, instance} <- Stores.decode_record(record) do
-      {:ok, key, instance, at + byte_size(@magic) + 4 + size}
-    else
-      _ -> :error
+  # A frame's bytes after the magic: `{:ok, key, instance, after_end}`,
+  # `:no_end`, or `:error`.
+  defp read_frame(frame) do
+    case :binary.split(frame, <<@frame_end>>) do
+      [_no_end] ->
+        :no_end
+
+      [stuffed, after_end] ->
+        with {:ok, record} <- unstuff(stuffed),
+             {:ok, key, instance} <- Stores.decode_record(record),
+             do: {:ok, key, instance, after_end}
     end
   end
 
-  defp next_magic(bytes, from) when from >= byte_size(bytes), do: nil
+  # 0xF6 -> F6 02, 0xF7 -> F6 01, 0xF8 -> F6 03: no 0xF7 or 0xF8 is left.
+  defp stuff(record) do
+    record
+    |> :binary.replace(<<0xF6>>, <<0xF6, 0x02>>, [:global])
+    |> :binary.replace(<<0xF7>>, <<0xF6, 0x01>>, [:global])
+    |> :binary.replace(<<0xF8>>, <<0xF6, 0x03>>, [:global])
+  end
 
-  defp next_magic(bytes, from) do
-    case :binary.match(bytes, @magic, scope: {from, byte_size(bytes) - from}) do
-      {next, _} -> next
-      :nomatch -> nil
+  defp unstuff(stuffed), do: unstuff(stuffed, [])
+
+  defp unstuff(<<>>, acc), do: {:ok, IO.iodata_to_binary(Enum.reverse(acc))}
+  defp unstuff(<<0xF6, 0x01, rest::binary>>, acc), do: unstuff(rest, [0xF7 | acc])
+  defp unstuff(<<0xF6, 0x02, rest::binary>>, acc), do: unstuff(rest, [0xF6 | acc])
+  defp unstuff(<<0xF6, 0x03, rest::binary>>, acc), do: unstuff(rest, [0xF8 | acc])
+  defp unstuff(<<0xF6, _::binary>>, _acc), do: :error
+
+  defp unstuff(bytes, acc) do
+    # The run up to the next escape, at once.
+    case :binary.match(bytes, <<0xF6>>) do
+      :nomatch ->
+        unstuff(<<>>, [bytes | acc])
+
+      {at, _} ->
+        unstuff(binary_part(bytes, at, byte_size(bytes) - at), [binary_part(bytes, 0, at) | acc])
     end
   end
 
-  # The last frame, with nothing after it: torn when it is cut short (its
-  # header, or its record, runs past the end) or zeros; a complete one
-  # that fails its md5 was synced whole, and is damage.
-  defp torn?(bytes, at) do
-    tail = binary_part(bytes, at, byte_size(bytes) - at)
-
-    case tail do
-      <<@magic, size::32, record::binary>> -> byte_size(record) < size
-      _ -> short_header?(tail) or zeros?(tail)
-    end
-  end
-
-  # A frame's header (magic and size) cut short.
-  defp short_header?(tail) do
-    header = byte_size(@magic) + 4
-
-    byte_size(tail) < header and
-      binary_part(tail, 0, min(byte_size(tail), byte_size(@magic))) ==
-        binary_part(@magic, 0, min(byte_size(tail), byte_size(@magic)))
-  end
-
-  defp zeros?(tail), do: tail == :binary.copy(<<0>>, byte_size(tail))
+  defp zeros?(bytes), do: bytes == :binary.copy(<<0>>, byte_size(bytes))
 
   defp report_damage(_file, [], _count), do: :ok
 
   defp report_damage(file, damaged, count) do
-    # One copy per damaged offset, never overwritten: a later damage gets
-    # its own, and a restart that finds the same one makes no other.
-    copies =
-      for at <- damaged,
-          aside = "#{file}.damaged-at-#{at}",
-          not File.exists?(aside),
-          do: copy(file, aside)
+    # One copy per load, named by its last damage (damage never moves:
+    # appends go after it): a later damage gets a copy of its own, and a
+    # restart that finds the same damage makes no other.
+    aside = "#{file}.damaged-at-#{List.last(damaged)}"
+    copied = if File.exists?(aside), do: nil, else: copy(file, aside)
 
     Logger.error(
       "#{file} is damaged at byte(s) #{Enum.join(damaged, ", ")}: skipped, #{count} " <>
         "tombstones read around the damage (a stop whose record was there is forgotten: a " <>
         "member cut off from it is not told to stop it)" <>
-        if(copies == [], do: "", else: "; the file is copied to #{Enum.join(copies, ", ")}")
+        if(copied, do: "; the file is copied to #{copied}", else: "")
     )
   end
 
+  # Written aside and renamed, so that a copy cut short (a full disk)
+  # never stands as the copy.
   defp copy(file, aside) do
-    case File.copy(file, aside) do
-      {:ok, _} -> aside
-      {:error, reason} -> "(not #{aside}: #{:file.format_error(reason)})"
+    with {:ok, _} <- File.copy(file, aside <> ".new"),
+         :ok <- File.rename(aside <> ".new", aside) do
+      aside
+    else
+      {:error, reason} ->
+        _ = File.rm(aside <> ".new")
+        "(not #{aside}: #{:file.format_error(reason)})"
     end
   end
 
