@@ -127,7 +127,7 @@ defmodule Visor.Groups.Tombstones do
     case File.read(file) do
       {:ok, bytes} ->
         {tombstones, findings} = parse(bytes)
-        :ok = report_damage(file, findings.damaged, length(tombstones))
+        :ok = report_damage(file, bytes, findings.damaged, length(tombstones))
         :ok = cut_torn(file, findings.torn, length(tombstones))
         tombstones
 
@@ -153,8 +153,16 @@ defmodule Visor.Groups.Tombstones do
   @spec parse(binary()) :: {[{term(), Lifetime.instance()}], findings()}
   def parse(bytes) do
     [before | frames] = :binary.split(bytes, @magic, [:global])
-    # Bytes before the first magic are damage, unless zeros.
-    findings = %{damaged: if(zeros?(before), do: [], else: [0]), torn: nil}
+
+    # Bytes before the first magic are damage, unless zeros, or (in a
+    # file of no frame) the start of a first append cut short.
+    findings =
+      cond do
+        zeros?(before) -> %{damaged: [], torn: nil}
+        frames == [] and torn_tail?(before) -> %{damaged: [], torn: 0}
+        true -> %{damaged: [0], torn: nil}
+      end
+
     at = byte_size(before)
     {found, findings} = frames(frames, at, [], findings)
     {Enum.reverse(found), %{findings | damaged: Enum.reverse(findings.damaged)}}
@@ -169,21 +177,30 @@ defmodule Visor.Groups.Tombstones do
       {:ok, key, instance, ""} ->
         frames(rest, next, [{key, instance} | found], findings)
 
-      # A whole frame, then bytes that are no frame: zeros at the very
-      # end are a torn append after it; anything else is damage.
+      # A whole frame, then bytes that are no frame: at the very end, the
+      # start of a marker or zeros are a torn append after it; anything
+      # else is damage.
       {:ok, key, instance, tail} ->
         end_at = next - byte_size(tail)
 
         findings =
-          if rest == [] and zeros?(tail),
+          if rest == [] and torn_tail?(tail),
             do: %{findings | torn: end_at},
             else: %{findings | damaged: [end_at | findings.damaged]}
 
         frames(rest, next, [{key, instance} | found], findings)
 
-      # The last frame without its end byte: an append cut short.
+      # The last frame without its end byte: an append cut short, unless
+      # the frame reads back whole without its last byte (the end byte
+      # itself rotted): that one was synced, and is kept, as damage.
       :no_end when rest == [] ->
-        {found, %{findings | torn: at}}
+        case read_frame(binary_part(frame, 0, max(byte_size(frame) - 1, 0)) <> <<@frame_end>>) do
+          {:ok, key, instance, ""} ->
+            {[{key, instance} | found], %{findings | damaged: [next - 1 | findings.damaged]}}
+
+          _cut_short ->
+            {found, %{findings | torn: at}}
+        end
 
       _damaged ->
         frames(rest, next, found, %{findings | damaged: [at | findings.damaged]})
@@ -233,14 +250,24 @@ defmodule Visor.Groups.Tombstones do
 
   defp zeros?(bytes), do: bytes == :binary.copy(<<0>>, byte_size(bytes))
 
-  defp report_damage(_file, [], _count), do: :ok
+  # What an append a crash cut short leaves after the last whole frame:
+  # the start of a marker (then, maybe, zeros), or zeros.
+  defp torn_tail?(tail) do
+    marker = binary_part(tail, 0, min(byte_size(tail), byte_size(@magic)))
 
-  defp report_damage(file, damaged, count) do
+    zeros?(tail) or
+      (marker == binary_part(@magic, 0, byte_size(marker)) and
+         zeros?(binary_part(tail, byte_size(marker), byte_size(tail) - byte_size(marker))))
+  end
+
+  defp report_damage(_file, _bytes, [], _count), do: :ok
+
+  defp report_damage(file, bytes, damaged, count) do
     # One copy per load, named by its last damage (damage never moves:
     # appends go after it): a later damage gets a copy of its own, and a
     # restart that finds the same damage makes no other.
     aside = "#{file}.damaged-at-#{List.last(damaged)}"
-    copied = if File.exists?(aside), do: nil, else: copy(file, aside)
+    copied = if File.exists?(aside), do: nil, else: copy(bytes, aside)
 
     Logger.error(
       "#{file} is damaged at byte(s) #{Enum.join(damaged, ", ")}: skipped, #{count} " <>
@@ -250,10 +277,10 @@ defmodule Visor.Groups.Tombstones do
     )
   end
 
-  # Written aside and renamed, so that a copy cut short (a full disk)
-  # never stands as the copy.
-  defp copy(file, aside) do
-    with {:ok, _} <- File.copy(file, aside <> ".new"),
+  # Written aside, synced and renamed, so that a copy cut short (a full
+  # disk, a power loss) never stands as the copy.
+  defp copy(bytes, aside) do
+    with :ok <- :file.write_file(aside <> ".new", bytes, [:sync]),
          :ok <- File.rename(aside <> ".new", aside) do
       aside
     else
@@ -267,8 +294,8 @@ defmodule Visor.Groups.Tombstones do
 
   defp cut_torn(file, at, count) do
     Logger.warning(
-      "#{file}: its last record was cut short (a crash during a stop, never acknowledged), " <>
-        "dropped; #{count} read"
+      "#{file}: it ends in an append cut short (a crash during a stop, never " <>
+        "acknowledged), cut off at byte #{at}; #{count} tombstones read"
     )
 
     cut(file, at)
