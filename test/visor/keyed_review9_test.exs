@@ -5,13 +5,12 @@ defmodule Visor.KeyedReview9Test do
   # nodes.
   use ExUnit.Case, async: false
 
+  import Visor.Test.TombstoneFiles, only: [frame: 1]
+
   alias Visor.Groups.Stores
   alias Visor.Test.{Cluster, Counter}
 
   @moduletag :tmp_dir
-
-  # Visor.Groups.Tombstones' frame marker.
-  @magic <<0xF7, "VtMb", 0x0D, 0x0A, 0x1A>>
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
@@ -24,22 +23,6 @@ defmodule Visor.KeyedReview9Test do
 
   defp store_dir(tmp, node, key),
     do: Path.join(keyed_dir(tmp, node), Visor.Options.store_key(key))
-
-  # A frame as Visor.Groups.Tombstones writes one: its record's bytes
-  # 0xF6, 0xF7 and 0xF8 escaped, then the end byte.
-  defp frame(record) do
-    stuffed =
-      for <<byte <- record>>, into: <<>> do
-        case byte do
-          0xF6 -> <<0xF6, 0x02>>
-          0xF7 -> <<0xF6, 0x01>>
-          0xF8 -> <<0xF6, 0x03>>
-          byte -> <<byte>>
-        end
-      end
-
-    <<@magic, stuffed::binary, 0xF8>>
-  end
 
   # A key is any term, so any binary a user chooses (a chat room's name).
   # One holding a whole tombstone frame, of another key's instance: its

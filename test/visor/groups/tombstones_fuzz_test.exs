@@ -10,16 +10,18 @@ defmodule Visor.Groups.TombstonesFuzzTest do
   # 0xF7) before the marker's other bytes, which one flipped bit turns
   # into a frame read as a stop nobody made, and truncations inside a
   # marker, which read as damage, not a torn end: breaks of the third
-  # review (test/visor/groups/tombstones_review3_test.exs). The last test
-  # here (tagged :review_break) sweeps every cut point.
+  # review (test/visor/groups/tombstones_review3_test.exs; the second is
+  # fixed, and the last test here sweeps every cut point).
   use ExUnit.Case, async: true
 
+  import Visor.Test.TombstoneFiles, only: [frame: 2]
+
   alias Visor.Groups.{Stores, Tombstones}
+  alias Visor.Test.TombstoneFiles
 
   @moduletag :tmp_dir
 
-  # The module's frame marker (Visor.Groups.Tombstones' @magic).
-  @magic <<0xF7, "VtMb", 0x0D, 0x0A, 0x1A>>
+  @magic TombstoneFiles.magic()
   @iterations 3000
   # Ids of the records only found inside keys: never written as a stop.
   @inner_ids 1_000_000_000
@@ -172,22 +174,6 @@ defmodule Visor.Groups.TombstonesFuzzTest do
   defp escapes, do: [0xF6, 0xF7, 0xF8, 0, 1, 2, 3, 0x1A, ?V]
 
   defp bytes(max), do: :rand.bytes(:rand.uniform(max + 1) - 1)
-
-  # A frame as the module writes it: its record's bytes 0xF6, 0xF7, 0xF8
-  # escaped, between the marker and the end byte.
-  defp frame(key, instance) do
-    stuffed =
-      for <<byte <- Stores.encode_record(key, instance)>>, into: <<>> do
-        case byte do
-          0xF6 -> <<0xF6, 0x02>>
-          0xF7 -> <<0xF6, 0x01>>
-          0xF8 -> <<0xF6, 0x03>>
-          byte -> <<byte>>
-        end
-      end
-
-    <<@magic, stuffed::binary, 0xF8>>
-  end
 
   # Each frame's bytes [start, stop) in the file.
   defp spans(frames) do

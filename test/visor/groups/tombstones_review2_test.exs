@@ -10,7 +10,8 @@ defmodule Visor.Groups.TombstonesReview2Test do
   # Not async: capture_log takes every process's log, another test's too.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureLog
+  import Visor.Test.TombstoneFiles
+  alias Visor.Test.TombstoneFiles
 
   alias Visor.Groups.Tombstones
 
@@ -18,45 +19,14 @@ defmodule Visor.Groups.TombstonesReview2Test do
 
   @one %{members: [:a@h, :b@h, :c@h], id: 1}
   @two %{members: [:a@h, :b@h, :c@h], id: 2}
-  # The module's frame marker (Visor.Groups.Tombstones' @magic).
-  @magic <<0xF7, "VtMb", 0x0D, 0x0A, 0x1A>>
+  @magic TombstoneFiles.magic()
 
-  defp file(tmp), do: Path.join(tmp, "tombstones")
-  defp copies(tmp), do: Path.wildcard(file(tmp) <> ".damaged-at-*")
+  # A record (md5, then body) of any members, names or not.
+  defp record(key, members, id) do
+    body =
+      :erlang.term_to_binary(%{visor: 1, key: key, members: members, id: id}, minor_version: 1)
 
-  # A frame as the module writes it (its bytes 0xF6, 0xF7, 0xF8 escaped,
-  # then the end byte), around any body with its md5.
-  defp frame(body) do
-    record = :erlang.md5(body) <> body
-
-    stuffed =
-      for <<byte <- record>>, into: <<>> do
-        case byte do
-          0xF6 -> <<0xF6, 0x02>>
-          0xF7 -> <<0xF6, 0x01>>
-          0xF8 -> <<0xF6, 0x03>>
-          byte -> <<byte>>
-        end
-      end
-
-    <<@magic, stuffed::binary, 0xF8>>
-  end
-
-  defp body(key, members, id),
-    do: :erlang.term_to_binary(%{visor: 1, key: key, members: members, id: id}, minor_version: 1)
-
-  defp load(tmp) do
-    log = capture_log(fn -> send(self(), {:loaded, Tombstones.load(tmp)}) end)
-    assert_received {:loaded, loaded}
-    {loaded, log}
-  end
-
-  # Flips one bit of the file at `at`.
-  defp flip(tmp, at, mask) do
-    <<before::binary-size(at), byte, rest::binary>> = File.read!(file(tmp))
-    damaged = <<before::binary, Bitwise.bxor(byte, mask), rest::binary>>
-    File.write!(file(tmp), damaged)
-    damaged
+    :erlang.md5(body) <> body
   end
 
   # The size field is outside the md5. Rot that makes the LAST record's
@@ -90,7 +60,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
   # atom may be (255 characters) raises SystemLimitError in
   # String.to_atom/1.
   test "parse/1 does not raise on a record naming a member longer than an atom may be" do
-    bytes = frame(body(:k, [String.duplicate("n", 300) <> "@h"], 1))
+    bytes = frame(record(:k, [String.duplicate("n", 300) <> "@h"], 1))
 
     result =
       try do
@@ -113,7 +83,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
        %{tmp_dir: tmp} do
     :ok = Tombstones.record(tmp, :a, @one)
     good = File.read!(file(tmp))
-    inner = frame(body(:x, [String.duplicate("n", 300) <> "@h"], 1))
+    inner = frame(record(:x, [String.duplicate("n", 300) <> "@h"], 1))
     :ok = Tombstones.record(tmp, "room:" <> inner <> String.duplicate("-", 64), @two)
     # The crash: the last 20 bytes of the frame (its members) never written.
     whole = File.read!(file(tmp))
@@ -142,7 +112,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
        %{tmp_dir: tmp} do
     :ok = Tombstones.record(tmp, :a, @one)
     good = File.read!(file(tmp))
-    forged = frame(body(:victim, ["a@h", "b@h", "c@h"], 1_000_000))
+    forged = frame(record(:victim, ["a@h", "b@h", "c@h"], 1_000_000))
     :ok = Tombstones.record(tmp, "room:" <> forged <> String.duplicate("-", 64), @two)
     whole = File.read!(file(tmp))
     File.write!(file(tmp), binary_part(whole, 0, byte_size(whole) - 20))
@@ -216,7 +186,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
   # hundred times longer.
   test "parse/1 of one damaged record holding many magics takes time linear in the file" do
     key = for _ <- 1..20_000, into: "", do: @magic <> <<200_000::32>>
-    <<head::binary-size(12), byte, rest::binary>> = frame(body(key, ["a@h"], 1))
+    <<head::binary-size(12), byte, rest::binary>> = frame(record(key, ["a@h"], 1))
     bytes = <<head::binary, Bitwise.bxor(byte, 1), rest::binary>>
 
     {micros, {_found, findings}} = :timer.tc(fn -> Tombstones.parse(bytes) end)

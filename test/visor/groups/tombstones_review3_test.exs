@@ -11,7 +11,8 @@ defmodule Visor.Groups.TombstonesReview3Test do
   # Not async: capture_log takes every process's log, another test's too.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureLog
+  import Visor.Test.TombstoneFiles
+  alias Visor.Test.TombstoneFiles
 
   alias Visor.Groups.{Stores, Tombstones}
   alias Visor.Test.{Cluster, Counter}
@@ -20,25 +21,7 @@ defmodule Visor.Groups.TombstonesReview3Test do
 
   @one %{members: [:a@h, :b@h, :c@h], id: 1}
   @two %{members: [:a@h, :b@h, :c@h], id: 2}
-  # The module's frame marker (Visor.Groups.Tombstones' @magic).
-  @magic <<0xF7, "VtMb", 0x0D, 0x0A, 0x1A>>
-
-  defp file(tmp), do: Path.join(tmp, "tombstones")
-  defp copies(tmp), do: Path.wildcard(file(tmp) <> ".damaged-at-*")
-
-  defp load(tmp) do
-    log = capture_log(fn -> send(self(), {:loaded, Tombstones.load(tmp)}) end)
-    assert_received {:loaded, loaded}
-    {loaded, log}
-  end
-
-  # Flips bits `mask` of the file's byte at `at`.
-  defp flip(tmp, at, mask) do
-    <<before::binary-size(at), byte, rest::binary>> = File.read!(file(tmp))
-    damaged = <<before::binary, Bitwise.bxor(byte, mask), rest::binary>>
-    File.write!(file(tmp), damaged)
-    damaged
-  end
+  @magic TombstoneFiles.magic()
 
   # The escaping keeps 0xF7 out of every record, but one flipped bit
   # makes 0xF7 out of 0xF5 (or 0xF3, 0xFF, 0xE7, 0xD7, 0xB7, 0x77), which
