@@ -15,16 +15,28 @@ defmodule Visor.Test.TombstoneFiles do
   @doc """
   A frame as `Tombstones.record/3` writes one around `record` (any
   binary: a record of `Stores.encode_record/2`, or a forged one): its
-  bytes 0xF6, 0xF7 and 0xF8 escaped, between the marker and the end byte.
+  escaped bytes (0xF7, 0xF6, 0xF8, and those one bit from 0xF7) written
+  as 0xF6 and a code, between the marker and the end byte.
   """
   def frame(record) do
+    codes = %{
+      0xF7 => 0x01,
+      0xF6 => 0x02,
+      0xF8 => 0x03,
+      0xF5 => 0x04,
+      0xF3 => 0x05,
+      0xFF => 0x06,
+      0xE7 => 0x07,
+      0xD7 => 0x08,
+      0xB7 => 0x09,
+      0x77 => 0x0A
+    }
+
     stuffed =
       for <<byte <- record>>, into: <<>> do
-        case byte do
-          0xF6 -> <<0xF6, 0x02>>
-          0xF7 -> <<0xF6, 0x01>>
-          0xF8 -> <<0xF6, 0x03>>
-          byte -> <<byte>>
+        case codes do
+          %{^byte => code} -> <<0xF6, code>>
+          _ -> <<byte>>
         end
       end
 

@@ -23,8 +23,10 @@ defmodule Visor.Groups.Tombstones do
   #
   # Each record (`Visor.Groups.Stores.encode_record/2`: an md5, then the
   # key and the instance) is framed as `<<magic, stuffed record, 0xF8>>`:
-  # the record's bytes 0xF6, 0xF7 and 0xF8 are escaped (`stuff/1`), so
-  # the magic, which starts with 0xF7, and the end byte 0xF8 occur
+  # the record's bytes 0xF6, 0xF7 and 0xF8 are escaped (`stuff/1`), and
+  # so is every byte one bit away from 0xF7 (so that no single flipped
+  # bit makes a marker of a key's bytes), and the magic, which starts
+  # with 0xF7, and the end byte 0xF8 occur
   # nowhere else in the file, whatever a key holds. The file is read by
   # splitting it at the magic, in one pass; no frame can be found inside
   # another. A record that reads back is never given up for damage before
@@ -221,21 +223,42 @@ defmodule Visor.Groups.Tombstones do
     end
   end
 
-  # 0xF6 -> F6 02, 0xF7 -> F6 01, 0xF8 -> F6 03: no 0xF7 or 0xF8 is left.
-  defp stuff(record) do
-    record
-    |> :binary.replace(<<0xF6>>, <<0xF6, 0x02>>, [:global])
-    |> :binary.replace(<<0xF7>>, <<0xF6, 0x01>>, [:global])
-    |> :binary.replace(<<0xF8>>, <<0xF6, 0x03>>, [:global])
-  end
+  # Each escaped byte becomes 0xF6 and its code. Escaped: 0xF7 (the
+  # marker's first byte), 0xF6 (the escape), 0xF8 (the end byte), and the
+  # bytes one bit away from 0xF7, so that one flipped bit in a record can
+  # never start a marker there (a flipped escape 0xF6 is followed by a
+  # code, never by the marker's second byte).
+  @codes %{
+    0xF7 => 0x01,
+    0xF6 => 0x02,
+    0xF8 => 0x03,
+    0xF5 => 0x04,
+    0xF3 => 0x05,
+    0xFF => 0x06,
+    0xE7 => 0x07,
+    0xD7 => 0x08,
+    0xB7 => 0x09,
+    0x77 => 0x0A
+  }
+  @escaped Map.new(@codes, fn {byte, code} -> {code, byte} end)
+
+  defp stuff(record), do: for(<<byte <- record>>, into: <<>>, do: escape(byte))
+
+  defp escape(byte) when is_map_key(@codes, byte), do: <<0xF6, Map.fetch!(@codes, byte)>>
+  defp escape(byte), do: <<byte>>
 
   defp unstuff(stuffed), do: unstuff(stuffed, [])
 
   defp unstuff(<<>>, acc), do: {:ok, IO.iodata_to_binary(Enum.reverse(acc))}
-  defp unstuff(<<0xF6, 0x01, rest::binary>>, acc), do: unstuff(rest, [0xF7 | acc])
-  defp unstuff(<<0xF6, 0x02, rest::binary>>, acc), do: unstuff(rest, [0xF6 | acc])
-  defp unstuff(<<0xF6, 0x03, rest::binary>>, acc), do: unstuff(rest, [0xF8 | acc])
-  defp unstuff(<<0xF6, _::binary>>, _acc), do: :error
+
+  defp unstuff(<<0xF6, code, rest::binary>>, acc) do
+    case @escaped do
+      %{^code => byte} -> unstuff(rest, [byte | acc])
+      _ -> :error
+    end
+  end
+
+  defp unstuff(<<0xF6>>, _acc), do: :error
 
   defp unstuff(bytes, acc) do
     # The run up to the next escape, at once.

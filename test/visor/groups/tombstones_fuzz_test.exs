@@ -6,12 +6,10 @@ defmodule Visor.Groups.TombstonesFuzzTest do
   # deleted bytes). :rand is seeded; a failure prints its seed, and
   # TOMBSTONES_FUZZ_SEED=<seed> replays it.
   #
-  # Not generated here: keys holding 0xF5 (or another byte one bit from
-  # 0xF7) before the marker's other bytes, which one flipped bit turns
-  # into a frame read as a stop nobody made, and truncations inside a
-  # marker, which read as damage, not a torn end: breaks of the third
-  # review (test/visor/groups/tombstones_review3_test.exs; the second is
-  # fixed, and the last test here sweeps every cut point).
+  # Not generated here: keys holding a byte one bit from 0xF7 before the
+  # marker's other bytes, and their one flipped bit
+  # (test/visor/groups/tombstones_review3_test.exs flips every bit of
+  # such a file); the last test here sweeps every cut point.
   use ExUnit.Case, async: true
 
   import Visor.Test.TombstoneFiles, only: [frame: 2]
