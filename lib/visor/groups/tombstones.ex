@@ -98,7 +98,7 @@ defmodule Visor.Groups.Tombstones do
       with {:error, _} = error <- write_synced(fd, frame) do
         # A write that failed part-way (a full disk) leaves part of a
         # frame: cut it off, or the next stop's record would follow it.
-        with {:ok, ^at} <- :file.position(fd, at), :ok <- :file.truncate(fd), do: :file.sync(fd)
+        _ = truncate_at(fd, at)
         error
       end
     end
@@ -328,17 +328,18 @@ defmodule Visor.Groups.Tombstones do
   defp cut(file, at) do
     case :file.open(file, [:read, :write, :raw, :binary]) do
       {:ok, fd} ->
-        result =
-          with {:ok, ^at} <- :file.position(fd, at),
-               :ok <- :file.truncate(fd),
-               do: :file.sync(fd)
-
+        result = truncate_at(fd, at)
         _ = :file.close(fd)
         with {:error, reason} <- result, do: failed(file, reason)
 
       {:error, reason} ->
         failed(file, reason)
     end
+  end
+
+  # Cuts the open file at `at`, synced.
+  defp truncate_at(fd, at) do
+    with {:ok, ^at} <- :file.position(fd, at), :ok <- :file.truncate(fd), do: :file.sync(fd)
   end
 
   defp failed(path, reason) do
