@@ -408,4 +408,32 @@ defmodule Visor.Test.Cluster do
   end
 
   defp code_paths, do: Enum.map(:code.get_path(), &to_charlist/1)
+
+  @doc """
+  A tmpfs of `size` (`"64k"`, `"4m"`) mounted at `dir`, unmounted (lazily:
+  a killed node's files may still be closing) when the test ends. Needs
+  root: tag the test `:tmpfs` (test_helper.exs excludes it where mounting
+  is not allowed).
+  """
+  def mount_tmpfs!(dir, size) do
+    File.mkdir_p!(dir)
+    {_, 0} = System.cmd("mount", ["-t", "tmpfs", "-o", "size=#{size}", "tmpfs", dir])
+    on_exit(fn -> System.cmd("umount", ["-l", dir]) end)
+  end
+
+  @doc "Writes `path` until its filesystem is full; returns `path`."
+  def fill!(path) do
+    {:ok, file} = :file.open(path, [:write, :raw, :binary])
+    fill_loop(file, :binary.copy(<<0>>, 65_536))
+    :ok = :file.close(file)
+    path
+  end
+
+  defp fill_loop(file, chunk) do
+    case :file.write(file, chunk) do
+      :ok -> fill_loop(file, chunk)
+      {:error, :enospc} when byte_size(chunk) > 1 -> fill_loop(file, binary_part(chunk, 0, 1))
+      {:error, :enospc} -> :ok
+    end
+  end
 end

@@ -14,7 +14,7 @@ defmodule Visor.DiskFullTest do
          "and restarts from a disk that is intact",
        %{tmp_dir: tmp} do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
-    for n <- nodes, do: mount_tmpfs!(Path.join(tmp, Atom.to_string(n)))
+    for n <- nodes, do: Cluster.mount_tmpfs!(Path.join(tmp, Atom.to_string(n)), "4m")
 
     opts = fn node ->
       [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))]
@@ -25,7 +25,7 @@ defmodule Visor.DiskFullTest do
     primary = List.last(others)
     for i <- 1..5, do: assert(commit(primary, {:incr, i}) == i)
 
-    junk = fill!(Path.join([tmp, Atom.to_string(full), "junk"]))
+    junk = Cluster.fill!(Path.join([tmp, Atom.to_string(full), "junk"]))
 
     # The majority goes on. The full member writes on into the zeros its
     # store keeps ahead of the log (at most 1 MiB and a page); past them
@@ -64,29 +64,4 @@ defmodule Visor.DiskFullTest do
 
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)
-
-  # A 4 MiB tmpfs at `dir`, unmounted (lazily: a killed node's files may
-  # still be closing) when the test ends.
-  defp mount_tmpfs!(dir) do
-    File.mkdir_p!(dir)
-    {_, 0} = System.cmd("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", dir])
-    on_exit(fn -> System.cmd("umount", ["-l", dir]) end)
-  end
-
-  # Writes `path` until the filesystem is full; returns `path`.
-  defp fill!(path) do
-    {:ok, file} = :file.open(path, [:write, :raw, :binary])
-    chunk = :binary.copy(<<0>>, 65_536)
-    fill_loop(file, chunk)
-    :ok = :file.close(file)
-    path
-  end
-
-  defp fill_loop(file, chunk) do
-    case :file.write(file, chunk) do
-      :ok -> fill_loop(file, chunk)
-      {:error, :enospc} when byte_size(chunk) > 1 -> fill_loop(file, binary_part(chunk, 0, 1))
-      {:error, :enospc} -> :ok
-    end
-  end
 end

@@ -11,7 +11,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
   use ExUnit.Case, async: false
 
   import Visor.Test.TombstoneFiles
-  alias Visor.Test.TombstoneFiles
+  alias Visor.Test.{Cluster, TombstoneFiles}
 
   alias Visor.Groups.Tombstones
 
@@ -205,9 +205,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
   test "a copy aside cut short by a full disk is made whole once there is room",
        %{tmp_dir: tmp} do
     dir = Path.join(tmp, "fs")
-    File.mkdir_p!(dir)
-    {_, 0} = System.cmd("mount", ["-t", "tmpfs", "-o", "size=128k", "tmpfs", dir])
-    on_exit(fn -> System.cmd("umount", ["-l", dir]) end)
+    Cluster.mount_tmpfs!(dir, "128k")
 
     for i <- 1..150, do: :ok = Tombstones.record(dir, {:k, i}, @one)
     at = byte_size(File.read!(file(dir)))
@@ -217,13 +215,7 @@ defmodule Visor.Groups.TombstonesReview2Test do
     assert byte_size(damaged) > 3 * 4096
 
     # Fill the disk, then free two pages: less than the copy needs.
-    filler = Path.join(dir, "filler")
-    {:ok, fd} = :file.open(filler, [:write, :raw, :binary])
-
-    Stream.repeatedly(fn -> :file.write(fd, :binary.copy(<<1>>, 4096)) end)
-    |> Enum.find(&match?({:error, _}, &1))
-
-    :ok = :file.close(fd)
+    filler = Cluster.fill!(Path.join(dir, "filler"))
     {:ok, fd} = :file.open(filler, [:read, :write, :raw, :binary])
     {:ok, _} = :file.position(fd, File.stat!(filler).size - 2 * 4096)
     :ok = :file.truncate(fd)

@@ -11,6 +11,7 @@ defmodule Visor.Groups.TombstonesReviewTest do
   import ExUnit.CaptureLog
 
   alias Visor.Groups.{Stores, Tombstones}
+  alias Visor.Test.Cluster
 
   @moduletag :tmp_dir
 
@@ -120,9 +121,7 @@ defmodule Visor.Groups.TombstonesReviewTest do
   test "on a full disk, a stop's failed append makes the next acknowledged stop unreadable",
        %{tmp_dir: tmp} do
     dir = Path.join(tmp, "fs")
-    File.mkdir_p!(dir)
-    {_, 0} = System.cmd("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", dir])
-    on_exit(fn -> System.cmd("umount", ["-l", dir]) end)
+    Cluster.mount_tmpfs!(dir, "64k")
 
     # Records until the file is within one record of a page's end.
     Stream.iterate(0, &(&1 + 1))
@@ -131,13 +130,7 @@ defmodule Visor.Groups.TombstonesReviewTest do
       rem(File.stat!(file(dir)).size, 4096) > 4096 - 90
     end)
 
-    filler = Path.join(dir, "filler")
-    {:ok, fd} = :file.open(filler, [:write, :raw, :binary])
-
-    Stream.repeatedly(fn -> :file.write(fd, :binary.copy(<<1>>, 4096)) end)
-    |> Enum.find(&match?({:error, _}, &1))
-
-    :ok = :file.close(fd)
+    filler = Cluster.fill!(Path.join(dir, "filler"))
     before = File.stat!(file(dir)).size
 
     assert capture_log(fn -> :ok = Tombstones.record(dir, :failed, @one) end) =~ "cannot record"
