@@ -197,6 +197,51 @@ defmodule Visor.DocsTest do
     end
   end
 
+  describe "Errors a caller can see" do
+    # Each reason by its name: the atom, or a tuple's first element.
+    test "docs/operations.md names exactly the reasons of Visor's error type; README.md only those" do
+      {:ok, types} = Code.Typespec.fetch_types(Visor)
+
+      [{:union, members}] =
+        for {:type, {:error, {:type, _, kind, ms}, []}} <- types, do: {kind, ms}
+
+      real =
+        MapSet.new(members, fn
+          {:atom, _, name} -> name
+          {:type, _, :tuple, [{:atom, _, name} | _]} -> name
+        end)
+
+      operations =
+        "docs/operations.md"
+        |> section("## Errors a caller can see")
+        |> String.split("\n## ", parts: 2)
+        |> hd()
+
+      documented = error_names(operations)
+
+      # halted and skipped are named in the text below the table.
+      in_text = for name <- [:halted, :skipped], operations =~ "`{:#{name},", do: name
+
+      assert MapSet.size(real) > 15
+      assert MapSet.union(documented, MapSet.new(in_text)) == real
+
+      readme = error_names(section("README.md", "## Errors a caller can see"))
+      assert MapSet.size(readme) > 10
+
+      assert MapSet.subset?(readme, real),
+             "README.md: not real #{inspect(MapSet.difference(readme, real))}"
+    end
+  end
+
+  # The reasons named by the first term of each row of the first table.
+  defp error_names(text) do
+    [table | _] = Regex.run(~r/^\| reason \|.*?(?=\n\n)/ms, text)
+
+    for [_, name] <- Regex.scan(~r/^\| `\{?:(\w+)/m, table),
+        into: MapSet.new(),
+        do: String.to_atom(name)
+  end
+
   # The first ```elixir block after `heading` in `file`.
   defp example(file, heading) do
     [_, block] = Regex.run(~r/```elixir\n(.*?)```/s, section(file, heading))
