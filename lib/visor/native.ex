@@ -191,6 +191,17 @@ defmodule Visor.Native do
     end
   end
 
+  @doc """
+  Checks the engine options in `opts` as `start/2` would, without starting
+  anything: each option's range, and the rules that tie options together
+  (`view_change_ticks` above twice `heartbeat_ticks`, `resend_ticks` below
+  `view_change_ticks`). `:ok`, or `{:error, {:bad_option, key, why}}` for
+  the first option `start/2` would refuse. Options it does not know are
+  left to `start/2`.
+  """
+  @spec check_options(map()) :: :ok | {:error, {:bad_option, atom(), String.t()}}
+  def check_options(opts) when is_map(opts), do: nif_check_options(opts)
+
   @typedoc "An engine error (see \"Errors\" above)."
   @type error ::
           {:bad_option, atom(), String.t()}
@@ -522,6 +533,8 @@ defmodule Visor.Native do
 
   @doc false
   def nif_contract, do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_check_options(_opts), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_start(_opts, _owner), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

@@ -162,6 +162,13 @@ defmodule Visor.Options do
               "got: #{inspect(value)}"
     end
 
+    # And the rules that tie engine options together, as the engine checks
+    # them: a group whose options it would refuse raises here, not in a
+    # server that has already started.
+    with {:error, reason} <- Visor.Native.check_options(engine) do
+      raise ArgumentError, "#{inspect(module)}: " <> Visor.Native.format_error(reason)
+    end
+
     if storage == :memory and Map.has_key?(engine, :wal_compact_bytes) do
       raise ArgumentError,
             "#{inspect(module)}: wal_compact_bytes is only used with storage: :disk"

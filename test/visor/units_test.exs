@@ -128,6 +128,38 @@ defmodule Visor.UnitsTest do
       # The largest values of the ranges are accepted.
       assert %Options{} = Options.validate!(Cache, cluster_size: 3, pipeline_max: 1024)
     end
+
+    # Options each in range but against each other refused by the engine
+    # used to pass validate!/2 and fail the group's server at its start,
+    # again at each restart.
+    test "options the engine would refuse together raise at validate!, naming the option" do
+      hb = Visor.Contract.default(:heartbeat_ticks)
+      vc = Visor.Contract.default(:view_change_ticks)
+
+      for {opts, message} <- [
+            {[resend_ticks: vc], ~r/^Cache: .*resend_ticks must be below view_change_ticks/},
+            {[view_change_ticks: 2 * hb],
+             ~r/view_change_ticks must exceed twice heartbeat_ticks/},
+            {[heartbeat_ticks: div(vc, 2)],
+             ~r/view_change_ticks must exceed twice heartbeat_ticks/}
+          ] do
+        assert_raise ArgumentError, message, fn ->
+          Options.validate!(Cache, [cluster_size: 3] ++ opts)
+        end
+      end
+
+      # At the edges of the rules, and moved together, they are accepted.
+      assert %Options{} = Options.validate!(Cache, cluster_size: 3, resend_ticks: vc - 1)
+      assert %Options{} = Options.validate!(Cache, cluster_size: 3, view_change_ticks: 2 * hb + 1)
+
+      assert %Options{} =
+               Options.validate!(Cache,
+                 cluster_size: 3,
+                 heartbeat_ticks: vc,
+                 view_change_ticks: 2 * vc + 1,
+                 resend_ticks: 2 * vc
+               )
+    end
   end
 
   describe "Options: storage" do

@@ -138,14 +138,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
         let why = format!("must be 1..={TICK_MS_MAX}, got {tick_ms}");
         return Err(EngineError::bad_option("tick_ms", why));
     }
-    let mut config = Config::new(cluster, count as u8);
-    for (key, name, set) in overrides() {
-        if let Some(value) = get_u64(opts, key, name)? {
-            set(&mut config, value)?;
-        }
-    }
-    config.validate()?;
-    config.check_ranges()?;
+    let config = decode_config(opts, cluster, count as u8)?;
     let recover = match opts.map_get(atoms::recover()) {
         Err(_) => false,
         Ok(value) => value
@@ -159,6 +152,33 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
         recover,
         disk: decode_disk(opts)?,
     })
+}
+
+/// vsr's `Config` from the engine options in `opts` (those absent keep
+/// their defaults), checked by vsr itself: each option's range, and the
+/// rules that tie options together (`Config::validate`).
+fn decode_config(opts: Term, cluster: u128, count: u8) -> Result<Config, EngineError> {
+    let mut config = Config::new(cluster, count);
+    for (key, name, set) in overrides() {
+        if let Some(value) = get_u64(opts, key, name)? {
+            set(&mut config, value)?;
+        }
+    }
+    config.validate()?;
+    config.check_ranges()?;
+    Ok(config)
+}
+
+/// Checks the engine options of a `start` options map as `start` would,
+/// without starting anything: `Visor.Options` asks it when a group's
+/// options are read, so that options the engine would refuse raise then,
+/// not in a server that has already started. Neither the cluster nor the
+/// replica count affects these checks.
+pub fn check_config(opts: Term) -> Result<(), EngineError> {
+    if !opts.is_map() {
+        return Err(EngineError::bad_option("opts", "must be a map"));
+    }
+    decode_config(opts, 0, 1).map(|_| ())
 }
 
 /// `data_dir` (with `group` and, optionally, `meta`) selects disk mode.

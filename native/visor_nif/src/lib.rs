@@ -61,6 +61,16 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// `:ok`, or `{:error, {:bad_option, key, why}}` for the first engine
+/// option in `opts` that `nif_start` would refuse (`convert::check_config`).
+#[rustler::nif]
+fn nif_check_options<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
+    match convert::check_config(opts) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
+
 /// `{:ok, engine}` or `{:error, reason}` (`error.rs`: `{:bad_option, key,
 /// why}` names the bad option).
 #[rustler::nif]
