@@ -1024,8 +1024,8 @@ defmodule Visor do
   view). `commit` is the highest op executed here, `commit_max` the highest
   known committed; `stats` holds the engine's and the server's counters;
   `storage` is `%{mode: :memory}` or, in disk mode, `%{mode: :disk,
-  data_dir:, opened: :created | :restarted | :recovering | nil, error:,
-  syncs:, wal_bytes:}`. When this node's server does not answer, `status`
+  data_dir:, opened: :created | :restarted | :recovering | :repairing | nil,
+  error:, syncs:, wal_bytes:, wal_size:, compactions:, checkpoint:}`. When this node's server does not answer, `status`
   is `:not_running` (the group is not started here) or `:unresponsive`,
   with the reason in `error` and the other keys as for a replica that does
   not run (`primary: nil`, `replicas: []`), so the map is always safe to

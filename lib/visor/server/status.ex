@@ -139,7 +139,9 @@ defmodule Visor.Server.Status do
     }
   end
 
-  # The engine's storage map (if it runs), and how the store opened.
+  # The engine's storage map (if it runs), and how the store opened. The
+  # base has every key of the engine's map (0 for what it has not
+  # reported), so `status.storage.checkpoint` is safe before it runs.
   defp storage(%Lifecycle{config: %{storage: :memory}}, _engine), do: %{mode: :memory}
 
   defp storage(%Lifecycle{config: %{storage: {:disk, dir}}} = lifecycle, engine) do
@@ -150,7 +152,8 @@ defmodule Visor.Server.Status do
       syncs: 0,
       wal_bytes: 0,
       wal_size: 0,
-      compactions: 0
+      compactions: 0,
+      checkpoint: 0
     }
 
     base |> Map.merge(engine || %{}) |> Map.put(:opened, lifecycle.opened)

@@ -133,7 +133,8 @@ defmodule Visor.Server.StatusTest do
              syncs: 7,
              wal_bytes: 0,
              wal_size: 0,
-             compactions: 0
+             compactions: 0,
+             checkpoint: 0
            }
   end
 
@@ -168,7 +169,16 @@ defmodule Visor.Server.StatusTest do
       assert map.waiting_for == if(status == :forming, do: %{nodes: [:c@h]})
     end
 
+    # Disk mode, before the engine runs: every key the engine's storage
+    # map has (docs/operations.md lists them), not only those known yet.
     assert Status.build(forming, nil, @server).storage.opened == nil
+
+    assert Status.build(forming, nil, @server).storage |> Map.keys() |> Enum.sort() ==
+             Enum.sort(
+               [:mode, :data_dir, :error, :syncs, :wal_bytes, :wal_size, :compactions] ++
+                 [:checkpoint, :opened]
+             )
+
     assert Status.build(failed, nil, @server).storage == %{mode: :memory}
   end
 end
