@@ -410,6 +410,29 @@ defmodule Visor.Test.Cluster do
   defp code_paths, do: Enum.map(:code.get_path(), &to_charlist/1)
 
   @doc """
+  Disk-mode options for each node: `opts` plus `storage: :disk` and a
+  `data_dir` of the node's own under `tmp` (`data_dir/2`). A function of
+  the node, as `start_group/4` and `start_groups_host/4` take.
+  """
+  def disk_opts(tmp, opts),
+    do: fn node -> opts ++ [storage: :disk, data_dir: data_dir(tmp, node)] end
+
+  @doc "The data_dir `disk_opts/2` gives `node`: `<tmp>/<node name>`."
+  def data_dir(tmp, node), do: Path.join(tmp, Atom.to_string(node))
+
+  @doc """
+  Where `node` keeps the store of a group in `disk_opts/2`'s data_dir
+  (docs/operations.md, "Disk mode" and "Keyed groups"): `<data_dir>/<module>`
+  for a module's default group, `<data_dir>/<module>.keyed/<hash of the
+  key>` for a keyed one.
+  """
+  def store_dir(tmp, node, {module, key}),
+    do: Path.join([data_dir(tmp, node), "#{module}.keyed", Visor.Options.store_key(key)])
+
+  def store_dir(tmp, node, module) when is_atom(module),
+    do: Path.join(data_dir(tmp, node), Atom.to_string(module))
+
+  @doc """
   A tmpfs of `size` (`"64k"`, `"4m"`) mounted at `dir`, unmounted (lazily:
   a killed node's files may still be closing) when the test ends. Needs
   root: tag the test `:tmpfs` (test_helper.exs excludes it where mounting

@@ -14,11 +14,8 @@ defmodule Visor.DiskFullTest do
          "and restarts from a disk that is intact",
        %{tmp_dir: tmp} do
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
-    for n <- nodes, do: Cluster.mount_tmpfs!(Path.join(tmp, Atom.to_string(n)), "4m")
-
-    opts = fn node ->
-      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))]
-    end
+    for n <- nodes, do: Cluster.mount_tmpfs!(Cluster.data_dir(tmp, n), "4m")
+    opts = Cluster.disk_opts(tmp, nodes: nodes)
 
     :ok = Cluster.start_group(nodes, Counter, opts)
     [full | others] = Cluster.backups_first(nodes, Counter)

@@ -97,7 +97,7 @@ defmodule Visor.DiskTest do
     [wiped | others] = Cluster.backups_first(nodes, Counter) -- [victim]
     others = others ++ [victim]
     :ok = Cluster.kill_node(wiped, others)
-    File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
+    File.rm_rf!(Cluster.data_dir(tmp, wiped))
     assert is_integer(commit(hd(others), {:incr, :while_wiped}))
 
     assert Cluster.rejoin(wiped, others, Counter, opts).storage.opened == :created
@@ -158,7 +158,7 @@ defmodule Visor.DiskTest do
 
     [wiped | others] = Cluster.backups_first(nodes, Counter)
     :ok = Cluster.kill_node(wiped, others)
-    File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
+    File.rm_rf!(Cluster.data_dir(tmp, wiped))
     assert Cluster.rejoin(wiped, others, Counter, opts).cluster == cluster
     assert commit(wiped, {:incr, :after_wipe}) == 5
     Cluster.converged(nodes, Counter, :erpc.call(hd(others), Counter, :get, []), 10_000)
@@ -182,7 +182,7 @@ defmodule Visor.DiskTest do
     end
 
     files = snapshot(tmp)
-    dir_a = Path.join(tmp, Atom.to_string(a))
+    dir_a = Cluster.data_dir(tmp, a)
 
     assert refusal(a, Counter, nodes: [a], storage: :disk, data_dir: dir_a) =~
              "started with nodes: [#{inspect(a)}]"
@@ -237,12 +237,8 @@ defmodule Visor.DiskTest do
     assert Cluster.status(b, Counter).stats.engine_starts > 1
   end
 
-  defp disk_opts(tmp, membership) do
-    fn node -> membership ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
-  end
-
-  defp store_dir(tmp, node),
-    do: Path.join([tmp, Atom.to_string(node), "Elixir.Visor.Test.Counter"])
+  defp disk_opts(tmp, membership), do: Cluster.disk_opts(tmp, membership)
+  defp store_dir(tmp, node), do: Cluster.store_dir(tmp, node, Counter)
 
   defp commit(node, command),
     do: :erpc.call(node, Counter, :commit, [command, [timeout: 20_000]], 25_000)

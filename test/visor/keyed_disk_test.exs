@@ -13,14 +13,7 @@ defmodule Visor.KeyedDiskTest do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  defp disk_opts(tmp, placement) do
-    fn node -> placement ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
-  end
-
-  # docs/operations.md, "Keyed groups": <data_dir>/<module>.keyed/<hash of the key>.
-  defp store_dir(tmp, node, {module, key}) do
-    Path.join([tmp, Atom.to_string(node), "#{module}.keyed", Visor.Options.store_key(key)])
-  end
+  import Cluster, only: [disk_opts: 2, store_dir: 3]
 
   defp start_all(node, groups) do
     for group <- groups, do: assert({:ok, _} = rpc(node, :start_group, [group]))

@@ -206,9 +206,7 @@ defmodule Visor.KeyedReview7Test do
        %{tmp_dir: tmp} do
     [a, c] = members = nodes(2)
 
-    opts = fn node ->
-      [members: members, storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))]
-    end
+    opts = Cluster.disk_opts(tmp, members: members)
 
     keyed = Path.join([tmp, Atom.to_string(c), "#{Counter}.keyed"])
     File.mkdir_p!(Path.dirname(keyed))

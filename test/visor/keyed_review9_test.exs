@@ -15,14 +15,10 @@ defmodule Visor.KeyedReview9Test do
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
   defp rpc(node, fun, args), do: :erpc.call(node, Visor, fun, args, 60_000)
 
-  defp disk_opts(tmp, placement) do
-    fn node -> placement ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
-  end
+  import Cluster, only: [disk_opts: 2]
 
-  defp keyed_dir(tmp, node), do: Path.join([tmp, Atom.to_string(node), "#{Counter}.keyed"])
-
-  defp store_dir(tmp, node, key),
-    do: Path.join(keyed_dir(tmp, node), Visor.Options.store_key(key))
+  defp keyed_dir(tmp, node), do: Path.join(Cluster.data_dir(tmp, node), "#{Counter}.keyed")
+  defp store_dir(tmp, node, key), do: Cluster.store_dir(tmp, node, {Counter, key})
 
   # A key is any term, so any binary a user chooses (a chat room's name).
   # One holding a whole tombstone frame, of another key's instance: its

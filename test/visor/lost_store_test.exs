@@ -130,12 +130,8 @@ defmodule Visor.LostStoreTest do
     :ok = :file.close(file)
   end
 
-  defp disk_opts(tmp, membership) do
-    fn node -> membership ++ [storage: :disk, data_dir: Path.join(tmp, Atom.to_string(node))] end
-  end
-
-  defp store_dir(tmp, node),
-    do: Path.join([tmp, Atom.to_string(node), "Elixir.Visor.Test.Counter"])
+  defp disk_opts(tmp, membership), do: Cluster.disk_opts(tmp, membership)
+  defp store_dir(tmp, node), do: Cluster.store_dir(tmp, node, Counter)
 
   # Every file under `dir` with its contents.
   defp snapshot(dir) do

@@ -26,9 +26,7 @@ defmodule Visor.PipelineReview2Test do
   defp disk_cluster(tmp) do
     [_a, _b, _c] = nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
 
-    opts = fn node ->
-      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, to_string(node))]
-    end
+    opts = Cluster.disk_opts(tmp, nodes: nodes)
 
     :ok = Cluster.start_group(nodes, Sequence, opts)
 

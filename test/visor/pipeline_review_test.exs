@@ -195,9 +195,7 @@ defmodule Visor.PipelineReviewTest do
     # Disk mode: a's replica restarts from its own log, with b alone.
     [a, b, c] = nodes = nodes(3)
 
-    opts = fn node ->
-      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, to_string(node))]
-    end
+    opts = Cluster.disk_opts(tmp, nodes: nodes)
 
     :ok = Cluster.start_group(nodes, Sequence, opts)
 

@@ -38,7 +38,7 @@ defmodule Visor.PoisonTest do
   test "disk mode: a callback that kills its server stops every replica at its op; skip/2 gets them past it",
        %{tmp_dir: tmp} do
     [a, b, _] = nodes = nodes(3)
-    opts = fn n -> [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, Atom.to_string(n))] end
+    opts = Cluster.disk_opts(tmp, nodes: nodes)
     :ok = Cluster.start_group(nodes, Counter, opts, :critical)
     assert commit(a, {:incr, 1}) == 1
 

@@ -187,9 +187,7 @@ defmodule Visor.VersionsTest do
     [v2] = compile([2])
     nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1))
 
-    opts = fn node ->
-      [nodes: nodes, storage: :disk, data_dir: Path.join(tmp, "#{node}"), checkpoint_every: 5]
-    end
+    opts = Cluster.disk_opts(tmp, nodes: nodes, checkpoint_every: 5)
 
     for n <- nodes, do: CodeVersions.load(v2, n)
     :ok = Cluster.start_group(nodes, @module, opts)
@@ -218,7 +216,7 @@ defmodule Visor.VersionsTest do
     # the others' checkpoint.
     [wiped | others] = Cluster.backups_first(nodes, @module)
     :ok = Cluster.kill_node(wiped, others)
-    File.rm_rf!(Path.join(tmp, Atom.to_string(wiped)))
+    File.rm_rf!(Cluster.data_dir(tmp, wiped))
     for i <- 14..25, do: assert(commit(hd(others), i) == 2)
     Cluster.restart_peer(wiped, others)
     CodeVersions.load(v2, wiped)
