@@ -65,8 +65,18 @@ defmodule Visor.ContractTest do
         option = if key == :checkpoint_interval, do: :checkpoint_every, else: key
         base = [cluster_size: 3, storage: :disk, data_dir: "/nonexistent/visor"]
 
+        # The bounds are accepted, but where they break the rules that tie
+        # the timeouts together (Config::validate, which Options asks
+        # through Native.check_options/1): then the rule is named.
         for value <- [first, last] do
-          assert %Options{} = Options.validate!(Cache, [{option, value} | base])
+          if (key in [:heartbeat_ticks, :resend_ticks] and value == last) or
+               (key == :view_change_ticks and value == first) do
+            assert_raise ArgumentError,
+                         ~r/(view_change_ticks must exceed|resend_ticks must be below)/,
+                         fn -> Options.validate!(Cache, [{option, value} | base]) end
+          else
+            assert %Options{} = Options.validate!(Cache, [{option, value} | base])
+          end
         end
 
         for value <- [first - 1, last + 1] do
