@@ -92,8 +92,12 @@ defmodule Visor.Contract do
   defp contract do
     case :persistent_term.get(@key, nil) do
       nil ->
-        # Loading Visor.Native runs its load hook, which installs the contract.
-        case Code.ensure_loaded(Visor.Native) do
+        # Loading Visor.Native runs its load hook, which installs the
+        # contract. ensure_compiled, not ensure_loaded: while mix compiles
+        # Visor.Native anew, a module whose `use Visor` reads the contract
+        # at compile time (examples/chat_room.ex) waits for it, where
+        # ensure_loaded would find no module (:nofile) and fail the build.
+        case Code.ensure_compiled(Visor.Native) do
           {:module, _} ->
             :persistent_term.get(@key)
 
