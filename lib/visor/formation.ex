@@ -474,16 +474,23 @@ defmodule Visor.Formation do
     state
   end
 
-  # Written aside and renamed, so a crash leaves the old file or the new.
+  # Written aside and renamed, so a crash leaves the old file or the new;
+  # its directory created durably, and synced after the rename (Erlang
+  # cannot sync a directory: Visor.Native does), so the record is durable
+  # when the replica starts.
   defp write_record(file, bytes) do
-    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(Path.dirname(file))},
+    dir = Path.dirname(file)
+
+    with {:mkdir, :ok} <- {:mkdir, Visor.Native.create_dir(dir)},
          {:write, :ok} <- {:write, :file.write_file(file <> ".new", bytes, [:sync])},
-         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
+         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
+         {:sync, :ok} <- {:sync, Visor.Native.sync_dir(dir)} do
       :ok
     else
-      {:mkdir, {:error, reason}} -> {:error, Path.dirname(file), reason}
+      {:mkdir, {:error, reason}} -> {:error, dir, reason}
       {:write, {:error, reason}} -> {:error, file <> ".new", reason}
       {:rename, {:error, reason}} -> {:error, file, reason}
+      {:sync, {:error, reason}} -> {:error, dir, reason}
     end
   end
 

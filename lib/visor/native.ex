@@ -202,6 +202,24 @@ defmodule Visor.Native do
   @spec check_options(map()) :: :ok | {:error, {:bad_option, atom(), String.t()}}
   def check_options(opts) when is_map(opts), do: nif_check_options(opts)
 
+  @doc """
+  Creates the directory `dir` and any missing ancestors, as
+  `File.mkdir_p/1` does, and makes each one it created durable (an
+  `fsync` of the directory holding it): Erlang cannot sync a directory,
+  and POSIX makes a new directory entry durable only then. Runs on a
+  dirty I/O scheduler. `:ok` or `{:error, posix}`.
+  """
+  @spec create_dir(Path.t()) :: :ok | {:error, File.posix() | :unknown}
+  def create_dir(dir) when is_binary(dir), do: nif_create_dir(dir)
+
+  @doc """
+  Makes the entries of the directory `dir` durable (an `fsync` of the
+  directory): the files created, renamed or removed in it. Runs on a
+  dirty I/O scheduler. `:ok` or `{:error, posix}`.
+  """
+  @spec sync_dir(Path.t()) :: :ok | {:error, File.posix() | :unknown}
+  def sync_dir(dir) when is_binary(dir), do: nif_sync_dir(dir)
+
   @typedoc "An engine error (see \"Errors\" above)."
   @type error ::
           {:bad_option, atom(), String.t()}
@@ -535,6 +553,10 @@ defmodule Visor.Native do
   def nif_contract, do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_check_options(_opts), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_create_dir(_dir), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_sync_dir(_dir), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_start(_opts, _owner), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

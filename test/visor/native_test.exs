@@ -23,6 +23,31 @@ defmodule Visor.NativeTest do
     assert_raise ArgumentError, fn -> Native.checksum(~c"charlist") end
   end
 
+  @tag :tmp_dir
+  test "create_dir/1 makes missing directories and leaves existing ones; both calls name errors as File does",
+       %{tmp_dir: tmp} do
+    dir = Path.join([tmp, "data", "Elixir.M.keyed", "3f2a"])
+    assert Native.create_dir(dir) == :ok
+    assert File.dir?(dir)
+    File.write!(Path.join(dir, "keep"), "x")
+    assert Native.create_dir(dir) == :ok
+    assert File.read!(Path.join(dir, "keep")) == "x"
+    assert Native.sync_dir(dir) == :ok
+
+    # The errors File.mkdir_p/1 and :file give, as the same atoms.
+    file = Path.join(tmp, "file")
+    File.write!(file, "y")
+    assert Native.create_dir(Path.join(file, "below")) == File.mkdir_p(Path.join(file, "below"))
+    assert Native.create_dir(Path.join(file, "below")) == {:error, :enotdir}
+    assert Native.sync_dir(Path.join(tmp, "absent")) == {:error, :enoent}
+    assert File.read!(file) == "y"
+
+    # Names that name no file.
+    assert Native.create_dir("") == {:error, :einval}
+    assert Native.sync_dir(<<"a", 0, "b">>) == {:error, :einval}
+    assert_raise FunctionClauseError, fn -> Native.create_dir(~c"charlist") end
+  end
+
   describe "start/2 rejects bad options, naming the field" do
     setup do
       %{good: opts(cluster_id(), 3, 0)}

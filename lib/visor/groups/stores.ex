@@ -22,12 +22,15 @@ defmodule Visor.Groups.Stores do
   #
   # Written aside, synced and renamed, as the formation record is
   # (`Visor.Formation`): a crash leaves the old file or the new. The
-  # rename is made durable by the engine, which syncs the directory when
-  # it opens the store, before the replica acknowledges anything.
+  # directory is created durably and synced after the rename
+  # (`Visor.Native.create_dir/1`, `sync_dir/1`: Erlang cannot sync a
+  # directory), so the record is durable before the store is created.
+  # A removal is synced too, so that a stopped group's directory does
+  # not come back after a power loss.
 
   require Logger
 
-  alias Visor.{Lifetime, Options}
+  alias Visor.{Lifetime, Native, Options}
   alias Visor.Formation.Restore
   alias Visor.Groups.Tombstones
 
@@ -147,10 +150,19 @@ defmodule Visor.Groups.Stores do
   """
   @spec remove(Path.t()) :: :ok
   def remove(dir) do
+    parent = Path.dirname(dir)
+
     with {:ok, _} <- rm(Path.join(dir, @record)),
-         {:ok, _} <- File.rm_rf(dir) do
+         {:ok, _} <- File.rm_rf(dir),
+         {:sync, :ok} <- {:sync, Native.sync_dir(parent)} do
       :ok
     else
+      {:sync, {:error, reason}} ->
+        Logger.warning(
+          "cannot sync #{parent} (#{:file.format_error(reason)}) after removing #{dir}, " <>
+            "the store of a stopped keyed group: a power loss may bring it back"
+        )
+
       {:error, reason, path} ->
         Logger.warning(
           "cannot remove #{path} (#{:file.format_error(reason)}), the store of a stopped " <>
@@ -193,15 +205,17 @@ defmodule Visor.Groups.Stores do
   defp write(dir, key, instance) do
     file = Path.join(dir, @record)
 
-    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(dir)},
+    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(dir)},
          {:write, :ok} <-
            {:write, :file.write_file(file <> ".new", encode_record(key, instance), [:sync])},
-         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)} do
+         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
+         {:sync, :ok} <- {:sync, Native.sync_dir(dir)} do
       :ok
     else
       {:mkdir, {:error, reason}} -> {:error, dir, reason}
       {:write, {:error, reason}} -> {:error, file <> ".new", reason}
       {:rename, {:error, reason}} -> {:error, file, reason}
+      {:sync, {:error, reason}} -> {:error, dir, reason}
     end
   end
 

@@ -16,10 +16,9 @@ defmodule Visor.Groups.Tombstones do
   # Why append-only, not a whole file written aside and renamed as
   # `Visor.Groups.Stores` writes its records: a stop then costs one
   # record's write and sync, whatever the number of stops before it,
-  # where a rewrite copies them all. And it never changes the directory,
-  # which Erlang cannot sync: only the file's creation, by the first stop
-  # on the node, adds a directory entry (made durable with the file's
-  # sync by ext4 and XFS, though POSIX does not promise it).
+  # where a rewrite copies them all. And it changes the directory only
+  # once: the file's creation, by the first stop on the node, whose
+  # directory entry is then synced too (`Visor.Native.sync_dir/1`).
   #
   # Each record (`Visor.Groups.Stores.encode_record/2`: an md5, then the
   # key and the instance) is framed as `<<magic, stuffed record, 0xF8>>`:
@@ -53,7 +52,7 @@ defmodule Visor.Groups.Tombstones do
   require Logger
 
   alias Visor.Groups.Stores
-  alias Visor.Lifetime
+  alias Visor.{Lifetime, Native}
 
   @file_name "tombstones"
   # Starts every frame; no record byte is 0xF7 once stuffed.
@@ -83,10 +82,16 @@ defmodule Visor.Groups.Tombstones do
     record = Stores.encode_record(key, instance)
     file = Path.join(keyed_dir, @file_name)
 
-    with {:mkdir, :ok} <- {:mkdir, File.mkdir_p(keyed_dir)},
+    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(keyed_dir)},
+         new? = not match?({:ok, %File.Stat{size: size}} when size > 0, File.stat(file)),
          {:open, {:ok, fd}} <- {:open, :file.open(file, [:read, :write, :raw, :binary])} do
       result = append(fd, <<@magic, stuff(record)::binary, @frame_end>>)
       _ = :file.close(fd)
+
+      # The file's first record (it is new, or empty after a failed first
+      # append): its directory entry is durable only once the directory is
+      # synced.
+      result = if result == :ok and new?, do: Native.sync_dir(keyed_dir), else: result
       with {:error, reason} <- result, do: cannot_record(file, key, reason)
     else
       {_step, {:error, reason}} -> cannot_record(file, key, reason)
@@ -304,7 +309,8 @@ defmodule Visor.Groups.Tombstones do
   # disk, a power loss) never stands as the copy.
   defp copy(bytes, aside) do
     with :ok <- :file.write_file(aside <> ".new", bytes, [:sync]),
-         :ok <- File.rename(aside <> ".new", aside) do
+         :ok <- File.rename(aside <> ".new", aside),
+         :ok <- Native.sync_dir(Path.dirname(aside)) do
       aside
     else
       {:error, reason} ->

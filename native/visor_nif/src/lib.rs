@@ -9,6 +9,7 @@
 mod atoms;
 mod contract;
 mod convert;
+mod dirs;
 mod engine;
 mod error;
 mod host;

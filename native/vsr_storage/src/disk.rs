@@ -75,7 +75,7 @@ impl FileDisk {
     /// Opens (creating if needed) the store directory `dir`;
     /// `StoreError::InUse` if another `FileDisk` holds it.
     pub fn open(dir: &Path) -> Result<FileDisk, crate::StoreError> {
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -99,7 +99,7 @@ impl FileDisk {
             dir: dir.to_path_buf(),
         };
         // The files' directory entries must be durable too.
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
         Ok(disk)
     }
 
@@ -142,6 +142,46 @@ impl Disk for FileDisk {
 
     fn sync(&mut self, zone: Zone) -> io::Result<()> {
         self.file(zone).sync_data()
+    }
+}
+
+/// Creates `dir` and any missing ancestors, and makes each one it
+/// created durable: POSIX makes a new directory entry durable only once
+/// the directory holding it is synced, so a store whose files were all
+/// synced could otherwise vanish whole, directory and all, in a power
+/// loss. Directories that existed are left alone.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(at),
+            Err(e) => return Err(e),
+        }
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    // Outermost first: each new directory's entry, in its parent.
+    for created in missing.iter().rev() {
+        sync_dir(parent_of(created))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of the directory `dir` durable (an `fsync` of the
+/// directory): the files created, renamed or removed in it.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 
@@ -189,6 +229,26 @@ mod tests {
         assert!(matches!(probe_dir(&dir), Err(StoreError::LostSuperblock)));
         assert_eq!(std::fs::read(dir.join("wal.a")).unwrap(), b"records");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_dir_durably_makes_missing_ancestors_and_leaves_what_exists() {
+        let root = std::env::temp_dir().join(format!("vsr-mkdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("data").join("Elixir.M.keyed").join("3f2a");
+        create_dir_durably(&dir).unwrap();
+        assert!(dir.is_dir());
+        std::fs::write(dir.join("keep"), b"x").unwrap();
+        create_dir_durably(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("keep")).unwrap(), b"x");
+        sync_dir(&dir).unwrap();
+        // A file in the way is an error, not a panic, and is left as it was.
+        let file = root.join("file");
+        std::fs::write(&file, b"y").unwrap();
+        assert!(create_dir_durably(&file.join("below")).is_err());
+        assert!(sync_dir(&root.join("absent")).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"y");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     // The host tells a store that another replica holds from a broken one

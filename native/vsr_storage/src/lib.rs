@@ -17,7 +17,7 @@ pub mod format;
 pub mod mem;
 pub mod store;
 
-pub use disk::{probe_dir, Disk, FileDisk, Zone};
+pub use disk::{create_dir_durably, probe_dir, sync_dir, Disk, FileDisk, Zone};
 pub use format::{Identity, Superblock, WalDamage, WalScan};
 pub use mem::{CrashCut, MemDisk};
 pub use store::{Creation, Opened, Store, StoreError, StoreStats, Unopened};
