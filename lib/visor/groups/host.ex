@@ -444,6 +444,11 @@ defmodule Visor.Groups.Host do
   # was down while a group was stopped, and restarted it from its store,
   # learns of the stop from the nodes up when its host starts. (Nodes that
   # connect later ask this one for its groups when they adopt: the same.)
+  #
+  # This and tell_stale/4 send without :nosuspend, unlike the routers:
+  # a dropped notice here is not resent (a stopped group would run on),
+  # while a send that suspends waits only until the busy link drains or
+  # drops. They are rare (a host's start, a stale group found).
   defp announce_hosted(nodes, module) do
     with [_ | _] = hosted <- Lifetime.hosted(module) do
       for node <- nodes,
