@@ -29,12 +29,18 @@ tmpfs_allowed? =
      end
    end).()
 
+# The durable-directories test watches the NIF's syscalls with strace.
+strace? = System.find_executable("strace") != nil
+unless strace?, do: IO.puts("excluding :strace tests: strace is not installed")
+
 # Tests of open defects (docs/testing.md, "Known defects") fail by design
 # until fixed; they run with `mix test --only known_defect`.
 IO.puts("excluding :known_defect tests (open defects, see docs/testing.md)")
 
 ExUnit.start(
-  exclude: [:known_defect, :review_break | if(tmpfs_allowed?, do: [], else: [:tmpfs])],
+  exclude:
+    [:known_defect, :review_break] ++
+      if(tmpfs_allowed?, do: [], else: [:tmpfs]) ++ if(strace?, do: [], else: [:strace]),
   # Repeats each failure after the last line (a CI log may keep only its tail).
   formatters: [ExUnit.CLIFormatter, Visor.Test.FailureSummary]
 )

@@ -475,13 +475,14 @@ defmodule Visor.Formation do
   end
 
   # Written aside and renamed, so a crash leaves the old file or the new;
-  # its directory created durably, and synced after the rename (Erlang
-  # cannot sync a directory: Visor.Native does), so the record is durable
-  # when the replica starts.
+  # the store's directory created durably (its entry, and the entry of
+  # the directory holding it), and synced after the rename (Erlang cannot
+  # sync a directory: Visor.Native does), so the record is durable when
+  # the replica starts.
   defp write_record(file, bytes) do
     dir = Path.dirname(file)
 
-    with {:mkdir, :ok} <- {:mkdir, Visor.Native.create_dir(dir)},
+    with {:mkdir, :ok} <- {:mkdir, Visor.Native.create_dir(dir, Path.dirname(dir))},
          {:write, :ok} <- {:write, :file.write_file(file <> ".new", bytes, [:sync])},
          {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
          {:sync, :ok} <- {:sync, Visor.Native.sync_dir(dir)} do
@@ -490,7 +491,7 @@ defmodule Visor.Formation do
       {:mkdir, {:error, reason}} -> {:error, dir, reason}
       {:write, {:error, reason}} -> {:error, file <> ".new", reason}
       {:rename, {:error, reason}} -> {:error, file, reason}
-      {:sync, {:error, reason}} -> {:error, dir, reason}
+      {:sync, {:error, reason}} -> {:error, "#{dir} (syncing the directory)", reason}
     end
   end
 

@@ -204,18 +204,23 @@ defmodule Visor.Native do
 
   @doc """
   Creates the directory `dir` and any missing ancestors, as
-  `File.mkdir_p/1` does, and makes each one it created durable (an
-  `fsync` of the directory holding it): Erlang cannot sync a directory,
-  and POSIX makes a new directory entry durable only then. Runs on a
-  dirty I/O scheduler. `:ok` or `{:error, posix}`.
+  `File.mkdir_p/1` does, and makes the entry of every directory from
+  `root` down to `dir` durable, `root`'s own included (an `fsync` of the
+  directory holding each; those that existed too: one may have been made
+  by a call that failed before its sync). Erlang cannot sync a directory,
+  and POSIX makes a directory entry durable only then. `root` is `dir` or
+  one of its ancestors. Runs on a dirty I/O scheduler. `:ok` or `{:error,
+  posix}` (`:einval` for a `root` that is not an ancestor).
   """
-  @spec create_dir(Path.t()) :: :ok | {:error, File.posix() | :unknown}
-  def create_dir(dir) when is_binary(dir), do: nif_create_dir(dir)
+  @spec create_dir(Path.t(), Path.t()) :: :ok | {:error, File.posix() | :unknown}
+  def create_dir(dir, root) when is_binary(dir) and is_binary(root),
+    do: nif_create_dir(dir, root)
 
   @doc """
   Makes the entries of the directory `dir` durable (an `fsync` of the
-  directory): the files created, renamed or removed in it. Runs on a
-  dirty I/O scheduler. `:ok` or `{:error, posix}`.
+  directory): the files created, renamed or removed in it. Anything but a
+  directory is `{:error, :enotdir}`, never opened. Runs on a dirty I/O
+  scheduler. `:ok` or `{:error, posix}`.
   """
   @spec sync_dir(Path.t()) :: :ok | {:error, File.posix() | :unknown}
   def sync_dir(dir) when is_binary(dir), do: nif_sync_dir(dir)
@@ -554,7 +559,7 @@ defmodule Visor.Native do
   @doc false
   def nif_check_options(_opts), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
-  def nif_create_dir(_dir), do: :erlang.nif_error(:nif_not_loaded)
+  def nif_create_dir(_dir, _root), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_sync_dir(_dir), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

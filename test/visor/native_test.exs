@@ -24,28 +24,35 @@ defmodule Visor.NativeTest do
   end
 
   @tag :tmp_dir
-  test "create_dir/1 makes missing directories and leaves existing ones; both calls name errors as File does",
+  test "create_dir/2 makes missing directories and leaves existing ones; both calls name errors as File does",
        %{tmp_dir: tmp} do
-    dir = Path.join([tmp, "data", "Elixir.M.keyed", "3f2a"])
-    assert Native.create_dir(dir) == :ok
+    data_dir = Path.join(tmp, "data")
+    dir = Path.join([data_dir, "Elixir.M.keyed", "3f2a"])
+    assert Native.create_dir(dir, data_dir) == :ok
     assert File.dir?(dir)
     File.write!(Path.join(dir, "keep"), "x")
-    assert Native.create_dir(dir) == :ok
+    assert Native.create_dir(dir, dir) == :ok
     assert File.read!(Path.join(dir, "keep")) == "x"
     assert Native.sync_dir(dir) == :ok
 
     # The errors File.mkdir_p/1 and :file give, as the same atoms.
     file = Path.join(tmp, "file")
     File.write!(file, "y")
-    assert Native.create_dir(Path.join(file, "below")) == File.mkdir_p(Path.join(file, "below"))
-    assert Native.create_dir(Path.join(file, "below")) == {:error, :enotdir}
+    below = Path.join(file, "below")
+    assert Native.create_dir(below, tmp) == File.mkdir_p(below)
+    assert Native.create_dir(below, tmp) == {:error, :enotdir}
     assert Native.sync_dir(Path.join(tmp, "absent")) == {:error, :enoent}
+
+    # Not a directory: refused before it is opened (a FIFO would block).
+    assert Native.sync_dir(file) == {:error, :enotdir}
     assert File.read!(file) == "y"
 
-    # Names that name no file.
-    assert Native.create_dir("") == {:error, :einval}
+    # A root that is not an ancestor, and names that name no file.
+    assert Native.create_dir(Path.join(tmp, "x"), Path.join(tmp, "y")) == {:error, :einval}
+    refute File.exists?(Path.join(tmp, "x"))
+    assert Native.create_dir("", tmp) == {:error, :einval}
     assert Native.sync_dir(<<"a", 0, "b">>) == {:error, :einval}
-    assert_raise FunctionClauseError, fn -> Native.create_dir(~c"charlist") end
+    assert_raise FunctionClauseError, fn -> Native.create_dir(~c"charlist", tmp) end
   end
 
   describe "start/2 rejects bad options, naming the field" do

@@ -23,7 +23,7 @@ defmodule Visor.Groups.Stores do
   # Written aside, synced and renamed, as the formation record is
   # (`Visor.Formation`): a crash leaves the old file or the new. The
   # directory is created durably and synced after the rename
-  # (`Visor.Native.create_dir/1`, `sync_dir/1`: Erlang cannot sync a
+  # (`Visor.Native.create_dir/2`, `sync_dir/1`: Erlang cannot sync a
   # directory), so the record is durable before the store is created.
   # A removal is synced too, so that a stopped group's directory does
   # not come back after a power loss.
@@ -152,14 +152,17 @@ defmodule Visor.Groups.Stores do
   def remove(dir) do
     parent = Path.dirname(dir)
 
+    # The record goes first, durably: a removal a crash cuts short leaves a
+    # directory without one, which no scan starts.
     with {:ok, _} <- rm(Path.join(dir, @record)),
+         {:sync, :ok} <- {:sync, sync_unless_gone(dir)},
          {:ok, _} <- File.rm_rf(dir),
          {:sync, :ok} <- {:sync, Native.sync_dir(parent)} do
       :ok
     else
       {:sync, {:error, reason}} ->
         Logger.warning(
-          "cannot sync #{parent} (#{:file.format_error(reason)}) after removing #{dir}, " <>
+          "cannot sync a directory (#{:file.format_error(reason)}) while removing #{dir}, " <>
             "the store of a stopped keyed group: a power loss may bring it back"
         )
 
@@ -178,12 +181,27 @@ defmodule Visor.Groups.Stores do
   """
   @spec unclaim(Path.t()) :: :ok
   def unclaim(dir) do
-    case rm(Path.join(dir, @record)) do
-      {:ok, _} ->
-        :ok
+    with {:ok, _} <- rm(Path.join(dir, @record)),
+         {:sync, :ok} <- {:sync, sync_unless_gone(dir)} do
+      :ok
+    else
+      {:sync, {:error, reason}} ->
+        Logger.warning(
+          "cannot sync #{dir} (#{:file.format_error(reason)}) after removing its record: " <>
+            "a power loss may bring the record back"
+        )
 
       {:error, reason, path} ->
         Logger.warning("cannot remove #{path} (#{:file.format_error(reason)})")
+    end
+  end
+
+  # A directory already gone (removed by an earlier, cut-short removal)
+  # has nothing to sync.
+  defp sync_unless_gone(dir) do
+    case Native.sync_dir(dir) do
+      {:error, :enoent} -> :ok
+      result -> result
     end
   end
 
@@ -204,8 +222,10 @@ defmodule Visor.Groups.Stores do
 
   defp write(dir, key, instance) do
     file = Path.join(dir, @record)
+    # <data_dir>/<module>.keyed/<hash>: every entry from data_dir's down.
+    data_dir = dir |> Path.dirname() |> Path.dirname()
 
-    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(dir)},
+    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(dir, data_dir)},
          {:write, :ok} <-
            {:write, :file.write_file(file <> ".new", encode_record(key, instance), [:sync])},
          {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
@@ -215,7 +235,7 @@ defmodule Visor.Groups.Stores do
       {:mkdir, {:error, reason}} -> {:error, dir, reason}
       {:write, {:error, reason}} -> {:error, file <> ".new", reason}
       {:rename, {:error, reason}} -> {:error, file, reason}
-      {:sync, {:error, reason}} -> {:error, dir, reason}
+      {:sync, {:error, reason}} -> {:error, "#{dir} (syncing the directory)", reason}
     end
   end
 

@@ -16,9 +16,10 @@ defmodule Visor.Groups.Tombstones do
   # Why append-only, not a whole file written aside and renamed as
   # `Visor.Groups.Stores` writes its records: a stop then costs one
   # record's write and sync, whatever the number of stops before it,
-  # where a rewrite copies them all. And it changes the directory only
-  # once: the file's creation, by the first stop on the node, whose
-  # directory entry is then synced too (`Visor.Native.sync_dir/1`).
+  # where a rewrite copies them all. It changes the directory only once,
+  # at the file's creation by the first stop on the node; the directory is
+  # synced after every append all the same (`Visor.Native.sync_dir/1`),
+  # so that a sync that failed once is tried again.
   #
   # Each record (`Visor.Groups.Stores.encode_record/2`: an md5, then the
   # key and the instance) is framed as `<<magic, stuffed record, 0xF8>>`:
@@ -82,20 +83,30 @@ defmodule Visor.Groups.Tombstones do
     record = Stores.encode_record(key, instance)
     file = Path.join(keyed_dir, @file_name)
 
-    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(keyed_dir)},
-         new? = not match?({:ok, %File.Stat{size: size}} when size > 0, File.stat(file)),
+    # <data_dir>/<module>.keyed: its entry in data_dir, and data_dir's.
+    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(keyed_dir, Path.dirname(keyed_dir))},
          {:open, {:ok, fd}} <- {:open, :file.open(file, [:read, :write, :raw, :binary])} do
       result = append(fd, <<@magic, stuff(record)::binary, @frame_end>>)
       _ = :file.close(fd)
 
-      # The file's first record (it is new, or empty after a failed first
-      # append): its directory entry is durable only once the directory is
-      # synced.
-      result = if result == :ok and new?, do: Native.sync_dir(keyed_dir), else: result
-      with {:error, reason} <- result, do: cannot_record(file, key, reason)
+      # The file's own entry: durable only once its directory is synced.
+      # Every time, not only at its creation: a sync that failed once
+      # would otherwise never be tried again.
+      case result do
+        :ok -> with {:error, reason} <- Native.sync_dir(keyed_dir), do: unsynced(file, reason)
+        {:error, reason} -> cannot_record(file, key, reason)
+      end
     else
       {_step, {:error, reason}} -> cannot_record(file, key, reason)
     end
+  end
+
+  defp unsynced(file, reason) do
+    Logger.error(
+      "recorded a stop in #{file}, but cannot sync its directory " <>
+        "(#{:file.format_error(reason)}): after a power loss this node may not know it " <>
+        "stopped it"
+    )
   end
 
   defp append(fd, frame) do

@@ -22,6 +22,12 @@ mod posix {
 /// The reason as `File.posix()` names it (`:file.format_error/1` reads
 /// it), so that Elixir reports these errors as it reports its own.
 fn posix(e: &io::Error) -> Atom {
+    // vsr_storage's own refusals carry a kind, not an errno.
+    match e.kind() {
+        io::ErrorKind::InvalidInput if e.raw_os_error().is_none() => return posix::einval(),
+        io::ErrorKind::NotADirectory if e.raw_os_error().is_none() => return posix::enotdir(),
+        _ => {}
+    }
     match e.raw_os_error() {
         Some(libc::EACCES) => posix::eacces(),
         Some(libc::EPERM) => posix::eperm(),
@@ -64,14 +70,17 @@ fn path(bytes: &[u8]) -> io::Result<&Path> {
     Ok(Path::new(std::ffi::OsStr::from_bytes(bytes)))
 }
 
-/// `:ok` once `dir` and its missing ancestors exist, each new one durable
-/// (`vsr_storage::create_dir_durably`), or `{:error, posix}`.
+/// `:ok` once `dir` and its missing ancestors exist, the entry of each
+/// from `root` down durable (`vsr_storage::create_dir_durably`), or
+/// `{:error, posix}` (`:einval` for a `root` that is not `dir` or one of
+/// its ancestors).
 #[rustler::nif(schedule = "DirtyIo")]
-fn nif_create_dir<'a>(env: Env<'a>, dir: Binary<'a>) -> Term<'a> {
-    answer(
-        env,
-        path(dir.as_slice()).and_then(vsr_storage::create_dir_durably),
-    )
+fn nif_create_dir<'a>(env: Env<'a>, dir: Binary<'a>, root: Binary<'a>) -> Term<'a> {
+    let result = path(dir.as_slice()).and_then(|dir| {
+        let root = path(root.as_slice())?;
+        vsr_storage::create_dir_durably(dir, root)
+    });
+    answer(env, result)
 }
 
 /// `:ok` once the entries of the directory `dir` are durable

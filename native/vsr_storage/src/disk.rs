@@ -75,7 +75,8 @@ impl FileDisk {
     /// Opens (creating if needed) the store directory `dir`;
     /// `StoreError::InUse` if another `FileDisk` holds it.
     pub fn open(dir: &Path) -> Result<FileDisk, crate::StoreError> {
-        create_dir_durably(dir)?;
+        // The store's own entry, whoever made its directory.
+        create_dir_durably(dir, dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -145,36 +146,40 @@ impl Disk for FileDisk {
     }
 }
 
-/// Creates `dir` and any missing ancestors, and makes each one it
-/// created durable: POSIX makes a new directory entry durable only once
-/// the directory holding it is synced, so a store whose files were all
-/// synced could otherwise vanish whole, directory and all, in a power
-/// loss. Directories that existed are left alone.
-pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    loop {
-        match std::fs::metadata(at) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(at),
-            Err(e) => return Err(e),
-        }
-        match at.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
-            _ => break,
-        }
+/// Creates `dir` and any missing ancestors, and makes the entry of every
+/// directory from `root` down to `dir` durable, in the directory that
+/// holds it (`root` itself included): POSIX makes a directory entry
+/// durable only once the directory holding it is synced, so a store
+/// whose files were all synced could otherwise vanish whole, directory
+/// and all, in a power loss. Entries that already existed are synced
+/// too: a directory that exists may have been made by a call that failed
+/// before its sync, or by another caller still syncing. `root` must be
+/// `dir` or one of its ancestors (`InvalidInput` otherwise).
+pub fn create_dir_durably(dir: &Path, root: &Path) -> io::Result<()> {
+    if !dir.starts_with(root) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the root is not an ancestor of the directory",
+        ));
     }
     std::fs::create_dir_all(dir)?;
-    // Outermost first: each new directory's entry, in its parent.
-    for created in missing.iter().rev() {
-        sync_dir(parent_of(created))?;
+    let mut path = root.to_path_buf();
+    sync_dir(parent_of(&path))?;
+    for part in dir.strip_prefix(root).expect("checked above").components() {
+        path.push(part);
+        sync_dir(parent_of(&path))?;
     }
     Ok(())
 }
 
 /// Makes the entries of the directory `dir` durable (an `fsync` of the
-/// directory): the files created, renamed or removed in it.
+/// directory): the files created, renamed or removed in it. Anything but
+/// a directory is refused (`NotADirectory`) before it is opened, so a
+/// FIFO never blocks the caller.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::NotADirectory));
+    }
     File::open(dir)?.sync_all()
 }
 
@@ -235,19 +240,34 @@ mod tests {
     fn create_dir_durably_makes_missing_ancestors_and_leaves_what_exists() {
         let root = std::env::temp_dir().join(format!("vsr-mkdir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let dir = root.join("data").join("Elixir.M.keyed").join("3f2a");
-        create_dir_durably(&dir).unwrap();
+        std::fs::create_dir_all(&root).unwrap();
+        let data = root.join("data");
+        let dir = data.join("Elixir.M.keyed").join("3f2a");
+        create_dir_durably(&dir, &data).unwrap();
         assert!(dir.is_dir());
         std::fs::write(dir.join("keep"), b"x").unwrap();
-        create_dir_durably(&dir).unwrap();
+        create_dir_durably(&dir, &dir).unwrap();
         assert_eq!(std::fs::read(dir.join("keep")).unwrap(), b"x");
         sync_dir(&dir).unwrap();
-        // A file in the way is an error, not a panic, and is left as it was.
+        // A root that is not an ancestor, a file in the way, a missing
+        // directory, a file or a FIFO to sync: errors, not panics or
+        // waits, and nothing changed.
+        let other = root.join("other");
+        let refused = create_dir_durably(&dir, &other).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+        assert!(!other.exists());
         let file = root.join("file");
         std::fs::write(&file, b"y").unwrap();
-        assert!(create_dir_durably(&file.join("below")).is_err());
+        assert!(create_dir_durably(&file.join("below"), &root).is_err());
         assert!(sync_dir(&root.join("absent")).is_err());
+        let not_dir = sync_dir(&file).unwrap_err();
+        assert_eq!(not_dir.kind(), io::ErrorKind::NotADirectory);
         assert_eq!(std::fs::read(&file).unwrap(), b"y");
+        let fifo = root.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|status| status.success()) {
+            assert_eq!(sync_dir(&fifo).unwrap_err().kind(), io::ErrorKind::NotADirectory);
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 
