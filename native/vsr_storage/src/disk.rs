@@ -154,7 +154,8 @@ impl Disk for FileDisk {
 /// and all, in a power loss. Entries that already existed are synced
 /// too: a directory that exists may have been made by a call that failed
 /// before its sync, or by another caller still syncing. `root` must be
-/// `dir` or one of its ancestors (`InvalidInput` otherwise).
+/// `dir` or one of its ancestors (`InvalidInput` otherwise). A directory
+/// holding `root` that this process may not read is not synced.
 pub fn create_dir_durably(dir: &Path, root: &Path) -> io::Result<()> {
     if !dir.starts_with(root) {
         return Err(io::Error::new(
@@ -164,7 +165,13 @@ pub fn create_dir_durably(dir: &Path, root: &Path) -> io::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     let mut path = root.to_path_buf();
-    sync_dir(parent_of(&path))?;
+    // The directory holding `root` is the operator's (`data_dir`'s
+    // parent), which this process may not be allowed to read, and so to
+    // open for a sync: then `root`'s entry is left to whoever made it.
+    match sync_dir(parent_of(&path)) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+        other => other?,
+    }
     for part in dir.strip_prefix(root).expect("checked above").components() {
         path.push(part);
         sync_dir(parent_of(&path))?;
