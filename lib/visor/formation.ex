@@ -74,7 +74,7 @@ defmodule Visor.Formation do
   import Bitwise
   require Logger
 
-  alias Visor.{Lifetime, Native, Options}
+  alias Visor.{DurableFile, Lifetime, Native, Options}
   alias Visor.Formation.{Decider, Discovery, Explicit, Restore}
 
   @tick_ms 100
@@ -474,25 +474,11 @@ defmodule Visor.Formation do
     state
   end
 
-  # Written aside and renamed, so a crash leaves the old file or the new;
-  # the store's directory created durably (its entry, and the entry of
-  # the directory holding it), and synced after the rename (Erlang cannot
-  # sync a directory: Visor.Native does), so the record is durable when
-  # the replica starts.
+  # Durably (Visor.DurableFile): the store's directory, and the entry of
+  # the directory holding it, so the record is durable when the replica
+  # starts.
   defp write_record(file, bytes) do
-    dir = Path.dirname(file)
-
-    with {:mkdir, :ok} <- {:mkdir, Visor.Native.create_dir(dir, Path.dirname(dir))},
-         {:write, :ok} <- {:write, :file.write_file(file <> ".new", bytes, [:sync])},
-         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
-         {:sync, :ok} <- {:sync, Visor.Native.sync_dir(dir)} do
-      :ok
-    else
-      {:mkdir, {:error, reason}} -> {:error, dir, reason}
-      {:write, {:error, reason}} -> {:error, file <> ".new", reason}
-      {:rename, {:error, reason}} -> {:error, file, reason}
-      {:sync, {:error, reason}} -> {:error, "#{dir} (syncing the directory)", reason}
-    end
+    DurableFile.write(file, bytes, file |> Path.dirname() |> Path.dirname())
   end
 
   defp notify(state, decision) do

@@ -20,17 +20,15 @@ defmodule Visor.Groups.Stores do
   # so a directory without a record is the leftover of a creation or a
   # removal cut short, which no scan starts and the next claim clears.
   #
-  # Written aside, synced and renamed, as the formation record is
-  # (`Visor.Formation`): a crash leaves the old file or the new. The
-  # directory is created durably and synced after the rename
-  # (`Visor.Native.create_dir/2`, `sync_dir/1`: Erlang cannot sync a
-  # directory), so the record is durable before the store is created.
+  # Written as the formation record is (`Visor.DurableFile`: aside,
+  # synced, renamed, its directory synced): a crash leaves the old file or
+  # the new, and the record is durable before the store is created.
   # A removal is synced too, so that a stopped group's directory does
   # not come back after a power loss.
 
   require Logger
 
-  alias Visor.{Lifetime, Native, Options}
+  alias Visor.{DurableFile, Lifetime, Native, Options}
   alias Visor.Formation.Restore
   alias Visor.Groups.Tombstones
 
@@ -154,8 +152,7 @@ defmodule Visor.Groups.Stores do
 
     # The record goes first, durably: a removal a crash cuts short leaves a
     # directory without one, which no scan starts.
-    with {:ok, _} <- rm(Path.join(dir, @record)),
-         {:sync, :ok} <- {:sync, sync_unless_gone(dir)},
+    with :ok <- drop_record(dir),
          {:ok, _} <- File.rm_rf(dir),
          {:sync, :ok} <- {:sync, Native.sync_dir(parent)} do
       :ok
@@ -181,8 +178,7 @@ defmodule Visor.Groups.Stores do
   """
   @spec unclaim(Path.t()) :: :ok
   def unclaim(dir) do
-    with {:ok, _} <- rm(Path.join(dir, @record)),
-         {:sync, :ok} <- {:sync, sync_unless_gone(dir)} do
+    with :ok <- drop_record(dir) do
       :ok
     else
       {:sync, {:error, reason}} ->
@@ -196,12 +192,15 @@ defmodule Visor.Groups.Stores do
     end
   end
 
-  # A directory already gone (removed by an earlier, cut-short removal)
-  # has nothing to sync.
-  defp sync_unless_gone(dir) do
-    case Native.sync_dir(dir) do
-      {:error, :enoent} -> :ok
-      result -> result
+  # Removes the record in `dir`, durably. A directory already gone
+  # (removed by an earlier, cut-short removal) has nothing to sync.
+  defp drop_record(dir) do
+    with {:ok, _} <- rm(Path.join(dir, @record)) do
+      case Native.sync_dir(dir) do
+        :ok -> :ok
+        {:error, :enoent} -> :ok
+        error -> {:sync, error}
+      end
     end
   end
 
@@ -220,23 +219,10 @@ defmodule Visor.Groups.Stores do
     end
   end
 
+  # <data_dir>/<module>.keyed/<hash>: every entry from data_dir's down.
   defp write(dir, key, instance) do
-    file = Path.join(dir, @record)
-    # <data_dir>/<module>.keyed/<hash>: every entry from data_dir's down.
     data_dir = dir |> Path.dirname() |> Path.dirname()
-
-    with {:mkdir, :ok} <- {:mkdir, Native.create_dir(dir, data_dir)},
-         {:write, :ok} <-
-           {:write, :file.write_file(file <> ".new", encode_record(key, instance), [:sync])},
-         {:rename, :ok} <- {:rename, File.rename(file <> ".new", file)},
-         {:sync, :ok} <- {:sync, Native.sync_dir(dir)} do
-      :ok
-    else
-      {:mkdir, {:error, reason}} -> {:error, dir, reason}
-      {:write, {:error, reason}} -> {:error, file <> ".new", reason}
-      {:rename, {:error, reason}} -> {:error, file, reason}
-      {:sync, {:error, reason}} -> {:error, "#{dir} (syncing the directory)", reason}
-    end
+    DurableFile.write(Path.join(dir, @record), encode_record(key, instance), data_dir)
   end
 
   @doc """
