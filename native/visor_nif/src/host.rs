@@ -218,7 +218,7 @@ impl ReplicaHost {
                 cluster: config.cluster,
                 group: disk.group,
                 replica: index,
-                replica_count: config.replica_count,
+                replica_count: config.genesis.n() as u8,
             },
             meta: disk.meta,
             compaction_bytes: disk.compaction_bytes,

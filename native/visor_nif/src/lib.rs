@@ -97,7 +97,7 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     // Read ids on the wire derive from it: it must differ at every start
     // (a restart's reads must not match answers to the last one's).
     config.boot_nonce = config.jitter_seed ^ random_u64();
-    let count = config.replica_count;
+    let count = config.genesis.n() as u8;
     let index = options.replica_index;
     // Memory mode: a restart that lost its state (`recover`) must recover
     // before taking part. Disk mode: the store is opened, and the replica

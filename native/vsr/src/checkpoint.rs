@@ -47,8 +47,9 @@ use crate::checksum::checksum;
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{quorum, Op, ReplicaIndex, MAX_REPLICAS};
+use crate::config::Op;
 use crate::log::Log;
+use crate::membership::{Epoch, Membership, Slot, MAX_SLOTS};
 use crate::message::Message;
 use crate::replica::{Output, Replica, Status};
 
@@ -79,7 +80,7 @@ pub fn window_chunks(chunk: u64) -> u64 {
 }
 
 /// The replicated state after executing op `op`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub op: Op,
     /// Checksum of entry `op`: the hash-chain link of the entries after it.
@@ -90,17 +91,77 @@ pub struct Checkpoint {
     pub clients: Vec<u8>,
     /// The host's application snapshot at `op`.
     pub app: Arc<Vec<u8>>,
+    /// The membership in force after executing `op` (at a change's entry,
+    /// the new one): `None` for epoch 0, the configuration's genesis. A
+    /// replica that installs the checkpoint takes its membership with its
+    /// state (docs/design/membership.md, 2.9).
+    pub membership: Option<Membership>,
+}
+
+/// The fields every checkpoint has, in the order of their bytes.
+#[derive(Serialize)]
+struct Fields<'a> {
+    op: Op,
+    checksum: u128,
+    timestamp: u64,
+    clients: &'a [u8],
+    app: &'a [u8],
+}
+
+/// [`Fields`], decoded.
+#[derive(Deserialize)]
+struct OwnedFields {
+    op: Op,
+    checksum: u128,
+    timestamp: u64,
+    clients: Vec<u8>,
+    app: Vec<u8>,
 }
 
 impl Checkpoint {
-    /// The checkpoint's bytes (postcard), as sent in state sync and stored.
+    /// The checkpoint's bytes (postcard), as sent in state sync and stored:
+    /// its fields, then its membership only if it has one. So a checkpoint
+    /// of epoch 0 has the bytes (and the digest) it had before memberships
+    /// existed, and replicas of both releases agree on it.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+        let fields = Fields {
+            op: self.op,
+            checksum: self.checksum,
+            timestamp: self.timestamp,
+            clients: &self.clients,
+            app: &self.app,
+        };
+        let mut bytes = postcard::to_allocvec(&fields).expect("encoding to a Vec cannot fail");
+        if let Some(membership) = &self.membership {
+            bytes.extend(postcard::to_allocvec(membership).expect("encoding to a Vec cannot fail"));
+        }
+        bytes
     }
 
-    /// A checkpoint from [`Checkpoint::encode`]'s bytes.
+    /// A checkpoint from [`Checkpoint::encode`]'s bytes: its fields, and
+    /// after them nothing (epoch 0) or exactly one well-formed membership.
     pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
-        postcard::from_bytes(bytes).ok()
+        let (fields, rest): (OwnedFields, &[u8]) = postcard::take_from_bytes(bytes).ok()?;
+        let membership = match rest {
+            [] => None,
+            rest => match postcard::take_from_bytes::<Membership>(rest).ok()? {
+                (membership, []) => Some(membership),
+                _ => return None,
+            },
+        };
+        Some(Checkpoint {
+            op: fields.op,
+            checksum: fields.checksum,
+            timestamp: fields.timestamp,
+            clients: fields.clients,
+            app: Arc::new(fields.app),
+            membership,
+        })
+    }
+
+    /// The epoch the checkpoint was taken in (0 without a membership).
+    pub fn epoch(&self) -> Epoch {
+        self.membership.map_or(0, |m| m.epoch())
     }
 
     /// XXH3-128 of the checkpoint's bytes: all of it.
@@ -135,6 +196,9 @@ pub(crate) struct PendingSnapshot {
     checksum: u128,
     timestamp: u64,
     clients: Vec<u8>,
+    /// The membership after the op, as the client table is, captured
+    /// when the op executes, never when the snapshot arrives.
+    membership: Option<Membership>,
 }
 
 /// A checkpoint being received in chunks.
@@ -150,7 +214,7 @@ pub(crate) struct Sync {
     /// The end of the window last asked for.
     want_until: u64,
     /// The replica the chunks come from.
-    from: ReplicaIndex,
+    from: Slot,
     last_request: Option<u64>,
     /// Tick of the last chunk that made progress (or of the start).
     last_progress: u64,
@@ -181,18 +245,18 @@ pub(crate) struct Checkpoints {
     digests: BTreeMap<Op, u128>,
     /// Each replica's latest checkpoint reports, by op (the primary counts
     /// them to learn what a quorum holds).
-    reports: [BTreeMap<Op, u128>; MAX_REPLICAS],
+    reports: [BTreeMap<Op, u128>; MAX_SLOTS],
     /// Checkpoint identities a quorum is known to hold, by op.
     vouched: BTreeMap<Op, u128>,
     /// Per peer: the checkpoint it is syncing from this replica.
-    pins: [Option<Pin>; MAX_REPLICAS],
+    pins: [Option<Pin>; MAX_SLOTS],
     /// While the replica is `Diverged`: the op where its digest differed
     /// from the quorum's (it installs a vouched checkpoint at or after it).
     diverged: Option<Op>,
     /// While diverged: when the quorum's checkpoint was last asked for, and
     /// of whom.
     last_heal_request: Option<u64>,
-    heal_peer: ReplicaIndex,
+    heal_peer: Slot,
     /// A replica that healed asks for no snapshot at or below this op: it
     /// executes those ops again from the checkpoint it installed, and its
     /// host may still answer what it was asked before the divergence, from
@@ -264,7 +328,7 @@ impl Checkpoints {
 impl Checkpoints {
     /// Checks the checkpoint state of replica `me` against its log and the
     /// highest op it executed (`Replica::invariants`).
-    pub(crate) fn check(&self, me: ReplicaIndex, log: &Log, executed: Op) -> Result<(), String> {
+    pub(crate) fn check(&self, me: Slot, log: &Log, executed: Op) -> Result<(), String> {
         let op_of = |h: &Option<Held>| h.as_ref().map(|h| h.checkpoint.op);
         let held = op_of(&self.held).unwrap_or(0);
         if held > executed {
@@ -334,7 +398,7 @@ impl Replica {
 
     /// The op of the checkpoint this replica keeps for `peer`'s state sync
     /// (a pin), if any.
-    pub fn pinned_checkpoint(&self, peer: ReplicaIndex) -> Option<Op> {
+    pub fn pinned_checkpoint(&self, peer: Slot) -> Option<Op> {
         let pin = self.checkpoints.pins.get(peer as usize)?.as_ref();
         pin.map(|p| p.held.checkpoint.op)
     }
@@ -362,12 +426,19 @@ impl Replica {
             checksum,
             timestamp,
             clients: self.client_table.encode(),
+            membership: self.checkpoint_membership(),
         };
         self.checkpoints.pending.insert(op, pending);
         while self.checkpoints.pending.len() > PENDING_MAX {
             self.checkpoints.pending.pop_first();
         }
         self.out.push(Output::TakeSnapshot { op });
+    }
+
+    /// The membership a checkpoint taken now records: `None` in epoch 0
+    /// (today's bytes), else the list as its change's entry carried it.
+    fn checkpoint_membership(&self) -> Option<Membership> {
+        (self.membership.epoch() > 0).then_some(self.membership)
     }
 
     /// The host's snapshot at `op` arrived: form the checkpoint (made
@@ -395,6 +466,7 @@ impl Replica {
             timestamp: pending.timestamp,
             clients,
             app: Arc::new(app),
+            membership: pending.membership,
         });
         let previous = self.checkpoints.latest().0;
         let held = Held::new(checkpoint.clone());
@@ -422,7 +494,7 @@ impl Replica {
     // ---- Which checkpoints a quorum holds -------------------------------
 
     /// A peer's `PrepareOk` reported its latest checkpoint.
-    pub(crate) fn on_checkpoint_report(&mut self, from: ReplicaIndex, (op, digest): (Op, u128)) {
+    pub(crate) fn on_checkpoint_report(&mut self, from: Slot, (op, digest): (Op, u128)) {
         if op == 0 {
             return;
         }
@@ -436,7 +508,7 @@ impl Replica {
     /// (this replica's own checkpoints count as its report).
     fn count_reports(&mut self) {
         let me = self.index as usize;
-        let n = self.config.n();
+        let members = self.membership;
         let checkpoints = &self.checkpoints;
         let holds = |r: usize, op: Op| {
             if r == me {
@@ -445,7 +517,7 @@ impl Replica {
                 checkpoints.reports[r].get(&op)
             }
         };
-        let candidates = (0..n).flat_map(|r| {
+        let candidates = members.slots().map(usize::from).flat_map(|r| {
             let reports = if r == me {
                 &checkpoints.digests
             } else {
@@ -454,7 +526,13 @@ impl Replica {
             reports.iter().map(|(&op, &d)| (op, d))
         });
         let newest = candidates
-            .filter(|&(op, d)| (0..n).filter(|&r| holds(r, op) == Some(&d)).count() >= quorum(n))
+            .filter(|&(op, d)| {
+                let holding = members
+                    .slots()
+                    .filter(|&r| holds(r as usize, op) == Some(&d))
+                    .count();
+                holding >= members.quorum()
+            })
             .max_by_key(|&(op, _)| op);
         if let Some(identity) = newest {
             self.vouch(identity);
@@ -577,10 +655,9 @@ impl Replica {
             return;
         };
         self.checkpoints.last_heal_request = Some(self.ticks);
-        let n = self.config.replica_count;
-        let peer = (self.index + 1 + self.checkpoints.heal_peer % (n - 1).max(1)) % n;
+        let peer = self.peer_in_turn(self.checkpoints.heal_peer as u64);
         self.checkpoints.heal_peer = self.checkpoints.heal_peer.wrapping_add(1);
-        if peer != self.index {
+        if let Some(peer) = peer {
             self.send(
                 peer,
                 &Message::RequestCheckpoint {
@@ -637,7 +714,7 @@ impl Replica {
     /// Offers `to` the newest checkpoint a quorum vouches for: its first
     /// chunk, which starts a sync there (the receiver then asks for the
     /// rest, a window at a time). Nothing if none is (the peer asks again).
-    pub(crate) fn send_checkpoint(&mut self, to: ReplicaIndex) {
+    pub(crate) fn send_checkpoint(&mut self, to: Slot) {
         if self.is_diverged() {
             return;
         }
@@ -654,7 +731,7 @@ impl Replica {
     }
 
     /// Keeps serving `held` to `to`, and the log after it, while `to` asks.
-    fn pin(&mut self, to: ReplicaIndex, held: &Held) {
+    fn pin(&mut self, to: Slot, held: &Held) {
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::UnpinnedSync) {
             return;
@@ -673,7 +750,7 @@ impl Replica {
     /// the anchor, which is never truncated while the anchor stands, like
     /// any backup; the pin is dropped (else a backup on a lossy link,
     /// asking for the odd lost prepare, kept an old checkpoint pinned).
-    pub(crate) fn pinned_peer_asks_from(&mut self, from: ReplicaIndex, first: Op) {
+    pub(crate) fn pinned_peer_asks_from(&mut self, from: Slot, first: Op) {
         let ticks = self.ticks;
         let anchor = self.checkpoints.anchor_op();
         let synced = |pin: &Pin| first > pin.held.checkpoint.op.max(anchor).saturating_add(1);
@@ -707,7 +784,7 @@ impl Replica {
     }
 
     /// Sends `to` up to `count` chunks of `held` from `offset`.
-    fn send_chunks(&mut self, to: ReplicaIndex, held: &Held, offset: u64, count: u64) {
+    fn send_chunks(&mut self, to: Slot, held: &Held, offset: u64, count: u64) {
         let total = held.bytes.len() as u64;
         let chunk = self.config.checkpoint_chunk_bytes as u64;
         let mut offset = if offset < total {
@@ -736,12 +813,7 @@ impl Replica {
     /// digest it knows a quorum vouches for (from a vouch it heard, or from
     /// chunks of a vouched checkpoint), so any checkpoint held here with
     /// exactly that identity may be sent, vouch heard here or not.
-    pub(crate) fn on_request_checkpoint(
-        &mut self,
-        from: ReplicaIndex,
-        (op, digest): (Op, u128),
-        offset: u64,
-    ) {
+    pub(crate) fn on_request_checkpoint(&mut self, from: Slot, (op, digest): (Op, u128), offset: u64) {
         if self.is_diverged() {
             return;
         }
@@ -771,7 +843,7 @@ impl Replica {
 
     pub(crate) fn on_checkpoint_chunk(
         &mut self,
-        from: ReplicaIndex,
+        from: Slot,
         op: Op,
         digest: u128,
         total: u64,
@@ -902,6 +974,13 @@ impl Replica {
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
+        if checkpoint.epoch() != self.membership.epoch() {
+            // A checkpoint of another epoch: entering an epoch by a
+            // checkpoint comes with membership changes (docs/design/
+            // membership.md, 2.9); until then every replica is in epoch 0,
+            // and a quorum vouched for no other.
+            return;
+        }
         if let Some(diverged) = self.checkpoints.diverged.take() {
             // Healed: its own checkpoints from the op where it diverged on
             // came from the wrong state (also those below the installed
@@ -1025,6 +1104,15 @@ impl Replica {
 
     /// Restores a checkpoint on restart (no outputs but `InstallSnapshot`).
     pub(crate) fn restore_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) -> Result<(), String> {
+        // A checkpoint and the durable state that names it land in one
+        // superblock update, so the state's epoch is never the older one.
+        if checkpoint.epoch() > self.membership.epoch() {
+            return Err(format!(
+                "the checkpoint is of epoch {}, after the durable state's {}",
+                checkpoint.epoch(),
+                self.membership.epoch()
+            ));
+        }
         let table = ClientTable::decode(self.config.client_table_max, &checkpoint.clients)
             .ok_or("the checkpoint's client table does not decode")?;
         self.client_table = table;
@@ -1041,5 +1129,57 @@ impl Replica {
             app: checkpoint.app.clone(),
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Checkpoint {
+        Checkpoint {
+            op: 5,
+            checksum: 0x1234,
+            timestamp: 99,
+            clients: vec![1, 2],
+            app: Arc::new(vec![7, 8, 9]),
+            membership: None,
+        }
+    }
+
+    /// A checkpoint as stored and sent before memberships existed: these
+    /// bytes are fixed, so that no change to the type alters them.
+    const TODAYS_BYTES: [u8; 11] = [0x05, 0xb4, 0x24, 0x63, 0x02, 0x01, 0x02, 0x03, 0x07, 0x08, 0x09];
+
+    #[test]
+    fn an_epoch_0_checkpoint_keeps_todays_bytes_and_digest() {
+        assert_eq!(small().encode(), TODAYS_BYTES);
+        assert_eq!(Checkpoint::decode(&TODAYS_BYTES), Some(small()));
+        assert_eq!(small().digest(), checksum(&TODAYS_BYTES));
+    }
+
+    #[test]
+    fn a_later_epochs_checkpoint_carries_its_membership_after_todays_fields() {
+        let change = crate::membership::ChangeId { origin: 1, id: 1 };
+        let next = Membership::numbered(3)
+            .unwrap()
+            .next(&[0, 1, 2, 9], change, 0)
+            .unwrap();
+        let checkpoint = Checkpoint {
+            membership: Some(next),
+            ..small()
+        };
+        let bytes = checkpoint.encode();
+        assert_eq!(bytes[..TODAYS_BYTES.len()], TODAYS_BYTES);
+        assert_eq!(Checkpoint::decode(&bytes), Some(checkpoint.clone()));
+        assert_eq!(checkpoint.epoch(), 1);
+        assert_ne!(checkpoint.digest(), small().digest());
+        // Anything after the membership, or a membership cut short, is not
+        // a checkpoint.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Checkpoint::decode(&longer), None);
+        assert_eq!(Checkpoint::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Checkpoint::decode(&TODAYS_BYTES[..10]), None);
     }
 }

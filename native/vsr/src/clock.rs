@@ -42,7 +42,7 @@
 //! monotonic one while the reading is fresh (at most `view_change_ticks`
 //! ticks).
 
-use crate::config::MAX_REPLICAS;
+use crate::membership::{Membership, MAX_SLOTS};
 
 /// The latest wall clock reading taken at its word, in ns since the epoch:
 /// `i64::MAX` (in 2262). A later reading is read as this one, which leaves
@@ -64,7 +64,7 @@ struct Sample {
 /// The last clock reading heard from every peer.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Clocks {
-    samples: [Option<Sample>; MAX_REPLICAS],
+    samples: [Option<Sample>; MAX_SLOTS],
 }
 
 /// This replica's clocks at its last tick.
@@ -82,7 +82,7 @@ impl Clocks {
     /// Records that `from`'s clock read `theirs` when this replica's clocks
     /// read `now`. A clock that reads 0 has not ticked yet: it says nothing.
     pub(crate) fn heard(&mut self, from: usize, theirs: u64, now: Now) {
-        if theirs == 0 || now.wall == 0 || from >= MAX_REPLICAS {
+        if theirs == 0 || now.wall == 0 || from >= MAX_SLOTS {
             return;
         }
         self.samples[from] = Some(Sample {
@@ -110,15 +110,9 @@ impl Clocks {
     /// Our wall clock, moved into the window a quorum of fresh readings
     /// agrees on; `None` without a quorum of readings heard within `fresh`
     /// ticks of `now.tick` (`me` is this replica, whose offset is 0).
-    pub(crate) fn cluster_now(
-        &self,
-        me: usize,
-        now: Now,
-        fresh: u64,
-        quorum: usize,
-        n: usize,
-    ) -> Option<u64> {
-        let peers = self.offsets(me, now, fresh, n);
+    pub(crate) fn cluster_now(&self, me: usize, now: Now, fresh: u64, members: &Membership) -> Option<u64> {
+        let (quorum, n) = (members.quorum(), members.n());
+        let peers = self.offsets(me, now, fresh, members);
         if quorum == 0 || peers.len() + 1 < quorum {
             return None;
         }
@@ -138,20 +132,23 @@ impl Clocks {
         me: usize,
         now: Now,
         fresh: u64,
-        quorum: usize,
-        n: usize,
+        members: &Membership,
     ) -> Option<u64> {
-        let peers = self.offsets(me, now, fresh, n);
+        let peers = self.offsets(me, now, fresh, members);
         match (peers.iter().min(), peers.iter().max()) {
-            (Some(&lo), Some(&hi)) if peers.len() + 1 == quorum => Some(moved(now, 0i128.clamp(lo, hi))),
-            _ => self.cluster_now(me, now, fresh, quorum, n),
+            (Some(&lo), Some(&hi)) if peers.len() + 1 == members.quorum() => {
+                Some(moved(now, 0i128.clamp(lo, hi)))
+            }
+            _ => self.cluster_now(me, now, fresh, members),
         }
     }
 
-    /// The offsets (estimate minus our wall clock now) of the peers heard
+    /// The offsets (estimate minus our wall clock now) of the members heard
     /// within `fresh` ticks of `now.tick`.
-    fn offsets(&self, me: usize, now: Now, fresh: u64, n: usize) -> Vec<i128> {
-        (0..n.min(MAX_REPLICAS))
+    fn offsets(&self, me: usize, now: Now, fresh: u64, members: &Membership) -> Vec<i128> {
+        members
+            .slots()
+            .map(usize::from)
             .filter(|&r| r != me)
             .filter_map(|r| {
                 let s = self.samples[r]?;
@@ -185,6 +182,10 @@ mod tests {
 
     const HOUR: u64 = 3_600_000_000_000;
 
+    fn members(n: usize) -> Membership {
+        Membership::numbered(n).unwrap()
+    }
+
     fn at(wall: u64, mono: u64, tick: u64) -> Now {
         Now { wall, mono, tick }
     }
@@ -207,13 +208,19 @@ mod tests {
         c.heard(1, 300_000, at(1_000, 500, 1));
         c.heard(2, 300_010, at(1_000, 500, 1));
         c.ticked(300_500);
-        assert_eq!(c.cluster_now(0, at(300_500, 300_500, 2), 40, 2, 3), Some(300_010));
+        assert_eq!(
+            c.cluster_now(0, at(300_500, 300_500, 2), 40, &members(3)),
+            Some(300_010)
+        );
     }
 
     #[test]
     fn a_primary_whose_clock_jumped_takes_the_quorums_time() {
         let c = clocks(&[(1, 1_000), (2, 1_010)], HOUR + 1_000);
-        assert_eq!(c.cluster_now(0, at(HOUR + 1_000, 500, 2), 40, 2, 3), Some(1_010));
+        assert_eq!(
+            c.cluster_now(0, at(HOUR + 1_000, 500, 2), 40, &members(3)),
+            Some(1_010)
+        );
     }
 
     #[test]
@@ -221,7 +228,10 @@ mod tests {
         // Heard at wall 1_000 (mono 500); 100 ns later our wall clock
         // reads an hour ahead: the peers' clocks read 1_100 and 1_110 now.
         let c = clocks(&[(1, 1_000), (2, 1_010)], 1_000);
-        assert_eq!(c.cluster_now(0, at(HOUR + 1_100, 600, 2), 40, 2, 3), Some(1_110));
+        assert_eq!(
+            c.cluster_now(0, at(HOUR + 1_100, 600, 2), 40, &members(3)),
+            Some(1_110)
+        );
     }
 
     #[test]
@@ -229,37 +239,37 @@ mod tests {
         // Three replicas, one down: k = q = 2. Whichever of the two clocks
         // jumped ahead, the earlier one is used: behind corrects itself.
         let c = clocks(&[(1, 1_000)], HOUR);
-        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 2, 3), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, &members(3)), Some(1_000));
         let c = clocks(&[(1, HOUR)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(3)), Some(1_000));
         // Five replicas, two down: k = q = 3; any two clocks ahead (a
         // minority of five) are outvoted by the third.
         let c = clocks(&[(1, HOUR), (2, HOUR + 10)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(5)), Some(1_000));
         let c = clocks(&[(1, 990), (2, HOUR)], HOUR);
-        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 3, 5), Some(990));
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, &members(5)), Some(990));
         // Two replicas: no wrong clock is tolerated, but the later of two
         // is still not trusted.
         let c = clocks(&[(1, HOUR)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 2), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(2)), Some(1_000));
         let c = clocks(&[(1, 1_000)], HOUR);
-        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, 2, 2), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(HOUR, 500, 2), 40, &members(2)), Some(1_000));
     }
 
     #[test]
     fn with_all_five_heard_two_clocks_cannot_move_the_time_either_way() {
         // Right clocks at 990, 1_000 (ours), 1_010: the time stays among them.
         let c = clocks(&[(1, HOUR), (2, HOUR), (3, 990), (4, 1_010)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_010));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(5)), Some(1_010));
         let c = clocks(&[(1, 1), (2, 2), (3, 990), (4, 1_010)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(990));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(5)), Some(990));
     }
 
     #[test]
     fn readings_past_the_ceiling_are_read_as_the_ceiling() {
         let c = clocks(&[(1, u64::MAX), (2, u64::MAX)], u64::MAX);
         assert_eq!(
-            c.cluster_now(0, at(u64::MAX, 500, 2), 40, 2, 3),
+            c.cluster_now(0, at(u64::MAX, 500, 2), 40, &members(3)),
             Some(MAX_CLOCK_NS)
         );
     }
@@ -267,23 +277,26 @@ mod tests {
     #[test]
     fn one_backup_whose_clock_jumped_changes_nothing() {
         let c = clocks(&[(1, HOUR), (2, 1_000)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 2, 3), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(3)), Some(1_000));
     }
 
     #[test]
     fn within_the_window_the_primary_keeps_its_own_clock() {
         // Five replicas: offsets -20, -10, 0, +10, +20; q = 3: window [0, 0].
         let c = clocks(&[(1, 980), (2, 990), (3, 1_010), (4, 1_020)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 5), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(5)), Some(1_000));
         // Four replicas, q = 3: window [o2, o3] = [-10, 0] holds 0.
         let c = clocks(&[(1, 980), (2, 990), (3, 1_010)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, 3, 4), Some(1_000));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 2), 40, &members(4)), Some(1_000));
     }
 
     #[test]
     fn without_a_quorum_of_fresh_readings_there_is_no_time() {
         let c = clocks(&[(1, 1_000)], 1_000);
-        assert_eq!(c.cluster_now(0, at(1_000, 500, 100), 40, 2, 3), None);
-        assert_eq!(Clocks::default().cluster_now(0, at(5, 0, 1), 40, 1, 1), Some(5));
+        assert_eq!(c.cluster_now(0, at(1_000, 500, 100), 40, &members(3)), None);
+        assert_eq!(
+            Clocks::default().cluster_now(0, at(5, 0, 1), 40, &members(1)),
+            Some(5)
+        );
     }
 }

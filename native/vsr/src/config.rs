@@ -1,10 +1,10 @@
 //! Cluster configuration, numbering and quorums.
 
 use crate::checksum::checksum;
+use crate::membership::Membership;
 
-/// Index of a replica in the configuration, `0..replica_count`.
-pub type ReplicaIndex = u8;
-/// A view number. The primary of view `v` is replica `v mod n`.
+/// A view number. The primary of view `v` is the member at position
+/// `v mod n` of the membership ([`Membership::primary`]).
 pub type View = u64;
 /// An op number: the position of an entry in the log. Op 0 is the empty log.
 pub type Op = u64;
@@ -51,7 +51,7 @@ pub const RANGES: [(&str, u64, u64); 13] = [
 /// positive"`), so that a host can report the setting by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The setting's name, as in [`RANGES`] (or `replica_count`).
+    /// The setting's name, as in [`RANGES`].
     pub key: &'static str,
     /// What is wrong with its value.
     pub why: String,
@@ -180,8 +180,10 @@ pub enum Mutation {
 pub struct Config {
     /// Identity of the cluster; messages stamped with another are dropped.
     pub cluster: u128,
-    /// Number of replicas, 1 to [`MAX_REPLICAS`].
-    pub replica_count: u8,
+    /// The members the cluster starts with (epoch 0). A replica's current
+    /// membership is its own (`Replica::membership`); this one is where
+    /// every replica begins.
+    pub genesis: Membership,
     /// Most client requests in one prepare.
     pub batch_max_requests: usize,
     /// Most payload bytes in one prepare (a single larger request still goes alone).
@@ -224,11 +226,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with the default limits and timeouts.
+    /// A configuration with the default limits and timeouts, for a cluster
+    /// of `replica_count` members numbered by their slots
+    /// ([`Membership::numbered`]).
+    ///
+    /// Panics unless `replica_count` is 1 to [`MAX_REPLICAS`]: hosts check
+    /// a count they are given before (the NIF's option decoding does), or
+    /// build their genesis themselves ([`Config::with_genesis`]).
     pub fn new(cluster: u128, replica_count: u8) -> Config {
+        let genesis = Membership::numbered(replica_count as usize)
+            .unwrap_or_else(|e| panic!("a cluster of {replica_count} replicas: {e}"));
+        Config::with_genesis(cluster, genesis)
+    }
+
+    /// A configuration with the default limits and timeouts, starting
+    /// with the members `genesis`.
+    pub fn with_genesis(cluster: u128, genesis: Membership) -> Config {
         Config {
             cluster,
-            replica_count,
+            genesis,
             batch_max_requests: 256,
             batch_max_bytes: 1 << 20,
             pipeline_max: 8,
@@ -250,14 +266,9 @@ impl Config {
     }
 
     /// Checks the limits make sense; the error names the first that does not.
+    /// (The genesis needs no check: a [`Membership`] is well formed by
+    /// construction.)
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let n = self.replica_count as usize;
-        if n == 0 || n > MAX_REPLICAS {
-            return Err(ConfigError::new(
-                "replica_count",
-                format!("must be 1..={MAX_REPLICAS}, got {n}"),
-            ));
-        }
         let positive = [
             ("batch_max_requests", self.batch_max_requests as u64),
             ("batch_max_bytes", self.batch_max_bytes as u64),
@@ -354,16 +365,6 @@ impl Config {
         Ok(())
     }
 
-    /// Number of replicas as a `usize`.
-    pub fn n(&self) -> usize {
-        self.replica_count as usize
-    }
-
-    /// The primary of `view`.
-    pub fn primary(&self, view: View) -> ReplicaIndex {
-        (view % self.replica_count as u64) as ReplicaIndex
-    }
-
     #[cfg(feature = "mutations")]
     pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
         self.mutation == mutation
@@ -442,12 +443,15 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "a cluster of 7 replicas")]
+    fn a_cluster_of_more_than_max_replicas_is_refused() {
+        Config::new(1, 7);
+    }
+
+    #[test]
     fn validate_names_the_bad_field() {
         let mut c = Config::new(1, 3);
         assert!(c.validate().is_ok());
-        c.replica_count = 7;
-        assert_eq!(c.validate().unwrap_err().key, "replica_count");
-        let mut c = Config::new(1, 3);
         c.pipeline_max = 0;
         assert_eq!(c.validate().unwrap_err().key, "pipeline_max");
     }

@@ -9,7 +9,8 @@
 //! broken protocol (`Mutation`) breaks its own invariants too: there the
 //! checkers, not these, must find the damage.
 
-use crate::replica::{Replica, Status};
+use crate::membership::{Slot, MAX_SLOTS};
+use crate::replica::{Replica, Role, Status};
 
 impl Replica {
     /// Checks every invariant of this replica's state; the first one
@@ -17,6 +18,7 @@ impl Replica {
     pub fn invariants(&self) -> Result<(), String> {
         self.log.check()?;
         self.check_numbers()?;
+        self.check_membership()?;
         self.check_status()?;
         self.check_primary()?;
         self.check_timers()?;
@@ -43,6 +45,55 @@ impl Replica {
                 "executed op {} beyond the commit number {}",
                 self.commit_min, self.commit_max
             ));
+        }
+        Ok(())
+    }
+
+    /// The replica is a `Member` exactly when its slot is in its list, and
+    /// it holds nothing for a slot outside the list: no acknowledgement,
+    /// vote, incarnation or DoViewChange (a slot is reused once its member
+    /// has left, and its next owner must start from nothing). Its epoch is
+    /// at least that of every checkpoint it holds (installing one enters
+    /// its epoch).
+    fn check_membership(&self) -> Result<(), String> {
+        let held = [
+            &self.checkpoints.held,
+            &self.checkpoints.previous,
+            &self.checkpoints.anchor,
+        ];
+        if let Some(newer) = held
+            .into_iter()
+            .flatten()
+            .find(|h| h.checkpoint.epoch() > self.membership.epoch())
+        {
+            return Err(format!(
+                "a checkpoint of epoch {} held in epoch {}",
+                newer.checkpoint.epoch(),
+                self.membership.epoch()
+            ));
+        }
+        let listed = self.membership.contains(self.index);
+        if (self.role == Role::Member) != listed {
+            return Err(format!(
+                "role {:?} for slot {} {} its list {:?}",
+                self.role,
+                self.index,
+                if listed { "in" } else { "outside" },
+                self.membership
+            ));
+        }
+        let outside = (0..MAX_SLOTS as Slot).filter(|&s| !self.membership.contains(s));
+        for slot in outside {
+            let s = slot as usize;
+            let held = [
+                ("an acknowledgement", self.acked[s] != 0),
+                ("a vote", self.votes[s] != 0 || self.vote_ticks[s] != 0),
+                ("an incarnation", self.incarnations[s] != 0),
+                ("a DoViewChange", self.dvcs[s].is_some()),
+            ];
+            if let Some((what, _)) = held.iter().find(|(_, held)| *held) {
+                return Err(format!("{what} held for slot {slot}, outside the list"));
+            }
         }
         Ok(())
     }
@@ -121,7 +172,7 @@ impl Replica {
                 ));
             }
             let me = self.index as usize;
-            if self.acked[me] != op || self.acked[..self.config.n()].iter().any(|&a| a > op) {
+            if self.acked[me] != op || self.membership.slots().any(|s| self.acked[s as usize] > op) {
                 return Err(format!(
                     "primary with log op {op} counts acknowledgements {:?}",
                     self.acked
@@ -162,12 +213,19 @@ impl Replica {
             ("last_start_view_request", self.last_start_view_request),
             ("last_do_view_change_request", self.last_do_view_change_request),
         ];
-        let n = self.config.n();
         let late = timers
             .into_iter()
             .chain(options.into_iter().filter_map(|(name, t)| Some((name, t?))))
-            .chain(self.last_heard[..n].iter().map(|&t| ("last_heard", t)))
-            .chain(self.vote_ticks[..n].iter().map(|&t| ("vote_ticks", t)))
+            .chain(
+                self.membership
+                    .slots()
+                    .map(|s| ("last_heard", self.last_heard[s as usize])),
+            )
+            .chain(
+                self.membership
+                    .slots()
+                    .map(|s| ("vote_ticks", self.vote_ticks[s as usize])),
+            )
             .find(|&(_, t)| t > ticks);
         match late {
             Some((name, t)) => Err(format!("{name} is tick {t}, after tick {ticks}")),
@@ -254,6 +312,32 @@ mod tests {
         breaks(&primary, |r| r.commit_max = op + 1, "primary's commit number");
         breaks(&primary, |r| r.view_start_op = op + 1, "view started at op");
         breaks(&primary, |r| r.acked[0] = op - 1, "counts acknowledgements");
+        breaks(
+            &primary,
+            |r| r.role = Role::Leaving,
+            "role Leaving for slot 0 in its list",
+        );
+        breaks(
+            &primary,
+            |r| r.acked[3] = 1,
+            "an acknowledgement held for slot 3, outside",
+        );
+        breaks(&primary, |r| r.votes[11] = 1, "a vote held for slot 11");
+        breaks(
+            &primary,
+            |r| r.incarnations[6] = 2,
+            "an incarnation held for slot 6",
+        );
+        let newer_checkpoint = |r: &mut Replica| {
+            let held = r.checkpoints.held.as_mut().expect("a checkpoint every 2 ops");
+            let next = r.membership.next(&[0], Default::default(), 0).unwrap();
+            std::sync::Arc::make_mut(&mut held.checkpoint).membership = Some(next);
+        };
+        breaks(
+            &primary,
+            newer_checkpoint,
+            "a checkpoint of epoch 1 held in epoch 0",
+        );
         breaks(
             &primary,
             |r| r.status = Status::Recovering,

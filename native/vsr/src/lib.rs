@@ -12,6 +12,7 @@ mod clock;
 pub mod config;
 mod invariants;
 pub mod log;
+pub mod membership;
 pub mod message;
 mod read;
 mod recovery;
@@ -25,6 +26,7 @@ pub use checksum::{checksum, root_checksum};
 pub use client_table::Outcome;
 #[cfg(feature = "mutations")]
 pub use config::Mutation;
-pub use config::{quorum, ClientId, Config, ConfigError, Op, ReplicaIndex, View, MAX_REPLICAS, RANGES};
+pub use config::{quorum, ClientId, Config, ConfigError, Op, View, MAX_REPLICAS, RANGES};
+pub use membership::{ChangeId, Epoch, Member, MemberId, Membership, MembershipError, Slot, MAX_SLOTS};
 pub use message::{DecodeError, Decoded, Message, Prepare, Request};
-pub use replica::{DurableState, Input, Output, Replica, Stats, Status, Submission};
+pub use replica::{DurableState, Input, Output, Replica, Role, Stats, Status, Submission};

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::checksum;
-use crate::config::{ClientId, Op, ReplicaIndex, View};
+use crate::config::{ClientId, Op, View};
+use crate::membership::Slot;
 
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 37;
@@ -53,7 +54,7 @@ pub struct Request {
     /// The client's request number: 0 registers, then 1, 2, ... one at a time.
     pub request: u64,
     /// The replica the client submitted through; it is the one that replies.
-    pub origin: ReplicaIndex,
+    pub origin: Slot,
     /// The command, opaque to the protocol.
     pub payload: Vec<u8>,
 }
@@ -300,7 +301,7 @@ pub enum DecodeError {
 /// A message as received: its sender, the sender's crash vector, and the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
-    pub from: ReplicaIndex,
+    pub from: Slot,
     pub incarnations: Vec<u64>,
     /// The sender's wall clock (ns) when it sent this; 0 if it had none yet.
     pub clock: u64,
@@ -309,13 +310,7 @@ pub struct Decoded {
 
 /// Encodes `message` from replica `from` of `cluster`, with the sender's
 /// crash vector and wall clock (ns).
-pub fn encode(
-    cluster: u128,
-    from: ReplicaIndex,
-    incarnations: &[u64],
-    clock: u64,
-    message: &Message,
-) -> Vec<u8> {
+pub fn encode(cluster: u128, from: Slot, incarnations: &[u64], clock: u64, message: &Message) -> Vec<u8> {
     let mut bytes = vec![0u8; HEADER_LEN];
     bytes[16..18].copy_from_slice(&MAGIC.to_le_bytes());
     bytes[18..20].copy_from_slice(&WIRE_VERSION.to_le_bytes());

@@ -24,14 +24,15 @@
 
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{Op, ReplicaIndex, View, MAX_REPLICAS};
+use crate::config::{Op, View};
+use crate::membership::{Slot, MAX_SLOTS};
 use crate::message::Message;
 use crate::replica::{Output, Replica, Status};
 
 /// A read the primary is confirming.
 #[derive(Clone, Debug)]
 pub(crate) struct ConfirmingRead {
-    origin: ReplicaIndex,
+    origin: Slot,
     id: u64,
     /// The heartbeat round a quorum must answer.
     round: u64,
@@ -54,7 +55,7 @@ pub(crate) struct Reads {
     /// Primary: the last heartbeat round broadcast in this view.
     round: u64,
     /// Primary: the highest round each replica has answered in this view.
-    answered: [u64; MAX_REPLICAS],
+    answered: [u64; MAX_SLOTS],
     /// Primary: reads waiting for a quorum to answer their round.
     confirming: Vec<ConfirmingRead>,
     /// Backup: the last round heard from the primary in this view.
@@ -83,7 +84,7 @@ impl Reads {
 
     /// A view change voids every confirmation in progress (origins retry).
     pub(crate) fn new_view(&mut self) {
-        self.answered = [0; MAX_REPLICAS];
+        self.answered = [0; MAX_SLOTS];
         self.confirming.clear();
         self.heard_round = 0;
     }
@@ -159,7 +160,7 @@ impl Replica {
     }
 
     /// On the primary: a read arrived from `origin`.
-    pub(crate) fn on_read(&mut self, origin: ReplicaIndex, id: u64) {
+    pub(crate) fn on_read(&mut self, origin: Slot, id: u64) {
         if !self.is_primary() || self.abdicating() {
             return;
         }
@@ -167,7 +168,7 @@ impl Replica {
         self.reads.confirming.push(ConfirmingRead { origin, id, round });
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::ReadWithoutQuorum) {
-            self.reads.answered = [u64::MAX; MAX_REPLICAS];
+            self.reads.answered = [u64::MAX; MAX_SLOTS];
         }
         self.broadcast_heartbeat(true);
         self.confirm_reads();
@@ -197,7 +198,7 @@ impl Replica {
     }
 
     /// On the primary: a backup answered up to `round`.
-    pub(crate) fn on_round_answered(&mut self, from: ReplicaIndex, round: u64) {
+    pub(crate) fn on_round_answered(&mut self, from: Slot, round: u64) {
         let answered = &mut self.reads.answered[from as usize];
         *answered = (*answered).max(round.min(self.reads.round));
         self.confirm_reads();
@@ -210,12 +211,18 @@ impl Replica {
             return;
         }
         let quorum = self.quorum();
-        let n = self.config.n();
+        let members = self.membership;
         let answered = self.reads.answered;
         let (ready, waiting): (Vec<ConfirmingRead>, Vec<ConfirmingRead>) =
             std::mem::take(&mut self.reads.confirming)
                 .into_iter()
-                .partition(|read| answered[..n].iter().filter(|&&a| a >= read.round).count() >= quorum);
+                .partition(|read| {
+                    members
+                        .slots()
+                        .filter(|&s| answered[s as usize] >= read.round)
+                        .count()
+                        >= quorum
+                });
         self.reads.confirming = waiting;
         let op = self.commit_max;
         for read in ready {
@@ -240,8 +247,8 @@ impl Replica {
     /// On the origin: `from`, primary of `view`, gives read `id` its index.
     /// Only the primary of the view the read was last sent in may: an answer
     /// from another view, or another sender, is for a read this one is not.
-    pub(crate) fn on_read_ok(&mut self, from: ReplicaIndex, view: View, id: u64, op: Op) {
-        let primary = self.config.primary(view);
+    pub(crate) fn on_read_ok(&mut self, from: Slot, view: View, id: u64, op: Op) {
+        let primary = self.membership.primary(view);
         if let Some(read) = self.reads.pending.get_mut(&id) {
             if read.sent_view == view && from == primary {
                 read.op.get_or_insert(op);
@@ -277,7 +284,7 @@ mod tests {
     use crate::message::encode;
     use crate::replica::Input;
 
-    fn read_ok(from: ReplicaIndex, view: View, id: u64) -> Vec<u8> {
+    fn read_ok(from: Slot, view: View, id: u64) -> Vec<u8> {
         let cluster = Config::new(1, 3).wire_cluster();
         encode(cluster, from, &[0, 0, 0], 1, &Message::ReadOk { view, id, op: 0 })
     }

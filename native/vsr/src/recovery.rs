@@ -35,7 +35,8 @@
 //! A quorum must stay up (and remember) for a replica to recover: memory
 //! mode survives any minority losing its memory, not a majority.
 
-use crate::config::{ReplicaIndex, View, MAX_REPLICAS};
+use crate::config::View;
+use crate::membership::{Slot, MAX_SLOTS};
 use crate::message::{Decoded, Message};
 use crate::replica::{DurableState, Replica, Status};
 
@@ -44,9 +45,9 @@ use crate::replica::{DurableState, Replica, Status};
 pub(crate) struct Recovery {
     nonce: u128,
     /// Step 1: the incarnation each replica knows for us.
-    known: [Option<u64>; MAX_REPLICAS],
+    known: [Option<u64>; MAX_SLOTS],
     /// Step 2 (once our new incarnation is chosen): each fenced replica's view.
-    fenced: [Option<View>; MAX_REPLICAS],
+    fenced: [Option<View>; MAX_SLOTS],
     fencing: bool,
     /// A quorum has fenced: now fetching the log.
     pub(crate) answered: bool,
@@ -56,11 +57,7 @@ impl Replica {
     /// A replica that restarted without its state: it takes part in nothing
     /// until it has recovered its incarnation and the current log from the
     /// others. `nonce` must be unique to this restart (random).
-    pub fn recovering(
-        config: crate::config::Config,
-        index: ReplicaIndex,
-        nonce: u128,
-    ) -> Result<Replica, String> {
+    pub fn recovering(config: crate::config::Config, index: Slot, nonce: u128) -> Result<Replica, String> {
         Replica::recovering_from(config, index, DurableState::default(), nonce)
     }
 
@@ -76,7 +73,7 @@ impl Replica {
     /// soak seeds 17142 and 75538 caught exactly that.)
     pub fn recovering_from(
         config: crate::config::Config,
-        index: ReplicaIndex,
+        index: Slot,
         state: DurableState,
         nonce: u128,
     ) -> Result<Replica, String> {
@@ -84,15 +81,15 @@ impl Replica {
             view: 0,
             log_view: 0,
             commit: 0,
-            incarnations: state.incarnations,
             recovering: false,
+            ..state
         };
         let (mut replica, _) = Replica::restart(config, index, kept, Vec::new())?;
         replica.status = Status::Recovering;
         replica.recovery = Some(Recovery {
             nonce,
-            known: [None; MAX_REPLICAS],
-            fenced: [None; MAX_REPLICAS],
+            known: [None; MAX_SLOTS],
+            fenced: [None; MAX_SLOTS],
             fencing: false,
             answered: false,
         });
@@ -195,14 +192,14 @@ impl Replica {
         self.reads.forget(replica);
     }
 
-    fn on_recovery(&mut self, from: ReplicaIndex, nonce: u128) {
+    fn on_recovery(&mut self, from: Slot, nonce: u128) {
         if self.status != Status::Recovering {
             let incarnation = self.incarnations[from as usize];
             self.send(from, &Message::RecoveryResponse { nonce, incarnation });
         }
     }
 
-    fn on_recovery_fence(&mut self, from: ReplicaIndex, nonce: u128) {
+    fn on_recovery_fence(&mut self, from: Slot, nonce: u128) {
         // The crash vector of the message has already fenced the old
         // incarnation. Only a replica running a view answers: a view it is
         // still changing to may never start (its replica can lose its memory
@@ -230,7 +227,7 @@ impl Replica {
         }
     }
 
-    fn on_recovery_response(&mut self, from: ReplicaIndex, nonce: u128, incarnation: u64) {
+    fn on_recovery_response(&mut self, from: Slot, nonce: u128, incarnation: u64) {
         let quorum = self.quorum();
         let Some(recovery) = self.recovery.as_mut().filter(|r| r.nonce == nonce && !r.fencing) else {
             return;
@@ -250,7 +247,7 @@ impl Replica {
         self.broadcast(&Message::RecoveryFence { nonce });
     }
 
-    fn on_recovery_fenced(&mut self, from: ReplicaIndex, nonce: u128, view: View) {
+    fn on_recovery_fenced(&mut self, from: Slot, nonce: u128, view: View) {
         let quorum = self.quorum();
         let Some(recovery) = self
             .recovery

@@ -35,7 +35,8 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::checksum::{checksum, root_checksum};
-use crate::config::{quorum, Config, Op, ReplicaIndex};
+use crate::config::{quorum, Config, Op};
+use crate::membership::Slot;
 use crate::message::{Message, Prepare};
 use crate::replica::{DurableState, Output, Replica, Status};
 
@@ -60,7 +61,7 @@ impl Replica {
     /// log (its outputs begin with the `WriteLog` that records the repair).
     pub fn restart_repairing(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         state: DurableState,
         checkpoint: Option<Arc<Checkpoint>>,
         entries: Vec<Arc<Prepare>>,
@@ -110,7 +111,7 @@ impl Replica {
     /// Whether a quorum of the other replicas said they do not hold the
     /// entry (in a cluster of one: at once, as no one else can hold it).
     fn enough_refusals(&self, refused: u64) -> bool {
-        let n = self.config.n();
+        let n = self.membership.n();
         let needed = quorum(n).min(n - 1);
         refused.count_ones() as usize >= needed
     }
@@ -119,7 +120,7 @@ impl Replica {
     /// holds it may answer (the checksum makes it the same entry); any
     /// other says it does not hold it, naming a checkpoint it could serve
     /// instead.
-    pub(crate) fn on_request_entry(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
+    pub(crate) fn on_request_entry(&mut self, from: Slot, op: Op, checksum: u128) {
         if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum) {
             let entry = entry.clone();
             self.send(from, &Message::Entry { entry });
@@ -144,11 +145,11 @@ impl Replica {
 
     /// A peer does not hold the entry this replica waits for: if its
     /// checkpoint covers the entry's op, sync that checkpoint from it.
-    pub(crate) fn on_no_entry(&mut self, from: ReplicaIndex, hole: (Op, u128), checkpoint: Op) {
+    pub(crate) fn on_no_entry(&mut self, from: Slot, hole: (Op, u128), checkpoint: Op) {
         let Some(repair) = self.repair.as_mut() else {
             return;
         };
-        if hole != repair.hole || from as usize >= self.config.n() {
+        if hole != repair.hole || !self.membership.contains(from) {
             return;
         }
         repair.refused |= 1 << from;
@@ -172,7 +173,7 @@ impl Replica {
     /// repairing too, answers from the intact entries of its stored log
     /// (the checksum makes it the same entry, and an `Entry` changes nothing
     /// but the state of a replica waiting for exactly that entry).
-    pub(crate) fn on_request_entry_repairing(&mut self, from: ReplicaIndex, op: Op, checksum: u128) {
+    pub(crate) fn on_request_entry_repairing(&mut self, from: Slot, op: Op, checksum: u128) {
         let Some(repair) = self.repair.as_ref() else {
             return;
         };

@@ -21,8 +21,9 @@ use crate::checksum::{checksum, root_checksum};
 use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{quorum, ClientId, Config, Op, ReplicaIndex, View, MAX_REPLICAS};
+use crate::config::{ClientId, Config, Op, View};
 use crate::log::Log;
+use crate::membership::{Epoch, Membership, Slot, MAX_SLOTS};
 use crate::message::{decode, encode, DecodeError, Message, Prepare, Request};
 
 /// Where a replica is in the protocol.
@@ -60,11 +61,36 @@ pub struct DurableState {
     /// The crash vector: the incarnation known for every replica, this one
     /// included. Kept so that a replica restarted from disk neither forgets
     /// a fence it took part in nor speaks as an incarnation others dropped.
-    pub incarnations: [u64; MAX_REPLICAS],
+    pub incarnations: [u64; MAX_SLOTS],
     /// The replica lost its log and has not finished recovering it: on
     /// restart it must recover again ([`Replica::recovering_from`]), never
     /// resume from the (empty or partial) log it holds.
     pub recovering: bool,
+    /// The membership the replica is in: `None` for its configuration's
+    /// genesis (what a store written before memberships existed holds).
+    pub membership: Option<Membership>,
+    /// What the replica is in that membership.
+    pub role: Role,
+    /// The epoch in which the replica last fenced its incarnation
+    /// (docs/design/membership.md, 2.10): 0 until epochs change.
+    pub fenced_epoch: Epoch,
+}
+
+/// What a replica is in its membership. Today every replica is a
+/// `Member`; the other roles belong to membership changes
+/// (docs/design/membership.md), and a store may record them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// In the list: it acknowledges, votes and may lead.
+    #[default]
+    Member,
+    /// Catching up to join the next epoch's list; counts in nothing.
+    Learner,
+    /// Left out of the epoch it entered; serves state to the new members
+    /// until a quorum of them has entered.
+    Leaving,
+    /// Gone for good: it handles nothing more.
+    Removed,
 }
 
 /// A client's submission, handed to the replica the client talks to.
@@ -106,11 +132,11 @@ pub enum Input<'a> {
 #[derive(Clone, Debug)]
 pub enum Output {
     /// Send bytes to a peer replica (best effort: the protocol tolerates loss).
-    Send { to: ReplicaIndex, bytes: Vec<u8> },
+    Send { to: Slot, bytes: Vec<u8> },
     /// Make the log `log[..=after] ++ entries`, durably.
     WriteLog { after: Op, entries: Vec<Arc<Prepare>> },
     /// Make the durable state this, durably.
-    WriteState(DurableState),
+    WriteState(Box<DurableState>),
     /// The entry is committed: apply the requests whose outcome is `Executed`,
     /// in order. Every replica emits the same sequence of `Execute`s.
     Execute {
@@ -193,7 +219,12 @@ pub(crate) struct Pending {
 #[derive(Clone, Debug)]
 pub struct Replica {
     pub(crate) config: Config,
-    pub(crate) index: ReplicaIndex,
+    /// This replica's slot in `membership`.
+    pub(crate) index: Slot,
+    /// The members it counts quorums over and sends to.
+    pub(crate) membership: Membership,
+    pub(crate) role: Role,
+    pub(crate) fenced_epoch: Epoch,
     pub(crate) status: Status,
     pub(crate) view: View,
     pub(crate) log_view: View,
@@ -215,8 +246,8 @@ pub struct Replica {
 
     // Primary, normal status.
     /// Highest op each replica acknowledged holding in this view.
-    pub(crate) acked: [Op; MAX_REPLICAS],
-    pub(crate) last_heard: [u64; MAX_REPLICAS],
+    pub(crate) acked: [Op; MAX_SLOTS],
+    pub(crate) last_heard: [u64; MAX_SLOTS],
     pub(crate) queue: VecDeque<Request>,
     /// (client, request, payload checksum) of every queued request.
     pub(crate) queued: HashSet<(ClientId, u64, u128)>,
@@ -240,10 +271,10 @@ pub struct Replica {
     /// The view this replica campaigns for (0: not campaigning).
     pub(crate) campaign: View,
     /// The view each replica last campaigned for, as heard.
-    pub(crate) votes: [View; MAX_REPLICAS],
+    pub(crate) votes: [View; MAX_SLOTS],
     /// When each replica's vote was last heard: a vote expires with its
     /// sender's campaign (`check_campaign`).
-    pub(crate) vote_ticks: [u64; MAX_REPLICAS],
+    pub(crate) vote_ticks: [u64; MAX_SLOTS],
     pub(crate) last_resend_tick: u64,
     pub(crate) last_campaign_tick: u64,
     pub(crate) dvcs: Vec<Option<crate::view_change::Dvc>>,
@@ -254,15 +285,15 @@ pub struct Replica {
     pub(crate) reads: crate::read::Reads,
     /// The primary's commit number advanced since it last told the backups.
     pub(crate) commit_unannounced: bool,
-    /// Backups (one bit per index) that must hear the commit number at the
+    /// Backups (one bit per slot) that must hear the commit number at the
     /// end of this step: origins of requests just executed here, and of
     /// reads just confirmed. The others hear it with the next prepare or,
     /// at the latest, the next tick (`announce_commit`).
-    pub(crate) commit_urgent: u8,
+    pub(crate) commit_urgent: u16,
     /// The op this replica's view started with, as its primary.
     pub(crate) view_start_op: Op,
     /// Crash vector: the incarnation this replica knows for every replica.
-    pub(crate) incarnations: [u64; MAX_REPLICAS],
+    pub(crate) incarnations: [u64; MAX_SLOTS],
     pub(crate) recovery: Option<crate::recovery::Recovery>,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
@@ -276,7 +307,7 @@ impl Replica {
     ///
     /// Panics if the configuration is invalid or `index` is outside it: that
     /// is a bug of the caller, checked before any replica runs.
-    pub fn new(config: Config, index: ReplicaIndex) -> Replica {
+    pub fn new(config: Config, index: Slot) -> Replica {
         let (mut replica, _) = Replica::restart(config, index, DurableState::default(), Vec::new())
             .expect("a valid configuration and an empty log");
         // A fresh replica has sent nothing, so the primary of view 0 may lead at once.
@@ -292,7 +323,7 @@ impl Replica {
     /// it may have sent prepares it never wrote, so it waits for a view change.
     pub fn restart(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         state: DurableState,
         entries: Vec<Arc<Prepare>>,
     ) -> Result<(Replica, Vec<Output>), String> {
@@ -306,16 +337,17 @@ impl Replica {
     /// the committed entries after it.
     pub fn restart_from(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         state: DurableState,
         checkpoint: Option<Arc<Checkpoint>>,
         entries: Vec<Arc<Prepare>>,
     ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
-        if index as usize >= config.n() {
+        let membership = state.membership.unwrap_or(config.genesis);
+        if !membership.contains(index) {
             return Err(format!(
                 "replica index {index} outside a cluster of {}",
-                config.n()
+                membership.n()
             ));
         }
         if state.log_view > state.view {
@@ -336,7 +368,7 @@ impl Replica {
             }
         };
         let jitter_state = config.jitter_seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let resumes_normal = state.log_view == state.view && config.primary(state.view) != index;
+        let resumes_normal = state.log_view == state.view && membership.primary(state.view) != index;
         let mut replica = Replica {
             status: if resumes_normal {
                 Status::Normal
@@ -355,8 +387,8 @@ impl Replica {
             clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
-            acked: [0; MAX_REPLICAS],
-            last_heard: [0; MAX_REPLICAS],
+            acked: [0; MAX_SLOTS],
+            last_heard: [0; MAX_SLOTS],
             queue: VecDeque::new(),
             queued: HashSet::new(),
             last_broadcast_tick: 0,
@@ -370,11 +402,11 @@ impl Replica {
             last_do_view_change_request: None,
             status_since: 0,
             campaign: 0,
-            votes: [0; MAX_REPLICAS],
-            vote_ticks: [0; MAX_REPLICAS],
+            votes: [0; MAX_SLOTS],
+            vote_ticks: [0; MAX_SLOTS],
             last_resend_tick: 0,
             last_campaign_tick: 0,
-            dvcs: vec![None; config.n()],
+            dvcs: vec![None; MAX_SLOTS],
             staging: None,
             pending: BTreeMap::new(),
             reads: crate::read::Reads::new(config.boot_nonce),
@@ -389,6 +421,9 @@ impl Replica {
             out: Vec::new(),
             config,
             index,
+            membership,
+            role: state.role,
+            fenced_epoch: state.fenced_epoch,
         };
         replica.timeout_jitter = replica.next_jitter();
         if let Some(checkpoint) = checkpoint {
@@ -428,11 +463,18 @@ impl Replica {
         }
     }
 
-    pub fn index(&self) -> ReplicaIndex {
+    pub fn index(&self) -> Slot {
         self.index
     }
     pub fn config(&self) -> &Config {
         &self.config
+    }
+    /// The members this replica counts quorums over, in its epoch.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    pub fn role(&self) -> Role {
+        self.role
     }
     pub fn status(&self) -> Status {
         if self.is_diverged() {
@@ -469,8 +511,8 @@ impl Replica {
         self.status == Status::Normal && self.is_primary_of_view()
     }
     /// The primary of the current view (which may not have started yet).
-    pub fn primary(&self) -> ReplicaIndex {
-        self.config.primary(self.view)
+    pub fn primary(&self) -> Slot {
+        self.membership.primary(self.view)
     }
     /// How far a chunked state transfer has got: `(ops staged, ops needed)`.
     pub fn staging_progress(&self) -> Option<(Op, Op)> {
@@ -488,15 +530,38 @@ impl Replica {
             commit: self.commit_max,
             incarnations: self.incarnations,
             recovering: self.status == Status::Recovering,
+            membership: Some(self.membership),
+            role: self.role,
+            fenced_epoch: self.fenced_epoch,
         }
     }
 
     pub(crate) fn is_primary_of_view(&self) -> bool {
-        self.config.primary(self.view) == self.index
+        self.membership.primary(self.view) == self.index
     }
 
     pub(crate) fn quorum(&self) -> usize {
-        quorum(self.config.n())
+        self.membership.quorum()
+    }
+
+    /// The `turn`-th other member after this one, in the membership's
+    /// order (round-robin over the others for `turn = 0, 1, 2, ...`), or
+    /// `None` in a cluster of one.
+    pub(crate) fn peer_in_turn(&self, turn: u64) -> Option<Slot> {
+        let members = self.membership.members();
+        let n = members.len() as u64;
+        let me = members.iter().position(|m| m.slot == self.index)? as u64;
+        let peer = members[((me + 1 + turn % (n - 1).max(1)) % n) as usize].slot;
+        (peer != self.index).then_some(peer)
+    }
+
+    /// The other members' slots, in the membership's order (a `Copy` of
+    /// the list, so that callers may send while they iterate).
+    pub(crate) fn peers(&self) -> impl Iterator<Item = Slot> {
+        let (membership, me) = (self.membership, self.index);
+        (0..membership.n())
+            .map(move |i| membership.members()[i].slot)
+            .filter(move |&s| s != me)
     }
 
     #[cfg(feature = "mutations")]
@@ -516,7 +581,7 @@ impl Replica {
 
     // ---- Sending -------------------------------------------------------
 
-    pub(crate) fn send(&mut self, to: ReplicaIndex, message: &Message) {
+    pub(crate) fn send(&mut self, to: Slot, message: &Message) {
         debug_assert_ne!(to, self.index);
         let bytes = self.encode(message);
         self.stats.sent += 1;
@@ -525,14 +590,12 @@ impl Replica {
 
     pub(crate) fn broadcast(&mut self, message: &Message) {
         let bytes = self.encode(message);
-        for to in 0..self.config.replica_count {
-            if to != self.index {
-                self.stats.sent += 1;
-                self.out.push(Output::Send {
-                    to,
-                    bytes: bytes.clone(),
-                });
-            }
+        for to in self.peers() {
+            self.stats.sent += 1;
+            self.out.push(Output::Send {
+                to,
+                bytes: bytes.clone(),
+            });
         }
     }
 
@@ -540,7 +603,9 @@ impl Replica {
         encode(
             self.config.wire_cluster(),
             self.index,
-            &self.incarnations[..self.config.n()],
+            // Wire version 3 carries the incarnations of slots `0..n`,
+            // which are the genesis's slots: every replica is in epoch 0.
+            &self.incarnations[..self.membership.n()],
             self.now_ns,
             message,
         )
@@ -548,13 +613,13 @@ impl Replica {
 
     pub(crate) fn write_state(&mut self) {
         let state = self.durable_state();
-        self.out.push(Output::WriteState(state));
+        self.out.push(Output::WriteState(Box::new(state)));
     }
 
     // ---- Inputs --------------------------------------------------------
 
     fn on_bytes(&mut self, bytes: &[u8]) {
-        match decode(self.config.wire_cluster(), self.config.replica_count, bytes) {
+        match decode(self.config.wire_cluster(), self.membership.n() as u8, bytes) {
             Ok(decoded) if decoded.from != self.index => {
                 let from = decoded.from as usize;
                 self.clocks.heard(from, decoded.clock, self.clock_now());
@@ -579,7 +644,7 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_message(&mut self, from: ReplicaIndex, message: Message) {
+    pub(crate) fn on_message(&mut self, from: Slot, message: Message) {
         if self.is_diverged() && matches!(message, Message::Request { .. }) {
             return; // it leads nothing: the origin retries towards another
         }
@@ -844,8 +909,7 @@ impl Replica {
                 self.index as usize,
                 self.clock_now(),
                 self.config.view_change_ticks,
-                self.quorum(),
-                self.config.n(),
+                &self.membership,
             );
             return now.map_or(after_head, |now| now.max(after_head));
         }
@@ -853,8 +917,7 @@ impl Replica {
             self.index as usize,
             self.clock_now(),
             self.config.view_change_ticks,
-            self.quorum(),
-            self.config.n(),
+            &self.membership,
         );
         now.map_or(after_head, |now| now.max(after_head))
     }
@@ -886,7 +949,7 @@ impl Replica {
         batch
     }
 
-    fn on_prepare_ok(&mut self, from: ReplicaIndex, view: View, op: Op, checksum: u128, round: u64) {
+    fn on_prepare_ok(&mut self, from: Slot, view: View, op: Op, checksum: u128, round: u64) {
         if view != self.view || !self.is_primary() {
             return;
         }
@@ -904,7 +967,7 @@ impl Replica {
         if !self.is_primary() {
             return;
         }
-        let mut acked: Vec<Op> = self.acked[..self.config.n()].to_vec();
+        let mut acked: Vec<Op> = self.membership.slots().map(|s| self.acked[s as usize]).collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
         #[allow(unused_mut)]
         let mut quorum_op = acked[self.quorum() - 1];
@@ -940,9 +1003,7 @@ impl Replica {
             self.broadcast_heartbeat(false);
             return;
         }
-        let to: Vec<ReplicaIndex> = (0..self.config.replica_count)
-            .filter(|&to| to != self.index && urgent & (1 << to) != 0)
-            .collect();
+        let to: Vec<Slot> = self.peers().filter(|&to| urgent & (1 << to) != 0).collect();
         if to.is_empty() {
             return;
         }
@@ -959,10 +1020,12 @@ impl Replica {
     /// A primary that has not heard from a quorum lately stops leading, so
     /// that its silence lets the backups elect a primary that can commit.
     pub(crate) fn abdicating(&self) -> bool {
-        let recent = (0..self.config.n())
+        let recent = self
+            .membership
+            .slots()
             .filter(|&r| {
-                r == self.index as usize
-                    || self.ticks < self.last_heard[r].saturating_add(self.config.view_change_ticks)
+                r == self.index
+                    || self.ticks < self.last_heard[r as usize].saturating_add(self.config.view_change_ticks)
             })
             .count();
         recent < self.quorum()
@@ -1007,9 +1070,9 @@ impl Replica {
     /// Resends the uncommitted tail to each backup that has not acknowledged it.
     fn retransmit_prepares(&mut self) {
         let op = self.log.op();
-        for backup in 0..self.config.replica_count {
+        for backup in self.peers() {
             let acked = self.acked[backup as usize];
-            if backup == self.index || acked >= op {
+            if acked >= op {
                 continue;
             }
             let first = (acked + 1).max(op.saturating_sub(self.config.pipeline_max) + 1);
@@ -1031,7 +1094,7 @@ impl Replica {
         }
     }
 
-    fn on_request_prepares(&mut self, from: ReplicaIndex, view: View, first: Op, last: Op) {
+    fn on_request_prepares(&mut self, from: Slot, view: View, first: Op, last: Op) {
         if view != self.view || !self.is_primary() {
             return;
         }
@@ -1070,10 +1133,10 @@ impl Replica {
         if self.mutated(Mutation::KeepStaleVotes) {
             return;
         }
-        self.votes = [0; MAX_REPLICAS];
+        self.votes = [0; MAX_SLOTS];
     }
 
-    fn on_prepare(&mut self, from: ReplicaIndex, view: View, commit: Op, entry: Arc<Prepare>) {
+    fn on_prepare(&mut self, from: Slot, view: View, commit: Op, entry: Arc<Prepare>) {
         if !self.accepts_normal_message(from, view) {
             return;
         }
@@ -1100,7 +1163,7 @@ impl Replica {
         self.learn_commit(commit);
     }
 
-    fn on_commit(&mut self, from: ReplicaIndex, view: View, commit: Op, round: u64) {
+    fn on_commit(&mut self, from: Slot, view: View, commit: Op, round: u64) {
         if !self.accepts_normal_message(from, view) {
             return;
         }
@@ -1112,8 +1175,9 @@ impl Replica {
 
     /// Whether a Prepare or Commit from `from` in `view` is for this replica,
     /// as a backup in normal status; asks for the view's log if it is behind.
-    fn accepts_normal_message(&mut self, from: ReplicaIndex, view: View) -> bool {
-        if view < self.view || from != self.config.primary(view) || self.config.primary(view) == self.index {
+    fn accepts_normal_message(&mut self, from: Slot, view: View) -> bool {
+        let primary = self.membership.primary(view);
+        if view < self.view || from != primary || primary == self.index {
             return false;
         }
         if view > self.view || self.status != Status::Normal {

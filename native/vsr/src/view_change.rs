@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
-use crate::config::{Op, ReplicaIndex, View};
+use crate::config::{Op, View};
+use crate::membership::{Slot, MAX_SLOTS};
 use crate::message::{Message, Prepare};
 use crate::replica::{Output, Replica, Status};
 
@@ -134,7 +135,7 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_start_view_change(&mut self, from: ReplicaIndex, target: View, current: View) {
+    pub(crate) fn on_start_view_change(&mut self, from: Slot, target: View, current: View) {
         if self.status == Status::Recovering {
             return;
         }
@@ -165,7 +166,7 @@ impl Replica {
     /// everyone: it counts that as a vote for this view, and once a quorum
     /// is in or voting for it, it joins it (and its DoViewChange fetches the
     /// view's log from a running primary).
-    fn answer_stale_campaign(&mut self, to: ReplicaIndex) {
+    fn answer_stale_campaign(&mut self, to: Slot) {
         let view = self.view;
         self.send(to, &Message::StartViewChange { view, current: view });
     }
@@ -193,7 +194,10 @@ impl Replica {
                 || !expire
                 || self.ticks < self.vote_ticks[r].saturating_add(self.config.view_change_ticks)
         };
-        let votes = (0..self.config.n())
+        let votes = self
+            .membership
+            .slots()
+            .map(usize::from)
             .filter(|&r| self.votes[r] == target && fresh(r))
             .count();
         if votes >= self.quorum() {
@@ -289,8 +293,11 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_do_view_change(&mut self, from: ReplicaIndex, view: View, dvc: Dvc) {
-        if self.status == Status::Recovering || view < self.view || self.config.primary(view) != self.index {
+    pub(crate) fn on_do_view_change(&mut self, from: Slot, view: View, dvc: Dvc) {
+        if self.status == Status::Recovering
+            || view < self.view
+            || self.membership.primary(view) != self.index
+        {
             return;
         }
         if view > self.view {
@@ -305,7 +312,7 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_request_do_view_change(&mut self, from: ReplicaIndex, view: View, base: Op) {
+    pub(crate) fn on_request_do_view_change(&mut self, from: Slot, view: View, base: Op) {
         if view == self.view && self.changing_view() && from == self.primary() {
             if base < self.log.base() {
                 // The new primary is behind this log's base: it needs the
@@ -362,7 +369,7 @@ impl Replica {
                         view: self.view,
                         from: self.commit_min,
                     };
-                    self.send(best as ReplicaIndex, &message);
+                    self.send(best as Slot, &message);
                 }
                 return;
             }
@@ -399,18 +406,16 @@ impl Replica {
         self.status = Status::Normal;
         self.status_since = self.ticks;
         self.stats.views_started += 1;
-        self.acked = [0; crate::config::MAX_REPLICAS];
+        self.acked = [0; MAX_SLOTS];
         self.acked[me] = self.log.op();
-        self.last_heard = [self.ticks; crate::config::MAX_REPLICAS];
+        self.last_heard = [self.ticks; MAX_SLOTS];
         self.write_state();
-        let dvcs = std::mem::replace(&mut self.dvcs, vec![None; self.config.n()]);
-        for backup in 0..self.config.replica_count {
-            if backup as usize != me {
-                let base = dvcs[backup as usize]
-                    .as_ref()
-                    .map_or(self.commit_min, |d| self.start_view_base(d));
-                self.send_start_view(backup, base);
-            }
+        let dvcs = std::mem::replace(&mut self.dvcs, vec![None; MAX_SLOTS]);
+        for backup in self.peers() {
+            let base = dvcs[backup as usize]
+                .as_ref()
+                .map_or(self.commit_min, |d| self.start_view_base(d));
+            self.send_start_view(backup, base);
         }
         self.last_broadcast_tick = self.ticks;
         self.execute_committed();
@@ -440,7 +445,7 @@ impl Replica {
             .unwrap_or(self.commit_min)
     }
 
-    fn send_start_view(&mut self, to: ReplicaIndex, base: Op) {
+    fn send_start_view(&mut self, to: Slot, base: Op) {
         let base = base.min(self.log.op());
         if base < self.log.base() {
             // The backup is behind this log's base: it needs the checkpoint,
@@ -459,7 +464,7 @@ impl Replica {
         self.send(to, &message);
     }
 
-    pub(crate) fn on_request_start_view(&mut self, from: ReplicaIndex, view: View, base: Op) {
+    pub(crate) fn on_request_start_view(&mut self, from: Slot, view: View, base: Op) {
         if view == self.view && self.is_primary() {
             self.send_start_view(from, base);
         }
@@ -475,7 +480,7 @@ impl Replica {
         if self.staging.as_ref().is_some_and(|s| s.view < view) {
             self.staging = None; // a newer view has started: the old one's log is moot
         }
-        if !self.due(self.last_start_view_request) || self.config.primary(view) == self.index {
+        if !self.due(self.last_start_view_request) || self.membership.primary(view) == self.index {
             return;
         }
         self.last_start_view_request = Some(self.ticks);
@@ -484,7 +489,7 @@ impl Replica {
             _ => self.commit_min,
         };
         self.send(
-            self.config.primary(view),
+            self.membership.primary(view),
             &Message::RequestStartView { view, from },
         );
     }
@@ -494,7 +499,7 @@ impl Replica {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_start_view(
         &mut self,
-        from: ReplicaIndex,
+        from: Slot,
         view: View,
         op: Op,
         commit: Op,
@@ -502,7 +507,7 @@ impl Replica {
         base_checksum: u128,
         entries: Vec<Arc<Prepare>>,
     ) {
-        if view < self.view || from != self.config.primary(view) || from == self.index {
+        if view < self.view || from != self.membership.primary(view) || from == self.index {
             return;
         }
         if view == self.view && self.status == Status::Normal {

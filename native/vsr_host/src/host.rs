@@ -1,12 +1,12 @@
 //! [`Host`]: a replica, its store, and the outputs it owes.
 
-use vsr::{Config, Input, Output, Replica, ReplicaIndex};
+use vsr::{Config, Input, Output, Replica, Slot};
 use vsr_storage::{Creation, Disk, Identity, Opened, Store};
 
 use crate::error::{catch_panic, BootError, Bug, Unbooted};
 
 /// A replica that starts with nothing: fresh, or recovering if `recover`.
-fn fresh(config: Config, index: ReplicaIndex, recover: bool, nonce: u128) -> Result<Replica, BootError> {
+fn fresh(config: Config, index: Slot, recover: bool, nonce: u128) -> Result<Replica, BootError> {
     if recover {
         Replica::recovering(config, index, nonce).map_err(BootError::Bug)
     } else {
@@ -79,7 +79,7 @@ impl<D: Disk> Host<D> {
     /// (`Unbooted`), as it left it, for another try.
     pub fn boot(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         store: Option<StoreOptions<D>>,
         recover: bool,
         nonce: u128,
@@ -94,7 +94,7 @@ impl<D: Disk> Host<D> {
 
     fn boot_unguarded(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         store: Option<StoreOptions<D>>,
         recover: bool,
         nonce: u128,
@@ -131,7 +131,7 @@ impl<D: Disk> Host<D> {
     /// first.
     fn start(
         config: Config,
-        index: ReplicaIndex,
+        index: Slot,
         store: &mut Store<D>,
         opened: Opened,
         recover: bool,
@@ -181,7 +181,7 @@ impl<D: Disk> Host<D> {
             // Durable before anything else: a crash from here on must
             // restart into recovery, never into the empty log.
             store
-                .stage(&Output::WriteState(replica.durable_state()))
+                .stage(&Output::WriteState(Box::new(replica.durable_state())))
                 .map_err(BootError::Bug)?;
             store.sync().map_err(BootError::Sync)?;
         }

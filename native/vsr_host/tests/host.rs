@@ -2,13 +2,13 @@
 //! (persist then send, group commit, the pause on a failed write, booting
 //! from each kind of store), each checked against what the disk holds.
 
-use vsr::{Config, Input, Op, Output, ReplicaIndex, Status, Submission};
+use vsr::{Config, Input, Op, Output, Slot, Status, Submission};
 use vsr_host::{BootError, Host, StorageNotice, StoreOptions, Unbooted};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
 const CLUSTER: u128 = 7;
 
-fn identity(n: u8, index: ReplicaIndex) -> Identity {
+fn identity(n: u8, index: Slot) -> Identity {
     Identity {
         cluster: CLUSTER,
         group: b"test".to_vec(),
@@ -17,7 +17,7 @@ fn identity(n: u8, index: ReplicaIndex) -> Identity {
     }
 }
 
-fn options(n: u8, index: ReplicaIndex, disk: MemDisk) -> StoreOptions<MemDisk> {
+fn options(n: u8, index: Slot, disk: MemDisk) -> StoreOptions<MemDisk> {
     StoreOptions {
         disk,
         identity: identity(n, index),
@@ -27,7 +27,7 @@ fn options(n: u8, index: ReplicaIndex, disk: MemDisk) -> StoreOptions<MemDisk> {
 }
 
 /// Replica `index` of a cluster of `n`, booted from `disk`.
-fn boot(n: u8, index: ReplicaIndex, disk: MemDisk, recover: bool) -> Host<MemDisk> {
+fn boot(n: u8, index: Slot, disk: MemDisk, recover: bool) -> Host<MemDisk> {
     Host::boot(
         Config::new(CLUSTER, n),
         index,
@@ -39,7 +39,7 @@ fn boot(n: u8, index: ReplicaIndex, disk: MemDisk, recover: bool) -> Host<MemDis
 }
 
 /// A host with a new store, its `Created` notice taken.
-fn fresh(n: u8, index: ReplicaIndex) -> Host<MemDisk> {
+fn fresh(n: u8, index: Slot) -> Host<MemDisk> {
     let mut host = boot(n, index, MemDisk::default(), false);
     assert_eq!(host.take_notices(), [StorageNotice::Created]);
     host
@@ -106,7 +106,7 @@ fn registrations(clients: std::ops::RangeInclusive<u128>) -> Vec<(&'static str, 
         .collect()
 }
 
-fn sends(outputs: &[Output]) -> Vec<(ReplicaIndex, Vec<u8>)> {
+fn sends(outputs: &[Output]) -> Vec<(Slot, Vec<u8>)> {
     outputs
         .iter()
         .filter_map(|output| match output {
@@ -372,7 +372,7 @@ fn committed_disk(ops: u128) -> MemDisk {
     let state = host.replica().durable_state();
     assert_eq!(state.commit, ops as Op);
     let store = host.store_mut().unwrap();
-    store.stage(&Output::WriteState(state)).unwrap();
+    store.stage(&Output::WriteState(Box::new(state))).unwrap();
     store.sync().unwrap();
     host.into_disk().unwrap()
 }

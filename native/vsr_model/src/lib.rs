@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use stateright::{Model, Property};
-use vsr::{ClientId, Config, Input, Op, Outcome, Output, Replica, ReplicaIndex, Status, Submission};
+use vsr::{ClientId, Config, Input, Op, Outcome, Output, Replica, Slot, Status, Submission};
 use vsr_sim::checker::App;
 
 /// How far the model checker explores. Every fault is a budget, so that
@@ -25,7 +25,7 @@ pub struct Bounds {
     pub clients: usize,
     /// 1 in `quiet()`: the first client submits through a backup, whose
     /// request is forwarded.
-    pub home: ReplicaIndex,
+    pub home: Slot,
     /// Requests per client, its registration included.
     pub requests: u64,
     /// Submissions again of an outstanding request, per client.
@@ -93,8 +93,8 @@ impl Bounds {
 /// One packet in flight between replicas.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Packet {
-    pub to: ReplicaIndex,
-    pub from: ReplicaIndex,
+    pub to: Slot,
+    pub from: Slot,
     pub bytes: Vec<u8>,
 }
 
@@ -112,7 +112,7 @@ pub struct Node {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Client {
     pub id: ClientId,
-    pub home: ReplicaIndex,
+    pub home: Slot,
     pub session: Option<Op>,
     /// Requests started, its registration included.
     pub started: u64,
@@ -136,7 +136,7 @@ pub struct History {
     /// The highest op any reply named.
     pub replied: Op,
     /// Reads in flight: (replica, id) -> the highest op replied when issued.
-    pub reads: BTreeMap<(ReplicaIndex, u64), Op>,
+    pub reads: BTreeMap<(Slot, u64), Op>,
     pub next_read: u64,
 }
 
@@ -217,16 +217,16 @@ pub enum Action {
     /// It is lost.
     Drop(usize),
     /// The replica's clock runs until it does something.
-    Timeout(ReplicaIndex),
+    Timeout(Slot),
     /// The replica's clock runs for as long as it does nothing (so that it
     /// stands just before its next timeout: a backup that has stopped
     /// trusting its primary but has not campaigned yet).
-    Silence(ReplicaIndex),
-    Crash(ReplicaIndex),
+    Silence(Slot),
+    Crash(Slot),
     /// A crashed replica restarts with nothing and recovers from the others.
-    Restart(ReplicaIndex),
+    Restart(Slot),
     /// A linearizable read through this replica.
-    Read(ReplicaIndex),
+    Read(Slot),
 }
 
 /// The cluster model: the real replica code, the bounds, and the config.
@@ -261,7 +261,7 @@ impl Cluster {
             clients: (0..self.bounds.clients)
                 .map(|c| Client {
                     id: 0xc1_0000 + c as u128,
-                    home: ((self.bounds.home as usize + c) % n as usize) as ReplicaIndex,
+                    home: ((self.bounds.home as usize + c) % n as usize) as Slot,
                     session: None,
                     started: 0,
                     outstanding: None,
@@ -280,7 +280,7 @@ impl Cluster {
     }
 
     /// Feeds `input` to replica `r` and carries out its outputs.
-    fn input(&self, state: &mut State, r: ReplicaIndex, input: Input<'_>) {
+    fn input(&self, state: &mut State, r: Slot, input: Input<'_>) {
         let Some(replica) = state.nodes[r as usize].replica.as_mut() else {
             return;
         };
@@ -294,7 +294,7 @@ impl Cluster {
         state.check_logs();
     }
 
-    fn output(&self, state: &mut State, r: ReplicaIndex, output: Output) {
+    fn output(&self, state: &mut State, r: Slot, output: Output) {
         match output {
             Output::Send { to, bytes } => {
                 let packet = Packet { to, from: r, bytes };
@@ -385,15 +385,7 @@ impl Cluster {
         }
     }
 
-    fn reply(
-        &self,
-        state: &mut State,
-        r: ReplicaIndex,
-        client: ClientId,
-        request: u64,
-        op: Op,
-        outcome: Outcome,
-    ) {
+    fn reply(&self, state: &mut State, r: Slot, client: ClientId, request: u64, op: Op, outcome: Outcome) {
         if matches!(outcome, Outcome::Executed | Outcome::Registered { .. }) {
             let key = (client, request);
             if let Some(&executed) = state.history.once.get(&key) {
@@ -454,7 +446,7 @@ impl Cluster {
 
     /// Runs replica `r`'s clock until it outputs something. `false` if no
     /// timer fired.
-    fn timeout(&self, state: &mut State, r: ReplicaIndex) -> bool {
+    fn timeout(&self, state: &mut State, r: Slot) -> bool {
         for _ in 0..TIMEOUT_TICKS_MAX {
             let node = &mut state.nodes[r as usize];
             node.clock += 1;
@@ -479,7 +471,7 @@ impl Cluster {
 
     /// Runs replica `r`'s clock for as long as a tick makes it do nothing.
     /// `false` if the very next tick would.
-    fn silence(&self, state: &mut State, r: ReplicaIndex) -> bool {
+    fn silence(&self, state: &mut State, r: Slot) -> bool {
         let node = &mut state.nodes[r as usize];
         let Some(replica) = node.replica.as_mut() else {
             return false;
@@ -502,7 +494,7 @@ impl Cluster {
         node.clock > start
     }
 
-    fn restart(&self, state: &mut State, r: ReplicaIndex) {
+    fn restart(&self, state: &mut State, r: Slot) {
         state.restarts += 1;
         let replica = Replica::recovering(self.config.clone(), r, state.restarts as u128)
             .expect("a valid configuration");
@@ -580,7 +572,7 @@ impl State {
     /// Records that replica `r` reached `value` at `op`; another value at
     /// the same op, anywhere, is a violation. Execution also extends the
     /// committed prefix.
-    fn record(&mut self, r: ReplicaIndex, what: &str, op: Op, value: u128, executed: bool) {
+    fn record(&mut self, r: Slot, what: &str, op: Op, value: u128, executed: bool) {
         let map = if executed {
             &mut self.history.executed
         } else {
@@ -738,7 +730,7 @@ impl Model for Cluster {
             }
         }
         for (r, node) in state.nodes.iter().enumerate() {
-            let r = r as ReplicaIndex;
+            let r = r as Slot;
             match node.replica {
                 Some(_) => {
                     if state.timeouts_left > 0 {

@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use vsr::{ClientId, Op, Outcome, Prepare, ReplicaIndex, View};
+use vsr::{ClientId, Op, Outcome, Prepare, Slot, View};
 
 /// The simulated host's application state: the op it has applied up to,
 /// and a running checksum of every request it applied (`Executed`).
@@ -96,7 +96,7 @@ pub struct Checker {
     last_executed: Vec<Op>,
     views: Vec<View>,
     commits: Vec<Op>,
-    leaders: HashMap<View, ReplicaIndex>,
+    leaders: HashMap<View, Slot>,
     /// The canonical application state after each committed op, op 1 first.
     apps: Vec<App>,
 }
@@ -128,7 +128,7 @@ impl Checker {
     /// A replica restarted from its disk in `view`: it re-executes from op 1,
     /// and its view is the durable one (a view it moved to but never made
     /// durable was never announced either; the simulator checks that).
-    pub fn restarted(&mut self, replica: ReplicaIndex, view: View) {
+    pub fn restarted(&mut self, replica: Slot, view: View) {
         self.last_executed[replica as usize] = 0;
         self.commits[replica as usize] = 0;
         self.views[replica as usize] = view;
@@ -136,20 +136,20 @@ impl Checker {
 
     /// A replica restarted with nothing: even its view starts over (it
     /// persisted nothing, so there is nothing to regress from).
-    pub fn forgot(&mut self, replica: ReplicaIndex) {
+    pub fn forgot(&mut self, replica: Slot) {
         self.restarted(replica, 0);
     }
 
     /// A replica found its host's state diverged: that state counts for
     /// nothing, and the next snapshot it installs (the quorum's) may be at
     /// or below what it executed.
-    pub fn diverged(&mut self, replica: ReplicaIndex) {
+    pub fn diverged(&mut self, replica: Slot) {
         self.last_executed[replica as usize] = 0;
     }
 
     pub fn on_execute(
         &mut self,
-        replica: ReplicaIndex,
+        replica: Slot,
         entry: &Prepare,
         outcomes: &[Outcome],
     ) -> Result<(), Violation> {
@@ -185,7 +185,7 @@ impl Checker {
 
     fn check_outcomes(
         &mut self,
-        replica: ReplicaIndex,
+        replica: Slot,
         entry: &Prepare,
         outcomes: &[Outcome],
         first: bool,
@@ -242,7 +242,7 @@ impl Checker {
     }
 
     /// A host's state after applying an op.
-    pub fn on_app(&self, replica: ReplicaIndex, app: App) -> Result<(), Violation> {
+    pub fn on_app(&self, replica: Slot, app: App) -> Result<(), Violation> {
         if self.app_at(app.op) != Some(app) {
             return Err(format!(
                 "replica {replica}'s host state at op {} differs from the canonical one",
@@ -255,7 +255,7 @@ impl Checker {
     /// A host installed a snapshot (state sync, or a restart from a
     /// checkpoint): it must be the canonical state at its op, ahead of what
     /// the replica executed, and execution goes on from the op after it.
-    pub fn on_install(&mut self, replica: ReplicaIndex, app: App) -> Result<(), Violation> {
+    pub fn on_install(&mut self, replica: Slot, app: App) -> Result<(), Violation> {
         let r = replica as usize;
         if app.op <= self.last_executed[r] {
             return Err(format!(
@@ -328,13 +328,7 @@ impl Checker {
 
     /// A read invoked with `bounds` came back ready at index `op`, and its
     /// host served it from `seen`, the state it had applied then.
-    pub fn on_read(
-        &mut self,
-        replica: ReplicaIndex,
-        bounds: ReadBounds,
-        op: Op,
-        seen: App,
-    ) -> Result<(), Violation> {
+    pub fn on_read(&mut self, replica: Slot, bounds: ReadBounds, op: Op, seen: App) -> Result<(), Violation> {
         if op < bounds.replied || seen.op < op {
             return Err(format!(
                 "stale read at replica {replica}: index {op}, executed {}, but op {} was \
@@ -370,13 +364,7 @@ impl Checker {
     }
 
     /// Checks a replica's view, commit and leadership after a step.
-    pub fn on_state(
-        &mut self,
-        replica: ReplicaIndex,
-        view: View,
-        commit: Op,
-        leads: bool,
-    ) -> Result<(), Violation> {
+    pub fn on_state(&mut self, replica: Slot, view: View, commit: Op, leads: bool) -> Result<(), Violation> {
         let r = replica as usize;
         if view < self.views[r] {
             return Err(format!(

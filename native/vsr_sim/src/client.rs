@@ -1,7 +1,7 @@
 //! Simulated clients: register, then send one request at a time through
 //! their home replica, submitting again when a reply is slow.
 
-use vsr::{ClientId, Op, ReplicaIndex, Submission};
+use vsr::{ClientId, Op, Slot, Submission};
 
 use crate::rng::Rng;
 
@@ -15,7 +15,7 @@ pub struct Outstanding {
 #[derive(Clone, Debug)]
 pub struct Client {
     pub id: ClientId,
-    pub home: ReplicaIndex,
+    pub home: Slot,
     pub session: Option<Op>,
     pub next_request: u64,
     pub outstanding: Option<Outstanding>,
@@ -24,7 +24,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(rng: &mut Rng, home: ReplicaIndex) -> Client {
+    pub fn new(rng: &mut Rng, home: Slot) -> Client {
         Client {
             id: rng.next_u128(),
             home,

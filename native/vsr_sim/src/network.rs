@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use vsr::{ReplicaIndex, MAX_REPLICAS};
+use vsr::{Slot, MAX_REPLICAS};
 
 use crate::rng::Rng;
 
@@ -55,8 +55,8 @@ impl NetworkOptions {
 struct Packet {
     deliver_at: u64,
     seq: u64,
-    from: ReplicaIndex,
-    to: ReplicaIndex,
+    from: Slot,
+    to: Slot,
     bytes: Vec<u8>,
 }
 
@@ -89,14 +89,7 @@ impl Network {
         }
     }
 
-    pub fn send(
-        &mut self,
-        rng: &mut Rng,
-        now: u64,
-        from: ReplicaIndex,
-        to: ReplicaIndex,
-        mut bytes: Vec<u8>,
-    ) {
+    pub fn send(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, mut bytes: Vec<u8>) {
         let loss = self.options.loss + self.options.loss_per_kib * bytes.len() as f64 / 1024.0;
         if !self.link(from, to) || rng.chance(loss) {
             self.dropped += 1;
@@ -128,7 +121,7 @@ impl Network {
         o.delay_min.max(1) + extra
     }
 
-    fn push(&mut self, deliver_at: u64, from: ReplicaIndex, to: ReplicaIndex, bytes: Vec<u8>) {
+    fn push(&mut self, deliver_at: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
         self.seq += 1;
         self.in_flight.push(Reverse(Packet {
             deliver_at,
@@ -141,7 +134,7 @@ impl Network {
 
     /// The next packet due at or before `now` whose link is still up
     /// (a partition that forms while a packet is in flight catches it).
-    pub fn next_due(&mut self, now: u64) -> Option<(ReplicaIndex, ReplicaIndex, Vec<u8>)> {
+    pub fn next_due(&mut self, now: u64) -> Option<(Slot, Slot, Vec<u8>)> {
         while let Some(Reverse(packet)) = self.in_flight.peek() {
             if packet.deliver_at > now {
                 return None;
@@ -160,18 +153,18 @@ impl Network {
         None
     }
 
-    pub fn link(&self, from: ReplicaIndex, to: ReplicaIndex) -> bool {
+    pub fn link(&self, from: Slot, to: Slot) -> bool {
         self.up[from as usize][to as usize]
     }
 
-    pub fn set_link(&mut self, from: ReplicaIndex, to: ReplicaIndex, up: bool) {
+    pub fn set_link(&mut self, from: Slot, to: Slot, up: bool) {
         self.up[from as usize][to as usize] = up;
     }
 
     /// Cuts every link between `group` and the rest, in the directions asked.
-    pub fn partition(&mut self, n: usize, group: &[ReplicaIndex], cut_outgoing: bool, cut_incoming: bool) {
+    pub fn partition(&mut self, n: usize, group: &[Slot], cut_outgoing: bool, cut_incoming: bool) {
         for a in group {
-            for b in 0..n as ReplicaIndex {
+            for b in 0..n as Slot {
                 if !group.contains(&b) {
                     if cut_outgoing {
                         self.set_link(*a, b, false);
@@ -185,13 +178,13 @@ impl Network {
     }
 
     /// Holds back every packet from `from` to `to` until released.
-    pub fn hold(&mut self, from: ReplicaIndex, to: ReplicaIndex) {
+    pub fn hold(&mut self, from: Slot, to: Slot) {
         self.held[from as usize][to as usize] = true;
     }
 
     /// Lets the held packets from `from` to `to` go, in the order they were
     /// sent, at `now`.
-    pub fn release(&mut self, now: u64, from: ReplicaIndex, to: ReplicaIndex) {
+    pub fn release(&mut self, now: u64, from: Slot, to: Slot) {
         self.held[from as usize][to as usize] = false;
         let (go, keep): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.holding)
             .into_iter()
@@ -204,7 +197,7 @@ impl Network {
 
     /// Stops holding packets from `from` to `to` and hands back, undelivered,
     /// those held so far (a scenario delivers them later with `deliver`).
-    pub fn take_held(&mut self, from: ReplicaIndex, to: ReplicaIndex) -> Vec<Vec<u8>> {
+    pub fn take_held(&mut self, from: Slot, to: Slot) -> Vec<Vec<u8>> {
         self.held[from as usize][to as usize] = false;
         let (taken, keep): (Vec<Packet>, Vec<Packet>) = std::mem::take(&mut self.holding)
             .into_iter()
@@ -214,7 +207,7 @@ impl Network {
     }
 
     /// Sends `bytes` from `from` to `to`, due at `now`, whatever the faults.
-    pub fn deliver(&mut self, now: u64, from: ReplicaIndex, to: ReplicaIndex, bytes: Vec<u8>) {
+    pub fn deliver(&mut self, now: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
         self.push(now, from, to, bytes);
     }
 

@@ -252,7 +252,7 @@ impl Options {
     }
 
     pub fn replica_count(&self) -> usize {
-        self.config.replica_count as usize
+        self.config.genesis.n()
     }
 
     /// The configuration replica `r` runs with.

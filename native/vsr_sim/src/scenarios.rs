@@ -5,7 +5,7 @@
 //! Every scenario takes the options to start from, so a test can run it
 //! with a deliberately broken protocol and check that it fails.
 
-use vsr::{Op, ReplicaIndex, Status};
+use vsr::{Op, Slot, Status};
 
 use crate::options::Options;
 use crate::simulator::{Failure, Simulator};
@@ -19,7 +19,7 @@ pub fn options(replica_count: u8, clients: usize) -> Options {
 }
 
 /// Starts the next request of client `c` through `home`, and waits for its reply.
-pub fn commit(sim: &mut Simulator, c: usize, home: ReplicaIndex) -> Result<(), Failure> {
+pub fn commit(sim: &mut Simulator, c: usize, home: Slot) -> Result<(), Failure> {
     sim.clients[c].home = home;
     sim.start_request(c)?;
     sim.run_until(PHASE_TICKS, "request completes", |s| {
@@ -28,11 +28,11 @@ pub fn commit(sim: &mut Simulator, c: usize, home: ReplicaIndex) -> Result<(), F
 }
 
 /// Registers every client through `home`.
-pub fn register_all(sim: &mut Simulator, home: ReplicaIndex) -> Result<(), Failure> {
+pub fn register_all(sim: &mut Simulator, home: Slot) -> Result<(), Failure> {
     (0..sim.clients.len()).try_for_each(|c| commit(sim, c, home))
 }
 
-fn isolate(sim: &mut Simulator, r: ReplicaIndex) {
+fn isolate(sim: &mut Simulator, r: Slot) {
     let n = sim.n();
     sim.network.partition(n, &[r], true, true);
 }
@@ -79,7 +79,7 @@ pub fn state_transfer_never_loses_commits(mut options: Options) -> Result<(), Fa
     commit(&mut sim, 0, 2)
 }
 
-fn expect_log_holds(sim: &Simulator, r: ReplicaIndex, committed: Op) -> Result<(), Failure> {
+fn expect_log_holds(sim: &Simulator, r: Slot, committed: Op) -> Result<(), Failure> {
     let replica = sim.replica(r);
     if replica.op() < committed {
         return Err(Failure {
@@ -105,7 +105,7 @@ pub fn view_change_with_full_pipeline(mut options: Options) -> Result<(), Failur
     sim.network.set_link(1, 0, false);
     sim.network.set_link(2, 0, false);
     for c in 0..sim.clients.len() {
-        sim.clients[c].home = 1 + (c % 2) as ReplicaIndex;
+        sim.clients[c].home = 1 + (c % 2) as Slot;
         sim.start_request(c)?;
     }
     // The forwarded requests cannot reach the primary yet: let one through at a time.
@@ -305,7 +305,7 @@ pub fn far_behind_replica_catches_up(mut options: Options) -> Result<(), Failure
 /// takes part again; every committed op survives.
 pub fn amnesiac_replicas_recover(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
-    let n = sim.n() as ReplicaIndex;
+    let n = sim.n() as Slot;
     register_all(&mut sim, 0)?;
     for victim in (0..n).rev() {
         let home = (victim + 1) % n;
@@ -495,10 +495,10 @@ pub fn restart_from_checkpoints(options: Options) -> Result<(), Failure> {
         commit(&mut sim, c, 0)?;
     }
     sim.run_ticks(20)?;
-    for r in 0..sim.n() as ReplicaIndex {
+    for r in 0..sim.n() as Slot {
         sim.crash(r);
     }
-    for r in 0..sim.n() as ReplicaIndex {
+    for r in 0..sim.n() as Slot {
         sim.restart(r);
         if sim.replica(r).checkpoint().is_none() {
             return Err(failure(
@@ -520,7 +520,7 @@ pub fn checkpoints_agree(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
     register_all(&mut sim, 0)?;
     for i in 0..30 {
-        let (c, home) = (i % sim.clients.len(), (i % sim.n()) as ReplicaIndex);
+        let (c, home) = (i % sim.clients.len(), (i % sim.n()) as Slot);
         commit(&mut sim, c, home)?;
     }
     settle(&mut sim)
@@ -761,7 +761,7 @@ fn lost_records_are_not_trusted(
                 .is_some_and(|r| r.status() == Status::Normal && r.commit() >= committed)
         })
     })?;
-    for r in 0..sim.n() as ReplicaIndex {
+    for r in 0..sim.n() as Slot {
         expect_log_holds(&sim, r, committed)?;
     }
     commit(&mut sim, 0, 1)?;
@@ -1018,7 +1018,7 @@ pub fn duplicate_request_with_different_body_is_refused(options: Options) -> Res
     sim.submit_through(1, submission(vec![1], next))?;
     sim.submit_through(2, submission(vec![2], next))?;
     sim.run_ticks(50)?;
-    let refused: u64 = (0..sim.n() as ReplicaIndex)
+    let refused: u64 = (0..sim.n() as Slot)
         .map(|r| sim.replica(r).stats().refused_requests)
         .sum();
     if !sim.checker.replies.contains_key(&(client, next)) || refused == 0 {
@@ -1113,7 +1113,7 @@ pub fn huge_limits_do_not_overflow(mut options: Options) -> Result<(), Failure> 
     register_all(&mut sim, 1)?;
     let n = sim.n();
     for i in 0..10 {
-        commit(&mut sim, 0, (i % n) as ReplicaIndex)?;
+        commit(&mut sim, 0, (i % n) as Slot)?;
     }
     settle(&mut sim)?;
     // With checkpoints: a replica behind the others' log base syncs the
@@ -1211,7 +1211,7 @@ pub fn two_replicas_repairing_at_once(options: Options) -> Result<(), Failure> {
         commit(&mut sim, 0, 0)?;
     }
     let committed = sim.checker.committed();
-    for r in 0..sim.n() as ReplicaIndex {
+    for r in 0..sim.n() as Slot {
         sim.crash(r);
     }
     if !sim.rot_wal_entry(1, 5) || !sim.rot_wal_entry(2, 7) {
@@ -1246,7 +1246,7 @@ pub fn repairing_replica_outwaits_slow_peers(options: Options) -> Result<(), Fai
         commit(&mut sim, 0, 0)?;
     }
     let committed = sim.checker.committed();
-    for r in 0..sim.n() as ReplicaIndex {
+    for r in 0..sim.n() as Slot {
         sim.crash(r);
     }
     if !sim.rot_wal_entry(1, 5) {
@@ -1340,16 +1340,12 @@ pub fn backup_clock_jump_with_one_replica_down(options: Options) -> Result<(), F
 /// replica is down; no prepare of replica 0 (the primary) may be stamped
 /// more than a second ahead of true time, that is, of `other`, the clock
 /// that did not jump.
-fn clock_jump_with_one_replica_down(
-    options: Options,
-    jumped: ReplicaIndex,
-    other: &str,
-) -> Result<(), Failure> {
+fn clock_jump_with_one_replica_down(options: Options, jumped: Slot, other: &str) -> Result<(), Failure> {
     const HOUR_NS: i64 = 3_600 * 1_000_000_000;
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     commit(&mut sim, 0, 1)?;
-    let down = (sim.n() - 1) as ReplicaIndex;
+    let down = (sim.n() - 1) as Slot;
     sim.crash(down);
     sim.clock_offset_ns[jumped as usize] = HOUR_NS;
     for _ in 0..3 {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use vsr::log::Log;
 use vsr::{
-    root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, ReplicaIndex,
-    Status, Submission,
+    root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, Slot, Status,
+    Submission,
 };
 use vsr_host::{Host, StorageNotice, StoreOptions, Unbooted};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
@@ -111,7 +111,7 @@ pub struct Simulator {
     /// ticks, so none of their timers fire, but they still handle messages.
     pub frozen: Vec<bool>,
     /// Reads in flight: (replica, id) -> what each must see at least.
-    pub reads: HashMap<(ReplicaIndex, u64), ReadBounds>,
+    pub reads: HashMap<(Slot, u64), ReadBounds>,
     /// Each replica's host numbers its reads from 1 again after a restart,
     /// as `Visor.Server` does: read ids are unique only among a host's
     /// reads in flight.
@@ -125,7 +125,7 @@ pub struct Simulator {
     /// in this run, in ns (`check_timestamp`).
     clock_ahead_max_ns: Vec<u64>,
     /// The last reply a host got: (replica, client, request, op, outcome).
-    pub last_reply: Option<(ReplicaIndex, ClientId, u64, Op, Outcome)>,
+    pub last_reply: Option<(Slot, ClientId, u64, Op, Outcome)>,
     crashes: u64,
     /// Compactions of stores that have since crashed.
     compactions: u64,
@@ -141,7 +141,7 @@ pub struct Simulator {
     /// Checkpoints installed by state sync, all replicas, all incarnations.
     installed: u64,
     /// Every `Output::Diverged`: (replica, op, its digest, the quorum's).
-    pub divergences: Vec<(ReplicaIndex, Op, u128, u128)>,
+    pub divergences: Vec<(Slot, Op, u128, u128)>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
     /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
@@ -171,7 +171,7 @@ impl Simulator {
         let n = options.replica_count();
         let hosts = (0..n)
             .map(|i| {
-                let r = i as ReplicaIndex;
+                let r = i as Slot;
                 let store = (!options.amnesia).then(|| store_options(&options, r, MemDisk::default()));
                 let host = Host::boot(boot_config(&options, r, i as u64), r, store, false, 0)
                     .expect("a new replica boots");
@@ -180,7 +180,7 @@ impl Simulator {
             .collect();
         let clients: Vec<Client> = (0..options.clients)
             .map(|_| {
-                let home = rng.range(0, n as u64 - 1) as ReplicaIndex;
+                let home = rng.range(0, n as u64 - 1) as Slot;
                 Client::new(&mut rng, home)
             })
             .collect();
@@ -374,9 +374,9 @@ impl Simulator {
                 Some(at) if at <= self.tick => {
                     self.restart_at[r] = None;
                     if self.options.amnesia {
-                        self.restart_amnesiac(r as ReplicaIndex);
+                        self.restart_amnesiac(r as Slot);
                     } else {
-                        self.restart_through_faults(r as ReplicaIndex);
+                        self.restart_through_faults(r as Slot);
                     }
                 }
                 None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
@@ -396,7 +396,7 @@ impl Simulator {
                         }
                         self.armed[r] = true;
                     } else {
-                        self.crash_until_later(r as ReplicaIndex);
+                        self.crash_until_later(r as Slot);
                     }
                 }
                 _ => {}
@@ -486,14 +486,12 @@ impl Simulator {
             0 => {} // healed
             1 => {
                 // Symmetric split into two groups.
-                let group: Vec<ReplicaIndex> =
-                    (0..n as ReplicaIndex).filter(|_| self.rng.chance(0.5)).collect();
+                let group: Vec<Slot> = (0..n as Slot).filter(|_| self.rng.chance(0.5)).collect();
                 self.network.partition(n, &group, true, true);
             }
             2 => {
                 // Asymmetric: one group can send to the rest but not hear back (or the reverse).
-                let group: Vec<ReplicaIndex> =
-                    (0..n as ReplicaIndex).filter(|_| self.rng.chance(0.5)).collect();
+                let group: Vec<Slot> = (0..n as Slot).filter(|_| self.rng.chance(0.5)).collect();
                 let outgoing = self.rng.chance(0.5);
                 self.network.partition(n, &group, outgoing, !outgoing);
             }
@@ -511,8 +509,8 @@ impl Simulator {
             _ => {
                 // A few random one-way links down.
                 for _ in 0..self.rng.range(1, n as u64 * 2) {
-                    let a = self.rng.range(0, n as u64 - 1) as ReplicaIndex;
-                    let b = self.rng.range(0, n as u64 - 1) as ReplicaIndex;
+                    let a = self.rng.range(0, n as u64 - 1) as Slot;
+                    let b = self.rng.range(0, n as u64 - 1) as Slot;
                     self.network.set_link(a, b, false);
                 }
             }
@@ -520,7 +518,7 @@ impl Simulator {
     }
 
     /// Crashes replica `r` and schedules its restart.
-    fn crash_until_later(&mut self, r: ReplicaIndex) {
+    fn crash_until_later(&mut self, r: Slot) {
         self.crash(r);
         self.restart_at[r as usize] = Some(self.tick + self.rng.range(1, self.options.downtime_max.max(1)));
     }
@@ -550,7 +548,7 @@ impl Simulator {
         self.options.corruption_probability = 0.0;
         for r in unavailable {
             self.dead[r] = true;
-            self.crash(r as ReplicaIndex);
+            self.crash(r as Slot);
         }
     }
 
@@ -591,9 +589,9 @@ impl Simulator {
             self.restart_at[r] = None;
             if self.hosts[r].is_none() && !self.dead[r] {
                 if self.options.amnesia {
-                    self.restart_amnesiac(r as ReplicaIndex);
+                    self.restart_amnesiac(r as Slot);
                 } else {
-                    self.restart(r as ReplicaIndex);
+                    self.restart(r as Slot);
                 }
             }
         }
@@ -601,7 +599,7 @@ impl Simulator {
 
     /// The replica stops; its volatile state is gone. In disk mode, writes
     /// it had not synced are kept, torn or lost at random.
-    pub fn crash(&mut self, r: ReplicaIndex) {
+    pub fn crash(&mut self, r: Slot) {
         let Some(host) = self.hosts[r as usize].take() else {
             return;
         };
@@ -636,7 +634,7 @@ impl Simulator {
     }
 
     /// The configuration of a replica's next start: a boot nonce of its own.
-    fn next_boot_config(&mut self, r: ReplicaIndex) -> vsr::Config {
+    fn next_boot_config(&mut self, r: Slot) -> vsr::Config {
         self.boots += 1;
         boot_config(&self.options, r, self.boots)
     }
@@ -672,7 +670,7 @@ impl Simulator {
 
     /// The replica comes back with nothing (memory mode, or a wiped disk in
     /// disk mode) and recovers from the others.
-    pub fn restart_amnesiac(&mut self, r: ReplicaIndex) {
+    pub fn restart_amnesiac(&mut self, r: Slot) {
         if self.hosts[r as usize].is_some() {
             return;
         }
@@ -684,7 +682,7 @@ impl Simulator {
     /// The replica comes back from its disk, after bit rot if the seed
     /// says so: it re-executes its committed prefix, repairs a damaged
     /// entry, or, if the store says its log cannot be trusted, recovers.
-    pub fn restart(&mut self, r: ReplicaIndex) {
+    pub fn restart(&mut self, r: Slot) {
         if self.hosts[r as usize].is_some() {
             return;
         }
@@ -701,7 +699,7 @@ impl Simulator {
     /// reads of one of its files fail, its syncs fail, or it is full. The
     /// replica counts as one with a faulty disk until the fault heals; one
     /// whose boot failed stays down until then.
-    fn restart_through_faults(&mut self, r: ReplicaIndex) {
+    fn restart_through_faults(&mut self, r: Slot) {
         const FILES: [Zone; 5] = [
             Zone::Superblock,
             Zone::WalA,
@@ -736,7 +734,7 @@ impl Simulator {
     /// boot left it (the fault gone: a later restart may succeed), and this
     /// returns `false`. If not, a read error is gone once it has booted; a
     /// failing or full disk stays so until `heal_disk`.
-    pub fn restart_with_fault(&mut self, r: ReplicaIndex, fault: impl FnOnce(&mut MemDisk)) -> bool {
+    pub fn restart_with_fault(&mut self, r: Slot, fault: impl FnOnce(&mut MemDisk)) -> bool {
         let i = r as usize;
         let Some(mut disk) = self.down[i].take() else {
             panic!("replica {r} restarts from a disk it does not have")
@@ -764,7 +762,7 @@ impl Simulator {
     }
 
     /// Boots replica `r`'s host (`try_boot`), which must succeed.
-    fn boot(&mut self, r: ReplicaIndex, disk: Option<MemDisk>, recover: bool) {
+    fn boot(&mut self, r: Slot, disk: Option<MemDisk>, recover: bool) {
         if let Err(error) = self.try_boot(r, disk, recover) {
             panic!("{}", self.fail(format!("replica {r}: {error}")))
         }
@@ -775,7 +773,7 @@ impl Simulator {
     /// hands back why it could not, with the disk.
     fn try_boot(
         &mut self,
-        r: ReplicaIndex,
+        r: Slot,
         disk: Option<MemDisk>,
         recover: bool,
     ) -> Result<(), Box<Unbooted<MemDisk>>> {
@@ -830,7 +828,7 @@ impl Simulator {
     /// records' bytes (0: the file is gone), as an operator or a failing
     /// filesystem might: outside the crash fault model, so only scenarios
     /// do it.
-    pub fn cut_wal(&mut self, r: ReplicaIndex, keep_percent: usize) {
+    pub fn cut_wal(&mut self, r: Slot, keep_percent: usize) {
         let Some(disk) = &mut self.down[r as usize] else {
             panic!("replica {r} must be down to lose its WAL")
         };
@@ -846,7 +844,7 @@ impl Simulator {
     /// their place had. The random misdirections land within the file, so
     /// only scenarios do this. Returns the bytes of records known synced
     /// that are gone.
-    pub fn misdirect_wal_tail(&mut self, r: ReplicaIndex, keep_percent: usize) -> usize {
+    pub fn misdirect_wal_tail(&mut self, r: Slot, keep_percent: usize) -> usize {
         let Some(disk) = &mut self.down[r as usize] else {
             panic!("replica {r} must be down to lose its WAL's tail")
         };
@@ -866,7 +864,7 @@ impl Simulator {
 
     /// Bit rot in the (last) record of entry `op` in the WAL of crashed
     /// replica `r`; `false` if it holds no such record.
-    pub fn rot_wal_entry(&mut self, r: ReplicaIndex, op: Op) -> bool {
+    pub fn rot_wal_entry(&mut self, r: Slot, op: Op) -> bool {
         let Some(disk) = &mut self.down[r as usize] else {
             panic!("replica {r} must be down for its disk to rot")
         };
@@ -938,12 +936,12 @@ impl Simulator {
             };
             for (_, op, app) in due {
                 if self.hosts[r].is_some() {
-                    self.input(r as ReplicaIndex, Input::Snapshot { op, app })?;
+                    self.input(r as Slot, Input::Snapshot { op, app })?;
                 }
             }
         }
         for r in 0..self.n() {
-            if self.hosts[r].is_some() && !self.go_on(r as ReplicaIndex)? {
+            if self.hosts[r].is_some() && !self.go_on(r as Slot)? {
                 continue; // held up by a slow sync: the tick is lost
             }
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
@@ -957,7 +955,7 @@ impl Simulator {
                     now_ns: wall_ns,
                     mono_ns: now_ns,
                 };
-                self.input(r as ReplicaIndex, tick)?;
+                self.input(r as Slot, tick)?;
             }
         }
         while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
@@ -967,7 +965,7 @@ impl Simulator {
         // The end of an engine iteration: one sync per replica for every
         // write its inputs staged (group commit, as the NIF batches).
         for r in 0..self.n() {
-            self.flush(r as ReplicaIndex).map_err(|v| self.fail(v))?;
+            self.flush(r as Slot).map_err(|v| self.fail(v))?;
         }
         if self.network.in_flight() > MESSAGE_STORM {
             return Err(self.fail(format!(
@@ -980,7 +978,7 @@ impl Simulator {
 
     /// A message reaches replica `r`'s host: it waits while a slow sync
     /// holds the host up (a host paused by a failing disk drops it).
-    fn receive(&mut self, r: ReplicaIndex, bytes: Vec<u8>) -> Result<(), Failure> {
+    fn receive(&mut self, r: Slot, bytes: Vec<u8>) -> Result<(), Failure> {
         match &mut self.stalls[r as usize] {
             Some(stall) => stall.inbox.push(bytes),
             None if self.hosts[r as usize].is_some() => self.input(r, Input::Receive(&bytes))?,
@@ -991,7 +989,7 @@ impl Simulator {
 
     /// Feeds one input to replica `r`'s host; what it outputs leaves at the
     /// next `flush`.
-    fn input(&mut self, r: ReplicaIndex, input: Input<'_>) -> Result<(), Failure> {
+    fn input(&mut self, r: Slot, input: Input<'_>) -> Result<(), Failure> {
         let host = self.hosts[r as usize].as_mut().expect("replica is up");
         if let Err(bug) = host.step(input) {
             return Err(self.fail(format!("replica {r} panicked: {bug}")));
@@ -1015,7 +1013,7 @@ impl Simulator {
     /// failed sync pauses the host (the next flush retries it); a disk
     /// that dies mid-write (an armed crash) takes the replica with it; a
     /// slow sync holds the host up (`Stall`).
-    fn flush(&mut self, r: ReplicaIndex) -> Result<(), Violation> {
+    fn flush(&mut self, r: Slot) -> Result<(), Violation> {
         let i = r as usize;
         if self.stalls[i].is_some() {
             return Ok(()); // its thread is still inside the sync
@@ -1074,7 +1072,7 @@ impl Simulator {
     /// Holds replica `r`'s host up for `ticks` ticks, as a slow sync does:
     /// no ticks, and the messages that arrive meanwhile reach it together
     /// when it goes on (scripted scenarios).
-    pub fn stall(&mut self, r: ReplicaIndex, ticks: u64) {
+    pub fn stall(&mut self, r: Slot, ticks: u64) {
         self.stalls[r as usize] = Some(Stall {
             until: self.tick + ticks,
             held: Vec::new(),
@@ -1085,7 +1083,7 @@ impl Simulator {
     /// Replica `r`'s host at a tick: `false` while a slow sync holds it up;
     /// once the sync returns, what it released leaves, then what its
     /// inputs released meanwhile, then the messages that queued up go in.
-    fn go_on(&mut self, r: ReplicaIndex) -> Result<bool, Failure> {
+    fn go_on(&mut self, r: Slot) -> Result<bool, Failure> {
         let i = r as usize;
         match &self.stalls[i] {
             None => return Ok(true),
@@ -1107,7 +1105,7 @@ impl Simulator {
     /// look, as its store will hold them once synced: the log chains, a
     /// checkpoint that does not continue it rebases it, and a persisted
     /// view never goes back (but in a recovery).
-    fn follow_writes(&mut self, r: ReplicaIndex) -> Result<(), Violation> {
+    fn follow_writes(&mut self, r: Slot) -> Result<(), Violation> {
         let i = r as usize;
         let Some(host) = self.hosts[i].as_ref().filter(|host| host.store().is_some()) else {
             return Ok(());
@@ -1155,7 +1153,7 @@ impl Simulator {
                             state.view, before.view
                         ));
                     }
-                    self.durable[i] = *state;
+                    self.durable[i] = **state;
                 }
                 _ => {}
             }
@@ -1166,7 +1164,7 @@ impl Simulator {
     /// that make such a claim, and only from a replica not recovering).
     /// Decoded only when it could raise the record: a replica's view at
     /// most bounds what it claims.
-    fn note_announced(&mut self, r: ReplicaIndex, bytes: &[u8]) {
+    fn note_announced(&mut self, r: Slot, bytes: &[u8]) {
         let Some(replica) = self.running(r as usize) else {
             return;
         };
@@ -1174,7 +1172,7 @@ impl Simulator {
             return;
         }
         let config = self.options.config_of(r);
-        let Ok(decoded) = vsr::message::decode(config.wire_cluster(), config.replica_count, bytes) else {
+        let Ok(decoded) = vsr::message::decode(config.wire_cluster(), config.genesis.n() as u8, bytes) else {
             return;
         };
         let claimed = match decoded.message {
@@ -1192,7 +1190,7 @@ impl Simulator {
     }
 
     /// Carries out one output that left replica `r`'s host, in order.
-    fn deliver(&mut self, r: ReplicaIndex, output: Output) -> Result<(), Violation> {
+    fn deliver(&mut self, r: Slot, output: Output) -> Result<(), Violation> {
         {
             match output {
                 Output::Send { to, bytes } => {
@@ -1313,7 +1311,7 @@ impl Simulator {
 
     fn on_reply(
         &mut self,
-        r: ReplicaIndex,
+        r: Slot,
         client: ClientId,
         request: u64,
         op: u64,
@@ -1359,7 +1357,7 @@ impl Simulator {
         if !self.load || !self.rng.chance(self.options.read_probability) {
             return Ok(());
         }
-        let r = self.rng.range(0, self.n() as u64 - 1) as ReplicaIndex;
+        let r = self.rng.range(0, self.n() as u64 - 1) as Slot;
         if self.hosts[r as usize].is_none() {
             return Ok(());
         }
@@ -1368,12 +1366,12 @@ impl Simulator {
 
     /// Issues a linearizable read through replica `r`, in an engine
     /// iteration of its own (scripted scenarios).
-    pub fn issue_read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
+    pub fn issue_read(&mut self, r: Slot) -> Result<(), Failure> {
         self.read(r)?;
         self.flush(r).map_err(|v| self.fail(v))
     }
 
-    fn read(&mut self, r: ReplicaIndex) -> Result<(), Failure> {
+    fn read(&mut self, r: Slot) -> Result<(), Failure> {
         let next = &mut self.next_read[r as usize];
         *next += 1;
         let id = *next;
@@ -1384,7 +1382,7 @@ impl Simulator {
     /// Submits `submission` through replica `r` as a host would, outside
     /// any simulated client's script, in an engine iteration of its own
     /// (scripted scenarios).
-    pub fn submit_through(&mut self, r: ReplicaIndex, submission: Submission) -> Result<(), Failure> {
+    pub fn submit_through(&mut self, r: Slot, submission: Submission) -> Result<(), Failure> {
         self.input(r, Input::Submit(submission))?;
         self.flush(r).map_err(|v| self.fail(v))
     }
@@ -1410,7 +1408,7 @@ impl Simulator {
         Ok(())
     }
 
-    fn submit(&mut self, c: usize, home: ReplicaIndex) -> Result<(), Failure> {
+    fn submit(&mut self, c: usize, home: Slot) -> Result<(), Failure> {
         if let Some(o) = self.clients[c].outstanding.as_mut() {
             o.last_submit = self.tick;
         }
@@ -1464,19 +1462,19 @@ impl Simulator {
     }
 
     /// The snapshots replica `r`'s host still owes: (due tick, op).
-    pub fn snapshots_owed(&self, r: ReplicaIndex) -> Vec<(u64, Op)> {
+    pub fn snapshots_owed(&self, r: Slot) -> Vec<(u64, Op)> {
         self.snapshots[r as usize]
             .iter()
             .map(|&(due, op, _)| (due, op))
             .collect()
     }
 
-    pub fn replica(&self, r: ReplicaIndex) -> &Replica {
+    pub fn replica(&self, r: Slot) -> &Replica {
         self.running(r as usize).expect("replica is up")
     }
 
     /// The replica leading a view in normal status, if exactly one does in the highest view.
-    pub fn primary(&self) -> Option<ReplicaIndex> {
+    pub fn primary(&self) -> Option<Slot> {
         let top = self.replicas().map(|r| r.view()).max()?;
         self.replicas()
             .find(|r| r.is_primary() && r.view() == top)
@@ -1501,7 +1499,7 @@ impl Simulator {
 
 /// The replicas' configuration for the start numbered `boot`: every start
 /// has its own boot nonce, as a host's random one is.
-fn boot_config(options: &Options, r: ReplicaIndex, boot: u64) -> vsr::Config {
+fn boot_config(options: &Options, r: Slot, boot: u64) -> vsr::Config {
     let mut config = options.config_of(r);
     config.boot_nonce = options.seed.rotate_left(32) ^ boot;
     config
@@ -1523,7 +1521,7 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
 /// disk before its host opens it (a repairing store's: the entries before
 /// the damaged one, which the repair's `WriteLog` completes); an empty log
 /// if the store recovers.
-fn stored_log(options: &Options, r: ReplicaIndex, mut disk: MemDisk) -> Option<Log> {
+fn stored_log(options: &Options, r: Slot, mut disk: MemDisk) -> Option<Log> {
     // As the disk holds it once faults at boot are gone (if the boot
     // succeeds despite them, they failed nothing it did).
     (disk.unreadable, disk.failing, disk.full) = (None, false, false);
@@ -1552,7 +1550,7 @@ fn stored_log(options: &Options, r: ReplicaIndex, mut disk: MemDisk) -> Option<L
 
 /// Whether replica `r`'s store on `disk` (a copy, opened) would repair or
 /// recover it.
-fn opens_damaged(options: &Options, r: ReplicaIndex, disk: MemDisk) -> bool {
+fn opens_damaged(options: &Options, r: Slot, disk: MemDisk) -> bool {
     let store = store_options(options, r, disk);
     matches!(
         Store::open(store.disk, store.identity, store.meta),
@@ -1561,14 +1559,14 @@ fn opens_damaged(options: &Options, r: ReplicaIndex, disk: MemDisk) -> bool {
 }
 
 /// Replica `r`'s store on `disk`, compacting as the seed says.
-fn store_options(options: &Options, r: ReplicaIndex, disk: MemDisk) -> StoreOptions<MemDisk> {
+fn store_options(options: &Options, r: Slot, disk: MemDisk) -> StoreOptions<MemDisk> {
     StoreOptions {
         disk,
         identity: Identity {
             cluster: options.config.cluster,
             group: b"sim".to_vec(),
             replica: r,
-            replica_count: options.config.replica_count,
+            replica_count: options.config.genesis.n() as u8,
         },
         meta: Vec::new(),
         compaction_bytes: Some(options.compaction_bytes),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS};
+use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS, MAX_SLOTS};
 
 /// Layout version of the store's files; a store written by another version
 /// is refused (version 1 had no checkpoints, version 2 one WAL file that
@@ -118,9 +118,11 @@ impl Superblock {
         superblock
     }
 
-    /// The replica's durable state as this copy records it.
+    /// The replica's durable state as this copy records it. Format 5
+    /// records no membership: a replica it restarts is in its genesis, the
+    /// only membership a replica has today (`membership: None`).
     pub fn state(&self) -> DurableState {
-        let mut incarnations = [0; MAX_REPLICAS];
+        let mut incarnations = [0; MAX_SLOTS];
         for (slot, &incarnation) in incarnations.iter_mut().zip(&self.incarnations) {
             *slot = incarnation;
         }
@@ -130,6 +132,7 @@ impl Superblock {
             commit: self.commit,
             incarnations,
             recovering: self.recovering,
+            ..DurableState::default()
         }
     }
 

@@ -718,7 +718,7 @@ impl<D: Disk> Store<D> {
                 // entries). The superblock records only what this log
                 // holds, so that on restart a log shorter than the commit
                 // means lost entries, not a lagging replica (seed 1039).
-                let mut state = *state;
+                let mut state = **state;
                 if state.recovering && !self.superblock.recovering && !self.emptying {
                     // The replica gave up its log while running (no peer
                     // could repair it): empty it, as an open that found it
@@ -1298,7 +1298,7 @@ mod tests {
                 entries: entries.to_vec(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(durable)).unwrap();
+        store.stage(&Output::WriteState(Box::new(durable))).unwrap();
         store.sync().unwrap();
         store
     }
@@ -1310,6 +1310,7 @@ mod tests {
             timestamp: entry.timestamp,
             clients: vec![],
             app: Arc::new(vec![app; 300]),
+            membership: None,
         })
     }
 
@@ -1358,7 +1359,9 @@ mod tests {
                     })
                     .unwrap();
                 store.stage(&Output::WriteCheckpoint(checkpoint.clone())).unwrap();
-                store.stage(&Output::WriteState(state(0, 0, 8))).unwrap();
+                store
+                    .stage(&Output::WriteState(Box::new(state(0, 0, 8))))
+                    .unwrap();
                 store.disk.crash_after = Some(n);
                 let synced = store.sync().is_ok();
                 let mut disk = store.into_disk();
@@ -1400,7 +1403,9 @@ mod tests {
                         entries: all[10..12].to_vec(),
                     })
                     .unwrap();
-                store.stage(&Output::WriteState(state(0, 0, 12))).unwrap();
+                store
+                    .stage(&Output::WriteState(Box::new(state(0, 0, 12))))
+                    .unwrap();
                 assert_eq!(store.op(), 12);
                 store.disk.crash_after = Some(n);
                 let synced = store.sync().is_ok();
@@ -1485,7 +1490,9 @@ mod tests {
                 entries: replaced.clone(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(1, 1, 3))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(1, 1, 3))))
+            .unwrap();
         store.sync().unwrap();
         let (_, opened) = open(store.into_disk());
         let (durable, log) = restarted(&opened);
@@ -1507,7 +1514,9 @@ mod tests {
                         entries: new.clone(),
                     })
                     .unwrap();
-                store.stage(&Output::WriteState(state(1, 1, 2))).unwrap();
+                store
+                    .stage(&Output::WriteState(Box::new(state(1, 1, 2))))
+                    .unwrap();
                 let mut disk = std::mem::take(&mut store.disk);
                 write_unsynced(&mut store, &mut disk);
                 disk.crash(CrashCut { kept, torn });
@@ -1879,6 +1888,7 @@ mod tests {
                 timestamp: old[1].timestamp,
                 clients: vec![0],
                 app: Arc::new(vec![1; 10]),
+                membership: None,
             });
             store.stage(&Output::WriteCheckpoint(checkpoint)).unwrap();
             store.sync().unwrap();
@@ -1893,7 +1903,9 @@ mod tests {
                 entries: new.clone(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(1, 1, 6))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(1, 1, 6))))
+            .unwrap();
         store.sync().unwrap();
         let mut disk = store.into_disk();
         let records = disk.wal_records();
@@ -2006,7 +2018,9 @@ mod tests {
                     entries: entries[3..].to_vec(),
                 })
                 .unwrap();
-            store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+            store
+                .stage(&Output::WriteState(Box::new(state(0, 0, 4))))
+                .unwrap();
             store.sync().unwrap();
             // Never a restart without entry 4: the open finds it where it
             // landed, or the damage (a repair or a recovery).
@@ -2033,7 +2047,9 @@ mod tests {
                 entries: entries[3..].to_vec(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(0, 0, 4))))
+            .unwrap();
         store.sync().unwrap();
         let mut disk = store.into_disk();
         let end = Store::probe(&mut disk).unwrap().unwrap().wal_durable as usize;
@@ -2164,7 +2180,9 @@ mod tests {
                 entries: entries[..4].to_vec(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(0, 0, 4))))
+            .unwrap();
         assert!(store.sync().is_err());
         assert!(store.sync().is_err(), "still failing");
         store.disk.failing = false;
@@ -2209,7 +2227,9 @@ mod tests {
                 entries: entries[28..40].to_vec(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(1, 1, 40))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(1, 1, 40))))
+            .unwrap();
         store.sync().unwrap();
         let (mut store, opened) = open(store.into_disk());
         let (durable, stored, log) = restarted_from(&opened);
@@ -2334,7 +2354,9 @@ mod tests {
         // Only the Rebase and a seal are left, all "before" the checkpoint's
         // suffix: syncs of state alone must not copy them back and forth.
         for view in 1..4 {
-            store.stage(&Output::WriteState(state(view, view, 20))).unwrap();
+            store
+                .stage(&Output::WriteState(Box::new(state(view, view, 20))))
+                .unwrap();
             store.sync().unwrap();
         }
         assert_eq!(store.stats().compactions, 1);
@@ -2482,7 +2504,9 @@ mod tests {
                 entries: entries[..4].to_vec(),
             })
             .unwrap();
-        store.stage(&Output::WriteState(state(0, 0, 4))).unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(0, 0, 4))))
+            .unwrap();
         store.sync().unwrap();
         prepare_failure(&mut store.disk);
         store
