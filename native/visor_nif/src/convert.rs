@@ -270,7 +270,7 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
 pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
     let mut by_peer: Vec<(u8, Vec<Term<'a>>)> = Vec::new();
     for output in outputs {
-        if let Output::Send { to, bytes } = output {
+        if let Output::Send { to, bytes, .. } = output {
             let message = binary(env, bytes);
             match by_peer.iter_mut().find(|(peer, _)| peer == to) {
                 Some((_, list)) => list.push(message),

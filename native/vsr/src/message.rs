@@ -8,17 +8,24 @@
 //! |--------|------|---------------------------------------------------|
 //! | 0      | 16   | checksum: XXH3-128 of every byte after this field |
 //! | 16     | 2    | magic `0x5356` ("VS")                             |
-//! | 18     | 2    | wire version, currently 3                         |
+//! | 18     | 2    | wire version, currently 4                         |
 //! | 20     | 16   | cluster id, folded with the shared settings       |
-//! | 36     | 1    | sender's replica index                            |
-//! | 37     | ..   | body: postcard encoding of (incarnations, [`Message`]) |
+//! | 36     | 8    | sender's epoch                                    |
+//! | 44     | 1    | sender's slot                                     |
+//! | 45     | 16   | sender's member id                                |
+//! | 61     | 8    | the epoch that admitted the sender (`joined`)     |
+//! | 69     | ..   | body: postcard encoding of (incarnations, clock, [`Message`]) |
 //!
 //! The cluster id field is [`Config::wire_cluster`](crate::Config::wire_cluster):
 //! replicas whose settings that decide execution differ drop each other's
 //! messages as another cluster's (version 3; version 2 carried the bare id).
+//! The sender is named by its epoch, slot, member id and `joined` (version
+//! 4): a slot alone does not name a node once slots are reused
+//! (docs/design/membership.md); who may send what in which epoch is the
+//! receiver's epoch gate to judge (`recovery.rs`), not the decoder's.
 //!
 //! `incarnations` is the sender's crash vector: the incarnation it knows for
-//! every replica, its own included (see `recovery.rs`).
+//! every slot, its own included (see `recovery.rs`), [`MAX_SLOTS`] of them.
 //!
 //! Decoding checks all of it, then recomputes the checksum of every log entry
 //! the body carries. Anything that fails is an [`DecodeError`], never a panic.
@@ -29,14 +36,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::checksum;
 use crate::config::{ClientId, Op, View};
-use crate::membership::Slot;
+use crate::membership::{Epoch, MemberId, Slot, MAX_SLOTS};
 
 /// Length of the fixed header.
-pub const HEADER_LEN: usize = 37;
+pub const HEADER_LEN: usize = 69;
 /// The header's magic number.
 pub const MAGIC: u16 = 0x5356;
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 
 /// The highest view or incarnation a message may carry. A real cluster
 /// never gets near it (a view change a nanosecond for 290 years); a number
@@ -291,31 +298,52 @@ pub enum DecodeError {
     UnknownFormat,
     /// Stamped with another cluster's id.
     ForeignCluster,
-    /// The sender index is outside the configuration.
+    /// The sender's slot is not below [`MAX_SLOTS`].
     UnknownSender,
     /// The body does not decode, or carries inconsistent entries, a view or
     /// incarnation above `NUMBER_MAX`, or claims no replica makes.
     Malformed,
 }
 
+/// Who sends a message: its epoch, and in it its slot, member id and the
+/// epoch that admitted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub epoch: Epoch,
+    pub slot: Slot,
+    pub id: MemberId,
+    pub joined: Epoch,
+}
+
 /// A message as received: its sender, the sender's crash vector, and the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
+    /// The sender's slot (`sender.slot`).
     pub from: Slot,
-    pub incarnations: Vec<u64>,
+    pub sender: Sender,
+    pub incarnations: [u64; MAX_SLOTS],
     /// The sender's wall clock (ns) when it sent this; 0 if it had none yet.
     pub clock: u64,
     pub message: Message,
 }
 
-/// Encodes `message` from replica `from` of `cluster`, with the sender's
-/// crash vector and wall clock (ns).
-pub fn encode(cluster: u128, from: Slot, incarnations: &[u64], clock: u64, message: &Message) -> Vec<u8> {
+/// Encodes `message` from `sender`, a replica of `cluster`, with the
+/// sender's crash vector and wall clock (ns).
+pub fn encode(
+    cluster: u128,
+    sender: Sender,
+    incarnations: &[u64; MAX_SLOTS],
+    clock: u64,
+    message: &Message,
+) -> Vec<u8> {
     let mut bytes = vec![0u8; HEADER_LEN];
     bytes[16..18].copy_from_slice(&MAGIC.to_le_bytes());
     bytes[18..20].copy_from_slice(&WIRE_VERSION.to_le_bytes());
     bytes[20..36].copy_from_slice(&cluster.to_le_bytes());
-    bytes[36] = from;
+    bytes[36..44].copy_from_slice(&sender.epoch.to_le_bytes());
+    bytes[44] = sender.slot;
+    bytes[45..61].copy_from_slice(&sender.id.to_le_bytes());
+    bytes[61..69].copy_from_slice(&sender.joined.to_le_bytes());
     let bytes =
         postcard::to_extend(&(incarnations, clock, message), bytes).expect("encoding to a Vec cannot fail");
     let mut bytes = bytes;
@@ -324,9 +352,10 @@ pub fn encode(cluster: u128, from: Slot, incarnations: &[u64], clock: u64, messa
     bytes
 }
 
-/// Decodes and verifies bytes received by a replica of `cluster` with
-/// `replica_count` replicas. Returns the sender and the message.
-pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+/// Decodes and verifies bytes received by a replica of `cluster`. Returns
+/// the sender and the message; whether the sender is one the receiver
+/// listens to is the receiver's to judge (its epoch gate).
+pub fn decode(cluster: u128, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Truncated);
     }
@@ -342,15 +371,24 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
     if u128::from_le_bytes(bytes[20..36].try_into().unwrap()) != cluster {
         return Err(DecodeError::ForeignCluster);
     }
-    let from = bytes[36];
-    if from >= replica_count {
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let sender = Sender {
+        epoch: u64_at(36),
+        slot: bytes[44],
+        id: u128::from_le_bytes(bytes[45..61].try_into().unwrap()),
+        joined: u64_at(61),
+    };
+    if sender.slot as usize >= MAX_SLOTS {
         return Err(DecodeError::UnknownSender);
     }
-    let (incarnations, clock, message): (Vec<u64>, u64, Message) =
-        postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
-    if incarnations.len() != replica_count as usize {
+    // Epochs count changes, as views count view changes: one above
+    // NUMBER_MAX is crafted; a member is admitted by its epoch or an
+    // earlier one.
+    if sender.epoch > NUMBER_MAX || sender.joined > sender.epoch {
         return Err(DecodeError::Malformed);
     }
+    let (incarnations, clock, message): ([u64; MAX_SLOTS], u64, Message) =
+        postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
     if !entries_are_consistent(&message)
         || !numbers_are_plausible(&incarnations, &message)
         || !do_view_change_is_consistent(&message)
@@ -358,7 +396,8 @@ pub fn decode(cluster: u128, replica_count: u8, bytes: &[u8]) -> Result<Decoded,
         return Err(DecodeError::Malformed);
     }
     Ok(Decoded {
-        from,
+        from: sender.slot,
+        sender,
         incarnations,
         clock,
         message,
@@ -462,44 +501,87 @@ mod tests {
         }
     }
 
+    const NONE: [u64; MAX_SLOTS] = [0; MAX_SLOTS];
+
+    /// A member of the genesis, whose member id is its slot.
+    fn sender(slot: Slot) -> Sender {
+        Sender {
+            epoch: 0,
+            slot,
+            id: slot as MemberId,
+            joined: 0,
+        }
+    }
+
     #[test]
     fn round_trip() {
-        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
+        let bytes = encode(42, sender(1), &NONE, 7, &sample());
         let decoded = Decoded {
             from: 1,
-            incarnations: vec![0, 0, 0],
+            sender: sender(1),
+            incarnations: NONE,
             clock: 7,
             message: sample(),
         };
-        assert_eq!(decode(42, 3, &bytes), Ok(decoded));
+        assert_eq!(decode(42, &bytes), Ok(decoded));
     }
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
+        let bytes = encode(42, sender(1), &NONE, 7, &sample());
         for i in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[i / 8] ^= 1 << (i % 8);
-            assert!(decode(42, 3, &bad).is_err(), "flip of bit {i} accepted");
+            assert!(decode(42, &bad).is_err(), "flip of bit {i} accepted");
         }
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
+        let bytes = encode(42, sender(1), &NONE, 7, &sample());
         for len in 0..bytes.len() {
-            assert!(
-                decode(42, 3, &bytes[..len]).is_err(),
-                "truncation to {len} accepted"
-            );
+            assert!(decode(42, &bytes[..len]).is_err(), "truncation to {len} accepted");
         }
     }
 
     #[test]
     fn foreign_cluster_and_sender_are_rejected() {
-        let bytes = encode(42, 1, &[0, 0, 0], 7, &sample());
-        assert_eq!(decode(43, 3, &bytes), Err(DecodeError::ForeignCluster));
-        assert_eq!(decode(42, 1, &bytes), Err(DecodeError::UnknownSender));
+        let bytes = encode(42, sender(1), &NONE, 7, &sample());
+        assert_eq!(decode(43, &bytes), Err(DecodeError::ForeignCluster));
+        let beyond = Sender {
+            slot: MAX_SLOTS as Slot,
+            ..sender(1)
+        };
+        let bytes = encode(42, beyond, &NONE, 7, &sample());
+        assert_eq!(decode(42, &bytes), Err(DecodeError::UnknownSender));
+    }
+
+    #[test]
+    fn the_sender_is_decoded_whole_and_checked() {
+        let named = Sender {
+            epoch: 3,
+            slot: 11,
+            id: u128::MAX - 5,
+            joined: 2,
+        };
+        let mut incarnations = NONE;
+        incarnations[11] = 4;
+        let decoded = decode(42, &encode(42, named, &incarnations, 7, &sample())).unwrap();
+        assert_eq!(
+            (decoded.from, decoded.sender, decoded.incarnations),
+            (11, named, incarnations)
+        );
+        let crafted = [
+            Sender {
+                epoch: NUMBER_MAX + 1,
+                ..named
+            },
+            Sender { joined: 4, ..named },
+        ];
+        for sender in crafted {
+            let bytes = encode(42, sender, &NONE, 7, &sample());
+            assert_eq!(decode(42, &bytes), Err(DecodeError::Malformed), "{sender:?}");
+        }
     }
 
     #[test]
@@ -513,7 +595,7 @@ mod tests {
             checkpoint: (0, 0),
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &[0, 0, 0], 7, &message)),
+            decode(42, &encode(42, sender(0), &NONE, 7, &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -531,7 +613,7 @@ mod tests {
             entries: vec![a, b],
         };
         assert_eq!(
-            decode(42, 3, &encode(42, 0, &[0, 0, 0], 7, &message)),
+            decode(42, &encode(42, sender(0), &NONE, 7, &message)),
             Err(DecodeError::Malformed)
         );
     }
@@ -542,8 +624,8 @@ mod tests {
         for len in 0..400usize {
             let mut bytes = encode(
                 42,
-                1,
-                &[0, 0, 0],
+                sender(1),
+                &NONE,
                 7,
                 &Message::Commit {
                     view: 0,
@@ -562,7 +644,7 @@ mod tests {
             let sum = checksum(&bytes[16..]);
             bytes[0..16].copy_from_slice(&sum.to_le_bytes());
             // Whatever the body says, decoding returns; it never panics or hangs.
-            let _ = decode(42, 3, &bytes);
+            let _ = decode(42, &bytes);
         }
     }
 
@@ -579,7 +661,7 @@ mod tests {
                         state as u8
                     })
                     .collect();
-                assert!(decode(42, 3, &bytes).is_err());
+                assert!(decode(42, &bytes).is_err());
             }
         }
     }

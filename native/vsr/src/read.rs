@@ -286,7 +286,19 @@ mod tests {
 
     fn read_ok(from: Slot, view: View, id: u64) -> Vec<u8> {
         let cluster = Config::new(1, 3).wire_cluster();
-        encode(cluster, from, &[0, 0, 0], 1, &Message::ReadOk { view, id, op: 0 })
+        let sender = crate::message::Sender {
+            epoch: 0,
+            slot: from,
+            id: from as u128,
+            joined: 0,
+        };
+        encode(
+            cluster,
+            sender,
+            &[0; MAX_SLOTS],
+            1,
+            &Message::ReadOk { view, id, op: 0 },
+        )
     }
 
     fn ready(outputs: &[Output]) -> Vec<u64> {

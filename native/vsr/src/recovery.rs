@@ -101,15 +101,41 @@ impl Replica {
         self.status == Status::Recovering
     }
 
-    /// Merges the sender's crash vector, drops the message if the sender is
-    /// an older incarnation than we know, and passes it on.
+    /// The epoch gate, then: merges the sender's crash vector, drops the
+    /// message if the sender is an older incarnation than we know, and
+    /// passes it on.
+    ///
+    /// The gate (docs/design/membership.md, 2.6) lets through only a member
+    /// of this replica's epoch, named by slot, member id and `joined` (a
+    /// slot alone does not name a node once slots are reused), before
+    /// anything of the message is merged or recorded: a non-member's crash
+    /// vector and clock count for nothing. Every replica is in epoch 0
+    /// today, so another epoch's message, or a same-epoch one from a
+    /// non-member, is crafted or misrouted, and is dropped
+    /// (`dropped_unknown_sender`); membership changes will answer an older
+    /// epoch's sender and catch up from a newer one's.
     pub(crate) fn on_envelope(&mut self, decoded: Decoded) {
         let Decoded {
             from,
+            sender,
             incarnations,
+            clock,
             message,
-            ..
         } = decoded;
+        let listed = sender.epoch == self.membership.epoch()
+            && self
+                .membership
+                .member(from)
+                .is_some_and(|m| m.id == sender.id && m.joined == sender.joined);
+        if !listed {
+            self.stats.dropped_unknown_sender += 1;
+            return;
+        }
+        self.clocks.heard(from as usize, clock, self.clock_now());
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::config::Mutation::ClockFromTickBeforeArrival) {
+            self.clocks.ticked(self.mono_ns);
+        }
         if self.status == Status::Repairing {
             // Nothing but the entry it waits for, before it merges anything:
             // it learns nothing it must make durable. It answers only another
@@ -147,7 +173,10 @@ impl Replica {
         let me = self.index as usize;
         let chosen = self.recovery.as_ref().is_none_or(|r| r.fencing);
         let mut learned = false;
-        for (replica, &incarnation) in incarnations.iter().enumerate() {
+        // Only the list's slots: a slot outside it holds nothing here.
+        let membership = self.membership;
+        for replica in membership.slots().map(usize::from) {
+            let incarnation = incarnations[replica];
             if incarnation <= self.incarnations[replica] {
                 continue;
             }

@@ -23,8 +23,8 @@ use crate::client_table::{ClientTable, Outcome};
 use crate::config::Mutation;
 use crate::config::{ClientId, Config, Op, View};
 use crate::log::Log;
-use crate::membership::{Epoch, Membership, Slot, MAX_SLOTS};
-use crate::message::{decode, encode, DecodeError, Message, Prepare, Request};
+use crate::membership::{Epoch, MemberId, Membership, Slot, MAX_SLOTS};
+use crate::message::{decode, encode, DecodeError, Message, Prepare, Request, Sender};
 
 /// Where a replica is in the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +131,12 @@ pub enum Input<'a> {
 /// Something the host must do, in order.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// Send bytes to a peer replica (best effort: the protocol tolerates loss).
-    Send { to: Slot, bytes: Vec<u8> },
+    /// Send bytes to a peer replica (best effort: the protocol tolerates
+    /// loss): the one in slot `to` whose member id is `id`. A host that
+    /// names nodes by member id routes by `id`; one that routes by slot
+    /// alone must know the slot's owner (a slot is reused once its member
+    /// has left: docs/design/membership.md).
+    Send { to: Slot, id: MemberId, bytes: Vec<u8> },
     /// Make the log `log[..=after] ++ entries`, durably.
     WriteLog { after: Op, entries: Vec<Arc<Prepare>> },
     /// Make the durable state this, durably.
@@ -221,6 +225,10 @@ pub struct Replica {
     pub(crate) config: Config,
     /// This replica's slot in `membership`.
     pub(crate) index: Slot,
+    /// Its member id, and the epoch that admitted it: with the slot, what
+    /// its messages name it by.
+    pub(crate) id: MemberId,
+    pub(crate) joined: Epoch,
     /// The members it counts quorums over and sends to.
     pub(crate) membership: Membership,
     pub(crate) role: Role,
@@ -344,12 +352,12 @@ impl Replica {
     ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
         let membership = state.membership.unwrap_or(config.genesis);
-        if !membership.contains(index) {
+        let Some(&me) = membership.member(index) else {
             return Err(format!(
                 "replica index {index} outside a cluster of {}",
                 membership.n()
             ));
-        }
+        };
         if state.log_view > state.view {
             return Err("log_view is ahead of view".into());
         }
@@ -421,6 +429,8 @@ impl Replica {
             out: Vec::new(),
             config,
             index,
+            id: me.id,
+            joined: me.joined,
             membership,
             role: state.role,
             fenced_epoch: state.fenced_epoch,
@@ -585,7 +595,8 @@ impl Replica {
         debug_assert_ne!(to, self.index);
         let bytes = self.encode(message);
         self.stats.sent += 1;
-        self.out.push(Output::Send { to, bytes });
+        let id = self.member_id(to);
+        self.out.push(Output::Send { to, id, bytes });
     }
 
     pub(crate) fn broadcast(&mut self, message: &Message) {
@@ -594,21 +605,33 @@ impl Replica {
             self.stats.sent += 1;
             self.out.push(Output::Send {
                 to,
+                id: self.member_id(to),
                 bytes: bytes.clone(),
             });
         }
     }
 
     fn encode(&self, message: &Message) -> Vec<u8> {
+        let sender = Sender {
+            epoch: self.membership.epoch(),
+            slot: self.index,
+            id: self.id,
+            joined: self.joined,
+        };
         encode(
             self.config.wire_cluster(),
-            self.index,
-            // Wire version 3 carries the incarnations of slots `0..n`,
-            // which are the genesis's slots: every replica is in epoch 0.
-            &self.incarnations[..self.membership.n()],
+            sender,
+            &self.incarnations,
             self.now_ns,
             message,
         )
+    }
+
+    /// The member id of the member in `slot` (0 for a slot outside the
+    /// list: the replica sends only to members, and answers only senders
+    /// its gate let through).
+    fn member_id(&self, slot: Slot) -> MemberId {
+        self.membership.member(slot).map_or(0, |m| m.id)
     }
 
     pub(crate) fn write_state(&mut self) {
@@ -619,16 +642,8 @@ impl Replica {
     // ---- Inputs --------------------------------------------------------
 
     fn on_bytes(&mut self, bytes: &[u8]) {
-        match decode(self.config.wire_cluster(), self.membership.n() as u8, bytes) {
-            Ok(decoded) if decoded.from != self.index => {
-                let from = decoded.from as usize;
-                self.clocks.heard(from, decoded.clock, self.clock_now());
-                #[cfg(feature = "mutations")]
-                if self.mutated(Mutation::ClockFromTickBeforeArrival) {
-                    self.clocks.ticked(self.mono_ns);
-                }
-                self.on_envelope(decoded)
-            }
+        match decode(self.config.wire_cluster(), bytes) {
+            Ok(decoded) if decoded.from != self.index => self.on_envelope(decoded),
             Ok(_) => self.stats.dropped_unknown_sender += 1,
             Err(error) => {
                 let counter = match error {
@@ -922,7 +937,7 @@ impl Replica {
         now.map_or(after_head, |now| now.max(after_head))
     }
 
-    fn clock_now(&self) -> crate::clock::Now {
+    pub(crate) fn clock_now(&self) -> crate::clock::Now {
         crate::clock::Now {
             wall: self.now_ns,
             mono: self.mono_ns,
@@ -1012,6 +1027,7 @@ impl Replica {
             self.stats.sent += 1;
             self.out.push(Output::Send {
                 to,
+                id: self.member_id(to),
                 bytes: bytes.clone(),
             });
         }

@@ -8,16 +8,30 @@
 
 use std::sync::Arc;
 
-use vsr::message::encode;
-use vsr::{root_checksum, Config, Input, Message, Prepare, Replica, Status};
+use vsr::message::{encode, Sender};
+use vsr::{root_checksum, Config, Input, Message, Prepare, Replica, Status, MAX_SLOTS};
 
 const CLUSTER: u128 = 1;
 
-fn from(sender: u8, message: &Message) -> Vec<u8> {
+/// The genesis member in `slot` (`Config::new` numbers member ids by slot).
+fn member(slot: u8) -> Sender {
+    Sender {
+        epoch: 0,
+        slot,
+        id: slot as u128,
+        joined: 0,
+    }
+}
+
+fn from(slot: u8, message: &Message) -> Vec<u8> {
+    as_sender(member(slot), &[0; MAX_SLOTS], message)
+}
+
+fn as_sender(sender: Sender, incarnations: &[u64; MAX_SLOTS], message: &Message) -> Vec<u8> {
     encode(
         Config::new(CLUSTER, 3).wire_cluster(),
         sender,
-        &[0, 0, 0],
+        incarnations,
         1,
         message,
     )
@@ -228,11 +242,11 @@ fn a_recovery_response_at_u64_max_does_not_panic() {
     assert_eq!(replica.stats().dropped_malformed, 2);
     assert_eq!(replica.status(), Status::Recovering);
     // A crash vector carrying u64::MAX: dropped whole, never merged.
-    let bytes = encode(
-        Config::new(CLUSTER, 3).wire_cluster(),
-        1,
-        &[u64::MAX, 0, 0],
-        1,
+    let mut incarnations = [0; MAX_SLOTS];
+    incarnations[0] = u64::MAX;
+    let bytes = as_sender(
+        member(1),
+        &incarnations,
         &Message::RecoveryResponse {
             nonce,
             incarnation: 0,
@@ -240,4 +254,52 @@ fn a_recovery_response_at_u64_max_does_not_panic() {
     );
     replica.step(Input::Receive(&bytes));
     assert_eq!(replica.stats().dropped_malformed, 3);
+}
+
+/// The epoch gate (wire version 4 names the sender by epoch, slot, member
+/// id and the epoch that admitted it): a message from anyone but a member
+/// of the receiver's epoch, so named, is dropped before anything of it is
+/// merged. Here a campaign whose crash vector raises slot 2's incarnation
+/// comes from an impostor at slot 1 with another member id, from slot 1
+/// in another epoch, from slot 1 admitted by another epoch, and from slot
+/// 5, outside the list: none is merged (a stranger's crash vector could
+/// fence a member out, or make it drop its own messages as stale). From
+/// the member in slot 1 it is.
+#[test]
+fn only_a_member_of_the_receivers_epoch_gets_through_the_gate() {
+    let campaign = Message::StartViewChange { view: 1, current: 0 };
+    let mut raised = [0; MAX_SLOTS];
+    raised[2] = 7;
+    let strangers = [
+        Sender { id: 99, ..member(1) },
+        Sender {
+            epoch: 1,
+            ..member(1)
+        },
+        Sender {
+            epoch: 2,
+            joined: 1,
+            ..member(1)
+        },
+        member(5),
+    ];
+    let mut replica = Replica::new(Config::new(CLUSTER, 3), 0);
+    tick(&mut replica, 1);
+    for (i, stranger) in strangers.into_iter().enumerate() {
+        replica.step(Input::Receive(&as_sender(stranger, &raised, &campaign)));
+        assert_eq!(
+            replica.stats().dropped_unknown_sender,
+            i as u64 + 1,
+            "{stranger:?}"
+        );
+        assert_eq!(
+            replica.durable_state().incarnations,
+            [0; MAX_SLOTS],
+            "{stranger:?}"
+        );
+    }
+    // The member itself is heard.
+    replica.step(Input::Receive(&as_sender(member(1), &raised, &campaign)));
+    assert_eq!(replica.durable_state().incarnations[2], 7);
+    assert_eq!(replica.stats().dropped_unknown_sender, 4);
 }

@@ -110,7 +110,7 @@ fn sends(outputs: &[Output]) -> Vec<(Slot, Vec<u8>)> {
     outputs
         .iter()
         .filter_map(|output| match output {
-            Output::Send { to, bytes } => Some((*to, bytes.clone())),
+            Output::Send { to, bytes, .. } => Some((*to, bytes.clone())),
             _ => None,
         })
         .collect()

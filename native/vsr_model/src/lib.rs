@@ -296,7 +296,7 @@ impl Cluster {
 
     fn output(&self, state: &mut State, r: Slot, output: Output) {
         match output {
-            Output::Send { to, bytes } => {
+            Output::Send { to, bytes, .. } => {
                 let packet = Packet { to, from: r, bytes };
                 let at = state.network.partition_point(|p| *p < packet);
                 state.network.insert(at, packet);

@@ -1172,7 +1172,7 @@ impl Simulator {
             return;
         }
         let config = self.options.config_of(r);
-        let Ok(decoded) = vsr::message::decode(config.wire_cluster(), config.genesis.n() as u8, bytes) else {
+        let Ok(decoded) = vsr::message::decode(config.wire_cluster(), bytes) else {
             return;
         };
         let claimed = match decoded.message {
@@ -1193,7 +1193,15 @@ impl Simulator {
     fn deliver(&mut self, r: Slot, output: Output) -> Result<(), Violation> {
         {
             match output {
-                Output::Send { to, bytes } => {
+                Output::Send { to, id, bytes } => {
+                    // The network routes by slot; the slot's owner is the
+                    // genesis member there (no epoch changes it yet).
+                    let owner = self.options.config.genesis.member(to).map(|m| m.id);
+                    if owner != Some(id) {
+                        return Err(format!(
+                            "replica {r} sent to slot {to} as member {id:#x}, not its owner {owner:x?}"
+                        ));
+                    }
                     self.note_announced(r, &bytes);
                     self.network.send(&mut self.rng, self.tick, r, to, bytes)
                 }

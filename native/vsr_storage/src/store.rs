@@ -1929,10 +1929,16 @@ mod tests {
         let config = Config::new(3, 3);
         let mut replica =
             Replica::restart_repairing(config.clone(), 0, durable, checkpoint, entries, hole, after).unwrap();
+        let member_1 = vsr::message::Sender {
+            epoch: 0,
+            slot: 1,
+            id: 1,
+            joined: 0,
+        };
         let bytes = vsr::message::encode(
             config.wire_cluster(),
-            1,
-            &[0, 0, 0],
+            member_1,
+            &[0; vsr::MAX_SLOTS],
             0,
             &Message::Entry {
                 entry: new[1].clone(),
