@@ -46,6 +46,7 @@ rustler::atoms! {
     registered,
     evicted,
     refused,
+    membership,
 
     // Storage notices and the storage part of the status map.
     storage,

@@ -252,7 +252,9 @@ pub fn client<'a>(env: Env<'a>, client: u128) -> Term<'a> {
     binary(env, &client.to_le_bytes())
 }
 
-/// `:executed | {:duplicate, op} | {:registered, session} | :evicted | :refused`
+/// `:executed | {:duplicate, op} | {:registered, session} | :evicted |
+/// :refused | :membership` (a reconfiguration entry's, which the server
+/// skips as it skips every outcome but `:executed`)
 pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     match *outcome {
         Outcome::Executed => atoms::executed().encode(env),
@@ -260,6 +262,7 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
         Outcome::Registered { session } => (atoms::registered(), session).encode(env),
         Outcome::Evicted => atoms::evicted().encode(env),
         Outcome::Refused => atoms::refused().encode(env),
+        Outcome::Membership => atoms::membership().encode(env),
     }
 }
 
@@ -293,6 +296,10 @@ pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
 pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
     match output {
         Output::Send { .. } => None,
+        // The engine never hands the core an `Input::Reconfigure` yet (the
+        // membership design's step 11 gives Elixir the API and these
+        // events), so no epoch changes and these never occur.
+        Output::Reconfigured { .. } | Output::Epoch { .. } | Output::Removed { .. } => None,
         Output::Execute { entry, outcomes } => {
             let requests: Vec<Term> = entry
                 .requests

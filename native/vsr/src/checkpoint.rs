@@ -326,6 +326,12 @@ impl Checkpoints {
 }
 
 impl Checkpoints {
+    /// Drops the reports and the pin of `slot`, which left the list.
+    pub(crate) fn forget_peer(&mut self, slot: Slot) {
+        self.reports[slot as usize].clear();
+        self.pins[slot as usize] = None;
+    }
+
     /// Checks the checkpoint state of replica `me` against its log and the
     /// highest op it executed (`Replica::invariants`).
     pub(crate) fn check(&self, me: Slot, log: &Log, executed: Op) -> Result<(), String> {

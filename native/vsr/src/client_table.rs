@@ -43,6 +43,9 @@ pub enum Outcome {
     /// The session's latest request has this number but another body: this
     /// one is not executed (and gets none of the other's reply).
     Refused,
+    /// A reconfiguration entry's request (no client's): the protocol's own,
+    /// nothing for the application (docs/design/membership.md, 2.3).
+    Membership,
 }
 
 #[derive(Clone, Copy, Debug)]

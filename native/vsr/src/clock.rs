@@ -92,6 +92,13 @@ impl Clocks {
         });
     }
 
+    /// Forgets `from`'s reading (its slot left the list).
+    pub(crate) fn forget(&mut self, from: usize) {
+        if let Some(sample) = self.samples.get_mut(from) {
+            *sample = None;
+        }
+    }
+
     /// This replica ticked at monotonic time `mono`: the readings that
     /// arrived since its last tick are carried forward from here. When
     /// they arrived is known only to lie between the two ticks; the later

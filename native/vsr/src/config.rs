@@ -169,6 +169,14 @@ pub enum Mutation {
     /// with the view it is changing to (the old behaviour): the recovering
     /// replica waits for ever for that view's log if the view never starts.
     FenceAnswerFromViewChange,
+    /// The primary goes on preparing client entries after a
+    /// reconfiguration entry, in the old epoch: they may commit there with
+    /// ops the new epoch gives to other entries.
+    PrepareAfterReconfiguration,
+    /// The origin of a change consents to any `Confirm`, also for a change
+    /// it already answered its host about: a change its caller was told
+    /// failed can still be proposed and commit.
+    ProposeWithoutConsent,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

@@ -19,6 +19,7 @@ impl Replica {
         self.log.check()?;
         self.check_numbers()?;
         self.check_membership()?;
+        self.check_reconfiguration()?;
         self.check_status()?;
         self.check_primary()?;
         self.check_timers()?;

@@ -36,7 +36,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::checksum;
 use crate::config::{ClientId, Op, View};
-use crate::membership::{Epoch, MemberId, Slot, MAX_SLOTS};
+use crate::membership::{ChangeId, Epoch, MemberId, Membership, Slot, MAX_SLOTS};
+
+/// The client id of a reconfiguration entry's one request: no client may
+/// use it (`Replica` refuses it from hosts and peers), so the entry is
+/// told from every other by its request alone (docs/design/membership.md,
+/// 2.3).
+pub const MEMBERSHIP_CLIENT: ClientId = u128::MAX;
 
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 69;
@@ -79,6 +85,14 @@ impl Request {
             && self.session == other.session
             && self.request == other.request
             && self.payload == other.payload
+    }
+
+    /// The target membership, if this is a reconfiguration entry's request.
+    pub fn reconfiguration(&self) -> Option<Membership> {
+        if self.client != MEMBERSHIP_CLIENT {
+            return None;
+        }
+        postcard::from_bytes(&self.payload).ok()
     }
 }
 
@@ -248,6 +262,57 @@ pub enum Message {
     /// checksum; `checkpoint` is the op of a checkpoint it can serve (one a
     /// quorum vouches for) at or after `op`, or 0 if it has none.
     NoEntry { op: Op, checksum: u128, checkpoint: Op },
+    /// A member asks the primary for a change of the membership to
+    /// `target` (its `change` names it), resent until answered.
+    Reconfigure { target: Membership },
+    /// The primary's answer to `Reconfigure` (and its word to the origin
+    /// when it gives the change up).
+    ReconfigureAnswer { change: ChangeId, answer: Answer },
+    /// The primary asks the change's origin: may I propose your change at
+    /// `op`, in `view`?
+    Confirm { change: ChangeId, view: View, op: Op },
+    /// The origin's consent to `Confirm` (one op at a time).
+    Confirmed { change: ChangeId, view: View, op: Op },
+    /// The origin's refusal: it knows no such change, or has answered its
+    /// caller; the change is never to be proposed.
+    Refused { change: ChangeId },
+    /// From a member of a newer epoch to the sender of an older-epoch
+    /// message: epoch `membership.epoch()` began after op `start`, whose
+    /// entry has checksum `start_checksum` (0, 0 if the sender no longer
+    /// knows it).
+    EpochNotice {
+        membership: Membership,
+        start: Op,
+        start_checksum: u128,
+    },
+    /// A member of `epoch` has entered it (to a replica that left).
+    EpochStarted { epoch: Epoch },
+    /// A replica left out of `epoch` asks its members whether they have
+    /// entered it.
+    Leaving { epoch: Epoch },
+}
+
+/// What a primary tells the origin of a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Admitted: the primary works towards proposing it.
+    Admitted,
+    /// Its entry is in the primary's log at `op`.
+    Proposed { op: Op },
+    /// Another change is under way.
+    Busy,
+    /// The target is not the next epoch of the primary's list.
+    Stale,
+    /// The list already is the target.
+    Unchanged,
+    /// The target would lack a live quorum.
+    NoQuorum,
+    /// A new member is named (learners are not supported yet), or one that
+    /// was not heard.
+    Unreachable,
+    /// The primary gave the change up before the origin's consent (its
+    /// deadline passed).
+    Withdrawn,
 }
 
 impl Message {
@@ -275,6 +340,14 @@ impl Message {
             Message::RequestEntry { .. } => "request_entry",
             Message::Entry { .. } => "entry",
             Message::NoEntry { .. } => "no_entry",
+            Message::Reconfigure { .. } => "reconfigure",
+            Message::ReconfigureAnswer { .. } => "reconfigure_answer",
+            Message::Confirm { .. } => "confirm",
+            Message::Confirmed { .. } => "confirmed",
+            Message::Refused { .. } => "refused",
+            Message::EpochNotice { .. } => "epoch_notice",
+            Message::EpochStarted { .. } => "epoch_started",
+            Message::Leaving { .. } => "leaving",
         }
     }
 
@@ -390,6 +463,7 @@ pub fn decode(cluster: u128, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let (incarnations, clock, message): ([u64; MAX_SLOTS], u64, Message) =
         postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|_| DecodeError::Malformed)?;
     if !entries_are_consistent(&message)
+        || !reconfigurations_are_well_formed(&message)
         || !numbers_are_plausible(&incarnations, &message)
         || !do_view_change_is_consistent(&message)
     {
@@ -415,13 +489,33 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
         | Message::RequestDoViewChange { view, .. }
         | Message::StartView { view, .. }
         | Message::RequestStartView { view, .. }
-        | Message::RecoveryFenced { view, .. } => [*view, 0],
+        | Message::RecoveryFenced { view, .. }
+        | Message::Confirm { view, .. }
+        | Message::Confirmed { view, .. } => [*view, 0],
+        Message::Reconfigure { target: membership } | Message::EpochNotice { membership, .. } => {
+            [membership.epoch(), 0]
+        }
+        Message::EpochStarted { epoch } | Message::Leaving { epoch } => [*epoch, 0],
         Message::StartViewChange { view, current } => [*view, *current],
         Message::DoViewChange { view, log_view, .. } => [*view, *log_view],
         Message::RecoveryResponse { incarnation, .. } => [*incarnation, 0],
         _ => [0, 0],
     };
     incarnations.iter().chain(&views).all(|&n| n <= NUMBER_MAX)
+}
+
+/// A reconfiguration entry holds its one request alone, and that request's
+/// payload is a well-formed membership (decoding checks it), for the
+/// epoch the request names.
+fn reconfigurations_are_well_formed(message: &Message) -> bool {
+    message.entries().iter().all(|entry| {
+        let reconfiguring = entry.requests.iter().any(|r| r.client == MEMBERSHIP_CLIENT);
+        !reconfiguring
+            || (entry.requests.len() == 1
+                && entry.requests[0]
+                    .reconfiguration()
+                    .is_some_and(|m| m.epoch() == entry.requests[0].request && m.epoch() <= NUMBER_MAX))
+    })
 }
 
 /// A DoViewChange as replicas send it: from a replica that has not started

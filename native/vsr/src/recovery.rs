@@ -111,9 +111,10 @@ impl Replica {
     /// anything of the message is merged or recorded: a non-member's crash
     /// vector and clock count for nothing. Every replica is in epoch 0
     /// today, so another epoch's message, or a same-epoch one from a
-    /// non-member, is crafted or misrouted, and is dropped
-    /// (`dropped_unknown_sender`); membership changes will answer an older
-    /// epoch's sender and catch up from a newer one's.
+    /// non-member, is dropped (`dropped_unknown_sender`), but for what the
+    /// gate answers (`outside_the_gate`, reconfig.rs): an older epoch's
+    /// sender is told the epoch (`EpochNotice`), a newer epoch's notice is
+    /// taken, and a replica that left is told its epoch started.
     pub(crate) fn on_envelope(&mut self, decoded: Decoded) {
         let Decoded {
             from,
@@ -129,7 +130,7 @@ impl Replica {
                 .is_some_and(|m| m.id == sender.id && m.joined == sender.joined);
         if !listed {
             self.stats.dropped_unknown_sender += 1;
-            return;
+            return self.outside_the_gate(sender, message);
         }
         self.clocks.heard(from as usize, clock, self.clock_now());
         #[cfg(feature = "mutations")]

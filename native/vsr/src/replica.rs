@@ -25,6 +25,7 @@ use crate::config::{ClientId, Config, Op, View};
 use crate::log::Log;
 use crate::membership::{Epoch, MemberId, Membership, Slot, MAX_SLOTS};
 use crate::message::{decode, encode, DecodeError, Message, Prepare, Request, Sender};
+use crate::reconfig::{Change, ChangeResult, OriginChange};
 
 /// Where a replica is in the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,11 +127,31 @@ pub enum Input<'a> {
     /// The host's answer to `Output::TakeSnapshot { op }`: its application
     /// state as of op `op`, serialised.
     Snapshot { op: Op, app: Vec<u8> },
+    /// The host asks for a change of the membership to `target` (built by
+    /// `Membership::next` from this replica's membership, named `ChangeId {
+    /// origin: <this member's id>, id }`); answered once by
+    /// `Output::Reconfigured { id, .. }`. `ticks`: how long the change may
+    /// take before it is given up, if it was not yet consented to.
+    Reconfigure {
+        id: u64,
+        target: Box<Membership>,
+        ticks: u64,
+    },
 }
 
 /// Something the host must do, in order.
 #[derive(Clone, Debug)]
 pub enum Output {
+    /// The change `Input::Reconfigure { id, .. }` asked for ended so.
+    Reconfigured { id: u64, result: ChangeResult },
+    /// The replica entered an epoch (after the entry's `Execute`, and
+    /// after the `WriteState` that records it): its list and its role in
+    /// it. A host that routes by slot takes the list from here.
+    Epoch { membership: Box<Membership>, role: Role },
+    /// The replica was left out of `epoch`, and a quorum of its members has
+    /// entered it: the replica handles nothing more; its host stops it
+    /// (and keeps its store, marked removed).
+    Removed { epoch: Epoch },
     /// Send bytes to a peer replica (best effort: the protocol tolerates
     /// loss): the one in slot `to` whose member id is `id`. A host that
     /// names nodes by member id routes by `id`; one that routes by slot
@@ -303,6 +324,20 @@ pub struct Replica {
     /// Crash vector: the incarnation this replica knows for every replica.
     pub(crate) incarnations: [u64; MAX_SLOTS],
     pub(crate) recovery: Option<crate::recovery::Recovery>,
+    /// The primary's admitted membership change, while it leads its view.
+    pub(crate) change: Option<Change>,
+    /// The change asked for through this replica, until its host is told.
+    pub(crate) origin_change: Option<OriginChange>,
+    /// The op and checksum of the entry that began this epoch ((0, 0) for
+    /// the genesis, or when not known).
+    pub(crate) epoch_start: (Op, u128),
+    /// A leaving replica: the new members (one bit per slot) that said they
+    /// entered its epoch.
+    pub(crate) epoch_started: u16,
+    /// When each sender slot was last sent an `EpochNotice`.
+    pub(crate) notice_ticks: [u64; MAX_SLOTS],
+    /// Set while a restart re-executes the committed log.
+    pub(crate) replaying: bool,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
@@ -423,6 +458,12 @@ impl Replica {
             view_start_op: 0,
             incarnations: state.incarnations,
             recovery: None,
+            change: None,
+            origin_change: None,
+            epoch_start: (0, 0),
+            epoch_started: 0,
+            notice_ticks: [0; MAX_SLOTS],
+            replaying: false,
             repair: None,
             checkpoints: Default::default(),
             stats: Stats::default(),
@@ -439,13 +480,18 @@ impl Replica {
         if let Some(checkpoint) = checkpoint {
             replica.restore_checkpoint(checkpoint)?;
         }
+        replica.replaying = true;
         replica.execute_committed();
+        replica.replaying = false;
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
     }
 
     /// Feeds one input; returns what the host must do, in order.
     pub fn step(&mut self, input: Input<'_>) -> Vec<Output> {
+        if self.role == Role::Removed {
+            return Vec::new(); // it handles nothing more
+        }
         let tick = matches!(input, Input::Tick { .. });
         match input {
             Input::Tick { now_ns, mono_ns } => self.on_tick(now_ns, mono_ns),
@@ -453,6 +499,11 @@ impl Replica {
             Input::Submit(submission) => self.on_submit(submission),
             Input::Read { id } => self.on_read_submit(id),
             Input::Snapshot { op, app } => self.on_snapshot(op, app),
+            Input::Reconfigure { id, target, ticks } => self.on_reconfigure_input(id, *target, ticks),
+        }
+        // A change is admitted by the primary of one view, for that view.
+        if self.change.as_ref().is_some_and(|c| c.view != self.view) || !self.is_primary() {
+            self.change = None;
         }
         self.announce_commit(tick);
         #[cfg(debug_assertions)]
@@ -475,6 +526,10 @@ impl Replica {
 
     pub fn index(&self) -> Slot {
         self.index
+    }
+    /// The host's name for this replica's node.
+    pub fn member_id(&self) -> MemberId {
+        self.id
     }
     pub fn config(&self) -> &Config {
         &self.config
@@ -523,6 +578,11 @@ impl Replica {
     /// The primary of the current view (which may not have started yet).
     pub fn primary(&self) -> Slot {
         self.membership.primary(self.view)
+    }
+    /// The op this replica, as the origin of a membership change, consented
+    /// to have it proposed at, while that consent is outstanding.
+    pub fn consent(&self) -> Option<Op> {
+        self.origin_change.as_ref().and_then(|o| o.consent)
     }
     /// How far a chunked state transfer has got: `(ops staged, ops needed)`.
     pub fn staging_progress(&self) -> Option<(Op, Op)> {
@@ -592,10 +652,16 @@ impl Replica {
     // ---- Sending -------------------------------------------------------
 
     pub(crate) fn send(&mut self, to: Slot, message: &Message) {
+        let id = self.id_of(to);
+        self.send_to(to, id, message);
+    }
+
+    /// Sends to the node `id` in slot `to`, member or not (a replica that
+    /// left, or the sender of another epoch's message).
+    pub(crate) fn send_to(&mut self, to: Slot, id: MemberId, message: &Message) {
         debug_assert_ne!(to, self.index);
         let bytes = self.encode(message);
         self.stats.sent += 1;
-        let id = self.member_id(to);
         self.out.push(Output::Send { to, id, bytes });
     }
 
@@ -605,7 +671,7 @@ impl Replica {
             self.stats.sent += 1;
             self.out.push(Output::Send {
                 to,
-                id: self.member_id(to),
+                id: self.id_of(to),
                 bytes: bytes.clone(),
             });
         }
@@ -630,7 +696,7 @@ impl Replica {
     /// The member id of the member in `slot` (0 for a slot outside the
     /// list: the replica sends only to members, and answers only senders
     /// its gate let through).
-    fn member_id(&self, slot: Slot) -> MemberId {
+    fn id_of(&self, slot: Slot) -> MemberId {
         self.membership.member(slot).map_or(0, |m| m.id)
     }
 
@@ -662,6 +728,14 @@ impl Replica {
     pub(crate) fn on_message(&mut self, from: Slot, message: Message) {
         if self.is_diverged() && matches!(message, Message::Request { .. }) {
             return; // it leads nothing: the origin retries towards another
+        }
+        if self.role != Role::Member {
+            // A leaving replica takes part in nothing: it waits for the
+            // new members to say they entered.
+            if let Message::EpochStarted { epoch } = message {
+                self.on_epoch_started(from, epoch);
+            }
+            return;
         }
         match message {
             Message::Request { request } => self.on_request(request),
@@ -750,6 +824,15 @@ impl Replica {
             Message::RequestCheckpoint { op, digest, offset } => {
                 self.on_request_checkpoint(from, (op, digest), offset)
             }
+            Message::Reconfigure { target } => self.on_reconfigure(from, target),
+            Message::ReconfigureAnswer { change, answer } => self.on_reconfigure_answer(change, answer),
+            Message::Confirm { change, view, op } => self.on_confirm(from, change, view, op),
+            Message::Confirmed { change, view, op } => self.on_confirmed(change, view, op),
+            Message::Refused { change } => self.on_refused(change),
+            Message::EpochStarted { epoch } => self.on_epoch_started(from, epoch),
+            // Only across epochs (the gate, `on_envelope`): within one,
+            // there is nothing to say.
+            Message::EpochNotice { .. } | Message::Leaving { .. } => {}
         }
     }
 
@@ -758,6 +841,10 @@ impl Replica {
         self.now_ns = self.now_ns.max(now_ns.min(crate::clock::MAX_CLOCK_NS));
         self.mono_ns = self.mono_ns.max(mono_ns);
         self.clocks.ticked(self.mono_ns);
+        if self.role == Role::Leaving {
+            return self.tick_leaving();
+        }
+        self.tick_origin();
         self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
@@ -783,7 +870,12 @@ impl Replica {
             origin: self.index,
             payload: submission.payload,
         };
-        if let Some(outcome) = self.client_table.settled(&request) {
+        let settled = if Replica::is_reserved(&request) {
+            Some(Outcome::Refused) // the reconfiguration entries' client id
+        } else {
+            self.client_table.settled(&request)
+        };
+        if let Some(outcome) = settled {
             #[cfg(feature = "mutations")]
             let outcome = self.mutated_refusal(&request, outcome);
             if outcome == Outcome::Refused {
@@ -842,7 +934,7 @@ impl Replica {
 
     /// A request reached the primary: queue it unless it is already in hand.
     fn on_request(&mut self, request: Request) {
-        if !self.is_primary() {
+        if !self.is_primary() || Replica::is_reserved(&request) {
             return; // the origin retries towards the right primary
         }
         let key = (request.client, request.request, checksum(&request.payload));
@@ -879,10 +971,11 @@ impl Replica {
             && !self.abdicating()
             && self.log.op() < self.commit_max.saturating_add(self.config.pipeline_max)
             && !self.queue.is_empty()
+            && self.may_prepare_more()
         {
             let batch = self.take_batch();
             let op = self.log.op() + 1;
-            let timestamp = self.timestamp();
+            let timestamp = self.next_timestamp();
             let entry = Arc::new(Prepare::new(
                 self.log.head_checksum(),
                 self.view,
@@ -890,29 +983,48 @@ impl Replica {
                 timestamp,
                 batch,
             ));
-            self.log.append(entry.clone());
-            self.commit_unannounced = false;
-            self.broadcast(&Message::Prepare {
-                view: self.view,
-                commit: self.commit_max,
-                entry: entry.clone(),
-                checkpoint: self.checkpoints.canonical(),
-            });
-            self.last_broadcast_tick = self.ticks;
-            self.out.push(Output::WriteLog {
-                after: op - 1,
-                entries: vec![entry],
-            });
-            self.acked[self.index as usize] = op;
+            self.append_as_primary(entry);
         }
         self.advance_commit();
+    }
+
+    /// Whether the primary may prepare client entries now: never after a
+    /// reconfiguration entry (the old epoch prepares nothing after it; the
+    /// requests wait for the new epoch), and not while it holds the next
+    /// op for one (`holding_for_consent`).
+    fn may_prepare_more(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::PrepareAfterReconfiguration) {
+            return true;
+        }
+        self.pending_reconfiguration().is_none() && !self.holding_for_consent()
+    }
+
+    /// Appends `entry` (the next op) as this view's primary: to the log,
+    /// to the backups, to its own disk.
+    pub(crate) fn append_as_primary(&mut self, entry: Arc<Prepare>) {
+        let op = entry.op;
+        self.log.append(entry.clone());
+        self.commit_unannounced = false;
+        self.broadcast(&Message::Prepare {
+            view: self.view,
+            commit: self.commit_max,
+            entry: entry.clone(),
+            checkpoint: self.checkpoints.canonical(),
+        });
+        self.last_broadcast_tick = self.ticks;
+        self.out.push(Output::WriteLog {
+            after: op - 1,
+            entries: vec![entry],
+        });
+        self.acked[self.index as usize] = op;
     }
 
     /// The next prepare's timestamp: the cluster's time (this replica's
     /// clock moved into the window a quorum's clocks agree on: `clock.rs`),
     /// and always after the head's. Without a quorum's recent clocks, time
     /// does not advance rather than trust this one clock.
-    fn timestamp(&self) -> u64 {
+    pub(crate) fn next_timestamp(&self) -> u64 {
         let after_head = self.log.head_timestamp().saturating_add(1);
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::UnboundedClock) {
@@ -1027,7 +1139,7 @@ impl Replica {
             self.stats.sent += 1;
             self.out.push(Output::Send {
                 to,
-                id: self.member_id(to),
+                id: self.id_of(to),
                 bytes: bytes.clone(),
             });
         }
@@ -1065,6 +1177,7 @@ impl Replica {
         }
         // It leads: like a backup hearing its primary, it has no campaign.
         self.heard_primary();
+        self.try_propose();
         self.prepare_queued();
         if self.ticks
             >= self
@@ -1294,10 +1407,19 @@ impl Replica {
             self.commit_min += 1;
             let op = self.commit_min;
             let entry = self.log.get(op).expect("op within the log").clone();
+            // A reconfiguration entry holds its one request alone (decode
+            // and `prepare_reconfiguration` see to it).
+            let target = entry.requests.first().and_then(Request::reconfiguration);
             let outcomes: Vec<Outcome> = entry
                 .requests
                 .iter()
-                .map(|r| self.execute_request(op, r))
+                .map(|r| {
+                    if Replica::is_reserved(r) {
+                        Replica::reconfiguration_outcome()
+                    } else {
+                        self.execute_request(op, r)
+                    }
+                })
                 .collect();
             self.out.push(Output::Execute {
                 entry: entry.clone(),
@@ -1306,6 +1428,9 @@ impl Replica {
             for (request, outcome) in entry.requests.iter().zip(&outcomes) {
                 if *outcome == Outcome::Refused {
                     self.stats.refused_requests += 1;
+                }
+                if *outcome == Outcome::Membership {
+                    continue; // no client's: no reply
                 }
                 if request.origin != self.index {
                     self.commit_urgent |= 1 << request.origin;
@@ -1332,6 +1457,10 @@ impl Replica {
                     outcome: *outcome,
                 });
             }
+            // Entering the epoch comes right after the entry's execution,
+            // before anything later: a checkpoint at this op records the
+            // new membership.
+            self.executed_op(op, entry.checksum, target);
             self.checkpoint_due(op, entry.checksum, entry.timestamp);
         }
         self.serve_reads();

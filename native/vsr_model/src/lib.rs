@@ -303,6 +303,10 @@ impl Cluster {
             }
             // Memory mode: the replica's log is its storage.
             Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => {}
+            // The model asks for no membership change (yet).
+            Output::Reconfigured { .. } | Output::Epoch { .. } | Output::Removed { .. } => {
+                state.violate(format!("replica {r} changed its membership unasked"))
+            }
             Output::Execute { entry, outcomes } => {
                 let app = state.nodes[r as usize].app;
                 if app.op + 1 != entry.op {
@@ -414,6 +418,7 @@ impl Cluster {
             Outcome::Evicted => state.violate(format!("client {client:x} evicted")),
             // The model's clients resubmit a request with its own body only.
             Outcome::Refused => state.violate(format!("client {client:x} refused request {request}")),
+            Outcome::Membership => state.violate(format!("client {client:x} answered as a reconfiguration")),
         }
     }
 

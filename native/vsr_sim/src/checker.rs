@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use vsr::{ClientId, Op, Outcome, Prepare, Slot, View};
+use vsr::{ClientId, Epoch, Op, Outcome, Prepare, Slot, View};
 
 /// The simulated host's application state: the op it has applied up to,
 /// and a running checksum of every request it applied (`Executed`).
@@ -77,6 +77,10 @@ pub struct ReadBounds {
 /// The first invariant that broke.
 pub type Violation = String;
 
+/// An epoch and a view in it: views restart at 0 in every epoch, and
+/// `(epoch, view)` orders them.
+pub type Stamp = (Epoch, View);
+
 pub struct Checker {
     root: u128,
     /// Checksums of the committed chain, op 1 first.
@@ -94,9 +98,10 @@ pub struct Checker {
     pub read: Op,
     /// Last op each replica executed, in its current incarnation.
     last_executed: Vec<Op>,
-    views: Vec<View>,
+    /// Each replica's `(epoch, view)`: views count within an epoch.
+    views: Vec<Stamp>,
     commits: Vec<Op>,
-    leaders: HashMap<View, Slot>,
+    leaders: HashMap<Stamp, Slot>,
     /// The canonical application state after each committed op, op 1 first.
     apps: Vec<App>,
 }
@@ -112,7 +117,7 @@ impl Checker {
             replied: 0,
             read: 0,
             last_executed: vec![0; replica_count],
-            views: vec![0; replica_count],
+            views: vec![(0, 0); replica_count],
             commits: vec![0; replica_count],
             leaders: HashMap::new(),
             apps: Vec::new(),
@@ -128,7 +133,7 @@ impl Checker {
     /// A replica restarted from its disk in `view`: it re-executes from op 1,
     /// and its view is the durable one (a view it moved to but never made
     /// durable was never announced either; the simulator checks that).
-    pub fn restarted(&mut self, replica: Slot, view: View) {
+    pub fn restarted(&mut self, replica: Slot, view: Stamp) {
         self.last_executed[replica as usize] = 0;
         self.commits[replica as usize] = 0;
         self.views[replica as usize] = view;
@@ -137,7 +142,7 @@ impl Checker {
     /// A replica restarted with nothing: even its view starts over (it
     /// persisted nothing, so there is nothing to regress from).
     pub fn forgot(&mut self, replica: Slot) {
-        self.restarted(replica, 0);
+        self.restarted(replica, (0, 0));
     }
 
     /// A replica found its host's state diverged: that state counts for
@@ -314,6 +319,11 @@ impl Checker {
             }
             Outcome::Registered { session } => self.replied = self.replied.max(session),
             Outcome::Refused => {}
+            Outcome::Membership => {
+                return Err(format!(
+                    "reply for {key:?} at op {op} with a reconfiguration's outcome"
+                ))
+            }
         }
         Ok(())
     }
@@ -364,11 +374,11 @@ impl Checker {
     }
 
     /// Checks a replica's view, commit and leadership after a step.
-    pub fn on_state(&mut self, replica: Slot, view: View, commit: Op, leads: bool) -> Result<(), Violation> {
+    pub fn on_state(&mut self, replica: Slot, view: Stamp, commit: Op, leads: bool) -> Result<(), Violation> {
         let r = replica as usize;
         if view < self.views[r] {
             return Err(format!(
-                "replica {replica} went back from view {} to {view}",
+                "replica {replica} went back from (epoch, view) {:?} to {view:?}",
                 self.views[r]
             ));
         }
@@ -383,7 +393,9 @@ impl Checker {
         if leads {
             if let Some(other) = self.leaders.insert(view, replica) {
                 if other != replica {
-                    return Err(format!("replicas {other} and {replica} both led view {view}"));
+                    return Err(format!(
+                        "replicas {other} and {replica} both led (epoch, view) {view:?}"
+                    ));
                 }
             }
         }

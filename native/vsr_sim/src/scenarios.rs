@@ -5,7 +5,7 @@
 //! Every scenario takes the options to start from, so a test can run it
 //! with a deliberately broken protocol and check that it fails.
 
-use vsr::{Op, Slot, Status};
+use vsr::{ChangeResult, Op, Role, Slot, Status};
 
 use crate::options::Options;
 use crate::simulator::{Failure, Simulator};
@@ -1878,4 +1878,175 @@ pub fn recovery_fenced_in_an_unstarted_view_does_not_wedge(options: Options) -> 
     })?;
     commit(&mut sim, 0, 4)?;
     settle(&mut sim)
+}
+
+// ---- Membership changes (docs/design/membership.md) ----------------------
+
+/// Waits for the answer to change `id` asked through `through`, and checks
+/// it is `expected`.
+fn change_ends(sim: &mut Simulator, through: Slot, id: u64, expected: ChangeResult) -> Result<(), Failure> {
+    sim.run_until(PHASE_TICKS, "the change is answered", |s| {
+        s.reconfigured(through, id).is_some()
+    })?;
+    match sim.reconfigured(through, id) {
+        Some(result) if result == expected => Ok(()),
+        other => Err(failure(
+            sim,
+            format!("change {id} through {through} ended {other:?}, not {expected:?}"),
+        )),
+    }
+}
+
+/// Checks that the running replicas `members` are members of `epoch` and
+/// that `gone` have stopped as removed from it.
+fn in_epoch(sim: &Simulator, epoch: u64, members: &[Slot], gone: &[Slot]) -> Result<(), Failure> {
+    for &r in members {
+        let replica = sim.replica(r);
+        if replica.membership().epoch() != epoch || replica.role() != Role::Member {
+            return Err(failure(
+                sim,
+                format!("replica {r} is not a member of epoch {epoch}"),
+            ));
+        }
+    }
+    for &r in gone {
+        if sim.replica(r).role() != Role::Removed || !sim.removed.contains(&(r, epoch)) {
+            return Err(failure(
+                sim,
+                format!("replica {r} did not stop, removed from epoch {epoch}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The simplest change: a backup removed from three. The primary, the
+/// origin, proposes the entry; everyone executes it and enters epoch 1,
+/// replica 2 as leaving, and stops once both members said they entered.
+/// The pair then commits alone (both needed: a quorum of two).
+pub fn shrink_three_to_two_removing_a_backup(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[0, 1], &[2])?;
+    commit(&mut sim, 0, 1)?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// The primary itself is removed, through a backup: the old primary
+/// commits the entry and leaves; the first staying member leads view 0
+/// of the new epoch at once, and commands go on through it.
+pub fn shrink_four_to_three_removes_the_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let views_before = sim.replica(1).stats().views_started;
+    sim.reconfigure(1, 7, &[1, 2, 3], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 0 prepares the entry", |s| {
+        s.replica(0)
+            .log()
+            .get(s.replica(0).op())
+            .is_some_and(|e| e.requests.first().is_some_and(|r| r.reconfiguration().is_some()))
+    })?;
+    // A command reaches the old primary after its entry: it waits for the
+    // new epoch (its origin retries towards the new primary).
+    sim.clients[1].home = 2;
+    sim.start_request(1)?;
+    change_ends(&mut sim, 1, 7, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "the command commits", |s| {
+        s.clients[1].outstanding.is_none()
+    })?;
+    commit(&mut sim, 0, 1)?;
+    sim.run_until(PHASE_TICKS, "replica 0 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[1, 2, 3], &[0])?;
+    if sim.replica(1).membership().primary(0) != 1 || !sim.replica(1).is_primary() {
+        return Err(failure(&sim, "replica 1 does not lead epoch 1".into()));
+    }
+    if sim.replica(1).stats().views_started != views_before {
+        return Err(failure(&sim, "the switch took a view change".into()));
+    }
+    commit(&mut sim, 0, 2)?;
+    settle(&mut sim)
+}
+
+/// Requests that cannot be a change are answered at once, and nothing
+/// changes: a target equal to the list, one with a new member (learners
+/// come later), and a second change through an origin that has one under
+/// way.
+pub fn changes_that_cannot_be_are_refused(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.reconfigure(1, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Unchanged)?;
+    sim.reconfigure(1, 2, &[0, 1, 2, 9], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 2, ChangeResult::Unreachable)?;
+    if sim.replicas().any(|r| r.membership().epoch() != 0) {
+        return Err(failure(&sim, "a refused change changed the membership".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// VR Revisited's origin problem, and the design's break 4: a change its
+/// origin gave up on (its deadline passed before any consent: the caller
+/// hears `NoQuorum`) must never commit, even when its `Reconfigure`,
+/// delayed in the network, reaches the primary afterwards. The primary
+/// admits it and asks the origin, which refuses: it knows no such change.
+pub fn withdrawn_change_is_never_proposed_from_a_late_reconfigure(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.network.hold(1, 0);
+    sim.reconfigure(1, 4, &[0, 1], 5)?;
+    change_ends(&mut sim, 1, 4, ChangeResult::NoQuorum)?;
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    if sim.replicas().any(|r| r.membership().epoch() != 0) {
+        return Err(failure(&sim, "a change its origin gave up on was made".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// The entry is prepared at op N by a primary cut off at once: no one
+/// else gets it, and the next view goes on without it. The origin (a
+/// backup, which consented to N) submits again; the new primary, whose
+/// log ends before N, proposes it at N again, which the standing consent
+/// covers, and the change commits in the new view. The old primary, left
+/// out, holds a different entry at N; catching it up across epochs is a
+/// later step, so it is not waited for.
+pub fn reconfiguration_lost_in_a_view_change_is_proposed_again(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 2)?;
+    commit(&mut sim, 0, 2)?;
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(2, 3, &[1, 2], PHASE_TICKS * 2)?;
+    sim.run_until(PHASE_TICKS, "the origin consents", |s| {
+        s.replica(2).consent() == Some(next)
+    })?;
+    // Its `Confirmed` is on the way; whatever replica 0 sends from now on,
+    // the entry above all, is lost.
+    let n = sim.n();
+    sim.network.partition(n, &[0], true, false);
+    sim.run_until(PHASE_TICKS, "replica 0 prepares the entry", |s| {
+        s.replica(0).op() == next
+    })?;
+    sim.network.partition(n, &[0], true, true);
+    change_ends(&mut sim, 2, 3, ChangeResult::Done)?;
+    in_epoch(&sim, 1, &[1, 2], &[])?;
+    if sim.replica(1).log().get(next).map(|e| e.view) == Some(0) {
+        return Err(failure(&sim, "the entry of view 0 reached the others".into()));
+    }
+    commit(&mut sim, 0, 2)?;
+    if sim.replica(0).membership().epoch() != 0 {
+        return Err(failure(
+            &sim,
+            "the cut-off primary entered an epoch it never heard of".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,17 +1,17 @@
 //! The simulated cluster: real replicas, a simulated network and disks,
 //! simulated clients, one thread, one seed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use vsr::log::Log;
 use vsr::{
-    root_checksum, ClientId, DurableState, Input, Message, Op, Outcome, Output, Replica, Slot, Status,
-    Submission,
+    root_checksum, ChangeId, ChangeResult, ClientId, DurableState, Epoch, Input, MemberId, Message, Op,
+    Outcome, Output, Replica, Role, Slot, Status, Submission,
 };
 use vsr_host::{Host, StorageNotice, StoreOptions, Unbooted};
 use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, Zone};
 
-use crate::checker::{Checker, ReadBounds, Violation};
+use crate::checker::{self, Checker, ReadBounds, Violation};
 use crate::client::Client;
 use crate::network::Network;
 use crate::options::Options;
@@ -95,7 +95,7 @@ pub struct Simulator {
     armed: Vec<bool>,
     /// The highest view each replica has sent a message in while not
     /// recovering: a restart from disk must not come back below it.
-    announced: Vec<u64>,
+    announced: Vec<checker::Stamp>,
     /// A violation found where no error can be returned (a restart inside
     /// fault injection): the next step reports it.
     deferred: Option<Violation>,
@@ -142,6 +142,14 @@ pub struct Simulator {
     installed: u64,
     /// Every `Output::Diverged`: (replica, op, its digest, the quorum's).
     pub divergences: Vec<(Slot, Op, u128, u128)>,
+    /// Every `Output::Reconfigured`: (replica, change id, result).
+    pub reconfigured: Vec<(Slot, u64, ChangeResult)>,
+    /// Every `Output::Epoch`: (replica, epoch, role).
+    pub epochs: Vec<(Slot, Epoch, Role)>,
+    /// Every `Output::Removed`: (replica, epoch).
+    pub removed: Vec<(Slot, Epoch)>,
+    /// Changes whose origin told its host "no": none may ever commit.
+    refused_changes: HashSet<ChangeId>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
     /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
@@ -192,7 +200,7 @@ impl Simulator {
             down: (0..n).map(|_| None).collect(),
             durable: vec![DurableState::default(); n],
             armed: vec![false; n],
-            announced: vec![0; n],
+            announced: vec![(0, 0); n],
             deferred: None,
             restart_at: vec![None; n],
             clients,
@@ -220,6 +228,10 @@ impl Simulator {
             followed: vec![0; n],
             installed: 0,
             divergences: Vec::new(),
+            reconfigured: Vec::new(),
+            epochs: Vec::new(),
+            removed: Vec::new(),
+            refused_changes: HashSet::new(),
             dead: vec![false; n],
             stalls: (0..n).map(|_| None).collect(),
             slow_sync: vec![None; n],
@@ -304,22 +316,34 @@ impl Simulator {
         }
     }
 
-    /// Every client has its reply, and every replica runs the same view and
-    /// has executed everything committed (dead replicas, and the clients
-    /// that submit through them, excepted).
+    /// Every client has its reply, and every member of the newest epoch
+    /// runs the same view and has executed everything committed, and every
+    /// replica left out of it has stopped (dead replicas, and the clients
+    /// that submit through them or through a removed one, excepted).
     pub fn settled(&self) -> bool {
         let committed = self.checker.committed();
+        let gone = |r: Slot| {
+            self.dead[r as usize]
+                || self
+                    .running(r as usize)
+                    .is_some_and(|r| r.role() == Role::Removed)
+        };
         let clients_done = self
             .clients
             .iter()
-            .all(|c| c.outstanding.is_none() || self.dead[c.home as usize])
+            .all(|c| c.outstanding.is_none() || gone(c.home))
             && self.reads.is_empty();
         let replicas: Vec<&Replica> = self.replicas().collect();
         let live = self.dead.iter().filter(|&&dead| !dead).count();
+        let newest = replicas.iter().map(|r| r.membership().epoch()).max().unwrap_or(0);
+        let members: Vec<&&Replica> = replicas.iter().filter(|r| r.role() == Role::Member).collect();
         clients_done
             && replicas.len() == live
             && replicas.iter().all(|r| {
-                r.status() == Status::Normal && r.view() == replicas[0].view() && r.commit() == committed
+                r.role() == Role::Removed || r.membership().epoch() == newest && r.role() == Role::Member
+            })
+            && members.iter().all(|r| {
+                r.status() == Status::Normal && r.view() == members[0].view() && r.commit() == committed
             })
     }
 
@@ -802,19 +826,20 @@ impl Simulator {
             )
         });
         if kept {
-            if state.view < self.announced[i] {
+            let stamp = (epoch_of(&state), state.view);
+            if stamp < self.announced[i] {
                 self.deferred.get_or_insert(format!(
-                    "replica {r} restarted in view {} below view {} it had sent messages in",
-                    state.view, self.announced[i]
+                    "replica {r} restarted in (epoch, view) {stamp:?} below {:?} it had sent messages in",
+                    self.announced[i]
                 ));
             }
-            self.checker.restarted(r, state.view);
+            self.checker.restarted(r, stamp);
         } else {
             if !recover && notices.contains(&StorageNotice::Created) {
                 self.deferred
                     .get_or_insert(format!("replica {r}'s store was empty"));
             }
-            self.announced[i] = 0;
+            self.announced[i] = (0, 0);
             self.checker.forgot(r);
         }
         self.hosts[i] = Some(host);
@@ -997,7 +1022,8 @@ impl Simulator {
         let replica = self.replica(r);
         let check = !replica.config().is_mutated() || self.options.invariants_under_mutation;
         let broken = replica.invariants().err().filter(|_| check);
-        let (view, commit, leads) = (replica.view(), replica.commit_max(), replica.is_primary());
+        let view = (replica.membership().epoch(), replica.view());
+        let (commit, leads) = (replica.commit_max(), replica.is_primary());
         if let Some(broken) = broken {
             return Err(self.fail(format!("replica {r} broke an invariant: {broken}")));
         }
@@ -1143,14 +1169,15 @@ impl Simulator {
                         // empties it, and the replica recovers like an
                         // amnesiac one.
                         *mirror = Log::new(root_checksum(self.options.config.cluster));
-                        self.announced[i] = 0;
+                        self.announced[i] = (0, 0);
                         self.checker.forgot(r);
                     }
-                    // Only a recovery may take a replica's view back (recovery.rs).
-                    if state.view < before.view && !before.recovering && !state.recovering {
+                    // Only a recovery may take a replica's view back
+                    // (recovery.rs); views count within an epoch.
+                    let (stamp, was) = ((epoch_of(state), state.view), (epoch_of(&before), before.view));
+                    if stamp < was && !before.recovering && !state.recovering {
                         return Err(format!(
-                            "replica {r} persisted view {} over {}",
-                            state.view, before.view
+                            "replica {r} persisted (epoch, view) {stamp:?} over {was:?}"
                         ));
                     }
                     self.durable[i] = **state;
@@ -1168,7 +1195,8 @@ impl Simulator {
         let Some(replica) = self.running(r as usize) else {
             return;
         };
-        if replica.is_recovering() || replica.view() <= self.announced[r as usize] {
+        let stamp = (replica.membership().epoch(), replica.view());
+        if replica.is_recovering() || stamp <= self.announced[r as usize] {
             return;
         }
         let config = self.options.config_of(r);
@@ -1186,7 +1214,7 @@ impl Simulator {
             | Message::StartViewChange { current: view, .. } => view,
             _ => return,
         };
-        self.announced[r as usize] = self.announced[r as usize].max(claimed);
+        self.announced[r as usize] = self.announced[r as usize].max((decoded.sender.epoch, claimed));
     }
 
     /// Carries out one output that left replica `r`'s host, in order.
@@ -1208,6 +1236,24 @@ impl Simulator {
                 Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => {
                     unreachable!("the host stages its writes")
                 }
+                Output::Reconfigured { id, result } => {
+                    if !matches!(result, ChangeResult::Done | ChangeResult::Unknown) {
+                        let origin = self.replica(r).member_id();
+                        self.refused_changes.insert(ChangeId { origin, id });
+                    }
+                    self.reconfigured.push((r, id, result));
+                }
+                Output::Epoch { membership, role } => {
+                    if self.refused_changes.contains(&membership.change()) {
+                        return Err(format!(
+                            "replica {r} entered epoch {} by change {:?}, whose origin had answered its caller no",
+                            membership.epoch(),
+                            membership.change()
+                        ));
+                    }
+                    self.epochs.push((r, membership.epoch(), role));
+                }
+                Output::Removed { epoch } => self.removed.push((r, epoch)),
                 Output::Execute { entry, outcomes } => {
                     let first = entry.op > self.checker.committed();
                     self.checker.on_execute(r, &entry, &outcomes)?;
@@ -1351,6 +1397,7 @@ impl Simulator {
                     "client {client:x}'s request {request} was refused: it sent one body per number"
                 ));
             }
+            Outcome::Membership => unreachable!("the checker refuses such a reply"),
             Outcome::Evicted => {
                 self.client_index.remove(&client);
                 let sim_client = &mut self.clients[c];
@@ -1425,6 +1472,47 @@ impl Simulator {
         }
         let submission = self.clients[c].submission().expect("outstanding request");
         self.input(home, Input::Submit(submission))
+    }
+
+    /// Asks replica `through` to change the membership to the nodes `ids`
+    /// (member ids; the simulator's are the slots), as change `id`, given
+    /// up after `ticks` without consent; its answer lands in
+    /// `reconfigured`.
+    pub fn reconfigure(
+        &mut self,
+        through: Slot,
+        id: u64,
+        ids: &[MemberId],
+        ticks: u64,
+    ) -> Result<(), Failure> {
+        let Some(replica) = self.running(through as usize) else {
+            return Err(self.fail(format!("replica {through} is down")));
+        };
+        let change = ChangeId {
+            origin: replica.member_id(),
+            id,
+        };
+        let target = replica
+            .membership()
+            .next(ids, change, replica.primary())
+            .map_err(|e| self.fail(format!("no target for {ids:?}: {e}")))?;
+        self.input(
+            through,
+            Input::Reconfigure {
+                id,
+                target: Box::new(target),
+                ticks,
+            },
+        )?;
+        self.flush(through).map_err(|v| self.fail(v))
+    }
+
+    /// The answer to change `id` asked through `through`, if it came.
+    pub fn reconfigured(&self, through: Slot, id: u64) -> Option<ChangeResult> {
+        self.reconfigured
+            .iter()
+            .find(|&&(r, i, _)| r == through && i == id)
+            .map(|&(_, _, result)| result)
     }
 
     /// Starts the next request of client `c` now, in an engine iteration
@@ -1579,6 +1667,11 @@ fn store_options(options: &Options, r: Slot, disk: MemDisk) -> StoreOptions<MemD
         meta: Vec::new(),
         compaction_bytes: Some(options.compaction_bytes),
     }
+}
+
+/// The epoch a durable state records (`None`: the genesis, epoch 0).
+fn epoch_of(state: &DurableState) -> vsr::Epoch {
+    state.membership.map_or(0, |m| m.epoch())
 }
 
 #[cfg(test)]

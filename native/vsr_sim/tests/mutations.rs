@@ -280,3 +280,19 @@ fn a_fence_answer_from_a_view_change_is_caught_by_the_unstarted_view_scenario() 
     assert!(failure.reason.contains("request completes"), "{failure}");
     assert!(failure.reason.contains("r4:Recovering v1"), "{failure}");
 }
+
+#[test]
+fn preparing_after_a_reconfiguration_entry_is_caught_by_the_primary_removal() {
+    let mut broken = options(4, 2);
+    broken.config.mutation = Mutation::PrepareAfterReconfiguration;
+    assert!(scenarios::shrink_four_to_three_removes_the_primary(broken).is_err());
+    scenarios::shrink_four_to_three_removes_the_primary(options(4, 2)).unwrap();
+}
+
+#[test]
+fn proposing_without_the_origins_consent_is_caught_by_a_late_reconfigure() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::ProposeWithoutConsent;
+    assert!(scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(broken).is_err());
+    scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(options(3, 1)).unwrap();
+}

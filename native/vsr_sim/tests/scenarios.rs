@@ -280,3 +280,28 @@ fn healed_replica_forms_no_checkpoint_from_its_diverged_state() {
 fn recovery_fenced_in_an_unstarted_view_does_not_wedge() {
     scenarios::recovery_fenced_in_an_unstarted_view_does_not_wedge(options(5, 1)).unwrap();
 }
+
+#[test]
+fn shrink_three_to_two_removing_a_backup() {
+    scenarios::shrink_three_to_two_removing_a_backup(options(3, 2)).unwrap();
+}
+
+#[test]
+fn shrink_four_to_three_removes_the_primary() {
+    scenarios::shrink_four_to_three_removes_the_primary(options(4, 2)).unwrap();
+}
+
+#[test]
+fn changes_that_cannot_be_are_refused() {
+    scenarios::changes_that_cannot_be_are_refused(options(3, 1)).unwrap();
+}
+
+#[test]
+fn reconfiguration_lost_in_a_view_change_is_proposed_again() {
+    scenarios::reconfiguration_lost_in_a_view_change_is_proposed_again(options(3, 1)).unwrap();
+}
+
+#[test]
+fn withdrawn_change_is_never_proposed_from_a_late_reconfigure() {
+    scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(options(3, 1)).unwrap();
+}

@@ -1,0 +1,735 @@
+//! Membership changes through the log (docs/design/membership.md, section 2):
+//! the origin of a change, the primary that admits and proposes it, the
+//! switch to the next epoch when its entry commits, and the replicas that
+//! leave.
+//!
+//! A change is one log entry, the *reconfiguration entry*: a prepare whose
+//! only request has the reserved client id [`MEMBERSHIP_CLIENT`] and the
+//! target membership as its payload. The old list's quorum commits it like
+//! any entry; executing it enters the target epoch. The old epoch prepares
+//! nothing after it, so ops of epoch `e` lie at or below its entry's op and
+//! those of `e + 1` above.
+//!
+//! This step covers changes that add no member (remove and reorder):
+//! learners, catching up across epochs by chunks, and the fence per epoch
+//! come in later steps of the design.
+
+use std::sync::Arc;
+
+use crate::client_table::Outcome;
+#[cfg(feature = "mutations")]
+use crate::config::Mutation;
+use crate::config::{Op, View};
+use crate::membership::{ChangeId, Epoch, MemberId, Membership, Slot, MAX_SLOTS};
+use crate::message::{Answer, Message, Prepare, Request, Sender, MEMBERSHIP_CLIENT};
+use crate::replica::{Output, Replica, Role, Status};
+
+/// How a change asked for through this replica ended, as its host hears it
+/// (`Output::Reconfigured`). Each but `Done` and `Unknown` is a final "no":
+/// the origin gives it only while no consent of its is outstanding, and
+/// refuses every later `Confirm` for the change, so the change can no
+/// longer be proposed anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeResult {
+    /// The change's entry executed here: the target epoch is entered.
+    Done,
+    /// The list already is the target.
+    Unchanged,
+    /// Another change is under way (or this replica has one outstanding).
+    Busy,
+    /// The target is not the next epoch of the list (the list moved on).
+    Stale,
+    /// This replica is not a member of its epoch.
+    NotMember,
+    /// The target would lack a live quorum, or the primary could not be
+    /// reached, by the deadline.
+    NoQuorum,
+    /// A new member is named: not supported yet, or never heard.
+    Unreachable,
+    /// The change was proposed but its op went to another entry, and the
+    /// deadline passed before it was proposed again.
+    Abandoned,
+    /// The replica jumped over the epoch by a checkpoint and cannot tell.
+    Unknown,
+}
+
+/// The primary's admitted change, kept while it leads its view.
+#[derive(Clone, Debug)]
+pub(crate) struct Change {
+    pub(crate) change: ChangeId,
+    /// The view it was admitted in.
+    pub(crate) view: View,
+    pub(crate) target: Membership,
+    /// The origin's slot.
+    origin: Slot,
+    /// The tick after which, without the origin's consent, it is withdrawn.
+    deadline: u64,
+    /// The op the origin was last asked to consent to, and when.
+    asked: Option<(Op, u64)>,
+}
+
+/// A change asked for through this replica, until its host is answered.
+#[derive(Clone, Debug)]
+pub(crate) struct OriginChange {
+    /// The host's id for it.
+    id: u64,
+    pub(crate) target: Membership,
+    deadline: u64,
+    sent_tick: u64,
+    /// The op this origin consented to, if a consent is outstanding.
+    pub(crate) consent: Option<Op>,
+    /// The last answer from a primary.
+    answer: Option<Answer>,
+}
+
+impl Replica {
+    // ---- Origin ----------------------------------------------------------
+
+    /// The host asks for a change of the membership to `target` (from
+    /// `Membership::next`, named `ChangeId { origin: <this member's id>,
+    /// id }`), to be given up after `ticks` if not yet consented to.
+    pub(crate) fn on_reconfigure_input(&mut self, id: u64, target: Membership, ticks: u64) {
+        let change = ChangeId { origin: self.id, id };
+        let refusal = if self.role != Role::Member || self.status == Status::Recovering {
+            Some(ChangeResult::NotMember)
+        } else if self.origin_change.as_ref().is_some_and(|o| o.id != id) {
+            Some(ChangeResult::Busy)
+        } else if target.epoch() != self.membership.epoch() + 1 || target.change() != change {
+            Some(ChangeResult::Stale)
+        } else {
+            None
+        };
+        if let Some(result) = refusal {
+            self.out.push(Output::Reconfigured { id, result });
+            return;
+        }
+        if self.origin_change.is_some() {
+            return; // the same change again: it is under way
+        }
+        self.origin_change = Some(OriginChange {
+            id,
+            target,
+            deadline: self.ticks.saturating_add(ticks),
+            sent_tick: self.ticks,
+            consent: None,
+            answer: None,
+        });
+        self.submit_change();
+    }
+
+    /// Sends the outstanding change to the primary (or hands it over, on
+    /// the primary).
+    fn submit_change(&mut self) {
+        let Some(origin) = self.origin_change.as_mut() else {
+            return;
+        };
+        origin.sent_tick = self.ticks;
+        let target = origin.target;
+        if self.status != Status::Normal {
+            return; // retried once a view is running
+        }
+        if self.is_primary_of_view() {
+            self.on_reconfigure(self.index, target);
+        } else {
+            let primary = self.primary();
+            self.send(primary, &Message::Reconfigure { target });
+        }
+    }
+
+    /// Every tick: resends the change, and answers the host once its
+    /// deadline has passed with no consent outstanding.
+    pub(crate) fn tick_origin(&mut self) {
+        let Some(origin) = self.origin_change.as_ref() else {
+            return;
+        };
+        if self.ticks >= origin.deadline && origin.consent.is_none() {
+            let result = match origin.answer {
+                Some(Answer::Proposed { .. }) => ChangeResult::Abandoned,
+                Some(Answer::Unreachable) => ChangeResult::Unreachable,
+                _ => ChangeResult::NoQuorum,
+            };
+            return self.finish_origin(result);
+        }
+        if self.ticks >= origin.sent_tick.saturating_add(self.config.request_retry_ticks) {
+            self.submit_change();
+        }
+    }
+
+    /// Answers the host and forgets the change: any later `Confirm` for it
+    /// is refused.
+    fn finish_origin(&mut self, result: ChangeResult) {
+        if let Some(origin) = self.origin_change.take() {
+            self.out.push(Output::Reconfigured {
+                id: origin.id,
+                result,
+            });
+        }
+    }
+
+    fn origin_matches(&self, change: ChangeId) -> bool {
+        self.origin_change
+            .as_ref()
+            .is_some_and(|o| o.target.change() == change)
+    }
+
+    pub(crate) fn on_reconfigure_answer(&mut self, change: ChangeId, answer: Answer) {
+        if !self.origin_matches(change) {
+            return;
+        }
+        let origin = self.origin_change.as_mut().expect("matched");
+        origin.answer = Some(answer);
+        if origin.consent.is_some() {
+            // A consent is outstanding: only the execution of its op says
+            // how the change ended.
+            return;
+        }
+        let result = match answer {
+            Answer::Admitted | Answer::Proposed { .. } => return,
+            Answer::Busy => ChangeResult::Busy,
+            Answer::Stale => ChangeResult::Stale,
+            Answer::Unchanged => ChangeResult::Unchanged,
+            Answer::NoQuorum | Answer::Withdrawn => ChangeResult::NoQuorum,
+            Answer::Unreachable => ChangeResult::Unreachable,
+        };
+        self.finish_origin(result);
+    }
+
+    /// The primary asks whether it may propose the change at `op`. The
+    /// origin consents to one op at a time; a change it does not hold (it
+    /// answered its host, or restarted without it) is refused for good.
+    pub(crate) fn on_confirm(&mut self, from: Slot, change: ChangeId, view: View, op: Op) {
+        if !self.origin_matches(change) {
+            #[cfg(feature = "mutations")]
+            if self.mutated(Mutation::ProposeWithoutConsent) {
+                return self.answer_confirm(from, Message::Confirmed { change, view, op });
+            }
+            return self.answer_confirm(from, Message::Refused { change });
+        }
+        let origin = self.origin_change.as_mut().expect("matched");
+        if origin.consent.is_some_and(|n| n != op) {
+            return; // a consent at another op is outstanding: not yet
+        }
+        origin.consent = Some(op);
+        self.answer_confirm(from, Message::Confirmed { change, view, op });
+    }
+
+    fn answer_confirm(&mut self, to: Slot, message: Message) {
+        if to == self.index {
+            match message {
+                Message::Confirmed { change, view, op } => self.on_confirmed(change, view, op),
+                Message::Refused { change } => self.on_refused(change),
+                _ => {}
+            }
+        } else {
+            self.send(to, &message);
+        }
+    }
+
+    /// The origin executed op `op`: its own entry (the change is done), or
+    /// another at the op it consented to (that consent is spent, and the
+    /// change may be proposed again, at a later op).
+    fn origin_executed(&mut self, op: Op, target: Option<Membership>) {
+        let Some(origin) = self.origin_change.as_mut() else {
+            return;
+        };
+        if target.is_some_and(|t| t.change() == origin.target.change()) {
+            return self.finish_origin(ChangeResult::Done);
+        }
+        if origin.consent == Some(op) {
+            origin.consent = None;
+        }
+    }
+
+    // ---- Primary ---------------------------------------------------------
+
+    /// A member asks for a change (or the primary's own host does, through
+    /// `from == self.index`).
+    pub(crate) fn on_reconfigure(&mut self, from: Slot, target: Membership) {
+        if !self.is_primary() {
+            return; // the origin retries towards the right primary
+        }
+        let change = target.change();
+        let answer = self.admit(from, target);
+        self.answer_origin(from, change, answer);
+        if answer == Answer::Admitted {
+            self.try_propose();
+        }
+    }
+
+    fn admit(&mut self, from: Slot, target: Membership) -> Answer {
+        let change = target.change();
+        if let Some((op, pending)) = self.pending_reconfiguration() {
+            return if pending.change() == change {
+                Answer::Proposed { op }
+            } else {
+                Answer::Busy
+            };
+        }
+        if target.epoch() != self.membership.epoch() + 1
+            || self.membership.member_by_id(change.origin).is_none()
+        {
+            return Answer::Stale;
+        }
+        for m in target.members() {
+            match self.membership.member(m.slot) {
+                Some(old) if old.id == m.id && old.joined == m.joined => {}
+                // A member new to the list needs a learner (a later step).
+                None if self.membership.member_by_id(m.id).is_none() && m.joined == target.epoch() => {
+                    return Answer::Unreachable
+                }
+                _ => return Answer::Stale,
+            }
+        }
+        if let Some(admitted) = &self.change {
+            return if admitted.change == change {
+                Answer::Admitted
+            } else {
+                Answer::Busy
+            };
+        }
+        let same = |a: &[crate::membership::Member], b: &[crate::membership::Member]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.slot, x.id) == (y.slot, y.id))
+        };
+        if same(target.members(), self.membership.members()) {
+            return Answer::Unchanged;
+        }
+        if self.live_in(&target) < target.quorum() {
+            return Answer::NoQuorum;
+        }
+        self.change = Some(Change {
+            change,
+            view: self.view,
+            target,
+            origin: from,
+            deadline: self
+                .ticks
+                .saturating_add(self.config.view_change_ticks.saturating_mul(4)),
+            asked: None,
+        });
+        Answer::Admitted
+    }
+
+    /// How many of `target`'s members this primary heard lately (itself
+    /// included).
+    fn live_in(&self, target: &Membership) -> usize {
+        target
+            .slots()
+            .filter(|&s| {
+                s == self.index
+                    || (self.membership.contains(s)
+                        && self.ticks
+                            < self.last_heard[s as usize].saturating_add(self.config.view_change_ticks))
+            })
+            .count()
+    }
+
+    fn answer_origin(&mut self, to: Slot, change: ChangeId, answer: Answer) {
+        if to == self.index {
+            self.on_reconfigure_answer(change, answer);
+        } else {
+            self.send(to, &Message::ReconfigureAnswer { change, answer });
+        }
+    }
+
+    /// The reconfiguration entry in this replica's log above what it
+    /// executed, if any (its op and target): the old epoch prepares
+    /// nothing after it.
+    pub(crate) fn pending_reconfiguration(&self) -> Option<(Op, Membership)> {
+        let head = self.log.op();
+        if head <= self.commit_min {
+            return None;
+        }
+        let entry = self.log.get(head)?;
+        let target = entry.requests.first()?.reconfiguration()?;
+        Some((head, target))
+    }
+
+    /// Whether the primary holds client entries back: it asked the origin
+    /// to consent to the next op, and waits for the answer (at most
+    /// `resend_ticks`), so that the op stays free for the entry.
+    pub(crate) fn holding_for_consent(&self) -> bool {
+        self.change
+            .as_ref()
+            .and_then(|c| c.asked)
+            .is_some_and(|(op, tick)| {
+                op == self.log.op() + 1 && self.ticks < tick.saturating_add(self.config.resend_ticks)
+            })
+    }
+
+    /// Asks the origin for its consent to the next op, once a quorum of the
+    /// target is live and caught up; withdraws the change at its deadline.
+    pub(crate) fn try_propose(&mut self) {
+        if !self.is_primary() {
+            return;
+        }
+        let Some(change) = self.change.as_ref() else {
+            return;
+        };
+        let (id, origin, target) = (change.change, change.origin, change.target);
+        if self.ticks >= change.deadline {
+            self.change = None;
+            return self.answer_origin(origin, id, Answer::Withdrawn);
+        }
+        let caught_up = target
+            .slots()
+            .filter(|&s| {
+                s == self.index
+                    || (self.acked[s as usize] >= self.commit_max
+                        && self.ticks
+                            < self.last_heard[s as usize].saturating_add(self.config.view_change_ticks))
+            })
+            .count();
+        if caught_up < target.quorum() {
+            return;
+        }
+        let op = self.log.op() + 1;
+        // Ask again only once the last question had its chance, and as
+        // long again after that: an origin that does not answer costs
+        // commands at most one hold in two.
+        if change.asked.is_some_and(|(asked, tick)| {
+            let wait = if asked == op { 1 } else { 2 };
+            self.ticks < tick.saturating_add(self.config.resend_ticks.saturating_mul(wait))
+        }) {
+            return;
+        }
+        self.change.as_mut().expect("held").asked = Some((op, self.ticks));
+        let view = self.view;
+        if origin == self.index {
+            self.on_confirm(self.index, id, view, op);
+        } else {
+            self.send(origin, &Message::Confirm { change: id, view, op });
+        }
+    }
+
+    /// The origin consents: prepare the entry, if `op` is still the next
+    /// op of this view.
+    pub(crate) fn on_confirmed(&mut self, change: ChangeId, view: View, op: Op) {
+        let matches = self.change.as_ref().is_some_and(|c| c.change == change);
+        if !matches || !self.is_primary() || view != self.view || op != self.log.op() + 1 {
+            return; // asked again later, for the op then next
+        }
+        if self.log.op() >= self.commit_max.saturating_add(self.config.pipeline_max) {
+            return;
+        }
+        let change = self.change.take().expect("matched");
+        self.prepare_reconfiguration(op, change);
+    }
+
+    pub(crate) fn on_refused(&mut self, change: ChangeId) {
+        if self.change.as_ref().is_some_and(|c| c.change == change) {
+            self.change = None;
+        }
+    }
+
+    /// Prepares the reconfiguration entry at `op`, recording each target
+    /// member's incarnation as this primary knows it.
+    fn prepare_reconfiguration(&mut self, op: Op, change: Change) {
+        let mut members = change.target.members().to_vec();
+        for m in &mut members {
+            m.incarnation = self.incarnations[m.slot as usize];
+        }
+        let target =
+            Membership::new(change.target.epoch(), change.change, &members).expect("same slots and ids");
+        let request = Request {
+            client: MEMBERSHIP_CLIENT,
+            session: 0,
+            request: target.epoch(),
+            origin: change.origin,
+            payload: postcard::to_allocvec(&target).expect("encoding to a Vec cannot fail"),
+        };
+        let timestamp = self.next_timestamp();
+        let entry = Arc::new(Prepare::new(
+            self.log.head_checksum(),
+            self.view,
+            op,
+            timestamp,
+            vec![request],
+        ));
+        self.append_as_primary(entry);
+        self.answer_origin(change.origin, change.change, Answer::Proposed { op });
+    }
+
+    // ---- The switch ------------------------------------------------------
+
+    /// Executing op `op`, whose entry reconfigures to `target` (or not:
+    /// `None`): tells the origin, and enters the target epoch.
+    pub(crate) fn executed_op(&mut self, op: Op, checksum: u128, target: Option<Membership>) {
+        self.origin_executed(op, target);
+        let Some(target) = target else {
+            return;
+        };
+        if target.epoch() <= self.membership.epoch() {
+            return; // a restart's replay of an epoch already entered
+        }
+        if self.is_primary() {
+            // The last word of the old epoch: the others learn the commit
+            // from it and enter by their own, instead of fetching the new
+            // epoch's start.
+            self.broadcast(&Message::Commit {
+                view: self.view,
+                commit: op,
+                round: self.reads.heard_round,
+                checkpoint: self.checkpoints.canonical(),
+            });
+        }
+        self.enter_epoch(target, (op, checksum), !self.replaying);
+    }
+
+    /// Enters epoch `target.epoch()`, which began after op `start` (its
+    /// entry's op and checksum). `live`: by the entry's commit in a running
+    /// replica; else during a restart's replay, which waits for the
+    /// epoch's running view as a replica that caught up does.
+    pub(crate) fn enter_epoch(&mut self, target: Membership, start: (Op, u128), live: bool) {
+        debug_assert!(
+            !live || self.log.op() == start.0,
+            "the old epoch prepares nothing after its entry"
+        );
+        let old = self.membership;
+        self.membership = target;
+        self.epoch_start = start;
+        self.role = if target.is_member(self.index, self.id) {
+            Role::Member
+        } else {
+            Role::Leaving
+        };
+        self.view = 0;
+        self.log_view = 0;
+        self.view_seen = 0;
+        self.campaign = 0;
+        self.votes = [0; MAX_SLOTS];
+        self.vote_ticks = [0; MAX_SLOTS];
+        self.dvcs = vec![None; MAX_SLOTS];
+        self.staging = None;
+        self.reads.new_view();
+        self.acked = [0; MAX_SLOTS];
+        self.last_heard = [self.ticks; MAX_SLOTS];
+        self.change = None;
+        self.status_since = self.ticks;
+        self.last_primary_tick = self.ticks;
+        self.last_start_view_request = None;
+        self.last_do_view_change_request = None;
+        self.epoch_started = 0;
+        for slot in 0..MAX_SLOTS as Slot {
+            if !target.contains(slot) {
+                self.incarnations[slot as usize] = 0;
+                self.forget_slot(slot);
+            }
+        }
+        for m in target.members() {
+            let known = &mut self.incarnations[m.slot as usize];
+            *known = (*known).max(m.incarnation);
+        }
+        let leads = target.primary(0) == self.index;
+        match self.role {
+            Role::Member if live => {
+                self.status = Status::Normal;
+                if leads {
+                    self.view_start_op = self.log.op();
+                    self.acked[self.index as usize] = self.log.op();
+                    self.last_broadcast_tick = self.ticks;
+                } else {
+                    self.queue.clear();
+                    self.queued.clear();
+                }
+            }
+            Role::Member => {
+                // Replayed: it may have led view 0 before it crashed and
+                // sent prepares it never wrote; it waits for the view.
+                self.status = Status::ViewChange;
+                self.queue.clear();
+                self.queued.clear();
+            }
+            _ => {
+                self.status = Status::Normal;
+                self.queue.clear();
+                self.queued.clear();
+            }
+        }
+        self.write_state();
+        self.out.push(Output::Epoch {
+            membership: Box::new(target),
+            role: self.role,
+        });
+        if !live {
+            return;
+        }
+        if self.role == Role::Member {
+            // Tell the ones that left, so that they may stop.
+            let epoch = target.epoch();
+            for m in old.members().iter().filter(|m| !target.is_member(m.slot, m.id)) {
+                self.send_to(m.slot, m.id, &Message::EpochStarted { epoch });
+            }
+            if leads {
+                self.broadcast_heartbeat(false);
+                self.prepare_queued();
+            }
+        } else {
+            self.tick_leaving_now();
+        }
+    }
+
+    /// Drops what this replica holds for `slot`, which left the list.
+    fn forget_slot(&mut self, slot: Slot) {
+        let s = slot as usize;
+        self.acked[s] = 0;
+        self.votes[s] = 0;
+        self.vote_ticks[s] = 0;
+        self.dvcs[s] = None;
+        self.reads.forget(s);
+        self.clocks.forget(s);
+        self.checkpoints.forget_peer(slot);
+    }
+
+    // ---- Leaving ---------------------------------------------------------
+
+    pub(crate) fn tick_leaving(&mut self) {
+        if self.ticks >= self.last_resend_tick.saturating_add(self.config.resend_ticks) {
+            self.tick_leaving_now();
+        }
+    }
+
+    /// Asks the new members whether they have entered the epoch.
+    fn tick_leaving_now(&mut self) {
+        self.last_resend_tick = self.ticks;
+        let epoch = self.membership.epoch();
+        self.broadcast(&Message::Leaving { epoch });
+    }
+
+    /// A member of the epoch this replica left says it entered it: with a
+    /// quorum of them, the new list holds the log up to the epoch's start
+    /// and serves the rest, and this replica stops.
+    pub(crate) fn on_epoch_started(&mut self, from: Slot, epoch: Epoch) {
+        if self.role != Role::Leaving || epoch != self.membership.epoch() || !self.membership.contains(from) {
+            return;
+        }
+        self.epoch_started |= 1 << from;
+        if self.epoch_started.count_ones() as usize >= self.membership.quorum() {
+            self.role = Role::Removed;
+            self.write_state();
+            self.out.push(Output::Removed { epoch });
+        }
+    }
+
+    // ---- The gate's answers ----------------------------------------------
+
+    /// A message from a sender that is not a member of this replica's
+    /// epoch (docs/design/membership.md, 2.6). Nothing of it is merged.
+    pub(crate) fn outside_the_gate(&mut self, sender: Sender, message: Message) {
+        let epoch = self.membership.epoch();
+        if sender.epoch < epoch {
+            // Its sender is behind, or was left out: tell it the epoch.
+            return self.notify_epoch(sender.slot, sender.id);
+        }
+        if sender.epoch > epoch {
+            // This replica is behind: it goes on in its own epoch (which
+            // may still have to commit the entry) until it enters.
+            if let Message::EpochNotice {
+                membership,
+                start,
+                start_checksum,
+            } = message
+            {
+                self.on_epoch_notice(membership, start, start_checksum);
+            }
+            return;
+        }
+        if let Message::Leaving { epoch: left } = message {
+            if left == epoch
+                && self.role == Role::Member
+                && !self.membership.is_member(sender.slot, sender.id)
+            {
+                self.send_to(sender.slot, sender.id, &Message::EpochStarted { epoch });
+            }
+        }
+    }
+
+    /// A message of an older epoch: its sender is behind, or was left out
+    /// (at most one notice per sender slot per `resend_ticks`).
+    pub(crate) fn notify_epoch(&mut self, to: Slot, id: MemberId) {
+        let last = &mut self.notice_ticks[to as usize];
+        if *last != 0 && self.ticks < last.saturating_add(self.config.resend_ticks) {
+            return;
+        }
+        *last = self.ticks.max(1);
+        let (start, start_checksum) = self.epoch_start;
+        let membership = self.membership;
+        self.send_to(
+            to,
+            id,
+            &Message::EpochNotice {
+                membership,
+                start,
+                start_checksum,
+            },
+        );
+    }
+
+    /// A member of a newer epoch says when it began: if this replica's log
+    /// holds that entry (same checksum), the entry is committed (the notice
+    /// is proof, and the log agrees up to there), so it executes up to it
+    /// and enters by its commit.
+    pub(crate) fn on_epoch_notice(&mut self, membership: Membership, start: Op, start_checksum: u128) {
+        if membership.epoch() != self.membership.epoch() + 1 || start == 0 {
+            return;
+        }
+        let holds = self.log.checksum_at(start) == Some(start_checksum)
+            && self
+                .log
+                .get(start)
+                .and_then(|e| e.requests.first()?.reconfiguration())
+                .is_some_and(|t| t.epoch() == membership.epoch());
+        if !holds || self.status == Status::Recovering || self.status == Status::Repairing {
+            return; // catching up across epochs by chunks: a later step
+        }
+        if start > self.commit_max {
+            self.commit_max = start;
+        }
+        self.execute_committed();
+    }
+
+    /// The outcome a reconfiguration entry's request gets (no client's).
+    pub(crate) fn reconfiguration_outcome() -> Outcome {
+        Outcome::Membership
+    }
+
+    /// Whether `request` is one no host or peer may submit.
+    pub(crate) fn is_reserved(request: &Request) -> bool {
+        request.client == MEMBERSHIP_CLIENT
+    }
+
+    /// What always holds of membership changes at one replica (checked
+    /// with the other invariants, `invariants.rs`).
+    pub(crate) fn check_reconfiguration(&self) -> Result<(), String> {
+        // At most one reconfiguration entry above what was executed, and it
+        // is the log's head.
+        let head = self.log.op();
+        for op in (self.commit_min + 1)..head {
+            if self
+                .log
+                .get(op)
+                .is_some_and(|e| e.requests.iter().any(|r| r.client == MEMBERSHIP_CLIENT))
+            {
+                return Err(format!(
+                    "a reconfiguration entry at op {op} below the log's head {head}, unexecuted"
+                ));
+            }
+        }
+        if let Some(change) = &self.change {
+            if !self.is_primary() || change.target.epoch() != self.membership.epoch() + 1 {
+                return Err(format!(
+                    "a change for epoch {} held in epoch {} by a replica in status {:?} (primary: {})",
+                    change.target.epoch(),
+                    self.membership.epoch(),
+                    self.status,
+                    self.is_primary()
+                ));
+            }
+        }
+        if self.role != Role::Member
+            && (self.campaign != 0 || !self.queue.is_empty() || self.is_primary_of_view())
+        {
+            return Err(format!("a {:?} replica campaigns, queues or leads", self.role));
+        }
+        Ok(())
+    }
+}
