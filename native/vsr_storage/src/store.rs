@@ -132,6 +132,12 @@ pub enum Creation {
     Fresh,
     /// A replica that lost its state and rejoins a cluster that ran.
     Recovering,
+    /// A learner (docs/design/membership.md, 2.5): role `Learner` from the
+    /// store's first superblock on, so a crash before its first sync
+    /// restarts a learner, never a member; `life` is the number its host
+    /// drew for it, kept for as long as the store lives
+    /// ([`Store::life`]).
+    Learner { life: u64 },
 }
 
 /// How the replica of an opened store starts.
@@ -338,7 +344,8 @@ impl<D: Disk> Store<D> {
     /// state) is recovering from the store's creation on: a crash before
     /// its first sync restarts it into recovery, never as a normal replica
     /// with an empty log at view 0 (a review found that window: the store
-    /// said "not recovering" until the replica's first sync).
+    /// said "not recovering" until the replica's first sync). A learner's
+    /// store is a learner's from its creation on (`Creation::Learner`).
     /// A store that exists is opened as it is, whatever `creation` says:
     /// its role and membership come back in `Opened`'s state.
     pub fn open_with(
@@ -358,6 +365,10 @@ impl<D: Disk> Store<D> {
                 match creation {
                     Creation::Fresh => {}
                     Creation::Recovering => state.recovering = true,
+                    Creation::Learner { life } => {
+                        state.role = Role::Learner;
+                        store.superblock.life = Some(life);
+                    }
                 }
                 let created = store.write_superblock(state, None);
                 let opened = created.map(|()| Opened::Created { state });
@@ -1130,6 +1141,12 @@ impl<D: Disk> Store<D> {
 
     pub fn superblock(&self) -> &Superblock {
         &self.superblock
+    }
+
+    /// A learner's store: the life its host drew when it created it
+    /// (`Creation::Learner`); `None` for a store created as a member's.
+    pub fn life(&self) -> Option<u64> {
+        self.superblock.life
     }
 
     /// Checks what always holds of the store's bookkeeping: one checksum
@@ -2496,6 +2513,7 @@ mod tests {
         let (restored, log) = restarted(&opened);
         assert_eq!((restored, &log), (durable, &entries));
         assert_eq!((opened.role(), opened.membership()), (Role::Member, None));
+        assert_eq!(store.life(), None);
         // Restarted, the replica is in the genesis, epoch 0.
         let (replica, _) = vsr::Replica::restart(vsr::Config::new(3, 3), 0, restored, log).unwrap();
         assert_eq!(replica.membership().epoch(), 0);
@@ -2539,6 +2557,62 @@ mod tests {
                 assert!(found == durable || found == next, "n {n} {cut:?}: {found:?}");
                 if synced {
                     assert_eq!(found, next);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_learners_store_restarts_a_learner_with_its_life() {
+        let learner = Creation::Learner { life: 0x11fe };
+        let (store, opened) = Store::open_with(MemDisk::default(), identity(), vec![], learner).unwrap();
+        assert!(matches!(opened, Opened::Created { .. }));
+        assert_eq!((opened.role(), opened.membership()), (Role::Learner, None));
+        assert_eq!(store.life(), Some(0x11fe));
+        // A crash before its first sync, whatever the creation a reopen
+        // asks for: the store is a learner's.
+        let mut disk = store.into_disk();
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let (mut store, opened) = Store::open_with(disk, identity(), vec![], Creation::Fresh).unwrap();
+        let (restored, log) = restarted(&opened);
+        assert_eq!(restored.role, Role::Learner);
+        assert!(log.is_empty());
+        assert_eq!(store.life(), Some(0x11fe));
+        // The life outlives every write, the role changes with the state.
+        let entries = chain(&[], 2, 0);
+        store
+            .stage(&Output::WriteLog {
+                after: 0,
+                entries: entries.clone(),
+            })
+            .unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(1, 1, 2))))
+            .unwrap();
+        store.sync().unwrap();
+        let (store, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened), (state(1, 1, 2), entries));
+        assert_eq!((opened.role(), store.life()), (Role::Member, Some(0x11fe)));
+        // A store created as a member's has no life.
+        let (store, opened) = open(MemDisk::default());
+        assert_eq!((opened.role(), store.life()), (Role::Member, None));
+        // Whether the learner's creation tore or not: no store, or a learner's.
+        for n in 0..3 {
+            for cut in cuts() {
+                let mut disk = MemDisk::default();
+                disk.crash_after = Some(n);
+                let created = Store::open_with(disk, identity(), vec![], learner);
+                let Err(Unopened { mut disk, .. }) = created else {
+                    continue;
+                };
+                disk.crash(cut);
+                let (store, opened) = open(disk);
+                match opened {
+                    Opened::Created { .. } => assert_eq!(store.life(), None),
+                    _ => {
+                        assert_eq!(opened.role(), Role::Learner, "n {n} {cut:?}");
+                        assert_eq!(store.life(), Some(0x11fe));
+                    }
                 }
             }
         }
