@@ -50,7 +50,7 @@ defmodule Visor.Native do
   #     (a previous group of this replica releases it a moment after its
   #     owner died);
   #   * `{:foreign_store, dir, detail}`: the store belongs to another
-  #     cluster, group or replica (left untouched);
+  #     cluster, group or member (left untouched);
   #   * `{:corrupt_store, dir, detail}`: the store cannot be trusted (every
   #     superblock copy damaged, a log without its superblock, or a log the
   #     replica cannot restart from; left untouched);
@@ -338,10 +338,15 @@ defmodule Visor.Native do
   scheduler; this waits for it (up to `timeout` ms).
 
   Returns `:empty` when there is no store there, `{:ok, info}` with `info`
-  a map of `:cluster` (16 bytes), `:group`, `:replica`, `:replica_count`,
-  `:meta` (what `start/2` was given), `:view`, `:commit`, `:recovering`
-  and `:sequence`, or `{:error, message}` (unreadable, every superblock
-  copy damaged, or a log or checkpoint file with data but no superblock).
+  a map of `:cluster` (16 bytes), `:group`, `:replica` (the store's slot:
+  its `replica_index` in a cluster's first membership; `nil` if the
+  membership it records does not list it), `:member` (the member id, 16
+  bytes little-endian; today the slot number), `:joined` and `:epoch`
+  (0 today), `:role` (`:member`, `:learner`, `:leaving` or `:removed`),
+  `:life` (a learner's store's life, else `nil`), `:meta` (what `start/2`
+  was given), `:view`, `:commit`, `:recovering` and `:sequence`, or
+  `{:error, message}` (unreadable, every superblock copy damaged, or a log
+  or checkpoint file with data but no superblock).
   """
   @spec probe(String.t(), timeout()) :: :empty | {:ok, map()} | {:error, String.t()}
   def probe(dir, timeout \\ 5_000) do

@@ -629,7 +629,8 @@ defmodule Visor.Test.FormationModel do
       info = %{
         group: "model",
         replica: index,
-        replica_count: length(members),
+        role: :member,
+        epoch: 0,
         cluster: cluster,
         meta: Restore.store_meta(members, w.settings[node]),
         view: 0,

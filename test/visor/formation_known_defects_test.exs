@@ -98,7 +98,8 @@ defmodule Visor.FormationKnownDefectsTest do
         info = %{
           group: "g",
           replica: Enum.find_index(five, &(&1 == node)),
-          replica_count: 5,
+          role: :member,
+          epoch: 0,
           cluster: cluster,
           meta: Restore.store_meta(five, settings),
           view: 0,

@@ -67,7 +67,8 @@ defmodule Visor.FormationModelTest do
             info = %{
               group: "g",
               replica: Enum.find_index(nodes, &(&1 == node)),
-              replica_count: 3,
+              role: :member,
+              epoch: 0,
               cluster: cluster,
               meta: Restore.store_meta(nodes, settings),
               view: 1,
@@ -131,7 +132,8 @@ defmodule Visor.FormationModelTest do
       info = %{
         group: "g",
         replica: Enum.find_index(@three, &(&1 == node)),
-        replica_count: 3,
+        role: :member,
+        epoch: 0,
         cluster: cluster,
         meta: Restore.store_meta(@three, @settings),
         view: 0,

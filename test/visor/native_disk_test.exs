@@ -77,9 +77,15 @@ defmodule Visor.NativeDiskTest do
     c = start_group(cluster, 1, &disk(dir, &1, "the meta"))
     c = pump(c, &(&1.storage[0] != []))
 
-    assert {:ok, %{cluster: ^cluster, group: "Elixir.Counter", replica: 0, replica_count: 1}} =
+    assert {:ok, %{cluster: ^cluster, group: "Elixir.Counter", replica: 0}} =
              info = Native.probe(Path.join(dir, "r0"))
 
+    # The genesis member in slot 0 (member id 0, 16 bytes little-endian),
+    # a member of epoch 0, with no learner's life.
+    assert %{member: <<0::little-128>>, joined: 0, epoch: 0, role: :member, life: nil} =
+             elem(info, 1)
+
+    refute Map.has_key?(elem(info, 1), :replica_count)
     assert elem(info, 1).meta == "the meta"
     stop_cluster(c)
 

@@ -71,7 +71,8 @@ defmodule Visor.Review12Test do
     info = %{
       group: "g",
       replica: replica,
-      replica_count: length(members),
+      role: :member,
+      epoch: 0,
       cluster: cluster,
       meta: Restore.store_meta(members, @settings),
       view: 0,

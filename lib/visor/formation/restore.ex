@@ -104,11 +104,14 @@ defmodule Visor.Formation.Restore do
            ensure(info.group == expected.group, fn ->
              "#{dir} holds group #{inspect(info.group)}"
            end),
+         :ok <- check_role(dir, info),
          {:ok, members, settings} <- stored_meta(dir, info),
-         owner = Enum.at(members, info.replica),
+         # The probe's `replica` is the store's slot in its membership
+         # (the genesis: its place in `members`), nil if it has none.
+         owner = if(is_integer(info.replica), do: Enum.at(members, info.replica)),
          :ok <-
-           ensure(length(members) == info.replica_count and owner == expected.node, fn ->
-             "#{dir} belongs to replica #{info.replica} (#{owner}) of the cluster " <>
+           ensure(owner == expected.node, fn ->
+             "#{dir} belongs to replica #{inspect(info.replica)} (#{owner}) of the cluster " <>
                "#{inspect(members)}, not to this node (#{expected.node})"
            end),
          :ok <- check_settings(expected, settings),
@@ -211,6 +214,19 @@ defmodule Visor.Formation.Restore do
     ensure(length(members) == size, fn ->
       "#{dir} holds the store of a cluster of #{length(members)} (#{inspect(members)}), " <>
         "but this node is started with cluster_size: #{size}"
+    end)
+  end
+
+  # A store records the member's role and the epoch of its membership;
+  # this version of Visor runs only members of the genesis (epoch 0), the
+  # only stores it writes.
+  defp check_role(dir, info) do
+    role = Map.get(info, :role, :member)
+    epoch = Map.get(info, :epoch, 0)
+
+    ensure(role == :member and epoch == 0, fn ->
+      "#{dir} holds the store of a #{role} in epoch #{epoch} of its cluster; this version " <>
+        "of Visor restarts only members of a cluster's first membership (epoch 0)"
     end)
   end
 

@@ -74,6 +74,14 @@ rustler::atoms! {
     meta,
     replica,
     sequence,
+    member,
+    joined,
+    epoch,
+    role,
+    life,
+    learner,
+    leaving,
+    removed,
 
     // A replica host's phase (the status map's `:status`).
     starting,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
-use vsr::{Config, Outcome, Output, Stats, MAX_REPLICAS};
+use vsr::{Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
@@ -489,16 +489,30 @@ pub fn probe(
         Ok(None) => atoms::empty().encode(env),
         Ok(Some(superblock)) => {
             let identity = &superblock.identity;
+            // The store's slot in the membership it records, or in the
+            // genesis if it records none. The engine's genesis
+            // (`Config::new`) gives each member its slot number as its id,
+            // so the widest such genesis names every member a genesis
+            // store can be. `nil` if the list does not hold the member.
+            let genesis = Membership::numbered(MAX_REPLICAS).expect("a genesis of MAX_REPLICAS members");
+            let slot = superblock.slot_in(&genesis);
+            let role = match superblock.role {
+                Role::Member => atoms::member(),
+                Role::Learner => atoms::learner(),
+                Role::Leaving => atoms::leaving(),
+                Role::Removed => atoms::removed(),
+            };
             let found = map(
                 env,
                 &[
                     (atoms::cluster(), binary(env, &identity.cluster.to_le_bytes())),
                     (atoms::group(), binary(env, &identity.group)),
-                    (atoms::replica(), (identity.replica as u32).encode(env)),
-                    (
-                        atoms::replica_count(),
-                        (identity.replica_count as u32).encode(env),
-                    ),
+                    (atoms::replica(), slot.map(u32::from).encode(env)),
+                    (atoms::member(), binary(env, &identity.member.to_le_bytes())),
+                    (atoms::joined(), identity.joined.encode(env)),
+                    (atoms::epoch(), superblock.epoch().encode(env)),
+                    (atoms::role(), role.encode(env)),
+                    (atoms::life(), superblock.life.encode(env)),
                     (atoms::meta(), binary(env, &superblock.meta)),
                     (atoms::view(), superblock.view.encode(env)),
                     (atoms::commit(), superblock.commit.encode(env)),

@@ -217,8 +217,10 @@ impl ReplicaHost {
             identity: Identity {
                 cluster: config.cluster,
                 group: disk.group,
-                replica: index,
-                replica_count: config.genesis.n() as u8,
+                // The member id of this slot in the genesis (today's
+                // `Config::new` numbers them: the slot number).
+                member: config.genesis.members()[index as usize].id,
+                joined: 0,
             },
             meta: disk.meta,
             compaction_bytes: disk.compaction_bytes,

@@ -138,7 +138,7 @@ impl<D: Disk> Host<D> {
         nonce: u128,
     ) -> Result<(Replica, Vec<Output>, StorageNotice), BootError> {
         let (replica, outputs, notice) = match opened {
-            Opened::Created => (
+            Opened::Created { .. } => (
                 fresh(config, index, recover, nonce)?,
                 Vec::new(),
                 StorageNotice::Created,

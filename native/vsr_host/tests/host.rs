@@ -8,12 +8,14 @@ use vsr_storage::{CrashCut, Identity, MemDisk, Opened, Store, StoreError, Zone};
 
 const CLUSTER: u128 = 7;
 
+/// The store identity of replica `index` of a cluster of `n`: the member
+/// id of its slot in `Config::new`'s genesis.
 fn identity(n: u8, index: Slot) -> Identity {
     Identity {
         cluster: CLUSTER,
         group: b"test".to_vec(),
-        replica: index,
-        replica_count: n,
+        member: Config::new(CLUSTER, n).genesis.members()[index as usize].id,
+        joined: 0,
     }
 }
 

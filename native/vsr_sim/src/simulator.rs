@@ -1630,7 +1630,7 @@ fn stored_log(options: &Options, r: Slot, mut disk: MemDisk) -> Option<Log> {
         | Opened::Repair {
             checkpoint, entries, ..
         } => (checkpoint, entries),
-        Opened::Recover { .. } | Opened::Created => {
+        Opened::Recover { .. } | Opened::Created { .. } => {
             return Some(Log::new(root_checksum(options.config.cluster)))
         }
     };
@@ -1661,8 +1661,8 @@ fn store_options(options: &Options, r: Slot, disk: MemDisk) -> StoreOptions<MemD
         identity: Identity {
             cluster: options.config.cluster,
             group: b"sim".to_vec(),
-            replica: r,
-            replica_count: options.config.genesis.n() as u8,
+            member: options.config.genesis.members()[r as usize].id,
+            joined: 0,
         },
         meta: Vec::new(),
         compaction_bytes: Some(options.compaction_bytes),

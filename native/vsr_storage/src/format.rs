@@ -5,17 +5,22 @@
 //! decodes. Integers are little-endian; bodies are postcard, like the wire
 //! format's (`docs/protocol.md`).
 
+use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vsr::{checksum, DurableState, Op, Prepare, MAX_REPLICAS, MAX_SLOTS};
+use vsr::{checksum, DurableState, Epoch, MemberId, Membership, Op, Prepare, Role, Slot, MAX_SLOTS};
 
-/// Layout version of the store's files; a store written by another version
-/// is refused (version 1 had no checkpoints, version 2 one WAL file that
-/// was never compacted, version 3 no `wal_synced` and a checkpoint client
-/// table without the checksum of each session's latest request body,
-/// version 4 no `wal_durable`).
-pub const FORMAT_VERSION: u16 = 5;
+/// Layout version of the store's files, the one every superblock write
+/// uses. Version 5 is read too ([`Superblock::decode`]); a store written by
+/// any other version is refused (version 1 had no checkpoints, version 2
+/// one WAL file that was never compacted, version 3 no `wal_synced` and a
+/// checkpoint client table without the checksum of each session's latest
+/// request body, version 4 no `wal_durable`, version 5 no membership, role,
+/// `fenced_epoch` or life, and an identity by replica index and count).
+pub const FORMAT_VERSION: u16 = 6;
+/// The earlier version still read: it reads as a store of epoch 0.
+pub const FORMAT_VERSION_5: u16 = 5;
 
 /// The superblock file holds this many copies, each in its own slot.
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -37,19 +42,37 @@ pub const RECORD_HEADER: usize = 24;
 /// that the end of the records known synced may lose without an entry.
 pub const SEAL_LEN: u64 = RECORD_HEADER as u64 + 1;
 
-/// Which data a store belongs to. A store is opened only by the replica it
-/// was created for: same cluster, same group, same place in the cluster.
+/// Which data a store belongs to. A store is opened only by the member it
+/// was created for: same cluster, same group, same node admitted in the
+/// same epoch. A store of an earlier membership of the same node (removed,
+/// then added again) is another identity. The member's slot, its list and
+/// its role are the store's to say (its durable state), not the host's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub cluster: u128,
     /// The group's name (Visor uses the module's), so that two groups'
     /// data can never be mistaken for each other.
     pub group: Vec<u8>,
-    pub replica: u8,
-    pub replica_count: u8,
+    /// The host's name for the node (`vsr::Member::id`).
+    pub member: MemberId,
+    /// The epoch whose change admitted the member (0 in the genesis).
+    pub joined: Epoch,
 }
 
-/// One copy of the superblock.
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cluster {:032x}, group {:?}, member {:#x} admitted in epoch {}",
+            self.cluster,
+            String::from_utf8_lossy(&self.group),
+            self.member,
+            self.joined
+        )
+    }
+}
+
+/// One copy of the superblock (format version 6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Superblock {
     /// Incremented by every update; the highest valid copy is current.
@@ -61,8 +84,21 @@ pub struct Superblock {
     pub view: u64,
     pub log_view: u64,
     pub commit: Op,
-    pub incarnations: Vec<u64>,
+    /// The crash vector, by slot.
+    pub incarnations: [u64; MAX_SLOTS],
     pub recovering: bool,
+    /// The membership the replica is in; `None` for its configuration's
+    /// genesis (format version 6, as are the three fields below).
+    pub membership: Option<Membership>,
+    /// What the replica is in that membership.
+    #[serde(with = "role_code")]
+    pub role: Role,
+    /// The epoch in which the replica last fenced its incarnation.
+    pub fenced_epoch: Epoch,
+    /// A learner's store: the life the host drew when it created the store
+    /// (`Creation::Learner`), kept for as long as the store lives; `None`
+    /// for a store created as a member's.
+    pub life: Option<u64>,
     /// The durable checkpoint, if any (format version 2).
     pub checkpoint: Option<CheckpointRef>,
     /// The WAL file holding the log: 0 = `wal.a`, 1 = `wal.b` (format
@@ -85,6 +121,108 @@ pub struct Superblock {
     pub wal_durable: u64,
 }
 
+/// A role's number in a superblock, fixed here rather than by the order of
+/// `vsr::Role`'s variants, so that reordering them never changes what a
+/// store means.
+mod role_code {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use vsr::Role;
+
+    pub fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(match role {
+            Role::Member => 0,
+            Role::Learner => 1,
+            Role::Leaving => 2,
+            Role::Removed => 3,
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        match u8::deserialize(d)? {
+            0 => Ok(Role::Member),
+            1 => Ok(Role::Learner),
+            2 => Ok(Role::Leaving),
+            3 => Ok(Role::Removed),
+            other => Err(D::Error::custom(format!("role {other}"))),
+        }
+    }
+}
+
+/// A superblock of format version 5, field for field (its postcard body,
+/// which the decoder must read exactly as that version wrote it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SuperblockV5 {
+    sequence: u64,
+    identity: IdentityV5,
+    meta: Vec<u8>,
+    view: u64,
+    log_view: u64,
+    commit: Op,
+    incarnations: Vec<u64>,
+    recovering: bool,
+    checkpoint: Option<CheckpointRef>,
+    wal: u8,
+    wal_synced: u64,
+    wal_durable: u64,
+}
+
+/// Format version 5's identity: the replica's index (its slot in the
+/// genesis) and the cluster's size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct IdentityV5 {
+    cluster: u128,
+    group: Vec<u8>,
+    replica: u8,
+    replica_count: u8,
+}
+
+impl SuperblockV5 {
+    fn sane(&self) -> bool {
+        let count = self.identity.replica_count as usize;
+        (1..=vsr::MAX_REPLICAS).contains(&count)
+            && self.incarnations.len() == count
+            && self.identity.replica < self.identity.replica_count
+            && self.log_view <= self.view
+            && self.checkpoint.is_none_or(|c| c.slot < 2)
+            && self.wal < 2
+            && self.wal_durable <= self.wal_synced
+    }
+
+    /// The store as format 6 says it: epoch 0 in the genesis (`membership:
+    /// None`), role `Member`, never fenced in a later epoch, the crash
+    /// vector padded with zeros to every slot. Version 5 named the replica
+    /// by its index, which is its slot in the genesis; the member id is
+    /// that index, because the genesis every host builds today
+    /// (`vsr::Config::new`) gives each member its slot number as its id.
+    fn upgraded(self) -> Superblock {
+        let mut incarnations = [0; MAX_SLOTS];
+        incarnations[..self.incarnations.len()].copy_from_slice(&self.incarnations);
+        Superblock {
+            sequence: self.sequence,
+            identity: Identity {
+                cluster: self.identity.cluster,
+                group: self.identity.group,
+                member: MemberId::from(self.identity.replica),
+                joined: 0,
+            },
+            meta: self.meta,
+            view: self.view,
+            log_view: self.log_view,
+            commit: self.commit,
+            incarnations,
+            recovering: self.recovering,
+            membership: None,
+            role: Role::Member,
+            fenced_epoch: 0,
+            life: None,
+            checkpoint: self.checkpoint,
+            wal: self.wal,
+            wal_synced: self.wal_synced,
+            wal_durable: self.wal_durable,
+        }
+    }
+}
+
 /// Where the durable checkpoint is and how to verify it: its bytes
 /// (`vsr::Checkpoint::encode`) are the first `len` bytes of checkpoint file
 /// `slot` (0 = `checkpoint.a`, 1 = `checkpoint.b`), and their XXH3-128 is
@@ -98,86 +236,113 @@ pub struct CheckpointRef {
 }
 
 impl Superblock {
-    /// A new store's first superblock: view 0, empty log.
+    /// A new store's first superblock: view 0, empty log, a member of its
+    /// genesis.
     pub fn new(identity: Identity, meta: Vec<u8>) -> Superblock {
-        let mut superblock = Superblock {
+        Superblock {
             sequence: 0,
             identity,
             meta,
             view: 0,
             log_view: 0,
             commit: 0,
-            incarnations: Vec::new(),
+            incarnations: [0; MAX_SLOTS],
             recovering: false,
+            membership: None,
+            role: Role::Member,
+            fenced_epoch: 0,
+            life: None,
             checkpoint: None,
             wal: 0,
             wal_synced: 0,
             wal_durable: 0,
-        };
-        superblock.set_state(&DurableState::default());
-        superblock
+        }
     }
 
-    /// The replica's durable state as this copy records it. Format 5
-    /// records no membership: a replica it restarts is in its genesis, the
-    /// only membership a replica has today (`membership: None`).
+    /// The replica's durable state as this copy records it.
     pub fn state(&self) -> DurableState {
-        let mut incarnations = [0; MAX_SLOTS];
-        for (slot, &incarnation) in incarnations.iter_mut().zip(&self.incarnations) {
-            *slot = incarnation;
-        }
         DurableState {
             view: self.view,
             log_view: self.log_view,
             commit: self.commit,
-            incarnations,
+            incarnations: self.incarnations,
             recovering: self.recovering,
-            ..DurableState::default()
+            membership: self.membership,
+            role: self.role,
+            fenced_epoch: self.fenced_epoch,
         }
     }
 
+    /// Records `state`, whole: [`Superblock::state`] gives it back.
     pub fn set_state(&mut self, state: &DurableState) {
-        self.view = state.view;
-        self.log_view = state.log_view;
-        self.commit = state.commit;
-        self.incarnations = state.incarnations[..self.identity.replica_count as usize].to_vec();
-        self.recovering = state.recovering;
+        let DurableState {
+            view,
+            log_view,
+            commit,
+            incarnations,
+            recovering,
+            membership,
+            role,
+            fenced_epoch,
+        } = *state;
+        self.view = view;
+        self.log_view = log_view;
+        self.commit = commit;
+        self.incarnations = incarnations;
+        self.recovering = recovering;
+        self.membership = membership;
+        self.role = role;
+        self.fenced_epoch = fenced_epoch;
     }
 
-    /// One slot's bytes: exactly [`SLOT_SIZE`], zero-padded.
+    /// The epoch of the membership the store records (0 for the genesis).
+    pub fn epoch(&self) -> Epoch {
+        self.membership.map_or(0, |m| m.epoch())
+    }
+
+    /// The store's slot: its member's in the membership it records, or in
+    /// `genesis` (the configuration's) if it records none; `None` if that
+    /// list does not hold its member (a learner, a member that left).
+    pub fn slot_in(&self, genesis: &Membership) -> Option<Slot> {
+        let membership = self.membership.as_ref().unwrap_or(genesis);
+        membership
+            .member_by_id(self.identity.member)
+            .filter(|m| m.joined == self.identity.joined)
+            .map(|m| m.slot)
+    }
+
+    /// One slot's bytes: exactly [`SLOT_SIZE`], zero-padded, in format
+    /// version [`FORMAT_VERSION`].
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let body = postcard::to_allocvec(self).map_err(|e| format!("superblock encoding: {e}"))?;
-        if SUPERBLOCK_HEADER + body.len() > SLOT_SIZE {
-            return Err(format!("superblock of {} bytes exceeds a slot", body.len()));
-        }
-        let mut slot = vec![0u8; SLOT_SIZE];
-        slot[16..24].copy_from_slice(&SUPERBLOCK_MAGIC);
-        slot[24..26].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        slot[28..32].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        slot[SUPERBLOCK_HEADER..SUPERBLOCK_HEADER + body.len()].copy_from_slice(&body);
-        let sum = checksum(&slot[16..]);
-        slot[..16].copy_from_slice(&sum.to_le_bytes());
-        Ok(slot)
+        encode_slot(FORMAT_VERSION, &body)
     }
 
-    /// Decodes one slot; `None` if it is torn, corrupt, zeroed or of
-    /// another format version.
+    /// Decodes one slot of format version 6 or 5 (read as format 6 says
+    /// it: see `SuperblockV5::upgraded`); `None` if it is torn, corrupt,
+    /// zeroed or of another format version.
     pub fn decode(slot: &[u8]) -> Option<Superblock> {
-        if Superblock::version_of(slot)? != FORMAT_VERSION {
-            return None;
-        }
+        let version = Superblock::version_of(slot)?;
         let len = u32::from_le_bytes(slot[28..32].try_into().ok()?) as usize;
         let body = slot.get(SUPERBLOCK_HEADER..SUPERBLOCK_HEADER.checked_add(len)?)?;
-        let superblock: Superblock = postcard::from_bytes(body).ok()?;
-        let count = superblock.identity.replica_count as usize;
-        let sane = (1..=MAX_REPLICAS).contains(&count)
-            && superblock.incarnations.len() == count
-            && superblock.identity.replica < superblock.identity.replica_count
-            && superblock.log_view <= superblock.view
-            && superblock.checkpoint.is_none_or(|c| c.slot < 2)
-            && superblock.wal < 2
-            && superblock.wal_durable <= superblock.wal_synced;
-        sane.then_some(superblock)
+        match version {
+            FORMAT_VERSION => {
+                let superblock: Superblock = postcard::from_bytes(body).ok()?;
+                superblock.sane().then_some(superblock)
+            }
+            FORMAT_VERSION_5 => {
+                let superblock: SuperblockV5 = postcard::from_bytes(body).ok()?;
+                superblock.sane().then(|| superblock.upgraded())
+            }
+            _ => None,
+        }
+    }
+
+    fn sane(&self) -> bool {
+        self.log_view <= self.view
+            && self.checkpoint.is_none_or(|c| c.slot < 2)
+            && self.wal < 2
+            && self.wal_durable <= self.wal_synced
     }
 
     /// The format version of an intact slot (magic and checksum valid),
@@ -199,8 +364,28 @@ impl Superblock {
     }
 }
 
+/// A superblock slot holding `body` in format `version`.
+fn encode_slot(version: u16, body: &[u8]) -> Result<Vec<u8>, String> {
+    if SUPERBLOCK_HEADER + body.len() > SLOT_SIZE {
+        return Err(format!("superblock of {} bytes exceeds a slot", body.len()));
+    }
+    let mut slot = vec![0u8; SLOT_SIZE];
+    slot[16..24].copy_from_slice(&SUPERBLOCK_MAGIC);
+    slot[24..26].copy_from_slice(&version.to_le_bytes());
+    slot[28..32].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    slot[SUPERBLOCK_HEADER..SUPERBLOCK_HEADER + body.len()].copy_from_slice(body);
+    let sum = checksum(&slot[16..]);
+    slot[..16].copy_from_slice(&sum.to_le_bytes());
+    Ok(slot)
+}
+
+/// Whether this code reads superblocks of format `version`.
+pub fn readable_version(version: u16) -> bool {
+    version == FORMAT_VERSION || version == FORMAT_VERSION_5
+}
+
 /// The current superblock among the copies in `file` (the highest sequence
-/// among valid copies), with how many copies hold it.
+/// among valid copies, of either version read), with how many copies hold it.
 pub fn current_superblock(file: &[u8]) -> Option<(Superblock, usize)> {
     let copies: Vec<Superblock> = (0..SUPERBLOCK_COPIES)
         .filter_map(|i| file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE))
@@ -212,14 +397,47 @@ pub fn current_superblock(file: &[u8]) -> Option<(Superblock, usize)> {
 }
 
 /// The format version of the intact copies in `file`, if they are all of
-/// one version other than [`FORMAT_VERSION`] (a store this code does not read).
+/// one version this code does not read.
 pub fn foreign_version(file: &[u8]) -> Option<u16> {
     let versions: Vec<u16> = (0..SUPERBLOCK_COPIES)
         .filter_map(|i| file.get(i * SLOT_SIZE..(i + 1) * SLOT_SIZE))
         .filter_map(Superblock::version_of)
         .collect();
     let first = *versions.first()?;
-    (first != FORMAT_VERSION && versions.iter().all(|&v| v == first)).then_some(first)
+    (!readable_version(first) && versions.iter().all(|&v| v == first)).then_some(first)
+}
+
+/// A slot of format version 5 holding what `superblock` holds, for tests
+/// of reading stores that version wrote: `superblock` must be what a
+/// format-5 store can say (epoch 0, a member, its member id its index in
+/// a genesis of `replica_count`).
+#[cfg(test)]
+pub(crate) fn encode_v5(superblock: &Superblock, replica_count: u8) -> Vec<u8> {
+    assert!(superblock.membership.is_none() && superblock.role == Role::Member);
+    assert!(superblock.fenced_epoch == 0 && superblock.life.is_none() && superblock.identity.joined == 0);
+    let v5 = SuperblockV5 {
+        sequence: superblock.sequence,
+        identity: IdentityV5 {
+            cluster: superblock.identity.cluster,
+            group: superblock.identity.group.clone(),
+            replica: u8::try_from(superblock.identity.member).expect("a genesis index"),
+            replica_count,
+        },
+        meta: superblock.meta.clone(),
+        view: superblock.view,
+        log_view: superblock.log_view,
+        commit: superblock.commit,
+        incarnations: superblock.incarnations[..replica_count as usize].to_vec(),
+        recovering: superblock.recovering,
+        checkpoint: superblock.checkpoint,
+        wal: superblock.wal,
+        wal_synced: superblock.wal_synced,
+        wal_durable: superblock.wal_durable,
+    };
+    assert!(superblock.incarnations[replica_count as usize..]
+        .iter()
+        .all(|&i| i == 0));
+    encode_slot(FORMAT_VERSION_5, &postcard::to_allocvec(&v5).expect("encodes")).expect("fits")
 }
 
 /// One record of the write-ahead log.
@@ -573,8 +791,8 @@ mod tests {
         Identity {
             cluster: 7,
             group: b"Elixir.Cache".to_vec(),
-            replica: 1,
-            replica_count: 3,
+            member: 1,
+            joined: 0,
         }
     }
 
@@ -615,6 +833,224 @@ mod tests {
             assert_eq!(Superblock::decode(&flipped), None, "flip at {byte}");
         }
         assert_eq!(Superblock::decode(&vec![0; SLOT_SIZE]), None);
+    }
+
+    /// The durable state of a replica far from its genesis: a member that
+    /// left (its slot reused), fenced in an earlier epoch, with incarnations
+    /// in slots above the genesis'.
+    fn far_state() -> DurableState {
+        let member = |slot, id, joined| vsr::Member {
+            slot,
+            id,
+            joined,
+            incarnation: 3,
+            life: 11,
+        };
+        let membership = Membership::new(
+            4,
+            vsr::ChangeId {
+                origin: 0xfeed,
+                id: 9,
+            },
+            &[
+                member(7, 0xaaaa, 2),
+                member(2, 0xbbbb, 0),
+                member(11, u128::MAX, 4),
+            ],
+        )
+        .unwrap();
+        let mut incarnations = [0; MAX_SLOTS];
+        incarnations[2] = 5;
+        incarnations[7] = 6;
+        incarnations[11] = u64::MAX;
+        DurableState {
+            view: 8,
+            log_view: 6,
+            commit: 40,
+            incarnations,
+            recovering: true,
+            membership: Some(membership),
+            role: Role::Leaving,
+            fenced_epoch: 3,
+        }
+    }
+
+    #[test]
+    fn the_durable_state_round_trips_whole() {
+        let mut superblock = Superblock::new(identity(), b"meta".to_vec());
+        assert_eq!(superblock.state(), DurableState::default());
+        for role in [Role::Member, Role::Learner, Role::Leaving, Role::Removed] {
+            let state = DurableState { role, ..far_state() };
+            superblock.set_state(&state);
+            superblock.life = Some(77);
+            assert_eq!(superblock.state(), state);
+            let decoded = Superblock::decode(&superblock.encode().unwrap()).unwrap();
+            assert_eq!(decoded, superblock);
+            assert_eq!(decoded.state(), state);
+            assert_eq!(decoded.epoch(), 4);
+        }
+    }
+
+    #[test]
+    fn a_superblock_of_every_field_at_its_largest_fits_a_slot() {
+        let identity = Identity {
+            cluster: u128::MAX,
+            group: vec![b'g'; GROUP_MAX],
+            member: u128::MAX,
+            joined: u64::MAX,
+        };
+        let mut superblock = Superblock::new(identity, vec![0xff; META_MAX]);
+        let members: Vec<vsr::Member> = (0..vsr::MAX_REPLICAS as u8)
+            .map(|i| vsr::Member {
+                slot: 6 + i,
+                id: u128::MAX - i as u128,
+                joined: u64::MAX,
+                incarnation: u64::MAX,
+                life: u64::MAX,
+            })
+            .collect();
+        let change = vsr::ChangeId {
+            origin: u128::MAX,
+            id: u64::MAX,
+        };
+        superblock.set_state(&DurableState {
+            view: u64::MAX,
+            log_view: u64::MAX,
+            commit: u64::MAX,
+            incarnations: [u64::MAX; MAX_SLOTS],
+            recovering: true,
+            membership: Some(Membership::new(u64::MAX, change, &members).unwrap()),
+            role: Role::Removed,
+            fenced_epoch: u64::MAX,
+        });
+        superblock.sequence = u64::MAX;
+        superblock.life = Some(u64::MAX);
+        superblock.checkpoint = Some(CheckpointRef {
+            op: u64::MAX,
+            digest: u128::MAX,
+            len: u64::MAX,
+            slot: 1,
+        });
+        (superblock.wal_synced, superblock.wal_durable) = (u64::MAX, u64::MAX);
+        let slot = superblock.encode().expect("fits");
+        assert_eq!(Superblock::decode(&slot), Some(superblock));
+    }
+
+    #[test]
+    fn the_slot_comes_from_the_recorded_membership_or_the_genesis() {
+        let genesis = Membership::genesis(&[0xaaaa, 0xbbbb, 0xcccc]).unwrap();
+        let mut superblock = Superblock::new(
+            Identity {
+                member: 0xbbbb,
+                ..identity()
+            },
+            vec![],
+        );
+        assert_eq!(superblock.slot_in(&genesis), Some(1));
+        superblock.set_state(&far_state());
+        assert_eq!(superblock.slot_in(&genesis), Some(2));
+        // The same node admitted again later is another member.
+        superblock.identity.joined = 4;
+        assert_eq!(superblock.slot_in(&genesis), None);
+        superblock.identity.member = 0xcccc;
+        assert_eq!(superblock.slot_in(&genesis), None, "not in the recorded list");
+    }
+
+    /// The body of a superblock that format version 5's encoder wrote
+    /// (replica 1 of 3, a checkpoint, the second WAL file): bytes fixed
+    /// here, so that the decoder keeps reading what that version wrote.
+    const V5_BODY: &str = "07f7ccd5a2b4c6c88880deb7de9af1d9a2a3020e456c697869722e436f756e746572\
+                           0103046d65746104030903050607000108bc15ac0201018020e807";
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_format_5_superblock_reads_as_a_member_of_epoch_0() {
+        let slot = encode_slot(FORMAT_VERSION_5, &hex(V5_BODY)).unwrap();
+        assert_eq!(Superblock::version_of(&slot), Some(5));
+        let read = Superblock::decode(&slot).expect("format 5 is read");
+        let mut incarnations = [0; MAX_SLOTS];
+        incarnations[..3].copy_from_slice(&[5, 6, 7]);
+        let expected = Superblock {
+            sequence: 7,
+            identity: Identity {
+                cluster: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+                group: b"Elixir.Counter".to_vec(),
+                member: 1,
+                joined: 0,
+            },
+            meta: b"meta".to_vec(),
+            view: 4,
+            log_view: 3,
+            commit: 9,
+            incarnations,
+            recovering: false,
+            membership: None,
+            role: Role::Member,
+            fenced_epoch: 0,
+            life: None,
+            checkpoint: Some(CheckpointRef {
+                op: 8,
+                digest: 0xabc,
+                len: 300,
+                slot: 1,
+            }),
+            wal: 1,
+            wal_synced: 4096,
+            wal_durable: 1000,
+        };
+        assert_eq!(read, expected);
+        assert_eq!(read.slot_in(&Membership::numbered(3).unwrap()), Some(1));
+        // The test encoder writes those very bytes.
+        assert_eq!(encode_v5(&expected, 3), slot);
+        // Written again, it is format 6, and says the same.
+        let again = read.encode().unwrap();
+        assert_eq!(Superblock::version_of(&again), Some(FORMAT_VERSION));
+        assert_eq!(Superblock::decode(&again), Some(expected));
+        // Every flip is still caught, and a format-5 body that is not sane
+        // (the replica outside its cluster) is not read.
+        for byte in (0..SUPERBLOCK_HEADER + 64).step_by(3) {
+            let mut flipped = slot.clone();
+            flipped[byte] ^= 0x10;
+            assert_eq!(Superblock::decode(&flipped), None, "flip at {byte}");
+        }
+        let mut outside = hex(V5_BODY);
+        // After the group's name: the replica and the cluster's size.
+        let at = 7 + outside.windows(7).position(|w| w == b"Counter").unwrap();
+        assert_eq!(outside[at..at + 2], [1, 3]);
+        outside[at] = 3;
+        assert_eq!(Superblock::decode(&encode_slot(5, &outside).unwrap()), None);
+    }
+
+    #[test]
+    fn copies_of_either_version_are_read_and_the_highest_sequence_wins() {
+        let mut file = vec![0u8; SLOT_SIZE * SUPERBLOCK_COPIES];
+        let mut put = |slots: [usize; 2], bytes: &[u8]| {
+            for slot in slots {
+                file[slot * SLOT_SIZE..(slot + 1) * SLOT_SIZE].copy_from_slice(bytes);
+            }
+        };
+        let mut superblock = Superblock::new(identity(), vec![]);
+        superblock.sequence = 5;
+        superblock.view = 1;
+        put(Superblock::slots_of(5), &encode_v5(&superblock, 3));
+        let old = superblock.clone();
+        superblock.sequence = 6;
+        superblock.view = 2;
+        put(Superblock::slots_of(6), &superblock.encode().unwrap());
+        assert_eq!(current_superblock(&file), Some((superblock.clone(), 2)));
+        assert_eq!(foreign_version(&file), None);
+        // The format-6 copies torn: the format-5 ones stand.
+        for slot in Superblock::slots_of(6) {
+            file[slot * SLOT_SIZE] ^= 1;
+        }
+        assert_eq!(current_superblock(&file), Some((old, 2)));
+        assert_eq!(foreign_version(&file), None, "format 5 is read, not foreign");
     }
 
     #[test]

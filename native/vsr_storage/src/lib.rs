@@ -2,8 +2,8 @@
 //!
 //! Two files per replica: a **write-ahead log** of checksummed records,
 //! appended only, and a **superblock** holding the replica's durable state
-//! (view, log view, commit, crash vector) and identity, kept in four copies
-//! of which each update rewrites two. `docs/storage.md` documents the layout
+//! (view, log view, commit, crash vector, membership, role) and identity,
+//! kept in four copies of which each update rewrites two. `docs/storage.md` documents the layout
 //! byte by byte and the rules that make it safe.
 //!
 //! The byte formats ([`format`]) are pure; the [`Store`] applies a replica's

@@ -5,12 +5,12 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use vsr::{checksum, root_checksum, Checkpoint, DurableState, Op, Output, Prepare};
+use vsr::{checksum, root_checksum, Checkpoint, DurableState, Membership, Op, Output, Prepare, Role};
 
 use crate::disk::{Disk, Zone};
 use crate::format::{
     current_superblock, foreign_version, scan_wal_from, CheckpointRef, Identity, Record, Superblock,
-    WalDamage, WalScan, FORMAT_VERSION, SEAL_LEN, SLOT_SIZE,
+    WalDamage, WalScan, FORMAT_VERSION, FORMAT_VERSION_5, SEAL_LEN, SLOT_SIZE,
 };
 
 /// The WAL is compacted once the records before the durable checkpoint's
@@ -69,10 +69,11 @@ pub enum StoreError {
     Io(io::Error),
     /// Another live store holds the directory's lock (`FileDisk::open`).
     InUse(std::path::PathBuf),
-    /// The store belongs to another cluster, group or replica.
+    /// The store belongs to another cluster or group, or to another
+    /// member: another node, or an earlier membership of this one.
     Foreign {
-        expected: Identity,
-        found: Identity,
+        expected: Box<Identity>,
+        found: Box<Identity>,
     },
     /// The superblock file has bytes but no valid copy: the store cannot
     /// say whose it is or what it promised.
@@ -94,16 +95,7 @@ impl fmt::Display for StoreError {
             StoreError::InUse(dir) => write!(f, "{} is in use by another replica", dir.display()),
             StoreError::Foreign { expected, found } => write!(
                 f,
-                "the data directory belongs to another replica: it holds cluster {:032x}, group {:?}, \
-                 replica {} of {}, not cluster {:032x}, group {:?}, replica {} of {}",
-                found.cluster,
-                String::from_utf8_lossy(&found.group),
-                found.replica,
-                found.replica_count,
-                expected.cluster,
-                String::from_utf8_lossy(&expected.group),
-                expected.replica,
-                expected.replica_count
+                "the data directory belongs to another replica: it holds {found}, not {expected}"
             ),
             StoreError::NoSuperblock => write!(
                 f,
@@ -120,7 +112,8 @@ impl fmt::Display for StoreError {
             StoreError::Version(found) => write!(
                 f,
                 "the data directory holds storage format version {found}, and this version of Visor \
-                 reads only version {FORMAT_VERSION}; move it away to let this replica recover from its peers"
+                 reads only versions {FORMAT_VERSION_5} and {FORMAT_VERSION}; move it away to let this \
+                 replica recover from its peers"
             ),
         }
     }
@@ -139,13 +132,20 @@ pub enum Creation {
     Fresh,
     /// A replica that lost its state and rejoins a cluster that ran.
     Recovering,
+    /// A learner (docs/design/membership.md, 2.5): role `Learner` from the
+    /// store's first superblock on, so a crash before its first sync
+    /// restarts a learner, never a member; `life` is the number its host
+    /// drew for it, kept for as long as the store lives
+    /// ([`Store::life`]).
+    Learner { life: u64 },
 }
 
 /// How the replica of an opened store starts.
 #[derive(Debug)]
 pub enum Opened {
-    /// The store was empty and has been created: a fresh replica.
-    Created,
+    /// The store was empty and has been created: a fresh replica, whose
+    /// durable state is `state` (what `Creation` recorded).
+    Created { state: DurableState },
     /// Restart from what the store holds (`Replica::restart_from`, with
     /// `checkpoint`). `torn` is the offset of a torn tail that was cut off,
     /// if there was one.
@@ -172,6 +172,29 @@ pub enum Opened {
     /// (`Replica::recovering_from`). The store has recorded that it is
     /// recovering and emptied its log.
     Recover { state: DurableState, reason: String },
+}
+
+impl Opened {
+    /// The durable state the replica starts from: its role and membership
+    /// are the store's, whatever the host expected.
+    pub fn state(&self) -> &DurableState {
+        match self {
+            Opened::Created { state }
+            | Opened::Restart { state, .. }
+            | Opened::Repair { state, .. }
+            | Opened::Recover { state, .. } => state,
+        }
+    }
+
+    /// What the replica is in its membership.
+    pub fn role(&self) -> Role {
+        self.state().role
+    }
+
+    /// The membership the store records; `None` for the genesis.
+    pub fn membership(&self) -> Option<Membership> {
+        self.state().membership
+    }
 }
 
 /// Counters for `status`.
@@ -321,7 +344,10 @@ impl<D: Disk> Store<D> {
     /// state) is recovering from the store's creation on: a crash before
     /// its first sync restarts it into recovery, never as a normal replica
     /// with an empty log at view 0 (a review found that window: the store
-    /// said "not recovering" until the replica's first sync).
+    /// said "not recovering" until the replica's first sync). A learner's
+    /// store is a learner's from its creation on (`Creation::Learner`).
+    /// A store that exists is opened as it is, whatever `creation` says:
+    /// its role and membership come back in `Opened`'s state.
     pub fn open_with(
         mut disk: D,
         identity: Identity,
@@ -335,12 +361,18 @@ impl<D: Disk> Store<D> {
         let (store, opened) = match found {
             None => {
                 let mut store = Store::blank(disk, identity, meta);
-                let state = DurableState {
-                    recovering: creation == Creation::Recovering,
-                    ..store.superblock.state()
-                };
+                let mut state = store.superblock.state();
+                match creation {
+                    Creation::Fresh => {}
+                    Creation::Recovering => state.recovering = true,
+                    Creation::Learner { life } => {
+                        state.role = Role::Learner;
+                        store.superblock.life = Some(life);
+                    }
+                }
                 let created = store.write_superblock(state, None);
-                (store, created.map(|()| Opened::Created).map_err(StoreError::from))
+                let opened = created.map(|()| Opened::Created { state });
+                (store, opened.map_err(StoreError::from))
             }
             Some(found) => Store::resume(disk, found),
         };
@@ -378,8 +410,8 @@ impl<D: Disk> Store<D> {
         let (superblock, copies) = current_superblock(&file).ok_or_else(|| no_superblock(&file))?;
         if superblock.identity != *identity {
             return Err(StoreError::Foreign {
-                expected: identity.clone(),
-                found: superblock.identity,
+                expected: Box::new(identity.clone()),
+                found: Box::new(superblock.identity),
             });
         }
         let checkpoint = match superblock.checkpoint {
@@ -1111,6 +1143,12 @@ impl<D: Disk> Store<D> {
         &self.superblock
     }
 
+    /// A learner's store: the life its host drew when it created it
+    /// (`Creation::Learner`); `None` for a store created as a member's.
+    pub fn life(&self) -> Option<u64> {
+        self.superblock.life
+    }
+
     /// Checks what always holds of the store's bookkeeping: one checksum
     /// and one record offset per entry of the staged log `base+1..=op`
     /// (offsets increasing), a hole inside that log and named by its
@@ -1215,8 +1253,8 @@ mod tests {
         Identity {
             cluster: 3,
             group: b"Elixir.Counter".to_vec(),
-            replica: 0,
-            replica_count: 3,
+            member: 0,
+            joined: 0,
         }
     }
 
@@ -1291,7 +1329,7 @@ mod tests {
     /// A store holding `entries`, all synced, and `state`.
     fn store_with(entries: &[Arc<Prepare>], durable: DurableState) -> Store<MemDisk> {
         let (mut store, opened) = open(MemDisk::default());
-        assert!(matches!(opened, Opened::Created));
+        assert!(matches!(opened, Opened::Created { .. }));
         store
             .stage(&Output::WriteLog {
                 after: 0,
@@ -2033,7 +2071,7 @@ mod tests {
             match open(store.into_disk()).1 {
                 Opened::Restart { entries: found, .. } => assert_eq!(found, entries, "by {by}"),
                 Opened::Repair { .. } | Opened::Recover { .. } => {}
-                Opened::Created => panic!("by {by}: created"),
+                Opened::Created { .. } => panic!("by {by}: created"),
             }
         }
     }
@@ -2127,17 +2165,26 @@ mod tests {
                 ..identity()
             },
             Identity {
-                replica: 1,
+                member: 1,
+                ..identity()
+            },
+            // An earlier membership of the same node.
+            Identity {
+                joined: 2,
                 ..identity()
             },
         ] {
-            let Err(error) = Store::open(disk.clone(), other, vec![]) else {
+            let Err(error) = Store::open(disk.clone(), other.clone(), vec![]) else {
                 panic!("a foreign store opened")
             };
+            let message = error.to_string();
+            assert!(message.contains("belongs to another replica"), "{message}");
+            // Both identities, readably.
             assert!(
-                error.to_string().contains("belongs to another replica"),
-                "{error}"
+                message.contains(&format!("holds {}, not {other}", identity())),
+                "{message}"
             );
+            assert!(message.contains("group \"Elixir.Counter\""), "{message}");
         }
         disk.crash(CrashCut { kept: 0, torn: None });
         let after = (
@@ -2438,6 +2485,167 @@ mod tests {
             .error;
         assert!(matches!(error, StoreError::Version(2)), "{error}");
         assert!(error.to_string().contains("format version 2"), "{error}");
+    }
+
+    /// A store like `store_with`'s whose superblock copies are all format
+    /// 5, as that version wrote them (a cluster of 3; crash vector `[1, 2, 3]`).
+    fn format_5_store(entries: &[Arc<Prepare>]) -> (MemDisk, DurableState) {
+        let mut durable = state(2, 2, entries.len() as Op);
+        durable.incarnations[..3].copy_from_slice(&[1, 2, 3]);
+        let mut disk = store_with(entries, durable).into_disk();
+        let mut file = disk.read(Zone::Superblock).unwrap();
+        for slot in file.chunks_mut(SLOT_SIZE) {
+            if let Some(superblock) = Superblock::decode(slot) {
+                slot.copy_from_slice(&crate::format::encode_v5(&superblock, 3));
+            }
+        }
+        disk.write(Zone::Superblock, 0, &file).unwrap();
+        disk.sync(Zone::Superblock).unwrap();
+        (disk, durable)
+    }
+
+    /// The format versions of the superblock file's copies, slot by slot.
+    fn versions(disk: &mut MemDisk) -> Vec<Option<u16>> {
+        let file = disk.read(Zone::Superblock).unwrap();
+        file.chunks(SLOT_SIZE).map(Superblock::version_of).collect()
+    }
+
+    #[test]
+    fn a_format_5_store_restarts_in_epoch_0_and_its_next_write_is_format_6() {
+        let entries = chain(&[], 4, 0);
+        let (mut disk, durable) = format_5_store(&entries);
+        assert!(versions(&mut disk).iter().flatten().all(|&v| v == 5));
+        let (mut store, opened) = open(disk);
+        let (restored, log) = restarted(&opened);
+        assert_eq!((restored, &log), (durable, &entries));
+        assert_eq!((opened.role(), opened.membership()), (Role::Member, None));
+        assert_eq!(store.life(), None);
+        // Restarted, the replica is in the genesis, epoch 0.
+        let (replica, _) = vsr::Replica::restart(vsr::Config::new(3, 3), 0, restored, log).unwrap();
+        assert_eq!(replica.membership().epoch(), 0);
+        assert_eq!(replica.durable_state().incarnations, durable.incarnations);
+        // Opening wrote nothing: both copies of the newest update were intact.
+        assert!(versions(store.disk_mut()).iter().flatten().all(|&v| v == 5));
+        // The next superblock write is format 6, beside the format-5 copies
+        // of the update before it; a reopen reads the newer.
+        let next = state(3, 3, 4);
+        store.stage(&Output::WriteState(Box::new(next))).unwrap();
+        store.sync().unwrap();
+        let sequence = store.superblock().sequence;
+        let mut disk = store.into_disk();
+        let found = versions(&mut disk);
+        for slot in Superblock::slots_of(sequence) {
+            assert_eq!(found[slot], Some(FORMAT_VERSION));
+        }
+        for slot in Superblock::slots_of(sequence - 1) {
+            assert_eq!(found[slot], Some(FORMAT_VERSION_5));
+        }
+        let (_, opened) = open(disk);
+        assert_eq!(restarted(&opened), (next, entries));
+    }
+
+    #[test]
+    fn a_crash_while_a_format_5_store_first_writes_format_6_leaves_either() {
+        let entries = chain(&[], 4, 0);
+        let next = state(3, 3, 4);
+        for n in 0..4 {
+            for cut in cuts() {
+                let (disk, durable) = format_5_store(&entries);
+                let (mut store, _) = open(disk);
+                store.stage(&Output::WriteState(Box::new(next))).unwrap();
+                store.disk.crash_after = Some(n);
+                let synced = store.sync().is_ok();
+                let mut disk = store.into_disk();
+                disk.crash(cut);
+                let (_, opened) = open(disk);
+                let (found, log) = restarted(&opened);
+                assert_eq!(log, entries, "n {n} {cut:?}");
+                assert!(found == durable || found == next, "n {n} {cut:?}: {found:?}");
+                if synced {
+                    assert_eq!(found, next);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_learners_store_restarts_a_learner_with_its_life() {
+        let learner = Creation::Learner { life: 0x11fe };
+        let (store, opened) = Store::open_with(MemDisk::default(), identity(), vec![], learner).unwrap();
+        assert!(matches!(opened, Opened::Created { .. }));
+        assert_eq!((opened.role(), opened.membership()), (Role::Learner, None));
+        assert_eq!(store.life(), Some(0x11fe));
+        // A crash before its first sync, whatever the creation a reopen
+        // asks for: the store is a learner's.
+        let mut disk = store.into_disk();
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let (mut store, opened) = Store::open_with(disk, identity(), vec![], Creation::Fresh).unwrap();
+        let (restored, log) = restarted(&opened);
+        assert_eq!(restored.role, Role::Learner);
+        assert!(log.is_empty());
+        assert_eq!(store.life(), Some(0x11fe));
+        // The life outlives every write, the role changes with the state.
+        let entries = chain(&[], 2, 0);
+        store
+            .stage(&Output::WriteLog {
+                after: 0,
+                entries: entries.clone(),
+            })
+            .unwrap();
+        store
+            .stage(&Output::WriteState(Box::new(state(1, 1, 2))))
+            .unwrap();
+        store.sync().unwrap();
+        let (store, opened) = open(store.into_disk());
+        assert_eq!(restarted(&opened), (state(1, 1, 2), entries));
+        assert_eq!((opened.role(), store.life()), (Role::Member, Some(0x11fe)));
+        // A store created as a member's has no life.
+        let (store, opened) = open(MemDisk::default());
+        assert_eq!((opened.role(), store.life()), (Role::Member, None));
+        // Whether the learner's creation tore or not: no store, or a learner's.
+        for n in 0..3 {
+            for cut in cuts() {
+                let mut disk = MemDisk::default();
+                disk.crash_after = Some(n);
+                let created = Store::open_with(disk, identity(), vec![], learner);
+                let Err(Unopened { mut disk, .. }) = created else {
+                    continue;
+                };
+                disk.crash(cut);
+                let (store, opened) = open(disk);
+                match opened {
+                    Opened::Created { .. } => assert_eq!(store.life(), None),
+                    _ => {
+                        assert_eq!(opened.role(), Role::Learner, "n {n} {cut:?}");
+                        assert_eq!(store.life(), Some(0x11fe));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_role_and_membership_comes_back_from_the_store() {
+        let member = |slot, id| vsr::Member {
+            slot,
+            id,
+            ..vsr::Member::default()
+        };
+        let membership = Membership::new(
+            2,
+            vsr::ChangeId { origin: 1, id: 1 },
+            &[member(3, 9), member(1, 1)],
+        )
+        .unwrap();
+        for role in [Role::Member, Role::Learner, Role::Leaving, Role::Removed] {
+            let mut durable = state(1, 1, 0);
+            (durable.membership, durable.role, durable.fenced_epoch) = (Some(membership), role, 1);
+            durable.incarnations[9] = 4;
+            let store = store_with(&[], durable);
+            let (_, opened) = open(store.into_disk());
+            assert_eq!(*opened.state(), durable);
+            assert_eq!((opened.role(), opened.membership()), (role, Some(membership)));
+        }
     }
 
     #[test]
