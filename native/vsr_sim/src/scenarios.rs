@@ -2012,6 +2012,58 @@ pub fn withdrawn_change_is_never_proposed_from_a_late_reconfigure(options: Optio
     settle(&mut sim)
 }
 
+/// The design's break 6: the primary commits the entry at op N, enters the
+/// new epoch, and crashes before its last `Commit` of the old epoch
+/// reaches anyone. The others hold N but do not know it committed; the old
+/// epoch keeps running for them, so its next view commits N again (the
+/// same entry: it was committed, so every view-change quorum holds it),
+/// and they enter by that commit. Had they stopped taking part in the old
+/// epoch on hearing of the new one, neither list could ever commit N.
+/// Disk mode: the old primary comes back in the new epoch, and the
+/// removed member stops once both members entered.
+pub fn old_epoch_commits_the_entry_when_the_new_primary_is_lost(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    let next = sim.replica(0).op() + 1;
+    for to in [1, 2] {
+        sim.network.hold(0, to);
+    }
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    // The entry reaches the backups; nothing after it does.
+    for to in [1, 2] {
+        for bytes in sim.network.take_held(0, to) {
+            let now = sim.tick;
+            sim.network.deliver(now, 0, to, bytes);
+        }
+    }
+    sim.run_until(PHASE_TICKS, "the backups hold the entry", |s| {
+        s.replica(1).op() == next && s.replica(2).op() == next
+    })?;
+    for to in [1, 2] {
+        sim.network.hold(0, to);
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 commits the entry and enters", |s| {
+        s.replica(0).membership().epoch() == 1
+    })?;
+    sim.crash(0);
+    for to in [1, 2] {
+        sim.network.take_held(0, to);
+    }
+    if sim.replica(1).commit_max() >= next {
+        return Err(failure(&sim, "setup: replica 1 learned the entry committed".into()));
+    }
+    sim.run_until(PHASE_TICKS, "the old epoch commits the entry again", |s| {
+        s.replica(1).membership().epoch() == 1 && s.replica(2).role() == Role::Leaving
+    })?;
+    sim.restart(0);
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| !s.removed.is_empty())?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    in_epoch(&sim, 1, &[0, 1], &[2])?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
 /// The entry is prepared at op N by a primary cut off at once: no one
 /// else gets it, and the next view goes on without it. The origin (a
 /// backup, which consented to N) submits again; the new primary, whose

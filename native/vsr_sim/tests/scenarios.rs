@@ -305,3 +305,8 @@ fn reconfiguration_lost_in_a_view_change_is_proposed_again() {
 fn withdrawn_change_is_never_proposed_from_a_late_reconfigure() {
     scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(options(3, 1)).unwrap();
 }
+
+#[test]
+fn old_epoch_commits_the_entry_when_the_new_primary_is_lost() {
+    scenarios::old_epoch_commits_the_entry_when_the_new_primary_is_lost(options(3, 1)).unwrap();
+}
