@@ -2170,3 +2170,52 @@ pub fn origin_that_syncs_past_its_consent_answers(options: Options) -> Result<()
     }
     settle(&mut sim)
 }
+
+/// Review break (the design's break 8, which step 6 was to answer): a
+/// replica that restarts `Repairing` from a superblock of the old epoch
+/// never repairs once its peers entered the new one. The gate answers its
+/// `RequestEntry` (epoch 0) with an `EpochNotice` only (rule 2 serves no
+/// `RequestEntry` across epochs), and a repairing replica ignores the
+/// notice (`on_envelope` sends it to `outside_the_gate` before the
+/// repairing branch, and `on_epoch_notice` returns while `Repairing`),
+/// although it holds the entry the notice names.
+///
+/// Four replicas, 3 removed: epoch 1 is {0, 1, 2}. Replica 1 gets the
+/// entry but not the last `Commit` of epoch 0. 0, 2 and 3 enter. Replica
+/// 1 loses power, one of its WAL records rots (op 2, committed long
+/// before), and it restarts `Repairing` in epoch 0; then replica 2 fails.
+/// Replicas 0 and 1, a quorum of the new list, are up and connected.
+pub fn repairing_replica_from_the_old_epoch_repairs(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 1 holds the entry", |s| {
+        s.replica(1).op() == next
+    })?;
+    sim.network.set_link(0, 1, false);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    if sim.replica(1).membership().epoch() != 0 {
+        return Err(failure(&sim, "replica 1 entered without the last commit".into()));
+    }
+    sim.crash(1);
+    if !sim.rot_wal_entry(1, 2) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 2".into()));
+    }
+    sim.restart(1);
+    if sim.replica(1).repairing().is_none() {
+        return Err(failure(&sim, "replica 1 did not restart repairing".into()));
+    }
+    sim.crash(2);
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS * 2, "replica 1 enters epoch 1", |s| {
+        s.replica(1).membership().epoch() == 1 && s.replica(1).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
