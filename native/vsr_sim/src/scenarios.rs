@@ -2162,9 +2162,16 @@ pub fn origin_that_syncs_past_its_consent_answers(options: Options) -> Result<()
     sim.run_until(PHASE_TICKS, "replica 2 passes op N", |s| {
         s.replica(2).commit() > next + 8
     })?;
-    sim.run_until(PHASE_TICKS * 2, "the origin answers its host", |s| {
+    let answered = sim.run_until(PHASE_TICKS * 2, "the origin answers its host", |s| {
         s.reconfigured(2, 5).is_some()
-    })?;
+    });
+    if let Some(op) = sim.replica(2).consent().filter(|_| answered.is_err()) {
+        return Err(failure(
+            &sim,
+            format!("the origin, synced past op {op}, still holds its consent at it"),
+        ));
+    }
+    answered?;
     if sim.replicas().any(|r| r.membership().epoch() != 0) {
         return Err(failure(&sim, "the change was made".into()));
     }
