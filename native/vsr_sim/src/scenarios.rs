@@ -2102,3 +2102,179 @@ pub fn reconfiguration_lost_in_a_view_change_is_proposed_again(options: Options)
     }
     Ok(())
 }
+
+// ---- Review 6: breaks found in step 6 of the membership design -----------
+
+/// Review break: a `Leaving` replica cannot restart from its disk. Its
+/// durable state records the epoch it was left out of, whose list does not
+/// hold its slot, so `Replica::restart_from` refuses to build it ("replica
+/// index 2 outside a cluster of 2") and the host fails to boot: the
+/// replica neither finishes leaving nor serves, and its host never hears
+/// `Removed`.
+///
+/// Three replicas; replica 2 is removed. The link from 1 to 2 is down, so
+/// 2 hears `EpochStarted` from 0 only (a quorum of {0, 1} is two) and
+/// stays `Leaving`. It crashes and restarts from its disk.
+pub fn leaving_replica_restarts_from_disk(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.network.set_link(1, 2, false);
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1, leaving", |s| {
+        s.replica(2).role() == Role::Leaving
+    })?;
+    sim.run_ticks(50)?;
+    sim.crash(2);
+    if !sim.restart_with_fault(2, |_| {}) {
+        return Err(failure(
+            &sim,
+            "replica 2, leaving, failed to restart from its disk".into(),
+        ));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[0, 1], &[2])?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Review break: a replica restarted from its disk in the new epoch has
+/// forgotten where the epoch began (`epoch_start` is `(0, 0)` after
+/// `restart_from`: it is set only by `enter_epoch`, and the replay skips
+/// an entry of an epoch already entered), so its `EpochNotice`s name op 0,
+/// which `on_epoch_notice` ignores. A member still in the old epoch that
+/// holds the entry then never enters, and the new list wedges with its
+/// quorum up and connected.
+///
+/// Three replicas, 2 removed: epoch 1 is {0, 1}, both needed. Replica 1
+/// gets the entry but not the last `Commit` of epoch 0 (link 0 -> 1 down
+/// once it holds the entry). Replica 0 commits it (with 2), enters epoch
+/// 1, crashes and restarts from its disk; replica 2 dies. Replicas 0 and 1
+/// are up and connected, a quorum of the new list; 1 holds the entry with
+/// the checksum 0 would name.
+pub fn epoch_notice_after_a_restart_names_the_start(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 1 holds the entry", |s| {
+        s.replica(1).op() == next
+    })?;
+    sim.network.set_link(0, 1, false);
+    sim.network.set_link(1, 0, false);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_ticks(50)?;
+    if sim.replica(1).membership().epoch() != 0 {
+        return Err(failure(&sim, "replica 1 entered without the last commit".into()));
+    }
+    sim.crash(0);
+    sim.crash(2);
+    sim.dead[2] = true;
+    sim.restart(0);
+    if sim.replica(0).membership().epoch() != 1 {
+        return Err(failure(&sim, "replica 0 restarted outside epoch 1".into()));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS * 2, "replica 1 enters epoch 1", |s| {
+        s.replica(1).membership().epoch() == 1
+    })?;
+    commit(&mut sim, 0, 0)?;
+    Ok(())
+}
+
+/// Review break: an origin whose consent at op N is outstanding and that
+/// passes N by installing a checkpoint (state sync) keeps the consent for
+/// ever: `origin_executed` runs only for ops it executes. It then never
+/// answers its host (`tick_origin` answers at the deadline only with no
+/// consent outstanding), never consents to any other op, and refuses
+/// every later change as `Busy`.
+///
+/// Replica 2, a backup, asks to remove itself. It consents at N and is
+/// cut off at once, so its `Confirmed` is lost. The primary goes on
+/// committing commands at N and beyond, with checkpoints every 4 ops, far
+/// past 2's log; 2 comes back and syncs a checkpoint past N.
+pub fn origin_that_syncs_past_its_consent_answers(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(2, 5, &[0, 1], PHASE_TICKS / 2)?;
+    sim.run_until(PHASE_TICKS, "the origin consents", |s| {
+        s.replica(2).consent() == Some(next)
+    })?;
+    let n = sim.n();
+    sim.network.partition(n, &[2], true, true);
+    for i in 0..24 {
+        let c = i % sim.clients.len();
+        commit(&mut sim, c, 0)?;
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 passes op N", |s| {
+        s.replica(2).commit() > next + 8
+    })?;
+    let answered = sim.run_until(PHASE_TICKS * 2, "the origin answers its host", |s| {
+        s.reconfigured(2, 5).is_some()
+    });
+    if let Some(op) = sim.replica(2).consent().filter(|_| answered.is_err()) {
+        return Err(failure(
+            &sim,
+            format!("the origin, synced past op {op}, still holds its consent at it"),
+        ));
+    }
+    answered?;
+    if sim.replicas().any(|r| r.membership().epoch() != 0) {
+        return Err(failure(&sim, "the change was made".into()));
+    }
+    settle(&mut sim)
+}
+
+/// Review break (the design's break 8, which step 6 was to answer): a
+/// replica that restarts `Repairing` from a superblock of the old epoch
+/// never repairs once its peers entered the new one. The gate answers its
+/// `RequestEntry` (epoch 0) with an `EpochNotice` only (rule 2 serves no
+/// `RequestEntry` across epochs), and a repairing replica ignores the
+/// notice (`on_envelope` sends it to `outside_the_gate` before the
+/// repairing branch, and `on_epoch_notice` returns while `Repairing`),
+/// although it holds the entry the notice names.
+///
+/// Four replicas, 3 removed: epoch 1 is {0, 1, 2}. Replica 1 gets the
+/// entry but not the last `Commit` of epoch 0. 0, 2 and 3 enter. Replica
+/// 1 loses power, one of its WAL records rots (op 2, committed long
+/// before), and it restarts `Repairing` in epoch 0; then replica 2 fails.
+/// Replicas 0 and 1, a quorum of the new list, are up and connected.
+pub fn repairing_replica_from_the_old_epoch_repairs(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 1 holds the entry", |s| {
+        s.replica(1).op() == next
+    })?;
+    sim.network.set_link(0, 1, false);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    if sim.replica(1).membership().epoch() != 0 {
+        return Err(failure(&sim, "replica 1 entered without the last commit".into()));
+    }
+    sim.crash(1);
+    if !sim.rot_wal_entry(1, 2) {
+        return Err(failure(&sim, "replica 1's WAL holds no record of op 2".into()));
+    }
+    sim.restart(1);
+    if sim.replica(1).repairing().is_none() {
+        return Err(failure(&sim, "replica 1 did not restart repairing".into()));
+    }
+    sim.crash(2);
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS * 2, "replica 1 enters epoch 1", |s| {
+        s.replica(1).membership().epoch() == 1 && s.replica(1).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
