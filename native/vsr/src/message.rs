@@ -263,8 +263,9 @@ pub enum Message {
     /// quorum vouches for) at or after `op`, or 0 if it has none.
     NoEntry { op: Op, checksum: u128, checkpoint: Op },
     /// A member asks the primary for a change of the membership to
-    /// `target` (its `change` names it), resent until answered.
-    Reconfigure { target: Membership },
+    /// `target` (its `change` names it), resent until answered; the
+    /// primary gives it up after `ticks` without the origin's consent.
+    Reconfigure { target: Membership, ticks: u64 },
     /// The primary's answer to `Reconfigure` (and its word to the origin
     /// when it gives the change up).
     ReconfigureAnswer { change: ChangeId, answer: Answer },
@@ -492,9 +493,10 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
         | Message::RecoveryFenced { view, .. }
         | Message::Confirm { view, .. }
         | Message::Confirmed { view, .. } => [*view, 0],
-        Message::Reconfigure { target: membership } | Message::EpochNotice { membership, .. } => {
-            [membership.epoch(), 0]
+        Message::Reconfigure {
+            target: membership, ..
         }
+        | Message::EpochNotice { membership, .. } => [membership.epoch(), 0],
         Message::EpochStarted { epoch } | Message::Leaving { epoch } => [*epoch, 0],
         Message::StartViewChange { view, current } => [*view, *current],
         Message::DoViewChange { view, log_view, .. } => [*view, *log_view],

@@ -92,7 +92,11 @@ impl Replica {
         let change = ChangeId { origin: self.id, id };
         let refusal = if self.role != Role::Member || self.status == Status::Recovering {
             Some(ChangeResult::NotMember)
-        } else if self.origin_change.as_ref().is_some_and(|o| o.id != id) {
+        } else if self
+            .origin_change
+            .as_ref()
+            .is_some_and(|o| o.id != id || o.target != target)
+        {
             Some(ChangeResult::Busy)
         } else if target.epoch() != self.membership.epoch() + 1 || target.change() != change {
             Some(ChangeResult::Stale)
@@ -125,14 +129,15 @@ impl Replica {
         };
         origin.sent_tick = self.ticks;
         let target = origin.target;
+        let ticks = origin.deadline.saturating_sub(self.ticks);
         if self.status != Status::Normal {
             return; // retried once a view is running
         }
         if self.is_primary_of_view() {
-            self.on_reconfigure(self.index, target);
+            self.on_reconfigure(self.index, target, ticks);
         } else {
             let primary = self.primary();
-            self.send(primary, &Message::Reconfigure { target });
+            self.send(primary, &Message::Reconfigure { target, ticks });
         }
     }
 
@@ -240,23 +245,36 @@ impl Replica {
         }
     }
 
+    /// The origin installed a checkpoint of its own epoch at `op`: had its
+    /// change committed at the op it consented to, at or below `op`, the
+    /// checkpoint would be of the next epoch (a replica installs only its
+    /// own epoch's). So that op went to another entry: the consent is
+    /// spent, as if the origin had executed it.
+    pub(crate) fn origin_synced_past(&mut self, op: Op) {
+        if let Some(origin) = self.origin_change.as_mut() {
+            if origin.consent.is_some_and(|n| n <= op) {
+                origin.consent = None;
+            }
+        }
+    }
+
     // ---- Primary ---------------------------------------------------------
 
     /// A member asks for a change (or the primary's own host does, through
     /// `from == self.index`).
-    pub(crate) fn on_reconfigure(&mut self, from: Slot, target: Membership) {
+    pub(crate) fn on_reconfigure(&mut self, from: Slot, target: Membership, ticks: u64) {
         if !self.is_primary() {
             return; // the origin retries towards the right primary
         }
         let change = target.change();
-        let answer = self.admit(from, target);
+        let answer = self.admit(from, target, ticks);
         self.answer_origin(from, change, answer);
         if answer == Answer::Admitted {
             self.try_propose();
         }
     }
 
-    fn admit(&mut self, from: Slot, target: Membership) -> Answer {
+    fn admit(&mut self, from: Slot, target: Membership, ticks: u64) -> Answer {
         let change = target.change();
         if let Some((op, pending)) = self.pending_reconfiguration() {
             return if pending.change() == change {
@@ -301,9 +319,9 @@ impl Replica {
             view: self.view,
             target,
             origin: from,
-            deadline: self
-                .ticks
-                .saturating_add(self.config.view_change_ticks.saturating_mul(4)),
+            // The origin's own deadline, as it said (it answers its host
+            // then, unless it consented meanwhile).
+            deadline: self.ticks.saturating_add(ticks),
             asked: None,
         });
         Answer::Admitted
@@ -485,6 +503,15 @@ impl Replica {
             "the old epoch prepares nothing after its entry"
         );
         let old = self.membership;
+        if self
+            .origin_change
+            .as_ref()
+            .is_some_and(|o| o.target.epoch() <= target.epoch())
+        {
+            // Another change made this epoch (its own answered `Done`
+            // before this): the list it asked to change is gone.
+            self.finish_origin(ChangeResult::Stale);
+        }
         self.membership = target;
         self.epoch_start = start;
         self.role = if target.is_member(self.index, self.id) {
@@ -617,6 +644,15 @@ impl Replica {
     pub(crate) fn outside_the_gate(&mut self, sender: Sender, message: Message) {
         let epoch = self.membership.epoch();
         if sender.epoch < epoch {
+            // An entry is named by its checksum, true in any epoch: a
+            // replica repairing from an older epoch's superblock gets it
+            // here (design break 8). Its refusals count only within one
+            // epoch, so there is no `NoEntry` across.
+            if let Message::RequestEntry { op, checksum } = message {
+                if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum).cloned() {
+                    self.send_to(sender.slot, sender.id, &Message::Entry { entry });
+                }
+            }
             // Its sender is behind, or was left out: tell it the epoch.
             return self.notify_epoch(sender.slot, sender.id);
         }

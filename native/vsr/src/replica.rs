@@ -75,6 +75,12 @@ pub struct DurableState {
     /// The epoch in which the replica last fenced its incarnation
     /// (docs/design/membership.md, 2.10): 0 until epochs change.
     pub fenced_epoch: Epoch,
+    /// The op and checksum of the reconfiguration entry that began its
+    /// epoch ((0, 0) in the genesis): what its `EpochNotice`s name, so that
+    /// a replica behind that holds the entry takes it as committed. Kept
+    /// because the log may lose the entry (a restart replays only what is
+    /// past the durable epoch; a checkpoint truncates the log).
+    pub epoch_start: (Op, u128),
 }
 
 /// What a replica is in its membership. Today every replica is a
@@ -387,11 +393,20 @@ impl Replica {
     ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
         let membership = state.membership.unwrap_or(config.genesis);
-        let Some(&me) = membership.member(index) else {
-            return Err(format!(
-                "replica index {index} outside a cluster of {}",
-                membership.n()
-            ));
+        let me = match membership.member(index) {
+            Some(&me) => me,
+            // Left out of its epoch, it restarts leaving (or removed), as
+            // the member it was: until learners exist (membership design,
+            // step 8) every replica is a member of the genesis.
+            None if state.role != Role::Member && config.genesis.contains(index) => {
+                *config.genesis.member(index).expect("contained")
+            }
+            None => {
+                return Err(format!(
+                    "replica index {index} outside a cluster of {}",
+                    membership.n()
+                ))
+            }
         };
         if state.log_view > state.view {
             return Err("log_view is ahead of view".into());
@@ -460,7 +475,7 @@ impl Replica {
             recovery: None,
             change: None,
             origin_change: None,
-            epoch_start: (0, 0),
+            epoch_start: state.epoch_start,
             epoch_started: 0,
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
@@ -603,6 +618,7 @@ impl Replica {
             membership: Some(self.membership),
             role: self.role,
             fenced_epoch: self.fenced_epoch,
+            epoch_start: self.epoch_start,
         }
     }
 
@@ -824,7 +840,7 @@ impl Replica {
             Message::RequestCheckpoint { op, digest, offset } => {
                 self.on_request_checkpoint(from, (op, digest), offset)
             }
-            Message::Reconfigure { target } => self.on_reconfigure(from, target),
+            Message::Reconfigure { target, ticks } => self.on_reconfigure(from, target, ticks),
             Message::ReconfigureAnswer { change, answer } => self.on_reconfigure_answer(change, answer),
             Message::Confirm { change, view, op } => self.on_confirm(from, change, view, op),
             Message::Confirmed { change, view, op } => self.on_confirmed(change, view, op),

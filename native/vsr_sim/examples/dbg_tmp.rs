@@ -5,7 +5,9 @@ fn main() {
     scenarios::register_all(&mut sim, 1).unwrap();
     scenarios::commit(&mut sim, 0, 1).unwrap();
     println!("{}", sim.describe());
-    for to in [1, 2] { sim.network.hold(0, to); }
+    for to in [1, 2] {
+        sim.network.hold(0, to);
+    }
     sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS).unwrap();
     println!("{}", sim.describe());
     println!("{:?}", sim.reconfigured);

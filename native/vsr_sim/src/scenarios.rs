@@ -2051,7 +2051,10 @@ pub fn old_epoch_commits_the_entry_when_the_new_primary_is_lost(options: Options
         sim.network.take_held(0, to);
     }
     if sim.replica(1).commit_max() >= next {
-        return Err(failure(&sim, "setup: replica 1 learned the entry committed".into()));
+        return Err(failure(
+            &sim,
+            "setup: replica 1 learned the entry committed".into(),
+        ));
     }
     sim.run_until(PHASE_TICKS, "the old epoch commits the entry again", |s| {
         s.replica(1).membership().epoch() == 1 && s.replica(2).role() == Role::Leaving
@@ -2185,16 +2188,20 @@ pub fn epoch_notice_after_a_restart_names_the_start(options: Options) -> Result<
 }
 
 /// Review break: an origin whose consent at op N is outstanding and that
-/// passes N by installing a checkpoint (state sync) keeps the consent for
-/// ever: `origin_executed` runs only for ops it executes. It then never
-/// answers its host (`tick_origin` answers at the deadline only with no
-/// consent outstanding), never consents to any other op, and refuses
-/// every later change as `Busy`.
+/// passes N by installing a checkpoint (state sync) kept the consent for
+/// ever (`origin_executed` runs only for ops it executes): it never
+/// answered its host (`tick_origin` answers at the deadline only with no
+/// consent outstanding), never consented to any other op, and refused
+/// every later change as `Busy`. Now a checkpoint of its own epoch at or
+/// past N spends the consent (had the change committed at N, the
+/// checkpoint would be of the next epoch).
 ///
 /// Replica 2, a backup, asks to remove itself. It consents at N and is
 /// cut off at once, so its `Confirmed` is lost. The primary goes on
 /// committing commands at N and beyond, with checkpoints every 4 ops, far
-/// past 2's log; 2 comes back and syncs a checkpoint past N.
+/// past 2's log; 2 comes back and syncs a checkpoint past N. Its change,
+/// open again, is then proposed at a later op and made (or, had its
+/// deadline passed first, answered "no" and never made).
 pub fn origin_that_syncs_past_its_consent_answers(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
     register_all(&mut sim, 0)?;
@@ -2224,9 +2231,16 @@ pub fn origin_that_syncs_past_its_consent_answers(options: Options) -> Result<()
         ));
     }
     answered?;
-    if sim.replicas().any(|r| r.membership().epoch() != 0) {
-        return Err(failure(&sim, "the change was made".into()));
+    let made = sim.replicas().any(|r| r.membership().epoch() != 0);
+    match sim.reconfigured(2, 5) {
+        Some(ChangeResult::Done) => {
+            sim.run_until(PHASE_TICKS, "replica 2 stops", |s| !s.removed.is_empty())?;
+            in_epoch(&sim, 1, &[0, 1], &[2])?;
+        }
+        Some(_) if made => return Err(failure(&sim, "a change answered no was made".into())),
+        _ => {}
     }
+    commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
 

@@ -312,25 +312,21 @@ fn old_epoch_commits_the_entry_when_the_new_primary_is_lost() {
 }
 
 #[test]
-#[ignore = "review break: a leaving replica cannot restart from its disk (restart_from refuses a slot outside the durable list)"]
 fn leaving_replica_restarts_from_disk() {
     scenarios::leaving_replica_restarts_from_disk(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: epoch_start is lost on restart, EpochNotice names op 0, a member holding the entry never enters"]
 fn epoch_notice_after_a_restart_names_the_start() {
     scenarios::epoch_notice_after_a_restart_names_the_start(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: an origin that syncs a checkpoint past its consented op keeps the consent for ever"]
 fn origin_that_syncs_past_its_consent_answers() {
     scenarios::origin_that_syncs_past_its_consent_answers(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: a replica repairing from the old epoch's superblock never repairs (design break 8 not answered)"]
 fn repairing_replica_from_the_old_epoch_repairs() {
     scenarios::repairing_replica_from_the_old_epoch_repairs(options(4, 1)).unwrap();
 }

@@ -95,6 +95,9 @@ pub struct Superblock {
     pub role: Role,
     /// The epoch in which the replica last fenced its incarnation.
     pub fenced_epoch: Epoch,
+    /// The op and checksum of the entry that began the epoch ((0, 0) in
+    /// the genesis).
+    pub epoch_start: (Op, u128),
     /// A learner's store: the life the host drew when it created the store
     /// (`Creation::Learner`), kept for as long as the store lives; `None`
     /// for a store created as a member's.
@@ -214,6 +217,7 @@ impl SuperblockV5 {
             membership: None,
             role: Role::Member,
             fenced_epoch: 0,
+            epoch_start: (0, 0),
             life: None,
             checkpoint: self.checkpoint,
             wal: self.wal,
@@ -251,6 +255,7 @@ impl Superblock {
             membership: None,
             role: Role::Member,
             fenced_epoch: 0,
+            epoch_start: (0, 0),
             life: None,
             checkpoint: None,
             wal: 0,
@@ -270,6 +275,7 @@ impl Superblock {
             membership: self.membership,
             role: self.role,
             fenced_epoch: self.fenced_epoch,
+            epoch_start: self.epoch_start,
         }
     }
 
@@ -284,6 +290,7 @@ impl Superblock {
             membership,
             role,
             fenced_epoch,
+            epoch_start,
         } = *state;
         self.view = view;
         self.log_view = log_view;
@@ -293,6 +300,7 @@ impl Superblock {
         self.membership = membership;
         self.role = role;
         self.fenced_epoch = fenced_epoch;
+        self.epoch_start = epoch_start;
     }
 
     /// The epoch of the membership the store records (0 for the genesis).
@@ -872,6 +880,7 @@ mod tests {
             membership: Some(membership),
             role: Role::Leaving,
             fenced_epoch: 3,
+            epoch_start: (41, 0xfeed),
         }
     }
 
@@ -922,6 +931,7 @@ mod tests {
             membership: Some(Membership::new(u64::MAX, change, &members).unwrap()),
             role: Role::Removed,
             fenced_epoch: u64::MAX,
+            epoch_start: (u64::MAX, u128::MAX),
         });
         superblock.sequence = u64::MAX;
         superblock.life = Some(u64::MAX);
@@ -993,6 +1003,7 @@ mod tests {
             membership: None,
             role: Role::Member,
             fenced_epoch: 0,
+            epoch_start: (0, 0),
             life: None,
             checkpoint: Some(CheckpointRef {
                 op: 8,
