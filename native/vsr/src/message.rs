@@ -291,6 +291,19 @@ pub enum Message {
     /// A replica left out of `epoch` asks its members whether they have
     /// entered it.
     Leaving { epoch: Epoch },
+    /// A replica behind (it heard of `epoch`, newer than its own) asks a
+    /// replica of that epoch for the committed log after `from`, the op it
+    /// executed last.
+    RequestStartEpoch { epoch: Epoch, from: Op },
+    /// The answer: committed entries after `from` (whose entry has checksum
+    /// `from_checksum`), which reach the epochs the asker missed; `commit`
+    /// is the sender's executed op (every entry sent is at or below it).
+    StartEpoch {
+        commit: Op,
+        from: Op,
+        from_checksum: u128,
+        entries: Vec<Arc<Prepare>>,
+    },
 }
 
 /// What a primary tells the origin of a change.
@@ -349,13 +362,17 @@ impl Message {
             Message::EpochNotice { .. } => "epoch_notice",
             Message::EpochStarted { .. } => "epoch_started",
             Message::Leaving { .. } => "leaving",
+            Message::RequestStartEpoch { .. } => "request_start_epoch",
+            Message::StartEpoch { .. } => "start_epoch",
         }
     }
 
     fn entries(&self) -> &[Arc<Prepare>] {
         match self {
             Message::Prepare { entry, .. } | Message::Entry { entry } => std::slice::from_ref(entry),
-            Message::DoViewChange { entries, .. } | Message::StartView { entries, .. } => entries,
+            Message::DoViewChange { entries, .. }
+            | Message::StartView { entries, .. }
+            | Message::StartEpoch { entries, .. } => entries,
             _ => &[],
         }
     }
@@ -497,7 +514,9 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
             target: membership, ..
         }
         | Message::EpochNotice { membership, .. } => [membership.epoch(), 0],
-        Message::EpochStarted { epoch } | Message::Leaving { epoch } => [*epoch, 0],
+        Message::EpochStarted { epoch }
+        | Message::Leaving { epoch }
+        | Message::RequestStartEpoch { epoch, .. } => [*epoch, 0],
         Message::StartViewChange { view, current } => [*view, *current],
         Message::DoViewChange { view, log_view, .. } => [*view, *log_view],
         Message::RecoveryResponse { incarnation, .. } => [*incarnation, 0],
@@ -552,6 +571,12 @@ fn entries_are_consistent(message: &Message) -> bool {
             ..
         }
         | Message::StartView {
+            from,
+            from_checksum,
+            entries,
+            ..
+        }
+        | Message::StartEpoch {
             from,
             from_checksum,
             entries,

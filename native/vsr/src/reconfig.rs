@@ -490,7 +490,12 @@ impl Replica {
                 checkpoint: self.checkpoints.canonical(),
             });
         }
-        self.enter_epoch(target, (op, checksum), !self.replaying);
+        // By its own commit, in a running replica whose log ends at the
+        // entry; else it caught up (a restart's replay, or committed
+        // entries fetched past the entry) and joins the epoch's running
+        // view.
+        let live = !self.replaying && self.log.op() == op;
+        self.enter_epoch(target, (op, checksum), live);
     }
 
     /// Enters epoch `target.epoch()`, which began after op `start` (its
@@ -644,28 +649,49 @@ impl Replica {
     pub(crate) fn outside_the_gate(&mut self, sender: Sender, message: Message) {
         let epoch = self.membership.epoch();
         if sender.epoch < epoch {
-            // An entry is named by its checksum, true in any epoch: a
-            // replica repairing from an older epoch's superblock gets it
-            // here (design break 8). Its refusals count only within one
-            // epoch, so there is no `NoEntry` across.
-            if let Message::RequestEntry { op, checksum } = message {
-                if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum).cloned() {
-                    self.send_to(sender.slot, sender.id, &Message::Entry { entry });
+            match message {
+                // An entry is named by its checksum, true in any epoch: a
+                // replica repairing from an older epoch's superblock gets
+                // it here (design break 8). Its refusals count only within
+                // one epoch, so there is no `NoEntry` across.
+                Message::RequestEntry { op, checksum } => {
+                    if let Some(entry) = self.log.get(op).filter(|e| e.checksum == checksum).cloned() {
+                        self.send_to(sender.slot, sender.id, &Message::Entry { entry });
+                    }
                 }
+                Message::RequestStartEpoch { from, .. } => {
+                    return self.serve_start_epoch(sender.slot, sender.id, from);
+                }
+                _ => {}
             }
             // Its sender is behind, or was left out: tell it the epoch.
             return self.notify_epoch(sender.slot, sender.id);
         }
         if sender.epoch > epoch {
             // This replica is behind: it goes on in its own epoch (which
-            // may still have to commit the entry) until it enters.
-            if let Message::EpochNotice {
-                membership,
-                start,
-                start_checksum,
-            } = message
-            {
-                self.on_epoch_notice(membership, start, start_checksum);
+            // may still have to commit the entry) until it enters, and
+            // fetches the committed log that gets it there.
+            match message {
+                Message::EpochNotice {
+                    membership,
+                    start,
+                    start_checksum,
+                } => {
+                    if !self.on_epoch_notice(membership, start, start_checksum) {
+                        self.request_start_epoch(sender, false);
+                    }
+                }
+                Message::StartEpoch {
+                    commit,
+                    from,
+                    from_checksum,
+                    entries,
+                } => {
+                    if self.on_start_epoch(commit, from, from_checksum, entries) {
+                        self.request_start_epoch(sender, true);
+                    }
+                }
+                _ => self.request_start_epoch(sender, false),
             }
             return;
         }
@@ -704,9 +730,14 @@ impl Replica {
     /// holds that entry (same checksum), the entry is committed (the notice
     /// is proof, and the log agrees up to there), so it executes up to it
     /// and enters by its commit.
-    pub(crate) fn on_epoch_notice(&mut self, membership: Membership, start: Op, start_checksum: u128) {
+    pub(crate) fn on_epoch_notice(
+        &mut self,
+        membership: Membership,
+        start: Op,
+        start_checksum: u128,
+    ) -> bool {
         if membership.epoch() != self.membership.epoch() + 1 || start == 0 {
-            return;
+            return false;
         }
         let holds = self.log.checksum_at(start) == Some(start_checksum)
             && self
@@ -715,12 +746,120 @@ impl Replica {
                 .and_then(|e| e.requests.first()?.reconfiguration())
                 .is_some_and(|t| t.epoch() == membership.epoch());
         if !holds || self.status == Status::Recovering || self.status == Status::Repairing {
-            return; // catching up across epochs by chunks: a later step
+            return false; // it fetches the committed log instead
         }
         if start > self.commit_max {
             self.commit_max = start;
         }
         self.execute_committed();
+        true
+    }
+
+    /// Asks `sender`, of a newer epoch, for the committed log after what
+    /// this replica executed (at most once per `resend_ticks`, unless the
+    /// last answer left more to fetch: `more`).
+    fn request_start_epoch(&mut self, sender: Sender, more: bool) {
+        if self.status == Status::Recovering || self.status == Status::Repairing || self.role == Role::Removed
+        {
+            return; // they fetch their logs their own way
+        }
+        if !more && !self.due(self.last_start_epoch_request) {
+            return;
+        }
+        self.last_start_epoch_request = Some(self.ticks);
+        let from = self.commit_min;
+        self.send_to(
+            sender.slot,
+            sender.id,
+            &Message::RequestStartEpoch {
+                epoch: sender.epoch,
+                from,
+            },
+        );
+    }
+
+    /// A replica of an older epoch asks for the committed log after `from`:
+    /// one message of what this replica executed (every replica holds the
+    /// same committed entries, so the asker may take them from anyone).
+    /// Below this log's base the asker needs a checkpoint of a newer
+    /// epoch: a later step of the design.
+    fn serve_start_epoch(&mut self, to: Slot, id: MemberId, from: Op) {
+        let committed = self.commit_min;
+        if from >= committed {
+            return;
+        }
+        let Some(from_checksum) = self.log.checksum_at(from) else {
+            return;
+        };
+        let entries = self.log.suffix(from, self.config.message_entries_max);
+        let entries: Vec<Arc<Prepare>> = entries.into_iter().take_while(|e| e.op <= committed).collect();
+        self.send_to(
+            to,
+            id,
+            &Message::StartEpoch {
+                commit: committed,
+                from,
+                from_checksum,
+                entries,
+            },
+        );
+    }
+
+    /// Committed entries after `from`, from a replica of a newer epoch:
+    /// this replica takes them over what its log holds there (an entry it
+    /// holds that differs was never committed, nor was anything after it on
+    /// its chain, since the committed log is one chain: so nothing
+    /// committed is ever replaced, and a chunk may be taken alone), then
+    /// executes them, entering the epochs they begin. Returns whether the
+    /// sender has more.
+    fn on_start_epoch(
+        &mut self,
+        commit: Op,
+        from: Op,
+        from_checksum: u128,
+        entries: Vec<Arc<Prepare>>,
+    ) -> bool {
+        if self.status == Status::Recovering || self.status == Status::Repairing || self.role == Role::Removed
+        {
+            return false;
+        }
+        if self.log.checksum_at(from) != Some(from_checksum) || from > self.commit_max.max(self.commit_min) {
+            return false; // does not attach to what this replica knows committed
+        }
+        let Some(last) = entries.last().map(|e| e.op) else {
+            return false;
+        };
+        let differs = entries
+            .iter()
+            .position(|e| self.log.checksum_at(e.op) != Some(e.checksum));
+        if let Some(first) = differs {
+            let op = entries[first].op;
+            if op <= self.commit_max {
+                return false; // a committed entry of ours differs: not the same cluster's history
+            }
+            let tail: Vec<Arc<Prepare>> = entries[first..].to_vec();
+            if self.is_primary() {
+                // It led a view of the old epoch with another log: it
+                // leads it no more.
+                self.status = Status::ViewChange;
+                self.status_since = self.ticks;
+            }
+            self.staging = None;
+            self.log.truncate_after(op - 1);
+            for entry in &tail {
+                self.log.append(entry.clone());
+            }
+            self.out.push(Output::WriteLog {
+                after: op - 1,
+                entries: tail,
+            });
+            if self.status == Status::ViewChange && self.is_primary_of_view() && self.log_view < self.view {
+                self.record_own_do_view_change();
+            }
+        }
+        self.commit_max = self.commit_max.max(last.min(commit));
+        self.execute_committed();
+        commit > last
     }
 
     /// The outcome a reconfiguration entry's request gets (no client's).

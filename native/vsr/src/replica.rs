@@ -344,6 +344,8 @@ pub struct Replica {
     pub(crate) notice_ticks: [u64; MAX_SLOTS],
     /// Set while a restart re-executes the committed log.
     pub(crate) replaying: bool,
+    /// When this replica, behind, last asked for a newer epoch's log.
+    pub(crate) last_start_epoch_request: Option<u64>,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
@@ -479,6 +481,7 @@ impl Replica {
             epoch_started: 0,
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
+            last_start_epoch_request: None,
             repair: None,
             checkpoints: Default::default(),
             stats: Stats::default(),
@@ -848,7 +851,10 @@ impl Replica {
             Message::EpochStarted { epoch } => self.on_epoch_started(from, epoch),
             // Only across epochs (the gate, `on_envelope`): within one,
             // there is nothing to say.
-            Message::EpochNotice { .. } | Message::Leaving { .. } => {}
+            Message::EpochNotice { .. }
+            | Message::Leaving { .. }
+            | Message::RequestStartEpoch { .. }
+            | Message::StartEpoch { .. } => {}
         }
     }
 

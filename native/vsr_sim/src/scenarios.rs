@@ -2103,7 +2103,40 @@ pub fn reconfiguration_lost_in_a_view_change_is_proposed_again(options: Options)
             "the cut-off primary entered an epoch it never heard of".into(),
         ));
     }
-    Ok(())
+    // Healed, it hears of epoch 1 and fetches the committed log, which
+    // replaces its own entry at N: it enters as leaving, and stops.
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 0 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[1, 2], &[0])?;
+    settle(&mut sim)
+}
+
+/// A member of the new list is cut off while the change commits and the
+/// new epoch goes on committing. Healed, it hears of the newer epoch,
+/// fetches the committed log past the entry, enters the epoch by it, and
+/// joins the epoch's running view.
+pub fn member_that_missed_the_entry_catches_up(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let n = sim.n();
+    sim.network.partition(n, &[2], true, true);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    for _ in 0..5 {
+        commit(&mut sim, 0, 0)?;
+    }
+    if sim.replica(2).membership().epoch() != 0 {
+        return Err(failure(&sim, "setup: replica 2 heard of epoch 1".into()));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[0, 1, 2], &[3])?;
+    commit(&mut sim, 0, 2)?;
+    settle(&mut sim)
 }
 
 // ---- Review 6: breaks found in step 6 of the membership design -----------
@@ -2165,8 +2198,11 @@ pub fn epoch_notice_after_a_restart_names_the_start(options: Options) -> Result<
     sim.run_until(PHASE_TICKS, "replica 1 holds the entry", |s| {
         s.replica(1).op() == next
     })?;
-    sim.network.set_link(0, 1, false);
-    sim.network.set_link(1, 0, false);
+    // Replica 1 hears nothing more of 0, nor of 2 (which, leaving epoch 1,
+    // would serve it the committed log).
+    for (a, b) in [(0, 1), (1, 0), (2, 1), (1, 2)] {
+        sim.network.set_link(a, b, false);
+    }
     change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
     sim.run_ticks(50)?;
     if sim.replica(1).membership().epoch() != 0 {

@@ -330,3 +330,8 @@ fn origin_that_syncs_past_its_consent_answers() {
 fn repairing_replica_from_the_old_epoch_repairs() {
     scenarios::repairing_replica_from_the_old_epoch_repairs(options(4, 1)).unwrap();
 }
+
+#[test]
+fn member_that_missed_the_entry_catches_up() {
+    scenarios::member_that_missed_the_entry_catches_up(options(4, 1)).unwrap();
+}
