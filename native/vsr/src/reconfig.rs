@@ -455,15 +455,8 @@ impl Replica {
             origin: change.origin,
             payload: postcard::to_allocvec(&target).expect("encoding to a Vec cannot fail"),
         };
-        let timestamp = self.next_timestamp();
-        let entry = Arc::new(Prepare::new(
-            self.log.head_checksum(),
-            self.view,
-            op,
-            timestamp,
-            vec![request],
-        ));
-        self.append_as_primary(entry);
+        debug_assert_eq!(op, self.log.op() + 1);
+        self.prepare_next(vec![request]);
         self.answer_origin(change.origin, change.change, Answer::Proposed { op });
     }
 

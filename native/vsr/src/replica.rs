@@ -996,16 +996,7 @@ impl Replica {
             && self.may_prepare_more()
         {
             let batch = self.take_batch();
-            let op = self.log.op() + 1;
-            let timestamp = self.next_timestamp();
-            let entry = Arc::new(Prepare::new(
-                self.log.head_checksum(),
-                self.view,
-                op,
-                timestamp,
-                batch,
-            ));
-            self.append_as_primary(entry);
+            self.prepare_next(batch);
         }
         self.advance_commit();
     }
@@ -1022,10 +1013,18 @@ impl Replica {
         self.pending_reconfiguration().is_none() && !self.holding_for_consent()
     }
 
-    /// Appends `entry` (the next op) as this view's primary: to the log,
-    /// to the backups, to its own disk.
-    pub(crate) fn append_as_primary(&mut self, entry: Arc<Prepare>) {
-        let op = entry.op;
+    /// Prepares `requests` as the next op, as this view's primary: to the
+    /// log, to the backups, to its own disk.
+    pub(crate) fn prepare_next(&mut self, requests: Vec<Request>) {
+        let op = self.log.op() + 1;
+        let timestamp = self.next_timestamp();
+        let entry = Arc::new(Prepare::new(
+            self.log.head_checksum(),
+            self.view,
+            op,
+            timestamp,
+            requests,
+        ));
         self.log.append(entry.clone());
         self.commit_unannounced = false;
         self.broadcast(&Message::Prepare {
