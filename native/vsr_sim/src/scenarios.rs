@@ -2435,7 +2435,7 @@ pub fn stale_view_change_after_start_epoch_overwrites_executed_ops(
     }
     // Replica 1 hears epoch 1 from 2 and takes one chunk of it.
     sim.run_until(PHASE_TICKS, "replica 1 takes the first chunk", |s| {
-        s.replica(1).commit() >= k + 1
+        s.replica(1).commit() > k
     })?;
     sim.network.hold(2, 1);
     let one = sim.replica(1);
@@ -2474,5 +2474,40 @@ pub fn stale_view_change_after_start_epoch_overwrites_executed_ops(
         ));
     }
     sim.network.take_held(0, 1);
+    settle(&mut sim)
+}
+
+/// Review break: a diverged replica takes `StartEpoch` chunks but executes
+/// nothing (`execute_committed` returns at once while diverged), so its
+/// log ends up holding the reconfiguration entry *and* entries of the new
+/// epoch after it, unexecuted: `check_reconfiguration` ("a reconfiguration
+/// entry at op N below the log's head, unexecuted") fails, a panic in a
+/// debug build (`Replica::step` checks the invariants). `on_start_epoch`
+/// and `request_start_epoch` refuse only `Recovering`, `Repairing` and
+/// `Removed`.
+///
+/// Three replicas, checkpoints every 4 ops; replica 2's host lies from op
+/// 9 on and diverges at checkpoint 12. It is cut off; 0 and 1 remove it
+/// (epoch 1 = {0, 1}) and commit one more command. Healed, 2 hears of
+/// epoch 1, asks, and takes the chunk.
+pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.network.set_link(0, 1, true);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    isolate(&mut sim, 2);
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let start = sim.replica(0).commit();
+    commit(&mut sim, 0, 0)?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 holds entries of epoch 1", |s| {
+        s.replica(2).op() > start
+    })?;
+    sim.run_ticks(20)?;
     settle(&mut sim)
 }
