@@ -2328,3 +2328,186 @@ pub fn repairing_replica_from_the_old_epoch_repairs(options: Options) -> Result<
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+// ---- Review 7: breaks found in step 7 (catching up across epochs) --------
+
+/// Takes the packets held on `from -> to` (the link stops holding) and
+/// keeps those that are a `DoViewChange` for `view`, dropping the rest.
+fn held_do_view_changes(sim: &mut Simulator, from: Slot, to: Slot, view: u64) -> Vec<Vec<u8>> {
+    let cluster = sim.options.config.wire_cluster();
+    sim.network
+        .take_held(from, to)
+        .into_iter()
+        .filter(|bytes| {
+            matches!(
+                vsr::message::decode(cluster, bytes).map(|d| d.message),
+                Ok(vsr::Message::DoViewChange { view: v, .. }) if v == view
+            )
+        })
+        .collect()
+}
+
+/// Review break: a replica that takes a chunk of committed entries from a
+/// newer epoch (`on_start_epoch`) raises `commit_max` and executes them,
+/// yet stays in the old epoch, where it may be the primary of a stale view
+/// still gathering DoViewChanges. The log it then chooses (greatest
+/// `(log_view, op)` of the quorum) need not hold entries committed in a
+/// *later* view of the old epoch, the ones it just took; `start_view_if_ready`
+/// checks only that the chosen log is long enough (`dvc.op < commit_max`),
+/// and `replace_log_after` overwrites ops it executed. It starts the view
+/// with `commit = commit_max` over a log holding other entries there, and a
+/// backup that installs that view executes them: two replicas execute
+/// different entries at one op.
+///
+/// Five replicas, `message_entries_max = 2`. Replica 0 (primary of view 0)
+/// is cut off and prepares X at ops k..=k+2 alone. Replica 1 enters view 1
+/// as its primary, but every DoViewChange to it is held. Replicas 2, 3, 4
+/// start view 2, commit c at k..=k+2, remove 0 (epoch 1 = {1, 2, 3, 4}) and
+/// enter. Replica 1 hears of epoch 1, takes the first chunk (c at k, k+1),
+/// executes it, and stays in epoch 0, still gathering view 1. Then the held
+/// DoViewChanges of 0 (log X, op k+2) and 3 arrive: 1 starts view 1 with
+/// 0's log and commit k+1, and 0 (in view 1, cut off from the rest)
+/// installs it and executes X at k.
+pub fn stale_view_change_after_start_epoch_overwrites_executed_ops(
+    mut options: Options,
+) -> Result<(), Failure> {
+    options.config.message_entries_max = 2;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.run_ticks(30)?;
+    let k = sim.replica(0).op() + 1;
+    if (0..5).any(|r| sim.replica(r).commit() != k - 1) {
+        return Err(failure(&sim, "setup: not everyone executed op k - 1".into()));
+    }
+    // Replica 0 is heard by no one; what it sends to 1 waits.
+    for to in [2, 3, 4] {
+        sim.network.set_link(0, to, false);
+    }
+    sim.network.hold(0, 1);
+    for c in 0..3 {
+        sim.clients[c].home = 0;
+        sim.start_request(c)?;
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 prepares X at k..=k+2", |s| {
+        s.replica(0).op() == k + 2
+    })?;
+    // Replica 1 enters view 1 (its own); the DoViewChanges sent to it wait.
+    sim.run_until(PHASE_TICKS, "replica 1 enters view 1", |s| {
+        s.replica(1).view() == 1
+    })?;
+    for from in [2, 3, 4] {
+        sim.network.hold(from, 1);
+    }
+    if sim.replica(1).status() != Status::ViewChange {
+        return Err(failure(&sim, "setup: replica 1 started view 1".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 0 joins view 1", |s| {
+        s.replica(0).view() == 1
+    })?;
+    // From now on 0 hears 1 only (it stays in view 1).
+    for from in [2, 3, 4] {
+        sim.network.set_link(from, 0, false);
+    }
+    // 2, 3 and 4 go on in view 2 and commit c at k..=k+2.
+    sim.run_until(PHASE_TICKS, "replica 2 leads view 2", |s| {
+        s.replica(2).view() == 2 && s.replica(2).is_primary()
+    })?;
+    for c in 0..3 {
+        sim.clients[c].home = 2;
+        sim.resubmit(c)?;
+    }
+    sim.run_until(PHASE_TICKS, "c commits at k..=k+2", |s| {
+        s.clients.iter().all(|c| c.outstanding.is_none())
+    })?;
+    sim.reconfigure(2, 1, &[1, 2, 3, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 2, 1, ChangeResult::Done)?;
+    let c_k = sim.replica(2).log().get(k).map(|e| e.checksum);
+    // Keep 3's DoViewChange for view 1; drop the rest held for 1.
+    let from_3 = held_do_view_changes(&mut sim, 3, 1, 1);
+    sim.network.hold(3, 1);
+    sim.network.take_held(4, 1);
+    sim.network.hold(4, 1);
+    sim.network.take_held(2, 1);
+    if from_3.is_empty() {
+        return Err(failure(&sim, "setup: no DoViewChange of 3 held".into()));
+    }
+    // Replica 1 hears epoch 1 from 2 and takes one chunk of it.
+    sim.run_until(PHASE_TICKS, "replica 1 takes the first chunk", |s| {
+        s.replica(1).commit() > k
+    })?;
+    sim.network.hold(2, 1);
+    let one = sim.replica(1);
+    if one.membership().epoch() != 0 || one.commit() != k + 1 || one.status() != Status::ViewChange {
+        return Err(failure(
+            &sim,
+            format!(
+                "setup: replica 1 is in epoch {} at op {} ({:?})",
+                one.membership().epoch(),
+                one.commit(),
+                one.status()
+            ),
+        ));
+    }
+    // The held DoViewChanges of 0 and 3 for view 1 arrive.
+    let from_0 = held_do_view_changes(&mut sim, 0, 1, 1);
+    if from_0.is_empty() {
+        return Err(failure(&sim, "setup: no DoViewChange of 0 held".into()));
+    }
+    let now = sim.tick;
+    sim.network.deliver(now, 0, 1, from_0[0].clone());
+    sim.network.deliver(now, 0, 1, from_3[0].clone());
+    sim.run_ticks(1)?;
+    sim.network.hold(0, 1);
+    sim.run_ticks(50)?;
+    let one = sim.replica(1);
+    if one.log().get(k).map(|e| e.checksum) != c_k && one.commit() >= k {
+        return Err(failure(
+            &sim,
+            format!(
+                "replica 1 executed op {} yet its log holds another entry at op {k} (view {}, {:?})",
+                one.commit(),
+                one.view(),
+                one.status()
+            ),
+        ));
+    }
+    sim.network.take_held(0, 1);
+    settle(&mut sim)
+}
+
+/// Review break: a diverged replica takes `StartEpoch` chunks but executes
+/// nothing (`execute_committed` returns at once while diverged), so its
+/// log ends up holding the reconfiguration entry *and* entries of the new
+/// epoch after it, unexecuted: `check_reconfiguration` ("a reconfiguration
+/// entry at op N below the log's head, unexecuted") fails, a panic in a
+/// debug build (`Replica::step` checks the invariants). `on_start_epoch`
+/// and `request_start_epoch` refuse only `Recovering`, `Repairing` and
+/// `Removed`.
+///
+/// Three replicas, checkpoints every 4 ops; replica 2's host lies from op
+/// 9 on and diverges at checkpoint 12. It is cut off; 0 and 1 remove it
+/// (epoch 1 = {0, 1}) and commit one more command. Healed, 2 hears of
+/// epoch 1, asks, and takes the chunk.
+pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    lying_replica_2_past_checkpoint_12(&mut sim)?;
+    sim.network.set_link(0, 1, true);
+    let now = sim.tick;
+    sim.network.release(now, 1, 0);
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    isolate(&mut sim, 2);
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let start = sim.replica(0).commit();
+    commit(&mut sim, 0, 0)?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 holds entries of epoch 1", |s| {
+        s.replica(2).op() > start
+    })?;
+    sim.run_ticks(20)?;
+    settle(&mut sim)
+}
