@@ -68,6 +68,32 @@ pub(crate) struct Change {
     asked: Option<(Op, u64)>,
 }
 
+/// Committed entries fetched from a newer epoch, gathered until they reach
+/// the entry that begins this replica's next epoch (`on_start_epoch`).
+#[derive(Clone, Debug)]
+pub(crate) struct EpochStaging {
+    from: Op,
+    from_checksum: u128,
+    entries: Vec<Arc<Prepare>>,
+}
+
+impl EpochStaging {
+    /// The op and checksum the next chunk must attach to.
+    fn end(&self) -> (Op, u128) {
+        self.entries
+            .last()
+            .map_or((self.from, self.from_checksum), |e| (e.op, e.checksum))
+    }
+}
+
+/// The epoch the reconfiguration entry ending `entries` begins.
+fn entries_epoch(entries: &[Arc<Prepare>]) -> Epoch {
+    entries
+        .last()
+        .and_then(|e| e.requests.first()?.reconfiguration())
+        .map_or(0, |t| t.epoch())
+}
+
 /// A change asked for through this replica, until its host is answered.
 #[derive(Clone, Debug)]
 pub(crate) struct OriginChange {
@@ -752,15 +778,18 @@ impl Replica {
     /// this replica executed (at most once per `resend_ticks`, unless the
     /// last answer left more to fetch: `more`).
     fn request_start_epoch(&mut self, sender: Sender, more: bool) {
-        if self.status == Status::Recovering || self.status == Status::Repairing || self.role == Role::Removed
+        if self.status == Status::Recovering
+            || self.status == Status::Repairing
+            || self.role == Role::Removed
+            || self.is_diverged()
         {
-            return; // they fetch their logs their own way
+            return; // they fetch their logs their own way (a diverged one: a checkpoint first)
         }
         if !more && !self.due(self.last_start_epoch_request) {
             return;
         }
         self.last_start_epoch_request = Some(self.ticks);
-        let from = self.commit_min;
+        let from = self.epoch_staging.as_ref().map_or(self.commit_min, |s| s.end().0);
         self.send_to(
             sender.slot,
             sender.id,
@@ -798,13 +827,18 @@ impl Replica {
         );
     }
 
-    /// Committed entries after `from`, from a replica of a newer epoch:
-    /// this replica takes them over what its log holds there (an entry it
-    /// holds that differs was never committed, nor was anything after it on
-    /// its chain, since the committed log is one chain: so nothing
-    /// committed is ever replaced, and a chunk may be taken alone), then
-    /// executes them, entering the epochs they begin. Returns whether the
-    /// sender has more.
+    /// Committed entries after `from`, from a replica of a newer epoch.
+    /// They are gathered beside the log (`epoch_staging`, in memory) and
+    /// installed whole, in one step, only once they reach the entry that
+    /// begins this replica's next epoch: it then takes them over what its
+    /// log holds up to that entry (an entry it holds that differs was
+    /// never committed, nor anything after it on its chain), executes up
+    /// to the entry and enters the epoch, before it handles anything else.
+    /// Taken chunk by chunk instead, entries committed in later views
+    /// would sit in its log, and its commit number with them, while it is
+    /// still in the old epoch, whose stale view change could then put
+    /// another log over ops it executed (review of step 7). Returns
+    /// whether the sender has more.
     fn on_start_epoch(
         &mut self,
         commit: Op,
@@ -812,32 +846,70 @@ impl Replica {
         from_checksum: u128,
         entries: Vec<Arc<Prepare>>,
     ) -> bool {
-        if self.status == Status::Recovering || self.status == Status::Repairing || self.role == Role::Removed
+        if self.status == Status::Recovering
+            || self.status == Status::Repairing
+            || self.role == Role::Removed
+            || self.is_diverged()
         {
-            return false;
-        }
-        if self.log.checksum_at(from) != Some(from_checksum) || from > self.commit_max.max(self.commit_min) {
-            return false; // does not attach to what this replica knows committed
+            return false; // a diverged replica heals by a checkpoint first
         }
         let Some(last) = entries.last().map(|e| e.op) else {
             return false;
         };
+        let continues = self
+            .epoch_staging
+            .as_ref()
+            .is_some_and(|s| s.end() == (from, from_checksum));
+        if !continues {
+            if self.log.checksum_at(from) != Some(from_checksum)
+                || from > self.commit_max.max(self.commit_min)
+            {
+                return false; // does not attach to what this replica knows committed
+            }
+            self.epoch_staging = Some(EpochStaging {
+                from,
+                from_checksum,
+                entries: Vec::new(),
+            });
+        }
+        let staging = self.epoch_staging.as_mut().expect("set");
+        staging.entries.extend(entries);
+        let next = self.membership.epoch() + 1;
+        let start = staging.entries.iter().position(|e| {
+            e.requests
+                .first()
+                .and_then(Request::reconfiguration)
+                .is_some_and(|t| t.epoch() == next)
+        });
+        let Some(start) = start else {
+            return commit > last; // not there yet: more to fetch
+        };
+        let mut staged = self.epoch_staging.take().expect("set");
+        staged.entries.truncate(start + 1);
+        self.install_to_epoch_start(staged.entries);
+        false
+    }
+
+    /// Installs committed entries that end with the entry beginning the
+    /// next epoch, and enters it (see `on_start_epoch`).
+    fn install_to_epoch_start(&mut self, entries: Vec<Arc<Prepare>>) {
+        let start = entries.last().expect("ends with the entry").op;
         let differs = entries
             .iter()
             .position(|e| self.log.checksum_at(e.op) != Some(e.checksum));
         if let Some(first) = differs {
             let op = entries[first].op;
             if op <= self.commit_max {
-                return false; // a committed entry of ours differs: not the same cluster's history
+                return; // a committed entry of ours differs: not the same cluster's history
             }
-            let tail: Vec<Arc<Prepare>> = entries[first..].to_vec();
             if self.is_primary() {
-                // It led a view of the old epoch with another log: it
-                // leads it no more.
+                // It led a view of the old epoch with another log; it is
+                // about to leave the epoch anyway.
                 self.status = Status::ViewChange;
                 self.status_since = self.ticks;
             }
             self.staging = None;
+            let tail: Vec<Arc<Prepare>> = entries[first..].to_vec();
             self.log.truncate_after(op - 1);
             for entry in &tail {
                 self.log.append(entry.clone());
@@ -846,13 +918,21 @@ impl Replica {
                 after: op - 1,
                 entries: tail,
             });
-            if self.status == Status::ViewChange && self.is_primary_of_view() && self.log_view < self.view {
-                self.record_own_do_view_change();
-            }
+        } else if self.log.op() > start {
+            // Its log holds the entry, with entries of the old epoch after
+            // it that were never committed: they go.
+            self.log.truncate_after(start);
+            self.out.push(Output::WriteLog {
+                after: start,
+                entries: Vec::new(),
+            });
         }
-        self.commit_max = self.commit_max.max(last.min(commit));
+        self.commit_max = self.commit_max.max(start);
         self.execute_committed();
-        commit > last
+        debug_assert!(
+            self.membership.epoch() >= entries_epoch(&entries),
+            "entered the epoch"
+        );
     }
 
     /// The outcome a reconfiguration entry's request gets (no client's).

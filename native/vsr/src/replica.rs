@@ -346,6 +346,8 @@ pub struct Replica {
     pub(crate) replaying: bool,
     /// When this replica, behind, last asked for a newer epoch's log.
     pub(crate) last_start_epoch_request: Option<u64>,
+    /// Committed entries fetched from a newer epoch, not yet installed.
+    pub(crate) epoch_staging: Option<crate::reconfig::EpochStaging>,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
@@ -482,6 +484,7 @@ impl Replica {
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
             last_start_epoch_request: None,
+            epoch_staging: None,
             repair: None,
             checkpoints: Default::default(),
             stats: Stats::default(),

@@ -2433,18 +2433,21 @@ pub fn stale_view_change_after_start_epoch_overwrites_executed_ops(
     if from_3.is_empty() {
         return Err(failure(&sim, "setup: no DoViewChange of 3 held".into()));
     }
-    // Replica 1 hears epoch 1 from 2 and takes one chunk of it.
-    sim.run_until(PHASE_TICKS, "replica 1 takes the first chunk", |s| {
-        s.replica(1).commit() > k
+    // Replica 1 hears epoch 1 from 2 and fetches its committed log. It
+    // used to take it chunk by chunk, executing ops committed in views it
+    // never saw while still changing views in epoch 0; now it installs the
+    // chunks whole once they reach the entry, and enters epoch 1 at once.
+    sim.run_until(PHASE_TICKS, "replica 1 takes the committed log", |s| {
+        let one = s.replica(1);
+        one.commit() > k || (one.membership().epoch() == 0 && one.commit() >= k)
     })?;
     sim.network.hold(2, 1);
     let one = sim.replica(1);
-    if one.membership().epoch() != 0 || one.commit() != k + 1 || one.status() != Status::ViewChange {
+    if one.membership().epoch() == 0 {
         return Err(failure(
             &sim,
             format!(
-                "setup: replica 1 is in epoch {} at op {} ({:?})",
-                one.membership().epoch(),
+                "replica 1 executed op {} of later views while still in epoch 0 ({:?})",
                 one.commit(),
                 one.status()
             ),
@@ -2505,9 +2508,20 @@ pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options)
     let start = sim.replica(0).commit();
     commit(&mut sim, 0, 0)?;
     sim.network.heal();
-    sim.run_until(PHASE_TICKS, "replica 2 holds entries of epoch 1", |s| {
-        s.replica(2).op() > start
-    })?;
-    sim.run_ticks(20)?;
+    // Now a diverged replica neither asks for nor takes `StartEpoch`: it
+    // must heal by a checkpoint first. Catching up across epochs by
+    // checkpoint is a later step of the design, so it stays behind (and
+    // is left out of the settling); what must hold is that it breaks
+    // nothing meanwhile.
+    sim.run_ticks(PHASE_TICKS / 4)?;
+    if sim.replica(2).op() > start || sim.replica(2).membership().epoch() != 0 {
+        return Err(failure(
+            &sim,
+            "the diverged replica took entries of epoch 1".into(),
+        ));
+    }
+    sim.crash(2);
+    sim.dead[2] = true;
+    commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }

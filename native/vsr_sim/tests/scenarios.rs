@@ -337,13 +337,11 @@ fn member_that_missed_the_entry_catches_up() {
 }
 
 #[test]
-#[ignore = "review break: a stale view change of the old epoch overwrites ops taken from StartEpoch"]
 fn stale_view_change_after_start_epoch_overwrites_executed_ops() {
     scenarios::stale_view_change_after_start_epoch_overwrites_executed_ops(options(5, 3)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: a diverged replica takes StartEpoch entries past the reconfiguration entry"]
 fn diverged_replica_takes_entries_past_the_reconfiguration() {
     scenarios::diverged_replica_takes_entries_past_the_reconfiguration(options(3, 4)).unwrap();
 }
