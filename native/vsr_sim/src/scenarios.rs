@@ -2525,3 +2525,213 @@ pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options)
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+// ---- Review 8: breaks found in the whole-install of `StartEpoch` ---------
+
+/// Takes the packets held on `from -> to` (the link goes on holding) and
+/// hands them back decoded: bytes, sender's epoch, message. Those the
+/// scenario does not pass on (`pass_held`) are lost.
+fn held_messages(sim: &mut Simulator, from: Slot, to: Slot) -> Vec<(Vec<u8>, u64, vsr::Message)> {
+    let cluster = sim.options.config.wire_cluster();
+    let taken = sim.network.take_held(from, to);
+    sim.network.hold(from, to);
+    taken
+        .into_iter()
+        .filter_map(|bytes| {
+            let d = vsr::message::decode(cluster, &bytes).ok()?;
+            Some((bytes, d.sender.epoch, d.message))
+        })
+        .collect()
+}
+
+/// Delivers one packet on `from -> to`, which holds: the link lets go for
+/// one tick, then holds again.
+fn pass_held(sim: &mut Simulator, from: Slot, to: Slot, bytes: Vec<u8>) -> Result<(), Failure> {
+    sim.network.take_held(from, to);
+    let now = sim.tick;
+    sim.network.deliver(now, from, to, bytes);
+    sim.run_ticks(1)?;
+    sim.network.hold(from, to);
+    Ok(())
+}
+
+/// Review break: `epoch_staging` outlives the epoch it was gathered for.
+/// It is dropped only when a chunk reaches the next epoch's entry
+/// (`on_start_epoch` takes it) or a chunk that does not continue it
+/// attaches to the log; entering the epoch by another way
+/// (`on_epoch_notice`, the entry's own commit) leaves it in place, and
+/// `request_start_epoch` then asks from its end (`s.end().0`) instead of
+/// from `commit_min`, for every later epoch. Once every newer replica's log
+/// base has passed that op, `serve_start_epoch` answers nothing
+/// (`checksum_at(from)` is `None`) and the asker never catches up, though
+/// the newer epoch's log holds everything after its `commit_min`.
+///
+/// Five replicas, checkpoints every 4 ops, `message_entries_max = 1`.
+/// After op 9, replica 0 prepares two commands and the entry removing 4 (epoch 1 =
+/// {0, 1, 2, 3}) while no acknowledgement reaches it; replica 1 gets the
+/// three prepares (its commit stays 3 ops behind) but nothing after. 0, 2
+/// and 3 commit the entry and enter epoch 1. Replica 1 hears 0 in epoch 1,
+/// asks, takes the first chunk (one command: staged), and then an
+/// `EpochNotice`: it holds the entry, enters epoch 1 by it, and keeps the
+/// staging. Epoch 1 commits past several checkpoints with 1 taking part;
+/// then 1 is cut off while 3 is removed (epoch 2 = {0, 1, 2}) and two more
+/// commands commit. Healed, 1 must enter epoch 2.
+pub fn stale_epoch_staging_outlives_its_epoch(options: Options) -> Result<(), Failure> {
+    let mut options = checkpointing(options);
+    options.config.message_entries_max = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    // Up to op 9: a checkpoint at 8, and the next (at 12) keeps the log
+    // after 8, so replica 1's commit stays above every base.
+    while sim.replica(0).op() < 9 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(30)?;
+    let before = sim.replica(0).op();
+    // No acknowledgement reaches 0: two commands and the entry stay
+    // uncommitted while 0 prepares them.
+    for from in 1..5 {
+        sim.network.hold(from, 0);
+    }
+    for c in 0..2 {
+        sim.clients[c].home = 0;
+        sim.start_request(c)?;
+    }
+    sim.reconfigure(0, 1, &[0, 1, 2, 3], PHASE_TICKS)?;
+    let s1 = sim.replica(0).op();
+    if s1 != before + 3 {
+        return Err(failure(
+            &sim,
+            format!("setup: replica 0 prepared up to {s1}, not {}", before + 3),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 holds the entry", |s| {
+        s.replica(1).op() == s1
+    })?;
+    for from in [0, 2, 3, 4] {
+        sim.network.hold(from, 1);
+    }
+    if sim.replica(1).commit() + 2 > s1 {
+        return Err(failure(
+            &sim,
+            format!("setup: replica 1 executed {} of {s1}", sim.replica(1).commit()),
+        ));
+    }
+    let now = sim.tick;
+    for from in 1..5 {
+        sim.network.release(now, from, 0);
+    }
+    sim.run_until(PHASE_TICKS, "0, 2 and 3 enter epoch 1", |s| {
+        [0, 2, 3].iter().all(|&r| s.replica(r).membership().epoch() == 1)
+    })?;
+    // Replica 1 hears 0 in epoch 1 (no notice): it asks for the committed
+    // log, and takes the first chunk.
+    let mut asked = false;
+    for _ in 0..100 {
+        sim.run_ticks(5)?;
+        for (bytes, epoch, message) in held_messages(&mut sim, 0, 1) {
+            if !asked
+                && epoch == 1
+                && !matches!(
+                    message,
+                    vsr::Message::EpochNotice { .. } | vsr::Message::StartEpoch { .. }
+                )
+            {
+                pass_held(&mut sim, 0, 1, bytes)?;
+                asked = true;
+            }
+        }
+        if asked {
+            break;
+        }
+    }
+    if !asked {
+        return Err(failure(&sim, "setup: 0 sent 1 nothing of epoch 1".into()));
+    }
+    let mut staged = false;
+    for _ in 0..100 {
+        sim.run_ticks(5)?;
+        for (bytes, _, message) in held_messages(&mut sim, 0, 1) {
+            if let vsr::Message::StartEpoch { entries, .. } = &message {
+                if !staged && entries.last().is_some_and(|e| e.op < s1) {
+                    pass_held(&mut sim, 0, 1, bytes)?;
+                    staged = true;
+                }
+            }
+        }
+        if staged {
+            break;
+        }
+    }
+    if !staged {
+        return Err(failure(&sim, "setup: no first chunk for replica 1".into()));
+    }
+    sim.run_ticks(5)?;
+    if sim.replica(1).membership().epoch() != 0 {
+        return Err(failure(
+            &sim,
+            "setup: the first chunk took replica 1 to epoch 1".into(),
+        ));
+    }
+    // Further chunks are lost; a notice of epoch 1 comes.
+    let mut entered = false;
+    for _ in 0..200 {
+        sim.run_ticks(5)?;
+        for from in [0, 2, 3, 4] {
+            for (bytes, epoch, message) in held_messages(&mut sim, from, 1) {
+                if !entered && epoch == 1 && matches!(message, vsr::Message::EpochNotice { .. }) {
+                    pass_held(&mut sim, from, 1, bytes)?;
+                    entered = true;
+                }
+            }
+        }
+        if entered {
+            break;
+        }
+    }
+    sim.run_ticks(5)?;
+    if sim.replica(1).membership().epoch() != 1 {
+        return Err(failure(
+            &sim,
+            "setup: replica 1 did not enter epoch 1 by the notice".into(),
+        ));
+    }
+    for from in [0, 2, 3, 4] {
+        sim.network.take_held(from, 1);
+    }
+    sim.heal();
+    sim.run_until(PHASE_TICKS, "replica 4 stops", |s| !s.removed.is_empty())?;
+    for _ in 0..16 {
+        commit(&mut sim, 0, 0)?;
+    }
+    sim.run_ticks(50)?;
+    isolate(&mut sim, 1);
+    sim.reconfigure(0, 2, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    for _ in 0..2 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let behind = sim.replica(1).commit();
+    let bases: Vec<Op> = [0, 2].iter().map(|&r| sim.replica(r).log().base()).collect();
+    if bases.iter().all(|&b| b > behind) {
+        return Err(failure(
+            &sim,
+            format!("setup: every log's base {bases:?} passed replica 1's commit {behind}"),
+        ));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 1 enters epoch 2", |s| {
+        s.replica(1).membership().epoch() == 2
+    })
+    .map_err(|f| {
+        failure(
+            &sim,
+            format!(
+                "{}; replica 1 executed {behind}, bases of 0 and 2: {bases:?}, the chunk it staged in epoch 0 ends at op {}",
+                f.reason,
+                before + 1
+            ),
+        )
+    })?;
+    settle(&mut sim)
+}

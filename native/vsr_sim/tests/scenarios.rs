@@ -345,3 +345,9 @@ fn stale_view_change_after_start_epoch_overwrites_executed_ops() {
 fn diverged_replica_takes_entries_past_the_reconfiguration() {
     scenarios::diverged_replica_takes_entries_past_the_reconfiguration(options(3, 4)).unwrap();
 }
+
+#[test]
+#[ignore = "review break: epoch_staging outlives the epoch it was for, and later requests ask from its stale end"]
+fn stale_epoch_staging_outlives_its_epoch() {
+    scenarios::stale_epoch_staging_outlives_its_epoch(options(5, 2)).unwrap();
+}
