@@ -1041,7 +1041,7 @@ impl Replica {
             app: checkpoint.app.clone(),
         });
         self.settle_pending_after_install();
-        self.origin_synced_past(op);
+        self.after_checkpoint_install(op);
         // A new primary mid view change counts its own log as a
         // DoViewChange: it must describe the log it has now.
         if self.status == Status::ViewChange && self.is_primary_of_view() && self.log_view < self.view {

@@ -271,12 +271,16 @@ impl Replica {
         }
     }
 
-    /// The origin installed a checkpoint of its own epoch at `op`: had its
-    /// change committed at the op it consented to, at or below `op`, the
-    /// checkpoint would be of the next epoch (a replica installs only its
-    /// own epoch's). So that op went to another entry: the consent is
-    /// spent, as if the origin had executed it.
-    pub(crate) fn origin_synced_past(&mut self, op: Op) {
+    /// A checkpoint of this replica's own epoch at `op` was installed. For
+    /// an origin: had its change committed at the op it consented to, at
+    /// or below `op`, the checkpoint would be of the next epoch (a replica
+    /// installs only its own epoch's), so that op went to another entry
+    /// and the consent is spent, as if the origin had executed it.
+    pub(crate) fn after_checkpoint_install(&mut self, op: Op) {
+        // Chunks gathered from below the checkpoint attach to nothing now.
+        if self.epoch_staging.as_ref().is_some_and(|s| s.end().0 <= op) {
+            self.epoch_staging = None;
+        }
         if let Some(origin) = self.origin_change.as_mut() {
             if origin.consent.is_some_and(|n| n <= op) {
                 origin.consent = None;
@@ -538,6 +542,10 @@ impl Replica {
         }
         self.membership = target;
         self.epoch_start = start;
+        // Chunks gathered to reach this epoch are moot however it was
+        // entered (left over, a later catch-up would ask from their end,
+        // which the senders may no longer hold: review of step 7).
+        self.epoch_staging = None;
         self.role = if target.is_member(self.index, self.id) {
             Role::Member
         } else {
