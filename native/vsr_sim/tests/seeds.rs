@@ -93,3 +93,25 @@ fn recovery_is_not_fenced_in_an_unstarted_view() {
         run_seed(seed).unwrap();
     }
 }
+
+/// Found by the dead-minority soak of this stop's core (seeds 305,000 to
+/// 314,999: 9,999 passed, this one failed), not yet explained: replica 0
+/// restarts from its disk (tick 1616), moves at once to view 4 on hearing a
+/// campaign and sends in it; its store's superblock is then sequence 7,
+/// view 4, nothing staged. It crashes (tick 2451) and restarts at tick 2620
+/// from superblock sequence 6, view 0: both copies of sequence 7 are gone
+/// (no rot in this seed: `corruption_probability` 0; torn crashes and disk
+/// faults at boot are on). The storage or the simulator's disk, not the
+/// protocol, is the first suspect. It fails the same on every core since wire
+/// version 4 (286f83c); the core before passes it, most likely because the
+/// larger messages changed the random schedule (the network's loss grows
+/// with a message's size), not the logic. To be explained and fixed, with a
+/// scenario, next; replay with
+/// `cargo run --release -p vsr_sim --bin vopr -- --seed 307755 --dead-minority`.
+#[test]
+#[ignore = "open: durable view lost across a restart (seed 307755, dead minority)"]
+fn dead_minority_seed_307755_keeps_its_durable_view() {
+    let mut options = Options::from_seed(307_755);
+    options.dead_minority = true;
+    Simulator::new(options).run().unwrap();
+}
