@@ -101,10 +101,16 @@ fn recovery_is_not_fenced_in_an_unstarted_view() {
 /// view 4, nothing staged. It crashes (tick 2451) and restarts at tick 2620
 /// from superblock sequence 6, view 0: both copies of sequence 7 are gone
 /// (no rot in this seed: `corruption_probability` 0). With torn crashes
-/// off, or with disk faults at boot off, the seed passes; at tick 1616 the
-/// disk shows no fault and the host holds nothing pending. The storage or
-/// the simulator's disk (a write the store took as synced after a faulty
-/// boot, then torn), not the protocol, is the first suspect. It fails the same on every core since wire
+/// off, or with disk faults at boot off, the seed passes. From the restart
+/// at tick 1616 to the crash, the disk (`MemDisk::unsynced`) holds 2
+/// unsynced operations that never become synced, while the replica sends
+/// in view 4 from tick 1617 and its host holds nothing pending: the
+/// superblock write of view 4 was never made durable, yet the sends that
+/// must follow it left, and the crash kept a prefix without it. A
+/// persist-then-send break in the host or the store after a boot with a
+/// disk fault (or in `MemDisk`'s accounting), not in the protocol, is the
+/// first suspect; base 9bc5593 passes this seed range (305,000–314,999)
+/// whole, and this core passes dead-minority seeds 0–24,999. It fails the same on every core since wire
 /// version 4 (286f83c); the core before passes it, most likely because the
 /// larger messages changed the random schedule (the network's loss grows
 /// with a message's size), not the logic. To be explained and fixed, with a
