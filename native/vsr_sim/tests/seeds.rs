@@ -106,11 +106,19 @@ fn recovery_is_not_fenced_in_an_unstarted_view() {
 /// unsynced operations that never become synced, while the replica sends
 /// in view 4 from tick 1617 and its host holds nothing pending: the
 /// superblock write of view 4 was never made durable, yet the sends that
-/// must follow it left, and the crash kept a prefix without it. A
-/// persist-then-send break in the host or the store after a boot with a
-/// disk fault (or in `MemDisk`'s accounting), not in the protocol, is the
-/// first suspect; base 9bc5593 passes this seed range (305,000–314,999)
-/// whole, and this core passes dead-minority seeds 0–24,999. It fails the same on every core since wire
+/// must follow it left, and the crash kept a prefix without it. Traced
+/// further: the crash at tick 1548 cut a superblock write of view 4 after
+/// one of its two copies (sequence 6); a boot at tick 1557 failed (a disk
+/// fault at boot: `failed_boots` 0 -> 1), and the simulator puts such a
+/// disk back without a crash; the boot at tick 1615 then finds superblock
+/// sequence 7 (view 4, two copies) in the disk's current bytes, which are
+/// not durable (the durable file holds sequence 6, one copy). The likely
+/// cause: an open after a failed `fsync` reads what the failed attempt
+/// wrote (as Linux's page cache serves it) and trusts it as durable; the
+/// open should make what it read durable (rewrite and sync) before the
+/// replica acts on it. Storage, not the protocol; base 9bc5593 passes this
+/// seed range (305,000–314,999) whole (another schedule), and this core
+/// passes dead-minority seeds 0–24,999. It fails the same on every core since wire
 /// version 4 (286f83c); the core before passes it, most likely because the
 /// larger messages changed the random schedule (the network's loss grows
 /// with a message's size), not the logic. To be explained and fixed, with a
