@@ -125,7 +125,6 @@ fn recovery_is_not_fenced_in_an_unstarted_view() {
 /// scenario, next; replay with
 /// `cargo run --release -p vsr_sim --bin vopr -- --seed 307755 --dead-minority`.
 #[test]
-#[ignore = "open: durable view lost across a restart (seed 307755, dead minority)"]
 fn dead_minority_seed_307755_keeps_its_durable_view() {
     let mut options = Options::from_seed(307_755);
     options.dead_minority = true;

@@ -602,13 +602,18 @@ impl<D: Disk> Store<D> {
             Record::Seal.encode_into(&mut store.wal_pending);
             let _ = store.write_wal();
         }
-        let known = (store.superblock.wal_synced, store.superblock.wal_durable);
-        if (store.wal_synced, store.wal_durable) != known && !store.has_staged() {
-            // Cover what the open made durable, as a sync would before an
-            // acknowledgement: the replica may acknowledge those entries
-            // again once it runs. (With the seal still staged, the sync
-            // that writes it records the file's length; a lagging
-            // `wal_durable` costs only a rewrite at the next open.)
+        // The superblock itself may not be durable either: an earlier life
+        // whose superblock write failed to sync (Linux marks the pages
+        // clean, and reads still return them) left bytes this open reads
+        // and a crash loses; the replica would act on them (send in their
+        // view) and restart below it after a crash (seed 307755). So the
+        // open writes it again, synced, before the replica gets it; that
+        // also covers what the open made durable of the WAL, as a sync
+        // would before an acknowledgement. With the seal still staged, the
+        // sync that writes it writes the superblock too.
+        if store.has_staged() {
+            store.state.get_or_insert(state);
+        } else {
             store.write_superblock(state, None)?;
         }
         let mut entries = scan.entries;
@@ -2256,6 +2261,38 @@ mod tests {
         assert_eq!(stored, entries);
     }
 
+    /// Seed 307755 (dead minority): a process whose superblock write failed
+    /// to sync (its pages marked clean, as Linux does) dies without a
+    /// machine crash; the next open reads that superblock, and its replica
+    /// acts on it (sends in its view). A crash then loses it, and the
+    /// replica restarts below a view it sent messages in. The open must
+    /// make what it read durable before the replica acts on it.
+    #[test]
+    fn an_open_makes_the_superblock_it_read_durable() {
+        let (mut store, _) = open(MemDisk::default());
+        store.disk.failing = true;
+        store
+            .stage(&Output::WriteState(Box::new(state(4, 0, 0))))
+            .unwrap();
+        assert!(store.sync().is_err());
+        let mut disk = store.into_disk();
+        disk.failing = false; // the process dies; the pages stay, clean
+        let (store, opened) = open(disk);
+        assert_eq!(
+            restarted(&opened).0.view,
+            4,
+            "the open reads the written superblock"
+        );
+        let mut disk = store.into_disk();
+        disk.crash(CrashCut { kept: 0, torn: None });
+        let (_, opened) = open(disk);
+        assert_eq!(
+            restarted(&opened).0.view,
+            4,
+            "what the replica acted on survives a crash"
+        );
+    }
+
     #[test]
     fn compaction_moves_the_live_log_to_the_other_file_and_appends_continue_there() {
         let entries = chain(&[], 40, 0);
@@ -2524,23 +2561,21 @@ mod tests {
         let (replica, _) = vsr::Replica::restart(vsr::Config::new(3, 3), 0, restored, log).unwrap();
         assert_eq!(replica.membership().epoch(), 0);
         assert_eq!(replica.durable_state().incarnations, durable.incarnations);
-        // Opening wrote nothing: both copies of the newest update were intact.
-        assert!(versions(store.disk_mut()).iter().flatten().all(|&v| v == 5));
-        // The next superblock write is format 6, beside the format-5 copies
-        // of the update before it; a reopen reads the newer.
-        let next = state(3, 3, 4);
-        store.stage(&Output::WriteState(Box::new(next))).unwrap();
-        store.sync().unwrap();
+        // The open writes the superblock again (it makes what it read
+        // durable): format 6, beside the format-5 copies of the update
+        // before it; a reopen reads the newer.
         let sequence = store.superblock().sequence;
-        let mut disk = store.into_disk();
-        let found = versions(&mut disk);
+        let found = versions(store.disk_mut());
         for slot in Superblock::slots_of(sequence) {
             assert_eq!(found[slot], Some(FORMAT_VERSION));
         }
         for slot in Superblock::slots_of(sequence - 1) {
             assert_eq!(found[slot], Some(FORMAT_VERSION_5));
         }
-        let (_, opened) = open(disk);
+        let next = state(3, 3, 4);
+        store.stage(&Output::WriteState(Box::new(next))).unwrap();
+        store.sync().unwrap();
+        let (_, opened) = open(store.into_disk());
         assert_eq!(restarted(&opened), (next, entries));
     }
 
