@@ -87,9 +87,15 @@ impl Request {
             && self.payload == other.payload
     }
 
+    /// Whether this request has the client id reserved for reconfiguration
+    /// entries, which no host or peer may submit.
+    pub fn is_reconfiguration(&self) -> bool {
+        self.client == MEMBERSHIP_CLIENT
+    }
+
     /// The target membership, if this is a reconfiguration entry's request.
     pub fn reconfiguration(&self) -> Option<Membership> {
-        if self.client != MEMBERSHIP_CLIENT {
+        if !self.is_reconfiguration() {
             return None;
         }
         postcard::from_bytes(&self.payload).ok()
@@ -122,6 +128,12 @@ struct PrepareFields<'a> {
 }
 
 impl Prepare {
+    /// The target membership, if this is a reconfiguration entry (whose
+    /// one request carries it: `decode` refuses one beside others).
+    pub fn reconfiguration(&self) -> Option<Membership> {
+        self.requests.first()?.reconfiguration()
+    }
+
     /// Builds an entry and computes its checksum.
     pub fn new(parent: u128, view: View, op: Op, timestamp: u64, requests: Vec<Request>) -> Prepare {
         let mut prepare = Prepare {
@@ -530,7 +542,7 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
 /// epoch the request names.
 fn reconfigurations_are_well_formed(message: &Message) -> bool {
     message.entries().iter().all(|entry| {
-        let reconfiguring = entry.requests.iter().any(|r| r.client == MEMBERSHIP_CLIENT);
+        let reconfiguring = entry.requests.iter().any(Request::is_reconfiguration);
         !reconfiguring
             || (entry.requests.len() == 1
                 && entry.requests[0]

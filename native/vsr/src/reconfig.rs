@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 
-use crate::client_table::Outcome;
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
 use crate::config::{Op, View};
@@ -90,7 +89,7 @@ impl EpochStaging {
 fn entries_epoch(entries: &[Arc<Prepare>]) -> Epoch {
     entries
         .last()
-        .and_then(|e| e.requests.first()?.reconfiguration())
+        .and_then(|e| e.reconfiguration())
         .map_or(0, |t| t.epoch())
 }
 
@@ -362,12 +361,7 @@ impl Replica {
     fn live_in(&self, target: &Membership) -> usize {
         target
             .slots()
-            .filter(|&s| {
-                s == self.index
-                    || (self.membership.contains(s)
-                        && self.ticks
-                            < self.last_heard[s as usize].saturating_add(self.config.view_change_ticks))
-            })
+            .filter(|&s| self.membership.contains(s) && self.heard_lately(s))
             .count()
     }
 
@@ -388,7 +382,7 @@ impl Replica {
             return None;
         }
         let entry = self.log.get(head)?;
-        let target = entry.requests.first()?.reconfiguration()?;
+        let target = entry.reconfiguration()?;
         Some((head, target))
     }
 
@@ -421,10 +415,7 @@ impl Replica {
         let caught_up = target
             .slots()
             .filter(|&s| {
-                s == self.index
-                    || (self.acked[s as usize] >= self.commit_max
-                        && self.ticks
-                            < self.last_heard[s as usize].saturating_add(self.config.view_change_ticks))
+                s == self.index || (self.acked[s as usize] >= self.commit_max && self.heard_lately(s))
             })
             .count();
         if caught_up < target.quorum() {
@@ -587,21 +578,18 @@ impl Replica {
                     self.acked[self.index as usize] = self.log.op();
                     self.last_broadcast_tick = self.ticks;
                 } else {
-                    self.queue.clear();
-                    self.queued.clear();
+                    self.clear_queue();
                 }
             }
             Role::Member => {
                 // Replayed: it may have led view 0 before it crashed and
                 // sent prepares it never wrote; it waits for the view.
                 self.status = Status::ViewChange;
-                self.queue.clear();
-                self.queued.clear();
+                self.clear_queue();
             }
             _ => {
                 self.status = Status::Normal;
-                self.queue.clear();
-                self.queued.clear();
+                self.clear_queue();
             }
         }
         self.write_state();
@@ -627,14 +615,13 @@ impl Replica {
         }
     }
 
-    /// Drops what this replica holds for `slot`, which left the list.
+    /// Drops what this replica holds for `slot`, which left the list:
+    /// what an older incarnation's messages left (`forget_incarnation`),
+    /// and the vote's time, the clock reading, checkpoint reports and pin.
     fn forget_slot(&mut self, slot: Slot) {
         let s = slot as usize;
-        self.acked[s] = 0;
-        self.votes[s] = 0;
+        self.forget_incarnation(s);
         self.vote_ticks[s] = 0;
-        self.dvcs[s] = None;
-        self.reads.forget(s);
         self.clocks.forget(s);
         self.checkpoints.forget_peer(slot);
     }
@@ -770,7 +757,7 @@ impl Replica {
             && self
                 .log
                 .get(start)
-                .and_then(|e| e.requests.first()?.reconfiguration())
+                .and_then(|e| e.reconfiguration())
                 .is_some_and(|t| t.epoch() == membership.epoch());
         if !holds || self.status == Status::Recovering || self.status == Status::Repairing {
             return false; // it fetches the committed log instead
@@ -786,12 +773,8 @@ impl Replica {
     /// this replica executed (at most once per `resend_ticks`, unless the
     /// last answer left more to fetch: `more`).
     fn request_start_epoch(&mut self, sender: Sender, more: bool) {
-        if self.status == Status::Recovering
-            || self.status == Status::Repairing
-            || self.role == Role::Removed
-            || self.is_diverged()
-        {
-            return; // they fetch their logs their own way (a diverged one: a checkpoint first)
+        if !self.fetches_across_epochs() {
+            return;
         }
         if !more && !self.due(self.last_start_epoch_request) {
             return;
@@ -806,6 +789,17 @@ impl Replica {
                 from,
             },
         );
+    }
+
+    /// Whether this replica catches up across epochs by fetching committed
+    /// entries: not one recovering or repairing (they fetch their logs
+    /// their own way), removed, or diverged (it heals by a checkpoint
+    /// first: executing nothing, it would pile up entries past the
+    /// reconfiguration entry).
+    fn fetches_across_epochs(&self) -> bool {
+        !matches!(self.status, Status::Recovering | Status::Repairing)
+            && self.role != Role::Removed
+            && !self.is_diverged()
     }
 
     /// A replica of an older epoch asks for the committed log after `from`:
@@ -854,12 +848,8 @@ impl Replica {
         from_checksum: u128,
         entries: Vec<Arc<Prepare>>,
     ) -> bool {
-        if self.status == Status::Recovering
-            || self.status == Status::Repairing
-            || self.role == Role::Removed
-            || self.is_diverged()
-        {
-            return false; // a diverged replica heals by a checkpoint first
+        if !self.fetches_across_epochs() {
+            return false;
         }
         let Some(last) = entries.last().map(|e| e.op) else {
             return false;
@@ -883,12 +873,10 @@ impl Replica {
         let staging = self.epoch_staging.as_mut().expect("set");
         staging.entries.extend(entries);
         let next = self.membership.epoch() + 1;
-        let start = staging.entries.iter().position(|e| {
-            e.requests
-                .first()
-                .and_then(Request::reconfiguration)
-                .is_some_and(|t| t.epoch() == next)
-        });
+        let start = staging
+            .entries
+            .iter()
+            .position(|e| e.reconfiguration().is_some_and(|t| t.epoch() == next));
         let Some(start) = start else {
             return commit > last; // not there yet: more to fetch
         };
@@ -943,16 +931,6 @@ impl Replica {
         );
     }
 
-    /// The outcome a reconfiguration entry's request gets (no client's).
-    pub(crate) fn reconfiguration_outcome() -> Outcome {
-        Outcome::Membership
-    }
-
-    /// Whether `request` is one no host or peer may submit.
-    pub(crate) fn is_reserved(request: &Request) -> bool {
-        request.client == MEMBERSHIP_CLIENT
-    }
-
     /// What always holds of membership changes at one replica (checked
     /// with the other invariants, `invariants.rs`).
     pub(crate) fn check_reconfiguration(&self) -> Result<(), String> {
@@ -963,7 +941,7 @@ impl Replica {
             if self
                 .log
                 .get(op)
-                .is_some_and(|e| e.requests.iter().any(|r| r.client == MEMBERSHIP_CLIENT))
+                .is_some_and(|e| e.requests.iter().any(Request::is_reconfiguration))
             {
                 return Err(format!(
                     "a reconfiguration entry at op {op} below the log's head {head}, unexecuted"

@@ -224,7 +224,7 @@ impl Replica {
     }
 
     /// Drops everything an older incarnation of `replica` told us.
-    fn forget_incarnation(&mut self, replica: usize) {
+    pub(crate) fn forget_incarnation(&mut self, replica: usize) {
         self.acked[replica] = 0;
         self.votes[replica] = 0;
         self.dvcs[replica] = None;

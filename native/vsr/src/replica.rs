@@ -895,7 +895,7 @@ impl Replica {
             origin: self.index,
             payload: submission.payload,
         };
-        let settled = if Replica::is_reserved(&request) {
+        let settled = if request.is_reconfiguration() {
             Some(Outcome::Refused) // the reconfiguration entries' client id
         } else {
             self.client_table.settled(&request)
@@ -959,7 +959,7 @@ impl Replica {
 
     /// A request reached the primary: queue it unless it is already in hand.
     fn on_request(&mut self, request: Request) {
-        if !self.is_primary() || Replica::is_reserved(&request) {
+        if !self.is_primary() || request.is_reconfiguration() {
             return; // the origin retries towards the right primary
         }
         let key = (request.client, request.request, checksum(&request.payload));
@@ -1172,15 +1172,15 @@ impl Replica {
     /// A primary that has not heard from a quorum lately stops leading, so
     /// that its silence lets the backups elect a primary that can commit.
     pub(crate) fn abdicating(&self) -> bool {
-        let recent = self
-            .membership
-            .slots()
-            .filter(|&r| {
-                r == self.index
-                    || self.ticks < self.last_heard[r as usize].saturating_add(self.config.view_change_ticks)
-            })
-            .count();
+        let recent = self.membership.slots().filter(|&r| self.heard_lately(r)).count();
         recent < self.quorum()
+    }
+
+    /// Whether the primary heard `slot` within a view-change timeout (it
+    /// hears itself always).
+    pub(crate) fn heard_lately(&self, slot: Slot) -> bool {
+        slot == self.index
+            || self.ticks < self.last_heard[slot as usize].saturating_add(self.config.view_change_ticks)
     }
 
     fn tick_primary(&mut self) {
@@ -1433,13 +1433,13 @@ impl Replica {
             let entry = self.log.get(op).expect("op within the log").clone();
             // A reconfiguration entry holds its one request alone (decode
             // and `prepare_reconfiguration` see to it).
-            let target = entry.requests.first().and_then(Request::reconfiguration);
+            let target = entry.reconfiguration();
             let outcomes: Vec<Outcome> = entry
                 .requests
                 .iter()
                 .map(|r| {
-                    if Replica::is_reserved(r) {
-                        Replica::reconfiguration_outcome()
+                    if r.is_reconfiguration() {
+                        Outcome::Membership // no client's: nothing for the application
                     } else {
                         self.execute_request(op, r)
                     }

@@ -198,31 +198,31 @@ impl SuperblockV5 {
     /// that index, because the genesis every host builds today
     /// (`vsr::Config::new`) gives each member its slot number as its id.
     fn upgraded(self) -> Superblock {
+        let identity = Identity {
+            cluster: self.identity.cluster,
+            group: self.identity.group,
+            member: MemberId::from(self.identity.replica),
+            joined: 0,
+        };
         let mut incarnations = [0; MAX_SLOTS];
         incarnations[..self.incarnations.len()].copy_from_slice(&self.incarnations);
-        Superblock {
-            sequence: self.sequence,
-            identity: Identity {
-                cluster: self.identity.cluster,
-                group: self.identity.group,
-                member: MemberId::from(self.identity.replica),
-                joined: 0,
-            },
-            meta: self.meta,
+        // What format 6 adds reads as a new store's (`Superblock::new`).
+        let mut superblock = Superblock::new(identity, self.meta);
+        superblock.set_state(&DurableState {
             view: self.view,
             log_view: self.log_view,
             commit: self.commit,
             incarnations,
             recovering: self.recovering,
-            membership: None,
-            role: Role::Member,
-            fenced_epoch: 0,
-            epoch_start: (0, 0),
-            life: None,
+            ..DurableState::default()
+        });
+        Superblock {
+            sequence: self.sequence,
             checkpoint: self.checkpoint,
             wal: self.wal,
             wal_synced: self.wal_synced,
             wal_durable: self.wal_durable,
+            ..superblock
         }
     }
 }
