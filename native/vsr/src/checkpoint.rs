@@ -1016,8 +1016,11 @@ impl Replica {
         self.commit_max = self.commit_max.max(op);
         self.primary_op = self.primary_op.max(op);
         // A primary of a view the cluster has left may be behind too; what
-        // it holds for itself is its log as it is now.
-        self.acked[self.index as usize] = self.log.op();
+        // it holds for itself is its log as it is now (a learner counts
+        // for nothing, itself included).
+        if self.membership.is_member(self.index, self.id) {
+            self.acked[self.index as usize] = self.log.op();
+        }
         self.repair_until = self.repair_until.max(op);
         if self.staging_base().is_some_and(|b| b < op) {
             self.staging = None;

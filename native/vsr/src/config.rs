@@ -177,6 +177,14 @@ pub enum Mutation {
     /// it already answered its host about: a change its caller was told
     /// failed can still be proposed and commit.
     ProposeWithoutConsent,
+    /// The primary counts its learners' acknowledgements towards a commit
+    /// quorum: a primary cut off from its backups commits with a learner
+    /// alone, and the backups' next view loses what it committed.
+    CountLearnerAcks,
+    /// A learner enters its epoch as a member whatever life the entry
+    /// records for it: a later life of it takes part at incarnation 0, as
+    /// the one the others may have heard from.
+    EnterAsAnotherLife,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

@@ -73,7 +73,10 @@ impl Replica {
                 self.membership.epoch()
             ));
         }
-        let listed = self.membership.contains(self.index);
+        let listed = self
+            .membership
+            .member(self.index)
+            .is_some_and(|m| m.id == self.id && m.joined == self.joined);
         if (self.role == Role::Member) != listed {
             return Err(format!(
                 "role {:?} for slot {} {} its list {:?}",
@@ -86,8 +89,9 @@ impl Replica {
         let outside = (0..MAX_SLOTS as Slot).filter(|&s| !self.membership.contains(s));
         for slot in outside {
             let s = slot as usize;
+            let learner = self.learners.iter().any(|l| l.0 == slot);
             let held = [
-                ("an acknowledgement", self.acked[s] != 0),
+                ("an acknowledgement", self.acked[s] != 0 && !learner),
                 ("a vote", self.votes[s] != 0 || self.vote_ticks[s] != 0),
                 ("an incarnation", self.incarnations[s] != 0),
                 ("a DoViewChange", self.dvcs[s].is_some()),

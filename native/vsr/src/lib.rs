@@ -11,6 +11,7 @@ pub mod client_table;
 mod clock;
 pub mod config;
 mod invariants;
+mod learner;
 pub mod log;
 pub mod membership;
 pub mod message;

@@ -316,6 +316,19 @@ pub enum Message {
         from_checksum: u128,
         entries: Vec<Arc<Prepare>>,
     },
+    /// The primary of `view` in `membership`'s epoch to a learner it
+    /// admitted (a new member of `target`, the change it holds or
+    /// proposed): learn from me. Sent every heartbeat while it holds the
+    /// learner.
+    Learn {
+        membership: Membership,
+        target: Box<Membership>,
+        view: View,
+    },
+    /// A learner's answer to every `Learn`: the life it runs (drawn at each
+    /// start), which the primary records in the entry for the learner's
+    /// slot.
+    Learning { view: View, life: u64 },
 }
 
 /// What a primary tells the origin of a change.
@@ -323,6 +336,9 @@ pub enum Message {
 pub enum Answer {
     /// Admitted: the primary works towards proposing it.
     Admitted,
+    /// Admitted, but a learner it names has not been heard yet: at the
+    /// deadline the change is given up as unreachable.
+    AdmittedUnheard,
     /// Its entry is in the primary's log at `op`.
     Proposed { op: Op },
     /// Another change is under way.
@@ -333,8 +349,7 @@ pub enum Answer {
     Unchanged,
     /// The target would lack a live quorum.
     NoQuorum,
-    /// A new member is named (learners are not supported yet), or one that
-    /// was not heard.
+    /// A new member's learner was never heard by the deadline.
     Unreachable,
     /// The primary gave the change up before the origin's consent (its
     /// deadline passed).
@@ -376,6 +391,8 @@ impl Message {
             Message::Leaving { .. } => "leaving",
             Message::RequestStartEpoch { .. } => "request_start_epoch",
             Message::StartEpoch { .. } => "start_epoch",
+            Message::Learn { .. } => "learn",
+            Message::Learning { .. } => "learning",
         }
     }
 
@@ -486,8 +503,8 @@ pub fn decode(cluster: u128, bytes: &[u8]) -> Result<Decoded, DecodeError> {
     }
     // Epochs count changes, as views count view changes: one above
     // NUMBER_MAX is crafted; a member is admitted by its epoch or an
-    // earlier one.
-    if sender.epoch > NUMBER_MAX || sender.joined > sender.epoch {
+    // earlier one, a learner by the next.
+    if sender.epoch > NUMBER_MAX || sender.joined > sender.epoch.saturating_add(1) {
         return Err(DecodeError::Malformed);
     }
     let (incarnations, clock, message): ([u64; MAX_SLOTS], u64, Message) =
@@ -521,7 +538,9 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
         | Message::RequestStartView { view, .. }
         | Message::RecoveryFenced { view, .. }
         | Message::Confirm { view, .. }
-        | Message::Confirmed { view, .. } => [*view, 0],
+        | Message::Confirmed { view, .. }
+        | Message::Learning { view, .. } => [*view, 0],
+        Message::Learn { membership, view, .. } => [membership.epoch(), *view],
         Message::Reconfigure {
             target: membership, ..
         }
@@ -709,8 +728,12 @@ mod tests {
                 epoch: NUMBER_MAX + 1,
                 ..named
             },
-            Sender { joined: 4, ..named },
+            // A learner's `joined` is its epoch's next; after that, crafted.
+            Sender { joined: 5, ..named },
         ];
+        let learner = Sender { joined: 4, ..named };
+        let bytes = encode(42, learner, &NONE, 7, &sample());
+        assert_eq!(decode(42, &bytes).map(|d| d.sender), Ok(learner));
         for sender in crafted {
             let bytes = encode(42, sender, &NONE, 7, &sample());
             assert_eq!(decode(42, &bytes), Err(DecodeError::Malformed), "{sender:?}");

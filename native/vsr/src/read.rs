@@ -182,6 +182,7 @@ impl Replica {
         }
         let message = self.heartbeat();
         self.broadcast(&message);
+        self.send_to_learners(&message);
         self.last_broadcast_tick = self.ticks;
         self.commit_unannounced = false;
     }

@@ -43,7 +43,7 @@ pub enum ChangeResult {
     /// The target would lack a live quorum, or the primary could not be
     /// reached, by the deadline.
     NoQuorum,
-    /// A new member is named: not supported yet, or never heard.
+    /// A new member's learner was never heard by the deadline.
     Unreachable,
     /// The change was proposed but its op went to another entry, and the
     /// deadline passed before it was proposed again.
@@ -175,7 +175,7 @@ impl Replica {
         if self.ticks >= origin.deadline && origin.consent.is_none() {
             let result = match origin.answer {
                 Some(Answer::Proposed { .. }) => ChangeResult::Abandoned,
-                Some(Answer::Unreachable) => ChangeResult::Unreachable,
+                Some(Answer::Unreachable | Answer::AdmittedUnheard) => ChangeResult::Unreachable,
                 _ => ChangeResult::NoQuorum,
             };
             return self.finish_origin(result);
@@ -214,7 +214,7 @@ impl Replica {
             return;
         }
         let result = match answer {
-            Answer::Admitted | Answer::Proposed { .. } => return,
+            Answer::Admitted | Answer::AdmittedUnheard | Answer::Proposed { .. } => return,
             Answer::Busy => ChangeResult::Busy,
             Answer::Stale => ChangeResult::Stale,
             Answer::Unchanged => ChangeResult::Unchanged,
@@ -298,7 +298,9 @@ impl Replica {
         let change = target.change();
         let answer = self.admit(from, target, ticks);
         self.answer_origin(from, change, answer);
-        if answer == Answer::Admitted {
+        if matches!(answer, Answer::Admitted | Answer::AdmittedUnheard) {
+            self.refresh_learners();
+            self.teach_learners();
             self.try_propose();
         }
     }
@@ -320,18 +322,21 @@ impl Replica {
         for m in target.members() {
             match self.membership.member(m.slot) {
                 Some(old) if old.id == m.id && old.joined == m.joined => {}
-                // A member new to the list needs a learner (a later step).
-                None if self.membership.member_by_id(m.id).is_none() && m.joined == target.epoch() => {
-                    return Answer::Unreachable
-                }
+                // A member new to the list: a learner first, at a slot free
+                // in the list.
+                None if self.membership.member_by_id(m.id).is_none() && m.joined == target.epoch() => {}
                 _ => return Answer::Stale,
             }
         }
         if let Some(admitted) = &self.change {
-            return if admitted.change == change {
-                Answer::Admitted
-            } else {
+            return if admitted.change != change {
                 Answer::Busy
+            } else if self.learner_unheard() {
+                // Asked again (the origin resends until answered for good):
+                // say whether every learner has been heard.
+                Answer::AdmittedUnheard
+            } else {
+                Answer::Admitted
             };
         }
         let same = |a: &[crate::membership::Member], b: &[crate::membership::Member]| {
@@ -340,7 +345,10 @@ impl Replica {
         if same(target.members(), self.membership.members()) {
             return Answer::Unchanged;
         }
-        if self.live_in(&target) < target.quorum() {
+        // Never below a quorum: the staying members heard lately, and the
+        // learners (which must catch up before the proposal), make one.
+        let learners = target.slots().filter(|&s| !self.membership.contains(s)).count();
+        if self.live_in(&target) + learners < target.quorum() {
             return Answer::NoQuorum;
         }
         self.change = Some(Change {
@@ -409,8 +417,14 @@ impl Replica {
         };
         let (id, origin, target) = (change.change, change.origin, change.target);
         if self.ticks >= change.deadline {
+            let answer = if self.learner_unheard() {
+                Answer::Unreachable
+            } else {
+                Answer::Withdrawn
+            };
             self.change = None;
-            return self.answer_origin(origin, id, Answer::Withdrawn);
+            self.refresh_learners();
+            return self.answer_origin(origin, id, answer);
         }
         let caught_up = target
             .slots()
@@ -418,7 +432,7 @@ impl Replica {
                 s == self.index || (self.acked[s as usize] >= self.commit_max && self.heard_lately(s))
             })
             .count();
-        if caught_up < target.quorum() {
+        if caught_up < target.quorum() || !self.learners_caught_up(&target) {
             return;
         }
         let op = self.log.op() + 1;
@@ -466,6 +480,11 @@ impl Replica {
         let mut members = change.target.members().to_vec();
         for m in &mut members {
             m.incarnation = self.incarnations[m.slot as usize];
+            if !self.membership.contains(m.slot) {
+                // The learner's life whose acknowledgements the proposal
+                // counted: only that life enters without a recovery.
+                m.life = self.learner_lives[m.slot as usize];
+            }
         }
         let target =
             Membership::new(change.target.epoch(), change.change, &members).expect("same slots and ids");
@@ -497,12 +516,14 @@ impl Replica {
             // The last word of the old epoch: the others learn the commit
             // from it and enter by their own, instead of fetching the new
             // epoch's start.
-            self.broadcast(&Message::Commit {
+            let commit = Message::Commit {
                 view: self.view,
                 commit: op,
                 round: self.reads.heard_round,
                 checkpoint: self.checkpoints.canonical(),
-            });
+            };
+            self.broadcast(&commit);
+            self.send_to_learners(&commit);
         }
         // By its own commit, in a running replica whose log ends at the
         // entry; else it caught up (a restart's replay, or committed
@@ -537,11 +558,19 @@ impl Replica {
         // entered (left over, a later catch-up would ask from their end,
         // which the senders may no longer hold: review of step 7).
         self.epoch_staging = None;
-        self.role = if target.is_member(self.index, self.id) {
-            Role::Member
-        } else {
-            Role::Leaving
+        let was_learner = self.role == Role::Learner;
+        let listed = target
+            .member(self.index)
+            .is_some_and(|m| m.id == self.id && m.joined == self.joined);
+        self.role = match (listed, was_learner) {
+            (true, _) => Role::Member,
+            // A learner catching up through epochs before the one that
+            // admits it; one left out of that one was never admitted.
+            (false, true) if target.epoch() < self.joined => Role::Learner,
+            (false, true) => Role::Removed,
+            (false, false) => Role::Leaving,
         };
+        let recovers = was_learner && listed && self.learner_must_recover(&target);
         self.view = 0;
         self.log_view = 0;
         self.view_seen = 0;
@@ -554,6 +583,9 @@ impl Replica {
         self.acked = [0; MAX_SLOTS];
         self.last_heard = [self.ticks; MAX_SLOTS];
         self.change = None;
+        self.learners.clear();
+        self.learner_lives = [0; MAX_SLOTS];
+        self.learn_target = None;
         self.status_since = self.ticks;
         self.last_primary_tick = self.ticks;
         self.last_start_view_request = None;
@@ -571,6 +603,17 @@ impl Replica {
         }
         let leads = target.primary(0) == self.index;
         match self.role {
+            Role::Member if recovers => {
+                // Another life of it, or an epoch after the one that
+                // admitted it: an earlier life may have taken part at
+                // incarnation 0, so it takes a new incarnation at a quorum
+                // of the list, and the view's log, before it takes part.
+                self.status = Status::Recovering;
+                let nonce = (u128::from(self.life) << 64) | u128::from(target.epoch());
+                self.recovery = Some(crate::recovery::Recovery::keeping_log(nonce));
+                self.last_resend_tick = 0;
+                self.clear_queue();
+            }
             Role::Member if live => {
                 self.status = Status::Normal;
                 if leads {
@@ -587,6 +630,10 @@ impl Replica {
                 self.status = Status::ViewChange;
                 self.clear_queue();
             }
+            Role::Learner => {
+                self.status = Status::ViewChange;
+                self.clear_queue();
+            }
             _ => {
                 self.status = Status::Normal;
                 self.clear_queue();
@@ -597,7 +644,13 @@ impl Replica {
             membership: Box::new(target),
             role: self.role,
         });
-        if !live {
+        if self.role == Role::Removed {
+            self.out.push(Output::Removed {
+                epoch: target.epoch(),
+            });
+            return;
+        }
+        if !live || recovers || self.role == Role::Learner {
             return;
         }
         if self.role == Role::Member {

@@ -51,6 +51,33 @@ pub(crate) struct Recovery {
     fencing: bool,
     /// A quorum has fenced: now fetching the log.
     pub(crate) answered: bool,
+    /// The replica kept its log (a learner of another life entering its
+    /// epoch): its durable state does not say it is recovering, which
+    /// would empty its store's log, and it is fenced in its epoch once
+    /// done (`fenced_epoch`).
+    pub(crate) kept_log: bool,
+}
+
+impl Recovery {
+    /// A recovery starting at step 1; `nonce` is unique to it.
+    pub(crate) fn new(nonce: u128) -> Recovery {
+        Recovery {
+            nonce,
+            known: [None; MAX_SLOTS],
+            fenced: [None; MAX_SLOTS],
+            fencing: false,
+            answered: false,
+            kept_log: false,
+        }
+    }
+
+    /// A recovery of a replica that keeps its log.
+    pub(crate) fn keeping_log(nonce: u128) -> Recovery {
+        Recovery {
+            kept_log: true,
+            ..Recovery::new(nonce)
+        }
+    }
 }
 
 impl Replica {
@@ -59,6 +86,22 @@ impl Replica {
     /// others. `nonce` must be unique to this restart (random).
     pub fn recovering(config: crate::config::Config, index: Slot, nonce: u128) -> Result<Replica, String> {
         Replica::recovering_from(config, index, DurableState::default(), nonce)
+    }
+
+    /// [`Replica::recovering`] in `known`, the newest membership its host
+    /// knows (from its peers): a member restarted without its state after
+    /// a change recovers among that list, at its slot there.
+    pub fn recovering_in(
+        config: crate::config::Config,
+        index: Slot,
+        known: crate::membership::Membership,
+        nonce: u128,
+    ) -> Result<Replica, String> {
+        let state = DurableState {
+            membership: Some(known),
+            ..DurableState::default()
+        };
+        Replica::recovering_from(config, index, state, nonce)
     }
 
     /// A replica that lost its log but kept its durable state (disk mode,
@@ -86,13 +129,7 @@ impl Replica {
         };
         let (mut replica, _) = Replica::restart(config, index, kept, Vec::new())?;
         replica.status = Status::Recovering;
-        replica.recovery = Some(Recovery {
-            nonce,
-            known: [None; MAX_SLOTS],
-            fenced: [None; MAX_SLOTS],
-            fencing: false,
-            answered: false,
-        });
+        replica.recovery = Some(Recovery::new(nonce));
         Ok(replica)
     }
 
@@ -123,12 +160,24 @@ impl Replica {
             clock,
             message,
         } = decoded;
+        let message = match message {
+            // A learner's list is not known before this names it.
+            Message::Learn {
+                membership,
+                target,
+                view,
+            } => return self.on_learn(from, sender, membership, *target, view),
+            message => message,
+        };
         let listed = sender.epoch == self.membership.epoch()
             && self
                 .membership
                 .member(from)
                 .is_some_and(|m| m.id == sender.id && m.joined == sender.joined);
         if !listed {
+            if self.admitted_learner(from, sender) {
+                return self.on_learner_message(from, message);
+            }
             if self.status == Status::Repairing {
                 if let Message::Entry { entry } = message {
                     // The entry it waits for is named by its checksum, true

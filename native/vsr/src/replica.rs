@@ -348,6 +348,21 @@ pub struct Replica {
     pub(crate) last_start_epoch_request: Option<u64>,
     /// Committed entries fetched from a newer epoch, not yet installed.
     pub(crate) epoch_staging: Option<crate::reconfig::EpochStaging>,
+    /// A replica started as a learner: the life of this start (never 0),
+    /// recorded by the primary in the entry that admits it. 0 for one
+    /// started as a member.
+    pub(crate) life: u64,
+    /// A learner: the target its primary's `Learn` named (`None` until one
+    /// came).
+    pub(crate) learn_target: Option<Membership>,
+    /// The primary: the learners it admitted (new members of the change it
+    /// holds or the entry it proposed), as `(slot, id, joined)`.
+    pub(crate) learners: Vec<(Slot, MemberId, Epoch)>,
+    /// The primary: each learner slot's life, as its `Learning` said (0:
+    /// not heard).
+    pub(crate) learner_lives: [u64; MAX_SLOTS],
+    /// The primary: when it last sent its learners `Learn`.
+    pub(crate) last_learn_tick: u64,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
@@ -396,6 +411,9 @@ impl Replica {
         entries: Vec<Arc<Prepare>>,
     ) -> Result<(Replica, Vec<Output>), String> {
         config.validate()?;
+        if state.role == Role::Learner {
+            return Err("a learner restarts as a new learner (Replica::learner), with a new life".into());
+        }
         let membership = state.membership.unwrap_or(config.genesis);
         let me = match membership.member(index) {
             Some(&me) => me,
@@ -412,6 +430,21 @@ impl Replica {
                 ))
             }
         };
+        Replica::assemble(config, index, me, state, checkpoint, entries)
+    }
+
+    /// Builds the replica `me` (its slot, member id and `joined`) from
+    /// its durable state, checkpoint and stored entries, re-executing the
+    /// committed prefix.
+    pub(crate) fn assemble(
+        config: Config,
+        index: Slot,
+        me: crate::membership::Member,
+        state: DurableState,
+        checkpoint: Option<Arc<Checkpoint>>,
+        entries: Vec<Arc<Prepare>>,
+    ) -> Result<(Replica, Vec<Output>), String> {
+        let membership = state.membership.unwrap_or(config.genesis);
         if state.log_view > state.view {
             return Err("log_view is ahead of view".into());
         }
@@ -485,6 +518,11 @@ impl Replica {
             replaying: false,
             last_start_epoch_request: None,
             epoch_staging: None,
+            life: 0,
+            learn_target: None,
+            learners: Vec::new(),
+            learner_lives: [0; MAX_SLOTS],
+            last_learn_tick: 0,
             repair: None,
             checkpoints: Default::default(),
             stats: Stats::default(),
@@ -526,6 +564,7 @@ impl Replica {
         if self.change.as_ref().is_some_and(|c| c.view != self.view) || !self.is_primary() {
             self.change = None;
         }
+        self.refresh_learners();
         self.announce_commit(tick);
         #[cfg(debug_assertions)]
         self.assert_invariants();
@@ -600,6 +639,10 @@ impl Replica {
     pub fn primary(&self) -> Slot {
         self.membership.primary(self.view)
     }
+    /// A learner: the target its primary's `Learn` named, once one came.
+    pub fn learn_target(&self) -> Option<&Membership> {
+        self.learn_target.as_ref()
+    }
     /// The op this replica, as the origin of a membership change, consented
     /// to have it proposed at, while that consent is outstanding.
     pub fn consent(&self) -> Option<Op> {
@@ -620,7 +663,10 @@ impl Replica {
             log_view: self.log_view,
             commit: self.commit_max,
             incarnations: self.incarnations,
-            recovering: self.status == Status::Recovering,
+            // One that kept its log is fenced, not amnesiac: its log is
+            // sound, and a restart checks again whether it must recover.
+            recovering: self.status == Status::Recovering
+                && !self.recovery.as_ref().is_some_and(|r| r.kept_log),
             membership: Some(self.membership),
             role: self.role,
             fenced_epoch: self.fenced_epoch,
@@ -629,7 +675,9 @@ impl Replica {
     }
 
     pub(crate) fn is_primary_of_view(&self) -> bool {
-        self.membership.primary(self.view) == self.index
+        // A learner's list may hold its slot under another member (a
+        // genesis placeholder, or a slot reused): it leads nothing.
+        self.role == Role::Member && self.membership.primary(self.view) == self.index
     }
 
     pub(crate) fn quorum(&self) -> usize {
@@ -719,7 +767,10 @@ impl Replica {
     /// list: the replica sends only to members, and answers only senders
     /// its gate let through).
     fn id_of(&self, slot: Slot) -> MemberId {
-        self.membership.member(slot).map_or(0, |m| m.id)
+        match self.membership.member(slot) {
+            Some(m) => m.id,
+            None => self.learners.iter().find(|l| l.0 == slot).map_or(0, |l| l.1),
+        }
     }
 
     pub(crate) fn write_state(&mut self) {
@@ -750,6 +801,9 @@ impl Replica {
     pub(crate) fn on_message(&mut self, from: Slot, message: Message) {
         if self.is_diverged() && matches!(message, Message::Request { .. }) {
             return; // it leads nothing: the origin retries towards another
+        }
+        if self.role == Role::Learner {
+            return self.on_message_as_learner(from, message);
         }
         if self.role != Role::Member {
             // A leaving replica takes part in nothing: it waits for the
@@ -858,6 +912,8 @@ impl Replica {
             | Message::Leaving { .. }
             | Message::RequestStartEpoch { .. }
             | Message::StartEpoch { .. } => {}
+            // Between a primary and its learners only (`learner.rs`).
+            Message::Learn { .. } | Message::Learning { .. } => {}
         }
     }
 
@@ -868,6 +924,9 @@ impl Replica {
         self.clocks.ticked(self.mono_ns);
         if self.role == Role::Leaving {
             return self.tick_leaving();
+        }
+        if self.role == Role::Learner {
+            return self.tick_learner();
         }
         self.tick_origin();
         self.tick_diverged();
@@ -1030,12 +1089,14 @@ impl Replica {
         ));
         self.log.append(entry.clone());
         self.commit_unannounced = false;
-        self.broadcast(&Message::Prepare {
+        let prepare = Message::Prepare {
             view: self.view,
             commit: self.commit_max,
             entry: entry.clone(),
             checkpoint: self.checkpoints.canonical(),
-        });
+        };
+        self.broadcast(&prepare);
+        self.send_to_learners(&prepare);
         self.last_broadcast_tick = self.ticks;
         self.out.push(Output::WriteLog {
             after: op - 1,
@@ -1118,7 +1179,12 @@ impl Replica {
         if !self.is_primary() {
             return;
         }
+        #[allow(unused_mut)]
         let mut acked: Vec<Op> = self.membership.slots().map(|s| self.acked[s as usize]).collect();
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::CountLearnerAcks) {
+            acked.extend(self.learners.iter().map(|l| self.acked[l.0 as usize]));
+        }
         acked.sort_unstable_by(|a, b| b.cmp(a));
         #[allow(unused_mut)]
         let mut quorum_op = acked[self.quorum() - 1];
@@ -1201,6 +1267,9 @@ impl Replica {
         }
         // It leads: like a backup hearing its primary, it has no campaign.
         self.heard_primary();
+        if self.ticks >= self.last_learn_tick.saturating_add(self.config.heartbeat_ticks) {
+            self.teach_learners();
+        }
         self.try_propose();
         self.prepare_queued();
         if self.ticks
@@ -1223,7 +1292,8 @@ impl Replica {
     /// Resends the uncommitted tail to each backup that has not acknowledged it.
     fn retransmit_prepares(&mut self) {
         let op = self.log.op();
-        for backup in self.peers() {
+        let learners = self.learners.iter().map(|l| l.0).collect::<Vec<Slot>>();
+        for backup in self.peers().chain(learners) {
             let acked = self.acked[backup as usize];
             if acked >= op {
                 continue;
@@ -1247,7 +1317,7 @@ impl Replica {
         }
     }
 
-    fn on_request_prepares(&mut self, from: Slot, view: View, first: Op, last: Op) {
+    pub(crate) fn on_request_prepares(&mut self, from: Slot, view: View, first: Op, last: Op) {
         if view != self.view || !self.is_primary() {
             return;
         }
@@ -1289,7 +1359,7 @@ impl Replica {
         self.votes = [0; MAX_SLOTS];
     }
 
-    fn on_prepare(&mut self, from: Slot, view: View, commit: Op, entry: Arc<Prepare>) {
+    pub(crate) fn on_prepare(&mut self, from: Slot, view: View, commit: Op, entry: Arc<Prepare>) {
         if !self.accepts_normal_message(from, view) {
             return;
         }
@@ -1316,7 +1386,7 @@ impl Replica {
         self.learn_commit(commit);
     }
 
-    fn on_commit(&mut self, from: Slot, view: View, commit: Op, round: u64) {
+    pub(crate) fn on_commit(&mut self, from: Slot, view: View, commit: Op, round: u64) {
         if !self.accepts_normal_message(from, view) {
             return;
         }

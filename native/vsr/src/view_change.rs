@@ -584,7 +584,9 @@ impl Replica {
         self.replace_log_after(staging.base, staging.entries);
         self.view = staging.view;
         self.log_view = staging.view;
-        self.recovery = None;
+        if self.recovery.take().is_some_and(|r| r.kept_log) {
+            self.fenced_epoch = self.membership.epoch();
+        }
         self.reads.new_view();
         self.status = Status::Normal;
         self.status_since = self.ticks;

@@ -6,11 +6,17 @@ use vsr_storage::{Creation, Disk, Identity, Opened, Store};
 use crate::error::{catch_panic, BootError, Bug, Unbooted};
 
 /// A replica that starts with nothing: fresh, or recovering if `recover`.
-fn fresh(config: Config, index: Slot, recover: bool, nonce: u128) -> Result<Replica, BootError> {
-    if recover {
-        Replica::recovering(config, index, nonce).map_err(BootError::Bug)
-    } else {
-        Ok(Replica::new(config, index))
+fn fresh(
+    config: Config,
+    index: Slot,
+    recover: bool,
+    nonce: u128,
+    known: Option<vsr::Membership>,
+) -> Result<Replica, BootError> {
+    match (recover, known) {
+        (true, Some(known)) => Replica::recovering_in(config, index, known, nonce).map_err(BootError::Bug),
+        (true, None) => Replica::recovering(config, index, nonce).map_err(BootError::Bug),
+        (false, _) => Ok(Replica::new(config, index)),
     }
 }
 
@@ -84,12 +90,94 @@ impl<D: Disk> Host<D> {
         recover: bool,
         nonce: u128,
     ) -> Result<Host<D>, Unbooted<D>> {
-        catch_panic(|| Host::boot_unguarded(config, index, store, recover, nonce)).unwrap_or_else(|bug| {
-            Err(Unbooted {
-                error: bug.into(),
-                disk: None,
-            })
-        })
+        Host::boot_in(config, index, store, recover, nonce, None)
+    }
+
+    /// [`Host::boot`], recovering (if it does) in `known`, the newest
+    /// membership its host knows, instead of the genesis.
+    pub fn boot_in(
+        config: Config,
+        index: Slot,
+        store: Option<StoreOptions<D>>,
+        recover: bool,
+        nonce: u128,
+        known: Option<vsr::Membership>,
+    ) -> Result<Host<D>, Unbooted<D>> {
+        catch_panic(|| Host::boot_unguarded(config, index, store, recover, nonce, known)).unwrap_or_else(
+            |bug| {
+                Err(Unbooted {
+                    error: bug.into(),
+                    disk: None,
+                })
+            },
+        )
+    }
+
+    /// Builds a learner (docs/design/membership.md, 2.5): member `id` in
+    /// slot `index`, to join epoch `joined`, running `life` (drawn afresh
+    /// at every start, never 0). In disk mode its store is created as a
+    /// learner's; a store that already holds state is refused: a learner
+    /// that restarts starts over, in a new store, with a new life, and one
+    /// that has entered its epoch since (its store records it a member)
+    /// restarts through [`Host::boot`] as the member it is.
+    pub fn boot_learner(
+        config: Config,
+        index: Slot,
+        id: vsr::MemberId,
+        joined: vsr::Epoch,
+        life: u64,
+        store: Option<StoreOptions<D>>,
+    ) -> Result<Host<D>, Unbooted<D>> {
+        catch_panic(|| Host::boot_learner_unguarded(config, index, id, joined, life, store)).unwrap_or_else(
+            |bug| {
+                Err(Unbooted {
+                    error: bug.into(),
+                    disk: None,
+                })
+            },
+        )
+    }
+
+    fn boot_learner_unguarded(
+        config: Config,
+        index: Slot,
+        id: vsr::MemberId,
+        joined: vsr::Epoch,
+        life: u64,
+        store: Option<StoreOptions<D>>,
+    ) -> Result<Host<D>, Unbooted<D>> {
+        let learner = |config| Replica::learner(config, index, id, joined, life).map_err(BootError::Bug);
+        let Some(options) = store else {
+            let replica = learner(config).map_err(|error| Unbooted { error, disk: None })?;
+            return Ok(Host::new(replica, None, Vec::new(), Vec::new()));
+        };
+        let (store, opened) = Store::open_with(
+            options.disk,
+            options.identity,
+            options.meta,
+            Creation::Learner { life },
+        )
+        .map_err(|unopened| Unbooted {
+            error: BootError::Store(unopened.error),
+            disk: Some(unopened.disk),
+        })?;
+        let mut store = store;
+        if let Some(bytes) = options.compaction_bytes {
+            store.set_compaction_bytes(bytes);
+        }
+        let booted = match opened {
+            Opened::Created { .. } => learner(config).map(|replica| (replica, StorageNotice::Created)),
+            _ => Err(BootError::Bug(
+                "a learner starts in a new store: this one holds state already".into(),
+            )),
+        };
+        match booted {
+            Ok((replica, notice)) => Ok(Host::new(replica, Some(store), Vec::new(), vec![notice])),
+            Err(error) => Err(Unbooted {
+                error,
+                disk: Some(store.into_disk()),
+            }),
+        }
     }
 
     fn boot_unguarded(
@@ -98,10 +186,11 @@ impl<D: Disk> Host<D> {
         store: Option<StoreOptions<D>>,
         recover: bool,
         nonce: u128,
+        known: Option<vsr::Membership>,
     ) -> Result<Host<D>, Unbooted<D>> {
         let Some(options) = store else {
-            let replica =
-                fresh(config, index, recover, nonce).map_err(|error| Unbooted { error, disk: None })?;
+            let replica = fresh(config, index, recover, nonce, known)
+                .map_err(|error| Unbooted { error, disk: None })?;
             return Ok(Host::new(replica, None, Vec::new(), Vec::new()));
         };
         let creation = if recover {
@@ -117,7 +206,7 @@ impl<D: Disk> Host<D> {
         if let Some(bytes) = options.compaction_bytes {
             store.set_compaction_bytes(bytes);
         }
-        match Host::start(config, index, &mut store, opened, recover, nonce) {
+        match Host::start(config, index, &mut store, opened, recover, nonce, known) {
             Ok((replica, outputs, notice)) => Ok(Host::new(replica, Some(store), outputs, vec![notice])),
             Err(error) => Err(Unbooted {
                 error,
@@ -136,10 +225,11 @@ impl<D: Disk> Host<D> {
         opened: Opened,
         recover: bool,
         nonce: u128,
+        known: Option<vsr::Membership>,
     ) -> Result<(Replica, Vec<Output>, StorageNotice), BootError> {
         let (replica, outputs, notice) = match opened {
             Opened::Created { .. } => (
-                fresh(config, index, recover, nonce)?,
+                fresh(config, index, recover, nonce, known)?,
                 Vec::new(),
                 StorageNotice::Created,
             ),
@@ -151,8 +241,11 @@ impl<D: Disk> Host<D> {
             } => {
                 // Outputs begin with the checkpoint's InstallSnapshot, then
                 // the executes of the committed entries after it.
-                let (replica, outputs) = Replica::restart_from(config, index, state, checkpoint, entries)
+                let (mut replica, outputs) = Replica::restart_from(config, index, state, checkpoint, entries)
                     .map_err(BootError::Corrupt)?;
+                if let Some(life) = store.life() {
+                    replica.resume_learner_life(life, nonce);
+                }
                 (replica, outputs, StorageNotice::Restarted { torn })
             }
             Opened::Repair {

@@ -107,6 +107,13 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// One more replica (a node a change adds).
+    pub fn add_replica(&mut self) {
+        self.last_executed.push(0);
+        self.views.push((0, 0));
+        self.commits.push(0);
+    }
+
     pub fn new(root: u128, replica_count: usize) -> Checker {
         Checker {
             root,

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use vsr::{Slot, MAX_REPLICAS};
+use vsr::{Slot, MAX_SLOTS};
 
 use crate::rng::Rng;
 
@@ -66,10 +66,10 @@ pub struct Network {
     in_flight: BinaryHeap<Reverse<Packet>>,
     seq: u64,
     /// `up[from][to]`: whether packets from `from` reach `to`.
-    up: [[bool; MAX_REPLICAS]; MAX_REPLICAS],
+    up: [[bool; MAX_SLOTS]; MAX_SLOTS],
     /// `held[from][to]`: packets on this link wait (scripted scenarios)
     /// until [`Network::release`], to delay one past an event.
-    held: [[bool; MAX_REPLICAS]; MAX_REPLICAS],
+    held: [[bool; MAX_SLOTS]; MAX_SLOTS],
     holding: Vec<Packet>,
     pub delivered: u64,
     pub dropped: u64,
@@ -81,8 +81,8 @@ impl Network {
             options,
             in_flight: BinaryHeap::new(),
             seq: 0,
-            up: [[true; MAX_REPLICAS]; MAX_REPLICAS],
-            held: [[false; MAX_REPLICAS]; MAX_REPLICAS],
+            up: [[true; MAX_SLOTS]; MAX_SLOTS],
+            held: [[false; MAX_SLOTS]; MAX_SLOTS],
             holding: Vec::new(),
             delivered: 0,
             dropped: 0,
@@ -212,7 +212,7 @@ impl Network {
     }
 
     pub fn heal(&mut self) {
-        self.up = [[true; MAX_REPLICAS]; MAX_REPLICAS];
+        self.up = [[true; MAX_SLOTS]; MAX_SLOTS];
     }
 
     pub fn is_healed(&self) -> bool {

@@ -5,7 +5,7 @@
 //! Every scenario takes the options to start from, so a test can run it
 //! with a deliberately broken protocol and check that it fails.
 
-use vsr::{ChangeResult, Op, Role, Slot, Status};
+use vsr::{ChangeResult, MemberId, Op, Role, Slot, Status};
 
 use crate::options::Options;
 use crate::simulator::{Failure, Simulator};
@@ -1973,10 +1973,9 @@ pub fn shrink_four_to_three_removes_the_primary(options: Options) -> Result<(), 
     settle(&mut sim)
 }
 
-/// Requests that cannot be a change are answered at once, and nothing
-/// changes: a target equal to the list, one with a new member (learners
-/// come later), and a second change through an origin that has one under
-/// way.
+/// Requests that cannot be a change are answered, and nothing changes: a
+/// target equal to the list (at once), and one with a new member that no
+/// node runs (its learner is never heard: at the deadline).
 pub fn changes_that_cannot_be_are_refused(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
@@ -2733,5 +2732,245 @@ pub fn stale_epoch_staging_outlives_its_epoch(options: Options) -> Result<(), Fa
             ),
         )
     })?;
+    settle(&mut sim)
+}
+
+// ---- Learners: changes that add members (design step 8) ------------------
+
+/// Member id of the `k`-th node a change adds (the genesis ids are the
+/// slots 0 to n - 1).
+pub const NEW: MemberId = 100;
+
+/// Checks that nodes `members` run members of `epoch`.
+fn members_of(sim: &Simulator, epoch: u64, members: &[Slot]) -> Result<(), Failure> {
+    for &r in members {
+        let ok = sim
+            .running(r as usize)
+            .is_some_and(|x| x.membership().epoch() == epoch && x.role() == Role::Member);
+        if !ok {
+            return Err(failure(sim, format!("node {r} is not a member of epoch {epoch}")));
+        }
+    }
+    Ok(())
+}
+
+/// Grows three members to four while clients commit: the new node learns
+/// from the primary (the view's log, then its prepares), the change is
+/// proposed once it holds the commit number, and all four enter epoch 1.
+/// Afterwards the group commits with any one of the four down, the new
+/// member's state included.
+pub fn grow_three_to_four_under_load(mut options: Options) -> Result<(), Failure> {
+    options.request_probability = 0.3;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.load = true;
+    sim.run_ticks(200)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    if learners != [3] || sim.replica(3).role() != Role::Learner {
+        return Err(failure(&sim, format!("setup: learners {learners:?}")));
+    }
+    sim.reconfigure(1, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all four enter epoch 1", |s| {
+        (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    members_of(&sim, 1, &[0, 1, 2, 3])?;
+    sim.load = false;
+    sim.run_until(PHASE_TICKS, "the clients finish", |s| {
+        s.clients.iter().all(|c| c.outstanding.is_none())
+    })?;
+    // The new member counts: with two of the old three down, the other
+    // and the new one are not a quorum of four, but with one down they are.
+    sim.crash(2);
+    commit(&mut sim, 0, 0)?;
+    if sim.options.amnesia {
+        sim.restart_amnesiac(2);
+    } else {
+        sim.restart(2);
+    }
+    settle(&mut sim)
+}
+
+/// A member that is gone for good is replaced by a new node: the change
+/// needs the survivors and the learner, a quorum of the new list, and the
+/// group then tolerates a further failure again.
+pub fn replace_a_member_that_never_returns(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(2);
+    sim.dead[2] = true;
+    commit(&mut sim, 0, 1)?;
+    let ids = [0, 1, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learners[0];
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    members_of(&sim, 1, &[0, 1, new])?;
+    // A further failure: the primary.
+    sim.crash(0);
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// A learner that never answers (its node is not running) is never
+/// counted: the primary withdraws the change at its deadline, the origin
+/// says `Unreachable`, and nothing changed.
+pub fn change_with_a_silent_learner_is_withdrawn(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.crash(learners[0]);
+    sim.dead[learners[0] as usize] = true;
+    sim.reconfigure(0, 1, &ids, 200)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Unreachable)?;
+    if sim.replicas().any(|r| r.membership().epoch() != 0) {
+        return Err(failure(&sim, "a withdrawn change was made".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// The design's break 1: a learner restarts without its state after the
+/// primary proposed the change with its life, and the change commits
+/// without it. The new life must not take part as the one the entry
+/// records (an earlier life may have acknowledged in the new epoch at
+/// incarnation 0): it catches up into the epoch and recovers in full
+/// first, taking incarnation 1 at a quorum. A crash during that recovery
+/// does not excuse it: restarted from its disk (whose store keeps the
+/// life it was created for), it recovers again.
+pub fn learner_restarted_after_the_proposal_recovers_in_full(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    let new = learners[0];
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    // The entry is prepared (it names the learner's life), and the learner
+    // crashes before it hears the entry committed.
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.restart_amnesiac(new);
+    if sim.replica(new).role() != Role::Learner {
+        return Err(failure(
+            &sim,
+            "setup: the node did not restart as a learner".into(),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "the new life enters epoch 1, recovering", |s| {
+        s.running(new as usize)
+            .is_some_and(|x| x.membership().epoch() == 1 && x.is_recovering())
+    })?;
+    sim.crash(new);
+    if sim.options.amnesia {
+        sim.restart_amnesiac(new);
+    } else {
+        sim.restart(new);
+    }
+    if !sim.replica(new).is_recovering() || sim.replica(new).role() != Role::Member {
+        return Err(failure(&sim, "the restarted member skipped its recovery".into()));
+    }
+    sim.run_until(PHASE_TICKS, "the new life recovers into epoch 1", |s| {
+        s.running(new as usize).is_some_and(|x| {
+            x.membership().epoch() == 1 && x.role() == Role::Member && x.status() == Status::Normal
+        })
+    })?;
+    let incarnation = sim.replica(0).durable_state().incarnations[sim.nodes[new as usize].slot as usize];
+    if incarnation == 0 {
+        return Err(failure(&sim, "the new life took part at incarnation 0".into()));
+    }
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// The primary that admitted the change crashes while its learner follows
+/// it, before the proposal: the new primary does not hold the change, the
+/// origin submits it again, and the new primary teaches the learner from
+/// its own view, which the learner fetches whole.
+pub fn learner_follows_a_new_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(2, &ids)?;
+    let new = learners[0];
+    sim.reconfigure(2, 1, &ids, PHASE_TICKS * 2)?;
+    sim.run_until(PHASE_TICKS, "primary 0 teaches the learner", |s| {
+        s.replica(new).learn_target().is_some()
+    })?;
+    // No consent reaches primary 0.
+    sim.network.set_link(2, 0, false);
+    sim.run_until(PHASE_TICKS, "the learner follows primary 0", |s| {
+        s.replica(new).status() == Status::Normal
+    })?;
+    sim.run_ticks(50)?;
+    if sim.replicas().any(|r| r.membership().epoch() != 0) {
+        return Err(failure(&sim, "setup: the change was made without consent".into()));
+    }
+    sim.crash(0);
+    sim.network.set_link(2, 0, true);
+    change_ends(&mut sim, 2, 1, ChangeResult::Done)?;
+    if sim.replica(new).view() == 0 && sim.replica(new).membership().epoch() == 0 {
+        return Err(failure(&sim, "the learner never left view 0".into()));
+    }
+    members_of(&sim, 1, &[1, 2, new])?;
+    sim.restart(0);
+    settle(&mut sim)
+}
+
+/// A learner's acknowledgements count for nothing: the primary, cut off
+/// from both backups with only its learner still reachable, commits
+/// nothing, and the backups' next view (which never heard of the
+/// learner's log) loses nothing. Counted, the learner's acknowledgement
+/// and the primary's own would make two of three, a "quorum" no
+/// view-change quorum intersects.
+pub fn learner_acknowledgements_count_for_nothing(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(1, &ids)?;
+    let new = learners[0];
+    sim.reconfigure(1, 1, &ids, PHASE_TICKS * 4)?;
+    sim.run_until(PHASE_TICKS, "primary 0 teaches the learner", |s| {
+        s.replica(new).learn_target().is_some()
+    })?;
+    // No consent reaches the primary: the change stays admitted.
+    sim.network.set_link(1, 0, false);
+    sim.run_until(PHASE_TICKS, "the learner follows primary 0", |s| {
+        s.replica(new).status() == Status::Normal
+    })?;
+    // The backups are cut off from the primary and its learner.
+    let n = sim.n();
+    sim.network.partition(n, &[1, 2], true, true);
+    let committed = sim.checker.committed();
+    sim.clients[0].home = 0;
+    sim.start_request(0)?;
+    sim.run_ticks(40)?;
+    if sim.checker.committed() > committed {
+        return Err(failure(
+            &sim,
+            "the primary committed with its learner alone".into(),
+        ));
+    }
+    // The backups move on without the primary and commit through 1.
+    sim.crash(0);
+    sim.network.heal();
+    sim.network.partition(n, &[new], true, true);
+    sim.clients[1].home = 1;
+    sim.start_request(1)?;
+    sim.run_until(PHASE_TICKS, "the backups commit in a new view", |s| {
+        s.clients[1].outstanding.is_none()
+    })?;
+    sim.restart(0);
     settle(&mut sim)
 }

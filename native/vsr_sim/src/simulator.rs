@@ -23,6 +23,20 @@ const MESSAGE_STORM: usize = 20_000;
 
 pub use crate::checker::App;
 
+/// A simulated node: the member its host runs. The genesis members' nodes
+/// are numbered as their slots; a node a change adds comes after them,
+/// and may take a slot another node held (the network routes by member
+/// id, as hosts do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub slot: Slot,
+    pub id: MemberId,
+    pub joined: Epoch,
+    /// Started as a learner and not yet seen entering its epoch: it
+    /// restarts as a new learner, with a new life, in a new store.
+    pub learner: bool,
+}
+
 /// A host held up inside a slow sync (its thread blocked in `fsync`): the
 /// sync succeeded, and returns at `until`. Meanwhile the replica gets no
 /// ticks, the messages that arrive queue up, and nothing leaves. (A sync
@@ -82,6 +96,8 @@ pub struct Report {
 
 pub struct Simulator {
     pub options: Options,
+    /// Each node's member (indexes every per-replica vector below).
+    pub nodes: Vec<Node>,
     pub rng: Rng,
     pub tick: u64,
     /// Each replica's host, the one the NIF runs, while it is up.
@@ -180,7 +196,8 @@ impl Simulator {
         let hosts = (0..n)
             .map(|i| {
                 let r = i as Slot;
-                let store = (!options.amnesia).then(|| store_options(&options, r, MemDisk::default()));
+                let store = (!options.amnesia)
+                    .then(|| store_options(&options, genesis_node(&options, r), MemDisk::default()));
                 let host = Host::boot(boot_config(&options, r, i as u64), r, store, false, 0)
                     .expect("a new replica boots");
                 Some(host)
@@ -194,6 +211,7 @@ impl Simulator {
             .collect();
         let client_index = clients.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
         Simulator {
+            nodes: (0..n).map(|r| genesis_node(&options, r as Slot)).collect(),
             checker: Checker::new(root_checksum(options.config.cluster), n),
             network: Network::new(options.network.clone()),
             hosts,
@@ -698,6 +716,14 @@ impl Simulator {
         if self.hosts[r as usize].is_some() {
             return;
         }
+        let node = self.nodes[r as usize];
+        let listed = |m: vsr::Membership| m.member(node.slot).is_some_and(|m| m.id == node.id);
+        if !node.learner && self.newest_membership().is_some_and(|m| !listed(m)) {
+            // Its host finds it in no list: it runs no replica (a spare),
+            // and never comes back as one.
+            self.dead[r as usize] = true;
+            return;
+        }
         self.down[r as usize] = None;
         let disk = (!self.options.amnesia).then(MemDisk::default);
         self.boot(r, disk, true);
@@ -777,7 +803,7 @@ impl Simulator {
             }) => {
                 self.failed_boots += 1;
                 (disk.unreadable, disk.failing, disk.full) = (None, false, false);
-                self.damaged[i] |= opens_damaged(&self.options, r, disk.clone());
+                self.damaged[i] |= opens_damaged(&self.options, self.nodes[i], disk.clone());
                 self.down[i] = Some(disk);
                 false
             }
@@ -804,13 +830,29 @@ impl Simulator {
         let config = self.next_boot_config(r);
         let nonce = self.rng.next_u128();
         let root = Log::new(root_checksum(self.options.config.cluster));
+        let node = self.nodes[r as usize];
+        // A learner starts over in a new store (its host wipes the old).
+        let disk = if node.learner {
+            disk.map(|_| MemDisk::default())
+        } else {
+            disk
+        };
         let mirror = match &disk {
-            Some(disk) if !recover => stored_log(&self.options, r, disk.clone()),
+            Some(disk) if !recover && !node.learner => stored_log(&self.options, node, disk.clone()),
             Some(_) => Some(root),
             None => None,
         };
-        let store = disk.map(|disk| store_options(&self.options, r, disk));
-        let mut host = Host::boot(config, r, store, recover, nonce).map_err(Box::new)?;
+        let store = disk.map(|disk| store_options(&self.options, node, disk));
+        let mut host = if node.learner {
+            // A life of its own at every start.
+            let life = (nonce as u64) | 1;
+            Host::boot_learner(config, node.slot, node.id, node.joined, life, store)
+        } else {
+            // What a host learns from its peers: the newest list.
+            let known = self.newest_membership().filter(|m| m.epoch() > 0);
+            Host::boot_in(config, node.slot, store, recover, nonce, known)
+        }
+        .map_err(Box::new)?;
         let i = r as usize;
         self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();
@@ -835,7 +877,7 @@ impl Simulator {
             }
             self.checker.restarted(r, stamp);
         } else {
-            if !recover && notices.contains(&StorageNotice::Created) {
+            if !recover && !node.learner && notices.contains(&StorageNotice::Created) {
                 self.deferred
                     .get_or_insert(format!("replica {r}'s store was empty"));
             }
@@ -1222,16 +1264,21 @@ impl Simulator {
         {
             match output {
                 Output::Send { to, id, bytes } => {
-                    // The network routes by slot; the slot's owner is the
-                    // genesis member there (no epoch changes it yet).
-                    let owner = self.options.config.genesis.member(to).map(|m| m.id);
-                    if owner != Some(id) {
+                    // The network routes by member id, as hosts do: a slot
+                    // alone does not name a node once slots are reused. A
+                    // member no node runs is unreachable.
+                    self.note_announced(r, &bytes);
+                    let Some(node) = self.nodes.iter().position(|n| n.id == id) else {
+                        return Ok(());
+                    };
+                    if self.nodes[node].slot != to {
                         return Err(format!(
-                            "replica {r} sent to slot {to} as member {id:#x}, not its owner {owner:x?}"
+                            "replica {r} sent to slot {to} as member {id:#x}, whose slot is {}",
+                            self.nodes[node].slot
                         ));
                     }
-                    self.note_announced(r, &bytes);
-                    self.network.send(&mut self.rng, self.tick, r, to, bytes)
+                    self.network
+                        .send(&mut self.rng, self.tick, r, node as Slot, bytes)
                 }
                 Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => {
                     unreachable!("the host stages its writes")
@@ -1250,6 +1297,9 @@ impl Simulator {
                             membership.epoch(),
                             membership.change()
                         ));
+                    }
+                    if role == Role::Member {
+                        self.nodes[r as usize].learner = false;
                     }
                     self.epochs.push((r, membership.epoch(), role));
                 }
@@ -1507,6 +1557,76 @@ impl Simulator {
         self.flush(through).map_err(|v| self.fail(v))
     }
 
+    /// The newest membership a running replica holds (what a host learns
+    /// from its peers), if any runs.
+    pub fn newest_membership(&self) -> Option<vsr::Membership> {
+        self.replicas()
+            .filter(|r| r.role() != Role::Learner)
+            .map(|r| *r.membership())
+            .max_by_key(|m| m.epoch())
+    }
+
+    /// Starts a learner for each member new to the target of a change to
+    /// the nodes `ids` through replica `through` (as `reconfigure` computes
+    /// it), on a node of its own, as the host of a change does before it
+    /// asks for it. Returns the new nodes.
+    pub fn start_learners(&mut self, through: Slot, ids: &[MemberId]) -> Result<Vec<Slot>, Failure> {
+        let Some(replica) = self.running(through as usize) else {
+            return Err(self.fail(format!("replica {through} is down")));
+        };
+        let target = replica
+            .membership()
+            .next(ids, ChangeId::default(), replica.primary())
+            .map_err(|e| self.fail(format!("no target for {ids:?}: {e}")))?;
+        let mut started = Vec::new();
+        for m in target.members() {
+            if self.nodes.iter().any(|n| n.id == m.id) {
+                continue;
+            }
+            let node = Node {
+                slot: m.slot,
+                id: m.id,
+                joined: m.joined,
+                learner: true,
+            };
+            started.push(self.add_node(node)?);
+        }
+        Ok(started)
+    }
+
+    /// Adds a node running `node` (a learner), and boots it.
+    pub fn add_node(&mut self, node: Node) -> Result<Slot, Failure> {
+        let r = self.nodes.len();
+        if r >= vsr::MAX_SLOTS {
+            return Err(self.fail(format!("more than {} nodes", vsr::MAX_SLOTS)));
+        }
+        self.nodes.push(node);
+        self.hosts.push(None);
+        self.down.push(None);
+        self.durable.push(DurableState::default());
+        self.armed.push(false);
+        self.announced.push((0, 0));
+        self.restart_at.push(None);
+        self.frozen.push(false);
+        self.next_read.push(0);
+        self.clock_offset_ns.push(0);
+        self.clock_ahead_max_ns.push(0);
+        self.apps.push(App::default());
+        self.snapshots.push(Vec::new());
+        self.beside.push(Beside { mirror: None });
+        self.followed.push(0);
+        self.dead.push(false);
+        self.stalls.push(None);
+        self.slow_sync.push(None);
+        self.disk_heals_at.push(None);
+        self.damaged.push(false);
+        self.checker.add_replica();
+        let disk = (!self.options.amnesia).then(MemDisk::default);
+        self.try_boot(r as Slot, disk, false)
+            .map_err(|unbooted| self.fail(format!("node {r} did not boot: {}", unbooted.error)))?;
+        Ok(r as Slot)
+    }
+
     /// The answer to change `id` asked through `through`, if it came.
     pub fn reconfigured(&self, through: Slot, id: u64) -> Option<ChangeResult> {
         self.reconfigured
@@ -1617,11 +1737,11 @@ pub fn trace_seed(seed: u64, every: u64) -> Result<Report, Failure> {
 /// disk before its host opens it (a repairing store's: the entries before
 /// the damaged one, which the repair's `WriteLog` completes); an empty log
 /// if the store recovers.
-fn stored_log(options: &Options, r: Slot, mut disk: MemDisk) -> Option<Log> {
+fn stored_log(options: &Options, node: Node, mut disk: MemDisk) -> Option<Log> {
     // As the disk holds it once faults at boot are gone (if the boot
     // succeeds despite them, they failed nothing it did).
     (disk.unreadable, disk.failing, disk.full) = (None, false, false);
-    let store = store_options(options, r, disk);
+    let store = store_options(options, node, disk);
     let (_, opened) = Store::open(store.disk, store.identity, store.meta).ok()?;
     let (checkpoint, entries) = match opened {
         Opened::Restart {
@@ -1646,8 +1766,8 @@ fn stored_log(options: &Options, r: Slot, mut disk: MemDisk) -> Option<Log> {
 
 /// Whether replica `r`'s store on `disk` (a copy, opened) would repair or
 /// recover it.
-fn opens_damaged(options: &Options, r: Slot, disk: MemDisk) -> bool {
-    let store = store_options(options, r, disk);
+fn opens_damaged(options: &Options, node: Node, disk: MemDisk) -> bool {
+    let store = store_options(options, node, disk);
     matches!(
         Store::open(store.disk, store.identity, store.meta),
         Ok((_, Opened::Repair { .. } | Opened::Recover { .. }))
@@ -1655,17 +1775,28 @@ fn opens_damaged(options: &Options, r: Slot, disk: MemDisk) -> bool {
 }
 
 /// Replica `r`'s store on `disk`, compacting as the seed says.
-fn store_options(options: &Options, r: Slot, disk: MemDisk) -> StoreOptions<MemDisk> {
+fn store_options(options: &Options, node: Node, disk: MemDisk) -> StoreOptions<MemDisk> {
     StoreOptions {
         disk,
         identity: Identity {
             cluster: options.config.cluster,
             group: b"sim".to_vec(),
-            member: options.config.genesis.members()[r as usize].id,
-            joined: 0,
+            member: node.id,
+            joined: node.joined,
         },
         meta: Vec::new(),
         compaction_bytes: Some(options.compaction_bytes),
+    }
+}
+
+/// Genesis member `r`'s node.
+fn genesis_node(options: &Options, r: Slot) -> Node {
+    let member = options.config.genesis.members()[r as usize];
+    Node {
+        slot: member.slot,
+        id: member.id,
+        joined: 0,
+        learner: false,
     }
 }
 
@@ -1699,7 +1830,7 @@ mod tests {
         sim.crash(1);
         let disk = sim.down[1].clone().expect("a disk");
         assert!(
-            opens_damaged(&sim.options, 1, disk),
+            opens_damaged(&sim.options, sim.nodes[1], disk),
             "its next start repairs again"
         );
         assert_eq!(sim.recovering_or_will(), 1, "counted while down");

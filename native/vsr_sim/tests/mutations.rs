@@ -296,3 +296,19 @@ fn proposing_without_the_origins_consent_is_caught_by_a_late_reconfigure() {
     assert!(scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(broken).is_err());
     scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(options(3, 1)).unwrap();
 }
+
+#[test]
+fn counting_learners_acknowledgements_is_caught() {
+    let mut broken = options(3, 2);
+    broken.config.mutation = Mutation::CountLearnerAcks;
+    assert!(scenarios::learner_acknowledgements_count_for_nothing(broken).is_err());
+    scenarios::learner_acknowledgements_count_for_nothing(options(3, 2)).unwrap();
+}
+
+#[test]
+fn a_learner_entering_as_another_life_is_caught() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::EnterAsAnotherLife;
+    assert!(scenarios::learner_restarted_after_the_proposal_recovers_in_full(broken).is_err());
+    scenarios::learner_restarted_after_the_proposal_recovers_in_full(options(3, 1)).unwrap();
+}

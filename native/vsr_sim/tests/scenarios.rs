@@ -350,3 +350,42 @@ fn diverged_replica_takes_entries_past_the_reconfiguration() {
 fn stale_epoch_staging_outlives_its_epoch() {
     scenarios::stale_epoch_staging_outlives_its_epoch(options(5, 2)).unwrap();
 }
+
+#[test]
+fn grow_three_to_four_under_load() {
+    scenarios::grow_three_to_four_under_load(options(3, 3)).unwrap();
+    scenarios::grow_three_to_four_under_load(amnesiac(options(3, 3))).unwrap();
+    scenarios::grow_three_to_four_under_load(scenarios::checkpointing(options(3, 3))).unwrap();
+}
+
+#[test]
+fn replace_a_member_that_never_returns() {
+    scenarios::replace_a_member_that_never_returns(options(3, 1)).unwrap();
+    scenarios::replace_a_member_that_never_returns(amnesiac(options(3, 1))).unwrap();
+}
+
+#[test]
+fn change_with_a_silent_learner_is_withdrawn() {
+    scenarios::change_with_a_silent_learner_is_withdrawn(options(3, 1)).unwrap();
+}
+
+#[test]
+fn learner_restarted_after_the_proposal_recovers_in_full() {
+    scenarios::learner_restarted_after_the_proposal_recovers_in_full(options(3, 1)).unwrap();
+    scenarios::learner_restarted_after_the_proposal_recovers_in_full(amnesiac(options(3, 1))).unwrap();
+}
+
+#[test]
+fn learner_follows_a_new_primary() {
+    scenarios::learner_follows_a_new_primary(options(3, 1)).unwrap();
+}
+
+fn amnesiac(mut options: vsr_sim::Options) -> vsr_sim::Options {
+    options.amnesia = true;
+    options
+}
+
+#[test]
+fn learner_acknowledgements_count_for_nothing() {
+    scenarios::learner_acknowledgements_count_for_nothing(options(3, 2)).unwrap();
+}
