@@ -346,6 +346,9 @@ pub struct Replica {
     pub(crate) replaying: bool,
     /// When this replica, behind, last asked for a newer epoch's log.
     pub(crate) last_start_epoch_request: Option<u64>,
+    /// The replica (slot, member id) of a newer epoch it last asked: the
+    /// checkpoint chunks it answers with are taken (`asked_across`).
+    pub(crate) asked_across: Option<(Slot, MemberId)>,
     /// Committed entries fetched from a newer epoch, not yet installed.
     pub(crate) epoch_staging: Option<crate::reconfig::EpochStaging>,
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
@@ -484,6 +487,7 @@ impl Replica {
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
             last_start_epoch_request: None,
+            asked_across: None,
             epoch_staging: None,
             repair: None,
             checkpoints: Default::default(),
@@ -718,7 +722,7 @@ impl Replica {
     /// The member id of the member in `slot` (0 for a slot outside the
     /// list: the replica sends only to members, and answers only senders
     /// its gate let through).
-    fn id_of(&self, slot: Slot) -> MemberId {
+    pub(crate) fn id_of(&self, slot: Slot) -> MemberId {
         self.membership.member(slot).map_or(0, |m| m.id)
     }
 

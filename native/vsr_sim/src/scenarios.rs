@@ -2835,6 +2835,7 @@ pub fn removed_member_cut_off_past_the_log_base_stops(options: Options) -> Resul
     let mut sim = Simulator::new(checkpointing(options));
     register_all(&mut sim, 0)?;
     commit(&mut sim, 0, 0)?;
+    let installed = sim.replica(3).stats().checkpoints_installed;
     isolate(&mut sim, 3);
     sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
     change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
@@ -2842,6 +2843,9 @@ pub fn removed_member_cut_off_past_the_log_base_stops(options: Options) -> Resul
     behind_every_log_base(&sim, 3, 0, &[0, 1, 2])?;
     sim.network.heal();
     sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    if sim.replica(3).stats().checkpoints_installed == installed {
+        return Err(failure(&sim, "setup: replica 3 left without a checkpoint".into()));
+    }
     in_epoch(&sim, 1, &[0, 1, 2], &[3])?;
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)

@@ -352,19 +352,16 @@ fn stale_epoch_staging_outlives_its_epoch() {
 }
 
 #[test]
-#[ignore = "catching up across epochs by checkpoint: not yet"]
 fn member_cut_off_past_the_log_base_enters_by_checkpoint() {
     scenarios::member_cut_off_past_the_log_base_enters_by_checkpoint(options(4, 2)).unwrap();
 }
 
 #[test]
-#[ignore = "catching up across epochs by checkpoint: not yet"]
 fn removed_member_cut_off_past_the_log_base_stops() {
     scenarios::removed_member_cut_off_past_the_log_base_stops(options(4, 2)).unwrap();
 }
 
 #[test]
-#[ignore = "catching up across epochs by checkpoint: not yet"]
 fn origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown() {
     scenarios::origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown(options(5, 2)).unwrap();
 }
