@@ -468,13 +468,19 @@ impl Replica {
         if self.mutated(Mutation::CheckpointLateClientTable) {
             clients = self.client_table.encode();
         }
+        #[allow(unused_mut)]
+        let mut membership = pending.membership;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::CheckpointLateMembership) {
+            membership = self.checkpoint_membership();
+        }
         let checkpoint = Arc::new(Checkpoint {
             op,
             checksum: pending.checksum,
             timestamp: pending.timestamp,
             clients,
             app: Arc::new(app),
-            membership: pending.membership,
+            membership,
         });
         let previous = self.checkpoints.latest().0;
         let held = Held::new(checkpoint.clone());

@@ -177,6 +177,13 @@ pub enum Mutation {
     /// it already answered its host about: a change its caller was told
     /// failed can still be proposed and commit.
     ProposeWithoutConsent,
+    /// A checkpoint records the membership in force when the host's
+    /// snapshot arrives, not as it was right after its op executed
+    /// (membership design, 5.4): a snapshot answered after the replica
+    /// executed a reconfiguration entry records the next epoch's list, so
+    /// replicas whose hosts answer at different times form different
+    /// checkpoints at one op.
+    CheckpointLateMembership,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

@@ -2884,3 +2884,44 @@ pub fn origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown(
     commit(&mut sim, 0, 4)?;
     settle(&mut sim)
 }
+
+/// Every replica forms the same checkpoint at an op just before a change's
+/// entry, however late its host answers the snapshot: the checkpoint
+/// records the membership in force right after its op executed, captured
+/// then (design 2.9), never when the snapshot arrives, by which time the
+/// replica may have executed the entry and entered the next epoch. Hosts
+/// answer snapshots now or up to 200 ticks later, at random; each change's
+/// entry follows a checkpoint's op at once, and the next checkpoint waits
+/// until every late answer came (a later checkpoint formed first would
+/// make the replica drop it).
+///
+/// Five replicas, checkpoints every 4 ops: 4 is removed, then 3, then 2.
+pub fn checkpoint_before_an_entry_records_the_old_list(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    sim.options.snapshot_delay_max = 200;
+    let changes: [&[vsr::MemberId]; 3] = [&[0, 1, 2, 3], &[0, 1, 2], &[0, 1]];
+    for (id, ids) in (1..).zip(changes) {
+        // The next op is a checkpoint's; the entry comes right after it.
+        while !(sim.replica(0).op() + 1).is_multiple_of(4) {
+            commit(&mut sim, 0, 0)?;
+        }
+        commit(&mut sim, 0, 0)?;
+        let entry = sim.replica(0).op() + 1;
+        sim.reconfigure(0, id, ids, PHASE_TICKS)?;
+        change_ends(&mut sim, 0, id, ChangeResult::Done)?;
+        let at = sim.replica(0).log().get(entry).and_then(|e| e.reconfiguration());
+        if at.is_none_or(|t| t.epoch() != id) {
+            return Err(failure(
+                &sim,
+                format!("setup: the entry of epoch {id} is not at op {entry}"),
+            ));
+        }
+        sim.run_ticks(250)?;
+    }
+    sim.options.snapshot_delay_max = 0;
+    commit_many(&mut sim, 8, 0)?;
+    sim.run_until(PHASE_TICKS, "replicas 2, 3 and 4 stop", |s| s.removed.len() == 3)?;
+    in_epoch(&sim, 3, &[0, 1], &[2])?;
+    settle(&mut sim)
+}

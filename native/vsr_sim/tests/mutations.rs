@@ -296,3 +296,12 @@ fn proposing_without_the_origins_consent_is_caught_by_a_late_reconfigure() {
     assert!(scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(broken).is_err());
     scenarios::withdrawn_change_is_never_proposed_from_a_late_reconfigure(options(3, 1)).unwrap();
 }
+
+#[test]
+fn a_checkpoint_with_a_late_membership_is_caught_by_the_change_after_a_checkpoint() {
+    let mut broken = options(5, 1);
+    broken.config.mutation = Mutation::CheckpointLateMembership;
+    let failure = scenarios::checkpoint_before_an_entry_records_the_old_list(broken).unwrap_err();
+    println!("{}", failure.reason);
+    scenarios::checkpoint_before_an_entry_records_the_old_list(options(5, 1)).unwrap();
+}

@@ -365,3 +365,8 @@ fn removed_member_cut_off_past_the_log_base_stops() {
 fn origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown() {
     scenarios::origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown(options(5, 2)).unwrap();
 }
+
+#[test]
+fn checkpoint_before_an_entry_records_the_old_list() {
+    scenarios::checkpoint_before_an_entry_records_the_old_list(options(5, 1)).unwrap();
+}
