@@ -672,6 +672,9 @@ impl Replica {
         let peer = self.peer_in_turn(self.checkpoints.heal_peer as u64);
         self.checkpoints.heal_peer = self.checkpoints.heal_peer.wrapping_add(1);
         if let Some(peer) = peer {
+            // A peer that entered a newer epoch answers too (the gate
+            // serves the request): its chunks are taken as asked for.
+            self.asked_across = Some((peer, self.id_of(peer)));
             self.send(
                 peer,
                 &Message::RequestCheckpoint {

@@ -850,14 +850,24 @@ impl Replica {
 
     /// Whether `sender`, of a newer epoch, sends what this replica asked
     /// for: the checkpoint chunks of the replica it last asked for the
-    /// epoch's start, or of the one its state sync comes from. Nothing
-    /// else of a newer epoch is taken but `EpochNotice` and `StartEpoch`
-    /// (design 2.6, rule 3): no crash vector, clock, vouch, prepare or
-    /// request, and no chunk it did not ask for.
+    /// epoch's start (or, diverged, for the quorum's checkpoint), or of
+    /// the one its state sync comes from. Nothing else of a newer epoch is
+    /// taken but `EpochNotice` and `StartEpoch` (design 2.6, rule 3): no
+    /// crash vector, clock, vouch, prepare or request, and no chunk it did
+    /// not ask for. A diverged replica takes chunks too: a checkpoint heals
+    /// it, whatever the epoch it was taken in.
     fn asked_across(&self, sender: Sender) -> bool {
-        self.fetches_across_epochs()
+        (self.fetches_across_epochs() || self.heals_across_epochs())
             && (self.asked_across == Some((sender.slot, sender.id))
                 || self.syncing_from(sender.slot, sender.id))
+    }
+
+    /// Whether this replica is diverged and may heal by a checkpoint from
+    /// a newer epoch's replica (its peers may all have entered one).
+    fn heals_across_epochs(&self) -> bool {
+        self.is_diverged()
+            && !matches!(self.status, Status::Recovering | Status::Repairing)
+            && self.role != Role::Removed
     }
 
     /// Whether this replica catches up across epochs by fetching committed
