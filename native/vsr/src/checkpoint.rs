@@ -49,9 +49,9 @@ use crate::client_table::{ClientTable, Outcome};
 use crate::config::Mutation;
 use crate::config::Op;
 use crate::log::Log;
-use crate::membership::{Epoch, Membership, Slot, MAX_SLOTS};
+use crate::membership::{Epoch, MemberId, Membership, Slot, MAX_SLOTS};
 use crate::message::Message;
-use crate::replica::{Output, Replica, Status};
+use crate::replica::{Output, Replica, Role, Status};
 
 /// The largest checkpoint a replica accepts in a state sync (1 GiB).
 pub const CHECKPOINT_MAX: u64 = 1 << 30;
@@ -213,8 +213,10 @@ pub(crate) struct Sync {
     ahead: BTreeMap<u64, Vec<u8>>,
     /// The end of the window last asked for.
     want_until: u64,
-    /// The replica the chunks come from.
+    /// The replica the chunks come from, by slot and member id (it may be
+    /// of a newer epoch, whose list this replica does not hold).
     from: Slot,
+    from_id: MemberId,
     last_request: Option<u64>,
     /// Tick of the last chunk that made progress (or of the start).
     last_progress: u64,
@@ -466,13 +468,19 @@ impl Replica {
         if self.mutated(Mutation::CheckpointLateClientTable) {
             clients = self.client_table.encode();
         }
+        #[allow(unused_mut)]
+        let mut membership = pending.membership;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::CheckpointLateMembership) {
+            membership = self.checkpoint_membership();
+        }
         let checkpoint = Arc::new(Checkpoint {
             op,
             checksum: pending.checksum,
             timestamp: pending.timestamp,
             clients,
             app: Arc::new(app),
-            membership: pending.membership,
+            membership,
         });
         let previous = self.checkpoints.latest().0;
         let held = Held::new(checkpoint.clone());
@@ -664,6 +672,9 @@ impl Replica {
         let peer = self.peer_in_turn(self.checkpoints.heal_peer as u64);
         self.checkpoints.heal_peer = self.checkpoints.heal_peer.wrapping_add(1);
         if let Some(peer) = peer {
+            // A peer that entered a newer epoch answers too (the gate
+            // serves the request): its chunks are taken as asked for.
+            self.asked_across = Some((peer, self.id_of(peer)));
             self.send(
                 peer,
                 &Message::RequestCheckpoint {
@@ -721,6 +732,14 @@ impl Replica {
     /// chunk, which starts a sync there (the receiver then asks for the
     /// rest, a window at a time). Nothing if none is (the peer asks again).
     pub(crate) fn send_checkpoint(&mut self, to: Slot) {
+        let id = self.id_of(to);
+        self.send_checkpoint_to(to, id);
+    }
+
+    /// [`Replica::send_checkpoint`] to the node `id` in slot `to`, which
+    /// may be of another epoch (one behind asking for a newer epoch's
+    /// start, `serve_start_epoch`).
+    pub(crate) fn send_checkpoint_to(&mut self, to: Slot, id: MemberId) {
         if self.is_diverged() {
             return;
         }
@@ -732,7 +751,7 @@ impl Replica {
             .cloned();
         if let Some(held) = newest {
             self.pin(to, &held);
-            self.send_chunks(to, &held, 0, 1);
+            self.send_chunks((to, id), &held, 0, 1);
         }
     }
 
@@ -789,8 +808,9 @@ impl Replica {
         pins.iter().flatten().map(|p| p.floor).min()
     }
 
-    /// Sends `to` up to `count` chunks of `held` from `offset`.
-    fn send_chunks(&mut self, to: Slot, held: &Held, offset: u64, count: u64) {
+    /// Sends `to` (slot and member id) up to `count` chunks of `held` from
+    /// `offset`.
+    fn send_chunks(&mut self, (to, id): (Slot, MemberId), held: &Held, offset: u64, count: u64) {
         let total = held.bytes.len() as u64;
         let chunk = self.config.checkpoint_chunk_bytes as u64;
         let mut offset = if offset < total {
@@ -810,7 +830,7 @@ impl Replica {
                 offset,
                 bytes: held.bytes[offset as usize..end as usize].to_vec(),
             };
-            self.send(to, &message);
+            self.send_to(to, id, &message);
             offset = end;
         }
     }
@@ -819,7 +839,20 @@ impl Replica {
     /// digest it knows a quorum vouches for (from a vouch it heard, or from
     /// chunks of a vouched checkpoint), so any checkpoint held here with
     /// exactly that identity may be sent, vouch heard here or not.
-    pub(crate) fn on_request_checkpoint(&mut self, from: Slot, (op, digest): (Op, u128), offset: u64) {
+    pub(crate) fn on_request_checkpoint(&mut self, from: Slot, asked: (Op, u128), offset: u64) {
+        let id = self.id_of(from);
+        self.serve_checkpoint_request((from, id), asked, offset);
+    }
+
+    /// [`Replica::on_request_checkpoint`] from the node `id` in slot `from`,
+    /// which may be of an older epoch (the gate serves it: a checkpoint
+    /// holds committed state, true in any epoch).
+    pub(crate) fn serve_checkpoint_request(
+        &mut self,
+        (from, id): (Slot, MemberId),
+        (op, digest): (Op, u128),
+        offset: u64,
+    ) {
         if self.is_diverged() {
             return;
         }
@@ -839,9 +872,9 @@ impl Replica {
                     _ => self.pin(from, &held),
                 }
                 let window = window_chunks(self.config.checkpoint_chunk_bytes as u64);
-                self.send_chunks(from, &held, offset, window)
+                self.send_chunks((from, id), &held, offset, window)
             }
-            None => self.send_checkpoint(from),
+            None => self.send_checkpoint_to(from, id),
         }
     }
 
@@ -852,6 +885,21 @@ impl Replica {
         from: Slot,
         op: Op,
         digest: u128,
+        total: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) {
+        let id = self.id_of(from);
+        self.on_checkpoint_chunk_from((from, id), (op, digest), total, offset, bytes);
+    }
+
+    /// A chunk of checkpoint `(op, digest)` from the node `id` in slot
+    /// `from`, which may be of a newer epoch (the gate lets through only
+    /// the chunks this replica asked for: `asked_across`, reconfig.rs).
+    pub(crate) fn on_checkpoint_chunk_from(
+        &mut self,
+        (from, from_id): (Slot, MemberId),
+        (op, digest): (Op, u128),
         total: u64,
         offset: u64,
         bytes: Vec<u8>,
@@ -884,6 +932,7 @@ impl Replica {
                     ahead: BTreeMap::new(),
                     want_until: window_chunks(chunk) * chunk,
                     from,
+                    from_id,
                     last_request: None,
                     last_progress: self.ticks,
                 })
@@ -903,6 +952,7 @@ impl Replica {
             sync.bytes.extend_from_slice(&next);
         }
         sync.from = from;
+        sync.from_id = from_id;
         sync.last_progress = ticks;
         let have = sync.bytes.len() as u64;
         if have < sync.total {
@@ -937,9 +987,10 @@ impl Replica {
         let chunk = self.config.checkpoint_chunk_bytes as u64;
         let sync = self.checkpoints.sync.as_mut().expect("checked");
         sync.last_request = Some(ticks);
-        let (to, op, digest, offset) = (sync.from, sync.op, sync.digest, sync.bytes.len() as u64);
+        let (to, id, op, digest) = (sync.from, sync.from_id, sync.op, sync.digest);
+        let offset = sync.bytes.len() as u64;
         sync.want_until = offset.saturating_add(window_chunks(chunk).saturating_mul(chunk));
-        self.send(to, &Message::RequestCheckpoint { op, digest, offset });
+        self.send_to(to, id, &Message::RequestCheckpoint { op, digest, offset });
     }
 
     /// Every tick: keeps a state sync going, or gives it up if its sender
@@ -965,6 +1016,14 @@ impl Replica {
         self.checkpoints.sync.is_some()
     }
 
+    /// Whether a state sync is under way from the node `id` in slot `from`.
+    pub(crate) fn syncing_from(&self, from: Slot, id: MemberId) -> bool {
+        self.checkpoints
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.from == from && s.from_id == id)
+    }
+
     /// Installs a verified checkpoint ahead of what this replica executed
     /// (or, while diverged, at or after the op where it diverged): its
     /// client table, its op as the commit, and the log rebased at it
@@ -980,13 +1039,32 @@ impl Replica {
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
-        if checkpoint.epoch() != self.membership.epoch() {
-            // A checkpoint of another epoch: entering an epoch by a
-            // checkpoint comes with membership changes (docs/design/
-            // membership.md, 2.9); until then every replica is in epoch 0,
-            // and a quorum vouched for no other.
+        if checkpoint.epoch() < self.membership.epoch() {
+            // Of an epoch this replica has left: its op is below the entry
+            // that began this epoch, which it executed (or installed past).
             return;
         }
+        // A checkpoint of a newer epoch (fetched from a replica of that
+        // epoch, `serve_start_epoch`) is entered with it, below. Where the
+        // epoch began is known only if the checkpoint is at that very
+        // entry and this replica's log holds it: the checkpoint names no
+        // other op (docs/protocol.md, "Membership changes").
+        let entering = checkpoint
+            .membership
+            .filter(|m| m.epoch() > self.membership.epoch());
+        let start = entering.map_or((0, 0), |m| {
+            let at_entry = self
+                .log
+                .get(op)
+                .filter(|e| e.checksum == checkpoint.checksum)
+                .and_then(|e| e.reconfiguration())
+                .is_some_and(|t| t.epoch() == m.epoch());
+            if at_entry {
+                (op, checkpoint.checksum)
+            } else {
+                (0, 0)
+            }
+        });
         if let Some(diverged) = self.checkpoints.diverged.take() {
             // Healed: its own checkpoints from the op where it diverged on
             // came from the wrong state (also those below the installed
@@ -1043,6 +1121,9 @@ impl Replica {
             op,
             app: checkpoint.app.clone(),
         });
+        if let Some(target) = entering {
+            self.enter_epoch_by_checkpoint(target, start);
+        }
         self.settle_pending_after_install();
         self.after_checkpoint_install(op);
         // A new primary mid view change counts its own log as a
@@ -1056,7 +1137,7 @@ impl Replica {
         self.last_start_view_request = None;
         self.last_do_view_change_request = None;
         self.execute_committed();
-        if self.status == Status::Normal && !self.is_primary_of_view() {
+        if self.status == Status::Normal && !self.is_primary_of_view() && self.role == Role::Member {
             self.acknowledge();
             self.request_repair();
         }

@@ -185,6 +185,13 @@ pub enum Mutation {
     /// records for it: a later life of it takes part at incarnation 0, as
     /// the one the others may have heard from.
     EnterAsAnotherLife,
+    /// A checkpoint records the membership in force when the host's
+    /// snapshot arrives, not as it was right after its op executed
+    /// (membership design, 5.4): a snapshot answered after the replica
+    /// executed a reconfiguration entry records the next epoch's list, so
+    /// replicas whose hosts answer at different times form different
+    /// checkpoints at one op.
+    CheckpointLateMembership,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

@@ -668,6 +668,30 @@ impl Replica {
         }
     }
 
+    /// Installing a checkpoint whose membership is of a newer epoch
+    /// (design 2.9): the replica enters that epoch, the newest if it
+    /// passed several (it knows no list in between), merging the
+    /// incarnations it records, and joins its running view by catching up
+    /// (2.5). `start` is the epoch's entry if the checkpoint is at it,
+    /// else unknown (0, 0): its notices then name no start, and a replica
+    /// told one fetches the epoch's start instead. An origin learns how
+    /// its change ended from the list (2.4, step 8): `Done` if this very
+    /// epoch is its change's, `Stale` (superseded) if another change made
+    /// it, `Unknown` if it jumped over its change's epoch.
+    pub(crate) fn enter_epoch_by_checkpoint(&mut self, target: Membership, start: (Op, u128)) {
+        if let Some(origin) = &self.origin_change {
+            let result = if origin.target.epoch() < target.epoch() {
+                ChangeResult::Unknown
+            } else if origin.target.change() == target.change() {
+                ChangeResult::Done
+            } else {
+                ChangeResult::Stale
+            };
+            self.finish_origin(result);
+        }
+        self.enter_epoch(target, start, false);
+    }
+
     /// Drops what this replica holds for `slot`, which left the list:
     /// what an older incarnation's messages left (`forget_incarnation`),
     /// and the vote's time, the clock reading, checkpoint reports and pin.
@@ -729,6 +753,11 @@ impl Replica {
                 Message::RequestStartEpoch { from, .. } => {
                     return self.serve_start_epoch(sender.slot, sender.id, from);
                 }
+                // The chunks of a checkpoint this replica offered it
+                // (`serve_start_epoch`): committed state, true in any epoch.
+                Message::RequestCheckpoint { op, digest, offset } => {
+                    return self.serve_checkpoint_request((sender.slot, sender.id), (op, digest), offset);
+                }
                 _ => {}
             }
             // Its sender is behind, or was left out: tell it the epoch.
@@ -755,6 +784,27 @@ impl Replica {
                     entries,
                 } => {
                     if self.on_start_epoch(commit, from, from_checksum, entries) {
+                        self.request_start_epoch(sender, true);
+                    }
+                }
+                Message::CheckpointChunk {
+                    op,
+                    digest,
+                    total,
+                    offset,
+                    bytes,
+                } if self.asked_across(sender) => {
+                    let before = self.commit_min;
+                    self.on_checkpoint_chunk_from(
+                        (sender.slot, sender.id),
+                        (op, digest),
+                        total,
+                        offset,
+                        bytes,
+                    );
+                    if self.commit_min > before && self.membership.epoch() < sender.epoch {
+                        // Installed, still behind the sender's epoch: the
+                        // rest from the checkpoint's op.
                         self.request_start_epoch(sender, true);
                     }
                 }
@@ -832,7 +882,14 @@ impl Replica {
         if !more && !self.due(self.last_start_epoch_request) {
             return;
         }
+        if self.syncing() {
+            // A checkpoint is on its way (below the asked replica's log
+            // base): asked again, a replica would offer its newest one,
+            // and a sync under load would start over for ever.
+            return;
+        }
         self.last_start_epoch_request = Some(self.ticks);
+        self.asked_across = Some((sender.slot, sender.id));
         let from = self.epoch_staging.as_ref().map_or(self.commit_min, |s| s.end().0);
         self.send_to(
             sender.slot,
@@ -842,6 +899,28 @@ impl Replica {
                 from,
             },
         );
+    }
+
+    /// Whether `sender`, of a newer epoch, sends what this replica asked
+    /// for: the checkpoint chunks of the replica it last asked for the
+    /// epoch's start (or, diverged, for the quorum's checkpoint), or of
+    /// the one its state sync comes from. Nothing else of a newer epoch is
+    /// taken but `EpochNotice` and `StartEpoch` (design 2.6, rule 3): no
+    /// crash vector, clock, vouch, prepare or request, and no chunk it did
+    /// not ask for. A diverged replica takes chunks too: a checkpoint heals
+    /// it, whatever the epoch it was taken in.
+    fn asked_across(&self, sender: Sender) -> bool {
+        (self.fetches_across_epochs() || self.heals_across_epochs())
+            && (self.asked_across == Some((sender.slot, sender.id))
+                || self.syncing_from(sender.slot, sender.id))
+    }
+
+    /// Whether this replica is diverged and may heal by a checkpoint from
+    /// a newer epoch's replica (its peers may all have entered one).
+    fn heals_across_epochs(&self) -> bool {
+        self.is_diverged()
+            && !matches!(self.status, Status::Recovering | Status::Repairing)
+            && self.role != Role::Removed
     }
 
     /// Whether this replica catches up across epochs by fetching committed
@@ -858,14 +937,22 @@ impl Replica {
     /// A replica of an older epoch asks for the committed log after `from`:
     /// one message of what this replica executed (every replica holds the
     /// same committed entries, so the asker may take them from anyone).
-    /// Below this log's base the asker needs a checkpoint of a newer
-    /// epoch: a later step of the design.
+    /// Below this log's base it is sent the newest checkpoint a quorum
+    /// vouches for instead, pinned as for a lagging peer of this epoch
+    /// (`send_checkpoint`), never entries this replica no longer holds
+    /// (design 2.7, pitfall 2); it installs it (entering the checkpoint's
+    /// epoch, if newer) and asks again from the checkpoint's op.
     fn serve_start_epoch(&mut self, to: Slot, id: MemberId, from: Op) {
         let committed = self.commit_min;
         if from >= committed {
             return;
         }
+        // A peer syncing from here needs the log after what it asks from.
+        self.pinned_peer_asks_from(to, from.saturating_add(1));
         let Some(from_checksum) = self.log.checksum_at(from) else {
+            if from < self.log.base() {
+                self.send_checkpoint_to(to, id);
+            }
             return;
         };
         let entries = self.log.suffix(from, self.config.message_entries_max);

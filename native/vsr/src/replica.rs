@@ -346,6 +346,9 @@ pub struct Replica {
     pub(crate) replaying: bool,
     /// When this replica, behind, last asked for a newer epoch's log.
     pub(crate) last_start_epoch_request: Option<u64>,
+    /// The replica (slot, member id) of a newer epoch it last asked: the
+    /// checkpoint chunks it answers with are taken (`asked_across`).
+    pub(crate) asked_across: Option<(Slot, MemberId)>,
     /// Committed entries fetched from a newer epoch, not yet installed.
     pub(crate) epoch_staging: Option<crate::reconfig::EpochStaging>,
     /// A replica started as a learner: the life of this start (never 0),
@@ -517,6 +520,7 @@ impl Replica {
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
             last_start_epoch_request: None,
+            asked_across: None,
             epoch_staging: None,
             life: 0,
             learn_target: None,
@@ -766,7 +770,7 @@ impl Replica {
     /// The member id of the member in `slot` (0 for a slot outside the
     /// list: the replica sends only to members, and answers only senders
     /// its gate let through).
-    fn id_of(&self, slot: Slot) -> MemberId {
+    pub(crate) fn id_of(&self, slot: Slot) -> MemberId {
         match self.membership.member(slot) {
             Some(m) => m.id,
             None => self.learners.iter().find(|l| l.0 == slot).map_or(0, |l| l.1),

@@ -2491,7 +2491,8 @@ pub fn stale_view_change_after_start_epoch_overwrites_executed_ops(
 /// Three replicas, checkpoints every 4 ops; replica 2's host lies from op
 /// 9 on and diverges at checkpoint 12. It is cut off; 0 and 1 remove it
 /// (epoch 1 = {0, 1}) and commit one more command. Healed, 2 hears of
-/// epoch 1, asks, and takes the chunk.
+/// epoch 1, asks, and takes the chunk. (With catching up by checkpoint,
+/// it now heals from a replica of epoch 1 and stops.)
 pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(checkpointing(options));
     lying_replica_2_past_checkpoint_12(&mut sim)?;
@@ -2508,19 +2509,23 @@ pub fn diverged_replica_takes_entries_past_the_reconfiguration(options: Options)
     commit(&mut sim, 0, 0)?;
     sim.network.heal();
     // Now a diverged replica neither asks for nor takes `StartEpoch`: it
-    // must heal by a checkpoint first. Catching up across epochs by
-    // checkpoint is a later step of the design, so it stays behind (and
-    // is left out of the settling); what must hold is that it breaks
-    // nothing meanwhile.
-    sim.run_ticks(PHASE_TICKS / 4)?;
-    if sim.replica(2).op() > start || sim.replica(2).membership().epoch() != 0 {
+    // heals by a checkpoint first, which a replica of epoch 1 sends it
+    // (the gate serves its `RequestCheckpoint`, and it takes the chunks it
+    // asked for), and only then catches up, or enters epoch 1 by the
+    // checkpoint itself; either way it leaves, and stops. The replica's
+    // invariants, checked after every step, fail the run if it ever holds
+    // entries past the reconfiguration entry unexecuted.
+    sim.run_until(PHASE_TICKS, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged
+    })?;
+    if sim.replica(2).membership().epoch() == 0 && sim.replica(2).op() > start {
         return Err(failure(
             &sim,
             "the diverged replica took entries of epoch 1".into(),
         ));
     }
-    sim.crash(2);
-    sim.dead[2] = true;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| !s.removed.is_empty())?;
+    in_epoch(&sim, 1, &[0, 1], &[2])?;
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
@@ -2732,6 +2737,196 @@ pub fn stale_epoch_staging_outlives_its_epoch(options: Options) -> Result<(), Fa
             ),
         )
     })?;
+    settle(&mut sim)
+}
+
+// ---- Step 7: catching up across epochs by checkpoint ---------------------
+
+/// Origin `origin` asks to change the list to `ids`; once it consented and
+/// the primary prepared the entry, `origin` is cut off, before the entry
+/// (or anything after it) reaches it.
+fn origin_cut_off_at_its_entry(
+    sim: &mut Simulator,
+    origin: Slot,
+    id: u64,
+    ids: &[vsr::MemberId],
+) -> Result<Op, Failure> {
+    let next = sim.replica(0).op() + 1;
+    sim.reconfigure(origin, id, ids, PHASE_TICKS * 4)?;
+    sim.run_until(PHASE_TICKS, "the origin consents", |s| {
+        s.replica(origin).consent() == Some(next)
+    })?;
+    // Its `Confirmed` is on the way to the primary; what the primary sends
+    // it from now on is lost.
+    sim.network.hold(0, origin);
+    sim.run_until(PHASE_TICKS, "replica 0 prepares the entry", |s| {
+        s.replica(0).op() == next
+    })?;
+    isolate(sim, origin);
+    sim.network.take_held(0, origin);
+    Ok(next)
+}
+
+/// Commits `count` commands through replica `home`, every client in turn.
+fn commit_many(sim: &mut Simulator, count: usize, home: Slot) -> Result<(), Failure> {
+    for i in 0..count {
+        let c = i % sim.clients.len();
+        commit(sim, c, home)?;
+    }
+    Ok(())
+}
+
+/// Checks that replica `r`, still in epoch `epoch`, is behind the log base
+/// of every replica in `ahead`: no one can send it the committed log from
+/// what it executed.
+fn behind_every_log_base(sim: &Simulator, r: Slot, epoch: u64, ahead: &[Slot]) -> Result<(), Failure> {
+    let behind = sim.replica(r).commit();
+    if sim.replica(r).membership().epoch() != epoch {
+        return Err(failure(sim, format!("setup: replica {r} left epoch {epoch}")));
+    }
+    if let Some(&a) = ahead.iter().find(|&&a| sim.replica(a).log().base() <= behind) {
+        return Err(failure(
+            sim,
+            format!(
+                "setup: replica {a}'s log base {} is not past replica {r}'s commit {behind}",
+                sim.replica(a).log().base()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A member of the new list, the change's origin, is cut off at the
+/// entry, while the others commit the change and go on past several
+/// checkpoints: every log it could fetch the epoch's start from now begins
+/// after what it executed (design 2.7, pitfall 2). Healed, it asks for the
+/// epoch's start and is sent the newest vouched checkpoint instead (of the
+/// new epoch, with its membership), installs it, enters the epoch by it
+/// and joins the epoch's running view. The origin learns its change was
+/// made from the checkpoint's membership (design 2.4, step 8: `Done`).
+///
+/// Four replicas, checkpoints every 4 ops; replica 2 asks to remove 3.
+pub fn member_cut_off_past_the_log_base_enters_by_checkpoint(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let installed = sim.replica(2).stats().checkpoints_installed;
+    origin_cut_off_at_its_entry(&mut sim, 2, 1, &[0, 1, 2])?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    commit_many(&mut sim, 24, 0)?;
+    behind_every_log_base(&sim, 2, 0, &[0, 1])?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    if sim.replica(2).stats().checkpoints_installed == installed {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 entered without a checkpoint".into(),
+        ));
+    }
+    change_ends(&mut sim, 2, 1, ChangeResult::Done)?;
+    in_epoch(&sim, 1, &[0, 1, 2], &[3])?;
+    commit(&mut sim, 0, 2)?;
+    settle(&mut sim)
+}
+
+/// The member cut off across the change is the one it removes: healed,
+/// behind every log's base, it installs a checkpoint of the new epoch
+/// whose list leaves it out, becomes `Leaving` there and stops once a
+/// quorum of the new list says it entered (design 2.8).
+pub fn removed_member_cut_off_past_the_log_base_stops(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let installed = sim.replica(3).stats().checkpoints_installed;
+    isolate(&mut sim, 3);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    commit_many(&mut sim, 24, 0)?;
+    behind_every_log_base(&sim, 3, 0, &[0, 1, 2])?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    if sim.replica(3).stats().checkpoints_installed == installed {
+        return Err(failure(&sim, "setup: replica 3 left without a checkpoint".into()));
+    }
+    in_epoch(&sim, 1, &[0, 1, 2], &[3])?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Two changes while a member is cut off: it jumps from epoch 0 to epoch
+/// 2 by one checkpoint, merging the incarnations epoch 2 records. It was
+/// the origin of the first change, whose epoch it jumped over: it cannot
+/// tell from epoch 2's list whether its change was the one that made
+/// epoch 1, and reports `Unknown` (design 2.4, step 8).
+///
+/// Five replicas; replica 4 asks to remove 3 (epoch 1 = {0, 1, 2, 4})
+/// and is cut off at the entry; then 0 removes 1 (epoch 2 = {0, 2, 4}),
+/// and 0 and 2 commit past several checkpoints.
+pub fn origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    origin_cut_off_at_its_entry(&mut sim, 4, 1, &[0, 1, 2, 4])?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    commit_many(&mut sim, 4, 0)?;
+    sim.reconfigure(0, 2, &[0, 2, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 1 stops", |s| s.removed.len() == 2)?;
+    commit_many(&mut sim, 24, 0)?;
+    behind_every_log_base(&sim, 4, 0, &[0, 2])?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 4 enters epoch 2", |s| {
+        s.replica(4).membership().epoch() == 2
+    })?;
+    change_ends(&mut sim, 4, 1, ChangeResult::Unknown)?;
+    in_epoch(&sim, 1, &[], &[3])?;
+    in_epoch(&sim, 2, &[0, 2, 4], &[1])?;
+    commit(&mut sim, 0, 4)?;
+    settle(&mut sim)
+}
+
+/// Every replica forms the same checkpoint at an op just before a change's
+/// entry, however late its host answers the snapshot: the checkpoint
+/// records the membership in force right after its op executed, captured
+/// then (design 2.9), never when the snapshot arrives, by which time the
+/// replica may have executed the entry and entered the next epoch. Hosts
+/// answer snapshots now or up to 200 ticks later, at random; each change's
+/// entry follows a checkpoint's op at once, and the next checkpoint waits
+/// until every late answer came (a later checkpoint formed first would
+/// make the replica drop it).
+///
+/// Five replicas, checkpoints every 4 ops: 4 is removed, then 3, then 2.
+pub fn checkpoint_before_an_entry_records_the_old_list(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    sim.options.snapshot_delay_max = 200;
+    let changes: [&[vsr::MemberId]; 3] = [&[0, 1, 2, 3], &[0, 1, 2], &[0, 1]];
+    for (id, ids) in (1..).zip(changes) {
+        // The next op is a checkpoint's; the entry comes right after it.
+        while !(sim.replica(0).op() + 1).is_multiple_of(4) {
+            commit(&mut sim, 0, 0)?;
+        }
+        commit(&mut sim, 0, 0)?;
+        let entry = sim.replica(0).op() + 1;
+        sim.reconfigure(0, id, ids, PHASE_TICKS)?;
+        change_ends(&mut sim, 0, id, ChangeResult::Done)?;
+        let at = sim.replica(0).log().get(entry).and_then(|e| e.reconfiguration());
+        if at.is_none_or(|t| t.epoch() != id) {
+            return Err(failure(
+                &sim,
+                format!("setup: the entry of epoch {id} is not at op {entry}"),
+            ));
+        }
+        sim.run_ticks(250)?;
+    }
+    sim.options.snapshot_delay_max = 0;
+    commit_many(&mut sim, 8, 0)?;
+    sim.run_until(PHASE_TICKS, "replicas 2, 3 and 4 stop", |s| s.removed.len() == 3)?;
+    in_epoch(&sim, 3, &[0, 1], &[2])?;
     settle(&mut sim)
 }
 

@@ -298,6 +298,15 @@ fn proposing_without_the_origins_consent_is_caught_by_a_late_reconfigure() {
 }
 
 #[test]
+fn a_checkpoint_with_a_late_membership_is_caught_by_the_change_after_a_checkpoint() {
+    let mut broken = options(5, 1);
+    broken.config.mutation = Mutation::CheckpointLateMembership;
+    let failure = scenarios::checkpoint_before_an_entry_records_the_old_list(broken).unwrap_err();
+    println!("{}", failure.reason);
+    scenarios::checkpoint_before_an_entry_records_the_old_list(options(5, 1)).unwrap();
+}
+
+#[test]
 fn counting_learners_acknowledgements_is_caught() {
     let mut broken = options(3, 2);
     broken.config.mutation = Mutation::CountLearnerAcks;

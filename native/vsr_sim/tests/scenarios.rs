@@ -352,6 +352,26 @@ fn stale_epoch_staging_outlives_its_epoch() {
 }
 
 #[test]
+fn member_cut_off_past_the_log_base_enters_by_checkpoint() {
+    scenarios::member_cut_off_past_the_log_base_enters_by_checkpoint(options(4, 2)).unwrap();
+}
+
+#[test]
+fn removed_member_cut_off_past_the_log_base_stops() {
+    scenarios::removed_member_cut_off_past_the_log_base_stops(options(4, 2)).unwrap();
+}
+
+#[test]
+fn origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown() {
+    scenarios::origin_that_jumps_over_its_epoch_by_checkpoint_reports_unknown(options(5, 2)).unwrap();
+}
+
+#[test]
+fn checkpoint_before_an_entry_records_the_old_list() {
+    scenarios::checkpoint_before_an_entry_records_the_old_list(options(5, 1)).unwrap();
+}
+
+#[test]
 fn grow_three_to_four_under_load() {
     scenarios::grow_three_to_four_under_load(options(3, 3)).unwrap();
     scenarios::grow_three_to_four_under_load(amnesiac(options(3, 3))).unwrap();
