@@ -446,7 +446,8 @@ impl Replica {
     /// The membership a checkpoint taken now records: `None` in epoch 0
     /// (today's bytes), else the list as its change's entry carried it.
     fn checkpoint_membership(&self) -> Option<Membership> {
-        (self.membership.epoch() > 0).then_some(self.membership)
+        let membership = self.replayed_membership.unwrap_or(self.membership);
+        (membership.epoch() > 0).then_some(membership)
     }
 
     /// The host's snapshot at `op` arrived: form the checkpoint (made

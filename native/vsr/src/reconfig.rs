@@ -505,6 +505,11 @@ impl Replica {
     /// Executing op `op`, whose entry reconfigures to `target` (or not:
     /// `None`): tells the origin, and enters the target epoch.
     pub(crate) fn executed_op(&mut self, op: Op, checksum: u128, target: Option<Membership>) {
+        if let (Some(replayed), Some(target)) = (self.replayed_membership.as_mut(), target) {
+            if target.epoch() > replayed.epoch() {
+                *replayed = target;
+            }
+        }
         self.origin_executed(op, target);
         let Some(target) = target else {
             return;

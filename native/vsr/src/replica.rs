@@ -344,6 +344,10 @@ pub struct Replica {
     pub(crate) notice_ticks: [u64; MAX_SLOTS],
     /// Set while a restart re-executes the committed log.
     pub(crate) replaying: bool,
+    /// During that replay: the membership in force after the op last
+    /// replayed (the checkpoint's, then each entry's target), which a
+    /// checkpoint captured in the replay records.
+    pub(crate) replayed_membership: Option<Membership>,
     /// When this replica, behind, last asked for a newer epoch's log.
     pub(crate) last_start_epoch_request: Option<u64>,
     /// The replica (slot, member id) of a newer epoch it last asked: the
@@ -519,6 +523,7 @@ impl Replica {
             epoch_started: 0,
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
+            replayed_membership: None,
             last_start_epoch_request: None,
             asked_across: None,
             epoch_staging: None,
@@ -540,12 +545,23 @@ impl Replica {
             fenced_epoch: state.fenced_epoch,
         };
         replica.timeout_jitter = replica.next_jitter();
+        // The replay executes ops from the log's base on, under the list in
+        // force there, not the durable one, which may be of an epoch whose
+        // entry lies ahead in the log: a checkpoint it captures before
+        // that entry must record the older list, as everyone else's did.
+        replica.replayed_membership = Some(
+            checkpoint
+                .as_ref()
+                .and_then(|c| c.membership)
+                .unwrap_or(replica.config.genesis),
+        );
         if let Some(checkpoint) = checkpoint {
             replica.restore_checkpoint(checkpoint)?;
         }
         replica.replaying = true;
         replica.execute_committed();
         replica.replaying = false;
+        replica.replayed_membership = None;
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
     }

@@ -411,7 +411,6 @@ fn learner_acknowledgements_count_for_nothing() {
 }
 
 #[test]
-#[ignore = "reproduces a replay bug: a restart from disk re-captures a checkpoint before the epoch's entry with the newer list"]
 fn learner_restarted_after_the_proposal_recovers_in_full_with_checkpoints() {
     scenarios::learner_restarted_after_the_proposal_recovers_in_full(scenarios::checkpointing(options(3, 4)))
         .unwrap();
