@@ -159,7 +159,7 @@ defmodule Visor.Router do
   def handle_info({:visor_engine_down, engine, _reason} = message, %{engine: engine} = state)
       when is_reference(engine) do
     send(state.server, message)
-    :erlang.cancel_timer(state.watch_timer)
+    if state.watch_timer, do: :erlang.cancel_timer(state.watch_timer)
     {:noreply, %{state | engine: nil, genesis: {}, routes: %{}, watch_timer: nil}}
   end
 
@@ -234,14 +234,19 @@ defmodule Visor.Router do
   # thousands a second under load.
   defp watch(state) do
     now = System.monotonic_time()
-    {watch, effects} = Watch.observe(state.watch, Native.status(state.engine), now, &Node.list/0)
+    engine = Native.status(state.engine)
+    {watch, effects} = Watch.observe(state.watch, engine, now, &Node.list/0)
 
     case Enum.flat_map(effects, &carry_out(&1, state)) do
       [] -> :ok
       events -> send(state.server, {:visor_engine, state.engine, events})
     end
 
-    %{state | watch: watch, watch_timer: :erlang.start_timer(@watch_ms, self(), :visor_watch)}
+    # An engine its server stopped (this node was removed from the
+    # group) changes no more: nothing left to look at.
+    timer = if engine.status != :stopped, do: :erlang.start_timer(@watch_ms, self(), :visor_watch)
+
+    %{state | watch: watch, watch_timer: timer}
   end
 
   # Carries out a Visor.Router.Watch effect; returns the events for the

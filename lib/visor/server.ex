@@ -215,7 +215,10 @@ defmodule Visor.Server do
       (refusal = Lifecycle.refusal(state.lifecycle)) != nil ->
         {:reply, {:error, refusal}, state}
 
-      state.lifecycle.phase != :running ->
+      # Disk mode: until the store has opened, the membership it records
+      # (the engine reports it right after) is not known here.
+      state.lifecycle.phase != :running or
+          (state.config.storage != :memory and state.lifecycle.opened == nil) ->
         {:reply, {:error, :forming}, state}
 
       true ->
