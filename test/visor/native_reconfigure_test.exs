@@ -101,4 +101,29 @@ defmodule Visor.NativeReconfigureTest do
 
     assert c
   end
+
+  test "four replicas drop their primary: the next member leads epoch 1 and commits" do
+    c = start_cluster(4)
+    on_exit(fn -> stop_cluster(c) end)
+    client = client_id()
+    {c, session} = register(c, 2, client)
+
+    # Asked through replica 2; replica 0 leads view 0 and leaves.
+    :ok = Native.reconfigure(c.engines[2], 1, [id(3), id(2), id(1)], 1_000)
+
+    c =
+      pump(c, fn c ->
+        {:reconfigured, 1, :done} in c.membership[2] and
+          Enum.any?(c.membership[0], &match?({:removed, 1}, &1))
+      end)
+
+    for i <- 1..3 do
+      assert {:epoch, 1, members, :member} = List.keyfind(c.membership[i], :epoch, 0)
+      assert Enum.map(members, &elem(&1, 0)) == [1, 2, 3]
+    end
+
+    {c, _op} = commit(c, 3, client, session, 1, "after")
+    assert %{epoch: 1, is_primary: true, status: :normal} = Native.status(c.engines[1])
+    assert %{role: :removed} = Native.status(c.engines[0])
+  end
 end
