@@ -1000,6 +1000,69 @@ defmodule Visor do
     end)
   end
 
+  @reconfigure_timeout 30_000
+
+  @typedoc "A membership change: a condition on the member list (`reconfigure/3`)."
+  @type change_request ::
+          {:remove, node()} | {:set, [node()]} | {:add, node()} | {:replace, node(), node()}
+
+  @doc """
+  Changes the group's member list while it runs (docs/operations.md,
+  "Membership changes"), through the log: the old list's quorum commits
+  the change, and the new list takes over at once, nothing acknowledged
+  lost, commands committing throughout. Returns `{:ok, %{epoch:,
+  members:}}` once the new list is in force on the node that asked (the
+  `epoch` counts the changes; `members` in the order that decides the
+  primaries), or `{:error, reason}`.
+
+  Each request is a condition on the list, and a call whose condition
+  already holds returns `{:ok, ...}` at once, so calling again after
+  `{:error, :timeout}` tells whether the change happened:
+
+    * `{:remove, node}`: holds when `node` is not a member;
+    * `{:set, nodes}`: holds when the members are exactly `nodes` (in any
+      order); today `nodes` must be a subset of the members;
+    * `{:add, node}` and `{:replace, old, new}` (holds when `old` is not
+      a member and `new` is): adding a node needs it to catch up first as
+      a learner, which is not supported yet: a request whose condition
+      does not hold and that adds a node returns `{:error, {:unsupported,
+      :adding_members}}`, and nothing is changed.
+
+  Errors: `{:change_in_progress, epoch}` (another change is under way, or
+  the list moved on: not made, and never will be), `{:not_a_member,
+  node}` (`replace` names a node outside the list), `:no_quorum` (the new
+  list would lack a live quorum, or the primary was not reached, by the
+  deadline: not made, never will be), `:last_member` (a group keeps at
+  least one), `:timeout` (no definite answer in time: the change **may**
+  still happen; call again with the same request), `{:unsupported,
+  :adding_members}`, `{:unsupported, :keyed_groups}` (keyed groups keep
+  their members for now), `:forming` (this node's replica does not run
+  yet), `:malformed_request`, and those of `commit/3` for a call that
+  could not reach a member (`:not_running`, `:no_member_reachable`, ...).
+  A node that is not a member (a spare, or one left out) passes the call
+  on to a member.
+
+  Options: `:timeout` in ms (default #{@reconfigure_timeout}). A request
+  of another shape raises `ArgumentError` before anything is sent.
+  """
+  @spec reconfigure(group(), change_request(), options()) ::
+          {:ok, %{epoch: non_neg_integer(), members: [node()]}} | {:error, term()}
+  def reconfigure(group, request, opts \\ []) do
+    group = group!(group)
+
+    opts = opts |> options!() |> Keyword.put_new(:timeout, @reconfigure_timeout)
+
+    timeout = timeout!(opts)
+
+    unless Visor.Server.Changes.request?(request) do
+      raise ArgumentError,
+            "a change is {:remove, node}, {:set, [node, ...]} (distinct nodes), " <>
+              "{:add, node} or {:replace, old, new}, got: #{inspect(request)}"
+    end
+
+    call(group, {:reconfigure, request}, timeout)
+  end
+
   @doc """
   This node's view of the group: `%{status:, role:, view:, op:, commit:,
   primary:, replicas: [%{index:, node:, role:, health:}], ...}`.

@@ -29,7 +29,17 @@ defmodule Visor.Native do
   #     committed before the read began (up to `op`);
   #   * `{:storage, kind, detail}` (disk mode only, see `start/2`): how the
   #     store opened (`:created`, `:restarted`, `:recovering`), then write
-  #     failures (`:error`) and their end (`:resumed`).
+  #     failures (`:error`) and their end (`:resumed`);
+  #   * `{:reconfigured, id, result}`: the membership change `reconfigure/4`
+  #     asked for as `id` ended so (`t:change_result/0`);
+  #   * `{:epoch, epoch, members, role}`: the replica entered `epoch` (or, in
+  #     disk mode, booted from a store of an epoch above 0 or of a role
+  #     other than `:member`): its members `[{slot, member_id, joined}]` in
+  #     the order that decides the primaries, and its `role` (`:member`,
+  #     `:learner`, `:leaving` or `:removed`);
+  #   * `{:removed, epoch}`: left out of `epoch`, and a quorum of its
+  #     members entered it (or booted from a store that says so): the
+  #     replica handles nothing more, and its owner should stop it.
   #
   # An outcome is `:executed`, `{:duplicate, op}`, `{:registered, session}`,
   # `:evicted` or `:refused` (the session's latest request has this number
@@ -332,6 +342,61 @@ defmodule Visor.Native do
     nif_read(engine, id)
   end
 
+  @typedoc """
+  How a membership change ended (`{:reconfigured, id, result}`): `:done`
+  (its entry executed here: the next epoch is entered), `:unchanged` (the
+  list already is the target), or a final "no" (the change was not made
+  and never will be): `:busy` (another change is under way), `:stale`
+  (the list moved on), `:not_member` (this replica is not a member),
+  `:no_quorum` (the target lacked a live quorum, or the primary was not
+  reached, by the deadline), `:unreachable` (a new member, not supported
+  yet), `:abandoned` (proposed, but its op went to another entry, and the
+  deadline passed); or `:unknown` (this replica jumped over the epoch and
+  cannot tell: a "maybe").
+  """
+  @type change_result ::
+          :done
+          | :unchanged
+          | :busy
+          | :stale
+          | :not_member
+          | :no_quorum
+          | :unreachable
+          | :abandoned
+          | :unknown
+
+  @doc """
+  Asks the replica for a membership change (docs/nif.md, "Membership
+  changes"): to the members `member_ids` (16-byte little-endian member
+  ids, 1 to `Visor.Contract.max_replicas/0` of them, distinct, in any
+  order: the engine builds the target from the replica's membership,
+  staying members keeping their slots, the current primary first if it
+  stays). `id` names the change among this replica's (a u64); `ticks` is
+  how long it may take before it is given up, if not yet consented to.
+  The answer comes as one `{:reconfigured, id, result}` event. A no-op
+  once the group is stopped.
+  """
+  @spec reconfigure(engine(), non_neg_integer(), [<<_::128>>], non_neg_integer()) :: :ok
+  def reconfigure(engine, id, member_ids, ticks) do
+    check_engine!(engine)
+    check_u64!(id, "change id")
+    check_u64!(ticks, "ticks")
+    max = Contract.max_replicas()
+
+    unless is_list(member_ids) and length(member_ids) in 1..max and
+             Enum.all?(member_ids, &(is_binary(&1) and byte_size(&1) == 16)) and
+             length(Enum.uniq(member_ids)) == length(member_ids) do
+      raise ArgumentError,
+            "member_ids must be a list of 1..#{max} distinct 16-byte member ids, got: " <>
+              inspect(member_ids)
+    end
+
+    case nif_reconfigure(engine, id, member_ids, ticks) do
+      :ok -> :ok
+      {:error, {:bad_argument, name, why}} -> raise ArgumentError, "#{name} #{why}"
+    end
+  end
+
   @doc """
   Reads the superblock of the store in `dir` (disk mode) without opening,
   creating or locking it. The read runs on an engine thread, never on a
@@ -370,8 +435,12 @@ defmodule Visor.Native do
 
   `%{status: :starting | :normal | :view_change | :recovering | :diverged |
   :stopped | :failed, view:, log_view:, op:, commit:, commit_max:, primary:,
-  is_primary:, replica_index:, replica_count:, stats: %{...}, storage: %{...},
-  sync: nil | %{op:, received:, bytes:}}`;
+  is_primary:, replica_index:, replica_count:, epoch:, members:, role:,
+  stats: %{...}, storage: %{...}, sync: nil | %{op:, received:, bytes:}}`;
+  `epoch`, `members` (`[{slot, member_id, joined}]`, as the `:epoch`
+  event gives them) and `role` (`:member`, `:learner`, `:leaving` or
+  `:removed`) are the replica's membership (a disk-mode group still
+  `:starting` shows its configuration's first one);
   `commit` is the highest op executed here, `commit_max` the highest known
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
   error: nil | message, syncs:, wal_bytes:, wal_size:, compactions:,
@@ -581,6 +650,8 @@ defmodule Visor.Native do
   def nif_read(_engine, _id), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_snapshot(_engine, _op, _bytes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_reconfigure(_engine, _id, _member_ids, _ticks), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_status(_engine), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

@@ -39,8 +39,21 @@ defmodule Visor.Router do
   @watch_ms 10
 
   # watch: what the router last saw of the replica (Visor.Router.Watch),
-  # and the timer of its next look.
-  defstruct [:group, :counters, :server, :watch, :watch_timer, engine: nil, members: {}]
+  # and the timer of its next look. genesis: the nodes the group was
+  # formed with, by member id (the engine's genesis numbers members by
+  # their place in it); routes: the node of each slot the replica may send
+  # to, from the membership it last entered (`{:epoch, ...}`), slots that
+  # left kept (a leaving replica is still told the new epoch started).
+  defstruct [
+    :group,
+    :counters,
+    :server,
+    :watch,
+    :watch_timer,
+    engine: nil,
+    genesis: {},
+    routes: %{}
+  ]
 
   @doc false
   def child_spec(config), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}}
@@ -53,7 +66,9 @@ defmodule Visor.Router do
 
   @doc """
   Starts the engine with `opts`, owned by the router, which routes its
-  sends to `members` (a tuple of nodes, by replica index) from then on.
+  sends to `members` (a tuple of nodes, by replica index: the group's
+  first membership) from then on, and by the membership of each epoch
+  the replica enters (its `{:epoch, ...}` events).
   Called by the group's server; raises as `Visor.Native.start/2` does.
   """
   @spec start_engine(Visor.Supervisor.group(), map(), tuple()) :: Native.engine()
@@ -100,7 +115,17 @@ defmodule Visor.Router do
       {:ok, engine} = Native.start(opts, self())
       Logger.metadata(replica: opts.replica_index)
       watch = Watch.new(state.group, members, opts.replica_index, System.monotonic_time())
-      state = %{state | engine: engine, members: members, server: pid, watch: watch}
+      routes = members |> Tuple.to_list() |> Enum.with_index(fn node, slot -> {slot, node} end)
+
+      state = %{
+        state
+        | engine: engine,
+          genesis: members,
+          routes: Map.new(routes),
+          server: pid,
+          watch: watch
+      }
+
       {:reply, {:ok, engine}, watch(state)}
     else
       {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
@@ -121,6 +146,8 @@ defmodule Visor.Router do
   @doc false
   def handle_info({:visor_engine, engine, events}, %{engine: engine} = state)
       when is_reference(engine) and is_list(events) do
+    state = Enum.reduce(events, state, &route/2)
+
     case Enum.reject(events, &send_event(&1, state)) do
       [] -> :ok
       rest -> send(state.server, {:visor_engine, engine, rest})
@@ -132,8 +159,8 @@ defmodule Visor.Router do
   def handle_info({:visor_engine_down, engine, _reason} = message, %{engine: engine} = state)
       when is_reference(engine) do
     send(state.server, message)
-    :erlang.cancel_timer(state.watch_timer)
-    {:noreply, %{state | engine: nil, members: {}, watch_timer: nil}}
+    if state.watch_timer, do: :erlang.cancel_timer(state.watch_timer)
+    {:noreply, %{state | engine: nil, genesis: {}, routes: %{}, watch_timer: nil}}
   end
 
   # The watch's turn (a timer's own reference: no peer can forge it).
@@ -156,21 +183,44 @@ defmodule Visor.Router do
 
   def handle_info(_message, state), do: {:noreply, count(state, :unexpected_messages)}
 
+  # The membership the replica entered: its members' slots route to their
+  # nodes (a member id names a node by its place in the list the group
+  # was formed with). Slots of members that left keep their node.
+  defp route({:epoch, _epoch, members, _role}, state) when is_list(members) do
+    routes =
+      for {slot, <<id::little-unsigned-128>>, _joined} <- members,
+          id < tuple_size(state.genesis),
+          into: state.routes,
+          do: {slot, elem(state.genesis, id)}
+
+    %{state | routes: routes}
+  end
+
+  defp route(_event, state), do: state
+
   # Carries out a send (true), or leaves the event for the server (false).
   defp send_event({:send, to, messages}, state) do
     # Never block: not on connection setup (Formation reconnects members),
     # not on a busy distribution buffer. The protocol tolerates the loss;
     # the counters show it.
-    case Visor.Supervisor.send_remote(
-           state.group,
-           :router,
-           elem(state.members, to),
-           {:visor_peer, messages},
-           [:noconnect, :nosuspend]
-         ) do
-      :ok -> :ok
-      :noconnect -> count(state, :send_noconnect)
-      :nosuspend -> count(state, :send_busy)
+    case Map.fetch(state.routes, to) do
+      {:ok, node} ->
+        case Visor.Supervisor.send_remote(
+               state.group,
+               :router,
+               node,
+               {:visor_peer, messages},
+               [:noconnect, :nosuspend]
+             ) do
+          :ok -> :ok
+          :noconnect -> count(state, :send_noconnect)
+          :nosuspend -> count(state, :send_busy)
+        end
+
+      # A slot no membership named: nowhere to send (cannot happen while
+      # no change adds a member).
+      :error ->
+        count(state, :send_noconnect)
     end
 
     true
@@ -184,14 +234,19 @@ defmodule Visor.Router do
   # thousands a second under load.
   defp watch(state) do
     now = System.monotonic_time()
-    {watch, effects} = Watch.observe(state.watch, Native.status(state.engine), now, &Node.list/0)
+    engine = Native.status(state.engine)
+    {watch, effects} = Watch.observe(state.watch, engine, now, &Node.list/0)
 
     case Enum.flat_map(effects, &carry_out(&1, state)) do
       [] -> :ok
       events -> send(state.server, {:visor_engine, state.engine, events})
     end
 
-    %{state | watch: watch, watch_timer: :erlang.start_timer(@watch_ms, self(), :visor_watch)}
+    # An engine its server stopped (this node was removed from the
+    # group) changes no more: nothing left to look at.
+    timer = if engine.status != :stopped, do: :erlang.start_timer(@watch_ms, self(), :visor_watch)
+
+    %{state | watch: watch, watch_timer: timer}
   end
 
   # Carries out a Visor.Router.Watch effect; returns the events for the

@@ -68,7 +68,7 @@ defmodule Visor.Server do
   require Logger
 
   alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Features, Lifecycle, Machine, Relay, Status, Upgrade}
+  alias Visor.Server.{Callers, Changes, Features, Lifecycle, Machine, Relay, Status, Upgrade}
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -109,6 +109,8 @@ defmodule Visor.Server do
     features: %Features{},
     # On a spare: the pipelined commands relayed to a member (Visor.Server.Relay).
     relay: Relay.new(),
+    # Membership changes asked for through this node (Visor.Server.Changes).
+    changes: %Changes{},
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
     # Monotonic µs until which the server polls its mailbox (see poll/1).
@@ -198,6 +200,37 @@ defmodule Visor.Server do
 
   def handle_call(:status, _from, state), do: {:reply, status(state), state}
 
+  # A membership change (Visor.reconfigure/3). Only a member whose replica
+  # runs decides it; a spare, or a node left out of the membership, says
+  # `:spare` and the caller goes on to a member (Visor.Forward).
+  def handle_call({{:reconfigure, request}, deadline}, from, state)
+      when is_integer(deadline) do
+    cond do
+      not Changes.request?(request) ->
+        {:reply, {:error, :malformed_request}, state}
+
+      is_tuple(state.group) ->
+        {:reply, {:error, {:unsupported, :keyed_groups}}, state}
+
+      (refusal = Lifecycle.refusal(state.lifecycle)) != nil ->
+        {:reply, {:error, refusal}, state}
+
+      # Disk mode: until the store has opened, the membership it records
+      # (the engine reports it right after) is not known here.
+      state.lifecycle.phase != :running or
+          (state.config.storage != :memory and state.lifecycle.opened == nil) ->
+        {:reply, {:error, :forming}, state}
+
+      true ->
+        now = System.monotonic_time(:millisecond)
+
+        {changes, effects} =
+          Changes.request(state.changes, request, from, deadline, now, change_view(state))
+
+        {:noreply, run(effects, %{state | changes: changes})}
+    end
+  end
+
   # A spare's caller's request (Visor.Forward): it names the time left
   # rather than a deadline, as monotonic clocks differ between nodes. An
   # error answered at once is a refusal before admission (an admitted
@@ -240,8 +273,13 @@ defmodule Visor.Server do
 
   defp forward_nodes(state) do
     case state.config.membership do
+      # Once this node knows the membership (it was a member), its members;
+      # else the listed nodes.
       {:nodes, nodes} ->
-        nodes
+        case Lifecycle.current_nodes(state.lifecycle) do
+          [] -> nodes
+          current -> current
+        end
 
       {:cluster_size, _} ->
         scope = Visor.Supervisor.name(state.group, :scope)
@@ -284,18 +322,35 @@ defmodule Visor.Server do
   # How large a pipelining caller's batch may be: 0 (one command per
   # request) until every other member's server said it executes batches.
   defp batch_bytes(%{lifecycle: %{members: members}} = state) when is_tuple(members) do
-    if Features.batches?(state.features, Tuple.to_list(members)),
+    if Features.batches?(state.features, members(state)),
       do: state.config.engine.batch_max_bytes,
       else: 0
   end
 
   defp batch_bytes(_state), do: 0
 
-  # This group's members (none known while forming, or on a spare).
-  defp members(%{lifecycle: %{members: members}}) when is_tuple(members),
-    do: Tuple.to_list(members)
+  # This group's members, in its current membership (none known while
+  # forming, or on a spare).
+  defp members(state), do: Lifecycle.current_nodes(state.lifecycle)
 
-  defp members(_state), do: []
+  # What Visor.Server.Changes decides on: where this node stands.
+  defp change_view(state) do
+    lifecycle = state.lifecycle
+
+    ids =
+      for node <- Tuple.to_list(lifecycle.members),
+          into: %{},
+          do: {node, Lifecycle.member_id(lifecycle, node)}
+
+    %{
+      epoch: lifecycle.epoch,
+      members: Lifecycle.current_nodes(lifecycle),
+      ids: ids,
+      node: node(),
+      tag: lifecycle.tag,
+      tick_ms: state.config.engine.tick_ms
+    }
+  end
 
   # ---- Pipelined commands ------------------------------------------------
 
@@ -494,6 +549,12 @@ defmodule Visor.Server do
     {:noreply, run(effects, state)}
   end
 
+  # A membership change's caller's deadline (Visor.Server.Changes).
+  defp info({:visor_change_deadline, tag, id}, %{lifecycle: %{tag: tag}} = state) do
+    {changes, effects} = Changes.deadline(state.changes, id)
+    {:noreply, run(effects, %{state | changes: changes})}
+  end
+
   defp info({:visor_formation, tag, decision}, %{lifecycle: %{tag: tag}} = state),
     do: {:noreply, formation(state, decision)}
 
@@ -541,8 +602,9 @@ defmodule Visor.Server do
 
   defp info({:visor_engine_down, engine, reason}, %{engine: engine} = state)
        when is_reference(engine) do
+    {changes, answers} = Changes.abandon(state.changes)
     {lifecycle, effects} = Lifecycle.engine_down(state.lifecycle, reason, state.starts)
-    {:noreply, run(effects, %{state | lifecycle: lifecycle})}
+    {:noreply, run(answers ++ effects, %{state | lifecycle: lifecycle, changes: changes})}
   end
 
   defp info(message, state) do
@@ -563,7 +625,7 @@ defmodule Visor.Server do
           Machine.halted(state.machine) == nil,
       running: Machine.cluster_version(state.machine),
       supported: Executor.version(state.module),
-      others: if(engine, do: Tuple.to_list(state.lifecycle.members) -- [node()], else: []),
+      others: if(engine, do: members(state) -- [node()], else: []),
       caught_up: engine != nil and Machine.last_op(state.machine) >= engine.commit_max
     }
   end
@@ -586,6 +648,31 @@ defmodule Visor.Server do
 
     {lifecycle, effects} = Lifecycle.storage(state.lifecycle, kind, detail)
     run(effects, %{state | lifecycle: lifecycle})
+  end
+
+  # Membership changes (docs/operations.md, "Membership changes"): the
+  # answer to one asked for here, an epoch entered (or a store's, at
+  # boot), and this replica's removal.
+  defp event({:reconfigured, id, result}, state) do
+    now = System.monotonic_time(:millisecond)
+    {changes, effects} = Changes.result(state.changes, id, result, now, change_view(state))
+    run(effects, %{state | changes: changes})
+  end
+
+  defp event({:epoch, epoch, members, role}, state) do
+    {lifecycle, effects} = Lifecycle.epoch(state.lifecycle, epoch, members, role)
+    state = run(effects, %{state | lifecycle: lifecycle})
+    {changes, effects} = Changes.entered(state.changes, change_view(state))
+    state = run(effects, %{state | changes: changes})
+    # The members changed: who batches, and whom a version round asks.
+    ask_features(state)
+  end
+
+  defp event({:removed, epoch}, state) do
+    {lifecycle, effects} = Lifecycle.removed(state.lifecycle, epoch)
+    state = run(effects, %{state | lifecycle: lifecycle})
+    {changes, effects} = Changes.abandon(state.changes)
+    run(effects, %{state | changes: changes})
   end
 
   # A view the router saw this replica move to (Visor.Router): for the logs.
@@ -796,6 +883,17 @@ defmodule Visor.Server do
     run(effects, %{state | upgrade: upgrade})
   end
 
+  defp carry_out({:reconfigure, id, member_ids, ticks}, state) do
+    :ok = Native.reconfigure(state.engine, id, member_ids, ticks)
+    state
+  end
+
+  # This node was removed: its replica handles nothing more.
+  defp carry_out(:stop_engine, state) do
+    if state.engine, do: Native.stop(state.engine)
+    %{state | engine: nil}
+  end
+
   defp carry_out(:discard_engine, state),
     do: %{state | engine: nil, callers: Callers.requeue(state.callers)}
 
@@ -878,6 +976,8 @@ defmodule Visor.Server do
           phase: state.lifecycle.phase,
           members: state.lifecycle.members,
           index: state.lifecycle.index,
+          epoch: state.lifecycle.epoch,
+          membership_role: state.lifecycle.role,
           engine: state.engine,
           engine_starts: state.starts,
           in_flight: Callers.in_flight(state.callers),

@@ -32,6 +32,8 @@ defmodule Visor.NativeTest.Harness do
       executes: Map.new(engines, fn {i, _} -> {i, []} end),
       replies: Map.new(engines, fn {i, _} -> {i, []} end),
       storage: Map.new(engines, fn {i, _} -> {i, []} end),
+      # Membership events, per replica, oldest first.
+      membership: Map.new(engines, fn {i, _} -> {i, []} end),
       ready: [],
       last_send: nil
     }
@@ -88,6 +90,15 @@ defmodule Visor.NativeTest.Harness do
 
       {:storage, _kind, _detail} = n, c ->
         update_in(c.storage[from], &(&1 ++ [n]))
+
+      {:reconfigured, _id, _result} = m, c ->
+        update_in(c.membership[from], &(&1 ++ [m]))
+
+      {:epoch, _epoch, _members, _role} = m, c ->
+        update_in(c.membership[from], &(&1 ++ [m]))
+
+      {:removed, _epoch} = m, c ->
+        update_in(c.membership[from], &(&1 ++ [m]))
     end)
   end
 

@@ -106,12 +106,17 @@ defmodule Visor.Formation.Restore do
            end),
          :ok <- check_role(dir, info),
          {:ok, members, settings} <- stored_meta(dir, info),
-         # The probe's `replica` is the store's slot in its membership
-         # (the genesis: its place in `members`), nil if it has none.
-         owner = if(is_integer(info.replica), do: Enum.at(members, info.replica)),
+         # The store's member id is its place in `members`, the list the
+         # cluster was formed with (the engine's genesis numbers members
+         # so, and a change that adds no member keeps every id and slot):
+         # it names the node whatever the store's epoch or role, where the
+         # probe's `replica` (its slot in the membership it records) is
+         # nil once it was left out.
+         index = member_index(info),
+         owner = if(is_integer(index), do: Enum.at(members, index)),
          :ok <-
-           ensure(owner == expected.node, fn ->
-             "#{dir} belongs to replica #{inspect(info.replica)} (#{owner}) of the cluster " <>
+           ensure(owner == expected.node and info.replica in [index, nil], fn ->
+             "#{dir} belongs to replica #{inspect(index)} (#{owner}) of the cluster " <>
                "#{inspect(members)}, not to this node (#{expected.node})"
            end),
          :ok <- check_settings(expected, settings),
@@ -121,7 +126,9 @@ defmodule Visor.Formation.Restore do
          cluster: info.cluster,
          members: members,
          settings: settings,
-         replica: info.replica,
+         replica: index,
+         epoch: Map.get(info, :epoch, 0),
+         role: Map.get(info, :role, :member),
          view: info.view,
          commit: info.commit,
          dir: dir,
@@ -217,16 +224,25 @@ defmodule Visor.Formation.Restore do
     end)
   end
 
-  # A store records the member's role and the epoch of its membership;
-  # this version of Visor runs only members of the genesis (epoch 0), the
-  # only stores it writes.
+  # The member id (16 bytes, little-endian) as an index, when the probe
+  # has one (a probe of an older engine gives `replica` alone).
+  defp member_index(%{member: <<id::little-unsigned-128>>}), do: id
+  defp member_index(info), do: info.replica
+
+  # A store records the member's role and the epoch of its membership
+  # (docs/operations.md, "Membership changes"). A member of any epoch
+  # restarts from it as that member; a store left out of its epoch
+  # restarts too, and the engine says so (`{:epoch, _, _, :leaving}`,
+  # then `{:removed, _}` for a removed one: the server stops it and
+  # serves as a spare, its store kept). This version of Visor adds no
+  # members, so it wrote no learner's store.
   defp check_role(dir, info) do
     role = Map.get(info, :role, :member)
     epoch = Map.get(info, :epoch, 0)
 
-    ensure(role == :member and epoch == 0, fn ->
+    ensure(role in [:member, :leaving, :removed], fn ->
       "#{dir} holds the store of a #{role} in epoch #{epoch} of its cluster; this version " <>
-        "of Visor restarts only members of a cluster's first membership (epoch 0)"
+        "of Visor does not run learners (adding members is not supported yet)"
     end)
   end
 

@@ -7,8 +7,16 @@ defmodule Visor.Server.Lifecycle do
   # stops); what the store's events mean (logged, and how it opened); and
   # which phase the server is in, which decides what callers get.
   #
-  # Phases: `:forming`, `:running`, `:spare`, `{:failed, reason}` or
-  # `{:refused, reason}`.
+  # Phases: `:forming`, `:running`, `:spare`, `:removed`, `{:failed,
+  # reason}` or `{:refused, reason}`.
+  #
+  # It also keeps where this node stands in the group's membership
+  # (docs/operations.md, "Membership changes"): the epoch, the members in
+  # the order that decides the primaries (`current`, as `{slot, node}`)
+  # and this node's role in it, from the engine's `{:epoch, ...}` and
+  # `{:removed, _}` events (`epoch/4`, `removed/2`). A node left out of
+  # an epoch (`:leaving`, then `:removed`) serves its callers as a spare
+  # does: they go on to a member.
   #
   # Effects, in order:
   #
@@ -19,6 +27,7 @@ defmodule Visor.Server.Lifecycle do
   #   * `{:fail_callers, error}`: answer every waiting caller `{:error, error}`;
   #   * `{:after, ms, message}`: send this message to the server in `ms`;
   #   * `{:log, level, message}`;
+  #   * `:stop_engine`: stop this node's engine (it was removed);
   #   * `{:stop, reason}`: the server stops.
 
   alias Visor.{Formation, Native, Options}
@@ -49,10 +58,17 @@ defmodule Visor.Server.Lifecycle do
     # How the store opened (:created, :restarted, :recovering or
     # :repairing; nil until then, and in memory mode).
     :opened,
+    # The membership, once a member: its epoch, its members as
+    # [{slot, node}] in the order that decides the primaries, and this
+    # node's role (:member, :leaving or :removed).
+    :current,
+    epoch: 0,
+    role: :member,
     phase: :forming
   ]
 
-  @type phase :: :forming | :running | :spare | {:failed, term()} | {:refused, term()}
+  @type phase ::
+          :forming | :running | :spare | :removed | {:failed, term()} | {:refused, term()}
   @type t :: %__MODULE__{}
   @type effect ::
           {:start_engine, map()}
@@ -60,6 +76,7 @@ defmodule Visor.Server.Lifecycle do
           | {:fail_callers, term()}
           | {:after, non_neg_integer(), term()}
           | {:log, :info | :warning | :error, String.t()}
+          | :stop_engine
           | {:stop, term()}
 
   @doc "A server on `node` waiting for formation's decision, tagged `tag`."
@@ -71,11 +88,13 @@ defmodule Visor.Server.Lifecycle do
   until their deadline), or the error they get.
   """
   @spec refusal(t()) :: term() | nil
-  def refusal(%__MODULE__{phase: phase}) do
+  def refusal(%__MODULE__{phase: phase, role: role}) do
     case phase do
+      :running when role != :member -> :spare
       :running -> nil
       :forming -> nil
       :spare -> :spare
+      :removed -> :spare
       {:failed, reason} -> {:engine_down, reason}
       {:refused, reason} -> reason
     end
@@ -84,6 +103,103 @@ defmodule Visor.Server.Lifecycle do
   @doc "The node of the member at `index` (a running replica's peer)."
   @spec member(t(), non_neg_integer()) :: node()
   def member(%__MODULE__{members: members}, index), do: elem(members, index)
+
+  @doc """
+  The members of the current membership, in the order that decides the
+  primaries (`[]` while forming, or on a spare).
+  """
+  @spec current_nodes(t()) :: [node()]
+  def current_nodes(%__MODULE__{current: nil}), do: []
+  def current_nodes(%__MODULE__{current: current}), do: Enum.map(current, &elem(&1, 1))
+
+  @doc """
+  The member id the engine knows `node` by: its index in the list the
+  group was formed with (the engine's genesis numbers members so, and a
+  change that adds no member keeps every id), as 16 little-endian bytes;
+  `nil` for a node outside that list.
+  """
+  @spec member_id(t(), node()) :: <<_::128>> | nil
+  def member_id(%__MODULE__{members: members}, node) when is_tuple(members) do
+    case Enum.find_index(Tuple.to_list(members), &(&1 == node)) do
+      nil -> nil
+      index -> <<index::little-unsigned-128>>
+    end
+  end
+
+  def member_id(%__MODULE__{}, _node), do: nil
+
+  @doc """
+  The replica entered `epoch` (or booted from a store of it): its members
+  `[{slot, member_id, joined}]` and this node's `role` (the engine's
+  `{:epoch, epoch, members, role}`). A node left out (`:leaving`) fails
+  the callers waiting on it with `:timeout` (their commands may still
+  commit in the new epoch, from the old primary's queue) and serves new
+  ones as a spare.
+  """
+  @spec epoch(t(), non_neg_integer(), list(), atom()) :: {t(), [effect()]}
+  def epoch(%__MODULE__{epoch: known} = lifecycle, epoch, _members, _role) when epoch < known,
+    do: {lifecycle, []}
+
+  def epoch(%__MODULE__{} = lifecycle, epoch, members, role) do
+    current = for {slot, id, _joined} <- members, do: {slot, node_of(lifecycle, id)}
+    before = lifecycle.role
+    lifecycle = %{lifecycle | epoch: epoch, current: current, role: role}
+    name = inspect(lifecycle.config.group)
+    nodes = inspect(current_nodes(lifecycle))
+
+    case role do
+      :member ->
+        {lifecycle, [{:log, :info, "#{name}: in epoch #{epoch} of its membership: #{nodes}"}]}
+
+      _left_out when before == :member ->
+        {lifecycle,
+         [
+           {:log, :warning,
+            "#{name}: this node is not a member of epoch #{epoch} (#{nodes}): its replica is " <>
+              "leaving, serving the new members until a quorum of them has entered the " <>
+              "epoch; its callers go on to a member"},
+           {:fail_callers, :timeout}
+         ]}
+
+      _left_out ->
+        {lifecycle, []}
+    end
+  end
+
+  @doc """
+  The replica was left out of `epoch` and a quorum of its members entered
+  it (or its store says so): it handles nothing more. The engine is
+  stopped, and the node serves as a spare (its store, in disk mode, is
+  kept with role `removed` until an operator deletes it).
+  """
+  @spec removed(t(), non_neg_integer()) :: {t(), [effect()]}
+  def removed(%__MODULE__{phase: :running} = lifecycle, epoch) do
+    name = inspect(lifecycle.config.group)
+
+    kept =
+      case lifecycle.config.storage do
+        {:disk, dir} -> "; its store in #{dir} is kept, marked removed, until deleted"
+        :memory -> ""
+      end
+
+    {%{lifecycle | phase: :removed, role: :removed, epoch: max(epoch, lifecycle.epoch)},
+     [
+       {:log, :warning,
+        "#{name}: this node was removed from the group in epoch #{epoch} " <>
+          "(members: #{inspect(current_nodes(lifecycle))}): its replica stopped, and it " <>
+          "serves as a spare#{kept}"},
+       :stop_engine,
+       {:fail_callers, :spare}
+     ]}
+  end
+
+  def removed(%__MODULE__{} = lifecycle, _epoch), do: {lifecycle, []}
+
+  defp node_of(%__MODULE__{members: members}, <<index::little-unsigned-128>>)
+       when index < tuple_size(members),
+       do: elem(members, index)
+
+  defp node_of(%__MODULE__{}, id), do: {:unknown_member, Base.encode16(id, case: :lower)}
 
   @doc """
   Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
@@ -119,6 +235,7 @@ defmodule Visor.Server.Lifecycle do
       lifecycle
       | phase: :running,
         members: List.to_tuple(members),
+        current: Enum.with_index(members, fn node, slot -> {slot, node} end),
         index: index,
         cluster: cluster,
         decision: decision

@@ -32,13 +32,21 @@ defmodule Visor.Server.Status do
     members = Tuple.to_list(lifecycle.members)
 
     # A recovering replica does not know the view yet, and one whose store
-    # is still opening has no replica yet: no primary to show.
-    primary_index = if engine.status in [:recovering, :starting], do: nil, else: engine.primary
+    # is still opening has no replica yet: no primary to show. A leaving
+    # replica's view is its last epoch's: the new one's primary is not
+    # known here.
+    primary_index =
+      if engine.status in [:recovering, :starting] or lifecycle.role != :member,
+        do: nil,
+        else: engine.primary
+
     primary = primary_index && Enum.at(members, primary_index)
     connected = MapSet.new(server.connected)
 
+    # The members of the current membership, by slot (the index the
+    # group was formed with: a change that adds no member keeps it).
     replicas =
-      for {node, index} <- Enum.with_index(members) do
+      for {index, node} <- lifecycle.current do
         %{
           index: index,
           node: node,
@@ -54,9 +62,11 @@ defmodule Visor.Server.Status do
 
     %{
       status: engine.status,
-      role: if(engine.is_primary, do: :primary, else: :backup),
+      role: role(lifecycle, engine.is_primary),
       node: server.node,
       index: lifecycle.index,
+      epoch: lifecycle.epoch,
+      members: Lifecycle.current_nodes(lifecycle),
       view: engine.view,
       log_view: engine.log_view,
       op: engine.op,
@@ -76,6 +86,25 @@ defmodule Visor.Server.Status do
       sync: engine.sync,
       stats: Map.merge(engine.stats, server.stats)
     }
+  end
+
+  # Removed from the group: its replica stopped; it serves as a spare.
+  def build(%Lifecycle{phase: :removed} = lifecycle, nil, server) do
+    Map.merge(no_replica(), %{
+      status: :removed,
+      role: :removed,
+      node: server.node,
+      epoch: lifecycle.epoch,
+      members: Lifecycle.current_nodes(lifecycle),
+      cluster: Base.encode16(lifecycle.cluster, case: :lower),
+      pool: server.pool,
+      storage: storage(lifecycle, nil),
+      poison: server.poison,
+      refused: nil,
+      version: server.version,
+      waiting_for: nil,
+      stats: server.stats
+    })
   end
 
   def build(%Lifecycle{} = lifecycle, nil, server) do
@@ -120,11 +149,19 @@ defmodule Visor.Server.Status do
     })
   end
 
+  # `:primary` or `:backup` as a member; `:leaving` once left out of the
+  # membership (until a quorum of the new members has entered it).
+  defp role(%Lifecycle{role: :member}, true), do: :primary
+  defp role(%Lifecycle{role: :member}, false), do: :backup
+  defp role(%Lifecycle{role: role}, _is_primary), do: role
+
   # The replica's part of a status where no replica runs on this node.
   defp no_replica do
     %{
       role: :none,
       index: nil,
+      epoch: nil,
+      members: [],
       view: 0,
       log_view: 0,
       op: 0,

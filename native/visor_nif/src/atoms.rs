@@ -83,6 +83,20 @@ rustler::atoms! {
     leaving,
     removed,
 
+    // Membership changes: events and their results.
+    reconfigured,
+    members,
+    done,
+    unchanged,
+    busy,
+    stale,
+    not_member,
+    no_quorum,
+    unreachable,
+    abandoned,
+    unknown,
+    bad_argument,
+
     // A replica host's phase (the status map's `:status`).
     starting,
     normal,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
-use vsr::{Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS};
+use vsr::{ChangeResult, Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
@@ -227,6 +227,50 @@ fn decode_disk(opts: Term) -> Result<Option<DiskOptions>, EngineError> {
     }))
 }
 
+/// The arguments of `nif_reconfigure`, checked: the change's id, the
+/// member ids (1 to `MAX_REPLICAS`, distinct, each 16 bytes little-endian)
+/// and the ticks; or the bad argument's name and why.
+pub fn reconfigure_args(
+    id: Term,
+    ids: Term,
+    ticks: Term,
+) -> Result<(u64, Vec<u128>, u64), (&'static str, String)> {
+    let u64_of = |term: Term, name: &'static str| {
+        term.decode::<u64>()
+            .map_err(|_| (name, "must be a non-negative integer below 2^64".to_string()))
+    };
+    let id = u64_of(id, "id")?;
+    let ticks = u64_of(ticks, "ticks")?;
+    let bad = |why: &str| ("members", why.to_string());
+    if !ids.is_list() {
+        return Err(bad("must be a list of 16-byte member ids"));
+    }
+    let mut members: Vec<u128> = Vec::new();
+    let mut rest = ids;
+    // Cell by cell: rustler's ListIterator panics on an improper list.
+    while !rest.is_empty_list() {
+        let Ok((item, tail)) = rest.list_get_cell() else {
+            return Err(bad("must be a proper list"));
+        };
+        if members.len() == MAX_REPLICAS {
+            return Err(bad(&format!("must hold 1..={MAX_REPLICAS} member ids")));
+        }
+        let member = match item.decode::<Binary>() {
+            Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
+            _ => return Err(bad("must hold 16-byte binaries")),
+        };
+        if members.contains(&member) {
+            return Err(bad("must not name a member twice"));
+        }
+        members.push(member);
+        rest = tail;
+    }
+    if members.is_empty() {
+        return Err(bad(&format!("must hold 1..={MAX_REPLICAS} member ids")));
+    }
+    Ok((id, members, ticks))
+}
+
 /// `{:storage, kind, detail}`: something about storage worth logging.
 pub fn notice<'a>(env: Env<'a>, notice: &StorageNotice) -> Term<'a> {
     let (kind, detail) = match notice {
@@ -296,10 +340,25 @@ pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
 pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
     match output {
         Output::Send { .. } => None,
-        // The engine never hands the core an `Input::Reconfigure` yet (the
-        // membership design's step 11 gives Elixir the API and these
-        // events), so no epoch changes and these never occur.
-        Output::Reconfigured { .. } | Output::Epoch { .. } | Output::Removed { .. } => None,
+        // `{:reconfigured, id, result}`: the change `reconfigure/4` asked
+        // for as `id` ended so (`change_result`).
+        Output::Reconfigured { id, result } => {
+            Some((atoms::reconfigured(), *id, change_result(*result)).encode(env))
+        }
+        // `{:epoch, epoch, members, role}`: the replica entered an epoch (or
+        // booted from a store of one: `ReplicaHost::boot`).
+        Output::Epoch { membership, role: r } => Some(
+            (
+                atoms::epoch(),
+                membership.epoch(),
+                members(env, membership),
+                role(*r),
+            )
+                .encode(env),
+        ),
+        // `{:removed, epoch}`: left out of `epoch`, and a quorum of its
+        // members entered it: the replica handles nothing more.
+        Output::Removed { epoch } => Some((atoms::removed(), *epoch).encode(env)),
         Output::Execute { entry, outcomes } => {
             let requests: Vec<Term> = entry
                 .requests
@@ -361,6 +420,43 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         ),
         Output::WriteLog { .. } | Output::WriteState(_) | Output::WriteCheckpoint(_) => None,
     }
+}
+
+/// `:done | :unchanged | :busy | :stale | :not_member | :no_quorum |
+/// :unreachable | :abandoned | :unknown` (docs/nif.md, "Membership changes").
+pub fn change_result(result: ChangeResult) -> Atom {
+    match result {
+        ChangeResult::Done => atoms::done(),
+        ChangeResult::Unchanged => atoms::unchanged(),
+        ChangeResult::Busy => atoms::busy(),
+        ChangeResult::Stale => atoms::stale(),
+        ChangeResult::NotMember => atoms::not_member(),
+        ChangeResult::NoQuorum => atoms::no_quorum(),
+        ChangeResult::Unreachable => atoms::unreachable(),
+        ChangeResult::Abandoned => atoms::abandoned(),
+        ChangeResult::Unknown => atoms::unknown(),
+    }
+}
+
+/// `:member | :learner | :leaving | :removed`.
+pub fn role(role: Role) -> Atom {
+    match role {
+        Role::Member => atoms::member(),
+        Role::Learner => atoms::learner(),
+        Role::Leaving => atoms::leaving(),
+        Role::Removed => atoms::removed(),
+    }
+}
+
+/// A membership's members, in the order that decides the primaries, as
+/// `[{slot, member_id, joined}]` (the member id as 16 little-endian bytes).
+pub fn members<'a>(env: Env<'a>, membership: &Membership) -> Term<'a> {
+    let members: Vec<Term> = membership
+        .members()
+        .iter()
+        .map(|m| (m.slot as u32, client(env, m.id), m.joined).encode(env))
+        .collect();
+    members.encode(env)
 }
 
 fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
@@ -426,6 +522,9 @@ pub fn status<'a>(
             (atoms::is_primary(), copy.is_primary.encode(env)),
             (atoms::replica_index(), (replica_index as u32).encode(env)),
             (atoms::replica_count(), (replica_count as u32).encode(env)),
+            (atoms::epoch(), copy.membership.epoch().encode(env)),
+            (atoms::members(), members(env, &copy.membership)),
+            (atoms::role(), role(copy.role).encode(env)),
             (atoms::stats(), stats(env, &copy.stats)),
             (atoms::storage(), storage(env, copy)),
             (atoms::sync(), sync(env, copy)),
@@ -496,12 +595,7 @@ pub fn probe(
             // store can be. `nil` if the list does not hold the member.
             let genesis = Membership::numbered(MAX_REPLICAS).expect("a genesis of MAX_REPLICAS members");
             let slot = superblock.slot_in(&genesis);
-            let role = match superblock.role {
-                Role::Member => atoms::member(),
-                Role::Learner => atoms::learner(),
-                Role::Leaving => atoms::leaving(),
-                Role::Removed => atoms::removed(),
-            };
+            let role = role(superblock.role);
             let found = map(
                 env,
                 &[

@@ -65,6 +65,14 @@ pub enum Command {
         id: u64,
         read: u64,
     },
+    /// A membership change to the members `ids` (`reconfigure/4`);
+    /// `change` is the host's id for it.
+    Reconfigure {
+        id: u64,
+        change: u64,
+        ids: Vec<vsr::MemberId>,
+        ticks: u64,
+    },
     Stop {
         id: u64,
     },
@@ -267,6 +275,17 @@ impl Worker {
                 // The NIF checked it is a binary.
                 if let Ok(app) = app {
                     self.step(id, Input::Snapshot { op, app });
+                }
+            }
+            Command::Reconfigure {
+                id,
+                change,
+                ids,
+                ticks,
+            } => {
+                if let Some(group) = self.groups.get_mut(&id) {
+                    let result = group.reconfigure(change, &ids, ticks);
+                    self.after_step(id, result);
                 }
             }
             Command::Stop { id } => {

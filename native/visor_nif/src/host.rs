@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc, Term};
-use vsr::{Input, Output, Replica, Stats, Status};
+use vsr::{ChangeId, ChangeResult, Input, MemberId, Membership, Output, Replica, Role, Stats, Status};
 use vsr_host::{catch_panic, Host, StoreOptions};
 use vsr_storage::{FileDisk, Identity};
 
@@ -47,6 +47,9 @@ pub struct StatusCopy {
     pub log_base: u64,
     pub primary: u8,
     pub is_primary: bool,
+    /// The replica's membership (its epoch and list) and its role in it.
+    pub membership: Membership,
+    pub role: Role,
     pub stats: Stats,
     pub storage: StorageStatus,
     /// A state sync under way: the checkpoint's op, the bytes received so
@@ -97,6 +100,8 @@ impl StatusCopy {
             log_base: replica.log().base(),
             primary: replica.primary(),
             is_primary: replica.is_primary(),
+            membership: *replica.membership(),
+            role: replica.role(),
             stats: replica.stats().clone(),
             storage: StorageStatus::default(),
             sync: replica.sync_progress(),
@@ -174,6 +179,10 @@ pub struct ReplicaHost {
     pub next_tick: Instant,
     /// Stepped since the last flush (the worker's dirty list has it).
     pub dirty: bool,
+    /// Outputs the host itself owes the owner, sent before the replica's
+    /// at the next flush: the membership a store booted into, and answers
+    /// to changes the replica could not take.
+    owed: Vec<Output>,
 }
 
 impl ReplicaHost {
@@ -196,6 +205,7 @@ impl ReplicaHost {
             tick,
             next_tick: Instant::now() + tick,
             dirty: false,
+            owed: Vec::new(),
         }
     }
 
@@ -228,7 +238,62 @@ impl ReplicaHost {
         let nonce = recovery_nonce(config.jitter_seed);
         self.host = Host::boot(config, index, Some(store), recover, nonce)
             .map_err(|unbooted| EngineError::boot(&disk.dir, unbooted.error))?;
+        // A store of a later epoch, or of a replica that left, tells the
+        // owner where it stands before anything else: the core emits
+        // `Epoch` only on entering one.
+        let replica = self.host.replica();
+        let (membership, role) = (*replica.membership(), replica.role());
+        if membership.epoch() > 0 || role != Role::Member {
+            self.owed.push(Output::Epoch {
+                membership: Box::new(membership),
+                role,
+            });
+        }
+        if role == Role::Removed {
+            self.owed.push(Output::Removed {
+                epoch: membership.epoch(),
+            });
+        }
         Ok(())
+    }
+
+    /// A change of the membership to the members `ids` (in any order),
+    /// named `change` by this replica's host, given up after `ticks` if
+    /// not yet consented to (`Input::Reconfigure`). The target is built
+    /// here, on the engine thread, from the replica's own membership
+    /// (`Membership::next`, led by the primary it knows). A replica that
+    /// handles nothing more (removed), or a list `next` refuses, is
+    /// answered at once.
+    pub fn reconfigure(&mut self, change: u64, ids: &[MemberId], ticks: u64) -> Result<(), EngineError> {
+        let replica = self.host.replica();
+        if replica.role() == Role::Removed {
+            self.owed.push(Output::Reconfigured {
+                id: change,
+                result: ChangeResult::NotMember,
+            });
+            return Ok(());
+        }
+        let name = ChangeId {
+            origin: replica.member_id(),
+            id: change,
+        };
+        match replica.membership().next(ids, name, replica.primary()) {
+            Ok(target) => self.step(Input::Reconfigure {
+                id: change,
+                target: Box::new(target),
+                ticks,
+            }),
+            // The NIF checked the list (1 to MAX_REPLICAS distinct ids), so
+            // `next` has no reason left to refuse; should it, the change
+            // was never handed over: a final "no".
+            Err(_) => {
+                self.owed.push(Output::Reconfigured {
+                    id: change,
+                    result: ChangeResult::Stale,
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Feeds one input to the replica (a paused one drops ticks and peer
@@ -253,7 +318,11 @@ impl ReplicaHost {
     pub fn flush(&mut self, env: &mut OwnedEnv) -> Result<(), EngineError> {
         // What needs no durability (a primary's prepares, above all) leaves
         // before the disk is touched, so the backups' syncs overlap ours.
-        let early = self.host.take_ready();
+        let early = self.host.take_ready().map(|ready| {
+            let mut owed = std::mem::take(&mut self.owed);
+            owed.extend(ready);
+            owed
+        });
         self.publish();
         self.send_events(env, early?)?;
         if self.host.has_staged() {

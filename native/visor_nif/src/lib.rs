@@ -238,6 +238,39 @@ fn nif_read(engine: ResourceArc<EngineResource>, id: u64) -> rustler::Atom {
     atoms::ok()
 }
 
+/// Asks the replica for a membership change to the members `ids` (a
+/// list of 16-byte little-endian member ids, 1 to `MAX_REPLICAS` of them,
+/// distinct, in any order), named `id` (a u64, unique among this
+/// replica's changes), given up after `ticks` (a u64) if not yet consented
+/// to. Answered by a `{:reconfigured, id, result}` event. Every argument
+/// but the engine is checked here, and a bad one is `{:error,
+/// {:bad_argument, name, why}}`, never a panic; the list is walked cell by
+/// cell (an improper list is refused, not a crash).
+#[rustler::nif]
+fn nif_reconfigure<'a>(
+    env: Env<'a>,
+    engine: ResourceArc<EngineResource>,
+    id: Term<'a>,
+    ids: Term<'a>,
+    ticks: Term<'a>,
+) -> Term<'a> {
+    match convert::reconfigure_args(id, ids, ticks) {
+        Ok((id, ids, ticks)) => {
+            engine.reconfigure(id, ids, ticks);
+            atoms::ok().encode(env)
+        }
+        Err((name, why)) => (
+            atoms::error(),
+            (
+                atoms::bad_argument(),
+                rustler::Atom::from_str(env, name).expect("a valid atom"),
+                why,
+            ),
+        )
+            .encode(env),
+    }
+}
+
 #[rustler::nif]
 fn nif_status(env: Env, engine: ResourceArc<EngineResource>) -> Term {
     let copy = engine.shared.status_copy();

@@ -75,6 +75,15 @@ impl EngineResource {
         });
     }
 
+    pub fn reconfigure(&self, change: u64, ids: Vec<vsr::MemberId>, ticks: u64) {
+        self.enqueue(|| Command::Reconfigure {
+            id: self.id,
+            change,
+            ids,
+            ticks,
+        });
+    }
+
     pub fn crash(&self) {
         self.enqueue(|| Command::Crash { id: self.id });
     }

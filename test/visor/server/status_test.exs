@@ -16,6 +16,8 @@ defmodule Visor.Server.StatusTest do
     :role,
     :node,
     :index,
+    :epoch,
+    :members,
     :view,
     :log_view,
     :op,
@@ -85,6 +87,8 @@ defmodule Visor.Server.StatusTest do
              role: :backup,
              node: :b@h,
              index: 1,
+             epoch: 0,
+             members: @nodes,
              view: 3,
              op: 1042,
              commit: 1042,
@@ -108,6 +112,43 @@ defmodule Visor.Server.StatusTest do
              %{index: 1, node: :b@h, role: :backup, health: :self},
              %{index: 2, node: :c@h, role: :backup, health: :disconnected}
            ]
+  end
+
+  test "after a change: the new epoch's members; a node left out is leaving, then removed" do
+    id = &<<&1::little-unsigned-128>>
+    # c@h (index 2) left; b@h leads the new epoch.
+    members = [{1, id.(1), 0}, {0, id.(0), 0}]
+    {lc, effects} = Lifecycle.epoch(running(), 1, members, :member)
+    assert [{:log, :info, _}] = effects
+    status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
+    assert %{epoch: 1, members: [:b@h, :a@h], role: :primary, primary: :b@h} = status
+
+    assert Enum.map(status.replicas, &{&1.index, &1.node, &1.role}) == [
+             {1, :b@h, :primary},
+             {0, :a@h, :backup}
+           ]
+
+    assert Lifecycle.refusal(lc) == nil
+
+    # b@h left out of epoch 2: it says so, fails its waiting callers
+    # with :timeout, and passes new ones on as a spare.
+    {lc, effects} = Lifecycle.epoch(lc, 2, [{0, id.(0), 0}], :leaving)
+    assert [{:log, :warning, line}, {:fail_callers, :timeout}] = effects
+    assert line =~ "not a member of epoch 2"
+    assert Lifecycle.refusal(lc) == :spare
+    status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
+    assert %{epoch: 2, members: [:a@h], role: :leaving, primary: nil} = status
+
+    # An older epoch's event changes nothing.
+    assert {^lc, []} = Lifecycle.epoch(lc, 1, members, :member)
+
+    {lc, effects} = Lifecycle.removed(lc, 2)
+    assert [{:log, :warning, line}, :stop_engine, {:fail_callers, :spare}] = effects
+    assert line =~ "removed from the group in epoch 2"
+    assert Lifecycle.refusal(lc) == :spare
+    status = Status.build(lc, nil, @server)
+    assert Enum.sort(Map.keys(status)) == Enum.sort(@documented)
+    assert %{status: :removed, role: :removed, epoch: 2, members: [:a@h], primary: nil} = status
   end
 
   test "no primary to show while recovering or while the store opens" do

@@ -1,0 +1,210 @@
+defmodule Visor.MembershipTest do
+  # Membership changes on real nodes (docs/operations.md, "Membership
+  # changes"): a group of 5 shrinks to 3 while every node commits, in
+  # memory and disk mode. Every acknowledged increment is applied exactly
+  # once; the 3 left still tolerate one failure; the 2 left out stop
+  # serving as members (their callers go on to a member); a request
+  # whose condition holds is answered at once; in disk mode, every node
+  # restarted after the change finds the new configuration in its store.
+  # Not async: real nodes.
+  use ExUnit.Case, async: false
+
+  alias Visor.Test.{Cluster, Counter, Load}
+  import Load, only: [drain: 2, assert_exactly_once: 2]
+
+  @callers_per_node 2
+  @commit_opts [timeout: 20_000]
+
+  @moduletag :tmp_dir
+
+  test "memory mode: 5 nodes shrink to 3 under load; the 3 tolerate a failure" do
+    nodes = Cluster.start_peers(5) |> Enum.map(&elem(&1, 1))
+    :ok = Cluster.start_group(nodes, Counter, nodes: nodes)
+    {keep, left_out, acks, callers} = shrink(nodes)
+
+    # The 3 left tolerate one failure: their primary's node dies, and
+    # the other two elect one of them and go on.
+    %{primary: primary, view: view} = Cluster.status(hd(keep), Counter)
+    alive = keep -- [primary]
+    :ok = Cluster.kill_node(primary, alive ++ left_out)
+
+    Cluster.eventually(
+      fn ->
+        status = Cluster.status(hd(alive), Counter)
+        status.primary in alive and status.view > view and status.epoch == 1
+      end,
+      15_000
+    )
+
+    {acks, _failed} = collect(acks, map_size(acks) + 40, left_out ++ [primary])
+    finish(alive ++ left_out, acks, callers)
+  end
+
+  test "disk mode: 5 nodes shrink to 3 under load; every node restarted finds the new configuration",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(5) |> Enum.map(&elem(&1, 1))
+    opts = Cluster.disk_opts(tmp, nodes: nodes)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    {keep, left_out, acks, callers} = shrink(nodes)
+
+    # Every acknowledged increment so far, exactly once, before the power
+    # goes.
+    acks = stop_callers(nodes, callers, acks)
+    before = :erpc.call(hd(keep), Counter, :get, [])
+    assert_exactly_once(before, acks)
+
+    # Every node restarts from its own disk: the 3 as members of epoch
+    # 1, the 2 as removed (a spare's role, their stores kept).
+    :ok = Cluster.power_cycle(nodes, Counter, opts)
+
+    for n <- keep do
+      Cluster.eventually(
+        fn ->
+          status = Cluster.status(n, Counter)
+
+          status.status == :normal and status.epoch == 1 and
+            Enum.sort(status.members) == Enum.sort(keep)
+        end,
+        15_000
+      )
+    end
+
+    for n <- left_out do
+      assert %{status: :removed, role: :removed, epoch: 1} = Cluster.status(n, Counter)
+      assert File.dir?(Cluster.store_dir(tmp, n, Counter))
+    end
+
+    # Nothing acknowledged was lost, and the group commits again, from
+    # every node (the removed ones pass their calls on to a member).
+    assert :erpc.call(hd(keep), Counter, :get, []) == before
+    callers = spawn_load(nodes, 100)
+    {acks, _failed} = collect(acks, map_size(acks) + 30, [])
+
+    # And still tolerates one failure.
+    %{primary: primary} = Cluster.status(hd(keep), Counter)
+    alive = keep -- [primary]
+    :ok = Cluster.kill_node(primary, alive ++ left_out)
+    # (A node left out passes its callers' commits on to a member: one in
+    # flight at the dying primary is a maybe, `{:member_down, primary}`.)
+    {acks, _failed} = collect(acks, map_size(acks) + 30, left_out ++ [primary])
+    finish(alive ++ left_out, acks, callers)
+  end
+
+  # Starts callers on every node, waits for some acknowledgements, and
+  # shrinks to the first three nodes (asked from the second), with the
+  # callers still committing. Returns the nodes kept, those left out,
+  # and the acknowledgements so far.
+  defp shrink(nodes) do
+    {keep, left_out} = Enum.split(nodes, 3)
+    callers = spawn_load(nodes, 1)
+    {acks, []} = collect(%{}, 40, [])
+
+    asked_at = System.monotonic_time(:millisecond)
+
+    assert {:ok, %{epoch: 1, members: members}} =
+             :erpc.call(Enum.at(keep, 1), Visor, :reconfigure, [Counter, {:set, keep}], 60_000)
+
+    assert Enum.sort(members) == Enum.sort(keep)
+    took = System.monotonic_time(:millisecond) - asked_at
+
+    # Commands went on committing, through the change and after it.
+    {acks, failed} = collect(acks, map_size(acks) + 40, left_out)
+
+    assert Enum.all?(failed, fn {{{n, _}, _}, reason} -> n in left_out and reason == :timeout end),
+           "only callers waiting on a node left out may get a maybe: #{inspect(failed)} " <>
+             "(the change took #{took} ms)"
+
+    for n <- keep do
+      Cluster.eventually(fn ->
+        status = Cluster.status(n, Counter)
+
+        status.epoch == 1 and Enum.sort(status.members) == Enum.sort(keep) and
+          status.role in [:primary, :backup] and
+          Enum.sort(Enum.map(status.replicas, & &1.node)) == Enum.sort(keep)
+      end)
+    end
+
+    for n <- left_out do
+      Cluster.eventually(fn -> Cluster.status(n, Counter).status == :removed end, 10_000)
+      assert %{role: :removed, epoch: 1, members: ^members} = Cluster.status(n, Counter)
+    end
+
+    # A request whose condition holds is answered at once, from any node,
+    # one left out included; adding a node is not supported yet.
+    for n <- [hd(keep) | left_out],
+        request <- [{:set, Enum.reverse(keep)}, {:remove, hd(left_out)}] do
+      assert {:ok, %{epoch: 1, members: ^members}} =
+               :erpc.call(n, Visor, :reconfigure, [Counter, request])
+    end
+
+    assert {:error, {:unsupported, :adding_members}} =
+             :erpc.call(hd(keep), Visor, :reconfigure, [Counter, {:add, hd(left_out)}])
+
+    assert {:error, {:unsupported, :adding_members}} =
+             :erpc.call(hd(keep), Visor, :reconfigure, [Counter, {:set, nodes}])
+
+    assert_raise ArgumentError, fn -> Visor.reconfigure(Counter, {:set, []}) end
+
+    {keep, left_out, acks, callers}
+  end
+
+  defp spawn_load(nodes, first) do
+    for n <- nodes, into: %{} do
+      pids =
+        :erpc.call(n, Load, :spawn_callers, [
+          Counter,
+          @callers_per_node,
+          self(),
+          @commit_opts,
+          first
+        ])
+
+      {n, pids}
+    end
+  end
+
+  # Acknowledgements until `target`; failures are kept, and only callers
+  # on the nodes in `may_fail` may have any (else the test fails).
+  defp collect(acks, target, may_fail, failed \\ [])
+
+  defp collect(acks, target, _may_fail, failed) when map_size(acks) >= target,
+    do: {acks, failed}
+
+  defp collect(acks, target, may_fail, failed) do
+    receive do
+      {:acked, id, count} ->
+        collect(Map.put(acks, id, count), target, may_fail, failed)
+
+      {:failed, {{n, _}, _} = id, reason} ->
+        assert n in may_fail, "commit #{inspect(id)} failed: #{inspect(reason)}"
+        collect(acks, target, may_fail, [{id, reason} | failed])
+    after
+      20_000 -> flunk("no progress: #{map_size(acks)} of #{target} acknowledgements")
+    end
+  end
+
+  # Stops the callers on `nodes` (each reports its last sequence number
+  # after its last outcome, so then every outcome is in the mailbox) and
+  # returns the acknowledgements.
+  defp stop_callers(nodes, callers, acks) do
+    for n <- nodes, do: :erpc.call(n, Load, :stop, [callers[n]])
+
+    for _ <- 1..(length(nodes) * @callers_per_node) do
+      assert_receive {:stopped, _caller, _last}, 30_000
+    end
+
+    {acks, _failed} = drain(acks, [])
+    acks
+  end
+
+  # The callers on the nodes still up stop; every acknowledged increment
+  # is in the survivors' state exactly once, and they all converge on it.
+  defp finish(up, acks, callers) do
+    acks = stop_callers(up, callers, acks)
+    survivor = Enum.find(up, &(Cluster.status(&1, Counter).role in [:primary, :backup]))
+    final = :erpc.call(survivor, Counter, :get, [])
+    assert_exactly_once(final, acks)
+    members = Cluster.status(survivor, Counter).members
+    Cluster.converged(Enum.filter(members, &(&1 in up)), Counter, final, 10_000)
+  end
+end
