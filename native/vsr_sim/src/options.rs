@@ -93,6 +93,12 @@ pub struct Options {
     /// they are. Such runs have no lying host (`Simulator::new` drops it):
     /// with `n - quorum` replicas dead, a liar would be one fault too many.
     pub dead_minority: bool,
+    /// Random membership changes while the faults run: grow, shrink and
+    /// replace (lists of 3 to 5 members), on nodes of their own, through a
+    /// random member, while at most one replica is unavailable at a time.
+    /// Off in `from_seed` (`vopr --membership` turns it on), so the default
+    /// seeds stay as they are; not with `dead_minority`.
+    pub membership_changes: bool,
     /// Check `Replica::invariants` also when the configuration carries a
     /// deliberate bug (`Config::is_mutated`). Off by default: a mutation
     /// is there to show that the cluster's checkers catch it, and it
@@ -135,6 +141,7 @@ impl Options {
             lying_rate: 1.0,
             config_override: None,
             dead_minority: false,
+            membership_changes: false,
             invariants_under_mutation: false,
         }
     }

@@ -23,6 +23,18 @@ const MESSAGE_STORM: usize = 20_000;
 
 pub use crate::checker::App;
 
+/// A membership change the random mode asked for, until its fate is known.
+#[derive(Clone, Debug)]
+struct InFlight {
+    origin: Slot,
+    id: u64,
+    /// The epoch it would make.
+    epoch: Epoch,
+    /// The nodes started as its learners.
+    learners: Vec<Slot>,
+    since: u64,
+}
+
 /// A simulated node: the member its host runs. The genesis members' nodes
 /// are numbered as their slots; a node a change adds comes after them,
 /// and may take a slot another node held (the network routes by member
@@ -181,6 +193,11 @@ pub struct Simulator {
     /// down repairing: their next open repairs or recovers, so they count
     /// as recovering until then (`recovering_or_will`).
     damaged: Vec<bool>,
+    /// Random mode (`Options::membership_changes`): the change under way.
+    in_flight: Option<InFlight>,
+    /// Changes asked for in random mode (their ids), and the member ids
+    /// given to nodes they added.
+    changes: u64,
 }
 
 impl Simulator {
@@ -257,6 +274,8 @@ impl Simulator {
             disk_pauses: 0,
             failed_boots: 0,
             damaged: vec![false; n],
+            in_flight: None,
+            changes: 0,
             options,
         }
     }
@@ -289,6 +308,9 @@ impl Simulator {
     pub fn run(&mut self) -> Result<Report, Failure> {
         while self.tick < self.options.fault_ticks {
             self.inject_faults();
+            if self.options.membership_changes {
+                self.random_change()?;
+            }
             self.step()?;
         }
         if self.options.dead_minority {
@@ -304,6 +326,9 @@ impl Simulator {
                     self.options.liveness_ticks,
                     self.describe()
                 )));
+            }
+            if self.options.membership_changes {
+                self.follow_change();
             }
             self.step()?;
         }
@@ -369,7 +394,11 @@ impl Simulator {
         let replicas: Vec<String> = (0..self.n())
             .map(|i| match self.running(i) {
                 Some(r) => format!(
-                    "r{i}:{:?} v{} lv{} op{}(base {}) commit{}/{} ckpt{}{}",
+                    "r{i}:{}{:?} v{} lv{} op{}(base {}) commit{}/{} ckpt{}{}",
+                    match (r.membership().epoch(), r.role()) {
+                        (0, Role::Member) => String::new(),
+                        (epoch, role) => format!("e{epoch}/{role:?}/s{} ", r.index()),
+                    },
                     r.status(),
                     r.view(),
                     r.log_view(),
@@ -383,6 +412,7 @@ impl Simulator {
                             " sync{op}:{got}/{total}"
                         ))
                 ),
+                None if self.dead[i] => format!("r{i}:gone"),
                 None => format!("r{i}:down"),
             })
             .collect();
@@ -421,7 +451,7 @@ impl Simulator {
                         self.restart_through_faults(r as Slot);
                     }
                 }
-                None if self.options.amnesia && self.unavailable() >= n - vsr::quorum(n) => {}
+                None if self.options.amnesia && self.unavailable() >= self.fault_budget() => {}
                 None if self.armed[r] || self.hosts[r].is_none() => {}
                 None if self.rng.chance(self.options.crash_probability) => {
                     let in_write_path = self.rng.chance(self.options.torn_crash_probability);
@@ -466,7 +496,7 @@ impl Simulator {
         if self.store_mut(r).is_none()
             || self.disk_faulty(r)
             || self.armed[r]
-            || faulty + self.recovering_or_will() >= n - vsr::quorum(n)
+            || faulty + self.recovering_or_will() >= self.fault_budget()
         {
             return;
         }
@@ -523,7 +553,9 @@ impl Simulator {
     fn random_partition(&mut self) {
         let n = self.n();
         self.network.heal();
-        let primary = self.replicas().find(|r| r.is_primary()).map(|r| r.index());
+        let primary = (0..n)
+            .find(|&r| self.running(r).is_some_and(Replica::is_primary))
+            .map(|r| r as Slot);
         match self.rng.range(0, 4) {
             0 => {} // healed
             1 => {
@@ -681,9 +713,29 @@ impl Simulator {
         boot_config(&self.options, r, self.boots)
     }
 
+    /// How many replicas may be unavailable at once (down in memory mode,
+    /// recovering, repairing, or with a faulty disk): `n - quorum`. With
+    /// membership changes, at most one, and none while a list of fewer
+    /// than three is running (the smallest list a running replica holds
+    /// counts: a change's old and new lists must both keep a quorum).
+    fn fault_budget(&self) -> usize {
+        let n = self.n();
+        if !self.options.membership_changes {
+            return n - vsr::quorum(n);
+        }
+        let smallest = self
+            .replicas()
+            .filter(|r| r.role() != Role::Learner)
+            .map(|r| r.membership().n())
+            .min()
+            .unwrap_or(n);
+        (smallest - vsr::quorum(smallest)).min(1)
+    }
+
     /// Replicas down, still recovering their state, or repairing their log.
     pub fn unavailable(&self) -> usize {
         (0..self.n())
+            .filter(|&r| !self.options.membership_changes || !self.dead[r])
             .filter(|&r| {
                 self.running(r)
                     .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
@@ -695,7 +747,11 @@ impl Simulator {
     /// now (their disk still says they are recovering, or holds damage:
     /// `damaged`).
     fn recovering_or_will(&mut self) -> usize {
-        (0..self.n())
+        let counted: Vec<usize> = (0..self.n())
+            .filter(|&r| !self.options.membership_changes || !self.dead[r])
+            .collect();
+        counted
+            .into_iter()
             .filter(|&r| {
                 // A replica repairing a rotted entry is as unavailable as
                 // one recovering, and may become one: it counts against the
@@ -760,7 +816,7 @@ impl Simulator {
         let i = r as usize;
         let n = self.n();
         let faulty = (0..n).filter(|&o| self.disk_faulty(o)).count();
-        let room = faulty + self.recovering_or_will() < n - vsr::quorum(n);
+        let room = faulty + self.recovering_or_will() < self.fault_budget();
         if !room || !self.rng.chance(self.options.boot_fault_probability) {
             return self.restart(r);
         }
@@ -958,9 +1014,8 @@ impl Simulator {
         if !self.rng.chance(self.options.corruption_probability) {
             return;
         }
-        let n = self.n();
         let records = disk.wal_records();
-        let room = self.recovering_or_will() < n - vsr::quorum(n);
+        let room = self.recovering_or_will() < self.fault_budget();
         let checkpoint = disk.checkpoint_file().filter(|&(_, len)| len > 0);
         if self.rng.chance(0.5) && !records.is_empty() && room {
             let (offset, len) = records[self.rng.range(0, records.len() as u64 - 1) as usize];
@@ -1397,8 +1452,17 @@ impl Simulator {
         const SLACK_NS: u64 = 100 * 1_000_000;
         let now = self.tick * 1_000_000;
         let n = self.n();
-        let outvoted = (n - vsr::quorum(n)).max(1).min(n - 1);
+        let mut outvoted = (n - vsr::quorum(n)).max(1).min(n - 1);
         let mut ahead = self.clock_ahead_max_ns.clone();
+        if self.options.membership_changes {
+            // Lists of 3 to 5 come and go: the clocks of nodes that were
+            // members, and the fewest any list outvotes (one).
+            ahead = (0..n)
+                .filter(|&r| !self.nodes[r].learner)
+                .map(|r| self.clock_ahead_max_ns[r])
+                .collect();
+            outvoted = 1.min(ahead.len() - 1);
+        }
         ahead.sort_unstable_by(|a, b| b.cmp(a));
         let ahead_ns = ahead[outvoted];
         let bound = now + ahead_ns + SLACK_NS;
@@ -1463,7 +1527,9 @@ impl Simulator {
             return Ok(());
         }
         let r = self.rng.range(0, self.n() as u64 - 1) as Slot;
-        if self.hosts[r as usize].is_none() {
+        // Through a member: a host sends none through a learner or a
+        // replica that left.
+        if self.running(r as usize).is_none_or(|x| x.role() != Role::Member) {
             return Ok(());
         }
         self.read(r)
@@ -1592,6 +1658,121 @@ impl Simulator {
             started.push(self.add_node(node)?);
         }
         Ok(started)
+    }
+
+    // ---- Random membership changes ----------------------------------------
+
+    /// Random mode: now and then, asks a random member of the newest epoch
+    /// to grow, shrink or replace (lists of 3 to 5; a list smaller than 3
+    /// only grows), starting the learners first, as a host does.
+    fn random_change(&mut self) -> Result<(), Failure> {
+        self.follow_change();
+        if self.in_flight.is_some() || !self.rng.chance(0.002) {
+            return Ok(());
+        }
+        let Some(newest) = self.newest_membership() else {
+            return Ok(());
+        };
+        let origins: Vec<Slot> = (0..self.n())
+            .filter(|&r| {
+                self.running(r).is_some_and(|x| {
+                    x.role() == Role::Member
+                        && x.membership().epoch() == newest.epoch()
+                        && x.status() == Status::Normal
+                })
+            })
+            .map(|r| r as Slot)
+            .collect();
+        if origins.is_empty() {
+            return Ok(());
+        }
+        let origin = origins[self.rng.range(0, origins.len() as u64 - 1) as usize];
+        let mut ids: Vec<MemberId> = newest.members().iter().map(|m| m.id).collect();
+        let n = ids.len();
+        let room = self.nodes.len() < vsr::MAX_SLOTS;
+        self.changes += 1;
+        let new_id = 1_000 + self.changes as MemberId;
+        match self.rng.range(0, 2) {
+            0 if n < 5 && room => ids.push(new_id),
+            1 if n > 3 => {
+                let i = self.rng.range(0, n as u64 - 1) as usize;
+                ids.remove(i);
+            }
+            2 if n >= 3 && room => {
+                let i = self.rng.range(0, n as u64 - 1) as usize;
+                ids.remove(i);
+                ids.push(new_id);
+            }
+            _ => return Ok(()),
+        }
+        let learners = self.start_learners(origin, &ids)?;
+        let id = self.changes;
+        self.reconfigure(origin, id, &ids, 2_000)?;
+        self.in_flight = Some(InFlight {
+            origin,
+            id,
+            epoch: newest.epoch() + 1,
+            learners,
+            since: self.tick,
+        });
+        Ok(())
+    }
+
+    /// Follows the change under way, as its host does: once its fate is
+    /// known (a definite "no", its epoch entered, or long past its
+    /// deadline with its epoch never entered), the learners that are no
+    /// members stop for good; and a replica removed from its list stops
+    /// (its clients go to a member).
+    fn follow_change(&mut self) {
+        for r in 0..self.n() {
+            if self.running(r).is_some_and(|x| x.role() == Role::Removed) {
+                self.stop_node(r as Slot);
+            }
+        }
+        let Some(change) = self.in_flight.clone() else {
+            return;
+        };
+        let newest = self.newest_membership().map_or(0, |m| m.epoch());
+        let refused = self
+            .reconfigured(change.origin, change.id)
+            .is_some_and(|result| !matches!(result, ChangeResult::Done | ChangeResult::Unknown));
+        let long_past = self.tick > change.since + 6_000;
+        if !refused && newest < change.epoch && !long_past {
+            return;
+        }
+        for r in change.learners {
+            let member = self.running(r as usize).is_some_and(|x| x.role() == Role::Member);
+            let node = self.nodes[r as usize];
+            let listed = self
+                .newest_membership()
+                .is_some_and(|m| m.member(node.slot).is_some_and(|m| m.id == node.id));
+            if !member && !listed {
+                self.stop_node(r);
+            }
+        }
+        self.in_flight = None;
+    }
+
+    /// Node `r`'s host stops it for good; clients that used it go to a
+    /// member.
+    fn stop_node(&mut self, r: Slot) {
+        self.crash(r);
+        self.dead[r as usize] = true;
+        self.restart_at[r as usize] = None;
+        let members: Vec<Slot> = (0..self.n())
+            .filter(|&o| !self.dead[o] && !self.nodes[o].learner)
+            .filter(|&o| self.running(o).is_none_or(|x| x.role() == Role::Member))
+            .map(|o| o as Slot)
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        for c in 0..self.clients.len() {
+            if self.clients[c].home == r {
+                let i = self.rng.range(0, members.len() as u64 - 1) as usize;
+                self.clients[c].home = members[i];
+            }
+        }
     }
 
     /// Adds a node running `node` (a learner), and boots it.

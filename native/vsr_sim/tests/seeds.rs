@@ -130,3 +130,15 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
     options.dead_minority = true;
     Simulator::new(options).run().unwrap();
 }
+
+/// Random membership changes (`vopr --membership`): seed 3 found a replica
+/// that knew the reconfiguration entry's op committed (a heartbeat told
+/// it) but lacked the entry itself: fetching the committed log from the
+/// new epoch, it gave up on the entry, taking a missing entry for a
+/// differing one, and stayed in the old epoch for ever.
+#[test]
+fn membership_seed_3_a_missing_entry_is_not_a_differing_one() {
+    let mut options = Options::from_seed(3);
+    options.membership_changes = true;
+    Simulator::new(options).run().unwrap();
+}

@@ -7,6 +7,8 @@
 //!                          the command that replays each, then `N passed, M failed`
 //! --dead-minority          (with either) up to n - quorum replicas never come
 //!                          back after the faults heal (`Options::dead_minority`)
+//! --membership             (with either) random membership changes while the
+//!                          faults run (`Options::membership_changes`)
 //! ```
 
 use std::process::ExitCode;
@@ -28,8 +30,10 @@ fn main() -> ExitCode {
         args.get(i + 1)?.parse().ok()
     };
     let dead = args.iter().any(|a| a == "--dead-minority");
+    let membership = args.iter().any(|a| a == "--membership");
+    let mode = Mode { dead, membership };
     if let Some(seed) = value("--seed") {
-        return replay(seed, value("--trace").unwrap_or(0), dead);
+        return replay(seed, value("--trace").unwrap_or(0), mode);
     }
     let Some(count) = value("--seeds") else {
         return usage();
@@ -38,25 +42,46 @@ fn main() -> ExitCode {
     let jobs = value("--jobs")
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
         .max(1);
-    soak(from, count, jobs, dead)
+    soak(from, count, jobs, mode)
 }
 
-fn options(seed: u64, dead_minority: bool) -> Options {
+/// What the flags turn on besides the seed's own options.
+#[derive(Clone, Copy)]
+struct Mode {
+    dead: bool,
+    membership: bool,
+}
+
+impl Mode {
+    fn flags(self) -> String {
+        let mut flags = String::new();
+        if self.dead {
+            flags.push_str(" --dead-minority");
+        }
+        if self.membership {
+            flags.push_str(" --membership");
+        }
+        flags
+    }
+}
+
+fn options(seed: u64, mode: Mode) -> Options {
     Options {
-        dead_minority,
+        dead_minority: mode.dead,
+        membership_changes: mode.membership,
         ..Options::from_seed(seed)
     }
 }
 
-fn run(seed: u64, dead_minority: bool, trace_every: u64) -> Result<Report, vsr_sim::Failure> {
-    let mut simulator = Simulator::new(options(seed, dead_minority));
+fn run(seed: u64, mode: Mode, trace_every: u64) -> Result<Report, vsr_sim::Failure> {
+    let mut simulator = Simulator::new(options(seed, mode));
     simulator.trace_every = trace_every;
     simulator.run()
 }
 
-fn replay(seed: u64, trace_every: u64, dead: bool) -> ExitCode {
-    println!("seed {seed}: {:?}", options(seed, dead));
-    match run(seed, dead, trace_every) {
+fn replay(seed: u64, trace_every: u64, mode: Mode) -> ExitCode {
+    println!("seed {seed}: {:?}", options(seed, mode));
+    match run(seed, mode, trace_every) {
         Ok(report) => {
             println!("seed {seed} passed: {report:?}");
             ExitCode::SUCCESS
@@ -68,7 +93,7 @@ fn replay(seed: u64, trace_every: u64, dead: bool) -> ExitCode {
     }
 }
 
-fn soak(from: u64, count: u64, jobs: u64, dead: bool) -> ExitCode {
+fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
     let start = Instant::now();
     let next = AtomicU64::new(from);
     let done = AtomicU64::new(0);
@@ -80,7 +105,7 @@ fn soak(from: u64, count: u64, jobs: u64, dead: bool) -> ExitCode {
                 if seed >= from + count {
                     break;
                 }
-                let outcome = std::panic::catch_unwind(|| run(seed, dead, 0));
+                let outcome = std::panic::catch_unwind(|| run(seed, mode, 0));
                 let failure = match outcome {
                     Ok(Ok(_)) => None,
                     Ok(Err(failure)) => Some(failure.to_string()),
@@ -88,9 +113,9 @@ fn soak(from: u64, count: u64, jobs: u64, dead: bool) -> ExitCode {
                 };
                 if let Some(failure) = failure {
                     eprintln!("FAIL {failure}");
-                    let flag = if dead { " --dead-minority" } else { "" };
+                    let flags = mode.flags();
                     eprintln!(
-                        "     replay: cargo run --release -p vsr_sim --bin vopr -- --seed {seed}{flag}"
+                        "     replay: cargo run --release -p vsr_sim --bin vopr -- --seed {seed}{flags}"
                     );
                     failures.lock().unwrap().push(seed);
                 }
