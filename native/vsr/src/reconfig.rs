@@ -1040,8 +1040,11 @@ impl Replica {
             .position(|e| self.log.checksum_at(e.op) != Some(e.checksum));
         if let Some(first) = differs {
             let op = entries[first].op;
-            if op <= self.commit_max {
-                return; // a committed entry of ours differs: not the same cluster's history
+            if op <= self.commit_max && self.log.checksum_at(op).is_some() {
+                // A committed entry of ours differs: not the same
+                // cluster's history. (One it lacks, though it knows the op
+                // committed, it takes: `vopr --membership` seed 3.)
+                return;
             }
             if self.is_primary() {
                 // It led a view of the old epoch with another log; it is
