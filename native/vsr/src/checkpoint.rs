@@ -446,7 +446,7 @@ impl Replica {
     /// The membership a checkpoint taken now records: `None` in epoch 0
     /// (today's bytes), else the list as its change's entry carried it.
     fn checkpoint_membership(&self) -> Option<Membership> {
-        let membership = self.replayed_membership.unwrap_or(self.membership);
+        let membership = self.executed_membership;
         (membership.epoch() > 0).then_some(membership)
     }
 
@@ -1092,6 +1092,7 @@ impl Replica {
             self.step_down_from_a_left_view();
         }
         self.commit_min = op;
+        self.executed_membership = checkpoint.membership.unwrap_or(self.config.genesis);
         self.commit_max = self.commit_max.max(op);
         self.primary_op = self.primary_op.max(op);
         // A primary of a view the cluster has left may be behind too; what

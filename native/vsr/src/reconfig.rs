@@ -505,10 +505,8 @@ impl Replica {
     /// Executing op `op`, whose entry reconfigures to `target` (or not:
     /// `None`): tells the origin, and enters the target epoch.
     pub(crate) fn executed_op(&mut self, op: Op, checksum: u128, target: Option<Membership>) {
-        if let (Some(replayed), Some(target)) = (self.replayed_membership.as_mut(), target) {
-            if target.epoch() > replayed.epoch() {
-                *replayed = target;
-            }
+        if let Some(target) = target.filter(|t| t.epoch() > self.executed_membership.epoch()) {
+            self.executed_membership = target;
         }
         self.origin_executed(op, target);
         let Some(target) = target else {
@@ -732,10 +730,55 @@ impl Replica {
         }
         self.epoch_started |= 1 << from;
         if self.epoch_started.count_ones() as usize >= self.membership.quorum() {
-            self.role = Role::Removed;
-            self.write_state();
-            self.out.push(Output::Removed { epoch });
+            self.removed();
         }
+    }
+
+    /// This replica stops for good (`Output::Removed`).
+    fn removed(&mut self) {
+        self.role = Role::Removed;
+        self.write_state();
+        self.out.push(Output::Removed {
+            epoch: self.membership.epoch(),
+        });
+    }
+
+    /// A replica recovering without its state (it holds no log) hears of
+    /// a newer epoch: it recovers there instead, among that list, if it is
+    /// a member (its host's list was old: design 2.10, "Finding the newest
+    /// epoch"); one left out of it was removed, and stops. Its steps 1 and
+    /// 2 start over, counted over the new list, whose members know at
+    /// least the incarnation the list records for it.
+    fn recover_in(&mut self, membership: Membership) {
+        let listed = membership
+            .member(self.index)
+            .is_some_and(|m| m.id == self.id && m.joined == self.joined);
+        self.membership = membership;
+        for slot in 0..MAX_SLOTS as Slot {
+            if !membership.contains(slot) {
+                self.incarnations[slot as usize] = 0;
+                self.forget_slot(slot);
+            }
+        }
+        if !listed {
+            return self.removed();
+        }
+        let nonce = self.recovery.as_ref().map_or(0, |r| r.nonce()).wrapping_add(1);
+        self.epoch_start = (0, 0);
+        for m in membership.members() {
+            let known = &mut self.incarnations[m.slot as usize];
+            *known = (*known).max(m.incarnation);
+        }
+        self.view = 0;
+        self.log_view = 0;
+        self.view_seen = 0;
+        self.recovery = Some(crate::recovery::Recovery::new(nonce));
+        self.last_resend_tick = 0;
+        self.write_state();
+        self.out.push(Output::Epoch {
+            membership: Box::new(membership),
+            role: self.role,
+        });
     }
 
     // ---- The gate's answers ----------------------------------------------
@@ -769,6 +812,17 @@ impl Replica {
             return self.notify_epoch(sender.slot, sender.id);
         }
         if sender.epoch > epoch {
+            if self.role == Role::Leaving {
+                // Its epoch's successor began: a quorum of this epoch's
+                // list entered it (they committed its entry in it), and
+                // the newer list holds the log. Nothing is left to serve.
+                return self.removed();
+            }
+            if let Message::EpochNotice { membership, .. } = &message {
+                if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
+                    return self.recover_in(*membership);
+                }
+            }
             // This replica is behind: it goes on in its own epoch (which
             // may still have to commit the entry) until it enters, and
             // fetches the committed log that gets it there.

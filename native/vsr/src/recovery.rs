@@ -71,6 +71,10 @@ impl Recovery {
         }
     }
 
+    pub(crate) fn nonce(&self) -> u128 {
+        self.nonce
+    }
+
     /// A recovery of a replica that keeps its log.
     pub(crate) fn keeping_log(nonce: u128) -> Recovery {
         Recovery {

@@ -344,10 +344,13 @@ pub struct Replica {
     pub(crate) notice_ticks: [u64; MAX_SLOTS],
     /// Set while a restart re-executes the committed log.
     pub(crate) replaying: bool,
-    /// During that replay: the membership in force after the op last
-    /// replayed (the checkpoint's, then each entry's target), which a
-    /// checkpoint captured in the replay records.
-    pub(crate) replayed_membership: Option<Membership>,
+    /// The membership in force after the op last executed: the installed
+    /// checkpoint's (the genesis below any), then each executed entry's
+    /// target. A checkpoint records it. The live `membership` may be ahead
+    /// of it: a learner's list is its primary's, a recovering replica's
+    /// the newest it heard of, a restarted one's the durable one, while
+    /// each executes older epochs' ops first (`vopr --membership`).
+    pub(crate) executed_membership: Membership,
     /// When this replica, behind, last asked for a newer epoch's log.
     pub(crate) last_start_epoch_request: Option<u64>,
     /// The replica (slot, member id) of a newer epoch it last asked: the
@@ -523,7 +526,7 @@ impl Replica {
             epoch_started: 0,
             notice_ticks: [0; MAX_SLOTS],
             replaying: false,
-            replayed_membership: None,
+            executed_membership: config.genesis,
             last_start_epoch_request: None,
             asked_across: None,
             epoch_staging: None,
@@ -549,19 +552,16 @@ impl Replica {
         // force there, not the durable one, which may be of an epoch whose
         // entry lies ahead in the log: a checkpoint it captures before
         // that entry must record the older list, as everyone else's did.
-        replica.replayed_membership = Some(
-            checkpoint
-                .as_ref()
-                .and_then(|c| c.membership)
-                .unwrap_or(replica.config.genesis),
-        );
+        replica.executed_membership = checkpoint
+            .as_ref()
+            .and_then(|c| c.membership)
+            .unwrap_or(replica.config.genesis);
         if let Some(checkpoint) = checkpoint {
             replica.restore_checkpoint(checkpoint)?;
         }
         replica.replaying = true;
         replica.execute_committed();
         replica.replaying = false;
-        replica.replayed_membership = None;
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
     }
