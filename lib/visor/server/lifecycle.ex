@@ -30,7 +30,7 @@ defmodule Visor.Server.Lifecycle do
   #   * `:stop_engine`: stop this node's engine (it was removed);
   #   * `{:stop, reason}`: the server stops.
 
-  alias Visor.{Formation, Native, Options}
+  alias Visor.{Formation, MemberId, Native, Options}
 
   # A store still locked by this node's previous engine (see
   # engine_down/3) is tried again for up to 5 s.
@@ -113,18 +113,14 @@ defmodule Visor.Server.Lifecycle do
   def current_nodes(%__MODULE__{current: current}), do: Enum.map(current, &elem(&1, 1))
 
   @doc """
-  The member id the engine knows `node` by: its index in the list the
-  group was formed with (the engine's genesis numbers members so, and a
-  change that adds no member keeps every id), as 16 little-endian bytes;
-  `nil` for a node outside that list.
+  The member id the engine knows `node` by (`Visor.MemberId`): its index
+  in the list the group was formed with, or, for a node outside it, the
+  md5 of its name with the top bit set; `nil` before this node knows
+  that list.
   """
   @spec member_id(t(), node()) :: <<_::128>> | nil
-  def member_id(%__MODULE__{members: members}, node) when is_tuple(members) do
-    case Enum.find_index(Tuple.to_list(members), &(&1 == node)) do
-      nil -> nil
-      index -> <<index::little-unsigned-128>>
-    end
-  end
+  def member_id(%__MODULE__{members: members}, node) when is_tuple(members),
+    do: MemberId.of(members, node)
 
   def member_id(%__MODULE__{}, _node), do: nil
 
@@ -195,11 +191,17 @@ defmodule Visor.Server.Lifecycle do
 
   def removed(%__MODULE__{} = lifecycle, _epoch), do: {lifecycle, []}
 
-  defp node_of(%__MODULE__{members: members}, <<index::little-unsigned-128>>)
-       when index < tuple_size(members),
-       do: elem(members, index)
+  # A member id's node: the genesis index's, or the node (this one, a
+  # connected one, or one a change here named) whose name hashes to it.
+  defp node_of(%__MODULE__{members: members} = lifecycle, id) do
+    candidates =
+      [lifecycle.node | Node.list()] ++ Enum.filter(current_nodes(lifecycle), &is_atom/1)
 
-  defp node_of(%__MODULE__{}, id), do: {:unknown_member, Base.encode16(id, case: :lower)}
+    case MemberId.node_of(members, id, candidates) do
+      nil -> {:unknown_member, Base.encode16(id, case: :lower)}
+      node -> node
+    end
+  end
 
   @doc """
   Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
