@@ -204,6 +204,70 @@ defmodule Visor.Server.Lifecycle do
   end
 
   @doc """
+  A member asks this node, a spare, to run a learner for the change it
+  submits (docs/design/membership.md, 2.5 and 2.13): `spec` names the
+  cluster, the list the group was formed with (`genesis`), the current
+  membership (`current`, as `[{slot, node}]`, and `epoch`) and the slot,
+  member id and epoch (`joined`) the change gives this node. A node that
+  runs a replica of the group, or whose store still holds a membership
+  (disk mode: the server checks and clears it first), is refused.
+  """
+  @spec learner(t(), map()) :: {:ok, t(), [effect()]} | {:error, term()}
+  def learner(%__MODULE__{phase: phase, role: role} = lifecycle, spec)
+      when phase in [:spare, :removed] or (phase == :running and role == :learner) do
+    config = lifecycle.config
+    genesis = spec.genesis
+
+    opts =
+      config.engine
+      |> Map.merge(%{
+        cluster: spec.cluster,
+        replica_count: length(genesis),
+        replica_index: spec.slot,
+        member: spec.member,
+        joined: spec.joined,
+        learner: true
+      })
+      |> Map.merge(storage_opts(config, genesis))
+
+    stop = if phase == :running, do: [:stop_engine], else: []
+
+    lifecycle = %{
+      lifecycle
+      | phase: :running,
+        role: :learner,
+        members: List.to_tuple(genesis),
+        current: spec.current,
+        epoch: spec.epoch,
+        index: spec.slot,
+        cluster: spec.cluster,
+        opened: nil
+    }
+
+    {:ok, lifecycle, stop ++ [{:start_engine, opts}]}
+  end
+
+  def learner(%__MODULE__{}, _spec), do: {:error, :not_a_spare}
+
+  @doc """
+  The change this node's learner was started for will not happen: the
+  learner stops, and the node serves as a spare again. A learner that has
+  entered its epoch since is a member, and stays.
+  """
+  @spec stop_learner(t()) :: {t(), [effect()]}
+  def stop_learner(%__MODULE__{phase: :running, role: :learner} = lifecycle) do
+    {%{lifecycle | phase: :spare, role: :member, current: nil, members: nil},
+     [
+       {:log, :info,
+        "#{inspect(lifecycle.config.group)}: the change this node's learner was started " <>
+          "for will not happen: the learner stops, and this node serves as a spare"},
+       :stop_engine
+     ]}
+  end
+
+  def stop_learner(%__MODULE__{} = lifecycle), do: {lifecycle, []}
+
+  @doc """
   Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
   member (start the engine), `:spare` or `{:refused, reason}`. Only one
   that arrives while forming counts (the member decision is applied again
