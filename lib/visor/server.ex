@@ -248,6 +248,19 @@ defmodule Visor.Server do
     with :ok <- if(is_tuple(state.group), do: {:error, :keyed_group}, else: :ok),
          :ok <- clear_learner_store(state.config),
          {:ok, lifecycle, effects} <- Lifecycle.learner(state.lifecycle, spec) do
+      # The learner's engine executes the log from its start (or installs
+      # a checkpoint): the state starts anew, whatever an earlier
+      # membership of this node left in it.
+      %{counters: counters, executed: executed} = Lifetime.get(state.group)
+
+      {machine, machine_effects} =
+        Machine.new(state.module, state.config.init_arg, counters, Lifetime.death_at(counters),
+          group: state.group,
+          executed: executed
+        )
+
+      state = run(machine_effects, %{state | machine: machine})
+
       Logger.info(
         "#{inspect(state.group)}: this node runs a learner in slot #{spec.slot}, to join " <>
           "epoch #{spec.joined} of the group"

@@ -84,6 +84,48 @@ defmodule Visor.MembershipAddTest do
     finish(nodes, acks, callers)
   end
 
+  test "disk mode: 3 nodes grow to 5 under load; every node restarted finds the new configuration; back to 3",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(5) |> Enum.map(&elem(&1, 1))
+    {first, added} = Enum.split(nodes, 3)
+    opts = Cluster.disk_opts(tmp, nodes: first)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    {acks, callers} = grow(nodes, first, added)
+
+    # Every acknowledged increment so far, exactly once, before the power
+    # goes.
+    acks = stop_callers(nodes, callers, acks)
+    before = :erpc.call(hd(added), Counter, :get, [])
+    assert_exactly_once(before, acks)
+
+    # Every node restarts from its own disk as a member of epoch 1, the
+    # added ones too (their stores say which member they are).
+    :ok = Cluster.power_cycle(nodes, Counter, opts)
+    for n <- nodes, do: assert_member(n, 1, nodes)
+    assert :erpc.call(List.last(added), Counter, :get, []) == before
+
+    # The group commits again, and shrinks back to the first 3.
+    callers = spawn_load(nodes, 1000)
+    {acks, []} = collect(acks, map_size(acks) + 30, [])
+    {acks, _failed} = shrink(nodes, first, added, acks)
+
+    # A removed node is added again: its store, marked removed, is moved
+    # aside, and it joins as a new member in a new store.
+    back = List.last(added)
+
+    assert {:ok, %{epoch: 3, members: members}} =
+             :erpc.call(hd(first), Visor, :reconfigure, [Counter, {:add, back}], 60_000)
+
+    assert Enum.sort(members) == Enum.sort(first ++ [back])
+    assert_member(back, 3, members)
+    store = Cluster.store_dir(tmp, back, Counter)
+    assert [_aside] = Path.wildcard(store <> ".removed-*")
+
+    # (Callers on the nodes left out, or learning, may have had a maybe.)
+    {acks, _failed} = collect(acks, map_size(acks) + 30, added)
+    finish(nodes, acks, callers)
+  end
+
   # Starts callers on every node (the spares pass theirs on to a member),
   # and grows the group to every node, asked from the first.
   defp grow(nodes, first, added) do

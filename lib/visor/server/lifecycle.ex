@@ -284,17 +284,23 @@ defmodule Visor.Server.Lifecycle do
         %__MODULE__{phase: :forming} = lifecycle,
         {:member, %{cluster: cluster, members: members, recover: recover}} = decision
       ) do
-    index = Enum.find_index(members, &(&1 == lifecycle.node))
     config = lifecycle.config
+
+    # A node a change added restarts from its store at the slot, and as
+    # the member, the store records (disk mode).
+    {index, joining} =
+      case decision do
+        {:member, %{joining: %{slot: slot, member: member, joined: joined}}} ->
+          {slot, %{member: member, joined: joined}}
+
+        _genesis ->
+          {Enum.find_index(members, &(&1 == lifecycle.node)), %{recover: recover}}
+      end
 
     opts =
       config.engine
-      |> Map.merge(%{
-        cluster: cluster,
-        replica_count: length(members),
-        replica_index: index,
-        recover: recover
-      })
+      |> Map.merge(%{cluster: cluster, replica_count: length(members), replica_index: index})
+      |> Map.merge(joining)
       |> Map.merge(storage_opts(config, members))
 
     lifecycle = %{
