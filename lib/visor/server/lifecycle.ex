@@ -60,7 +60,7 @@ defmodule Visor.Server.Lifecycle do
     :opened,
     # The membership, once a member: its epoch, its members as
     # [{slot, node}] in the order that decides the primaries, and this
-    # node's role (:member, :leaving or :removed).
+    # node's role (:learner, :member, :leaving or :removed).
     :current,
     epoch: 0,
     role: :member,
