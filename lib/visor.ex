@@ -1021,21 +1021,27 @@ defmodule Visor do
 
     * `{:remove, node}`: holds when `node` is not a member;
     * `{:set, nodes}`: holds when the members are exactly `nodes` (in any
-      order); today `nodes` must be a subset of the members;
-    * `{:add, node}` and `{:replace, old, new}` (holds when `old` is not
-      a member and `new` is): adding a node needs it to catch up first as
-      a learner, which is not supported yet: a request whose condition
-      does not hold and that adds a node returns `{:error, {:unsupported,
-      :adding_members}}`, and nothing is changed.
+      order);
+    * `{:add, node}`: holds when `node` is a member;
+    * `{:replace, old, new}`: holds when `old` is not a member and `new`
+      is.
+
+  A node to add must be connected and run the group as a spare (started
+  with the group's options, `nodes:` the list the group was formed with):
+  it first catches up as a learner, then enters the new list as a member.
 
   Errors: `{:change_in_progress, epoch}` (another change is under way, or
   the list moved on: not made, and never will be), `{:not_a_member,
   node}` (`replace` names a node outside the list), `:no_quorum` (the new
   list would lack a live quorum, or the primary was not reached, by the
-  deadline: not made, never will be), `:last_member` (a group keeps at
+  deadline: not made, never will be), `{:unreachable, node}` (a node to
+  add is not connected, runs no spare of the group, holds a store of the
+  group that is not `removed`, or its learner was never heard by the
+  deadline: not made, never will be), `{:too_many_members, 6}`,
+  `:last_member` (a group keeps at
   least one), `:timeout` (no definite answer in time: the change **may**
   still happen; call again with the same request), `{:unsupported,
-  :adding_members}`, `{:unsupported, :keyed_groups}` (keyed groups keep
+  :keyed_groups}` (keyed groups keep
   their members for now), `:forming` (this node's replica does not run
   yet), `:malformed_request`, and those of `commit/3` for a call that
   could not reach a member (`:not_running`, `:no_member_reachable`, ...).

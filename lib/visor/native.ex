@@ -12,10 +12,11 @@ defmodule Visor.Native do
   #
   # where `events` is a list, in order, of
   #
-  #   * `{:send, to_index, messages}`: send `messages` (a list of binaries,
-  #     in the order the replica sent them, at most
-  #     `Visor.Contract.limit(:deliver_list_max)`) to replica
-  #     `to_index`, whose server calls `deliver/2` with the list. Every
+  #   * `{:send, to_slot, member_id, messages}`: send `messages` (a list of
+  #     binaries, in the order the replica sent them, at most
+  #     `Visor.Contract.limit(:deliver_list_max)`) to the replica in slot
+  #     `to_slot` whose member id is `member_id` (16 bytes: route by it,
+  #     `Visor.MemberId`), whose router calls `deliver/2` with the list. Every
   #     message of one batch of steps to the same replica is in one list, and
   #     the sends come first in `events`;
   #   * `{:execute, op, view, timestamp_ns, requests}`: op `op` is committed;
@@ -96,7 +97,21 @@ defmodule Visor.Native do
   @u64_max 0xFFFF_FFFF_FFFF_FFFF
 
   # start/2's options besides the integer ones of Visor.Contract.option_keys/0.
-  @identity_keys [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta]
+  @identity_keys [
+    :cluster,
+    :replica_count,
+    :replica_index,
+    :recover,
+    :data_dir,
+    :group,
+    :meta,
+    :member,
+    :joined,
+    :learner
+  ]
+
+  # Slots a membership may use (vsr's MAX_SLOTS: an old and a new list).
+  @max_slots 12
 
   @typedoc "A replica group's handle, as returned by `start/2`."
   @type engine :: reference()
@@ -157,6 +172,15 @@ defmodule Visor.Native do
     * `:replica_count` (required): 1 to `Visor.Contract.max_replicas/0`;
     * `:replica_index` (required): this replica, `0..replica_count - 1`;
     * `:tick_ms`: milliseconds per protocol tick (default 10);
+    * `:member`, `:joined`, `:learner`: a node a membership change adds
+      (docs/nif.md, "Learners"): `member` is its member id (16 bytes),
+      `joined` the epoch that admits it (at least 1), and `replica_index`
+      its slot (`0..11`, which may lie outside `replica_count`). With
+      `learner: true` it starts as a learner, with a life drawn at
+      random at each start (disk mode: in a new store, which the
+      directory must not hold yet); without, only in disk mode, it
+      restarts from the store it created as one (a member once it
+      entered its epoch);
     * `:recover`: `true` when this replica rejoins an existing cluster after
       losing its state (a restarted node in memory mode): it recovers its
       incarnation and the log from a quorum before it votes or acknowledges
@@ -528,10 +552,12 @@ defmodule Visor.Native do
     end
 
     index = Map.get(opts, :replica_index)
+    joining? = validate_joining!(opts)
+    last = if joining?, do: @max_slots - 1, else: count - 1
 
-    unless is_integer(index) and index in 0..(count - 1) do
+    unless is_integer(index) and index in 0..last do
       raise ArgumentError,
-            "replica_index must be an integer in 0..#{count - 1}, got: #{inspect(index)}"
+            "replica_index must be an integer in 0..#{last}, got: #{inspect(index)}"
     end
 
     case Map.fetch(opts, :tick_ms) do
@@ -561,6 +587,45 @@ defmodule Visor.Native do
 
   defp validate_opts!(opts) do
     raise ArgumentError, "opts must be a map, got: #{inspect(opts)}"
+  end
+
+  # A node a change adds: `member` (its 16-byte member id) and `joined`
+  # (the epoch that admits it), as a learner (`learner: true`) or, in disk
+  # mode, restarting from its store. Whether it is one.
+  defp validate_joining!(opts) do
+    learner = Map.get(opts, :learner, false)
+
+    unless learner in [true, false] do
+      raise ArgumentError, "learner must be a boolean, got: #{inspect(learner)}"
+    end
+
+    case Map.fetch(opts, :member) do
+      :error ->
+        if learner, do: raise(ArgumentError, "learner needs member and joined")
+        if Map.has_key?(opts, :joined), do: raise(ArgumentError, "joined needs member")
+        false
+
+      {:ok, member} ->
+        unless is_binary(member) and byte_size(member) == 16 do
+          raise ArgumentError, "member must be a 16-byte binary, got: #{describe(member)}"
+        end
+
+        joined = Map.get(opts, :joined)
+
+        unless is_integer(joined) and joined >= 1 and joined <= div(@u64_max, 2) do
+          raise ArgumentError,
+                "joined must be an epoch after the genesis (a positive integer), got: " <>
+                  inspect(joined)
+        end
+
+        if Map.get(opts, :recover, false) == true,
+          do: raise(ArgumentError, "recover must be false with member")
+
+        if not learner and not Map.has_key?(opts, :data_dir),
+          do: raise(ArgumentError, "member without learner: true needs data_dir")
+
+        true
+    end
   end
 
   defp validate_disk_opts!(%{data_dir: dir} = opts) do

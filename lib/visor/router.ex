@@ -29,7 +29,7 @@ defmodule Visor.Router do
 
   require Logger
 
-  alias Visor.Native
+  alias Visor.{MemberId, Native}
   alias Visor.Router.Watch
 
   # Counter indexes (see stats/1).
@@ -40,10 +40,11 @@ defmodule Visor.Router do
 
   # watch: what the router last saw of the replica (Visor.Router.Watch),
   # and the timer of its next look. genesis: the nodes the group was
-  # formed with, by member id (the engine's genesis numbers members by
-  # their place in it); routes: the node of each slot the replica may send
-  # to, from the membership it last entered (`{:epoch, ...}`), slots that
-  # left kept (a leaving replica is still told the new epoch started).
+  # formed with (a genesis member's id is its place in it); names: the
+  # node of each other member id the replica sent to, found by hashing
+  # the names of the nodes connected (Visor.MemberId). The engine names
+  # every receiver by member id, so a learner, and a leaving member, are
+  # reached like any member.
   defstruct [
     :group,
     :counters,
@@ -52,7 +53,7 @@ defmodule Visor.Router do
     :watch_timer,
     engine: nil,
     genesis: {},
-    routes: %{}
+    names: %{}
   ]
 
   @doc false
@@ -115,16 +116,7 @@ defmodule Visor.Router do
       {:ok, engine} = Native.start(opts, self())
       Logger.metadata(replica: opts.replica_index)
       watch = Watch.new(state.group, members, opts.replica_index, System.monotonic_time())
-      routes = members |> Tuple.to_list() |> Enum.with_index(fn node, slot -> {slot, node} end)
-
-      state = %{
-        state
-        | engine: engine,
-          genesis: members,
-          routes: Map.new(routes),
-          server: pid,
-          watch: watch
-      }
+      state = %{state | engine: engine, genesis: members, names: %{}, server: pid, watch: watch}
 
       {:reply, {:ok, engine}, watch(state)}
     else
@@ -146,11 +138,17 @@ defmodule Visor.Router do
   @doc false
   def handle_info({:visor_engine, engine, events}, %{engine: engine} = state)
       when is_reference(engine) and is_list(events) do
-    state = Enum.reduce(events, state, &route/2)
+    {rest, state} =
+      Enum.reduce(events, {[], state}, fn event, {rest, state} ->
+        case send_event(event, state) do
+          {:sent, state} -> {rest, state}
+          :not_a_send -> {[event | rest], state}
+        end
+      end)
 
-    case Enum.reject(events, &send_event(&1, state)) do
+    case rest do
       [] -> :ok
-      rest -> send(state.server, {:visor_engine, engine, rest})
+      rest -> send(state.server, {:visor_engine, engine, Enum.reverse(rest)})
     end
 
     {:noreply, state}
@@ -160,7 +158,7 @@ defmodule Visor.Router do
       when is_reference(engine) do
     send(state.server, message)
     if state.watch_timer, do: :erlang.cancel_timer(state.watch_timer)
-    {:noreply, %{state | engine: nil, genesis: {}, routes: %{}, watch_timer: nil}}
+    {:noreply, %{state | engine: nil, genesis: {}, names: %{}, watch_timer: nil}}
   end
 
   # The watch's turn (a timer's own reference: no peer can forge it).
@@ -183,28 +181,20 @@ defmodule Visor.Router do
 
   def handle_info(_message, state), do: {:noreply, count(state, :unexpected_messages)}
 
-  # The membership the replica entered: its members' slots route to their
-  # nodes (a member id names a node by its place in the list the group
-  # was formed with). Slots of members that left keep their node.
-  defp route({:epoch, _epoch, members, _role}, state) when is_list(members) do
-    routes =
-      for {slot, <<id::little-unsigned-128>>, _joined} <- members,
-          id < tuple_size(state.genesis),
-          into: state.routes,
-          do: {slot, elem(state.genesis, id)}
-
-    %{state | routes: routes}
-  end
-
-  defp route(_event, state), do: state
-
-  # Carries out a send (true), or leaves the event for the server (false).
-  defp send_event({:send, to, messages}, state) do
+  # Carries out a send (`{:sent, state}`), or leaves the event for the
+  # server (`:not_a_send`).
+  defp send_event({:send, _slot, id, messages}, state) do
     # Never block: not on connection setup (Formation reconnects members),
     # not on a busy distribution buffer. The protocol tolerates the loss;
     # the counters show it.
-    case Map.fetch(state.routes, to) do
-      {:ok, node} ->
+    {node, state} = node_of(state, id)
+
+    case node do
+      # An id no node connected here hashes to: nowhere to send yet.
+      nil ->
+        count(state, :send_noconnect)
+
+      node ->
         case Visor.Supervisor.send_remote(
                state.group,
                :router,
@@ -216,17 +206,27 @@ defmodule Visor.Router do
           :noconnect -> count(state, :send_noconnect)
           :nosuspend -> count(state, :send_busy)
         end
-
-      # A slot no membership named: nowhere to send (cannot happen while
-      # no change adds a member).
-      :error ->
-        count(state, :send_noconnect)
     end
 
-    true
+    {:sent, state}
   end
 
-  defp send_event(_event, _state), do: false
+  defp send_event(_event, _state), do: :not_a_send
+
+  # The node of a member id: its place in the genesis, or a connected
+  # node whose name hashes to it (remembered).
+  defp node_of(state, id) do
+    case Map.fetch(state.names, id) do
+      {:ok, node} ->
+        {node, state}
+
+      :error ->
+        case MemberId.node_of(state.genesis, id, [node() | Node.list()]) do
+          nil -> {nil, state}
+          node -> {node, %{state | names: Map.put(state.names, id, node)}}
+        end
+    end
+  end
 
   # What changed in the replica (Visor.Router.Watch), from the status copy
   # the engine publishes. Every @watch_ms rather than after each batch of

@@ -231,6 +231,47 @@ defmodule Visor.Server do
     end
   end
 
+  # A member asks this node, a spare, to run a learner for a change that
+  # adds it (Visor.Lifecycle.learner/2). Disk mode: a store of this group
+  # that says `removed` (or an earlier learner's) is moved aside first; one
+  # that still holds a membership is refused (design 2.8).
+  def handle_call(
+        {:visor_learner,
+         %{cluster: <<_::128>>, genesis: [_ | _], current: current, epoch: epoch} = spec},
+        _from,
+        state
+      )
+      when is_list(current) and is_integer(epoch) and epoch >= 0 and
+             is_integer(:erlang.map_get(:slot, spec)) and
+             is_integer(:erlang.map_get(:joined, spec)) and
+             byte_size(:erlang.map_get(:member, spec)) == 16 do
+    with :ok <- if(is_tuple(state.group), do: {:error, :keyed_group}, else: :ok),
+         :ok <- clear_learner_store(state.config),
+         {:ok, lifecycle, effects} <- Lifecycle.learner(state.lifecycle, spec) do
+      # The learner's engine executes the log from its start (or installs
+      # a checkpoint): the state starts anew, whatever an earlier
+      # membership of this node left in it.
+      %{counters: counters, executed: executed} = Lifetime.get(state.group)
+
+      {machine, machine_effects} =
+        Machine.new(state.module, state.config.init_arg, counters, Lifetime.death_at(counters),
+          group: state.group,
+          executed: executed
+        )
+
+      state = run(machine_effects, %{state | machine: machine})
+
+      Logger.info(
+        "#{inspect(state.group)}: this node runs a learner in slot #{spec.slot}, to join " <>
+          "epoch #{spec.joined} of the group"
+      )
+
+      {:reply, :ok, run(effects, %{state | lifecycle: lifecycle})}
+    else
+      {:error, reason} -> {:reply, {:error, reason}, state}
+    end
+  end
+
   # A spare's caller's request (Visor.Forward): it names the time left
   # rather than a deadline, as monotonic clocks differ between nodes. An
   # error answered at once is a refusal before admission (an admitted
@@ -337,19 +378,57 @@ defmodule Visor.Server do
   defp change_view(state) do
     lifecycle = state.lifecycle
 
-    ids =
-      for node <- Tuple.to_list(lifecycle.members),
-          into: %{},
-          do: {node, Lifecycle.member_id(lifecycle, node)}
-
     %{
       epoch: lifecycle.epoch,
       members: Lifecycle.current_nodes(lifecycle),
-      ids: ids,
+      current: lifecycle.current,
+      genesis: lifecycle.members,
       node: node(),
       tag: lifecycle.tag,
       tick_ms: state.config.engine.tick_ms
     }
+  end
+
+  # A new node of a change (design 2.13): connected, running the group as
+  # a spare, and willing to start a learner.
+  defp start_learner(group, node, spec) do
+    if node in Node.list() do
+      GenServer.call({Visor.Supervisor.name(group, :server), node}, {:visor_learner, spec}, 5_000)
+    else
+      {:error, :noconnection}
+    end
+  catch
+    :exit, reason -> {:error, reason}
+  end
+
+  defp stop_learner(state), do: {:visor_stop_learner, state.lifecycle.cluster}
+
+  # Disk mode, before a learner's store is created: an older store of the
+  # group here may be moved aside only if it says `removed` (the node left
+  # the group) or `learner` (an earlier learner, which starts over); one
+  # that still holds a membership is this node's, and is refused.
+  defp clear_learner_store(%Options{storage: :memory}), do: :ok
+
+  defp clear_learner_store(%Options{storage: {:disk, dir}}) do
+    case Native.probe(dir) do
+      :empty ->
+        :ok
+
+      {:ok, %{role: role}} when role in [:removed, :learner] ->
+        aside = "#{dir}.#{role}-#{System.os_time(:millisecond)}"
+
+        with :ok <- File.rename(dir, aside),
+             :ok <- Native.sync_dir(Path.dirname(dir)) do
+          Logger.warning("moved the #{role} store in #{dir} aside, to #{aside}")
+          :ok
+        end
+
+      {:ok, %{role: role}} ->
+        {:error, {:holds_store, role}}
+
+      {:error, message} ->
+        {:error, {:unreadable_store, message}}
+    end
   end
 
   # ---- Pipelined commands ------------------------------------------------
@@ -550,6 +629,13 @@ defmodule Visor.Server do
   end
 
   # A membership change's caller's deadline (Visor.Server.Changes).
+  # The change this node's learner was started for will not happen (its
+  # origin said so): the learner stops, unless it has entered its epoch.
+  defp info({:visor_stop_learner, cluster}, %{lifecycle: %{cluster: cluster}} = state) do
+    {lifecycle, effects} = Lifecycle.stop_learner(state.lifecycle)
+    {:noreply, run(effects, %{state | lifecycle: lifecycle})}
+  end
+
   defp info({:visor_change_deadline, tag, id}, %{lifecycle: %{tag: tag}} = state) do
     {changes, effects} = Changes.deadline(state.changes, id)
     {:noreply, run(effects, %{state | changes: changes})}
@@ -883,8 +969,43 @@ defmodule Visor.Server do
     run(effects, %{state | upgrade: upgrade})
   end
 
-  defp carry_out({:reconfigure, id, member_ids, ticks}, state) do
-    :ok = Native.reconfigure(state.engine, id, member_ids, ticks)
+  # A change's learners start on their nodes first (each a spare running
+  # the group); one that cannot settles the change as unreachable, and
+  # those started stop.
+  defp carry_out({:reconfigure, id, member_ids, ticks, learners}, state) do
+    lifecycle = state.lifecycle
+
+    spec = %{
+      cluster: lifecycle.cluster,
+      genesis: Tuple.to_list(lifecycle.members),
+      current: lifecycle.current,
+      epoch: lifecycle.epoch
+    }
+
+    started =
+      Enum.reduce_while(learners, [], fn {node, slot, member}, started ->
+        spec = Map.merge(spec, %{slot: slot, member: member, joined: lifecycle.epoch + 1})
+
+        if start_learner(state.group, node, spec) == :ok,
+          do: {:cont, [node | started]},
+          else: {:halt, {:failed, node, started}}
+      end)
+
+    case started do
+      {:failed, node, started} ->
+        carry_out({:stop_learners, started}, state)
+        event({:reconfigured, id, {:unreachable, node}}, state)
+
+      _started ->
+        :ok = Native.reconfigure(state.engine, id, member_ids, ticks)
+        state
+    end
+  end
+
+  defp carry_out({:stop_learners, nodes}, state) do
+    for node <- nodes,
+        do: Visor.Supervisor.send_remote(state.group, :server, node, stop_learner(state), [])
+
     state
   end
 

@@ -74,7 +74,7 @@ defmodule Visor.NativeTest.Harness do
 
   defp handle(c, from, events) do
     Enum.reduce(events, c, fn
-      {:send, to, messages}, c ->
+      {:send, to, _id, messages}, c ->
         assert to != from and messages != [] and Enum.all?(messages, &is_binary/1)
         :ok = Native.deliver(c.engines[to], messages)
         %{c | last_send: {to, List.last(messages)}}

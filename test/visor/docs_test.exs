@@ -122,7 +122,10 @@ defmodule Visor.DocsTest do
           for [_, key] <- Regex.scan(~r/`:(\w+)`/, first), do: String.to_atom(key)
         end)
 
-      identity = [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta]
+      identity =
+        [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta] ++
+          [:member, :joined, :learner]
+
       assert Enum.sort(rows) == Enum.sort(identity ++ Contract.option_keys())
 
       # And Visor.Native refuses any other key.

@@ -55,6 +55,36 @@ defmodule Visor.NativeReconfigureTest do
     refute_receive {:visor_engine, ^e, [_ | _]}, 200
   end
 
+  test "start/2 starts a learner at a slot outside the genesis, and refuses bad learner options" do
+    cluster = cluster_id()
+    member = <<1::1, 0::127>>
+    learner = %{member: member, joined: 1, learner: true}
+    {:ok, e} = Native.start(opts(cluster, 3, 4, learner), self())
+    on_exit(fn -> Native.stop(e) end)
+    assert %{role: :learner, replica_index: 4, epoch: 0} = Native.status(e)
+
+    bad = [
+      {%{member: <<1::120>>, joined: 1, learner: true}, 4, :member},
+      {%{member: member, joined: 0, learner: true}, 4, :joined},
+      {%{member: member, joined: -1, learner: true}, 4, :joined},
+      {%{member: member, joined: 1, learner: :yes}, 4, :learner},
+      {%{joined: 1, learner: true}, 4, :member},
+      {%{joined: 1}, 0, :joined},
+      {%{member: member, joined: 1, learner: true, recover: true}, 4, :recover},
+      # Memory mode has no store to say a member joined.
+      {%{member: member, joined: 1}, 4, :learner},
+      {%{member: member, joined: 1, learner: true}, 12, :replica_index}
+    ]
+
+    for {extra, index, key} <- bad do
+      assert {:error, {:bad_option, ^key, why}} =
+               Native.nif_start(opts(cluster, 3, index, extra), self())
+
+      assert is_binary(why)
+      assert_raise ArgumentError, fn -> Native.start(opts(cluster, 3, index, extra), self()) end
+    end
+  end
+
   test "three replicas shrink to two: each enters epoch 1, the one left out is removed" do
     c = start_cluster(3)
     on_exit(fn -> stop_cluster(c) end)

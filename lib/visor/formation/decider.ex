@@ -171,7 +171,11 @@ defmodule Visor.Formation.Decider do
         "#{inspect(restored.members)} from its store in #{restored.dir} " <>
         "(view #{restored.view}, commit #{restored.commit})"
     )
-    |> Map.merge(%{phase: :member, formed: formed, recover: false})
+    |> Map.merge(%{
+      phase: :member,
+      formed: Map.put(formed, :joining, Map.get(restored, :joining)),
+      recover: false
+    })
   end
 
   @doc """
@@ -237,8 +241,16 @@ defmodule Visor.Formation.Decider do
 
   @doc "The decision so far."
   @spec decision(map()) :: decision()
-  def decision(%{phase: :member, formed: formed, recover: recover}),
-    do: {:member, %{cluster: formed.cluster, members: formed.members, recover: recover}}
+  def decision(%{phase: :member, formed: formed, recover: recover}) do
+    decision = %{cluster: formed.cluster, members: formed.members, recover: recover}
+
+    # A node a change added, restarting from its store: its slot, member
+    # id and the epoch that admitted it.
+    case Map.get(formed, :joining) do
+      nil -> {:member, decision}
+      joining -> {:member, Map.put(decision, :joining, joining)}
+    end
+  end
 
   def decision(%{phase: :spare}), do: :spare
   def decision(%{phase: {:refused, reason}}), do: {:refused, reason}

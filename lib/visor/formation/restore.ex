@@ -35,7 +35,7 @@ defmodule Visor.Formation.Restore do
   # memory of its own, and answers as a rejoined member does).
 
   alias Visor.Formation.Decider
-  alias Visor.Options
+  alias Visor.{MemberId, Options}
 
   @typedoc """
   What this node is started with: the group's name, this node, the store's
@@ -104,39 +104,66 @@ defmodule Visor.Formation.Restore do
            ensure(info.group == expected.group, fn ->
              "#{dir} holds group #{inspect(info.group)}"
            end),
-         :ok <- check_role(dir, info),
          {:ok, members, settings} <- stored_meta(dir, info),
-         # The store's member id is its place in `members`, the list the
-         # cluster was formed with (the engine's genesis numbers members
-         # so, and a change that adds no member keeps every id and slot):
-         # it names the node whatever the store's epoch or role, where the
-         # probe's `replica` (its slot in the membership it records) is
-         # nil once it was left out.
+         # The store's member id names the node (Visor.MemberId): its
+         # place in `members`, the list the cluster was formed with, or,
+         # for a node a change added, the md5 of its name; whatever the
+         # store's epoch or role, where the probe's `replica` (its slot in
+         # the membership it records) is nil once it was left out.
          index = member_index(info),
-         owner = if(is_integer(index), do: Enum.at(members, index)),
+         genesis? = is_integer(index) and index < length(members),
+         owner =
+           if(genesis?,
+             do: Enum.at(members, index),
+             else: MemberId.node_of(members, info.member, [expected.node])
+           ),
          :ok <-
-           ensure(owner == expected.node and info.replica in [index, nil], fn ->
-             "#{dir} belongs to replica #{inspect(index)} (#{owner}) of the cluster " <>
+           ensure(owner == expected.node and (added?(info) or info.replica in [index, nil]), fn ->
+             "#{dir} belongs to member #{describe_id(info)} (#{inspect(owner)}) of the cluster " <>
                "#{inspect(members)}, not to this node (#{expected.node})"
            end),
          :ok <- check_settings(expected, settings),
-         :ok <- check_membership(expected, info, members) do
-      {:ok,
-       %{
-         cluster: info.cluster,
-         members: members,
-         settings: settings,
-         replica: index,
-         epoch: Map.get(info, :epoch, 0),
-         role: Map.get(info, :role, :member),
-         view: info.view,
-         commit: info.commit,
-         dir: dir,
-         formed_with: formed_with(record, info.cluster, members),
-         recovering: Map.get(info, :recovering, false)
-       }}
+         :ok <- check_membership(expected, info, members),
+         :ok <- check_role(dir, info, genesis?) do
+      restored(info, expected, record, members, settings, index, genesis?)
     end
   end
+
+  # An earlier learner's store (its change was not done while it ran):
+  # the node starts as a spare; a member asking it to learn again moves
+  # the store aside first (Visor.Server).
+  defp restored(%{role: :learner}, _expected, _record, _members, _settings, _index, _genesis?),
+    do: :empty
+
+  defp restored(info, expected, record, members, settings, index, genesis?) do
+    dir = expected.dir
+
+    # A node a change added (a node of the genesis list added again too)
+    # restarts at the slot and as the member its store records.
+    joining =
+      if added?(info),
+        do: %{slot: info.replica, member: info.member, joined: info.joined}
+
+    {:ok,
+     %{
+       cluster: info.cluster,
+       members: members,
+       settings: settings,
+       joining: joining,
+       replica: if(genesis? and not added?(info), do: index, else: info.replica),
+       epoch: Map.get(info, :epoch, 0),
+       role: Map.get(info, :role, :member),
+       view: info.view,
+       commit: info.commit,
+       dir: dir,
+       formed_with: formed_with(record, info.cluster, members),
+       recovering: Map.get(info, :recovering, false)
+     }}
+  end
+
+  defp describe_id(%{member: <<id::little-unsigned-128>>}) when id < 64, do: id
+  defp describe_id(%{member: id}) when is_binary(id), do: Base.encode16(id, case: :lower)
+  defp describe_id(info), do: info.replica
 
   # The formation snapshot, from the `formation` file of this very
   # cluster; empty if there is no such file.
@@ -236,15 +263,31 @@ defmodule Visor.Formation.Restore do
   # then `{:removed, _}` for a removed one: the server stops it and
   # serves as a spare, its store kept). This version of Visor adds no
   # members, so it wrote no learner's store.
-  defp check_role(dir, info) do
+  # A member a change added restarts as the member its store records (a
+  # learner's store is started over as a spare: restored/7, except on a
+  # node of the genesis list added again, which would form as a genesis
+  # member); one that has left the list since cannot restart from its
+  # store (the engine knows its membership only from the list that left
+  # it out).
+  defp check_role(dir, info, genesis?) do
     role = Map.get(info, :role, :member)
     epoch = Map.get(info, :epoch, 0)
 
-    ensure(role in [:member, :leaving, :removed], fn ->
-      "#{dir} holds the store of a #{role} in epoch #{epoch} of its cluster; this version " <>
-        "of Visor does not run learners (adding members is not supported yet)"
+    ok? =
+      if added?(info),
+        do: (role == :member and is_integer(info.replica)) or (role == :learner and not genesis?),
+        else: role in [:member, :leaving, :removed]
+
+    ensure(ok?, fn ->
+      "#{dir} holds the store of a #{role} in epoch #{epoch} that a change added to its " <>
+        "cluster, which cannot restart from it; move it away (the node serves as a spare, " <>
+        "and may be added again)"
     end)
   end
+
+  # Whether the store is of a member a change added (`joined` after the
+  # genesis).
+  defp added?(info), do: Map.get(info, :joined, 0) > 0
 
   defp ensure(true, _message), do: :ok
   defp ensure(false, message), do: {:error, message.()}

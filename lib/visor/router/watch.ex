@@ -31,6 +31,8 @@ defmodule Visor.Router.Watch do
     # The members' nodes by replica index, and this replica's.
     :members,
     :index,
+    # The node of `primary`, once known.
+    :primary_node,
     # Monotonic time (native units) the current status began.
     :since,
     status: :starting,
@@ -280,10 +282,14 @@ defmodule Visor.Router.Watch do
   end
 
   # The primary, as a replica in a normal view knows it.
-  defp primary({watch, effects}, %{status: :normal, primary: index, is_primary: ours}, connected)
+  defp primary(
+         {watch, effects},
+         %{status: :normal, primary: index, is_primary: ours} = engine,
+         connected
+       )
        when index != watch.primary do
     role = if ours, do: :primary, else: :backup
-    node = elem(watch.members, index)
+    node = node_at(watch, engine, index)
 
     log =
       {:log, :info,
@@ -295,7 +301,7 @@ defmodule Visor.Router.Watch do
 
     effects = if role != watch.role, do: [changed, log | effects], else: [log | effects]
 
-    {%{watch | primary: index, role: role, told_view: watch.view},
+    {%{watch | primary: index, primary_node: node, role: role, told_view: watch.view},
      [{:primary, watch.view, ours} | effects]}
   end
 
@@ -312,7 +318,7 @@ defmodule Visor.Router.Watch do
   defp reason(%{primary: nil}, _connected), do: ""
 
   defp reason(watch, connected) do
-    old = elem(watch.members, watch.primary)
+    old = watch.primary_node
 
     cond do
       watch.primary == watch.index ->
@@ -324,6 +330,22 @@ defmodule Visor.Router.Watch do
 
       true ->
         "; the previous primary, #{old}, is disconnected from this node"
+    end
+  end
+
+  # The node of the member in `slot` of the replica's membership (its
+  # member id's: Visor.MemberId); a slot of the genesis list if the
+  # status names no members.
+  defp node_at(watch, engine, slot) do
+    case Enum.find(Map.get(engine, :members, []), &(elem(&1, 0) == slot)) do
+      {_slot, id, _joined} ->
+        Visor.MemberId.node_of(watch.members, id, [node() | Node.list()]) || slot
+
+      nil when slot < tuple_size(watch.members) ->
+        elem(watch.members, slot)
+
+      nil ->
+        slot
     end
   end
 

@@ -13,9 +13,10 @@ defmodule Visor.Server.Changes do
   # becomes a target list (the members it leaves, in any order: the
   # engine builds the next epoch from it, `Visor.Native.reconfigure/4`)
   # and is handed to the engine with a number of its own; the engine's
-  # `{:reconfigured, id, result}` settles it. Adding a node needs learners,
-  # which the core does not have yet: a request that adds one is refused
-  # with `{:unsupported, :adding_members}` before anything is sent.
+  # `{:reconfigured, id, result}` settles it. A node the target adds needs
+  # a learner first: the server asks that node (a spare running the
+  # group) to start one at the slot the change gives it (`learners/2`)
+  # before it hands the change over, and stops them on a final "no".
   #
   # Answers (the design's table, docs/design/membership.md 2.13):
   #
@@ -27,9 +28,11 @@ defmodule Visor.Server.Changes do
   #     fresh target if its condition still does not hold, then answered
   #     so too;
   #   * `:not_member`: `{:error, {:not_a_member, node}}` (this node);
-  #   * `:no_quorum`, `:abandoned`, `:unreachable`: `{:error, :no_quorum}`
-  #     (the new list would lack a live, caught-up quorum by the deadline,
-  #     or the primary could not be reached; every one is a final "no");
+  #   * `:unreachable`: `{:error, {:unreachable, node}}` (a new node's
+  #     learner could not be started, or was never heard by the deadline);
+  #   * `:no_quorum`, `:abandoned`: `{:error, :no_quorum}` (the new list
+  #     would lack a live, caught-up quorum by the deadline, or the primary
+  #     could not be reached; every one is a final "no");
   #   * `:unknown`, the caller's deadline, or the replica's removal while
   #     the change was under way: `{:error, :timeout}`, a "maybe" (call
   #     again with the same request: its condition tells).
@@ -41,20 +44,26 @@ defmodule Visor.Server.Changes do
   # Effects, in order:
   #
   #   * `{:reply, from, reply}`;
-  #   * `{:reconfigure, id, member_ids, ticks}`: hand the change to the
-  #     engine (`Visor.Native.reconfigure/4`);
+  #   * `{:reconfigure, id, member_ids, ticks, learners}`: start the
+  #     learners (`[{node, slot, member_id}]`) on their nodes, then hand
+  #     the change to the engine (`Visor.Native.reconfigure/4`); a learner
+  #     that cannot be started settles the change as `{:unreachable, node}`;
+  #   * `{:stop_learners, nodes}`: the change will not happen: its learners
+  #     stop, and their nodes serve as spares again;
   #   * `{:after, ms, message}`: the caller's deadline, as a message to the
   #     server (`{:visor_change_deadline, tag, id}`).
 
   @typedoc """
   Where this node stands, as the server knows it: the epoch, the members
-  in order, the member id of every node of the list the group was formed
-  with, this node, the server's tag, and the engine's tick.
+  in order (and as `{slot, node}`), the list the group was formed with
+  (member ids derive from it: `Visor.MemberId`), this node, the server's
+  tag, and the engine's tick.
   """
   @type view :: %{
           epoch: non_neg_integer(),
           members: [node()],
-          ids: %{node() => <<_::128>>},
+          current: [{non_neg_integer(), node()}],
+          genesis: tuple(),
           node: node(),
           tag: reference(),
           tick_ms: pos_integer()
@@ -95,14 +104,17 @@ defmodule Visor.Server.Changes do
   end
 
   def target(members, {:add, node}) do
-    if node in members, do: :holds, else: {:error, {:unsupported, :adding_members}}
+    cond do
+      node in members -> :holds
+      true -> sized(members ++ [node])
+    end
   end
 
   def target(members, {:replace, old, new}) do
     cond do
       old not in members and new in members -> :holds
       old not in members -> {:error, {:not_a_member, old}}
-      new not in members -> {:error, {:unsupported, :adding_members}}
+      new not in members -> {:change, (members -- [old]) ++ [new]}
       true -> {:change, members -- [old]}
     end
   end
@@ -110,10 +122,36 @@ defmodule Visor.Server.Changes do
   def target(members, {:set, nodes}) do
     cond do
       Enum.sort(nodes) == Enum.sort(members) -> :holds
-      Enum.any?(nodes, &(&1 not in members)) -> {:error, {:unsupported, :adding_members}}
-      true -> {:change, nodes}
+      true -> sized(nodes)
     end
   end
+
+  defp sized(nodes) do
+    max = Visor.Contract.max_replicas()
+    if length(nodes) > max, do: {:error, {:too_many_members, max}}, else: {:change, nodes}
+  end
+
+  @doc """
+  The learners a change to `nodes` needs, as `{node, slot, member_id}`: one
+  for each node outside the list, in the order named, each taking the
+  lowest slot free in the list (as the engine's `Membership::next` does).
+  """
+  @spec learners([node()], view()) :: [{node(), non_neg_integer(), <<_::128>>}]
+  def learners(nodes, view) do
+    taken = Enum.map(view.current, &elem(&1, 0))
+
+    {learners, _taken} =
+      nodes
+      |> Enum.reject(&(&1 in view.members))
+      |> Enum.map_reduce(taken, fn node, taken ->
+        slot = Enum.find(0..11, &(&1 not in taken))
+        {{node, slot, member_id(view, node)}, [slot | taken]}
+      end)
+
+    learners
+  end
+
+  defp member_id(view, node), do: Visor.MemberId.of(view.genesis, node)
 
   @doc """
   A caller asks for `request` (checked with `request?/1`), to be answered
@@ -144,13 +182,14 @@ defmodule Visor.Server.Changes do
 
   defp submit(changes, pending, nodes, now, view) do
     id = changes.next_id
-    ids = Enum.map(nodes, &Map.fetch!(view.ids, &1))
+    ids = Enum.map(nodes, &member_id(view, &1))
     left = max(pending.deadline - now, 0)
     ticks = max(div(div(left * 3, 4), view.tick_ms), 1)
-    pending = Map.put_new(pending, :first, id)
+    learners = learners(nodes, view)
+    pending = pending |> Map.put_new(:first, id) |> Map.put(:learners, learners)
 
     {%{changes | pending: Map.put(changes.pending, id, pending), next_id: id + 1},
-     [{:reconfigure, id, ids, ticks}]}
+     [{:reconfigure, id, ids, ticks, learners}]}
   end
 
   @doc "The engine's `{:reconfigured, id, result}`."
@@ -183,7 +222,13 @@ defmodule Visor.Server.Changes do
 
       {:change, nodes} ->
         if Map.get(pending, :retried, false) or now >= pending.deadline do
-          {changes, [{:reply, pending.from, {:error, {:change_in_progress, view.epoch}}}]}
+          stop =
+            case Map.get(pending, :learners, []) do
+              [] -> []
+              learners -> [{:stop_learners, Enum.map(learners, &elem(&1, 0))}]
+            end
+
+          {changes, [{:reply, pending.from, {:error, {:change_in_progress, view.epoch}}} | stop]}
         else
           pending = %{pending | epoch: view.epoch} |> Map.put(:retried, true)
           submit(changes, pending, nodes, now, view)
@@ -192,18 +237,30 @@ defmodule Visor.Server.Changes do
   end
 
   defp settle(changes, _id, pending, result, _now, view) do
+    learners = Map.get(pending, :learners, [])
+
     reply =
       case result do
         :unchanged -> ok(view)
         :busy -> {:error, {:change_in_progress, view.epoch}}
         :not_member -> {:error, {:not_a_member, view.node}}
         :unknown -> {:error, :timeout}
-        # :no_quorum, :abandoned, and :unreachable (a new member: this
-        # node never asks for one) are each a final "no" by the deadline.
+        # A learner was never heard by the deadline (the core does not say
+        # which: the first one named), or could not be started.
+        :unreachable -> {:error, {:unreachable, learners |> hd() |> elem(0)}}
+        {:unreachable, node} -> {:error, {:unreachable, node}}
+        # :no_quorum and :abandoned are each a final "no" by the deadline.
         _no -> {:error, :no_quorum}
       end
 
-    {changes, [{:reply, pending.from, reply}]}
+    # A final "no": the change never happens, its learners stop. (A
+    # "maybe" keeps them: the change may still commit.)
+    stop =
+      if learners != [] and reply != {:error, :timeout},
+        do: [{:stop_learners, Enum.map(learners, &elem(&1, 0))}],
+        else: []
+
+    {changes, [{:reply, pending.from, reply} | stop]}
   end
 
   @doc """

@@ -30,7 +30,7 @@ defmodule Visor.Server.Lifecycle do
   #   * `:stop_engine`: stop this node's engine (it was removed);
   #   * `{:stop, reason}`: the server stops.
 
-  alias Visor.{Formation, Native, Options}
+  alias Visor.{Formation, MemberId, Native, Options}
 
   # A store still locked by this node's previous engine (see
   # engine_down/3) is tried again for up to 5 s.
@@ -60,7 +60,7 @@ defmodule Visor.Server.Lifecycle do
     :opened,
     # The membership, once a member: its epoch, its members as
     # [{slot, node}] in the order that decides the primaries, and this
-    # node's role (:member, :leaving or :removed).
+    # node's role (:learner, :member, :leaving or :removed).
     :current,
     epoch: 0,
     role: :member,
@@ -113,18 +113,14 @@ defmodule Visor.Server.Lifecycle do
   def current_nodes(%__MODULE__{current: current}), do: Enum.map(current, &elem(&1, 1))
 
   @doc """
-  The member id the engine knows `node` by: its index in the list the
-  group was formed with (the engine's genesis numbers members so, and a
-  change that adds no member keeps every id), as 16 little-endian bytes;
-  `nil` for a node outside that list.
+  The member id the engine knows `node` by (`Visor.MemberId`): its index
+  in the list the group was formed with, or, for a node outside it, the
+  md5 of its name with the top bit set; `nil` before this node knows
+  that list.
   """
   @spec member_id(t(), node()) :: <<_::128>> | nil
-  def member_id(%__MODULE__{members: members}, node) when is_tuple(members) do
-    case Enum.find_index(Tuple.to_list(members), &(&1 == node)) do
-      nil -> nil
-      index -> <<index::little-unsigned-128>>
-    end
-  end
+  def member_id(%__MODULE__{members: members}, node) when is_tuple(members),
+    do: MemberId.of(members, node)
 
   def member_id(%__MODULE__{}, _node), do: nil
 
@@ -195,11 +191,81 @@ defmodule Visor.Server.Lifecycle do
 
   def removed(%__MODULE__{} = lifecycle, _epoch), do: {lifecycle, []}
 
-  defp node_of(%__MODULE__{members: members}, <<index::little-unsigned-128>>)
-       when index < tuple_size(members),
-       do: elem(members, index)
+  # A member id's node: the genesis index's, or the node (this one, a
+  # connected one, or one a change here named) whose name hashes to it.
+  defp node_of(%__MODULE__{members: members} = lifecycle, id) do
+    candidates =
+      [lifecycle.node | Node.list()] ++ Enum.filter(current_nodes(lifecycle), &is_atom/1)
 
-  defp node_of(%__MODULE__{}, id), do: {:unknown_member, Base.encode16(id, case: :lower)}
+    case MemberId.node_of(members, id, candidates) do
+      nil -> {:unknown_member, Base.encode16(id, case: :lower)}
+      node -> node
+    end
+  end
+
+  @doc """
+  A member asks this node, a spare, to run a learner for the change it
+  submits (docs/design/membership.md, 2.5 and 2.13): `spec` names the
+  cluster, the list the group was formed with (`genesis`), the current
+  membership (`current`, as `[{slot, node}]`, and `epoch`) and the slot,
+  member id and epoch (`joined`) the change gives this node. A node that
+  runs a replica of the group, or whose store still holds a membership
+  (disk mode: the server checks and clears it first), is refused.
+  """
+  @spec learner(t(), map()) :: {:ok, t(), [effect()]} | {:error, term()}
+  def learner(%__MODULE__{phase: phase, role: role} = lifecycle, spec)
+      when phase in [:spare, :removed] or (phase == :running and role == :learner) do
+    config = lifecycle.config
+    genesis = spec.genesis
+
+    opts =
+      config.engine
+      |> Map.merge(%{
+        cluster: spec.cluster,
+        replica_count: length(genesis),
+        replica_index: spec.slot,
+        member: spec.member,
+        joined: spec.joined,
+        learner: true
+      })
+      |> Map.merge(storage_opts(config, genesis))
+
+    stop = if phase == :running, do: [:stop_engine], else: []
+
+    lifecycle = %{
+      lifecycle
+      | phase: :running,
+        role: :learner,
+        members: List.to_tuple(genesis),
+        current: spec.current,
+        epoch: spec.epoch,
+        index: spec.slot,
+        cluster: spec.cluster,
+        opened: nil
+    }
+
+    {:ok, lifecycle, stop ++ [{:start_engine, opts}]}
+  end
+
+  def learner(%__MODULE__{}, _spec), do: {:error, :not_a_spare}
+
+  @doc """
+  The change this node's learner was started for will not happen: the
+  learner stops, and the node serves as a spare again. A learner that has
+  entered its epoch since is a member, and stays.
+  """
+  @spec stop_learner(t()) :: {t(), [effect()]}
+  def stop_learner(%__MODULE__{phase: :running, role: :learner} = lifecycle) do
+    {%{lifecycle | phase: :spare, role: :member, current: nil, members: nil},
+     [
+       {:log, :info,
+        "#{inspect(lifecycle.config.group)}: the change this node's learner was started " <>
+          "for will not happen: the learner stops, and this node serves as a spare"},
+       :stop_engine
+     ]}
+  end
+
+  def stop_learner(%__MODULE__{} = lifecycle), do: {lifecycle, []}
 
   @doc """
   Formation's decision (`Visor.Formation.subscribe/2`): `:pending`, a
@@ -218,17 +284,23 @@ defmodule Visor.Server.Lifecycle do
         %__MODULE__{phase: :forming} = lifecycle,
         {:member, %{cluster: cluster, members: members, recover: recover}} = decision
       ) do
-    index = Enum.find_index(members, &(&1 == lifecycle.node))
     config = lifecycle.config
+
+    # A node a change added restarts from its store at the slot, and as
+    # the member, the store records (disk mode).
+    {index, joining} =
+      case decision do
+        {:member, %{joining: %{slot: slot, member: member, joined: joined}}} ->
+          {slot, %{member: member, joined: joined}}
+
+        _genesis ->
+          {Enum.find_index(members, &(&1 == lifecycle.node)), %{recover: recover}}
+      end
 
     opts =
       config.engine
-      |> Map.merge(%{
-        cluster: cluster,
-        replica_count: length(members),
-        replica_index: index,
-        recover: recover
-      })
+      |> Map.merge(%{cluster: cluster, replica_count: length(members), replica_index: index})
+      |> Map.merge(joining)
       |> Map.merge(storage_opts(config, members))
 
     lifecycle = %{

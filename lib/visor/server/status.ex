@@ -29,8 +29,6 @@ defmodule Visor.Server.Status do
   """
   @spec build(Lifecycle.t(), map() | nil, server()) :: map()
   def build(%Lifecycle{phase: :running} = lifecycle, engine, server) when is_map(engine) do
-    members = Tuple.to_list(lifecycle.members)
-
     # A recovering replica does not know the view yet, and one whose store
     # is still opening has no replica yet: no primary to show. A leaving
     # replica's view is its last epoch's: the new one's primary is not
@@ -40,7 +38,10 @@ defmodule Visor.Server.Status do
         do: nil,
         else: engine.primary
 
-    primary = primary_index && Enum.at(members, primary_index)
+    primary =
+      primary_index &&
+        Enum.find_value(lifecycle.current, fn {slot, node} -> slot == primary_index && node end)
+
     connected = MapSet.new(server.connected)
 
     # The members of the current membership, by slot (the index the

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
-use vsr::{ChangeResult, Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS};
+use vsr::{ChangeResult, Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS, MAX_SLOTS};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
 use crate::error::EngineError;
-use crate::host::{DiskOptions, HostPhase, StatusCopy};
+use crate::host::{DiskOptions, HostPhase, Joining, StatusCopy};
 use vsr_host::StorageNotice;
 
 /// What `start` was asked for, checked.
@@ -25,6 +25,11 @@ pub struct StartOptions {
     pub recover: bool,
     /// Disk mode; `None` for memory mode.
     pub disk: Option<DiskOptions>,
+    /// A node a change adds: its member id and the epoch that admits it,
+    /// as a learner (`learner: true`) or, in disk mode, restarting from
+    /// the store it created as one. `None`: a member of the genesis, at
+    /// `replica_index`.
+    pub joining: Option<Joining>,
 }
 
 type Setter = fn(&mut Config, u64) -> Result<(), EngineError>;
@@ -128,9 +133,14 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
         let why = format!("must be 1..={MAX_REPLICAS}, got {count}");
         return Err(EngineError::bad_option("replica_count", why));
     }
+    let joining = decode_joining(opts)?;
     let index = require_u64(opts, atoms::replica_index(), "replica_index")?;
-    if index >= count {
+    if joining.is_none() && index >= count {
         let why = format!("must be 0..{count} (below replica_count), got {index}");
+        return Err(EngineError::bad_option("replica_index", why));
+    }
+    if joining.is_some() && index >= MAX_SLOTS as u64 {
+        let why = format!("must be a slot 0..{MAX_SLOTS}, got {index}");
         return Err(EngineError::bad_option("replica_index", why));
     }
     let tick_ms = get_u64(opts, atoms::tick_ms(), "tick_ms")?.unwrap_or(TICK_MS_DEFAULT);
@@ -145,13 +155,83 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
             .decode::<bool>()
             .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
+    let disk = decode_disk(opts)?;
+    if let Some(joining) = &joining {
+        if recover {
+            return Err(EngineError::bad_option(
+                "recover",
+                "must be false with member (a learner starts empty; a member restarts from its store)",
+            ));
+        }
+        if joining.life.is_none() && disk.is_none() {
+            return Err(EngineError::bad_option(
+                "learner",
+                "must be true without data_dir (only a store can say a member joined)",
+            ));
+        }
+    }
     Ok(StartOptions {
         config,
         replica_index: index as u8,
         tick: Duration::from_millis(tick_ms),
         recover,
-        disk: decode_disk(opts)?,
+        disk,
+        joining,
     })
+}
+
+/// `member` (a 16-byte member id), `joined` (the epoch that admits it,
+/// at least 1) and `learner` (a boolean, default false): a node a change
+/// adds. A learner draws a life (never 0) at every start.
+fn decode_joining(opts: Term) -> Result<Option<Joining>, EngineError> {
+    let learner = match opts.map_get(atoms::learner()) {
+        Err(_) => false,
+        Ok(value) => value
+            .decode::<bool>()
+            .map_err(|_| EngineError::bad_option("learner", "must be a boolean"))?,
+    };
+    let id = match opts.map_get(atoms::member()) {
+        Err(_) if learner => return Err(EngineError::bad_option("member", "is required with learner")),
+        Err(_) => {
+            if opts.map_get(atoms::joined()).is_ok() {
+                return Err(EngineError::bad_option("joined", "needs member"));
+            }
+            return Ok(None);
+        }
+        Ok(term) => match term.decode::<Binary>() {
+            Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
+            _ => return Err(EngineError::bad_option("member", "must be a 16-byte binary")),
+        },
+    };
+    let joined = require_u64(opts, atoms::joined(), "joined")?;
+    if joined == 0 || joined > vsr::message::NUMBER_MAX {
+        let why = format!(
+            "must be an epoch after the genesis (1..={}), got {joined}",
+            vsr::message::NUMBER_MAX
+        );
+        return Err(EngineError::bad_option("joined", why));
+    }
+    Ok(Some(Joining {
+        id,
+        joined,
+        life: learner.then(random_life),
+    }))
+}
+
+/// A learner's life: drawn at every start, never 0 (the standard
+/// library's per-process hash keys, stirred by the clock and a counter).
+fn random_life() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish().max(1)
 }
 
 /// vsr's `Config` from the engine options in `opts` (those absent keep
@@ -310,26 +390,30 @@ pub fn outcome<'a>(env: Env<'a>, outcome: &Outcome) -> Term<'a> {
     }
 }
 
-/// The `{:send, to, [bytes, ...]}` events for one flush's outputs: every
-/// message to the same replica in one list (in the order sent, at most
+/// The `{:send, to, id, [bytes, ...]}` events for one flush's outputs
+/// (`to` the receiver's slot, `id` its member id as 16 little-endian
+/// bytes: hosts route by the id, as a slot alone does not name a node
+/// while a learner holds a slot whose old owner is still leaving): every
+/// message to the same receiver in one list (in the order sent, at most
 /// `DELIVER_LIST_MAX` a list), so that a burst of messages to a peer costs
 /// one distribution message and one engine command there, not one each.
 pub fn sends<'a>(env: Env<'a>, outputs: &[Output]) -> Vec<Term<'a>> {
-    let mut by_peer: Vec<(u8, Vec<Term<'a>>)> = Vec::new();
+    let mut by_peer: Vec<((u8, u128), Vec<Term<'a>>)> = Vec::new();
     for output in outputs {
-        if let Output::Send { to, bytes, .. } = output {
+        if let Output::Send { to, id, bytes } = output {
             let message = binary(env, bytes);
-            match by_peer.iter_mut().find(|(peer, _)| peer == to) {
+            match by_peer.iter_mut().find(|(peer, _)| *peer == (*to, *id)) {
                 Some((_, list)) => list.push(message),
-                None => by_peer.push((*to, vec![message])),
+                None => by_peer.push(((*to, *id), vec![message])),
             }
         }
     }
     by_peer
         .iter()
-        .flat_map(|(to, list)| {
+        .flat_map(|((to, id), list)| {
+            let id = client(env, *id);
             list.chunks(DELIVER_LIST_MAX)
-                .map(move |chunk| (atoms::send(), *to as u32, chunk).encode(env))
+                .map(move |chunk| (atoms::send(), *to as u32, id, chunk).encode(env))
         })
         .collect()
 }

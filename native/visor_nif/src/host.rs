@@ -120,6 +120,17 @@ pub struct DiskOptions {
     pub compaction_bytes: Option<u64>,
 }
 
+/// A node a membership change adds (`start/2`'s `member`, `joined` and
+/// `learner`): its member id, the epoch that admits it, and, for a
+/// learner, the life drawn for this start (`None`: disk mode, a member
+/// restarting from the store it created as a learner).
+#[derive(Clone, Copy, Debug)]
+pub struct Joining {
+    pub id: MemberId,
+    pub joined: vsr::Epoch,
+    pub life: Option<u64>,
+}
+
 /// State shared between a group's resource (read by NIFs on schedulers)
 /// and its engine thread (the only writer).
 pub struct Shared {
@@ -170,9 +181,10 @@ pub struct ReplicaHost {
     /// reference keeps the resource alive while the group runs; the owner
     /// monitor, `stop/1` and failures are what end a group (docs/nif.md).
     engine: ResourceArc<EngineResource>,
-    /// Disk mode, until `boot` runs: the store to open, and whether a new
-    /// store's replica must recover (it rejoins a cluster that ran).
-    boot: Option<(DiskOptions, bool)>,
+    /// Disk mode, until `boot` runs: the store to open, whether a new
+    /// store's replica must recover (it rejoins a cluster that ran), and
+    /// the member a change added, if this is one.
+    boot: Option<(DiskOptions, bool, Option<Joining>)>,
     pub tick: Duration,
     /// The group's next tick; the worker's timer heap holds one entry
     /// with exactly this deadline.
@@ -194,7 +206,7 @@ impl ReplicaHost {
         owner: LocalPid,
         engine: ResourceArc<EngineResource>,
         tick: Duration,
-        disk: Option<(DiskOptions, bool)>,
+        disk: Option<(DiskOptions, bool, Option<Joining>)>,
     ) -> ReplicaHost {
         ReplicaHost {
             id,
@@ -216,28 +228,37 @@ impl ReplicaHost {
     /// Disk mode: opens the store and builds the replica from it. Runs on
     /// the engine thread, before the group's first step.
     pub fn boot(&mut self) -> Result<(), EngineError> {
-        let Some((disk, recover)) = self.boot.take() else {
+        let Some((disk, recover, joining)) = self.boot.take() else {
             return Ok(());
         };
         let config = self.host.replica().config().clone();
         let index = self.host.replica().index();
         let file = FileDisk::open(&disk.dir).map_err(|e| EngineError::store(&disk.dir, e))?;
+        let (member, joined) = match joining {
+            Some(joining) => (joining.id, joining.joined),
+            // The member id of this slot in the genesis (today's
+            // `Config::new` numbers them: the slot number).
+            None => (config.genesis.members()[index as usize].id, 0),
+        };
         let store = StoreOptions {
             disk: file,
             identity: Identity {
                 cluster: config.cluster,
                 group: disk.group,
-                // The member id of this slot in the genesis (today's
-                // `Config::new` numbers them: the slot number).
-                member: config.genesis.members()[index as usize].id,
-                joined: 0,
+                member,
+                joined,
             },
             meta: disk.meta,
             compaction_bytes: disk.compaction_bytes,
         };
         let nonce = recovery_nonce(config.jitter_seed);
-        self.host = Host::boot(config, index, Some(store), recover, nonce)
-            .map_err(|unbooted| EngineError::boot(&disk.dir, unbooted.error))?;
+        let booted = match joining.and_then(|j| j.life) {
+            // A learner starts in a new store (its host cleared the
+            // directory): one that holds state is refused.
+            Some(life) => Host::boot_learner(config, index, member, joined, life, Some(store)),
+            None => Host::boot(config, index, Some(store), recover, nonce),
+        };
+        self.host = booted.map_err(|unbooted| EngineError::boot(&disk.dir, unbooted.error))?;
         // A store of a later epoch, or of a replica that left, tells the
         // owner where it stands before anything else: the core emits
         // `Epoch` only on entering one.

@@ -107,13 +107,26 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     let nonce = host::recovery_nonce(config.jitter_seed);
     // Without a store only a bug can fail a boot: decode_options validated
     // the config and the index.
-    let host =
-        Host::boot(config, index, None, recover_now, nonce).map_err(|e| EngineError::Bug(e.to_string()))?;
+    // A node a change adds stands in as a learner (a memory-mode one is
+    // that learner; a disk-mode one is replaced once its store is open),
+    // as its slot may lie outside the genesis.
+    let host = match &options.joining {
+        Some(joining) => Host::boot_learner(
+            config,
+            index,
+            joining.id,
+            joining.joined,
+            joining.life.unwrap_or(1),
+            None,
+        ),
+        None => Host::boot(config, index, None, recover_now, nonce),
+    }
+    .map_err(|e| EngineError::Bug(e.to_string()))?;
     let copy = match &options.disk {
         Some(disk) => StatusCopy::starting(host.replica(), Some(disk.dir.clone())),
         None => StatusCopy::of(host.replica()),
     };
-    let disk = options.disk.map(|disk| (disk, options.recover));
+    let disk = options.disk.map(|disk| (disk, options.recover, options.joining));
     let shared = Arc::new(Shared::new(copy));
     let engine = ResourceArc::new(EngineResource::new(id, index, count, shared, worker.tx.clone()));
     // The owner's death stops the group (EngineResource::down). An owner

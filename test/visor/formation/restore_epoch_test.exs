@@ -3,9 +3,9 @@ defmodule Visor.Formation.RestoreEpochTest do
   # "Membership changes", disk mode): a store names its node by its member
   # id (its place in the list the group was formed with), whatever its
   # epoch or role; a member of a later epoch and a node left out restart
-  # from it (the engine says where they stand), a learner's store is
-  # refused (this version adds no members), and a store still belongs to
-  # one node only.
+  # from it (the engine says where they stand), a node a change added
+  # restarts as the member its store records, and a store still belongs
+  # to one node only.
   use ExUnit.Case, async: true
 
   alias Visor.Formation.Restore
@@ -62,12 +62,33 @@ defmodule Visor.Formation.RestoreEpochTest do
     end
   end
 
-  test "a learner's store, or one whose slot and member id disagree, is refused" do
-    assert {:error, message} =
-             Restore.check({:ok, probe(:c@re, %{epoch: 1, role: :learner})}, expected(:c@re))
+  test "a genesis member's store whose slot and member id disagree is refused" do
+    assert {:error, _} = Restore.check({:ok, probe(:c@re, %{replica: 3})}, expected(:c@re))
+  end
 
+  test "a node a change added restarts as the member its store records; a learner's store makes a spare" do
+    id = Visor.MemberId.hashed(:f@re)
+    added = probe(:a@re, %{member: id, joined: 2, epoch: 2, replica: 5})
+
+    assert {:ok, %{replica: 5, joining: %{slot: 5, member: ^id, joined: 2}}} =
+             Restore.check({:ok, added}, expected(:f@re))
+
+    assert {:error, message} = Restore.check({:ok, added}, expected(:a@re))
+    assert message =~ "not to this node"
+
+    # An earlier learner's store: a spare (its store is moved aside when
+    # it is asked to learn again); on a node of the genesis list, refused.
+    assert :empty = Restore.check({:ok, %{added | role: :learner}}, expected(:f@re))
+
+    again = probe(:c@re, %{joined: 3, epoch: 3, role: :learner, replica: 2})
+    assert {:error, message} = Restore.check({:ok, again}, expected(:c@re))
     assert message =~ "learner"
 
-    assert {:error, _} = Restore.check({:ok, probe(:c@re, %{replica: 3})}, expected(:c@re))
+    # A genesis node added again restarts as its new membership.
+    assert {:ok, %{replica: 4, joining: %{slot: 4, joined: 3}}} =
+             Restore.check({:ok, %{again | role: :member, replica: 4}}, expected(:c@re))
+
+    # One that left the list since cannot restart from its store.
+    assert {:error, _} = Restore.check({:ok, %{added | role: :removed}}, expected(:f@re))
   end
 end

@@ -10,8 +10,17 @@ defmodule Visor.Server.ChangesTest do
   @tag_ref :tag
 
   defp view(epoch \\ 0, members \\ @nodes) do
-    ids = for {n, i} <- Enum.with_index(@nodes), into: %{}, do: {n, <<i::little-unsigned-128>>}
-    %{epoch: epoch, members: members, ids: ids, node: :a@h, tag: @tag_ref, tick_ms: 10}
+    current = for n <- members, do: {Enum.find_index(@nodes, &(&1 == n)), n}
+
+    %{
+      epoch: epoch,
+      members: members,
+      current: current,
+      genesis: List.to_tuple(@nodes),
+      node: :a@h,
+      tag: @tag_ref,
+      tick_ms: 10
+    }
   end
 
   test "a request's condition: holds, a target, or an error" do
@@ -21,16 +30,18 @@ defmodule Visor.Server.ChangesTest do
     assert Changes.target(@nodes, {:set, Enum.reverse(@nodes)}) == :holds
     assert Changes.target(@nodes, {:set, [:c@h, :a@h]}) == {:change, [:c@h, :a@h]}
 
-    assert Changes.target(@nodes, {:set, [:a@h, :z@h]}) ==
-             {:error, {:unsupported, :adding_members}}
+    assert Changes.target(@nodes, {:set, [:a@h, :z@h]}) == {:change, [:a@h, :z@h]}
 
     assert Changes.target(@nodes, {:add, :a@h}) == :holds
-    assert Changes.target(@nodes, {:add, :z@h}) == {:error, {:unsupported, :adding_members}}
+    assert Changes.target(@nodes, {:add, :z@h}) == {:change, @nodes ++ [:z@h]}
+
+    assert Changes.target(@nodes ++ [:z@h], {:add, :y@h}) ==
+             {:error, {:too_many_members, 6}}
+
     assert Changes.target([:a@h, :b@h], {:replace, :c@h, :b@h}) == :holds
     assert Changes.target([:a@h, :b@h], {:replace, :c@h, :d@h}) == {:error, {:not_a_member, :c@h}}
 
-    assert Changes.target([:a@h, :b@h], {:replace, :a@h, :d@h}) ==
-             {:error, {:unsupported, :adding_members}}
+    assert Changes.target([:a@h, :b@h], {:replace, :a@h, :d@h}) == {:change, [:b@h, :d@h]}
 
     assert Changes.target([:a@h, :b@h, :c@h], {:replace, :a@h, :b@h}) == {:change, [:b@h, :c@h]}
 
@@ -51,8 +62,10 @@ defmodule Visor.Server.ChangesTest do
 
     ids = for i <- 0..2, do: <<i::little-unsigned-128>>
 
-    assert [{:reconfigure, 1, ^ids, 750}, {:after, 10_000, {:visor_change_deadline, @tag_ref, 1}}] =
-             effects
+    assert [
+             {:reconfigure, 1, ^ids, 750, []},
+             {:after, 10_000, {:visor_change_deadline, @tag_ref, 1}}
+           ] = effects
 
     # Done: answered once the new epoch is entered.
     new = view(1, [:a@h, :b@h, :c@h])
@@ -65,6 +78,31 @@ defmodule Visor.Server.ChangesTest do
     # A late deadline or result finds nothing.
     assert {^changes, []} = Changes.deadline(changes, 1)
     assert {^changes, []} = Changes.result(changes, 1, :no_quorum, 200, new)
+  end
+
+  test "a change that adds nodes names their learners: member ids, and the lowest free slots" do
+    from = {self(), make_ref()}
+    view = view(1, [:a@h, :c@h, :e@h])
+
+    {_changes, [{:reconfigure, 1, ids, _ticks, learners} | _]} =
+      Changes.request(%Changes{}, {:set, [:a@h, :z@h, :b@h]}, from, 10_000, 0, view)
+
+    # A node of the genesis list keeps its index as its id; any other
+    # node's is the md5 of its name with the top bit set.
+    z = Visor.MemberId.hashed(:z@h)
+    assert ids == [<<0::little-128>>, z, <<1::little-128>>]
+    assert <<_::120, 1::1, _::7>> = z
+    assert learners == [{:z@h, 1, z}, {:b@h, 3, <<1::little-128>>}]
+    assert Visor.MemberId.node_of(view.genesis, z, [:y@h, :z@h]) == :z@h
+
+    # A final "no" stops them; an unreachable learner is named.
+    {changes, _} = Changes.request(%Changes{}, {:add, :z@h}, from, 10_000, 0, view)
+
+    assert {_, [{:reply, ^from, {:error, {:unreachable, :z@h}}}, {:stop_learners, [:z@h]}]} =
+             Changes.result(changes, 1, :unreachable, 10, view)
+
+    assert {_, [{:reply, ^from, {:error, :timeout}}]} =
+             Changes.result(changes, 1, :unknown, 10, view)
   end
 
   test "the engine's answers, as the caller's errors" do
@@ -85,7 +123,9 @@ defmodule Visor.Server.ChangesTest do
     # Stale: asked again once with a fresh target, then a change in progress.
     {changes, _} = Changes.request(%Changes{}, {:remove, :e@h}, from, 10_000, 0, view())
     moved = view(1, [:a@h, :b@h, :c@h, :e@h])
-    {changes, [{:reconfigure, 2, _ids, _ticks}]} = Changes.result(changes, 1, :stale, 10, moved)
+
+    {changes, [{:reconfigure, 2, _ids, _ticks, []}]} =
+      Changes.result(changes, 1, :stale, 10, moved)
 
     assert {_, [{:reply, ^from, {:error, {:change_in_progress, 1}}}]} =
              Changes.result(changes, 2, :stale, 20, moved)
