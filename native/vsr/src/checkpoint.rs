@@ -1040,9 +1040,13 @@ impl Replica {
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
-        if checkpoint.epoch() < self.membership.epoch() {
-            // Of an epoch this replica has left: its op is below the entry
-            // that began this epoch, which it executed (or installed past).
+        if checkpoint.epoch() < self.executed_membership.epoch() {
+            // Of an epoch whose successor's entry this replica executed
+            // (or installed past): its op is below what it executed. (Its
+            // live list may be newer than what it executed, for a learner
+            // or a replica recovering into a newer epoch: such a one
+            // installs an older epoch's checkpoint and executes on from
+            // there; `vopr --membership` seed 25.)
             return;
         }
         // A checkpoint of a newer epoch (fetched from a replica of that
