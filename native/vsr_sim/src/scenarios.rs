@@ -3169,3 +3169,181 @@ pub fn learner_acknowledgements_count_for_nothing(options: Options) -> Result<()
     sim.restart(0);
     settle(&mut sim)
 }
+
+// ---- Review 9: breaks found in learners and catching up by checkpoint ----
+//
+// Breaks 1 to 4 share one cause: a replica whose list is newer than the
+// ops it has executed. `on_learn` gives a learner its primary's list at
+// once, `Replica::recovering_in` gives an amnesiac member the newest list
+// before it holds any log, and a diverged member enters the next epoch by
+// its commit while it executes nothing. Such a replica then (a) captures
+// the checkpoints of older epochs' ops with its newer list
+// (`checkpoint_membership` reads the live list outside a restart's
+// replay), so its digest differs from the quorum's and the simulator
+// fails the run as a divergence of a correct host; and (b) refuses any
+// checkpoint of an older epoch (`install_checkpoint`: "of an epoch this
+// replica has left"), though that checkpoint is ahead of what it
+// executed, so while the newest vouched checkpoint is one taken before
+// the epoch's entry (the group is idle since the change) it never catches
+// up, recovers or heals.
+
+/// Commits through `home` until the log's head is at least `op`.
+fn commit_until(sim: &mut Simulator, op: Op, home: Slot) -> Result<(), Failure> {
+    while sim.replica(home).op() < op {
+        commit(sim, 0, home)?;
+    }
+    Ok(())
+}
+
+/// Grows {0, 1, 2} by one learner (epoch 1, its entry right after
+/// checkpoint op `before`), and starts the learner of a second change
+/// that adds one more (epoch 2). Returns the second learner's node.
+fn second_learner_after_checkpoint(sim: &mut Simulator, before: Op) -> Result<Slot, Failure> {
+    register_all(sim, 0)?;
+    commit_until(sim, before, 0)?;
+    let ids = [0, 1, 2, NEW];
+    sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all four enter epoch 1", |s| {
+        (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    let entry = sim.replica(0).op();
+    if sim.replica(0).checkpoint().map(|c| c.op) != Some(before) || entry != before + 1 {
+        return Err(failure(
+            sim,
+            format!("setup: epoch 1's entry is not right after checkpoint {before}"),
+        ));
+    }
+    let ids = [0, 1, 2, NEW, NEW + 1];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    Ok(learners[0])
+}
+
+/// Review 9, break 1 (a correct replica's checkpoint digest differs from
+/// the quorum's). The learner of a second change is taught by a primary
+/// whose log still begins at op 0: `on_learn` sets the learner's list to
+/// epoch 1's at once, the learner fetches the view's log whole and
+/// executes it from op 1, and at op 4, an op of epoch 0, it captures
+/// checkpoint 4 with epoch 1's list where every member recorded none. The
+/// primary's next vouch for (4, digest) makes it diverge: the simulator
+/// fails the run ("replica 4's checkpoint digest at op 4 differs from the
+/// quorum's").
+///
+/// Three replicas, checkpoints every 4 ops: a learner grows them to four
+/// at op 5 (epoch 1), then a second learner is started for epoch 2.
+pub fn second_learner_checkpoints_older_epochs_with_its_list(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let new = second_learner_after_checkpoint(&mut sim, 4)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all five enter epoch 2", |s| {
+        (0..5).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 2))
+    })?;
+    members_of(&sim, 2, &[0, 1, 2, 3, new])?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 2 (liveness: a change that cannot finish while every
+/// replica is up and connected). As break 1, but epoch 1's entry follows
+/// checkpoint 8, so the primary's log begins at op 4 and its newest
+/// vouched checkpoint, 8, is of epoch 0. The second learner, whose list
+/// `on_learn` made epoch 1's, asks for the view's log from op 0; the
+/// primary sends checkpoint 8 first, which the learner verifies and then
+/// refuses in `install_checkpoint` ("of an epoch this replica has left"),
+/// and a `StartView` from op 4, which attaches to nothing it holds. It
+/// asks again for ever, never acknowledges, and the change is withdrawn
+/// at its deadline (`NoQuorum`). Until the group commits past checkpoint
+/// 12 nothing changes: a change adding a member to an idle group after
+/// an earlier change is refused every time.
+pub fn second_learner_refuses_the_primarys_older_epoch_checkpoint(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let new = second_learner_after_checkpoint(&mut sim, 8)?;
+    sim.run_until(PHASE_TICKS / 2, "the second learner follows the primary", |s| {
+        s.replica(new).status() == Status::Normal
+    })?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all five enter epoch 2", |s| {
+        (0..5).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 2))
+    })?;
+    members_of(&sim, 2, &[0, 1, 2, 3, new])?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 3 (a correct replica diverges, or never recovers). A
+/// member restarted without its state after a change recovers in the
+/// newest list its host knows (`Replica::recovering_in`, epoch 1), with
+/// an empty log. With `before = 4` (epoch 1's entry at op 5, the log
+/// still begins at op 0) it fetches the whole log, executes op 4 under
+/// epoch 1's list and forms a checkpoint whose digest differs from the
+/// quorum's: the run fails as a divergence. With `before = 8` (log base
+/// 4, newest vouched checkpoint 8, of epoch 0) it is sent checkpoint 8,
+/// refuses it as of an epoch it left, and stays `Recovering` for as long
+/// as the group is idle. Nothing of learners is needed: any memory-mode
+/// restart soon after a change.
+///
+/// Four replicas, checkpoints every 4 ops; 3 is removed (epoch 1 =
+/// {0, 1, 2}), then 1 restarts without its state.
+pub fn amnesiac_member_recovers_in_a_later_epoch(mut options: Options, before: Op) -> Result<(), Failure> {
+    options.amnesia = true;
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit_until(&mut sim, before, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    if sim.replica(0).op() != before + 1 {
+        return Err(failure(
+            &sim,
+            format!("setup: epoch 1's entry is not at op {}", before + 1),
+        ));
+    }
+    sim.crash(1);
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        s.running(1).is_some_and(|x| x.status() == Status::Normal)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 4 (liveness: a diverged member never heals). Replica
+/// 2's host lies at checkpoint 8; the entry of a change that keeps 2
+/// (epoch 1 = {0, 1, 2}) follows at op 9, and 2 learns the vouch for 8
+/// only with the commit of 9: it diverges at op 8 and enters epoch 1 by
+/// its commit (design break 10). It then asks its peers for the vouched
+/// checkpoint 8, which they hold and send, and refuses it in
+/// `install_checkpoint` as of epoch 0, which it left: it asks again for
+/// ever, and heals only once the group has committed far enough that its
+/// peers no longer hold checkpoint 8.
+///
+/// Four replicas, checkpoints every 4 ops; 3 is removed.
+pub fn diverged_member_heals_after_entering_the_next_epoch(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit_until(&mut sim, 7, 0)?;
+    sim.options.lying_host = Some(2);
+    commit_until(&mut sim, 8, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    sim.options.lying_host = None;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    if sim.divergences.last().map(|d| d.1) != Some(8) || sim.replica(2).status() != Status::Diverged {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 did not enter diverged at op 8".into(),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
