@@ -3347,3 +3347,56 @@ pub fn diverged_member_heals_after_entering_the_next_epoch(options: Options) -> 
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+/// Review 9, break 5 (liveness: a new member that never comes back while
+/// a quorum is up and connected). A learner of the *second* change
+/// (`joined` 2) restarts without its state after the primary proposed the
+/// entry with its life, and the change commits. Its host starts it again
+/// as a learner, whose list is the genesis placeholder (epoch 0) until a
+/// `Learn` comes; none will (the change is made). It hears epoch 2's
+/// members (it is one) and asks them for the epoch's start, but its
+/// header says epoch 0 and `joined` 2, which `message::decode` refuses as
+/// crafted (`joined > epoch + 1`): every request is dropped, and it never
+/// enters, recovers or counts. Epoch 2 has five members of which one
+/// never returns, until another change removes it. (Design 2.5 and the
+/// existing `learner_restarted_after_the_proposal_recovers_in_full` cover
+/// only `joined` 1, where the placeholder's epoch is `joined - 1`.)
+///
+/// Three replicas grow to four (epoch 1), then to five (epoch 2).
+pub fn learner_of_a_second_change_restarted_after_the_proposal_returns(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all four enter epoch 1", |s| {
+        (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW, NEW + 1];
+    let new = sim.start_learners(0, &ids)?[0];
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.restart_amnesiac(new);
+    if sim.replica(new).role() != Role::Learner {
+        return Err(failure(
+            &sim,
+            "setup: the node did not restart as a learner".into(),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "the new life recovers into epoch 2", |s| {
+        s.running(new as usize).is_some_and(|x| {
+            x.membership().epoch() == 2 && x.role() == Role::Member && x.status() == Status::Normal
+        })
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
