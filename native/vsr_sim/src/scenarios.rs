@@ -3400,3 +3400,61 @@ pub fn learner_of_a_second_change_restarted_after_the_proposal_returns(
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+/// Review 9, break 6 (liveness: a member wedged in the old epoch for
+/// ever, every replica up and connected). A backup that got the old
+/// epoch's last `Commit { commit: N }` but not the `Prepare` of the entry
+/// at `N` has `commit_max = N` and a log ending at `N - 1`. Nobody of
+/// epoch 0 is left to repair it from, so it fetches the epoch's start: the
+/// `StartEpoch` chunk from `N - 1` holds the entry, and
+/// `install_to_epoch_start` finds that its log's checksum at `N` (none: it
+/// does not hold `N`) differs from the entry's, at an op at or below its
+/// commit number, and refuses the chunk as "a committed entry of ours
+/// differs". It asks again for ever. (A learner that lost the entry's
+/// prepare but heard the last commit, which the primary also sends its
+/// learners, wedges the same way: found by a sweep of
+/// `grow_three_to_four_under_load` over a lossy network, seed 10.)
+///
+/// Four replicas, 3 removed; the entry's prepare to replica 1 is lost and
+/// the last commit of epoch 0 reaches it.
+pub fn member_that_missed_the_entry_but_heard_its_commit_enters(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let entry = sim.replica(0).op() + 1;
+    sim.network.hold(0, 1);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_ticks(10)?;
+    let cluster = sim.options.config.wire_cluster();
+    let commits: Vec<Vec<u8>> = sim
+        .network
+        .take_held(0, 1)
+        .into_iter()
+        .filter(|bytes| {
+            matches!(
+                vsr::message::decode(cluster, bytes),
+                Ok(d) if d.sender.epoch == 0
+                    && matches!(d.message, vsr::Message::Commit { commit, .. } if commit == entry)
+            )
+        })
+        .collect();
+    if commits.is_empty() {
+        return Err(failure(&sim, "setup: no last commit of epoch 0 held".into()));
+    }
+    let now = sim.tick;
+    for bytes in commits {
+        sim.network.deliver(now, 0, 1, bytes);
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 hears the commit", |s| {
+        s.replica(1).commit_max() == entry
+    })?;
+    if sim.replica(1).op() != entry - 1 {
+        return Err(failure(&sim, "setup: replica 1 holds the entry".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 enters epoch 1", |s| {
+        s.replica(1).membership().epoch() == 1
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
