@@ -459,3 +459,9 @@ fn learner_of_a_second_change_restarted_after_the_proposal_returns() {
 fn member_that_missed_the_entry_but_heard_its_commit_enters() {
     scenarios::member_that_missed_the_entry_but_heard_its_commit_enters(options(4, 1)).unwrap();
 }
+
+#[test]
+#[ignore = "review break: a member a change added cannot restart from disk once a later change leaves it out"]
+fn added_member_restarts_leaving() {
+    scenarios::added_member_restarts_leaving(options(3, 1)).unwrap();
+}
