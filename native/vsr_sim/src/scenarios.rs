@@ -3500,3 +3500,57 @@ pub fn added_member_restarts_leaving(options: Options) -> Result<(), Failure> {
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+/// Review 9, break 8 (a replica restarted from its disk impersonates the
+/// member that took its slot). `Replica::restart` names the replica by
+/// the member its durable list holds at its slot, whatever that member's
+/// id: for a replica left out of its epoch whose slot a later change gave
+/// to a new member, that is the new member. Restarted `Leaving`, it then
+/// sends as `(slot 3, id 100, joined 2)`: the others' gates take it for
+/// the listed member (its crash vector is merged, its clock reading
+/// counts in the cluster's clock), and its own invariants fail at once
+/// ("role Leaving for slot 3 in its list").
+///
+/// Four replicas; 3 is cut off while 0 removes it (epoch 1 = {0, 1, 2})
+/// and adds a new node, which takes slot 3 (epoch 2). Healed towards 0
+/// and the new member only, 3 catches up to epoch 2, where it is
+/// `Leaving` (two `EpochStarted` of the three it needs), crashes and
+/// restarts from its disk.
+pub fn leaving_replica_restarts_as_its_slots_new_owner(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 3);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let new = sim.start_learners(0, &ids)?[0];
+    if sim.nodes[new as usize].slot != 3 {
+        return Err(failure(&sim, "setup: the new member is not at slot 3".into()));
+    }
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    for peer in [0, new] {
+        sim.network.set_link(3, peer, true);
+        sim.network.set_link(peer, 3, true);
+    }
+    sim.run_until(PHASE_TICKS, "replica 3 leaves in epoch 2", |s| {
+        s.replica(3).membership().epoch() == 2 && s.replica(3).role() == Role::Leaving
+    })?;
+    sim.crash(3);
+    sim.restart(3);
+    if sim.replica(3).member_id() != 3 {
+        return Err(failure(
+            &sim,
+            format!("replica 3 restarted as member {}", sim.replica(3).member_id()),
+        ));
+    }
+    sim.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| {
+        s.replica(3).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
