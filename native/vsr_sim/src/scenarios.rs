@@ -3554,3 +3554,46 @@ pub fn leaving_replica_restarts_as_its_slots_new_owner(options: Options) -> Resu
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+/// Review 9, break 9 (liveness: a leaving replica never stops). A replica
+/// that leaves in an epoch where its slot now belongs to a new member asks
+/// the epoch's members whether they entered (`Leaving`) by `broadcast`,
+/// which sends to every slot of the list but its own: the new owner of
+/// its slot is never asked. Members also say `EpochStarted` unasked on
+/// entering, but only then, and this replica was then in an older epoch.
+/// When the other members alone are not a quorum of the list, it never
+/// hears a quorum and stays `Leaving` for ever, though every replica is up
+/// and connected. (Found by a random sweep of changes under faults.)
+///
+/// Three replicas; 2 is cut off while 0 removes it (epoch 1 = {0, 1}) and
+/// then replaces 1 by a new node, which takes slot 2 (epoch 2 = {0,
+/// new}). Healed, 2 catches up into epoch 2 as `Leaving`; only 0 is asked.
+pub fn leaving_replica_asks_its_slots_new_owner(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 2);
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, NEW];
+    let new = sim.start_learners(0, &ids)?[0];
+    if sim.nodes[new as usize].slot != 2 {
+        return Err(failure(&sim, "setup: the new member is not at slot 2".into()));
+    }
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 1 stops", |s| {
+        s.replica(1).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 leaves in epoch 2", |s| {
+        s.replica(2).membership().epoch() == 2
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| {
+        s.replica(2).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
