@@ -3684,3 +3684,38 @@ pub fn replica_behind_asks_past_a_recovering_sender(options: Options) -> Result<
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// Review 9, break 12 (an invariant failure: disk mode). A member that
+/// recovered without its state in a later epoch (`recovering_in`, list of
+/// epoch 1) holds the whole log it fetched, the entry that began epoch 1
+/// included, but its durable commit number is the one `install_view`
+/// wrote before it learned the commit (0). Restarted from its disk, it
+/// replays nothing, and its log holds a reconfiguration entry below the
+/// head, unexecuted: `check_reconfiguration` fails at its first tick (a
+/// panic in debug builds). In release it goes on in epoch 1 executing
+/// epoch 0's ops under epoch 1's list (breaks 1 to 4). (Found by a random
+/// sweep of changes under faults, with torn crashes.)
+///
+/// Four replicas, disk mode; 3 is removed (epoch 1 = {0, 1, 2}); replica
+/// 1 loses its disk, recovers in epoch 1, then crashes and restarts from
+/// the new disk.
+pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(1);
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        s.replica(1).status() == Status::Normal && s.replica(1).commit() == s.replica(0).commit()
+    })?;
+    sim.run_ticks(20)?;
+    sim.crash(1);
+    sim.restart(1);
+    sim.run_ticks(20)?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
