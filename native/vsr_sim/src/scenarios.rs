@@ -3169,3 +3169,553 @@ pub fn learner_acknowledgements_count_for_nothing(options: Options) -> Result<()
     sim.restart(0);
     settle(&mut sim)
 }
+
+// ---- Review 9: breaks found in learners and catching up by checkpoint ----
+//
+// Breaks 1 to 4 share one cause: a replica whose list is newer than the
+// ops it has executed. `on_learn` gives a learner its primary's list at
+// once, `Replica::recovering_in` gives an amnesiac member the newest list
+// before it holds any log, and a diverged member enters the next epoch by
+// its commit while it executes nothing. Such a replica then (a) captures
+// the checkpoints of older epochs' ops with its newer list
+// (`checkpoint_membership` reads the live list outside a restart's
+// replay), so its digest differs from the quorum's and the simulator
+// fails the run as a divergence of a correct host; and (b) refuses any
+// checkpoint of an older epoch (`install_checkpoint`: "of an epoch this
+// replica has left"), though that checkpoint is ahead of what it
+// executed, so while the newest vouched checkpoint is one taken before
+// the epoch's entry (the group is idle since the change) it never catches
+// up, recovers or heals.
+
+/// Commits through `home` until the log's head is at least `op`.
+fn commit_until(sim: &mut Simulator, op: Op, home: Slot) -> Result<(), Failure> {
+    while sim.replica(home).op() < op {
+        commit(sim, 0, home)?;
+    }
+    Ok(())
+}
+
+/// Grows {0, 1, 2} by one learner (epoch 1, its entry right after
+/// checkpoint op `before`), and starts the learner of a second change
+/// that adds one more (epoch 2). Returns the second learner's node.
+fn second_learner_after_checkpoint(sim: &mut Simulator, before: Op) -> Result<Slot, Failure> {
+    register_all(sim, 0)?;
+    commit_until(sim, before, 0)?;
+    let ids = [0, 1, 2, NEW];
+    sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all four enter epoch 1", |s| {
+        (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    let entry = sim.replica(0).op();
+    if sim.replica(0).checkpoint().map(|c| c.op) != Some(before) || entry != before + 1 {
+        return Err(failure(
+            sim,
+            format!("setup: epoch 1's entry is not right after checkpoint {before}"),
+        ));
+    }
+    let ids = [0, 1, 2, NEW, NEW + 1];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    Ok(learners[0])
+}
+
+/// Review 9, break 1 (a correct replica's checkpoint digest differs from
+/// the quorum's). The learner of a second change is taught by a primary
+/// whose log still begins at op 0: `on_learn` sets the learner's list to
+/// epoch 1's at once, the learner fetches the view's log whole and
+/// executes it from op 1, and at op 4, an op of epoch 0, it captures
+/// checkpoint 4 with epoch 1's list where every member recorded none. The
+/// primary's next vouch for (4, digest) makes it diverge: the simulator
+/// fails the run ("replica 4's checkpoint digest at op 4 differs from the
+/// quorum's").
+///
+/// Three replicas, checkpoints every 4 ops: a learner grows them to four
+/// at op 5 (epoch 1), then a second learner is started for epoch 2.
+pub fn second_learner_checkpoints_older_epochs_with_its_list(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let new = second_learner_after_checkpoint(&mut sim, 4)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all five enter epoch 2", |s| {
+        (0..5).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 2))
+    })?;
+    members_of(&sim, 2, &[0, 1, 2, 3, new])?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 2 (liveness: a change that cannot finish while every
+/// replica is up and connected). As break 1, but epoch 1's entry follows
+/// checkpoint 8, so the primary's log begins at op 4 and its newest
+/// vouched checkpoint, 8, is of epoch 0. The second learner, whose list
+/// `on_learn` made epoch 1's, asks for the view's log from op 0; the
+/// primary sends checkpoint 8 first, which the learner verifies and then
+/// refuses in `install_checkpoint` ("of an epoch this replica has left"),
+/// and a `StartView` from op 4, which attaches to nothing it holds. It
+/// asks again for ever, never acknowledges, and the change is withdrawn
+/// at its deadline (`NoQuorum`). Until the group commits past checkpoint
+/// 12 nothing changes: a change adding a member to an idle group after
+/// an earlier change is refused every time.
+pub fn second_learner_refuses_the_primarys_older_epoch_checkpoint(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    let new = second_learner_after_checkpoint(&mut sim, 8)?;
+    sim.run_until(PHASE_TICKS / 2, "the second learner follows the primary", |s| {
+        s.replica(new).status() == Status::Normal
+    })?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all five enter epoch 2", |s| {
+        (0..5).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 2))
+    })?;
+    members_of(&sim, 2, &[0, 1, 2, 3, new])?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 3 (a correct replica diverges, or never recovers). A
+/// member restarted without its state after a change recovers in the
+/// newest list its host knows (`Replica::recovering_in`, epoch 1), with
+/// an empty log. With `before = 4` (epoch 1's entry at op 5, the log
+/// still begins at op 0) it fetches the whole log, executes op 4 under
+/// epoch 1's list and forms a checkpoint whose digest differs from the
+/// quorum's: the run fails as a divergence. With `before = 8` (log base
+/// 4, newest vouched checkpoint 8, of epoch 0) it is sent checkpoint 8,
+/// refuses it as of an epoch it left, and stays `Recovering` for as long
+/// as the group is idle. Nothing of learners is needed: any memory-mode
+/// restart soon after a change.
+///
+/// Four replicas, checkpoints every 4 ops; 3 is removed (epoch 1 =
+/// {0, 1, 2}), then 1 restarts without its state.
+pub fn amnesiac_member_recovers_in_a_later_epoch(mut options: Options, before: Op) -> Result<(), Failure> {
+    options.amnesia = true;
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit_until(&mut sim, before, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    if sim.replica(0).op() != before + 1 {
+        return Err(failure(
+            &sim,
+            format!("setup: epoch 1's entry is not at op {}", before + 1),
+        ));
+    }
+    sim.crash(1);
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        s.running(1).is_some_and(|x| x.status() == Status::Normal)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 4 (liveness: a diverged member never heals). Replica
+/// 2's host lies at checkpoint 8; the entry of a change that keeps 2
+/// (epoch 1 = {0, 1, 2}) follows at op 9, and 2 learns the vouch for 8
+/// only with the commit of 9: it diverges at op 8 and enters epoch 1 by
+/// its commit (design break 10). It then asks its peers for the vouched
+/// checkpoint 8, which they hold and send, and refuses it in
+/// `install_checkpoint` as of epoch 0, which it left: it asks again for
+/// ever, and heals only once the group has committed far enough that its
+/// peers no longer hold checkpoint 8.
+///
+/// Four replicas, checkpoints every 4 ops; 3 is removed.
+pub fn diverged_member_heals_after_entering_the_next_epoch(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit_until(&mut sim, 7, 0)?;
+    sim.options.lying_host = Some(2);
+    commit_until(&mut sim, 8, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "replica 2 diverges", |s| {
+        s.replica(2).status() == Status::Diverged
+    })?;
+    sim.options.lying_host = None;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 enters epoch 1", |s| {
+        s.replica(2).membership().epoch() == 1
+    })?;
+    if sim.divergences.last().map(|d| d.1) != Some(8) || sim.replica(2).status() != Status::Diverged {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 did not enter diverged at op 8".into(),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "replica 2 heals", |s| {
+        s.replica(2).status() != Status::Diverged
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 5 (liveness: a new member that never comes back while
+/// a quorum is up and connected). A learner of the *second* change
+/// (`joined` 2) restarts without its state after the primary proposed the
+/// entry with its life, and the change commits. Its host starts it again
+/// as a learner, whose list is the genesis placeholder (epoch 0) until a
+/// `Learn` comes; none will (the change is made). It hears epoch 2's
+/// members (it is one) and asks them for the epoch's start, but its
+/// header says epoch 0 and `joined` 2, which `message::decode` refuses as
+/// crafted (`joined > epoch + 1`): every request is dropped, and it never
+/// enters, recovers or counts. Epoch 2 has five members of which one
+/// never returns, until another change removes it. (Design 2.5 and the
+/// existing `learner_restarted_after_the_proposal_recovers_in_full` cover
+/// only `joined` 1, where the placeholder's epoch is `joined - 1`.)
+///
+/// Three replicas grow to four (epoch 1), then to five (epoch 2).
+pub fn learner_of_a_second_change_restarted_after_the_proposal_returns(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "all four enter epoch 1", |s| {
+        (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW, NEW + 1];
+    let new = sim.start_learners(0, &ids)?[0];
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.restart_amnesiac(new);
+    if sim.replica(new).role() != Role::Learner {
+        return Err(failure(
+            &sim,
+            "setup: the node did not restart as a learner".into(),
+        ));
+    }
+    sim.run_until(PHASE_TICKS, "the new life recovers into epoch 2", |s| {
+        s.running(new as usize).is_some_and(|x| {
+            x.membership().epoch() == 2 && x.role() == Role::Member && x.status() == Status::Normal
+        })
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 6 (liveness: a member wedged in the old epoch for
+/// ever, every replica up and connected). A backup that got the old
+/// epoch's last `Commit { commit: N }` but not the `Prepare` of the entry
+/// at `N` has `commit_max = N` and a log ending at `N - 1`. Nobody of
+/// epoch 0 is left to repair it from, so it fetches the epoch's start: the
+/// `StartEpoch` chunk from `N - 1` holds the entry, and
+/// `install_to_epoch_start` finds that its log's checksum at `N` (none: it
+/// does not hold `N`) differs from the entry's, at an op at or below its
+/// commit number, and refuses the chunk as "a committed entry of ours
+/// differs". It asks again for ever. (A learner that lost the entry's
+/// prepare but heard the last commit, which the primary also sends its
+/// learners, wedges the same way: found by a sweep of
+/// `grow_three_to_four_under_load` over a lossy network, seed 10.)
+///
+/// Four replicas, 3 removed; the entry's prepare to replica 1 is lost and
+/// the last commit of epoch 0 reaches it.
+pub fn member_that_missed_the_entry_but_heard_its_commit_enters(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let entry = sim.replica(0).op() + 1;
+    sim.network.hold(0, 1);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_ticks(10)?;
+    let cluster = sim.options.config.wire_cluster();
+    let commits: Vec<Vec<u8>> = sim
+        .network
+        .take_held(0, 1)
+        .into_iter()
+        .filter(|bytes| {
+            matches!(
+                vsr::message::decode(cluster, bytes),
+                Ok(d) if d.sender.epoch == 0
+                    && matches!(d.message, vsr::Message::Commit { commit, .. } if commit == entry)
+            )
+        })
+        .collect();
+    if commits.is_empty() {
+        return Err(failure(&sim, "setup: no last commit of epoch 0 held".into()));
+    }
+    let now = sim.tick;
+    for bytes in commits {
+        sim.network.deliver(now, 0, 1, bytes);
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 hears the commit", |s| {
+        s.replica(1).commit_max() == entry
+    })?;
+    if sim.replica(1).op() != entry - 1 {
+        return Err(failure(&sim, "setup: replica 1 holds the entry".into()));
+    }
+    sim.run_until(PHASE_TICKS, "replica 1 enters epoch 1", |s| {
+        s.replica(1).membership().epoch() == 1
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 7 (a boot that fails: disk mode). A member that a
+/// change added and a later change removes restarts from its disk while
+/// it is `Leaving` (it must go on serving the epoch's start until a quorum
+/// of the new list says it entered, design 2.8). `Replica::restart` looks
+/// its slot up in the durable list, which leaves it out, and falls back
+/// on the genesis "until learners exist": the genesis does not hold its
+/// slot either, so the boot fails ("replica index 3 outside a cluster of
+/// 3"); the simulator panics. (Found by a random sweep of changes under
+/// faults, as a `Removed` member restarted the same way.)
+///
+/// Three replicas grow to four (epoch 1, node 3 at slot 3), then node 3
+/// is removed (epoch 2); the backups' `EpochStarted` to it are held, so it
+/// stays `Leaving`; it crashes and restarts from its disk.
+pub fn added_member_restarts_leaving(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let new = sim.start_learners(0, &ids)?[0];
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    sim.network.hold(1, new);
+    sim.network.hold(2, new);
+    sim.reconfigure(0, 2, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "the added member leaves", |s| {
+        s.replica(new).role() == Role::Leaving
+    })?;
+    sim.crash(new);
+    sim.restart(new);
+    sim.network.take_held(1, new);
+    sim.network.take_held(2, new);
+    sim.run_until(PHASE_TICKS, "the added member stops", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Removed)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 8 (a replica restarted from its disk impersonates the
+/// member that took its slot). `Replica::restart` names the replica by
+/// the member its durable list holds at its slot, whatever that member's
+/// id: for a replica left out of its epoch whose slot a later change gave
+/// to a new member, that is the new member. Restarted `Leaving`, it then
+/// sends as `(slot 3, id 100, joined 2)`: the others' gates take it for
+/// the listed member (its crash vector is merged, its clock reading
+/// counts in the cluster's clock), and its own invariants fail at once
+/// ("role Leaving for slot 3 in its list").
+///
+/// Four replicas; 3 is cut off while 0 removes it (epoch 1 = {0, 1, 2})
+/// and adds a new node, which takes slot 3 (epoch 2). Healed towards 0
+/// and the new member only, 3 catches up to epoch 2, where it is
+/// `Leaving` (two `EpochStarted` of the three it needs), crashes and
+/// restarts from its disk.
+pub fn leaving_replica_restarts_as_its_slots_new_owner(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 3);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let new = sim.start_learners(0, &ids)?[0];
+    if sim.nodes[new as usize].slot != 3 {
+        return Err(failure(&sim, "setup: the new member is not at slot 3".into()));
+    }
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    for peer in [0, new] {
+        sim.network.set_link(3, peer, true);
+        sim.network.set_link(peer, 3, true);
+    }
+    sim.run_until(PHASE_TICKS, "replica 3 leaves in epoch 2", |s| {
+        s.replica(3).membership().epoch() == 2 && s.replica(3).role() == Role::Leaving
+    })?;
+    sim.crash(3);
+    sim.restart(3);
+    if sim.replica(3).member_id() != 3 {
+        return Err(failure(
+            &sim,
+            format!("replica 3 restarted as member {}", sim.replica(3).member_id()),
+        ));
+    }
+    sim.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| {
+        s.replica(3).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 9 (liveness: a leaving replica never stops). A replica
+/// that leaves in an epoch where its slot now belongs to a new member asks
+/// the epoch's members whether they entered (`Leaving`) by `broadcast`,
+/// which sends to every slot of the list but its own: the new owner of
+/// its slot is never asked. Members also say `EpochStarted` unasked on
+/// entering, but only then, and this replica was then in an older epoch.
+/// When the other members alone are not a quorum of the list, it never
+/// hears a quorum and stays `Leaving` for ever, though every replica is up
+/// and connected. (Found by a random sweep of changes under faults.)
+///
+/// Three replicas; 2 is cut off while 0 removes it (epoch 1 = {0, 1}) and
+/// then replaces 1 by a new node, which takes slot 2 (epoch 2 = {0,
+/// new}). Healed, 2 catches up into epoch 2 as `Leaving`; only 0 is asked.
+pub fn leaving_replica_asks_its_slots_new_owner(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 2);
+    sim.reconfigure(0, 1, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, NEW];
+    let new = sim.start_learners(0, &ids)?[0];
+    if sim.nodes[new as usize].slot != 2 {
+        return Err(failure(&sim, "setup: the new member is not at slot 2".into()));
+    }
+    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 1 stops", |s| {
+        s.replica(1).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 leaves in epoch 2", |s| {
+        s.replica(2).membership().epoch() == 2
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| {
+        s.replica(2).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 10 (liveness: a leaving replica never stops). A
+/// `Leaving` replica catches up across epochs like any replica behind
+/// (it must reach the epoch whose members answer its `Leaving`), and
+/// below the log base of the replica it asks it is sent a checkpoint, one
+/// chunk at first. The rest of a state sync is asked for by `tick_sync`,
+/// which `tick` never calls for a leaving replica (`tick_leaving` only),
+/// so the sync neither progresses nor expires, and while it is under way
+/// `request_start_epoch` asks for nothing: it stays `Leaving` in the old
+/// epoch for ever. (Found by a random sweep of changes under faults.)
+///
+/// Four replicas, checkpoints every 4 ops (24-byte chunks). 3 is removed
+/// (epoch 1 = {0, 1, 2}) and hears only 0's `EpochStarted`, so it stays
+/// `Leaving`; it is cut off while 2 is removed too (epoch 2 = {0, 1}) and
+/// the pair commits past several checkpoints; then healed.
+pub fn leaving_replica_catches_up_by_checkpoint(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(checkpointing(options));
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.network.hold(1, 3);
+    sim.network.hold(2, 3);
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 3 leaves", |s| {
+        s.replica(3).role() == Role::Leaving
+    })?;
+    isolate(&mut sim, 3);
+    sim.network.take_held(1, 3);
+    sim.network.take_held(2, 3);
+    sim.reconfigure(0, 2, &[0, 1], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| {
+        s.replica(2).role() == Role::Removed
+    })?;
+    commit_many(&mut sim, 24, 0)?;
+    behind_every_log_base(&sim, 3, 1, &[0, 1])?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| {
+        s.replica(3).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 11 (liveness: a group wedged for good with a quorum up
+/// and connected). A replica behind asks for the newer epoch's start only
+/// the sender of the newer-epoch message it hears first once its rate
+/// limit allows (`request_start_epoch(sender)`), never the others of that
+/// epoch (design 2.7: "then the others of the epoch's list in turn").
+/// When that sender is a replica recovering in the newer epoch, which
+/// broadcasts `Recovery` every `resend_ticks` and can serve nothing (its
+/// commit is 0), the asker locks onto it: every period its `Recovery` is
+/// the first newer-epoch message due, and it is asked again. The asker
+/// never enters, the recovering replica never hears a quorum of others,
+/// and the third member cannot form a view alone. (Found by a random
+/// sweep of changes under faults, seed 893, where the asker asked the
+/// recovering replica 550 times and no one else.)
+///
+/// Four replicas; 3 is cut off while 2 is removed (epoch 1 = {0, 1, 3}),
+/// then epoch 1's primary, 0, restarts without its state and recovers in
+/// epoch 1; 3 is healed.
+pub fn replica_behind_asks_past_a_recovering_sender(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 3);
+    sim.reconfigure(0, 1, &[0, 1, 3], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 2 stops", |s| {
+        s.replica(2).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(0);
+    sim.restart_amnesiac(0);
+    sim.run_ticks(50)?;
+    sim.network.set_link(0, 3, true);
+    sim.run_ticks(30)?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 enters epoch 1", |s| {
+        s.replica(3).membership().epoch() == 1
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 0 recovers", |s| {
+        s.replica(0).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// Review 9, break 12 (an invariant failure: disk mode). A member that
+/// recovered without its state in a later epoch (`recovering_in`, list of
+/// epoch 1) holds the whole log it fetched, the entry that began epoch 1
+/// included, but its durable commit number is the one `install_view`
+/// wrote before it learned the commit (0). Restarted from its disk, it
+/// replays nothing, and its log holds a reconfiguration entry below the
+/// head, unexecuted: `check_reconfiguration` fails at its first tick (a
+/// panic in debug builds). In release it goes on in epoch 1 executing
+/// epoch 0's ops under epoch 1's list (breaks 1 to 4). (Found by a random
+/// sweep of changes under faults, with torn crashes.)
+///
+/// Four replicas, disk mode; 3 is removed (epoch 1 = {0, 1, 2}); replica
+/// 1 loses its disk, recovers in epoch 1, then crashes and restarts from
+/// the new disk.
+pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.reconfigure(0, 1, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| !s.removed.is_empty())?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(1);
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "replica 1 recovers", |s| {
+        s.replica(1).status() == Status::Normal && s.replica(1).commit() == s.replica(0).commit()
+    })?;
+    sim.run_ticks(20)?;
+    sim.crash(1);
+    sim.restart(1);
+    sim.run_ticks(20)?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
