@@ -417,25 +417,21 @@ fn learner_restarted_after_the_proposal_recovers_in_full_with_checkpoints() {
 }
 
 #[test]
-#[ignore = "review break: a second change's learner checkpoints epoch-0 ops with epoch 1's list (false divergence)"]
 fn second_learner_checkpoints_older_epochs_with_its_list() {
     scenarios::second_learner_checkpoints_older_epochs_with_its_list(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: a second change's learner refuses the primary's older-epoch checkpoint and never catches up"]
 fn second_learner_refuses_the_primarys_older_epoch_checkpoint() {
     scenarios::second_learner_refuses_the_primarys_older_epoch_checkpoint(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: an amnesiac member recovering in epoch 1 checkpoints epoch-0 ops with epoch 1's list"]
 fn amnesiac_member_recovers_in_a_later_epoch_from_op_0() {
     scenarios::amnesiac_member_recovers_in_a_later_epoch(options(4, 1), 4).unwrap();
 }
 
 #[test]
-#[ignore = "review break: an amnesiac member recovering in epoch 1 refuses an epoch-0 checkpoint and never recovers"]
 fn amnesiac_member_recovers_in_a_later_epoch_past_the_log_base() {
     scenarios::amnesiac_member_recovers_in_a_later_epoch(options(4, 1), 8).unwrap();
 }
@@ -455,7 +451,6 @@ fn learner_of_a_second_change_restarted_after_the_proposal_returns() {
 }
 
 #[test]
-#[ignore = "review break: a member holding commit N but not entry N refuses the StartEpoch chunk with the entry for ever"]
 fn member_that_missed_the_entry_but_heard_its_commit_enters() {
     scenarios::member_that_missed_the_entry_but_heard_its_commit_enters(options(4, 1)).unwrap();
 }
@@ -479,7 +474,6 @@ fn leaving_replica_asks_its_slots_new_owner() {
 }
 
 #[test]
-#[ignore = "review break: a leaving replica's state sync is never continued (tick_leaving skips tick_sync), so it never stops"]
 fn leaving_replica_catches_up_by_checkpoint() {
     scenarios::leaving_replica_catches_up_by_checkpoint(options(4, 2)).unwrap();
 }
