@@ -502,9 +502,11 @@ pub fn decode(cluster: u128, bytes: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::UnknownSender);
     }
     // Epochs count changes, as views count view changes: one above
-    // NUMBER_MAX is crafted; a member is admitted by its epoch or an
-    // earlier one, a learner by the next.
-    if sender.epoch > NUMBER_MAX || sender.joined > sender.epoch.saturating_add(1) {
+    // NUMBER_MAX is crafted. A member is admitted by its epoch or an
+    // earlier one, but a learner by a later one, which its header may not
+    // name yet (one restarted knows no list before it catches up): who
+    // may send what is the gate's to judge, by slot, id and `joined`.
+    if sender.epoch > NUMBER_MAX || sender.joined > NUMBER_MAX {
         return Err(DecodeError::Malformed);
     }
     let (incarnations, clock, message): ([u64; MAX_SLOTS], u64, Message) =
@@ -728,10 +730,14 @@ mod tests {
                 epoch: NUMBER_MAX + 1,
                 ..named
             },
-            // A learner's `joined` is its epoch's next; after that, crafted.
-            Sender { joined: 5, ..named },
+            Sender {
+                joined: NUMBER_MAX + 1,
+                ..named
+            },
         ];
-        let learner = Sender { joined: 4, ..named };
+        // A learner's `joined` may be any later epoch: its header names
+        // the list it knows, which may be older still.
+        let learner = Sender { joined: 9, ..named };
         let bytes = encode(42, learner, &NONE, 7, &sample());
         assert_eq!(decode(42, &bytes).map(|d| d.sender), Ok(learner));
         for sender in crafted {

@@ -443,7 +443,6 @@ fn diverged_member_heals_after_entering_the_next_epoch() {
 }
 
 #[test]
-#[ignore = "review break: a restarted learner with joined 2 sends headers (epoch 0, joined 2) that decode refuses, and never returns"]
 fn learner_of_a_second_change_restarted_after_the_proposal_returns() {
     scenarios::learner_of_a_second_change_restarted_after_the_proposal_returns(options(3, 1)).unwrap();
     scenarios::learner_of_a_second_change_restarted_after_the_proposal_returns(amnesiac(options(3, 1)))
