@@ -3588,9 +3588,9 @@ pub fn leaving_replica_asks_its_slots_new_owner(options: Options) -> Result<(), 
     })?;
     commit(&mut sim, 0, 0)?;
     sim.network.heal();
-    sim.run_until(PHASE_TICKS, "replica 2 leaves in epoch 2", |s| {
-        s.replica(2).membership().epoch() == 2
-    })?;
+    // Since fixed another way: it stops on the first message of epoch 2
+    // it hears once leaving epoch 1 (that epoch's successor began), so it
+    // need not reach epoch 2 at all.
     sim.run_until(PHASE_TICKS, "replica 2 stops", |s| {
         s.replica(2).role() == Role::Removed
     })?;
