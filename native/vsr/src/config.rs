@@ -243,6 +243,14 @@ pub struct Config {
     /// incarnation, delayed in the network, is never taken for an answer
     /// to a new read (see `read.rs`).
     pub boot_nonce: u64,
+    /// The member this replica is, as its host knows it (member id and the
+    /// epoch that admitted it; a disk-mode host reads it from the store's
+    /// identity), if the host knows. A restart takes it over whatever
+    /// member its durable list holds at its slot: a slot is reused once
+    /// its member has left, and a replica that left may restart from a
+    /// list where its slot is another's. `None`: the member at its slot in
+    /// its durable list (or the genesis).
+    pub member: Option<(crate::membership::MemberId, crate::membership::Epoch)>,
     /// A deliberate bug for the simulator's self-test.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -283,6 +291,7 @@ impl Config {
             checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
             boot_nonce: 0,
+            member: None,
             #[cfg(feature = "mutations")]
             mutation: Mutation::None,
         }

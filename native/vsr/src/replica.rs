@@ -425,15 +425,31 @@ impl Replica {
             return Err("a learner restarts as a new learner (Replica::learner), with a new life".into());
         }
         let membership = state.membership.unwrap_or(config.genesis);
-        let me = match membership.member(index) {
-            Some(&me) => me,
+        let listed = membership.member(index).copied();
+        let me = match (config.member, listed) {
+            // The host names it: the member at its slot must be it, or, if
+            // it was left out (leaving, removed), its slot may be another's.
+            (Some((id, joined)), Some(m)) if m.id == id && m.joined == joined => m,
+            (Some((id, joined)), _) if state.role != Role::Member => crate::membership::Member {
+                slot: index,
+                id,
+                joined,
+                incarnation: 0,
+                life: 0,
+            },
+            (Some((id, _)), _) => {
+                return Err(format!(
+                    "member {id:#x} is not in its durable list at slot {index}: another store's state"
+                ))
+            }
+            (None, Some(m)) => m,
             // Left out of its epoch, it restarts leaving (or removed), as
-            // the member it was: until learners exist (membership design,
-            // step 8) every replica is a member of the genesis.
-            None if state.role != Role::Member && config.genesis.contains(index) => {
+            // the genesis member at its slot (a host that added it names
+            // it: `Config::member`).
+            (None, None) if state.role != Role::Member && config.genesis.contains(index) => {
                 *config.genesis.member(index).expect("contained")
             }
-            None => {
+            (None, None) => {
                 return Err(format!(
                     "replica index {index} outside a cluster of {}",
                     membership.n()

@@ -206,6 +206,13 @@ impl<D: Disk> Host<D> {
         if let Some(bytes) = options.compaction_bytes {
             store.set_compaction_bytes(bytes);
         }
+        // The store names the member it belongs to: a restart is that one,
+        // whatever its durable list holds at its slot.
+        let identity = &store.superblock().identity;
+        let config = Config {
+            member: Some((identity.member, identity.joined)),
+            ..config
+        };
         match Host::start(config, index, &mut store, opened, recover, nonce, known) {
             Ok((replica, outputs, notice)) => Ok(Host::new(replica, Some(store), outputs, vec![notice])),
             Err(error) => Err(Unbooted {

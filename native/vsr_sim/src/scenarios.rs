@@ -3536,8 +3536,12 @@ pub fn leaving_replica_restarts_as_its_slots_new_owner(options: Options) -> Resu
         sim.network.set_link(3, peer, true);
         sim.network.set_link(peer, 3, true);
     }
-    sim.run_until(PHASE_TICKS, "replica 3 leaves in epoch 2", |s| {
-        s.replica(3).membership().epoch() == 2 && s.replica(3).role() == Role::Leaving
+    // Since, a leaving replica stops on the first message of the epoch
+    // after the one it left, so it may never reach epoch 2 by the log
+    // (by a checkpoint of epoch 2 it still can): whichever it reached, its
+    // restart must be itself.
+    sim.run_until(PHASE_TICKS, "replica 3 leaves", |s| {
+        s.replica(3).role() != Role::Member
     })?;
     sim.crash(3);
     sim.restart(3);

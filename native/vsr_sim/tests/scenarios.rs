@@ -455,13 +455,11 @@ fn member_that_missed_the_entry_but_heard_its_commit_enters() {
 }
 
 #[test]
-#[ignore = "review break: a member a change added cannot restart from disk once a later change leaves it out"]
 fn added_member_restarts_leaving() {
     scenarios::added_member_restarts_leaving(options(3, 1)).unwrap();
 }
 
 #[test]
-#[ignore = "review break: a leaving replica restarted from disk takes the identity of its slot's new owner"]
 fn leaving_replica_restarts_as_its_slots_new_owner() {
     scenarios::leaving_replica_restarts_as_its_slots_new_owner(options(4, 1)).unwrap();
 }
