@@ -823,6 +823,11 @@ impl Replica {
                     return self.recover_in(*membership);
                 }
             }
+            if let Message::EpochNotice { membership, .. } = &message {
+                if self.newer_list.is_none_or(|l| l.epoch() < membership.epoch()) {
+                    self.newer_list = Some(*membership);
+                }
+            }
             // This replica is behind: it goes on in its own epoch (which
             // may still have to commit the entry) until it enters, and
             // fetches the committed log that gets it there.
@@ -948,16 +953,35 @@ impl Replica {
             return;
         }
         self.last_start_epoch_request = Some(self.ticks);
-        self.asked_across = Some((sender.slot, sender.id));
+        // A fresh question goes to the newer list's members in turn, once
+        // one of them told it the list: the sender that woke it may be
+        // one that cannot serve (a member recovering in the newer epoch
+        // broadcasts every few ticks, and would win every time: review 9,
+        // `replica_behind_asks_past_a_recovering_sender`). The rest of an
+        // answer comes from the one that is serving it.
+        let (slot, id, epoch) = match self
+            .newer_list
+            .filter(|l| !more && l.epoch() > self.membership.epoch())
+        {
+            Some(list) => {
+                let others: Vec<&crate::membership::Member> = list
+                    .members()
+                    .iter()
+                    .filter(|m| m.slot != self.index || m.id != self.id)
+                    .collect();
+                if others.is_empty() {
+                    (sender.slot, sender.id, sender.epoch)
+                } else {
+                    self.start_epoch_turn = self.start_epoch_turn.wrapping_add(1);
+                    let m = others[(self.start_epoch_turn % others.len() as u64) as usize];
+                    (m.slot, m.id, list.epoch())
+                }
+            }
+            None => (sender.slot, sender.id, sender.epoch),
+        };
+        self.asked_across = Some((slot, id));
         let from = self.epoch_staging.as_ref().map_or(self.commit_min, |s| s.end().0);
-        self.send_to(
-            sender.slot,
-            sender.id,
-            &Message::RequestStartEpoch {
-                epoch: sender.epoch,
-                from,
-            },
-        );
+        self.send_to(slot, id, &Message::RequestStartEpoch { epoch, from });
     }
 
     /// Whether `sender`, of a newer epoch, sends what this replica asked

@@ -358,6 +358,11 @@ pub struct Replica {
     pub(crate) asked_across: Option<(Slot, MemberId)>,
     /// Committed entries fetched from a newer epoch, not yet installed.
     pub(crate) epoch_staging: Option<crate::reconfig::EpochStaging>,
+    /// The newest list a member of a newer epoch told this replica of
+    /// (`EpochNotice`), whose members it asks in turn for what it missed.
+    pub(crate) newer_list: Option<Membership>,
+    /// Which of them it asks next.
+    pub(crate) start_epoch_turn: u64,
     /// A replica started as a learner: the life of this start (never 0),
     /// recorded by the primary in the entry that admits it. 0 for one
     /// started as a member.
@@ -546,6 +551,8 @@ impl Replica {
             last_start_epoch_request: None,
             asked_across: None,
             epoch_staging: None,
+            newer_list: None,
+            start_epoch_turn: 0,
             life: 0,
             learn_target: None,
             learners: Vec::new(),

@@ -475,7 +475,6 @@ fn leaving_replica_catches_up_by_checkpoint() {
 }
 
 #[test]
-#[ignore = "review break: a replica behind asks only the newer-epoch sender it hears first, and locks onto a recovering one"]
 fn replica_behind_asks_past_a_recovering_sender() {
     scenarios::replica_behind_asks_past_a_recovering_sender(amnesiac(options(4, 1))).unwrap();
 }
