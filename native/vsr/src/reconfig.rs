@@ -1160,15 +1160,19 @@ impl Replica {
     /// What always holds of membership changes at one replica (checked
     /// with the other invariants, `invariants.rs`).
     pub(crate) fn check_reconfiguration(&self) -> Result<(), String> {
-        // At most one reconfiguration entry above what was executed, and it
-        // is the log's head.
+        // At most one reconfiguration entry of an epoch not yet entered
+        // above what was executed, and it is the log's head. (One of an
+        // epoch entered may lie below: a replica that recovered into a
+        // newer epoch and restarted from disk holds the newer epoch's log,
+        // entry included, before it has re-executed it: review 9.)
         let head = self.log.op();
+        let epoch = self.membership.epoch();
         for op in (self.commit_min + 1)..head {
-            if self
-                .log
-                .get(op)
-                .is_some_and(|e| e.requests.iter().any(Request::is_reconfiguration))
-            {
+            if self.log.get(op).is_some_and(|e| {
+                e.requests
+                    .iter()
+                    .any(|r| r.reconfiguration().is_some_and(|t| t.epoch() > epoch))
+            }) {
                 return Err(format!(
                     "a reconfiguration entry at op {op} below the log's head {head}, unexecuted"
                 ));

@@ -480,7 +480,6 @@ fn replica_behind_asks_past_a_recovering_sender() {
 }
 
 #[test]
-#[ignore = "review break: a member recovered in a later epoch restarts from disk with an older entry unexecuted below its head"]
 fn member_recovered_in_a_later_epoch_restarts_from_disk() {
     scenarios::member_recovered_in_a_later_epoch_restarts_from_disk(options(4, 1)).unwrap();
 }
