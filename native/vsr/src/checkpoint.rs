@@ -1040,15 +1040,12 @@ impl Replica {
         let Some(table) = ClientTable::decode(self.config.client_table_max, &checkpoint.clients) else {
             return;
         };
-        if checkpoint.epoch() < self.executed_membership.epoch() {
-            // Of an epoch whose successor's entry this replica executed
-            // (or installed past): its op is below what it executed. (Its
-            // live list may be newer than what it executed, for a learner
-            // or a replica recovering into a newer epoch: such a one
-            // installs an older epoch's checkpoint and executes on from
-            // there; `vopr --membership` seed 25.)
-            return;
-        }
+        // A checkpoint of an older epoch than this replica's live list is
+        // installed like any other above its sync floor: a learner, or a
+        // replica recovering into a newer epoch, executes on from there
+        // (`vopr --membership` seed 25), and a diverged replica that
+        // entered the newer epoch by its commit heals from it (review 9).
+        // One below what this replica executed is below the floor.
         // A checkpoint of a newer epoch (fetched from a replica of that
         // epoch, `serve_start_epoch`) is entered with it, below. Where the
         // epoch began is known only if the checkpoint is at that very

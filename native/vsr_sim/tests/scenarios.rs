@@ -437,7 +437,6 @@ fn amnesiac_member_recovers_in_a_later_epoch_past_the_log_base() {
 }
 
 #[test]
-#[ignore = "review break: a diverged member that entered the next epoch refuses the vouched older-epoch checkpoint"]
 fn diverged_member_heals_after_entering_the_next_epoch() {
     scenarios::diverged_member_heals_after_entering_the_next_epoch(options(4, 1)).unwrap();
 }
