@@ -321,6 +321,10 @@ impl Replica {
     /// A learner's timers: it asks for what it lacks, and campaigns for
     /// nothing.
     pub(crate) fn tick_learner(&mut self) {
+        // A state sync goes on whether or not a primary teaches it (one
+        // restarted after its change committed catches up across epochs,
+        // a checkpoint first: `vopr --membership` seed 54).
+        self.tick_sync();
         if self.learn_target.is_none() {
             return;
         }
@@ -329,7 +333,6 @@ impl Replica {
         } else {
             self.request_start_view(self.view);
         }
-        self.tick_sync();
     }
 
     /// A replica restarted from its disk whose store was created for a

@@ -709,6 +709,9 @@ impl Replica {
     // ---- Leaving ---------------------------------------------------------
 
     pub(crate) fn tick_leaving(&mut self) {
+        // A leaving replica catching up by a checkpoint keeps asking for
+        // its chunks (review 9).
+        self.tick_sync();
         if self.ticks >= self.last_resend_tick.saturating_add(self.config.resend_ticks) {
             self.tick_leaving_now();
         }
