@@ -56,7 +56,8 @@ soak:
 
 # Three local nodes run the README's Cache; the primary's node is SIGKILLed,
 # a new primary takes over with the state intact, and the killed node is
-# restarted, rejoins and catches up (scripts/demo.exs).
+# restarted, rejoins and catches up; then a member lost for good is
+# replaced by a new node through a membership change (scripts/demo.exs).
 demo: deps
 	mix run scripts/demo.exs
 

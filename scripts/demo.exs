@@ -1,6 +1,8 @@
 # `make demo`: three local nodes run the README's Cache (examples/cache.ex);
 # the primary's node is killed with SIGKILL; a new primary takes over with
-# the state intact; the killed node is restarted, rejoins and catches up.
+# the state intact; the killed node is restarted, rejoins and catches up;
+# then another node is lost for good and a new node, d, replaces it through
+# a membership change.
 #
 #     mix run scripts/demo.exs
 helpers = Code.require_file("local_cluster.exs", __DIR__)
@@ -128,9 +130,46 @@ Demo.show(
 
 Demo.print_status(restarted)
 
+Demo.say("A new machine, d, joins as a spare: it runs the group's module but is no member")
+
+d = LocalCluster.restart_node("d", nodes, :error)
+:ok = LocalCluster.load_modules([d], [helpers])
+{:ok, _} = :erpc.call(d, LocalCluster, :start_group_here, [Cache, [nodes: nodes]])
+LocalCluster.wait_until(fn -> LocalCluster.status(d, Cache).status == :spare end, 15_000)
+Demo.show("on d: Cache.status().status", LocalCluster.status(d, Cache).status)
+
+gone = s2
+kept = nodes -- [gone]
+
 Demo.say(
-  "Done. Memory mode survives any minority of nodes losing their memory, one after " <>
-    "another or overlapping, as long as a majority stays up (docs/operations.md)."
+  "Losing #{Demo.short(gone)} for good (SIGKILL, never restarted), and replacing it by d: " <>
+    "d catches up as a learner, then the change commits through the log"
 )
 
-for n <- nodes, do: :erpc.call(n, :init, :stop, [])
+os_pid = LocalCluster.kill(gone)
+IO.puts("    kill -9 #{os_pid}: node #{gone} is gone")
+started = System.monotonic_time(:millisecond)
+
+Demo.show(
+  "on #{Demo.short(hd(kept))}: Visor.reconfigure(Cache, {:replace, #{Demo.short(gone)}, d})",
+  :erpc.call(hd(kept), Visor, :reconfigure, [Cache, {:replace, gone, d}], 60_000)
+)
+
+IO.puts("    answered #{System.monotonic_time(:millisecond) - started} ms after it was asked")
+LocalCluster.wait_until(fn -> LocalCluster.status(d, Cache).status == :normal end, 15_000)
+
+Demo.show(
+  "on d: Cache.commit({:add, %{user5: ...}})",
+  Demo.on(d, :commit, [{:add, %{user5: %{email: "advisor5@example.com"}}}])
+)
+
+Demo.show("on d: Cache.get(consistency: :local)", Demo.on(d, :get, [[consistency: :local]]))
+Demo.print_status(d)
+
+Demo.say(
+  "Done. Memory mode survives any minority of nodes losing their memory, one after " <>
+    "another or overlapping, as long as a majority stays up; a node lost for good is " <>
+    "replaced through the log, and the group tolerates a failure again (docs/operations.md)."
+)
+
+for n <- kept ++ [d], do: :erpc.call(n, :init, :stop, [])
