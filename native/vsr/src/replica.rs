@@ -585,8 +585,35 @@ impl Replica {
         replica.replaying = true;
         replica.execute_committed();
         replica.replaying = false;
+        replica.drop_entries_of_an_unentered_epoch();
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
+    }
+
+    /// After a restart's replay: entries after a reconfiguration entry of
+    /// an epoch this replica has not entered (it is above what it
+    /// executed) belong to that epoch, and came from its members while
+    /// the entering's durable write was not yet durable (the crash kept
+    /// the log's records but not the superblock's). Nothing of that epoch
+    /// was sent (persist, then send), so nobody counted them; kept, the
+    /// old epoch's view change could adopt them, and prepare after its own
+    /// entry (`vopr --membership` seeds 822 and 899). They go.
+    fn drop_entries_of_an_unentered_epoch(&mut self) {
+        let epoch = self.membership.epoch();
+        let entry = ((self.commit_min + 1)..self.log.op()).find(|&op| {
+            self.log
+                .get(op)
+                .and_then(|e| e.reconfiguration())
+                .is_some_and(|t| t.epoch() > epoch)
+        });
+        if let Some(op) = entry {
+            self.log.truncate_after(op);
+            self.commit_max = self.commit_max.min(op);
+            self.out.push(Output::WriteLog {
+                after: op,
+                entries: Vec::new(),
+            });
+        }
     }
 
     /// Feeds one input; returns what the host must do, in order.

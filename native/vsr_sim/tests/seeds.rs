@@ -140,12 +140,19 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
 /// differed from the quorum's); 92 (a recovering replica left out of the
 /// newer epoch it heard of kept an acknowledgement for its own slot); 25
 /// (a replica recovering into a newer epoch refused the older epoch's
-/// checkpoint it needed).
+/// checkpoint it needed); 822 and 899 (a replica restarted from its disk
+/// in the old epoch kept entries of the new one after the
+/// reconfiguration entry: the crash kept the log's records, not the
+/// superblock's).
 #[test]
 fn membership_seeds_that_failed_once() {
-    check([3, 25, 54, 69, 92, 146, 168].into_iter().filter_map(|seed| {
-        let mut options = Options::from_seed(seed);
-        options.membership_changes = true;
-        Simulator::new(options).run().err()
-    }));
+    check(
+        [3, 25, 54, 69, 92, 146, 168, 822, 899]
+            .into_iter()
+            .filter_map(|seed| {
+                let mut options = Options::from_seed(seed);
+                options.membership_changes = true;
+                Simulator::new(options).run().err()
+            }),
+    );
 }
