@@ -49,7 +49,8 @@ elixir-test: deps
 	  echo "==> FLAKY: the tests just run failed once and then passed (listed above under 'the suite's failures'): fix them"; \
 	}
 
-# VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back.
+# VOPR_FLAGS=--dead-minority: up to n - quorum replicas never come back;
+# VOPR_FLAGS=--membership: random membership changes while the faults run.
 # The soak profile (Cargo.toml) is release with whole-program optimization.
 soak:
 	cargo run --profile soak -p vsr_sim --bin vopr -- --seeds $(SEEDS) $(VOPR_FLAGS)
