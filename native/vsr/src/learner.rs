@@ -274,48 +274,18 @@ impl Replica {
         self.send_to(from, sender.id, &Message::Learning { view, life });
     }
 
-    /// A learner takes only its primary's log: prepares, commits, the
-    /// view's log and checkpoint chunks.
-    pub(crate) fn on_message_as_learner(&mut self, from: Slot, message: Message) {
-        if self.learn_target.is_none() {
-            return;
-        }
-        match message {
-            Message::Prepare {
-                view,
-                commit,
-                entry,
-                checkpoint,
-            } => {
-                self.vouch(checkpoint);
-                self.on_prepare(from, view, commit, entry)
-            }
-            Message::Commit {
-                view,
-                commit,
-                round,
-                checkpoint,
-            } => {
-                self.vouch(checkpoint);
-                self.on_commit(from, view, commit, round)
-            }
-            Message::StartView {
-                view,
-                op,
-                commit,
-                from: base,
-                from_checksum,
-                entries,
-            } => self.on_start_view(from, view, op, commit, base, from_checksum, entries),
-            Message::CheckpointChunk {
-                op,
-                digest,
-                total,
-                offset,
-                bytes,
-            } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
-            _ => {}
-        }
+    /// A learner takes only its primary's log, once a primary teaches it:
+    /// prepares, commits, the view's log and checkpoint chunks (each
+    /// handled as a backup handles it, from the view's primary only).
+    pub(crate) fn learner_takes(&self, message: &Message) -> bool {
+        self.learn_target.is_some()
+            && matches!(
+                message,
+                Message::Prepare { .. }
+                    | Message::Commit { .. }
+                    | Message::StartView { .. }
+                    | Message::CheckpointChunk { .. }
+            )
     }
 
     /// A learner's timers: it asks for what it lacks, and campaigns for

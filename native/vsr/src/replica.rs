@@ -877,10 +877,10 @@ impl Replica {
         if self.is_diverged() && matches!(message, Message::Request { .. }) {
             return; // it leads nothing: the origin retries towards another
         }
-        if self.role == Role::Learner {
-            return self.on_message_as_learner(from, message);
+        if self.role == Role::Learner && !self.learner_takes(&message) {
+            return;
         }
-        if self.role != Role::Member {
+        if self.role != Role::Member && self.role != Role::Learner {
             // A leaving replica takes part in nothing: it waits for the
             // new members to say they entered.
             if let Message::EpochStarted { epoch } = message {
