@@ -173,7 +173,10 @@ impl Replica {
             } => return self.on_learn(from, sender, membership, *target, view),
             message => message,
         };
-        let listed = sender.epoch == self.membership.epoch()
+        // Its own slot is itself: another node there (an earlier owner, or
+        // a later one as this replica's list sees it) is a stranger.
+        let listed = from != self.index
+            && sender.epoch == self.membership.epoch()
             && self
                 .membership
                 .member(from)

@@ -1615,6 +1615,13 @@ impl Replica {
                 if pending.is_some_and(|p| p.request <= request.request) {
                     self.pending.remove(&request.client);
                 }
+                if *outcome == (Outcome::Duplicate { op: 0 }) {
+                    // A request older than its client's latest, prepared a
+                    // second time from a queue kept across a change of
+                    // epoch: its caller had its answer long ago, and this
+                    // one would name no op (`vopr --membership` seed 836).
+                    continue;
+                }
                 let reply_op = match outcome {
                     Outcome::Duplicate { op } => *op,
                     _ => op,
