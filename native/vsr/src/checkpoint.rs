@@ -762,6 +762,12 @@ impl Replica {
         if self.mutated(Mutation::UnpinnedSync) {
             return;
         }
+        if to == self.index {
+            // Another node at its own slot (an earlier owner catching up
+            // to leave): served, but pins are kept by slot, and this one is
+            // its own (`vopr --membership` seeds 149, 941).
+            return;
+        }
         self.checkpoints.pins[to as usize] = Some(Pin {
             held: held.clone(),
             floor: held.checkpoint.op,
