@@ -1456,12 +1456,13 @@ impl Simulator {
         let mut ahead = self.clock_ahead_max_ns.clone();
         if self.options.membership_changes {
             // Lists of 3 to 5 come and go: the clocks of nodes that were
-            // members, and the most any of them outvotes (two, of five).
+            // members, and the fewest any list outvotes (one: the bound is
+            // the furthest ahead but one, the most lenient of theirs).
             ahead = (0..n)
                 .filter(|&r| !self.nodes[r].learner)
                 .map(|r| self.clock_ahead_max_ns[r])
                 .collect();
-            outvoted = 2.min(ahead.len() - 1);
+            outvoted = 1.min(ahead.len() - 1);
         }
         ahead.sort_unstable_by(|a, b| b.cmp(a));
         let ahead_ns = ahead[outvoted];
