@@ -194,7 +194,7 @@ defmodule Visor.DiskTest do
              ~s(holds group "Elixir.Visor.Test.Counter")
 
     assert refusal(b, Counter, nodes: nodes, storage: :disk, data_dir: Path.join(tmp, "copy")) =~
-             "belongs to replica #{Enum.find_index(Enum.sort(nodes), &(&1 == a))} (#{a})"
+             "belongs to member #{Enum.find_index(Enum.sort(nodes), &(&1 == a))} (#{inspect(a)})"
 
     # Nothing was written to any store.
     assert snapshot(tmp) == files
