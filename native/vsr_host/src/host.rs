@@ -20,6 +20,34 @@ fn fresh(
     }
 }
 
+/// Runs a boot, turning a panic into a boot that failed (the disk, if it
+/// was taken, is lost with the panic).
+fn guarded<D: Disk>(boot: impl FnOnce() -> Result<Host<D>, Unbooted<D>>) -> Result<Host<D>, Unbooted<D>> {
+    catch_panic(boot).unwrap_or_else(|bug| {
+        Err(Unbooted {
+            error: bug.into(),
+            disk: None,
+        })
+    })
+}
+
+/// Opens (or creates, as `creation` says) the store `options` describe,
+/// handing the disk back if it cannot.
+fn open_store<D: Disk>(
+    options: StoreOptions<D>,
+    creation: Creation,
+) -> Result<(Store<D>, Opened), Unbooted<D>> {
+    let (mut store, opened) = Store::open_with(options.disk, options.identity, options.meta, creation)
+        .map_err(|unopened| Unbooted {
+            error: BootError::Store(unopened.error),
+            disk: Some(unopened.disk),
+        })?;
+    if let Some(bytes) = options.compaction_bytes {
+        store.set_compaction_bytes(bytes);
+    }
+    Ok((store, opened))
+}
+
 /// Disk mode: the disk a replica's store is on, and what a new store there
 /// records.
 pub struct StoreOptions<D: Disk> {
@@ -103,14 +131,7 @@ impl<D: Disk> Host<D> {
         nonce: u128,
         known: Option<vsr::Membership>,
     ) -> Result<Host<D>, Unbooted<D>> {
-        catch_panic(|| Host::boot_unguarded(config, index, store, recover, nonce, known)).unwrap_or_else(
-            |bug| {
-                Err(Unbooted {
-                    error: bug.into(),
-                    disk: None,
-                })
-            },
-        )
+        guarded(|| Host::boot_unguarded(config, index, store, recover, nonce, known))
     }
 
     /// Builds a learner (docs/design/membership.md, 2.5): member `id` in
@@ -128,14 +149,7 @@ impl<D: Disk> Host<D> {
         life: u64,
         store: Option<StoreOptions<D>>,
     ) -> Result<Host<D>, Unbooted<D>> {
-        catch_panic(|| Host::boot_learner_unguarded(config, index, id, joined, life, store)).unwrap_or_else(
-            |bug| {
-                Err(Unbooted {
-                    error: bug.into(),
-                    disk: None,
-                })
-            },
-        )
+        guarded(|| Host::boot_learner_unguarded(config, index, id, joined, life, store))
     }
 
     fn boot_learner_unguarded(
@@ -151,20 +165,7 @@ impl<D: Disk> Host<D> {
             let replica = learner(config).map_err(|error| Unbooted { error, disk: None })?;
             return Ok(Host::new(replica, None, Vec::new(), Vec::new()));
         };
-        let (store, opened) = Store::open_with(
-            options.disk,
-            options.identity,
-            options.meta,
-            Creation::Learner { life },
-        )
-        .map_err(|unopened| Unbooted {
-            error: BootError::Store(unopened.error),
-            disk: Some(unopened.disk),
-        })?;
-        let mut store = store;
-        if let Some(bytes) = options.compaction_bytes {
-            store.set_compaction_bytes(bytes);
-        }
+        let (store, opened) = open_store(options, Creation::Learner { life })?;
         let booted = match opened {
             Opened::Created { .. } => learner(config).map(|replica| (replica, StorageNotice::Created)),
             _ => Err(BootError::Bug(
@@ -198,14 +199,7 @@ impl<D: Disk> Host<D> {
         } else {
             Creation::Fresh
         };
-        let (mut store, opened) = Store::open_with(options.disk, options.identity, options.meta, creation)
-            .map_err(|unopened| Unbooted {
-                error: BootError::Store(unopened.error),
-                disk: Some(unopened.disk),
-            })?;
-        if let Some(bytes) = options.compaction_bytes {
-            store.set_compaction_bytes(bytes);
-        }
+        let (mut store, opened) = open_store(options, creation)?;
         // The store names the member it belongs to: a restart is that one,
         // whatever its durable list holds at its slot.
         let identity = &store.superblock().identity;
