@@ -56,6 +56,74 @@ defmodule Visor.Test.Load do
     end
   end
 
+  @doc """
+  Spawns `per_node` callers of `module` on each of `nodes` (numbered from
+  `first`), reporting here; returns `%{node => pids}`.
+  """
+  def spawn_load(nodes, module, per_node, opts, first) do
+    for n <- nodes, into: %{} do
+      {n, :erpc.call(n, __MODULE__, :spawn_callers, [module, per_node, self(), opts, first])}
+    end
+  end
+
+  @doc """
+  Collects reports until there are `target` acknowledgements: `{acks,
+  failed}`. Only callers on the nodes in `may_fail` may report a failure
+  (else the test fails); the test fails after 20 s without progress.
+  """
+  def collect(acks, target, may_fail, failed \\ [])
+
+  def collect(acks, target, _may_fail, failed) when map_size(acks) >= target,
+    do: {acks, failed}
+
+  def collect(acks, target, may_fail, failed) do
+    import ExUnit.Assertions
+
+    receive do
+      {:acked, id, count} ->
+        collect(Map.put(acks, id, count), target, may_fail, failed)
+
+      {:failed, {{n, _}, _} = id, reason} ->
+        assert n in may_fail, "commit #{inspect(id)} failed: #{inspect(reason)}"
+        collect(acks, target, may_fail, [{id, reason} | failed])
+    after
+      20_000 -> flunk("no progress: #{map_size(acks)} of #{target} acknowledgements")
+    end
+  end
+
+  @doc """
+  Stops the `per_node` callers on each of `nodes` (`callers`: as
+  `spawn_load/5` returns; each reports its last sequence number after its
+  last outcome, so then every outcome is in the mailbox) and returns the
+  acknowledgements.
+  """
+  def stop_callers(nodes, callers, acks, per_node) do
+    import ExUnit.Assertions
+    for n <- nodes, do: :erpc.call(n, __MODULE__, :stop, [callers[n]])
+
+    for _ <- 1..(length(nodes) * per_node) do
+      assert_receive {:stopped, _caller, _last}, 30_000
+    end
+
+    {acks, _failed} = drain(acks, [])
+    acks
+  end
+
+  @doc """
+  The callers on the nodes `up` stop; every acknowledged increment is in
+  the survivors' `module` state exactly once, and the members among `up`
+  all converge on it.
+  """
+  def finish(up, module, acks, callers, per_node) do
+    alias Visor.Test.Cluster
+    acks = stop_callers(up, callers, acks, per_node)
+    survivor = Enum.find(up, &(Cluster.status(&1, module).role in [:primary, :backup]))
+    final = :erpc.call(survivor, module, :get, [])
+    assert_exactly_once(final, acks)
+    members = Cluster.status(survivor, module).members
+    Cluster.converged(Enum.filter(members, &(&1 in up)), module, final, 10_000)
+  end
+
   @doc "Takes every report already in the mailbox: `{acks, failed}`."
   def drain(acks, failed) do
     receive do

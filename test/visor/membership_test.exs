@@ -10,7 +10,7 @@ defmodule Visor.MembershipTest do
   use ExUnit.Case, async: false
 
   alias Visor.Test.{Cluster, Counter, Load}
-  import Load, only: [drain: 2, assert_exactly_once: 2]
+  import Load, only: [assert_exactly_once: 2]
 
   @callers_per_node 2
   @commit_opts [timeout: 20_000]
@@ -146,63 +146,13 @@ defmodule Visor.MembershipTest do
     {keep, left_out, acks, callers}
   end
 
-  defp spawn_load(nodes, first) do
-    for n <- nodes, into: %{} do
-      pids =
-        :erpc.call(n, Load, :spawn_callers, [
-          Counter,
-          @callers_per_node,
-          self(),
-          @commit_opts,
-          first
-        ])
+  defp spawn_load(nodes, first),
+    do: Load.spawn_load(nodes, Counter, @callers_per_node, @commit_opts, first)
 
-      {n, pids}
-    end
-  end
+  defp collect(acks, target, may_fail), do: Load.collect(acks, target, may_fail)
 
-  # Acknowledgements until `target`; failures are kept, and only callers
-  # on the nodes in `may_fail` may have any (else the test fails).
-  defp collect(acks, target, may_fail, failed \\ [])
+  defp stop_callers(nodes, callers, acks),
+    do: Load.stop_callers(nodes, callers, acks, @callers_per_node)
 
-  defp collect(acks, target, _may_fail, failed) when map_size(acks) >= target,
-    do: {acks, failed}
-
-  defp collect(acks, target, may_fail, failed) do
-    receive do
-      {:acked, id, count} ->
-        collect(Map.put(acks, id, count), target, may_fail, failed)
-
-      {:failed, {{n, _}, _} = id, reason} ->
-        assert n in may_fail, "commit #{inspect(id)} failed: #{inspect(reason)}"
-        collect(acks, target, may_fail, [{id, reason} | failed])
-    after
-      20_000 -> flunk("no progress: #{map_size(acks)} of #{target} acknowledgements")
-    end
-  end
-
-  # Stops the callers on `nodes` (each reports its last sequence number
-  # after its last outcome, so then every outcome is in the mailbox) and
-  # returns the acknowledgements.
-  defp stop_callers(nodes, callers, acks) do
-    for n <- nodes, do: :erpc.call(n, Load, :stop, [callers[n]])
-
-    for _ <- 1..(length(nodes) * @callers_per_node) do
-      assert_receive {:stopped, _caller, _last}, 30_000
-    end
-
-    {acks, _failed} = drain(acks, [])
-    acks
-  end
-
-  # The callers on the nodes still up stop; every acknowledged increment
-  # is in the survivors' state exactly once, and they all converge on it.
-  defp finish(up, acks, callers) do
-    acks = stop_callers(up, callers, acks)
-    survivor = Enum.find(up, &(Cluster.status(&1, Counter).role in [:primary, :backup]))
-    final = :erpc.call(survivor, Counter, :get, [])
-    assert_exactly_once(final, acks)
-    members = Cluster.status(survivor, Counter).members
-    Cluster.converged(Enum.filter(members, &(&1 in up)), Counter, final, 10_000)
-  end
+  defp finish(up, acks, callers), do: Load.finish(up, Counter, acks, callers, @callers_per_node)
 end
