@@ -170,14 +170,13 @@ impl Replica {
     /// Whether every new member of `target` runs a life this primary
     /// heard, was heard lately, and holds the log up to the commit number.
     pub(crate) fn learners_caught_up(&self, target: &Membership) -> bool {
-        let learners = self.learners.clone();
         target
             .members()
             .iter()
             .filter(|m| !self.membership.contains(m.slot))
             .all(|m| {
                 let s = m.slot as usize;
-                learners.contains(&(m.slot, m.id, m.joined))
+                self.learners.contains(&(m.slot, m.id, m.joined))
                     && self.learner_lives[s] != 0
                     && self.acked[s] >= self.commit_max
                     && self.heard_lately(m.slot)
