@@ -60,6 +60,9 @@ struct Packet {
     bytes: Vec<u8>,
 }
 
+/// Picks packets by their bytes (`Network::lose`).
+pub type Picks = Box<dyn Fn(&[u8]) -> bool>;
+
 /// Packets in flight, ordered by delivery time (ties by send order).
 pub struct Network {
     pub options: NetworkOptions,
@@ -71,6 +74,9 @@ pub struct Network {
     /// until [`Network::release`], to delay one past an event.
     held: [[bool; MAX_SLOTS]; MAX_SLOTS],
     holding: Vec<Packet>,
+    /// Packets a scripted scenario loses on arrival, by link and content
+    /// (say, only the acknowledgements on one link).
+    losing: Vec<(Slot, Slot, Picks)>,
     pub delivered: u64,
     pub dropped: u64,
 }
@@ -84,6 +90,7 @@ impl Network {
             up: [[true; MAX_SLOTS]; MAX_SLOTS],
             held: [[false; MAX_SLOTS]; MAX_SLOTS],
             holding: Vec::new(),
+            losing: Vec::new(),
             delivered: 0,
             dropped: 0,
         }
@@ -144,7 +151,11 @@ impl Network {
                 self.holding.push(packet);
                 continue;
             }
-            if self.link(packet.from, packet.to) {
+            let lost = self
+                .losing
+                .iter()
+                .any(|(from, to, lose)| *from == packet.from && *to == packet.to && lose(&packet.bytes));
+            if self.link(packet.from, packet.to) && !lost {
                 self.delivered += 1;
                 return Some((packet.from, packet.to, packet.bytes));
             }
@@ -175,6 +186,17 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// Loses, from now on, every packet from `from` to `to` that `lose`
+    /// picks, as it arrives (until [`Network::stop_losing`]).
+    pub fn lose(&mut self, from: Slot, to: Slot, lose: Picks) {
+        self.losing.push((from, to, lose));
+    }
+
+    /// Ends every [`Network::lose`].
+    pub fn stop_losing(&mut self) {
+        self.losing.clear();
     }
 
     /// Holds back every packet from `from` to `to` until released.

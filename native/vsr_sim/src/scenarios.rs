@@ -3723,3 +3723,130 @@ pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) ->
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// Review 10's hazard, the fence per epoch (design 2.10). Epoch 0 =
+/// {A, B, C}; A, its primary, commits the entry of epoch 1 = {A, D, E}
+/// with B's acknowledgement, but neither B nor C hears that it committed
+/// (A's and the new members' packets to them are lost); they start view 1
+/// of epoch 0 under B, whose acknowledgements from C are lost, so the
+/// entry stays uncommitted there. In epoch 1, A follows D's view 1 and
+/// acknowledges op Y; D's prepare of Y never reaches E, and A's
+/// acknowledgement is held. A crashes; its acknowledgement reaches D,
+/// which commits Y (D and A held it) and replies. D is cut off.
+///
+/// A comes back without its state, its host knowing only epoch 0: it
+/// recovers there among B and C (incarnation 1, fenced by them alone),
+/// acknowledges the entry in B's view, and enters epoch 1 by it. Neither
+/// D nor E ever installed incarnation 1. Taking part at once, A and E
+/// would start a view without Y, which D committed: the entry records A
+/// at incarnation 0, so A must fence in epoch 1 first, which needs D.
+pub fn member_recovered_in_the_old_epoch_fences_in_the_new(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let (a, b, c) = (0, 1, 2);
+    register_all(&mut sim, a)?;
+    commit(&mut sim, 0, a)?;
+    let genesis = *sim.replica(b).membership();
+    let ids = [0, NEW, NEW + 1];
+    let learners = sim.start_learners(a, &ids)?;
+    let (d, e) = (learners[0], learners[1]);
+    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(a).consent().is_some()
+    })?;
+    let entry = sim.replica(a).op();
+    sim.run_until(PHASE_TICKS, "B holds the entry", |s| s.replica(b).op() == entry)?;
+    // Nothing more of A, D or E reaches B or C.
+    for from in [a, d, e] {
+        for to in [b, c] {
+            sim.network.set_link(from, to, false);
+        }
+    }
+    // B's and C's acknowledgements never reach each other.
+    let cluster = sim.options.config.wire_cluster();
+    let ack = move |bytes: &[u8]| {
+        matches!(
+            vsr::message::decode(cluster, bytes).map(|d| d.message),
+            Ok(vsr::Message::PrepareOk { .. })
+        )
+    };
+    sim.network.lose(c, b, Box::new(ack));
+    sim.network.lose(b, c, Box::new(ack));
+    sim.run_until(PHASE_TICKS, "A, D and E enter epoch 1", |s| {
+        [a, d, e].iter().all(|&r| s.replica(r).membership().epoch() == 1)
+    })?;
+    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
+        [b, c].iter().all(|&r| {
+            let x = s.replica(r);
+            x.membership().epoch() == 0 && x.view() >= 1 && x.status() == Status::Normal
+        })
+    })?;
+    if sim.replica(b).commit() >= entry || sim.replica(c).commit() >= entry {
+        return Err(failure(&sim, "setup: the entry committed in B's view".into()));
+    }
+    // Epoch 1: D leads view 1, A follows it.
+    for r in [d, e] {
+        sim.network.set_link(a, r, false);
+        sim.network.set_link(r, a, false);
+    }
+    sim.run_until(PHASE_TICKS, "D leads epoch 1's view 1", |s| {
+        [d, e]
+            .iter()
+            .all(|&r| s.replica(r).view() == 1 && s.replica(r).status() == Status::Normal)
+    })?;
+    for r in [d, e] {
+        sim.network.set_link(a, r, true);
+        sim.network.set_link(r, a, true);
+    }
+    sim.run_until(PHASE_TICKS, "A follows view 1", |s| {
+        s.replica(a).view() == 1 && s.replica(a).status() == Status::Normal
+    })?;
+    // Y: prepared at D and A only, A's acknowledgement held.
+    sim.network.hold(d, e);
+    sim.network.hold(a, d);
+    sim.clients[0].home = d;
+    sim.start_request(0)?;
+    let y = sim.replica(d).op();
+    sim.run_until(PHASE_TICKS, "A holds Y", |s| s.replica(a).op() == y)?;
+    sim.crash(a);
+    let mut ack = None;
+    for _ in 0..50 {
+        sim.run_ticks(1)?;
+        ack = ack.or(held_messages(&mut sim, a, d)
+            .into_iter()
+            .find(|(_, _, m)| matches!(m, vsr::Message::PrepareOk { op, .. } if *op == y)));
+    }
+    sim.network.take_held(a, d);
+    let Some((ack, _, _)) = ack else {
+        return Err(failure(&sim, "setup: A never acknowledged Y".into()));
+    };
+    let now = sim.tick;
+    sim.network.deliver(now, a, d, ack);
+    sim.run_until(PHASE_TICKS, "D commits Y", |s| s.clients[0].outstanding.is_none())?;
+    // D is cut off, and E never gets Y.
+    sim.network.take_held(d, e);
+    isolate(&mut sim, d);
+    // A returns knowing only epoch 0.
+    sim.network.set_link(a, b, true);
+    sim.network.set_link(a, c, true);
+    sim.restart_amnesiac_knowing(a, Some(genesis));
+    sim.run_until(PHASE_TICKS, "A enters epoch 1 again", |s| {
+        s.running(a as usize).is_some_and(|x| x.membership().epoch() == 1)
+    })?;
+    // With D away, nothing may commit; E and A must not start a view
+    // without Y. A client asks through E meanwhile.
+    sim.clients[0].home = e;
+    sim.start_request(0)?;
+    sim.run_ticks(PHASE_TICKS)?;
+    if sim.clients[0].outstanding.is_none() {
+        return Err(failure(
+            &sim,
+            "a request committed in epoch 1 without D, which alone holds Y".into(),
+        ));
+    }
+    sim.network.stop_losing();
+    settle(&mut sim)?;
+    if sim.replica(a).durable_state().fenced_epoch != 1 {
+        return Err(failure(&sim, "A took part in epoch 1 without a fence".into()));
+    }
+    Ok(())
+}

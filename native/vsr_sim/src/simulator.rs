@@ -198,6 +198,10 @@ pub struct Simulator {
     /// Changes asked for in random mode (their ids), and the member ids
     /// given to nodes they added.
     changes: u64,
+    /// The list the next boot's host hands its replica instead of the
+    /// newest (`restart_amnesiac_knowing`): a host whose peers told it
+    /// only an older one.
+    known_at_next_boot: Option<Option<vsr::Membership>>,
 }
 
 impl Simulator {
@@ -276,6 +280,7 @@ impl Simulator {
             damaged: vec![false; n],
             in_flight: None,
             changes: 0,
+            known_at_next_boot: None,
             options,
         }
     }
@@ -785,6 +790,15 @@ impl Simulator {
         self.boot(r, disk, true);
     }
 
+    /// [`Simulator::restart_amnesiac`], with a host that knows only
+    /// `known` (`None`: the genesis), however newer the running replicas'
+    /// lists are: the peers it heard from first were behind.
+    pub fn restart_amnesiac_knowing(&mut self, r: Slot, known: Option<vsr::Membership>) {
+        self.known_at_next_boot = Some(known);
+        self.restart_amnesiac(r);
+        self.known_at_next_boot = None;
+    }
+
     /// The replica comes back from its disk, after bit rot if the seed
     /// says so: it re-executes its committed prefix, repairs a damaged
     /// entry, or, if the store says its log cannot be trusted, recovers.
@@ -905,7 +919,10 @@ impl Simulator {
             Host::boot_learner(config, node.slot, node.id, node.joined, life, store)
         } else {
             // What a host learns from its peers: the newest list.
-            let known = self.newest_membership().filter(|m| m.epoch() > 0);
+            let known = self
+                .known_at_next_boot
+                .unwrap_or_else(|| self.newest_membership())
+                .filter(|m| m.epoch() > 0);
             Host::boot_in(config, node.slot, store, recover, nonce, known)
         }
         .map_err(Box::new)?;
