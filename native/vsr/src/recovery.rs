@@ -322,8 +322,22 @@ impl Replica {
         }
     }
 
-    fn on_recovery_response(&mut self, from: Slot, nonce: u128, incarnation: u64) {
+    /// How many others must answer each step of the recovery in
+    /// progress: a quorum of them, or, for a replica that kept its log (a
+    /// fence, design 2.10), `min(quorum, n - 1)`: with two members the
+    /// other is in every quorum. With one there is no one: a lone member
+    /// that must fence stays recovering, since its earlier life may have
+    /// committed alone what its log lacks.
+    fn answers_needed(&self) -> usize {
         let quorum = self.quorum();
+        match &self.recovery {
+            Some(r) if r.kept_log => quorum.min(self.membership.n() - 1),
+            _ => quorum,
+        }
+    }
+
+    fn on_recovery_response(&mut self, from: Slot, nonce: u128, incarnation: u64) {
+        let quorum = self.answers_needed();
         let Some(recovery) = self.recovery.as_mut().filter(|r| r.nonce == nonce && !r.fencing) else {
             return;
         };
@@ -343,7 +357,7 @@ impl Replica {
     }
 
     fn on_recovery_fenced(&mut self, from: Slot, nonce: u128, view: View) {
-        let quorum = self.quorum();
+        let quorum = self.answers_needed();
         let Some(recovery) = self
             .recovery
             .as_mut()

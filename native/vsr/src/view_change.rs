@@ -584,7 +584,8 @@ impl Replica {
         self.replace_log_after(staging.base, staging.entries);
         self.view = staging.view;
         self.log_view = staging.view;
-        if self.recovery.take().is_some_and(|r| r.kept_log) {
+        if self.recovery.take().is_some() {
+            // Its incarnation is installed at a quorum of this epoch.
             self.fenced_epoch = self.membership.epoch();
         }
         self.reads.new_view();

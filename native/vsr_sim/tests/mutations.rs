@@ -315,6 +315,14 @@ fn counting_learners_acknowledgements_is_caught() {
 }
 
 #[test]
+fn a_member_taking_part_in_a_new_epoch_unfenced_is_caught() {
+    let mut broken = options(3, 1);
+    broken.amnesia = true;
+    broken.config.mutation = Mutation::NoFenceInNewEpoch;
+    assert!(scenarios::member_recovered_in_the_old_epoch_fences_in_the_new(broken).is_err());
+}
+
+#[test]
 fn a_learner_entering_as_another_life_is_caught() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::EnterAsAnotherLife;

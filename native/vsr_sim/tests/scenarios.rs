@@ -484,7 +484,6 @@ fn member_recovered_in_a_later_epoch_restarts_from_disk() {
 }
 
 #[test]
-#[ignore = "review break: no fence per epoch yet (design 2.10)"]
 fn member_recovered_in_the_old_epoch_fences_in_the_new() {
     scenarios::member_recovered_in_the_old_epoch_fences_in_the_new(amnesiac(options(3, 1))).unwrap();
 }
