@@ -118,6 +118,13 @@ defmodule Visor do
     * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
       disables; it sets the engine's `checkpoint_interval`, which is not an
       option itself);
+    * `:replace_after`: ms (at least 1000; default `nil`, off; `:infinity`
+      is off too) after which the primary replaces a member it has not
+      heard from by a spare running the group, through the same change as
+      `reconfigure(Cache, {:replace, lost, spare})`; one change at a time,
+      never below a majority. A partition or a restart longer than that
+      costs a healthy member its place (docs/operations.md, "Automatic
+      replacement");
     * `:tick_ms` and the engine's limits and timeouts (`:batch_max_bytes`,
       `:view_change_ticks`, ...; the table in docs/operations.md lists
       them with their ranges);

@@ -46,6 +46,16 @@ defmodule Visor.Options do
   #     log after the checkpoint, and a replica that lags behind the log's
   #     start (a wiped or rejoining one) catches up by state sync, in chunks
   #     of `checkpoint_chunk_bytes` (default 1 MiB).
+  #
+  # ## Automatic replacement
+  #
+  #   * `replace_after: ms` (1000..2^32-1; default `nil`, off; `:infinity`
+  #     is off too):
+  #     the primary's node replaces a member it has not heard from for `ms`
+  #     by a spare running the group, through the same change as
+  #     `Visor.reconfigure(module, {:replace, lost, spare})`
+  #     (`Visor.Server.AutoReplace`; docs/operations.md, "Automatic
+  #     replacement", with its risks). Not used by keyed groups.
 
   alias Visor.Contract
 
@@ -81,6 +91,7 @@ defmodule Visor.Options do
     :pool_size,
     :busy_poll_us,
     :checkpoint_every,
+    :replace_after,
     :init_arg
   ]
 
@@ -95,7 +106,8 @@ defmodule Visor.Options do
                 busy_poll_us: @default_busy_poll_us,
                 settings: %{},
                 init_arg: [],
-                instance: nil
+                instance: nil,
+                replace_after: nil
               ]
 
   @typedoc """
@@ -110,7 +122,8 @@ defmodule Visor.Options do
   of `initial_state/1` (the `init_arg:` option, default `[]`); `settings`
   the engine settings every member must share (`shared_settings/1`);
   `instance` a keyed group's instance id (`keyed/3`), nil for a default
-  group.
+  group; `replace_after` the ms after which the primary's node replaces a
+  member it has not heard from by a spare, or nil (off).
   """
   @type t :: %__MODULE__{
           module: module(),
@@ -123,7 +136,8 @@ defmodule Visor.Options do
           settings: %{atom() => non_neg_integer()},
           opts: keyword(),
           init_arg: term(),
-          instance: non_neg_integer() | nil
+          instance: non_neg_integer() | nil,
+          replace_after: pos_integer() | nil
         }
 
   @doc "Validates `opts` for `module`; raises `ArgumentError` naming the problem."
@@ -193,6 +207,7 @@ defmodule Visor.Options do
     end
 
     engine = Map.put(engine, :checkpoint_interval, checkpoint_every)
+    replace_after = replace_after!(module, opts)
 
     %__MODULE__{
       module: module,
@@ -204,7 +219,8 @@ defmodule Visor.Options do
       busy_poll_us: busy_poll_us,
       settings: shared_settings(engine),
       opts: opts,
-      init_arg: Keyword.get(opts, :init_arg, [])
+      init_arg: Keyword.get(opts, :init_arg, []),
+      replace_after: replace_after
     }
   end
 
@@ -512,6 +528,28 @@ defmodule Visor.Options do
     end
 
     sorted
+  end
+
+  # At least a second: a view change alone takes most of one with the
+  # default timing, and a member's answers may be late by as much on a
+  # busy node; at most what the runtime's timers take.
+  @min_replace_after 1_000
+  @max_replace_after 0xFFFF_FFFF
+
+  defp replace_after!(module, opts) do
+    case Keyword.get(opts, :replace_after) do
+      off when off in [nil, :infinity] ->
+        nil
+
+      ms when is_integer(ms) and ms in @min_replace_after..@max_replace_after ->
+        ms
+
+      other ->
+        raise ArgumentError,
+              "#{inspect(module)}: replace_after must be an integer in " <>
+                "#{@min_replace_after}..#{@max_replace_after} " <>
+                "(ms), or nil or :infinity (off, the default), got: #{inspect(other)}"
+    end
   end
 
   defp in_range!(module, opts, key, default, range) do

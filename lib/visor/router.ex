@@ -128,6 +128,17 @@ defmodule Visor.Router do
 
   def handle_call(:visor_counters, _from, state), do: {:reply, state.counters, state}
 
+  # The primary's server asks whether this node's replica runs
+  # (Visor.Server.AutoReplace, `replace_after:`): any node may ask. The
+  # router, not the server, answers it, so that a member busy in a slow
+  # handle_commit is still heard.
+  def handle_call(:visor_alive, _from, state) do
+    running =
+      state.engine != nil and Native.status(state.engine).status not in [:stopped, :failed]
+
+    {:reply, {:ok, running}, state}
+  end
+
   # Calls from other nodes are untrusted input.
   def handle_call(_request, _from, state),
     do: {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}

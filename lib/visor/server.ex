@@ -26,6 +26,9 @@ defmodule Visor.Server do
   #     second, with the machine's check for new code,
   #     `Visor.Server.Machine.code_loaded/1`); on every member, a brief hold
   #     of its callers' commands while a first switch may come;
+  #   * `Visor.Server.AutoReplace`: with `replace_after:`, on the primary,
+  #     the replacement of a member not heard from for that long by a spare
+  #     (through `Visor.Server.Changes`, as `Visor.reconfigure/3` does);
   #   * `Visor.Server.Status`: the `status` map.
   #
   # Pipelined commands (`Visor.pipeline/3`) come as messages, not calls,
@@ -68,7 +71,18 @@ defmodule Visor.Server do
   require Logger
 
   alias Visor.{Executor, Formation, Lifetime, Native, Options, Router}
-  alias Visor.Server.{Callers, Changes, Features, Lifecycle, Machine, Relay, Status, Upgrade}
+
+  alias Visor.Server.{
+    AutoReplace,
+    Callers,
+    Changes,
+    Features,
+    Lifecycle,
+    Machine,
+    Relay,
+    Status,
+    Upgrade
+  }
 
   # Busy polling (`busy_poll_us`) only while at most this many of this
   # node's commands and reads are in flight: with more, the mailbox is
@@ -86,6 +100,10 @@ defmodule Visor.Server do
   # How long past its deadline a spare keeps a relayed command that no
   # member answered (as Visor.Backstop's grace).
   @relay_grace_ms 1_000
+
+  # How long an automatic replacement may take (the caller's timeout of
+  # the change it asks for, as Visor.reconfigure/3's default).
+  @auto_change_timeout_ms 30_000
 
   defstruct [
     :module,
@@ -111,6 +129,8 @@ defmodule Visor.Server do
     relay: Relay.new(),
     # Membership changes asked for through this node (Visor.Server.Changes).
     changes: %Changes{},
+    # With replace_after: (a default group only), Visor.Server.AutoReplace.
+    auto_replace: nil,
     # Caller id => timer of its deadline (Visor.Server.Callers).
     timers: %{},
     # Monotonic µs until which the server polls its mailbox (see poll/1).
@@ -159,10 +179,13 @@ defmodule Visor.Server do
       machine: machine,
       callers: Callers.new(config.pool_size),
       upgrade: Upgrade.new(module),
-      router_stats: Router.counters(group)
+      router_stats: Router.counters(group),
+      # A keyed group's members are its group hosts' to place.
+      auto_replace: if(is_atom(group), do: AutoReplace.new(config.replace_after))
     }
 
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
+    auto_replace_tick(state)
     state = run(effects, state)
     {:ok, formation(state, Formation.subscribe(group, tag))}
   end
@@ -304,6 +327,11 @@ defmodule Visor.Server do
       when node(pid) == node() and is_atom(primary) and primary != nil and is_integer(learned_at),
       do: {:reply, :ok, %{state | primary_hint: {primary, learned_at}}}
 
+  # The primary asks whether this node stands by as a spare, ready to
+  # learn (Visor.Server.AutoReplace): any node may ask.
+  def handle_call(:visor_spare?, _from, state),
+    do: {:reply, {:ok, state.lifecycle.phase in [:spare, :removed]}, state}
+
   # Calls from other nodes are untrusted input too.
   def handle_call(_request, _from, state) do
     {:reply, {:error, :unknown_call}, count(state, :unexpected_messages)}
@@ -386,6 +414,35 @@ defmodule Visor.Server do
       node: node(),
       tag: lifecycle.tag,
       tick_ms: state.config.engine.tick_ms
+    }
+  end
+
+  defp auto_replace_tick(%{auto_replace: %AutoReplace{probe_ms: ms}}),
+    do: Process.send_after(self(), :visor_auto_replace_tick, ms)
+
+  defp auto_replace_tick(_state), do: nil
+
+  # What Visor.Server.AutoReplace decides on: whether this replica is the
+  # primary of a normal view, the members, and whether a change asked
+  # through this node is under way.
+  defp auto_replace_view(state) do
+    lifecycle = state.lifecycle
+
+    primary =
+      if lifecycle.phase == :running and lifecycle.role == :member and state.engine != nil do
+        engine = Native.status(state.engine)
+        engine.is_primary and engine.status == :normal
+      else
+        false
+      end
+
+    %{
+      group: state.group,
+      primary: primary,
+      members: members(state),
+      node: node(),
+      connected: Node.list(),
+      changing: map_size(state.changes.pending) > 0
     }
   end
 
@@ -651,6 +708,49 @@ defmodule Visor.Server do
   defp info(:visor_retry_start, %{lifecycle: %{phase: :forming, decision: decision}} = state)
        when decision != nil,
        do: {:noreply, formation(state, decision)}
+
+  # Automatic replacement (Visor.Server.AutoReplace): its tick, the
+  # answers to its probes (a router's, of any release, says the replica's
+  # node runs the group; a spare's server says it stands by), and the
+  # answer to the replacement it asked for.
+  defp info(:visor_auto_replace_tick, %{auto_replace: %AutoReplace{}} = state) do
+    auto_replace_tick(state)
+    now = System.monotonic_time(:millisecond)
+    {auto, effects} = AutoReplace.tick(state.auto_replace, auto_replace_view(state), now)
+    {:noreply, run(effects, %{state | auto_replace: auto})}
+  end
+
+  defp info(
+         {{:visor_probe, tag, node}, reply},
+         %{lifecycle: %{tag: tag}, auto_replace: %AutoReplace{}} = state
+       )
+       when is_atom(node) do
+    if reply in [{:ok, true}, {:error, :unknown_call}],
+      do: {:noreply, %{state | auto_replace: AutoReplace.heard(state.auto_replace, node)}},
+      else: {:noreply, state}
+  end
+
+  defp info(
+         {{:visor_spare?, tag, node}, reply},
+         %{lifecycle: %{tag: tag}, auto_replace: %AutoReplace{}} = state
+       )
+       when is_atom(node) do
+    if reply == {:ok, true} do
+      now = System.monotonic_time(:millisecond)
+      {:noreply, %{state | auto_replace: AutoReplace.standing_by(state.auto_replace, node, now)}}
+    else
+      {:noreply, state}
+    end
+  end
+
+  defp info(
+         {{:visor_auto_replace, tag}, reply},
+         %{lifecycle: %{tag: tag}, auto_replace: %AutoReplace{}} = state
+       ) do
+    now = System.monotonic_time(:millisecond)
+    {auto, effects} = AutoReplace.settled(state.auto_replace, reply, now, state.group)
+    {:noreply, run(effects, %{state | auto_replace: auto})}
+  end
 
   # New code of the module may have been loaded; the primary looks for a
   # version every member supports (Visor.Server.Upgrade).
@@ -1002,6 +1102,49 @@ defmodule Visor.Server do
     end
   end
 
+  # Automatic replacement (Visor.Server.AutoReplace): probes as calls
+  # whose answers come back as messages (any release answers a call), never
+  # a connection of their own, never a wait on a busy peer.
+  defp carry_out({:probe_members, nodes}, state) do
+    for node <- nodes do
+      message = {:"$gen_call", {self(), {:visor_probe, state.lifecycle.tag, node}}, :visor_alive}
+      Visor.Supervisor.send_remote(state.group, :router, node, message, [:noconnect, :nosuspend])
+    end
+
+    state
+  end
+
+  defp carry_out({:probe_spares, nodes}, state) do
+    for node <- nodes do
+      message =
+        {:"$gen_call", {self(), {:visor_spare?, state.lifecycle.tag, node}}, :visor_spare?}
+
+      Visor.Supervisor.send_remote(state.group, :server, node, message, [:noconnect, :nosuspend])
+    end
+
+    state
+  end
+
+  # The same change as Visor.reconfigure(group, {:replace, lost, spare}),
+  # asked by this server: the answer comes back as a reply to itself.
+  defp carry_out({:auto_replace, lost, spare}, state) do
+    now = System.monotonic_time(:millisecond)
+    from = {self(), {:visor_auto_replace, state.lifecycle.tag}}
+    deadline = now + @auto_change_timeout_ms
+
+    {changes, effects} =
+      Changes.request(
+        state.changes,
+        {:replace, lost, spare},
+        from,
+        deadline,
+        now,
+        change_view(state)
+      )
+
+    run(effects, %{state | changes: changes})
+  end
+
   defp carry_out({:stop_learners, nodes}, state) do
     for node <- nodes,
         do: Visor.Supervisor.send_remote(state.group, :server, node, stop_learner(state), [])
@@ -1121,6 +1264,7 @@ defmodule Visor.Server do
       poison: state.machine.poison,
       version: Machine.versions(state.machine),
       waiting_for: state.waiting_for,
+      auto_replace: AutoReplace.status(state.auto_replace, System.monotonic_time(:millisecond)),
       stats:
         state.router_stats
         |> Router.stats()

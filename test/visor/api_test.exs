@@ -47,6 +47,28 @@ defmodule Visor.ApiTest do
       refute Map.has_key?(o.engine, :init_arg)
     end
 
+    test "replace_after: off by default (nil or :infinity), else 1000..2^32-1 ms" do
+      assert Options.validate!(Cache, cluster_size: 3).replace_after == nil
+      assert Options.validate!(Cache, cluster_size: 3, replace_after: nil).replace_after == nil
+
+      assert Options.validate!(Cache, cluster_size: 3, replace_after: :infinity).replace_after ==
+               nil
+
+      assert Options.validate!(Cache, cluster_size: 3, replace_after: 30_000).replace_after ==
+               30_000
+
+      assert Options.validate!(Cache, nodes: [:a@h], replace_after: 1_000).replace_after == 1_000
+
+      for bad <- [0, 999, -1, 0x1_0000_0000, 1.5e3, "30s", :never] do
+        error =
+          assert_raise ArgumentError, fn ->
+            Options.validate!(Cache, cluster_size: 3, replace_after: bad)
+          end
+
+        assert error.message =~ "replace_after must be an integer in 1000..4294967295"
+      end
+    end
+
     test "the initial state is built from init_arg only" do
       defmodule InitArg do
         use Visor

@@ -133,7 +133,9 @@ defmodule Visor.ContractTest do
     # default and range as the engine reports them.
     test "docs/operations.md documents every engine option with the contract's default and range" do
       rows = option_rows()
-      visor_only = ~w(nodes cluster_size storage data_dir pool_size busy_poll_us checkpoint_every)
+
+      visor_only =
+        ~w(nodes cluster_size storage data_dir pool_size busy_poll_us checkpoint_every replace_after)
 
       documented = for {key, _, _} <- rows, key not in visor_only, do: String.to_atom(key)
       assert Enum.sort(documented) == Contract.option_keys() -- [:checkpoint_interval]

@@ -11,7 +11,9 @@ defmodule Visor.Server.Status do
   connected to (`Node.list/0`), the pool (`Visor.Server.Callers.pool/1`),
   the poison command (`Visor.Server.Machine`'s), the state machine
   versions (`Visor.Server.Machine.versions/1`), whom formation last said
-  it waits for (`Visor.Formation.subscribe/2`) and the server's counters.
+  it waits for (`Visor.Formation.subscribe/2`), automatic replacement's
+  state (`Visor.Server.AutoReplace.status/2`, nil when off) and the
+  server's counters.
   """
   @type server :: %{
           node: node(),
@@ -20,6 +22,7 @@ defmodule Visor.Server.Status do
           poison: map() | nil,
           version: map(),
           waiting_for: map() | nil,
+          auto_replace: map() | nil,
           stats: map()
         }
 
@@ -84,6 +87,7 @@ defmodule Visor.Server.Status do
       refused: nil,
       version: server.version,
       waiting_for: nil,
+      auto_replace: server.auto_replace,
       sync: engine.sync,
       stats: Map.merge(engine.stats, server.stats)
     }
@@ -104,6 +108,7 @@ defmodule Visor.Server.Status do
       refused: nil,
       version: server.version,
       waiting_for: nil,
+      auto_replace: server.auto_replace,
       stats: server.stats
     })
   end
@@ -123,6 +128,7 @@ defmodule Visor.Server.Status do
       refused: with({:refused, reason} <- lifecycle.phase, do: reason, else: (_ -> nil)),
       version: server.version,
       waiting_for: if(lifecycle.phase == :forming, do: server.waiting_for),
+      auto_replace: server.auto_replace,
       stats: server.stats
     })
   end
@@ -146,6 +152,7 @@ defmodule Visor.Server.Status do
       refused: nil,
       version: nil,
       waiting_for: nil,
+      auto_replace: nil,
       stats: %{}
     })
   end

@@ -34,6 +34,7 @@ defmodule Visor.Server.StatusTest do
     :refused,
     :version,
     :waiting_for,
+    :auto_replace,
     :sync,
     :stats
   ]
@@ -46,6 +47,7 @@ defmodule Visor.Server.StatusTest do
     poison: nil,
     version: %{running: 1, supported: 2, blocked: nil},
     waiting_for: %{nodes: [:c@h]},
+    auto_replace: nil,
     stats: %{send_busy: 4, unexpected_messages: 0}
   }
 
