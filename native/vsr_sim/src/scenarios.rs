@@ -3850,3 +3850,73 @@ pub fn member_recovered_in_the_old_epoch_fences_in_the_new(options: Options) -> 
     }
     Ok(())
 }
+
+/// A packet filter for `Network::lose`: every `PrepareOk`.
+fn acknowledgements(sim: &Simulator) -> crate::network::Picks {
+    let cluster = sim.options.config.wire_cluster();
+    Box::new(move |bytes: &[u8]| {
+        matches!(
+            vsr::message::decode(cluster, bytes).map(|d| d.message),
+            Ok(vsr::Message::PrepareOk { .. })
+        )
+    })
+}
+
+/// Review 11, break 1 (liveness, the fence per epoch with two members).
+/// Epoch 0 = {A, B, C}, memory mode. A, its primary, proposes epoch 1 =
+/// {A, B} (C removed); B and C hold the entry, but no acknowledgement
+/// reaches A, and C's never reach B. A crashes; B leads view 1 of epoch 0
+/// and cannot commit the entry without A. A comes back without its state
+/// (its host knows epoch 0, the newest any replica is in), recovers among
+/// B and C at incarnation 1, and acknowledges the entry: B commits it and
+/// enters epoch 1, then A does. The entry records A at incarnation 0, so
+/// A must fence in epoch 1; it is also view 0's primary there (slot 0 is
+/// the list's first). B, the only other member, answers both steps from
+/// view 0, so A's fence ends in view 0, whose log it never asks of itself
+/// (`request_start_view` skips its own view), and a recovering replica
+/// votes for no view: B campaigns for view 1 for ever, needing A's vote.
+/// Both members are up and connected; nothing ever commits again.
+pub fn two_member_epoch_led_by_a_fencing_member_wedges(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let (a, b, c) = (0, 1, 2);
+    register_all(&mut sim, a)?;
+    commit(&mut sim, 0, a)?;
+    for from in [b, c] {
+        let lose = acknowledgements(&sim);
+        sim.network.lose(from, a, lose);
+    }
+    let lose = acknowledgements(&sim);
+    sim.network.lose(c, b, lose);
+    sim.reconfigure(a, 1, &[0, 1], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(a).consent().is_some()
+    })?;
+    let entry = sim.replica(a).op();
+    sim.run_until(PHASE_TICKS, "B and C hold the entry", |s| {
+        s.replica(b).op() == entry && s.replica(c).op() == entry
+    })?;
+    sim.crash(a);
+    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
+        [b, c].iter().all(|&r| {
+            let x = s.replica(r);
+            x.view() >= 1 && x.status() == Status::Normal
+        })
+    })?;
+    if sim.replica(b).commit() >= entry {
+        return Err(failure(&sim, "setup: the entry committed without A".into()));
+    }
+    sim.restart_amnesiac(a);
+    sim.run_until(PHASE_TICKS, "A and B enter epoch 1", |s| {
+        [a, b]
+            .iter()
+            .all(|&r| s.running(r as usize).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    if sim.replica(a).durable_state().incarnations[a as usize] == 0 {
+        return Err(failure(&sim, "setup: A did not take a new incarnation".into()));
+    }
+    sim.network.stop_losing();
+    sim.heal();
+    // Both members of epoch 1 are up and connected.
+    commit(&mut sim, 0, b)?;
+    settle(&mut sim)
+}

@@ -487,3 +487,9 @@ fn member_recovered_in_a_later_epoch_restarts_from_disk() {
 fn member_recovered_in_the_old_epoch_fences_in_the_new() {
     scenarios::member_recovered_in_the_old_epoch_fences_in_the_new(amnesiac(options(3, 1))).unwrap();
 }
+
+#[test]
+#[ignore = "review break: a fencing primary of view 0 in a two-member epoch wedges it"]
+fn two_member_epoch_led_by_a_fencing_member_wedges() {
+    scenarios::two_member_epoch_led_by_a_fencing_member_wedges(amnesiac(options(3, 1))).unwrap();
+}
