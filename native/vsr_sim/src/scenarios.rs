@@ -3920,3 +3920,84 @@ pub fn two_member_epoch_led_by_a_fencing_member_wedges(options: Options) -> Resu
     commit(&mut sim, 0, b)?;
     settle(&mut sim)
 }
+
+/// Review 11, break 2 (liveness: two staying members that must fence wait
+/// for each other for ever). Epoch 0 = {A, B, C}, memory mode. A, its
+/// primary, proposes epoch 1 = {A, B, D} (C replaced by the learner D);
+/// B and C hold the entry, but no acknowledgement between A, B and C gets
+/// through, so it stays uncommitted. One fault at a time, each healed
+/// before the next: A crashes and recovers without its state among B and
+/// C (its host knows epoch 0, the newest any replica is in), taking
+/// incarnation 1; then B does the same among A and C. The
+/// acknowledgements come back and the entry commits: A and B enter epoch
+/// 1, whose entry records both at incarnation 0, so both must fence
+/// there. Each needs `min(quorum, n - 1) = 2` of its two others to
+/// answer, and a recovering replica answers neither step: only D does.
+/// All four are up and connected, and epoch 1 never commits anything.
+pub fn two_staying_members_fencing_at_once_wedge(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let (a, b, c) = (0, 1, 2);
+    register_all(&mut sim, a)?;
+    commit(&mut sim, 0, a)?;
+    let ids = [0, 1, NEW];
+    let learners = sim.start_learners(a, &ids)?;
+    let d = learners[0];
+    for from in [a, b, c] {
+        for to in [a, b, c] {
+            if from != to {
+                let lose = acknowledgements(&sim);
+                sim.network.lose(from, to, lose);
+            }
+        }
+    }
+    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(a).consent().is_some()
+    })?;
+    let entry = sim.replica(a).op();
+    sim.run_until(PHASE_TICKS, "B and C hold the entry", |s| {
+        s.replica(b).op() == entry && s.replica(c).op() == entry
+    })?;
+    // A's fault, healed.
+    sim.crash(a);
+    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
+        [b, c]
+            .iter()
+            .all(|&r| s.replica(r).view() >= 1 && s.replica(r).status() == Status::Normal)
+    })?;
+    sim.restart_amnesiac(a);
+    sim.run_until(PHASE_TICKS, "A recovers in epoch 0", |s| {
+        s.running(a as usize)
+            .is_some_and(|x| x.status() == Status::Normal)
+    })?;
+    // B's fault, healed.
+    sim.crash(b);
+    sim.run_until(PHASE_TICKS, "C leads view 2 of epoch 0", |s| {
+        [a, c]
+            .iter()
+            .all(|&r| s.replica(r).view() >= 2 && s.replica(r).status() == Status::Normal)
+    })?;
+    sim.restart_amnesiac(b);
+    sim.run_until(PHASE_TICKS, "B recovers in epoch 0", |s| {
+        s.running(b as usize)
+            .is_some_and(|x| x.status() == Status::Normal)
+    })?;
+    if [a, b, c].iter().any(|&r| sim.replica(r).commit() >= entry) {
+        return Err(failure(&sim, "setup: the entry committed early".into()));
+    }
+    if [a, b]
+        .iter()
+        .any(|&r| sim.replica(c).durable_state().incarnations[r as usize] == 0)
+    {
+        return Err(failure(&sim, "setup: A or B kept incarnation 0".into()));
+    }
+    sim.network.stop_losing();
+    sim.run_until(PHASE_TICKS, "A, B and D enter epoch 1", |s| {
+        [a, b, d]
+            .iter()
+            .all(|&r| s.running(r as usize).is_some_and(|x| x.membership().epoch() == 1))
+    })?;
+    // Everyone is up and connected.
+    commit(&mut sim, 0, d)?;
+    settle(&mut sim)
+}
