@@ -4001,3 +4001,79 @@ pub fn two_staying_members_fencing_at_once_wedge(options: Options) -> Result<(),
     commit(&mut sim, 0, d)?;
     settle(&mut sim)
 }
+
+/// Review 11, break 3 (liveness: a member that must fence in an epoch its
+/// peers have left never catches up). Epoch 0 = {A, B, C}, memory mode.
+/// As in `member_recovered_in_the_old_epoch_fences_in_the_new`, A commits
+/// the entry of epoch 1 = {A, D, E} with B's acknowledgement, but B and C
+/// never hear that it committed, and stay in epoch 0 under B's view 1,
+/// with the entry uncommitted (C's acknowledgements never reach B). A
+/// then shrinks the list to epoch 2 = {A, D}, which D and A enter; A
+/// crashes.
+///
+/// A comes back without its state, its host knowing only epoch 0: it
+/// recovers among B and C (incarnation 1), lets B commit the entry, and
+/// enters epoch 1, whose entry records it at incarnation 0: it must fence
+/// there. Its `Recovery` goes to D and E, who have left epoch 1: D
+/// answers an `EpochNotice` of epoch 2, which a recovering replica that
+/// kept its log neither follows (`recover_in` is for one that did not)
+/// nor fetches across (`fetches_across_epochs` is false while
+/// recovering). A stays fencing in epoch 1 for ever, and epoch 2, whose
+/// quorum is both A and D, never commits again, though both are up and
+/// connected.
+pub fn member_fencing_in_an_epoch_its_peers_left_never_catches_up(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let (a, b, c) = (0, 1, 2);
+    register_all(&mut sim, a)?;
+    commit(&mut sim, 0, a)?;
+    let genesis = *sim.replica(b).membership();
+    let ids = [0, NEW, NEW + 1];
+    let learners = sim.start_learners(a, &ids)?;
+    let (d, e) = (learners[0], learners[1]);
+    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(a).consent().is_some()
+    })?;
+    let entry = sim.replica(a).op();
+    sim.run_until(PHASE_TICKS, "B holds the entry", |s| s.replica(b).op() == entry)?;
+    // Nothing more of A, D or E reaches B or C.
+    for from in [a, d, e] {
+        for to in [b, c] {
+            sim.network.set_link(from, to, false);
+        }
+    }
+    // B's and C's acknowledgements never reach each other.
+    let lose = acknowledgements(&sim);
+    sim.network.lose(c, b, lose);
+    let lose = acknowledgements(&sim);
+    sim.network.lose(b, c, lose);
+    sim.run_until(PHASE_TICKS, "A, D and E enter epoch 1", |s| {
+        [a, d, e].iter().all(|&r| s.replica(r).membership().epoch() == 1)
+    })?;
+    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
+        [b, c].iter().all(|&r| {
+            let x = s.replica(r);
+            x.membership().epoch() == 0 && x.view() >= 1 && x.status() == Status::Normal
+        })
+    })?;
+    if sim.replica(b).commit() >= entry || sim.replica(c).commit() >= entry {
+        return Err(failure(&sim, "setup: the entry committed in B's view".into()));
+    }
+    sim.reconfigure(a, 2, &[0, NEW], PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "A and D enter epoch 2", |s| {
+        [a, d].iter().all(|&r| s.replica(r).membership().epoch() == 2)
+    })?;
+    sim.crash(a);
+    // A returns knowing only epoch 0.
+    sim.network.set_link(a, b, true);
+    sim.network.set_link(a, c, true);
+    sim.restart_amnesiac_knowing(a, Some(genesis));
+    sim.run_until(PHASE_TICKS, "A enters epoch 1", |s| {
+        s.running(a as usize).is_some_and(|x| x.membership().epoch() == 1)
+    })?;
+    sim.network.stop_losing();
+    sim.heal();
+    // A and D, epoch 2's members, are up and connected.
+    commit(&mut sim, 0, d)?;
+    settle(&mut sim)
+}

@@ -499,3 +499,9 @@ fn two_member_epoch_led_by_a_fencing_member_wedges() {
 fn two_staying_members_fencing_at_once_wedge() {
     scenarios::two_staying_members_fencing_at_once_wedge(amnesiac(options(3, 1))).unwrap();
 }
+
+#[test]
+#[ignore = "review break: a member fencing in an epoch its peers have left never catches up"]
+fn member_fencing_in_an_epoch_its_peers_left_never_catches_up() {
+    scenarios::member_fencing_in_an_epoch_its_peers_left_never_catches_up(amnesiac(options(3, 1))).unwrap();
+}
