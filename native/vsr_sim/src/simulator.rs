@@ -159,6 +159,9 @@ pub struct Simulator {
     compactions: u64,
     /// Print the cluster's state every this many ticks (0: never).
     pub trace_every: u64,
+    /// Print crashes, boots, membership changes and epochs entered as
+    /// they happen (`vopr --events`).
+    pub events: bool,
     /// Each replica's host application state.
     pub apps: Vec<App>,
     /// Snapshot answers the hosts owe: (due tick, op, bytes).
@@ -253,6 +256,7 @@ impl Simulator {
             crashes: 0,
             compactions: 0,
             trace_every: 0,
+            events: false,
             apps: vec![App::default(); n],
             snapshots: vec![Vec::new(); n],
             beside: (0..n)
@@ -277,6 +281,12 @@ impl Simulator {
             in_flight: None,
             changes: 0,
             options,
+        }
+    }
+
+    fn event(&self, what: impl FnOnce() -> String) {
+        if self.events {
+            eprintln!("tick {}: {}", self.tick, what());
         }
     }
 
@@ -677,6 +687,7 @@ impl Simulator {
         let Some(host) = self.hosts[r as usize].take() else {
             return;
         };
+        self.event(|| format!("r{r} crashes"));
         self.crashes += 1;
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
         self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
@@ -910,6 +921,23 @@ impl Simulator {
         }
         .map_err(Box::new)?;
         let i = r as usize;
+        self.event(|| {
+            let replica = host.replica();
+            format!(
+                "r{r} boots (node {:?}, recover {recover}): e{} {:?} {:?} slot {} list {:?}",
+                node,
+                replica.membership().epoch(),
+                replica.role(),
+                replica.status(),
+                replica.index(),
+                replica
+                    .membership()
+                    .members()
+                    .iter()
+                    .map(|m| (m.slot, m.id))
+                    .collect::<Vec<_>>()
+            )
+        });
         self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();
         self.durable[i] = state;
@@ -1356,9 +1384,23 @@ impl Simulator {
                     if role == Role::Member {
                         self.nodes[r as usize].learner = false;
                     }
+                    self.event(|| {
+                        format!(
+                            "r{r} enters e{} as {role:?}: {:?}",
+                            membership.epoch(),
+                            membership
+                                .members()
+                                .iter()
+                                .map(|m| (m.slot, m.id))
+                                .collect::<Vec<_>>()
+                        )
+                    });
                     self.epochs.push((r, membership.epoch(), role));
                 }
-                Output::Removed { epoch } => self.removed.push((r, epoch)),
+                Output::Removed { epoch } => {
+                    self.event(|| format!("r{r} removed in e{epoch}"));
+                    self.removed.push((r, epoch))
+                }
                 Output::Execute { entry, outcomes } => {
                     let first = entry.op > self.checker.committed();
                     self.checker.on_execute(r, &entry, &outcomes)?;
@@ -1708,6 +1750,7 @@ impl Simulator {
         }
         let learners = self.start_learners(origin, &ids)?;
         let id = self.changes;
+        self.event(|| format!("change {id} through r{origin} to ids {ids:?} (learners {learners:?})"));
         self.reconfigure(origin, id, &ids, 2_000)?;
         self.in_flight = Some(InFlight {
             origin,
@@ -1757,6 +1800,7 @@ impl Simulator {
     /// Node `r`'s host stops it for good; clients that used it go to a
     /// member.
     fn stop_node(&mut self, r: Slot) {
+        self.event(|| format!("r{r} stops for good"));
         self.crash(r);
         self.dead[r as usize] = true;
         self.restart_at[r as usize] = None;
