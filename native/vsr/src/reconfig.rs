@@ -821,10 +821,16 @@ impl Replica {
                 // the newer list holds the log. Nothing is left to serve.
                 return self.removed();
             }
-            if let Message::EpochNotice { membership, .. } = &message {
-                if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
+            if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
+                if let Message::EpochNotice { membership, .. } = &message {
                     return self.recover_in(*membership);
                 }
+                // Any other message of a newer epoch (its primary's
+                // prepares and commits go to every member): the members
+                // this replica asks may all have left, or be unable to
+                // answer, so it asks the sender, whose gate answers an
+                // older epoch's message with the notice (design 2.10).
+                return self.ask_epoch(sender);
             }
             if let Message::EpochNotice { membership, .. } = &message {
                 if self.newer_list.is_none_or(|l| l.epoch() < membership.epoch()) {
@@ -887,6 +893,22 @@ impl Replica {
                 self.send_to(sender.slot, sender.id, &Message::EpochStarted { epoch });
             }
         }
+    }
+
+    /// A replica recovering without its state heard `sender`, of a newer
+    /// epoch: it sends it its `Recovery`, which that epoch's gate answers
+    /// with an `EpochNotice` (at most once per sender slot per
+    /// `resend_ticks`, the notices' own limit).
+    fn ask_epoch(&mut self, sender: Sender) {
+        let Some(nonce) = self.recovery.as_ref().map(|r| r.nonce()) else {
+            return;
+        };
+        let last = &mut self.notice_ticks[sender.slot as usize];
+        if *last != 0 && self.ticks < last.saturating_add(self.config.resend_ticks) {
+            return;
+        }
+        *last = self.ticks.max(1);
+        self.send_to(sender.slot, sender.id, &Message::Recovery { nonce });
     }
 
     /// A message of an older epoch: its sender is behind, or was left out

@@ -3723,3 +3723,52 @@ pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) ->
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// `vopr --membership` seed 108 (liveness). A replica restarted without
+/// its state recovers in epoch 0: a quorum of the others fences it at
+/// view 0, and it asks view 0's primary for the log. That primary is
+/// removed by the next change, and stops, before it answers. The
+/// recovering replica asked nobody else: the new epoch's primary, which
+/// sends it every prepare and commit (it is a member there), was dropped
+/// at its gate, as any newer epoch's message but an `EpochNotice`; and
+/// the members it had asked, busy in the new epoch, had no old-epoch
+/// message of it to answer with one. It stayed `Recovering` for ever.
+/// Now any newer-epoch message makes it send its sender its `Recovery`,
+/// which the sender's gate answers with the notice: it recovers in the
+/// new epoch.
+///
+/// Five replicas, memory mode; 2 restarts cut off from 0 (the primary),
+/// is fenced by 1, 3 and 4, and waits for 0's log; 0 is removed
+/// (epoch 1 = {1, 2, 3, 4}) and the network heals.
+pub fn recovering_replica_whose_primary_left_hears_the_new_epoch(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(Options {
+        amnesia: true,
+        ..options
+    });
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(2);
+    sim.network.set_link(0, 2, false);
+    sim.network.set_link(2, 0, false);
+    sim.restart_amnesiac(2);
+    sim.run_until(PHASE_TICKS, "replica 2 is fenced", |s| {
+        s.replica(2).is_fetching_recovered_log()
+    })?;
+    sim.reconfigure(1, 1, &[1, 2, 3, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 0 stops", |s| {
+        s.replica(0).role() == Role::Removed
+    })?;
+    if sim.replica(2).membership().epoch() != 0 || !sim.replica(2).is_recovering() {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 is no longer recovering in epoch 0".into(),
+        ));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 recovers", |s| {
+        s.replica(2).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}

@@ -482,3 +482,8 @@ fn replica_behind_asks_past_a_recovering_sender() {
 fn member_recovered_in_a_later_epoch_restarts_from_disk() {
     scenarios::member_recovered_in_a_later_epoch_restarts_from_disk(options(4, 1)).unwrap();
 }
+
+#[test]
+fn recovering_replica_whose_primary_left_hears_the_new_epoch() {
+    scenarios::recovering_replica_whose_primary_left_hears_the_new_epoch(options(5, 1)).unwrap();
+}
