@@ -775,6 +775,19 @@ impl Replica {
         self.view = 0;
         self.log_view = 0;
         self.view_seen = 0;
+        // Views are numbered per epoch: what it gathered or counted for a
+        // view of the old epoch is moot, and a view's log staged there
+        // (view 7 of epoch 2, say) would outrank every chunk of view 0 of
+        // the new one in `on_start_view`, which then never installs
+        // (`vopr --membership` seed 358): it forgets them, as `enter_epoch`
+        // does.
+        self.staging = None;
+        self.epoch_staging = None;
+        self.last_start_view_request = None;
+        self.campaign = 0;
+        self.votes = [0; MAX_SLOTS];
+        self.vote_ticks = [0; MAX_SLOTS];
+        self.dvcs = vec![None; MAX_SLOTS];
         self.recovery = Some(crate::recovery::Recovery::new(nonce));
         self.last_resend_tick = 0;
         self.write_state();

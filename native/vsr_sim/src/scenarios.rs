@@ -3772,3 +3772,83 @@ pub fn recovering_replica_whose_primary_left_hears_the_new_epoch(options: Option
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// `vopr --membership` seed 358 (liveness). A replica recovering without
+/// its state in epoch 0 is fenced at view 1 and stages the first chunk
+/// of view 1's log; the rest never comes (its primary is cut off from it,
+/// then removed). It hears of epoch 1 and recovers there, fenced at view
+/// 0 of epoch 1, and asks view 0's primary for the log. Views are
+/// numbered per epoch, but the staging of epoch 0's view 1 was kept, and
+/// `on_start_view` takes only a chunk of a later view than the one
+/// staged (or further in the same): view 0's chunks never were, and it
+/// stayed `Recovering` for ever. Recovering into a newer epoch now
+/// forgets what it staged, campaigned or counted for the old epoch's
+/// views, as entering one does.
+///
+/// Five replicas, memory mode, two entries a message; 0 is cut off until
+/// the others run view 1 (primary 1); 2 restarts and gets one chunk of
+/// view 1's log from 1, then nothing from it; 1 is removed (epoch 1 =
+/// {0, 2, 3, 4}, primary 0).
+pub fn recovering_replica_forgets_a_view_staged_in_its_old_epoch(options: Options) -> Result<(), Failure> {
+    let mut options = Options {
+        amnesia: true,
+        ..options
+    };
+    options.config.message_entries_max = 2;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..6 {
+        commit(&mut sim, 0, 0)?;
+    }
+    isolate(&mut sim, 0);
+    sim.run_until(PHASE_TICKS, "replicas 1 to 4 run view 1", |s| {
+        (1..5).all(|r| s.replica(r).view() == 1 && s.replica(r).status() == Status::Normal)
+    })?;
+    sim.network.heal();
+    commit(&mut sim, 0, 1)?;
+    sim.crash(2);
+    sim.network.hold(1, 2);
+    sim.restart_amnesiac(2);
+    sim.run_until(PHASE_TICKS, "replica 2 is fenced", |s| {
+        s.replica(2).is_fetching_recovered_log()
+    })?;
+    sim.run_ticks(5)?;
+    let cluster = sim.replica(1).config().wire_cluster();
+    let held = sim.network.take_held(1, 2);
+    sim.network.hold(1, 2); // from now on, nothing of 1's reaches 2
+    let mut chunks = 0;
+    for bytes in held {
+        let chunk = matches!(
+            vsr::message::decode(cluster, &bytes).map(|d| d.message),
+            Ok(vsr::Message::StartView { .. })
+        );
+        if chunk {
+            chunks += 1;
+            if chunks > 1 {
+                continue;
+            }
+        }
+        // By another link: 1's own is held (the network does not read
+        // the sender in the header).
+        let now = sim.tick;
+        sim.network.deliver(now + 1, 3, 2, bytes);
+    }
+    sim.run_ticks(5)?;
+    if chunks == 0 || sim.replica(2).staging_progress().is_none() || !sim.replica(2).is_recovering() {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 staged no part of view 1's log".into(),
+        ));
+    }
+    sim.reconfigure(1, 1, &[0, 2, 3, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 1 stops", |s| {
+        s.replica(1).role() == Role::Removed
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 2 recovers in epoch 1", |s| {
+        s.replica(2).status() == Status::Normal && s.replica(2).membership().epoch() == 1
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}

@@ -487,3 +487,8 @@ fn member_recovered_in_a_later_epoch_restarts_from_disk() {
 fn recovering_replica_whose_primary_left_hears_the_new_epoch() {
     scenarios::recovering_replica_whose_primary_left_hears_the_new_epoch(options(5, 1)).unwrap();
 }
+
+#[test]
+fn recovering_replica_forgets_a_view_staged_in_its_old_epoch() {
+    scenarios::recovering_replica_forgets_a_view_staged_in_its_old_epoch(options(5, 1)).unwrap();
+}

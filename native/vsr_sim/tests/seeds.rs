@@ -148,12 +148,14 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
 /// caller a second time, naming no op); 108, 127, 672, 700, 709, 906 and
 /// 912 (a replica recovering in an old epoch whose list's members that
 /// it asked had left or moved on dropped the new epoch's messages and
-/// asked nobody else).
+/// asked nobody else); 358, 681, 859 and 965 (a replica recovering into a
+/// newer epoch kept the log it had staged of a view of the old one, which
+/// outranked the new epoch's view 0).
 #[test]
 fn membership_seeds_that_failed_once() {
     check(
         [
-            3, 25, 54, 69, 92, 108, 127, 146, 168, 672, 700, 709, 822, 836, 899, 906, 912,
+            3, 25, 54, 69, 92, 108, 127, 146, 168, 358, 672, 681, 700, 709, 822, 836, 859, 899, 906, 912, 965,
         ]
         .into_iter()
         .filter_map(|seed| {
