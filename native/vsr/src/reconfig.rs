@@ -845,6 +845,7 @@ impl Replica {
                 // older epoch's message with the notice (design 2.10).
                 return self.ask_epoch(sender);
             }
+            self.newer_sender = Some(sender);
             if let Message::EpochNotice { membership, .. } = &message {
                 if self.newer_list.is_none_or(|l| l.epoch() < membership.epoch()) {
                     self.newer_list = Some(*membership);
@@ -1020,6 +1021,27 @@ impl Replica {
         self.asked_across = Some((slot, id));
         let from = self.epoch_staging.as_ref().map_or(self.commit_min, |s| s.end().0);
         self.send_to(slot, id, &Message::RequestStartEpoch { epoch, from });
+    }
+
+    /// A replica behind a newer epoch it heard of asks again, every
+    /// `view_change_ticks`, until it gets there: the newer epoch's members
+    /// send it nothing unasked (one `EpochStarted` when they enter, which
+    /// a partition may drop), and the members of its own list may all
+    /// have left and stopped since (`vopr --membership` seed 787: a
+    /// primary cut off through six changes, alone in epoch 1 after the
+    /// heal, never heard another word).
+    pub(crate) fn tick_behind(&mut self) {
+        let Some(sender) = self.newer_sender else {
+            return;
+        };
+        if sender.epoch <= self.membership.epoch() {
+            self.newer_sender = None;
+            return;
+        }
+        let last = self.last_start_epoch_request.unwrap_or(0);
+        if self.ticks >= last.saturating_add(self.config.view_change_ticks) {
+            self.request_start_epoch(sender, false);
+        }
     }
 
     /// Whether `sender`, of a newer epoch, sends what this replica asked

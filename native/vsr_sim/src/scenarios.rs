@@ -3852,3 +3852,75 @@ pub fn recovering_replica_forgets_a_view_staged_in_its_old_epoch(options: Option
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+/// `vopr --membership` seed 787 (liveness). A member cut off from the
+/// others while two changes remove it, then every other member of its
+/// list, hears of the newer epoch once: the new member's `EpochStarted`
+/// (sent to each member left out, once, on entering). It asks that
+/// sender for the epoch's log, and the question is lost. Then nothing:
+/// the newer epoch's members send nothing unasked to a replica outside
+/// their list, and the members of its own list have all left and
+/// stopped, so its campaigns reach nobody. It stayed in the old epoch
+/// for ever. Now a replica behind asks the last newer-epoch sender it
+/// heard again every `view_change_ticks` until it gets there: it catches
+/// up into epoch 1, where it is leaving, and a member of epoch 2 tells
+/// it that epoch started, so it stops.
+///
+/// Four replicas; 3 is cut off; epoch 1 = {0, 1, 2, NEW} (only NEW's
+/// `EpochStarted` reaches 3; 3's answer does not reach NEW), epoch 2 =
+/// {NEW, NEW + 1, NEW + 2}; 0, 1 and 2 stop for good; the network heals.
+pub fn member_cut_off_while_its_list_left_asks_a_newer_sender_again(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 3);
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    let new = learners[0];
+    sim.network.set_link(new, 3, true);
+    sim.network.hold(new, 3);
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    sim.run_ticks(5)?;
+    let cluster = sim.replica(0).config().wire_cluster();
+    let now = sim.tick;
+    let mut told = false;
+    for bytes in sim.network.take_held(new, 3) {
+        let decoded = vsr::message::decode(cluster, &bytes);
+        if matches!(decoded.map(|d| d.message), Ok(vsr::Message::EpochStarted { .. })) {
+            told = true;
+            sim.network.deliver(now + 1, new, 3, bytes);
+        }
+    }
+    sim.run_ticks(1)?;
+    sim.network.set_link(new, 3, false);
+    if !told {
+        return Err(failure(
+            &sim,
+            "setup: the new member sent 3 no EpochStarted".into(),
+        ));
+    }
+    let ids = [NEW, NEW + 1, NEW + 2];
+    sim.start_learners(new, &ids)?;
+    sim.reconfigure(new, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, new, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "0, 1 and 2 stop", |s| {
+        (0..3).all(|r| s.replica(r).role() == Role::Removed)
+    })?;
+    for r in 0..3 {
+        sim.crash(r);
+        sim.dead[r as usize] = true;
+    }
+    if sim.replica(3).membership().epoch() != 0 {
+        return Err(failure(&sim, "setup: replica 3 left epoch 0".into()));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| {
+        s.replica(3).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, new)?;
+    settle(&mut sim)
+}

@@ -492,3 +492,8 @@ fn recovering_replica_whose_primary_left_hears_the_new_epoch() {
 fn recovering_replica_forgets_a_view_staged_in_its_old_epoch() {
     scenarios::recovering_replica_forgets_a_view_staged_in_its_old_epoch(options(5, 1)).unwrap();
 }
+
+#[test]
+fn member_cut_off_while_its_list_left_asks_a_newer_sender_again() {
+    scenarios::member_cut_off_while_its_list_left_asks_a_newer_sender_again(options(4, 1)).unwrap();
+}

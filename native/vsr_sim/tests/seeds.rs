@@ -150,12 +150,15 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
 /// it asked had left or moved on dropped the new epoch's messages and
 /// asked nobody else); 358, 681, 859 and 965 (a replica recovering into a
 /// newer epoch kept the log it had staged of a view of the old one, which
-/// outranked the new epoch's view 0).
+/// outranked the new epoch's view 0); 787 (a replica behind, whose list's
+/// members had all left, asked the one newer-epoch sender it heard only
+/// once).
 #[test]
 fn membership_seeds_that_failed_once() {
     check(
         [
-            3, 25, 54, 69, 92, 108, 127, 146, 168, 358, 672, 681, 700, 709, 822, 836, 859, 899, 906, 912, 965,
+            3, 25, 54, 69, 92, 108, 127, 146, 168, 358, 672, 681, 700, 709, 787, 822, 836, 859, 899, 906,
+            912, 965,
         ]
         .into_iter()
         .filter_map(|seed| {
