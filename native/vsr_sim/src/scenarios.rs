@@ -3924,3 +3924,32 @@ pub fn member_cut_off_while_its_list_left_asks_a_newer_sender_again(options: Opt
     commit(&mut sim, 0, new)?;
     settle(&mut sim)
 }
+
+/// `vopr --membership` seeds 213, 403, 481 and 553 (the timestamp
+/// checker, not the protocol). A list of one outvotes no clock: its
+/// primary stamps with its own, an hour ahead after a jump. Grown to two,
+/// the list stamps `head + 1` (timestamps only increase) until true time
+/// catches up, above what its two clocks allow, and the checker, which
+/// outvoted one clock whatever lists had run, called that a violation. It
+/// now allows 1 ns above the previous op's timestamp (which it checked).
+///
+/// One replica; its wall clock jumps an hour ahead; it commits; a second
+/// node joins (epoch 1 = {0, NEW}); it commits again.
+pub fn list_of_one_stamps_ahead_then_grows(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: i64 = 3_600_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.clock_offset_ns[0] = HOUR_NS;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learners[0];
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}

@@ -497,3 +497,8 @@ fn recovering_replica_forgets_a_view_staged_in_its_old_epoch() {
 fn member_cut_off_while_its_list_left_asks_a_newer_sender_again() {
     scenarios::member_cut_off_while_its_list_left_asks_a_newer_sender_again(options(4, 1)).unwrap();
 }
+
+#[test]
+fn list_of_one_stamps_ahead_then_grows() {
+    scenarios::list_of_one_stamps_ahead_then_grows(options(1, 1)).unwrap();
+}
