@@ -835,6 +835,19 @@ impl Replica {
         self.view = 0;
         self.log_view = 0;
         self.view_seen = 0;
+        // Views are numbered per epoch: what it gathered or counted for a
+        // view of the old epoch is moot, and a view's log staged there
+        // (view 7 of epoch 2, say) would outrank every chunk of view 0 of
+        // the new one in `on_start_view`, which then never installs
+        // (`vopr --membership` seed 358): it forgets them, as `enter_epoch`
+        // does.
+        self.staging = None;
+        self.epoch_staging = None;
+        self.last_start_view_request = None;
+        self.campaign = 0;
+        self.votes = [0; MAX_SLOTS];
+        self.vote_ticks = [0; MAX_SLOTS];
+        self.dvcs = vec![None; MAX_SLOTS];
         self.recovery = Some(crate::recovery::Recovery::new(nonce));
         self.last_resend_tick = 0;
         self.write_state();
@@ -881,11 +894,18 @@ impl Replica {
                 // the newer list holds the log. Nothing is left to serve.
                 return self.removed();
             }
-            if let Message::EpochNotice { membership, .. } = &message {
-                if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
+            if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
+                if let Message::EpochNotice { membership, .. } = &message {
                     return self.recover_in(*membership);
                 }
+                // Any other message of a newer epoch (its primary's
+                // prepares and commits go to every member): the members
+                // this replica asks may all have left, or be unable to
+                // answer, so it asks the sender, whose gate answers an
+                // older epoch's message with the notice (design 2.10).
+                return self.ask_epoch(sender);
             }
+            self.newer_sender = Some(sender);
             if let Message::EpochNotice { membership, .. } = &message {
                 if self.newer_list.is_none_or(|l| l.epoch() < membership.epoch()) {
                     self.newer_list = Some(*membership);
@@ -947,6 +967,22 @@ impl Replica {
                 self.send_to(sender.slot, sender.id, &Message::EpochStarted { epoch });
             }
         }
+    }
+
+    /// A replica recovering without its state heard `sender`, of a newer
+    /// epoch: it sends it its `Recovery`, which that epoch's gate answers
+    /// with an `EpochNotice` (at most once per sender slot per
+    /// `resend_ticks`, the notices' own limit).
+    fn ask_epoch(&mut self, sender: Sender) {
+        let Some(nonce) = self.recovery.as_ref().map(|r| r.nonce()) else {
+            return;
+        };
+        let last = &mut self.notice_ticks[sender.slot as usize];
+        if *last != 0 && self.ticks < last.saturating_add(self.config.resend_ticks) {
+            return;
+        }
+        *last = self.ticks.max(1);
+        self.send_to(sender.slot, sender.id, &Message::Recovery { nonce });
     }
 
     /// A message of an older epoch: its sender is behind, or was left out
@@ -1045,6 +1081,27 @@ impl Replica {
         self.asked_across = Some((slot, id));
         let from = self.epoch_staging.as_ref().map_or(self.commit_min, |s| s.end().0);
         self.send_to(slot, id, &Message::RequestStartEpoch { epoch, from });
+    }
+
+    /// A replica behind a newer epoch it heard of asks again, every
+    /// `view_change_ticks`, until it gets there: the newer epoch's members
+    /// send it nothing unasked (one `EpochStarted` when they enter, which
+    /// a partition may drop), and the members of its own list may all
+    /// have left and stopped since (`vopr --membership` seed 787: a
+    /// primary cut off through six changes, alone in epoch 1 after the
+    /// heal, never heard another word).
+    pub(crate) fn tick_behind(&mut self) {
+        let Some(sender) = self.newer_sender else {
+            return;
+        };
+        if sender.epoch <= self.membership.epoch() {
+            self.newer_sender = None;
+            return;
+        }
+        let last = self.last_start_epoch_request.unwrap_or(0);
+        if self.ticks >= last.saturating_add(self.config.view_change_ticks) {
+            self.request_start_epoch(sender, false);
+        }
     }
 
     /// Whether `sender`, of a newer epoch, sends what this replica asked

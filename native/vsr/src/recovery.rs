@@ -142,6 +142,12 @@ impl Replica {
         self.status == Status::Recovering
     }
 
+    /// Whether this replica, recovering, was fenced by a quorum and now
+    /// fetches the log of the view they reported.
+    pub fn is_fetching_recovered_log(&self) -> bool {
+        self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| r.answered)
+    }
+
     /// The epoch gate, then: merges the sender's crash vector, drops the
     /// message if the sender is an older incarnation than we know, and
     /// passes it on.

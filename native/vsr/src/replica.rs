@@ -363,6 +363,9 @@ pub struct Replica {
     pub(crate) newer_list: Option<Membership>,
     /// Which of them it asks next.
     pub(crate) start_epoch_turn: u64,
+    /// The last sender of a newer epoch this replica heard, while it is
+    /// behind it: asked again every `view_change_ticks` (`tick_behind`).
+    pub(crate) newer_sender: Option<Sender>,
     /// A replica started as a learner: the life of this start (never 0),
     /// recorded by the primary in the entry that admits it. 0 for one
     /// started as a member.
@@ -552,6 +555,7 @@ impl Replica {
             asked_across: None,
             epoch_staging: None,
             newer_list: None,
+            newer_sender: None,
             start_epoch_turn: 0,
             life: 0,
             learn_target: None,
@@ -1005,6 +1009,7 @@ impl Replica {
             return self.tick_learner();
         }
         self.tick_origin();
+        self.tick_behind();
         self.tick_diverged();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),

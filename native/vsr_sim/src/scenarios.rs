@@ -4077,3 +4077,233 @@ pub fn member_fencing_in_an_epoch_its_peers_left_never_catches_up(options: Optio
     commit(&mut sim, 0, d)?;
     settle(&mut sim)
 }
+
+/// `vopr --membership` seed 108 (liveness). A replica restarted without
+/// its state recovers in epoch 0: a quorum of the others fences it at
+/// view 0, and it asks view 0's primary for the log. That primary is
+/// removed by the next change, and stops, before it answers. The
+/// recovering replica asked nobody else: the new epoch's primary, which
+/// sends it every prepare and commit (it is a member there), was dropped
+/// at its gate, as any newer epoch's message but an `EpochNotice`; and
+/// the members it had asked, busy in the new epoch, had no old-epoch
+/// message of it to answer with one. It stayed `Recovering` for ever.
+/// Now any newer-epoch message makes it send its sender its `Recovery`,
+/// which the sender's gate answers with the notice: it recovers in the
+/// new epoch.
+///
+/// Five replicas, memory mode; 2 restarts cut off from 0 (the primary),
+/// is fenced by 1, 3 and 4, and waits for 0's log; 0 is removed
+/// (epoch 1 = {1, 2, 3, 4}) and the network heals.
+pub fn recovering_replica_whose_primary_left_hears_the_new_epoch(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(Options {
+        amnesia: true,
+        ..options
+    });
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    sim.crash(2);
+    sim.network.set_link(0, 2, false);
+    sim.network.set_link(2, 0, false);
+    sim.restart_amnesiac(2);
+    sim.run_until(PHASE_TICKS, "replica 2 is fenced", |s| {
+        s.replica(2).is_fetching_recovered_log()
+    })?;
+    sim.reconfigure(1, 1, &[1, 2, 3, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 0 stops", |s| {
+        s.replica(0).role() == Role::Removed
+    })?;
+    if sim.replica(2).membership().epoch() != 0 || !sim.replica(2).is_recovering() {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 is no longer recovering in epoch 0".into(),
+        ));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 2 recovers", |s| {
+        s.replica(2).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}
+
+/// `vopr --membership` seed 358 (liveness). A replica recovering without
+/// its state in epoch 0 is fenced at view 1 and stages the first chunk
+/// of view 1's log; the rest never comes (its primary is cut off from it,
+/// then removed). It hears of epoch 1 and recovers there, fenced at view
+/// 0 of epoch 1, and asks view 0's primary for the log. Views are
+/// numbered per epoch, but the staging of epoch 0's view 1 was kept, and
+/// `on_start_view` takes only a chunk of a later view than the one
+/// staged (or further in the same): view 0's chunks never were, and it
+/// stayed `Recovering` for ever. Recovering into a newer epoch now
+/// forgets what it staged, campaigned or counted for the old epoch's
+/// views, as entering one does.
+///
+/// Five replicas, memory mode, two entries a message; 0 is cut off until
+/// the others run view 1 (primary 1); 2 restarts and gets one chunk of
+/// view 1's log from 1, then nothing from it; 1 is removed (epoch 1 =
+/// {0, 2, 3, 4}, primary 0).
+pub fn recovering_replica_forgets_a_view_staged_in_its_old_epoch(options: Options) -> Result<(), Failure> {
+    let mut options = Options {
+        amnesia: true,
+        ..options
+    };
+    options.config.message_entries_max = 2;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..6 {
+        commit(&mut sim, 0, 0)?;
+    }
+    isolate(&mut sim, 0);
+    sim.run_until(PHASE_TICKS, "replicas 1 to 4 run view 1", |s| {
+        (1..5).all(|r| s.replica(r).view() == 1 && s.replica(r).status() == Status::Normal)
+    })?;
+    sim.network.heal();
+    commit(&mut sim, 0, 1)?;
+    sim.crash(2);
+    sim.network.hold(1, 2);
+    sim.restart_amnesiac(2);
+    sim.run_until(PHASE_TICKS, "replica 2 is fenced", |s| {
+        s.replica(2).is_fetching_recovered_log()
+    })?;
+    sim.run_ticks(5)?;
+    let cluster = sim.replica(1).config().wire_cluster();
+    let held = sim.network.take_held(1, 2);
+    sim.network.hold(1, 2); // from now on, nothing of 1's reaches 2
+    let mut chunks = 0;
+    for bytes in held {
+        let chunk = matches!(
+            vsr::message::decode(cluster, &bytes).map(|d| d.message),
+            Ok(vsr::Message::StartView { .. })
+        );
+        if chunk {
+            chunks += 1;
+            if chunks > 1 {
+                continue;
+            }
+        }
+        // By another link: 1's own is held (the network does not read
+        // the sender in the header).
+        let now = sim.tick;
+        sim.network.deliver(now + 1, 3, 2, bytes);
+    }
+    sim.run_ticks(5)?;
+    if chunks == 0 || sim.replica(2).staging_progress().is_none() || !sim.replica(2).is_recovering() {
+        return Err(failure(
+            &sim,
+            "setup: replica 2 staged no part of view 1's log".into(),
+        ));
+    }
+    sim.reconfigure(1, 1, &[0, 2, 3, 4], PHASE_TICKS)?;
+    change_ends(&mut sim, 1, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "replica 1 stops", |s| {
+        s.replica(1).role() == Role::Removed
+    })?;
+    sim.run_until(PHASE_TICKS, "replica 2 recovers in epoch 1", |s| {
+        s.replica(2).status() == Status::Normal && s.replica(2).membership().epoch() == 1
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
+
+/// `vopr --membership` seed 787 (liveness). A member cut off from the
+/// others while two changes remove it, then every other member of its
+/// list, hears of the newer epoch once: the new member's `EpochStarted`
+/// (sent to each member left out, once, on entering). It asks that
+/// sender for the epoch's log, and the question is lost. Then nothing:
+/// the newer epoch's members send nothing unasked to a replica outside
+/// their list, and the members of its own list have all left and
+/// stopped, so its campaigns reach nobody. It stayed in the old epoch
+/// for ever. Now a replica behind asks the last newer-epoch sender it
+/// heard again every `view_change_ticks` until it gets there: it catches
+/// up into epoch 1, where it is leaving, and a member of epoch 2 tells
+/// it that epoch started, so it stops.
+///
+/// Four replicas; 3 is cut off; epoch 1 = {0, 1, 2, NEW} (only NEW's
+/// `EpochStarted` reaches 3; 3's answer does not reach NEW), epoch 2 =
+/// {NEW, NEW + 1, NEW + 2}; 0, 1 and 2 stop for good; the network heals.
+pub fn member_cut_off_while_its_list_left_asks_a_newer_sender_again(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    isolate(&mut sim, 3);
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    let new = learners[0];
+    sim.network.set_link(new, 3, true);
+    sim.network.hold(new, 3);
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    sim.run_ticks(5)?;
+    let cluster = sim.replica(0).config().wire_cluster();
+    let now = sim.tick;
+    let mut told = false;
+    for bytes in sim.network.take_held(new, 3) {
+        let decoded = vsr::message::decode(cluster, &bytes);
+        if matches!(decoded.map(|d| d.message), Ok(vsr::Message::EpochStarted { .. })) {
+            told = true;
+            sim.network.deliver(now + 1, new, 3, bytes);
+        }
+    }
+    sim.run_ticks(1)?;
+    sim.network.set_link(new, 3, false);
+    if !told {
+        return Err(failure(
+            &sim,
+            "setup: the new member sent 3 no EpochStarted".into(),
+        ));
+    }
+    let ids = [NEW, NEW + 1, NEW + 2];
+    sim.start_learners(new, &ids)?;
+    sim.reconfigure(new, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, new, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "0, 1 and 2 stop", |s| {
+        (0..3).all(|r| s.replica(r).role() == Role::Removed)
+    })?;
+    for r in 0..3 {
+        sim.crash(r);
+        sim.dead[r as usize] = true;
+    }
+    if sim.replica(3).membership().epoch() != 0 {
+        return Err(failure(&sim, "setup: replica 3 left epoch 0".into()));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "replica 3 stops", |s| {
+        s.replica(3).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, new)?;
+    settle(&mut sim)
+}
+
+/// `vopr --membership` seeds 213, 403, 481 and 553 (the timestamp
+/// checker, not the protocol). A list of one outvotes no clock: its
+/// primary stamps with its own, an hour ahead after a jump. Grown to two,
+/// the list stamps `head + 1` (timestamps only increase) until true time
+/// catches up, above what its two clocks allow, and the checker, which
+/// outvoted one clock whatever lists had run, called that a violation. It
+/// now allows 1 ns above the previous op's timestamp (which it checked).
+///
+/// One replica; its wall clock jumps an hour ahead; it commits; a second
+/// node joins (epoch 1 = {0, NEW}); it commits again.
+pub fn list_of_one_stamps_ahead_then_grows(options: Options) -> Result<(), Failure> {
+    const HOUR_NS: i64 = 3_600_000_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.clock_offset_ns[0] = HOUR_NS;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learners[0];
+    sim.run_until(PHASE_TICKS, "the new member enters", |s| {
+        s.running(new as usize).is_some_and(|x| x.role() == Role::Member)
+    })?;
+    commit(&mut sim, 0, 0)?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}

@@ -505,3 +505,23 @@ fn two_staying_members_fencing_at_once_wedge() {
 fn member_fencing_in_an_epoch_its_peers_left_never_catches_up() {
     scenarios::member_fencing_in_an_epoch_its_peers_left_never_catches_up(amnesiac(options(3, 1))).unwrap();
 }
+
+#[test]
+fn recovering_replica_whose_primary_left_hears_the_new_epoch() {
+    scenarios::recovering_replica_whose_primary_left_hears_the_new_epoch(options(5, 1)).unwrap();
+}
+
+#[test]
+fn recovering_replica_forgets_a_view_staged_in_its_old_epoch() {
+    scenarios::recovering_replica_forgets_a_view_staged_in_its_old_epoch(options(5, 1)).unwrap();
+}
+
+#[test]
+fn member_cut_off_while_its_list_left_asks_a_newer_sender_again() {
+    scenarios::member_cut_off_while_its_list_left_asks_a_newer_sender_again(options(4, 1)).unwrap();
+}
+
+#[test]
+fn list_of_one_stamps_ahead_then_grows() {
+    scenarios::list_of_one_stamps_ahead_then_grows(options(1, 1)).unwrap();
+}

@@ -145,16 +145,28 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
 /// reconfiguration entry: the crash kept the log's records, not the
 /// superblock's); 836 (a request queued across a change of epoch was
 /// prepared again after its client moved on, and its origin answered the
-/// caller a second time, naming no op).
+/// caller a second time, naming no op); 108, 127, 672, 700, 709, 906 and
+/// 912 (a replica recovering in an old epoch whose list's members that
+/// it asked had left or moved on dropped the new epoch's messages and
+/// asked nobody else); 358, 681, 859 and 965 (a replica recovering into a
+/// newer epoch kept the log it had staged of a view of the old one, which
+/// outranked the new epoch's view 0); 787 (a replica behind, whose list's
+/// members had all left, asked the one newer-epoch sender it heard only
+/// once); 213, 403, 481 and 553 (the timestamp check, not the protocol: a
+/// genesis of one stamped with its clock an hour ahead, and the list of
+/// two it grew to stamped `head + 1` above that).
 #[test]
 fn membership_seeds_that_failed_once() {
     check(
-        [3, 25, 54, 69, 92, 146, 168, 822, 836, 899]
-            .into_iter()
-            .filter_map(|seed| {
-                let mut options = Options::from_seed(seed);
-                options.membership_changes = true;
-                Simulator::new(options).run().err()
-            }),
+        [
+            3, 25, 54, 69, 92, 108, 127, 146, 168, 213, 358, 403, 481, 553, 672, 681, 700, 709, 787, 822,
+            836, 859, 899, 906, 912, 965,
+        ]
+        .into_iter()
+        .filter_map(|seed| {
+            let mut options = Options::from_seed(seed);
+            options.membership_changes = true;
+            Simulator::new(options).run().err()
+        }),
     );
 }

@@ -1,7 +1,10 @@
 //! `vopr`: runs simulator seeds.
 //!
 //! ```text
-//! vopr --seed N [--trace K] replay one seed, with a report (and the state every K ticks)
+//! vopr --seed N [--trace K] [--events]
+//!                          replay one seed, with a report (and the state every
+//!                          K ticks; with --events, crashes, boots, changes and
+//!                          epochs entered as they happen)
 //! vopr --seeds N [--from S] [--jobs J]
 //!                          run seeds S..S+N on J threads; print failures with
 //!                          the command that replays each, then `N passed, M failed`
@@ -33,7 +36,8 @@ fn main() -> ExitCode {
     let membership = args.iter().any(|a| a == "--membership");
     let mode = Mode { dead, membership };
     if let Some(seed) = value("--seed") {
-        return replay(seed, value("--trace").unwrap_or(0), mode);
+        let events = args.iter().any(|a| a == "--events");
+        return replay(seed, value("--trace").unwrap_or(0), events, mode);
     }
     let Some(count) = value("--seeds") else {
         return usage();
@@ -73,15 +77,16 @@ fn options(seed: u64, mode: Mode) -> Options {
     }
 }
 
-fn run(seed: u64, mode: Mode, trace_every: u64) -> Result<Report, vsr_sim::Failure> {
+fn run(seed: u64, mode: Mode, trace_every: u64, events: bool) -> Result<Report, vsr_sim::Failure> {
     let mut simulator = Simulator::new(options(seed, mode));
     simulator.trace_every = trace_every;
+    simulator.events = events;
     simulator.run()
 }
 
-fn replay(seed: u64, trace_every: u64, mode: Mode) -> ExitCode {
+fn replay(seed: u64, trace_every: u64, events: bool, mode: Mode) -> ExitCode {
     println!("seed {seed}: {:?}", options(seed, mode));
-    match run(seed, mode, trace_every) {
+    match run(seed, mode, trace_every, events) {
         Ok(report) => {
             println!("seed {seed} passed: {report:?}");
             ExitCode::SUCCESS
@@ -105,7 +110,7 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
                 if seed >= from + count {
                     break;
                 }
-                let outcome = std::panic::catch_unwind(|| run(seed, mode, 0));
+                let outcome = std::panic::catch_unwind(|| run(seed, mode, 0, false));
                 let failure = match outcome {
                     Ok(Ok(_)) => None,
                     Ok(Err(failure)) => Some(failure.to_string()),
