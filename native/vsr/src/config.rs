@@ -185,11 +185,13 @@ pub enum Mutation {
     /// records for it: a later life of it takes part at incarnation 0, as
     /// the one the others may have heard from.
     EnterAsAnotherLife,
-    /// A staying member enters a new epoch and takes part whatever
-    /// incarnation the entry records for it: one that recovered after the
-    /// proposal, fenced only in the old epoch, takes part unknown to the
-    /// new members, who still count what its earlier life told them.
-    NoFenceInNewEpoch,
+    /// A replica answers a `Recovery` while a reconfiguration entry it has
+    /// not executed is in its log: a member that lost its state after the
+    /// entry committed recovers in the old epoch among replicas that have
+    /// not entered the new one, and then takes part in the new epoch at a
+    /// number its members never heard of, while they still count what its
+    /// earlier life told them there.
+    RecoveryAnsweredAboveAnEntry,
     /// A checkpoint records the membership in force when the host's
     /// snapshot arrives, not as it was right after its op executed
     /// (membership design, 5.4): a snapshot answered after the replica

@@ -573,12 +573,7 @@ impl Replica {
             (false, true) => Role::Removed,
             (false, false) => Role::Leaving,
         };
-        let recovers = listed
-            && if was_learner {
-                self.learner_must_recover(&target)
-            } else {
-                self.member_must_fence(&target, old.epoch())
-            };
+        let recovers = was_learner && listed && self.learner_must_recover(&target);
         self.view = 0;
         self.log_view = 0;
         self.view_seen = 0;
@@ -612,11 +607,10 @@ impl Replica {
         let leads = target.primary(0) == self.index;
         match self.role {
             Role::Member if recovers => {
-                // Not the life the entry records (a learner's other life,
-                // or a member that recovered after the proposal), or not
-                // in the epoch right after the one it took part in: it
-                // takes a new incarnation at a quorum of the list, and the
-                // view's log, before it takes part (design 2.10).
+                // Another life of it, or an epoch after the one that
+                // admitted it: an earlier life may have taken part at
+                // incarnation 0, so it takes a new incarnation at a quorum
+                // of the list, and the view's log, before it takes part.
                 self.fence_in_epoch();
             }
             Role::Member if live => {
@@ -673,35 +667,11 @@ impl Replica {
         }
     }
 
-    /// Entering `target` from epoch `from` as a member that was one
-    /// before: whether it must fence in `target` before it takes part
-    /// (design 2.10, the fence per epoch). It takes part at once only as
-    /// the life the entry records, which is so when its incarnation is
-    /// the recorded one and it took part in the epoch right before, where
-    /// incarnations name one life each. Otherwise it recovered after the
-    /// proposal (fenced only in the old epoch, where a quorum may know a
-    /// lower number than one an earlier life of it used in this epoch), or
-    /// it jumps over epochs by a checkpoint (its number, taken in an older
-    /// epoch, may be one another life of it took in an epoch between). A
-    /// fence done in `target` stands (`fenced_epoch`: a restart's replay
-    /// enters again).
-    pub(crate) fn member_must_fence(&self, target: &Membership, from: Epoch) -> bool {
-        #[cfg(feature = "mutations")]
-        if self.mutated(crate::config::Mutation::NoFenceInNewEpoch) {
-            return false;
-        }
-        if self.fenced_epoch == target.epoch() {
-            return false;
-        }
-        let recorded = target.member(self.index).map(|m| m.incarnation);
-        recorded != Some(self.incarnations[self.index as usize]) || from + 1 != target.epoch()
-    }
-
     /// Recovers in the current epoch keeping the log (a fence, design
     /// 2.10): steps 1 and 2 of a recovery among the list's others, then
     /// the view's log; `fenced_epoch` marks it done. Its durable state
     /// does not say `recovering` (that would empty its store's log): a
-    /// restart checks again (`fence_if_unrecorded`).
+    /// restart checks again (`resume_learner_life`).
     pub(crate) fn fence_in_epoch(&mut self) {
         self.status = Status::Recovering;
         self.status_since = self.ticks;
@@ -712,23 +682,6 @@ impl Replica {
         self.recovery = Some(crate::recovery::Recovery::keeping_log(nonce));
         self.last_resend_tick = 0;
         self.clear_queue();
-    }
-
-    /// After a restart from disk: a member whose incarnation is not the
-    /// one its epoch's entry records, and that never fenced in that epoch,
-    /// entered it after recovering in an older one and crashed before its
-    /// fence finished: it fences again.
-    pub(crate) fn fence_if_unrecorded(&mut self) {
-        if self.role != Role::Member
-            || self.status == Status::Recovering
-            || self.fenced_epoch == self.membership.epoch()
-        {
-            return;
-        }
-        let recorded = self.membership.member(self.index).map(|m| m.incarnation);
-        if recorded != Some(self.incarnations[self.index as usize]) {
-            self.fence_in_epoch();
-        }
     }
 
     /// Installing a checkpoint whose membership is of a newer epoch

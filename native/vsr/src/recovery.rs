@@ -294,10 +294,30 @@ impl Replica {
     }
 
     fn on_recovery(&mut self, from: Slot, nonce: u128) {
-        if self.status != Status::Recovering {
+        if self.status != Status::Recovering && !self.holds_an_unexecuted_entry() {
             let incarnation = self.incarnations[from as usize];
             self.send(from, &Message::RecoveryResponse { nonce, incarnation });
         }
+    }
+
+    /// Whether a reconfiguration entry lies in the log above what this
+    /// replica executed. It then answers no `Recovery` (docs/protocol.md,
+    /// "Recovering across epochs"): the entry may have committed, and an
+    /// earlier life of the asker may have entered the next epoch and taken
+    /// part there at a number this epoch's quorum never heard of; the
+    /// asker must recover in that epoch, where it hears of it (an
+    /// `EpochNotice` once this replica executes the entry), not here.
+    fn holds_an_unexecuted_entry(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::config::Mutation::RecoveryAnsweredAboveAnEntry) {
+            return false;
+        }
+        ((self.commit_min + 1)..=self.log.op()).any(|op| {
+            self.log
+                .get(op)
+                .and_then(|e| e.requests.first())
+                .is_some_and(|r| r.is_reconfiguration())
+        })
     }
 
     fn on_recovery_fence(&mut self, from: Slot, nonce: u128) {

@@ -590,7 +590,6 @@ impl Replica {
         replica.execute_committed();
         replica.replaying = false;
         replica.drop_entries_of_an_unentered_epoch();
-        replica.fence_if_unrecorded();
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
     }

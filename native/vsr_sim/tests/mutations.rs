@@ -315,11 +315,11 @@ fn counting_learners_acknowledgements_is_caught() {
 }
 
 #[test]
-fn a_member_taking_part_in_a_new_epoch_unfenced_is_caught() {
+fn a_recovery_answered_above_an_unexecuted_entry_is_caught() {
     let mut broken = options(3, 1);
     broken.amnesia = true;
-    broken.config.mutation = Mutation::NoFenceInNewEpoch;
-    assert!(scenarios::member_recovered_in_the_old_epoch_fences_in_the_new(broken).is_err());
+    broken.config.mutation = Mutation::RecoveryAnsweredAboveAnEntry;
+    assert!(scenarios::member_recovers_in_the_epoch_its_earlier_life_entered(broken).is_err());
 }
 
 #[test]

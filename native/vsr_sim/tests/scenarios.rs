@@ -484,26 +484,20 @@ fn member_recovered_in_a_later_epoch_restarts_from_disk() {
 }
 
 #[test]
-fn member_recovered_in_the_old_epoch_fences_in_the_new() {
-    scenarios::member_recovered_in_the_old_epoch_fences_in_the_new(amnesiac(options(3, 1))).unwrap();
+fn member_recovers_in_the_epoch_its_earlier_life_entered() {
+    scenarios::member_recovers_in_the_epoch_its_earlier_life_entered(amnesiac(options(3, 1))).unwrap();
 }
 
 #[test]
-#[ignore = "review break: a fencing primary of view 0 in a two-member epoch wedges it"]
-fn two_member_epoch_led_by_a_fencing_member_wedges() {
-    scenarios::two_member_epoch_led_by_a_fencing_member_wedges(amnesiac(options(3, 1))).unwrap();
+#[ignore = "known limitation: an amnesiac member of a two-member list cannot recover (docs/protocol.md, Not yet)"]
+fn amnesiac_member_of_a_new_two_member_list_waits() {
+    scenarios::amnesiac_member_of_a_new_two_member_list_waits(amnesiac(options(3, 1))).unwrap();
 }
 
 #[test]
-#[ignore = "review break: two staying members that must fence in the same epoch wait for each other for ever"]
-fn two_staying_members_fencing_at_once_wedge() {
-    scenarios::two_staying_members_fencing_at_once_wedge(amnesiac(options(3, 1))).unwrap();
-}
-
-#[test]
-#[ignore = "review break: a member fencing in an epoch its peers have left never catches up"]
-fn member_fencing_in_an_epoch_its_peers_left_never_catches_up() {
-    scenarios::member_fencing_in_an_epoch_its_peers_left_never_catches_up(amnesiac(options(3, 1))).unwrap();
+#[ignore = "known limitation: an amnesiac member of a two-member list cannot recover (docs/protocol.md, Not yet)"]
+fn amnesiac_member_after_a_shrink_to_two_waits() {
+    scenarios::amnesiac_member_after_a_shrink_to_two_waits(amnesiac(options(3, 1))).unwrap();
 }
 
 #[test]
