@@ -107,7 +107,8 @@ defmodule Visor.Native do
     :meta,
     :member,
     :joined,
-    :learner
+    :learner,
+    :known
   ]
 
   # Slots a membership may use (vsr's MAX_SLOTS: an old and a new list).
@@ -181,6 +182,14 @@ defmodule Visor.Native do
       directory must not hold yet); without, only in disk mode, it
       restarts from the store it created as one (a member once it
       entered its epoch);
+    * `:known`: with `recover: true`, in memory mode: `{epoch, members}`,
+      the newest membership the host knows (epoch from 1; `members` as
+      the `{:epoch, epoch, members, role}` event reports them,
+      `[{slot, member_id, joined}]`), to recover in instead of the list
+      the group was formed with. It must list this replica at
+      `replica_index`: as `member`/`joined` if given (a node a change
+      added), else as the genesis member of that slot (docs/nif.md,
+      "Recovering in a later epoch");
     * `:recover`: `true` when this replica rejoins an existing cluster after
       losing its state (a restarted node in memory mode): it recovers its
       incarnation and the log from a quorum before it votes or acknowledges
@@ -582,6 +591,7 @@ defmodule Visor.Native do
       check_u64!(Map.fetch!(opts, key), Atom.to_string(key))
     end
 
+    validate_known!(opts)
     validate_disk_opts!(opts)
   end
 
@@ -618,15 +628,60 @@ defmodule Visor.Native do
                   inspect(joined)
         end
 
-        if Map.get(opts, :recover, false) == true,
-          do: raise(ArgumentError, "recover must be false with member")
+        known? = Map.has_key?(opts, :known)
 
-        if not learner and not Map.has_key?(opts, :data_dir),
-          do: raise(ArgumentError, "member without learner: true needs data_dir")
+        if Map.get(opts, :recover, false) == true and not known?,
+          do: raise(ArgumentError, "recover must be false with member, unless known is given")
+
+        if not learner and not Map.has_key?(opts, :data_dir) and not known?,
+          do: raise(ArgumentError, "member without learner: true needs data_dir or known")
 
         true
     end
   end
+
+  # The newest membership the host knows, for a memory-mode replica that
+  # recovers (`known: {epoch, [{slot, member_id, joined}]}`, the shape of
+  # the `{:epoch, ...}` event). The wrapper checks the shape and the
+  # options it needs; the NIF checks the rest (distinct slots and ids, and
+  # that it lists this replica at `replica_index`).
+  defp validate_known!(%{known: known} = opts) do
+    unless match?({epoch, [_ | _]} when is_integer(epoch) and epoch >= 1, known) and
+             known_members?(elem(known, 1), elem(known, 0), Contract.max_replicas()) do
+      raise ArgumentError,
+            "known must be {epoch, members}: an epoch from 1 and 1..#{Contract.max_replicas()} " <>
+              "{slot, member_id, joined} (slot 0..#{@max_slots - 1}, a 16-byte member id, " <>
+              "joined 0..epoch), got: #{inspect(known, limit: 20)}"
+    end
+
+    if Map.get(opts, :recover) != true,
+      do: raise(ArgumentError, "known needs recover: true")
+
+    if Map.has_key?(opts, :data_dir),
+      do: raise(ArgumentError, "known is only accepted without data_dir")
+
+    if Map.get(opts, :learner, false) == true,
+      do: raise(ArgumentError, "known must not come with learner: true")
+
+    :ok
+  end
+
+  defp validate_known!(_opts), do: :ok
+
+  # A proper list of at most `left` members, walked cell by cell.
+  defp known_members?([], _epoch, _left), do: true
+
+  defp known_members?([member | rest], epoch, left) when left > 0,
+    do: known_member?(member, epoch) and known_members?(rest, epoch, left - 1)
+
+  defp known_members?(_improper_or_long, _epoch, _left), do: false
+
+  defp known_member?({slot, id, joined}, epoch),
+    do:
+      is_integer(slot) and slot in 0..(@max_slots - 1) and is_binary(id) and
+        byte_size(id) == 16 and is_integer(joined) and joined >= 0 and joined <= epoch
+
+  defp known_member?(_member, _epoch), do: false
 
   defp validate_disk_opts!(%{data_dir: dir} = opts) do
     unless is_binary(dir) and dir != "" and String.valid?(dir) do

@@ -47,6 +47,7 @@ rustler::atoms! {
     evicted,
     refused,
     membership,
+    known,
 
     // Storage notices and the storage part of the status map.
     storage,

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
-use vsr::{ChangeResult, Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS, MAX_SLOTS};
+use vsr::{
+    ChangeId, ChangeResult, Config, Member, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS, MAX_SLOTS,
+};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
@@ -30,6 +32,10 @@ pub struct StartOptions {
     /// the store it created as one. `None`: a member of the genesis, at
     /// `replica_index`.
     pub joining: Option<Joining>,
+    /// Memory mode, recovering: the newest membership the host knows
+    /// (`known: {epoch, members}`), to recover in instead of the genesis
+    /// (`Host::boot_in`). `None`: the genesis.
+    pub known: Option<Membership>,
 }
 
 type Setter = fn(&mut Config, u64) -> Result<(), EngineError>;
@@ -156,19 +162,45 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
             .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
     let disk = decode_disk(opts)?;
+    let known = decode_known(opts)?;
+    if known.is_some() {
+        if !recover {
+            return Err(EngineError::bad_option(
+                "known",
+                "needs recover: true (only a replica that lost its state recovers in it)",
+            ));
+        }
+        if disk.is_some() {
+            return Err(EngineError::bad_option(
+                "known",
+                "is only accepted without data_dir (a store records its own membership)",
+            ));
+        }
+        if joining.is_some_and(|j| j.life.is_some()) {
+            return Err(EngineError::bad_option(
+                "known",
+                "must not come with learner: true (a learner takes its list from the primary)",
+            ));
+        }
+    }
     if let Some(joining) = &joining {
-        if recover {
+        if recover && known.is_none() {
             return Err(EngineError::bad_option(
                 "recover",
-                "must be false with member (a learner starts empty; a member restarts from its store)",
+                "must be false with member, unless known names the membership it recovers in \
+                 (a learner starts empty; a member restarts from its store)",
             ));
         }
-        if joining.life.is_none() && disk.is_none() {
+        if joining.life.is_none() && disk.is_none() && known.is_none() {
             return Err(EngineError::bad_option(
                 "learner",
-                "must be true without data_dir (only a store can say a member joined)",
+                "must be true without data_dir or known (only a store, or the membership \
+                 known, can say a member joined)",
             ));
         }
+    }
+    if let Some(known) = &known {
+        check_listed(known, index, joining.as_ref(), count)?;
     }
     Ok(StartOptions {
         config,
@@ -177,7 +209,107 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
         recover,
         disk,
         joining,
+        known,
     })
+}
+
+/// `known: {epoch, members}`: a membership in the shape the `{:epoch,
+/// epoch, members, role}` event reports one: `epoch` from 1 (the genesis
+/// needs no `known`), `members` a proper list of 1 to `MAX_REPLICAS`
+/// `{slot, member_id, joined}` (slot below `MAX_SLOTS`, a 16-byte member
+/// id, `joined` at most `epoch`), distinct slots and ids, in the order
+/// that decides the primaries. The list is walked cell by cell and
+/// refused as soon as it is too long. The incarnations and lives the
+/// change's entry recorded, and the change's name, are not part of it:
+/// the recovery fences a new incarnation at a quorum of the list anyway,
+/// and the replica takes the entry's numbers when it enters a later
+/// epoch.
+fn decode_known(opts: Term) -> Result<Option<Membership>, EngineError> {
+    let Ok(term) = opts.map_get(atoms::known()) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| EngineError::bad_option("known", why.to_string());
+    let shape = "must be {epoch, [{slot, member_id, joined}]}";
+    let Ok((epoch, list)) = term.decode::<(Term, Term)>() else {
+        return Err(bad(shape));
+    };
+    let epoch = match epoch.decode::<u64>() {
+        Ok(epoch) if (1..=vsr::message::NUMBER_MAX).contains(&epoch) => epoch,
+        _ => {
+            return Err(bad(&format!(
+                "epoch must be an epoch after the genesis (1..={})",
+                vsr::message::NUMBER_MAX
+            )))
+        }
+    };
+    let mut members: Vec<Member> = Vec::new();
+    let mut rest = list;
+    // Cell by cell: rustler's ListIterator panics on an improper list.
+    while !rest.is_empty_list() {
+        let Ok((item, tail)) = rest.list_get_cell() else {
+            return Err(bad("members must be a proper list"));
+        };
+        if members.len() == MAX_REPLICAS {
+            return Err(bad(&format!("members must hold 1..={MAX_REPLICAS} members")));
+        }
+        let Ok((slot, id, joined)) = item.decode::<(Term, Term, Term)>() else {
+            return Err(bad("members must hold {slot, member_id, joined} tuples"));
+        };
+        let slot = match slot.decode::<u64>() {
+            Ok(slot) if slot < MAX_SLOTS as u64 => slot as u8,
+            _ => return Err(bad(&format!("a member's slot must be 0..{MAX_SLOTS}"))),
+        };
+        let id = match id.decode::<Binary>() {
+            Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
+            _ => return Err(bad("a member's id must be a 16-byte binary")),
+        };
+        let joined = match joined.decode::<u64>() {
+            Ok(joined) if joined <= epoch => joined,
+            _ => return Err(bad(&format!("a member's joined must be an epoch 0..={epoch}"))),
+        };
+        members.push(Member {
+            slot,
+            id,
+            joined,
+            ..Member::default()
+        });
+        rest = tail;
+    }
+    Membership::new(epoch, ChangeId::default(), &members)
+        .map(Some)
+        .map_err(|e| bad(&format!("is not a membership: {e}")))
+}
+
+/// The replica `start` asks for must be the member `known` lists at its
+/// slot: named by `member` and `joined` if given, else the genesis member
+/// of that slot (its id the slot number, joined 0).
+fn check_listed(
+    known: &Membership,
+    index: u64,
+    joining: Option<&Joining>,
+    count: u64,
+) -> Result<(), EngineError> {
+    let (id, joined) = match joining {
+        Some(joining) => (joining.id, joining.joined),
+        None if index < count => (u128::from(index), 0),
+        None => {
+            return Err(EngineError::bad_option(
+                "replica_index",
+                format!("must be below replica_count ({count}) without member"),
+            ))
+        }
+    };
+    let listed = known
+        .member(index as u8)
+        .is_some_and(|m| m.id == id && m.joined == joined);
+    if listed {
+        Ok(())
+    } else {
+        Err(EngineError::bad_option(
+            "known",
+            format!("does not list this replica (member id {id:#x}, joined {joined}) at slot {index}"),
+        ))
+    }
 }
 
 /// `member` (a 16-byte member id), `joined` (the epoch that admits it,
