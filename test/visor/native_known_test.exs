@@ -25,7 +25,9 @@ defmodule Visor.NativeKnownTest do
     on_exit(fn -> Native.stop(e) end)
     assert %{status: :recovering, epoch: 1, members: ^members} = Native.status(e)
 
-    {:ok, e2} = Native.start(opts(cluster, 3, 3, Map.merge(good, %{member: added, joined: 1})), self())
+    {:ok, e2} =
+      Native.start(opts(cluster, 3, 3, Map.merge(good, %{member: added, joined: 1})), self())
+
     on_exit(fn -> Native.stop(e2) end)
     assert %{status: :recovering, epoch: 1, replica_index: 3} = Native.status(e2)
 
@@ -108,6 +110,6 @@ defmodule Visor.NativeKnownTest do
     # It takes part: with replica 1 gone, 0 and 2 still commit.
     :ok = Native.stop(c.engines[1])
     {c, op} = commit(c, 0, client, session, 2, "after")
-    assert pump(c, &(Enum.any?(&1.executes[2], fn {:execute, o, _, _, _} -> o == op end)))
+    assert pump(c, &Enum.any?(&1.executes[2], fn {:execute, o, _, _, _} -> o == op end))
   end
 end
