@@ -115,14 +115,18 @@ defmodule Visor.Lifetime do
   @typedoc """
   A membership as this node knew it (memory mode): the cluster and the
   list the group was formed with (which name the member ids), the epoch,
-  and its members as the engine reports them, `[{slot, member_id,
-  joined}]` in the order that decides the primaries.
+  its members as the engine reports them, `[{slot, member_id, joined}]`
+  in the order that decides the primaries, and their nodes as this node
+  knew them (`Visor.MemberId.node_of/3`'s candidates: a member id is the
+  hash of its node's name, so a name that does not hash to an id names
+  nothing).
   """
   @type membership :: %{
           cluster: <<_::128>>,
           genesis: [node()],
           epoch: pos_integer(),
-          members: [{non_neg_integer(), <<_::128>>, non_neg_integer()}]
+          members: [{non_neg_integer(), <<_::128>>, non_neg_integer()}],
+          nodes: [node()]
         }
 
   @doc """

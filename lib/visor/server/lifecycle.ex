@@ -215,7 +215,8 @@ defmodule Visor.Server.Lifecycle do
       cluster: lifecycle.cluster,
       genesis: Tuple.to_list(lifecycle.members),
       epoch: epoch,
-      members: members
+      members: members,
+      nodes: Enum.filter(current_nodes(lifecycle), &is_atom/1)
     }
 
     if newer?(known, lifecycle.known),
@@ -275,15 +276,18 @@ defmodule Visor.Server.Lifecycle do
 
   # The shape the engine's {:epoch, ...} event and Visor.Lifetime give a
   # membership; the engine checks the rest (distinct slots and ids).
-  defp valid_known?(%{
-         cluster: <<_::128>>,
-         genesis: [_ | _] = genesis,
-         epoch: epoch,
-         members: members
-       })
-       when is_integer(epoch) and epoch > 0 and is_list(members) and members != [] and
-              length(genesis) <= 6 and length(members) <= 6 do
-    Enum.all?(genesis, &is_atom/1) and
+  defp valid_known?(
+         %{
+           cluster: <<_::128>>,
+           genesis: [_ | _] = genesis,
+           epoch: epoch,
+           members: [_ | _] = members,
+           nodes: nodes
+         } = known
+       )
+       when is_integer(epoch) and epoch > 0 and is_list(nodes) and map_size(known) == 5 do
+    proper_list?(genesis, 6) and proper_list?(members, 6) and proper_list?(nodes, 6) and
+      Enum.all?(genesis ++ nodes, &is_atom/1) and
       Enum.all?(members, fn
         {slot, <<_::128>>, joined} ->
           is_integer(slot) and slot in 0..11 and is_integer(joined) and joined in 0..epoch
@@ -294,6 +298,10 @@ defmodule Visor.Server.Lifecycle do
   end
 
   defp valid_known?(_answer), do: false
+
+  defp proper_list?([], _left), do: true
+  defp proper_list?([_ | rest], left) when left > 0, do: proper_list?(rest, left - 1)
+  defp proper_list?(_other, _left), do: false
 
   # A membership of this node's cluster: in `nodes:` mode the cluster id
   # its configuration names (Visor.Formation), else one its formation
@@ -347,9 +355,12 @@ defmodule Visor.Server.Lifecycle do
 
   # A member id's node: the genesis index's, or the node (this one, a
   # connected one, or one a change here named) whose name hashes to it.
-  defp node_of(%__MODULE__{members: members} = lifecycle, id) do
+  # (`known`: the nodes a membership this node knew named.)
+  defp node_of(%__MODULE__{members: members} = lifecycle, id, known \\ []) do
     candidates =
-      [lifecycle.node | Node.list()] ++ Enum.filter(current_nodes(lifecycle), &is_atom/1)
+      [lifecycle.node | Node.list()] ++
+        Enum.filter(current_nodes(lifecycle), &is_atom/1) ++
+        known
 
     case MemberId.node_of(members, id, candidates) do
       nil -> {:unknown_member, Base.encode16(id, case: :lower)}
@@ -515,7 +526,10 @@ defmodule Visor.Server.Lifecycle do
     name = inspect(lifecycle.config.group)
     genesis = List.to_tuple(known.genesis)
     lifecycle = %{lifecycle | members: genesis, cluster: known.cluster, decision: decision}
-    current = for {slot, id, _joined} <- known.members, do: {slot, node_of(lifecycle, id)}
+
+    current =
+      for {slot, id, _joined} <- known.members, do: {slot, node_of(lifecycle, id, known.nodes)}
+
     lifecycle = %{lifecycle | current: current, epoch: known.epoch}
     nodes = inspect(current_nodes(lifecycle))
 

@@ -121,7 +121,8 @@ defmodule Visor.Server.StatusTest do
     # c@h (index 2) left; b@h leads the new epoch.
     members = [{1, id.(1), 0}, {0, id.(0), 0}]
     {lc, effects} = Lifecycle.epoch(running(), 1, members, :member)
-    assert [{:log, :info, _}] = effects
+    # Memory mode: the newest list this node knows is recorded (Visor.Lifetime).
+    assert [{:log, :info, _}, {:remember_membership, %{epoch: 1, members: ^members}}] = effects
     status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
     assert %{epoch: 1, members: [:b@h, :a@h], role: :primary, primary: :b@h} = status
 
@@ -135,7 +136,10 @@ defmodule Visor.Server.StatusTest do
     # b@h left out of epoch 2: it says so, fails its waiting callers
     # with :timeout, and passes new ones on as a spare.
     {lc, effects} = Lifecycle.epoch(lc, 2, [{0, id.(0), 0}], :leaving)
-    assert [{:log, :warning, line}, {:fail_callers, :timeout}] = effects
+
+    assert [{:log, :warning, line}, {:fail_callers, :timeout}, {:remember_membership, _}] =
+             effects
+
     assert line =~ "not a member of epoch 2"
     assert Lifecycle.refusal(lc) == :spare
     status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
