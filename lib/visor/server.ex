@@ -732,6 +732,10 @@ defmodule Visor.Server do
     {:noreply, dispatch(state)}
   end
 
+  # An older release's answer ({:error, :unknown_call}): it knows no list.
+  defp info({{:visor_membership, tag, _node}, _reply}, %{lifecycle: %{tag: tag}} = state),
+    do: {:noreply, state}
+
   defp info({:visor_formation, tag, decision}, %{lifecycle: %{tag: tag}} = state),
     do: {:noreply, formation(state, decision)}
 
