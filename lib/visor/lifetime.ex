@@ -24,8 +24,9 @@ defmodule Visor.Lifetime do
   #     it.
   #   * **the newest membership its replica knew** (memory mode), per
   #     configuration as above: the epoch, its list (`[{slot, member_id,
-  #     joined}]`, as the engine's `{:epoch, ...}` event gives it), and the
-  #     cluster and genesis list it belongs to. A restarted server whose
+  #     joined}]`, as the engine's `{:epoch, ...}` event gives it) and the
+  #     list's exact bytes (the event's `membership`, which the replica
+  #     recovers in), and the cluster and genesis list it belongs to. A restarted server whose
   #     node is in that list starts its replica recovering in it, at its
   #     slot there (a node a change added, which formation alone would
   #     make a spare, included); one left out of it is removed
@@ -116,7 +117,10 @@ defmodule Visor.Lifetime do
   A membership as this node knew it (memory mode): the cluster and the
   list the group was formed with (which name the member ids), the epoch,
   its members as the engine reports them, `[{slot, member_id, joined}]`
-  in the order that decides the primaries, and their nodes as this node
+  in the order that decides the primaries, the exact list's bytes as the
+  engine gave them (`membership`: opaque, with the incarnations and
+  lives the change recorded, for `Visor.Native.start/2`'s `:known`),
+  and their nodes as this node
   knew them (`Visor.MemberId.node_of/3`'s candidates: a member id is the
   hash of its node's name, so a name that does not hash to an id names
   nothing).
@@ -126,6 +130,7 @@ defmodule Visor.Lifetime do
           genesis: [node()],
           epoch: pos_integer(),
           members: [{non_neg_integer(), <<_::128>>, non_neg_integer()}],
+          membership: binary(),
           nodes: [node()]
         }
 

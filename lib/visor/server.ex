@@ -883,8 +883,8 @@ defmodule Visor.Server do
     run(effects, %{state | changes: changes})
   end
 
-  defp event({:epoch, epoch, members, role}, state) do
-    {lifecycle, effects} = Lifecycle.epoch(state.lifecycle, epoch, members, role)
+  defp event({:epoch, epoch, members, role, membership}, state) do
+    {lifecycle, effects} = Lifecycle.epoch(state.lifecycle, epoch, members, role, membership)
     state = run(effects, %{state | lifecycle: lifecycle})
     {changes, effects} = Changes.entered(state.changes, change_view(state))
     state = run(effects, %{state | changes: changes})

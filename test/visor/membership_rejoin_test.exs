@@ -126,6 +126,23 @@ defmodule Visor.MembershipRejoinTest do
       end,
       20_000
     )
+
+    assert_same_membership(node, members)
+  end
+
+  # `node`'s replica is in exactly the membership the others are in, to
+  # the byte (the engine's own encoding: the change's name and the
+  # incarnations and lives its entry recorded, not only the list), the
+  # one all of them entered epoch 1 with.
+  defp assert_same_membership(node, members) do
+    memberships = Map.new(members, &{&1, Cluster.engine_membership(&1, Counter)})
+    assert {1, bytes} = memberships[node]
+    assert Visor.Native.decode_membership(bytes) |> elem(0) == :ok
+
+    for {other, membership} <- memberships do
+      assert membership == {1, bytes},
+             "#{other}: #{inspect(membership)}, #{node}: #{inspect(bytes)}"
+    end
   end
 
   defp spawn_load(nodes, first),

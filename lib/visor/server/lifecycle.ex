@@ -54,7 +54,7 @@ defmodule Visor.Server.Lifecycle do
   # it is removed. The list may be stale: the engine follows a newer
   # epoch's members into their list, or stops as removed.
 
-  alias Visor.{Formation, MemberId, Native, Options}
+  alias Visor.{Contract, Formation, MemberId, Native, Options}
 
   # A store still locked by this node's previous engine (see
   # engine_down/3) is tried again for up to 5 s.
@@ -168,23 +168,24 @@ defmodule Visor.Server.Lifecycle do
 
   @doc """
   The replica entered `epoch` (or booted from a store of it): its members
-  `[{slot, member_id, joined}]` and this node's `role` (the engine's
-  `{:epoch, epoch, members, role}`). A node left out (`:leaving`) fails
-  the callers waiting on it with `:timeout` (their commands may still
-  commit in the new epoch, from the old primary's queue) and serves new
-  ones as a spare.
+  `[{slot, member_id, joined}]`, this node's `role` and the exact list's
+  bytes, `membership` (the engine's `{:epoch, epoch, members, role,
+  membership}`). A node left out (`:leaving`) fails the callers waiting
+  on it with `:timeout` (their commands may still commit in the new
+  epoch, from the old primary's queue) and serves new ones as a spare.
   """
-  @spec epoch(t(), non_neg_integer(), list(), atom()) :: {t(), [effect()]}
-  def epoch(%__MODULE__{epoch: known} = lifecycle, epoch, _members, _role) when epoch < known,
-    do: {lifecycle, []}
+  @spec epoch(t(), non_neg_integer(), list(), atom(), binary()) :: {t(), [effect()]}
+  def epoch(%__MODULE__{epoch: known} = lifecycle, epoch, _members, _role, _membership)
+      when epoch < known,
+      do: {lifecycle, []}
 
-  def epoch(%__MODULE__{} = lifecycle, epoch, members, role) do
+  def epoch(%__MODULE__{} = lifecycle, epoch, members, role, membership) do
     current = for {slot, id, _joined} <- members, do: {slot, node_of(lifecycle, id)}
     before = lifecycle.role
     lifecycle = %{lifecycle | epoch: epoch, current: current, role: role}
     name = inspect(lifecycle.config.group)
     nodes = inspect(current_nodes(lifecycle))
-    {lifecycle, remember} = remember(lifecycle, epoch, members)
+    {lifecycle, remember} = remember(lifecycle, epoch, members, membership)
 
     case role do
       :member ->
@@ -209,13 +210,20 @@ defmodule Visor.Server.Lifecycle do
 
   # Memory mode: the membership the replica entered is the newest this
   # node knows, for a later server of its to rejoin in (Visor.Lifetime).
-  defp remember(%__MODULE__{config: %Options{storage: :memory}} = lifecycle, epoch, members)
-       when epoch > 0 and is_binary(lifecycle.cluster) and is_tuple(lifecycle.members) do
+  defp remember(
+         %__MODULE__{config: %Options{storage: :memory}} = lifecycle,
+         epoch,
+         members,
+         membership
+       )
+       when epoch > 0 and is_binary(lifecycle.cluster) and is_tuple(lifecycle.members) and
+              is_binary(membership) do
     known = %{
       cluster: lifecycle.cluster,
       genesis: Tuple.to_list(lifecycle.members),
       epoch: epoch,
       members: members,
+      membership: membership,
       nodes: Enum.filter(current_nodes(lifecycle), &is_atom/1)
     }
 
@@ -224,7 +232,7 @@ defmodule Visor.Server.Lifecycle do
       else: {lifecycle, []}
   end
 
-  defp remember(lifecycle, _epoch, _members), do: {lifecycle, []}
+  defp remember(lifecycle, _epoch, _members, _membership), do: {lifecycle, []}
 
   defp newer?(%{epoch: epoch, cluster: cluster}, %{epoch: known, cluster: cluster}),
     do: epoch > known
@@ -275,26 +283,25 @@ defmodule Visor.Server.Lifecycle do
     do: phase == :spare and storage == :memory
 
   # The shape the engine's {:epoch, ...} event and Visor.Lifetime give a
-  # membership; the engine checks the rest (distinct slots and ids).
+  # membership, its `members` and `epoch` those of its exact bytes,
+  # `membership` (the engine decodes them, and checks the rest when the
+  # replica starts in them).
   defp valid_known?(
          %{
            cluster: <<_::128>>,
            genesis: [_ | _] = genesis,
            epoch: epoch,
            members: [_ | _] = members,
+           membership: membership,
            nodes: nodes
          } = known
        )
-       when is_integer(epoch) and epoch > 0 and is_list(nodes) and map_size(known) == 5 do
-    proper_list?(genesis, 6) and proper_list?(members, 6) and proper_list?(nodes, 6) and
+       when is_integer(epoch) and epoch > 0 and is_list(nodes) and is_binary(membership) and
+              map_size(known) == 6 do
+    proper_list?(genesis, 6) and proper_list?(nodes, 6) and
       Enum.all?(genesis ++ nodes, &is_atom/1) and
-      Enum.all?(members, fn
-        {slot, <<_::128>>, joined} ->
-          is_integer(slot) and slot in 0..11 and is_integer(joined) and joined in 0..epoch
-
-        _ ->
-          false
-      end)
+      byte_size(membership) <= Contract.limit(:membership_bytes_max) and
+      Native.decode_membership(membership) == {:ok, {epoch, members}}
   end
 
   defp valid_known?(_answer), do: false
@@ -446,11 +453,13 @@ defmodule Visor.Server.Lifecycle do
   # committed log from op 1, which rebuilds the state. Callers wait in line
   # meanwhile (the engine holds their requests until it is normal).
   def formation(
-        %__MODULE__{phase: :forming, known: %{cluster: cluster, genesis: members} = known} =
-          lifecycle,
+        %__MODULE__{
+          phase: :forming,
+          known: %{cluster: cluster, genesis: members, membership: bytes} = known
+        } = lifecycle,
         {:member, %{cluster: cluster, members: members, recover: true}} = decision
       )
-      when lifecycle.config.storage == :memory,
+      when lifecycle.config.storage == :memory and is_binary(bytes),
       do: rejoin_in(lifecycle, known, decision)
 
   def formation(
@@ -500,7 +509,7 @@ defmodule Visor.Server.Lifecycle do
   def formation(%__MODULE__{phase: :forming, config: %{storage: :memory}} = lifecycle, :spare) do
     known = lifecycle.known
 
-    if known != nil and fits?(lifecycle, known) and listed(known, lifecycle.node) != nil do
+    if valid_known?(known) and fits?(lifecycle, known) and listed(known, lifecycle.node) != nil do
       rejoin_in(lifecycle, known, nil)
     else
       lifecycle = %{lifecycle | phase: :spare}
@@ -544,7 +553,7 @@ defmodule Visor.Server.Lifecycle do
             replica_count: tuple_size(genesis),
             replica_index: slot,
             recover: true,
-            known: {known.epoch, known.members}
+            known: known.membership
           })
           |> Map.merge(named)
 

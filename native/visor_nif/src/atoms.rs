@@ -13,6 +13,7 @@ rustler::atoms! {
     deliver_list_max,
     group_bytes_max,
     meta_bytes_max,
+    membership_bytes_max,
 
     // Engine errors (error.rs).
     bad_option,

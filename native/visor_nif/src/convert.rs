@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
-use vsr::{
-    ChangeId, ChangeResult, Config, Member, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS, MAX_SLOTS,
-};
+use vsr::{ChangeResult, Config, Membership, Outcome, Output, Role, Stats, MAX_REPLICAS, MAX_SLOTS};
 
 use crate::atoms;
 use crate::contract::{DELIVER_LIST_MAX, TICK_MS_DEFAULT, TICK_MS_MAX};
@@ -33,7 +31,7 @@ pub struct StartOptions {
     /// `replica_index`.
     pub joining: Option<Joining>,
     /// Memory mode, recovering: the newest membership the host knows
-    /// (`known: {epoch, members}`), to recover in instead of the genesis
+    /// (`known`, its exact bytes), to recover in instead of the genesis
     /// (`Host::boot_in`). `None`: the genesis.
     pub known: Option<Membership>,
 }
@@ -162,7 +160,7 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
             .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
     let disk = decode_disk(opts)?;
-    let known = decode_known(opts)?;
+    let known = decode_known(opts, count)?;
     if known.is_some() {
         if !recover {
             return Err(EngineError::bad_option(
@@ -213,71 +211,95 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
     })
 }
 
-/// `known: {epoch, members}`: a membership in the shape the `{:epoch,
-/// epoch, members, role}` event reports one: `epoch` from 1 (the genesis
-/// needs no `known`), `members` a proper list of 1 to `MAX_REPLICAS`
-/// `{slot, member_id, joined}` (slot below `MAX_SLOTS`, a 16-byte member
-/// id, `joined` at most `epoch`), distinct slots and ids, in the order
-/// that decides the primaries. The list is walked cell by cell and
-/// refused as soon as it is too long. The incarnations and lives the
-/// change's entry recorded, and the change's name, are not part of it:
-/// the recovery fences a new incarnation at a quorum of the list anyway,
-/// and the replica takes the entry's numbers when it enters a later
-/// epoch.
-fn decode_known(opts: Term) -> Result<Option<Membership>, EngineError> {
+/// `known`: the exact membership the host knows as newest (memory mode,
+/// recovering), as a binary: the bytes an `{:epoch, ...}` event (or the
+/// status) gave for it, the core's own encoding of `vsr::Membership`
+/// (`membership_bytes`). Its epoch must follow the genesis (from 1), and
+/// a member it says joined in the genesis must be this cluster's genesis
+/// member of that slot (`Config::new`: its id its slot, below
+/// `replica_count`). The bytes may come from a peer: `decode_membership`
+/// treats them as untrusted.
+fn decode_known(opts: Term, count: u64) -> Result<Option<Membership>, EngineError> {
     let Ok(term) = opts.map_get(atoms::known()) else {
         return Ok(None);
     };
-    let bad = |why: &str| EngineError::bad_option("known", why.to_string());
-    let shape = "must be {epoch, [{slot, member_id, joined}]}";
-    let Ok((epoch, list)) = term.decode::<(Term, Term)>() else {
-        return Err(bad(shape));
+    let bad = |why: String| EngineError::bad_option("known", why);
+    let Ok(bytes) = term.decode::<Binary>() else {
+        return Err(bad(
+            "must be a binary: a membership's bytes, as an {:epoch, ...} event gives them".into(),
+        ));
     };
-    let epoch = match epoch.decode::<u64>() {
-        Ok(epoch) if (1..=vsr::message::NUMBER_MAX).contains(&epoch) => epoch,
-        _ => {
-            return Err(bad(&format!(
-                "epoch must be an epoch after the genesis (1..={})",
-                vsr::message::NUMBER_MAX
-            )))
-        }
-    };
-    let mut members: Vec<Member> = Vec::new();
-    let mut rest = list;
-    // Cell by cell: rustler's ListIterator panics on an improper list.
-    while !rest.is_empty_list() {
-        let Ok((item, tail)) = rest.list_get_cell() else {
-            return Err(bad("members must be a proper list"));
-        };
-        if members.len() == MAX_REPLICAS {
-            return Err(bad(&format!("members must hold 1..={MAX_REPLICAS} members")));
-        }
-        let Ok((slot, id, joined)) = item.decode::<(Term, Term, Term)>() else {
-            return Err(bad("members must hold {slot, member_id, joined} tuples"));
-        };
-        let slot = match slot.decode::<u64>() {
-            Ok(slot) if slot < MAX_SLOTS as u64 => slot as u8,
-            _ => return Err(bad(&format!("a member's slot must be 0..{MAX_SLOTS}"))),
-        };
-        let id = match id.decode::<Binary>() {
-            Ok(bin) if bin.len() == 16 => u128::from_le_bytes(bin.as_slice().try_into().expect("16 bytes")),
-            _ => return Err(bad("a member's id must be a 16-byte binary")),
-        };
-        let joined = match joined.decode::<u64>() {
-            Ok(joined) if joined <= epoch => joined,
-            _ => return Err(bad(&format!("a member's joined must be an epoch 0..={epoch}"))),
-        };
-        members.push(Member {
-            slot,
-            id,
-            joined,
-            ..Member::default()
-        });
-        rest = tail;
+    let known = decode_membership(bytes.as_slice()).map_err(|why| bad(why.into()))?;
+    if known.epoch() == 0 {
+        return Err(bad(
+            "must be a membership of an epoch after the genesis (from 1)".into()
+        ));
     }
-    Membership::new(epoch, ChangeId::default(), &members)
-        .map(Some)
-        .map_err(|e| bad(&format!("is not a membership: {e}")))
+    for m in known.members() {
+        if m.joined == 0 && (u64::from(m.slot) >= count || m.id != u128::from(m.slot)) {
+            return Err(bad(format!(
+                "lists member {:#x} in slot {} as a genesis member, which this cluster's \
+                 genesis of {count} does not hold (another cluster's list?)",
+                m.id, m.slot
+            )));
+        }
+    }
+    Ok(Some(known))
+}
+
+/// The bytes of `membership`: the core's encoding of it (postcard, as a
+/// reconfiguration entry carries its target), equal for equal
+/// memberships. The `{:epoch, ...}` event and the status give them, and
+/// `start/2`'s `known` takes them back (`decode_membership`).
+pub fn membership_bytes(membership: &Membership) -> Vec<u8> {
+    postcard::to_allocvec(membership).expect("encoding to a Vec cannot fail")
+}
+
+/// The most bytes a membership takes (`membership_bytes`): its epoch and
+/// change name (varints: 10 bytes for a u64, 19 for a u128), the count,
+/// and for each of `MAX_REPLICAS` members its slot, id, `joined`,
+/// incarnation and life.
+pub const MEMBERSHIP_BYTES_MAX: usize = 10 + (19 + 10) + 1 + MAX_REPLICAS * (1 + 19 + 10 + 10 + 10);
+
+/// A membership from `bytes` that may come from anywhere (a peer's
+/// answer): at most `MEMBERSHIP_BYTES_MAX`, exactly one membership's
+/// encoding and nothing after it, the very bytes `membership_bytes`
+/// gives for it (so that equal lists have equal bytes), well formed
+/// (`Membership`'s decoder checks sizes, slots and ids), with an epoch,
+/// `joined`s and incarnations no higher than the core takes from a peer
+/// (`NUMBER_MAX`) and no member admitted after the epoch. An error says
+/// why, never a panic.
+pub fn decode_membership(bytes: &[u8]) -> Result<Membership, &'static str> {
+    if bytes.is_empty() || bytes.len() > MEMBERSHIP_BYTES_MAX {
+        return Err("is not a membership's bytes (empty, or longer than any membership)");
+    }
+    let (membership, rest) = postcard::take_from_bytes::<Membership>(bytes)
+        .map_err(|_| "is not a membership's bytes (does not decode, or is not a well-formed list)")?;
+    if !rest.is_empty() || membership_bytes(&membership) != bytes {
+        return Err("is not a membership's bytes (not exactly the encoding of one)");
+    }
+    let max = vsr::message::NUMBER_MAX;
+    if membership.epoch() > max {
+        return Err("is not a membership's bytes (its epoch is above 2^63 - 1)");
+    }
+    for m in membership.members() {
+        if m.joined > membership.epoch() {
+            return Err("is not a membership's bytes (a member joined after its epoch)");
+        }
+        if m.incarnation > max {
+            return Err("is not a membership's bytes (an incarnation above 2^63 - 1)");
+        }
+    }
+    Ok(membership)
+}
+
+/// `{:ok, {epoch, members}}` (`members` as `members` gives them) for a
+/// membership's bytes, or `{:error, why}` (`decode_membership`).
+pub fn decoded_membership<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    match decode_membership(bytes) {
+        Ok(m) => (atoms::ok(), (m.epoch(), members(env, &m))).encode(env),
+        Err(why) => (atoms::error(), why).encode(env),
+    }
 }
 
 /// The replica `start` asks for must be the member `known` lists at its
@@ -561,14 +583,16 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         Output::Reconfigured { id, result } => {
             Some((atoms::reconfigured(), *id, change_result(*result)).encode(env))
         }
-        // `{:epoch, epoch, members, role}`: the replica entered an epoch (or
-        // booted from a store of one: `ReplicaHost::boot`).
+        // `{:epoch, epoch, members, role, membership}`: the replica entered
+        // an epoch (or booted from a store of one: `ReplicaHost::boot`);
+        // `membership` is the exact list's bytes (`membership_bytes`).
         Output::Epoch { membership, role: r } => Some(
             (
                 atoms::epoch(),
                 membership.epoch(),
                 members(env, membership),
                 role(*r),
+                binary(env, &membership_bytes(membership)),
             )
                 .encode(env),
         ),
@@ -740,6 +764,10 @@ pub fn status<'a>(
             (atoms::replica_count(), (replica_count as u32).encode(env)),
             (atoms::epoch(), copy.membership.epoch().encode(env)),
             (atoms::members(), members(env, &copy.membership)),
+            (
+                atoms::membership(),
+                binary(env, &membership_bytes(&copy.membership)),
+            ),
             (atoms::role(), role(copy.role).encode(env)),
             (atoms::stats(), stats(env, &copy.stats)),
             (atoms::storage(), storage(env, copy)),

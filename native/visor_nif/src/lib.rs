@@ -62,6 +62,15 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// `{:ok, {epoch, members}}` for a membership's bytes (the `{:epoch, ...}`
+/// event's, a peer's answer: untrusted), members as the event lists
+/// them; `{:error, why}` for bytes that are not exactly one membership's
+/// encoding (`convert::decode_membership`).
+#[rustler::nif]
+fn nif_decode_membership<'a>(env: Env<'a>, bytes: Binary<'a>) -> Term<'a> {
+    convert::decoded_membership(env, bytes.as_slice())
+}
+
 /// `:ok`, or `{:error, {:bad_option, key, why}}` for the first engine
 /// option in `opts` that `nif_start` would refuse (`convert::check_config`).
 #[rustler::nif]

@@ -4,7 +4,7 @@ defmodule Visor.Server.LifecycleTest do
 
   alias Visor.{Formation, Options}
   alias Visor.Server.Lifecycle
-  alias Visor.Test.Counter
+  alias Visor.Test.{Counter, MembershipBytes}
 
   @nodes [:a@h, :b@h, :c@h]
   @member {:member, %{cluster: <<7::128>>, members: @nodes, recover: false}}
@@ -147,13 +147,30 @@ defmodule Visor.Server.LifecycleTest do
     defp cluster, do: Options.cluster_id(Counter, @nodes, config().settings, config().instance)
 
     defp epoch1,
-      do: %{
+      do: known(1, [{0, id(0), 0}, {1, id(1), 0}, {2, id(2), 0}, {3, id(@d), 1}])
+
+    # A membership as Visor.Lifetime records it; its bytes as the change's
+    # entry recorded it (b's incarnation 3, d's learner life 9, the change
+    # a's first).
+    defp known(epoch, members) do
+      listed =
+        for {slot, id, joined} <- members do
+          case slot do
+            1 -> {slot, id, joined, 3, 0}
+            3 -> {slot, id, joined, 0, 9}
+            _ -> {slot, id, joined, 0, 0}
+          end
+        end
+
+      %{
         cluster: cluster(),
         genesis: @nodes,
-        epoch: 1,
-        members: [{0, id(0), 0}, {1, id(1), 0}, {2, id(2), 0}, {3, id(@d), 1}],
+        epoch: epoch,
+        members: members,
+        membership: MembershipBytes.encode(epoch, listed, {id(0), 1}),
         nodes: @nodes ++ [@d]
       }
+    end
 
     defp on(node, known), do: Lifecycle.new(config(), node, make_ref(), known)
 
@@ -166,7 +183,9 @@ defmodule Visor.Server.LifecycleTest do
       assert line =~ "rejoins as a member of epoch 1"
       assert %{recover: true, replica_index: 1, replica_count: 3} = opts
       assert opts.cluster == cluster()
-      assert opts.known == {1, known.members}
+      # The exact bytes, with what the readable list leaves out.
+      assert opts.known == known.membership
+      refute opts.known == MembershipBytes.encode(1, known.members)
       refute Map.has_key?(opts, :member)
       assert %{phase: :running, role: :member, epoch: 1, index: 1} = lc
       assert Lifecycle.current_nodes(lc) == [:a@h, :b@h, :c@h, @d]
@@ -181,7 +200,7 @@ defmodule Visor.Server.LifecycleTest do
     end
 
     test "a node left out of the newest list it knows is removed" do
-      known = %{epoch1() | epoch: 2, members: [{0, id(0), 0}, {2, id(2), 0}, {3, id(@d), 1}]}
+      known = known(2, [{0, id(0), 0}, {2, id(2), 0}, {3, id(@d), 1}])
 
       {lc, effects} =
         Lifecycle.formation(
@@ -211,7 +230,15 @@ defmodule Visor.Server.LifecycleTest do
             %{known | cluster: <<8::128>>},
             Map.delete(known, :nodes),
             %{known | nodes: [:a@h | :b@h]},
-            %{known | members: Enum.map(0..6, &{&1, id(&1), 0})}
+            %{known | members: Enum.map(0..6, &{&1, id(&1), 0})},
+            # The readable list must be the bytes' list.
+            %{known | members: [{0, id(0), 0}, {1, id(1), 0}, {3, id(@d), 1}]},
+            %{known | epoch: 2},
+            Map.delete(known, :membership),
+            %{known | membership: :junk},
+            %{known | membership: known.membership <> <<0>>},
+            %{known | membership: binary_part(known.membership, 0, 10)},
+            %{known | membership: :binary.copy(<<255>>, 100_000)}
           ] do
         assert Lifecycle.membership_answer(lc, bad) == {lc, []}
       end
@@ -221,7 +248,8 @@ defmodule Visor.Server.LifecycleTest do
       assert [{:remember_membership, ^known}, {:log, :info, _}, {:start_engine, opts} | _] =
                effects
 
-      assert %{replica_index: 3, joined: 1, known: {1, _}} = opts
+      assert %{replica_index: 3, joined: 1, known: bytes} = opts
+      assert bytes == known.membership
       assert %{phase: :running, known: ^known} = lc2
       # Once running, answers only teach it a newer list.
       assert Lifecycle.membership_answer(lc2, known) == {lc2, []}
