@@ -18,11 +18,12 @@ defmodule Visor.Contract do
   #   * `limit/1`: `:deliver_list_max` (most messages in one `{:send, to,
   #     messages}` event, and so in one `Visor.Native.deliver/2`),
   #     `:group_bytes_max` and `:meta_bytes_max` (a store's group name and
-  #     metadata).
+  #     metadata), `:membership_bytes_max` (a membership's encoding, as
+  #     `Visor.Native.start/2`'s `:known` takes it).
 
   # The interface this Elixir code speaks: equal to the NIF's
   # PROTOCOL_VERSION (native/visor_nif/src/contract.rs), bumped with it.
-  @protocol_version 12
+  @protocol_version 13
   @key {__MODULE__, :contract}
 
   @rebuild "rebuild it with `mix compile` (which runs `cargo build --release -p visor_nif` " <>
@@ -78,7 +79,11 @@ defmodule Visor.Contract do
   @spec range(atom()) :: Range.t()
   def range(key), do: option!(key).range
 
-  @doc "The size limit `key`: `:deliver_list_max`, `:group_bytes_max` or `:meta_bytes_max`."
+  @doc """
+  The size limit `key`: `:deliver_list_max`, `:group_bytes_max`,
+  `:meta_bytes_max` or `:membership_bytes_max` (most bytes a
+  membership's encoding takes: `Visor.Native.start/2`'s `:known`).
+  """
   @spec limit(atom()) :: pos_integer()
   def limit(key), do: Map.fetch!(contract().limits, key)
 

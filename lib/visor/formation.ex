@@ -252,13 +252,16 @@ defmodule Visor.Formation do
 
   defp earlier(_disk), do: nil
 
-  # The configuration a Lifetime record belongs to: a node started again
-  # with another one joins another cluster (a `nodes:` cluster id already
-  # folds in the members and settings).
-  defp lifetime_key(%Options{membership: {:nodes, nodes}} = config),
+  @doc """
+  The configuration a `Visor.Lifetime` record belongs to: a node started
+  again with another one joins another cluster (a `nodes:` cluster id
+  already folds in the members and settings).
+  """
+  @spec lifetime_key(Options.t()) :: term()
+  def lifetime_key(%Options{membership: {:nodes, nodes}} = config),
     do: {:nodes, Options.cluster_id(config.group, nodes, config.settings, config.instance)}
 
-  defp lifetime_key(%Options{membership: {:cluster_size, size}} = config),
+  def lifetime_key(%Options{membership: {:cluster_size, size}} = config),
     do: {:cluster_size, size, config.settings}
 
   @impl GenServer

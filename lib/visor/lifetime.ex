@@ -22,6 +22,17 @@ defmodule Visor.Lifetime do
   #     say. If every server restarted at once, no peer remembers anything:
   #     without this record they would form a fresh, empty cluster and serve
   #     it.
+  #   * **the newest membership its replica knew** (memory mode), per
+  #     configuration as above: the epoch, its list (`[{slot, member_id,
+  #     joined}]`, as the engine's `{:epoch, ...}` event gives it) and the
+  #     list's exact bytes (the event's `membership`, which the replica
+  #     recovers in), and the cluster and genesis list it belongs to. A restarted server whose
+  #     node is in that list starts its replica recovering in it, at its
+  #     slot there (a node a change added, which formation alone would
+  #     make a spare, included); one left out of it is removed
+  #     (`Visor.Server.Lifecycle`). Without it, a member of a later epoch
+  #     would recover against the list the group was formed with, whose
+  #     members may have left.
   #   * **the op a `handle_commit` was running** (an `:atomics`, written by
   #     the server around each execute), so a restarted server knows its
   #     predecessor died inside `handle_commit` at that op, and how many
@@ -100,6 +111,53 @@ defmodule Visor.Lifetime do
       do: write(group, %{record | formed: Map.put(record.formed, key, formed)})
 
     :ok
+  end
+
+  @typedoc """
+  A membership as this node knew it (memory mode): the cluster and the
+  list the group was formed with (which name the member ids), the epoch,
+  its members as the engine reports them, `[{slot, member_id, joined}]`
+  in the order that decides the primaries, the exact list's bytes as the
+  engine gave them (`membership`: opaque, with the incarnations and
+  lives the change recorded, for `Visor.Native.start/2`'s `:known`),
+  and their nodes as this node
+  knew them (`Visor.MemberId.node_of/3`'s candidates: a member id is the
+  hash of its node's name, so a name that does not hash to an id names
+  nothing).
+  """
+  @type membership :: %{
+          cluster: <<_::128>>,
+          genesis: [node()],
+          epoch: pos_integer(),
+          members: [{non_neg_integer(), <<_::128>>, non_neg_integer()}],
+          membership: binary(),
+          nodes: [node()]
+        }
+
+  @doc """
+  The newest membership this node's replica knew under configuration
+  `key` (memory mode), or `nil`.
+  """
+  @spec membership(group(), term()) :: membership() | nil
+  def membership(group, key), do: get(group) |> Map.get(:memberships, %{}) |> Map.get(key)
+
+  @doc """
+  Records `membership` under configuration `key` if it is newer (a
+  higher epoch) than the one recorded, or of another cluster.
+  """
+  @spec put_membership(group(), term(), membership()) :: :ok
+  def put_membership(group, key, %{cluster: cluster, epoch: epoch} = membership) do
+    record = get(group)
+    memberships = Map.get(record, :memberships, %{})
+
+    case Map.get(memberships, key) do
+      %{cluster: ^cluster, epoch: known} when known >= epoch ->
+        :ok
+
+      _older ->
+        write(group, Map.put(record, :memberships, Map.put(memberships, key, membership)))
+        :ok
+    end
   end
 
   @doc """

@@ -33,11 +33,15 @@ defmodule Visor.Native do
   #     failures (`:error`) and their end (`:resumed`);
   #   * `{:reconfigured, id, result}`: the membership change `reconfigure/4`
   #     asked for as `id` ended so (`t:change_result/0`);
-  #   * `{:epoch, epoch, members, role}`: the replica entered `epoch` (or, in
-  #     disk mode, booted from a store of an epoch above 0 or of a role
-  #     other than `:member`): its members `[{slot, member_id, joined}]` in
-  #     the order that decides the primaries, and its `role` (`:member`,
-  #     `:learner`, `:leaving` or `:removed`);
+  #   * `{:epoch, epoch, members, role, membership}`: the replica entered
+  #     `epoch` (or, in disk mode, booted from a store of an epoch above 0
+  #     or of a role other than `:member`): its members `[{slot,
+  #     member_id, joined}]` in the order that decides the primaries, its
+  #     `role` (`:member`, `:learner`, `:leaving` or `:removed`), and
+  #     `membership`, the exact list's bytes (opaque: the engine's own
+  #     encoding, with what `members` leaves out: the incarnations and
+  #     lives the change recorded, and its name), which `start/2`'s
+  #     `:known` takes back;
   #   * `{:removed, epoch}`: left out of `epoch`, and a quorum of its
   #     members entered it (or booted from a store that says so): the
   #     replica handles nothing more, and its owner should stop it.
@@ -107,7 +111,8 @@ defmodule Visor.Native do
     :meta,
     :member,
     :joined,
-    :learner
+    :learner,
+    :known
   ]
 
   # Slots a membership may use (vsr's MAX_SLOTS: an old and a new list).
@@ -181,6 +186,14 @@ defmodule Visor.Native do
       directory must not hold yet); without, only in disk mode, it
       restarts from the store it created as one (a member once it
       entered its epoch);
+    * `:known`: with `recover: true`, in memory mode: the newest
+      membership the host knows, exactly as the engine gave it (the
+      `membership` bytes of an `{:epoch, ...}` event or of the status,
+      of an epoch from 1), to recover in instead of the list the group
+      was formed with. It must list this replica at `replica_index`: as
+      `member`/`joined` if given (a node a change added), else as the
+      genesis member of that slot (docs/nif.md, "Recovering in a later
+      epoch");
     * `:recover`: `true` when this replica rejoins an existing cluster after
       losing its state (a restarted node in memory mode): it recovers its
       incarnation and the log from a quorum before it votes or acknowledges
@@ -454,16 +467,28 @@ defmodule Visor.Native do
   end
 
   @doc """
+  The epoch and members (`[{slot, member_id, joined}]`, as the `{:epoch,
+  ...}` event lists them) of a membership's bytes (an event's or the
+  status's `membership`, or a peer's copy of one: untrusted), or
+  `{:error, why}` if they are not exactly one membership's encoding.
+  """
+  @spec decode_membership(binary()) ::
+          {:ok, {non_neg_integer(), [{non_neg_integer(), <<_::128>>, non_neg_integer()}]}}
+          | {:error, String.t()}
+  def decode_membership(bytes) when is_binary(bytes), do: nif_decode_membership(bytes)
+
+  @doc """
   The group's state as the engine last published it (after its latest
   iteration); never waits for the engine.
 
   `%{status: :starting | :normal | :view_change | :recovering | :diverged |
   :stopped | :failed, view:, log_view:, op:, commit:, commit_max:, primary:,
-  is_primary:, replica_index:, replica_count:, epoch:, members:, role:,
-  stats: %{...}, storage: %{...}, sync: nil | %{op:, received:, bytes:}}`;
-  `epoch`, `members` (`[{slot, member_id, joined}]`, as the `:epoch`
-  event gives them) and `role` (`:member`, `:learner`, `:leaving` or
-  `:removed`) are the replica's membership (a disk-mode group still
+  is_primary:, replica_index:, replica_count:, epoch:, members:,
+  membership:, role:, stats: %{...}, storage: %{...}, sync: nil | %{op:,
+  received:, bytes:}}`; `epoch`, `members` (`[{slot, member_id,
+  joined}]`), `membership` (the exact list's bytes) and `role`
+  (`:member`, `:learner`, `:leaving` or `:removed`), as the `:epoch`
+  event gives them, are the replica's membership (a disk-mode group still
   `:starting` shows its configuration's first one);
   `commit` is the highest op executed here, `commit_max` the highest known
   committed. `storage` is `%{mode: :memory}` or `%{mode: :disk, data_dir:,
@@ -582,6 +607,7 @@ defmodule Visor.Native do
       check_u64!(Map.fetch!(opts, key), Atom.to_string(key))
     end
 
+    validate_known!(opts)
     validate_disk_opts!(opts)
   end
 
@@ -618,15 +644,46 @@ defmodule Visor.Native do
                   inspect(joined)
         end
 
-        if Map.get(opts, :recover, false) == true,
-          do: raise(ArgumentError, "recover must be false with member")
+        known? = Map.has_key?(opts, :known)
 
-        if not learner and not Map.has_key?(opts, :data_dir),
-          do: raise(ArgumentError, "member without learner: true needs data_dir")
+        if Map.get(opts, :recover, false) == true and not known?,
+          do: raise(ArgumentError, "recover must be false with member, unless known is given")
+
+        if not learner and not Map.has_key?(opts, :data_dir) and not known?,
+          do: raise(ArgumentError, "member without learner: true needs data_dir or known")
 
         true
     end
   end
+
+  # The newest membership the host knows, for a memory-mode replica that
+  # recovers: its exact bytes, as the `{:epoch, ...}` event gave them. The
+  # wrapper checks that it is a binary of a membership's size and the
+  # options it needs; the NIF decodes it and checks the rest (a
+  # well-formed list of an epoch from 1, of this cluster's genesis, that
+  # lists this replica at `replica_index`).
+  defp validate_known!(%{known: known} = opts) do
+    max = Contract.limit(:membership_bytes_max)
+
+    unless is_binary(known) and byte_size(known) in 1..max do
+      raise ArgumentError,
+            "known must be a membership's bytes (1..#{max} bytes, as an {:epoch, ...} " <>
+              "event gives them), got: #{inspect(known, limit: 20)}"
+    end
+
+    if Map.get(opts, :recover) != true,
+      do: raise(ArgumentError, "known needs recover: true")
+
+    if Map.has_key?(opts, :data_dir),
+      do: raise(ArgumentError, "known is only accepted without data_dir")
+
+    if Map.get(opts, :learner, false) == true,
+      do: raise(ArgumentError, "known must not come with learner: true")
+
+    :ok
+  end
+
+  defp validate_known!(_opts), do: :ok
 
   defp validate_disk_opts!(%{data_dir: dir} = opts) do
     unless is_binary(dir) and dir != "" and String.valid?(dir) do
@@ -697,6 +754,8 @@ defmodule Visor.Native do
   def nif_contract, do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_check_options(_opts), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_decode_membership(_bytes), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_create_dir(_dir, _root), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

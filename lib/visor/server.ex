@@ -175,7 +175,7 @@ defmodule Visor.Server do
       group: group,
       config: config,
       features: Features.new(Lifetime.batch_members(group), Node.list()),
-      lifecycle: Lifecycle.new(config, node(), tag),
+      lifecycle: Lifecycle.new(config, node(), tag, known_membership(config)),
       machine: machine,
       callers: Callers.new(config.pool_size),
       upgrade: Upgrade.new(module),
@@ -189,6 +189,13 @@ defmodule Visor.Server do
     state = run(effects, state)
     {:ok, formation(state, Formation.subscribe(group, tag))}
   end
+
+  # Memory mode: the newest membership this node's earlier servers knew
+  # (Visor.Server.Lifecycle, "Memory mode: rejoining after a change").
+  defp known_membership(%Options{storage: :memory} = config),
+    do: Lifetime.membership(config.group, Formation.lifetime_key(config))
+
+  defp known_membership(_disk), do: nil
 
   defp formation(state, decision) do
     {lifecycle, effects} = Lifecycle.formation(state.lifecycle, decision)
@@ -326,6 +333,17 @@ defmodule Visor.Server do
   def handle_call({:visor_primary, primary, learned_at}, {pid, _tag}, state)
       when node(pid) == node() and is_atom(primary) and primary != nil and is_integer(learned_at),
       do: {:reply, :ok, %{state | primary_hint: {primary, learned_at}}}
+
+  # A memory-mode spare asks for the newest membership this node knows
+  # (Visor.Server.Lifecycle): answered only to a node of the same
+  # configuration (the Visor.Lifetime key names it).
+  def handle_call({:visor_membership, key}, _from, state) do
+    known =
+      if state.config.storage == :memory and key == Formation.lifetime_key(state.config),
+        do: Lifecycle.known(state.lifecycle)
+
+    {:reply, {:ok, known}, state}
+  end
 
   # The primary asks whether this node stands by as a spare, ready to
   # learn (Visor.Server.AutoReplace): any node may ask.
@@ -637,7 +655,9 @@ defmodule Visor.Server do
 
   defp info({:nodeup, node}, state) do
     {features, effects} = Features.nodeup(state.features, node)
-    {:noreply, run(effects, %{state | features: features})}
+    state = run(effects, %{state | features: features})
+    if Lifecycle.asks_membership?(state.lifecycle), do: ask_membership(state, [node])
+    {:noreply, state}
   end
 
   defp info({:nodedown, _node}, state), do: {:noreply, state}
@@ -697,6 +717,24 @@ defmodule Visor.Server do
     {changes, effects} = Changes.deadline(state.changes, id)
     {:noreply, run(effects, %{state | changes: changes})}
   end
+
+  # A memory-mode spare asks again (Visor.Server.Lifecycle.ask_membership/1).
+  defp info({:visor_ask_membership, tag}, %{lifecycle: %{tag: tag}} = state),
+    do: {:noreply, run(Lifecycle.ask_membership(state.lifecycle), state)}
+
+  # A peer's answer: the newest membership it knows (untrusted; the
+  # lifecycle checks it).
+  defp info({{:visor_membership, tag, node}, {:ok, known}}, %{lifecycle: %{tag: tag}} = state)
+       when is_atom(node) do
+    {lifecycle, effects} = Lifecycle.membership_answer(state.lifecycle, known)
+    state = run(effects, %{state | lifecycle: lifecycle})
+    if lifecycle.index, do: Logger.metadata(replica: lifecycle.index)
+    {:noreply, dispatch(state)}
+  end
+
+  # An older release's answer ({:error, :unknown_call}): it knows no list.
+  defp info({{:visor_membership, tag, _node}, _reply}, %{lifecycle: %{tag: tag}} = state),
+    do: {:noreply, state}
 
   defp info({:visor_formation, tag, decision}, %{lifecycle: %{tag: tag}} = state),
     do: {:noreply, formation(state, decision)}
@@ -845,8 +883,8 @@ defmodule Visor.Server do
     run(effects, %{state | changes: changes})
   end
 
-  defp event({:epoch, epoch, members, role}, state) do
-    {lifecycle, effects} = Lifecycle.epoch(state.lifecycle, epoch, members, role)
+  defp event({:epoch, epoch, members, role, membership}, state) do
+    {lifecycle, effects} = Lifecycle.epoch(state.lifecycle, epoch, members, role, membership)
     state = run(effects, %{state | lifecycle: lifecycle})
     {changes, effects} = Changes.entered(state.changes, change_view(state))
     state = run(effects, %{state | changes: changes})
@@ -1114,6 +1152,15 @@ defmodule Visor.Server do
     state
   end
 
+  defp carry_out({:remember_membership, known}, state) do
+    :ok = Lifetime.put_membership(state.group, Formation.lifetime_key(state.config), known)
+    state
+  end
+
+  # Only a default group has spares (a keyed group's members are its
+  # group hosts' to place).
+  defp carry_out(:ask_membership, state), do: ask_membership(state, Node.list())
+
   defp carry_out({:probe_spares, nodes}, state) do
     for node <- nodes do
       message =
@@ -1192,6 +1239,25 @@ defmodule Visor.Server do
 
   # The rest of this message's work is dropped: the server stops.
   defp carry_out({:stop, reason}, state), do: throw({:visor_stop, reason, state})
+
+  # A call whose answer comes back as a message (any release answers a
+  # call: an older one `{:error, :unknown_call}`, ignored), never a
+  # connection of its own.
+  defp ask_membership(%{group: group} = state, nodes) when is_atom(group) do
+    key = Formation.lifetime_key(state.config)
+
+    for node <- nodes do
+      message =
+        {:"$gen_call", {self(), {:visor_membership, state.lifecycle.tag, node}},
+         {:visor_membership, key}}
+
+      Visor.Supervisor.send_remote(group, :server, node, message, [:noconnect, :nosuspend])
+    end
+
+    state
+  end
+
+  defp ask_membership(state, _nodes), do: state
 
   # The other members' servers: never a connection of its own, never a
   # wait on a busy one (a query lost is asked again).

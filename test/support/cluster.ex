@@ -221,6 +221,26 @@ defmodule Visor.Test.Cluster do
   def status(node, module), do: :erpc.call(node, Visor, :status, [module])
 
   @doc """
+  The membership `module`'s replica on `node` is in, as its engine has it:
+  `{epoch, bytes}` (`Visor.Native.status/1`'s `epoch` and `membership`,
+  the exact list's bytes), or `nil` with no engine running there.
+  """
+  def engine_membership(node, module),
+    do: :erpc.call(node, __MODULE__, :engine_membership_here, [module])
+
+  @doc false
+  def engine_membership_here(module) do
+    case :sys.get_state(Visor.Supervisor.name(module, :server)) do
+      %{engine: engine, lifecycle: %{phase: :running}} when engine != nil ->
+        status = Visor.Native.status(engine)
+        {status.epoch, status.membership}
+
+      _ ->
+        nil
+    end
+  end
+
+  @doc """
   Whether `module`'s formation on `node` decided that its replica rejoins
   (recovering its state from the others) rather than starting fresh.
   """

@@ -94,7 +94,7 @@ defmodule Visor.NativeTest.Harness do
       {:reconfigured, _id, _result} = m, c ->
         update_in(c.membership[from], &(&1 ++ [m]))
 
-      {:epoch, _epoch, _members, _role} = m, c ->
+      {:epoch, _epoch, _members, _role, _membership} = m, c ->
         update_in(c.membership[from], &(&1 ++ [m]))
 
       {:removed, _epoch} = m, c ->

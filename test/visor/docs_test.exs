@@ -124,7 +124,7 @@ defmodule Visor.DocsTest do
 
       identity =
         [:cluster, :replica_count, :replica_index, :recover, :data_dir, :group, :meta] ++
-          [:member, :joined, :learner]
+          [:member, :joined, :learner, :known]
 
       assert Enum.sort(rows) == Enum.sort(identity ++ Contract.option_keys())
 

@@ -104,11 +104,11 @@ defmodule Visor.NativeReconfigureTest do
     members = [{0, id(0), 0}, {1, id(1), 0}]
 
     for i <- [0, 1] do
-      assert {:epoch, 1, ^members, :member} = List.keyfind(c.membership[i], :epoch, 0)
+      assert {:epoch, 1, ^members, :member, _} = List.keyfind(c.membership[i], :epoch, 0)
       assert %{epoch: 1, role: :member, members: ^members} = Native.status(c.engines[i])
     end
 
-    assert {:epoch, 1, ^members, :leaving} = List.keyfind(c.membership[2], :epoch, 0)
+    assert {:epoch, 1, ^members, :leaving, _} = List.keyfind(c.membership[2], :epoch, 0)
     assert %{epoch: 1, role: :removed} = Native.status(c.engines[2])
 
     # The two go on committing; the removed one executes nothing more.
@@ -148,7 +148,7 @@ defmodule Visor.NativeReconfigureTest do
       end)
 
     for i <- 1..3 do
-      assert {:epoch, 1, members, :member} = List.keyfind(c.membership[i], :epoch, 0)
+      assert {:epoch, 1, members, :member, _} = List.keyfind(c.membership[i], :epoch, 0)
       assert Enum.map(members, &elem(&1, 0)) == [1, 2, 3]
     end
 

@@ -259,7 +259,7 @@ defmodule Visor.Formation.Restore do
   # A store records the member's role and the epoch of its membership
   # (docs/operations.md, "Membership changes"). A member of any epoch
   # restarts from it as that member; a store left out of its epoch
-  # restarts too, and the engine says so (`{:epoch, _, _, :leaving}`,
+  # restarts too, and the engine says so (`{:epoch, _, _, :leaving, _}`,
   # then `{:removed, _}` for a removed one: the server stops it and
   # serves as a spare, its store kept). This version of Visor adds no
   # members, so it wrote no learner's store.

@@ -28,9 +28,33 @@ defmodule Visor.Server.Lifecycle do
   #   * `{:after, ms, message}`: send this message to the server in `ms`;
   #   * `{:log, level, message}`;
   #   * `:stop_engine`: stop this node's engine (it was removed);
-  #   * `{:stop, reason}`: the server stops.
+  #   * `{:stop, reason}`: the server stops;
+  #   * `{:remember_membership, known}`: record the newest membership
+  #     this node knows in `Visor.Lifetime` (memory mode);
+  #   * `:ask_membership`: ask the servers of the connected nodes for the
+  #     newest membership they know (a memory-mode spare, which may be a
+  #     member of a later epoch that lost its memory with its node);
+  #     each answer comes back through `membership_answer/2`.
+  #
+  # ## Memory mode: rejoining after a change
+  #
+  # A memory-mode replica that lost its memory (its server or its node
+  # restarted) after a membership change must recover among the members
+  # of the newest epoch, not among the list the group was formed with,
+  # whose members may have left; and a node a change added must rejoin,
+  # though formation, which knows only `nodes:`, makes it a spare. So the
+  # lifecycle keeps `known`, the newest membership this node knows
+  # (`t:Visor.Lifetime.membership/0`): from `Visor.Lifetime` when the
+  # server starts (the node did not restart), from its own replica's
+  # `{:epoch, ...}` events (recorded there in turn), and, on a spare,
+  # from the other nodes' servers (`membership_answer/2`: the node
+  # restarted). A node that is to start a replica (a member decision to
+  # rejoin, or a spare) and is in `known`'s list starts it recovering in
+  # that list, at its slot there (`start/2`'s `known:`); one left out of
+  # it is removed. The list may be stale: the engine follows a newer
+  # epoch's members into their list, or stops as removed.
 
-  alias Visor.{Formation, MemberId, Native, Options}
+  alias Visor.{Contract, Formation, MemberId, Native, Options}
 
   # A store still locked by this node's previous engine (see
   # engine_down/3) is tried again for up to 5 s.
@@ -62,6 +86,9 @@ defmodule Visor.Server.Lifecycle do
     # [{slot, node}] in the order that decides the primaries, and this
     # node's role (:learner, :member, :leaving or :removed).
     :current,
+    # The newest membership this node knows (memory mode; see the top
+    # of this module), or nil.
+    :known,
     epoch: 0,
     role: :member,
     phase: :forming
@@ -78,10 +105,25 @@ defmodule Visor.Server.Lifecycle do
           | {:log, :info | :warning | :error, String.t()}
           | :stop_engine
           | {:stop, term()}
+          | {:remember_membership, Visor.Lifetime.membership()}
+          | :ask_membership
 
-  @doc "A server on `node` waiting for formation's decision, tagged `tag`."
-  @spec new(Options.t(), node(), reference()) :: t()
-  def new(%Options{} = config, node, tag), do: %__MODULE__{config: config, node: node, tag: tag}
+  # A memory-mode spare asks the connected nodes again this often for
+  # the newest membership (its peers may have been starting too).
+  @ask_membership_ms 2_000
+
+  @doc """
+  A server on `node` waiting for formation's decision, tagged `tag`;
+  `known` is the newest membership this node's earlier servers knew
+  (`Visor.Lifetime.membership/2`, memory mode), or `nil`.
+  """
+  @spec new(Options.t(), node(), reference(), Visor.Lifetime.membership() | nil) :: t()
+  def new(%Options{} = config, node, tag, known \\ nil),
+    do: %__MODULE__{config: config, node: node, tag: tag, known: known}
+
+  @doc "The newest membership this node knows, for a peer that asks (or `nil`)."
+  @spec known(t()) :: Visor.Lifetime.membership() | nil
+  def known(%__MODULE__{known: known}), do: known
 
   @doc """
   What stops callers now: `nil` (they are served, or wait for formation
@@ -126,26 +168,29 @@ defmodule Visor.Server.Lifecycle do
 
   @doc """
   The replica entered `epoch` (or booted from a store of it): its members
-  `[{slot, member_id, joined}]` and this node's `role` (the engine's
-  `{:epoch, epoch, members, role}`). A node left out (`:leaving`) fails
-  the callers waiting on it with `:timeout` (their commands may still
-  commit in the new epoch, from the old primary's queue) and serves new
-  ones as a spare.
+  `[{slot, member_id, joined}]`, this node's `role` and the exact list's
+  bytes, `membership` (the engine's `{:epoch, epoch, members, role,
+  membership}`). A node left out (`:leaving`) fails the callers waiting
+  on it with `:timeout` (their commands may still commit in the new
+  epoch, from the old primary's queue) and serves new ones as a spare.
   """
-  @spec epoch(t(), non_neg_integer(), list(), atom()) :: {t(), [effect()]}
-  def epoch(%__MODULE__{epoch: known} = lifecycle, epoch, _members, _role) when epoch < known,
-    do: {lifecycle, []}
+  @spec epoch(t(), non_neg_integer(), list(), atom(), binary()) :: {t(), [effect()]}
+  def epoch(%__MODULE__{epoch: known} = lifecycle, epoch, _members, _role, _membership)
+      when epoch < known,
+      do: {lifecycle, []}
 
-  def epoch(%__MODULE__{} = lifecycle, epoch, members, role) do
+  def epoch(%__MODULE__{} = lifecycle, epoch, members, role, membership) do
     current = for {slot, id, _joined} <- members, do: {slot, node_of(lifecycle, id)}
     before = lifecycle.role
     lifecycle = %{lifecycle | epoch: epoch, current: current, role: role}
     name = inspect(lifecycle.config.group)
     nodes = inspect(current_nodes(lifecycle))
+    {lifecycle, remember} = remember(lifecycle, epoch, members, membership)
 
     case role do
       :member ->
-        {lifecycle, [{:log, :info, "#{name}: in epoch #{epoch} of its membership: #{nodes}"}]}
+        {lifecycle,
+         [{:log, :info, "#{name}: in epoch #{epoch} of its membership: #{nodes}"} | remember]}
 
       _left_out when before == :member ->
         {lifecycle,
@@ -155,11 +200,135 @@ defmodule Visor.Server.Lifecycle do
               "leaving, serving the new members until a quorum of them has entered the " <>
               "epoch; its callers go on to a member"},
            {:fail_callers, :timeout}
+           | remember
          ]}
 
       _left_out ->
-        {lifecycle, []}
+        {lifecycle, remember}
     end
+  end
+
+  # Memory mode: the membership the replica entered is the newest this
+  # node knows, for a later server of its to rejoin in (Visor.Lifetime).
+  defp remember(
+         %__MODULE__{config: %Options{storage: :memory}} = lifecycle,
+         epoch,
+         members,
+         membership
+       )
+       when epoch > 0 and is_binary(lifecycle.cluster) and is_tuple(lifecycle.members) and
+              is_binary(membership) do
+    known = %{
+      cluster: lifecycle.cluster,
+      genesis: Tuple.to_list(lifecycle.members),
+      epoch: epoch,
+      members: members,
+      membership: membership,
+      nodes: Enum.filter(current_nodes(lifecycle), &is_atom/1)
+    }
+
+    if newer?(known, lifecycle.known),
+      do: {%{lifecycle | known: known}, [{:remember_membership, known}]},
+      else: {lifecycle, []}
+  end
+
+  defp remember(lifecycle, _epoch, _members, _membership), do: {lifecycle, []}
+
+  defp newer?(%{epoch: epoch, cluster: cluster}, %{epoch: known, cluster: cluster}),
+    do: epoch > known
+
+  defp newer?(_known, _other), do: true
+
+  @doc """
+  A peer's server answered `:ask_membership` with the newest membership
+  it knows (untrusted: checked here). A newer one than this node knows
+  is kept (and recorded); if this node is a spare and the membership
+  lists it, it was a member that lost its memory with its node: its
+  replica starts recovering in that list.
+  """
+  @spec membership_answer(t(), term()) :: {t(), [effect()]}
+  def membership_answer(%__MODULE__{config: %Options{storage: :memory}} = lifecycle, answer) do
+    cond do
+      not valid_known?(answer) or not fits?(lifecycle, answer) ->
+        {lifecycle, []}
+
+      not newer?(answer, lifecycle.known) ->
+        {lifecycle, []}
+
+      lifecycle.phase == :spare and listed(answer, lifecycle.node) != nil ->
+        {lifecycle, effects} = rejoin_in(%{lifecycle | known: answer}, answer, nil)
+        {lifecycle, [{:remember_membership, answer} | effects]}
+
+      true ->
+        {%{lifecycle | known: answer}, [{:remember_membership, answer}]}
+    end
+  end
+
+  def membership_answer(%__MODULE__{} = lifecycle, _answer), do: {lifecycle, []}
+
+  @doc """
+  Time to ask the connected nodes again (a memory-mode spare; see
+  `formation/2`), or a node came up: asked only while a spare.
+  """
+  @spec ask_membership(t()) :: [effect()]
+  def ask_membership(%__MODULE__{} = lifecycle) do
+    if asks_membership?(lifecycle),
+      do: [:ask_membership, {:after, @ask_membership_ms, {:visor_ask_membership, lifecycle.tag}}],
+      else: []
+  end
+
+  @doc "Whether this node asks peers for the newest membership (a memory-mode spare)."
+  @spec asks_membership?(t()) :: boolean()
+  def asks_membership?(%__MODULE__{phase: phase, config: %Options{storage: storage}}),
+    do: phase == :spare and storage == :memory
+
+  # The shape the engine's {:epoch, ...} event and Visor.Lifetime give a
+  # membership, its `members` and `epoch` those of its exact bytes,
+  # `membership` (the engine decodes them, and checks the rest when the
+  # replica starts in them).
+  defp valid_known?(
+         %{
+           cluster: <<_::128>>,
+           genesis: [_ | _] = genesis,
+           epoch: epoch,
+           members: [_ | _] = members,
+           membership: membership,
+           nodes: nodes
+         } = known
+       )
+       when is_integer(epoch) and epoch > 0 and is_list(nodes) and is_binary(membership) and
+              map_size(known) == 6 do
+    proper_list?(genesis, 6) and proper_list?(nodes, 6) and
+      Enum.all?(genesis ++ nodes, &is_atom/1) and
+      byte_size(membership) <= Contract.limit(:membership_bytes_max) and
+      Native.decode_membership(membership) == {:ok, {epoch, members}}
+  end
+
+  defp valid_known?(_answer), do: false
+
+  defp proper_list?([], _left), do: true
+  defp proper_list?([_ | rest], left) when left > 0, do: proper_list?(rest, left - 1)
+  defp proper_list?(_other, _left), do: false
+
+  # A membership of this node's cluster: in `nodes:` mode the cluster id
+  # its configuration names (Visor.Formation), else one its formation
+  # joined; or any, until it knows one (the server asks only nodes
+  # running the group with this node's configuration).
+  defp fits?(%__MODULE__{cluster: cluster}, %{cluster: other}) when is_binary(cluster),
+    do: cluster == other
+
+  defp fits?(%__MODULE__{config: %Options{membership: {:nodes, nodes}} = config}, known) do
+    known.genesis == nodes and
+      known.cluster == Options.cluster_id(config.group, nodes, config.settings, config.instance)
+  end
+
+  defp fits?(%__MODULE__{config: %Options{membership: {:cluster_size, size}}}, known),
+    do: length(known.genesis) == size
+
+  # This node's entry in `known`'s list, or nil.
+  defp listed(known, node) do
+    id = MemberId.of(known.genesis, node)
+    Enum.find(known.members, &(elem(&1, 1) == id))
   end
 
   @doc """
@@ -193,9 +362,12 @@ defmodule Visor.Server.Lifecycle do
 
   # A member id's node: the genesis index's, or the node (this one, a
   # connected one, or one a change here named) whose name hashes to it.
-  defp node_of(%__MODULE__{members: members} = lifecycle, id) do
+  # (`known`: the nodes a membership this node knew named.)
+  defp node_of(%__MODULE__{members: members} = lifecycle, id, known \\ []) do
     candidates =
-      [lifecycle.node | Node.list()] ++ Enum.filter(current_nodes(lifecycle), &is_atom/1)
+      [lifecycle.node | Node.list()] ++
+        Enum.filter(current_nodes(lifecycle), &is_atom/1) ++
+        known
 
     case MemberId.node_of(members, id, candidates) do
       nil -> {:unknown_member, Base.encode16(id, case: :lower)}
@@ -281,6 +453,16 @@ defmodule Visor.Server.Lifecycle do
   # committed log from op 1, which rebuilds the state. Callers wait in line
   # meanwhile (the engine holds their requests until it is normal).
   def formation(
+        %__MODULE__{
+          phase: :forming,
+          known: %{cluster: cluster, genesis: members, membership: bytes} = known
+        } = lifecycle,
+        {:member, %{cluster: cluster, members: members, recover: true}} = decision
+      )
+      when lifecycle.config.storage == :memory and is_binary(bytes),
+      do: rejoin_in(lifecycle, known, decision)
+
+  def formation(
         %__MODULE__{phase: :forming} = lifecycle,
         {:member, %{cluster: cluster, members: members, recover: recover}} = decision
       ) do
@@ -321,6 +503,20 @@ defmodule Visor.Server.Lifecycle do
     {lifecycle, [{:start_engine, opts} | recovering]}
   end
 
+  # Memory mode: a spare may be a member of a later epoch (a change added
+  # it) that lost its memory. If the newest membership this node knows
+  # lists it, it rejoins; else it asks the other nodes what they know.
+  def formation(%__MODULE__{phase: :forming, config: %{storage: :memory}} = lifecycle, :spare) do
+    known = lifecycle.known
+
+    if valid_known?(known) and fits?(lifecycle, known) and listed(known, lifecycle.node) != nil do
+      rejoin_in(lifecycle, known, nil)
+    else
+      lifecycle = %{lifecycle | phase: :spare}
+      {lifecycle, [{:fail_callers, :spare} | ask_membership(lifecycle)]}
+    end
+  end
+
   def formation(%__MODULE__{phase: :forming} = lifecycle, :spare),
     do: {%{lifecycle | phase: :spare}, [{:fail_callers, :spare}]}
 
@@ -329,6 +525,62 @@ defmodule Visor.Server.Lifecycle do
     do: {%{lifecycle | phase: {:refused, reason}}, [{:fail_callers, reason}]}
 
   def formation(%__MODULE__{} = lifecycle, _decision), do: {lifecycle, []}
+
+  # Memory mode: this node's replica lost its memory after a change
+  # (`known`, epoch > 0, is the newest membership it knows). In that list
+  # it recovers there, at its slot, named as the member it is (a node a
+  # change added by its member id and the epoch that admitted it);
+  # left out of it, it was removed, and serves as a spare.
+  defp rejoin_in(lifecycle, known, decision) do
+    name = inspect(lifecycle.config.group)
+    genesis = List.to_tuple(known.genesis)
+    lifecycle = %{lifecycle | members: genesis, cluster: known.cluster, decision: decision}
+
+    current =
+      for {slot, id, _joined} <- known.members, do: {slot, node_of(lifecycle, id, known.nodes)}
+
+    lifecycle = %{lifecycle | current: current, epoch: known.epoch}
+    nodes = inspect(current_nodes(lifecycle))
+
+    case listed(known, lifecycle.node) do
+      {slot, id, joined} ->
+        named = if joined > 0, do: %{member: id, joined: joined}, else: %{}
+
+        opts =
+          lifecycle.config.engine
+          |> Map.merge(%{
+            cluster: known.cluster,
+            replica_count: tuple_size(genesis),
+            replica_index: slot,
+            recover: true,
+            known: known.membership
+          })
+          |> Map.merge(named)
+
+        lifecycle = %{lifecycle | phase: :running, role: :member, index: slot}
+
+        {lifecycle,
+         [
+           {:log, :info,
+            "#{name}: this node's replica lost its memory; it rejoins as a member of epoch " <>
+              "#{known.epoch} of the group's membership (#{nodes}), recovering its state " <>
+              "from the others"},
+           {:start_engine, opts},
+           {:after, @recovering_warn_ms, {:visor_still_recovering, lifecycle.tag}}
+         ]}
+
+      nil ->
+        lifecycle = %{lifecycle | phase: :removed, role: :removed}
+
+        {lifecycle,
+         [
+           {:log, :warning,
+            "#{name}: this node is not a member of epoch #{known.epoch} of the group's " <>
+              "membership (#{nodes}): it was removed, and serves as a spare"},
+           {:fail_callers, :spare}
+         ]}
+    end
+  end
 
   # Disk mode: the store is `data_dir/<group>`; a new one records the
   # members, for a restart to find them (Visor.Formation). An existing

@@ -13,6 +13,7 @@ rustler::atoms! {
     deliver_list_max,
     group_bytes_max,
     meta_bytes_max,
+    membership_bytes_max,
 
     // Engine errors (error.rs).
     bad_option,
@@ -47,6 +48,7 @@ rustler::atoms! {
     evicted,
     refused,
     membership,
+    known,
 
     // Storage notices and the storage part of the status map.
     storage,

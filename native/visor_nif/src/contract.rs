@@ -10,11 +10,12 @@ use vsr_storage::format::{GROUP_MAX, META_MAX};
 use vsr_storage::store::DEFAULT_COMPACTION_BYTES;
 
 use crate::atoms;
+use crate::convert::MEMBERSHIP_BYTES_MAX;
 
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes: `Visor.Native` refuses to load a library
 /// of another version (a stale `.so`).
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Tick interval when `:tick_ms` is not given.
 pub const TICK_MS_DEFAULT: u64 = 10;
@@ -26,7 +27,8 @@ pub const TICK_MS_MAX: u64 = 60_000;
 pub const DELIVER_LIST_MAX: usize = 256;
 
 /// `%{protocol_version:, max_replicas:, options: %{key => {default, min, max}},
-/// limits: %{deliver_list_max:, group_bytes_max:, meta_bytes_max:}}`.
+/// limits: %{deliver_list_max:, group_bytes_max:, meta_bytes_max:,
+/// membership_bytes_max:}}`.
 pub fn encode(env: Env<'_>) -> Term<'_> {
     let defaults = Config::new(0, 1).range_values();
     let mut options: Vec<(Term, Term)> = RANGES
@@ -46,6 +48,7 @@ pub fn encode(env: Env<'_>) -> Term<'_> {
         (atoms::deliver_list_max(), DELIVER_LIST_MAX),
         (atoms::group_bytes_max(), GROUP_MAX),
         (atoms::meta_bytes_max(), META_MAX),
+        (atoms::membership_bytes_max(), MEMBERSHIP_BYTES_MAX),
     ]
     .map(|(k, v)| (k.encode(env), (v as u64).encode(env)));
     map(

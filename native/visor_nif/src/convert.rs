@@ -30,6 +30,10 @@ pub struct StartOptions {
     /// the store it created as one. `None`: a member of the genesis, at
     /// `replica_index`.
     pub joining: Option<Joining>,
+    /// Memory mode, recovering: the newest membership the host knows
+    /// (`known`, its exact bytes), to recover in instead of the genesis
+    /// (`Host::boot_in`). `None`: the genesis.
+    pub known: Option<Membership>,
 }
 
 type Setter = fn(&mut Config, u64) -> Result<(), EngineError>;
@@ -156,19 +160,45 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
             .map_err(|_| EngineError::bad_option("recover", "must be a boolean"))?,
     };
     let disk = decode_disk(opts)?;
+    let known = decode_known(opts, count)?;
+    if known.is_some() {
+        if !recover {
+            return Err(EngineError::bad_option(
+                "known",
+                "needs recover: true (only a replica that lost its state recovers in it)",
+            ));
+        }
+        if disk.is_some() {
+            return Err(EngineError::bad_option(
+                "known",
+                "is only accepted without data_dir (a store records its own membership)",
+            ));
+        }
+        if joining.is_some_and(|j| j.life.is_some()) {
+            return Err(EngineError::bad_option(
+                "known",
+                "must not come with learner: true (a learner takes its list from the primary)",
+            ));
+        }
+    }
     if let Some(joining) = &joining {
-        if recover {
+        if recover && known.is_none() {
             return Err(EngineError::bad_option(
                 "recover",
-                "must be false with member (a learner starts empty; a member restarts from its store)",
+                "must be false with member, unless known names the membership it recovers in \
+                 (a learner starts empty; a member restarts from its store)",
             ));
         }
-        if joining.life.is_none() && disk.is_none() {
+        if joining.life.is_none() && disk.is_none() && known.is_none() {
             return Err(EngineError::bad_option(
                 "learner",
-                "must be true without data_dir (only a store can say a member joined)",
+                "must be true without data_dir or known (only a store, or the membership \
+                 known, can say a member joined)",
             ));
         }
+    }
+    if let Some(known) = &known {
+        check_listed(known, index, joining.as_ref(), count)?;
     }
     Ok(StartOptions {
         config,
@@ -177,7 +207,131 @@ pub fn decode_options(opts: Term) -> Result<StartOptions, EngineError> {
         recover,
         disk,
         joining,
+        known,
     })
+}
+
+/// `known`: the exact membership the host knows as newest (memory mode,
+/// recovering), as a binary: the bytes an `{:epoch, ...}` event (or the
+/// status) gave for it, the core's own encoding of `vsr::Membership`
+/// (`membership_bytes`). Its epoch must follow the genesis (from 1), and
+/// a member it says joined in the genesis must be this cluster's genesis
+/// member of that slot (`Config::new`: its id its slot, below
+/// `replica_count`). The bytes may come from a peer: `decode_membership`
+/// treats them as untrusted.
+fn decode_known(opts: Term, count: u64) -> Result<Option<Membership>, EngineError> {
+    let Ok(term) = opts.map_get(atoms::known()) else {
+        return Ok(None);
+    };
+    let bad = |why: String| EngineError::bad_option("known", why);
+    let Ok(bytes) = term.decode::<Binary>() else {
+        return Err(bad(
+            "must be a binary: a membership's bytes, as an {:epoch, ...} event gives them".into(),
+        ));
+    };
+    let known = decode_membership(bytes.as_slice()).map_err(|why| bad(why.into()))?;
+    if known.epoch() == 0 {
+        return Err(bad(
+            "must be a membership of an epoch after the genesis (from 1)".into()
+        ));
+    }
+    for m in known.members() {
+        if m.joined == 0 && (u64::from(m.slot) >= count || m.id != u128::from(m.slot)) {
+            return Err(bad(format!(
+                "lists member {:#x} in slot {} as a genesis member, which this cluster's \
+                 genesis of {count} does not hold (another cluster's list?)",
+                m.id, m.slot
+            )));
+        }
+    }
+    Ok(Some(known))
+}
+
+/// The bytes of `membership`: the core's encoding of it (postcard, as a
+/// reconfiguration entry carries its target), equal for equal
+/// memberships. The `{:epoch, ...}` event and the status give them, and
+/// `start/2`'s `known` takes them back (`decode_membership`).
+pub fn membership_bytes(membership: &Membership) -> Vec<u8> {
+    postcard::to_allocvec(membership).expect("encoding to a Vec cannot fail")
+}
+
+/// The most bytes a membership takes (`membership_bytes`): its epoch and
+/// change name (varints: 10 bytes for a u64, 19 for a u128), the count,
+/// and for each of `MAX_REPLICAS` members its slot, id, `joined`,
+/// incarnation and life.
+pub const MEMBERSHIP_BYTES_MAX: usize = 10 + (19 + 10) + 1 + MAX_REPLICAS * (1 + 19 + 10 + 10 + 10);
+
+/// A membership from `bytes` that may come from anywhere (a peer's
+/// answer): at most `MEMBERSHIP_BYTES_MAX`, exactly one membership's
+/// encoding and nothing after it, the very bytes `membership_bytes`
+/// gives for it (so that equal lists have equal bytes), well formed
+/// (`Membership`'s decoder checks sizes, slots and ids), with an epoch,
+/// `joined`s and incarnations no higher than the core takes from a peer
+/// (`NUMBER_MAX`) and no member admitted after the epoch. An error says
+/// why, never a panic.
+pub fn decode_membership(bytes: &[u8]) -> Result<Membership, &'static str> {
+    if bytes.is_empty() || bytes.len() > MEMBERSHIP_BYTES_MAX {
+        return Err("is not a membership's bytes (empty, or longer than any membership)");
+    }
+    let (membership, rest) = postcard::take_from_bytes::<Membership>(bytes)
+        .map_err(|_| "is not a membership's bytes (does not decode, or is not a well-formed list)")?;
+    if !rest.is_empty() || membership_bytes(&membership) != bytes {
+        return Err("is not a membership's bytes (not exactly the encoding of one)");
+    }
+    let max = vsr::message::NUMBER_MAX;
+    if membership.epoch() > max {
+        return Err("is not a membership's bytes (its epoch is above 2^63 - 1)");
+    }
+    for m in membership.members() {
+        if m.joined > membership.epoch() {
+            return Err("is not a membership's bytes (a member joined after its epoch)");
+        }
+        if m.incarnation > max {
+            return Err("is not a membership's bytes (an incarnation above 2^63 - 1)");
+        }
+    }
+    Ok(membership)
+}
+
+/// `{:ok, {epoch, members}}` (`members` as `members` gives them) for a
+/// membership's bytes, or `{:error, why}` (`decode_membership`).
+pub fn decoded_membership<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    match decode_membership(bytes) {
+        Ok(m) => (atoms::ok(), (m.epoch(), members(env, &m))).encode(env),
+        Err(why) => (atoms::error(), why).encode(env),
+    }
+}
+
+/// The replica `start` asks for must be the member `known` lists at its
+/// slot: named by `member` and `joined` if given, else the genesis member
+/// of that slot (its id the slot number, joined 0).
+fn check_listed(
+    known: &Membership,
+    index: u64,
+    joining: Option<&Joining>,
+    count: u64,
+) -> Result<(), EngineError> {
+    let (id, joined) = match joining {
+        Some(joining) => (joining.id, joining.joined),
+        None if index < count => (u128::from(index), 0),
+        None => {
+            return Err(EngineError::bad_option(
+                "replica_index",
+                format!("must be below replica_count ({count}) without member"),
+            ))
+        }
+    };
+    let listed = known
+        .member(index as u8)
+        .is_some_and(|m| m.id == id && m.joined == joined);
+    if listed {
+        Ok(())
+    } else {
+        Err(EngineError::bad_option(
+            "known",
+            format!("does not list this replica (member id {id:#x}, joined {joined}) at slot {index}"),
+        ))
+    }
 }
 
 /// `member` (a 16-byte member id), `joined` (the epoch that admits it,
@@ -429,14 +583,16 @@ pub fn event<'a>(env: Env<'a>, output: &Output) -> Option<Term<'a>> {
         Output::Reconfigured { id, result } => {
             Some((atoms::reconfigured(), *id, change_result(*result)).encode(env))
         }
-        // `{:epoch, epoch, members, role}`: the replica entered an epoch (or
-        // booted from a store of one: `ReplicaHost::boot`).
+        // `{:epoch, epoch, members, role, membership}`: the replica entered
+        // an epoch (or booted from a store of one: `ReplicaHost::boot`);
+        // `membership` is the exact list's bytes (`membership_bytes`).
         Output::Epoch { membership, role: r } => Some(
             (
                 atoms::epoch(),
                 membership.epoch(),
                 members(env, membership),
                 role(*r),
+                binary(env, &membership_bytes(membership)),
             )
                 .encode(env),
         ),
@@ -608,6 +764,10 @@ pub fn status<'a>(
             (atoms::replica_count(), (replica_count as u32).encode(env)),
             (atoms::epoch(), copy.membership.epoch().encode(env)),
             (atoms::members(), members(env, &copy.membership)),
+            (
+                atoms::membership(),
+                binary(env, &membership_bytes(&copy.membership)),
+            ),
             (atoms::role(), role(copy.role).encode(env)),
             (atoms::stats(), stats(env, &copy.stats)),
             (atoms::storage(), storage(env, copy)),

@@ -62,6 +62,15 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// `{:ok, {epoch, members}}` for a membership's bytes (the `{:epoch, ...}`
+/// event's, a peer's answer: untrusted), members as the event lists
+/// them; `{:error, why}` for bytes that are not exactly one membership's
+/// encoding (`convert::decode_membership`).
+#[rustler::nif]
+fn nif_decode_membership<'a>(env: Env<'a>, bytes: Binary<'a>) -> Term<'a> {
+    convert::decoded_membership(env, bytes.as_slice())
+}
+
 /// `:ok`, or `{:error, {:bad_option, key, why}}` for the first engine
 /// option in `opts` that `nif_start` would refuse (`convert::check_config`).
 #[rustler::nif]
@@ -110,8 +119,17 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
     // A node a change adds stands in as a learner (a memory-mode one is
     // that learner; a disk-mode one is replaced once its store is open),
     // as its slot may lie outside the genesis.
-    let host = match &options.joining {
-        Some(joining) => Host::boot_learner(
+    //
+    // A memory-mode member that lost its state after a change recovers in
+    // `known`, the newest membership its host knows, at its slot there
+    // (`Host::boot_in`), named by `member`/`joined` if a change added it.
+    let host = match (&options.joining, options.known) {
+        (Some(joining), Some(known)) => {
+            config.member = Some((joining.id, joining.joined));
+            Host::boot_in(config, index, None, true, nonce, Some(known))
+        }
+        (None, Some(known)) => Host::boot_in(config, index, None, true, nonce, Some(known)),
+        (Some(joining), None) => Host::boot_learner(
             config,
             index,
             joining.id,
@@ -119,7 +137,7 @@ fn start(env: Env, opts: Term, owner: LocalPid) -> Result<ResourceArc<EngineReso
             joining.life.unwrap_or(1),
             None,
         ),
-        None => Host::boot(config, index, None, recover_now, nonce),
+        (None, None) => Host::boot(config, index, None, recover_now, nonce),
     }
     .map_err(|e| EngineError::Bug(e.to_string()))?;
     let copy = match &options.disk {

@@ -120,8 +120,15 @@ defmodule Visor.Server.StatusTest do
     id = &<<&1::little-unsigned-128>>
     # c@h (index 2) left; b@h leads the new epoch.
     members = [{1, id.(1), 0}, {0, id.(0), 0}]
-    {lc, effects} = Lifecycle.epoch(running(), 1, members, :member)
-    assert [{:log, :info, _}] = effects
+    bytes = Visor.Test.MembershipBytes.encode(1, members, {id.(1), 1})
+    {lc, effects} = Lifecycle.epoch(running(), 1, members, :member, bytes)
+    # Memory mode: the newest list this node knows is recorded
+    # (Visor.Lifetime), with its exact bytes.
+    assert [
+             {:log, :info, _},
+             {:remember_membership, %{epoch: 1, members: ^members, membership: ^bytes}}
+           ] = effects
+
     status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
     assert %{epoch: 1, members: [:b@h, :a@h], role: :primary, primary: :b@h} = status
 
@@ -134,15 +141,18 @@ defmodule Visor.Server.StatusTest do
 
     # b@h left out of epoch 2: it says so, fails its waiting callers
     # with :timeout, and passes new ones on as a spare.
-    {lc, effects} = Lifecycle.epoch(lc, 2, [{0, id.(0), 0}], :leaving)
-    assert [{:log, :warning, line}, {:fail_callers, :timeout}] = effects
+    {lc, effects} = Lifecycle.epoch(lc, 2, [{0, id.(0), 0}], :leaving, <<"epoch 2's bytes">>)
+
+    assert [{:log, :warning, line}, {:fail_callers, :timeout}, {:remember_membership, _}] =
+             effects
+
     assert line =~ "not a member of epoch 2"
     assert Lifecycle.refusal(lc) == :spare
     status = Status.build(lc, engine(%{is_primary: true, primary: 1}), @server)
     assert %{epoch: 2, members: [:a@h], role: :leaving, primary: nil} = status
 
     # An older epoch's event changes nothing.
-    assert {^lc, []} = Lifecycle.epoch(lc, 1, members, :member)
+    assert {^lc, []} = Lifecycle.epoch(lc, 1, members, :member, bytes)
 
     {lc, effects} = Lifecycle.removed(lc, 2)
     assert [{:log, :warning, line}, :stop_engine, {:fail_callers, :spare}] = effects
