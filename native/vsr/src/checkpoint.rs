@@ -280,6 +280,32 @@ impl Checkpoints {
         self.held.as_ref().map_or((0, 0), |h| (h.checkpoint.op, h.digest))
     }
 
+    /// What is under way, if anything (the first found): a state sync, a
+    /// peer's pin not yet expired at tick `ticks` (pins expire after
+    /// `expiry` ticks without a request: `pinned_floor`), a snapshot
+    /// awaited from the host, a divergence, or a checkpoint held that no
+    /// quorum vouches for yet (a quiet replica has none: `quiet.rs`).
+    pub(crate) fn work(&self, ticks: u64, expiry: u64) -> Option<&'static str> {
+        let pinned = self
+            .pins
+            .iter()
+            .flatten()
+            .any(|p| ticks < p.last.saturating_add(expiry));
+        if self.sync.is_some() {
+            Some("a state sync")
+        } else if pinned {
+            Some("a checkpoint pinned for a peer")
+        } else if !self.pending.is_empty() {
+            Some("a snapshot awaited")
+        } else if self.diverged.is_some() {
+            Some("a divergence")
+        } else if self.held.as_ref().is_some_and(|h| !self.is_vouched(h)) {
+            Some("a checkpoint not vouched for")
+        } else {
+            None
+        }
+    }
+
     /// The op of the anchor, 0 if none.
     pub(crate) fn anchor_op(&self) -> Op {
         self.anchor.as_ref().map_or(0, |a| a.checkpoint.op)

@@ -199,6 +199,16 @@ pub enum Mutation {
     /// replicas whose hosts answer at different times form different
     /// checkpoints at one op.
     CheckpointLateMembership,
+    /// A primary proposes quiet, and goes quiet, with an op it prepared
+    /// still uncommitted: the op waits for whatever wakes the group next.
+    QuietWithUncommittedOp,
+    /// A backup goes quiet at its primary's quiet round with a request it
+    /// forwarded still pending: if the forward was lost, nothing resends it.
+    QuietWithPendingWork,
+    /// A replica takes no notice of its primary's node going down
+    /// (`Input::Peers`, `Input::Wake`): a quiet backup waits for its
+    /// silence timer instead of campaigning at once.
+    IgnorePeerDown,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.
@@ -258,6 +268,13 @@ pub struct Config {
     /// list where its slot is another's. `None`: the member at its slot in
     /// its durable list (or the genesis).
     pub member: Option<(crate::membership::MemberId, crate::membership::Epoch)>,
+    /// Quiet groups (docs/protocol.md, "Quiet groups"): a primary with
+    /// nothing to do for this many ticks proposes a quiet round, after
+    /// which the group gets no ticks and sends nothing until an input
+    /// wakes it. 0 (the default): never quiet, the protocol as before.
+    /// Not a setting the replicas must agree on: one that has it 0
+    /// answers every quiet round "no", and its group stays awake.
+    pub quiet_after_ticks: u64,
     /// A deliberate bug for the simulator's self-test.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -299,6 +316,7 @@ impl Config {
             jitter_seed: 0,
             boot_nonce: 0,
             member: None,
+            quiet_after_ticks: 0,
             #[cfg(feature = "mutations")]
             mutation: Mutation::None,
         }

@@ -23,6 +23,7 @@ impl Replica {
         self.check_status()?;
         self.check_primary()?;
         self.check_timers()?;
+        self.check_quiet()?;
         self.client_table.check(self.commit_min)?;
         self.checkpoints.check(self.index, &self.log, self.commit_min)
     }

@@ -15,6 +15,7 @@ mod learner;
 pub mod log;
 pub mod membership;
 pub mod message;
+mod quiet;
 mod read;
 mod reconfig;
 mod recovery;

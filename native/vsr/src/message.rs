@@ -27,6 +27,10 @@
 //! `incarnations` is the sender's crash vector: the incarnation it knows for
 //! every slot, its own included (see `recovery.rs`), [`MAX_SLOTS`] of them.
 //!
+//! `Quiet` and `QuietOk` (quiet groups, `quiet.rs`) are the enum's last
+//! kinds: postcard numbers variants by position, so appending them left
+//! every older message's encoding, and the wire version, as they were.
+//!
 //! Decoding checks all of it, then recomputes the checksum of every log entry
 //! the body carries. Anything that fails is an [`DecodeError`], never a panic.
 
@@ -329,6 +333,26 @@ pub enum Message {
     /// start), which the primary records in the entry for the learner's
     /// slot.
     Learning { view: View, life: u64 },
+    /// The primary's quiet round (docs/protocol.md, "Quiet groups"): a
+    /// heartbeat (as `Commit`, with a new `round`) that proposes the
+    /// group goes quiet. Kinds appended after every older one, so that
+    /// the encoding of every older message is unchanged.
+    Quiet {
+        view: View,
+        commit: Op,
+        round: u64,
+        checkpoint: (Op, u128),
+    },
+    /// A backup's answer to `Quiet`: a `PrepareOk` (echoing the round),
+    /// and whether the backup went quiet.
+    QuietOk {
+        view: View,
+        op: Op,
+        checksum: u128,
+        round: u64,
+        checkpoint: (Op, u128),
+        quiet: bool,
+    },
 }
 
 /// What a primary tells the origin of a change.
@@ -393,6 +417,8 @@ impl Message {
             Message::StartEpoch { .. } => "start_epoch",
             Message::Learn { .. } => "learn",
             Message::Learning { .. } => "learning",
+            Message::Quiet { .. } => "quiet",
+            Message::QuietOk { .. } => "quiet_ok",
         }
     }
 
@@ -533,6 +559,8 @@ fn numbers_are_plausible(incarnations: &[u64], message: &Message) -> bool {
         Message::Prepare { view, .. }
         | Message::PrepareOk { view, .. }
         | Message::Commit { view, .. }
+        | Message::Quiet { view, .. }
+        | Message::QuietOk { view, .. }
         | Message::ReadOk { view, .. }
         | Message::RequestPrepares { view, .. }
         | Message::RequestDoViewChange { view, .. }

@@ -82,6 +82,20 @@ impl Reads {
         self.answered[replica] = 0;
     }
 
+    /// No read is being confirmed here, and none submitted here waits
+    /// (a quiet replica has none: `quiet.rs`).
+    pub(crate) fn idle(&self) -> bool {
+        self.confirming.is_empty() && self.pending.is_empty()
+    }
+
+    /// Primary: starts a new heartbeat round (answered by `me` at once)
+    /// and returns it.
+    pub(crate) fn new_round(&mut self, me: usize) -> u64 {
+        self.round += 1;
+        self.answered[me] = self.round;
+        self.round
+    }
+
     /// A view change voids every confirmation in progress (origins retry).
     pub(crate) fn new_view(&mut self) {
         self.answered = [0; MAX_SLOTS];

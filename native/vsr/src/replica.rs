@@ -143,6 +143,23 @@ pub enum Input<'a> {
         target: Box<Membership>,
         ticks: u64,
     },
+    /// Wakes a quiet replica ([`Replica::is_quiet`]; docs/protocol.md,
+    /// "Quiet groups"): fed before the input that wakes it, or alone for a
+    /// failure detector's event that concerns it. `elapsed_ticks`: how
+    /// long it was quiet, in its ticks (ticks it was fed meanwhile count
+    /// already). `up`: one bit per slot whose node the detector holds up.
+    /// To an awake replica it is `Peers { up }`. (An input other than a
+    /// tick that reaches a quiet replica without it wakes it too, with no
+    /// time elapsed.)
+    Wake {
+        now_ns: u64,
+        mono_ns: u64,
+        elapsed_ticks: u64,
+        up: u16,
+    },
+    /// The failure detector's view of the peers changed: one bit per slot
+    /// whose node it holds up. Until the first, every peer is up.
+    Peers { up: u16 },
 }
 
 /// Something the host must do, in order.
@@ -384,6 +401,23 @@ pub struct Replica {
     pub(crate) repair: Option<Box<crate::repair::Repair>>,
     pub(crate) checkpoints: crate::checkpoint::Checkpoints,
 
+    // Quiet groups (`quiet.rs`).
+    /// Quiet: ticks do nothing, and any other input wakes it.
+    pub(crate) quiet: bool,
+    /// The slots whose nodes the host's detector holds up (one bit each).
+    pub(crate) up: u16,
+    /// Primary: the tick since which it has had nothing to do.
+    pub(crate) idle_since: u64,
+    /// Primary: the round of its quiet proposal in flight (0: none), and
+    /// the backups (one bit per slot) that went quiet in it.
+    pub(crate) quiet_round: u64,
+    pub(crate) quiet_acks: u16,
+    /// Primary, just woken: until this tick it waits for fresh clock
+    /// readings before preparing (`awaiting_fresh_clocks`).
+    pub(crate) woke_at: Option<u64>,
+    /// Restarted with quiet groups on: tell the primary at the first tick.
+    pub(crate) announce: bool,
+
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
 }
@@ -564,6 +598,13 @@ impl Replica {
             last_learn_tick: 0,
             repair: None,
             checkpoints: Default::default(),
+            quiet: false,
+            up: crate::quiet::ALL_UP,
+            idle_since: 0,
+            quiet_round: 0,
+            quiet_acks: 0,
+            woke_at: None,
+            announce: config.quiet_after_ticks > 0,
             stats: Stats::default(),
             out: Vec::new(),
             config,
@@ -626,6 +667,14 @@ impl Replica {
             return Vec::new(); // it handles nothing more
         }
         let tick = matches!(input, Input::Tick { .. });
+        if self.quiet
+            && !matches!(
+                input,
+                Input::Tick { .. } | Input::Wake { .. } | Input::Peers { .. }
+            )
+        {
+            self.wake(0, self.up); // the host did not say for how long
+        }
         match input {
             Input::Tick { now_ns, mono_ns } => self.on_tick(now_ns, mono_ns),
             Input::Receive(bytes) => self.on_bytes(bytes),
@@ -633,6 +682,13 @@ impl Replica {
             Input::Read { id } => self.on_read_submit(id),
             Input::Snapshot { op, app } => self.on_snapshot(op, app),
             Input::Reconfigure { id, target, ticks } => self.on_reconfigure_input(id, *target, ticks),
+            Input::Wake {
+                now_ns,
+                mono_ns,
+                elapsed_ticks,
+                up,
+            } => self.on_wake(now_ns, mono_ns, elapsed_ticks, up),
+            Input::Peers { up } => self.on_peers(up),
         }
         // A change is admitted by the primary of one view, for that view.
         if self.change.as_ref().is_some_and(|c| c.view != self.view) || !self.is_primary() {
@@ -993,6 +1049,27 @@ impl Replica {
             | Message::StartEpoch { .. } => {}
             // Between a primary and its learners only (`learner.rs`).
             Message::Learn { .. } | Message::Learning { .. } => {}
+            Message::Quiet {
+                view,
+                commit,
+                round,
+                checkpoint,
+            } => {
+                self.vouch(checkpoint);
+                self.on_quiet(from, view, commit, round)
+            }
+            Message::QuietOk {
+                view,
+                op,
+                checksum,
+                round,
+                checkpoint,
+                quiet,
+            } => {
+                self.on_checkpoint_report(from, checkpoint);
+                self.on_prepare_ok(from, view, op, checksum, round);
+                self.on_quiet_ok(from, view, round, quiet)
+            }
         }
     }
 
@@ -1001,6 +1078,9 @@ impl Replica {
         self.now_ns = self.now_ns.max(now_ns.min(crate::clock::MAX_CLOCK_NS));
         self.mono_ns = self.mono_ns.max(mono_ns);
         self.clocks.ticked(self.mono_ns);
+        if self.quiet {
+            return; // time passes, nothing else (`quiet.rs`)
+        }
         if self.role == Role::Leaving {
             return self.tick_leaving();
         }
@@ -1010,6 +1090,7 @@ impl Replica {
         self.tick_origin();
         self.tick_behind();
         self.tick_diverged();
+        self.announce_boot();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
             Status::Normal => self.tick_backup(),
@@ -1136,6 +1217,7 @@ impl Replica {
             && self.log.op() < self.commit_max.saturating_add(self.config.pipeline_max)
             && !self.queue.is_empty()
             && self.may_prepare_more()
+            && !self.awaiting_fresh_clocks()
         {
             let batch = self.take_batch();
             self.prepare_next(batch);
@@ -1326,7 +1408,8 @@ impl Replica {
     /// hears itself always).
     pub(crate) fn heard_lately(&self, slot: Slot) -> bool {
         slot == self.index
-            || self.ticks < self.last_heard[slot as usize].saturating_add(self.config.view_change_ticks)
+            || (self.is_up(slot)
+                && self.ticks < self.last_heard[slot as usize].saturating_add(self.config.view_change_ticks))
     }
 
     fn tick_primary(&mut self) {
@@ -1367,6 +1450,7 @@ impl Replica {
             self.last_retry_tick = self.ticks;
             self.retransmit_prepares();
         }
+        self.tick_quiet_round();
     }
 
     /// Resends the uncommitted tail to each backup that has not acknowledged it.
@@ -1478,7 +1562,7 @@ impl Replica {
 
     /// Whether a Prepare or Commit from `from` in `view` is for this replica,
     /// as a backup in normal status; asks for the view's log if it is behind.
-    fn accepts_normal_message(&mut self, from: Slot, view: View) -> bool {
+    pub(crate) fn accepts_normal_message(&mut self, from: Slot, view: View) -> bool {
         let primary = self.membership.primary(view);
         if view < self.view || from != primary || primary == self.index {
             return false;
@@ -1551,6 +1635,7 @@ impl Replica {
     }
 
     fn tick_backup(&mut self) {
+        self.campaign_if_primary_down();
         self.campaign_if_silent();
         self.request_repair();
     }

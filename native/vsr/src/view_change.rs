@@ -99,10 +99,13 @@ impl Replica {
             && if self.is_primary_of_view() {
                 !self.abdicating()
             } else {
-                self.ticks
-                    < self
-                        .last_primary_tick
-                        .saturating_add(self.config.view_change_ticks)
+                // A primary whose node the detector holds down is no
+                // working primary (`quiet.rs`; always up without one).
+                self.primary_up()
+                    && self.ticks
+                        < self
+                            .last_primary_tick
+                            .saturating_add(self.config.view_change_ticks)
             }
     }
 

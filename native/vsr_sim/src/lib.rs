@@ -7,9 +7,12 @@ pub mod checker;
 pub mod client;
 pub mod network;
 pub mod options;
+pub mod quiet;
+pub mod quiet_scenarios;
 pub mod rng;
 pub mod scenarios;
 pub mod simulator;
 
 pub use options::Options;
+pub use quiet::QuietStats;
 pub use simulator::{run_seed, trace_seed, Failure, Report, Simulator};

@@ -79,6 +79,8 @@ pub struct Network {
     losing: Vec<(Slot, Slot, Picks)>,
     pub delivered: u64,
     pub dropped: u64,
+    /// Packets sent (lost or not).
+    pub sent: u64,
 }
 
 impl Network {
@@ -93,10 +95,12 @@ impl Network {
             losing: Vec::new(),
             delivered: 0,
             dropped: 0,
+            sent: 0,
         }
     }
 
     pub fn send(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, mut bytes: Vec<u8>) {
+        self.sent += 1;
         let loss = self.options.loss + self.options.loss_per_kib * bytes.len() as f64 / 1024.0;
         if !self.link(from, to) || rng.chance(loss) {
             self.dropped += 1;

@@ -104,6 +104,16 @@ pub struct Options {
     /// is there to show that the cluster's checkers catch it, and it
     /// breaks the replica's own invariants too, often first.
     pub invariants_under_mutation: bool,
+    /// Quiet groups (docs/protocol.md, "Quiet groups"): the replicas run
+    /// with `Config::quiet_after_ticks` set, the hosts stop ticking a
+    /// quiet replica and wake it before any other input, a perfect failure
+    /// detector (the simulator's own knowledge of which replicas run and
+    /// which links work) feeds them `Input::Peers` and `Input::Wake`, and,
+    /// in random runs, load comes in bursts separated by idle spans long
+    /// enough for the group to go quiet. Off in `from_seed` (`vopr
+    /// --quiet` turns it on: `Options::with_quiet`), so the default seeds
+    /// stay as they are.
+    pub quiet: bool,
 }
 
 /// The share of random seeds run with a lying host (`lying_host`).
@@ -143,7 +153,18 @@ impl Options {
             dead_minority: false,
             membership_changes: false,
             invariants_under_mutation: false,
+            quiet: false,
         }
+    }
+
+    /// Turns quiet groups on (`Options::quiet`), with a `quiet_after_ticks`
+    /// drawn from the seed (apart from `from_seed`'s draws, which stay as
+    /// they are).
+    pub fn with_quiet(mut self) -> Options {
+        let mut rng = Rng::new(self.seed ^ 0x0071_e7ed);
+        self.quiet = true;
+        self.config.quiet_after_ticks = rng.range(10, 100);
+        self
     }
 
     /// A random run: every knob drawn from the seed.

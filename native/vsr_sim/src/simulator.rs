@@ -207,6 +207,8 @@ pub struct Simulator {
     known_at_next_boot: Option<Option<vsr::Membership>>,
     /// The timestamp of the last op executed (`check_timestamp`).
     last_stamp: u64,
+    /// Quiet groups (`Options::quiet`): the hosts' side, and the figures.
+    pub quiet: crate::quiet::QuietHost,
 }
 
 impl Simulator {
@@ -288,6 +290,7 @@ impl Simulator {
             in_flight: None,
             changes: 0,
             known_at_next_boot: None,
+            quiet: crate::quiet::QuietHost::new(n),
             options,
         }
     }
@@ -296,6 +299,10 @@ impl Simulator {
         if self.events {
             eprintln!("tick {}: {}", self.tick, what());
         }
+    }
+
+    pub(crate) fn fail_with(&self, reason: String) -> Failure {
+        self.fail(reason)
     }
 
     fn fail(&self, reason: String) -> Failure {
@@ -325,6 +332,7 @@ impl Simulator {
     /// Faults for `fault_ticks`, then heal everything and require liveness.
     pub fn run(&mut self) -> Result<Report, Failure> {
         while self.tick < self.options.fault_ticks {
+            self.bursty_load();
             self.inject_faults();
             if self.options.membership_changes {
                 self.random_change()?;
@@ -350,6 +358,7 @@ impl Simulator {
             }
             self.step()?;
         }
+        self.idle_ends_quiet()?;
         Ok(self.report())
     }
 
@@ -964,6 +973,7 @@ impl Simulator {
                     .collect::<Vec<_>>()
             )
         });
+        self.quiet_booted(r);
         self.damaged[i] = false; // the open found the damage
         let state = host.replica().durable_state();
         self.durable[i] = state;
@@ -1101,6 +1111,9 @@ impl Simulator {
             eprintln!("tick {}: {}", self.tick, self.describe());
         }
         let now_ns = self.tick * 1_000_000;
+        let sent_before = self.network.sent;
+        let quiet_before = self.quiet_now();
+        self.feed_detector()?;
         for r in 0..self.n() {
             let due: Vec<(u64, Op, Vec<u8>)> = {
                 let queue = &mut self.snapshots[r];
@@ -1121,7 +1134,7 @@ impl Simulator {
                 continue; // held up by a slow sync: the tick is lost
             }
             let skip = self.frozen[r] || self.rng.chance(self.options.tick_skip_probability);
-            if self.hosts[r].is_some() && !skip {
+            if self.hosts[r].is_some() && !skip && !self.skips_quiet_tick(r as Slot) {
                 // A clock jump moves the wall clock only; the monotonic
                 // one is the simulated time.
                 let offset = self.clock_offset_ns[r];
@@ -1149,7 +1162,19 @@ impl Simulator {
                 self.network.in_flight()
             )));
         }
-        Ok(())
+        self.count_quiet_spells(&quiet_before);
+        self.check_quiet(sent_before)
+    }
+
+    /// Replica `r`'s host's clocks now, as it reads them for an input:
+    /// its wall clock (true time plus its jumps) and its monotonic one
+    /// (the simulated time), in ns.
+    pub(crate) fn clocks_of(&mut self, r: Slot) -> (u64, u64) {
+        let now_ns = self.tick * 1_000_000;
+        let offset = self.clock_offset_ns[r as usize];
+        let ahead = &mut self.clock_ahead_max_ns[r as usize];
+        *ahead = (*ahead).max(offset.max(0) as u64);
+        (now_ns.saturating_add_signed(offset), now_ns)
     }
 
     /// A message reaches replica `r`'s host: it waits while a slow sync
@@ -1165,7 +1190,13 @@ impl Simulator {
 
     /// Feeds one input to replica `r`'s host; what it outputs leaves at the
     /// next `flush`.
-    fn input(&mut self, r: Slot, input: Input<'_>) -> Result<(), Failure> {
+    pub(crate) fn input(&mut self, r: Slot, input: Input<'_>) -> Result<(), Failure> {
+        if !matches!(
+            input,
+            Input::Tick { .. } | Input::Wake { .. } | Input::Peers { .. }
+        ) {
+            self.wake_for_input(r)?;
+        }
         let host = self.hosts[r as usize].as_mut().expect("replica is up");
         if let Err(bug) = host.step(input) {
             return Err(self.fail(format!("replica {r} panicked: {bug}")));
@@ -1880,6 +1911,9 @@ impl Simulator {
         self.slow_sync.push(None);
         self.disk_heals_at.push(None);
         self.damaged.push(false);
+        self.quiet.skipped.push(0);
+        self.quiet.fed.push(u16::MAX);
+        self.quiet.booted.push(self.tick);
         self.checker.add_replica();
         let disk = (!self.options.amnesia).then(MemDisk::default);
         self.try_boot(r as Slot, disk, false)

@@ -329,3 +329,37 @@ fn a_learner_entering_as_another_life_is_caught() {
     assert!(scenarios::learner_restarted_after_the_proposal_recovers_in_full(broken).is_err());
     scenarios::learner_restarted_after_the_proposal_recovers_in_full(options(3, 1)).unwrap();
 }
+
+#[test]
+fn quiet_with_a_forwarded_request_pending_is_caught() {
+    use vsr_sim::quiet_scenarios::{self as quiet, quiet_options};
+    let mut broken = quiet_options(3, 1);
+    broken.config.mutation = Mutation::QuietWithPendingWork;
+    let failure = quiet::forwarded_request_lost_before_the_quiet_round(broken).unwrap_err();
+    assert!(
+        failure
+            .reason
+            .contains("quiet with a request submitted through it"),
+        "{failure}"
+    );
+    quiet::forwarded_request_lost_before_the_quiet_round(quiet_options(3, 1)).unwrap();
+}
+
+#[test]
+fn quiet_with_an_uncommitted_op_is_caught() {
+    use vsr_sim::quiet_scenarios::{self as quiet, quiet_options};
+    let mut broken = quiet_options(3, 1);
+    broken.config.mutation = Mutation::QuietWithUncommittedOp;
+    let failure = quiet::prepares_lost_before_the_quiet_round(broken).unwrap_err();
+    assert!(failure.reason.contains("above its commit"), "{failure}");
+    quiet::prepares_lost_before_the_quiet_round(quiet_options(3, 1)).unwrap();
+}
+
+#[test]
+fn ignoring_the_primarys_node_down_is_caught() {
+    use vsr_sim::quiet_scenarios::{self as quiet, quiet_options};
+    let mut broken = quiet_options(3, 1);
+    broken.config.mutation = Mutation::IgnorePeerDown;
+    let failure = quiet::quiet_primary_node_dies(broken).unwrap_err();
+    assert!(failure.reason.contains("a new view starts at once"), "{failure}");
+}

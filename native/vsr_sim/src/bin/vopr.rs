@@ -12,6 +12,10 @@
 //!                          back after the faults heal (`Options::dead_minority`)
 //! --membership             (with either) random membership changes while the
 //!                          faults run (`Options::membership_changes`)
+//! --quiet                  (with either) quiet groups: replicas go quiet when
+//!                          idle, a perfect failure detector feeds them, load
+//!                          comes in bursts (`Options::with_quiet`); reports
+//!                          messages per idle tick
 //! ```
 
 use std::process::ExitCode;
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use vsr_sim::{Options, Report, Simulator};
+use vsr_sim::{Options, QuietStats, Report, Simulator};
 
 fn usage() -> ExitCode {
     eprintln!("usage: vopr --seed N | vopr --seeds N [--from S] [--jobs J]");
@@ -34,7 +38,12 @@ fn main() -> ExitCode {
     };
     let dead = args.iter().any(|a| a == "--dead-minority");
     let membership = args.iter().any(|a| a == "--membership");
-    let mode = Mode { dead, membership };
+    let quiet = args.iter().any(|a| a == "--quiet");
+    let mode = Mode {
+        dead,
+        membership,
+        quiet,
+    };
     if let Some(seed) = value("--seed") {
         let events = args.iter().any(|a| a == "--events");
         return replay(seed, value("--trace").unwrap_or(0), events, mode);
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
 struct Mode {
     dead: bool,
     membership: bool,
+    quiet: bool,
 }
 
 impl Mode {
@@ -65,29 +75,49 @@ impl Mode {
         if self.membership {
             flags.push_str(" --membership");
         }
+        if self.quiet {
+            flags.push_str(" --quiet");
+        }
         flags
     }
 }
 
 fn options(seed: u64, mode: Mode) -> Options {
-    Options {
+    let options = Options {
         dead_minority: mode.dead,
         membership_changes: mode.membership,
         ..Options::from_seed(seed)
+    };
+    if mode.quiet {
+        options.with_quiet()
+    } else {
+        options
     }
 }
 
-fn run(seed: u64, mode: Mode, trace_every: u64, events: bool) -> Result<Report, vsr_sim::Failure> {
+fn run(
+    seed: u64,
+    mode: Mode,
+    trace_every: u64,
+    events: bool,
+) -> Result<(Report, QuietStats), vsr_sim::Failure> {
     let mut simulator = Simulator::new(options(seed, mode));
     simulator.trace_every = trace_every;
     simulator.events = events;
-    simulator.run()
+    let report = simulator.run()?;
+    Ok((report, simulator.quiet.stats))
 }
 
 fn replay(seed: u64, trace_every: u64, events: bool, mode: Mode) -> ExitCode {
     println!("seed {seed}: {:?}", options(seed, mode));
     match run(seed, mode, trace_every, events) {
-        Ok(report) => {
+        Ok((report, quiet)) => {
+            if mode.quiet {
+                println!(
+                    "seed {seed} quiet: {:.3} messages per idle tick ({quiet:?})",
+                    quiet.per_idle_tick()
+                );
+            }
             println!("seed {seed} passed: {report:?}");
             ExitCode::SUCCESS
         }
@@ -103,6 +133,7 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
     let next = AtomicU64::new(from);
     let done = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
+    let idle = Mutex::new(QuietStats::default());
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
@@ -112,7 +143,15 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
                 }
                 let outcome = std::panic::catch_unwind(|| run(seed, mode, 0, false));
                 let failure = match outcome {
-                    Ok(Ok(_)) => None,
+                    Ok(Ok((_, quiet))) => {
+                        let mut idle = idle.lock().unwrap();
+                        idle.idle_ticks += quiet.idle_ticks;
+                        idle.idle_messages += quiet.idle_messages;
+                        idle.all_quiet_ticks += quiet.all_quiet_ticks;
+                        idle.wakes += quiet.wakes;
+                        idle.quiet_spells += quiet.quiet_spells;
+                        None
+                    }
                     Ok(Err(failure)) => Some(failure.to_string()),
                     Err(_) => Some(format!("seed {seed} panicked")),
                 };
@@ -136,6 +175,17 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
         "{count} seeds from {from} in {:.1?} on {jobs} threads",
         start.elapsed()
     );
+    if mode.quiet {
+        let idle = idle.into_inner().unwrap();
+        println!(
+            "quiet: {:.3} messages per idle tick over {} idle ticks ({:.1}% of them with every member quiet), {} quiet spells, {} wakes",
+            idle.per_idle_tick(),
+            idle.idle_ticks,
+            100.0 * idle.all_quiet_ticks as f64 / idle.idle_ticks.max(1) as f64,
+            idle.quiet_spells,
+            idle.wakes
+        );
+    }
     println!("{} passed, {} failed", count - failed.len() as u64, failed.len());
     if failed.is_empty() {
         ExitCode::SUCCESS

@@ -1,0 +1,306 @@
+//! Quiet groups in the simulator (`Options::quiet`; docs/protocol.md,
+//! "Quiet groups"): the hosts' side of them, and what the simulator checks.
+//!
+//! A host stops ticking a quiet replica, and wakes it (`Input::Wake`, with
+//! the ticks it skipped) before any other input. The failure detector is a
+//! perfect oracle here: a peer's node is up while its replica runs and the
+//! links both ways work (the real detector, with its timeouts and false
+//! suspicions, is the next step of docs/design/many-groups.md). A change
+//! reaches an awake replica as `Input::Peers`, and a quiet one as
+//! `Input::Wake` if it concerns it (its primary down, for a backup; a
+//! quorum down, for a primary), as the engine will feed them.
+//!
+//! Checks: a quiet replica has no op beyond its commit, and no request or
+//! read submitted through it since it booted waits for it (the cluster's
+//! view of "quiet only with nothing to do", which catches a replica whose
+//! own invariants were compiled wrong); and in random runs, idle spans
+//! are measured (messages sent per idle tick) and the run ends with every
+//! member quiet and nothing in flight.
+
+use vsr::{Input, Role, Slot};
+
+use crate::simulator::Simulator;
+
+/// What the simulator keeps for quiet groups.
+#[derive(Clone, Debug, Default)]
+pub struct QuietHost {
+    /// Ticks each replica was not ticked because it was quiet.
+    pub skipped: Vec<u64>,
+    /// The detector's view last fed to each replica (`u16::MAX` at boot).
+    pub fed: Vec<u16>,
+    /// Tick at which each replica last booted.
+    pub booted: Vec<u64>,
+    /// Random runs: whether load is in an idle span, and until when.
+    pub idle: bool,
+    pub phase_until: u64,
+    /// When the current idle span began.
+    pub idle_since: u64,
+    pub stats: QuietStats,
+}
+
+/// Figures of a run with quiet groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuietStats {
+    /// Ticks of idle spans, past their first `2 * quiet_after_ticks`
+    /// (the time a group has to go quiet), and the messages sent in them.
+    pub idle_ticks: u64,
+    pub idle_messages: u64,
+    /// Idle ticks (as above) with every running member quiet.
+    pub all_quiet_ticks: u64,
+    /// Wakes fed (`Input::Wake`).
+    pub wakes: u64,
+    /// Times a replica went quiet.
+    pub quiet_spells: u64,
+}
+
+impl QuietStats {
+    /// Messages per idle tick.
+    pub fn per_idle_tick(&self) -> f64 {
+        self.idle_messages as f64 / self.idle_ticks.max(1) as f64
+    }
+}
+
+impl QuietHost {
+    pub fn new(n: usize) -> QuietHost {
+        QuietHost {
+            skipped: vec![0; n],
+            fed: vec![u16::MAX; n],
+            booted: vec![0; n],
+            ..QuietHost::default()
+        }
+    }
+}
+
+impl Simulator {
+    /// The detector's view of replica `r`'s peers: one bit per slot of its
+    /// list, clear for a member whose replica is down or cut off from `r`
+    /// either way.
+    pub fn oracle_up(&self, r: Slot) -> u16 {
+        let Some(replica) = self.running(r as usize) else {
+            return u16::MAX;
+        };
+        let mut up = u16::MAX;
+        for member in replica.membership().members() {
+            let node = self.nodes.iter().position(|n| n.id == member.id);
+            let alive = node.is_some_and(|j| {
+                j == r as usize
+                    || (self.hosts[j].is_some()
+                        && self.network.link(r, j as Slot)
+                        && self.network.link(j as Slot, r))
+            });
+            if !alive {
+                up &= !(1 << member.slot);
+            }
+        }
+        up
+    }
+
+    /// A replica (re)booted: it starts awake, believing every peer up.
+    pub(crate) fn quiet_booted(&mut self, r: Slot) {
+        let i = r as usize;
+        self.quiet.skipped[i] = 0;
+        self.quiet.fed[i] = u16::MAX;
+        self.quiet.booted[i] = self.tick;
+    }
+
+    /// Whether the host skips replica `r`'s tick (it is quiet); counted.
+    pub(crate) fn skips_quiet_tick(&mut self, r: Slot) -> bool {
+        let quiet = self.options.quiet && self.running(r as usize).is_some_and(|x| x.is_quiet());
+        if quiet {
+            self.quiet.skipped[r as usize] += 1;
+        }
+        quiet
+    }
+
+    /// Before an input other than a tick: wakes replica `r` if it is quiet.
+    pub(crate) fn wake_for_input(&mut self, r: Slot) -> Result<(), crate::simulator::Failure> {
+        if !self.options.quiet || !self.running(r as usize).is_some_and(|x| x.is_quiet()) {
+            return Ok(());
+        }
+        self.feed_wake(r)
+    }
+
+    fn feed_wake(&mut self, r: Slot) -> Result<(), crate::simulator::Failure> {
+        let i = r as usize;
+        let elapsed_ticks = std::mem::take(&mut self.quiet.skipped[i]);
+        let up = self.oracle_up(r);
+        self.quiet.fed[i] = up;
+        self.quiet.stats.wakes += 1;
+        let (now_ns, mono_ns) = self.clocks_of(r);
+        self.input(
+            r,
+            Input::Wake {
+                now_ns,
+                mono_ns,
+                elapsed_ticks,
+                up,
+            },
+        )
+    }
+
+    /// At each tick: feeds each replica the detector's view when it
+    /// changed (`Peers` when awake; `Wake` when quiet and it concerns it).
+    pub(crate) fn feed_detector(&mut self) -> Result<(), crate::simulator::Failure> {
+        if !self.options.quiet {
+            return Ok(());
+        }
+        for i in 0..self.n() {
+            let r = i as Slot;
+            let Some(replica) = self.running(i) else {
+                continue;
+            };
+            let up = self.oracle_up(r);
+            if up == self.quiet.fed[i] {
+                continue;
+            }
+            if !replica.is_quiet() {
+                self.quiet.fed[i] = up;
+                self.input(r, Input::Peers { up })?;
+                continue;
+            }
+            let is_up = |slot: Slot| up & (1 << slot) != 0;
+            let concerns = if replica.is_primary() {
+                let heard = replica.membership().slots().filter(|&s| is_up(s)).count();
+                heard < replica.membership().quorum()
+            } else {
+                !is_up(replica.primary())
+            };
+            if concerns {
+                self.feed_wake(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Random runs: load in bursts, separated by idle spans of 3 to 8
+    /// times `quiet_after_ticks`.
+    pub(crate) fn bursty_load(&mut self) {
+        if !self.options.quiet || self.tick < self.quiet.phase_until {
+            return;
+        }
+        let after = self.options.config.quiet_after_ticks.max(1);
+        self.quiet.idle = !self.quiet.idle;
+        let span = if self.quiet.idle {
+            self.quiet.idle_since = self.tick;
+            self.rng.range(3 * after, 8 * after)
+        } else {
+            self.rng.range(50, 400)
+        };
+        self.quiet.phase_until = self.tick + span;
+        self.load = !self.quiet.idle;
+    }
+
+    /// At the end of a tick: counts the idle span's messages, and checks
+    /// that every quiet replica has nothing to do.
+    pub(crate) fn check_quiet(&mut self, sent_before: u64) -> Result<(), crate::simulator::Failure> {
+        if !self.options.quiet {
+            return Ok(());
+        }
+        let after = self.options.config.quiet_after_ticks;
+        if self.quiet.idle && self.tick >= self.quiet.idle_since + 2 * after {
+            self.quiet.stats.idle_ticks += 1;
+            self.quiet.stats.idle_messages += self.network.sent - sent_before;
+            if self.all_members_quiet() {
+                self.quiet.stats.all_quiet_ticks += 1;
+            }
+        }
+        for i in 0..self.n() {
+            let Some(replica) = self.running(i) else {
+                continue;
+            };
+            if !replica.is_quiet() {
+                continue;
+            }
+            let r = i as Slot;
+            let booted = self.quiet.booted[i];
+            let work = if replica.op() > replica.commit_max() {
+                Some(format!(
+                    "op {} above its commit {}",
+                    replica.op(),
+                    replica.commit_max()
+                ))
+            } else if !self.options.membership_changes
+                && self
+                    .clients
+                    .iter()
+                    .any(|c| c.home == r && c.outstanding.as_ref().is_some_and(|o| o.last_submit > booted))
+            {
+                // Not with membership changes: a request submitted through
+                // a replica that then changes epochs can be settled there
+                // without an answer (its client resends), quiet or not.
+                Some("a request submitted through it unanswered".to_string())
+            } else if self.reads.keys().any(|&(at, _)| at == r) {
+                Some("a read submitted through it unanswered".to_string())
+            } else {
+                None
+            };
+            if let Some(work) = work {
+                return Err(self.fail_with(format!("replica {r} is quiet with {work}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every running member (of the newest list) is quiet.
+    pub fn all_members_quiet(&self) -> bool {
+        self.replicas()
+            .filter(|r| r.role() == Role::Member)
+            .all(|r| r.is_quiet())
+    }
+
+    /// Notes replicas that went quiet in this tick (for the figures).
+    pub(crate) fn count_quiet_spells(&mut self, before: &[bool]) {
+        for (i, was) in before.iter().enumerate() {
+            if !was && self.running(i).is_some_and(|r| r.is_quiet()) {
+                self.quiet.stats.quiet_spells += 1;
+            }
+        }
+    }
+
+    /// Which replicas are quiet now.
+    pub(crate) fn quiet_now(&self) -> Vec<bool> {
+        (0..self.n())
+            .map(|i| self.running(i).is_some_and(|r| r.is_quiet()))
+            .collect()
+    }
+
+    /// Random runs, once the cluster settled: an idle span of
+    /// `3 * quiet_after_ticks` ends with every member quiet and no packet
+    /// in flight (the cost claim: an idle group sends nothing).
+    pub(crate) fn idle_ends_quiet(&mut self) -> Result<(), crate::simulator::Failure> {
+        if !self.options.quiet {
+            return Ok(());
+        }
+        // Stragglers of the faults (`NetworkOptions::stray`) arrive first.
+        let deadline = self.tick + self.options.network.stray_max.max(1_000);
+        while self.network.in_flight() > 0 && self.tick < deadline {
+            self.step()?;
+        }
+        // A pin a synced peer left expires after `4 * view_change_ticks`
+        // (checkpoint.rs): the group stays awake that long, then goes
+        // quiet within a round.
+        let config = &self.options.config;
+        let span = 3 * config.quiet_after_ticks + 4 * config.view_change_ticks;
+        for _ in 0..span {
+            self.step()?;
+        }
+        if !self.all_members_quiet() || self.network.in_flight() > 0 {
+            return Err(self.fail_with(format!(
+                "not quiet {span} ticks after settling: {}",
+                self.describe_quiet()
+            )));
+        }
+        Ok(())
+    }
+
+    fn describe_quiet(&self) -> String {
+        let quiet: Vec<String> = (0..self.n())
+            .map(|i| match self.running(i) {
+                Some(r) if r.is_quiet() => format!("r{i}:quiet"),
+                Some(r) => format!("r{i}:awake({})", r.awake_because().unwrap_or("-")),
+                None => format!("r{i}:down"),
+            })
+            .collect();
+        format!("{}; {}", quiet.join(" "), self.describe())
+    }
+}

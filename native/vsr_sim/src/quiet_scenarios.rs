@@ -1,0 +1,236 @@
+//! Scripted scenarios of quiet groups (docs/protocol.md, "Quiet groups";
+//! the simulator's side: `quiet.rs`). Each returns `Err` if an invariant
+//! breaks or the cluster misses its stated bound; each takes its options,
+//! so that a test can run it with a deliberately broken protocol.
+
+use vsr::{Message, Slot, Status};
+
+use crate::options::Options;
+use crate::scenarios::{commit, register_all, PHASE_TICKS};
+use crate::simulator::{Failure, Simulator};
+
+/// `quiet_after_ticks` in these scenarios.
+pub const QUIET_AFTER: u64 = 20;
+
+/// Quiet options for a scenario: perfect network, no random faults or
+/// load, quiet groups on with the perfect detector.
+pub fn quiet_options(replica_count: u8, clients: usize) -> Options {
+    let mut options = crate::scenarios::options(replica_count, clients);
+    options.quiet = true;
+    options.config.quiet_after_ticks = QUIET_AFTER;
+    options
+}
+
+/// Waits until every member is quiet.
+pub fn until_quiet(sim: &mut Simulator) -> Result<(), Failure> {
+    sim.run_until(10 * QUIET_AFTER + PHASE_TICKS / 10, "the group goes quiet", |s| {
+        s.all_members_quiet() && s.network.in_flight() == 0
+    })
+}
+
+/// Messages sent per tick by an idle group of `options`, measured over
+/// `ticks` ticks once it has had `2 * quiet_after_ticks` (or, with quiet
+/// groups off, 100 ticks) to settle after its last request.
+pub fn idle_messages_per_tick(options: Options, ticks: u64) -> Result<f64, Failure> {
+    let settle = (2 * options.config.quiet_after_ticks).max(100);
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    let backup = (1 % sim.n()) as Slot;
+    commit(&mut sim, 0, backup)?;
+    sim.run_ticks(settle)?;
+    let before = sim.network.sent;
+    sim.run_ticks(ticks)?;
+    Ok((sim.network.sent - before) as f64 / ticks as f64)
+}
+
+/// An idle group goes quiet after one round, sends nothing while quiet,
+/// and a submission through a backup wakes it and commits as fast as an
+/// awake group would (within a few message delays).
+pub fn idle_group_goes_quiet_and_a_submission_wakes_it(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    let (sent, view) = (sim.network.sent, sim.replica(0).view());
+    sim.run_ticks(500)?;
+    if sim.network.sent != sent || !sim.all_members_quiet() {
+        return Err(fail(&sim, "a quiet group sent messages or woke by itself"));
+    }
+    let start = sim.tick;
+    let backup = (1 % sim.n()) as Slot;
+    commit(&mut sim, 0, backup)?;
+    if sim.tick - start > 10 {
+        return Err(fail(
+            &sim,
+            &format!("the waking commit took {} ticks", sim.tick - start),
+        ));
+    }
+    if sim.replicas().any(|r| r.view() != view) {
+        return Err(fail(&sim, "waking changed the view"));
+    }
+    until_quiet(&mut sim)?;
+    // Again through the primary, after a long quiet spell (stale clocks).
+    sim.run_ticks(2_000)?;
+    commit(&mut sim, 0, 0)?;
+    until_quiet(&mut sim)
+}
+
+/// The primary's node goes down while the group is quiet: the detector
+/// wakes the backups, which campaign at once, and a new view starts well
+/// within the silence timer (`view_change_ticks`) that a backup would
+/// otherwise wait; the group then commits.
+pub fn quiet_primary_node_dies(options: Options) -> Result<(), Failure> {
+    let bound = options.config.view_change_ticks / 2;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let view = sim.replica(primary).view();
+    sim.crash(primary);
+    sim.run_until(bound, "a new view starts at once", |s| {
+        s.replicas()
+            .any(|r| r.is_primary() && r.view() > view && r.status() == Status::Normal)
+    })?;
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    commit(&mut sim, 0, backup)?;
+    sim.restart(primary);
+    until_quiet(&mut sim)
+}
+
+/// A backup restarts (from its disk) while the group is quiet: it
+/// announces itself to its primary at its first tick, which wakes the
+/// group at once (not after its silence timer); the group commits through
+/// it, and goes quiet again.
+pub fn backup_restarted_while_quiet_wakes_the_group(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    sim.crash(backup);
+    sim.run_ticks(200)?;
+    if !sim.all_members_quiet() {
+        return Err(fail(&sim, "a backup's crash woke the group"));
+    }
+    sim.restart(backup);
+    sim.run_until(5, "the restarted backup wakes its primary", |s| {
+        !s.replica(primary).is_quiet()
+    })?;
+    commit(&mut sim, 0, backup)?;
+    until_quiet(&mut sim)?;
+    // In memory mode, a replica that restarts without its state wakes
+    // the group by asking to recover.
+    sim.crash(backup);
+    sim.restart_amnesiac(backup);
+    sim.run_until(PHASE_TICKS, "the amnesiac backup recovers", |s| {
+        s.replica(backup).status() == Status::Normal
+    })?;
+    commit(&mut sim, 0, backup)?;
+    until_quiet(&mut sim)
+}
+
+/// A read through a quiet backup, and one through the quiet primary,
+/// wake the group and are served linearizably (the simulator checks each
+/// read against what completed before it began), within a round trip.
+pub fn read_at_a_quiet_group_is_linearizable(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    for through in [backup, primary] {
+        sim.issue_read(through)?;
+        sim.run_until(20, "the read is served", |s| s.reads.is_empty())?;
+        until_quiet(&mut sim)?;
+    }
+    Ok(())
+}
+
+/// A backup's forwarded request is lost, just as the group would go
+/// quiet: the backup must stay awake (and resend it) rather than go quiet
+/// with it pending (`Mutation::QuietWithPendingWork`; the simulator's
+/// check names it).
+pub fn forwarded_request_lost_before_the_quiet_round(mut options: Options) -> Result<(), Failure> {
+    options.config.request_retry_ticks = 3 * QUIET_AFTER;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    // Wake the group, then lose the backup's first forward.
+    sim.clients[0].home = primary;
+    sim.start_request(0)?;
+    let cluster = sim.options.config.wire_cluster();
+    let lost = std::rc::Rc::new(std::cell::Cell::new(false));
+    let once = lost.clone();
+    sim.network.lose(
+        backup,
+        primary,
+        Box::new(move |bytes: &[u8]| {
+            let request = matches!(
+                vsr::message::decode(cluster, bytes).map(|d| d.message),
+                Ok(Message::Request { .. })
+            );
+            request && !once.replace(true)
+        }),
+    );
+    commit_pending(&mut sim, 0)?;
+    commit(&mut sim, 0, backup)?;
+    sim.network.stop_losing();
+    until_quiet(&mut sim)
+}
+
+/// The primary's prepares of an op are lost to every backup for a while,
+/// and the op's origin (a backup) crashes: with nothing pending anywhere,
+/// the primary must still not go quiet with the op uncommitted
+/// (`Mutation::QuietWithUncommittedOp`; the simulator's check names it).
+pub fn prepares_lost_before_the_quiet_round(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let backups: Vec<Slot> = (0..sim.n() as Slot).filter(|&r| r != primary).collect();
+    let origin = *backups.last().expect("a backup");
+    let cluster = sim.options.config.wire_cluster();
+    let prepare = move |bytes: &[u8]| {
+        matches!(
+            vsr::message::decode(cluster, bytes).map(|d| d.message),
+            Ok(Message::Prepare { .. })
+        )
+    };
+    for &to in &backups {
+        sim.network.lose(primary, to, Box::new(prepare));
+    }
+    let op = sim.replica(primary).op() + 1;
+    sim.clients[0].home = origin;
+    sim.start_request(0)?;
+    sim.run_until(PHASE_TICKS, "the primary prepares the op", |s| {
+        s.replica(primary).op() >= op
+    })?;
+    sim.crash(origin);
+    sim.run_ticks(4 * QUIET_AFTER)?;
+    sim.network.stop_losing();
+    sim.run_until(
+        2 * sim.options.config.prepare_retry_ticks,
+        "the op commits",
+        |s| s.checker.committed() >= op,
+    )?;
+    sim.restart(origin);
+    sim.run_until(PHASE_TICKS, "the client's retry completes", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
+    until_quiet(&mut sim)
+}
+
+/// Waits for client `c`'s outstanding request to complete, within less
+/// than a client's retry (the protocol's own resends must do it).
+fn commit_pending(sim: &mut Simulator, c: usize) -> Result<(), Failure> {
+    let bound = sim.options.client_retry_ticks - 1;
+    sim.run_until(bound, "the request completes without the client's retry", |s| {
+        s.clients[c].outstanding.is_none()
+    })
+}
+
+fn fail(sim: &Simulator, what: &str) -> Failure {
+    sim.fail_with(format!("{what}: {}", sim.describe()))
+}

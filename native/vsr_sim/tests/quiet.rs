@@ -1,0 +1,68 @@
+//! Quiet groups (`vsr_sim::quiet_scenarios` for each story).
+
+use vsr_sim::quiet_scenarios::{self as quiet, quiet_options};
+use vsr_sim::scenarios::options;
+use vsr_sim::{Options, Simulator};
+
+/// The cost claim: an idle group of three sends `2 * (n - 1) /
+/// heartbeat_ticks` messages per tick awake (a heartbeat to each backup
+/// and its answer), and none once quiet.
+#[test]
+fn an_idle_group_sends_nothing_once_quiet() {
+    let awake = quiet::idle_messages_per_tick(options(3, 1), 1_000).unwrap();
+    let heartbeat = options(3, 1).config.heartbeat_ticks as f64;
+    assert!(
+        (awake - 2.0 * 2.0 / heartbeat).abs() < 0.01,
+        "awake: {awake} per tick"
+    );
+    let quiet = quiet::idle_messages_per_tick(quiet_options(3, 1), 1_000).unwrap();
+    assert_eq!(quiet, 0.0, "quiet: {quiet} per tick");
+    let five = quiet::idle_messages_per_tick(quiet_options(5, 1), 1_000).unwrap();
+    assert_eq!(five, 0.0, "five replicas, quiet: {five} per tick");
+}
+
+#[test]
+fn idle_group_goes_quiet_and_a_submission_wakes_it() {
+    for n in [1, 2, 3, 5] {
+        quiet::idle_group_goes_quiet_and_a_submission_wakes_it(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn quiet_primary_node_dies() {
+    for n in [3, 5] {
+        quiet::quiet_primary_node_dies(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn backup_restarted_while_quiet_wakes_the_group() {
+    quiet::backup_restarted_while_quiet_wakes_the_group(quiet_options(3, 1)).unwrap();
+}
+
+#[test]
+fn read_at_a_quiet_group_is_linearizable() {
+    quiet::read_at_a_quiet_group_is_linearizable(quiet_options(3, 1)).unwrap();
+}
+
+#[test]
+fn forwarded_request_lost_before_the_quiet_round() {
+    quiet::forwarded_request_lost_before_the_quiet_round(quiet_options(3, 1)).unwrap();
+}
+
+#[test]
+fn prepares_lost_before_the_quiet_round() {
+    quiet::prepares_lost_before_the_quiet_round(quiet_options(3, 1)).unwrap();
+}
+
+/// Random seeds with quiet groups (`vopr --quiet`): bursty load, faults
+/// while groups are quiet, and every run ends with the group quiet.
+#[test]
+fn quiet_seeds_pass() {
+    for seed in 0..40 {
+        let options = Options::from_seed(seed).with_quiet();
+        if let Err(failure) = Simulator::new(options).run() {
+            panic!("{failure}\n     replay: vopr --seed {seed} --quiet");
+        }
+    }
+}
