@@ -4219,3 +4219,170 @@ pub fn list_of_one_stamps_ahead_then_grows(options: Options) -> Result<(), Failu
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+// ---- Review 12: recovering across epochs by refused recoveries ----------
+
+/// A packet filter for `Network::lose`: the packets whose sender's epoch
+/// and message `pick` picks.
+fn picking(sim: &Simulator, pick: impl Fn(u64, &vsr::Message) -> bool + 'static) -> crate::network::Picks {
+    let cluster = sim.options.config.wire_cluster();
+    Box::new(move |bytes: &[u8]| {
+        vsr::message::decode(cluster, bytes).is_ok_and(|d| pick(d.sender.epoch, &d.message))
+    })
+}
+
+/// Review 12, break 1 (two lives of a slot at one incarnation in one
+/// epoch). The refusal covers a recovery in the old epoch that an earlier
+/// life of the asker could have outrun; it does not cover the other case
+/// of the argument ("answered first"), where the recovery completes in
+/// epoch 0 and the replica then enters epoch 1 by the entry at a number
+/// that only epoch 0's quorum installed. Epoch 1's members never fenced
+/// it, so a *later* life recovering in epoch 1 among them takes the same
+/// number again, and what the first life told them is not forgotten.
+///
+/// Epoch 0 = {P, A, B, C, D} (P leads view 0), memory mode. A loses its
+/// state and recovers in epoch 0: B, C and D answer step 1 (no entry
+/// anywhere yet) and A takes incarnation 1, but its fences are lost for
+/// now and nothing of A reaches P. P proposes epoch 1 = {P, A, G, H, J}
+/// (B, C, D removed; G, H, J learners), recording A at incarnation 0, and
+/// commits it with B, C and D, whose acknowledgements carry A at 0; P and
+/// the learners enter epoch 1, none of them knowing incarnation 1, while
+/// nothing of epoch 1 reaches B, C or D. Those three start view 2 of epoch
+/// 0 (B leads) without committing the entry; A's fences now reach them,
+/// A fetches view 2's log and helps commit the entry, and enters epoch 1
+/// by it at incarnation 1 (first life). It takes part there: it
+/// acknowledges a request in P's view 0, which P counts; P's packets to
+/// G, H and J are held meanwhile. A crashes and comes back without its
+/// state, its host knowing epoch 1 (second life); it cannot reach P. G,
+/// H and J answer step 1 with incarnation 0, so it takes incarnation 1
+/// again. Passes on this code only if the second life takes a number
+/// above the first's.
+pub fn member_entering_by_the_entry_is_unknown_to_the_new_list(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let (p, a, b, c, d) = (0, 1, 2, 3, 4);
+    register_all(&mut sim, p)?;
+    commit(&mut sim, 0, p)?;
+    let genesis = *sim.replica(p).membership();
+    let ids = [0, 1, NEW, NEW + 1, NEW + 2];
+    let learners = sim.start_learners(p, &ids)?;
+    let (g, h, j) = (learners[0], learners[1], learners[2]);
+    let before = sim.replica(p).op();
+    // Nothing tells B, C or D that anything after `before` committed, and
+    // nothing of epoch 1 reaches them.
+    for to in [b, c, d] {
+        let lose = picking(&sim, move |epoch, m| {
+            epoch >= 1
+                || matches!(m, vsr::Message::Commit { commit, .. } if *commit > before)
+                || matches!(m, vsr::Message::Prepare { commit, .. } if *commit > before)
+        });
+        sim.network.lose(p, to, lose);
+        for from in [g, h, j] {
+            sim.network.set_link(from, to, false);
+        }
+    }
+    // A: nothing reaches P; its fences are lost for now.
+    sim.network.set_link(a, p, false);
+    sim.network.set_link(p, a, false);
+    for to in [b, c, d] {
+        let lose = picking(&sim, |_, m| matches!(m, vsr::Message::RecoveryFence { .. }));
+        sim.network.lose(a, to, lose);
+    }
+    sim.crash(a);
+    sim.restart_amnesiac_knowing(a, Some(genesis));
+    sim.run_until(PHASE_TICKS, "A takes incarnation 1 in epoch 0", |s| {
+        s.replica(a).durable_state().incarnations[a as usize] == 1
+    })?;
+    sim.reconfigure(p, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(p).consent().is_some()
+    })?;
+    let entry = sim.replica(p).op();
+    sim.run_until(PHASE_TICKS, "P, G, H and J enter epoch 1", |s| {
+        [p, g, h, j]
+            .iter()
+            .all(|&r| s.replica(r).membership().epoch() == 1)
+    })?;
+    if [p, g, h, j]
+        .iter()
+        .any(|&r| sim.replica(r).durable_state().incarnations[a as usize] != 0)
+    {
+        return Err(failure(&sim, "setup: epoch 1 heard of A's incarnation 1".into()));
+    }
+    // B, C and D: view 2 of epoch 0 under B, the entry uncommitted.
+    for r in [b, c, d] {
+        sim.network.set_link(p, r, false);
+        sim.network.set_link(r, p, false);
+    }
+    sim.network.stop_losing();
+    for to in [b, c, d] {
+        let lose = picking(&sim, |_, m| matches!(m, vsr::Message::RecoveryFence { .. }));
+        sim.network.lose(a, to, lose);
+    }
+    for from in [c, d] {
+        sim.network.lose(from, b, acknowledgements(&sim));
+    }
+    sim.run_until(PHASE_TICKS, "B leads view 2 of epoch 0", |s| {
+        [b, c, d].iter().all(|&r| {
+            let x = s.replica(r);
+            x.membership().epoch() == 0 && x.view() >= 2 && x.status() == Status::Normal
+        })
+    })?;
+    if [b, c, d].iter().any(|&r| sim.replica(r).commit() >= entry) {
+        return Err(failure(&sim, "setup: the entry committed in view 2".into()));
+    }
+    // A's fences get through: it recovers in epoch 0 and helps commit.
+    sim.network.stop_losing();
+    for from in [c, d] {
+        sim.network.lose(from, b, acknowledgements(&sim));
+    }
+    sim.run_until(PHASE_TICKS, "A recovers in view 2 of epoch 0", |s| {
+        let x = s.replica(a);
+        x.membership().epoch() == 0 && x.status() == Status::Normal && x.op() == entry
+    })?;
+    sim.network.stop_losing();
+    sim.run_until(PHASE_TICKS, "A enters epoch 1 by the entry", |s| {
+        let x = s.replica(a);
+        x.membership().epoch() == 1 && x.status() == Status::Normal
+    })?;
+    let first = sim.replica(a).durable_state().incarnations[a as usize];
+    // A's first life takes part in epoch 1: it acknowledges a request in
+    // P's view 0. Nothing of P or A reaches G, H or J meanwhile.
+    for from in [p, a] {
+        for to in [g, h, j] {
+            sim.network.hold(from, to);
+        }
+    }
+    sim.network.set_link(a, p, true);
+    sim.network.set_link(p, a, true);
+    sim.clients[0].home = p;
+    sim.start_request(0)?;
+    let y = sim.replica(p).op();
+    sim.run_until(PHASE_TICKS, "A acknowledges Y to P", |s| {
+        s.replica(p).durable_state().incarnations[a as usize] == first && s.replica(a).op() == y
+    })?;
+    sim.run_ticks(5)?;
+    // A's second life, cut off from P.
+    sim.crash(a);
+    // (P's packets to G, H and J stay held.)
+    for to in [g, h, j] {
+        sim.network.take_held(a, to);
+    }
+    sim.network.set_link(a, p, false);
+    sim.network.set_link(p, a, false);
+    let newest = *sim.replica(p).membership();
+    sim.restart_amnesiac_knowing(a, Some(newest));
+    sim.run_until(PHASE_TICKS, "A's second life chooses its incarnation", |s| {
+        s.replica(a).durable_state().incarnations[a as usize] > 0
+    })?;
+    let second = sim.replica(a).durable_state().incarnations[a as usize];
+    if second <= first {
+        return Err(failure(
+            &sim,
+            format!(
+                "A's second life took incarnation {second} in epoch 1, where its first life \
+                 took part at {first} (P still counts its acknowledgement)"
+            ),
+        ));
+    }
+    settle(&mut sim)
+}

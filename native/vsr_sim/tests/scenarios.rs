@@ -519,3 +519,9 @@ fn member_cut_off_while_its_list_left_asks_a_newer_sender_again() {
 fn list_of_one_stamps_ahead_then_grows() {
     scenarios::list_of_one_stamps_ahead_then_grows(options(1, 1)).unwrap();
 }
+
+#[test]
+#[ignore = "review break: a member that recovered in the old epoch enters the new one at a number its list never installed, and a later life takes it again"]
+fn member_entering_by_the_entry_is_unknown_to_the_new_list() {
+    scenarios::member_entering_by_the_entry_is_unknown_to_the_new_list(amnesiac(options(5, 1))).unwrap();
+}
