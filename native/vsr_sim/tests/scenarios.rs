@@ -502,3 +502,9 @@ fn member_cut_off_while_its_list_left_asks_a_newer_sender_again() {
 fn list_of_one_stamps_ahead_then_grows() {
     scenarios::list_of_one_stamps_ahead_then_grows(options(1, 1)).unwrap();
 }
+
+#[test]
+fn recovering_learner_removed_by_the_next_change_stops() {
+    scenarios::recovering_learner_removed_by_the_next_change_stops(options(3, 1)).unwrap();
+    scenarios::recovering_learner_removed_by_the_next_change_stops(amnesiac(options(3, 1))).unwrap();
+}
