@@ -183,6 +183,11 @@ pub struct Simulator {
     refused_changes: HashSet<ChangeId>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
+    /// Learners that crashed: restarted, each is a new life, and if its
+    /// change was proposed with the old one it recovers in full on
+    /// entering its epoch (design break 1), as unavailable as a replica
+    /// recovering, until it has entered (`recovering_or_will`).
+    relearning: Vec<bool>,
     /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
     stalls: Vec<Option<Stall>>,
     /// Replicas whose next sync is slow: by this many ticks.
@@ -275,6 +280,7 @@ impl Simulator {
             removed: Vec::new(),
             refused_changes: HashSet::new(),
             dead: vec![false; n],
+            relearning: vec![false; n],
             stalls: (0..n).map(|_| None).collect(),
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
@@ -698,6 +704,7 @@ impl Simulator {
         };
         self.event(|| format!("r{r} crashes"));
         self.crashes += 1;
+        self.relearning[r as usize] |= self.nodes[r as usize].learner;
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
         self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
         self.armed[r as usize] = false;
@@ -757,8 +764,10 @@ impl Simulator {
         (0..self.n())
             .filter(|&r| !self.options.membership_changes || !self.dead[r])
             .filter(|&r| {
-                self.running(r)
-                    .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
+                self.relearning[r]
+                    || self
+                        .running(r)
+                        .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
             })
             .count()
     }
@@ -781,7 +790,10 @@ impl Simulator {
                     .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
                 // Damage not found yet makes it repair or recover at its
                 // next start.
-                recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(false)
+                recovering
+                    || self.relearning[r]
+                    || self.damaged[r]
+                    || self.stored_recovering(r).unwrap_or(false)
             })
             .count()
     }
@@ -1392,6 +1404,7 @@ impl Simulator {
                     }
                     if role == Role::Member {
                         self.nodes[r as usize].learner = false;
+                        self.relearning[r as usize] = false; // it recovers now, if it must
                     }
                     self.event(|| {
                         format!(
@@ -1859,6 +1872,7 @@ impl Simulator {
         self.beside.push(Beside { mirror: None });
         self.followed.push(0);
         self.dead.push(false);
+        self.relearning.push(false);
         self.stalls.push(None);
         self.slow_sync.push(None);
         self.disk_heals_at.push(None);
