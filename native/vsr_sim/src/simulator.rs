@@ -804,12 +804,7 @@ impl Simulator {
         if self.hosts[r as usize].is_some() {
             return;
         }
-        let node = self.nodes[r as usize];
-        let listed = |m: vsr::Membership| m.member(node.slot).is_some_and(|m| m.id == node.id);
-        if !node.learner && self.newest_membership().is_some_and(|m| !listed(m)) {
-            // Its host finds it in no list: it runs no replica (a spare),
-            // and never comes back as one.
-            self.dead[r as usize] = true;
+        if self.spare(r) {
             return;
         }
         self.down[r as usize] = None;
@@ -817,11 +812,36 @@ impl Simulator {
         self.boot(r, disk, true);
     }
 
+    /// Whether node `r`'s host, about to restart it, finds it in no list
+    /// (the newest a running replica holds): it runs no replica then (a
+    /// spare), and never comes back as one. A learner is a spare once
+    /// that list is of its epoch or later: its change failed, or a later
+    /// one removed it (`vopr --membership` seed 1136: a learner restarted
+    /// after its change was done and the next had removed it waited, a
+    /// new life nobody would teach, for ever).
+    fn spare(&mut self, r: Slot) -> bool {
+        let node = self.nodes[r as usize];
+        let Some(newest) = self.newest_membership() else {
+            return false;
+        };
+        let listed = newest.member(node.slot).is_some_and(|m| m.id == node.id);
+        let spare = !listed && (!node.learner || newest.epoch() >= node.joined);
+        if spare {
+            self.dead[r as usize] = true;
+            self.restart_at[r as usize] = None;
+        }
+        spare
+    }
+
     /// The replica comes back from its disk, after bit rot if the seed
     /// says so: it re-executes its committed prefix, repairs a damaged
     /// entry, or, if the store says its log cannot be trusted, recovers.
     pub fn restart(&mut self, r: Slot) {
         if self.hosts[r as usize].is_some() {
+            return;
+        }
+        // (A member left out restarts from its disk as it left, leaving.)
+        if self.nodes[r as usize].learner && self.spare(r) {
             return;
         }
         let Some(mut disk) = self.down[r as usize].take() else {
