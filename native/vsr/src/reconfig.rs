@@ -1018,18 +1018,25 @@ impl Replica {
             .filter(|l| !more && l.epoch() > self.membership.epoch())
         {
             Some(list) => {
-                let others: Vec<&crate::membership::Member> = list
+                let mut asked: Vec<(Slot, MemberId, Epoch)> = list
                     .members()
                     .iter()
                     .filter(|m| m.slot != self.index || m.id != self.id)
+                    .map(|m| (m.slot, m.id, list.epoch()))
                     .collect();
-                if others.is_empty() {
-                    (sender.slot, sender.id, sender.epoch)
-                } else {
-                    self.start_epoch_turn = self.start_epoch_turn.wrapping_add(1);
-                    let m = others[(self.start_epoch_turn % others.len() as u64) as usize];
-                    (m.slot, m.id, list.epoch())
+                // And the sender, if the list leaves it out: a replica
+                // leaving that epoch serves its start until a quorum of the
+                // list entered, and may be the only one that holds it (the
+                // member that had entered lost its memory: `vopr
+                // --membership` seed 2192).
+                if !list.is_member(sender.slot, sender.id) {
+                    asked.push((sender.slot, sender.id, sender.epoch));
                 }
+                if asked.is_empty() {
+                    asked.push((sender.slot, sender.id, sender.epoch));
+                }
+                self.start_epoch_turn = self.start_epoch_turn.wrapping_add(1);
+                asked[(self.start_epoch_turn % asked.len() as u64) as usize]
             }
             None => (sender.slot, sender.id, sender.epoch),
         };

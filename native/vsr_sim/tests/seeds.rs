@@ -161,13 +161,15 @@ fn dead_minority_seed_307755_keeps_its_durable_view() {
 /// crashed learner, which recovers in full on entering, and let a second
 /// member of a list of four recover meanwhile); 290 (found under that
 /// budget: as 819); 1136 (the simulator restarted a learner removed by a
-/// later change as a learner, which nobody would teach).
+/// later change as a learner, which nobody would teach); 2192 (a replica
+/// behind asked only the newer list's members, none of which held the
+/// epoch's start, never the leaving replica that did).
 #[test]
 fn membership_seeds_that_failed_once() {
     check(
         [
             3, 25, 54, 69, 92, 108, 127, 146, 168, 213, 290, 358, 403, 481, 553, 672, 681, 700, 709, 787,
-            819, 822, 836, 859, 864, 899, 906, 912, 965, 1136,
+            819, 822, 836, 859, 864, 899, 906, 912, 965, 1136, 2192,
         ]
         .into_iter()
         .filter_map(|seed| {
