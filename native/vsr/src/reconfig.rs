@@ -762,9 +762,10 @@ impl Replica {
     /// A replica recovering without its state (it holds no log) hears of
     /// a newer epoch: it recovers there instead, among that list, if it is
     /// a member (its host's list was old: design 2.10, "Finding the newest
-    /// epoch"); one left out of it was removed, and stops. Its steps 1 and
-    /// 2 start over, counted over the new list, whose members know at
-    /// least the incarnation the list records for it.
+    /// epoch"); one left out of it was removed, and stops (so does one
+    /// recovering with its log kept). Its steps 1 and 2 start over,
+    /// counted over the new list, whose members know at least the
+    /// incarnation the list records for it.
     fn recover_in(&mut self, membership: Membership) {
         let listed = membership
             .member(self.index)
@@ -846,6 +847,20 @@ impl Replica {
                 // list entered it (they committed its entry in it), and
                 // the newer list holds the log. Nothing is left to serve.
                 return self.removed();
+            }
+            if let Message::EpochNotice { membership, .. } = &message {
+                let listed = membership
+                    .member(self.index)
+                    .is_some_and(|m| m.id == self.id && m.joined == self.joined);
+                if self.status == Status::Recovering && !listed {
+                    // Left out of a newer epoch while recovering, its log
+                    // kept or not: it takes part in nothing until it has
+                    // recovered, and that epoch began, so nothing needs it
+                    // (`vopr --membership` seeds 290 and 819: a learner
+                    // restarted after the proposal, recovering in full on
+                    // entering, removed by the next change).
+                    return self.recover_in(*membership);
+                }
             }
             if self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| !r.kept_log) {
                 if let Message::EpochNotice { membership, .. } = &message {
@@ -1016,18 +1031,25 @@ impl Replica {
             .filter(|l| !more && l.epoch() > self.membership.epoch())
         {
             Some(list) => {
-                let others: Vec<&crate::membership::Member> = list
+                let mut asked: Vec<(Slot, MemberId, Epoch)> = list
                     .members()
                     .iter()
                     .filter(|m| m.slot != self.index || m.id != self.id)
+                    .map(|m| (m.slot, m.id, list.epoch()))
                     .collect();
-                if others.is_empty() {
-                    (sender.slot, sender.id, sender.epoch)
-                } else {
-                    self.start_epoch_turn = self.start_epoch_turn.wrapping_add(1);
-                    let m = others[(self.start_epoch_turn % others.len() as u64) as usize];
-                    (m.slot, m.id, list.epoch())
+                // And the sender, if the list leaves it out: a replica
+                // leaving that epoch serves its start until a quorum of the
+                // list entered, and may be the only one that holds it (the
+                // member that had entered lost its memory: `vopr
+                // --membership` seed 2192).
+                if !list.is_member(sender.slot, sender.id) {
+                    asked.push((sender.slot, sender.id, sender.epoch));
                 }
+                if asked.is_empty() {
+                    asked.push((sender.slot, sender.id, sender.epoch));
+                }
+                self.start_epoch_turn = self.start_epoch_turn.wrapping_add(1);
+                asked[(self.start_epoch_turn % asked.len() as u64) as usize]
             }
             None => (sender.slot, sender.id, sender.epoch),
         };

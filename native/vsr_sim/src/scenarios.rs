@@ -4386,3 +4386,48 @@ pub fn member_entering_by_the_entry_is_unknown_to_the_new_list(options: Options)
     }
     settle(&mut sim)
 }
+
+/// `vopr --membership` seeds 290 and 819 (liveness). A learner restarted
+/// after the proposal enters its epoch recovering in full, keeping its
+/// log (design break 1), and cannot finish: one of the members it needs
+/// does not hear it. Meanwhile the next change removes it. The members,
+/// gone on into the newer epoch, answer its messages with an
+/// `EpochNotice`, which only a recovery without a log followed: it stayed
+/// `Recovering` in the old epoch for ever. A notice whose list leaves it
+/// out now removes any recovering replica (it takes part in nothing
+/// until recovered, and that epoch began: nothing needs it).
+///
+/// Three replicas; the learner NEW restarts after the proposal of epoch
+/// 1 = {0, 1, 2, NEW}, cut off from 2; epoch 2 = {0, 1, 2}.
+pub fn recovering_learner_removed_by_the_next_change_stops(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    let new = learners[0];
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.network.set_link(new, 2, false);
+    sim.network.set_link(2, new, false);
+    sim.restart_amnesiac(new);
+    sim.run_until(PHASE_TICKS, "the new life enters epoch 1, recovering", |s| {
+        s.running(new as usize)
+            .is_some_and(|x| x.membership().epoch() == 1 && x.is_recovering())
+    })?;
+    sim.reconfigure(0, 2, &[0, 1, 2], PHASE_TICKS)?;
+    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "0, 1 and 2 enter epoch 2", |s| {
+        (0..3).all(|r| s.replica(r).membership().epoch() == 2)
+    })?;
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "the learner stops", |s| {
+        s.replica(new).role() == Role::Removed
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}

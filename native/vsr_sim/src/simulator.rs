@@ -183,6 +183,11 @@ pub struct Simulator {
     refused_changes: HashSet<ChangeId>,
     /// Replicas that never come back (`Options::dead_minority`).
     pub dead: Vec<bool>,
+    /// Learners that crashed: restarted, each is a new life, and if its
+    /// change was proposed with the old one it recovers in full on
+    /// entering its epoch (design break 1), as unavailable as a replica
+    /// recovering, until it has entered (`recovering_or_will`).
+    relearning: Vec<bool>,
     /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
     stalls: Vec<Option<Stall>>,
     /// Replicas whose next sync is slow: by this many ticks.
@@ -281,6 +286,7 @@ impl Simulator {
             removed: Vec::new(),
             refused_changes: HashSet::new(),
             dead: vec![false; n],
+            relearning: vec![false; n],
             stalls: (0..n).map(|_| None).collect(),
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
@@ -712,6 +718,7 @@ impl Simulator {
         };
         self.event(|| format!("r{r} crashes"));
         self.crashes += 1;
+        self.relearning[r as usize] |= self.nodes[r as usize].learner;
         self.reads.retain(|(replica, _), _| *replica != r); // a read's origin forgets it
         self.next_read[r as usize] = 0; // and its host counts its reads from 1 again
         self.armed[r as usize] = false;
@@ -771,8 +778,10 @@ impl Simulator {
         (0..self.n())
             .filter(|&r| !self.options.membership_changes || !self.dead[r])
             .filter(|&r| {
-                self.running(r)
-                    .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
+                self.relearning[r]
+                    || self
+                        .running(r)
+                        .is_none_or(|r| r.is_recovering() || r.repairing().is_some())
             })
             .count()
     }
@@ -795,7 +804,10 @@ impl Simulator {
                     .is_some_and(|r| r.is_recovering() || r.repairing().is_some());
                 // Damage not found yet makes it repair or recover at its
                 // next start.
-                recovering || self.damaged[r] || self.stored_recovering(r).unwrap_or(false)
+                recovering
+                    || self.relearning[r]
+                    || self.damaged[r]
+                    || self.stored_recovering(r).unwrap_or(false)
             })
             .count()
     }
@@ -806,12 +818,7 @@ impl Simulator {
         if self.hosts[r as usize].is_some() {
             return;
         }
-        let node = self.nodes[r as usize];
-        let listed = |m: vsr::Membership| m.member(node.slot).is_some_and(|m| m.id == node.id);
-        if !node.learner && self.newest_membership().is_some_and(|m| !listed(m)) {
-            // Its host finds it in no list: it runs no replica (a spare),
-            // and never comes back as one.
-            self.dead[r as usize] = true;
+        if self.spare(r) {
             return;
         }
         self.down[r as usize] = None;
@@ -828,11 +835,36 @@ impl Simulator {
         self.known_at_next_boot = None;
     }
 
+    /// Whether node `r`'s host, about to restart it, finds it in no list
+    /// (the newest a running replica holds): it runs no replica then (a
+    /// spare), and never comes back as one. A learner is a spare once
+    /// that list is of its epoch or later: its change failed, or a later
+    /// one removed it (`vopr --membership` seed 1136: a learner restarted
+    /// after its change was done and the next had removed it waited, a
+    /// new life nobody would teach, for ever).
+    fn spare(&mut self, r: Slot) -> bool {
+        let node = self.nodes[r as usize];
+        let Some(newest) = self.newest_membership() else {
+            return false;
+        };
+        let listed = newest.member(node.slot).is_some_and(|m| m.id == node.id);
+        let spare = !listed && (!node.learner || newest.epoch() >= node.joined);
+        if spare {
+            self.dead[r as usize] = true;
+            self.restart_at[r as usize] = None;
+        }
+        spare
+    }
+
     /// The replica comes back from its disk, after bit rot if the seed
     /// says so: it re-executes its committed prefix, repairs a damaged
     /// entry, or, if the store says its log cannot be trusted, recovers.
     pub fn restart(&mut self, r: Slot) {
         if self.hosts[r as usize].is_some() {
+            return;
+        }
+        // (A member left out restarts from its disk as it left, leaving.)
+        if self.nodes[r as usize].learner && self.spare(r) {
             return;
         }
         let Some(mut disk) = self.down[r as usize].take() else {
@@ -1440,6 +1472,7 @@ impl Simulator {
                     }
                     if role == Role::Member {
                         self.nodes[r as usize].learner = false;
+                        self.relearning[r as usize] = false; // it recovers now, if it must
                     }
                     self.event(|| {
                         format!(
@@ -1907,6 +1940,7 @@ impl Simulator {
         self.beside.push(Beside { mirror: None });
         self.followed.push(0);
         self.dead.push(false);
+        self.relearning.push(false);
         self.stalls.push(None);
         self.slow_sync.push(None);
         self.disk_heals_at.push(None);

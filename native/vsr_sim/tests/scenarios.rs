@@ -525,3 +525,9 @@ fn list_of_one_stamps_ahead_then_grows() {
 fn member_entering_by_the_entry_is_unknown_to_the_new_list() {
     scenarios::member_entering_by_the_entry_is_unknown_to_the_new_list(amnesiac(options(5, 1))).unwrap();
 }
+
+#[test]
+fn recovering_learner_removed_by_the_next_change_stops() {
+    scenarios::recovering_learner_removed_by_the_next_change_stops(options(3, 1)).unwrap();
+    scenarios::recovering_learner_removed_by_the_next_change_stops(amnesiac(options(3, 1))).unwrap();
+}
