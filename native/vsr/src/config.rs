@@ -192,6 +192,11 @@ pub enum Mutation {
     /// number its members never heard of, while they still count what its
     /// earlier life told them there.
     RecoveryAnsweredAboveAnEntry,
+    /// A member that recovered among the old list after the entry was
+    /// proposed takes part in the new epoch at once, at a number only the
+    /// old list installed: a later life of it recovering among the new
+    /// list takes the same number again.
+    NoFenceInNewEpoch,
     /// A checkpoint records the membership in force when the host's
     /// snapshot arrives, not as it was right after its op executed
     /// (membership design, 5.4): a snapshot answered after the replica

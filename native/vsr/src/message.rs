@@ -27,9 +27,10 @@
 //! `incarnations` is the sender's crash vector: the incarnation it knows for
 //! every slot, its own included (see `recovery.rs`), [`MAX_SLOTS`] of them.
 //!
-//! `Quiet` and `QuietOk` (quiet groups, `quiet.rs`) are the enum's last
-//! kinds: postcard numbers variants by position, so appending them left
-//! every older message's encoding, and the wire version, as they were.
+//! `Quiet` and `QuietOk` (quiet groups, `quiet.rs`) and `FenceAlone`
+//! (`recovery.rs`) are the enum's last kinds: postcard numbers variants by
+//! position, so appending them left every older message's encoding, and
+//! the wire version, as they were.
 //!
 //! Decoding checks all of it, then recomputes the checksum of every log entry
 //! the body carries. Anything that fails is an [`DecodeError`], never a panic.
@@ -353,6 +354,12 @@ pub enum Message {
         checkpoint: (Op, u128),
         quiet: bool,
     },
+    /// Step 2 of a recovery alone (`Replica::fence_alone_in_epoch`): a
+    /// member that entered its epoch at a number the list never installed
+    /// asks the others to adopt it (its crash vector carries it). Any of
+    /// them answers `RecoveryFenced`, whatever its status: there is no
+    /// view to join. Appended, as `Quiet`.
+    FenceAlone { nonce: u128 },
 }
 
 /// What a primary tells the origin of a change.
@@ -419,6 +426,7 @@ impl Message {
             Message::Learning { .. } => "learning",
             Message::Quiet { .. } => "quiet",
             Message::QuietOk { .. } => "quiet_ok",
+            Message::FenceAlone { .. } => "fence_alone",
         }
     }
 

@@ -557,6 +557,8 @@ impl Replica {
         }
         self.membership = target;
         self.epoch_start = start;
+        // A fence of the epoch it leaves is moot; entering decides anew.
+        self.recovery = None;
         // Chunks gathered to reach this epoch are moot however it was
         // entered (left over, a later catch-up would ask from their end,
         // which the senders may no longer hold: review of step 7).
@@ -573,7 +575,14 @@ impl Replica {
             (false, true) => Role::Removed,
             (false, false) => Role::Leaving,
         };
-        let recovers = was_learner && listed && self.learner_must_recover(&target);
+        let recovers = listed
+            && if was_learner {
+                self.learner_must_recover(&target)
+            } else {
+                self.another_life_unfenced(&target)
+            };
+        let own = self.incarnations[self.index as usize];
+        let fences = listed && !was_learner && self.member_must_fence(&target, own);
         self.view = 0;
         self.log_view = 0;
         self.view_seen = 0;
@@ -613,6 +622,7 @@ impl Replica {
                 // of the list, and the view's log, before it takes part.
                 self.fence_in_epoch();
             }
+            Role::Member if fences => self.fence_alone_in_epoch(),
             Role::Member if live => {
                 self.status = Status::Normal;
                 if leads {
@@ -649,7 +659,7 @@ impl Replica {
             });
             return;
         }
-        if !live || recovers || self.role == Role::Learner {
+        if !live || recovers || fences || self.role == Role::Learner {
             return;
         }
         if self.role == Role::Member {
@@ -664,6 +674,78 @@ impl Replica {
             }
         } else {
             self.tick_leaving_now();
+        }
+    }
+
+    /// Entering `target` as a member that started as a learner, in a life
+    /// other than the one the lists record, whose recovery on entering its
+    /// first epoch had not finished (it fetched its way into this one
+    /// meanwhile): an earlier life may have taken part here at the same
+    /// incarnation, so it recovers in full again, keeping its log.
+    fn another_life_unfenced(&self, target: &Membership) -> bool {
+        self.fenced_epoch < self.joined && target.member(self.index).is_some_and(|m| m.life != self.life)
+    }
+
+    /// Entering `target` as a member that was one before, at incarnation
+    /// `own`: whether its number must be installed at the new list first
+    /// (a fence alone, docs/protocol.md, "Recovering across epochs"). It
+    /// must if it recovered after the entry was proposed, among the old
+    /// list, which alone installed its number: the entry records an older
+    /// one, and a later life recovering among the new list would take the
+    /// same number again. A fence done in `target` stands (`fenced_epoch`:
+    /// a restart's replay enters again).
+    pub(crate) fn member_must_fence(&self, target: &Membership, own: u64) -> bool {
+        #[cfg(feature = "mutations")]
+        if self.mutated(crate::config::Mutation::NoFenceInNewEpoch) {
+            return false;
+        }
+        self.fenced_epoch != target.epoch() && target.member(self.index).is_some_and(|m| own > m.incarnation)
+    }
+
+    /// Step 2 of a recovery alone ([`Recovery::fence_only`]): the list's
+    /// others adopt this replica's number (any of them answers, in any
+    /// status), `min(quorum, n - 1)` of them, before it takes part. Its
+    /// log is sound and whole for the epoch (no earlier life of it took
+    /// part there: a replica holding the entry unexecuted answered no
+    /// recovery), so it then joins the epoch's view as a replica that
+    /// caught up does.
+    pub(crate) fn fence_alone_in_epoch(&mut self) {
+        self.status = Status::Recovering;
+        self.status_since = self.ticks;
+        let nonce = (u128::from(self.config.boot_nonce) << 64) | u128::from(self.membership.epoch());
+        self.recovery = Some(crate::recovery::Recovery::fence_only(nonce));
+        self.clear_queue();
+        if self.membership.n() == 1 {
+            return self.fenced_in_epoch();
+        }
+        self.last_resend_tick = self.ticks;
+        self.broadcast(&Message::FenceAlone { nonce });
+    }
+
+    /// A fence alone is done: the replica takes part in its epoch, in a
+    /// view change (it may have been its view's primary, whose view it
+    /// never ran), asking the view's primary for its log.
+    pub(crate) fn fenced_in_epoch(&mut self) {
+        self.recovery = None;
+        self.fenced_epoch = self.membership.epoch();
+        self.status = Status::ViewChange;
+        self.status_since = self.ticks;
+        self.write_state();
+        self.last_start_view_request = None;
+        self.request_start_view(self.view);
+    }
+
+    /// After a restart from disk: a member whose number is above the one
+    /// its epoch's entry records and that never fenced in that epoch
+    /// crashed before its fence alone finished: it fences again.
+    pub(crate) fn fence_if_unrecorded(&mut self) {
+        if self.role != Role::Member || self.status == Status::Recovering {
+            return;
+        }
+        let own = self.incarnations[self.index as usize];
+        let membership = self.membership;
+        if self.member_must_fence(&membership, own) {
+            self.fence_alone_in_epoch();
         }
     }
 
@@ -993,7 +1075,9 @@ impl Replica {
                 .get(start)
                 .and_then(|e| e.reconfiguration())
                 .is_some_and(|t| t.epoch() == membership.epoch());
-        if !holds || self.status == Status::Recovering || self.status == Status::Repairing {
+        let stuck = (self.status == Status::Recovering && !self.fences_with_its_log())
+            || self.status == Status::Repairing;
+        if !holds || stuck {
             return false; // it fetches the committed log instead
         }
         if start > self.commit_max {
@@ -1107,9 +1191,19 @@ impl Replica {
     /// first: executing nothing, it would pile up entries past the
     /// reconfiguration entry).
     fn fetches_across_epochs(&self) -> bool {
-        !matches!(self.status, Status::Recovering | Status::Repairing)
+        (!matches!(self.status, Status::Recovering | Status::Repairing) || self.fences_with_its_log())
             && self.role != Role::Removed
             && !self.is_diverged()
+    }
+
+    /// Recovering with its log kept (a learner's fence, or a fence alone):
+    /// its log is the committed log up to its epoch's entry, so it may
+    /// fetch a newer epoch's start like a replica behind, and enters that
+    /// epoch (deciding there afresh whether it must fence) rather than
+    /// wait for ever in an epoch its list left (`vopr --membership` seeds
+    /// 1465, 2329 and 2589).
+    fn fences_with_its_log(&self) -> bool {
+        self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| r.kept_log)
     }
 
     /// A replica of an older epoch asks for the committed log after `from`:

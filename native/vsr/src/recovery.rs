@@ -56,6 +56,8 @@ pub(crate) struct Recovery {
     /// would empty its store's log, and it is fenced in its epoch once
     /// done (`fenced_epoch`).
     pub(crate) kept_log: bool,
+    /// Step 2 alone ([`Recovery::fence_only`]).
+    fence_only: bool,
 }
 
 impl Recovery {
@@ -68,6 +70,7 @@ impl Recovery {
             fencing: false,
             answered: false,
             kept_log: false,
+            fence_only: false,
         }
     }
 
@@ -81,6 +84,24 @@ impl Recovery {
             kept_log: true,
             ..Recovery::new(nonce)
         }
+    }
+
+    /// Step 2 alone, for a member that entered an epoch at a number its
+    /// list never installed (docs/protocol.md, "Recovering across
+    /// epochs"), sent as `FenceAlone`, which any replica of the epoch
+    /// answers, whatever its status (a member fencing at once included:
+    /// two such never wait for each other).
+    pub(crate) fn fence_only(nonce: u128) -> Recovery {
+        Recovery {
+            fencing: true,
+            fence_only: true,
+            ..Recovery::keeping_log(nonce)
+        }
+    }
+
+    /// Whether this is [`Recovery::fence_only`].
+    pub(crate) fn is_fence_only(&self) -> bool {
+        self.fence_only
     }
 }
 
@@ -278,6 +299,15 @@ impl Replica {
                 self.on_recovery_response(from, nonce, incarnation)
             }
             Message::RecoveryFence { nonce } => self.on_recovery_fence(from, nonce),
+            // Its crash vector is merged: the number is adopted. No view
+            // to report, so any status answers.
+            Message::FenceAlone { nonce } => self.send(
+                from,
+                &Message::RecoveryFenced {
+                    nonce,
+                    view: self.view,
+                },
+            ),
             Message::RecoveryFenced { nonce, view } => self.on_recovery_fenced(from, nonce, view),
             _ if self.status == Status::Recovering && !self.recovery.as_ref().is_some_and(|r| r.answered) => {
             }
@@ -396,6 +426,9 @@ impl Replica {
             return;
         }
         recovery.answered = true;
+        if recovery.is_fence_only() {
+            return self.fenced_in_epoch();
+        }
         self.view = recovery.fenced.iter().flatten().max().copied().unwrap_or(0);
         #[cfg(feature = "mutations")]
         if self.mutated(crate::config::Mutation::RecoverWithoutLog) {
@@ -415,7 +448,12 @@ impl Replica {
         self.last_resend_tick = self.ticks;
         let Some(recovery) = &self.recovery else { return };
         let nonce = recovery.nonce;
-        if !recovery.fencing {
+        if recovery.is_fence_only() && recovery.answered {
+            return;
+        }
+        if recovery.is_fence_only() {
+            self.broadcast(&Message::FenceAlone { nonce });
+        } else if !recovery.fencing {
             self.broadcast(&Message::Recovery { nonce });
         } else if !recovery.answered {
             self.broadcast(&Message::RecoveryFence { nonce });

@@ -631,6 +631,7 @@ impl Replica {
         replica.execute_committed();
         replica.replaying = false;
         replica.drop_entries_of_an_unentered_epoch();
+        replica.fence_if_unrecorded();
         let outputs = std::mem::take(&mut replica.out);
         Ok((replica, outputs))
     }
@@ -1024,6 +1025,7 @@ impl Replica {
             Message::Recovery { .. }
             | Message::RecoveryResponse { .. }
             | Message::RecoveryFence { .. }
+            | Message::FenceAlone { .. }
             | Message::RecoveryFenced { .. } => {}
             Message::CheckpointChunk {
                 op,

@@ -3824,22 +3824,31 @@ pub fn member_recovers_in_the_epoch_its_earlier_life_entered(options: Options) -
     let now = sim.tick;
     sim.network.deliver(now, a, d, ack);
     sim.run_until(PHASE_TICKS, "D commits Y", |s| s.clients[0].outstanding.is_none())?;
-    // D is cut off, and E never gets Y.
+    // E never gets Y: D and E are cut off from each other.
     sim.network.take_held(d, e);
-    isolate(&mut sim, d);
-    // A returns knowing only epoch 0.
+    sim.network.set_link(d, e, false);
+    sim.network.set_link(e, d, false);
+    // A returns knowing only epoch 0; of D and E it hears only answers to
+    // a fence (their other messages would tell it of epoch 1).
     sim.network.set_link(a, b, true);
     sim.network.set_link(a, c, true);
-    // It hears nothing of epoch 1 meanwhile (E's messages would tell it).
-    sim.network.set_link(e, a, false);
+    for from in [d, e] {
+        let lose = picking(&sim, |_, m| !matches!(m, vsr::Message::RecoveryFenced { .. }));
+        sim.network.lose(from, a, lose);
+    }
     sim.restart_amnesiac_knowing(a, Some(genesis));
     for _ in 0..PHASE_TICKS {
-        if sim.replica(a).membership().epoch() == 1 {
+        if sim.replica(a).membership().epoch() == 1 && !sim.replica(a).is_recovering() {
             break;
         }
         sim.run_ticks(1)?;
     }
-    sim.network.set_link(e, a, true);
+    // D is cut off; A and E hear each other. B and C still do not
+    // commit the entry.
+    sim.network.stop_losing();
+    sim.network.lose(c, b, acknowledgements(&sim));
+    sim.network.lose(b, c, acknowledgements(&sim));
+    isolate(&mut sim, d);
     // With D away, nothing may commit; E and A must not start a view
     // without Y. A client asks through E meanwhile.
     sim.clients[0].home = e;
@@ -4342,7 +4351,7 @@ pub fn member_entering_by_the_entry_is_unknown_to_the_new_list(options: Options)
     sim.network.stop_losing();
     sim.run_until(PHASE_TICKS, "A enters epoch 1 by the entry", |s| {
         let x = s.replica(a);
-        x.membership().epoch() == 1 && x.status() == Status::Normal
+        x.membership().epoch() == 1 && !x.is_recovering()
     })?;
     let first = sim.replica(a).durable_state().incarnations[a as usize];
     // A's first life takes part in epoch 1: it acknowledges a request in

@@ -323,6 +323,14 @@ fn a_recovery_answered_above_an_unexecuted_entry_is_caught() {
 }
 
 #[test]
+fn a_member_entering_at_a_number_its_new_list_never_installed_is_caught() {
+    let mut broken = options(5, 1);
+    broken.amnesia = true;
+    broken.config.mutation = Mutation::NoFenceInNewEpoch;
+    assert!(scenarios::member_entering_by_the_entry_is_unknown_to_the_new_list(broken).is_err());
+}
+
+#[test]
 fn a_learner_entering_as_another_life_is_caught() {
     let mut broken = options(3, 1);
     broken.config.mutation = Mutation::EnterAsAnotherLife;
