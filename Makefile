@@ -11,7 +11,7 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check demo bench bench-pipeline bench-catchup bench-groups fmt fresh-app
+.PHONY: deps test rust-test elixir-test soak model-check model-check-membership demo bench bench-pipeline bench-catchup bench-groups fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # Visor needs no hex packages.
@@ -105,3 +105,12 @@ MODEL_STATES ?= 2000000
 model-check:
 	cargo run --release -p vsr_model --bin model_check -- --timeouts 2
 	cargo run --release -p vsr_model --bin model_check -- --all --states $(MODEL_STATES)
+
+# The membership cases of the model check (Bounds::membership, docs/testing.md)
+# deeper than `cargo test`'s, each up to MODEL_STATES states; grow-shrink
+# and one-two-one are not in `cargo test` at all.
+MEMBERSHIP_CASES ?= replace genesis-host learner-restart grow-shrink one-two-one
+model-check-membership:
+	for c in $(MEMBERSHIP_CASES); do \
+	  cargo run --release -p vsr_model --bin model_check -- --case $$c --states $(MODEL_STATES); \
+	done

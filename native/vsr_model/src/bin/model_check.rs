@@ -1,10 +1,16 @@
 //! `make model-check`: the bounded model check, deeper than `cargo test`'s.
 //!
-//! Usage: `model_check [--requests N] [--timeouts N] [--drops N]
-//! [--duplicates N] [--crashes N] [--reads N] [--clients N] [--resubmits N]
-//! [--max-view N] [--heal-one-in N] [--states N] [--threads N]`; every
-//! bound defaults to `Bounds::quiet()`'s. Prints the state counts and any
-//! property that broke, with the path that breaks it.
+//! Usage: `model_check [--all | --case NAME] [--requests N] [--timeouts N]
+//! [--drops N] [--duplicates N] [--crashes N] [--reads N] [--clients N]
+//! [--resubmits N] [--max-view N] [--checkpoint-interval N]
+//! [--heal-one-in N] [--replicas N] [--home N] [--slots N]
+//! [--change ID,ID,...]... [--change-ticks N] [--origin SLOT] [--restart-in-genesis 0|1]
+//! [--states N] [--threads N]`; every bound defaults to
+//! `Bounds::quiet()`'s, or to `--all`'s or to the membership case `NAME`'s
+//! (`Bounds::membership`: grow-shrink, replace, one-two-one, genesis-host,
+//! learner-restart). Each `--change` appends a scripted change (the member
+//! ids of its target list). Prints the state counts and any property that
+//! broke, with the path that breaks it.
 
 use std::time::Instant;
 
@@ -20,6 +26,12 @@ fn main() {
         Some("--all") => {
             bounds = Bounds::all();
             &args[1..]
+        }
+        Some("--case") => {
+            let name = args.get(1).map(String::as_str).unwrap_or_default();
+            bounds = Bounds::membership(name)
+                .unwrap_or_else(|| panic!("no case {name:?}: one of {:?}", vsr_model::MEMBERSHIP_CASES));
+            &args[2..]
         }
         _ => &args[..],
     };
@@ -41,6 +53,21 @@ fn main() {
             "--max-view" => bounds.max_view = value(),
             "--checkpoint-interval" => bounds.checkpoint_interval = value(),
             "--heal-one-in" => bounds.heal_one_in = value(),
+            "--replicas" => bounds.replicas = value() as u8,
+            "--home" => bounds.home = value() as u8,
+            "--slots" => bounds.slots = value() as u8,
+            "--origin" => bounds.origin = Some(value() as u8),
+            "--change-ticks" => bounds.change_ticks = value(),
+            "--restart-in-genesis" => bounds.restart_in_genesis = value() != 0,
+            "--change" => bounds.changes.push(
+                pair.get(1)
+                    .map(|ids| {
+                        ids.split(',')
+                            .map(|id| id.parse().expect("a member id"))
+                            .collect()
+                    })
+                    .unwrap_or_else(|| panic!("--change needs member ids")),
+            ),
             "--states" => states = value() as usize,
             "--threads" => threads = value() as usize,
             other => panic!("unknown option {other}"),
