@@ -4440,3 +4440,63 @@ pub fn recovering_learner_removed_by_the_next_change_stops(options: Options) -> 
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+// ---- Review 13 --------------------------------------------------------
+
+/// Review 13, break 1 (liveness: a list of four wedges with every member
+/// up and connected and one of them without its state). A learner
+/// restarted after the proposal enters its epoch as another life and
+/// recovers keeping its log (`fence_in_epoch`: steps 1 and 2 among the
+/// three others, `min(quorum, n - 1)` = 3 answers). While it is at it, a
+/// staying member loses its state and recovers in full in the same epoch
+/// (3 answers of the three others). Each is `Recovering`, so neither
+/// answers the other's `Recovery` (nor, at step 2, its `RecoveryFence`,
+/// which only a replica in normal status answers): each waits for the
+/// other for ever, and with two of four members recovering the list has
+/// no quorum to commit anything. The learner lost nothing (it holds the
+/// whole log); only one replica lacks its state. This is review 11's
+/// "two members fencing at once" wedge, left in place for learners by
+/// 07ee6d2 (the fence alone of 5de8624, answered in any status, is not
+/// used for them); `vopr --membership` seeds 17380 and 14383 end in this
+/// state (and likely seed 2164).
+///
+/// Three replicas, memory mode; epoch 1 = {0, 1, 2, NEW}. NEW crashes
+/// after the proposal and restarts as a new life, cut off from 2 so that
+/// its recovery cannot finish; then 1 loses its state and recovers in
+/// epoch 1; then the network heals.
+pub fn learner_fence_and_full_recovery_wait_for_each_other(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    let new = learners[0];
+    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    sim.network.set_link(new, 2, false);
+    sim.network.set_link(2, new, false);
+    sim.restart_amnesiac(new);
+    sim.run_until(PHASE_TICKS, "the new life enters epoch 1, recovering", |s| {
+        s.running(new as usize)
+            .is_some_and(|x| x.membership().epoch() == 1 && x.is_recovering())
+    })?;
+    sim.run_ticks(50)?;
+    // A member loses its state while the learner's recovery is under way.
+    let newest = *sim.replica(0).membership();
+    sim.crash(1);
+    sim.restart_amnesiac_knowing(1, Some(newest));
+    sim.run_ticks(20)?;
+    sim.network.heal();
+    sim.run_until(3 * PHASE_TICKS, "both recover", |s| {
+        [1, new].iter().all(|&r| {
+            s.running(r as usize)
+                .is_some_and(|x| !x.is_recovering() && x.status() == Status::Normal)
+        })
+    })?;
+    commit(&mut sim, 0, 0)?;
+    settle(&mut sim)
+}
