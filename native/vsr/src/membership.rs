@@ -40,8 +40,9 @@ pub struct Member {
     pub joined: Epoch,
     /// The incarnation the change's proposer knew for it (0 in the genesis).
     pub incarnation: u64,
-    /// For a member new in this epoch, the life of the learner whose
-    /// progress the proposal counted; 0 otherwise.
+    /// For a member added by a change, the life of the learner whose
+    /// progress that change's proposal counted, kept by every later list
+    /// while it stays (`Membership::next`); 0 for a genesis member.
     pub life: u64,
 }
 

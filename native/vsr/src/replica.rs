@@ -1725,11 +1725,18 @@ impl Replica {
                     outcome: *outcome,
                 });
             }
-            // Entering the epoch comes right after the entry's execution,
-            // before anything later: a checkpoint at this op records the
-            // new membership.
-            self.executed_op(op, entry.checksum, target);
+            // A checkpoint at this op records the membership in force
+            // after it (the new one, for an entry), and is asked for
+            // before entering the epoch: a lone member that enters as its
+            // primary prepares, commits and executes what it queued in
+            // that very step, and the host must be asked for this op's
+            // snapshot before it executes the next (found by the model
+            // check, 1 -> 2 -> 1).
+            if let Some(target) = target.filter(|t| t.epoch() > self.executed_membership.epoch()) {
+                self.executed_membership = target;
+            }
             self.checkpoint_due(op, entry.checksum, entry.timestamp);
+            self.executed_op(op, entry.checksum, target);
         }
         self.serve_reads();
     }

@@ -532,7 +532,7 @@ fn recovering_learner_removed_by_the_next_change_stops() {
 }
 
 #[test]
-#[ignore = "review break: a learner's fence and a member's full recovery in a list of four wait for each other for ever"]
+#[ignore = "known limitation: two replicas recovering at once in a list of four exceed its one-failure budget (docs/protocol.md, Not yet)"]
 fn learner_fence_and_full_recovery_wait_for_each_other() {
     scenarios::learner_fence_and_full_recovery_wait_for_each_other(amnesiac(options(3, 1))).unwrap();
 }
