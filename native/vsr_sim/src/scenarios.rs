@@ -3724,6 +3724,53 @@ pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) ->
     settle(&mut sim)
 }
 
+/// The start of review 10's scenario and of those built on it. Epoch 0 =
+/// {A, B, C} (slots 0 to 2); A, its primary, commits the entry of epoch 1
+/// = {A, D, E} with B's acknowledgement, but neither B nor C hears that it
+/// committed (A's and the new members' packets to them are lost); they
+/// start view 1 of epoch 0 under B, and their acknowledgements to each
+/// other are lost (until `stop_losing`), so the entry stays uncommitted
+/// there. Returns the genesis list and D's and E's nodes.
+fn epoch_1_entered_while_b_and_c_lag(sim: &mut Simulator) -> Result<(vsr::Membership, Slot, Slot), Failure> {
+    let (a, b, c) = (0, 1, 2);
+    register_all(sim, a)?;
+    commit(sim, 0, a)?;
+    let genesis = *sim.replica(b).membership();
+    let ids = [0, NEW, NEW + 1];
+    let learners = sim.start_learners(a, &ids)?;
+    let (d, e) = (learners[0], learners[1]);
+    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(a).consent().is_some()
+    })?;
+    let entry = sim.replica(a).op();
+    sim.run_until(PHASE_TICKS, "B holds the entry", |s| s.replica(b).op() == entry)?;
+    // Nothing more of A, D or E reaches B or C.
+    for from in [a, d, e] {
+        for to in [b, c] {
+            sim.network.set_link(from, to, false);
+        }
+    }
+    // B's and C's acknowledgements never reach each other.
+    let lose = acknowledgements(sim);
+    sim.network.lose(c, b, lose);
+    let lose = acknowledgements(sim);
+    sim.network.lose(b, c, lose);
+    sim.run_until(PHASE_TICKS, "A, D and E enter epoch 1", |s| {
+        [a, d, e].iter().all(|&r| s.replica(r).membership().epoch() == 1)
+    })?;
+    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
+        [b, c].iter().all(|&r| {
+            let x = s.replica(r);
+            x.membership().epoch() == 0 && x.view() >= 1 && x.status() == Status::Normal
+        })
+    })?;
+    if sim.replica(b).commit() >= entry || sim.replica(c).commit() >= entry {
+        return Err(failure(sim, "setup: the entry committed in B's view".into()));
+    }
+    Ok((genesis, d, e))
+}
+
 /// Review 10's hazard (design 2.10). Epoch 0 =
 /// {A, B, C}; A, its primary, commits the entry of epoch 1 = {A, D, E}
 /// with B's acknowledgement, but neither B nor C hears that it committed
@@ -3745,46 +3792,7 @@ pub fn member_recovered_in_a_later_epoch_restarts_from_disk(options: Options) ->
 pub fn member_recovers_in_the_epoch_its_earlier_life_entered(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     let (a, b, c) = (0, 1, 2);
-    register_all(&mut sim, a)?;
-    commit(&mut sim, 0, a)?;
-    let genesis = *sim.replica(b).membership();
-    let ids = [0, NEW, NEW + 1];
-    let learners = sim.start_learners(a, &ids)?;
-    let (d, e) = (learners[0], learners[1]);
-    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(a).consent().is_some()
-    })?;
-    let entry = sim.replica(a).op();
-    sim.run_until(PHASE_TICKS, "B holds the entry", |s| s.replica(b).op() == entry)?;
-    // Nothing more of A, D or E reaches B or C.
-    for from in [a, d, e] {
-        for to in [b, c] {
-            sim.network.set_link(from, to, false);
-        }
-    }
-    // B's and C's acknowledgements never reach each other.
-    let cluster = sim.options.config.wire_cluster();
-    let ack = move |bytes: &[u8]| {
-        matches!(
-            vsr::message::decode(cluster, bytes).map(|d| d.message),
-            Ok(vsr::Message::PrepareOk { .. })
-        )
-    };
-    sim.network.lose(c, b, Box::new(ack));
-    sim.network.lose(b, c, Box::new(ack));
-    sim.run_until(PHASE_TICKS, "A, D and E enter epoch 1", |s| {
-        [a, d, e].iter().all(|&r| s.replica(r).membership().epoch() == 1)
-    })?;
-    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
-        [b, c].iter().all(|&r| {
-            let x = s.replica(r);
-            x.membership().epoch() == 0 && x.view() >= 1 && x.status() == Status::Normal
-        })
-    })?;
-    if sim.replica(b).commit() >= entry || sim.replica(c).commit() >= entry {
-        return Err(failure(&sim, "setup: the entry committed in B's view".into()));
-    }
+    let (genesis, d, e) = epoch_1_entered_while_b_and_c_lag(&mut sim)?;
     // Epoch 1: D leads view 1, A follows it.
     for r in [d, e] {
         sim.network.set_link(a, r, false);
@@ -3876,13 +3884,7 @@ pub fn member_recovers_in_the_epoch_its_earlier_life_entered(options: Options) -
 
 /// A packet filter for `Network::lose`: every `PrepareOk`.
 fn acknowledgements(sim: &Simulator) -> crate::network::Picks {
-    let cluster = sim.options.config.wire_cluster();
-    Box::new(move |bytes: &[u8]| {
-        matches!(
-            vsr::message::decode(cluster, bytes).map(|d| d.message),
-            Ok(vsr::Message::PrepareOk { .. })
-        )
-    })
+    picking(sim, |_, m| matches!(m, vsr::Message::PrepareOk { .. }))
 }
 
 /// Review 11, break 1, as it stands since the fence per epoch gave way to
@@ -3947,41 +3949,7 @@ pub fn amnesiac_member_of_a_new_two_member_list_waits(options: Options) -> Resul
 pub fn amnesiac_member_after_a_shrink_to_two_waits(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     let (a, b, c) = (0, 1, 2);
-    register_all(&mut sim, a)?;
-    commit(&mut sim, 0, a)?;
-    let genesis = *sim.replica(b).membership();
-    let ids = [0, NEW, NEW + 1];
-    let learners = sim.start_learners(a, &ids)?;
-    let (d, e) = (learners[0], learners[1]);
-    sim.reconfigure(a, 1, &ids, PHASE_TICKS)?;
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(a).consent().is_some()
-    })?;
-    let entry = sim.replica(a).op();
-    sim.run_until(PHASE_TICKS, "B holds the entry", |s| s.replica(b).op() == entry)?;
-    // Nothing more of A, D or E reaches B or C.
-    for from in [a, d, e] {
-        for to in [b, c] {
-            sim.network.set_link(from, to, false);
-        }
-    }
-    // B's and C's acknowledgements never reach each other.
-    let lose = acknowledgements(&sim);
-    sim.network.lose(c, b, lose);
-    let lose = acknowledgements(&sim);
-    sim.network.lose(b, c, lose);
-    sim.run_until(PHASE_TICKS, "A, D and E enter epoch 1", |s| {
-        [a, d, e].iter().all(|&r| s.replica(r).membership().epoch() == 1)
-    })?;
-    sim.run_until(PHASE_TICKS, "B leads view 1 of epoch 0", |s| {
-        [b, c].iter().all(|&r| {
-            let x = s.replica(r);
-            x.membership().epoch() == 0 && x.view() >= 1 && x.status() == Status::Normal
-        })
-    })?;
-    if sim.replica(b).commit() >= entry || sim.replica(c).commit() >= entry {
-        return Err(failure(&sim, "setup: the entry committed in B's view".into()));
-    }
+    let (genesis, d, _) = epoch_1_entered_while_b_and_c_lag(&mut sim)?;
     sim.reconfigure(a, 2, &[0, NEW], PHASE_TICKS)?;
     sim.run_until(PHASE_TICKS, "A and D enter epoch 2", |s| {
         [a, d].iter().all(|&r| s.replica(r).membership().epoch() == 2)
