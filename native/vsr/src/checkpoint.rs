@@ -1228,17 +1228,20 @@ impl Replica {
         self.serve_reads();
     }
 
-    /// Restores a checkpoint on restart (no outputs but `InstallSnapshot`).
+    /// Restores a checkpoint on restart (its `InstallSnapshot`, and what
+    /// entering its epoch outputs if it is of a newer one than the state).
     pub(crate) fn restore_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) -> Result<(), String> {
-        // A checkpoint and the durable state that names it land in one
-        // superblock update, so the state's epoch is never the older one.
-        if checkpoint.epoch() > self.membership.epoch() {
-            return Err(format!(
-                "the checkpoint is of epoch {}, after the durable state's {}",
-                checkpoint.epoch(),
-                self.membership.epoch()
-            ));
-        }
+        // A checkpoint of a newer epoch than the durable state is one that
+        // state sync installed beyond the log, entering its epoch: the
+        // store names such a checkpoint with the *previous* state first and
+        // writes the state staged with it only after the `Rebase` record
+        // (docs/storage.md), so a crash in between leaves the older epoch's
+        // state. Nothing that followed the install was sent (persist, then
+        // send): the restart finishes it, entering the epoch as the install
+        // did (`vopr --membership` seed 3550).
+        let entering = checkpoint
+            .membership
+            .filter(|m| m.epoch() > self.membership.epoch());
         let table = ClientTable::decode(self.config.client_table_max, &checkpoint.clients)
             .ok_or("the checkpoint's client table does not decode")?;
         self.client_table = table;
@@ -1254,6 +1257,9 @@ impl Replica {
             op: checkpoint.op,
             app: checkpoint.app.clone(),
         });
+        if let Some(target) = entering {
+            self.enter_epoch_by_checkpoint(target, (0, 0));
+        }
         Ok(())
     }
 }
