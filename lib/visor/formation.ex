@@ -17,8 +17,9 @@ defmodule Visor.Formation do
   # earlier incarnation of it can have run one**; every other member node
   # starts a recovering replica, which learns its state from a quorum before
   # it votes or acknowledges anything (docs/protocol.md, "Restart without
-  # state"). A recovering replica is always safe; it needs a quorum of the
-  # *other* members up and normal to finish.
+  # state"). A recovering replica is always safe; it needs `n - q + 1` of
+  # the *other* members up and normal to finish (enough to meet every
+  # majority without it).
   #
   # ## How it is built
   #

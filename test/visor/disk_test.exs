@@ -205,8 +205,8 @@ defmodule Visor.DiskTest do
 
     # A killed server (its supervisor restarts it) restarts from its disk
     # too, once its previous engine has let go of the store: even in a
-    # 2-member cluster, where a member that lost its state could never
-    # recover (it needs both others).
+    # 2-member cluster, where the member leading it could never recover
+    # had it lost its state (the next view needs its log).
     server = :erpc.call(b, Process, :whereis, [Counter])
     true = :erpc.call(b, Process, :exit, [server, :kill])
 

@@ -654,8 +654,10 @@ defmodule Visor.Server.Lifecycle do
     [
       {:log, :error,
        "#{inspect(lifecycle.config.group)}: replica #{lifecycle.index} is still recovering after " <>
-         "#{div(@recovering_warn_ms, 1000)} s: it needs a quorum of the other members (a " <>
-         "majority of all members, itself not counted) up and normal. If a majority lost " <>
+         "#{div(@recovering_warn_ms, 1000)} s: it needs enough of the other members up and " <>
+         "normal to meet every majority without it (all others of 2 or 3 members, 2 of the " <>
+         "other 3 of 4, 3 of the other 4 of 5), and, with 2 members, the other one leading. " <>
+         "If a majority lost " <>
          "their memory at once (nodes or servers restarted together), the state is lost and " <>
          "this does not end by itself: stop the group on every node, call Visor.forget/1 " <>
          "there (or restart the nodes), then start it again (a new, empty cluster)"}

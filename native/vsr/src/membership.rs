@@ -203,6 +203,14 @@ impl Membership {
         quorum(self.n())
     }
 
+    /// The fewest members that meet every quorum of this list, `n - q + 1`:
+    /// a quorum when `n` is odd, half the list when it is even. Two such
+    /// sets drawn from the `n - 1` members other than one replica meet as
+    /// well (`2(n - q + 1) > n - 1`), which is what a recovery counts on.
+    pub fn meeting_every_quorum(&self) -> usize {
+        self.n() + 1 - self.quorum()
+    }
+
     /// The members' slots, in the members' order.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
         self.members().iter().map(|m| m.slot)

@@ -704,7 +704,7 @@ impl Replica {
 
     /// Step 2 of a recovery alone ([`Recovery::fence_only`]): the list's
     /// others adopt this replica's number (any of them answers, in any
-    /// status), `min(quorum, n - 1)` of them, before it takes part. Its
+    /// status), `n - q + 1` of them (one of a list of two), before it takes part. Its
     /// log is sound and whole for the epoch (no earlier life of it took
     /// part there: a replica holding the entry unexecuted answered no
     /// recovery), so it then joins the epoch's view as a replica that

@@ -12,16 +12,20 @@
 //! know, and forget what an older incarnation told them (its votes,
 //! acknowledgements and DoViewChange).
 //!
-//! A restarted replica recovers in two quorum round trips:
+//! A restarted replica recovers in two round trips, each answered by
+//! `n - q + 1` of the others (`Membership::meeting_every_quorum`: a quorum
+//! when `n` is odd), a set that meets every quorum without counting the
+//! recovering replica, since `(n - q + 1) + (q - 1) > n - 1`:
 //!
 //! 1. `Recovery(nonce)`: each other replica answers with the incarnation it
-//!    knows for the recovering one. The last incarnation was installed at a
-//!    quorum (step 2), and any two quorums intersect, so the highest answer
-//!    is at least that one; the replica takes the next number.
+//!    knows for the recovering one. The last incarnation was installed at
+//!    such a set (step 2), and two of them drawn from the `n - 1` others
+//!    meet (`2(n - q + 1) > n - 1`), so the highest answer is at least
+//!    that one; the replica takes the next number.
 //! 2. `RecoveryFence(nonce)`, carrying the new incarnation in its crash
 //!    vector: each receiver adopts it (fencing every older incarnation) and,
-//!    once in normal status, answers `RecoveryFenced` with its view. With a
-//!    quorum fenced, the
+//!    once in normal status, answers `RecoveryFenced` with its view. With
+//!    enough fenced, the
 //!    replica fetches the log of the newest view among the answers from that
 //!    view's primary (the chunked StartView transfer of lagging replicas),
 //!    and only when it holds it does it vote or acknowledge anything.
@@ -32,8 +36,9 @@
 //! before it was fenced, in which case it reported that view or a later one
 //! and the recovering replica joins it rather than an older one.
 //!
-//! A quorum must stay up (and remember) for a replica to recover: memory
-//! mode survives any minority losing its memory, not a majority.
+//! `n - q + 1` others must stay up (and remember) for a replica to
+//! recover: memory mode survives any minority losing its memory, not a
+//! majority (a majority leaves at most `n - q`).
 
 use crate::config::View;
 use crate::membership::{Slot, MAX_SLOTS};
@@ -379,16 +384,24 @@ impl Replica {
     }
 
     /// How many others must answer each step of the recovery in
-    /// progress: a quorum of them, or, for a replica that kept its log (a
-    /// fence, design 2.10), `min(quorum, n - 1)`: with two members the
-    /// other is in every quorum. With one there is no one: a lone member
-    /// that must fence stays recovering, since its earlier life may have
-    /// committed alone what its log lacks.
+    /// progress: `n - q + 1` of them (`Membership::meeting_every_quorum`),
+    /// which meet every quorum the replica's earlier lives took part in
+    /// without counting it (`(n - q + 1) + (q - 1) > n - 1`) and every
+    /// earlier fence of it (`2(n - q + 1) > n - 1`). A quorum of others,
+    /// which this counted before, is the same number when `n` is odd, but
+    /// one more when it is even, where it left a list of four with one
+    /// member recovering and another down waiting for both (`vopr
+    /// --membership` seeds 5428, 17380; review 13's scenario
+    /// `learner_fence_and_full_recovery_wait_for_each_other`), and an
+    /// amnesiac member of a list of two for ever. A replica that kept its
+    /// log (a fence, design 2.10) with no one else in its list has no one
+    /// to ask: a learner that must recover there stays recovering, since
+    /// its earlier life may have committed alone what its log lacks.
     fn answers_needed(&self) -> usize {
-        let quorum = self.quorum();
+        let needed = self.membership.meeting_every_quorum();
         match &self.recovery {
-            Some(r) if r.kept_log => quorum.min(self.membership.n() - 1),
-            _ => quorum,
+            Some(r) if r.kept_log => needed.min(self.membership.n() - 1),
+            _ => needed,
         }
     }
 
@@ -398,7 +411,7 @@ impl Replica {
             return;
         };
         recovery.known[from as usize] = Some(incarnation);
-        // A quorum of the *others*: we ourselves remember nothing.
+        // Answers of the *others*: we ourselves remember nothing.
         if recovery.known.iter().flatten().count() < quorum {
             return;
         }

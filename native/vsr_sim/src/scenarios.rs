@@ -3889,14 +3889,17 @@ fn acknowledgements(sim: &Simulator) -> crate::network::Picks {
 
 /// Review 11, break 1, as it stands since the fence per epoch gave way to
 /// refused recoveries (docs/protocol.md, "Recovering across epochs"): an
-/// amnesiac member of a two-member list cannot recover (its one other is
-/// not a quorum of others), a documented limitation. Epoch 0 = {A, B, C},
+/// amnesiac member of a two-member list that view 0 names primary waits,
+/// a documented limitation (B's one answer fences it, since a recovery
+/// counts `n - q + 1` answers, but the log it must fetch is view 0's,
+/// whose primary it is, and view 1 needs its DoViewChange, which it has
+/// no log for). Epoch 0 = {A, B, C},
 /// memory mode. A, its primary, proposes epoch 1 = {A, B} (C removed); B
 /// and C hold the entry, but no acknowledgement reaches A, and C's never
 /// reach B. A crashes and comes back without its state; B and C hold the
 /// entry unexecuted and do not answer it. Healed, B and C commit the
-/// entry, and A, told of epoch 1, recovers among {A, B}: it never can,
-/// and epoch 1 needs it. (With the fence per epoch, A recovered in epoch
+/// entry, and A, told of epoch 1, recovers among {A, B}: it never can
+/// finish, and epoch 1 needs it. (With the fence per epoch, A recovered in epoch
 /// 0 and then wedged fencing as view 0's primary.)
 pub fn amnesiac_member_of_a_new_two_member_list_waits(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
@@ -3944,7 +3947,8 @@ pub fn amnesiac_member_of_a_new_two_member_list_waits(options: Options) -> Resul
 /// entry unexecuted; A then shrinks the list to epoch 2 = {A, D}, which D
 /// and A enter, and crashes, coming back without its state and knowing
 /// only epoch 0. B and C do not answer it; it hears of epoch 2 and
-/// recovers among {A, D}, which it never can. (With the fence per epoch,
+/// recovers among {A, D}, which it never can finish (D fences it, but
+/// view 0's primary is A itself). (With the fence per epoch,
 /// A recovered in epoch 0 and then fenced in epoch 1 for ever.)
 pub fn amnesiac_member_after_a_shrink_to_two_waits(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
@@ -4415,7 +4419,7 @@ pub fn recovering_learner_removed_by_the_next_change_stops(options: Options) -> 
 /// up and connected and one of them without its state). A learner
 /// restarted after the proposal enters its epoch as another life and
 /// recovers keeping its log (`fence_in_epoch`: steps 1 and 2 among the
-/// three others, `min(quorum, n - 1)` = 3 answers). While it is at it, a
+/// three others, then `min(quorum, n - 1)` = 3 answers). While it is at it, a
 /// staying member loses its state and recovers in full in the same epoch
 /// (3 answers of the three others). Each is `Recovering`, so neither
 /// answers the other's `Recovery` (nor, at step 2, its `RecoveryFence`,
@@ -4426,7 +4430,10 @@ pub fn recovering_learner_removed_by_the_next_change_stops(options: Options) -> 
 /// "two members fencing at once" wedge, left in place for learners by
 /// 07ee6d2 (the fence alone of 5de8624, answered in any status, is not
 /// used for them); `vopr --membership` seeds 17380 and 14383 end in this
-/// state (and likely seed 2164).
+/// state (and likely seed 2164). Now each step of a recovery counts
+/// `n - q + 1` answers (two of the three others here), which meet every
+/// quorum without the asker: each recovers among the two members in
+/// normal status.
 ///
 /// Three replicas, memory mode; epoch 1 = {0, 1, 2, NEW}. NEW crashes
 /// after the proposal and restarts as a new life, cut off from 2 so that

@@ -489,13 +489,13 @@ fn member_recovers_in_the_epoch_its_earlier_life_entered() {
 }
 
 #[test]
-#[ignore = "known limitation: an amnesiac member of a two-member list cannot recover (docs/protocol.md, Not yet)"]
+#[ignore = "known limitation: an amnesiac member of a two-member list that its view 0 names primary waits (docs/protocol.md, Not yet)"]
 fn amnesiac_member_of_a_new_two_member_list_waits() {
     scenarios::amnesiac_member_of_a_new_two_member_list_waits(amnesiac(options(3, 1))).unwrap();
 }
 
 #[test]
-#[ignore = "known limitation: an amnesiac member of a two-member list cannot recover (docs/protocol.md, Not yet)"]
+#[ignore = "known limitation: an amnesiac member of a two-member list that its view 0 names primary waits (docs/protocol.md, Not yet)"]
 fn amnesiac_member_after_a_shrink_to_two_waits() {
     scenarios::amnesiac_member_after_a_shrink_to_two_waits(amnesiac(options(3, 1))).unwrap();
 }
@@ -532,7 +532,6 @@ fn recovering_learner_removed_by_the_next_change_stops() {
 }
 
 #[test]
-#[ignore = "known limitation: two replicas recovering at once in a list of four exceed its one-failure budget (docs/protocol.md, Not yet)"]
 fn learner_fence_and_full_recovery_wait_for_each_other() {
     scenarios::learner_fence_and_full_recovery_wait_for_each_other(amnesiac(options(3, 1))).unwrap();
 }
