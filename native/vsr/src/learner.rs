@@ -299,9 +299,41 @@ impl Replica {
         }
         if self.status == Status::Normal {
             self.request_repair();
+            self.ask_when_the_primary_is_silent();
         } else {
             self.request_start_view(self.view);
         }
+    }
+
+    /// A learner that holds all its primary sent and hears nothing more
+    /// would send nothing at all: its epoch may have been left meanwhile
+    /// (the change that admits it committed while it was down, and a
+    /// later one removed it), and nobody speaks to a replica outside
+    /// their list. So once its primary has been silent for a view-change
+    /// timeout it asks its list's members in turn, every `resend_ticks`,
+    /// for the view's start: the primary answers with it, and a member of
+    /// a newer epoch with the `EpochNotice`, from which it catches up
+    /// across the epochs or learns it was left out (`vopr --membership`
+    /// seed 5471: a learner of epoch 1 restarted in epoch 0, silent for
+    /// good after epoch 2 removed it).
+    fn ask_when_the_primary_is_silent(&mut self) {
+        let silent = self.ticks.saturating_sub(self.last_primary_tick) >= self.config.view_change_ticks;
+        if !silent || !self.due(self.last_start_view_request) {
+            return;
+        }
+        self.last_start_view_request = Some(self.ticks);
+        let others: Vec<Slot> = self.membership.slots().filter(|&s| s != self.index).collect();
+        if others.is_empty() {
+            return;
+        }
+        let turn = (self.ticks / self.config.resend_ticks.max(1)) as usize % others.len();
+        self.send(
+            others[turn],
+            &Message::RequestStartView {
+                view: self.view,
+                from: self.commit_min,
+            },
+        );
     }
 
     /// A replica restarted from its disk whose store was created for a

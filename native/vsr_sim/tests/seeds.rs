@@ -176,6 +176,9 @@ fn membership_seeds_that_failed_once() {
             // A disk-mode restart in the window where an installed
             // checkpoint of a newer epoch is named before the state:
             3550, 5688, 7937, 8436, 9682,
+            // A learner silent for good after its epoch was left; a member
+            // removed while down, back after its whole list left:
+            5471, 5521,
         ]
         .into_iter()
         .filter_map(|seed| {
