@@ -924,6 +924,22 @@ impl Replica {
             return self.notify_epoch(sender.slot, sender.id);
         }
         if sender.epoch > epoch {
+            if self.status == Status::Repairing {
+                if let Message::EpochNotice { membership, .. } = &message {
+                    // Its list moved on while it waited for its damaged
+                    // entry: the members that could send it may have
+                    // compacted it away, and across epochs nobody answers
+                    // `NoEntry` (refusals count within one epoch), so it
+                    // would wait for good (`vopr --membership` seeds 7002,
+                    // 9590). It gives the repair up, which is always safe,
+                    // and recovers in the newer list.
+                    self.give_up_repair();
+                    if self.status == Status::Recovering {
+                        return self.recover_in(*membership);
+                    }
+                }
+                return;
+            }
             if self.role == Role::Leaving {
                 // Its epoch's successor began: a quorum of this epoch's
                 // list entered it (they committed its entry in it), and

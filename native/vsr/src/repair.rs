@@ -313,7 +313,7 @@ impl Replica {
     }
 
     /// No peer sent the entry: recover the whole log from a quorum instead.
-    fn give_up_repair(&mut self) {
+    pub(crate) fn give_up_repair(&mut self) {
         let Some(repair) = self.repair.take() else { return };
         if !self.recover_instead(repair.state) {
             self.repair = Some(repair); // unreachable: the state was valid

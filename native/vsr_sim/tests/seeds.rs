@@ -178,7 +178,8 @@ fn membership_seeds_that_failed_once() {
             3550, 5688, 7937, 8436, 9682,
             // A learner silent for good after its epoch was left; a member
             // removed while down, back after its whole list left:
-            5471, 5521,
+            5471, 5521, // A replica repairing a damaged entry in an epoch its list left:
+            7002, 9590,
         ]
         .into_iter()
         .filter_map(|seed| {
