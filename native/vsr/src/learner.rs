@@ -253,9 +253,13 @@ impl Replica {
             return; // an older view's primary
         }
         if first {
+            // The list it held until now (the genesis at first) may give
+            // a slot to another node than this one does: a number it holds
+            // there is not this node's (`forget_slots_leaving`).
+            let old = self.membership;
             self.membership = membership;
             for slot in 0..MAX_SLOTS as Slot {
-                if !membership.contains(slot) {
+                if self.node_leaves(&old, &membership, slot) {
                     self.incarnations[slot as usize] = 0;
                 }
             }

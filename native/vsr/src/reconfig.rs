@@ -603,12 +603,7 @@ impl Replica {
         self.last_start_view_request = None;
         self.last_do_view_change_request = None;
         self.epoch_started = 0;
-        for slot in 0..MAX_SLOTS as Slot {
-            if !target.contains(slot) {
-                self.incarnations[slot as usize] = 0;
-                self.forget_slot(slot);
-            }
-        }
+        self.forget_slots_leaving(&old, &target);
         for m in target.members() {
             let known = &mut self.incarnations[m.slot as usize];
             *known = (*known).max(m.incarnation);
@@ -790,6 +785,48 @@ impl Replica {
         self.enter_epoch(target, start, false);
     }
 
+    /// Going from list `old` to `new`: forgets the number and all else it
+    /// holds for each slot whose node leaves, that is every slot `new`
+    /// leaves out, and every slot both lists hold with another node in
+    /// each (member id or `joined`) but its own. Slots are reused: a
+    /// replica that passes through every epoch sees such a slot empty in
+    /// between, but one that jumps epochs (by a checkpoint of a newer
+    /// epoch, or recovering, told of one) would otherwise keep the old
+    /// node's number for the new one, and a number above the new node's
+    /// drops all it sends as stale (`vopr --membership` seed 13605: a
+    /// recovery whose answers from the new node never counted). The new
+    /// node's number is the one its list records (the caller raises it).
+    ///
+    /// Everything else kept per slot is the old node's too: its
+    /// acknowledgements, votes, DoViewChange and read answers
+    /// (`forget_incarnation`), its clock reading, its checkpoint reports
+    /// and pin (`forget_slot`). A slot only `new` holds is left alone: it
+    /// holds nothing of a member since it left an earlier list (the crash
+    /// vector is checked so, `invariants`), and a checkpoint pin there is
+    /// a learner's, whose sync goes on. Its own slot is kept when another
+    /// node takes it (this replica is then leaving): the number there is
+    /// its own, which it still sends, not a peer's (its gate takes nothing
+    /// from its own slot).
+    fn forget_slots_leaving(&mut self, old: &Membership, new: &Membership) {
+        for slot in 0..MAX_SLOTS as Slot {
+            if self.node_leaves(old, new, slot) {
+                self.incarnations[slot as usize] = 0;
+                self.forget_slot(slot);
+            }
+        }
+    }
+
+    /// Whether the node at `slot` in `old` is gone from it in `new`, as
+    /// `forget_slots_leaving` counts it.
+    pub(crate) fn node_leaves(&self, old: &Membership, new: &Membership, slot: Slot) -> bool {
+        let changed_hands = slot != self.index
+            && matches!(
+                (old.member(slot), new.member(slot)),
+                (Some(o), Some(n)) if (o.id, o.joined) != (n.id, n.joined)
+            );
+        !new.contains(slot) || changed_hands
+    }
+
     /// Drops what this replica holds for `slot`, which left the list:
     /// what an older incarnation's messages left (`forget_incarnation`),
     /// and the vote's time, the clock reading, checkpoint reports and pin.
@@ -852,13 +889,9 @@ impl Replica {
         let listed = membership
             .member(self.index)
             .is_some_and(|m| m.id == self.id && m.joined == self.joined);
+        let old = self.membership;
         self.membership = membership;
-        for slot in 0..MAX_SLOTS as Slot {
-            if !membership.contains(slot) {
-                self.incarnations[slot as usize] = 0;
-                self.forget_slot(slot);
-            }
-        }
+        self.forget_slots_leaving(&old, &membership);
         if !listed {
             return self.removed();
         }
@@ -1415,5 +1448,67 @@ impl Replica {
             return Err(format!("a {:?} replica campaigns, queues or leads", self.role));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::membership::Member;
+
+    fn member(slot: Slot, id: MemberId, joined: Epoch, incarnation: u64) -> Member {
+        Member {
+            slot,
+            id,
+            joined,
+            incarnation,
+            life: 0,
+        }
+    }
+
+    /// A replica of epoch 0 = {0, 1, 2} jumps to epoch 2 (as by a
+    /// checkpoint), where slot 2 holds a node added by epoch 2 and slot 0
+    /// the same node as before: it forgets what it held for slot 2's old
+    /// node (its number 3 above all) and takes the new node's recorded
+    /// number, and keeps slot 0's.
+    #[test]
+    fn entering_across_epochs_forgets_a_reused_slots_old_node() {
+        let mut replica = Replica::new(Config::new(7, 3), 1);
+        replica.incarnations[0] = 2;
+        replica.incarnations[2] = 3;
+        let change = ChangeId { origin: 0, id: 2 };
+        let target = Membership::new(
+            2,
+            change,
+            &[member(0, 0, 0, 1), member(1, 1, 0, 0), member(2, 100, 2, 1)],
+        )
+        .unwrap();
+        replica.enter_epoch(target, (0, 0), false);
+        assert_eq!(replica.role, Role::Member);
+        assert_eq!(replica.incarnations[0], 2, "slot 0 holds the same node");
+        assert_eq!(
+            replica.incarnations[2], 1,
+            "slot 2's new node, as its list records it"
+        );
+        replica.invariants().unwrap();
+    }
+
+    /// Its own slot given to another node, a replica leaves, and keeps its
+    /// own number.
+    #[test]
+    fn leaving_replica_whose_slot_is_reused_keeps_its_number() {
+        let mut replica = Replica::new(Config::new(7, 3), 1);
+        replica.incarnations[1] = 2;
+        let change = ChangeId { origin: 0, id: 2 };
+        let target = Membership::new(
+            2,
+            change,
+            &[member(0, 0, 0, 0), member(1, 100, 2, 0), member(2, 2, 0, 0)],
+        )
+        .unwrap();
+        replica.enter_epoch(target, (0, 0), false);
+        assert_eq!(replica.role, Role::Leaving);
+        assert_eq!(replica.incarnations[1], 2);
     }
 }

@@ -4475,3 +4475,103 @@ pub fn learner_fence_and_full_recovery_wait_for_each_other(options: Options) -> 
     commit(&mut sim, 0, 0)?;
     settle(&mut sim)
 }
+
+// ---- Slots reused across epochs ----------------------------------------
+
+/// `vopr --membership` seed 13605, on a build before recoveries counted
+/// `n - q + 1` answers (liveness: a recovery that never finishes). Slots
+/// are reused: a later change may give a removed member's slot to a new
+/// node. The crash vector (`incarnations`, per slot) was reset only for a
+/// slot absent from the list a replica entered, so a replica that jumped
+/// epochs, from one where a slot held X at a raised incarnation to one
+/// where it holds a new node Y, never saw the slot empty and kept X's
+/// number for Y. Every message of Y then carried a lower number for its
+/// slot than the replica knew, and its gate dropped it as stale; Y never
+/// learns better from a replica that is recovering (its `Recovery` is
+/// answered before any merge), so a recovery that needs Y's answer waits
+/// for ever. Now a slot whose occupant changed is forgotten as one that
+/// left.
+///
+/// Four replicas, memory mode: A = 0 (the primary), R = 1, X = 2, B = 3.
+/// X loses its state and recovers (incarnation 1). R loses its state, and
+/// learns X's incarnation 1 from the answers to its `Recovery`; its fences
+/// are lost, and it is cut off while still recovering in epoch 0. X is
+/// removed (epoch 1 = {A, R, B}), then a new node Y takes slot 2 (epoch 2
+/// = {A, R, B, Y}). B is cut off, R healed: told of epoch 2, R recovers
+/// there, with `n - q + 1` = 2 answers of A, B and Y, so A's and Y's.
+pub fn recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(Options {
+        amnesia: true,
+        ..options
+    });
+    let (a, r, x, b) = (0, 1, 2, 3);
+    register_all(&mut sim, a)?;
+    commit(&mut sim, 0, a)?;
+    sim.crash(x);
+    sim.restart_amnesiac(x);
+    sim.run_until(PHASE_TICKS, "X recovers at incarnation 1", |s| {
+        let replica = s.replica(x);
+        replica.status() == Status::Normal && replica.durable_state().incarnations[x as usize] == 1
+    })?;
+    commit(&mut sim, 0, a)?;
+    // R learns X's number from the answers to step 1; none of its fences
+    // gets through, so it stays recovering in epoch 0.
+    sim.crash(r);
+    for to in [a, x, b] {
+        let lose = picking(&sim, |_, m| matches!(m, vsr::Message::RecoveryFence { .. }));
+        sim.network.lose(r, to, lose);
+    }
+    sim.restart_amnesiac(r);
+    sim.run_until(PHASE_TICKS, "R learns X's incarnation", |s| {
+        s.replica(r).durable_state().incarnations[x as usize] == 1
+    })?;
+    isolate(&mut sim, r);
+    sim.network.stop_losing();
+    sim.reconfigure(a, 1, &[0, 1, 3], PHASE_TICKS)?;
+    change_ends(&mut sim, a, 1, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "X stops", |s| s.replica(x).role() == Role::Removed)?;
+    let ids = [0, 1, 3, NEW];
+    let y = sim.start_learners(a, &ids)?[0];
+    if sim.nodes[y as usize].slot != x {
+        return Err(failure(&sim, "setup: the new member is not at X's slot".into()));
+    }
+    sim.reconfigure(a, 2, &ids, PHASE_TICKS)?;
+    change_ends(&mut sim, a, 2, ChangeResult::Done)?;
+    sim.run_until(PHASE_TICKS, "Y enters epoch 2", |s| {
+        s.running(y as usize)
+            .is_some_and(|m| m.membership().epoch() == 2 && m.role() == Role::Member)
+    })?;
+    let r_state = sim.replica(r);
+    if r_state.membership().epoch() != 0 || !r_state.is_recovering() {
+        return Err(failure(
+            &sim,
+            "setup: R is no longer recovering in epoch 0".into(),
+        ));
+    }
+    sim.network.heal();
+    isolate(&mut sim, b);
+    let recovered = sim.run_until(PHASE_TICKS, "R recovers in epoch 2", |s| {
+        let replica = s.replica(r);
+        replica.membership().epoch() == 2 && replica.status() == Status::Normal
+    });
+    if let Err(e) = recovered {
+        let replica = sim.replica(r);
+        return Err(failure(
+            &sim,
+            format!(
+                "{}: in epoch {}, R knows incarnation {} for slot {x} (Y's is {}), and dropped {} \
+                 messages as stale",
+                e.reason,
+                replica.membership().epoch(),
+                replica.durable_state().incarnations[x as usize],
+                sim.replica(y).durable_state().incarnations[x as usize],
+                replica.stats().dropped_stale,
+            ),
+        ));
+    }
+    // A, R and Y are a quorum of epoch 2 without B.
+    commit(&mut sim, 0, a)?;
+    settle(&mut sim)
+}

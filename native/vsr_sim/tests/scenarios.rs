@@ -535,3 +535,8 @@ fn recovering_learner_removed_by_the_next_change_stops() {
 fn learner_fence_and_full_recovery_wait_for_each_other() {
     scenarios::learner_fence_and_full_recovery_wait_for_each_other(amnesiac(options(3, 1))).unwrap();
 }
+
+#[test]
+fn recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner() {
+    scenarios::recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner(options(4, 1)).unwrap();
+}
