@@ -535,3 +535,18 @@ fn recovering_learner_removed_by_the_next_change_stops() {
 fn learner_fence_and_full_recovery_wait_for_each_other() {
     scenarios::learner_fence_and_full_recovery_wait_for_each_other(amnesiac(options(3, 1))).unwrap();
 }
+
+#[test]
+fn two_of_four_lose_their_memory_and_recover_from_the_primary() {
+    scenarios::two_of_four_lose_their_memory_and_recover_from_the_primary(amnesiac(options(4, 1))).unwrap();
+}
+
+#[test]
+fn two_of_four_with_the_primary_lose_their_memory_and_wait() {
+    scenarios::two_of_four_with_the_primary_lose_their_memory_and_wait(amnesiac(options(4, 1))).unwrap();
+}
+
+#[test]
+fn amnesiac_backup_of_two_recovers_from_the_primary() {
+    scenarios::amnesiac_backup_of_two_recovers_from_the_primary(amnesiac(options(2, 1))).unwrap();
+}
