@@ -4575,3 +4575,104 @@ pub fn recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner(
     commit(&mut sim, 0, a)?;
     settle(&mut sim)
 }
+
+// ---- Review k: a recovery counts n - q + 1 answers -----------------------
+
+/// Four replicas, memory mode: ops commit at {0, 1, 2} while 3 is cut off
+/// from the primary, so 3 lacks them. 1 and 2 lose their memory at once
+/// (half the list, more than the `n - q` memory mode promises to survive).
+/// Each recovers from the two others in normal status (0, which holds the
+/// ops and leads, and 3, which lacks them): `n - q + 1` = 2 answers, the
+/// fence of one meeting every quorum without it. They must take the
+/// primary's log, not 3's, and every commit survives. (With a quorum of
+/// others, both waited for ever.)
+pub fn two_of_four_lose_their_memory_and_recover_from_the_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.network.set_link(0, 3, false);
+    sim.network.set_link(3, 0, false);
+    for _ in 0..6 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    if sim.replica(3).op() >= committed {
+        return Err(failure(&sim, format!("setup: {}", sim.describe())));
+    }
+    sim.crash(1);
+    sim.crash(2);
+    sim.restart_amnesiac(1);
+    sim.restart_amnesiac(2);
+    sim.run_until(PHASE_TICKS, "1 and 2 recover", |s| {
+        [1, 2].iter().all(|&r| {
+            s.running(r)
+                .is_some_and(|x| x.status() == Status::Normal && x.op() >= committed)
+        })
+    })?;
+    sim.network.heal();
+    commit(&mut sim, 0, 3)?;
+    settle(&mut sim)
+}
+
+/// Four replicas, memory mode: ops commit at {0, 1, 2} while 3 is cut off
+/// from the primary 0, so 3 lacks them. The primary and 1 lose their
+/// memory at once; 2 (which holds the ops) and 3 (which does not) stay up,
+/// in view 0. The two answers each recovering replica counts are 2's and
+/// 3's, which report view 0, whose primary is one of the amnesiac
+/// replicas: neither can fetch a log, and no view can start without one
+/// of them. The group waits (as it did when a recovery counted a quorum
+/// of others): it must never start a view from 3's shorter log. The
+/// checkers run all along; nothing but an operator ends the wait.
+pub fn two_of_four_with_the_primary_lose_their_memory_and_wait(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    sim.network.set_link(0, 3, false);
+    sim.network.set_link(3, 0, false);
+    for _ in 0..6 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(0);
+    sim.crash(1);
+    sim.network.heal();
+    sim.restart_amnesiac(0);
+    sim.restart_amnesiac(1);
+    sim.run_ticks(PHASE_TICKS * 3)?;
+    // No view after 0 starts, and 0 and 1 still wait.
+    let waiting = sim.replica(0).is_recovering() && sim.replica(1).is_recovering();
+    if !waiting
+        || sim
+            .replicas()
+            .any(|x| x.view() > 0 && x.status() == Status::Normal)
+    {
+        return Err(failure(&sim, format!("expected a wait: {}", sim.describe())));
+    }
+    if sim.replica(3).op() >= committed {
+        return Err(failure(
+            &sim,
+            format!("setup: 3 holds the commits: {}", sim.describe()),
+        ));
+    }
+    Ok(())
+}
+
+/// Two replicas, memory mode: the backup (1) loses its memory while the
+/// primary (0) runs. One answer, the primary's, is `n - q + 1`: it
+/// recovers the primary's log and the group serves again, every commit
+/// kept.
+pub fn amnesiac_backup_of_two_recovers_from_the_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for _ in 0..5 {
+        commit(&mut sim, 0, 0)?;
+    }
+    let committed = sim.checker.committed();
+    sim.crash(1);
+    sim.run_ticks(PHASE_TICKS / 2)?;
+    sim.restart_amnesiac(1);
+    sim.run_until(PHASE_TICKS, "1 recovers", |s| {
+        s.running(1)
+            .is_some_and(|x| x.status() == Status::Normal && x.op() >= committed)
+    })?;
+    commit(&mut sim, 0, 1)?;
+    settle(&mut sim)
+}

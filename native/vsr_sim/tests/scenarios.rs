@@ -540,3 +540,18 @@ fn learner_fence_and_full_recovery_wait_for_each_other() {
 fn recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner() {
     scenarios::recovering_replica_jumping_epochs_hears_a_reused_slots_new_owner(options(4, 1)).unwrap();
 }
+
+#[test]
+fn two_of_four_lose_their_memory_and_recover_from_the_primary() {
+    scenarios::two_of_four_lose_their_memory_and_recover_from_the_primary(amnesiac(options(4, 1))).unwrap();
+}
+
+#[test]
+fn two_of_four_with_the_primary_lose_their_memory_and_wait() {
+    scenarios::two_of_four_with_the_primary_lose_their_memory_and_wait(amnesiac(options(4, 1))).unwrap();
+}
+
+#[test]
+fn amnesiac_backup_of_two_recovers_from_the_primary() {
+    scenarios::amnesiac_backup_of_two_recovers_from_the_primary(amnesiac(options(2, 1))).unwrap();
+}
