@@ -54,7 +54,7 @@ pub(crate) struct Recovery {
     /// Step 2 (once our new incarnation is chosen): each fenced replica's view.
     fenced: [Option<View>; MAX_SLOTS],
     fencing: bool,
-    /// A quorum has fenced: now fetching the log.
+    /// Enough have fenced (`answers_needed`): now fetching the log.
     pub(crate) answered: bool,
     /// The replica kept its log (a learner of another life entering its
     /// epoch): its durable state does not say it is recovering, which
@@ -139,8 +139,8 @@ impl Replica {
     /// entries, or when a recovery was cut short by a crash). It keeps its
     /// crash vector, so a fence it took part in still holds, and recovers
     /// like an amnesiac replica. Its log is empty until recovery installs
-    /// one, and its view starts over: it takes the view a quorum reports,
-    /// which the fence quorum's intersection with every view-change quorum
+    /// one, and its view starts over: it takes the view its fence reports,
+    /// which the fence's intersection with every view-change quorum
     /// makes safe (DISC 2017), even below a view it had stored. (Keeping
     /// the stored view until then would only make its view go back later;
     /// soak seeds 17142 and 75538 caught exactly that.)
@@ -168,7 +168,7 @@ impl Replica {
         self.status == Status::Recovering
     }
 
-    /// Whether this replica, recovering, was fenced by a quorum and now
+    /// Whether this replica, recovering, was fenced (`answers_needed`) and now
     /// fetches the log of the view they reported.
     pub fn is_fetching_recovered_log(&self) -> bool {
         self.status == Status::Recovering && self.recovery.as_ref().is_some_and(|r| r.answered)
@@ -364,7 +364,7 @@ impl Replica {
         // view's log for ever (soak seeds 588342 and 758283). Safety holds
         // without those answers: a view change that counted the old
         // incarnation's DoViewChange had a quorum move to its view before
-        // the fence, so a normal replica in the fence quorum is in that view
+        // the fence, so a normal replica among those fenced is in that view
         // or a later one, and any that moves later sends the new incarnation.
         #[allow(unused_mut)]
         let mut answers = self.status == Status::Normal;

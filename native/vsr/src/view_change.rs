@@ -588,7 +588,8 @@ impl Replica {
         self.view = staging.view;
         self.log_view = staging.view;
         if self.recovery.take().is_some() {
-            // Its incarnation is installed at a quorum of this epoch.
+            // Its incarnation is installed at `n - q + 1` others of this
+            // epoch, which meet every quorum of it.
             self.fenced_epoch = self.membership.epoch();
         }
         self.reads.new_view();

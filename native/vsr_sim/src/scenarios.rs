@@ -3972,7 +3972,7 @@ pub fn amnesiac_member_after_a_shrink_to_two_waits(options: Options) -> Result<(
 }
 
 /// `vopr --membership` seed 108 (liveness). A replica restarted without
-/// its state recovers in epoch 0: a quorum of the others fences it at
+/// its state recovers in epoch 0: enough of the others fence it at
 /// view 0, and it asks view 0's primary for the log. That primary is
 /// removed by the next change, and stops, before it answers. The
 /// recovering replica asked nobody else: the new epoch's primary, which
