@@ -348,6 +348,11 @@ impl Replica {
     /// keeping its log; `nonce` is unique to this restart.
     pub fn resume_learner_life(&mut self, life: u64, nonce: u128) {
         self.life = life;
+        if let Some(repair) = self.repair.as_mut() {
+            // Its log has a hole: decided once it is whole (repair.rs).
+            repair.learner_life = Some((life, nonce));
+            return;
+        }
         if self.role != Role::Member || self.status == Status::Recovering {
             return;
         }

@@ -50,6 +50,10 @@ pub(crate) struct Repair {
     after: Vec<Arc<Prepare>>,
     /// The peers that said they do not hold the entry (a bit per replica).
     refused: u64,
+    /// A learner-made member's life and boot nonce, as its host gave them
+    /// (`resume_learner_life`): whether it must recover as another life is
+    /// decided once its log is whole and it restarts from it.
+    pub(crate) learner_life: Option<(u64, u128)>,
 }
 
 impl Replica {
@@ -74,6 +78,10 @@ impl Replica {
         // Nothing is executed, installed or sent until the log is whole.
         let idle = DurableState { commit: 0, ..state };
         let (mut replica, _) = Replica::restart(config, index, idle, Vec::new())?;
+        // Nor is a fence begun (`fence_if_unrecorded`): the restart from
+        // the whole log decides it again (`vopr --membership` seed 22019:
+        // a repairing replica holding a fence's recovery state).
+        replica.recovery = None;
         replica.status = Status::Repairing;
         replica.repair = Some(Box::new(Repair {
             state,
@@ -82,6 +90,7 @@ impl Replica {
             hole,
             after,
             refused: 0,
+            learner_life: None,
         }));
         Ok(replica)
     }
@@ -207,6 +216,7 @@ impl Replica {
             mut entries,
             hole,
             after,
+            learner_life,
             ..
         } = *self.repair.take().expect("checked above");
         // Whatever the replica learned meanwhile (nothing, as it merges no
@@ -228,6 +238,7 @@ impl Replica {
                     entries: written,
                 });
                 self.out.extend(outputs);
+                self.resume_learner_life_after_repair(learner_life);
             }
             // The stored log does not chain after all: only a recovery can
             // tell what it held. (`give_up_repair` recovers from the repair
@@ -252,7 +263,12 @@ impl Replica {
         if checkpoint.op < repair.hole.0 {
             return;
         }
-        let Repair { mut state, after, .. } = *self.repair.take().expect("checked above");
+        let Repair {
+            mut state,
+            after,
+            learner_life,
+            ..
+        } = *self.repair.take().expect("checked above");
         state.incarnations = self.incarnations;
         state.commit = state.commit.max(checkpoint.op);
         let op = checkpoint.op;
@@ -277,6 +293,7 @@ impl Replica {
                     });
                 }
                 self.out.extend(outputs);
+                self.resume_learner_life_after_repair(learner_life);
             }
             // Unreachable (the state was valid when the repair began), but
             // a recovery is always safe.
@@ -304,6 +321,15 @@ impl Replica {
 
     /// `replica` takes this one's place, keeping what the host handed this one
     /// meanwhile: submissions and reads still waiting for an answer.
+    /// A repaired learner-made member checks its life as a restart from a
+    /// whole log does (`resume_learner_life`, which the host called while
+    /// the log had a hole).
+    fn resume_learner_life_after_repair(&mut self, learner_life: Option<(u64, u128)>) {
+        if let Some((life, nonce)) = learner_life {
+            self.resume_learner_life(life, nonce);
+        }
+    }
+
     fn take_place_of(&mut self, replica: Replica) {
         let pending = std::mem::take(&mut self.pending);
         let reads = std::mem::take(&mut self.reads);

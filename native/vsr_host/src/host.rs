@@ -256,8 +256,15 @@ impl<D: Disk> Host<D> {
                 hole,
                 after,
             } => (
-                Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after)
-                    .map_err(BootError::Corrupt)?,
+                {
+                    let mut replica =
+                        Replica::restart_repairing(config, index, state, checkpoint, entries, hole, after)
+                            .map_err(BootError::Corrupt)?;
+                    if let Some(life) = store.life() {
+                        replica.resume_learner_life(life, nonce);
+                    }
+                    replica
+                },
                 Vec::new(),
                 StorageNotice::Repairing(format!(
                     "the write-ahead log's entry at op {} is damaged; the entries around it are intact, \

@@ -180,6 +180,8 @@ fn membership_seeds_that_failed_once() {
             // removed while down, back after its whole list left:
             5471, 5521, // A replica repairing a damaged entry in an epoch its list left:
             7002, 9590,
+            // A learner-made member repairing a damaged entry (a fence begun):
+            22019,
         ]
         .into_iter()
         .filter_map(|seed| {
