@@ -1175,6 +1175,28 @@ impl Replica {
             })
             .collect();
         for request in due {
+            // Executed here meanwhile under another origin (its caller
+            // submitted it first elsewhere, then here): that origin
+            // answered, not this replica, and the primary prepares a
+            // settled request no more, so it would be retried for ever,
+            // its caller unanswered (`vopr --quiet --membership` seeds 109
+            // and 290: a group never quiet). It is answered here from the
+            // client table, as a submission of a settled request is.
+            if let Some(outcome) = self.client_table.settled(&request) {
+                self.pending.remove(&request.client);
+                let op = match outcome {
+                    Outcome::Registered { session } => session,
+                    Outcome::Duplicate { op } => op,
+                    _ => 0,
+                };
+                self.out.push(Output::Reply {
+                    client: request.client,
+                    request: request.request,
+                    op,
+                    outcome,
+                });
+                continue;
+            }
             self.route(request);
         }
     }

@@ -66,3 +66,17 @@ fn quiet_seeds_pass() {
         }
     }
 }
+
+/// Quiet groups with membership changes (`vopr --quiet --membership`):
+/// seeds 109 and 290 never went quiet, a replica retrying for ever a
+/// request executed under another origin (`Replica::retry_pending`).
+#[test]
+fn quiet_membership_seeds_that_failed_once() {
+    for seed in [109, 290] {
+        let mut options = Options::from_seed(seed).with_quiet();
+        options.membership_changes = true;
+        if let Err(failure) = Simulator::new(options).run() {
+            panic!("{failure}\n     replay: vopr --seed {seed} --quiet --membership");
+        }
+    }
+}
