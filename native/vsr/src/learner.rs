@@ -326,18 +326,25 @@ impl Replica {
             return;
         }
         self.last_start_view_request = Some(self.ticks);
+        let ask = Message::RequestStartView {
+            view: self.view,
+            from: self.commit_min,
+        };
+        self.ask_a_member_in_turn(&ask);
+    }
+
+    /// Sends `message` to one other member of its list, the next each
+    /// `resend_ticks`: a replica that waits on one peer (its primary)
+    /// that may be gone for good reaches the others in turn, and a member
+    /// of a newer epoch answers any message of an older one with the
+    /// `EpochNotice`.
+    pub(crate) fn ask_a_member_in_turn(&mut self, message: &Message) {
         let others: Vec<Slot> = self.membership.slots().filter(|&s| s != self.index).collect();
         if others.is_empty() {
             return;
         }
         let turn = (self.ticks / self.config.resend_ticks.max(1)) as usize % others.len();
-        self.send(
-            others[turn],
-            &Message::RequestStartView {
-                view: self.view,
-                from: self.commit_min,
-            },
-        );
+        self.send(others[turn], message);
     }
 
     /// A replica restarted from its disk whose store was created for a

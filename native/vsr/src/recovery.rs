@@ -254,6 +254,11 @@ impl Replica {
                     offset,
                     bytes,
                 } => self.on_checkpoint_chunk(from, op, digest, total, offset, bytes),
+                // A leaving replica stops once a quorum of its new list has
+                // entered, repaired or not: it serves nothing while it
+                // repairs, and nothing needs it after (`vopr --membership`
+                // seed 18734: it waited for good, the answers dropped).
+                Message::EpochStarted { epoch } => self.on_epoch_started(from, epoch),
                 _ => {}
             }
             return;
@@ -472,6 +477,16 @@ impl Replica {
             self.broadcast(&Message::RecoveryFence { nonce });
         } else {
             self.request_start_view(self.view);
+            // The view's primary may be gone for good, its list left
+            // (removed by a later change, and this replica with it):
+            // another member, or a newer epoch's notice, answers
+            // (`vopr --membership` seed 16150: it asked a stopped primary
+            // for ever).
+            let ask = Message::RequestStartView {
+                view: self.view,
+                from: self.commit_min,
+            };
+            self.ask_a_member_in_turn(&ask);
         }
     }
 }

@@ -182,8 +182,10 @@ fn membership_seeds_that_failed_once() {
         &[5471, 5521],
         // A replica repairing a damaged entry in an epoch its list left.
         &[7002, 9590],
-        // A learner-made member repairing a damaged entry (a fence begun).
-        &[22019],
+        // A learner-made member repairing a damaged entry (a fence begun);
+        // a leaving replica repairing one; a recovered replica asking its
+        // view's stopped primary for the log.
+        &[22019, 18734, 16150],
     ];
     check(seeds.iter().flat_map(|s| s.iter().copied()).filter_map(|seed| {
         let mut options = Options::from_seed(seed);
