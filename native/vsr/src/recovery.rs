@@ -43,7 +43,7 @@
 use crate::config::View;
 use crate::membership::{Slot, MAX_SLOTS};
 use crate::message::{Decoded, Message};
-use crate::replica::{DurableState, Replica, Status};
+use crate::replica::{DurableState, Replica, Role, Status};
 
 /// A recovery in progress.
 #[derive(Clone, Debug)]
@@ -319,6 +319,13 @@ impl Replica {
                 },
             ),
             Message::RecoveryFenced { nonce, view } => self.on_recovery_fenced(from, nonce, view),
+            // A leaving replica that lost its log (recovering) serves
+            // nothing, and stops like any leaving one once a quorum of its
+            // new list has entered (`vopr --membership` seed 8965: it
+            // dropped the answers and waited for good).
+            Message::EpochStarted { epoch } if self.role == Role::Leaving => {
+                self.on_epoch_started(from, epoch)
+            }
             _ if self.status == Status::Recovering && !self.recovery.as_ref().is_some_and(|r| r.answered) => {
             }
             message => self.on_message(from, message),

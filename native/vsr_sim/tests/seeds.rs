@@ -186,6 +186,8 @@ fn membership_seeds_that_failed_once() {
         // a leaving replica repairing one; a recovered replica asking its
         // view's stopped primary for the log.
         &[22019, 18734, 16150],
+        // A leaving replica restarted recovering, dropping `EpochStarted`.
+        &[8965],
     ];
     check(seeds.iter().flat_map(|s| s.iter().copied()).filter_map(|seed| {
         let mut options = Options::from_seed(seed);
