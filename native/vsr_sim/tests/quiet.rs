@@ -80,3 +80,34 @@ fn quiet_membership_seeds_that_failed_once() {
         }
     }
 }
+
+#[test]
+fn quiet_primary_node_vanishes() {
+    for n in [3, 5] {
+        quiet::quiet_primary_node_vanishes(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn partition_makes_the_detector_suspect_a_live_primary() {
+    for n in [3, 5] {
+        quiet::partition_makes_the_detector_suspect_a_live_primary(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn lost_beats_make_a_false_suspicion() {
+    for n in [3, 5] {
+        quiet::lost_beats_make_a_false_suspicion(quiet_options(n, 1)).unwrap();
+    }
+}
+
+/// The oracle (`Options::oracle`) still drives quiet groups, for
+/// comparison with the detector.
+#[test]
+fn the_oracle_still_serves() {
+    let mut options = quiet_options(3, 1);
+    options.oracle = true;
+    quiet::quiet_primary_node_dies(options.clone()).unwrap();
+    quiet::idle_group_goes_quiet_and_a_submission_wakes_it(options).unwrap();
+}
