@@ -32,15 +32,24 @@ pub fn until_quiet(sim: &mut Simulator) -> Result<(), Failure> {
 /// `ticks` ticks once it has had `2 * quiet_after_ticks` (or, with quiet
 /// groups off, 100 ticks) to settle after its last request.
 pub fn idle_messages_per_tick(options: Options, ticks: u64) -> Result<f64, Failure> {
+    idle_traffic_per_tick(options, ticks).map(|(messages, _)| messages)
+}
+
+/// As `idle_messages_per_tick`: the replicas' messages and the nodes'
+/// beats (quiet groups' failure detector) per tick.
+pub fn idle_traffic_per_tick(options: Options, ticks: u64) -> Result<(f64, f64), Failure> {
     let settle = (2 * options.config.quiet_after_ticks).max(100);
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     let backup = (1 % sim.n()) as Slot;
     commit(&mut sim, 0, backup)?;
     sim.run_ticks(settle)?;
-    let before = sim.network.sent;
+    let (before, beats) = (sim.network.sent, sim.network.beats_sent);
     sim.run_ticks(ticks)?;
-    Ok((sim.network.sent - before) as f64 / ticks as f64)
+    Ok((
+        (sim.network.sent - before) as f64 / ticks as f64,
+        (sim.network.beats_sent - beats) as f64 / ticks as f64,
+    ))
 }
 
 /// An idle group goes quiet after one round, sends nothing while quiet,

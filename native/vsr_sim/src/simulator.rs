@@ -1249,15 +1249,13 @@ impl Simulator {
     /// A message reaches replica `r`'s host: it waits while a slow sync
     /// holds the host up (a host paused by a failing disk drops it).
     fn receive_from(&mut self, from: Slot, r: Slot, bytes: Vec<u8>) -> Result<(), Failure> {
-        match &mut self.stalls[r as usize] {
-            Some(stall) => stall.inbox.push((from, bytes)),
-            None if self.hosts[r as usize].is_some() => {
-                // A node's beat goes to its detector (quiet groups).
-                if !self.detector_hears(from, r, &bytes) {
-                    self.input(r, Input::Receive(&bytes))?;
-                }
-            }
-            None => {}
+        if let Some(stall) = &mut self.stalls[r as usize] {
+            stall.inbox.push((from, bytes));
+            return Ok(());
+        }
+        // A node's beat goes to its detector (quiet groups).
+        if self.hosts[r as usize].is_some() && !self.detector_hears(from, r, &bytes) {
+            self.input(r, Input::Receive(&bytes))?;
         }
         Ok(())
     }
