@@ -21,8 +21,10 @@
 //!   leaves; each later sync retries, and the first that succeeds releases
 //!   the held outputs in order.
 
+mod detector;
 mod error;
 mod host;
 
+pub use detector::{Beat, Detector, DetectorConfig, NodeId, BEAT_BYTES};
 pub use error::{catch_panic, BootError, Bug, Unbooted};
 pub use host::{Host, StorageNotice, StoreOptions};

@@ -57,6 +57,9 @@ struct Packet {
     seq: u64,
     from: Slot,
     to: Slot,
+    /// A node's beat (`vsr_host::Beat`), not a replica's message: counted
+    /// apart, so that what the checks count is the replicas' traffic.
+    beat: bool,
     bytes: Vec<u8>,
 }
 
@@ -81,6 +84,10 @@ pub struct Network {
     pub dropped: u64,
     /// Packets sent (lost or not).
     pub sent: u64,
+    /// Node beats (quiet groups' failure detector): sent, and in flight.
+    /// Not counted in the figures above, nor in `in_flight`.
+    pub beats_sent: u64,
+    beats_in_flight: usize,
 }
 
 impl Network {
@@ -96,14 +103,28 @@ impl Network {
             delivered: 0,
             dropped: 0,
             sent: 0,
+            beats_sent: 0,
+            beats_in_flight: 0,
         }
     }
 
-    pub fn send(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, mut bytes: Vec<u8>) {
+    pub fn send(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
         self.sent += 1;
+        self.send_packet(rng, now, from, to, false, bytes);
+    }
+
+    /// Sends a node's beat: the same faults as a replica's message.
+    pub fn send_beat(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
+        self.beats_sent += 1;
+        self.send_packet(rng, now, from, to, true, bytes);
+    }
+
+    fn send_packet(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, beat: bool, mut bytes: Vec<u8>) {
         let loss = self.options.loss + self.options.loss_per_kib * bytes.len() as f64 / 1024.0;
         if !self.link(from, to) || rng.chance(loss) {
-            self.dropped += 1;
+            if !beat {
+                self.dropped += 1;
+            }
             return;
         }
         if rng.chance(self.options.corrupt) && !bytes.is_empty() {
@@ -112,10 +133,10 @@ impl Network {
         }
         if rng.chance(self.options.duplicate) {
             let delay = self.delay(rng);
-            self.push(now + delay, from, to, bytes.clone());
+            self.push(now + delay, from, to, beat, bytes.clone());
         }
         let delay = self.delay(rng);
-        self.push(now + delay, from, to, bytes);
+        self.push(now + delay, from, to, beat, bytes);
     }
 
     fn delay(&self, rng: &mut Rng) -> u64 {
@@ -132,13 +153,15 @@ impl Network {
         o.delay_min.max(1) + extra
     }
 
-    fn push(&mut self, deliver_at: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
+    fn push(&mut self, deliver_at: u64, from: Slot, to: Slot, beat: bool, bytes: Vec<u8>) {
         self.seq += 1;
+        self.beats_in_flight += beat as usize;
         self.in_flight.push(Reverse(Packet {
             deliver_at,
             seq: self.seq,
             from,
             to,
+            beat,
             bytes,
         }));
     }
@@ -146,12 +169,20 @@ impl Network {
     /// The next packet due at or before `now` whose link is still up
     /// (a partition that forms while a packet is in flight catches it).
     pub fn next_due(&mut self, now: u64) -> Option<(Slot, Slot, Vec<u8>)> {
+        self.next_due_packet(now)
+            .map(|(from, to, _, bytes)| (from, to, bytes))
+    }
+
+    /// As `next_due`, saying whether the packet is a node's beat.
+    pub fn next_due_packet(&mut self, now: u64) -> Option<(Slot, Slot, bool, Vec<u8>)> {
         while let Some(Reverse(packet)) = self.in_flight.peek() {
             if packet.deliver_at > now {
                 return None;
             }
             let Reverse(packet) = self.in_flight.pop().expect("peeked");
+            self.beats_in_flight -= packet.beat as usize;
             if self.held[packet.from as usize][packet.to as usize] {
+                self.beats_in_flight += packet.beat as usize;
                 self.holding.push(packet);
                 continue;
             }
@@ -160,10 +191,10 @@ impl Network {
                 .iter()
                 .any(|(from, to, lose)| *from == packet.from && *to == packet.to && lose(&packet.bytes));
             if self.link(packet.from, packet.to) && !lost {
-                self.delivered += 1;
-                return Some((packet.from, packet.to, packet.bytes));
+                self.delivered += !packet.beat as u64;
+                return Some((packet.from, packet.to, packet.beat, packet.bytes));
             }
-            self.dropped += 1;
+            self.dropped += !packet.beat as u64;
         }
         None
     }
@@ -217,7 +248,8 @@ impl Network {
             .partition(|p| p.from == from && p.to == to);
         self.holding = keep;
         for packet in go {
-            self.push(now, packet.from, packet.to, packet.bytes);
+            self.beats_in_flight -= packet.beat as usize;
+            self.push(now, packet.from, packet.to, packet.beat, packet.bytes);
         }
     }
 
@@ -229,12 +261,13 @@ impl Network {
             .into_iter()
             .partition(|p| p.from == from && p.to == to);
         self.holding = keep;
+        self.beats_in_flight -= taken.iter().filter(|p| p.beat).count();
         taken.into_iter().map(|p| p.bytes).collect()
     }
 
     /// Sends `bytes` from `from` to `to`, due at `now`, whatever the faults.
     pub fn deliver(&mut self, now: u64, from: Slot, to: Slot, bytes: Vec<u8>) {
-        self.push(now, from, to, bytes);
+        self.push(now, from, to, false, bytes);
     }
 
     pub fn heal(&mut self) {
@@ -245,7 +278,8 @@ impl Network {
         self.up.iter().all(|row| row.iter().all(|&u| u))
     }
 
+    /// Replica messages in flight (held ones included; beats not).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len() + self.holding.len()
+        self.in_flight.len() + self.holding.len() - self.beats_in_flight
     }
 }

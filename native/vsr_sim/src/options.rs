@@ -106,14 +106,23 @@ pub struct Options {
     pub invariants_under_mutation: bool,
     /// Quiet groups (docs/protocol.md, "Quiet groups"): the replicas run
     /// with `Config::quiet_after_ticks` set, the hosts stop ticking a
-    /// quiet replica and wake it before any other input, a perfect failure
-    /// detector (the simulator's own knowledge of which replicas run and
-    /// which links work) feeds them `Input::Peers` and `Input::Wake`, and,
+    /// quiet replica and wake it before any other input, each node's
+    /// failure detector (`vsr_host::Detector`, its beats crossing the
+    /// simulated network) feeds them `Input::Peers` and `Input::Wake`, and,
     /// in random runs, load comes in bursts separated by idle spans long
     /// enough for the group to go quiet. Off in `from_seed` (`vopr
     /// --quiet` turns it on: `Options::with_quiet`), so the default seeds
     /// stay as they are.
     pub quiet: bool,
+    /// With `quiet`: a perfect oracle instead of the detector (a peer's
+    /// node is up while its replica runs and the links both ways work; no
+    /// beats), for comparison (`vopr --quiet --oracle`).
+    pub oracle: bool,
+    /// With `quiet`: the chance that a node's crash reaches its peers'
+    /// detectors at once (distribution's `nodedown`, as a killed process's
+    /// closed connections do); otherwise it goes silently (a machine that
+    /// vanished) and the detectors time it out.
+    pub nodedown_probability: f64,
 }
 
 /// The share of random seeds run with a lying host (`lying_host`).
@@ -154,6 +163,8 @@ impl Options {
             membership_changes: false,
             invariants_under_mutation: false,
             quiet: false,
+            oracle: false,
+            nodedown_probability: 1.0,
         }
     }
 
@@ -164,6 +175,7 @@ impl Options {
         let mut rng = Rng::new(self.seed ^ 0x0071_e7ed);
         self.quiet = true;
         self.config.quiet_after_ticks = rng.range(10, 100);
+        self.nodedown_probability = 0.5;
         self
     }
 

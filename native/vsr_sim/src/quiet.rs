@@ -2,11 +2,18 @@
 //! "Quiet groups"): the hosts' side of them, and what the simulator checks.
 //!
 //! A host stops ticking a quiet replica, and wakes it (`Input::Wake`, with
-//! the ticks it skipped) before any other input. The failure detector is a
-//! perfect oracle here: a peer's node is up while its replica runs and the
-//! links both ways work (the real detector, with its timeouts and false
-//! suspicions, is the next step of docs/design/many-groups.md). A change
-//! reaches an awake replica as `Input::Peers`, and a quiet one as
+//! the ticks it skipped) before any other input. Each node runs the
+//! failure detector the engine will run (`vsr_host::Detector`): its beats
+//! cross the simulated network between nodes, with its loss, delay,
+//! duplication, corruption and partitions, so a partition or a late beat
+//! makes a detector suspect a live node (a false suspicion), and a node
+//! whose host is held up by a slow sync stops beating (a stuck engine). A
+//! node's crash reaches its peers' detectors at once (`nodedown`) with
+//! probability `Options::nodedown_probability`, and otherwise only by
+//! their timeout. Any replica message from a node counts as hearing it.
+//! `Options::oracle` swaps the detector for a perfect oracle (a peer's
+//! node is up while its replica runs and the links both ways work). A
+//! change reaches an awake replica as `Input::Peers`, and a quiet one as
 //! `Input::Wake` if it concerns it (its primary down, for a backup; a
 //! quorum down, for a primary), as the engine will feed them.
 //!
@@ -18,6 +25,7 @@
 //! member quiet and nothing in flight.
 
 use vsr::{Input, Role, Slot};
+use vsr_host::{Beat, Detector, DetectorConfig};
 
 use crate::simulator::Simulator;
 
@@ -30,6 +38,9 @@ pub struct QuietHost {
     pub fed: Vec<u16>,
     /// Tick at which each replica last booted.
     pub booted: Vec<u64>,
+    /// Each node's failure detector, while its host runs (not with the
+    /// oracle).
+    pub detectors: Vec<Option<Detector>>,
     /// Random runs: whether load is in an idle span, and until when.
     pub idle: bool,
     pub phase_until: u64,
@@ -51,6 +62,10 @@ pub struct QuietStats {
     pub wakes: u64,
     /// Times a replica went quiet.
     pub quiet_spells: u64,
+    /// Node beats sent in the idle ticks counted above.
+    pub idle_beats: u64,
+    /// Times a detector's view of its peers changed.
+    pub detector_changes: u64,
 }
 
 impl QuietStats {
@@ -66,12 +81,128 @@ impl QuietHost {
             skipped: vec![0; n],
             fed: vec![u16::MAX; n],
             booted: vec![0; n],
+            detectors: vec![None; n],
             ..QuietHost::default()
         }
     }
 }
 
 impl Simulator {
+    /// Whether the nodes run the failure detector (quiet, not the oracle).
+    pub fn runs_detector(&self) -> bool {
+        self.options.quiet && !self.options.oracle
+    }
+
+    /// What replica `r`'s node holds of its peers' nodes: the oracle's or
+    /// the detector's view, as slots of its list.
+    pub fn peers_up(&self, r: Slot) -> u16 {
+        if !self.runs_detector() {
+            return self.oracle_up(r);
+        }
+        let (Some(replica), Some(Some(detector))) =
+            (self.running(r as usize), self.quiet.detectors.get(r as usize))
+        else {
+            return u16::MAX;
+        };
+        detector.up_slots(replica.membership().members().iter().map(|member| {
+            let node = self.nodes.iter().position(|n| n.id == member.id);
+            (member.slot, node.map(|j| j as u64))
+        }))
+    }
+
+    /// The detector timing of these options.
+    fn detector_config(&self) -> DetectorConfig {
+        DetectorConfig::for_replicas(&self.options.config)
+    }
+
+    /// At each tick, before the replicas: each running node's detector
+    /// learns of crashed and added nodes, passes time (unless its host is
+    /// held up: a stuck engine neither beats nor judges), and its beats
+    /// leave.
+    fn run_detectors(&mut self) {
+        let n = self.n();
+        self.quiet.detectors.resize(n, None);
+        let config = self.detector_config();
+        for i in 0..n {
+            let running = self.hosts[i].is_some();
+            match (&self.quiet.detectors[i], running) {
+                (None, true) => {
+                    let peers = (0..n).filter(|&j| j != i && !self.dead[j]).map(|j| j as u64);
+                    self.quiet.detectors[i] = Some(Detector::new(i as u64, peers, config, self.tick));
+                }
+                (Some(_), false) => self.node_gone(i),
+                _ => {}
+            }
+        }
+        for i in 0..n {
+            if self.stalls[i].is_some() {
+                continue;
+            }
+            let (wall_ns, _) = self.clocks_of(i as Slot);
+            let Some(detector) = self.quiet.detectors[i].as_mut() else {
+                continue;
+            };
+            for j in 0..n {
+                if j == i {
+                    continue;
+                }
+                if self.dead[j] {
+                    detector.remove_peer(j as u64);
+                } else {
+                    detector.add_peer(j as u64);
+                }
+            }
+            let beats = detector.on_tick(self.tick, wall_ns);
+            if detector.take_changed() {
+                self.quiet.stats.detector_changes += 1;
+            }
+            for beat in beats {
+                let bytes = beat.encode();
+                self.network
+                    .send_beat(&mut self.rng, self.tick, i as Slot, beat.to as Slot, bytes);
+            }
+        }
+    }
+
+    /// Node `i`'s process ended (a crash, or a restart): its detector goes,
+    /// and its peers hear of it at once (`nodedown`), or by their timeout.
+    fn node_gone(&mut self, i: usize) {
+        if self.quiet.detectors.get_mut(i).and_then(Option::take).is_none() {
+            return;
+        }
+        if self.rng.chance(self.options.nodedown_probability) {
+            for detector in self.quiet.detectors.iter_mut().flatten() {
+                detector.on_disconnected(i as u64, self.tick);
+                if detector.take_changed() {
+                    self.quiet.stats.detector_changes += 1;
+                }
+            }
+        }
+    }
+
+    /// Bytes from node `from` reach node `to`'s host: a beat goes to its
+    /// detector (`true`); a replica's message counts as hearing `from`.
+    pub(crate) fn detector_hears(&mut self, from: Slot, to: Slot, bytes: &[u8]) -> bool {
+        if !self.runs_detector() {
+            return false;
+        }
+        let now = self.tick;
+        let Some(detector) = self.quiet.detectors.get_mut(to as usize).and_then(Option::as_mut) else {
+            return Beat::is_beat(bytes);
+        };
+        if !Beat::is_beat(bytes) {
+            detector.on_frame(from as u64, now);
+            return false;
+        }
+        if let Some(beat) = Beat::decode(bytes) {
+            detector.on_beat(&beat, now);
+            if detector.take_changed() {
+                self.quiet.stats.detector_changes += 1;
+            }
+        }
+        true
+    }
+
     /// The detector's view of replica `r`'s peers: one bit per slot of its
     /// list, clear for a member whose replica is down or cut off from `r`
     /// either way.
@@ -101,6 +232,10 @@ impl Simulator {
         self.quiet.skipped[i] = 0;
         self.quiet.fed[i] = u16::MAX;
         self.quiet.booted[i] = self.tick;
+        if self.runs_detector() {
+            // A new process: a new detector (at the next tick).
+            self.node_gone(i);
+        }
     }
 
     /// Whether the host skips replica `r`'s tick (it is quiet); counted.
@@ -123,7 +258,7 @@ impl Simulator {
     fn feed_wake(&mut self, r: Slot) -> Result<(), crate::simulator::Failure> {
         let i = r as usize;
         let elapsed_ticks = std::mem::take(&mut self.quiet.skipped[i]);
-        let up = self.oracle_up(r);
+        let up = self.peers_up(r);
         self.quiet.fed[i] = up;
         self.quiet.stats.wakes += 1;
         let (now_ns, mono_ns) = self.clocks_of(r);
@@ -144,12 +279,15 @@ impl Simulator {
         if !self.options.quiet {
             return Ok(());
         }
+        if self.runs_detector() {
+            self.run_detectors();
+        }
         for i in 0..self.n() {
             let r = i as Slot;
             let Some(replica) = self.running(i) else {
                 continue;
             };
-            let up = self.oracle_up(r);
+            let up = self.peers_up(r);
             if up == self.quiet.fed[i] {
                 continue;
             }
@@ -192,7 +330,8 @@ impl Simulator {
 
     /// At the end of a tick: counts the idle span's messages, and checks
     /// that every quiet replica has nothing to do.
-    pub(crate) fn check_quiet(&mut self, sent_before: u64) -> Result<(), crate::simulator::Failure> {
+    pub(crate) fn check_quiet(&mut self, sent_before: (u64, u64)) -> Result<(), crate::simulator::Failure> {
+        let (sent_before, beats_before) = sent_before;
         if !self.options.quiet {
             return Ok(());
         }
@@ -200,6 +339,7 @@ impl Simulator {
         if self.quiet.idle && self.tick >= self.quiet.idle_since + 2 * after {
             self.quiet.stats.idle_ticks += 1;
             self.quiet.stats.idle_messages += self.network.sent - sent_before;
+            self.quiet.stats.idle_beats += self.network.beats_sent - beats_before;
             if self.all_members_quiet() {
                 self.quiet.stats.all_quiet_ticks += 1;
             }

@@ -32,15 +32,24 @@ pub fn until_quiet(sim: &mut Simulator) -> Result<(), Failure> {
 /// `ticks` ticks once it has had `2 * quiet_after_ticks` (or, with quiet
 /// groups off, 100 ticks) to settle after its last request.
 pub fn idle_messages_per_tick(options: Options, ticks: u64) -> Result<f64, Failure> {
+    idle_traffic_per_tick(options, ticks).map(|(messages, _)| messages)
+}
+
+/// As `idle_messages_per_tick`: the replicas' messages and the nodes'
+/// beats (quiet groups' failure detector) per tick.
+pub fn idle_traffic_per_tick(options: Options, ticks: u64) -> Result<(f64, f64), Failure> {
     let settle = (2 * options.config.quiet_after_ticks).max(100);
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     let backup = (1 % sim.n()) as Slot;
     commit(&mut sim, 0, backup)?;
     sim.run_ticks(settle)?;
-    let before = sim.network.sent;
+    let (before, beats) = (sim.network.sent, sim.network.beats_sent);
     sim.run_ticks(ticks)?;
-    Ok((sim.network.sent - before) as f64 / ticks as f64)
+    Ok((
+        (sim.network.sent - before) as f64 / ticks as f64,
+        (sim.network.beats_sent - beats) as f64 / ticks as f64,
+    ))
 }
 
 /// An idle group goes quiet after one round, sends nothing while quiet,
@@ -93,6 +102,123 @@ pub fn quiet_primary_node_dies(options: Options) -> Result<(), Failure> {
     let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
     commit(&mut sim, 0, backup)?;
     sim.restart(primary);
+    until_quiet(&mut sim)
+}
+
+/// The detector's timing in these options.
+fn detector(sim: &Simulator) -> vsr_host::DetectorConfig {
+    vsr_host::DetectorConfig::for_replicas(&sim.options.config)
+}
+
+/// The primary's node vanishes silently while the group is quiet (no
+/// `nodedown`: a machine or network gone, not a killed process): the
+/// backups' detectors time it out, wake the backups, and they campaign at
+/// once. Bound: a new view within `timeout_ticks + beat_ticks + 10` ticks
+/// of the crash (the last beat the backups heard echoed one of theirs at
+/// most a beat before it, and a view change takes a few message delays on
+/// a perfect network): 110 ticks with the default timing, against the
+/// `view_change_ticks` plus jitter (40 to 80) an awake backup waits, but
+/// unbounded without the detector (a quiet backup hears nothing). The
+/// group then commits and, the primary back, goes quiet again.
+pub fn quiet_primary_node_vanishes(mut options: Options) -> Result<(), Failure> {
+    options.nodedown_probability = 0.0;
+    let mut sim = Simulator::new(options);
+    let timing = detector(&sim);
+    let bound = timing.timeout_ticks + timing.beat_ticks + 10;
+    register_all(&mut sim, 1)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let view = sim.replica(primary).view();
+    sim.crash(primary);
+    sim.run_until(
+        bound,
+        "the detector wakes the backups and a new view starts",
+        |s| {
+            s.replicas()
+                .any(|r| r.is_primary() && r.view() > view && r.status() == Status::Normal)
+        },
+    )?;
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    commit(&mut sim, 0, backup)?;
+    sim.restart(primary);
+    until_quiet(&mut sim)
+}
+
+/// A partition cuts the quiet group's primary off (both ways) for three
+/// detector timeouts: its node is live, but the backups' detectors
+/// suspect it (a false suspicion), wake the backups, and they elect a new
+/// primary, which commits; the old primary, seeing a quorum down, wakes
+/// and abdicates. Once healed, it joins the new view: nothing committed
+/// is lost (the checker holds every replica to the committed history),
+/// and the group settles quiet again.
+pub fn partition_makes_the_detector_suspect_a_live_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let timing = detector(&sim);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let view = sim.replica(primary).view();
+    let committed = sim.checker.committed();
+    let n = sim.n();
+    sim.network.partition(n, &[primary], true, true);
+    sim.run_until(
+        timing.timeout_ticks + timing.beat_ticks + 10,
+        "the backups suspect the primary and elect another",
+        |s| {
+            s.replicas()
+                .any(|r| r.is_primary() && r.view() > view && r.status() == Status::Normal)
+        },
+    )?;
+    let backup = (0..n as Slot).find(|&r| r != primary).expect("a backup");
+    commit(&mut sim, 0, backup)?;
+    sim.run_ticks(3 * timing.timeout_ticks)?;
+    if sim.replica(primary).is_quiet() {
+        return Err(fail(&sim, "the cut-off primary stayed quiet with a quorum down"));
+    }
+    sim.network.heal();
+    sim.run_until(PHASE_TICKS, "the old primary joins the new view", |s| {
+        let newest = s.replicas().map(|r| r.view()).max().unwrap_or(0);
+        s.replica(primary).view() == newest && s.replica(primary).status() == Status::Normal
+    })?;
+    if sim.checker.committed() < committed + 1 {
+        return Err(fail(&sim, "an op committed before the partition is missing"));
+    }
+    commit(&mut sim, 0, primary)?;
+    until_quiet(&mut sim)
+}
+
+/// Only the beats from the quiet group's primary's node are lost, for
+/// three detector timeouts (replica messages still flow): a false
+/// suspicion on both sides (the backups do not hear the primary's node,
+/// and it is echoed by none). Whatever the group does meanwhile (the
+/// backups campaign, the primary abdicates or keeps its quorum), it
+/// commits through a backup, loses nothing, and settles quiet once beats
+/// flow again.
+pub fn lost_beats_make_a_false_suspicion(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let timing = detector(&sim);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let n = sim.n();
+    for to in (0..n as Slot).filter(|&r| r != primary) {
+        sim.network.lose(
+            primary,
+            to,
+            Box::new(|bytes: &[u8]| vsr_host::Beat::is_beat(bytes)),
+        );
+    }
+    let changes = sim.quiet.stats.detector_changes;
+    sim.run_ticks(timing.timeout_ticks + 2 * timing.beat_ticks)?;
+    if sim.quiet.stats.detector_changes == changes {
+        return Err(fail(&sim, "no detector suspected the primary's node"));
+    }
+    let backup = (0..n as Slot).find(|&r| r != primary).expect("a backup");
+    commit(&mut sim, 0, backup)?;
+    sim.run_ticks(2 * timing.timeout_ticks)?;
+    sim.network.stop_losing();
+    commit(&mut sim, 0, backup)?;
     until_quiet(&mut sim)
 }
 

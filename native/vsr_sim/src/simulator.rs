@@ -53,11 +53,11 @@ pub struct Node {
 /// sync succeeded, and returns at `until`. Meanwhile the replica gets no
 /// ticks, the messages that arrive queue up, and nothing leaves. (A sync
 /// that fails is the host's own pause: `Host::paused`.)
-struct Stall {
+pub(crate) struct Stall {
     until: u64,
     /// What the sync released, leaving once it returns.
     held: Vec<Output>,
-    inbox: Vec<Vec<u8>>,
+    inbox: Vec<(Slot, Vec<u8>)>,
 }
 
 /// What the simulator keeps beside a disk-mode replica's store (its
@@ -189,7 +189,7 @@ pub struct Simulator {
     /// recovering, until it has entered (`recovering_or_will`).
     relearning: Vec<bool>,
     /// Hosts held up by a slow sync (`Options::disk_fault_probability`).
-    stalls: Vec<Option<Stall>>,
+    pub(crate) stalls: Vec<Option<Stall>>,
     /// Replicas whose next sync is slow: by this many ticks.
     slow_sync: Vec<Option<u64>>,
     /// Tick at which a failing or full disk works again.
@@ -1180,7 +1180,7 @@ impl Simulator {
             eprintln!("tick {}: {}", self.tick, self.describe());
         }
         let now_ns = self.tick * 1_000_000;
-        let sent_before = self.network.sent;
+        let sent_before = (self.network.sent, self.network.beats_sent);
         let quiet_before = self.quiet_now();
         self.feed_detector()?;
         for r in 0..self.n() {
@@ -1216,8 +1216,8 @@ impl Simulator {
                 self.input(r as Slot, tick)?;
             }
         }
-        while let Some((_, to, bytes)) = self.network.next_due(self.tick) {
-            self.receive(to, bytes)?;
+        while let Some((from, to, _, bytes)) = self.network.next_due_packet(self.tick) {
+            self.receive_from(from, to, bytes)?;
         }
         self.drive_clients()?;
         // The end of an engine iteration: one sync per replica for every
@@ -1248,11 +1248,14 @@ impl Simulator {
 
     /// A message reaches replica `r`'s host: it waits while a slow sync
     /// holds the host up (a host paused by a failing disk drops it).
-    fn receive(&mut self, r: Slot, bytes: Vec<u8>) -> Result<(), Failure> {
-        match &mut self.stalls[r as usize] {
-            Some(stall) => stall.inbox.push(bytes),
-            None if self.hosts[r as usize].is_some() => self.input(r, Input::Receive(&bytes))?,
-            None => {}
+    fn receive_from(&mut self, from: Slot, r: Slot, bytes: Vec<u8>) -> Result<(), Failure> {
+        if let Some(stall) = &mut self.stalls[r as usize] {
+            stall.inbox.push((from, bytes));
+            return Ok(());
+        }
+        // A node's beat goes to its detector (quiet groups).
+        if self.hosts[r as usize].is_some() && !self.detector_hears(from, r, &bytes) {
+            self.input(r, Input::Receive(&bytes))?;
         }
         Ok(())
     }
@@ -1372,8 +1375,8 @@ impl Simulator {
             self.deliver(r, output).map_err(|v| self.fail(v))?;
         }
         self.flush(r).map_err(|v| self.fail(v))?;
-        for bytes in stall.inbox {
-            self.receive(r, bytes)?;
+        for (from, bytes) in stall.inbox {
+            self.receive_from(from, r, bytes)?;
         }
         Ok(self.hosts[i].is_some() && self.stalls[i].is_none())
     }

@@ -368,6 +368,12 @@ fn ignoring_the_primarys_node_down_is_caught() {
     use vsr_sim::quiet_scenarios::{self as quiet, quiet_options};
     let mut broken = quiet_options(3, 1);
     broken.config.mutation = Mutation::IgnorePeerDown;
-    let failure = quiet::quiet_primary_node_dies(broken).unwrap_err();
+    let failure = quiet::quiet_primary_node_dies(broken.clone()).unwrap_err();
     assert!(failure.reason.contains("a new view starts at once"), "{failure}");
+    // Also when the detector times the node out (no `nodedown`).
+    let failure = quiet::quiet_primary_node_vanishes(broken).unwrap_err();
+    assert!(
+        failure.reason.contains("the detector wakes the backups"),
+        "{failure}"
+    );
 }

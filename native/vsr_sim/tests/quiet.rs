@@ -6,7 +6,9 @@ use vsr_sim::{Options, Simulator};
 
 /// The cost claim: an idle group of three sends `2 * (n - 1) /
 /// heartbeat_ticks` messages per tick awake (a heartbeat to each backup
-/// and its answer), and none once quiet.
+/// and its answer), and none once quiet; its nodes' detectors send `n *
+/// (n - 1) / beat_ticks` beats per tick (per node pair, whatever the
+/// number of groups).
 #[test]
 fn an_idle_group_sends_nothing_once_quiet() {
     let awake = quiet::idle_messages_per_tick(options(3, 1), 1_000).unwrap();
@@ -19,6 +21,17 @@ fn an_idle_group_sends_nothing_once_quiet() {
     assert_eq!(quiet, 0.0, "quiet: {quiet} per tick");
     let five = quiet::idle_messages_per_tick(quiet_options(5, 1), 1_000).unwrap();
     assert_eq!(five, 0.0, "five replicas, quiet: {five} per tick");
+    for n in [3u8, 5] {
+        let options = quiet_options(n, 1);
+        let beat_ticks = vsr_host::DetectorConfig::for_replicas(&options.config).beat_ticks;
+        let (messages, beats) = quiet::idle_traffic_per_tick(options, 1_000).unwrap();
+        let expected = (n as f64) * (n as f64 - 1.0) / beat_ticks as f64;
+        assert_eq!(messages, 0.0);
+        assert!(
+            (beats - expected).abs() < 0.01,
+            "{n} nodes: {beats} beats per tick"
+        );
+    }
 }
 
 #[test]
@@ -79,4 +92,35 @@ fn quiet_membership_seeds_that_failed_once() {
             panic!("{failure}\n     replay: vopr --seed {seed} --quiet --membership");
         }
     }
+}
+
+#[test]
+fn quiet_primary_node_vanishes() {
+    for n in [3, 5] {
+        quiet::quiet_primary_node_vanishes(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn partition_makes_the_detector_suspect_a_live_primary() {
+    for n in [3, 5] {
+        quiet::partition_makes_the_detector_suspect_a_live_primary(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn lost_beats_make_a_false_suspicion() {
+    for n in [3, 5] {
+        quiet::lost_beats_make_a_false_suspicion(quiet_options(n, 1)).unwrap();
+    }
+}
+
+/// The oracle (`Options::oracle`) still drives quiet groups, for
+/// comparison with the detector.
+#[test]
+fn the_oracle_still_serves() {
+    let mut options = quiet_options(3, 1);
+    options.oracle = true;
+    quiet::quiet_primary_node_dies(options.clone()).unwrap();
+    quiet::idle_group_goes_quiet_and_a_submission_wakes_it(options).unwrap();
 }

@@ -13,9 +13,12 @@
 //! --membership             (with either) random membership changes while the
 //!                          faults run (`Options::membership_changes`)
 //! --quiet                  (with either) quiet groups: replicas go quiet when
-//!                          idle, a perfect failure detector feeds them, load
-//!                          comes in bursts (`Options::with_quiet`); reports
-//!                          messages per idle tick
+//!                          idle, each node's failure detector (its beats on
+//!                          the simulated network) feeds them, load comes in
+//!                          bursts (`Options::with_quiet`); reports messages
+//!                          and node beats per idle tick
+//! --oracle                 (with --quiet) a perfect failure detector instead
+//!                          (`Options::oracle`), for comparison
 //! ```
 
 use std::process::ExitCode;
@@ -39,10 +42,12 @@ fn main() -> ExitCode {
     let dead = args.iter().any(|a| a == "--dead-minority");
     let membership = args.iter().any(|a| a == "--membership");
     let quiet = args.iter().any(|a| a == "--quiet");
+    let oracle = args.iter().any(|a| a == "--oracle");
     let mode = Mode {
         dead,
         membership,
         quiet,
+        oracle,
     };
     if let Some(seed) = value("--seed") {
         let events = args.iter().any(|a| a == "--events");
@@ -64,6 +69,7 @@ struct Mode {
     dead: bool,
     membership: bool,
     quiet: bool,
+    oracle: bool,
 }
 
 impl Mode {
@@ -78,6 +84,9 @@ impl Mode {
         if self.quiet {
             flags.push_str(" --quiet");
         }
+        if self.oracle {
+            flags.push_str(" --oracle");
+        }
         flags
     }
 }
@@ -89,7 +98,10 @@ fn options(seed: u64, mode: Mode) -> Options {
         ..Options::from_seed(seed)
     };
     if mode.quiet {
-        options.with_quiet()
+        Options {
+            oracle: mode.oracle,
+            ..options.with_quiet()
+        }
     } else {
         options
     }
@@ -150,6 +162,8 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
                         idle.all_quiet_ticks += quiet.all_quiet_ticks;
                         idle.wakes += quiet.wakes;
                         idle.quiet_spells += quiet.quiet_spells;
+                        idle.idle_beats += quiet.idle_beats;
+                        idle.detector_changes += quiet.detector_changes;
                         None
                     }
                     Ok(Err(failure)) => Some(failure.to_string()),
@@ -178,12 +192,14 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
     if mode.quiet {
         let idle = idle.into_inner().unwrap();
         println!(
-            "quiet: {:.3} messages per idle tick over {} idle ticks ({:.1}% of them with every member quiet), {} quiet spells, {} wakes",
+            "quiet: {:.3} messages and {:.3} node beats per idle tick over {} idle ticks ({:.1}% of them with every member quiet), {} quiet spells, {} wakes, {} detector changes",
             idle.per_idle_tick(),
+            idle.idle_beats as f64 / idle.idle_ticks.max(1) as f64,
             idle.idle_ticks,
             100.0 * idle.all_quiet_ticks as f64 / idle.idle_ticks.max(1) as f64,
             idle.quiet_spells,
-            idle.wakes
+            idle.wakes,
+            idle.detector_changes
         );
     }
     println!("{} passed, {} failed", count - failed.len() as u64, failed.len());
