@@ -4676,3 +4676,36 @@ pub fn amnesiac_backup_of_two_recovers_from_the_primary(options: Options) -> Res
     commit(&mut sim, 0, 1)?;
     settle(&mut sim)
 }
+
+/// Review 15 (`retry_pending`, 2e42b30): a caller submits its request 2
+/// through replica 2, which is cut off; it goes over to replica 1 (as the
+/// simulator's clients do when their home stops), has request 2 answered
+/// there, then request 3. Replica 2 still holds request 2 pending; healed,
+/// it executes up to request 3, and its next retry finds request 2 below
+/// the client's latest in its table: `settled` says `Duplicate { op: 0 }`,
+/// which the retry sends as a reply naming no op. Execution suppresses
+/// exactly that reply (`vopr --membership` seed 836); the retry does not.
+pub fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op(
+    options: Options,
+) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    commit(&mut sim, 0, 1)?;
+    isolate(&mut sim, 2);
+    sim.clients[0].home = 2;
+    sim.start_request(0)?; // pending at 2, its route lost
+    sim.run_ticks(20)?;
+    sim.clients[0].home = 1;
+    sim.resubmit(0)?; // the same request, through 1
+    sim.run_until(PHASE_TICKS, "request 2 completes through 1", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
+    commit(&mut sim, 0, 1)?; // request 3
+    let committed = sim.checker.committed();
+    sim.heal();
+    sim.run_until(PHASE_TICKS, "2 executes request 3", |s| {
+        s.running(2).is_some_and(|x| x.commit() >= committed)
+    })?;
+    sim.run_ticks(PHASE_TICKS / 2)?;
+    settle(&mut sim)
+}
