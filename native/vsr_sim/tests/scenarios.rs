@@ -562,3 +562,9 @@ fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op() {
     scenarios::retried_request_older_than_the_clients_latest_is_not_answered_with_no_op(options(3, 1))
         .unwrap();
 }
+
+#[test]
+#[ignore = "review 15: Simulator::orphaned exempts a member of the newest list (616f88a)"]
+fn member_of_the_newest_list_is_not_orphaned() {
+    scenarios::member_of_the_newest_list_is_not_orphaned(options(3, 1)).unwrap();
+}
