@@ -1182,20 +1182,33 @@ impl Replica {
             // its caller unanswered (`vopr --quiet --membership` seeds 109
             // and 290: a group never quiet). It is answered here from the
             // client table, as a submission of a settled request is.
-            if let Some(outcome) = self.client_table.settled(&request) {
-                self.pending.remove(&request.client);
-                let op = match outcome {
-                    Outcome::Registered { session } => session,
-                    Outcome::Duplicate { op } => op,
-                    _ => 0,
-                };
-                self.out.push(Output::Reply {
-                    client: request.client,
-                    request: request.request,
-                    op,
-                    outcome,
-                });
-                continue;
+            // Only an outcome that names the op it executed at is an
+            // answer (as `settle_pending_after_install` does): an older
+            // request than its client's latest (`Duplicate { op: 0 }`)
+            // means its caller moved on and is dropped unanswered, and a
+            // refusal (another body under its number) goes on through the
+            // log, where its execution answers it (review 15).
+            match self.client_table.settled(&request) {
+                Some(Outcome::Duplicate { op: 0 }) => {
+                    self.pending.remove(&request.client);
+                    continue;
+                }
+                Some(outcome @ (Outcome::Registered { .. } | Outcome::Duplicate { .. })) => {
+                    self.pending.remove(&request.client);
+                    let op = match outcome {
+                        Outcome::Registered { session } => session,
+                        Outcome::Duplicate { op } => op,
+                        _ => unreachable!("matched above"),
+                    };
+                    self.out.push(Output::Reply {
+                        client: request.client,
+                        request: request.request,
+                        op,
+                        outcome,
+                    });
+                    continue;
+                }
+                _ => {}
             }
             self.route(request);
         }

@@ -4684,7 +4684,8 @@ pub fn amnesiac_backup_of_two_recovers_from_the_primary(options: Options) -> Res
 /// it executes up to request 3, and its next retry finds request 2 below
 /// the client's latest in its table: `settled` says `Duplicate { op: 0 }`,
 /// which the retry sends as a reply naming no op. Execution suppresses
-/// exactly that reply (`vopr --membership` seed 836); the retry does not.
+/// exactly that reply (`vopr --membership` seed 836); the retry did not,
+/// and now drops the request unanswered instead.
 pub fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op(
     options: Options,
 ) -> Result<(), Failure> {
@@ -4719,7 +4720,8 @@ pub fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op(
 /// leaves it out of the newest list's members it checks), so the group
 /// counts as settled while a member of the newest list is still in the
 /// old epoch: a bug that kept it there for good would pass unseen. (Run
-/// on, 0 does enter epoch 1 today: the exemption hides nothing here yet.)
+/// on, 0 does enter epoch 1 today: the exemption hid nothing here yet.)
+/// Now a replica the newest list names is never orphaned.
 pub fn member_of_the_newest_list_is_not_orphaned(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;

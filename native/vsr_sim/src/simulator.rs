@@ -444,6 +444,11 @@ impl Simulator {
             return false;
         };
         let me = replica.member_id();
+        // One the newest list names is not: it must reach that epoch (its
+        // members speak to it), whatever its own list (review 15).
+        let named = self
+            .newest_membership()
+            .is_some_and(|m| m.members().iter().any(|m| m.id == me));
         let mut others = replica
             .membership()
             .members()
@@ -451,7 +456,8 @@ impl Simulator {
             .filter(|m| m.id != me)
             .peekable();
         // A list of one (itself) is not orphaned: it runs alone.
-        others.peek().is_some()
+        !named
+            && others.peek().is_some()
             && others.all(|m| {
                 self.nodes
                     .iter()

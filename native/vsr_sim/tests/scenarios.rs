@@ -557,14 +557,12 @@ fn amnesiac_backup_of_two_recovers_from_the_primary() {
 }
 
 #[test]
-#[ignore = "review 15: retry_pending answers Duplicate { op: 0 } (2e42b30)"]
 fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op() {
     scenarios::retried_request_older_than_the_clients_latest_is_not_answered_with_no_op(options(3, 1))
         .unwrap();
 }
 
 #[test]
-#[ignore = "review 15: Simulator::orphaned exempts a member of the newest list (616f88a)"]
 fn member_of_the_newest_list_is_not_orphaned() {
     scenarios::member_of_the_newest_list_is_not_orphaned(options(3, 1)).unwrap();
 }
