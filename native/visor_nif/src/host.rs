@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustler::{Encoder, LocalPid, OwnedEnv, ResourceArc, Term};
-use vsr::{ChangeId, ChangeResult, Input, MemberId, Membership, Output, Replica, Role, Stats, Status};
+use vsr::{ChangeResult, Input, MemberId, Membership, Output, Replica, Role, Stats, Status};
 use vsr_host::{catch_panic, Host, StoreOptions};
 use vsr_storage::{FileDisk, Identity};
 
@@ -294,11 +294,7 @@ impl ReplicaHost {
             });
             return Ok(());
         }
-        let name = ChangeId {
-            origin: replica.member_id(),
-            id: change,
-        };
-        match replica.membership().next(ids, name, replica.primary()) {
+        match replica.change_target(ids, change) {
             Ok(target) => self.step(Input::Reconfigure {
                 id: change,
                 target: Box::new(target),

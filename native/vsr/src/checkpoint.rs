@@ -1203,15 +1203,7 @@ impl Replica {
             .values()
             .filter_map(|p| {
                 let outcome = self.client_table.settled(&p.request)?;
-                let op = match outcome {
-                    Outcome::Registered { session } => session,
-                    Outcome::Duplicate { op } => op,
-                    _ => return None,
-                };
-                if matches!(outcome, Outcome::Duplicate { op: 0 }) {
-                    return None;
-                }
-                Some((p.request.client, outcome, op))
+                Some((p.request.client, outcome, outcome.named_op()?))
             })
             .collect();
         for (client, outcome, op) in settled {

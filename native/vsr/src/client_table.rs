@@ -48,6 +48,20 @@ pub enum Outcome {
     Membership,
 }
 
+impl Outcome {
+    /// The op a settled request's reply names: its session for a
+    /// registration, the op that executed it for a duplicate; `None` for
+    /// any other outcome, and for a duplicate older than its client's
+    /// latest (`Duplicate { op: 0 }`), whose reply would name no op.
+    pub fn named_op(&self) -> Option<Op> {
+        match *self {
+            Outcome::Registered { session } => Some(session),
+            Outcome::Duplicate { op } if op > 0 => Some(op),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Session {
     session: Op,

@@ -326,25 +326,26 @@ impl Replica {
             return;
         }
         self.last_start_view_request = Some(self.ticks);
-        let ask = Message::RequestStartView {
-            view: self.view,
-            from: self.commit_min,
-        };
-        self.ask_a_member_in_turn(&ask);
+        self.ask_a_member_in_turn_for_the_view();
     }
 
-    /// Sends `message` to one other member of its list, the next each
-    /// `resend_ticks`: a replica that waits on one peer (its primary)
-    /// that may be gone for good reaches the others in turn, and a member
-    /// of a newer epoch answers any message of an older one with the
-    /// `EpochNotice`.
-    pub(crate) fn ask_a_member_in_turn(&mut self, message: &Message) {
+    /// Asks one other member of its list for its view's start
+    /// (`RequestStartView`), the next each `resend_ticks`: a replica that
+    /// waits on one peer (its primary) that may be gone for good reaches
+    /// the others in turn; the view's primary answers with the view, and
+    /// a member of a newer epoch answers any message of an older one with
+    /// the `EpochNotice`.
+    pub(crate) fn ask_a_member_in_turn_for_the_view(&mut self) {
         let others: Vec<Slot> = self.membership.slots().filter(|&s| s != self.index).collect();
         if others.is_empty() {
             return;
         }
         let turn = (self.ticks / self.config.resend_ticks.max(1)) as usize % others.len();
-        self.send(others[turn], message);
+        let ask = Message::RequestStartView {
+            view: self.view,
+            from: self.commit_min,
+        };
+        self.send(others[turn], &ask);
     }
 
     /// A replica restarted from its disk whose store was created for a

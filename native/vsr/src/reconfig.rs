@@ -110,6 +110,19 @@ pub(crate) struct OriginChange {
 impl Replica {
     // ---- Origin ----------------------------------------------------------
 
+    /// The target of change `id` to the members `ids`, asked through this
+    /// replica: `Membership::next` from its list, named `ChangeId { origin:
+    /// <its member id>, id }`, with the primary it knows kept in the lead.
+    /// What its host hands `Input::Reconfigure`.
+    pub fn change_target(
+        &self,
+        ids: &[MemberId],
+        id: u64,
+    ) -> Result<Membership, crate::membership::MembershipError> {
+        let change = ChangeId { origin: self.id, id };
+        self.membership.next(ids, change, self.primary())
+    }
+
     /// The host asks for a change of the membership to `target` (from
     /// `Membership::next`, named `ChangeId { origin: <this member's id>,
     /// id }`), to be given up after `ticks` if not yet consented to.

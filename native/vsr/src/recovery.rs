@@ -489,11 +489,7 @@ impl Replica {
             // another member, or a newer epoch's notice, answers
             // (`vopr --membership` seed 16150: it asked a stopped primary
             // for ever).
-            let ask = Message::RequestStartView {
-                view: self.view,
-                from: self.commit_min,
-            };
-            self.ask_a_member_in_turn(&ask);
+            self.ask_a_member_in_turn_for_the_view();
         }
     }
 }

@@ -319,8 +319,6 @@ impl Replica {
         }
     }
 
-    /// `replica` takes this one's place, keeping what the host handed this one
-    /// meanwhile: submissions and reads still waiting for an answer.
     /// A repaired learner-made member checks its life as a restart from a
     /// whole log does (`resume_learner_life`, which the host called while
     /// the log had a hole).
@@ -330,6 +328,8 @@ impl Replica {
         }
     }
 
+    /// `replica` takes this one's place, keeping what the host handed this one
+    /// meanwhile: submissions and reads still waiting for an answer.
     fn take_place_of(&mut self, replica: Replica) {
         let pending = std::mem::take(&mut self.pending);
         let reads = std::mem::take(&mut self.reads);

@@ -1128,15 +1128,10 @@ impl Replica {
             if outcome == Outcome::Refused {
                 self.stats.refused_requests += 1;
             }
-            let op = match outcome {
-                Outcome::Registered { session } => session,
-                Outcome::Duplicate { op } => op,
-                _ => 0,
-            };
             self.out.push(Output::Reply {
                 client: request.client,
                 request: request.request,
-                op,
+                op: outcome.named_op().unwrap_or(0),
                 outcome,
             });
             return;
@@ -1188,18 +1183,9 @@ impl Replica {
             // means its caller moved on and is dropped unanswered, and a
             // refusal (another body under its number) goes on through the
             // log, where its execution answers it (review 15).
-            match self.client_table.settled(&request) {
-                Some(Outcome::Duplicate { op: 0 }) => {
+            if let Some(outcome) = self.client_table.settled(&request) {
+                if let Some(op) = outcome.named_op() {
                     self.pending.remove(&request.client);
-                    continue;
-                }
-                Some(outcome @ (Outcome::Registered { .. } | Outcome::Duplicate { .. })) => {
-                    self.pending.remove(&request.client);
-                    let op = match outcome {
-                        Outcome::Registered { session } => session,
-                        Outcome::Duplicate { op } => op,
-                        _ => unreachable!("matched above"),
-                    };
                     self.out.push(Output::Reply {
                         client: request.client,
                         request: request.request,
@@ -1208,7 +1194,10 @@ impl Replica {
                     });
                     continue;
                 }
-                _ => {}
+                if outcome == (Outcome::Duplicate { op: 0 }) {
+                    self.pending.remove(&request.client);
+                    continue;
+                }
             }
             self.route(request);
         }

@@ -17,8 +17,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use stateright::{Model, Property};
 use vsr::{
-    ChangeId, ChangeResult, ClientId, Config, Epoch, Input, MemberId, Membership, Op, Outcome, Output,
-    Replica, Role, Slot, Status, Submission, View,
+    ChangeResult, ClientId, Config, Epoch, Input, MemberId, Membership, Op, Outcome, Output, Replica, Role,
+    Slot, Status, Submission, View,
 };
 use vsr_sim::checker::App;
 
@@ -755,13 +755,8 @@ impl Cluster {
             .as_ref()
             .expect("a running member");
         let id = k as u64 + 1;
-        let change = ChangeId {
-            origin: replica.member_id(),
-            id,
-        };
         let target = replica
-            .membership()
-            .next(ids, change, replica.primary())
+            .change_target(ids, id)
             .unwrap_or_else(|e| panic!("bounds: change {ids:?}: {e}"));
         for m in target.members() {
             let node = state.nodes.get(m.slot as usize);

@@ -1791,13 +1791,8 @@ impl Simulator {
         let Some(replica) = self.running(through as usize) else {
             return Err(self.fail(format!("replica {through} is down")));
         };
-        let change = ChangeId {
-            origin: replica.member_id(),
-            id,
-        };
         let target = replica
-            .membership()
-            .next(ids, change, replica.primary())
+            .change_target(ids, id)
             .map_err(|e| self.fail(format!("no target for {ids:?}: {e}")))?;
         self.input(
             through,
