@@ -1897,6 +1897,25 @@ fn change_ends(sim: &mut Simulator, through: Slot, id: u64, expected: ChangeResu
     }
 }
 
+/// Through replica 0, asks change `id` to the nodes `ids`, whose one new
+/// member's learner crashes once the entry is proposed (it names the
+/// learner's life) and before it hears the entry committed; the change
+/// ends `Done` without it. Returns the learner's node, down.
+fn learner_crashed_after_the_proposal(
+    sim: &mut Simulator,
+    id: u64,
+    ids: &[MemberId],
+) -> Result<Slot, Failure> {
+    let new = sim.start_learners(0, ids)?[0];
+    sim.reconfigure(0, id, ids, PHASE_TICKS)?;
+    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
+        s.replica(0).consent().is_some()
+    })?;
+    sim.crash(new);
+    change_ends(sim, 0, id, ChangeResult::Done)?;
+    Ok(new)
+}
+
 /// Checks that the running replicas `members` are members of `epoch` and
 /// that `gone` have stopped as removed from it.
 fn in_epoch(sim: &Simulator, epoch: u64, members: &[Slot], gone: &[Slot]) -> Result<(), Failure> {
@@ -3043,17 +3062,7 @@ pub fn learner_restarted_after_the_proposal_recovers_in_full(options: Options) -
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     commit(&mut sim, 0, 0)?;
-    let ids = [0, 1, 2, NEW];
-    let learners = sim.start_learners(0, &ids)?;
-    let new = learners[0];
-    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
-    // The entry is prepared (it names the learner's life), and the learner
-    // crashes before it hears the entry committed.
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(0).consent().is_some()
-    })?;
-    sim.crash(new);
-    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learner_crashed_after_the_proposal(&mut sim, 1, &[0, 1, 2, NEW])?;
     sim.restart_amnesiac(new);
     if sim.replica(new).role() != Role::Learner {
         return Err(failure(
@@ -3377,14 +3386,7 @@ pub fn learner_of_a_second_change_restarted_after_the_proposal_returns(
         (0..4).all(|r| s.running(r).is_some_and(|x| x.membership().epoch() == 1))
     })?;
     commit(&mut sim, 0, 0)?;
-    let ids = [0, 1, 2, NEW, NEW + 1];
-    let new = sim.start_learners(0, &ids)?[0];
-    sim.reconfigure(0, 2, &ids, PHASE_TICKS)?;
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(0).consent().is_some()
-    })?;
-    sim.crash(new);
-    change_ends(&mut sim, 0, 2, ChangeResult::Done)?;
+    let new = learner_crashed_after_the_proposal(&mut sim, 2, &[0, 1, 2, NEW, NEW + 1])?;
     sim.restart_amnesiac(new);
     if sim.replica(new).role() != Role::Learner {
         return Err(failure(
@@ -4384,15 +4386,7 @@ pub fn recovering_learner_removed_by_the_next_change_stops(options: Options) -> 
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     commit(&mut sim, 0, 0)?;
-    let ids = [0, 1, 2, NEW];
-    let learners = sim.start_learners(0, &ids)?;
-    let new = learners[0];
-    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(0).consent().is_some()
-    })?;
-    sim.crash(new);
-    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learner_crashed_after_the_proposal(&mut sim, 1, &[0, 1, 2, NEW])?;
     sim.network.set_link(new, 2, false);
     sim.network.set_link(2, new, false);
     sim.restart_amnesiac(new);
@@ -4443,15 +4437,7 @@ pub fn learner_fence_and_full_recovery_wait_for_each_other(options: Options) -> 
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 0)?;
     commit(&mut sim, 0, 0)?;
-    let ids = [0, 1, 2, NEW];
-    let learners = sim.start_learners(0, &ids)?;
-    let new = learners[0];
-    sim.reconfigure(0, 1, &ids, PHASE_TICKS)?;
-    sim.run_until(PHASE_TICKS, "the entry is proposed", |s| {
-        s.replica(0).consent().is_some()
-    })?;
-    sim.crash(new);
-    change_ends(&mut sim, 0, 1, ChangeResult::Done)?;
+    let new = learner_crashed_after_the_proposal(&mut sim, 1, &[0, 1, 2, NEW])?;
     sim.network.set_link(new, 2, false);
     sim.network.set_link(2, new, false);
     sim.restart_amnesiac(new);
