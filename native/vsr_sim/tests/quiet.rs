@@ -72,10 +72,18 @@ fn prepares_lost_before_the_quiet_round() {
 /// while groups are quiet, and every run ends with the group quiet.
 #[test]
 fn quiet_seeds_pass() {
-    for seed in 0..40 {
-        let options = Options::from_seed(seed).with_quiet();
+    quiet_seeds_run(0..40, false);
+}
+
+/// Runs `seeds` with quiet groups (and membership changes if
+/// `membership`), panicking with the replay command at the first failure.
+fn quiet_seeds_run(seeds: impl IntoIterator<Item = u64>, membership: bool) {
+    for seed in seeds {
+        let mut options = Options::from_seed(seed).with_quiet();
+        options.membership_changes = membership;
         if let Err(failure) = Simulator::new(options).run() {
-            panic!("{failure}\n     replay: vopr --seed {seed} --quiet");
+            let flags = if membership { " --membership" } else { "" };
+            panic!("{failure}\n     replay: vopr --seed {seed} --quiet{flags}");
         }
     }
 }
@@ -85,13 +93,7 @@ fn quiet_seeds_pass() {
 /// request executed under another origin (`Replica::retry_pending`).
 #[test]
 fn quiet_membership_seeds_that_failed_once() {
-    for seed in [109, 290] {
-        let mut options = Options::from_seed(seed).with_quiet();
-        options.membership_changes = true;
-        if let Err(failure) = Simulator::new(options).run() {
-            panic!("{failure}\n     replay: vopr --seed {seed} --quiet --membership");
-        }
-    }
+    quiet_seeds_run([109, 290], true);
 }
 
 #[test]
