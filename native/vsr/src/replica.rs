@@ -133,9 +133,10 @@ pub enum Input<'a> {
     /// The host's answer to `Output::TakeSnapshot { op }`: its application
     /// state as of op `op`, serialised.
     Snapshot { op: Op, app: Vec<u8> },
-    /// The host asks for a change of the membership to `target` (built by
-    /// `Membership::next` from this replica's membership, named `ChangeId {
-    /// origin: <this member's id>, id }`); answered once by
+    /// The host asks for a change of the membership to `target`
+    /// ([`Replica::change_target`]: `Membership::next` from this replica's
+    /// membership, named `ChangeId { origin: <this member's id>, id }`);
+    /// answered once by
     /// `Output::Reconfigured { id, .. }`. `ticks`: how long the change may
     /// take before it is given up, if it was not yet consented to.
     Reconfigure {
