@@ -24,7 +24,9 @@
 mod detector;
 mod error;
 mod host;
+mod quiet;
 
 pub use detector::{Beat, Detector, DetectorConfig, NodeId, BEAT_BYTES};
 pub use error::{catch_panic, BootError, Bug, Unbooted};
 pub use host::{Host, StorageNotice, StoreOptions};
+pub use quiet::{peers_feed, PeersFeed};

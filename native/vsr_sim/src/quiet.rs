@@ -25,7 +25,7 @@
 //! member quiet and nothing in flight.
 
 use vsr::{Input, Role, Slot};
-use vsr_host::{Beat, Detector, DetectorConfig};
+use vsr_host::{peers_feed, Beat, Detector, DetectorConfig, PeersFeed};
 
 use crate::simulator::Simulator;
 
@@ -291,20 +291,13 @@ impl Simulator {
             if up == self.quiet.fed[i] {
                 continue;
             }
-            if !replica.is_quiet() {
-                self.quiet.fed[i] = up;
-                self.input(r, Input::Peers { up })?;
-                continue;
-            }
-            let is_up = |slot: Slot| up & (1 << slot) != 0;
-            let concerns = if replica.is_primary() {
-                let heard = replica.membership().slots().filter(|&s| is_up(s)).count();
-                heard < replica.membership().quorum()
-            } else {
-                !is_up(replica.primary())
-            };
-            if concerns {
-                self.feed_wake(r)?;
+            match peers_feed(replica, up) {
+                PeersFeed::Peers => {
+                    self.quiet.fed[i] = up;
+                    self.input(r, Input::Peers { up })?;
+                }
+                PeersFeed::Wake => self.feed_wake(r)?,
+                PeersFeed::Nothing => {}
             }
         }
         Ok(())
