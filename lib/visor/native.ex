@@ -485,7 +485,9 @@ defmodule Visor.Native do
   :stopped | :failed, view:, log_view:, op:, commit:, commit_max:, primary:,
   is_primary:, replica_index:, replica_count:, epoch:, members:,
   membership:, role:, stats: %{...}, storage: %{...}, sync: nil | %{op:,
-  received:, bytes:}}`; `epoch`, `members` (`[{slot, member_id,
+  received:, bytes:}, quiet:}`; `quiet` says the replica is quiet
+  (`quiet_after_ticks:`): its group has nothing to do and its engine
+  ticks it no more until an input wakes it; `epoch`, `members` (`[{slot, member_id,
   joined}]`), `membership` (the exact list's bytes) and `role`
   (`:member`, `:learner`, `:leaving` or `:removed`), as the `:epoch`
   event gives them, are the replica's membership (a disk-mode group still
@@ -504,6 +506,62 @@ defmodule Visor.Native do
     check_engine!(engine)
     nif_status(engine)
   end
+
+  @doc """
+  Quiet groups (`quiet_after_ticks:`): the node's failure detector
+  (`Visor.Beacon`) holds up the nodes of the members `member_ids` (16-byte
+  ids, at most 1024; this node's own need not be among them). The engine
+  feeds the replica the change when it concerns it: an awake replica
+  takes every change, a quiet backup wakes when its primary's node is
+  down (and campaigns at once), a quiet primary when fewer than a quorum
+  of its members' nodes are up. Returns at once.
+  """
+  @spec peers(engine(), [<<_::128>>]) :: :ok
+  def peers(engine, member_ids) do
+    check_engine!(engine)
+
+    unless is_list(member_ids) and Enum.all?(member_ids, &(is_binary(&1) and byte_size(&1) == 16)) do
+      raise ArgumentError,
+            "member_ids must be a list of 16-byte member ids, got: #{inspect(member_ids)}"
+    end
+
+    nif_peers(engine, member_ids)
+  end
+
+  @doc """
+  A node-level failure detector (the engine's pure `Detector`, as the
+  simulator runs it) for the node named `me`: it beats each peer every
+  `beat_ms` and holds a peer down once it has not heard it, or it has not
+  echoed this node's beats, for `timeout_ms`; `now_ms` is monotonic time.
+  Driven by `Visor.Beacon`; every `detector_*` call returns in microseconds.
+  """
+  @spec detector_new(node(), pos_integer(), pos_integer(), integer()) :: reference()
+  def detector_new(me, beat_ms, timeout_ms, now_ms),
+    do: nif_detector_new(Atom.to_string(me), beat_ms, timeout_ms, now_ms)
+
+  @doc "Watches `peer` (believed up as heard now)."
+  @spec detector_add(reference(), node()) :: :ok
+  def detector_add(detector, peer), do: nif_detector_add(detector, Atom.to_string(peer))
+
+  @doc "Distribution reported `peer` down (`nodedown`) at `now_ms`."
+  @spec detector_down(reference(), node(), integer()) :: :ok
+  def detector_down(detector, peer, now_ms),
+    do: nif_detector_down(detector, Atom.to_string(peer), now_ms)
+
+  @doc "Time passes to `now_ms`: the beats due, as `[{peer, bytes}]` (peer as a name binary)."
+  @spec detector_tick(reference(), integer(), non_neg_integer()) :: [{binary(), binary()}]
+  def detector_tick(detector, now_ms, wall_ns), do: nif_detector_tick(detector, now_ms, wall_ns)
+
+  @doc "A beat arrived (untrusted bytes): `:ok`, or `:malformed`."
+  @spec detector_beat(reference(), binary(), integer()) :: :ok | :malformed
+  def detector_beat(detector, bytes, now_ms) when is_binary(bytes),
+    do: nif_detector_beat(detector, bytes, now_ms)
+
+  def detector_beat(_detector, _bytes, _now_ms), do: :malformed
+
+  @doc "`{changed, up}`: whether the peers held up changed since last asked, and their names."
+  @spec detector_up(reference()) :: {boolean(), [binary()]}
+  def detector_up(detector), do: nif_detector_up(detector)
 
   @doc """
   Stops the group and releases it. Idempotent. Returns at once; the engine
@@ -776,6 +834,22 @@ defmodule Visor.Native do
   def nif_snapshot(_engine, _op, _bytes), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_reconfigure(_engine, _id, _member_ids, _ticks), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_peers(_engine, _ids), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_new(_me, _beat_ms, _timeout_ms, _now_ms),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def nif_detector_add(_detector, _peer), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_down(_detector, _peer, _now_ms), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_tick(_detector, _now_ms, _wall_ns), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_beat(_detector, _bytes, _now_ms), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_up(_detector), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_status(_engine), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

@@ -51,6 +51,11 @@ defmodule Visor.Router do
     :server,
     :watch,
     :watch_timer,
+    # Quiet groups: the node's beacon (Visor.Beacon) once subscribed, and
+    # whether the engine ticks the replica no more (it is quiet; the watch
+    # rests until the engine ticks it again).
+    :beacon,
+    asleep: false,
     engine: nil,
     genesis: {},
     names: %{}
@@ -117,6 +122,14 @@ defmodule Visor.Router do
       Logger.metadata(replica: opts.replica_index)
       watch = Watch.new(state.group, members, opts.replica_index, System.monotonic_time())
       state = %{state | engine: engine, genesis: members, names: %{}, server: pid, watch: watch}
+      state = %{state | asleep: false}
+
+      state =
+        cond do
+          Map.get(opts, :quiet_after_ticks, 0) == 0 -> state
+          state.beacon == nil -> subscribe(state)
+          true -> tell_peers(state, Visor.Beacon.up())
+        end
 
       {:reply, {:ok, engine}, watch(state)}
     else
@@ -177,6 +190,16 @@ defmodule Visor.Router do
       when is_reference(timer),
       do: {:noreply, watch(state)}
 
+  # Quiet groups: the node's beacon holds another set of nodes up.
+  def handle_info({:visor_nodes_up, beacon, nodes}, %{beacon: {beacon, _}} = state)
+      when is_list(nodes) do
+    {:noreply, tell_peers(state, nodes)}
+  end
+
+  # The beacon died (it should not): subscribe again, which starts another.
+  def handle_info({:DOWN, ref, :process, _, _}, %{beacon: {_, ref}} = state),
+    do: {:noreply, subscribe(%{state | beacon: nil})}
+
   # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
   # A replica that is not running yet (or any more) drops them; the
   # protocol resends what matters.
@@ -222,7 +245,30 @@ defmodule Visor.Router do
     {:sent, state}
   end
 
+  # The engine ticks the replica no more (it is quiet), or again: the
+  # watch rests with it (its pending turn is its last), and resumes.
+  defp send_event({:quiet, true}, state), do: {:sent, %{state | asleep: true}}
+
+  defp send_event({:quiet, false}, state) do
+    state = %{state | asleep: false}
+    {:sent, if(state.watch_timer, do: state, else: watch(state))}
+  end
+
   defp send_event(_event, _state), do: :not_a_send
+
+  defp subscribe(state) do
+    {beacon, nodes} = Visor.Beacon.subscribe()
+    tell_peers(%{state | beacon: {beacon, Process.monitor(beacon)}}, nodes)
+  end
+
+  # The engine takes the detector's view as the member ids of the nodes up.
+  defp tell_peers(%{engine: nil} = state, _nodes), do: state
+
+  defp tell_peers(state, nodes) do
+    ids = Enum.map([node() | nodes], &MemberId.of(state.genesis, &1))
+    :ok = Native.peers(state.engine, ids)
+    state
+  end
 
   # The node of a member id: its place in the genesis, or a connected
   # node whose name hashes to it (remembered).
@@ -255,7 +301,10 @@ defmodule Visor.Router do
 
     # An engine its server stopped (this node was removed from the
     # group) changes no more: nothing left to look at.
-    timer = if engine.status != :stopped, do: :erlang.start_timer(@watch_ms, self(), :visor_watch)
+    # Nor one its engine ticks no more: the engine says when it ticks it again.
+    timer =
+      if engine.status != :stopped and not state.asleep,
+        do: :erlang.start_timer(@watch_ms, self(), :visor_watch)
 
     %{state | watch: watch, watch_timer: timer}
   end

@@ -35,7 +35,9 @@ defmodule Visor.NativeTest.Harness do
       # Membership events, per replica, oldest first.
       membership: Map.new(engines, fn {i, _} -> {i, []} end),
       ready: [],
-      last_send: nil
+      last_send: nil,
+      # Quiet groups: whether the engine last said it ticks each replica no more.
+      asleep: Map.new(engines, fn {i, _} -> {i, false} end)
     }
   end
 
@@ -99,6 +101,9 @@ defmodule Visor.NativeTest.Harness do
 
       {:removed, _epoch} = m, c ->
         update_in(c.membership[from], &(&1 ++ [m]))
+
+      {:quiet, asleep}, c when is_boolean(asleep) ->
+        put_in(c.asleep[from], asleep)
     end)
   end
 

@@ -18,6 +18,93 @@ defmodule Visor.NativeTest do
     assert byte_size(Native.checksum("")) == 16
   end
 
+  describe "quiet groups" do
+    test "an idle group goes quiet and the engine stops ticking it; a request wakes it" do
+      c = start_cluster(3, %{quiet_after_ticks: 5, tick_ms: 5})
+      client = client_id()
+      {c, session} = register(c, 0, client)
+      {c, _op} = commit(c, 0, client, session, 1, "x")
+
+      c = pump(c, fn c -> Enum.all?(0..2, &c.asleep[&1]) end)
+      assert Enum.all?(0..2, &Native.status(c.engines[&1]).quiet)
+      sent = Enum.map(0..2, &Native.status(c.engines[&1]).stats.sent)
+      refute_receive {:visor_engine, _, _}, 200
+      assert Enum.map(0..2, &Native.status(c.engines[&1]).stats.sent) == sent
+
+      # A request through a backup wakes it; it is committed, with no view change.
+      {c, _op} = commit(c, 1, client, session, 2, "y")
+      assert Native.status(c.engines[0]).view == 0
+      c = pump(c, fn c -> Enum.all?(0..2, &c.asleep[&1]) end)
+      stop_cluster(c)
+    end
+
+    test "a quiet backup whose primary's node the detector holds down campaigns at once" do
+      c = start_cluster(3, %{quiet_after_ticks: 5, tick_ms: 5})
+      c = pump(c, fn c -> Enum.all?(0..2, &c.asleep[&1]) end)
+
+      # Replica 0, the primary, dies; the detector holds its node down:
+      # only 1 and 2 are up.
+      :ok = Native.stop(c.engines[0])
+      ids = [<<1::little-128>>, <<2::little-128>>]
+      :ok = Native.peers(c.engines[1], ids)
+      :ok = Native.peers(c.engines[2], ids)
+
+      c =
+        pump(c, fn c ->
+          Enum.all?([1, 2], fn i ->
+            s = Native.status(c.engines[i])
+            s.status == :normal and s.view > 0
+          end)
+        end)
+
+      stop_cluster(c)
+    end
+
+    test "peers/2 takes only a list of 16-byte member ids" do
+      c = start_cluster(1)
+      engine = c.engines[0]
+      assert :ok = Native.peers(engine, [])
+      assert :ok = Native.peers(engine, [<<7::128>>])
+      assert_raise ArgumentError, fn -> Native.peers(engine, [<<1>>]) end
+      assert_raise ArgumentError, fn -> Native.peers(engine, :all) end
+      assert_raise ArgumentError, fn -> Native.nif_peers(engine, [<<0::128>> | :improper]) end
+
+      assert_raise ArgumentError, fn ->
+        Native.nif_peers(engine, List.duplicate(<<0::128>>, 1025))
+      end
+
+      stop_cluster(c)
+    end
+
+    test "the detector: beats both ways keep a peer up, nodedown takes it down, bad beats are malformed" do
+      a = Native.detector_new(:a@h, 10, 80, 0)
+      b = Native.detector_new(:b@h, 10, 80, 0)
+      :ok = Native.detector_add(a, :b@h)
+      :ok = Native.detector_add(b, :a@h)
+      assert [{"b@h", to_b}] = Native.detector_tick(a, 1, 0)
+      assert [{"a@h", to_a}] = Native.detector_tick(b, 1, 0)
+      assert :ok = Native.detector_beat(b, to_b, 2)
+      assert :ok = Native.detector_beat(a, to_a, 2)
+      assert {_, ["b@h"]} = Native.detector_up(a)
+
+      # Not for this node, damaged, or not a beat at all: dropped.
+      assert :malformed = Native.detector_beat(a, to_b, 3)
+      <<head::binary-size(10), byte, rest::binary>> = to_a
+
+      assert :malformed =
+               Native.detector_beat(a, <<head::binary, bxor(byte, 1), rest::binary>>, 3)
+
+      assert :malformed = Native.detector_beat(a, "not a beat", 3)
+      assert :malformed = Native.detector_beat(a, :not_binary, 3)
+
+      :ok = Native.detector_down(a, :b@h, 4)
+      assert {true, []} = Native.detector_up(a)
+      # A stale beat (sent before the nodedown) does not bring it back.
+      assert :ok = Native.detector_beat(a, to_a, 5)
+      assert {false, []} = Native.detector_up(a)
+    end
+  end
+
   test "a non-binary argument raises ArgumentError" do
     assert_raise ArgumentError, fn -> Native.checksum(:not_binary) end
     assert_raise ArgumentError, fn -> Native.checksum(~c"charlist") end

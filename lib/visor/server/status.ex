@@ -89,6 +89,7 @@ defmodule Visor.Server.Status do
       waiting_for: nil,
       auto_replace: server.auto_replace,
       sync: engine.sync,
+      quiet: engine.quiet,
       stats: Map.merge(engine.stats, server.stats)
     }
   end
@@ -180,7 +181,8 @@ defmodule Visor.Server.Status do
       primary: nil,
       replicas: [],
       cluster: nil,
-      sync: nil
+      sync: nil,
+      quiet: false
     }
   end
 

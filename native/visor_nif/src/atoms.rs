@@ -28,6 +28,9 @@ rustler::atoms! {
     // Messages to the owner process.
     visor_engine,
     visor_engine_down,
+    quiet,
+    quiet_after_ticks,
+    visor_detector,
     visor_engine_stalled,
     visor_engine_resumed,
     send,

@@ -15,7 +15,7 @@ use crate::convert::MEMBERSHIP_BYTES_MAX;
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes: `Visor.Native` refuses to load a library
 /// of another version (a stale `.so`).
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// Tick interval when `:tick_ms` is not given.
 pub const TICK_MS_DEFAULT: u64 = 10;
@@ -25,6 +25,9 @@ pub const TICK_MS_MAX: u64 = 60_000;
 /// Most messages in one `{:send, to, list}` event, and so in one
 /// distribution message; `deliver/2` drops longer lists whole.
 pub const DELIVER_LIST_MAX: usize = 256;
+
+/// Most member ids in one `peers/2` call (the nodes a detector holds up).
+pub const PEERS_IDS_MAX: usize = 1024;
 
 /// `%{protocol_version:, max_replicas:, options: %{key => {default, min, max}},
 /// limits: %{deliver_list_max:, group_bytes_max:, meta_bytes_max:,

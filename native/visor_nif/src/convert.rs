@@ -43,7 +43,7 @@ fn usize_of(name: &'static str, value: u64) -> Result<usize, EngineError> {
 }
 
 /// The vsr `Config` fields that `start` may override, by option name.
-fn overrides() -> [(Atom, &'static str, Setter); 13] {
+fn overrides() -> [(Atom, &'static str, Setter); 14] {
     [
         (atoms::checkpoint_interval(), "checkpoint_interval", |c, v| {
             c.checkpoint_interval = v;
@@ -99,6 +99,10 @@ fn overrides() -> [(Atom, &'static str, Setter); 13] {
         }),
         (atoms::request_retry_ticks(), "request_retry_ticks", |c, v| {
             c.request_retry_ticks = v;
+            Ok(())
+        }),
+        (atoms::quiet_after_ticks(), "quiet_after_ticks", |c, v| {
+            c.quiet_after_ticks = v;
             Ok(())
         }),
     ]
@@ -772,6 +776,7 @@ pub fn status<'a>(
             (atoms::stats(), stats(env, &copy.stats)),
             (atoms::storage(), storage(env, copy)),
             (atoms::sync(), sync(env, copy)),
+            (atoms::quiet(), copy.quiet.encode(env)),
         ],
     )
 }

@@ -73,6 +73,12 @@ pub enum Command {
         ids: Vec<vsr::MemberId>,
         ticks: u64,
     },
+    /// The node's failure detector holds up the nodes of the members
+    /// `ids` (`peers/2`; quiet groups).
+    Peers {
+        id: u64,
+        ids: Vec<vsr::MemberId>,
+    },
     Stop {
         id: u64,
     },
@@ -256,7 +262,7 @@ impl Worker {
                     now_ns: now_ns(),
                     mono_ns: mono_ns(Instant::now()),
                 };
-                self.step(id, tick);
+                self.step_awake(id, tick);
             }
             Command::Deliver { id, messages } => {
                 for bytes in &messages {
@@ -283,10 +289,20 @@ impl Worker {
                 ids,
                 ticks,
             } => {
+                self.wake(id);
                 if let Some(group) = self.groups.get_mut(&id) {
                     let result = group.reconfigure(change, &ids, ticks);
                     self.after_step(id, result);
                 }
+            }
+            Command::Peers { id, ids } => {
+                let Some(group) = self.groups.get_mut(&id) else {
+                    return;
+                };
+                group.set_up_ids(ids);
+                let now = Instant::now();
+                let result = group.feed_peers(now, now_ns(), mono_ns(now));
+                self.after_wake(id, now, result);
             }
             Command::Stop { id } => {
                 // Outputs not yet flushed are dropped: the owner asked for no more.
@@ -318,7 +334,43 @@ impl Worker {
         }
     }
 
+    /// Steps group `id` with `input` (not a tick: `tick_due` ticks), waking
+    /// it first if it is quiet.
     fn step(&mut self, id: u64, input: Input<'_>) {
+        self.wake(id);
+        self.step_awake(id, input);
+    }
+
+    /// Quiet groups: before an input, a quiet replica gets `Input::Wake`,
+    /// and one the engine stopped ticking is ticked again.
+    fn wake(&mut self, id: u64) {
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        if !group.asleep() && !group.is_quiet() {
+            return;
+        }
+        let now = Instant::now();
+        let result = group.wake(now, now_ns(), mono_ns(now));
+        self.after_wake(id, now, result);
+    }
+
+    /// After a wake (or a detector feed that may wake): re-arms the group's
+    /// tick if the engine had stopped ticking it.
+    fn after_wake(&mut self, id: u64, now: Instant, result: Result<bool, EngineError>) {
+        match result {
+            Ok(rearm) => {
+                if let Some(group) = self.groups.get_mut(&id).filter(|_| rearm) {
+                    group.next_tick = now + group.tick;
+                    self.timers.push(Reverse((group.next_tick, id)));
+                }
+                self.mark(id);
+            }
+            Err(reason) => self.fail(id, &reason),
+        }
+    }
+
+    fn step_awake(&mut self, id: u64, input: Input<'_>) {
         if let Some(group) = self.groups.get_mut(&id) {
             // While writes fail, the host drops ticks and peer messages
             // (`vsr_host::Host::step`); the group is still marked, so each
@@ -374,9 +426,25 @@ impl Worker {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
-            if group.next_tick != deadline {
+            if group.next_tick != deadline || group.asleep() {
                 continue;
             }
+            // A quiet replica is ticked no more until an input wakes it
+            // (its status copy and the owner are told at the flush).
+            if group.falls_asleep(deadline) {
+                self.mark(id);
+                continue;
+            }
+            // Its detector's view, if it changed (a membership change
+            // moves members between slots).
+            let result = group.feed_peers(now, now_ns, mono_ns);
+            if let Err(reason) = result {
+                self.fail(id, &reason);
+                continue;
+            }
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
             // A worker that fell behind skips the missed ticks rather than
             // bursting them: ticks measure time, not work.
             let mut next = deadline + group.tick;
@@ -385,7 +453,7 @@ impl Worker {
             }
             group.next_tick = next;
             self.timers.push(Reverse((next, id)));
-            self.step(id, Input::Tick { now_ns, mono_ns });
+            self.step_awake(id, Input::Tick { now_ns, mono_ns });
         }
     }
 

@@ -55,6 +55,9 @@ pub struct StatusCopy {
     /// A state sync under way: the checkpoint's op, the bytes received so
     /// far and its size (`Replica::sync_progress`).
     pub sync: Option<(u64, u64, u64)>,
+    /// The replica is quiet (`Replica::is_quiet`): its engine ticks it no
+    /// more until an input wakes it.
+    pub quiet: bool,
 }
 
 /// The storage part of a status copy.
@@ -105,6 +108,7 @@ impl StatusCopy {
             stats: replica.stats().clone(),
             storage: StorageStatus::default(),
             sync: replica.sync_progress(),
+            quiet: replica.is_quiet(),
         }
     }
 }
@@ -195,6 +199,26 @@ pub struct ReplicaHost {
     /// at the next flush: the membership a store booted into, and answers
     /// to changes the replica could not take.
     owed: Vec<Output>,
+    /// Quiet groups: what the engine keeps to stop and resume its ticks.
+    quiet: QuietHost,
+}
+
+/// A quiet group on the engine (docs/nif.md, "Quiet groups"): the engine
+/// stops ticking a replica it finds quiet, wakes it (`Input::Wake`, with
+/// the ticks it skipped) before any other input, and feeds it the node
+/// detector's view (`vsr_host::peers_feed`, the rule the simulator runs).
+#[derive(Debug)]
+struct QuietHost {
+    /// When the engine found the replica quiet and stopped ticking it.
+    since: Option<Instant>,
+    /// The member ids whose nodes the node's detector holds up (`peers/2`);
+    /// `None` until the owner first says: every member up.
+    up_ids: Option<Vec<MemberId>>,
+    /// The view last fed to the replica, one bit per slot (`u16::MAX`, all
+    /// up, as a replica boots believing).
+    fed: u16,
+    /// Whether the owner was last told the engine ticks the replica no more.
+    told_asleep: bool,
 }
 
 impl ReplicaHost {
@@ -218,6 +242,12 @@ impl ReplicaHost {
             next_tick: Instant::now() + tick,
             dirty: false,
             owed: Vec::new(),
+            quiet: QuietHost {
+                since: None,
+                up_ids: None,
+                fed: u16::MAX,
+                told_asleep: false,
+            },
         }
     }
 
@@ -319,6 +349,93 @@ impl ReplicaHost {
         Ok(self.host.step(input)?)
     }
 
+    /// Whether the replica is quiet (`Replica::is_quiet`).
+    pub fn is_quiet(&self) -> bool {
+        self.host.replica().is_quiet()
+    }
+
+    /// Whether the engine stopped ticking this replica (it is quiet).
+    pub fn asleep(&self) -> bool {
+        self.quiet.since.is_some()
+    }
+
+    /// At a tick due `at`: if the replica is quiet, the engine stops
+    /// ticking it (`true`) until an input wakes it.
+    pub fn falls_asleep(&mut self, at: Instant) -> bool {
+        if !self.host.replica().is_quiet() {
+            return false;
+        }
+        self.quiet.since.get_or_insert(at);
+        true
+    }
+
+    /// Before an input other than a tick: a quiet replica is woken
+    /// (`Input::Wake`, with the ticks skipped since it fell asleep and the
+    /// detector's view). `true` if the engine had stopped ticking it, and
+    /// must tick it again.
+    pub fn wake(&mut self, now: Instant, now_ns: u64, mono_ns: u64) -> Result<bool, EngineError> {
+        let since = self.quiet.since.take();
+        if !self.host.replica().is_quiet() {
+            return Ok(since.is_some());
+        }
+        // Every tick deadline from the one found quiet on was skipped.
+        let elapsed_ticks = since.map_or(0, |since| {
+            let tick = self.tick.as_nanos().max(1);
+            (now.saturating_duration_since(since).as_nanos() / tick) as u64 + 1
+        });
+        let up = self.up_bits();
+        self.quiet.fed = up;
+        self.step(Input::Wake {
+            now_ns,
+            mono_ns,
+            elapsed_ticks,
+            up,
+        })?;
+        Ok(since.is_some())
+    }
+
+    /// The node's detector holds up the nodes of the members `ids` (the
+    /// owner's `peers/2`).
+    pub fn set_up_ids(&mut self, ids: Vec<MemberId>) {
+        self.quiet.up_ids = Some(ids);
+    }
+
+    /// Feeds the replica the detector's view if it changed since last fed
+    /// (`vsr_host::peers_feed`): `Input::Peers` when awake, a wake when
+    /// quiet and it concerns it. `true` if the engine must tick it again.
+    pub fn feed_peers(&mut self, now: Instant, now_ns: u64, mono_ns: u64) -> Result<bool, EngineError> {
+        let up = self.up_bits();
+        if up == self.quiet.fed {
+            return Ok(false);
+        }
+        match vsr_host::peers_feed(self.host.replica(), up) {
+            vsr_host::PeersFeed::Peers => {
+                self.quiet.fed = up;
+                self.step(Input::Peers { up })?;
+                Ok(false)
+            }
+            vsr_host::PeersFeed::Wake => self.wake(now, now_ns, mono_ns),
+            vsr_host::PeersFeed::Nothing => Ok(false),
+        }
+    }
+
+    /// The detector's view as the replica takes it: one bit per slot of its
+    /// list, clear for a member whose node is not held up (its own slot
+    /// always set; slots outside the list too).
+    fn up_bits(&self) -> u16 {
+        let Some(ids) = &self.quiet.up_ids else {
+            return u16::MAX;
+        };
+        let replica = self.host.replica();
+        let mut up = u16::MAX;
+        for member in replica.membership().members() {
+            if member.slot != replica.index() && !ids.contains(&member.id) {
+                up &= !(1 << member.slot);
+            }
+        }
+        up
+    }
+
     /// Test hook: fails the group as a panic inside `vsr` would.
     pub fn crash(&mut self) -> Result<(), EngineError> {
         // resume_unwind skips the panic hook: no backtrace noise in test logs.
@@ -356,12 +473,17 @@ impl ReplicaHost {
     /// in order.
     fn send_events(&mut self, env: &mut OwnedEnv, outputs: Vec<Output>) -> Result<(), EngineError> {
         let notices = self.host.take_notices();
+        // The owner stops looking at a group the engine no longer ticks,
+        // and looks again once it ticks it.
+        let asleep = self.asleep();
+        let quiet = (asleep != self.quiet.told_asleep).then_some(asleep);
+        self.quiet.told_asleep = asleep;
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
             // steps taken before the Stop command reached this thread.
             return Ok(());
         }
-        if outputs.is_empty() && notices.is_empty() {
+        if outputs.is_empty() && notices.is_empty() && quiet.is_none() {
             return Ok(());
         }
         let engine = &self.engine;
@@ -375,6 +497,7 @@ impl ReplicaHost {
                     .map(|n| convert::notice(env, n))
                     .chain(convert::sends(env, &outputs))
                     .chain(outputs.iter().filter_map(|o| convert::event(env, o)))
+                    .chain(quiet.map(|asleep| (atoms::quiet(), asleep).encode(env)))
                     .collect();
                 (atoms::visor_engine(), engine.encode(env), events)
             });

@@ -9,6 +9,7 @@
 mod atoms;
 mod contract;
 mod convert;
+mod detector;
 mod dirs;
 mod engine;
 mod error;
@@ -300,6 +301,32 @@ fn nif_reconfigure<'a>(
         )
             .encode(env),
     }
+}
+
+/// Quiet groups: the node's detector holds up the nodes of the members
+/// `ids` (a list of 16-byte little-endian member ids, at most
+/// `PEERS_IDS_MAX`; this node's own need not be in it). The engine feeds
+/// the replica the change if it concerns it (docs/nif.md, "Quiet groups").
+/// Anything but such a list is `badarg`; the list is walked cell by cell.
+#[rustler::nif]
+fn nif_peers(engine: ResourceArc<EngineResource>, ids: Term) -> NifResult<rustler::Atom> {
+    let mut up = Vec::new();
+    let mut rest = ids;
+    while !rest.is_empty_list() {
+        let (item, tail) = rest.list_get_cell().map_err(|_| Error::BadArg)?;
+        if up.len() == contract::PEERS_IDS_MAX {
+            return Err(Error::BadArg);
+        }
+        let id: [u8; 16] = item
+            .decode::<Binary>()
+            .ok()
+            .and_then(|b| b.as_slice().try_into().ok())
+            .ok_or(Error::BadArg)?;
+        up.push(u128::from_le_bytes(id));
+        rest = tail;
+    }
+    engine.peers(up);
+    Ok(atoms::ok())
 }
 
 #[rustler::nif]

@@ -84,6 +84,10 @@ impl EngineResource {
         });
     }
 
+    pub fn peers(&self, ids: Vec<vsr::MemberId>) {
+        self.enqueue(|| Command::Peers { id: self.id, ids });
+    }
+
     pub fn crash(&self) {
         self.enqueue(|| Command::Crash { id: self.id });
     }

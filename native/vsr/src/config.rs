@@ -31,7 +31,7 @@ pub fn quorum(replica_count: usize) -> usize {
 /// core itself is correct for any positive value (its arithmetic on these
 /// saturates); the ranges keep a typo from making a cluster that never
 /// times out, never resends or never checkpoints.
-pub const RANGES: [(&str, u64, u64); 13] = [
+pub const RANGES: [(&str, u64, u64); 14] = [
     ("batch_max_requests", 1, 65_536),
     ("batch_max_bytes", 1, 1 << 30),
     ("pipeline_max", 1, 1_024),
@@ -45,6 +45,7 @@ pub const RANGES: [(&str, u64, u64); 13] = [
     ("request_retry_ticks", 1, 1_000_000),
     ("checkpoint_interval", 0, 1 << 32),
     ("checkpoint_chunk_bytes", 1, 1 << 26),
+    ("quiet_after_ticks", 0, 1_000_000),
 ];
 
 /// A setting a [`Config`] may not have: which one, and why (`"must be
@@ -386,6 +387,7 @@ impl Config {
             self.client_table_max as u64,
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
+            self.quiet_after_ticks,
         ] {
             seed.extend_from_slice(&setting.to_le_bytes());
         }
@@ -410,6 +412,7 @@ impl Config {
             self.request_retry_ticks,
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
+            self.quiet_after_ticks,
         ]
     }
 

@@ -36,6 +36,7 @@ defmodule Visor.Server.StatusTest do
     :waiting_for,
     :auto_replace,
     :sync,
+    :quiet,
     :stats
   ]
 
@@ -68,7 +69,8 @@ defmodule Visor.Server.StatusTest do
         replica_count: 3,
         stats: %{views_started: 2},
         storage: %{mode: :memory},
-        sync: %{op: 1100, received: 512, bytes: 2048}
+        sync: %{op: 1100, received: 512, bytes: 2048},
+        quiet: false
       },
       overrides
     )
