@@ -55,6 +55,7 @@
 #     mix run bench/groups.exs                               # 10,000 keyed groups, 60 s idle
 #     BENCH_GROUPS=300 BENCH_IDLE_S=20 mix run bench/groups.exs
 #     BENCH_KIND=modules BENCH_GROUPS=300 mix run bench/groups.exs
+#     BENCH_QUIET_AFTER_TICKS=20 BENCH_GROUPS=300 mix run bench/groups.exs  (quiet groups)
 Code.require_file("../scripts/local_cluster.exs", __DIR__)
 Code.require_file("support.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
@@ -66,6 +67,8 @@ idle_s = env_int.("BENCH_IDLE_S", 60)
 form_timeout_s = env_int.("BENCH_FORM_TIMEOUT_S", 120)
 spread_s = env_int.("BENCH_SECONDS", 3)
 failover_timeout_s = env_int.("BENCH_FAILOVER_TIMEOUT_S", 30)
+# Quiet groups (`quiet_after_ticks:`), 0: off.
+quiet_after_ticks = env_int.("BENCH_QUIET_AFTER_TICKS", 0)
 callers = 256
 spread_groups = min(group_count, 1000)
 
@@ -108,16 +111,22 @@ worker =
     end
 
     # Starts each module's group on this node: the failures, as {module, reason}.
-    def start_groups(modules, nodes) do
+    def start_groups(modules, nodes, opts) do
       for module <- modules,
-          result = DynamicSupervisor.start_child(@host, Visor.child_spec(module, nodes: nodes)),
+          result =
+            DynamicSupervisor.start_child(@host, Visor.child_spec(module, [nodes: nodes] ++ opts)),
           not match?({:ok, _}, result),
           do: {module, result}
     end
 
     # Keyed groups: this node's host of `module`'s keyed groups.
-    def start_keyed_host(module, nodes) do
-      {:ok, _} = DynamicSupervisor.start_child(@host, {Visor.Groups, module: module, members: nodes})
+    def start_keyed_host(module, nodes, opts) do
+      {:ok, _} =
+        DynamicSupervisor.start_child(
+          @host,
+          {Visor.Groups, [module: module, members: nodes] ++ opts}
+        )
+
       :ok
     end
 
@@ -453,8 +462,15 @@ os_pids = Map.new(nodes, &{&1, List.to_integer(:erpc.call(&1, :os, :getpid, []))
 cpu_s = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 0)
 for n <- nodes, do: :ok = GroupsBench.call(n, :start_host, [])
 
+group_opts = if quiet_after_ticks > 0, do: [quiet_after_ticks: quiet_after_ticks], else: []
+
 if kind == :keyed,
-  do: for(n <- nodes, do: :ok = GroupsBench.call(n, :start_keyed_host, [keyed_module, nodes]))
+  do:
+    for(
+      n <- nodes,
+      do: :ok = GroupsBench.call(n, :start_keyed_host, [keyed_module, nodes, group_opts])
+    )
+
 rss_kb = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 1)
 rss_before = Map.new(nodes, &{&1, rss_kb.(&1)})
 vm_before = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
@@ -476,7 +492,7 @@ starting =
             GroupsBench.call(n, :start_keyed, [share], :infinity)
 
           :modules ->
-            GroupsBench.call(n, :start_groups, [modules, nodes], :infinity)
+            GroupsBench.call(n, :start_groups, [modules, nodes, group_opts], :infinity)
         end
       end)
     end)
@@ -855,6 +871,7 @@ result =
   |> Map.merge(%{
     groups: group_count,
     kind: Atom.to_string(kind),
+    quiet_after_ticks: quiet_after_ticks,
     reasons: for({key, {nil, reason}} <- fields, into: %{}, do: {key, reason}),
     targets_met: Map.new(order, &{&1, met?.(elem(fields[&1], 0), targets[&1])}),
     details: details,

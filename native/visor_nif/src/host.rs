@@ -359,10 +359,12 @@ impl ReplicaHost {
         self.quiet.since.is_some()
     }
 
-    /// At a tick due `at`: if the replica is quiet, the engine stops
-    /// ticking it (`true`) until an input wakes it.
+    /// At a tick due `at`: if the replica is quiet (and its store is not
+    /// paused), the engine stops ticking it (`true`) until an input wakes it.
     pub fn falls_asleep(&mut self, at: Instant) -> bool {
-        if !self.host.replica().is_quiet() {
+        // A paused store (a failed write) is retried at each tick's flush:
+        // the group sleeps only once its writes are durable.
+        if !self.host.replica().is_quiet() || self.host.paused() || self.host.has_staged() {
             return false;
         }
         self.quiet.since.get_or_insert(at);
