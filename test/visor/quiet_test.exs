@@ -46,6 +46,29 @@ defmodule Visor.QuietTest do
     assert %{count: 3} = :erpc.call(a, Counter, :get, [])
   end
 
+  @tag :tmp_dir
+  test "disk mode: a quiet group's backup node is killed and restarts from its disk; the group serves and goes quiet again",
+       %{tmp_dir: tmp} do
+    nodes = Cluster.start_peers(3) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+    opts = Cluster.disk_opts(tmp, [nodes: nodes] ++ @opts)
+    :ok = Cluster.start_group(nodes, Counter, opts)
+    assert 1 = commit(hd(nodes), {:incr, 1})
+    await_quiet(nodes)
+
+    %{primary: primary} = status(hd(nodes))
+    [backup | _] = nodes -- [primary]
+    :ok = Cluster.kill_node(backup, nodes -- [backup])
+    # A quiet primary that still holds a majority up stays quiet.
+    assert 2 = commit(primary, {:incr, 2})
+
+    Cluster.restart_peer(backup, nodes -- [backup])
+    :ok = Cluster.start_group([backup], Counter, opts)
+    Cluster.eventually(fn -> status(backup).status == :normal end, 15_000)
+    assert 3 = commit(backup, {:incr, 3})
+    await_quiet(nodes)
+    assert %{count: 3} = :erpc.call(primary, Counter, :get, [])
+  end
+
   test "the node of a quiet group's primary is killed: the others elect a new primary and commit",
        %{nodes: nodes} do
     assert 1 = commit(hd(nodes), {:incr, 1})
