@@ -130,12 +130,19 @@ defmodule Visor.Beacon do
     {:noreply, changed(state)}
   end
 
-  def handle_info({:nodeup, node}, state) do
-    :ok = Visor.Native.detector_add(state.detector, node)
-    {:noreply, changed(%{state | names: Map.put(state.names, Atom.to_string(node), node)})}
+  # Distribution's word, but any node may send this process anything: a
+  # node is watched only if it is connected, and only names are taken.
+  def handle_info({:nodeup, node}, state) when is_atom(node) do
+    if node in Node.list() do
+      :ok = Visor.Native.detector_add(state.detector, node)
+      {:noreply, changed(%{state | names: Map.put(state.names, Atom.to_string(node), node)})}
+    else
+      {:noreply, state}
+    end
   end
 
-  def handle_info({:nodedown, node}, state) do
+  # (A forged one costs a false suspicion: a view change, never a loss.)
+  def handle_info({:nodedown, node}, state) when is_atom(node) do
     :ok = Visor.Native.detector_down(state.detector, node, now_ms())
     {:noreply, changed(state)}
   end

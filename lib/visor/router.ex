@@ -38,6 +38,9 @@ defmodule Visor.Router do
   # How often the router looks at what changed in the replica (watch/1).
   @watch_ms 10
 
+  # Most member ids `Visor.Native.peers/2` takes.
+  @peers_ids_max 1024
+
   # watch: what the router last saw of the replica (Visor.Router.Watch),
   # and the timer of its next look. genesis: the nodes the group was
   # formed with (a genesis member's id is its place in it); names: the
@@ -264,9 +267,13 @@ defmodule Visor.Router do
   # The engine takes the detector's view as the member ids of the nodes up.
   defp tell_peers(%{engine: nil} = state, _nodes), do: state
 
+  # The genesis members' ids first (a node it names is known by its
+  # index), then the others' hashed ids, at most the NIF's limit.
   defp tell_peers(state, nodes) do
-    ids = Enum.map([node() | nodes], &MemberId.of(state.genesis, &1))
-    :ok = Native.peers(state.engine, ids)
+    genesis = Tuple.to_list(state.genesis)
+    {members, others} = Enum.split_with([node() | nodes], &(&1 in genesis))
+    ids = Enum.map(members ++ others, &MemberId.of(genesis, &1))
+    :ok = Native.peers(state.engine, Enum.take(ids, @peers_ids_max))
     state
   end
 

@@ -387,7 +387,6 @@ impl Config {
             self.client_table_max as u64,
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
-            self.quiet_after_ticks,
         ] {
             seed.extend_from_slice(&setting.to_le_bytes());
         }
@@ -467,6 +466,7 @@ mod tests {
         let other_cluster = Config::new(8, 3);
         assert_ne!(base.wire_cluster(), other_cluster.wire_cluster());
         let mut pace = base.clone();
+        pace.quiet_after_ticks = 20;
         pace.heartbeat_ticks += 1;
         pace.batch_max_bytes += 1;
         pace.pipeline_max += 1;

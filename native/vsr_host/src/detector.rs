@@ -299,6 +299,12 @@ impl Detector {
                 self.changed = true;
             }
             peer.down_since = now;
+            // What connects next may be a new life of the node, whose clock
+            // (and so its beats' `seq`) starts again below its previous
+            // life's: echo only what it sends from now on. Kept, it would
+            // echo the old life's `seq`, which the new life takes for
+            // another's (ahead of its clock), and holds us down for good.
+            peer.last_seq = 0;
         }
     }
 
@@ -377,6 +383,28 @@ mod tests {
 
     fn pair() -> (Detector, Detector) {
         (Detector::new(1, [2], CONFIG, 0), Detector::new(2, [1], CONFIG, 0))
+    }
+
+    #[test]
+    fn a_peer_restarted_with_a_younger_clock_comes_back_after_nodedown() {
+        let (mut a, mut b) = pair();
+        run(&mut a, &mut b, 0, 1000, |_| true);
+        assert!(a.is_up(2) && b.is_up(1));
+        // b's node dies, distribution says so, and it restarts under the
+        // same name with its monotonic clock at 0 (a real VM's restarts).
+        a.on_disconnected(2, 1000);
+        let mut b = Detector::new(2, [1], CONFIG, 0);
+        for step in 0..300 {
+            let (at_a, at_b) = (1000 + step, step);
+            for beat in a.on_tick(at_a, 0) {
+                b.on_beat(&beat, at_b);
+            }
+            for beat in b.on_tick(at_b, 0) {
+                a.on_beat(&beat, at_a);
+            }
+        }
+        assert!(a.is_up(2), "a holds the restarted b up");
+        assert!(b.is_up(1), "the restarted b holds a up");
     }
 
     #[test]
