@@ -29,8 +29,15 @@ defmodule Visor.Beacon do
   use GenServer
 
   # A peer silent this long (or not echoing us) is down: the design's
-  # `node_timeout_ms`. Beats go 8 times per timeout.
+  # `node_timeout_ms`. Beats go 8 times per default timeout, and no less
+  # often with a longer one, so that a node with a longer timeout than a
+  # peer's still beats often enough for it.
   @default_timeout_ms 800
+  @beat_max_ms 100
+
+  # A node down this long (and not connected again) is forgotten: names
+  # of short-lived nodes (remote shells, tools) are not beaten for ever.
+  @forget_after_ms 60_000
 
   @doc """
   Subscribes the caller: it gets `{:visor_nodes_up, beacon, nodes}` at
@@ -48,6 +55,15 @@ defmodule Visor.Beacon do
       pid -> GenServer.call(pid, :up, 30_000)
     end
   end
+
+  @doc """
+  The beat interval for a node timeout of `timeout_ms`: 8 beats per
+  timeout, but at most #{@beat_max_ms} ms (and at least 10), so that a
+  node with a longer timeout still beats often enough for a peer with the
+  default one.
+  """
+  @spec beat_ms(pos_integer()) :: pos_integer()
+  def beat_ms(timeout_ms), do: timeout_ms |> div(8) |> min(@beat_max_ms) |> max(10)
 
   @doc "The node timeout in ms (`config :visor, node_timeout_ms:`, default 800)."
   @spec timeout_ms() :: pos_integer()
@@ -79,7 +95,7 @@ defmodule Visor.Beacon do
     Process.group_leader(self(), leader)
     :ok = :net_kernel.monitor_nodes(true)
     timeout = timeout_ms()
-    beat = max(div(timeout, 8), 10)
+    beat = beat_ms(timeout)
     detector = Visor.Native.detector_new(node(), beat, timeout, now_ms())
     names = Map.new(Node.list(), &{Atom.to_string(&1), &1})
     Enum.each(Node.list(), &Visor.Native.detector_add(detector, &1))
@@ -144,7 +160,17 @@ defmodule Visor.Beacon do
   # (A forged one costs a false suspicion: a view change, never a loss.)
   def handle_info({:nodedown, node}, state) when is_atom(node) do
     :ok = Visor.Native.detector_down(state.detector, node, now_ms())
+    Process.send_after(self(), {:visor_forget, node}, @forget_after_ms)
     {:noreply, changed(state)}
+  end
+
+  def handle_info({:visor_forget, node}, state) when is_atom(node) do
+    if node in Node.list() do
+      {:noreply, state}
+    else
+      :ok = Visor.Native.detector_remove(state.detector, node)
+      {:noreply, changed(%{state | names: Map.delete(state.names, Atom.to_string(node))})}
+    end
   end
 
   def handle_info({:DOWN, _ref, :process, pid, _reason}, state),

@@ -543,6 +543,10 @@ defmodule Visor.Native do
   @spec detector_add(reference(), node()) :: :ok
   def detector_add(detector, peer), do: nif_detector_add(detector, Atom.to_string(peer))
 
+  @doc "Stops watching `peer` (a node long gone)."
+  @spec detector_remove(reference(), node()) :: :ok
+  def detector_remove(detector, peer), do: nif_detector_remove(detector, Atom.to_string(peer))
+
   @doc "Distribution reported `peer` down (`nodedown`) at `now_ms`."
   @spec detector_down(reference(), node(), integer()) :: :ok
   def detector_down(detector, peer, now_ms),
@@ -842,6 +846,8 @@ defmodule Visor.Native do
 
   @doc false
   def nif_detector_add(_detector, _peer), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def nif_detector_remove(_detector, _peer), do: :erlang.nif_error(:nif_not_loaded)
   @doc false
   def nif_detector_down(_detector, _peer, _now_ms), do: :erlang.nif_error(:nif_not_loaded)
   @doc false

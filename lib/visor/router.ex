@@ -127,12 +127,7 @@ defmodule Visor.Router do
       state = %{state | engine: engine, genesis: members, names: %{}, server: pid, watch: watch}
       state = %{state | asleep: false}
 
-      state =
-        cond do
-          Map.get(opts, :quiet_after_ticks, 0) == 0 -> state
-          state.beacon == nil -> subscribe(state)
-          true -> tell_peers(state, Visor.Beacon.up())
-        end
+      state = if Map.get(opts, :quiet_after_ticks, 0) > 0, do: subscribe(state), else: state
 
       {:reply, {:ok, engine}, watch(state)}
     else
@@ -259,9 +254,22 @@ defmodule Visor.Router do
 
   defp send_event(_event, _state), do: :not_a_send
 
+  # Subscribes to the node's beacon (again: idempotent, and it starts
+  # one if none runs), monitoring it once.
   defp subscribe(state) do
     {beacon, nodes} = Visor.Beacon.subscribe()
-    tell_peers(%{state | beacon: {beacon, Process.monitor(beacon)}}, nodes)
+
+    state =
+      case state.beacon do
+        {^beacon, _ref} ->
+          state
+
+        old ->
+          with {_, ref} <- old, do: Process.demonitor(ref, [:flush])
+          %{state | beacon: {beacon, Process.monitor(beacon)}}
+      end
+
+    tell_peers(state, nodes)
   end
 
   # The engine takes the detector's view as the member ids of the nodes up.

@@ -65,6 +65,16 @@ fn nif_detector_add(detector: ResourceArc<DetectorResource>, peer: Binary) -> ru
     atoms::ok()
 }
 
+/// Stops watching `peer` (a node long gone).
+#[rustler::nif]
+fn nif_detector_remove(detector: ResourceArc<DetectorResource>, peer: Binary) -> rustler::Atom {
+    let mut named = detector.lock();
+    let id = node_id(peer.as_slice());
+    named.names.remove(&id);
+    named.detector.remove_peer(id);
+    atoms::ok()
+}
+
 /// Distribution lost the connection to `peer` (`nodedown`) at `now_ms`.
 #[rustler::nif]
 fn nif_detector_down(detector: ResourceArc<DetectorResource>, peer: Binary, now_ms: u64) -> rustler::Atom {

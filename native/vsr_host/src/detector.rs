@@ -268,7 +268,10 @@ impl Detector {
             return;
         };
         peer.heard_at = now;
-        peer.last_seq = peer.last_seq.max(beat.seq);
+        // The last beat heard, not the highest: a new life of the node
+        // starts its clock again, and a stale beat of its old one (late in
+        // the network) must not pin the echo above it.
+        peer.last_seq = beat.seq;
         // An echo ahead of our clock is not one of ours (a previous life's).
         if beat.echo <= now {
             peer.echoed = peer.echoed.max(beat.echo);

@@ -41,6 +41,12 @@ pub struct QuietHost {
     /// Each node's failure detector, while its host runs (not with the
     /// oracle).
     pub detectors: Vec<Option<Detector>>,
+    /// The tick each node's detector started at: its clock counts from
+    /// there, as a restarted VM's monotonic clock starts again.
+    pub detector_since: Vec<u64>,
+    /// Nodes whose end no peer heard of yet (a crash without `nodedown`):
+    /// their restart tears the old connection down first.
+    pub unannounced: Vec<bool>,
     /// Random runs: whether load is in an idle span, and until when.
     pub idle: bool,
     pub phase_until: u64,
@@ -82,6 +88,8 @@ impl QuietHost {
             fed: vec![u16::MAX; n],
             booted: vec![0; n],
             detectors: vec![None; n],
+            detector_since: vec![0; n],
+            unannounced: vec![false; n],
             ..QuietHost::default()
         }
     }
@@ -122,13 +130,22 @@ impl Simulator {
     fn run_detectors(&mut self) {
         let n = self.n();
         self.quiet.detectors.resize(n, None);
+        self.quiet.detector_since.resize(n, 0);
+        self.quiet.unannounced.resize(n, false);
         let config = self.detector_config();
         for i in 0..n {
             let running = self.hosts[i].is_some();
             match (&self.quiet.detectors[i], running) {
                 (None, true) => {
+                    // A new life under the same name: its connections are
+                    // new, so the old ones' end reaches the peers first.
+                    if std::mem::take(&mut self.quiet.unannounced[i]) {
+                        self.announce_nodedown(i);
+                    }
                     let peers = (0..n).filter(|&j| j != i && !self.dead[j]).map(|j| j as u64);
-                    self.quiet.detectors[i] = Some(Detector::new(i as u64, peers, config, self.tick));
+                    self.quiet.detector_since[i] = self.tick;
+                    let now = self.detector_now(i);
+                    self.quiet.detectors[i] = Some(Detector::new(i as u64, peers, config, now));
                 }
                 (Some(_), false) => self.node_gone(i),
                 _ => {}
@@ -139,6 +156,7 @@ impl Simulator {
                 continue;
             }
             let (wall_ns, _) = self.clocks_of(i as Slot);
+            let now = self.detector_now(i);
             let Some(detector) = self.quiet.detectors[i].as_mut() else {
                 continue;
             };
@@ -152,7 +170,7 @@ impl Simulator {
                     detector.add_peer(j as u64);
                 }
             }
-            let beats = detector.on_tick(self.tick, wall_ns);
+            let beats = detector.on_tick(now, wall_ns);
             if detector.take_changed() {
                 self.quiet.stats.detector_changes += 1;
             }
@@ -171,13 +189,31 @@ impl Simulator {
             return;
         }
         if self.rng.chance(self.options.nodedown_probability) {
-            for detector in self.quiet.detectors.iter_mut().flatten() {
-                detector.on_disconnected(i as u64, self.tick);
-                if detector.take_changed() {
-                    self.quiet.stats.detector_changes += 1;
-                }
+            self.announce_nodedown(i);
+        } else {
+            self.quiet.unannounced[i] = true;
+        }
+    }
+
+    /// Every running peer's detector hears that node `i`'s connection ended.
+    fn announce_nodedown(&mut self, i: usize) {
+        for j in 0..self.quiet.detectors.len() {
+            let now = self.detector_now(j);
+            let Some(detector) = self.quiet.detectors[j].as_mut() else {
+                continue;
+            };
+            detector.on_disconnected(i as u64, now);
+            if detector.take_changed() {
+                self.quiet.stats.detector_changes += 1;
             }
         }
+    }
+
+    /// Node `i`'s detector clock: ticks since its detector started, plus
+    /// one (a `seq` of 0 means "none" in an echo).
+    fn detector_now(&self, i: usize) -> u64 {
+        let since = self.quiet.detector_since.get(i).copied().unwrap_or(0);
+        self.tick - since + 1
     }
 
     /// Bytes from node `from` reach node `to`'s host: a beat goes to its
@@ -186,7 +222,7 @@ impl Simulator {
         if !self.runs_detector() {
             return false;
         }
-        let now = self.tick;
+        let now = self.detector_now(to as usize);
         let Some(detector) = self.quiet.detectors.get_mut(to as usize).and_then(Option::as_mut) else {
             return Beat::is_beat(bytes);
         };

@@ -254,6 +254,45 @@ pub fn backup_restarted_while_quiet_wakes_the_group(options: Options) -> Result<
     until_quiet(&mut sim)
 }
 
+/// Nodes that have run for a long time, and a backup's node that
+/// restarts under the same name: its detector's clock starts again (a
+/// new VM's monotonic clock), far below the beats its previous life sent.
+/// No peer heard of its crash (no `nodedown`) until the restart tears the
+/// old connection down. Every detector must hold every node up again
+/// within a few beats, and the primary keep its view: a detector that
+/// echoed its peer's highest beat ever heard echoed the old life's, which
+/// the new life takes for another's, and held the others down for good
+/// (its backup then deposed the healthy primary).
+pub fn restarted_node_with_a_younger_clock_holds_its_peers_up(mut options: Options) -> Result<(), Failure> {
+    options.nodedown_probability = 0.0;
+    let mut sim = Simulator::new(options);
+    let timing = detector(&sim);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    sim.run_ticks(20 * timing.timeout_ticks)?;
+    let primary = sim.primary().expect("a primary");
+    let view = sim.replica(primary).view();
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    sim.crash(backup);
+    sim.run_ticks(timing.beat_ticks)?;
+    sim.restart(backup);
+    sim.run_ticks(3 * timing.timeout_ticks)?;
+    let n = sim.n();
+    for i in 0..n {
+        let detector = sim.quiet.detectors[i].as_ref().expect("every node runs");
+        for j in (0..n).filter(|&j| j != i) {
+            if !detector.is_up(j as u64) {
+                return Err(fail(&sim, &format!("node {i} holds node {j} down")));
+            }
+        }
+    }
+    if sim.replica(primary).view() != view || !sim.replica(primary).is_primary() {
+        return Err(fail(&sim, "the restart deposed the primary"));
+    }
+    commit(&mut sim, 0, backup)?;
+    until_quiet(&mut sim)
+}
+
 /// A read through a quiet backup, and one through the quiet primary,
 /// wake the group and are served linearizably (the simulator checks each
 /// read against what completed before it began), within a round trip.

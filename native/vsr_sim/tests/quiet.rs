@@ -126,3 +126,8 @@ fn the_oracle_still_serves() {
     quiet::quiet_primary_node_dies(options.clone()).unwrap();
     quiet::idle_group_goes_quiet_and_a_submission_wakes_it(options).unwrap();
 }
+
+#[test]
+fn restarted_node_with_a_younger_clock_holds_its_peers_up() {
+    quiet::restarted_node_with_a_younger_clock_holds_its_peers_up(quiet_options(3, 1)).unwrap();
+}
