@@ -39,19 +39,24 @@ defmodule ChatRoom do
   does not run: `{:ok, number}` (the message's number in the room), or
   `{:error, reason}` (as `Visor.commit/3` and `Visor.start_group/2` give
   it). Two nodes posting to a new room at once both start it: a start of
-  a running group returns `{:ok, _}` and starts nothing.
+  a running group starts nothing and returns `{:error, {:already_started,
+  _}}`, which `post/3` takes as started.
   """
   @spec post(term(), term(), String.t()) :: {:ok, pos_integer()} | {:error, term()}
   def post(room, from, text) do
     case Visor.commit({__MODULE__, room}, {:post, from, text}) do
       {:error, :no_group} ->
-        with {:ok, _} <- Visor.start_group({__MODULE__, room}),
+        with {:ok, _} <- started(Visor.start_group({__MODULE__, room})),
              do: reply(Visor.commit({__MODULE__, room}, {:post, from, text}))
 
       reply ->
         reply(reply)
     end
   end
+
+  # A post from another node may have started the room meanwhile.
+  defp started({:error, {:already_started, info}}), do: {:ok, info}
+  defp started(result), do: result
 
   defp reply({:error, _} = error), do: error
   defp reply(number), do: {:ok, number}
