@@ -248,6 +248,11 @@ pub struct Stats {
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
     pub views_started: u64,
+    /// Campaigns this replica started (its silence timer, its primary's
+    /// node down, a view change that timed out), not counting campaigns
+    /// of others it joined: the simulator's "no view change in an idle
+    /// span without a fault" check reads it (`vopr --quiet`).
+    pub campaigns: u64,
     /// Times this replica found its checkpoint digest differs from the one
     /// a quorum holds at the same op (it then went `Status::Diverged`): its
     /// host's state diverged. Must stay 0 with a deterministic application.
