@@ -177,7 +177,15 @@ impl Network {
         self.push_packet(deliver_at, from, to, beat, bytes, false);
     }
 
-    fn push_packet(&mut self, deliver_at: u64, from: Slot, to: Slot, beat: bool, bytes: Vec<u8>, faulty: bool) {
+    fn push_packet(
+        &mut self,
+        deliver_at: u64,
+        from: Slot,
+        to: Slot,
+        beat: bool,
+        bytes: Vec<u8>,
+        faulty: bool,
+    ) {
         self.seq += 1;
         self.beats_in_flight += beat as usize;
         self.in_flight.push(Reverse(Packet {
@@ -276,7 +284,14 @@ impl Network {
         self.holding = keep;
         for packet in go {
             self.beats_in_flight -= packet.beat as usize;
-            self.push_packet(now, packet.from, packet.to, packet.beat, packet.bytes, packet.faulty);
+            self.push_packet(
+                now,
+                packet.from,
+                packet.to,
+                packet.beat,
+                packet.bytes,
+                packet.faulty,
+            );
         }
     }
 

@@ -450,8 +450,12 @@ impl Simulator {
     ///
     /// *Settled*: judging begins at the first idle, calm tick at which
     /// every running member is quiet (what a burst left, and what a fault
-    /// left, is done by then: quiet holds only with nothing under way),
-    /// and lasts until load returns or a fault happens. From then on a
+    /// left, is done by then: quiet holds only with nothing under way) and
+    /// every running node's detector sees the truth (a node that crashed
+    /// before is held down by all: until then its crash is not over, and a
+    /// woken backup of a dead primary rightly campaigns on its silence:
+    /// `vopr --quiet` seed 816), and lasts until load returns or a fault
+    /// happens. From then on a
     /// replica that starts a campaign (`Stats::campaigns`) or enters a
     /// higher view of its epoch fails the run.
     pub(crate) fn check_calm_idle(&mut self) -> Result<(), crate::simulator::Failure> {
@@ -462,6 +466,7 @@ impl Simulator {
         let faulted = self.quiet.calm.marks.as_ref() != Some(&marks)
             || !self.network.is_healed()
             || (0..self.n()).any(|r| self.disk_faulty(r))
+            || !self.detectors_see_the_truth()
             || self.change_under_way();
         self.quiet.calm.marks = Some(marks);
         if faulted || self.load {
@@ -487,7 +492,8 @@ impl Simulator {
         self.quiet.stats.calm_ticks += 1;
         let mut epoch_changed = false;
         for (i, (then, now)) in judged.replicas.iter().zip(&now).enumerate() {
-            let (Some((campaigns, epoch, view)), Some((campaigns_now, epoch_now, view_now))) = (then, now) else {
+            let (Some((campaigns, epoch, view)), Some((campaigns_now, epoch_now, view_now))) = (then, now)
+            else {
                 continue;
             };
             if epoch_now != epoch {
@@ -518,6 +524,18 @@ impl Simulator {
             self.quiet.calm.judged = None;
         }
         Ok(())
+    }
+
+    /// Every running replica's detector holds up exactly the nodes that
+    /// run and that it can reach both ways (the oracle's view): a crash
+    /// the detectors have not yet timed out is not over.
+    fn detectors_see_the_truth(&self) -> bool {
+        (0..self.n()).all(|i| {
+            self.running(i).is_none_or(|replica| {
+                let own = 1u16 << replica.index();
+                self.peers_up(i as Slot) | own == self.oracle_up(i as Slot) | own
+            })
+        })
     }
 
     /// Counters and states whose change is a fault, for `check_calm_idle`.
