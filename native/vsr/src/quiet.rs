@@ -17,7 +17,11 @@
 //! The host's failure detector tells the replica which of its peers' nodes
 //! are up (`Input::Peers`, `Input::Wake`): a backup whose primary's node is
 //! down campaigns at once, and a primary counts a peer whose node is down
-//! as not heard. Quiet and the detector change only *when* a replica
+//! as not heard. A woken backup counts its primary as heard on the
+//! detector's word; if its silence timer fires before it has heard the
+//! primary itself, it asks it (a `PrepareOk`, which wakes a quiet
+//! primary) and campaigns only one silence timeout later
+//! (`ask_quiet_primary`). Quiet and the detector change only *when* a replica
 //! ticks, heartbeats, campaigns or abdicates, never what it accepts: every
 //! acceptance rule is untouched, so safety is as without them.
 //!
