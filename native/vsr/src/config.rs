@@ -215,6 +215,19 @@ pub enum Mutation {
     /// (`Input::Peers`, `Input::Wake`): a quiet backup waits for its
     /// silence timer instead of campaigning at once.
     IgnorePeerDown,
+    /// A backup woken from quiet does not count its primary as heard on
+    /// its detector's word (`Replica::wake`): its last word from the
+    /// primary is as old as the quiet spell, so it supports any campaign
+    /// that wakes it, and campaigns itself at its next tick. This skips the
+    /// one guard a woken replica has against deposing a primary a quorum
+    /// hears (the pre-vote reads "heard" from the detector for the time it
+    /// was quiet): a false suspicion at one backup then deposes it.
+    QuietVotesForAnyCampaign,
+    /// A wake does not carry the ticks the replica was quiet
+    /// (`Input::Wake::elapsed_ticks` ignored): its timers resume as if no
+    /// time had passed, and clock readings from before a quiet spell count
+    /// as fresh, so a woken primary stamps with clocks as they were.
+    WakeWithoutElapsedTicks,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

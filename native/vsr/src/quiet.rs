@@ -17,7 +17,11 @@
 //! The host's failure detector tells the replica which of its peers' nodes
 //! are up (`Input::Peers`, `Input::Wake`): a backup whose primary's node is
 //! down campaigns at once, and a primary counts a peer whose node is down
-//! as not heard. Quiet and the detector change only *when* a replica
+//! as not heard. A woken backup counts its primary as heard on the
+//! detector's word; if its silence timer fires before it has heard the
+//! primary itself, it asks it (a `PrepareOk`, which wakes a quiet
+//! primary) and campaigns only one silence timeout later
+//! (`ask_quiet_primary`). Quiet and the detector change only *when* a replica
 //! ticks, heartbeats, campaigns or abdicates, never what it accepts: every
 //! acceptance rule is untouched, so safety is as without them.
 //!
@@ -297,6 +301,12 @@ impl Replica {
     /// nothing until it has a quorum of fresh readings, or for
     /// `heartbeat_ticks`).
     pub(crate) fn wake(&mut self, elapsed_ticks: u64, up: u16) {
+        #[allow(unused_mut)]
+        let mut elapsed_ticks = elapsed_ticks;
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::WakeWithoutElapsedTicks) {
+            elapsed_ticks = 0;
+        }
         self.quiet = false;
         self.ticks = self.ticks.saturating_add(elapsed_ticks);
         self.clocks.ticked(self.mono_ns);
@@ -312,10 +322,44 @@ impl Replica {
             self.woke_at = Some(self.ticks.saturating_add(self.config.heartbeat_ticks));
             self.broadcast_heartbeat(false);
         } else if self.status == Status::Normal && self.role == Role::Member {
-            if self.primary_up() {
-                self.heard_primary();
-            } else {
+            if !self.primary_up() {
                 self.start_campaign();
+                return;
+            }
+            #[cfg(feature = "mutations")]
+            if self.mutated(Mutation::QuietVotesForAnyCampaign) {
+                return;
+            }
+            self.heard_primary();
+            // Heard on the detector's word: its primary, likely quiet
+            // still, sends nothing until asked (`ask_quiet_primary`).
+            self.vouched = true;
+        }
+    }
+
+    /// A backup's silence timer fired. If it was woken and counted its
+    /// primary as heard on the detector's word alone, and has heard
+    /// nothing from it since, its primary is most likely still quiet (it
+    /// woke for something its primary took no part in: a request settled
+    /// in its client table, a late message): rather than campaign, it asks
+    /// its primary (a `PrepareOk`, which wakes a quiet primary, which
+    /// heartbeats at once) and waits another silence timeout. Returns
+    /// whether it is asking or still waiting for the answer (no campaign
+    /// yet). Its detector's word still counts: a primary whose node goes
+    /// down is campaigned against at once (`campaign_if_primary_down`),
+    /// and the vote it gives others' campaigns (`healthy`) is unchanged.
+    pub(crate) fn ask_quiet_primary(&mut self) -> bool {
+        if std::mem::take(&mut self.vouched) && self.primary_up() {
+            self.asked_primary = Some(self.ticks);
+            self.acknowledge();
+            return true;
+        }
+        let wait = self.config.view_change_ticks.saturating_add(self.timeout_jitter);
+        match self.asked_primary {
+            Some(at) if self.ticks < at.saturating_add(wait) => true,
+            _ => {
+                self.asked_primary = None;
+                false
             }
         }
     }

@@ -248,6 +248,11 @@ pub struct Stats {
     pub sent: u64,
     /// View changes this replica completed (as primary or backup).
     pub views_started: u64,
+    /// Campaigns this replica started (its silence timer, its primary's
+    /// node down, a view change that timed out), not counting campaigns
+    /// of others it joined: the simulator's "no view change in an idle
+    /// span without a fault" check reads it (`vopr --quiet`).
+    pub campaigns: u64,
     /// Times this replica found its checkpoint digest differs from the one
     /// a quorum holds at the same op (it then went `Status::Diverged`): its
     /// host's state diverged. Must stay 0 with a deterministic application.
@@ -418,6 +423,15 @@ pub struct Replica {
     pub(crate) woke_at: Option<u64>,
     /// Restarted with quiet groups on: tell the primary at the first tick.
     pub(crate) announce: bool,
+    /// Backup, woken: it counts its primary as heard on its detector's
+    /// word alone, and has heard nothing from it since (a quiet primary
+    /// sends nothing). At its silence timer it asks before it campaigns
+    /// (`ask_quiet_primary`).
+    pub(crate) vouched: bool,
+    /// Backup: the tick at which it asked its silent primary (a
+    /// `PrepareOk`, which wakes a quiet one); it campaigns only if nothing
+    /// comes for another silence timeout.
+    pub(crate) asked_primary: Option<u64>,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
@@ -606,6 +620,8 @@ impl Replica {
             quiet_acks: 0,
             woke_at: None,
             announce: config.quiet_after_ticks > 0,
+            vouched: false,
+            asked_primary: None,
             stats: Stats::default(),
             out: Vec::new(),
             config,
@@ -1542,6 +1558,8 @@ impl Replica {
     /// with it.
     pub(crate) fn heard_primary(&mut self) {
         self.last_primary_tick = self.ticks;
+        self.vouched = false;
+        self.asked_primary = None;
         self.campaign = 0;
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::KeepStaleVotes) {
@@ -1671,7 +1689,9 @@ impl Replica {
     /// (for an abdicated primary: since it abdicated).
     fn campaign_if_silent(&mut self) {
         let silence = self.ticks.saturating_sub(self.last_primary_tick);
-        if silence >= self.config.view_change_ticks.saturating_add(self.timeout_jitter) {
+        if silence >= self.config.view_change_ticks.saturating_add(self.timeout_jitter)
+            && !self.ask_quiet_primary()
+        {
             self.start_campaign();
         }
     }

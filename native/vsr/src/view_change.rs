@@ -113,6 +113,7 @@ impl Replica {
         // Views from the network are at most `NUMBER_MAX` (decode), so this
         // never saturates; if it did, the campaign would be for no new view.
         self.campaign = self.campaign.max(self.view.saturating_add(1));
+        self.stats.campaigns += 1;
         self.votes[self.index as usize] = self.campaign;
         self.broadcast_campaign();
         self.last_primary_tick = self.ticks;

@@ -61,6 +61,9 @@ struct Packet {
     /// apart, so that what the checks count is the replicas' traffic.
     beat: bool,
     bytes: Vec<u8>,
+    /// A fault made it (a duplicate, a corrupted or straggling packet):
+    /// its arrival counts in `Network::faults` too.
+    faulty: bool,
 }
 
 /// Picks packets by their bytes (`Network::lose`).
@@ -88,6 +91,15 @@ pub struct Network {
     /// Not counted in the figures above, nor in `in_flight`.
     pub beats_sent: u64,
     beats_in_flight: usize,
+    /// Network faults that reached replicas or could have: a replica
+    /// message lost (by chance or on a cut link), duplicated, corrupted or
+    /// straggling, counted when sent and again when such a packet
+    /// arrives; a corrupted beat (it may no longer read as one, and then
+    /// reaches a replica). Beats lost, delayed or duplicated are not
+    /// counted: the detector absorbs them unless its view changes, which
+    /// the simulator counts apart. For the "no view change in a calm idle
+    /// span" check (`quiet.rs`); it draws nothing from the seed.
+    pub faults: u64,
 }
 
 impl Network {
@@ -105,6 +117,7 @@ impl Network {
             sent: 0,
             beats_sent: 0,
             beats_in_flight: 0,
+            faults: 0,
         }
     }
 
@@ -124,25 +137,32 @@ impl Network {
         if !self.link(from, to) || rng.chance(loss) {
             if !beat {
                 self.dropped += 1;
+                self.faults += 1;
             }
             return;
         }
+        let mut corrupted = false;
         if rng.chance(self.options.corrupt) && !bytes.is_empty() {
             let bit = rng.range(0, bytes.len() as u64 * 8 - 1);
             bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+            corrupted = true;
         }
         if rng.chance(self.options.duplicate) {
-            let delay = self.delay(rng);
-            self.push(now + delay, from, to, beat, bytes.clone());
+            let (delay, _) = self.delay(rng);
+            self.faults += !beat as u64;
+            self.push_packet(now + delay, from, to, beat, bytes.clone(), !beat || corrupted);
         }
-        let delay = self.delay(rng);
-        self.push(now + delay, from, to, beat, bytes);
+        let (delay, stray) = self.delay(rng);
+        let faulty = corrupted || (stray && !beat);
+        self.faults += faulty as u64;
+        self.push_packet(now + delay, from, to, beat, bytes, faulty);
     }
 
-    fn delay(&self, rng: &mut Rng) -> u64 {
+    /// A packet's delay, and whether it straggles (`NetworkOptions::stray`).
+    fn delay(&self, rng: &mut Rng) -> (u64, bool) {
         let o = &self.options;
         if rng.chance(o.stray) {
-            return rng.range(o.stray_min, o.stray_max);
+            return (rng.range(o.stray_min, o.stray_max), true);
         }
         let spread = o.delay_max.saturating_sub(o.delay_min);
         let extra = if rng.chance(o.tail) {
@@ -150,10 +170,22 @@ impl Network {
         } else {
             rng.range(0, spread.min(2))
         };
-        o.delay_min.max(1) + extra
+        (o.delay_min.max(1) + extra, false)
     }
 
     fn push(&mut self, deliver_at: u64, from: Slot, to: Slot, beat: bool, bytes: Vec<u8>) {
+        self.push_packet(deliver_at, from, to, beat, bytes, false);
+    }
+
+    fn push_packet(
+        &mut self,
+        deliver_at: u64,
+        from: Slot,
+        to: Slot,
+        beat: bool,
+        bytes: Vec<u8>,
+        faulty: bool,
+    ) {
         self.seq += 1;
         self.beats_in_flight += beat as usize;
         self.in_flight.push(Reverse(Packet {
@@ -163,6 +195,7 @@ impl Network {
             to,
             beat,
             bytes,
+            faulty,
         }));
     }
 
@@ -192,9 +225,11 @@ impl Network {
                 .any(|(from, to, lose)| *from == packet.from && *to == packet.to && lose(&packet.bytes));
             if self.link(packet.from, packet.to) && !lost {
                 self.delivered += !packet.beat as u64;
+                self.faults += packet.faulty as u64;
                 return Some((packet.from, packet.to, packet.beat, packet.bytes));
             }
             self.dropped += !packet.beat as u64;
+            self.faults += !packet.beat as u64;
         }
         None
     }
@@ -249,7 +284,14 @@ impl Network {
         self.holding = keep;
         for packet in go {
             self.beats_in_flight -= packet.beat as usize;
-            self.push(now, packet.from, packet.to, packet.beat, packet.bytes);
+            self.push_packet(
+                now,
+                packet.from,
+                packet.to,
+                packet.beat,
+                packet.bytes,
+                packet.faulty,
+            );
         }
     }
 

@@ -21,8 +21,10 @@
 //! read submitted through it since it booted waits for it (the cluster's
 //! view of "quiet only with nothing to do", which catches a replica whose
 //! own invariants were compiled wrong); and in random runs, idle spans
-//! are measured (messages sent per idle tick) and the run ends with every
-//! member quiet and nothing in flight.
+//! are measured (messages sent per idle tick), no replica starts a view
+//! change in an idle span without a fault once the group went quiet
+//! (`check_calm_idle`), and the run ends with every member quiet and
+//! nothing in flight.
 
 use vsr::{Input, Role, Slot};
 use vsr_host::{peers_feed, Beat, Detector, DetectorConfig, PeersFeed};
@@ -52,7 +54,41 @@ pub struct QuietHost {
     pub phase_until: u64,
     /// When the current idle span began.
     pub idle_since: u64,
+    /// Random runs (`bursty_load` ran): the calm idle check applies.
+    pub random: bool,
+    /// The "no view change in a calm idle span" check (`check_calm_idle`).
+    pub calm: Calm,
     pub stats: QuietStats,
+}
+
+/// What the "no view change in a calm idle span" check keeps.
+#[derive(Clone, Debug, Default)]
+pub struct Calm {
+    /// The faults counted so far (`Simulator::fault_marks`), as of the last
+    /// tick: any change is a fault in that tick.
+    marks: Option<FaultMarks>,
+    /// While judged (an idle span, no fault since the group went quiet):
+    /// since when, when the idle span began, and each replica's campaigns
+    /// and `(epoch, view)` then.
+    judged: Option<Judged>,
+}
+
+/// Counters and states whose change is a fault (`Simulator::fault_marks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FaultMarks {
+    crashes: u64,
+    boots: u64,
+    network: u64,
+    detector_changes: u64,
+    clock_offsets: Vec<i64>,
+    changes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Judged {
+    since: u64,
+    idle_since: u64,
+    replicas: Vec<Option<(u64, u64, u64)>>,
 }
 
 /// Figures of a run with quiet groups.
@@ -72,6 +108,9 @@ pub struct QuietStats {
     pub idle_beats: u64,
     /// Times a detector's view of its peers changed.
     pub detector_changes: u64,
+    /// Ticks the calm idle check judged (idle, no fault since every
+    /// member went quiet: `Simulator::check_calm_idle`).
+    pub calm_ticks: u64,
 }
 
 impl QuietStats {
@@ -345,6 +384,7 @@ impl Simulator {
         if !self.options.quiet || self.tick < self.quiet.phase_until {
             return;
         }
+        self.quiet.random = true;
         let after = self.options.config.quiet_after_ticks.max(1);
         self.quiet.idle = !self.quiet.idle;
         let span = if self.quiet.idle {
@@ -408,6 +448,135 @@ impl Simulator {
             }
         }
         Ok(())
+    }
+
+    /// Random runs, at the end of each tick: no replica starts a view
+    /// change (a campaign, or a view above the group's) while the group is
+    /// idle and calm. Design issue 15 asks it of a real cluster: "idle for
+    /// 60 s: no view change at all".
+    ///
+    /// *Idle*: no client load (an idle span of `bursty_load`, or the end
+    /// of the run once faults heal). Clients still resend requests they
+    /// have no answer for, and that is no fault.
+    ///
+    /// *Calm*: no fault the simulator injects happened since the judging
+    /// began. Faults: a crash or a boot (restart, recovery, a boot a disk
+    /// fault failed, a node added); a link cut (a partition, in either
+    /// direction, for as long as it lasts); a replica message lost (by
+    /// chance or on a cut link), duplicated, corrupted or straggling (when
+    /// sent, and again when such a packet arrives), or a beat corrupted
+    /// (`Network::faults`); a change of any node's detector view (a
+    /// suspicion, false or true, or its end: lost, late or duplicated beats
+    /// count only through it, since the detector absorbs the rest by
+    /// design); a disk fault, for as long as it lasts (a stall, a slow
+    /// sync, a failing or full disk: `disk_faulty`); a wall clock jump
+    /// (and the heal that sets clocks right). Not faults: ordinary delay
+    /// (`delay_min` to `delay_max`, tail included), and ticks a host skips
+    /// (`tick_skip_probability`, always on: a late tick, which only slows
+    /// a replica's timers). Not faults either, but exempt: a membership
+    /// change under way, or a replica entering another epoch (a new
+    /// epoch's view 0 is no view change).
+    ///
+    /// *Settled*: judging begins at the first idle, calm tick at which
+    /// every running member is quiet (what a burst left, and what a fault
+    /// left, is done by then: quiet holds only with nothing under way) and
+    /// every running node's detector sees the truth (a node that crashed
+    /// before is held down by all: until then its crash is not over, and a
+    /// woken backup of a dead primary rightly campaigns on its silence:
+    /// `vopr --quiet` seed 816), and lasts until load returns or a fault
+    /// happens. From then on a
+    /// replica that starts a campaign (`Stats::campaigns`) or enters a
+    /// higher view of its epoch fails the run.
+    pub(crate) fn check_calm_idle(&mut self) -> Result<(), crate::simulator::Failure> {
+        if !self.options.quiet || !self.quiet.random {
+            return Ok(());
+        }
+        let marks = self.fault_marks();
+        let faulted = self.quiet.calm.marks.as_ref() != Some(&marks)
+            || !self.network.is_healed()
+            || (0..self.n()).any(|r| self.disk_faulty(r))
+            || !self.detectors_see_the_truth()
+            || self.change_under_way();
+        self.quiet.calm.marks = Some(marks);
+        if faulted || self.load {
+            self.quiet.calm.judged = None;
+            return Ok(());
+        }
+        let now: Vec<Option<(u64, u64, u64)>> = (0..self.n())
+            .map(|i| {
+                self.running(i)
+                    .map(|r| (r.stats().campaigns, r.membership().epoch(), r.view()))
+            })
+            .collect();
+        let Some(judged) = &self.quiet.calm.judged else {
+            if self.all_members_quiet() && now.iter().any(Option::is_some) {
+                self.quiet.calm.judged = Some(Judged {
+                    since: self.tick,
+                    idle_since: self.quiet.idle_since,
+                    replicas: now,
+                });
+            }
+            return Ok(());
+        };
+        self.quiet.stats.calm_ticks += 1;
+        let mut epoch_changed = false;
+        for (i, (then, now)) in judged.replicas.iter().zip(&now).enumerate() {
+            let (Some((campaigns, epoch, view)), Some((campaigns_now, epoch_now, view_now))) = (then, now)
+            else {
+                continue;
+            };
+            if epoch_now != epoch {
+                epoch_changed = true;
+                continue;
+            }
+            let started = if campaigns_now > campaigns {
+                Some(format!("campaigned (in view {view_now})"))
+            } else if view_now > view {
+                Some(format!("entered view {view_now} (from {view})"))
+            } else {
+                None
+            };
+            if let Some(started) = started {
+                let idle = if self.quiet.idle {
+                    format!("the idle span since tick {}", judged.idle_since)
+                } else {
+                    "the idle end of the run".to_string()
+                };
+                return Err(self.fail_with(format!(
+                    "replica {i} {started} in {idle}, with no fault since tick {} when every member was quiet: {}",
+                    judged.since,
+                    self.describe_quiet()
+                )));
+            }
+        }
+        if epoch_changed || now.len() != judged.replicas.len() {
+            self.quiet.calm.judged = None;
+        }
+        Ok(())
+    }
+
+    /// Every running replica's detector holds up exactly the nodes that
+    /// run and that it can reach both ways (the oracle's view): a crash
+    /// the detectors have not yet timed out is not over.
+    fn detectors_see_the_truth(&self) -> bool {
+        (0..self.n()).all(|i| {
+            self.running(i).is_none_or(|replica| {
+                let own = 1u16 << replica.index();
+                self.peers_up(i as Slot) | own == self.oracle_up(i as Slot) | own
+            })
+        })
+    }
+
+    /// Counters and states whose change is a fault, for `check_calm_idle`.
+    fn fault_marks(&self) -> FaultMarks {
+        FaultMarks {
+            crashes: self.crashes,
+            boots: self.boots,
+            network: self.network.faults,
+            detector_changes: self.quiet.stats.detector_changes,
+            clock_offsets: self.clock_offset_ns.clone(),
+            changes: self.changes,
+        }
     }
 
     /// Every running member (of the newest list) is quiet.

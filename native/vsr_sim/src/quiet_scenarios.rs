@@ -222,6 +222,106 @@ pub fn lost_beats_make_a_false_suspicion(options: Options) -> Result<(), Failure
     until_quiet(&mut sim)
 }
 
+/// Only the beats from the quiet group's primary's node to one backup's
+/// node are lost, for three detector timeouts: that backup's detector
+/// suspects a live primary (a false suspicion) and it campaigns, over and
+/// over. Every other replica still hears the primary (woken by the
+/// campaign, a backup counts its primary as heard on its own detector's
+/// word, and the woken primary heartbeats), so the pre-vote holds: no
+/// view changes while a quorum hears the primary, and once the beats flow
+/// again the group settles quiet in the same view, with nothing lost.
+/// (`Mutation::QuietVotesForAnyCampaign`, a woken backup that supports any
+/// campaign, deposes the primary here.)
+pub fn false_suspicion_at_one_backup_deposes_no_primary(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    let timing = detector(&sim);
+    register_all(&mut sim, 0)?;
+    commit(&mut sim, 0, 0)?;
+    until_quiet(&mut sim)?;
+    let primary = sim.primary().expect("a primary");
+    let suspicious = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    let view = sim.replica(primary).view();
+    let committed = sim.checker.committed();
+    sim.network.lose(
+        primary,
+        suspicious,
+        Box::new(|bytes: &[u8]| vsr_host::Beat::is_beat(bytes)),
+    );
+    let campaigns = sim.replica(suspicious).stats().campaigns;
+    let deadline = sim.tick + 3 * timing.timeout_ticks;
+    while sim.tick < deadline {
+        sim.step()?;
+        if sim.replicas().any(|r| r.view() != view) {
+            return Err(fail(&sim, "a false suspicion at one backup deposed the primary"));
+        }
+    }
+    if sim.replica(suspicious).stats().campaigns == campaigns {
+        return Err(fail(&sim, "the backup never suspected its primary"));
+    }
+    sim.network.stop_losing();
+    until_quiet(&mut sim)?;
+    if sim.replicas().any(|r| r.view() != view) || sim.checker.committed() != committed {
+        return Err(fail(&sim, "the view changed once the suspicion ended"));
+    }
+    commit(&mut sim, 0, suspicious)?;
+    until_quiet(&mut sim)
+}
+
+/// Both backups' wall clocks run five seconds behind for a while, so the
+/// primary's last readings of them, when the group goes quiet, are five
+/// seconds behind (and, two clocks of three, they rightly hold its stamps
+/// back); while the group is quiet, long past `view_change_ticks`, both
+/// clocks are set right. The first op after the primary wakes must be
+/// stamped by the clocks as they are now (within `view_change_ticks` ms
+/// of true time): the wake carries the ticks the primary was quiet, so
+/// its readings from before the spell are stale, and it waits for fresh
+/// ones (its wake-up heartbeat's answers). (`Mutation::WakeWithoutElapsedTicks`
+/// takes the old readings as fresh, and stamps five seconds behind every
+/// clock.) A clock set back shows only as a clock that stops (a replica's
+/// wall clock never goes back), so the backups run behind long enough to
+/// read behind, and are set right by a jump forward.
+pub fn woken_primary_stamps_by_clocks_as_they_are_now(options: Options) -> Result<(), Failure> {
+    const BEHIND_NS: i64 = 5_000_000_000;
+    let spell = 20 * options.config.view_change_ticks;
+    let slack_ns = options.config.view_change_ticks * 1_000_000;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    let primary = sim.primary().expect("a primary");
+    let backups: Vec<Slot> = (0..sim.n() as Slot).filter(|&r| r != primary).collect();
+    for &b in &backups {
+        sim.clock_offset_ns[b as usize] = -BEHIND_NS;
+    }
+    sim.run_ticks(2 * BEHIND_NS as u64 / 1_000_000)?;
+    commit(&mut sim, 0, primary)?;
+    until_quiet(&mut sim)?;
+    for &b in &backups {
+        sim.clock_offset_ns[b as usize] = 0;
+    }
+    sim.run_ticks(spell)?;
+    if !sim.all_members_quiet() {
+        return Err(fail(&sim, "the group woke by itself"));
+    }
+    let op = sim.replica(primary).op() + 1;
+    commit(&mut sim, 0, primary)?;
+    let stamp = sim
+        .replica(primary)
+        .log()
+        .get(op)
+        .map(|entry| entry.timestamp)
+        .expect("the op in the primary's log");
+    let now_ns = sim.tick * 1_000_000;
+    if stamp + slack_ns < now_ns {
+        return Err(fail(
+            &sim,
+            &format!(
+                "op {op} stamped {} ms behind every clock after a quiet spell",
+                (now_ns - stamp) / 1_000_000
+            ),
+        ));
+    }
+    until_quiet(&mut sim)
+}
+
 /// A backup restarts (from its disk) while the group is quiet: it
 /// announces itself to its primary at its first tick, which wakes the
 /// group at once (not after its silence timer); the group commits through
@@ -309,6 +409,45 @@ pub fn read_at_a_quiet_group_is_linearizable(options: Options) -> Result<(), Fai
         until_quiet(&mut sim)?;
     }
     Ok(())
+}
+
+/// A client submits again, through a quiet backup, a request the group
+/// has already executed (its reply went with a host that restarted, or
+/// came after the client gave up on it): the backup wakes and answers
+/// from its client table, and its primary, quiet, hears nothing of it.
+/// The woken backup must not campaign against its primary's silence (a
+/// quiet primary sends nothing): no replica campaigns, the view stays,
+/// and the group goes quiet again. `vopr --quiet --membership` seeds 13
+/// and 32 found it (a client's retry through a backup), and seed 172 with
+/// a late message from a finished view change waking the backup.
+pub fn settled_request_resubmitted_at_a_quiet_backup(options: Options) -> Result<(), Failure> {
+    let wait = 4 * options.config.view_change_ticks;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    let primary = sim.primary().expect("a primary");
+    let backup = (0..sim.n() as Slot).find(|&r| r != primary).expect("a backup");
+    sim.clients[0].home = backup;
+    sim.start_request(0)?;
+    let submission = sim.clients[0].submission().expect("an outstanding request");
+    sim.run_until(PHASE_TICKS, "the request completes", |s| {
+        s.clients[0].outstanding.is_none()
+    })?;
+    until_quiet(&mut sim)?;
+    let view = sim.replica(primary).view();
+    let campaigns = |s: &Simulator| s.replicas().map(|r| r.stats().campaigns).sum::<u64>();
+    let before = campaigns(&sim);
+    sim.submit_through(backup, submission)?;
+    if !sim.replica(primary).is_quiet() {
+        return Err(fail(&sim, "the primary woke for a request settled at the backup"));
+    }
+    sim.run_ticks(wait)?;
+    if campaigns(&sim) != before || sim.replicas().any(|r| r.view() != view) {
+        return Err(fail(
+            &sim,
+            "a backup woken by a settled request campaigned against its quiet primary",
+        ));
+    }
+    until_quiet(&mut sim)
 }
 
 /// A backup's forwarded request is lost, just as the group would go

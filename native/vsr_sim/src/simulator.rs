@@ -145,7 +145,7 @@ pub struct Simulator {
     /// reads in flight.
     next_read: Vec<u64>,
     /// Replica starts so far: each start's `Config::boot_nonce`.
-    boots: u64,
+    pub(crate) boots: u64,
     /// How far each replica's wall clock is ahead of true time, in ns
     /// (negative: behind). Random seeds and scripted scenarios jump it.
     pub clock_offset_ns: Vec<i64>,
@@ -154,7 +154,7 @@ pub struct Simulator {
     clock_ahead_max_ns: Vec<u64>,
     /// The last reply a host got: (replica, client, request, op, outcome).
     pub last_reply: Option<(Slot, ClientId, u64, Op, Outcome)>,
-    crashes: u64,
+    pub(crate) crashes: u64,
     /// Compactions of stores that have since crashed.
     compactions: u64,
     /// Print the cluster's state every this many ticks (0: never).
@@ -205,7 +205,7 @@ pub struct Simulator {
     in_flight: Option<InFlight>,
     /// Changes asked for in random mode (their ids), and the member ids
     /// given to nodes they added.
-    changes: u64,
+    pub(crate) changes: u64,
     /// The list the next boot's host hands its replica instead of the
     /// newest (`restart_amnesiac_knowing`): a host whose peers told it
     /// only an older one.
@@ -608,7 +608,7 @@ impl Simulator {
     }
 
     /// Whether replica `r`'s disk is faulty now, or has held it up.
-    fn disk_faulty(&self, r: usize) -> bool {
+    pub(crate) fn disk_faulty(&self, r: usize) -> bool {
         self.stalls[r].is_some()
             || self.hosts[r].as_ref().is_some_and(Host::paused)
             || self.slow_sync[r].is_some()
@@ -1238,7 +1238,8 @@ impl Simulator {
             )));
         }
         self.count_quiet_spells(&quiet_before);
-        self.check_quiet(sent_before)
+        self.check_quiet(sent_before)?;
+        self.check_calm_idle()
     }
 
     /// Replica `r`'s host's clocks now, as it reads them for an input:
@@ -1934,6 +1935,11 @@ impl Simulator {
             }
         }
         self.in_flight = None;
+    }
+
+    /// Whether a membership change asked for in random mode is under way.
+    pub(crate) fn change_under_way(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// Node `r`'s host stops it for good; clients that used it go to a

@@ -59,6 +59,27 @@ fn read_at_a_quiet_group_is_linearizable() {
 }
 
 #[test]
+fn settled_request_resubmitted_at_a_quiet_backup() {
+    for n in [2, 3, 5] {
+        quiet::settled_request_resubmitted_at_a_quiet_backup(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn false_suspicion_at_one_backup_deposes_no_primary() {
+    for n in [3, 5] {
+        quiet::false_suspicion_at_one_backup_deposes_no_primary(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
+fn woken_primary_stamps_by_clocks_as_they_are_now() {
+    for n in [3, 5] {
+        quiet::woken_primary_stamps_by_clocks_as_they_are_now(quiet_options(n, 1)).unwrap();
+    }
+}
+
+#[test]
 fn forwarded_request_lost_before_the_quiet_round() {
     quiet::forwarded_request_lost_before_the_quiet_round(quiet_options(3, 1)).unwrap();
 }

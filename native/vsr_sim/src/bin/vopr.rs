@@ -164,6 +164,7 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
                         idle.quiet_spells += quiet.quiet_spells;
                         idle.idle_beats += quiet.idle_beats;
                         idle.detector_changes += quiet.detector_changes;
+                        idle.calm_ticks += quiet.calm_ticks;
                         None
                     }
                     Ok(Err(failure)) => Some(failure.to_string()),
@@ -192,14 +193,15 @@ fn soak(from: u64, count: u64, jobs: u64, mode: Mode) -> ExitCode {
     if mode.quiet {
         let idle = idle.into_inner().unwrap();
         println!(
-            "quiet: {:.3} messages and {:.3} node beats per idle tick over {} idle ticks ({:.1}% of them with every member quiet), {} quiet spells, {} wakes, {} detector changes",
+            "quiet: {:.3} messages and {:.3} node beats per idle tick over {} idle ticks ({:.1}% of them with every member quiet), {} quiet spells, {} wakes, {} detector changes, {} calm idle ticks judged",
             idle.per_idle_tick(),
             idle.idle_beats as f64 / idle.idle_ticks.max(1) as f64,
             idle.idle_ticks,
             100.0 * idle.all_quiet_ticks as f64 / idle.idle_ticks.max(1) as f64,
             idle.quiet_spells,
             idle.wakes,
-            idle.detector_changes
+            idle.detector_changes,
+            idle.calm_ticks
         );
     }
     println!("{} passed, {} failed", count - failed.len() as u64, failed.len());
