@@ -549,11 +549,20 @@ defmodule Visor.Server do
 
   # Tells the other members' servers what this node's code executes, and
   # asks them the same (old code drops it): at the engine's start, then
-  # each second (Visor.Server.Features).
+  # each second while the group is awake (Visor.Server.Features).
   defp ask_features(state) do
     {features, effects} = Features.ask(state.features, members(state))
     run(effects, %{state | features: features})
   end
+
+  # A quiet group (`quiet_after_ticks:`) sends nothing while it has
+  # nothing to do, and that includes these questions: no command needs a
+  # batch meanwhile. The first tick after it wakes asks again.
+  defp ask_features_unless_quiet(%{engine: engine} = state) when is_reference(engine) do
+    if Native.status(engine).quiet, do: state, else: ask_features(state)
+  end
+
+  defp ask_features_unless_quiet(state), do: ask_features(state)
 
   # The reply after a hand-off to the engine (a submit, a read) whose
   # answer a local caller may be waiting for. With few
@@ -794,7 +803,7 @@ defmodule Visor.Server do
   # version every member supports (Visor.Server.Upgrade).
   defp info(:visor_version_tick, state) do
     Process.send_after(self(), :visor_version_tick, @version_tick_ms)
-    state = state |> ask_features() |> expire_relayed()
+    state = state |> ask_features_unless_quiet() |> expire_relayed()
     {machine, effects} = Machine.code_loaded(state.machine)
     state = run(effects, %{state | machine: machine})
     {upgrade, effects} = Upgrade.tick(state.upgrade, upgrade_view(state))
