@@ -7,11 +7,15 @@ defmodule Visor.Beacon do
   #
   # The decisions are the engine's pure detector (`Visor.Native.detector_*`,
   # the one the simulator runs over its faulty network): this process only
-  # carries them out. Every `@beat_ms` it ticks the detector and sends the
-  # beats it returns to the beacons of the other nodes (`{Visor.Beacon,
-  # node}`, `:noconnect`, `:nosuspend`: never blocking on a busy or lost
-  # link); it hands the detector the beats it receives and distribution's
-  # `nodeup`/`nodedown`. A peer is up while it beats and echoes this
+  # carries them out. Every beat interval it ticks the detector and sends
+  # the beats it returns to the beacons of the other nodes (`{Visor.Beacon,
+  # node}`, `:noconnect`: never setting up a lost link). Not `:nosuspend`:
+  # a beat dropped because the link is busy with replica traffic would
+  # make the peer suspect this node exactly when it is loaded; the beacon
+  # waits instead, and a wait longer than two beats is its own stall,
+  # which the detector forgives. It hands the detector the beats it
+  # receives and distribution's `nodeup`/`nodedown`. A peer is up while
+  # it beats and echoes this
   # node's beats within `node_timeout_ms` (so a link must work both ways);
   # a `nodedown` makes it down at once.
   #
@@ -134,7 +138,7 @@ defmodule Visor.Beacon do
     for {name, bytes} <- Visor.Native.detector_tick(state.detector, now_ms(), wall_ns),
         node = Map.get(state.names, name),
         node != nil do
-      :erlang.send({__MODULE__, node}, {:visor_beat, bytes}, [:noconnect, :nosuspend])
+      :erlang.send({__MODULE__, node}, {:visor_beat, bytes}, [:noconnect])
     end
 
     {:noreply, state |> changed() |> tick()}
