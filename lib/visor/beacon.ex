@@ -15,9 +15,8 @@ defmodule Visor.Beacon do
   # waits instead, and a wait longer than two beats is its own stall,
   # which the detector forgives. It hands the detector the beats it
   # receives and distribution's `nodeup`/`nodedown`. A peer is up while
-  # it beats and echoes this
-  # node's beats within `node_timeout_ms` (so a link must work both ways);
-  # a `nodedown` makes it down at once.
+  # it beats and echoes this node's beats within `node_timeout_ms` (so a
+  # link must work both ways); a `nodedown` makes it down at once.
   #
   # Each group's router subscribes (`subscribe/0`, when its engine starts
   # with quiet on) and gets `{:visor_nodes_up, beacon, nodes}` whenever the
