@@ -159,6 +159,12 @@ defmodule Visor.Formation.Explicit do
                 # process that created the store knew
                 # (Visor.Formation.Restore).
                 formed_with: %{},
+                # A fresh start waits for word that every other member
+                # decided (see the top of this module): held while it has
+                # not heard it; ready: the members known to have decided,
+                # by their word or a peer's.
+                held: false,
+                ready: MapSet.new(),
                 warned: MapSet.new(),
                 ticks: 0,
                 out: []
@@ -229,6 +235,30 @@ defmodule Visor.Formation.Explicit do
     state |> hello_reply(from, reply) |> Decider.flush()
   end
 
+  # Word of which members decided: a held member asks every other member
+  # each tick; one that knows more answers with all it knows.
+  def handle(state, {tag, pid, from, inc, nodes})
+      when tag in [:visor_ready, :visor_ready_reply] and is_atom(from) and is_integer(inc) do
+    if from in state.members and from != state.node and Decider.node_list?(nodes) do
+      state = learn_ready(state, nodes)
+      told = told_ready(state)
+
+      state =
+        if tag == :visor_ready and not MapSet.subset?(told, MapSet.new(nodes)) do
+          reply =
+            {:visor_ready_reply, state.self, state.node, state.incarnation, told_list(state)}
+
+          Decider.emit(state, {:send, pid, reply})
+        else
+          state
+        end
+
+      state |> maybe_start() |> Decider.flush()
+    else
+      {state, []}
+    end
+  end
+
   # This node's replica has finished recovering (the group's router says
   # so, `Visor.Formation.replica_normal/1`; never a peer's): from now on
   # it answers by its snapshot.
@@ -250,6 +280,14 @@ defmodule Visor.Formation.Explicit do
     end
   end
 
+  # Decided fresh, held: the members not known to have decided.
+  def waiting(%{held: true} = state) do
+    case Enum.reject(state.members, &(&1 == state.node or &1 in state.ready)) do
+      [] -> nil
+      nodes -> {:nodes, nodes}
+    end
+  end
+
   def waiting(_decided), do: nil
 
   defp static(cluster, members), do: %{id: :static, cluster: cluster, members: members}
@@ -265,6 +303,7 @@ defmodule Visor.Formation.Explicit do
     state.members
     |> Enum.reject(&(&1 == state.node or &1 in waiting_for))
     |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, hello}))
+    |> ask_ready()
     |> maybe_formed()
   end
 
@@ -272,13 +311,52 @@ defmodule Visor.Formation.Explicit do
 
   defp maybe_formed(state) do
     if state.phase == :forming and MapSet.size(state.acks) == length(state.members) - 1 do
-      state
+      %{state | held: true}
       |> persist()
       |> Decider.become_member(static(state.cluster, state.members), false)
+      |> tell_ready()
+      |> maybe_start()
     else
       state
     end
   end
+
+  # ---- Word of decisions (the start of a fresh replica waits for it) ------
+
+  # The members this process knows decided, itself included once it did.
+  defp told_ready(%{phase: :member} = state), do: MapSet.put(state.ready, state.node)
+  defp told_ready(state), do: state.ready
+
+  defp told_list(state), do: state |> told_ready() |> MapSet.to_list()
+
+  defp learn_ready(state, nodes) do
+    known = for n <- nodes, n in state.members, n != state.node, into: state.ready, do: n
+    %{state | ready: known}
+  end
+
+  # Tells every other member what this process knows decided: once, as it
+  # decides (so that they hear it at once).
+  defp tell_ready(state) do
+    message = {:visor_ready, state.self, state.node, state.incarnation, told_list(state)}
+
+    state.members
+    |> Enum.reject(&(&1 == state.node))
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, message}))
+  end
+
+  # Held: asks every other member, each tick (a member that does not know
+  # more does not answer).
+  defp ask_ready(%{held: true} = state), do: tell_ready(state)
+  defp ask_ready(state), do: state
+
+  # Held, and every other member known to have decided: the replica starts.
+  defp maybe_start(%{held: true} = state) do
+    if Enum.all?(state.members, &(&1 == state.node or &1 in state.ready)),
+      do: Decider.start(%{state | held: false}),
+      else: state
+  end
+
+  defp maybe_start(state), do: state
 
   defp hello(state, from, inc, cluster) do
     if cluster != state.cluster or from not in state.members or from == state.node do
@@ -387,6 +465,7 @@ defmodule Visor.Formation.Explicit do
             true,
             "#{from} knows an earlier incarnation of this node"
           )
+          |> tell_ready()
 
         _decided ->
           state
