@@ -117,6 +117,17 @@ defmodule Visor.FormationModelTest do
     end
   end
 
+  describe "nodes: a member dies after a quorum started" do
+    # Found by the model once it could kill a member for good (before the
+    # fix, "formation did not complete in a calm network": a member
+    # waited for the dead one's answer for good, test/visor/groups/
+    # death_while_forming_test.exs on real nodes). A fresh replica now
+    # starts only once every member decided.
+    test "seeds 12, 34, 83 and 157: nobody is left waiting for the dead member" do
+      check([12, 34, 83, 157])
+    end
+  end
+
   describe "nodes: disk mode, the formation snapshot" do
     @three [:a@snap, :b@snap, :c@snap]
     @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
