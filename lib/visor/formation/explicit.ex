@@ -28,6 +28,56 @@ defmodule Visor.Formation.Explicit do
   # can tell when *they* restart), and every member records the rejoined
   # node's new incarnation: a second restart is recognised like the first.
   #
+  # ## Starting: word that every member decided
+  #
+  # A node that has every member's `:ok` decides fresh at once, as above
+  # (its records, its answers from then on, its `Visor.Lifetime` record and
+  # disk snapshot are a decided member's), but it *holds* its replica:
+  # the replica starts only once the process knows that every other
+  # member decided too (fresh, held or not, or rejoining, or restored from
+  # its store). A process that decides tells every other member
+  # (`{:visor_ready, pid, node, incarnation, decided}`, the members it
+  # knows decided, itself included); a held one asks every other member so
+  # each tick; one that knows more answers (`:visor_ready_reply`, not
+  # answered in turn). Members pass on what they heard, so the word of a
+  # member that is gone comes from any member that heard it.
+  #
+  # Why: `Visor.start_group/2` returns once a quorum runs. Without the
+  # hold, the last member to form could still be waiting for one member's
+  # answer then (its hello reached that member before its group existed;
+  # the next goes out a tick later), and if that member's node died in
+  # between, it waited for good: one crash stopped a group of three that
+  # had formed (test/visor/groups/death_while_forming_test.exs). With it,
+  # a fresh replica starts only when no member waits for any answer any
+  # more: each has all of them. A member still held waits only for word
+  # that the others decided, and a member that started knew it: if a
+  # quorum started and at most a minority died, a member that started is
+  # up, and it tells the others.
+  #
+  # Why it is safe: the word changes nothing of what formation decides or
+  # answers. Which node decides fresh, and when, is as before (every
+  # member's `:ok`, answered to this very incarnation: no relayed answer
+  # counts); the word neither adds to nor removes from records, verdicts,
+  # acks or snapshots. It only delays the start of a replica that was
+  # already decided fresh, which is what a slow start is. So every
+  # argument below about who may start fresh holds unchanged (a decided
+  # process whose replica has not started yet existed before too, between
+  # the decision and the replica's start; a held one is such a process for
+  # longer). Another rule was weighed and left: counting a dead member's
+  # `:ok` on a survivor's word that the dead one's records (carried in its
+  # answers) named this incarnation `:fresh`. In memory mode that is
+  # sound, a verdict being a function of the records alone; in disk mode a
+  # decided member answers a member it has not answered by its snapshot,
+  # not by a record it may have learned from that very member's word about
+  # itself; and it is not live either: the survivor holds the records the
+  # dead member had when it answered the survivor, often before it heard
+  # of the waiting member at all.
+  #
+  # What the hold does not cover: a member that dies before a quorum
+  # started (before `Visor.start_group/2` returns) may leave the others
+  # held or forming until it comes back, as before: a `nodes:` cluster
+  # forms only once every member has started the group and answered.
+  #
   # ## Disk mode
   #
   # In disk mode a process that restarted from its store has lost its
@@ -118,7 +168,8 @@ defmodule Visor.Formation.Explicit do
   #
   # Inputs: `:tick` (every 100 ms), the hellos and their replies
   # (`{:visor_hello, pid, node, incarnation, cluster}`,
-  # `{:visor_hello_reply, pid, node, incarnation, reply}`), and
+  # `{:visor_hello_reply, pid, node, incarnation, reply}`), the word of
+  # decisions (`:visor_ready`, `:visor_ready_reply`), and
   # `:visor_replica_normal` (which `Visor.Formation` gives it only on its
   # own node's router's word).
 
