@@ -319,8 +319,9 @@ defmodule Visor.Formation do
   # A decider answers to (or keys its peers by) the pid a hello, a reply or
   # a proposal names: a message naming anything else there is dropped (a
   # send to it could raise).
-  defp answerable?({tag, pid, _, _, _}) when tag in [:visor_hello, :visor_hello_reply],
-    do: is_pid(pid)
+  defp answerable?({tag, pid, _, _, _})
+       when tag in [:visor_hello, :visor_hello_reply, :visor_ready, :visor_ready_reply],
+       do: is_pid(pid)
 
   defp answerable?({tag, pid, _}) when tag in [:visor_propose, :visor_bound], do: is_pid(pid)
   # The decider's input for the router's word, which only the clause above

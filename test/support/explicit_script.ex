@@ -5,7 +5,7 @@ defmodule Visor.Test.ExplicitScript do
   its decider.
   """
 
-  alias Visor.Formation.Explicit
+  alias Visor.Formation.{Decider, Explicit}
   alias Visor.Options
 
   @settings %{client_table_max: 4096, checkpoint_interval: 10_000, checkpoint_chunk_bytes: 1}
@@ -32,6 +32,13 @@ defmodule Visor.Test.ExplicitScript do
 
     state
   end
+
+  @doc """
+  The decision `state` took: as `Visor.Formation.Decider.decision/1`,
+  but a fresh start that waits for word that every member decided (its
+  replica does not start yet) counts as taken.
+  """
+  def taken(state), do: Decider.decision(Map.put(state, :held, false))
 
   @doc """
   `from` ticks; each hello is delivered unless `cut?.(from, to)` or `to`

@@ -29,7 +29,13 @@ defmodule Visor.Test.FormationModel do
       recovering (a quorum of the other members normal). Not checked
       where more than a minority was without its memory at once (the
       state may be lost), or where a node is bound to the proposal of a
-      process that died (a documented limit).
+      process that died (a documented limit);
+    * **a death after the start**: in some `nodes:` runs without
+      restarts, one member's node dies for good soon after a quorum of
+      the members started fresh replicas (`Visor.start_group/2` returns
+      then), preferably one that another member still waits for: once
+      calm, every other member must still be a member and normal (a
+      member waiting for the dead one's answer for good failed this).
 
   Memory mode keeps nothing but the processes and `Visor.Lifetime`: if
   every process that knew a node's earlier incarnation restarted, and the
@@ -72,6 +78,7 @@ defmodule Visor.Test.FormationModel do
   }
   @odd_settings %{@settings | checkpoint_interval: 500}
   @trace_kept 80
+  @death_within_steps 20
   @calm_rounds 40
   @late_within_steps 40
 
@@ -125,6 +132,7 @@ defmodule Visor.Test.FormationModel do
 
     {servers_only?, w} = chance(w, 0.5)
     late = late_starts(seed, mode, nodes, budget)
+    death = death_plan(seed, mode, members, restarts?)
 
     # Memory mode: either only a minority restarts (its server or its VM),
     # or any node does, but only its server (Visor.Lifetime remembers).
@@ -157,6 +165,11 @@ defmodule Visor.Test.FormationModel do
       amnesic: amnesic,
       budget: budget,
       late: late,
+      death: death,
+      # The node that died for good, and the step at which a quorum of
+      # the members had started fresh replicas.
+      dead: nil,
+      quorum_at: nil,
       minority: minority,
       live?: not odd?,
       # The nodes that lost their memory (a restart that does not come
@@ -210,6 +223,20 @@ defmodule Visor.Test.FormationModel do
 
   defp late_starts(_seed, _explicit, _nodes, _budget), do: %{}
 
+  # nodes: mode with 3 members or more and no restarts, half the runs: a
+  # member dies for good within @death_within_steps steps of a quorum
+  # having started fresh replicas. Drawn from a stream of its own (the
+  # other runs stay as they were).
+  defp death_plan(seed, :explicit, members, false) when length(members) >= 3 do
+    w = %{rand: :rand.seed_s(:exsss, {seed, 3, 4})}
+    {death?, w} = chance(w, 0.5)
+    {victim, w} = pick(w, members)
+    {delay, _w} = pick(w, 0..@death_within_steps)
+    if death?, do: %{victim: victim, delay: delay}
+  end
+
+  defp death_plan(_seed, _mode, _members, _restarts?), do: nil
+
   # ---- Steps ------------------------------------------------------------------
 
   defp start_all(w),
@@ -229,7 +256,44 @@ defmodule Visor.Test.FormationModel do
         true -> tick_random(w)
       end
 
-    random_steps(w, left - 1)
+    random_steps(maybe_die(w), left - 1)
+  end
+
+  # The planned death: once a quorum of the members started fresh
+  # replicas, and the delay passed. The victim is a member another one
+  # still waits for, if any (Explicit.waiting/1), else the planned one.
+  defp maybe_die(%{death: nil} = w), do: w
+  defp maybe_die(%{dead: dead} = w) when dead != nil, do: w
+
+  defp maybe_die(%{quorum_at: nil} = w) do
+    fresh = for {n, %{decision: {:member, %{recover: false}}}} <- w.procs, n in w.members, do: n
+    if length(fresh) > div(length(w.members), 2), do: %{w | quorum_at: w.step}, else: w
+  end
+
+  defp maybe_die(w) do
+    if w.step >= w.quorum_at + w.death.delay do
+      waited =
+        for {n, p} <- w.procs,
+            {:nodes, nodes} <- [Explicit.waiting(p.core)],
+            m <- nodes,
+            m != n,
+            Map.has_key?(w.procs, m),
+            do: m
+
+      victim = List.first(waited) || w.death.victim
+      w = trace(w, "#{victim} dies for good")
+      lost = MapSet.put(w.lost, victim)
+
+      %{
+        w
+        | procs: Map.delete(w.procs, victim),
+          dead: victim,
+          lost: lost,
+          beyond?: w.beyond? or MapSet.size(lost) > w.minority
+      }
+    else
+      w
+    end
   end
 
   # Every stopped node comes back; then rounds of: every message in flight
@@ -237,13 +301,22 @@ defmodule Visor.Test.FormationModel do
   defp calm(w, @calm_rounds), do: w
 
   defp calm(w, round) do
-    w = w.nodes |> Enum.reject(&Map.has_key?(w.procs, &1)) |> Enum.reduce(w, &start(&2, &1))
+    w = maybe_die(w)
+
+    w =
+      w.nodes
+      |> Enum.reject(&(Map.has_key?(w.procs, &1) or &1 == w.dead))
+      |> Enum.reduce(w, &start(&2, &1))
+
     w = %{w | loss: 0.0, dup: 0.0, step: w.step + 1}
     {net, w} = {w.net, %{w | net: []}}
     w = Enum.reduce(net, w, &deliver(&2, &1))
-    w = Enum.reduce(w.nodes, w, &tick(&2, &1))
-    if decided?(w) and w.net == [], do: w, else: calm(w, round + 1)
+    w = w.nodes |> Enum.filter(&Map.has_key?(w.procs, &1)) |> Enum.reduce(w, &tick(&2, &1))
+    if decided?(w) and w.net == [] and not death_due?(w), do: w, else: calm(w, round + 1)
   end
+
+  # A planned death whose quorum started has not happened yet.
+  defp death_due?(w), do: w.death != nil and w.dead == nil and w.quorum_at != nil
 
   defp decided?(w), do: Enum.all?(w.procs, fn {_n, p} -> p.decision != :pending end)
 
@@ -258,6 +331,7 @@ defmodule Visor.Test.FormationModel do
 
     cond do
       Map.has_key?(w.procs, node) -> tick(w, node)
+      node == w.dead -> w
       Map.get(w.late, node, 0) <= w.step -> start(w, node)
       true -> w
     end
@@ -731,10 +805,12 @@ defmodule Visor.Test.FormationModel do
     spares = for {n, :spare} <- decisions, do: n
     normal = normal(w)
 
-    expected_members = length(w.members || Enum.take(w.nodes, w.size))
+    # A node that died for good is neither.
+    dead = if w.dead, do: 1, else: 0
+    expected_members = length(w.members || Enum.take(w.nodes, w.size)) - dead
 
     unless length(members) == expected_members and
-             length(members) + length(spares) == length(w.nodes) and
+             length(members) + length(spares) == length(w.nodes) - dead and
              MapSet.size(normal) == expected_members do
       violation(
         w,

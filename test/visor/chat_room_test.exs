@@ -53,10 +53,10 @@ defmodule Visor.ChatRoomTest do
     assert rpc(hd(members), :post, ["ops", "ana", "before"]) == {:ok, 1}
 
     # The room's start returns once a quorum runs it: the third member may
-    # still be forming, waiting for one member's answer, and if that
-    # member's node is the one killed it waits for good (an open defect,
-    # test/visor/groups/death_while_forming_test.exs). This test is about
-    # a room that formed: wait until every member runs its replica.
+    # still be forming (a member killed then no longer leaves it waiting
+    # for good: test/visor/groups/death_while_forming_test.exs). This test
+    # is about a room that formed: wait until every member runs its
+    # replica.
     for node <- members do
       Cluster.eventually(fn -> Cluster.status(node, {ChatRoom, "ops"}).status == :normal end)
     end

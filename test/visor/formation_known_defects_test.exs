@@ -8,7 +8,7 @@ defmodule Visor.FormationKnownDefectsTest do
 
   @moduletag :known_defect
 
-  alias Visor.Formation.{Decider, Explicit, Restore}
+  alias Visor.Formation.{Explicit, Restore}
   alias Visor.Options
   alias Visor.Test.ExplicitScript
 
@@ -45,7 +45,7 @@ defmodule Visor.FormationKnownDefectsTest do
       [x | others] = @five
       states = for {n, i} <- Enum.with_index(@five, 1), into: %{}, do: {n, forming(n, i)}
       states = for f <- @five, t <- @five, f != t, reduce: states, do: (s -> exchange(s, f, t))
-      for n <- @five, do: assert({:member, %{recover: false}} = Decider.decision(states[n]))
+      for n <- @five, do: assert({:member, %{recover: false}} = ExplicitScript.taken(states[n]))
 
       states = Map.put(states, x, forming(x, 100))
 
@@ -58,11 +58,11 @@ defmodule Visor.FormationKnownDefectsTest do
           witness = Enum.at(others, rem(i, 4))
           states = states |> Map.put(m, forming(m, 200 + i)) |> exchange(x, m)
           states = exchange(states, m, witness)
-          assert {:member, %{recover: true}} = Decider.decision(states[m])
+          assert {:member, %{recover: true}} = ExplicitScript.taken(states[m])
           states
         end)
 
-      refute match?({:member, %{recover: false}}, Decider.decision(states[x])),
+      refute match?({:member, %{recover: false}}, ExplicitScript.taken(states[x])),
              "x's replica ran, yet x starts a fresh one"
     end
 
@@ -136,7 +136,7 @@ defmodule Visor.FormationKnownDefectsTest do
         Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
           # n's data_dir is wiped: it rejoins, and its replica recovers.
           states = ExplicitScript.round(Map.put(states, n, start.(n, inc, nil)), n, cut_off.(nil))
-          assert {:member, %{recover: true}} = Decider.decision(states[n])
+          assert {:member, %{recover: true}} = ExplicitScript.taken(states[n])
           states = rounds.(states, nil)
 
           # Before formation hears that n's replica recovered, x's hello
@@ -146,7 +146,7 @@ defmodule Visor.FormationKnownDefectsTest do
           Map.put(states, n, told)
         end)
 
-      refute match?({:member, %{recover: false}}, Decider.decision(states[x])),
+      refute match?({:member, %{recover: false}}, ExplicitScript.taken(states[x])),
              "x's replica ran, yet x starts a fresh one"
     end
   end

@@ -21,7 +21,7 @@ defmodule Visor.Review12Test do
 
   import Visor.Test.ExplicitScript, only: [round: 2, round: 3]
 
-  alias Visor.Formation.{Decider, Explicit, Restore}
+  alias Visor.Formation.{Explicit, Restore}
   alias Visor.Options
   alias Visor.Test.ExplicitScript
 
@@ -109,9 +109,9 @@ defmodule Visor.Review12Test do
     # b and c answer each other first; then a comes up and hears them both.
     states = states |> round(b, fn _, to -> to == a end) |> round(c, fn _, to -> to == a end)
     states = round(states, a)
-    assert {:member, %{recover: false}} = Decider.decision(states[a])
-    assert Decider.decision(states[b]) == :pending
-    assert Decider.decision(states[c]) == :pending
+    assert {:member, %{recover: false}} = ExplicitScript.taken(states[a])
+    assert ExplicitScript.taken(states[b]) == :pending
+    assert ExplicitScript.taken(states[c]) == :pending
 
     # a's group restarts (its store is there, and the formation file its
     # decision wrote) before b or c asked it again; its first tick comes
@@ -121,7 +121,7 @@ defmodule Visor.Review12Test do
     states = states |> round(a) |> round(b) |> round(c) |> round(b) |> round(c)
 
     recovering =
-      for n <- [b, c], match?({:member, %{recover: true}}, Decider.decision(states[n])), do: n
+      for n <- [b, c], match?({:member, %{recover: true}}, ExplicitScript.taken(states[n])), do: n
 
     assert length(recovering) < 2,
            "#{inspect(recovering)} rejoin with only #{a} normal: recovery never finishes"
@@ -157,7 +157,7 @@ defmodule Visor.Review12Test do
     states =
       Enum.reduce(Enum.with_index(others, 10), states, fn {n, inc}, states ->
         states = round(Map.put(states, n, start.(n, inc, false)), n)
-        assert {:member, %{recover: true}} = Decider.decision(states[n])
+        assert {:member, %{recover: true}} = ExplicitScript.taken(states[n])
         {normal, []} = Explicit.handle(states[n], :visor_replica_normal)
         Enum.reduce(others ++ others, Map.put(states, n, normal), &round(&2, &1))
       end)
@@ -167,7 +167,7 @@ defmodule Visor.Review12Test do
     states = Enum.reduce(others, states, &round(&2, &1))
     states = round(states, b)
 
-    refute Decider.decision(states[b]) ==
+    refute ExplicitScript.taken(states[b]) ==
              {:member, %{cluster: states[a].cluster, members: five, recover: false}},
            "b, whose earlier incarnation ran a replica, starts a fresh one"
   end
@@ -267,7 +267,7 @@ defmodule Visor.Review12Test do
     calm = fn _, _ -> false end
     w = Enum.reduce(1..50, w, fn _, w -> w |> discovery_round(calm) |> fire_timers(calm) end)
 
-    decisions = for n <- @found, do: {n, Decider.decision(w.states[n])}
+    decisions = for n <- @found, do: {n, ExplicitScript.taken(w.states[n])}
 
     assert Enum.all?(decisions, &match?({_, {:member, _}}, &1)),
            "no cluster formed after one lost abort: #{inspect(decisions)}"

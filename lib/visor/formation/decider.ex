@@ -182,11 +182,26 @@ defmodule Visor.Formation.Decider do
   This node's replica starts, as a member of `formed`: fresh, or rejoining
   (`recover`). `why` says how this node learned that it restarted, for
   the one line a rejoin logs.
+
+  A decider whose state has `held: true` (`Visor.Formation.Explicit`: a
+  fresh start that waits for word that every member decided) takes the
+  decision (its records, the `Visor.Lifetime` record) but does not start
+  the replica yet: `start/2` does, later.
   """
   @spec become_member(map(), map(), boolean(), String.t() | nil) :: map()
   def become_member(state, formed, recover, why \\ nil) do
-    index = Enum.find_index(formed.members, &(&1 == state.node))
     state = if state.storage == :memory, do: emit(state, {:remember, formed}), else: state
+    state = %{state | phase: :member, formed: formed, recover: recover}
+    if Map.get(state, :held, false), do: state, else: start(state, why)
+  end
+
+  @doc """
+  This node's replica starts, as the member `become_member/4` made it:
+  logs how, and tells the group's server.
+  """
+  @spec start(map(), String.t() | nil) :: map()
+  def start(%{formed: formed, recover: recover} = state, why \\ nil) do
+    index = Enum.find_index(formed.members, &(&1 == state.node))
 
     state =
       if recover do
@@ -206,7 +221,7 @@ defmodule Visor.Formation.Decider do
         )
       end
 
-    notify(%{state | phase: :member, formed: formed, recover: recover})
+    notify(state)
   end
 
   @doc """
@@ -241,6 +256,9 @@ defmodule Visor.Formation.Decider do
 
   @doc "The decision so far."
   @spec decision(map()) :: decision()
+  # Decided, but the replica does not start yet (`become_member/4`).
+  def decision(%{held: true}), do: :pending
+
   def decision(%{phase: :member, formed: formed, recover: recover}) do
     decision = %{cluster: formed.cluster, members: formed.members, recover: recover}
 

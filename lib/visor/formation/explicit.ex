@@ -28,6 +28,56 @@ defmodule Visor.Formation.Explicit do
   # can tell when *they* restart), and every member records the rejoined
   # node's new incarnation: a second restart is recognised like the first.
   #
+  # ## Starting: word that every member decided
+  #
+  # A node that has every member's `:ok` decides fresh at once, as above
+  # (its records, its answers from then on, its `Visor.Lifetime` record and
+  # disk snapshot are a decided member's), but it *holds* its replica:
+  # the replica starts only once the process knows that every other
+  # member decided too (fresh, held or not, or rejoining, or restored from
+  # its store). A process that decides tells every other member
+  # (`{:visor_ready, pid, node, incarnation, decided}`, the members it
+  # knows decided, itself included); a held one asks every other member so
+  # each tick; one that knows more answers (`:visor_ready_reply`, not
+  # answered in turn). Members pass on what they heard, so the word of a
+  # member that is gone comes from any member that heard it.
+  #
+  # Why: `Visor.start_group/2` returns once a quorum runs. Without the
+  # hold, the last member to form could still be waiting for one member's
+  # answer then (its hello reached that member before its group existed;
+  # the next goes out a tick later), and if that member's node died in
+  # between, it waited for good: one crash stopped a group of three that
+  # had formed (test/visor/groups/death_while_forming_test.exs). With it,
+  # a fresh replica starts only when no member waits for any answer any
+  # more: each has all of them. A member still held waits only for word
+  # that the others decided, and a member that started knew it: if a
+  # quorum started and at most a minority died, a member that started is
+  # up, and it tells the others.
+  #
+  # Why it is safe: the word changes nothing of what formation decides or
+  # answers. Which node decides fresh, and when, is as before (every
+  # member's `:ok`, answered to this very incarnation: no relayed answer
+  # counts); the word neither adds to nor removes from records, verdicts,
+  # acks or snapshots. It only delays the start of a replica that was
+  # already decided fresh, which is what a slow start is. So every
+  # argument below about who may start fresh holds unchanged (a decided
+  # process whose replica has not started yet existed before too, between
+  # the decision and the replica's start; a held one is such a process for
+  # longer). Another rule was weighed and left: counting a dead member's
+  # `:ok` on a survivor's word that the dead one's records (carried in its
+  # answers) named this incarnation `:fresh`. In memory mode that is
+  # sound, a verdict being a function of the records alone; in disk mode a
+  # decided member answers a member it has not answered by its snapshot,
+  # not by a record it may have learned from that very member's word about
+  # itself; and it is not live either: the survivor holds the records the
+  # dead member had when it answered the survivor, often before it heard
+  # of the waiting member at all.
+  #
+  # What the hold does not cover: a member that dies before a quorum
+  # started (before `Visor.start_group/2` returns) may leave the others
+  # held or forming until it comes back, as before: a `nodes:` cluster
+  # forms only once every member has started the group and answered.
+  #
   # ## Disk mode
   #
   # In disk mode a process that restarted from its store has lost its
@@ -118,7 +168,8 @@ defmodule Visor.Formation.Explicit do
   #
   # Inputs: `:tick` (every 100 ms), the hellos and their replies
   # (`{:visor_hello, pid, node, incarnation, cluster}`,
-  # `{:visor_hello_reply, pid, node, incarnation, reply}`), and
+  # `{:visor_hello_reply, pid, node, incarnation, reply}`), the word of
+  # decisions (`:visor_ready`, `:visor_ready_reply`), and
   # `:visor_replica_normal` (which `Visor.Formation` gives it only on its
   # own node's router's word).
 
@@ -159,6 +210,12 @@ defmodule Visor.Formation.Explicit do
                 # process that created the store knew
                 # (Visor.Formation.Restore).
                 formed_with: %{},
+                # A fresh start waits for word that every other member
+                # decided (see the top of this module): held while it has
+                # not heard it; ready: the members known to have decided,
+                # by their word or a peer's.
+                held: false,
+                ready: MapSet.new(),
                 warned: MapSet.new(),
                 ticks: 0,
                 out: []
@@ -229,6 +286,30 @@ defmodule Visor.Formation.Explicit do
     state |> hello_reply(from, reply) |> Decider.flush()
   end
 
+  # Word of which members decided: a held member asks every other member
+  # each tick; one that knows more answers with all it knows.
+  def handle(state, {tag, pid, from, inc, nodes})
+      when tag in [:visor_ready, :visor_ready_reply] and is_atom(from) and is_integer(inc) do
+    if from in state.members and from != state.node and Decider.node_list?(nodes) do
+      state = learn_ready(state, nodes)
+      told = told_ready(state)
+
+      state =
+        if tag == :visor_ready and not MapSet.subset?(told, MapSet.new(nodes)) do
+          reply =
+            {:visor_ready_reply, state.self, state.node, state.incarnation, told_list(state)}
+
+          Decider.emit(state, {:send, pid, reply})
+        else
+          state
+        end
+
+      state |> maybe_start() |> Decider.flush()
+    else
+      {state, []}
+    end
+  end
+
   # This node's replica has finished recovering (the group's router says
   # so, `Visor.Formation.replica_normal/1`; never a peer's): from now on
   # it answers by its snapshot.
@@ -250,6 +331,14 @@ defmodule Visor.Formation.Explicit do
     end
   end
 
+  # Decided fresh, held: the members not known to have decided.
+  def waiting(%{held: true} = state) do
+    case Enum.reject(state.members, &(&1 == state.node or &1 in state.ready)) do
+      [] -> nil
+      nodes -> {:nodes, nodes}
+    end
+  end
+
   def waiting(_decided), do: nil
 
   defp static(cluster, members), do: %{id: :static, cluster: cluster, members: members}
@@ -265,6 +354,7 @@ defmodule Visor.Formation.Explicit do
     state.members
     |> Enum.reject(&(&1 == state.node or &1 in waiting_for))
     |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, hello}))
+    |> ask_ready()
     |> maybe_formed()
   end
 
@@ -272,13 +362,52 @@ defmodule Visor.Formation.Explicit do
 
   defp maybe_formed(state) do
     if state.phase == :forming and MapSet.size(state.acks) == length(state.members) - 1 do
-      state
+      %{state | held: true}
       |> persist()
       |> Decider.become_member(static(state.cluster, state.members), false)
+      |> tell_ready()
+      |> maybe_start()
     else
       state
     end
   end
+
+  # ---- Word of decisions (the start of a fresh replica waits for it) ------
+
+  # The members this process knows decided, itself included once it did.
+  defp told_ready(%{phase: :member} = state), do: MapSet.put(state.ready, state.node)
+  defp told_ready(state), do: state.ready
+
+  defp told_list(state), do: state |> told_ready() |> MapSet.to_list()
+
+  defp learn_ready(state, nodes) do
+    known = for n <- nodes, n in state.members, n != state.node, into: state.ready, do: n
+    %{state | ready: known}
+  end
+
+  # Tells every other member what this process knows decided: once, as it
+  # decides (so that they hear it at once).
+  defp tell_ready(state) do
+    message = {:visor_ready, state.self, state.node, state.incarnation, told_list(state)}
+
+    state.members
+    |> Enum.reject(&(&1 == state.node))
+    |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, message}))
+  end
+
+  # Held: asks every other member, each tick (a member that does not know
+  # more does not answer).
+  defp ask_ready(%{held: true} = state), do: tell_ready(state)
+  defp ask_ready(state), do: state
+
+  # Held, and every other member known to have decided: the replica starts.
+  defp maybe_start(%{held: true} = state) do
+    if Enum.all?(state.members, &(&1 == state.node or &1 in state.ready)),
+      do: Decider.start(%{state | held: false}),
+      else: state
+  end
+
+  defp maybe_start(state), do: state
 
   defp hello(state, from, inc, cluster) do
     if cluster != state.cluster or from not in state.members or from == state.node do
@@ -387,6 +516,7 @@ defmodule Visor.Formation.Explicit do
             true,
             "#{from} knows an earlier incarnation of this node"
           )
+          |> tell_ready()
 
         _decided ->
           state
