@@ -333,7 +333,7 @@ impl Replica {
             self.heard_primary();
             // Heard on the detector's word: its primary, likely quiet
             // still, sends nothing until asked (`ask_quiet_primary`).
-            self.vouched = true;
+            self.vouched = Some((self.membership.epoch(), self.view));
         }
     }
 
@@ -349,14 +349,24 @@ impl Replica {
     /// down is campaigned against at once (`campaign_if_primary_down`),
     /// and the vote it gives others' campaigns (`healthy`) is unchanged.
     pub(crate) fn ask_quiet_primary(&mut self) -> bool {
-        if std::mem::take(&mut self.vouched) && self.primary_up() {
-            self.asked_primary = Some(self.ticks);
+        // Only for the primary of the view (and epoch) it was woken in,
+        // and never for itself: a flag left from a view or epoch it
+        // entered since without hearing its primary (elected, or entered
+        // by a view change or a newer epoch's log) vouches for nothing.
+        let here = (self.membership.epoch(), self.view);
+        let backup = self.status == Status::Normal && !self.is_primary_of_view();
+        if self.vouched.take() == Some(here) && backup && self.primary_up() {
+            self.asked_primary = Some((here.0, here.1, self.ticks));
             self.acknowledge();
             return true;
         }
         let wait = self.config.view_change_ticks.saturating_add(self.timeout_jitter);
         match self.asked_primary {
-            Some(at) if self.ticks < at.saturating_add(wait) => true,
+            Some((epoch, view, at))
+                if (epoch, view) == here && backup && self.ticks < at.saturating_add(wait) =>
+            {
+                true
+            }
             _ => {
                 self.asked_primary = None;
                 false

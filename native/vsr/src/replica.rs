@@ -426,12 +426,15 @@ pub struct Replica {
     /// Backup, woken: it counts its primary as heard on its detector's
     /// word alone, and has heard nothing from it since (a quiet primary
     /// sends nothing). At its silence timer it asks before it campaigns
-    /// (`ask_quiet_primary`).
-    pub(crate) vouched: bool,
-    /// Backup: the tick at which it asked its silent primary (a
-    /// `PrepareOk`, which wakes a quiet one); it campaigns only if nothing
-    /// comes for another silence timeout.
-    pub(crate) asked_primary: Option<u64>,
+    /// (`ask_quiet_primary`). Kept with the epoch and view it was woken
+    /// in: it vouches for that view's primary only, not for a view or
+    /// epoch it entered since without hearing its primary (nor for
+    /// itself, elected since).
+    pub(crate) vouched: Option<(crate::membership::Epoch, View)>,
+    /// Backup: the epoch, view and tick at which it asked its silent
+    /// primary (a `PrepareOk`, which wakes a quiet one); it campaigns only
+    /// if nothing comes for another silence timeout.
+    pub(crate) asked_primary: Option<(crate::membership::Epoch, View, u64)>,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Output>,
@@ -620,7 +623,7 @@ impl Replica {
             quiet_acks: 0,
             woke_at: None,
             announce: config.quiet_after_ticks > 0,
-            vouched: false,
+            vouched: None,
             asked_primary: None,
             stats: Stats::default(),
             out: Vec::new(),
@@ -1558,7 +1561,7 @@ impl Replica {
     /// with it.
     pub(crate) fn heard_primary(&mut self) {
         self.last_primary_tick = self.ticks;
-        self.vouched = false;
+        self.vouched = None;
         self.asked_primary = None;
         self.campaign = 0;
         #[cfg(feature = "mutations")]

@@ -82,6 +82,9 @@ struct FaultMarks {
     detector_changes: u64,
     clock_offsets: Vec<i64>,
     changes: u64,
+    /// A lying host's divergences (`Options::lying_host`): a faulty
+    /// replica, and a diverged primary steps down.
+    divergences: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -576,6 +579,7 @@ impl Simulator {
             detector_changes: self.quiet.stats.detector_changes,
             clock_offsets: self.clock_offset_ns.clone(),
             changes: self.changes,
+            divergences: self.divergences.len(),
         }
     }
 
