@@ -1,5 +1,5 @@
-//! Review of "a woken backup asks its quiet primary" (wip/askreview):
-//! reproductions.
+//! Review of "a woken backup asks its quiet primary": reproductions,
+//! kept as regression tests.
 
 use vsr::{Slot, Status};
 use vsr_sim::quiet_scenarios::{quiet_options, until_quiet};
@@ -119,27 +119,5 @@ fn dead_group_on_a_live_node_is_replaced() {
         if let Err(e) = r {
             panic!("{e}");
         }
-    }
-}
-
-/// Which of `tests/mutations.rs`'s seeds for `QuietVotesForAnyCampaign`
-/// still fail with it after the merge (the detector's per-node clocks
-/// change every `--quiet` seed's course).
-#[test]
-#[ignore]
-fn votes_for_any_campaign_seeds() {
-    use vsr::Mutation;
-    use vsr_sim::Options;
-    for seed in 0..60 {
-        let mut options = Options::from_seed(seed).with_quiet();
-        options.config.mutation = Mutation::QuietVotesForAnyCampaign;
-        let broken = Simulator::new(options).run();
-        eprintln!(
-            "seed {seed}: {}",
-            match broken {
-                Ok(_) => "passes (not caught)".to_string(),
-                Err(f) => f.reason.chars().take(100).collect(),
-            }
-        );
     }
 }
