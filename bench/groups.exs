@@ -44,6 +44,9 @@
 #   * `spread_vs_one_group`: BENCH_SECONDS of 256 callers (spread over the
 #     nodes) each committing round-robin over min(groups, 1000) groups,
 #     against as long of 256 callers on one group: the ratio of commits/s.
+#     `details.spread.view_changes`: the view changes, by node, among the
+#     spread groups while the callers ran (a group under load should see
+#     none).
 #   * `failover_p99_ms`: the node that is primary of the most groups is
 #     SIGKILLed; one process per group it led commits from a surviving
 #     node until a commit succeeds (at most BENCH_FAILOVER_TIMEOUT_S): the
@@ -608,8 +611,28 @@ spread =
     _ = GroupsBench.throughput(nodes, cpu_s, one, callers, 1)
     one_group = GroupsBench.throughput(nodes, cpu_s, one, callers, spread_s)
     _ = GroupsBench.throughput(nodes, cpu_s, many, callers, 1)
+    views_before = views.()
     many_groups = GroupsBench.throughput(nodes, cpu_s, many, callers, spread_s)
-    %{groups: length(many), one_group: one_group, spread: many_groups}
+    views_after = views.()
+
+    # View changes while the callers were spread (summed over each node's
+    # replicas): a group under load should see none.
+    view_changes =
+      for n <- nodes, into: %{} do
+        before = Map.new(views_before[n], fn {m, v, _} -> {m, v} end)
+
+        changes =
+          for {m, v, _} <- views_after[n],
+              m in many,
+              is_integer(v),
+              is_integer(before[m]),
+              reduce: 0,
+              do: (sum -> sum + v - before[m])
+
+        {label[n], changes}
+      end
+
+    %{groups: length(many), one_group: one_group, spread: many_groups, view_changes: view_changes}
   end)
 
 # ---- Failover --------------------------------------------------------------
@@ -817,7 +840,8 @@ case spread do
     IO.puts(
       "\n#{callers} callers: one group #{s.one_group.commits_per_s} commits/s " <>
         "(#{s.one_group.cpu_us_per_commit} µs CPU each), #{s.groups} groups " <>
-        "#{s.spread.commits_per_s} commits/s (#{s.spread.cpu_us_per_commit} µs CPU each)"
+        "#{s.spread.commits_per_s} commits/s (#{s.spread.cpu_us_per_commit} µs CPU each; " <>
+        "view changes meanwhile by node: #{inspect(s.view_changes)})"
     )
 
   _ ->
