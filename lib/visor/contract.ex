@@ -19,7 +19,8 @@ defmodule Visor.Contract do
   #     messages}` event, and so in one `Visor.Native.deliver/2`),
   #     `:group_bytes_max` and `:meta_bytes_max` (a store's group name and
   #     metadata), `:membership_bytes_max` (a membership's encoding, as
-  #     `Visor.Native.start/2`'s `:known` takes it).
+  #     `Visor.Native.start/2`'s `:known` takes it), `:peers_ids_max` (most
+  #     member ids in one `Visor.Native.peers/2`).
 
   # The interface this Elixir code speaks: equal to the NIF's
   # PROTOCOL_VERSION (native/visor_nif/src/contract.rs), bumped with it.
@@ -81,8 +82,9 @@ defmodule Visor.Contract do
 
   @doc """
   The size limit `key`: `:deliver_list_max`, `:group_bytes_max`,
-  `:meta_bytes_max` or `:membership_bytes_max` (most bytes a
-  membership's encoding takes: `Visor.Native.start/2`'s `:known`).
+  `:meta_bytes_max`, `:membership_bytes_max` (most bytes a
+  membership's encoding takes: `Visor.Native.start/2`'s `:known`) or
+  `:peers_ids_max` (most member ids in one `Visor.Native.peers/2`).
   """
   @spec limit(atom()) :: pos_integer()
   def limit(key), do: Map.fetch!(contract().limits, key)

@@ -510,7 +510,8 @@ defmodule Visor.Native do
   @doc """
   Quiet groups (`quiet_after_ticks:`): the node's failure detector
   (`Visor.Beacon`) holds up the nodes of the members `member_ids` (16-byte
-  ids, at most 1024; this node's own need not be among them). The engine
+  ids, at most `Visor.Contract.limit(:peers_ids_max)`; this node's own
+  need not be among them). The engine
   feeds the replica the change when it concerns it: an awake replica
   takes every change, a quiet backup wakes when its primary's node is
   down (and campaigns at once), a quiet primary when fewer than a quorum

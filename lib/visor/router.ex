@@ -38,9 +38,6 @@ defmodule Visor.Router do
   # How often the router looks at what changed in the replica (watch/1).
   @watch_ms 10
 
-  # Most member ids `Visor.Native.peers/2` takes.
-  @peers_ids_max 1024
-
   # watch: what the router last saw of the replica (Visor.Router.Watch),
   # and the timer of its next look. genesis: the nodes the group was
   # formed with (a genesis member's id is its place in it); names: the
@@ -124,8 +121,16 @@ defmodule Visor.Router do
       {:ok, engine} = Native.start(opts, self())
       Logger.metadata(replica: opts.replica_index)
       watch = Watch.new(state.group, members, opts.replica_index, System.monotonic_time())
-      state = %{state | engine: engine, genesis: members, names: %{}, server: pid, watch: watch}
-      state = %{state | asleep: false}
+
+      state = %{
+        state
+        | engine: engine,
+          genesis: members,
+          names: %{},
+          server: pid,
+          watch: watch,
+          asleep: false
+      }
 
       state = if Map.get(opts, :quiet_after_ticks, 0) > 0, do: subscribe(state), else: state
 
@@ -281,7 +286,7 @@ defmodule Visor.Router do
     genesis = Tuple.to_list(state.genesis)
     {members, others} = Enum.split_with([node() | nodes], &(&1 in genesis))
     ids = Enum.map(members ++ others, &MemberId.of(genesis, &1))
-    :ok = Native.peers(state.engine, Enum.take(ids, @peers_ids_max))
+    :ok = Native.peers(state.engine, Enum.take(ids, Visor.Contract.limit(:peers_ids_max)))
     state
   end
 

@@ -14,6 +14,7 @@ rustler::atoms! {
     group_bytes_max,
     meta_bytes_max,
     membership_bytes_max,
+    peers_ids_max,
 
     // Engine errors (error.rs).
     bad_option,

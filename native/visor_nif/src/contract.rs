@@ -31,7 +31,7 @@ pub const PEERS_IDS_MAX: usize = 1024;
 
 /// `%{protocol_version:, max_replicas:, options: %{key => {default, min, max}},
 /// limits: %{deliver_list_max:, group_bytes_max:, meta_bytes_max:,
-/// membership_bytes_max:}}`.
+/// membership_bytes_max:, peers_ids_max:}}`.
 pub fn encode(env: Env<'_>) -> Term<'_> {
     let defaults = Config::new(0, 1).range_values();
     let mut options: Vec<(Term, Term)> = RANGES
@@ -52,6 +52,7 @@ pub fn encode(env: Env<'_>) -> Term<'_> {
         (atoms::group_bytes_max(), GROUP_MAX),
         (atoms::meta_bytes_max(), META_MAX),
         (atoms::membership_bytes_max(), MEMBERSHIP_BYTES_MAX),
+        (atoms::peers_ids_max(), PEERS_IDS_MAX),
     ]
     .map(|(k, v)| (k.encode(env), (v as u64).encode(env)));
     map(
