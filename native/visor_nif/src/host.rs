@@ -425,17 +425,10 @@ impl ReplicaHost {
     /// list, clear for a member whose node is not held up (its own slot
     /// always set; slots outside the list too).
     fn up_bits(&self) -> u16 {
-        let Some(ids) = &self.quiet.up_ids else {
-            return u16::MAX;
-        };
-        let replica = self.host.replica();
-        let mut up = u16::MAX;
-        for member in replica.membership().members() {
-            if member.slot != replica.index() && !ids.contains(&member.id) {
-                up &= !(1 << member.slot);
-            }
+        match &self.quiet.up_ids {
+            None => u16::MAX,
+            Some(ids) => vsr_host::up_bits(self.host.replica(), |member| ids.contains(&member.id)),
         }
-        up
     }
 
     /// Test hook: fails the group as a panic inside `vsr` would.

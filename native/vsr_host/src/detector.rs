@@ -45,8 +45,8 @@
 //! ignored (it cannot be one of ours), and one that does not is taken as
 //! ours (the peer did hear this node, then).
 //!
-//! Mapping to a group's replica slots is the host's (`up_slots`): a slot is
-//! up if its member's node is up, or is this node.
+//! Mapping to a group's replica slots is the host's (`vsr_host::up_bits`):
+//! a slot is up if its member's node is up, or is this node.
 
 use std::collections::BTreeMap;
 
@@ -324,19 +324,6 @@ impl Detector {
     /// Whether the up set changed since the last call (and clears it).
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
-    }
-
-    /// A group's `up` set for `vsr::Input::Peers`/`Wake`: one bit per slot
-    /// of its list, clear for a member whose node is held down. `members`
-    /// are the list's `(slot, node)` pairs; slots not in it stay set.
-    pub fn up_slots(&self, members: impl IntoIterator<Item = (vsr::Slot, Option<NodeId>)>) -> u16 {
-        let mut up = u16::MAX;
-        for (slot, node) in members {
-            if !node.is_some_and(|n| self.is_up(n)) {
-                up &= !(1 << slot);
-            }
-        }
-        up
     }
 
     /// Moves time to `now` (never back); after a stall of the node itself
@@ -630,16 +617,6 @@ mod tests {
             now + 1,
         );
         assert!(!a.is_up(2));
-    }
-
-    #[test]
-    fn up_slots_map_members_to_their_nodes() {
-        let mut a = Detector::new(1, [2, 3], CONFIG, 0);
-        a.on_disconnected(3, 5);
-        // Slots 0, 1, 2 on nodes 1 (itself), 2, 3; slot 3 on no known node.
-        let up = a.up_slots([(0, Some(1)), (1, Some(2)), (2, Some(3)), (3, None)]);
-        assert_eq!(up & 0b1111, 0b0011);
-        assert_eq!(up >> 4, u16::MAX >> 4);
     }
 
     #[test]

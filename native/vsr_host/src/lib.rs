@@ -29,4 +29,4 @@ mod quiet;
 pub use detector::{Beat, Detector, DetectorConfig, NodeId, BEAT_BYTES};
 pub use error::{catch_panic, BootError, Bug, Unbooted};
 pub use host::{Host, StorageNotice, StoreOptions};
-pub use quiet::{peers_feed, PeersFeed};
+pub use quiet::{peers_feed, up_bits, PeersFeed};

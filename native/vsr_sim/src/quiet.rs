@@ -27,7 +27,7 @@
 //! nothing in flight.
 
 use vsr::{Input, Role, Slot};
-use vsr_host::{peers_feed, Beat, Detector, DetectorConfig, PeersFeed};
+use vsr_host::{peers_feed, up_bits, Beat, Detector, DetectorConfig, PeersFeed};
 
 use crate::simulator::Simulator;
 
@@ -154,10 +154,10 @@ impl Simulator {
         else {
             return u16::MAX;
         };
-        detector.up_slots(replica.membership().members().iter().map(|member| {
+        up_bits(replica, |member| {
             let node = self.nodes.iter().position(|n| n.id == member.id);
-            (member.slot, node.map(|j| j as u64))
-        }))
+            node.is_some_and(|j| detector.is_up(j as u64))
+        })
     }
 
     /// The detector timing of these options.
@@ -288,20 +288,15 @@ impl Simulator {
         let Some(replica) = self.running(r as usize) else {
             return u16::MAX;
         };
-        let mut up = u16::MAX;
-        for member in replica.membership().members() {
+        up_bits(replica, |member| {
             let node = self.nodes.iter().position(|n| n.id == member.id);
-            let alive = node.is_some_and(|j| {
+            node.is_some_and(|j| {
                 j == r as usize
                     || (self.hosts[j].is_some()
                         && self.network.link(r, j as Slot)
                         && self.network.link(j as Slot, r))
-            });
-            if !alive {
-                up &= !(1 << member.slot);
-            }
-        }
-        up
+            })
+        })
     }
 
     /// A replica (re)booted: it starts awake, believing every peer up.
