@@ -46,7 +46,9 @@
 #     against as long of 256 callers on one group: the ratio of commits/s.
 #     `details.spread.view_changes`: the view changes, by node, among the
 #     spread groups while the callers ran (a group under load should see
-#     none).
+#     none); `details.spread.quiet_churn`: the quiet rounds proposed and
+#     the wakes, by node, meanwhile (with `quiet_after_ticks`, what quiet
+#     costs groups that are not idle).
 #   * `failover_p99_ms`: the node that is primary of the most groups is
 #     SIGKILLed; one process per group it led commits from a surviving
 #     node until a commit succeeds (at most BENCH_FAILOVER_TIMEOUT_S): the
@@ -165,6 +167,20 @@ worker =
         {get_in(status, [:stats, :views_started]), status.primary}
       end)
       |> Enum.map(fn {module, found} -> Tuple.insert_at(found || {nil, nil}, 0, module) end)
+    end
+
+    # {quiet rounds proposed, wakes} summed over this node's replicas of
+    # `modules` (what quiet costs groups that are not idle).
+    def quiet_counts(modules, budget_ms) do
+      modules
+      |> each(budget_ms, fn module ->
+        stats = Visor.status(module).stats
+        {Map.get(stats, :quiet_rounds, 0), Map.get(stats, :wakes, 0)}
+      end)
+      |> Enum.reduce({0, 0}, fn
+        {_, {r, w}}, {rounds, wakes} -> {rounds + r, wakes + w}
+        {_, nil}, acc -> acc
+      end)
     end
 
     # One commit to each group: the modules whose commit failed (or was
@@ -611,9 +627,21 @@ spread =
     _ = GroupsBench.throughput(nodes, cpu_s, one, callers, 1)
     one_group = GroupsBench.throughput(nodes, cpu_s, one, callers, spread_s)
     _ = GroupsBench.throughput(nodes, cpu_s, many, callers, 1)
+    quiet = fn -> Map.new(nodes, &{&1, GroupsBench.call(&1, :quiet_counts, [many, 60_000])}) end
     views_before = views.()
+    quiet_before = quiet.()
     many_groups = GroupsBench.throughput(nodes, cpu_s, many, callers, spread_s)
+    quiet_after = quiet.()
     views_after = views.()
+
+    # Quiet rounds proposed and wakes while the callers were spread, by
+    # node: a group under load should neither propose one nor sleep.
+    quiet_churn =
+      for n <- nodes, into: %{} do
+        {r0, w0} = quiet_before[n]
+        {r1, w1} = quiet_after[n]
+        {label[n], %{quiet_rounds: r1 - r0, wakes: w1 - w0}}
+      end
 
     # View changes while the callers were spread (summed over each node's
     # replicas): a group under load should see none.
@@ -632,7 +660,13 @@ spread =
         {label[n], changes}
       end
 
-    %{groups: length(many), one_group: one_group, spread: many_groups, view_changes: view_changes}
+    %{
+      groups: length(many),
+      one_group: one_group,
+      spread: many_groups,
+      view_changes: view_changes,
+      quiet_churn: quiet_churn
+    }
   end)
 
 # ---- Failover --------------------------------------------------------------
@@ -841,7 +875,8 @@ case spread do
       "\n#{callers} callers: one group #{s.one_group.commits_per_s} commits/s " <>
         "(#{s.one_group.cpu_us_per_commit} µs CPU each), #{s.groups} groups " <>
         "#{s.spread.commits_per_s} commits/s (#{s.spread.cpu_us_per_commit} µs CPU each; " <>
-        "view changes meanwhile by node: #{inspect(s.view_changes)})"
+        "view changes meanwhile by node: #{inspect(s.view_changes)}; " <>
+        "quiet rounds and wakes: #{inspect(s.quiet_churn)})"
     )
 
   _ ->

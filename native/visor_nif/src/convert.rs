@@ -712,7 +712,7 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
 fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
     // By name, not by destructuring: a counter added to vsr's Stats shows up
     // here only when someone adds it, but never breaks the build meanwhile.
-    let pairs: [(&str, u64); 12] = [
+    let pairs: [(&str, u64); 15] = [
         ("dropped_truncated", s.dropped_truncated),
         ("dropped_corrupt", s.dropped_corrupt),
         ("dropped_unknown_format", s.dropped_unknown_format),
@@ -725,6 +725,9 @@ fn stats<'a>(env: Env<'a>, s: &Stats) -> Term<'a> {
         ("views_started", s.views_started),
         ("checkpoints_installed", s.checkpoints_installed),
         ("checkpoint_divergence", s.checkpoint_divergence),
+        ("campaigns", s.campaigns),
+        ("quiet_rounds", s.quiet_rounds),
+        ("wakes", s.wakes),
     ];
     let keys: Vec<Term> = pairs
         .iter()

@@ -206,6 +206,7 @@ impl Replica {
             return;
         }
         self.idle_since = self.ticks;
+        self.stats.quiet_rounds += 1;
         let round = self.reads.new_round(self.index as usize);
         self.quiet_round = round;
         self.quiet_acks = 0;
@@ -308,6 +309,7 @@ impl Replica {
             elapsed_ticks = 0;
         }
         self.quiet = false;
+        self.stats.wakes += 1;
         self.ticks = self.ticks.saturating_add(elapsed_ticks);
         self.clocks.ticked(self.mono_ns);
         self.set_up(up);

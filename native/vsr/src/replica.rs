@@ -259,6 +259,11 @@ pub struct Stats {
     pub checkpoint_divergence: u64,
     /// Checkpoints installed by state sync.
     pub checkpoints_installed: u64,
+    /// Quiet rounds this replica proposed as primary (`quiet_after_ticks`):
+    /// with the wakes below, what quiet costs a group that is not idle.
+    pub quiet_rounds: u64,
+    /// Times this replica woke from quiet.
+    pub wakes: u64,
 }
 
 /// A forwarded request waiting to be settled, for retry.
@@ -412,7 +417,8 @@ pub struct Replica {
     pub(crate) quiet: bool,
     /// The slots whose nodes the host's detector holds up (one bit each).
     pub(crate) up: u16,
-    /// Primary: the tick since which it has had nothing to do.
+    /// Primary: the last tick it had something to do (an op not yet
+    /// committed, acknowledged or announced, a request queued, ...).
     pub(crate) idle_since: u64,
     /// Primary: the round of its quiet proposal in flight (0: none), and
     /// the backups (one bit per slot) that went quiet in it.

@@ -526,6 +526,41 @@ pub fn prepares_lost_before_the_quiet_round(options: Options) -> Result<(), Fail
     until_quiet(&mut sim)
 }
 
+/// A group that commits at a steady pace, an op at least every half
+/// `quiet_after_ticks`, never proposes a quiet round and never sleeps:
+/// quiet is for idle groups, and a round under load only costs a wake at
+/// the next request. The test runs it with messages delivered within the
+/// tick they are sent in, so that each op is prepared and committed
+/// between two of the primary's ticks, as a real engine's are (an op takes
+/// well under a millisecond, a tick is 10 ms): what keeps the primary
+/// awake is then that it has a commit to announce at its next tick.
+pub fn steady_light_load_proposes_no_quiet_round(options: Options) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    until_quiet(&mut sim)?;
+    commit(&mut sim, 0, 0)?;
+    let rounds = |s: &Simulator| -> u64 {
+        s.replicas()
+            .map(|r| r.stats().quiet_rounds + r.stats().wakes)
+            .sum()
+    };
+    let before = rounds(&sim);
+    for _ in 0..40 {
+        sim.run_ticks(QUIET_AFTER / 2)?;
+        commit(&mut sim, 0, 0)?;
+    }
+    if rounds(&sim) != before || sim.replicas().any(|r| r.is_quiet()) {
+        return Err(fail(
+            &sim,
+            &format!(
+                "{} quiet rounds and wakes under a steady load",
+                rounds(&sim) - before
+            ),
+        ));
+    }
+    until_quiet(&mut sim)
+}
+
 /// Waits for client `c`'s outstanding request to complete, within less
 /// than a client's retry (the protocol's own resends must do it).
 fn commit_pending(sim: &mut Simulator, c: usize) -> Result<(), Failure> {

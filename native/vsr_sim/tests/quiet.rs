@@ -42,6 +42,17 @@ fn idle_group_goes_quiet_and_a_submission_wakes_it() {
 }
 
 #[test]
+fn steady_light_load_proposes_no_quiet_round() {
+    for n in [1, 3, 5] {
+        let mut options = quiet_options(n, 1);
+        // Ops done between two ticks, as a real engine's are.
+        options.network.delay_min = 0;
+        options.network.delay_max = 0;
+        quiet::steady_light_load_proposes_no_quiet_round(options).unwrap();
+    }
+}
+
+#[test]
 fn quiet_primary_node_dies() {
     for n in [3, 5] {
         quiet::quiet_primary_node_dies(quiet_options(n, 1)).unwrap();
