@@ -210,6 +210,52 @@ worker =
       |> Enum.map(fn {:ok, pair} -> pair end)
     end
 
+    # Where this node's CPU goes, as counters to difference: reductions by
+    # the kind of process (its `$initial_call` module: Visor.Router,
+    # Visor.Server, Visor.Formation, ...; anything else is :other), and
+    # the CPU seconds of the engine's threads (`visor-engine-*`) and of
+    # the VM's other threads, from /proc.
+    def cpu_breakdown(ticks_per_s) do
+      reductions =
+        Enum.reduce(Process.list(), %{}, fn pid, acc ->
+          case Process.info(pid, [:reductions, :dictionary]) do
+            [reductions: r, dictionary: dict] ->
+              kind =
+                case dict[:"$initial_call"] do
+                  {m, _, _} when m in [Visor.Router, Visor.Server, Visor.Formation] -> m
+                  {Visor.Beacon, _, _} -> Visor.Beacon
+                  _ -> :other
+                end
+
+              Map.update(acc, kind, r, &(&1 + r))
+
+            nil ->
+              acc
+          end
+        end)
+
+      threads =
+        for dir <- File.ls!("/proc/self/task"), reduce: %{engine: 0.0, vm: 0.0} do
+          acc ->
+            with {:ok, comm} <- File.read("/proc/self/task/#{dir}/comm"),
+                 {:ok, stat} <- File.read("/proc/self/task/#{dir}/stat") do
+              [_, after_name] = String.split(stat, ") ", parts: 2)
+              fields = String.split(after_name, " ")
+
+              cpu =
+                (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) /
+                  ticks_per_s
+
+              key = if String.starts_with?(comm, "visor-engine"), do: :engine, else: :vm
+              Map.update!(acc, key, &(&1 + cpu))
+            else
+              _ -> acc
+            end
+        end
+
+      %{reductions: reductions, thread_cpu_s: threads}
+    end
+
     # The socket writes on this node's distribution ports to `peers`, summed.
     def dist_sends(peers) do
       for {node, port} <- :erlang.system_info(:dist_ctrl), node in peers, is_port(port) do
@@ -429,6 +475,23 @@ defmodule GroupsBench do
   end
 
   # Milliseconds until `deadline` (monotonic), for a receive's `after`.
+  # Where a node's idle CPU went (GroupsWorker.cpu_breakdown/0 before and
+  # after): reductions per second by kind of process, and the engine's
+  # threads' and the VM's other threads' share of one core, in %.
+  def breakdown(before, after_, seconds) do
+    reductions =
+      for {kind, r} <- after_.reductions, into: %{} do
+        {inspect(kind), round((r - Map.get(before.reductions, kind, 0)) / seconds)}
+      end
+
+    threads =
+      for {key, s} <- after_.thread_cpu_s, into: %{} do
+        {key, Float.round((s - before.thread_cpu_s[key]) / seconds * 100, 1)}
+      end
+
+    %{reductions_per_s: reductions, thread_cpu_pct: threads}
+  end
+
   def left(deadline), do: max(0, deadline - System.monotonic_time(:millisecond))
 
   def fmt(nil), do: "-"
@@ -575,9 +638,11 @@ idle =
     Support.progress("idle for #{idle_s} s")
     cpu_before = Map.new(nodes, &{&1, cpu_s.(&1)})
     sends_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
+    breakdown_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     t0 = System.monotonic_time(:millisecond)
     Process.sleep(idle_s * 1000)
     seconds = (System.monotonic_time(:millisecond) - t0) / 1000
+    breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     after_idle = Map.new(nodes, &{&1, GroupsBench.os_process(os_pids[&1], ticks_per_s)})
     sends_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     vm_after = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
@@ -605,7 +670,8 @@ idle =
              max(rss_after - rss_before[n], (vm_after[n] - vm_before[n]) / 1024) / group_count,
              1
            ),
-         primaries: Enum.count(views_after[n], fn {_, _, p} -> p == n end)
+         primaries: Enum.count(views_after[n], fn {_, _, p} -> p == n end),
+         cpu_breakdown: GroupsBench.breakdown(breakdown_before[n], breakdown_after[n], seconds)
        }}
     end
     |> then(&{&1, views_after})
@@ -865,6 +931,18 @@ unless per_node == %{} do
           ],
           fn {v, w} -> String.pad_leading(GroupsBench.fmt(v), w) end
         )
+    )
+  end
+
+  IO.puts(
+    "\nwhere the idle CPU went (% of one core by thread kind; reductions/s by process kind)"
+  )
+
+  for {n, s} <- Enum.sort(per_node) do
+    b = s.cpu_breakdown
+
+    IO.puts(
+      "#{n}: threads #{inspect(b.thread_cpu_pct)}, reductions/s #{inspect(b.reductions_per_s)}"
     )
   end
 end

@@ -39,6 +39,10 @@ defmodule Visor.Guard do
 
   @doc false
   def init_it(parent, module, arg, name) do
+    # What observer and `:proc_lib.initial_call/1` show, as for a GenServer
+    # of `module` (and how a profile tells routers from servers).
+    Process.put(:"$initial_call", {module, :init, 1})
+
     if register(name) do
       case callback(module, :init, [arg]) do
         {:ok, state} ->
