@@ -117,7 +117,8 @@ defmodule Visor.Formation do
   Tells formation that this node's replica holds the cluster's state: no
   longer starting or recovering (normal, in a view change, or diverged).
   The group's router calls it once, at the first look that finds it so (it
-  looks every 10 ms, whatever the server is doing). A decider that held
+  looks whenever the engine says the status changed, whatever the server
+  is doing). A decider that held
   back for a recovering replica then answers peers by its formation
   snapshot (`Visor.Formation.Explicit`). The message names its sender,
   and formation heeds it only from this node's router.

@@ -35,11 +35,12 @@ defmodule Visor.Router do
   # Counter indexes (see stats/1).
   @stats [:peer_malformed, :send_noconnect, :send_busy, :unexpected_messages]
 
-  # How often the router looks at what changed in the replica (watch/1).
+  # The router looks at what changed in the replica (watch/1) when the
+  # engine says it changed (`:status_changed`), at most once per @watch_ms.
   @watch_ms 10
 
   # watch: what the router last saw of the replica (Visor.Router.Watch),
-  # and the timer of its next look. genesis: the nodes the group was
+  # when (monotonic ms), and the timer of a look put off by @watch_ms. genesis: the nodes the group was
   # formed with (a genesis member's id is its place in it); names: the
   # node of each other member id the replica sent to, found by hashing
   # the names of the nodes connected (Visor.MemberId). The engine names
@@ -51,11 +52,9 @@ defmodule Visor.Router do
     :server,
     :watch,
     :watch_timer,
-    # Quiet groups: the node's beacon (Visor.Beacon) once subscribed, and
-    # whether the engine ticks the replica no more (it is quiet; the watch
-    # rests until the engine ticks it again).
+    # Quiet groups: the node's beacon (Visor.Beacon) once subscribed.
     :beacon,
-    asleep: false,
+    looked_at: nil,
     engine: nil,
     genesis: {},
     names: %{}
@@ -128,8 +127,7 @@ defmodule Visor.Router do
           genesis: members,
           names: %{},
           server: pid,
-          watch: watch,
-          asleep: false
+          watch: watch
       }
 
       state = if Map.get(opts, :quiet_after_ticks, 0) > 0, do: subscribe(state), else: state
@@ -248,14 +246,28 @@ defmodule Visor.Router do
     {:sent, state}
   end
 
-  # The engine ticks the replica no more (it is quiet), or again: the
-  # watch rests with it (its pending turn is its last), and resumes.
-  defp send_event({:quiet, true}, state), do: {:sent, %{state | asleep: true}}
+  # What the watch acts on changed: it looks now, or @watch_ms after its
+  # last look (a replica dropping junk at every batch costs a look per
+  # @watch_ms, not one per batch).
+  defp send_event(:status_changed, state) do
+    since = state.looked_at && System.monotonic_time(:millisecond) - state.looked_at
 
-  defp send_event({:quiet, false}, state) do
-    state = %{state | asleep: false}
-    {:sent, if(state.watch_timer, do: state, else: watch(state))}
+    cond do
+      state.watch_timer != nil ->
+        {:sent, state}
+
+      since == nil or since >= @watch_ms ->
+        {:sent, watch(state)}
+
+      true ->
+        timer = :erlang.start_timer(@watch_ms - since, self(), :visor_watch)
+        {:sent, %{state | watch_timer: timer}}
+    end
   end
+
+  # The engine ticks the replica no more (it is quiet), or again: nothing
+  # for the router to do (it looks only when told the status changed).
+  defp send_event({:quiet, _asleep}, state), do: {:sent, state}
 
   defp send_event(_event, _state), do: :not_a_send
 
@@ -306,9 +318,9 @@ defmodule Visor.Router do
   end
 
   # What changed in the replica (Visor.Router.Watch), from the status copy
-  # the engine publishes. Every @watch_ms rather than after each batch of
-  # events: reading the copy costs tens of µs, and batches come by
-  # thousands a second under load.
+  # the engine publishes: when the engine says it changed, rather than
+  # every few ms: reading the copy costs tens of µs, and a node holds many
+  # groups whose status changes rarely.
   defp watch(state) do
     now = System.monotonic_time()
     engine = Native.status(state.engine)
@@ -319,14 +331,12 @@ defmodule Visor.Router do
       events -> send(state.server, {:visor_engine, state.engine, events})
     end
 
-    # An engine its server stopped (this node was removed from the
-    # group) changes no more: nothing left to look at.
-    # Nor one its engine ticks no more: the engine says when it ticks it again.
-    timer =
-      if engine.status != :stopped and not state.asleep,
-        do: :erlang.start_timer(@watch_ms, self(), :visor_watch)
-
-    %{state | watch: watch, watch_timer: timer}
+    %{
+      state
+      | watch: watch,
+        watch_timer: nil,
+        looked_at: System.monotonic_time(:millisecond)
+    }
   end
 
   # Carries out a Visor.Router.Watch effect; returns the events for the

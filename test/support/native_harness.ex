@@ -87,6 +87,10 @@ defmodule Visor.NativeTest.Harness do
       {:reply, _client, _request, _op, _outcome} = r, c ->
         update_in(c.replies[from], &(&1 ++ [r]))
 
+      # The engine's word that its status changed (the router's watch).
+      :status_changed, c ->
+        c
+
       {:read_ready, _id, _op} = r, c ->
         %{c | ready: c.ready ++ [{from, r}]}
 

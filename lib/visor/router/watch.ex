@@ -2,7 +2,8 @@ defmodule Visor.Router.Watch do
   @moduledoc false
   # What changed in this replica between two looks at its engine's status
   # (a pure decider; `Visor.Router` reads the status, a copy the engine
-  # publishes, every 10 ms, and carries out the effects): a view
+  # publishes, when the engine says it changed (at most every 10 ms), and
+  # carries out the effects): a view
   # change beginning and ending, a new primary, this node's role, a recovery
   # beginning and ending, a state sync beginning and ending, and the peers'
   # messages the engine dropped (its `dropped_*` counters).

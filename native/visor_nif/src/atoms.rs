@@ -30,6 +30,7 @@ rustler::atoms! {
     visor_engine,
     visor_engine_down,
     quiet,
+    status_changed,
     quiet_after_ticks,
     visor_detector,
     visor_engine_stalled,

@@ -201,6 +201,56 @@ pub struct ReplicaHost {
     owed: Vec<Output>,
     /// Quiet groups: what the engine keeps to stop and resume its ticks.
     quiet: QuietHost,
+    /// What the owner's status watch looks at, as last published, and as
+    /// the owner was last told it changed (`:status_changed`).
+    published: WatchKey,
+    told: WatchKey,
+}
+
+/// The fields of a status copy the owner's watch acts on (`Visor.Router.Watch`:
+/// a view change, a new primary or role, a recovery, a state sync, dropped
+/// messages). The engine tells the owner when they change, so that the
+/// owner reads the status then instead of polling it; what changes with
+/// every op (op, commit, sent) is left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct WatchKey {
+    phase: Option<HostPhase>,
+    view: u64,
+    primary: u8,
+    is_primary: bool,
+    role: Option<Role>,
+    epoch: u64,
+    sync: Option<u64>,
+    installed: u64,
+    dropped: u64,
+}
+
+impl WatchKey {
+    fn of(copy: &StatusCopy) -> WatchKey {
+        let s = &copy.stats;
+        WatchKey {
+            phase: Some(copy.phase),
+            view: copy.view,
+            primary: copy.primary,
+            is_primary: copy.is_primary,
+            role: Some(copy.role),
+            epoch: copy.membership.epoch(),
+            sync: copy.sync.map(|(op, _, _)| op),
+            installed: s.checkpoints_installed,
+            dropped: [
+                s.dropped_truncated,
+                s.dropped_corrupt,
+                s.dropped_unknown_format,
+                s.dropped_foreign_cluster,
+                s.dropped_unknown_sender,
+                s.dropped_malformed,
+                s.dropped_stale,
+                s.dropped_requests,
+            ]
+            .iter()
+            .fold(0u64, |sum, n| sum.wrapping_add(*n)),
+        }
+    }
 }
 
 /// A quiet group on the engine (docs/nif.md, "Quiet groups"): the engine
@@ -232,6 +282,7 @@ impl ReplicaHost {
         tick: Duration,
         disk: Option<(DiskOptions, bool, Option<Joining>)>,
     ) -> ReplicaHost {
+        let first = WatchKey::of(&engine.shared.lock());
         ReplicaHost {
             id,
             host,
@@ -248,6 +299,10 @@ impl ReplicaHost {
                 fed: u16::MAX,
                 told_asleep: false,
             },
+            // The owner looks at the status once as it starts the group:
+            // it is told of changes from that first copy on.
+            published: first,
+            told: first,
         }
     }
 
@@ -473,12 +528,14 @@ impl ReplicaHost {
         let asleep = self.asleep();
         let quiet = (asleep != self.quiet.told_asleep).then_some(asleep);
         self.quiet.told_asleep = asleep;
+        let changed = self.published != self.told;
+        self.told = self.published;
         if self.shared().is_stopped() {
             // stop/1 has returned: the owner gets nothing more, even from
             // steps taken before the Stop command reached this thread.
             return Ok(());
         }
-        if outputs.is_empty() && notices.is_empty() && quiet.is_none() {
+        if outputs.is_empty() && notices.is_empty() && quiet.is_none() && !changed {
             return Ok(());
         }
         let engine = &self.engine;
@@ -493,6 +550,7 @@ impl ReplicaHost {
                     .chain(convert::sends(env, &outputs))
                     .chain(outputs.iter().filter_map(|o| convert::event(env, o)))
                     .chain(quiet.map(|asleep| (atoms::quiet(), asleep).encode(env)))
+                    .chain(changed.then(|| atoms::status_changed().encode(env)))
                     .collect();
                 (atoms::visor_engine(), engine.encode(env), events)
             });
@@ -503,7 +561,7 @@ impl ReplicaHost {
         sent
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let mut copy = StatusCopy::of(self.host.replica());
         if let Some(store) = self.host.store() {
             let stats = store.stats();
@@ -517,6 +575,7 @@ impl ReplicaHost {
                 checkpoint: store.checkpoint_op(),
             };
         }
+        self.published = WatchKey::of(&copy);
         *self.shared().lock() = copy;
     }
 
