@@ -37,7 +37,10 @@ defmodule Visor.NativeTest.Harness do
       ready: [],
       last_send: nil,
       # Quiet groups: whether the engine last said it ticks each replica no more.
-      asleep: Map.new(engines, fn {i, _} -> {i, false} end)
+      asleep: Map.new(engines, fn {i, _} -> {i, false} end),
+      # Per replica, {status, view, primary} as the status read on each
+      # `:status_changed` showed them, oldest first.
+      changes: Map.new(engines, fn {i, _} -> {i, []} end)
     }
   end
 
@@ -87,9 +90,11 @@ defmodule Visor.NativeTest.Harness do
       {:reply, _client, _request, _op, _outcome} = r, c ->
         update_in(c.replies[from], &(&1 ++ [r]))
 
-      # The engine's word that its status changed (the router's watch).
+      # The engine's word that its status changed (the router's watch):
+      # the copy read on receipt already shows the change.
       :status_changed, c ->
-        c
+        s = Native.status(c.engines[from])
+        update_in(c.changes[from], &(&1 ++ [{s.status, s.view, s.primary}]))
 
       {:read_ready, _id, _op} = r, c ->
         %{c | ready: c.ready ++ [{from, r}]}
