@@ -19,6 +19,10 @@ defmodule Visor.Formation.Decider do
 
   @reconnect_every_ticks 10
 
+  @doc "How many ticks apart an unsettled decider asks to reconnect (a settled one: every tick)."
+  @spec reconnect_every_ticks() :: pos_integer()
+  def reconnect_every_ticks, do: @reconnect_every_ticks
+
   @typedoc """
   `recover: true` when this node restarted and must rejoin: its replica
   starts with `Visor.Native.start/2`'s `recover: true`.
@@ -106,13 +110,16 @@ defmodule Visor.Formation.Decider do
   @doc """
   One tick: counts it, and every #{@reconnect_every_ticks} ticks asks to
   keep distribution connected to `targets` (a healed partition then heals
-  the cluster: replica traffic never sets up connections itself).
+  the cluster: replica traffic never sets up connections itself). A
+  `settled` decider (it has nothing left to send on ticks: `settled?/1`
+  of its module) is ticked #{@reconnect_every_ticks} times less often
+  (`Visor.Formation`), and asks at every tick.
   """
-  @spec tick(map(), [node()]) :: map()
-  def tick(state, targets) do
+  @spec tick(map(), [node()], boolean()) :: map()
+  def tick(state, targets, settled \\ false) do
     state = %{state | ticks: state.ticks + 1}
 
-    if rem(state.ticks, @reconnect_every_ticks) == 1,
+    if settled or rem(state.ticks, @reconnect_every_ticks) == 1,
       do: Enum.reduce(targets -- [state.node], state, &emit(&2, {:connect, &1})),
       else: state
   end

@@ -173,9 +173,18 @@ defmodule Visor.Formation.Discovery do
 
   def waiting(_state), do: nil
 
+  @doc """
+  Whether a tick has nothing left to do but keep distribution connected:
+  no longer discovering nor bound to a proposal, and proposing nothing.
+  """
+  @spec settled?(t()) :: boolean()
+  def settled?(%{phase: :discovering}), do: false
+  def settled?(%{phase: {:accepted, _}}), do: false
+  def settled?(state), do: state.proposal == nil
+
   defp step(state, {:tick, visible}) do
     targets = if state.phase == :member, do: state.formed.members, else: []
-    state |> Decider.tick(targets) |> tick(visible)
+    state |> Decider.tick(targets, settled?(state)) |> tick(visible)
   end
 
   defp step(state, {:visor_hello, pid, from, inc, tag}) when is_atom(from) and is_integer(inc) do

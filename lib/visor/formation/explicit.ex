@@ -267,7 +267,7 @@ defmodule Visor.Formation.Explicit do
   @doc "Takes one input; returns the new state and the effects to carry out."
   @spec handle(t(), term()) :: {t(), [Decider.effect()]}
   def handle(state, :tick) do
-    state |> Decider.tick(state.members) |> tick() |> Decider.flush()
+    state |> Decider.tick(state.members, settled?(state)) |> tick() |> Decider.flush()
   end
 
   def handle(state, {:visor_hello, pid, from, inc, cluster})
@@ -318,6 +318,19 @@ defmodule Visor.Formation.Explicit do
   # Anything else (another mode's messages, junk from a misbehaving peer):
   # ignored. Peers are untrusted input.
   def handle(state, _input), do: {state, []}
+
+  @doc """
+  Whether a tick has nothing left to do but keep distribution connected:
+  decided (or refused), not holding a fresh start back, and every other
+  member heard. Hellos still get their answers; only ticks slow down.
+  """
+  @spec settled?(t()) :: boolean()
+  def settled?(%{phase: :forming}), do: false
+
+  def settled?(state) do
+    not state.held and
+      Enum.all?(state.members, &(&1 == state.node or &1 in state.heard))
+  end
 
   @doc """
   Whom a forming node waits for: the other members that have not answered
