@@ -222,9 +222,18 @@ worker =
             [reductions: r, dictionary: dict] ->
               kind =
                 case dict[:"$initial_call"] do
-                  {m, _, _} when m in [Visor.Router, Visor.Server, Visor.Formation] -> m
-                  {Visor.Beacon, _, _} -> Visor.Beacon
-                  _ -> :other
+                  {m, _, _}
+                  when m in [
+                         Visor.Router,
+                         Visor.Server,
+                         Visor.Formation,
+                         Visor.Groups.Host,
+                         Visor.Beacon
+                       ] ->
+                    m
+
+                  _ ->
+                    :other
                 end
 
               Map.update(acc, kind, r, &(&1 + r))

@@ -38,7 +38,7 @@ defmodule Visor.Formation.Explicit do
   # its store). A process that decides tells every other member
   # (`{:visor_ready, pid, node, incarnation, decided}`, the members it
   # knows decided, itself included); a held one asks every other member so
-  # each tick; one that knows more answers (`:visor_ready_reply`, not
+  # again and again (backing off, as hellos do: tick/1); one that knows more answers (`:visor_ready_reply`, not
   # answered in turn). Members pass on what they heard, so the word of a
   # member that is gone comes from any member that heard it.
   #
@@ -176,6 +176,10 @@ defmodule Visor.Formation.Explicit do
   alias Visor.Formation.Decider
   alias Visor.Options
 
+  # The longest wait between two retries of a hello or a decision's
+  # question, in ticks (100 ms each).
+  @retry_max_ticks 16
+
   @enforce_keys [:module, :name, :node, :self, :incarnation, :settings, :members, :cluster]
   defstruct @enforce_keys ++
               [
@@ -217,6 +221,11 @@ defmodule Visor.Formation.Explicit do
                 held: false,
                 ready: MapSet.new(),
                 warned: MapSet.new(),
+                # Retries back off (see tick/1): node => {tick of the next
+                # hello, ticks to wait after it}; and the same for asking
+                # the others' decisions while held.
+                hello_due: %{},
+                ready_due: {0, 1},
                 ticks: 0,
                 out: []
               ]
@@ -287,7 +296,7 @@ defmodule Visor.Formation.Explicit do
   end
 
   # Word of which members decided: a held member asks every other member
-  # each tick; one that knows more answers with all it knows.
+  # (again and again, backing off); one that knows more answers with all it knows.
   def handle(state, {tag, pid, from, inc, nodes})
       when tag in [:visor_ready, :visor_ready_reply] and is_atom(from) and is_integer(inc) do
     if from in state.members and from != state.node and Decider.node_list?(nodes) do
@@ -360,13 +369,29 @@ defmodule Visor.Formation.Explicit do
   # hello the members not heard from yet, so that this process records
   # every member (a rejoined node learns who the others are; they record
   # its new incarnation).
+  # Hellos to the members not heard yet, and asks for their decisions
+  # while held, each retried at the first tick and then after 1, 2, 4, ...
+  # ticks, at most @retry_max_ticks apart: an answer lost is asked again
+  # soon, but a node too loaded to answer within a tick (hundreds of
+  # groups forming at once) is not sent a new copy every tick, which
+  # would only queue up behind the ones it has not read yet.
   defp tick(%{phase: phase} = state) when phase in [:forming, :member] do
     waiting_for = if phase == :forming, do: state.acks, else: state.heard
     hello = {:visor_hello, state.self, state.node, state.incarnation, state.cluster}
 
     state.members
     |> Enum.reject(&(&1 == state.node or &1 in waiting_for))
-    |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, hello}))
+    |> Enum.reduce(state, fn node, state ->
+      {due, wait} = Map.get(state.hello_due, node, {0, 1})
+
+      if state.ticks >= due do
+        state = Decider.emit(state, {:send, {state.name, node}, hello})
+        next = {state.ticks + wait, min(2 * wait, @retry_max_ticks)}
+        %{state | hello_due: Map.put(state.hello_due, node, next)}
+      else
+        state
+      end
+    end)
     |> ask_ready()
     |> maybe_formed()
   end
@@ -408,9 +433,16 @@ defmodule Visor.Formation.Explicit do
     |> Enum.reduce(state, &Decider.emit(&2, {:send, {state.name, &1}, message}))
   end
 
-  # Held: asks every other member, each tick (a member that does not know
-  # more does not answer).
-  defp ask_ready(%{held: true} = state), do: tell_ready(state)
+  # Held: asks every other member, backing off as hellos do (a member that
+  # does not know more does not answer).
+  defp ask_ready(%{held: true, ready_due: {due, wait}} = state) do
+    if state.ticks >= due do
+      %{tell_ready(state) | ready_due: {state.ticks + wait, min(2 * wait, @retry_max_ticks)}}
+    else
+      state
+    end
+  end
+
   defp ask_ready(state), do: state
 
   # Held, and every other member known to have decided: the replica starts.
