@@ -277,8 +277,8 @@ pub struct Config {
     pub checkpoint_interval: u64,
     /// Also take a checkpoint once the commands (payload bytes) executed
     /// since the previous checkpoint boundary reach this many bytes, so the
-    /// log's memory is bounded in bytes as well as in ops (0: by ops
-    /// alone, the default). Only with `checkpoint_interval > 0`
+    /// log's memory is bounded in bytes as well as in ops (default 64 MiB;
+    /// 0: by ops alone). Only with `checkpoint_interval > 0`
     /// ([`crate::checkpoint::boundary`]).
     pub checkpoint_bytes: u64,
     /// Most checkpoint bytes in one state-sync message.
@@ -343,7 +343,7 @@ impl Config {
             resend_ticks: 10,
             request_retry_ticks: 20,
             checkpoint_interval: 0,
-            checkpoint_bytes: 0,
+            checkpoint_bytes: 64 << 20,
             checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
             boot_nonce: 0,
@@ -402,8 +402,9 @@ impl Config {
     /// they must not form a quorum together: to each other they are
     /// another cluster (`Stats::dropped_foreign_cluster`). The other fields
     /// only set one replica's pace and limits. `checkpoint_bytes` is
-    /// folded in only when it is not 0, so a configuration without a byte
-    /// budget keeps the wire cluster it had before the setting existed.
+    /// folded in only when it decides something (checkpoints on, a budget
+    /// set), so a configuration where it does not keeps the wire cluster it
+    /// had before the setting existed.
     pub fn wire_cluster(&self) -> u128 {
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::WireClusterIgnoresSettings) {
@@ -419,7 +420,7 @@ impl Config {
         ] {
             seed.extend_from_slice(&setting.to_le_bytes());
         }
-        if self.checkpoint_bytes > 0 {
+        if self.checkpoint_interval > 0 && self.checkpoint_bytes > 0 {
             seed.extend_from_slice(b"checkpoint_bytes");
             seed.extend_from_slice(&self.checkpoint_bytes.to_le_bytes());
         }
@@ -505,6 +506,10 @@ mod tests {
         pace.batch_max_bytes += 1;
         pace.pipeline_max += 1;
         assert_eq!(base.wire_cluster(), pace.wire_cluster());
+        let base = Config {
+            checkpoint_interval: 10,
+            ..base
+        };
         let changes: [fn(&mut Config); 4] = [
             |c| c.client_table_max += 1,
             |c| c.checkpoint_interval += 1,
@@ -521,17 +526,32 @@ mod tests {
     #[test]
     fn a_configuration_without_a_byte_budget_keeps_its_wire_cluster() {
         // The seed as it was before `checkpoint_bytes` existed: a cluster
-        // formed then keeps its id (and talks to replicas of that release).
+        // where it decides nothing keeps its id.
+        let old_id = |interval: u64| {
+            let mut seed = b"visor-wire".to_vec();
+            seed.extend_from_slice(&7u128.to_le_bytes());
+            for setting in [4096u64, interval, 1 << 20] {
+                seed.extend_from_slice(&setting.to_le_bytes());
+            }
+            checksum(&seed)
+        };
         let c = Config::new(7, 3);
-        let mut seed = b"visor-wire".to_vec();
-        seed.extend_from_slice(&7u128.to_le_bytes());
-        for setting in [4096u64, 0, 1 << 20] {
-            seed.extend_from_slice(&setting.to_le_bytes());
-        }
-        assert_eq!(c.wire_cluster(), checksum(&seed));
-        let mut budget = c.clone();
+        assert_eq!(c.checkpoint_bytes, 64 << 20);
+        assert_eq!(
+            c.wire_cluster(),
+            old_id(0),
+            "no checkpoints: the budget decides nothing"
+        );
+        let mut by_ops = c.clone();
+        by_ops.checkpoint_interval = 100;
+        by_ops.checkpoint_bytes = 0;
+        assert_eq!(by_ops.wire_cluster(), old_id(100));
+        let mut budget = by_ops.clone();
         budget.checkpoint_bytes = 64 << 20;
-        assert_ne!(budget.wire_cluster(), c.wire_cluster());
+        assert_ne!(budget.wire_cluster(), by_ops.wire_cluster());
+        let mut other = budget.clone();
+        other.checkpoint_bytes += 1;
+        assert_ne!(budget.wire_cluster(), other.wire_cluster());
     }
 
     #[test]
