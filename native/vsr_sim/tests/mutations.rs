@@ -415,3 +415,12 @@ fn a_wake_without_the_elapsed_ticks_is_caught() {
         assert!(failure.reason.contains("behind every clock"), "{failure}");
     }
 }
+
+#[test]
+fn a_byte_count_kept_across_an_install_is_caught() {
+    let mut broken = options(3, 4);
+    broken.config.mutation = Mutation::ByteCountSurvivesInstall;
+    let failure = scenarios::byte_budget_checkpoints_agree_after_sync_and_restart(broken).unwrap_err();
+    assert!(failure.reason.contains("not a checkpoint boundary"), "{failure}");
+    scenarios::byte_budget_checkpoints_agree_after_sync_and_restart(options(3, 4)).unwrap();
+}
