@@ -179,7 +179,7 @@ impl Checker {
         while (found.is.len() as Op) < op {
             let o = found.is.len() as Op + 1;
             found.since = found.since.saturating_add(self.sizes[(o - 1) as usize]);
-            let boundary = o % interval == 0 || (budget > 0 && found.since >= budget);
+            let boundary = o.is_multiple_of(interval) || (budget > 0 && found.since >= budget);
             if boundary {
                 found.since = 0;
             }

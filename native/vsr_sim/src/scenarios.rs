@@ -439,7 +439,7 @@ pub fn byte_budget_checkpoints_agree_after_sync_and_restart(mut options: Options
         ));
     }
     match first {
-        Some((op, _)) if op > behind && op % 1_000_000 != 0 => {}
+        Some((op, _)) if op > behind && !op.is_multiple_of(1_000_000) => {}
         _ => return Err(failure(&sim, format!("no byte checkpoint: {first:?}"))),
     }
     for r in 0..3 {
