@@ -11,7 +11,7 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check model-check-membership demo bench bench-pipeline bench-catchup bench-groups fmt fresh-app
+.PHONY: deps test rust-test elixir-test soak model-check model-check-membership demo bench bench-pipeline bench-catchup bench-groups bench-memory fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # Visor needs no hex packages.
@@ -77,6 +77,13 @@ bench-pipeline: deps
 # (BENCH_CATCHUP_MB); bench/catchup.exs, about 10 s.
 bench-catchup: deps
 	mix run bench/catchup.exs
+
+# RSS and log length per node while 1 MB commands commit (memory mode, 3
+# local nodes): BENCH_MEMORY_COMMANDS (default 2,000, about 100 s),
+# checkpoint_bytes BENCH_CHECKPOINT_MB (default 64; 0: by ops alone);
+# bench/memory.exs, writes bench/results/memory-<time>.json.
+bench-memory: deps
+	mix run bench/memory.exs
 
 # What many groups cost (docs/design/many-groups.md, step 0): BENCH_GROUPS
 # keyed groups (default 10,000; BENCH_KIND=modules: one generated module

@@ -118,6 +118,12 @@ defmodule Visor do
     * `:checkpoint_every`: ops between checkpoints (default 10000, `0`
       disables; it sets the engine's `checkpoint_interval`, which is not an
       option itself);
+    * `:checkpoint_bytes`: a checkpoint is also taken once the commands
+      committed since the last one add up to this many bytes (default
+      64 MiB, `0` for by ops alone; only with checkpoints on), so a
+      node's log holds about twice this much at most, whatever the
+      commands' size (docs/operations.md, "Memory"); every member must
+      have the same value;
     * `:replace_after`: ms (at least 1000; default `nil`, off; `:infinity`
       is off too) after which the primary replaces a member it has not
       heard from by a spare running the group, through the same change as

@@ -24,7 +24,7 @@ defmodule Visor.Contract do
 
   # The interface this Elixir code speaks: equal to the NIF's
   # PROTOCOL_VERSION (native/visor_nif/src/contract.rs), bumped with it.
-  @protocol_version 15
+  @protocol_version 16
   @key {__MODULE__, :contract}
 
   @rebuild "rebuild it with `mix compile` (which runs `cargo build --release -p visor_nif` " <>

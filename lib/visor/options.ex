@@ -70,13 +70,28 @@ defmodule Visor.Options do
   #   * client_table_max: which client session is evicted when the table is
   #     full, at execution; replicas with other limits evict different
   #     sessions, so a command executes on one and is refused on another;
-  #   * checkpoint_interval: the ops at which checkpoints are taken and
-  #     compared by digest, and which log prefix may be dropped;
+  #   * checkpoint_interval, checkpoint_bytes: the ops at which checkpoints
+  #     are taken and compared by digest, and which log prefix may be
+  #     dropped (a checkpoint is vouched for, and the log dropped below it,
+  #     only once a quorum holds the same one at the same op);
   #   * checkpoint_chunk_bytes: the chunk offsets a state sync's sender and
   #     receiver must agree on.
   # The others (batching, pipeline, queue sizes, timeouts, tick_ms) are
   # one replica's pace: replicas that differ in them still agree.
-  @shared_settings [:client_table_max, :checkpoint_interval, :checkpoint_chunk_bytes]
+  @shared_settings [
+    :client_table_max,
+    :checkpoint_interval,
+    :checkpoint_chunk_bytes,
+    :checkpoint_bytes
+  ]
+
+  # Shared settings that came after the cluster id's term was pinned: they
+  # are left out of the id (`cluster_id/4`), so groups and disk stores
+  # formed before keep theirs. Replicas that differ in them still never
+  # talk: the engine folds them into the id on the wire
+  # (`vsr::Config::wire_cluster`), and formation compares every shared
+  # setting.
+  @unhashed_settings [:checkpoint_bytes]
 
   # With the default client_table_max (24 x pool_size) inside its range.
   @max_pool_size 10_000
@@ -162,6 +177,8 @@ defmodule Visor.Options do
       |> Map.put_new(:tick_ms, Contract.default(:tick_ms))
       # Commands above it are refused before they reach the log.
       |> Map.put_new(:batch_max_bytes, Contract.default(:batch_max_bytes))
+      # A shared setting: explicit, as the others.
+      |> Map.put_new(:checkpoint_bytes, Contract.default(:checkpoint_bytes))
       # Every node's pool registers its own sessions: keep room for all of
       # them, several times over, so that sessions of live nodes are never
       # evicted (an eviction makes an in-flight command's fate unknown).
@@ -314,6 +331,9 @@ defmodule Visor.Options do
   settings, so every node computes the same id, and two groups (or two
   memberships, or members whose shared settings differ) never accept each
   other's messages. `settings` defaults to those of default options.
+  `checkpoint_bytes`, which came later, is not hashed, so ids (and disk
+  stores) of groups formed before stay: the engine keeps replicas that
+  differ in it apart on the wire, and formation compares it.
 
   A module's default group hashes version 2 of the term, as before keyed
   groups existed, so its id (and its disk store) is unchanged; a keyed
@@ -331,11 +351,13 @@ defmodule Visor.Options do
       do:
         hash(
           {:visor_cluster, 3, module, canonical_key(key), instance, Enum.sort(nodes),
-           Enum.sort(settings)}
+           hashed_settings(settings)}
         )
 
   def cluster_id(module, nodes, settings, nil) when is_atom(module),
-    do: hash({:visor_cluster, 2, module, Enum.sort(nodes), Enum.sort(settings)})
+    do: hash({:visor_cluster, 2, module, Enum.sort(nodes), hashed_settings(settings)})
+
+  defp hashed_settings(settings), do: settings |> Map.drop(@unhashed_settings) |> Enum.sort()
 
   @doc """
   `key` as a keyed group is known by: every float in it with its zero's
@@ -374,8 +396,25 @@ defmodule Visor.Options do
   def shared_settings(engine) do
     engine
     |> Map.put_new(:checkpoint_chunk_bytes, Contract.default(:checkpoint_chunk_bytes))
+    |> Map.put_new(:checkpoint_bytes, Contract.default(:checkpoint_bytes))
     |> Map.take(@shared_settings)
   end
+
+  @doc """
+  The shared settings a disk store recorded, `stored`, completed with this
+  node's value (`ours`) of each setting the store's release did not
+  record: a store written before `checkpoint_bytes` existed holds no value
+  for it. Such a node's value is still compared with its peers' (their
+  hellos), and the engine keeps replicas that differ apart on the wire.
+  """
+  @spec recorded_settings(term(), map()) :: term()
+  def recorded_settings(stored, ours) when is_map(stored) do
+    Enum.reduce(@unhashed_settings, stored, fn key, acc ->
+      if Map.has_key?(ours, key), do: Map.put_new(acc, key, Map.fetch!(ours, key)), else: acc
+    end)
+  end
+
+  def recorded_settings(stored, _ours), do: stored
 
   defp default_settings, do: validate!(__MODULE__, cluster_size: 1).settings
 

@@ -19,6 +19,8 @@ defmodule Visor.Test.Counter do
 
   def handle_commit(:meta, meta, state), do: {:ok, meta, stamp(state, meta)}
   def handle_commit({:echo, term}, meta, state), do: {:ok, term, stamp(state, meta)}
+  # A large command that leaves only its size: the log holds it, the state does not.
+  def handle_commit({:blob, bytes}, meta, state), do: {:ok, byte_size(bytes), stamp(state, meta)}
   def handle_commit(:raise, _meta, _state), do: raise(ArgumentError, "boom")
   def handle_commit(:throw, _meta, _state), do: throw(:oops)
   def handle_commit(:exit, _meta, _state), do: exit(:bye)

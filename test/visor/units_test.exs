@@ -40,7 +40,8 @@ defmodule Visor.UnitsTest do
       assert default == %{
                client_table_max: 4096,
                checkpoint_interval: 10_000,
-               checkpoint_chunk_bytes: 1_048_576
+               checkpoint_chunk_bytes: 1_048_576,
+               checkpoint_bytes: 67_108_864
              }
 
       # Pace and batching are each replica's own business.
@@ -59,6 +60,28 @@ defmodule Visor.UnitsTest do
       nodes = [:a@h, :b@h]
       assert Options.cluster_id(Cache, nodes) == Options.cluster_id(Cache, nodes, default)
       refute Options.cluster_id(Cache, nodes) == Options.cluster_id(Cache, nodes, bigger)
+
+      # checkpoint_bytes is shared, but not hashed: ids (and stores) of
+      # groups formed before it existed stay; the engine's wire id and
+      # formation keep members that differ apart.
+      small = Options.validate!(Cache, cluster_size: 3, checkpoint_bytes: 4096).settings
+
+      assert Options.setting_mismatch(default, small) ==
+               {:setting_mismatch, :checkpoint_bytes, 67_108_864, 4096}
+
+      assert Options.cluster_id(Cache, nodes, small) == Options.cluster_id(Cache, nodes, default)
+
+      assert Options.cluster_id(Cache, nodes, Map.delete(default, :checkpoint_bytes)) ==
+               Options.cluster_id(Cache, nodes)
+
+      # A store of a release without it recorded none: the node's value.
+      old_store = Map.delete(default, :checkpoint_bytes)
+
+      assert Options.recorded_settings(old_store, small) ==
+               Map.put(old_store, :checkpoint_bytes, 4096)
+
+      assert Options.recorded_settings(default, small) == default
+      assert Options.recorded_settings(:junk, small) == :junk
     end
 
     test "defaults: 1 MiB commands, a client table with room for every node's pool" do

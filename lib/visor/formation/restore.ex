@@ -105,6 +105,7 @@ defmodule Visor.Formation.Restore do
              "#{dir} holds group #{inspect(info.group)}"
            end),
          {:ok, members, settings} <- stored_meta(dir, info),
+         settings = Options.recorded_settings(settings, expected.settings),
          # The store's member id names the node (Visor.MemberId): its
          # place in `members`, the list the cluster was formed with, or,
          # for a node a change added, the md5 of its name; whatever the

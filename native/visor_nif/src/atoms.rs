@@ -43,6 +43,7 @@ rustler::atoms! {
     install_snapshot,
     checkpoint,
     checkpoint_interval,
+    checkpoint_bytes,
     checkpoint_chunk_bytes,
     log_base,
 

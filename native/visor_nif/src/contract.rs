@@ -15,7 +15,7 @@ use crate::convert::MEMBERSHIP_BYTES_MAX;
 /// Version of the Elixir <-> NIF interface. Bump it whenever a NIF's
 /// signature or meaning changes: `Visor.Native` refuses to load a library
 /// of another version (a stale `.so`).
-pub const PROTOCOL_VERSION: u32 = 15;
+pub const PROTOCOL_VERSION: u32 = 16;
 
 /// Tick interval when `:tick_ms` is not given.
 pub const TICK_MS_DEFAULT: u64 = 10;

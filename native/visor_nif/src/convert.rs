@@ -43,10 +43,14 @@ fn usize_of(name: &'static str, value: u64) -> Result<usize, EngineError> {
 }
 
 /// The vsr `Config` fields that `start` may override, by option name.
-fn overrides() -> [(Atom, &'static str, Setter); 14] {
+fn overrides() -> [(Atom, &'static str, Setter); 15] {
     [
         (atoms::checkpoint_interval(), "checkpoint_interval", |c, v| {
             c.checkpoint_interval = v;
+            Ok(())
+        }),
+        (atoms::checkpoint_bytes(), "checkpoint_bytes", |c, v| {
+            c.checkpoint_bytes = v;
             Ok(())
         }),
         (

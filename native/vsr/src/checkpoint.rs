@@ -4,9 +4,10 @@
 //! `C`: the host's application snapshot, the client table, and entry `C`'s
 //! checksum (the hash-chain link later entries attach to) and timestamp
 //! (later prepares stay strictly increasing). Every replica takes one at the
-//! same ops (multiples of `checkpoint_interval`), so equal histories give
-//! equal checkpoints, and replicas compare their digests to detect a host
-//! whose state diverged.
+//! same ops (multiples of `checkpoint_interval`, and the op where the
+//! commands since the previous such op pass `checkpoint_bytes`:
+//! [`boundary`]), so equal histories give equal checkpoints, and replicas
+//! compare their digests to detect a host whose state diverged.
 //!
 //! Once a checkpoint is formed the replica drops the log entries at and
 //! below its *previous* checkpoint: one interval of history stays, so that
@@ -77,6 +78,36 @@ pub const WINDOW_BYTES: u64 = 1 << 20;
 /// Chunks per request for chunks of `chunk` bytes: at least one.
 pub fn window_chunks(chunk: u64) -> u64 {
     (WINDOW_BYTES / chunk.max(1)).clamp(1, CHUNK_WINDOW)
+}
+
+/// The checkpoint rule: whether op `op`, whose entry carries `bytes` of
+/// commands, is a *boundary* (an op every replica checkpoints at), given
+/// `since`, the command bytes of the ops after the previous boundary and
+/// before `op`; and the bytes since the last boundary once `op` executed
+/// (0 at a boundary).
+///
+/// With `interval = 0` nothing is a boundary (no checkpoints at all, the
+/// byte budget included). Otherwise `op` is one if it is a multiple of
+/// `interval`, or if `budget > 0` and the command bytes since the
+/// previous boundary, `op`'s included, reach `budget`. Op 0 is a boundary.
+///
+/// So the boundaries are a function of the committed history alone: of
+/// each entry's payload bytes (in the hash chain, equal on every replica)
+/// and of the two settings (equal on every replica: they are folded into
+/// the wire cluster). A replica computes them with a running count that
+/// starts at 0 at a boundary: op 0, the checkpoint it restarts from, or one
+/// it installs (every checkpoint is at a boundary), and is advanced at
+/// every op it executes (docs/protocol.md, "Which ops are checkpoints").
+pub fn boundary(interval: u64, budget: u64, op: Op, since: u64, bytes: u64) -> (bool, u64) {
+    if interval == 0 {
+        return (false, 0);
+    }
+    let since = since.saturating_add(bytes);
+    if op.is_multiple_of(interval) || (budget > 0 && since >= budget) {
+        (true, 0)
+    } else {
+        (false, since)
+    }
 }
 
 /// The replicated state after executing op `op`.
@@ -265,6 +296,10 @@ pub(crate) struct Checkpoints {
     /// the wrong state (an answer names only its op).
     asked_before_heal: Op,
     pub(crate) sync: Option<Sync>,
+    /// Command bytes executed since the last checkpoint boundary
+    /// ([`boundary`]); 0 at op 0, and reset to 0 by a restart from a
+    /// checkpoint and by an install, which are at boundaries.
+    pub(crate) since_boundary: u64,
 }
 
 /// Keeps the `max` highest ops of `map`.
@@ -445,15 +480,22 @@ impl Replica {
             .map(|s| (s.op, s.bytes.len() as u64, s.total))
     }
 
-    /// Right after executing `op`: if a checkpoint is due, asks the host for
-    /// its snapshot and captures the rest of the state as of `op`.
-    pub(crate) fn checkpoint_due(&mut self, op: Op, checksum: u128, timestamp: u64) {
-        let interval = self.config.checkpoint_interval;
-        if interval == 0
-            || !op.is_multiple_of(interval)
-            || op <= self.checkpoints.latest().0
-            || op <= self.checkpoints.asked_before_heal
-        {
+    /// Right after executing `op`, whose entry carries `bytes` of commands:
+    /// counts them towards the byte budget and, if `op` is a checkpoint
+    /// boundary ([`boundary`]), asks the host for its snapshot and captures
+    /// the rest of the state as of `op`. The count goes on whether or not a
+    /// snapshot is asked for: which ops are boundaries depends on the
+    /// history, never on what this replica held when it executed them.
+    pub(crate) fn checkpoint_due(&mut self, op: Op, checksum: u128, timestamp: u64, bytes: u64) {
+        let (due, since) = boundary(
+            self.config.checkpoint_interval,
+            self.config.checkpoint_bytes,
+            op,
+            self.checkpoints.since_boundary,
+            bytes,
+        );
+        self.checkpoints.since_boundary = since;
+        if !due || op <= self.checkpoints.latest().0 || op <= self.checkpoints.asked_before_heal {
             return;
         }
         let pending = PendingSnapshot {
@@ -1125,6 +1167,7 @@ impl Replica {
             self.step_down_from_a_left_view();
         }
         self.commit_min = op;
+        self.reset_byte_count();
         self.executed_membership = checkpoint.membership.unwrap_or(self.config.genesis);
         self.commit_max = self.commit_max.max(op);
         self.primary_op = self.primary_op.max(op);
@@ -1220,6 +1263,17 @@ impl Replica {
         self.serve_reads();
     }
 
+    /// Execution goes on from a checkpoint (installed, or restored on
+    /// restart): every checkpoint is at a boundary, so the byte count
+    /// starts there at 0, as it did on every replica that executed it.
+    fn reset_byte_count(&mut self) {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::ByteCountSurvivesInstall) {
+            return;
+        }
+        self.checkpoints.since_boundary = 0;
+    }
+
     /// Restores a checkpoint on restart (its `InstallSnapshot`, and what
     /// entering its epoch outputs if it is of a newer one than the state).
     pub(crate) fn restore_checkpoint(&mut self, checkpoint: Arc<Checkpoint>) -> Result<(), String> {
@@ -1238,6 +1292,7 @@ impl Replica {
             .ok_or("the checkpoint's client table does not decode")?;
         self.client_table = table;
         self.commit_min = checkpoint.op;
+        self.reset_byte_count();
         self.commit_max = self.commit_max.max(checkpoint.op);
         let held = Held::new(checkpoint.clone());
         self.checkpoints.remember(&held);
@@ -1274,6 +1329,72 @@ mod tests {
     /// A checkpoint as stored and sent before memberships existed: these
     /// bytes are fixed, so that no change to the type alters them.
     const TODAYS_BYTES: [u8; 11] = [0x05, 0xb4, 0x24, 0x63, 0x02, 0x01, 0x02, 0x03, 0x07, 0x08, 0x09];
+
+    /// The boundaries among ops `from+1..=to` of a history whose op `o`
+    /// carries `sizes[o - 1]` command bytes, counted from `from` (a boundary).
+    fn boundaries(interval: u64, budget: u64, sizes: &[u64], from: Op) -> Vec<Op> {
+        let mut since = 0;
+        let mut found = Vec::new();
+        for op in from + 1..=sizes.len() as Op {
+            let (due, after) = boundary(interval, budget, op, since, sizes[op as usize - 1]);
+            since = after;
+            if due {
+                found.push(op);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_rule_takes_multiples_of_the_interval_and_every_budget_passed() {
+        // Ops by the interval alone, as before the byte budget.
+        assert_eq!(boundaries(4, 0, &[1 << 30; 9], 0), vec![4, 8]);
+        // Budget 10: ops 3 (4+4+4), 4 (a multiple of 4), 7 (3+3+9), 8.
+        let sizes = [4, 4, 4, 1, 3, 3, 9, 1, 2];
+        assert_eq!(boundaries(4, 10, &sizes, 0), vec![3, 4, 7, 8]);
+        // A command of the budget or more is a boundary by itself.
+        assert_eq!(boundaries(100, 10, &[10, 0, 25, 9, 1], 0), vec![1, 3, 5]);
+        // Interval 0: no checkpoints at all, whatever the bytes.
+        assert_eq!(boundaries(0, 10, &[100; 5], 0), Vec::<Op>::new());
+        assert_eq!(boundary(0, 10, 7, 5, 100), (false, 0));
+        // The count saturates.
+        assert_eq!(boundary(100, 0, 1, u64::MAX, 1), (false, u64::MAX));
+        assert_eq!(boundary(100, u64::MAX, 1, u64::MAX, 1), (true, 0));
+    }
+
+    /// A replica counts from op 0, or from a checkpoint it restarts from or
+    /// installs, which is a boundary: from any boundary of a history, the
+    /// count finds the boundaries counting from op 0 finds after it.
+    #[test]
+    fn counting_from_any_boundary_finds_the_same_boundaries_after_it() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |max: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % max
+        };
+        for _ in 0..200 {
+            let interval = 1 + next(40);
+            let budget = next(3) * next(200);
+            let sizes: Vec<u64> = (0..300).map(|_| next(4) * next(60)).collect();
+            let all = boundaries(interval, budget, &sizes, 0);
+            for &from in &all {
+                let after: Vec<Op> = all.iter().copied().filter(|&b| b > from).collect();
+                assert_eq!(boundaries(interval, budget, &sizes, from), after);
+            }
+            // Counting from an op that is not a boundary may find others
+            // (why a replica starts its count only at a checkpoint), but it
+            // meets the same ones again at the next multiple of the interval.
+            let from = 1 + next(sizes.len() as u64 - 1);
+            let realigned = (from / interval + 1) * interval;
+            let tail = |v: Vec<Op>| v.into_iter().filter(|&b| b >= realigned).collect::<Vec<_>>();
+            assert_eq!(
+                tail(boundaries(interval, budget, &sizes, from)),
+                tail(all.clone())
+            );
+        }
+    }
 
     #[test]
     fn an_epoch_0_checkpoint_keeps_todays_bytes_and_digest() {

@@ -31,7 +31,7 @@ pub fn quorum(replica_count: usize) -> usize {
 /// core itself is correct for any positive value (its arithmetic on these
 /// saturates); the ranges keep a typo from making a cluster that never
 /// times out, never resends or never checkpoints.
-pub const RANGES: [(&str, u64, u64); 14] = [
+pub const RANGES: [(&str, u64, u64); 15] = [
     ("batch_max_requests", 1, 65_536),
     ("batch_max_bytes", 1, 1 << 30),
     ("pipeline_max", 1, 1_024),
@@ -46,6 +46,7 @@ pub const RANGES: [(&str, u64, u64); 14] = [
     ("checkpoint_interval", 0, 1 << 32),
     ("checkpoint_chunk_bytes", 1, 1 << 26),
     ("quiet_after_ticks", 0, 1_000_000),
+    ("checkpoint_bytes", 0, 1 << 40),
 ];
 
 /// A setting a [`Config`] may not have: which one, and why (`"must be
@@ -198,6 +199,11 @@ pub enum Mutation {
     /// old list installed: a later life of it recovering among the new
     /// list takes the same number again.
     NoFenceInNewEpoch,
+    /// A replica keeps its count of command bytes since the last
+    /// checkpoint boundary across a checkpoint it installs (or restores),
+    /// instead of starting it at 0 there: after a state sync its byte
+    /// budget runs out at other ops than everyone else's.
+    ByteCountSurvivesInstall,
     /// A checkpoint records the membership in force when the host's
     /// snapshot arrives, not as it was right after its op executed
     /// (membership design, 5.4): a snapshot answered after the replica
@@ -269,6 +275,12 @@ pub struct Config {
     /// Take a checkpoint after executing every op that is a multiple of
     /// this (0: never; the log is then kept whole).
     pub checkpoint_interval: u64,
+    /// Also take a checkpoint once the commands (payload bytes) executed
+    /// since the previous checkpoint boundary reach this many bytes, so the
+    /// log's memory is bounded in bytes as well as in ops (default 64 MiB;
+    /// 0: by ops alone). Only with `checkpoint_interval > 0`
+    /// ([`crate::checkpoint::boundary`]).
+    pub checkpoint_bytes: u64,
     /// Most checkpoint bytes in one state-sync message.
     pub checkpoint_chunk_bytes: usize,
     /// Seed of the replica's timer jitter, so that replicas do not time out in lockstep.
@@ -331,6 +343,7 @@ impl Config {
             resend_ticks: 10,
             request_retry_ticks: 20,
             checkpoint_interval: 0,
+            checkpoint_bytes: 64 << 20,
             checkpoint_chunk_bytes: 1 << 20,
             jitter_seed: 0,
             boot_nonce: 0,
@@ -382,12 +395,16 @@ impl Config {
     /// The cluster id every message carries and must carry to be accepted:
     /// `cluster` folded with the settings that decide what the replicated
     /// state machine does. `client_table_max` decides evictions, hence which
-    /// requests execute; `checkpoint_interval` which ops are checkpoints
-    /// (compared by digest); `checkpoint_chunk_bytes` how a state sync cuts
-    /// a checkpoint. Replicas that differ in any of them would execute
-    /// different commands, so they must not form a quorum together: to
-    /// each other they are another cluster (`Stats::dropped_foreign_cluster`).
-    /// The other fields only set one replica's pace and limits.
+    /// requests execute; `checkpoint_interval` and `checkpoint_bytes` which
+    /// ops are checkpoints (compared by digest); `checkpoint_chunk_bytes` how
+    /// a state sync cuts a checkpoint. Replicas that differ in any of them
+    /// would execute different commands or never agree on a checkpoint, so
+    /// they must not form a quorum together: to each other they are
+    /// another cluster (`Stats::dropped_foreign_cluster`). The other fields
+    /// only set one replica's pace and limits. `checkpoint_bytes` is
+    /// folded in only when it decides something (checkpoints on, a budget
+    /// set), so a configuration where it does not keeps the wire cluster it
+    /// had before the setting existed.
     pub fn wire_cluster(&self) -> u128 {
         #[cfg(feature = "mutations")]
         if self.mutated(Mutation::WireClusterIgnoresSettings) {
@@ -402,6 +419,10 @@ impl Config {
             self.checkpoint_chunk_bytes as u64,
         ] {
             seed.extend_from_slice(&setting.to_le_bytes());
+        }
+        if self.checkpoint_interval > 0 && self.checkpoint_bytes > 0 {
+            seed.extend_from_slice(b"checkpoint_bytes");
+            seed.extend_from_slice(&self.checkpoint_bytes.to_le_bytes());
         }
         checksum(&seed)
     }
@@ -425,6 +446,7 @@ impl Config {
             self.checkpoint_interval,
             self.checkpoint_chunk_bytes as u64,
             self.quiet_after_ticks,
+            self.checkpoint_bytes,
         ]
     }
 
@@ -484,16 +506,52 @@ mod tests {
         pace.batch_max_bytes += 1;
         pace.pipeline_max += 1;
         assert_eq!(base.wire_cluster(), pace.wire_cluster());
-        let changes: [fn(&mut Config); 3] = [
+        let base = Config {
+            checkpoint_interval: 10,
+            ..base
+        };
+        let changes: [fn(&mut Config); 4] = [
             |c| c.client_table_max += 1,
             |c| c.checkpoint_interval += 1,
             |c| c.checkpoint_chunk_bytes += 1,
+            |c| c.checkpoint_bytes += 1,
         ];
         for change in changes {
             let mut c = base.clone();
             change(&mut c);
             assert_ne!(base.wire_cluster(), c.wire_cluster());
         }
+    }
+
+    #[test]
+    fn a_configuration_without_a_byte_budget_keeps_its_wire_cluster() {
+        // The seed as it was before `checkpoint_bytes` existed: a cluster
+        // where it decides nothing keeps its id.
+        let old_id = |interval: u64| {
+            let mut seed = b"visor-wire".to_vec();
+            seed.extend_from_slice(&7u128.to_le_bytes());
+            for setting in [4096u64, interval, 1 << 20] {
+                seed.extend_from_slice(&setting.to_le_bytes());
+            }
+            checksum(&seed)
+        };
+        let c = Config::new(7, 3);
+        assert_eq!(c.checkpoint_bytes, 64 << 20);
+        assert_eq!(
+            c.wire_cluster(),
+            old_id(0),
+            "no checkpoints: the budget decides nothing"
+        );
+        let mut by_ops = c.clone();
+        by_ops.checkpoint_interval = 100;
+        by_ops.checkpoint_bytes = 0;
+        assert_eq!(by_ops.wire_cluster(), old_id(100));
+        let mut budget = by_ops.clone();
+        budget.checkpoint_bytes = 64 << 20;
+        assert_ne!(budget.wire_cluster(), by_ops.wire_cluster());
+        let mut other = budget.clone();
+        other.checkpoint_bytes += 1;
+        assert_ne!(budget.wire_cluster(), other.wire_cluster());
     }
 
     #[test]

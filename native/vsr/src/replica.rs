@@ -1789,7 +1789,7 @@ impl Replica {
             if let Some(target) = target.filter(|t| t.epoch() > self.executed_membership.epoch()) {
                 self.executed_membership = target;
             }
-            self.checkpoint_due(op, entry.checksum, entry.timestamp);
+            self.checkpoint_due(op, entry.checksum, entry.timestamp, entry.payload_bytes() as u64);
             self.executed_op(op, entry.checksum, target);
         }
         self.serve_reads();

@@ -20,6 +20,12 @@
 //!    each snapshot it installs (by state sync or on restart), is the
 //!    canonical state at that op; a replica installs only a state ahead of
 //!    what it executed, and goes on from the op after it.
+//! 8. A replica asks its host for a snapshot only at a checkpoint boundary
+//!    of the committed history: a multiple of `checkpoint_interval`, or an
+//!    op at which the command bytes since the previous boundary reach
+//!    `checkpoint_bytes` (computed here from the committed entries, apart
+//!    from `vsr::checkpoint::boundary`), whatever the replica restarted,
+//!    installed or healed from.
 
 use std::collections::{HashMap, HashSet};
 
@@ -104,6 +110,18 @@ pub struct Checker {
     leaders: HashMap<Stamp, Slot>,
     /// The canonical application state after each committed op, op 1 first.
     apps: Vec<App>,
+    /// The command (payload) bytes of each committed op, op 1 first.
+    sizes: Vec<u64>,
+    /// The checkpoint boundaries of the committed history, per
+    /// `(checkpoint_interval, checkpoint_bytes)`, as far as computed.
+    boundaries: HashMap<(u64, u64), Boundaries>,
+}
+
+/// The boundaries among ops `1..=is.len()`, and the bytes since the last.
+#[derive(Default)]
+struct Boundaries {
+    is: Vec<bool>,
+    since: u64,
 }
 
 impl Checker {
@@ -128,7 +146,53 @@ impl Checker {
             commits: vec![0; replica_count],
             leaders: HashMap::new(),
             apps: Vec::new(),
+            sizes: Vec::new(),
+            boundaries: HashMap::new(),
         }
+    }
+
+    /// A replica running with `interval` and `budget` asked its host for a
+    /// snapshot at `op`: `op` must be committed and a checkpoint boundary
+    /// of the committed history. The rule, restated: with `interval > 0`,
+    /// op `o` is a boundary if `o` is a multiple of `interval`, or if
+    /// `budget > 0` and the payload bytes of the ops after the previous
+    /// boundary, `o`'s included, reach `budget`.
+    pub fn on_take_snapshot(
+        &mut self,
+        replica: Slot,
+        op: Op,
+        interval: u64,
+        budget: u64,
+    ) -> Result<(), Violation> {
+        if interval == 0 {
+            return Err(format!(
+                "replica {replica} asked for a snapshot at op {op} with checkpoints off"
+            ));
+        }
+        if op == 0 || op > self.committed() {
+            return Err(format!(
+                "replica {replica} asked for a snapshot at op {op}, not a committed op (highest {})",
+                self.committed()
+            ));
+        }
+        let found = self.boundaries.entry((interval, budget)).or_default();
+        while (found.is.len() as Op) < op {
+            let o = found.is.len() as Op + 1;
+            found.since = found.since.saturating_add(self.sizes[(o - 1) as usize]);
+            let boundary = o.is_multiple_of(interval) || (budget > 0 && found.since >= budget);
+            if boundary {
+                found.since = 0;
+            }
+            found.is.push(boundary);
+        }
+        if !found.is[(op - 1) as usize] {
+            return Err(format!(
+                "replica {replica} asked for a snapshot at op {op}, which is not a checkpoint \
+                 boundary (interval {interval}, budget {budget} bytes): its checkpoints are at \
+                 other ops than the others'"
+            ));
+        }
+        Ok(())
     }
 
     /// Highest op committed anywhere.
@@ -190,6 +254,7 @@ impl Checker {
             ));
         }
         self.chain.push(entry.checksum);
+        self.sizes.push(entry.payload_bytes() as u64);
         let previous = self.apps.last().copied().unwrap_or_default();
         self.apps.push(previous.applied(entry, outcomes));
         self.check_outcomes(replica, entry, outcomes, true)
@@ -433,6 +498,22 @@ mod tests {
             checker.on_execute(0, &entry, &[Outcome::Executed]).unwrap();
         }
         checker
+    }
+
+    #[test]
+    fn snapshots_are_asked_for_at_boundaries_only() {
+        // Ops 1 to 3 carry one byte each.
+        let mut checker = three_ops();
+        checker.on_take_snapshot(0, 2, 2, 0).unwrap();
+        checker.on_take_snapshot(0, 3, 100, 3).unwrap();
+        checker.on_take_snapshot(0, 1, 100, 1).unwrap();
+        let broken = [(1, 2, 0), (3, 2, 0), (2, 100, 3), (4, 2, 0), (1, 0, 1)];
+        for (op, interval, budget) in broken {
+            assert!(
+                checker.on_take_snapshot(0, op, interval, budget).is_err(),
+                "{op} {interval} {budget}"
+            );
+        }
     }
 
     #[test]

@@ -288,6 +288,16 @@ impl Options {
         if options.lying_host.is_some() && rng.chance(0.5) {
             options.lying_rate = rng.float(0.2, 0.8);
         }
+        // Checkpoints by bytes as well as by ops (`checkpoint_bytes`): a
+        // budget of a command or a few (a byte checkpoint every op or every
+        // few ops: payloads are up to 256 bytes), of a few dozen commands,
+        // or one no run reaches (by ops alone), or none. Drawn last.
+        options.config.checkpoint_bytes = match rng.range(0, 3) {
+            0 => 0,
+            1 => rng.range(1, 1_024),
+            2 => rng.range(1_024, 16_384),
+            _ => 64 << 20,
+        };
         options
     }
 

@@ -1556,6 +1556,13 @@ impl Simulator {
                     self.checker.on_app(r, *app)?;
                 }
                 Output::TakeSnapshot { op } => {
+                    let config = self.options.config_of(r);
+                    self.checker.on_take_snapshot(
+                        r,
+                        op,
+                        config.checkpoint_interval,
+                        config.checkpoint_bytes,
+                    )?;
                     let app = self.apps[r as usize];
                     if app.op != op {
                         return Err(format!(

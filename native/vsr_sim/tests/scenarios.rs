@@ -61,6 +61,12 @@ fn every_scenario_holds_for_five_replicas() {
 }
 
 #[test]
+fn byte_budget_checkpoints_agree_after_sync_and_restart() {
+    scenarios::byte_budget_checkpoints_agree_after_sync_and_restart(options(3, 4)).unwrap();
+    scenarios::byte_budget_checkpoints_agree_after_sync_and_restart(options(5, 8)).unwrap();
+}
+
+#[test]
 fn far_behind_replica_syncs_state() {
     scenarios::far_behind_replica_syncs_state(options(3, 4)).unwrap();
     scenarios::far_behind_replica_syncs_state(options(5, 8)).unwrap();
