@@ -11,7 +11,7 @@ VOPR_FLAGS ?=
 # sudo only when we are not root (CI and dev machines run as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test rust-test elixir-test soak model-check model-check-membership demo bench bench-pipeline bench-catchup bench-groups bench-memory fmt fresh-app
+.PHONY: deps test rust-test elixir-test soak model-check model-check-membership demo bench bench-pipeline bench-catchup bench-state bench-groups bench-memory fmt fresh-app
 
 # Idempotent: installs Debian's Elixir/OTP only when a tool is missing.
 # Visor needs no hex packages.
@@ -84,6 +84,14 @@ bench-catchup: deps
 # bench/memory.exs, writes bench/results/memory-<time>.json.
 bench-memory: deps
 	mix run bench/memory.exs
+
+# What a checkpoint of a large state costs the commits around it: a 100 MB
+# map (1M entries) and a 100 MB binary on 3 local nodes, normal commit p99
+# against the p99 of commits overlapping a checkpoint, and memory per node
+# (BENCH_STATE_KINDS, BENCH_STATE_ENTRIES, BENCH_STATE_MB, ... for a quick
+# run). Writes bench/results/state-<time>.json (bench/state.exs).
+bench-state: deps
+	mix run bench/state.exs
 
 # What many groups cost (docs/design/many-groups.md, step 0): BENCH_GROUPS
 # keyed groups (default 10,000; BENCH_KIND=modules: one generated module
