@@ -7,7 +7,8 @@ defmodule Visor.Router do
   # `{module, node}`.
   #
   # A keyed group's router has a `:via` name instead (`Visor.Supervisor`),
-  # and a peer's messages reach it through its node's group host.
+  # and a peer's messages reach it through its node's group host, until
+  # the peer has heard from it: then directly (send_peer/3).
   #
   # It never runs the application's code. That is its reason to exist: the
   # replica's protocol (heartbeats, prepares and their acknowledgements,
@@ -54,6 +55,9 @@ defmodule Visor.Router do
     :watch_timer,
     # Quiet groups: the node's beacon (Visor.Beacon) once subscribed.
     :beacon,
+    # The peer routers heard from, node => {pid, monitor}: sent to
+    # directly (see send_event/2).
+    peers: %{},
     looked_at: nil,
     engine: nil,
     genesis: {},
@@ -201,7 +205,17 @@ defmodule Visor.Router do
   def handle_info({:DOWN, ref, :process, _, _}, %{beacon: {_, ref}} = state),
     do: {:noreply, subscribe(%{state | beacon: nil})}
 
-  # `messages` is a list (a peer's `{:send, _, messages}`), or one binary.
+  # A peer router we send to directly is gone: back to its name.
+  def handle_info({:DOWN, ref, :process, pid, _}, state) when node(pid) != node(),
+    do: {:noreply, forget_peer(state, node(pid), ref)}
+
+  # `messages` is a list (a peer's `{:send, _, messages}`), or one binary,
+  # from the peer router `from`, which this one then sends to directly.
+  def handle_info({:visor_peer, from, messages}, state)
+      when is_pid(from) and (is_list(messages) or is_binary(messages)) do
+    handle_info({:visor_peer, messages}, learn_peer(state, from))
+  end
+
   # A replica that is not running yet (or any more) drops them; the
   # protocol resends what matters.
   def handle_info({:visor_peer, messages}, state) when is_list(messages) or is_binary(messages) do
@@ -230,13 +244,7 @@ defmodule Visor.Router do
         count(state, :send_noconnect)
 
       node ->
-        case Visor.Supervisor.send_remote(
-               state.group,
-               :router,
-               node,
-               {:visor_peer, messages},
-               [:noconnect, :nosuspend]
-             ) do
+        case send_peer(state, node, {:visor_peer, self(), messages}) do
           :ok -> :ok
           :noconnect -> count(state, :send_noconnect)
           :nosuspend -> count(state, :send_busy)
@@ -270,6 +278,53 @@ defmodule Visor.Router do
   defp send_event({:quiet, _asleep}, state), do: {:sent, state}
 
   defp send_event(_event, _state), do: :not_a_send
+
+  # To the peer router on `node`: directly, once heard from (a keyed
+  # group's router is reached by name only through its node's group host,
+  # Visor.Groups.Host, one process per module per node, which a node of
+  # many busy groups would queue behind); by name until then, and again
+  # once that router is gone (its monitor). A router restarted under a new
+  # pid is heard from soon (its replica recovers from its peers), and
+  # what went to the old one meanwhile is lost, as any peer message may
+  # be. Either path may overtake the other once: the protocol takes
+  # messages in any order.
+  defp send_peer(state, node, message) do
+    case state.peers do
+      %{^node => {pid, _ref}} ->
+        :erlang.send(pid, message, [:noconnect, :nosuspend])
+
+      %{} ->
+        Visor.Supervisor.send_remote(state.group, :router, node, message, [
+          :noconnect,
+          :nosuspend
+        ])
+    end
+  end
+
+  # Heard from the router `pid` of another node: remembered (and
+  # monitored), in place of an earlier one of that node.
+  defp learn_peer(state, pid) do
+    node = node(pid)
+
+    case state.peers do
+      %{^node => {^pid, _}} ->
+        state
+
+      _ when node == node() ->
+        state
+
+      peers ->
+        with {_old, ref} <- peers[node], do: Process.demonitor(ref, [:flush])
+        %{state | peers: Map.put(peers, node, {pid, Process.monitor(pid)})}
+    end
+  end
+
+  defp forget_peer(state, node, ref) do
+    case state.peers do
+      %{^node => {_, ^ref}} -> %{state | peers: Map.delete(state.peers, node)}
+      _ -> state
+    end
+  end
 
   # Subscribes to the node's beacon (again: idempotent, and it starts
   # one if none runs), monitoring it once.

@@ -15,8 +15,9 @@ defmodule Visor.Groups.Host do
   #     every peer would have to learn before it can reach it, and a
   #     stale pid drops messages silently; a lookup at arrival has neither
   #     problem. The cost is one more hop per peer message, on one process
-  #     per module per node; the node-level links of docs/design/
-  #     many-groups.md (step 3) replace it.
+  #     per module per node; so routers use it only until they have heard
+  #     from each other, and then send to each other's pids, monitored
+  #     (`Visor.Router`): protocol messages may be lost, a server's not.
   #   * **Starting, stopping, restarting.** Groups are started here (one
   #     `Visor.Supervisor` each, a `:temporary` child of a partitioned
   #     `DynamicSupervisor`), monitored, and started again after they
