@@ -183,6 +183,17 @@ worker =
       end)
     end
 
+    # The stats `keys` (Visor.status/1's, engine's and router's alike)
+    # summed over this node's replicas of `modules` that answered.
+    def stat_sums(modules, keys, budget_ms) do
+      modules
+      |> each(budget_ms, fn module -> Map.take(Visor.status(module).stats, keys) end)
+      |> Enum.reduce(Map.new(keys, &{&1, 0}), fn
+        {_, %{} = stats}, acc -> Map.merge(acc, stats, fn _k, a, b -> a + b end)
+        {_, nil}, acc -> acc
+      end)
+    end
+
     # One commit to each group: the modules whose commit failed (or was
     # not tried within `budget_ms`).
     def commit_each(modules, budget_ms) do
@@ -648,10 +659,23 @@ idle =
     cpu_before = Map.new(nodes, &{&1, cpu_s.(&1)})
     sends_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     breakdown_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
+    # Over every group, formed or not: what a node that cannot form them
+    # all spends its time on (sends refused by a busy link, campaigns).
+    idle_stats = [:send_busy, :send_noconnect, :campaigns, :views_started]
+
+    sums = fn ->
+      Map.new(
+        nodes,
+        &{&1, GroupsBench.call(&1, :stat_sums, [modules, idle_stats, 30_000], :infinity)}
+      )
+    end
+
+    sums_before = sums.()
     t0 = System.monotonic_time(:millisecond)
     Process.sleep(idle_s * 1000)
     seconds = (System.monotonic_time(:millisecond) - t0) / 1000
     breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
+    sums_after = sums.()
     after_idle = Map.new(nodes, &{&1, GroupsBench.os_process(os_pids[&1], ticks_per_s)})
     sends_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     vm_after = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
@@ -680,7 +704,9 @@ idle =
              1
            ),
          primaries: Enum.count(views_after[n], fn {_, _, p} -> p == n end),
-         cpu_breakdown: GroupsBench.breakdown(breakdown_before[n], breakdown_after[n], seconds)
+         cpu_breakdown: GroupsBench.breakdown(breakdown_before[n], breakdown_after[n], seconds),
+         stats_per_s:
+           Map.new(sums_after[n], fn {k, v} -> {k, round((v - sums_before[n][k]) / seconds)} end)
        }}
     end
     |> then(&{&1, views_after})
@@ -951,7 +977,8 @@ unless per_node == %{} do
     b = s.cpu_breakdown
 
     IO.puts(
-      "#{n}: threads #{inspect(b.thread_cpu_pct)}, reductions/s #{inspect(b.reductions_per_s)}"
+      "#{n}: threads #{inspect(b.thread_cpu_pct)}, reductions/s #{inspect(b.reductions_per_s)}, " <>
+        "over all groups, per s: #{inspect(s.stats_per_s)}"
     )
   end
 end
