@@ -655,12 +655,11 @@ end
 idle =
   GroupsBench.phase("idle window", fn ->
     views_before = views.()
-    Support.progress("idle for #{idle_s} s")
-    cpu_before = Map.new(nodes, &{&1, cpu_s.(&1)})
-    sends_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
-    breakdown_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     # Over every group, formed or not: what a node that cannot form them
     # all spends its time on (sends refused by a busy link, campaigns).
+    # Read group by group, slowly on a loaded node, so outside the window
+    # the CPU is measured over; their rates are over the whole span (at
+    # least these rates, then).
     idle_stats = [:send_busy, :send_noconnect, :campaigns, :views_started]
 
     sums = fn ->
@@ -670,15 +669,21 @@ idle =
       )
     end
 
+    sums_t0 = System.monotonic_time(:millisecond)
     sums_before = sums.()
+    Support.progress("idle for #{idle_s} s")
+    cpu_before = Map.new(nodes, &{&1, cpu_s.(&1)})
+    sends_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
+    breakdown_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     t0 = System.monotonic_time(:millisecond)
     Process.sleep(idle_s * 1000)
     seconds = (System.monotonic_time(:millisecond) - t0) / 1000
-    breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
-    sums_after = sums.()
     after_idle = Map.new(nodes, &{&1, GroupsBench.os_process(os_pids[&1], ticks_per_s)})
+    breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     sends_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     vm_after = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
+    sums_after = sums.()
+    sums_s = (System.monotonic_time(:millisecond) - sums_t0) / 1000
     views_after = views.()
 
     for n <- nodes, into: %{} do
@@ -706,7 +711,7 @@ idle =
          primaries: Enum.count(views_after[n], fn {_, _, p} -> p == n end),
          cpu_breakdown: GroupsBench.breakdown(breakdown_before[n], breakdown_after[n], seconds),
          stats_per_s:
-           Map.new(sums_after[n], fn {k, v} -> {k, round((v - sums_before[n][k]) / seconds)} end)
+           Map.new(sums_after[n], fn {k, v} -> {k, round((v - sums_before[n][k]) / sums_s)} end)
        }}
     end
     |> then(&{&1, views_after})
