@@ -2,7 +2,10 @@
 # mode against Mnesia on the same nodes, with the distribution round trip
 # and the fdatasync latency of the filesystem under the data directory
 # measured in the same run as the physical floors. Prints a table and
-# writes bench/results/<time>.json.
+# writes bench/results/<time>.json. Every throughput run also has
+# `cpu_us_per_op`: the CPU it cost, summed over the three nodes' whole OS
+# processes (callers included), per op; `targets.cpu_us_per_op_at_256`
+# puts memory mode, disk mode and Mnesia side by side.
 #
 # On a small VM the back-to-back ping-pong is bimodal: about 12 µs in runs
 # where every vCPU happens to stay awake between messages, 70-130 µs where
@@ -248,7 +251,11 @@ defmodule Bench do
     Map.put(run(pids, 1, seconds), :window, window)
   end
 
+  # Also the CPU the run cost, summed over the nodes (their whole OS
+  # processes: callers, servers, engines, distribution), per op.
   defp run(pids, callers, seconds) do
+    ticks_per_s = Visor.Bench.Support.clock_ticks_per_s()
+    cpu_before = Visor.Bench.Support.nodes_cpu_s(ticks_per_s)
     Enum.each(pids, &send(&1, :go))
 
     {ops, errors, lat} =
@@ -260,7 +267,14 @@ defmodule Bench do
         end
       end)
 
-    Map.merge(summary(lat), %{callers: callers, ops_per_s: round(ops / seconds), errors: errors})
+    cpu_s = Visor.Bench.Support.nodes_cpu_s(ticks_per_s) - cpu_before
+
+    Map.merge(summary(lat), %{
+      callers: callers,
+      ops_per_s: round(ops / seconds),
+      errors: errors,
+      cpu_us_per_op: if(ops > 0, do: Float.round(cpu_s * 1_000_000 / ops, 1))
+    })
   end
 
   def fmt(nil), do: "-"
@@ -559,7 +573,14 @@ targets = %{
   mnesia_ops_per_s_at_256: mnesia_256.ops_per_s,
   disk_vs_mnesia_at_256: ratio_256,
   disk_vs_mnesia_at_256_target: 3,
-  disk_vs_mnesia_at_256_met: ratio_256 >= 3
+  disk_vs_mnesia_at_256_met: ratio_256 >= 3,
+  # CPU per op at the highest level, summed over the three nodes' OS
+  # processes (callers included, as Mnesia's runs include theirs).
+  cpu_us_per_op_at_256: %{
+    memory: List.last(visor_tp).cpu_us_per_op,
+    disk: disk_256.cpu_us_per_op,
+    mnesia: mnesia_256.cpu_us_per_op
+  }
 }
 
 IO.puts("\nDisk mode against its targets")
@@ -574,6 +595,12 @@ IO.puts(
 IO.puts(
   "throughput at 256 callers: #{disk_256.ops_per_s}/s vs Mnesia #{mnesia_256.ops_per_s}/s = " <>
     "#{ratio_256}x (target 3x): #{if targets.disk_vs_mnesia_at_256_met, do: "met", else: "NOT met"}"
+)
+
+IO.puts(
+  "CPU per op at #{List.last(visor_tp).callers} callers, all three nodes (callers included): " <>
+    "memory #{targets.cpu_us_per_op_at_256.memory} µs, disk #{targets.cpu_us_per_op_at_256.disk} µs, " <>
+    "Mnesia #{targets.cpu_us_per_op_at_256.mnesia} µs"
 )
 
 errors = Enum.sum(Enum.map(visor_tp ++ disk_tp ++ mnesia_tp, & &1.errors))

@@ -405,30 +405,6 @@ defmodule GroupsBench do
   def call(node, function, args, timeout \\ 120_000),
     do: :erpc.call(node, GroupsWorker, function, args, timeout)
 
-  # {user + system CPU seconds, resident set in KB} of an OS process.
-  def os_process(os_pid, ticks_per_s) do
-    stat = File.read!("/proc/#{os_pid}/stat")
-    # Fields after the command name, which is in parentheses: utime and
-    # stime are the 14th and 15th of the whole line.
-    [_, after_name] = String.split(stat, ") ", parts: 2)
-    fields = String.split(after_name, " ")
-    ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
-
-    [rss] =
-      Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/#{os_pid}/status"),
-        capture: :all_but_first
-      )
-
-    {ticks / ticks_per_s, String.to_integer(rss)}
-  end
-
-  def clock_ticks_per_s do
-    case System.cmd("getconf", ["CLK_TCK"]) do
-      {out, 0} -> String.to_integer(String.trim(out))
-      _ -> 100
-    end
-  end
-
   # Polls every node for its groups that are not yet :normal, until none
   # is left or `timeout_ms` passes. Returns {ms to the last one, the
   # groups that are not :normal on every node}.
@@ -520,7 +496,7 @@ defmodule GroupsBench do
 end
 
 started = System.monotonic_time(:millisecond)
-ticks_per_s = GroupsBench.clock_ticks_per_s()
+ticks_per_s = Support.clock_ticks_per_s()
 # The machine's 1-minute load before the bench adds any: other work on it
 # (a soak, a build) shows in every figure here.
 load_average = "/proc/loadavg" |> File.read!() |> String.split() |> hd() |> String.to_float()
@@ -561,7 +537,7 @@ label = nodes |> Enum.zip(["a", "b", "c"]) |> Map.new()
   end)
 
 os_pids = Map.new(nodes, &{&1, List.to_integer(:erpc.call(&1, :os, :getpid, []))})
-cpu_s = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 0)
+cpu_s = &elem(Support.os_process(os_pids[&1], ticks_per_s), 0)
 for n <- nodes, do: :ok = GroupsBench.call(n, :start_host, [])
 
 group_opts = if quiet_after_ticks > 0, do: [quiet_after_ticks: quiet_after_ticks], else: []
@@ -573,7 +549,7 @@ if kind == :keyed,
       do: :ok = GroupsBench.call(n, :start_keyed_host, [keyed_module, nodes, group_opts])
     )
 
-rss_kb = &elem(GroupsBench.os_process(os_pids[&1], ticks_per_s), 1)
+rss_kb = &elem(Support.os_process(os_pids[&1], ticks_per_s), 1)
 rss_before = Map.new(nodes, &{&1, rss_kb.(&1)})
 vm_before = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
 
@@ -678,7 +654,7 @@ idle =
     t0 = System.monotonic_time(:millisecond)
     Process.sleep(idle_s * 1000)
     seconds = (System.monotonic_time(:millisecond) - t0) / 1000
-    after_idle = Map.new(nodes, &{&1, GroupsBench.os_process(os_pids[&1], ticks_per_s)})
+    after_idle = Map.new(nodes, &{&1, Support.os_process(os_pids[&1], ticks_per_s)})
     breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
     sends_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     vm_after = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})

@@ -4,6 +4,43 @@
 defmodule Visor.Bench.Support do
   @moduledoc false
 
+  @doc "{user + system CPU seconds, resident set in KB} of an OS process (Linux /proc)."
+  def os_process(os_pid, ticks_per_s) do
+    stat = File.read!("/proc/#{os_pid}/stat")
+    # Fields after the command name, which is in parentheses: utime and
+    # stime are the 14th and 15th of the whole line.
+    [_, after_name] = String.split(stat, ") ", parts: 2)
+    fields = String.split(after_name, " ")
+    ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+
+    [rss] =
+      Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/#{os_pid}/status"),
+        capture: :all_but_first
+      )
+
+    {ticks / ticks_per_s, String.to_integer(rss)}
+  end
+
+  @doc "The kernel's clock ticks per second, the unit of /proc's CPU times."
+  def clock_ticks_per_s do
+    case System.cmd("getconf", ["CLK_TCK"]) do
+      {out, 0} -> String.to_integer(String.trim(out))
+      _ -> 100
+    end
+  end
+
+  @doc """
+  The user + system CPU seconds of every node this one is connected to
+  (their OS processes, all local), summed: what a run costs, callers and
+  all.
+  """
+  def nodes_cpu_s(ticks_per_s) do
+    Node.list()
+    |> Enum.map(fn node -> :erpc.call(node, :os, :getpid, []) end)
+    |> Enum.map(fn os_pid -> elem(os_process(os_pid, ticks_per_s), 0) end)
+    |> Enum.sum()
+  end
+
   @doc "Prints a faint progress line."
   def progress(text), do: IO.puts(IO.ANSI.format([:faint, "  ... ", :reset, text]))
 
