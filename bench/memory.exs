@@ -78,6 +78,7 @@ memory =
       %{
         rss_mb: rss_mb(),
         beam_mb: div(:erlang.memory(:total), 1_048_576),
+        op: status.op,
         log_ops: status.op - status.log_base,
         checkpoint: status.checkpoint
       }
@@ -117,10 +118,11 @@ samples =
     s = sample.(List.last(chunk))
     rss = s.nodes |> Map.values() |> Enum.map(& &1.rss_mb)
     logs = s.nodes |> Map.values() |> Enum.map(& &1.log_ops)
+    ops = s.nodes |> Map.values() |> Enum.map(& &1.op)
 
     Support.progress(
       "#{s.commands} commands: RSS #{inspect(rss, charlists: :as_lists)} MiB, " <>
-        "log ops #{inspect(logs, charlists: :as_lists)}"
+        "log ops #{inspect(logs, charlists: :as_lists)}, op #{inspect(ops, charlists: :as_lists)}"
     )
 
     s
