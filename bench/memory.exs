@@ -32,6 +32,14 @@
 # `message_entries_max` prepares of 1 MB sent at once, which a busy
 # distribution link drops (`:nosuspend`), as it did to large state-sync
 # windows before `WINDOW_BYTES`.
+#   * Since repair runs end by bytes (`vsr::log::RUN_BYTES`), 1,000
+#     commands, 64 MiB budget, each node's op sampled: before the change
+#     (memory-20261208T003939) one node stood at op 590 from the 600th
+#     command to the 700th and grew to 462 MiB RSS (it came back, by a
+#     checkpoint, by the 800th); after it (memory-20261208T004018,
+#     memory-20261208T004039) no node was more than 7 ops behind at any
+#     sample and every node stayed at 139-202 MiB. One run before, two
+#     after, on a shared machine: a lag is a chance event, not every run's.
 Code.require_file("support.exs", __DIR__)
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
 alias Visor.Bench.Support
@@ -78,6 +86,7 @@ memory =
       %{
         rss_mb: rss_mb(),
         beam_mb: div(:erlang.memory(:total), 1_048_576),
+        op: status.op,
         log_ops: status.op - status.log_base,
         checkpoint: status.checkpoint
       }
@@ -117,10 +126,11 @@ samples =
     s = sample.(List.last(chunk))
     rss = s.nodes |> Map.values() |> Enum.map(& &1.rss_mb)
     logs = s.nodes |> Map.values() |> Enum.map(& &1.log_ops)
+    ops = s.nodes |> Map.values() |> Enum.map(& &1.op)
 
     Support.progress(
       "#{s.commands} commands: RSS #{inspect(rss, charlists: :as_lists)} MiB, " <>
-        "log ops #{inspect(logs, charlists: :as_lists)}"
+        "log ops #{inspect(logs, charlists: :as_lists)}, op #{inspect(ops, charlists: :as_lists)}"
     )
 
     s

@@ -11,6 +11,43 @@ use crate::config::Op;
 use crate::message::Prepare;
 use crate::verified::Verified;
 
+/// Bytes of commands at which a run of log entries sent at once ends: a
+/// repair answer (several Prepares to one peer in one step, which a host
+/// sends as one distribution message), a StartView's or a StartEpoch's
+/// entries, a primary's resend of its tail. A run ends with the first
+/// entry that brings its commands to `RUN_BYTES` (or at its count limit),
+/// so it carries less than `RUN_BYTES` plus one entry, and always at least
+/// one entry, however large. Half of `WINDOW_BYTES` (about where Erlang
+/// distribution refuses a `:nosuspend` send): a run of entries no larger
+/// than `RUN_BYTES` each stays under `WINDOW_BYTES`. Before this bound a
+/// repair answer was up to `message_entries_max` entries whatever their
+/// size (64 MB of 1 MB commands), which a busy link dropped but for its
+/// first few, answer after answer, so that a lagging backup never caught
+/// up with a loaded primary (`make bench-memory`). Entries of small
+/// commands never reach it (64 entries of 2 KiB: 128 KiB).
+pub const RUN_BYTES: u64 = crate::checkpoint::WINDOW_BYTES / 2;
+
+/// The bytes an entry counts for in a run: its commands' payloads, which
+/// both ends of a repair measure alike.
+pub fn run_bytes(entry: &Prepare) -> u64 {
+    entry.payload_bytes() as u64
+}
+
+/// The run of `entries` one message (or answer) carries: the shortest
+/// prefix whose commands reach [`RUN_BYTES`], or all of them; at least one.
+pub fn run(mut entries: Vec<Arc<Prepare>>) -> Vec<Arc<Prepare>> {
+    let mut bytes = 0u64;
+    let end = entries
+        .iter()
+        .position(|e| {
+            bytes = bytes.saturating_add(run_bytes(e));
+            bytes >= RUN_BYTES
+        })
+        .map_or(entries.len(), |last| last + 1);
+    entries.truncate(end);
+    entries
+}
+
 /// A contiguous run of entries `base+1..=op`, each chained to its parent.
 #[derive(Clone, Debug)]
 pub struct Log {
@@ -151,6 +188,11 @@ impl Log {
         let start = ((op - self.base) as usize).min(self.entries.len());
         let end = start.saturating_add(max).min(self.entries.len());
         self.entries[start..end].to_vec()
+    }
+
+    /// Up to `max` entries after `op`, ending as a [`run`] does (by bytes).
+    pub fn suffix_run(&self, op: Op, max: usize) -> Vec<Arc<Prepare>> {
+        run(self.suffix(op, max))
     }
 
     /// Every entry, in order.

@@ -1291,6 +1291,8 @@ impl Replica {
         };
         let entries = self.log.suffix(from, self.config.message_entries_max);
         let entries: Vec<Arc<Prepare>> = entries.into_iter().take_while(|e| e.op <= committed).collect();
+        // One run (`log::run`): the asker fetches the rest from where it ends.
+        let entries = crate::log::run(entries);
         self.send_to(
             to,
             id,

@@ -22,7 +22,7 @@ use crate::client_table::{ClientTable, Outcome};
 #[cfg(feature = "mutations")]
 use crate::config::Mutation;
 use crate::config::{ClientId, Config, Op, View};
-use crate::log::Log;
+use crate::log::{run_bytes, Log, RUN_BYTES};
 use crate::membership::{Epoch, MemberId, Membership, Slot, MAX_SLOTS};
 use crate::message::{decode, encode, DecodeError, Message, Prepare, Request, Sender};
 use crate::reconfig::{Change, ChangeResult, OriginChange};
@@ -324,6 +324,9 @@ pub struct Replica {
     pub(crate) last_repair_tick: Option<u64>,
     /// The last op of the repair chunk asked for.
     pub(crate) repair_until: Op,
+    /// Bytes of commands (`log::run_bytes`) appended since the repair
+    /// chunk was asked for: the primary's answer ends at `RUN_BYTES`.
+    pub(crate) repair_bytes: u64,
     pub(crate) last_start_view_request: Option<u64>,
     /// The newest view this replica has heard is running (or been told of).
     pub(crate) view_seen: View,
@@ -584,6 +587,7 @@ impl Replica {
             primary_op: 0,
             last_repair_tick: None,
             repair_until: 0,
+            repair_bytes: 0,
             last_start_view_request: None,
             view_seen: 0,
             last_do_view_change_request: None,
@@ -1515,11 +1519,17 @@ impl Replica {
                 continue;
             }
             let first = (acked + 1).max(op.saturating_sub(self.config.pipeline_max) + 1);
+            // One run at most (`log::run`): the rest goes at the next retry.
+            let mut bytes = 0u64;
             for op in first..=op {
+                if bytes >= RUN_BYTES {
+                    break;
+                }
                 // Below the log's base: the backup repairs, by state sync.
                 let Some(entry) = self.log.get(op).cloned() else {
                     continue;
                 };
+                bytes = bytes.saturating_add(run_bytes(&entry));
                 self.send(
                     backup,
                     &Message::Prepare {
@@ -1546,8 +1556,18 @@ impl Replica {
         let last = last
             .min(self.log.op())
             .min(first.saturating_add(self.config.message_entries_max as Op - 1));
+        // One run (`log::run`): it ends at the entry whose commands bring
+        // it to `RUN_BYTES`, where the backup, counting alike, asks for
+        // the next (`on_prepare`).
+        let mut bytes = 0u64;
         for op in first.max(1)..=last {
-            let entry = self.log.get(op).expect("op within the log").clone();
+            if bytes >= RUN_BYTES {
+                break;
+            }
+            let Some(entry) = self.log.get(op).cloned() else {
+                break; // unreachable: base < first and last <= op
+            };
+            bytes = bytes.saturating_add(run_bytes(&entry));
             self.send(
                 from,
                 &Message::Prepare {
@@ -1585,15 +1605,22 @@ impl Replica {
         self.primary_op = self.primary_op.max(entry.op);
         if self.log.can_append(&entry) {
             let op = entry.op;
+            let bytes = run_bytes(&entry);
             self.log.append(entry.clone());
             self.out.push(Output::WriteLog {
                 after: op - 1,
                 entries: vec![entry],
             });
-            if op == self.repair_until {
-                // The repair chunk arrived whole: ask for the next one at
-                // once, or a backup behind a busy primary (one chunk per
-                // resend interval) would never catch up (seed 1007965).
+            if op <= self.repair_until {
+                self.repair_bytes = self.repair_bytes.saturating_add(bytes);
+            }
+            if op == self.repair_until || (op < self.repair_until && self.repair_bytes >= RUN_BYTES) {
+                // The repair chunk arrived whole (all it asked for, or the
+                // primary's answer ended by bytes, as `log::run` ends one):
+                // ask for the next one at once, or a backup behind a busy
+                // primary (one chunk per resend interval) would never
+                // catch up (seed 1007965; `make bench-memory`).
+                self.repair_bytes = 0;
                 self.last_repair_tick = None;
                 self.request_repair();
             }
@@ -1677,6 +1704,7 @@ impl Replica {
             .primary_op
             .min(from.saturating_add(self.config.message_entries_max as Op - 1));
         self.repair_until = to;
+        self.repair_bytes = 0;
         let primary = self.primary();
         self.send(
             primary,

@@ -463,7 +463,7 @@ impl Replica {
             commit: self.commit_max,
             from: base,
             from_checksum: self.log.checksum_at(base).expect("base within the log"),
-            entries: self.log.suffix(base, self.config.message_entries_max),
+            entries: self.log.suffix_run(base, self.config.message_entries_max),
         };
         self.send(to, &message);
     }

@@ -66,6 +66,45 @@ struct Packet {
     faulty: bool,
 }
 
+/// A host's send buffer on every link (`Network::send_buffer`): a packet
+/// sent while the link's queue holds `busy_bytes` or more is dropped whole,
+/// as Erlang distribution refuses a `:nosuspend` send to a busy port (about
+/// 1 MB queued, `dist_buf_busy_limit`); one accepted is queued whatever its
+/// size. A queue drains `drain_bytes` a tick. Decided by what was sent
+/// when, not by the seed: it draws nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendBuffer {
+    pub busy_bytes: u64,
+    pub drain_bytes: u64,
+    /// `queued[from][to]`: bytes queued, as of tick `drained[from][to]`.
+    queued: [[u64; MAX_SLOTS]; MAX_SLOTS],
+    drained: [[u64; MAX_SLOTS]; MAX_SLOTS],
+}
+
+impl SendBuffer {
+    pub fn new(busy_bytes: u64, drain_bytes: u64) -> SendBuffer {
+        SendBuffer {
+            busy_bytes,
+            drain_bytes,
+            queued: [[0; MAX_SLOTS]; MAX_SLOTS],
+            drained: [[0; MAX_SLOTS]; MAX_SLOTS],
+        }
+    }
+
+    /// Whether the link takes a packet of `len` bytes at `now` (and queues it).
+    fn accepts(&mut self, now: u64, from: Slot, to: Slot, len: usize) -> bool {
+        let (f, t) = (from as usize, to as usize);
+        let elapsed = now.saturating_sub(self.drained[f][t]);
+        self.queued[f][t] = self.queued[f][t].saturating_sub(elapsed.saturating_mul(self.drain_bytes));
+        self.drained[f][t] = now.max(self.drained[f][t]);
+        if self.queued[f][t] >= self.busy_bytes {
+            return false;
+        }
+        self.queued[f][t] = self.queued[f][t].saturating_add(len as u64);
+        true
+    }
+}
+
 /// Picks packets by their bytes (`Network::lose`).
 pub type Picks = Box<dyn Fn(&[u8]) -> bool>;
 
@@ -83,6 +122,9 @@ pub struct Network {
     /// Packets a scripted scenario loses on arrival, by link and content
     /// (say, only the acknowledgements on one link).
     losing: Vec<(Slot, Slot, Picks)>,
+    /// Scripted scenarios only: links that drop what a busy send buffer
+    /// would (none by default, and vopr's runs set none).
+    pub send_buffer: Option<SendBuffer>,
     pub delivered: u64,
     pub dropped: u64,
     /// Packets sent (lost or not).
@@ -112,6 +154,7 @@ impl Network {
             held: [[false; MAX_SLOTS]; MAX_SLOTS],
             holding: Vec::new(),
             losing: Vec::new(),
+            send_buffer: None,
             delivered: 0,
             dropped: 0,
             sent: 0,
@@ -134,7 +177,9 @@ impl Network {
 
     fn send_packet(&mut self, rng: &mut Rng, now: u64, from: Slot, to: Slot, beat: bool, mut bytes: Vec<u8>) {
         let loss = self.options.loss + self.options.loss_per_kib * bytes.len() as f64 / 1024.0;
-        if !self.link(from, to) || rng.chance(loss) {
+        let busy = self.link(from, to)
+            && (self.send_buffer.as_mut()).is_some_and(|b| !b.accepts(now, from, to, bytes.len()));
+        if busy || !self.link(from, to) || rng.chance(loss) {
             if !beat {
                 self.dropped += 1;
                 self.faults += 1;

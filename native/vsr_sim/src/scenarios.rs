@@ -352,6 +352,56 @@ pub fn lagging_replica_catches_up_under_load(mut options: Options) -> Result<(),
     })
 }
 
+/// `make bench-memory`'s lagging backup: commands of up to 256 KiB keep
+/// the cluster loaded while replica 2 is cut off, then while it catches
+/// up, over links that drop what a busy send buffer would (Erlang
+/// distribution under `:nosuspend`: nothing is sent to a link holding
+/// 1 MiB queued, which drains 1 MiB a tick). Replica 2, healed about 100
+/// ops behind, must come within a few ops of the commit point within
+/// `PHASE_TICKS`, while the load goes on (about one op a tick). Before
+/// repair answers were bounded by bytes (`vsr::log::RUN_BYTES`), the
+/// primary answered each request with up to `message_entries_max`
+/// prepares at once: the link took the first eight or so and dropped the
+/// rest, and the backup, short of the run's end it waited for, asked
+/// again a resend interval later, gaining fewer ops per interval than the
+/// load added (the gap grew from 100 to 400 ops in 2,000 ticks).
+pub fn lagging_backup_catches_up_under_large_commands(mut options: Options) -> Result<(), Failure> {
+    options.payload_max = 256 << 10;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    sim.network.send_buffer = Some(crate::network::SendBuffer::new(1 << 20, 1 << 20));
+    register_all(&mut sim, 0)?;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 0.5;
+    sim.load = true;
+    isolate(&mut sim, 2);
+    let behind: Op = 100;
+    // Close enough to the commit point to be keeping up: a few ops.
+    const CLOSE: Op = 4;
+    sim.run_until(PHASE_TICKS, "the others commit while replica 2 is cut off", |s| {
+        s.checker.committed() >= behind
+    })?;
+    sim.network.heal();
+    let target = sim.checker.committed();
+    sim.run_until(PHASE_TICKS, "replica 2 catches up under load", |s| {
+        s.replica(2).commit() + CLOSE >= s.checker.committed()
+    })?;
+    let committed = sim.checker.committed() - target;
+    if sim.replica(2).commit() < target {
+        return Err(failure(&sim, format!("replica 2 never reached op {target}")));
+    }
+    if committed < 20 {
+        return Err(failure(
+            &sim,
+            format!("only {committed} ops committed while replica 2 caught up: not under load"),
+        ));
+    }
+    sim.load = false;
+    settle(&mut sim)
+}
+
 fn failure(sim: &Simulator, reason: String) -> Failure {
     Failure {
         seed: sim.options.seed,

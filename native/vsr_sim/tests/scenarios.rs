@@ -48,6 +48,11 @@ fn lagging_replica_catches_up_under_load() {
 }
 
 #[test]
+fn lagging_backup_catches_up_under_large_commands() {
+    scenarios::lagging_backup_catches_up_under_large_commands(options(3, 4)).unwrap();
+}
+
+#[test]
 fn amnesiac_replicas_recover() {
     scenarios::amnesiac_replicas_recover(options(3, 1)).unwrap();
 }
