@@ -21,6 +21,7 @@
 # bench/results/pipeline-<time>.json; nothing else.
 helpers = Code.require_file("../scripts/local_cluster.exs", __DIR__)
 Code.require_file("support.exs", __DIR__)
+profile = Code.require_file("profile.exs", __DIR__)
 alias Visor.Scripts.LocalCluster
 alias Visor.Bench.Support
 
@@ -253,9 +254,17 @@ defmodule Bench do
 
   # Also the CPU the run cost, summed over the nodes (their whole OS
   # processes: callers, servers, engines, distribution), per op.
+  # And where it went on each node (Visor.Bench.Profile).
   defp run(pids, callers, seconds) do
     ticks_per_s = Visor.Bench.Support.clock_ticks_per_s()
     cpu_before = Visor.Bench.Support.nodes_cpu_s(ticks_per_s)
+
+    sample = fn ->
+      Map.new(Node.list(), &{&1, :erpc.call(&1, Visor.Bench.Profile, :sample, [ticks_per_s])})
+    end
+
+    profile_before = sample.()
+    t0 = System.monotonic_time(:millisecond)
     Enum.each(pids, &send(&1, :go))
 
     {ops, errors, lat} =
@@ -268,12 +277,20 @@ defmodule Bench do
       end)
 
     cpu_s = Visor.Bench.Support.nodes_cpu_s(ticks_per_s) - cpu_before
+    elapsed_s = (System.monotonic_time(:millisecond) - t0) / 1000
+
+    profile =
+      for {node, after_} <- sample.(), into: %{} do
+        {Atom.to_string(node),
+         Visor.Bench.Profile.difference(profile_before[node], after_, elapsed_s)}
+      end
 
     Map.merge(summary(lat), %{
       callers: callers,
       ops_per_s: round(ops / seconds),
       errors: errors,
-      cpu_us_per_op: if(ops > 0, do: Float.round(cpu_s * 1_000_000 / ops, 1))
+      cpu_us_per_op: if(ops > 0, do: Float.round(cpu_s * 1_000_000 / ops, 1)),
+      profile: profile
     })
   end
 
@@ -292,7 +309,7 @@ if System.argv() == ["pipeline"] do
   IO.puts("Visor pipeline bench: 3 local nodes, #{seconds} s per run, memory mode")
   :ok = LocalCluster.start_distribution("visor_bench")
   nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
-  :ok = LocalCluster.load_modules(nodes, [helpers, kv, worker])
+  :ok = LocalCluster.load_modules(nodes, [helpers, profile, kv, worker])
   LocalCluster.start_group(nodes, Visor.Bench.KV, nodes: nodes)
   primary = LocalCluster.status(hd(nodes), Visor.Bench.KV).primary
   backup = hd(nodes -- [primary])
@@ -362,7 +379,7 @@ Support.progress("starting nodes a, b, c")
 :ok = LocalCluster.start_distribution("visor_bench")
 nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
 [a, b, c] = nodes
-:ok = LocalCluster.load_modules(nodes, [helpers, kv, disk_kv, worker])
+:ok = LocalCluster.load_modules(nodes, [helpers, profile, kv, disk_kv, worker])
 
 Support.progress("distribution round trip (send/receive ping-pong a <-> b)")
 echo = :erpc.call(b, Visor.Bench.Worker, :start_echo, [])
@@ -596,6 +613,14 @@ IO.puts(
   "throughput at 256 callers: #{disk_256.ops_per_s}/s vs Mnesia #{mnesia_256.ops_per_s}/s = " <>
     "#{ratio_256}x (target 3x): #{if targets.disk_vs_mnesia_at_256_met, do: "met", else: "NOT met"}"
 )
+
+IO.puts("\nWhere memory mode's CPU went at #{List.last(visor_tp).callers} callers, by node")
+
+for {node, p} <- Enum.sort(List.last(visor_tp).profile) do
+  IO.puts(
+    "#{node}: threads #{inspect(p.thread_cpu_pct)}, reductions/s #{inspect(p.reductions_per_s)}"
+  )
+end
 
 IO.puts(
   "CPU per op at #{List.last(visor_tp).callers} callers, all three nodes (callers included): " <>

@@ -84,6 +84,8 @@ kind =
     other -> raise "BENCH_KIND must be keyed or modules, got: #{inspect(other)}"
   end
 
+profile = Code.require_file("profile.exs", __DIR__)
+
 worker =
   defmodule Visor.Bench.GroupsWorker do
     @moduledoc false
@@ -219,61 +221,6 @@ worker =
         ordered: false
       )
       |> Enum.map(fn {:ok, pair} -> pair end)
-    end
-
-    # Where this node's CPU goes, as counters to difference: reductions by
-    # the kind of process (its `$initial_call` module: Visor.Router,
-    # Visor.Server, Visor.Formation, ...; anything else is :other), and
-    # the CPU seconds of the engine's threads (`visor-engine-*`) and of
-    # the VM's other threads, from /proc.
-    def cpu_breakdown(ticks_per_s) do
-      reductions =
-        Enum.reduce(Process.list(), %{}, fn pid, acc ->
-          case Process.info(pid, [:reductions, :dictionary]) do
-            [reductions: r, dictionary: dict] ->
-              kind =
-                case dict[:"$initial_call"] do
-                  {m, _, _}
-                  when m in [
-                         Visor.Router,
-                         Visor.Server,
-                         Visor.Formation,
-                         Visor.Groups.Host,
-                         Visor.Beacon
-                       ] ->
-                    m
-
-                  _ ->
-                    :other
-                end
-
-              Map.update(acc, kind, r, &(&1 + r))
-
-            nil ->
-              acc
-          end
-        end)
-
-      threads =
-        for dir <- File.ls!("/proc/self/task"), reduce: %{engine: 0.0, vm: 0.0} do
-          acc ->
-            with {:ok, comm} <- File.read("/proc/self/task/#{dir}/comm"),
-                 {:ok, stat} <- File.read("/proc/self/task/#{dir}/stat") do
-              [_, after_name] = String.split(stat, ") ", parts: 2)
-              fields = String.split(after_name, " ")
-
-              cpu =
-                (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) /
-                  ticks_per_s
-
-              key = if String.starts_with?(comm, "visor-engine"), do: :engine, else: :vm
-              Map.update!(acc, key, &(&1 + cpu))
-            else
-              _ -> acc
-            end
-        end
-
-      %{reductions: reductions, thread_cpu_s: threads}
     end
 
     # The socket writes on this node's distribution ports to `peers`, summed.
@@ -471,23 +418,6 @@ defmodule GroupsBench do
   end
 
   # Milliseconds until `deadline` (monotonic), for a receive's `after`.
-  # Where a node's idle CPU went (GroupsWorker.cpu_breakdown/0 before and
-  # after): reductions per second by kind of process, and the engine's
-  # threads' and the VM's other threads' share of one core, in %.
-  def breakdown(before, after_, seconds) do
-    reductions =
-      for {kind, r} <- after_.reductions, into: %{} do
-        {inspect(kind), round((r - Map.get(before.reductions, kind, 0)) / seconds)}
-      end
-
-    threads =
-      for {key, s} <- after_.thread_cpu_s, into: %{} do
-        {key, Float.round((s - before.thread_cpu_s[key]) / seconds * 100, 1)}
-      end
-
-    %{reductions_per_s: reductions, thread_cpu_pct: threads}
-  end
-
   def left(deadline), do: max(0, deadline - System.monotonic_time(:millisecond))
 
   def fmt(nil), do: "-"
@@ -529,7 +459,7 @@ Logger.configure(level: :error)
 :ok = LocalCluster.start_distribution("visor_bench_groups")
 nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
 label = nodes |> Enum.zip(["a", "b", "c"]) |> Map.new()
-:ok = LocalCluster.load_modules(nodes, [worker])
+:ok = LocalCluster.load_modules(nodes, [worker, profile])
 
 {load_us, _} =
   :timer.tc(fn ->
@@ -650,12 +580,18 @@ idle =
     Support.progress("idle for #{idle_s} s")
     cpu_before = Map.new(nodes, &{&1, cpu_s.(&1)})
     sends_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
-    breakdown_before = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
+
+    breakdown_before =
+      Map.new(nodes, &{&1, :erpc.call(&1, Visor.Bench.Profile, :sample, [ticks_per_s])})
+
     t0 = System.monotonic_time(:millisecond)
     Process.sleep(idle_s * 1000)
     seconds = (System.monotonic_time(:millisecond) - t0) / 1000
     after_idle = Map.new(nodes, &{&1, Support.os_process(os_pids[&1], ticks_per_s)})
-    breakdown_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :cpu_breakdown, [ticks_per_s])})
+
+    breakdown_after =
+      Map.new(nodes, &{&1, :erpc.call(&1, Visor.Bench.Profile, :sample, [ticks_per_s])})
+
     sends_after = Map.new(nodes, &{&1, GroupsBench.call(&1, :dist_sends, [nodes -- [&1]])})
     vm_after = Map.new(nodes, &{&1, :erpc.call(&1, :erlang, :memory, [:total])})
     sums_after = sums.()
@@ -685,7 +621,8 @@ idle =
              1
            ),
          primaries: Enum.count(views_after[n], fn {_, _, p} -> p == n end),
-         cpu_breakdown: GroupsBench.breakdown(breakdown_before[n], breakdown_after[n], seconds),
+         cpu_breakdown:
+           Visor.Bench.Profile.difference(breakdown_before[n], breakdown_after[n], seconds),
          stats_per_s:
            Map.new(sums_after[n], fn {k, v} -> {k, round((v - sums_before[n][k]) / sums_s)} end)
        }}
