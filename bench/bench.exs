@@ -1,9 +1,9 @@
-# `make bench`: a local 3-node cluster; Visor in memory mode and in disk
+# `make bench`: a local 3-node cluster (BENCH_NODES=5: five); Visor in memory mode and in disk
 # mode against Mnesia on the same nodes, with the distribution round trip
 # and the fdatasync latency of the filesystem under the data directory
 # measured in the same run as the physical floors. Prints a table and
 # writes bench/results/<time>.json. Every throughput run also has
-# `cpu_us_per_op`: the CPU it cost, summed over the three nodes' whole OS
+# `cpu_us_per_op`: the CPU it cost, summed over the nodes' whole OS
 # processes (callers included), per op; `targets.cpu_us_per_op_at_256`
 # puts memory mode, disk mode and Mnesia side by side.
 #
@@ -28,6 +28,8 @@ alias Visor.Bench.Support
 seconds = String.to_integer(System.get_env("BENCH_SECONDS", "3"))
 sequential_n = String.to_integer(System.get_env("BENCH_SEQUENTIAL", "3000"))
 levels = [1, 16, 64, 256]
+# BENCH_NODES=5: the same with five members (and Mnesia on five nodes).
+names = Enum.take(~w(a b c d e), String.to_integer(System.get_env("BENCH_NODES", "3")))
 # Disk mode's stores (one directory per node), emptied before and after.
 data_dir = Path.expand(System.get_env("BENCH_DATA_DIR", "bench/tmp/data"))
 fsync_n = String.to_integer(System.get_env("BENCH_FSYNCS", "2000"))
@@ -369,16 +371,16 @@ if System.argv() == ["pipeline"] do
   System.halt(0)
 end
 
-IO.puts("Visor bench: 3 local nodes, #{seconds} s per throughput run")
+IO.puts("Visor bench: #{length(names)} local nodes, #{seconds} s per throughput run")
 
 File.rm_rf!(data_dir)
 Support.progress("fdatasync latency under #{data_dir} (#{fsync_n} appends of 256 B + datasync)")
 fsync = Bench.summary(Bench.fsync_latency(data_dir, fsync_n))
 
-Support.progress("starting nodes a, b, c")
+Support.progress("starting nodes #{Enum.join(names, ", ")}")
 :ok = LocalCluster.start_distribution("visor_bench")
-nodes = LocalCluster.start_nodes(["a", "b", "c"], :error)
-[a, b, c] = nodes
+nodes = LocalCluster.start_nodes(names, :error)
+[a, b | _] = nodes
 :ok = LocalCluster.load_modules(nodes, [helpers, profile, kv, disk_kv, worker])
 
 Support.progress("distribution round trip (send/receive ping-pong a <-> b)")
@@ -460,14 +462,14 @@ disk_storage =
     {n, Map.take(LocalCluster.status(n, Visor.Bench.DiskKV).storage, [:syncs, :wal_bytes])}
   end
 
-Support.progress("Mnesia: ram_copies table on a, b, c")
+Support.progress("Mnesia: ram_copies table on #{Enum.join(names, ", ")}")
 
 for n <- nodes do
   :ok = :erpc.call(n, :application, :set_env, [:mnesia, :dir, ~c"/tmp/visor_bench_mnesia_#{n}"])
   :ok = :erpc.call(n, :mnesia, :start, [])
 end
 
-{:ok, _} = :erpc.call(a, :mnesia, :change_config, [:extra_db_nodes, [b, c]])
+{:ok, _} = :erpc.call(a, :mnesia, :change_config, [:extra_db_nodes, nodes -- [a]])
 
 {:atomic, :ok} =
   :erpc.call(a, :mnesia, :create_table, [
@@ -494,7 +496,7 @@ File.rm_rf!(data_dir)
 
 # ---- Report ---------------------------------------------------------------
 
-env = Support.environment(%{seconds_per_run: seconds})
+env = Support.environment(%{seconds_per_run: seconds, nodes: length(nodes)})
 
 IO.puts("\nLatency (one caller, one operation at a time)")
 IO.puts(String.duplicate("-", 78))
@@ -520,7 +522,7 @@ for {label, s} <- [
   )
 end
 
-IO.puts("\nThroughput (callers spread over the three nodes, #{seconds} s each)")
+IO.puts("\nThroughput (callers spread over the #{length(nodes)} nodes, #{seconds} s each)")
 IO.puts(String.duplicate("-", 78))
 
 IO.puts(
@@ -591,7 +593,7 @@ targets = %{
   disk_vs_mnesia_at_256: ratio_256,
   disk_vs_mnesia_at_256_target: 3,
   disk_vs_mnesia_at_256_met: ratio_256 >= 3,
-  # CPU per op at the highest level, summed over the three nodes' OS
+  # CPU per op at the highest level, summed over the nodes' OS
   # processes (callers included, as Mnesia's runs include theirs).
   cpu_us_per_op_at_256: %{
     memory: List.last(visor_tp).cpu_us_per_op,
@@ -623,7 +625,7 @@ for {node, p} <- Enum.sort(List.last(visor_tp).profile) do
 end
 
 IO.puts(
-  "CPU per op at #{List.last(visor_tp).callers} callers, all three nodes (callers included): " <>
+  "CPU per op at #{List.last(visor_tp).callers} callers, all #{length(nodes)} nodes (callers included): " <>
     "memory #{targets.cpu_us_per_op_at_256.memory} µs, disk #{targets.cpu_us_per_op_at_256.disk} µs, " <>
     "Mnesia #{targets.cpu_us_per_op_at_256.mnesia} µs"
 )
