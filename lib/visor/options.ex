@@ -86,12 +86,15 @@ defmodule Visor.Options do
   ]
 
   # Shared settings that came after the cluster id's term was pinned: they
-  # are left out of the id (`cluster_id/4`), so groups and disk stores
-  # formed before keep theirs. Replicas that differ in them still never
-  # talk: the engine folds them into the id on the wire
-  # (`vsr::Config::wire_cluster`), and formation compares every shared
-  # setting.
-  @unhashed_settings [:checkpoint_bytes]
+  # enter the id (`cluster_id/4`) only when they differ from their
+  # default, so groups and disk stores formed before with the defaults
+  # keep theirs (a store that records none ran with the default:
+  # `recorded_settings/1`), and members that differ in them have
+  # different ids, which formation tells apart and reports as a setting
+  # mismatch (a `nodes:` hello compares settings only across ids). The
+  # engine also folds them into the id on the wire
+  # (`vsr::Config::wire_cluster`).
+  @later_settings [:checkpoint_bytes]
 
   # With the default client_table_max (24 x pool_size) inside its range.
   @max_pool_size 10_000
@@ -331,9 +334,9 @@ defmodule Visor.Options do
   settings, so every node computes the same id, and two groups (or two
   memberships, or members whose shared settings differ) never accept each
   other's messages. `settings` defaults to those of default options.
-  `checkpoint_bytes`, which came later, is not hashed, so ids (and disk
-  stores) of groups formed before stay: the engine keeps replicas that
-  differ in it apart on the wire, and formation compares it.
+  `checkpoint_bytes`, which came later, is hashed only when it is not its
+  default, so ids (and disk stores) of groups formed before with the
+  defaults stay, and members that differ in it have different ids.
 
   A module's default group hashes version 2 of the term, as before keyed
   groups existed, so its id (and its disk store) is unchanged; a keyed
@@ -357,7 +360,13 @@ defmodule Visor.Options do
   def cluster_id(module, nodes, settings, nil) when is_atom(module),
     do: hash({:visor_cluster, 2, module, Enum.sort(nodes), hashed_settings(settings)})
 
-  defp hashed_settings(settings), do: settings |> Map.drop(@unhashed_settings) |> Enum.sort()
+  defp hashed_settings(settings) do
+    settings
+    |> Enum.reject(fn {key, value} ->
+      key in @later_settings and value == Contract.default(key)
+    end)
+    |> Enum.sort()
+  end
 
   @doc """
   `key` as a keyed group is known by: every float in it with its zero's
@@ -401,20 +410,18 @@ defmodule Visor.Options do
   end
 
   @doc """
-  The shared settings a disk store recorded, `stored`, completed with this
-  node's value (`ours`) of each setting the store's release did not
-  record: a store written before `checkpoint_bytes` existed holds no value
-  for it. Such a node's value is still compared with its peers' (their
-  hellos), and the engine keeps replicas that differ apart on the wire.
+  Shared settings, `stored`, completed with the default of each setting a
+  release before it did not have: a disk store written before
+  `checkpoint_bytes` existed holds no value for it, and ran with its
+  default (so does a settings map that leaves it out). A node restarted with another value is then refused
+  as for any shared setting changed over a restart.
   """
-  @spec recorded_settings(term(), map()) :: term()
-  def recorded_settings(stored, ours) when is_map(stored) do
-    Enum.reduce(@unhashed_settings, stored, fn key, acc ->
-      if Map.has_key?(ours, key), do: Map.put_new(acc, key, Map.fetch!(ours, key)), else: acc
-    end)
+  @spec recorded_settings(term()) :: term()
+  def recorded_settings(stored) when is_map(stored) do
+    Enum.reduce(@later_settings, stored, &Map.put_new(&2, &1, Contract.default(&1)))
   end
 
-  def recorded_settings(stored, _ours), do: stored
+  def recorded_settings(stored), do: stored
 
   defp default_settings, do: validate!(__MODULE__, cluster_size: 1).settings
 

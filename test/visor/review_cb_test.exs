@@ -1,13 +1,14 @@
 defmodule Visor.ReviewCbTest do
   # Review of checkpoint_bytes (branch logbytes): a `nodes:` member started
-  # with another checkpoint_bytes than the others. checkpoint_bytes is left
-  # out of the Elixir cluster id (`@unhashed_settings`), and explicit
-  # formation compares settings only when a hello names another cluster
-  # id (`Visor.Formation.Explicit.hello/4`: a hello with the same id goes
-  # to `judge/3`, and its verdict is `:ok`). So the three decide, start
-  # their replicas, and the odd one's engine drops every message of the
-  # others (another wire cluster, `vsr::Config::wire_cluster`): it never
-  # executes anything, with no refusal and no mismatch logged. Compare
+  # with another checkpoint_bytes than the others. checkpoint_bytes was left
+  # out of the Elixir cluster id, and explicit formation compares settings
+  # only when a hello names another cluster id (`Visor.Formation.Explicit.
+  # hello/4`: a hello with the same id goes to `judge/3`, and its verdict
+  # is `:ok`). So the three decided, started their replicas, and the odd
+  # one's engine dropped every message of the others (another wire
+  # cluster, `vsr::Config::wire_cluster`): it never executed anything, with
+  # no refusal and no mismatch logged. Now the id holds the setting
+  # whenever it is not its default (`Visor.Options.cluster_id/4`). Compare
   # settings_test.exs, "nodes: members with different pool sizes never
   # form a cluster together". Not async: real nodes.
   use ExUnit.Case, async: false
@@ -17,8 +18,6 @@ defmodule Visor.ReviewCbTest do
 
   defp nodes(n), do: Cluster.start_peers(n) |> Enum.map(&elem(&1, 1))
 
-  # Fails today (the defect); run with --include review_break.
-  @tag :review_break
   test "nodes: a member with another checkpoint_bytes is not let in silently" do
     [a, b, c] = nodes = nodes(3)
 
@@ -57,12 +56,10 @@ defmodule Visor.ReviewCbTest do
   end
 
   # The same with stores of a release before checkpoint_bytes: a store
-  # records none, `Options.recorded_settings/2` completes it with the
-  # node's own value, so each member restarts with whatever it is given,
-  # and (the cluster id leaving it out) their hellos carry the same id:
-  # nothing compares the values. Nor is the value ever recorded later (a
-  # store's metadata is written once, when it is created).
-  test "old stores: members restarted with different checkpoint_bytes are each accepted" do
+  # records none. It ran with the default, so a member restarted from it
+  # with another budget is refused, as for any shared setting changed over
+  # a restart; one restarted with the default is accepted.
+  test "old stores: a member restarted with another checkpoint_bytes is refused" do
     alias Visor.Formation.Restore
 
     nodes = [:a@old, :b@old, :c@old]
@@ -102,14 +99,13 @@ defmodule Visor.ReviewCbTest do
       }
     end
 
-    assert {:ok, %{settings: %{checkpoint_bytes: 4096}}} =
-             Restore.check({:ok, probe.(1)}, expected.(:b@old, 4096))
+    assert {:error, _} = Restore.check({:ok, probe.(1)}, expected.(:b@old, 4096))
 
     assert {:ok, %{settings: %{checkpoint_bytes: 67_108_864}}} =
              Restore.check({:ok, probe.(2)}, expected.(:c@old, 67_108_864))
 
-    # Both hello with the store's cluster id: `Explicit.hello/4` judges
-    # them as members, and never looks at settings.
-    assert Options.cluster_id(__MODULE__, nodes, Map.put(old, :checkpoint_bytes, 4096)) == cluster
+    # A member with another budget hellos with another cluster id: formation
+    # compares their settings (a mismatch), instead of judging it a member.
+    refute Options.cluster_id(__MODULE__, nodes, Map.put(old, :checkpoint_bytes, 4096)) == cluster
   end
 end

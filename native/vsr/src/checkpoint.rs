@@ -506,7 +506,17 @@ impl Replica {
         };
         self.checkpoints.pending.insert(op, pending);
         while self.checkpoints.pending.len() > PENDING_MAX {
-            self.checkpoints.pending.pop_first();
+            // Keep the oldest asks and the newest. The host answers in
+            // order, so the oldest are answered next: dropping them would
+            // lose every answer of a host more than PENDING_MAX boundaries
+            // behind (a byte budget every op reaches makes every op a
+            // boundary). The newest stays so that asks whose answers were
+            // lost (an encode that raised) cannot block checkpoints for
+            // good: its answer forms one, and that drops the older asks.
+            let second_newest = self.checkpoints.pending.keys().rev().nth(1).copied();
+            if let Some(op) = second_newest {
+                self.checkpoints.pending.remove(&op);
+            }
         }
         self.out.push(Output::TakeSnapshot { op });
     }
