@@ -89,7 +89,7 @@ defmodule Visor.Options do
   # enter the id (`cluster_id/4`) only when they differ from their
   # default, so groups and disk stores formed before with the defaults
   # keep theirs (a store that records none ran with the default:
-  # `recorded_settings/1`), and members that differ in them have
+  # `complete_settings/1`), and members that differ in them have
   # different ids, which formation tells apart and reports as a setting
   # mismatch (a `nodes:` hello compares settings only across ids). The
   # engine also folds them into the id on the wire
@@ -413,15 +413,16 @@ defmodule Visor.Options do
   Shared settings, `stored`, completed with the default of each setting a
   release before it did not have: a disk store written before
   `checkpoint_bytes` existed holds no value for it, and ran with its
-  default (so does a settings map that leaves it out). A node restarted with another value is then refused
-  as for any shared setting changed over a restart.
+  default (so does a settings map that leaves it out, such as a peer's of
+  that release). A node restarted with another value is then refused as
+  for any shared setting changed over a restart.
   """
-  @spec recorded_settings(term()) :: term()
-  def recorded_settings(stored) when is_map(stored) do
+  @spec complete_settings(term()) :: term()
+  def complete_settings(stored) when is_map(stored) do
     Enum.reduce(@later_settings, stored, &Map.put_new(&2, &1, Contract.default(&1)))
   end
 
-  def recorded_settings(stored), do: stored
+  def complete_settings(stored), do: stored
 
   defp default_settings, do: validate!(__MODULE__, cluster_size: 1).settings
 
@@ -432,7 +433,9 @@ defmodule Visor.Options do
   (of `:settings`).
   """
   @spec setting_mismatch(map(), term()) :: {:setting_mismatch, atom(), term(), term()} | nil
-  def setting_mismatch(ours, theirs) when is_map(theirs) do
+  def setting_mismatch(ours, theirs) when is_map(ours) and is_map(theirs) do
+    {ours, theirs} = {complete_settings(ours), complete_settings(theirs)}
+
     Enum.find_value(@shared_settings, fn key ->
       if Map.get(ours, key) != Map.get(theirs, key),
         do: {:setting_mismatch, key, Map.get(ours, key), Map.get(theirs, key)}

@@ -77,9 +77,9 @@ defmodule Visor.UnitsTest do
       # A store of a release without it recorded none: it ran with the
       # default.
       old_store = Map.delete(default, :checkpoint_bytes)
-      assert Options.recorded_settings(old_store) == default
-      assert Options.recorded_settings(small) == small
-      assert Options.recorded_settings(:junk) == :junk
+      assert Options.complete_settings(old_store) == default
+      assert Options.complete_settings(small) == small
+      assert Options.complete_settings(:junk) == :junk
     end
 
     test "defaults: 1 MiB commands, a client table with room for every node's pool" do

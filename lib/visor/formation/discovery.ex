@@ -118,6 +118,9 @@ defmodule Visor.Formation.Discovery do
   """
   @spec new(map()) :: {t(), [Decider.effect()]}
   def new(config) do
+    # Settings compared whole (`==`) with the peers': every later setting
+    # present (Visor.Options.complete_settings/1), as a store's are.
+    config = Map.update!(config, :settings, &Options.complete_settings/1)
     state = struct!(__MODULE__, Map.drop(config, [:earlier, :restored]))
 
     state =
@@ -142,7 +145,7 @@ defmodule Visor.Formation.Discovery do
       cluster: restored.cluster,
       members: restored.members,
       incarnations: %{},
-      settings: restored.settings
+      settings: Options.complete_settings(restored.settings)
     }
   end
 
@@ -509,6 +512,7 @@ defmodule Visor.Formation.Discovery do
 
   defp hello_reply(state, pid, from, inc, {:discovery, phase, formed, settings})
        when phase in [:discovering, :proposing, :accepted, :member, :spare] do
+    settings = Options.complete_settings(settings)
     peer = %{node: from, incarnation: inc, phase: phase, settings: settings}
     state = %{state | peers: Map.put(state.peers, pid, peer)}
 

@@ -282,6 +282,9 @@ defmodule Visor.Formation.Explicit do
   def handle(state, {:visor_hello, pid, from, inc, cluster})
       when is_atom(from) and is_integer(inc) do
     {reply, state} = hello(state, from, inc, cluster)
+    # It is up and answering: our own hello to it goes at the next tick,
+    # not after the backoff its silence had built up (tick/1).
+    state = %{state | hello_due: Map.delete(state.hello_due, from)}
 
     state
     |> Decider.emit(

@@ -105,7 +105,7 @@ defmodule Visor.Formation.Restore do
              "#{dir} holds group #{inspect(info.group)}"
            end),
          {:ok, members, settings} <- stored_meta(dir, info),
-         settings = Options.recorded_settings(settings),
+         settings = Options.complete_settings(settings),
          # The store's member id names the node (Visor.MemberId): its
          # place in `members`, the list the cluster was formed with, or,
          # for a node a change added, the md5 of its name; whatever the
@@ -224,7 +224,7 @@ defmodule Visor.Formation.Restore do
   # The store's cluster was formed with these settings; every member keeps
   # them for the cluster's life.
   defp check_settings(expected, stored) do
-    case Options.setting_mismatch(Options.recorded_settings(expected.settings), stored) do
+    case Options.setting_mismatch(expected.settings, stored) do
       nil ->
         :ok
 
