@@ -21,8 +21,12 @@ defmodule Visor.KeyedDiskTest do
 
   # Until `node`'s replica of `group` is normal, opened as `opened`, and
   # holds `applied` (read on its own replica).
+  # How the store opened reaches the server as an event through the
+  # router, so the engine may say `:normal` a moment before the server
+  # knows (`opened: nil`, as documented).
   defp serves(node, group, opened, applied) do
     Cluster.eventually(fn -> rpc(node, :status, [group]).status == :normal end, 30_000)
+    Cluster.eventually(fn -> rpc(node, :status, [group]).storage.opened != nil end)
     assert rpc(node, :status, [group]).storage.opened == opened
 
     Cluster.eventually(fn ->
