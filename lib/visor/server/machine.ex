@@ -303,7 +303,7 @@ defmodule Visor.Server.Machine do
   # `meta.index`: 0, or where the rest of an op held by execute_all/3
   # resumes.
   defp apply_event({:execute, op, view, timestamp, requests, index} = event, machine, effects) do
-    needed = Enum.reduce(requests, machine.version, &max(switch_target(&1), &2))
+    needed = needed_version(requests, machine.version)
 
     if supports?(machine, needed) do
       code = %{
@@ -455,10 +455,18 @@ defmodule Visor.Server.Machine do
 
   defp switch(machine, _version, _code, effects), do: {machine, effects}
 
-  defp switch_target({_client, _request, :executed, payload}),
-    do: Executor.switch_target(payload) || 0
+  # The version an op needs: the cluster's, or the highest a switch in it
+  # names. A plain recursion: it runs for every request executed.
+  defp needed_version([], needed), do: needed
 
-  defp switch_target(_request), do: 0
+  defp needed_version([{_client, _request, :executed, payload} | rest], needed) do
+    case Executor.switch_target(payload) do
+      version when is_integer(version) and version > needed -> needed_version(rest, version)
+      _ -> needed_version(rest, needed)
+    end
+  end
+
+  defp needed_version([_request | rest], needed), do: needed_version(rest, needed)
 
   # Whether this node's code, as loaded now, supports version `needed`.
   defp supports?(%__MODULE__{module: module}, needed),
