@@ -306,6 +306,12 @@ pub struct Replica {
     pub(crate) clocks: crate::clock::Clocks,
     pub(crate) jitter_state: u64,
     pub(crate) timeout_jitter: u64,
+    /// View changes this replica saw time out since it was last in normal
+    /// status for long: each doubles the next one's timeout, up to
+    /// `2^VIEW_CHANGE_BACKOFF_MAX` (`view_change.rs`, `tick_view_change`).
+    pub(crate) view_change_attempts: u32,
+    /// Ticks in normal status since it last left it.
+    pub(crate) normal_ticks: u64,
 
     // Primary, normal status.
     /// Highest op each replica acknowledged holding in this view.
@@ -577,6 +583,8 @@ impl Replica {
             clocks: Default::default(),
             jitter_state,
             timeout_jitter: 0,
+            view_change_attempts: 0,
+            normal_ticks: 0,
             acked: [0; MAX_SLOTS],
             last_heard: [0; MAX_SLOTS],
             queue: VecDeque::new(),
@@ -1123,6 +1131,7 @@ impl Replica {
         self.tick_behind();
         self.tick_diverged();
         self.announce_boot();
+        self.tick_backoff();
         match self.status {
             Status::Normal if self.is_primary_of_view() => self.tick_primary(),
             Status::Normal => self.tick_backup(),

@@ -26,6 +26,11 @@ use crate::membership::{Slot, MAX_SLOTS};
 use crate::message::{Message, Prepare};
 use crate::replica::{Output, Replica, Status};
 
+/// View changes that time out in a row double the timeout of the next at
+/// most this many times (16 times `view_change_ticks` plus its jitter: 6.4
+/// to 12.8 s with the defaults and 10 ms ticks).
+pub const VIEW_CHANGE_BACKOFF_MAX: u32 = 4;
+
 /// A DoViewChange as received: the sender's log after `base`.
 #[derive(Clone, Debug)]
 pub(crate) struct Dvc {
@@ -272,9 +277,40 @@ impl Replica {
         self.status == Status::ViewChange && self.log_view < self.view
     }
 
+    /// The view-change backoff starts over once normal status has lasted a
+    /// whole backed-off timeout: a view that starts and is overthrown at
+    /// once by a campaign still in flight (links slower than the timeout)
+    /// leaves it as it was.
+    pub(crate) fn tick_backoff(&mut self) {
+        if self.status != Status::Normal {
+            self.normal_ticks = 0;
+            return;
+        }
+        self.normal_ticks = self.normal_ticks.saturating_add(1);
+        if self.normal_ticks >= self.view_change_timeout() {
+            self.view_change_attempts = 0;
+        }
+    }
+
+    fn view_change_timeout(&self) -> u64 {
+        let backoff = self.view_change_attempts.min(VIEW_CHANGE_BACKOFF_MAX);
+        self.config
+            .view_change_ticks
+            .saturating_add(self.timeout_jitter)
+            .saturating_mul(1 << backoff)
+    }
+
     pub(crate) fn tick_view_change(&mut self) {
-        let timeout = self.config.view_change_ticks.saturating_add(self.timeout_jitter);
-        if self.ticks >= self.status_since.saturating_add(timeout) {
+        // A view change needs about three one-way delays (the votes, the
+        // DoViewChange, the StartView). Links slower than the timeout (a
+        // saturated host, a long link) would have every attempt overtaken
+        // by the next campaign, forever; each attempt that times out doubles
+        // the next one's timeout, up to a cap, so that it comes to exceed
+        // the delays. Normal status starts over (`tick`). Timers decide
+        // when to campaign, never what a replica accepts: safety does not
+        // depend on them.
+        if self.ticks >= self.status_since.saturating_add(self.view_change_timeout()) {
+            self.view_change_attempts = self.view_change_attempts.saturating_add(1);
             self.start_campaign();
         }
         if self.ticks < self.last_resend_tick.saturating_add(self.config.resend_ticks) {

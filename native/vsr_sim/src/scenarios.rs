@@ -4887,3 +4887,29 @@ pub fn member_of_the_newest_list_is_not_orphaned(options: Options) -> Result<(),
     }
     settle(&mut sim)
 }
+
+/// Messages slower than the view-change timeout (the network of a
+/// saturated host, or a long link): a view change takes about three one-way
+/// delays (the votes, the DoViewChange, the StartView), and with every
+/// attempt timing out after `view_change_ticks` plus a jitter below it, each
+/// is overtaken by the next campaign and no view ever starts. Each attempt
+/// that times out doubles the next one's timeout (`view_change.rs`), up to
+/// a cap, so the timeout comes to exceed the delays and a view starts.
+///
+/// Replica 0, the primary, crashes once every link takes `delay` ticks;
+/// replicas 1 and 2 must elect a primary and commit a request.
+pub fn slow_links_still_elect_a_primary(options: Options, delay: u64) -> Result<(), Failure> {
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    sim.network.options.delay_min = delay;
+    sim.network.options.delay_max = delay;
+    sim.run_ticks(2 * delay)?;
+    sim.crash(0);
+    sim.clients[0].home = 1;
+    sim.start_request(0)?;
+    sim.run_until(
+        20 * PHASE_TICKS,
+        "a request commits after the primary's crash",
+        |s| s.clients[0].outstanding.is_none(),
+    )
+}

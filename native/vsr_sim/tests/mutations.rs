@@ -391,8 +391,9 @@ fn a_woken_backup_that_votes_for_any_campaign_is_caught() {
     // replica starts a view change in an idle span without a fault: a
     // backup woken by a client's request campaigns at once. These are the
     // seeds of 0..80 it fails; each passes as the protocol is written
-    // (seed 29 stopped failing it once seeds drew `checkpoint_bytes`).
-    for seed in [1, 10, 11] {
+    // (seed 29 stopped failing it once seeds drew `checkpoint_bytes`, seed
+    // 10 once failed view changes backed off; 46 and 79 fail it since).
+    for seed in [1, 11, 46] {
         let options = |mutation| {
             let mut options = Options::from_seed(seed).with_quiet();
             options.config.mutation = mutation;

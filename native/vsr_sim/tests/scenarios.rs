@@ -577,3 +577,13 @@ fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op() {
 fn member_of_the_newest_list_is_not_orphaned() {
     scenarios::member_of_the_newest_list_is_not_orphaned(options(3, 1)).unwrap();
 }
+
+/// One-way delays of twice and four times the view-change timeout.
+#[test]
+fn slow_links_still_elect_a_primary() {
+    for factor in [2, 4] {
+        let options = options(3, 1);
+        let delay = factor * options.config.view_change_ticks;
+        scenarios::slow_links_still_elect_a_primary(options, delay).unwrap();
+    }
+}
