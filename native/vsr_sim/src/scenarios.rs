@@ -4887,3 +4887,61 @@ pub fn member_of_the_newest_list_is_not_orphaned(options: Options) -> Result<(),
     }
     settle(&mut sim)
 }
+
+/// Review of the byte-bounded runs: a view change while a backup lags by
+/// many large commands. Replica 2 is cut off while about `behind` ops of
+/// up to 256 KiB commit; then primary 0 crashes and 2 comes back, so view
+/// 1 (primary 1) can run only with 2, which must fetch the new view's log
+/// by `StartView` chunks of one run (`RUN_BYTES`) each. Returns the ticks
+/// and views it took for a request to commit again, for comparison.
+pub fn view_change_with_lagging_backup_and_large_commands(
+    mut options: Options,
+    behind: Op,
+    send_buffer: bool,
+) -> Result<(u64, u64, u64), Failure> {
+    options.payload_max = 256 << 10;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    if send_buffer {
+        sim.network.send_buffer = Some(crate::network::SendBuffer::new(1 << 20, 1 << 20));
+    }
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 0.5;
+    sim.load = true;
+    sim.run_until(PHASE_TICKS * 5, "the others commit while replica 2 is cut off", |s| {
+        s.checker.committed() >= behind
+    })?;
+    sim.load = false;
+    let start = sim.tick;
+    let views_before: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
+    sim.crash(0);
+    sim.network.heal();
+    let target = sim.checker.committed();
+    sim.run_until(PHASE_TICKS * 5, "replica 2 holds the log in a running view", |s| {
+        s.running(2)
+            .is_some_and(|r| r.status() == Status::Normal && r.op() >= target)
+    })?;
+    let installed = sim.tick - start;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 1;
+    }
+    sim.load = true;
+    let before = sim.checker.committed();
+    sim.run_until(PHASE_TICKS * 5, "a request commits again", |s| s.checker.committed() > before + 5)?;
+    sim.load = false;
+    let views_after: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
+    let campaigns: u64 = sim.replicas().map(|r| r.stats().campaigns).sum();
+    let took = sim.tick - start;
+    sim.restart(0);
+    settle(&mut sim)?;
+    eprintln!(
+        "behind {behind}: replica 2 installed after {installed} ticks, commits resumed after {took} ticks, {} views started, {campaigns} campaigns, final view {}",
+        views_after - views_before,
+        sim.replica(1).view()
+    );
+    Ok((took, views_after - views_before, campaigns))
+}

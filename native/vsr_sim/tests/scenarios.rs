@@ -577,3 +577,19 @@ fn retried_request_older_than_the_clients_latest_is_not_answered_with_no_op() {
 fn member_of_the_newest_list_is_not_orphaned() {
     scenarios::member_of_the_newest_list_is_not_orphaned(options(3, 1)).unwrap();
 }
+
+/// Review: a StartView of many large entries comes one run per round trip.
+#[test]
+fn review_view_change_with_lagging_backup_and_large_commands() {
+    for behind in [20, 60, 150] {
+        for buffer in [false, true] {
+            let (took, views, _) = scenarios::view_change_with_lagging_backup_and_large_commands(
+                options(3, 4),
+                behind,
+                buffer,
+            )
+            .unwrap();
+            eprintln!("buffer {buffer}: {took} ticks, {views} views");
+        }
+    }
+}
