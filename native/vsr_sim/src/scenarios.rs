@@ -4945,3 +4945,50 @@ pub fn view_change_with_lagging_backup_and_large_commands(
     );
     Ok((took, views_after - views_before, campaigns))
 }
+
+/// Review of the byte-bounded runs: commands of moderate size (up to
+/// `payload_max`) from many clients, batched by the primary (default
+/// `batch_max_requests` and `batch_max_bytes`), so that an entry holds
+/// more than `RUN_BYTES / pipeline_max` of commands although no command
+/// is large. Replica 2 is cut off while `behind` ops commit, then healed
+/// under the same load; returns replica 2's gap to the commit point (in
+/// ops) every `PHASE_TICKS / 4` ticks for `PHASE_TICKS * 2` ticks, and the
+/// mean entry size.
+pub fn lagging_backup_under_batched_load(
+    mut options: Options,
+    payload_max: usize,
+    behind: Op,
+    send_buffer: bool,
+) -> Result<(Vec<Op>, u64), Failure> {
+    options.payload_max = payload_max;
+    let mut sim = Simulator::new(options);
+    if send_buffer {
+        sim.network.send_buffer = Some(crate::network::SendBuffer::new(1 << 20, 1 << 20));
+    }
+    register_all(&mut sim, 0)?;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 1.0;
+    sim.load = true;
+    isolate(&mut sim, 2);
+    sim.run_until(PHASE_TICKS * 5, "the others commit while replica 2 is cut off", |s| {
+        s.checker.committed() >= behind
+    })?;
+    sim.network.heal();
+    let mut gaps = Vec::new();
+    for _ in 0..8 {
+        sim.run_ticks(PHASE_TICKS / 4)?;
+        gaps.push(sim.checker.committed().saturating_sub(sim.replica(2).commit()));
+    }
+    let log = sim.replica(0).log();
+    let (base, op) = (log.base(), log.op());
+    let bytes: u64 = (base + 1..=op)
+        .filter_map(|o| log.get(o))
+        .map(|e| vsr::log::run_bytes(e))
+        .sum();
+    let mean = bytes / (op - base).max(1);
+    sim.load = false;
+    settle(&mut sim)?;
+    Ok((gaps, mean))
+}
