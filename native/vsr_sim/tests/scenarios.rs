@@ -623,3 +623,36 @@ fn review_lagging_backup_catches_up_under_batched_moderate_commands() {
         "replica 2 never catches up: gap {gaps:?} (mean entry {mean} B)"
     );
 }
+
+/// Review: vopr's random faults with large commands (up to 128 KiB, entries
+/// up to 1 MiB) over send-buffered links, so that runs end by bytes.
+/// `REVIEW_SEEDS` seeds from `REVIEW_FROM` (default 5 from 0).
+#[test]
+#[ignore]
+fn review_random_faults_with_large_commands() {
+    let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (from, count) = (var("REVIEW_FROM", 0), var("REVIEW_SEEDS", 5));
+    let buffer = var("REVIEW_BUFFER", 1) == 1;
+    let mut failed = Vec::new();
+    for seed in from..from + count {
+        let mut o = vsr_sim::options::Options::from_seed(seed);
+        o.payload_max = 128 << 10;
+        o.config.batch_max_bytes = 1 << 20;
+        o.network.loss_per_kib = 0.0;
+        o.request_probability = o.request_probability.min(0.03);
+        o.config.checkpoint_bytes = o.config.checkpoint_bytes.saturating_mul(1024);
+        o.config.checkpoint_chunk_bytes = o.config.checkpoint_chunk_bytes.saturating_mul(1024);
+        let mut sim = vsr_sim::simulator::Simulator::new(o);
+        if buffer {
+            sim.network.send_buffer = Some(vsr_sim::network::SendBuffer::new(1 << 20, 1 << 20));
+        }
+        match sim.run() {
+            Ok(r) => eprintln!("seed {seed}: ok, {} committed, {} views", r.committed, r.views),
+            Err(f) => {
+                eprintln!("seed {seed}: FAILED at tick {}: {}", f.tick, f.reason);
+                failed.push(seed);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed seeds {failed:?}");
+}
