@@ -4951,19 +4951,20 @@ pub fn view_change_with_lagging_backup_and_large_commands(
 /// `batch_max_requests` and `batch_max_bytes`), so that an entry holds
 /// more than `RUN_BYTES / pipeline_max` of commands although no command
 /// is large. Replica 2 is cut off while `behind` ops commit, then healed
-/// under the same load; returns replica 2's gap to the commit point (in
+/// under the same load (over links with `send_buffer`'s busy limit and
+/// drain per tick, if any); returns replica 2's gap to the commit point (in
 /// ops) every `PHASE_TICKS / 4` ticks for `PHASE_TICKS * 2` ticks, and the
 /// mean entry size.
 pub fn lagging_backup_under_batched_load(
     mut options: Options,
     payload_max: usize,
     behind: Op,
-    send_buffer: bool,
+    send_buffer: Option<(u64, u64)>,
 ) -> Result<(Vec<Op>, u64), Failure> {
     options.payload_max = payload_max;
     let mut sim = Simulator::new(options);
-    if send_buffer {
-        sim.network.send_buffer = Some(crate::network::SendBuffer::new(1 << 20, 1 << 20));
+    if let Some((busy, drain)) = send_buffer {
+        sim.network.send_buffer = Some(crate::network::SendBuffer::new(busy, drain));
     }
     register_all(&mut sim, 0)?;
     for c in 0..sim.clients.len() {
