@@ -4981,6 +4981,21 @@ pub fn lagging_backup_under_batched_load(
     for _ in 0..8 {
         sim.run_ticks(PHASE_TICKS / 4)?;
         gaps.push(sim.checker.committed().saturating_sub(sim.replica(2).commit()));
+        if std::env::var("REVIEW_TRACE").is_ok() {
+            let r = sim.replica(2);
+            eprintln!(
+                "tick {}: committed {}, replica 2 op {} commit {} view {} status {:?}; primary 0 op {} commit {} base {}",
+                sim.tick,
+                sim.checker.committed(),
+                r.op(),
+                r.commit(),
+                r.view(),
+                r.status(),
+                sim.replica(0).op(),
+                sim.replica(0).commit(),
+                sim.replica(0).log().base()
+            );
+        }
     }
     let log = sim.replica(0).log();
     let (base, op) = (log.base(), log.op());
