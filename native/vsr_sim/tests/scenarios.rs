@@ -581,7 +581,7 @@ fn member_of_the_newest_list_is_not_orphaned() {
 /// Review: a StartView of many large entries comes one run per round trip.
 #[test]
 fn review_view_change_with_lagging_backup_and_large_commands() {
-    for behind in [20, 60, 150] {
+    for behind in [20, 60, 150, 600] {
         for buffer in [false, true] {
             let (took, views, _) = scenarios::view_change_with_lagging_backup_and_large_commands(
                 options(3, 4),
