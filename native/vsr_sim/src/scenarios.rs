@@ -54,6 +54,19 @@ pub fn settle(sim: &mut Simulator) -> Result<(), Failure> {
 /// (primary 2) must still choose the log with all 21 ops.
 pub fn state_transfer_never_loses_commits(mut options: Options) -> Result<(), Failure> {
     options.config.message_entries_max = 2;
+    state_transfer_never_loses_commits_with(options)
+}
+
+/// Review: `state_transfer_never_loses_commits` with the StartView's
+/// chunks ended by bytes rather than by count (commands of up to 256 KiB,
+/// the default `message_entries_max`).
+pub fn state_transfer_by_runs_never_loses_commits(mut options: Options) -> Result<(), Failure> {
+    options.payload_max = 256 << 10;
+    options.config.batch_max_requests = 1;
+    state_transfer_never_loses_commits_with(options)
+}
+
+fn state_transfer_never_loses_commits_with(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     isolate(&mut sim, 2);
@@ -4912,26 +4925,34 @@ pub fn view_change_with_lagging_backup_and_large_commands(
     }
     sim.options.request_probability = 0.5;
     sim.load = true;
-    sim.run_until(PHASE_TICKS * 5, "the others commit while replica 2 is cut off", |s| {
-        s.checker.committed() >= behind
-    })?;
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "the others commit while replica 2 is cut off",
+        |s| s.checker.committed() >= behind,
+    )?;
     sim.load = false;
     let start = sim.tick;
     let views_before: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
     sim.crash(0);
     sim.network.heal();
     let target = sim.checker.committed();
-    sim.run_until(PHASE_TICKS * 5, "replica 2 holds the log in a running view", |s| {
-        s.running(2)
-            .is_some_and(|r| r.status() == Status::Normal && r.op() >= target)
-    })?;
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "replica 2 holds the log in a running view",
+        |s| {
+            s.running(2)
+                .is_some_and(|r| r.status() == Status::Normal && r.op() >= target)
+        },
+    )?;
     let installed = sim.tick - start;
     for c in 0..sim.clients.len() {
         sim.clients[c].home = 1;
     }
     sim.load = true;
     let before = sim.checker.committed();
-    sim.run_until(PHASE_TICKS * 5, "a request commits again", |s| s.checker.committed() > before + 5)?;
+    sim.run_until(PHASE_TICKS * 5, "a request commits again", |s| {
+        s.checker.committed() > before + 5
+    })?;
     sim.load = false;
     let views_after: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
     let campaigns: u64 = sim.replicas().map(|r| r.stats().campaigns).sum();
@@ -4973,9 +4994,11 @@ pub fn lagging_backup_under_batched_load(
     sim.options.request_probability = 1.0;
     sim.load = true;
     isolate(&mut sim, 2);
-    sim.run_until(PHASE_TICKS * 5, "the others commit while replica 2 is cut off", |s| {
-        s.checker.committed() >= behind
-    })?;
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "the others commit while replica 2 is cut off",
+        |s| s.checker.committed() >= behind,
+    )?;
     sim.network.heal();
     let mut gaps = Vec::new();
     for _ in 0..8 {

@@ -425,3 +425,13 @@ fn a_byte_count_kept_across_an_install_is_caught() {
     assert!(failure.reason.contains("not a checkpoint boundary"), "{failure}");
     scenarios::byte_budget_checkpoints_agree_after_sync_and_restart(options(3, 4)).unwrap();
 }
+
+/// Review: the §5.2 scenario with StartView chunks ended by bytes
+/// (`vsr::log::RUN_BYTES`) catches a partial install too.
+#[test]
+fn joining_a_view_with_a_log_cut_by_bytes_is_caught() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::InstallPartialLog;
+    assert!(scenarios::state_transfer_by_runs_never_loses_commits(broken).is_err());
+    scenarios::state_transfer_by_runs_never_loses_commits(options(3, 1)).unwrap();
+}

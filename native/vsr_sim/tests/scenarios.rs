@@ -583,12 +583,9 @@ fn member_of_the_newest_list_is_not_orphaned() {
 fn review_view_change_with_lagging_backup_and_large_commands() {
     for behind in [20, 60, 150, 600] {
         for buffer in [false, true] {
-            let (took, views, _) = scenarios::view_change_with_lagging_backup_and_large_commands(
-                options(3, 4),
-                behind,
-                buffer,
-            )
-            .unwrap();
+            let (took, views, _) =
+                scenarios::view_change_with_lagging_backup_and_large_commands(options(3, 4), behind, buffer)
+                    .unwrap();
             eprintln!("buffer {buffer}: {took} ticks, {views} views");
         }
     }
@@ -601,8 +598,11 @@ fn review_lagging_backup_under_batched_load() {
     for (clients, payload) in [(64, 32 << 10), (64, 64 << 10), (128, 32 << 10)] {
         for buffer in [None, Some((1 << 20, 1 << 20))] {
             let (gaps, mean) =
-                scenarios::lagging_backup_under_batched_load(options(3, clients), payload, 300, buffer).unwrap();
-            eprintln!("clients {clients} payload<{payload} buffer {buffer:?}: mean entry {mean} B, gaps {gaps:?}");
+                scenarios::lagging_backup_under_batched_load(options(3, clients), payload, 300, buffer)
+                    .unwrap();
+            eprintln!(
+                "clients {clients} payload<{payload} buffer {buffer:?}: mean entry {mean} B, gaps {gaps:?}"
+            );
         }
     }
 }
@@ -679,7 +679,8 @@ fn review_lagging_backup_catches_up_under_batched_commands_on_a_fast_buffered_li
 #[test]
 #[ignore]
 fn review_lagging_backup_catches_up_under_batched_small_commands() {
-    let (gaps, mean) = scenarios::lagging_backup_under_batched_load(options(3, 1024), 4 << 10, 300, None).unwrap();
+    let (gaps, mean) =
+        scenarios::lagging_backup_under_batched_load(options(3, 1024), 4 << 10, 300, None).unwrap();
     eprintln!("mean entry {mean} B, gaps {gaps:?}");
     assert!(
         *gaps.last().unwrap() < 50,
