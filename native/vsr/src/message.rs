@@ -927,8 +927,20 @@ mod payload_encoding {
         }
         for len in [0usize, 1, 127, 128, 300, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let request = Request { client: 7, session: 3, request: 9, origin: 1, payload: payload.clone() };
-            let plain = Plain { client: 7, session: 3, request: 9, origin: 1, payload };
+            let request = Request {
+                client: 7,
+                session: 3,
+                request: 9,
+                origin: 1,
+                payload: payload.clone(),
+            };
+            let plain = Plain {
+                client: 7,
+                session: 3,
+                request: 9,
+                origin: 1,
+                payload,
+            };
             let ours = postcard::to_allocvec(&request).unwrap();
             assert_eq!(ours, postcard::to_allocvec(&plain).unwrap());
             assert_eq!(postcard::from_bytes::<Request>(&ours).unwrap(), request);

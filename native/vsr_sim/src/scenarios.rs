@@ -4974,13 +4974,13 @@ pub fn view_change_with_lagging_backup_and_large_commands(
 /// is large. Replica 2 is cut off while `behind` ops commit, then healed
 /// under the same load (over links with `send_buffer`'s busy limit and
 /// drain per tick, if any); returns replica 2's gap to the commit point (in
-/// ops) every `PHASE_TICKS / 4` ticks for `PHASE_TICKS * 2` ticks, and the
-/// mean entry size.
+/// ops) every `every` ticks, `samples` times, and the mean entry size.
 pub fn lagging_backup_under_batched_load(
     mut options: Options,
     payload_max: usize,
     behind: Op,
     send_buffer: Option<(u64, u64)>,
+    (samples, every): (usize, u64),
 ) -> Result<(Vec<Op>, u64), Failure> {
     options.payload_max = payload_max;
     let mut sim = Simulator::new(options);
@@ -5001,8 +5001,8 @@ pub fn lagging_backup_under_batched_load(
     )?;
     sim.network.heal();
     let mut gaps = Vec::new();
-    for _ in 0..8 {
-        sim.run_ticks(PHASE_TICKS / 4)?;
+    for _ in 0..samples {
+        sim.run_ticks(every)?;
         gaps.push(sim.checker.committed().saturating_sub(sim.replica(2).commit()));
         if std::env::var("REVIEW_TRACE").is_ok() {
             let r = sim.replica(2);

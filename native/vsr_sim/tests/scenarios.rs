@@ -578,8 +578,15 @@ fn member_of_the_newest_list_is_not_orphaned() {
     scenarios::member_of_the_newest_list_is_not_orphaned(options(3, 1)).unwrap();
 }
 
-/// Review: a StartView of many large entries comes one run per round trip.
+/// Samples of `lagging_backup_under_batched_load`: a short look for the
+/// regression tests, the review's long one for the exploration.
+const SHORT: (usize, u64) = (3, 60);
+const LONG: (usize, u64) = (8, scenarios::PHASE_TICKS / 4);
+
+/// Review: a StartView of many large entries comes one run per round trip
+/// (exploration, minutes in debug).
 #[test]
+#[ignore]
 fn review_view_change_with_lagging_backup_and_large_commands() {
     for behind in [20, 60, 150, 600] {
         for buffer in [false, true] {
@@ -592,13 +599,15 @@ fn review_view_change_with_lagging_backup_and_large_commands() {
 }
 
 /// Review: batched entries of moderate commands exceed `RUN_BYTES /
-/// pipeline_max`; the lagging backup must still catch up under load.
+/// pipeline_max`; the lagging backup must still catch up under load
+/// (exploration, minutes in debug).
 #[test]
+#[ignore]
 fn review_lagging_backup_under_batched_load() {
     for (clients, payload) in [(64, 32 << 10), (64, 64 << 10), (128, 32 << 10)] {
         for buffer in [None, Some((1 << 20, 1 << 20))] {
             let (gaps, mean) =
-                scenarios::lagging_backup_under_batched_load(options(3, clients), payload, 300, buffer)
+                scenarios::lagging_backup_under_batched_load(options(3, clients), payload, 300, buffer, LONG)
                     .unwrap();
             eprintln!(
                 "clients {clients} payload<{payload} buffer {buffer:?}: mean entry {mean} B, gaps {gaps:?}"
@@ -607,19 +616,24 @@ fn review_lagging_backup_under_batched_load() {
     }
 }
 
-/// Review finding: 64 clients of commands up to 64 KiB, batched (default
-/// limits) into entries of about 130 KiB, over links without a byte limit.
-/// With one run (`RUN_BYTES`) per repair round trip the backup gains about
-/// four entries per round trip while the primary commits up to
-/// `pipeline_max` (8): the gap grows without bound. With runs cut by count
-/// only (`message_entries_max`, 64) it catches up.
+/// Regression (review of the repair byte runs): 64 clients of commands up
+/// to 64 KiB, batched (default limits) into entries of about 130 KiB, over
+/// links without a byte limit. With one run (`RUN_BYTES`) per repair round
+/// trip the backup gained about four entries per round trip while the
+/// primary commits up to `pipeline_max` (8): healed 100 ops behind, the
+/// gap grew (about 500 ops after 700 ticks, from 300). With the answer
+/// sent run by run under a window of `pipeline_max + 1` runs it catches up.
 #[test]
-fn review_lagging_backup_catches_up_under_batched_moderate_commands() {
+fn lagging_backup_catches_up_under_batched_moderate_commands() {
     let (gaps, mean) =
-        scenarios::lagging_backup_under_batched_load(options(3, 64), 64 << 10, 300, None).unwrap();
+        scenarios::lagging_backup_under_batched_load(options(3, 64), 64 << 10, 100, None, SHORT).unwrap();
     eprintln!("mean entry {mean} B, gaps {gaps:?}");
     assert!(
-        *gaps.last().unwrap() < 50,
+        mean > 64 << 10,
+        "entries of {mean} B fit a run by count: not the case tested"
+    );
+    assert!(
+        *gaps.last().unwrap() < 30,
         "replica 2 never catches up: gap {gaps:?} (mean entry {mean} B)"
     );
 }
@@ -657,17 +671,22 @@ fn review_random_faults_with_large_commands() {
     assert!(failed.is_empty(), "failed seeds {failed:?}");
 }
 
-/// Review finding, in the send-buffer model: the same load over links that
-/// refuse a send while 1 MiB is queued but drain 4 MiB a tick (a faster
-/// link than `lagging_backup_catches_up_under_large_commands` models).
+/// Regression: the same load over links that refuse a send while 1 MiB
+/// is queued but drain 4 MiB a tick (a faster link than
+/// `lagging_backup_catches_up_under_large_commands` models).
 #[test]
-fn review_lagging_backup_catches_up_under_batched_commands_on_a_fast_buffered_link() {
-    let (gaps, mean) =
-        scenarios::lagging_backup_under_batched_load(options(3, 64), 64 << 10, 300, Some((1 << 20, 4 << 20)))
-            .unwrap();
+fn lagging_backup_catches_up_under_batched_commands_on_a_fast_buffered_link() {
+    let (gaps, mean) = scenarios::lagging_backup_under_batched_load(
+        options(3, 64),
+        64 << 10,
+        100,
+        Some((1 << 20, 4 << 20)),
+        SHORT,
+    )
+    .unwrap();
     eprintln!("mean entry {mean} B, gaps {gaps:?}");
     assert!(
-        *gaps.last().unwrap() < 50,
+        *gaps.last().unwrap() < 30,
         "replica 2 never catches up: gap {gaps:?} (mean entry {mean} B)"
     );
 }
@@ -680,7 +699,7 @@ fn review_lagging_backup_catches_up_under_batched_commands_on_a_fast_buffered_li
 #[ignore]
 fn review_lagging_backup_catches_up_under_batched_small_commands() {
     let (gaps, mean) =
-        scenarios::lagging_backup_under_batched_load(options(3, 1024), 4 << 10, 300, None).unwrap();
+        scenarios::lagging_backup_under_batched_load(options(3, 1024), 4 << 10, 300, None, LONG).unwrap();
     eprintln!("mean entry {mean} B, gaps {gaps:?}");
     assert!(
         *gaps.last().unwrap() < 50,
