@@ -389,21 +389,26 @@ fn a_woken_backup_that_votes_for_any_campaign_is_caught() {
     }
     // Random seeds (`vopr --quiet`) catch it too, by the check that no
     // replica starts a view change in an idle span without a fault: a
-    // backup woken by a client's request campaigns at once. These are the
-    // seeds of 0..80 it fails; each passes as the protocol is written
-    // (seed 29 stopped failing it once seeds drew `checkpoint_bytes`).
-    for seed in [1, 10, 11] {
+    // backup woken by a client's request campaigns at once. Which seeds of
+    // 0..80 catch it moves with the protocol's timing (1, 10 and 11 until
+    // repair answers went run by run; seed 29 stopped once seeds drew
+    // `checkpoint_bytes`): a few must, each passing as the protocol is
+    // written.
+    let mut caught = 0;
+    for seed in 0..80 {
         let options = |mutation| {
             let mut options = Options::from_seed(seed).with_quiet();
             options.config.mutation = mutation;
             options
         };
-        let failure = Simulator::new(options(Mutation::QuietVotesForAnyCampaign))
-            .run()
-            .unwrap_err();
+        let Err(failure) = Simulator::new(options(Mutation::QuietVotesForAnyCampaign)).run() else {
+            continue;
+        };
         assert!(failure.reason.contains("with no fault since tick"), "{failure}");
+        caught += 1;
         Simulator::new(options(Mutation::None)).run().unwrap();
     }
+    assert!(caught >= 2, "only {caught} of 80 seeds catch it");
 }
 
 #[test]
