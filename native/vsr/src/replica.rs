@@ -273,6 +273,18 @@ pub(crate) struct Pending {
     pub(crate) sent_tick: u64,
 }
 
+/// A repair answer the primary is sending to one peer (`pump_repair`):
+/// the chunk `next..=last` still to send, by runs of at most about
+/// `RUN_BYTES` of commands, and the last op of each run sent and not yet
+/// acknowledged, oldest first.
+#[derive(Clone, Debug)]
+pub(crate) struct RepairStream {
+    pub(crate) view: View,
+    pub(crate) next: Op,
+    pub(crate) last: Op,
+    pub(crate) ends: VecDeque<Op>,
+}
+
 /// The replica state machine. `Clone` and `Debug` let a model checker
 /// (`native/vsr_model`) branch a cluster's state and fingerprint it.
 #[derive(Clone, Debug)]
@@ -322,6 +334,10 @@ pub struct Replica {
     pub(crate) queued: HashSet<(ClientId, u64, u128)>,
     pub(crate) last_broadcast_tick: u64,
     pub(crate) last_retry_tick: u64,
+    /// The repair answer being sent to each peer, run by run
+    /// (`RepairStream`): at most one per peer, replaced by its next
+    /// `RequestPrepares`.
+    pub(crate) repair_streams: [Option<RepairStream>; MAX_SLOTS],
 
     // Backup, normal status.
     pub(crate) last_primary_tick: u64,
@@ -330,9 +346,6 @@ pub struct Replica {
     pub(crate) last_repair_tick: Option<u64>,
     /// The last op of the repair chunk asked for.
     pub(crate) repair_until: Op,
-    /// Bytes of commands (`log::run_bytes`) appended since the repair
-    /// chunk was asked for: the primary's answer ends at `RUN_BYTES`.
-    pub(crate) repair_bytes: u64,
     pub(crate) last_start_view_request: Option<u64>,
     /// The newest view this replica has heard is running (or been told of).
     pub(crate) view_seen: View,
@@ -591,11 +604,11 @@ impl Replica {
             queued: HashSet::new(),
             last_broadcast_tick: 0,
             last_retry_tick: 0,
+            repair_streams: std::array::from_fn(|_| None),
             last_primary_tick: 0,
             primary_op: 0,
             last_repair_tick: None,
             repair_until: 0,
-            repair_bytes: 0,
             last_start_view_request: None,
             view_seen: 0,
             last_do_view_change_request: None,
@@ -1398,6 +1411,7 @@ impl Replica {
             self.acked[from as usize] = op;
             self.advance_commit();
             self.prepare_queued();
+            self.repair_acknowledged(from, op);
         }
     }
 
@@ -1515,6 +1529,12 @@ impl Replica {
             self.last_retry_tick = self.ticks;
             self.retransmit_prepares();
         }
+        // A run more of each repair answer, if its window allows: it opens
+        // the window before the first acknowledgements come back, and
+        // keeps an answer moving whose acknowledgements were lost.
+        for peer in 0..MAX_SLOTS as Slot {
+            self.pump_repair(peer, 1);
+        }
         self.tick_quiet_round();
     }
 
@@ -1558,6 +1578,7 @@ impl Replica {
         }
         if first <= self.log.base() {
             // The backup is behind this replica's log: it needs the checkpoint.
+            self.repair_streams[from as usize] = None;
             self.send_checkpoint(from);
             return;
         }
@@ -1565,20 +1586,62 @@ impl Replica {
         let last = last
             .min(self.log.op())
             .min(first.saturating_add(self.config.message_entries_max as Op - 1));
-        // One run (`log::run`): it ends at the entry whose commands bring
-        // it to `RUN_BYTES`, where the backup, counting alike, asks for
-        // the next (`on_prepare`).
-        let mut bytes = 0u64;
-        for op in first.max(1)..=last {
-            if bytes >= RUN_BYTES {
+        // The whole chunk asked for, in runs (`log::run`: each a message
+        // of at most about `RUN_BYTES`), one now and the next ones as the
+        // asker acknowledges them or as ticks pass (`pump_repair`). It
+        // replaces any answer still going to the asker: the asker asks
+        // again only when it has the last one whole or it stalled.
+        self.repair_streams[from as usize] = Some(RepairStream {
+            view: self.view,
+            next: first.max(1),
+            last,
+            ends: VecDeque::new(),
+        });
+        self.pump_repair(from, 1);
+    }
+
+    /// Sends up to `runs` more runs of the repair answer going to `peer`,
+    /// while fewer than `repair_window` runs are unacknowledged. A run
+    /// ends at the entry whose commands bring it to `RUN_BYTES` (or at
+    /// the chunk's end), and goes as one step's messages to one peer,
+    /// which a host sends as one distribution message.
+    fn pump_repair(&mut self, peer: Slot, runs: usize) {
+        let window = self.repair_window();
+        let (view, leads) = (self.view, self.is_primary() && self.status == Status::Normal);
+        let Some(stream) = self.repair_streams[peer as usize].as_mut() else {
+            return;
+        };
+        if stream.view != view || !leads {
+            self.repair_streams[peer as usize] = None;
+            return;
+        }
+        let mut entries = Vec::new();
+        for _ in 0..runs {
+            if stream.next > stream.last || stream.ends.len() >= window {
                 break;
             }
-            let Some(entry) = self.log.get(op).cloned() else {
-                break; // unreachable: base < first and last <= op
-            };
-            bytes = bytes.saturating_add(run_bytes(&entry));
+            let (mut bytes, from) = (0u64, stream.next);
+            while stream.next <= stream.last && bytes < RUN_BYTES {
+                // Below the log's base (a checkpoint since): the peer's
+                // next request gets the checkpoint.
+                let Some(entry) = self.log.get(stream.next).cloned() else {
+                    stream.last = stream.next.saturating_sub(1);
+                    break;
+                };
+                bytes = bytes.saturating_add(run_bytes(&entry));
+                entries.push(entry);
+                stream.next += 1;
+            }
+            if stream.next > from {
+                stream.ends.push_back(stream.next - 1);
+            }
+        }
+        if stream.next > stream.last && stream.ends.is_empty() {
+            self.repair_streams[peer as usize] = None;
+        }
+        for entry in entries {
             self.send(
-                from,
+                peer,
                 &Message::Prepare {
                     view: self.view,
                     commit: self.commit_max,
@@ -1586,6 +1649,36 @@ impl Replica {
                     checkpoint: self.checkpoints.canonical(),
                 },
             );
+        }
+    }
+
+    /// Runs of a repair answer sent and not yet acknowledged, at most: one
+    /// more than the pipeline, so that a round trip brings a lagging
+    /// backup more entries than the primary commits in one (at most
+    /// `pipeline_max`), however large they are, while no message holds
+    /// more than a run.
+    fn repair_window(&self) -> usize {
+        (self.config.pipeline_max as usize).saturating_add(1)
+    }
+
+    /// `peer` holds the primary's log up to `op`: the runs of its repair
+    /// answer that ended by `op` are through, and each lets two more go
+    /// (the window opens by doubling, as acknowledgements come back).
+    fn repair_acknowledged(&mut self, peer: Slot, op: Op) {
+        let Some(stream) = self.repair_streams[peer as usize].as_mut() else {
+            return;
+        };
+        let mut through = 0;
+        while stream.ends.front().is_some_and(|&end| end <= op) {
+            stream.ends.pop_front();
+            through += 1;
+        }
+        if op >= stream.last {
+            self.repair_streams[peer as usize] = None;
+            return;
+        }
+        if through > 0 {
+            self.pump_repair(peer, through * 2);
         }
     }
 
@@ -1614,24 +1707,22 @@ impl Replica {
         self.primary_op = self.primary_op.max(entry.op);
         if self.log.can_append(&entry) {
             let op = entry.op;
-            let bytes = run_bytes(&entry);
             self.log.append(entry.clone());
             self.out.push(Output::WriteLog {
                 after: op - 1,
                 entries: vec![entry],
             });
-            if op <= self.repair_until {
-                self.repair_bytes = self.repair_bytes.saturating_add(bytes);
-            }
-            if op == self.repair_until || (op < self.repair_until && self.repair_bytes >= RUN_BYTES) {
-                // The repair chunk arrived whole (all it asked for, or the
-                // primary's answer ended by bytes, as `log::run` ends one):
-                // ask for the next one at once, or a backup behind a busy
-                // primary (one chunk per resend interval) would never
-                // catch up (seed 1007965; `make bench-memory`).
-                self.repair_bytes = 0;
+            if op == self.repair_until {
+                // The repair chunk arrived whole: ask for the next one at
+                // once, or a backup behind a busy primary (one chunk per
+                // resend interval) would never catch up (seed 1007965).
                 self.last_repair_tick = None;
                 self.request_repair();
+            } else if op < self.repair_until && self.last_repair_tick.is_some() {
+                // The primary's answer is coming, run by run
+                // (`pump_repair`): asking again now would restart it, so
+                // the resend interval counts from the latest entry.
+                self.last_repair_tick = Some(self.ticks);
             }
         } else if entry.op > self.log.op() + 1 {
             self.request_repair();
@@ -1713,7 +1804,6 @@ impl Replica {
             .primary_op
             .min(from.saturating_add(self.config.message_entries_max as Op - 1));
         self.repair_until = to;
-        self.repair_bytes = 0;
         let primary = self.primary();
         self.send(
             primary,

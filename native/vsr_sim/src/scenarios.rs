@@ -54,6 +54,19 @@ pub fn settle(sim: &mut Simulator) -> Result<(), Failure> {
 /// (primary 2) must still choose the log with all 21 ops.
 pub fn state_transfer_never_loses_commits(mut options: Options) -> Result<(), Failure> {
     options.config.message_entries_max = 2;
+    state_transfer_never_loses_commits_with(options)
+}
+
+/// Review: `state_transfer_never_loses_commits` with the StartView's
+/// chunks ended by bytes rather than by count (commands of up to 256 KiB,
+/// the default `message_entries_max`).
+pub fn state_transfer_by_runs_never_loses_commits(mut options: Options) -> Result<(), Failure> {
+    options.payload_max = 256 << 10;
+    options.config.batch_max_requests = 1;
+    state_transfer_never_loses_commits_with(options)
+}
+
+fn state_transfer_never_loses_commits_with(options: Options) -> Result<(), Failure> {
     let mut sim = Simulator::new(options);
     register_all(&mut sim, 1)?;
     isolate(&mut sim, 2);
@@ -4912,4 +4925,135 @@ pub fn slow_links_still_elect_a_primary(options: Options, delay: u64) -> Result<
         "a request commits after the primary's crash",
         |s| s.clients[0].outstanding.is_none(),
     )
+}
+
+/// Review of the byte-bounded runs: a view change while a backup lags by
+/// many large commands. Replica 2 is cut off while about `behind` ops of
+/// up to 256 KiB commit; then primary 0 crashes and 2 comes back, so view
+/// 1 (primary 1) can run only with 2, which must fetch the new view's log
+/// by `StartView` chunks of one run (`RUN_BYTES`) each. Returns the ticks
+/// and views it took for a request to commit again, for comparison.
+pub fn view_change_with_lagging_backup_and_large_commands(
+    mut options: Options,
+    behind: Op,
+    send_buffer: bool,
+) -> Result<(u64, u64, u64), Failure> {
+    options.payload_max = 256 << 10;
+    options.config.batch_max_requests = 1;
+    let mut sim = Simulator::new(options);
+    if send_buffer {
+        sim.network.send_buffer = Some(crate::network::SendBuffer::new(1 << 20, 1 << 20));
+    }
+    register_all(&mut sim, 0)?;
+    isolate(&mut sim, 2);
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 0.5;
+    sim.load = true;
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "the others commit while replica 2 is cut off",
+        |s| s.checker.committed() >= behind,
+    )?;
+    sim.load = false;
+    let start = sim.tick;
+    let views_before: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
+    sim.crash(0);
+    sim.network.heal();
+    let target = sim.checker.committed();
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "replica 2 holds the log in a running view",
+        |s| {
+            s.running(2)
+                .is_some_and(|r| r.status() == Status::Normal && r.op() >= target)
+        },
+    )?;
+    let installed = sim.tick - start;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 1;
+    }
+    sim.load = true;
+    let before = sim.checker.committed();
+    sim.run_until(PHASE_TICKS * 5, "a request commits again", |s| {
+        s.checker.committed() > before + 5
+    })?;
+    sim.load = false;
+    let views_after: u64 = sim.replicas().map(|r| r.stats().views_started).sum();
+    let campaigns: u64 = sim.replicas().map(|r| r.stats().campaigns).sum();
+    let took = sim.tick - start;
+    sim.restart(0);
+    settle(&mut sim)?;
+    eprintln!(
+        "behind {behind}: replica 2 installed after {installed} ticks, commits resumed after {took} ticks, {} views started, {campaigns} campaigns, final view {}",
+        views_after - views_before,
+        sim.replica(1).view()
+    );
+    Ok((took, views_after - views_before, campaigns))
+}
+
+/// Review of the byte-bounded runs: commands of moderate size (up to
+/// `payload_max`) from many clients, batched by the primary (default
+/// `batch_max_requests` and `batch_max_bytes`), so that an entry holds
+/// more than `RUN_BYTES / pipeline_max` of commands although no command
+/// is large. Replica 2 is cut off while `behind` ops commit, then healed
+/// under the same load (over links with `send_buffer`'s busy limit and
+/// drain per tick, if any); returns replica 2's gap to the commit point (in
+/// ops) every `every` ticks, `samples` times, and the mean entry size.
+pub fn lagging_backup_under_batched_load(
+    mut options: Options,
+    payload_max: usize,
+    behind: Op,
+    send_buffer: Option<(u64, u64)>,
+    (samples, every): (usize, u64),
+) -> Result<(Vec<Op>, u64), Failure> {
+    options.payload_max = payload_max;
+    let mut sim = Simulator::new(options);
+    if let Some((busy, drain)) = send_buffer {
+        sim.network.send_buffer = Some(crate::network::SendBuffer::new(busy, drain));
+    }
+    register_all(&mut sim, 0)?;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 1.0;
+    sim.load = true;
+    isolate(&mut sim, 2);
+    sim.run_until(
+        PHASE_TICKS * 5,
+        "the others commit while replica 2 is cut off",
+        |s| s.checker.committed() >= behind,
+    )?;
+    sim.network.heal();
+    let mut gaps = Vec::new();
+    for _ in 0..samples {
+        sim.run_ticks(every)?;
+        gaps.push(sim.checker.committed().saturating_sub(sim.replica(2).commit()));
+        if std::env::var("REVIEW_TRACE").is_ok() {
+            let r = sim.replica(2);
+            eprintln!(
+                "tick {}: committed {}, replica 2 op {} commit {} view {} status {:?}; primary 0 op {} commit {} base {}",
+                sim.tick,
+                sim.checker.committed(),
+                r.op(),
+                r.commit(),
+                r.view(),
+                r.status(),
+                sim.replica(0).op(),
+                sim.replica(0).commit(),
+                sim.replica(0).log().base()
+            );
+        }
+    }
+    let log = sim.replica(0).log();
+    let (base, op) = (log.base(), log.op());
+    let bytes: u64 = (base + 1..=op)
+        .filter_map(|o| log.get(o))
+        .map(|e| vsr::log::run_bytes(e))
+        .sum();
+    let mean = bytes / (op - base).max(1);
+    sim.load = false;
+    settle(&mut sim)?;
+    Ok((gaps, mean))
 }
