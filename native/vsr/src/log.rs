@@ -11,10 +11,11 @@ use crate::config::Op;
 use crate::message::Prepare;
 use crate::verified::Verified;
 
-/// Bytes of commands at which a run of log entries sent at once ends: a
-/// repair answer (several Prepares to one peer in one step, which a host
-/// sends as one distribution message), a StartView's or a StartEpoch's
-/// entries, a primary's resend of its tail. A run ends with the first
+/// Bytes of commands at which a run of log entries sent at once ends: one
+/// step of a repair answer (several Prepares to one peer in one step, which
+/// a host sends as one distribution message; the answer streams the chunk
+/// asked for run by run, `pipeline_max + 1` runs in flight), a StartView's
+/// or a StartEpoch's entries, a primary's resend of its tail. A run ends with the first
 /// entry that brings its commands to `RUN_BYTES` (or at its count limit),
 /// so it carries less than `RUN_BYTES` plus one entry, and always at least
 /// one entry, however large. Half of `WINDOW_BYTES` (about where Erlang
@@ -24,7 +25,8 @@ use crate::verified::Verified;
 /// size (64 MB of 1 MB commands), which a busy link dropped but for its
 /// first few, answer after answer, so that a lagging backup never caught
 /// up with a loaded primary (`make bench-memory`). Entries of small
-/// commands never reach it (64 entries of 2 KiB: 128 KiB).
+/// commands reach it too once the primary batches them (256 commands of
+/// 2 KiB in one entry: 512 KiB).
 pub const RUN_BYTES: u64 = crate::checkpoint::WINDOW_BYTES / 2;
 
 /// The bytes an entry counts for in a run: its commands' payloads, which
