@@ -164,6 +164,9 @@ impl Replica {
         self.last_heard[s] = self.ticks;
         if self.log.checksum_at(op) == Some(checksum) && op > self.acked[s] {
             self.acked[s] = op;
+            // As a backup's acknowledgement does: a repair answer streaming
+            // to it moves on (without it, one run a tick, then a stall).
+            self.repair_acknowledged(from, op);
         }
     }
 

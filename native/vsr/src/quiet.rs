@@ -311,6 +311,12 @@ impl Replica {
         self.quiet = false;
         self.stats.wakes += 1;
         self.ticks = self.ticks.saturating_add(elapsed_ticks);
+        // A quiet spell in normal status counts toward ending the
+        // view-change backoff, as the ticks it slept through would have
+        // (`tick_backoff`).
+        if self.status == Status::Normal {
+            self.normal_ticks = self.normal_ticks.saturating_add(elapsed_ticks);
+        }
         self.clocks.ticked(self.mono_ns);
         self.set_up(up);
         self.idle_since = self.ticks;

@@ -606,6 +606,9 @@ impl Replica {
         self.staging = None;
         self.reads.new_view();
         self.acked = [0; MAX_SLOTS];
+        // Repair answers of the old epoch's view 0 would otherwise carry on
+        // into the new one's (harmless entries, wasted bandwidth).
+        self.repair_streams = std::array::from_fn(|_| None);
         self.last_heard = [self.ticks; MAX_SLOTS];
         self.change = None;
         self.learners.clear();

@@ -1664,7 +1664,7 @@ impl Replica {
     /// `peer` holds the primary's log up to `op`: the runs of its repair
     /// answer that ended by `op` are through, and each lets two more go
     /// (the window opens by doubling, as acknowledgements come back).
-    fn repair_acknowledged(&mut self, peer: Slot, op: Op) {
+    pub(crate) fn repair_acknowledged(&mut self, peer: Slot, op: Op) {
         let Some(stream) = self.repair_streams[peer as usize].as_mut() else {
             return;
         };
