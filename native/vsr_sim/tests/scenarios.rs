@@ -716,3 +716,19 @@ fn review_lagging_backup_catches_up_under_batched_small_commands() {
         "replica 2 never catches up: gap {gaps:?} (mean entry {mean} B)"
     );
 }
+
+/// Review (streamed repair answers): a learner joining under batched load
+/// of entries over `RUN_BYTES / pipeline_max`. Prints the gap samples;
+/// asserts the learner gets within 30 ops at the end. With REVIEW_LAG=1 the learner
+/// is cut off while the group commits 100 more, then healed: at 7344e9a its
+/// gap stays 55..260 (repair answers to a learner open only by ticks:
+/// `on_learner_ack` never calls `repair_acknowledged`); with that call
+/// added it is 15 from the first sample.
+#[test]
+#[ignore]
+fn review_learner_catches_up_under_batched_load() {
+    let (gaps, mean) =
+        scenarios::learner_under_batched_load(options(3, 64), 64 << 10, 100, (8, 60)).unwrap();
+    eprintln!("mean entry {mean} B, learner gaps {gaps:?}");
+    assert!(*gaps.last().unwrap() < 30, "learner never catches up: {gaps:?} (mean entry {mean} B)");
+}
