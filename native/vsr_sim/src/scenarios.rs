@@ -5053,6 +5053,10 @@ pub fn lagging_backup_under_batched_load(
         .map(|e| vsr::log::run_bytes(e))
         .sum();
     let mean = bytes / (op - base).max(1);
+    eprintln!(
+        "review: most bytes one flush sent one peer: {} in {} messages at most",
+        sim.flush_peer_bytes_max, sim.flush_peer_messages_max
+    );
     sim.load = false;
     settle(&mut sim)?;
     Ok((gaps, mean))
