@@ -732,3 +732,18 @@ fn review_learner_catches_up_under_batched_load() {
     eprintln!("mean entry {mean} B, learner gaps {gaps:?}");
     assert!(*gaps.last().unwrap() < 30, "learner never catches up: {gaps:?} (mean entry {mean} B)");
 }
+
+/// Review (streamed repair answers): the most bytes one host flush sends
+/// one peer (one distribution message in the NIF host) while a lagging
+/// backup catches up, for large batched entries and larger pipelines.
+/// Prints the figures (`review:` lines); asserts nothing.
+#[test]
+#[ignore]
+fn review_flush_bytes_to_one_peer() {
+    for (pipeline, payload) in [(8, 256 << 10), (32, 64 << 10), (32, 256 << 10)] {
+        let mut o = options(3, 64);
+        o.config.pipeline_max = pipeline;
+        let r = scenarios::lagging_backup_under_batched_load(o, payload, 100, None, (3, 60));
+        eprintln!("pipeline {pipeline} payload<{payload}: {:?}", r.map_err(|f| f.reason));
+    }
+}
