@@ -743,6 +743,9 @@ fn review_flush_bytes_to_one_peer() {
     for (pipeline, payload) in [(8, 256 << 10), (32, 64 << 10), (32, 256 << 10)] {
         let mut o = options(3, 64);
         o.config.pipeline_max = pipeline;
+        if let Some(m) = std::env::var("REVIEW_ENTRIES_MAX").ok().and_then(|v| v.parse().ok()) {
+            o.config.message_entries_max = m;
+        }
         let r = scenarios::lagging_backup_under_batched_load(o, payload, 100, None, (3, 60));
         eprintln!("pipeline {pipeline} payload<{payload}: {:?}", r.map_err(|f| f.reason));
     }
