@@ -947,3 +947,100 @@ mod payload_encoding {
         }
     }
 }
+
+/// Review of e936105: the byte-string payload encoding against postcard's
+/// `Vec<u8>` at every varint length boundary, and decoding of truncated,
+/// corrupted and crafted payload bytes (an error, never a panic).
+#[cfg(test)]
+mod review_payload_encoding {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Plain {
+        client: u128,
+        session: u64,
+        request: u64,
+        origin: u8,
+        payload: Vec<u8>,
+    }
+
+    fn request(len: usize) -> Request {
+        Request { client: 7, session: 3, request: 9, origin: 1, payload: (0..len).map(|i| (i * 31) as u8).collect() }
+    }
+
+    /// Every varint width boundary of the length up to 3 bytes (and the
+    /// default `batch_max_bytes`): the same bytes, both ways.
+    #[test]
+    fn same_bytes_at_every_length_boundary() {
+        for len in [0usize, 1, 2, 127, 128, 129, 16_383, 16_384, 16_385, 1 << 20, 2_097_151, 2_097_152] {
+            let r = request(len);
+            let plain = Plain { client: 7, session: 3, request: 9, origin: 1, payload: r.payload.clone() };
+            let ours = postcard::to_allocvec(&r).unwrap();
+            let theirs = postcard::to_allocvec(&plain).unwrap();
+            assert_eq!(ours, theirs, "len {len}");
+            assert_eq!(postcard::from_bytes::<Request>(&theirs).unwrap(), r, "len {len}");
+            assert_eq!(postcard::from_bytes::<Plain>(&ours).unwrap(), plain, "len {len}");
+            // The entry checksum covers the requests' encoding: unchanged.
+            let e = Prepare::new(1, 2, 3, 4, vec![r.clone(), request(len / 2)]);
+            assert_eq!(postcard::from_bytes::<Prepare>(&postcard::to_allocvec(&e).unwrap()).unwrap(), e);
+        }
+    }
+
+    fn no_panic<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) {
+        let r = std::panic::catch_unwind(|| postcard::from_bytes::<T>(bytes).is_ok());
+        assert!(r.is_ok(), "panicked decoding {} bytes", bytes.len());
+    }
+
+    /// Truncations, every single-byte corruption of the head, and lengths
+    /// crafted up to u64::MAX: errors (or other values), never panics, and
+    /// no allocation of the claimed length.
+    #[test]
+    fn malformed_payloads_are_errors() {
+        let r = request(300);
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(postcard::from_bytes::<Request>(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        for at in 0..40.min(bytes.len()) {
+            for v in [0u8, 0x7f, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[at] = v;
+                no_panic::<Request>(&b);
+                no_panic::<Prepare>(&b);
+            }
+        }
+        // The payload's length field alone, claiming far more than follows.
+        let head = postcard::to_allocvec(&(7u128, 3u64, 9u64, 1u8)).unwrap();
+        for claim in [u64::MAX, u32::MAX as u64, 1 << 40, 301] {
+            let mut b = head.clone();
+            b.extend(postcard::to_allocvec(&claim).unwrap()); // a varint
+            b.extend([1u8; 300]);
+            assert!(postcard::from_bytes::<Request>(&b).is_err(), "claim {claim}");
+        }
+        // An over-long varint (11 bytes of continuation).
+        let mut b = head.clone();
+        b.extend([0xff; 11]);
+        assert!(postcard::from_bytes::<Request>(&b).is_err());
+        // A whole message, its checksum recomputed over corrupted bodies.
+        let entry = Arc::new(Prepare::new(1, 2, 3, 4, vec![request(1000), request(0)]));
+        let sender = Sender { epoch: 0, slot: 1, id: 1, joined: 0 };
+        let message = Message::Prepare { view: 2, commit: 1, entry, checkpoint: (0, 0) };
+        let wire = encode(5, sender, &[0; MAX_SLOTS], 0, &message);
+        for cut in HEADER_LEN..wire.len() {
+            let mut w = wire[..cut].to_vec();
+            let sum = checksum(&w[16..]);
+            w[0..16].copy_from_slice(&sum.to_le_bytes());
+            let r = std::panic::catch_unwind(|| decode(5, &w).is_ok());
+            assert_eq!(r.ok(), Some(false), "cut {cut}");
+        }
+        for at in HEADER_LEN..wire.len().min(HEADER_LEN + 200) {
+            for v in [0u8, 0x80, 0xff] {
+                let mut w = wire.clone();
+                w[at] = v;
+                let sum = checksum(&w[16..]);
+                w[0..16].copy_from_slice(&sum.to_le_bytes());
+                assert!(std::panic::catch_unwind(|| decode(5, &w).is_ok()).is_ok(), "at {at}");
+            }
+        }
+    }
+}

@@ -5053,7 +5053,76 @@ pub fn lagging_backup_under_batched_load(
         .map(|e| vsr::log::run_bytes(e))
         .sum();
     let mean = bytes / (op - base).max(1);
+    eprintln!(
+        "review: most bytes one flush sent one peer: {} in {} messages at most",
+        sim.flush_peer_bytes_max, sim.flush_peer_messages_max
+    );
     sim.load = false;
     settle(&mut sim)?;
+    Ok((gaps, mean))
+}
+
+/// Review of the streamed repair answers: a learner joining a group under
+/// the batched load of `lagging_backup_under_batched_load` (entries over
+/// `RUN_BYTES / pipeline_max`). A learner's acknowledgements go through
+/// `on_learner_ack`, which does not call `repair_acknowledged`, so its
+/// repair answers open only by ticks (one run a tick, `pipeline_max + 1`
+/// at most) and stall until its resend interval. Returns the samples of
+/// (committed - learner's op) and whether the change ended `Done`.
+pub fn learner_under_batched_load(
+    mut options: Options,
+    payload_max: usize,
+    behind: Op,
+    (samples, every): (usize, u64),
+) -> Result<(Vec<Op>, u64), Failure> {
+    options.payload_max = payload_max;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 0)?;
+    for c in 0..sim.clients.len() {
+        sim.clients[c].home = 0;
+    }
+    sim.options.request_probability = 1.0;
+    sim.load = true;
+    sim.run_until(PHASE_TICKS * 5, "the group commits under load", |s| {
+        s.checker.committed() >= behind
+    })?;
+    let ids = [0, 1, 2, NEW];
+    let learners = sim.start_learners(0, &ids)?;
+    if learners != [3] {
+        return Err(failure(&sim, format!("setup: learners {learners:?}")));
+    }
+    sim.reconfigure(0, 1, &ids, 1_000_000)?;
+    if std::env::var("REVIEW_LAG").is_ok() {
+        sim.run_ticks(60)?;
+        isolate(&mut sim, 3);
+        let target = sim.checker.committed() + behind;
+        sim.run_until(PHASE_TICKS * 5, "the others commit while the learner is cut off", |s| {
+            s.checker.committed() >= target
+        })?;
+        sim.network.heal();
+    }
+    let mut gaps = Vec::new();
+    for _ in 0..samples {
+        sim.run_ticks(every)?;
+        let op = sim.running(3).map_or(0, |r| r.op());
+        gaps.push(sim.checker.committed().saturating_sub(op));
+        if std::env::var("REVIEW_TRACE").is_ok() {
+            let r = sim.running(3);
+            eprintln!(
+                "tick {}: committed {}, learner op {op} role {:?} epoch {:?} status {:?}; change {:?}",
+                sim.tick,
+                sim.checker.committed(),
+                r.map(|r| r.role()),
+                r.map(|r| r.membership().epoch()),
+                r.map(|r| r.status()),
+                sim.reconfigured(0, 1)
+            );
+        }
+    }
+    let log = sim.replica(0).log();
+    let (base, op) = (log.base(), log.op());
+    let bytes: u64 = (base + 1..=op).filter_map(|o| log.get(o)).map(|e| vsr::log::run_bytes(e)).sum();
+    let mean = bytes / (op - base).max(1);
+    sim.load = false;
     Ok((gaps, mean))
 }

@@ -107,6 +107,12 @@ pub struct Report {
 }
 
 pub struct Simulator {
+    /// Review instrumentation: the most bytes one flush of one host sent
+    /// to one peer (what the NIF host sends as one distribution message,
+    /// `convert::sends`, up to `DELIVER_LIST_MAX` messages), and the most
+    /// messages in such a bundle.
+    pub flush_peer_bytes_max: u64,
+    pub flush_peer_messages_max: u64,
     pub options: Options,
     /// Each node's member (indexes every per-replica vector below).
     pub nodes: Vec<Node>,
@@ -291,6 +297,8 @@ impl Simulator {
             slow_sync: vec![None; n],
             disk_heals_at: vec![None; n],
             disk_pauses: 0,
+            flush_peer_bytes_max: 0,
+            flush_peer_messages_max: 0,
             failed_boots: 0,
             damaged: vec![false; n],
             in_flight: None,
@@ -1312,6 +1320,20 @@ impl Simulator {
             .take_ready()
             .map_err(|bug| format!("replica {r} panicked: {bug}"))?;
         self.followed[i] = 0;
+        {
+            let mut per: std::collections::HashMap<u8, (u64, u64)> = Default::default();
+            for output in &ready {
+                if let Output::Send { to, bytes, .. } = output {
+                    let e = per.entry(*to).or_default();
+                    e.0 += bytes.len() as u64;
+                    e.1 += 1;
+                }
+            }
+            for (b, m) in per.values() {
+                self.flush_peer_bytes_max = self.flush_peer_bytes_max.max(*b);
+                self.flush_peer_messages_max = self.flush_peer_messages_max.max(*m);
+            }
+        }
         for output in ready {
             self.deliver(r, output)?;
         }

@@ -716,3 +716,37 @@ fn review_lagging_backup_catches_up_under_batched_small_commands() {
         "replica 2 never catches up: gap {gaps:?} (mean entry {mean} B)"
     );
 }
+
+/// Review (streamed repair answers): a learner joining under batched load
+/// of entries over `RUN_BYTES / pipeline_max`. Prints the gap samples;
+/// asserts the learner gets within 30 ops at the end. With REVIEW_LAG=1 the learner
+/// is cut off while the group commits 100 more, then healed: at 7344e9a its
+/// gap stays 55..260 (repair answers to a learner open only by ticks:
+/// `on_learner_ack` never calls `repair_acknowledged`); with that call
+/// added it is 15 from the first sample.
+#[test]
+#[ignore]
+fn review_learner_catches_up_under_batched_load() {
+    let (gaps, mean) =
+        scenarios::learner_under_batched_load(options(3, 64), 64 << 10, 100, (8, 60)).unwrap();
+    eprintln!("mean entry {mean} B, learner gaps {gaps:?}");
+    assert!(*gaps.last().unwrap() < 30, "learner never catches up: {gaps:?} (mean entry {mean} B)");
+}
+
+/// Review (streamed repair answers): the most bytes one host flush sends
+/// one peer (one distribution message in the NIF host) while a lagging
+/// backup catches up, for large batched entries and larger pipelines.
+/// Prints the figures (`review:` lines); asserts nothing.
+#[test]
+#[ignore]
+fn review_flush_bytes_to_one_peer() {
+    for (pipeline, payload) in [(8, 256 << 10), (32, 64 << 10), (32, 256 << 10)] {
+        let mut o = options(3, 64);
+        o.config.pipeline_max = pipeline;
+        if let Some(m) = std::env::var("REVIEW_ENTRIES_MAX").ok().and_then(|v| v.parse().ok()) {
+            o.config.message_entries_max = m;
+        }
+        let r = scenarios::lagging_backup_under_batched_load(o, payload, 100, None, (3, 60));
+        eprintln!("pipeline {pipeline} payload<{payload}: {:?}", r.map_err(|f| f.reason));
+    }
+}
