@@ -367,3 +367,96 @@ fn slow_links_with_a_restarting_replica_sweep() {
 fn crash_looping_backup_defeats_the_backoff() {
     slow_links_with_a_restarting_replica(4, 1_000).unwrap();
 }
+
+/// Quiet groups: `Replica::tick` returns before `tick_backoff` while a
+/// replica is quiet, and `wake` moves `ticks` on by the quiet spell but not
+/// `normal_ticks`. A group that goes quiet soon after a view change timed
+/// out keeps its count through any length of quiet: 5 replicas, quiet
+/// groups on (fast links); 0 and 1, the primaries of views 0 and 1, crash,
+/// so the view change to view 1 stalls and times out; the group elects
+/// replica 2 and goes quiet, and stays so for 50,000 ticks (500 s at 10 ms).
+/// Asserts the counts are unchanged by the quiet spell (an awake group
+/// would have reset them after 2 backed-off timeouts).
+#[test]
+fn quiet_spell_does_not_reset_the_backoff() {
+    use vsr_sim::quiet_scenarios::{quiet_options, until_quiet};
+    let mut sim = Simulator::new(quiet_options(5, 1));
+    register_all(&mut sim, 0).unwrap();
+    sim.crash(0);
+    sim.crash(1);
+    sim.clients[0].home = 2;
+    sim.start_request(0).unwrap();
+    sim.run_until(4 * PHASE_TICKS, "2, 3, 4 elect", |s| s.clients[0].outstanding.is_none()).unwrap();
+    let alive: Vec<Slot> = vec![2, 3, 4];
+    until_quiet(&mut sim).unwrap();
+    let before = attempts(&sim, &alive);
+    sim.run_ticks(50_000).unwrap();
+    let quiet: Vec<bool> = alive.iter().map(|&r| sim.replica(r).is_quiet()).collect();
+    let after = attempts(&sim, &alive);
+    println!("quiet {quiet:?}; counts going quiet {before:?}, after 50,000 quiet ticks {after:?}");
+    assert!(quiet.iter().all(|&q| q));
+    assert!(before.iter().any(|&a| a > 0), "{before:?}");
+    assert_eq!(before, after);
+}
+
+/// `slow_links_still_elect_a_primary` with quiet groups on (the perfect
+/// detector; `quiet_after_ticks` 20): prints each replica's status, view,
+/// count and quiet flag every `every` ticks, and the outcome.
+fn slow_links_quiet(n: u8, factor: u64, ticks: u64, every: u64) -> Result<u64, Failure> {
+    use vsr_sim::quiet_scenarios::quiet_options;
+    let options = quiet_options(n, 1);
+    let delay = factor * options.config.view_change_ticks;
+    let mut sim = Simulator::new(options);
+    register_all(&mut sim, 1)?;
+    sim.network.options.delay_min = delay;
+    sim.network.options.delay_max = delay;
+    sim.run_ticks(2 * delay)?;
+    sim.crash(0);
+    sim.clients[0].home = 1;
+    sim.start_request(0)?;
+    let t0 = sim.tick;
+    let alive: Vec<Slot> = (1..n).collect();
+    let mut next = t0;
+    sim.run_until(ticks, "a request commits", |s| {
+        if every > 0 && s.tick >= next {
+            next += every;
+            let line: String = alive
+                .iter()
+                .map(|&r| {
+                    let x = s.replica(r);
+                    format!("r{r}:{:?} v{} a{} c{} w{} q{}{} ", x.status(), x.view(), x.view_change_attempts(), x.stats().campaigns, x.stats().wakes, x.stats().quiet_rounds, if x.is_quiet() { " quiet" } else { "" })
+                })
+                .collect();
+            println!("  +{}: {line}", s.tick - t0);
+        }
+        s.clients[0].outstanding.is_none()
+    })?;
+    Ok(sim.tick - t0)
+}
+
+/// Fails at 73728d7 and at its parent: with quiet groups on, one-way
+/// delays of 1x, 2x and 4x the timeout never let 3 or 5 replicas commit
+/// after the primary's crash (views in the hundreds after 80,000 ticks).
+/// The campaigns that overthrow each new view come from normal status
+/// (`slow_links_quiet_trace` with a probe: a new primary's
+/// `campaign_if_silent` once it abdicates, its dead peer not counted as
+/// heard and the survivor's first answer two delays away; and backups'
+/// `campaign_if_primary_down` from the beat detector): neither timer backs
+/// off.
+#[test]
+#[ignore = "liveness gap of 73728d7 (pre-existing), reported in review"]
+fn slow_links_quiet_sweep() {
+    for n in [3u8, 5] {
+        for factor in [1u64, 2, 4] {
+            let r = slow_links_quiet(n, factor, 40 * PHASE_TICKS, 0);
+            println!("quiet n={n} delay {factor}x: {:?}", r.as_ref().map_err(|e| e.reason.chars().take(160).collect::<String>()));
+            r.unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "diagnostic trace"]
+fn slow_links_quiet_trace() {
+    let _ = slow_links_quiet(3, 2, 2_500, 40);
+}
