@@ -810,6 +810,11 @@ impl Replica {
     pub fn log(&self) -> &Log {
         &self.log
     }
+    /// View changes this replica saw time out in a row (review probe).
+    #[doc(hidden)]
+    pub fn view_change_attempts(&self) -> u32 {
+        self.view_change_attempts
+    }
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
