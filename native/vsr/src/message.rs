@@ -965,16 +965,41 @@ mod review_payload_encoding {
     }
 
     fn request(len: usize) -> Request {
-        Request { client: 7, session: 3, request: 9, origin: 1, payload: (0..len).map(|i| (i * 31) as u8).collect() }
+        Request {
+            client: 7,
+            session: 3,
+            request: 9,
+            origin: 1,
+            payload: (0..len).map(|i| (i * 31) as u8).collect(),
+        }
     }
 
     /// Every varint width boundary of the length up to 3 bytes (and the
     /// default `batch_max_bytes`): the same bytes, both ways.
     #[test]
     fn same_bytes_at_every_length_boundary() {
-        for len in [0usize, 1, 2, 127, 128, 129, 16_383, 16_384, 16_385, 1 << 20, 2_097_151, 2_097_152] {
+        for len in [
+            0usize,
+            1,
+            2,
+            127,
+            128,
+            129,
+            16_383,
+            16_384,
+            16_385,
+            1 << 20,
+            2_097_151,
+            2_097_152,
+        ] {
             let r = request(len);
-            let plain = Plain { client: 7, session: 3, request: 9, origin: 1, payload: r.payload.clone() };
+            let plain = Plain {
+                client: 7,
+                session: 3,
+                request: 9,
+                origin: 1,
+                payload: r.payload.clone(),
+            };
             let ours = postcard::to_allocvec(&r).unwrap();
             let theirs = postcard::to_allocvec(&plain).unwrap();
             assert_eq!(ours, theirs, "len {len}");
@@ -982,7 +1007,10 @@ mod review_payload_encoding {
             assert_eq!(postcard::from_bytes::<Plain>(&ours).unwrap(), plain, "len {len}");
             // The entry checksum covers the requests' encoding: unchanged.
             let e = Prepare::new(1, 2, 3, 4, vec![r.clone(), request(len / 2)]);
-            assert_eq!(postcard::from_bytes::<Prepare>(&postcard::to_allocvec(&e).unwrap()).unwrap(), e);
+            assert_eq!(
+                postcard::from_bytes::<Prepare>(&postcard::to_allocvec(&e).unwrap()).unwrap(),
+                e
+            );
         }
     }
 
@@ -999,7 +1027,10 @@ mod review_payload_encoding {
         let r = request(300);
         let bytes = postcard::to_allocvec(&r).unwrap();
         for cut in 0..bytes.len() {
-            assert!(postcard::from_bytes::<Request>(&bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                postcard::from_bytes::<Request>(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         for at in 0..40.min(bytes.len()) {
             for v in [0u8, 0x7f, 0x80, 0xff] {
@@ -1023,8 +1054,18 @@ mod review_payload_encoding {
         assert!(postcard::from_bytes::<Request>(&b).is_err());
         // A whole message, its checksum recomputed over corrupted bodies.
         let entry = Arc::new(Prepare::new(1, 2, 3, 4, vec![request(1000), request(0)]));
-        let sender = Sender { epoch: 0, slot: 1, id: 1, joined: 0 };
-        let message = Message::Prepare { view: 2, commit: 1, entry, checkpoint: (0, 0) };
+        let sender = Sender {
+            epoch: 0,
+            slot: 1,
+            id: 1,
+            joined: 0,
+        };
+        let message = Message::Prepare {
+            view: 2,
+            commit: 1,
+            entry,
+            checkpoint: (0, 0),
+        };
         let wire = encode(5, sender, &[0; MAX_SLOTS], 0, &message);
         for cut in HEADER_LEN..wire.len() {
             let mut w = wire[..cut].to_vec();
@@ -1039,7 +1080,10 @@ mod review_payload_encoding {
                 w[at] = v;
                 let sum = checksum(&w[16..]);
                 w[0..16].copy_from_slice(&sum.to_le_bytes());
-                assert!(std::panic::catch_unwind(|| decode(5, &w).is_ok()).is_ok(), "at {at}");
+                assert!(
+                    std::panic::catch_unwind(|| decode(5, &w).is_ok()).is_ok(),
+                    "at {at}"
+                );
             }
         }
     }

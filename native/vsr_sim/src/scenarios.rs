@@ -5096,9 +5096,11 @@ pub fn learner_under_batched_load(
         sim.run_ticks(60)?;
         isolate(&mut sim, 3);
         let target = sim.checker.committed() + behind;
-        sim.run_until(PHASE_TICKS * 5, "the others commit while the learner is cut off", |s| {
-            s.checker.committed() >= target
-        })?;
+        sim.run_until(
+            PHASE_TICKS * 5,
+            "the others commit while the learner is cut off",
+            |s| s.checker.committed() >= target,
+        )?;
         sim.network.heal();
     }
     let mut gaps = Vec::new();
@@ -5121,7 +5123,10 @@ pub fn learner_under_batched_load(
     }
     let log = sim.replica(0).log();
     let (base, op) = (log.base(), log.op());
-    let bytes: u64 = (base + 1..=op).filter_map(|o| log.get(o)).map(|e| vsr::log::run_bytes(e)).sum();
+    let bytes: u64 = (base + 1..=op)
+        .filter_map(|o| log.get(o))
+        .map(|e| vsr::log::run_bytes(e))
+        .sum();
     let mean = bytes / (op - base).max(1);
     sim.load = false;
     Ok((gaps, mean))

@@ -8,8 +8,7 @@ use vsr_sim::simulator::{Failure, Simulator};
 
 fn all_normal_in_one_view(s: &Simulator, alive: &[Slot]) -> bool {
     let views: Vec<u64> = alive.iter().map(|&r| s.replica(r).view()).collect();
-    views.iter().all(|&v| v == views[0])
-        && alive.iter().all(|&r| s.replica(r).status() == Status::Normal)
+    views.iter().all(|&v| v == views[0]) && alive.iter().all(|&r| s.replica(r).status() == Status::Normal)
 }
 
 /// Ticks a request through `home` takes to commit, starting now.
@@ -53,7 +52,8 @@ fn slow_links_sweep() {
                     "n={n} delay={factor}x{} {}: {:?}",
                     vct,
                     if spread { "spread" } else { "fixed" },
-                    r.as_ref().map_err(|e| e.reason.chars().take(120).collect::<String>())
+                    r.as_ref()
+                        .map_err(|e| e.reason.chars().take(120).collect::<String>())
                 );
                 if factor <= 4 && !spread {
                     r.unwrap();
@@ -98,7 +98,11 @@ fn failover_after_with(slow: u64, churn: usize, gap: u64, zero_dies: bool) -> Re
         let p = sim.primary().expect("a primary");
         let view = sim.replica(p).view();
         let next = sim.replica(p).membership().primary(view + 1);
-        let done = if zero_dies { p == 0 || next == 0 } else { round >= churn };
+        let done = if zero_dies {
+            p == 0 || next == 0
+        } else {
+            round >= churn
+        };
         if done {
             break;
         }
@@ -108,15 +112,22 @@ fn failover_after_with(slow: u64, churn: usize, gap: u64, zero_dies: bool) -> Re
             s.replica(others[0]).view() > view && all_normal_in_one_view(s, &others)
         })?;
         sim.network.heal();
-        sim.run_until(PHASE_TICKS, "all five normal", |s| all_normal_in_one_view(s, &all))?;
+        sim.run_until(PHASE_TICKS, "all five normal", |s| {
+            all_normal_in_one_view(s, &all)
+        })?;
         sim.run_ticks(gap)?;
     }
-    sim.run_until(PHASE_TICKS, "all five normal", |s| all_normal_in_one_view(s, &all))?;
+    sim.run_until(PHASE_TICKS, "all five normal", |s| {
+        all_normal_in_one_view(s, &all)
+    })?;
     let p = sim.primary().expect("a primary");
     let view = sim.replica(p).view();
     let next = sim.replica(p).membership().primary(view + 1);
     let survivors: Vec<Slot> = (0..5).filter(|&r| r != p && r != next).collect();
-    println!("  crash {p} and {next} in view {view}; survivors' attempts {:?}", attempts(&sim, &survivors));
+    println!(
+        "  crash {p} and {next} in view {view}; survivors' attempts {:?}",
+        attempts(&sim, &survivors)
+    );
     sim.crash(p);
     sim.crash(next);
     let home = survivors[0];
@@ -134,7 +145,10 @@ fn stalled_view_change_after_a_slow_period() {
     let vct = options(5, 1).config.view_change_ticks;
     let mut worst = 0;
     for slow in [2, 3, 4, 6] {
-        println!("slow {slow}x, crash at once: {} ticks", failover_after(slow * vct, 0, 0).unwrap());
+        println!(
+            "slow {slow}x, crash at once: {} ticks",
+            failover_after(slow * vct, 0, 0).unwrap()
+        );
     }
     for slow in [2, 3, 4, 6] {
         let t = failover_after_with(slow * vct, 0, 0, true).unwrap();
@@ -154,7 +168,9 @@ fn stalled_view_change_after_a_slow_period() {
 }
 
 fn attempts(sim: &Simulator, rs: &[Slot]) -> Vec<u32> {
-    rs.iter().map(|&r| sim.replica(r).view_change_attempts()).collect()
+    rs.iter()
+        .map(|&r| sim.replica(r).view_change_attempts())
+        .collect()
 }
 
 /// 5 replicas. Replica 0 crashes while one-way delays are `slow` ticks; the
@@ -181,7 +197,9 @@ fn stalled_after(slow: u64, gap: u64, churn_more: usize) -> Result<(Vec<u32>, u6
     })?;
     (sim.network.options.delay_min, sim.network.options.delay_max) = fast;
     let alive: Vec<Slot> = (1..5).collect();
-    sim.run_until(slow + PHASE_TICKS, "all four normal", |s| all_normal_in_one_view(s, &alive))?;
+    sim.run_until(slow + PHASE_TICKS, "all four normal", |s| {
+        all_normal_in_one_view(s, &alive)
+    })?;
     let mut rounds = 0;
     loop {
         let p = sim.primary().expect("a primary");
@@ -202,22 +220,41 @@ fn stalled_after(slow: u64, gap: u64, churn_more: usize) -> Result<(Vec<u32>, u6
             s.replica(others[0]).view() > view && all_normal_in_one_view(s, &others)
         })?;
         sim.network.heal();
-        sim.run_until(PHASE_TICKS, "all four normal", |s| all_normal_in_one_view(s, &alive))?;
+        sim.run_until(PHASE_TICKS, "all four normal", |s| {
+            all_normal_in_one_view(s, &alive)
+        })?;
         sim.run_ticks(gap)?;
         rounds += 1;
     }
     let p = sim.primary().expect("a primary");
     let survivors: Vec<Slot> = alive.iter().copied().filter(|&r| r != p).collect();
     let a = attempts(&sim, &survivors);
-    println!("  crash primary {p} of view {}; primary of next view {}", sim.replica(p).view(), sim.replica(p).membership().primary(sim.replica(p).view() + 1));
+    println!(
+        "  crash primary {p} of view {}; primary of next view {}",
+        sim.replica(p).view(),
+        sim.replica(p).membership().primary(sim.replica(p).view() + 1)
+    );
     sim.crash(p);
     let t0 = sim.tick;
     sim.clients[0].home = survivors[0];
     sim.start_request(0)?;
     let mut last = String::new();
     sim.run_until(40 * PHASE_TICKS, "a request commits", |s| {
-        let now: String = survivors.iter().map(|&r| format!("r{r}:{:?} v{} a{} ", s.replica(r).status(), s.replica(r).view(), s.replica(r).view_change_attempts())).collect();
-        if now != last { println!("    +{}: {now}", s.tick - t0); last = now; }
+        let now: String = survivors
+            .iter()
+            .map(|&r| {
+                format!(
+                    "r{r}:{:?} v{} a{} ",
+                    s.replica(r).status(),
+                    s.replica(r).view(),
+                    s.replica(r).view_change_attempts()
+                )
+            })
+            .collect();
+        if now != last {
+            println!("    +{}: {now}", s.tick - t0);
+            last = now;
+        }
         s.clients[0].outstanding.is_none()
     })?;
     let t = sim.tick - t0;
@@ -230,8 +267,14 @@ fn stalled_view_change_soon_after_a_slow_period() {
     let vct = options(5, 1).config.view_change_ticks;
     for gap in [0, 100, 300, 600] {
         println!("fast, gap {gap}: {:?}", stalled_after(1, gap, 0).unwrap());
-        println!("slow 2x, gap {gap}: {:?}", stalled_after(2 * vct, gap, 0).unwrap());
-        println!("slow 4x, gap {gap}: {:?}", stalled_after(4 * vct, gap, 0).unwrap());
+        println!(
+            "slow 2x, gap {gap}: {:?}",
+            stalled_after(2 * vct, gap, 0).unwrap()
+        );
+        println!(
+            "slow 4x, gap {gap}: {:?}",
+            stalled_after(4 * vct, gap, 0).unwrap()
+        );
     }
 }
 
@@ -255,14 +298,17 @@ fn periodic_view_changes_keep_the_backoff() {
         sim.network.partition(3, &[0], true, true);
         sim.clients[0].home = 1;
         sim.start_request(0).unwrap();
-        sim.run_until(40 * PHASE_TICKS, "1 and 2 elect", |s| s.clients[0].outstanding.is_none())
-            .unwrap();
+        sim.run_until(40 * PHASE_TICKS, "1 and 2 elect", |s| {
+            s.clients[0].outstanding.is_none()
+        })
+        .unwrap();
         let after_slow = attempts(&sim, &[1, 2]);
         (sim.network.options.delay_min, sim.network.options.delay_max) = fast;
         sim.network.heal();
         let all: Vec<Slot> = vec![0, 1, 2];
         let t = sim.tick;
-        sim.run_until(4 * PHASE_TICKS, "all normal", |s| all_normal_in_one_view(s, &all)).unwrap();
+        sim.run_until(4 * PHASE_TICKS, "all normal", |s| all_normal_in_one_view(s, &all))
+            .unwrap();
         let healed = (sim.tick - t, attempts(&sim, &all));
         let mut seen = vec![];
         for _ in 0..10 {
@@ -275,11 +321,14 @@ fn periodic_view_changes_keep_the_backoff() {
             })
             .unwrap();
             sim.network.heal();
-            sim.run_until(PHASE_TICKS, "all normal", |s| all_normal_in_one_view(s, &all)).unwrap();
+            sim.run_until(PHASE_TICKS, "all normal", |s| all_normal_in_one_view(s, &all))
+                .unwrap();
             sim.run_ticks(gap).unwrap();
             seen.push(attempts(&sim, &all));
         }
-        println!("gap {gap}: after the slow period {after_slow:?}; healed {healed:?}; after each churn {seen:?}");
+        println!(
+            "gap {gap}: after the slow period {after_slow:?}; healed {healed:?}; after each churn {seen:?}"
+        );
     }
 }
 
@@ -301,7 +350,11 @@ fn two_members_primary_restarts_without_its_log() {
     sim.restart_amnesiac(p);
     let other = 1 - p;
     let t = ticks_to_commit(&mut sim, other, 10 * PHASE_TICKS);
-    println!("{:?}", t.as_ref().map_err(|e| e.reason.chars().take(300).collect::<String>()));
+    println!(
+        "{:?}",
+        t.as_ref()
+            .map_err(|e| e.reason.chars().take(300).collect::<String>())
+    );
     t.unwrap();
 }
 
@@ -327,10 +380,16 @@ fn slow_links_with_a_restarting_replica(factor: u64, every: u64) -> Result<u64, 
     let bound = 40 * PHASE_TICKS;
     while sim.clients[0].outstanding.is_some() {
         if sim.tick - t0 > bound {
-            return Err(Failure { seed: 7, tick: sim.tick, reason: format!("no commit; {}", sim.describe()) });
+            return Err(Failure {
+                seed: 7,
+                tick: sim.tick,
+                reason: format!("no commit; {}", sim.describe()),
+            });
         }
         let until = sim.tick + every;
-        sim.run_until(every + 1, "", |s| s.tick >= until || s.clients[0].outstanding.is_none())?;
+        sim.run_until(every + 1, "", |s| {
+            s.tick >= until || s.clients[0].outstanding.is_none()
+        })?;
         if sim.clients[0].outstanding.is_none() {
             break;
         }
@@ -350,7 +409,8 @@ fn slow_links_with_a_restarting_replica_sweep() {
             let r = slow_links_with_a_restarting_replica(factor, every);
             println!(
                 "delay {factor}x, replica 4 restarts every {every}: {:?}",
-                r.as_ref().map_err(|e| e.reason.chars().take(200).collect::<String>())
+                r.as_ref()
+                    .map_err(|e| e.reason.chars().take(200).collect::<String>())
             );
         }
     }
@@ -375,10 +435,12 @@ fn crash_looping_backup_defeats_the_backoff() {
 /// groups on (fast links); 0 and 1, the primaries of views 0 and 1, crash,
 /// so the view change to view 1 stalls and times out; the group elects
 /// replica 2 and goes quiet, and stays so for 50,000 ticks (500 s at 10 ms).
-/// Asserts the counts are unchanged by the quiet spell (an awake group
-/// would have reset them after 2 backed-off timeouts).
+/// The counts are unchanged while the group sleeps (a quiet replica does
+/// not tick); the review found they stayed so after it woke, as if the
+/// spell had not been spent in normal status. Fixed: waking adds the
+/// ticks slept to `normal_ticks`, and the next tick resets the counts.
 #[test]
-fn quiet_spell_does_not_reset_the_backoff() {
+fn quiet_spell_counts_toward_ending_the_backoff() {
     use vsr_sim::quiet_scenarios::{quiet_options, until_quiet};
     let mut sim = Simulator::new(quiet_options(5, 1));
     register_all(&mut sim, 0).unwrap();
@@ -386,7 +448,10 @@ fn quiet_spell_does_not_reset_the_backoff() {
     sim.crash(1);
     sim.clients[0].home = 2;
     sim.start_request(0).unwrap();
-    sim.run_until(4 * PHASE_TICKS, "2, 3, 4 elect", |s| s.clients[0].outstanding.is_none()).unwrap();
+    sim.run_until(4 * PHASE_TICKS, "2, 3, 4 elect", |s| {
+        s.clients[0].outstanding.is_none()
+    })
+    .unwrap();
     let alive: Vec<Slot> = vec![2, 3, 4];
     until_quiet(&mut sim).unwrap();
     let before = attempts(&sim, &alive);
@@ -397,6 +462,14 @@ fn quiet_spell_does_not_reset_the_backoff() {
     assert!(quiet.iter().all(|&q| q));
     assert!(before.iter().any(|&a| a > 0), "{before:?}");
     assert_eq!(before, after);
+    // A request wakes them: the spell counts, and the backoff is over.
+    sim.start_request(0).unwrap();
+    sim.run_until(PHASE_TICKS, "the request after the spell", |s| {
+        s.clients[0].outstanding.is_none()
+    })
+    .unwrap();
+    let woken = attempts(&sim, &alive);
+    assert!(woken.iter().all(|&a| a == 0), "counts after waking {woken:?}");
 }
 
 /// `slow_links_still_elect_a_primary` with quiet groups on (the perfect
@@ -424,7 +497,16 @@ fn slow_links_quiet(n: u8, factor: u64, ticks: u64, every: u64) -> Result<u64, F
                 .iter()
                 .map(|&r| {
                     let x = s.replica(r);
-                    format!("r{r}:{:?} v{} a{} c{} w{} q{}{} ", x.status(), x.view(), x.view_change_attempts(), x.stats().campaigns, x.stats().wakes, x.stats().quiet_rounds, if x.is_quiet() { " quiet" } else { "" })
+                    format!(
+                        "r{r}:{:?} v{} a{} c{} w{} q{}{} ",
+                        x.status(),
+                        x.view(),
+                        x.view_change_attempts(),
+                        x.stats().campaigns,
+                        x.stats().wakes,
+                        x.stats().quiet_rounds,
+                        if x.is_quiet() { " quiet" } else { "" }
+                    )
                 })
                 .collect();
             println!("  +{}: {line}", s.tick - t0);
@@ -449,7 +531,11 @@ fn slow_links_quiet_sweep() {
     for n in [3u8, 5] {
         for factor in [1u64, 2, 4] {
             let r = slow_links_quiet(n, factor, 40 * PHASE_TICKS, 0);
-            println!("quiet n={n} delay {factor}x: {:?}", r.as_ref().map_err(|e| e.reason.chars().take(160).collect::<String>()));
+            println!(
+                "quiet n={n} delay {factor}x: {:?}",
+                r.as_ref()
+                    .map_err(|e| e.reason.chars().take(160).collect::<String>())
+            );
             r.unwrap();
         }
     }
