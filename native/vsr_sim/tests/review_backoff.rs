@@ -204,10 +204,8 @@ fn stalled_after(slow: u64, gap: u64, churn_more: usize) -> Result<(Vec<u32>, u6
     loop {
         let p = sim.primary().expect("a primary");
         let view = sim.replica(p).view();
-        if view % 5 == 4 {
-            if rounds >= churn_more * 5 {
-                break;
-            }
+        if view % 5 == 4 && rounds >= churn_more * 5 {
+            break;
         }
         // Depose p quickly unless the next view's primary is 0 (it would stall).
         let others: Vec<Slot> = alive.iter().copied().filter(|&r| r != p).collect();
