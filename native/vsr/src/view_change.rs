@@ -306,7 +306,8 @@ impl Replica {
         // saturated host, a long link) would have every attempt overtaken
         // by the next campaign, forever; each attempt that times out doubles
         // the next one's timeout, up to a cap, so that it comes to exceed
-        // the delays. Normal status starts over (`tick`). Timers decide
+        // the delays. Normal status held for a whole backed-off timeout
+        // starts it over (`tick_backoff`). Timers decide
         // when to campaign, never what a replica accepts: safety does not
         // depend on them.
         if self.ticks >= self.status_since.saturating_add(self.view_change_timeout()) {
