@@ -234,6 +234,11 @@ pub enum Mutation {
     /// time had passed, and clock readings from before a quiet spell count
     /// as fresh, so a woken primary stamps with clocks as they were.
     WakeWithoutElapsedTicks,
+    /// A view change that timed out does not lengthen the next one's
+    /// timeout (`view_change.rs`, "Stalled view changes back off"): with
+    /// links slower than the timeout every view change is overthrown by
+    /// the next campaign, forever.
+    NoViewChangeBackoff,
     /// Not the replica's bug but its host's (`vsr_host`): outputs that
     /// follow a write leave without waiting for the write to be durable,
     /// so a crash can take from the disk what a peer was told it holds.

@@ -293,7 +293,12 @@ impl Replica {
     }
 
     fn view_change_timeout(&self) -> u64 {
-        let backoff = self.view_change_attempts.min(VIEW_CHANGE_BACKOFF_MAX);
+        #[allow(unused_mut)]
+        let mut backoff = self.view_change_attempts.min(VIEW_CHANGE_BACKOFF_MAX);
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::NoViewChangeBackoff) {
+            backoff = 0;
+        }
         self.config
             .view_change_ticks
             .saturating_add(self.timeout_jitter)

@@ -438,3 +438,20 @@ fn joining_a_view_with_a_log_cut_by_bytes_is_caught() {
     assert!(scenarios::state_transfer_by_runs_never_loses_commits(broken).is_err());
     scenarios::state_transfer_by_runs_never_loses_commits(options(3, 1)).unwrap();
 }
+
+#[test]
+fn view_changes_that_never_back_off_are_caught() {
+    let mut broken = options(3, 1);
+    broken.config.mutation = Mutation::NoViewChangeBackoff;
+    let delay = 2 * broken.config.view_change_ticks;
+    let failure = scenarios::slow_links_still_elect_a_primary(broken, delay).unwrap_err();
+    assert!(
+        failure
+            .reason
+            .contains("a request commits after the primary's crash"),
+        "{failure}"
+    );
+    let options = options(3, 1);
+    let delay = 2 * options.config.view_change_ticks;
+    scenarios::slow_links_still_elect_a_primary(options, delay).unwrap();
+}
